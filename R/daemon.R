@@ -1,0 +1,187 @@
+# daemon(): the receive-evaluate-reply loop that launched daemons run.
+
+check_limit <- function(x, what) {
+  if (!is.numeric(x) || length(x) != 1L || is.na(x) || x < 0)
+    stop(sprintf("`%s` must be a non-negative number (or Inf)", what), call. = FALSE)
+  as.numeric(x)
+}
+
+#' Daemon Instance
+#'
+#' Connects to a host at `url` and evaluates the tasks it sends until the
+#' connection ends or a limit is reached. This is what launched daemons run;
+#' a daemon started by hand must use the command the host prints, which
+#' carries the host's credentials.
+#'
+#' @param url the host's URL.
+#' @param dispatcher logical: whether the host runs a dispatcher (either
+#'   works; kept for compatibility).
+#' @param ... reserved.
+#' @param asyncdial logical: keep retrying until the host is listening
+#'   (TRUE), or error if it cannot be reached within 3 seconds (FALSE).
+#' @param autoexit TRUE: exit as soon as the host goes away, even mid-task.
+#'   NA: finish the current task, then exit. FALSE: stay and reconnect to a
+#'   new host at the same URL (only `daemons(NULL)` ends it).
+#' @param cleanup logical: after each task, remove new global objects,
+#'   detach newly attached packages and restore options.
+#' @param output logical: keep stdout and stderr (TRUE), or discard them.
+#' @param idletime milliseconds idle after which to exit.
+#' @param walltime milliseconds after which to exit, once the current task
+#'   is done.
+#' @param maxtasks number of tasks after which to exit.
+#' @param tlscert reserved; must be NULL.
+#' @param rs integer vector: an initial `.Random.seed` (L'Ecuyer-CMRG).
+#' @return Invisibly, an exit code: 0 connection ended, 1 idletime, 2
+#'   walltime, 3 maxtasks (see [nextcode()]).
+#' @examples
+#' if (interactive()) {
+#'   # On the host: daemons(url = local_url(), auth = FALSE)
+#'   # then, in another R session: daemon(nextget("url"))
+#' }
+#' nextcode(0L)
+#' @export
+daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TRUE,
+                   cleanup = TRUE, output = FALSE, idletime = Inf, walltime = Inf,
+                   maxtasks = Inf, tlscert = NULL, rs = NULL) {
+  if (missing(url) || !is.character(url) || length(url) != 1L || is.na(url))
+    stop("`url` must be a character string, e.g. \"tcp://10.75.32.70:5555\"", call. = FALSE)
+  if (!is.logical(autoexit) || length(autoexit) != 1L)
+    stop("`autoexit` must be TRUE, NA or FALSE", call. = FALSE)
+  for (arg in c("asyncdial", "cleanup", "output")) {
+    v <- get(arg)
+    if (!is.logical(v) || length(v) != 1L || is.na(v)) stop(sprintf("`%s` must be TRUE or FALSE", arg), call. = FALSE)
+  }
+  idletime <- check_limit(idletime, "idletime")
+  walltime <- check_limit(walltime, "walltime")
+  maxtasks <- check_limit(maxtasks, "maxtasks")
+  if (!is.null(tlscert)) stop("`tlscert` is not supported by this version of mirai yet", call. = FALSE)
+  extra <- list(...)
+  secret <- extra[["secret"]] %||% Sys.getenv("MIRAI_SECRET")
+  Sys.unsetenv("MIRAI_SECRET")
+
+  if (!is.null(rs)) {
+    if (!is.numeric(rs) || length(rs) != 7L) stop("`rs` must be an integer vector of length 7", call. = FALSE)
+    suppressWarnings(RNGkind("L'Ecuyer-CMRG"))
+    assign(".Random.seed", as.integer(rs), envir = .GlobalEnv)
+  }
+  if (!output) {
+    out <- file(nullfile(), open = "w")
+    sink(out)
+    sink(out, type = "message")
+    on.exit({ sink(type = "message"); sink(); close(out) }, add = TRUE)
+  }
+  .$daemon <- TRUE
+  on.exit(.$daemon <- FALSE, add = TRUE)
+
+  start <- proc.time()[["elapsed"]] * 1000
+  count <- 0
+  code <- 0L
+  ae <- if (is.na(autoexit)) 2L else as.integer(autoexit)
+  first <- TRUE
+  repeat {
+    conn <- .Call(C_mirai_dial, url, secret, asyncdial || !first, ae)
+    first <- FALSE
+    snap <- snapshot()
+    last_active <- proc.time()[["elapsed"]] * 1000
+    repeat {
+      now <- proc.time()[["elapsed"]] * 1000
+      wait <- min(idletime - (now - last_active), walltime - (now - start))
+      if (wait <= 0) wait <- 0
+      msg <- .Call(C_mirai_daemon_recv, conn, wait)
+      if (is.null(msg)) {
+        code <- if (proc.time()[["elapsed"]] * 1000 - start >= walltime) 2L else 1L
+        break
+      }
+      if (!is.list(msg)) {
+        code <- if (is.na(msg)) -1L else 0L
+        break
+      }
+      count <- count + 1
+      res <- eval_mirai(msg[[2L]], .GlobalEnv)
+      last <- count >= maxtasks || proc.time()[["elapsed"]] * 1000 - start >= walltime
+      sent <- tryCatch(.Call(C_mirai_daemon_send, conn, msg[[1L]], res, last), error = function(e) e)
+      if (inherits(sent, "error")) {
+        # The value could not be serialized: send that as the error instead.
+        err <- mirai_error(simpleError(paste("result could not be serialized:", conditionMessage(sent))), list())
+        try(.Call(C_mirai_daemon_send, conn, msg[[1L]], err, last), silent = TRUE)
+      }
+      if (last) {
+        .Call(C_mirai_daemon_linger, conn, 5000)
+        code <- if (count >= maxtasks) 3L else 2L
+        break
+      }
+      if (cleanup) do_cleanup(snap)
+      last_active <- proc.time()[["elapsed"]] * 1000
+    }
+    .Call(C_mirai_daemon_close, conn)
+    # Only a lost connection with autoexit = FALSE leads to a reconnect.
+    if (code != 0L || !isFALSE(autoexit)) break
+  }
+  invisible(max(code, 0L))
+}
+
+# Evaluates a task payload. `genv` receives the `...` globals.
+eval_mirai <- function(data, genv) {
+  g <- data[["._globals_."]]
+  if (length(g)) list2env(g, envir = genv)
+  env <- list2env(data[["._args_."]] %||% list(), parent = genv)
+  expr <- data[["._expr_."]]
+  calls <- NULL
+  tryCatch(
+    withCallingHandlers(
+      ._mirai_eval_.(expr, env),
+      error = function(e) calls <<- sys.calls()
+    ),
+    error = function(e) mirai_error(e, calls),
+    interrupt = function(e) structure("", class = c("miraiInterrupt", "errorValue", "try-error"))
+  )
+}
+
+._mirai_eval_. <- function(expr, env) eval(expr, envir = env)
+
+mirai_error <- function(e, calls) {
+  call <- conditionCall(e)
+  msg <- conditionMessage(e)
+  trace <- list()
+  if (length(calls)) {
+    top <- which(vapply(calls, function(cl) is.call(cl) && identical(cl[[1L]], quote(._mirai_eval_.)), logical(1L)))
+    if (length(top)) {
+      trace <- calls[-seq_len(top[[1L]] + 1L)]
+      drop <- vapply(trace, function(cl) {
+        f <- if (is.call(cl)) cl[[1L]] else NULL
+        identical(f, quote(.handleSimpleError)) || identical(f, quote(h)) || identical(f, quote(stop))
+      }, logical(1L))
+      trace <- rev(trace[!drop])
+    }
+  }
+  internal <- is.null(call) || (is.call(call) && identical(call[[1L]], quote(eval)))
+  text <- if (internal) sprintf("Error: %s\n", msg)
+          else sprintf("Error in %s: %s\n", paste(deparse(call, nlines = 1L), collapse = ""), msg)
+  out <- text
+  fields <- unclass(e)
+  for (nm in setdiff(names(fields), c("message", "call"))) attr(out, nm) <- fields[[nm]]
+  attr(out, "message") <- msg
+  attr(out, "call") <- call
+  attr(out, "condition.class") <- class(e)
+  attr(out, "stack.trace") <- trace
+  class(out) <- c("miraiError", "errorValue", "try-error")
+  out
+}
+
+snapshot <- function() {
+  list(globals = ls(.GlobalEnv, all.names = TRUE), search = search(), options = options())
+}
+
+do_cleanup <- function(snap) {
+  new <- setdiff(ls(.GlobalEnv, all.names = TRUE), c(snap$globals, ".Random.seed"))
+  if (length(new)) rm(list = new, envir = .GlobalEnv)
+  for (pkg in setdiff(search(), snap$search)) {
+    if (startsWith(pkg, "package:")) try(detach(pkg, character.only = TRUE, unload = FALSE), silent = TRUE)
+  }
+  cur <- options()
+  added <- setdiff(names(cur), names(snap$options))
+  if (length(added)) options(structure(vector("list", length(added)), names = added))
+  changed <- names(snap$options)[!mapply(identical, snap$options, cur[names(snap$options)])]
+  if (length(changed)) options(snap$options[changed])
+  invisible()
+}

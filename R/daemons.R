@@ -1,0 +1,317 @@
+# daemons(): compute profiles, local daemon launch, status.
+
+daemon_arg_names <- c("asyncdial", "autoexit", "cleanup", "output", "maxtasks", "idletime", "walltime")
+
+# Keeps the logical or numeric daemon() arguments, written literally.
+daemon_dots <- function(dots) {
+  keep <- vapply(dots, function(v) (is.logical(v) || is.numeric(v)) && length(v) == 1L, logical(1L))
+  dots <- dots[keep & nzchar(names(dots) %||% rep("", length(dots)))]
+  dots
+}
+
+launch_command <- function(url, dots) {
+  args <- vapply(names(dots), function(nm) sprintf(",%s=%s", nm, deparse(dots[[nm]])), character(1L))
+  sprintf("mirai::daemon(%s%s)", deparse(url), paste(args, collapse = ""))
+}
+
+launch_process <- function(host, url, secret, dots) {
+  rscript <- file.path(R.home("bin"), "Rscript")
+  env <- c(R_LIBS = paste(.libPaths(), collapse = .Platform$path.sep), MIRAI_SECRET = secret)
+  .Call(C_mirai_host_launch, host, rscript, c("-e", launch_command(url, dots)), names(env), unname(env))
+}
+
+# Waits for `n` connections, with a progress message every 10 s.
+wait_for_daemons <- function(host, n) {
+  start <- Sys.time()
+  while (!.Call(C_mirai_host_wait_ready, host, n, 10000)) {
+    message(sprintf("mirai: initial sync with daemon(s) [%d secs elapsed]",
+                    as.integer(difftime(Sys.time(), start, units = "secs"))))
+  }
+}
+
+reset_profile <- function(.compute, signal = FALSE) {
+  prof <- .$profiles[[.compute]]
+  if (is.null(prof)) return(FALSE)
+  rm(list = .compute, envir = .$profiles)
+  if (!is.null(prof$host)) {
+    .Call(C_mirai_host_close, prof$host, signal)
+    # Local daemons see the connection close and exit; wait (briefly) so
+    # that no process outlives daemons(0).
+    deadline <- Sys.time() + 5
+    while (length(.Call(C_mirai_host_children, prof$host)) && Sys.time() < deadline) Sys.sleep(0.01)
+  }
+  TRUE
+}
+
+#' Daemons (Set Persistent Processes)
+#'
+#' Sets up persistent background R processes ('daemons') for a compute
+#' profile: `daemons(n)` launches `n` local daemons; `daemons(url = ...)`
+#' listens for daemons launched elsewhere. `daemons(0)` resets the profile,
+#' resolving pending mirai to 'errorValue' 19; `daemons(NULL)` does the same
+#' and also tells every connected daemon to exit.
+#'
+#' With `dispatcher = TRUE` (the default) tasks wait in a queue on the host
+#' and each goes to an idle daemon; with `FALSE` they are sent straight to
+#' the daemons in turn.
+#'
+#' Only daemons launched by this host (they carry its secret) are accepted,
+#' unless `auth = FALSE` is given in `...`.
+#'
+#' @param n integer number of local daemons to launch, 0 to reset, or NULL
+#'   to reset and ask connected daemons to exit.
+#' @param url a URL to listen at for remote daemons, e.g.
+#'   `"tcp://10.75.32.70:5555"`, or `host_url()` / `local_url()`. Port 0
+#'   picks a free port; `status()` shows the real one.
+#' @param remote reserved for launch configurations; must be NULL.
+#' @param dispatcher logical: queue tasks on the host and send each to an
+#'   idle daemon (TRUE), or send them round-robin (FALSE).
+#' @param ... daemon() arguments for launched daemons (`autoexit`,
+#'   `cleanup`, `output`, `maxtasks`, `idletime`, `walltime`, `asyncdial`):
+#'   logical or numeric values only. `auth = FALSE` turns off the check that
+#'   daemons were launched by this host.
+#' @param sync logical: evaluate each mirai in this process when it is
+#'   created, for debugging.
+#' @param seed reserved; must be NULL.
+#' @param memory reserved; must be NULL.
+#' @param serial reserved; must be NULL.
+#' @param tls reserved; must be NULL.
+#' @param pass reserved; must be NULL.
+#' @param .compute character compute profile (NULL for the current one).
+#' @return Invisibly, TRUE (of class 'miraiDaemons') when daemons were set,
+#'   FALSE on reset.
+#' @examples
+#' daemons(2)
+#' status()
+#' m <- mirai(Sys.getpid())
+#' m[]
+#' daemons(0)
+#' @export
+daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync = FALSE,
+                    seed = NULL, memory = NULL, serial = NULL, tls = NULL, pass = NULL,
+                    .compute = NULL) {
+  if (is.null(.compute)) .compute <- .$current
+  if (!is.character(.compute) || length(.compute) != 1L || is.na(.compute))
+    stop("`.compute` must be a character string naming a compute profile, or NULL", call. = FALSE)
+  if (!is.logical(sync) || length(sync) != 1L || is.na(sync))
+    stop("`sync` must be TRUE or FALSE", call. = FALSE)
+  if (sync) {
+    reset_profile(.compute)
+    prof <- new.env(parent = emptyenv())
+    prof$sync <- TRUE
+    prof$globals <- new.env(parent = .GlobalEnv)
+    prof$url <- paste0("inproc://", .Call(C_mirai_random_hex, 12))
+    prof$dispatcher <- FALSE
+    prof$compute <- .compute
+    prof$n <- 0L
+    assign(.compute, prof, envir = .$profiles)
+    return(invisible(structure(TRUE, class = c("miraiDaemons", .compute))))
+  }
+  if (missing(n)) {
+    if (is.null(url)) stop("`n` must be supplied (the number of daemons), or `url` to listen for remote daemons", call. = FALSE)
+    n <- 0L
+  } else if (is.null(n)) {
+    reset_profile(.compute, signal = TRUE)
+    return(invisible(FALSE))
+  } else {
+    if (!is.numeric(n) || length(n) != 1L) {
+      if (is.character(n)) stop("`n` must be numeric, did you mean to provide `url`?", call. = FALSE)
+      stop("`n` must be a single number", call. = FALSE)
+    }
+    if (is.na(n) || n < 0) stop("the number of daemons must be zero or greater", call. = FALSE)
+  }
+  if (!is.null(url) && !is.character(url))
+    stop(sprintf("`url` must be of type character, not %s", typeof(url)), call. = FALSE)
+  if (!is.logical(dispatcher) || length(dispatcher) != 1L || is.na(dispatcher))
+    stop("`dispatcher` must be TRUE or FALSE", call. = FALSE)
+  for (arg in c("remote", "seed", "memory", "serial", "tls", "pass")) {
+    if (!is.null(get(arg))) stop(sprintf("`%s` is not supported by this version of mirai yet; leave it NULL", arg), call. = FALSE)
+  }
+  if (n == 0 && is.null(url)) {
+    reset_profile(.compute)
+    return(invisible(FALSE))
+  }
+  if (isTRUE(.$in_map)) stop("cannot create local daemons from within mirai map", call. = FALSE)
+  reset_profile(.compute)
+  dots <- list(...)
+  auth <- !isFALSE(dots[["auth"]])
+  dots[["auth"]] <- NULL
+  dots <- daemon_dots(dots)
+  secret <- .Call(C_mirai_random_hex, 16)
+  listen <- if (is.null(url)) local_url() else url[[1L]]
+  host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE)
+  prof <- new.env(parent = emptyenv())
+  prof$host <- host
+  prof$url <- .Call(C_mirai_host_url, host)
+  prof$dispatcher <- dispatcher
+  prof$secret <- secret
+  prof$dots <- dots
+  prof$n <- as.integer(n)
+  prof$compute <- .compute
+  prof$sync <- FALSE
+  assign(.compute, prof, envir = .$profiles)
+  if (is.null(url) && n > 0) {
+    ok <- FALSE
+    on.exit(if (!ok) reset_profile(.compute))
+    for (i in seq_len(n)) launch_process(host, prof$url, secret, c(list(dispatcher = dispatcher), dots))
+    wait_for_daemons(host, n)
+    ok <- TRUE
+  }
+  invisible(structure(TRUE, class = c("miraiDaemons", .compute)))
+}
+
+#' @export
+print.miraiDaemons <- function(x, ...) {
+  print(unclass(x)[1L])
+  invisible(x)
+}
+
+#' Launch Local Daemons
+#'
+#' Starts `n` more local daemons for an existing compute profile (for
+#' example one set up with `daemons(url = local_url())`).
+#'
+#' @param n integer number of daemons.
+#' @param ... daemon() arguments overriding those given to [daemons()].
+#' @param .compute character compute profile (NULL for the current one).
+#' @return `n`, invisibly.
+#' @examples
+#' daemons(url = local_url())
+#' launch_local(1)
+#' Sys.sleep(1)
+#' status()$connections
+#' daemons(0)
+#' @export
+launch_local <- function(n = 1L, ..., .compute = NULL) {
+  prof <- profile_of(.compute)
+  if (is.null(prof)) stop("daemons must be set to use this function", call. = FALSE)
+  if (isTRUE(prof$sync)) stop("daemons cannot be launched for synchronous compute profiles", call. = FALSE)
+  if (!is.numeric(n) || length(n) != 1L || is.na(n) || n < 0)
+    stop("`n` must be a single non-negative number", call. = FALSE)
+  dots <- prof$dots
+  new <- daemon_dots(list(...))
+  dots[names(new)] <- new
+  for (i in seq_len(n)) launch_process(prof$host, prof$url, prof$secret, c(list(dispatcher = prof$dispatcher), dots))
+  invisible(n)
+}
+
+#' Query if Daemons are Set
+#'
+#' `daemons_set()` tells whether daemons are set for a profile;
+#' `require_daemons()` errors if they are not.
+#'
+#' @param .compute character compute profile (NULL for the current one).
+#' @param call the execution environment for the error message.
+#' @return `daemons_set()`: logical. `require_daemons()`: TRUE invisibly.
+#' @examples
+#' daemons_set()
+#' daemons(sync = TRUE)
+#' daemons_set()
+#' require_daemons()
+#' daemons(0)
+#' @export
+daemons_set <- function(.compute = NULL) !is.null(profile_of(.compute))
+
+#' @rdname daemons_set
+#' @export
+require_daemons <- function(.compute = NULL, call = environment()) {
+  if (daemons_set(.compute)) return(invisible(TRUE))
+  p <- .compute %||% .$current
+  msg <- if (p == "default") "No daemons set." else sprintf("No daemons set for the '%s' compute profile.", p)
+  stop(simpleError(paste(msg, "Use e.g. mirai::daemons(6) to set 6 local daemons."), call = sys.call(-1L)))
+}
+
+#' Daemons Information
+#'
+#' `info()`: counters as a named integer vector: `connections`,
+#' `cumulative`, `awaiting`, `executing`, `completed` (all but `connections`
+#' NA without a dispatcher); NULL if no daemons are set. Reading it costs no
+#' round trip.
+#'
+#' `status()`: a list with `connections` and `daemons` (the URL), plus
+#' `mirai` counters with a dispatcher.
+#'
+#' @param .compute character compute profile (NULL for the current one).
+#' @return See Details.
+#' @examples
+#' daemons(1)
+#' info()
+#' status()
+#' daemons(0)
+#' @export
+info <- function(.compute = NULL) {
+  prof <- profile_of(.compute)
+  if (is.null(prof)) return(NULL)
+  nms <- c("connections", "cumulative", "awaiting", "executing", "completed")
+  if (isTRUE(prof$sync)) return(structure(c(0L, NA, NA, NA, NA), names = nms))
+  v <- .Call(C_mirai_host_info, prof$host)[1:5]
+  if (!prof$dispatcher) v[2:5] <- NA_integer_
+  structure(v, names = nms)
+}
+
+#' @rdname info
+#' @export
+status <- function(.compute = NULL) {
+  if (inherits(.compute, "miraiCluster")) .compute <- attr(.compute, "id")
+  prof <- profile_of(.compute)
+  if (is.null(prof)) return(list(connections = 0L, daemons = 0L))
+  if (isTRUE(prof$sync)) return(list(connections = 0L, daemons = prof$url))
+  v <- .Call(C_mirai_host_info, prof$host)
+  out <- list(connections = v[[1L]], daemons = prof$url)
+  if (prof$dispatcher)
+    out$mirai <- c(awaiting = v[[3L]], executing = v[[4L]], completed = v[[5L]])
+  out
+}
+
+#' URL Constructors
+#'
+#' `local_url()`: a random local URL (abstract Unix socket on Linux), or
+#' with `tcp = TRUE` a loopback TCP URL. `host_url()`: a TCP URL for each of
+#' this machine's network interfaces, for daemons on other machines.
+#'
+#' @param tcp logical: a loopback TCP URL instead of a Unix socket.
+#' @param port integer port; 0 picks a free port when listening.
+#' @param tls logical: a `tls+tcp://` URL.
+#' @return Character URL(s).
+#' @examples
+#' local_url()
+#' local_url(tcp = TRUE, port = 5555)
+#' host_url()
+#' @export
+local_url <- function(tcp = FALSE, port = 0) {
+  if (!is.numeric(port) || length(port) != 1L || is.na(port) || port < 0 || port > 65535)
+    stop("`port` must be an integer from 0 to 65535", call. = FALSE)
+  if (isTRUE(tcp)) return(sprintf("tcp://127.0.0.1:%d", as.integer(port)))
+  if (Sys.info()[["sysname"]] == "Linux") paste0("abstract://", .Call(C_mirai_random_hex, 12))
+  else paste0("ipc://", file.path(tempdir(), .Call(C_mirai_random_hex, 12)))
+}
+
+#' @rdname local_url
+#' @export
+host_url <- function(tls = FALSE, port = 0) {
+  if (!is.numeric(port) || length(port) != 1L || is.na(port) || port < 0 || port > 65535)
+    stop("`port` must be an integer from 0 to 65535", call. = FALSE)
+  ip <- .Call(C_mirai_ip_addr)
+  if (!length(ip)) ip <- c(nodename = Sys.info()[["nodename"]])
+  structure(sprintf("%s://%s:%d", if (isTRUE(tls)) "tls+tcp" else "tcp", ip, as.integer(port)), names = names(ip))
+}
+
+#' Next Stream / Get Profile Field
+#'
+#' `nextget()` reads a field of a compute profile (`"url"`, `"dispatcher"`,
+#' `"n"`, `"dots"`, `"sync"`, `"compute"`). For developers.
+#'
+#' @param x character field name.
+#' @param .compute character compute profile.
+#' @return The field's value, or NULL.
+#' @examples
+#' daemons(sync = TRUE)
+#' nextget("url")
+#' daemons(0)
+#' @export
+nextget <- function(x, .compute = "default") {
+  if (!is.character(x) || length(x) != 1L) stop("`x` must be a character string", call. = FALSE)
+  prof <- profile_of(.compute)
+  if (is.null(prof) || x %in% c("secret", "host")) return(NULL)
+  prof[[x]]
+}

@@ -1,0 +1,27 @@
+#' mirai: Minimalist Async Evaluation Framework for R
+#'
+#' Evaluates R expressions asynchronously, in parallel, on local or remote
+#' persistent processes ('daemons'), over a native transport written in Rust.
+#' A 'mirai' resolves by itself once its result arrives.
+#'
+#' @useDynLib mirai, .registration = TRUE, .fixes = "C_"
+#' @keywords internal
+"_PACKAGE"
+
+# Session state: compute profiles and the current profile name. On a daemon,
+# `daemon` is TRUE (see on_daemon()).
+. <- new.env(parent = emptyenv())
+.$profiles <- new.env(parent = emptyenv())
+.$current <- "default"
+.$daemon <- FALSE
+
+`%||%` <- function(x, y) if (is.null(x)) y else x
+
+.unresolved <- structure(NA, class = "unresolvedValue")
+
+profile_of <- function(.compute) {
+  if (is.null(.compute)) .compute <- .$current
+  if (!is.character(.compute) || length(.compute) != 1L || is.na(.compute))
+    stop("`.compute` must be a character string naming a compute profile, or NULL", call. = FALSE)
+  .$profiles[[.compute]]
+}

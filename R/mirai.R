@@ -1,0 +1,213 @@
+# mirai(): create a task, and the 'mirai' object that receives its result.
+
+named_list <- function(x, what) {
+  if (is.environment(x)) return(as.list.environment(x, all.names = TRUE))
+  if (!length(x)) return(list())
+  nm <- names(x)
+  if (length(x) == 1L && is.null(nm) && is.environment(x[[1L]]))
+    return(as.list.environment(x[[1L]], all.names = TRUE))
+  if (is.null(nm) || anyNA(nm) || !all(nzchar(nm)))
+    stop(sprintf("all %s must be named, unless supplying an environment", what), call. = FALSE)
+  as.list(x)
+}
+
+#' mirai (Evaluate Async)
+#'
+#' Evaluates an expression asynchronously in another R process and returns a
+#' 'mirai' straight away. The mirai resolves by itself once the result
+#' arrives: `m$data` gives the value (or `'unresolved' logi NA` until then),
+#' `m[]` waits for it.
+#'
+#' Where daemons are set (see [daemons()]) the task goes to them. Otherwise a
+#' fresh `Rscript` process is started for this one task.
+#'
+#' @param .expr an expression to evaluate, wrapped in `{}` if it spans
+#'   several lines. A symbol bound to a language object is evaluated as that
+#'   object.
+#' @param ... named objects (or one environment) placed in the global
+#'   environment of the evaluating process.
+#' @param .args named list or environment of objects kept local to the
+#'   evaluation.
+#' @param .timeout integer milliseconds after which the mirai resolves to an
+#'   'errorValue' 5 (timed out), or NULL for no timeout.
+#' @param .compute character compute profile, or NULL for the current one.
+#' @return A 'mirai' object, invisibly.
+#' @examples
+#' daemons(1, dispatcher = FALSE)
+#' m <- mirai(x + y, x = 1, y = 2)
+#' m[]
+#' m <- mirai(rnorm(n), .args = list(n = 3))
+#' call_mirai(m)$data
+#' daemons(0)
+#' @export
+mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) {
+  if (missing(.expr)) stop("missing expression, perhaps wrap in {}?", call. = FALSE)
+  expr <- substitute(.expr)
+  if (is.symbol(expr)) {
+    val <- get0(as.character(expr), envir = parent.frame(), inherits = TRUE)
+    if (is.language(val)) expr <- val
+  }
+  globals <- named_list(list(...), "`...` arguments")
+  args <- named_list(.args, "items in `.args`")
+  if (!is.null(.timeout) && (!is.numeric(.timeout) || length(.timeout) != 1L || is.na(.timeout) || .timeout < 0))
+    stop("`.timeout` must be a non-negative number of milliseconds, or NULL", call. = FALSE)
+  data <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
+  prof <- profile_of(.compute)
+  if (is.null(prof)) return(invisible(ephemeral_mirai(data, .timeout)))
+  if (isTRUE(prof$sync)) return(invisible(sync_mirai(prof, data)))
+  invisible(new_mirai(.Call(C_mirai_host_submit, prof$host, data, .timeout)))
+}
+
+new_mirai <- function(aio) {
+  env <- new.env(hash = FALSE, parent = emptyenv())
+  env$aio <- aio
+  makeActiveBinding("data", function(x) {
+    if (.Call(C_mirai_aio_collect, aio, env)) .subset2(env, "value") else .unresolved
+  }, env)
+  attr(env, "id") <- .Call(C_mirai_aio_id, aio)
+  class(env) <- c("mirai", "recvAio")
+  env
+}
+
+resolved_mirai <- function(value) {
+  env <- new.env(hash = FALSE, parent = emptyenv())
+  env$value <- value
+  makeActiveBinding("data", function(x) .subset2(env, "value"), env)
+  class(env) <- c("mirai", "recvAio")
+  env
+}
+
+ephemeral_mirai <- function(data, timeout) {
+  secret <- .Call(C_mirai_random_hex, 16)
+  host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE)
+  url <- .Call(C_mirai_host_url, host)
+  launch_process(host, url, secret, list(dispatcher = FALSE, maxtasks = 1L, cleanup = FALSE))
+  new_mirai(.Call(C_mirai_host_submit, host, data, timeout))
+}
+
+sync_mirai <- function(prof, data) {
+  old <- .$daemon
+  .$daemon <- TRUE
+  on.exit(.$daemon <- old)
+  resolved_mirai(eval_mirai(data, prof$globals))
+}
+
+aio_of <- function(x) .subset2(x, "aio")
+
+#' mirai (Call Value)
+#'
+#' `call_mirai()` waits for a mirai (or each mirai in a list) to resolve and
+#' returns it, with `$data` filled in. The wait can be interrupted with
+#' Ctrl-C, which leaves the mirai and the session intact.
+#'
+#' `collect_mirai()` waits likewise and returns the value itself (for a
+#' list, a list of values). `x[]` on a mirai is the same.
+#'
+#' @param x a 'mirai' or a list of them.
+#' @param options for a list, reserved for collection options such as
+#'   `".flat"`; NULL here.
+#' @return `call_mirai()`: `x`, invisibly. `collect_mirai()`: the value(s).
+#' @examples
+#' daemons(sync = TRUE)
+#' m <- mirai(1 + 1)
+#' call_mirai(m)$data
+#' collect_mirai(list(a = mirai(1), b = mirai(2)))
+#' daemons(0)
+#' @export
+call_mirai <- function(x) {
+  if (is.list(x) && !is.object(x)) {
+    for (m in x) call_mirai(m)
+  } else if (inherits(x, "mirai")) {
+    aio <- aio_of(x)
+    if (!is.null(aio)) .Call(C_mirai_aio_wait, aio)
+  }
+  invisible(x)
+}
+
+#' @rdname call_mirai
+#' @export
+collect_mirai <- function(x, options = NULL) {
+  if (inherits(x, "mirai")) return(x[])
+  if (!is.list(x)) return(x)
+  out <- lapply(x, function(m) if (inherits(m, "mirai")) m[] else m)
+  out
+}
+
+#' @export
+`[.mirai` <- function(x, i) {
+  aio <- aio_of(x)
+  if (!is.null(aio)) .Call(C_mirai_aio_wait, aio)
+  .subset2(x, "data")
+}
+
+#' @export
+print.mirai <- function(x, ...) {
+  cat(if (unresolved(x)) "< mirai [] >\n" else "< mirai [$data] >\n")
+  invisible(x)
+}
+
+#' Query if a mirai is Unresolved
+#'
+#' Never waits.
+#'
+#' @param x a 'mirai', a list of them, or a mirai's `$data`.
+#' @return TRUE if `x` (or any element of a list) is still unresolved.
+#' @examples
+#' daemons(sync = TRUE)
+#' m <- mirai(1)
+#' unresolved(m)
+#' unresolved(m$data)
+#' daemons(0)
+#' @export
+unresolved <- function(x) {
+  if (inherits(x, "mirai")) {
+    aio <- aio_of(x)
+    return(!is.null(aio) && !.Call(C_mirai_aio_collect, aio, x))
+  }
+  if (inherits(x, "unresolvedValue")) return(TRUE)
+  if (is.list(x) && !is.object(x)) {
+    for (m in x) if (unresolved(m)) return(TRUE)
+  }
+  FALSE
+}
+
+#' Is mirai
+#'
+#' @param x an object.
+#' @return Logical value.
+#' @examples
+#' is_mirai(1)
+#' @export
+is_mirai <- function(x) inherits(x, "mirai")
+
+#' Stop a mirai
+#'
+#' Resolves a mirai to 'errorValue' 20 (operation canceled) at once. With a
+#' dispatcher, a queued task is withdrawn and a running one interrupted.
+#'
+#' @param x a 'mirai' or a list of them.
+#' @return Logical: TRUE where the dispatcher found the task (vectorised
+#'   over lists); FALSE without a dispatcher.
+#' @examples
+#' daemons(1, dispatcher = FALSE)
+#' m <- mirai(Sys.sleep(10))
+#' stop_mirai(m)
+#' m$data
+#' daemons(0)
+#' @export
+stop_mirai <- function(x) {
+  if (is.list(x) && !is.object(x)) return(vapply(x, stop_mirai, logical(1L)))
+  if (!inherits(x, "mirai")) return(FALSE)
+  aio <- aio_of(x)
+  if (is.null(aio)) return(FALSE)
+  .Call(C_mirai_aio_cancel, aio)
+}
+
+#' On Daemon
+#'
+#' @return TRUE when called from code being evaluated by a daemon (or in
+#'   synchronous mode), FALSE otherwise.
+#' @examples
+#' on_daemon()
+#' @export
+on_daemon <- function() isTRUE(.$daemon)

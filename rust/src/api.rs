@@ -1,0 +1,502 @@
+//! The `.Call` surface: argument decoding, external pointers, and nothing
+//! else. Every function here runs on R's main thread.
+
+use crate::aio::{Outcome, Slot};
+use crate::client::{ClientConn, Incoming};
+use crate::host::{Host, HostOptions};
+use crate::proto::{self, Msg};
+use crate::rapi::*;
+use crate::serial;
+use crate::spawn::{self, Child};
+use crate::url::Address;
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Profile {
+    pub host: Host,
+    pub children: Mutex<Vec<Child>>,
+}
+
+pub struct Aio {
+    pub slot: Arc<Slot>,
+    pub id: u64,
+    pub profile: Arc<Profile>,
+}
+
+/// Types that live behind an R external pointer, told apart by their tag.
+trait Tagged: Sized + 'static {
+    const TAG: &'static std::ffi::CStr;
+}
+impl Tagged for Arc<Profile> {
+    const TAG: &'static std::ffi::CStr = c"mirai_profile";
+}
+impl Tagged for Aio {
+    const TAG: &'static std::ffi::CStr = c"mirai_aio";
+}
+impl Tagged for Mutex<Option<ClientConn>> {
+    const TAG: &'static std::ffi::CStr = c"mirai_conn";
+}
+
+unsafe extern "C" fn finalize<T: Tagged>(s: SEXP) {
+    let p = R_ExternalPtrAddr(s) as *mut T;
+    if !p.is_null() {
+        R_ClearExternalPtr(s);
+        drop(Box::from_raw(p));
+    }
+}
+
+fn new_xptr<T: Tagged>(v: T) -> SEXP {
+    unsafe {
+        let tag = Rf_install(T::TAG.as_ptr());
+        let p = Rf_protect(R_MakeExternalPtr(Box::into_raw(Box::new(v)) as *mut c_void, tag, R_NilValue));
+        R_RegisterCFinalizerEx(p, finalize::<T>, Rboolean::TRUE);
+        Rf_unprotect(1);
+        p
+    }
+}
+
+fn get<'a, T: Tagged>(s: SEXP, what: &str) -> Result<&'a T, RError> {
+    unsafe {
+        const EXTPTRSXP: c_int = 22;
+        if TYPEOF(s) != EXTPTRSXP || R_ExternalPtrTag(s) != Rf_install(T::TAG.as_ptr()) {
+            return Err(format!("`{what}` is not a valid mirai handle").into());
+        }
+        let p = R_ExternalPtrAddr(s) as *const T;
+        if p.is_null() {
+            return Err(format!("`{what}` is no longer valid (it was closed or saved and reloaded)").into());
+        }
+        Ok(&*p)
+    }
+}
+
+fn lgl(b: bool) -> SEXP {
+    unsafe { Rf_ScalarLogical(b as c_int) }
+}
+
+fn opt_timeout(s: SEXP) -> Result<Option<Duration>, RError> {
+    if is_null(s) {
+        return Ok(None);
+    }
+    let ms = sexp_f64(s, ".timeout")?;
+    if ms.is_nan() || ms < 0.0 {
+        return Err("`.timeout` must be a non-negative number of milliseconds or NULL".into());
+    }
+    Ok(if ms.is_infinite() { None } else { Some(Duration::from_micros((ms * 1000.0) as u64)) })
+}
+
+fn error_value(code: i32) -> SEXP {
+    unsafe {
+        let v = Rf_protect(Rf_ScalarInteger(code));
+        let cls = Rf_protect(Rf_allocVector(STRSXP, 2));
+        SET_STRING_ELT(cls, 0, STRING_ELT(mk_string("errorValue"), 0));
+        SET_STRING_ELT(cls, 1, STRING_ELT(mk_string("try-error"), 0));
+        Rf_setAttrib(v, R_ClassSymbol, cls);
+        Rf_unprotect(2);
+        v
+    }
+}
+
+fn outcome_to_sexp(o: Outcome) -> SEXP {
+    match o {
+        Outcome::Error(code) => error_value(code),
+        Outcome::Value { body, offset } => match serial::unserialize(&body[offset..]) {
+            Ok(v) => v,
+            Err(msg) => unsafe {
+                let v = Rf_protect(mk_string(&format!("Error: result could not be unserialized: {msg}")));
+                let cls = Rf_protect(Rf_allocVector(STRSXP, 3));
+                for (i, c) in ["miraiError", "errorValue", "try-error"].iter().enumerate() {
+                    SET_STRING_ELT(cls, i as isize, STRING_ELT(mk_string(c), 0));
+                }
+                Rf_setAttrib(v, R_ClassSymbol, cls);
+                Rf_unprotect(2);
+                v
+            },
+        },
+    }
+}
+
+// ---- host ------------------------------------------------------------------
+
+#[no_mangle]
+pub extern "C" fn mirai_host_start(url: SEXP, dispatcher: SEXP, secret: SEXP, oneshot: SEXP) -> SEXP {
+    entry(|| {
+        let url = sexp_str(url, "url")?;
+        let addr = Address::parse(&url)?;
+        if let Address::Tcp { tls: true, .. } = addr {
+            return Err("tls+tcp:// is not available in this build yet; use tcp:// (or an SSH tunnel)".into());
+        }
+        let opts = HostOptions {
+            dispatcher: sexp_f64(dispatcher, "dispatcher")? != 0.0,
+            secret: if is_null(secret) { None } else { Some(sexp_str(secret, "secret")?) },
+            oneshot: sexp_f64(oneshot, "oneshot")? != 0.0,
+        };
+        let host = Host::start(&addr, opts)?;
+        Ok(new_xptr(Arc::new(Profile { host, children: Mutex::new(Vec::new()) })))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_host_url(p: SEXP) -> SEXP {
+    entry(|| Ok(mk_string(&get::<Arc<Profile>>(p, "profile")?.host.url)))
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP {
+    entry(|| {
+        let prof = get::<Arc<Profile>>(p, "profile")?.clone();
+        let timeout = opt_timeout(timeout)?;
+        let id = prof.host.next_task_id();
+        let mut frame = Vec::new();
+        prof.host.framing.begin(&mut frame);
+        proto::encode_into(&Msg::Task { id }, &mut frame);
+        serial::serialize_into(data, &mut frame).map_err(|e| format!("cannot serialize the task: {e}"))?;
+        let slot = Slot::new(prof.host.notifier.clone());
+        prof.host.submit(id, frame, slot.clone(), timeout);
+        Ok(new_xptr(Aio { slot, id, profile: prof }))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_host_info(p: SEXP) -> SEXP {
+    entry(|| {
+        let prof = get::<Arc<Profile>>(p, "profile")?;
+        let s = &prof.host.stats;
+        let vals = [&s.connections, &s.cumulative, &s.awaiting, &s.executing, &s.completed, &s.refused];
+        unsafe {
+            let v = Rf_allocVector(INTSXP, vals.len() as isize);
+            for (i, a) in vals.iter().enumerate() {
+                *INTEGER(v).add(i) = a.load(Ordering::Relaxed).min(i32::MAX as u64) as c_int;
+            }
+            Ok(v)
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_host_close(p: SEXP, signal: SEXP) -> SEXP {
+    entry(|| {
+        let prof = get::<Arc<Profile>>(p, "profile")?;
+        prof.host.shutdown(sexp_f64(signal, "signal")? != 0.0);
+        Ok(unsafe { R_NilValue })
+    })
+}
+
+fn str_vec(s: SEXP, what: &str) -> Result<Vec<String>, RError> {
+    unsafe {
+        if is_null(s) {
+            return Ok(Vec::new());
+        }
+        if TYPEOF(s) != STRSXP as c_int {
+            return Err(format!("`{what}` must be a character vector").into());
+        }
+        Ok((0..Rf_xlength(s))
+            .map(|i| std::ffi::CStr::from_ptr(R_CHAR(STRING_ELT(s, i))).to_string_lossy().into_owned())
+            .collect())
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_host_launch(p: SEXP, program: SEXP, args: SEXP, env_names: SEXP, env_values: SEXP) -> SEXP {
+    entry(|| {
+        let prof = get::<Arc<Profile>>(p, "profile")?;
+        let program = sexp_str(program, "rscript")?;
+        let args = str_vec(args, "args")?;
+        let env: Vec<(String, String)> =
+            str_vec(env_names, "env")?.into_iter().zip(str_vec(env_values, "env")?).collect();
+        let child = spawn::launch(&program, &args, &env)?;
+        let pid = child.pid;
+        prof.children.lock().unwrap().push(child);
+        Ok(unsafe { Rf_ScalarInteger(pid as c_int) })
+    })
+}
+
+/// Waits up to `ms` for `n` daemons; TRUE once connected. Errors when too
+/// many launched daemons have exited for `n` ever to be reached.
+#[no_mangle]
+pub extern "C" fn mirai_host_wait_ready(p: SEXP, n: SEXP, ms: SEXP) -> SEXP {
+    entry(|| {
+        let prof = get::<Arc<Profile>>(p, "profile")?;
+        let n = sexp_f64(n, "n")? as u64;
+        let until = Instant::now() + Duration::from_millis(sexp_f64(ms, "ms")? as u64);
+        loop {
+            let have = prof.host.stats.connections.load(Ordering::Relaxed);
+            if have >= n {
+                return Ok(lgl(true));
+            }
+            {
+                let ch = prof.children.lock().unwrap();
+                let dead: Vec<i32> = ch.iter().filter_map(|c| c.exited()).collect();
+                let alive = ch.len() - dead.len();
+                if !ch.is_empty() && have + (alive as u64) < n && !dead.is_empty() {
+                    return Err(format!(
+                        "{} daemon process(es) exited before connecting (exit status {}); run the launch command by hand to see why",
+                        dead.len(),
+                        dead[0]
+                    )
+                    .into());
+                }
+            }
+            if Instant::now() >= until {
+                return Ok(lgl(false));
+            }
+            if interrupt_pending() {
+                return Err(RError::Interrupt);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+/// Process ids of launched children still running.
+#[no_mangle]
+pub extern "C" fn mirai_host_children(p: SEXP) -> SEXP {
+    entry(|| {
+        let prof = get::<Arc<Profile>>(p, "profile")?;
+        let ch = prof.children.lock().unwrap();
+        let pids: Vec<u32> = ch.iter().filter(|c| c.exited().is_none()).map(|c| c.pid).collect();
+        unsafe {
+            let v = Rf_allocVector(INTSXP, pids.len() as isize);
+            for (i, pid) in pids.iter().enumerate() {
+                *INTEGER(v).add(i) = *pid as c_int;
+            }
+            Ok(v)
+        }
+    })
+}
+
+// ---- aio -------------------------------------------------------------------
+
+/// If resolved, converts the outcome once and caches it as `value` in `env`.
+#[no_mangle]
+pub extern "C" fn mirai_aio_collect(aio: SEXP, env: SEXP) -> SEXP {
+    entry(|| {
+        let a = get::<Aio>(aio, "aio")?;
+        if !a.slot.is_done() {
+            return Ok(lgl(false));
+        }
+        if let Some(o) = a.slot.take() {
+            unsafe {
+                let v = Rf_protect(outcome_to_sexp(o));
+                Rf_defineVar(Rf_install(c"value".as_ptr()), v, env);
+                Rf_unprotect(1);
+            }
+        }
+        Ok(lgl(true))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_aio_unresolved(aio: SEXP) -> SEXP {
+    entry(|| Ok(lgl(!get::<Aio>(aio, "aio")?.slot.is_done())))
+}
+
+/// Blocks until resolved; a user interrupt ends the wait and is re-raised.
+#[no_mangle]
+pub extern "C" fn mirai_aio_wait(aio: SEXP) -> SEXP {
+    entry(|| {
+        let slot = get::<Aio>(aio, "aio")?.slot.clone();
+        while !slot.wait(Duration::from_millis(100)) {
+            if interrupt_pending() {
+                return Err(RError::Interrupt);
+            }
+        }
+        Ok(unsafe { R_NilValue })
+    })
+}
+
+/// Resolves the mirai to "operation canceled" at once. TRUE if the
+/// dispatcher found the task and withdrew or interrupted it.
+#[no_mangle]
+pub extern "C" fn mirai_aio_cancel(aio: SEXP) -> SEXP {
+    entry(|| {
+        let a = get::<Aio>(aio, "aio")?;
+        let found = a.profile.host.dispatcher && a.profile.host.cancel(a.id, crate::sched::ERR_CANCELED);
+        a.slot.complete(Outcome::Error(crate::sched::ERR_CANCELED));
+        Ok(lgl(found))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_aio_id(aio: SEXP) -> SEXP {
+    entry(|| Ok(unsafe { Rf_ScalarInteger(get::<Aio>(aio, "aio")?.id as c_int) }))
+}
+
+// ---- daemon ----------------------------------------------------------------
+
+#[no_mangle]
+pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, asyncdial: SEXP, autoexit: SEXP) -> SEXP {
+    entry(|| {
+        let url = sexp_str(url, "url")?;
+        let addr = Address::parse(&url)?;
+        let secret = if is_null(secret) { String::new() } else { sexp_str(secret, "secret")? };
+        let asyncdial = sexp_f64(asyncdial, "asyncdial")? != 0.0;
+        let autoexit = sexp_f64(autoexit, "autoexit")?;
+        // Synchronous dial: a short grace period covers a host still binding.
+        let retry = if asyncdial { Duration::from_secs(86400 * 365) } else { Duration::from_secs(3) };
+        let mut interrupted = false;
+        let conn = ClientConn::connect(&addr, &secret, Some(Instant::now() + retry), || {
+            interrupted = interrupt_pending();
+            !interrupted
+        });
+        if interrupted {
+            return Err(RError::Interrupt);
+        }
+        let conn = conn?;
+        if autoexit == 1.0 {
+            conn.watch_host().map_err(|e| e.to_string())?;
+        }
+        Ok(new_xptr(Mutex::new(Some(conn))))
+    })
+}
+
+/// Next task as `list(id, data)`, NULL if nothing arrived within `ms`,
+/// FALSE once the host has closed the connection, NA if it asked us to exit.
+#[no_mangle]
+pub extern "C" fn mirai_daemon_recv(conn: SEXP, ms: SEXP) -> SEXP {
+    entry(|| {
+        let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
+        let mut g = cell.lock().unwrap();
+        let c = g.as_mut().ok_or("connection is closed")?;
+        let ms = sexp_f64(ms, "ms")?;
+        let until = if ms.is_finite() { Some(Instant::now() + Duration::from_millis(ms as u64)) } else { None };
+        loop {
+            let slice = match until {
+                Some(u) => u.saturating_duration_since(Instant::now()).min(Duration::from_millis(200)),
+                None => Duration::from_millis(200),
+            };
+            match c.recv(slice)? {
+                Incoming::Task { id, body, offset } => {
+                    let data = serial::unserialize(&body[offset..]);
+                    drop(body);
+                    let data = match data {
+                        Ok(d) => d,
+                        Err(e) => {
+                            c.done_evaluating();
+                            return Err(format!("cannot unserialize task: {e}").into());
+                        }
+                    };
+                    unsafe {
+                        let d = Rf_protect(data);
+                        let out = Rf_protect(Rf_allocVector(VECSXP, 2));
+                        SET_VECTOR_ELT(out, 0, Rf_ScalarReal(id as f64));
+                        SET_VECTOR_ELT(out, 1, d);
+                        Rf_unprotect(2);
+                        return Ok(out);
+                    }
+                }
+                Incoming::Closed => return Ok(lgl(false)),
+                Incoming::Exit => return Ok(unsafe { Rf_ScalarLogical(R_NaInt) }),
+                Incoming::Nothing => {
+                    if until.is_some_and(|u| Instant::now() >= u) {
+                        return Ok(unsafe { R_NilValue });
+                    }
+                    if interrupt_pending() {
+                        return Err(RError::Interrupt);
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_daemon_send(conn: SEXP, id: SEXP, value: SEXP, last: SEXP) -> SEXP {
+    entry(|| {
+        let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
+        let mut g = cell.lock().unwrap();
+        let c = g.as_mut().ok_or("connection is closed")?;
+        let id = sexp_f64(id, "id")? as u64;
+        let last = sexp_f64(last, "last")? != 0.0;
+        let mut frame = c.begin_result(id, last);
+        serial::serialize_into(value, &mut frame)?;
+        c.send(frame)?;
+        Ok(lgl(true))
+    })
+}
+
+/// After a last reply: waits (up to `ms`) for the host to close, so the
+/// reply is read before this process exits.
+#[no_mangle]
+pub extern "C" fn mirai_daemon_linger(conn: SEXP, ms: SEXP) -> SEXP {
+    entry(|| {
+        let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
+        let mut g = cell.lock().unwrap();
+        if let Some(c) = g.as_mut() {
+            let until = Instant::now() + Duration::from_millis(sexp_f64(ms, "ms")? as u64);
+            while Instant::now() < until {
+                match c.recv(Duration::from_millis(100))? {
+                    Incoming::Closed | Incoming::Exit => break,
+                    _ => {}
+                }
+            }
+        }
+        Ok(unsafe { R_NilValue })
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_daemon_close(conn: SEXP) -> SEXP {
+    entry(|| {
+        let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
+        cell.lock().unwrap().take();
+        Ok(unsafe { R_NilValue })
+    })
+}
+
+// ---- utilities -------------------------------------------------------------
+
+#[no_mangle]
+pub extern "C" fn mirai_parse_url(url: SEXP) -> SEXP {
+    entry(|| Ok(mk_string(&Address::parse(&sexp_str(url, "url")?)?.to_string())))
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_random_hex(n: SEXP) -> SEXP {
+    entry(|| {
+        let n = sexp_f64(n, "n")? as usize;
+        let mut bytes = vec![0u8; n];
+        let rc = unsafe { libc::getrandom(bytes.as_mut_ptr() as *mut c_void, n, 0) };
+        if rc != n as isize {
+            return Err("cannot read random bytes".into());
+        }
+        Ok(mk_string(&bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    })
+}
+
+/// Named IPv4 addresses of this machine's interfaces, loopback excluded.
+#[no_mangle]
+pub extern "C" fn mirai_ip_addr() -> SEXP {
+    entry(|| {
+        let mut out: Vec<(String, String)> = Vec::new();
+        unsafe {
+            let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
+            if libc::getifaddrs(&mut ifa) == 0 {
+                let mut p = ifa;
+                while !p.is_null() {
+                    let a = (*p).ifa_addr;
+                    if !a.is_null() && (*a).sa_family as c_int == libc::AF_INET {
+                        let sin = &*(a as *const libc::sockaddr_in);
+                        let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                        if !ip.is_loopback() {
+                            let name = std::ffi::CStr::from_ptr((*p).ifa_name).to_string_lossy().into_owned();
+                            out.push((name, ip.to_string()));
+                        }
+                    }
+                    p = (*p).ifa_next;
+                }
+                libc::freeifaddrs(ifa);
+            }
+            let v = Rf_protect(Rf_allocVector(STRSXP, out.len() as isize));
+            let nm = Rf_protect(Rf_allocVector(STRSXP, out.len() as isize));
+            for (i, (n, ip)) in out.iter().enumerate() {
+                SET_STRING_ELT(v, i as isize, STRING_ELT(mk_string(ip), 0));
+                SET_STRING_ELT(nm, i as isize, STRING_ELT(mk_string(n), 0));
+            }
+            Rf_setAttrib(v, R_NamesSymbol, nm);
+            Rf_unprotect(2);
+            Ok(v)
+        }
+    })
+}

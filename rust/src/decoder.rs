@@ -1,0 +1,186 @@
+//! Incremental frame reader shared by the blocking (daemon) and non-blocking
+//! (host event loop) sides. State survives `WouldBlock`, so the event loop
+//! can resume mid-frame; large bodies are read straight into their final
+//! buffer, never through the staging buffer.
+
+use crate::frame::{check_sp_header, Framing, MAX_MESSAGE, SP_HEADER};
+use std::io::{self, Read};
+
+const STAGING: usize = 64 * 1024;
+
+pub struct Decoder {
+    framing: Framing,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    need_header: bool,
+    body: Vec<u8>,
+    filled: usize,
+    in_body: bool,
+}
+
+fn proto_err(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+impl Decoder {
+    pub fn new(framing: Framing) -> Self {
+        Decoder {
+            framing,
+            buf: vec![0u8; STAGING].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            need_header: true,
+            body: Vec::new(),
+            filled: 0,
+            in_body: false,
+        }
+    }
+
+    /// True when bytes are already buffered, so a caller that polls the
+    /// descriptor before reading must not wait.
+    pub fn has_buffered(&self) -> bool {
+        self.end > self.start || self.in_body
+    }
+
+    /// Reads the next whole message body (pair1 hop header included).
+    /// End of stream is `UnexpectedEof`; `WouldBlock` leaves state intact.
+    pub fn next<R: Read>(&mut self, r: &mut R) -> io::Result<Vec<u8>> {
+        loop {
+            if self.in_body {
+                let avail = self.end - self.start;
+                if avail > 0 && self.filled < self.body.len() {
+                    let n = avail.min(self.body.len() - self.filled);
+                    self.body[self.filled..self.filled + n]
+                        .copy_from_slice(&self.buf[self.start..self.start + n]);
+                    self.start += n;
+                    self.filled += n;
+                }
+                while self.filled < self.body.len() {
+                    match r.read(&mut self.body[self.filled..]) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) => self.filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.in_body = false;
+                self.filled = 0;
+                return Ok(std::mem::take(&mut self.body));
+            }
+            let need = if self.need_header { SP_HEADER.len() } else { self.framing.prefix_len() };
+            while self.end - self.start < need {
+                if self.start > 0 {
+                    self.buf.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                }
+                match r.read(&mut self.buf[self.end..]) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => self.end += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let chunk = &self.buf[self.start..self.start + need];
+            if self.need_header {
+                check_sp_header(chunk.try_into().unwrap()).map_err(proto_err)?;
+                self.need_header = false;
+            } else {
+                let len = self.framing.parse_prefix(chunk).map_err(proto_err)?;
+                if len > MAX_MESSAGE {
+                    return Err(proto_err(format!("message length {len} exceeds the limit")));
+                }
+                self.body = vec![0u8; len as usize];
+                self.filled = 0;
+                self.in_body = true;
+            }
+            self.start += need;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn frame(f: Framing, body: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        f.begin(&mut b);
+        b.extend_from_slice(body);
+        f.finish(&mut b);
+        b
+    }
+
+    #[test]
+    fn decodes_consecutive_frames_both_framings() {
+        for f in [Framing::Tcp, Framing::Ipc] {
+            let mut wire = SP_HEADER.to_vec();
+            wire.extend(frame(f, b"one"));
+            wire.extend(frame(f, &vec![7u8; 200_000]));
+            wire.extend(frame(f, b""));
+            let mut d = Decoder::new(f);
+            let mut c = Cursor::new(wire);
+            assert_eq!(&d.next(&mut c).unwrap()[4..], b"one");
+            assert_eq!(d.next(&mut c).unwrap().len(), 200_004);
+            assert_eq!(d.next(&mut c).unwrap(), vec![0, 0, 0, 1]);
+            assert_eq!(d.next(&mut c).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        }
+    }
+
+    /// A reader that yields one byte at a time and WouldBlock in between,
+    /// like a non-blocking socket under pressure.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        block_next: bool,
+    }
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.block_next {
+                self.block_next = false;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.block_next = true;
+            if self.pos == self.data.len() {
+                return Ok(0);
+            }
+            out[0] = self.data[self.pos];
+            self.pos += 1;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn resumes_after_would_block() {
+        let mut wire = SP_HEADER.to_vec();
+        wire.extend(frame(Framing::Ipc, b"abc"));
+        wire.extend(frame(Framing::Ipc, b"defg"));
+        let mut t = Trickle { data: wire, pos: 0, block_next: false };
+        let mut d = Decoder::new(Framing::Ipc);
+        let mut got = Vec::new();
+        loop {
+            match d.next(&mut t) {
+                Ok(m) => got.push(m[4..].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+                    break;
+                }
+            }
+        }
+        assert_eq!(got, vec![b"abc".to_vec(), b"defg".to_vec()]);
+    }
+
+    #[test]
+    fn rejects_non_sp_peer_and_huge_lengths() {
+        let mut d = Decoder::new(Framing::Tcp);
+        let e = d.next(&mut Cursor::new(b"GET / HTTP/1.1\r\n".to_vec())).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let mut wire = SP_HEADER.to_vec();
+        wire.extend(u64::MAX.to_be_bytes());
+        let mut d = Decoder::new(Framing::Tcp);
+        assert!(d.next(&mut Cursor::new(wire)).unwrap_err().to_string().contains("exceeds"));
+    }
+}

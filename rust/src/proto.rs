@@ -1,0 +1,64 @@
+//! The message envelope: a small bincode-encoded header, then (for tasks and
+//! results) the raw R-serialized payload, which is never re-encoded.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever the envelope or its meaning changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Msg {
+    /// Daemon to host, first message.
+    Hello { version: u32, secret: String, pid: u32 },
+    /// Host to daemon, first message. The payload, if any, is an
+    /// R-serialized list of settings (RNG stream, serialization config).
+    Init { version: u32 },
+    /// Host to daemon: this daemon is not accepted; it should exit.
+    Refused { reason: String },
+    /// Host to daemon: evaluate the payload.
+    Task { id: u64 },
+    /// Daemon to host: the payload is the result of task `id`. `last` marks
+    /// the daemon's final reply (task, idle or wall time limit reached).
+    Result { id: u64, last: bool },
+    /// Host to daemon: interrupt task `id` if it is running.
+    Cancel { id: u64 },
+    /// Host to daemon: exit now (`daemons(NULL)`).
+    Exit,
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+/// Appends the encoded envelope to `buf` (which already holds a frame prefix).
+pub fn encode_into(msg: &Msg, buf: &mut Vec<u8>) {
+    bincode::serde::encode_into_std_write(msg, buf, config()).expect("writing to a Vec cannot fail");
+}
+
+/// Decodes an envelope; returns it and the offset where the payload starts.
+pub fn decode(body: &[u8]) -> Result<(Msg, usize), String> {
+    bincode::serde::decode_from_slice(body, config()).map_err(|e| format!("malformed message: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_payload() {
+        let mut b = vec![9u8; 3];
+        encode_into(&Msg::Result { id: 42, last: true }, &mut b);
+        let hdr_end = b.len();
+        b.extend_from_slice(b"payload");
+        let (m, off) = decode(&b[3..]).unwrap();
+        assert_eq!(m, Msg::Result { id: 42, last: true });
+        assert_eq!(3 + off, hdr_end);
+        assert_eq!(&b[3 + off..], b"payload");
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(decode(&[]).is_err());
+    }
+}

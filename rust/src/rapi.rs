@@ -1,0 +1,226 @@
+//! The slice of R's C API we call, plus the three rules that keep the FFI
+//! boundary sound:
+//! 1. only R's main thread calls anything here;
+//! 2. code that may raise an R error runs inside `try_r`, so R's longjmp never
+//!    crosses a Rust frame that owns something;
+//! 3. R errors and interrupts are raised by `raise` only after every Rust
+//!    value of the call has been dropped.
+
+#![allow(non_snake_case, non_upper_case_globals, improper_ctypes, clashing_extern_declarations)]
+
+pub use extendr_ffi::{R_inpstream_st, R_outpstream_st, R_pstream_format_t, Rboolean, SEXP};
+pub type SEXPTYPE = std::ffi::c_uint;
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+extern "C" {
+    pub static R_NilValue: SEXP;
+    pub static R_GlobalEnv: SEXP;
+    pub static R_NaInt: c_int;
+    pub static R_NamesSymbol: SEXP;
+    pub static R_ClassSymbol: SEXP;
+    pub static mut R_interrupts_pending: c_int;
+
+    pub fn Rf_protect(s: SEXP) -> SEXP;
+    pub fn Rf_unprotect(n: c_int);
+    pub fn R_PreserveObject(s: SEXP);
+    pub fn R_ReleaseObject(s: SEXP);
+    pub fn Rf_allocVector(t: SEXPTYPE, n: isize) -> SEXP;
+    pub fn Rf_xlength(s: SEXP) -> isize;
+    pub fn TYPEOF(s: SEXP) -> c_int;
+    pub fn INTEGER(s: SEXP) -> *mut c_int;
+    pub fn LOGICAL(s: SEXP) -> *mut c_int;
+    pub fn REAL(s: SEXP) -> *mut f64;
+    pub fn RAW(s: SEXP) -> *mut u8;
+    pub fn STRING_ELT(s: SEXP, i: isize) -> SEXP;
+    pub fn SET_STRING_ELT(s: SEXP, i: isize, v: SEXP);
+    pub fn VECTOR_ELT(s: SEXP, i: isize) -> SEXP;
+    pub fn SET_VECTOR_ELT(s: SEXP, i: isize, v: SEXP) -> SEXP;
+    pub fn R_CHAR(s: SEXP) -> *const c_char;
+    pub fn Rf_mkCharLenCE(s: *const c_char, len: c_int, enc: c_int) -> SEXP;
+    pub fn Rf_ScalarInteger(x: c_int) -> SEXP;
+    pub fn Rf_ScalarLogical(x: c_int) -> SEXP;
+    pub fn Rf_ScalarReal(x: f64) -> SEXP;
+    pub fn Rf_setAttrib(s: SEXP, name: SEXP, val: SEXP) -> SEXP;
+    pub fn Rf_install(s: *const c_char) -> SEXP;
+    pub fn Rf_defineVar(sym: SEXP, val: SEXP, env: SEXP);
+    pub fn R_MakeExternalPtr(p: *mut c_void, tag: SEXP, prot: SEXP) -> SEXP;
+    pub fn R_ExternalPtrAddr(s: SEXP) -> *mut c_void;
+    pub fn R_ExternalPtrTag(s: SEXP) -> SEXP;
+    pub fn R_ClearExternalPtr(s: SEXP);
+    pub fn R_RegisterCFinalizerEx(s: SEXP, f: unsafe extern "C" fn(SEXP), onexit: Rboolean);
+    pub fn Rf_errorcall(call: SEXP, fmt: *const c_char, ...) -> !;
+    pub fn R_CheckUserInterrupt();
+    pub fn R_ToplevelExec(f: unsafe extern "C" fn(*mut c_void), data: *mut c_void) -> Rboolean;
+    pub fn R_tryCatchError(
+        body: unsafe extern "C" fn(*mut c_void) -> SEXP,
+        bdata: *mut c_void,
+        handler: unsafe extern "C" fn(SEXP, *mut c_void) -> SEXP,
+        hdata: *mut c_void,
+    ) -> SEXP;
+    pub fn R_InitOutPStream(
+        stream: *mut R_outpstream_st,
+        data: *mut c_void,
+        kind: R_pstream_format_t,
+        version: c_int,
+        out_char: Option<unsafe extern "C" fn(*mut R_outpstream_st, c_int)>,
+        out_bytes: Option<unsafe extern "C" fn(*mut R_outpstream_st, *mut c_void, c_int)>,
+        phook: Option<unsafe extern "C" fn(SEXP, SEXP) -> SEXP>,
+        pdata: SEXP,
+    );
+    pub fn R_InitInPStream(
+        stream: *mut R_inpstream_st,
+        data: *mut c_void,
+        kind: R_pstream_format_t,
+        in_char: Option<unsafe extern "C" fn(*mut R_inpstream_st) -> c_int>,
+        in_bytes: Option<unsafe extern "C" fn(*mut R_inpstream_st, *mut c_void, c_int)>,
+        phook: Option<unsafe extern "C" fn(SEXP, SEXP) -> SEXP>,
+        pdata: SEXP,
+    );
+    pub fn R_Serialize(s: SEXP, ops: *mut R_outpstream_st);
+    pub fn R_Unserialize(ips: *mut R_inpstream_st) -> SEXP;
+}
+
+pub const NILSXP: c_int = 0;
+pub const LGLSXP: SEXPTYPE = 10;
+pub const INTSXP: SEXPTYPE = 13;
+pub const REALSXP: SEXPTYPE = 14;
+pub const STRSXP: SEXPTYPE = 16;
+pub const VECSXP: SEXPTYPE = 19;
+pub const RAWSXP: SEXPTYPE = 24;
+const CE_UTF8: c_int = 1;
+
+/// An error to raise in R once the Rust side of a call has unwound.
+pub enum RError {
+    Msg(String),
+    Interrupt,
+}
+
+impl<T: Into<String>> From<T> for RError {
+    fn from(s: T) -> Self {
+        RError::Msg(s.into())
+    }
+}
+
+pub type RResult = Result<SEXP, RError>;
+
+static mut ERRBUF: [u8; 8192] = [0; 8192];
+
+/// Runs a `.Call` body: panics become R errors, `Err` becomes an R error or
+/// a re-raised interrupt, raised after the body's values are dropped.
+pub fn entry(f: impl FnOnce() -> RResult) -> SEXP {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let err = match r {
+        Ok(Ok(s)) => return s,
+        Ok(Err(e)) => e,
+        Err(p) => {
+            let m = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown".into());
+            RError::Msg(format!("internal error in mirai: {m}"))
+        }
+    };
+    unsafe { raise(err) }
+}
+
+unsafe fn raise(e: RError) -> ! {
+    match e {
+        RError::Interrupt => {
+            R_interrupts_pending = 1;
+            R_CheckUserInterrupt();
+            Rf_errorcall(R_NilValue, c"interrupted".as_ptr())
+        }
+        RError::Msg(m) => {
+            let buf = &mut *std::ptr::addr_of_mut!(ERRBUF);
+            let n = m.len().min(buf.len() - 1);
+            buf[..n].copy_from_slice(&m.as_bytes()[..n]);
+            buf[n] = 0;
+            drop(m);
+            Rf_errorcall(R_NilValue, c"%s".as_ptr(), buf.as_ptr() as *const c_char)
+        }
+    }
+}
+
+/// Runs `f` (which calls R) under an R error handler. On an R error returns
+/// the condition's message instead of unwinding through Rust. The SEXP `f`
+/// returns travels back through R, so it stays protected on the way.
+pub fn try_r<F: FnMut() -> SEXP>(mut f: F) -> Result<SEXP, String> {
+    unsafe extern "C" fn body<F: FnMut() -> SEXP>(d: *mut c_void) -> SEXP {
+        (*(d as *mut F))()
+    }
+    unsafe extern "C" fn handler(cond: SEXP, d: *mut c_void) -> SEXP {
+        *(d as *mut bool) = true;
+        cond
+    }
+    let mut failed = false;
+    unsafe {
+        let res = R_tryCatchError(
+            body::<F>,
+            &mut f as *mut F as *mut c_void,
+            handler,
+            &mut failed as *mut bool as *mut c_void,
+        );
+        if failed {
+            return Err(condition_message(res));
+        }
+        Ok(res)
+    }
+}
+
+unsafe fn condition_message(cond: SEXP) -> String {
+    if TYPEOF(cond) == VECSXP as c_int && Rf_xlength(cond) > 0 {
+        let m = VECTOR_ELT(cond, 0);
+        if TYPEOF(m) == STRSXP as c_int && Rf_xlength(m) > 0 {
+            return CStr::from_ptr(R_CHAR(STRING_ELT(m, 0))).to_string_lossy().into_owned();
+        }
+    }
+    "unknown R error".into()
+}
+
+/// True if the user has asked to interrupt (Ctrl-C). Never longjmps.
+pub fn interrupt_pending() -> bool {
+    unsafe extern "C" fn check(_: *mut c_void) {
+        R_CheckUserInterrupt();
+    }
+    unsafe { R_ToplevelExec(check, std::ptr::null_mut()) == Rboolean::FALSE }
+}
+
+pub fn mk_string(s: &str) -> SEXP {
+    unsafe {
+        let v = Rf_protect(Rf_allocVector(STRSXP, 1));
+        SET_STRING_ELT(v, 0, Rf_mkCharLenCE(s.as_ptr() as *const c_char, s.len() as c_int, CE_UTF8));
+        Rf_unprotect(1);
+        v
+    }
+}
+
+pub fn sexp_str(s: SEXP, what: &str) -> Result<String, RError> {
+    unsafe {
+        if TYPEOF(s) != STRSXP as c_int || Rf_xlength(s) < 1 {
+            return Err(format!("`{what}` must be a character string").into());
+        }
+        Ok(CStr::from_ptr(R_CHAR(STRING_ELT(s, 0))).to_string_lossy().into_owned())
+    }
+}
+
+pub fn sexp_f64(s: SEXP, what: &str) -> Result<f64, RError> {
+    unsafe {
+        match TYPEOF(s) as SEXPTYPE {
+            REALSXP if Rf_xlength(s) >= 1 => Ok(*REAL(s)),
+            INTSXP if Rf_xlength(s) >= 1 => {
+                let v = *INTEGER(s);
+                Ok(if v == R_NaInt { f64::NAN } else { v as f64 })
+            }
+            LGLSXP if Rf_xlength(s) >= 1 => {
+                let v = *LOGICAL(s);
+                Ok(if v == R_NaInt { f64::NAN } else { v as f64 })
+            }
+            _ => Err(format!("`{what}` must be numeric").into()),
+        }
+    }
+}
+
+pub fn is_null(s: SEXP) -> bool {
+    unsafe { TYPEOF(s) == NILSXP }
+}

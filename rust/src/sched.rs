@@ -1,0 +1,380 @@
+//! Scheduling as a pure state machine: events in, actions out, no I/O.
+//!
+//! Two policies share it. With a dispatcher, tasks wait in one FIFO queue and
+//! each goes to an idle daemon, one task in flight per daemon. Without one,
+//! each task goes straight to the next daemon in a round-robin ring and may
+//! queue behind that daemon's current task.
+
+use std::collections::{HashMap, VecDeque};
+
+pub type TaskId = u64;
+pub type DaemonId = u64;
+
+pub const ERR_TIMEOUT: i32 = 5;
+pub const ERR_RESET: i32 = 19;
+pub const ERR_CANCELED: i32 = 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write task to daemon.
+    Send { daemon: DaemonId, task: TaskId },
+    /// The reply just received resolves task.
+    Deliver { task: TaskId },
+    /// Task resolves to this error value.
+    Fail { task: TaskId, code: i32 },
+    /// Ask daemon to interrupt task.
+    Interrupt { daemon: DaemonId, task: TaskId },
+    /// Daemon sent its last reply: close its connection once flushed.
+    Retire { daemon: DaemonId },
+    /// Forget the task's payload; nothing refers to it any more.
+    Drop { task: TaskId },
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub connections: u64,
+    pub cumulative: u64,
+    pub awaiting: u64,
+    pub executing: u64,
+    pub completed: u64,
+}
+
+#[derive(Debug)]
+struct Task {
+    daemon: Option<DaemonId>,
+    resolved: bool,
+}
+
+#[derive(Debug, Default)]
+struct Daemon {
+    inflight: VecDeque<TaskId>,
+}
+
+/// Set with O(1) insert, remove and pick.
+#[derive(Debug, Default)]
+struct IdleSet {
+    items: Vec<DaemonId>,
+    pos: HashMap<DaemonId, usize>,
+}
+
+impl IdleSet {
+    fn insert(&mut self, d: DaemonId) {
+        if !self.pos.contains_key(&d) {
+            self.pos.insert(d, self.items.len());
+            self.items.push(d);
+        }
+    }
+    fn remove(&mut self, d: DaemonId) {
+        if let Some(i) = self.pos.remove(&d) {
+            let last = self.items.pop().unwrap();
+            if last != d {
+                self.items[i] = last;
+                self.pos.insert(last, i);
+            }
+        }
+    }
+    fn pop(&mut self) -> Option<DaemonId> {
+        let d = self.items.pop()?;
+        self.pos.remove(&d);
+        Some(d)
+    }
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+pub struct Sched {
+    dispatcher: bool,
+    queue: VecDeque<TaskId>,
+    tasks: HashMap<TaskId, Task>,
+    daemons: HashMap<DaemonId, Daemon>,
+    idle: IdleSet,
+    ring: VecDeque<DaemonId>,
+    counters: Counters,
+}
+
+impl Sched {
+    pub fn new(dispatcher: bool) -> Self {
+        Sched {
+            dispatcher,
+            queue: VecDeque::new(),
+            tasks: HashMap::new(),
+            daemons: HashMap::new(),
+            idle: IdleSet::default(),
+            ring: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters;
+        c.connections = self.daemons.len() as u64;
+        c.awaiting = self.queue.len() as u64;
+        c.executing = self.daemons.values().map(|d| d.inflight.len() as u64).sum::<u64>();
+        c
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    pub fn pending_tasks(&self) -> usize {
+        self.tasks.values().filter(|t| !t.resolved).count()
+    }
+
+    pub fn submit(&mut self, task: TaskId) -> Vec<Action> {
+        self.tasks.insert(task, Task { daemon: None, resolved: false });
+        self.queue.push_back(task);
+        let mut out = Vec::new();
+        self.pump(&mut out);
+        out
+    }
+
+    pub fn connect(&mut self, d: DaemonId) -> Vec<Action> {
+        self.daemons.insert(d, Daemon::default());
+        self.counters.cumulative += 1;
+        self.idle.insert(d);
+        self.ring.push_back(d);
+        let mut out = Vec::new();
+        self.pump(&mut out);
+        out
+    }
+
+    /// The daemon's connection is gone. Its running task fails with
+    /// "connection reset"; tasks queued behind it never started, so they go
+    /// back to the front of the queue.
+    pub fn disconnect(&mut self, d: DaemonId) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let Some(dm) = self.remove_daemon(d) {
+            let mut it = dm.inflight.into_iter();
+            if let Some(running) = it.next() {
+                self.fail(running, ERR_RESET, &mut out);
+            }
+            self.requeue(it, &mut out);
+        }
+        self.pump(&mut out);
+        out
+    }
+
+    /// A reply for `task` arrived from `d`.
+    pub fn reply(&mut self, d: DaemonId, task: TaskId, last: bool) -> Vec<Action> {
+        let mut out = Vec::new();
+        let known = self.daemons.get_mut(&d).map(|dm| {
+            if let Some(i) = dm.inflight.iter().position(|&t| t == task) {
+                dm.inflight.remove(i);
+                true
+            } else {
+                false
+            }
+        });
+        if known == Some(true) {
+            let t = self.tasks.get_mut(&task).unwrap();
+            if !t.resolved {
+                t.resolved = true;
+                self.counters.completed += 1;
+                out.push(Action::Deliver { task });
+            }
+            self.tasks.remove(&task);
+            out.push(Action::Drop { task });
+        }
+        if last {
+            if let Some(dm) = self.remove_daemon(d) {
+                self.requeue(dm.inflight.into_iter(), &mut out);
+            }
+            out.push(Action::Retire { daemon: d });
+        } else if self.dispatcher && self.daemons.contains_key(&d) {
+            self.idle.insert(d);
+        }
+        self.pump(&mut out);
+        out
+    }
+
+    /// User cancellation. Returns whether the task was found unresolved.
+    pub fn cancel(&mut self, task: TaskId, code: i32) -> (bool, Vec<Action>) {
+        let mut out = Vec::new();
+        let Some(t) = self.tasks.get(&task) else { return (false, out) };
+        if t.resolved {
+            return (false, out);
+        }
+        match t.daemon {
+            None => {
+                self.queue.retain(|&q| q != task);
+                self.fail(task, code, &mut out);
+                self.tasks.remove(&task);
+                out.push(Action::Drop { task });
+            }
+            Some(d) => {
+                self.fail(task, code, &mut out);
+                if self.dispatcher {
+                    out.push(Action::Interrupt { daemon: d, task });
+                }
+            }
+        }
+        (true, out)
+    }
+
+    /// Fails every unresolved task (shutdown).
+    pub fn fail_all(&mut self, code: i32) -> Vec<Action> {
+        let mut out = Vec::new();
+        let ids: Vec<TaskId> = self.tasks.iter().filter(|(_, t)| !t.resolved).map(|(&id, _)| id).collect();
+        for id in ids {
+            self.fail(id, code, &mut out);
+        }
+        self.queue.clear();
+        out
+    }
+
+    fn fail(&mut self, task: TaskId, code: i32, out: &mut Vec<Action>) {
+        if let Some(t) = self.tasks.get_mut(&task) {
+            if !t.resolved {
+                t.resolved = true;
+                out.push(Action::Fail { task, code });
+            }
+        }
+    }
+
+    fn remove_daemon(&mut self, d: DaemonId) -> Option<Daemon> {
+        let dm = self.daemons.remove(&d)?;
+        self.idle.remove(d);
+        self.ring.retain(|&x| x != d);
+        Some(dm)
+    }
+
+    fn requeue(&mut self, tasks: impl DoubleEndedIterator<Item = TaskId>, out: &mut Vec<Action>) {
+        for t in tasks.rev() {
+            match self.tasks.get_mut(&t) {
+                Some(ts) if !ts.resolved => {
+                    ts.daemon = None;
+                    self.queue.push_front(t);
+                }
+                Some(_) => {
+                    self.tasks.remove(&t);
+                    out.push(Action::Drop { task: t });
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn pump(&mut self, out: &mut Vec<Action>) {
+        loop {
+            let Some(&task) = self.queue.front() else { return };
+            let d = if self.dispatcher {
+                match self.idle.pop() {
+                    Some(d) => d,
+                    None => return,
+                }
+            } else {
+                match self.ring.pop_front() {
+                    Some(d) => {
+                        self.ring.push_back(d);
+                        d
+                    }
+                    None => return,
+                }
+            };
+            self.queue.pop_front();
+            self.tasks.get_mut(&task).unwrap().daemon = Some(d);
+            self.daemons.get_mut(&d).unwrap().inflight.push_back(task);
+            out.push(Action::Send { daemon: d, task });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sends(a: &[Action]) -> Vec<(DaemonId, TaskId)> {
+        a.iter()
+            .filter_map(|x| match x {
+                Action::Send { daemon, task } => Some((*daemon, *task)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_spreads_and_queues_behind_busy_daemons() {
+        let mut s = Sched::new(false);
+        assert!(s.submit(1).is_empty());
+        assert_eq!(sends(&s.connect(10)), vec![(10, 1)]);
+        s.connect(11);
+        assert_eq!(sends(&s.submit(2)), vec![(11, 2)]);
+        assert_eq!(sends(&s.submit(3)), vec![(10, 3)]);
+        assert_eq!(s.counters().executing, 3);
+        let a = s.reply(10, 1, false);
+        assert!(a.contains(&Action::Deliver { task: 1 }));
+        assert_eq!(s.counters().completed, 1);
+    }
+
+    #[test]
+    fn dispatcher_sends_only_to_idle_daemons_fifo() {
+        let mut s = Sched::new(true);
+        s.connect(1);
+        assert_eq!(sends(&s.submit(100)), vec![(1, 100)]);
+        assert!(sends(&s.submit(101)).is_empty());
+        assert!(sends(&s.submit(102)).is_empty());
+        assert_eq!(s.counters().awaiting, 2);
+        assert_eq!(sends(&s.reply(1, 100, false)), vec![(1, 101)]);
+        assert_eq!(sends(&s.connect(2)), vec![(2, 102)]);
+    }
+
+    #[test]
+    fn disconnect_fails_running_and_requeues_unstarted() {
+        let mut s = Sched::new(false);
+        s.connect(1);
+        s.submit(1);
+        s.submit(2);
+        let a = s.disconnect(1);
+        assert!(a.contains(&Action::Fail { task: 1, code: ERR_RESET }));
+        assert_eq!(s.counters().awaiting, 1);
+        assert_eq!(sends(&s.connect(2)), vec![(2, 2)]);
+    }
+
+    #[test]
+    fn last_reply_retires_daemon_and_requeues_rest() {
+        let mut s = Sched::new(false);
+        s.connect(1);
+        s.submit(1);
+        s.submit(2);
+        let a = s.reply(1, 1, true);
+        assert!(a.contains(&Action::Deliver { task: 1 }));
+        assert!(a.contains(&Action::Retire { daemon: 1 }));
+        assert_eq!(s.counters().connections, 0);
+        assert_eq!(s.counters().awaiting, 1);
+    }
+
+    #[test]
+    fn cancel_and_timeout_resolve_once() {
+        let mut s = Sched::new(true);
+        s.connect(1);
+        s.submit(1);
+        s.submit(2);
+        let (found, a) = s.cancel(2, ERR_CANCELED);
+        assert!(found);
+        assert!(a.contains(&Action::Fail { task: 2, code: ERR_CANCELED }));
+        let (found, a) = s.cancel(1, ERR_TIMEOUT);
+        assert!(found);
+        assert!(a.contains(&Action::Interrupt { daemon: 1, task: 1 }));
+        assert!(!s.cancel(1, ERR_CANCELED).0);
+        // the late reply is not delivered a second time
+        let a = s.reply(1, 1, false);
+        assert!(!a.contains(&Action::Deliver { task: 1 }));
+        assert_eq!(s.pending_tasks(), 0);
+    }
+
+    #[test]
+    fn idle_set_is_consistent() {
+        let mut i = IdleSet::default();
+        for d in 0..10 {
+            i.insert(d);
+        }
+        i.remove(3);
+        i.remove(9);
+        i.insert(3);
+        let mut all: Vec<_> = std::iter::from_fn(|| i.pop()).collect();
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+}

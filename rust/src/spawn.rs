@@ -1,0 +1,49 @@
+//! Child processes for local daemons and ephemeral mirai. We are their
+//! parent, so we reap them (one small thread each, blocked in wait): no
+//! zombies. Each goes in its own process group, so a Ctrl-C typed at the
+//! host's terminal interrupts the host, not its daemons.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+pub struct Child {
+    pub pid: u32,
+    status: Arc<Mutex<Option<i32>>>,
+}
+
+impl Child {
+    /// Exit status once the process has ended.
+    pub fn exited(&self) -> Option<i32> {
+        *self.status.lock().unwrap()
+    }
+
+    pub fn kill(&self) {
+        if self.exited().is_none() {
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+pub fn launch(program: &str, args: &[String], env: &[(String, String)]) -> Result<Child, String> {
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start '{program}': {e}"))?;
+    let pid = child.id();
+    let status = Arc::new(Mutex::new(None));
+    let st = status.clone();
+    std::thread::Builder::new()
+        .name("mirai-reaper".into())
+        .spawn(move || {
+            let code = match child.wait() {
+                Ok(s) => s.code().unwrap_or(-1),
+                Err(_) => -1,
+            };
+            *st.lock().unwrap() = Some(code);
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Child { pid, status })
+}

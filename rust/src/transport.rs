@@ -1,0 +1,224 @@
+//! Sockets: listeners for the host (non-blocking, driven by mio) and dialers
+//! for daemons (blocking std sockets). Unix sockets carry IPC framing, TCP
+//! carries TCP framing, as NNG does.
+
+use crate::frame::Framing;
+use crate::url::Address;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net as unet;
+use std::time::{Duration, Instant};
+
+pub enum Listener {
+    Unix(mio::net::UnixListener, Option<String>),
+    Tcp(mio::net::TcpListener),
+}
+
+pub enum Stream {
+    Unix(mio::net::UnixStream),
+    Tcp(mio::net::TcpStream),
+}
+
+fn unix_addr(addr: &Address) -> io::Result<unet::SocketAddr> {
+    match addr {
+        Address::Abstract(name) => unet::SocketAddr::from_abstract_name(name.as_bytes()),
+        Address::Ipc(path) => unet::SocketAddr::from_pathname(path),
+        Address::Tcp { .. } => unreachable!(),
+    }
+}
+
+fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    let host = if host.is_empty() || host == "*" { "0.0.0.0" } else { host };
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("cannot resolve host '{host}'")))
+}
+
+impl Listener {
+    /// Binds; returns the listener and the URL daemons should dial (with the
+    /// real port when port 0 was asked for).
+    pub fn bind(addr: &Address) -> io::Result<(Listener, Address)> {
+        match addr {
+            Address::Tcp { host, port, tls } => {
+                let sa = resolve(host, *port)?;
+                let std_l = std::net::TcpListener::bind(sa)?;
+                std_l.set_nonblocking(true)?;
+                let real = std_l.local_addr()?.port();
+                let l = mio::net::TcpListener::from_std(std_l);
+                Ok((Listener::Tcp(l), Address::Tcp { host: host.clone(), port: real, tls: *tls }))
+            }
+            _ => {
+                let path = match addr {
+                    Address::Ipc(p) => Some(p.clone()),
+                    _ => None,
+                };
+                let std_l = unet::UnixListener::bind_addr(&unix_addr(addr)?)?;
+                std_l.set_nonblocking(true)?;
+                Ok((Listener::Unix(mio::net::UnixListener::from_std(std_l), path), addr.clone()))
+            }
+        }
+    }
+
+    pub fn accept(&self) -> io::Result<(Stream, Framing)> {
+        match self {
+            Listener::Unix(l, _) => Ok((Stream::Unix(l.accept()?.0), Framing::Ipc)),
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                let _ = s.set_nodelay(true);
+                Ok((Stream::Tcp(s), Framing::Tcp))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, Some(path)) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+macro_rules! delegate_source {
+    ($t:ty, $($v:ident),+) => {
+        impl mio::event::Source for $t {
+            fn register(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+                match self { $(Self::$v(s, ..) => s.register(r, t, i)),+ }
+            }
+            fn reregister(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+                match self { $(Self::$v(s, ..) => s.reregister(r, t, i)),+ }
+            }
+            fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
+                match self { $(Self::$v(s, ..) => s.deregister(r)),+ }
+            }
+        }
+    };
+}
+delegate_source!(Listener, Unix, Tcp);
+delegate_source!(Stream, Unix, Tcp);
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(b),
+            Stream::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(b),
+            Stream::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A connected socket used with blocking I/O (daemon side).
+pub enum BlockingStream {
+    Unix(unet::UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl BlockingStream {
+    pub fn try_clone(&self) -> io::Result<BlockingStream> {
+        Ok(match self {
+            BlockingStream::Unix(s) => BlockingStream::Unix(s.try_clone()?),
+            BlockingStream::Tcp(s) => BlockingStream::Tcp(s.try_clone()?),
+        })
+    }
+    pub fn shutdown(&self) {
+        let _ = match self {
+            BlockingStream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            BlockingStream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
+impl AsRawFd for BlockingStream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            BlockingStream::Unix(s) => s.as_raw_fd(),
+            BlockingStream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for BlockingStream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            BlockingStream::Unix(s) => s.read(b),
+            BlockingStream::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for BlockingStream {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            BlockingStream::Unix(s) => s.write(b),
+            BlockingStream::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Dials once.
+pub fn dial_once(addr: &Address) -> io::Result<(BlockingStream, Framing)> {
+    match addr {
+        Address::Tcp { port, .. } => {
+            let host = addr.dial_host().unwrap();
+            let sa = resolve(&host, *port)?;
+            let s = std::net::TcpStream::connect(sa)?;
+            let _ = s.set_nodelay(true);
+            Ok((BlockingStream::Tcp(s), Framing::Tcp))
+        }
+        _ => Ok((BlockingStream::Unix(unet::UnixStream::connect_addr(&unix_addr(addr)?)?), Framing::Ipc)),
+    }
+}
+
+/// Dials, retrying on refusal until `deadline` (None: once). `keep_going` is
+/// consulted between attempts so the caller can stop on a user interrupt.
+pub fn dial(
+    addr: &Address,
+    deadline: Option<Instant>,
+    mut keep_going: impl FnMut() -> bool,
+) -> io::Result<(BlockingStream, Framing)> {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match dial_once(addr) {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                let retry = matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound | io::ErrorKind::TimedOut
+                );
+                match deadline {
+                    Some(d) if retry && Instant::now() < d && keep_going() => {
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `fd` is readable or `timeout` passes. True when readable
+/// (or hung up: the following read reports it).
+pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let rc = unsafe { libc::poll(&mut p, 1, ms) };
+    rc > 0
+}

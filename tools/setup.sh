@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Install the system dependencies of the mirai package, then build and install it.
+#
+# Usage: bash tools/setup.sh [--no-install]
+#   --no-install  only install system packages and check the Rust toolchain;
+#                 do not build/install the R package.
+#
+# Idempotent: apt is skipped entirely when every package is already installed,
+# so repeat runs are fast and work offline. Runs as root (uses sudo otherwise).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+do_install=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-install) do_install=0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+PKGS=(
+  r-base-dev r-cran-testthat r-cran-later r-cran-promises r-cran-cli
+  r-cran-foreach r-cran-doparallel r-cran-knitr r-cran-rmarkdown
+  r-cran-roxygen2 r-cran-callr r-cran-processx pandoc libnng-dev qpdf
+  iproute2 procps
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  if [ "$status" != "install ok installed" ]; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup.sh: installing: ${missing[*]}"
+  SUDO=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+      SUDO=(sudo)
+    else
+      echo "setup.sh: must run as root (or with sudo available) to install packages" >&2
+      exit 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${SUDO[@]}" apt-get update
+  # Install the full list: apt leaves already-installed packages alone.
+  "${SUDO[@]}" apt-get install -y --no-install-recommends "${PKGS[@]}"
+else
+  echo "setup.sh: all system packages already installed"
+fi
+
+CARGO="$HOME/.cargo/bin/cargo"
+if [ ! -x "$CARGO" ]; then
+  cat >&2 <<MSG
+setup.sh: $CARGO not found.
+  Rust must be installed with rustup (Debian's rustc is too old), e.g.:
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+MSG
+  exit 1
+fi
+echo "setup.sh: $("$CARGO" --version)"
+
+if [ "$do_install" -eq 1 ]; then
+  R CMD INSTALL --no-multiarch .
+fi
