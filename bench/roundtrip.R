@@ -1,0 +1,73 @@
+#!/usr/bin/env Rscript
+# Round-trip latency of one tiny task on one worker: mirai (no dispatcher,
+# dispatcher) against base R's PSOCK cluster, all measured in the same run.
+#
+# Method: the three setups are all live at once (mirai via two compute
+# profiles) and their batches are interleaved, so load drift on the machine
+# hits all of them alike. Each batch of BATCH reps is timed with Sys.time()
+# (microsecond clock); the figure is the median over batches of the batch
+# mean. A warm-up of WARMUP reps per setup comes first.
+#
+# Env overrides: BENCH_REPS (default 2000), BENCH_WARMUP (200), BENCH_BATCH (100).
+# Not a test: prints figures, asserts nothing.
+
+suppressPackageStartupMessages({ library(mirai); library(parallel) })
+options(width = 200)
+
+reps   <- as.integer(Sys.getenv("BENCH_REPS", "2000"))
+warmup <- as.integer(Sys.getenv("BENCH_WARMUP", "200"))
+batch  <- as.integer(Sys.getenv("BENCH_BATCH", "100"))
+nbatch <- max(1L, reps %/% batch)
+
+cl <- makePSOCKcluster(1L)
+daemons(1, dispatcher = FALSE, .compute = "nodisp")
+daemons(1, dispatcher = TRUE,  .compute = "disp")
+
+sendCall   <- parallel:::sendCall
+recvResult <- parallel:::recvResult
+node <- cl[[1L]]
+
+run_psock <- function(n) for (i in seq_len(n)) {
+  sendCall(node, identity, list("hello world")); recvResult(node)
+}
+run_nodisp <- function(n) for (i in seq_len(n)) mirai("hello world", .compute = "nodisp")[]
+run_disp   <- function(n) for (i in seq_len(n)) mirai("hello world", .compute = "disp")[]
+
+# sanity: each returns the right value
+stopifnot(identical(mirai("hello world", .compute = "nodisp")[], "hello world"),
+          identical(mirai("hello world", .compute = "disp")[], "hello world"))
+invisible(sendCall(node, identity, list("hello world")))
+stopifnot(identical(recvResult(node), "hello world"))
+
+runs <- list(psock = run_psock, nodisp = run_nodisp, disp = run_disp)
+for (f in runs) f(warmup)
+
+batch_means <- matrix(NA_real_, nbatch, length(runs), dimnames = list(NULL, names(runs)))
+for (b in seq_len(nbatch)) {
+  # rotate the order each batch so no setup always runs first
+  ord <- names(runs)[(seq_along(runs) + b - 2L) %% length(runs) + 1L]
+  for (nm in ord) {
+    t0 <- Sys.time()
+    runs[[nm]](batch)
+    batch_means[b, nm] <- as.double(Sys.time() - t0, units = "secs") / batch
+  }
+}
+
+med <- apply(batch_means, 2L, median) * 1e6        # microseconds
+q25 <- apply(batch_means, 2L, quantile, 0.25) * 1e6
+q75 <- apply(batch_means, 2L, quantile, 0.75) * 1e6
+
+res <- data.frame(
+  setup       = c("PSOCK sendCall+recvResult", "mirai dispatcher=FALSE", "mirai dispatcher=TRUE"),
+  median_us   = round(med, 1),
+  iqr_us      = sprintf("%.1f-%.1f", q25, q75),
+  vs_PSOCK    = round(med / med[["psock"]], 3),
+  target      = c("", "<= 0.5", "<= 0.7"),
+  stringsAsFactors = FALSE
+)
+cat(sprintf("\n== roundtrip: 1 worker, %d reps (%d batches of %d) after %d warm-up, median of batch means ==\n",
+            nbatch * batch, nbatch, batch, warmup))
+print(res, row.names = FALSE, right = FALSE)
+
+invisible(daemons(0, .compute = "nodisp")); invisible(daemons(0, .compute = "disp")); stopCluster(cl)
+cat(sprintf("load average: %s\n", paste(readLines("/proc/loadavg"), collapse = " ")))

@@ -1,0 +1,3 @@
+library(testthat)
+library(mirai)
+test_check("mirai")

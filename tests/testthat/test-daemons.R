@@ -1,0 +1,167 @@
+test_that("daemons() validates its arguments", {
+  expect_error(daemons("tcp://127.0.0.1:0"), "`n` must be numeric, did you mean to provide `url`?")
+  expect_error(daemons(-1), "the number of daemons must be zero or greater")
+  expect_error(daemons(url = 5), "`url` must be of type character, not double")
+  expect_error(daemons(1, url = "bogus"), "invalid URL 'bogus'")
+  expect_error(daemons(1, url = "tcp://127.0.0.1:99999"), "port must be an integer")
+  expect_error(daemons(1, dispatcher = NA), "`dispatcher` must be TRUE or FALSE")
+  expect_false(daemons_set())
+  expect_identical(status(), list(connections = 0L, daemons = 0L))
+  expect_null(info())
+  expect_error(require_daemons(), "No daemons set")
+  expect_error(require_daemons(.compute = "gpu"), "No daemons set for the 'gpu' compute profile")
+  expect_error(launch_local(1), "daemons must be set to use this function")
+})
+
+test_that("status, info and daemons_set report a live profile", {
+  expect_invisible(daemons(2, dispatcher = FALSE))
+  on.exit(daemons(0))
+  expect_true(daemons_set())
+  expect_true(require_daemons())
+  s <- status()
+  expect_identical(s$connections, 2L)
+  expect_match(s$daemons, "^abstract://[0-9a-f]{24}$")
+  expect_null(s$mirai)
+  i <- info()
+  expect_identical(i[["connections"]], 2L)
+  expect_true(is.na(i[["completed"]]))
+  expect_identical(nextget("url"), s$daemons)
+  expect_null(nextget("secret"))
+})
+
+test_that("daemons(0) resolves pending mirai to 19 and leaves no processes", {
+  daemons(2, dispatcher = FALSE)
+  pids <- unlist(collect_mirai(lapply(1:4, function(i) mirai({ Sys.sleep(0.2); Sys.getpid() }))))
+  pids <- unique(pids)
+  expect_length(pids, 2L)
+  m <- mirai(Sys.sleep(10))
+  expect_false(daemons(0))
+  expect_identical(as.integer(m[]), 19L)
+  expect_false(daemons_set())
+  expect_true(wait_until(function() !any(vapply(pids, pid_alive, logical(1))), 5))
+})
+
+test_that("a daemon that dies mid-task resolves the task to 19 at once, others keep going", {
+  daemons(2)
+  on.exit(daemons(0))
+  m <- mirai({ Sys.sleep(0.3); tools::pskill(Sys.getpid(), tools::SIGKILL) })
+  t0 <- Sys.time()
+  expect_identical(as.integer(m[]), 19L)
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 3)
+  expect_identical(mirai(1 + 1)[], 2)
+  expect_identical(info()[["connections"]], 1L)
+})
+
+test_that("remote-style setup: listen at a URL, launch_local adds daemons, TCP port 0", {
+  daemons(url = local_url(tcp = TRUE), dispatcher = FALSE)
+  on.exit(daemons(0))
+  url <- status()$daemons
+  expect_match(url, "^tcp://127\\.0\\.0\\.1:[0-9]+$")
+  expect_false(grepl(":0$", url))
+  expect_identical(status()$connections, 0L)
+  m <- mirai(Sys.getpid())
+  expect_true(unresolved(m))
+  expect_identical(launch_local(2), 2)
+  expect_true(is.integer(m[]))
+  expect_true(wait_until(function() status()$connections == 2L))
+})
+
+test_that("ipc:// URLs work", {
+  path <- file.path(tempdir(), "mirai-test.sock")
+  daemons(url = paste0("ipc://", path))
+  on.exit(daemons(0))
+  launch_local(1)
+  expect_identical(mirai(2 * 21)[], 42)
+})
+
+test_that("daemons without the host's secret are refused; auth = FALSE admits them", {
+  daemons(url = local_url())
+  url <- status()$daemons
+  out <- tempfile()
+  rs <- file.path(R.home("bin"), "Rscript")
+  system2(rs, c("-e", shQuote(sprintf("r <- try(mirai::daemon('%s', secret = 'wrong')); cat(conditionMessage(attr(r, 'condition')))", url))),
+          stdout = out, stderr = out, env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
+  expect_match(paste(readLines(out, warn = FALSE), collapse = "\n"), "not launched for this host")
+  expect_identical(status()$connections, 0L)
+  daemons(0)
+  daemons(url = local_url(), auth = FALSE)
+  on.exit(daemons(0))
+  url <- status()$daemons
+  system2(rs, c("-e", shQuote(sprintf("mirai::daemon('%s', maxtasks = 1)", url))), wait = FALSE,
+          env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
+  expect_identical(mirai("anyone")[], "anyone")
+})
+
+test_that("daemons(NULL) tells persistent daemons to exit", {
+  daemons(1, autoexit = FALSE, dispatcher = FALSE)
+  pid <- mirai(Sys.getpid())[]
+  expect_true(pid_alive(pid))
+  daemons(NULL)
+  expect_true(wait_until(function() !pid_alive(pid), 5))
+})
+
+test_that("maxtasks, idletime and walltime end daemons without losing results", {
+  daemons(url = local_url(), dispatcher = FALSE)
+  on.exit(daemons(0))
+  launch_local(1, maxtasks = 2)
+  ms <- lapply(1:3, function(i) mirai(i, i = i))
+  expect_true(wait_until(function() status()$connections == 0L))
+  # The third task went back to the queue when the daemon retired.
+  expect_true(unresolved(ms[[3L]]))
+  launch_local(1)
+  expect_identical(unlist(collect_mirai(ms)), c(1L, 2L, 3L))
+  daemons(0)
+
+  daemons(url = local_url())
+  launch_local(1, idletime = 300)
+  expect_true(wait_until(function() status()$connections == 1L))
+  expect_true(wait_until(function() status()$connections == 0L, 5))
+  daemons(0)
+
+  daemons(url = local_url())
+  launch_local(1, walltime = 500)
+  m <- mirai({ Sys.sleep(0.8); "finished" })
+  expect_identical(m[], "finished")
+  expect_true(wait_until(function() status()$connections == 0L, 5))
+})
+
+test_that("cleanup removes globals between tasks; cleanup = FALSE keeps them", {
+  daemons(1, dispatcher = FALSE)
+  mirai(assign("leftover", 1, envir = globalenv()))[]
+  expect_false(mirai(exists("leftover"))[])
+  daemons(0)
+  daemons(1, dispatcher = FALSE, cleanup = FALSE)
+  on.exit(daemons(0))
+  mirai(assign("leftover", 1, envir = globalenv()))[]
+  expect_true(mirai(exists("leftover"))[])
+})
+
+test_that("a daemon exits within seconds when its host is killed", {
+  skip_if_not_installed("processx")
+  script <- tempfile(fileext = ".R")
+  pidfile <- tempfile()
+  writeLines(c(
+    "library(mirai)",
+    "daemons(2)",
+    sprintf("writeLines(as.character(unique(unlist(collect_mirai(lapply(1:6, function(i) mirai({Sys.sleep(0.1); Sys.getpid()})))))), '%s')", pidfile),
+    "m <- mirai(Sys.sleep(60))",
+    "Sys.sleep(60)"
+  ), script)
+  p <- processx::process$new(file.path(R.home("bin"), "Rscript"), script,
+                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")))
+  on.exit(p$kill())
+  expect_true(wait_until(function() file.exists(pidfile) && length(readLines(pidfile)) == 2L, 30))
+  pids <- as.integer(readLines(pidfile))
+  expect_true(all(vapply(pids, pid_alive, logical(1))))
+  p$kill()  # SIGKILL: no chance to clean up
+  expect_true(wait_until(function() !any(vapply(pids, pid_alive, logical(1))), 5))
+})
+
+test_that("local_url and host_url build URLs", {
+  expect_match(local_url(), "^abstract://[0-9a-f]{24}$")
+  expect_identical(local_url(tcp = TRUE, port = 5555), "tcp://127.0.0.1:5555")
+  expect_error(local_url(port = -1), "`port` must be")
+  h <- host_url(port = 7)
+  expect_true(all(grepl("^tcp://.+:7$", h)))
+  expect_true(all(grepl("^tls\\+tcp://", host_url(tls = TRUE))))
+})

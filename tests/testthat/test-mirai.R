@@ -1,0 +1,125 @@
+test_that("mirai evaluates with ... globals and .args locals (no dispatcher)", {
+  daemons(2, dispatcher = FALSE)
+  on.exit(daemons(0))
+  m <- mirai(x + y, x = 1, .args = list(y = 2))
+  expect_s3_class(m, "mirai")
+  expect_identical(m[], 3)
+  expect_identical(m$data, 3)
+  # `...` go to the daemon's global env, `.args` stay local
+  m <- mirai(c(exists("a", envir = globalenv(), inherits = FALSE),
+               exists("b", envir = globalenv(), inherits = FALSE)),
+             a = 1, .args = list(b = 2))
+  expect_identical(m[], c(TRUE, FALSE))
+  env <- new.env(); env$z <- 5
+  expect_identical(mirai(z * 2, env)[], 10)
+  expect_identical(mirai(z * 3, .args = env)[], 15)
+  q <- quote(1 + 41)
+  expect_identical(mirai(.expr = q)[], 42)
+  pids <- unique(unlist(collect_mirai(lapply(1:6, function(i) mirai(Sys.getpid())))))
+  expect_length(pids, 2L)
+  expect_false(Sys.getpid() %in% pids)
+})
+
+test_that("mirai with dispatcher works and counts", {
+  daemons(2)
+  on.exit(daemons(0))
+  res <- collect_mirai(lapply(1:20, function(i) mirai(i * 2L, i = i)))
+  expect_identical(unlist(res), (1:20) * 2L)
+  i <- info()
+  expect_identical(names(i), c("connections", "cumulative", "awaiting", "executing", "completed"))
+  expect_identical(i[["connections"]], 2L)
+  expect_identical(i[["completed"]], 20L)
+  expect_identical(status()$mirai[["completed"]], 20L)
+})
+
+test_that("argument errors are clear", {
+  expect_error(mirai(), "missing expression, perhaps wrap in \\{\\}\\?")
+  expect_error(mirai(1, 2), "all `...` arguments must be named, unless supplying an environment")
+  expect_error(mirai(1, .args = list(2)), "all items in `.args` must be named, unless supplying an environment")
+  expect_error(mirai(1, .timeout = "a"), "`.timeout` must be")
+  expect_error(mirai(1, .compute = 1), "`.compute` must be")
+})
+
+test_that("errors come back as miraiError with message, call, classes and trace", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  f <- function(x) if (x > 0) stop("positive")
+  m <- mirai(f(1), f = f)
+  e <- m[]
+  expect_true(is_mirai_error(e))
+  expect_true(is_error_value(e))
+  expect_false(is_mirai_interrupt(e))
+  expect_s3_class(e, "try-error")
+  expect_identical(e$message, "positive")
+  expect_identical(conditionMessage(e), "positive")
+  expect_identical(deparse(conditionCall(e)), "f(1)")
+  expect_identical(e$condition.class, c("simpleError", "error", "condition"))
+  expect_true(any(vapply(e$stack.trace, function(cl) identical(cl, quote(f(1))), logical(1))))
+  expect_output(print(e), "'miraiError' chr Error in f\\(1\\): positive")
+  e2 <- mirai(stop("boom"))[]
+  expect_output(print(e2), "'miraiError' chr Error: boom")
+  custom <- mirai(stop(structure(class = c("myError", "error", "condition"),
+                                 list(message = "custom", call = NULL, extra = 42))))[]
+  expect_identical(custom$extra, 42)
+  expect_identical(custom$condition.class, c("myError", "error", "condition"))
+  expect_true("extra" %in% utils::.DollarNames(custom, ""))
+})
+
+test_that("unresolved, call_mirai, collect_mirai and printing", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  m <- mirai({ Sys.sleep(0.5); "done" })
+  expect_true(unresolved(m))
+  expect_true(unresolved(m$data))
+  expect_output(print(m$data), "'unresolved' logi NA")
+  expect_output(print(m), "< mirai \\[\\] >")
+  expect_identical(call_mirai(m), m)
+  expect_false(unresolved(m))
+  expect_output(print(m), "< mirai \\[\\$data\\] >")
+  expect_identical(m$data, "done")
+  expect_identical(collect_mirai(m), "done")
+  ms <- list(a = mirai(1), b = mirai(2))
+  expect_true(is.list(call_mirai(ms)))
+  expect_false(unresolved(ms))
+  expect_identical(collect_mirai(ms), list(a = 1, b = 2))
+  expect_true(is_mirai(m))
+  expect_false(is_mirai(1))
+  expect_false(unresolved(1))
+})
+
+test_that(".timeout resolves to errorValue 5", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  t0 <- Sys.time()
+  m <- mirai(Sys.sleep(3), .timeout = 200)
+  v <- m[]
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 2.5)
+  expect_true(is_error_value(v))
+  expect_identical(as.integer(v), 5L)
+  expect_output(print(v), "'errorValue' int 5 \\| Timed out")
+})
+
+test_that("stop_mirai resolves to errorValue 20 at once", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  m <- mirai(Sys.sleep(3))
+  expect_false(stop_mirai(m))
+  expect_identical(as.integer(m$data), 20L)
+  expect_output(print(m$data), "20 \\| Operation canceled")
+  expect_false(stop_mirai(NULL))
+})
+
+test_that("on_daemon is TRUE only on daemons", {
+  expect_false(on_daemon())
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  expect_true(mirai(mirai::on_daemon())[])
+})
+
+test_that("nextcode translates exit codes and validates input", {
+  expect_identical(nextcode(0L), "0 | Daemon connection terminated")
+  expect_identical(nextcode(1L), "1 | Daemon idletime limit reached")
+  expect_identical(nextcode(2L), "2 | Daemon walltime limit reached")
+  expect_identical(nextcode(3L), "3 | Daemon task limit reached")
+  expect_error(nextcode("a"), "`xc` must be")
+})

@@ -1,0 +1,91 @@
+test_that("ephemeral mirai runs in a fresh process when no daemons are set", {
+  expect_false(daemons_set())
+  m <- mirai(Sys.getpid())
+  pid <- m[]
+  expect_true(is.integer(pid))
+  expect_false(pid == Sys.getpid())
+  expect_true(wait_until(function() !pid_alive(pid), 5))
+  e <- mirai(stop("eph"))[]
+  expect_true(is_mirai_error(e))
+})
+
+test_that("sync mode evaluates in this process and keeps globals per profile", {
+  daemons(sync = TRUE)
+  on.exit(daemons(0))
+  expect_identical(status()$connections, 0L)
+  expect_match(status()$daemons, "^inproc://")
+  m <- mirai(Sys.getpid())
+  expect_identical(m$data, Sys.getpid())
+  expect_false(unresolved(m))
+  expect_true(mirai(on_daemon())[])
+  expect_false(on_daemon())
+  mirai(x, x = 5)
+  expect_identical(mirai(x * 2)[], 10)
+  expect_false(exists("x", envir = globalenv(), inherits = FALSE))
+  expect_error(launch_local(1), "synchronous compute profiles")
+})
+
+test_that("compute profiles are independent", {
+  daemons(1, dispatcher = FALSE, .compute = "a")
+  daemons(sync = TRUE, .compute = "b")
+  on.exit({ daemons(0, .compute = "a"); daemons(0, .compute = "b") })
+  expect_false(daemons_set())
+  expect_true(daemons_set(.compute = "a"))
+  pa <- mirai(Sys.getpid(), .compute = "a")[]
+  pb <- mirai(Sys.getpid(), .compute = "b")[]
+  expect_false(pa == Sys.getpid())
+  expect_identical(pb, Sys.getpid())
+})
+
+test_that("waiting is interruptible and leaves the session usable", {
+  skip_if_not_installed("processx")
+  script <- tempfile(fileext = ".R")
+  writeLines(c(
+    "library(mirai)",
+    "daemons(1, dispatcher = FALSE)",
+    "m <- mirai(Sys.sleep(30))",
+    "cat('waiting\\n')",
+    "r <- tryCatch(m[], interrupt = function(e) 'interrupted')",
+    "cat(r, '\\n')",
+    "cat('usable', 1 + 1 == 2, unresolved(m), '\\n')"
+  ), script)
+  p <- processx::process$new(file.path(R.home("bin"), "Rscript"), script, stdout = "|",
+                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")))
+  on.exit(p$kill())
+  out <- ""
+  expect_true(wait_until(function() { out <<- paste0(out, p$read_output()); grepl("waiting", out) }, 30))
+  Sys.sleep(0.3)
+  cpu0 <- sum(p$get_cpu_times()[1:2])
+  Sys.sleep(1)
+  # Waiting uses (next to) no CPU.
+  expect_lt(sum(p$get_cpu_times()[1:2]) - cpu0, 0.2)
+  p$interrupt()
+  expect_true(wait_until(function() { out <<- paste0(out, p$read_output()); grepl("usable", out) }, 10))
+  expect_match(out, "interrupted")
+  expect_match(out, "usable TRUE TRUE")
+})
+
+test_that("large payloads round trip", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  x <- runif(5e6)
+  expect_identical(mirai(x, x = x)[], x)
+})
+
+test_that("a 3 GB vector round trips (objects over 2 GiB)", {
+  avail <- tryCatch({
+    mi <- readLines("/proc/meminfo")
+    as.numeric(sub("[^0-9]*([0-9]+).*", "\\1", grep("^MemAvailable", mi, value = TRUE))) / 1024^2
+  }, error = function(e) 0)
+  if (avail < 16) skip(sprintf("needs 16 GB of free memory, this machine has %.1f GB", avail))
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  x <- raw(3e9)
+  x[c(1, 3e9)] <- as.raw(c(7, 9))
+  res <- mirai(list(length(x), x[c(1, length(x))]), x = x)[]
+  rm(x); gc()
+  expect_identical(res, list(3e9, as.raw(c(7, 9))))
+  y <- mirai({ y <- raw(3e9); y[3e9] <- as.raw(5); y })[]
+  expect_identical(length(y), 3e9)
+  expect_identical(y[3e9], as.raw(5))
+})
