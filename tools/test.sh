@@ -50,7 +50,8 @@ if [ "$run_rust" -eq 1 ]; then
   echo "== cargo test (rust/) =="
   # libR.so for test binaries that link R (Debian also has /usr/lib/libR.so).
   (cd rust && LD_LIBRARY_PATH="$R_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-     cargo test --release -j 2) || rust_status=$?
+     cargo test --release -j 2 2>&1) | tee "$tmp/cargo.log" || rust_status=$?
+  if [ "$rust_status" -eq 0 ] && ! grep -q "^test result: ok" "$tmp/cargo.log"; then rust_status=1; fi
   if [ "$rust_status" -ne 0 ]; then
     echo "test.sh: cargo test FAILED (exit $rust_status); continuing with the R tests" >&2
   fi
@@ -137,6 +138,15 @@ status=0
 [ "$r_status" -ne 0 ] && { echo "test.sh: Rscript exited with $r_status" >&2; status=1; }
 [ "$n_fail" -ne 0 ] && status=1
 
+# The closing line counts Rust tests and R test blocks together.
+rust_pass=0; rust_fail=0
+if [ -s "$tmp/cargo.log" ]; then
+  rust_pass=$(grep -o "^test result: [a-zA-Z]*\. [0-9]* passed" "$tmp/cargo.log" | awk '{s+=$4} END {print s+0}')
+  rust_fail=$(grep -o "[0-9]* failed;" "$tmp/cargo.log" | awk '{s+=$1} END {print s+0}')
+  [ "$rust_status" -ne 0 ] && [ "$rust_fail" -eq 0 ] && rust_fail=1
+fi
+echo "Rust tests: $rust_pass passed, $rust_fail failed"
+n_pass=$((n_pass + rust_pass)); n_fail=$((n_fail + rust_fail))
 summary="$n_pass passed, $n_fail failed"
 [ "$n_skip" -ne 0 ] && summary="$summary, $n_skip skipped"
 echo

@@ -134,7 +134,8 @@ impl Sched {
         self.daemons.insert(d, Daemon::default());
         self.counters.cumulative += 1;
         self.idle.insert(d);
-        self.ring.push_back(d);
+        // A new daemon is next in line: it has nothing queued yet.
+        self.ring.push_front(d);
         let mut out = Vec::new();
         self.pump(&mut out);
         out
