@@ -5,8 +5,11 @@
 #' A 'mirai' resolves by itself once its result arrives.
 #'
 #' @useDynLib mirai, .registration = TRUE, .fixes = "C_"
+#' @docType package
+#' @name mirai-package
+#' @aliases mirai-package
 #' @keywords internal
-"_PACKAGE"
+NULL
 
 # Session state: compute profiles and the current profile name. On a daemon,
 # `daemon` is TRUE (see on_daemon()).
