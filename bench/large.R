@@ -18,6 +18,8 @@
 # Not a test: prints figures, asserts nothing.
 
 suppressPackageStartupMessages({ library(mirai); library(parallel) })
+bench_dir <- dirname(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1L]))
+source(file.path(bench_dir, "common.R"))
 options(width = 200)
 
 reps <- as.integer(Sys.getenv("BENCH_REPS", "5"))
@@ -42,17 +44,7 @@ for (nm in names(jobs)) {                       # warm-up + correctness check
   rm(out)
 }
 
-secs <- matrix(NA_real_, reps, length(jobs), dimnames = list(NULL, names(jobs)))
-for (r in seq_len(reps)) {
-  ord <- names(jobs)[(seq_along(jobs) + r - 2L) %% length(jobs) + 1L]
-  for (nm in ord) {
-    invisible(gc())
-    t0 <- Sys.time()
-    out <- jobs[[nm]]()
-    secs[r, nm] <- as.double(Sys.time() - t0, units = "secs")
-    rm(out)
-  }
-}
+secs <- time_interleaved(jobs, reps)
 
 invisible(daemons(0, .compute = "nodisp")); invisible(daemons(0, .compute = "disp")); stopCluster(cl)
 

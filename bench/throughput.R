@@ -23,6 +23,8 @@
 # Not a test: prints figures, asserts nothing.
 
 suppressPackageStartupMessages({ library(mirai); library(parallel) })
+bench_dir <- dirname(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1L]))
+source(file.path(bench_dir, "common.R"))
 options(width = 200)
 
 ntask  <- as.integer(Sys.getenv("BENCH_TASKS", "10000"))
@@ -52,17 +54,7 @@ for (nm in names(jobs)) {
   if (!identical(unlist(out), idx)) cat(sprintf("WARNING: %s returned unexpected values\n", nm))
 }
 
-secs <- matrix(NA_real_, rounds, length(jobs), dimnames = list(NULL, names(jobs)))
-for (r in seq_len(rounds)) {
-  ord <- names(jobs)[(seq_along(jobs) + r - 2L) %% length(jobs) + 1L]
-  for (nm in ord) {
-    invisible(gc())
-    t0 <- Sys.time()
-    out <- jobs[[nm]]()
-    secs[r, nm] <- as.double(Sys.time() - t0, units = "secs")
-    rm(out)
-  }
-}
+secs <- time_interleaved(jobs, rounds)
 
 invisible(daemons(0, .compute = "nodisp")); invisible(daemons(0, .compute = "disp")); stopCluster(cl)
 

@@ -157,9 +157,6 @@ impl Host {
         }
     }
 
-    pub fn is_running(&self) -> bool {
-        self.thread.lock().unwrap().as_ref().is_some_and(|h| !h.is_finished())
-    }
 }
 
 impl Drop for Host {
@@ -300,7 +297,7 @@ impl EventLoop {
             match c.dec.next(&mut c.stream) {
                 Ok(body) => {
                     if let Err(_why) = self.handle_message(t, body) {
-                        self.drop_conn(t, true);
+                        self.drop_conn(t);
                         return;
                     }
                 }
@@ -310,7 +307,7 @@ impl EventLoop {
                     if e.kind() == io::ErrorKind::InvalidData {
                         self.stats.refused.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.drop_conn(t, false);
+                    self.drop_conn(t);
                     return;
                 }
             }
@@ -404,13 +401,13 @@ impl EventLoop {
     fn flush_conn(&mut self, t: Token) {
         let Some(c) = self.conns.get_mut(&t) else { return };
         match c.flush() {
-            Ok(()) if c.retiring && c.wq.is_empty() => self.drop_conn(t, true),
+            Ok(()) if c.retiring && c.wq.is_empty() => self.drop_conn(t),
             Ok(()) => {}
-            Err(_) => self.drop_conn(t, false),
+            Err(_) => self.drop_conn(t),
         }
     }
 
-    fn drop_conn(&mut self, t: Token, _graceful: bool) {
+    fn drop_conn(&mut self, t: Token) {
         if let Some(mut c) = self.conns.remove(&t) {
             let _ = self.poll.registry().deregister(&mut c.stream);
             if c.ready {
