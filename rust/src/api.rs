@@ -103,8 +103,10 @@ fn outcome_to_sexp(o: Outcome) -> SEXP {
         Outcome::Error(code) => error_value(code),
         Outcome::Value { body, offset } => match serial::unserialize(&body[offset..]) {
             Ok(v) => v,
-            Err(msg) => unsafe {
-                let v = Rf_protect(mk_string(&format!("Error: result could not be unserialized: {msg}")));
+            // The R condition is dropped here: the mirai resolves to an error
+            // value instead, as any failed evaluation does.
+            Err(_) => unsafe {
+                let v = Rf_protect(mk_string("Error: result could not be unserialized"));
                 let cls = Rf_protect(Rf_allocVector(STRSXP, 3));
                 for (i, c) in ["miraiError", "errorValue", "try-error"].iter().enumerate() {
                     SET_STRING_ELT(cls, i as isize, STRING_ELT(mk_string(c), 0));
@@ -151,7 +153,7 @@ pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP 
         let mut frame = Vec::new();
         prof.host.framing.begin(&mut frame);
         proto::encode_into(&Msg::Task { id }, &mut frame);
-        serial::serialize_into(data, &mut frame).map_err(|e| format!("cannot serialize the task: {e}"))?;
+        serial::serialize_into(data, &mut frame)?;
         let slot = Slot::new(prof.host.notifier.clone());
         prof.host.submit(id, frame, slot.clone(), timeout);
         Ok(new_xptr(Aio { slot, id, profile: prof }))
@@ -374,7 +376,7 @@ pub extern "C" fn mirai_daemon_recv(conn: SEXP, ms: SEXP) -> SEXP {
                         Ok(d) => d,
                         Err(e) => {
                             c.done_evaluating();
-                            return Err(format!("cannot unserialize task: {e}").into());
+                            return Err(e);
                         }
                     };
                     unsafe {

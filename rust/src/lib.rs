@@ -64,7 +64,8 @@ macro_rules! routines {
 
 /// Called from the package's C entry point `R_init_mirai`.
 #[no_mangle]
-pub extern "C" fn mirai_rust_init(dll: *mut c_void) {
+pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn) {
+    rapi::init_protect(protect);
     // R errors are reported through R; Rust's default panic message would
     // only add noise (panics are caught and turned into R errors).
     std::panic::set_hook(Box::new(|_| {}));

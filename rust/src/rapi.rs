@@ -51,12 +51,8 @@ extern "C" {
     pub fn Rf_errorcall(call: SEXP, fmt: *const c_char, ...) -> !;
     pub fn R_CheckUserInterrupt();
     pub fn R_ToplevelExec(f: unsafe extern "C" fn(*mut c_void), data: *mut c_void) -> Rboolean;
-    pub fn R_tryCatchError(
-        body: unsafe extern "C" fn(*mut c_void) -> SEXP,
-        bdata: *mut c_void,
-        handler: unsafe extern "C" fn(SEXP, *mut c_void) -> SEXP,
-        hdata: *mut c_void,
-    ) -> SEXP;
+    pub fn R_MakeUnwindCont() -> SEXP;
+    pub fn R_ContinueUnwind(cont: SEXP) -> !;
     pub fn R_InitOutPStream(
         stream: *mut R_outpstream_st,
         data: *mut c_void,
@@ -93,6 +89,8 @@ const CE_UTF8: c_int = 1;
 pub enum RError {
     Msg(String),
     Interrupt,
+    /// An R condition caught by `try_r`, to be continued (re-raised as is).
+    Unwind,
 }
 
 impl<T: Into<String>> From<T> for RError {
@@ -126,6 +124,7 @@ pub fn entry(f: impl FnOnce() -> RResult) -> SEXP {
 
 unsafe fn raise(e: RError) -> ! {
     match e {
+        RError::Unwind => R_ContinueUnwind(TOKEN),
         RError::Interrupt => {
             R_interrupts_pending = 1;
             R_CheckUserInterrupt();
@@ -142,40 +141,41 @@ unsafe fn raise(e: RError) -> ! {
     }
 }
 
-/// Runs `f` (which calls R) under an R error handler. On an R error returns
-/// the condition's message instead of unwinding through Rust. The SEXP `f`
-/// returns travels back through R, so it stays protected on the way.
-pub fn try_r<F: FnMut() -> SEXP>(mut f: F) -> Result<SEXP, String> {
-    unsafe extern "C" fn body<F: FnMut() -> SEXP>(d: *mut c_void) -> SEXP {
-        (*(d as *mut F))()
-    }
-    unsafe extern "C" fn handler(cond: SEXP, d: *mut c_void) -> SEXP {
-        *(d as *mut bool) = true;
-        cond
-    }
-    let mut failed = false;
+/// The C helper in src/entrypoint.c that runs a body under R_UnwindProtect.
+pub type ProtectFn =
+    unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void) -> SEXP, *mut c_void, SEXP, *mut SEXP) -> c_int;
+
+static mut PROTECT: Option<ProtectFn> = None;
+/// The continuation token of the unwind held by `try_r`, preserved for the
+/// session. One token serves nested calls: each interception re-records the
+/// jump's target in it.
+static mut TOKEN: SEXP = std::ptr::null_mut();
+
+pub fn init_protect(f: ProtectFn) {
     unsafe {
-        let res = R_tryCatchError(
-            body::<F>,
-            &mut f as *mut F as *mut c_void,
-            handler,
-            &mut failed as *mut bool as *mut c_void,
-        );
-        if failed {
-            return Err(condition_message(res));
-        }
-        Ok(res)
+        PROTECT = Some(f);
+        TOKEN = R_MakeUnwindCont();
+        R_PreserveObject(TOKEN);
     }
 }
 
-unsafe fn condition_message(cond: SEXP) -> String {
-    if TYPEOF(cond) == VECSXP as c_int && Rf_xlength(cond) > 0 {
-        let m = VECTOR_ELT(cond, 0);
-        if TYPEOF(m) == STRSXP as c_int && Rf_xlength(m) > 0 {
-            return CStr::from_ptr(R_CHAR(STRING_ELT(m, 0))).to_string_lossy().into_owned();
-        }
+/// Runs `f` (which calls R). An R error or interrupt inside stops at the C
+/// helper instead of longjmping through Rust, and comes back as
+/// `Err(RError::Unwind)`: returning that from a `.Call` body re-raises the
+/// original condition once the body's values are dropped; dropping it
+/// instead swallows the condition. The SEXP `f` returns is unprotected.
+pub fn try_r<F: FnMut() -> SEXP>(mut f: F) -> Result<SEXP, RError> {
+    unsafe extern "C" fn body<F: FnMut() -> SEXP>(d: *mut c_void) -> SEXP {
+        (*(d as *mut F))()
     }
-    "unknown R error".into()
+    unsafe {
+        let protect = (*std::ptr::addr_of!(PROTECT)).expect("mirai: native library not initialised by R");
+        let mut out = R_NilValue;
+        if protect(body::<F>, &mut f as *mut F as *mut c_void, TOKEN, &mut out) != 0 {
+            return Err(RError::Unwind);
+        }
+        Ok(out)
+    }
 }
 
 /// True if the user has asked to interrupt (Ctrl-C). Never longjmps.

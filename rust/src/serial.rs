@@ -17,9 +17,9 @@ unsafe extern "C" fn out_bytes(s: *mut R_outpstream_st, p: *mut c_void, n: c_int
 }
 
 /// Appends the serialization of `obj` to `buf`. An R error inside (from a
-/// serialization hook, say) comes back as `Err`; `buf` is then truncated to
-/// where it was.
-pub fn serialize_into(obj: SEXP, buf: &mut Vec<u8>) -> Result<(), String> {
+/// serialization hook, say) comes back as `Err` (see `try_r`); `buf` is then
+/// truncated to where it was.
+pub fn serialize_into(obj: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
     let start = buf.len();
     let bufp = buf as *mut Vec<u8>;
     let res = try_r(|| unsafe {
@@ -72,7 +72,7 @@ unsafe extern "C" fn in_bytes(s: *mut R_inpstream_st, p: *mut c_void, n: c_int) 
 
 /// Unserializes one object from `data`. The result is unprotected: protect
 /// it before the next allocation.
-pub fn unserialize(data: &[u8]) -> Result<SEXP, String> {
+pub fn unserialize(data: &[u8]) -> Result<SEXP, RError> {
     if data.len() < 14 {
         return Err("serialized data is truncated".into());
     }
