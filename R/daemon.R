@@ -81,39 +81,31 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   repeat {
     conn <- .Call(C_mirai_dial, url, secret, asyncdial || !first, ae)
     first <- FALSE
+    # Limits are kept (and timed) natively: the loop below is the hot path.
+    .Call(C_mirai_daemon_limits, conn, idletime,
+          walltime - (proc.time()[["elapsed"]] * 1000 - start), maxtasks - count)
     snap <- snapshot()
-    last_active <- proc.time()[["elapsed"]] * 1000
     repeat {
-      now <- proc.time()[["elapsed"]] * 1000
-      wait <- min(idletime - (now - last_active), walltime - (now - start))
-      if (wait <= 0) wait <- 0
-      msg <- .Call(C_mirai_daemon_recv, conn, wait)
-      if (is.null(msg)) {
-        code <- if (proc.time()[["elapsed"]] * 1000 - start >= walltime) 2L else 1L
-        break
-      }
+      msg <- .Call(C_mirai_daemon_recv, conn)
       if (!is.list(msg)) {
-        code <- if (is.na(msg)) -1L else 0L
+        code <- msg
         break
       }
-      count <- count + 1
       res <- eval_mirai(msg[[2L]], .GlobalEnv)
-      last <- count >= maxtasks || proc.time()[["elapsed"]] * 1000 - start >= walltime
-      sent <- tryCatch(.Call(C_mirai_daemon_send, conn, msg[[1L]], res, last), error = function(e) e)
-      if (inherits(sent, "error")) {
-        # The value could not be serialized: send that as the error instead.
-        err <- mirai_error(simpleError(paste("result could not be serialized:", conditionMessage(sent))), list())
-        try(.Call(C_mirai_daemon_send, conn, msg[[1L]], err, last), silent = TRUE)
+      last <- .Call(C_mirai_daemon_send, conn, msg[[1L]], res)
+      if (is.na(last)) {
+        why <- sub("^Error[^:]*: ", "", trimws(geterrmessage()))
+        err <- mirai_error(simpleError(paste("result could not be serialized:", why)), list())
+        last <- .Call(C_mirai_daemon_send, conn, msg[[1L]], err)
       }
       if (last) {
         .Call(C_mirai_daemon_linger, conn, 5000)
-        code <- if (count >= maxtasks) 3L else 2L
+        code <- last
         break
       }
       if (cleanup) do_cleanup(snap)
-      last_active <- proc.time()[["elapsed"]] * 1000
     }
-    .Call(C_mirai_daemon_close, conn)
+    count <- count + .Call(C_mirai_daemon_close, conn)
     # Only a lost connection with autoexit = FALSE leads to a reconnect.
     if (code != 0L || !isFALSE(autoexit)) break
   }

@@ -28,3 +28,7 @@ profile_of <- function(.compute) {
     stop("`.compute` must be a character string naming a compute profile, or NULL", call. = FALSE)
   .$profiles[[.compute]]
 }
+
+.onLoad <- function(libname, pkgname) {
+  .Call(C_mirai_r_init, C_mirai_aio_data, .unresolved)
+}

@@ -47,26 +47,18 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
     val <- get0(as.character(expr), envir = parent.frame(), inherits = TRUE)
     if (is.language(val)) expr <- val
   }
-  globals <- named_list(list(...), "`...` arguments")
-  args <- named_list(.args, "items in `.args`")
+  # The common case (no `...`, empty `.args`) skips the checks: this
+  # function is on every task's critical path.
+  globals <- if (...length()) named_list(list(...), "`...` arguments") else list()
+  args <- if (is.list(.args) && !length(.args)) .args else named_list(.args, "items in `.args`")
   if (!is.null(.timeout) && (!is.numeric(.timeout) || length(.timeout) != 1L || is.na(.timeout) || .timeout < 0))
     stop("`.timeout` must be a non-negative number of milliseconds, or NULL", call. = FALSE)
   data <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
   prof <- profile_of(.compute)
   if (is.null(prof)) return(invisible(ephemeral_mirai(data, .timeout)))
   if (isTRUE(prof$sync)) return(invisible(sync_mirai(prof, data)))
-  invisible(new_mirai(.Call(C_mirai_host_submit, prof$host, data, .timeout)))
-}
-
-new_mirai <- function(aio) {
-  env <- new.env(hash = FALSE, parent = emptyenv())
-  env$aio <- aio
-  makeActiveBinding("data", function(x) {
-    if (.Call(C_mirai_aio_collect, aio, env)) .subset2(env, "value") else .unresolved
-  }, env)
-  attr(env, "id") <- .Call(C_mirai_aio_id, aio)
-  class(env) <- c("mirai", "recvAio")
-  env
+  # The mirai object itself is built natively (see make_mirai in api.rs).
+  invisible(.Call(C_mirai_host_submit, prof$host, data, .timeout))
 }
 
 resolved_mirai <- function(value) {
@@ -82,7 +74,7 @@ ephemeral_mirai <- function(data, timeout) {
   host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE)
   url <- .Call(C_mirai_host_url, host)
   launch_process(host, url, secret, list(dispatcher = FALSE, maxtasks = 1L, cleanup = FALSE))
-  new_mirai(.Call(C_mirai_host_submit, host, data, timeout))
+  .Call(C_mirai_host_submit, host, data, timeout)
 }
 
 sync_mirai <- function(prof, data) {
@@ -134,11 +126,7 @@ collect_mirai <- function(x, options = NULL) {
 }
 
 #' @export
-`[.mirai` <- function(x, i) {
-  aio <- aio_of(x)
-  if (!is.null(aio)) .Call(C_mirai_aio_wait, aio)
-  .subset2(x, "data")
-}
+`[.mirai` <- function(x, i) .Call(C_mirai_value, x)
 
 #' @export
 print.mirai <- function(x, ...) {

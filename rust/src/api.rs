@@ -156,7 +156,7 @@ pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP 
         serial::serialize_into(data, &mut frame)?;
         let slot = Slot::new(prof.host.notifier.clone());
         prof.host.submit(id, frame, slot.clone(), timeout);
-        Ok(new_xptr(Aio { slot, id, profile: prof }))
+        Ok(make_mirai(new_xptr(Aio { slot, id, profile: prof }), id))
     })
 }
 
@@ -268,6 +268,129 @@ pub extern "C" fn mirai_host_children(p: SEXP) -> SEXP {
     })
 }
 
+// ---- the mirai object ------------------------------------------------------
+
+/// R objects the mirai constructor reuses, set once by `.onLoad` (main
+/// thread only, preserved for the session).
+struct RGlobals {
+    dot_call: SEXP,
+    data_routine: SEXP,
+    unresolved: SEXP,
+    class: SEXP,
+    aio: SEXP,
+    data: SEXP,
+    value: SEXP,
+    id: SEXP,
+}
+
+static mut RG: Option<RGlobals> = None;
+
+fn rg() -> Result<&'static RGlobals, RError> {
+    unsafe { (*std::ptr::addr_of!(RG)).as_ref().ok_or_else(|| "mirai is not initialised; reload the package".into()) }
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_r_init(data_routine: SEXP, unresolved: SEXP) -> SEXP {
+    entry(|| unsafe {
+        let keep = |s: SEXP| {
+            R_PreserveObject(s);
+            s
+        };
+        let class = keep(Rf_allocVector(STRSXP, 2));
+        SET_STRING_ELT(class, 0, STRING_ELT(mk_string("mirai"), 0));
+        SET_STRING_ELT(class, 1, STRING_ELT(mk_string("recvAio"), 0));
+        RG = Some(RGlobals {
+            dot_call: keep(Rf_findFun(Rf_install(c".Call".as_ptr()), R_BaseEnv)),
+            data_routine: keep(data_routine),
+            unresolved: keep(unresolved),
+            class,
+            aio: Rf_install(c"aio".as_ptr()),
+            data: Rf_install(c"data".as_ptr()),
+            value: Rf_install(c"value".as_ptr()),
+            id: Rf_install(c"id".as_ptr()),
+        });
+        Ok(R_NilValue)
+    })
+}
+
+/// Builds the 'mirai' environment natively (built in R, it was a large
+/// share of the host's cost per task): `aio` holds the handle, `data` is an
+/// active binding whose function calls `mirai_aio_data(aio, env)` with both
+/// embedded as constants, so reading it needs no variable lookups.
+fn make_mirai(aio: SEXP, id: u64) -> SEXP {
+    let g = match rg() {
+        Ok(g) => g,
+        Err(_) => return aio,
+    };
+    unsafe {
+        let aio = Rf_protect(aio);
+        let env = Rf_protect(R_NewEnv(R_EmptyEnv, 0, 0));
+        Rf_defineVar(g.aio, aio, env);
+        let body = Rf_protect(Rf_lang4(g.dot_call, g.data_routine, aio, env));
+        let fun = Rf_protect(Rf_allocSExp(CLOSXP));
+        SET_FORMALS(fun, R_NilValue);
+        SET_BODY(fun, body);
+        SET_CLOENV(fun, env);
+        R_MakeActiveBinding(g.data, fun, env);
+        Rf_setAttrib(env, g.id, Rf_ScalarInteger(id.min(i32::MAX as u64) as c_int));
+        Rf_setAttrib(env, R_ClassSymbol, g.class);
+        Rf_unprotect(4);
+        env
+    }
+}
+
+/// Resolved: converts the outcome once, caches it as `value` in `env` and
+/// returns it. Unresolved: the 'unresolved' value.
+fn aio_data(a: &Aio, env: SEXP) -> Result<SEXP, RError> {
+    let g = rg()?;
+    if !a.slot.is_done() {
+        return Ok(g.unresolved);
+    }
+    unsafe {
+        if let Some(o) = a.slot.take() {
+            let v = Rf_protect(outcome_to_sexp(o));
+            Rf_defineVar(g.value, v, env);
+            Rf_unprotect(1);
+            return Ok(v);
+        }
+        let v = Rf_findVarInFrame(env, g.value);
+        Ok(if v == R_UnboundValue { R_NilValue } else { v })
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_aio_data(aio: SEXP, env: SEXP) -> SEXP {
+    entry(|| aio_data(get::<Aio>(aio, "aio")?, env))
+}
+
+fn wait_slot(slot: &Slot) -> Result<(), RError> {
+    while !slot.wait(Duration::from_millis(100)) {
+        if interrupt_pending() {
+            return Err(RError::Interrupt);
+        }
+    }
+    Ok(())
+}
+
+/// `x[]`: waits (interruptibly) for a mirai and returns its value.
+#[no_mangle]
+pub extern "C" fn mirai_value(x: SEXP) -> SEXP {
+    entry(|| unsafe {
+        let g = rg()?;
+        if TYPEOF(x) != ENVSXP {
+            return Err("`x` is not a mirai".into());
+        }
+        let aio = Rf_findVarInFrame(x, g.aio);
+        if aio == R_UnboundValue || is_null(aio) {
+            let v = Rf_findVarInFrame(x, g.value);
+            return Ok(if v == R_UnboundValue { R_NilValue } else { v });
+        }
+        let a = get::<Aio>(aio, "aio")?;
+        wait_slot(&a.slot)?;
+        aio_data(a, x)
+    })
+}
+
 // ---- aio -------------------------------------------------------------------
 
 /// If resolved, converts the outcome once and caches it as `value` in `env`.
@@ -298,12 +421,7 @@ pub extern "C" fn mirai_aio_unresolved(aio: SEXP) -> SEXP {
 #[no_mangle]
 pub extern "C" fn mirai_aio_wait(aio: SEXP) -> SEXP {
     entry(|| {
-        let slot = get::<Aio>(aio, "aio")?.slot.clone();
-        while !slot.wait(Duration::from_millis(100)) {
-            if interrupt_pending() {
-                return Err(RError::Interrupt);
-            }
-        }
+        wait_slot(&get::<Aio>(aio, "aio")?.slot)?;
         Ok(unsafe { R_NilValue })
     })
 }
@@ -353,20 +471,43 @@ pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, asyncdial: SEXP, autoexit:
     })
 }
 
-/// Next task as `list(id, data)`, NULL if nothing arrived within `ms`,
-/// FALSE once the host has closed the connection, NA if it asked us to exit.
+fn opt_ms(s: SEXP, what: &str) -> Result<Option<Duration>, RError> {
+    let ms = sexp_f64(s, what)?;
+    Ok(if ms.is_finite() { Some(Duration::from_micros((ms.max(0.0) * 1000.0) as u64)) } else { None })
+}
+
+/// Sets the daemon's limits for this connection: idle time (ms), wall time
+/// left (ms) and tasks left.
 #[no_mangle]
-pub extern "C" fn mirai_daemon_recv(conn: SEXP, ms: SEXP) -> SEXP {
+pub extern "C" fn mirai_daemon_limits(conn: SEXP, idle: SEXP, wall: SEXP, tasks: SEXP) -> SEXP {
     entry(|| {
         let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
         let mut g = cell.lock().unwrap();
         let c = g.as_mut().ok_or("connection is closed")?;
-        let ms = sexp_f64(ms, "ms")?;
-        let until = if ms.is_finite() { Some(Instant::now() + Duration::from_millis(ms as u64)) } else { None };
+        let now = Instant::now();
+        c.limits.idle = opt_ms(idle, "idletime")?;
+        c.limits.wall_until = opt_ms(wall, "walltime")?.map(|d| now + d);
+        c.limits.tasks_left = sexp_f64(tasks, "maxtasks")?;
+        c.limits.last_active = now;
+        Ok(unsafe { R_NilValue })
+    })
+}
+
+/// Next task as `list(id, data)`, or an integer code when there is none: 0
+/// the host closed the connection, -1 it asked us to exit, 1 idle time or
+/// 2 wall time reached.
+#[no_mangle]
+pub extern "C" fn mirai_daemon_recv(conn: SEXP) -> SEXP {
+    entry(|| {
+        let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
+        let mut g = cell.lock().unwrap();
+        let c = g.as_mut().ok_or("connection is closed")?;
+        let code = |v: c_int| Ok(unsafe { Rf_ScalarInteger(v) });
         loop {
-            let slice = match until {
-                Some(u) => u.saturating_duration_since(Instant::now()).min(Duration::from_millis(200)),
-                None => Duration::from_millis(200),
+            let slice = match c.limits.wait(Instant::now()) {
+                Err(stop) => return code(stop as c_int),
+                Ok(Some(d)) => d.min(Duration::from_millis(200)),
+                Ok(None) => Duration::from_millis(200),
             };
             match c.recv(slice)? {
                 Incoming::Task { id, body, offset } => {
@@ -388,12 +529,9 @@ pub extern "C" fn mirai_daemon_recv(conn: SEXP, ms: SEXP) -> SEXP {
                         return Ok(out);
                     }
                 }
-                Incoming::Closed => return Ok(lgl(false)),
-                Incoming::Exit => return Ok(unsafe { Rf_ScalarLogical(R_NaInt) }),
+                Incoming::Closed => return code(0),
+                Incoming::Exit => return code(-1),
                 Incoming::Nothing => {
-                    if until.is_some_and(|u| Instant::now() >= u) {
-                        return Ok(unsafe { R_NilValue });
-                    }
                     if interrupt_pending() {
                         return Err(RError::Interrupt);
                     }
@@ -403,18 +541,30 @@ pub extern "C" fn mirai_daemon_recv(conn: SEXP, ms: SEXP) -> SEXP {
     })
 }
 
+/// Sends the result of task `id`. Returns 0, or the exit code (2 wall time,
+/// 3 task limit) when this was the daemon's last task, in which case the
+/// reply carries the marker. NA if `value` could not be serialized: nothing
+/// was sent, and the caller sends an error value instead.
 #[no_mangle]
-pub extern "C" fn mirai_daemon_send(conn: SEXP, id: SEXP, value: SEXP, last: SEXP) -> SEXP {
+pub extern "C" fn mirai_daemon_send(conn: SEXP, id: SEXP, value: SEXP) -> SEXP {
     entry(|| {
         let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
         let mut g = cell.lock().unwrap();
         let c = g.as_mut().ok_or("connection is closed")?;
         let id = sexp_f64(id, "id")? as u64;
-        let last = sexp_f64(last, "last")? != 0.0;
-        let mut frame = c.begin_result(id, last);
-        serial::serialize_into(value, &mut frame)?;
+        let now = Instant::now();
+        // Decide "last" before serializing: the marker travels in the header.
+        let before = (c.limits.done, c.limits.last_active);
+        let last = c.limits.finish_task(now);
+        let mut frame = c.begin_result(id, last.is_some());
+        if serial::serialize_into(value, &mut frame).is_err() {
+            // R has already reported the condition; drop it and let the
+            // caller send a miraiError in its place.
+            (c.limits.done, c.limits.last_active) = before;
+            return Ok(unsafe { Rf_ScalarInteger(R_NaInt) });
+        }
         c.send(frame)?;
-        Ok(lgl(true))
+        Ok(unsafe { Rf_ScalarInteger(last.unwrap_or(0)) })
     })
 }
 
@@ -438,12 +588,13 @@ pub extern "C" fn mirai_daemon_linger(conn: SEXP, ms: SEXP) -> SEXP {
     })
 }
 
+/// Closes the connection; returns the number of tasks it completed.
 #[no_mangle]
 pub extern "C" fn mirai_daemon_close(conn: SEXP) -> SEXP {
     entry(|| {
         let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
-        cell.lock().unwrap().take();
-        Ok(unsafe { R_NilValue })
+        let done = cell.lock().unwrap().take().map_or(0, |c| c.limits.done);
+        Ok(unsafe { Rf_ScalarReal(done as f64) })
     })
 }
 

@@ -29,6 +29,66 @@ pub struct ClientConn {
     pub framing: Framing,
     evaluating: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
+    pub limits: Limits,
+}
+
+/// The daemon's own limits, kept here so the receive-evaluate-reply loop
+/// needs no clock arithmetic in R.
+pub struct Limits {
+    pub idle: Option<Duration>,
+    pub wall_until: Option<Instant>,
+    pub tasks_left: f64,
+    pub done: u64,
+    pub last_active: Instant,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { idle: None, wall_until: None, tasks_left: f64::INFINITY, done: 0, last_active: Instant::now() }
+    }
+}
+
+/// Why the daemon stops waiting for tasks (codes as `nextcode()` numbers them).
+pub enum Stop {
+    Idle = 1,
+    Wall = 2,
+}
+
+impl Limits {
+    /// How long to wait for the next task, or why not to wait at all.
+    pub fn wait(&self, now: Instant) -> Result<Option<Duration>, Stop> {
+        if self.wall_until.is_some_and(|w| now >= w) {
+            return Err(Stop::Wall);
+        }
+        let idle_left = match self.idle {
+            Some(i) => {
+                let left = (self.last_active + i).saturating_duration_since(now);
+                if left.is_zero() {
+                    return Err(Stop::Idle);
+                }
+                Some(left)
+            }
+            None => None,
+        };
+        let wall_left = self.wall_until.map(|w| w.saturating_duration_since(now));
+        Ok(match (idle_left, wall_left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Records a finished task; the exit code if it was the last one.
+    pub fn finish_task(&mut self, now: Instant) -> Option<i32> {
+        self.done += 1;
+        self.last_active = now;
+        if self.done as f64 >= self.tasks_left {
+            Some(3)
+        } else if self.wall_until.is_some_and(|w| now >= w) {
+            Some(2)
+        } else {
+            None
+        }
+    }
 }
 
 fn write_frame(stream: &mut BlockingStream, framing: Framing, msg: &Msg, prefix: &[u8]) -> io::Result<()> {
@@ -63,6 +123,7 @@ impl ClientConn {
             framing,
             evaluating: Arc::new(AtomicBool::new(false)),
             closed: Arc::new(AtomicBool::new(false)),
+            limits: Limits::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

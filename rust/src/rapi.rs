@@ -14,6 +14,9 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 
 extern "C" {
     pub static R_NilValue: SEXP;
+    pub static R_EmptyEnv: SEXP;
+    pub static R_BaseEnv: SEXP;
+    pub static R_UnboundValue: SEXP;
     pub static R_GlobalEnv: SEXP;
     pub static R_NaInt: c_int;
     pub static R_NamesSymbol: SEXP;
@@ -52,6 +55,15 @@ extern "C" {
     pub fn R_CheckUserInterrupt();
     pub fn R_ToplevelExec(f: unsafe extern "C" fn(*mut c_void), data: *mut c_void) -> Rboolean;
     pub fn R_MakeUnwindCont() -> SEXP;
+    pub fn R_NewEnv(enclos: SEXP, hash: c_int, size: c_int) -> SEXP;
+    pub fn R_MakeActiveBinding(sym: SEXP, fun: SEXP, env: SEXP);
+    pub fn Rf_findVarInFrame(env: SEXP, sym: SEXP) -> SEXP;
+    pub fn Rf_findFun(sym: SEXP, env: SEXP) -> SEXP;
+    pub fn Rf_allocSExp(t: SEXPTYPE) -> SEXP;
+    pub fn SET_FORMALS(x: SEXP, v: SEXP);
+    pub fn SET_BODY(x: SEXP, v: SEXP);
+    pub fn SET_CLOENV(x: SEXP, v: SEXP);
+    pub fn Rf_lang4(a: SEXP, b: SEXP, c: SEXP, d: SEXP) -> SEXP;
     pub fn R_ContinueUnwind(cont: SEXP) -> !;
     pub fn R_InitOutPStream(
         stream: *mut R_outpstream_st,
@@ -77,6 +89,8 @@ extern "C" {
 }
 
 pub const NILSXP: c_int = 0;
+pub const CLOSXP: SEXPTYPE = 3;
+pub const ENVSXP: c_int = 4;
 pub const LGLSXP: SEXPTYPE = 10;
 pub const INTSXP: SEXPTYPE = 13;
 pub const REALSXP: SEXPTYPE = 14;
