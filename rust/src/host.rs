@@ -1,7 +1,13 @@
-//! The host side of a compute profile: one thread running a mio event loop
-//! that owns the listener and every daemon connection, driven by the pure
-//! scheduler in `sched`. R's main thread talks to it only through a channel
-//! and a waker, and reads results from completion slots.
+//! The host side of a compute profile: the listener, every daemon connection
+//! and the pure scheduler (`sched`), kept in one `Core` behind a mutex.
+//!
+//! Two threads drive the core. R's main thread submits and cancels directly:
+//! it runs the scheduler and writes the task frame to the daemon's socket
+//! itself, so a submit wakes no other thread. A background thread runs the
+//! mio event loop for everything that arrives (connections, results), for
+//! writes the socket could not take at once (it sees the writable edge), and
+//! for timers. R's thread wakes it (mio Waker) only for a new deadline or for
+//! shutdown.
 
 use crate::aio::{Notifier, Outcome, Slot};
 use crate::decoder::Decoder;
@@ -10,7 +16,6 @@ use crate::proto::{self, Msg, PROTOCOL_VERSION};
 use crate::sched::{Action, Counters, Sched, TaskId, ERR_RESET, ERR_TIMEOUT};
 use crate::transport::{Listener, Stream};
 use crate::url::Address;
-use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -44,12 +49,6 @@ impl Stats {
     }
 }
 
-pub enum Cmd {
-    Submit { id: TaskId, frame: Vec<u8>, slot: Arc<Slot>, deadline: Option<Instant> },
-    Cancel { id: TaskId, code: i32, found: Sender<bool> },
-    Shutdown { signal: bool },
-}
-
 pub struct HostOptions {
     pub dispatcher: bool,
     /// Shared secret daemons must present; None turns the check off.
@@ -64,7 +63,7 @@ pub struct Host {
     pub dispatcher: bool,
     pub stats: Arc<Stats>,
     pub notifier: Arc<Notifier>,
-    tx: Sender<Cmd>,
+    core: Arc<Mutex<Core>>,
     waker: Arc<Waker>,
     thread: Mutex<Option<JoinHandle<()>>>,
     next_id: AtomicU64,
@@ -80,31 +79,29 @@ impl Host {
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| e.to_string())?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?);
-        let (tx, rx) = unbounded();
+        let registry = poll.registry().try_clone().map_err(|e| e.to_string())?;
         let stats = Arc::new(Stats::default());
         let notifier = Arc::new(Notifier::default());
-        let (st, secret) = (stats.clone(), opts.secret);
-        let (dispatcher, oneshot) = (opts.dispatcher, opts.oneshot);
+        let core = Arc::new(Mutex::new(Core {
+            registry,
+            listener,
+            framing,
+            conns: HashMap::new(),
+            next_token: 2,
+            sched: Sched::new(opts.dispatcher),
+            tasks: HashMap::new(),
+            timers: BinaryHeap::new(),
+            stats: stats.clone(),
+            secret: opts.secret,
+            oneshot: opts.oneshot,
+            submitted: false,
+            shutdown: None,
+            stopped: false,
+        }));
+        let lp = EventLoop { poll, core: core.clone() };
         let thread = std::thread::Builder::new()
             .name("mirai-host".into())
-            .spawn(move || {
-                let mut lp = EventLoop {
-                    poll,
-                    listener,
-                    rx,
-                    framing,
-                    conns: HashMap::new(),
-                    next_token: 2,
-                    sched: Sched::new(dispatcher),
-                    tasks: HashMap::new(),
-                    timers: BinaryHeap::new(),
-                    stats: st,
-                    secret,
-                    oneshot,
-                    submitted: false,
-                };
-                lp.run()
-            })
+            .spawn(move || lp.run())
             .map_err(|e| e.to_string())?;
         Ok(Host {
             url: real.to_string(),
@@ -112,7 +109,7 @@ impl Host {
             dispatcher: opts.dispatcher,
             stats,
             notifier,
-            tx,
+            core,
             waker,
             thread: Mutex::new(Some(thread)),
             next_id: AtomicU64::new(1),
@@ -123,40 +120,51 @@ impl Host {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn send(&self, cmd: Cmd) -> bool {
-        if self.tx.send(cmd).is_err() {
-            return false;
-        }
-        let _ = self.waker.wake();
-        true
-    }
-
-    /// Hands a built frame to the loop. If the loop is gone the task fails
-    /// at once with "connection reset".
-    pub fn submit(&self, id: TaskId, frame: Vec<u8>, slot: Arc<Slot>, timeout: Option<Duration>) {
+    /// Queues a built frame and, when a daemon is free, writes it straight
+    /// to that daemon's socket from the calling thread. If the host has
+    /// stopped the task fails at once with "connection reset".
+    pub fn submit(&self, id: TaskId, mut frame: Vec<u8>, slot: Arc<Slot>, timeout: Option<Duration>) {
         let deadline = timeout.map(|t| Instant::now() + t);
-        if !self.send(Cmd::Submit { id, frame, slot: slot.clone(), deadline }) {
+        let mut core = self.core.lock().unwrap();
+        if core.stopped || core.shutdown.is_some() {
+            drop(core);
             slot.complete(Outcome::Error(ERR_RESET));
+            return;
+        }
+        core.framing.finish(&mut frame);
+        core.tasks.insert(id, TaskEntry { frame: Rc::new(frame), slot });
+        core.submitted = true;
+        let acts = core.sched.submit(id);
+        core.apply(acts, None);
+        core.publish();
+        if let Some(d) = deadline {
+            core.timers.push(Reverse((d, id)));
+            drop(core);
+            // The loop thread must recompute its poll timeout.
+            let _ = self.waker.wake();
         }
     }
 
-    /// Cancels a task; true if the loop found it unresolved.
+    /// Cancels a task; true if it was found unresolved.
     pub fn cancel(&self, id: TaskId, code: i32) -> bool {
-        let (ftx, frx) = crossbeam_channel::bounded(1);
-        if !self.send(Cmd::Cancel { id, code, found: ftx }) {
+        let mut core = self.core.lock().unwrap();
+        if core.stopped {
             return false;
         }
-        frx.recv_timeout(Duration::from_secs(5)).unwrap_or(false)
+        let (ok, acts) = core.sched.cancel(id, code);
+        core.apply(acts, None);
+        core.publish();
+        ok
     }
 
     pub fn shutdown(&self, signal: bool) {
         let handle = self.thread.lock().unwrap().take();
         if let Some(h) = handle {
-            self.send(Cmd::Shutdown { signal });
+            self.core.lock().unwrap().shutdown = Some(signal);
+            let _ = self.waker.wake();
             let _ = h.join();
         }
     }
-
 }
 
 impl Drop for Host {
@@ -203,10 +211,12 @@ struct TaskEntry {
     slot: Arc<Slot>,
 }
 
-struct EventLoop {
-    poll: Poll,
+// Rc inside: the Core is only ever touched under its mutex, one thread at
+// a time, so the frames it shares between queues never cross threads
+// concurrently.
+struct Core {
+    registry: mio::Registry,
     listener: Listener,
-    rx: Receiver<Cmd>,
     framing: Framing,
     conns: HashMap<Token, Conn>,
     next_token: usize,
@@ -217,6 +227,60 @@ struct EventLoop {
     secret: Option<String>,
     oneshot: bool,
     submitted: bool,
+    /// Set by `Host::shutdown`: Some(send the exit signal).
+    shutdown: Option<bool>,
+    stopped: bool,
+}
+
+// SAFETY: see the comment on Core: all access is serialized by the mutex.
+unsafe impl Send for Core {}
+
+struct EventLoop {
+    poll: Poll,
+    core: Arc<Mutex<Core>>,
+}
+
+impl EventLoop {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = {
+                let core = self.core.lock().unwrap();
+                core.timers.peek().map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.core.lock().unwrap().stop(false);
+                    return;
+                }
+            }
+            let mut core = self.core.lock().unwrap();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => core.accept_all(),
+                    WAKER => {}
+                    t => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            core.read_conn(t);
+                        }
+                        if ev.is_writable() {
+                            core.flush_conn(t);
+                        }
+                    }
+                }
+            }
+            core.expire_timers();
+            if let Some(signal) = core.shutdown {
+                core.stop(signal);
+                return;
+            }
+            core.publish();
+            if core.oneshot && core.submitted && core.sched.pending_tasks() == 0 {
+                core.stop(false);
+                return;
+            }
+        }
+    }
 }
 
 fn control_frame(framing: Framing, msg: &Msg) -> Rc<Vec<u8>> {
@@ -227,41 +291,9 @@ fn control_frame(framing: Framing, msg: &Msg) -> Rc<Vec<u8>> {
     Rc::new(b)
 }
 
-impl EventLoop {
-    fn run(&mut self) {
-        let mut events = Events::with_capacity(256);
-        loop {
-            let timeout = self.timers.peek().map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    break;
-                }
-            }
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept_all(),
-                    WAKER => {}
-                    t => {
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read_conn(t);
-                        }
-                        if ev.is_writable() {
-                            self.flush_conn(t);
-                        }
-                    }
-                }
-            }
-            self.expire_timers();
-            if !self.drain_commands() {
-                return;
-            }
-            self.stats.publish(self.sched.counters());
-            if self.oneshot && self.submitted && self.sched.pending_tasks() == 0 {
-                self.stop(false);
-                return;
-            }
-        }
-        self.stop(false);
+impl Core {
+    fn publish(&self) {
+        self.stats.publish(self.sched.counters());
     }
 
     fn accept_all(&mut self) {
@@ -271,8 +303,7 @@ impl EventLoop {
                     let token = Token(self.next_token);
                     self.next_token += 1;
                     if self
-                        .poll
-                        .registry()
+                        .registry
                         .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
                         .is_err()
                     {
@@ -409,7 +440,7 @@ impl EventLoop {
 
     fn drop_conn(&mut self, t: Token) {
         if let Some(mut c) = self.conns.remove(&t) {
-            let _ = self.poll.registry().deregister(&mut c.stream);
+            let _ = self.registry.deregister(&mut c.stream);
             if c.ready {
                 let acts = self.sched.disconnect(t.0 as u64);
                 self.apply(acts, None);
@@ -427,34 +458,6 @@ impl EventLoop {
             let (_, acts) = self.sched.cancel(id, ERR_TIMEOUT);
             self.apply(acts, None);
         }
-    }
-
-    /// Returns false when asked to shut down.
-    fn drain_commands(&mut self) -> bool {
-        while let Ok(cmd) = self.rx.try_recv() {
-            match cmd {
-                Cmd::Submit { id, mut frame, slot, deadline } => {
-                    self.framing.finish(&mut frame);
-                    self.tasks.insert(id, TaskEntry { frame: Rc::new(frame), slot });
-                    if let Some(d) = deadline {
-                        self.timers.push(Reverse((d, id)));
-                    }
-                    self.submitted = true;
-                    let acts = self.sched.submit(id);
-                    self.apply(acts, None);
-                }
-                Cmd::Cancel { id, code, found } => {
-                    let (ok, acts) = self.sched.cancel(id, code);
-                    self.apply(acts, None);
-                    let _ = found.send(ok);
-                }
-                Cmd::Shutdown { signal } => {
-                    self.stop(signal);
-                    return false;
-                }
-            }
-        }
-        true
     }
 
     fn stop(&mut self, signal: bool) {
@@ -483,16 +486,6 @@ impl EventLoop {
         self.tasks.clear();
         self.stats.publish(Counters::default());
         // Anything submitted after this point fails at once.
-        while let Ok(cmd) = self.rx.try_recv() {
-            match cmd {
-                Cmd::Submit { slot, .. } => {
-                    slot.complete(Outcome::Error(ERR_RESET));
-                }
-                Cmd::Cancel { found, .. } => {
-                    let _ = found.send(false);
-                }
-                Cmd::Shutdown { .. } => {}
-            }
-        }
+        self.stopped = true;
     }
 }
