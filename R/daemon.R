@@ -85,13 +85,15 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     .Call(C_mirai_daemon_limits, conn, idletime,
           walltime - (proc.time()[["elapsed"]] * 1000 - start), maxtasks - count)
     snap <- snapshot()
+    box <- new.env(parent = emptyenv())
+    depth <- sys.nframe()
     repeat {
       msg <- .Call(C_mirai_daemon_recv, conn)
       if (!is.list(msg)) {
         code <- msg
         break
       }
-      res <- eval_mirai(msg[[2L]], .GlobalEnv)
+      res <- eval_task(msg[[2L]], box, depth)
       last <- .Call(C_mirai_daemon_send, conn, msg[[1L]], res)
       if (is.na(last)) {
         why <- sub("^Error[^:]*: ", "", trimws(geterrmessage()))
@@ -112,7 +114,25 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   invisible(max(code, 0L))
 }
 
-# Evaluates a task payload. `genv` receives the `...` globals.
+# Evaluates a task payload on a daemon. The evaluation itself is C code
+# (mirai_eval in src/entrypoint.c) that signals failure by returning `box`.
+eval_task <- function(data, box, depth) {
+  g <- data[["._globals_."]]
+  if (length(g)) list2env(g, envir = .GlobalEnv)
+  a <- data[["._args_."]]
+  env <- if (length(a)) list2env(a, parent = .GlobalEnv) else new.env(parent = .GlobalEnv)
+  res <- .Call(C_mirai_eval, data[["._expr_."]], env, box)
+  if (!identical(res, box)) return(res)
+  cond <- box$cond
+  if (is.null(cond)) return(mirai_interrupt())
+  # Frames up to this function's caller belong to the daemon loop.
+  mirai_error(cond, trim_calls(box$calls[-seq_len(depth + 1L)]))
+}
+
+mirai_interrupt <- function() structure("", class = c("miraiInterrupt", "errorValue", "try-error"))
+
+# Evaluates a task payload in this process (sync mode). `genv` receives the
+# `...` globals.
 eval_mirai <- function(data, genv) {
   g <- data[["._globals_."]]
   if (length(g)) list2env(g, envir = genv)
@@ -124,31 +144,37 @@ eval_mirai <- function(data, genv) {
       ._mirai_eval_.(expr, env),
       error = function(e) calls <<- sys.calls()
     ),
-    error = function(e) mirai_error(e, calls),
-    interrupt = function(e) structure("", class = c("miraiInterrupt", "errorValue", "try-error"))
+    error = function(e) mirai_error(e, trim_calls(calls, after = quote(._mirai_eval_.))),
+    interrupt = function(e) mirai_interrupt()
   )
+}
+
+# The calls between the evaluation and the error, innermost first, without
+# the condition machinery. With `after`, frames up to and including the
+# frame of that function and the eval() inside it are dropped first.
+trim_calls <- function(calls, after = NULL) {
+  if (!length(calls)) return(list())
+  if (!is.null(after)) {
+    top <- which(vapply(calls, function(cl) is.call(cl) && identical(cl[[1L]], after), logical(1L)))
+    if (!length(top)) return(list())
+    calls <- calls[-seq_len(top[[1L]] + 1L)]
+  }
+  drop <- vapply(calls, function(cl) {
+    f <- if (is.call(cl)) cl[[1L]] else NULL
+    identical(f, quote(.handleSimpleError)) || identical(f, quote(h)) || identical(f, quote(stop))
+  }, logical(1L))
+  calls <- calls[!drop]
+  while (length(calls) && is.call(calls[[1L]]) && identical(calls[[1L]][[1L]], quote(eval))) calls <- calls[-1L]
+  rev(calls)
 }
 
 ._mirai_eval_. <- function(expr, env) eval(expr, envir = env)
 
-mirai_error <- function(e, calls) {
+# `trace`: the stack trace, as trim_calls() returns it.
+mirai_error <- function(e, trace = list()) {
   call <- conditionCall(e)
   msg <- conditionMessage(e)
-  trace <- list()
-  if (length(calls)) {
-    top <- which(vapply(calls, function(cl) is.call(cl) && identical(cl[[1L]], quote(._mirai_eval_.)), logical(1L)))
-    if (length(top)) {
-      trace <- calls[-seq_len(top[[1L]] + 1L)]
-      drop <- vapply(trace, function(cl) {
-        f <- if (is.call(cl)) cl[[1L]] else NULL
-        identical(f, quote(.handleSimpleError)) || identical(f, quote(h)) || identical(f, quote(stop))
-      }, logical(1L))
-      trace <- trace[!drop]
-      while (length(trace) && is.call(trace[[1L]]) && identical(trace[[1L]][[1L]], quote(eval))) trace <- trace[-1L]
-      trace <- rev(trace)
-    }
-  }
-  internal <- is.null(call) || (is.call(call) && identical(call[[1L]], quote(eval)))
+  internal <- is.null(call) || (is.call(call) && (identical(call[[1L]], quote(eval)) || identical(call[[1L]], quote(eval_task))))
   text <- if (internal) sprintf("Error: %s\n", msg)
           else sprintf("Error in %s: %s\n", paste(deparse(call, nlines = 1L), collapse = ""), msg)
   out <- text

@@ -9,7 +9,7 @@
 typedef SEXP (*mirai_body)(void *);
 typedef int (*mirai_protect_fn)(mirai_body, void *, SEXP, SEXP *);
 
-void mirai_rust_init(DllInfo *dll, mirai_protect_fn protect);
+void mirai_rust_init(DllInfo *dll, mirai_protect_fn protect, DL_FUNC eval);
 
 static void mirai_jump_back(void *jb, Rboolean jump) {
   if (jump) longjmp(*(jmp_buf *) jb, 1);
@@ -28,6 +28,53 @@ static int mirai_protect(mirai_body fun, void *data, SEXP cont, SEXP *out) {
   return 0;
 }
 
+/* ---- evaluation on a daemon ---------------------------------------------
+ * mirai_eval(expr, env, box) evaluates expr in env. On success it returns the
+ * value. On an error it stores the condition and sys.calls() in `box` (an
+ * environment private to the daemon loop) and returns `box` itself; on an
+ * interrupt it returns `box` with box$cond NULL. This replaces R-level
+ * tryCatch(withCallingHandlers(...)), which costs more than the rest of a
+ * small task's evaluation: here the happy path is one C-level calling
+ * handler and one unwind-protect context.
+ * The error handler leaves through the "abort" restart, which unwinds
+ * (running on.exit code) up to the unwind-protect below and prints nothing. */
+typedef struct { SEXP expr, env, box; } mirai_eval_t;
+
+static SEXP eval_token = NULL;
+
+static SEXP eval_body(void *d) {
+  mirai_eval_t *e = (mirai_eval_t *) d;
+  return Rf_eval(e->expr, e->env);
+}
+
+static SEXP eval_on_error(SEXP cond, void *d) {
+  mirai_eval_t *e = (mirai_eval_t *) d;
+  Rf_defineVar(Rf_install("cond"), cond, e->box);
+  SEXP calls = PROTECT(Rf_lang1(Rf_install("sys.calls")));
+  /* evaluated in the innermost closure's frame, so sys.calls() sees the
+     whole stack (from the top level it would see none) */
+  Rf_defineVar(Rf_install("calls"), Rf_eval(calls, R_GetCurrentEnv()), e->box);
+  SEXP abort = PROTECT(Rf_lang2(Rf_install("invokeRestart"), Rf_mkString("abort")));
+  Rf_eval(abort, R_BaseEnv);
+  UNPROTECT(2);
+  return R_NilValue;
+}
+
+static SEXP eval_guarded(void *d) {
+  return R_withCallingErrorHandler(eval_body, d, eval_on_error, d);
+}
+
+static SEXP mirai_eval(SEXP expr, SEXP env, SEXP box) {
+  if (TYPEOF(env) != ENVSXP || TYPEOF(box) != ENVSXP) Rf_error("mirai_eval: environments expected");
+  mirai_eval_t e = {expr, env, box};
+  SEXP out = R_NilValue;
+  Rf_defineVar(Rf_install("cond"), R_NilValue, box);
+  if (mirai_protect(eval_guarded, &e, eval_token, &out)) return box;
+  return out;
+}
+
 void R_init_mirai(DllInfo *dll) {
-  mirai_rust_init(dll, mirai_protect);
+  eval_token = R_MakeUnwindCont();
+  R_PreserveObject(eval_token);
+  mirai_rust_init(dll, mirai_protect, (DL_FUNC) mirai_eval);
 }

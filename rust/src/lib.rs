@@ -64,12 +64,12 @@ macro_rules! routines {
 
 /// Called from the package's C entry point `R_init_mirai`.
 #[no_mangle]
-pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn) {
+pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn, eval: *const c_void) {
     rapi::init_protect(protect);
     // R errors are reported through R; Rust's default panic message would
     // only add noise (panics are caught and turned into R errors).
     std::panic::set_hook(Box::new(|_| {}));
-    let table = Box::leak(Box::new(routines![
+    let mut table = Vec::from(routines![
         mirai_host_start / 4,
         mirai_host_url / 1,
         mirai_host_submit / 3,
@@ -95,7 +95,12 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn) {
         mirai_parse_url / 1,
         mirai_random_hex / 1,
         mirai_ip_addr / 0,
-    ]));
+    ]);
+    // Defined in C (src/entrypoint.c): it needs setjmp and a C-level
+    // calling handler.
+    let end = table.len() - 1;
+    table.insert(end, CallMethodDef { name: c"mirai_eval".as_ptr(), fun: eval, num_args: 3 });
+    let table = Box::leak(table.into_boxed_slice());
     unsafe {
         R_registerRoutines(dll, std::ptr::null(), table.as_ptr(), std::ptr::null(), std::ptr::null());
         R_useDynamicSymbols(dll, 0);
