@@ -122,6 +122,13 @@ impl Sched {
         self.tasks.values().filter(|t| !t.resolved).count()
     }
 
+    /// Tasks the scheduler still holds state for: unresolved ones, and
+    /// resolved ones a daemon is still running. Anything beyond those is a
+    /// task it forgot to drop, which tests check for.
+    pub fn tracked_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
     pub fn submit(&mut self, task: TaskId) -> Vec<Action> {
         self.tasks.insert(task, Task { daemon: None, resolved: false });
         self.queue.push_back(task);
@@ -150,6 +157,11 @@ impl Sched {
             let mut it = dm.inflight.into_iter();
             if let Some(running) = it.next() {
                 self.fail(running, ERR_RESET, &mut out);
+                // No reply will ever come to drop it, so drop it now or its
+                // payload stays in the host for the life of the profile.
+                if self.tasks.remove(&running).is_some() {
+                    out.push(Action::Drop { task: running });
+                }
             }
             self.requeue(it, &mut out);
         }
@@ -221,7 +233,12 @@ impl Sched {
         for id in ids {
             self.fail(id, code, &mut out);
         }
-        self.queue.clear();
+        // Queued tasks will never be sent or replied to, so this is their
+        // last chance to be dropped; running ones are dropped on reply.
+        for task in std::mem::take(&mut self.queue) {
+            self.tasks.remove(&task);
+            out.push(Action::Drop { task });
+        }
         out
     }
 
@@ -363,6 +380,36 @@ mod tests {
         let a = s.reply(1, 1, false);
         assert!(!a.contains(&Action::Deliver { task: 1 }));
         assert_eq!(s.pending_tasks(), 0);
+    }
+
+    // Found by tests/sched_props.rs: the task a lost daemon was running was
+    // failed (or, if already cancelled, left alone) but never dropped, so
+    // the host kept its payload until the profile was reset.
+    #[test]
+    fn lost_daemon_drops_its_running_task() {
+        for dispatcher in [true, false] {
+            let mut s = Sched::new(dispatcher);
+            s.connect(1);
+            s.submit(1);
+            let a = s.disconnect(1);
+            assert_eq!(a, vec![Action::Fail { task: 1, code: ERR_RESET }, Action::Drop { task: 1 }]);
+            s.connect(2);
+            s.submit(2);
+            s.cancel(2, ERR_CANCELED);
+            assert_eq!(s.disconnect(2), vec![Action::Drop { task: 2 }]);
+            assert_eq!(s.tracked_tasks(), 0);
+        }
+    }
+
+    // Found by tests/sched_props.rs: queued tasks failed by fail_all were
+    // never dropped.
+    #[test]
+    fn fail_all_drops_queued_tasks() {
+        let mut s = Sched::new(true);
+        s.submit(1);
+        let a = s.fail_all(ERR_RESET);
+        assert_eq!(a, vec![Action::Fail { task: 1, code: ERR_RESET }, Action::Drop { task: 1 }]);
+        assert_eq!(s.tracked_tasks(), 0);
     }
 
     #[test]
