@@ -82,6 +82,7 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void) {
         mirai_aio_wait / 1,
         mirai_aio_cancel / 1,
         mirai_aio_id / 1,
+        mirai_race / 1,
         mirai_dial / 4,
         mirai_daemon_recv / 2,
         mirai_daemon_send / 4,
