@@ -131,7 +131,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     reset_profile(.compute)
     return(invisible(FALSE))
   }
-  if (isTRUE(.$in_map)) stop("cannot create local daemons from within mirai map", call. = FALSE)
+  if (is.null(url) && isTRUE(.$in_map)) stop("cannot create local daemons from within mirai map", call. = FALSE)
   reset_profile(.compute)
   dots <- list(...)
   auth <- !isFALSE(dots[["auth"]])

@@ -93,21 +93,25 @@ aio_of <- function(x) .subset2(x, "aio")
 #' Ctrl-C, which leaves the mirai and the session intact.
 #'
 #' `collect_mirai()` waits likewise and returns the value itself (for a
-#' list, a list of values). `x[]` on a mirai is the same.
+#' list, a list of values, in order). `x[]` on a mirai is the same, and on a
+#' 'mirai_map' `x[]` is `collect_mirai(x)`.
 #'
-#' @param x a 'mirai' or a list of them.
-#' @param options for a list, reserved for collection options such as
-#'   `".flat"`; NULL here.
+#' @param x a 'mirai' or a list of them (such as a 'mirai_map').
+#' @param options for a list, collection options (see [mirai_map()]): a
+#'   character vector such as `c(".flat", ".progress", ".stop")`, or a named
+#'   list such as `list(.stop = TRUE, .progress = list(name = "bar"))`, where
+#'   `.progress` may give [cli::cli_progress_bar()] arguments.
 #' @return `call_mirai()`: `x`, invisibly. `collect_mirai()`: the value(s).
 #' @examples
 #' daemons(sync = TRUE)
 #' m <- mirai(1 + 1)
 #' call_mirai(m)$data
 #' collect_mirai(list(a = mirai(1), b = mirai(2)))
+#' collect_mirai(list(a = mirai(1), b = mirai(2)), ".flat")
 #' daemons(0)
 #' @export
 call_mirai <- function(x) {
-  if (is.list(x) && !is.object(x)) {
+  if (is_mirai_list(x)) {
     for (m in x) call_mirai(m)
   } else if (inherits(x, "mirai")) {
     aio <- aio_of(x)
@@ -121,8 +125,7 @@ call_mirai <- function(x) {
 collect_mirai <- function(x, options = NULL) {
   if (inherits(x, "mirai")) return(x[])
   if (!is.list(x)) return(x)
-  out <- lapply(x, function(m) if (inherits(m, "mirai")) m[] else m)
-  out
+  collect_list(x, collect_options(options))
 }
 
 #' @export
@@ -153,7 +156,7 @@ unresolved <- function(x) {
     return(!is.null(aio) && !.Call(C_mirai_aio_collect, aio, x))
   }
   if (inherits(x, "unresolvedValue")) return(TRUE)
-  if (is.list(x) && !is.object(x)) {
+  if (is_mirai_list(x)) {
     for (m in x) if (unresolved(m)) return(TRUE)
   }
   FALSE
@@ -184,7 +187,7 @@ is_mirai <- function(x) inherits(x, "mirai")
 #' daemons(0)
 #' @export
 stop_mirai <- function(x) {
-  if (is.list(x) && !is.object(x)) return(vapply(x, stop_mirai, logical(1L)))
+  if (is_mirai_list(x)) return(vapply(x, stop_mirai, logical(1L)))
   if (!inherits(x, "mirai")) return(FALSE)
   aio <- aio_of(x)
   if (is.null(aio)) return(FALSE)

@@ -1,7 +1,7 @@
 //! The `.Call` surface: argument decoding, external pointers, and nothing
 //! else. Every function here runs on R's main thread.
 
-use crate::aio::{Outcome, Slot};
+use crate::aio::{Notifier, Outcome, Slot};
 use crate::client::{ClientConn, Incoming};
 use crate::host::{Host, HostOptions};
 use crate::proto::{self, Msg};
@@ -423,6 +423,55 @@ pub extern "C" fn mirai_aio_wait(aio: SEXP) -> SEXP {
     entry(|| {
         wait_slot(&get::<Aio>(aio, "aio")?.slot)?;
         Ok(unsafe { R_NilValue })
+    })
+}
+
+/// `race_mirai()`: the 1-based index of the first resolved element of the
+/// list `aios` (aio handles, or NULL for a mirai that never had one), 0 for
+/// an empty list. Blocks on the profiles' completion notifiers, so an idle
+/// wait costs nothing; slices only exist to notice a user interrupt. When
+/// the list mixes profiles, each notifier is watched in turn in shorter
+/// slices, as a completion bumps only its own profile's notifier.
+#[no_mangle]
+pub extern "C" fn mirai_race(aios: SEXP) -> SEXP {
+    entry(|| {
+        if unsafe { TYPEOF(aios) } != VECSXP as c_int {
+            return Err("`x` must be a list".into());
+        }
+        let n = unsafe { Rf_xlength(aios) };
+        let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(n as usize);
+        let mut notifiers: Vec<Arc<Notifier>> = Vec::new();
+        for i in 0..n {
+            let s = unsafe { VECTOR_ELT(aios, i) };
+            if is_null(s) {
+                return Ok(unsafe { Rf_ScalarInteger(i as c_int + 1) });
+            }
+            let a = get::<Aio>(s, "aio")?;
+            let nt = &a.profile.host.notifier;
+            if !notifiers.iter().any(|x| Arc::ptr_eq(x, nt)) {
+                notifiers.push(nt.clone());
+            }
+            slots.push(a.slot.clone());
+        }
+        if slots.is_empty() {
+            return Ok(unsafe { Rf_ScalarInteger(0) });
+        }
+        let slice = Duration::from_millis(if notifiers.len() == 1 { 100 } else { 10 });
+        let mut turn = 0;
+        loop {
+            let nt = &notifiers[turn % notifiers.len()];
+            // Read the count before looking at the slots: a completion after
+            // the look then moves the count, so its wake-up cannot be missed.
+            let seen = nt.current();
+            if let Some(i) = slots.iter().position(|s| s.is_done()) {
+                return Ok(unsafe { Rf_ScalarInteger(i as c_int + 1) });
+            }
+            nt.wait_past(seen, slice);
+            if interrupt_pending() {
+                return Err(RError::Interrupt);
+            }
+            turn += 1;
+        }
     })
 }
 

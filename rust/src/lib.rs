@@ -86,6 +86,7 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn, ev
         mirai_aio_data / 2,
         mirai_value / 1,
         mirai_r_init / 2,
+        mirai_race / 1,
         mirai_dial / 4,
         mirai_daemon_limits / 4,
         mirai_daemon_recv / 1,

@@ -1,0 +1,269 @@
+# mirai_map(): one mirai per element (or row), and collecting them with the
+# .flat / .progress / .stop options.
+
+#' mirai Map
+#'
+#' Asynchronous parallel map of a function over a list or vector, or over
+#' the rows of a data frame or matrix, using the daemons of a compute
+#' profile. Each element becomes one mirai, so the work is spread over the
+#' daemons as they become free (with a dispatcher).
+#'
+#' For a list or vector `.x`, each mirai evaluates `.f(x_i, <.args>)`. For a
+#' data frame, matrix, or anything else with two dimensions, `.f` is called
+#' once per row, with the columns as its arguments: by name where the columns
+#' are named, otherwise by position. Names of `.x` are kept, and character
+#' row names become the names of the result.
+#'
+#' The result is a 'mirai_map', a list of mirai, returned at once. Collect
+#' it with `x[]` (a list of values, in order, whatever the order in which
+#' they resolve), or with options:
+#'
+#' * `x[.flat]` flattens the values into a vector, checking that all are of
+#'   the same type;
+#' * `x[.progress]` shows a progress bar (a 'cli' bar where that package is
+#'   installed, a plain text one on stderr otherwise);
+#' * `x[.stop]` stops at the first error value, cancels the remaining mirai
+#'   and raises an error naming the index.
+#'
+#' Options combine, as in `x[.stop, .progress]`. [collect_mirai()] takes the
+#' same options as a character vector, e.g. `c(".flat", ".progress")`, or as
+#' a named list, e.g. `list(.stop = TRUE, .progress = list(name = "bar"))`
+#' to pass arguments to [cli::cli_progress_bar()]. With `.flat` an error
+#' value also stops the collection, as there is no flat way to return it.
+#'
+#' Calling `daemons(n)` from within `.f` errors: a map must not start local
+#' daemons on the daemons that run it. `daemons(url = local_url())` followed
+#' by `launch_local()` is allowed.
+#'
+#' @param .x a list or atomic vector, or a data frame, matrix or other
+#'   object with two dimensions (mapped over its rows).
+#' @param .f a function.
+#' @param ... named objects (or one environment) placed in the global
+#'   environment of the daemons, as for [mirai()].
+#' @param .args a list of further arguments to `.f`, after the element (or
+#'   the row's columns).
+#' @param .promise a function, or a list of two functions, attached to each
+#'   mirai as the `onFulfilled` (and `onRejected`) callbacks of a promise
+#'   with [promises::then()]. Needs the 'promises' package.
+#' @param .compute character compute profile, or NULL for the current one.
+#' @return A 'mirai_map' (a list of 'mirai'), invisibly.
+#' @seealso [collect_mirai()], [race_mirai()]
+#' @examples
+#' daemons(2)
+#' mp <- mirai_map(c(a = 1, b = 2, c = 3), function(x, y) x + y, .args = list(y = 10))
+#' mp
+#' mp[]
+#' mp[.flat]
+#'
+#' df <- data.frame(x = 1:3, y = c("a", "b", "c"), row.names = c("r1", "r2", "r3"))
+#' mirai_map(df, function(y, x) strrep(y, x))[.flat]
+#'
+#' mirai_map(1:4, function(i) { Sys.sleep(0.1); i^2 })[.progress, .flat]
+#'
+#' mp <- mirai_map(list(1, "a", 3), function(x) log(x))
+#' try(mp[.stop])
+#' daemons(0)
+#' @export
+mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .compute = NULL) {
+  require_daemons(.compute)
+  if (!is.function(.f)) stop(sprintf("`.f` must be of type function, not %s", typeof(.f)), call. = FALSE)
+  if (is.environment(.args)) .args <- as.list.environment(.args, all.names = TRUE)
+  if (!is.list(.args)) stop(sprintf("`.args` must be a list, not %s", typeof(.args)), call. = FALSE)
+  callbacks <- promise_callbacks(.promise)
+  items <- map_items(.x)
+  task <- quote(.map_call(.f, .x, .args))
+  out <- vector("list", length(items))
+  for (i in seq_along(items)) {
+    out[[i]] <- mirai(.expr = task, ..., .args = list(.map_call = map_call, .f = .f, .x = items[[i]], .args = .args),
+                      .compute = .compute)
+  }
+  names(out) <- names(items)
+  if (length(callbacks)) for (m in out) promises::then(m, onFulfilled = callbacks[[1L]], onRejected = callbacks[[2L]])
+  invisible(structure(out, class = "mirai_map"))
+}
+
+# Runs on the daemon. Calling `.f` by name gives errors a readable call
+# ("Error in .f(3L): ...") instead of the deparsed function; only language
+# arguments need quoting, and quoting the rest would clutter that call.
+map_call <- function(.f, .x, .args) {
+  prev <- .$in_map
+  .$in_map <- TRUE
+  on.exit(.$in_map <- prev)
+  args <- lapply(c(.x, .args), function(a) if (is.language(a)) call("quote", a) else a)
+  do.call(".f", args)
+}
+
+# The argument list of each call, named after the elements or rows.
+map_items <- function(.x) {
+  d <- dim(.x)
+  if (length(d) > 2L)
+    stop(sprintf("`.x` has %d dimensions: mirai_map() maps over vectors, lists and the rows of 2-dimensional objects", length(d)), call. = FALSE)
+  if (length(d) < 2L) {
+    items <- lapply(as.list(.x), list)
+    names(items) <- names(.x)
+    return(items)
+  }
+  rows <- seq_len(d[[1L]])
+  if (is.data.frame(.x)) {
+    items <- lapply(rows, function(i) lapply(.x, `[[`, i))
+    rn <- attr(.x, "row.names")
+    names(items) <- if (is.character(rn)) rn
+  } else {
+    cn <- colnames(.x)
+    items <- lapply(rows, function(i) {
+      row <- as.list(.x[i, , drop = TRUE])
+      names(row) <- cn
+      row
+    })
+    names(items) <- rownames(.x)
+  }
+  items
+}
+
+# Validates `.promise` before any task is sent; list(onFulfilled, onRejected).
+promise_callbacks <- function(.promise) {
+  if (is.null(.promise)) return(NULL)
+  fns <- if (is.function(.promise)) list(.promise, NULL) else .promise
+  if (!is.list(fns) || !length(fns) || length(fns) > 2L ||
+      !all(vapply(fns, function(f) is.null(f) || is.function(f), logical(1L))))
+    stop("`.promise` must be a function, or a list of an onFulfilled and an onRejected function", call. = FALSE)
+  if (!requireNamespace("promises", quietly = TRUE))
+    stop("`.promise` requires the 'promises' package", call. = FALSE)
+  if (is.null(utils::getS3method("as.promise", "mirai", optional = TRUE, envir = asNamespace("promises"))))
+    stop("`.promise` is not supported yet: this version of mirai cannot make a promise from a mirai", call. = FALSE)
+  list(fns[[1L]], if (length(fns) > 1L) fns[[2L]])
+}
+
+#' @export
+print.mirai_map <- function(x, ...) {
+  done <- sum(!vapply(x, unresolved, logical(1L)))
+  cat(sprintf("< mirai map [%d/%d] >\n", done, length(x)))
+  invisible(x)
+}
+
+#' Is mirai Map
+#'
+#' @param x an object.
+#' @return Logical value.
+#' @examples
+#' daemons(sync = TRUE)
+#' is_mirai_map(mirai_map(1:2, sqrt))
+#' is_mirai_map(list(mirai(1)))
+#' daemons(0)
+#' @export
+is_mirai_map <- function(x) inherits(x, "mirai_map")
+
+#' @export
+`[.mirai_map` <- function(x, i, ...) {
+  opts <- if (missing(i)) list(...) else c(list(i), list(...))
+  collect_list(x, collect_options(opts))
+}
+
+#' @rdname mirai_map
+#' @format NULL
+#' @export
+.flat <- ".flat"
+
+#' @rdname mirai_map
+#' @format NULL
+#' @export
+.progress <- ".progress"
+
+#' @rdname mirai_map
+#' @format NULL
+#' @export
+.stop <- ".stop"
+
+# A list, or a mirai_map, whose elements are each waited for: lets
+# call_mirai(), unresolved() and stop_mirai() treat a map as a list.
+is_mirai_list <- function(x) is.list(x) && (!is.object(x) || inherits(x, "mirai_map"))
+
+# Normalises collection options: unnamed elements are option names (the
+# `.flat` objects are just those strings), named ones carry a value.
+collect_options <- function(options) {
+  opts <- list(.flat = FALSE, .progress = FALSE, .stop = FALSE)
+  nms <- names(options)
+  for (k in seq_along(options)) {
+    nm <- if (is.null(nms) || is.na(nms[[k]])) "" else nms[[k]]
+    if (nzchar(nm)) {
+      keys <- nm
+      val <- options[[k]]
+    } else {
+      keys <- options[[k]]
+      val <- TRUE
+      if (!is.character(keys))
+        stop("collection options must be `.flat`, `.progress` or `.stop`, or a named list of them", call. = FALSE)
+    }
+    for (key in keys) {
+      if (!key %in% names(opts))
+        stop(sprintf("unknown collection option '%s': use `.flat`, `.progress` or `.stop`", key), call. = FALSE)
+      if (key != ".progress" && (!is.logical(val) || length(val) != 1L || is.na(val)))
+        stop(sprintf("the `%s` option must be TRUE or FALSE", key), call. = FALSE)
+      opts[[key]] <- val
+    }
+  }
+  opts
+}
+
+# Waits for each element in turn (interruptibly: `m[]`), applying the options.
+collect_list <- function(x, opts) {
+  n <- length(x)
+  out <- vector("list", n)
+  tick <- progress_bar(n, opts$.progress, environment())
+  for (i in seq_len(n)) {
+    xi <- .subset2(x, i)
+    v <- if (inherits(xi, "mirai")) xi[] else xi
+    if ((opts$.stop || opts$.flat) && is_error_value(v)) stop_collection(x, i, v)
+    if (opts$.flat && i > 1L && typeof(v) != typeof(out[[1L]])) {
+      stop_mirai(x)
+      stop(sprintf("Cannot flatten outputs of differing type: %s / %s", typeof(out[[1L]]), typeof(v)), call. = FALSE)
+    }
+    out[i] <- list(v)
+    if (!is.null(tick)) tick(i)
+  }
+  names(out) <- names(x)
+  if (isTRUE(opts$.flat)) unlist(out, recursive = FALSE) else out
+}
+
+# The first error value ends the collection: the rest is of no use, so it is
+# cancelled rather than left running.
+stop_collection <- function(x, i, v) {
+  stop_mirai(x)
+  nm <- names(x)[i]
+  has_name <- !is.null(nm) && !is.na(nm) && nzchar(nm)
+  msg <- if (is_mirai_error(v)) attr(v, "message", exact = TRUE) %||% unclass(v)
+         else if (is_mirai_interrupt(v)) "the evaluation was interrupted"
+         else error_text(as.integer(v))
+  if (use_cli() && requireNamespace("rlang", quietly = TRUE)) {
+    parent <- simpleError(msg, call = if (is_mirai_error(v)) attr(v, "call", exact = TRUE))
+    bullets <- c("In index: {i}.", if (has_name) c(i = "With name: {nm}."))
+    cli::cli_abort(bullets, parent = parent, call = NULL)
+  }
+  text <- if (is_mirai_error(v)) sub("\n$", "", unclass(v)) else msg
+  stop(sprintf("In index %d:\n%s", i, text), call. = FALSE)
+}
+
+use_cli <- function() {
+  if (is.null(.$cli)) .$cli <- requireNamespace("cli", quietly = TRUE)
+  .$cli
+}
+
+# A function to call with each completed index, or NULL for no bar. `spec`
+# is TRUE, a bar name, or a list of cli_progress_bar() arguments; the cli bar
+# belongs to `frame`, so it is closed however the collection ends.
+progress_bar <- function(n, spec, frame) {
+  if (isFALSE(spec) || is.null(spec) || n == 0L) return(NULL)
+  if (use_cli()) {
+    args <- if (is.list(spec)) spec else if (is.character(spec)) list(name = spec) else list()
+    args$total <- n
+    args$.envir <- frame
+    id <- do.call(cli::cli_progress_bar, args)
+    return(function(i) {
+      if (i < n) cli::cli_progress_update(id = id, set = i, .envir = frame)
+      else cli::cli_progress_done(id = id, .envir = frame)
+    })
+  }
+  function(i) {
+    cat(if (i < n) sprintf("\r[ %d / %d .... ]", i, n) else sprintf("\r[ %d / %d done ]\n", i, n), file = stderr())
+  }
+}

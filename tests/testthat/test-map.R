@@ -1,0 +1,219 @@
+test_that("mirai_map needs daemons and a function", {
+  expect_error(mirai_map(1:2, identity), "No daemons set")
+  expect_error(mirai_map(1:2, identity, .compute = "nomap"), "No daemons set for the 'nomap' compute profile")
+  daemons(sync = TRUE)
+  on.exit(daemons(0))
+  expect_error(mirai_map(1:2, 1), "`.f` must be of type function, not double")
+  expect_error(mirai_map(1:2, "sum"), "`.f` must be of type function, not character")
+  expect_error(mirai_map(array(1:8, c(2, 2, 2)), sum), "3 dimensions")
+})
+
+test_that("vectors and lists map .f(x, .args) and keep names (dispatcher)", {
+  daemons(2)
+  on.exit(daemons(0))
+  mp <- mirai_map(c(a = 1, b = 2, c = 3), function(x, y) x + y, .args = list(y = 10))
+  expect_true(is_mirai_map(mp))
+  expect_false(is_mirai_map(list(mirai(1))))
+  expect_length(mp, 3L)
+  expect_true(all(vapply(mp, is_mirai, logical(1L))))
+  expect_identical(mp[], list(a = 11, b = 12, c = 13))
+  expect_identical(mp[.flat], c(a = 11, b = 12, c = 13))
+  expect_output(print(mp), "< mirai map \\[3/3\\] >", fixed = FALSE)
+  # unnamed input, list elements of any kind, `...` globals, positional .args
+  mp <- mirai_map(list(1:3, "x", NULL), function(x, sep) paste(c(x, k), collapse = sep), k = "K", .args = list("+"))
+  expect_null(names(mp))
+  expect_identical(mp[], list("1+2+3+K", "x+K", "K"))
+  # factors and dates keep their class per element
+  expect_identical(mirai_map(factor(c("u", "v")), function(x) class(x))[.flat], c("factor", "factor"))
+  expect_identical(mirai_map(as.Date("2024-01-01") + 0:1, function(x) format(x))[.flat], c("2024-01-01", "2024-01-02"))
+  # language elements arrive unevaluated
+  expect_identical(mirai_map(list(quote(a + b), as.name("z")), function(x) class(x))[.flat], c("call", "name"))
+  # empty input
+  expect_identical(mirai_map(list(), identity)[], list())
+  expect_output(print(mirai_map(NULL, identity)), "< mirai map [0/0] >", fixed = TRUE)
+})
+
+test_that("results come back in input order, not completion order", {
+  daemons(3, dispatcher = FALSE)
+  on.exit(daemons(0))
+  mp <- mirai_map(c(first = 0.6, second = 0, third = 0.3), function(s) { Sys.sleep(s); s })
+  expect_identical(mp[.flat], c(first = 0.6, second = 0, third = 0.3))
+})
+
+test_that("data frames and matrices map over rows, columns as arguments", {
+  daemons(2, dispatcher = FALSE)
+  on.exit(daemons(0))
+  df <- data.frame(n = 1:3, s = c("a", "b", "c"), row.names = c("r1", "r2", "r3"))
+  # matched by name: the function's arguments are in the other order
+  expect_identical(mirai_map(df, function(s, n) strrep(s, n))[.flat], c(r1 = "a", r2 = "bb", r3 = "ccc"))
+  # automatic row names give no names; factor columns stay factors
+  df2 <- data.frame(x = 1:2, f = factor(c("p", "q")))
+  mp <- mirai_map(df2, function(f, x) paste(class(f), as.character(f), x))
+  expect_null(names(mp))
+  expect_identical(mp[.flat], c("factor p 1", "factor q 2"))
+  # .args follow the columns
+  expect_identical(mirai_map(df2, function(x, f, plus) x + plus, .args = list(plus = 100L))[.flat], c(101L, 102L))
+  m <- matrix(1:4, 2, dimnames = list(c("p", "q"), c("a", "b")))
+  expect_identical(mirai_map(m, function(b, a) b * 10L + a)[.flat], c(p = 31L, q = 42L))
+  # no column names: by position
+  expect_identical(mirai_map(matrix(1:4, 2), function(a, b) a * 10L + b)[.flat], c(13L, 24L))
+  expect_identical(mirai_map(matrix(1:3, 3), function(x) x * 2L)[.flat], c(2L, 4L, 6L))
+})
+
+test_that("errors are kept in a plain collection, and stop .flat", {
+  daemons(2)
+  on.exit(daemons(0))
+  mp <- mirai_map(list(a = 1, b = "x", c = 3), function(x) log(x))
+  res <- mp[]
+  expect_identical(res$a, 0)
+  expect_true(is_mirai_error(res$b))
+  expect_identical(res$b$message, "non-numeric argument to mathematical function")
+  expect_identical(res$c, log(3))
+  expect_error(mp[.flat], "In index: 2")
+  expect_error(mirai_map(list(1L, "a"), identity)[.flat], "Cannot flatten outputs of differing type: integer / character")
+  expect_identical(collect_mirai(mirai_map(1:3, function(x) x * 2L), ".flat"), c(2L, 4L, 6L))
+})
+
+test_that(".stop cancels the remaining mirai and names the index (dispatcher)", {
+  daemons(2)
+  on.exit(daemons(0))
+  mp <- mirai_map(list(a = 0, b = "boom", c = 10, d = 10), function(x) {
+    if (is.character(x)) stop(x)
+    Sys.sleep(x)
+    x
+  })
+  t0 <- Sys.time()
+  err <- tryCatch(mp[.stop], error = identity)
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 5)
+  msg <- conditionMessage(err)
+  expect_match(msg, "In index: 2.", fixed = TRUE)
+  expect_match(msg, "With name: b.", fixed = TRUE)
+  expect_match(msg, "boom", fixed = TRUE)
+  # the long tasks (one running, one queued) were cancelled
+  expect_identical(mp$a$data, 0)
+  for (k in c("c", "d")) {
+    expect_true(is_error_value(mp[[k]]$data))
+    expect_identical(unclass(mp[[k]]$data), 20L)
+  }
+  expect_false(unresolved(mp))
+})
+
+test_that(".stop without dispatcher, and through collect_mirai options", {
+  daemons(2, dispatcher = FALSE)
+  on.exit(daemons(0))
+  mp <- mirai_map(list(0.5, "oops", 10), function(x) if (is.character(x)) stop(x) else { Sys.sleep(x); x })
+  expect_error(collect_mirai(mp, list(.stop = TRUE)), "In index: 2.", fixed = TRUE)
+  expect_identical(mp[[1L]]$data, 0.5)
+  expect_identical(unclass(mp[[3L]]$data), 20L)
+  expect_error(collect_mirai(mp, c(".bogus")), "unknown collection option '.bogus'")
+  expect_error(collect_mirai(mp, list(.stop = "yes")), "the `.stop` option must be TRUE or FALSE")
+  expect_error(collect_mirai(mp, list(1)), "collection options must be")
+  expect_error(mp[.stop], "In index: 2.", fixed = TRUE)
+})
+
+test_that("without cli, errors read 'In index %d:' and progress is plain text on stderr", {
+  state <- mirai:::.
+  old <- state$cli
+  state$cli <- FALSE
+  on.exit({ state$cli <- old; daemons(0) })
+  daemons(sync = TRUE)
+  mp <- mirai_map(c(x = 1, y = -1), function(v) if (v < 0) stop("negative") else v)
+  expect_error(mp[.stop], "^In index 2:\nError in .f\\(-1\\): negative$")
+  mp <- mirai_map(list(1, 2, 3), function(x) x)
+  err <- capture.output(res <- mp[.progress, .flat], type = "message")
+  expect_identical(res, c(1, 2, 3))
+  out <- paste(err, collapse = "\n")
+  expect_identical(out, "\r[ 1 / 3 .... ]\r[ 2 / 3 .... ]\r[ 3 / 3 done ]")
+})
+
+test_that(".progress shows a cli progress bar, with cli options", {
+  skip_if_not_installed("cli")
+  # cli redraws on a timer (every 3 s off a terminal); this helper of cli's
+  # own tests makes every update draw, so the output does not depend on timing.
+  skip_if_not(exists("cli_with_ticks", envir = asNamespace("cli")))
+  with_ticks <- get("cli_with_ticks", envir = asNamespace("cli"))
+  daemons(2)
+  on.exit(daemons(0))
+  mp <- mirai_map(1:4, function(i) i)
+  msgs <- testthat::capture_messages(res <- with_ticks(mp[.progress]))
+  expect_identical(res, as.list(1:4))
+  # one line per element (cli may leave out the last one of an unnamed bar)
+  expect_gte(length(msgs), 3L)
+  expect_true(all(mapply(grepl, c("25%", "50%", "75%"), msgs[1:3], fixed = TRUE)))
+  mp <- mirai_map(1:3, function(i) i)
+  msgs <- testthat::capture_messages(
+    res <- with_ticks(collect_mirai(mp, list(.progress = list(name = "mapbar"), .flat = TRUE))))
+  expect_identical(res, 1:3)
+  expect_match(msgs, "^mapbar .*%", all = TRUE)
+  mp <- mirai_map(1:2, function(i) i)
+  msgs <- testthat::capture_messages(res <- with_ticks(mp[.progress = "named", .flat]))
+  expect_identical(res, 1:2)
+  expect_match(msgs, "^named .*%", all = TRUE)
+  # no bar without the option
+  expect_length(testthat::capture_messages(with_ticks(mirai_map(1:2, function(i) i)[.flat])), 0L)
+})
+
+test_that("call_mirai, unresolved and stop_mirai accept a mirai_map", {
+  daemons(2)
+  on.exit(daemons(0))
+  mp <- mirai_map(c(0.3, 0.3), function(s) { Sys.sleep(s); s })
+  expect_true(unresolved(mp))
+  expect_output(print(mp), "< mirai map [0/2] >", fixed = TRUE)
+  expect_identical(call_mirai(mp), mp)
+  expect_false(unresolved(mp))
+  expect_identical(mp[[1L]]$data, 0.3)
+  mp <- mirai_map(c(10, 10, 10), Sys.sleep)
+  expect_identical(unname(stop_mirai(mp)), c(TRUE, TRUE, TRUE))
+  expect_false(unresolved(mp))
+  expect_identical(lapply(mp[], unclass), list(20L, 20L, 20L))
+})
+
+test_that("daemons(n) errors inside a map; daemons(url) does not", {
+  daemons(1)
+  on.exit(daemons(0))
+  res <- mirai_map(1, function(x) mirai::daemons(1))[]
+  expect_true(is_mirai_error(res[[1L]]))
+  expect_match(res[[1L]]$message, "cannot create local daemons from within mirai map")
+  res <- mirai_map(1, function(x) { mirai::daemons(url = mirai::local_url()); mirai::daemons(0) })[]
+  expect_identical(res, list(FALSE))
+  # the flag does not outlive the map's task on that daemon
+  expect_false(mirai(isTRUE(mirai:::.$in_map))[])
+})
+
+test_that("sync mode maps in this process", {
+  daemons(sync = TRUE)
+  on.exit(daemons(0))
+  mp <- mirai_map(c(p = 2, q = 3), function(x) c(x, Sys.getpid()))
+  expect_identical(mp[], list(p = c(2, Sys.getpid()), q = c(3, Sys.getpid())))
+  expect_error(mirai_map(1, function(x) daemons(1))[.stop], "cannot create local daemons from within mirai map")
+  expect_false(isTRUE(mirai:::.$in_map))
+})
+
+test_that(".promise attaches callbacks with promises::then, or errors clearly", {
+  skip_if_not_installed("promises")
+  skip_if_not_installed("later")
+  daemons(sync = TRUE)
+  on.exit(daemons(0))
+  expect_error(mirai_map(1:2, identity, .promise = 1), "`.promise` must be a function")
+  expect_error(mirai_map(1:2, identity, .promise = list(identity, identity, identity)), "`.promise` must be a function")
+  ns <- asNamespace("promises")
+  if (is.null(utils::getS3method("as.promise", "mirai", optional = TRUE, envir = ns))) {
+    expect_error(mirai_map(1:2, identity, .promise = identity), "`.promise` is not supported yet")
+    # With a stand-in for the as.promise method, the callbacks are attached.
+    table <- get(".__S3MethodsTable__.", envir = ns)
+    assign("as.promise.mirai", function(x) {
+      v <- x[]
+      if (is_mirai_error(v)) promises::promise_reject(simpleError(v$message)) else promises::promise_resolve(v)
+    }, envir = table)
+    on.exit(rm("as.promise.mirai", envir = table), add = TRUE)
+  }
+  got <- new.env()
+  mirai_map(c(1, 2), function(x) x * 2, .promise = function(v) got$ok <- c(got$ok, v))
+  mirai_map(list("a"), function(x) stop("bad"),
+            .promise = list(function(v) got$wrong <- TRUE, function(e) got$err <- conditionMessage(e)))
+  deadline <- Sys.time() + 5
+  while ((length(got$ok) < 2L || is.null(got$err)) && Sys.time() < deadline) later::run_now(0.05)
+  expect_identical(sort(got$ok), c(2, 4))
+  expect_null(got$wrong)
+  expect_match(got$err, "bad")
+})
