@@ -21,6 +21,7 @@ pub mod decoder;
 pub mod frame;
 pub mod host;
 pub mod proto;
+pub mod rng;
 pub mod rapi;
 pub mod sched;
 pub mod serial;
