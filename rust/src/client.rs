@@ -29,6 +29,11 @@ pub struct ClientConn {
     pub framing: Framing,
     evaluating: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
+    /// From the host's Init: this daemon's RNG stream, if assigned, and the
+    /// profile's R-serialized settings (empty for none), which R's main
+    /// thread reads once after connecting.
+    pub init_stream: Option<[i32; 7]>,
+    pub init_settings: Vec<u8>,
 }
 
 fn write_frame(stream: &mut BlockingStream, framing: Framing, msg: &Msg, prefix: &[u8]) -> io::Result<()> {
@@ -63,6 +68,8 @@ impl ClientConn {
             framing,
             evaluating: Arc::new(AtomicBool::new(false)),
             closed: Arc::new(AtomicBool::new(false)),
+            init_stream: None,
+            init_settings: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -77,10 +84,14 @@ impl ClientConn {
                 _ => format!("handshake with '{addr}' failed: {e}"),
             })?;
             let hop = strip_hop(&body)?;
-            let (msg, _) = proto::decode(&body[hop..])?;
+            let (msg, off) = proto::decode(&body[hop..])?;
             return match msg {
-                Msg::Init { version } if version == PROTOCOL_VERSION => Ok(c),
-                Msg::Init { version } => Err(format!(
+                Msg::Init { version, stream } if version == PROTOCOL_VERSION => {
+                    c.init_stream = stream;
+                    c.init_settings = body[hop + off..].to_vec();
+                    Ok(c)
+                }
+                Msg::Init { version, .. } => Err(format!(
                     "protocol version mismatch: host speaks {version}, daemon speaks {PROTOCOL_VERSION}; install the same mirai version on both"
                 )),
                 Msg::Refused { reason } => Err(format!("connection refused by host: {reason}")),

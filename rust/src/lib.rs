@@ -70,7 +70,7 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void) {
     // only add noise (panics are caught and turned into R errors).
     std::panic::set_hook(Box::new(|_| {}));
     let table = Box::leak(Box::new(routines![
-        mirai_host_start / 4,
+        mirai_host_start / 6,
         mirai_host_url / 1,
         mirai_host_submit / 3,
         mirai_host_info / 1,
@@ -91,6 +91,9 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void) {
         mirai_parse_url / 1,
         mirai_random_hex / 1,
         mirai_ip_addr / 0,
+        mirai_next_stream / 1,
+        mirai_rng_advance / 0,
+        mirai_daemon_init / 1,
     ]));
     unsafe {
         R_registerRoutines(dll, std::ptr::null(), table.as_ptr(), std::ptr::null(), std::ptr::null());
