@@ -55,7 +55,7 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
   prof <- profile_of(.compute)
   if (is.null(prof)) return(invisible(ephemeral_mirai(data, .timeout)))
   if (isTRUE(prof$sync)) return(invisible(sync_mirai(prof, data)))
-  invisible(new_mirai(.Call(C_mirai_host_submit, prof$host, data, .timeout)))
+  invisible(new_mirai(submit_task(prof, data, .timeout)))
 }
 
 new_mirai <- function(aio) {
@@ -79,7 +79,7 @@ resolved_mirai <- function(value) {
 
 ephemeral_mirai <- function(data, timeout) {
   secret <- .Call(C_mirai_random_hex, 16)
-  host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE)
+  host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE, NULL, NULL)
   url <- .Call(C_mirai_host_url, host)
   launch_process(host, url, secret, list(dispatcher = FALSE, maxtasks = 1L, cleanup = FALSE))
   new_mirai(.Call(C_mirai_host_submit, host, data, timeout))
@@ -89,7 +89,7 @@ sync_mirai <- function(prof, data) {
   old <- .$daemon
   .$daemon <- TRUE
   on.exit(.$daemon <- old)
-  resolved_mirai(eval_mirai(data, prof$globals))
+  resolved_mirai(with_task_stream(prof, eval_mirai(data, prof$globals)))
 }
 
 aio_of <- function(x) .subset2(x, "aio")
