@@ -113,13 +113,16 @@ fn outcome_to_sexp(o: Outcome, serial_cfg: SEXP) -> SEXP {
         Outcome::Value { body, offset } => match serial::unserialize_with(&body[offset..], serial_cfg) {
             Ok(v) => v,
             Err(msg) => unsafe {
-                let v = Rf_protect(mk_string(&format!("Error: result could not be unserialized: {msg}")));
+                let msg = format!("result could not be unserialized: {msg}");
+                let v = Rf_protect(mk_string(&format!("Error: {msg}")));
+                let m = Rf_protect(mk_string(&msg));
+                Rf_setAttrib(v, Rf_install(c"message".as_ptr()), m);
                 let cls = Rf_protect(Rf_allocVector(STRSXP, 3));
                 for (i, c) in ["miraiError", "errorValue", "try-error"].iter().enumerate() {
                     SET_STRING_ELT(cls, i as isize, STRING_ELT(mk_string(c), 0));
                 }
                 Rf_setAttrib(v, R_ClassSymbol, cls);
-                Rf_unprotect(2);
+                Rf_unprotect(3);
                 v
             },
         },

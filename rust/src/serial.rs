@@ -16,7 +16,8 @@
 //! marker. The raw vectors go after the end of R's stream, followed by a
 //! trailer: each blob's length (u64 LE), their count (u64 LE), then `MAGIC`.
 //! R stops reading at the end of its own stream, so the tail is invisible
-//! to it, and each blob is copied once, from R's vector into the frame.
+//! to it, and each blob is copied once, from R's vector into the frame. An
+//! object referred to several times is packed once and arrives as one object.
 //!
 //! Reading: a PERSISTSXP marker is only ever written together with a
 //! trailer, so the trailer is located (from the end of the payload) the first
@@ -32,6 +33,7 @@
 
 use crate::rapi::*;
 use extendr_ffi::{R_ExternalPtrProtected, R_SetExternalPtrProtected, Rf_cons, CAR, CDR};
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
 extern "C" {
@@ -229,9 +231,17 @@ unsafe fn class_name(cfg: SEXP, i: isize) -> String {
 
 /// Per-call state of the hooks, reached through the hook data (an external
 /// pointer to it, alive for the duration of one R_Serialize/R_Unserialize).
+///
+/// R asks the out-hook about every occurrence of a reference object, before
+/// looking it up among those already written, so an object met twice would
+/// be packed twice and arrive as two objects. `seen` and `made` make each
+/// object one blob and one `sfunc`/`ufunc` call, and keep shared references
+/// shared. Keys are addresses of objects that stay reachable (hence alive
+/// and unmoved) for the whole call.
 struct OutHook {
     cfg: SEXP,
     blobs: usize,
+    seen: HashMap<usize, (isize, usize)>,
     error: Option<CString>,
 }
 
@@ -239,7 +249,23 @@ struct InHook<'a> {
     cfg: SEXP,
     data: &'a [u8],
     table: Option<Vec<(usize, usize)>>,
+    made: HashMap<usize, SEXP>,
     error: Option<CString>,
+}
+
+/// Keeps `x` alive for as long as the hook data `pdata` is.
+unsafe fn keep(pdata: SEXP, x: SEXP) {
+    Rf_protect(x);
+    R_SetExternalPtrProtected(pdata, Rf_cons(x, R_ExternalPtrProtected(pdata)));
+    Rf_unprotect(1);
+}
+
+unsafe fn reference(ci: isize, bi: usize) -> SEXP {
+    let r = Rf_protect(Rf_allocVector(STRSXP, 2));
+    SET_STRING_ELT(r, 0, STRING_ELT(mk_string(&ci.to_string()), 0));
+    SET_STRING_ELT(r, 1, STRING_ELT(mk_string(&bi.to_string()), 0));
+    Rf_unprotect(1);
+    r
 }
 
 /// Raises the error stored in `slot` as an R error. Every Rust value of the
@@ -260,6 +286,9 @@ unsafe extern "C" fn out_hook(s: SEXP, pdata: SEXP) -> SEXP {
 }
 
 unsafe fn out_hook_impl(s: SEXP, pdata: SEXP, st: &mut OutHook) -> Result<SEXP, String> {
+    if let Some(&(ci, bi)) = st.seen.get(&(s as usize)) {
+        return Ok(reference(ci, bi));
+    }
     let classes = VECTOR_ELT(st.cfg, 0);
     let is_xptr = TYPEOF(s) == EXTPTRSXP;
     for i in 0..Rf_xlength(classes) {
@@ -278,29 +307,24 @@ unsafe fn out_hook_impl(s: SEXP, pdata: SEXP, st: &mut OutHook) -> Result<SEXP, 
         }
         // Kept alive by the hook data until R_Serialize is done and the
         // blob has been copied into the frame.
-        Rf_protect(raw);
-        R_SetExternalPtrProtected(pdata, Rf_cons(raw, R_ExternalPtrProtected(pdata)));
-        Rf_unprotect(1);
-        let idx = st.blobs;
+        keep(pdata, raw);
+        let bi = st.blobs;
         st.blobs += 1;
-        let r = Rf_protect(Rf_allocVector(STRSXP, 2));
-        SET_STRING_ELT(r, 0, STRING_ELT(mk_string(&i.to_string()), 0));
-        SET_STRING_ELT(r, 1, STRING_ELT(mk_string(&idx.to_string()), 0));
-        Rf_unprotect(1);
-        return Ok(r);
+        st.seen.insert(s as usize, (i, bi));
+        return Ok(reference(i, bi));
     }
     Ok(R_NilValue)
 }
 
 unsafe extern "C" fn in_hook(s: SEXP, pdata: SEXP) -> SEXP {
     let st = R_ExternalPtrAddr(pdata) as *mut InHook;
-    match in_hook_impl(s, &mut *st) {
+    match in_hook_impl(s, pdata, &mut *st) {
         Ok(v) => v,
         Err(m) => raise_stored(&mut (*st).error, m),
     }
 }
 
-unsafe fn in_hook_impl(s: SEXP, st: &mut InHook) -> Result<SEXP, String> {
+unsafe fn in_hook_impl(s: SEXP, pdata: SEXP, st: &mut InHook) -> Result<SEXP, String> {
     let bad = || "malformed custom-serialized reference".to_string();
     if TYPEOF(s) != STRSXP as c_int || Rf_xlength(s) != 2 {
         return Err(bad());
@@ -309,6 +333,9 @@ unsafe fn in_hook_impl(s: SEXP, st: &mut InHook) -> Result<SEXP, String> {
         CStr::from_ptr(R_CHAR(STRING_ELT(s, j))).to_str().ok().and_then(|t| t.parse().ok()).ok_or_else(bad)
     };
     let (ci, bi) = (num(0)?, num(1)?);
+    if let Some(&v) = st.made.get(&bi) {
+        return Ok(v);
+    }
     if st.table.is_none() {
         st.table = Some(parse_trailer(st.data)?);
     }
@@ -320,7 +347,11 @@ unsafe fn in_hook_impl(s: SEXP, st: &mut InHook) -> Result<SEXP, String> {
     std::ptr::copy_nonoverlapping(st.data.as_ptr().add(start), RAW(raw), len);
     let res = call_caught(VECTOR_ELT(VECTOR_ELT(st.cfg, 2), ci as isize), raw);
     Rf_unprotect(1);
-    res.map_err(|e| format!("unserialization function for class '{}' failed: {e}", class_name(st.cfg, ci as isize)))
+    let v = res
+        .map_err(|e| format!("unserialization function for class '{}' failed: {e}", class_name(st.cfg, ci as isize)))?;
+    keep(pdata, v);
+    st.made.insert(bi, v);
+    Ok(v)
 }
 
 /// Blob positions, in write order, from the trailer at the end of `data`.
@@ -353,7 +384,7 @@ pub fn serialize_with(obj: SEXP, buf: &mut Vec<u8>, cfg: SEXP) -> Result<(), Str
     }
     let start = buf.len();
     let bufp = buf as *mut Vec<u8>;
-    let mut st = OutHook { cfg, blobs: 0, error: None };
+    let mut st = OutHook { cfg, blobs: 0, seen: HashMap::new(), error: None };
     let stp = &mut st as *mut OutHook as *mut c_void;
     let res = try_r(|| unsafe {
         let pdata = Rf_protect(R_MakeExternalPtr(stp, R_NilValue, R_NilValue));
@@ -415,7 +446,7 @@ pub fn unserialize_with(data: &[u8], cfg: SEXP) -> Result<SEXP, String> {
     }
     let mut inp = Input { data, pos: 0 };
     let inpp = &mut inp as *mut Input as *mut c_void;
-    let mut st = InHook { cfg, data, table: None, error: None };
+    let mut st = InHook { cfg, data, table: None, made: HashMap::new(), error: None };
     let stp = &mut st as *mut InHook as *mut c_void;
     let res = try_r(|| unsafe {
         let pdata = Rf_protect(R_MakeExternalPtr(stp, R_NilValue, R_NilValue));
