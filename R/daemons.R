@@ -71,7 +71,8 @@ reset_profile <- function(.compute, signal = FALSE) {
 #'   logical or numeric values only. `auth = FALSE` turns off the check that
 #'   daemons were launched by this host.
 #' @param sync logical: evaluate each mirai in this process when it is
-#'   created, for debugging.
+#'   created, for debugging. Of the other arguments only `seed` and
+#'   `.compute` apply.
 #' @param seed NULL (default): each daemon gets its own L'Ecuyer-CMRG
 #'   random number stream (statistically independent, but results depend on
 #'   which daemon runs which task). An integer: each mirai gets its own

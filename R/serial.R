@@ -39,7 +39,7 @@ as_function_list <- function(f, n, what) {
 #' @examples
 #' cfg <- serial_config(
 #'   "myobj",
-#'   function(x) serialize(as.list(x), NULL),
+#'   function(x) serialize(as.list.environment(x), NULL),
 #'   function(r) structure(list2env(unserialize(r)), class = "myobj")
 #' )
 #' cfg
@@ -76,7 +76,7 @@ merge_serial <- function(old, new) {
 #' @examples
 #' register_serial(
 #'   "myobj",
-#'   function(x) serialize(as.list(x), NULL),
+#'   function(x) serialize(as.list.environment(x), NULL),
 #'   function(r) structure(list2env(unserialize(r)), class = "myobj")
 #' )
 #' obj <- structure(list2env(list(a = 1:3)), class = "myobj")
