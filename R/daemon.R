@@ -30,7 +30,9 @@ check_limit <- function(x, what) {
 #'   is done.
 #' @param maxtasks number of tasks after which to exit.
 #' @param tlscert reserved; must be NULL.
-#' @param rs integer vector: an initial `.Random.seed` (L'Ecuyer-CMRG).
+#' @param rs integer vector: an initial `.Random.seed` (L'Ecuyer-CMRG), as
+#'   put in launch commands by the host (see [nextstream()]). A stream sent
+#'   by the host when the daemon connects takes precedence.
 #' @return Invisibly, an exit code: 0 connection ended, 1 idletime, 2
 #'   walltime, 3 maxtasks (see [nextcode()]).
 #' @examples
@@ -59,11 +61,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   secret <- extra[["secret"]] %||% Sys.getenv("MIRAI_SECRET")
   Sys.unsetenv("MIRAI_SECRET")
 
-  if (!is.null(rs)) {
-    if (!is.numeric(rs) || length(rs) != 7L) stop("`rs` must be an integer vector of length 7", call. = FALSE)
-    suppressWarnings(RNGkind("L'Ecuyer-CMRG"))
-    assign(".Random.seed", as.integer(rs), envir = .GlobalEnv)
-  }
+  if (!is.null(rs)) set_stream(rs)
   if (!output) {
     out <- file(nullfile(), open = "w")
     sink(out)
@@ -81,6 +79,10 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   repeat {
     conn <- .Call(C_mirai_dial, url, secret, asyncdial || !first, ae)
     first <- FALSE
+    # The host's settings: this daemon's RNG stream, if it assigns one (the
+    # serialization config is installed on `conn` by the call itself).
+    init <- .Call(C_mirai_daemon_init, conn)
+    if (!is.null(init$stream)) set_stream(init$stream)
     # Limits are kept (and timed) natively: the loop below is the hot path.
     .Call(C_mirai_daemon_limits, conn, idletime,
           walltime - (proc.time()[["elapsed"]] * 1000 - start), maxtasks - count)
@@ -93,11 +95,11 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
         code <- msg
         break
       }
-      res <- eval_task(msg[[2L]], box, depth)
+      # list(id, NULL, message): the task could not be unserialized.
+      res <- if (length(msg) > 2L) mirai_error(simpleError(msg[[3L]])) else eval_task(msg[[2L]], box, depth)
       last <- .Call(C_mirai_daemon_send, conn, msg[[1L]], res)
-      if (is.na(last)) {
-        why <- sub("^Error[^:]*: ", "", trimws(geterrmessage()))
-        err <- mirai_error(simpleError(paste("result could not be serialized:", why)), list())
+      if (is.character(last)) {
+        err <- mirai_error(simpleError(paste("result could not be serialized:", last)))
         last <- .Call(C_mirai_daemon_send, conn, msg[[1L]], err)
       }
       if (last) {

@@ -10,7 +10,7 @@ daemon_dots <- function(dots) {
 }
 
 launch_command <- function(url, dots) {
-  args <- vapply(names(dots), function(nm) sprintf(",%s=%s", nm, deparse(dots[[nm]])), character(1L))
+  args <- vapply(names(dots), function(nm) sprintf(",%s=%s", nm, paste(deparse(dots[[nm]]), collapse = "")), character(1L))
   sprintf("mirai::daemon(%s%s)", deparse(url), paste(args, collapse = ""))
 }
 
@@ -71,10 +71,20 @@ reset_profile <- function(.compute, signal = FALSE) {
 #'   logical or numeric values only. `auth = FALSE` turns off the check that
 #'   daemons were launched by this host.
 #' @param sync logical: evaluate each mirai in this process when it is
-#'   created, for debugging.
-#' @param seed reserved; must be NULL.
+#'   created, for debugging. Of the other arguments only `seed` and
+#'   `.compute` apply.
+#' @param seed NULL (default): each daemon gets its own L'Ecuyer-CMRG
+#'   random number stream (statistically independent, but results depend on
+#'   which daemon runs which task). An integer: each mirai gets its own
+#'   stream instead, in the order the mirai are created, so results are
+#'   reproducible whatever the number of daemons or the scheduling. See
+#'   [nextstream()].
 #' @param memory reserved; must be NULL.
-#' @param serial reserved; must be NULL.
+#' @param serial a configuration from [serial_config()], for custom
+#'   serialization of reference objects such as external pointers, applied
+#'   on this host and on every daemon of the profile, in both directions.
+#'   NULL uses the configurations registered with [register_serial()], if
+#'   any. Works with or without dispatcher.
 #' @param tls reserved; must be NULL.
 #' @param pass reserved; must be NULL.
 #' @param .compute character compute profile (NULL for the current one).
@@ -95,10 +105,14 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     stop("`.compute` must be a character string naming a compute profile, or NULL", call. = FALSE)
   if (!is.logical(sync) || length(sync) != 1L || is.na(sync))
     stop("`sync` must be TRUE or FALSE", call. = FALSE)
+  if (!is.null(seed) && (!is.numeric(seed) || length(seed) != 1L || is.na(seed)))
+    stop("`seed` must be NULL or a single integer", call. = FALSE)
   if (sync) {
     reset_profile(.compute)
     prof <- new.env(parent = emptyenv())
     prof$sync <- TRUE
+    prof$seed <- seed
+    prof$stream <- init_stream(seed)
     prof$globals <- new.env(parent = .GlobalEnv)
     prof$url <- paste0("inproc://", .Call(C_mirai_random_hex, 12))
     prof$dispatcher <- FALSE
@@ -124,7 +138,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     stop(sprintf("`url` must be of type character, not %s", typeof(url)), call. = FALSE)
   if (!is.logical(dispatcher) || length(dispatcher) != 1L || is.na(dispatcher))
     stop("`dispatcher` must be TRUE or FALSE", call. = FALSE)
-  for (arg in c("remote", "seed", "memory", "serial", "tls", "pass")) {
+  for (arg in c("remote", "memory", "tls", "pass")) {
     if (!is.null(get(arg))) stop(sprintf("`%s` is not supported by this version of mirai yet; leave it NULL", arg), call. = FALSE)
   }
   if (n == 0 && is.null(url)) {
@@ -139,9 +153,15 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   dots <- daemon_dots(dots)
   secret <- .Call(C_mirai_random_hex, 16)
   listen <- if (is.null(url)) local_url() else url[[1L]]
-  host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE)
+  stream <- init_stream(seed)
+  serial <- serial %||% session_serial()
+  host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE,
+                if (dispatcher && is.null(seed)) stream, if (!is.null(serial)) list(serial = serial))
   prof <- new.env(parent = emptyenv())
   prof$host <- host
+  prof$seed <- seed
+  prof$stream <- stream
+  prof$serial <- serial
   prof$url <- .Call(C_mirai_host_url, host)
   prof$dispatcher <- dispatcher
   prof$secret <- secret
@@ -153,7 +173,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   if (is.null(url) && n > 0) {
     ok <- FALSE
     on.exit(if (!ok) reset_profile(.compute))
-    for (i in seq_len(n)) launch_process(host, prof$url, secret, c(list(dispatcher = dispatcher), dots))
+    for (i in seq_len(n)) launch_process(host, prof$url, secret, launch_args(prof, dots))
     wait_for_daemons(host, n)
     ok <- TRUE
   }
@@ -191,7 +211,7 @@ launch_local <- function(n = 1L, ..., .compute = NULL) {
   dots <- prof$dots
   new <- daemon_dots(list(...))
   dots[names(new)] <- new
-  for (i in seq_len(n)) launch_process(prof$host, prof$url, prof$secret, c(list(dispatcher = prof$dispatcher), dots))
+  for (i in seq_len(n)) launch_process(prof$host, prof$url, prof$secret, launch_args(prof, dots))
   invisible(n)
 }
 
@@ -296,17 +316,21 @@ host_url <- function(tls = FALSE, port = 0) {
   structure(sprintf("%s://%s:%d", if (isTRUE(tls)) "tls+tcp" else "tcp", ip, as.integer(port)), names = names(ip))
 }
 
-#' Next Stream / Get Profile Field
+#' Get Profile Field
 #'
-#' `nextget()` reads a field of a compute profile (`"url"`, `"dispatcher"`,
-#' `"n"`, `"dots"`, `"sync"`, `"compute"`). For developers.
+#' `nextget()` reads a field of a compute profile, for developers: `"url"`,
+#' `"dispatcher"`, `"n"`, `"dots"`, `"sync"`, `"compute"`, `"seed"` (the
+#' `seed` given to [daemons()]) or `"stream"` (the profile's current
+#' L'Ecuyer-CMRG stream, see [nextstream()]).
 #'
 #' @param x character field name.
 #' @param .compute character compute profile.
 #' @return The field's value, or NULL.
 #' @examples
-#' daemons(sync = TRUE)
+#' daemons(sync = TRUE, seed = 1)
 #' nextget("url")
+#' nextget("seed")
+#' nextget("stream")
 #' daemons(0)
 #' @export
 nextget <- function(x, .compute = "default") {

@@ -58,7 +58,8 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
   if (is.null(prof)) return(invisible(ephemeral_mirai(data, .timeout)))
   if (isTRUE(prof$sync)) return(invisible(sync_mirai(prof, data)))
   # The mirai object itself is built natively (see make_mirai in api.rs).
-  invisible(.Call(C_mirai_host_submit, prof$host, data, .timeout))
+  invisible(if (is.null(prof$seed)) .Call(C_mirai_host_submit, prof$host, data, .timeout)
+            else submit_task(prof, data, .timeout))
 }
 
 resolved_mirai <- function(value) {
@@ -71,7 +72,7 @@ resolved_mirai <- function(value) {
 
 ephemeral_mirai <- function(data, timeout) {
   secret <- .Call(C_mirai_random_hex, 16)
-  host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE)
+  host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE, NULL, NULL)
   url <- .Call(C_mirai_host_url, host)
   launch_process(host, url, secret, list(dispatcher = FALSE, maxtasks = 1L, cleanup = FALSE))
   .Call(C_mirai_host_submit, host, data, timeout)
@@ -81,7 +82,7 @@ sync_mirai <- function(prof, data) {
   old <- .$daemon
   .$daemon <- TRUE
   on.exit(.$daemon <- old)
-  resolved_mirai(eval_mirai(data, prof$globals))
+  resolved_mirai(with_task_stream(prof, eval_mirai(data, prof$globals)))
 }
 
 aio_of <- function(x) .subset2(x, "aio")

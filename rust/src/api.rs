@@ -6,7 +6,9 @@ use crate::client::{ClientConn, Incoming};
 use crate::host::{Host, HostOptions};
 use crate::proto::{self, Msg};
 use crate::rapi::*;
+use crate::rng;
 use crate::serial;
+use extendr_ffi::{R_ExternalPtrProtected, R_SetExternalPtrProtected};
 use crate::spawn::{self, Child};
 use crate::url::Address;
 use std::ffi::{c_int, c_void};
@@ -48,9 +50,16 @@ unsafe extern "C" fn finalize<T: Tagged>(s: SEXP) {
 }
 
 fn new_xptr<T: Tagged>(v: T) -> SEXP {
+    new_xptr_prot(v, unsafe { R_NilValue })
+}
+
+/// An external pointer that also keeps `prot` alive. Profiles, aios and
+/// daemon connections keep their serialization config there: it is an R
+/// object, so R's GC owns it and no Rust value ever holds a SEXP.
+fn new_xptr_prot<T: Tagged>(v: T, prot: SEXP) -> SEXP {
     unsafe {
         let tag = Rf_install(T::TAG.as_ptr());
-        let p = Rf_protect(R_MakeExternalPtr(Box::into_raw(Box::new(v)) as *mut c_void, tag, R_NilValue));
+        let p = Rf_protect(R_MakeExternalPtr(Box::into_raw(Box::new(v)) as *mut c_void, tag, prot));
         R_RegisterCFinalizerEx(p, finalize::<T>, Rboolean::TRUE);
         Rf_unprotect(1);
         p
@@ -98,21 +107,22 @@ fn error_value(code: i32) -> SEXP {
     }
 }
 
-fn outcome_to_sexp(o: Outcome) -> SEXP {
+fn outcome_to_sexp(o: Outcome, serial_cfg: SEXP) -> SEXP {
     match o {
         Outcome::Error(code) => error_value(code),
-        Outcome::Value { body, offset } => match serial::unserialize(&body[offset..]) {
+        Outcome::Value { body, offset } => match serial::unserialize_with(&body[offset..], serial_cfg) {
             Ok(v) => v,
-            // The R condition is dropped here: the mirai resolves to an error
-            // value instead, as any failed evaluation does.
-            Err(_) => unsafe {
-                let v = Rf_protect(mk_string("Error: result could not be unserialized"));
+            Err(msg) => unsafe {
+                let msg = format!("result could not be unserialized: {msg}");
+                let v = Rf_protect(mk_string(&format!("Error: {msg}")));
+                let m = Rf_protect(mk_string(&msg));
+                Rf_setAttrib(v, Rf_install(c"message".as_ptr()), m);
                 let cls = Rf_protect(Rf_allocVector(STRSXP, 3));
                 for (i, c) in ["miraiError", "errorValue", "try-error"].iter().enumerate() {
                     SET_STRING_ELT(cls, i as isize, STRING_ELT(mk_string(c), 0));
                 }
                 Rf_setAttrib(v, R_ClassSymbol, cls);
-                Rf_unprotect(2);
+                Rf_unprotect(3);
                 v
             },
         },
@@ -121,21 +131,41 @@ fn outcome_to_sexp(o: Outcome) -> SEXP {
 
 // ---- host ------------------------------------------------------------------
 
+/// `stream`: NULL, or the profile's L'Ecuyer-CMRG stream, from which each
+/// accepted daemon gets the next one in its Init. `settings`: NULL, or a
+/// list sent (serialized here, on R's main thread) to every daemon in its
+/// Init; its `serial` element is also the host's serialization config.
 #[no_mangle]
-pub extern "C" fn mirai_host_start(url: SEXP, dispatcher: SEXP, secret: SEXP, oneshot: SEXP) -> SEXP {
+pub extern "C" fn mirai_host_start(
+    url: SEXP,
+    dispatcher: SEXP,
+    secret: SEXP,
+    oneshot: SEXP,
+    stream: SEXP,
+    settings: SEXP,
+) -> SEXP {
     entry(|| {
         let url = sexp_str(url, "url")?;
         let addr = Address::parse(&url)?;
         if let Address::Tcp { tls: true, .. } = addr {
             return Err("tls+tcp:// is not available in this build yet; use tcp:// (or an SSH tunnel)".into());
         }
+        let rng_stream = if is_null(stream) { None } else { Some(sexp_stream(stream)?) };
+        let serial_cfg = list_elt(settings, "serial");
+        serial::check_config(serial_cfg)?;
+        let mut blob = Vec::new();
+        if !is_null(settings) {
+            serial::serialize_into(settings, &mut blob)?;
+        }
         let opts = HostOptions {
             dispatcher: sexp_f64(dispatcher, "dispatcher")? != 0.0,
             secret: if is_null(secret) { None } else { Some(sexp_str(secret, "secret")?) },
             oneshot: sexp_f64(oneshot, "oneshot")? != 0.0,
+            rng_stream,
+            settings: blob,
         };
         let host = Host::start(&addr, opts)?;
-        Ok(new_xptr(Arc::new(Profile { host, children: Mutex::new(Vec::new()) })))
+        Ok(new_xptr_prot(Arc::new(Profile { host, children: Mutex::new(Vec::new()) }), serial_cfg))
     })
 }
 
@@ -153,10 +183,14 @@ pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP 
         let mut frame = Vec::new();
         prof.host.framing.begin(&mut frame);
         proto::encode_into(&Msg::Task { id }, &mut frame);
-        serial::serialize_into(data, &mut frame)?;
+        let serial_cfg = unsafe { R_ExternalPtrProtected(p) };
+        serial::serialize_with(data, &mut frame, serial_cfg).map_err(|e| match e {
+            RError::Msg(m) => RError::Msg(format!("cannot serialize the task: {m}")),
+            e => e,
+        })?;
         let slot = Slot::new(prof.host.notifier.clone());
         prof.host.submit(id, frame, slot.clone(), timeout);
-        Ok(make_mirai(new_xptr(Aio { slot, id, profile: prof }), id))
+        Ok(make_mirai(new_xptr_prot(Aio { slot, id, profile: prof }, serial_cfg), id))
     })
 }
 
@@ -341,14 +375,14 @@ fn make_mirai(aio: SEXP, id: u64) -> SEXP {
 
 /// Resolved: converts the outcome once, caches it as `value` in `env` and
 /// returns it. Unresolved: the 'unresolved' value.
-fn aio_data(a: &Aio, env: SEXP) -> Result<SEXP, RError> {
+fn aio_data(a: &Aio, aio: SEXP, env: SEXP) -> Result<SEXP, RError> {
     let g = rg()?;
     if !a.slot.is_done() {
         return Ok(g.unresolved);
     }
     unsafe {
         if let Some(o) = a.slot.take() {
-            let v = Rf_protect(outcome_to_sexp(o));
+            let v = Rf_protect(outcome_to_sexp(o, R_ExternalPtrProtected(aio)));
             Rf_defineVar(g.value, v, env);
             Rf_unprotect(1);
             return Ok(v);
@@ -360,7 +394,7 @@ fn aio_data(a: &Aio, env: SEXP) -> Result<SEXP, RError> {
 
 #[no_mangle]
 pub extern "C" fn mirai_aio_data(aio: SEXP, env: SEXP) -> SEXP {
-    entry(|| aio_data(get::<Aio>(aio, "aio")?, env))
+    entry(|| aio_data(get::<Aio>(aio, "aio")?, aio, env))
 }
 
 fn wait_slot(slot: &Slot) -> Result<(), RError> {
@@ -387,7 +421,7 @@ pub extern "C" fn mirai_value(x: SEXP) -> SEXP {
         }
         let a = get::<Aio>(aio, "aio")?;
         wait_slot(&a.slot)?;
-        aio_data(a, x)
+        aio_data(a, aio, x)
     })
 }
 
@@ -403,7 +437,7 @@ pub extern "C" fn mirai_aio_collect(aio: SEXP, env: SEXP) -> SEXP {
         }
         if let Some(o) = a.slot.take() {
             unsafe {
-                let v = Rf_protect(outcome_to_sexp(o));
+                let v = Rf_protect(outcome_to_sexp(o, R_ExternalPtrProtected(aio)));
                 Rf_defineVar(Rf_install(c"value".as_ptr()), v, env);
                 Rf_unprotect(1);
             }
@@ -560,20 +594,22 @@ pub extern "C" fn mirai_daemon_recv(conn: SEXP) -> SEXP {
             };
             match c.recv(slice)? {
                 Incoming::Task { id, body, offset } => {
-                    let data = serial::unserialize(&body[offset..]);
+                    let data = serial::unserialize_with(&body[offset..], unsafe { R_ExternalPtrProtected(conn) });
                     drop(body);
-                    let data = match data {
-                        Ok(d) => d,
-                        Err(e) => {
-                            c.done_evaluating();
-                            return Err(e);
-                        }
-                    };
                     unsafe {
-                        let d = Rf_protect(data);
-                        let out = Rf_protect(Rf_allocVector(VECSXP, 2));
+                        // A task that cannot be read (a failing custom
+                        // unserializer, say) is answered with an error
+                        // rather than ending the daemon: list(id, NULL, msg).
+                        let (d, err) = match data {
+                            Ok(d) => (Rf_protect(d), None),
+                            Err(e) => (Rf_protect(R_NilValue), Some(format!("cannot unserialize task: {e}"))),
+                        };
+                        let out = Rf_protect(Rf_allocVector(VECSXP, if err.is_some() { 3 } else { 2 }));
                         SET_VECTOR_ELT(out, 0, Rf_ScalarReal(id as f64));
                         SET_VECTOR_ELT(out, 1, d);
+                        if let Some(e) = err {
+                            SET_VECTOR_ELT(out, 2, mk_string(&e));
+                        }
                         Rf_unprotect(2);
                         return Ok(out);
                     }
@@ -592,8 +628,8 @@ pub extern "C" fn mirai_daemon_recv(conn: SEXP) -> SEXP {
 
 /// Sends the result of task `id`. Returns 0, or the exit code (2 wall time,
 /// 3 task limit) when this was the daemon's last task, in which case the
-/// reply carries the marker. NA if `value` could not be serialized: nothing
-/// was sent, and the caller sends an error value instead.
+/// reply carries the marker. A message if `value` could not be serialized:
+/// nothing was sent, and the caller sends an error value instead.
 #[no_mangle]
 pub extern "C" fn mirai_daemon_send(conn: SEXP, id: SEXP, value: SEXP) -> SEXP {
     entry(|| {
@@ -606,11 +642,15 @@ pub extern "C" fn mirai_daemon_send(conn: SEXP, id: SEXP, value: SEXP) -> SEXP {
         let before = (c.limits.done, c.limits.last_active);
         let last = c.limits.finish_task(now);
         let mut frame = c.begin_result(id, last.is_some());
-        if serial::serialize_into(value, &mut frame).is_err() {
-            // R has already reported the condition; drop it and let the
-            // caller send a miraiError in its place.
+        if let Err(e) = serial::serialize_with(value, &mut frame, unsafe { R_ExternalPtrProtected(conn) }) {
+            // Any R condition is dropped: the caller sends a miraiError with
+            // this message in its place.
             (c.limits.done, c.limits.last_active) = before;
-            return Ok(unsafe { Rf_ScalarInteger(R_NaInt) });
+            return Ok(mk_string(&match e {
+                RError::Msg(m) => m,
+                RError::Interrupt => "interrupted".into(),
+                RError::Unwind => "R could not serialize the value".into(),
+            }));
         }
         c.send(frame)?;
         Ok(unsafe { Rf_ScalarInteger(last.unwrap_or(0)) })
@@ -699,6 +739,108 @@ pub extern "C" fn mirai_ip_addr() -> SEXP {
             Rf_setAttrib(v, R_NamesSymbol, nm);
             Rf_unprotect(2);
             Ok(v)
+        }
+    })
+}
+
+// ---- per-profile settings: RNG streams, serialization config -------------
+
+fn sexp_stream(s: SEXP) -> Result<rng::Stream, RError> {
+    unsafe {
+        if TYPEOF(s) != INTSXP as c_int || Rf_xlength(s) != 7 {
+            return Err("an L'Ecuyer-CMRG stream must be an integer vector of length 7".into());
+        }
+        let mut out = [0i32; 7];
+        out.copy_from_slice(std::slice::from_raw_parts(INTEGER(s), 7));
+        Ok(out)
+    }
+}
+
+fn stream_sexp(s: &rng::Stream) -> SEXP {
+    unsafe {
+        let v = Rf_allocVector(INTSXP, 7);
+        std::ptr::copy_nonoverlapping(s.as_ptr(), INTEGER(v), 7);
+        v
+    }
+}
+
+/// Element `name` of list `x`, or NULL.
+fn list_elt(x: SEXP, name: &str) -> SEXP {
+    unsafe {
+        if TYPEOF(x) != VECSXP as c_int {
+            return R_NilValue;
+        }
+        let nms = extendr_ffi::Rf_getAttrib(x, R_NamesSymbol);
+        if TYPEOF(nms) != STRSXP as c_int {
+            return R_NilValue;
+        }
+        for i in 0..Rf_xlength(x).min(Rf_xlength(nms)) {
+            if std::ffi::CStr::from_ptr(R_CHAR(STRING_ELT(nms, i))).to_bytes() == name.as_bytes() {
+                return VECTOR_ELT(x, i);
+            }
+        }
+        R_NilValue
+    }
+}
+
+/// `parallel::nextRNGStream()`.
+#[no_mangle]
+pub extern "C" fn mirai_next_stream(s: SEXP) -> SEXP {
+    entry(|| Ok(stream_sexp(&rng::next_stream(&sexp_stream(s)?))))
+}
+
+/// Moves this session's RNG on by one exponential draw, so that profiles
+/// set up one after the other start from different streams.
+#[no_mangle]
+pub extern "C" fn mirai_rng_advance() -> SEXP {
+    extern "C" {
+        fn exp_rand() -> f64;
+    }
+    entry(|| {
+        try_r(|| unsafe {
+            extendr_ffi::GetRNGstate();
+            exp_rand();
+            extendr_ffi::PutRNGstate();
+            R_NilValue
+        })?;
+        Ok(unsafe { R_NilValue })
+    })
+}
+
+/// The settings from the host's Init, as `list(stream =, config =)` (each
+/// NULL if not sent). Installs `config$serial` as this connection's
+/// serialization config for both directions.
+#[no_mangle]
+pub extern "C" fn mirai_daemon_init(conn: SEXP) -> SEXP {
+    entry(|| {
+        let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
+        let (stream, settings) = {
+            let g = cell.lock().unwrap();
+            let c = g.as_ref().ok_or("connection is closed")?;
+            (c.init_stream, c.init_settings.clone())
+        };
+        unsafe {
+            let cfg = if settings.is_empty() {
+                R_NilValue
+            } else {
+                serial::unserialize(&settings)?
+            };
+            let cfg = Rf_protect(cfg);
+            let serial_cfg = list_elt(cfg, "serial");
+            if let Err(e) = serial::check_config(serial_cfg) {
+                Rf_unprotect(1);
+                return Err(format!("host sent an invalid serialization config: {e}").into());
+            }
+            R_SetExternalPtrProtected(conn, serial_cfg);
+            let out = Rf_protect(Rf_allocVector(VECSXP, 2));
+            SET_VECTOR_ELT(out, 0, stream.as_ref().map_or(R_NilValue, stream_sexp));
+            SET_VECTOR_ELT(out, 1, cfg);
+            let nms = Rf_protect(Rf_allocVector(STRSXP, 2));
+            SET_STRING_ELT(nms, 0, STRING_ELT(mk_string("stream"), 0));
+            SET_STRING_ELT(nms, 1, STRING_ELT(mk_string("config"), 0));
+            Rf_setAttrib(out, R_NamesSymbol, nms);
+            Rf_unprotect(3);
+            Ok(out)
         }
     })
 }

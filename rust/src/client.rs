@@ -30,6 +30,11 @@ pub struct ClientConn {
     evaluating: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
     pub limits: Limits,
+    /// From the host's Init: this daemon's RNG stream, if assigned, and the
+    /// profile's R-serialized settings (empty for none), which R's main
+    /// thread reads once after connecting.
+    pub init_stream: Option<[i32; 7]>,
+    pub init_settings: Vec<u8>,
 }
 
 /// The daemon's own limits, kept here so the receive-evaluate-reply loop
@@ -124,6 +129,8 @@ impl ClientConn {
             evaluating: Arc::new(AtomicBool::new(false)),
             closed: Arc::new(AtomicBool::new(false)),
             limits: Limits::default(),
+            init_stream: None,
+            init_settings: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -138,10 +145,14 @@ impl ClientConn {
                 _ => format!("handshake with '{addr}' failed: {e}"),
             })?;
             let hop = strip_hop(&body)?;
-            let (msg, _) = proto::decode(&body[hop..])?;
+            let (msg, off) = proto::decode(&body[hop..])?;
             return match msg {
-                Msg::Init { version } if version == PROTOCOL_VERSION => Ok(c),
-                Msg::Init { version } => Err(format!(
+                Msg::Init { version, stream } if version == PROTOCOL_VERSION => {
+                    c.init_stream = stream;
+                    c.init_settings = body[hop + off..].to_vec();
+                    Ok(c)
+                }
+                Msg::Init { version, .. } => Err(format!(
                     "protocol version mismatch: host speaks {version}, daemon speaks {PROTOCOL_VERSION}; install the same mirai version on both"
                 )),
                 Msg::Refused { reason } => Err(format!("connection refused by host: {reason}")),

@@ -13,6 +13,7 @@ use crate::aio::{Notifier, Outcome, Slot};
 use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER};
 use crate::proto::{self, Msg, PROTOCOL_VERSION};
+use crate::rng;
 use crate::sched::{Action, Counters, Sched, TaskId, ERR_RESET, ERR_TIMEOUT};
 use crate::transport::{Listener, Stream};
 use crate::url::Address;
@@ -55,6 +56,13 @@ pub struct HostOptions {
     pub secret: Option<String>,
     /// Stop once every submitted task has resolved (ephemeral mirai).
     pub oneshot: bool,
+    /// If set, the i-th daemon accepted gets the i-th stream after this one
+    /// in its Init (a stream per daemon).
+    pub rng_stream: Option<rng::Stream>,
+    /// Profile settings (R-serialized on R's main thread) sent to every
+    /// daemon in its Init; empty for none. Bytes only: this thread never
+    /// touches R.
+    pub settings: Vec<u8>,
 }
 
 pub struct Host {
@@ -97,6 +105,8 @@ impl Host {
             submitted: false,
             shutdown: None,
             stopped: false,
+            rng_stream: opts.rng_stream,
+            settings: opts.settings,
         }));
         let lp = EventLoop { poll, core: core.clone() };
         let thread = std::thread::Builder::new()
@@ -227,6 +237,8 @@ struct Core {
     secret: Option<String>,
     oneshot: bool,
     submitted: bool,
+    rng_stream: Option<rng::Stream>,
+    settings: Vec<u8>,
     /// Set by `Host::shutdown`: Some(send the exit signal).
     shutdown: Option<bool>,
     stopped: bool,
@@ -296,6 +308,22 @@ impl Core {
         self.stats.publish(self.sched.counters());
     }
 
+    /// The Init for the next accepted daemon. The stream moves on only for
+    /// accepted daemons, so the i-th daemon to join gets nextRNGStream^i of
+    /// the profile's stream.
+    fn init_frame(&mut self) -> Rc<Vec<u8>> {
+        let stream = self.rng_stream.map(|s| rng::next_stream(&s));
+        if stream.is_some() {
+            self.rng_stream = stream;
+        }
+        let mut b = Vec::with_capacity(64 + self.settings.len());
+        self.framing.begin(&mut b);
+        proto::encode_into(&Msg::Init { version: PROTOCOL_VERSION, stream }, &mut b);
+        b.extend_from_slice(&self.settings);
+        self.framing.finish(&mut b);
+        Rc::new(b)
+    }
+
     fn accept_all(&mut self) {
         loop {
             match self.listener.accept() {
@@ -360,16 +388,18 @@ impl Core {
                 } else {
                     None
                 };
-                let c = self.conns.get_mut(&t).unwrap();
                 if let Some(reason) = refuse {
+                    let c = self.conns.get_mut(&t).unwrap();
                     self.stats.refused.fetch_add(1, Ordering::Relaxed);
                     c.push(control_frame(self.framing, &Msg::Refused { reason }));
                     c.retiring = true;
                     self.flush_conn(t);
                     return Ok(());
                 }
+                let init = self.init_frame();
+                let c = self.conns.get_mut(&t).unwrap();
                 c.ready = true;
-                c.push(control_frame(self.framing, &Msg::Init { version: PROTOCOL_VERSION }));
+                c.push(init);
                 let acts = self.sched.connect(t.0 as u64);
                 self.apply(acts, None);
                 self.flush_conn(t);

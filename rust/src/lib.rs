@@ -21,6 +21,7 @@ pub mod decoder;
 pub mod frame;
 pub mod host;
 pub mod proto;
+pub mod rng;
 pub mod rapi;
 pub mod sched;
 pub mod serial;
@@ -70,7 +71,7 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn, ev
     // only add noise (panics are caught and turned into R errors).
     std::panic::set_hook(Box::new(|_| {}));
     let mut table = Vec::from(routines![
-        mirai_host_start / 4,
+        mirai_host_start / 6,
         mirai_host_url / 1,
         mirai_host_submit / 3,
         mirai_host_info / 1,
@@ -96,6 +97,9 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn, ev
         mirai_parse_url / 1,
         mirai_random_hex / 1,
         mirai_ip_addr / 0,
+        mirai_next_stream / 1,
+        mirai_rng_advance / 0,
+        mirai_daemon_init / 1,
     ]);
     // Defined in C (src/entrypoint.c): it needs setjmp and a C-level
     // calling handler.

@@ -4,15 +4,18 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the envelope or its meaning changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
     /// Daemon to host, first message.
     Hello { version: u32, secret: String, pid: u32 },
-    /// Host to daemon, first message. The payload, if any, is an
-    /// R-serialized list of settings (RNG stream, serialization config).
-    Init { version: u32 },
+    /// Host to daemon, first message. `version` stays the first field so a
+    /// daemon of any version can read it. `stream`: this daemon's
+    /// L'Ecuyer-CMRG `.Random.seed`, if the host assigns one. The payload,
+    /// if not empty, is the profile's R-serialized settings list (e.g.
+    /// `list(serial = <serial_config>)`), the same for every daemon.
+    Init { version: u32, stream: Option<[i32; 7]> },
     /// Host to daemon: this daemon is not accepted; it should exit.
     Refused { reason: String },
     /// Host to daemon: evaluate the payload.
@@ -54,6 +57,26 @@ mod tests {
         assert_eq!(m, Msg::Result { id: 42, last: true });
         assert_eq!(3 + off, hdr_end);
         assert_eq!(&b[3 + off..], b"payload");
+    }
+
+    #[test]
+    fn init_carries_stream_then_settings() {
+        let mut b = Vec::new();
+        let s = [10407, -1, 2, -3, 4, -5, 6];
+        encode_into(&Msg::Init { version: PROTOCOL_VERSION, stream: Some(s) }, &mut b);
+        let hdr_end = b.len();
+        b.extend_from_slice(b"settings");
+        let (m, off) = decode(&b).unwrap();
+        assert_eq!(m, Msg::Init { version: PROTOCOL_VERSION, stream: Some(s) });
+        assert_eq!(off, hdr_end);
+        let (m, off) = {
+            let mut b = Vec::new();
+            encode_into(&Msg::Init { version: PROTOCOL_VERSION, stream: None }, &mut b);
+            let n = b.len();
+            (decode(&b).unwrap().0, n)
+        };
+        assert_eq!(m, Msg::Init { version: PROTOCOL_VERSION, stream: None });
+        assert!(off > 0);
     }
 
     #[test]

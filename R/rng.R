@@ -1,0 +1,98 @@
+# RNG streams (L'Ecuyer-CMRG): by default one per daemon; with a `seed`,
+# one per mirai. Streams are advanced by the native `nextRNGStream`
+# (rust/src/rng.rs), which gives the same result as parallel's.
+
+# The profile's starting stream. The session's RNG first moves on by one
+# draw, so that profiles set up one after the other without a seed start
+# from different streams; apart from that draw the session's RNG state (and
+# kind) is left as it was.
+init_stream <- function(seed) {
+  .Call(C_mirai_rng_advance)
+  genv <- .GlobalEnv
+  saved <- genv[[".Random.seed"]]
+  on.exit(assign(".Random.seed", saved, envir = genv))
+  RNGkind("L'Ecuyer-CMRG")
+  if (!is.null(seed)) set.seed(seed)
+  genv[[".Random.seed"]]
+}
+
+# Returns the profile's current stream and moves it on.
+next_stream <- function(prof) {
+  s <- prof$stream
+  if (is.integer(s)) prof$stream <- .Call(C_mirai_next_stream, s)
+  s
+}
+
+# Makes `s` the RNG state of this process (on a daemon).
+set_stream <- function(s) {
+  if (!is.numeric(s) || length(s) != 7L) stop("`rs` must be an integer vector of length 7", call. = FALSE)
+  suppressWarnings(RNGkind("L'Ecuyer-CMRG"))
+  assign(".Random.seed", as.integer(s), envir = .GlobalEnv)
+}
+
+# Arguments for launching one more daemon. Without dispatcher or seed each
+# daemon starts on its own stream, given as `rs` (with dispatcher the host
+# sends it in the daemon's Init instead).
+launch_args <- function(prof, dots) {
+  args <- c(list(dispatcher = prof$dispatcher), dots)
+  if (!prof$dispatcher && is.null(prof$seed)) args$rs <- next_stream(prof)
+  args
+}
+
+# Sends a task to the profile's host; returns its aio. On a seeded profile
+# the task carries the current stream as its `.Random.seed`, so results do
+# not depend on which daemon runs which task. The stream moves on only once
+# the host has taken the task: a submission that errors, or is declined
+# (NULL), does not use one up. `seed = FALSE` (for everywhere()) sends the
+# task without a stream.
+submit_task <- function(prof, data, timeout, seed = TRUE) {
+  stream <- if (seed && !is.null(prof$seed)) prof$stream
+  if (!is.null(stream)) data[["._globals_."]][[".Random.seed"]] <- stream
+  aio <- .Call(C_mirai_host_submit, prof$host, data, timeout)
+  if (!is.null(stream) && !is.null(aio)) prof$stream <- .Call(C_mirai_next_stream, stream)
+  aio
+}
+
+# Sync mode: evaluates `expr` on the task's own stream when the profile is
+# seeded (so results match those from daemons), then puts the session's RNG
+# state back.
+with_task_stream <- function(prof, expr) {
+  if (is.null(prof$seed)) return(expr)
+  genv <- .GlobalEnv
+  saved <- genv[[".Random.seed"]]
+  on.exit(
+    if (is.null(saved)) rm(".Random.seed", envir = genv)
+    else assign(".Random.seed", saved, envir = genv)
+  )
+  assign(".Random.seed", next_stream(prof), envir = genv)
+  expr
+}
+
+#' Next Random Number Stream
+#'
+#' Returns the compute profile's current L'Ecuyer-CMRG random number stream
+#' (an integer vector of length 7, a valid `.Random.seed`) and moves the
+#' profile on to the next stream, as [parallel::nextRNGStream()] would. For
+#' developers: e.g. to start a daemon by hand on the next stream with
+#' `daemon(url, rs = nextstream())`.
+#'
+#' With `daemons(seed = NULL)` (the default) every daemon gets its own
+#' stream: with dispatcher, the i-th daemon to connect gets the i-th stream
+#' after the profile's; without, each launch command carries the next one.
+#' With `daemons(seed = k)` each mirai gets its own stream instead, in the
+#' order the mirai are created, so results are reproducible whatever the
+#' number of daemons and however tasks are scheduled.
+#'
+#' @param .compute character compute profile.
+#' @return An integer vector of length 7, or NULL if daemons are not set.
+#' @examples
+#' daemons(sync = TRUE, seed = 42)
+#' s <- nextstream()
+#' identical(nextget("stream"), parallel::nextRNGStream(s))
+#' daemons(0)
+#' @export
+nextstream <- function(.compute = "default") {
+  prof <- profile_of(.compute)
+  if (is.null(prof)) return(NULL)
+  next_stream(prof)
+}
