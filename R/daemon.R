@@ -88,26 +88,40 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           walltime - (proc.time()[["elapsed"]] * 1000 - start), maxtasks - count)
     snap <- snapshot()
     box <- new.env(parent = emptyenv())
-    depth <- sys.nframe()
+    cur <- NULL
     repeat {
-      msg <- .Call(C_mirai_daemon_recv, conn)
-      if (!is.list(msg)) {
-        code <- msg
-        break
+      # A cancel raises SIGINT while a task evaluates; should it land just
+      # outside the evaluation, it is caught here (set up once, off the
+      # per-task path) and the task is answered as interrupted.
+      stopped <- tryCatch({
+        repeat {
+          msg <- .Call(C_mirai_daemon_recv, conn)
+          if (!is.list(msg)) {
+            code <- msg
+            break
+          }
+          cur <- msg[[1L]]
+          # list(id, NULL, message): the task could not be unserialized.
+          res <- if (length(msg) > 2L) mirai_error(simpleError(msg[[3L]])) else eval_task(msg[[2L]], box)
+          last <- send_result(conn, cur, res)
+          cur <- NULL
+          if (last) {
+            code <- last
+            break
+          }
+          if (cleanup) do_cleanup(snap)
+        }
+        TRUE
+      }, interrupt = function(e) FALSE)
+      if (stopped) break
+      if (!is.null(cur)) {
+        last <- send_result(conn, cur, mirai_interrupt())
+        cur <- NULL
+        if (last) {
+          code <- last
+          break
+        }
       }
-      # list(id, NULL, message): the task could not be unserialized.
-      res <- if (length(msg) > 2L) mirai_error(simpleError(msg[[3L]])) else eval_task(msg[[2L]], box, depth)
-      last <- .Call(C_mirai_daemon_send, conn, msg[[1L]], res)
-      if (is.character(last)) {
-        err <- mirai_error(simpleError(paste("result could not be serialized:", last)))
-        last <- .Call(C_mirai_daemon_send, conn, msg[[1L]], err)
-      }
-      if (last) {
-        .Call(C_mirai_daemon_linger, conn, 5000)
-        code <- last
-        break
-      }
-      if (cleanup) do_cleanup(snap)
     }
     count <- count + .Call(C_mirai_daemon_close, conn)
     # Only a lost connection with autoexit = FALSE leads to a reconnect.
@@ -116,9 +130,21 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   invisible(max(code, 0L))
 }
 
+# Sends a result; for a daemon's last task, waits for the host to take it.
+# Returns the exit code for a last task, else 0.
+send_result <- function(conn, id, res) {
+  last <- .Call(C_mirai_daemon_send, conn, id, res)
+  if (is.character(last)) {
+    err <- mirai_error(simpleError(paste("result could not be serialized:", last)))
+    last <- .Call(C_mirai_daemon_send, conn, id, err)
+  }
+  if (last) .Call(C_mirai_daemon_linger, conn, 5000)
+  last
+}
+
 # Evaluates a task payload on a daemon. The evaluation itself is C code
 # (mirai_eval in src/entrypoint.c) that signals failure by returning `box`.
-eval_task <- function(data, box, depth) {
+eval_task <- function(data, box) {
   g <- data[["._globals_."]]
   if (length(g)) list2env(g, envir = .GlobalEnv)
   a <- data[["._args_."]]
@@ -127,8 +153,8 @@ eval_task <- function(data, box, depth) {
   if (!identical(res, box)) return(res)
   cond <- box$cond
   if (is.null(cond)) return(mirai_interrupt())
-  # Frames up to this function's caller belong to the daemon loop.
-  mirai_error(cond, trim_calls(box$calls[-seq_len(depth + 1L)]))
+  # Frames up to and including this one belong to the daemon loop.
+  mirai_error(cond, trim_calls(box$calls[-seq_len(sys.nframe())]))
 }
 
 mirai_interrupt <- function() structure("", class = c("miraiInterrupt", "errorValue", "try-error"))

@@ -547,9 +547,7 @@ pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, asyncdial: SEXP, autoexit:
             return Err(RError::Interrupt);
         }
         let conn = conn?;
-        if autoexit == 1.0 {
-            conn.watch_host().map_err(|e| e.to_string())?;
-        }
+        conn.watch_host(autoexit == 1.0).map_err(|e| e.to_string())?;
         Ok(new_xptr(Mutex::new(Some(conn))))
     })
 }
@@ -637,6 +635,11 @@ pub extern "C" fn mirai_daemon_send(conn: SEXP, id: SEXP, value: SEXP) -> SEXP {
         let mut g = cell.lock().unwrap();
         let c = g.as_mut().ok_or("connection is closed")?;
         let id = sexp_f64(id, "id")? as u64;
+        if c.done_evaluating() {
+            // The cancel's SIGINT may have landed after the evaluation ended;
+            // it must not interrupt whatever R does next.
+            unsafe { R_interrupts_pending = 0 };
+        }
         let now = Instant::now();
         // Decide "last" before serializing: the marker travels in the header.
         let before = (c.limits.done, c.limits.last_active);

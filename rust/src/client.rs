@@ -1,6 +1,14 @@
 //! The daemon's end of a connection: blocking I/O on R's main thread (no
-//! thread hand-off on the hot path), plus a watcher thread that notices the
-//! host going away while R is busy evaluating.
+//! thread hand-off on the hot path), plus a watcher thread for the time R is
+//! busy evaluating.
+//!
+//! Reading is shared: R's thread reads while it waits for a task; while a
+//! task runs, the watcher reads instead (the `Reader` mutex and the
+//! `evaluating` id decide who). The watcher acts on a cancel for the running
+//! task by raising SIGINT in this process (R turns it into an interrupt of
+//! the evaluation), queues any other message for R's thread (tasks pipelined
+//! without a dispatcher, an exit request), and with autoexit ends the
+//! process when the host goes away mid-task.
 
 use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER};
@@ -9,8 +17,9 @@ use crate::transport::{dial, wait_readable, BlockingStream};
 use crate::url::Address;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub enum Incoming {
@@ -23,12 +32,28 @@ pub enum Incoming {
     Nothing,
 }
 
-pub struct ClientConn {
+struct Reader {
     stream: BlockingStream,
     dec: Decoder,
+    /// Messages the watcher read while R was evaluating.
+    pending: VecDeque<Incoming>,
+    /// The watcher saw the end of the stream.
+    eof: bool,
+}
+
+struct Shared {
+    reader: Mutex<Reader>,
+    /// Id of the task R is evaluating; 0 when idle (task ids start at 1).
+    evaluating: AtomicU64,
+    /// SIGINT was raised for the running task.
+    cancel_sent: AtomicBool,
+    closed: AtomicBool,
+}
+
+pub struct ClientConn {
+    stream: BlockingStream,
+    shared: Arc<Shared>,
     pub framing: Framing,
-    evaluating: Arc<AtomicBool>,
-    closed: Arc<AtomicBool>,
     pub limits: Limits,
     /// From the host's Init: this daemon's RNG stream, if assigned, and the
     /// profile's R-serialized settings (empty for none), which R's main
@@ -122,36 +147,37 @@ impl ClientConn {
             dial(addr, retry_until, keep_going).map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
         let hello = Msg::Hello { version: PROTOCOL_VERSION, secret: secret.to_string(), pid: std::process::id() };
         write_frame(&mut stream, framing, &hello, &SP_HEADER).map_err(|e| format!("cannot greet host: {e}"))?;
-        let mut c = ClientConn {
-            stream,
-            dec: Decoder::new(framing),
-            framing,
-            evaluating: Arc::new(AtomicBool::new(false)),
-            closed: Arc::new(AtomicBool::new(false)),
-            limits: Limits::default(),
-            init_stream: None,
-            init_settings: Vec::new(),
-        };
+        let read_half = stream.try_clone().map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
+        let mut dec = Decoder::new(framing);
+        let mut rd = read_half;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if Instant::now() > deadline {
                 return Err(format!("no reply from host at '{addr}' within 30 s; is it a mirai host?"));
             }
-            if !c.dec.has_buffered() && !wait_readable(c.stream.as_raw_fd(), Duration::from_millis(200)) {
+            if !dec.has_buffered() && !wait_readable(rd.as_raw_fd(), Duration::from_millis(200)) {
                 continue;
             }
-            let body = c.dec.next(&mut c.stream).map_err(|e| match e.kind() {
+            let body = dec.next(&mut rd).map_err(|e| match e.kind() {
                 io::ErrorKind::UnexpectedEof => format!("host at '{addr}' closed the connection during the handshake"),
                 _ => format!("handshake with '{addr}' failed: {e}"),
             })?;
             let hop = strip_hop(&body)?;
             let (msg, off) = proto::decode(&body[hop..])?;
             return match msg {
-                Msg::Init { version, stream } if version == PROTOCOL_VERSION => {
-                    c.init_stream = stream;
-                    c.init_settings = body[hop + off..].to_vec();
-                    Ok(c)
-                }
+                Msg::Init { version, stream: rng } if version == PROTOCOL_VERSION => Ok(ClientConn {
+                    stream,
+                    shared: Arc::new(Shared {
+                        reader: Mutex::new(Reader { stream: rd, dec, pending: VecDeque::new(), eof: false }),
+                        evaluating: AtomicU64::new(0),
+                        cancel_sent: AtomicBool::new(false),
+                        closed: AtomicBool::new(false),
+                    }),
+                    framing,
+                    limits: Limits::default(),
+                    init_stream: rng,
+                    init_settings: body[hop + off..].to_vec(),
+                }),
                 Msg::Init { version, .. } => Err(format!(
                     "protocol version mismatch: host speaks {version}, daemon speaks {PROTOCOL_VERSION}; install the same mirai version on both"
                 )),
@@ -163,33 +189,34 @@ impl ClientConn {
 
     /// Waits up to `slice` for the next message.
     pub fn recv(&mut self, slice: Duration) -> Result<Incoming, String> {
+        let sh = &*self.shared;
+        let mut r = sh.reader.lock().unwrap();
         loop {
-            if !self.dec.has_buffered() && !wait_readable(self.stream.as_raw_fd(), slice) {
-                return Ok(Incoming::Nothing);
-            }
-            let body = match self.dec.next(&mut self.stream) {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.closed.store(true, Ordering::Release);
-                    return Ok(Incoming::Closed);
+            let next = match r.pending.pop_front() {
+                Some(m) => m,
+                None if r.eof => Incoming::Closed,
+                None => {
+                    if !r.dec.has_buffered() && !wait_readable(r.stream.as_raw_fd(), slice) {
+                        return Ok(Incoming::Nothing);
+                    }
+                    let Reader { stream, dec, .. } = &mut *r;
+                    match dec.next(stream) {
+                        Ok(body) => match classify(body)? {
+                            Some(m) => m,
+                            // A cancel for a task that already finished.
+                            None => continue,
+                        },
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => Incoming::Closed,
+                    }
                 }
             };
-            let hop = strip_hop(&body)?;
-            let (msg, off) = proto::decode(&body[hop..])?;
-            match msg {
-                Msg::Task { id } => {
-                    self.evaluating.store(true, Ordering::Release);
-                    return Ok(Incoming::Task { id, body, offset: hop + off });
-                }
-                Msg::Exit => {
-                    self.closed.store(true, Ordering::Release);
-                    return Ok(Incoming::Exit);
-                }
-                // A cancel for a task that already finished: nothing to do.
-                Msg::Cancel { .. } => continue,
-                m => return Err(format!("unexpected message from host: {m:?}")),
+            match &next {
+                Incoming::Task { id, .. } => sh.evaluating.store(*id, Ordering::Release),
+                Incoming::Closed | Incoming::Exit => sh.closed.store(true, Ordering::Release),
+                Incoming::Nothing => {}
             }
+            return Ok(next);
         }
     }
 
@@ -203,44 +230,110 @@ impl ClientConn {
 
     pub fn send(&mut self, mut frame: Vec<u8>) -> Result<(), String> {
         self.framing.finish(&mut frame);
-        self.evaluating.store(false, Ordering::Release);
         self.stream.write_all(&frame).map_err(|e| format!("cannot send result to host: {e}"))
     }
 
-    pub fn done_evaluating(&self) {
-        self.evaluating.store(false, Ordering::Release);
+    /// Ends the running task's watch. True if a cancel raised SIGINT for it:
+    /// the caller then clears R's pending interrupt, in case the evaluation
+    /// finished before R acted on it.
+    pub fn done_evaluating(&self) -> bool {
+        let _r = self.shared.reader.lock().unwrap();
+        self.shared.evaluating.store(0, Ordering::Release);
+        self.shared.cancel_sent.swap(false, Ordering::AcqRel)
     }
 
-    /// With autoexit, a host that disappears while R evaluates ends this
-    /// process (SIGTERM after a 200 ms grace period); when R is idle its own
-    /// read sees the end of stream and `daemon()` returns normally.
-    pub fn watch_host(&self) -> io::Result<()> {
-        let fd = self.stream.try_clone()?;
-        let evaluating = self.evaluating.clone();
-        let closed = self.closed.clone();
+    /// Starts the watcher thread. With `exit_on_hangup` (autoexit = TRUE), a
+    /// host that disappears while R evaluates ends this process (SIGTERM
+    /// after a 200 ms grace period); when R is idle its own read sees the end
+    /// of stream and `daemon()` returns normally.
+    pub fn watch_host(&self, exit_on_hangup: bool) -> io::Result<()> {
+        let sh = self.shared.clone();
+        let fd = self.stream.as_raw_fd();
         std::thread::Builder::new().name("mirai-watch".into()).spawn(move || {
-            let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
             loop {
-                p.revents = 0;
-                let rc = unsafe { libc::poll(&mut p, 1, 1000) };
-                if closed.load(Ordering::Acquire) {
+                let task = sh.evaluating.load(Ordering::Acquire);
+                // Idle: R's thread reads, so only a hang-up is of interest.
+                let events = if task != 0 { libc::POLLIN | libc::POLLRDHUP } else { libc::POLLRDHUP };
+                let mut p = libc::pollfd { fd, events, revents: 0 };
+                let rc = unsafe { libc::poll(&mut p, 1, 100) };
+                if sh.closed.load(Ordering::Acquire) {
                     return;
                 }
-                if rc > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
-                    break;
+                if rc <= 0 {
+                    continue;
                 }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-            if evaluating.load(Ordering::Acquire) && !closed.load(Ordering::Acquire) {
-                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                if task != 0 && p.revents & libc::POLLIN != 0 {
+                    watch_read(&sh);
+                }
+                if p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                    if exit_on_hangup {
+                        std::thread::sleep(Duration::from_millis(200));
+                        if sh.evaluating.load(Ordering::Acquire) != 0 && !sh.closed.load(Ordering::Acquire) {
+                            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                        }
+                    }
+                    return;
+                }
             }
         })?;
         Ok(())
     }
 
     pub fn close(&mut self) {
-        self.closed.store(true, Ordering::Release);
+        self.shared.closed.store(true, Ordering::Release);
         self.stream.shutdown();
+    }
+}
+
+/// Decodes a message from the host; None for one to ignore.
+fn classify(body: Vec<u8>) -> Result<Option<Incoming>, String> {
+    let hop = strip_hop(&body)?;
+    let (msg, off) = proto::decode(&body[hop..])?;
+    Ok(match msg {
+        Msg::Task { id } => Some(Incoming::Task { id, body, offset: hop + off }),
+        Msg::Exit => Some(Incoming::Exit),
+        Msg::Cancel { .. } => None,
+        m => return Err(format!("unexpected message from host: {m:?}")),
+    })
+}
+
+/// The watcher's read while R evaluates: everything that has arrived.
+fn watch_read(sh: &Shared) {
+    let mut r = sh.reader.lock().unwrap();
+    loop {
+        let task = sh.evaluating.load(Ordering::Acquire);
+        if task == 0 || r.eof {
+            return;
+        }
+        if !r.dec.has_buffered() && !wait_readable(r.stream.as_raw_fd(), Duration::ZERO) {
+            return;
+        }
+        let Reader { stream, dec, .. } = &mut *r;
+        let body = match dec.next(stream) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                r.eof = true;
+                return;
+            }
+        };
+        let Ok((msg, _)) = strip_hop(&body).and_then(|h| proto::decode(&body[h..])) else {
+            r.eof = true;
+            return;
+        };
+        match msg {
+            Msg::Cancel { id } if id == task => {
+                if !sh.cancel_sent.swap(true, Ordering::AcqRel) {
+                    unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+                }
+            }
+            Msg::Cancel { .. } => {}
+            _ => match classify(body) {
+                Ok(Some(m)) => r.pending.push_back(m),
+                Ok(None) => {}
+                Err(_) => r.eof = true,
+            },
+        }
     }
 }
 

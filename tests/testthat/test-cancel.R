@@ -1,0 +1,103 @@
+# Cancellation: stop_mirai() and .timeout with a dispatcher reach the daemon.
+
+marker <- function() tempfile("mirai-marker-")
+
+test_that("stop_mirai interrupts a running task on its daemon, which stays usable", {
+  daemons(1)
+  on.exit(daemons(0))
+  pid <- mirai(Sys.getpid())[]
+  f <- marker()
+  m <- mirai({ Sys.sleep(3); writeLines("ran", f) }, f = f)
+  expect_true(wait_until(function() info()[["executing"]] == 1L))
+  t0 <- Sys.time()
+  expect_true(stop_mirai(m))
+  expect_identical(as.integer(m$data), 20L)
+  expect_true(is_error_value(m$data))
+  # The same daemon answers at once: the sleep was interrupted, not waited out.
+  expect_identical(mirai(Sys.getpid())[], pid)
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 2)
+  Sys.sleep(3.2)
+  expect_false(file.exists(f))
+  expect_identical(info()[["cumulative"]], 1L)
+})
+
+test_that(".timeout resolves to 5 and, with a dispatcher, stops the task on the daemon", {
+  daemons(1)
+  on.exit(daemons(0))
+  pid <- mirai(Sys.getpid())[]
+  f <- marker()
+  t0 <- Sys.time()
+  m <- mirai({ Sys.sleep(2); writeLines("ran", f) }, f = f, .timeout = 200)
+  expect_identical(as.integer(m[]), 5L)
+  expect_identical(mirai(Sys.getpid())[], pid)
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 1.5)
+  Sys.sleep(2.2)
+  expect_false(file.exists(f))
+})
+
+test_that("a queued task that is stopped never runs", {
+  daemons(1)
+  on.exit(daemons(0))
+  f <- marker()
+  m1 <- mirai({ Sys.sleep(0.5); 1 })
+  m2 <- mirai(writeLines("ran", f), f = f)
+  expect_true(stop_mirai(m2))
+  expect_identical(m1[], 1)
+  expect_identical(as.integer(m2[]), 20L)
+  expect_identical(mirai(2)[], 2)
+  expect_false(file.exists(f))
+  expect_identical(info()[["awaiting"]], 0L)
+})
+
+test_that("rapid submit-and-cancel never takes a daemon down", {
+  daemons(1)
+  on.exit(daemons(0))
+  pid <- mirai(Sys.getpid())[]
+  ms <- lapply(1:60, function(i) {
+    m <- mirai(Sys.sleep(i %% 3 / 100), i = i)
+    if (i %% 2) Sys.sleep(0.002)
+    stop_mirai(m)
+    m
+  })
+  # Each is either stopped (20) or had already finished (Sys.sleep's NULL).
+  vals <- lapply(ms, `[`)
+  expect_true(all(vapply(vals, function(v) is.null(v) || identical(as.integer(v), 20L), logical(1L))))
+  expect_gt(sum(vapply(vals, is_error_value, logical(1L))), 10L)
+  expect_identical(mirai(Sys.getpid())[], pid)
+  expect_identical(info()[["connections"]], 1L)
+  expect_identical(info()[["cumulative"]], 1L)
+})
+
+test_that("a cancelled mirai inside a longer queue does not hold up the rest", {
+  daemons(2)
+  on.exit(daemons(0))
+  long <- mirai({ Sys.sleep(5); "long" })
+  rest <- lapply(1:6, function(i) mirai(i * 10, i = i))
+  expect_true(stop_mirai(long))
+  t0 <- Sys.time()
+  expect_identical(unlist(collect_mirai(rest)), (1:6) * 10)
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 3)
+})
+
+test_that("without a dispatcher stop_mirai resolves locally and returns FALSE", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  m <- mirai({ Sys.sleep(0.5); "late" })
+  expect_false(stop_mirai(m))
+  expect_identical(as.integer(m$data), 20L)
+  expect_identical(mirai(3)[], 3)
+  expect_false(stop_mirai(NULL))
+})
+
+test_that("with a dispatcher, maxtasks retires a daemon without losing its last result", {
+  daemons(url = local_url())
+  on.exit(daemons(0))
+  launch_local(1, maxtasks = 2)
+  ms <- lapply(1:3, function(i) mirai(i, i = i))
+  expect_true(wait_until(function() !unresolved(ms[[2L]])))
+  expect_true(wait_until(function() status()$connections == 0L))
+  expect_true(unresolved(ms[[3L]]))
+  launch_local(1)
+  expect_identical(unlist(collect_mirai(ms)), 1:3)
+  expect_identical(info()[["cumulative"]], 2L)
+})
