@@ -45,7 +45,8 @@ jobs <- list(
   psock_lb  = function() clusterApplyLB(cl, idx, identity),
   psock_par = function() parLapply(cl, idx, identity),
   nodisp    = job_mirai("nodisp"),
-  disp      = job_mirai("disp")
+  disp      = job_mirai("disp"),
+  map_disp  = function() mirai_map(idx, identity, .compute = "disp")[]
 )
 
 # warm-up + correctness check of every job
@@ -61,7 +62,8 @@ invisible(daemons(0, .compute = "nodisp")); invisible(daemons(0, .compute = "dis
 med <- apply(secs, 2L, median)
 tps <- ntask / med
 res <- data.frame(
-  setup          = c("PSOCK clusterApplyLB", "PSOCK parLapply", "mirai dispatcher=FALSE", "mirai dispatcher=TRUE"),
+  setup          = c("PSOCK clusterApplyLB", "PSOCK parLapply", "mirai dispatcher=FALSE", "mirai dispatcher=TRUE",
+                     "mirai_map(dispatcher=TRUE)[]"),
   median_s       = round(med, 3),
   range_s        = sprintf("%.3f-%.3f", apply(secs, 2L, min), apply(secs, 2L, max)),
   tasks_per_s    = round(tps),
