@@ -156,7 +156,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   stream <- init_stream(seed)
   serial <- serial %||% session_serial()
   host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE,
-                if (dispatcher && is.null(seed)) stream, if (!is.null(serial)) list(serial = serial))
+                if (dispatcher && is.null(seed)) stream, if (!is.null(serial)) list(serial = serial), 0)
   prof <- new.env(parent = emptyenv())
   prof$host <- host
   prof$seed <- seed
