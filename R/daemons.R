@@ -109,6 +109,10 @@ reset_profile <- function(.compute, signal = FALSE) {
 #' m <- mirai(Sys.getpid())
 #' m[]
 #' daemons(0)
+#' # At most 100 MB of tasks wait in the queue; mirai() waits beyond that.
+#' daemons(2, memory = 100)
+#' status()$memory
+#' daemons(0)
 #' @export
 daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync = FALSE,
                     seed = NULL, memory = NULL, serial = NULL, tls = NULL, pass = NULL,
