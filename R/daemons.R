@@ -29,6 +29,14 @@ wait_for_daemons <- function(host, n) {
   }
 }
 
+# The memory cap in bytes; 0 for none (NULL, NA, zero, negative, Inf).
+memory_bytes <- function(memory) {
+  if (is.null(memory)) return(0)
+  if (length(memory) != 1L || !(is.numeric(memory) || identical(memory, NA)))
+    stop("`memory` must be a single number of megabytes, or NULL", call. = FALSE)
+  if (is.na(memory) || memory <= 0 || is.infinite(memory)) 0 else memory * 1e6
+}
+
 reset_profile <- function(.compute, signal = FALSE) {
   prof <- .$profiles[[.compute]]
   if (is.null(prof)) return(FALSE)
@@ -79,7 +87,12 @@ reset_profile <- function(.compute, signal = FALSE) {
 #'   stream instead, in the order the mirai are created, so results are
 #'   reproducible whatever the number of daemons or the scheduling. See
 #'   [nextstream()].
-#' @param memory reserved; must be NULL.
+#' @param memory a cap, in megabytes (1 MB = 1e6 bytes), on the tasks
+#'   waiting in the dispatcher's queue (tasks running on daemons do not
+#'   count). Once queued tasks reach it, [mirai()] waits (interruptibly) until
+#'   the queue drains below it, and [try_mirai()] returns NULL. NULL (the
+#'   default), 0, negative values, NA and Inf mean no cap. Needs a
+#'   dispatcher. The used, peak and capacity figures appear in [status()].
 #' @param serial a configuration from [serial_config()], for custom
 #'   serialization of reference objects such as external pointers, applied
 #'   on this host and on every daemon of the profile, in both directions.
@@ -95,6 +108,10 @@ reset_profile <- function(.compute, signal = FALSE) {
 #' status()
 #' m <- mirai(Sys.getpid())
 #' m[]
+#' daemons(0)
+#' # At most 100 MB of tasks wait in the queue; mirai() waits beyond that.
+#' daemons(2, memory = 100)
+#' status()$memory
 #' daemons(0)
 #' @export
 daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync = FALSE,
@@ -138,7 +155,10 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     stop(sprintf("`url` must be of type character, not %s", typeof(url)), call. = FALSE)
   if (!is.logical(dispatcher) || length(dispatcher) != 1L || is.na(dispatcher))
     stop("`dispatcher` must be TRUE or FALSE", call. = FALSE)
-  for (arg in c("remote", "memory", "tls", "pass")) {
+  cap <- memory_bytes(memory)
+  if (cap > 0 && !dispatcher)
+    stop("`memory` needs a dispatcher: use `dispatcher = TRUE`, or leave `memory` NULL", call. = FALSE)
+  for (arg in c("remote", "tls", "pass")) {
     if (!is.null(get(arg))) stop(sprintf("`%s` is not supported by this version of mirai yet; leave it NULL", arg), call. = FALSE)
   }
   if (n == 0 && is.null(url)) {
@@ -156,7 +176,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   stream <- init_stream(seed)
   serial <- serial %||% session_serial()
   host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE,
-                if (dispatcher && is.null(seed)) stream, if (!is.null(serial)) list(serial = serial))
+                if (dispatcher && is.null(seed)) stream, if (!is.null(serial)) list(serial = serial), cap)
   prof <- new.env(parent = emptyenv())
   prof$host <- host
   prof$seed <- seed
@@ -248,8 +268,11 @@ require_daemons <- function(.compute = NULL, call = environment()) {
 #' NA without a dispatcher); NULL if no daemons are set. Reading it costs no
 #' round trip.
 #'
-#' `status()`: a list with `connections` and `daemons` (the URL), plus
-#' `mirai` counters with a dispatcher.
+#' `status()`: a list with `connections` and `daemons` (the URL). With a
+#' dispatcher it also has `mirai`, the counters `awaiting`, `executing` and
+#' `completed`, and `memory`: the megabytes of tasks now waiting in the queue
+#' (`used`), the most there have been (`peak`), and the cap set by
+#' `daemons(memory =)` (`capacity`, NA for none).
 #'
 #' @param .compute character compute profile (NULL for the current one).
 #' @return See Details.
@@ -257,6 +280,9 @@ require_daemons <- function(.compute = NULL, call = environment()) {
 #' daemons(1)
 #' info()
 #' status()
+#' daemons(0)
+#' daemons(1, memory = 50)
+#' status()$memory
 #' daemons(0)
 #' @export
 info <- function(.compute = NULL) {
@@ -278,8 +304,10 @@ status <- function(.compute = NULL) {
   if (isTRUE(prof$sync)) return(list(connections = 0L, daemons = prof$url))
   v <- .Call(C_mirai_host_info, prof$host)
   out <- list(connections = v[[1L]], daemons = prof$url)
-  if (prof$dispatcher)
+  if (prof$dispatcher) {
     out$mirai <- c(awaiting = v[[3L]], executing = v[[4L]], completed = v[[5L]])
+    out$memory <- .Call(C_mirai_host_memory, prof$host)
+  }
   out
 }
 

@@ -21,6 +21,11 @@ named_list <- function(x, what) {
 #' Where daemons are set (see [daemons()]) the task goes to them. Otherwise a
 #' fresh `Rscript` process is started for this one task.
 #'
+#' If `daemons(memory =)` caps the dispatcher's queue and the tasks waiting
+#' in it have reached the cap, `mirai()` first waits for the queue to drain
+#' below it (Ctrl-C ends the wait, sending nothing). [try_mirai()] returns
+#' NULL instead of waiting.
+#'
 #' @param .expr an expression to evaluate, wrapped in `{}` if it spans
 #'   several lines. A symbol bound to a language object is evaluated as that
 #'   object.
@@ -62,6 +67,42 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
             else submit_task(prof, data, .timeout))
 }
 
+#' mirai (Evaluate Async, If There Is Room)
+#'
+#' The same as [mirai()], except where `daemons(memory =)` caps the bytes of
+#' tasks waiting in the dispatcher's queue: if the queue is at the cap,
+#' `mirai()` waits for it to drain, while `try_mirai()` returns NULL at once,
+#' without sending the task (and without using up a random number stream of
+#' `daemons(seed =)`). Without a cap it never returns NULL.
+#'
+#' @inheritParams mirai
+#' @return A 'mirai' object, or NULL if the queue is at its memory cap;
+#'   invisibly.
+#' @examples
+#' daemons(1, memory = 1)
+#' # The daemon is kept busy, so the next tasks wait in the queue.
+#' busy <- mirai(Sys.sleep(1))
+#' x <- runif(1e5) # about 0.8 MB
+#' m1 <- try_mirai(sum(x), x = x)
+#' m2 <- try_mirai(sum(x), x = x)
+#' m3 <- try_mirai(sum(x), x = x)
+#' is.null(m3) # the queue held 1.6 MB, over the 1 MB cap
+#' status()$memory
+#' m1[] == sum(x)
+#' daemons(0)
+#' @export
+try_mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) {
+  host <- profile_of(.compute)$host
+  if (!is.null(host) && !.Call(C_mirai_host_room, host)) return(invisible(NULL))
+  # Only R's thread adds to the queue, so mirai() finds the room still
+  # there (unless evaluating `...` queues tasks itself). Re-evaluating this
+  # very call hands mirai() `.expr` and `...` unevaluated, as if called
+  # directly.
+  call <- sys.call()
+  call[[1L]] <- mirai
+  eval(call, parent.frame())
+}
+
 resolved_mirai <- function(value) {
   env <- new.env(hash = FALSE, parent = emptyenv())
   env$value <- value
@@ -72,7 +113,7 @@ resolved_mirai <- function(value) {
 
 ephemeral_mirai <- function(data, timeout) {
   secret <- .Call(C_mirai_random_hex, 16)
-  host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE, NULL, NULL)
+  host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE, NULL, NULL, 0)
   url <- .Call(C_mirai_host_url, host)
   launch_process(host, url, secret, list(dispatcher = FALSE, maxtasks = 1L, cleanup = FALSE))
   .Call(C_mirai_host_submit, host, data, timeout)

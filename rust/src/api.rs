@@ -3,7 +3,7 @@
 
 use crate::aio::{Notifier, Outcome, Slot};
 use crate::client::{ClientConn, Incoming};
-use crate::host::{Host, HostOptions};
+use crate::host::{Host, HostOptions, Stats};
 use crate::proto::{self, Msg};
 use crate::rapi::*;
 use crate::rng;
@@ -135,6 +135,7 @@ fn outcome_to_sexp(o: Outcome, serial_cfg: SEXP) -> SEXP {
 /// accepted daemon gets the next one in its Init. `settings`: NULL, or a
 /// list sent (serialized here, on R's main thread) to every daemon in its
 /// Init; its `serial` element is also the host's serialization config.
+/// `memory`: cap in bytes on the queued tasks, 0 for none.
 #[no_mangle]
 pub extern "C" fn mirai_host_start(
     url: SEXP,
@@ -143,6 +144,7 @@ pub extern "C" fn mirai_host_start(
     oneshot: SEXP,
     stream: SEXP,
     settings: SEXP,
+    memory: SEXP,
 ) -> SEXP {
     entry(|| {
         let url = sexp_str(url, "url")?;
@@ -163,10 +165,20 @@ pub extern "C" fn mirai_host_start(
             oneshot: sexp_f64(oneshot, "oneshot")? != 0.0,
             rng_stream,
             settings: blob,
+            memory_cap: memory_cap(memory)?,
         };
         let host = Host::start(&addr, opts)?;
         Ok(new_xptr_prot(Arc::new(Profile { host, children: Mutex::new(Vec::new()) }), serial_cfg))
     })
+}
+
+/// R validates `memory`; this only refuses what would not be a byte count.
+fn memory_cap(s: SEXP) -> Result<u64, RError> {
+    let b = sexp_f64(s, "memory")?;
+    if b.is_nan() || b < 0.0 {
+        return Err("`memory` must be a non-negative number of bytes".into());
+    }
+    Ok(if b.is_infinite() { 0 } else { b.ceil() as u64 })
 }
 
 #[no_mangle]
@@ -179,6 +191,9 @@ pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP 
     entry(|| {
         let prof = get::<Arc<Profile>>(p, "profile")?.clone();
         let timeout = opt_timeout(timeout)?;
+        if !prof.host.stats.has_room() {
+            wait_room(&prof.host.stats)?;
+        }
         let id = prof.host.next_task_id();
         let mut frame = Vec::new();
         prof.host.framing.begin(&mut frame);
@@ -191,6 +206,46 @@ pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP 
         let slot = Slot::new(prof.host.notifier.clone());
         prof.host.submit(id, frame, slot.clone(), timeout);
         Ok(make_mirai(new_xptr_prot(Aio { slot, id, profile: prof }, serial_cfg), id))
+    })
+}
+
+/// Blocks, interruptibly, until the queue is below the memory cap. Nothing
+/// has been serialized or queued yet, so an interrupt leaves no trace.
+fn wait_room(stats: &Stats) -> Result<(), RError> {
+    while !stats.wait_room(Duration::from_millis(100)) {
+        if interrupt_pending() {
+            return Err(RError::Interrupt);
+        }
+    }
+    Ok(())
+}
+
+/// `try_mirai()`'s check: TRUE if a task may be queued now without waiting.
+#[no_mangle]
+pub extern "C" fn mirai_host_room(p: SEXP) -> SEXP {
+    entry(|| Ok(lgl(get::<Arc<Profile>>(p, "profile")?.host.stats.has_room())))
+}
+
+/// `status()$memory`: queued bytes, their peak and the cap, in MB (1e6
+/// bytes); the cap is NA when there is none.
+#[no_mangle]
+pub extern "C" fn mirai_host_memory(p: SEXP) -> SEXP {
+    entry(|| {
+        let s = &get::<Arc<Profile>>(p, "profile")?.host.stats;
+        let mb = |b: u64| b as f64 / 1e6;
+        let cap = if s.cap_bytes == 0 { unsafe { extendr_ffi::R_NaReal } } else { mb(s.cap_bytes) };
+        let vals = [mb(s.queued_bytes.load(Ordering::Relaxed)), mb(s.peak_bytes.load(Ordering::Relaxed)), cap];
+        unsafe {
+            let v = Rf_protect(Rf_allocVector(REALSXP, 3));
+            std::ptr::copy_nonoverlapping(vals.as_ptr(), REAL(v), 3);
+            let nms = Rf_protect(Rf_allocVector(STRSXP, 3));
+            for (i, n) in ["used", "peak", "capacity"].iter().enumerate() {
+                SET_STRING_ELT(nms, i as isize, STRING_ELT(mk_string(n), 0));
+            }
+            Rf_setAttrib(v, R_NamesSymbol, nms);
+            Rf_unprotect(2);
+            Ok(v)
+        }
     })
 }
 

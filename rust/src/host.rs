@@ -8,6 +8,12 @@
 //! writes the socket could not take at once (it sees the writable edge), and
 //! for timers. R's thread wakes it (mio Waker) only for a new deadline or for
 //! shutdown.
+//!
+//! Memory cap: the scheduler counts the bytes of queued task frames and
+//! `Stats` publishes them, so R's thread reads them without the core's lock.
+//! Whichever thread moves the count below the cap (R's own thread sending a
+//! task, or the loop thread when a daemon frees up) signals `Stats`'
+//! condvar, on which a blocked `mirai()` waits.
 
 use crate::aio::{Notifier, Outcome, Slot};
 use crate::decoder::Decoder;
@@ -23,7 +29,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Write};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,6 +44,12 @@ pub struct Stats {
     pub executing: AtomicU64,
     pub completed: AtomicU64,
     pub refused: AtomicU64,
+    pub queued_bytes: AtomicU64,
+    pub peak_bytes: AtomicU64,
+    /// The memory cap in bytes, 0 for none; fixed when the host starts.
+    pub cap_bytes: u64,
+    room_lock: Mutex<()>,
+    room: Condvar,
 }
 
 impl Stats {
@@ -47,6 +59,27 @@ impl Stats {
         self.awaiting.store(c.awaiting, Ordering::Relaxed);
         self.executing.store(c.executing, Ordering::Relaxed);
         self.completed.store(c.completed, Ordering::Relaxed);
+        self.peak_bytes.store(c.peak_bytes, Ordering::Relaxed);
+        let before = self.queued_bytes.swap(c.queued_bytes, Ordering::Relaxed);
+        // Only a crossing below the cap can release a waiter. Taking the
+        // lock after the store means a waiter either saw the new count or
+        // is already waiting when notified: no wake-up is lost.
+        if self.cap_bytes != 0 && before >= self.cap_bytes && c.queued_bytes < self.cap_bytes {
+            drop(self.room_lock.lock().unwrap());
+            self.room.notify_all();
+        }
+    }
+
+    /// True if another task may be queued: no cap, or the queue is below it.
+    pub fn has_room(&self) -> bool {
+        self.cap_bytes == 0 || self.queued_bytes.load(Ordering::Relaxed) < self.cap_bytes
+    }
+
+    /// Waits up to `slice` for room in the queue; true once there is.
+    pub fn wait_room(&self, slice: Duration) -> bool {
+        let g = self.room_lock.lock().unwrap();
+        let _g = self.room.wait_timeout_while(g, slice, |_| !self.has_room()).unwrap();
+        self.has_room()
     }
 }
 
@@ -63,6 +96,9 @@ pub struct HostOptions {
     /// daemon in its Init; empty for none. Bytes only: this thread never
     /// touches R.
     pub settings: Vec<u8>,
+    /// Cap on the bytes of queued tasks (0: none). Submitters check it
+    /// themselves (`Stats::has_room`): the host never refuses a task.
+    pub memory_cap: u64,
 }
 
 pub struct Host {
@@ -88,7 +124,7 @@ impl Host {
             .map_err(|e| e.to_string())?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?);
         let registry = poll.registry().try_clone().map_err(|e| e.to_string())?;
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats { cap_bytes: opts.memory_cap, ..Stats::default() });
         let notifier = Arc::new(Notifier::default());
         let core = Arc::new(Mutex::new(Core {
             registry,
@@ -142,9 +178,10 @@ impl Host {
             return;
         }
         core.framing.finish(&mut frame);
+        let bytes = frame.len() as u64;
         core.tasks.insert(id, TaskEntry { frame: Rc::new(frame), slot });
         core.submitted = true;
-        let acts = core.sched.submit(id);
+        let acts = core.sched.submit_sized(id, bytes);
         core.apply(acts, None);
         core.publish();
         if let Some(d) = deadline {
@@ -517,5 +554,38 @@ impl Core {
         self.stats.publish(Counters::default());
         // Anything submitted after this point fails at once.
         self.stopped = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(bytes: u64) -> Counters {
+        Counters { queued_bytes: bytes, ..Counters::default() }
+    }
+
+    #[test]
+    fn room_opens_below_the_cap_and_wakes_a_waiter() {
+        let unbounded = Stats::default();
+        unbounded.publish(queued(u64::MAX));
+        assert!(unbounded.has_room());
+
+        let s = Arc::new(Stats { cap_bytes: 100, ..Stats::default() });
+        s.publish(queued(99));
+        assert!(s.has_room());
+        s.publish(queued(100));
+        assert!(!s.has_room());
+        assert!(!s.wait_room(Duration::from_millis(10)));
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            s2.publish(queued(40));
+        });
+        // A long slice: only the notification can end the wait this soon.
+        let start = Instant::now();
+        assert!(s.wait_room(Duration::from_secs(20)));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
     }
 }

@@ -71,10 +71,12 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn, ev
     // only add noise (panics are caught and turned into R errors).
     std::panic::set_hook(Box::new(|_| {}));
     let mut table = Vec::from(routines![
-        mirai_host_start / 6,
+        mirai_host_start / 7,
         mirai_host_url / 1,
         mirai_host_submit / 3,
         mirai_host_info / 1,
+        mirai_host_room / 1,
+        mirai_host_memory / 1,
         mirai_host_close / 2,
         mirai_host_launch / 5,
         mirai_host_wait_ready / 3,

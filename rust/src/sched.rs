@@ -4,6 +4,10 @@
 //! each goes to an idle daemon, one task in flight per daemon. Without one,
 //! each task goes straight to the next daemon in a round-robin ring and may
 //! queue behind that daemon's current task.
+//!
+//! The scheduler also counts the bytes of the tasks waiting in the queue
+//! (not those on a daemon), for the host's memory cap: it alone knows
+//! exactly when a task enters or leaves the queue.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -37,12 +41,16 @@ pub struct Counters {
     pub awaiting: u64,
     pub executing: u64,
     pub completed: u64,
+    /// Bytes of the tasks waiting in the queue, and their high-water mark.
+    pub queued_bytes: u64,
+    pub peak_bytes: u64,
 }
 
 #[derive(Debug)]
 struct Task {
     daemon: Option<DaemonId>,
     resolved: bool,
+    bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +99,8 @@ pub struct Sched {
     idle: IdleSet,
     ring: VecDeque<DaemonId>,
     counters: Counters,
+    queued_bytes: u64,
+    peak_bytes: u64,
 }
 
 impl Sched {
@@ -103,6 +113,8 @@ impl Sched {
             idle: IdleSet::default(),
             ring: VecDeque::new(),
             counters: Counters::default(),
+            queued_bytes: 0,
+            peak_bytes: 0,
         }
     }
 
@@ -111,6 +123,8 @@ impl Sched {
         c.connections = self.daemons.len() as u64;
         c.awaiting = self.queue.len() as u64;
         c.executing = self.daemons.values().map(|d| d.inflight.len() as u64).sum::<u64>();
+        c.queued_bytes = self.queued_bytes;
+        c.peak_bytes = self.peak_bytes;
         c
     }
 
@@ -130,10 +144,19 @@ impl Sched {
     }
 
     pub fn submit(&mut self, task: TaskId) -> Vec<Action> {
-        self.tasks.insert(task, Task { daemon: None, resolved: false });
+        self.submit_sized(task, 0)
+    }
+
+    /// Submits a task whose payload is `bytes` long. The peak is taken after
+    /// the task had its chance to go straight to a daemon: one that never
+    /// waited never counts.
+    pub fn submit_sized(&mut self, task: TaskId, bytes: u64) -> Vec<Action> {
+        self.tasks.insert(task, Task { daemon: None, resolved: false, bytes });
         self.queue.push_back(task);
+        self.queued_bytes += bytes;
         let mut out = Vec::new();
         self.pump(&mut out);
+        self.peak_bytes = self.peak_bytes.max(self.queued_bytes);
         out
     }
 
@@ -212,6 +235,7 @@ impl Sched {
         match t.daemon {
             None => {
                 self.queue.retain(|&q| q != task);
+                self.queued_bytes -= t.bytes;
                 self.fail(task, code, &mut out);
                 self.tasks.remove(&task);
                 out.push(Action::Drop { task });
@@ -235,6 +259,7 @@ impl Sched {
         }
         // Queued tasks will never be sent or replied to, so this is their
         // last chance to be dropped; running ones are dropped on reply.
+        self.queued_bytes = 0;
         for task in std::mem::take(&mut self.queue) {
             self.tasks.remove(&task);
             out.push(Action::Drop { task });
@@ -264,6 +289,8 @@ impl Sched {
                 Some(ts) if !ts.resolved => {
                     ts.daemon = None;
                     self.queue.push_front(t);
+                    self.queued_bytes += ts.bytes;
+                    self.peak_bytes = self.peak_bytes.max(self.queued_bytes);
                 }
                 Some(_) => {
                     self.tasks.remove(&t);
@@ -292,7 +319,9 @@ impl Sched {
                 }
             };
             self.queue.pop_front();
-            self.tasks.get_mut(&task).unwrap().daemon = Some(d);
+            let t = self.tasks.get_mut(&task).unwrap();
+            t.daemon = Some(d);
+            self.queued_bytes -= t.bytes;
             self.daemons.get_mut(&d).unwrap().inflight.push_back(task);
             out.push(Action::Send { daemon: d, task });
         }
@@ -410,6 +439,41 @@ mod tests {
         let a = s.fail_all(ERR_RESET);
         assert_eq!(a, vec![Action::Fail { task: 1, code: ERR_RESET }, Action::Drop { task: 1 }]);
         assert_eq!(s.tracked_tasks(), 0);
+    }
+
+    #[test]
+    fn queued_bytes_count_only_waiting_tasks() {
+        let mut s = Sched::new(true);
+        let bytes = |s: &Sched| (s.counters().queued_bytes, s.counters().peak_bytes);
+        // Nothing to send to: both wait.
+        s.submit_sized(1, 100);
+        s.submit_sized(2, 50);
+        assert_eq!(bytes(&s), (150, 150));
+        // A daemon takes the head of the queue.
+        s.connect(9);
+        assert_eq!(bytes(&s), (50, 150));
+        s.submit_sized(3, 30);
+        assert_eq!(bytes(&s), (80, 150));
+        // Withdrawing a queued task frees its bytes; cancelling the running
+        // one changes nothing (it was not counted).
+        s.cancel(2, ERR_CANCELED);
+        s.cancel(1, ERR_CANCELED);
+        assert_eq!(bytes(&s), (30, 150));
+        s.submit_sized(4, 500);
+        assert_eq!(bytes(&s), (530, 530));
+        s.fail_all(ERR_RESET);
+        assert_eq!(bytes(&s), (0, 530));
+        // A task sent at once never waited, so it leaves no peak.
+        let mut s = Sched::new(true);
+        s.connect(1);
+        s.submit_sized(1, 1000);
+        assert_eq!(bytes(&s), (0, 0));
+        // The daemon is lost: its running task fails, nothing is requeued.
+        s.submit_sized(2, 7);
+        s.disconnect(1);
+        assert_eq!(bytes(&s), (7, 7));
+        s.connect(2);
+        assert_eq!(bytes(&s), (0, 7));
     }
 
     #[test]

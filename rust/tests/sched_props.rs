@@ -14,9 +14,10 @@
 //! connected one, and a dispatcher daemon runs at most one; sends follow the
 //! queue order (FIFO, requeued tasks first); no task waits while a daemon
 //! could take it; `counters()`, `idle_count()`, `pending_tasks()` and
-//! `tracked_tasks()` agree with the model. At the end a fresh daemon is
-//! connected and every daemon answers until idle: by then every task must be
-//! resolved and dropped.
+//! `tracked_tasks()` agree with the model; the queued bytes are those of
+//! the model's queue. At the end a fresh daemon is connected and every
+//! daemon answers until idle: by then every task must be resolved and
+//! dropped.
 //!
 //! A failure names its mode, seed and step. Replay one seed with a trace of
 //! every event and its actions:
@@ -249,7 +250,7 @@ impl Model {
                 assert_eq!(t as usize, self.tasks.len());
                 self.tasks.push(MTask { on: None, res: Res::Pending, dropped: false });
                 self.queue.push_back(t);
-                let acts = s.submit(t);
+                let acts = s.submit_sized(t, task_bytes(t));
                 self.apply(op, &acts)?;
                 only_sends(&acts)?;
                 if self.dispatcher && acts.len() > 1 {
@@ -380,6 +381,13 @@ impl Model {
             return err(format!("{awaiting} tasks wait although a daemon could take one"));
         }
         let c = s.counters();
+        let queued_bytes: u64 = self.queue.iter().map(|&t| task_bytes(t)).sum();
+        if c.queued_bytes != queued_bytes || c.peak_bytes < queued_bytes {
+            return err(format!(
+                "queued bytes {} (peak {}) but the model's queue holds {queued_bytes}",
+                c.queued_bytes, c.peak_bytes
+            ));
+        }
         let want = (self.daemons.len() as u64, self.connects, awaiting, executing, self.delivered);
         let got = (c.connections, c.cumulative, c.awaiting, c.executing, c.completed);
         if got != want {
@@ -395,6 +403,12 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// Payload size of a task, varied so that a task counted twice or missed
+/// shows up in the byte total.
+fn task_bytes(t: TaskId) -> u64 {
+    1 + (t % 13) * 100
 }
 
 fn only_sends(acts: &[Action]) -> Result<(), String> {
