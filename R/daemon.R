@@ -107,7 +107,11 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
         code <- last
         break
       }
-      if (cleanup) do_cleanup(snap)
+      # everywhere() tasks mark their payload: what they change is meant to
+      # stay, so it becomes the state later cleanups restore.
+      if (cleanup) {
+        if (is.null(msg[[2L]][["._everywhere_."]])) do_cleanup(snap) else snap <- snapshot()
+      }
     }
     count <- count + .Call(C_mirai_daemon_close, conn)
     # Only a lost connection with autoexit = FALSE leads to a reconnect.
