@@ -74,13 +74,12 @@ everywhere <- function(.expr, ..., .args = list(), .min = 1L, .compute = NULL) {
 # `secs`, with a progress message every 10 s.
 await_daemons <- function(host, n, secs = 60) {
   start <- Sys.time()
-  repeat {
-    elapsed <- as.numeric(difftime(Sys.time(), start, units = "secs"))
-    if (.Call(C_mirai_host_wait_ready, host, n, 1000 * max(0, min(10, secs - elapsed)))) return(invisible())
-    elapsed <- as.integer(difftime(Sys.time(), start, units = "secs"))
-    if (elapsed >= secs)
+  waited <- 0
+  while (!.Call(C_mirai_host_wait_ready, host, n, 1000 * min(10, secs - waited))) {
+    waited <- as.numeric(difftime(Sys.time(), start, units = "secs"))
+    if (waited >= secs)
       stop(sprintf("`.min` not reached: %d of %d daemons connected after %d secs",
-                   .Call(C_mirai_host_info, host)[[1L]], as.integer(n), elapsed), call. = FALSE)
-    message(sprintf("mirai: waiting for %d daemon(s) to connect [%d secs elapsed]", as.integer(n), elapsed))
+                   .Call(C_mirai_host_info, host)[[1L]], as.integer(n), as.integer(waited)), call. = FALSE)
+    message(sprintf("mirai: waiting for %d daemon(s) to connect [%d secs elapsed]", as.integer(n), as.integer(waited)))
   }
 }

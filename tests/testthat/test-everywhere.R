@@ -109,8 +109,25 @@ for (disp in c(TRUE, FALSE)) {
     # .min = 0 does not wait: a daemon set with none connected gives none.
     daemons(url = local_url(), dispatcher = disp)
     expect_length(everywhere(1, .min = 0), 0L)
+    # The wait is bounded (60 s for everywhere(); shortened here).
+    t0 <- Sys.time()
+    expect_error(mirai:::await_daemons(mirai:::profile_of(NULL)$host, 1, secs = 0.3),
+                 "`.min` not reached: 0 of 1 daemons connected")
+    expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 2)
   })
 }
+
+test_that("stop_mirai() withdraws everywhere() tasks still waiting for their daemon", {
+  daemons(1)
+  on.exit(daemons(0))
+  long <- mirai({ Sys.sleep(0.5); 1 })
+  ew <- everywhere(stop("never evaluated"))
+  expect_identical(stop_mirai(ew), TRUE)
+  expect_identical(unclass(ew[][[1L]]), 20L)
+  expect_identical(long[], 1)
+  expect_identical(mirai(2)[], 2)
+  expect_identical(unname(info()[c("awaiting", "executing", "completed")]), c(0L, 0L, 2L))
+})
 
 test_that("everywhere() in sync mode evaluates once in this process", {
   daemons(sync = TRUE, seed = 3)
