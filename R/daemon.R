@@ -109,7 +109,11 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
             code <- last
             break
           }
-          if (cleanup) do_cleanup(snap)
+          # everywhere() tasks mark their payload: what they change is meant
+          # to stay, so it becomes the state later cleanups restore.
+          if (cleanup) {
+            if (is.null(msg[[2L]][["._everywhere_."]])) do_cleanup(snap) else snap <- snapshot()
+          }
         }
         TRUE
       }, interrupt = function(e) FALSE)

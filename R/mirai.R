@@ -119,11 +119,12 @@ ephemeral_mirai <- function(data, timeout) {
   .Call(C_mirai_host_submit, host, data, timeout)
 }
 
-sync_mirai <- function(prof, data) {
+# `seed = FALSE` (everywhere()) evaluates without taking a stream.
+sync_mirai <- function(prof, data, seed = TRUE) {
   old <- .$daemon
   .$daemon <- TRUE
   on.exit(.$daemon <- old)
-  resolved_mirai(with_task_stream(prof, eval_mirai(data, prof$globals)))
+  resolved_mirai(if (seed) with_task_stream(prof, eval_mirai(data, prof$globals)) else eval_mirai(data, prof$globals))
 }
 
 aio_of <- function(x) .subset2(x, "aio")

@@ -249,6 +249,31 @@ pub extern "C" fn mirai_host_memory(p: SEXP) -> SEXP {
     })
 }
 
+/// `everywhere()`: the payload once to every connected daemon; a list of
+/// mirai, one per daemon (empty if none is connected).
+#[no_mangle]
+pub extern "C" fn mirai_host_broadcast(p: SEXP, data: SEXP) -> SEXP {
+    entry(|| {
+        let prof = get::<Arc<Profile>>(p, "profile")?.clone();
+        let serial_cfg = unsafe { R_ExternalPtrProtected(p) };
+        let mut payload = Vec::new();
+        serial::serialize_with(data, &mut payload, serial_cfg).map_err(|e| match e {
+            RError::Msg(m) => RError::Msg(format!("cannot serialize the task: {m}")),
+            e => e,
+        })?;
+        let tasks = prof.host.broadcast(payload);
+        unsafe {
+            let out = Rf_protect(Rf_allocVector(VECSXP, tasks.len() as isize));
+            for (i, (id, slot)) in tasks.into_iter().enumerate() {
+                let aio = new_xptr_prot(Aio { slot, id, profile: prof.clone() }, serial_cfg);
+                SET_VECTOR_ELT(out, i as isize, make_mirai(aio, id));
+            }
+            Rf_unprotect(1);
+            Ok(out)
+        }
+    })
+}
+
 #[no_mangle]
 pub extern "C" fn mirai_host_info(p: SEXP) -> SEXP {
     entry(|| {

@@ -43,8 +43,14 @@ impl Framing {
 
     /// Patches the length once the body is complete.
     pub fn finish(self, buf: &mut [u8]) {
+        self.finish_with_tail(buf, 0);
+    }
+
+    /// Patches the length of a frame whose body continues with `tail` more
+    /// bytes written separately (a payload shared by several frames).
+    pub fn finish_with_tail(self, buf: &mut [u8], tail: usize) {
         let p = self.prefix_len();
-        let len = (buf.len() - p) as u64;
+        let len = (buf.len() - p + tail) as u64;
         match self {
             Framing::Tcp => buf[..8].copy_from_slice(&len.to_be_bytes()),
             Framing::Ipc => {

@@ -179,7 +179,7 @@ impl Host {
         }
         core.framing.finish(&mut frame);
         let bytes = frame.len() as u64;
-        core.tasks.insert(id, TaskEntry { frame: Rc::new(frame), slot });
+        core.tasks.insert(id, TaskEntry { frame: Rc::new(frame), tail: None, slot });
         core.submitted = true;
         let acts = core.sched.submit_sized(id, bytes);
         core.apply(acts, None);
@@ -190,6 +190,36 @@ impl Host {
             // The loop thread must recompute its poll timeout.
             let _ = self.waker.wake();
         }
+    }
+
+    /// `everywhere()`: one task per connected daemon, each pinned to its
+    /// daemon (see `Sched::submit_to`). The daemons are read and the tasks
+    /// queued under one lock, so a daemon connecting meanwhile gets none
+    /// and none is counted twice. The R-serialized `payload` is shared by
+    /// all the frames rather than copied per daemon: it may be large data
+    /// meant for every daemon. Returns each task's id and slot.
+    pub fn broadcast(&self, payload: Vec<u8>) -> Vec<(TaskId, Arc<Slot>)> {
+        let mut core = self.core.lock().unwrap();
+        if core.stopped || core.shutdown.is_some() {
+            return Vec::new();
+        }
+        let payload = Rc::new(payload);
+        let mut out = Vec::new();
+        for d in core.sched.daemon_ids() {
+            let id = self.next_task_id();
+            let mut head = Vec::with_capacity(32);
+            core.framing.begin(&mut head);
+            proto::encode_into(&Msg::Task { id }, &mut head);
+            core.framing.finish_with_tail(&mut head, payload.len());
+            let slot = Slot::new(self.notifier.clone());
+            core.tasks.insert(id, TaskEntry { frame: Rc::new(head), tail: Some(payload.clone()), slot: slot.clone() });
+            let acts = core.sched.submit_to(id, d);
+            core.apply(acts, None);
+            out.push((id, slot));
+        }
+        core.submitted = true;
+        core.publish();
+        out
     }
 
     /// Cancels a task; true if it was found unresolved.
@@ -255,6 +285,8 @@ impl Conn {
 
 struct TaskEntry {
     frame: Rc<Vec<u8>>,
+    /// The rest of the frame when its payload is shared (a broadcast).
+    tail: Option<Rc<Vec<u8>>>,
     slot: Arc<Slot>,
 }
 
@@ -459,6 +491,9 @@ impl Core {
                     let tok = Token(daemon as usize);
                     if let (Some(c), Some(te)) = (self.conns.get_mut(&tok), self.tasks.get(&task)) {
                         c.push(te.frame.clone());
+                        if let Some(t) = &te.tail {
+                            c.push(t.clone());
+                        }
                         touched.push(tok);
                     }
                 }

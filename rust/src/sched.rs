@@ -8,6 +8,14 @@
 //! The scheduler also counts the bytes of the tasks waiting in the queue
 //! (not those on a daemon), for the host's memory cap: it alone knows
 //! exactly when a task enters or leaves the queue.
+//!
+//! A task may instead be pinned to one daemon (`submit_to`), which is how
+//! `everywhere()` reaches each connected daemon exactly once. A pinned task
+//! never runs anywhere else: with a dispatcher it waits for its daemon to be
+//! idle and then goes ahead of the FIFO queue (so a daemon with pinned work
+//! waiting is never idle); without one it is written to that daemon at once.
+//! If its daemon goes away first, it fails with "connection reset" rather
+//! than being requeued.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -49,6 +57,7 @@ pub struct Counters {
 #[derive(Debug)]
 struct Task {
     daemon: Option<DaemonId>,
+    pin: Option<DaemonId>,
     resolved: bool,
     bytes: u64,
 }
@@ -56,6 +65,8 @@ struct Task {
 #[derive(Debug, Default)]
 struct Daemon {
     inflight: VecDeque<TaskId>,
+    /// Pinned tasks waiting for this daemon to be idle (dispatcher only).
+    pinned: VecDeque<TaskId>,
 }
 
 /// Set with O(1) insert, remove and pick.
@@ -98,6 +109,9 @@ pub struct Sched {
     daemons: HashMap<DaemonId, Daemon>,
     idle: IdleSet,
     ring: VecDeque<DaemonId>,
+    /// Sum of every daemon's `pinned` length: `counters()` runs after each
+    /// event and should not walk the daemons for it.
+    pinned_waiting: usize,
     counters: Counters,
     queued_bytes: u64,
     peak_bytes: u64,
@@ -112,6 +126,7 @@ impl Sched {
             daemons: HashMap::new(),
             idle: IdleSet::default(),
             ring: VecDeque::new(),
+            pinned_waiting: 0,
             counters: Counters::default(),
             queued_bytes: 0,
             peak_bytes: 0,
@@ -121,7 +136,7 @@ impl Sched {
     pub fn counters(&self) -> Counters {
         let mut c = self.counters;
         c.connections = self.daemons.len() as u64;
-        c.awaiting = self.queue.len() as u64;
+        c.awaiting = (self.queue.len() + self.pinned_waiting) as u64;
         c.executing = self.daemons.values().map(|d| d.inflight.len() as u64).sum::<u64>();
         c.queued_bytes = self.queued_bytes;
         c.peak_bytes = self.peak_bytes;
@@ -151,12 +166,42 @@ impl Sched {
     /// the task had its chance to go straight to a daemon: one that never
     /// waited never counts.
     pub fn submit_sized(&mut self, task: TaskId, bytes: u64) -> Vec<Action> {
-        self.tasks.insert(task, Task { daemon: None, resolved: false, bytes });
+        self.tasks.insert(task, Task { daemon: None, pin: None, resolved: false, bytes });
         self.queue.push_back(task);
         self.queued_bytes += bytes;
         let mut out = Vec::new();
         self.pump(&mut out);
         self.peak_bytes = self.peak_bytes.max(self.queued_bytes);
+        out
+    }
+
+    /// Connected daemons, in a stable order: the targets of a broadcast.
+    pub fn daemon_ids(&self) -> Vec<DaemonId> {
+        let mut v: Vec<DaemonId> = self.daemons.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Submits a task that must run on daemon `d` and nowhere else. A
+    /// daemon that is not (or no longer) connected fails it at once.
+    pub fn submit_to(&mut self, task: TaskId, d: DaemonId) -> Vec<Action> {
+        let mut out = Vec::new();
+        // Pinned tasks bypass the memory gate (everywhere()), so they are
+        // not counted as queued bytes.
+        self.tasks.insert(task, Task { daemon: None, pin: Some(d), resolved: false, bytes: 0 });
+        let Some(dm) = self.daemons.get_mut(&d) else {
+            self.fail(task, ERR_RESET, &mut out);
+            self.tasks.remove(&task);
+            out.push(Action::Drop { task });
+            return out;
+        };
+        if self.dispatcher && !dm.inflight.is_empty() {
+            dm.pinned.push_back(task);
+            self.pinned_waiting += 1;
+        } else {
+            self.idle.remove(d);
+            self.start(task, d, &mut out);
+        }
         out
     }
 
@@ -187,6 +232,7 @@ impl Sched {
                 }
             }
             self.requeue(it, &mut out);
+            self.orphan_pinned(dm.pinned, &mut out);
         }
         self.pump(&mut out);
         out
@@ -216,10 +262,11 @@ impl Sched {
         if last {
             if let Some(dm) = self.remove_daemon(d) {
                 self.requeue(dm.inflight.into_iter(), &mut out);
+                self.orphan_pinned(dm.pinned, &mut out);
             }
             out.push(Action::Retire { daemon: d });
-        } else if self.dispatcher && self.daemons.contains_key(&d) {
-            self.idle.insert(d);
+        } else if self.dispatcher {
+            self.settle(d, &mut out);
         }
         self.pump(&mut out);
         out
@@ -234,8 +281,19 @@ impl Sched {
         }
         match t.daemon {
             None => {
-                self.queue.retain(|&q| q != task);
-                self.queued_bytes -= t.bytes;
+                match t.pin {
+                    Some(p) => {
+                        if let Some(dm) = self.daemons.get_mut(&p) {
+                            let before = dm.pinned.len();
+                            dm.pinned.retain(|&q| q != task);
+                            self.pinned_waiting -= before - dm.pinned.len();
+                        }
+                    }
+                    None => {
+                        self.queue.retain(|&q| q != task);
+                        self.queued_bytes -= t.bytes;
+                    }
+                }
                 self.fail(task, code, &mut out);
                 self.tasks.remove(&task);
                 out.push(Action::Drop { task });
@@ -260,7 +318,12 @@ impl Sched {
         // Queued tasks will never be sent or replied to, so this is their
         // last chance to be dropped; running ones are dropped on reply.
         self.queued_bytes = 0;
-        for task in std::mem::take(&mut self.queue) {
+        let mut waiting: Vec<TaskId> = std::mem::take(&mut self.queue).into();
+        for dm in self.daemons.values_mut() {
+            waiting.extend(dm.pinned.drain(..));
+        }
+        self.pinned_waiting = 0;
+        for task in waiting {
             self.tasks.remove(&task);
             out.push(Action::Drop { task });
         }
@@ -280,12 +343,53 @@ impl Sched {
         let dm = self.daemons.remove(&d)?;
         self.idle.remove(d);
         self.ring.retain(|&x| x != d);
+        self.pinned_waiting -= dm.pinned.len();
         Some(dm)
+    }
+
+    /// Writes `task` to daemon `d` (which the caller has taken out of the
+    /// idle set, if it was there).
+    fn start(&mut self, task: TaskId, d: DaemonId, out: &mut Vec<Action>) {
+        self.tasks.get_mut(&task).unwrap().daemon = Some(d);
+        self.daemons.get_mut(&d).unwrap().inflight.push_back(task);
+        out.push(Action::Send { daemon: d, task });
+    }
+
+    /// A dispatcher daemon has nothing in flight: its own pinned work comes
+    /// first, otherwise it becomes idle for the FIFO queue.
+    fn settle(&mut self, d: DaemonId, out: &mut Vec<Action>) {
+        let Some(dm) = self.daemons.get_mut(&d) else { return };
+        if !dm.inflight.is_empty() {
+            return;
+        }
+        match dm.pinned.pop_front() {
+            Some(task) => {
+                self.pinned_waiting -= 1;
+                self.start(task, d, out);
+            }
+            None => self.idle.insert(d),
+        }
+    }
+
+    /// Pinned tasks of a departed daemon that it never started: they may run
+    /// nowhere else, so they fail.
+    fn orphan_pinned(&mut self, tasks: VecDeque<TaskId>, out: &mut Vec<Action>) {
+        for t in tasks {
+            self.fail(t, ERR_RESET, out);
+            if self.tasks.remove(&t).is_some() {
+                out.push(Action::Drop { task: t });
+            }
+        }
     }
 
     fn requeue(&mut self, tasks: impl DoubleEndedIterator<Item = TaskId>, out: &mut Vec<Action>) {
         for t in tasks.rev() {
             match self.tasks.get_mut(&t) {
+                Some(ts) if !ts.resolved && ts.pin.is_some() => {
+                    self.fail(t, ERR_RESET, out);
+                    self.tasks.remove(&t);
+                    out.push(Action::Drop { task: t });
+                }
                 Some(ts) if !ts.resolved => {
                     ts.daemon = None;
                     self.queue.push_front(t);
@@ -319,11 +423,8 @@ impl Sched {
                 }
             };
             self.queue.pop_front();
-            let t = self.tasks.get_mut(&task).unwrap();
-            t.daemon = Some(d);
-            self.queued_bytes -= t.bytes;
-            self.daemons.get_mut(&d).unwrap().inflight.push_back(task);
-            out.push(Action::Send { daemon: d, task });
+            self.queued_bytes -= self.tasks[&task].bytes;
+            self.start(task, d, out);
         }
     }
 }
@@ -474,6 +575,103 @@ mod tests {
         assert_eq!(bytes(&s), (7, 7));
         s.connect(2);
         assert_eq!(bytes(&s), (0, 7));
+    }
+
+    #[test]
+    fn pinned_task_waits_for_its_daemon_and_jumps_the_queue() {
+        let mut s = Sched::new(true);
+        s.connect(1);
+        assert_eq!(sends(&s.submit(1)), vec![(1, 1)]);
+        s.connect(2);
+        assert_eq!(sends(&s.submit(2)), vec![(2, 2)]);
+        s.submit(3);
+        assert_eq!(s.daemon_ids(), vec![1, 2]);
+        // Both busy: the pinned tasks wait, counted as awaiting.
+        assert!(s.submit_to(10, 1).is_empty());
+        assert!(s.submit_to(11, 2).is_empty());
+        assert_eq!(s.counters().awaiting, 3);
+        // Task 3 has waited longer, but daemon 1 runs its pin first.
+        assert_eq!(sends(&s.reply(1, 1, false)), vec![(1, 10)]);
+        assert_eq!(sends(&s.reply(1, 10, false)), vec![(1, 3)]);
+        assert_eq!(sends(&s.reply(2, 2, false)), vec![(2, 11)]);
+        assert_eq!(s.counters().awaiting, 0);
+    }
+
+    #[test]
+    fn pinned_task_on_an_idle_daemon_goes_at_once() {
+        let mut s = Sched::new(true);
+        s.connect(1);
+        s.connect(2);
+        assert_eq!(sends(&s.submit_to(5, 2)), vec![(2, 5)]);
+        assert_eq!(s.idle_count(), 1);
+        // The FIFO queue now only has daemon 1.
+        assert_eq!(sends(&s.submit(6)), vec![(1, 6)]);
+        assert!(sends(&s.submit(7)).is_empty());
+    }
+
+    #[test]
+    fn pinned_task_of_a_lost_daemon_fails_and_never_runs_elsewhere() {
+        for dispatcher in [true, false] {
+            let mut s = Sched::new(dispatcher);
+            s.connect(1);
+            s.connect(2);
+            s.submit_to(1, 1);
+            s.submit_to(2, 1);
+            let a = s.disconnect(1);
+            assert!(a.contains(&Action::Fail { task: 1, code: ERR_RESET }));
+            assert!(a.contains(&Action::Fail { task: 2, code: ERR_RESET }));
+            assert!(a.contains(&Action::Drop { task: 2 }));
+            assert!(sends(&a).is_empty(), "dispatcher={dispatcher}: {a:?}");
+            assert_eq!(s.tracked_tasks(), 0);
+            assert_eq!(s.counters().awaiting, 0);
+            // A daemon that is already gone fails the task straight away.
+            let a = s.submit_to(3, 1);
+            assert_eq!(a, vec![Action::Fail { task: 3, code: ERR_RESET }, Action::Drop { task: 3 }]);
+        }
+    }
+
+    #[test]
+    fn round_robin_pinned_tasks_queue_at_their_daemon() {
+        let mut s = Sched::new(false);
+        s.connect(1);
+        assert_eq!(sends(&s.submit(1)), vec![(1, 1)]);
+        s.connect(2);
+        assert_eq!(sends(&s.submit_to(2, 2)), vec![(2, 2)]);
+        assert_eq!(sends(&s.submit_to(3, 1)), vec![(1, 3)]);
+        s.submit(4);
+        // Daemon 1 retires after task 1: task 4 (queued behind it, if the
+        // ring put it there) is requeued, the pinned task 3 fails instead.
+        let a = s.reply(1, 1, true);
+        assert!(a.contains(&Action::Fail { task: 3, code: ERR_RESET }));
+        assert!(!sends(&a).iter().any(|&(_, t)| t == 3));
+    }
+
+    #[test]
+    fn cancelling_a_waiting_pinned_task_withdraws_it() {
+        let mut s = Sched::new(true);
+        s.connect(1);
+        s.submit(1);
+        s.submit_to(2, 1);
+        let (found, a) = s.cancel(2, ERR_CANCELED);
+        assert!(found);
+        assert_eq!(a, vec![Action::Fail { task: 2, code: ERR_CANCELED }, Action::Drop { task: 2 }]);
+        assert_eq!(s.counters().awaiting, 0);
+        let a = s.reply(1, 1, false);
+        assert!(sends(&a).is_empty());
+        assert_eq!(s.idle_count(), 1);
+    }
+
+    #[test]
+    fn fail_all_drops_waiting_pinned_tasks() {
+        let mut s = Sched::new(true);
+        s.connect(1);
+        s.submit(1);
+        s.submit_to(2, 1);
+        s.fail_all(ERR_RESET);
+        assert_eq!(s.counters().awaiting, 0);
+        let a = s.reply(1, 1, false);
+        assert!(sends(&a).is_empty());
+        assert_eq!(s.tracked_tasks(), 0);
     }
 
     #[test]

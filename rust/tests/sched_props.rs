@@ -1,8 +1,9 @@
 //! Property tests for the scheduling state machine (`mirai::sched`).
 //!
 //! Each seed drives a `Sched` through a few hundred random events (submit,
-//! connect, disconnect, reply including a daemon's last reply, cancel of
-//! queued and running tasks, fail_all) in dispatcher and in round-robin mode.
+//! submit pinned to one daemon, connect, disconnect, reply including a
+//! daemon's last reply, cancel of queued and running tasks, fail_all) in
+//! dispatcher and in round-robin mode.
 //! The model below learns about the world only from the returned `Action`s,
 //! exactly as the host does, so anything the host could not reconstruct from
 //! them (a task failed but never dropped, a send to a daemon that is gone)
@@ -13,11 +14,14 @@
 //! and nothing names it afterwards; a task is on at most one daemon, only a
 //! connected one, and a dispatcher daemon runs at most one; sends follow the
 //! queue order (FIFO, requeued tasks first); no task waits while a daemon
-//! could take it; `counters()`, `idle_count()`, `pending_tasks()` and
+//! could take it; a pinned task runs only on its daemon, before any FIFO
+//! task there (dispatcher), and fails with "connection reset" exactly when
+//! its daemon leaves before starting it (or is gone already);
+//! `counters()`, `idle_count()`, `pending_tasks()` and
 //! `tracked_tasks()` agree with the model; the queued bytes are those of
-//! the model's queue. At the end a fresh daemon is connected and every
-//! daemon answers until idle: by then every task must be resolved and
-//! dropped.
+//! the model's queue. At the end a fresh daemon is
+//! connected and every daemon answers until idle: by then every task must be
+//! resolved and dropped.
 //!
 //! A failure names its mode, seed and step. Replay one seed with a trace of
 //! every event and its actions:
@@ -27,7 +31,7 @@
 //! ```
 
 use mirai::sched::{Action, DaemonId, Sched, TaskId, ERR_CANCELED, ERR_RESET, ERR_TIMEOUT};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Debug builds are an order of magnitude slower; they still get a real run.
 const SEEDS: u64 = if cfg!(debug_assertions) { 200 } else { 2_000 };
@@ -58,6 +62,7 @@ impl Rng {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Submit(TaskId),
+    SubmitTo { task: TaskId, daemon: DaemonId },
     Connect(DaemonId),
     Disconnect(DaemonId),
     Reply { daemon: DaemonId, task: TaskId, last: bool },
@@ -75,6 +80,7 @@ enum Res {
 #[derive(Debug)]
 struct MTask {
     on: Option<DaemonId>,
+    pin: Option<DaemonId>,
     res: Res,
     dropped: bool,
 }
@@ -91,6 +97,12 @@ struct Model {
     /// submission, except that tasks a departing daemon never started go
     /// back to the front, in their original order.
     queue: VecDeque<TaskId>,
+    /// Pinned tasks not yet sent, per daemon, in submission order.
+    pinned: BTreeMap<DaemonId, VecDeque<TaskId>>,
+    /// Pinned tasks whose daemon left (or was gone) before starting them:
+    /// the only ones allowed to fail with "connection reset" besides
+    /// `reset_victim`, and they must.
+    orphans: BTreeSet<TaskId>,
     connects: u64,
     delivered: u64,
     next_daemon: DaemonId,
@@ -110,6 +122,8 @@ impl Model {
             tasks: Vec::new(),
             daemons: BTreeMap::new(),
             queue: VecDeque::new(),
+            pinned: BTreeMap::new(),
+            orphans: BTreeSet::new(),
             connects: 0,
             delivered: 0,
             next_daemon: 1,
@@ -137,10 +151,28 @@ impl Model {
             let m = &mut self.tasks[t as usize];
             m.on = None;
             if i >= running && m.res == Res::Pending {
-                self.queue.push_front(t);
+                if m.pin.is_some() {
+                    self.orphans.insert(t);
+                } else {
+                    self.queue.push_front(t);
+                }
             }
         }
+        for t in self.pinned.remove(&d).unwrap_or_default() {
+            self.orphans.insert(t);
+        }
         q
+    }
+
+    /// After the event: every orphan failed with "connection reset".
+    fn check_orphans(&mut self) -> Result<(), String> {
+        for t in std::mem::take(&mut self.orphans) {
+            let res = self.tasks[t as usize].res;
+            if res != Res::Failed(ERR_RESET) {
+                return err(format!("pinned task {t} lost its daemon but is {res:?}, not failed with ERR_RESET"));
+            }
+        }
+        Ok(())
     }
 
     fn resolve(&mut self, t: TaskId, res: Res) -> Result<(), String> {
@@ -152,7 +184,14 @@ impl Model {
             return err(format!("task {t} resolved twice: was {:?}, now {res:?}", m.res));
         }
         m.res = res;
-        self.queue.retain(|&q| q != t);
+        match m.pin {
+            Some(d) => {
+                if let Some(p) = self.pinned.get_mut(&d) {
+                    p.retain(|&q| q != t);
+                }
+            }
+            None => self.queue.retain(|&q| q != t),
+        }
         Ok(())
     }
 
@@ -175,6 +214,7 @@ impl Model {
                 if self.dispatcher && !q.is_empty() {
                     return err(format!("dispatcher daemon already runs {q:?}"));
                 }
+                let dispatcher = self.dispatcher;
                 let m = self.task(task)?;
                 if m.dropped || m.res != Res::Pending {
                     return err(format!("task is no longer pending ({:?}, dropped={})", m.res, m.dropped));
@@ -183,10 +223,25 @@ impl Model {
                     return err(format!("task is already on daemon {other}"));
                 }
                 m.on = Some(daemon);
-                if self.queue.front() != Some(&task) {
-                    return err(format!("out of order: the queue's head is {:?}", self.queue.front()));
+                match m.pin {
+                    Some(p) if p != daemon => return err(format!("task is pinned to daemon {p}")),
+                    Some(_) => {
+                        let q = self.pinned.get_mut(&daemon);
+                        if q.as_ref().and_then(|q| q.front()) != Some(&task) {
+                            return err(format!("pinned out of order: this daemon's head is {q:?}"));
+                        }
+                        q.unwrap().pop_front();
+                    }
+                    None => {
+                        if dispatcher && self.pinned.get(&daemon).is_some_and(|q| !q.is_empty()) {
+                            return err("a FIFO task went ahead of the daemon's pinned work");
+                        }
+                        if self.queue.front() != Some(&task) {
+                            return err(format!("out of order: the queue's head is {:?}", self.queue.front()));
+                        }
+                        self.queue.pop_front();
+                    }
                 }
-                self.queue.pop_front();
                 self.daemons.get_mut(&daemon).unwrap().push_back(task);
             }
             Action::Deliver { task } => {
@@ -197,9 +252,11 @@ impl Model {
                 self.delivered += 1;
             }
             Action::Fail { task, code } => {
+                let orphan = code == ERR_RESET && self.orphans.contains(&task);
                 let allowed = match op {
                     Op::Cancel { task: t, code: c } => t == task && c == code,
-                    Op::Disconnect(_) => code == ERR_RESET && self.reset_victim == Some(task),
+                    Op::Disconnect(_) => orphan || (code == ERR_RESET && self.reset_victim == Some(task)),
+                    Op::Reply { last: true, .. } | Op::SubmitTo { .. } => orphan,
                     Op::FailAll(c) => c == code,
                     _ => false,
                 };
@@ -248,13 +305,38 @@ impl Model {
         let acts = match op {
             Op::Submit(t) => {
                 assert_eq!(t as usize, self.tasks.len());
-                self.tasks.push(MTask { on: None, res: Res::Pending, dropped: false });
+                self.tasks.push(MTask { on: None, pin: None, res: Res::Pending, dropped: false });
                 self.queue.push_back(t);
                 let acts = s.submit_sized(t, task_bytes(t));
                 self.apply(op, &acts)?;
                 only_sends(&acts)?;
                 if self.dispatcher && acts.len() > 1 {
                     return err("one submit started more than one task");
+                }
+                acts
+            }
+            Op::SubmitTo { task: t, daemon: d } => {
+                assert_eq!(t as usize, self.tasks.len());
+                self.tasks.push(MTask { on: None, pin: Some(d), res: Res::Pending, dropped: false });
+                let connected = self.daemons.contains_key(&d);
+                let was_idle = self.daemons.get(&d).is_some_and(|q| q.is_empty());
+                if connected {
+                    self.pinned.entry(d).or_default().push_back(t);
+                } else {
+                    self.orphans.insert(t);
+                }
+                let acts = s.submit_to(t, d);
+                self.apply(op, &acts)?;
+                self.check_orphans()?;
+                let want = if !connected {
+                    vec![Action::Fail { task: t, code: ERR_RESET }, Action::Drop { task: t }]
+                } else if !self.dispatcher || was_idle {
+                    vec![Action::Send { daemon: d, task: t }]
+                } else {
+                    Vec::new()
+                };
+                if acts != want {
+                    return err(format!("submit_to gave {acts:?}, expected {want:?}"));
                 }
                 acts
             }
@@ -275,6 +357,7 @@ impl Model {
                 let was_pending = self.reset_victim.map(|t| self.pending(t));
                 let acts = s.disconnect(d);
                 self.apply(op, &acts)?;
+                self.check_orphans()?;
                 if let (Some(t), Some(true)) = (self.reset_victim, was_pending) {
                     if self.tasks[t as usize].res != Res::Failed(ERR_RESET) {
                         return err(format!("running task {t} of a lost daemon did not fail with ERR_RESET"));
@@ -293,6 +376,7 @@ impl Model {
                 }
                 let acts = s.reply(daemon, task, last);
                 self.apply(op, &acts)?;
+                self.check_orphans()?;
                 let delivered = acts.contains(&Action::Deliver { task });
                 if delivered != was_pending {
                     return err(format!("reply: delivered={delivered} but task was pending={was_pending}"));
@@ -355,12 +439,25 @@ impl Model {
                     return err(format!("task {id} thinks it is on {d}"));
                 }
             }
+            if m.on.is_some() && m.pin.is_some() && m.on != m.pin {
+                return err(format!("task {id} pinned to {:?} is on {:?}", m.pin, m.on));
+            }
             pending += (m.res == Res::Pending) as u64;
             awaiting += (m.res == Res::Pending && m.on.is_none()) as u64;
             alive += !m.dropped as usize;
         }
-        if awaiting != self.queue.len() as u64 {
-            return err(format!("model queue {:?} disagrees with {awaiting} pending tasks on no daemon", self.queue));
+        let pinned_waiting: usize = self.pinned.values().map(|q| q.len()).sum();
+        if awaiting != (self.queue.len() + pinned_waiting) as u64 {
+            return err(format!(
+                "model queue {:?} and pins {:?} disagree with {awaiting} pending tasks on no daemon",
+                self.queue, self.pinned
+            ));
+        }
+        // A pinned task waits only for its own daemon to finish something.
+        for (d, q) in &self.pinned {
+            if !q.is_empty() && (!self.dispatcher || !self.daemons.get(d).is_some_and(|r| !r.is_empty())) {
+                return err(format!("pinned tasks {q:?} wait although daemon {d} could take one"));
+            }
         }
         let executing: u64 = self.daemons.values().map(|q| q.len() as u64).sum();
         if executing != on_daemons {
@@ -377,8 +474,8 @@ impl Model {
         }
         // Work-conserving: nothing waits while a daemon could take it.
         let could_take = if self.dispatcher { idle > 0 } else { !self.daemons.is_empty() };
-        if awaiting > 0 && could_take {
-            return err(format!("{awaiting} tasks wait although a daemon could take one"));
+        if !self.queue.is_empty() && could_take {
+            return err(format!("{} tasks wait although a daemon could take one", self.queue.len()));
         }
         let c = s.counters();
         let queued_bytes: u64 = self.queue.iter().map(|&t| task_bytes(t)).sum();
@@ -423,6 +520,7 @@ fn only_sends(acts: &[Action]) -> Result<(), String> {
 struct Mix {
     max_daemons: usize,
     w_submit: u64,
+    w_submit_to: u64,
     w_connect: u64,
     w_disconnect: u64,
     w_reply: u64,
@@ -436,6 +534,7 @@ impl Mix {
         Mix {
             max_daemons: 1 + r.below(6) as usize,
             w_submit: 10 + r.below(40),
+            w_submit_to: if r.one_in(4) { 0 } else { r.below(20) },
             w_connect: 2 + r.below(12),
             w_disconnect: r.below(8),
             w_reply: 10 + r.below(40),
@@ -457,6 +556,7 @@ fn next_op(r: &mut Rng, mix: &Mix, m: &Model) -> Op {
         (if busy.is_empty() { 0 } else { mix.w_reply }, 3),
         (if n_tasks == 0 { 0 } else { mix.w_cancel }, 4),
         (mix.w_fail_all, 5),
+        (mix.w_submit_to, 6),
     ];
     let total: u64 = choices.iter().map(|c| c.0).sum();
     let mut x = r.below(total);
@@ -492,7 +592,17 @@ fn next_op(r: &mut Rng, mix: &Mix, m: &Model) -> Op {
             };
             Op::Cancel { task, code }
         }
-        _ => Op::FailAll(ERR_RESET),
+        5 => Op::FailAll(ERR_RESET),
+        _ => {
+            // Mostly a connected daemon; sometimes one that left, or id 0,
+            // which never connects.
+            let daemon = if !connected.is_empty() && !r.one_in(6) {
+                r.pick(&connected)
+            } else {
+                r.below(m.next_daemon)
+            };
+            Op::SubmitTo { task: n_tasks, daemon }
+        }
     }
 }
 
@@ -602,7 +712,7 @@ fn round_robin_mode_random_interleavings() {
 #[test]
 fn generator_covers_every_event_kind() {
     for dispatcher in [true, false] {
-        let mut seen = [0u64; 8];
+        let mut seen = [0u64; 12];
         for seed in 0..50 {
             let mut r = Rng(seed);
             let mix = Mix::new(&mut r);
@@ -612,6 +722,16 @@ fn generator_covers_every_event_kind() {
                 let op = next_op(&mut r, &mix, &m);
                 let k = match op {
                     Op::Submit(_) => 0,
+                    Op::SubmitTo { daemon, .. } if !m.daemons.contains_key(&daemon) => 8,
+                    Op::SubmitTo { daemon, .. } if m.daemons[&daemon].is_empty() => 9,
+                    Op::SubmitTo { .. } => 10,
+                    // A daemon leaves with pinned work it never started.
+                    Op::Disconnect(d) | Op::Reply { daemon: d, last: true, .. }
+                        if m.pinned.get(&d).is_some_and(|q| !q.is_empty())
+                            || m.daemons[&d].iter().skip(1).any(|&t| m.tasks[t as usize].pin.is_some()) =>
+                    {
+                        11
+                    }
                     Op::Connect(d) => {
                         m.next_daemon = d + 1;
                         1
