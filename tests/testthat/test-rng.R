@@ -159,3 +159,28 @@ test_that("seed = NULL without dispatcher: each launch command carries the next 
   expect_true(setequal(seeds, list(s, nth_stream(s, 1))))
   expect_identical(nextget("stream"), nth_stream(s, 2))
 })
+
+test_that("seed = k: mirai_map(1:12, rnorm) is identical on 2 dispatcher daemons plus 1 launched and on 4 without dispatcher", {
+  daemons(2, seed = 1546)
+  launch_local(1)
+  expect_true(wait_until(function() status()$connections == 3L))
+  a <- mirai_map(1:12, rnorm)[]
+  daemons(0)
+  daemons(4, dispatcher = FALSE, seed = 1546)
+  b <- mirai_map(1:12, rnorm)[]
+  daemons(0)
+  expect_identical(a, b)
+  expect_identical(lengths(a), 1:12)
+  # And equal to drawing from each stream in turn in this process.
+  want <- with_rng_restored({
+    RNGkind("L'Ecuyer-CMRG")
+    set.seed(1546)
+    s <- get(".Random.seed", envir = globalenv())
+    lapply(1:12, function(n) {
+      assign(".Random.seed", s, envir = globalenv())
+      s <<- parallel::nextRNGStream(s)
+      rnorm(n)
+    })
+  })
+  expect_identical(a, want)
+})
