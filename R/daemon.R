@@ -88,11 +88,11 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           walltime - (proc.time()[["elapsed"]] * 1000 - start), maxtasks - count)
     snap <- snapshot()
     box <- new.env(parent = emptyenv())
-    cur <- NULL
     repeat {
       # A cancel raises SIGINT while a task evaluates; should it land just
       # outside the evaluation, it is caught here (set up once, off the
-      # per-task path) and the task is answered as interrupted.
+      # per-task path) and the task, if still unanswered, is answered as
+      # interrupted (the native side knows which task that is).
       stopped <- tryCatch({
         repeat {
           msg <- .Call(C_mirai_daemon_recv, conn)
@@ -100,13 +100,11 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
             code <- msg
             break
           }
-          cur <- msg[[1L]]
           # list(id, NULL, message): the task could not be unserialized.
           res <- if (length(msg) > 2L) mirai_error(simpleError(msg[[3L]])) else eval_task(msg[[2L]], box)
-          last <- send_result(conn, cur, res)
-          cur <- NULL
+          last <- send_result(conn, msg[[1L]], res)
           if (last) {
-            code <- last
+            code <- max(last, 0L)
             break
           }
           # everywhere() tasks mark their payload: what they change is meant
@@ -118,11 +116,11 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
         TRUE
       }, interrupt = function(e) FALSE)
       if (stopped) break
-      if (!is.null(cur)) {
+      cur <- .Call(C_mirai_daemon_current, conn)
+      if (cur > 0) {
         last <- send_result(conn, cur, mirai_interrupt())
-        cur <- NULL
         if (last) {
-          code <- last
+          code <- max(last, 0L)
           break
         }
       }
@@ -142,7 +140,7 @@ send_result <- function(conn, id, res) {
     err <- mirai_error(simpleError(paste("result could not be serialized:", last)))
     last <- .Call(C_mirai_daemon_send, conn, id, err)
   }
-  if (last) .Call(C_mirai_daemon_linger, conn, 5000)
+  if (last > 0L) .Call(C_mirai_daemon_linger, conn, 5000)
   last
 }
 

@@ -607,7 +607,9 @@ pub extern "C" fn mirai_race(aios: SEXP) -> SEXP {
 pub extern "C" fn mirai_aio_cancel(aio: SEXP) -> SEXP {
     entry(|| {
         let a = get::<Aio>(aio, "aio")?;
-        let found = a.profile.host.dispatcher && a.profile.host.cancel(a.id, crate::sched::ERR_CANCELED);
+        // The host forgets the task either way (an ephemeral host can then
+        // stop); only a dispatcher also interrupts it on its daemon.
+        let found = a.profile.host.cancel(a.id, crate::sched::ERR_CANCELED) && a.profile.host.dispatcher;
         a.slot.complete(Outcome::Error(crate::sched::ERR_CANCELED));
         Ok(lgl(found))
     })
@@ -718,7 +720,7 @@ pub extern "C" fn mirai_daemon_recv(conn: SEXP) -> SEXP {
 
 /// Sends the result of task `id`. Returns 0, or the exit code (2 wall time,
 /// 3 task limit) when this was the daemon's last task, in which case the
-/// reply carries the marker. A message if `value` could not be serialized:
+/// reply carries the marker; -2 if the host has gone. A message if `value` could not be serialized:
 /// nothing was sent, and the caller sends an error value instead.
 #[no_mangle]
 pub extern "C" fn mirai_daemon_send(conn: SEXP, id: SEXP, value: SEXP) -> SEXP {
@@ -747,8 +749,22 @@ pub extern "C" fn mirai_daemon_send(conn: SEXP, id: SEXP, value: SEXP) -> SEXP {
                 RError::Unwind => "R could not serialize the value".into(),
             }));
         }
-        c.send(frame)?;
+        if c.send(frame).is_err() {
+            // The host is gone: the loop ends as for a closed connection
+            // (and reconnects with autoexit = FALSE).
+            return Ok(unsafe { Rf_ScalarInteger(-2) });
+        }
         Ok(unsafe { Rf_ScalarInteger(last.unwrap_or(0)) })
+    })
+}
+
+/// Id of the task being evaluated, 0 if none (as a double: ids are u64).
+#[no_mangle]
+pub extern "C" fn mirai_daemon_current(conn: SEXP) -> SEXP {
+    entry(|| {
+        let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
+        let id = cell.lock().unwrap().as_ref().map_or(0, |c| c.current());
+        Ok(unsafe { Rf_ScalarReal(id as f64) })
     })
 }
 

@@ -233,6 +233,11 @@ impl ClientConn {
         self.stream.write_all(&frame).map_err(|e| format!("cannot send result to host: {e}"))
     }
 
+    /// The task R is evaluating (0: none).
+    pub fn current(&self) -> u64 {
+        self.shared.evaluating.load(Ordering::Acquire)
+    }
+
     /// Ends the running task's watch. True if a cancel raised SIGINT for it:
     /// the caller then clears R's pending interrupt, in case the evaluation
     /// finished before R acted on it.
@@ -252,6 +257,11 @@ impl ClientConn {
         std::thread::Builder::new().name("mirai-watch".into()).spawn(move || {
             loop {
                 let task = sh.evaluating.load(Ordering::Acquire);
+                if task != 0 {
+                    // A cancel that arrived in the same read as its task sits
+                    // in the decoder's buffer: poll would never report it.
+                    watch_read(&sh);
+                }
                 // Idle: R's thread reads, so only a hang-up is of interest.
                 let events = if task != 0 { libc::POLLIN | libc::POLLRDHUP } else { libc::POLLRDHUP };
                 let mut p = libc::pollfd { fd, events, revents: 0 };

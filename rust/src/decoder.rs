@@ -17,6 +17,7 @@ pub struct Decoder {
     body: Vec<u8>,
     filled: usize,
     in_body: bool,
+    limit: u64,
 }
 
 fn proto_err(msg: String) -> io::Error {
@@ -25,7 +26,13 @@ fn proto_err(msg: String) -> io::Error {
 
 impl Decoder {
     pub fn new(framing: Framing) -> Self {
+        Self::with_limit(framing, MAX_MESSAGE)
+    }
+
+    /// A decoder that refuses messages longer than `limit` bytes.
+    pub fn with_limit(framing: Framing, limit: u64) -> Self {
         Decoder {
+            limit,
             framing,
             buf: vec![0u8; STAGING].into_boxed_slice(),
             start: 0,
@@ -35,6 +42,10 @@ impl Decoder {
             filled: 0,
             in_body: false,
         }
+    }
+
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit;
     }
 
     /// True when bytes are already buffered, so a caller that polls the
@@ -88,7 +99,7 @@ impl Decoder {
                 self.need_header = false;
             } else {
                 let len = self.framing.parse_prefix(chunk).map_err(proto_err)?;
-                if len > MAX_MESSAGE {
+                if len > self.limit {
                     return Err(proto_err(format!("message length {len} exceeds the limit")));
                 }
                 self.body = vec![0u8; len as usize];

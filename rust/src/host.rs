@@ -17,7 +17,7 @@
 
 use crate::aio::{Notifier, Outcome, Slot};
 use crate::decoder::Decoder;
-use crate::frame::{strip_hop, Framing, SP_HEADER};
+use crate::frame::{strip_hop, Framing, MAX_MESSAGE, SP_HEADER};
 use crate::proto::{self, Msg, PROTOCOL_VERSION};
 use crate::rng;
 use crate::sched::{Action, Counters, Sched, TaskId, ERR_RESET, ERR_TIMEOUT};
@@ -34,6 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(0);
+const HELLO_LIMIT: u64 = 64 * 1024;
 const WAKER: Token = Token(1);
 
 #[derive(Default)]
@@ -407,7 +408,10 @@ impl Core {
                         continue;
                     }
                     let mut c =
-                        Conn { stream, dec: Decoder::new(framing), wq: VecDeque::new(), ready: false, retiring: false };
+                        // Until its Hello is accepted a peer may send only small
+                        // messages: a huge length must not make the host
+                        // allocate it.
+                        Conn { stream, dec: Decoder::with_limit(framing, HELLO_LIMIT), wq: VecDeque::new(), ready: false, retiring: false };
                     c.push(Rc::new(SP_HEADER.to_vec()));
                     self.conns.insert(token, c);
                     self.flush_conn(token);
@@ -468,6 +472,7 @@ impl Core {
                 let init = self.init_frame();
                 let c = self.conns.get_mut(&t).unwrap();
                 c.ready = true;
+                c.dec.set_limit(MAX_MESSAGE);
                 c.push(init);
                 let acts = self.sched.connect(t.0 as u64);
                 self.apply(acts, None);
@@ -568,7 +573,10 @@ impl Core {
             let toks: Vec<Token> = self.conns.iter().filter(|(_, c)| c.ready).map(|(t, _)| *t).collect();
             for t in toks {
                 if let Some(c) = self.conns.get_mut(&t) {
-                    c.wq.clear();
+                    // A frame already partly written must be finished, or
+                    // the Exit bytes would land inside it.
+                    let keep = c.wq.front().is_some_and(|(_, off)| *off > 0) as usize;
+                    c.wq.truncate(keep);
                     c.push(exit.clone());
                     let deadline = Instant::now() + Duration::from_millis(500);
                     while !c.wq.is_empty() && Instant::now() < deadline {

@@ -96,6 +96,7 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn, ev
         mirai_daemon_recv / 1,
         mirai_daemon_send / 3,
         mirai_daemon_linger / 2,
+        mirai_daemon_current / 1,
         mirai_daemon_close / 1,
         mirai_parse_url / 1,
         mirai_random_hex / 1,

@@ -109,10 +109,23 @@ impl Read for Stream {
     }
 }
 
+/// write(2) on a socket whose peer is gone raises SIGPIPE, and R's handler
+/// for it raises an R error: from R's thread a longjmp through Rust, from
+/// any other thread a crash. send(2) with MSG_NOSIGNAL reports EPIPE
+/// instead. (std already does this for TCP streams, not for Unix ones.)
+fn send_nosignal(fd: RawFd, b: &[u8]) -> io::Result<usize> {
+    let n = unsafe { libc::send(fd, b.as_ptr() as *const libc::c_void, b.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 impl Write for Stream {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Unix(s) => s.write(b),
+            Stream::Unix(s) => send_nosignal(s.as_raw_fd(), b),
             Stream::Tcp(s) => s.write(b),
         }
     }
@@ -163,7 +176,7 @@ impl Read for BlockingStream {
 impl Write for BlockingStream {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         match self {
-            BlockingStream::Unix(s) => s.write(b),
+            BlockingStream::Unix(s) => send_nosignal(s.as_raw_fd(), b),
             BlockingStream::Tcp(s) => s.write(b),
         }
     }

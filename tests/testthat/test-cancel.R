@@ -101,3 +101,27 @@ test_that("with a dispatcher, maxtasks retires a daemon without losing its last 
   expect_identical(unlist(collect_mirai(ms)), 1:3)
   expect_identical(info()[["cumulative"]], 2L)
 })
+
+test_that("a task stopped the moment it is sent still frees its daemon at once", {
+  daemons(1)
+  on.exit(daemons(0))
+  pid <- mirai(Sys.getpid())[]
+  for (i in 1:5) {
+    m <- mirai(Sys.sleep(30))
+    stop_mirai(m)
+    t0 <- Sys.time()
+    expect_identical(mirai(Sys.getpid())[], pid)
+    expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 5)
+  }
+})
+
+test_that("writing to a daemon that has just died is not an R error (no SIGPIPE)", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  pid <- mirai(Sys.getpid())[]
+  tools::pskill(pid, tools::SIGKILL)
+  ms <- lapply(1:200, function(i) mirai(i, i = i))
+  expect_true(wait_until(function() status()$connections == 0L))
+  launch_local(1)
+  expect_identical(unlist(collect_mirai(ms[150:200])), 150:200)
+})
