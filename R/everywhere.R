@@ -1,5 +1,6 @@
-# everywhere(): one task pinned to each connected daemon (the host does the
-# fan-out, see Host::broadcast in rust/src/host.rs).
+# everywhere(): one task pinned to each connected daemon, plus tasks for
+# daemons yet to connect up to `.min` (the host does the fan-out, see
+# Host::broadcast in rust/src/host.rs).
 
 #' Evaluate Everywhere
 #'
@@ -21,12 +22,13 @@
 #' daemon, nor on a daemon it was not meant for: if a daemon disconnects
 #' before evaluating it, that daemon's mirai resolves to 'errorValue' 19.
 #'
-#' Only daemons connected at the time of the call take part. If fewer than
-#' `.min` are connected, `everywhere()` first waits for `.min` connections
-#' (up to 60 seconds; Ctrl-C ends the wait, and so does an error if they
-#' are not reached), which suits daemons just started with [launch_local()]
-#' or launched remotely. Daemons that connect afterwards do not evaluate
-#' earlier `everywhere()` calls: call it again once they have joined.
+#' Daemons connected at the time of the call take part. If fewer than
+#' `.min` are connected, the difference is sent to daemons that connect
+#' later, one task each (the first `.min` minus connected daemons to join),
+#' so `everywhere()` can be called straight after [daemons()] with a `url`,
+#' before the daemons have been launched; it never waits. Other daemons that
+#' connect afterwards do not evaluate earlier `everywhere()` calls: call it
+#' again once they have joined.
 #'
 #' It does not use up a random number stream of a profile set up with
 #' `daemons(seed = )`, so the results of mirai do not depend on it. In
@@ -34,8 +36,8 @@
 #' once, in this process.
 #'
 #' @inheritParams mirai
-#' @param .min integer: the minimum number of connected daemons to wait for
-#'   before evaluating (see Details).
+#' @param .min integer: the minimum number of daemons to evaluate on,
+#'   counting daemons yet to connect (see Details).
 #' @return A 'mirai_map' (a list of 'mirai', one per daemon), invisibly:
 #'   collect it with `x[]` to wait until every daemon has evaluated the
 #'   expression and see the results.
@@ -63,23 +65,7 @@ everywhere <- function(.expr, ..., .args = list(), .min = 1L, .compute = NULL) {
   data <- list(._expr_. = expr, ._globals_. = named_list(list(...), "`...` arguments"),
                ._args_. = named_list(.args, "items in `.args`"), ._everywhere_. = TRUE)
   prof <- profile_of(.compute)
-  out <- if (isTRUE(prof$sync)) list(sync_mirai(prof, data, seed = FALSE)) else {
-    await_daemons(prof$host, .min)
-    .Call(C_mirai_host_broadcast, prof$host, data)
-  }
+  out <- if (isTRUE(prof$sync)) list(sync_mirai(prof, data, seed = FALSE))
+         else .Call(C_mirai_host_broadcast, prof$host, data, .min)
   invisible(structure(out, class = "mirai_map"))
-}
-
-# Waits until `n` daemons are connected, interruptibly and for at most
-# `secs`, with a progress message every 10 s.
-await_daemons <- function(host, n, secs = 60) {
-  start <- Sys.time()
-  waited <- 0
-  while (!.Call(C_mirai_host_wait_ready, host, n, 1000 * min(10, secs - waited))) {
-    waited <- as.numeric(difftime(Sys.time(), start, units = "secs"))
-    if (waited >= secs)
-      stop(sprintf("`.min` not reached: %d of %d daemons connected after %d secs",
-                   .Call(C_mirai_host_info, host)[[1L]], as.integer(n), as.integer(waited)), call. = FALSE)
-    message(sprintf("mirai: waiting for %d daemon(s) to connect [%d secs elapsed]", as.integer(n), as.integer(waited)))
-  }
 }

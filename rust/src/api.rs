@@ -252,7 +252,7 @@ pub extern "C" fn mirai_host_memory(p: SEXP) -> SEXP {
 /// `everywhere()`: the payload once to every connected daemon; a list of
 /// mirai, one per daemon (empty if none is connected).
 #[no_mangle]
-pub extern "C" fn mirai_host_broadcast(p: SEXP, data: SEXP) -> SEXP {
+pub extern "C" fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> SEXP {
     entry(|| {
         let prof = get::<Arc<Profile>>(p, "profile")?.clone();
         let serial_cfg = unsafe { R_ExternalPtrProtected(p) };
@@ -261,7 +261,8 @@ pub extern "C" fn mirai_host_broadcast(p: SEXP, data: SEXP) -> SEXP {
             RError::Msg(m) => RError::Msg(format!("cannot serialize the task: {m}")),
             e => e,
         })?;
-        let tasks = prof.host.broadcast(payload);
+        let min = sexp_f64(min, ".min")?;
+        let tasks = prof.host.broadcast(payload, if min.is_finite() && min > 0.0 { min as usize } else { 0 });
         unsafe {
             let out = Rf_protect(Rf_allocVector(VECSXP, tasks.len() as isize));
             for (i, (id, slot)) in tasks.into_iter().enumerate() {

@@ -199,14 +199,19 @@ impl Host {
     /// and none is counted twice. The R-serialized `payload` is shared by
     /// all the frames rather than copied per daemon: it may be large data
     /// meant for every daemon. Returns each task's id and slot.
-    pub fn broadcast(&self, payload: Vec<u8>) -> Vec<(TaskId, Arc<Slot>)> {
+    /// With fewer than `min` daemons connected, the difference goes as
+    /// tasks for the next daemons to connect, one each.
+    pub fn broadcast(&self, payload: Vec<u8>, min: usize) -> Vec<(TaskId, Arc<Slot>)> {
         let mut core = self.core.lock().unwrap();
         if core.stopped || core.shutdown.is_some() {
             return Vec::new();
         }
         let payload = Rc::new(payload);
         let mut out = Vec::new();
-        for d in core.sched.daemon_ids() {
+        let ids = core.sched.daemon_ids();
+        let later = min.saturating_sub(ids.len());
+        let targets = ids.into_iter().map(Some).chain(std::iter::repeat(None).take(later));
+        for d in targets {
             let id = self.next_task_id();
             let mut head = Vec::with_capacity(32);
             core.framing.begin(&mut head);
@@ -214,7 +219,10 @@ impl Host {
             core.framing.finish_with_tail(&mut head, payload.len());
             let slot = Slot::new(self.notifier.clone());
             core.tasks.insert(id, TaskEntry { frame: Rc::new(head), tail: Some(payload.clone()), slot: slot.clone() });
-            let acts = core.sched.submit_to(id, d);
+            let acts = match d {
+                Some(d) => core.sched.submit_to(id, d),
+                None => core.sched.submit_to_next(id),
+            };
             core.apply(acts, None);
             out.push((id, slot));
         }

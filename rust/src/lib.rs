@@ -74,7 +74,7 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn, ev
         mirai_host_start / 7,
         mirai_host_url / 1,
         mirai_host_submit / 3,
-        mirai_host_broadcast / 2,
+        mirai_host_broadcast / 3,
         mirai_host_info / 1,
         mirai_host_room / 1,
         mirai_host_memory / 1,

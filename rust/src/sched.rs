@@ -15,7 +15,9 @@
 //! idle and then goes ahead of the FIFO queue (so a daemon with pinned work
 //! waiting is never idle); without one it is written to that daemon at once.
 //! If its daemon goes away first, it fails with "connection reset" rather
-//! than being requeued.
+//! than being requeued. A task may also be pinned to a daemon that has yet
+//! to connect (`submit_to_next`): each such task goes to a different newly
+//! connected daemon, ahead of the queue.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -112,6 +114,8 @@ pub struct Sched {
     /// Sum of every daemon's `pinned` length: `counters()` runs after each
     /// event and should not walk the daemons for it.
     pinned_waiting: usize,
+    /// Tasks each waiting for a daemon that has not connected yet.
+    for_next: VecDeque<TaskId>,
     counters: Counters,
     queued_bytes: u64,
     peak_bytes: u64,
@@ -127,6 +131,7 @@ impl Sched {
             idle: IdleSet::default(),
             ring: VecDeque::new(),
             pinned_waiting: 0,
+            for_next: VecDeque::new(),
             counters: Counters::default(),
             queued_bytes: 0,
             peak_bytes: 0,
@@ -136,7 +141,7 @@ impl Sched {
     pub fn counters(&self) -> Counters {
         let mut c = self.counters;
         c.connections = self.daemons.len() as u64;
-        c.awaiting = (self.queue.len() + self.pinned_waiting) as u64;
+        c.awaiting = (self.queue.len() + self.pinned_waiting + self.for_next.len()) as u64;
         c.executing = self.daemons.values().map(|d| d.inflight.len() as u64).sum::<u64>();
         c.queued_bytes = self.queued_bytes;
         c.peak_bytes = self.peak_bytes;
@@ -205,13 +210,26 @@ impl Sched {
         out
     }
 
+    /// Submits a task for the next daemon to connect that has not had one
+    /// of these (each such task goes to a different daemon).
+    pub fn submit_to_next(&mut self, task: TaskId) -> Vec<Action> {
+        self.tasks.insert(task, Task { daemon: None, pin: None, resolved: false, bytes: 0 });
+        self.for_next.push_back(task);
+        Vec::new()
+    }
+
     pub fn connect(&mut self, d: DaemonId) -> Vec<Action> {
         self.daemons.insert(d, Daemon::default());
         self.counters.cumulative += 1;
-        self.idle.insert(d);
         // A new daemon is next in line: it has nothing queued yet.
         self.ring.push_front(d);
         let mut out = Vec::new();
+        if let Some(task) = self.for_next.pop_front() {
+            self.tasks.get_mut(&task).unwrap().pin = Some(d);
+            self.start(task, d, &mut out);
+        } else {
+            self.idle.insert(d);
+        }
         self.pump(&mut out);
         out
     }
@@ -291,6 +309,7 @@ impl Sched {
                     }
                     None => {
                         self.queue.retain(|&q| q != task);
+                        self.for_next.retain(|&q| q != task);
                         self.queued_bytes -= t.bytes;
                     }
                 }
@@ -319,6 +338,7 @@ impl Sched {
         // last chance to be dropped; running ones are dropped on reply.
         self.queued_bytes = 0;
         let mut waiting: Vec<TaskId> = std::mem::take(&mut self.queue).into();
+        waiting.extend(std::mem::take(&mut self.for_next));
         for dm in self.daemons.values_mut() {
             waiting.extend(dm.pinned.drain(..));
         }
@@ -575,6 +595,32 @@ mod tests {
         assert_eq!(bytes(&s), (7, 7));
         s.connect(2);
         assert_eq!(bytes(&s), (0, 7));
+    }
+
+    #[test]
+    fn tasks_for_next_daemons_go_one_each_to_new_daemons_first() {
+        let mut s = Sched::new(true);
+        s.connect(1);
+        assert_eq!(sends(&s.submit(1)), vec![(1, 1)]);
+        s.submit(2);
+        assert!(s.submit_to_next(10).is_empty());
+        assert!(s.submit_to_next(11).is_empty());
+        assert_eq!(s.counters().awaiting, 3);
+        // Daemon 1 is not new: it takes the queue, not the pinned ones.
+        assert_eq!(sends(&s.reply(1, 1, false)), vec![(1, 2)]);
+        assert_eq!(sends(&s.connect(2)), vec![(2, 10)]);
+        assert_eq!(sends(&s.connect(3)), vec![(3, 11)]);
+        assert_eq!(s.counters().awaiting, 0);
+        // Once pinned, a task fails with its daemon rather than moving on.
+        let a = s.disconnect(3);
+        assert!(a.contains(&Action::Fail { task: 11, code: ERR_RESET }));
+        // One still waiting can be cancelled, or fails on shutdown.
+        s.submit_to_next(12);
+        s.submit_to_next(13);
+        assert!(s.cancel(12, ERR_CANCELED).0);
+        let a = s.fail_all(ERR_RESET);
+        assert!(a.contains(&Action::Fail { task: 13, code: ERR_RESET }));
+        assert!(a.contains(&Action::Drop { task: 13 }));
     }
 
     #[test]

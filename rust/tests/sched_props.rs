@@ -63,6 +63,7 @@ impl Rng {
 enum Op {
     Submit(TaskId),
     SubmitTo { task: TaskId, daemon: DaemonId },
+    SubmitToNext(TaskId),
     Connect(DaemonId),
     Disconnect(DaemonId),
     Reply { daemon: DaemonId, task: TaskId, last: bool },
@@ -99,6 +100,8 @@ struct Model {
     queue: VecDeque<TaskId>,
     /// Pinned tasks not yet sent, per daemon, in submission order.
     pinned: BTreeMap<DaemonId, VecDeque<TaskId>>,
+    /// Tasks for daemons yet to connect: each new daemon gets the head.
+    for_next: VecDeque<TaskId>,
     /// Pinned tasks whose daemon left (or was gone) before starting them:
     /// the only ones allowed to fail with "connection reset" besides
     /// `reset_victim`, and they must.
@@ -123,6 +126,7 @@ impl Model {
             daemons: BTreeMap::new(),
             queue: VecDeque::new(),
             pinned: BTreeMap::new(),
+            for_next: VecDeque::new(),
             orphans: BTreeSet::new(),
             connects: 0,
             delivered: 0,
@@ -190,7 +194,10 @@ impl Model {
                     p.retain(|&q| q != t);
                 }
             }
-            None => self.queue.retain(|&q| q != t),
+            None => {
+                self.queue.retain(|&q| q != t);
+                self.for_next.retain(|&q| q != t);
+            }
         }
         Ok(())
     }
@@ -340,9 +347,25 @@ impl Model {
                 }
                 acts
             }
+            Op::SubmitToNext(t) => {
+                assert_eq!(t as usize, self.tasks.len());
+                self.tasks.push(MTask { on: None, pin: None, res: Res::Pending, dropped: false });
+                self.for_next.push_back(t);
+                let acts = s.submit_to_next(t);
+                if !acts.is_empty() {
+                    return err(format!("submit_to_next acted at once: {acts:?}"));
+                }
+                acts
+            }
             Op::Connect(d) => {
                 self.daemons.insert(d, VecDeque::new());
                 self.connects += 1;
+                // The new daemon takes the oldest task waiting for one: from
+                // now on that task is pinned to it.
+                if let Some(t) = self.for_next.pop_front() {
+                    self.tasks[t as usize].pin = Some(d);
+                    self.pinned.entry(d).or_default().push_back(t);
+                }
                 let acts = s.connect(d);
                 self.apply(op, &acts)?;
                 only_sends(&acts)?;
@@ -447,7 +470,7 @@ impl Model {
             alive += !m.dropped as usize;
         }
         let pinned_waiting: usize = self.pinned.values().map(|q| q.len()).sum();
-        if awaiting != (self.queue.len() + pinned_waiting) as u64 {
+        if awaiting != (self.queue.len() + pinned_waiting + self.for_next.len()) as u64 {
             return err(format!(
                 "model queue {:?} and pins {:?} disagree with {awaiting} pending tasks on no daemon",
                 self.queue, self.pinned
@@ -521,6 +544,7 @@ struct Mix {
     max_daemons: usize,
     w_submit: u64,
     w_submit_to: u64,
+    w_submit_next: u64,
     w_connect: u64,
     w_disconnect: u64,
     w_reply: u64,
@@ -535,6 +559,7 @@ impl Mix {
             max_daemons: 1 + r.below(6) as usize,
             w_submit: 10 + r.below(40),
             w_submit_to: if r.one_in(4) { 0 } else { r.below(20) },
+            w_submit_next: if r.one_in(3) { 0 } else { r.below(8) },
             w_connect: 2 + r.below(12),
             w_disconnect: r.below(8),
             w_reply: 10 + r.below(40),
@@ -557,6 +582,7 @@ fn next_op(r: &mut Rng, mix: &Mix, m: &Model) -> Op {
         (if n_tasks == 0 { 0 } else { mix.w_cancel }, 4),
         (mix.w_fail_all, 5),
         (mix.w_submit_to, 6),
+        (mix.w_submit_next, 7),
     ];
     let total: u64 = choices.iter().map(|c| c.0).sum();
     let mut x = r.below(total);
@@ -593,6 +619,7 @@ fn next_op(r: &mut Rng, mix: &Mix, m: &Model) -> Op {
             Op::Cancel { task, code }
         }
         5 => Op::FailAll(ERR_RESET),
+        7 => Op::SubmitToNext(n_tasks),
         _ => {
             // Mostly a connected daemon; sometimes one that left, or id 0,
             // which never connects.
@@ -650,9 +677,13 @@ fn run_seed(dispatcher: bool, seed: u64, trace: bool) -> Result<(), String> {
     // Drain: a fresh daemon guarantees someone can take the queue, then every
     // daemon answers until nothing is in flight. Whatever is still unresolved
     // afterwards was lost.
-    let d = m.next_daemon;
-    if let Err(e) = run(&mut m, &mut s, &mut ops, Op::Connect(d)) {
-        return fail(&ops, "drain", e);
+    // (one more per task still waiting for a daemon yet to connect).
+    for _ in 0..=m.for_next.len() {
+        let d = m.next_daemon;
+        m.next_daemon += 1;
+        if let Err(e) = run(&mut m, &mut s, &mut ops, Op::Connect(d)) {
+            return fail(&ops, "drain", e);
+        }
     }
     for _round in 0..100_000 {
         let Some((&d, q)) = m.daemons.iter().find(|(_, q)| !q.is_empty()) else { break };
@@ -712,7 +743,7 @@ fn round_robin_mode_random_interleavings() {
 #[test]
 fn generator_covers_every_event_kind() {
     for dispatcher in [true, false] {
-        let mut seen = [0u64; 12];
+        let mut seen = [0u64; 13];
         for seed in 0..50 {
             let mut r = Rng(seed);
             let mix = Mix::new(&mut r);
@@ -722,6 +753,7 @@ fn generator_covers_every_event_kind() {
                 let op = next_op(&mut r, &mix, &m);
                 let k = match op {
                     Op::Submit(_) => 0,
+                    Op::SubmitToNext(_) => 12,
                     Op::SubmitTo { daemon, .. } if !m.daemons.contains_key(&daemon) => 8,
                     Op::SubmitTo { daemon, .. } if m.daemons[&daemon].is_empty() => 9,
                     Op::SubmitTo { .. } => 10,
