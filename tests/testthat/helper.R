@@ -15,3 +15,26 @@ wait_until <- function(cond, timeout = 10) {
   TRUE
 }
 
+
+# Runs `lines` as an Rscript child that blocks once it has printed `ready`:
+# checks that it uses (next to) no CPU for a second while blocked, sends it
+# SIGINT, and returns all it printed once `done` appears.
+interrupt_child <- function(lines, ready, done, timeout = 20) {
+  script <- tempfile(fileext = ".R")
+  writeLines(lines, script)
+  p <- processx::process$new(file.path(R.home("bin"), "Rscript"), script, stdout = "|", stderr = NULL,
+                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")))
+  on.exit(p$kill())
+  out <- ""
+  read_until <- function(pattern, secs)
+    wait_until(function() { out <<- paste0(out, p$read_output()); grepl(pattern, out) }, secs)
+  testthat::expect_true(read_until(ready, 30))
+  Sys.sleep(0.3)
+  cpu0 <- sum(p$get_cpu_times()[1:2])
+  Sys.sleep(1)
+  # Blocked means no busy polling.
+  testthat::expect_lt(sum(p$get_cpu_times()[1:2]) - cpu0, 0.2)
+  p$interrupt()
+  testthat::expect_true(read_until(done, timeout))
+  out
+}

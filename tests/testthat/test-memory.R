@@ -87,8 +87,7 @@ test_that("mirai() blocks at the cap until the queue drains", {
 
 test_that("a blocked mirai() can be interrupted and leaves the session usable", {
   skip_if_not_installed("processx")
-  script <- tempfile(fileext = ".R")
-  writeLines(c(
+  out <- interrupt_child(c(
     "library(mirai)",
     "daemons(1, memory = 1)",
     "busy <- mirai(Sys.sleep(4))",
@@ -102,19 +101,7 @@ test_that("a blocked mirai() can be interrupted and leaves the session usable", 
     "cat('usable', 1 + 1 == 2, is.null(try_mirai(1)), status()$mirai[['awaiting']], '\\n')",
     "cat('resolved', a[] == sum(x), b[] == sum(x), mirai(2)[], '\\n')",
     "daemons(0)"
-  ), script)
-  p <- processx::process$new(file.path(R.home("bin"), "Rscript"), script, stdout = "|", stderr = "|",
-                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")))
-  on.exit(p$kill())
-  out <- ""
-  expect_true(wait_until(function() { out <<- paste0(out, p$read_output()); grepl("blocking", out) }, 30))
-  Sys.sleep(0.3)
-  cpu0 <- sum(p$get_cpu_times()[1:2])
-  Sys.sleep(1)
-  # Blocking uses (next to) no CPU: no busy polling.
-  expect_lt(sum(p$get_cpu_times()[1:2]) - cpu0, 0.2)
-  p$interrupt()
-  expect_true(wait_until(function() { out <<- paste0(out, p$read_output()); grepl("resolved", out) }, 20))
+  ), ready = "blocking", done = "resolved")
   expect_match(out, "interrupted")
   expect_match(out, "usable TRUE TRUE 2")
   expect_match(out, "resolved TRUE TRUE 2")

@@ -39,8 +39,7 @@ test_that("compute profiles are independent", {
 
 test_that("waiting is interruptible and leaves the session usable", {
   skip_if_not_installed("processx")
-  script <- tempfile(fileext = ".R")
-  writeLines(c(
+  out <- interrupt_child(c(
     "library(mirai)",
     "daemons(1, dispatcher = FALSE)",
     "m <- mirai(Sys.sleep(30))",
@@ -48,19 +47,7 @@ test_that("waiting is interruptible and leaves the session usable", {
     "r <- tryCatch(m[], interrupt = function(e) 'interrupted')",
     "cat(r, '\\n')",
     "cat('usable', 1 + 1 == 2, unresolved(m), '\\n')"
-  ), script)
-  p <- processx::process$new(file.path(R.home("bin"), "Rscript"), script, stdout = "|",
-                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")))
-  on.exit(p$kill())
-  out <- ""
-  expect_true(wait_until(function() { out <<- paste0(out, p$read_output()); grepl("waiting", out) }, 30))
-  Sys.sleep(0.3)
-  cpu0 <- sum(p$get_cpu_times()[1:2])
-  Sys.sleep(1)
-  # Waiting uses (next to) no CPU.
-  expect_lt(sum(p$get_cpu_times()[1:2]) - cpu0, 0.2)
-  p$interrupt()
-  expect_true(wait_until(function() { out <<- paste0(out, p$read_output()); grepl("usable", out) }, 10))
+  ), ready = "waiting", done = "usable", timeout = 10)
   expect_match(out, "interrupted")
   expect_match(out, "usable TRUE TRUE")
 })
