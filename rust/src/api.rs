@@ -674,55 +674,66 @@ pub extern "C" fn mirai_daemon_limits(conn: SEXP, idle: SEXP, wall: SEXP, tasks:
 /// 2 wall time reached.
 #[no_mangle]
 pub extern "C" fn mirai_daemon_recv(conn: SEXP) -> SEXP {
+    enum Got {
+        Task(u64, Vec<u8>, usize),
+        Code(c_int),
+    }
     entry(|| {
-        let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
-        let mut g = cell.lock().unwrap();
-        let c = g.as_mut().ok_or("connection is closed")?;
-        let code = |v: c_int| Ok(unsafe { Rf_ScalarInteger(v) });
-        loop {
-            let slice = match c.limits.wait(Instant::now()) {
-                Err(stop) => return code(stop as c_int),
-                Ok(Some(d)) => d.min(Duration::from_millis(200)),
-                Ok(None) => Duration::from_millis(200),
-            };
-            match c.recv(slice)? {
-                Incoming::Task { id, body, offset } => {
-                    let data = serial::unserialize_with(&body[offset..], unsafe { R_ExternalPtrProtected(conn) });
-                    drop(body);
-                    unsafe {
-                        // A task that cannot be read (a failing custom
-                        // unserializer, say) is answered with an error
-                        // rather than ending the daemon: list(id, NULL, msg).
-                        let (d, err) = match data {
-                            Ok(d) => (Rf_protect(d), None),
-                            Err(e) => (Rf_protect(R_NilValue), Some(format!("cannot unserialize task: {e}"))),
-                        };
-                        let out = Rf_protect(Rf_allocVector(VECSXP, if err.is_some() { 3 } else { 2 }));
-                        SET_VECTOR_ELT(out, 0, Rf_ScalarReal(id as f64));
-                        SET_VECTOR_ELT(out, 1, d);
-                        if let Some(e) = err {
-                            SET_VECTOR_ELT(out, 2, mk_string(&e));
+        // The connection's lock is released before anything allocates in R,
+        // so not even an out-of-memory longjmp can leave it held.
+        let got = {
+            let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
+            let mut g = cell.lock().unwrap();
+            let c = g.as_mut().ok_or("connection is closed")?;
+            loop {
+                let slice = match c.limits.wait(Instant::now()) {
+                    Err(stop) => break Got::Code(stop as c_int),
+                    Ok(Some(d)) => d.min(Duration::from_millis(200)),
+                    Ok(None) => Duration::from_millis(200),
+                };
+                match c.recv(slice)? {
+                    Incoming::Task { id, body, offset } => break Got::Task(id, body, offset),
+                    Incoming::Closed => break Got::Code(0),
+                    Incoming::Exit => break Got::Code(-1),
+                    Incoming::Nothing => {
+                        if interrupt_pending() {
+                            return Err(RError::Interrupt);
                         }
-                        Rf_unprotect(2);
-                        return Ok(out);
-                    }
-                }
-                Incoming::Closed => return code(0),
-                Incoming::Exit => return code(-1),
-                Incoming::Nothing => {
-                    if interrupt_pending() {
-                        return Err(RError::Interrupt);
                     }
                 }
             }
+        };
+        let (id, body, offset) = match got {
+            Got::Code(v) => return Ok(unsafe { Rf_ScalarInteger(v) }),
+            Got::Task(id, body, offset) => (id, body, offset),
+        };
+        let data = serial::unserialize_with(&body[offset..], unsafe { R_ExternalPtrProtected(conn) });
+        drop(body);
+        unsafe {
+            // A task that cannot be read (a failing custom unserializer, say)
+            // is answered with an error rather than ending the daemon:
+            // list(id, NULL, msg).
+            let (d, err) = match data {
+                Ok(d) => (Rf_protect(d), None),
+                Err(e) => (Rf_protect(R_NilValue), Some(format!("cannot unserialize task: {e}"))),
+            };
+            let out = Rf_protect(Rf_allocVector(VECSXP, if err.is_some() { 3 } else { 2 }));
+            SET_VECTOR_ELT(out, 0, Rf_ScalarReal(id as f64));
+            SET_VECTOR_ELT(out, 1, d);
+            if let Some(e) = err {
+                SET_VECTOR_ELT(out, 2, mk_string(&e));
+            }
+            Rf_unprotect(2);
+            Ok(out)
         }
     })
 }
 
 /// Sends the result of task `id`. Returns 0, or the exit code (2 wall time,
 /// 3 task limit) when this was the daemon's last task, in which case the
-/// reply carries the marker; -2 if the host has gone. A message if `value` could not be serialized:
-/// nothing was sent, and the caller sends an error value instead.
+/// reply carries the marker; -2 if the host has gone. A message if `value`
+/// could not be serialized: nothing was sent, and the caller sends an error
+/// value instead.
 #[no_mangle]
 pub extern "C" fn mirai_daemon_send(conn: SEXP, id: SEXP, value: SEXP) -> SEXP {
     entry(|| {
