@@ -18,49 +18,77 @@ pub enum Outcome {
 /// Profile-wide completion signal, for waits on "any of these".
 #[derive(Default)]
 pub struct Notifier {
-    count: Mutex<u64>,
+    state: Mutex<NotifierState>,
     cv: Condvar,
+}
+
+#[derive(Default)]
+struct NotifierState {
+    count: u64,
+    waiters: usize,
 }
 
 impl Notifier {
     pub fn bump(&self) {
-        *self.count.lock().unwrap() += 1;
-        self.cv.notify_all();
+        let waiters = {
+            let mut g = self.state.lock().unwrap();
+            g.count += 1;
+            g.waiters
+        };
+        // Every reply completes a slot: wake (a syscall) only when someone
+        // actually waits. Waiters register under the lock before sleeping,
+        // so none is missed.
+        if waiters > 0 {
+            self.cv.notify_all();
+        }
     }
     pub fn current(&self) -> u64 {
-        *self.count.lock().unwrap()
+        self.state.lock().unwrap().count
     }
     /// Waits until the count moves past `seen` or `slice` passes.
     pub fn wait_past(&self, seen: u64, slice: Duration) -> u64 {
-        let g = self.count.lock().unwrap();
-        let (g, _) = self.cv.wait_timeout_while(g, slice, |c| *c == seen).unwrap();
-        *g
+        let mut g = self.state.lock().unwrap();
+        g.waiters += 1;
+        let (mut g, _) = self.cv.wait_timeout_while(g, slice, |st| st.count == seen).unwrap();
+        g.waiters -= 1;
+        g.count
     }
 }
 
 pub struct Slot {
     done: AtomicBool,
-    outcome: Mutex<Option<Outcome>>,
+    inner: Mutex<SlotState>,
     cv: Condvar,
     notifier: Arc<Notifier>,
 }
 
+#[derive(Default)]
+struct SlotState {
+    outcome: Option<Outcome>,
+    waiters: usize,
+}
+
 impl Slot {
     pub fn new(notifier: Arc<Notifier>) -> Arc<Slot> {
-        Arc::new(Slot { done: AtomicBool::new(false), outcome: Mutex::new(None), cv: Condvar::new(), notifier })
+        Arc::new(Slot { done: AtomicBool::new(false), inner: Mutex::default(), cv: Condvar::new(), notifier })
     }
 
     /// Stores the outcome unless one is already there. True if stored.
     pub fn complete(&self, o: Outcome) -> bool {
-        {
-            let mut g = self.outcome.lock().unwrap();
+        let waiters = {
+            let mut g = self.inner.lock().unwrap();
             if self.done.load(Ordering::Acquire) {
                 return false;
             }
-            *g = Some(o);
+            g.outcome = Some(o);
             self.done.store(true, Ordering::Release);
+            g.waiters
+        };
+        // As for the notifier: most results are collected by a spinning or
+        // later reader, so the wake-up syscall is skipped unless needed.
+        if waiters > 0 {
+            self.cv.notify_all();
         }
-        self.cv.notify_all();
         self.notifier.bump();
         true
     }
@@ -74,8 +102,10 @@ impl Slot {
         if self.is_done() {
             return true;
         }
-        let g = self.outcome.lock().unwrap();
-        let _g = self.cv.wait_timeout_while(g, slice, |_| !self.done.load(Ordering::Acquire)).unwrap();
+        let mut g = self.inner.lock().unwrap();
+        g.waiters += 1;
+        let (mut g, _) = self.cv.wait_timeout_while(g, slice, |_| !self.done.load(Ordering::Acquire)).unwrap();
+        g.waiters -= 1;
         self.is_done()
     }
 
@@ -84,7 +114,7 @@ impl Slot {
         if !self.is_done() {
             return None;
         }
-        self.outcome.lock().unwrap().take()
+        self.inner.lock().unwrap().outcome.take()
     }
 }
 

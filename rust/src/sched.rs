@@ -116,6 +116,8 @@ pub struct Sched {
     pinned_waiting: usize,
     /// Tasks each waiting for a daemon that has not connected yet.
     for_next: VecDeque<TaskId>,
+    /// Sum of every daemon's `inflight` length, kept for the same reason.
+    executing: usize,
     counters: Counters,
     queued_bytes: u64,
     peak_bytes: u64,
@@ -132,6 +134,7 @@ impl Sched {
             ring: VecDeque::new(),
             pinned_waiting: 0,
             for_next: VecDeque::new(),
+            executing: 0,
             counters: Counters::default(),
             queued_bytes: 0,
             peak_bytes: 0,
@@ -142,7 +145,7 @@ impl Sched {
         let mut c = self.counters;
         c.connections = self.daemons.len() as u64;
         c.awaiting = (self.queue.len() + self.pinned_waiting + self.for_next.len()) as u64;
-        c.executing = self.daemons.values().map(|d| d.inflight.len() as u64).sum::<u64>();
+        c.executing = self.executing as u64;
         c.queued_bytes = self.queued_bytes;
         c.peak_bytes = self.peak_bytes;
         c
@@ -262,6 +265,7 @@ impl Sched {
         let known = self.daemons.get_mut(&d).map(|dm| {
             if let Some(i) = dm.inflight.iter().position(|&t| t == task) {
                 dm.inflight.remove(i);
+                self.executing -= 1;
                 true
             } else {
                 false
@@ -364,6 +368,7 @@ impl Sched {
         self.idle.remove(d);
         self.ring.retain(|&x| x != d);
         self.pinned_waiting -= dm.pinned.len();
+        self.executing -= dm.inflight.len();
         Some(dm)
     }
 
@@ -372,6 +377,7 @@ impl Sched {
     fn start(&mut self, task: TaskId, d: DaemonId, out: &mut Vec<Action>) {
         self.tasks.get_mut(&task).unwrap().daemon = Some(d);
         self.daemons.get_mut(&d).unwrap().inflight.push_back(task);
+        self.executing += 1;
         out.push(Action::Send { daemon: d, task });
     }
 
