@@ -39,18 +39,17 @@ launch_args <- function(prof, dots) {
   args
 }
 
-# Sends a task to the profile's host; returns its aio. On a seeded profile
-# the task carries the current stream as its `.Random.seed`, so results do
-# not depend on which daemon runs which task. The stream moves on only once
-# the host has taken the task: a submission that errors, or is declined
-# (NULL), does not use one up. `seed = FALSE` (for everywhere()) sends the
-# task without a stream.
+# Sends a task to the profile's host; returns the mirai. On a seeded
+# profile the task carries the current stream as its `.Random.seed`, so
+# results do not depend on which daemon runs which task. The stream moves on
+# only once the host has taken the task: a submission that errors does not
+# use one up. `seed = FALSE` sends the task without a stream.
 submit_task <- function(prof, data, timeout, seed = TRUE) {
   stream <- if (seed && !is.null(prof$seed)) prof$stream
   if (!is.null(stream)) data[["._globals_."]][[".Random.seed"]] <- stream
-  aio <- .Call(C_mirai_host_submit, prof$host, data, timeout)
-  if (!is.null(stream) && !is.null(aio)) prof$stream <- .Call(C_mirai_next_stream, stream)
-  aio
+  m <- .Call(C_mirai_host_submit, prof$host, data, timeout)
+  if (!is.null(stream)) prof$stream <- .Call(C_mirai_next_stream, stream)
+  m
 }
 
 # Sync mode: evaluates `expr` on the task's own stream when the profile is

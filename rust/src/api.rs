@@ -212,12 +212,7 @@ pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP 
 /// Blocks, interruptibly, until the queue is below the memory cap. Nothing
 /// has been serialized or queued yet, so an interrupt leaves no trace.
 fn wait_room(stats: &Stats) -> Result<(), RError> {
-    while !stats.wait_room(Duration::from_millis(100)) {
-        if interrupt_pending() {
-            return Err(RError::Interrupt);
-        }
-    }
-    Ok(())
+    wait_interruptibly(|slice| stats.wait_room(slice))
 }
 
 /// `try_mirai()`'s check: TRUE if a task may be queued now without waiting.
@@ -491,12 +486,7 @@ fn wait_slot(slot: &Slot) -> Result<(), RError> {
     while !slot.is_done() && Instant::now() < until {
         std::hint::spin_loop();
     }
-    while !slot.wait(Duration::from_millis(100)) {
-        if interrupt_pending() {
-            return Err(RError::Interrupt);
-        }
-    }
-    Ok(())
+    wait_interruptibly(|slice| slot.wait(slice))
 }
 
 /// `x[]`: waits (interruptibly) for a mirai and returns its value.
@@ -520,28 +510,11 @@ pub extern "C" fn mirai_value(x: SEXP) -> SEXP {
 
 // ---- aio -------------------------------------------------------------------
 
-/// If resolved, converts the outcome once and caches it as `value` in `env`.
+/// `unresolved()`: like reading `$data`, converts and caches the value once
+/// resolved; TRUE if resolved.
 #[no_mangle]
 pub extern "C" fn mirai_aio_collect(aio: SEXP, env: SEXP) -> SEXP {
-    entry(|| {
-        let a = get::<Aio>(aio, "aio")?;
-        if !a.slot.is_done() {
-            return Ok(lgl(false));
-        }
-        if let Some(o) = a.slot.take() {
-            unsafe {
-                let v = Rf_protect(outcome_to_sexp(o, R_ExternalPtrProtected(aio)));
-                Rf_defineVar(Rf_install(c"value".as_ptr()), v, env);
-                Rf_unprotect(1);
-            }
-        }
-        Ok(lgl(true))
-    })
-}
-
-#[no_mangle]
-pub extern "C" fn mirai_aio_unresolved(aio: SEXP) -> SEXP {
-    entry(|| Ok(lgl(!get::<Aio>(aio, "aio")?.slot.is_done())))
+    entry(|| Ok(lgl(aio_data(get::<Aio>(aio, "aio")?, aio, env)? != rg()?.unresolved)))
 }
 
 /// Blocks until resolved; a user interrupt ends the wait and is re-raised.
@@ -614,11 +587,6 @@ pub extern "C" fn mirai_aio_cancel(aio: SEXP) -> SEXP {
         a.slot.complete(Outcome::Error(crate::sched::ERR_CANCELED));
         Ok(lgl(found))
     })
-}
-
-#[no_mangle]
-pub extern "C" fn mirai_aio_id(aio: SEXP) -> SEXP {
-    entry(|| Ok(unsafe { Rf_ScalarInteger(get::<Aio>(aio, "aio")?.id as c_int) }))
 }
 
 // ---- daemon ----------------------------------------------------------------
@@ -811,11 +779,6 @@ pub extern "C" fn mirai_daemon_close(conn: SEXP) -> SEXP {
 }
 
 // ---- utilities -------------------------------------------------------------
-
-#[no_mangle]
-pub extern "C" fn mirai_parse_url(url: SEXP) -> SEXP {
-    entry(|| Ok(mk_string(&Address::parse(&sexp_str(url, "url")?)?.to_string())))
-}
 
 #[no_mangle]
 pub extern "C" fn mirai_random_hex(n: SEXP) -> SEXP {

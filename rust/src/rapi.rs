@@ -200,6 +200,17 @@ pub fn interrupt_pending() -> bool {
     unsafe { R_ToplevelExec(check, std::ptr::null_mut()) == Rboolean::FALSE }
 }
 
+/// Waits in 100 ms slices on `ready(slice)` (true once done), checking for a
+/// user interrupt between slices.
+pub fn wait_interruptibly(mut ready: impl FnMut(std::time::Duration) -> bool) -> Result<(), RError> {
+    while !ready(std::time::Duration::from_millis(100)) {
+        if interrupt_pending() {
+            return Err(RError::Interrupt);
+        }
+    }
+    Ok(())
+}
+
 pub fn mk_string(s: &str) -> SEXP {
     unsafe {
         let v = Rf_protect(Rf_allocVector(STRSXP, 1));
