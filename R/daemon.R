@@ -21,7 +21,12 @@ check_limit <- function(x, what) {
 #'   (TRUE), or error if it cannot be reached within 3 seconds (FALSE).
 #' @param autoexit TRUE: exit as soon as the host goes away, even mid-task.
 #'   NA: finish the current task, then exit. FALSE: stay and reconnect to a
-#'   new host at the same URL (only `daemons(NULL)` ends it).
+#'   new host at the same URL. Such a daemon ends only when a host it is
+#'   connected to calls `daemons(NULL)`, when one of its `idletime`,
+#'   `walltime` or `maxtasks` limits is reached (the idle time runs on while
+#'   it waits to reconnect), or when it is killed. A host that vanished
+#'   without closing the connection is noticed through TCP keepalive within
+#'   about 25 seconds.
 #' @param cleanup logical: after each task, remove new global objects,
 #'   detach newly attached packages and restore options.
 #' @param output logical: keep stdout and stderr (TRUE), or discard them.
@@ -77,7 +82,21 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   ae <- if (is.na(autoexit)) 2L else as.integer(autoexit)
   first <- TRUE
   repeat {
-    conn <- .Call(C_mirai_dial, url, secret, asyncdial || !first, ae)
+    if (first) {
+      conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf else 3000, ae, max_message())
+    } else {
+      # Reconnecting (autoexit = FALSE): retry for as long as the idle and
+      # wall time limits allow, so that a daemon whose host is gone for good
+      # still ends by its limits.
+      left <- walltime - (proc.time()[["elapsed"]] * 1000 - start)
+      retry <- min(idletime, left)
+      conn <- if (retry > 0) tryCatch(.Call(C_mirai_dial, url, secret, retry, ae, max_message()),
+                                      error = function(e) NULL)
+      if (is.null(conn)) {
+        code <- if (idletime <= left) 1L else 2L
+        break
+      }
+    }
     first <- FALSE
     # The host's settings: this daemon's RNG stream, if it assigns one (the
     # serialization config is installed on `conn` by the call itself).

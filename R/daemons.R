@@ -43,12 +43,31 @@ reset_profile <- function(.compute, signal = FALSE) {
   rm(list = .compute, envir = .$profiles)
   if (!is.null(prof$host)) {
     .Call(C_mirai_host_close, prof$host, signal)
-    # Local daemons see the connection close and exit; wait (briefly) so
-    # that no process outlives daemons(0).
-    deadline <- Sys.time() + 5
-    while (length(.Call(C_mirai_host_children, prof$host)) && Sys.time() < deadline) Sys.sleep(0.01)
+    reap_children(prof$host)
   }
   TRUE
+}
+
+# Local daemons see the connection close and exit. Those still running
+# after a grace period (busy in a task that ignores interrupts, say) are
+# killed, so that no process outlives daemons(0); their reapers collect them.
+reap_children <- function(host, grace = 5) {
+  deadline <- Sys.time() + grace
+  while (length(.Call(C_mirai_host_children, host, FALSE)) && Sys.time() < deadline) Sys.sleep(0.01)
+  if (length(.Call(C_mirai_host_children, host, TRUE))) {
+    deadline <- Sys.time() + 2
+    while (length(.Call(C_mirai_host_children, host, FALSE)) && Sys.time() < deadline) Sys.sleep(0.01)
+  }
+}
+
+# The message size cap, in bytes, from option `mirai.max_message` (NULL: the
+# native default of 1 TiB).
+max_message <- function() {
+  v <- getOption("mirai.max_message")
+  if (is.null(v)) return(NULL)
+  if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < 1024)
+    stop("option `mirai.max_message` must be a single number of bytes (at least 1024), or NULL", call. = FALSE)
+  as.double(v)
 }
 
 #' Daemons (Set Persistent Processes)
@@ -64,7 +83,16 @@ reset_profile <- function(.compute, signal = FALSE) {
 #' the daemons in turn.
 #'
 #' Only daemons launched by this host (they carry its secret) are accepted,
-#' unless `auth = FALSE` is given in `...`.
+#' unless `auth = FALSE` is given in `...`. A peer must complete its
+#' handshake within 5 seconds; at most 64 peers may be mid-handshake at once
+#' (the longest-waiting is dropped for a newer one). Messages larger than
+#' option `mirai.max_message` (bytes; default 1 TiB) close the connection
+#' that sent them. Each such refusal counts in [status()]`$refused`.
+#'
+#' `daemons(0)` waits up to 5 seconds for local daemons to exit, then kills
+#' any still running. TCP connections use keepalive, so a daemon whose host
+#' vanished without closing the connection (power loss, a cut network)
+#' notices within about 25 seconds.
 #'
 #' @param n integer number of local daemons to launch, 0 to reset, or NULL
 #'   to reset and ask connected daemons to exit.
@@ -176,7 +204,8 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   stream <- init_stream(seed)
   serial <- serial %||% session_serial()
   host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE,
-                if (dispatcher && is.null(seed)) stream, if (!is.null(serial)) list(serial = serial), cap)
+                if (dispatcher && is.null(seed)) stream, if (!is.null(serial)) list(serial = serial), cap,
+                max_message())
   prof <- new.env(parent = emptyenv())
   prof$host <- host
   prof$seed <- seed
@@ -268,7 +297,11 @@ require_daemons <- function(.compute = NULL, call = environment()) {
 #' NA without a dispatcher); NULL if no daemons are set. Reading it costs no
 #' round trip.
 #'
-#' `status()`: a list with `connections` and `daemons` (the URL). With a
+#' `status()`: a list with `connections`, `daemons` (the URL) and `refused`:
+#' the number of peers turned away since the profile started (no valid
+#' handshake within 5 seconds, the wrong secret or protocol version, a
+#' malformed message, or a message over the size cap set by option
+#' `mirai.max_message`, in bytes, default 1 TiB). With a
 #' dispatcher it also has `mirai`, the counters `awaiting`, `executing` and
 #' `completed`, and `memory`: the megabytes of tasks now waiting in the queue
 #' (`used`), the most there have been (`peak`), and the cap set by
@@ -303,7 +336,7 @@ status <- function(.compute = NULL) {
   if (is.null(prof)) return(list(connections = 0L, daemons = 0L))
   if (isTRUE(prof$sync)) return(list(connections = 0L, daemons = prof$url))
   v <- .Call(C_mirai_host_info, prof$host)
-  out <- list(connections = v[[1L]], daemons = prof$url)
+  out <- list(connections = v[[1L]], daemons = prof$url, refused = v[[6L]])
   if (prof$dispatcher) {
     out$mirai <- c(awaiting = v[[3L]], executing = v[[4L]], completed = v[[5L]])
     out$memory <- .Call(C_mirai_host_memory, prof$host)

@@ -4,6 +4,7 @@
 //! unserializes them. Completion is first-wins, so a reply racing a timeout
 //! or a cancellation resolves the mirai exactly once.
 
+use crate::threads::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -31,7 +32,7 @@ struct NotifierState {
 impl Notifier {
     pub fn bump(&self) {
         let waiters = {
-            let mut g = self.state.lock().unwrap();
+            let mut g = lock(&self.state);
             g.count += 1;
             g.waiters
         };
@@ -43,13 +44,13 @@ impl Notifier {
         }
     }
     pub fn current(&self) -> u64 {
-        self.state.lock().unwrap().count
+        lock(&self.state).count
     }
     /// Waits until the count moves past `seen` or `slice` passes.
     pub fn wait_past(&self, seen: u64, slice: Duration) -> u64 {
-        let mut g = self.state.lock().unwrap();
+        let mut g = lock(&self.state);
         g.waiters += 1;
-        let (mut g, _) = self.cv.wait_timeout_while(g, slice, |st| st.count == seen).unwrap();
+        let (mut g, _) = self.cv.wait_timeout_while(g, slice, |st| st.count == seen).unwrap_or_else(|e| e.into_inner());
         g.waiters -= 1;
         g.count
     }
@@ -76,7 +77,7 @@ impl Slot {
     /// Stores the outcome unless one is already there. True if stored.
     pub fn complete(&self, o: Outcome) -> bool {
         let waiters = {
-            let mut g = self.inner.lock().unwrap();
+            let mut g = lock(&self.inner);
             if self.done.load(Ordering::Acquire) {
                 return false;
             }
@@ -102,9 +103,9 @@ impl Slot {
         if self.is_done() {
             return true;
         }
-        let mut g = self.inner.lock().unwrap();
+        let mut g = lock(&self.inner);
         g.waiters += 1;
-        let (mut g, _) = self.cv.wait_timeout_while(g, slice, |_| !self.done.load(Ordering::Acquire)).unwrap();
+        let (mut g, _) = self.cv.wait_timeout_while(g, slice, |_| !self.done.load(Ordering::Acquire)).unwrap_or_else(|e| e.into_inner());
         g.waiters -= 1;
         self.is_done()
     }
@@ -114,7 +115,7 @@ impl Slot {
         if !self.is_done() {
             return None;
         }
-        self.inner.lock().unwrap().outcome.take()
+        lock(&self.inner).outcome.take()
     }
 }
 

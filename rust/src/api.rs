@@ -10,6 +10,7 @@ use crate::rng;
 use crate::serial;
 use extendr_ffi::{R_ExternalPtrProtected, R_SetExternalPtrProtected};
 use crate::spawn::{self, Child};
+use crate::threads::lock;
 use crate::url::Address;
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::Ordering;
@@ -41,11 +42,13 @@ impl Tagged for Mutex<Option<ClientConn>> {
     const TAG: &'static std::ffi::CStr = c"mirai_conn";
 }
 
+/// Drops the Rust value when R collects its pointer. A panic in a `Drop`
+/// must not unwind into R's garbage collector: it is caught and ignored.
 unsafe extern "C" fn finalize<T: Tagged>(s: SEXP) {
     let p = R_ExternalPtrAddr(s) as *mut T;
     if !p.is_null() {
         R_ClearExternalPtr(s);
-        drop(Box::from_raw(p));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(p))));
     }
 }
 
@@ -145,6 +148,7 @@ pub extern "C" fn mirai_host_start(
     stream: SEXP,
     settings: SEXP,
     memory: SEXP,
+    max_msg: SEXP,
 ) -> SEXP {
     entry(|| {
         let url = sexp_str(url, "url")?;
@@ -160,6 +164,7 @@ pub extern "C" fn mirai_host_start(
             serial::serialize_into(settings, &mut blob)?;
         }
         let opts = HostOptions {
+            max_message: max_message(max_msg)?,
             dispatcher: sexp_f64(dispatcher, "dispatcher")? != 0.0,
             secret: if is_null(secret) { None } else { Some(sexp_str(secret, "secret")?) },
             oneshot: sexp_f64(oneshot, "oneshot")? != 0.0,
@@ -170,6 +175,18 @@ pub extern "C" fn mirai_host_start(
         let host = Host::start(&addr, opts)?;
         Ok(new_xptr_prot(Arc::new(Profile { host, children: Mutex::new(Vec::new()) }), serial_cfg))
     })
+}
+
+/// The message size cap in bytes (R validates it; NULL: the default).
+fn max_message(s: SEXP) -> Result<u64, RError> {
+    if is_null(s) {
+        return Ok(crate::frame::MAX_MESSAGE);
+    }
+    let b = sexp_f64(s, "mirai.max_message")?;
+    if b.is_nan() || b < 1024.0 {
+        return Err("option `mirai.max_message` must be a number of bytes of at least 1024".into());
+    }
+    Ok(if b >= u64::MAX as f64 { u64::MAX } else { b as u64 })
 }
 
 /// R validates `memory`; this only refuses what would not be a byte count.
@@ -204,9 +221,14 @@ pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP 
             e => e,
         })?;
         let slot = Slot::new(prof.host.notifier.clone());
-        prof.host.submit(id, frame, slot.clone(), timeout);
+        prof.host.submit(id, frame, slot.clone(), timeout).map_err(host_failed)?;
         Ok(make_mirai(new_xptr_prot(Aio { slot, id, profile: prof }, serial_cfg), id))
     })
+}
+
+/// The R error for a call on a profile whose host failed.
+fn host_failed(why: String) -> RError {
+    format!("this compute profile's host has failed: {why}; its pending mirai resolved to errorValue 19. Reset it with daemons(0)").into()
 }
 
 /// Blocks, interruptibly, until the queue is below the memory cap. Nothing
@@ -257,7 +279,10 @@ pub extern "C" fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> SEXP {
             e => e,
         })?;
         let min = sexp_f64(min, ".min")?;
-        let tasks = prof.host.broadcast(payload, if min.is_finite() && min > 0.0 { min as usize } else { 0 });
+        let tasks = prof
+            .host
+            .broadcast(payload, if min.is_finite() && min > 0.0 { min as usize } else { 0 })
+            .map_err(host_failed)?;
         unsafe {
             let out = Rf_protect(Rf_allocVector(VECSXP, tasks.len() as isize));
             for (i, (id, slot)) in tasks.into_iter().enumerate() {
@@ -283,6 +308,24 @@ pub extern "C" fn mirai_host_info(p: SEXP) -> SEXP {
             }
             Ok(v)
         }
+    })
+}
+
+/// For tests: makes the profile's event loop fail as a bug would.
+#[no_mangle]
+pub extern "C" fn mirai_host_inject_fault(p: SEXP) -> SEXP {
+    entry(|| {
+        get::<Arc<Profile>>(p, "profile")?.host.inject_fault();
+        Ok(unsafe { R_NilValue })
+    })
+}
+
+/// Why the profile's host failed, or NULL if it has not.
+#[no_mangle]
+pub extern "C" fn mirai_host_failure(p: SEXP) -> SEXP {
+    entry(|| {
+        let why = get::<Arc<Profile>>(p, "profile")?.host.failure();
+        Ok(why.map_or(unsafe { R_NilValue }, |w| mk_string(&w)))
     })
 }
 
@@ -319,7 +362,7 @@ pub extern "C" fn mirai_host_launch(p: SEXP, program: SEXP, args: SEXP, env_name
             str_vec(env_names, "env")?.into_iter().zip(str_vec(env_values, "env")?).collect();
         let child = spawn::launch(&program, &args, &env)?;
         let pid = child.pid;
-        prof.children.lock().unwrap().push(child);
+        lock(&prof.children).push(child);
         Ok(unsafe { Rf_ScalarInteger(pid as c_int) })
     })
 }
@@ -338,7 +381,7 @@ pub extern "C" fn mirai_host_wait_ready(p: SEXP, n: SEXP, ms: SEXP) -> SEXP {
                 return Ok(lgl(true));
             }
             {
-                let ch = prof.children.lock().unwrap();
+                let ch = lock(&prof.children);
                 let dead: Vec<i32> = ch.iter().filter_map(|c| c.exited()).collect();
                 let alive = ch.len() - dead.len();
                 if !ch.is_empty() && have + (alive as u64) < n && !dead.is_empty() {
@@ -361,13 +404,23 @@ pub extern "C" fn mirai_host_wait_ready(p: SEXP, n: SEXP, ms: SEXP) -> SEXP {
     })
 }
 
-/// Process ids of launched children still running.
+/// Process ids of launched children still running. With `kill` TRUE,
+/// those still running are killed (SIGKILL) first; their reapers then
+/// collect them.
 #[no_mangle]
-pub extern "C" fn mirai_host_children(p: SEXP) -> SEXP {
+pub extern "C" fn mirai_host_children(p: SEXP, kill: SEXP) -> SEXP {
     entry(|| {
         let prof = get::<Arc<Profile>>(p, "profile")?;
-        let ch = prof.children.lock().unwrap();
-        let pids: Vec<u32> = ch.iter().filter(|c| c.exited().is_none()).map(|c| c.pid).collect();
+        let kill = sexp_f64(kill, "kill")? != 0.0;
+        // The lock is released before R allocates: an allocation failure
+        // must not longjmp past a held guard.
+        let pids: Vec<u32> = {
+            let ch = lock(&prof.children);
+            if kill {
+                ch.iter().for_each(Child::kill);
+            }
+            ch.iter().filter(|c| c.exited().is_none()).map(|c| c.pid).collect()
+        };
         unsafe {
             let v = Rf_allocVector(INTSXP, pids.len() as isize);
             for (i, pid) in pids.iter().enumerate() {
@@ -592,17 +645,22 @@ pub extern "C" fn mirai_aio_cancel(aio: SEXP) -> SEXP {
 // ---- daemon ----------------------------------------------------------------
 
 #[no_mangle]
-pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, asyncdial: SEXP, autoexit: SEXP) -> SEXP {
+pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, asyncdial: SEXP, autoexit: SEXP, max_msg: SEXP) -> SEXP {
     entry(|| {
         let url = sexp_str(url, "url")?;
         let addr = Address::parse(&url)?;
+        let max_message = max_message(max_msg)?;
         let secret = if is_null(secret) { String::new() } else { sexp_str(secret, "secret")? };
-        let asyncdial = sexp_f64(asyncdial, "asyncdial")? != 0.0;
+        // How long to keep retrying a refused dial, in ms (Inf: a year).
+        let retry_ms = sexp_f64(asyncdial, "asyncdial")?;
         let autoexit = sexp_f64(autoexit, "autoexit")?;
-        // Synchronous dial: a short grace period covers a host still binding.
-        let retry = if asyncdial { Duration::from_secs(86400 * 365) } else { Duration::from_secs(3) };
+        let retry = if retry_ms.is_finite() {
+            Duration::from_millis(retry_ms.max(0.0) as u64)
+        } else {
+            Duration::from_secs(86400 * 365)
+        };
         let mut interrupted = false;
-        let conn = ClientConn::connect(&addr, &secret, Some(Instant::now() + retry), || {
+        let conn = ClientConn::connect(&addr, &secret, max_message, Some(Instant::now() + retry), || {
             interrupted = interrupt_pending();
             !interrupted
         });
@@ -626,7 +684,7 @@ fn opt_ms(s: SEXP, what: &str) -> Result<Option<Duration>, RError> {
 pub extern "C" fn mirai_daemon_limits(conn: SEXP, idle: SEXP, wall: SEXP, tasks: SEXP) -> SEXP {
     entry(|| {
         let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
-        let mut g = cell.lock().unwrap();
+        let mut g = lock(cell);
         let c = g.as_mut().ok_or("connection is closed")?;
         let now = Instant::now();
         c.limits.idle = opt_ms(idle, "idletime")?;
@@ -651,7 +709,7 @@ pub extern "C" fn mirai_daemon_recv(conn: SEXP) -> SEXP {
         // so not even an out-of-memory longjmp can leave it held.
         let got = {
             let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
-            let mut g = cell.lock().unwrap();
+            let mut g = lock(cell);
             let c = g.as_mut().ok_or("connection is closed")?;
             loop {
                 let slice = match c.limits.wait(Instant::now()) {
@@ -704,37 +762,53 @@ pub extern "C" fn mirai_daemon_recv(conn: SEXP) -> SEXP {
 /// value instead.
 #[no_mangle]
 pub extern "C" fn mirai_daemon_send(conn: SEXP, id: SEXP, value: SEXP) -> SEXP {
+    enum Sent {
+        Code(c_int),
+        NotSerialized(String),
+    }
     entry(|| {
-        let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
-        let mut g = cell.lock().unwrap();
-        let c = g.as_mut().ok_or("connection is closed")?;
         let id = sexp_f64(id, "id")? as u64;
-        if c.done_evaluating() {
-            // The cancel's SIGINT may have landed after the evaluation ended;
-            // it must not interrupt whatever R does next.
-            unsafe { R_interrupts_pending = 0 };
-        }
-        let now = Instant::now();
-        // Decide "last" before serializing: the marker travels in the header.
-        let before = (c.limits.done, c.limits.last_active);
-        let last = c.limits.finish_task(now);
-        let mut frame = c.begin_result(id, last.is_some());
-        if let Err(e) = serial::serialize_with(value, &mut frame, unsafe { R_ExternalPtrProtected(conn) }) {
-            // Any R condition is dropped: the caller sends a miraiError with
-            // this message in its place.
-            (c.limits.done, c.limits.last_active) = before;
-            return Ok(mk_string(&match e {
-                RError::Msg(m) => m,
-                RError::Interrupt => "interrupted".into(),
-                RError::Unwind => "R could not serialize the value".into(),
-            }));
-        }
-        if c.send(frame).is_err() {
-            // The host is gone: the loop ends as for a closed connection
-            // (and reconnects with autoexit = FALSE).
-            return Ok(unsafe { Rf_ScalarInteger(-2) });
-        }
-        Ok(unsafe { Rf_ScalarInteger(last.unwrap_or(0)) })
+        let serial_cfg = unsafe { R_ExternalPtrProtected(conn) };
+        // Everything that needs the connection's lock happens in this block;
+        // R allocates only after the guard is gone (R_Serialize inside runs
+        // under try_r, which stops any longjmp short of these frames).
+        let sent = {
+            let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
+            let mut g = lock(cell);
+            let c = g.as_mut().ok_or("connection is closed")?;
+            if c.done_evaluating() {
+                // The cancel's SIGINT may have landed after the evaluation
+                // ended; it must not interrupt whatever R does next.
+                unsafe { R_interrupts_pending = 0 };
+            }
+            let now = Instant::now();
+            // Decide "last" before serializing: the marker travels in the header.
+            let before = (c.limits.done, c.limits.last_active);
+            let last = c.limits.finish_task(now);
+            let mut frame = c.begin_result(id, last.is_some());
+            match serial::serialize_with(value, &mut frame, serial_cfg) {
+                // Any R condition is dropped: the caller sends a miraiError
+                // with this message in its place.
+                Err(e) => {
+                    (c.limits.done, c.limits.last_active) = before;
+                    Sent::NotSerialized(match e {
+                        RError::Msg(m) => m,
+                        RError::Interrupt => "interrupted".into(),
+                        RError::Unwind => "R could not serialize the value".into(),
+                    })
+                }
+                // The host is gone: the loop ends as for a closed connection
+                // (and reconnects with autoexit = FALSE).
+                Ok(()) => match c.send(frame) {
+                    Err(_) => Sent::Code(-2),
+                    Ok(()) => Sent::Code(last.unwrap_or(0)),
+                },
+            }
+        };
+        Ok(match sent {
+            Sent::Code(v) => unsafe { Rf_ScalarInteger(v) },
+            Sent::NotSerialized(m) => mk_string(&m),
+        })
     })
 }
 
@@ -743,7 +817,7 @@ pub extern "C" fn mirai_daemon_send(conn: SEXP, id: SEXP, value: SEXP) -> SEXP {
 pub extern "C" fn mirai_daemon_current(conn: SEXP) -> SEXP {
     entry(|| {
         let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
-        let id = cell.lock().unwrap().as_ref().map_or(0, |c| c.current());
+        let id = lock(cell).as_ref().map_or(0, |c| c.current());
         Ok(unsafe { Rf_ScalarReal(id as f64) })
     })
 }
@@ -754,9 +828,10 @@ pub extern "C" fn mirai_daemon_current(conn: SEXP) -> SEXP {
 pub extern "C" fn mirai_daemon_linger(conn: SEXP, ms: SEXP) -> SEXP {
     entry(|| {
         let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
-        let mut g = cell.lock().unwrap();
+        let ms = sexp_f64(ms, "ms")?;
+        let mut g = lock(cell);
         if let Some(c) = g.as_mut() {
-            let until = Instant::now() + Duration::from_millis(sexp_f64(ms, "ms")? as u64);
+            let until = Instant::now() + Duration::from_millis(ms as u64);
             while Instant::now() < until {
                 match c.recv(Duration::from_millis(100))? {
                     Incoming::Closed | Incoming::Exit => break,
@@ -773,7 +848,7 @@ pub extern "C" fn mirai_daemon_linger(conn: SEXP, ms: SEXP) -> SEXP {
 pub extern "C" fn mirai_daemon_close(conn: SEXP) -> SEXP {
     entry(|| {
         let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
-        let done = cell.lock().unwrap().take().map_or(0, |c| c.limits.done);
+        let done = lock(cell).take().map_or(0, |c| c.limits.done);
         Ok(unsafe { Rf_ScalarReal(done as f64) })
     })
 }
@@ -901,7 +976,7 @@ pub extern "C" fn mirai_daemon_init(conn: SEXP) -> SEXP {
     entry(|| {
         let cell = get::<Mutex<Option<ClientConn>>>(conn, "conn")?;
         let (stream, settings) = {
-            let g = cell.lock().unwrap();
+            let g = lock(cell);
             let c = g.as_ref().ok_or("connection is closed")?;
             (c.init_stream, c.init_settings.clone())
         };

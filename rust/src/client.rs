@@ -9,11 +9,17 @@
 //! the evaluation), queues any other message for R's thread (tasks pipelined
 //! without a dispatcher, an exit request), and with autoexit ends the
 //! process when the host goes away mid-task.
+//!
+//! Reads never block (`DontWait`): a host that sends part of a frame and
+//! stalls leaves R's thread waiting in poll slices, where the daemon's idle
+//! and wall time limits and user interrupts still apply. Bodies grow as
+//! bytes arrive, up to the daemon's message limit.
 
 use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER};
 use crate::proto::{self, Msg, PROTOCOL_VERSION};
-use crate::transport::{dial, wait_readable, BlockingStream};
+use crate::threads::{self, lock};
+use crate::transport::{dial, wait_readable, BlockingStream, DontWait};
 use crate::url::Address;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -140,16 +146,17 @@ impl ClientConn {
     pub fn connect(
         addr: &Address,
         secret: &str,
+        max_message: u64,
         retry_until: Option<Instant>,
         keep_going: impl FnMut() -> bool,
     ) -> Result<ClientConn, String> {
         let (mut stream, framing) =
             dial(addr, retry_until, keep_going).map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
-        let hello = Msg::Hello { version: PROTOCOL_VERSION, secret: secret.to_string(), pid: std::process::id() };
+        let hello = Msg::Hello { version: PROTOCOL_VERSION, secret, pid: std::process::id() };
         write_frame(&mut stream, framing, &hello, &SP_HEADER).map_err(|e| format!("cannot greet host: {e}"))?;
         let read_half = stream.try_clone().map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
-        let mut dec = Decoder::new(framing);
-        let mut rd = read_half;
+        let mut dec = Decoder::with_limit(framing, max_message);
+        let rd = read_half;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if Instant::now() > deadline {
@@ -158,10 +165,14 @@ impl ClientConn {
             if !dec.has_buffered() && !wait_readable(rd.as_raw_fd(), Duration::from_millis(200)) {
                 continue;
             }
-            let body = dec.next(&mut rd).map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => format!("host at '{addr}' closed the connection during the handshake"),
-                _ => format!("handshake with '{addr}' failed: {e}"),
-            })?;
+            let body = match dec.next(&mut DontWait(&rd)) {
+                Ok(b) => b,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(format!("host at '{addr}' closed the connection during the handshake"))
+                }
+                Err(e) => return Err(format!("handshake with '{addr}' failed: {e}")),
+            };
             let hop = strip_hop(&body)?;
             let (msg, off) = proto::decode(&body[hop..])?;
             return match msg {
@@ -190,7 +201,7 @@ impl ClientConn {
     /// Waits up to `slice` for the next message.
     pub fn recv(&mut self, slice: Duration) -> Result<Incoming, String> {
         let sh = &*self.shared;
-        let mut r = sh.reader.lock().unwrap();
+        let mut r = lock(&sh.reader);
         loop {
             let next = match r.pending.pop_front() {
                 Some(m) => m,
@@ -200,13 +211,15 @@ impl ClientConn {
                         return Ok(Incoming::Nothing);
                     }
                     let Reader { stream, dec, .. } = &mut *r;
-                    match dec.next(stream) {
+                    match dec.next(&mut DontWait(stream)) {
                         Ok(body) => match classify(body)? {
                             Some(m) => m,
                             // A cancel for a task that already finished.
                             None => continue,
                         },
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        // Part of a frame: wait for the rest in the next slice.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Incoming::Nothing),
                         Err(_) => Incoming::Closed,
                     }
                 }
@@ -242,7 +255,7 @@ impl ClientConn {
     /// the caller then clears R's pending interrupt, in case the evaluation
     /// finished before R acted on it.
     pub fn done_evaluating(&self) -> bool {
-        let _r = self.shared.reader.lock().unwrap();
+        let _r = lock(&self.shared.reader);
         self.shared.evaluating.store(0, Ordering::Release);
         self.shared.cancel_sent.swap(false, Ordering::AcqRel)
     }
@@ -254,7 +267,7 @@ impl ClientConn {
     pub fn watch_host(&self, exit_on_hangup: bool) -> io::Result<()> {
         let sh = self.shared.clone();
         let fd = self.stream.as_raw_fd();
-        std::thread::Builder::new().name("mirai-watch".into()).spawn(move || {
+        let body = move || {
             loop {
                 let task = sh.evaluating.load(Ordering::Acquire);
                 if task != 0 {
@@ -285,7 +298,15 @@ impl ClientConn {
                     return;
                 }
             }
-        })?;
+        };
+        // Should the watcher ever fail, the daemon must not go on without
+        // anyone to act on cancels or a lost host: with autoexit it ends.
+        let on_panic = move |_msg: String| {
+            if exit_on_hangup {
+                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+            }
+        };
+        threads::spawn("mirai-watch", body, on_panic)?;
         Ok(())
     }
 
@@ -309,7 +330,7 @@ fn classify(body: Vec<u8>) -> Result<Option<Incoming>, String> {
 
 /// The watcher's read while R evaluates: everything that has arrived.
 fn watch_read(sh: &Shared) {
-    let mut r = sh.reader.lock().unwrap();
+    let mut r = lock(&sh.reader);
     loop {
         let task = sh.evaluating.load(Ordering::Acquire);
         if task == 0 || r.eof {
@@ -319,9 +340,10 @@ fn watch_read(sh: &Shared) {
             return;
         }
         let Reader { stream, dec, .. } = &mut *r;
-        let body = match dec.next(stream) {
+        let body = match dec.next(&mut DontWait(stream)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(_) => {
                 r.eof = true;
                 return;
@@ -334,7 +356,7 @@ fn watch_read(sh: &Shared) {
         match msg {
             Msg::Cancel { id } if id == task => {
                 if !sh.cancel_sent.swap(true, Ordering::AcqRel) {
-                    unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+                    threads::interrupt_main();
                 }
             }
             Msg::Cancel { .. } => {}

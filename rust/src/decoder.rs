@@ -6,16 +6,26 @@
 use crate::frame::{check_sp_header, Framing, MAX_MESSAGE, SP_HEADER};
 use std::io::{self, Read};
 
+/// Size of the staging buffer once a peer may send large messages.
 const STAGING: usize = 64 * 1024;
+/// The first allocation for a message body. Later ones double the buffer,
+/// never past the claimed length: memory follows the bytes that arrived,
+/// and a large body is moved at most a few times (glibc grows large blocks
+/// with mremap, without copying).
+const FIRST_CHUNK: usize = 64 * 1024;
 
 pub struct Decoder {
     framing: Framing,
-    buf: Box<[u8]>,
+    /// Staging for headers and small messages; allocated on first read.
+    buf: Vec<u8>,
     start: usize,
     end: usize,
     need_header: bool,
+    /// The body being read: `body.len()` bytes are allocated, `filled` of
+    /// them have arrived, `claimed` is the length the peer announced.
     body: Vec<u8>,
     filled: usize,
+    claimed: usize,
     in_body: bool,
     limit: u64,
 }
@@ -34,12 +44,13 @@ impl Decoder {
         Decoder {
             limit,
             framing,
-            buf: vec![0u8; STAGING].into_boxed_slice(),
+            buf: Vec::new(),
             start: 0,
             end: 0,
             need_header: true,
             body: Vec::new(),
             filled: 0,
+            claimed: 0,
             in_body: false,
         }
     }
@@ -54,20 +65,49 @@ impl Decoder {
         self.end > self.start || self.in_body
     }
 
+    /// Bytes held for the message in progress (staging and body), for tests
+    /// that bound what a peer can make us allocate.
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity() + self.body.capacity()
+    }
+
+    /// The staging size for the current limit: a peer held to small
+    /// messages (before its handshake) gets a small buffer.
+    fn staging_size(&self) -> usize {
+        let small = self.limit.saturating_add(SP_HEADER.len() as u64 + 16);
+        small.min(STAGING as u64) as usize
+    }
+
+    /// Makes room for more of the body: doubles the allocation, capped by
+    /// the claimed length. Fails (without aborting) if memory is short.
+    fn grow_body(&mut self) -> io::Result<()> {
+        let len = self.body.len();
+        let target = len.saturating_mul(2).max(FIRST_CHUNK).min(self.claimed);
+        self.body.try_reserve_exact(target - len).map_err(|_| {
+            io::Error::new(io::ErrorKind::OutOfMemory, format!("cannot allocate {target} bytes for a message"))
+        })?;
+        self.body.resize(target, 0);
+        Ok(())
+    }
+
     /// Reads the next whole message body (pair1 hop header included).
     /// End of stream is `UnexpectedEof`; `WouldBlock` leaves state intact.
     pub fn next<R: Read>(&mut self, r: &mut R) -> io::Result<Vec<u8>> {
         loop {
             if self.in_body {
-                let avail = self.end - self.start;
-                if avail > 0 && self.filled < self.body.len() {
-                    let n = avail.min(self.body.len() - self.filled);
-                    self.body[self.filled..self.filled + n]
-                        .copy_from_slice(&self.buf[self.start..self.start + n]);
-                    self.start += n;
-                    self.filled += n;
-                }
-                while self.filled < self.body.len() {
+                while self.filled < self.claimed {
+                    if self.filled == self.body.len() {
+                        self.grow_body()?;
+                    }
+                    let avail = self.end - self.start;
+                    if avail > 0 {
+                        let n = avail.min(self.body.len() - self.filled);
+                        self.body[self.filled..self.filled + n]
+                            .copy_from_slice(&self.buf[self.start..self.start + n]);
+                        self.start += n;
+                        self.filled += n;
+                        continue;
+                    }
                     match r.read(&mut self.body[self.filled..]) {
                         Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                         Ok(n) => self.filled += n,
@@ -80,6 +120,9 @@ impl Decoder {
                 return Ok(std::mem::take(&mut self.body));
             }
             let need = if self.need_header { SP_HEADER.len() } else { self.framing.prefix_len() };
+            if self.buf.len() < self.staging_size() {
+                self.buf.resize(self.staging_size(), 0);
+            }
             while self.end - self.start < need {
                 if self.start > 0 {
                     self.buf.copy_within(self.start..self.end, 0);
@@ -100,9 +143,13 @@ impl Decoder {
             } else {
                 let len = self.framing.parse_prefix(chunk).map_err(proto_err)?;
                 if len > self.limit {
-                    return Err(proto_err(format!("message length {len} exceeds the limit")));
+                    return Err(proto_err(format!(
+                        "message of {len} bytes exceeds the limit of {} bytes",
+                        self.limit
+                    )));
                 }
-                self.body = vec![0u8; len as usize];
+                self.claimed = len as usize;
+                self.body = Vec::new();
                 self.filled = 0;
                 self.in_body = true;
             }
@@ -193,5 +240,27 @@ mod tests {
         wire.extend(u64::MAX.to_be_bytes());
         let mut d = Decoder::new(Framing::Tcp);
         assert!(d.next(&mut Cursor::new(wire)).unwrap_err().to_string().contains("exceeds"));
+    }
+
+    #[test]
+    fn a_huge_claim_allocates_only_what_arrives() {
+        // 2^39 bytes claimed, 100 KB sent: the body never outgrows twice
+        // what arrived (plus the first chunk).
+        let mut wire = SP_HEADER.to_vec();
+        wire.extend((1u64 << 39).to_be_bytes());
+        wire.extend(vec![5u8; 100_000]);
+        let mut d = Decoder::new(Framing::Tcp);
+        let e = d.next(&mut Cursor::new(wire)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(d.allocated() <= 2 * 100_000 + FIRST_CHUNK + STAGING, "{}", d.allocated());
+    }
+
+    #[test]
+    fn a_small_limit_keeps_staging_small() {
+        let mut d = Decoder::with_limit(Framing::Tcp, 1024);
+        let mut wire = SP_HEADER.to_vec();
+        wire.extend(frame(Framing::Tcp, b"hi"));
+        assert_eq!(&d.next(&mut Cursor::new(wire)).unwrap()[4..], b"hi");
+        assert!(d.allocated() <= 1024 + 64, "{}", d.allocated());
     }
 }

@@ -14,12 +14,25 @@
 //! Whichever thread moves the count below the cap (R's own thread sending a
 //! task, or the loop thread when a daemon frees up) signals `Stats`'
 //! condvar, on which a blocked `mirai()` waits.
+//!
+//! Hostile peers: until a peer's Hello is accepted it may send only an
+//! envelope-sized message, must send it within `HELLO_TIMEOUT`, and at most
+//! `MAX_PENDING` such peers are held (the oldest is dropped for a newer
+//! one). Every peer dropped before it is accepted, and every accepted one
+//! dropped for a protocol error, counts in `Stats::refused`. Message bodies
+//! grow as bytes arrive (see `decoder`), up to `HostOptions::max_message`.
+//!
+//! Failure: a panic on either thread while it works on the core makes the
+//! core dead (`Core::die`): every pending task resolves to "connection
+//! reset" at once, connections close, and every later call on the host
+//! returns the reason as an error.
 
 use crate::aio::{Notifier, Outcome, Slot};
 use crate::decoder::Decoder;
-use crate::frame::{strip_hop, Framing, MAX_MESSAGE, SP_HEADER};
+use crate::frame::{strip_hop, Framing, SP_HEADER};
 use crate::proto::{self, Msg, PROTOCOL_VERSION};
 use crate::rng;
+use crate::threads::{self, lock};
 use crate::sched::{Action, Counters, Sched, TaskId, ERR_RESET, ERR_TIMEOUT};
 use crate::transport::{Listener, Stream};
 use crate::url::Address;
@@ -34,8 +47,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(0);
-const HELLO_LIMIT: u64 = 64 * 1024;
 const WAKER: Token = Token(1);
+/// Largest first message accepted from a peer not yet authenticated.
+const HELLO_LIMIT: u64 = (proto::ENVELOPE_LIMIT + crate::frame::HOP_LEN) as u64;
+/// Time a peer has, from being accepted, to complete its Hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most peers held at once that have not completed their Hello.
+pub const MAX_PENDING: usize = 64;
+/// When accept fails for want of resources (EMFILE, ENFILE, ENOBUFS), the
+/// waiting connections raise no new readiness edge: retry on a timer.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 pub struct Stats {
@@ -66,7 +87,7 @@ impl Stats {
         // lock after the store means a waiter either saw the new count or
         // is already waiting when notified: no wake-up is lost.
         if self.cap_bytes != 0 && before >= self.cap_bytes && c.queued_bytes < self.cap_bytes {
-            drop(self.room_lock.lock().unwrap());
+            drop(lock(&self.room_lock));
             self.room.notify_all();
         }
     }
@@ -78,8 +99,8 @@ impl Stats {
 
     /// Waits up to `slice` for room in the queue; true once there is.
     pub fn wait_room(&self, slice: Duration) -> bool {
-        let g = self.room_lock.lock().unwrap();
-        let _g = self.room.wait_timeout_while(g, slice, |_| !self.has_room()).unwrap();
+        let g = lock(&self.room_lock);
+        let _g = self.room.wait_timeout_while(g, slice, |_| !self.has_room()).unwrap_or_else(|e| e.into_inner());
         self.has_room()
     }
 }
@@ -100,6 +121,9 @@ pub struct HostOptions {
     /// Cap on the bytes of queued tasks (0: none). Submitters check it
     /// themselves (`Stats::has_room`): the host never refuses a task.
     pub memory_cap: u64,
+    /// Largest message accepted from an authenticated daemon; a longer
+    /// claim closes that connection (a counted refusal).
+    pub max_message: u64,
 }
 
 pub struct Host {
@@ -144,12 +168,19 @@ impl Host {
             stopped: false,
             rng_stream: opts.rng_stream,
             settings: opts.settings,
+            max_message: opts.max_message,
+            pending: 0,
+            hello_deadlines: VecDeque::new(),
+            accept_retry: None,
+            dead: None,
+            fault: false,
         }));
         let lp = EventLoop { poll, core: core.clone() };
-        let thread = std::thread::Builder::new()
-            .name("mirai-host".into())
-            .spawn(move || lp.run())
-            .map_err(|e| e.to_string())?;
+        let on_panic = {
+            let core = core.clone();
+            move |msg: String| lock(&core).die(format!("the host's event loop stopped ({msg})"))
+        };
+        let thread = threads::spawn("mirai-host", move || lp.run(), on_panic).map_err(|e| e.to_string())?;
         Ok(Host {
             url: real.to_string(),
             framing,
@@ -167,30 +198,67 @@ impl Host {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Runs `f` on the core under its lock. Err if the core is dead, or
+    /// dies now: a panic inside `f` resolves every pending task and closes
+    /// every connection (`Core::die`) rather than leaving half-done state.
+    fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> Result<R, String> {
+        let mut core = lock(&self.core);
+        if let Some(why) = &core.dead {
+            return Err(why.clone());
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut core))) {
+            Ok(r) => Ok(r),
+            Err(p) => {
+                let why = format!("the host failed ({})", threads::panic_message(&*p));
+                core.die(why.clone());
+                drop(core);
+                let _ = self.waker.wake();
+                Err(why)
+            }
+        }
+    }
+
+    /// Why the host stopped working, if it failed (not if it was shut down).
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.core).dead.clone()
+    }
+
     /// Queues a built frame and, when a daemon is free, writes it straight
     /// to that daemon's socket from the calling thread. If the host has
-    /// stopped the task fails at once with "connection reset".
-    pub fn submit(&self, id: TaskId, mut frame: Vec<u8>, slot: Arc<Slot>, timeout: Option<Duration>) {
+    /// been shut down the task fails at once with "connection reset"; if it
+    /// failed, the reason comes back as Err.
+    pub fn submit(&self, id: TaskId, mut frame: Vec<u8>, slot: Arc<Slot>, timeout: Option<Duration>) -> Result<(), String> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut core = self.core.lock().unwrap();
-        if core.stopped || core.shutdown.is_some() {
-            drop(core);
-            slot.complete(Outcome::Error(ERR_RESET));
-            return;
-        }
-        core.framing.finish(&mut frame);
-        let bytes = frame.len() as u64;
-        core.tasks.insert(id, TaskEntry { frame: Rc::new(frame), tail: None, slot });
-        core.submitted = true;
-        let acts = core.sched.submit_sized(id, bytes);
-        core.apply(acts, None);
-        core.publish();
-        if let Some(d) = deadline {
-            core.timers.push(Reverse((d, id)));
-            drop(core);
+        let wake = self.with_core(|core| {
+            if core.stopped || core.shutdown.is_some() {
+                slot.complete(Outcome::Error(ERR_RESET));
+                return false;
+            }
+            core.framing.finish(&mut frame);
+            let bytes = frame.len() as u64;
+            core.tasks.insert(id, TaskEntry { frame: Rc::new(frame), tail: None, slot });
+            core.submitted = true;
+            let acts = core.sched.submit_sized(id, bytes);
+            core.apply(acts, None);
+            core.publish();
+            if let Some(d) = deadline {
+                core.timers.push(Reverse((d, id)));
+                return true;
+            }
+            false
+        })?;
+        if wake {
             // The loop thread must recompute its poll timeout.
             let _ = self.waker.wake();
         }
+        Ok(())
+    }
+
+    /// Makes the event loop thread panic, as a bug would: for tests of what
+    /// a failed host does (pending tasks resolve, later calls error).
+    pub fn inject_fault(&self) {
+        lock(&self.core).fault = true;
+        let _ = self.waker.wake();
     }
 
     /// `everywhere()`: one task per connected daemon, each pinned to its
@@ -201,8 +269,11 @@ impl Host {
     /// meant for every daemon. Returns each task's id and slot.
     /// With fewer than `min` daemons connected, the difference goes as
     /// tasks for the next daemons to connect, one each.
-    pub fn broadcast(&self, payload: Vec<u8>, min: usize) -> Vec<(TaskId, Arc<Slot>)> {
-        let mut core = self.core.lock().unwrap();
+    pub fn broadcast(&self, payload: Vec<u8>, min: usize) -> Result<Vec<(TaskId, Arc<Slot>)>, String> {
+        self.with_core(|core| self.broadcast_locked(core, payload, min))
+    }
+
+    fn broadcast_locked(&self, core: &mut Core, payload: Vec<u8>, min: usize) -> Vec<(TaskId, Arc<Slot>)> {
         if core.stopped || core.shutdown.is_some() {
             return Vec::new();
         }
@@ -231,22 +302,25 @@ impl Host {
         out
     }
 
-    /// Cancels a task; true if it was found unresolved.
+    /// Cancels a task; true if it was found unresolved. A failed host has
+    /// already resolved every task: false.
     pub fn cancel(&self, id: TaskId, code: i32) -> bool {
-        let mut core = self.core.lock().unwrap();
-        if core.stopped {
-            return false;
-        }
-        let (ok, acts) = core.sched.cancel(id, code);
-        core.apply(acts, None);
-        core.publish();
-        ok
+        self.with_core(|core| {
+            if core.stopped {
+                return false;
+            }
+            let (ok, acts) = core.sched.cancel(id, code);
+            core.apply(acts, None);
+            core.publish();
+            ok
+        })
+        .unwrap_or(false)
     }
 
     pub fn shutdown(&self, signal: bool) {
-        let handle = self.thread.lock().unwrap().take();
+        let handle = lock(&self.thread).take();
         if let Some(h) = handle {
-            self.core.lock().unwrap().shutdown = Some(signal);
+            lock(&self.core).shutdown = Some(signal);
             let _ = self.waker.wake();
             let _ = h.join();
         }
@@ -263,6 +337,7 @@ struct Conn {
     stream: Stream,
     dec: Decoder,
     wq: VecDeque<(Rc<Vec<u8>>, usize)>,
+    /// Its Hello was accepted: it is a daemon of this host.
     ready: bool,
     retiring: bool,
 }
@@ -320,6 +395,16 @@ struct Core {
     /// Set by `Host::shutdown`: Some(send the exit signal).
     shutdown: Option<bool>,
     stopped: bool,
+    max_message: u64,
+    /// Connections not yet authenticated, and their Hello deadlines in
+    /// accept order (tokens are never reused, so stale entries are inert).
+    pending: usize,
+    hello_deadlines: VecDeque<(Instant, Token)>,
+    accept_retry: Option<Instant>,
+    /// Why the core stopped working (a caught panic); see `die`.
+    dead: Option<String>,
+    /// Set by `Host::inject_fault`.
+    fault: bool,
 }
 
 // SAFETY: see the comment on Core: all access is serialized by the mutex.
@@ -335,16 +420,26 @@ impl EventLoop {
         let mut events = Events::with_capacity(256);
         loop {
             let timeout = {
-                let core = self.core.lock().unwrap();
-                core.timers.peek().map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
+                let core = lock(&self.core);
+                if core.dead.is_some() {
+                    return;
+                }
+                core.next_timeout()
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    self.core.lock().unwrap().stop(false);
+                    lock(&self.core).die(format!("the host's event loop stopped (poll failed: {e})"));
                     return;
                 }
             }
-            let mut core = self.core.lock().unwrap();
+            let mut core = lock(&self.core);
+            if core.dead.is_some() {
+                return;
+            }
+            if core.fault {
+                core.fault = false;
+                panic!("fault injected for testing");
+            }
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => core.accept_all(),
@@ -360,6 +455,10 @@ impl EventLoop {
                 }
             }
             core.expire_timers();
+            core.expire_handshakes();
+            if core.accept_retry.is_some_and(|t| t <= Instant::now()) {
+                core.accept_all();
+            }
             if let Some(signal) = core.shutdown {
                 core.stop(signal);
                 return;
@@ -373,6 +472,11 @@ impl EventLoop {
     }
 }
 
+/// Compares secrets in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn control_frame(framing: Framing, msg: &Msg) -> Rc<Vec<u8>> {
     let mut b = Vec::with_capacity(32);
     framing.begin(&mut b);
@@ -384,6 +488,44 @@ fn control_frame(framing: Framing, msg: &Msg) -> Rc<Vec<u8>> {
 impl Core {
     fn publish(&self) {
         self.stats.publish(self.sched.counters());
+    }
+
+    /// How long the loop may sleep: until the next task timeout, Hello
+    /// deadline or accept retry.
+    fn next_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        [
+            self.timers.peek().map(|Reverse((t, _))| *t),
+            self.hello_deadlines.front().map(|(t, _)| *t),
+            self.accept_retry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now))
+    }
+
+    /// Resolves everything after a panic left the core's state in doubt:
+    /// every task's slot gets "connection reset" (first completion wins, so
+    /// resolved ones keep their value), every connection closes, and the
+    /// core refuses further work with `reason`.
+    fn die(&mut self, reason: String) {
+        if self.dead.is_some() {
+            return;
+        }
+        for te in self.tasks.values() {
+            te.slot.complete(Outcome::Error(ERR_RESET));
+        }
+        self.tasks.clear();
+        for (_, mut c) in self.conns.drain() {
+            let _ = self.registry.deregister(&mut c.stream);
+        }
+        self.timers.clear();
+        self.hello_deadlines.clear();
+        self.pending = 0;
+        self.stats.publish(Counters::default());
+        self.stopped = true;
+        self.dead = Some(reason);
     }
 
     /// The Init for the next accepted daemon. The stream moves on only for
@@ -403,9 +545,13 @@ impl Core {
     }
 
     fn accept_all(&mut self) {
+        self.accept_retry = None;
         loop {
             match self.listener.accept() {
                 Ok((mut stream, framing)) => {
+                    if self.pending >= MAX_PENDING {
+                        self.drop_oldest_pending();
+                    }
                     let token = Token(self.next_token);
                     self.next_token += 1;
                     if self
@@ -422,11 +568,43 @@ impl Core {
                         Conn { stream, dec: Decoder::with_limit(framing, HELLO_LIMIT), wq: VecDeque::new(), ready: false, retiring: false };
                     c.push(Rc::new(SP_HEADER.to_vec()));
                     self.conns.insert(token, c);
+                    self.pending += 1;
+                    self.hello_deadlines.push_back((Instant::now() + HELLO_TIMEOUT, token));
                     self.flush_conn(token);
+                    // A daemon's Hello follows its connect at once: taking it
+                    // now frees its pending place before the next accept.
+                    self.read_conn(token);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(_) => {
+                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Makes room for a new peer by dropping the longest-waiting one that
+    /// has not completed its Hello.
+    fn drop_oldest_pending(&mut self) {
+        while let Some((_, t)) = self.hello_deadlines.pop_front() {
+            if self.conns.get(&t).is_some_and(|c| !c.ready) {
+                self.drop_conn(t, false);
+                return;
+            }
+        }
+    }
+
+    fn expire_handshakes(&mut self) {
+        let now = Instant::now();
+        while let Some(&(when, t)) = self.hello_deadlines.front() {
+            if when > now {
+                break;
+            }
+            self.hello_deadlines.pop_front();
+            if self.conns.get(&t).is_some_and(|c| !c.ready) {
+                self.drop_conn(t, false);
             }
         }
     }
@@ -437,17 +615,15 @@ impl Core {
             match c.dec.next(&mut c.stream) {
                 Ok(body) => {
                     if let Err(_why) = self.handle_message(t, body) {
-                        self.drop_conn(t);
+                        self.drop_conn(t, true);
                         return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    if e.kind() == io::ErrorKind::InvalidData {
-                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.drop_conn(t);
+                    let refused = matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::OutOfMemory);
+                    self.drop_conn(t, refused);
                     return;
                 }
             }
@@ -464,23 +640,24 @@ impl Core {
                     Some(format!(
                         "protocol version mismatch: host speaks {PROTOCOL_VERSION}, daemon speaks {version}; install the same mirai version on both"
                     ))
-                } else if self.secret.as_ref().is_some_and(|s| *s != secret) {
+                } else if self.secret.as_ref().is_some_and(|s| !constant_time_eq(s.as_bytes(), secret.as_bytes())) {
                     Some("this daemon was not launched for this host: start it with the launch command that mirai prints (launch_remote()), which carries the host's credentials".into())
                 } else {
                     None
                 };
                 if let Some(reason) = refuse {
-                    let c = self.conns.get_mut(&t).unwrap();
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    c.push(control_frame(self.framing, &Msg::Refused { reason }));
+                    let c = self.conns.get_mut(&t).ok_or("connection gone")?;
+                    // Counted when the connection is dropped, not yet ready.
+                    c.push(control_frame(self.framing, &Msg::Refused { reason: &reason }));
                     c.retiring = true;
                     self.flush_conn(t);
                     return Ok(());
                 }
                 let init = self.init_frame();
-                let c = self.conns.get_mut(&t).unwrap();
+                let c = self.conns.get_mut(&t).ok_or("connection gone")?;
                 c.ready = true;
-                c.dec.set_limit(MAX_MESSAGE);
+                c.dec.set_limit(self.max_message);
+                self.pending -= 1;
                 c.push(init);
                 let acts = self.sched.connect(t.0 as u64);
                 self.apply(acts, None);
@@ -547,15 +724,23 @@ impl Core {
     fn flush_conn(&mut self, t: Token) {
         let Some(c) = self.conns.get_mut(&t) else { return };
         match c.flush() {
-            Ok(()) if c.retiring && c.wq.is_empty() => self.drop_conn(t),
+            Ok(()) if c.retiring && c.wq.is_empty() => self.drop_conn(t, false),
             Ok(()) => {}
-            Err(_) => self.drop_conn(t),
+            Err(_) => self.drop_conn(t, false),
         }
     }
 
-    fn drop_conn(&mut self, t: Token) {
+    /// Closes a connection. A peer that never became a daemon of this host,
+    /// or that broke the protocol (`protocol_error`), counts as refused.
+    fn drop_conn(&mut self, t: Token, protocol_error: bool) {
         if let Some(mut c) = self.conns.remove(&t) {
             let _ = self.registry.deregister(&mut c.stream);
+            if !c.ready {
+                self.pending -= 1;
+            }
+            if !c.ready || protocol_error {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
             if c.ready {
                 let acts = self.sched.disconnect(t.0 as u64);
                 self.apply(acts, None);
@@ -602,6 +787,8 @@ impl Core {
         self.apply(acts, None);
         self.conns.clear();
         self.tasks.clear();
+        self.pending = 0;
+        self.hello_deadlines.clear();
         self.stats.publish(Counters::default());
         // Anything submitted after this point fails at once.
         self.stopped = true;

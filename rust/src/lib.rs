@@ -26,6 +26,7 @@ pub mod rapi;
 pub mod sched;
 pub mod serial;
 pub mod spawn;
+pub mod threads;
 pub mod transport;
 pub mod url;
 
@@ -67,11 +68,12 @@ macro_rules! routines {
 #[no_mangle]
 pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn, eval: *const c_void) {
     rapi::init_protect(protect);
+    threads::record_main_thread();
     // R errors are reported through R; Rust's default panic message would
     // only add noise (panics are caught and turned into R errors).
     std::panic::set_hook(Box::new(|_| {}));
     let mut table = Vec::from(routines![
-        mirai_host_start / 7,
+        mirai_host_start / 8,
         mirai_host_url / 1,
         mirai_host_submit / 3,
         mirai_host_broadcast / 3,
@@ -81,7 +83,9 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn, ev
         mirai_host_close / 2,
         mirai_host_launch / 5,
         mirai_host_wait_ready / 3,
-        mirai_host_children / 1,
+        mirai_host_children / 2,
+        mirai_host_inject_fault / 1,
+        mirai_host_failure / 1,
         mirai_aio_collect / 2,
         mirai_aio_wait / 1,
         mirai_aio_cancel / 1,
@@ -89,7 +93,7 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn, ev
         mirai_value / 1,
         mirai_r_init / 2,
         mirai_race / 1,
-        mirai_dial / 4,
+        mirai_dial / 5,
         mirai_daemon_limits / 4,
         mirai_daemon_recv / 1,
         mirai_daemon_send / 3,

@@ -1,15 +1,22 @@
 //! The message envelope: a small bincode-encoded header, then (for tasks and
 //! results) the raw R-serialized payload, which is never re-encoded.
+//!
+//! Decoding is bounded by the bytes received: strings borrow from the frame
+//! (a length field larger than what follows is an error, never an
+//! allocation), and bincode runs with a limit of `ENVELOPE_LIMIT` bytes.
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the envelope or its meaning changes.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// The most bytes an envelope may take (the payload is not part of it).
+pub const ENVELOPE_LIMIT: usize = 4096;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Msg {
+pub enum Msg<'a> {
     /// Daemon to host, first message.
-    Hello { version: u32, secret: String, pid: u32 },
+    Hello { version: u32, secret: &'a str, pid: u32 },
     /// Host to daemon, first message. `version` stays the first field so a
     /// daemon of any version can read it. `stream`: this daemon's
     /// L'Ecuyer-CMRG `.Random.seed`, if the host assigns one. The payload,
@@ -17,7 +24,7 @@ pub enum Msg {
     /// `list(serial = <serial_config>)`), the same for every daemon.
     Init { version: u32, stream: Option<[i32; 7]> },
     /// Host to daemon: this daemon is not accepted; it should exit.
-    Refused { reason: String },
+    Refused { reason: &'a str },
     /// Host to daemon: evaluate the payload.
     Task { id: u64 },
     /// Daemon to host: the payload is the result of task `id`. `last` marks
@@ -30,7 +37,7 @@ pub enum Msg {
 }
 
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
+    bincode::config::standard().with_limit::<ENVELOPE_LIMIT>()
 }
 
 /// Appends the encoded envelope to `buf` (which already holds a frame prefix).
@@ -39,8 +46,8 @@ pub fn encode_into(msg: &Msg, buf: &mut Vec<u8>) {
 }
 
 /// Decodes an envelope; returns it and the offset where the payload starts.
-pub fn decode(body: &[u8]) -> Result<(Msg, usize), String> {
-    bincode::serde::decode_from_slice(body, config()).map_err(|e| format!("malformed message: {e}"))
+pub fn decode(body: &[u8]) -> Result<(Msg<'_>, usize), String> {
+    bincode::serde::borrow_decode_from_slice(body, config()).map_err(|e| format!("malformed message: {e}"))
 }
 
 #[cfg(test)]
@@ -77,6 +84,18 @@ mod tests {
         };
         assert_eq!(m, Msg::Init { version: PROTOCOL_VERSION, stream: None });
         assert!(off > 0);
+    }
+
+    #[test]
+    fn a_huge_string_length_is_an_error_not_an_allocation() {
+        // Hello, version 2, then a string whose length says 2^62.
+        let mut b = vec![0u8, 2, 0xfd];
+        b.extend((1u64 << 62).to_le_bytes());
+        b.extend(b"abc");
+        assert!(decode(&b).unwrap_err().contains("malformed"));
+        let mut b = vec![0u8, 2, 0xfd];
+        b.extend(u64::MAX.to_le_bytes());
+        assert!(decode(&b).is_err());
     }
 
     #[test]

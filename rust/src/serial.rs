@@ -110,15 +110,16 @@ unsafe extern "C" fn in_char(s: *mut R_inpstream_st) -> c_int {
 
 unsafe extern "C" fn in_bytes(s: *mut R_inpstream_st, p: *mut c_void, n: c_int) {
     let inp = &mut *((*s).data as *mut Input);
-    let n = n as usize;
+    // A negative count or a read past the end means the data is not what
+    // it claims to be: an R error (caught by the try_r around
+    // R_Unserialize), never a read of memory we do not own or made-up zeros.
     let avail = inp.data.len().saturating_sub(inp.pos);
-    let take = n.min(avail);
-    std::ptr::copy_nonoverlapping(inp.data.as_ptr().add(inp.pos), p as *mut u8, take);
-    if take < n {
-        // Truncated input: zero-fill; R's own checks then fail cleanly.
-        std::ptr::write_bytes((p as *mut u8).add(take), 0, n - take);
+    if n < 0 || n as usize > avail {
+        Rf_errorcall(R_NilValue, c"serialized data is truncated or corrupt".as_ptr());
     }
-    inp.pos += take;
+    let n = n as usize;
+    std::ptr::copy_nonoverlapping(inp.data.as_ptr().add(inp.pos), p as *mut u8, n);
+    inp.pos += n;
 }
 
 /// Unserializes one object from `data`. The result is unprotected: protect

@@ -3,6 +3,7 @@
 //! zombies. Each goes in its own process group, so a Ctrl-C typed at the
 //! host's terminal interrupts the host, not its daemons.
 
+use crate::threads::{self, lock};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ pub struct Child {
 impl Child {
     /// Exit status once the process has ended.
     pub fn exited(&self) -> Option<i32> {
-        *self.status.lock().unwrap()
+        *lock(&self.status)
     }
 
     pub fn kill(&self) {
@@ -35,15 +36,17 @@ pub fn launch(program: &str, args: &[String], env: &[(String, String)]) -> Resul
     let pid = child.id();
     let status = Arc::new(Mutex::new(None));
     let st = status.clone();
-    std::thread::Builder::new()
-        .name("mirai-reaper".into())
-        .spawn(move || {
-            let code = match child.wait() {
-                Ok(s) => s.code().unwrap_or(-1),
-                Err(_) => -1,
-            };
-            *st.lock().unwrap() = Some(code);
-        })
-        .map_err(|e| e.to_string())?;
+    let st2 = status.clone();
+    let reap = move || {
+        let code = match child.wait() {
+            Ok(s) => s.code().unwrap_or(-1),
+            Err(_) => -1,
+        };
+        *lock(&st) = Some(code);
+    };
+    // Unreachable in practice; should it happen, the child counts as gone
+    // rather than as running forever.
+    let on_panic = move |_msg: String| *lock(&st2) = Some(-1);
+    threads::spawn("mirai-reaper", reap, on_panic).map_err(|e| e.to_string())?;
     Ok(Child { pid, status })
 }

@@ -68,6 +68,7 @@ impl Listener {
             Listener::Tcp(l) => {
                 let (s, _) = l.accept()?;
                 let _ = s.set_nodelay(true);
+                set_keepalive(s.as_raw_fd());
                 Ok((Stream::Tcp(s), Framing::Tcp))
             }
         }
@@ -185,6 +186,48 @@ impl Write for BlockingStream {
     }
 }
 
+/// TCP keepalive timing: a peer that vanished without closing (power
+/// loss, a cut network) is noticed after `KEEPALIVE_IDLE` of silence plus
+/// `KEEPALIVE_COUNT` unanswered probes `KEEPALIVE_INTERVAL` apart: 25 s.
+pub const KEEPALIVE_IDLE: i32 = 10;
+pub const KEEPALIVE_INTERVAL: i32 = 5;
+pub const KEEPALIVE_COUNT: i32 = 3;
+
+/// Turns on TCP keepalive with the timing above. Best effort: a socket
+/// that refuses it still works, only without the check.
+fn set_keepalive(fd: RawFd) {
+    let set = |level: libc::c_int, opt: libc::c_int, v: libc::c_int| unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_COUNT);
+}
+
+/// Reads a blocking stream without blocking (recv with MSG_DONTWAIT): a
+/// partial frame then ends the read with `WouldBlock`, and the reader goes
+/// back to waiting in poll, where its deadlines and interrupts are checked.
+pub struct DontWait<'a>(pub &'a BlockingStream);
+
+impl Read for DontWait<'_> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let fd = self.0.as_raw_fd();
+        let n = unsafe { libc::recv(fd, b.as_mut_ptr() as *mut libc::c_void, b.len(), libc::MSG_DONTWAIT) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
 /// Dials once.
 pub fn dial_once(addr: &Address) -> io::Result<(BlockingStream, Framing)> {
     match addr {
@@ -193,6 +236,7 @@ pub fn dial_once(addr: &Address) -> io::Result<(BlockingStream, Framing)> {
             let sa = resolve(&host, *port)?;
             let s = std::net::TcpStream::connect(sa)?;
             let _ = s.set_nodelay(true);
+            set_keepalive(s.as_raw_fd());
             Ok((BlockingStream::Tcp(s), Framing::Tcp))
         }
         _ => Ok((BlockingStream::Unix(unet::UnixStream::connect_addr(&unix_addr(addr)?)?), Framing::Ipc)),

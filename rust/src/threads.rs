@@ -1,0 +1,123 @@
+//! The threads mirai starts, and the signals it sends to R's main thread.
+//!
+//! R's signal handlers (SIGINT above all) longjmp on whatever thread the
+//! signal lands on; on one of ours that would be a crash. So every thread
+//! we start blocks the signals R handles before it runs anything, and a
+//! cancellation is sent to R's main thread by thread id (`tgkill`), never
+//! to the process as a whole.
+//!
+//! A panic on one of our threads must not vanish silently: `spawn` runs the
+//! body inside `catch_unwind` and hands the panic message to the caller's
+//! `on_panic`, which resolves whatever depended on the thread.
+//!
+//! `lock` takes a mutex whether or not a panic poisoned it: every state we
+//! guard stays usable (the owners re-establish their invariants on a panic,
+//! see `host::Core::die`), and a `Drop` must never panic on a poisoned lock.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks `m`, ignoring poisoning.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The message of a caught panic.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Blocks, in the calling thread, the asynchronous signals that R handles.
+fn block_r_signals() {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGPIPE] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Starts a named thread with R's signals blocked. A panic in `body` is
+/// caught and passed to `on_panic` (which must not panic itself: it runs
+/// inside a second `catch_unwind` whose failure is ignored).
+pub fn spawn<F, P>(name: &str, body: F, on_panic: P) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+    P: FnOnce(String) + Send + 'static,
+{
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        block_r_signals();
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            let msg = panic_message(&*p);
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_panic(msg)));
+        }
+    })
+}
+
+static MAIN_TID: AtomicI32 = AtomicI32::new(0);
+
+/// Records the calling thread as R's main thread. Called from the package's
+/// init routine, which R runs on its main thread.
+pub fn record_main_thread() {
+    MAIN_TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+}
+
+/// Raises SIGINT on R's main thread only (R turns it into an interrupt of
+/// the running evaluation). False if the main thread is unknown.
+pub fn interrupt_main() -> bool {
+    let tid = MAIN_TID.load(Ordering::Relaxed);
+    if tid == 0 {
+        return false;
+    }
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGINT) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_panic_reaches_on_panic_and_locks_survive_poisoning() {
+        let m = Arc::new(Mutex::new(1));
+        let m2 = m.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = spawn(
+            "t",
+            move || {
+                let _g = m2.lock().unwrap();
+                panic!("boom");
+            },
+            move |msg| tx.send(msg).unwrap(),
+        )
+        .unwrap();
+        h.join().unwrap();
+        assert_eq!(rx.recv().unwrap(), "boom");
+        assert!(m.is_poisoned());
+        *lock(&m) += 1;
+        assert_eq!(*lock(&m), 2);
+    }
+
+    #[test]
+    fn spawned_threads_block_sigint() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn(
+            "t",
+            move || unsafe {
+                let mut cur: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
+                tx.send(libc::sigismember(&cur, libc::SIGINT)).unwrap();
+            },
+            |_| {},
+        )
+        .unwrap()
+        .join()
+        .unwrap();
+        assert_eq!(rx.recv().unwrap(), 1);
+    }
+}
