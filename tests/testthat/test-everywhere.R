@@ -2,7 +2,7 @@
 # both scheduling modes.
 
 daemon_pids <- function(.compute = NULL) {
-  sort(.Call(mirai:::C_mirai_host_children, mirai:::profile_of(.compute)$host))
+  sort(.Call(mirai:::C_mirai_host_children, mirai:::profile_of(.compute)$host, FALSE))
 }
 
 test_that("everywhere() needs daemons and checks its arguments", {

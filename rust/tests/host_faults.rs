@@ -1,0 +1,258 @@
+//! Faults and hostile peers at the host and the daemon, over real sockets:
+//! a failed event loop resolves everything, a silent peer is dropped at the
+//! Hello deadline, a flood of silent peers cannot lock daemons out, and a
+//! daemon facing a host that stalls mid-frame keeps control.
+
+use mirai::aio::{Notifier, Outcome, Slot};
+use mirai::client::{ClientConn, Incoming};
+use mirai::frame::{Framing, SP_HEADER};
+use mirai::host::{Host, HostOptions, HELLO_TIMEOUT, MAX_PENDING};
+use mirai::proto::{self, Msg, PROTOCOL_VERSION};
+use mirai::url::Address;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn options() -> HostOptions {
+    HostOptions {
+        dispatcher: true,
+        secret: Some("s3cret".into()),
+        oneshot: false,
+        rng_stream: None,
+        settings: Vec::new(),
+        memory_cap: 0,
+        max_message: 1 << 40,
+    }
+}
+
+fn tcp_host() -> (Host, Address) {
+    let host = Host::start(&Address::parse("tcp://127.0.0.1:0").unwrap(), options()).unwrap();
+    let addr = Address::parse(&host.url).unwrap();
+    (host, addr)
+}
+
+fn port(host: &Host) -> u16 {
+    host.url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+fn task_frame(host: &Host, id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    host.framing.begin(&mut f);
+    proto::encode_into(&Msg::Task { id }, &mut f);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn daemon(addr: &Address) -> ClientConn {
+    ClientConn::connect(addr, "s3cret", 1 << 40, Some(Instant::now() + Duration::from_secs(10)), || true).unwrap()
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, secs: u64) -> bool {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+#[test]
+fn a_failed_event_loop_resolves_every_pending_task_and_refuses_more() {
+    let (host, addr) = tcp_host();
+    let mut d = daemon(&addr);
+    assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));
+    let slots: Vec<Arc<Slot>> = (0..4)
+        .map(|_| {
+            let id = host.next_task_id();
+            let slot = Slot::new(host.notifier.clone());
+            host.submit(id, task_frame(&host, id, b"x"), slot.clone(), None).unwrap();
+            slot
+        })
+        .collect();
+    // One task is in flight on the daemon, three wait in the queue.
+    assert!(matches!(d.recv(Duration::from_secs(5)).unwrap(), Incoming::Task { .. }));
+    host.inject_fault();
+    assert!(wait_for(|| slots.iter().all(|s| s.is_done()), 5), "pending tasks stayed unresolved");
+    for s in &slots {
+        assert!(matches!(s.take(), Some(Outcome::Error(19))));
+    }
+    let why = host.failure().expect("the host reports its failure");
+    assert!(why.contains("event loop stopped"), "{why}");
+    let id = host.next_task_id();
+    let err = host.submit(id, task_frame(&host, id, b"y"), Slot::new(Arc::new(Notifier::default())), None);
+    assert!(err.unwrap_err().contains("fault injected"));
+    assert!(host.broadcast(vec![1, 2, 3], 0).is_err());
+    assert!(!host.cancel(1, 20));
+    // The daemon sees its host go.
+    let mut closed = false;
+    for _ in 0..50 {
+        if let Incoming::Closed = d.recv(Duration::from_millis(100)).unwrap() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the daemon's connection stayed open");
+    drop(host); // must not hang or panic on the poisoned lock
+}
+
+#[test]
+fn a_silent_peer_is_dropped_at_the_hello_deadline() {
+    let (host, _addr) = tcp_host();
+    let mut s = TcpStream::connect(("127.0.0.1", port(&host))).unwrap();
+    s.write_all(&SP_HEADER).unwrap();
+    s.set_read_timeout(Some(HELLO_TIMEOUT + Duration::from_secs(5))).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("not dropped within the deadline: {e}"),
+        }
+    }
+    let took = start.elapsed();
+    assert_eq!(got, SP_HEADER.len(), "the host sends only its SP header");
+    assert!(took >= HELLO_TIMEOUT - Duration::from_millis(200), "dropped too early: {took:?}");
+    assert!(took < HELLO_TIMEOUT + Duration::from_secs(3), "dropped too late: {took:?}");
+    assert!(wait_for(|| host.stats.refused.load(Ordering::Relaxed) == 1, 2));
+}
+
+#[test]
+fn silent_peers_beyond_the_cap_make_room_and_daemons_still_join() {
+    let (host, addr) = tcp_host();
+    let extra = 10;
+    let silent: Vec<TcpStream> = (0..MAX_PENDING + extra)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port(&host))).unwrap();
+            s.write_all(&SP_HEADER).unwrap();
+            s
+        })
+        .collect();
+    // The oldest are dropped at once, not at their deadline.
+    assert!(wait_for(|| host.stats.refused.load(Ordering::Relaxed) >= extra as u64, 2));
+    let start = Instant::now();
+    let mut d = daemon(&addr);
+    assert!(start.elapsed() < Duration::from_secs(2), "a daemon waited behind silent peers");
+    assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 2));
+    let id = host.next_task_id();
+    let slot = Slot::new(host.notifier.clone());
+    host.submit(id, task_frame(&host, id, b"payload"), slot, None).unwrap();
+    match d.recv(Duration::from_secs(5)).unwrap() {
+        Incoming::Task { id: got, body, offset } => {
+            assert_eq!(got, id);
+            assert_eq!(&body[offset..], b"payload");
+        }
+        _ => panic!("no task reached the daemon"),
+    }
+    drop(silent);
+}
+
+/// A fake host: accepts one daemon, answers its Hello with an Init, then
+/// runs `then` on the connection.
+fn fake_host(then: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static) -> Address {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("mirai-test-fake-{}-{:?}", std::process::id(), Instant::now());
+    let sa = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let l = std::os::unix::net::UnixListener::bind_addr(&sa).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut hello = [0u8; 256];
+        let _ = s.read(&mut hello).unwrap();
+        let mut init = SP_HEADER.to_vec();
+        let mut f = Vec::new();
+        Framing::Ipc.begin(&mut f);
+        proto::encode_into(&Msg::Init { version: PROTOCOL_VERSION, stream: None }, &mut f);
+        Framing::Ipc.finish(&mut f);
+        init.extend(f);
+        s.write_all(&init).unwrap();
+        then(s);
+    });
+    Address::parse(&format!("abstract://{name}")).unwrap()
+}
+
+#[test]
+fn a_daemon_facing_a_host_stalled_mid_frame_keeps_its_limits() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let addr = fake_host(move |mut s| {
+        // A task frame whose length claims 2^39 bytes, then 10 of them.
+        let mut partial = vec![1u8];
+        partial.extend((1u64 << 39).to_be_bytes());
+        partial.extend([0, 0, 0, 1, 3, 1, 0, 0, 0, 0]);
+        s.write_all(&partial).unwrap();
+        let _ = rx.recv_timeout(Duration::from_secs(30));
+    });
+    let mut d = ClientConn::connect(&addr, "", 1 << 40, Some(Instant::now() + Duration::from_secs(5)), || true).unwrap();
+    d.limits.idle = Some(Duration::from_millis(500));
+    d.limits.last_active = Instant::now();
+    let start = Instant::now();
+    let mut slices = 0;
+    loop {
+        let slice = match d.limits.wait(Instant::now()) {
+            Err(_) => break, // idle time reached: the daemon would exit
+            Ok(w) => w.unwrap_or(Duration::from_millis(200)).min(Duration::from_millis(200)),
+        };
+        let t = Instant::now();
+        assert!(matches!(d.recv(slice).unwrap(), Incoming::Nothing));
+        assert!(t.elapsed() < Duration::from_secs(1), "recv blocked on a partial frame");
+        slices += 1;
+        assert!(start.elapsed() < Duration::from_secs(5), "the idle limit never applied");
+    }
+    assert!(slices >= 2);
+    drop(tx);
+}
+
+#[test]
+fn a_daemon_resumes_a_frame_that_arrives_in_pieces() {
+    let addr = fake_host(move |mut s| {
+        let mut f = Vec::new();
+        Framing::Ipc.begin(&mut f);
+        proto::encode_into(&Msg::Task { id: 7 }, &mut f);
+        f.extend(vec![9u8; 300_000]);
+        Framing::Ipc.finish(&mut f);
+        for chunk in f.chunks(100_000) {
+            s.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let mut d = ClientConn::connect(&addr, "", 1 << 40, Some(Instant::now() + Duration::from_secs(5)), || true).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < until, "the task never completed");
+        match d.recv(Duration::from_millis(50)).unwrap() {
+            Incoming::Nothing => continue,
+            Incoming::Task { id, body, offset } => {
+                assert_eq!(id, 7);
+                assert_eq!(body.len() - offset, 300_000);
+                assert!(body[offset..].iter().all(|&b| b == 9));
+                break;
+            }
+            _ => panic!("unexpected message"),
+        }
+    }
+}
+
+#[test]
+fn a_daemon_refuses_a_frame_over_its_limit() {
+    let addr = fake_host(move |mut s| {
+        let mut claim = vec![1u8];
+        claim.extend((1u64 << 30).to_be_bytes());
+        s.write_all(&claim).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let mut d = ClientConn::connect(&addr, "", 1 << 20, Some(Instant::now() + Duration::from_secs(5)), || true).unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < until, "an over-limit claim was not refused");
+        match d.recv(Duration::from_millis(100)).unwrap() {
+            Incoming::Nothing => continue,
+            Incoming::Closed => break,
+            _ => panic!("unexpected message"),
+        }
+    }
+}
