@@ -17,7 +17,8 @@ launch_command <- function(url, dots) {
 launch_process <- function(host, url, secret, dots) {
   rscript <- file.path(R.home("bin"), "Rscript")
   env <- c(R_LIBS = paste(.libPaths(), collapse = .Platform$path.sep), MIRAI_SECRET = secret)
-  .Call(C_mirai_host_launch, host, rscript, c("-e", launch_command(url, dots)), names(env), unname(env))
+  .Call(C_mirai_host_launch, host, rscript, c("-e", launch_command(url, dots)), names(env), unname(env),
+        isFALSE(dots[["autoexit"]]))
 }
 
 # Waits for `n` connections, with a progress message every 10 s.
@@ -49,8 +50,10 @@ reset_profile <- function(.compute, signal = FALSE) {
 }
 
 # Local daemons see the connection close and exit. Those still running
-# after a grace period (busy in a task that ignores interrupts, say) are
+# after a grace period (autoexit = NA, finishing a long task, say) are
 # killed, so that no process outlives daemons(0); their reapers collect them.
+# Daemons launched with autoexit = FALSE are meant to outlive their host and
+# are left alone (daemons(NULL) ends them).
 reap_children <- function(host, grace = 5) {
   deadline <- Sys.time() + grace
   while (length(.Call(C_mirai_host_children, host, FALSE)) && Sys.time() < deadline) Sys.sleep(0.01)
@@ -90,7 +93,8 @@ max_message <- function() {
 #' that sent them. Each such refusal counts in [status()]`$refused`.
 #'
 #' `daemons(0)` waits up to 5 seconds for local daemons to exit, then kills
-#' any still running. TCP connections use keepalive, so a daemon whose host
+#' any still running (except those launched with `autoexit = FALSE`, which
+#' are meant to outlive their host). TCP connections use keepalive, so a daemon whose host
 #' vanished without closing the connection (power loss, a cut network)
 #' notices within about 25 seconds.
 #'

@@ -353,14 +353,22 @@ fn str_vec(s: SEXP, what: &str) -> Result<Vec<String>, RError> {
 }
 
 #[no_mangle]
-pub extern "C" fn mirai_host_launch(p: SEXP, program: SEXP, args: SEXP, env_names: SEXP, env_values: SEXP) -> SEXP {
+pub extern "C" fn mirai_host_launch(
+    p: SEXP,
+    program: SEXP,
+    args: SEXP,
+    env_names: SEXP,
+    env_values: SEXP,
+    persistent: SEXP,
+) -> SEXP {
     entry(|| {
         let prof = get::<Arc<Profile>>(p, "profile")?;
         let program = sexp_str(program, "rscript")?;
         let args = str_vec(args, "args")?;
         let env: Vec<(String, String)> =
             str_vec(env_names, "env")?.into_iter().zip(str_vec(env_values, "env")?).collect();
-        let child = spawn::launch(&program, &args, &env)?;
+        let persistent = sexp_f64(persistent, "persistent")? != 0.0;
+        let child = spawn::launch(&program, &args, &env, persistent)?;
         let pid = child.pid;
         lock(&prof.children).push(child);
         Ok(unsafe { Rf_ScalarInteger(pid as c_int) })
@@ -404,9 +412,9 @@ pub extern "C" fn mirai_host_wait_ready(p: SEXP, n: SEXP, ms: SEXP) -> SEXP {
     })
 }
 
-/// Process ids of launched children still running. With `kill` TRUE,
-/// those still running are killed (SIGKILL) first; their reapers then
-/// collect them.
+/// Process ids of launched children still running, except persistent ones
+/// (`autoexit = FALSE`). With `kill` TRUE, those are killed (SIGKILL)
+/// first; their reapers then collect them.
 #[no_mangle]
 pub extern "C" fn mirai_host_children(p: SEXP, kill: SEXP) -> SEXP {
     entry(|| {
@@ -416,10 +424,11 @@ pub extern "C" fn mirai_host_children(p: SEXP, kill: SEXP) -> SEXP {
         // must not longjmp past a held guard.
         let pids: Vec<u32> = {
             let ch = lock(&prof.children);
+            let mortal = || ch.iter().filter(|c| !c.persistent);
             if kill {
-                ch.iter().for_each(Child::kill);
+                mortal().for_each(Child::kill);
             }
-            ch.iter().filter(|c| c.exited().is_none()).map(|c| c.pid).collect()
+            mortal().filter(|c| c.exited().is_none()).map(|c| c.pid).collect()
         };
         unsafe {
             let v = Rf_allocVector(INTSXP, pids.len() as isize);

@@ -153,7 +153,7 @@ impl Host {
         let notifier = Arc::new(Notifier::default());
         let core = Arc::new(Mutex::new(Core {
             registry,
-            listener,
+            listener: Some(listener),
             framing,
             conns: HashMap::new(),
             next_token: 2,
@@ -379,7 +379,9 @@ struct TaskEntry {
 // concurrently.
 struct Core {
     registry: mio::Registry,
-    listener: Listener,
+    /// None once stopped: the address is free again at once (a new host
+    /// may bind it while R still holds this one's handle).
+    listener: Option<Listener>,
     framing: Framing,
     conns: HashMap<Token, Conn>,
     next_token: usize,
@@ -520,12 +522,19 @@ impl Core {
         for (_, mut c) in self.conns.drain() {
             let _ = self.registry.deregister(&mut c.stream);
         }
+        self.close_listener();
         self.timers.clear();
         self.hello_deadlines.clear();
         self.pending = 0;
         self.stats.publish(Counters::default());
         self.stopped = true;
         self.dead = Some(reason);
+    }
+
+    fn close_listener(&mut self) {
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.registry.deregister(&mut l);
+        }
     }
 
     /// The Init for the next accepted daemon. The stream moves on only for
@@ -547,7 +556,8 @@ impl Core {
     fn accept_all(&mut self) {
         self.accept_retry = None;
         loop {
-            match self.listener.accept() {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
                 Ok((mut stream, framing)) => {
                     if self.pending >= MAX_PENDING {
                         self.drop_oldest_pending();
@@ -785,6 +795,7 @@ impl Core {
         }
         let acts = self.sched.fail_all(ERR_RESET);
         self.apply(acts, None);
+        self.close_listener();
         self.conns.clear();
         self.tasks.clear();
         self.pending = 0;

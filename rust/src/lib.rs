@@ -81,7 +81,7 @@ pub extern "C" fn mirai_rust_init(dll: *mut c_void, protect: rapi::ProtectFn, ev
         mirai_host_room / 1,
         mirai_host_memory / 1,
         mirai_host_close / 2,
-        mirai_host_launch / 5,
+        mirai_host_launch / 6,
         mirai_host_wait_ready / 3,
         mirai_host_children / 2,
         mirai_host_inject_fault / 1,

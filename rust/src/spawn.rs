@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 
 pub struct Child {
     pub pid: u32,
+    /// Launched to outlive its host (`autoexit = FALSE`): never killed by
+    /// a reset, and not waited for.
+    pub persistent: bool,
     status: Arc<Mutex<Option<i32>>>,
 }
 
@@ -26,7 +29,7 @@ impl Child {
     }
 }
 
-pub fn launch(program: &str, args: &[String], env: &[(String, String)]) -> Result<Child, String> {
+pub fn launch(program: &str, args: &[String], env: &[(String, String)], persistent: bool) -> Result<Child, String> {
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).process_group(0);
     for (k, v) in env {
@@ -48,5 +51,5 @@ pub fn launch(program: &str, args: &[String], env: &[(String, String)]) -> Resul
     // rather than as running forever.
     let on_panic = move |_msg: String| *lock(&st2) = Some(-1);
     threads::spawn("mirai-reaper", reap, on_panic).map_err(|e| e.to_string())?;
-    Ok(Child { pid, status })
+    Ok(Child { pid, persistent, status })
 }

@@ -1,0 +1,66 @@
+# Faults: a host whose event loop fails, daemons that do not leave on their
+# own, and how persistent (autoexit = FALSE) daemons end.
+
+test_that("a failed host resolves its pending mirai at once and errors on the next call", {
+  daemons(1)
+  on.exit(daemons(0))
+  busy <- mirai(Sys.sleep(30))
+  queued <- lapply(1:3, function(i) mirai(i, i = i))
+  expect_true(wait_until(function() status()$mirai[["executing"]] == 1L))
+  # Fault injection (internal): the event loop thread panics as a bug would.
+  .Call(mirai:::C_mirai_host_inject_fault, mirai:::profile_of(NULL)$host)
+  start <- Sys.time()
+  v <- collect_mirai(c(list(busy), queued))
+  expect_lt(as.double(Sys.time() - start, units = "secs"), 5)
+  for (x in v) {
+    expect_true(is_error_value(x))
+    expect_identical(unclass(x)[[1L]], 19L)
+  }
+  expect_error(mirai(1), "host has failed.*event loop stopped.*daemons\\(0\\)")
+  expect_error(everywhere(1), "host has failed")
+  # The profile resets cleanly and works again.
+  daemons(0)
+  daemons(1)
+  expect_identical(mirai(21 * 2)[], 42)
+})
+
+test_that("daemons(0) kills local daemons that do not exit within the grace period", {
+  # autoexit = NA: finish the current task before exiting, so this daemon
+  # would sit in Sys.sleep(60) for a minute after its host has gone.
+  daemons(1, autoexit = NA)
+  pid <- mirai(Sys.getpid())[]
+  m <- mirai(Sys.sleep(60))
+  expect_true(wait_until(function() status()$mirai[["executing"]] == 1L))
+  start <- Sys.time()
+  daemons(0)
+  took <- as.double(Sys.time() - start, units = "secs")
+  expect_gt(took, 4)
+  expect_lt(took, 15)
+  expect_false(pid_alive(pid))
+})
+
+test_that("an autoexit = FALSE daemon outlives daemons(0), rejoins a new host at its URL, and ends by daemons(NULL)", {
+  url <- local_url()
+  daemons(url = url, auth = FALSE)
+  launch_local(1, autoexit = FALSE)
+  pid <- mirai(Sys.getpid())[]
+  daemons(0)
+  Sys.sleep(1)
+  expect_true(pid_alive(pid))
+  daemons(url = url, auth = FALSE)
+  on.exit(daemons(0))
+  expect_identical(mirai(Sys.getpid())[], pid)
+  daemons(NULL)
+  expect_true(wait_until(function() !pid_alive(pid), 10))
+})
+
+test_that("an autoexit = FALSE daemon whose host is gone for good ends at its idle time", {
+  url <- local_url()
+  daemons(url = url, auth = FALSE)
+  launch_local(1, autoexit = FALSE, idletime = 2000)
+  pid <- mirai(Sys.getpid())[]
+  daemons(0)
+  Sys.sleep(0.5)
+  expect_true(pid_alive(pid))
+  expect_true(wait_until(function() !pid_alive(pid), 15))
+})
