@@ -26,7 +26,7 @@ check_limit <- function(x, what) {
 #'   `walltime` or `maxtasks` limits is reached (the idle time runs on while
 #'   it waits to reconnect), or when it is killed. A host that vanished
 #'   without closing the connection is noticed through TCP keepalive within
-#'   about 25 seconds.
+#'   about 30 seconds (also with data in flight).
 #' @param cleanup logical: after each task, remove new global objects,
 #'   detach newly attached packages and restore options.
 #' @param output logical: keep stdout and stderr (TRUE), or discard them.
@@ -78,7 +78,9 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
 
   start <- proc.time()[["elapsed"]] * 1000
   count <- 0
-  code <- 0L
+  # Exit codes are defined natively (ExitCode in rust/src/client.rs).
+  codes <- .$codes
+  code <- codes[["closed"]]
   ae <- if (is.na(autoexit)) 2L else as.integer(autoexit)
   first <- TRUE
   repeat {
@@ -93,7 +95,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       conn <- if (retry > 0) tryCatch(.Call(C_mirai_dial, url, secret, retry, ae, max_message()),
                                       error = function(e) NULL)
       if (is.null(conn)) {
-        code <- if (idletime <= left) 1L else 2L
+        code <- if (idletime <= left) codes[["idle"]] else codes[["wall"]]
         break
       }
     }
@@ -122,8 +124,8 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           # list(id, NULL, message): the task could not be unserialized.
           res <- if (length(msg) > 2L) mirai_error(simpleError(msg[[3L]])) else eval_task(msg[[2L]], box)
           last <- send_result(conn, msg[[1L]], res)
-          if (last) {
-            code <- max(last, 0L)
+          if (last != 0L) {
+            code <- last
             break
           }
           # everywhere() tasks mark their payload: what they change is meant
@@ -138,17 +140,20 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       cur <- .Call(C_mirai_daemon_current, conn)
       if (cur > 0) {
         last <- send_result(conn, cur, mirai_interrupt())
-        if (last) {
-          code <- max(last, 0L)
+        if (last != 0L) {
+          code <- last
           break
         }
       }
     }
     count <- count + .Call(C_mirai_daemon_close, conn)
     # Only a lost connection with autoexit = FALSE leads to a reconnect.
-    if (code != 0L || !isFALSE(autoexit)) break
+    # A host gone mid-reply ends the connection as a close does.
+    if (code == codes[["gone"]]) code <- codes[["closed"]]
+    if (code != codes[["closed"]] || !isFALSE(autoexit)) break
   }
-  invisible(max(code, 0L))
+  # An exit request ends the daemon as a closed connection does.
+  invisible(if (code < 0L) codes[["closed"]] else code)
 }
 
 # Sends a result; for a daemon's last task, waits for the host to take it.

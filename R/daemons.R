@@ -1,7 +1,5 @@
 # daemons(): compute profiles, local daemon launch, status.
 
-daemon_arg_names <- c("asyncdial", "autoexit", "cleanup", "output", "maxtasks", "idletime", "walltime")
-
 # Keeps the logical or numeric daemon() arguments, written literally.
 daemon_dots <- function(dots) {
   keep <- vapply(dots, function(v) (is.logical(v) || is.numeric(v)) && length(v) == 1L, logical(1L))
@@ -12,6 +10,15 @@ daemon_dots <- function(dots) {
 launch_command <- function(url, dots) {
   args <- vapply(names(dots), function(nm) sprintf(",%s=%s", nm, paste(deparse(dots[[nm]]), collapse = "")), character(1L))
   sprintf("mirai::daemon(%s%s)", deparse(url), paste(args, collapse = ""))
+}
+
+# Arguments for launching one more daemon. Without dispatcher or seed each
+# daemon starts on its own stream, given as `rs` (with dispatcher the host
+# sends it in the daemon's Init instead).
+launch_args <- function(prof, dots) {
+  args <- c(list(dispatcher = prof$dispatcher), dots)
+  if (!prof$dispatcher && is.null(prof$seed)) args$rs <- next_stream(prof)
+  args
 }
 
 launch_process <- function(host, url, secret, dots) {
@@ -36,6 +43,28 @@ memory_bytes <- function(memory) {
   if (length(memory) != 1L || !(is.numeric(memory) || identical(memory, NA)))
     stop("`memory` must be a single number of megabytes, or NULL", call. = FALSE)
   if (is.na(memory) || memory <= 0 || is.infinite(memory)) 0 else memory * 1e6
+}
+
+# The one constructor of compute profiles: an environment (fields change
+# later, e.g. `stream` moves on), registered under `.compute`. `host` is the
+# native handle (NULL in sync mode, where `globals` receives `...` objects).
+new_profile <- function(.compute, url, dispatcher, seed = NULL, stream = NULL, host = NULL, serial = NULL,
+                        secret = NULL, dots = list(), n = 0L, sync = FALSE) {
+  prof <- new.env(parent = emptyenv())
+  prof$compute <- .compute
+  prof$url <- url
+  prof$dispatcher <- dispatcher
+  prof$seed <- seed
+  prof$stream <- stream
+  prof$host <- host
+  prof$serial <- serial
+  prof$secret <- secret
+  prof$dots <- dots
+  prof$n <- as.integer(n)
+  prof$sync <- sync
+  if (sync) prof$globals <- new.env(parent = .GlobalEnv)
+  assign(.compute, prof, envir = .$profiles)
+  prof
 }
 
 reset_profile <- function(.compute, signal = FALSE) {
@@ -96,7 +125,7 @@ max_message <- function() {
 #' any still running (except those launched with `autoexit = FALSE`, which
 #' are meant to outlive their host). TCP connections use keepalive, so a daemon whose host
 #' vanished without closing the connection (power loss, a cut network)
-#' notices within about 25 seconds.
+#' notices within about 30 seconds.
 #'
 #' @param n integer number of local daemons to launch, 0 to reset, or NULL
 #'   to reset and ask connected daemons to exit.
@@ -158,16 +187,8 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     stop("`seed` must be NULL or a single integer", call. = FALSE)
   if (sync) {
     reset_profile(.compute)
-    prof <- new.env(parent = emptyenv())
-    prof$sync <- TRUE
-    prof$seed <- seed
-    prof$stream <- init_stream(seed)
-    prof$globals <- new.env(parent = .GlobalEnv)
-    prof$url <- paste0("inproc://", .Call(C_mirai_random_hex, 12))
-    prof$dispatcher <- FALSE
-    prof$compute <- .compute
-    prof$n <- 0L
-    assign(.compute, prof, envir = .$profiles)
+    new_profile(.compute, url = paste0("inproc://", .Call(C_mirai_random_hex, 12)), dispatcher = FALSE,
+                seed = seed, stream = init_stream(seed), sync = TRUE)
     return(invisible(structure(TRUE, class = c("miraiDaemons", .compute))))
   }
   if (missing(n)) {
@@ -210,19 +231,8 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE,
                 if (dispatcher && is.null(seed)) stream, if (!is.null(serial)) list(serial = serial), cap,
                 max_message())
-  prof <- new.env(parent = emptyenv())
-  prof$host <- host
-  prof$seed <- seed
-  prof$stream <- stream
-  prof$serial <- serial
-  prof$url <- .Call(C_mirai_host_url, host)
-  prof$dispatcher <- dispatcher
-  prof$secret <- secret
-  prof$dots <- dots
-  prof$n <- as.integer(n)
-  prof$compute <- .compute
-  prof$sync <- FALSE
-  assign(.compute, prof, envir = .$profiles)
+  prof <- new_profile(.compute, url = .Call(C_mirai_host_url, host), dispatcher = dispatcher, seed = seed,
+                      stream = stream, host = host, serial = serial, secret = secret, dots = dots, n = n)
   if (is.null(url) && n > 0) {
     ok <- FALSE
     on.exit(if (!ok) reset_profile(.compute))

@@ -102,12 +102,9 @@ is_error_value <- function(x) inherits(x, "errorValue")
 nextcode <- function(xc) {
   if (!is.numeric(xc) || length(xc) != 1L || is.na(xc))
     stop("`xc` must be a single integer exit code", call. = FALSE)
-  switch(
-    as.character(as.integer(xc)),
-    "0" = "0 | Daemon connection terminated",
-    "1" = "1 | Daemon idletime limit reached",
-    "2" = "2 | Daemon walltime limit reached",
-    "3" = "3 | Daemon task limit reached",
-    sprintf("%d | Unknown exit code", as.integer(xc))
-  )
+  xc <- as.integer(xc)
+  what <- c(closed = "Daemon connection terminated", idle = "Daemon idletime limit reached",
+            wall = "Daemon walltime limit reached", tasks = "Daemon task limit reached")
+  name <- names(.$codes)[match(xc, .$codes)]
+  sprintf("%d | %s", xc, if (!is.na(name) && name %in% names(what)) what[[name]] else "Unknown exit code")
 }

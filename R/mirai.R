@@ -103,13 +103,22 @@ try_mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NU
   eval(call, parent.frame())
 }
 
-resolved_mirai <- function(value) {
-  env <- new.env(hash = FALSE, parent = emptyenv())
-  env$value <- value
-  makeActiveBinding("data", function(x) .subset2(env, "value"), env)
-  class(env) <- c("mirai", "recvAio")
-  env
+# Sends a task to the profile's host; returns the mirai. On a seeded
+# profile the task carries the current stream as its `.Random.seed`, so
+# results do not depend on which daemon runs which task. The stream moves on
+# only once the host has taken the task: a submission that errors does not
+# use one up. `seed = FALSE` sends the task without a stream.
+submit_task <- function(prof, data, timeout, seed = TRUE) {
+  stream <- if (seed && !is.null(prof$seed)) prof$stream
+  if (!is.null(stream)) data[["._globals_."]][[".Random.seed"]] <- stream
+  m <- .Call(C_mirai_host_submit, prof$host, data, timeout)
+  if (!is.null(stream)) prof$stream <- .Call(C_mirai_next_stream, stream)
+  m
 }
+
+# A mirai resolved from the start (sync mode), built by the same native
+# constructor as every other mirai.
+resolved_mirai <- function(value) .Call(C_mirai_resolved, value)
 
 ephemeral_mirai <- function(data, timeout) {
   secret <- .Call(C_mirai_random_hex, 16)

@@ -30,28 +30,6 @@ set_stream <- function(s) {
   assign(".Random.seed", as.integer(s), envir = .GlobalEnv)
 }
 
-# Arguments for launching one more daemon. Without dispatcher or seed each
-# daemon starts on its own stream, given as `rs` (with dispatcher the host
-# sends it in the daemon's Init instead).
-launch_args <- function(prof, dots) {
-  args <- c(list(dispatcher = prof$dispatcher), dots)
-  if (!prof$dispatcher && is.null(prof$seed)) args$rs <- next_stream(prof)
-  args
-}
-
-# Sends a task to the profile's host; returns the mirai. On a seeded
-# profile the task carries the current stream as its `.Random.seed`, so
-# results do not depend on which daemon runs which task. The stream moves on
-# only once the host has taken the task: a submission that errors does not
-# use one up. `seed = FALSE` sends the task without a stream.
-submit_task <- function(prof, data, timeout, seed = TRUE) {
-  stream <- if (seed && !is.null(prof$seed)) prof$stream
-  if (!is.null(stream)) data[["._globals_."]][[".Random.seed"]] <- stream
-  m <- .Call(C_mirai_host_submit, prof$host, data, timeout)
-  if (!is.null(stream)) prof$stream <- .Call(C_mirai_next_stream, stream)
-  m
-}
-
 # Sync mode: evaluates `expr` on the task's own stream when the profile is
 # seeded (so results match those from daemons), then puts the session's RNG
 # state back.

@@ -5,6 +5,7 @@
 //! or a cancellation resolves the mirai exactly once.
 
 use crate::threads::lock;
+use crossbeam_channel::{bounded, Receiver, Select, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -16,51 +17,56 @@ pub enum Outcome {
     Error(i32),
 }
 
-/// Profile-wide completion signal, for waits on "any of these".
-#[derive(Default)]
-pub struct Notifier {
-    state: Mutex<NotifierState>,
-    cv: Condvar,
+/// A profile's completion doorbell, for waits on "any of these" (possibly
+/// across profiles). Every completion rings it; a ring while one is already
+/// pending is dropped, so it never holds more than one. A waiter drains it,
+/// looks at the slots, then blocks on it: a completion after the drain rings
+/// again, so no wake-up is missed. A bounded channel is the tool: waiting on
+/// several profiles is a `Select` over their doorbells, with no polling.
+pub struct Doorbell {
+    tx: Sender<()>,
+    rx: Receiver<()>,
 }
 
-#[derive(Default)]
-struct NotifierState {
-    count: u64,
-    waiters: usize,
+impl Default for Doorbell {
+    fn default() -> Self {
+        let (tx, rx) = bounded(1);
+        Doorbell { tx, rx }
+    }
 }
 
-impl Notifier {
-    pub fn bump(&self) {
-        let waiters = {
-            let mut g = lock(&self.state);
-            g.count += 1;
-            g.waiters
-        };
-        // Every reply completes a slot: wake (a syscall) only when someone
-        // actually waits. Waiters register under the lock before sleeping,
-        // so none is missed.
-        if waiters > 0 {
-            self.cv.notify_all();
-        }
+impl Doorbell {
+    pub fn ring(&self) {
+        let _ = self.tx.try_send(());
     }
-    pub fn current(&self) -> u64 {
-        lock(&self.state).count
+
+    fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
     }
-    /// Waits until the count moves past `seen` or `slice` passes.
-    pub fn wait_past(&self, seen: u64, slice: Duration) -> u64 {
-        let mut g = lock(&self.state);
-        g.waiters += 1;
-        let (mut g, _) = self.cv.wait_timeout_while(g, slice, |st| st.count == seen).unwrap_or_else(|e| e.into_inner());
-        g.waiters -= 1;
-        g.count
+}
+
+/// Waits up to `slice` for any of `slots` to resolve; the index of the
+/// first resolved one. `bells`: the doorbells of the slots' profiles (each
+/// once).
+pub fn wait_any(slots: &[Arc<Slot>], bells: &[Arc<Doorbell>], slice: Duration) -> Option<usize> {
+    bells.iter().for_each(|b| b.drain());
+    if let Some(i) = slots.iter().position(|s| s.is_done()) {
+        return Some(i);
     }
+    let mut sel = Select::new();
+    for b in bells {
+        sel.recv(&b.rx);
+    }
+    // Readiness only: the next call drains.
+    let _ = sel.ready_timeout(slice);
+    slots.iter().position(|s| s.is_done())
 }
 
 pub struct Slot {
     done: AtomicBool,
     inner: Mutex<SlotState>,
     cv: Condvar,
-    notifier: Arc<Notifier>,
+    bell: Arc<Doorbell>,
 }
 
 #[derive(Default)]
@@ -70,8 +76,8 @@ struct SlotState {
 }
 
 impl Slot {
-    pub fn new(notifier: Arc<Notifier>) -> Arc<Slot> {
-        Arc::new(Slot { done: AtomicBool::new(false), inner: Mutex::default(), cv: Condvar::new(), notifier })
+    pub fn new(bell: Arc<Doorbell>) -> Arc<Slot> {
+        Arc::new(Slot { done: AtomicBool::new(false), inner: Mutex::default(), cv: Condvar::new(), bell })
     }
 
     /// Stores the outcome unless one is already there. True if stored.
@@ -85,12 +91,12 @@ impl Slot {
             self.done.store(true, Ordering::Release);
             g.waiters
         };
-        // As for the notifier: most results are collected by a spinning or
-        // later reader, so the wake-up syscall is skipped unless needed.
+        // Most results are collected by a spinning or later reader, so the
+        // wake-up syscall is skipped unless someone waits.
         if waiters > 0 {
             self.cv.notify_all();
         }
-        self.notifier.bump();
+        self.bell.ring();
         true
     }
 
@@ -133,11 +139,27 @@ mod tests {
     }
 
     #[test]
+    fn wait_any_wakes_across_doorbells_without_polling() {
+        let (a, b): (Arc<Doorbell>, Arc<Doorbell>) = (Arc::default(), Arc::default());
+        let slots = [Slot::new(a.clone()), Slot::new(b.clone())];
+        assert_eq!(wait_any(&slots, &[a.clone(), b.clone()], Duration::from_millis(5)), None);
+        let s1 = slots[1].clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            s1.complete(Outcome::Error(20));
+        });
+        // One long slice: only the doorbell can end it this soon.
+        let start = std::time::Instant::now();
+        assert_eq!(wait_any(&slots, &[a, b], Duration::from_secs(20)), Some(1));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
+    }
+
+    #[test]
     fn wait_wakes_on_completion_from_another_thread() {
-        let n: Arc<Notifier> = Arc::default();
+        let n: Arc<Doorbell> = Arc::default();
         let s = Slot::new(n.clone());
         let s2 = s.clone();
-        let seen = n.current();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
             s2.complete(Outcome::Error(20));
@@ -147,7 +169,6 @@ mod tests {
             spins += 1;
         }
         assert!(spins < 2);
-        assert!(n.wait_past(seen, Duration::from_millis(10)) > seen);
         t.join().unwrap();
     }
 }

@@ -84,23 +84,54 @@ impl Default for Limits {
     }
 }
 
-/// Why the daemon stops waiting for tasks (codes as `nextcode()` numbers them).
-pub enum Stop {
+/// Why a daemon's receive loop ends: the one definition of these codes,
+/// handed to R at load (`mirai_exit_codes`). Non-negative codes are what
+/// `daemon()` returns and `nextcode()` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum ExitCode {
+    /// The host closed the connection.
+    Closed = 0,
+    /// `idletime` passed with no task.
     Idle = 1,
+    /// `walltime` reached.
     Wall = 2,
+    /// `maxtasks` done.
+    Tasks = 3,
+    /// The host asked this daemon to exit (`daemons(NULL)`).
+    ExitRequested = -1,
+    /// A reply could not be sent: the host is gone.
+    HostGone = -2,
+}
+
+impl ExitCode {
+    pub const ALL: [ExitCode; 6] =
+        [ExitCode::Closed, ExitCode::Idle, ExitCode::Wall, ExitCode::Tasks, ExitCode::ExitRequested, ExitCode::HostGone];
+
+    /// The name R knows the code by.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitCode::Closed => "closed",
+            ExitCode::Idle => "idle",
+            ExitCode::Wall => "wall",
+            ExitCode::Tasks => "tasks",
+            ExitCode::ExitRequested => "exit",
+            ExitCode::HostGone => "gone",
+        }
+    }
 }
 
 impl Limits {
     /// How long to wait for the next task, or why not to wait at all.
-    pub fn wait(&self, now: Instant) -> Result<Option<Duration>, Stop> {
+    pub fn wait(&self, now: Instant) -> Result<Option<Duration>, ExitCode> {
         if self.wall_until.is_some_and(|w| now >= w) {
-            return Err(Stop::Wall);
+            return Err(ExitCode::Wall);
         }
         let idle_left = match self.idle {
             Some(i) => {
                 let left = (self.last_active + i).saturating_duration_since(now);
                 if left.is_zero() {
-                    return Err(Stop::Idle);
+                    return Err(ExitCode::Idle);
                 }
                 Some(left)
             }
@@ -114,13 +145,13 @@ impl Limits {
     }
 
     /// Records a finished task; the exit code if it was the last one.
-    pub fn finish_task(&mut self, now: Instant) -> Option<i32> {
+    pub fn finish_task(&mut self, now: Instant) -> Option<ExitCode> {
         self.done += 1;
         self.last_active = now;
         if self.done as f64 >= self.tasks_left {
-            Some(3)
+            Some(ExitCode::Tasks)
         } else if self.wall_until.is_some_and(|w| now >= w) {
-            Some(2)
+            Some(ExitCode::Wall)
         } else {
             None
         }

@@ -27,7 +27,7 @@
 //! reset" at once, connections close, and every later call on the host
 //! returns the reason as an error.
 
-use crate::aio::{Notifier, Outcome, Slot};
+use crate::aio::{Doorbell, Outcome, Slot};
 use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER};
 use crate::proto::{self, Msg, PROTOCOL_VERSION};
@@ -72,11 +72,16 @@ pub struct Stats {
     pub cap_bytes: u64,
     room_lock: Mutex<()>,
     room: Condvar,
+    /// Signalled whenever `connections` changes.
+    joined: Condvar,
 }
 
 impl Stats {
     fn publish(&self, c: Counters) {
-        self.connections.store(c.connections, Ordering::Relaxed);
+        if self.connections.swap(c.connections, Ordering::Relaxed) != c.connections {
+            drop(lock(&self.room_lock));
+            self.joined.notify_all();
+        }
         self.cumulative.store(c.cumulative, Ordering::Relaxed);
         self.awaiting.store(c.awaiting, Ordering::Relaxed);
         self.executing.store(c.executing, Ordering::Relaxed);
@@ -95,6 +100,14 @@ impl Stats {
     /// True if another task may be queued: no cap, or the queue is below it.
     pub fn has_room(&self) -> bool {
         self.cap_bytes == 0 || self.queued_bytes.load(Ordering::Relaxed) < self.cap_bytes
+    }
+
+    /// Waits up to `slice` for at least `n` daemons; true once connected.
+    pub fn wait_connections(&self, n: u64, slice: Duration) -> bool {
+        let have = || self.connections.load(Ordering::Relaxed) >= n;
+        let g = lock(&self.room_lock);
+        let _g = self.joined.wait_timeout_while(g, slice, |_| !have()).unwrap_or_else(|e| e.into_inner());
+        have()
     }
 
     /// Waits up to `slice` for room in the queue; true once there is.
@@ -131,9 +144,8 @@ pub struct Host {
     pub framing: Framing,
     pub dispatcher: bool,
     pub stats: Arc<Stats>,
-    pub notifier: Arc<Notifier>,
+    pub bell: Arc<Doorbell>,
     core: Arc<Mutex<Core>>,
-    waker: Arc<Waker>,
     thread: Mutex<Option<JoinHandle<()>>>,
     next_id: AtomicU64,
 }
@@ -147,12 +159,13 @@ impl Host {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| e.to_string())?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?);
+        let waker = Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?;
         let registry = poll.registry().try_clone().map_err(|e| e.to_string())?;
         let stats = Arc::new(Stats { cap_bytes: opts.memory_cap, ..Stats::default() });
-        let notifier = Arc::new(Notifier::default());
+        let bell = Arc::new(Doorbell::default());
         let core = Arc::new(Mutex::new(Core {
-            registry,
+            registry: Some(registry),
+            waker: Some(waker),
             listener: Some(listener),
             framing,
             conns: HashMap::new(),
@@ -186,9 +199,8 @@ impl Host {
             framing,
             dispatcher: opts.dispatcher,
             stats,
-            notifier,
+            bell,
             core,
-            waker,
             thread: Mutex::new(Some(thread)),
             next_id: AtomicU64::new(1),
         })
@@ -196,6 +208,17 @@ impl Host {
 
     pub fn next_task_id(&self) -> TaskId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Builds a task frame: the frame prefix and envelope for task `id`,
+    /// then the payload `write` appends (R's serialization, written straight
+    /// into the frame). `submit` patches the length.
+    pub fn task_frame<E>(&self, id: TaskId, write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Vec<u8>, E> {
+        let mut frame = Vec::new();
+        self.framing.begin(&mut frame);
+        proto::encode_into(&Msg::Task { id }, &mut frame);
+        write(&mut frame)?;
+        Ok(frame)
     }
 
     /// Runs `f` on the core under its lock. Err if the core is dead, or
@@ -211,8 +234,6 @@ impl Host {
             Err(p) => {
                 let why = format!("the host failed ({})", threads::panic_message(&*p));
                 core.die(why.clone());
-                drop(core);
-                let _ = self.waker.wake();
                 Err(why)
             }
         }
@@ -229,10 +250,10 @@ impl Host {
     /// failed, the reason comes back as Err.
     pub fn submit(&self, id: TaskId, mut frame: Vec<u8>, slot: Arc<Slot>, timeout: Option<Duration>) -> Result<(), String> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let wake = self.with_core(|core| {
+        self.with_core(|core| {
             if core.stopped || core.shutdown.is_some() {
                 slot.complete(Outcome::Error(ERR_RESET));
-                return false;
+                return;
             }
             core.framing.finish(&mut frame);
             let bytes = frame.len() as u64;
@@ -243,22 +264,18 @@ impl Host {
             core.publish();
             if let Some(d) = deadline {
                 core.timers.push(Reverse((d, id)));
-                return true;
+                // The loop thread must recompute its poll timeout.
+                core.wake();
             }
-            false
-        })?;
-        if wake {
-            // The loop thread must recompute its poll timeout.
-            let _ = self.waker.wake();
-        }
-        Ok(())
+        })
     }
 
     /// Makes the event loop thread panic, as a bug would: for tests of what
     /// a failed host does (pending tasks resolve, later calls error).
     pub fn inject_fault(&self) {
-        lock(&self.core).fault = true;
-        let _ = self.waker.wake();
+        let mut core = lock(&self.core);
+        core.fault = true;
+        core.wake();
     }
 
     /// `everywhere()`: one task per connected daemon, each pinned to its
@@ -288,7 +305,7 @@ impl Host {
             core.framing.begin(&mut head);
             proto::encode_into(&Msg::Task { id }, &mut head);
             core.framing.finish_with_tail(&mut head, payload.len());
-            let slot = Slot::new(self.notifier.clone());
+            let slot = Slot::new(self.bell.clone());
             core.tasks.insert(id, TaskEntry { frame: Rc::new(head), tail: Some(payload.clone()), slot: slot.clone() });
             let acts = match d {
                 Some(d) => core.sched.submit_to(id, d),
@@ -320,8 +337,11 @@ impl Host {
     pub fn shutdown(&self, signal: bool) {
         let handle = lock(&self.thread).take();
         if let Some(h) = handle {
-            lock(&self.core).shutdown = Some(signal);
-            let _ = self.waker.wake();
+            {
+                let mut core = lock(&self.core);
+                core.shutdown = Some(signal);
+                core.wake();
+            }
             let _ = h.join();
         }
     }
@@ -378,7 +398,11 @@ struct TaskEntry {
 // a time, so the frames it shares between queues never cross threads
 // concurrently.
 struct Core {
-    registry: mio::Registry,
+    /// The loop's registry and waker; None once stopped, so that their
+    /// descriptors close with the loop rather than when R collects the
+    /// profile's handle.
+    registry: Option<mio::Registry>,
+    waker: Option<Waker>,
     /// None once stopped: the address is free again at once (a new host
     /// may bind it while R still holds this one's handle).
     listener: Option<Listener>,
@@ -519,9 +543,8 @@ impl Core {
             te.slot.complete(Outcome::Error(ERR_RESET));
         }
         self.tasks.clear();
-        for (_, mut c) in self.conns.drain() {
-            let _ = self.registry.deregister(&mut c.stream);
-        }
+        // Closing a socket also takes it out of the poll set.
+        self.conns.clear();
         self.close_listener();
         self.timers.clear();
         self.hello_deadlines.clear();
@@ -529,11 +552,32 @@ impl Core {
         self.stats.publish(Counters::default());
         self.stopped = true;
         self.dead = Some(reason);
+        self.release_io();
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.waker {
+            let _ = w.wake();
+        }
+    }
+
+    fn deregister(&self, s: &mut impl mio::event::Source) {
+        if let Some(r) = &self.registry {
+            let _ = r.deregister(s);
+        }
+    }
+
+    /// Wakes the loop (so that it sees why it must end), then lets go of
+    /// the loop's descriptors.
+    fn release_io(&mut self) {
+        self.wake();
+        self.registry = None;
+        self.waker = None;
     }
 
     fn close_listener(&mut self) {
         if let Some(mut l) = self.listener.take() {
-            let _ = self.registry.deregister(&mut l);
+            self.deregister(&mut l);
         }
     }
 
@@ -564,11 +608,8 @@ impl Core {
                     }
                     let token = Token(self.next_token);
                     self.next_token += 1;
-                    if self
-                        .registry
-                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-                        .is_err()
-                    {
+                    let Some(registry) = &self.registry else { return };
+                    if registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_err() {
                         continue;
                     }
                     let mut c =
@@ -744,7 +785,7 @@ impl Core {
     /// or that broke the protocol (`protocol_error`), counts as refused.
     fn drop_conn(&mut self, t: Token, protocol_error: bool) {
         if let Some(mut c) = self.conns.remove(&t) {
-            let _ = self.registry.deregister(&mut c.stream);
+            self.deregister(&mut c.stream);
             if !c.ready {
                 self.pending -= 1;
             }
@@ -803,6 +844,7 @@ impl Core {
         self.stats.publish(Counters::default());
         // Anything submitted after this point fails at once.
         self.stopped = true;
+        self.release_io();
     }
 }
 

@@ -29,9 +29,35 @@ impl Child {
     }
 }
 
+/// Marks every descriptor above stderr close-on-exec, in a forked child.
+/// R's connections (sockets, files) are not close-on-exec, so without this
+/// a daemon would hold copies of whatever the session had open when it was
+/// launched: a socket the user closes would stay open while daemons live.
+/// Marking rather than closing keeps std's own exec-error pipe working.
+fn cloexec_inherited() {
+    unsafe {
+        let rc = libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        if rc == 0 {
+            return;
+        }
+        // Kernels before 5.11: one fcntl per possible descriptor.
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 { lim.rlim_cur.min(1 << 16) } else { 1024 };
+        for fd in 3..max as i32 {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 pub fn launch(program: &str, args: &[String], env: &[(String, String)], persistent: bool) -> Result<Child, String> {
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).process_group(0);
+    // SAFETY: the hook runs in the forked child before exec and calls only
+    // async-signal-safe functions (close_range, fcntl, getrlimit).
+    unsafe { cmd.pre_exec(|| Ok(cloexec_inherited())) };
     for (k, v) in env {
         cmd.env(k, v);
     }

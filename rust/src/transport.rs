@@ -192,6 +192,11 @@ impl Write for BlockingStream {
 pub const KEEPALIVE_IDLE: i32 = 10;
 pub const KEEPALIVE_INTERVAL: i32 = 5;
 pub const KEEPALIVE_COUNT: i32 = 3;
+/// Keepalive only runs while nothing is unacknowledged: a reply or task
+/// sent into a cut network would otherwise be retried for 15 minutes or
+/// more (tcp_retries2). TCP_USER_TIMEOUT bounds unacknowledged data too
+/// (and, with keepalive, replaces the probe count), in milliseconds.
+pub const USER_TIMEOUT_MS: i32 = 30_000;
 
 /// Turns on TCP keepalive with the timing above. Best effort: a socket
 /// that refuses it still works, only without the check.
@@ -209,6 +214,7 @@ fn set_keepalive(fd: RawFd) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_COUNT);
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, USER_TIMEOUT_MS);
 }
 
 /// Reads a blocking stream without blocking (recv with MSG_DONTWAIT): a

@@ -108,6 +108,51 @@ impl fmt::Display for Address {
     }
 }
 
+/// IPv4 addresses of this machine's interfaces, loopback excluded, with
+/// their interface names.
+pub fn interface_addresses() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    unsafe {
+        let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut ifa) != 0 {
+            return out;
+        }
+        let mut p = ifa;
+        while !p.is_null() {
+            let a = (*p).ifa_addr;
+            if !a.is_null() && (*a).sa_family as i32 == libc::AF_INET {
+                let sin = &*(a as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() {
+                    let name = std::ffi::CStr::from_ptr((*p).ifa_name).to_string_lossy().into_owned();
+                    out.push((name, ip.to_string()));
+                }
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(ifa);
+    }
+    out
+}
+
+/// `n` bytes from the kernel's random source (for secrets and socket names).
+pub fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let rc = unsafe { libc::getrandom(bytes[got..].as_mut_ptr() as *mut libc::c_void, n - got, 0) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            got += rc as usize;
+        }
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! Hello deadline, a flood of silent peers cannot lock daemons out, and a
 //! daemon facing a host that stalls mid-frame keeps control.
 
-use mirai::aio::{Notifier, Outcome, Slot};
+use mirai::aio::{Doorbell, Outcome, Slot};
 use mirai::client::{ClientConn, Incoming};
 use mirai::frame::{Framing, SP_HEADER};
 use mirai::host::{Host, HostOptions, HELLO_TIMEOUT, MAX_PENDING};
@@ -68,7 +68,7 @@ fn a_failed_event_loop_resolves_every_pending_task_and_refuses_more() {
     let slots: Vec<Arc<Slot>> = (0..4)
         .map(|_| {
             let id = host.next_task_id();
-            let slot = Slot::new(host.notifier.clone());
+            let slot = Slot::new(host.bell.clone());
             host.submit(id, task_frame(&host, id, b"x"), slot.clone(), None).unwrap();
             slot
         })
@@ -83,7 +83,7 @@ fn a_failed_event_loop_resolves_every_pending_task_and_refuses_more() {
     let why = host.failure().expect("the host reports its failure");
     assert!(why.contains("event loop stopped"), "{why}");
     let id = host.next_task_id();
-    let err = host.submit(id, task_frame(&host, id, b"y"), Slot::new(Arc::new(Notifier::default())), None);
+    let err = host.submit(id, task_frame(&host, id, b"y"), Slot::new(Arc::new(Doorbell::default())), None);
     assert!(err.unwrap_err().contains("fault injected"));
     assert!(host.broadcast(vec![1, 2, 3], 0).is_err());
     assert!(!host.cancel(1, 20));
@@ -140,7 +140,7 @@ fn silent_peers_beyond_the_cap_make_room_and_daemons_still_join() {
     assert!(start.elapsed() < Duration::from_secs(2), "a daemon waited behind silent peers");
     assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 2));
     let id = host.next_task_id();
-    let slot = Slot::new(host.notifier.clone());
+    let slot = Slot::new(host.bell.clone());
     host.submit(id, task_frame(&host, id, b"payload"), slot, None).unwrap();
     match d.recv(Duration::from_secs(5)).unwrap() {
         Incoming::Task { id: got, body, offset } => {

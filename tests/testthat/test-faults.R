@@ -64,3 +64,16 @@ test_that("an autoexit = FALSE daemon whose host is gone for good ends at its id
   expect_true(pid_alive(pid))
   expect_true(wait_until(function() !pid_alive(pid), 15))
 })
+
+test_that("daemons do not inherit the session's open files and sockets", {
+  tmp <- tempfile()
+  f <- file(tmp, open = "w")
+  on.exit(close(f))
+  daemons(1)
+  on.exit(daemons(0), add = TRUE)
+  pid <- mirai(Sys.getpid())[]
+  fds <- list.files(sprintf("/proc/%d/fd", pid), full.names = TRUE)
+  targets <- vapply(fds, function(p) Sys.readlink(p), character(1L))
+  expect_gt(length(targets), 2L) # the daemon's own descriptors are listed
+  expect_false(any(targets == normalizePath(tmp)))
+})

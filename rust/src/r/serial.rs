@@ -29,32 +29,12 @@
 //! to the `try_r` around `R_Serialize`/`R_Unserialize` and comes back as
 //! `Err`; it never longjmps over a Rust frame with live values.
 
-#![allow(non_snake_case, improper_ctypes, clashing_extern_declarations)]
-
-use crate::rapi::*;
-use extendr_ffi::{R_ExternalPtrProtected, R_SetExternalPtrProtected, Rf_cons, CAR, CDR};
+use super::call::{try_r, RError};
+use super::ffi::*;
+use super::value::is_null;
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_int, c_void, CStr};
 
-extern "C" {
-    fn Rf_inherits(s: SEXP, name: *const c_char) -> Rboolean;
-    fn Rf_lang2(f: SEXP, x: SEXP) -> SEXP;
-    fn Rf_eval(e: SEXP, env: SEXP) -> SEXP;
-    fn R_tryCatch(
-        body: unsafe extern "C" fn(*mut c_void) -> SEXP,
-        bdata: *mut c_void,
-        conds: SEXP,
-        handler: unsafe extern "C" fn(SEXP, *mut c_void) -> SEXP,
-        hdata: *mut c_void,
-        finally: Option<unsafe extern "C" fn(*mut c_void)>,
-        fdata: *mut c_void,
-    ) -> SEXP;
-}
-
-const EXTPTRSXP: c_int = 22;
-const CLOSXP: c_int = 3;
-const SPECIALSXP: c_int = 7;
-const BUILTINSXP: c_int = 8;
 const MAGIC: &[u8; 8] = b"mirai\x00rb";
 
 unsafe extern "C" fn out_char(s: *mut R_outpstream_st, c: c_int) {
@@ -156,11 +136,11 @@ pub fn check_config(cfg: SEXP) -> Result<(), String> {
     }
     let bad = || Err("`serial` must be a serialization config from serial_config(), or NULL".to_string());
     unsafe {
-        if TYPEOF(cfg) != VECSXP as c_int || Rf_xlength(cfg) != 3 {
+        if TYPEOF(cfg) != VECSXP || Rf_xlength(cfg) != 3 {
             return bad();
         }
         let (cls, sf, uf) = (VECTOR_ELT(cfg, 0), VECTOR_ELT(cfg, 1), VECTOR_ELT(cfg, 2));
-        if TYPEOF(cls) != STRSXP as c_int || TYPEOF(sf) != VECSXP as c_int || TYPEOF(uf) != VECSXP as c_int {
+        if TYPEOF(cls) != STRSXP || TYPEOF(sf) != VECSXP || TYPEOF(uf) != VECSXP {
             return bad();
         }
         let n = Rf_xlength(cls);
@@ -198,9 +178,9 @@ unsafe fn call_caught(f: SEXP, x: SEXP) -> Result<SEXP, String> {
     }
     let mut call = Call { f, x };
     let mut failed = false;
-    let conds = Rf_protect(Rf_allocVector(STRSXP, 2));
-    SET_STRING_ELT(conds, 0, STRING_ELT(mk_string("error"), 0));
-    SET_STRING_ELT(conds, 1, STRING_ELT(mk_string("interrupt"), 0));
+    let conds = Rf_protect(Rf_allocVector(SEXPTYPE::STRSXP, 2));
+    SET_STRING_ELT(conds, 0, mk_char("error"));
+    SET_STRING_ELT(conds, 1, mk_char("interrupt"));
     let res = R_tryCatch(
         body,
         &mut call as *mut Call as *mut c_void,
@@ -217,9 +197,9 @@ unsafe fn call_caught(f: SEXP, x: SEXP) -> Result<SEXP, String> {
     if Rf_inherits(res, c"interrupt".as_ptr()) != Rboolean::FALSE {
         return Err("interrupted".into());
     }
-    if TYPEOF(res) == VECSXP as c_int && Rf_xlength(res) > 0 {
+    if TYPEOF(res) == VECSXP && Rf_xlength(res) > 0 {
         let m = VECTOR_ELT(res, 0);
-        if TYPEOF(m) == STRSXP as c_int && Rf_xlength(m) > 0 {
+        if TYPEOF(m) == STRSXP && Rf_xlength(m) > 0 {
             return Err(CStr::from_ptr(R_CHAR(STRING_ELT(m, 0))).to_string_lossy().into_owned());
         }
     }
@@ -255,6 +235,10 @@ struct InHook<'a> {
 }
 
 /// Keeps `x` alive for as long as the hook data `pdata` is.
+unsafe fn mk_char(s: &str) -> SEXP {
+    Rf_mkCharLenCE(s.as_ptr() as *const std::ffi::c_char, s.len() as c_int, cetype_t::CE_UTF8)
+}
+
 unsafe fn keep(pdata: SEXP, x: SEXP) {
     Rf_protect(x);
     R_SetExternalPtrProtected(pdata, Rf_cons(x, R_ExternalPtrProtected(pdata)));
@@ -262,9 +246,9 @@ unsafe fn keep(pdata: SEXP, x: SEXP) {
 }
 
 unsafe fn reference(ci: isize, bi: usize) -> SEXP {
-    let r = Rf_protect(Rf_allocVector(STRSXP, 2));
-    SET_STRING_ELT(r, 0, STRING_ELT(mk_string(&ci.to_string()), 0));
-    SET_STRING_ELT(r, 1, STRING_ELT(mk_string(&bi.to_string()), 0));
+    let r = Rf_protect(Rf_allocVector(SEXPTYPE::STRSXP, 2));
+    SET_STRING_ELT(r, 0, mk_char(&ci.to_string()));
+    SET_STRING_ELT(r, 1, mk_char(&bi.to_string()));
     Rf_unprotect(1);
     r
 }
@@ -306,7 +290,7 @@ unsafe fn out_hook_impl(s: SEXP, pdata: SEXP, st: &mut OutHook) -> Result<SEXP, 
         }
         let raw = call_caught(VECTOR_ELT(VECTOR_ELT(st.cfg, 1), i), s)
             .map_err(|e| format!("serialization function for class '{}' failed: {e}", class_name(st.cfg, i)))?;
-        if TYPEOF(raw) != RAWSXP as c_int {
+        if TYPEOF(raw) != RAWSXP {
             return Err(format!(
                 "serialization function for class '{}' must return a raw vector",
                 class_name(st.cfg, i)
@@ -336,7 +320,7 @@ unsafe extern "C" fn in_hook(s: SEXP, pdata: SEXP) -> SEXP {
 
 unsafe fn in_hook_impl(s: SEXP, pdata: SEXP, st: &mut InHook) -> Result<SEXP, String> {
     let bad = || "malformed custom-serialized reference".to_string();
-    if TYPEOF(s) != STRSXP as c_int || Rf_xlength(s) != 2 {
+    if TYPEOF(s) != STRSXP || Rf_xlength(s) != 2 {
         return Err(bad());
     }
     let num = |j: isize| -> Result<usize, String> {
@@ -353,7 +337,7 @@ unsafe fn in_hook_impl(s: SEXP, pdata: SEXP, st: &mut InHook) -> Result<SEXP, St
     if ci as isize >= Rf_xlength(VECTOR_ELT(st.cfg, 0)) {
         return Err("no unserialization function for this object: the serialization configs of the two sides differ".into());
     }
-    let raw = Rf_protect(Rf_allocVector(RAWSXP, len as isize));
+    let raw = Rf_protect(Rf_allocVector(SEXPTYPE::RAWSXP, len as isize));
     std::ptr::copy_nonoverlapping(st.data.as_ptr().add(start), RAW(raw), len);
     let res = call_caught(VECTOR_ELT(VECTOR_ELT(st.cfg, 2), ci as isize), raw);
     Rf_unprotect(1);

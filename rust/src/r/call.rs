@@ -1,0 +1,125 @@
+//! The edge of every `.Call`: how Rust results become R values or R
+//! conditions, and how code that calls R is kept from longjmping over Rust.
+//!
+//! Three rules keep the boundary sound:
+//! 1. only R's main thread calls R;
+//! 2. R code that may raise an error (any allocation can) runs inside
+//!    `try_r`, whose closure holds no value with a destructor: a longjmp
+//!    then stops in C (src/entrypoint.c) and comes back as
+//!    `Err(RError::Unwind)`;
+//! 3. errors are raised by `entry` alone, after the body's values are gone.
+
+use super::ffi::*;
+use std::ffi::{c_char, c_int, c_void};
+
+/// An error to raise in R once the Rust side of a call has unwound.
+pub enum RError {
+    Msg(String),
+    Interrupt,
+    /// An R condition caught by `try_r`, to be continued (re-raised as is).
+    Unwind,
+}
+
+impl<T: Into<String>> From<T> for RError {
+    fn from(s: T) -> Self {
+        RError::Msg(s.into())
+    }
+}
+
+pub type RResult = Result<SEXP, RError>;
+
+static mut ERRBUF: [u8; 8192] = [0; 8192];
+
+/// Runs a `.Call` body: panics become R errors, `Err` becomes an R error or
+/// a re-raised condition, raised after the body's values are dropped.
+pub fn entry(f: impl FnOnce() -> RResult) -> SEXP {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let err = match r {
+        Ok(Ok(s)) => return s,
+        Ok(Err(e)) => e,
+        Err(p) => RError::Msg(format!("internal error in mirai: {}", crate::threads::panic_message(&*p))),
+    };
+    unsafe { raise(err) }
+}
+
+unsafe fn raise(e: RError) -> ! {
+    match e {
+        RError::Unwind => R_ContinueUnwind(TOKEN),
+        RError::Interrupt => {
+            R_interrupts_pending = 1;
+            R_CheckUserInterrupt();
+            Rf_errorcall(R_NilValue, c"interrupted".as_ptr())
+        }
+        RError::Msg(m) => {
+            // The message must outlive the longjmp, which skips this frame.
+            let buf = &mut *std::ptr::addr_of_mut!(ERRBUF);
+            let n = m.len().min(buf.len() - 1);
+            buf[..n].copy_from_slice(&m.as_bytes()[..n]);
+            buf[n] = 0;
+            drop(m);
+            Rf_errorcall(R_NilValue, c"%s".as_ptr(), buf.as_ptr() as *const c_char)
+        }
+    }
+}
+
+/// The C helper in src/entrypoint.c that runs a body under R_UnwindProtect.
+pub type ProtectFn =
+    unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void) -> SEXP, *mut c_void, SEXP, *mut SEXP) -> c_int;
+
+static mut PROTECT: Option<ProtectFn> = None;
+/// The continuation token of the unwind held by `try_r`, preserved for the
+/// session. One token serves nested calls: each interception re-records the
+/// jump's target in it.
+static mut TOKEN: SEXP = std::ptr::null_mut();
+
+pub fn init_protect(f: ProtectFn) {
+    unsafe {
+        PROTECT = Some(f);
+        TOKEN = R_MakeUnwindCont();
+        R_PreserveObject(TOKEN);
+    }
+}
+
+/// Runs `f` (which calls R). An R error or interrupt inside stops at the C
+/// helper instead of longjmping through Rust, and comes back as
+/// `Err(RError::Unwind)`: returning that from a `.Call` body re-raises the
+/// original condition once the body's values are dropped; dropping it
+/// instead swallows the condition. `f` must own nothing with a destructor
+/// (the longjmp skips its frame). The SEXP `f` returns is unprotected.
+pub fn try_r<F: FnMut() -> SEXP>(mut f: F) -> Result<SEXP, RError> {
+    unsafe extern "C" fn body<F: FnMut() -> SEXP>(d: *mut c_void) -> SEXP {
+        (*(d as *mut F))()
+    }
+    unsafe {
+        let protect = (*std::ptr::addr_of!(PROTECT)).expect("mirai: native library not initialised by R");
+        let mut out = R_NilValue;
+        if protect(body::<F>, &mut f as *mut F as *mut c_void, TOKEN, &mut out) != 0 {
+            return Err(RError::Unwind);
+        }
+        Ok(out)
+    }
+}
+
+/// True if the user has asked to interrupt (Ctrl-C). Never longjmps.
+pub fn interrupt_pending() -> bool {
+    unsafe extern "C" fn check(_: *mut c_void) {
+        R_CheckUserInterrupt();
+    }
+    unsafe { R_ToplevelExec(check, std::ptr::null_mut()) == Rboolean::FALSE }
+}
+
+/// Forgets an interrupt that arrived after the code it was meant for.
+pub fn clear_interrupt() {
+    unsafe { R_interrupts_pending = 0 };
+}
+
+/// Waits in 100 ms slices on `ready(slice)` (true once done), checking for a
+/// user interrupt between slices.
+pub fn wait_interruptibly(mut ready: impl FnMut(std::time::Duration) -> bool) -> Result<(), RError> {
+    while !ready(std::time::Duration::from_millis(100)) {
+        if interrupt_pending() {
+            return Err(RError::Interrupt);
+        }
+    }
+    Ok(())
+}

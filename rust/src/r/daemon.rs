@@ -1,0 +1,245 @@
+//! `.Call`s for the daemon's receive-evaluate-reply loop (R/daemon.R).
+
+use super::call::{clear_interrupt, entry, interrupt_pending, RError};
+use super::ffi::SEXP;
+use super::handle::{handle, kept, new_handle, set_kept, Tagged};
+use super::profile::max_message;
+use super::serial;
+use super::value::*;
+use crate::client::{ClientConn, ExitCode, Incoming};
+use crate::threads::lock;
+use crate::url::Address;
+use std::ffi::CStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A daemon's connection; None once closed.
+type Conn = Mutex<Option<ClientConn>>;
+
+impl Tagged for Conn {
+    const TAG: &'static CStr = c"mirai_conn";
+}
+
+fn conn(s: &SEXP) -> Result<&Conn, RError> {
+    handle::<Conn>(s, "conn")
+}
+
+/// Dials the host and completes the handshake. `retry_ms`: how long to keep
+/// retrying a refused dial (Inf: a year).
+#[no_mangle]
+pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, retry_ms: SEXP, autoexit: SEXP, max_msg: SEXP) -> SEXP {
+    entry(|| {
+        let url = str_arg(url, "url")?;
+        let addr = Address::parse(&url)?;
+        let max_message = max_message(max_msg)?;
+        let secret = if is_null(secret) { String::new() } else { str_arg(secret, "secret")? };
+        let retry_ms = f64_arg(retry_ms, "asyncdial")?;
+        let autoexit = f64_arg(autoexit, "autoexit")?;
+        let retry =
+            if retry_ms.is_finite() { Duration::from_millis(retry_ms.max(0.0) as u64) } else { Duration::from_secs(86400 * 365) };
+        let mut interrupted = false;
+        let c = ClientConn::connect(&addr, &secret, max_message, Some(Instant::now() + retry), || {
+            interrupted = interrupt_pending();
+            !interrupted
+        });
+        if interrupted {
+            return Err(RError::Interrupt);
+        }
+        let c = c?;
+        c.watch_host(autoexit == 1.0).map_err(|e| e.to_string())?;
+        new_handle::<Conn>(Mutex::new(Some(c)), nil())
+    })
+}
+
+fn opt_ms(s: SEXP, what: &str) -> Result<Option<Duration>, RError> {
+    let ms = f64_arg(s, what)?;
+    Ok(if ms.is_finite() { Some(Duration::from_micros((ms.max(0.0) * 1000.0) as u64)) } else { None })
+}
+
+/// Sets the daemon's limits for this connection: idle time (ms), wall time
+/// left (ms) and tasks left.
+#[no_mangle]
+pub extern "C" fn mirai_daemon_limits(h: SEXP, idle: SEXP, wall: SEXP, tasks: SEXP) -> SEXP {
+    entry(|| {
+        let (idle, wall, tasks) = (opt_ms(idle, "idletime")?, opt_ms(wall, "walltime")?, f64_arg(tasks, "maxtasks")?);
+        let mut g = lock(conn(&h)?);
+        let c = g.as_mut().ok_or("connection is closed")?;
+        let now = Instant::now();
+        c.limits.idle = idle;
+        c.limits.wall_until = wall.map(|d| now + d);
+        c.limits.tasks_left = tasks;
+        c.limits.last_active = now;
+        Ok(nil())
+    })
+}
+
+/// Next task as `list(id, data)` (`list(id, NULL, message)` if it cannot be
+/// unserialized), or an exit code (see `ExitCode`) when there is none.
+#[no_mangle]
+pub extern "C" fn mirai_daemon_recv(h: SEXP) -> SEXP {
+    enum Got {
+        Task(u64, Vec<u8>, usize),
+        Code(ExitCode),
+    }
+    entry(|| {
+        // The connection's lock is released before anything allocates in R.
+        let got = {
+            let mut g = lock(conn(&h)?);
+            let c = g.as_mut().ok_or("connection is closed")?;
+            loop {
+                let slice = match c.limits.wait(Instant::now()) {
+                    Err(stop) => break Got::Code(stop),
+                    Ok(Some(d)) => d.min(Duration::from_millis(200)),
+                    Ok(None) => Duration::from_millis(200),
+                };
+                match c.recv(slice)? {
+                    Incoming::Task { id, body, offset } => break Got::Task(id, body, offset),
+                    Incoming::Closed => break Got::Code(ExitCode::Closed),
+                    Incoming::Exit => break Got::Code(ExitCode::ExitRequested),
+                    Incoming::Nothing => {
+                        if interrupt_pending() {
+                            return Err(RError::Interrupt);
+                        }
+                    }
+                }
+            }
+        };
+        let (id, body, offset) = match got {
+            Got::Code(code) => return int(code as i32),
+            Got::Task(id, body, offset) => (id, body, offset),
+        };
+        let data = serial::unserialize_with(&body[offset..], kept(h));
+        drop(body);
+        let mut keep = Protect::new();
+        let id = keep.keep(real(id as f64)?);
+        match data {
+            Ok(d) => {
+                let d = keep.keep(d);
+                list(&[id, d], &[])
+            }
+            // A task that cannot be read (a failing custom unserializer,
+            // say) is answered with an error rather than ending the daemon.
+            Err(e) => {
+                let msg = keep.keep(string(&format!("cannot unserialize task: {e}"))?);
+                list(&[id, nil(), msg], &[])
+            }
+        }
+    })
+}
+
+/// Sends the result of task `id`. Returns 0, or the exit code (wall time,
+/// task limit) when this was the daemon's last task, in which case the
+/// reply carries the marker; `ExitCode::HostGone` if the host has gone. A
+/// message if `value` could not be serialized: nothing was sent, and the
+/// caller sends an error value instead.
+#[no_mangle]
+pub extern "C" fn mirai_daemon_send(h: SEXP, id: SEXP, value: SEXP) -> SEXP {
+    enum Sent {
+        Code(i32),
+        NotSerialized(String),
+    }
+    entry(|| {
+        let id = f64_arg(id, "id")? as u64;
+        let cfg = kept(h);
+        // Everything that needs the connection's lock happens in this block;
+        // R allocates only after the guard is gone (R_Serialize inside runs
+        // under try_r, which stops any longjmp short of these frames).
+        let sent = {
+            let mut g = lock(conn(&h)?);
+            let c = g.as_mut().ok_or("connection is closed")?;
+            if c.done_evaluating() {
+                // The cancel's SIGINT may have landed after the evaluation
+                // ended; it must not interrupt whatever R does next.
+                clear_interrupt();
+            }
+            // Decide "last" before serializing: the marker travels in the header.
+            let before = (c.limits.done, c.limits.last_active);
+            let last = c.limits.finish_task(Instant::now());
+            let mut frame = c.begin_result(id, last.is_some());
+            match serial::serialize_with(value, &mut frame, cfg) {
+                // Any R condition is dropped: the caller sends a miraiError
+                // with this message in its place.
+                Err(e) => {
+                    (c.limits.done, c.limits.last_active) = before;
+                    Sent::NotSerialized(match e {
+                        RError::Msg(m) => m,
+                        RError::Interrupt => "interrupted".into(),
+                        RError::Unwind => "R could not serialize the value".into(),
+                    })
+                }
+                // The host is gone: the loop ends as for a closed connection
+                // (and reconnects with autoexit = FALSE).
+                Ok(()) => match c.send(frame) {
+                    Err(_) => Sent::Code(ExitCode::HostGone as i32),
+                    Ok(()) => Sent::Code(last.map_or(0, |c| c as i32)),
+                },
+            }
+        };
+        match sent {
+            Sent::Code(v) => int(v),
+            Sent::NotSerialized(m) => string(&m),
+        }
+    })
+}
+
+/// Id of the task being evaluated, 0 if none (as a double: ids are u64).
+#[no_mangle]
+pub extern "C" fn mirai_daemon_current(h: SEXP) -> SEXP {
+    entry(|| {
+        let id = lock(conn(&h)?).as_ref().map_or(0, |c| c.current());
+        real(id as f64)
+    })
+}
+
+/// After a last reply: waits (up to `ms`) for the host to close, so the
+/// reply is read before this process exits.
+#[no_mangle]
+pub extern "C" fn mirai_daemon_linger(h: SEXP, ms: SEXP) -> SEXP {
+    entry(|| {
+        let until = Instant::now() + Duration::from_millis(f64_arg(ms, "ms")? as u64);
+        let mut g = lock(conn(&h)?);
+        if let Some(c) = g.as_mut() {
+            while Instant::now() < until {
+                match c.recv(Duration::from_millis(100))? {
+                    Incoming::Closed | Incoming::Exit => break,
+                    _ => {}
+                }
+            }
+        }
+        drop(g);
+        Ok(nil())
+    })
+}
+
+/// Closes the connection; returns the number of tasks it completed.
+#[no_mangle]
+pub extern "C" fn mirai_daemon_close(h: SEXP) -> SEXP {
+    entry(|| {
+        let done = lock(conn(&h)?).take().map_or(0, |c| c.limits.done);
+        real(done as f64)
+    })
+}
+
+/// The settings from the host's Init, as `list(stream =, config =)` (each
+/// NULL if not sent). Installs `config$serial` as this connection's
+/// serialization config for both directions.
+#[no_mangle]
+pub extern "C" fn mirai_daemon_init(h: SEXP) -> SEXP {
+    entry(|| {
+        let (stream, settings) = {
+            let g = lock(conn(&h)?);
+            let c = g.as_ref().ok_or("connection is closed")?;
+            (c.init_stream, c.init_settings.clone())
+        };
+        let mut keep = Protect::new();
+        let cfg = if settings.is_empty() { nil() } else { keep.keep(serial::unserialize(&settings)?) };
+        let serial_cfg = list_get(cfg, "serial");
+        serial::check_config(serial_cfg).map_err(|e| format!("host sent an invalid serialization config: {e}"))?;
+        set_kept(h, serial_cfg);
+        let stream = match stream {
+            Some(s) => keep.keep(ints(&s)?),
+            None => nil(),
+        };
+        list(&[stream, cfg], &["stream", "config"])
+    })
+}

@@ -1,0 +1,39 @@
+//! The R boundary: everything R calls, and every call into R.
+//!
+//! The `.Call` surface is written against R's C API (declared from
+//! extendr-ffi in `ffi`) rather than through extendr-api's macros: every
+//! entry point must control exactly when an R error or interrupt may
+//! longjmp, which must be after all the call's Rust values are dropped, and
+//! the hot path (a submit, a value) is tuned to microseconds. extendr-api
+//! decides both for us; extendr-ffi gives us the declarations and nothing
+//! else.
+//!
+//! The layer under the glue, where all of the `unsafe` lives:
+//! - `ffi`: every C API declaration;
+//! - `call`: the `.Call` edge (`entry`, `try_r`, interrupts);
+//! - `value`: reading arguments and building R values without longjmps;
+//! - `handle`: Rust values behind external pointers;
+//! - `object`: the 'mirai' object (an environment with an active binding);
+//! - `serial`: R serialization into and out of message buffers.
+//!
+//! The glue, one module per R area, mostly safe code:
+//! - `profile`: a compute profile's host and its local children;
+//! - `mirai`: mirai handles, values, waits, races, cancellation;
+//! - `daemon`: the daemon's receive-evaluate-reply loop;
+//! - `helpers`: random hex, addresses, RNG streams, constants.
+
+// A SEXP here is always a value R handed us (a `.Call` argument, or one we
+// built and keep reachable): the layer's functions take them as plain
+// arguments, as R's own C API does, rather than marking every one unsafe.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
+pub mod call;
+pub mod daemon;
+pub mod ffi;
+pub mod handle;
+pub mod helpers;
+pub mod mirai;
+pub mod object;
+pub mod profile;
+pub mod serial;
+pub mod value;

@@ -1,0 +1,303 @@
+//! `.Call`s for a compute profile: its host (listener, dispatcher, daemon
+//! connections) and the local daemons it launched.
+
+use super::call::{entry, wait_interruptibly, RError};
+use super::ffi::SEXP;
+use super::handle::{handle, kept, new_handle, Tagged};
+use super::mirai::{new_aio, Aio};
+use super::serial;
+use super::value::*;
+use crate::aio::Slot;
+use crate::frame::MAX_MESSAGE;
+use crate::host::{Host, HostOptions};
+use crate::spawn::{self, Child};
+use crate::threads::lock;
+use crate::url::Address;
+use std::ffi::CStr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a profile handle owns.
+pub struct Profile {
+    pub host: Host,
+    pub children: Mutex<Vec<Child>>,
+}
+
+impl Tagged for Arc<Profile> {
+    const TAG: &'static CStr = c"mirai_profile";
+}
+
+fn profile(p: &SEXP) -> Result<&Arc<Profile>, RError> {
+    handle::<Arc<Profile>>(p, "profile")
+}
+
+/// The R error for a call on a profile whose host failed.
+pub fn host_failed(why: String) -> RError {
+    format!("this compute profile's host has failed: {why}; its pending mirai resolved to errorValue 19. Reset it with daemons(0)").into()
+}
+
+/// The message size cap in bytes (R validates it; NULL: the default).
+pub fn max_message(s: SEXP) -> Result<u64, RError> {
+    if is_null(s) {
+        return Ok(MAX_MESSAGE);
+    }
+    let b = f64_arg(s, "mirai.max_message")?;
+    if b.is_nan() || b < 1024.0 {
+        return Err("option `mirai.max_message` must be a number of bytes of at least 1024".into());
+    }
+    Ok(if b >= u64::MAX as f64 { u64::MAX } else { b as u64 })
+}
+
+/// R validates `memory`; this only refuses what would not be a byte count.
+fn memory_cap(s: SEXP) -> Result<u64, RError> {
+    let b = f64_arg(s, "memory")?;
+    if b.is_nan() || b < 0.0 {
+        return Err("`memory` must be a non-negative number of bytes".into());
+    }
+    Ok(if b.is_infinite() { 0 } else { b.ceil() as u64 })
+}
+
+fn opt_timeout(s: SEXP) -> Result<Option<Duration>, RError> {
+    if is_null(s) {
+        return Ok(None);
+    }
+    let ms = f64_arg(s, ".timeout")?;
+    if ms.is_nan() || ms < 0.0 {
+        return Err("`.timeout` must be a non-negative number of milliseconds or NULL".into());
+    }
+    Ok(if ms.is_infinite() { None } else { Some(Duration::from_micros((ms * 1000.0) as u64)) })
+}
+
+fn serialize_task(data: SEXP, cfg: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
+    serial::serialize_with(data, buf, cfg).map_err(|e| match e {
+        RError::Msg(m) => RError::Msg(format!("cannot serialize the task: {m}")),
+        e => e,
+    })
+}
+
+/// Starts a profile's host. `stream`: NULL, or the profile's L'Ecuyer-CMRG
+/// stream, from which each accepted daemon gets the next one in its Init.
+/// `settings`: NULL, or a list sent (serialized here, on R's main thread)
+/// to every daemon in its Init; its `serial` element is also the host's
+/// serialization config. `memory`: cap in bytes on the queued tasks, 0 for
+/// none. `max_msg`: the message size cap (NULL: default).
+#[no_mangle]
+pub extern "C" fn mirai_host_start(
+    url: SEXP,
+    dispatcher: SEXP,
+    secret: SEXP,
+    oneshot: SEXP,
+    stream: SEXP,
+    settings: SEXP,
+    memory: SEXP,
+    max_msg: SEXP,
+) -> SEXP {
+    entry(|| {
+        let url = str_arg(url, "url")?;
+        let addr = Address::parse(&url)?;
+        if let Address::Tcp { tls: true, .. } = addr {
+            return Err("tls+tcp:// is not available in this build yet; use tcp:// (or an SSH tunnel)".into());
+        }
+        let rng_stream = if is_null(stream) { None } else { Some(ints_arg::<7>(stream, "stream")?) };
+        let serial_cfg = list_get(settings, "serial");
+        serial::check_config(serial_cfg)?;
+        let mut blob = Vec::new();
+        if !is_null(settings) {
+            serial::serialize_into(settings, &mut blob)?;
+        }
+        let opts = HostOptions {
+            dispatcher: bool_arg(dispatcher, "dispatcher")?,
+            secret: if is_null(secret) { None } else { Some(str_arg(secret, "secret")?) },
+            oneshot: bool_arg(oneshot, "oneshot")?,
+            rng_stream,
+            settings: blob,
+            memory_cap: memory_cap(memory)?,
+            max_message: max_message(max_msg)?,
+        };
+        let host = Host::start(&addr, opts)?;
+        new_handle(Arc::new(Profile { host, children: Mutex::new(Vec::new()) }), serial_cfg)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_host_url(p: SEXP) -> SEXP {
+    entry(|| string(&profile(&p)?.host.url))
+}
+
+/// Submits a task; returns its mirai. Waits (interruptibly) first while the
+/// queue is at the memory cap: nothing has been serialized or queued yet,
+/// so an interrupt leaves no trace.
+#[no_mangle]
+pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP {
+    entry(|| {
+        let prof = profile(&p)?;
+        let timeout = opt_timeout(timeout)?;
+        let stats = &prof.host.stats;
+        if !stats.has_room() {
+            wait_interruptibly(|slice| stats.wait_room(slice))?;
+        }
+        let cfg = kept(p);
+        let id = prof.host.next_task_id();
+        let frame = prof.host.task_frame(id, |buf| serialize_task(data, cfg, buf))?;
+        let slot = Slot::new(prof.host.bell.clone());
+        prof.host.submit(id, frame, slot.clone(), timeout).map_err(host_failed)?;
+        new_aio(Aio { slot, id, profile: prof.clone() }, cfg)
+    })
+}
+
+/// `try_mirai()`'s check: TRUE if a task may be queued now without waiting.
+#[no_mangle]
+pub extern "C" fn mirai_host_room(p: SEXP) -> SEXP {
+    entry(|| lgl(profile(&p)?.host.stats.has_room()))
+}
+
+/// `status()$memory`: queued bytes, their peak and the cap, in MB (1e6
+/// bytes); the cap is NA when there is none.
+#[no_mangle]
+pub extern "C" fn mirai_host_memory(p: SEXP) -> SEXP {
+    entry(|| {
+        let s = &profile(&p)?.host.stats;
+        let mb = |b: u64| b as f64 / 1e6;
+        let cap = if s.cap_bytes == 0 { na_real() } else { mb(s.cap_bytes) };
+        let vals = [mb(s.queued_bytes.load(Ordering::Relaxed)), mb(s.peak_bytes.load(Ordering::Relaxed)), cap];
+        named_reals(&vals, &["used", "peak", "capacity"])
+    })
+}
+
+/// `everywhere()`: the payload once to every connected daemon (and to the
+/// next ones to connect, up to `min`); a list of mirai, one per task.
+#[no_mangle]
+pub extern "C" fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> SEXP {
+    entry(|| {
+        let prof = profile(&p)?;
+        let cfg = kept(p);
+        let mut payload = Vec::new();
+        serialize_task(data, cfg, &mut payload)?;
+        let min = f64_arg(min, ".min")?;
+        let min = if min.is_finite() && min > 0.0 { min as usize } else { 0 };
+        let tasks = prof.host.broadcast(payload, min).map_err(host_failed)?;
+        let mut keep = Protect::new();
+        let mut items = Vec::with_capacity(tasks.len());
+        for (id, slot) in tasks {
+            items.push(keep.keep(new_aio(Aio { slot, id, profile: prof.clone() }, cfg)?));
+        }
+        list(&items, &[])
+    })
+}
+
+/// Counters: connections, cumulative, awaiting, executing, completed,
+/// refused.
+#[no_mangle]
+pub extern "C" fn mirai_host_info(p: SEXP) -> SEXP {
+    entry(|| {
+        let s = &profile(&p)?.host.stats;
+        let vals = [&s.connections, &s.cumulative, &s.awaiting, &s.executing, &s.completed, &s.refused];
+        let v: Vec<i32> = vals.iter().map(|a| a.load(Ordering::Relaxed).min(i32::MAX as u64) as i32).collect();
+        ints(&v)
+    })
+}
+
+/// For tests: makes the profile's event loop fail as a bug would.
+#[no_mangle]
+pub extern "C" fn mirai_host_inject_fault(p: SEXP) -> SEXP {
+    entry(|| {
+        profile(&p)?.host.inject_fault();
+        Ok(nil())
+    })
+}
+
+/// Why the profile's host failed, or NULL if it has not.
+#[no_mangle]
+pub extern "C" fn mirai_host_failure(p: SEXP) -> SEXP {
+    entry(|| match profile(&p)?.host.failure() {
+        Some(why) => string(&why),
+        None => Ok(nil()),
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn mirai_host_close(p: SEXP, signal: SEXP) -> SEXP {
+    entry(|| {
+        profile(&p)?.host.shutdown(bool_arg(signal, "signal")?);
+        Ok(nil())
+    })
+}
+
+/// Launches a local daemon; its pid. `persistent`: launched with
+/// `autoexit = FALSE`, so never killed by a reset.
+#[no_mangle]
+pub extern "C" fn mirai_host_launch(
+    p: SEXP,
+    program: SEXP,
+    args: SEXP,
+    env_names: SEXP,
+    env_values: SEXP,
+    persistent: SEXP,
+) -> SEXP {
+    entry(|| {
+        let prof = profile(&p)?;
+        let program = str_arg(program, "rscript")?;
+        let args = strs_arg(args, "args")?;
+        let env: Vec<(String, String)> = strs_arg(env_names, "env")?.into_iter().zip(strs_arg(env_values, "env")?).collect();
+        let child = spawn::launch(&program, &args, &env, bool_arg(persistent, "persistent")?)?;
+        let pid = child.pid;
+        lock(&prof.children).push(child);
+        int(pid as i32)
+    })
+}
+
+/// Waits up to `ms` for `n` daemons; TRUE once connected. Errors when too
+/// many launched daemons have exited for `n` ever to be reached.
+#[no_mangle]
+pub extern "C" fn mirai_host_wait_ready(p: SEXP, n: SEXP, ms: SEXP) -> SEXP {
+    entry(|| {
+        let prof = profile(&p)?;
+        let n = f64_arg(n, "n")? as u64;
+        let until = Instant::now() + Duration::from_millis(f64_arg(ms, "ms")? as u64);
+        let mut failed = None;
+        let mut timed_out = false;
+        wait_interruptibly(|slice| {
+            if prof.host.stats.wait_connections(n, slice.min(until.saturating_duration_since(Instant::now()))) {
+                return true;
+            }
+            let have = prof.host.stats.connections.load(Ordering::Relaxed);
+            let ch = lock(&prof.children);
+            let dead: Vec<i32> = ch.iter().filter_map(|c| c.exited()).collect();
+            let alive = (ch.len() - dead.len()) as u64;
+            if !ch.is_empty() && !dead.is_empty() && have + alive < n {
+                failed = Some((dead.len(), dead[0]));
+                return true;
+            }
+            timed_out = Instant::now() >= until;
+            timed_out
+        })?;
+        if let Some((count, status)) = failed {
+            return Err(format!(
+                "{count} daemon process(es) exited before connecting (exit status {status}); run the launch command by hand to see why"
+            )
+            .into());
+        }
+        lgl(!timed_out)
+    })
+}
+
+/// Process ids of launched children still running, except persistent ones
+/// (`autoexit = FALSE`). With `kill` TRUE, those are killed (SIGKILL)
+/// first; their reapers then collect them.
+#[no_mangle]
+pub extern "C" fn mirai_host_children(p: SEXP, kill: SEXP) -> SEXP {
+    entry(|| {
+        let prof = profile(&p)?;
+        let kill = bool_arg(kill, "kill")?;
+        let pids: Vec<i32> = {
+            let ch = lock(&prof.children);
+            let mortal = || ch.iter().filter(|c| !c.persistent);
+            if kill {
+                mortal().for_each(Child::kill);
+            }
+            mortal().filter(|c| c.exited().is_none()).map(|c| c.pid as i32).collect()
+        };
+        ints(&pids)
+    })
+}
