@@ -28,6 +28,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The poll event for "the peer closed its end": POLLRDHUP on Linux; only
+/// POLLHUP (reported whatever is asked) elsewhere.
+#[cfg(target_os = "linux")]
+const HANGUP: libc::c_short = libc::POLLRDHUP;
+#[cfg(not(target_os = "linux"))]
+const HANGUP: libc::c_short = 0;
+
 pub enum Incoming {
     Task { id: u64, body: Vec<u8>, offset: usize },
     /// The host closed the connection.
@@ -307,7 +314,7 @@ impl ClientConn {
                     watch_read(&sh);
                 }
                 // Idle: R's thread reads, so only a hang-up is of interest.
-                let events = if task != 0 { libc::POLLIN | libc::POLLRDHUP } else { libc::POLLRDHUP };
+                let events = if task != 0 { libc::POLLIN | HANGUP } else { HANGUP };
                 let mut p = libc::pollfd { fd, events, revents: 0 };
                 let rc = unsafe { libc::poll(&mut p, 1, 100) };
                 if sh.closed.load(Ordering::Acquire) {
@@ -319,7 +326,7 @@ impl ClientConn {
                 if task != 0 && p.revents & libc::POLLIN != 0 {
                     watch_read(&sh);
                 }
-                if p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                if p.revents & (HANGUP | libc::POLLHUP | libc::POLLERR) != 0 {
                     if exit_on_hangup {
                         std::thread::sleep(Duration::from_millis(200));
                         if sh.evaluating.load(Ordering::Acquire) != 0 && !sh.closed.load(Ordering::Acquire) {

@@ -36,8 +36,8 @@ impl Child {
 /// Marking rather than closing keeps std's own exec-error pipe working.
 fn cloexec_inherited() {
     unsafe {
-        let rc = libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-        if rc == 0 {
+        #[cfg(target_os = "linux")]
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) == 0 {
             return;
         }
         // Kernels before 5.11: one fcntl per possible descriptor.
@@ -57,7 +57,12 @@ pub fn launch(program: &str, args: &[String], env: &[(String, String)], persiste
     cmd.args(args).stdin(Stdio::null()).process_group(0);
     // SAFETY: the hook runs in the forked child before exec and calls only
     // async-signal-safe functions (close_range, fcntl, getrlimit).
-    unsafe { cmd.pre_exec(|| Ok(cloexec_inherited())) };
+    unsafe {
+        cmd.pre_exec(|| {
+            cloexec_inherited();
+            Ok(())
+        })
+    };
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -3,8 +3,8 @@
 //! R's signal handlers (SIGINT above all) longjmp on whatever thread the
 //! signal lands on; on one of ours that would be a crash. So every thread
 //! we start blocks the signals R handles before it runs anything, and a
-//! cancellation is sent to R's main thread by thread id (`tgkill`), never
-//! to the process as a whole.
+//! cancellation is sent to R's main thread by its thread handle
+//! (`pthread_kill`), never to the process as a whole.
 //!
 //! A panic on one of our threads must not vanish silently: `spawn` runs the
 //! body inside `catch_unwind` and hands the panic message to the caller's
@@ -14,8 +14,7 @@
 //! guard stays usable (the owners re-establish their invariants on a panic,
 //! see `host::Core::die`), and a `Drop` must never panic on a poisoned lock.
 
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// Locks `m`, ignoring poisoning.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -59,22 +58,22 @@ where
     })
 }
 
-static MAIN_TID: AtomicI32 = AtomicI32::new(0);
+static MAIN_THREAD: OnceLock<libc::pthread_t> = OnceLock::new();
 
 /// Records the calling thread as R's main thread. Called from the package's
 /// init routine, which R runs on its main thread.
 pub fn record_main_thread() {
-    MAIN_TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+    let _ = MAIN_THREAD.set(unsafe { libc::pthread_self() });
 }
 
 /// Raises SIGINT on R's main thread only (R turns it into an interrupt of
-/// the running evaluation). False if the main thread is unknown.
+/// the running evaluation). False if the main thread is unknown. R's main
+/// thread lives as long as the process, so its handle stays valid.
 pub fn interrupt_main() -> bool {
-    let tid = MAIN_TID.load(Ordering::Relaxed);
-    if tid == 0 {
-        return false;
+    match MAIN_THREAD.get() {
+        Some(&t) => unsafe { libc::pthread_kill(t, libc::SIGINT) == 0 },
+        None => false,
     }
-    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGINT) == 0 }
 }
 
 #[cfg(test)]

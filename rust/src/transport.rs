@@ -7,6 +7,7 @@ use crate::url::Address;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
+#[cfg(target_os = "linux")]
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net as unet;
 use std::time::{Duration, Instant};
@@ -23,7 +24,13 @@ pub enum Stream {
 
 fn unix_addr(addr: &Address) -> io::Result<unet::SocketAddr> {
     match addr {
+        #[cfg(target_os = "linux")]
         Address::Abstract(name) => unet::SocketAddr::from_abstract_name(name.as_bytes()),
+        #[cfg(not(target_os = "linux"))]
+        Address::Abstract(_) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "abstract:// sockets exist only on Linux; use ipc:// (a socket file) instead",
+        )),
         Address::Ipc(path) => unet::SocketAddr::from_pathname(path),
         Address::Tcp { .. } => unreachable!(),
     }
@@ -115,7 +122,13 @@ impl Read for Stream {
 /// any other thread a crash. send(2) with MSG_NOSIGNAL reports EPIPE
 /// instead. (std already does this for TCP streams, not for Unix ones.)
 fn send_nosignal(fd: RawFd, b: &[u8]) -> io::Result<usize> {
-    let n = unsafe { libc::send(fd, b.as_ptr() as *const libc::c_void, b.len(), libc::MSG_NOSIGNAL) };
+    #[cfg(target_os = "linux")]
+    let flags = libc::MSG_NOSIGNAL;
+    // Elsewhere SIGPIPE is left to the process's disposition (R ignores it
+    // on the platforms it supports besides Linux only when told to).
+    #[cfg(not(target_os = "linux"))]
+    let flags = 0;
+    let n = unsafe { libc::send(fd, b.as_ptr() as *const libc::c_void, b.len(), flags) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -211,10 +224,15 @@ fn set_keepalive(fd: RawFd) {
         )
     };
     set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_COUNT);
-    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, USER_TIMEOUT_MS);
+    // The timing options are Linux's; elsewhere the system's keepalive
+    // timing applies.
+    #[cfg(target_os = "linux")]
+    {
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE);
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL);
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_COUNT);
+        set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, USER_TIMEOUT_MS);
+    }
 }
 
 /// Reads a blocking stream without blocking (recv with MSG_DONTWAIT): a

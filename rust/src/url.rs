@@ -136,20 +136,11 @@ pub fn interface_addresses() -> Vec<(String, String)> {
 }
 
 /// `n` bytes from the kernel's random source (for secrets and socket names).
+/// /dev/urandom is portable and never blocks once the system has booted.
 pub fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
     let mut bytes = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        let rc = unsafe { libc::getrandom(bytes[got..].as_mut_ptr() as *mut libc::c_void, n - got, 0) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        } else {
-            got += rc as usize;
-        }
-    }
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes)
 }
 
