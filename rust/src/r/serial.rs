@@ -245,10 +245,26 @@ unsafe fn keep(pdata: SEXP, x: SEXP) {
     Rf_unprotect(1);
 }
 
+/// Writes `n` in decimal into `buf`; the digits written. (No heap String:
+/// the allocations below may longjmp, which must skip no destructor.)
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
 unsafe fn reference(ci: isize, bi: usize) -> SEXP {
+    let (mut a, mut b) = ([0u8; 20], [0u8; 20]);
     let r = Rf_protect(Rf_allocVector(SEXPTYPE::STRSXP, 2));
-    SET_STRING_ELT(r, 0, mk_char(&ci.to_string()));
-    SET_STRING_ELT(r, 1, mk_char(&bi.to_string()));
+    SET_STRING_ELT(r, 0, mk_char(decimal(ci as usize, &mut a)));
+    SET_STRING_ELT(r, 1, mk_char(decimal(bi, &mut b)));
     Rf_unprotect(1);
     r
 }
@@ -489,6 +505,14 @@ mod tests {
         b.extend_from_slice(&(blobs.len() as u64).to_le_bytes());
         b.extend_from_slice(MAGIC);
         b
+    }
+
+    #[test]
+    fn decimal_writes_digits() {
+        let mut b = [0u8; 20];
+        assert_eq!(decimal(0, &mut b), "0");
+        assert_eq!(decimal(907, &mut b), "907");
+        assert_eq!(decimal(usize::MAX, &mut b), usize::MAX.to_string());
     }
 
     #[test]
