@@ -24,7 +24,8 @@ test_that("status, info and daemons_set report a live profile", {
   expect_null(s$mirai)
   i <- info()
   expect_identical(i[["connections"]], 2L)
-  expect_true(is.na(i[["completed"]]))
+  # Without a dispatcher only `connections` is counted.
+  expect_identical(unname(i[c("cumulative", "awaiting", "executing", "completed")]), rep(NA_integer_, 4L))
   expect_identical(nextget("url"), s$daemons)
   expect_null(nextget("secret"))
 })
@@ -62,14 +63,20 @@ test_that("remote-style setup: listen at a URL, launch_local adds daemons, TCP p
   m <- mirai(Sys.getpid())
   expect_true(unresolved(m))
   expect_identical(launch_local(2), 2)
-  expect_true(is.integer(m[]))
+  pid <- m[]
+  expect_true(is.integer(pid))
   expect_true(wait_until(function() status()$connections == 2L))
+  # It ran on one of the two daemons just launched, not here.
+  kids <- .Call(mirai:::C_mirai_host_children, mirai:::profile_of(NULL)$host, FALSE)
+  expect_length(kids, 2L)
+  expect_true(pid %in% kids)
 })
 
 test_that("ipc:// URLs work", {
   path <- file.path(tempdir(), "mirai-test.sock")
   daemons(url = paste0("ipc://", path))
   on.exit(daemons(0))
+  expect_identical(status()$daemons, paste0("ipc://", path))
   launch_local(1)
   expect_identical(mirai(2 * 21)[], 42)
 })
@@ -83,6 +90,7 @@ test_that("daemons without the host's secret are refused; auth = FALSE admits th
           stdout = out, stderr = out, env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
   expect_match(paste(readLines(out, warn = FALSE), collapse = "\n"), "not launched for this host")
   expect_identical(status()$connections, 0L)
+  expect_true(wait_until(function() identical(status()$refused, 1L)))
   daemons(0)
   daemons(url = local_url(), auth = FALSE)
   on.exit(daemons(0))
@@ -126,14 +134,21 @@ test_that("maxtasks, idletime and walltime end daemons without losing results", 
 })
 
 test_that("cleanup removes globals between tasks; cleanup = FALSE keeps them", {
+  # Each task reports its daemon and whether `leftover` is in its global
+  # env: set by the first task (seen within it), looked for by the second
+  # on the same daemon.
+  set_it <- quote({ assign("leftover", 1, envir = globalenv()); list(Sys.getpid(), exists("leftover", envir = globalenv())) })
+  look <- quote(list(Sys.getpid(), exists("leftover", envir = globalenv())))
   daemons(1, dispatcher = FALSE)
-  mirai(assign("leftover", 1, envir = globalenv()))[]
-  expect_false(mirai(exists("leftover"))[])
+  on.exit(daemons(0))
+  first <- mirai(.expr = set_it)[]
+  expect_identical(first[[2L]], TRUE)
+  expect_identical(mirai(.expr = look)[], list(first[[1L]], FALSE))
   daemons(0)
   daemons(1, dispatcher = FALSE, cleanup = FALSE)
-  on.exit(daemons(0))
-  mirai(assign("leftover", 1, envir = globalenv()))[]
-  expect_true(mirai(exists("leftover"))[])
+  first <- mirai(.expr = set_it)[]
+  expect_identical(first[[2L]], TRUE)
+  expect_identical(mirai(.expr = look)[], list(first[[1L]], TRUE))
 })
 
 test_that("a daemon exits within seconds when its host is killed", {
@@ -152,6 +167,8 @@ test_that("a daemon exits within seconds when its host is killed", {
   on.exit(p$kill())
   expect_true(wait_until(function() file.exists(pidfile) && length(readLines(pidfile)) == 2L, 30))
   pids <- as.integer(readLines(pidfile))
+  expect_length(pids, 2L)
+  expect_false(anyNA(pids))
   expect_true(all(vapply(pids, pid_alive, logical(1))))
   p$kill()  # SIGKILL: no chance to clean up
   expect_true(wait_until(function() !any(vapply(pids, pid_alive, logical(1))), 5))
@@ -160,8 +177,17 @@ test_that("a daemon exits within seconds when its host is killed", {
 test_that("local_url and host_url build URLs", {
   expect_match(local_url(), "^abstract://[0-9a-f]{24}$")
   expect_identical(local_url(tcp = TRUE, port = 5555), "tcp://127.0.0.1:5555")
-  expect_error(local_url(port = -1), "`port` must be")
+  expect_error(local_url(port = -1), "`port` must be an integer from 0 to 65535")
+  expect_error(host_url(port = 70000), "`port` must be an integer from 0 to 65535")
+  # One URL per interface (at least one), named by it. expect_match()
+  # fails on an empty vector, where all(grepl()) would pass.
   h <- host_url(port = 7)
-  expect_true(all(grepl("^tcp://.+:7$", h)))
-  expect_true(all(grepl("^tls\\+tcp://", host_url(tls = TRUE))))
+  expect_gte(length(h), 1L)
+  expect_false(is.null(names(h)))
+  expect_false(any(names(h) == ""))
+  expect_match(h, "^tcp://[^/]+:7$", all = TRUE)
+  ht <- host_url(tls = TRUE)
+  expect_length(ht, length(h))
+  expect_identical(names(ht), names(h))
+  expect_identical(unname(ht), sub(":7$", ":0", sub("^tcp://", "tls+tcp://", unname(h))))
 })

@@ -12,8 +12,8 @@ test_that("everywhere() needs daemons and checks its arguments", {
   expect_error(everywhere(), "missing expression")
   expect_error(everywhere(1, 2), "must be named")
   expect_error(everywhere(1, .args = list(2)), "must be named")
-  expect_error(everywhere(1, .min = -1), "`.min`")
-  expect_error(everywhere(1, .min = "a"), "`.min`")
+  expect_error(everywhere(1, .min = -1), "`.min` must be a non-negative number of daemons")
+  expect_error(everywhere(1, .min = "a"), "`.min` must be a non-negative number of daemons")
 })
 
 for (disp in c(TRUE, FALSE)) {
@@ -35,17 +35,25 @@ for (disp in c(TRUE, FALSE)) {
   test_that(sprintf("what everywhere() sets persists through cleanup (%s)", mode), {
     daemons(3, dispatcher = disp)
     on.exit(daemons(0))
-    everywhere({}, x = 42)
-    everywhere(y <<- a + 1, .args = list(a = 1))
-    everywhere(library(tools))
-    everywhere(options(mirai.test.everywhere = "kept"))
+    set <- list(
+      everywhere({}, x = 42),
+      everywhere(y <<- a + 1, .args = list(a = 1)),
+      everywhere(library(tools)),
+      everywhere(options(mirai.test.everywhere = "kept"))
+    )
+    # Each ran once on each of the 3 daemons without error.
+    for (mp in set) {
+      res <- mp[]
+      expect_length(res, 3L)
+      expect_false(any(vapply(res, is_error_value, logical(1L))))
+    }
     # Ordinary tasks in between run each daemon's cleanup many times over
     # and see the changes; what they set themselves is still cleaned up.
     seen <- mirai_map(1:12, function(i) {
       w <<- i
       c(x == 42, y == 2, "package:tools" %in% search(), identical(getOption("mirai.test.everywhere"), "kept"))
     })[]
-    expect_true(all(unlist(seen)))
+    expect_identical(seen, rep(list(rep(TRUE, 4L)), 12L))
     state <- everywhere(list(x = x, y = y, tools = "package:tools" %in% search(),
                              opt = getOption("mirai.test.everywhere"), w = exists("w")))[]
     expect_length(state, 3L)
@@ -68,7 +76,9 @@ for (disp in c(TRUE, FALSE)) {
       at <- setNames(lapply(res, `[[`, "at"), pids)
       for (q in collect_mirai(queued)) expect_true(q$start >= at[[as.character(q$pid)]])
     } else {
-      expect_length(collect_mirai(queued), 3L)
+      q <- collect_mirai(queued)
+      expect_length(q, 3L)
+      expect_true(all(vapply(q, function(x) is.list(x) && x$pid %in% daemon_pids(), logical(1L))))
     }
   })
 
@@ -88,13 +98,17 @@ for (disp in c(TRUE, FALSE)) {
 
   test_that(sprintf("everywhere() consumes no RNG stream of a seeded profile (%s)", mode), {
     daemons(2, dispatcher = disp, seed = 1)
+    on.exit(daemons(0))
     s0 <- nextget("stream")
-    everywhere(runif(1))[]
+    ew <- everywhere(runif(1))[]
+    expect_length(ew, 2L)
+    expect_true(all(vapply(ew, is.double, logical(1L))))
     expect_identical(nextget("stream"), s0)
     with_ew <- mirai_map(1:4, function(i) rnorm(1))[.flat]
+    # A stream per mirai: four different draws.
+    expect_length(unique(with_ew), 4L)
     daemons(0)
     daemons(2, dispatcher = disp, seed = 1)
-    on.exit(daemons(0))
     without <- mirai_map(1:4, function(i) rnorm(1))[.flat]
     expect_identical(with_ew, without)
   })

@@ -12,6 +12,7 @@ test_that("a failed host resolves its pending mirai at once and errors on the ne
   start <- Sys.time()
   v <- collect_mirai(c(list(busy), queued))
   expect_lt(as.double(Sys.time() - start, units = "secs"), 5)
+  expect_length(v, 4L)
   for (x in v) {
     expect_true(is_error_value(x))
     expect_identical(unclass(x)[[1L]], 19L)
@@ -59,10 +60,14 @@ test_that("an autoexit = FALSE daemon whose host is gone for good ends at its id
   daemons(url = url, auth = FALSE)
   launch_local(1, autoexit = FALSE, idletime = 2000)
   pid <- mirai(Sys.getpid())[]
+  # The daemon's idle time starts no later than now, its last task done.
+  idle_from <- Sys.time()
   daemons(0)
   Sys.sleep(0.5)
   expect_true(pid_alive(pid))
   expect_true(wait_until(function() !pid_alive(pid), 15))
+  # It ended at its idle time, not because its host went away.
+  expect_gt(as.double(Sys.time() - idle_from, units = "secs"), 1.9)
 })
 
 test_that("daemons do not inherit the session's open files and sockets", {

@@ -84,6 +84,7 @@ test_that(".stop cancels the remaining mirai and names the index (dispatcher)", 
   })
   t0 <- Sys.time()
   err <- tryCatch(mp[.stop], error = identity)
+  expect_s3_class(err, "error")
   expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 5)
   msg <- conditionMessage(err)
   expect_match(msg, "In index: 2.", fixed = TRUE)

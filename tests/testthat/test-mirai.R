@@ -36,8 +36,8 @@ test_that("argument errors are clear", {
   expect_error(mirai(), "missing expression, perhaps wrap in \\{\\}\\?")
   expect_error(mirai(1, 2), "all `...` arguments must be named, unless supplying an environment")
   expect_error(mirai(1, .args = list(2)), "all items in `.args` must be named, unless supplying an environment")
-  expect_error(mirai(1, .timeout = "a"), "`.timeout` must be")
-  expect_error(mirai(1, .compute = 1), "`.compute` must be")
+  expect_error(mirai(1, .timeout = "a"), "`.timeout` must be a non-negative number of milliseconds, or NULL")
+  expect_error(mirai(1, .compute = 1), "`.compute` must be a character string naming a compute profile, or NULL")
 })
 
 test_that("errors come back as miraiError with message, call, classes and trace", {
@@ -79,7 +79,7 @@ test_that("unresolved, call_mirai, collect_mirai and printing", {
   expect_identical(m$data, "done")
   expect_identical(collect_mirai(m), "done")
   ms <- list(a = mirai(1), b = mirai(2))
-  expect_true(is.list(call_mirai(ms)))
+  expect_identical(call_mirai(ms), ms)
   expect_false(unresolved(ms))
   expect_identical(collect_mirai(ms), list(a = 1, b = 2))
   expect_true(is_mirai(m))
@@ -121,5 +121,5 @@ test_that("nextcode translates exit codes and validates input", {
   expect_identical(nextcode(1L), "1 | Daemon idletime limit reached")
   expect_identical(nextcode(2L), "2 | Daemon walltime limit reached")
   expect_identical(nextcode(3L), "3 | Daemon task limit reached")
-  expect_error(nextcode("a"), "`xc` must be")
+  expect_error(nextcode("a"), "`xc` must be a single integer exit code")
 })

@@ -30,7 +30,8 @@ test_that("race_mirai returns the first to resolve, without waiting for the rest
   done <- mirai(1)
   call_mirai(done)
   expect_identical(race_mirai(list(ms$slow, done, ms$fast)), 2L)
-  stop_mirai(ms$slow)
+  expect_true(stop_mirai(ms$slow))
+  expect_identical(unclass(ms$slow$data), 20L)
   expect_identical(race_mirai(list(ms$slow)), 1L)
 })
 
@@ -66,7 +67,8 @@ test_that("race_mirai across two compute profiles", {
   t <- elapsed(i <- race_mirai(ms, .compute = "race_a"))
   expect_identical(i, 2L)
   expect_lt(t, 2)
-  stop_mirai(ms[[1L]])
+  expect_true(unresolved(ms[[1L]]))
+  expect_true(stop_mirai(ms[[1L]]))
 })
 
 test_that("a user interrupt ends the wait and leaves the session usable", {
@@ -81,6 +83,7 @@ test_that("a user interrupt ends the wait and leaves the session usable", {
   expect_true(unresolved(m))
   # the other daemon is free: the session and the profile still work
   expect_identical(race_mirai(list(m, mirai(1 + 1))), 2L)
-  stop_mirai(m)
+  expect_true(stop_mirai(m))
+  expect_identical(unclass(m$data), 20L)
   expect_identical(race_mirai(list(m)), 1L)
 })

@@ -46,8 +46,7 @@ test_that("serial_config() validates and builds the config", {
   cfg <- serial_config("myobj", pack, unpack)
   expect_identical(cfg, list("myobj", list(pack), list(unpack)))
   two <- serial_config(c("a", "b"), list(pack, unpack), unpack)
-  expect_length(two[[2L]], 2L)
-  expect_identical(two[[3L]], list(unpack, unpack))
+  expect_identical(two, list(c("a", "b"), list(pack, unpack), list(unpack, unpack)))
   expect_error(serial_config(1, pack, unpack), "`class` must be a character vector")
   expect_error(serial_config(character(), pack, unpack), "`class` must be a character vector")
   expect_error(serial_config("a", "pack", unpack), "`sfunc` must be a function")
@@ -77,9 +76,13 @@ for (disp in c(TRUE, FALSE)) {
     expect_identical(r$back$value, 1:5)
     expect_identical(r$back$packed_by, r$pid)
     expect_identical(r$back$unpacked_by, host)
-    # Other environments and external pointers are untouched.
-    plain <- mirai(list(environmentName(environment(f)), f(2)), f = local(function(x) x * k, list2env(list(k = 3))))[]
-    expect_identical(plain[[2L]], 6)
+    # Other environments and external pointers are untouched: no hook runs
+    # on them, so they keep their contents and attributes.
+    plain <- mirai(
+      list(class(environment(f)), ls(environment(f)), f(2), typeof(p), class(p), attr(p, "tag")),
+      f = local(function(x) x * k, list2env(list(k = 3))), p = structure(new("externalptr"), tag = "kept")
+    )[]
+    expect_identical(plain, list("environment", "k", 6, "externalptr", "externalptr", "kept"))
   })
 }
 
@@ -168,5 +171,9 @@ test_that("register_serial() and serialization() feed daemons(serial = NULL)", {
   # An explicit config takes precedence over the registry.
   daemons(1, serial = ptr_cfg)
   obj <- mirai(obj, obj = myobj(1))[]
+  expect_s3_class(obj, "myobj")
+  expect_identical(obj$value, 1)
   expect_null(obj$packed_by)
+  expect_null(obj$unpacked_by)
+  expect_identical(attr(mirai(p, p = myptr("q"))[], "payload"), "Q")
 })
