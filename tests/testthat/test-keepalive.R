@@ -29,10 +29,11 @@
 #    30 s.
 # 2. Data in flight (user timeout), two cases at once:
 #    - reply: the link is cut about 1 s into a daemon's Sys.sleep(6); its
-#      result, sent some 5 s after the cut, stays unacknowledged on the
-#      daemon's socket (ss: Send-Q > 0, timer 'on' or 'persist', not
-#      keepalive). The daemon exits by itself; the host (whose socket is
-#      quiet: keepalive) drops the connection, the task resolving to
+#      result, written some 5 s after the cut, stays unacknowledged on the
+#      daemon's socket (ss: Send-Q > 0, timer 'persist' as B has no route
+#      left to send it on, or 'on' were it sent and lost; not keepalive).
+#      The daemon exits by itself (daemon() returns); the host (whose socket
+#      is quiet: keepalive) drops the connection, the task resolving to
 #      errorValue 19.
 #    - late: the host has an idle daemon, the link is cut, then the host
 #      submits a task, which its dispatcher writes to that daemon: the task
@@ -40,9 +41,11 @@
 #      retransmit timer 'on'). The host drops the connection and the task
 #      resolves to errorValue 19 (a dispatcher fails a daemon's in-flight
 #      task when the daemon is lost, it never requeues it); the daemon (its
-#      socket quiet: keepalive) exits by itself.
+#      socket quiet: keepalive) exits by itself (daemon() returns).
 #    All within 50 s of the cut (about 35 s for the reply daemon, 30 s for
 #    the rest).
+#
+# The whole file takes about 80 s.
 
 skip_on_cran()
 
