@@ -120,8 +120,11 @@ impl Decoder {
                 return Ok(std::mem::take(&mut self.body));
             }
             let need = if self.need_header { SP_HEADER.len() } else { self.framing.prefix_len() };
-            if self.buf.len() < self.staging_size() {
-                self.buf.resize(self.staging_size(), 0);
+            let staging = self.staging_size();
+            if self.buf.len() < staging {
+                // Exact: Vec's own growth could double past the staging size.
+                self.buf.reserve_exact(staging - self.buf.len());
+                self.buf.resize(staging, 0);
             }
             while self.end - self.start < need {
                 if self.start > 0 {
