@@ -13,39 +13,55 @@ check_limit <- function(x, what) {
 #' a daemon started by hand must use the command the host prints, which
 #' carries the host's credentials.
 #'
-#' @param url the host's URL.
-#' @param dispatcher logical: whether the host runs a dispatcher (either
-#'   works; kept for compatibility).
-#' @param ... reserved.
-#' @param asyncdial logical: keep retrying until the host is listening
+#' @param url (character) the host's URL to dial, e.g.
+#'   `"tcp://10.75.32.70:5555"`. No default: required.
+#' @param dispatcher (logical) whether the host runs a dispatcher; either
+#'   value works, the argument is kept for compatibility. Default TRUE.
+#' @param ... (named arguments) reserved for the launch command the host
+#'   writes; not for users. Default: none.
+#' @param asyncdial (logical) keep retrying until the host is listening
 #'   (TRUE), or error if it cannot be reached within 3 seconds (FALSE).
-#' @param autoexit TRUE: exit as soon as the host goes away, even mid-task.
-#'   NA: finish the current task, then exit. FALSE: stay and reconnect to a
-#'   new host at the same URL. Such a daemon ends only when a host it is
-#'   connected to calls `daemons(NULL)`, when one of its `idletime`,
-#'   `walltime` or `maxtasks` limits is reached (the idle time runs on while
-#'   it waits to reconnect), or when it is killed. A host that vanished
-#'   without closing the connection is noticed through TCP keepalive within
-#'   about 30 seconds (also with data in flight).
-#' @param cleanup logical: after each task, remove new global objects,
-#'   detach newly attached packages and restore options.
-#' @param output logical: keep stdout and stderr (TRUE), or discard them.
-#' @param idletime milliseconds idle after which to exit.
-#' @param walltime milliseconds after which to exit, once the current task
-#'   is done.
-#' @param maxtasks number of tasks after which to exit.
-#' @param tlscert reserved; must be NULL.
-#' @param rs integer vector: an initial `.Random.seed` (L'Ecuyer-CMRG), as
-#'   put in launch commands by the host (see [nextstream()]). A stream sent
-#'   by the host when the daemon connects takes precedence.
+#'   Default FALSE.
+#' @param autoexit (logical) TRUE: exit as soon as the host goes away, even
+#'   mid-task. NA: finish the current task, then exit. FALSE: stay and
+#'   reconnect to a new host at the same URL. Such a daemon ends only when a
+#'   host it is connected to calls `daemons(NULL)`, when one of its
+#'   `idletime`, `walltime` or `maxtasks` limits is reached (the idle time
+#'   runs on while it waits to reconnect), or when it is killed. A host that
+#'   vanished without closing the connection is noticed through TCP
+#'   keepalive within about 30 seconds (also with data in flight). Default
+#'   TRUE.
+#' @param cleanup (logical) whether, after each task, to remove new global
+#'   objects, detach newly attached packages and restore options. Default
+#'   TRUE.
+#' @param output (logical) keep stdout and stderr (TRUE), or discard them
+#'   (FALSE). Default FALSE.
+#' @param idletime (numeric) milliseconds idle after which to exit. Default
+#'   Inf (never).
+#' @param walltime (numeric) milliseconds after which to exit, once the
+#'   current task is done. Default Inf (never).
+#' @param maxtasks (numeric) number of tasks after which to exit. Default Inf
+#'   (no limit).
+#' @param tlscert (character) a TLS certificate chain for `tls+tcp://` URLs;
+#'   not supported by this version, so it must be NULL. Default NULL.
+#' @param rs (integer) a vector of length 7: an initial `.Random.seed`
+#'   (L'Ecuyer-CMRG), as put in launch commands by the host (see
+#'   [nextstream()]). A stream sent by the host when the daemon connects
+#'   takes precedence. Default NULL (none).
 #' @return Invisibly, an exit code: 0 connection ended, 1 idletime, 2
 #'   walltime, 3 maxtasks (see [nextcode()]).
+#' @seealso [daemons()] to set daemons from the host, [nextcode()] to read
+#'   exit codes.
 #' @examples
-#' if (interactive()) {
-#'   # On the host: daemons(url = local_url(), auth = FALSE)
-#'   # then, in another R session: daemon(nextget("url"))
-#' }
+#' # Exit codes returned by daemon():
 #' nextcode(0L)
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' # On the host:
+#' daemons(url = local_url(), auth = FALSE)
+#' url <- nextget("url")
+#' # Then, in another R session:
+#' # mirai::daemon(url)
+#' daemons(0)
 #' @export
 daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TRUE,
                    cleanup = TRUE, output = FALSE, idletime = Inf, walltime = Inf,

@@ -119,52 +119,67 @@ max_message <- function() {
 #' handshake within 5 seconds; at most 64 peers may be mid-handshake at once
 #' (the longest-waiting is dropped for a newer one). Messages larger than
 #' option `mirai.max_message` (bytes; default 1 TiB) close the connection
-#' that sent them. Each such refusal counts in [status()]`$refused`.
+#' that sent them. Each such refusal counts in the `refused` element of
+#' [status()].
 #'
 #' `daemons(0)` waits up to 5 seconds for local daemons to exit, then kills
 #' any still running (except those launched with `autoexit = FALSE`, which
-#' are meant to outlive their host). TCP connections use keepalive, so a daemon whose host
-#' vanished without closing the connection (power loss, a cut network)
-#' notices within about 30 seconds.
+#' are meant to outlive their host). TCP connections use keepalive, so a
+#' daemon whose host vanished without closing the connection (power loss, a
+#' cut network) notices within about 30 seconds.
 #'
-#' @param n integer number of local daemons to launch, 0 to reset, or NULL
-#'   to reset and ask connected daemons to exit.
-#' @param url a URL to listen at for remote daemons, e.g.
-#'   `"tcp://10.75.32.70:5555"`, or `host_url()` / `local_url()`. Port 0
-#'   picks a free port; `status()` shows the real one.
-#' @param remote reserved for launch configurations; must be NULL.
-#' @param dispatcher logical: queue tasks on the host and send each to an
-#'   idle daemon (TRUE), or send them round-robin (FALSE).
-#' @param ... daemon() arguments for launched daemons (`autoexit`,
-#'   `cleanup`, `output`, `maxtasks`, `idletime`, `walltime`, `asyncdial`):
-#'   logical or numeric values only. `auth = FALSE` turns off the check that
-#'   daemons were launched by this host.
-#' @param sync logical: evaluate each mirai in this process when it is
+#' @param n (integer) number of local daemons to launch; 0 to reset; NULL to
+#'   reset and ask connected daemons to exit. No default: required unless
+#'   `url` is given (then 0 launches none).
+#' @param url (character) a URL to listen at for remote daemons, e.g.
+#'   `"tcp://10.75.32.70:5555"`, or one from [host_url()] / [local_url()].
+#'   Port 0 picks a free port; [status()] shows the real one. Default NULL:
+#'   a local URL, for local daemons only.
+#' @param remote (list) a launch configuration for remote daemons; not
+#'   supported by this version, so it must be NULL. Default NULL.
+#' @param dispatcher (logical) queue tasks on the host and send each to an
+#'   idle daemon (TRUE), or send them round-robin (FALSE). Default TRUE.
+#' @param ... (named arguments) [daemon()] arguments for launched daemons
+#'   (`autoexit`, `cleanup`, `output`, `maxtasks`, `idletime`, `walltime`,
+#'   `asyncdial`): logical or numeric values only. `auth = FALSE` turns off
+#'   the check that daemons were launched by this host. Default: none.
+#' @param sync (logical) evaluate each mirai in this process when it is
 #'   created, for debugging. Of the other arguments only `seed` and
-#'   `.compute` apply.
-#' @param seed NULL (default): each daemon gets its own L'Ecuyer-CMRG
-#'   random number stream (statistically independent, but results depend on
-#'   which daemon runs which task). An integer: each mirai gets its own
-#'   stream instead, in the order the mirai are created, so results are
+#'   `.compute` apply. Default FALSE.
+#' @param seed (integer) NULL: each daemon gets its own L'Ecuyer-CMRG random
+#'   number stream (statistically independent, but results depend on which
+#'   daemon runs which task). An integer: each mirai gets its own stream
+#'   instead, in the order the mirai are created, so results are
 #'   reproducible whatever the number of daemons or the scheduling. See
-#'   [nextstream()].
-#' @param memory a cap, in megabytes (1 MB = 1e6 bytes), on the tasks
-#'   waiting in the dispatcher's queue (tasks running on daemons do not
+#'   [nextstream()]. Default NULL.
+#' @param memory (numeric) a cap, in megabytes (1 MB = 1e6 bytes), on the
+#'   tasks waiting in the dispatcher's queue (tasks running on daemons do not
 #'   count). Once queued tasks reach it, [mirai()] waits (interruptibly) until
-#'   the queue drains below it, and [try_mirai()] returns NULL. NULL (the
-#'   default), 0, negative values, NA and Inf mean no cap. Needs a
-#'   dispatcher. The used, peak and capacity figures appear in [status()].
-#' @param serial a configuration from [serial_config()], for custom
+#'   the queue drains below it, and [try_mirai()] returns NULL. NULL, 0,
+#'   negative values, NA and Inf mean no cap. Needs a dispatcher. The used,
+#'   peak and capacity figures appear in [status()]. Default NULL (no cap).
+#' @param serial (list) a configuration from [serial_config()], for custom
 #'   serialization of reference objects such as external pointers, applied
 #'   on this host and on every daemon of the profile, in both directions.
 #'   NULL uses the configurations registered with [register_serial()], if
-#'   any. Works with or without dispatcher.
-#' @param tls reserved; must be NULL.
-#' @param pass reserved; must be NULL.
-#' @param .compute character compute profile (NULL for the current one).
+#'   any. Works with or without dispatcher. Default NULL.
+#' @param tls (character) TLS certificate and key for `tls+tcp://` URLs; not
+#'   supported by this version, so it must be NULL. Default NULL.
+#' @param pass (function) returning the password of an encrypted `tls` key;
+#'   not supported by this version, so it must be NULL. Default NULL.
+#' @param .compute (character) name of the compute profile. Default NULL:
+#'   the current profile (`"default"` unless changed with [with_daemons()]
+#'   or [local_daemons()]).
 #' @return Invisibly, TRUE (of class 'miraiDaemons') when daemons were set,
 #'   FALSE on reset.
+#' @seealso [status()] and [info()] to query daemons, [launch_local()] to add
+#'   daemons, [with_daemons()] to switch compute profiles.
 #' @examples
+#' # Synchronous mode: mirai are evaluated in this process, for debugging.
+#' daemons(sync = TRUE)
+#' mirai(1 + 1)[]
+#' daemons(0)
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' daemons(2)
 #' status()
 #' m <- mirai(Sys.getpid())
@@ -254,11 +269,13 @@ print.miraiDaemons <- function(x, ...) {
 #' Starts `n` more local daemons for an existing compute profile (for
 #' example one set up with `daemons(url = local_url())`).
 #'
-#' @param n integer number of daemons.
-#' @param ... daemon() arguments overriding those given to [daemons()].
-#' @param .compute character compute profile (NULL for the current one).
+#' @param n (integer) number of daemons to launch. Default 1.
+#' @param ... (named arguments) [daemon()] arguments overriding those given
+#'   to [daemons()] (logical or numeric values only). Default: none.
+#' @param .compute (character) name of the compute profile. Default NULL:
+#'   the current profile.
 #' @return `n`, invisibly.
-#' @examples
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' daemons(url = local_url())
 #' launch_local(1)
 #' Sys.sleep(1)
@@ -283,15 +300,24 @@ launch_local <- function(n = 1L, ..., .compute = NULL) {
 #' `daemons_set()` tells whether daemons are set for a profile;
 #' `require_daemons()` errors if they are not.
 #'
-#' @param .compute character compute profile (NULL for the current one).
-#' @param call the execution environment for the error message.
+#' @param .compute (character) name of the compute profile. Default NULL:
+#'   the current profile.
+#' @param call (environment) the execution environment whose call the error
+#'   message names. Default `environment()`.
 #' @return `daemons_set()`: logical. `require_daemons()`: TRUE invisibly.
+#' @seealso [daemons()]
 #' @examples
 #' daemons_set()
 #' daemons(sync = TRUE)
 #' daemons_set()
 #' require_daemons()
 #' daemons(0)
+#' # In a function that needs daemons:
+#' f <- function() {
+#'   require_daemons()
+#'   mirai(1 + 1)[]
+#' }
+#' try(f())
 #' @export
 daemons_set <- function(.compute = NULL) !is.null(profile_of(.compute))
 
@@ -321,9 +347,15 @@ require_daemons <- function(.compute = NULL, call = environment()) {
 #' (`used`), the most there have been (`peak`), and the cap set by
 #' `daemons(memory =)` (`capacity`, NA for none).
 #'
-#' @param .compute character compute profile (NULL for the current one).
+#' @param .compute (character) name of the compute profile. Default NULL:
+#'   the current profile.
 #' @return See Details.
+#' @seealso [daemons()]
 #' @examples
+#' # No daemons set:
+#' info()
+#' status()
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' daemons(1)
 #' info()
 #' status()
@@ -364,10 +396,15 @@ status <- function(.compute = NULL) {
 #' with `tcp = TRUE` a loopback TCP URL. `host_url()`: a TCP URL for each of
 #' this machine's network interfaces, for daemons on other machines.
 #'
-#' @param tcp logical: a loopback TCP URL instead of a Unix socket.
-#' @param port integer port; 0 picks a free port when listening.
-#' @param tls logical: a `tls+tcp://` URL.
-#' @return Character URL(s).
+#' @param tcp (logical) a loopback TCP URL instead of a Unix socket.
+#'   Default FALSE.
+#' @param port (integer) port number, from 0 to 65535; 0 picks a free port
+#'   when listening. Default 0.
+#' @param tls (logical) a `tls+tcp://` URL instead of `tcp://`. Default
+#'   FALSE.
+#' @return Character URL(s); `host_url()` names them after the network
+#'   interfaces.
+#' @seealso [daemons()], whose `url` argument takes these.
 #' @examples
 #' local_url()
 #' local_url(tcp = TRUE, port = 5555)
@@ -398,8 +435,9 @@ host_url <- function(tls = FALSE, port = 0) {
 #' `seed` given to [daemons()]) or `"stream"` (the profile's current
 #' L'Ecuyer-CMRG stream, see [nextstream()]).
 #'
-#' @param x character field name.
-#' @param .compute character compute profile.
+#' @param x (character) the field name. No default: required.
+#' @param .compute (character) name of the compute profile. Default
+#'   `"default"`.
 #' @return The field's value, or NULL.
 #' @examples
 #' daemons(sync = TRUE, seed = 1)

@@ -71,8 +71,10 @@ conditionCall.miraiError <- function(c) attr(c, "call", exact = TRUE)
 #' out), 19 (connection reset: the daemon died or `daemons(0)` was called),
 #' 20 (canceled).
 #'
-#' @param x an object.
+#' @param x (any) an object, such as the `$data` of a 'mirai'. No default:
+#'   required.
 #' @return Logical value.
+#' @seealso [is_mirai()], [unresolved()]
 #' @examples
 #' daemons(sync = TRUE)
 #' m <- mirai(stop("boom"))
@@ -93,7 +95,10 @@ is_error_value <- function(x) inherits(x, "errorValue")
 
 #' Translate Daemon Exit Codes
 #'
-#' @param xc an integer exit code, as returned by [daemon()].
+#' Describes an exit code returned by [daemon()] in words.
+#'
+#' @param xc (integer) a single exit code, as returned by [daemon()]. No
+#'   default: required.
 #' @return A character string.
 #' @examples
 #' nextcode(0L)

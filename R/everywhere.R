@@ -36,13 +36,18 @@
 #' once, in this process.
 #'
 #' @inheritParams mirai
-#' @param .min integer: the minimum number of daemons to evaluate on,
-#'   counting daemons yet to connect (see Details).
+#' @param .min (integer) the minimum number of daemons to evaluate on,
+#'   counting daemons yet to connect (see Details). Default 1.
 #' @return A 'mirai_map' (a list of 'mirai', one per daemon), invisibly:
 #'   collect it with `x[]` to wait until every daemon has evaluated the
 #'   expression and see the results.
 #' @seealso [mirai_map()], [daemons()]
 #' @examples
+#' # Synchronous mode: evaluated once, in this process.
+#' daemons(sync = TRUE)
+#' everywhere(Sys.getpid())[]
+#' daemons(0)
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' daemons(2)
 #' everywhere(library(tools))
 #' everywhere({}, base_value = 100)

@@ -35,20 +35,28 @@
 #' daemons on the daemons that run it. `daemons(url = local_url())` followed
 #' by `launch_local()` is allowed.
 #'
-#' @param .x a list or atomic vector, or a data frame, matrix or other
-#'   object with two dimensions (mapped over its rows).
-#' @param .f a function.
-#' @param ... named objects (or one environment) placed in the global
-#'   environment of the daemons, as for [mirai()].
-#' @param .args a list of further arguments to `.f`, after the element (or
-#'   the row's columns).
-#' @param .promise a function, or a list of two functions, attached to each
-#'   mirai as the `onFulfilled` (and `onRejected`) callbacks of a promise
-#'   with [promises::then()]. Needs the 'promises' package.
-#' @param .compute character compute profile, or NULL for the current one.
+#' @param .x (list or vector) a list or atomic vector, or a data frame,
+#'   matrix or other object with two dimensions (mapped over its rows). No
+#'   default: required.
+#' @param .f (function) the function to apply. No default: required.
+#' @param ... (named objects) named objects (or one environment) placed in
+#'   the global environment of the daemons, as for [mirai()]. Default: none.
+#' @param .args (list) further arguments to `.f`, after the element (or the
+#'   row's columns). Default `list()`.
+#' @param .promise (function or list) a function, or a list of two
+#'   functions, attached to each mirai as the `onFulfilled` (and
+#'   `onRejected`) callbacks of a promise with [promises::then()]. Needs the
+#'   'promises' package. Default NULL (none).
+#' @param .compute (character) name of the compute profile. Default NULL:
+#'   the current profile.
 #' @return A 'mirai_map' (a list of 'mirai'), invisibly.
 #' @seealso [collect_mirai()], [race_mirai()]
 #' @examples
+#' # Synchronous mode: each element is evaluated in this process.
+#' daemons(sync = TRUE)
+#' mirai_map(c(a = 1, b = 2, c = 3), function(x, y) x + y, .args = list(y = 10))[.flat]
+#' daemons(0)
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' daemons(2)
 #' mp <- mirai_map(c(a = 1, b = 2, c = 3), function(x, y) x + y, .args = list(y = 10))
 #' mp
@@ -143,7 +151,10 @@ print.mirai_map <- function(x, ...) {
 
 #' Is mirai Map
 #'
-#' @param x an object.
+#' Tests whether an object is a 'mirai_map', as returned by [mirai_map()]
+#' and [everywhere()].
+#'
+#' @param x (any) an object. No default: required.
 #' @return Logical value.
 #' @examples
 #' daemons(sync = TRUE)

@@ -26,18 +26,27 @@ named_list <- function(x, what) {
 #' below it (Ctrl-C ends the wait, sending nothing). [try_mirai()] returns
 #' NULL instead of waiting.
 #'
-#' @param .expr an expression to evaluate, wrapped in `{}` if it spans
-#'   several lines. A symbol bound to a language object is evaluated as that
-#'   object.
-#' @param ... named objects (or one environment) placed in the global
-#'   environment of the evaluating process.
-#' @param .args named list or environment of objects kept local to the
-#'   evaluation.
-#' @param .timeout integer milliseconds after which the mirai resolves to an
-#'   'errorValue' 5 (timed out), or NULL for no timeout.
-#' @param .compute character compute profile, or NULL for the current one.
+#' @param .expr (expression) the expression to evaluate, wrapped in `{}` if
+#'   it spans several lines. A symbol bound to a language object is
+#'   evaluated as that object. No default: required.
+#' @param ... (named objects) named objects (or one environment) placed in
+#'   the global environment of the evaluating process. Default: none.
+#' @param .args (list) a named list or environment of objects kept local to
+#'   the evaluation. Default `list()`.
+#' @param .timeout (integer) milliseconds after which the mirai resolves to
+#'   an 'errorValue' 5 (timed out). Default NULL (no timeout).
+#' @param .compute (character) name of the compute profile. Default NULL:
+#'   the current profile.
 #' @return A 'mirai' object, invisibly.
+#' @seealso [daemons()] to set daemons, [call_mirai()] and [unresolved()] to
+#'   wait for and query results.
 #' @examples
+#' # Synchronous mode: evaluated in this process, for debugging.
+#' daemons(sync = TRUE)
+#' m <- mirai(x + y, x = 1, y = 2)
+#' m[]
+#' daemons(0)
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' daemons(1, dispatcher = FALSE)
 #' m <- mirai(x + y, x = 1, y = 2)
 #' m[]
@@ -78,7 +87,7 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
 #' @inheritParams mirai
 #' @return A 'mirai' object, or NULL if the queue is at its memory cap;
 #'   invisibly.
-#' @examples
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' daemons(1, memory = 1)
 #' # The daemon is kept busy, so the next tasks wait in the queue.
 #' busy <- mirai(Sys.sleep(1))
@@ -148,11 +157,13 @@ aio_of <- function(x) .subset2(x, "aio")
 #' list, a list of values, in order). `x[]` on a mirai is the same, and on a
 #' 'mirai_map' `x[]` is `collect_mirai(x)`.
 #'
-#' @param x a 'mirai' or a list of them (such as a 'mirai_map').
-#' @param options for a list, collection options (see [mirai_map()]): a
-#'   character vector such as `c(".flat", ".progress", ".stop")`, or a named
-#'   list such as `list(.stop = TRUE, .progress = list(name = "bar"))`, where
-#'   `.progress` may give [cli::cli_progress_bar()] arguments.
+#' @param x (mirai or list) a 'mirai' or a list of them (such as a
+#'   'mirai_map'). No default: required.
+#' @param options (character or list) for a list, collection options (see
+#'   [mirai_map()]): a character vector such as
+#'   `c(".flat", ".progress", ".stop")`, or a named list such as
+#'   `list(.stop = TRUE, .progress = list(name = "bar"))`, where `.progress`
+#'   may give [cli::cli_progress_bar()] arguments. Default NULL (none).
 #' @return `call_mirai()`: `x`, invisibly. `collect_mirai()`: the value(s).
 #' @examples
 #' daemons(sync = TRUE)
@@ -193,8 +204,11 @@ print.mirai <- function(x, ...) {
 #'
 #' Never waits.
 #'
-#' @param x a 'mirai', a list of them, or a mirai's `$data`.
+#' @param x (mirai or list) a 'mirai', a list of them, or a mirai's `$data`.
+#'   No default: required.
 #' @return TRUE if `x` (or any element of a list) is still unresolved.
+#' @seealso [call_mirai()] to wait, [race_mirai()] to wait for the first of
+#'   several.
 #' @examples
 #' daemons(sync = TRUE)
 #' m <- mirai(1)
@@ -216,10 +230,15 @@ unresolved <- function(x) {
 
 #' Is mirai
 #'
-#' @param x an object.
+#' Tests whether an object is a 'mirai'.
+#'
+#' @param x (any) an object. No default: required.
 #' @return Logical value.
 #' @examples
 #' is_mirai(1)
+#' daemons(sync = TRUE)
+#' is_mirai(mirai(1))
+#' daemons(0)
 #' @export
 is_mirai <- function(x) inherits(x, "mirai")
 
@@ -228,11 +247,13 @@ is_mirai <- function(x) inherits(x, "mirai")
 #' Resolves a mirai to 'errorValue' 20 (operation canceled) at once. With a
 #' dispatcher, a queued task is withdrawn and a running one interrupted.
 #'
-#' @param x a 'mirai' or a list of them.
+#' @param x (mirai or list) a 'mirai' or a list of them. No default:
+#'   required.
 #' @return Logical: TRUE where the dispatcher found the task (vectorised
 #'   over lists); FALSE without a dispatcher.
-#' @examples
-#' daemons(1, dispatcher = FALSE)
+#' @seealso [mirai()] (its `.timeout` argument), [is_error_value()]
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' daemons(1)
 #' m <- mirai(Sys.sleep(10))
 #' stop_mirai(m)
 #' m$data
@@ -248,9 +269,14 @@ stop_mirai <- function(x) {
 
 #' On Daemon
 #'
+#' Tells whether the calling code is being evaluated by a daemon.
+#'
 #' @return TRUE when called from code being evaluated by a daemon (or in
 #'   synchronous mode), FALSE otherwise.
 #' @examples
 #' on_daemon()
+#' daemons(sync = TRUE)
+#' mirai(on_daemon())[]
+#' daemons(0)
 #' @export
 on_daemon <- function() isTRUE(.$daemon)

@@ -15,13 +15,19 @@
 #' `expr`, then resets them with `daemons(0)` and restores the previous
 #' profile.
 #'
-#' @param .compute character compute profile.
-#' @param expr an expression to evaluate.
-#' @param frame the frame (environment) whose exit restores the previous
-#'   profile.
+#' @param .compute (character) name of the compute profile to make current;
+#'   daemons must be set for it. No default: required.
+#' @param expr (expression) the expression to evaluate. No default: required.
+#' @param frame (environment) the frame whose exit restores the previous
+#'   profile. Default `parent.frame()`: that of the caller.
 #' @return `with_daemons()`: the value of `expr`. `local_daemons()`: the
-#'   previous profile name, invisibly.
+#'   previous profile name, invisibly. `with()`: the value of `expr`.
+#' @seealso [daemons()]
 #' @examples
+#' daemons(sync = TRUE, .compute = "debug")
+#' with_daemons("debug", mirai(on_daemon())[])
+#' daemons(0, .compute = "debug")
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' daemons(1, dispatcher = FALSE, .compute = "cpu")
 #' with_daemons("cpu", mirai(Sys.getpid())[])
 #'
@@ -53,8 +59,9 @@ local_daemons <- function(.compute, frame = parent.frame()) {
   invisible(prev)
 }
 
-#' @param data a 'miraiDaemons' object, as returned by [daemons()].
-#' @param ... not used.
+#' @param data (miraiDaemons) the value of a call to [daemons()]. No
+#'   default: required.
+#' @param ... (any) not used. Default: none.
 #' @rdname with_daemons
 #' @export
 with.miraiDaemons <- function(data, expr, ...) {

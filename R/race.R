@@ -9,14 +9,14 @@
 #' Calling it repeatedly, removing the winner each time, processes results
 #' in the order in which they complete.
 #'
-#' @param x a list of 'mirai' (or a 'mirai_map'). Elements that are not
-#'   mirai count as resolved.
-#' @param .compute character compute profile (NULL for the current one):
-#'   daemons must be set for it.
+#' @param x (list) a list of 'mirai' (or a 'mirai_map'). Elements that are
+#'   not mirai count as resolved. No default: required.
+#' @param .compute (character) name of the compute profile; daemons must be
+#'   set for it. Default NULL: the current profile.
 #' @return Integer index of the first resolved element (the lowest one if
 #'   several are resolved), or `0L` for an empty list.
 #' @seealso [mirai_map()], [unresolved()]
-#' @examples
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' daemons(2)
 #' ms <- list(slow = mirai(Sys.sleep(1)), fast = mirai(Sys.sleep(0.1)))
 #' race_mirai(ms)

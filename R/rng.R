@@ -60,8 +60,10 @@ with_task_stream <- function(prof, expr) {
 #' order the mirai are created, so results are reproducible whatever the
 #' number of daemons and however tasks are scheduled.
 #'
-#' @param .compute character compute profile.
+#' @param .compute (character) name of the compute profile. Default
+#'   `"default"`.
 #' @return An integer vector of length 7, or NULL if daemons are not set.
+#' @seealso [nextget()], [daemons()] (its `seed` argument)
 #' @examples
 #' daemons(sync = TRUE, seed = 42)
 #' s <- nextstream()

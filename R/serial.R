@@ -27,12 +27,14 @@ as_function_list <- function(f, n, what) {
 #' The functions are sent to every daemon when it connects, together with
 #' their enclosing environments: define them at top level or in a package.
 #'
-#' @param class character vector of class names. `""` stands for every
-#'   external pointer, whatever its class.
-#' @param sfunc a function (or a list of functions, one per class) taking an
-#'   object and returning a raw vector.
-#' @param ufunc a function (or a list of functions, one per class) taking a
-#'   raw vector and returning the rebuilt object.
+#' @param class (character) a vector of class names. `""` stands for every
+#'   external pointer, whatever its class. No default: required.
+#' @param sfunc (function or list) a function (or a list of functions, one
+#'   per class) taking an object and returning a raw vector. No default:
+#'   required.
+#' @param ufunc (function or list) a function (or a list of functions, one
+#'   per class) taking a raw vector and returning the rebuilt object. No
+#'   default: required.
 #' @return A list of three: the classes, the serialization functions and the
 #'   unserialization functions.
 #' @seealso [register_serial()], [daemons()]
@@ -43,7 +45,7 @@ as_function_list <- function(f, n, what) {
 #'   function(r) structure(list2env(unserialize(r)), class = "myobj")
 #' )
 #' cfg
-#'
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' obj <- structure(list2env(list(a = 1:3)), class = "myobj")
 #' daemons(1, serial = cfg)
 #' mirai(sum(obj$a), obj = obj)[]
@@ -79,6 +81,7 @@ merge_serial <- function(old, new) {
 #'   function(x) serialize(as.list.environment(x), NULL),
 #'   function(r) structure(list2env(unserialize(r)), class = "myobj")
 #' )
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' obj <- structure(list2env(list(a = 1:3)), class = "myobj")
 #' daemons(1)
 #' mirai(sum(obj$a), obj = obj)[]
@@ -97,12 +100,12 @@ register_serial <- function(class, sfunc, ufunc) {
 #' use them, together with anything registered by [register_serial()]. New
 #' code should use [serial_config()] or [register_serial()].
 #'
-#' @param refhook a list of two functions, the serialization function
-#'   (object to raw vector) and the unserialization function (raw vector to
-#'   object); `list()` or NULL to cancel.
-#' @param class character class name the functions apply to; `""` (the
-#'   default) means every external pointer.
-#' @param vec ignored; kept for compatibility.
+#' @param refhook (list) two functions, the serialization function (object
+#'   to raw vector) and the unserialization function (raw vector to object);
+#'   `list()` or NULL to cancel. Default `list()`.
+#' @param class (character) the class name the functions apply to; `""`
+#'   means every external pointer. Default `""`.
+#' @param vec (logical) ignored; kept for compatibility. Default FALSE.
 #' @return NULL, invisibly.
 #' @examples
 #' serialization(refhook = list(function(x) serialize(NULL, NULL), function(r) NULL))
