@@ -20,11 +20,19 @@ for arg in "$@"; do
   esac
 done
 
+# R and the packages the tests, vignettes and benchmarks use; pandoc for the
+# vignettes; libnng-dev for the Rust conformance tests (nng crate);
+# iproute2/procps for the network-namespace and process tests.
+# For R CMD build/check of the tarball (tools/test.sh, step 4): qpdf; tidy
+# (HTML validation of the help pages); devscripts (checkbashisms, without
+# which --as-cran gives a WARNING on configure/cleanup); xz-utils (packs and
+# unpacks rust/vendor.tar.xz); util-linux (unshare, for the offline install).
+# r-cran-pkgdown builds the documentation site.
 PKGS=(
   r-base-dev r-cran-testthat r-cran-later r-cran-promises r-cran-cli
-  r-cran-foreach r-cran-doparallel r-cran-knitr r-cran-rmarkdown
-  r-cran-roxygen2 r-cran-callr r-cran-processx pandoc libnng-dev qpdf
-  iproute2 procps
+  r-cran-rlang r-cran-foreach r-cran-doparallel r-cran-knitr r-cran-rmarkdown
+  r-cran-roxygen2 r-cran-callr r-cran-processx r-cran-pkgdown pandoc
+  libnng-dev qpdf tidy devscripts xz-utils util-linux iproute2 procps
 )
 
 missing=()

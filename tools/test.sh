@@ -4,17 +4,27 @@
 #      R_HOME set, so extendr-ffi targets the installed R, not its 4.5 default).
 #   2. Install the package (R CMD INSTALL .) and run tests/testthat against the
 #      installed package.
-# The last line printed is the R test summary, alone on its line:
+#   3. Check what users get: R CMD build (which vendors the crates into the
+#      tarball, see `cleanup`), then R CMD check --as-cran --no-manual on
+#      the tarball with no network and an empty CARGO_HOME
+#      (proof that it builds offline). The check fails on any ERROR or
+#      WARNING (NOTEs are listed, and explained in cran-comments.md).
+# The last line printed is the summary, alone on its line:
 #   "N passed, N failed" (plus ", N skipped" when any were skipped),
-# counted in test_that() blocks: a block with any failed expectation or an
-# error counts as failed; otherwise a block with a skip counts as skipped.
-# Exit status is non-zero if cargo test failed, the install failed, or any R
-# test failed or errored.
+# counting R test_that() blocks (a block with any failed expectation or an
+# error counts as failed; otherwise a block with a skip counts as skipped),
+# Rust tests, and the tarball check as one test.
+# Exit status is non-zero if cargo test failed, the install failed, any R
+# test failed or errored, or the tarball check failed.
 #
-# Usage: bash tools/test.sh [--no-rust] [--no-r] [--filter REGEX]
+# Usage: bash tools/test.sh [--no-rust] [--no-r] [--no-check] [--filter REGEX]
+#                           [--lib DIR]
 #   --no-rust       skip cargo test
-#   --no-r          skip the install and the R tests
+#   --no-r          skip the install, the R tests and the tarball check
+#   --no-check      skip the tarball build and check (4-6 minutes on 2 cores)
 #   --filter REGEX  only run R test files matching REGEX (testthat's filter)
+#   --lib DIR       install into library DIR (exported in R_LIBS for the
+#                   tests and the daemons they start) instead of R's default
 # NOT_CRAN defaults to "true" so skip_on_cran() tests run; export NOT_CRAN=false
 # to get R CMD check's behaviour.
 set -euo pipefail
@@ -23,14 +33,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 run_rust=1
 run_r=1
+run_check=1
 filter=""
+lib=""
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --no-rust) run_rust=0 ;;
-    --no-r) run_r=0 ;;
+    --no-r) run_r=0; run_check=0 ;;
+    --no-check) run_check=0 ;;
+    --lib) shift; lib="${1:?--lib needs a directory}" ;;
+    --lib=*) lib="${1#--lib=}" ;;
     --filter) shift; filter="${1:?--filter needs a regular expression}" ;;
     --filter=*) filter="${1#--filter=}" ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -43,6 +58,15 @@ export NOT_CRAN="${NOT_CRAN:-true}"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+
+install_args=(--no-multiarch)
+if [ -n "$lib" ]; then
+  mkdir -p "$lib"
+  lib=$(cd "$lib" && pwd)
+  install_args+=(-l "$lib")
+  # The tests' own Rscript children and the daemons find the package here.
+  export R_LIBS="$lib${R_LIBS:+:$R_LIBS}"
+fi
 
 # ---- 1. Rust tests ---------------------------------------------------------
 rust_status=0
@@ -67,8 +91,8 @@ if [ "$run_r" -eq 0 ]; then
 fi
 
 # ---- 2. Install the package ------------------------------------------------
-echo "== R CMD INSTALL . =="
-if ! R CMD INSTALL --no-multiarch .; then
+echo "== R CMD INSTALL ${lib:+-l $lib }. =="
+if ! R CMD INSTALL "${install_args[@]}" .; then
   echo "test.sh: R CMD INSTALL failed; R tests not run" >&2
   echo "R CMD INSTALL failed; R tests not run"
   exit 1
@@ -136,10 +160,64 @@ fi
 
 { read -r n_pass; read -r n_fail; read -r n_skip; } < "$tmp/counts"
 
+# ---- 4. R CMD build, then R CMD check of the tarball, offline --------------
+# In a temporary directory with NOT_CRAN unset, as on CRAN. R CMD check
+# installs the tarball itself (as CRAN does), here with no network (a new
+# network namespace with only loopback up, for the examples and vignettes)
+# and an empty CARGO_HOME: proof that the tarball builds from its vendored
+# crates alone. The check runs the tests again, from the tarball, as CRAN
+# would (NOT_CRAN unset: the long and root-only tests skip themselves).
+check_status=-1
+if [ "$run_check" -eq 1 ]; then
+  echo
+  echo "== R CMD build; R CMD check --as-cran --no-manual on the tarball, offline =="
+  cdir="$tmp/check"
+  mkdir -p "$cdir/cargo-home"
+  repo=$(pwd)
+  check_status=1
+  t0=$SECONDS
+  if ! (cd "$cdir" && env -u NOT_CRAN R CMD build "$repo") > "$cdir/build.log" 2>&1; then
+    echo "test.sh: R CMD build FAILED; the end of its log:" >&2
+    tail -n 40 "$cdir/build.log" >&2
+  else
+    t1=$SECONDS
+    tarball=$(ls "$cdir"/mirai_*.tar.gz)
+    echo "built $(basename "$tarball") ($(wc -c < "$tarball") bytes) in $((t1 - t0)) s"
+    offline=(unshare -n sh -c 'ip link set lo up && exec "$@"' sh)
+    if ! "${offline[@]}" true 2>/dev/null; then
+      echo "test.sh: cannot make a network namespace here (unshare -n, ip): checking WITH network access" >&2
+      offline=()
+    fi
+    (cd "$cdir" && CARGO_HOME="$cdir/cargo-home" "${offline[@]}" env -u NOT_CRAN \
+       _R_CHECK_CRAN_INCOMING_REMOTE_=false _R_CHECK_SYSTEM_CLOCK_=false \
+       R CMD check --as-cran --no-manual "$tarball") > "$cdir/check.log" 2>&1 || true
+    t2=$SECONDS
+    clog="$cdir/mirai.Rcheck/00check.log"
+    cstatus=$(grep -m1 '^Status:' "$clog" 2>/dev/null || true)
+    echo "checked it ${offline[*]:+offline }in $((t2 - t1)) s: ${cstatus:-no Status line}"
+    grep -E '^(Using .*(cargo|rustc)|Rust crates:)' "$cdir/mirai.Rcheck/00install.out" 2>/dev/null | sed 's/^/  /' || true
+    # Every NOTE, WARNING and ERROR with its details.
+    if [ -f "$clog" ]; then
+      awk '/^\* / { show = ($0 ~ /(NOTE|WARNING|ERROR)$/) } show' "$clog" | sed 's/^/  /'
+    fi
+    if [ -n "$cstatus" ] && ! echo "$cstatus" | grep -qE 'ERROR|WARNING'; then
+      check_status=0
+    else
+      echo "test.sh: R CMD check found an ERROR or WARNING (or did not finish); the end of its output:" >&2
+      tail -n 30 "$cdir/check.log" >&2
+      if [ -f "$cdir/mirai.Rcheck/00install.out" ] && ! grep -q '^\* DONE' "$cdir/mirai.Rcheck/00install.out"; then
+        echo "test.sh: the end of the install log:" >&2
+        tail -n 30 "$cdir/mirai.Rcheck/00install.out" >&2
+      fi
+    fi
+  fi
+fi
+
 status=0
 [ "$rust_status" -ne 0 ] && { echo "test.sh: cargo test FAILED" >&2; status=1; }
 [ "$r_status" -ne 0 ] && { echo "test.sh: Rscript exited with $r_status" >&2; status=1; }
 [ "$n_fail" -ne 0 ] && status=1
+[ "$check_status" -eq 1 ] && { echo "test.sh: the tarball check FAILED" >&2; status=1; }
 
 # The closing line counts Rust tests and R test blocks together.
 rust_pass=0; rust_fail=0
@@ -150,6 +228,10 @@ if [ -s "$tmp/cargo.log" ]; then
 fi
 echo "Rust tests: $rust_pass passed, $rust_fail failed"
 n_pass=$((n_pass + rust_pass)); n_fail=$((n_fail + rust_fail))
+case "$check_status" in
+  0) echo "Tarball check (R CMD build, offline R CMD check): passed"; n_pass=$((n_pass + 1)) ;;
+  1) echo "Tarball check (R CMD build, offline R CMD check): FAILED"; n_fail=$((n_fail + 1)) ;;
+esac
 summary="$n_pass passed, $n_fail failed"
 [ "$n_skip" -ne 0 ] && summary="$summary, $n_skip skipped"
 echo
