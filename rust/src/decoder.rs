@@ -28,6 +28,9 @@ pub struct Decoder {
     claimed: usize,
     in_body: bool,
     limit: u64,
+    /// The last read found no bytes (WouldBlock): what is buffered is not
+    /// enough, so the caller must wait for the socket before calling again.
+    starved: bool,
 }
 
 fn proto_err(msg: String) -> io::Error {
@@ -52,6 +55,7 @@ impl Decoder {
             filled: 0,
             claimed: 0,
             in_body: false,
+            starved: false,
         }
     }
 
@@ -59,10 +63,23 @@ impl Decoder {
         self.limit = limit;
     }
 
-    /// True when bytes are already buffered, so a caller that polls the
-    /// descriptor before reading must not wait.
+    /// True when `next` may make progress without new bytes from the
+    /// socket, so a caller that polls the descriptor before reading must not
+    /// wait. False once a read found nothing: polling is then the only way
+    /// forward (calling again at once would spin).
     pub fn has_buffered(&self) -> bool {
-        self.end > self.start || self.in_body
+        !self.starved && (self.end > self.start || self.in_body)
+    }
+
+    /// Reads from `r`, recording whether it found nothing.
+    fn read_some<R: Read>(&mut self, r: &mut R, into_body: bool) -> io::Result<usize> {
+        let res = if into_body { r.read(&mut self.body[self.filled..]) } else { r.read(&mut self.buf[self.end..]) };
+        match &res {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.starved = true,
+            Ok(_) => self.starved = false,
+            Err(_) => {}
+        }
+        res
     }
 
     /// Bytes held for the message in progress (staging and body), for tests
@@ -108,7 +125,7 @@ impl Decoder {
                         self.filled += n;
                         continue;
                     }
-                    match r.read(&mut self.body[self.filled..]) {
+                    match self.read_some(r, true) {
                         Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                         Ok(n) => self.filled += n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -132,7 +149,7 @@ impl Decoder {
                     self.end -= self.start;
                     self.start = 0;
                 }
-                match r.read(&mut self.buf[self.end..]) {
+                match self.read_some(r, false) {
                     Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                     Ok(n) => self.end += n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -256,6 +273,27 @@ mod tests {
         let e = d.next(&mut Cursor::new(wire)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
         assert!(d.allocated() <= 2 * 100_000 + FIRST_CHUNK + STAGING, "{}", d.allocated());
+    }
+
+    #[test]
+    fn a_partial_frame_asks_the_caller_to_wait() {
+        let mut wire = SP_HEADER.to_vec();
+        wire.extend(frame(Framing::Tcp, b"abcdef"));
+        wire.truncate(wire.len() - 2);
+        struct ThenBlock(Cursor<Vec<u8>>);
+        impl Read for ThenBlock {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                match self.0.read(b)? {
+                    0 => Err(io::ErrorKind::WouldBlock.into()),
+                    n => Ok(n),
+                }
+            }
+        }
+        let mut r = ThenBlock(Cursor::new(wire));
+        let mut d = Decoder::new(Framing::Tcp);
+        assert_eq!(d.next(&mut r).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        // Mid-body, but nothing more to go on: the caller must poll.
+        assert!(!d.has_buffered());
     }
 
     #[test]

@@ -298,7 +298,7 @@ impl Host {
         let mut out = Vec::new();
         let ids = core.sched.daemon_ids();
         let later = min.saturating_sub(ids.len());
-        let targets = ids.into_iter().map(Some).chain(std::iter::repeat(None).take(later));
+        let targets = ids.into_iter().map(Some).chain(std::iter::repeat_n(None, later));
         for d in targets {
             let id = self.next_task_id();
             let mut head = Vec::with_capacity(32);

@@ -299,7 +299,9 @@ pub fn dial(
 /// (or hung up: the following read reports it).
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // Rounded up: a remainder under 1 ms would otherwise poll with 0 and
+    // return at once, again and again until the deadline.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     let rc = unsafe { libc::poll(&mut p, 1, ms) };
     rc > 0
 }

@@ -82,3 +82,44 @@ test_that("daemons do not inherit the session's open files and sockets", {
   expect_gt(length(targets), 2L) # the daemon's own descriptors are listed
   expect_false(any(targets == normalizePath(tmp)))
 })
+
+test_that("internal entry points refuse objects that are not what they expect", {
+  daemons(1)
+  on.exit(daemons(0))
+  m <- mirai(1)
+  expect_identical(m[], 1)
+  fake <- structure(list(aio = get("aio", m)), class = "mirai")
+  expect_error(unresolved(fake), "not a mirai")
+  expect_error(.Call(mirai:::C_mirai_aio_data, get("aio", m), NULL), "not a mirai")
+  expect_error(.Call(mirai:::C_mirai_aio_data, NULL, NULL), "not a mirai")
+  expect_error(.Call(mirai:::C_mirai_value, list()), "not a mirai")
+  expect_error(.Call(mirai:::C_mirai_aio_wait, m), "not a valid mirai handle")
+  # The real mirai still reads its value after all that.
+  expect_identical(m$data, 1)
+})
+
+test_that("everywhere() refuses an absurd .min instead of queueing it", {
+  daemons(1)
+  on.exit(daemons(0))
+  expect_error(everywhere(1, .min = 1e20), "at most 100000")
+  expect_identical(status()$mirai[["awaiting"]], 0L)
+  expect_identical(length(everywhere(1, .min = 3)), 3L)
+})
+
+test_that("running out of memory while serializing a task is an R error, not an abort", {
+  skip_on_cran()
+  script <- tempfile(fileext = ".R")
+  writeLines(c(
+    "library(mirai); daemons(1)",
+    "x <- runif(1.5e8)",
+    "r <- tryCatch(mirai(length(x), x = x), error = conditionMessage)",
+    "cat('RESULT:', if (is.character(r)) r else 'no error', '\\n')",
+    "rm(x); invisible(gc()); cat('ALIVE:', mirai(1 + 1)[], '\\n'); daemons(0)"
+  ), script)
+  rs <- file.path(R.home("bin"), "Rscript")
+  out <- suppressWarnings(system2("bash", c("-c", shQuote(sprintf("ulimit -v 2600000; %s %s 2>&1", rs, script))),
+                                  stdout = TRUE, env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":"))))
+  out <- paste(out, collapse = "\n")
+  expect_match(out, "RESULT: .*(cannot allocate|serialize)")
+  expect_match(out, "ALIVE: 2")
+})

@@ -68,6 +68,8 @@ fn outcome_to_sexp(o: Outcome, cfg: SEXP) -> Result<SEXP, RError> {
 /// Resolved: converts the outcome once, caches it as `value` in the
 /// mirai and returns it. Unresolved: the 'unresolved' value.
 fn aio_data(a: &Aio, h: SEXP, env: SEXP) -> Result<SEXP, RError> {
+    // Checked before the outcome is taken, so a bad call cannot lose it.
+    object::check_env(env)?;
     if !a.slot.is_done() {
         return object::unresolved();
     }

@@ -91,18 +91,24 @@ pub fn new_mirai(aio: SEXP, id: u64, value: Option<SEXP>) -> Result<SEXP, RError
 /// The aio handle of mirai `env`, or NULL.
 pub fn aio_of(env: SEXP) -> Result<SEXP, RError> {
     let g = globals()?;
+    check_env(env)?;
     unsafe {
-        if TYPEOF(env) != ENVSXP {
-            return Err("`x` is not a mirai".into());
-        }
         let a = Rf_findVarInFrame(env, g.aio);
         Ok(if a == R_UnboundValue { R_NilValue } else { a })
     }
 }
 
+pub fn check_env(env: SEXP) -> Result<(), RError> {
+    if unsafe { TYPEOF(env) } != ENVSXP {
+        return Err("`x` is not a mirai".into());
+    }
+    Ok(())
+}
+
 /// The cached value of mirai `env`, or NULL if none yet.
 pub fn cached_value(env: SEXP) -> Result<SEXP, RError> {
     let g = globals()?;
+    check_env(env)?;
     unsafe {
         let v = Rf_findVarInFrame(env, g.value);
         Ok(if v == R_UnboundValue { R_NilValue } else { v })
@@ -112,6 +118,7 @@ pub fn cached_value(env: SEXP) -> Result<SEXP, RError> {
 /// Caches `v` as mirai `env`'s value.
 pub fn cache_value(env: SEXP, v: SEXP) -> Result<(), RError> {
     let g = globals()?;
+    check_env(env)?;
     try_r(|| unsafe {
         Rf_defineVar(g.value, v, env);
         R_NilValue

@@ -49,6 +49,9 @@ pub fn max_message(s: SEXP) -> Result<u64, RError> {
     Ok(if b >= u64::MAX as f64 { u64::MAX } else { b as u64 })
 }
 
+/// Most tasks one `everywhere()` call may create for daemons yet to connect.
+const MAX_EVERYWHERE: f64 = 1e5;
+
 /// R validates `memory`; this only refuses what would not be a byte count.
 fn memory_cap(s: SEXP) -> Result<u64, RError> {
     let b = f64_arg(s, "memory")?;
@@ -175,14 +178,28 @@ pub extern "C" fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> SEXP {
         let mut payload = Vec::new();
         serialize_task(data, cfg, &mut payload)?;
         let min = f64_arg(min, ".min")?;
-        let min = if min.is_finite() && min > 0.0 { min as usize } else { 0 };
-        let tasks = prof.host.broadcast(payload, min).map_err(host_failed)?;
-        let mut keep = Protect::new();
-        let mut items = Vec::with_capacity(tasks.len());
-        for (id, slot) in tasks {
-            items.push(keep.keep(new_aio(Aio { slot, id, profile: prof.clone() }, cfg)?));
+        if !(0.0..=MAX_EVERYWHERE).contains(&min) {
+            return Err(format!("`.min` must be a non-negative number of daemons, at most {MAX_EVERYWHERE}").into());
         }
-        list(&items, &[])
+        // The list is made before any task is queued: if R cannot make it,
+        // nothing is left waiting that no mirai could collect.
+        let mut keep = Protect::new();
+        let connected = prof.host.stats.connections.load(Ordering::Relaxed) as usize;
+        let out = keep.keep(new_list(connected.max(min as usize) + 64)?);
+        let tasks = prof.host.broadcast(payload, min as usize).map_err(host_failed)?;
+        if tasks.len() > len(out) {
+            // More daemons joined between the count and the broadcast than
+            // the margin covers: cancel what cannot be returned.
+            for (id, _) in &tasks[len(out)..] {
+                prof.host.cancel(*id, crate::sched::ERR_CANCELED);
+            }
+        }
+        let n = tasks.len().min(len(out));
+        for (i, (id, slot)) in tasks.into_iter().take(n).enumerate() {
+            // Set into the protected list before anything else allocates.
+            set_list_elt(out, i, new_aio(Aio { slot, id, profile: prof.clone() }, cfg)?);
+        }
+        truncate_list(out, n)
     })
 }
 

@@ -37,14 +37,31 @@ use std::ffi::{c_int, c_void, CStr};
 
 const MAGIC: &[u8; 8] = b"mirai\x00rb";
 
+/// Makes room for `n` more bytes, doubling as a Vec would. Out of memory
+/// is an R error (caught by the try_r around R_Serialize, as R's own
+/// serialize() reports it), never Rust's abort of the whole process. This
+/// frame owns nothing, so the longjmp skips no destructor.
+unsafe fn room(buf: &mut Vec<u8>, n: usize) {
+    if buf.capacity() - buf.len() >= n {
+        return;
+    }
+    let want = buf.len().saturating_add(n).max(buf.capacity().saturating_mul(2));
+    if buf.try_reserve_exact(want - buf.len()).is_err() && buf.try_reserve_exact(n).is_err() {
+        Rf_errorcall(R_NilValue, c"cannot allocate memory to serialize the object".as_ptr());
+    }
+}
+
 unsafe extern "C" fn out_char(s: *mut R_outpstream_st, c: c_int) {
     let buf = &mut *((*s).data as *mut Vec<u8>);
+    room(buf, 1);
     buf.push(c as u8);
 }
 
 unsafe extern "C" fn out_bytes(s: *mut R_outpstream_st, p: *mut c_void, n: c_int) {
     let buf = &mut *((*s).data as *mut Vec<u8>);
-    buf.extend_from_slice(std::slice::from_raw_parts(p as *const u8, n as usize));
+    let n = n.max(0) as usize;
+    room(buf, n);
+    buf.extend_from_slice(std::slice::from_raw_parts(p as *const u8, n));
 }
 
 /// Appends the serialization of `obj` to `buf`. An R error inside (from a
@@ -456,7 +473,7 @@ pub fn unserialize_with(data: &[u8], cfg: SEXP) -> Result<SEXP, String> {
     if is_null(cfg) {
         return unserialize(data).map_err(|e| match e {
             RError::Msg(m) => m,
-            _ => "the data is not a valid R serialization".into(),
+            _ => "not a valid R serialization, or out of memory".into(),
         });
     }
     if data.len() < 14 {
@@ -486,7 +503,7 @@ pub fn unserialize_with(data: &[u8], cfg: SEXP) -> Result<SEXP, String> {
         (Ok(v), None) => Ok(v),
         (_, Some(m)) => Err(m),
         (Err(RError::Msg(m)), None) => Err(m),
-        (Err(_), None) => Err("the data is not a valid R serialization".into()),
+        (Err(_), None) => Err("not a valid R serialization, or out of memory".into()),
     }
 }
 
