@@ -307,6 +307,10 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
   }
 
   sample_now <- function(t) {
+    # RSS after a full collection: R collects lazily, and after a large
+    # allocation earlier in the session (the 3 GB test, say) its trigger is
+    # high enough that uncollected 10 MB payloads would read as growth.
+    invisible(gc(full = TRUE))
     samples[nrow(samples) + 1L, ] <<- list(t - t0, soak_rss_mb(), soak_fds(), soak_threads(),
                                             mirai::status()$connections, length(inflight),
                                             length(children()), sum(!is.na(r_outcome)))
