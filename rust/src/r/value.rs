@@ -205,28 +205,27 @@ pub fn ints(vals: &[i32]) -> Result<SEXP, RError> {
     })
 }
 
-/// A double vector with names.
-pub fn named_reals(vals: &[f64], names: &[&str]) -> Result<SEXP, RError> {
+/// A numeric vector of R type `t` (REALSXP for f64, INTSXP for i32) from
+/// `vals`, named `names`. `data` gives the vector's first element.
+fn named_numbers<T: Copy>(t: SEXPTYPE, data: unsafe fn(SEXP) -> *mut T, vals: &[T], names: &[&str]) -> Result<SEXP, RError> {
     debug_assert_eq!(vals.len(), names.len());
     try_r(|| unsafe {
-        let v = Rf_protect(alloc(SEXPTYPE::REALSXP, vals.len()));
-        std::ptr::copy_nonoverlapping(vals.as_ptr(), REAL(v), vals.len());
+        let v = Rf_protect(alloc(t, vals.len()));
+        std::ptr::copy_nonoverlapping(vals.as_ptr(), data(v), vals.len());
         set_names(v, names);
         Rf_unprotect(1);
         v
     })
 }
 
+/// A double vector with names.
+pub fn named_reals(vals: &[f64], names: &[&str]) -> Result<SEXP, RError> {
+    named_numbers(SEXPTYPE::REALSXP, |v| unsafe { REAL(v) }, vals, names)
+}
+
 /// An integer vector with names.
 pub fn named_ints(vals: &[i32], names: &[&str]) -> Result<SEXP, RError> {
-    debug_assert_eq!(vals.len(), names.len());
-    try_r(|| unsafe {
-        let v = Rf_protect(alloc(SEXPTYPE::INTSXP, vals.len()));
-        std::ptr::copy_nonoverlapping(vals.as_ptr(), INTEGER(v), vals.len());
-        set_names(v, names);
-        Rf_unprotect(1);
-        v
-    })
+    named_numbers(SEXPTYPE::INTSXP, |v| unsafe { INTEGER(v) }, vals, names)
 }
 
 /// A character vector of `vals` named `names`.
