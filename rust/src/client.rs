@@ -10,7 +10,7 @@
 //! without a dispatcher, an exit request), and with autoexit ends the
 //! process when the host goes away mid-task.
 //!
-//! Reads never block (`DontWait`): a host that sends part of a frame and
+//! Reads never block (recv with MSG_DONTWAIT): a host that sends part of a frame and
 //! stalls leaves R's thread waiting in poll slices, where the daemon's idle
 //! and wall time limits and user interrupts still apply. Bodies grow as
 //! bytes arrive, up to the daemon's message limit.
@@ -19,7 +19,7 @@ use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER};
 use crate::proto::{self, Msg, PROTOCOL_VERSION};
 use crate::threads::{self, lock};
-use crate::transport::{dial, wait_readable, BlockingStream, DontWait};
+use crate::transport::{dial, wait_readable, BlockingStream};
 use crate::url::Address;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -203,7 +203,7 @@ impl ClientConn {
             if !dec.has_buffered() && !wait_readable(rd.as_raw_fd(), Duration::from_millis(200)) {
                 continue;
             }
-            let body = match dec.next(&mut DontWait(&rd)) {
+            let body = match dec.next_fd(rd.as_raw_fd(), libc::MSG_DONTWAIT) {
                 Ok(b) => b,
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
@@ -249,7 +249,7 @@ impl ClientConn {
                         return Ok(Incoming::Nothing);
                     }
                     let Reader { stream, dec, .. } = &mut *r;
-                    match dec.next(&mut DontWait(stream)) {
+                    match dec.next_fd(stream.as_raw_fd(), libc::MSG_DONTWAIT) {
                         Ok(body) => match classify(body)? {
                             Some(m) => m,
                             // A cancel for a task that already finished.
@@ -378,7 +378,7 @@ fn watch_read(sh: &Shared) {
             return;
         }
         let Reader { stream, dec, .. } = &mut *r;
-        let body = match dec.next(&mut DontWait(stream)) {
+        let body = match dec.next_fd(stream.as_raw_fd(), libc::MSG_DONTWAIT) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -40,6 +40,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -663,7 +664,7 @@ impl Core {
     fn read_conn(&mut self, t: Token) {
         loop {
             let Some(c) = self.conns.get_mut(&t) else { return };
-            match c.dec.next(&mut c.stream) {
+            match c.dec.next_fd(c.stream.as_raw_fd(), 0) {
                 Ok(body) => {
                     if let Err(_why) = self.handle_message(t, body) {
                         self.drop_conn(t, true);

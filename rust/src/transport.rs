@@ -90,6 +90,15 @@ impl Drop for Listener {
     }
 }
 
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 macro_rules! delegate_source {
     ($t:ty, $($v:ident),+) => {
         impl mio::event::Source for $t {
@@ -232,23 +241,6 @@ fn set_keepalive(fd: RawFd) {
         set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL);
         set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_COUNT);
         set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, USER_TIMEOUT_MS);
-    }
-}
-
-/// Reads a blocking stream without blocking (recv with MSG_DONTWAIT): a
-/// partial frame then ends the read with `WouldBlock`, and the reader goes
-/// back to waiting in poll, where its deadlines and interrupts are checked.
-pub struct DontWait<'a>(pub &'a BlockingStream);
-
-impl Read for DontWait<'_> {
-    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        let fd = self.0.as_raw_fd();
-        let n = unsafe { libc::recv(fd, b.as_mut_ptr() as *mut libc::c_void, b.len(), libc::MSG_DONTWAIT) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
     }
 }
 
