@@ -478,7 +478,7 @@ impl Model {
         }
         // A pinned task waits only for its own daemon to finish something.
         for (d, q) in &self.pinned {
-            if !q.is_empty() && (!self.dispatcher || !self.daemons.get(d).is_some_and(|r| !r.is_empty())) {
+            if !q.is_empty() && (!self.dispatcher || self.daemons.get(d).is_none_or(|r| r.is_empty())) {
                 return err(format!("pinned tasks {q:?} wait although daemon {d} could take one"));
             }
         }
