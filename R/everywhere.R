@@ -60,8 +60,9 @@
 everywhere <- function(.expr, ..., .args = list(), .min = 1L, .compute = NULL) {
   require_daemons(.compute)
   if (missing(.expr)) stop("missing expression, perhaps wrap in {}?", call. = FALSE)
-  if (!is.numeric(.min) || length(.min) != 1L || is.na(.min) || .min < 0 || .min > 1e5)
-    stop("`.min` must be a non-negative number of daemons, at most 100000", call. = FALSE)
+  # The upper bound (MAX_EVERYWHERE) is checked natively.
+  if (!is.numeric(.min) || length(.min) != 1L || is.na(.min) || .min < 0)
+    stop("`.min` must be a non-negative number of daemons", call. = FALSE)
   expr <- substitute(.expr)
   if (is.symbol(expr)) {
     val <- get0(as.character(expr), envir = parent.frame(), inherits = TRUE)

@@ -215,9 +215,7 @@ impl Host {
     /// then the payload `write` appends (R's serialization, written straight
     /// into the frame). `submit` patches the length.
     pub fn task_frame<E>(&self, id: TaskId, write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Vec<u8>, E> {
-        let mut frame = Vec::new();
-        self.framing.begin(&mut frame);
-        proto::encode_into(&Msg::Task { id }, &mut frame);
+        let mut frame = task_head(self.framing, id);
         write(&mut frame)?;
         Ok(frame)
     }
@@ -302,9 +300,7 @@ impl Host {
         let targets = ids.into_iter().map(Some).chain(std::iter::repeat_n(None, later));
         for d in targets {
             let id = self.next_task_id();
-            let mut head = Vec::with_capacity(32);
-            core.framing.begin(&mut head);
-            proto::encode_into(&Msg::Task { id }, &mut head);
+            let mut head = task_head(core.framing, id);
             core.framing.finish_with_tail(&mut head, payload.len());
             let slot = Slot::new(self.bell.clone());
             core.tasks.insert(id, TaskEntry { frame: Rc::new(head), tail: Some(payload.clone()), slot: slot.clone() });
@@ -497,6 +493,14 @@ impl EventLoop {
             }
         }
     }
+}
+
+/// A frame's prefix and the envelope of task `id`; the payload follows.
+fn task_head(framing: Framing, id: TaskId) -> Vec<u8> {
+    let mut b = Vec::with_capacity(32);
+    framing.begin(&mut b);
+    proto::encode_into(&Msg::Task { id }, &mut b);
+    b
 }
 
 /// Compares secrets in time that depends only on their lengths.

@@ -133,8 +133,8 @@ impl Read for Stream {
 fn send_nosignal(fd: RawFd, b: &[u8]) -> io::Result<usize> {
     #[cfg(target_os = "linux")]
     let flags = libc::MSG_NOSIGNAL;
-    // Elsewhere SIGPIPE is left to the process's disposition (R ignores it
-    // on the platforms it supports besides Linux only when told to).
+    // Elsewhere there is no such flag: SIGPIPE follows the process's
+    // disposition (the crate is built and tested on Linux only).
     #[cfg(not(target_os = "linux"))]
     let flags = 0;
     let n = unsafe { libc::send(fd, b.as_ptr() as *const libc::c_void, b.len(), flags) };

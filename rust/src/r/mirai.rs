@@ -1,6 +1,6 @@
 //! `.Call`s for mirai: reading a value, waiting, racing, cancelling.
 
-use super::call::{clear_interrupt, entry, wait_interruptibly, RError};
+use super::call::{entry, wait_interruptibly, RError};
 use super::ffi::SEXP;
 use super::handle::{handle, kept, new_handle, Tagged};
 use super::object;
@@ -187,9 +187,4 @@ pub extern "C" fn mirai_aio_cancel(h: SEXP) -> SEXP {
         a.slot.complete(Outcome::Error(ERR_CANCELED));
         lgl(found)
     })
-}
-
-/// Drops a pending interrupt (see `mirai_daemon_send`).
-pub fn forget_interrupt() {
-    clear_interrupt();
 }

@@ -181,25 +181,27 @@ pub extern "C" fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> SEXP {
         if !(0.0..=MAX_EVERYWHERE).contains(&min) {
             return Err(format!("`.min` must be a non-negative number of daemons, at most {MAX_EVERYWHERE}").into());
         }
-        // The list is made before any task is queued: if R cannot make it,
-        // nothing is left waiting that no mirai could collect.
-        let mut keep = Protect::new();
-        let connected = prof.host.stats.connections.load(Ordering::Relaxed) as usize;
-        let out = keep.keep(new_list(connected.max(min as usize) + 64)?);
         let tasks = prof.host.broadcast(payload, min as usize).map_err(host_failed)?;
-        if tasks.len() > len(out) {
-            // More daemons joined between the count and the broadcast than
-            // the margin covers: cancel what cannot be returned.
-            for (id, _) in &tasks[len(out)..] {
+        // Every queued task must reach R as a mirai: should R fail to build
+        // one, the tasks not yet handed over are cancelled, not left queued
+        // where nothing could collect them.
+        let mut keep = Protect::new();
+        let mut built = 0;
+        let res = (|| {
+            let out = keep.keep(new_list(tasks.len())?);
+            for (i, (id, slot)) in tasks.iter().enumerate() {
+                // Set into the protected list before anything else allocates.
+                set_list_elt(out, i, new_aio(Aio { slot: slot.clone(), id: *id, profile: prof.clone() }, cfg)?);
+                built += 1;
+            }
+            Ok(out)
+        })();
+        if res.is_err() {
+            for (id, _) in &tasks[built..] {
                 prof.host.cancel(*id, crate::sched::ERR_CANCELED);
             }
         }
-        let n = tasks.len().min(len(out));
-        for (i, (id, slot)) in tasks.into_iter().take(n).enumerate() {
-            // Set into the protected list before anything else allocates.
-            set_list_elt(out, i, new_aio(Aio { slot, id, profile: prof.clone() }, cfg)?);
-        }
-        truncate_list(out, n)
+        res
     })
 }
 

@@ -49,10 +49,6 @@ pub fn is_null(s: SEXP) -> bool {
     unsafe { TYPEOF(s) == NILSXP }
 }
 
-pub fn is_env(s: SEXP) -> bool {
-    unsafe { TYPEOF(s) == ENVSXP }
-}
-
 pub fn is_list(s: SEXP) -> bool {
     unsafe { TYPEOF(s) == VECSXP }
 }
@@ -267,21 +263,6 @@ pub fn new_list(n: usize) -> Result<SEXP, RError> {
 pub fn set_list_elt(list: SEXP, i: usize, x: SEXP) {
     assert!(is_list(list) && i < len(list), "list index out of range");
     unsafe { SET_VECTOR_ELT(list, i as isize, x) };
-}
-
-/// The first `n` elements of `list` (the list itself if that is all).
-pub fn truncate_list(list: SEXP, n: usize) -> Result<SEXP, RError> {
-    if n >= len(list) {
-        return Ok(list);
-    }
-    try_r(|| unsafe {
-        let v = Rf_protect(alloc(SEXPTYPE::VECSXP, n));
-        for i in 0..n {
-            SET_VECTOR_ELT(v, i as isize, VECTOR_ELT(list, i as isize));
-        }
-        Rf_unprotect(1);
-        v
-    })
 }
 
 /// An 'errorValue': the integer `code` classed `c("errorValue", "try-error")`.
