@@ -77,6 +77,7 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: r::call::Pr
         mirai::mirai_aio_data / 2,
         mirai::mirai_value / 1,
         mirai::mirai_race / 1,
+        mirai::mirai_on_resolve / 2,
         daemon::mirai_dial / 5,
         daemon::mirai_daemon_limits / 4,
         daemon::mirai_daemon_recv / 1,

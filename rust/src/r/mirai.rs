@@ -3,6 +3,7 @@
 use super::call::{entry, wait_interruptibly, RError};
 use super::ffi::SEXP;
 use super::handle::{handle, kept, new_handle, Tagged};
+use super::later;
 use super::object;
 use super::profile::Profile;
 use super::serial;
@@ -186,5 +187,19 @@ pub extern "C" fn mirai_aio_cancel(h: SEXP) -> SEXP {
         let found = a.profile.host.cancel(a.id, ERR_CANCELED) && a.profile.host.dispatcher;
         a.slot.complete(Outcome::Error(ERR_CANCELED));
         lgl(found)
+    })
+}
+
+/// `as.promise()`: calls R closure `settle` (on R's main thread, through
+/// later) once the mirai resolves. FALSE if it already has, so the caller
+/// settles at once.
+#[no_mangle]
+pub extern "C" fn mirai_on_resolve(h: SEXP, settle: SEXP) -> SEXP {
+    entry(|| {
+        let a = aio(&h)?;
+        if !is_function(settle) {
+            return Err("`settle` must be a function".into());
+        }
+        lgl(later::on_resolve(&a.slot, settle)?)
     })
 }
