@@ -62,6 +62,8 @@ new_profile <- function(.compute, url, dispatcher, seed = NULL, stream = NULL, h
   prof$dots <- dots
   prof$n <- as.integer(n)
   prof$sync <- sync
+  # Cleared at reset: objects holding the profile (cluster nodes) see it.
+  prof$active <- TRUE
   if (sync) prof$globals <- new.env(parent = .GlobalEnv)
   assign(.compute, prof, envir = .$profiles)
   prof
@@ -71,6 +73,7 @@ reset_profile <- function(.compute, signal = FALSE) {
   prof <- .$profiles[[.compute]]
   if (is.null(prof)) return(FALSE)
   rm(list = .compute, envir = .$profiles)
+  prof$active <- FALSE
   if (!is.null(prof$host)) {
     .Call(C_mirai_host_close, prof$host, signal)
     reap_children(prof$host)

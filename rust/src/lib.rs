@@ -59,6 +59,7 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: r::call::Pr
         profile::mirai_host_start / 8,
         profile::mirai_host_url / 1,
         profile::mirai_host_submit / 3,
+        profile::mirai_host_submit_node / 3,
         profile::mirai_host_broadcast / 3,
         profile::mirai_host_info / 1,
         profile::mirai_host_room / 1,

@@ -171,7 +171,8 @@ test_that("custom-serialized reference objects travel through promises both ways
     "myptr",
     function(x) serialize(attr(x, "payload"), NULL),
     function(r) {
-      p <- new("externalptr")
+      # A fresh pointer: new("externalptr") hands out one shared object.
+      p <- unserialize(serialize(new("externalptr"), NULL))
       attr(p, "payload") <- toupper(unserialize(r))
       class(p) <- "myptr"
       p
