@@ -195,8 +195,9 @@ eval_task <- function(data, box) {
   if (!identical(res, box)) return(res)
   cond <- box$cond
   if (is.null(cond)) return(mirai_interrupt())
-  # Frames up to and including this one belong to the daemon loop.
-  mirai_error(cond, trim_calls(box$calls[-seq_len(sys.nframe())]))
+  # Frames up to and including this one belong to the daemon loop; the last
+  # two are the handler's (see eval_on_error in src/entrypoint.c).
+  mirai_error(cond, task_trace(box$calls, sys.nframe(), 2L))
 }
 
 mirai_interrupt <- function() structure("", class = c("miraiInterrupt", "errorValue", "try-error"))
@@ -214,33 +215,44 @@ eval_mirai <- function(data, genv) {
       ._mirai_eval_.(expr, env),
       error = function(e) calls <<- sys.calls()
     ),
-    error = function(e) mirai_error(e, trim_calls(calls, after = quote(._mirai_eval_.))),
+    error = function(e) mirai_error(e, task_trace(calls, eval_frame(calls), 1L)),
     interrupt = function(e) mirai_interrupt()
   )
 }
 
-# The calls between the evaluation and the error, innermost first, without
-# the condition machinery. With `after`, frames up to and including the
-# frame of that function and the eval() inside it are dropped first.
-trim_calls <- function(calls, after = NULL) {
-  if (!length(calls)) return(list())
-  if (!is.null(after)) {
-    top <- which(vapply(calls, function(cl) is.call(cl) && identical(cl[[1L]], after), logical(1L)))
-    if (!length(top)) return(list())
-    calls <- calls[-seq_len(top[[1L]] + 1L)]
+# The number of frames before a task's own in sys.calls() taken inside
+# eval_mirai(): up to the innermost ._mirai_eval_. frame and the two of the
+# eval() inside it (the closure's and .Internal(eval())'s).
+eval_frame <- function(calls) {
+  at <- function(cl) is.call(cl) && identical(cl[[1L]], quote(._mirai_eval_.))
+  top <- which(vapply(calls, at, logical(1L)))
+  if (length(top)) top[[length(top)]] + 2L else length(calls)
+}
+
+# The stack trace of an error, innermost call first: the calls in `calls`
+# (sys.calls() as the error handler saw it) after the first `from` and
+# before the last `handler`, which are the handler's own. It starts at the
+# call that signalled the condition: an error raised by R's C code shows as
+# .handleSimpleError(h, msg, quote(call)) instead, where `call` is that of a
+# builtin (which has no frame) unless it is already on the stack.
+task_trace <- function(calls, from, handler) {
+  n <- length(calls) - handler
+  if (n <= from) return(list())
+  trace <- calls[(from + 1L):n]
+  last <- trace[[length(trace)]]
+  if (is.call(last) && identical(last[[1L]], quote(.handleSimpleError)) && length(last) == 4L) {
+    trace <- trace[-length(trace)]
+    call <- last[[4L]]
+    if (is.call(call) && identical(call[[1L]], quote(base::quote))) call <- call[[2L]]
+    if (is.call(call) && !any(vapply(calls, identical, logical(1L), call)))
+      trace <- c(trace, list(call))
   }
-  drop <- vapply(calls, function(cl) {
-    f <- if (is.call(cl)) cl[[1L]] else NULL
-    identical(f, quote(.handleSimpleError)) || identical(f, quote(h)) || identical(f, quote(stop))
-  }, logical(1L))
-  calls <- calls[!drop]
-  while (length(calls) && is.call(calls[[1L]]) && identical(calls[[1L]][[1L]], quote(eval))) calls <- calls[-1L]
-  rev(calls)
+  rev(trace)
 }
 
 ._mirai_eval_. <- function(expr, env) eval(expr, envir = env)
 
-# `trace`: the stack trace, as trim_calls() returns it.
+# `trace`: the stack trace, as task_trace() returns it.
 mirai_error <- function(e, trace = list()) {
   call <- conditionCall(e)
   msg <- conditionMessage(e)

@@ -14,7 +14,7 @@ launch_command <- function(url, dots) {
 
 # Arguments for launching one more daemon. Without dispatcher or seed each
 # daemon starts on its own stream, given as `rs` (with dispatcher the host
-# sends it in the daemon's Init instead).
+# sends it in the daemon's Init instead, seed or no seed).
 launch_args <- function(prof, dots) {
   args <- c(list(dispatcher = prof$dispatcher), dots)
   if (!prof$dispatcher && is.null(prof$seed)) args$rs <- next_stream(prof)
@@ -62,6 +62,8 @@ new_profile <- function(.compute, url, dispatcher, seed = NULL, stream = NULL, h
   prof$dots <- dots
   prof$n <- as.integer(n)
   prof$sync <- sync
+  # Cleared at reset: objects holding the profile (cluster nodes) see it.
+  prof$active <- TRUE
   if (sync) prof$globals <- new.env(parent = .GlobalEnv)
   assign(.compute, prof, envir = .$profiles)
   prof
@@ -71,6 +73,7 @@ reset_profile <- function(.compute, signal = FALSE) {
   prof <- .$profiles[[.compute]]
   if (is.null(prof)) return(FALSE)
   rm(list = .compute, envir = .$profiles)
+  prof$active <- FALSE
   if (!is.null(prof$host)) {
     .Call(C_mirai_host_close, prof$host, signal)
     reap_children(prof$host)
@@ -150,8 +153,9 @@ max_message <- function() {
 #'   number stream (statistically independent, but results depend on which
 #'   daemon runs which task). An integer: each mirai gets its own stream
 #'   instead, in the order the mirai are created, so results are
-#'   reproducible whatever the number of daemons or the scheduling. See
-#'   [nextstream()]. Default NULL.
+#'   reproducible whatever the number of daemons or the scheduling (with a
+#'   dispatcher each daemon still starts on its own stream, as with NULL:
+#'   what [everywhere()] sees). See [nextstream()]. Default NULL.
 #' @param memory (numeric) a cap, in megabytes (1 MB = 1e6 bytes), on the
 #'   tasks waiting in the dispatcher's queue (tasks running on daemons do not
 #'   count). Once queued tasks reach it, [mirai()] waits (interruptibly) until
@@ -213,10 +217,8 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     reset_profile(.compute, signal = TRUE)
     return(invisible(FALSE))
   } else {
-    if (!is.numeric(n) || length(n) != 1L) {
-      if (is.character(n)) stop("`n` must be numeric, did you mean to provide `url`?", call. = FALSE)
-      stop("`n` must be a single number", call. = FALSE)
-    }
+    if (!is.numeric(n)) stop("`n` must be numeric, did you mean to provide `url`?", call. = FALSE)
+    if (length(n) != 1L) stop("`n` must be a single number", call. = FALSE)
     if (is.na(n) || n < 0) stop("the number of daemons must be zero or greater", call. = FALSE)
   }
   if (!is.null(url) && !is.character(url))
@@ -244,7 +246,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   stream <- init_stream(seed)
   serial <- serial %||% session_serial()
   host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE,
-                if (dispatcher && is.null(seed)) stream, if (!is.null(serial)) list(serial = serial), cap,
+                if (dispatcher) stream, if (!is.null(serial)) list(serial = serial), cap,
                 max_message())
   prof <- new_profile(.compute, url = .Call(C_mirai_host_url, host), dispatcher = dispatcher, seed = seed,
                       stream = stream, host = host, serial = serial, secret = secret, dots = dots, n = n)
@@ -283,8 +285,7 @@ print.miraiDaemons <- function(x, ...) {
 #' daemons(0)
 #' @export
 launch_local <- function(n = 1L, ..., .compute = NULL) {
-  prof <- profile_of(.compute)
-  if (is.null(prof)) stop("daemons must be set to use this function", call. = FALSE)
+  prof <- needed_profile(.compute)
   if (isTRUE(prof$sync)) stop("daemons cannot be launched for synchronous compute profiles", call. = FALSE)
   if (!is.numeric(n) || length(n) != 1L || is.na(n) || n < 0)
     stop("`n` must be a single non-negative number", call. = FALSE)
@@ -293,6 +294,14 @@ launch_local <- function(n = 1L, ..., .compute = NULL) {
   dots[names(new)] <- new
   for (i in seq_len(n)) launch_process(prof$host, prof$url, prof$secret, launch_args(prof, dots))
   invisible(n)
+}
+
+# The profile named by `.compute` (NULL: the current one), or an error if no
+# daemons are set for it.
+needed_profile <- function(.compute) {
+  prof <- profile_of(.compute)
+  if (is.null(prof)) stop("daemons must be set to use this function", call. = FALSE)
+  prof
 }
 
 #' Query if Daemons are Set

@@ -31,7 +31,10 @@
 #' again once they have joined.
 #'
 #' It does not use up a random number stream of a profile set up with
-#' `daemons(seed = )`, so the results of mirai do not depend on it. In
+#' `daemons(seed = )`, so the results of mirai do not depend on it: it runs
+#' on the daemon's own stream (with a dispatcher, the i-th daemon to connect
+#' starts on [parallel::nextRNGStream()] applied i times to the profile's
+#' starting stream, seed or no seed). In
 #' synchronous mode (`daemons(sync = TRUE)`) the expression is evaluated
 #' once, in this process.
 #'

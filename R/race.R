@@ -28,7 +28,7 @@
 #' daemons(0)
 #' @export
 race_mirai <- function(x, .compute = NULL) {
-  require_daemons(.compute)
+  needed_profile(.compute)
   if (is_mirai(x)) x <- list(x)
   if (!is.list(x)) stop(sprintf("`x` must be a list of mirai, not %s", typeof(x)), call. = FALSE)
   .Call(C_mirai_race, lapply(unclass(x), function(m) if (is_mirai(m)) aio_of(m)))

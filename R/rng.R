@@ -56,7 +56,7 @@ with_task_stream <- function(prof, expr) {
 #' With `daemons(seed = NULL)` (the default) every daemon gets its own
 #' stream: with dispatcher, the i-th daemon to connect gets the i-th stream
 #' after the profile's; without, each launch command carries the next one.
-#' With `daemons(seed = k)` each mirai gets its own stream instead, in the
+#' With `daemons(seed = k)` each mirai also gets its own stream, in the
 #' order the mirai are created, so results are reproducible whatever the
 #' number of daemons and however tasks are scheduled.
 #'

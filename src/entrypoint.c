@@ -41,6 +41,11 @@ static int mirai_protect(mirai_body fun, void *data, SEXP cont, SEXP *out) {
 typedef struct { SEXP expr, env, box; } mirai_eval_t;
 
 static SEXP eval_token = NULL;
+/* function() sys.calls(): called from the handler, its own frame makes
+   sys.calls() see the whole stack whichever way R invoked the handler (an
+   error from C code goes through .handleSimpleError, a condition object
+   through signalCondition, which calls the handler from the top level). */
+static SEXP calls_fun = NULL;
 
 static SEXP eval_body(void *d) {
   mirai_eval_t *e = (mirai_eval_t *) d;
@@ -50,13 +55,14 @@ static SEXP eval_body(void *d) {
 static SEXP eval_on_error(SEXP cond, void *d) {
   mirai_eval_t *e = (mirai_eval_t *) d;
   Rf_defineVar(Rf_install("cond"), cond, e->box);
-  SEXP calls = PROTECT(Rf_lang1(Rf_install("sys.calls")));
-  /* evaluated in the innermost closure's frame, so sys.calls() sees the
-     whole stack (from the top level it would see none) */
-  Rf_defineVar(Rf_install("calls"), Rf_eval(calls, R_GetCurrentEnv()), e->box);
+  /* The last two calls are the handler's and calls_fun's own (eval_task
+     drops them). */
+  SEXP calls = PROTECT(Rf_lang1(calls_fun));
+  calls = PROTECT(Rf_eval(calls, R_BaseEnv));
+  Rf_defineVar(Rf_install("calls"), calls, e->box);
   SEXP abort = PROTECT(Rf_lang2(Rf_install("invokeRestart"), Rf_mkString("abort")));
   Rf_eval(abort, R_BaseEnv);
-  UNPROTECT(2);
+  UNPROTECT(3);
   return R_NilValue;
 }
 
@@ -76,5 +82,7 @@ static SEXP mirai_eval(SEXP expr, SEXP env, SEXP box) {
 void R_init_mirai(DllInfo *dll) {
   eval_token = R_MakeUnwindCont();
   R_PreserveObject(eval_token);
+  calls_fun = R_ParseEvalString("function() sys.calls()", R_BaseEnv);
+  R_PreserveObject(calls_fun);
   mirai_rust_init(dll, mirai_protect, (DL_FUNC) mirai_eval);
 }

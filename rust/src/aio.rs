@@ -3,6 +3,10 @@
 //! The host's I/O thread stores a reply's bytes here; R's main thread later
 //! unserializes them. Completion is first-wins, so a reply racing a timeout
 //! or a cancellation resolves the mirai exactly once.
+//!
+//! A slot may also carry one completion hook (a promise waiting on the
+//! mirai): it runs on whichever thread completes the slot, right after the
+//! outcome is stored, outside the slot's lock.
 
 use crate::threads::lock;
 use crossbeam_channel::{bounded, Receiver, Select, Sender};
@@ -69,10 +73,14 @@ pub struct Slot {
     bell: Arc<Doorbell>,
 }
 
+/// Run once, on the completing thread; it must not call R.
+pub type Hook = Box<dyn FnOnce() + Send>;
+
 #[derive(Default)]
 struct SlotState {
     outcome: Option<Outcome>,
     waiters: usize,
+    hook: Option<Hook>,
 }
 
 impl Slot {
@@ -82,15 +90,18 @@ impl Slot {
 
     /// Stores the outcome unless one is already there. True if stored.
     pub fn complete(&self, o: Outcome) -> bool {
-        let waiters = {
+        let (waiters, hook) = {
             let mut g = lock(&self.inner);
             if self.done.load(Ordering::Acquire) {
                 return false;
             }
             g.outcome = Some(o);
             self.done.store(true, Ordering::Release);
-            g.waiters
+            (g.waiters, g.hook.take())
         };
+        if let Some(h) = hook {
+            h();
+        }
         // Most results are collected by a spinning or later reader, so the
         // wake-up syscall is skipped unless someone waits.
         if waiters > 0 {
@@ -98,6 +109,20 @@ impl Slot {
         }
         self.bell.ring();
         true
+    }
+
+    /// Arranges for `hook` to run when the slot completes. Registration and
+    /// completion take the same lock, so a hook registered at the very
+    /// moment of completion either runs from `complete` or comes back here
+    /// as `Err` (already resolved: the caller acts at once); it is never
+    /// lost. A second hook replaces the first.
+    pub fn on_complete(&self, hook: Hook) -> Result<(), Hook> {
+        let mut g = lock(&self.inner);
+        if self.done.load(Ordering::Acquire) {
+            return Err(hook);
+        }
+        g.hook = Some(hook);
+        Ok(())
     }
 
     pub fn is_done(&self) -> bool {
@@ -136,6 +161,28 @@ mod tests {
         assert!(s.complete(Outcome::Error(5)));
         assert!(!s.complete(Outcome::Error(19)));
         assert!(matches!(s.take(), Some(Outcome::Error(5))));
+    }
+
+    #[test]
+    fn a_hook_runs_once_or_comes_back_never_lost() {
+        use std::sync::atomic::AtomicUsize;
+        // Registration racing completion, many times: each hook runs
+        // exactly once, either from complete() or by its registrant.
+        for _ in 0..2000 {
+            let s = Slot::new(Arc::default());
+            let ran = Arc::new(AtomicUsize::new(0));
+            let s2 = s.clone();
+            let t = std::thread::spawn(move || s2.complete(Outcome::Error(19)));
+            let r = ran.clone();
+            match s.on_complete(Box::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            })) {
+                Ok(()) => {}
+                Err(h) => h(),
+            }
+            t.join().unwrap();
+            assert_eq!(ran.load(Ordering::SeqCst), 1);
+        }
     }
 
     #[test]

@@ -111,6 +111,15 @@ impl Stats {
         have()
     }
 
+    /// Waits up to `slice` until at least `n` daemons have ever joined;
+    /// true once they have.
+    pub fn wait_joined(&self, n: u64, slice: Duration) -> bool {
+        let have = || self.cumulative.load(Ordering::Relaxed) >= n;
+        let g = lock(&self.room_lock);
+        let _g = self.joined.wait_timeout_while(g, slice, |_| !have()).unwrap_or_else(|e| e.into_inner());
+        have()
+    }
+
     /// Waits up to `slice` for room in the queue; true once there is.
     pub fn wait_room(&self, slice: Duration) -> bool {
         let g = lock(&self.room_lock);
@@ -173,6 +182,7 @@ impl Host {
             next_token: 2,
             sched: Sched::new(opts.dispatcher),
             tasks: HashMap::new(),
+            joined: Vec::new(),
             timers: BinaryHeap::new(),
             stats: stats.clone(),
             secret: opts.secret,
@@ -247,7 +257,27 @@ impl Host {
     /// to that daemon's socket from the calling thread. If the host has
     /// been shut down the task fails at once with "connection reset"; if it
     /// failed, the reason comes back as Err.
-    pub fn submit(&self, id: TaskId, mut frame: Vec<u8>, slot: Arc<Slot>, timeout: Option<Duration>) -> Result<(), String> {
+    pub fn submit(&self, id: TaskId, frame: Vec<u8>, slot: Arc<Slot>, timeout: Option<Duration>) -> Result<(), String> {
+        self.submit_for(id, frame, slot, timeout, None)
+    }
+
+    /// Like `submit`, but the task runs on the `node`-th daemon to have
+    /// joined this host (from 0) and nowhere else (see `Sched::submit_to`):
+    /// the nodes of a cluster, each bound to one daemon as base R's
+    /// parallel expects. If that daemon has gone, or has not joined, the
+    /// task fails with "connection reset" at once.
+    pub fn submit_to_node(&self, id: TaskId, frame: Vec<u8>, slot: Arc<Slot>, node: usize) -> Result<(), String> {
+        self.submit_for(id, frame, slot, None, Some(node))
+    }
+
+    fn submit_for(
+        &self,
+        id: TaskId,
+        mut frame: Vec<u8>,
+        slot: Arc<Slot>,
+        timeout: Option<Duration>,
+        node: Option<usize>,
+    ) -> Result<(), String> {
         let deadline = timeout.map(|t| Instant::now() + t);
         self.with_core(|core| {
             if core.stopped || core.shutdown.is_some() {
@@ -258,7 +288,18 @@ impl Host {
             let bytes = frame.len() as u64;
             core.tasks.insert(id, TaskEntry { frame: Rc::new(frame), tail: None, slot });
             core.submitted = true;
-            let acts = core.sched.submit_sized(id, bytes);
+            let acts = match node {
+                None => core.sched.submit_sized(id, bytes),
+                Some(n) => match core.joined.get(n) {
+                    Some(&d) => core.sched.submit_to(id, d),
+                    None => {
+                        if let Some(te) = core.tasks.remove(&id) {
+                            te.slot.complete(Outcome::Error(ERR_RESET));
+                        }
+                        Vec::new()
+                    }
+                },
+            };
             core.apply(acts, None);
             core.publish();
             if let Some(d) = deadline {
@@ -408,6 +449,9 @@ struct Core {
     next_token: usize,
     sched: Sched,
     tasks: HashMap<TaskId, TaskEntry>,
+    /// Every daemon ever accepted, in the order they joined: node i of a
+    /// cluster is `joined[i]`.
+    joined: Vec<u64>,
     timers: BinaryHeap<Reverse<(Instant, TaskId)>>,
     stats: Arc<Stats>,
     secret: Option<String>,
@@ -715,6 +759,7 @@ impl Core {
                 c.dec.set_limit(self.max_message);
                 self.pending -= 1;
                 c.push(init);
+                self.joined.push(t.0 as u64);
                 let acts = self.sched.connect(t.0 as u64);
                 self.apply(acts, None);
                 self.flush_conn(t);

@@ -1,5 +1,9 @@
 test_that("daemons() validates its arguments", {
   expect_error(daemons("tcp://127.0.0.1:0"), "`n` must be numeric, did you mean to provide `url`?")
+  expect_error(daemons(raw(0)), "`n` must be numeric")
+  expect_error(daemons(TRUE), "`n` must be numeric")
+  expect_error(daemons(c(1, 2)), "`n` must be a single number")
+  expect_error(daemons(NA_real_), "the number of daemons must be zero or greater")
   expect_error(daemons(-1), "the number of daemons must be zero or greater")
   expect_error(daemons(url = 5), "`url` must be of type character, not double")
   expect_error(daemons(1, url = "bogus"), "invalid URL 'bogus'")

@@ -54,7 +54,7 @@ test_that("errors come back as miraiError with message, call, classes and trace"
   expect_identical(conditionMessage(e), "positive")
   expect_identical(deparse(conditionCall(e)), "f(1)")
   expect_identical(e$condition.class, c("simpleError", "error", "condition"))
-  expect_true(any(vapply(e$stack.trace, function(cl) identical(cl, quote(f(1))), logical(1))))
+  expect_identical(e$stack.trace, list(quote(stop("positive")), quote(f(1))))
   expect_output(print(e), "'miraiError' chr Error in f\\(1\\): positive")
   e2 <- mirai(stop("boom"))[]
   expect_output(print(e2), "'miraiError' chr Error: boom")

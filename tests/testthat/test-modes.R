@@ -77,3 +77,63 @@ test_that("a 3 GB vector round trips (objects over 2 GiB)", {
   expect_identical(length(y), 3e9)
   expect_identical(y[3e9], as.raw(5))
 })
+
+# The stack trace every mode must give: from the call that signalled the
+# condition, innermost first, with no frame of mirai's own.
+expect_task_traces <- function() {
+  g <- function(x) stop("inner")
+  expect_identical(mirai(stop("boom"))[]$stack.trace, list(quote(stop("boom"))))
+  expect_identical(mirai(g(1), g = g)[]$stack.trace, list(quote(stop("inner")), quote(g(1))))
+  # A condition object (signalled through signalCondition, not R's C code).
+  cnd <- structure(class = c("myError", "error", "condition"), list(message = "m", call = NULL))
+  expect_identical(mirai(stop(cnd), cnd = cnd)[]$stack.trace, list(quote(stop(cnd))))
+  # An error raised by a builtin, which has no frame of its own.
+  expect_identical(mirai(sqrt("a"))[]$stack.trace, list(quote(sqrt("a"))))
+  f <- function() sqrt("a")
+  expect_identical(mirai(f(), f = f)[]$stack.trace, list(quote(sqrt("a")), quote(f())))
+  expect_identical(mirai(stop("x", call. = FALSE))[]$stack.trace,
+                   list(quote(stop("x", call. = FALSE))))
+  # rlang's custom conditions: rlang's own frames down to abort(), then the
+  # caller; nothing past the task's expression.
+  h <- function() rlang::abort("rl", class = "my_rlang")
+  e <- mirai(h(), h = h)[]
+  expect_identical(e$condition.class, c("my_rlang", "rlang_error", "error", "condition"))
+  tr <- e$stack.trace
+  n <- length(tr)
+  expect_identical(tr[n - 1:0], list(quote(rlang::abort("rl", class = "my_rlang")), quote(h())))
+  ours <- c("eval", "eval_task", "eval_mirai", "._mirai_eval_.", "tryCatch", "withCallingHandlers",
+            ".handleSimpleError", "daemon")
+  heads <- vapply(tr, function(cl) paste(deparse(cl[[1L]]), collapse = ""), character(1L))
+  expect_false(any(heads %in% ours))
+  # rlang signals the condition object itself (its version decides how).
+  expect_true(heads[[1L]] %in% c("signalCondition", "stop"))
+}
+
+test_that("stack.trace starts at the signalling call, without mirai's frames (dispatcher)", {
+  skip_if_not_installed("rlang")
+  daemons(1)
+  on.exit(daemons(0))
+  expect_task_traces()
+})
+
+test_that("stack.trace starts at the signalling call, without mirai's frames (no dispatcher)", {
+  skip_if_not_installed("rlang")
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  expect_task_traces()
+})
+
+test_that("stack.trace starts at the signalling call, without mirai's frames (ephemeral, sync)", {
+  skip_if_not_installed("rlang")
+  expect_false(daemons_set())
+  expect_task_traces()
+  daemons(sync = TRUE)
+  on.exit(daemons(0))
+  expect_task_traces()
+  # A user's own eval() stays in the trace; a nested sync mirai's trace is
+  # its own.
+  expect_identical(mirai(eval(quote(stop("x"))))[]$stack.trace,
+                   list(quote(stop("x")), quote(eval(quote(stop("x")))),
+                        quote(eval(quote(stop("x"))))))
+  expect_identical(mirai(mirai(stop("in"))[]$stack.trace)[], list(quote(stop("in"))))
+})

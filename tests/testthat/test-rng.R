@@ -184,3 +184,18 @@ test_that("seed = k: mirai_map(1:12, rnorm) is identical on 2 dispatcher daemons
   })
   expect_identical(a, want)
 })
+
+test_that("seed = k with dispatcher: daemon i to connect gets nextRNGStream^i in its Init", {
+  daemons(4, seed = 31)
+  on.exit(daemons(0))
+  s0 <- nextget("stream")
+  expect_identical(s0, with_rng_restored({ RNGkind("L'Ecuyer-CMRG"); set.seed(31); .Random.seed }))
+  # everywhere() takes no per-mirai stream: each daemon shows its own.
+  got <- everywhere(.Random.seed, .min = 4)[]
+  expect_length(got, 4L)
+  expect_true(setequal(got, lapply(1:4, function(i) nth_stream(s0, i))))
+  expect_identical(nextget("stream"), s0)
+  # Seeded mirai still run on their own streams, in order of creation.
+  draws <- unlist(collect_mirai(lapply(1:6, function(i) mirai(rnorm(1)))))
+  expect_identical(draws, expected_draws(31, 6))
+})

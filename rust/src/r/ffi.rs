@@ -15,10 +15,10 @@
 pub use extendr_ffi::{
     cetype_t, DllInfo, R_BaseEnv, R_CallMethodDef, R_ClassSymbol, R_ClearExternalPtr, R_EmptyEnv,
     R_ExternalPtrAddr, R_ExternalPtrProtected, R_ExternalPtrTag, R_GlobalEnv, R_MakeExternalPtr, R_MakeUnwindCont,
-    R_NaInt, R_NaReal, R_NamesSymbol, R_NewEnv, R_NilValue, R_PreserveObject, R_RegisterCFinalizerEx, R_Serialize,
+    R_NaInt, R_NaReal, R_NamesSymbol, R_NewEnv, R_NilValue, R_PreserveObject, R_RegisterCFinalizerEx, R_ReleaseObject, R_Serialize,
     R_SetExternalPtrProtected, R_UnboundValue, R_Unserialize, R_forceSymbols, R_inpstream_st, R_outpstream_st,
     R_pstream_format_t, R_registerRoutines, R_useDynamicSymbols, Rboolean, Rf_allocVector, Rf_cons,
-    Rf_defineVar, Rf_findFun, Rf_getAttrib, Rf_install, Rf_mkCharLenCE, Rf_protect, Rf_setAttrib, Rf_unprotect,
+    Rf_defineVar, Rf_findFun, Rf_lang1, Rf_getAttrib, Rf_install, Rf_mkCharLenCE, Rf_protect, Rf_setAttrib, Rf_unprotect,
     Rf_xlength, GetRNGstate, PutRNGstate, CAR, CDR, INTEGER, LOGICAL, RAW, REAL, R_CHAR,
     SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, STRING_ELT, VECTOR_ELT,
 };
@@ -37,6 +37,7 @@ extern "C" {
     pub fn R_ToplevelExec(f: unsafe extern "C" fn(*mut c_void), data: *mut c_void) -> Rboolean;
     pub fn R_ContinueUnwind(cont: SEXP) -> !;
     pub fn R_MakeActiveBinding(sym: SEXP, fun: SEXP, env: SEXP);
+    pub fn R_GetCCallable(package: *const c_char, name: *const c_char) -> *const c_void;
     // Not part of R's documented API (extendr-ffi has them behind its
     // `non-api` feature): building the mirai's binding function needs them.
     pub fn Rf_allocSExp(t: SEXPTYPE) -> SEXP;

@@ -3,6 +3,7 @@
 use super::call::{entry, wait_interruptibly, RError};
 use super::ffi::SEXP;
 use super::handle::{handle, kept, new_handle, Tagged};
+use super::later;
 use super::object;
 use super::profile::Profile;
 use super::serial;
@@ -166,7 +167,18 @@ pub extern "C" fn mirai_race(aios: SEXP) -> SEXP {
         if slots.is_empty() {
             return int(0);
         }
-        let mut first = None;
+        // As in `wait_slot`: a reply due within SPIN costs no sleep and
+        // wake-up of R's thread (parallel's recvOneData waits here once per
+        // task of a load-balanced call).
+        let until = Instant::now() + SPIN;
+        let mut first = slots.iter().position(|s| s.is_done());
+        while first.is_none() && Instant::now() < until {
+            std::hint::spin_loop();
+            first = slots.iter().position(|s| s.is_done());
+        }
+        if let Some(i) = first {
+            return int(i as i32 + 1);
+        }
         wait_interruptibly(|slice| {
             first = wait_any(&slots, &bells, slice);
             first.is_some()
@@ -186,5 +198,19 @@ pub extern "C" fn mirai_aio_cancel(h: SEXP) -> SEXP {
         let found = a.profile.host.cancel(a.id, ERR_CANCELED) && a.profile.host.dispatcher;
         a.slot.complete(Outcome::Error(ERR_CANCELED));
         lgl(found)
+    })
+}
+
+/// `as.promise()`: calls R closure `settle` (on R's main thread, through
+/// later) once the mirai resolves. FALSE if it already has, so the caller
+/// settles at once.
+#[no_mangle]
+pub extern "C" fn mirai_on_resolve(h: SEXP, settle: SEXP) -> SEXP {
+    entry(|| {
+        let a = aio(&h)?;
+        if !is_function(settle) {
+            return Err("`settle` must be a function".into());
+        }
+        lgl(later::on_resolve(&a.slot, settle)?)
     })
 }

@@ -14,7 +14,8 @@
 //! - `value`: reading arguments and building R values without longjmps;
 //! - `handle`: Rust values behind external pointers;
 //! - `object`: the 'mirai' object (an environment with an active binding);
-//! - `serial`: R serialization into and out of message buffers.
+//! - `serial`: R serialization into and out of message buffers;
+//! - `later`: settling promises through the 'later' package's C API.
 //!
 //! The glue, one module per R area, mostly safe code:
 //! - `profile`: a compute profile's host and its local children;
@@ -32,6 +33,7 @@ pub mod daemon;
 pub mod ffi;
 pub mod handle;
 pub mod helpers;
+pub mod later;
 pub mod mirai;
 pub mod object;
 pub mod profile;

@@ -149,6 +149,31 @@ pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP 
     })
 }
 
+/// Submits a cluster node's task: it runs on the `node`-th daemon (from 0)
+/// to have joined the host, once that one has joined (the wait can be
+/// interrupted; nothing is sent until it ends). Returns its mirai.
+#[no_mangle]
+pub extern "C" fn mirai_host_submit_node(p: SEXP, data: SEXP, node: SEXP) -> SEXP {
+    entry(|| {
+        let prof = profile(&p)?;
+        let node = f64_arg(node, "node")?;
+        if !(0.0..=u32::MAX as f64).contains(&node) || node.fract() != 0.0 {
+            return Err("`node` must be a node index".into());
+        }
+        let node = node as usize;
+        let stats = &prof.host.stats;
+        if stats.cumulative.load(Ordering::Relaxed) <= node as u64 {
+            wait_interruptibly(|slice| stats.wait_joined(node as u64 + 1, slice))?;
+        }
+        let cfg = kept(p);
+        let id = prof.host.next_task_id();
+        let frame = prof.host.task_frame(id, |buf| serialize_task(data, cfg, buf))?;
+        let slot = Slot::new(prof.host.bell.clone());
+        prof.host.submit_to_node(id, frame, slot.clone(), node).map_err(host_failed)?;
+        new_aio(Aio { slot, id, profile: prof.clone() }, cfg)
+    })
+}
+
 /// `try_mirai()`'s check: TRUE if a task may be queued now without waiting.
 #[no_mangle]
 pub extern "C" fn mirai_host_room(p: SEXP) -> SEXP {

@@ -53,6 +53,10 @@ pub fn is_list(s: SEXP) -> bool {
     unsafe { TYPEOF(s) == VECSXP }
 }
 
+pub fn is_function(s: SEXP) -> bool {
+    matches!(unsafe { TYPEOF(s) }, CLOSXP | BUILTINSXP | SPECIALSXP)
+}
+
 /// Length of a vector or list.
 pub fn len(s: SEXP) -> usize {
     unsafe { Rf_xlength(s) as usize }

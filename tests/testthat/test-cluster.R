@@ -1,0 +1,215 @@
+# make_cluster(): base R's parallel, and foreach through doParallel, on
+# mirai daemons.
+
+library(parallel)
+
+test_that("make_cluster() validates its arguments", {
+  expect_error(make_cluster("tcp://127.0.0.1:0"), "`n` must be numeric, did you mean to provide `url`?")
+  expect_error(make_cluster(0), "`n` must be 1 or greater")
+  expect_error(make_cluster(c(1, 2)), "`n` must be a single number")
+  expect_error(make_cluster(), "`n` must be supplied")
+  expect_error(stop_cluster(list()), "`cl` must be a 'miraiCluster'")
+})
+
+test_that("every function of parallel works on a miraiCluster", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  expect_s3_class(cl, c("miraiCluster", "cluster"))
+  expect_output(print(cl), sprintf("< miraiCluster | ID: %s nodes: 2 active: TRUE >", attr(cl, "id")), fixed = TRUE)
+  expect_output(print(cl[[2]]), "< miraiNode | node: 2 cluster ID: ", fixed = TRUE)
+  expect_identical(status(cl)$connections, 2L)
+  # Each node is its own daemon.
+  pids <- unlist(clusterEvalQ(cl, Sys.getpid()))
+  expect_length(unique(pids), 2L)
+  expect_false(Sys.getpid() %in% pids)
+  # ...and stays so: node i always answers from the same process.
+  expect_identical(unlist(clusterEvalQ(cl, Sys.getpid())), pids)
+  expect_identical(unlist(clusterCall(cl, function(a, b) a + b, 1, 2)), c(3, 3))
+  base_value <- 100
+  clusterExport(cl, "base_value", envir = environment())
+  expect_identical(unlist(clusterEvalQ(cl, base_value + 1)), c(101, 101))
+  # Exported objects persist on the daemons between calls.
+  expect_identical(unlist(clusterEvalQ(cl, exists("base_value"))), c(TRUE, TRUE))
+  expect_identical(clusterApply(cl, 1:5, function(x) x * 2), as.list((1:5) * 2))
+  expect_identical(clusterApplyLB(cl, 1:5, function(x) x * 3), as.list((1:5) * 3))
+  expect_identical(parLapply(cl, 1:7, sqrt), lapply(1:7, sqrt))
+  expect_identical(parLapplyLB(cl, 1:7, sqrt), lapply(1:7, sqrt))
+  expect_identical(parSapply(cl, 1:5, function(x) x^2), (1:5)^2)
+  expect_identical(parSapplyLB(cl, c(a = 1, b = 2), function(x) x + 1), c(a = 2, b = 3))
+  mat <- matrix(1:6, 2)
+  expect_identical(parApply(cl, mat, 1, sum), apply(mat, 1, sum))
+  expect_identical(parRapply(cl, mat, sum), c(9L, 12L))
+  expect_identical(parCapply(cl, mat, sum), c(3L, 7L, 11L))
+  expect_identical(clusterMap(cl, function(x, y) x + y, 1:3, 4:6), list(5L, 7L, 9L))
+  # Functions carry their environments, as with PSOCK.
+  k <- 10
+  expect_identical(parSapply(cl, 1:3, function(x) x + k), c(11, 12, 13))
+  setDefaultCluster(cl)
+  on.exit(setDefaultCluster(NULL), add = TRUE, after = FALSE)
+  expect_identical(parLapply(NULL, 1:2, function(x) -x), list(-1L, -2L))
+})
+
+test_that("clusterSetRNGStream() gives each node parallel's stream", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  clusterSetRNGStream(cl, 123)
+  got <- clusterEvalQ(cl, .Random.seed)
+  RNGkind("L'Ecuyer-CMRG")
+  on.exit(RNGkind("default"), add = TRUE)
+  set.seed(123)
+  s1 <- .Random.seed
+  expect_identical(got, list(s1, nextRNGStream(s1)))
+  clusterSetRNGStream(cl, 123)
+  a <- parSapply(cl, 1:2, function(i) runif(1))
+  clusterSetRNGStream(cl, 123)
+  expect_identical(parSapply(cl, 1:2, function(i) runif(1)), a)
+})
+
+test_that("load-balanced calls balance: short tasks go to the node that is free", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  t0 <- Sys.time()
+  res <- clusterApplyLB(cl, c(2, 0.1, 0.1, 0.1, 0.1), function(s) { Sys.sleep(s); Sys.getpid() })
+  elapsed <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
+  # The 2 s task ran on one daemon, every short one on the other.
+  expect_false(res[[1]] %in% unlist(res[-1]))
+  expect_length(unique(unlist(res[-1])), 1L)
+  expect_lt(elapsed, 2.25)
+  expect_gt(elapsed, 1.9)
+})
+
+test_that("errors on nodes surface as parallel reports them", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  expect_error(clusterEvalQ(cl, elephant()), "2 nodes produced errors; first error: Error in elephant(): could not find function \"elephant\"",
+               fixed = TRUE)
+  expect_error(parLapply(cl, list(1, "a"), function(x) log(x)),
+               "one node produced an error: Error in log(x): non-numeric argument to mathematical function",
+               fixed = TRUE)
+  # The cluster is still usable afterwards.
+  expect_identical(parSapply(cl, 1:4, function(x) x), 1:4)
+})
+
+test_that("a node whose daemon died fails calls clearly, never hangs", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  pids <- unlist(clusterEvalQ(cl, Sys.getpid()))
+  # Killed mid-task.
+  res <- tryCatch({
+    clusterApply(cl, 1:2, function(i) { if (i == 2) tools::pskill(Sys.getpid(), tools::SIGKILL); Sys.sleep(0.5); i })
+  }, error = function(e) e)
+  expect_s3_class(res, "error")
+  expect_match(conditionMessage(res), "one node produced an error: node 2 of the mirai cluster could not run the task: its daemon disconnected")
+  expect_true(wait_until(function() !pid_alive(pids[[2]])))
+  # Later calls that reach the dead node fail at once.
+  t0 <- Sys.time()
+  expect_error(clusterEvalQ(cl, 1), "node 2 of the mirai cluster could not run the task")
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 5)
+  # The surviving node still works, alone.
+  expect_identical(clusterEvalQ(cl[1], Sys.getpid()), list(pids[[1]]))
+})
+
+test_that("foreach %dopar% via doParallel: .combine, many iterations, .export, .packages, errors", {
+  skip_if_not_installed("doParallel")
+  skip_if_not_installed("foreach")
+  library(foreach)
+  cl <- make_cluster(2)
+  on.exit({ foreach::registerDoSEQ(); stop_cluster(cl) })
+  doParallel::registerDoParallel(cl)
+  expect_identical(foreach::getDoParWorkers(), 2L)
+  expect_identical(foreach(i = 1:10, .combine = c) %dopar% i^2, (1:10)^2)
+  # Far more iterations than nodes.
+  expect_identical(foreach(i = 1:500, .combine = "+") %dopar% i, sum(1:500))
+  offset <- 1000
+  f <- function() foreach(i = 1:3, .combine = c, .export = "offset") %dopar% (i + offset)
+  expect_identical(f(), c(1001, 1002, 1003))
+  expect_identical(foreach(i = 1:2, .combine = c, .packages = "tools") %dopar% ("package:tools" %in% search()),
+                   c(TRUE, TRUE))
+  expect_error(foreach(i = 1:4) %dopar% if (i == 3) stop("bad three") else i, "task 3 failed - \"bad three\"")
+  res <- foreach(i = 1:4, .errorhandling = "pass") %dopar% if (i == 3) stop("x") else i
+  expect_s3_class(res[[3]], "error")
+  expect_identical(conditionMessage(res[[3]]), "x")
+  expect_identical(res[c(1, 2, 4)], list(1L, 2L, 4L))
+})
+
+test_that("a cluster coexists with daemons() profiles, and stops cleanly", {
+  daemons(1)
+  on.exit(daemons(0))
+  cl <- make_cluster(2)
+  expect_false(identical(attr(cl, "id"), "default"))
+  host_pid <- mirai(Sys.getpid())[]
+  node_pids <- unlist(clusterEvalQ(cl, Sys.getpid()))
+  expect_false(host_pid %in% node_pids)
+  cl2 <- make_cluster(1)
+  expect_false(identical(attr(cl2, "id"), attr(cl, "id")))
+  stopCluster(cl2)
+  stopCluster(cl)
+  expect_output(print(cl), "active: FALSE")
+  expect_error(parLapply(cl, 1:2, identity), "cluster is no longer active")
+  expect_true(wait_until(function() !any(vapply(node_pids, pid_alive, logical(1L)))))
+  # The default profile is untouched.
+  expect_identical(mirai(1 + 1)[], 2)
+})
+
+test_that("subsetting keeps the cluster's classes", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  sub <- cl[2]
+  expect_s3_class(sub, c("miraiCluster", "cluster"))
+  expect_identical(attr(sub, "id"), attr(cl, "id"))
+  expect_s3_class(cl[[1]], "miraiNode")
+  expect_identical(parLapply(sub, 1:3, function(x) x), list(1L, 2L, 3L))
+})
+
+test_that("nodes start in parallel: make_cluster(8) launches all eight at once", {
+  rscript <- file.path(R.home("bin"), "Rscript")
+  one <- system.time(system2(rscript, c("-e", shQuote("invisible(loadNamespace('mirai'))"))))[["elapsed"]]
+  t8 <- system.time(cl <- make_cluster(8))[["elapsed"]]
+  on.exit(stop_cluster(cl))
+  pids <- unlist(clusterEvalQ(cl, Sys.getpid()))
+  expect_length(unique(pids), 8L)
+  # Process start times (clock ticks since boot, field 22 of /proc/<pid>/stat):
+  # launched one after another, each waiting for the previous to connect,
+  # they would span seven start-ups. Timing-independent of the machine's load.
+  ticks <- as.numeric(system2("getconf", "CLK_TCK", stdout = TRUE))
+  start <- vapply(pids, function(p) {
+    st <- readLines(sprintf("/proc/%d/stat", p))
+    as.numeric(strsplit(sub("^.*\\) ", "", st), " ")[[1]][[20L]])
+  }, numeric(1L)) / ticks
+  spread <- max(start) - min(start)
+  cat(sprintf("\n[figures] one R start-up loading mirai: %.2f s; make_cluster(8): %.2f s; launches spread over %.2f s (%d cores)\n",
+              one, t8, spread, parallel::detectCores()))
+  expect_lt(spread, 2 * one)
+})
+
+test_that("custom-serialized reference objects travel through parLapply both ways", {
+  cfg <- serial_config(
+    "myptr",
+    function(x) serialize(attr(x, "payload"), NULL),
+    function(r) {
+      # A fresh pointer: new("externalptr") hands out one shared object.
+      p <- unserialize(serialize(new("externalptr"), NULL))
+      attr(p, "payload") <- toupper(unserialize(r))
+      class(p) <- "myptr"
+      p
+    }
+  )
+  mk <- function(s) {
+    # new("externalptr") hands out one shared object; unserializing makes a
+    # fresh pointer each time.
+    p <- unserialize(serialize(new("externalptr"), NULL))
+    attr(p, "payload") <- s
+    class(p) <- "myptr"
+    p
+  }
+  cl <- make_cluster(2, serial = cfg)
+  on.exit(stop_cluster(cl))
+  out <- parLapply(cl, list(mk("a"), mk("b")), function(p) {
+    stopifnot(typeof(p) == "externalptr")
+    attr(p, "payload") <- paste0(attr(p, "payload"), "x")
+    p
+  })
+  expect_true(all(vapply(out, function(p) inherits(p, "myptr") && typeof(p) == "externalptr", logical(1L))))
+  # Upper-cased on the way in (on the daemon) and on the way back (here).
+  expect_identical(vapply(out, attr, "", "payload"), c("AX", "BX"))
+})
