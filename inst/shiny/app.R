@@ -2,11 +2,10 @@
 #
 # Run it with: shiny::runApp(system.file("shiny", package = "mirai"))
 #
-# The button sends a slow computation to a daemon as a mirai. The output is
-# rendered from a promise (`mirai(...) %...>% f`), so the R process serving
-# the app is never blocked: the clock keeps ticking in every other browser
-# session while the computation runs. (Within the session that pressed the
-# button, Shiny holds back output updates until the promise settles.)
+# The button sends a slow computation to a daemon as a mirai. Its result
+# reaches the page through a promise (`mirai(...) %...>% f`), so the R process
+# serving the app is never blocked: the clock keeps ticking, in this session
+# and in every other one, while the computation runs.
 
 library(shiny)
 library(promises)
@@ -28,16 +27,12 @@ ui <- fluidPage(
 )
 
 server <- function(input, output, session) {
-  # Re-rendered four times a second by the server.
-  output$clock <- renderText({
-    invalidateLater(250)
-    format(Sys.time(), "%H:%M:%OS1")
-  })
+  result <- reactiveVal("Press the button to start.")
 
-  output$result <- renderText({
-    req(input$go) # nothing until the button is pressed
-    n <- isolate(input$n)
+  observeEvent(input$go, {
+    n <- input$n
     req(n >= 1)
+    result("Computing...")
     # mirai() returns at once; the expression is evaluated on a daemon.
     # Variables it needs are passed by name (`n = n`).
     m <- mirai(
@@ -49,13 +44,24 @@ server <- function(input, output, session) {
       },
       n = n
     )
-    # A promise of the text to show: the callback runs once the mirai has
-    # resolved. (An error on the daemon rejects it: Shiny shows the message.)
+    # Once the mirai resolves, its promise hands the value to the callback,
+    # which updates `result`; an error on the daemon rejects the promise.
     m %...>% (function(r) {
-      sprintf("%s (computed by process %d, from %s to %s)",
-              format(r$value, big.mark = ","), r$pid,
-              format(r$start, "%H:%M:%OS1"), format(r$end, "%H:%M:%OS1"))
-    })
+      result(sprintf("%s (computed by process %d, from %s to %s)",
+                     format(r$value, big.mark = ","), r$pid,
+                     format(r$start, "%H:%M:%OS1"), format(r$end, "%H:%M:%OS1")))
+    }) %...!% (function(e) result(paste("Error:", conditionMessage(e))))
+    # Return nothing, not the promise: Shiny would hold back this session's
+    # outputs (the clock too) until a returned promise settles.
+    NULL
+  })
+
+  output$result <- renderText(result())
+
+  # Re-rendered four times a second by the server.
+  output$clock <- renderText({
+    invalidateLater(250)
+    format(Sys.time(), "%H:%M:%OS1")
   })
 }
 

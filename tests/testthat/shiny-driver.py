@@ -1,11 +1,13 @@
 """Drive the example Shiny app (inst/shiny/app.R) in headless Chromium.
 
-Usage: python3 shiny-driver.py URL OUTDIR PROFILE_DIR
+Usage: CHROMIUM=/usr/bin/chromium CHROMEDRIVER=/usr/bin/chromedriver \
+         python3 shiny-driver.py URL OUTDIR PROFILE_DIR
 
 Opens two browser windows on URL (two Shiny sessions), logs every change of
 the outputs in the page itself (a MutationObserver stamps each change with the
 browser's clock), presses the button in session 1, takes screenshots of both
-sessions into OUTDIR, waits for session 1's result, and writes what it saw to
+sessions into OUTDIR, waits for session 1's result (any text but the one
+before the click and "Computing..."), and writes what it saw to
 OUTDIR/observations.json. It asserts nothing: test-shiny.R judges the log.
 Run by test-shiny.R; exits non-zero (with the reason on stderr) when the page
 does not behave as a Shiny page should (no connection, no result in time).
@@ -52,7 +54,7 @@ def open_session(driver, url):
 def main():
     url, outdir, profile = sys.argv[1:4]
     opts = webdriver.ChromeOptions()
-    opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    opts.binary_location = os.environ["CHROMIUM"]
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
                 "--disable-dev-shm-usage", "--no-first-run",
                 "--disable-extensions", "--window-size=900,600",
@@ -64,7 +66,7 @@ def main():
                 "--disable-backgrounding-occluded-windows"):
         opts.add_argument(arg)
     service = Service(
-        executable_path=os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"),
+        executable_path=os.environ["CHROMEDRIVER"],
         log_path=os.path.join(outdir, "chromedriver.log"))
     driver = webdriver.Chrome(service=service, options=opts)
     obs = {"url": url, "screenshots": []}
@@ -85,13 +87,14 @@ def main():
         obs["sessions"] = [sid1, sid2]
 
         driver.switch_to.window(w1)
+        waiting = (driver.find_element(By.ID, "result").text, "Computing...")
         obs["click"] = time.time()
         driver.find_element(By.ID, "go").click()
         time.sleep(1.5)
         shot(w2, "session2-while-session1-computes.png")
         shot(w1, "session1-computing.png")
         WebDriverWait(driver, RESULT_TIMEOUT, poll_frequency=0.2).until(
-            lambda d: d.find_element(By.ID, "result").text != "")
+            lambda d: d.find_element(By.ID, "result").text not in waiting)
         shot(w1, "session1-result.png")
         shot(w2, "session2-after.png")
 

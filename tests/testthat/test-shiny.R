@@ -6,7 +6,7 @@
 selenium_python <- function() {
   # Debian's python3-selenium lives in the system Python, which may not be the
   # first python3 on PATH.
-  for (py in unique(c("/usr/bin/python3", Sys.which("python3")))) {
+  for (py in unique(c("/usr/bin/python3", unname(Sys.which("python3"))))) {
     if (nzchar(py) && file.exists(py) &&
         identical(suppressWarnings(system2(py, c("-c", shQuote("import selenium")),
                                            stdout = FALSE, stderr = FALSE)), 0L))
@@ -45,8 +45,8 @@ test_that("the example Shiny app stays live for other sessions while one compute
   skip_if_not_installed("shiny")
   skip_if_not_installed("promises")
   skip_if_not_installed("jsonlite")
-  chromium <- Sys.which("chromium")
-  chromedriver <- Sys.which("chromedriver")
+  chromium <- unname(Sys.which("chromium"))
+  chromedriver <- unname(Sys.which("chromedriver"))
   if (!nzchar(chromium)) skip("chromium is not installed (Debian package chromium)")
   if (!nzchar(chromedriver)) skip("chromedriver is not installed (Debian package chromium-driver)")
   python <- selenium_python()
@@ -127,8 +127,10 @@ test_that("the example Shiny app stays live for other sessions while one compute
   expect_length(unique(obs$sessions), 2L)
   ms <- function(x) as.numeric(x) / 1000 # the browser stamps changes in ms
 
-  # Session 1 shows the right result, computed on a daemon in 3 s.
+  # Session 1 said it was computing, then showed the right result, computed
+  # on a daemon in 3 s.
   res <- obs$log$session1$result
+  expect_identical(res[ms(res[, 1L]) > obs$click, 2L][1L], "Computing...")
   result <- res[nrow(res), 2L]
   shown_at <- ms(res[nrow(res), 1L])
   parts <- regmatches(result, regexec(paste0(
@@ -145,21 +147,25 @@ test_that("the example Shiny app stays live for other sessions while one compute
   expect_gte(ended - started, 2.9)
   expect_gte(shown_at - obs$click, 2.9)
 
-  # Session 2's clock meanwhile: from the click until session 1 showed its
-  # result, session 2 received an update at least once a second (browser time)...
-  clock <- obs$log$session2$clock
-  at <- ms(clock[, 1L])
-  while_running <- at > obs$click & at < shown_at
-  timeline <- paste(sprintf("%+.2f s %s", at - obs$click, clock[, 2L]), collapse = ", ")
-  gap <- max(diff(c(obs$click, at[while_running], shown_at)))
-  expect_true(gap < 1, info = sprintf("longest wait %.2f s; updates: %s", gap, timeline))
-  # ... and those updates carry server times from inside the computation, so
-  # they were rendered while the daemon was still working for session 1.
-  server_time <- next_day(clock_secs(clock[, 2L]))
-  inside <- server_time[server_time > started & server_time < ended]
-  expect_gte(length(inside), 3L)
-  gap <- max(diff(c(started, inside, ended)))
-  expect_true(gap < 1, info = sprintf("longest gap %.2f s; updates: %s", gap, timeline))
+  # Both sessions' clocks meanwhile (session 2 is what the issue asks for;
+  # session 1 stays live as the app does not hand its promise to Shiny).
+  for (s in c("session2", "session1")) {
+    clock <- obs$log[[s]]$clock
+    at <- ms(clock[, 1L])
+    timeline <- paste(sprintf("%+.2f s %s", at - obs$click, clock[, 2L]), collapse = ", ")
+    # From the click until session 1 showed its result, the session received
+    # an update at least once a second (browser time)...
+    while_running <- at > obs$click & at < shown_at
+    gap <- max(diff(c(obs$click, at[while_running], shown_at)))
+    expect_true(gap < 1, info = sprintf("%s: longest wait %.2f s; updates: %s", s, gap, timeline))
+    # ... and those updates carry server times from inside the computation, so
+    # they were rendered while the daemon was still working for session 1.
+    server_time <- next_day(clock_secs(clock[, 2L]))
+    inside <- server_time[server_time > started & server_time < ended]
+    expect_gte(length(inside), 3L)
+    gap <- max(diff(c(started, inside, ended)))
+    expect_true(gap < 1, info = sprintf("%s: longest gap %.2f s; updates: %s", s, gap, timeline))
+  }
 
   # Screenshots of both sessions, kept where the user can look at them.
   expect_length(obs$screenshots, 4L)
