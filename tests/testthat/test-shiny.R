@@ -15,20 +15,28 @@ selenium_python <- function() {
   ""
 }
 
-# Live processes whose environment holds the line `tag`: each process the test
-# starts is tagged, and the tag is inherited by everything it starts (daemons,
-# chromedriver, chromium), so "nothing left behind" can be checked exactly.
-tagged_pids <- function(tag) {
+# Live processes that the test started, directly or not: those in the session
+# of `leader` (processx starts each child as a session leader) and those whose
+# environment holds the line `tag` (inherited by everything started, also by
+# processes that leave the session, such as chromium's crash handlers;
+# chromium's own children rewrite their environment block, but stay in the
+# session). So "nothing left behind" can be checked exactly.
+our_pids <- function(tag, leader) {
   pids <- as.integer(dir("/proc", pattern = "^[0-9]+$"))
-  has_tag <- vapply(pids, function(pid) {
-    # (A process may end meanwhile. Only muffle the warning: an exiting
-    # handler for it would leave file() without closing its connection.)
+  ours <- vapply(pids, function(pid) {
+    # (A process may end meanwhile. Only muffle warnings: an exiting handler
+    # for one would leave file() without closing its connection.)
+    stat <- tryCatch(suppressWarnings(readLines(sprintf("/proc/%d/stat", pid))),
+                     error = function(e) "")
+    # Fields after "pid (comm)": state ppid pgrp session ...
+    fields <- strsplit(trimws(sub("^.*\\)", "", stat[1L])), " ", fixed = TRUE)[[1L]]
+    if (!is.na(leader) && identical(fields[4L], as.character(leader))) return(TRUE)
     env <- tryCatch(suppressWarnings(readBin(sprintf("/proc/%d/environ", pid), "raw", 1e6)),
                     error = function(e) raw(0))
     env[env == as.raw(0)] <- as.raw(10)
     length(env) > 0L && tag %in% strsplit(rawToChar(env), "\n", fixed = TRUE)[[1L]]
   }, logical(1L))
-  pids[has_tag & vapply(pids, pid_alive, logical(1L))]
+  pids[ours & vapply(pids, pid_alive, logical(1L))]
 }
 
 # "HH:MM:SS.s" (as the app shows server times) to seconds since midnight.
@@ -62,6 +70,8 @@ test_that("the example Shiny app stays live for other sessions while one compute
   driver_log <- file.path(work, "driver.log")
   app <- NULL
   driver <- NULL
+  app_sid <- NA
+  browser_sid <- NA
   on.exit({
     # Whatever happened: end the browser and the app, then anything they left.
     if (!is.null(driver)) driver$kill()
@@ -70,7 +80,7 @@ test_that("the example Shiny app stays live for other sessions while one compute
       app$wait(10000)
       app$kill()
     }
-    for (pid in c(tagged_pids(browser_tag), tagged_pids(app_tag)))
+    for (pid in c(our_pids(browser_tag, browser_sid), our_pids(app_tag, app_sid)))
       tools::pskill(pid, tools::SIGKILL)
     unlink(work, recursive = TRUE)
   }, add = TRUE)
@@ -91,6 +101,7 @@ test_that("the example Shiny app stays live for other sessions while one compute
     env = c(env, MIRAI_SHINY_TEST = sub("^[^=]*=", "", app_tag)),
     stdout = app_log, stderr = "2>&1"
   )
+  app_sid <- app$get_pid()
   app_url <- ""
   expect_true(wait_until(function() {
     log <- tail_file(app_log)
@@ -116,12 +127,13 @@ test_that("the example Shiny app stays live for other sessions while one compute
             MIRAI_SHINY_TEST = sub("^[^=]*=", "", browser_tag)),
     stdout = driver_log, stderr = "2>&1"
   )
+  browser_sid <- driver$get_pid()
   driver$wait(300000)
   if (driver$is_alive() || !identical(driver$get_exit_status(), 0L))
     stop("the browser driver did not finish its run:\n", tail_file(driver_log))
   # The browser quit cleanly: no chromedriver or chromium process is left.
-  expect_true(wait_until(function() length(tagged_pids(browser_tag)) == 0L, 20),
-              info = paste(tagged_pids(browser_tag), collapse = " "))
+  expect_true(wait_until(function() length(our_pids(browser_tag, browser_sid)) == 0L, 20),
+              info = paste(our_pids(browser_tag, browser_sid), collapse = " "))
 
   obs <- jsonlite::fromJSON(file.path(shots, "observations.json"))
   expect_length(unique(obs$sessions), 2L)
@@ -181,7 +193,7 @@ test_that("the example Shiny app stays live for other sessions while one compute
   app$interrupt()
   app$wait(30000)
   expect_false(app$is_alive())
-  expect_true(wait_until(function() length(tagged_pids(app_tag)) == 0L, 20),
-              info = paste(tagged_pids(app_tag), collapse = " "))
+  expect_true(wait_until(function() length(our_pids(app_tag, app_sid)) == 0L, 20),
+              info = paste(our_pids(app_tag, app_sid), collapse = " "))
   expect_false(pid_alive(daemon_pid))
 })
