@@ -64,8 +64,10 @@ test_that("the example Shiny app stays live for other sessions while one compute
 
   work <- tempfile("shiny-")
   dir.create(shots <- file.path(work, "screenshots"), recursive = TRUE)
-  app_tag <- paste0("MIRAI_SHINY_TEST=app-", basename(work))
-  browser_tag <- paste0("MIRAI_SHINY_TEST=browser-", basename(work))
+  app_id <- paste0("app-", basename(work))
+  browser_id <- paste0("browser-", basename(work))
+  app_tag <- paste0("MIRAI_SHINY_TEST=", app_id)
+  browser_tag <- paste0("MIRAI_SHINY_TEST=", browser_id)
   app_log <- file.path(work, "app.log")
   driver_log <- file.path(work, "driver.log")
   app <- NULL
@@ -98,25 +100,27 @@ test_that("the example Shiny app stays live for other sessions while one compute
                                deparse(app_dir))))
   app <- processx::process$new(
     cmd[[1L]], cmd[[2L]],
-    env = c(env, MIRAI_SHINY_TEST = sub("^[^=]*=", "", app_tag)),
+    env = c(env, MIRAI_SHINY_TEST = app_id),
     stdout = app_log, stderr = "2>&1"
   )
   app_sid <- app$get_pid()
   app_url <- ""
-  expect_true(wait_until(function() {
+  wait_until(function() {
     log <- tail_file(app_log)
     m <- regmatches(log, regexpr("http://127\\.0\\.0\\.1:[0-9]+", log))
     if (length(m)) app_url <<- m
     nzchar(app_url) || !app$is_alive()
-  }, 120), info = tail_file(app_log))
-  expect_true(app$is_alive(), info = tail_file(app_log))
+  }, 120)
+  if (!nzchar(app_url) || !app$is_alive())
+    stop("the app did not start listening:\n", tail_file(app_log))
   answers <- function() {
     con <- url(app_url)
     on.exit(close(con))
     page <- tryCatch(suppressWarnings(readLines(con, warn = FALSE)), error = function(e) "")
     any(grepl('id="go"', page, fixed = TRUE))
   }
-  expect_true(wait_until(answers, 60), info = tail_file(app_log))
+  if (!wait_until(answers, 60))
+    stop("the app at ", app_url, " does not serve its page:\n", tail_file(app_log))
 
   # Two sessions in one headless Chromium; the driver writes what it saw.
   cmd <- boost(python, c(test_path("shiny-driver.py"), app_url, shots,
@@ -124,7 +128,7 @@ test_that("the example Shiny app stays live for other sessions while one compute
   driver <- processx::process$new(
     cmd[[1L]], cmd[[2L]],
     env = c(env, CHROMIUM = chromium, CHROMEDRIVER = chromedriver,
-            MIRAI_SHINY_TEST = sub("^[^=]*=", "", browser_tag)),
+            MIRAI_SHINY_TEST = browser_id),
     stdout = driver_log, stderr = "2>&1"
   )
   browser_sid <- driver$get_pid()
@@ -138,6 +142,17 @@ test_that("the example Shiny app stays live for other sessions while one compute
   obs <- jsonlite::fromJSON(file.path(shots, "observations.json"))
   expect_length(unique(obs$sessions), 2L)
   ms <- function(x) as.numeric(x) / 1000 # the browser stamps changes in ms
+
+  # Screenshots of both sessions, kept where the user can look at them (first,
+  # so that they are there to look at when a check below fails).
+  expect_length(obs$screenshots, 4L)
+  png_magic <- as.raw(c(0x89, 0x50, 0x4e, 0x47))
+  for (f in obs$screenshots) expect_identical(readBin(f, "raw", 4L), png_magic)
+  out_dir <- file.path(Sys.getenv("MIRAI_TEST_OUTPUT", test_path("_output")), "shiny")
+  dir.create(out_dir, recursive = TRUE, showWarnings = FALSE)
+  kept <- c(obs$screenshots, file.path(shots, "observations.json"))
+  expect_true(all(file.copy(kept, out_dir, overwrite = TRUE)))
+  cat("\nShiny test output:", file.path(normalizePath(out_dir), basename(kept)), sep = "\n  ")
 
   # Session 1 said it was computing, then showed the right result, computed
   # on a daemon in 3 s.
@@ -178,16 +193,6 @@ test_that("the example Shiny app stays live for other sessions while one compute
     gap <- max(diff(c(started, inside, ended)))
     expect_true(gap < 1, info = sprintf("%s: longest gap %.2f s; updates: %s", s, gap, timeline))
   }
-
-  # Screenshots of both sessions, kept where the user can look at them.
-  expect_length(obs$screenshots, 4L)
-  png_magic <- as.raw(c(0x89, 0x50, 0x4e, 0x47))
-  for (f in obs$screenshots) expect_identical(readBin(f, "raw", 4L), png_magic)
-  out_dir <- file.path(Sys.getenv("MIRAI_TEST_OUTPUT", test_path("_output")), "shiny")
-  dir.create(out_dir, recursive = TRUE, showWarnings = FALSE)
-  kept <- c(obs$screenshots, file.path(shots, "observations.json"))
-  expect_true(all(file.copy(kept, out_dir, overwrite = TRUE)))
-  cat("\nShiny test output:", file.path(normalizePath(out_dir), basename(kept)), sep = "\n  ")
 
   # Stopping the app (Ctrl-C) stops its daemons (onStop): nothing is left.
   app$interrupt()
