@@ -120,29 +120,37 @@ sendData.miraiNode <- function(node, data) {
   m <- .Call(C_mirai_host_submit_node, prof$host, task, attr(node, "node") - 1)
   tag <- .subset2(d, "tag")
   if (!is.null(tag)) assign("tag", tag, envir = m)
-  q <- .subset2(node, "q")
-  q[[length(q) + 1L]] <- m
-  assign("q", q, envir = node)
+  # Almost always the node has no other task outstanding: the head is kept
+  # apart from the (rarely used) rest, so neither end costs a list copy.
+  if (is.null(.subset2(node, "head"))) {
+    assign("head", m, envir = node)
+  } else {
+    rest <- .subset2(node, "rest")
+    rest[[length(rest) + 1L]] <- m
+    assign("rest", rest, envir = node)
+  }
   invisible()
 }
 
 #' @rawNamespace S3method(parallel::recvData, miraiNode)
 recvData.miraiNode <- function(node) {
-  q <- .subset2(node, "q")
-  if (!length(q)) stop(sprintf("node %d of the cluster has no task to receive", attr(node, "node")), call. = FALSE)
-  m <- q[[1L]]
+  m <- .subset2(node, "head")
+  if (is.null(m)) stop(sprintf("node %d of the cluster has no task to receive", attr(node, "node")), call. = FALSE)
   v <- .Call(C_mirai_value, m)
-  assign("q", q[-1L], envir = node)
+  rest <- .subset2(node, "rest")
+  if (length(rest)) {
+    assign("head", rest[[1L]], envir = node)
+    assign("rest", rest[-1L], envir = node)
+  } else {
+    assign("head", NULL, envir = node)
+  }
   if (is.integer(v) && inherits(v, "errorValue")) v <- node_failure(v, attr(node, "node"))
   list(type = "VALUE", value = v, tag = .subset2(m, "tag"))
 }
 
 #' @rawNamespace S3method(parallel::recvOneData, miraiCluster)
 recvOneData.miraiCluster <- function(cl) {
-  heads <- lapply(cl, function(node) {
-    q <- .subset2(node, "q")
-    if (length(q)) .subset2(q[[1L]], "aio")
-  })
+  heads <- lapply(cl, function(node) .subset2(.subset2(node, "head"), "aio"))
   busy <- which(!vapply(heads, is.null, logical(1L)))
   if (!length(busy)) stop("no node of the cluster has a task to receive", call. = FALSE)
   i <- busy[.Call(C_mirai_race, heads[busy])]
@@ -157,11 +165,13 @@ stopCluster.miraiCluster <- function(cl) stop_cluster(cl)
 node_call <- quote(do.call(.fun, .args, quote = TRUE))
 
 # One constructor of nodes: an empty environment holding the cluster's
-# profile and the node's outstanding tasks (in order).
+# profile and the node's outstanding tasks, in order: `head` (a mirai, or
+# NULL) and the `rest` (a list).
 new_node <- function(i, prof, id) {
   node <- new.env(parent = emptyenv())
   node$prof <- prof
-  node$q <- list()
+  node$head <- NULL
+  node$rest <- list()
   structure(node, class = "miraiNode", node = i, id = id)
 }
 
