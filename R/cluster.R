@@ -150,10 +150,10 @@ recvData.miraiNode <- function(node) {
 
 #' @rawNamespace S3method(parallel::recvOneData, miraiCluster)
 recvOneData.miraiCluster <- function(cl) {
-  heads <- lapply(cl, function(node) .subset2(.subset2(node, "head"), "aio"))
+  heads <- lapply(cl, .subset2, "head")
   busy <- which(!vapply(heads, is.null, logical(1L)))
   if (!length(busy)) stop("no node of the cluster has a task to receive", call. = FALSE)
-  i <- busy[.Call(C_mirai_race, heads[busy])]
+  i <- busy[.Call(C_mirai_race, lapply(heads[busy], .subset2, "aio"))]
   list(node = i, value = recvData.miraiNode(.subset2(cl, i)))
 }
 
