@@ -95,8 +95,9 @@ launch_remote <- function(n = 1L, remote = remote_config(), ..., .compute = NULL
 #' launch command. With `command = NULL` the launch commands are only
 #' returned (and printed), for manual deployment.
 #'
-#' @param command (character) the program to run, e.g. `"ssh"`, or NULL to
-#'   run nothing. Default NULL.
+#' @param command (character) the program to run, e.g. `"ssh"` (a shell
+#'   command, which may include options), or NULL to run nothing. Default
+#'   NULL.
 #' @param args (character or list) the arguments of `command`, one of which
 #'   must be `"."`; or a list of such vectors, one per daemon. Default
 #'   `c("", ".")`.
@@ -332,11 +333,14 @@ run_remote <- function(remote, cmds, url) {
       port <- url_port(url)
       a <- c(sprintf("-o ExitOnForwardFailure=yes -R %d:127.0.0.1:%d", port, port), a)
     }
+    # `command` is a shell fragment (it may carry options), so the line is
+    # composed here rather than by system2(), which would quote it whole.
+    line <- paste(c(remote$command, a), collapse = " ")
     if (ssh) {
-      status <- system2(remote$command, a, wait = TRUE)
+      status <- system(line, wait = TRUE)
       if (status != 0L) launch_failed(sprintf("'%s' (to %s)", remote$command, a[length(a) - 1L]), status)
     } else {
-      system2(remote$command, a, wait = FALSE)
+      system(line, wait = FALSE)
     }
   }
 }
@@ -432,7 +436,7 @@ http_request <- function(url, method, headers, body, timeout = 5) {
   names(hdr) <- tolower(sub(":.*$", "", hdr))
   hdr[] <- sub("^[^:]*:[[:space:]]*", "", hdr)
   data <- resp[seq.int(split + 4L, length.out = max(0L, length(resp) - split - 3L))]
-  if (identical(tolower(hdr[["transfer-encoding"]] %||% ""), "chunked")) data <- unchunk(data)
+  if (identical(tolower(hdr["transfer-encoding"]), "chunked")) data <- unchunk(data)
   list(status = status, headers = as.list(hdr), data = rawToChar(data))
 }
 
