@@ -170,11 +170,10 @@ start_sshd <- function(listen = "127.0.0.1", netns = NULL) {
   sshd <- c("/usr/sbin/sshd", "-D", "-e", "-f", config)
   if (!is.null(netns)) sshd <- c("ip", "netns", "exec", netns, sshd)
   log <- file.path(dir, "sshd.log")
-  p <- processx::process$new(sshd[1L], sshd[-1L], stdout = log, stderr = "2>&1", cleanup_tree = TRUE)
+  p <- processx::process$new(sshd[1L], sshd[-1L], stdout = log, stderr = "2>&1")
   # Its sessions, and ssh clients using its key, go with it.
   stop_fn <- function() {
     kill_pids(c(procs_with(file.path(dir, "user_key")), rev(proc_tree(p$get_pid()))))
-    p$kill_tree()
     unlink(dir, recursive = TRUE)
   }
   if (!wait_until(function() port_open(listen, port) || !p$is_alive(), 10) || !p$is_alive()) {
@@ -206,7 +205,7 @@ start_slurm <- function() {
   old_conf <- Sys.getenv("SLURM_CONF", NA)
   stop_fn <- function() {
     if (length(procs)) run("scancel", c("--full", "--user=root"))
-    for (p in rev(procs)) p$kill_tree()
+    for (p in rev(procs)) kill_pids(rev(proc_tree(p$get_pid())))
     if (is.na(old_conf)) Sys.unsetenv("SLURM_CONF") else Sys.setenv(SLURM_CONF = old_conf)
     unlink(dir, recursive = TRUE)
   }
@@ -229,7 +228,7 @@ start_slurm <- function() {
                                               paste0("--pid-file=", file.path(mdir, "munged.pid")),
                                               paste0("--log-file=", file.path(mdir, "munged.log")),
                                               paste0("--seed-file=", file.path(mdir, "munged.seed"))),
-                                  stdout = file.path(dir, "munged-out.log"), stderr = "2>&1", cleanup_tree = TRUE)
+                                  stdout = file.path(dir, "munged-out.log"), stderr = "2>&1")
   procs <- list(munged)
   if (!wait_until(function() file.exists(socket) || !munged$is_alive(), 10) || !munged$is_alive())
     return(fail("munged did not start:"))
@@ -269,10 +268,10 @@ start_slurm <- function() {
   ), conf)
   Sys.setenv(SLURM_CONF = conf)
   ctld <- processx::process$new("/usr/sbin/slurmctld", c("-D", "-i", "-f", conf),
-                                stdout = file.path(dir, "slurmctld-out.log"), stderr = "2>&1", cleanup_tree = TRUE)
+                                stdout = file.path(dir, "slurmctld-out.log"), stderr = "2>&1")
   procs <- c(procs, ctld)
   slurmd <- processx::process$new("/usr/sbin/slurmd", c("-D", "-N", node, "-f", conf),
-                                  stdout = file.path(dir, "slurmd-out.log"), stderr = "2>&1", cleanup_tree = TRUE)
+                                  stdout = file.path(dir, "slurmd-out.log"), stderr = "2>&1")
   procs <- c(procs, slurmd)
   idle <- function() {
     out <- run("sinfo", c("-h", "-N", "-o", "%t"))
@@ -343,9 +342,9 @@ start_http_launcher <- function() {
   dir.create(reqs)
   p <- processx::process$new("/usr/bin/python3", c(script, reqs, file.path(R.home("bin"), "Rscript"),
                                                    paste(.libPaths(), collapse = ":")),
-                             stdout = file.path(dir, "out.log"), stderr = "2>&1", cleanup_tree = TRUE)
+                             stdout = file.path(dir, "out.log"), stderr = "2>&1")
   stop_fn <- function() {
-    p$kill_tree()
+    kill_pids(rev(proc_tree(p$get_pid())))
     unlink(dir, recursive = TRUE)
   }
   port_file <- file.path(dir, "port")
