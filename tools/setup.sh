@@ -41,6 +41,8 @@ PKGS=(
   # ...an HTTP launch API served by python3 (http_config), and the openssl
   # CLI, an independent HMAC-SHA256 to check the daemon's handshake against.
   python3 openssl
+  # http_config() with https:// URLs (Suggests: curl).
+  r-cran-curl
 )
 
 missing=()

@@ -51,7 +51,30 @@ proc_tree <- function(pid) {
   }
 }
 
-kill_pids <- function(pids) for (p in pids) tools::pskill(p, tools::SIGKILL)
+# Kills `pids` and waits until they are gone (or zombies), so that nothing
+# they do outlives the call.
+kill_pids <- function(pids) {
+  for (p in pids) tools::pskill(p, tools::SIGKILL)
+  wait_until(function() !any(vapply(pids, pid_alive, logical(1L))), 10)
+}
+
+# Stops a service process and its descendants: SIGTERM, children first, so
+# each exits cleanly and is reaped by its parent; after 5 s, SIGKILL for
+# whatever is left.
+stop_tree <- function(pid) {
+  tree <- rev(proc_tree(pid))
+  for (p in tree) {
+    tools::pskill(p, tools::SIGTERM)
+    wait_until(function() !pid_alive(p), 2)
+  }
+  kill_pids(tree)
+}
+
+# Removes a service's directory. Not with unlink(): R's unlink() (4.2)
+# takes a Unix socket for a directory and leaves it, and the directory too.
+remove_dir <- function(dir) {
+  run("rm", c("-rf", shQuote(dir)))
+}
 
 # A TCP port free on 127.0.0.1 right now.
 free_tcp_port <- function() {
@@ -173,8 +196,9 @@ start_sshd <- function(listen = "127.0.0.1", netns = NULL) {
   p <- processx::process$new(sshd[1L], sshd[-1L], stdout = log, stderr = "2>&1")
   # Its sessions, and ssh clients using its key, go with it.
   stop_fn <- function() {
-    kill_pids(c(procs_with(file.path(dir, "user_key")), rev(proc_tree(p$get_pid()))))
-    unlink(dir, recursive = TRUE)
+    kill_pids(procs_with(file.path(dir, "user_key")))
+    stop_tree(p$get_pid())
+    remove_dir(dir)
   }
   if (!wait_until(function() port_open(listen, port) || !p$is_alive(), 10) || !p$is_alive()) {
     why <- paste(readLines(log, warn = FALSE), collapse = " ")
@@ -205,9 +229,9 @@ start_slurm <- function() {
   old_conf <- Sys.getenv("SLURM_CONF", NA)
   stop_fn <- function() {
     if (length(procs)) run("scancel", c("--full", "--user=root"))
-    for (p in rev(procs)) kill_pids(rev(proc_tree(p$get_pid())))
+    for (p in rev(procs)) stop_tree(p$get_pid())
     if (is.na(old_conf)) Sys.unsetenv("SLURM_CONF") else Sys.setenv(SLURM_CONF = old_conf)
-    unlink(dir, recursive = TRUE)
+    remove_dir(dir)
   }
   fail <- function(what) {
     logs <- unlist(lapply(list.files(dir, "\\.log$", full.names = TRUE), function(f) tail(readLines(f, warn = FALSE), 5)))
@@ -221,7 +245,7 @@ start_slurm <- function() {
   key <- file.path(mdir, "munge.key")
   writeBin(as.raw(sample(0:255, 1024L, TRUE)), key)
   Sys.chmod(key, "0400")
-  run_ok("chown", c("-R", "munge:munge", mdir))
+  if (attr(run("chown", c("-R", "munge:munge", mdir)), "status") != 0L) return(fail("cannot chown the munge directory:"))
   socket <- file.path(mdir, "munge.socket")
   munged <- processx::process$new("runuser", c("-u", "munge", "--", "/usr/sbin/munged", "-F", "--force",
                                               paste0("--key-file=", key), paste0("--socket=", socket),
@@ -344,8 +368,8 @@ start_http_launcher <- function() {
                                                    paste(.libPaths(), collapse = ":")),
                              stdout = file.path(dir, "out.log"), stderr = "2>&1")
   stop_fn <- function() {
-    kill_pids(rev(proc_tree(p$get_pid())))
-    unlink(dir, recursive = TRUE)
+    stop_tree(p$get_pid())
+    remove_dir(dir)
   }
   port_file <- file.path(dir, "port")
   if (!wait_until(function() (file.exists(port_file) && length(readLines(port_file, warn = FALSE))) || !p$is_alive(), 10) ||

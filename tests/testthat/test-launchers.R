@@ -241,6 +241,23 @@ test_that("http_config(): the request carries method, headers and the daemon cal
     expect_match(r$call, sprintf("^mirai::daemon\\(\"%s\",dispatcher=FALSE,rs=c\\(", nextget("url")))
     expect_match(r$call, "secret=\"[0-9a-f]{32}\"\\)$")
   }
+  # The Posit Workbench defaults: credentials read at launch, and a body
+  # that is valid JSON once the daemon call is in.
+  withr_env <- Sys.getenv(c("RS_SERVER_ADDRESS", "RS_SESSION_RPC_COOKIE"), unset = NA)
+  on.exit(for (nm in names(withr_env)) if (is.na(withr_env[[nm]])) Sys.unsetenv(nm) else
+    do.call(Sys.setenv, as.list(withr_env[nm])), add = TRUE)
+  Sys.unsetenv(c("RS_SERVER_ADDRESS", "RS_SESSION_RPC_COOKIE"))
+  expect_error(launch_remote(1, http_config()), "RS_SERVER_ADDRESS is not set")
+  Sys.setenv(RS_SERVER_ADDRESS = sub("/launch$", "/", launcher$url))
+  expect_error(launch_remote(1, http_config()), "RS_SESSION_RPC_COOKIE is not set")
+  body <- sprintf(mirai:::posit_workbench_data(cpus = 2, image = "r:4.5"),
+                  mirai:::json_escape("mirai::daemon(\"tcp://h:1\", secret = \"x\")\n"))
+  f <- tempfile()
+  writeLines(body, f)
+  parsed <- run("/usr/bin/python3", c("-c", shQuote("import json,sys; j=json.load(open(sys.argv[1]))['kwparams']['job']; print(j['args'][1]); print(j['container']['image'])"), f))
+  expect_identical(attr(parsed, "status"), 0L)
+  expect_match(parsed[[1L]], "^\\.libPaths\\(.*\\);mirai::daemon\\(\"tcp://h:1\", secret = \"x\"\\)$")
+  expect_identical(parsed[[3L]], "r:4.5")
   # A launch the API rejects is an error that says so.
   bad <- http_config(url = launcher$url, headers = c(`Content-Type` = "application/json"), data = '{"x": "%s"}')
   expect_error(launch_remote(1, bad), "answered HTTP 400")
