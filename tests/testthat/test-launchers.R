@@ -142,10 +142,20 @@ test_that("ssh_config(): daemons launched over SSH return results", {
           remote = ssh_config(sshd$remote, command = sshd$ssh, rscript = test_rscript()))
   on.exit(daemons(0), add = TRUE, after = FALSE)
   expect_true(wait_until(function() status()$connections == 2L, 30))
-  res <- mirai_map(1:4, function(x) list(x = x * 2, ssh = Sys.getenv("SSH_CONNECTION")))[]
+  res <- mirai_map(1:4, function(x) {
+    argv <- readBin("/proc/self/cmdline", "raw", 1e5)
+    argv[argv == 0] <- as.raw(32)
+    list(x = x * 2, ssh = Sys.getenv("SSH_CONNECTION"), argv = rawToChar(argv))
+  })[]
   expect_identical(vapply(res, `[[`, numeric(1L), "x"), c(2, 4, 6, 8))
-  # They run in sessions of this sshd.
-  for (r in res) expect_match(r$ssh, sprintf(" 127.0.0.1 %d$", sshd$port))
+  # They run in sessions of this sshd, with the secret in no daemon's argv.
+  secret <- mirai:::profile_of(NULL)$secret
+  expect_match(secret, "^[0-9a-f]{32}$")
+  for (r in res) {
+    expect_match(r$ssh, sprintf(" 127.0.0.1 %d$", sshd$port))
+    expect_match(r$argv, "mirai::daemon", fixed = TRUE)
+    expect_false(grepl(secret, r$argv, fixed = TRUE))
+  }
   expect_identical(status()$refused, 0L)
   # At daemons(0) they exit, and so do their SSH sessions.
   url <- nextget("url")
