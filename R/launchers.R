@@ -16,11 +16,15 @@
 #' secret. The secret is set as the environment variable `MIRAI_SECRET` of
 #' the command (`MIRAI_SECRET=... Rscript -e '...'`), so it is not in the
 #' argument list of the daemon process on the remote machine, where other
-#' users could read it with `ps`. It is, however, part of the command line
-#' of whatever runs the command: a local `ssh` process (for as long as the
-#' SSH connection lasts) and the remote login shell until it starts
-#' `Rscript`. [cluster_config()] instead passes the job script on the
-#' scheduler's standard input, so the secret is in no process's arguments.
+#' users could read it with `ps`. [ssh_config()] hands the command to `ssh`
+#' in a private configuration file (`RemoteCommand`) rather than as an
+#' argument, so it is in no argument list on this machine either; on the
+#' remote machine it is in the arguments of the login shell only until that
+#' starts `Rscript` (at once, for `sh` and `bash`). [cluster_config()]
+#' passes the job script on the scheduler's standard input, so the secret
+#' is in no process's arguments. A [remote_config()] `command` receives the
+#' launch command as an argument, so there the secret is visible in the
+#' arguments of that command while it runs.
 #' [http_config()] sends it in the request body, as an argument of the
 #' daemon call (so it is in the launched daemon's arguments, and reaches
 #' the API in clear unless the URL is `https://`). The secret never crosses
@@ -139,7 +143,11 @@ remote_config <- function(command = NULL, args = c("", "."), rscript = "Rscript"
 #' the forwarding fails (`ExitOnForwardFailure`), so a failed tunnel is an
 #' error rather than a daemon that cannot connect.
 #'
-#' See [launch_remote()] for how the profile's secret reaches the daemons.
+#' The launch command goes to `ssh` as `RemoteCommand` in a temporary
+#' configuration file readable only by this user, which then includes
+#' `~/.ssh/config` and `/etc/ssh/ssh_config`, so that the profile's secret
+#' is not in the arguments of the `ssh` process (see [launch_remote()]).
+#' The printed commands are those that run on the remote machines.
 #'
 #' @param remotes (character) remote machines as URLs
 #'   `ssh://[user@]host[:port]` (port 22 if none). No default: required.
@@ -320,29 +328,43 @@ launch_failed <- function(what, status, out = character()) {
 }
 
 # Runs `command` with `args` for each launch command, "." replaced by it.
-# SSH (`-f`) returns once logged in, so its status is checked; other
-# commands run in the background (they may be the daemon itself).
+# Other commands run in the background (they may be the daemon itself).
 run_remote <- function(remote, cmds, url) {
   sets <- if (is.list(remote$args)) remote$args else list(remote$args)
-  ssh <- !is.null(remote$tunnel)
   for (i in seq_along(cmds)) {
     a <- sets[[(i - 1L) %% length(sets) + 1L]]
-    cmd <- if (isTRUE(remote$quote)) shQuote(cmds[[i]]) else cmds[[i]]
-    a[a == "."] <- cmd
-    if (isTRUE(remote$tunnel)) {
-      port <- url_port(url)
-      a <- c(sprintf("-o ExitOnForwardFailure=yes -R %d:127.0.0.1:%d", port, port), a)
+    if (!is.null(remote$tunnel)) {
+      run_ssh(remote, a, cmds[[i]], url)
+      next
     }
+    a[a == "."] <- if (isTRUE(remote$quote)) shQuote(cmds[[i]]) else cmds[[i]]
     # `command` is a shell fragment (it may carry options), so the line is
     # composed here rather than by system2(), which would quote it whole.
-    line <- paste(c(remote$command, a), collapse = " ")
-    if (ssh) {
-      status <- system(line, wait = TRUE)
-      if (status != 0L) launch_failed(sprintf("'%s' (to %s)", remote$command, a[length(a) - 1L]), status)
-    } else {
-      system(line, wait = FALSE)
-    }
+    system(paste(c(remote$command, a), collapse = " "), wait = FALSE)
   }
+}
+
+# Runs one SSH launch. The remote command (which holds the secret) goes to
+# ssh in a configuration file readable only by this user (`RemoteCommand`,
+# followed by the user's and the system's usual configuration), not in its
+# arguments, where other users of this machine could read it with `ps` for
+# as long as the connection lasts. With `-f`, ssh returns once logged in
+# (and, with a tunnel, once the forwarding is up), so its status is checked
+# and the file removed.
+run_ssh <- function(remote, args, cmd, url) {
+  cfg <- tempfile("mirai-ssh-")
+  file.create(cfg)
+  Sys.chmod(cfg, "0600")
+  on.exit(unlink(cfg))
+  writeLines(c(paste("RemoteCommand", gsub("%", "%%", cmd, fixed = TRUE)),
+               "Include ~/.ssh/config", "Include /etc/ssh/ssh_config"), cfg)
+  args <- c("-F", shQuote(cfg), args[args != "."])
+  if (isTRUE(remote$tunnel)) {
+    port <- url_port(url)
+    args <- c(sprintf("-o ExitOnForwardFailure=yes -R %d:127.0.0.1:%d", port, port), args)
+  }
+  status <- system(paste(c(remote$command, args), collapse = " "), wait = TRUE)
+  if (status != 0L) launch_failed(sprintf("'%s' (to %s)", remote$command, args[length(args)]), status)
 }
 
 # Submits one job per launch command; the script goes on the submission

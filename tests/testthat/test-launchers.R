@@ -156,6 +156,9 @@ test_that("ssh_config(): daemons launched over SSH return results", {
     expect_match(r$argv, "mirai::daemon", fixed = TRUE)
     expect_false(grepl(secret, r$argv, fixed = TRUE))
   }
+  # Nor in any process's arguments on this machine (the ssh clients, sshd's
+  # sessions, the daemons): this machine is both host and remote here.
+  expect_length(procs_with(secret), 0L)
   expect_identical(status()$refused, 0L)
   # At daemons(0) they exit, and so do their SSH sessions.
   url <- nextget("url")
