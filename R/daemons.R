@@ -235,7 +235,9 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     stop("`memory` needs a dispatcher: use `dispatcher = TRUE`, or leave `memory` NULL", call. = FALSE)
   if (!is.null(remote)) {
     check_remote(remote)
-    if (is.null(url)) stop("`remote` needs `url`: the address remote daemons dial, e.g. from host_url()", call. = FALSE)
+    if (is.null(url))
+      stop("`remote` needs `url`: the address remote daemons dial, e.g. from host_url()",
+           call. = FALSE)
     if (isTRUE(remote$tunnel) && !identical(url_host(url[[1L]]), "127.0.0.1"))
       stop("SSH tunnelling requires daemons `url` hostname to be `127.0.0.1`", call. = FALSE)
   }

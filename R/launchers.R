@@ -78,14 +78,17 @@ launch_remote <- function(n = 1L, remote = remote_config(), ..., .compute = NULL
   if (is.list(remote$args) && length(remote$args) > 1L) {
     if (n == 1L) n <- length(remote$args)
     else if (n != length(remote$args))
-      stop(sprintf("`n` must be 1 or the number of remotes (%d)", length(remote$args)), call. = FALSE)
+      stop(sprintf("`n` must be 1 or the number of remotes (%d)", length(remote$args)),
+           call. = FALSE)
   }
   n <- as.integer(n)
   if (identical(remote$type, "http")) {
-    calls <- vapply(seq_len(n), function(i) daemon_call(prof, dots, with_secret = TRUE), character(1L))
+    calls <- vapply(seq_len(n), function(i) daemon_call(prof, dots, with_secret = TRUE),
+                    character(1L))
     return(invisible(http_launch(remote, calls)))
   }
-  cmds <- vapply(seq_len(n), function(i) daemon_shell_command(prof, remote$rscript, dots), character(1L))
+  cmds <- vapply(seq_len(n), function(i) daemon_shell_command(prof, remote$rscript, dots),
+                 character(1L))
   cmds <- structure(cmds, class = "miraiLaunchCmd")
   if (is.null(remote$command)) return(cmds)
   if (is.null(remote$quote)) run_cluster(remote, cmds) else run_remote(remote, cmds, prof$url)
@@ -121,10 +124,12 @@ remote_config <- function(command = NULL, args = c("", "."), rscript = "Rscript"
   if (!is.null(command) && !is_string(command))
     stop("`command` must be a character string, or NULL", call. = FALSE)
   arg_sets <- if (is.list(args)) args else list(args)
-  if (!length(arg_sets) || !all(vapply(arg_sets, function(a) is.character(a) && "." %in% a, logical(1L))))
+  has_dot <- function(a) is.character(a) && "." %in% a
+  if (!length(arg_sets) || !all(vapply(arg_sets, has_dot, logical(1L))))
     stop("`.` must be an element of the character vector(s) supplied to `args`", call. = FALSE)
   if (!is_string(rscript)) stop("`rscript` must be a character string", call. = FALSE)
-  if (!is.logical(quote) || length(quote) != 1L || is.na(quote)) stop("`quote` must be TRUE or FALSE", call. = FALSE)
+  if (!is.logical(quote) || length(quote) != 1L || is.na(quote))
+    stop("`quote` must be TRUE or FALSE", call. = FALSE)
   list(command = command, args = args, rscript = rscript, quote = quote)
 }
 
@@ -166,17 +171,22 @@ remote_config <- function(command = NULL, args = c("", "."), rscript = "Rscript"
 #' ssh_config("ssh://user@10.75.32.90:222")
 #' ssh_config(c("ssh://10.75.32.90", "ssh://10.75.32.91"), tunnel = TRUE)
 #' @export
-ssh_config <- function(remotes, tunnel = FALSE, timeout = 10, command = "ssh", rscript = "Rscript") {
+ssh_config <- function(remotes, tunnel = FALSE, timeout = 10, command = "ssh",
+                       rscript = "Rscript") {
   if (missing(remotes) || !is.character(remotes) || !length(remotes) || anyNA(remotes))
-    stop("`remotes` must be a character vector of URLs such as \"ssh://user@host:22\"", call. = FALSE)
-  if (!is.logical(tunnel) || length(tunnel) != 1L || is.na(tunnel)) stop("`tunnel` must be TRUE or FALSE", call. = FALSE)
+    stop("`remotes` must be a character vector of URLs such as \"ssh://user@host:22\"",
+         call. = FALSE)
+  if (!is.logical(tunnel) || length(tunnel) != 1L || is.na(tunnel))
+    stop("`tunnel` must be TRUE or FALSE", call. = FALSE)
   if (!is.numeric(timeout) || length(timeout) != 1L || is.na(timeout) || timeout <= 0)
     stop("`timeout` must be a positive number of seconds", call. = FALSE)
   if (!is_string(command)) stop("`command` must be a character string", call. = FALSE)
   if (!is_string(rscript)) stop("`rscript` must be a character string", call. = FALSE)
   args <- lapply(remotes, function(r) {
     m <- regmatches(r, regexec("^ssh://([^/:@]+@)?([^/:@]+)(:([0-9]+))?/?$", r))[[1L]]
-    if (!length(m)) stop(sprintf("`remotes`: '%s' is not a URL of the form ssh://[user@]host[:port]", r), call. = FALSE)
+    if (!length(m))
+      stop(sprintf("`remotes`: '%s' is not a URL of the form ssh://[user@]host[:port]", r),
+           call. = FALSE)
     port <- if (nzchar(m[5L])) m[5L] else "22"
     c(sprintf("-o ConnectTimeout=%d -fTp %s", as.integer(timeout), port), paste0(m[2L], m[3L]), ".")
   })
@@ -208,10 +218,13 @@ ssh_config <- function(remotes, tunnel = FALSE, timeout = 10, command = "ssh", r
 #' cluster_config("bsub", "#BSUB -J mirai\n#BSUB -n 1")
 #' @export
 cluster_config <- function(command = "sbatch", options = "", rscript = "Rscript") {
-  if (!is_string(command)) stop("`command` must be a character string such as \"sbatch\"", call. = FALSE)
-  if (!is.character(options) || anyNA(options)) stop("`options` must be a character string", call. = FALSE)
+  if (!is_string(command))
+    stop("`command` must be a character string such as \"sbatch\"", call. = FALSE)
+  if (!is.character(options) || anyNA(options))
+    stop("`options` must be a character string", call. = FALSE)
   if (!is_string(rscript)) stop("`rscript` must be a character string", call. = FALSE)
-  lines <- sub("^[[:space:]]+", "", unlist(strsplit(paste(options, collapse = "\n"), "\n", fixed = TRUE)))
+  lines <- unlist(strsplit(paste(options, collapse = "\n"), "\n", fixed = TRUE))
+  lines <- sub("^[[:space:]]+", "", lines)
   script <- paste(c("#!/bin/sh", lines[nzchar(lines)]), collapse = "\n")
   list(command = "/bin/sh", args = c(sprintf("%s<<'EOF'\n%s\n", command, script), ".", "\nEOF"),
        rscript = rscript, quote = NULL, submit = command, script = script)
@@ -264,15 +277,22 @@ cluster_config <- function(command = "sbatch", options = "", rscript = "Rscript"
 #' )
 #' str(cfg)
 #' @export
-http_config <- function(url = posit_workbench_url, method = "POST", headers = posit_workbench_headers,
-                        data = posit_workbench_data, ..., cookie = NULL, token = NULL) {
+http_config <- function(url = posit_workbench_url, method = "POST",
+                        headers = posit_workbench_headers, data = posit_workbench_data, ...,
+                        cookie = NULL, token = NULL) {
   lazy <- function(x) is.function(x) || is.character(x)
-  if (!lazy(url)) stop("`url` must be a character string or a function returning one", call. = FALSE)
-  if (!is_string(method)) stop("`method` must be a character string such as \"POST\"", call. = FALSE)
-  if (!lazy(headers)) stop("`headers` must be a named character vector or a function returning one", call. = FALSE)
-  if (!lazy(data)) stop("`data` must be a character string or a function returning one", call. = FALSE)
-  if (!is.null(cookie) && !lazy(cookie)) stop("`cookie` must be a character string, a function or NULL", call. = FALSE)
-  if (!is.null(token) && !lazy(token)) stop("`token` must be a character string, a function or NULL", call. = FALSE)
+  if (!lazy(url))
+    stop("`url` must be a character string or a function returning one", call. = FALSE)
+  if (!is_string(method))
+    stop("`method` must be a character string such as \"POST\"", call. = FALSE)
+  if (!lazy(headers))
+    stop("`headers` must be a named character vector or a function returning one", call. = FALSE)
+  if (!lazy(data))
+    stop("`data` must be a character string or a function returning one", call. = FALSE)
+  if (!is.null(cookie) && !lazy(cookie))
+    stop("`cookie` must be a character string, a function or NULL", call. = FALSE)
+  if (!is.null(token) && !lazy(token))
+    stop("`token` must be a character string, a function or NULL", call. = FALSE)
   if (identical(data, posit_workbench_data) && is.null(cookie)) cookie <- posit_workbench_cookie
   list(type = "http", url = url, method = method, headers = headers, data = data, args = list(...),
        cookie = cookie, token = token)
@@ -291,13 +311,14 @@ is_string <- function(x) is.character(x) && length(x) == 1L && !is.na(x)
 launchable_profile <- function(.compute) {
   prof <- profile_of(.compute)
   if (is.null(prof)) stop("daemons must be set to use this function", call. = FALSE)
-  if (isTRUE(prof$sync)) stop("daemons cannot be launched for synchronous compute profiles", call. = FALSE)
+  if (isTRUE(prof$sync))
+    stop("daemons cannot be launched for synchronous compute profiles", call. = FALSE)
   prof
 }
 
 check_remote <- function(remote) {
-  ok <- is.list(remote) && (identical(remote$type, "http") ||
-                            (all(c("args", "rscript") %in% names(remote)) && is_string(remote$rscript)))
+  command_config <- function(r) all(c("args", "rscript") %in% names(r)) && is_string(r$rscript)
+  ok <- is.list(remote) && (identical(remote$type, "http") || command_config(remote))
   if (!ok) stop("`remote` must be a launch configuration from remote_config(), ssh_config(), ",
                 "cluster_config() or http_config()", call. = FALSE)
 }
@@ -364,15 +385,16 @@ run_ssh <- function(remote, args, cmd, url) {
     args <- c(sprintf("-o ExitOnForwardFailure=yes -R %d:127.0.0.1:%d", port, port), args)
   }
   status <- system(paste(c(remote$command, args), collapse = " "), wait = TRUE)
-  if (status != 0L) launch_failed(sprintf("'%s' (to %s)", remote$command, args[length(args)]), status)
+  if (status != 0L)
+    launch_failed(sprintf("'%s' (to %s)", remote$command, args[length(args)]), status)
 }
 
 # Submits one job per launch command; the script goes on the submission
 # command's standard input, never in an argument list.
 run_cluster <- function(remote, cmds) {
   for (cmd in cmds) {
-    out <- suppressWarnings(system2("/bin/sh", c("-c", shQuote(remote$submit)),
-                                    input = c(strsplit(remote$script, "\n", fixed = TRUE)[[1L]], cmd),
+    script <- c(strsplit(remote$script, "\n", fixed = TRUE)[[1L]], cmd)
+    out <- suppressWarnings(system2("/bin/sh", c("-c", shQuote(remote$submit)), input = script,
                                     stdout = TRUE, stderr = TRUE))
     status <- attr(out, "status") %||% 0L
     if (status != 0L) launch_failed(sprintf("'%s'", remote$submit), status, out)
@@ -402,15 +424,18 @@ http_launch <- function(remote, calls) {
       stop("`headers` of http_config() must give a named character vector", call. = FALSE)
     data <- if (is.function(remote$data)) do.call(remote$data, remote$args) else remote$data
     if (!is_string(data) || !grepl("%s", data, fixed = TRUE))
-      stop("`data` of http_config() must give a character string with a %s placeholder", call. = FALSE)
+      stop("`data` of http_config() must give a character string with a %s placeholder",
+           call. = FALSE)
     cookie <- resolve(remote$cookie)
     token <- resolve(remote$token)
     if (length(cookie) && nzchar(cookie)) headers <- c(headers, Cookie = cookie)
-    if (length(token) && nzchar(token)) headers <- c(headers, Authorization = paste("Bearer", token))
+    if (length(token) && nzchar(token))
+      headers <- c(headers, Authorization = paste("Bearer", token))
     body <- sprintf(data, json_escape(call))
     res <- http_request(url, remote$method, headers, body)
     if (res$status >= 400L)
-      stop(sprintf("launching a daemon failed: %s %s answered HTTP %d: %s", remote$method, url, res$status,
+      stop(sprintf("launching a daemon failed: %s %s answered HTTP %d: %s",
+                   remote$method, url, res$status,
                    substr(res$data, 1L, 500L)), call. = FALSE)
     res
   })
@@ -435,7 +460,8 @@ http_request <- function(url, method, headers, body, timeout = 5) {
   path <- if (nzchar(m[5L])) m[5L] else "/"
   con <- tryCatch(socketConnection(host, port, blocking = TRUE, open = "r+b", timeout = timeout),
                   error = function(e) NULL, warning = function(w) NULL)
-  if (is.null(con)) stop(sprintf("launching a daemon failed: cannot connect to %s", url), call. = FALSE)
+  if (is.null(con))
+    stop(sprintf("launching a daemon failed: cannot connect to %s", url), call. = FALSE)
   on.exit(close(con))
   payload <- charToRaw(enc2utf8(body))
   head <- paste0(method, " ", path, " HTTP/1.1\r\nHost: ", m[2L], m[3L], "\r\n",
@@ -445,15 +471,18 @@ http_request <- function(url, method, headers, body, timeout = 5) {
   flush(con)
   resp <- raw()
   repeat {
-    chunk <- tryCatch(readBin(con, "raw", 65536L), error = function(e) raw(), warning = function(w) raw())
+    chunk <- tryCatch(readBin(con, "raw", 65536L),
+                      error = function(e) raw(), warning = function(w) raw())
     if (!length(chunk)) break
     resp <- c(resp, chunk)
   }
   split <- grepRaw("\r\n\r\n", resp, fixed = TRUE)
-  if (!length(split)) stop(sprintf("launching a daemon failed: no HTTP response from %s", url), call. = FALSE)
+  if (!length(split))
+    stop(sprintf("launching a daemon failed: no HTTP response from %s", url), call. = FALSE)
   lines <- strsplit(rawToChar(resp[seq_len(split - 1L)]), "\r\n", fixed = TRUE)[[1L]]
   status <- suppressWarnings(as.integer(strsplit(lines[1L], " ", fixed = TRUE)[[1L]][2L]))
-  if (is.na(status)) stop(sprintf("launching a daemon failed: malformed HTTP response from %s", url), call. = FALSE)
+  if (is.na(status))
+    stop(sprintf("launching a daemon failed: malformed HTTP response from %s", url), call. = FALSE)
   hdr <- lines[-1L]
   names(hdr) <- tolower(sub(":.*$", "", hdr))
   hdr[] <- sub("^[^:]*:[[:space:]]*", "", hdr)
@@ -481,7 +510,8 @@ unchunk <- function(x) {
 posit_workbench_url <- function() {
   addr <- Sys.getenv("RS_SERVER_ADDRESS")
   if (!nzchar(addr))
-    stop("http_config(): RS_SERVER_ADDRESS is not set (not in Posit Workbench?); give `url`", call. = FALSE)
+    stop("http_config(): RS_SERVER_ADDRESS is not set (not in Posit Workbench?); give `url`",
+         call. = FALSE)
   paste0(sub("/*$", "/", addr), "api/launch_job")
 }
 
@@ -490,13 +520,14 @@ posit_workbench_headers <- function() c(`Content-Type` = "application/json")
 posit_workbench_cookie <- function() {
   cookie <- Sys.getenv("RS_SESSION_RPC_COOKIE")
   if (!nzchar(cookie))
-    stop("http_config(): RS_SESSION_RPC_COOKIE is not set (not in Posit Workbench?); give `cookie`", call. = FALSE)
+    stop("http_config(): RS_SESSION_RPC_COOKIE is not set (not in Posit Workbench?); give `cookie`",
+         call. = FALSE)
   cookie
 }
 
-posit_workbench_data <- function(rscript = file.path(R.home("bin"), "Rscript"), job_name = "mirai_daemon",
-                                 cluster = "Kubernetes", image = NULL, resource_profile = NULL, cpus = 1,
-                                 memory = 512) {
+posit_workbench_data <- function(rscript = file.path(R.home("bin"), "Rscript"),
+                                 job_name = "mirai_daemon", cluster = "Kubernetes", image = NULL,
+                                 resource_profile = NULL, cpus = 1, memory = 512) {
   libs <- json_escape(sprintf(".libPaths(%s)", paste(deparse(.libPaths()), collapse = "")))
   jstr <- function(x) sprintf("\"%s\"", json_escape(x))
   fields <- c(
@@ -504,8 +535,8 @@ posit_workbench_data <- function(rscript = file.path(R.home("bin"), "Rscript"), 
     sprintf("\"cluster\": %s", jstr(cluster)),
     if (!is.null(image)) sprintf("\"container\": {\"image\": %s}", jstr(image)),
     if (!is.null(resource_profile)) sprintf("\"resourceProfile\": %s", jstr(resource_profile)),
-    sprintf("\"resourceLimits\": [{\"type\": \"cpuCount\", \"value\": \"%s\"}, {\"type\": \"memory\", \"value\": \"%s\"}]",
-            cpus, memory),
+    sprintf(paste0("\"resourceLimits\": [{\"type\": \"cpuCount\", \"value\": \"%s\"}, ",
+                   "{\"type\": \"memory\", \"value\": \"%s\"}]"), cpus, memory),
     sprintf("\"exe\": %s", jstr(rscript)),
     sprintf("\"args\": [\"-e\", \"%s;", libs)
   )
@@ -513,5 +544,6 @@ posit_workbench_data <- function(rscript = file.path(R.home("bin"), "Rscript"), 
   # call, which goes last, after the library paths are set.
   fields <- gsub("%", "%%", fields, fixed = TRUE)
   fields[length(fields)] <- paste0(fields[length(fields)], "%s\"]")
-  sprintf("{\"method\": \"launch_job\", \"kwparams\": {\"job\": {%s}}}", paste(fields, collapse = ", "))
+  sprintf("{\"method\": \"launch_job\", \"kwparams\": {\"job\": {%s}}}",
+          paste(fields, collapse = ", "))
 }

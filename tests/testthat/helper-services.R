@@ -20,7 +20,8 @@ run <- function(cmd, args = character(), input = NULL) {
 run_ok <- function(cmd, args = character(), what = cmd) {
   out <- run(cmd, args)
   if (attr(out, "status") != 0L)
-    stop(sprintf("%s failed (status %s): %s", what, attr(out, "status"), paste(out, collapse = "\n")), call. = FALSE)
+    stop(sprintf("%s failed (status %s): %s", what, attr(out, "status"), paste(out, collapse = "\n")),
+         call. = FALSE)
   invisible(out)
 }
 
@@ -112,7 +113,8 @@ test_rscript <- function() {
 need_tools <- function(...) {
   tools <- c(...)
   missing <- tools[!nzchar(Sys.which(tools)) & !file.exists(tools)]
-  if (length(missing)) sprintf("not installed: %s (tools/setup.sh installs them)", paste(missing, collapse = ", "))
+  if (length(missing))
+    sprintf("not installed: %s (tools/setup.sh installs them)", paste(missing, collapse = ", "))
 }
 
 # ------------------------------------------------------------------ netns
@@ -245,7 +247,8 @@ start_slurm <- function() {
   key <- file.path(mdir, "munge.key")
   writeBin(as.raw(sample(0:255, 1024L, TRUE)), key)
   Sys.chmod(key, "0400")
-  if (attr(run("chown", c("-R", "munge:munge", mdir)), "status") != 0L) return(fail("cannot chown the munge directory:"))
+  if (attr(run("chown", c("-R", "munge:munge", mdir)), "status") != 0L)
+    return(fail("cannot chown the munge directory:"))
   socket <- file.path(mdir, "munge.socket")
   munged <- processx::process$new("runuser", c("-u", "munge", "--", "/usr/sbin/munged", "-F", "--force",
                                               paste0("--key-file=", key), paste0("--socket=", socket),
