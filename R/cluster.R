@@ -71,7 +71,9 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
     }
   }
   prof <- profile_of(id)
-  nodes <- lapply(seq_len(n), new_node, prof = prof, id = id)
+  peers <- new.env(parent = emptyenv())
+  nodes <- lapply(seq_len(n), new_node, prof = prof, id = id, peers = peers)
+  peers$nodes <- nodes
   structure(nodes, class = c("miraiCluster", "cluster"), id = id)
 }
 
@@ -136,7 +138,10 @@ sendData.miraiNode <- function(node, data) {
 recvData.miraiNode <- function(node) {
   m <- .subset2(node, "head")
   if (is.null(m)) stop(sprintf("node %d of the cluster has no task to receive", attr(node, "node")), call. = FALSE)
+  received <- FALSE
+  on.exit(if (!received) drop_outstanding(node))
   v <- .Call(C_mirai_value, m)
+  received <- TRUE
   rest <- .subset2(node, "rest")
   if (length(rest)) {
     assign("head", rest[[1L]], envir = node)
@@ -153,7 +158,10 @@ recvOneData.miraiCluster <- function(cl) {
   heads <- lapply(cl, .subset2, "head")
   busy <- which(!vapply(heads, is.null, logical(1L)))
   if (!length(busy)) stop("no node of the cluster has a task to receive", call. = FALSE)
+  received <- FALSE
+  on.exit(if (!received) drop_outstanding(.subset2(cl, busy[[1L]])))
   i <- busy[.Call(C_mirai_race, lapply(heads[busy], .subset2, "aio"))]
+  received <- TRUE
   list(node = i, value = recvData.miraiNode(.subset2(cl, i)))
 }
 
@@ -165,14 +173,30 @@ stopCluster.miraiCluster <- function(cl) stop_cluster(cl)
 node_call <- quote(do.call(.fun, .args, quote = TRUE))
 
 # One constructor of nodes: an empty environment holding the cluster's
-# profile and the node's outstanding tasks, in order: `head` (a mirai, or
+# profile, the environment `peers` whose `nodes` are all the cluster's
+# nodes, and the node's outstanding tasks, in order: `head` (a mirai, or
 # NULL) and the `rest` (a list).
-new_node <- function(i, prof, id) {
+new_node <- function(i, prof, id, peers) {
   node <- new.env(parent = emptyenv())
   node$prof <- prof
+  node$peers <- peers
   node$head <- NULL
   node$rest <- list()
   structure(node, class = "miraiNode", node = i, id = id)
+}
+
+# A wait for a result was interrupted (or failed): parallel's caller has
+# given up on every task then outstanding on the cluster, and would take
+# their results for those of its next call. They are cancelled and
+# forgotten, on every node.
+drop_outstanding <- function(node) {
+  for (p in .subset2(.subset2(node, "peers"), "nodes")) {
+    for (m in c(list(.subset2(p, "head")), .subset2(p, "rest"))) {
+      if (!is.null(m)) stop_mirai(m)
+    }
+    assign("head", NULL, envir = p)
+    assign("rest", list(), envir = p)
+  }
 }
 
 # "`k`" for the lowest k >= the number of profiles not yet in use.

@@ -109,6 +109,26 @@ test_that("a node whose daemon died fails calls clearly, never hangs", {
   expect_identical(clusterEvalQ(cl[1], Sys.getpid()), list(pids[[1]]))
 })
 
+test_that("an interrupted parallel call leaves no stale results for the next one", {
+  skip_if_not_installed("processx")
+  out <- interrupt_child(c(
+    "library(mirai); library(parallel)",
+    "cl <- make_cluster(2)",
+    "invisible(clusterEvalQ(cl, 1))",
+    "cat('ready\\n')",
+    "r <- tryCatch(parLapply(cl, 1:2, function(i) { Sys.sleep(20); i * 100 }), interrupt = function(e) 'int')",
+    "cat('first:', unlist(r), '\\n')",
+    "cat('next:', unlist(parLapply(cl, 1:2, function(i) -i)), '\\n')",
+    "cat('LB:', unlist(clusterApplyLB(cl, 1:4, function(i) i)), '\\n')",
+    "stop_cluster(cl)",
+    "cat('done\\n')"
+  ), "ready", "done", timeout = 60)
+  expect_match(out, "first: int", fixed = TRUE)
+  # Not the interrupted call's 100 200: the results of the call just made.
+  expect_match(out, "next: -1 -2 \n", fixed = TRUE)
+  expect_match(out, "LB: 1 2 3 4 \n", fixed = TRUE)
+})
+
 test_that("foreach %dopar% via doParallel: .combine, many iterations, .export, .packages, errors", {
   skip_if_not_installed("doParallel")
   skip_if_not_installed("foreach")
