@@ -212,5 +212,5 @@ node_failure <- function(v, i) {
   why <- if (as.integer(v) == 19L) "its daemon disconnected, or the cluster was stopped" else "it failed"
   structure(sprintf("node %d of the mirai cluster could not run the task: %s (errorValue %s)\n", i, why,
                     error_text(as.integer(v))),
-            class = c("errorValue", "try-error"))
+            class = "try-error")
 }

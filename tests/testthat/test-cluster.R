@@ -129,6 +129,16 @@ test_that("an interrupted parallel call leaves no stale results for the next one
   expect_match(out, "LB: 1 2 3 4 \n", fixed = TRUE)
 })
 
+test_that("a node failure value prints as the 'try-error' it is", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  parallel:::sendCall(cl[[1]], function() Sys.sleep(10), list())
+  daemons(0, .compute = attr(cl, "id"))
+  v <- parallel:::recvResult(cl[[1]])
+  expect_s3_class(v, "try-error")
+  expect_output(print(v), "node 1 of the mirai cluster could not run the task", fixed = TRUE)
+})
+
 test_that("foreach %dopar% via doParallel: .combine, many iterations, .export, .packages, errors", {
   skip_if_not_installed("doParallel")
   skip_if_not_installed("foreach")
