@@ -191,16 +191,29 @@ eval_task <- function(data, box) {
   if (length(g)) list2env(g, envir = .GlobalEnv)
   a <- data[["._args_."]]
   env <- if (length(a)) list2env(a, parent = .GlobalEnv) else new.env(parent = .GlobalEnv)
+  before <- geterrmessage()
   res <- .Call(C_mirai_eval, data[["._expr_."]], env, box)
   if (!identical(res, box)) return(res)
   cond <- box$cond
-  if (is.null(cond)) return(mirai_interrupt())
+  if (is.null(cond)) return(unhandled_jump(before))
   # Frames up to and including this one belong to the daemon loop; the last
   # two are the handler's (see eval_on_error in src/entrypoint.c).
   mirai_error(cond, task_trace(box$calls, sys.nframe(), 2L))
 }
 
 mirai_interrupt <- function() structure("", class = c("miraiInterrupt", "errorValue", "try-error"))
+
+# A task left without its error handler having run: an interrupt, or an
+# error R signals to no calling handler (a C stack overflow), which only
+# R's default handler saw: it recorded the message, which an interrupt
+# leaves as it was (`before`). The record is then overwritten, so that the
+# same error in the next task shows as a change too.
+unhandled_jump <- function(before) {
+  msg <- geterrmessage()
+  try(stop("no error since a mirai task's", call. = FALSE), silent = TRUE)
+  if (identical(msg, before)) return(mirai_interrupt())
+  mirai_error(simpleError(sub("^Error: ", "", sub("\n$", "", msg))))
+}
 
 # Evaluates a task payload in this process (sync mode). `genv` receives the
 # `...` globals.
