@@ -268,7 +268,8 @@ task_trace <- function(calls, from, handler) {
 # `trace`: the stack trace, as task_trace() returns it.
 mirai_error <- function(e, trace = list()) {
   call <- conditionCall(e)
-  msg <- conditionMessage(e)
+  # A miraiError is one string: a condition's message may be anything.
+  msg <- paste(as.character(conditionMessage(e)), collapse = "\n")
   internal <- is.null(call) || (is.call(call) && (identical(call[[1L]], quote(eval)) || identical(call[[1L]], quote(eval_task))))
   text <- if (internal) sprintf("Error: %s\n", msg)
           else sprintf("Error in %s: %s\n", paste(deparse(call, nlines = 1L), collapse = ""), msg)

@@ -163,3 +163,23 @@ test_that("a C stack overflow in a task is an error, not an interrupt, in every 
   check()
   daemons(0)
 })
+
+test_that("a condition whose message is not one string still makes a one-string miraiError", {
+  cnd <- function(msg) structure(class = c("error", "condition"), list(message = msg, call = NULL))
+  check <- function() {
+    v <- mirai(stop(cnd(NULL)), cnd = cnd)[]
+    expect_s3_class(v, "miraiError")
+    expect_length(v, 1L)
+    expect_identical(v$message, "")
+    v <- mirai(stop(cnd(c("a", "b"))), cnd = cnd)[]
+    expect_length(v, 1L)
+    expect_identical(v$message, "a\nb")
+    expect_identical(mirai(stop(cnd(1:2)), cnd = cnd)[]$message, "1\n2")
+  }
+  daemons(1)
+  check()
+  daemons(0)
+  daemons(sync = TRUE)
+  check()
+  daemons(0)
+})
