@@ -53,6 +53,7 @@
 make_cluster <- function(n, url = NULL, remote = NULL, ...) {
   if (!missing(n) && !is.numeric(n)) stop("`n` must be numeric, did you mean to provide `url`?", call. = FALSE)
   if (!missing(n) && (length(n) != 1L || is.na(n))) stop("`n` must be a single number", call. = FALSE)
+  if (!missing(n) && (!is.finite(n) || n != trunc(n))) stop("`n` must be a whole number", call. = FALSE)
   if (is.null(url) || !is.null(remote)) {
     if (missing(n)) stop("`n` must be supplied (the number of nodes)", call. = FALSE)
     if (n < 1) stop("`n` must be 1 or greater", call. = FALSE)

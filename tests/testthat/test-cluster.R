@@ -7,6 +7,10 @@ test_that("make_cluster() validates its arguments", {
   expect_error(make_cluster("tcp://127.0.0.1:0"), "`n` must be numeric, did you mean to provide `url`?")
   expect_error(make_cluster(0), "`n` must be 1 or greater")
   expect_error(make_cluster(c(1, 2)), "`n` must be a single number")
+  # Refused before any daemon is launched.
+  expect_error(make_cluster(2.5), "`n` must be a whole number")
+  expect_error(make_cluster(Inf), "`n` must be a whole number")
+  expect_false(any(grepl("^`", ls(mirai:::.$profiles, all.names = TRUE))))
   expect_error(make_cluster(), "`n` must be supplied")
   expect_error(stop_cluster(list()), "`cl` must be a 'miraiCluster'")
 })
