@@ -75,7 +75,7 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
   peers <- new.env(parent = emptyenv())
   nodes <- lapply(seq_len(n), new_node, prof = prof, id = id, peers = peers)
   peers$nodes <- nodes
-  structure(nodes, class = c("miraiCluster", "cluster"), id = id)
+  structure(nodes, class = c("miraiCluster", "cluster"), id = id, profile = prof)
 }
 
 #' @rdname make_cluster
@@ -84,13 +84,13 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
 #' @export
 stop_cluster <- function(cl) {
   if (!inherits(cl, "miraiCluster")) stop("`cl` must be a 'miraiCluster'", call. = FALSE)
-  daemons(0, .compute = attr(cl, "id"))
+  if (!is.null(live_profile(cl))) daemons(0, .compute = attr(cl, "id"))
   invisible()
 }
 
 #' @export
 print.miraiCluster <- function(x, ...) {
-  prof <- profile_of(attr(x, "id"))
+  prof <- live_profile(x)
   cat(sprintf("< miraiCluster | ID: %s nodes: %d active: %s >\n", attr(x, "id"), length(x),
               !is.null(prof) && isTRUE(prof$active)))
   invisible(x)
@@ -104,7 +104,7 @@ print.miraiNode <- function(x, ...) {
 
 #' @export
 `[.miraiCluster` <- function(x, i) {
-  structure(.subset(x, i), class = class(x), id = attr(x, "id"))
+  structure(.subset(x, i), class = class(x), id = attr(x, "id"), profile = attr(x, "profile"))
 }
 
 # ---- parallel's node interface ------------------------------------------
@@ -198,6 +198,14 @@ drop_outstanding <- function(node) {
     assign("head", NULL, envir = p)
     assign("rest", list(), envir = p)
   }
+}
+
+# The cluster's profile while it is still the one registered under the
+# cluster's ID, else NULL: once a cluster has stopped, its ID goes to the
+# next cluster made, which a stale handle must neither report nor stop.
+live_profile <- function(cl) {
+  prof <- profile_of(attr(cl, "id"))
+  if (!is.null(prof) && identical(prof, attr(cl, "profile"))) prof
 }
 
 # "`k`" for the lowest k >= the number of profiles not yet in use.

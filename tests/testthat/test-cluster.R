@@ -185,6 +185,20 @@ test_that("a cluster coexists with daemons() profiles, and stops cleanly", {
   expect_identical(mirai(1 + 1)[], 2)
 })
 
+test_that("a stopped cluster's handle neither reports nor stops the cluster that reuses its ID", {
+  cl1 <- make_cluster(1)
+  stop_cluster(cl1)
+  cl2 <- make_cluster(1)
+  on.exit(stop_cluster(cl2))
+  expect_identical(attr(cl2, "id"), attr(cl1, "id"))
+  expect_output(print(cl1), "active: FALSE", fixed = TRUE)
+  stop_cluster(cl1)
+  stopCluster(cl1[1])
+  expect_output(print(cl2), "active: TRUE", fixed = TRUE)
+  expect_identical(clusterEvalQ(cl2, 7), list(7))
+  expect_error(clusterEvalQ(cl1, 1), "cluster is no longer active")
+})
+
 test_that("subsetting keeps the cluster's classes", {
   cl <- make_cluster(2)
   on.exit(stop_cluster(cl))
