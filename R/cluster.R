@@ -117,6 +117,14 @@ print.miraiNode <- function(x, ...) {
 sendData.miraiNode <- function(node, data) {
   prof <- .subset2(node, "prof")
   if (!isTRUE(prof$active)) stop("cluster is no longer active", call. = FALSE)
+  # Interrupted (or failed) before the task is on record: parallel's caller
+  # gives up on the tasks already sent to other nodes too.
+  sent <- FALSE
+  m <- NULL
+  on.exit(if (!sent) {
+    if (!is.null(m)) stop_mirai(m)
+    drop_outstanding(node)
+  })
   d <- .subset2(data, "data")
   task <- list(._expr_. = node_call, ._globals_. = list(),
                ._args_. = list(.fun = .subset2(d, "fun"), .args = .subset2(d, "args")))
@@ -132,6 +140,7 @@ sendData.miraiNode <- function(node, data) {
     rest[[length(rest) + 1L]] <- m
     assign("rest", rest, envir = node)
   }
+  sent <- TRUE
   invisible()
 }
 

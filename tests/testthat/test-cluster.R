@@ -133,6 +133,28 @@ test_that("an interrupted parallel call leaves no stale results for the next one
   expect_match(out, "LB: 1 2 3 4 \n", fixed = TRUE)
 })
 
+test_that("a parallel call interrupted while sending leaves no stale results either", {
+  skip_if_not_installed("processx")
+  # The second serialization (node 2's task) blocks: the interrupt lands
+  # after node 1's task was sent.
+  out <- interrupt_child(c(
+    "library(mirai); library(parallel)",
+    "calls <- 0",
+    "cfg <- serial_config('slowser', sfunc = function(x) { calls <<- calls + 1; if (calls == 2) Sys.sleep(30); serialize(NULL, NULL) }, ufunc = function(r) structure(new.env(), class = 'slowser'))",
+    "cl <- make_cluster(2, serial = cfg)",
+    "invisible(clusterEvalQ(cl, 1))",
+    "obj <- structure(new.env(), class = 'slowser')",
+    "cat('ready\\n')",
+    "r <- tryCatch(clusterCall(cl, function(o) 'stale', obj), interrupt = function(e) 'int')",
+    "cat('first:', unlist(r), '\\n')",
+    "cat('next:', unlist(clusterEvalQ(cl, 'fresh')), '\\n')",
+    "stop_cluster(cl)",
+    "cat('done\\n')"
+  ), "ready", "done", timeout = 60)
+  expect_match(out, "first: int", fixed = TRUE)
+  expect_match(out, "next: fresh fresh \n", fixed = TRUE)
+})
+
 test_that("a node failure value prints as the 'try-error' it is", {
   cl <- make_cluster(1)
   on.exit(stop_cluster(cl))
