@@ -203,16 +203,22 @@ eval_task <- function(data, box) {
 
 mirai_interrupt <- function() structure("", class = c("miraiInterrupt", "errorValue", "try-error"))
 
-# A task left without its error handler having run: an interrupt, or an
-# error R signals to no calling handler (a C stack overflow), which only
-# R's default handler saw: it recorded the message, which an interrupt
-# leaves as it was (`before`). The record is then overwritten, so that the
-# same error in the next task shows as a change too.
+# A task left without its error handler having run: an interrupt, or a C
+# stack overflow, which R signals to no calling handler: only R's default
+# handler saw it, and recorded its message. An interrupt records nothing,
+# but the record may have changed since `before` through an error the task
+# handled itself, hence the check of the message too. The record is then
+# overwritten, so that the same overflow in the next task is a change.
 unhandled_jump <- function(before) {
-  msg <- geterrmessage()
+  msg <- sub("\n$", "", geterrmessage())
   try(stop("no error since a mirai task's", call. = FALSE), silent = TRUE)
-  if (identical(msg, before)) return(mirai_interrupt())
-  mirai_error(simpleError(sub("^Error: ", "", sub("\n$", "", msg))))
+  fmt <- gettext("C stack usage  %ld is too close to the limit", domain = "R")
+  fmt <- strsplit(fmt, "%ld", fixed = TRUE)[[1L]]
+  at <- regexpr(fmt[[1L]], msg, fixed = TRUE)
+  overflow <- !identical(msg, sub("\n$", "", before)) && at > 0L &&
+    (length(fmt) < 2L || grepl(fmt[[2L]], msg, fixed = TRUE))
+  if (!overflow) return(mirai_interrupt())
+  mirai_error(simpleError(substring(msg, at)))
 }
 
 # Evaluates a task payload in this process (sync mode). `genv` receives the

@@ -148,8 +148,10 @@ test_that("a C stack overflow in a task is an error, not an interrupt, in every 
       expect_false(is_mirai_interrupt(v))
       expect_match(attr(v, "message"), "C stack usage", fixed = TRUE)
     }
-    # A real interrupt still reads as one afterwards.
+    # A real interrupt still reads as one afterwards, also after an error
+    # the task handled itself.
     expect_true(is_mirai_interrupt(mirai(rlang::interrupt())[]))
+    expect_true(is_mirai_interrupt(mirai({ try(stop("handled"), silent = TRUE); rlang::interrupt() })[]))
     expect_identical(mirai(1 + 1)[], 2)
   }
   skip_if_not_installed("rlang")
