@@ -53,6 +53,7 @@
 make_cluster <- function(n, url = NULL, remote = NULL, ...) {
   if (!missing(n) && !is.numeric(n)) stop("`n` must be numeric, did you mean to provide `url`?", call. = FALSE)
   if (!missing(n) && (length(n) != 1L || is.na(n))) stop("`n` must be a single number", call. = FALSE)
+  if (!missing(n) && (!is.finite(n) || n != trunc(n))) stop("`n` must be a whole number", call. = FALSE)
   if (is.null(url) || !is.null(remote)) {
     if (missing(n)) stop("`n` must be supplied (the number of nodes)", call. = FALSE)
     if (n < 1) stop("`n` must be 1 or greater", call. = FALSE)
@@ -71,8 +72,10 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
     }
   }
   prof <- profile_of(id)
-  nodes <- lapply(seq_len(n), new_node, prof = prof, id = id)
-  structure(nodes, class = c("miraiCluster", "cluster"), id = id)
+  peers <- new.env(parent = emptyenv())
+  nodes <- lapply(seq_len(n), new_node, prof = prof, id = id, peers = peers)
+  peers$nodes <- nodes
+  structure(nodes, class = c("miraiCluster", "cluster"), id = id, profile = prof)
 }
 
 #' @rdname make_cluster
@@ -81,13 +84,13 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
 #' @export
 stop_cluster <- function(cl) {
   if (!inherits(cl, "miraiCluster")) stop("`cl` must be a 'miraiCluster'", call. = FALSE)
-  daemons(0, .compute = attr(cl, "id"))
+  if (!is.null(live_profile(cl))) daemons(0, .compute = attr(cl, "id"))
   invisible()
 }
 
 #' @export
 print.miraiCluster <- function(x, ...) {
-  prof <- profile_of(attr(x, "id"))
+  prof <- live_profile(x)
   cat(sprintf("< miraiCluster | ID: %s nodes: %d active: %s >\n", attr(x, "id"), length(x),
               !is.null(prof) && isTRUE(prof$active)))
   invisible(x)
@@ -101,7 +104,7 @@ print.miraiNode <- function(x, ...) {
 
 #' @export
 `[.miraiCluster` <- function(x, i) {
-  structure(.subset(x, i), class = class(x), id = attr(x, "id"))
+  structure(.subset(x, i), class = class(x), id = attr(x, "id"), profile = attr(x, "profile"))
 }
 
 # ---- parallel's node interface ------------------------------------------
@@ -114,6 +117,14 @@ print.miraiNode <- function(x, ...) {
 sendData.miraiNode <- function(node, data) {
   prof <- .subset2(node, "prof")
   if (!isTRUE(prof$active)) stop("cluster is no longer active", call. = FALSE)
+  # Interrupted (or failed) before the task is on record: parallel's caller
+  # gives up on the tasks already sent to other nodes too.
+  sent <- FALSE
+  m <- NULL
+  on.exit(if (!sent) {
+    if (!is.null(m)) stop_mirai(m)
+    drop_outstanding(node)
+  })
   d <- .subset2(data, "data")
   task <- list(._expr_. = node_call, ._globals_. = list(),
                ._args_. = list(.fun = .subset2(d, "fun"), .args = .subset2(d, "args")))
@@ -129,6 +140,7 @@ sendData.miraiNode <- function(node, data) {
     rest[[length(rest) + 1L]] <- m
     assign("rest", rest, envir = node)
   }
+  sent <- TRUE
   invisible()
 }
 
@@ -136,7 +148,10 @@ sendData.miraiNode <- function(node, data) {
 recvData.miraiNode <- function(node) {
   m <- .subset2(node, "head")
   if (is.null(m)) stop(sprintf("node %d of the cluster has no task to receive", attr(node, "node")), call. = FALSE)
+  received <- FALSE
+  on.exit(if (!received) drop_outstanding(node))
   v <- .Call(C_mirai_value, m)
+  received <- TRUE
   rest <- .subset2(node, "rest")
   if (length(rest)) {
     assign("head", rest[[1L]], envir = node)
@@ -153,7 +168,10 @@ recvOneData.miraiCluster <- function(cl) {
   heads <- lapply(cl, .subset2, "head")
   busy <- which(!vapply(heads, is.null, logical(1L)))
   if (!length(busy)) stop("no node of the cluster has a task to receive", call. = FALSE)
+  received <- FALSE
+  on.exit(if (!received) drop_outstanding(.subset2(cl, busy[[1L]])))
   i <- busy[.Call(C_mirai_race, lapply(heads[busy], .subset2, "aio"))]
+  received <- TRUE
   list(node = i, value = recvData.miraiNode(.subset2(cl, i)))
 }
 
@@ -165,14 +183,38 @@ stopCluster.miraiCluster <- function(cl) stop_cluster(cl)
 node_call <- quote(do.call(.fun, .args, quote = TRUE))
 
 # One constructor of nodes: an empty environment holding the cluster's
-# profile and the node's outstanding tasks, in order: `head` (a mirai, or
+# profile, the environment `peers` whose `nodes` are all the cluster's
+# nodes, and the node's outstanding tasks, in order: `head` (a mirai, or
 # NULL) and the `rest` (a list).
-new_node <- function(i, prof, id) {
+new_node <- function(i, prof, id, peers) {
   node <- new.env(parent = emptyenv())
   node$prof <- prof
+  node$peers <- peers
   node$head <- NULL
   node$rest <- list()
   structure(node, class = "miraiNode", node = i, id = id)
+}
+
+# A wait for a result was interrupted (or failed): parallel's caller has
+# given up on every task then outstanding on the cluster, and would take
+# their results for those of its next call. They are cancelled and
+# forgotten, on every node.
+drop_outstanding <- function(node) {
+  for (p in .subset2(.subset2(node, "peers"), "nodes")) {
+    for (m in c(list(.subset2(p, "head")), .subset2(p, "rest"))) {
+      if (!is.null(m)) stop_mirai(m)
+    }
+    assign("head", NULL, envir = p)
+    assign("rest", list(), envir = p)
+  }
+}
+
+# The cluster's profile while it is still the one registered under the
+# cluster's ID, else NULL: once a cluster has stopped, its ID goes to the
+# next cluster made, which a stale handle must neither report nor stop.
+live_profile <- function(cl) {
+  prof <- profile_of(attr(cl, "id"))
+  if (!is.null(prof) && identical(prof, attr(cl, "profile"))) prof
 }
 
 # "`k`" for the lowest k >= the number of profiles not yet in use.
@@ -188,5 +230,5 @@ node_failure <- function(v, i) {
   why <- if (as.integer(v) == 19L) "its daemon disconnected, or the cluster was stopped" else "it failed"
   structure(sprintf("node %d of the mirai cluster could not run the task: %s (errorValue %s)\n", i, why,
                     error_text(as.integer(v))),
-            class = c("errorValue", "try-error"))
+            class = "try-error")
 }

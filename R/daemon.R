@@ -191,16 +191,35 @@ eval_task <- function(data, box) {
   if (length(g)) list2env(g, envir = .GlobalEnv)
   a <- data[["._args_."]]
   env <- if (length(a)) list2env(a, parent = .GlobalEnv) else new.env(parent = .GlobalEnv)
+  before <- geterrmessage()
   res <- .Call(C_mirai_eval, data[["._expr_."]], env, box)
   if (!identical(res, box)) return(res)
   cond <- box$cond
-  if (is.null(cond)) return(mirai_interrupt())
+  if (is.null(cond)) return(unhandled_jump(before))
   # Frames up to and including this one belong to the daemon loop; the last
   # two are the handler's (see eval_on_error in src/entrypoint.c).
   mirai_error(cond, task_trace(box$calls, sys.nframe(), 2L))
 }
 
 mirai_interrupt <- function() structure("", class = c("miraiInterrupt", "errorValue", "try-error"))
+
+# A task left without its error handler having run: an interrupt, or a C
+# stack overflow, which R signals to no calling handler: only R's default
+# handler saw it, and recorded its message. An interrupt records nothing,
+# but the record may have changed since `before` through an error the task
+# handled itself, hence the check of the message too. The record is then
+# overwritten, so that the same overflow in the next task is a change.
+unhandled_jump <- function(before) {
+  msg <- sub("\n$", "", geterrmessage())
+  try(stop("no error since a mirai task's", call. = FALSE), silent = TRUE)
+  fmt <- gettext("C stack usage  %ld is too close to the limit", domain = "R")
+  fmt <- strsplit(fmt, "%ld", fixed = TRUE)[[1L]]
+  at <- regexpr(fmt[[1L]], msg, fixed = TRUE)
+  overflow <- !identical(msg, sub("\n$", "", before)) && at > 0L &&
+    (length(fmt) < 2L || grepl(fmt[[2L]], msg, fixed = TRUE))
+  if (!overflow) return(mirai_interrupt())
+  mirai_error(simpleError(substring(msg, at)))
+}
 
 # Evaluates a task payload in this process (sync mode). `genv` receives the
 # `...` globals.
@@ -255,7 +274,8 @@ task_trace <- function(calls, from, handler) {
 # `trace`: the stack trace, as task_trace() returns it.
 mirai_error <- function(e, trace = list()) {
   call <- conditionCall(e)
-  msg <- conditionMessage(e)
+  # A miraiError is one string: a condition's message may be anything.
+  msg <- paste(as.character(conditionMessage(e)), collapse = "\n")
   internal <- is.null(call) || (is.call(call) && (identical(call[[1L]], quote(eval)) || identical(call[[1L]], quote(eval_task))))
   text <- if (internal) sprintf("Error: %s\n", msg)
           else sprintf("Error in %s: %s\n", paste(deparse(call, nlines = 1L), collapse = ""), msg)

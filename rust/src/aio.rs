@@ -4,8 +4,8 @@
 //! unserializes them. Completion is first-wins, so a reply racing a timeout
 //! or a cancellation resolves the mirai exactly once.
 //!
-//! A slot may also carry one completion hook (a promise waiting on the
-//! mirai): it runs on whichever thread completes the slot, right after the
+//! A slot may also carry completion hooks (promises waiting on the mirai):
+//! they run on whichever thread completes the slot, right after the
 //! outcome is stored, outside the slot's lock.
 
 use crate::threads::lock;
@@ -80,7 +80,9 @@ pub type Hook = Box<dyn FnOnce() + Send>;
 struct SlotState {
     outcome: Option<Outcome>,
     waiters: usize,
-    hook: Option<Hook>,
+    /// Usually none or one; never replaced, as each may hold a resource
+    /// (a preserved R object) only its running releases.
+    hooks: Vec<Hook>,
 }
 
 impl Slot {
@@ -90,16 +92,16 @@ impl Slot {
 
     /// Stores the outcome unless one is already there. True if stored.
     pub fn complete(&self, o: Outcome) -> bool {
-        let (waiters, hook) = {
+        let (waiters, hooks) = {
             let mut g = lock(&self.inner);
             if self.done.load(Ordering::Acquire) {
                 return false;
             }
             g.outcome = Some(o);
             self.done.store(true, Ordering::Release);
-            (g.waiters, g.hook.take())
+            (g.waiters, std::mem::take(&mut g.hooks))
         };
-        if let Some(h) = hook {
+        for h in hooks {
             h();
         }
         // Most results are collected by a spinning or later reader, so the
@@ -115,13 +117,13 @@ impl Slot {
     /// completion take the same lock, so a hook registered at the very
     /// moment of completion either runs from `complete` or comes back here
     /// as `Err` (already resolved: the caller acts at once); it is never
-    /// lost. A second hook replaces the first.
+    /// lost. Every hook registered runs, in order.
     pub fn on_complete(&self, hook: Hook) -> Result<(), Hook> {
         let mut g = lock(&self.inner);
         if self.done.load(Ordering::Acquire) {
             return Err(hook);
         }
-        g.hook = Some(hook);
+        g.hooks.push(hook);
         Ok(())
     }
 
@@ -183,6 +185,23 @@ mod tests {
             t.join().unwrap();
             assert_eq!(ran.load(Ordering::SeqCst), 1);
         }
+    }
+
+    #[test]
+    fn every_hook_registered_runs() {
+        use std::sync::atomic::AtomicUsize;
+        let s = Slot::new(Arc::default());
+        let ran = Arc::new(AtomicUsize::new(0));
+        for k in [1, 10] {
+            let r = ran.clone();
+            assert!(s
+                .on_complete(Box::new(move || {
+                    r.fetch_add(k, Ordering::SeqCst);
+                }))
+                .is_ok());
+        }
+        assert!(s.complete(Outcome::Error(19)));
+        assert_eq!(ran.load(Ordering::SeqCst), 11);
     }
 
     #[test]

@@ -7,6 +7,10 @@ test_that("make_cluster() validates its arguments", {
   expect_error(make_cluster("tcp://127.0.0.1:0"), "`n` must be numeric, did you mean to provide `url`?")
   expect_error(make_cluster(0), "`n` must be 1 or greater")
   expect_error(make_cluster(c(1, 2)), "`n` must be a single number")
+  # Refused before any daemon is launched.
+  expect_error(make_cluster(2.5), "`n` must be a whole number")
+  expect_error(make_cluster(Inf), "`n` must be a whole number")
+  expect_false(any(grepl("^`", ls(mirai:::.$profiles, all.names = TRUE))))
   expect_error(make_cluster(), "`n` must be supplied")
   expect_error(stop_cluster(list()), "`cl` must be a 'miraiCluster'")
 })
@@ -109,6 +113,58 @@ test_that("a node whose daemon died fails calls clearly, never hangs", {
   expect_identical(clusterEvalQ(cl[1], Sys.getpid()), list(pids[[1]]))
 })
 
+test_that("an interrupted parallel call leaves no stale results for the next one", {
+  skip_if_not_installed("processx")
+  out <- interrupt_child(c(
+    "library(mirai); library(parallel)",
+    "cl <- make_cluster(2)",
+    "invisible(clusterEvalQ(cl, 1))",
+    "cat('ready\\n')",
+    "r <- tryCatch(parLapply(cl, 1:2, function(i) { Sys.sleep(20); i * 100 }), interrupt = function(e) 'int')",
+    "cat('first:', unlist(r), '\\n')",
+    "cat('next:', unlist(parLapply(cl, 1:2, function(i) -i)), '\\n')",
+    "cat('LB:', unlist(clusterApplyLB(cl, 1:4, function(i) i)), '\\n')",
+    "stop_cluster(cl)",
+    "cat('done\\n')"
+  ), "ready", "done", timeout = 60)
+  expect_match(out, "first: int", fixed = TRUE)
+  # Not the interrupted call's 100 200: the results of the call just made.
+  expect_match(out, "next: -1 -2 \n", fixed = TRUE)
+  expect_match(out, "LB: 1 2 3 4 \n", fixed = TRUE)
+})
+
+test_that("a parallel call interrupted while sending leaves no stale results either", {
+  skip_if_not_installed("processx")
+  # The second serialization (node 2's task) blocks: the interrupt lands
+  # after node 1's task was sent.
+  out <- interrupt_child(c(
+    "library(mirai); library(parallel)",
+    "calls <- 0",
+    "cfg <- serial_config('slowser', sfunc = function(x) { calls <<- calls + 1; if (calls == 2) Sys.sleep(30); serialize(NULL, NULL) }, ufunc = function(r) structure(new.env(), class = 'slowser'))",
+    "cl <- make_cluster(2, serial = cfg)",
+    "invisible(clusterEvalQ(cl, 1))",
+    "obj <- structure(new.env(), class = 'slowser')",
+    "cat('ready\\n')",
+    "r <- tryCatch(clusterCall(cl, function(o) 'stale', obj), interrupt = function(e) 'int')",
+    "cat('first:', unlist(r), '\\n')",
+    "cat('next:', unlist(clusterEvalQ(cl, 'fresh')), '\\n')",
+    "stop_cluster(cl)",
+    "cat('done\\n')"
+  ), "ready", "done", timeout = 60)
+  expect_match(out, "first: int", fixed = TRUE)
+  expect_match(out, "next: fresh fresh \n", fixed = TRUE)
+})
+
+test_that("a node failure value prints as the 'try-error' it is", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  parallel:::sendCall(cl[[1]], function() Sys.sleep(10), list())
+  daemons(0, .compute = attr(cl, "id"))
+  v <- parallel:::recvResult(cl[[1]])
+  expect_s3_class(v, "try-error")
+  expect_output(print(v), "node 1 of the mirai cluster could not run the task", fixed = TRUE)
+})
+
 test_that("foreach %dopar% via doParallel: .combine, many iterations, .export, .packages, errors", {
   skip_if_not_installed("doParallel")
   skip_if_not_installed("foreach")
@@ -149,6 +205,20 @@ test_that("a cluster coexists with daemons() profiles, and stops cleanly", {
   expect_true(wait_until(function() !any(vapply(node_pids, pid_alive, logical(1L)))))
   # The default profile is untouched.
   expect_identical(mirai(1 + 1)[], 2)
+})
+
+test_that("a stopped cluster's handle neither reports nor stops the cluster that reuses its ID", {
+  cl1 <- make_cluster(1)
+  stop_cluster(cl1)
+  cl2 <- make_cluster(1)
+  on.exit(stop_cluster(cl2))
+  expect_identical(attr(cl2, "id"), attr(cl1, "id"))
+  expect_output(print(cl1), "active: FALSE", fixed = TRUE)
+  stop_cluster(cl1)
+  stopCluster(cl1[1])
+  expect_output(print(cl2), "active: TRUE", fixed = TRUE)
+  expect_identical(clusterEvalQ(cl2, 7), list(7))
+  expect_error(clusterEvalQ(cl1, 1), "cluster is no longer active")
 })
 
 test_that("subsetting keeps the cluster's classes", {

@@ -137,3 +137,51 @@ test_that("stack.trace starts at the signalling call, without mirai's frames (ep
                         quote(eval(quote(stop("x"))))))
   expect_identical(mirai(mirai(stop("in"))[]$stack.trace)[], list(quote(stop("in"))))
 })
+
+test_that("a C stack overflow in a task is an error, not an interrupt, in every mode", {
+  # R runs no calling handler while it recovers from a C stack overflow.
+  deep <- quote({ options(expressions = 5e5); f <- function(n) f(n + 1); f(1) })
+  check <- function() {
+    for (i in 1:2) {
+      v <- mirai(eval(deep), deep = deep)[]
+      expect_s3_class(v, "miraiError")
+      expect_false(is_mirai_interrupt(v))
+      expect_match(attr(v, "message"), "C stack usage", fixed = TRUE)
+    }
+    # A real interrupt still reads as one afterwards, also after an error
+    # the task handled itself.
+    expect_true(is_mirai_interrupt(mirai(rlang::interrupt())[]))
+    expect_true(is_mirai_interrupt(mirai({ try(stop("handled"), silent = TRUE); rlang::interrupt() })[]))
+    expect_identical(mirai(1 + 1)[], 2)
+  }
+  skip_if_not_installed("rlang")
+  daemons(1)
+  check()
+  daemons(0)
+  daemons(1, dispatcher = FALSE)
+  check()
+  daemons(0)
+  daemons(sync = TRUE)
+  check()
+  daemons(0)
+})
+
+test_that("a condition whose message is not one string still makes a one-string miraiError", {
+  cnd <- function(msg) structure(class = c("error", "condition"), list(message = msg, call = NULL))
+  check <- function() {
+    v <- mirai(stop(cnd(NULL)), cnd = cnd)[]
+    expect_s3_class(v, "miraiError")
+    expect_length(v, 1L)
+    expect_identical(v$message, "")
+    v <- mirai(stop(cnd(c("a", "b"))), cnd = cnd)[]
+    expect_length(v, 1L)
+    expect_identical(v$message, "a\nb")
+    expect_identical(mirai(stop(cnd(1:2)), cnd = cnd)[]$message, "1\n2")
+  }
+  daemons(1)
+  check()
+  daemons(0)
+  daemons(sync = TRUE)
+  check()
+  daemons(0)
+})

@@ -192,3 +192,17 @@ test_that("custom-serialized reference objects travel through promises both ways
   expect_identical(typeof(got), "externalptr")
   expect_identical(attr(got, "payload"), "ABCDEF")
 })
+
+test_that("two mirai objects on one task both settle their promises (no hook is replaced)", {
+  daemons(1)
+  on.exit(daemons(0))
+  m <- mirai({ Sys.sleep(0.5); 5 })
+  # A second 'mirai' wrapping the same task, as a hand-built object may.
+  twin <- structure(new.env(), class = "mirai")
+  assign("aio", mirai:::aio_of(m), envir = twin)
+  got <- list()
+  then(twin, function(v) got <<- c(got, twin = list(v)))
+  then(m, function(v) got <<- c(got, m = list(v)))
+  expect_true(run_until(function() length(got) == 2L, 10))
+  expect_identical(got$m, 5)
+})
