@@ -60,6 +60,10 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
   } else if (missing(n)) {
     n <- 1L
   }
+  fixed <- intersect(names(list(...)), c("dispatcher", "cleanup", "idletime", "walltime", "maxtasks"))
+  if (length(fixed))
+    stop(sprintf("`%s` cannot be set for a cluster: its nodes are persistent daemons that keep their state",
+                 fixed[[1L]]), call. = FALSE)
   id <- next_cluster_id()
   if (is.null(url)) {
     daemons(n, dispatcher = TRUE, cleanup = FALSE, ..., .compute = id)

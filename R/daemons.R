@@ -95,6 +95,10 @@ reap_children <- function(host, grace = 5) {
   }
 }
 
+# A bound on `n` for local daemons: a typo such as daemons(1e10) must not
+# start launching processes until the machine gives out.
+MAX_LOCAL_DAEMONS <- 10000L
+
 # The message size cap, in bytes, from option `mirai.max_message` (NULL: the
 # native default of 1 TiB).
 max_message <- function() {
@@ -227,6 +231,8 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     if (!is.numeric(n)) stop("`n` must be numeric, did you mean to provide `url`?", call. = FALSE)
     if (length(n) != 1L) stop("`n` must be a single number", call. = FALSE)
     if (is.na(n) || n < 0) stop("the number of daemons must be zero or greater", call. = FALSE)
+    if (!is.finite(n) || n != trunc(n) || n > MAX_LOCAL_DAEMONS)
+      stop(sprintf("`n` must be a whole number of daemons, at most %d", MAX_LOCAL_DAEMONS), call. = FALSE)
   }
   if (!is.null(url) && !is.character(url))
     stop(sprintf("`url` must be of type character, not %s", typeof(url)), call. = FALSE)
@@ -408,8 +414,7 @@ info <- function(.compute = NULL) {
 #' @rdname info
 #' @export
 status <- function(.compute = NULL) {
-  if (inherits(.compute, "miraiCluster")) .compute <- attr(.compute, "id")
-  prof <- profile_of(.compute)
+  prof <- if (inherits(.compute, "miraiCluster")) live_profile(.compute) else profile_of(.compute)
   if (is.null(prof)) return(list(connections = 0L, daemons = 0L))
   if (isTRUE(prof$sync)) return(list(connections = 0L, daemons = prof$url))
   v <- .Call(C_mirai_host_info, prof$host)

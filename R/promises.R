@@ -23,6 +23,12 @@
 #' The promise is made once per mirai and cached in it, so calling
 #' `as.promise()` again returns the same promise.
 #'
+#' The settlement is scheduled on later's global event loop: a promise is
+#' not settled while only a private loop runs (`later::with_temp_loop()`).
+#' With versions of 'promises' older than 1.3.0, a `then()` callback that
+#' returns a mirai fulfils with the mirai object itself; return
+#' `as.promise(mirai(...))` to chain on its value.
+#'
 #' @param x (mirai or mirai_map) the object to turn into a promise. No
 #'   default: required.
 #' @return A promise (`as.promise`); TRUE (`is.promising`).

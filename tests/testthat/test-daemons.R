@@ -195,3 +195,11 @@ test_that("local_url and host_url build URLs", {
   expect_identical(names(ht), names(h))
   expect_identical(unname(ht), sub(":7$", ":0", sub("^tcp://", "tls+tcp://", unname(h))))
 })
+
+test_that("daemons(n) refuses a number of daemons it could not sensibly launch", {
+  expect_error(daemons(2.5), "`n` must be a whole number of daemons, at most 10000")
+  expect_error(daemons(Inf), "`n` must be a whole number of daemons")
+  expect_error(daemons(1e10), "at most 10000")
+  expect_false(daemons_set())
+})
+
