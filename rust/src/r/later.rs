@@ -26,9 +26,64 @@ const GLOBAL_LOOP: c_int = 0;
 
 static EXEC_LATER: OnceLock<usize> = OnceLock::new();
 
-/// The address of a preserved R closure. Only R's main thread dereferences
-/// it (in `drain`); other threads just carry the number.
+/// A settle closure waiting for its mirai: its index in the registry.
+/// Other threads only carry the number; R's main thread alone reads the
+/// registry.
 struct Settle(usize);
+
+/// The settle closures of pending promises, kept reachable in one preserved
+/// list (index-addressed, with a free list) rather than one
+/// `R_PreserveObject` each: R keeps preserved objects in a linked list, so
+/// releasing one costs a walk of all the others, and thousands of pending
+/// promises made settling quadratic. Main thread only.
+struct Registry {
+    list: SEXP,
+    free: Vec<usize>,
+}
+
+static mut REGISTRY: Registry = Registry { list: std::ptr::null_mut(), free: Vec::new() };
+
+fn registry() -> &'static mut Registry {
+    // SAFETY: only R's main thread calls this (from a .Call or from later's
+    // callback), one call at a time.
+    unsafe { &mut *std::ptr::addr_of_mut!(REGISTRY) }
+}
+
+/// Stores `f` in the registry; its index.
+fn keep(f: SEXP) -> Result<usize, RError> {
+    let reg = registry();
+    if reg.free.is_empty() {
+        let old = reg.list;
+        let old_len = if old.is_null() { 0 } else { unsafe { Rf_xlength(old) as usize } };
+        let new_len = (old_len * 2).max(64);
+        let list = try_r(|| unsafe {
+            let l = Rf_protect(Rf_allocVector(SEXPTYPE::VECSXP, new_len as isize));
+            for i in 0..old_len {
+                SET_VECTOR_ELT(l, i as isize, VECTOR_ELT(old, i as isize));
+            }
+            R_PreserveObject(l);
+            Rf_unprotect(1);
+            l
+        })?;
+        if !old.is_null() {
+            unsafe { R_ReleaseObject(old) };
+        }
+        reg.list = list;
+        reg.free.extend((old_len..new_len).rev());
+    }
+    let Some(i) = reg.free.pop() else { return Err("promise registry: no free slot".into()) };
+    unsafe { SET_VECTOR_ELT(reg.list, i as isize, f) };
+    Ok(i)
+}
+
+/// Takes closure `i` out of the registry (the caller protects it).
+fn take(i: usize) -> SEXP {
+    let reg = registry();
+    let f = unsafe { VECTOR_ELT(reg.list, i as isize) };
+    unsafe { SET_VECTOR_ELT(reg.list, i as isize, R_NilValue) };
+    reg.free.push(i);
+    f
+}
 
 struct Queue {
     tx: Sender<Settle>,
@@ -78,8 +133,8 @@ fn push(s: Settle, exec: ExecLater) {
 unsafe extern "C" fn drain(_: *mut c_void) {
     let q = &*QUEUE;
     q.armed.store(false, Ordering::Release);
-    while let Ok(Settle(addr)) = q.rx.try_recv() {
-        let f = addr as SEXP;
+    while let Ok(Settle(i)) = q.rx.try_recv() {
+        let f = unsafe { Rf_protect(take(i)) };
         // An error in the closure is R's to report; it must not unwind
         // through later's frames, nor stop the others from settling.
         let _ = try_r(|| unsafe {
@@ -88,7 +143,7 @@ unsafe extern "C" fn drain(_: *mut c_void) {
             Rf_unprotect(1);
             R_NilValue
         });
-        unsafe { R_ReleaseObject(f) };
+        unsafe { Rf_unprotect(1) };
     }
 }
 
@@ -97,15 +152,12 @@ unsafe extern "C" fn drain(_: *mut c_void) {
 /// caller settles at once.
 pub fn on_resolve(slot: &Slot, settle: SEXP) -> Result<bool, RError> {
     let exec = exec_later()?;
-    try_r(|| unsafe {
-        R_PreserveObject(settle);
-        R_NilValue
-    })?;
-    let s = Settle(settle as usize);
+    let i = keep(settle)?;
+    let s = Settle(i);
     match slot.on_complete(Box::new(move || push(s, exec))) {
         Ok(()) => Ok(true),
         Err(_) => {
-            unsafe { R_ReleaseObject(settle) };
+            take(i);
             Ok(false)
         }
     }
