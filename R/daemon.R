@@ -77,7 +77,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   idletime <- check_limit(idletime, "idletime")
   walltime <- check_limit(walltime, "walltime")
   maxtasks <- check_limit(maxtasks, "maxtasks")
-  if (!is.null(tlscert)) stop("`tlscert` is not supported by this version of mirai yet", call. = FALSE)
+  tlscert <- daemon_tlscert(tlscert)
   extra <- list(...)
   secret <- extra[["secret"]] %||% Sys.getenv("MIRAI_SECRET")
   Sys.unsetenv("MIRAI_SECRET")
@@ -101,14 +101,14 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   first <- TRUE
   repeat {
     if (first) {
-      conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf else 3000, ae, max_message())
+      conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf else 3000, ae, max_message(), tlscert)
     } else {
       # Reconnecting (autoexit = FALSE): retry for as long as the idle and
       # wall time limits allow, so that a daemon whose host is gone for good
       # still ends by its limits.
       left <- walltime - (proc.time()[["elapsed"]] * 1000 - start)
       retry <- min(idletime, left)
-      conn <- if (retry > 0) tryCatch(.Call(C_mirai_dial, url, secret, retry, ae, max_message()),
+      conn <- if (retry > 0) tryCatch(.Call(C_mirai_dial, url, secret, retry, ae, max_message(), tlscert),
                                       error = function(e) NULL)
       if (is.null(conn)) {
         code <- if (idletime <= left) codes[["idle"]] else codes[["wall"]]
@@ -170,6 +170,18 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   }
   # An exit request ends the daemon as a closed connection does.
   invisible(if (code < 0L) codes[["closed"]] else code)
+}
+
+# `tlscert` as PEM text: from a file path, or the chain of c(chain, "").
+daemon_tlscert <- function(tlscert) {
+  if (is.null(tlscert)) return(NULL)
+  if (!is.character(tlscert) || !length(tlscert) || length(tlscert) > 2L || anyNA(tlscert) ||
+      (length(tlscert) == 2L && nzchar(tlscert[[2L]])))
+    stop("`tlscert` must be a PEM file path or c(certificate chain, \"\")", call. = FALSE)
+  x <- tlscert[[1L]]
+  if (grepl("-----BEGIN", x, fixed = TRUE)) return(x)
+  if (!file.exists(x)) stop(sprintf("`tlscert`: no such file '%s'", x), call. = FALSE)
+  paste(readLines(x, warn = FALSE), collapse = "\n")
 }
 
 # Sends a result; for a daemon's last task, waits for the host to take it.

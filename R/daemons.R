@@ -17,8 +17,41 @@ launch_command <- function(url, dots) {
 # sends it in the daemon's Init instead).
 launch_args <- function(prof, dots) {
   args <- c(list(dispatcher = prof$dispatcher), dots)
+  if (!is.null(prof$tls)) args$tlscert <- prof$tls
   if (!prof$dispatcher && is.null(prof$seed)) args$rs <- next_stream(prof)
   args
+}
+
+# `tls` as PEM text for the native side: a file's contents, or c(cert, key).
+tls_pem <- function(tls) {
+  if (is.null(tls)) return(NULL)
+  if (!is.character(tls) || !length(tls) || length(tls) > 2L || anyNA(tls))
+    stop("`tls` must be a PEM file path (certificate, optional chain, then key) or c(cert, key), or NULL",
+         call. = FALSE)
+  if (length(tls) == 1L && !grepl("-----BEGIN", tls, fixed = TRUE)) {
+    if (!file.exists(tls)) stop(sprintf("`tls`: no such file '%s'", tls), call. = FALSE)
+    tls <- paste(readLines(tls, warn = FALSE), collapse = "\n")
+  }
+  tls
+}
+
+# The key's password from `pass`, a function returning it.
+tls_pass <- function(pass) {
+  if (is.null(pass)) return(NULL)
+  if (!is.function(pass)) stop("`pass` must be a function returning the password of the `tls` key, or NULL",
+                               call. = FALSE)
+  pw <- pass()
+  if (!is.character(pw) || length(pw) != 1L || is.na(pw))
+    stop("`pass` must return the password as a character string", call. = FALSE)
+  pw
+}
+
+# `tlscert` for daemons, as daemon() takes it: c(pem, "") or a file path.
+tlscert_arg <- function(x) {
+  if (is.null(x)) return(NULL)
+  if (!is.character(x) || !length(x) || length(x) > 2L || anyNA(x))
+    stop("`tlscert` must be a PEM file path or c(certificate chain, \"\")", call. = FALSE)
+  x
 }
 
 launch_process <- function(host, url, secret, dots) {
@@ -226,9 +259,11 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   cap <- memory_bytes(memory)
   if (cap > 0 && !dispatcher)
     stop("`memory` needs a dispatcher: use `dispatcher = TRUE`, or leave `memory` NULL", call. = FALSE)
-  for (arg in c("remote", "tls", "pass")) {
-    if (!is.null(get(arg))) stop(sprintf("`%s` is not supported by this version of mirai yet; leave it NULL", arg), call. = FALSE)
-  }
+  if (!is.null(remote))
+    stop("`remote` is not supported by this version of mirai yet; leave it NULL", call. = FALSE)
+  pem <- tls_pem(tls)
+  if ((!is.null(pem) || !is.null(pass)) && !(is.character(url) && startsWith(url[[1L]], "tls+tcp://")))
+    stop("`tls` and `pass` need a tls+tcp:// `url`", call. = FALSE)
   if (n == 0 && is.null(url)) {
     reset_profile(.compute)
     return(invisible(FALSE))
@@ -238,6 +273,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   dots <- list(...)
   auth <- !isFALSE(dots[["auth"]])
   dots[["auth"]] <- NULL
+  tlscert <- tlscert_arg(dots[["tlscert"]])
   dots <- daemon_dots(dots)
   secret <- .Call(C_mirai_random_hex, 16)
   listen <- if (is.null(url)) local_url() else url[[1L]]
@@ -245,9 +281,13 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   serial <- serial %||% session_serial()
   host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE,
                 if (dispatcher && is.null(seed)) stream, if (!is.null(serial)) list(serial = serial), cap,
-                max_message())
+                max_message(), pem, tls_pass(pass))
   prof <- new_profile(.compute, url = .Call(C_mirai_host_url, host), dispatcher = dispatcher, seed = seed,
                       stream = stream, host = host, serial = serial, secret = secret, dots = dots, n = n)
+  # What launched daemons verify the host with: the `tlscert` given, else
+  # the host's own certificate chain (generated or from `tls`).
+  cert <- .Call(C_mirai_host_tlscert, host)
+  if (!is.null(cert)) prof$tls <- tlscert %||% c(cert, "")
   if (is.null(url) && n > 0) {
     ok <- FALSE
     on.exit(if (!ok) reset_profile(.compute))

@@ -19,7 +19,7 @@ use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER};
 use crate::proto::{self, Msg, PROTOCOL_VERSION};
 use crate::threads::{self, lock};
-use crate::transport::{dial, wait_readable, BlockingStream};
+use crate::transport::{dial_with, wait_readable, BlockingStream};
 use crate::url::Address;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -188,26 +188,43 @@ impl ClientConn {
         retry_until: Option<Instant>,
         keep_going: impl FnMut() -> bool,
     ) -> Result<ClientConn, String> {
+        Self::connect_with(addr, None, secret, max_message, retry_until, keep_going)
+    }
+
+    /// `connect`, verifying a `tls+tcp://` host with `tls`.
+    pub fn connect_with(
+        addr: &Address,
+        tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+        secret: &str,
+        max_message: u64,
+        retry_until: Option<Instant>,
+        keep_going: impl FnMut() -> bool,
+    ) -> Result<ClientConn, String> {
         let (mut stream, framing) =
-            dial(addr, retry_until, keep_going).map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
+            dial_with(addr, tls, retry_until, keep_going).map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
         let hello = Msg::Hello { version: PROTOCOL_VERSION, secret, pid: std::process::id() };
         write_frame(&mut stream, framing, &hello, &SP_HEADER).map_err(|e| format!("cannot greet host: {e}"))?;
         let read_half = stream.try_clone().map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
         let mut dec = Decoder::with_limit(framing, max_message);
-        let rd = read_half;
+        let mut rd = read_half;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if Instant::now() > deadline {
                 return Err(format!("no reply from host at '{addr}' within 30 s; is it a mirai host?"));
             }
-            if !dec.has_buffered() && !wait_readable(rd.as_raw_fd(), Duration::from_millis(200)) {
+            if !buffered(&dec, &rd) && !wait_readable(rd.as_raw_fd(), Duration::from_millis(200)) {
                 continue;
             }
-            let body = match dec.next_fd(rd.as_raw_fd(), libc::MSG_DONTWAIT) {
+            let body = match next_msg(&mut dec, &mut rd) {
                 Ok(b) => b,
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     return Err(format!("host at '{addr}' closed the connection during the handshake"))
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData && !rd.is_tls() => {
+                    return Err(format!(
+                        "handshake with '{addr}' failed: {e} (if the host listens with TLS, use its tls+tcp:// URL)"
+                    ))
                 }
                 Err(e) => return Err(format!("handshake with '{addr}' failed: {e}")),
             };
@@ -245,11 +262,11 @@ impl ClientConn {
                 Some(m) => m,
                 None if r.eof => Incoming::Closed,
                 None => {
-                    if !r.dec.has_buffered() && !wait_readable(r.stream.as_raw_fd(), slice) {
+                    if !buffered(&r.dec, &r.stream) && !wait_readable(r.stream.as_raw_fd(), slice) {
                         return Ok(Incoming::Nothing);
                     }
                     let Reader { stream, dec, .. } = &mut *r;
-                    match dec.next_fd(stream.as_raw_fd(), libc::MSG_DONTWAIT) {
+                    match next_msg(dec, stream) {
                         Ok(body) => match classify(body)? {
                             Some(m) => m,
                             // A cancel for a task that already finished.
@@ -354,6 +371,21 @@ impl ClientConn {
     }
 }
 
+/// The next message, never blocking: received straight from the
+/// descriptor, or decrypted (TLS).
+fn next_msg(dec: &mut Decoder, stream: &mut BlockingStream) -> io::Result<Vec<u8>> {
+    if stream.is_tls() {
+        dec.next(stream)
+    } else {
+        dec.next_fd(stream.as_raw_fd(), libc::MSG_DONTWAIT)
+    }
+}
+
+/// Bytes are at hand that polling the descriptor would not report.
+fn buffered(dec: &Decoder, stream: &BlockingStream) -> bool {
+    dec.has_buffered() || stream.has_buffered()
+}
+
 /// Decodes a message from the host; None for one to ignore.
 fn classify(body: Vec<u8>) -> Result<Option<Incoming>, String> {
     let hop = strip_hop(&body)?;
@@ -374,11 +406,11 @@ fn watch_read(sh: &Shared) {
         if task == 0 || r.eof {
             return;
         }
-        if !r.dec.has_buffered() && !wait_readable(r.stream.as_raw_fd(), Duration::ZERO) {
+        if !buffered(&r.dec, &r.stream) && !wait_readable(r.stream.as_raw_fd(), Duration::ZERO) {
             return;
         }
         let Reader { stream, dec, .. } = &mut *r;
-        let body = match dec.next_fd(stream.as_raw_fd(), libc::MSG_DONTWAIT) {
+        let body = match next_msg(dec, stream) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

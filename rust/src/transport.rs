@@ -3,23 +3,63 @@
 //! carries TCP framing, as NNG does.
 
 use crate::frame::Framing;
+use crate::tls::{self, Tls};
 use crate::url::Address;
+use rustls::{ClientConfig, ServerConfig};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 #[cfg(target_os = "linux")]
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net as unet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub enum Listener {
     Unix(mio::net::UnixListener, Option<String>),
-    Tcp(mio::net::TcpListener),
+    /// With a TLS configuration for `tls+tcp://`.
+    Tcp(mio::net::TcpListener, Option<Arc<ServerConfig>>),
 }
 
 pub enum Stream {
     Unix(mio::net::UnixStream),
     Tcp(mio::net::TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+/// A host's TLS connection: the socket and its record layer, always used
+/// together under the host core's lock.
+pub struct TlsStream {
+    sock: mio::net::TcpStream,
+    tls: Tls,
+}
+
+impl mio::event::Source for TlsStream {
+    fn register(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        self.sock.register(r, t, i)
+    }
+    fn reregister(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        self.sock.reregister(r, t, i)
+    }
+    fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
+        self.sock.deregister(r)
+    }
+}
+
+impl Stream {
+    /// Bytes must be read through the stream's `Read` (decrypted), not from
+    /// its descriptor.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// Encrypted records wait for the socket to drain.
+    pub fn wants_write(&self) -> bool {
+        match self {
+            Stream::Tls(t) => t.tls.wants_write(),
+            _ => false,
+        }
+    }
 }
 
 fn unix_addr(addr: &Address) -> io::Result<unet::SocketAddr> {
@@ -32,7 +72,7 @@ fn unix_addr(addr: &Address) -> io::Result<unet::SocketAddr> {
             "abstract:// sockets exist only on Linux; use ipc:// (a socket file) instead",
         )),
         Address::Ipc(path) => unet::SocketAddr::from_pathname(path),
-        Address::Tcp { .. } => unreachable!(),
+        Address::Tcp { .. } => Err(io::Error::new(io::ErrorKind::InvalidInput, "not a Unix socket address")),
     }
 }
 
@@ -48,14 +88,25 @@ impl Listener {
     /// Binds; returns the listener and the URL daemons should dial (with the
     /// real port when port 0 was asked for).
     pub fn bind(addr: &Address) -> io::Result<(Listener, Address)> {
+        Self::bind_with(addr, None)
+    }
+
+    /// `bind`, with the TLS configuration a `tls+tcp://` address needs.
+    pub fn bind_with(addr: &Address, tls: Option<Arc<ServerConfig>>) -> io::Result<(Listener, Address)> {
+        if let Address::Tcp { tls: want, .. } = addr {
+            if *want != tls.is_some() {
+                let why = if *want { "a tls+tcp:// URL needs TLS credentials" } else { "TLS credentials need a tls+tcp:// URL" };
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+            }
+        }
         match addr {
-            Address::Tcp { host, port, tls } => {
+            Address::Tcp { host, port, .. } => {
                 let sa = resolve(host, *port)?;
                 let std_l = std::net::TcpListener::bind(sa)?;
                 std_l.set_nonblocking(true)?;
                 let real = std_l.local_addr()?.port();
                 let l = mio::net::TcpListener::from_std(std_l);
-                Ok((Listener::Tcp(l), Address::Tcp { host: host.clone(), port: real, tls: *tls }))
+                Ok((Listener::Tcp(l, tls), Address::Tcp { host: host.clone(), port: real, tls: want_tls(addr) }))
             }
             _ => {
                 let path = match addr {
@@ -72,11 +123,14 @@ impl Listener {
     pub fn accept(&self) -> io::Result<(Stream, Framing)> {
         match self {
             Listener::Unix(l, _) => Ok((Stream::Unix(l.accept()?.0), Framing::Ipc)),
-            Listener::Tcp(l) => {
+            Listener::Tcp(l, tls) => {
                 let (s, _) = l.accept()?;
                 let _ = s.set_nodelay(true);
                 set_keepalive(s.as_raw_fd());
-                Ok((Stream::Tcp(s), Framing::Tcp))
+                match tls {
+                    None => Ok((Stream::Tcp(s), Framing::Tcp)),
+                    Some(cfg) => Ok((Stream::Tls(Box::new(TlsStream { sock: s, tls: Tls::server(cfg)? })), Framing::Tcp)),
+                }
             }
         }
     }
@@ -95,8 +149,13 @@ impl AsRawFd for Stream {
         match self {
             Stream::Unix(s) => s.as_raw_fd(),
             Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Tls(t) => t.sock.as_raw_fd(),
         }
     }
+}
+
+fn want_tls(addr: &Address) -> bool {
+    matches!(addr, Address::Tcp { tls: true, .. })
 }
 
 macro_rules! delegate_source {
@@ -115,13 +174,14 @@ macro_rules! delegate_source {
     };
 }
 delegate_source!(Listener, Unix, Tcp);
-delegate_source!(Stream, Unix, Tcp);
+delegate_source!(Stream, Unix, Tcp, Tls);
 
 impl Read for Stream {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(s) => s.read(b),
             Stream::Tcp(s) => s.read(b),
+            Stream::Tls(t) => t.tls.read(&mut t.sock, b),
         }
     }
 }
@@ -150,10 +210,16 @@ impl Write for Stream {
         match self {
             Stream::Unix(s) => send_nosignal(s.as_raw_fd(), b),
             Stream::Tcp(s) => s.write(b),
+            Stream::Tls(t) => t.tls.write(&mut t.sock, b),
         }
     }
+    /// Sends encrypted records still buffered (TLS); `WouldBlock` if the
+    /// socket would not take them all.
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Stream::Tls(t) => t.tls.flush(&mut t.sock),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -161,6 +227,43 @@ impl Write for Stream {
 pub enum BlockingStream {
     Unix(unet::UnixStream),
     Tcp(std::net::TcpStream),
+    /// Shared by the reading and the writing handle (`try_clone`): one
+    /// record layer, taken under its lock by either.
+    Tls(Arc<TlsClient>),
+}
+
+pub struct TlsClient {
+    sock: std::net::TcpStream,
+    tls: Mutex<Tls>,
+}
+
+/// The daemon's view of its socket for TLS: reads never block (the caller
+/// polls first, and must not sleep holding the record layer's lock, which
+/// the writer needs); writes block as plain ones do.
+struct DontWait<'a>(&'a std::net::TcpStream);
+
+impl Read for DontWait<'_> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        recv_dontwait(self.0.as_raw_fd(), b)
+    }
+}
+
+impl Write for DontWait<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        (&mut &*self.0).write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn recv_dontwait(fd: RawFd, b: &mut [u8]) -> io::Result<usize> {
+    let n = unsafe { libc::recv(fd, b.as_mut_ptr() as *mut libc::c_void, b.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 impl BlockingStream {
@@ -168,13 +271,29 @@ impl BlockingStream {
         Ok(match self {
             BlockingStream::Unix(s) => BlockingStream::Unix(s.try_clone()?),
             BlockingStream::Tcp(s) => BlockingStream::Tcp(s.try_clone()?),
+            BlockingStream::Tls(t) => BlockingStream::Tls(t.clone()),
         })
     }
     pub fn shutdown(&self) {
         let _ = match self {
             BlockingStream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
             BlockingStream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            BlockingStream::Tls(t) => t.sock.shutdown(std::net::Shutdown::Both),
         };
+    }
+
+    /// Bytes must be read through `Read` (decrypted, never blocking), not
+    /// from the descriptor.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, BlockingStream::Tls(_))
+    }
+
+    /// Decrypted bytes wait in the record layer: poll would not report them.
+    pub fn has_buffered(&self) -> bool {
+        match self {
+            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).has_plaintext(),
+            _ => false,
+        }
     }
 }
 
@@ -183,6 +302,7 @@ impl AsRawFd for BlockingStream {
         match self {
             BlockingStream::Unix(s) => s.as_raw_fd(),
             BlockingStream::Tcp(s) => s.as_raw_fd(),
+            BlockingStream::Tls(t) => t.sock.as_raw_fd(),
         }
     }
 }
@@ -192,6 +312,7 @@ impl Read for BlockingStream {
         match self {
             BlockingStream::Unix(s) => s.read(b),
             BlockingStream::Tcp(s) => s.read(b),
+            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).read(&mut DontWait(&t.sock), b),
         }
     }
 }
@@ -201,10 +322,14 @@ impl Write for BlockingStream {
         match self {
             BlockingStream::Unix(s) => send_nosignal(s.as_raw_fd(), b),
             BlockingStream::Tcp(s) => s.write(b),
+            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).write(&mut DontWait(&t.sock), b),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).flush(&mut DontWait(&t.sock)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -246,14 +371,56 @@ fn set_keepalive(fd: RawFd) {
 
 /// Dials once.
 pub fn dial_once(addr: &Address) -> io::Result<(BlockingStream, Framing)> {
+    dial_once_with(addr, None)
+}
+
+/// Dials once; a `tls+tcp://` address needs `tls` (the CA to verify the
+/// host against) and completes the TLS handshake here, within
+/// `tls::CLIENT_HANDSHAKE_TIMEOUT`.
+pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Result<(BlockingStream, Framing)> {
     match addr {
-        Address::Tcp { port, .. } => {
-            let host = addr.dial_host().unwrap();
+        Address::Tcp { port, tls: want, .. } => {
+            let host = addr.dial_host().unwrap_or_default();
+            let cfg = match (want, tls) {
+                (true, None) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a tls+tcp:// URL needs the host's certificate (`tlscert`)",
+                    ))
+                }
+                (true, Some(c)) => Some(c),
+                (false, _) => None,
+            };
+            let name = match cfg {
+                Some(_) => Some(tls::server_name(&host).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?),
+                None => None,
+            };
             let sa = resolve(&host, *port)?;
             let s = std::net::TcpStream::connect(sa)?;
             let _ = s.set_nodelay(true);
             set_keepalive(s.as_raw_fd());
-            Ok((BlockingStream::Tcp(s), Framing::Tcp))
+            let (Some(cfg), Some(name)) = (cfg, name) else {
+                return Ok((BlockingStream::Tcp(s), Framing::Tcp));
+            };
+            let mut t = Tls::client(cfg, name)?;
+            s.set_read_timeout(Some(tls::CLIENT_HANDSHAKE_TIMEOUT))?;
+            s.set_write_timeout(Some(tls::CLIENT_HANDSHAKE_TIMEOUT))?;
+            t.handshake_blocking(&mut &s).map_err(|e| {
+                let why = match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "no TLS handshake from the host within 10 s".into(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+                        "the host closed the connection during the TLS handshake".into()
+                    }
+                    _ => e.to_string(),
+                };
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("TLS handshake failed: {why} (is the host listening at a tls+tcp:// URL, with the certificate given as `tlscert`?)"),
+                )
+            })?;
+            s.set_read_timeout(None)?;
+            s.set_write_timeout(None)?;
+            Ok((BlockingStream::Tls(Arc::new(TlsClient { sock: s, tls: Mutex::new(t) })), Framing::Tcp))
         }
         _ => Ok((BlockingStream::Unix(unet::UnixStream::connect_addr(&unix_addr(addr)?)?), Framing::Ipc)),
     }
@@ -264,11 +431,21 @@ pub fn dial_once(addr: &Address) -> io::Result<(BlockingStream, Framing)> {
 pub fn dial(
     addr: &Address,
     deadline: Option<Instant>,
+    keep_going: impl FnMut() -> bool,
+) -> io::Result<(BlockingStream, Framing)> {
+    dial_with(addr, None, deadline, keep_going)
+}
+
+/// `dial`, with the client TLS configuration for a `tls+tcp://` address.
+pub fn dial_with(
+    addr: &Address,
+    tls: Option<&Arc<ClientConfig>>,
+    deadline: Option<Instant>,
     mut keep_going: impl FnMut() -> bool,
 ) -> io::Result<(BlockingStream, Framing)> {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match dial_once(addr) {
+        match dial_once_with(addr, tls) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 let retry = matches!(
