@@ -83,6 +83,11 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   Sys.unsetenv("MIRAI_SECRET")
 
   if (!is.null(rs)) set_stream(rs)
+  start <- proc.time()[["elapsed"]] * 1000
+  ae <- if (is.na(autoexit)) 2L else as.integer(autoexit)
+  # The first dial comes before output is discarded, so that why a daemon
+  # cannot connect (a TLS handshake that fails, say) is seen.
+  conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf else 3000, ae, max_message(), tlscert)
   if (!output) {
     out <- file(nullfile(), open = "w")
     sink(out)
@@ -92,17 +97,13 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   .$daemon <- TRUE
   on.exit(.$daemon <- FALSE, add = TRUE)
 
-  start <- proc.time()[["elapsed"]] * 1000
   count <- 0
   # Exit codes are defined natively (ExitCode in rust/src/client.rs).
   codes <- .$codes
   code <- codes[["closed"]]
-  ae <- if (is.na(autoexit)) 2L else as.integer(autoexit)
   first <- TRUE
   repeat {
-    if (first) {
-      conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf else 3000, ae, max_message(), tlscert)
-    } else {
+    if (!first) {
       # Reconnecting (autoexit = FALSE): retry for as long as the idle and
       # wall time limits allow, so that a daemon whose host is gone for good
       # still ends by its limits.

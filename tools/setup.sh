@@ -28,11 +28,14 @@ done
 # which --as-cran gives a WARNING on configure/cleanup); xz-utils (packs and
 # unpacks rust/vendor.tar.xz); util-linux (unshare, for the offline install).
 # r-cran-pkgdown builds the documentation site.
+# openssl (the CLI): test-tls.R makes user certificates with it and checks our
+# TLS host with its s_client.
 PKGS=(
   r-base-dev r-cran-testthat r-cran-later r-cran-promises r-cran-cli
   r-cran-rlang r-cran-foreach r-cran-doparallel r-cran-knitr r-cran-rmarkdown
   r-cran-roxygen2 r-cran-callr r-cran-processx r-cran-pkgdown pandoc
   libnng-dev qpdf tidy devscripts xz-utils util-linux iproute2 procps
+  openssl
 )
 
 missing=()

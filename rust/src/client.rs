@@ -219,7 +219,9 @@ impl ClientConn {
                 Ok(b) => b,
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(format!("host at '{addr}' closed the connection during the handshake"))
+                    // A TLS host drops a plain peer once its bytes fail to parse as TLS.
+                    let hint = if rd.is_tls() { "" } else { " (if the host listens with TLS, use its tls+tcp:// URL)" };
+                    return Err(format!("host at '{addr}' closed the connection during the handshake{hint}"));
                 }
                 Err(e) if e.kind() == io::ErrorKind::InvalidData && !rd.is_tls() => {
                     return Err(format!(
