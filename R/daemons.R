@@ -174,8 +174,10 @@ max_message <- function() {
 #'   idle daemon (TRUE), or send them round-robin (FALSE). Default TRUE.
 #' @param ... (named arguments) [daemon()] arguments for launched daemons
 #'   (`autoexit`, `cleanup`, `output`, `maxtasks`, `idletime`, `walltime`,
-#'   `asyncdial`): logical or numeric values only. `auth = FALSE` turns off
-#'   the check that daemons were launched by this host. Default: none.
+#'   `asyncdial`): logical or numeric values only; and `tlscert`, the
+#'   certificate daemons verify a `tls+tcp://` host with (see `tls`).
+#'   `auth = FALSE` turns off the check that daemons were launched by this
+#'   host. Default: none.
 #' @param sync (logical) evaluate each mirai in this process when it is
 #'   created, for debugging. Of the other arguments only `seed` and
 #'   `.compute` apply. Default FALSE.
@@ -196,10 +198,22 @@ max_message <- function() {
 #'   on this host and on every daemon of the profile, in both directions.
 #'   NULL uses the configurations registered with [register_serial()], if
 #'   any. Works with or without dispatcher. Default NULL.
-#' @param tls (character) TLS certificate and key for `tls+tcp://` URLs; not
-#'   supported by this version, so it must be NULL. Default NULL.
-#' @param pass (function) returning the password of an encrypted `tls` key;
-#'   not supported by this version, so it must be NULL. Default NULL.
+#' @param tls (character) the host's TLS certificate and key, for a
+#'   `tls+tcp://` `url`: a PEM file path (the certificate, any chain after
+#'   it, then the private key) or `c(cert, key)` PEM strings (`cert` may hold
+#'   the chain too). Daemons launched by this host verify it against
+#'   `tlscert` if given in `...` (a CA certificate: a file path or
+#'   `c(pem, "")`), else against the certificates given here. Default NULL:
+#'   with a `tls+tcp://` `url`, a fresh self-signed certificate (ECDSA
+#'   P-256) is made for the URL's host name or IP address (for a wildcard
+#'   host: this machine's loopback and interface addresses and its name),
+#'   and its public part goes to launched daemons as `tlscert` (see
+#'   [nextget()] `("tls")`). A peer must complete its TLS handshake, too,
+#'   within the 5 second handshake limit.
+#' @param pass (function) returning the password (a character string) of an
+#'   encrypted `tls` key, which must be PKCS#8 ('ENCRYPTED PRIVATE KEY', as
+#'   `openssl pkcs8 -topk8` writes). Default NULL (the key is not
+#'   encrypted).
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile (`"default"` unless changed with [with_daemons()]
 #'   or [local_daemons()]).
@@ -440,8 +454,9 @@ status <- function(.compute = NULL) {
 #'   Default FALSE.
 #' @param port (integer) port number, from 0 to 65535; 0 picks a free port
 #'   when listening. Default 0.
-#' @param tls (logical) a `tls+tcp://` URL instead of `tcp://`. Default
-#'   FALSE.
+#' @param tls (logical) a `tls+tcp://` URL instead of `tcp://`: [daemons()]
+#'   then secures the connections with TLS (a certificate is made for the
+#'   URL's address unless one is given). Default FALSE.
 #' @return Character URL(s); `host_url()` names them after the network
 #'   interfaces.
 #' @seealso [daemons()], whose `url` argument takes these.
@@ -472,8 +487,10 @@ host_url <- function(tls = FALSE, port = 0) {
 #'
 #' `nextget()` reads a field of a compute profile, for developers: `"url"`,
 #' `"dispatcher"`, `"n"`, `"dots"`, `"sync"`, `"compute"`, `"seed"` (the
-#' `seed` given to [daemons()]) or `"stream"` (the profile's current
-#' L'Ecuyer-CMRG stream, see [nextstream()]).
+#' `seed` given to [daemons()]), `"stream"` (the profile's current
+#' L'Ecuyer-CMRG stream, see [nextstream()]) or `"tls"` (for a `tls+tcp://`
+#' host, the certificate launched daemons verify it with, as [daemon()]'s
+#' `tlscert` takes it).
 #'
 #' @param x (character) the field name. No default: required.
 #' @param .compute (character) name of the compute profile. Default
