@@ -276,8 +276,8 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   if (!is.null(remote))
     stop("`remote` is not supported by this version of mirai yet; leave it NULL", call. = FALSE)
   pem <- tls_pem(tls)
-  if ((!is.null(pem) || !is.null(pass)) && !(is.character(url) && startsWith(url[[1L]], "tls+tcp://")))
-    stop("`tls` and `pass` need a tls+tcp:// `url`", call. = FALSE)
+  if ((!is.null(pem) || !is.null(pass)) && !(is.character(url) && grepl("^(tls\\+tcp|wss)://", url[[1L]])))
+    stop("`tls` and `pass` need a tls+tcp:// or wss:// `url`", call. = FALSE)
   if (n == 0 && is.null(url)) {
     reset_profile(.compute)
     return(invisible(FALSE))

@@ -220,10 +220,10 @@ impl ClientConn {
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     // A TLS host drops a plain peer once its bytes fail to parse as TLS.
-                    let hint = if rd.is_tls() { "" } else { " (if the host listens with TLS, use its tls+tcp:// URL)" };
+                    let hint = if rd.is_layered() { "" } else { " (if the host listens with TLS, use its tls+tcp:// URL)" };
                     return Err(format!("host at '{addr}' closed the connection during the handshake{hint}"));
                 }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData && !rd.is_tls() => {
+                Err(e) if e.kind() == io::ErrorKind::InvalidData && !rd.is_layered() => {
                     return Err(format!(
                         "handshake with '{addr}' failed: {e} (if the host listens with TLS, use its tls+tcp:// URL)"
                     ))
@@ -376,7 +376,7 @@ impl ClientConn {
 /// The next message, never blocking: received straight from the
 /// descriptor, or decrypted (TLS).
 fn next_msg(dec: &mut Decoder, stream: &mut BlockingStream) -> io::Result<Vec<u8>> {
-    if stream.is_tls() {
+    if stream.is_layered() {
         dec.next(stream)
     } else {
         dec.next_fd(stream.as_raw_fd(), libc::MSG_DONTWAIT)

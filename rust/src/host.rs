@@ -399,7 +399,7 @@ impl Conn {
 
     /// The next message: straight from the descriptor, or through TLS.
     fn next_msg(&mut self) -> io::Result<Vec<u8>> {
-        if self.stream.is_tls() {
+        if self.stream.is_layered() {
             self.dec.next(&mut self.stream)
         } else {
             self.dec.next_fd(self.stream.as_raw_fd(), 0)
@@ -699,9 +699,9 @@ impl Core {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // TLS: a completed handshake lets out what was queued
-                    // before it (rustls holds at most 64 KiB of it).
-                    if c.stream.is_tls() && !c.wq.is_empty() {
+                    // TLS, WebSocket: a completed handshake lets out what was
+                    // queued before it.
+                    if c.stream.is_layered() && !c.wq.is_empty() {
                         self.flush_conn(t);
                     }
                     return;

@@ -26,6 +26,7 @@ pub mod threads;
 pub mod tls;
 pub mod transport;
 pub mod url;
+pub mod ws;
 
 use r::ffi::{DllInfo, R_CallMethodDef, R_forceSymbols, R_registerRoutines, R_useDynamicSymbols, Rboolean};
 use std::ffi::{c_char, c_void};

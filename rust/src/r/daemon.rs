@@ -34,7 +34,7 @@ pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, retry_ms: SEXP, autoexit: 
         let addr = Address::parse(&url)?;
         let tls = match &addr {
             Address::Tcp { tls: true, .. } if is_null(tlscert) => {
-                return Err("`tlscert` is required for a tls+tcp:// URL: use the launch command the host prints, which carries the host's certificate".into())
+                return Err("`tlscert` is required for a tls+tcp:// or wss:// URL: use the launch command the host prints, which carries the host's certificate".into())
             }
             Address::Tcp { tls: true, .. } => Some(crate::tls::client_config(&str_arg(tlscert, "tlscert")?)?),
             _ => None,

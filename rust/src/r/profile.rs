@@ -113,7 +113,7 @@ pub extern "C" fn mirai_host_start(
                 let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
                 Some(crate::tls::server_creds(&pem, pass.as_deref()).map_err(|e| format!("`tls`: {e}"))?)
             }
-            _ if !is_null(tls) => return Err("`tls` needs a tls+tcp:// URL".into()),
+            _ if !is_null(tls) => return Err("`tls` needs a tls+tcp:// or wss:// URL".into()),
             _ => None,
         };
         let rng_stream = if is_null(stream) { None } else { Some(ints_arg::<7>(stream, "stream")?) };
