@@ -29,13 +29,14 @@ done
 # unpacks rust/vendor.tar.xz); util-linux (unshare, for the offline install).
 # r-cran-pkgdown builds the documentation site.
 # openssl (the CLI): test-tls.R makes user certificates with it and checks our
-# TLS host with its s_client.
+# TLS host with its s_client. python3-websockets: test-ws.R's WebSocket peers
+# (a relay and an echo server we did not write).
 PKGS=(
   r-base-dev r-cran-testthat r-cran-later r-cran-promises r-cran-cli
   r-cran-rlang r-cran-foreach r-cran-doparallel r-cran-knitr r-cran-rmarkdown
   r-cran-roxygen2 r-cran-callr r-cran-processx r-cran-pkgdown pandoc
   libnng-dev qpdf tidy devscripts xz-utils util-linux iproute2 procps
-  openssl
+  openssl python3-websockets
 )
 
 missing=()

@@ -59,12 +59,13 @@ impl WsStream {
             }
             self.flush_quietly()?;
         }
-        let n = self.rd.read(&mut self.inner, b)?;
+        let res = self.rd.read(&mut self.inner, b);
+        // A ping is answered even when the read then found nothing more.
         if let Some(p) = self.rd.pong.take() {
             self.wr.queue_control(0xa, &p);
             self.flush_quietly()?;
         }
-        Ok(n)
+        res
     }
 
     fn flush_quietly(&mut self) -> io::Result<()> {
@@ -355,14 +356,18 @@ impl Write for Nb<'_> {
 
 impl WsClient {
     fn read(&self, b: &mut [u8]) -> io::Result<usize> {
-        let n = crate::threads::lock(&self.rd).read(&mut Nb(&self.inner), b)?;
-        let pong = crate::threads::lock(&self.rd).pong.take();
+        let (res, pong) = {
+            let mut rd = crate::threads::lock(&self.rd);
+            let res = rd.read(&mut Nb(&self.inner), b);
+            (res, rd.pong.take())
+        };
+        // A ping is answered even when the read then found nothing more.
         if let Some(p) = pong {
             let mut wr = crate::threads::lock(&self.wr);
             wr.queue_control(0xa, &p);
             let _ = wr.flush(&mut Nb(&self.inner));
         }
-        Ok(n)
+        res
     }
 }
 
