@@ -14,7 +14,8 @@ check_limit <- function(x, what) {
 #' carries the host's credentials.
 #'
 #' @param url (character) the host's URL to dial, e.g.
-#'   `"tcp://10.75.32.70:5555"`. No default: required.
+#'   `"tcp://10.75.32.70:5555"`, `"tls+tcp://..."`, `"ws://..."` or
+#'   `"wss://..."`. No default: required.
 #' @param dispatcher (logical) whether the host runs a dispatcher; either
 #'   value works, the argument is kept for compatibility. Default TRUE.
 #' @param ... (named arguments) reserved for the launch command the host
@@ -42,10 +43,10 @@ check_limit <- function(x, what) {
 #'   current task is done. Default Inf (never).
 #' @param maxtasks (numeric) number of tasks after which to exit. Default Inf
 #'   (no limit).
-#' @param tlscert (character) for a `tls+tcp://` `url`, the certificate(s)
+#' @param tlscert (character) for a `tls+tcp://` or `wss://` `url`, the certificate(s)
 #'   to verify the host with (its CA, or its own self-signed certificate): a
 #'   PEM file path, or `c(pem, "")` with the PEM text (a chain) first, as
-#'   launch commands give it. Required for `tls+tcp://`: a host that does
+#'   launch commands give it. Required for `tls+tcp://` and `wss://`: a host that does
 #'   not present a certificate signed by one of these (or for another name
 #'   or address than the URL's) is not connected to, and the error says
 #'   why. Default NULL.

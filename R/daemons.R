@@ -166,6 +166,9 @@ max_message <- function() {
 #'   `url` is given (then 0 launches none).
 #' @param url (character) a URL to listen at for remote daemons, e.g.
 #'   `"tcp://10.75.32.70:5555"`, or one from [host_url()] / [local_url()].
+#'   Schemes: `tcp://`, `tls+tcp://` (TLS, see `tls`), `ws://` and `wss://`
+#'   (WebSocket, and WebSocket over TLS; an optional path follows the port,
+#'   as in `"ws://10.75.32.70:5555/mirai"`), `abstract://` and `ipc://`.
 #'   Port 0 picks a free port; [status()] shows the real one. Default NULL:
 #'   a local URL, for local daemons only.
 #' @param remote (list) a launch configuration for remote daemons; not
@@ -199,12 +202,12 @@ max_message <- function() {
 #'   NULL uses the configurations registered with [register_serial()], if
 #'   any. Works with or without dispatcher. Default NULL.
 #' @param tls (character) the host's TLS certificate and key, for a
-#'   `tls+tcp://` `url`: a PEM file path (the certificate, any chain after
+#'   `tls+tcp://` or `wss://` `url`: a PEM file path (the certificate, any chain after
 #'   it, then the private key) or `c(cert, key)` PEM strings (`cert` may hold
 #'   the chain too). Daemons launched by this host verify it against
 #'   `tlscert` if given in `...` (a CA certificate: a file path or
 #'   `c(pem, "")`), else against the certificates given here. Default NULL:
-#'   with a `tls+tcp://` `url`, a fresh self-signed certificate (ECDSA
+#'   with a `tls+tcp://` or `wss://` `url`, a fresh self-signed certificate (ECDSA
 #'   P-256) is made for the URL's host name or IP address (for a wildcard
 #'   host: this machine's loopback and interface addresses and its name),
 #'   and its public part goes to launched daemons as `tlscert` (see
