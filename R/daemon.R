@@ -14,7 +14,8 @@ check_limit <- function(x, what) {
 #' carries the host's credentials.
 #'
 #' @param url (character) the host's URL to dial, e.g.
-#'   `"tcp://10.75.32.70:5555"`. No default: required.
+#'   `"tcp://10.75.32.70:5555"`, `"tls+tcp://..."`, `"ws://..."` or
+#'   `"wss://..."`. No default: required.
 #' @param dispatcher (logical) whether the host runs a dispatcher; either
 #'   value works, the argument is kept for compatibility. Default TRUE.
 #' @param ... (named arguments) reserved for the launch command the host
@@ -42,8 +43,13 @@ check_limit <- function(x, what) {
 #'   current task is done. Default Inf (never).
 #' @param maxtasks (numeric) number of tasks after which to exit. Default Inf
 #'   (no limit).
-#' @param tlscert (character) a TLS certificate chain for `tls+tcp://` URLs;
-#'   not supported by this version, so it must be NULL. Default NULL.
+#' @param tlscert (character) for a `tls+tcp://` or `wss://` `url`, the certificate(s)
+#'   to verify the host with (its CA, or its own self-signed certificate): a
+#'   PEM file path, or `c(pem, "")` with the PEM text (a chain) first, as
+#'   launch commands give it. Required for `tls+tcp://` and `wss://`: a host that does
+#'   not present a certificate signed by one of these (or for another name
+#'   or address than the URL's) is not connected to, and the error says
+#'   why. Default NULL.
 #' @param rs (integer) a vector of length 7: an initial `.Random.seed`
 #'   (L'Ecuyer-CMRG), as put in launch commands by the host (see
 #'   [nextstream()]). A stream sent by the host when the daemon connects
@@ -77,12 +83,17 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   idletime <- check_limit(idletime, "idletime")
   walltime <- check_limit(walltime, "walltime")
   maxtasks <- check_limit(maxtasks, "maxtasks")
-  if (!is.null(tlscert)) stop("`tlscert` is not supported by this version of mirai yet", call. = FALSE)
+  tlscert <- daemon_tlscert(tlscert)
   extra <- list(...)
   secret <- extra[["secret"]] %||% Sys.getenv("MIRAI_SECRET")
   Sys.unsetenv("MIRAI_SECRET")
 
   if (!is.null(rs)) set_stream(rs)
+  start <- proc.time()[["elapsed"]] * 1000
+  ae <- if (is.na(autoexit)) 2L else as.integer(autoexit)
+  # The first dial comes before output is discarded, so that why a daemon
+  # cannot connect (a TLS handshake that fails, say) is seen.
+  conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf else 3000, ae, max_message(), tlscert)
   if (!output) {
     out <- file(nullfile(), open = "w")
     sink(out)
@@ -92,23 +103,19 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   .$daemon <- TRUE
   on.exit(.$daemon <- FALSE, add = TRUE)
 
-  start <- proc.time()[["elapsed"]] * 1000
   count <- 0
   # Exit codes are defined natively (ExitCode in rust/src/client.rs).
   codes <- .$codes
   code <- codes[["closed"]]
-  ae <- if (is.na(autoexit)) 2L else as.integer(autoexit)
   first <- TRUE
   repeat {
-    if (first) {
-      conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf else 3000, ae, max_message())
-    } else {
+    if (!first) {
       # Reconnecting (autoexit = FALSE): retry for as long as the idle and
       # wall time limits allow, so that a daemon whose host is gone for good
       # still ends by its limits.
       left <- walltime - (proc.time()[["elapsed"]] * 1000 - start)
       retry <- min(idletime, left)
-      conn <- if (retry > 0) tryCatch(.Call(C_mirai_dial, url, secret, retry, ae, max_message()),
+      conn <- if (retry > 0) tryCatch(.Call(C_mirai_dial, url, secret, retry, ae, max_message(), tlscert),
                                       error = function(e) NULL)
       if (is.null(conn)) {
         code <- if (idletime <= left) codes[["idle"]] else codes[["wall"]]
@@ -170,6 +177,18 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   }
   # An exit request ends the daemon as a closed connection does.
   invisible(if (code < 0L) codes[["closed"]] else code)
+}
+
+# `tlscert` as PEM text: from a file path, or the chain of c(chain, "").
+daemon_tlscert <- function(tlscert) {
+  if (is.null(tlscert)) return(NULL)
+  if (!is.character(tlscert) || !length(tlscert) || length(tlscert) > 2L || anyNA(tlscert) ||
+      (length(tlscert) == 2L && nzchar(tlscert[[2L]])))
+    stop("`tlscert` must be a PEM file path or c(certificate chain, \"\")", call. = FALSE)
+  x <- tlscert[[1L]]
+  if (grepl("-----BEGIN", x, fixed = TRUE)) return(x)
+  if (!file.exists(x)) stop(sprintf("`tlscert`: no such file '%s'", x), call. = FALSE)
+  paste(readLines(x, warn = FALSE), collapse = "\n")
 }
 
 # Sends a result; for a daemon's last task, waits for the host to take it.

@@ -17,8 +17,41 @@ launch_command <- function(url, dots) {
 # sends it in the daemon's Init instead, seed or no seed).
 launch_args <- function(prof, dots) {
   args <- c(list(dispatcher = prof$dispatcher), dots)
+  if (!is.null(prof$tls)) args$tlscert <- prof$tls
   if (!prof$dispatcher && is.null(prof$seed)) args$rs <- next_stream(prof)
   args
+}
+
+# `tls` as PEM text for the native side: a file's contents, or c(cert, key).
+tls_pem <- function(tls) {
+  if (is.null(tls)) return(NULL)
+  if (!is.character(tls) || !length(tls) || length(tls) > 2L || anyNA(tls))
+    stop("`tls` must be a PEM file path (certificate, optional chain, then key) or c(cert, key), or NULL",
+         call. = FALSE)
+  if (length(tls) == 1L && !grepl("-----BEGIN", tls, fixed = TRUE)) {
+    if (!file.exists(tls)) stop(sprintf("`tls`: no such file '%s'", tls), call. = FALSE)
+    tls <- paste(readLines(tls, warn = FALSE), collapse = "\n")
+  }
+  tls
+}
+
+# The key's password from `pass`, a function returning it.
+tls_pass <- function(pass) {
+  if (is.null(pass)) return(NULL)
+  if (!is.function(pass)) stop("`pass` must be a function returning the password of the `tls` key, or NULL",
+                               call. = FALSE)
+  pw <- pass()
+  if (!is.character(pw) || length(pw) != 1L || is.na(pw))
+    stop("`pass` must return the password as a character string", call. = FALSE)
+  pw
+}
+
+# `tlscert` for daemons, as daemon() takes it: c(pem, "") or a file path.
+tlscert_arg <- function(x) {
+  if (is.null(x)) return(NULL)
+  if (!is.character(x) || !length(x) || length(x) > 2L || anyNA(x))
+    stop("`tlscert` must be a PEM file path or c(certificate chain, \"\")", call. = FALSE)
+  x
 }
 
 launch_process <- function(host, url, secret, dots) {
@@ -144,6 +177,9 @@ max_message <- function() {
 #'   `url` is given (then 0 launches none).
 #' @param url (character) a URL to listen at for remote daemons, e.g.
 #'   `"tcp://10.75.32.70:5555"`, or one from [host_url()] / [local_url()].
+#'   Schemes: `tcp://`, `tls+tcp://` (TLS, see `tls`), `ws://` and `wss://`
+#'   (WebSocket, and WebSocket over TLS; an optional path follows the port,
+#'   as in `"ws://10.75.32.70:5555/mirai"`), `abstract://` and `ipc://`.
 #'   Port 0 picks a free port; [status()] shows the real one. Default NULL:
 #'   a local URL, for local daemons only.
 #' @param remote (list) a launch configuration from [ssh_config()],
@@ -154,8 +190,10 @@ max_message <- function() {
 #'   idle daemon (TRUE), or send them round-robin (FALSE). Default TRUE.
 #' @param ... (named arguments) [daemon()] arguments for launched daemons
 #'   (`autoexit`, `cleanup`, `output`, `maxtasks`, `idletime`, `walltime`,
-#'   `asyncdial`): logical or numeric values only. `auth = FALSE` turns off
-#'   the check that daemons were launched by this host. Default: none.
+#'   `asyncdial`): logical or numeric values only; and `tlscert`, the
+#'   certificate daemons verify a `tls+tcp://` host with (see `tls`).
+#'   `auth = FALSE` turns off the check that daemons were launched by this
+#'   host. Default: none.
 #' @param sync (logical) evaluate each mirai in this process when it is
 #'   created, for debugging. Of the other arguments only `seed` and
 #'   `.compute` apply. Default FALSE.
@@ -177,10 +215,22 @@ max_message <- function() {
 #'   on this host and on every daemon of the profile, in both directions.
 #'   NULL uses the configurations registered with [register_serial()], if
 #'   any. Works with or without dispatcher. Default NULL.
-#' @param tls (character) TLS certificate and key for `tls+tcp://` URLs; not
-#'   supported by this version, so it must be NULL. Default NULL.
-#' @param pass (function) returning the password of an encrypted `tls` key;
-#'   not supported by this version, so it must be NULL. Default NULL.
+#' @param tls (character) the host's TLS certificate and key, for a
+#'   `tls+tcp://` or `wss://` `url`: a PEM file path (the certificate, any chain after
+#'   it, then the private key) or `c(cert, key)` PEM strings (`cert` may hold
+#'   the chain too). Daemons launched by this host verify it against
+#'   `tlscert` if given in `...` (a CA certificate: a file path or
+#'   `c(pem, "")`), else against the certificates given here. Default NULL:
+#'   with a `tls+tcp://` or `wss://` `url`, a fresh self-signed certificate (ECDSA
+#'   P-256) is made for the URL's host name or IP address (for a wildcard
+#'   host: this machine's loopback and interface addresses and its name),
+#'   and its public part goes to launched daemons as `tlscert` (see
+#'   [nextget()] `("tls")`). A peer must complete its TLS handshake, too,
+#'   within the 5 second handshake limit.
+#' @param pass (function) returning the password (a character string) of an
+#'   encrypted `tls` key, which must be PKCS#8 ('ENCRYPTED PRIVATE KEY', as
+#'   `openssl pkcs8 -topk8` writes). Default NULL (the key is not
+#'   encrypted).
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile (`"default"` unless changed with [with_daemons()]
 #'   or [local_daemons()]).
@@ -249,9 +299,9 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     if (isTRUE(remote$tunnel) && !identical(url_host(url[[1L]]), "127.0.0.1"))
       stop("SSH tunnelling requires daemons `url` hostname to be `127.0.0.1`", call. = FALSE)
   }
-  for (arg in c("tls", "pass")) {
-    if (!is.null(get(arg))) stop(sprintf("`%s` is not supported by this version of mirai yet; leave it NULL", arg), call. = FALSE)
-  }
+  pem <- tls_pem(tls)
+  if ((!is.null(pem) || !is.null(pass)) && !(is.character(url) && grepl("^(tls\\+tcp|wss)://", url[[1L]])))
+    stop("`tls` and `pass` need a tls+tcp:// or wss:// `url`", call. = FALSE)
   if (n == 0 && is.null(url)) {
     reset_profile(.compute)
     return(invisible(FALSE))
@@ -261,6 +311,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   dots <- list(...)
   auth <- !isFALSE(dots[["auth"]])
   dots[["auth"]] <- NULL
+  tlscert <- tlscert_arg(dots[["tlscert"]])
   dots <- daemon_dots(dots)
   secret <- .Call(C_mirai_random_hex, 16)
   listen <- if (is.null(url)) local_url() else url[[1L]]
@@ -268,10 +319,14 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   serial <- serial %||% session_serial()
   host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE,
                 if (dispatcher) stream, if (!is.null(serial)) list(serial = serial), cap,
-                max_message())
+                max_message(), pem, tls_pass(pass))
   prof <- new_profile(.compute, url = .Call(C_mirai_host_url, host), dispatcher = dispatcher, seed = seed,
                       stream = stream, host = host, serial = serial, secret = if (auth) secret,
                       dots = dots, n = n)
+  # What launched daemons verify the host with: the `tlscert` given, else
+  # the host's own certificate chain (generated or from `tls`).
+  cert <- .Call(C_mirai_host_tlscert, host)
+  if (!is.null(cert)) prof$tls <- tlscert %||% c(cert, "")
   if (!is.null(remote)) {
     tryCatch(launch_remote(n, remote, .compute = .compute), error = function(e) {
       reset_profile(.compute)
@@ -436,8 +491,9 @@ status <- function(.compute = NULL) {
 #'   Default FALSE.
 #' @param port (integer) port number, from 0 to 65535; 0 picks a free port
 #'   when listening. Default 0.
-#' @param tls (logical) a `tls+tcp://` URL instead of `tcp://`. Default
-#'   FALSE.
+#' @param tls (logical) a `tls+tcp://` URL instead of `tcp://`: [daemons()]
+#'   then secures the connections with TLS (a certificate is made for the
+#'   URL's address unless one is given). Default FALSE.
 #' @return Character URL(s); `host_url()` names them after the network
 #'   interfaces.
 #' @seealso [daemons()], whose `url` argument takes these.
@@ -468,8 +524,10 @@ host_url <- function(tls = FALSE, port = 0) {
 #'
 #' `nextget()` reads a field of a compute profile, for developers: `"url"`,
 #' `"dispatcher"`, `"n"`, `"dots"`, `"sync"`, `"compute"`, `"seed"` (the
-#' `seed` given to [daemons()]) or `"stream"` (the profile's current
-#' L'Ecuyer-CMRG stream, see [nextstream()]).
+#' `seed` given to [daemons()]), `"stream"` (the profile's current
+#' L'Ecuyer-CMRG stream, see [nextstream()]) or `"tls"` (for a `tls+tcp://`
+#' host, the certificate launched daemons verify it with, as [daemon()]'s
+#' `tlscert` takes it).
 #'
 #' @param x (character) the field name. No default: required.
 #' @param .compute (character) name of the compute profile. Default

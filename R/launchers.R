@@ -327,11 +327,11 @@ url_host <- function(url) sub("^[a-z+]+://(\\[[^]]*\\]|[^:/]*).*$", "\\1", url)
 url_port <- function(url) as.integer(sub("^.*:([0-9]+)(/.*)?$", "\\1", url))
 
 # The daemon() call for one more daemon of `prof`: URL, dispatcher, dots,
-# its stream (`rs`) and the TLS certificate. `with_secret` writes the secret
-# as an argument, for launchers that have no environment to put it in.
+# its stream (`rs`) and the TLS certificate (both from launch_args()).
+# `with_secret` writes the secret as an argument, for launchers that have no
+# environment to put it in.
 daemon_call <- function(prof, dots, with_secret = FALSE) {
   args <- launch_args(prof, dots)
-  if (!is.null(prof[["tls"]])) args$tlscert <- prof[["tls"]]
   if (with_secret && !is.null(prof$secret)) args$secret <- prof$secret
   launch_command(prof$url, args)
 }

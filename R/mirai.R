@@ -131,7 +131,7 @@ resolved_mirai <- function(value) .Call(C_mirai_resolved, value)
 
 ephemeral_mirai <- function(data, timeout) {
   secret <- .Call(C_mirai_random_hex, 16)
-  host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE, NULL, NULL, 0, max_message())
+  host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE, NULL, NULL, 0, max_message(), NULL, NULL)
   url <- .Call(C_mirai_host_url, host)
   launch_process(host, url, secret, list(dispatcher = FALSE, maxtasks = 1L, cleanup = FALSE))
   .Call(C_mirai_host_submit, host, data, timeout)

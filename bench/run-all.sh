@@ -13,7 +13,7 @@ echo "R:       $(Rscript -e 'cat(R.version.string)' 2>/dev/null)"
 echo "mirai:   $(Rscript -e 'cat(format(packageVersion("mirai")))' 2>/dev/null)"
 echo "uptime: $(uptime)"
 status=0
-for s in roundtrip throughput large; do
+for s in roundtrip throughput large tls; do
   echo
   echo "---- $s.R ($(date -u '+%H:%M:%S') UTC, load: $(cut -d' ' -f1-3 /proc/loadavg)) ----"
   Rscript "$dir/$s.R" || { echo "$s.R exited with status $?"; status=1; }

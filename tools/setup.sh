@@ -47,6 +47,10 @@ PKGS=(
   python3 openssl
   # http_config() with https:// URLs (Suggests: curl).
   r-cran-curl
+  # openssl (the CLI) also makes test-tls.R's user certificates and checks our
+  # TLS host with its s_client; python3-websockets: test-ws.R's WebSocket
+  # peers (a relay and an echo server we did not write).
+  python3-websockets
 )
 
 missing=()

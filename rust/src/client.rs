@@ -20,7 +20,7 @@ use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER};
 use crate::proto::{self, Msg, PROTOCOL_VERSION};
 use crate::threads::{self, lock};
-use crate::transport::{dial, wait_readable, BlockingStream};
+use crate::transport::{dial_with, wait_readable, BlockingStream};
 use crate::url::Address;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -180,9 +180,8 @@ fn write_frame(stream: &mut BlockingStream, framing: Framing, msg: &Msg, prefix:
 }
 
 impl ClientConn {
-    /// Dials `addr`, answers the host's challenge and waits for its Init.
-    /// `retry_until`: keep retrying a refused dial until then. The secret
-    /// stays here: only an HMAC of the host's nonce keyed by it is sent.
+    /// Dials `addr`, introduces itself and waits for the host's Init.
+    /// `retry_until`: keep retrying a refused dial until then.
     pub fn connect(
         addr: &Address,
         secret: &str,
@@ -190,13 +189,25 @@ impl ClientConn {
         retry_until: Option<Instant>,
         keep_going: impl FnMut() -> bool,
     ) -> Result<ClientConn, String> {
+        Self::connect_with(addr, None, secret, max_message, retry_until, keep_going)
+    }
+
+    /// `connect`, verifying a `tls+tcp://` host with `tls`.
+    pub fn connect_with(
+        addr: &Address,
+        tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+        secret: &str,
+        max_message: u64,
+        retry_until: Option<Instant>,
+        keep_going: impl FnMut() -> bool,
+    ) -> Result<ClientConn, String> {
         let (mut stream, framing) =
-            dial(addr, retry_until, keep_going).map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
+            dial_with(addr, tls, retry_until, keep_going).map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
         stream.write_all(&SP_HEADER).map_err(|e| format!("cannot greet host: {e}"))?;
-        let rd = stream.try_clone().map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
+        let mut rd = stream.try_clone().map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
         let mut dec = Decoder::with_limit(framing, max_message);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let body = handshake_read(&mut dec, &rd, addr, deadline)?;
+        let body = handshake_read(&mut dec, &mut rd, addr, deadline)?;
         let hop = strip_hop(&body)?;
         let nonce = match proto::decode(&body[hop..]) {
             Ok((Msg::Challenge { version, nonce }, _)) if version == PROTOCOL_VERSION => nonce,
@@ -209,7 +220,7 @@ impl ClientConn {
         };
         let hello = Msg::Hello { version: PROTOCOL_VERSION, mac: auth::prove(secret.as_bytes(), &nonce), pid: std::process::id() };
         write_frame(&mut stream, framing, &hello, &[]).map_err(|e| format!("cannot greet host: {e}"))?;
-        let body = handshake_read(&mut dec, &rd, addr, deadline)?;
+        let body = handshake_read(&mut dec, &mut rd, addr, deadline)?;
         let hop = strip_hop(&body)?;
         let (msg, off) = proto::decode(&body[hop..])?;
         match msg {
@@ -241,11 +252,11 @@ impl ClientConn {
                 Some(m) => m,
                 None if r.eof => Incoming::Closed,
                 None => {
-                    if !r.dec.has_buffered() && !wait_readable(r.stream.as_raw_fd(), slice) {
+                    if !buffered(&r.dec, &r.stream) && !wait_readable(r.stream.as_raw_fd(), slice) {
                         return Ok(Incoming::Nothing);
                     }
                     let Reader { stream, dec, .. } = &mut *r;
-                    match dec.next_fd(stream.as_raw_fd(), libc::MSG_DONTWAIT) {
+                    match next_msg(dec, stream) {
                         Ok(body) => match classify(body)? {
                             Some(m) => m,
                             // A cancel for a task that already finished.
@@ -350,25 +361,45 @@ impl ClientConn {
     }
 }
 
+/// The next message, never blocking: received straight from the
+/// descriptor, or decrypted (TLS).
+fn next_msg(dec: &mut Decoder, stream: &mut BlockingStream) -> io::Result<Vec<u8>> {
+    if stream.is_layered() {
+        dec.next(stream)
+    } else {
+        dec.next_fd(stream.as_raw_fd(), libc::MSG_DONTWAIT)
+    }
+}
+
+/// Bytes are at hand that polling the descriptor would not report.
+fn buffered(dec: &Decoder, stream: &BlockingStream) -> bool {
+    dec.has_buffered() || stream.has_buffered()
+}
+
 fn version_mismatch(host: u32) -> String {
     format!("protocol version mismatch: host speaks {host}, daemon speaks {PROTOCOL_VERSION}; install the same mirai version on both")
 }
 
 /// Reads one handshake message, waiting no later than `deadline`.
-fn handshake_read(dec: &mut Decoder, rd: &BlockingStream, addr: &Address, deadline: Instant) -> Result<Vec<u8>, String> {
+fn handshake_read(dec: &mut Decoder, rd: &mut BlockingStream, addr: &Address, deadline: Instant) -> Result<Vec<u8>, String> {
     loop {
         if Instant::now() > deadline {
             return Err(format!("no reply from host at '{addr}' within 30 s; is it a mirai host?"));
         }
-        if !dec.has_buffered() && !wait_readable(rd.as_raw_fd(), Duration::from_millis(200)) {
+        if !buffered(dec, rd) && !wait_readable(rd.as_raw_fd(), Duration::from_millis(200)) {
             continue;
         }
-        return match dec.next_fd(rd.as_raw_fd(), libc::MSG_DONTWAIT) {
+        return match next_msg(dec, rd) {
             Ok(b) => Ok(b),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                Err(format!("host at '{addr}' closed the connection during the handshake"))
+                // A TLS host drops a plain peer once its bytes fail to parse as TLS.
+                let hint = if rd.is_layered() { "" } else { " (if the host listens with TLS, use its tls+tcp:// URL)" };
+                Err(format!("host at '{addr}' closed the connection during the handshake{hint}"))
             }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData && !rd.is_layered() => Err(format!(
+                "handshake with '{addr}' failed: {e} (if the host listens with TLS, use its tls+tcp:// URL)"
+            )),
             Err(e) => Err(format!("handshake with '{addr}' failed: {e}")),
         };
     }
@@ -394,11 +425,11 @@ fn watch_read(sh: &Shared) {
         if task == 0 || r.eof {
             return;
         }
-        if !r.dec.has_buffered() && !wait_readable(r.stream.as_raw_fd(), Duration::ZERO) {
+        if !buffered(&r.dec, &r.stream) && !wait_readable(r.stream.as_raw_fd(), Duration::ZERO) {
             return;
         }
         let Reader { stream, dec, .. } = &mut *r;
-        let body = match dec.next_fd(stream.as_raw_fd(), libc::MSG_DONTWAIT) {
+        let body = match next_msg(dec, stream) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

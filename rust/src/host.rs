@@ -168,8 +168,13 @@ pub struct Host {
 
 impl Host {
     pub fn start(addr: &Address, opts: HostOptions) -> Result<Host, String> {
+        Self::start_with(addr, opts, None)
+    }
+
+    /// `start`, with the TLS configuration a `tls+tcp://` address needs.
+    pub fn start_with(addr: &Address, opts: HostOptions, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Host, String> {
         let (mut listener, real) =
-            Listener::bind(addr).map_err(|e| format!("cannot listen at '{addr}': {e}"))?;
+            Listener::bind_with(addr, tls).map_err(|e| format!("cannot listen at '{addr}': {e}"))?;
         let framing = if real.is_ipc() { Framing::Ipc } else { Framing::Tcp };
         let poll = Poll::new().map_err(|e| e.to_string())?;
         poll.registry()
@@ -429,7 +434,25 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        // TLS: records encrypted above but not yet taken by the socket.
+        match self.stream.flush() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Everything queued has reached the socket.
+    fn drained(&self) -> bool {
+        self.wq.is_empty() && !self.stream.wants_write()
+    }
+
+    /// The next message: straight from the descriptor, or through TLS.
+    fn next_msg(&mut self) -> io::Result<Vec<u8>> {
+        if self.stream.is_layered() {
+            self.dec.next(&mut self.stream)
+        } else {
+            self.dec.next_fd(self.stream.as_raw_fd(), 0)
+        }
     }
 }
 
@@ -723,14 +746,21 @@ impl Core {
     fn read_conn(&mut self, t: Token) {
         loop {
             let Some(c) = self.conns.get_mut(&t) else { return };
-            match c.dec.next_fd(c.stream.as_raw_fd(), 0) {
+            match c.next_msg() {
                 Ok(body) => {
                     if let Err(_why) = self.handle_message(t, body) {
                         self.drop_conn(t, true);
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // TLS, WebSocket: a completed handshake lets out what was
+                    // queued before it.
+                    if c.stream.is_layered() && !c.wq.is_empty() {
+                        self.flush_conn(t);
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let refused = matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::OutOfMemory);
@@ -837,7 +867,7 @@ impl Core {
     fn flush_conn(&mut self, t: Token) {
         let Some(c) = self.conns.get_mut(&t) else { return };
         match c.flush() {
-            Ok(()) if c.retiring && c.wq.is_empty() => self.drop_conn(t, false),
+            Ok(()) if c.retiring && c.drained() => self.drop_conn(t, false),
             Ok(()) => {}
             Err(_) => self.drop_conn(t, false),
         }
@@ -885,11 +915,11 @@ impl Core {
                     c.wq.truncate(keep);
                     c.push(exit.clone());
                     let deadline = Instant::now() + Duration::from_millis(500);
-                    while !c.wq.is_empty() && Instant::now() < deadline {
+                    while !c.drained() && Instant::now() < deadline {
                         if c.flush().is_err() {
                             break;
                         }
-                        if !c.wq.is_empty() {
+                        if !c.drained() {
                             std::thread::sleep(Duration::from_millis(1));
                         }
                     }

@@ -25,8 +25,10 @@ pub mod rng;
 pub mod sched;
 pub mod spawn;
 pub mod threads;
+pub mod tls;
 pub mod transport;
 pub mod url;
+pub mod ws;
 
 use r::ffi::{DllInfo, R_CallMethodDef, R_forceSymbols, R_registerRoutines, R_useDynamicSymbols, Rboolean};
 use std::ffi::{c_char, c_void};
@@ -58,7 +60,8 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: r::call::Pr
     std::panic::set_hook(Box::new(|_| {}));
     let _ = r::handle::init_tags(&[c"mirai_profile", c"mirai_aio", c"mirai_conn"]);
     let mut table = Vec::from(routines![
-        profile::mirai_host_start / 8,
+        profile::mirai_host_start / 10,
+        profile::mirai_host_tlscert / 1,
         profile::mirai_host_url / 1,
         profile::mirai_host_submit / 3,
         profile::mirai_host_submit_node / 3,
@@ -81,7 +84,7 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: r::call::Pr
         mirai::mirai_value / 1,
         mirai::mirai_race / 1,
         mirai::mirai_on_resolve / 2,
-        daemon::mirai_dial / 5,
+        daemon::mirai_dial / 6,
         daemon::mirai_daemon_limits / 4,
         daemon::mirai_daemon_recv / 1,
         daemon::mirai_daemon_send / 3,

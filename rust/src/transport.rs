@@ -3,23 +3,130 @@
 //! carries TCP framing, as NNG does.
 
 use crate::frame::Framing;
+use crate::tls::{self, Tls};
 use crate::url::Address;
+use crate::ws::{ServerHandshake, WsReader, WsWriter};
+use rustls::{ClientConfig, ServerConfig};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 #[cfg(target_os = "linux")]
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net as unet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub enum Listener {
     Unix(mio::net::UnixListener, Option<String>),
-    Tcp(mio::net::TcpListener),
+    /// With a TLS configuration for `tls+tcp://` and `wss://`, and the
+    /// WebSocket path for `ws://` and `wss://`.
+    Tcp(mio::net::TcpListener, Option<Arc<ServerConfig>>, Option<String>),
 }
 
 pub enum Stream {
     Unix(mio::net::UnixStream),
     Tcp(mio::net::TcpStream),
+    Tls(Box<TlsStream>),
+    /// WebSocket over a `Tcp` or `Tls` stream.
+    Ws(Box<WsStream>),
+}
+
+/// A host's WebSocket connection: the upgrade (until done), then frames in
+/// and out over the inner stream.
+pub struct WsStream {
+    inner: Stream,
+    hs: Option<ServerHandshake>,
+    rd: WsReader,
+    wr: WsWriter,
+}
+
+impl WsStream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        if let Some(hs) = &mut self.hs {
+            let mut reply = Vec::new();
+            match hs.advance(&mut self.inner, &mut reply) {
+                Ok(Some(resp)) => {
+                    self.hs = None;
+                    self.wr.push_raw(&resp);
+                    self.wr.ready = true;
+                }
+                Ok(None) => return Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => {
+                    // Best effort: the HTTP error tells the peer why.
+                    let _ = self.inner.write(&reply).and_then(|_| self.inner.flush());
+                    return Err(e);
+                }
+            }
+            self.flush_quietly()?;
+        }
+        let res = self.rd.read(&mut self.inner, b);
+        // A ping is answered even when the read then found nothing more.
+        if let Some(p) = self.rd.pong.take() {
+            self.wr.queue_control(0xa, &p);
+            self.flush_quietly()?;
+        }
+        res
+    }
+
+    fn flush_quietly(&mut self) -> io::Result<()> {
+        match self.flush() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.wr.flush(&mut self.inner)?;
+        self.inner.flush()
+    }
+}
+
+impl mio::event::Source for WsStream {
+    fn register(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        self.inner.register(r, t, i)
+    }
+    fn reregister(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        self.inner.reregister(r, t, i)
+    }
+    fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
+        self.inner.deregister(r)
+    }
+}
+
+/// A host's TLS connection: the socket and its record layer, always used
+/// together under the host core's lock.
+pub struct TlsStream {
+    sock: mio::net::TcpStream,
+    tls: Tls,
+}
+
+impl mio::event::Source for TlsStream {
+    fn register(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        self.sock.register(r, t, i)
+    }
+    fn reregister(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        self.sock.reregister(r, t, i)
+    }
+    fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
+        self.sock.deregister(r)
+    }
+}
+
+impl Stream {
+    /// Bytes must be read through the stream's `Read` (decrypted, or
+    /// unframed from WebSocket), not from its descriptor.
+    pub fn is_layered(&self) -> bool {
+        matches!(self, Stream::Tls(_) | Stream::Ws(_))
+    }
+
+    /// Encrypted records or frames wait for the socket to drain.
+    pub fn wants_write(&self) -> bool {
+        match self {
+            Stream::Tls(t) => t.tls.wants_write(),
+            Stream::Ws(w) => w.wr.wants_write() || w.inner.wants_write(),
+            _ => false,
+        }
+    }
 }
 
 fn unix_addr(addr: &Address) -> io::Result<unet::SocketAddr> {
@@ -32,7 +139,7 @@ fn unix_addr(addr: &Address) -> io::Result<unet::SocketAddr> {
             "abstract:// sockets exist only on Linux; use ipc:// (a socket file) instead",
         )),
         Address::Ipc(path) => unet::SocketAddr::from_pathname(path),
-        Address::Tcp { .. } => unreachable!(),
+        Address::Tcp { .. } => Err(io::Error::new(io::ErrorKind::InvalidInput, "not a Unix socket address")),
     }
 }
 
@@ -48,14 +155,30 @@ impl Listener {
     /// Binds; returns the listener and the URL daemons should dial (with the
     /// real port when port 0 was asked for).
     pub fn bind(addr: &Address) -> io::Result<(Listener, Address)> {
+        Self::bind_with(addr, None)
+    }
+
+    /// `bind`, with the TLS configuration a `tls+tcp://` address needs.
+    pub fn bind_with(addr: &Address, tls: Option<Arc<ServerConfig>>) -> io::Result<(Listener, Address)> {
+        if let Address::Tcp { tls: want, .. } = addr {
+            if *want != tls.is_some() {
+                let why = if *want { "a tls+tcp:// or wss:// URL needs TLS credentials" } else { "TLS credentials need a tls+tcp:// or wss:// URL" };
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+            }
+        }
         match addr {
-            Address::Tcp { host, port, tls } => {
+            Address::Tcp { host, port, .. } => {
                 let sa = resolve(host, *port)?;
                 let std_l = std::net::TcpListener::bind(sa)?;
                 std_l.set_nonblocking(true)?;
                 let real = std_l.local_addr()?.port();
                 let l = mio::net::TcpListener::from_std(std_l);
-                Ok((Listener::Tcp(l), Address::Tcp { host: host.clone(), port: real, tls: *tls }))
+                let ws = match addr {
+                    Address::Tcp { ws, .. } => ws.clone(),
+                    _ => None,
+                };
+                let real_addr = Address::Tcp { host: host.clone(), port: real, tls: want_tls(addr), ws: ws.clone() };
+                Ok((Listener::Tcp(l, tls, ws), real_addr))
             }
             _ => {
                 let path = match addr {
@@ -72,11 +195,24 @@ impl Listener {
     pub fn accept(&self) -> io::Result<(Stream, Framing)> {
         match self {
             Listener::Unix(l, _) => Ok((Stream::Unix(l.accept()?.0), Framing::Ipc)),
-            Listener::Tcp(l) => {
+            Listener::Tcp(l, tls, ws) => {
                 let (s, _) = l.accept()?;
                 let _ = s.set_nodelay(true);
                 set_keepalive(s.as_raw_fd());
-                Ok((Stream::Tcp(s), Framing::Tcp))
+                let inner = match tls {
+                    None => Stream::Tcp(s),
+                    Some(cfg) => Stream::Tls(Box::new(TlsStream { sock: s, tls: Tls::server(cfg)? })),
+                };
+                let stream = match ws {
+                    None => inner,
+                    Some(path) => Stream::Ws(Box::new(WsStream {
+                        inner,
+                        hs: Some(ServerHandshake::new(path)),
+                        rd: WsReader::new(true),
+                        wr: WsWriter::new(false),
+                    })),
+                };
+                Ok((stream, Framing::Tcp))
             }
         }
     }
@@ -95,8 +231,14 @@ impl AsRawFd for Stream {
         match self {
             Stream::Unix(s) => s.as_raw_fd(),
             Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Tls(t) => t.sock.as_raw_fd(),
+            Stream::Ws(w) => w.inner.as_raw_fd(),
         }
     }
+}
+
+fn want_tls(addr: &Address) -> bool {
+    matches!(addr, Address::Tcp { tls: true, .. })
 }
 
 macro_rules! delegate_source {
@@ -115,13 +257,15 @@ macro_rules! delegate_source {
     };
 }
 delegate_source!(Listener, Unix, Tcp);
-delegate_source!(Stream, Unix, Tcp);
+delegate_source!(Stream, Unix, Tcp, Tls, Ws);
 
 impl Read for Stream {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(s) => s.read(b),
             Stream::Tcp(s) => s.read(b),
+            Stream::Tls(t) => t.tls.read(&mut t.sock, b),
+            Stream::Ws(w) => w.read(b),
         }
     }
 }
@@ -150,10 +294,18 @@ impl Write for Stream {
         match self {
             Stream::Unix(s) => send_nosignal(s.as_raw_fd(), b),
             Stream::Tcp(s) => s.write(b),
+            Stream::Tls(t) => t.tls.write(&mut t.sock, b),
+            Stream::Ws(w) => w.wr.write(&mut w.inner, b),
         }
     }
+    /// Sends encrypted records or frames still buffered (TLS, WebSocket);
+    /// `WouldBlock` if the socket would not take them all.
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Stream::Tls(t) => t.tls.flush(&mut t.sock),
+            Stream::Ws(w) => w.flush(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -161,6 +313,96 @@ impl Write for Stream {
 pub enum BlockingStream {
     Unix(unet::UnixStream),
     Tcp(std::net::TcpStream),
+    /// Shared by the reading and the writing handle (`try_clone`): one
+    /// record layer, taken under its lock by either.
+    Tls(Arc<TlsClient>),
+    /// WebSocket over a `Tcp` or `Tls` stream; reading and writing keep
+    /// separate states, so neither waits for the other.
+    Ws(Arc<WsClient>),
+}
+
+pub struct WsClient {
+    inner: BlockingStream,
+    rd: Mutex<WsReader>,
+    wr: Mutex<WsWriter>,
+}
+
+/// The inner stream of a daemon's WebSocket: reads never block, writes do.
+struct Nb<'a>(&'a BlockingStream);
+
+impl Read for Nb<'_> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self.0 {
+            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).read(&mut DontWait(&t.sock), b),
+            s => recv_dontwait(s.as_raw_fd(), b),
+        }
+    }
+}
+
+impl Write for Nb<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self.0 {
+            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).write(&mut DontWait(&t.sock), b),
+            s => send_nosignal(s.as_raw_fd(), b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self.0 {
+            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).flush(&mut DontWait(&t.sock)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl WsClient {
+    fn read(&self, b: &mut [u8]) -> io::Result<usize> {
+        let (res, pong) = {
+            let mut rd = crate::threads::lock(&self.rd);
+            let res = rd.read(&mut Nb(&self.inner), b);
+            (res, rd.pong.take())
+        };
+        // A ping is answered even when the read then found nothing more.
+        if let Some(p) = pong {
+            let mut wr = crate::threads::lock(&self.wr);
+            wr.queue_control(0xa, &p);
+            let _ = wr.flush(&mut Nb(&self.inner));
+        }
+        res
+    }
+}
+
+pub struct TlsClient {
+    sock: std::net::TcpStream,
+    tls: Mutex<Tls>,
+}
+
+/// The daemon's view of its socket for TLS: reads never block (the caller
+/// polls first, and must not sleep holding the record layer's lock, which
+/// the writer needs); writes block as plain ones do.
+struct DontWait<'a>(&'a std::net::TcpStream);
+
+impl Read for DontWait<'_> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        recv_dontwait(self.0.as_raw_fd(), b)
+    }
+}
+
+impl Write for DontWait<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        (&mut &*self.0).write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn recv_dontwait(fd: RawFd, b: &mut [u8]) -> io::Result<usize> {
+    let n = unsafe { libc::recv(fd, b.as_mut_ptr() as *mut libc::c_void, b.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 impl BlockingStream {
@@ -168,13 +410,36 @@ impl BlockingStream {
         Ok(match self {
             BlockingStream::Unix(s) => BlockingStream::Unix(s.try_clone()?),
             BlockingStream::Tcp(s) => BlockingStream::Tcp(s.try_clone()?),
+            BlockingStream::Tls(t) => BlockingStream::Tls(t.clone()),
+            BlockingStream::Ws(w) => BlockingStream::Ws(w.clone()),
         })
     }
     pub fn shutdown(&self) {
         let _ = match self {
             BlockingStream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
             BlockingStream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            BlockingStream::Tls(t) => t.sock.shutdown(std::net::Shutdown::Both),
+            BlockingStream::Ws(w) => {
+                w.inner.shutdown();
+                Ok(())
+            }
         };
+    }
+
+    /// Bytes must be read through `Read` (decrypted or unframed, never
+    /// blocking), not from the descriptor.
+    pub fn is_layered(&self) -> bool {
+        matches!(self, BlockingStream::Tls(_) | BlockingStream::Ws(_))
+    }
+
+    /// Bytes wait in a layer (decrypted, or unframed): poll would not
+    /// report them.
+    pub fn has_buffered(&self) -> bool {
+        match self {
+            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).has_plaintext(),
+            BlockingStream::Ws(w) => crate::threads::lock(&w.rd).has_buffered() || w.inner.has_buffered(),
+            _ => false,
+        }
     }
 }
 
@@ -183,6 +448,8 @@ impl AsRawFd for BlockingStream {
         match self {
             BlockingStream::Unix(s) => s.as_raw_fd(),
             BlockingStream::Tcp(s) => s.as_raw_fd(),
+            BlockingStream::Tls(t) => t.sock.as_raw_fd(),
+            BlockingStream::Ws(w) => w.inner.as_raw_fd(),
         }
     }
 }
@@ -192,6 +459,8 @@ impl Read for BlockingStream {
         match self {
             BlockingStream::Unix(s) => s.read(b),
             BlockingStream::Tcp(s) => s.read(b),
+            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).read(&mut DontWait(&t.sock), b),
+            BlockingStream::Ws(w) => w.read(b),
         }
     }
 }
@@ -201,10 +470,16 @@ impl Write for BlockingStream {
         match self {
             BlockingStream::Unix(s) => send_nosignal(s.as_raw_fd(), b),
             BlockingStream::Tcp(s) => s.write(b),
+            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).write(&mut DontWait(&t.sock), b),
+            BlockingStream::Ws(w) => crate::threads::lock(&w.wr).write(&mut Nb(&w.inner), b),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).flush(&mut DontWait(&t.sock)),
+            BlockingStream::Ws(w) => crate::threads::lock(&w.wr).flush(&mut Nb(&w.inner)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -246,17 +521,111 @@ fn set_keepalive(fd: RawFd) {
 
 /// Dials once.
 pub fn dial_once(addr: &Address) -> io::Result<(BlockingStream, Framing)> {
+    dial_once_with(addr, None)
+}
+
+/// Dials once; a `tls+tcp://` address needs `tls` (the CA to verify the
+/// host against) and completes the TLS handshake here, within
+/// `tls::CLIENT_HANDSHAKE_TIMEOUT`.
+pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Result<(BlockingStream, Framing)> {
     match addr {
-        Address::Tcp { port, .. } => {
-            let host = addr.dial_host().unwrap();
+        Address::Tcp { port, tls: want, .. } => {
+            let host = addr.dial_host().unwrap_or_default();
+            let cfg = match (want, tls) {
+                (true, None) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a tls+tcp:// URL needs the host's certificate (`tlscert`)",
+                    ))
+                }
+                (true, Some(c)) => Some(c),
+                (false, _) => None,
+            };
+            let name = match cfg {
+                Some(_) => Some(tls::server_name(&host).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?),
+                None => None,
+            };
             let sa = resolve(&host, *port)?;
             let s = std::net::TcpStream::connect(sa)?;
             let _ = s.set_nodelay(true);
             set_keepalive(s.as_raw_fd());
-            Ok((BlockingStream::Tcp(s), Framing::Tcp))
+            let ws_path = match addr {
+                Address::Tcp { ws, .. } => ws.clone(),
+                _ => None,
+            };
+            let (Some(cfg), Some(name)) = (cfg, name) else {
+                return ws_upgrade(BlockingStream::Tcp(s), addr, ws_path);
+            };
+            let mut t = Tls::client(cfg, name)?;
+            s.set_read_timeout(Some(tls::CLIENT_HANDSHAKE_TIMEOUT))?;
+            s.set_write_timeout(Some(tls::CLIENT_HANDSHAKE_TIMEOUT))?;
+            t.handshake_blocking(&mut &s).map_err(|e| {
+                let why = match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "no TLS handshake from the host within 10 s".into(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+                        "the host closed the connection during the TLS handshake".into()
+                    }
+                    _ => e.to_string(),
+                };
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("TLS handshake failed: {why} (is the host listening at a tls+tcp:// URL, with the certificate given as `tlscert`?)"),
+                )
+            })?;
+            s.set_read_timeout(None)?;
+            s.set_write_timeout(None)?;
+            ws_upgrade(BlockingStream::Tls(Arc::new(TlsClient { sock: s, tls: Mutex::new(t) })), addr, ws_path)
         }
         _ => Ok((BlockingStream::Unix(unet::UnixStream::connect_addr(&unix_addr(addr)?)?), Framing::Ipc)),
     }
+}
+
+/// How long a daemon waits for the host's answer to its WebSocket upgrade.
+pub const WS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// For `ws://` and `wss://`: the client's upgrade over `s`, within
+/// `WS_HANDSHAKE_TIMEOUT`; otherwise `s` as it is.
+fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>) -> io::Result<(BlockingStream, Framing)> {
+    let Some(path) = path else { return Ok((s, Framing::Tcp)) };
+    let host = match addr {
+        Address::Tcp { port, .. } => {
+            let h = addr.dial_host().unwrap_or_default();
+            if h.contains(':') { format!("[{h}]:{port}") } else { format!("{h}:{port}") }
+        }
+        _ => String::new(),
+    };
+    let fail = |why: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("WebSocket handshake failed: {why} (is the host listening at this ws:// or wss:// URL?)"),
+        )
+    };
+    let (req, key) = crate::ws::client_request(&host, &path)?;
+    Nb(&s).write_all(&req)?;
+    let deadline = Instant::now() + WS_HANDSHAKE_TIMEOUT;
+    let mut buf = Vec::new();
+    loop {
+        match crate::ws::client_response(&mut Nb(&s), &mut buf, &key) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(fail("no answer from the host within 10 s".into()));
+                }
+                if !s.has_buffered() {
+                    wait_readable(s.as_raw_fd(), left.min(Duration::from_millis(200)));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(fail("the host closed the connection".into()))
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    }
+    let ws = WsClient { inner: s, rd: Mutex::new(WsReader::new(false)), wr: Mutex::new(WsWriter::new(true)) };
+    crate::threads::lock(&ws.wr).ready = true;
+    Ok((BlockingStream::Ws(Arc::new(ws)), Framing::Tcp))
 }
 
 /// Dials, retrying on refusal until `deadline` (None: once). `keep_going` is
@@ -264,11 +633,21 @@ pub fn dial_once(addr: &Address) -> io::Result<(BlockingStream, Framing)> {
 pub fn dial(
     addr: &Address,
     deadline: Option<Instant>,
+    keep_going: impl FnMut() -> bool,
+) -> io::Result<(BlockingStream, Framing)> {
+    dial_with(addr, None, deadline, keep_going)
+}
+
+/// `dial`, with the client TLS configuration for a `tls+tcp://` address.
+pub fn dial_with(
+    addr: &Address,
+    tls: Option<&Arc<ClientConfig>>,
+    deadline: Option<Instant>,
     mut keep_going: impl FnMut() -> bool,
 ) -> io::Result<(BlockingStream, Framing)> {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match dial_once(addr) {
+        match dial_once_with(addr, tls) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 let retry = matches!(

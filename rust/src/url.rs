@@ -12,7 +12,9 @@ pub enum Address {
     /// Filesystem Unix socket.
     Ipc(String),
     /// TCP; `host` empty means the wildcard address. Port 0 asks the kernel.
-    Tcp { host: String, port: u16, tls: bool },
+    /// `tls`: TLS over it (`tls+tcp://`, `wss://`); `ws`: WebSocket, with
+    /// the HTTP path of the upgrade request (`ws://`, `wss://`).
+    Tcp { host: String, port: u16, tls: bool, ws: Option<String> },
 }
 
 impl Address {
@@ -41,8 +43,18 @@ impl Address {
                 }
                 Ok(Address::Ipc(rest.to_string()))
             }
-            "tcp" | "tls+tcp" => {
-                let tls = scheme == "tls+tcp";
+            "tcp" | "tls+tcp" | "ws" | "wss" => {
+                let tls = scheme == "tls+tcp" || scheme == "wss";
+                let (rest, ws) = match scheme {
+                    "ws" | "wss" => {
+                        let (hp, path) = split_path(rest);
+                        if path.len() > 1024 || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                            return bad("the path must be printable, without spaces, at most 1024 bytes");
+                        }
+                        (hp, Some(if path.is_empty() { "/".to_string() } else { path.to_string() }))
+                    }
+                    _ => (rest, None),
+                };
                 let Some((host, port)) = split_host_port(rest) else {
                     return bad("expected host:port, e.g. 127.0.0.1:5555 or [::1]:0");
                 };
@@ -50,10 +62,10 @@ impl Address {
                     Ok(p) => p,
                     Err(_) => return bad("port must be an integer from 0 to 65535"),
                 };
-                Ok(Address::Tcp { host: host.to_string(), port, tls })
+                Ok(Address::Tcp { host: host.to_string(), port, tls, ws })
             }
-            "inproc" | "ws" | "wss" => bad("this transport is not supported by this build of mirai"),
-            _ => bad("unknown scheme; use abstract://, ipc://, tcp:// or tls+tcp://"),
+            "inproc" => bad("this transport is not supported by this build of mirai"),
+            _ => bad("unknown scheme; use abstract://, ipc://, tcp://, tls+tcp://, ws:// or wss://"),
         }
     }
 
@@ -71,6 +83,15 @@ impl Address {
 
     pub fn is_ipc(&self) -> bool {
         !matches!(self, Address::Tcp { .. })
+    }
+}
+
+/// Splits `host:port/path` at the path (which keeps its leading '/').
+fn split_path(s: &str) -> (&str, &str) {
+    let from = if s.starts_with('[') { s.find(']').unwrap_or(0) } else { 0 };
+    match s[from..].find('/') {
+        Some(i) => s.split_at(from + i),
+        None => (s, ""),
     }
 }
 
@@ -96,12 +117,21 @@ impl fmt::Display for Address {
         match self {
             Address::Abstract(n) => write!(f, "abstract://{n}"),
             Address::Ipc(p) => write!(f, "ipc://{p}"),
-            Address::Tcp { host, port, tls } => {
-                let scheme = if *tls { "tls+tcp" } else { "tcp" };
+            Address::Tcp { host, port, tls, ws } => {
+                let scheme = match (tls, ws.is_some()) {
+                    (false, false) => "tcp",
+                    (true, false) => "tls+tcp",
+                    (false, true) => "ws",
+                    (true, true) => "wss",
+                };
+                let path = match ws.as_deref() {
+                    None | Some("/") => "",
+                    Some(p) => p,
+                };
                 if host.contains(':') {
-                    write!(f, "{scheme}://[{host}]:{port}")
+                    write!(f, "{scheme}://[{host}]:{port}{path}")
                 } else {
-                    write!(f, "{scheme}://{host}:{port}")
+                    write!(f, "{scheme}://{host}:{port}{path}")
                 }
             }
         }
@@ -154,19 +184,19 @@ mod tests {
         assert_eq!(Address::parse("ipc:///tmp/x.sock").unwrap(), Address::Ipc("/tmp/x.sock".into()));
         assert_eq!(
             Address::parse("tcp://127.0.0.1:5555").unwrap(),
-            Address::Tcp { host: "127.0.0.1".into(), port: 5555, tls: false }
+            Address::Tcp { host: "127.0.0.1".into(), port: 5555, tls: false, ws: None }
         );
         assert_eq!(
             Address::parse("tcp://:0").unwrap(),
-            Address::Tcp { host: "".into(), port: 0, tls: false }
+            Address::Tcp { host: "".into(), port: 0, tls: false, ws: None }
         );
         assert_eq!(
             Address::parse("tcp://[::1]:80").unwrap(),
-            Address::Tcp { host: "::1".into(), port: 80, tls: false }
+            Address::Tcp { host: "::1".into(), port: 80, tls: false, ws: None }
         );
         assert_eq!(
             Address::parse("tls+tcp://host.example:1").unwrap(),
-            Address::Tcp { host: "host.example".into(), port: 1, tls: true }
+            Address::Tcp { host: "host.example".into(), port: 1, tls: true, ws: None }
         );
     }
 
@@ -180,7 +210,9 @@ mod tests {
             ("tcp://::1:5", "host:port"),
             ("abstract://", "empty"),
             ("ftp://x:1", "unknown scheme"),
-            ("ws://x:1", "not supported"),
+            ("inproc://x", "not supported"),
+            ("ws://x:1/a b", "path"),
+            ("ws://x/p", "host:port"),
         ] {
             let e = Address::parse(u).unwrap_err();
             assert!(e.contains(why), "{u}: {e}");
@@ -189,9 +221,34 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for u in ["abstract://n", "ipc:///tmp/a", "tcp://127.0.0.1:7", "tcp://[::1]:8", "tls+tcp://h:9"] {
+        for u in [
+            "abstract://n",
+            "ipc:///tmp/a",
+            "tcp://127.0.0.1:7",
+            "tcp://[::1]:8",
+            "tls+tcp://h:9",
+            "ws://h:1",
+            "wss://[::1]:2/x/y",
+            "ws://:0/p",
+        ] {
             assert_eq!(Address::parse(u).unwrap().to_string(), u);
         }
+    }
+
+    #[test]
+    fn parses_websocket_urls() {
+        assert_eq!(
+            Address::parse("ws://:0").unwrap(),
+            Address::Tcp { host: "".into(), port: 0, tls: false, ws: Some("/".into()) }
+        );
+        assert_eq!(
+            Address::parse("wss://[::1]:80/a/b").unwrap(),
+            Address::Tcp { host: "::1".into(), port: 80, tls: true, ws: Some("/a/b".into()) }
+        );
+        assert_eq!(
+            Address::parse("ws://127.0.0.1:5/").unwrap(),
+            Address::Tcp { host: "127.0.0.1".into(), port: 5, tls: false, ws: Some("/".into()) }
+        );
     }
 
     #[test]

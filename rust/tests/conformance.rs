@@ -167,6 +167,7 @@ fn set_blocking_timeouts(s: &BlockingStream) {
             s.set_read_timeout(t).unwrap();
             s.set_write_timeout(t).unwrap();
         }
+        BlockingStream::Tls(_) | BlockingStream::Ws(_) => unreachable!("the libnng peer here speaks plain TCP or IPC"),
     }
 }
 

@@ -25,12 +25,20 @@ fn conn(s: &SEXP) -> Result<&Conn, RError> {
 }
 
 /// Dials the host and completes the handshake. `retry_ms`: how long to keep
-/// retrying a refused dial (Inf: a year).
+/// retrying a refused dial (Inf: a year). `tlscert`: for `tls+tcp://`, the
+/// PEM certificates to verify the host with (NULL: none).
 #[no_mangle]
-pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, retry_ms: SEXP, autoexit: SEXP, max_msg: SEXP) -> SEXP {
+pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, retry_ms: SEXP, autoexit: SEXP, max_msg: SEXP, tlscert: SEXP) -> SEXP {
     entry(|| {
         let url = str_arg(url, "url")?;
         let addr = Address::parse(&url)?;
+        let tls = match &addr {
+            Address::Tcp { tls: true, .. } if is_null(tlscert) => {
+                return Err("`tlscert` is required for a tls+tcp:// or wss:// URL: use the launch command the host prints, which carries the host's certificate".into())
+            }
+            Address::Tcp { tls: true, .. } => Some(crate::tls::client_config(&str_arg(tlscert, "tlscert")?)?),
+            _ => None,
+        };
         let max_message = max_message(max_msg)?;
         let secret = if is_null(secret) { String::new() } else { str_arg(secret, "secret")? };
         let retry_ms = f64_arg(retry_ms, "asyncdial")?;
@@ -38,7 +46,7 @@ pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, retry_ms: SEXP, autoexit: 
         let retry =
             if retry_ms.is_finite() { Duration::from_millis(retry_ms.max(0.0) as u64) } else { Duration::from_secs(86400 * 365) };
         let mut interrupted = false;
-        let c = ClientConn::connect(&addr, &secret, max_message, Some(Instant::now() + retry), || {
+        let c = ClientConn::connect_with(&addr, tls.as_ref(), &secret, max_message, Some(Instant::now() + retry), || {
             interrupted = interrupt_pending();
             !interrupted
         });

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 pub struct Profile {
     pub host: Host,
     pub children: Mutex<Vec<Child>>,
+    /// `tls+tcp://`: the PEM certificate chain daemons verify the host with.
+    pub tlscert: Option<String>,
 }
 
 impl Tagged for Arc<Profile> {
@@ -84,7 +86,10 @@ fn serialize_task(data: SEXP, cfg: SEXP, buf: &mut Vec<u8>) -> Result<(), RError
 /// `settings`: NULL, or a list sent (serialized here, on R's main thread)
 /// to every daemon in its Init; its `serial` element is also the host's
 /// serialization config. `memory`: cap in bytes on the queued tasks, 0 for
-/// none. `max_msg`: the message size cap (NULL: default).
+/// none. `max_msg`: the message size cap (NULL: default). `tls`: for a
+/// `tls+tcp://` URL, NULL to generate a self-signed certificate for the
+/// URL's host, or PEM text (certificate, chain, key); `pass` the key's
+/// password (NULL: none).
 #[no_mangle]
 pub extern "C" fn mirai_host_start(
     url: SEXP,
@@ -95,13 +100,22 @@ pub extern "C" fn mirai_host_start(
     settings: SEXP,
     memory: SEXP,
     max_msg: SEXP,
+    tls: SEXP,
+    pass: SEXP,
 ) -> SEXP {
     entry(|| {
         let url = str_arg(url, "url")?;
         let addr = Address::parse(&url)?;
-        if let Address::Tcp { tls: true, .. } = addr {
-            return Err("tls+tcp:// is not available in this build yet; use tcp:// (or an SSH tunnel)".into());
-        }
+        let creds = match &addr {
+            Address::Tcp { tls: true, host, .. } if is_null(tls) => Some(crate::tls::generated_creds(host)?),
+            Address::Tcp { tls: true, .. } => {
+                let pem = strs_arg(tls, "tls")?.join("\n");
+                let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
+                Some(crate::tls::server_creds(&pem, pass.as_deref()).map_err(|e| format!("`tls`: {e}"))?)
+            }
+            _ if !is_null(tls) => return Err("`tls` needs a tls+tcp:// or wss:// URL".into()),
+            _ => None,
+        };
         let rng_stream = if is_null(stream) { None } else { Some(ints_arg::<7>(stream, "stream")?) };
         let serial_cfg = list_get(settings, "serial");
         serial::check_config(serial_cfg)?;
@@ -118,8 +132,19 @@ pub extern "C" fn mirai_host_start(
             memory_cap: memory_cap(memory)?,
             max_message: max_message(max_msg)?,
         };
-        let host = Host::start(&addr, opts)?;
-        new_handle(Arc::new(Profile { host, children: Mutex::new(Vec::new()) }), serial_cfg)
+        let host = Host::start_with(&addr, opts, creds.as_ref().map(|c| c.config.clone()))?;
+        let tlscert = creds.map(|c| c.chain_pem);
+        new_handle(Arc::new(Profile { host, children: Mutex::new(Vec::new()), tlscert }), serial_cfg)
+    })
+}
+
+/// The PEM certificate chain daemons verify a `tls+tcp://` host with; NULL
+/// for other URLs.
+#[no_mangle]
+pub extern "C" fn mirai_host_tlscert(p: SEXP) -> SEXP {
+    entry(|| match &profile(&p)?.tlscert {
+        Some(pem) => string(pem),
+        None => Ok(nil()),
     })
 }
 
