@@ -71,8 +71,13 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
     }
   }
   prof <- profile_of(id)
-  nodes <- lapply(seq_len(n), new_node, prof = prof, id = id)
-  structure(nodes, class = c("miraiCluster", "cluster"), id = id)
+  # A name unique in the session: future keys its registry of busy nodes by
+  # it (otherwise by a digest of the cluster, which changes as tasks queue).
+  .$cluster_serial <- (.$cluster_serial %||% 0L) + 1L
+  name <- sprintf("miraiCluster-%d-%d", Sys.getpid(), .$cluster_serial)
+  host <- if (is.null(url)) structure("localhost", localhost = TRUE)
+  nodes <- lapply(seq_len(n), new_node, prof = prof, id = id, cluster = name, host = host)
+  structure(nodes, class = c("miraiCluster", "cluster"), id = id, name = name)
 }
 
 #' @rdname make_cluster
@@ -99,9 +104,20 @@ print.miraiNode <- function(x, ...) {
   invisible(x)
 }
 
+# A subset is a cluster of the same profile, named after its nodes so that
+# future sees the same nodes under the same name however they were picked.
 #' @export
 `[.miraiCluster` <- function(x, i) {
-  structure(.subset(x, i), class = class(x), id = attr(x, "id"))
+  nodes <- .subset(x, i)
+  cluster_of(nodes, attr(x, "id"), sprintf("%s[%s]", .subset2(.subset2(x, 1L), "cluster"),
+                                           paste(vapply(nodes, attr, 0L, "node"), collapse = ",")))
+}
+
+# future's as.cluster() (from parallelly), which plan(cluster, workers = )
+# applies: one node is a cluster of one.
+#' @rawNamespace S3method(parallelly::as.cluster, miraiNode)
+as.cluster.miraiNode <- function(x, ...) {
+  cluster_of(list(x), attr(x, "id"), sprintf("%s[%d]", .subset2(x, "cluster"), attr(x, "node")))
 }
 
 # ---- parallel's node interface ------------------------------------------
@@ -125,6 +141,18 @@ sendData.miraiNode <- function(node, data) {
   assign("q", q, envir = node)
   invisible()
 }
+
+# future (ClusterFuture) drives a node through parallel's sendCall() and
+# recvResult(), i.e. the two methods above and below, and asks whether a
+# node's task is done (resolved()) by reading `node$con`: for NULL it
+# falls back to a blocking value() (with a warning), otherwise it returns
+# FALSE at once for a connection whose id is negative ("from another
+# session"), and for a real socket it waits up to 10 ms for it to become
+# readable, then receives. `con` is thus an active binding answering from
+# the node's queue, which never blocks: while the oldest task is
+# unresolved, a marker with id -1; once it has resolved (or there is none,
+# so that receiving fails clearly rather than waiting), a socket that is
+# always readable (see ready_socket()).
 
 #' @rawNamespace S3method(parallel::recvData, miraiNode)
 recvData.miraiNode <- function(node) {
@@ -157,12 +185,52 @@ stopCluster.miraiCluster <- function(cl) stop_cluster(cl)
 node_call <- quote(do.call(.fun, .args, quote = TRUE))
 
 # One constructor of nodes: an empty environment holding the cluster's
-# profile and the node's outstanding tasks (in order).
-new_node <- function(i, prof, id) {
+# profile, the node's outstanding tasks (in order), the cluster's name,
+# `host` (as parallel's socket nodes have it; NULL for remote daemons,
+# whose host is not known here) and `con` (for future, see above).
+new_node <- function(i, prof, id, cluster, host) {
   node <- new.env(parent = emptyenv())
   node$prof <- prof
   node$q <- list()
+  node$cluster <- cluster
+  node$host <- host
+  makeActiveBinding("con", function() node_con(node), node)
   structure(node, class = "miraiNode", node = i, id = id)
+}
+
+cluster_of <- function(nodes, id, name) {
+  structure(nodes, class = c("miraiCluster", "cluster"), id = id, name = name)
+}
+
+node_con <- function(node) {
+  q <- .subset2(node, "q")
+  if (length(q) && unresolved(q[[1L]])) structure(-1L, class = c("miraiPending", "connection"))
+  else ready_socket()
+}
+
+# A client socket whose peer has closed: select() always reports it
+# readable, and nothing ever reads it (receiving goes through recvData()).
+# One per session, made on first use and again if it was closed (e.g. by
+# closeAllConnections()). The listener it connects to is open only for the
+# connect and accept; its port comes from the pid and the clock, not from
+# R's random number generator, which must stay untouched (future.seed).
+ready_socket <- function() {
+  con <- .$ready_con
+  if (!is.null(con) && identical(attr(con, "conn_id"), attr(tryCatch(getConnection(as.integer(con)),
+                                                                 error = function(e) NULL), "conn_id")))
+    return(con)
+  base <- Sys.getpid() + (proc.time()[["elapsed"]] * 1000) %% 1e6
+  for (k in 0:99) {
+    port <- 49152L + as.integer((base + k * 7919) %% 16384)
+    srv <- tryCatch(serverSocket(port), error = function(e) NULL)
+    if (!is.null(srv)) break
+  }
+  if (is.null(srv)) stop("could not open a local socket for future's resolved() checks", call. = FALSE)
+  on.exit(close(srv))
+  con <- socketConnection("127.0.0.1", port, open = "rb", blocking = TRUE, timeout = 5)
+  close(socketAccept(srv, open = "rb", blocking = TRUE, timeout = 5))
+  .$ready_con <- con
+  con
 }
 
 # "`k`" for the lowest k >= the number of profiles not yet in use.

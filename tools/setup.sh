@@ -33,6 +33,10 @@ PKGS=(
   r-cran-rlang r-cran-foreach r-cran-doparallel r-cran-knitr r-cran-rmarkdown
   r-cran-roxygen2 r-cran-callr r-cran-processx r-cran-pkgdown pandoc
   libnng-dev qpdf tidy devscripts xz-utils util-linux iproute2 procps
+  # Web APIs and the futureverse (test-plumber.R, test-future.R): plumber
+  # (with curl for the requests), future (which brings parallelly),
+  # future.apply and furrr.
+  r-cran-plumber curl r-cran-future r-cran-future.apply r-cran-furrr
 )
 
 missing=()
