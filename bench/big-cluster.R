@@ -122,7 +122,9 @@ if (length(warned)) {
 }
 cat(sprintf("PSOCK workers left running by the failed call: %d; closing this session's connections\n",
             length(psock_workers(port))))
-closeAllConnections()
+# (The failed call's node connections are unreferenced: closing them, or
+# the garbage collector finding them, warns once per connection.)
+suppressWarnings({ closeAllConnections(); invisible(gc()) })
 deadline <- Sys.time() + 10
 while (length(psock_workers(port)) && Sys.time() < deadline) Sys.sleep(0.5)
 left <- psock_workers(port)

@@ -141,3 +141,27 @@ test_that("subsets of a miraiCluster work with parallel and future", {
   expect_identical(attr(cl[2:3][1], "name"), attr(cl[2], "name"))
   expect_false(identical(attr(cl[2], "name"), attr(cl[3], "name")))
 })
+
+test_that("a cluster beyond R's 125-connection limit: 130 nodes for parallel and future", {
+  skip_if_not_installed("future.apply")
+  # Each daemon is an R process of about 55 MB (RSS; 40 MB PSS).
+  avail <- as.numeric(gsub("[^0-9]", "", grep("^MemAvailable:", readLines("/proc/meminfo"), value = TRUE))) / 1024
+  skip_if(avail < 130 * 60, sprintf("130 daemons need about %.0f MB of memory; %.0f MB available", 130 * 60, avail))
+  conns <- nrow(showConnections(all = TRUE))
+  t0 <- Sys.time()
+  cl <- make_cluster(130)
+  on.exit({ future::plan(future::sequential); stop_cluster(cl) })
+  started <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
+  expect_identical(parallel::clusterEvalQ(cl, 1), rep(list(1), 130))
+  pids <- node_pids(cl)
+  expect_length(unique(pids), 130L)
+  # The nodes hold no R connections (a PSOCK node holds one each, which is
+  # why makePSOCKcluster(130) fails: see bench/big-cluster.R).
+  expect_identical(nrow(showConnections(all = TRUE)), conns)
+  future::plan(future::cluster, workers = cl)
+  expect_identical(future::nbrOfWorkers(), 130L)
+  got <- future.apply::future_sapply(1:130, function(i) c(i, Sys.getpid()))
+  expect_identical(got[1L, ], 1:130)
+  expect_setequal(got[2L, ], pids)
+  cat(sprintf("\n[figures] make_cluster(130): %.1f s to start (%d cores)\n", started, parallel::detectCores()))
+})
