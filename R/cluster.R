@@ -23,6 +23,14 @@
 #' daemon has died fails each call sent to it with an error saying so, and
 #' never hangs.
 #'
+#' The cluster is also a backend for the futureverse:
+#' `future::plan(future::cluster, workers = cl)` runs futures on its nodes,
+#' for `future()`, 'future.apply' and 'furrr' alike. `resolved()` on such a
+#' future never blocks. A subset (`cl[2:3]`) is a cluster of those nodes,
+#' and `parallelly::as.cluster()` makes one node (`cl[[1]]`) a cluster of
+#' one. The nodes hold no R connections, so a cluster may have more nodes
+#' than the 125 that R's connection limit allows a PSOCK cluster.
+#'
 #' With `url` (and no `remote`), the cluster listens for daemons launched
 #' elsewhere: the shell commands to launch them are printed, and a task
 #' sent to a node waits (interruptibly) until that node's daemon has
@@ -48,6 +56,13 @@
 #' parallel::parLapply(cl, 1:4, function(x) x^2)
 #' parallel::clusterApplyLB(cl, c(1, 0.1, 0.1), function(s) { Sys.sleep(s); s })
 #' status(cl)
+#' stop_cluster(cl)
+#'
+#' # As a future backend
+#' cl <- make_cluster(2)
+#' future::plan(future::cluster, workers = cl)
+#' future.apply::future_sapply(1:4, function(i) i * 10)
+#' future::plan(future::sequential)
 #' stop_cluster(cl)
 #' @export
 make_cluster <- function(n, url = NULL, remote = NULL, ...) {
@@ -216,21 +231,26 @@ node_con <- function(node) {
 # R's random number generator, which must stay untouched (future.seed).
 ready_socket <- function() {
   con <- .$ready_con
-  if (!is.null(con) && identical(attr(con, "conn_id"), attr(tryCatch(getConnection(as.integer(con)),
-                                                                 error = function(e) NULL), "conn_id")))
-    return(con)
+  if (!is.null(con) && still_open(con)) return(con)
   base <- Sys.getpid() + (proc.time()[["elapsed"]] * 1000) %% 1e6
   for (k in 0:99) {
     port <- 49152L + as.integer((base + k * 7919) %% 16384)
     srv <- tryCatch(serverSocket(port), error = function(e) NULL)
     if (!is.null(srv)) break
   }
-  if (is.null(srv)) stop("could not open a local socket for future's resolved() checks", call. = FALSE)
+  if (is.null(srv))
+    stop("could not open a local socket for future's resolved() checks", call. = FALSE)
   on.exit(close(srv))
   con <- socketConnection("127.0.0.1", port, open = "rb", blocking = TRUE, timeout = 5)
   close(socketAccept(srv, open = "rb", blocking = TRUE, timeout = 5))
   .$ready_con <- con
   con
+}
+
+# Whether connection `con` is still the one registered under its number.
+still_open <- function(con) {
+  now <- tryCatch(getConnection(as.integer(con)), error = function(e) NULL)
+  identical(attr(con, "conn_id"), attr(now, "conn_id"))
 }
 
 # "`k`" for the lowest k >= the number of profiles not yet in use.

@@ -51,7 +51,9 @@ mem_summary <- function(pids) {
 psock_workers <- function(port) {
   pids <- as.integer(list.files("/proc", pattern = "^[0-9]+$"))
   Filter(function(p) {
-    cmd <- tryCatch(readBin(sprintf("/proc/%d/cmdline", p), "raw", 65536L), error = function(e) raw())
+    # (Processes come and go while /proc is read.)
+    cmd <- tryCatch(suppressWarnings(readBin(sprintf("/proc/%d/cmdline", p), "raw", 65536L)),
+                    error = function(e) raw())
     cmd[cmd == as.raw(0L)] <- as.raw(32L)
     length(cmd) && grepl(sprintf("workRSOCK.* PORT=%d ", port), rawToChar(cmd))
   }, pids)
@@ -71,9 +73,11 @@ free_port <- function() {
   stop("no free port found")
 }
 
+mem_total <- grep("^MemTotal:", readLines("/proc/meminfo"), value = TRUE)
+load <- strsplit(readLines("/proc/loadavg"), " ")[[1L]][1:3]
 cat(sprintf("== %d cores, %.1f GB memory, %s; load %s ==\n", detectCores(),
-            as.numeric(gsub("[^0-9]", "", grep("^MemTotal:", readLines("/proc/meminfo"), value = TRUE))) / 1048576,
-            R.version.string, paste(strsplit(readLines("/proc/loadavg"), " ")[[1L]][1:3], collapse = " ")))
+            as.numeric(gsub("[^0-9]", "", mem_total)) / 1048576, R.version.string,
+            paste(load, collapse = " ")))
 cat(sprintf("R connections in use before: %d of 128\n\n", nrow(showConnections(all = TRUE))))
 
 cat(sprintf("---- make_cluster(%d) ----\n", n))
@@ -85,10 +89,12 @@ cat(sprintf("start-up: %.1f s; clusterEvalQ(cl, 1) over %d nodes: %.2f s, all an
             t_start, n, t_eval, identical(unlist(ones), rep(1, n))))
 cat(sprintf("distinct daemon processes: %d\n", length(unique(pids))))
 cat(mem_summary(pids), "\n")
-cat(sprintf("host process RSS: %.1f MB (%.1f MB before make_cluster())\n", rss_mb(Sys.getpid()), host_before))
+cat(sprintf("host process RSS: %.1f MB (%.1f MB before make_cluster())\n", rss_mb(Sys.getpid()),
+            host_before))
 cat(sprintf("R connections in use with the cluster up: %d\n", nrow(showConnections(all = TRUE))))
 t_par <- system.time(res <- parSapply(cl, seq_len(10 * n), function(i) i))[["elapsed"]]
-cat(sprintf("parSapply over %d elements: %.2f s, correct: %s\n", 10 * n, t_par, identical(res, seq_len(10 * n))))
+cat(sprintf("parSapply over %d elements: %.2f s, correct: %s\n", 10 * n, t_par,
+            identical(res, seq_len(10 * n))))
 stop_cluster(cl)
 Sys.sleep(2)
 cat(sprintf("daemons still alive 2 s after stop_cluster(): %d\n\n",
@@ -120,7 +126,7 @@ if (inherits(err, "error")) {
 if (length(warned)) {
   cat(sprintf("with %d warnings, e.g.: %s\n", length(warned), warned[[1L]]))
 }
-cat(sprintf("PSOCK workers left running by the failed call: %d; closing this session's connections\n",
+cat(sprintf("PSOCK workers left running by the failed call: %d; closing our connections\n",
             length(psock_workers(port))))
 # (The failed call's node connections are unreferenced: closing them, or
 # the garbage collector finding them, warns once per connection.)

@@ -25,9 +25,10 @@ test_that("future() and value() run on the cluster's nodes, with globals, packag
   expect_identical(future::value(future::future(tools::toTitleCase("web apis"))), "Web Apis")
   # Errors are re-raised with their message; messages and warnings relayed.
   expect_error(future::value(future::future(stop("boom on a node"))), "boom on a node")
-  expect_error(future::value(future::future(log("a"))), "non-numeric argument to mathematical function")
-  expect_message(expect_warning(v <- future::value(future::future({ message("hello"); warning("careful"); 3 })),
-                                "careful"), "hello")
+  expect_error(future::value(future::future(log("a"))),
+               "non-numeric argument to mathematical function")
+  f <- future::future({ message("hello"); warning("careful"); 3 })
+  expect_message(expect_warning(v <- future::value(f), "careful"), "hello")
   expect_identical(v, 3)
   # The cluster works afterwards, on both nodes.
   fs <- lapply(1:2, function(i) future::future({ Sys.sleep(0.3); Sys.getpid() }))
@@ -42,13 +43,16 @@ test_that("future_lapply(), future_sapply() and future_map() spread over the nod
   future::plan(future::cluster, workers = cl)
   pids <- node_pids(cl)
   offset <- 100
-  expect_identical(future.apply::future_lapply(1:50, function(i) i + offset), as.list(1:50 + offset))
+  expect_identical(future.apply::future_lapply(1:50, function(i) i + offset),
+                   as.list(1:50 + offset))
   expect_identical(future.apply::future_sapply(1:7, function(i) i^2), (1:7)^2)
   # One chunk per node: both daemons took part.
   expect_setequal(future.apply::future_sapply(1:2, function(i) Sys.getpid()), pids)
   expect_identical(furrr::future_map(1:4, ~ .x * offset), as.list((1:4) * offset))
   expect_identical(furrr::future_map_chr(c("a", "b"), toupper), c("A", "B"))
-  expect_error(future.apply::future_sapply(1:4, function(i) if (i == 3) stop("three is bad") else i),
+  expect_error(future.apply::future_sapply(1:4, function(i) {
+    if (i == 3) stop("three is bad") else i
+  }),
                "three is bad")
   expect_error(furrr::future_map(1:2, ~ stop("furrr failed here")), "furrr failed here")
   # More futures than nodes: the extra ones wait for a free node (future
@@ -108,7 +112,8 @@ test_that("a future whose daemon dies fails with a FutureError naming the node, 
   t0 <- Sys.time()
   err <- tryCatch(future::value(f), error = function(e) e)
   expect_s3_class(err, "FutureError")
-  expect_match(conditionMessage(err), "node 1 of the mirai cluster could not run the task: its daemon disconnected")
+  expect_match(conditionMessage(err),
+               "node 1 of the mirai cluster could not run the task: its daemon disconnected")
   expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 10)
   # A stopped cluster fails clearly too.
   future::plan(future::cluster, workers = cl[2])
@@ -145,8 +150,10 @@ test_that("subsets of a miraiCluster work with parallel and future", {
 test_that("a cluster beyond R's 125-connection limit: 130 nodes for parallel and future", {
   skip_if_not_installed("future.apply")
   # Each daemon is an R process of about 55 MB (RSS; 40 MB PSS).
-  avail <- as.numeric(gsub("[^0-9]", "", grep("^MemAvailable:", readLines("/proc/meminfo"), value = TRUE))) / 1024
-  skip_if(avail < 130 * 60, sprintf("130 daemons need about %.0f MB of memory; %.0f MB available", 130 * 60, avail))
+  meminfo <- readLines("/proc/meminfo")
+  avail <- as.numeric(gsub("[^0-9]", "", grep("^MemAvailable:", meminfo, value = TRUE))) / 1024
+  skip_if(avail < 130 * 60, sprintf("130 daemons need about %.0f MB of memory; %.0f MB available",
+                                    130 * 60, avail))
   conns <- nrow(showConnections(all = TRUE))
   t0 <- Sys.time()
   cl <- make_cluster(130)
@@ -163,5 +170,6 @@ test_that("a cluster beyond R's 125-connection limit: 130 nodes for parallel and
   got <- future.apply::future_sapply(1:130, function(i) c(i, Sys.getpid()))
   expect_identical(got[1L, ], 1:130)
   expect_setequal(got[2L, ], pids)
-  cat(sprintf("\n[figures] make_cluster(130): %.1f s to start (%d cores)\n", started, parallel::detectCores()))
+  cat(sprintf("\n[figures] make_cluster(130): %.1f s to start (%d cores)\n", started,
+              parallel::detectCores()))
 })

@@ -14,7 +14,9 @@ start_api <- function(stop_file, log) {
     "library(mirai)",
     "args <- commandArgs(TRUE)",
     "port <- httpuv::randomPort(host = '127.0.0.1')",
-    "watch <- function() if (file.exists(args[[1L]])) httpuv::interrupt() else later::later(watch, 0.1)",
+    "watch <- function() {",
+    "  if (file.exists(args[[1L]])) httpuv::interrupt() else later::later(watch, 0.1)",
+    "}",
     "later::later(watch, 0.1)",
     "pr <- plumber::pr(system.file('plumber', 'plumber.R', package = 'mirai'))",
     "cat(sprintf('port %d pid %d\\n', port, Sys.getpid()))",
@@ -29,8 +31,9 @@ start_api <- function(stop_file, log) {
 # Starts `curl` on `path`; its output is the body, then a line with the
 # status code and the total time.
 curl_get <- function(port, path, max_time = 20) {
-  processx::process$new("curl", c("-s", "-m", max_time, "-w", "\\n%{http_code} %{time_total}",
-                                  sprintf("http://127.0.0.1:%d%s", port, path)), stdout = "|", stderr = "|")
+  url <- sprintf("http://127.0.0.1:%d%s", port, path)
+  fmt <- "\\n%{http_code} %{time_total}"
+  processx::process$new("curl", c("-s", "-m", max_time, "-w", fmt, url), stdout = "|", stderr = NULL)
 }
 
 curl_result <- function(p, timeout = 30) {
@@ -86,7 +89,8 @@ test_that("slow requests run on daemons while fast ones are answered; errors bec
   expect_identical(slow_res$status, 200L)
   expect_match(slow_res$body, '^\\{"value":42,"pid":\\d+\\}$')
   expect_gte(slow_res$time, 3)
-  daemon_pids <- as.integer(sub('.*"pid":(\\d+).*', "\\1", slow_res$body))
+  pid_of <- function(r) as.integer(sub('.*"pid":(\\d+).*', "\\1", r$body))
+  daemon_pids <- pid_of(slow_res)
   expect_false(daemon_pids == api_pid)
 
   # Two slow requests at once run on the two daemons side by side.
@@ -97,7 +101,7 @@ test_that("slow requests run on daemons while fast ones are answered; errors bec
   expect_match(both_res[[1L]]$body, '"value":2,', fixed = TRUE)
   expect_match(both_res[[2L]]$body, '"value":4,', fixed = TRUE)
   expect_lt(as.numeric(difftime(Sys.time(), t1, units = "secs")), 3.9)
-  daemon_pids <- unique(c(daemon_pids, vapply(both_res, function(r) as.integer(sub('.*"pid":(\\d+).*', "\\1", r$body)), 0L)))
+  daemon_pids <- unique(c(daemon_pids, vapply(both_res, pid_of, 0L)))
   expect_length(daemon_pids, 2L)
 
   # An error inside the mirai: a 500 carrying its message, promptly.
