@@ -147,7 +147,8 @@ sendData.miraiNode <- function(node, data) {
   if (!isTRUE(prof$active)) stop("cluster is no longer active", call. = FALSE)
   d <- .subset2(data, "data")
   task <- list(._expr_. = node_call, ._globals_. = list(),
-               ._args_. = list(.fun = .subset2(d, "fun"), .args = .subset2(d, "args")))
+               ._args_. = list(.fun = .subset2(d, "fun"), .args = .subset2(d, "args"),
+                               .run = node_run))
   m <- .Call(C_mirai_host_submit_node, prof$host, task, attr(node, "node") - 1)
   tag <- .subset2(d, "tag")
   if (!is.null(tag)) assign("tag", tag, envir = m)
@@ -168,20 +169,51 @@ sendData.miraiNode <- function(node, data) {
 # unresolved, a marker with id -1; once it has resolved (or there is none,
 # so that receiving fails clearly rather than waiting), a socket that is
 # always readable (see ready_socket()).
+#
+# future also relays "immediate" conditions (e.g. progressr's updates) from
+# a PSOCK worker as messages sent ahead of the result. Its wrapper around a
+# future's expression looks for `master` in the frames above it on the
+# worker and sends them with parallel's sendData(master, ...): node_run()
+# provides one (a 'miraiRelay') that collects them, and returns them with
+# the task's value. recvData() then hands them out first, one per call, as
+# PSOCK's messages would be; they arrive when the task is done, not live.
 
 #' @rawNamespace S3method(parallel::recvData, miraiNode)
 recvData.miraiNode <- function(node) {
+  pending <- .subset2(node, "pending")
+  if (length(pending)) {
+    assign("pending", pending[-1L], envir = node)
+    return(pending[[1L]])
+  }
   q <- .subset2(node, "q")
   if (!length(q)) stop(sprintf("node %d of the cluster has no task to receive", attr(node, "node")), call. = FALSE)
   m <- q[[1L]]
   v <- .Call(C_mirai_value, m)
   assign("q", q[-1L], envir = node)
   if (is.integer(v) && inherits(v, "errorValue")) v <- node_failure(v, attr(node, "node"))
-  list(type = "VALUE", value = v, tag = .subset2(m, "tag"))
+  msg <- list(type = "VALUE", value = v, tag = .subset2(m, "tag"))
+  if (!inherits(v, "miraiRelayed")) return(msg)
+  msg$value <- .subset2(v, "value")
+  msgs <- c(lapply(.subset2(v, "conditions"), function(cond) list(type = "VALUE", value = cond)),
+            list(msg))
+  assign("pending", msgs[-1L], envir = node)
+  msgs[[1L]]
+}
+
+# On a daemon: collects what future's wrapper sends (see above).
+#' @rawNamespace S3method(parallel::sendData, miraiRelay)
+sendData.miraiRelay <- function(node, data) {
+  sink <- .subset2(node, "sink")
+  sink$conds <- c(sink$conds, list(.subset2(data, "value")))
+  invisible()
 }
 
 #' @rawNamespace S3method(parallel::recvOneData, miraiCluster)
 recvOneData.miraiCluster <- function(cl) {
+  for (i in seq_along(cl)) {
+    if (length(.subset2(.subset2(cl, i), "pending")))
+      return(list(node = i, value = recvData.miraiNode(.subset2(cl, i))))
+  }
   heads <- lapply(cl, function(node) {
     q <- .subset2(node, "q")
     if (length(q)) .subset2(q[[1L]], "aio")
@@ -197,16 +229,26 @@ stopCluster.miraiCluster <- function(cl) stop_cluster(cl)
 
 # ---- internals -----------------------------------------------------------
 
-node_call <- quote(do.call(.fun, .args, quote = TRUE))
+node_call <- quote(.run(.fun, .args))
+
+# A node's task on its daemon (`master` is for future, see recvData()).
+node_run <- function(.fun, .args) {
+  master <- structure(list(sink = new.env(parent = emptyenv())), class = c("miraiRelay", "SOCK0node"))
+  v <- do.call(.fun, .args, quote = TRUE)
+  conds <- master$sink$conds
+  if (length(conds)) structure(list(conditions = conds, value = v), class = "miraiRelayed") else v
+}
 
 # One constructor of nodes: an empty environment holding the cluster's
-# profile, the node's outstanding tasks (in order), the cluster's name,
+# profile, the node's outstanding tasks (in order), messages received but
+# not yet handed out (`pending`, see recvData()), the cluster's name,
 # `host` (as parallel's socket nodes have it; NULL for remote daemons,
 # whose host is not known here) and `con` (for future, see above).
 new_node <- function(i, prof, id, cluster, host) {
   node <- new.env(parent = emptyenv())
   node$prof <- prof
   node$q <- list()
+  node$pending <- list()
   node$cluster <- cluster
   node$host <- host
   makeActiveBinding("con", function() node_con(node), node)
@@ -219,7 +261,8 @@ cluster_of <- function(nodes, id, name) {
 
 node_con <- function(node) {
   q <- .subset2(node, "q")
-  if (length(q) && unresolved(q[[1L]])) structure(-1L, class = c("miraiPending", "connection"))
+  if (!length(.subset2(node, "pending")) && length(q) && unresolved(q[[1L]]))
+    structure(-1L, class = c("miraiPending", "connection"))
   else ready_socket()
 }
 

@@ -126,14 +126,17 @@ if (inherits(err, "error")) {
 if (length(warned)) {
   cat(sprintf("with %d warnings, e.g.: %s\n", length(warned), warned[[1L]]))
 }
-cat(sprintf("PSOCK workers left running by the failed call: %d; closing our connections\n",
-            length(psock_workers(port))))
 # (The failed call's node connections are unreferenced: closing them, or
 # the garbage collector finding them, warns once per connection.)
-suppressWarnings({ closeAllConnections(); invisible(gc()) })
-deadline <- Sys.time() + 10
-while (length(psock_workers(port)) && Sys.time() < deadline) Sys.sleep(0.5)
-left <- psock_workers(port)
+suppressWarnings({
+  cat(sprintf("PSOCK workers left running by the failed call: %d; closing our connections\n",
+              length(psock_workers(port))))
+  closeAllConnections()
+  invisible(gc())
+  deadline <- Sys.time() + 10
+  while (length(psock_workers(port)) && Sys.time() < deadline) Sys.sleep(0.5)
+  left <- psock_workers(port)
+})
 cat(sprintf("PSOCK workers still running 10 s later (still waiting to connect; now killed): %d\n",
             length(left)))
 for (p in left) tools::pskill(p, tools::SIGTERM)

@@ -30,6 +30,20 @@ test_that("future() and value() run on the cluster's nodes, with globals, packag
   f <- future::future({ message("hello"); warning("careful"); 3 })
   expect_message(expect_warning(v <- future::value(f), "careful"), "hello")
   expect_identical(v, 3)
+  # Immediate conditions (progressr's updates are such) are relayed too,
+  # in order, once the future is done (a PSOCK worker sends them live).
+  ticks <- function() {
+    for (i in 1:3) {
+      signalCondition(structure(class = c("immediateCondition", "condition"),
+                                list(message = sprintf("tick %d", i), call = NULL)))
+    }
+    "ticked"
+  }
+  got <- character()
+  v <- withCallingHandlers(future::value(future::future(ticks())),
+                           immediateCondition = function(c) got <<- c(got, conditionMessage(c)))
+  expect_identical(v, "ticked")
+  expect_identical(got, sprintf("tick %d", 1:3))
   # The cluster works afterwards, on both nodes.
   fs <- lapply(1:2, function(i) future::future({ Sys.sleep(0.3); Sys.getpid() }))
   expect_setequal(vapply(fs, future::value, 0), pids)
