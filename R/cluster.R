@@ -124,8 +124,9 @@ print.miraiNode <- function(x, ...) {
 #' @export
 `[.miraiCluster` <- function(x, i) {
   nodes <- .subset(x, i)
-  cluster_of(nodes, attr(x, "id"), sprintf("%s[%s]", .subset2(.subset2(x, 1L), "cluster"),
-                                           paste(vapply(nodes, attr, 0L, "node"), collapse = ",")))
+  base <- if (length(x)) .subset2(.subset2(x, 1L), "cluster") else attr(x, "name")
+  cluster_of(nodes, attr(x, "id"),
+             sprintf("%s[%s]", base, paste(vapply(nodes, attr, 0L, "node"), collapse = ",")))
 }
 
 # future's as.cluster() (from parallelly), which plan(cluster, workers = )
