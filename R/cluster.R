@@ -153,9 +153,15 @@ sendData.miraiNode <- function(node, data) {
   m <- .Call(C_mirai_host_submit_node, prof$host, task, attr(node, "node") - 1)
   tag <- .subset2(d, "tag")
   if (!is.null(tag)) assign("tag", tag, envir = m)
-  q <- .subset2(node, "q")
-  q[[length(q) + 1L]] <- m
-  assign("q", q, envir = node)
+  # Almost always the node has no other task outstanding: the head is kept
+  # apart from the (rarely used) rest, so neither end costs a list copy.
+  if (is.null(.subset2(node, "head"))) {
+    assign("head", m, envir = node)
+  } else {
+    rest <- .subset2(node, "rest")
+    rest[[length(rest) + 1L]] <- m
+    assign("rest", rest, envir = node)
+  }
   invisible()
 }
 
@@ -186,11 +192,16 @@ recvData.miraiNode <- function(node) {
     assign("pending", pending[-1L], envir = node)
     return(pending[[1L]])
   }
-  q <- .subset2(node, "q")
-  if (!length(q)) stop(sprintf("node %d of the cluster has no task to receive", attr(node, "node")), call. = FALSE)
-  m <- q[[1L]]
+  m <- .subset2(node, "head")
+  if (is.null(m)) stop(sprintf("node %d of the cluster has no task to receive", attr(node, "node")), call. = FALSE)
   v <- .Call(C_mirai_value, m)
-  assign("q", q[-1L], envir = node)
+  rest <- .subset2(node, "rest")
+  if (length(rest)) {
+    assign("head", rest[[1L]], envir = node)
+    assign("rest", rest[-1L], envir = node)
+  } else {
+    assign("head", NULL, envir = node)
+  }
   if (is.integer(v) && inherits(v, "errorValue")) v <- node_failure(v, attr(node, "node"))
   msg <- list(type = "VALUE", value = v, tag = .subset2(m, "tag"))
   if (!inherits(v, "miraiRelayed")) return(msg)
@@ -211,17 +222,16 @@ sendData.miraiRelay <- function(node, data) {
 
 #' @rawNamespace S3method(parallel::recvOneData, miraiCluster)
 recvOneData.miraiCluster <- function(cl) {
-  for (i in seq_along(cl)) {
-    if (length(.subset2(.subset2(cl, i), "pending")))
-      return(list(node = i, value = recvData.miraiNode(.subset2(cl, i))))
+  # Messages already received (future's relayed conditions) come first.
+  pending <- which(lengths(lapply(cl, .subset2, "pending")) > 0L)
+  if (length(pending)) {
+    i <- pending[[1L]]
+    return(list(node = i, value = recvData.miraiNode(.subset2(cl, i))))
   }
-  heads <- lapply(cl, function(node) {
-    q <- .subset2(node, "q")
-    if (length(q)) .subset2(q[[1L]], "aio")
-  })
+  heads <- lapply(cl, .subset2, "head")
   busy <- which(!vapply(heads, is.null, logical(1L)))
   if (!length(busy)) stop("no node of the cluster has a task to receive", call. = FALSE)
-  i <- busy[.Call(C_mirai_race, heads[busy])]
+  i <- busy[.Call(C_mirai_race, lapply(heads[busy], .subset2, "aio"))]
   list(node = i, value = recvData.miraiNode(.subset2(cl, i)))
 }
 
@@ -234,21 +244,24 @@ node_call <- quote(.run(.fun, .args))
 
 # A node's task on its daemon (`master` is for future, see recvData()).
 node_run <- function(.fun, .args) {
-  master <- structure(list(sink = new.env(parent = emptyenv())), class = c("miraiRelay", "SOCK0node"))
+  master <- structure(list(sink = new.env(parent = emptyenv())),
+                      class = c("miraiRelay", "SOCK0node"))
   v <- do.call(.fun, .args, quote = TRUE)
   conds <- master$sink$conds
   if (length(conds)) structure(list(conditions = conds, value = v), class = "miraiRelayed") else v
 }
 
 # One constructor of nodes: an empty environment holding the cluster's
-# profile, the node's outstanding tasks (in order), messages received but
+# profile, the node's outstanding tasks, in order: `head` (a mirai, or
+# NULL) and the `rest` (a list), messages received but
 # not yet handed out (`pending`, see recvData()), the cluster's name,
 # `host` (as parallel's socket nodes have it; NULL for remote daemons,
 # whose host is not known here) and `con` (for future, see above).
 new_node <- function(i, prof, id, cluster, host) {
   node <- new.env(parent = emptyenv())
   node$prof <- prof
-  node$q <- list()
+  node$head <- NULL
+  node$rest <- list()
   node$pending <- list()
   node$cluster <- cluster
   node$host <- host
@@ -261,8 +274,8 @@ cluster_of <- function(nodes, id, name) {
 }
 
 node_con <- function(node) {
-  q <- .subset2(node, "q")
-  if (!length(.subset2(node, "pending")) && length(q) && unresolved(q[[1L]]))
+  head <- .subset2(node, "head")
+  if (!length(.subset2(node, "pending")) && !is.null(head) && unresolved(head))
     structure(-1L, class = c("miraiPending", "connection"))
   else ready_socket()
 }

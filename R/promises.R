@@ -30,11 +30,14 @@
 #' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
 #' library(promises)
 #' daemons(1)
-#' p <- as.promise(mirai(1 + 1))
-#' p %...>% print()
-#' mirai(stop("boom")) %...!% (function(e) cat("rejected:", conditionMessage(e), "\n"))
-#' # Outside an interactive session, run later's event loop to settle them.
-#' while (!later::loop_empty()) later::run_now(0.1)
+#' p1 <- as.promise(mirai(1 + 1)) %...>% print()
+#' p2 <- mirai(stop("boom")) %...!% (function(e) cat("rejected:", conditionMessage(e), "\n"))
+#' # Outside an interactive session, run later's event loop until they have
+#' # settled (nothing is scheduled on it before a result arrives, so
+#' # later::loop_empty() is no guide).
+#' done <- FALSE
+#' promise_all(p1, p2) %...>% (function(v) done <<- TRUE)
+#' while (!done) later::run_now(0.1)
 #' daemons(0)
 #' @name as.promise.mirai
 #' @rawNamespace S3method(promises::as.promise, mirai)

@@ -127,7 +127,9 @@ if (length(warned)) {
   cat(sprintf("with %d warnings, e.g.: %s\n", length(warned), warned[[1L]]))
 }
 # (The failed call's node connections are unreferenced: closing them, or
-# the garbage collector finding them, warns once per connection.)
+# the garbage collector finding them, warns once per connection, the
+# latter from finalizers, which suppressWarnings() does not reach.)
+old_warn <- options(warn = -1)
 suppressWarnings({
   cat(sprintf("PSOCK workers left running by the failed call: %d; closing our connections\n",
               length(psock_workers(port))))
@@ -137,6 +139,7 @@ suppressWarnings({
   while (length(psock_workers(port)) && Sys.time() < deadline) Sys.sleep(0.5)
   left <- psock_workers(port)
 })
+options(old_warn)
 cat(sprintf("PSOCK workers still running 10 s later (still waiting to connect; now killed): %d\n",
             length(left)))
 for (p in left) tools::pskill(p, tools::SIGTERM)

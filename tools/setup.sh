@@ -28,11 +28,15 @@ done
 # which --as-cran gives a WARNING on configure/cleanup); xz-utils (packs and
 # unpacks rust/vendor.tar.xz); util-linux (unshare, for the offline install).
 # r-cran-pkgdown builds the documentation site.
+# The Shiny example app's test (test-shiny.R): Shiny serves inst/shiny/app.R,
+# python3-selenium drives chromium through chromium-driver; jsonlite reads
+# what the driver saw.
 PKGS=(
   r-base-dev r-cran-testthat r-cran-later r-cran-promises r-cran-cli
   r-cran-rlang r-cran-foreach r-cran-doparallel r-cran-knitr r-cran-rmarkdown
   r-cran-roxygen2 r-cran-callr r-cran-processx r-cran-pkgdown pandoc
   libnng-dev qpdf tidy devscripts xz-utils util-linux iproute2 procps
+  r-cran-shiny r-cran-jsonlite chromium chromium-driver python3-selenium
   # Web APIs and the futureverse (test-plumber.R, test-future.R): plumber
   # (with curl for the requests), future (which brings parallelly),
   # future.apply and furrr.

@@ -179,7 +179,8 @@ test_that("nodes start in parallel: make_cluster(8) launches all eight at once",
   spread <- max(start) - min(start)
   cat(sprintf("\n[figures] one R start-up loading mirai: %.2f s; make_cluster(8): %.2f s; launches spread over %.2f s (%d cores)\n",
               one, t8, spread, parallel::detectCores()))
-  expect_lt(spread, 2 * one)
+  # Half of what launching them one after another would take at the least.
+  expect_lt(spread, 3.5 * one)
 })
 
 test_that("custom-serialized reference objects travel through parLapply both ways", {

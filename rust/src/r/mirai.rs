@@ -167,7 +167,18 @@ pub extern "C" fn mirai_race(aios: SEXP) -> SEXP {
         if slots.is_empty() {
             return int(0);
         }
-        let mut first = None;
+        // As in `wait_slot`: a reply due within SPIN costs no sleep and
+        // wake-up of R's thread (parallel's recvOneData waits here once per
+        // task of a load-balanced call).
+        let until = Instant::now() + SPIN;
+        let mut first = slots.iter().position(|s| s.is_done());
+        while first.is_none() && Instant::now() < until {
+            std::hint::spin_loop();
+            first = slots.iter().position(|s| s.is_done());
+        }
+        if let Some(i) = first {
+            return int(i as i32 + 1);
+        }
         wait_interruptibly(|slice| {
             first = wait_any(&slots, &bells, slice);
             first.is_some()
