@@ -118,7 +118,11 @@ max_message <- function() {
 #' the daemons in turn.
 #'
 #' Only daemons launched by this host (they carry its secret) are accepted,
-#' unless `auth = FALSE` is given in `...`. A peer must complete its
+#' unless `auth = FALSE` is given in `...`. A daemon proves it holds the
+#' secret by challenge-response (an HMAC-SHA256 of a fresh random nonce
+#' from the host), so the secret never crosses the network; it reaches
+#' local daemons in their environment, remote ones as described in
+#' [launch_remote()]. A peer must complete its
 #' handshake within 5 seconds; at most 64 peers may be mid-handshake at once
 #' (the longest-waiting is dropped for a newer one). Messages larger than
 #' option `mirai.max_message` (bytes; default 1 TiB) close the connection
@@ -138,8 +142,10 @@ max_message <- function() {
 #'   `"tcp://10.75.32.70:5555"`, or one from [host_url()] / [local_url()].
 #'   Port 0 picks a free port; [status()] shows the real one. Default NULL:
 #'   a local URL, for local daemons only.
-#' @param remote (list) a launch configuration for remote daemons; not
-#'   supported by this version, so it must be NULL. Default NULL.
+#' @param remote (list) a launch configuration from [ssh_config()],
+#'   [cluster_config()], [http_config()] or [remote_config()]: `n` daemons
+#'   are launched with it at once by [launch_remote()] (if that fails, the
+#'   profile is reset and the error raised). Needs `url`. Default NULL.
 #' @param dispatcher (logical) queue tasks on the host and send each to an
 #'   idle daemon (TRUE), or send them round-robin (FALSE). Default TRUE.
 #' @param ... (named arguments) [daemon()] arguments for launched daemons
@@ -212,7 +218,8 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   }
   if (missing(n)) {
     if (is.null(url)) stop("`n` must be supplied (the number of daemons), or `url` to listen for remote daemons", call. = FALSE)
-    n <- 0L
+    # With a launcher: one daemon (one per remote for several remotes).
+    n <- if (is.null(remote)) 0L else 1L
   } else if (is.null(n)) {
     reset_profile(.compute, signal = TRUE)
     return(invisible(FALSE))
@@ -228,7 +235,15 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   cap <- memory_bytes(memory)
   if (cap > 0 && !dispatcher)
     stop("`memory` needs a dispatcher: use `dispatcher = TRUE`, or leave `memory` NULL", call. = FALSE)
-  for (arg in c("remote", "tls", "pass")) {
+  if (!is.null(remote)) {
+    check_remote(remote)
+    if (is.null(url))
+      stop("`remote` needs `url`: the address remote daemons dial, e.g. from host_url()",
+           call. = FALSE)
+    if (isTRUE(remote$tunnel) && !identical(url_host(url[[1L]]), "127.0.0.1"))
+      stop("SSH tunnelling requires daemons `url` hostname to be `127.0.0.1`", call. = FALSE)
+  }
+  for (arg in c("tls", "pass")) {
     if (!is.null(get(arg))) stop(sprintf("`%s` is not supported by this version of mirai yet; leave it NULL", arg), call. = FALSE)
   }
   if (n == 0 && is.null(url)) {
@@ -249,11 +264,18 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
                 if (dispatcher) stream, if (!is.null(serial)) list(serial = serial), cap,
                 max_message())
   prof <- new_profile(.compute, url = .Call(C_mirai_host_url, host), dispatcher = dispatcher, seed = seed,
-                      stream = stream, host = host, serial = serial, secret = secret, dots = dots, n = n)
+                      stream = stream, host = host, serial = serial, secret = if (auth) secret,
+                      dots = dots, n = n)
+  if (!is.null(remote)) {
+    tryCatch(launch_remote(n, remote, .compute = .compute), error = function(e) {
+      reset_profile(.compute)
+      stop(e)
+    })
+  }
   if (is.null(url) && n > 0) {
     ok <- FALSE
     on.exit(if (!ok) reset_profile(.compute))
-    for (i in seq_len(n)) launch_process(host, prof$url, secret, launch_args(prof, dots))
+    for (i in seq_len(n)) launch_process(host, prof$url, prof$secret, launch_args(prof, dots))
     wait_for_daemons(host, n)
     ok <- TRUE
   }

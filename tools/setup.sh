@@ -37,6 +37,16 @@ PKGS=(
   r-cran-roxygen2 r-cran-callr r-cran-processx r-cran-pkgdown pandoc
   libnng-dev qpdf tidy devscripts xz-utils util-linux iproute2 procps
   r-cran-shiny r-cran-jsonlite chromium chromium-driver python3-selenium
+  # Launcher tests (tests/testthat/test-launchers.R, helper-services.R): a real
+  # sshd and ssh client on loopback (ssh_config, direct and tunnelled)...
+  openssh-server openssh-client
+  # ...a one-node Slurm cluster with munge (cluster_config with sbatch)...
+  slurm-wlm munge
+  # ...an HTTP launch API served by python3 (http_config), and the openssl
+  # CLI, an independent HMAC-SHA256 to check the daemon's handshake against.
+  python3 openssl
+  # http_config() with https:// URLs (Suggests: curl).
+  r-cran-curl
   # Web APIs and the futureverse (test-plumber.R, test-future.R): plumber
   # (with curl for the requests), future (which brings parallelly),
   # future.apply and furrr.

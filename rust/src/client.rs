@@ -15,6 +15,7 @@
 //! and wall time limits and user interrupts still apply. Bodies grow as
 //! bytes arrive, up to the daemon's message limit.
 
+use crate::auth;
 use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER};
 use crate::proto::{self, Msg, PROTOCOL_VERSION};
@@ -179,8 +180,9 @@ fn write_frame(stream: &mut BlockingStream, framing: Framing, msg: &Msg, prefix:
 }
 
 impl ClientConn {
-    /// Dials `addr`, introduces itself and waits for the host's Init.
-    /// `retry_until`: keep retrying a refused dial until then.
+    /// Dials `addr`, answers the host's challenge and waits for its Init.
+    /// `retry_until`: keep retrying a refused dial until then. The secret
+    /// stays here: only an HMAC of the host's nonce keyed by it is sent.
     pub fn connect(
         addr: &Address,
         secret: &str,
@@ -190,49 +192,43 @@ impl ClientConn {
     ) -> Result<ClientConn, String> {
         let (mut stream, framing) =
             dial(addr, retry_until, keep_going).map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
-        let hello = Msg::Hello { version: PROTOCOL_VERSION, secret, pid: std::process::id() };
-        write_frame(&mut stream, framing, &hello, &SP_HEADER).map_err(|e| format!("cannot greet host: {e}"))?;
-        let read_half = stream.try_clone().map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
+        stream.write_all(&SP_HEADER).map_err(|e| format!("cannot greet host: {e}"))?;
+        let rd = stream.try_clone().map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
         let mut dec = Decoder::with_limit(framing, max_message);
-        let rd = read_half;
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if Instant::now() > deadline {
-                return Err(format!("no reply from host at '{addr}' within 30 s; is it a mirai host?"));
+        let body = handshake_read(&mut dec, &rd, addr, deadline)?;
+        let hop = strip_hop(&body)?;
+        let nonce = match proto::decode(&body[hop..]) {
+            Ok((Msg::Challenge { version, nonce }, _)) if version == PROTOCOL_VERSION => nonce,
+            Ok((Msg::Challenge { version, .. }, _)) => return Err(version_mismatch(version)),
+            Ok((Msg::Refused { reason }, _)) => return Err(format!("connection refused by host: {reason}")),
+            Ok((m, _)) => return Err(format!("unexpected first message from host: {m:?}")),
+            Err(e) => {
+                return Err(format!("unexpected first message from host at '{addr}' ({e}); is it a mirai host of the same version?"))
             }
-            if !dec.has_buffered() && !wait_readable(rd.as_raw_fd(), Duration::from_millis(200)) {
-                continue;
-            }
-            let body = match dec.next_fd(rd.as_raw_fd(), libc::MSG_DONTWAIT) {
-                Ok(b) => b,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(format!("host at '{addr}' closed the connection during the handshake"))
-                }
-                Err(e) => return Err(format!("handshake with '{addr}' failed: {e}")),
-            };
-            let hop = strip_hop(&body)?;
-            let (msg, off) = proto::decode(&body[hop..])?;
-            return match msg {
-                Msg::Init { version, stream: rng } if version == PROTOCOL_VERSION => Ok(ClientConn {
-                    stream,
-                    shared: Arc::new(Shared {
-                        reader: Mutex::new(Reader { stream: rd, dec, pending: VecDeque::new(), eof: false }),
-                        evaluating: AtomicU64::new(0),
-                        cancel_sent: AtomicBool::new(false),
-                        closed: AtomicBool::new(false),
-                    }),
-                    framing,
-                    limits: Limits::default(),
-                    init_stream: rng,
-                    init_settings: body[hop + off..].to_vec(),
+        };
+        let hello = Msg::Hello { version: PROTOCOL_VERSION, mac: auth::prove(secret.as_bytes(), &nonce), pid: std::process::id() };
+        write_frame(&mut stream, framing, &hello, &[]).map_err(|e| format!("cannot greet host: {e}"))?;
+        let body = handshake_read(&mut dec, &rd, addr, deadline)?;
+        let hop = strip_hop(&body)?;
+        let (msg, off) = proto::decode(&body[hop..])?;
+        match msg {
+            Msg::Init { version, stream: rng } if version == PROTOCOL_VERSION => Ok(ClientConn {
+                stream,
+                shared: Arc::new(Shared {
+                    reader: Mutex::new(Reader { stream: rd, dec, pending: VecDeque::new(), eof: false }),
+                    evaluating: AtomicU64::new(0),
+                    cancel_sent: AtomicBool::new(false),
+                    closed: AtomicBool::new(false),
                 }),
-                Msg::Init { version, .. } => Err(format!(
-                    "protocol version mismatch: host speaks {version}, daemon speaks {PROTOCOL_VERSION}; install the same mirai version on both"
-                )),
-                Msg::Refused { reason } => Err(format!("connection refused by host: {reason}")),
-                m => Err(format!("unexpected first message from host: {m:?}")),
-            };
+                framing,
+                limits: Limits::default(),
+                init_stream: rng,
+                init_settings: body[hop + off..].to_vec(),
+            }),
+            Msg::Init { version, .. } => Err(version_mismatch(version)),
+            Msg::Refused { reason } => Err(format!("connection refused by host: {reason}")),
+            m => Err(format!("unexpected message from host during the handshake: {m:?}")),
         }
     }
 
@@ -351,6 +347,30 @@ impl ClientConn {
     pub fn close(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.stream.shutdown();
+    }
+}
+
+fn version_mismatch(host: u32) -> String {
+    format!("protocol version mismatch: host speaks {host}, daemon speaks {PROTOCOL_VERSION}; install the same mirai version on both")
+}
+
+/// Reads one handshake message, waiting no later than `deadline`.
+fn handshake_read(dec: &mut Decoder, rd: &BlockingStream, addr: &Address, deadline: Instant) -> Result<Vec<u8>, String> {
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!("no reply from host at '{addr}' within 30 s; is it a mirai host?"));
+        }
+        if !dec.has_buffered() && !wait_readable(rd.as_raw_fd(), Duration::from_millis(200)) {
+            continue;
+        }
+        return match dec.next_fd(rd.as_raw_fd(), libc::MSG_DONTWAIT) {
+            Ok(b) => Ok(b),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(format!("host at '{addr}' closed the connection during the handshake"))
+            }
+            Err(e) => Err(format!("handshake with '{addr}' failed: {e}")),
+        };
     }
 }
 

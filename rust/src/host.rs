@@ -15,6 +15,11 @@
 //! task, or the loop thread when a daemon frees up) signals `Stats`'
 //! condvar, on which a blocked `mirai()` waits.
 //!
+//! Handshake: on accept the host sends its SP header and a `Challenge` with
+//! a fresh nonce; the daemon's Hello answers with an HMAC of the nonce keyed
+//! by the profile secret (`auth`), so the secret never crosses the network
+//! and a Hello recorded on one connection fails on any other.
+//!
 //! Hostile peers: until a peer's Hello is accepted it may send only an
 //! envelope-sized message, must send it within `HELLO_TIMEOUT`, and at most
 //! `MAX_PENDING` such peers are held (the oldest is dropped for a newer
@@ -28,9 +33,10 @@
 //! returns the reason as an error.
 
 use crate::aio::{Doorbell, Outcome, Slot};
+use crate::auth;
 use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER};
-use crate::proto::{self, Msg, PROTOCOL_VERSION};
+use crate::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
 use crate::rng;
 use crate::threads::{self, lock};
 use crate::sched::{Action, Counters, Sched, TaskId, ERR_RESET, ERR_TIMEOUT};
@@ -397,6 +403,8 @@ struct Conn {
     wq: VecDeque<(Rc<Vec<u8>>, usize)>,
     /// Its Hello was accepted: it is a daemon of this host.
     ready: bool,
+    /// The challenge sent on accept, which its Hello must answer.
+    nonce: [u8; NONCE_LEN],
     retiring: bool,
 }
 
@@ -547,11 +555,6 @@ fn task_head(framing: Framing, id: TaskId) -> Vec<u8> {
     b
 }
 
-/// Compares secrets in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn control_frame(framing: Framing, msg: &Msg) -> Rc<Vec<u8>> {
     let mut b = Vec::with_capacity(32);
     framing.begin(&mut b);
@@ -652,6 +655,13 @@ impl Core {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
                 Ok((mut stream, framing)) => {
+                    // Without a nonce there is no handshake to offer: the
+                    // peer is turned away (the kernel's random source failing
+                    // is not something a peer can cause).
+                    let Ok(nonce) = auth::nonce() else {
+                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
                     if self.pending >= MAX_PENDING {
                         self.drop_oldest_pending();
                     }
@@ -665,14 +675,15 @@ impl Core {
                         // Until its Hello is accepted a peer may send only small
                         // messages: a huge length must not make the host
                         // allocate it.
-                        Conn { stream, dec: Decoder::with_limit(framing, HELLO_LIMIT), wq: VecDeque::new(), ready: false, retiring: false };
+                        Conn { stream, dec: Decoder::with_limit(framing, HELLO_LIMIT), wq: VecDeque::new(), ready: false, nonce, retiring: false };
                     c.push(Rc::new(SP_HEADER.to_vec()));
+                    c.push(control_frame(framing, &Msg::Challenge { version: PROTOCOL_VERSION, nonce }));
                     self.conns.insert(token, c);
                     self.pending += 1;
                     self.hello_deadlines.push_back((Instant::now() + HELLO_TIMEOUT, token));
                     self.flush_conn(token);
-                    // A daemon's Hello follows its connect at once: taking it
-                    // now frees its pending place before the next accept.
+                    // Anything the peer sent with its connect (its SP header)
+                    // is taken now.
                     self.read_conn(token);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -735,12 +746,13 @@ impl Core {
         let (msg, off) = proto::decode(&body[hop..])?;
         let ready = self.conns[&t].ready;
         match (ready, msg) {
-            (false, Msg::Hello { version, secret, .. }) => {
+            (false, Msg::Hello { version, mac, .. }) => {
+                let nonce = self.conns[&t].nonce;
                 let refuse = if version != PROTOCOL_VERSION {
                     Some(format!(
                         "protocol version mismatch: host speaks {PROTOCOL_VERSION}, daemon speaks {version}; install the same mirai version on both"
                     ))
-                } else if self.secret.as_ref().is_some_and(|s| !constant_time_eq(s.as_bytes(), secret.as_bytes())) {
+                } else if self.secret.as_ref().is_some_and(|s| !auth::verify(s.as_bytes(), &nonce, &mac)) {
                     Some("this daemon was not launched for this host: start it with the launch command that mirai prints (launch_remote()), which carries the host's credentials".into())
                 } else {
                     None

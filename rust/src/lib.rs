@@ -2,6 +2,7 @@
 //!
 //! - `url`, `frame`, `decoder`, `proto`, `transport`: the wire (NNG's SP
 //!   format, pair1, over Unix sockets and TCP) and our message envelope.
+//! - `auth`: the challenge-response proof of a daemon's secret.
 //! - `sched`: the scheduling state machine (pure, no I/O).
 //! - `host`: the per-profile event loop thread that drives `sched`.
 //! - `aio`: completion slots shared between that thread and R, and the
@@ -13,6 +14,7 @@
 //!   why it is written against extendr-ffi rather than extendr-api.
 
 pub mod aio;
+pub mod auth;
 pub mod client;
 pub mod decoder;
 pub mod frame;

@@ -7,16 +7,25 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever the envelope or its meaning changes.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Bumped whenever the envelope or its meaning changes. 3: the daemon
+/// answers a `Challenge` with an HMAC instead of sending the secret.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// Bytes of the host's challenge nonce and of the daemon's HMAC-SHA256.
+pub const NONCE_LEN: usize = 32;
+pub const MAC_LEN: usize = 32;
 
 /// The most bytes an envelope may take (the payload is not part of it).
 pub const ENVELOPE_LIMIT: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Msg<'a> {
-    /// Daemon to host, first message.
-    Hello { version: u32, secret: &'a str, pid: u32 },
+    /// Daemon to host, its answer to the `Challenge`: `mac` is
+    /// HMAC-SHA256 over the nonce keyed by the profile secret (see `auth`).
+    /// `version` stays the first field (and Hello the first variant) so a
+    /// host of any version can tell a daemon of another version why it is
+    /// refused.
+    Hello { version: u32, mac: [u8; MAC_LEN], pid: u32 },
     /// Host to daemon, first message. `version` stays the first field so a
     /// daemon of any version can read it. `stream`: this daemon's
     /// L'Ecuyer-CMRG `.Random.seed`, if the host assigns one. The payload,
@@ -34,6 +43,9 @@ pub enum Msg<'a> {
     Cancel { id: u64 },
     /// Host to daemon: exit now (`daemons(NULL)`).
     Exit,
+    /// Host to daemon, first message, sent on accept: a fresh nonce the
+    /// daemon must answer (Hello). `version` first, as in Init.
+    Challenge { version: u32, nonce: [u8; NONCE_LEN] },
 }
 
 fn config() -> impl bincode::config::Config {
@@ -85,14 +97,31 @@ mod tests {
 
     #[test]
     fn a_huge_string_length_is_an_error_not_an_allocation() {
-        // Hello, version 2, then a string whose length says 2^62.
-        let mut b = vec![0u8, 2, 0xfd];
+        // Refused, then a string whose length says 2^62.
+        let mut b = vec![2u8, 0xfd];
         b.extend((1u64 << 62).to_le_bytes());
         b.extend(b"abc");
         assert!(decode(&b).unwrap_err().contains("malformed"));
-        let mut b = vec![0u8, 2, 0xfd];
+        let mut b = vec![2u8, 0xfd];
         b.extend(u64::MAX.to_le_bytes());
         assert!(decode(&b).is_err());
+    }
+
+    #[test]
+    fn challenge_and_hello_have_fixed_sizes() {
+        let mut b = Vec::new();
+        let nonce = [7u8; NONCE_LEN];
+        encode_into(&Msg::Challenge { version: PROTOCOL_VERSION, nonce }, &mut b);
+        // Variant, version (one-byte varint), the nonce's bytes as they are.
+        assert_eq!(b.len(), 2 + NONCE_LEN);
+        assert_eq!(&b[2..], &nonce);
+        assert_eq!(decode(&b).unwrap().0, Msg::Challenge { version: PROTOCOL_VERSION, nonce });
+        let mut b = Vec::new();
+        let mac = [9u8; MAC_LEN];
+        encode_into(&Msg::Hello { version: PROTOCOL_VERSION, mac, pid: 1 }, &mut b);
+        assert_eq!(b, [&[0u8, PROTOCOL_VERSION as u8][..], &mac, &[1u8]].concat());
+        // A Hello cut short is an error.
+        assert!(decode(&b[..b.len() - 2]).is_err());
     }
 
     #[test]

@@ -58,8 +58,8 @@
 //! Envelope decoder (`proto::decode`):
 //! - it never panics; valid messages round-trip exactly (message and payload
 //!   offset) iff bincode's limit accounting admits them (`limit_claim`:
-//!   every integer is charged its full width, so a Hello's secret may be at
-//!   most 4076 bytes and a Refused reason 4084), and fail otherwise;
+//!   every integer is charged its full width, so a Refused reason may be at
+//!   most 4084 bytes), and fail otherwise;
 //! - a decoded string always points into the input (borrowed, not copied),
 //!   and a decoded message encodes and decodes back to itself;
 //! - a string length larger than what follows, or larger than the limit
@@ -73,14 +73,18 @@
 //!   tests print what they saw).
 //!
 //! Handshake (a real `Host` on `abstract://` and on `tcp://127.0.0.1:0`):
-//! - peers send random bytes; the SP header then random bytes; a Hello
-//!   frame (right or wrong version and secret) then mutated; several Hellos
+//! - every peer first reads the host's SP header and Challenge (a fresh
+//!   nonce per connection), then sends: random bytes; the SP header then
+//!   random bytes; a Hello frame (right or wrong version; its MAC from the
+//!   right secret, a wrong one, an earlier connection's nonce or random
+//!   bytes) then mutated; several Hellos
 //!   in one write; the SP header and a length prefix claiming 0, 1, n, n+1,
 //!   2^31, 2^32, 2^62, 2^64-1, the Hello limit and one more...; or a valid
 //!   Hello then, once the Init is in or in the same write, arbitrary
 //!   messages, hop-count-only frames and truncated frames. Each then closes;
-//! - every peer gets the 8-byte SP header first; a valid Hello gets an Init;
-//!   a Hello with a wrong version or secret gets a Refused with a reason;
+//! - every peer gets the 8-byte SP header and a Challenge first; a valid
+//!   Hello gets an Init; a Hello with a wrong version or MAC gets a Refused
+//!   with a reason;
 //!   an accepted daemon that breaks the protocol is dropped at once;
 //! - `stats.refused` counts exactly the peers that never completed a valid
 //!   Hello, plus accepted ones that broke the protocol (a reference model of
@@ -97,7 +101,8 @@ use mirai::client::{ClientConn, Incoming};
 use mirai::decoder::Decoder;
 use mirai::frame::{check_sp_header, strip_hop, Framing, HOP_LEN, MAX_MESSAGE, SP_HEADER};
 use mirai::host::{Host, HostOptions, HELLO_TIMEOUT, MAX_PENDING};
-use mirai::proto::{self, Msg, ENVELOPE_LIMIT, PROTOCOL_VERSION};
+use mirai::auth;
+use mirai::proto::{self, Msg, ENVELOPE_LIMIT, MAC_LEN, NONCE_LEN, PROTOCOL_VERSION};
 use mirai::url::Address;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -963,36 +968,40 @@ fn raise_bound() {
 
 #[derive(Debug, Clone, PartialEq)]
 enum MsgSpec {
-    Hello { version: u32, secret: String, pid: u32 },
+    Hello { version: u32, mac: [u8; MAC_LEN], pid: u32 },
     Init { version: u32, stream: Option<[i32; 7]> },
     Refused { reason: String },
     Task { id: u64 },
     Result { id: u64, last: bool },
     Cancel { id: u64 },
     Exit,
+    Challenge { version: u32, nonce: [u8; NONCE_LEN] },
 }
 
 impl MsgSpec {
     fn msg(&self) -> Msg<'_> {
         match self {
-            MsgSpec::Hello { version, secret, pid } => Msg::Hello { version: *version, secret, pid: *pid },
+            MsgSpec::Hello { version, mac, pid } => Msg::Hello { version: *version, mac: *mac, pid: *pid },
             MsgSpec::Init { version, stream } => Msg::Init { version: *version, stream: *stream },
             MsgSpec::Refused { reason } => Msg::Refused { reason },
             MsgSpec::Task { id } => Msg::Task { id: *id },
             MsgSpec::Result { id, last } => Msg::Result { id: *id, last: *last },
             MsgSpec::Cancel { id } => Msg::Cancel { id: *id },
             MsgSpec::Exit => Msg::Exit,
+            MsgSpec::Challenge { version, nonce } => Msg::Challenge { version: *version, nonce: *nonce },
         }
     }
 }
 
 /// What bincode's limit accounting charges for a message: every integer
 /// its full width whatever its varint size (variant index u32, lengths
-/// u64), an Option tag 1, a bool 1, a string its length. `decode` succeeds
+/// u64), an Option tag 1, a bool 1, a string its length, a byte array its
+/// length. `decode` succeeds
 /// on a well-formed message iff this is <= ENVELOPE_LIMIT.
 fn limit_claim(m: &Msg) -> usize {
     match m {
-        Msg::Hello { secret, .. } => 4 + 4 + 8 + secret.len() + 4,
+        Msg::Hello { .. } => 4 + 4 + MAC_LEN + 4,
+        Msg::Challenge { .. } => 4 + 4 + NONCE_LEN,
         Msg::Init { stream, .. } => 4 + 4 + 1 + if stream.is_some() { 28 } else { 0 },
         Msg::Refused { reason } => 4 + 8 + reason.len(),
         Msg::Task { .. } | Msg::Cancel { .. } => 4 + 8,
@@ -1021,15 +1030,15 @@ fn text() -> impl Strategy<Value = String> {
     prop_oneof![
         8 => vec(any::<char>(), 0..24).prop_map(|v| v.into_iter().collect::<String>()),
         4 => vec(prop::sample::select(b"0123456789abcdef".to_vec()), 0..80).prop_map(|v| String::from_utf8(v).unwrap()),
-        // Around the limit: 4076 is the longest secret a Hello can carry,
-        // 4084 the longest reason.
+        // Around the limit: 4084 is the longest reason.
         1 => (4050usize..4120).prop_map(|n| "s".repeat(n)),
     ]
 }
 
 fn msg_spec() -> impl Strategy<Value = MsgSpec> {
     prop_oneof![
-        3 => (varint_u32(), text(), any::<u32>()).prop_map(|(version, secret, pid)| MsgSpec::Hello { version, secret, pid }),
+        3 => (varint_u32(), any::<[u8; MAC_LEN]>(), any::<u32>()).prop_map(|(version, mac, pid)| MsgSpec::Hello { version, mac, pid }),
+        1 => (varint_u32(), any::<[u8; NONCE_LEN]>()).prop_map(|(version, nonce)| MsgSpec::Challenge { version, nonce }),
         2 => (varint_u32(), prop::option::of(any::<[i32; 7]>())).prop_map(|(version, stream)| MsgSpec::Init { version, stream }),
         2 => text().prop_map(|reason| MsgSpec::Refused { reason }),
         1 => varint_u64().prop_map(|id| MsgSpec::Task { id }),
@@ -1075,16 +1084,14 @@ fn check_envelope<'a>(body: &'a [u8], t: &Tally) -> Result<Option<(Msg<'a>, usiz
                 Msg::Result { .. } => "ok: Result",
                 Msg::Cancel { .. } => "ok: Cancel",
                 Msg::Exit => "ok: Exit",
+                Msg::Challenge { .. } => "ok: Challenge",
             });
             prop_assert_eq!(count, 0, "a successful decode allocated {} times", count);
             prop_assert!(off <= body.len());
             let range = body.as_ptr_range();
             let inside = |s: &str| s.is_empty() || (range.start <= s.as_ptr() && s.as_bytes().as_ptr_range().end <= range.end);
-            match &m {
-                Msg::Hello { secret: s, .. } | Msg::Refused { reason: s } => {
-                    prop_assert!(inside(s), "a decoded string does not point into the frame");
-                }
-                _ => {}
+            if let Msg::Refused { reason: s } = &m {
+                prop_assert!(inside(s), "a decoded string does not point into the frame");
             }
             let again = encode(&m);
             let (m2, off2) = proto::decode(&again).map_err(|e| TestCaseError::fail(format!("re-decode: {e}")))?;
@@ -1129,7 +1136,19 @@ fn envelope_valid_then_mutated() {
         prop_oneof![3 => Just(Vec::new()), 2 => vec(any::<u8>(), 0..24)],
         prop_oneof![1 => Just(Vec::new()), 2 => vec(mutation(), 1..5)],
     );
-    let must = ["ok: Hello", "ok: Init", "ok: Refused", "ok: Task", "ok: Result", "ok: Cancel", "ok: Exit", "err", "over the limit", "mutated, still decodes"];
+    let must = [
+        "ok: Hello",
+        "ok: Init",
+        "ok: Refused",
+        "ok: Task",
+        "ok: Result",
+        "ok: Cancel",
+        "ok: Exit",
+        "ok: Challenge",
+        "err",
+        "over the limit",
+        "mutated, still decodes",
+    ];
     fuzz("envelope_valid_then_mutated", 120_000, strategy, &must, |(spec, payload, muts): (MsgSpec, Vec<u8>, Vec<Mutation>), t| {
         let m = spec.msg();
         let mut b = encode(&m);
@@ -1176,45 +1195,29 @@ fn varint(v: u64, width: u8) -> Option<Vec<u8>> {
 
 #[derive(Debug, Clone)]
 struct StringClaim {
-    hello: bool,
     s: String,
-    version: u32,
-    pid: u32,
     claim: usize,
     width: u8,
     payload: Vec<u8>,
 }
 
-/// Hello and Refused with their string's length field claiming 0, 1, n-1,
+/// Refused (the one message with a string) with its length field claiming 0, 1, n-1,
 /// n, n+1, 2^31, 2^32, 2^62, 2^64-1 (and the limit neighbourhood), in every
 /// varint width that holds it, with optional payload after.
 #[test]
 fn envelope_string_lengths() {
-    let strategy = (
-        any::<bool>(),
-        text(),
-        varint_u32(),
-        any::<u32>(),
-        0usize..12,
-        0u8..5,
-        prop_oneof![2 => Just(Vec::new()), 1 => vec(any::<u8>(), 0..16)],
-    )
-        .prop_map(|(hello, s, version, pid, claim, width, payload)| StringClaim { hello, s, version, pid, claim, width, payload });
-    let must = ["true length, wider varint", "claim past the end", "claim over the limit", "u128 length", "ok: Hello", "ok: Refused"];
+    let strategy = (text(), 0usize..12, 0u8..5, prop_oneof![2 => Just(Vec::new()), 1 => vec(any::<u8>(), 0..16)])
+        .prop_map(|(s, claim, width, payload)| StringClaim { s, claim, width, payload });
+    let must = ["true length, wider varint", "claim past the end", "claim over the limit", "u128 length", "ok: Refused"];
     fuzz("envelope_string_lengths", 80_000, strategy, &must, |c: StringClaim, t| {
         let n = c.s.len() as u64;
         let claims = [0, 1, n.wrapping_sub(1), n, n + 1, 1 << 31, 1 << 32, 1 << 62, u64::MAX, 4076, 4077, 4096];
         let v = claims[c.claim];
         let Some(len_field) = varint(v, c.width) else { return Ok(()) };
-        let spec = if c.hello {
-            MsgSpec::Hello { version: c.version, secret: c.s.clone(), pid: c.pid }
-        } else {
-            MsgSpec::Refused { reason: c.s.clone() }
-        };
+        let spec = MsgSpec::Refused { reason: c.s.clone() };
         let canonical = encode(&spec.msg());
-        // The original length field follows the variant index and, for
-        // Hello, the version; both are varints.
-        let head = if c.hello { 1 + varint(c.version as u64, 0).unwrap().len() } else { 1 };
+        // The original length field follows the variant index.
+        let head = 1;
         let old = varint(n, 0).unwrap();
         prop_assert_eq!(&canonical[head..head + old.len()], &old[..]);
         let mut b = canonical[..head].to_vec();
@@ -1241,7 +1244,7 @@ fn envelope_string_lengths() {
         // Bincode charges a claimed length against the limit before it looks
         // at the bytes: a claim past what the limit leaves is an error,
         // whatever follows. So is the u128 form for a u64 length.
-        let before = if c.hello { 4 + 4 + 8 } else { 4 + 8 };
+        let before = 4 + 8;
         if v > (ENVELOPE_LIMIT - before) as u64 {
             t.hit("claim over the limit");
         }
@@ -1331,17 +1334,41 @@ enum Hostile {
     /// The SP header, then random bytes.
     HeaderThen(Vec<u8>),
     /// The SP header, then a Hello frame (right or wrong version and
-    /// secret), then mutations.
-    Hello { version: u32, secret: String, pid: u32, muts: Vec<Mutation> },
+    /// MAC), then mutations.
+    Hello { version: u32, mac: Mac, pid: u32, muts: Vec<Mutation> },
     /// The SP header, then several Hello frames in one write (a refused
     /// one followed by a good one must not get in).
-    Hellos(Vec<(u32, String)>),
+    Hellos(Vec<(u32, Mac)>),
     /// The SP header, then a frame prefix claiming `claims[which]` bytes,
     /// then `send` bytes of it.
     Claim { which: usize, send: usize, seed: u64 },
     /// A valid Hello; once the host's Init arrives, these frames (as a
     /// misbehaving daemon would send) and maybe a truncated one.
     AfterHello { frames: Vec<AfterFrame>, tail: Vec<u8>, together: bool },
+}
+
+/// How a Hello's MAC is made.
+#[derive(Debug, Clone)]
+enum Mac {
+    /// The right secret over this connection's nonce.
+    Right,
+    /// Another secret over this connection's nonce.
+    WrongSecret(String),
+    /// The right secret over the previous connection's nonce: a replay.
+    Replayed,
+    Random([u8; MAC_LEN]),
+}
+
+/// The nonce the previous hostile peer was challenged with.
+static LAST_NONCE: std::sync::Mutex<[u8; NONCE_LEN]> = std::sync::Mutex::new([0u8; NONCE_LEN]);
+
+fn mac_for(m: &Mac, nonce: &[u8; NONCE_LEN], previous: &[u8; NONCE_LEN]) -> [u8; MAC_LEN] {
+    match m {
+        Mac::Right => auth::prove(SECRET.as_bytes(), nonce),
+        Mac::WrongSecret(s) => auth::prove(s.as_bytes(), nonce),
+        Mac::Replayed => auth::prove(SECRET.as_bytes(), previous),
+        Mac::Random(b) => *b,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1352,7 +1379,13 @@ enum AfterFrame {
 }
 
 fn hostile() -> impl Strategy<Value = Hostile> {
-    let secret = prop_oneof![4 => Just(SECRET.to_string()), 1 => text(), 1 => Just(String::new())];
+    let secret = prop_oneof![
+        8 => Just(Mac::Right),
+        1 => text().prop_map(Mac::WrongSecret),
+        1 => Just(Mac::WrongSecret(String::new())),
+        1 => Just(Mac::Replayed),
+        1 => any::<[u8; MAC_LEN]>().prop_map(Mac::Random),
+    ];
     let version = prop_oneof![4 => Just(PROTOCOL_VERSION), 1 => any::<u32>()];
     let after = prop_oneof![
         3 => msg_spec().prop_map(AfterFrame::Msg),
@@ -1363,7 +1396,7 @@ fn hostile() -> impl Strategy<Value = Hostile> {
         2 => vec(any::<u8>(), 0..64).prop_map(Hostile::Random),
         2 => vec(any::<u8>(), 0..64).prop_map(Hostile::HeaderThen),
         6 => (version.clone(), secret.clone(), any::<u32>(), vec(mutation(), 0..4))
-            .prop_map(|(version, secret, pid, muts)| Hostile::Hello { version, secret, pid, muts }),
+            .prop_map(|(version, mac, pid, muts)| Hostile::Hello { version, mac, pid, muts }),
         1 => vec((version, secret), 2..4).prop_map(Hostile::Hellos),
         2 => (0usize..14, prop_oneof![Just(0usize), 0usize..5000], any::<u64>())
             .prop_map(|(which, send, seed)| Hostile::Claim { which, send, seed }),
@@ -1372,10 +1405,10 @@ fn hostile() -> impl Strategy<Value = Hostile> {
     ]
 }
 
-fn hello_frame(f: Framing, version: u32, secret: &str, pid: u32) -> Vec<u8> {
+fn hello_frame(f: Framing, version: u32, mac: [u8; MAC_LEN], pid: u32) -> Vec<u8> {
     let mut b = Vec::new();
     f.begin(&mut b);
-    proto::encode_into(&Msg::Hello { version, secret, pid }, &mut b);
+    proto::encode_into(&Msg::Hello { version, mac, pid }, &mut b);
     f.finish(&mut b);
     b
 }
@@ -1391,20 +1424,20 @@ fn msg_frame(f: Framing, m: &Msg) -> Vec<u8> {
 enum First {
     /// A Hello the host accepts; the length of the SP header plus its frame.
     Accepted(usize),
-    /// A Hello with the wrong version or secret: the host answers Refused.
+    /// A Hello with the wrong version or MAC: the host answers Refused.
     Refused,
     /// Anything else: the host just drops the peer.
     Other,
 }
 
 /// The host's rule for a first message (host.rs `read_conn` and
-/// `handle_message`).
-fn first_message(f: Framing, wire: &[u8]) -> First {
+/// `handle_message`), for a peer challenged with `nonce`.
+fn first_message(f: Framing, wire: &[u8], nonce: &[u8; NONCE_LEN]) -> First {
     let mut d = Decoder::with_limit(f, HELLO_LIMIT);
     let Ok(body) = d.next(&mut Cursor::new(wire)) else { return First::Other };
     let Ok(hop) = strip_hop(&body) else { return First::Other };
     match proto::decode(&body[hop..]) {
-        Ok((Msg::Hello { version, secret, .. }, _)) if version == PROTOCOL_VERSION && secret == SECRET => {
+        Ok((Msg::Hello { version, mac, .. }, _)) if version == PROTOCOL_VERSION && mac == auth::prove(SECRET.as_bytes(), nonce) => {
             First::Accepted(8 + f.prefix_len() + body.len())
         }
         Ok((Msg::Hello { .. }, _)) => First::Refused,
@@ -1448,11 +1481,22 @@ fn read_frame(s: &mut Raw, f: Framing) -> io::Result<Vec<u8>> {
     d.next(&mut Cursor::new(wire))
 }
 
-/// One hostile peer: connect, send, read the host's SP header (which also
-/// proves the host accepted the connection), close. Returns whether the
-/// host must count it as refused.
+/// One hostile peer: connect, read the host's SP header and Challenge
+/// (which also proves the host accepted the connection), send, close.
+/// Returns whether the host must count it as refused.
 fn run_hostile(addr: &Address, f: Framing, case: &Hostile, t: &Tally) -> Result<bool, TestCaseError> {
     let mut s = Raw::connect(addr).map_err(|e| TestCaseError::fail(format!("connect: {e}")))?;
+    let mut hdr = [0u8; 8];
+    s.read_exact(&mut hdr).map_err(|e| TestCaseError::fail(format!("no SP header from the host: {e}")))?;
+    prop_assert_eq!(hdr, SP_HEADER);
+    let ch = read_frame(&mut s, f).map_err(|e| TestCaseError::fail(format!("no Challenge from the host: {e}")))?;
+    let hop = strip_hop(&ch).map_err(TestCaseError::fail)?;
+    let nonce = match proto::decode(&ch[hop..]).map_err(TestCaseError::fail)? {
+        (Msg::Challenge { version: PROTOCOL_VERSION, nonce }, _) => nonce,
+        (m, _) => return Err(TestCaseError::fail(format!("first message not a Challenge: {m:?}"))),
+    };
+    let previous = std::mem::replace(&mut *LAST_NONCE.lock().unwrap(), nonce);
+    prop_assert!(nonce != previous, "the host challenged two connections with the same nonce");
     let mut wire = Vec::new();
     let mut after: Option<Vec<u8>> = None;
     match case {
@@ -1461,15 +1505,15 @@ fn run_hostile(addr: &Address, f: Framing, case: &Hostile, t: &Tally) -> Result<
             wire.extend_from_slice(&SP_HEADER);
             wire.extend_from_slice(b);
         }
-        Hostile::Hello { version, secret, pid, muts } => {
+        Hostile::Hello { version, mac, pid, muts } => {
             wire.extend_from_slice(&SP_HEADER);
-            wire.extend(hello_frame(f, *version, secret, *pid));
+            wire.extend(hello_frame(f, *version, mac_for(mac, &nonce, &previous), *pid));
             apply(&mut wire, muts);
         }
         Hostile::Hellos(hs) => {
             wire.extend_from_slice(&SP_HEADER);
-            for (i, (version, secret)) in hs.iter().enumerate() {
-                wire.extend(hello_frame(f, *version, secret, i as u32));
+            for (i, (version, mac)) in hs.iter().enumerate() {
+                wire.extend(hello_frame(f, *version, mac_for(mac, &nonce, &previous), i as u32));
             }
         }
         Hostile::Claim { which, send, seed } => {
@@ -1486,7 +1530,7 @@ fn run_hostile(addr: &Address, f: Framing, case: &Hostile, t: &Tally) -> Result<
         }
         Hostile::AfterHello { frames, tail, .. } => {
             wire.extend_from_slice(&SP_HEADER);
-            wire.extend(hello_frame(f, PROTOCOL_VERSION, SECRET, 1));
+            wire.extend(hello_frame(f, PROTOCOL_VERSION, auth::prove(SECRET.as_bytes(), &nonce), 1));
             let mut a = Vec::new();
             for fr in frames {
                 match fr {
@@ -1508,7 +1552,7 @@ fn run_hostile(addr: &Address, f: Framing, case: &Hostile, t: &Tally) -> Result<
     }
     // An accepted Hello is sent alone: a daemon's later bytes are the
     // AfterHello cases' business, sent once the Init is in.
-    let first = first_message(f, &wire);
+    let first = first_message(f, &wire, &nonce);
     let accepted = match first {
         First::Accepted(n) => Some(n),
         _ => None,
@@ -1525,11 +1569,11 @@ fn run_hostile(addr: &Address, f: Framing, case: &Hostile, t: &Tally) -> Result<
     }
     // The host may drop us mid-write: that is its right.
     let _ = s.write_all(&wire);
-    let mut hdr = [0u8; 8];
-    s.read_exact(&mut hdr).map_err(|e| TestCaseError::fail(format!("no SP header from the host: {e}")))?;
-    prop_assert_eq!(hdr, SP_HEADER);
     let Some(_) = accepted else {
         t.hit("refused at the handshake");
+        if matches!(case, Hostile::Hello { mac: Mac::Replayed, .. }) {
+            t.hit("replayed MAC");
+        }
         if let First::Refused = first {
             // A wrong Hello is told why before the close.
             let fr = read_frame(&mut s, f).map_err(|e| TestCaseError::fail(format!("no Refused after a wrong Hello: {e}")))?;
@@ -1634,6 +1678,7 @@ fn handshake(url: &str) {
             "refused at the handshake",
             "told why",
             "several Hellos, first refused",
+            "replayed MAC",
             "accepted",
             "daemon sent more",
             "daemon sent more with its Hello",
@@ -1653,12 +1698,14 @@ fn handshake(url: &str) {
     let mut held = Vec::new();
     for i in 0..hold {
         let mut s = Raw::connect(&addr).unwrap();
-        let hello = hello_frame(f, PROTOCOL_VERSION, SECRET, i as u32);
+        let hello = hello_frame(f, PROTOCOL_VERSION, [0u8; MAC_LEN], i as u32);
         let mut w = SP_HEADER.to_vec();
         w.extend_from_slice(&hello[..1 + i % (hello.len() - 1)]);
         s.write_all(&w).unwrap();
         let mut hdr = [0u8; 8];
         s.read_exact(&mut hdr).unwrap();
+        // Its Challenge, so that only a close is left to read.
+        read_frame(&mut s, f).unwrap();
         held.push(s);
     }
     let evicted = (hold - MAX_PENDING) as u64;

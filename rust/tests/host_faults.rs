@@ -1,13 +1,17 @@
 //! Faults and hostile peers at the host and the daemon, over real sockets:
 //! a failed event loop resolves everything, a silent peer is dropped at the
-//! Hello deadline, a flood of silent peers cannot lock daemons out, and a
-//! daemon facing a host that stalls mid-frame keeps control.
+//! Hello deadline, a flood of silent peers cannot lock daemons out, a wrong
+//! secret or a replayed Hello is refused and counted, the secret never
+//! crosses the wire, and a daemon facing a host that stalls mid-frame keeps
+//! control.
 
 use mirai::aio::{Doorbell, Outcome, Slot};
+use mirai::auth;
+use mirai::decoder::Decoder;
 use mirai::client::{ClientConn, Incoming};
-use mirai::frame::{Framing, SP_HEADER};
+use mirai::frame::{strip_hop, Framing, SP_HEADER};
 use mirai::host::{Host, HostOptions, HELLO_TIMEOUT, MAX_PENDING};
-use mirai::proto::{self, Msg, PROTOCOL_VERSION};
+use mirai::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
 use mirai::url::Address;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -116,7 +120,9 @@ fn a_silent_peer_is_dropped_at_the_hello_deadline() {
         }
     }
     let took = start.elapsed();
-    assert_eq!(got, SP_HEADER.len(), "the host sends only its SP header");
+    // SP header, then the Challenge frame: length, hop count, variant,
+    // version, nonce.
+    assert_eq!(got, SP_HEADER.len() + 8 + 4 + 2 + NONCE_LEN, "the host sends only its SP header and Challenge");
     assert!(took >= HELLO_TIMEOUT - Duration::from_millis(200), "dropped too early: {took:?}");
     assert!(took < HELLO_TIMEOUT + Duration::from_secs(3), "dropped too late: {took:?}");
     assert!(wait_for(|| host.stats.refused.load(Ordering::Relaxed) == 1, 2));
@@ -152,8 +158,8 @@ fn silent_peers_beyond_the_cap_make_room_and_daemons_still_join() {
     drop(silent);
 }
 
-/// A fake host: accepts one daemon, answers its Hello with an Init, then
-/// runs `then` on the connection.
+/// A fake host: accepts one daemon, challenges it, answers its Hello with
+/// an Init, then runs `then` on the connection.
 fn fake_host(then: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static) -> Address {
     use std::os::linux::net::SocketAddrExt;
     let name = format!("mirai-test-fake-{}-{:?}", std::process::id(), Instant::now());
@@ -161,9 +167,11 @@ fn fake_host(then: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static)
     let l = std::os::unix::net::UnixListener::bind_addr(&sa).unwrap();
     std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
-        let mut hello = [0u8; 256];
-        let _ = s.read(&mut hello).unwrap();
-        let mut init = SP_HEADER.to_vec();
+        let mut ch = SP_HEADER.to_vec();
+        ch.extend(frame_of(Framing::Ipc, &Msg::Challenge { version: PROTOCOL_VERSION, nonce: [5; NONCE_LEN] }));
+        s.write_all(&ch).unwrap();
+        let _hello = Decoder::new(Framing::Ipc).next(&mut s).unwrap();
+        let mut init = Vec::new();
         let mut f = Vec::new();
         Framing::Ipc.begin(&mut f);
         proto::encode_into(&Msg::Init { version: PROTOCOL_VERSION, stream: None }, &mut f);
@@ -257,5 +265,127 @@ fn a_daemon_refuses_a_frame_over_its_limit() {
             Incoming::Closed => break,
             _ => panic!("unexpected message"),
         }
+    }
+}
+
+fn frame_of(f: Framing, m: &Msg) -> Vec<u8> {
+    let mut b = Vec::new();
+    f.begin(&mut b);
+    proto::encode_into(m, &mut b);
+    f.finish(&mut b);
+    b
+}
+
+/// Reads the next message body of `d` and decodes it with `check`.
+fn next_msg<T>(d: &mut Decoder, s: &mut TcpStream, check: impl FnOnce(Msg) -> T) -> T {
+    let body = d.next(s).unwrap();
+    let hop = strip_hop(&body).unwrap();
+    check(proto::decode(&body[hop..]).unwrap().0)
+}
+
+/// A peer's side of the handshake by hand: returns the stream, its
+/// decoder and the nonce the host challenged it with.
+fn raw_peer(host: &Host) -> (TcpStream, Decoder, [u8; NONCE_LEN]) {
+    let mut s = TcpStream::connect(("127.0.0.1", port(host))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&SP_HEADER).unwrap();
+    let mut d = Decoder::new(Framing::Tcp);
+    let nonce = next_msg(&mut d, &mut s, |m| match m {
+        Msg::Challenge { version: PROTOCOL_VERSION, nonce } => nonce,
+        m => panic!("first message not a Challenge: {m:?}"),
+    });
+    (s, d, nonce)
+}
+
+#[test]
+fn a_daemon_with_the_wrong_secret_is_refused_and_counted() {
+    let (host, addr) = tcp_host();
+    let err = ClientConn::connect(&addr, "not-the-secret", 1 << 40, Some(Instant::now() + Duration::from_secs(10)), || true)
+        .err()
+        .expect("a wrong secret was accepted");
+    assert!(err.contains("not launched for this host"), "{err}");
+    assert!(wait_for(|| host.stats.refused.load(Ordering::Relaxed) == 1, 5));
+    assert_eq!(host.stats.connections.load(Ordering::Relaxed), 0);
+    // The right one gets in.
+    let _d = daemon(&addr);
+    assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));
+    assert_eq!(host.stats.refused.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_hello_replayed_from_an_earlier_connection_is_refused() {
+    let (host, _addr) = tcp_host();
+    // A genuine exchange, recorded.
+    let (mut s1, mut d1, n1) = raw_peer(&host);
+    let hello = frame_of(Framing::Tcp, &Msg::Hello { version: PROTOCOL_VERSION, mac: auth::prove(b"s3cret", &n1), pid: 1 });
+    s1.write_all(&hello).unwrap();
+    next_msg(&mut d1, &mut s1, |m| assert!(matches!(m, Msg::Init { .. }), "{m:?}"));
+    assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));
+    // The same bytes on a new connection: a fresh nonce makes them worthless.
+    let (mut s2, mut d2, n2) = raw_peer(&host);
+    assert_ne!(n1, n2, "two connections got the same nonce");
+    s2.write_all(&hello).unwrap();
+    next_msg(&mut d2, &mut s2, |m| match m {
+        Msg::Refused { reason } => assert!(reason.contains("not launched for this host"), "{reason}"),
+        m => panic!("a replayed Hello got {m:?}"),
+    });
+    let mut rest = Vec::new();
+    let _ = s2.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "the host sent more after Refused");
+    assert!(wait_for(|| host.stats.refused.load(Ordering::Relaxed) == 1, 5));
+    assert_eq!(host.stats.connections.load(Ordering::Relaxed), 1);
+    // Nor does a Hello answering the other connection's nonce, once it is gone.
+    drop(s1);
+    let (mut s3, mut d3, _n3) = raw_peer(&host);
+    s3.write_all(&hello).unwrap();
+    next_msg(&mut d3, &mut s3, |m| assert!(matches!(m, Msg::Refused { .. }), "{m:?}"));
+    assert!(wait_for(|| host.stats.refused.load(Ordering::Relaxed) == 2, 5));
+}
+
+#[test]
+fn the_secret_never_crosses_the_wire() {
+    const SECRET: &str = "c0ffee-distinctive-secret-4242";
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let nonce = [0x42u8; NONCE_LEN];
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = SP_HEADER.to_vec();
+        w.extend(frame_of(Framing::Tcp, &Msg::Challenge { version: PROTOCOL_VERSION, nonce }));
+        s.write_all(&w).unwrap();
+        // Everything the daemon sends until it has said its Hello.
+        let mut wire = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut d = Decoder::new(Framing::Tcp);
+        let hello = loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the daemon hung up before its Hello");
+            wire.extend_from_slice(&buf[..n]);
+            if let Ok(b) = d.next(&mut std::io::Cursor::new(wire.clone())) {
+                break b;
+            }
+            d = Decoder::new(Framing::Tcp);
+        };
+        let mut r = Vec::new();
+        r.extend(frame_of(Framing::Tcp, &Msg::Refused { reason: "enough" }));
+        s.write_all(&r).unwrap();
+        (wire, hello)
+    });
+    let addr = Address::parse(&format!("tcp://127.0.0.1:{port}")).unwrap();
+    let err = ClientConn::connect(&addr, SECRET, 1 << 40, Some(Instant::now() + Duration::from_secs(10)), || true).err();
+    assert!(err.unwrap().contains("enough"));
+    let (wire, hello) = fake.join().unwrap();
+    let has = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+    assert!(!has(SECRET.as_bytes()), "the secret was sent in clear");
+    assert!(!has(&SECRET.as_bytes()[..8]), "part of the secret was sent in clear");
+    let hop = strip_hop(&hello).unwrap();
+    match proto::decode(&hello[hop..]).unwrap().0 {
+        Msg::Hello { version, mac, pid } => {
+            assert_eq!(version, PROTOCOL_VERSION);
+            assert_eq!(mac, auth::prove(SECRET.as_bytes(), &nonce));
+            assert_eq!(pid, std::process::id());
+        }
+        m => panic!("not a Hello: {m:?}"),
     }
 }

@@ -214,3 +214,23 @@ test_that("custom-serialized reference objects travel through parLapply both way
   # Upper-cased on the way in (on the daemon) and on the way back (here).
   expect_identical(vapply(out, attr, "", "payload"), c("AX", "BX"))
 })
+
+test_that("make_cluster(url) prints launch commands; nodes wait for their daemons", {
+  expect_output(cl <- make_cluster(2, url = local_url(tcp = TRUE)), "Shell commands for deployment on nodes")
+  on.exit(stop_cluster(cl))
+  cmds <- launch_remote(cl)
+  expect_s3_class(cmds, "miraiLaunchCmd")
+  expect_length(cmds, 2L)
+  # The tasks are sent before any daemon has connected: each node's task
+  # waits for its own daemon.
+  for (cmd in cmds) system(cmd, wait = FALSE)
+  pids <- unlist(clusterEvalQ(cl, Sys.getpid()))
+  expect_length(unique(pids), 2L)
+  stop_cluster(cl)
+  expect_true(wait_until(function() !any(vapply(pids, pid_alive, logical(1L)))))
+  # With a launch configuration, the daemons are launched at once.
+  cl2 <- make_cluster(2, url = local_url(tcp = TRUE),
+                      remote = remote_config(command = "sh", args = c("-c", "."), quote = TRUE))
+  on.exit(stop_cluster(cl2), add = TRUE)
+  expect_identical(parSapply(cl2, 1:4, function(x) x * 2), c(2, 4, 6, 8))
+})

@@ -3,8 +3,10 @@
 # Wire: each side opens with the SP header; messages then go as frames (on
 # TCP an 8-byte big-endian length, then the body). A body starts with the
 # pair1 hop count (00 00 00 01), then the bincode envelope (variant index as
-# a varint; Hello = 0 with version u32, secret string, pid u32). See
-# rust/src/frame.rs and rust/src/proto.rs.
+# a varint; Hello = 0 with version u32, a 32-byte HMAC, pid u32; Refused = 2
+# with a string; Challenge = 7 with version u32 and a 32-byte nonce). On
+# accept the host sends its SP header and a Challenge; a daemon answers with
+# its Hello. See rust/src/frame.rs, rust/src/proto.rs and rust/src/auth.rs.
 
 sp_header <- as.raw(c(0x00, 0x53, 0x50, 0x00, 0x00, 0x11, 0x00, 0x00))
 hop <- as.raw(c(0x00, 0x00, 0x00, 0x01))
@@ -31,13 +33,16 @@ varint <- function(n) {
 # A TCP frame; `len` is the length claimed, whatever follows.
 tcp_frame <- function(body, len = length(body)) c(if (is.raw(len)) len else be_bytes(len), body)
 
-hello_body <- function(secret = "", version = 2, pid = 1) {
-  s <- charToRaw(secret)
-  c(hop, varint(0), varint(version), varint(length(s)), s, varint(pid))
+protocol_version <- 3
+
+hello_body <- function(mac = raw(32L), version = protocol_version, pid = 1) {
+  c(hop, varint(0), varint(version), mac, varint(pid))
 }
 
-# The attack of the bug report: a Hello whose secret claims 2^62 bytes.
-huge_string_hello <- function() c(hop, varint(0), varint(2), varint(2^62), charToRaw("abc"))
+# The attack of the bug report, on the envelope's one string field (it was
+# a Hello's secret before the challenge-response handshake): a message whose
+# string claims 2^62 bytes.
+huge_string_message <- function() c(hop, varint(2), varint(2^62), charToRaw("abc"))
 
 tcp_port <- function() as.integer(sub("^.*:", "", status()$daemons))
 
@@ -70,13 +75,22 @@ closed_by_host <- function(con, within) {
 # TRUE if nothing, not even an end of stream, is waiting to be read.
 still_open <- function(con) !socketSelect(list(con), timeout = 0)
 
-# The peer's side of a valid handshake: Hello, then the host's SP header
-# and Init frame. Returns the Init body.
-handshake <- function(con, secret = "") {
-  send_bytes(con, c(sp_header, tcp_frame(hello_body(secret))))
-  stopifnot(identical(read_bytes(con, 8L), sp_header))
+# Reads one TCP frame; returns its body.
+read_frame <- function(con) {
   len <- sum(as.numeric(read_bytes(con, 8L)) * 256^(7:0))
   read_bytes(con, len)
+}
+
+# The peer's side of a handshake with a host that has `auth = FALSE`: the
+# host's SP header and Challenge, then a Hello (any MAC), then the Init.
+# Returns the Init body.
+handshake <- function(con) {
+  send_bytes(con, sp_header)
+  stopifnot(identical(read_bytes(con, 8L), sp_header))
+  challenge <- read_frame(con)
+  stopifnot(identical(challenge[5:6], as.raw(c(7, protocol_version))), length(challenge) == 38L)
+  send_bytes(con, tcp_frame(hello_body()))
+  read_frame(con)
 }
 
 wait_refused <- function(n, timeout = 10) wait_until(function() status()$refused >= n, timeout)
@@ -145,10 +159,10 @@ test_that("a first frame claiming 2^62 or 2^64-1 bytes is refused at once, witho
   expect_serves()
 })
 
-test_that("a Hello whose secret claims 2^62 bytes is refused, not allocated (the bug report's attack)", {
+test_that("a first message whose string claims 2^62 bytes is refused, not allocated (the bug report's attack)", {
   daemons(url = "tcp://127.0.0.1:0")
   on.exit(daemons(0))
-  body <- huge_string_hello()
+  body <- huge_string_message()
   for (i in 1:2) {
     con <- peer(tcp_port())
     send_bytes(con, c(sp_header, tcp_frame(body)))
@@ -156,7 +170,7 @@ test_that("a Hello whose secret claims 2^62 bytes is refused, not allocated (the
     close(con)
   }
   # The same with 2^64-1, and with the length field cut short.
-  for (body in list(c(hop, as.raw(c(0, 2, 0xfd)), as.raw(rep(0xff, 8L))), c(hop, as.raw(c(0, 2, 0xfd, 0, 0))))) {
+  for (body in list(c(hop, as.raw(c(2, 0xfd)), as.raw(rep(0xff, 8L))), c(hop, as.raw(c(2, 0xfd, 0, 0))))) {
     con <- peer(tcp_port())
     send_bytes(con, c(sp_header, tcp_frame(body)))
     expect_true(closed_by_host(con, within = 5))
@@ -187,7 +201,7 @@ test_that("the bug report's attack leaves a host R process alive and serving", {
   on.exit(p$kill())
   expect_true(wait_until(function() file.exists(file.path(dir, "url")) && length(readLines(file.path(dir, "url"))), 30))
   port <- as.integer(sub("^.*:", "", readLines(file.path(dir, "url"))))
-  for (bytes in list(c(sp_header, tcp_frame(huge_string_hello())), c(sp_header, be_bytes(2^62)))) {
+  for (bytes in list(c(sp_header, tcp_frame(huge_string_message())), c(sp_header, be_bytes(2^62)))) {
     con <- peer(port)
     send_bytes(con, bytes)
     expect_true(closed_by_host(con, within = 5))
@@ -209,7 +223,7 @@ test_that("after the handshake, a frame claiming more than mirai.max_message clo
   on.exit(daemons(0), add = TRUE)
   rss <- vm_rss_mb()
   con <- peer(tcp_port())
-  init <- handshake(con, secret = "")
+  init <- handshake(con)
   expect_identical(init[1:4], hop)
   expect_identical(init[[5L]], as.raw(1L))  # Init
   expect_true(wait_until(function() status()$connections == 1L))
@@ -230,7 +244,7 @@ test_that("after the handshake, a claim under the cap costs only the bytes that 
   on.exit(daemons(0))
   rss <- vm_rss_mb()
   con <- peer(tcp_port(), timeout = 2)
-  handshake(con, secret = "")
+  handshake(con)
   expect_true(wait_until(function() status()$connections == 1L))
   # 2^39 bytes claimed (under the default cap of 2^40), 8 MB sent.
   expect_true(send_bytes(con, c(be_bytes(2^39), hop, as.raw(c(4, 1, 0)), as.raw(rep(7L, 8e6)))))
@@ -256,12 +270,14 @@ test_that("200 hostile peers in a row are all refused and the host keeps serving
     garbage = c(as.raw(c(0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03)), charToRaw("TLS")),
     huge62 = c(sp_header, be_bytes(2^62)),
     huge64 = c(sp_header, as.raw(rep(0xff, 8L))),
-    huge_string = c(sp_header, tcp_frame(huge_string_hello())),
+    huge_string = c(sp_header, tcp_frame(huge_string_message())),
     over_4k = c(sp_header, tcp_frame(as.raw(rep(1L, 100L)), len = 5000)),
-    wrong_secret = c(sp_header, tcp_frame(hello_body("not the secret"))),
-    wrong_version = c(sp_header, tcp_frame(hello_body("", version = 99))),
+    wrong_mac = c(sp_header, tcp_frame(hello_body(as.raw(sample(0:255, 32L, TRUE))))),
+    zero_mac = c(sp_header, tcp_frame(hello_body())),
+    wrong_version = c(sp_header, tcp_frame(hello_body(version = 99))),
+    old_protocol = c(sp_header, tcp_frame(c(hop, varint(0), varint(2), varint(6), charToRaw("secret"), varint(1)))),
     not_hello = c(sp_header, tcp_frame(c(hop, as.raw(c(4, 1, 0))))),
-    bad_hop = c(sp_header, tcp_frame(c(as.raw(c(0, 0, 1, 0)), hello_body("")[-(1:4)]))),
+    bad_hop = c(sp_header, tcp_frame(c(as.raw(c(0, 0, 1, 0)), hello_body()[-(1:4)]))),
     empty_body = c(sp_header, tcp_frame(raw(0))),
     hangs_up = sp_header
   )
@@ -294,7 +310,11 @@ test_that("over 64 silent peers: the oldest are dropped at once, and a daemon st
     cons[[i]] <- peer(port)
     send_bytes(cons[[i]], sp_header)
   }
-  for (con in cons) read_bytes(con, 8L)
+  # Each gets the SP header and a Challenge.
+  for (con in cons) {
+    read_bytes(con, 8L)
+    read_frame(con)
+  }
   # Six over the limit of 64: the six oldest go at once, not at their deadline.
   expect_true(wait_refused(6L, timeout = 3))
   expect_identical(status()$refused, 6L)

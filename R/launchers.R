@@ -1,0 +1,549 @@
+# Launchers: the commands that start daemons on other machines (by SSH, an
+# HPC scheduler, an HTTP API or any other command), and `miraiLaunchCmd`.
+
+#' Launch Remote Daemons
+#'
+#' Builds the shell commands that start daemons for a compute profile set
+#' up with [daemons()] `(url = ...)`, and, when `remote` has a `command`,
+#' runs them: over SSH ([ssh_config()]), through an HPC scheduler
+#' ([cluster_config()]), an HTTP API ([http_config()]) or any other command
+#' ([remote_config()]). Without a `command` the commands are only returned,
+#' to be run by hand on the remote machines.
+#'
+#' Each command carries what a daemon needs to join the host: its URL, its
+#' random number stream (`rs`, for profiles without dispatcher or seed), the
+#' TLS certificate (`tlscert`) when the profile uses TLS, and the profile's
+#' secret. The secret is set as the environment variable `MIRAI_SECRET` of
+#' the command (`MIRAI_SECRET=... Rscript -e '...'`), so it is not in the
+#' argument list of the daemon process on the remote machine, where other
+#' users could read it with `ps`. [ssh_config()] hands the command to `ssh`
+#' in a private configuration file (`RemoteCommand`) rather than as an
+#' argument, so it is in no argument list on this machine either; on the
+#' remote machine it is in the arguments of the login shell only until that
+#' starts `Rscript` (at once, for `sh` and `bash`). [cluster_config()]
+#' passes the job script on the scheduler's standard input, so the secret
+#' is in no process's arguments. A [remote_config()] `command` receives the
+#' launch command as an argument, so there the secret is visible in the
+#' arguments of that command while it runs.
+#' [http_config()] sends it in the request body, as an argument of the
+#' daemon call (so it is in the launched daemon's arguments, and reaches
+#' the API in clear unless the URL is `https://`). The secret never crosses
+#' the connection between daemon and host: daemons prove they hold it by
+#' challenge-response. With `daemons(..., auth = FALSE)` there is no secret.
+#'
+#' Printing a `miraiLaunchCmd` shows the commands, numbered, for copy and
+#' paste: they include the secret, since a daemon started without it is
+#' refused.
+#'
+#' @param n (integer) number of daemons to launch. With a [ssh_config()] of
+#'   several remotes, 1 launches one daemon on each. Default 1.
+#' @param remote (list) a launch configuration from [remote_config()],
+#'   [ssh_config()], [cluster_config()] or [http_config()]. Default
+#'   `remote_config()`: only build the commands.
+#' @param ... (named arguments) [daemon()] arguments overriding those given
+#'   to [daemons()] (logical or numeric values only). Default: none.
+#' @param .compute (character) name of the compute profile. Default NULL:
+#'   the current profile.
+#' @return A character vector of launch commands, of class `miraiLaunchCmd`
+#'   (invisibly if they were run). For [http_config()], invisibly, the list
+#'   of HTTP responses (each a list of `status`, `headers` and `data`).
+#' @seealso [daemons()], [launch_local()].
+#' @examples
+#' daemons(url = "tcp://127.0.0.1:0", dispatcher = FALSE, .compute = "rem")
+#' launch_remote(2, .compute = "rem")
+#' daemons(0, .compute = "rem")
+#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' # Two daemons on a remote machine over SSH, tunnelled back to this one:
+#' daemons(
+#'   n = 2,
+#'   url = local_url(tcp = TRUE, port = 5555),
+#'   remote = ssh_config("ssh://user@10.75.32.90", tunnel = TRUE)
+#' )
+#' daemons(0)
+#' @export
+launch_remote <- function(n = 1L, remote = remote_config(), ..., .compute = NULL) {
+  if (inherits(n, c("miraiCluster", "miraiNode"))) {
+    .compute <- attr(n, "id")
+    n <- if (inherits(n, "miraiNode")) 1L else length(n)
+  }
+  prof <- launchable_profile(.compute)
+  if (!is.numeric(n) || length(n) != 1L || is.na(n) || n < 0)
+    stop("`n` must be a single non-negative number", call. = FALSE)
+  check_remote(remote)
+  dots <- prof$dots
+  new <- daemon_dots(list(...))
+  dots[names(new)] <- new
+  if (isTRUE(remote$tunnel) && !identical(url_host(prof$url), "127.0.0.1"))
+    stop("SSH tunnelling requires daemons `url` hostname to be `127.0.0.1`", call. = FALSE)
+  if (is.list(remote$args) && length(remote$args) > 1L) {
+    if (n == 1L) n <- length(remote$args)
+    else if (n != length(remote$args))
+      stop(sprintf("`n` must be 1 or the number of remotes (%d)", length(remote$args)),
+           call. = FALSE)
+  }
+  n <- as.integer(n)
+  if (identical(remote$type, "http")) {
+    calls <- vapply(seq_len(n), function(i) daemon_call(prof, dots, with_secret = TRUE),
+                    character(1L))
+    return(invisible(http_launch(remote, calls)))
+  }
+  cmds <- vapply(seq_len(n), function(i) daemon_shell_command(prof, remote$rscript, dots),
+                 character(1L))
+  cmds <- structure(cmds, class = "miraiLaunchCmd")
+  if (is.null(remote$command)) return(cmds)
+  if (is.null(remote$quote)) run_cluster(remote, cmds) else run_remote(remote, cmds, prof$url)
+  invisible(cmds)
+}
+
+#' Generic Remote Launch Configuration
+#'
+#' A launch configuration for [launch_remote()] and [daemons()] `(remote =)`
+#' that runs `command` with `args`, in which `"."` stands for the daemon's
+#' launch command. With `command = NULL` the launch commands are only
+#' returned (and printed), for manual deployment.
+#'
+#' @param command (character) the program to run, e.g. `"ssh"` (a shell
+#'   command, which may include options), or NULL to run nothing. Default
+#'   NULL.
+#' @param args (character or list) the arguments of `command`, one of which
+#'   must be `"."`; or a list of such vectors, one per daemon. Default
+#'   `c("", ".")`.
+#' @param rscript (character) how to call Rscript on the remote machine: a
+#'   path, or a command prefix such as `"R_LIBS=/opt/r Rscript"`. Default
+#'   `"Rscript"` (on the remote PATH).
+#' @param quote (logical) shell-quote the launch command where it replaces
+#'   `"."` (needed when it is passed through a remote shell as one
+#'   argument, as by `ssh`). Default FALSE.
+#' @return A launch configuration (a list).
+#' @seealso [ssh_config()], [cluster_config()], [http_config()].
+#' @examples
+#' remote_config()
+#' remote_config(command = "ssh", args = c("-p 22", "user@10.75.32.90", "."), quote = TRUE)
+#' @export
+remote_config <- function(command = NULL, args = c("", "."), rscript = "Rscript", quote = FALSE) {
+  if (!is.null(command) && !is_string(command))
+    stop("`command` must be a character string, or NULL", call. = FALSE)
+  arg_sets <- if (is.list(args)) args else list(args)
+  has_dot <- function(a) is.character(a) && "." %in% a
+  if (!length(arg_sets) || !all(vapply(arg_sets, has_dot, logical(1L))))
+    stop("`.` must be an element of the character vector(s) supplied to `args`", call. = FALSE)
+  if (!is_string(rscript)) stop("`rscript` must be a character string", call. = FALSE)
+  if (!is.logical(quote) || length(quote) != 1L || is.na(quote))
+    stop("`quote` must be TRUE or FALSE", call. = FALSE)
+  list(command = command, args = args, rscript = rscript, quote = quote)
+}
+
+#' SSH Remote Launch Configuration
+#'
+#' A launch configuration that starts daemons over SSH, one per remote, with
+#' `ssh -o ConnectTimeout=<timeout> -fTp <port> [user@]host '<command>'`.
+#' `ssh` must be able to log in without a password (keys or an agent).
+#'
+#' With `tunnel = TRUE`, the SSH connection also carries the daemons' own
+#' connections back to the host (reverse port forwarding,
+#' `-R <port>:127.0.0.1:<port>`), for remote machines that cannot reach the
+#' host directly. The daemons `url` must then be `tcp://127.0.0.1:<port>`
+#' with a fixed port (e.g. `local_url(tcp = TRUE, port = 5555)`), and the
+#' same port must be free on the remote machines. `ssh` is told to exit if
+#' the forwarding fails (`ExitOnForwardFailure`), so a failed tunnel is an
+#' error rather than a daemon that cannot connect.
+#'
+#' The launch command goes to `ssh` as `RemoteCommand` in a temporary
+#' configuration file readable only by this user, which then includes
+#' `~/.ssh/config` and `/etc/ssh/ssh_config`, so that the profile's secret
+#' is not in the arguments of the `ssh` process (see [launch_remote()]).
+#' The printed commands are those that run on the remote machines.
+#'
+#' @param remotes (character) remote machines as URLs
+#'   `ssh://[user@]host[:port]` (port 22 if none). No default: required.
+#' @param tunnel (logical) tunnel the daemons' connections through SSH.
+#'   Default FALSE.
+#' @param timeout (integer) seconds to wait for each SSH connection.
+#'   Default 10.
+#' @param command (character) the ssh client, possibly with options, e.g.
+#'   `"ssh -i ~/.ssh/cluster_key"`. Default `"ssh"`.
+#' @param rscript (character) how to call Rscript on the remote machines: a
+#'   path, or a command prefix such as `"R_LIBS=/opt/r Rscript"`. Default
+#'   `"Rscript"`.
+#' @return A launch configuration (a list).
+#' @seealso [launch_remote()], [remote_config()].
+#' @examples
+#' ssh_config("ssh://user@10.75.32.90:222")
+#' ssh_config(c("ssh://10.75.32.90", "ssh://10.75.32.91"), tunnel = TRUE)
+#' @export
+ssh_config <- function(remotes, tunnel = FALSE, timeout = 10, command = "ssh",
+                       rscript = "Rscript") {
+  if (missing(remotes) || !is.character(remotes) || !length(remotes) || anyNA(remotes))
+    stop("`remotes` must be a character vector of URLs such as \"ssh://user@host:22\"",
+         call. = FALSE)
+  if (!is.logical(tunnel) || length(tunnel) != 1L || is.na(tunnel))
+    stop("`tunnel` must be TRUE or FALSE", call. = FALSE)
+  if (!is.numeric(timeout) || length(timeout) != 1L || is.na(timeout) || timeout <= 0)
+    stop("`timeout` must be a positive number of seconds", call. = FALSE)
+  if (!is_string(command)) stop("`command` must be a character string", call. = FALSE)
+  if (!is_string(rscript)) stop("`rscript` must be a character string", call. = FALSE)
+  args <- lapply(remotes, function(r) {
+    m <- regmatches(r, regexec("^ssh://([^/:@]+@)?([^/:@]+)(:([0-9]+))?/?$", r))[[1L]]
+    if (!length(m))
+      stop(sprintf("`remotes`: '%s' is not a URL of the form ssh://[user@]host[:port]", r),
+           call. = FALSE)
+    port <- if (nzchar(m[5L])) m[5L] else "22"
+    c(sprintf("-o ConnectTimeout=%d -fTp %s", as.integer(timeout), port), paste0(m[2L], m[3L]), ".")
+  })
+  list(command = command, args = args, rscript = rscript, quote = TRUE, tunnel = tunnel)
+}
+
+#' HPC Cluster Launch Configuration
+#'
+#' A launch configuration that submits each daemon as a job to an HPC
+#' scheduler: Slurm (`sbatch`), SGE, Torque or PBS (`qsub`), or LSF
+#' (`bsub`). The job script is `#!/bin/sh`, then `options`, then the launch
+#' command; it is passed on the scheduler command's standard input (a
+#' heredoc, in effect), so the profile's secret is in no process's
+#' arguments. Jobs end when their daemon exits, e.g. at `daemons(0)`.
+#'
+#' @param command (character) the submission command: `"sbatch"`, `"qsub"`
+#'   or `"bsub"`, possibly with options. Default `"sbatch"`.
+#' @param options (character) the job script's scheduler directives and any
+#'   set-up, one per line (leading whitespace is removed), e.g.
+#'   `"#SBATCH --job-name=mirai\n#SBATCH --mem=10G\nmodule load R/4.5.0"`.
+#'   Default `""`.
+#' @param rscript (character) how to call Rscript on the compute nodes: a
+#'   path, or a command prefix. Default `"Rscript"`.
+#' @return A launch configuration (a list).
+#' @seealso [launch_remote()].
+#' @examples
+#' cluster_config("sbatch", "#SBATCH --job-name=mirai\n#SBATCH --time=01:00:00")
+#' cluster_config("qsub", "#$ -N mirai\n#$ -l mem_free=10G")
+#' cluster_config("bsub", "#BSUB -J mirai\n#BSUB -n 1")
+#' @export
+cluster_config <- function(command = "sbatch", options = "", rscript = "Rscript") {
+  if (!is_string(command))
+    stop("`command` must be a character string such as \"sbatch\"", call. = FALSE)
+  if (!is.character(options) || anyNA(options))
+    stop("`options` must be a character string", call. = FALSE)
+  if (!is_string(rscript)) stop("`rscript` must be a character string", call. = FALSE)
+  lines <- unlist(strsplit(paste(options, collapse = "\n"), "\n", fixed = TRUE))
+  lines <- sub("^[[:space:]]+", "", lines)
+  script <- paste(c("#!/bin/sh", lines[nzchar(lines)]), collapse = "\n")
+  list(command = "/bin/sh", args = c(sprintf("%s<<'EOF'\n%s\n", command, script), ".", "\nEOF"),
+       rscript = rscript, quote = NULL, submit = command, script = script)
+}
+
+#' HTTP API Launch Configuration
+#'
+#' A launch configuration that starts each daemon with an HTTP request to a
+#' job-launching API, by default that of Posit Workbench.
+#'
+#' `data` holds a `%s` placeholder, which receives the daemon call
+#' (`mirai::daemon(...)`), escaped for a JSON string. Each of `url`,
+#' `headers`, `data`, `cookie` and `token` may be a function, called at
+#' launch (so credentials are read when they are needed); `...` is passed
+#' to `data` when it is a function. `cookie` and `token` add `Cookie` and
+#' `Authorization: Bearer` headers.
+#'
+#' The defaults target Posit Workbench's `launch_job` API: the URL from
+#' the `RS_SERVER_ADDRESS` environment variable, the session cookie from
+#' `RS_SESSION_RPC_COOKIE`, and a job that runs `Rscript` with the current
+#' library paths; `...` may set `rscript`, `job_name`, `cluster`, `image`,
+#' `resource_profile`, `cpus` and `memory` (MB). Not tested against
+#' Workbench itself here.
+#'
+#' Requests to `http://` URLs are made by a small HTTP/1.1 client in base R
+#' (5 second timeout); `https://` URLs need the curl package. The daemon
+#' call in the request body includes the profile's secret (`secret =`): use
+#' `https://` for an API on another machine.
+#'
+#' @param url (character or function) the API endpoint. Default: Posit
+#'   Workbench's, from `RS_SERVER_ADDRESS`.
+#' @param method (character) the HTTP method. Default `"POST"`.
+#' @param headers (character or function) named request headers. Default:
+#'   Posit Workbench's (JSON content).
+#' @param data (character or function) the request body, with a `%s` for
+#'   the daemon call. Default: Posit Workbench's `launch_job` request.
+#' @param ... (named arguments) passed to `data` when it is a function.
+#' @param cookie (character or function) a cookie to send, or NULL. Default
+#'   NULL (for the Posit Workbench defaults, `RS_SESSION_RPC_COOKIE`).
+#' @param token (character or function) a bearer token to send, or NULL.
+#'   Default NULL.
+#' @return A launch configuration (a list).
+#' @seealso [launch_remote()].
+#' @examples
+#' cfg <- http_config(
+#'   url = "http://127.0.0.1:8000/launch",
+#'   headers = c(`Content-Type` = "application/json"),
+#'   data = '{"command": "%s"}',
+#'   token = function() Sys.getenv("LAUNCH_API_TOKEN")
+#' )
+#' str(cfg)
+#' @export
+http_config <- function(url = posit_workbench_url, method = "POST",
+                        headers = posit_workbench_headers, data = posit_workbench_data, ...,
+                        cookie = NULL, token = NULL) {
+  lazy <- function(x) is.function(x) || is.character(x)
+  if (!lazy(url))
+    stop("`url` must be a character string or a function returning one", call. = FALSE)
+  if (!is_string(method))
+    stop("`method` must be a character string such as \"POST\"", call. = FALSE)
+  if (!lazy(headers))
+    stop("`headers` must be a named character vector or a function returning one", call. = FALSE)
+  if (!lazy(data))
+    stop("`data` must be a character string or a function returning one", call. = FALSE)
+  if (!is.null(cookie) && !lazy(cookie))
+    stop("`cookie` must be a character string, a function or NULL", call. = FALSE)
+  if (!is.null(token) && !lazy(token))
+    stop("`token` must be a character string, a function or NULL", call. = FALSE)
+  if (identical(data, posit_workbench_data) && is.null(cookie)) cookie <- posit_workbench_cookie
+  list(type = "http", url = url, method = method, headers = headers, data = data, args = list(...),
+       cookie = cookie, token = token)
+}
+
+#' @export
+print.miraiLaunchCmd <- function(x, ...) {
+  for (i in seq_along(x)) cat(sprintf("[%d]\n%s\n\n", i, x[[i]]))
+  invisible(x)
+}
+
+# ---------------------------------------------------------------- internals
+
+is_string <- function(x) is.character(x) && length(x) == 1L && !is.na(x)
+
+launchable_profile <- function(.compute) {
+  prof <- profile_of(.compute)
+  if (is.null(prof)) stop("daemons must be set to use this function", call. = FALSE)
+  if (isTRUE(prof$sync))
+    stop("daemons cannot be launched for synchronous compute profiles", call. = FALSE)
+  prof
+}
+
+check_remote <- function(remote) {
+  command_config <- function(r) all(c("args", "rscript") %in% names(r)) && is_string(r$rscript)
+  ok <- is.list(remote) && (identical(remote$type, "http") || command_config(remote))
+  if (!ok) stop("`remote` must be a launch configuration from remote_config(), ssh_config(), ",
+                "cluster_config() or http_config()", call. = FALSE)
+}
+
+url_host <- function(url) sub("^[a-z+]+://(\\[[^]]*\\]|[^:/]*).*$", "\\1", url)
+url_port <- function(url) as.integer(sub("^.*:([0-9]+)(/.*)?$", "\\1", url))
+
+# The daemon() call for one more daemon of `prof`: URL, dispatcher, dots,
+# its stream (`rs`) and the TLS certificate. `with_secret` writes the secret
+# as an argument, for launchers that have no environment to put it in.
+daemon_call <- function(prof, dots, with_secret = FALSE) {
+  args <- launch_args(prof, dots)
+  if (!is.null(prof[["tls"]])) args$tlscert <- prof[["tls"]]
+  if (with_secret && !is.null(prof$secret)) args$secret <- prof$secret
+  launch_command(prof$url, args)
+}
+
+# A shell command that starts one daemon; the secret goes in its
+# environment, not in Rscript's arguments.
+daemon_shell_command <- function(prof, rscript, dots) {
+  env <- if (is.null(prof$secret)) "" else sprintf("MIRAI_SECRET=%s ", prof$secret)
+  sprintf("%s%s -e %s", env, rscript, shQuote(daemon_call(prof, dots)))
+}
+
+launch_failed <- function(what, status, out = character()) {
+  stop(sprintf("launching a daemon failed: %s exited with status %s%s", what, status,
+               if (length(out)) paste0(":\n", paste(out, collapse = "\n")) else ""), call. = FALSE)
+}
+
+# Runs `command` with `args` for each launch command, "." replaced by it.
+# Other commands run in the background (they may be the daemon itself).
+run_remote <- function(remote, cmds, url) {
+  sets <- if (is.list(remote$args)) remote$args else list(remote$args)
+  for (i in seq_along(cmds)) {
+    a <- sets[[(i - 1L) %% length(sets) + 1L]]
+    if (!is.null(remote$tunnel)) {
+      run_ssh(remote, a, cmds[[i]], url)
+      next
+    }
+    a[a == "."] <- if (isTRUE(remote$quote)) shQuote(cmds[[i]]) else cmds[[i]]
+    # `command` is a shell fragment (it may carry options), so the line is
+    # composed here rather than by system2(), which would quote it whole.
+    system(paste(c(remote$command, a), collapse = " "), wait = FALSE)
+  }
+}
+
+# Runs one SSH launch. The remote command (which holds the secret) goes to
+# ssh in a configuration file readable only by this user (`RemoteCommand`,
+# followed by the user's and the system's usual configuration), not in its
+# arguments, where other users of this machine could read it with `ps` for
+# as long as the connection lasts. With `-f`, ssh returns once logged in
+# (and, with a tunnel, once the forwarding is up), so its status is checked
+# and the file removed.
+run_ssh <- function(remote, args, cmd, url) {
+  cfg <- tempfile("mirai-ssh-")
+  file.create(cfg)
+  Sys.chmod(cfg, "0600")
+  on.exit(unlink(cfg))
+  writeLines(c(paste("RemoteCommand", gsub("%", "%%", cmd, fixed = TRUE)),
+               "Include ~/.ssh/config", "Include /etc/ssh/ssh_config"), cfg)
+  args <- c("-F", shQuote(cfg), args[args != "."])
+  if (isTRUE(remote$tunnel)) {
+    port <- url_port(url)
+    args <- c(sprintf("-o ExitOnForwardFailure=yes -R %d:127.0.0.1:%d", port, port), args)
+  }
+  status <- system(paste(c(remote$command, args), collapse = " "), wait = TRUE)
+  if (status != 0L)
+    launch_failed(sprintf("'%s' (to %s)", remote$command, args[length(args)]), status)
+}
+
+# Submits one job per launch command; the script goes on the submission
+# command's standard input, never in an argument list.
+run_cluster <- function(remote, cmds) {
+  for (cmd in cmds) {
+    script <- c(strsplit(remote$script, "\n", fixed = TRUE)[[1L]], cmd)
+    out <- suppressWarnings(system2("/bin/sh", c("-c", shQuote(remote$submit)), input = script,
+                                    stdout = TRUE, stderr = TRUE))
+    status <- attr(out, "status") %||% 0L
+    if (status != 0L) launch_failed(sprintf("'%s'", remote$submit), status, out)
+    if (length(out)) cat(out, sep = "\n")
+  }
+}
+
+# ---------------------------------------------------------------- HTTP
+
+# A value of a config that may be a function evaluated at launch.
+resolve <- function(x, ...) if (is.function(x)) x(...) else x
+
+json_escape <- function(x) {
+  x <- gsub("\\", "\\\\", x, fixed = TRUE)
+  x <- gsub("\"", "\\\"", x, fixed = TRUE)
+  x <- gsub("\n", "\\n", x, fixed = TRUE)
+  x <- gsub("\r", "\\r", x, fixed = TRUE)
+  gsub("\t", "\\t", x, fixed = TRUE)
+}
+
+http_launch <- function(remote, calls) {
+  lapply(calls, function(call) {
+    url <- resolve(remote$url)
+    if (!is_string(url)) stop("`url` of http_config() must give a character string", call. = FALSE)
+    headers <- resolve(remote$headers)
+    if (length(headers) && (!is.character(headers) || is.null(names(headers))))
+      stop("`headers` of http_config() must give a named character vector", call. = FALSE)
+    data <- if (is.function(remote$data)) do.call(remote$data, remote$args) else remote$data
+    if (!is_string(data) || !grepl("%s", data, fixed = TRUE))
+      stop("`data` of http_config() must give a character string with a %s placeholder",
+           call. = FALSE)
+    cookie <- resolve(remote$cookie)
+    token <- resolve(remote$token)
+    if (length(cookie) && nzchar(cookie)) headers <- c(headers, Cookie = cookie)
+    if (length(token) && nzchar(token))
+      headers <- c(headers, Authorization = paste("Bearer", token))
+    body <- sprintf(data, json_escape(call))
+    res <- http_request(url, remote$method, headers, body)
+    if (res$status >= 400L)
+      stop(sprintf("launching a daemon failed: %s %s answered HTTP %d: %s",
+                   remote$method, url, res$status,
+                   substr(res$data, 1L, 500L)), call. = FALSE)
+    res
+  })
+}
+
+# One HTTP request: a minimal HTTP/1.1 client over a socket for http://,
+# the curl package for https://. Returns list(status, headers, data).
+http_request <- function(url, method, headers, body, timeout = 5) {
+  if (startsWith(url, "https://")) {
+    if (!requireNamespace("curl", quietly = TRUE))
+      stop("`url`: https:// URLs in http_config() need the curl package", call. = FALSE)
+    h <- curl::new_handle(customrequest = method, postfields = body, timeout = timeout)
+    if (length(headers)) curl::handle_setheaders(h, .list = as.list(headers))
+    r <- curl::curl_fetch_memory(url, handle = h)
+    return(list(status = r$status_code, headers = curl::parse_headers(r$headers),
+                data = rawToChar(r$content)))
+  }
+  m <- regmatches(url, regexec("^http://(\\[[^]]+\\]|[^/:]+)(:([0-9]+))?(/.*)?$", url))[[1L]]
+  if (!length(m)) stop(sprintf("`url`: '%s' is not an http:// or https:// URL", url), call. = FALSE)
+  host <- gsub("^\\[|\\]$", "", m[2L])
+  port <- if (nzchar(m[4L])) as.integer(m[4L]) else 80L
+  path <- if (nzchar(m[5L])) m[5L] else "/"
+  con <- tryCatch(socketConnection(host, port, blocking = TRUE, open = "r+b", timeout = timeout),
+                  error = function(e) NULL, warning = function(w) NULL)
+  if (is.null(con))
+    stop(sprintf("launching a daemon failed: cannot connect to %s", url), call. = FALSE)
+  on.exit(close(con))
+  payload <- charToRaw(enc2utf8(body))
+  head <- paste0(method, " ", path, " HTTP/1.1\r\nHost: ", m[2L], m[3L], "\r\n",
+                 paste0(names(headers), ": ", headers, "\r\n", collapse = ""),
+                 "Content-Length: ", length(payload), "\r\nConnection: close\r\n\r\n")
+  writeBin(c(charToRaw(head), payload), con)
+  flush(con)
+  resp <- raw()
+  repeat {
+    chunk <- tryCatch(readBin(con, "raw", 65536L),
+                      error = function(e) raw(), warning = function(w) raw())
+    if (!length(chunk)) break
+    resp <- c(resp, chunk)
+  }
+  split <- grepRaw("\r\n\r\n", resp, fixed = TRUE)
+  if (!length(split))
+    stop(sprintf("launching a daemon failed: no HTTP response from %s", url), call. = FALSE)
+  lines <- strsplit(rawToChar(resp[seq_len(split - 1L)]), "\r\n", fixed = TRUE)[[1L]]
+  status <- suppressWarnings(as.integer(strsplit(lines[1L], " ", fixed = TRUE)[[1L]][2L]))
+  if (is.na(status))
+    stop(sprintf("launching a daemon failed: malformed HTTP response from %s", url), call. = FALSE)
+  hdr <- lines[-1L]
+  names(hdr) <- tolower(sub(":.*$", "", hdr))
+  hdr[] <- sub("^[^:]*:[[:space:]]*", "", hdr)
+  data <- resp[seq.int(split + 4L, length.out = max(0L, length(resp) - split - 3L))]
+  if (identical(tolower(hdr["transfer-encoding"]), "chunked")) data <- unchunk(data)
+  list(status = status, headers = as.list(hdr), data = rawToChar(data))
+}
+
+# Decodes a chunked transfer-encoded body.
+unchunk <- function(x) {
+  out <- raw()
+  repeat {
+    eol <- grepRaw("\r\n", x, fixed = TRUE)
+    if (!length(eol)) break
+    size <- strtoi(sub(";.*$", "", rawToChar(x[seq_len(eol - 1L)])), 16L)
+    if (is.na(size) || size == 0L) break
+    out <- c(out, x[seq.int(eol + 2L, length.out = size)])
+    x <- x[-seq_len(eol + 3L + size)]
+  }
+  out
+}
+
+# ---------------------------------------------------------------- Posit Workbench defaults
+
+posit_workbench_url <- function() {
+  addr <- Sys.getenv("RS_SERVER_ADDRESS")
+  if (!nzchar(addr))
+    stop("http_config(): RS_SERVER_ADDRESS is not set (not in Posit Workbench?); give `url`",
+         call. = FALSE)
+  paste0(sub("/*$", "/", addr), "api/launch_job")
+}
+
+posit_workbench_headers <- function() c(`Content-Type` = "application/json")
+
+posit_workbench_cookie <- function() {
+  cookie <- Sys.getenv("RS_SESSION_RPC_COOKIE")
+  if (!nzchar(cookie))
+    stop("http_config(): RS_SESSION_RPC_COOKIE is not set (not in Posit Workbench?); give `cookie`",
+         call. = FALSE)
+  cookie
+}
+
+posit_workbench_data <- function(rscript = file.path(R.home("bin"), "Rscript"),
+                                 job_name = "mirai_daemon", cluster = "Kubernetes", image = NULL,
+                                 resource_profile = NULL, cpus = 1, memory = 512) {
+  libs <- json_escape(sprintf(".libPaths(%s)", paste(deparse(.libPaths()), collapse = "")))
+  jstr <- function(x) sprintf("\"%s\"", json_escape(x))
+  fields <- c(
+    sprintf("\"name\": %s", jstr(job_name)),
+    sprintf("\"cluster\": %s", jstr(cluster)),
+    if (!is.null(image)) sprintf("\"container\": {\"image\": %s}", jstr(image)),
+    if (!is.null(resource_profile)) sprintf("\"resourceProfile\": %s", jstr(resource_profile)),
+    sprintf(paste0("\"resourceLimits\": [{\"type\": \"cpuCount\", \"value\": \"%s\"}, ",
+                   "{\"type\": \"memory\", \"value\": \"%s\"}]"), cpus, memory),
+    sprintf("\"exe\": %s", jstr(rscript)),
+    sprintf("\"args\": [\"-e\", \"%s;", libs)
+  )
+  # Literal percent signs survive the sprintf() that fills in the daemon
+  # call, which goes last, after the library paths are set.
+  fields <- gsub("%", "%%", fields, fixed = TRUE)
+  fields[length(fields)] <- paste0(fields[length(fields)], "%s\"]")
+  sprintf("{\"method\": \"launch_job\", \"kwparams\": {\"job\": {%s}}}",
+          paste(fields, collapse = ", "))
+}
