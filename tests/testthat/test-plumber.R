@@ -40,6 +40,7 @@ curl_result <- function(p, timeout = 30) {
   p$wait(timeout * 1000)
   if (p$is_alive()) p$kill()
   lines <- strsplit(p$read_all_output(), "\n", fixed = TRUE)[[1L]]
+  if (!length(lines)) return(list(body = "", status = NA_integer_, time = NA_real_))
   last <- strsplit(lines[[length(lines)]], " ", fixed = TRUE)[[1L]]
   list(body = paste(lines[-length(lines)], collapse = "\n"), status = as.integer(last[[1L]]),
        time = as.numeric(last[[2L]]))
@@ -67,7 +68,7 @@ test_that("slow requests run on daemons while fast ones are answered; errors bec
   api_pid <- as.integer(sub(".*pid (\\d+)\n.*", "\\1", out))
   expect_identical(api_pid, api$get_pid())
   # Wait until it answers.
-  expect_true(wait_until(function() curl_result(curl_get(port, "/fast", 2))$status == 200L, 30))
+  expect_true(wait_until(function() isTRUE(curl_result(curl_get(port, "/fast", 2))$status == 200L), 30))
 
   # One slow request (4 s on a daemon), then, once it is surely under way,
   # fast ones, all at once.
