@@ -33,7 +33,8 @@ start_api <- function(stop_file, log) {
 curl_get <- function(port, path, max_time = 20) {
   url <- sprintf("http://127.0.0.1:%d%s", port, path)
   fmt <- "\\n%{http_code} %{time_total}"
-  processx::process$new("curl", c("-s", "-m", max_time, "-w", fmt, url), stdout = "|", stderr = NULL)
+  processx::process$new("curl", c("-s", "-m", max_time, "-w", fmt, url),
+                        stdout = "|", stderr = NULL)
 }
 
 curl_result <- function(p, timeout = 30) {
@@ -68,7 +69,8 @@ test_that("slow requests run on daemons while fast ones are answered; errors bec
   api_pid <- as.integer(sub(".*pid (\\d+)\n.*", "\\1", out))
   expect_identical(api_pid, api$get_pid())
   # Wait until it answers.
-  expect_true(wait_until(function() isTRUE(curl_result(curl_get(port, "/fast", 2))$status == 200L), 30))
+  answers <- function() isTRUE(curl_result(curl_get(port, "/fast", 2))$status == 200L)
+  expect_true(wait_until(answers, 30))
 
   # One slow request (4 s on a daemon), then, once it is surely under way,
   # fast ones, all at once.
