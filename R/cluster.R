@@ -23,6 +23,14 @@
 #' daemon has died fails each call sent to it with an error saying so, and
 #' never hangs.
 #'
+#' The cluster is also a backend for the futureverse:
+#' `future::plan(future::cluster, workers = cl)` runs futures on its nodes,
+#' for `future()`, 'future.apply' and 'furrr' alike. `resolved()` on such a
+#' future never blocks. A subset (`cl[2:3]`) is a cluster of those nodes,
+#' and `parallelly::as.cluster()` makes one node (`cl[[1]]`) a cluster of
+#' one. The nodes hold no R connections, so a cluster may have more nodes
+#' than the 125 that R's connection limit allows a PSOCK cluster.
+#'
 #' With `url` (and no `remote`), the cluster listens for daemons launched
 #' elsewhere: the shell commands to launch them are printed, and a task
 #' sent to a node waits (interruptibly) until that node's daemon has
@@ -48,6 +56,13 @@
 #' parallel::parLapply(cl, 1:4, function(x) x^2)
 #' parallel::clusterApplyLB(cl, c(1, 0.1, 0.1), function(s) { Sys.sleep(s); s })
 #' status(cl)
+#' stop_cluster(cl)
+#'
+#' # As a future backend
+#' cl <- make_cluster(2)
+#' future::plan(future::cluster, workers = cl)
+#' future.apply::future_sapply(1:4, function(i) i * 10)
+#' future::plan(future::sequential)
 #' stop_cluster(cl)
 #' @export
 make_cluster <- function(n, url = NULL, remote = NULL, ...) {
@@ -76,10 +91,15 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
     }
   }
   prof <- profile_of(id)
+  # A name unique in the session: future keys its registry of busy nodes by
+  # it (otherwise by a digest of the cluster, which changes as tasks queue).
+  .$cluster_serial <- (.$cluster_serial %||% 0L) + 1L
+  name <- sprintf("miraiCluster-%d-%d", Sys.getpid(), .$cluster_serial)
+  host <- if (is.null(url)) structure("localhost", localhost = TRUE)
   peers <- new.env(parent = emptyenv())
-  nodes <- lapply(seq_len(n), new_node, prof = prof, id = id, peers = peers)
+  nodes <- lapply(seq_len(n), new_node, prof = prof, id = id, cluster = name, host = host, peers = peers)
   peers$nodes <- nodes
-  structure(nodes, class = c("miraiCluster", "cluster"), id = id, profile = prof)
+  cluster_of(nodes, id, name, prof)
 }
 
 #' @rdname make_cluster
@@ -106,9 +126,22 @@ print.miraiNode <- function(x, ...) {
   invisible(x)
 }
 
+# A subset is a cluster of the same profile, named after its nodes so that
+# future sees the same nodes under the same name however they were picked.
 #' @export
 `[.miraiCluster` <- function(x, i) {
-  structure(.subset(x, i), class = class(x), id = attr(x, "id"), profile = attr(x, "profile"))
+  nodes <- .subset(x, i)
+  base <- if (length(x)) .subset2(.subset2(x, 1L), "cluster") else attr(x, "name")
+  cluster_of(nodes, attr(x, "id"),
+             sprintf("%s[%s]", base, paste(vapply(nodes, attr, 0L, "node"), collapse = ",")), attr(x, "profile"))
+}
+
+# future's as.cluster() (from parallelly), which plan(cluster, workers = )
+# applies: one node is a cluster of one.
+#' @rawNamespace S3method(parallelly::as.cluster, miraiNode)
+as.cluster.miraiNode <- function(x, ...) {
+  cluster_of(list(x), attr(x, "id"), sprintf("%s[%d]", .subset2(x, "cluster"), attr(x, "node")),
+             .subset2(x, "prof"))
 }
 
 # ---- parallel's node interface ------------------------------------------
@@ -131,7 +164,8 @@ sendData.miraiNode <- function(node, data) {
   })
   d <- .subset2(data, "data")
   task <- list(._expr_. = node_call, ._globals_. = list(),
-               ._args_. = list(.fun = .subset2(d, "fun"), .args = .subset2(d, "args")))
+               ._args_. = list(.fun = .subset2(d, "fun"), .args = .subset2(d, "args"),
+                               .run = node_run))
   m <- .Call(C_mirai_host_submit_node, prof$host, task, attr(node, "node") - 1)
   tag <- .subset2(d, "tag")
   if (!is.null(tag)) assign("tag", tag, envir = m)
@@ -148,8 +182,33 @@ sendData.miraiNode <- function(node, data) {
   invisible()
 }
 
+# future (ClusterFuture) drives a node through parallel's sendCall() and
+# recvResult(), i.e. the two methods above and below, and asks whether a
+# node's task is done (resolved()) by reading `node$con`: for NULL it
+# falls back to a blocking value() (with a warning), otherwise it returns
+# FALSE at once for a connection whose id is negative ("from another
+# session"), and for a real socket it waits up to 10 ms for it to become
+# readable, then receives. `con` is thus an active binding answering from
+# the node's queue, which never blocks: while the oldest task is
+# unresolved, a marker with id -1; once it has resolved (or there is none,
+# so that receiving fails clearly rather than waiting), a socket that is
+# always readable (see ready_socket()).
+#
+# future also relays "immediate" conditions (e.g. progressr's updates) from
+# a PSOCK worker as messages sent ahead of the result. Its wrapper around a
+# future's expression looks for `master` in the frames above it on the
+# worker and sends them with parallel's sendData(master, ...): node_run()
+# provides one (a 'miraiRelay') that collects them, and returns them with
+# the task's value. recvData() then hands them out first, one per call, as
+# PSOCK's messages would be; they arrive when the task is done, not live.
+
 #' @rawNamespace S3method(parallel::recvData, miraiNode)
 recvData.miraiNode <- function(node) {
+  pending <- .subset2(node, "pending")
+  if (length(pending)) {
+    assign("pending", pending[-1L], envir = node)
+    return(pending[[1L]])
+  }
   m <- .subset2(node, "head")
   if (is.null(m)) stop(sprintf("node %d of the cluster has no task to receive", attr(node, "node")), call. = FALSE)
   received <- FALSE
@@ -164,11 +223,31 @@ recvData.miraiNode <- function(node) {
     assign("head", NULL, envir = node)
   }
   if (is.integer(v) && inherits(v, "errorValue")) v <- node_failure(v, attr(node, "node"))
-  list(type = "VALUE", value = v, tag = .subset2(m, "tag"))
+  msg <- list(type = "VALUE", value = v, tag = .subset2(m, "tag"))
+  if (!inherits(v, "miraiRelayed")) return(msg)
+  msg$value <- .subset2(v, "value")
+  msgs <- c(lapply(.subset2(v, "conditions"), function(cond) list(type = "VALUE", value = cond)),
+            list(msg))
+  assign("pending", msgs[-1L], envir = node)
+  msgs[[1L]]
+}
+
+# On a daemon: collects what future's wrapper sends (see above).
+#' @rawNamespace S3method(parallel::sendData, miraiRelay)
+sendData.miraiRelay <- function(node, data) {
+  sink <- .subset2(node, "sink")
+  sink$conds <- c(sink$conds, list(.subset2(data, "value")))
+  invisible()
 }
 
 #' @rawNamespace S3method(parallel::recvOneData, miraiCluster)
 recvOneData.miraiCluster <- function(cl) {
+  # Messages already received (future's relayed conditions) come first.
+  pending <- which(lengths(lapply(cl, .subset2, "pending")) > 0L)
+  if (length(pending)) {
+    i <- pending[[1L]]
+    return(list(node = i, value = recvData.miraiNode(.subset2(cl, i))))
+  }
   heads <- lapply(cl, .subset2, "head")
   busy <- which(!vapply(heads, is.null, logical(1L)))
   if (!length(busy)) stop("no node of the cluster has a task to receive", call. = FALSE)
@@ -184,19 +263,39 @@ stopCluster.miraiCluster <- function(cl) stop_cluster(cl)
 
 # ---- internals -----------------------------------------------------------
 
-node_call <- quote(do.call(.fun, .args, quote = TRUE))
+node_call <- quote(.run(.fun, .args))
+
+# A node's task on its daemon (`master` is for future, see recvData()).
+node_run <- function(.fun, .args) {
+  master <- structure(list(sink = new.env(parent = emptyenv())),
+                      class = c("miraiRelay", "SOCK0node"))
+  v <- do.call(.fun, .args, quote = TRUE)
+  conds <- master$sink$conds
+  if (length(conds)) structure(list(conditions = conds, value = v), class = "miraiRelayed") else v
+}
 
 # One constructor of nodes: an empty environment holding the cluster's
 # profile, the environment `peers` whose `nodes` are all the cluster's
-# nodes, and the node's outstanding tasks, in order: `head` (a mirai, or
-# NULL) and the `rest` (a list).
-new_node <- function(i, prof, id, peers) {
+# nodes, the node's outstanding tasks, in order: `head` (a mirai, or
+# NULL) and the `rest` (a list), messages received but
+# not yet handed out (`pending`, see recvData()), the cluster's name,
+# `host` (as parallel's socket nodes have it; NULL for remote daemons,
+# whose host is not known here) and `con` (for future, see above).
+new_node <- function(i, prof, id, cluster, host, peers) {
   node <- new.env(parent = emptyenv())
   node$prof <- prof
   node$peers <- peers
   node$head <- NULL
   node$rest <- list()
+  node$pending <- list()
+  node$cluster <- cluster
+  node$host <- host
+  makeActiveBinding("con", function() node_con(node), node)
   structure(node, class = "miraiNode", node = i, id = id)
+}
+
+cluster_of <- function(nodes, id, name, profile) {
+  structure(nodes, class = c("miraiCluster", "cluster"), id = id, name = name, profile = profile)
 }
 
 # A wait for a result was interrupted (or failed): parallel's caller has
@@ -210,6 +309,7 @@ drop_outstanding <- function(node) {
     }
     assign("head", NULL, envir = p)
     assign("rest", list(), envir = p)
+    assign("pending", list(), envir = p)
   }
 }
 
@@ -219,6 +319,43 @@ drop_outstanding <- function(node) {
 live_profile <- function(cl) {
   prof <- profile_of(attr(cl, "id"))
   if (!is.null(prof) && identical(prof, attr(cl, "profile"))) prof
+}
+
+node_con <- function(node) {
+  head <- .subset2(node, "head")
+  if (!length(.subset2(node, "pending")) && !is.null(head) && unresolved(head))
+    structure(-1L, class = c("miraiPending", "connection"))
+  else ready_socket()
+}
+
+# A client socket whose peer has closed: select() always reports it
+# readable, and nothing ever reads it (receiving goes through recvData()).
+# One per session, made on first use and again if it was closed (e.g. by
+# closeAllConnections()). The listener it connects to is open only for the
+# connect and accept; its port comes from the pid and the clock, not from
+# R's random number generator, which must stay untouched (future.seed).
+ready_socket <- function() {
+  con <- .$ready_con
+  if (!is.null(con) && still_open(con)) return(con)
+  base <- Sys.getpid() + (proc.time()[["elapsed"]] * 1000) %% 1e6
+  for (k in 0:99) {
+    port <- 49152L + as.integer((base + k * 7919) %% 16384)
+    srv <- tryCatch(serverSocket(port), error = function(e) NULL)
+    if (!is.null(srv)) break
+  }
+  if (is.null(srv))
+    stop("could not open a local socket for future's resolved() checks", call. = FALSE)
+  on.exit(close(srv))
+  con <- socketConnection("127.0.0.1", port, open = "rb", blocking = TRUE, timeout = 5)
+  close(socketAccept(srv, open = "rb", blocking = TRUE, timeout = 5))
+  .$ready_con <- con
+  con
+}
+
+# Whether connection `con` is still the one registered under its number.
+still_open <- function(con) {
+  now <- tryCatch(getConnection(as.integer(con)), error = function(e) NULL)
+  identical(attr(con, "conn_id"), attr(now, "conn_id"))
 }
 
 # "`k`" for the lowest k >= the number of profiles not yet in use.

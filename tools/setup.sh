@@ -51,6 +51,10 @@ PKGS=(
   # TLS host with its s_client; python3-websockets: test-ws.R's WebSocket
   # peers (a relay and an echo server we did not write).
   python3-websockets
+  # Web APIs and the futureverse (test-plumber.R, test-future.R): plumber
+  # (with curl for the requests), future (which brings parallelly),
+  # future.apply and furrr.
+  r-cran-plumber curl r-cran-future r-cran-future.apply r-cran-furrr
 )
 
 missing=()

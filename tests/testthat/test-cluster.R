@@ -299,6 +299,8 @@ test_that("make_cluster(url) prints launch commands; nodes wait for their daemon
   expect_length(cmds, 2L)
   # The tasks are sent before any daemon has connected: each node's task
   # waits for its own daemon.
+  # (Rscript by its full path: R CMD check puts a stub first on PATH.)
+  cmds <- sub(" Rscript -e ", sprintf(" %s -e ", shQuote(file.path(R.home("bin"), "Rscript"))), cmds, fixed = TRUE)
   for (cmd in cmds) system(cmd, wait = FALSE)
   pids <- unlist(clusterEvalQ(cl, Sys.getpid()))
   expect_length(unique(pids), 2L)
@@ -306,7 +308,8 @@ test_that("make_cluster(url) prints launch commands; nodes wait for their daemon
   expect_true(wait_until(function() !any(vapply(pids, pid_alive, logical(1L)))))
   # With a launch configuration, the daemons are launched at once.
   cl2 <- make_cluster(2, url = local_url(tcp = TRUE),
-                      remote = remote_config(command = "sh", args = c("-c", "."), quote = TRUE))
+                      remote = remote_config(command = "sh", args = c("-c", "."), quote = TRUE,
+                                             rscript = file.path(R.home("bin"), "Rscript")))
   on.exit(stop_cluster(cl2), add = TRUE)
   expect_identical(parSapply(cl2, 1:4, function(x) x * 2), c(2, 4, 6, 8))
 })

@@ -123,3 +123,12 @@ pub fn wait_interruptibly(mut ready: impl FnMut(std::time::Duration) -> bool) ->
     }
     Ok(())
 }
+
+/// Writes a line to R's console (stderr), as `message()` would, from R's
+/// main thread; never longjmps.
+pub fn console_message(line: &str) {
+    let mut c = line.replace('\0', "").into_bytes();
+    c.extend_from_slice(b"\n\0");
+    unsafe { REprintf(c"%s".as_ptr(), c.as_ptr() as *const c_char) };
+}
+

@@ -37,6 +37,7 @@ extern "C" {
     pub fn R_ToplevelExec(f: unsafe extern "C" fn(*mut c_void), data: *mut c_void) -> Rboolean;
     pub fn R_ContinueUnwind(cont: SEXP) -> !;
     pub fn R_MakeActiveBinding(sym: SEXP, fun: SEXP, env: SEXP);
+    pub fn REprintf(fmt: *const c_char, ...);
     pub fn R_GetCCallable(package: *const c_char, name: *const c_char) -> *const c_void;
     // Not part of R's documented API (extendr-ffi has them behind its
     // `non-api` feature): building the mirai's binding function needs them.

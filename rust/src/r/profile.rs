@@ -1,7 +1,7 @@
 //! `.Call`s for a compute profile: its host (listener, dispatcher, daemon
 //! connections) and the local daemons it launched.
 
-use super::call::{entry, wait_interruptibly, RError};
+use super::call::{console_message, entry, wait_interruptibly, RError};
 use super::ffi::SEXP;
 use super::handle::{handle, kept, new_handle, Tagged};
 use super::mirai::{new_aio, Aio};
@@ -188,7 +188,22 @@ pub extern "C" fn mirai_host_submit_node(p: SEXP, data: SEXP, node: SEXP) -> SEX
         let node = node as usize;
         let stats = &prof.host.stats;
         if stats.cumulative.load(Ordering::Relaxed) <= node as u64 {
-            wait_interruptibly(|slice| stats.wait_joined(node as u64 + 1, slice))?;
+            // Remote daemons may take long to join (a scheduler's queue), or
+            // never (a failed launch): say what the wait is for, every 10 s.
+            let start = Instant::now();
+            let mut next_note = Duration::from_secs(10);
+            wait_interruptibly(|slice| {
+                let joined = stats.wait_joined(node as u64 + 1, slice);
+                if !joined && start.elapsed() >= next_note {
+                    console_message(&format!(
+                        "mirai: node {} of the cluster is waiting for its daemon to connect [{} secs elapsed]",
+                        node + 1,
+                        start.elapsed().as_secs()
+                    ));
+                    next_note += Duration::from_secs(10);
+                }
+                joined
+            })?;
         }
         let cfg = kept(p);
         let id = prof.host.next_task_id();
