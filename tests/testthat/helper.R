@@ -38,3 +38,20 @@ interrupt_child <- function(lines, ready, done, timeout = 20) {
   testthat::expect_true(read_until(done, timeout))
   out
 }
+
+# A 'myptr': an external pointer (a fresh one: new("externalptr") hands out
+# one shared object, unserializing makes a new pointer) carrying `payload`.
+fresh_ptr <- function(payload) {
+  p <- unserialize(serialize(new("externalptr"), NULL))
+  attr(p, "payload") <- payload
+  class(p) <- "myptr"
+  p
+}
+
+# A serialization config for 'myptr' whose unserializer upper-cases the
+# payload, so that each side's hook is seen to have run.
+fresh_ptr_config <- function() {
+  serial_config("myptr", function(x) serialize(attr(x, "payload"), NULL),
+                function(r) fresh_ptr(toupper(unserialize(r))))
+}
+

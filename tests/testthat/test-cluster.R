@@ -260,25 +260,8 @@ test_that("nodes start in parallel: make_cluster(8) launches all eight at once",
 })
 
 test_that("custom-serialized reference objects travel through parLapply both ways", {
-  cfg <- serial_config(
-    "myptr",
-    function(x) serialize(attr(x, "payload"), NULL),
-    function(r) {
-      # A fresh pointer: new("externalptr") hands out one shared object.
-      p <- unserialize(serialize(new("externalptr"), NULL))
-      attr(p, "payload") <- toupper(unserialize(r))
-      class(p) <- "myptr"
-      p
-    }
-  )
-  mk <- function(s) {
-    # new("externalptr") hands out one shared object; unserializing makes a
-    # fresh pointer each time.
-    p <- unserialize(serialize(new("externalptr"), NULL))
-    attr(p, "payload") <- s
-    class(p) <- "myptr"
-    p
-  }
+  cfg <- fresh_ptr_config()
+  mk <- fresh_ptr
   cl <- make_cluster(2, serial = cfg)
   on.exit(stop_cluster(cl))
   out <- parLapply(cl, list(mk("a"), mk("b")), function(p) {

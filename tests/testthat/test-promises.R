@@ -167,17 +167,7 @@ test_that("is.promising methods say TRUE (where promises' is.promising() is gene
 })
 
 test_that("custom-serialized reference objects travel through promises both ways", {
-  cfg <- serial_config(
-    "myptr",
-    function(x) serialize(attr(x, "payload"), NULL),
-    function(r) {
-      # A fresh pointer: new("externalptr") hands out one shared object.
-      p <- unserialize(serialize(new("externalptr"), NULL))
-      attr(p, "payload") <- toupper(unserialize(r))
-      class(p) <- "myptr"
-      p
-    }
-  )
+  cfg <- fresh_ptr_config()
   daemons(1, serial = cfg)
   on.exit(daemons(0))
   p <- new("externalptr")

@@ -165,13 +165,24 @@ pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP 
         if !stats.has_room() {
             wait_interruptibly(|slice| stats.wait_room(slice))?;
         }
-        let cfg = kept(p);
-        let id = prof.host.next_task_id();
-        let frame = prof.host.task_frame(id, |buf| serialize_task(data, cfg, buf))?;
-        let slot = Slot::new(prof.host.bell.clone());
-        prof.host.submit(id, frame, slot.clone(), timeout).map_err(host_failed)?;
-        new_aio(Aio { slot, id, profile: prof.clone() }, cfg)
+        submit_with(prof, p, data, |host, id, frame, slot| host.submit(id, frame, slot, timeout))
     })
+}
+
+/// Serializes task `data` into a frame, hands it to the host with `send`,
+/// and returns the task's mirai.
+fn submit_with(
+    prof: &Arc<Profile>,
+    p: SEXP,
+    data: SEXP,
+    send: impl FnOnce(&Host, u64, Vec<u8>, Arc<Slot>) -> Result<(), String>,
+) -> Result<SEXP, RError> {
+    let cfg = kept(p);
+    let id = prof.host.next_task_id();
+    let frame = prof.host.task_frame(id, |buf| serialize_task(data, cfg, buf))?;
+    let slot = Slot::new(prof.host.bell.clone());
+    send(&prof.host, id, frame, slot.clone()).map_err(host_failed)?;
+    new_aio(Aio { slot, id, profile: prof.clone() }, cfg)
 }
 
 /// Submits a cluster node's task: it runs on the `node`-th daemon (from 0)
@@ -205,12 +216,7 @@ pub extern "C" fn mirai_host_submit_node(p: SEXP, data: SEXP, node: SEXP) -> SEX
                 joined
             })?;
         }
-        let cfg = kept(p);
-        let id = prof.host.next_task_id();
-        let frame = prof.host.task_frame(id, |buf| serialize_task(data, cfg, buf))?;
-        let slot = Slot::new(prof.host.bell.clone());
-        prof.host.submit_to_node(id, frame, slot.clone(), node).map_err(host_failed)?;
-        new_aio(Aio { slot, id, profile: prof.clone() }, cfg)
+        submit_with(prof, p, data, |host, id, frame, slot| host.submit_to_node(id, frame, slot, node))
     })
 }
 
