@@ -50,8 +50,17 @@ fresh_ptr <- function(payload) {
 
 # A serialization config for 'myptr' whose unserializer upper-cases the
 # payload, so that each side's hook is seen to have run.
+# (Self-contained functions: they also run on daemons, where this file's
+# helpers do not exist.)
 fresh_ptr_config <- function() {
-  serial_config("myptr", function(x) serialize(attr(x, "payload"), NULL),
-                function(r) fresh_ptr(toupper(unserialize(r))))
+  ufunc <- function(r) {
+    p <- unserialize(serialize(new("externalptr"), NULL))
+    attr(p, "payload") <- toupper(unserialize(r))
+    class(p) <- "myptr"
+    p
+  }
+  sfunc <- function(x) serialize(attr(x, "payload"), NULL)
+  environment(ufunc) <- environment(sfunc) <- globalenv()
+  serial_config("myptr", sfunc, ufunc)
 }
 

@@ -170,9 +170,9 @@ test_that("custom-serialized reference objects travel through promises both ways
   cfg <- fresh_ptr_config()
   daemons(1, serial = cfg)
   on.exit(daemons(0))
-  p <- new("externalptr")
-  attr(p, "payload") <- "abc"
-  class(p) <- "myptr"
+  # (Not new("externalptr") itself: it is one shared object, which this
+  # would give a class for the rest of the session.)
+  p <- fresh_ptr("abc")
   got <- NULL
   # The argument is unpacked on the daemon (upper-cased), changed there, and
   # the result is packed again and unpacked here (upper-cased again).

@@ -26,7 +26,7 @@ myobj <- function(value) {
 # lives in an attribute. Without the hooks it would arrive as a bare
 # pointer; the unserializer upper-cases the payload to show it ran.
 myptr <- function(payload) {
-  p <- new("externalptr")
+  p <- unserialize(serialize(new("externalptr"), NULL))
   attr(p, "payload") <- payload
   class(p) <- "myptr"
   p
@@ -35,7 +35,7 @@ ptr_cfg <- serial_config(
   "myptr",
   function(x) serialize(attr(x, "payload"), NULL),
   function(r) {
-    p <- new("externalptr")
+    p <- unserialize(serialize(new("externalptr"), NULL))
     attr(p, "payload") <- toupper(unserialize(r))
     class(p) <- "myptr"
     p
@@ -80,7 +80,7 @@ for (disp in c(TRUE, FALSE)) {
     # on them, so they keep their contents and attributes.
     plain <- mirai(
       list(class(environment(f)), ls(environment(f)), f(2), typeof(p), class(p), attr(p, "tag")),
-      f = local(function(x) x * k, list2env(list(k = 3))), p = structure(new("externalptr"), tag = "kept")
+      f = local(function(x) x * k, list2env(list(k = 3))), p = structure(unserialize(serialize(new("externalptr"), NULL)), tag = "kept")
     )[]
     expect_identical(plain, list("environment", "k", 6, "externalptr", "externalptr", "kept"))
   })
@@ -161,7 +161,7 @@ test_that("register_serial() and serialization() feed daemons(serial = NULL)", {
   )
   expect_identical(said, "[ mirai ] serialization functions registered")
   daemons(1)
-  r <- mirai(list(p, obj$packed_by), p = new("externalptr"), obj = myobj(1))[]
+  r <- mirai(list(p, obj$packed_by), p = unserialize(serialize(new("externalptr"), NULL)), obj = myobj(1))[]
   expect_identical(r[[1L]], "pointer")
   expect_identical(r[[2L]], Sys.getpid())
   daemons(0)
