@@ -147,36 +147,17 @@ as.cluster.miraiNode <- function(x, ...) {
 # ---- parallel's node interface ------------------------------------------
 
 # parallel sends list(type, data = list(fun, args, return, tag), tag); only
-# "EXEC" reaches a node (stopCluster() has its own method). The task runs
-# `fun` on `args` in a local environment, so nothing is left in the
-# daemon's global environment that parallel itself would not leave.
+# "EXEC" reaches a node (stopCluster() has its own method). The node's
+# daemon runs `fun` on `args` as parallel's workers do (natively: see
+# rust/src/r/node.rs), so nothing is left in its global environment that
+# parallel itself would not leave.
 #' @rawNamespace S3method(parallel::sendData, miraiNode)
 sendData.miraiNode <- function(node, data) {
-  prof <- .subset2(node, "prof")
-  if (!isTRUE(prof$active)) stop("cluster is no longer active", call. = FALSE)
   # Interrupted (or failed) before the task is on record: parallel's caller
   # gives up on the tasks already sent to other nodes too.
   sent <- FALSE
-  m <- NULL
-  on.exit(if (!sent) {
-    if (!is.null(m)) stop_mirai(m)
-    drop_outstanding(node)
-  })
-  d <- .subset2(data, "data")
-  task <- list(._expr_. = node_call, ._globals_. = list(),
-               ._args_. = list(.fun = .subset2(d, "fun"), .args = .subset2(d, "args")))
-  m <- .Call(C_mirai_host_submit_node, prof$host, task, attr(node, "node") - 1)
-  tag <- .subset2(d, "tag")
-  if (!is.null(tag)) assign("tag", tag, envir = m)
-  # Almost always the node has no other task outstanding: the head is kept
-  # apart from the (rarely used) rest, so neither end costs a list copy.
-  if (is.null(.subset2(node, "head"))) {
-    assign("head", m, envir = node)
-  } else {
-    rest <- .subset2(node, "rest")
-    rest[[length(rest) + 1L]] <- m
-    assign("rest", rest, envir = node)
-  }
+  on.exit(if (!sent) drop_outstanding(node))
+  .Call(C_mirai_node_send, node, data)
   sent <- TRUE
   invisible()
 }
@@ -196,39 +177,19 @@ sendData.miraiNode <- function(node, data) {
 # future also relays "immediate" conditions (e.g. progressr's updates) from
 # a PSOCK worker as messages sent ahead of the result. Its wrapper around a
 # future's expression looks for `master` in the frames above it on the
-# worker and sends them with parallel's sendData(master, ...): node_run()
-# provides one (a 'miraiRelay') that collects them, and returns them with
-# the task's value. recvData() then hands them out first, one per call, as
+# worker and sends them with parallel's sendData(master, ...): the daemon
+# binds one (a 'miraiRelay', made in daemon()) in a frame above each node
+# task, which collects them, and they return with the task's value. recvData() then hands them out first, one per call, as
 # PSOCK's messages would be; they arrive when the task is done, not live.
 
 #' @rawNamespace S3method(parallel::recvData, miraiNode)
 recvData.miraiNode <- function(node) {
-  pending <- .subset2(node, "pending")
-  if (length(pending)) {
-    assign("pending", pending[-1L], envir = node)
-    return(pending[[1L]])
-  }
-  m <- .subset2(node, "head")
-  if (is.null(m)) stop(sprintf("node %d of the cluster has no task to receive", attr(node, "node")), call. = FALSE)
+  if (length(.subset2(node, "pending"))) return(next_pending(node))
   received <- FALSE
   on.exit(if (!received) drop_outstanding(node))
-  v <- .Call(C_mirai_value, m)
+  msg <- .Call(C_mirai_node_recv, node)
   received <- TRUE
-  rest <- .subset2(node, "rest")
-  if (length(rest)) {
-    assign("head", rest[[1L]], envir = node)
-    assign("rest", rest[-1L], envir = node)
-  } else {
-    assign("head", NULL, envir = node)
-  }
-  if (is.integer(v) && inherits(v, "errorValue")) v <- node_failure(v, attr(node, "node"))
-  msg <- list(type = "VALUE", value = v, tag = .subset2(m, "tag"))
-  if (!inherits(v, "miraiRelayed")) return(msg)
-  msg$value <- .subset2(v, "value")
-  msgs <- c(lapply(.subset2(v, "conditions"), function(cond) list(type = "VALUE", value = cond)),
-            list(msg))
-  assign("pending", msgs[-1L], envir = node)
-  msgs[[1L]]
+  if (is.object(.subset2(msg, "value"))) node_message(node, msg) else msg
 }
 
 # On a daemon: collects what future's wrapper sends (see above).
@@ -241,20 +202,16 @@ sendData.miraiRelay <- function(node, data) {
 
 #' @rawNamespace S3method(parallel::recvOneData, miraiCluster)
 recvOneData.miraiCluster <- function(cl) {
-  # Messages already received (future's relayed conditions) come first.
-  pending <- which(lengths(lapply(cl, .subset2, "pending")) > 0L)
-  if (length(pending)) {
-    i <- pending[[1L]]
-    return(list(node = i, value = recvData.miraiNode(.subset2(cl, i))))
-  }
-  heads <- lapply(cl, .subset2, "head")
-  busy <- which(!vapply(heads, is.null, logical(1L)))
-  if (!length(busy)) stop("no node of the cluster has a task to receive", call. = FALSE)
   received <- FALSE
-  on.exit(if (!received) drop_outstanding(.subset2(cl, busy[[1L]])))
-  i <- busy[.Call(C_mirai_race, lapply(heads[busy], .subset2, "aio"))]
+  on.exit(if (!received && length(cl)) drop_outstanding(.subset2(cl, 1L)))
+  # list(node, value), or the number of a node holding messages already
+  # received (future's relayed conditions), which come first.
+  r <- .Call(C_mirai_cluster_recv, cl)
   received <- TRUE
-  list(node = i, value = recvData.miraiNode(.subset2(cl, i)))
+  if (is.integer(r)) return(list(node = r, value = recvData.miraiNode(.subset2(cl, r))))
+  if (is.object(.subset2(.subset2(r, "value"), "value")))
+    r[["value"]] <- node_message(.subset2(cl, .subset2(r, "node")), .subset2(r, "value"))
+  r
 }
 
 #' @rawNamespace S3method(parallel::stopCluster, miraiCluster)
@@ -262,29 +219,33 @@ stopCluster.miraiCluster <- function(cl) stop_cluster(cl)
 
 # ---- internals -----------------------------------------------------------
 
-# node_run() is looked up on the daemon, not sent: a closure travels with
-# its byte code (3 KB here), which cost about 150 us per task.
-node_call <- quote(mirai:::node_run(.fun, .args))
+# A received message whose value is an object: a node failure (an error
+# value) becomes a 'try-error' naming the node; future's relayed conditions
+# are handed out first, one per call, then the value.
+node_message <- function(node, msg) {
+  v <- .subset2(msg, "value")
+  if (is.integer(v) && inherits(v, "errorValue")) {
+    msg[["value"]] <- node_failure(v, attr(node, "node"))
+    return(msg)
+  }
+  if (!inherits(v, "miraiRelayed")) return(msg)
+  msg[["value"]] <- .subset2(v, "value")
+  assign("pending", c(lapply(.subset2(v, "conditions"), function(cond) list(type = "VALUE", value = cond)),
+                      list(msg)), envir = node)
+  next_pending(node)
+}
 
-# A node's task on its daemon (`master` is for future, see recvData()).
-node_run <- function(.fun, .args) {
-  master <- structure(list(sink = new.env(parent = emptyenv())),
-                      class = c("miraiRelay", "SOCK0node"))
-  # parallel sends the function with every task (clusterApplyLB: once per
-  # element), and R byte-compiles each fresh copy at its first call, which
-  # cost more than the rest of a tiny task. A copy identical to the last one
-  # (same formals, body and environment) is run as that one, compiled once.
-  last <- .$node_fun
-  if (!is.null(last) && identical(last, .fun)) .fun <- last else .$node_fun <- .fun
-  v <- do.call(.fun, .args, quote = TRUE)
-  conds <- master$sink$conds
-  if (length(conds)) structure(list(conditions = conds, value = v), class = "miraiRelayed") else v
+next_pending <- function(node) {
+  pending <- .subset2(node, "pending")
+  assign("pending", pending[-1L], envir = node)
+  pending[[1L]]
 }
 
 # One constructor of nodes: an empty environment holding the cluster's
 # profile, the environment `peers` whose `nodes` are all the cluster's
-# nodes, the node's outstanding tasks, in order: `head` (a mirai, or
-# NULL) and the `rest` (a list), messages received but
+# nodes, the node's outstanding tasks, in order: `head` (an aio handle, or
+# NULL) with parallel's tag `head_tag`, and the `rest` (a list of
+# list(aio, tag)), messages received but
 # not yet handed out (`pending`, see recvData()), the cluster's name,
 # `host` (as parallel's socket nodes have it; NULL for remote daemons,
 # whose host is not known here) and `con` (for future, see above).
@@ -293,6 +254,7 @@ new_node <- function(i, prof, id, cluster, host, peers) {
   node$prof <- prof
   node$peers <- peers
   node$head <- NULL
+  node$head_tag <- NULL
   node$rest <- list()
   node$pending <- list()
   node$cluster <- cluster
@@ -311,10 +273,11 @@ cluster_of <- function(nodes, id, name, profile) {
 # forgotten, on every node.
 drop_outstanding <- function(node) {
   for (p in .subset2(.subset2(node, "peers"), "nodes")) {
-    for (m in c(list(.subset2(p, "head")), .subset2(p, "rest"))) {
-      if (!is.null(m)) stop_mirai(m)
+    for (h in c(list(.subset2(p, "head")), lapply(.subset2(p, "rest"), .subset2, 1L))) {
+      if (!is.null(h)) .Call(C_mirai_aio_cancel, h)
     }
     assign("head", NULL, envir = p)
+    assign("head_tag", NULL, envir = p)
     assign("rest", list(), envir = p)
     assign("pending", list(), envir = p)
   }
@@ -330,7 +293,7 @@ live_profile <- function(cl) {
 
 node_con <- function(node) {
   head <- .subset2(node, "head")
-  if (!length(.subset2(node, "pending")) && !is.null(head) && unresolved(head))
+  if (!length(.subset2(node, "pending")) && !is.null(head) && !.Call(C_mirai_aio_done, head))
     structure(-1L, class = c("miraiPending", "connection"))
   else ready_socket()
 }

@@ -132,6 +132,9 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           walltime - (proc.time()[["elapsed"]] * 1000 - start), maxtasks - count)
     snap <- snapshot()
     box <- new.env(parent = emptyenv())
+    # A cluster node's tasks run natively, inside the receive (see
+    # node_error()); future's code on a node looks for this as `master`.
+    relay <- structure(list(sink = new.env(parent = emptyenv())), class = c("miraiRelay", "SOCK0node"))
     repeat {
       # A cancel raises SIGINT while a task evaluates; should it land just
       # outside the evaluation, it is caught here (set up once, off the
@@ -139,13 +142,16 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       # interrupted (the native side knows which task that is).
       stopped <- tryCatch({
         repeat {
-          msg <- .Call(C_mirai_daemon_recv, conn)
+          msg <- .Call(C_mirai_daemon_recv, conn, box, relay)
           if (!is.list(msg)) {
             code <- msg
             break
           }
-          # list(id, NULL, message): the task could not be unserialized.
-          res <- if (length(msg) > 2L) mirai_error(simpleError(msg[[3L]])) else eval_task(msg[[2L]], box)
+          # list(id, NULL, message): the task could not be unserialized;
+          # list(id, box, before): a node task failed.
+          res <- if (length(msg) == 2L) eval_task(msg[[2L]], box)
+                 else if (is.null(msg[[2L]])) mirai_error(simpleError(msg[[3L]]))
+                 else node_error(box, msg[[3L]])
           last <- send_result(conn, msg[[1L]], res)
           if (last != 0L) {
             code <- last
@@ -217,6 +223,15 @@ eval_task <- function(data, box) {
   if (is.null(cond)) return(unhandled_jump(before))
   # Frames up to and including this one belong to the daemon loop; the last
   # two are the handler's (see eval_on_error in src/entrypoint.c).
+  mirai_error(cond, task_trace(box$calls, sys.nframe(), 2L))
+}
+
+# A cluster node's task, run natively (see mirai_daemon_recv in
+# rust/src/r/daemon.rs), failed: as eval_task() does, but the calls before
+# the task's own are this loop's and that of the wrapper binding `master`.
+node_error <- function(box, before) {
+  cond <- box$cond
+  if (is.null(cond)) return(unhandled_jump(before))
   mirai_error(cond, task_trace(box$calls, sys.nframe(), 2L))
 }
 

@@ -127,6 +127,11 @@ impl Slot {
         Ok(())
     }
 
+    /// The doorbell this slot rings on completion (its profile's).
+    pub fn bell(&self) -> &Arc<Doorbell> {
+        &self.bell
+    }
+
     pub fn is_done(&self) -> bool {
         self.done.load(Ordering::Acquire)
     }

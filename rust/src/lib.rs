@@ -54,6 +54,7 @@ macro_rules! routines {
 #[no_mangle]
 pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: r::call::ProtectFn, eval: *const c_void) {
     r::call::init_protect(protect);
+    r::daemon::init_eval(eval);
     threads::record_main_thread();
     // R errors are reported through R; Rust's default panic message would
     // only add noise (panics are caught and turned into R errors).
@@ -64,7 +65,6 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: r::call::Pr
         profile::mirai_host_tlscert / 1,
         profile::mirai_host_url / 1,
         profile::mirai_host_submit / 3,
-        profile::mirai_host_submit_node / 3,
         profile::mirai_host_broadcast / 3,
         profile::mirai_host_info / 1,
         profile::mirai_host_room / 1,
@@ -83,10 +83,14 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: r::call::Pr
         mirai::mirai_aio_data / 2,
         mirai::mirai_value / 1,
         mirai::mirai_race / 1,
+        mirai::mirai_aio_done / 1,
         mirai::mirai_on_resolve / 2,
+        node::mirai_node_send / 2,
+        node::mirai_node_recv / 1,
+        node::mirai_cluster_recv / 1,
         daemon::mirai_dial / 6,
         daemon::mirai_daemon_limits / 4,
-        daemon::mirai_daemon_recv / 1,
+        daemon::mirai_daemon_recv / 3,
         daemon::mirai_daemon_send / 3,
         daemon::mirai_daemon_linger / 2,
         daemon::mirai_daemon_current / 1,

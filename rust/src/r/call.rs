@@ -132,3 +132,49 @@ pub fn console_message(line: &str) {
     unsafe { REprintf(c"%s".as_ptr(), c.as_ptr() as *const c_char) };
 }
 
+
+/// R objects made once and kept for the session (symbols, preserved
+/// constants), made on first use by R's main thread, the only thread that
+/// touches them.
+pub struct MainOnce<T>(std::cell::UnsafeCell<Option<T>>);
+
+// SAFETY: only R's main thread ever reads or writes the cell (rule 1).
+unsafe impl<T> Sync for MainOnce<T> {}
+
+impl<T> MainOnce<T> {
+    pub const fn new() -> Self {
+        MainOnce(std::cell::UnsafeCell::new(None))
+    }
+
+    /// The value, made by `make` (which calls R, under `try_r`) the first
+    /// time. `T` must own nothing with a destructor.
+    pub fn get(&'static self, make: impl Fn() -> T) -> Result<&'static T, RError> {
+        unsafe {
+            let cell = &mut *self.0.get();
+            if cell.is_none() {
+                let mut made = None;
+                try_r(|| {
+                    made = Some(make());
+                    R_NilValue
+                })?;
+                *cell = made;
+            }
+            cell.as_ref().ok_or_else(|| "internal error in mirai: constants unavailable".into())
+        }
+    }
+}
+
+/// A character vector of `v`, preserved for the session (call from a
+/// `MainOnce` maker).
+pub fn preserved_strings(v: &[&std::ffi::CStr]) -> SEXP {
+    unsafe {
+        let s = Rf_protect(Rf_allocVector(SEXPTYPE::STRSXP, v.len() as isize));
+        for (i, c) in v.iter().enumerate() {
+            let b = c.to_bytes();
+            SET_STRING_ELT(s, i as isize, Rf_mkCharLenCE(b.as_ptr() as *const c_char, b.len() as c_int, cetype_t::CE_UTF8));
+        }
+        R_PreserveObject(s);
+        Rf_unprotect(1);
+        s
+    }
+}

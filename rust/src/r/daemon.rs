@@ -1,7 +1,7 @@
 //! `.Call`s for the daemon's receive-evaluate-reply loop (R/daemon.R).
 
-use super::call::{clear_interrupt, entry, interrupt_pending, RError};
-use super::ffi::SEXP;
+use super::call::{clear_interrupt, entry, interrupt_pending, preserved_strings, try_r, MainOnce, RError};
+use super::ffi::*;
 use super::handle::{handle, kept, new_handle, set_kept, Tagged};
 use super::profile::max_message;
 use super::serial;
@@ -9,9 +9,27 @@ use super::value::*;
 use crate::client::{ClientConn, ExitCode, Incoming};
 use crate::threads::lock;
 use crate::url::Address;
-use std::ffi::CStr;
+use std::ffi::{c_int, c_void, CStr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// mirai_eval (src/entrypoint.c): evaluates an expression, returning its
+/// `box` argument instead of longjmping when it fails.
+type EvalFn = unsafe extern "C" fn(SEXP, SEXP, SEXP) -> SEXP;
+
+static mut EVAL: Option<EvalFn> = None;
+
+/// Records mirai_eval, once at load.
+///
+/// # Safety
+/// `f` must be mirai_eval from src/entrypoint.c.
+pub unsafe fn init_eval(f: *const c_void) {
+    EVAL = Some(std::mem::transmute::<*const c_void, EvalFn>(f));
+}
+
+fn eval_fn() -> Result<EvalFn, RError> {
+    unsafe { (*std::ptr::addr_of!(EVAL)).ok_or_else(|| "mirai: native library not initialised by R".into()) }
+}
 
 /// A daemon's connection; None once closed.
 type Conn = Mutex<Option<ClientConn>>;
@@ -81,57 +99,259 @@ pub extern "C" fn mirai_daemon_limits(h: SEXP, idle: SEXP, wall: SEXP, tasks: SE
     })
 }
 
-/// Next task as `list(id, data)` (`list(id, NULL, message)` if it cannot be
-/// unserialized), or an exit code (see `ExitCode`) when there is none.
-#[no_mangle]
-pub extern "C" fn mirai_daemon_recv(h: SEXP) -> SEXP {
-    enum Got {
-        Task(u64, Vec<u8>, usize),
-        Code(ExitCode),
-    }
-    entry(|| {
-        // The connection's lock is released before anything allocates in R.
-        let got = {
-            let mut g = lock(conn(&h)?);
-            let c = g.as_mut().ok_or("connection is closed")?;
-            loop {
-                let slice = match c.limits.wait(Instant::now()) {
-                    Err(stop) => break Got::Code(stop),
-                    Ok(Some(d)) => d.min(Duration::from_millis(200)),
-                    Ok(None) => Duration::from_millis(200),
-                };
-                match c.recv(slice)? {
-                    Incoming::Task { id, body, offset } => break Got::Task(id, body, offset),
-                    Incoming::Closed => break Got::Code(ExitCode::Closed),
-                    Incoming::Exit => break Got::Code(ExitCode::ExitRequested),
-                    Incoming::Nothing => {
-                        if interrupt_pending() {
-                            return Err(RError::Interrupt);
-                        }
-                    }
+enum Got {
+    Task(u64, Vec<u8>, usize),
+    Code(ExitCode),
+}
+
+/// Waits for the next task (or the end of the connection), within the
+/// daemon's limits; a user interrupt between slices ends the wait.
+fn next_task(h: SEXP) -> Result<Got, RError> {
+    // The connection's lock is released before anything allocates in R.
+    let mut g = lock(conn(&h)?);
+    let c = g.as_mut().ok_or("connection is closed")?;
+    loop {
+        let slice = match c.limits.wait(Instant::now()) {
+            Err(stop) => return Ok(Got::Code(stop)),
+            Ok(Some(d)) => d.min(Duration::from_millis(200)),
+            Ok(None) => Duration::from_millis(200),
+        };
+        match c.recv(slice)? {
+            Incoming::Task { id, body, offset } => return Ok(Got::Task(id, body, offset)),
+            Incoming::Closed => return Ok(Got::Code(ExitCode::Closed)),
+            Incoming::Exit => return Ok(Got::Code(ExitCode::ExitRequested)),
+            Incoming::Nothing => {
+                if interrupt_pending() {
+                    return Err(RError::Interrupt);
                 }
             }
-        };
-        let (id, body, offset) = match got {
+        }
+    }
+}
+
+/// The next task for R to evaluate, as `list(id, data)`; `list(id, NULL,
+/// message)` if it cannot be unserialized (or, for a cluster node's task,
+/// its result cannot be serialized), to be answered with that error;
+/// `list(id, box, before)` for a node task that failed (see `run_node`); or
+/// an exit code (see `ExitCode`) when there is none. A cluster node's tasks
+/// (`node::mirai_node_send`) are evaluated and answered here, in a loop
+/// that returns to R only for the cases above: `box` is the daemon loop's
+/// environment for mirai_eval, `relay` the `master` that future's code on
+/// the node looks for (see R/cluster.R).
+#[no_mangle]
+pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP) -> SEXP {
+    entry(|| loop {
+        let (id, body, offset) = match next_task(h)? {
             Got::Code(code) => return int(code as i32),
             Got::Task(id, body, offset) => (id, body, offset),
         };
         let data = serial::unserialize_with(&body[offset..], kept(h));
         drop(body);
         let mut keep = Protect::new();
-        let id = keep.keep(real(id as f64)?);
-        match data {
-            Ok(d) => {
-                let d = keep.keep(d);
-                list(&[id, d], &[])
-            }
+        let answer = |keep: &mut Protect, second: SEXP, msg: &str| {
+            let idv = keep.keep(real(id as f64)?);
+            let m = keep.keep(string(msg)?);
+            list(&[idv, second, m], &[])
+        };
+        let d = match data {
+            Ok(d) => keep.keep(d),
             // A task that cannot be read (a failing custom unserializer,
             // say) is answered with an error rather than ending the daemon.
-            Err(e) => {
-                let msg = keep.keep(string(&format!("cannot unserialize task: {e}"))?);
-                list(&[id, nil(), msg], &[])
-            }
+            Err(e) => return answer(&mut keep, nil(), &format!("cannot unserialize task: {e}")),
+        };
+        if !is_node_task(d)? {
+            let idv = keep.keep(real(id as f64)?);
+            return list(&[idv, d], &[]);
         }
+        match run_node(d, box_, relay)? {
+            Ran::Failed(before) => {
+                keep.keep(before);
+                let idv = keep.keep(real(id as f64)?);
+                return list(&[idv, box_, before], &[]);
+            }
+            Ran::Value(v) => match send_value(h, id, keep.keep(v))? {
+                Sent::Code(0) => continue,
+                Sent::Code(code) => {
+                    if code > 0 {
+                        linger(h, Duration::from_secs(5))?;
+                    }
+                    return int(code);
+                }
+                Sent::NotSerialized(m) => {
+                    return answer(&mut keep, nil(), &format!("result could not be serialized: {m}"))
+                }
+            },
+        }
+    })
+}
+
+/// Objects the node-task path reuses.
+struct NodeConsts {
+    quote: SEXP,
+    master: SEXP,
+    conds: SEXP,
+    last_fun: SEXP,
+    /// `geterrmessage()`, preserved.
+    geterr: SEXP,
+    relayed_names: SEXP,
+    relayed_class: SEXP,
+    node_name: SEXP,
+}
+
+static NODE: MainOnce<NodeConsts> = MainOnce::new();
+
+fn node_consts() -> Result<&'static NodeConsts, RError> {
+    NODE.get(|| unsafe {
+        let sym = |c: &CStr| Rf_install(c.as_ptr());
+        let geterr = Rf_lang1(Rf_findFun(sym(c"geterrmessage"), R_BaseEnv));
+        R_PreserveObject(geterr);
+        NodeConsts {
+            quote: sym(c"quote"),
+            master: sym(c"master"),
+            conds: sym(c"conds"),
+            last_fun: sym(c"._last_node_fun_."),
+            geterr,
+            relayed_names: preserved_strings(&[c"conditions", c"value"]),
+            relayed_class: preserved_strings(&[c"miraiRelayed"]),
+            node_name: Rf_mkCharLenCE(c"._node_.".as_ptr(), 8, cetype_t::CE_UTF8),
+        }
+    })
+}
+
+/// Whether payload `d` is a cluster node's task: `list(._node_. = fun,
+/// ._args_. = args)`.
+fn is_node_task(d: SEXP) -> Result<bool, RError> {
+    let c = node_consts()?;
+    unsafe {
+        if TYPEOF(d) != VECSXP || Rf_xlength(d) != 2 {
+            return Ok(false);
+        }
+        let nms = Rf_getAttrib(d, R_NamesSymbol);
+        // mkChar's cache makes equal strings one CHARSXP.
+        Ok(TYPEOF(nms) == STRSXP && STRING_ELT(nms, 0) == c.node_name)
+    }
+}
+
+enum Ran {
+    Value(SEXP),
+    /// The evaluation failed: `box` holds the error (or none, for an
+    /// interrupt), and this is `geterrmessage()` from before it.
+    Failed(SEXP),
+}
+
+/// Runs a node task as parallel's worker does, `do.call(fun, args, quote =
+/// TRUE)`, in a frame that binds `master` (R: `(function(master)
+/// fun(quote(a1), ...))(relay)`), through mirai_eval. Whatever future sent
+/// to `master` comes back with the value, as a 'miraiRelayed'. A function
+/// identical to the previous task's (parallel sends it with every task) is
+/// run as that one, so R's JIT compiles it once, not per task.
+fn run_node(d: SEXP, box_: SEXP, relay: SEXP) -> Result<Ran, RError> {
+    let c = node_consts()?;
+    let (fun, args) = (list_at(d, 0), list_at(d, 1));
+    if !is_function(fun) {
+        return Ok(Ran::Value(mirai_error("a cluster task's `fun` is not a function")?));
+    }
+    if !is_list(args) && !is_null(args) {
+        return Ok(Ran::Value(mirai_error("a cluster task's `args` must be a list")?));
+    }
+    let sink = list_get(relay, "sink");
+    let eval = eval_fn()?;
+    let mut keep = Protect::new();
+    let call = keep.keep(try_r(|| unsafe {
+        let mut f = fun;
+        let last = Rf_findVarInFrame(box_, c.last_fun);
+        if last != R_UnboundValue && R_compute_identical(last, fun, 16) != Rboolean::FALSE {
+            f = last;
+        } else {
+            Rf_defineVar(c.last_fun, fun, box_);
+        }
+        let n = if is_null(args) { 0 } else { Rf_xlength(args) };
+        let names = Rf_getAttrib(args, R_NamesSymbol);
+        let quoted = Rf_protect(Rf_allocList(n as c_int));
+        let mut cell = quoted;
+        for i in 0..n {
+            SETCAR(cell, Rf_lang2(c.quote, VECTOR_ELT(args, i)));
+            if TYPEOF(names) == STRSXP && *R_CHAR(STRING_ELT(names, i)) != 0 {
+                SET_TAG(cell, Rf_installTrChar(STRING_ELT(names, i)));
+            }
+            cell = CDR(cell);
+        }
+        let body = Rf_protect(Rf_lcons(f, quoted));
+        let formals = Rf_protect(Rf_cons(R_MissingArg, R_NilValue));
+        SET_TAG(formals, c.master);
+        let wrapper = Rf_protect(Rf_allocSExp(SEXPTYPE::CLOSXP));
+        SET_FORMALS(wrapper, formals);
+        SET_BODY(wrapper, body);
+        SET_CLOENV(wrapper, R_GlobalEnv);
+        let call = Rf_lang2(wrapper, relay);
+        Rf_unprotect(4);
+        call
+    })?);
+    let before = keep.keep(try_r(|| unsafe { Rf_eval(c.geterr, R_BaseEnv) })?);
+    let res = keep.keep(try_r(|| unsafe {
+        if TYPEOF(sink) == ENVSXP {
+            Rf_defineVar(c.conds, R_NilValue, sink);
+        }
+        eval(call, R_GlobalEnv, box_)
+    })?);
+    if res == box_ {
+        return Ok(Ran::Failed(before));
+    }
+    let conds = if unsafe { TYPEOF(sink) } == ENVSXP { unsafe { Rf_findVarInFrame(sink, c.conds) } } else { nil() };
+    if conds == unsafe { R_UnboundValue } || is_null(conds) {
+        return Ok(Ran::Value(res));
+    }
+    let relayed = try_r(|| unsafe {
+        let v = Rf_protect(Rf_allocVector(SEXPTYPE::VECSXP, 2));
+        SET_VECTOR_ELT(v, 0, conds);
+        SET_VECTOR_ELT(v, 1, res);
+        Rf_setAttrib(v, R_NamesSymbol, c.relayed_names);
+        Rf_setAttrib(v, R_ClassSymbol, c.relayed_class);
+        Rf_unprotect(1);
+        v
+    })?;
+    Ok(Ran::Value(relayed))
+}
+
+enum Sent {
+    Code(i32),
+    NotSerialized(String),
+}
+
+/// Sends the result of task `id` (see `mirai_daemon_send`).
+fn send_value(h: SEXP, id: u64, value: SEXP) -> Result<Sent, RError> {
+    let cfg = kept(h);
+    // Everything that needs the connection's lock happens here; R
+    // allocates only inside serialize_with, under try_r, which stops any
+    // longjmp short of these frames.
+    let mut g = lock(conn(&h)?);
+    let c = g.as_mut().ok_or("connection is closed")?;
+    if c.done_evaluating() {
+        // The cancel's SIGINT may have landed after the evaluation
+        // ended; it must not interrupt whatever R does next.
+        clear_interrupt();
+    }
+    // Decide "last" before serializing: the marker travels in the header.
+    let before = (c.limits.done, c.limits.last_active);
+    let last = c.limits.finish_task(Instant::now());
+    let mut frame = c.begin_result(id, last.is_some());
+    Ok(match serial::serialize_with(value, &mut frame, cfg) {
+        // Any R condition is dropped: the caller sends a miraiError
+        // with this message in its place.
+        Err(e) => {
+            (c.limits.done, c.limits.last_active) = before;
+            Sent::NotSerialized(match e {
+                RError::Msg(m) => m,
+                RError::Interrupt => "interrupted".into(),
+                RError::Unwind => "R could not serialize the value".into(),
+            })
+        }
+        // The host is gone: the loop ends as for a closed connection
+        // (and reconnects with autoexit = FALSE).
+        Ok(()) => match c.send(frame) {
+            Err(_) => Sent::Code(ExitCode::HostGone as i32),
+            Ok(()) => Sent::Code(last.map_or(0, |c| c as i32)),
+        },
     })
 }
 
@@ -142,48 +362,9 @@ pub extern "C" fn mirai_daemon_recv(h: SEXP) -> SEXP {
 /// caller sends an error value instead.
 #[no_mangle]
 pub extern "C" fn mirai_daemon_send(h: SEXP, id: SEXP, value: SEXP) -> SEXP {
-    enum Sent {
-        Code(i32),
-        NotSerialized(String),
-    }
     entry(|| {
         let id = f64_arg(id, "id")? as u64;
-        let cfg = kept(h);
-        // Everything that needs the connection's lock happens in this block;
-        // R allocates only after the guard is gone (R_Serialize inside runs
-        // under try_r, which stops any longjmp short of these frames).
-        let sent = {
-            let mut g = lock(conn(&h)?);
-            let c = g.as_mut().ok_or("connection is closed")?;
-            if c.done_evaluating() {
-                // The cancel's SIGINT may have landed after the evaluation
-                // ended; it must not interrupt whatever R does next.
-                clear_interrupt();
-            }
-            // Decide "last" before serializing: the marker travels in the header.
-            let before = (c.limits.done, c.limits.last_active);
-            let last = c.limits.finish_task(Instant::now());
-            let mut frame = c.begin_result(id, last.is_some());
-            match serial::serialize_with(value, &mut frame, cfg) {
-                // Any R condition is dropped: the caller sends a miraiError
-                // with this message in its place.
-                Err(e) => {
-                    (c.limits.done, c.limits.last_active) = before;
-                    Sent::NotSerialized(match e {
-                        RError::Msg(m) => m,
-                        RError::Interrupt => "interrupted".into(),
-                        RError::Unwind => "R could not serialize the value".into(),
-                    })
-                }
-                // The host is gone: the loop ends as for a closed connection
-                // (and reconnects with autoexit = FALSE).
-                Ok(()) => match c.send(frame) {
-                    Err(_) => Sent::Code(ExitCode::HostGone as i32),
-                    Ok(()) => Sent::Code(last.map_or(0, |c| c as i32)),
-                },
-            }
-        };
-        match sent {
+        match send_value(h, id, value)? {
             Sent::Code(v) => int(v),
             Sent::NotSerialized(m) => string(&m),
         }
@@ -199,22 +380,26 @@ pub extern "C" fn mirai_daemon_current(h: SEXP) -> SEXP {
     })
 }
 
-/// After a last reply: waits (up to `ms`) for the host to close, so the
+/// After a last reply: waits (up to `wait`) for the host to close, so the
 /// reply is read before this process exits.
+fn linger(h: SEXP, wait: Duration) -> Result<(), RError> {
+    let until = Instant::now() + wait;
+    let mut g = lock(conn(&h)?);
+    if let Some(c) = g.as_mut() {
+        while Instant::now() < until {
+            match c.recv(Duration::from_millis(100))? {
+                Incoming::Closed | Incoming::Exit => break,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 #[no_mangle]
 pub extern "C" fn mirai_daemon_linger(h: SEXP, ms: SEXP) -> SEXP {
     entry(|| {
-        let until = Instant::now() + Duration::from_millis(f64_arg(ms, "ms")? as u64);
-        let mut g = lock(conn(&h)?);
-        if let Some(c) = g.as_mut() {
-            while Instant::now() < until {
-                match c.recv(Duration::from_millis(100))? {
-                    Incoming::Closed | Incoming::Exit => break,
-                    _ => {}
-                }
-            }
-        }
-        drop(g);
+        linger(h, Duration::from_millis(f64_arg(ms, "ms")? as u64))?;
         Ok(nil())
     })
 }

@@ -13,7 +13,7 @@
 #![allow(non_snake_case, non_upper_case_globals, improper_ctypes)]
 
 pub use extendr_ffi::{
-    cetype_t, DllInfo, R_BaseEnv, R_CallMethodDef, R_ClassSymbol, R_ClearExternalPtr, R_EmptyEnv,
+    cetype_t, DllInfo, R_BaseEnv, R_CallMethodDef, R_ClassSymbol, R_ClearExternalPtr, R_EmptyEnv, R_MissingArg, R_compute_identical, Rf_lcons, SET_TAG,
     R_ExternalPtrAddr, R_ExternalPtrProtected, R_ExternalPtrTag, R_GlobalEnv, R_MakeExternalPtr, R_MakeUnwindCont,
     R_NaInt, R_NaReal, R_NamesSymbol, R_NewEnv, R_NilValue, R_PreserveObject, R_RegisterCFinalizerEx, R_ReleaseObject, R_Serialize,
     R_SetExternalPtrProtected, R_UnboundValue, R_Unserialize, R_forceSymbols, R_inpstream_st, R_outpstream_st,
@@ -50,6 +50,9 @@ extern "C" {
     pub fn Rf_lang4(a: SEXP, b: SEXP, c: SEXP, d: SEXP) -> SEXP;
     pub fn Rf_eval(e: SEXP, env: SEXP) -> SEXP;
     pub fn Rf_inherits(s: SEXP, name: *const c_char) -> Rboolean;
+    pub fn Rf_allocList(n: c_int) -> SEXP;
+    pub fn SETCAR(x: SEXP, y: SEXP) -> SEXP;
+    pub fn Rf_installTrChar(x: SEXP) -> SEXP;
     pub fn exp_rand() -> f64;
     pub fn R_tryCatch(
         body: unsafe extern "C" fn(*mut c_void) -> SEXP,

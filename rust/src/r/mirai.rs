@@ -26,7 +26,7 @@ impl Tagged for Aio {
     const TAG: &'static CStr = c"mirai_aio";
 }
 
-fn aio(s: &SEXP) -> Result<&Aio, RError> {
+pub(super) fn aio(s: &SEXP) -> Result<&Aio, RError> {
     handle::<Aio>(s, "aio")
 }
 
@@ -53,7 +53,7 @@ pub extern "C" fn mirai_resolved(value: SEXP) -> SEXP {
     entry(|| object::new_mirai(nil(), 0, Some(value)))
 }
 
-fn outcome_to_sexp(o: Outcome, cfg: SEXP) -> Result<SEXP, RError> {
+pub(super) fn outcome_to_sexp(o: Outcome, cfg: SEXP) -> Result<SEXP, RError> {
     match o {
         Outcome::Error(code) => error_value(code),
         Outcome::Value { body, offset } => match serial::unserialize_with(&body[offset..], cfg) {
@@ -98,12 +98,45 @@ pub extern "C" fn mirai_aio_data(h: SEXP, env: SEXP) -> SEXP {
 /// this much CPU per wait that outlasts it.
 const SPIN: Duration = Duration::from_micros(80);
 
-fn wait_slot(slot: &Slot) -> Result<(), RError> {
+/// Spins (at most `SPIN`) until `ready()` gives Some; its last answer.
+fn spin<T>(mut ready: impl FnMut() -> Option<T>) -> Option<T> {
     let until = Instant::now() + SPIN;
-    while !slot.is_done() && Instant::now() < until {
+    loop {
+        let r = ready();
+        if r.is_some() || Instant::now() >= until {
+            return r;
+        }
         std::hint::spin_loop();
     }
+}
+
+pub(super) fn wait_slot(slot: &Slot) -> Result<(), RError> {
+    if spin(|| slot.is_done().then_some(())).is_some() {
+        return Ok(());
+    }
     wait_interruptibly(|slice| slot.wait(slice))
+}
+
+/// The index of the first of `slots` to resolve: spins, then blocks on the
+/// doorbells of their profiles (one `Select`, also across profiles), so an
+/// idle wait costs nothing; slices only exist to notice a user interrupt.
+pub(super) fn race(slots: &[Arc<Slot>]) -> Result<usize, RError> {
+    let done = || slots.iter().position(|s| s.is_done());
+    if let Some(i) = spin(done) {
+        return Ok(i);
+    }
+    let mut bells: Vec<Arc<Doorbell>> = Vec::new();
+    for s in slots {
+        if !bells.iter().any(|b| Arc::ptr_eq(b, s.bell())) {
+            bells.push(s.bell().clone());
+        }
+    }
+    let mut first = None;
+    wait_interruptibly(|slice| {
+        first = wait_any(slots, &bells, slice);
+        first.is_some()
+    })?;
+    first.ok_or_else(|| "internal error in mirai: a race ended with nothing resolved".into())
 }
 
 /// `x[]`: waits (interruptibly) for a mirai and returns its value.
@@ -141,9 +174,7 @@ pub extern "C" fn mirai_aio_wait(h: SEXP) -> SEXP {
 
 /// `race_mirai()`: the 1-based index of the first resolved element of the
 /// list `aios` (aio handles, or NULL for a mirai that never had one), 0 for
-/// an empty list. Blocks on the doorbells of the mirai's profiles (one
-/// `Select`, also across profiles), so an idle wait costs nothing; slices
-/// only exist to notice a user interrupt.
+/// an empty list.
 #[no_mangle]
 pub extern "C" fn mirai_race(aios: SEXP) -> SEXP {
     entry(|| {
@@ -151,40 +182,24 @@ pub extern "C" fn mirai_race(aios: SEXP) -> SEXP {
             return Err("`x` must be a list".into());
         }
         let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(len(aios));
-        let mut bells: Vec<Arc<Doorbell>> = Vec::new();
         for i in 0..len(aios) {
             let s = list_at(aios, i);
             if is_null(s) {
                 return int(i as i32 + 1);
             }
-            let a = aio(&s)?;
-            let b = &a.profile.host.bell;
-            if !bells.iter().any(|x| Arc::ptr_eq(x, b)) {
-                bells.push(b.clone());
-            }
-            slots.push(a.slot.clone());
+            slots.push(aio(&s)?.slot.clone());
         }
         if slots.is_empty() {
             return int(0);
         }
-        // As in `wait_slot`: a reply due within SPIN costs no sleep and
-        // wake-up of R's thread (parallel's recvOneData waits here once per
-        // task of a load-balanced call).
-        let until = Instant::now() + SPIN;
-        let mut first = slots.iter().position(|s| s.is_done());
-        while first.is_none() && Instant::now() < until {
-            std::hint::spin_loop();
-            first = slots.iter().position(|s| s.is_done());
-        }
-        if let Some(i) = first {
-            return int(i as i32 + 1);
-        }
-        wait_interruptibly(|slice| {
-            first = wait_any(&slots, &bells, slice);
-            first.is_some()
-        })?;
-        int(first.map_or(0, |i| i as i32 + 1))
+        int(race(&slots)? as i32 + 1)
     })
+}
+
+/// TRUE once the task behind aio handle `h` has resolved.
+#[no_mangle]
+pub extern "C" fn mirai_aio_done(h: SEXP) -> SEXP {
+    entry(|| lgl(aio(&h)?.slot.is_done()))
 }
 
 /// Resolves the mirai to "operation canceled" at once. TRUE if the

@@ -20,6 +20,7 @@
 //! The glue, one module per R area, mostly safe code:
 //! - `profile`: a compute profile's host and its local children;
 //! - `mirai`: mirai handles, values, waits, races, cancellation;
+//! - `node`: a cluster node's tasks (parallel's hot path);
 //! - `daemon`: the daemon's receive-evaluate-reply loop;
 //! - `helpers`: random hex, addresses, RNG streams, constants.
 
@@ -35,6 +36,7 @@ pub mod handle;
 pub mod helpers;
 pub mod later;
 pub mod mirai;
+pub mod node;
 pub mod object;
 pub mod profile;
 pub mod serial;

@@ -165,38 +165,33 @@ pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP 
         if !stats.has_room() {
             wait_interruptibly(|slice| stats.wait_room(slice))?;
         }
-        submit_with(prof, p, data, |host, id, frame, slot| host.submit(id, frame, slot, timeout))
+        let a = submit_with(prof, p, data, |host, id, frame, slot| host.submit(id, frame, slot, timeout))?;
+        new_aio(a, kept(p))
     })
 }
 
 /// Serializes task `data` into a frame, hands it to the host with `send`,
-/// and returns the task's mirai.
+/// and returns the task's aio.
 fn submit_with(
     prof: &Arc<Profile>,
     p: SEXP,
     data: SEXP,
     send: impl FnOnce(&Host, u64, Vec<u8>, Arc<Slot>) -> Result<(), String>,
-) -> Result<SEXP, RError> {
+) -> Result<Aio, RError> {
     let cfg = kept(p);
     let id = prof.host.next_task_id();
     let frame = prof.host.task_frame(id, |buf| serialize_task(data, cfg, buf))?;
     let slot = Slot::new(prof.host.bell.clone());
     send(&prof.host, id, frame, slot.clone()).map_err(host_failed)?;
-    new_aio(Aio { slot, id, profile: prof.clone() }, cfg)
+    Ok(Aio { slot, id, profile: prof.clone() })
 }
 
-/// Submits a cluster node's task: it runs on the `node`-th daemon (from 0)
-/// to have joined the host, once that one has joined (the wait can be
-/// interrupted; nothing is sent until it ends). Returns its mirai.
-#[no_mangle]
-pub extern "C" fn mirai_host_submit_node(p: SEXP, data: SEXP, node: SEXP) -> SEXP {
-    entry(|| {
+/// Submits a cluster node's task (`p` a profile handle): it runs on the
+/// `node`-th daemon (from 0) to have joined the host, once that one has
+/// joined (the wait can be interrupted; nothing is sent until it ends).
+pub fn submit_node(p: SEXP, data: SEXP, node: usize) -> Result<Aio, RError> {
+    {
         let prof = profile(&p)?;
-        let node = f64_arg(node, "node")?;
-        if !(0.0..=u32::MAX as f64).contains(&node) || node.fract() != 0.0 {
-            return Err("`node` must be a node index".into());
-        }
-        let node = node as usize;
         let stats = &prof.host.stats;
         if stats.cumulative.load(Ordering::Relaxed) <= node as u64 {
             // Remote daemons may take long to join (a scheduler's queue), or
@@ -217,7 +212,7 @@ pub extern "C" fn mirai_host_submit_node(p: SEXP, data: SEXP, node: SEXP) -> SEX
             })?;
         }
         submit_with(prof, p, data, |host, id, frame, slot| host.submit_to_node(id, frame, slot, node))
-    })
+    }
 }
 
 /// `try_mirai()`'s check: TRUE if a task may be queued now without waiting.
