@@ -141,6 +141,12 @@ pub struct MainOnce<T>(std::cell::UnsafeCell<Option<T>>);
 // SAFETY: only R's main thread ever reads or writes the cell (rule 1).
 unsafe impl<T> Sync for MainOnce<T> {}
 
+impl<T> Default for MainOnce<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<T> MainOnce<T> {
     pub const fn new() -> Self {
         MainOnce(std::cell::UnsafeCell::new(None))
