@@ -54,7 +54,7 @@ macro_rules! routines {
 #[no_mangle]
 pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: r::call::ProtectFn, eval: *const c_void) {
     r::call::init_protect(protect);
-    r::daemon::init_eval(eval);
+    r::lang::init_guarded_eval(eval);
     threads::record_main_thread();
     // R errors are reported through R; Rust's default panic message would
     // only add noise (panics are caught and turned into R errors).

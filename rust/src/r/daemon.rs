@@ -1,7 +1,9 @@
 //! `.Call`s for the daemon's receive-evaluate-reply loop (R/daemon.R).
 
-use super::call::{clear_interrupt, entry, interrupt_pending, preserved_strings, try_r, MainOnce, RError};
-use super::ffi::*;
+use super::call::{clear_interrupt, entry, interrupt_pending, RError};
+use super::ffi::SEXP;
+use super::lang::*;
+use super::node::node_payload_names;
 use super::handle::{handle, kept, new_handle, set_kept, Tagged};
 use super::profile::max_message;
 use super::serial;
@@ -9,27 +11,9 @@ use super::value::*;
 use crate::client::{ClientConn, ExitCode, Incoming};
 use crate::threads::lock;
 use crate::url::Address;
-use std::ffi::{c_int, c_void, CStr};
+use std::ffi::CStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// mirai_eval (src/entrypoint.c): evaluates an expression, returning its
-/// `box` argument instead of longjmping when it fails.
-type EvalFn = unsafe extern "C" fn(SEXP, SEXP, SEXP) -> SEXP;
-
-static mut EVAL: Option<EvalFn> = None;
-
-/// Records mirai_eval, once at load.
-///
-/// # Safety
-/// `f` must be mirai_eval from src/entrypoint.c.
-pub unsafe fn init_eval(f: *const c_void) {
-    EVAL = Some(std::mem::transmute::<*const c_void, EvalFn>(f));
-}
-
-fn eval_fn() -> Result<EvalFn, RError> {
-    unsafe { (*std::ptr::addr_of!(EVAL)).ok_or_else(|| "mirai: native library not initialised by R".into()) }
-}
 
 /// A daemon's connection; None once closed.
 type Conn = Mutex<Option<ClientConn>>;
@@ -187,7 +171,6 @@ pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP) -> SEXP {
 
 /// Objects the node-task path reuses.
 struct NodeConsts {
-    quote: SEXP,
     master: SEXP,
     conds: SEXP,
     last_fun: SEXP,
@@ -195,41 +178,29 @@ struct NodeConsts {
     geterr: SEXP,
     relayed_names: SEXP,
     relayed_class: SEXP,
-    node_name: SEXP,
+    payload_names: SEXP,
 }
 
 static NODE: MainOnce<NodeConsts> = MainOnce::new();
 
 fn node_consts() -> Result<&'static NodeConsts, RError> {
-    NODE.get(|| unsafe {
-        let sym = |c: &CStr| Rf_install(c.as_ptr());
-        let geterr = Rf_lang1(Rf_findFun(sym(c"geterrmessage"), R_BaseEnv));
-        R_PreserveObject(geterr);
-        NodeConsts {
-            quote: sym(c"quote"),
-            master: sym(c"master"),
-            conds: sym(c"conds"),
-            last_fun: sym(c"._last_node_fun_."),
-            geterr,
-            relayed_names: preserved_strings(&[c"conditions", c"value"]),
-            relayed_class: preserved_strings(&[c"miraiRelayed"]),
-            node_name: Rf_mkCharLenCE(c"._node_.".as_ptr(), 8, cetype_t::CE_UTF8),
-        }
+    NODE.get(|| {
+        Ok(NodeConsts {
+            master: install(c"master")?,
+            conds: install(c"conds")?,
+            last_fun: install(c"._last_node_fun_.")?,
+            geterr: preserved_base_call(c"geterrmessage")?,
+            relayed_names: preserved_strings(&[c"conditions", c"value"])?,
+            relayed_class: preserved_strings(&[c"miraiRelayed"])?,
+            payload_names: node_payload_names()?,
+        })
     })
 }
 
 /// Whether payload `d` is a cluster node's task: `list(._node_. = fun,
 /// ._args_. = args)`.
 fn is_node_task(d: SEXP) -> Result<bool, RError> {
-    let c = node_consts()?;
-    unsafe {
-        if TYPEOF(d) != VECSXP || Rf_xlength(d) != 2 {
-            return Ok(false);
-        }
-        let nms = Rf_getAttrib(d, R_NamesSymbol);
-        // mkChar's cache makes equal strings one CHARSXP.
-        Ok(TYPEOF(nms) == STRSXP && STRING_ELT(nms, 0) == c.node_name)
-    }
+    Ok(is_list(d) && len(d) == 2 && first_name_is(d, node_consts()?.payload_names))
 }
 
 enum Ran {
@@ -240,77 +211,42 @@ enum Ran {
 }
 
 /// Runs a node task as parallel's worker does, `do.call(fun, args, quote =
-/// TRUE)`, in a frame that binds `master` (R: `(function(master)
-/// fun(quote(a1), ...))(relay)`), through mirai_eval. Whatever future sent
-/// to `master` comes back with the value, as a 'miraiRelayed'. A function
-/// identical to the previous task's (parallel sends it with every task) is
-/// run as that one, so R's JIT compiles it once, not per task.
+/// TRUE)`, in a frame binding `master` to `relay` (see `call_binding`),
+/// guarded as any task. Whatever future sent to `master` comes back with
+/// the value, as a 'miraiRelayed'. A function identical to the previous
+/// task's (parallel sends it with every task) is run as that one, so that
+/// R's JIT compiles it once rather than for every task.
 fn run_node(d: SEXP, box_: SEXP, relay: SEXP) -> Result<Ran, RError> {
     let c = node_consts()?;
-    let (fun, args) = (list_at(d, 0), list_at(d, 1));
+    let (mut fun, args) = (list_at(d, 0), list_at(d, 1));
     if !is_function(fun) {
         return Ok(Ran::Value(mirai_error("a cluster task's `fun` is not a function")?));
     }
     if !is_list(args) && !is_null(args) {
         return Ok(Ran::Value(mirai_error("a cluster task's `args` must be a list")?));
     }
+    let last = env_get(box_, c.last_fun)?;
+    if identical(last, fun) {
+        fun = last;
+    } else {
+        env_set(box_, c.last_fun, fun)?;
+    }
     let sink = list_get(relay, "sink");
-    let eval = eval_fn()?;
     let mut keep = Protect::new();
-    let call = keep.keep(try_r(|| unsafe {
-        let mut f = fun;
-        let last = Rf_findVarInFrame(box_, c.last_fun);
-        if last != R_UnboundValue && R_compute_identical(last, fun, 16) != Rboolean::FALSE {
-            f = last;
-        } else {
-            Rf_defineVar(c.last_fun, fun, box_);
-        }
-        let n = if is_null(args) { 0 } else { Rf_xlength(args) };
-        let names = Rf_getAttrib(args, R_NamesSymbol);
-        let quoted = Rf_protect(Rf_allocList(n as c_int));
-        let mut cell = quoted;
-        for i in 0..n {
-            SETCAR(cell, Rf_lang2(c.quote, VECTOR_ELT(args, i)));
-            if TYPEOF(names) == STRSXP && *R_CHAR(STRING_ELT(names, i)) != 0 {
-                SET_TAG(cell, Rf_installTrChar(STRING_ELT(names, i)));
-            }
-            cell = CDR(cell);
-        }
-        let body = Rf_protect(Rf_lcons(f, quoted));
-        let formals = Rf_protect(Rf_cons(R_MissingArg, R_NilValue));
-        SET_TAG(formals, c.master);
-        let wrapper = Rf_protect(Rf_allocSExp(SEXPTYPE::CLOSXP));
-        SET_FORMALS(wrapper, formals);
-        SET_BODY(wrapper, body);
-        SET_CLOENV(wrapper, R_GlobalEnv);
-        let call = Rf_lang2(wrapper, relay);
-        Rf_unprotect(4);
-        call
-    })?);
-    let before = keep.keep(try_r(|| unsafe { Rf_eval(c.geterr, R_BaseEnv) })?);
-    let res = keep.keep(try_r(|| unsafe {
-        if TYPEOF(sink) == ENVSXP {
-            Rf_defineVar(c.conds, R_NilValue, sink);
-        }
-        eval(call, R_GlobalEnv, box_)
-    })?);
+    let call = keep.keep(call_binding(fun, args, c.master, relay)?);
+    let before = keep.keep(eval_in_base(c.geterr)?);
+    if is_env(sink) {
+        env_set(sink, c.conds, nil())?;
+    }
+    let res = keep.keep(eval_guarded(call, box_)?);
     if res == box_ {
         return Ok(Ran::Failed(before));
     }
-    let conds = if unsafe { TYPEOF(sink) } == ENVSXP { unsafe { Rf_findVarInFrame(sink, c.conds) } } else { nil() };
-    if conds == unsafe { R_UnboundValue } || is_null(conds) {
+    let conds = if is_env(sink) { env_get(sink, c.conds)? } else { nil() };
+    if is_null(conds) {
         return Ok(Ran::Value(res));
     }
-    let relayed = try_r(|| unsafe {
-        let v = Rf_protect(Rf_allocVector(SEXPTYPE::VECSXP, 2));
-        SET_VECTOR_ELT(v, 0, conds);
-        SET_VECTOR_ELT(v, 1, res);
-        Rf_setAttrib(v, R_NamesSymbol, c.relayed_names);
-        Rf_setAttrib(v, R_ClassSymbol, c.relayed_class);
-        Rf_unprotect(1);
-        v
-    })?;
-    Ok(Ran::Value(relayed))
+    Ok(Ran::Value(list_named(&[conds, res], c.relayed_names, c.relayed_class)?))
 }
 
 enum Sent {

@@ -14,6 +14,8 @@
 //! - `value`: reading arguments and building R values without longjmps;
 //! - `handle`: Rust values behind external pointers;
 //! - `object`: the 'mirai' object (an environment with an active binding);
+//! - `lang`: environments, symbols, small lists, building and evaluating
+//!   calls (the cluster-node path);
 //! - `serial`: R serialization into and out of message buffers;
 //! - `later`: settling promises through the 'later' package's C API.
 //!
@@ -34,6 +36,7 @@ pub mod daemon;
 pub mod ffi;
 pub mod handle;
 pub mod helpers;
+pub mod lang;
 pub mod later;
 pub mod mirai;
 pub mod node;

@@ -14,16 +14,16 @@
 //! A node task's payload is `list(._node_. = fun, ._args_. = args)`; the
 //! daemon runs it natively (see `daemon::run_node`).
 
-use super::call::{entry, preserved_strings, try_r, MainOnce, RError};
-use super::ffi::*;
+use super::call::{entry, RError};
+use super::ffi::SEXP;
 use super::handle::{kept, new_handle};
+use super::lang::*;
 use super::mirai::{aio, outcome_to_sexp, race, wait_slot};
 use super::profile::submit_node;
 use super::value::*;
 use crate::sched::ERR_CANCELED;
-use std::ffi::CStr;
 
-/// Symbols and constant vectors, made once (R's main thread only).
+/// Symbols and constant vectors, made once.
 struct Syms {
     prof: SEXP,
     active: SEXP,
@@ -47,39 +47,31 @@ static SYMS: MainOnce<Syms> = MainOnce::new();
 
 fn syms() -> Result<&'static Syms, RError> {
     SYMS.get(|| {
-        let sym = |c: &CStr| unsafe { Rf_install(c.as_ptr()) };
-        Syms {
-            prof: sym(c"prof"),
-            active: sym(c"active"),
-            host: sym(c"host"),
-            head: sym(c"head"),
-            head_tag: sym(c"head_tag"),
-            rest: sym(c"rest"),
-            pending: sym(c"pending"),
-            node: sym(c"node"),
-            msg_names: preserved_strings(&[c"type", c"value", c"tag"]),
-            one_names: preserved_strings(&[c"node", c"value"]),
-            value_type: preserved_strings(&[c"VALUE"]),
-            payload_names: preserved_strings(&[c"._node_.", c"._args_."]),
-        }
+        Ok(Syms {
+            prof: install(c"prof")?,
+            active: install(c"active")?,
+            host: install(c"host")?,
+            head: install(c"head")?,
+            head_tag: install(c"head_tag")?,
+            rest: install(c"rest")?,
+            pending: install(c"pending")?,
+            node: install(c"node")?,
+            msg_names: preserved_strings(&[c"type", c"value", c"tag"])?,
+            one_names: preserved_strings(&[c"node", c"value"])?,
+            value_type: preserved_strings(&[c"VALUE"])?,
+            payload_names: node_payload_names()?,
+        })
     })
 }
 
-/// Binding `sym` of environment `env`; NULL if unbound. Never allocates
-/// (no active bindings are read here).
-fn var(env: SEXP, sym: SEXP) -> SEXP {
-    unsafe {
-        let v = Rf_findVarInFrame(env, sym);
-        if v == R_UnboundValue {
-            R_NilValue
-        } else {
-            v
-        }
-    }
+/// The names of a node task's payload, which mark it as one.
+pub fn node_payload_names() -> Result<SEXP, RError> {
+    static NAMES: MainOnce<SEXP> = MainOnce::new();
+    NAMES.get(|| preserved_strings(&[c"._node_.", c"._args_."])).copied()
 }
 
 fn check_node(node: SEXP) -> Result<(), RError> {
-    if unsafe { TYPEOF(node) } != ENVSXP {
+    if !is_env(node) {
         return Err("`node` must be a 'miraiNode'".into());
     }
     Ok(())
@@ -87,15 +79,11 @@ fn check_node(node: SEXP) -> Result<(), RError> {
 
 /// The node's number in its cluster (from 1), its attribute `node`.
 fn node_number(node: SEXP, s: &Syms) -> Result<usize, RError> {
-    let n = f64_arg(unsafe { Rf_getAttrib(node, s.node) }, "node")?;
+    let n = f64_arg(attr(node, s.node)?, "node")?;
     if !(1.0..=u32::MAX as f64).contains(&n) || n.fract() != 0.0 {
         return Err("`node` has no valid node number".into());
     }
     Ok(n as usize)
-}
-
-fn is_true(x: SEXP) -> bool {
-    unsafe { TYPEOF(x) == LGLSXP && Rf_xlength(x) == 1 && *LOGICAL(x) == 1 }
 }
 
 /// `sendData()` on a node: `data` is parallel's message, whose `data` holds
@@ -107,47 +95,28 @@ pub extern "C" fn mirai_node_send(node: SEXP, data: SEXP) -> SEXP {
     entry(|| {
         let s = syms()?;
         check_node(node)?;
-        let prof = var(node, s.prof);
-        if unsafe { TYPEOF(prof) } != ENVSXP || !is_true(var(prof, s.active)) {
+        let prof = env_get(node, s.prof)?;
+        if !is_env(prof) || !is_true(env_get(prof, s.active)?) {
             return Err("cluster is no longer active".into());
         }
-        let p = var(prof, s.host);
+        let p = env_get(prof, s.host)?;
         let number = node_number(node, s)?;
         let d = list_get(data, "data");
         let (fun, args, tag) = (list_get(d, "fun"), list_get(d, "args"), list_get(d, "tag"));
         let mut keep = Protect::new();
-        let payload = keep.keep(try_r(|| unsafe {
-            let v = Rf_protect(Rf_allocVector(SEXPTYPE::VECSXP, 2));
-            SET_VECTOR_ELT(v, 0, fun);
-            SET_VECTOR_ELT(v, 1, args);
-            Rf_setAttrib(v, R_NamesSymbol, s.payload_names);
-            Rf_unprotect(1);
-            v
-        })?);
+        let payload = keep.keep(list_named(&[fun, args], s.payload_names, nil())?);
         let a = submit_node(p, payload, number - 1)?;
         let (id, profile) = (a.id, a.profile.clone());
         let recorded = new_handle(a, kept(p)).and_then(|h| {
             let h = keep.keep(h);
-            try_r(|| unsafe {
-                if var(node, s.head) == R_NilValue {
-                    Rf_defineVar(s.head, h, node);
-                    Rf_defineVar(s.head_tag, tag, node);
-                } else {
-                    let rest = var(node, s.rest);
-                    let n = if TYPEOF(rest) == VECSXP { Rf_xlength(rest) } else { 0 };
-                    let entry = Rf_protect(Rf_allocVector(SEXPTYPE::VECSXP, 2));
-                    SET_VECTOR_ELT(entry, 0, h);
-                    SET_VECTOR_ELT(entry, 1, tag);
-                    let grown = Rf_protect(Rf_allocVector(SEXPTYPE::VECSXP, n + 1));
-                    for i in 0..n {
-                        SET_VECTOR_ELT(grown, i, VECTOR_ELT(rest, i));
-                    }
-                    SET_VECTOR_ELT(grown, n, entry);
-                    Rf_defineVar(s.rest, grown, node);
-                    Rf_unprotect(2);
-                }
-                R_NilValue
-            })
+            if is_null(env_get(node, s.head)?) {
+                env_set(node, s.head, h)?;
+                env_set(node, s.head_tag, tag)
+            } else {
+                let entry = keep.keep(list(&[h, tag], &[])?);
+                let rest = list_append(env_get(node, s.rest)?, entry)?;
+                env_set(node, s.rest, rest)
+            }
         });
         if let Err(e) = recorded {
             profile.host.cancel(id, ERR_CANCELED);
@@ -160,36 +129,22 @@ pub extern "C" fn mirai_node_send(node: SEXP, data: SEXP) -> SEXP {
 /// Takes the result of the node's head task (resolved), moves the queue on
 /// and returns parallel's message `list(type = "VALUE", value, tag)`.
 fn pop_result(node: SEXP, s: &Syms) -> Result<SEXP, RError> {
-    let h = var(node, s.head);
+    let h = env_get(node, s.head)?;
     let outcome = aio(&h)?.slot.take().ok_or("internal error in mirai: a node's result was taken twice")?;
     let mut keep = Protect::new();
     let value = keep.keep(outcome_to_sexp(outcome, kept(h))?);
-    let tag = keep.keep(var(node, s.head_tag));
-    try_r(|| unsafe {
-        let rest = var(node, s.rest);
-        let n = if TYPEOF(rest) == VECSXP { Rf_xlength(rest) } else { 0 };
-        if n > 0 {
-            let next = VECTOR_ELT(rest, 0);
-            Rf_defineVar(s.head, VECTOR_ELT(next, 0), node);
-            Rf_defineVar(s.head_tag, VECTOR_ELT(next, 1), node);
-            let shrunk = Rf_protect(Rf_allocVector(SEXPTYPE::VECSXP, n - 1));
-            for i in 1..n {
-                SET_VECTOR_ELT(shrunk, i - 1, VECTOR_ELT(rest, i));
-            }
-            Rf_defineVar(s.rest, shrunk, node);
-            Rf_unprotect(1);
-        } else {
-            Rf_defineVar(s.head, R_NilValue, node);
-            Rf_defineVar(s.head_tag, R_NilValue, node);
-        }
-        let msg = Rf_protect(Rf_allocVector(SEXPTYPE::VECSXP, 3));
-        SET_VECTOR_ELT(msg, 0, s.value_type);
-        SET_VECTOR_ELT(msg, 1, value);
-        SET_VECTOR_ELT(msg, 2, tag);
-        Rf_setAttrib(msg, R_NamesSymbol, s.msg_names);
-        Rf_unprotect(1);
-        msg
-    })
+    let tag = keep.keep(env_get(node, s.head_tag)?);
+    let rest = env_get(node, s.rest)?;
+    let next = if is_list(rest) && len(rest) > 0 { list_at(rest, 0) } else { nil() };
+    if is_list(next) && len(next) == 2 {
+        env_set(node, s.head, list_at(next, 0))?;
+        env_set(node, s.head_tag, list_at(next, 1))?;
+        env_set(node, s.rest, list_rest(rest)?)?;
+    } else {
+        env_set(node, s.head, nil())?;
+        env_set(node, s.head_tag, nil())?;
+    }
+    list_named(&[s.value_type, value, tag], s.msg_names, nil())
 }
 
 /// `recvData()` on a node: waits (interruptibly) for its oldest task and
@@ -199,7 +154,7 @@ pub extern "C" fn mirai_node_recv(node: SEXP) -> SEXP {
     entry(|| {
         let s = syms()?;
         check_node(node)?;
-        let h = var(node, s.head);
+        let h = env_get(node, s.head)?;
         if is_null(h) {
             return Err(format!("node {} of the cluster has no task to receive", node_number(node, s)?).into());
         }
@@ -224,10 +179,10 @@ pub extern "C" fn mirai_cluster_recv(cl: SEXP) -> SEXP {
         for i in 0..len(cl) {
             let node = list_at(cl, i);
             check_node(node)?;
-            if len(var(node, s.pending)) > 0 {
+            if len(env_get(node, s.pending)?) > 0 {
                 return int(i as i32 + 1);
             }
-            let h = var(node, s.head);
+            let h = env_get(node, s.head)?;
             if !is_null(h) {
                 slots.push(aio(&h)?.slot.clone());
                 which.push(i);
@@ -240,13 +195,6 @@ pub extern "C" fn mirai_cluster_recv(cl: SEXP) -> SEXP {
         let mut keep = Protect::new();
         let msg = keep.keep(pop_result(list_at(cl, i), s)?);
         let number = keep.keep(int(i as i32 + 1)?);
-        try_r(|| unsafe {
-            let out = Rf_protect(Rf_allocVector(SEXPTYPE::VECSXP, 2));
-            SET_VECTOR_ELT(out, 0, number);
-            SET_VECTOR_ELT(out, 1, msg);
-            Rf_setAttrib(out, R_NamesSymbol, s.one_names);
-            Rf_unprotect(1);
-            out
-        })
+        list_named(&[number, msg], s.one_names, nil())
     })
 }

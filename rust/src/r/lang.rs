@@ -1,0 +1,231 @@
+//! Environments, symbols, small lists, and building and evaluating calls,
+//! safely: what the cluster-node path needs from R (`node`, and `daemon`'s
+//! native evaluation of node tasks).
+//!
+//! As in `value`, anything that may allocate or run R code runs inside
+//! `try_r`, so it returns `Err(RError::Unwind)` instead of longjmping.
+//! Returned values are unprotected.
+
+use super::call::{try_r, RError};
+use super::ffi::*;
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+/// R objects made once and kept for the session (symbols, preserved
+/// constants), made on first use by R's main thread, the only thread that
+/// touches them.
+pub struct MainOnce<T>(std::cell::UnsafeCell<Option<T>>);
+
+// SAFETY: only R's main thread ever reads or writes the cell.
+unsafe impl<T> Sync for MainOnce<T> {}
+
+impl<T> Default for MainOnce<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> MainOnce<T> {
+    pub const fn new() -> Self {
+        MainOnce(std::cell::UnsafeCell::new(None))
+    }
+
+    /// The value, made by `make` the first time it succeeds.
+    pub fn get(&'static self, make: impl FnOnce() -> Result<T, RError>) -> Result<&'static T, RError> {
+        // SAFETY: main thread only, and no reference into the cell is held
+        // across a call that could re-enter this function.
+        let cell = unsafe { &mut *self.0.get() };
+        if cell.is_none() {
+            *cell = Some(make()?);
+        }
+        cell.as_ref().ok_or_else(|| "internal error in mirai: constants unavailable".into())
+    }
+}
+
+pub fn install(name: &CStr) -> Result<SEXP, RError> {
+    try_r(|| unsafe { Rf_install(name.as_ptr()) })
+}
+
+/// A character vector of `v`, preserved for the session.
+pub fn preserved_strings(v: &[&CStr]) -> Result<SEXP, RError> {
+    try_r(|| unsafe {
+        let s = Rf_protect(Rf_allocVector(SEXPTYPE::STRSXP, v.len() as isize));
+        for (i, c) in v.iter().enumerate() {
+            let b = c.to_bytes();
+            SET_STRING_ELT(s, i as isize, Rf_mkCharLenCE(b.as_ptr() as *const c_char, b.len() as c_int, cetype_t::CE_UTF8));
+        }
+        R_PreserveObject(s);
+        Rf_unprotect(1);
+        s
+    })
+}
+
+/// The call `fun()` of base function `fun`, preserved for the session.
+pub fn preserved_base_call(fun: &CStr) -> Result<SEXP, RError> {
+    try_r(|| unsafe {
+        let call = Rf_lang1(Rf_findFun(Rf_install(fun.as_ptr()), R_BaseEnv));
+        R_PreserveObject(call);
+        call
+    })
+}
+
+pub fn is_env(x: SEXP) -> bool {
+    unsafe { TYPEOF(x) == ENVSXP }
+}
+
+/// TRUE (a logical scalar).
+pub fn is_true(x: SEXP) -> bool {
+    unsafe { TYPEOF(x) == LGLSXP && Rf_xlength(x) == 1 && *LOGICAL(x) == 1 }
+}
+
+/// Whether the first name of list `x` is the first string of `names`
+/// (a preserved character vector: R's cache of strings makes equal strings
+/// one object, so this is a pointer comparison).
+pub fn first_name_is(x: SEXP, names: SEXP) -> bool {
+    unsafe {
+        let nms = Rf_getAttrib(x, R_NamesSymbol);
+        TYPEOF(nms) == STRSXP && Rf_xlength(nms) > 0 && STRING_ELT(nms, 0) == STRING_ELT(names, 0)
+    }
+}
+
+/// The value bound to `sym` in `env` itself (not its parents), NULL if
+/// unbound. An active binding runs its function, hence `try_r`.
+pub fn env_get(env: SEXP, sym: SEXP) -> Result<SEXP, RError> {
+    if !is_env(env) {
+        return Err("internal error in mirai: an environment was expected".into());
+    }
+    try_r(|| unsafe {
+        let v = Rf_findVarInFrame(env, sym);
+        if v == R_UnboundValue {
+            R_NilValue
+        } else {
+            v
+        }
+    })
+}
+
+pub fn env_set(env: SEXP, sym: SEXP, value: SEXP) -> Result<(), RError> {
+    if !is_env(env) {
+        return Err("internal error in mirai: an environment was expected".into());
+    }
+    try_r(|| unsafe {
+        Rf_defineVar(sym, value, env);
+        R_NilValue
+    })?;
+    Ok(())
+}
+
+/// Attribute `sym` of `x` (NULL if none).
+pub fn attr(x: SEXP, sym: SEXP) -> Result<SEXP, RError> {
+    try_r(|| unsafe { Rf_getAttrib(x, sym) })
+}
+
+/// A list of `items` (each protected by the caller) with names `names` (a
+/// preserved character vector) and, unless NULL, class `class`.
+pub fn list_named(items: &[SEXP], names: SEXP, class: SEXP) -> Result<SEXP, RError> {
+    try_r(|| unsafe {
+        let v = Rf_protect(Rf_allocVector(SEXPTYPE::VECSXP, items.len() as isize));
+        for (i, x) in items.iter().enumerate() {
+            SET_VECTOR_ELT(v, i as isize, *x);
+        }
+        Rf_setAttrib(v, R_NamesSymbol, names);
+        if class != R_NilValue {
+            Rf_setAttrib(v, R_ClassSymbol, class);
+        }
+        Rf_unprotect(1);
+        v
+    })
+}
+
+/// List `x` (or NULL) with `item` appended: a new list.
+pub fn list_append(x: SEXP, item: SEXP) -> Result<SEXP, RError> {
+    try_r(|| unsafe {
+        let n = if TYPEOF(x) == VECSXP { Rf_xlength(x) } else { 0 };
+        let v = Rf_allocVector(SEXPTYPE::VECSXP, n + 1);
+        for i in 0..n {
+            SET_VECTOR_ELT(v, i, VECTOR_ELT(x, i));
+        }
+        SET_VECTOR_ELT(v, n, item);
+        v
+    })
+}
+
+/// List `x` without its first element: a new list.
+pub fn list_rest(x: SEXP) -> Result<SEXP, RError> {
+    try_r(|| unsafe {
+        let n = if TYPEOF(x) == VECSXP { Rf_xlength(x) } else { 0 };
+        let v = Rf_allocVector(SEXPTYPE::VECSXP, (n - 1).max(0));
+        for i in 1..n {
+            SET_VECTOR_ELT(v, i - 1, VECTOR_ELT(x, i));
+        }
+        v
+    })
+}
+
+/// Whether closures (or any objects) `a` and `b` are identical as
+/// `identical()` sees them by default (environments compared, byte code
+/// and source references ignored).
+pub fn identical(a: SEXP, b: SEXP) -> bool {
+    const IDENTICAL_DEFAULT: c_int = 16;
+    unsafe { R_compute_identical(a, b, IDENTICAL_DEFAULT) != Rboolean::FALSE }
+}
+
+/// The call `(function(<sym>) fun(quote(a1), name = quote(a2), ...))(value)`
+/// for list `args` (or NULL): `do.call(fun, args, quote = TRUE)` made in a
+/// frame that binds `sym` to `value`, where code that searches the frames
+/// above it (future's, for parallel's `master`) finds it.
+pub fn call_binding(fun: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<SEXP, RError> {
+    try_r(|| unsafe {
+        let quote = Rf_install(c"quote".as_ptr());
+        let n = if TYPEOF(args) == VECSXP { Rf_xlength(args) } else { 0 };
+        let names = Rf_getAttrib(args, R_NamesSymbol);
+        let quoted = Rf_protect(Rf_allocList(n as c_int));
+        let mut cell = quoted;
+        for i in 0..n {
+            SETCAR(cell, Rf_lang2(quote, VECTOR_ELT(args, i)));
+            if TYPEOF(names) == STRSXP && *R_CHAR(STRING_ELT(names, i)) != 0 {
+                SET_TAG(cell, Rf_installTrChar(STRING_ELT(names, i)));
+            }
+            cell = CDR(cell);
+        }
+        let body = Rf_protect(Rf_lcons(fun, quoted));
+        let formals = Rf_protect(Rf_cons(R_MissingArg, R_NilValue));
+        SET_TAG(formals, sym);
+        let wrapper = Rf_protect(Rf_allocSExp(SEXPTYPE::CLOSXP));
+        SET_FORMALS(wrapper, formals);
+        SET_BODY(wrapper, body);
+        SET_CLOENV(wrapper, R_GlobalEnv);
+        let call = Rf_lang2(wrapper, value);
+        Rf_unprotect(4);
+        call
+    })
+}
+
+/// Evaluates `call` in R's base environment (R errors come back as Err).
+pub fn eval_in_base(call: SEXP) -> Result<SEXP, RError> {
+    try_r(|| unsafe { Rf_eval(call, R_BaseEnv) })
+}
+
+/// mirai_eval (src/entrypoint.c): evaluates an expression, returning its
+/// `box` argument instead of longjmping when it fails.
+type GuardedEval = unsafe extern "C" fn(SEXP, SEXP, SEXP) -> SEXP;
+
+static mut GUARDED_EVAL: Option<GuardedEval> = None;
+
+/// Records mirai_eval, once at load.
+///
+/// # Safety
+/// `f` must be mirai_eval from src/entrypoint.c.
+pub unsafe fn init_guarded_eval(f: *const c_void) {
+    GUARDED_EVAL = Some(std::mem::transmute::<*const c_void, GuardedEval>(f));
+}
+
+/// Evaluates `call` in the global environment as a daemon evaluates a task:
+/// on an error, `box` gets the condition and the calls (`cond`, `calls`)
+/// and is returned; on an interrupt, `box` is returned with `cond` NULL.
+pub fn eval_guarded(call: SEXP, box_: SEXP) -> Result<SEXP, RError> {
+    let f = unsafe { *std::ptr::addr_of!(GUARDED_EVAL) }.ok_or("mirai: native library not initialised by R")?;
+    if !is_env(box_) {
+        return Err("internal error in mirai: `box` must be an environment".into());
+    }
+    try_r(|| unsafe { f(call, R_GlobalEnv, box_) })
+}
