@@ -297,10 +297,18 @@ task_trace <- function(calls, from, handler) {
     trace <- trace[-length(trace)]
     call <- last[[4L]]
     if (is.call(call) && identical(call[[1L]], quote(base::quote))) call <- call[[2L]]
-    if (is.call(call) && !any(vapply(calls, identical, logical(1L), call)))
+    if (is.call(call) && !any(vapply(calls, same_call, logical(1L), call)))
       trace <- c(trace, list(call))
   }
   rev(trace)
+}
+
+# Calls on the stack carry the source reference of their statement (code
+# with srcrefs in braces); the call R's C code reports for an error has none.
+same_call <- function(a, b) {
+  attr(a, "srcref") <- NULL
+  attr(b, "srcref") <- NULL
+  identical(a, b)
 }
 
 ._mirai_eval_. <- function(expr, env) eval(expr, envir = env)

@@ -296,3 +296,59 @@ test_that("make_cluster(url) prints launch commands; nodes wait for their daemon
   on.exit(stop_cluster(cl2), add = TRUE)
   expect_identical(parSapply(cl2, 1:4, function(x) x * 2), c(2, 4, 6, 8))
 })
+
+test_that("a node runs tasks as parallel's workers do: do.call(fun, args, quote = TRUE)", {
+  cl <- make_cluster(2)
+  ps <- makePSOCKcluster(1)
+  on.exit({ stop_cluster(cl); stopCluster(ps) })
+  # Argument values that are symbols or calls arrive unevaluated (quoted),
+  # names become argument names, and the function sees its own call as
+  # PSOCK's worker gives it.
+  f <- function(a, b = 2, ...) list(a = a, b = b, dots = list(...), missing_b = missing(b))
+  args <- list(quote(sym), b = quote(g(x)), extra = 1:3, 4)
+  ours <- clusterCall(cl[1], f, quote(sym), b = quote(g(x)), extra = 1:3, 4)[[1L]]
+  expect_identical(ours, clusterCall(ps, f, quote(sym), b = quote(g(x)), extra = 1:3, 4)[[1L]])
+  expect_identical(ours$a, quote(sym))
+  expect_identical(clusterCall(cl[1], f, 1)[[1L]]$missing_b, TRUE)
+  # The same function sent with every task is run as one object (R's JIT
+  # compiles it once), but two closures with the same code and different
+  # environments each keep their own.
+  make <- function(k) function(x) x + k
+  one <- make(1)
+  two <- make(100)
+  got <- clusterApplyLB(cl, 1:6, function(i) i)
+  expect_identical(unlist(got), 1:6)
+  mixed <- lapply(1:6, function(i) {
+    parallel:::sendCall(cl[[1]], if (i %% 2L) one else two, list(i))
+    parallel:::recvResult(cl[[1]])
+  })
+  expect_identical(unlist(mixed), c(2, 102, 4, 104, 6, 106))
+  # A global the function reads is looked up at each call, memo or not.
+  clusterEvalQ(cl, k0 <- 1)
+  g0 <- function(x) x + k0
+  expect_identical(unlist(clusterCall(cl, g0, 1)), c(2, 2))
+  clusterEvalQ(cl, k0 <- 10)
+  expect_identical(unlist(clusterCall(cl, g0, 1)), c(11, 11))
+})
+
+test_that("errors on nodes carry the remote message and a stack trace starting at the signalling call", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  outer <- function(x) {
+    inner <- function(x) stop("inner failure ", x)
+    inner(x)
+  }
+  parallel:::sendCall(cl[[1]], outer, list(7))
+  v <- parallel:::recvResult(cl[[1]])
+  expect_s3_class(v, "miraiError")
+  expect_identical(v$message, "inner failure 7")
+  expect_identical(v$stack.trace[[1L]], quote(stop("inner failure ", x)))
+  expect_identical(v$stack.trace[[2L]], quote(inner(x)))
+  # The node goes on: the next task runs normally, and so does a function
+  # the tasks before did not send.
+  expect_identical(clusterCall(cl, function() 42)[[1L]], 42)
+  err <- tryCatch(clusterCall(cl, function() stop(simpleError("condition object"))), error = identity)
+  expect_match(conditionMessage(err), "condition object", fixed = TRUE)
+  # Warnings on a node do not fail the task.
+  expect_identical(clusterCall(cl, function() { warning("w"); 3 })[[1L]], 3)
+})

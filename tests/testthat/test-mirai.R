@@ -123,3 +123,15 @@ test_that("nextcode translates exit codes and validates input", {
   expect_identical(nextcode(3L), "3 | Daemon task limit reached")
   expect_error(nextcode("a"), "`xc` must be a single integer exit code")
 })
+
+test_that("a stack trace through code with source references has no repeated call", {
+  daemons(1)
+  on.exit(daemons(0))
+  # The error's call, g(x), is on the stack with a srcref attached.
+  f <- eval(parse(text = "function(x) {\n  g <- function(y) {\n    stop('bad ', y)\n  }\n  g(x)\n}",
+                  keep.source = TRUE))
+  e <- mirai(f("a"), f = f)[]
+  expect_true(is_mirai_error(e))
+  calls <- lapply(e$stack.trace, function(cl) { attr(cl, "srcref") <- NULL; cl })
+  expect_identical(calls, list(quote(stop("bad ", y)), quote(g(x)), quote(f("a"))))
+})
