@@ -140,3 +140,18 @@ test_that("a node environment tampered with fails clearly, and leaves no stale r
   expect_identical(clusterCall(cl, function() "fresh again"), list("fresh again", "fresh again"))
   expect_identical(clusterApplyLB(cl, 1:6, function(i) i), as.list(1:6))
 })
+
+test_that("a value of the classes the host uses as markers arrives as the value it is", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  ps <- makePSOCKcluster(1)
+  on.exit(stopCluster(ps), add = TRUE)
+  looks_relayed <- function() structure(list(conditions = list("c1", "c2"), value = "v"), class = "miraiRelayed")
+  looks_failed <- function() structure(19L, class = "errorValue")
+  for (f in list(looks_relayed, looks_failed)) {
+    want <- clusterCall(ps, f)
+    expect_identical(clusterCall(cl, f), want)
+    # Nothing left behind to be taken for the next call's result.
+    expect_identical(clusterCall(cl, function() "next"), list("next"))
+  }
+})

@@ -220,10 +220,10 @@ enum Ran {
 /// Runs a node task as parallel's worker does, `do.call(fun, args, quote =
 /// TRUE)`, in a frame binding `master` to `relay` (see `call_binding`),
 /// guarded as any task. Whatever future sent to `master` comes back with
-/// the value, as a 'miraiRelayed'. A function identical to the previous
-/// task's, source references included (parallel sends it with every
-/// task), is run as that one, so that R's JIT compiles it once rather than
-/// for every task.
+/// the value, as a 'miraiRelayed' (see node_message() in R/cluster.R). A
+/// function identical to the previous task's, source references included
+/// (parallel sends it with every task), is run as that one, so that R's
+/// JIT compiles it once rather than for every task.
 fn run_node(d: SEXP, box_: SEXP, relay: SEXP) -> Result<Ran, RError> {
     let c = node_consts()?;
     let (fun, args) = (list_at(d, 0), list_at(d, 1));
@@ -254,7 +254,10 @@ fn run_node(d: SEXP, box_: SEXP, relay: SEXP) -> Result<Ran, RError> {
         return Ok(Ran::Failed(before));
     }
     let conds = if is_env(sink) { env_get(sink, c.conds)? } else { nil() };
-    if is_null(conds) {
+    // A value the host would take for one of its own markers (a failure's
+    // error value, or this wrapper) travels wrapped, so that it arrives as
+    // the value it is.
+    if is_null(conds) && !inherits(res, c"miraiRelayed") && !inherits(res, c"errorValue") {
         return Ok(Ran::Value(res));
     }
     Ok(Ran::Value(list_named(&[conds, res], c.relayed_names, c.relayed_class)?))

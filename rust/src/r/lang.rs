@@ -72,6 +72,12 @@ pub fn is_env(x: SEXP) -> bool {
     unsafe { TYPEOF(x) == ENVSXP }
 }
 
+/// Whether `x` has class `class` (among others). Reads the class attribute
+/// only: no allocation, no dispatch.
+pub fn inherits(x: SEXP, class: &CStr) -> bool {
+    unsafe { Rf_inherits(x, class.as_ptr()) != Rboolean::FALSE }
+}
+
 /// TRUE (a logical scalar).
 pub fn is_true(x: SEXP) -> bool {
     unsafe { TYPEOF(x) == LGLSXP && Rf_xlength(x) == 1 && *LOGICAL(x) == 1 }
