@@ -267,21 +267,10 @@ cluster_of <- function(nodes, id, name, profile) {
   structure(nodes, class = c("miraiCluster", "cluster"), id = id, name = name, profile = profile)
 }
 
-# A wait for a result was interrupted (or failed): parallel's caller has
-# given up on every task then outstanding on the cluster, and would take
-# their results for those of its next call. They are cancelled and
-# forgotten, on every node.
-drop_outstanding <- function(node) {
-  for (p in .subset2(.subset2(node, "peers"), "nodes")) {
-    for (h in c(list(.subset2(p, "head")), lapply(.subset2(p, "rest"), .subset2, 1L))) {
-      if (!is.null(h)) .Call(C_mirai_aio_cancel, h)
-    }
-    assign("head", NULL, envir = p)
-    assign("head_tag", NULL, envir = p)
-    assign("rest", list(), envir = p)
-    assign("pending", list(), envir = p)
-  }
-}
+# A wait for a result was interrupted (or failed): every task outstanding
+# on the cluster is cancelled and forgotten (see mirai_cluster_drop in
+# rust/src/r/node.rs).
+drop_outstanding <- function(node) .Call(C_mirai_cluster_drop, node)
 
 # The cluster's profile while it is still the one registered under the
 # cluster's ID, else NULL: once a cluster has stopped, its ID goes to the

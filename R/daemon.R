@@ -142,10 +142,15 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       # interrupted (the native side knows which task that is).
       stopped <- tryCatch({
         repeat {
-          msg <- .Call(C_mirai_daemon_recv, conn, box, relay)
+          msg <- .Call(C_mirai_daemon_recv, conn, box, relay, cleanup)
           if (!is.list(msg)) {
             code <- msg
             break
+          }
+          # list(id): a node task, answered natively, to clean up after.
+          if (length(msg) == 1L) {
+            do_cleanup(snap)
+            next
           }
           # list(id, NULL, message): the task could not be unserialized;
           # list(id, box, before): a node task failed.

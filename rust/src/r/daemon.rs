@@ -119,12 +119,15 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
 /// `list(id, box, before)` for a node task that failed (see `run_node`); or
 /// an exit code (see `ExitCode`) when there is none. A cluster node's tasks
 /// (`node::mirai_node_send`) are evaluated and answered here, in a loop
-/// that returns to R only for the cases above: `box` is the daemon loop's
-/// environment for mirai_eval, `relay` the `master` that future's code on
-/// the node looks for (see R/cluster.R).
+/// that returns to R only for the cases above, and, when `cleanup` is
+/// TRUE (a daemon launched by hand with `cleanup = TRUE`), as `list(id)`
+/// after each answered task, for R to clean up as after any task. `box` is
+/// the daemon loop's environment for mirai_eval, `relay` the `master` that
+/// future's code on the node looks for (see R/cluster.R).
 #[no_mangle]
-pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP) -> SEXP {
+pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> SEXP {
     entry(|| loop {
+        let cleanup = bool_arg(cleanup, "cleanup")?;
         let (id, body, offset) = match next_task(h)? {
             Got::Code(code) => return int(code as i32),
             Got::Task(id, body, offset) => (id, body, offset),
@@ -154,6 +157,10 @@ pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP) -> SEXP {
                 return list(&[idv, box_, before], &[]);
             }
             Ran::Value(v) => match send_value(h, id, keep.keep(v))? {
+                Sent::Code(0) if cleanup => {
+                    let idv = keep.keep(real(id as f64)?);
+                    return list(&[idv], &[]);
+                }
                 Sent::Code(0) => continue,
                 Sent::Code(code) => {
                     if code > 0 {
@@ -213,27 +220,31 @@ enum Ran {
 /// Runs a node task as parallel's worker does, `do.call(fun, args, quote =
 /// TRUE)`, in a frame binding `master` to `relay` (see `call_binding`),
 /// guarded as any task. Whatever future sent to `master` comes back with
-/// the value, as a 'miraiRelayed'. A function identical to the previous
-/// task's (parallel sends it with every task) is run as that one, so that
-/// R's JIT compiles it once rather than for every task.
+/// the value, as a 'miraiRelayed' (see node_message() in R/cluster.R). A
+/// function identical to the previous task's, source references included
+/// (parallel sends it with every task), is run as that one, so that R's
+/// JIT compiles it once rather than for every task.
 fn run_node(d: SEXP, box_: SEXP, relay: SEXP) -> Result<Ran, RError> {
     let c = node_consts()?;
-    let (mut fun, args) = (list_at(d, 0), list_at(d, 1));
-    if !is_function(fun) {
-        return Ok(Ran::Value(mirai_error("a cluster task's `fun` is not a function")?));
+    let (fun, args) = (list_at(d, 0), list_at(d, 1));
+    // do.call()'s own checks, with its messages.
+    let Some(mut head) = call_head(fun)? else {
+        return Ok(Ran::Value(mirai_error("'what' must be a function or character string")?));
+    };
+    if !is_arg_list(args) {
+        return Ok(Ran::Value(mirai_error("second argument must be a list")?));
     }
-    if !is_list(args) && !is_null(args) {
-        return Ok(Ran::Value(mirai_error("a cluster task's `args` must be a list")?));
-    }
-    let last = env_get(box_, c.last_fun)?;
-    if identical(last, fun) {
-        fun = last;
-    } else {
-        env_set(box_, c.last_fun, fun)?;
+    if is_function(fun) {
+        let last = env_get(box_, c.last_fun)?;
+        if identical(last, fun) && same_source(last, fun)? {
+            head = last;
+        } else {
+            env_set(box_, c.last_fun, fun)?;
+        }
     }
     let sink = list_get(relay, "sink");
     let mut keep = Protect::new();
-    let call = keep.keep(call_binding(fun, args, c.master, relay)?);
+    let call = keep.keep(call_binding(head, args, c.master, relay)?);
     let before = keep.keep(eval_in_base(c.geterr)?);
     if is_env(sink) {
         env_set(sink, c.conds, nil())?;
@@ -243,7 +254,10 @@ fn run_node(d: SEXP, box_: SEXP, relay: SEXP) -> Result<Ran, RError> {
         return Ok(Ran::Failed(before));
     }
     let conds = if is_env(sink) { env_get(sink, c.conds)? } else { nil() };
-    if is_null(conds) {
+    // A value the host would take for one of its own markers (a failure's
+    // error value, or this wrapper) travels wrapped, so that it arrives as
+    // the value it is.
+    if is_null(conds) && !inherits(res, c"miraiRelayed") && !inherits(res, c"errorValue") {
         return Ok(Ran::Value(res));
     }
     Ok(Ran::Value(list_named(&[conds, res], c.relayed_names, c.relayed_class)?))

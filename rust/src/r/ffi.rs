@@ -13,7 +13,7 @@
 #![allow(non_snake_case, non_upper_case_globals, improper_ctypes)]
 
 pub use extendr_ffi::{
-    cetype_t, DllInfo, R_BaseEnv, R_CallMethodDef, R_ClassSymbol, R_ClearExternalPtr, R_EmptyEnv, R_MissingArg, R_compute_identical, Rf_lcons, SET_TAG,
+    cetype_t, DllInfo, R_BaseEnv, R_BaseSymbol, R_CallMethodDef, R_ClassSymbol, R_DoubleColonSymbol, Rf_PairToVectorList, R_ClearExternalPtr, R_EmptyEnv, R_MissingArg, R_compute_identical, Rf_lcons, SET_TAG,
     R_ExternalPtrAddr, R_ExternalPtrProtected, R_ExternalPtrTag, R_GlobalEnv, R_MakeExternalPtr, R_MakeUnwindCont,
     R_NaInt, R_NaReal, R_NamesSymbol, R_NewEnv, R_NilValue, R_PreserveObject, R_RegisterCFinalizerEx, R_ReleaseObject, R_Serialize,
     R_SetExternalPtrProtected, R_UnboundValue, R_Unserialize, R_forceSymbols, R_inpstream_st, R_outpstream_st,
@@ -47,6 +47,8 @@ extern "C" {
     pub fn SET_CLOENV(x: SEXP, v: SEXP);
     pub fn Rf_findVarInFrame(env: SEXP, sym: SEXP) -> SEXP;
     pub fn Rf_lang2(a: SEXP, b: SEXP) -> SEXP;
+    pub fn Rf_lang3(a: SEXP, b: SEXP, c: SEXP) -> SEXP;
+    pub fn R_lsInternal3(env: SEXP, all: Rboolean, sorted: Rboolean) -> SEXP;
     pub fn Rf_lang4(a: SEXP, b: SEXP, c: SEXP, d: SEXP) -> SEXP;
     pub fn Rf_eval(e: SEXP, env: SEXP) -> SEXP;
     pub fn Rf_inherits(s: SEXP, name: *const c_char) -> Rboolean;
@@ -86,6 +88,7 @@ extern "C" {
 
 /// R's type codes, as `TYPEOF` returns them.
 pub const NILSXP: c_int = 0;
+pub const LISTSXP: c_int = 2;
 pub const CLOSXP: c_int = 3;
 pub const ENVSXP: c_int = 4;
 pub const SPECIALSXP: c_int = 7;

@@ -72,6 +72,12 @@ pub fn is_env(x: SEXP) -> bool {
     unsafe { TYPEOF(x) == ENVSXP }
 }
 
+/// Whether `x` has class `class` (among others). Reads the class attribute
+/// only: no allocation, no dispatch.
+pub fn inherits(x: SEXP, class: &CStr) -> bool {
+    unsafe { Rf_inherits(x, class.as_ptr()) != Rboolean::FALSE }
+}
+
 /// TRUE (a logical scalar).
 pub fn is_true(x: SEXP) -> bool {
     unsafe { TYPEOF(x) == LGLSXP && Rf_xlength(x) == 1 && *LOGICAL(x) == 1 }
@@ -169,13 +175,86 @@ pub fn identical(a: SEXP, b: SEXP) -> bool {
     unsafe { R_compute_identical(a, b, IDENTICAL_DEFAULT) != Rboolean::FALSE }
 }
 
-/// The call `(function(<sym>) fun(quote(a1), name = quote(a2), ...))(value)`
-/// for list `args` (or NULL): `do.call(fun, args, quote = TRUE)` made in a
-/// frame that binds `sym` to `value`, where code that searches the frames
-/// above it (future's, for parallel's `master`) finds it.
-pub fn call_binding(fun: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<SEXP, RError> {
+/// Whether closures `a` and `b`, identical but for source references,
+/// carry the same ones: no `srcref` attribute on either, or the same
+/// positions in source files with the same contents. (`identical()` cannot
+/// tell: each unserialized copy of a function has its own source file
+/// environment, and environments compare by address.) When in doubt, no:
+/// the cost of a wrong no is one compilation of the function.
+pub fn same_source(a: SEXP, b: SEXP) -> Result<bool, RError> {
+    let same = try_r(|| unsafe {
+        let srcref = Rf_install(c"srcref".as_ptr());
+        let (sa, sb) = (Rf_getAttrib(a, srcref), Rf_getAttrib(b, srcref));
+        if sa == R_NilValue || sb == R_NilValue {
+            return Rf_ScalarLogical((sa == sb) as c_int);
+        }
+        let n = Rf_xlength(sa);
+        if TYPEOF(sa) != INTSXP || TYPEOF(sb) != INTSXP || n != Rf_xlength(sb) {
+            return Rf_ScalarLogical(0);
+        }
+        let (pa, pb) = (INTEGER(sa), INTEGER(sb));
+        if (0..n).any(|i| *pa.offset(i) != *pb.offset(i)) {
+            return Rf_ScalarLogical(0);
+        }
+        let srcfile = Rf_install(c"srcfile".as_ptr());
+        Rf_ScalarLogical(same_frame(Rf_getAttrib(sa, srcfile), Rf_getAttrib(sb, srcfile)) as c_int)
+    })?;
+    Ok(is_true(same))
+}
+
+/// Whether environments (or other objects) `a` and `b` hold identical
+/// bindings. May allocate: call inside `try_r`.
+unsafe fn same_frame(a: SEXP, b: SEXP) -> bool {
+    if a == b {
+        return true;
+    }
+    if !is_env(a) || !is_env(b) {
+        return identical(a, b);
+    }
+    let names = Rf_protect(R_lsInternal3(a, Rboolean::TRUE, Rboolean::TRUE));
+    let same = identical(names, R_lsInternal3(b, Rboolean::TRUE, Rboolean::TRUE))
+        && (0..Rf_xlength(names)).all(|i| {
+            let sym = Rf_installTrChar(STRING_ELT(names, i));
+            identical(Rf_findVarInFrame(a, sym), Rf_findVarInFrame(b, sym))
+        });
+    Rf_unprotect(1);
+    same
+}
+
+/// The head of the call `do.call(fun, ...)` makes: `fun` itself if a
+/// function, the symbol it names if a string; None for anything else,
+/// which do.call() refuses.
+pub fn call_head(fun: SEXP) -> Result<Option<SEXP>, RError> {
+    match unsafe { TYPEOF(fun) } {
+        CLOSXP | BUILTINSXP | SPECIALSXP => Ok(Some(fun)),
+        STRSXP if unsafe { Rf_xlength(fun) } == 1 => try_r(|| unsafe { Rf_installTrChar(STRING_ELT(fun, 0)) }).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Whether do.call() takes `args` as its arguments (`is.list()`: a list or
+/// a pairlist).
+pub fn is_arg_list(args: SEXP) -> bool {
+    matches!(unsafe { TYPEOF(args) }, VECSXP | LISTSXP)
+}
+
+/// The call `(function(<sym>) head(base::quote(a1), name = base::quote(a2),
+/// ...))(value)` for `args` (a list or pairlist): `do.call(fun, args, quote
+/// = TRUE)` (whose quoting is `base::quote`, as `substitute()` and
+/// `sys.call()` show) made in a frame that binds `sym` to `value`, where
+/// code that searches the frames above it (future's, for parallel's
+/// `master`) finds it. `head`: see `call_head`.
+pub fn call_binding(head: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<SEXP, RError> {
+    static QUOTE: MainOnce<SEXP> = MainOnce::new();
+    let quote = *QUOTE.get(|| {
+        try_r(|| unsafe {
+            let q = Rf_lang3(R_DoubleColonSymbol, R_BaseSymbol, Rf_install(c"quote".as_ptr()));
+            R_PreserveObject(q);
+            q
+        })
+    })?;
     try_r(|| unsafe {
-        let quote = Rf_install(c"quote".as_ptr());
+        let args = Rf_protect(if TYPEOF(args) == LISTSXP { Rf_PairToVectorList(args) } else { args });
         let n = if TYPEOF(args) == VECSXP { Rf_xlength(args) } else { 0 };
         let names = Rf_getAttrib(args, R_NamesSymbol);
         let quoted = Rf_protect(Rf_allocList(n as c_int));
@@ -187,7 +266,7 @@ pub fn call_binding(fun: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<SEX
             }
             cell = CDR(cell);
         }
-        let body = Rf_protect(Rf_lcons(fun, quoted));
+        let body = Rf_protect(Rf_lcons(head, quoted));
         let formals = Rf_protect(Rf_cons(R_MissingArg, R_NilValue));
         SET_TAG(formals, sym);
         let wrapper = Rf_protect(Rf_allocSExp(SEXPTYPE::CLOSXP));
@@ -195,7 +274,7 @@ pub fn call_binding(fun: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<SEX
         SET_BODY(wrapper, body);
         SET_CLOENV(wrapper, R_GlobalEnv);
         let call = Rf_lang2(wrapper, value);
-        Rf_unprotect(4);
+        Rf_unprotect(5);
         call
     })
 }

@@ -206,14 +206,16 @@ pub extern "C" fn mirai_aio_done(h: SEXP) -> SEXP {
 /// dispatcher found the task and withdrew or interrupted it.
 #[no_mangle]
 pub extern "C" fn mirai_aio_cancel(h: SEXP) -> SEXP {
-    entry(|| {
-        let a = aio(&h)?;
-        // The host forgets the task either way (an ephemeral host can then
-        // stop); only a dispatcher also interrupts it on its daemon.
-        let found = a.profile.host.cancel(a.id, ERR_CANCELED) && a.profile.host.dispatcher;
-        a.slot.complete(Outcome::Error(ERR_CANCELED));
-        lgl(found)
-    })
+    entry(|| lgl(cancel(aio(&h)?)))
+}
+
+/// Resolves `a` to "operation canceled". The host forgets the task either
+/// way (an ephemeral host can then stop); only a dispatcher also
+/// interrupts it on its daemon, and says whether it found it.
+pub(super) fn cancel(a: &Aio) -> bool {
+    let found = a.profile.host.cancel(a.id, ERR_CANCELED) && a.profile.host.dispatcher;
+    a.slot.complete(Outcome::Error(ERR_CANCELED));
+    found
 }
 
 /// `as.promise()`: calls R closure `settle` (on R's main thread, through

@@ -18,7 +18,7 @@ use super::call::{entry, RError};
 use super::ffi::SEXP;
 use super::handle::{kept, new_handle};
 use super::lang::*;
-use super::mirai::{aio, outcome_to_sexp, race, wait_slot};
+use super::mirai::{aio, cancel, outcome_to_sexp, race, wait_slot};
 use super::profile::submit_node;
 use super::value::*;
 use crate::sched::ERR_CANCELED;
@@ -33,6 +33,8 @@ struct Syms {
     rest: SEXP,
     pending: SEXP,
     node: SEXP,
+    peers: SEXP,
+    nodes: SEXP,
     /// c("type", "value", "tag"): a received message.
     msg_names: SEXP,
     /// c("node", "value"): what recvOneData() returns.
@@ -56,6 +58,8 @@ fn syms() -> Result<&'static Syms, RError> {
             rest: install(c"rest")?,
             pending: install(c"pending")?,
             node: install(c"node")?,
+            peers: install(c"peers")?,
+            nodes: install(c"nodes")?,
             msg_names: preserved_strings(&[c"type", c"value", c"tag"])?,
             one_names: preserved_strings(&[c"node", c"value"])?,
             value_type: preserved_strings(&[c"VALUE"])?,
@@ -135,10 +139,14 @@ fn pop_result(node: SEXP, s: &Syms) -> Result<SEXP, RError> {
     let value = keep.keep(outcome_to_sexp(outcome, kept(h))?);
     let tag = keep.keep(env_get(node, s.head_tag)?);
     let rest = env_get(node, s.rest)?;
-    let next = if is_list(rest) && len(rest) > 0 { list_at(rest, 0) } else { nil() };
-    if is_list(next) && len(next) == 2 {
-        env_set(node, s.head, list_at(next, 0))?;
-        env_set(node, s.head_tag, list_at(next, 1))?;
+    if is_list(rest) && len(rest) > 0 {
+        // Anything but list(aio, tag) (the node was tampered with) becomes
+        // the head as it is, so that receiving it fails, which drops every
+        // outstanding task (R/cluster.R): nothing is skipped silently.
+        let next = list_at(rest, 0);
+        let (h, t) = if is_list(next) && len(next) == 2 { (list_at(next, 0), list_at(next, 1)) } else { (next, nil()) };
+        env_set(node, s.head, h)?;
+        env_set(node, s.head_tag, t)?;
         env_set(node, s.rest, list_rest(rest)?)?;
     } else {
         env_set(node, s.head, nil())?;
@@ -197,4 +205,57 @@ pub extern "C" fn mirai_cluster_recv(cl: SEXP) -> SEXP {
         let number = keep.keep(int(i as i32 + 1)?);
         list_named(&[number, msg], s.one_names, nil())
     })
+}
+
+/// Cancels and forgets every task outstanding on the nodes of `node`'s
+/// cluster (its `peers`), and their messages not yet handed out: a wait
+/// for a result was interrupted (or failed), so parallel's caller has
+/// given up on all of them, and would take their results for those of its
+/// next call. Whatever the nodes hold that is not an aio handle (a node
+/// tampered with) is forgotten too, and every node is reset even if one
+/// cannot be: the first such error is returned after.
+#[no_mangle]
+pub extern "C" fn mirai_cluster_drop(node: SEXP) -> SEXP {
+    entry(|| {
+        let s = syms()?;
+        check_node(node)?;
+        let peers = env_get(node, s.peers)?;
+        let nodes = if is_env(peers) { env_get(peers, s.nodes)? } else { nil() };
+        let mut keep = Protect::new();
+        let nodes = if is_list(nodes) { nodes } else { keep.keep(list(&[node], &[])?) };
+        let mut first_err = None;
+        for i in 0..len(nodes) {
+            let p = list_at(nodes, i);
+            if !is_env(p) {
+                continue;
+            }
+            if let Err(e) = drop_node(p, s) {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(nil()),
+        }
+    })
+}
+
+fn drop_node(node: SEXP, s: &Syms) -> Result<(), RError> {
+    let cancel_if_aio = |h: SEXP| {
+        if let Ok(a) = aio(&h) {
+            cancel(a);
+        }
+    };
+    cancel_if_aio(env_get(node, s.head)?);
+    let rest = env_get(node, s.rest)?;
+    if is_list(rest) {
+        for j in 0..len(rest) {
+            let entry = list_at(rest, j);
+            cancel_if_aio(if is_list(entry) && len(entry) > 0 { list_at(entry, 0) } else { entry });
+        }
+    }
+    env_set(node, s.head, nil())?;
+    env_set(node, s.head_tag, nil())?;
+    env_set(node, s.rest, new_list(0)?)?;
+    env_set(node, s.pending, new_list(0)?)
 }

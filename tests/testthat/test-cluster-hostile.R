@@ -1,0 +1,157 @@
+# A miraiCluster's native node path (R/cluster.R, rust/src/r/node.rs and
+# the daemon's node tasks in rust/src/r/daemon.rs) under unusual use:
+# parallel's low-level API called by hand, functions that differ only in
+# their source references, daemons launched by hand with their own
+# settings, and node environments that were tampered with. The reference
+# for what a task does is a PSOCK cluster, whose workers run
+# do.call(fun, args, quote = TRUE).
+
+library(parallel)
+
+# Sends one task to node 1 of `cl` through parallel's own functions and
+# returns parallel's result for it.
+send_recv <- function(cl, fun, args) {
+  parallel:::sendCall(cl[[1L]], fun, args)
+  parallel:::recvResult(cl[[1L]])
+}
+
+test_that("a node runs sendCall()'s fun and args exactly as a PSOCK worker does", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  ps <- makePSOCKcluster(1)
+  on.exit(stopCluster(ps), add = TRUE)
+  same <- list(
+    # A function named by a string, as do.call() allows (clusterCall() and
+    # clusterApply() pass `fun` on unchanged).
+    name = list("paste", list("a", "b")),
+    sum = list("sum", list(1, 2, 3)),
+    # The arguments are quoted as do.call(quote = TRUE) quotes them.
+    substitute = list(function(x) deparse(substitute(x)), list(quote(foo))),
+    sys.call = list(function(a, b) sys.call(), list(a = 1, b = quote(z))),
+    match.call = list(function(a, b) match.call(), list(b = 2, a = quote(f(y)))),
+    # A pairlist is a list to do.call().
+    pairlist = list(function(a) a * 2, pairlist(a = 3)),
+    names = list(function(...) names(list(...)), structure(list(1, 2, 3), names = c("", "b", "if"))),
+    missing = list(function(x, y) missing(y), list(1, quote(expr = ))),
+    symbol = list(function(x) x, list(quote(not_defined_anywhere))),
+    call = list(function(x) x, list(quote(stop("never evaluated")))),
+    builtin = list(sum, list(1, 2)),
+    special = list(`if`, list(TRUE, "yes", "no")),
+    zero = list(function() "none", list())
+  )
+  for (nm in names(same)) {
+    fa <- same[[nm]]
+    expect_identical(send_recv(cl, fa[[1L]], fa[[2L]]), send_recv(ps, fa[[1L]], fa[[2L]]), label = nm)
+  }
+  # What do.call() refuses is refused with do.call()'s message.
+  refused <- list(
+    not_function = list(42, list()),
+    null_fun = list(NULL, list()),
+    two_names = list(c("sum", "max"), list(1)),
+    not_list = list(sum, 1:3),
+    null_args = list(function() 1, NULL)
+  )
+  for (nm in names(refused)) {
+    fa <- refused[[nm]]
+    want <- send_recv(ps, fa[[1L]], fa[[2L]])
+    expect_s3_class(want, "try-error")
+    got <- send_recv(cl, fa[[1L]], fa[[2L]])
+    expect_s3_class(got, "try-error")
+    expect_match(got, unclass(want)[[1L]], fixed = TRUE, label = nm)
+  }
+  # A string naming no function fails as do.call() fails.
+  expect_error(clusterCall(cl, "no_such_function_here"),
+               "could not find function \"no_such_function_here\"", fixed = TRUE)
+  # The node is still in step: each result is the one just asked for.
+  expect_identical(clusterCall(cl, "Sys.getpid"), clusterCall(cl, function() Sys.getpid()))
+  expect_identical(clusterApply(cl, 1:3, "sqrt"), lapply(1:3, sqrt))
+})
+
+test_that("the function a node reuses is the one sent, source references included", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  # Identical but for a comment in the body (identical() ignores source
+  # references): each must run as sent, with its own source.
+  src <- function(comment) {
+    f <- eval(parse(text = sprintf("function() {\n  # %s\n  as.character(attr(sys.function(), 'srcref'))\n}",
+                                   comment), keep.source = TRUE))
+    environment(f) <- globalenv()
+    f
+  }
+  v1 <- src("version one")
+  v2 <- src("version two")
+  expect_true(identical(v1, v2))
+  got <- vapply(list(v1, v2, v1), function(f) paste(clusterCall(cl, f)[[1L]], collapse = "\n"), "")
+  expect_identical(regmatches(got, regexpr("version [a-z]+", got)), c("version one", "version two", "version one"))
+  # The source positions of an error's calls are the ones of the function
+  # sent (here: stop() on line 3, then on line 5).
+  fails_at <- function(line) {
+    f <- eval(parse(text = sprintf("function() {%sstop('here')\n}", strrep("\n", line - 1L)),
+                    keep.source = TRUE))
+    environment(f) <- globalenv()
+    e <- send_recv(cl, f, list())
+    attr(attr(e, "stack.trace")[[1L]], "srcref")[[1L]]
+  }
+  expect_identical(c(fails_at(3L), fails_at(5L), fails_at(3L)), c(3L, 5L, 3L))
+  # Functions without source references are still told apart by their
+  # environments.
+  k1 <- local({ k <- 1; function(x) x + k })
+  k2 <- local({ k <- 2; function(x) x + k })
+  got <- vapply(1:4, function(i) send_recv(cl, if (i %% 2) k1 else k2, list(10)), 0)
+  expect_identical(got, c(11, 12, 11, 12))
+})
+
+test_that("a node's daemon launched by hand keeps its own cleanup and maxtasks settings", {
+  expect_output(cl <- make_cluster(1, url = local_url(tcp = TRUE)), "Shell commands for deployment")
+  on.exit(stop_cluster(cl))
+  cmd <- launch_remote(cl)[[1L]]
+  expect_match(cmd, "cleanup=FALSE", fixed = TRUE)
+  cmd <- sub("cleanup=FALSE", "cleanup=TRUE,maxtasks=3", cmd, fixed = TRUE)
+  # (Rscript by its full path: R CMD check puts a stub first on PATH.)
+  cmd <- sub(" Rscript -e ", sprintf(" %s -e ", shQuote(file.path(R.home("bin"), "Rscript"))), cmd, fixed = TRUE)
+  system(cmd, wait = FALSE)
+  pid <- clusterCall(cl, function() { assign("left_behind", 1, envir = globalenv()); Sys.getpid() })[[1L]]
+  on.exit(if (pid_alive(pid)) tools::pskill(pid, tools::SIGKILL), add = TRUE)
+  # Cleaned up after the task, as the daemon was told to.
+  expect_identical(clusterCall(cl, function() exists("left_behind", envir = globalenv())), list(FALSE))
+  # The third task is its last: its result arrives, and then the daemon
+  # exits; the next task fails at once, naming the node.
+  expect_identical(clusterCall(cl, function() "last"), list("last"))
+  expect_true(wait_until(function() !pid_alive(pid)))
+  t0 <- Sys.time()
+  expect_error(clusterCall(cl, function() "too many"), "node 1 of the mirai cluster could not run the task")
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 5)
+})
+
+test_that("a node environment tampered with fails clearly, and leaves no stale results", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  node <- cl[[1L]]
+  # Not an aio handle where the node's oldest task should be.
+  assign("head", 42, envir = node)
+  expect_error(clusterCall(cl, function() "stale"), "not a valid mirai handle")
+  expect_identical(clusterCall(cl, function() "fresh"), list("fresh", "fresh"))
+  # Junk in the queue behind it.
+  parallel:::sendCall(node, function() "one", list())
+  assign("rest", list("junk", list(1)), envir = node)
+  parallel:::sendCall(node, function() "two", list())
+  expect_identical(parallel:::recvResult(node), "one")
+  expect_error(parallel:::recvResult(node), "not a valid mirai handle")
+  expect_identical(clusterCall(cl, function() "fresh again"), list("fresh again", "fresh again"))
+  expect_identical(clusterApplyLB(cl, 1:6, function(i) i), as.list(1:6))
+})
+
+test_that("a value of the classes the host uses as markers arrives as the value it is", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  ps <- makePSOCKcluster(1)
+  on.exit(stopCluster(ps), add = TRUE)
+  looks_relayed <- function() structure(list(conditions = list("c1", "c2"), value = "v"), class = "miraiRelayed")
+  looks_failed <- function() structure(19L, class = "errorValue")
+  for (f in list(looks_relayed, looks_failed)) {
+    want <- clusterCall(ps, f)
+    expect_identical(clusterCall(cl, f), want)
+    # Nothing left behind to be taken for the next call's result.
+    expect_identical(clusterCall(cl, function() "next"), list("next"))
+  }
+})
