@@ -155,3 +155,27 @@ test_that("a value of the classes the host uses as markers arrives as the value 
     expect_identical(clusterCall(cl, function() "next"), list("next"))
   }
 })
+
+test_that("a task with thousands of arguments runs in time proportional to them", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  args <- as.list(seq_len(10000))
+  names(args)[10000] <- "last"
+  f <- function(...) c(...length(), list(...)$last)
+  expect_identical(send_recv(cl, f, list(1, last = 2L)), c(2L, 2L))
+  # A PSOCK worker takes about 0.1 s; a wrapper closure around the call
+  # (compiled by R's JIT at its first call) took about 30 s.
+  t0 <- Sys.time()
+  expect_identical(send_recv(cl, f, args), c(10000L, 10000L))
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 3)
+})
+
+test_that("a node error raised by the task's function itself names no call of the daemon's", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  e <- send_recv(cl, "stop", list("direct"))
+  expect_identical(unclass(e)[[1L]], "Error: direct\n")
+  expect_identical(attr(e, "stack.trace"), list(quote(stop(base::quote("direct")))))
+  e <- send_recv(cl, function() stop("in fun"), list())
+  expect_match(e, "^Error in \\(function \\(\\) : in fun")
+})
