@@ -179,3 +179,34 @@ test_that("a node error raised by the task's function itself names no call of th
   e <- send_recv(cl, function() stop("in fun"), list())
   expect_match(e, "^Error in \\(function \\(\\) : in fun")
 })
+
+test_that("a function whose source file holds an active binding neither fails nor ends the daemon", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  pid <- clusterCall(cl, Sys.getpid)[[1L]]
+  f <- function() "ran"
+  environment(f) <- globalenv()
+  srcfile <- new.env()
+  makeActiveBinding("lines", function() stop("read from an active binding"), srcfile)
+  attr(f, "srcref") <- structure(1:8, srcfile = srcfile, class = "srcref")
+  # The second task compares its function with the first's source.
+  expect_identical(clusterCall(cl, f), list("ran"))
+  expect_identical(clusterCall(cl, f), list("ran"))
+  expect_identical(clusterCall(cl, Sys.getpid), list(pid))
+})
+
+test_that("a task that cannot be set up fails as a task, and the daemon stays", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  pid <- clusterCall(cl, Sys.getpid)[[1L]]
+  # An argument name R will not translate to make the call.
+  nm <- "a\xffb"
+  Encoding(nm) <- "bytes"
+  args <- list(1)
+  names(args) <- nm
+  e <- send_recv(cl, function(...) names(list(...)), args)
+  expect_s3_class(e, "try-error")
+  expect_identical(unclass(e)[[1L]], paste("Error: the node could not run the task:",
+                                           "translating strings with \"bytes\" encoding is not allowed\n"))
+  expect_identical(clusterCall(cl, Sys.getpid), list(pid))
+})

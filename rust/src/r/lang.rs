@@ -203,7 +203,9 @@ pub fn same_source(a: SEXP, b: SEXP) -> Result<bool, RError> {
 }
 
 /// Whether environments (or other objects) `a` and `b` hold identical
-/// bindings. May allocate: call inside `try_r`.
+/// bindings. An active binding counts as a difference: reading it would
+/// run R code (which may fail) where none is expected. May allocate: call
+/// inside `try_r`.
 unsafe fn same_frame(a: SEXP, b: SEXP) -> bool {
     if a == b {
         return true;
@@ -215,7 +217,9 @@ unsafe fn same_frame(a: SEXP, b: SEXP) -> bool {
     let same = identical(names, R_lsInternal3(b, Rboolean::TRUE, Rboolean::TRUE))
         && (0..Rf_xlength(names)).all(|i| {
             let sym = Rf_installTrChar(STRING_ELT(names, i));
-            identical(Rf_findVarInFrame(a, sym), Rf_findVarInFrame(b, sym))
+            R_BindingIsActive(sym, a) == Rboolean::FALSE
+                && R_BindingIsActive(sym, b) == Rboolean::FALSE
+                && identical(Rf_findVarInFrame(a, sym), Rf_findVarInFrame(b, sym))
         });
     Rf_unprotect(1);
     same
