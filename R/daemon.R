@@ -233,11 +233,12 @@ eval_task <- function(data, box) {
 
 # A cluster node's task, run natively (see mirai_daemon_recv in
 # rust/src/r/daemon.rs), failed: as eval_task() does, but the calls before
-# the task's own are this loop's and that of the wrapper binding `master`.
+# the task's own are this loop's and the two of the eval() that binds
+# `master` (call_binding in rust/src/r/lang.rs).
 node_error <- function(box, before) {
   cond <- box$cond
   if (is.null(cond)) return(unhandled_jump(before))
-  mirai_error(cond, task_trace(box$calls, sys.nframe(), 2L))
+  mirai_error(cond, task_trace(box$calls, sys.nframe() + 1L, 2L))
 }
 
 mirai_interrupt <- function() structure("", class = c("miraiInterrupt", "errorValue", "try-error"))
@@ -323,7 +324,10 @@ mirai_error <- function(e, trace = list()) {
   call <- conditionCall(e)
   # A miraiError is one string: a condition's message may be anything.
   msg <- paste(as.character(conditionMessage(e)), collapse = "\n")
-  internal <- is.null(call) || (is.call(call) && (identical(call[[1L]], quote(eval)) || identical(call[[1L]], quote(eval_task))))
+  # A call of eval() itself (by name, or by the closure as a node task's
+  # call has it) is the daemon's, not the task's.
+  internal <- is.null(call) || (is.call(call) && (identical(call[[1L]], quote(eval)) ||
+    identical(call[[1L]], quote(eval_task)) || identical(call[[1L]], eval)))
   text <- if (internal) sprintf("Error: %s\n", msg)
           else sprintf("Error in %s: %s\n", paste(deparse(call, nlines = 1L), collapse = ""), msg)
   out <- text

@@ -31,7 +31,8 @@ test_that("a node runs sendCall()'s fun and args exactly as a PSOCK worker does"
     match.call = list(function(a, b) match.call(), list(b = 2, a = quote(f(y)))),
     # A pairlist is a list to do.call().
     pairlist = list(function(a) a * 2, pairlist(a = 3)),
-    names = list(function(...) names(list(...)), structure(list(1, 2, 3), names = c("", "b", "if"))),
+    names = list(function(...) names(list(...)),
+                 structure(list(1, 2, 3), names = c("", "b", "if"))),
     missing = list(function(x, y) missing(y), list(1, quote(expr = ))),
     symbol = list(function(x) x, list(quote(not_defined_anywhere))),
     call = list(function(x) x, list(quote(stop("never evaluated")))),
@@ -41,7 +42,8 @@ test_that("a node runs sendCall()'s fun and args exactly as a PSOCK worker does"
   )
   for (nm in names(same)) {
     fa <- same[[nm]]
-    expect_identical(send_recv(cl, fa[[1L]], fa[[2L]]), send_recv(ps, fa[[1L]], fa[[2L]]), label = nm)
+    expect_identical(send_recv(cl, fa[[1L]], fa[[2L]]), send_recv(ps, fa[[1L]], fa[[2L]]),
+                     label = nm)
   }
   # What do.call() refuses is refused with do.call()'s message.
   refused <- list(
@@ -73,8 +75,9 @@ test_that("the function a node reuses is the one sent, source references include
   # Identical but for a comment in the body (identical() ignores source
   # references): each must run as sent, with its own source.
   src <- function(comment) {
-    f <- eval(parse(text = sprintf("function() {\n  # %s\n  as.character(attr(sys.function(), 'srcref'))\n}",
-                                   comment), keep.source = TRUE))
+    text <- sprintf("function() {\n  # %s\n  as.character(attr(sys.function(), 'srcref'))\n}",
+                    comment)
+    f <- eval(parse(text = text, keep.source = TRUE))
     environment(f) <- globalenv()
     f
   }
@@ -82,7 +85,8 @@ test_that("the function a node reuses is the one sent, source references include
   v2 <- src("version two")
   expect_true(identical(v1, v2))
   got <- vapply(list(v1, v2, v1), function(f) paste(clusterCall(cl, f)[[1L]], collapse = "\n"), "")
-  expect_identical(regmatches(got, regexpr("version [a-z]+", got)), c("version one", "version two", "version one"))
+  expect_identical(regmatches(got, regexpr("version [a-z]+", got)),
+                   c("version one", "version two", "version one"))
   # The source positions of an error's calls are the ones of the function
   # sent (here: stop() on line 3, then on line 5).
   fails_at <- function(line) {
@@ -108,18 +112,28 @@ test_that("a node's daemon launched by hand keeps its own cleanup and maxtasks s
   expect_match(cmd, "cleanup=FALSE", fixed = TRUE)
   cmd <- sub("cleanup=FALSE", "cleanup=TRUE,maxtasks=3", cmd, fixed = TRUE)
   # (Rscript by its full path: R CMD check puts a stub first on PATH.)
-  cmd <- sub(" Rscript -e ", sprintf(" %s -e ", shQuote(file.path(R.home("bin"), "Rscript"))), cmd, fixed = TRUE)
+  rscript <- shQuote(file.path(R.home("bin"), "Rscript"))
+  cmd <- sub(" Rscript -e ", sprintf(" %s -e ", rscript), cmd, fixed = TRUE)
   system(cmd, wait = FALSE)
-  pid <- clusterCall(cl, function() { assign("left_behind", 1, envir = globalenv()); Sys.getpid() })[[1L]]
+  # (A node's task waits for its daemon for as long as it takes.)
+  joined <- wait_until(function() status(cl)$connections == 1L, 30)
+  expect_true(joined)
+  if (!joined) return(invisible())
+  pid <- clusterCall(cl, function() {
+    assign("left_behind", 1, envir = globalenv())
+    Sys.getpid()
+  })[[1L]]
   on.exit(if (pid_alive(pid)) tools::pskill(pid, tools::SIGKILL), add = TRUE)
   # Cleaned up after the task, as the daemon was told to.
-  expect_identical(clusterCall(cl, function() exists("left_behind", envir = globalenv())), list(FALSE))
+  expect_identical(clusterCall(cl, function() exists("left_behind", envir = globalenv())),
+                   list(FALSE))
   # The third task is its last: its result arrives, and then the daemon
   # exits; the next task fails at once, naming the node.
   expect_identical(clusterCall(cl, function() "last"), list("last"))
   expect_true(wait_until(function() !pid_alive(pid)))
   t0 <- Sys.time()
-  expect_error(clusterCall(cl, function() "too many"), "node 1 of the mirai cluster could not run the task")
+  expect_error(clusterCall(cl, function() "too many"),
+               "node 1 of the mirai cluster could not run the task")
   expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 5)
 })
 
@@ -146,7 +160,9 @@ test_that("a value of the classes the host uses as markers arrives as the value 
   on.exit(stop_cluster(cl))
   ps <- makePSOCKcluster(1)
   on.exit(stopCluster(ps), add = TRUE)
-  looks_relayed <- function() structure(list(conditions = list("c1", "c2"), value = "v"), class = "miraiRelayed")
+  looks_relayed <- function() {
+    structure(list(conditions = list("c1", "c2"), value = "v"), class = "miraiRelayed")
+  }
   looks_failed <- function() structure(19L, class = "errorValue")
   for (f in list(looks_relayed, looks_failed)) {
     want <- clusterCall(ps, f)
@@ -154,4 +170,59 @@ test_that("a value of the classes the host uses as markers arrives as the value 
     # Nothing left behind to be taken for the next call's result.
     expect_identical(clusterCall(cl, function() "next"), list("next"))
   }
+})
+
+test_that("a task with thousands of arguments runs in time proportional to them", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  args <- as.list(seq_len(10000))
+  names(args)[10000] <- "last"
+  f <- function(...) c(...length(), list(...)$last)
+  expect_identical(send_recv(cl, f, list(1, last = 2L)), c(2L, 2L))
+  # A PSOCK worker takes about 0.1 s; a wrapper closure around the call
+  # (compiled by R's JIT at its first call) took about 30 s.
+  t0 <- Sys.time()
+  expect_identical(send_recv(cl, f, args), c(10000L, 10000L))
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 3)
+})
+
+test_that("a node error raised by the task's function itself names no call of the daemon's", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  e <- send_recv(cl, "stop", list("direct"))
+  expect_identical(unclass(e)[[1L]], "Error: direct\n")
+  expect_identical(attr(e, "stack.trace"), list(quote(stop(base::quote("direct")))))
+  e <- send_recv(cl, function() stop("in fun"), list())
+  expect_match(e, "^Error in \\(function \\(\\) : in fun")
+})
+
+test_that("a function whose source file holds an active binding runs, and the daemon stays", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  pid <- clusterCall(cl, Sys.getpid)[[1L]]
+  f <- function() "ran"
+  environment(f) <- globalenv()
+  srcfile <- new.env()
+  makeActiveBinding("lines", function() stop("read from an active binding"), srcfile)
+  attr(f, "srcref") <- structure(1:8, srcfile = srcfile, class = "srcref")
+  # The second task compares its function with the first's source.
+  expect_identical(clusterCall(cl, f), list("ran"))
+  expect_identical(clusterCall(cl, f), list("ran"))
+  expect_identical(clusterCall(cl, Sys.getpid), list(pid))
+})
+
+test_that("a task that cannot be set up fails as a task, and the daemon stays", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  pid <- clusterCall(cl, Sys.getpid)[[1L]]
+  # An argument name R will not translate to make the call.
+  nm <- "a\xffb"
+  Encoding(nm) <- "bytes"
+  args <- list(1)
+  names(args) <- nm
+  e <- send_recv(cl, function(...) names(list(...)), args)
+  expect_s3_class(e, "try-error")
+  expect_identical(unclass(e)[[1L]], paste("Error: the node could not run the task: translating",
+                                           "strings with \"bytes\" encoding is not allowed\n"))
+  expect_identical(clusterCall(cl, Sys.getpid), list(pid))
 })

@@ -150,7 +150,24 @@ pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: S
             let idv = keep.keep(real(id as f64)?);
             return list(&[idv, d], &[]);
         }
-        match run_node(d, box_, relay)? {
+        let ran = match run_node(d, box_, relay) {
+            Ok(ran) => ran,
+            Err(RError::Interrupt) => return Err(RError::Interrupt),
+            // Failing to set the task up (an argument name R cannot
+            // translate, say) fails the task, not the daemon. An R error
+            // caught here is dropped; R's handler has recorded its message.
+            Err(e) => {
+                let why = match e {
+                    RError::Msg(m) => m,
+                    _ => eval_in_base(node_consts()?.geterr)
+                        .and_then(|m| str_arg(m, "message"))
+                        .map(|m| condition_message(&m).to_string())
+                        .unwrap_or_else(|_| "an R error outside the task's own evaluation".into()),
+                };
+                return answer(&mut keep, nil(), &format!("the node could not run the task: {why}"));
+            }
+        };
+        match ran {
             Ran::Failed(before) => {
                 keep.keep(before);
                 let idv = keep.keep(real(id as f64)?);
@@ -174,6 +191,20 @@ pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: S
             },
         }
     })
+}
+
+/// The message part of an error as R's default handler records it
+/// (`geterrmessage()`): "Error in <call> : <message>\n", or "Error:
+/// <message>\n", then the calls when R shows them ("Calls: ..."). In a
+/// language other than English, the whole record.
+fn condition_message(record: &str) -> &str {
+    let record = record.split("\nCalls:").next().unwrap_or(record).trim_end();
+    let message = if record.starts_with("Error in ") {
+        record.split_once(" : ").map(|(_, m)| m)
+    } else {
+        record.strip_prefix("Error: ")
+    };
+    message.map_or(record, str::trim_start)
 }
 
 /// Objects the node-task path reuses.
@@ -385,4 +416,18 @@ pub extern "C" fn mirai_daemon_init(h: SEXP) -> SEXP {
         };
         list(&[stream, cfg], &["stream", "config"])
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::condition_message;
+
+    #[test]
+    fn condition_message_takes_the_message_from_r_error_records() {
+        assert_eq!(condition_message("Error in f(x) : boom\n"), "boom");
+        assert_eq!(condition_message("Error in doTryCatch(return(expr), name) : \n  long message\nCalls: a -> b\n"), "long message");
+        assert_eq!(condition_message("Error: plain\n"), "plain");
+        assert_eq!(condition_message("Fehler in f() : kaputt\n"), "Fehler in f() : kaputt");
+        assert_eq!(condition_message(""), "");
+    }
 }

@@ -49,6 +49,7 @@ extern "C" {
     pub fn Rf_lang2(a: SEXP, b: SEXP) -> SEXP;
     pub fn Rf_lang3(a: SEXP, b: SEXP, c: SEXP) -> SEXP;
     pub fn R_lsInternal3(env: SEXP, all: Rboolean, sorted: Rboolean) -> SEXP;
+    pub fn R_BindingIsActive(sym: SEXP, env: SEXP) -> Rboolean;
     pub fn Rf_lang4(a: SEXP, b: SEXP, c: SEXP, d: SEXP) -> SEXP;
     pub fn Rf_eval(e: SEXP, env: SEXP) -> SEXP;
     pub fn Rf_inherits(s: SEXP, name: *const c_char) -> Rboolean;

@@ -203,7 +203,9 @@ pub fn same_source(a: SEXP, b: SEXP) -> Result<bool, RError> {
 }
 
 /// Whether environments (or other objects) `a` and `b` hold identical
-/// bindings. May allocate: call inside `try_r`.
+/// bindings. An active binding counts as a difference: reading it would
+/// run R code (which may fail) where none is expected. May allocate: call
+/// inside `try_r`.
 unsafe fn same_frame(a: SEXP, b: SEXP) -> bool {
     if a == b {
         return true;
@@ -215,7 +217,9 @@ unsafe fn same_frame(a: SEXP, b: SEXP) -> bool {
     let same = identical(names, R_lsInternal3(b, Rboolean::TRUE, Rboolean::TRUE))
         && (0..Rf_xlength(names)).all(|i| {
             let sym = Rf_installTrChar(STRING_ELT(names, i));
-            identical(Rf_findVarInFrame(a, sym), Rf_findVarInFrame(b, sym))
+            R_BindingIsActive(sym, a) == Rboolean::FALSE
+                && R_BindingIsActive(sym, b) == Rboolean::FALSE
+                && identical(Rf_findVarInFrame(a, sym), Rf_findVarInFrame(b, sym))
         });
     Rf_unprotect(1);
     same
@@ -238,21 +242,49 @@ pub fn is_arg_list(args: SEXP) -> bool {
     matches!(unsafe { TYPEOF(args) }, VECSXP | LISTSXP)
 }
 
-/// The call `(function(<sym>) head(base::quote(a1), name = base::quote(a2),
-/// ...))(value)` for `args` (a list or pairlist): `do.call(fun, args, quote
-/// = TRUE)` (whose quoting is `base::quote`, as `substitute()` and
-/// `sys.call()` show) made in a frame that binds `sym` to `value`, where
-/// code that searches the frames above it (future's, for parallel's
-/// `master`) finds it. `head`: see `call_head`.
-pub fn call_binding(head: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<SEXP, RError> {
-    static QUOTE: MainOnce<SEXP> = MainOnce::new();
-    let quote = *QUOTE.get(|| {
-        try_r(|| unsafe {
-            let q = Rf_lang3(R_DoubleColonSymbol, R_BaseSymbol, Rf_install(c"quote".as_ptr()));
-            R_PreserveObject(q);
-            q
+/// Base R's `eval` closure and the `quote` primitive, preserved: calls
+/// built with the objects themselves as heads cannot be masked by a
+/// global `eval` or `quote`.
+struct EvalHeads {
+    eval: SEXP,
+    quote: SEXP,
+    /// The call `base::quote`.
+    base_quote: SEXP,
+}
+
+static HEADS: MainOnce<EvalHeads> = MainOnce::new();
+
+fn heads() -> Result<&'static EvalHeads, RError> {
+    HEADS.get(|| {
+        let preserved = |f: &dyn Fn() -> SEXP| {
+            try_r(|| unsafe {
+                let x = f();
+                R_PreserveObject(x);
+                x
+            })
+        };
+        Ok(EvalHeads {
+            eval: preserved(&|| unsafe { Rf_findFun(Rf_install(c"eval".as_ptr()), R_BaseEnv) })?,
+            quote: preserved(&|| unsafe { Rf_findFun(Rf_install(c"quote".as_ptr()), R_BaseEnv) })?,
+            base_quote: preserved(&|| unsafe {
+                Rf_lang3(R_DoubleColonSymbol, R_BaseSymbol, Rf_install(c"quote".as_ptr()))
+            })?,
         })
-    })?;
+    })
+}
+
+/// The call `eval(quote(head(base::quote(a1), name = base::quote(a2),
+/// ...)), env)` for `args` (a list or pairlist), where `env` is a new
+/// environment (enclosed by the global one) binding `sym` to `value`:
+/// `do.call(fun, args, quote = TRUE)` (whose quoting is `base::quote`, as
+/// `substitute()` and `sys.call()` show) made in a frame that binds `sym`,
+/// where code that searches the frames above it (future's, for parallel's
+/// `master`) finds it (eval() makes `env` a frame). `head`: see
+/// `call_head`. Not a closure `function(sym) head(...)`: R's JIT compiles
+/// a new closure with a large body at its first call, at a cost that grows
+/// faster than its size (4,000 arguments: 3 s).
+pub fn call_binding(head: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<SEXP, RError> {
+    let h = heads()?;
     try_r(|| unsafe {
         let args = Rf_protect(if TYPEOF(args) == LISTSXP { Rf_PairToVectorList(args) } else { args });
         let n = if TYPEOF(args) == VECSXP { Rf_xlength(args) } else { 0 };
@@ -260,20 +292,17 @@ pub fn call_binding(head: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<SE
         let quoted = Rf_protect(Rf_allocList(n as c_int));
         let mut cell = quoted;
         for i in 0..n {
-            SETCAR(cell, Rf_lang2(quote, VECTOR_ELT(args, i)));
+            SETCAR(cell, Rf_lang2(h.base_quote, VECTOR_ELT(args, i)));
             if TYPEOF(names) == STRSXP && *R_CHAR(STRING_ELT(names, i)) != 0 {
                 SET_TAG(cell, Rf_installTrChar(STRING_ELT(names, i)));
             }
             cell = CDR(cell);
         }
-        let body = Rf_protect(Rf_lcons(head, quoted));
-        let formals = Rf_protect(Rf_cons(R_MissingArg, R_NilValue));
-        SET_TAG(formals, sym);
-        let wrapper = Rf_protect(Rf_allocSExp(SEXPTYPE::CLOSXP));
-        SET_FORMALS(wrapper, formals);
-        SET_BODY(wrapper, body);
-        SET_CLOENV(wrapper, R_GlobalEnv);
-        let call = Rf_lang2(wrapper, value);
+        let inner = Rf_protect(Rf_lcons(head, quoted));
+        let expr = Rf_protect(Rf_lang2(h.quote, inner));
+        let env = Rf_protect(R_NewEnv(R_GlobalEnv, 0, 0));
+        Rf_defineVar(sym, value, env);
+        let call = Rf_lang3(h.eval, expr, env);
         Rf_unprotect(5);
         call
     })
