@@ -279,10 +279,10 @@ pub fn error_value(code: i32) -> Result<SEXP, RError> {
     })
 }
 
-/// A 'miraiError' with only a message: `"Error: <msg>"` with attribute
-/// `message`.
+/// A 'miraiError' with only a message, as R builds one: `"Error: <msg>\n"`
+/// with attribute `message`.
 pub fn mirai_error(msg: &str) -> Result<SEXP, RError> {
-    let text = format!("Error: {msg}");
+    let text = format!("Error: {msg}\n");
     try_r(|| unsafe {
         let v = Rf_protect(alloc(SEXPTYPE::STRSXP, 1));
         SET_STRING_ELT(v, 0, mk_char(&text));
