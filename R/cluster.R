@@ -179,8 +179,9 @@ sendData.miraiNode <- function(node, data) {
 # future's expression looks for `master` in the frames above it on the
 # worker and sends them with parallel's sendData(master, ...): the daemon
 # binds one (a 'miraiRelay', made in daemon()) in a frame above each node
-# task, which collects them, and they return with the task's value. recvData() then hands them out first, one per call, as
-# PSOCK's messages would be; they arrive when the task is done, not live.
+# task, which collects them, and they return with the task's value.
+# recvData() then hands them out first, one per call, as PSOCK's messages
+# would be; they arrive when the task is done, not live.
 
 #' @rawNamespace S3method(parallel::recvData, miraiNode)
 recvData.miraiNode <- function(node) {

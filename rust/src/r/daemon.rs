@@ -126,69 +126,71 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
 /// future's code on the node looks for (see R/cluster.R).
 #[no_mangle]
 pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> SEXP {
-    entry(|| loop {
+    entry(|| {
         let cleanup = bool_arg(cleanup, "cleanup")?;
-        let (id, body, offset) = match next_task(h)? {
-            Got::Code(code) => return int(code as i32),
-            Got::Task(id, body, offset) => (id, body, offset),
-        };
-        let data = serial::unserialize_with(&body[offset..], kept(h));
-        drop(body);
-        let mut keep = Protect::new();
-        let answer = |keep: &mut Protect, second: SEXP, msg: &str| {
-            let idv = keep.keep(real(id as f64)?);
-            let m = keep.keep(string(msg)?);
-            list(&[idv, second, m], &[])
-        };
-        let d = match data {
-            Ok(d) => keep.keep(d),
-            // A task that cannot be read (a failing custom unserializer,
-            // say) is answered with an error rather than ending the daemon.
-            Err(e) => return answer(&mut keep, nil(), &format!("cannot unserialize task: {e}")),
-        };
-        if !is_node_task(d)? {
-            let idv = keep.keep(real(id as f64)?);
-            return list(&[idv, d], &[]);
-        }
-        let ran = match run_node(d, box_, relay) {
-            Ok(ran) => ran,
-            Err(RError::Interrupt) => return Err(RError::Interrupt),
-            // Failing to set the task up (an argument name R cannot
-            // translate, say) fails the task, not the daemon. An R error
-            // caught here is dropped; R's handler has recorded its message.
-            Err(e) => {
-                let why = match e {
-                    RError::Msg(m) => m,
-                    _ => eval_in_base(node_consts()?.geterr)
-                        .and_then(|m| str_arg(m, "message"))
-                        .map(|m| condition_message(&m).to_string())
-                        .unwrap_or_else(|_| "an R error outside the task's own evaluation".into()),
-                };
-                return answer(&mut keep, nil(), &format!("the node could not run the task: {why}"));
-            }
-        };
-        match ran {
-            Ran::Failed(before) => {
-                keep.keep(before);
+        loop {
+            let (id, body, offset) = match next_task(h)? {
+                Got::Code(code) => return int(code as i32),
+                Got::Task(id, body, offset) => (id, body, offset),
+            };
+            let data = serial::unserialize_with(&body[offset..], kept(h));
+            drop(body);
+            let mut keep = Protect::new();
+            let answer = |keep: &mut Protect, second: SEXP, msg: &str| {
                 let idv = keep.keep(real(id as f64)?);
-                return list(&[idv, box_, before], &[]);
+                let m = keep.keep(string(msg)?);
+                list(&[idv, second, m], &[])
+            };
+            let d = match data {
+                Ok(d) => keep.keep(d),
+                // A task that cannot be read (a failing custom unserializer,
+                // say) is answered with an error rather than ending the daemon.
+                Err(e) => return answer(&mut keep, nil(), &format!("cannot unserialize task: {e}")),
+            };
+            if !is_node_task(d)? {
+                let idv = keep.keep(real(id as f64)?);
+                return list(&[idv, d], &[]);
             }
-            Ran::Value(v) => match send_value(h, id, keep.keep(v))? {
-                Sent::Code(0) if cleanup => {
+            let ran = match run_node(d, box_, relay) {
+                Ok(ran) => ran,
+                Err(RError::Interrupt) => return Err(RError::Interrupt),
+                // Failing to set the task up (an argument name R cannot
+                // translate, say) fails the task, not the daemon. An R error
+                // caught here is dropped; R's handler has recorded its message.
+                Err(e) => {
+                    let why = match e {
+                        RError::Msg(m) => m,
+                        _ => eval_in_base(node_consts()?.geterr)
+                            .and_then(|m| str_arg(m, "message"))
+                            .map(|m| condition_message(&m).to_string())
+                            .unwrap_or_else(|_| "an R error outside the task's own evaluation".into()),
+                    };
+                    return answer(&mut keep, nil(), &format!("the node could not run the task: {why}"));
+                }
+            };
+            match ran {
+                Ran::Failed(before) => {
+                    keep.keep(before);
                     let idv = keep.keep(real(id as f64)?);
-                    return list(&[idv], &[]);
+                    return list(&[idv, box_, before], &[]);
                 }
-                Sent::Code(0) => continue,
-                Sent::Code(code) => {
-                    if code > 0 {
-                        linger(h, Duration::from_secs(5))?;
+                Ran::Value(v) => match send_value(h, id, keep.keep(v))? {
+                    Sent::Code(0) if cleanup => {
+                        let idv = keep.keep(real(id as f64)?);
+                        return list(&[idv], &[]);
                     }
-                    return int(code);
-                }
-                Sent::NotSerialized(m) => {
-                    return answer(&mut keep, nil(), &format!("result could not be serialized: {m}"))
-                }
-            },
+                    Sent::Code(0) => continue,
+                    Sent::Code(code) => {
+                        if code > 0 {
+                            linger(h, Duration::from_secs(5))?;
+                        }
+                        return int(code);
+                    }
+                    Sent::NotSerialized(m) => {
+                        return answer(&mut keep, nil(), &format!("result could not be serialized: {m}"))
+                    }
+                },
+            }
         }
     })
 }
