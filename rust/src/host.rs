@@ -55,8 +55,6 @@ use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
-/// Largest first message accepted from a peer not yet authenticated.
-const HELLO_LIMIT: u64 = (proto::ENVELOPE_LIMIT + crate::frame::HOP_LEN) as u64;
 /// Time a peer has, from being accepted, to complete its Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most peers held at once that have not completed their Hello.
@@ -698,7 +696,7 @@ impl Core {
                         // Until its Hello is accepted a peer may send only small
                         // messages: a huge length must not make the host
                         // allocate it.
-                        Conn { stream, dec: Decoder::with_limit(framing, HELLO_LIMIT), wq: VecDeque::new(), ready: false, nonce, retiring: false };
+                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: VecDeque::new(), ready: false, nonce, retiring: false };
                     c.push(Rc::new(SP_HEADER.to_vec()));
                     c.push(control_frame(framing, &Msg::Challenge { version: PROTOCOL_VERSION, nonce }));
                     self.conns.insert(token, c);

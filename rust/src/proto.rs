@@ -18,6 +18,12 @@ pub const MAC_LEN: usize = 32;
 /// The most bytes an envelope may take (the payload is not part of it).
 pub const ENVELOPE_LIMIT: usize = 4096;
 
+/// The largest message either side accepts from a peer that has not yet
+/// proved it holds the secret: an envelope and the pair1 hop count. Every
+/// layer that buffers bytes before authentication (the SP decoder, a
+/// WebSocket's frames and fragments) is held to it.
+pub const HANDSHAKE_LIMIT: u64 = (ENVELOPE_LIMIT + crate::frame::HOP_LEN) as u64;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Msg<'a> {
     /// Daemon to host, its answer to the `Challenge`: `mac` is

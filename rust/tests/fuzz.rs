@@ -327,8 +327,8 @@ impl Rng {
 
 const STAGING: u64 = 64 * 1024;
 const FIRST_CHUNK: u64 = 64 * 1024;
-/// What the host accepts before a Hello (host.rs `HELLO_LIMIT`).
-const HELLO_LIMIT: u64 = (ENVELOPE_LIMIT + HOP_LEN) as u64;
+/// What either side accepts before its peer has authenticated.
+const HELLO_LIMIT: u64 = mirai::proto::HANDSHAKE_LIMIT;
 
 /// Interesting values for a length field of a body of `n` bytes.
 fn length_claims(n: u64, limit: u64) -> [u64; 14] {
