@@ -99,7 +99,7 @@
 use mirai::aio::{Outcome, Slot};
 use mirai::client::{ClientConn, Incoming};
 use mirai::decoder::Decoder;
-use mirai::frame::{check_sp_header, strip_hop, Framing, HOP_LEN, MAX_MESSAGE, SP_HEADER};
+use mirai::frame::{check_sp_header, strip_hop, Framing, MAX_MESSAGE, SP_HEADER};
 use mirai::host::{Host, HostOptions, HELLO_TIMEOUT, MAX_PENDING};
 use mirai::auth;
 use mirai::proto::{self, Msg, ENVELOPE_LIMIT, MAC_LEN, NONCE_LEN, PROTOCOL_VERSION};
