@@ -55,7 +55,12 @@ check_limit <- function(x, what) {
 #'   [nextstream()]). A stream sent by the host when the daemon connects
 #'   takes precedence. Default NULL (none).
 #' @return Invisibly, an exit code: 0 connection ended, 1 idletime, 2
-#'   walltime, 3 maxtasks (see [nextcode()]).
+#'   walltime, 3 maxtasks (see [nextcode()]). Any other end is an error
+#'   saying why (in `Rscript`, a message on stderr and exit status 1): the
+#'   host cannot be reached, refuses this daemon, cannot prove that it holds
+#'   the daemon's secret (`MIRAI_SECRET`), or sends bytes that are not a
+#'   valid message. Before a host has proved itself the daemon acts on
+#'   nothing it sends and holds at most a few KiB of it.
 #' @seealso [daemons()] to set daemons from the host, [nextcode()] to read
 #'   exit codes.
 #' @examples
@@ -93,12 +98,20 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   ae <- if (is.na(autoexit)) 2L else as.integer(autoexit)
   # The first dial comes before output is discarded, so that why a daemon
   # cannot connect (a TLS handshake that fails, say) is seen.
-  conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf else 3000, ae, max_message(), tlscert)
+  conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf else 3000, ae, max_message(), tlscert,
+                FALSE)
+  unsink <- function() NULL
   if (!output) {
     out <- file(nullfile(), open = "w")
     sink(out)
     sink(out, type = "message")
-    on.exit({ sink(type = "message"); sink(); close(out) }, add = TRUE)
+    unsink <- function() {
+      sink(type = "message")
+      sink()
+      close(out)
+      unsink <<- function() NULL
+    }
+    on.exit(unsink(), add = TRUE)
   }
   .$daemon <- TRUE
   on.exit(.$daemon <- FALSE, add = TRUE)
@@ -112,10 +125,13 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     if (!first) {
       # Reconnecting (autoexit = FALSE): retry for as long as the idle and
       # wall time limits allow, so that a daemon whose host is gone for good
-      # still ends by its limits.
+      # still ends by its limits. A peer at the URL that fails the handshake
+      # (one that cannot prove it holds the secret) is dropped and the URL
+      # dialled again: it is never run for.
       left <- walltime - (proc.time()[["elapsed"]] * 1000 - start)
       retry <- min(idletime, left)
-      conn <- if (retry > 0) tryCatch(.Call(C_mirai_dial, url, secret, retry, ae, max_message(), tlscert),
+      conn <- if (retry > 0) tryCatch(.Call(C_mirai_dial, url, secret, retry, ae, max_message(),
+                                            tlscert, TRUE),
                                       error = function(e) NULL)
       if (is.null(conn)) {
         code <- if (idletime <= left) codes[["idle"]] else codes[["wall"]]
@@ -181,6 +197,11 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       }
     }
     count <- count + .Call(C_mirai_daemon_close, conn)
+    # The host broke the protocol: stop, saying why where it can be seen.
+    if (is.character(code)) {
+      unsink()
+      stop(sprintf("daemon connected to '%s' stops: %s", url, code), call. = FALSE)
+    }
     # Only a lost connection with autoexit = FALSE leads to a reconnect.
     # A host gone mid-reply ends the connection as a close does.
     if (code == codes[["gone"]]) code <- codes[["closed"]]

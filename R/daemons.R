@@ -155,10 +155,13 @@ max_message <- function() {
 #' the daemons in turn.
 #'
 #' Only daemons launched by this host (they carry its secret) are accepted,
-#' unless `auth = FALSE` is given in `...`. A daemon proves it holds the
-#' secret by challenge-response (an HMAC-SHA256 of a fresh random nonce
-#' from the host), so the secret never crosses the network; it reaches
-#' local daemons in their environment, remote ones as described in
+#' and daemons run tasks only for a host that holds the same secret, unless
+#' `auth = FALSE` is given in `...`. Each side proves it by challenge-response:
+#' the daemon sends an HMAC-SHA256 under the secret of a fresh nonce from each
+#' side; the host, once that checks out, sends its own HMAC of both nonces
+#' (bound to the other direction), which the daemon checks before acting on
+#' anything else. The secret never crosses the network; it reaches local
+#' daemons in their environment, remote ones as described in
 #' [launch_remote()]. A peer must complete its
 #' handshake within 5 seconds; at most 64 peers may be mid-handshake at once
 #' (the longest-waiting is dropped for a newer one). Messages larger than

@@ -1,46 +1,79 @@
-//! Challenge-response proof that a daemon holds its host's secret, so the
-//! secret itself never crosses the network.
+//! Mutual challenge-response: host and daemon each prove that they hold the
+//! profile's secret, so the secret itself never crosses the network and
+//! neither side acts on anything from a peer that has not proved it.
 //!
-//! On accept the host sends a fresh random nonce (`Msg::Challenge`); the
-//! daemon's Hello carries HMAC-SHA256(secret, CONTEXT || nonce). A recorded
-//! Hello is useless on another connection (its nonce differs), and the MAC
-//! reveals nothing usable about the secret. The host checks the MAC with
-//! ring's constant-time verification.
+//! 1. On accept the host sends a fresh random nonce `Nh` (`Msg::Challenge`).
+//! 2. The daemon answers with its own fresh nonce `Nd` and
+//!    HMAC-SHA256(secret, DAEMON || Nh || Nd) (`Msg::Hello`).
+//! 3. Only once that checks out does the host send
+//!    HMAC-SHA256(secret, HOST || Nh || Nd) (`Msg::Welcome`), then the Init.
+//!    The daemon reads nothing more until it has checked that proof.
+//!
+//! Each proof covers both nonces, so one recorded on any other connection
+//! is useless (the other side's nonce differs), and its direction, so a
+//! peer cannot reflect a daemon's proof back as the host's. The host proves
+//! itself second, so it is never an oracle for a peer that has not proved
+//! itself first. Checks are constant-time (ring's `hmac::verify`).
+//!
+//! What this does not give: secrecy or integrity of what follows. A peer
+//! that sits between a daemon and its real host and relays both ways sees
+//! and may alter the traffic; TLS (`tls+tcp://`, `wss://`) is the answer to
+//! an untrusted network.
 
 use crate::proto::{MAC_LEN, NONCE_LEN};
 use ring::hmac;
 
-/// Binds a MAC to this use (and protocol generation), so a MAC computed
-/// with the same secret for anything else cannot stand in for a Hello.
-const CONTEXT: &[u8] = b"mirai daemon hello v3\0";
+/// Who proves: binds a MAC to its direction (and the protocol generation),
+/// so a MAC made for one use cannot stand in for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prover {
+    Daemon,
+    Host,
+}
+
+impl Prover {
+    fn context(self) -> &'static [u8] {
+        match self {
+            Prover::Daemon => b"mirai v4 daemon to host\0",
+            Prover::Host => b"mirai v4 host to daemon\0",
+        }
+    }
+}
+
+pub type Nonce = [u8; NONCE_LEN];
+pub type Mac = [u8; MAC_LEN];
 
 /// A fresh nonce from the kernel's random source.
-pub fn nonce() -> std::io::Result<[u8; NONCE_LEN]> {
+pub fn nonce() -> std::io::Result<Nonce> {
     let b = crate::url::random_bytes(NONCE_LEN)?;
     let mut n = [0u8; NONCE_LEN];
     n.copy_from_slice(&b);
     Ok(n)
 }
 
-/// The daemon's answer to the host's challenge.
-pub fn prove(secret: &[u8], nonce: &[u8; NONCE_LEN]) -> [u8; MAC_LEN] {
+fn message(who: Prover, host_nonce: &Nonce, daemon_nonce: &Nonce) -> Vec<u8> {
+    let ctx = who.context();
+    let mut m = Vec::with_capacity(ctx.len() + 2 * NONCE_LEN);
+    m.extend_from_slice(ctx);
+    m.extend_from_slice(host_nonce);
+    m.extend_from_slice(daemon_nonce);
+    m
+}
+
+/// `who`'s proof for the connection whose nonces are given.
+pub fn prove(secret: &[u8], who: Prover, host_nonce: &Nonce, daemon_nonce: &Nonce) -> Mac {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let mut ctx = hmac::Context::with_key(&key);
-    ctx.update(CONTEXT);
-    ctx.update(nonce);
-    let tag = ctx.sign();
+    let tag = hmac::sign(&key, &message(who, host_nonce, daemon_nonce));
     let mut out = [0u8; MAC_LEN];
     out.copy_from_slice(tag.as_ref());
     out
 }
 
-/// True if `mac` answers `nonce` for `secret`; constant time in the MAC.
-pub fn verify(secret: &[u8], nonce: &[u8; NONCE_LEN], mac: &[u8; MAC_LEN]) -> bool {
+/// True if `mac` is `who`'s proof for these nonces under `secret`; constant
+/// time in the MAC.
+pub fn verify(secret: &[u8], who: Prover, host_nonce: &Nonce, daemon_nonce: &Nonce, mac: &Mac) -> bool {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let mut msg = Vec::with_capacity(CONTEXT.len() + NONCE_LEN);
-    msg.extend_from_slice(CONTEXT);
-    msg.extend_from_slice(nonce);
-    hmac::verify(&key, &msg, mac).is_ok()
+    hmac::verify(&key, &message(who, host_nonce, daemon_nonce), mac).is_ok()
 }
 
 #[cfg(test)]
@@ -48,28 +81,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_proof_verifies_only_for_its_secret_and_nonce() {
-        let n1 = nonce().unwrap();
-        let n2 = nonce().unwrap();
-        assert_ne!(n1, n2);
-        let mac = prove(b"s3cret", &n1);
-        assert!(verify(b"s3cret", &n1, &mac));
-        assert!(!verify(b"s3cret", &n2, &mac));
-        assert!(!verify(b"s3creT", &n1, &mac));
-        assert!(!verify(b"", &n1, &mac));
+    fn a_proof_verifies_only_for_its_secret_nonces_and_direction() {
+        let (h, d) = (nonce().unwrap(), nonce().unwrap());
+        let h2 = nonce().unwrap();
+        assert_ne!(h, h2);
+        let mac = prove(b"s3cret", Prover::Daemon, &h, &d);
+        assert!(verify(b"s3cret", Prover::Daemon, &h, &d, &mac));
+        // Another connection (either nonce differs), another secret, or the
+        // other direction: refused.
+        assert!(!verify(b"s3cret", Prover::Daemon, &h2, &d, &mac));
+        assert!(!verify(b"s3cret", Prover::Daemon, &h, &h2, &mac));
+        assert!(!verify(b"s3cret", Prover::Daemon, &d, &h, &mac));
+        assert!(!verify(b"s3creT", Prover::Daemon, &h, &d, &mac));
+        assert!(!verify(b"", Prover::Daemon, &h, &d, &mac));
+        assert!(!verify(b"s3cret", Prover::Host, &h, &d, &mac));
         let mut bad = mac;
         bad[31] ^= 1;
-        assert!(!verify(b"s3cret", &n1, &bad));
+        assert!(!verify(b"s3cret", Prover::Daemon, &h, &d, &bad));
+        let host = prove(b"s3cret", Prover::Host, &h, &d);
+        assert_ne!(host, mac);
+        assert!(verify(b"s3cret", Prover::Host, &h, &d, &host));
     }
 
     #[test]
     fn matches_an_independent_implementation() {
-        // HMAC-SHA256 of the context and an all-zero nonce under key "key",
-        // computed independently with `openssl dgst -sha256 -mac HMAC`.
-        let mac = prove(b"key", &[0u8; NONCE_LEN]);
-        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, REFERENCE);
+        // HMAC-SHA256 under key "key" of the context, an all-zero host nonce
+        // and an all-0x01 daemon nonce, computed independently with
+        // `openssl dgst -sha256 -mac HMAC -macopt key:key` (tests/testthat
+        // check the same against openssl at run time).
+        let hex = |m: Mac| m.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let (h, d) = ([0u8; NONCE_LEN], [1u8; NONCE_LEN]);
+        assert_eq!(hex(prove(b"key", Prover::Daemon, &h, &d)), DAEMON_REFERENCE);
+        assert_eq!(hex(prove(b"key", Prover::Host, &h, &d)), HOST_REFERENCE);
     }
 
-    const REFERENCE: &str = "ed042369a48d0f290bc741c92537a7d29a35df2110ee91261d598a705b975d7f";
+    const DAEMON_REFERENCE: &str = "1786ce196bb9d94a7e76824cabcf42edd68d90bcc6f9dac16c9f90d0c356a612";
+    const HOST_REFERENCE: &str = "5642cf4bc996f83ebfe9b4095abb3262d65af9f0b37e10cd28181c836bb37c01";
 }

@@ -15,7 +15,7 @@
 //! and wall time limits and user interrupts still apply. Bodies grow as
 //! bytes arrive, up to the daemon's message limit.
 
-use crate::auth;
+use crate::auth::{self, Prover};
 use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER};
 use crate::proto::{self, Msg, PROTOCOL_VERSION};
@@ -44,6 +44,9 @@ pub enum Incoming {
     Exit,
     /// Nothing arrived within the wait slice.
     Nothing,
+    /// The host broke the protocol (a malformed or unexpected message, one
+    /// over the size limit): why. The daemon must not go on.
+    Broken(String),
 }
 
 struct Reader {
@@ -53,6 +56,8 @@ struct Reader {
     pending: VecDeque<Incoming>,
     /// The watcher saw the end of the stream.
     eof: bool,
+    /// Why the stream ended, if the host broke the protocol.
+    broken: Option<String>,
 }
 
 struct Shared {
@@ -180,8 +185,8 @@ fn write_frame(stream: &mut BlockingStream, framing: Framing, msg: &Msg, prefix:
 }
 
 impl ClientConn {
-    /// Dials `addr`, introduces itself and waits for the host's Init.
-    /// `retry_until`: keep retrying a refused dial until then.
+    /// Dials `addr`, completes the mutual handshake and waits for the host's
+    /// Init. `retry_until`: keep retrying a refused dial until then.
     pub fn connect(
         addr: &Address,
         secret: &str,
@@ -189,57 +194,40 @@ impl ClientConn {
         retry_until: Option<Instant>,
         keep_going: impl FnMut() -> bool,
     ) -> Result<ClientConn, String> {
-        Self::connect_with(addr, None, secret, max_message, retry_until, keep_going)
+        Self::connect_with(addr, None, secret, max_message, retry_until, false, keep_going)
     }
 
-    /// `connect`, verifying a `tls+tcp://` host with `tls`.
+    /// `connect`, verifying a `tls+tcp://` or `wss://` host with `tls`. With
+    /// `persist`, a connection whose handshake fails (a peer that cannot
+    /// prove it holds the secret, that says nothing, or that speaks
+    /// garbage) is dropped and the address dialled again until
+    /// `retry_until`: what a daemon that outlives its host does
+    /// (`autoexit = FALSE`), so that whoever takes the address next is
+    /// tried, and run for only if it proves itself.
     pub fn connect_with(
         addr: &Address,
         tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
         secret: &str,
         max_message: u64,
         retry_until: Option<Instant>,
-        keep_going: impl FnMut() -> bool,
+        persist: bool,
+        mut keep_going: impl FnMut() -> bool,
     ) -> Result<ClientConn, String> {
-        let (mut stream, framing) =
-            dial_with(addr, tls, retry_until, keep_going).map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
-        stream.write_all(&SP_HEADER).map_err(|e| format!("cannot greet host: {e}"))?;
-        let mut rd = stream.try_clone().map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
-        let mut dec = Decoder::with_limit(framing, max_message);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let body = handshake_read(&mut dec, &mut rd, addr, deadline)?;
-        let hop = strip_hop(&body)?;
-        let nonce = match proto::decode(&body[hop..]) {
-            Ok((Msg::Challenge { version, nonce }, _)) if version == PROTOCOL_VERSION => nonce,
-            Ok((Msg::Challenge { version, .. }, _)) => return Err(version_mismatch(version)),
-            Ok((Msg::Refused { reason }, _)) => return Err(format!("connection refused by host: {reason}")),
-            Ok((m, _)) => return Err(format!("unexpected first message from host: {m:?}")),
-            Err(e) => {
-                return Err(format!("unexpected first message from host at '{addr}' ({e}); is it a mirai host of the same version?"))
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let (stream, framing) = dial_with(addr, tls, retry_until, &mut keep_going)
+                .map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
+            match handshake(stream, framing, addr, secret, max_message) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    let time_left = retry_until.is_some_and(|d| Instant::now() + backoff < d);
+                    if !(persist && time_left && keep_going()) {
+                        return Err(e);
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
             }
-        };
-        let hello = Msg::Hello { version: PROTOCOL_VERSION, mac: auth::prove(secret.as_bytes(), &nonce), pid: std::process::id() };
-        write_frame(&mut stream, framing, &hello, &[]).map_err(|e| format!("cannot greet host: {e}"))?;
-        let body = handshake_read(&mut dec, &mut rd, addr, deadline)?;
-        let hop = strip_hop(&body)?;
-        let (msg, off) = proto::decode(&body[hop..])?;
-        match msg {
-            Msg::Init { version, stream: rng } if version == PROTOCOL_VERSION => Ok(ClientConn {
-                stream,
-                shared: Arc::new(Shared {
-                    reader: Mutex::new(Reader { stream: rd, dec, pending: VecDeque::new(), eof: false }),
-                    evaluating: AtomicU64::new(0),
-                    cancel_sent: AtomicBool::new(false),
-                    closed: AtomicBool::new(false),
-                }),
-                framing,
-                limits: Limits::default(),
-                init_stream: rng,
-                init_settings: body[hop + off..].to_vec(),
-            }),
-            Msg::Init { version, .. } => Err(version_mismatch(version)),
-            Msg::Refused { reason } => Err(format!("connection refused by host: {reason}")),
-            m => Err(format!("unexpected message from host during the handshake: {m:?}")),
         }
     }
 
@@ -250,28 +238,32 @@ impl ClientConn {
         loop {
             let next = match r.pending.pop_front() {
                 Some(m) => m,
-                None if r.eof => Incoming::Closed,
+                None if r.eof => r.broken.take().map_or(Incoming::Closed, Incoming::Broken),
                 None => {
                     if !buffered(&r.dec, &r.stream) && !wait_readable(r.stream.as_raw_fd(), slice) {
                         return Ok(Incoming::Nothing);
                     }
                     let Reader { stream, dec, .. } = &mut *r;
                     match next_msg(dec, stream) {
-                        Ok(body) => match classify(body)? {
-                            Some(m) => m,
+                        Ok(body) => match classify(body) {
+                            Ok(Some(m)) => m,
                             // A cancel for a task that already finished.
-                            None => continue,
+                            Ok(None) => continue,
+                            Err(why) => Incoming::Broken(why),
                         },
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         // Part of a frame: wait for the rest in the next slice.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Incoming::Nothing),
-                        Err(_) => Incoming::Closed,
+                        Err(e) => match broken_stream(&e) {
+                            Some(why) => Incoming::Broken(why),
+                            None => Incoming::Closed,
+                        },
                     }
                 }
             };
             match &next {
                 Incoming::Task { id, .. } => sh.evaluating.store(*id, Ordering::Release),
-                Incoming::Closed | Incoming::Exit => sh.closed.store(true, Ordering::Release),
+                Incoming::Closed | Incoming::Exit | Incoming::Broken(_) => sh.closed.store(true, Ordering::Release),
                 Incoming::Nothing => {}
             }
             return Ok(next);
@@ -380,11 +372,116 @@ fn version_mismatch(host: u32) -> String {
     format!("protocol version mismatch: host speaks {host}, daemon speaks {PROTOCOL_VERSION}; install the same mirai version on both")
 }
 
+/// How long the handshake may take, from the connect to the Init.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The daemon's side of the handshake (see `auth`) over a new connection:
+/// Challenge in, Hello out, then the host's proof (Welcome), checked before
+/// anything else from the host is read, then the Init. Until the host has
+/// proved itself it may send only `HANDSHAKE_LIMIT` bytes a message.
+fn handshake(
+    mut stream: BlockingStream,
+    framing: Framing,
+    addr: &Address,
+    secret: &str,
+    max_message: u64,
+) -> Result<ClientConn, String> {
+    stream.write_all(&SP_HEADER).map_err(|e| format!("cannot greet host: {e}"))?;
+    let mut rd = stream.try_clone().map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
+    let mut dec = Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT);
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let body = handshake_read(&mut dec, &mut rd, addr, deadline)?;
+    let hop = strip_hop(&body)?;
+    let host_nonce = match proto::decode(&body[hop..]) {
+        Ok((Msg::Challenge { version, nonce }, _)) if version == PROTOCOL_VERSION => nonce,
+        Ok((Msg::Refused { reason }, _)) => return Err(refused(reason)),
+        _ => match proto::peek_version(&body[hop..]) {
+            // A Challenge (variant 7) of another generation.
+            Some((7, version)) if version != PROTOCOL_VERSION => return Err(version_mismatch(version)),
+            _ => return Err(format!("unexpected first message from host at '{addr}'; is it a mirai host of the same version?")),
+        },
+    };
+    let ours = auth::nonce().map_err(|e| format!("cannot make a nonce: {e}"))?;
+    let mac = auth::prove(secret.as_bytes(), Prover::Daemon, &host_nonce, &ours);
+    let hello = Msg::Hello { version: PROTOCOL_VERSION, nonce: ours, mac, pid: std::process::id() };
+    write_frame(&mut stream, framing, &hello, &[]).map_err(|e| format!("cannot greet host: {e}"))?;
+    let body = handshake_read(&mut dec, &mut rd, addr, deadline)?;
+    let hop = strip_hop(&body)?;
+    let host_mac = match proto::decode(&body[hop..]) {
+        Ok((Msg::Welcome { mac }, _)) => mac,
+        Ok((Msg::Refused { reason }, _)) => return Err(refused(reason)),
+        _ => return Err(format!("the host at '{addr}' did not answer the handshake as a mirai host does")),
+    };
+    // A daemon given no secret (one started by hand for a host with
+    // `auth = FALSE`) has nothing to check the host against.
+    if !secret.is_empty() {
+        let proved = host_mac.is_some_and(|m| auth::verify(secret.as_bytes(), Prover::Host, &host_nonce, &ours, &m));
+        if !proved {
+            let hint = if host_mac.is_none() {
+                " (it runs without authentication, daemons(auth = FALSE): its daemons take no MIRAI_SECRET)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "the host at '{addr}' did not prove that it holds this daemon's secret{hint}: it is not the host \
+                 that launched this daemon, and nothing it sends is run"
+            ));
+        }
+    }
+    dec.set_limit(max_message);
+    let body = handshake_read(&mut dec, &mut rd, addr, deadline)?;
+    let hop = strip_hop(&body)?;
+    let (msg, off) = proto::decode(&body[hop..])?;
+    match msg {
+        Msg::Init { version, stream: rng } if version == PROTOCOL_VERSION => Ok(ClientConn {
+            stream,
+            shared: Arc::new(Shared {
+                reader: Mutex::new(Reader { stream: rd, dec, pending: VecDeque::new(), eof: false, broken: None }),
+                evaluating: AtomicU64::new(0),
+                cancel_sent: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+            }),
+            framing,
+            limits: Limits::default(),
+            init_stream: rng,
+            init_settings: body[hop + off..].to_vec(),
+        }),
+        Msg::Init { version, .. } => Err(version_mismatch(version)),
+        m => Err(format!("unexpected message from host during the handshake: {}", kind(&m))),
+    }
+}
+
+/// A refusal's reason, from a host that has not proved itself: printable
+/// characters only, and not too many of them.
+fn refused(reason: &str) -> String {
+    let clean: String = reason.chars().filter(|c| !c.is_control()).take(400).collect();
+    format!("connection refused by host: {clean}")
+}
+
+/// A message's kind, for errors (never its contents, which a hostile peer
+/// chose).
+fn kind(m: &Msg) -> &'static str {
+    match m {
+        Msg::Hello { .. } => "Hello",
+        Msg::Init { .. } => "Init",
+        Msg::Refused { .. } => "Refused",
+        Msg::Task { .. } => "Task",
+        Msg::Result { .. } => "Result",
+        Msg::Cancel { .. } => "Cancel",
+        Msg::Exit => "Exit",
+        Msg::Challenge { .. } => "Challenge",
+        Msg::Welcome { .. } => "Welcome",
+    }
+}
+
 /// Reads one handshake message, waiting no later than `deadline`.
 fn handshake_read(dec: &mut Decoder, rd: &mut BlockingStream, addr: &Address, deadline: Instant) -> Result<Vec<u8>, String> {
     loop {
         if Instant::now() > deadline {
-            return Err(format!("no reply from host at '{addr}' within 30 s; is it a mirai host?"));
+            return Err(format!(
+                "no reply from host at '{addr}' within {} s; is it a mirai host?",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ));
         }
         if !buffered(dec, rd) && !wait_readable(rd.as_raw_fd(), Duration::from_millis(200)) {
             continue;
@@ -407,14 +504,22 @@ fn handshake_read(dec: &mut Decoder, rd: &mut BlockingStream, addr: &Address, de
 
 /// Decodes a message from the host; None for one to ignore.
 fn classify(body: Vec<u8>) -> Result<Option<Incoming>, String> {
-    let hop = strip_hop(&body)?;
-    let (msg, off) = proto::decode(&body[hop..])?;
+    let hop = strip_hop(&body).map_err(|e| format!("the host sent a malformed message ({e})"))?;
+    let (msg, off) = proto::decode(&body[hop..]).map_err(|e| format!("the host sent a {e}"))?;
     Ok(match msg {
         Msg::Task { id } => Some(Incoming::Task { id, body, offset: hop + off }),
         Msg::Exit => Some(Incoming::Exit),
         Msg::Cancel { .. } => None,
-        m => return Err(format!("unexpected message from host: {m:?}")),
+        m => return Err(format!("the host sent an unexpected message ({})", kind(&m))),
     })
+}
+
+/// Why a read error means the host broke the protocol (bytes that are not
+/// a frame, a frame over the size limit), rather than that the connection
+/// ended: None for an ending.
+fn broken_stream(e: &io::Error) -> Option<String> {
+    matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::OutOfMemory)
+        .then(|| format!("the host sent bytes that are not a valid message ({e})"))
 }
 
 /// The watcher's read while R evaluates: everything that has arrived.
@@ -433,14 +538,19 @@ fn watch_read(sh: &Shared) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(_) => {
+            Err(e) => {
+                r.broken = broken_stream(&e);
                 r.eof = true;
                 return;
             }
         };
-        let Ok((msg, _)) = strip_hop(&body).and_then(|h| proto::decode(&body[h..])) else {
-            r.eof = true;
-            return;
+        let msg = match strip_hop(&body).and_then(|h| proto::decode(&body[h..])) {
+            Ok((m, _)) => m,
+            Err(e) => {
+                r.broken = Some(format!("the host sent a malformed message ({e})"));
+                r.eof = true;
+                return;
+            }
         };
         match msg {
             Msg::Cancel { id } if id == task => {
@@ -452,7 +562,10 @@ fn watch_read(sh: &Shared) {
             _ => match classify(body) {
                 Ok(Some(m)) => r.pending.push_back(m),
                 Ok(None) => {}
-                Err(_) => r.eof = true,
+                Err(why) => {
+                    r.broken = Some(why);
+                    r.eof = true;
+                }
             },
         }
     }

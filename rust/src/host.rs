@@ -15,10 +15,11 @@
 //! task, or the loop thread when a daemon frees up) signals `Stats`'
 //! condvar, on which a blocked `mirai()` waits.
 //!
-//! Handshake: on accept the host sends its SP header and a `Challenge` with
-//! a fresh nonce; the daemon's Hello answers with an HMAC of the nonce keyed
-//! by the profile secret (`auth`), so the secret never crosses the network
-//! and a Hello recorded on one connection fails on any other.
+//! Handshake (`auth`): on accept the host sends its SP header and a
+//! `Challenge` with a fresh nonce; the daemon's Hello carries its own nonce
+//! and its proof of the profile secret over both; once that checks out the
+//! host sends its own proof (`Welcome`), then the Init. The secret never
+//! crosses the network, and no proof is good on another connection.
 //!
 //! Hostile peers: until a peer's Hello is accepted it may send only an
 //! envelope-sized message, must send it within `HELLO_TIMEOUT`, and at most
@@ -33,7 +34,7 @@
 //! returns the reason as an error.
 
 use crate::aio::{Doorbell, Outcome, Slot};
-use crate::auth;
+use crate::auth::{self, Prover};
 use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER};
 use crate::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
@@ -771,33 +772,38 @@ impl Core {
 
     fn handle_message(&mut self, t: Token, body: Vec<u8>) -> Result<(), String> {
         let hop = strip_hop(&body)?;
-        let (msg, off) = proto::decode(&body[hop..])?;
         let ready = self.conns[&t].ready;
+        let decoded = proto::decode(&body[hop..]);
+        if !ready {
+            // A daemon of another protocol version may send a Hello that
+            // does not decode as ours: it is still told why it is refused.
+            if let Some((0, version)) = proto::peek_version(&body[hop..]).filter(|&(_, v)| v != PROTOCOL_VERSION) {
+                self.refuse(t, format!(
+                    "protocol version mismatch: host speaks {PROTOCOL_VERSION}, daemon speaks {version}; install the same mirai version on both"
+                ));
+                return Ok(());
+            }
+        }
+        let (msg, off) = decoded?;
         match (ready, msg) {
-            (false, Msg::Hello { version, mac, .. }) => {
-                let nonce = self.conns[&t].nonce;
-                let refuse = if version != PROTOCOL_VERSION {
-                    Some(format!(
-                        "protocol version mismatch: host speaks {PROTOCOL_VERSION}, daemon speaks {version}; install the same mirai version on both"
-                    ))
-                } else if self.secret.as_ref().is_some_and(|s| !auth::verify(s.as_bytes(), &nonce, &mac)) {
-                    Some("this daemon was not launched for this host: start it with the launch command that mirai prints (launch_remote()), which carries the host's credentials".into())
-                } else {
-                    None
-                };
-                if let Some(reason) = refuse {
-                    let c = self.conns.get_mut(&t).ok_or("connection gone")?;
-                    // Counted when the connection is dropped, not yet ready.
-                    c.push(control_frame(self.framing, &Msg::Refused { reason: &reason }));
-                    c.retiring = true;
-                    self.flush_conn(t);
-                    return Ok(());
+            (false, Msg::Hello { nonce: theirs, mac, .. }) => {
+                let ours = self.conns[&t].nonce;
+                if let Some(s) = &self.secret {
+                    if !auth::verify(s.as_bytes(), Prover::Daemon, &ours, &theirs, &mac) {
+                        self.refuse(t, "this daemon was not launched for this host: start it with the launch command that mirai prints (launch_remote()), which carries the host's credentials".into());
+                        return Ok(());
+                    }
                 }
+                // The host proves itself only to a daemon that has proved
+                // itself, so it is nobody's oracle.
+                let mac = self.secret.as_ref().map(|s| auth::prove(s.as_bytes(), Prover::Host, &ours, &theirs));
+                let welcome = control_frame(self.framing, &Msg::Welcome { mac });
                 let init = self.init_frame();
                 let c = self.conns.get_mut(&t).ok_or("connection gone")?;
                 c.ready = true;
                 c.dec.set_limit(self.max_message);
                 self.pending -= 1;
+                c.push(welcome);
                 c.push(init);
                 self.joined.push(t.0 as u64);
                 let acts = self.sched.connect(t.0 as u64);
@@ -811,6 +817,16 @@ impl Core {
                 Ok(())
             }
             (_, m) => Err(format!("unexpected message {m:?}")),
+        }
+    }
+
+    /// Tells a peer that has not authenticated why it is turned away, then
+    /// closes its connection (counted as refused when it is dropped).
+    fn refuse(&mut self, t: Token, reason: String) {
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.push(control_frame(self.framing, &Msg::Refused { reason: &reason }));
+            c.retiring = true;
+            self.flush_conn(t);
         }
     }
 

@@ -89,7 +89,7 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: r::call::Pr
         node::mirai_node_recv / 1,
         node::mirai_cluster_recv / 1,
         node::mirai_cluster_drop / 1,
-        daemon::mirai_dial / 6,
+        daemon::mirai_dial / 7,
         daemon::mirai_daemon_limits / 4,
         daemon::mirai_daemon_recv / 4,
         daemon::mirai_daemon_send / 3,

@@ -8,8 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the envelope or its meaning changes. 3: the daemon
-/// answers a `Challenge` with an HMAC instead of sending the secret.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// answers a `Challenge` with an HMAC instead of sending the secret. 4: the
+/// host proves itself too (`Welcome`), both proofs over both sides' nonces.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes of the host's challenge nonce and of the daemon's HMAC-SHA256.
 pub const NONCE_LEN: usize = 32;
@@ -26,12 +27,12 @@ pub const HANDSHAKE_LIMIT: u64 = (ENVELOPE_LIMIT + crate::frame::HOP_LEN) as u64
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Msg<'a> {
-    /// Daemon to host, its answer to the `Challenge`: `mac` is
-    /// HMAC-SHA256 over the nonce keyed by the profile secret (see `auth`).
-    /// `version` stays the first field (and Hello the first variant) so a
-    /// host of any version can tell a daemon of another version why it is
-    /// refused.
-    Hello { version: u32, mac: [u8; MAC_LEN], pid: u32 },
+    /// Daemon to host, its answer to the `Challenge`: its own fresh
+    /// `nonce`, and `mac`, its proof over both nonces keyed by the profile
+    /// secret (see `auth`). `version` stays the first field (and Hello the
+    /// first variant) so a host of any version can tell a daemon of another
+    /// version why it is refused (`peek_version`).
+    Hello { version: u32, nonce: [u8; NONCE_LEN], mac: [u8; MAC_LEN], pid: u32 },
     /// Host to daemon, first message. `version` stays the first field so a
     /// daemon of any version can read it. `stream`: this daemon's
     /// L'Ecuyer-CMRG `.Random.seed`, if the host assigns one. The payload,
@@ -52,6 +53,11 @@ pub enum Msg<'a> {
     /// Host to daemon, first message, sent on accept: a fresh nonce the
     /// daemon must answer (Hello). `version` first, as in Init.
     Challenge { version: u32, nonce: [u8; NONCE_LEN] },
+    /// Host to daemon, once the daemon's Hello checked out, before the
+    /// Init: the host's proof over both nonces (see `auth`); None when the
+    /// host runs without authentication (`auth = FALSE`), which a daemon
+    /// that holds a secret refuses.
+    Welcome { mac: Option<[u8; MAC_LEN]> },
 }
 
 fn config() -> impl bincode::config::Config {
@@ -66,6 +72,13 @@ pub fn encode_into(msg: &Msg, buf: &mut Vec<u8>) {
 /// Decodes an envelope; returns it and the offset where the payload starts.
 pub fn decode(body: &[u8]) -> Result<(Msg<'_>, usize), String> {
     bincode::serde::borrow_decode_from_slice(body, config()).map_err(|e| format!("malformed message: {e}"))
+}
+
+/// The variant index and first field of an encoded message, for a Hello
+/// or Challenge of another protocol version whose other fields may not
+/// decode: None if even those do not.
+pub fn peek_version(body: &[u8]) -> Option<(u32, u32)> {
+    bincode::decode_from_slice::<(u32, u32), _>(body, bincode::config::standard().with_limit::<16>()).ok().map(|(v, _)| v)
 }
 
 #[cfg(test)]
@@ -124,10 +137,31 @@ mod tests {
         assert_eq!(decode(&b).unwrap().0, Msg::Challenge { version: PROTOCOL_VERSION, nonce });
         let mut b = Vec::new();
         let mac = [9u8; MAC_LEN];
-        encode_into(&Msg::Hello { version: PROTOCOL_VERSION, mac, pid: 1 }, &mut b);
-        assert_eq!(b, [&[0u8, PROTOCOL_VERSION as u8][..], &mac, &[1u8]].concat());
+        encode_into(&Msg::Hello { version: PROTOCOL_VERSION, nonce, mac, pid: 1 }, &mut b);
+        assert_eq!(b, [&[0u8, PROTOCOL_VERSION as u8][..], &nonce, &mac, &[1u8]].concat());
         // A Hello cut short is an error.
         assert!(decode(&b[..b.len() - 2]).is_err());
+        // Welcome: variant 8, Some (1) and the MAC, or None (0).
+        let mut b = Vec::new();
+        encode_into(&Msg::Welcome { mac: Some(mac) }, &mut b);
+        assert_eq!(b, [&[8u8, 1][..], &mac].concat());
+        let mut b = Vec::new();
+        encode_into(&Msg::Welcome { mac: None }, &mut b);
+        assert_eq!(b, [8u8, 0]);
+    }
+
+    #[test]
+    fn the_version_of_a_hello_from_another_generation_can_be_read() {
+        // A version 3 Hello (no nonce): it does not decode as today's, but
+        // its variant and version do.
+        let mut v3 = vec![0u8, 3];
+        v3.extend([9u8; MAC_LEN]);
+        v3.push(1);
+        assert!(decode(&v3).is_err());
+        assert_eq!(peek_version(&v3), Some((0, 3)));
+        assert_eq!(peek_version(&[7, 4]), Some((7, 4)));
+        assert_eq!(peek_version(&[0xff, 0xff]), None);
+        assert_eq!(peek_version(&[]), None);
     }
 
     #[test]

@@ -46,7 +46,7 @@ fn accept_resumes_once_descriptors_free_up() {
     let mut hello = SP_HEADER.to_vec();
     let mut f = Vec::new();
     Framing::Tcp.begin(&mut f);
-    proto::encode_into(&Msg::Hello { version: PROTOCOL_VERSION, mac: [0; 32], pid: 1 }, &mut f);
+    proto::encode_into(&Msg::Hello { version: PROTOCOL_VERSION, nonce: [0; 32], mac: [0; 32], pid: 1 }, &mut f);
     Framing::Tcp.finish(&mut f);
     hello.extend(f);
     s.write_all(&hello).unwrap();

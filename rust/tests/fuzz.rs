@@ -101,7 +101,7 @@ use mirai::client::{ClientConn, Incoming};
 use mirai::decoder::Decoder;
 use mirai::frame::{check_sp_header, strip_hop, Framing, MAX_MESSAGE, SP_HEADER};
 use mirai::host::{Host, HostOptions, HELLO_TIMEOUT, MAX_PENDING};
-use mirai::auth;
+use mirai::auth::{self, Nonce, Prover};
 use mirai::proto::{self, Msg, ENVELOPE_LIMIT, MAC_LEN, NONCE_LEN, PROTOCOL_VERSION};
 use mirai::url::Address;
 use proptest::collection::vec;
@@ -968,7 +968,7 @@ fn raise_bound() {
 
 #[derive(Debug, Clone, PartialEq)]
 enum MsgSpec {
-    Hello { version: u32, mac: [u8; MAC_LEN], pid: u32 },
+    Hello { version: u32, nonce: [u8; NONCE_LEN], mac: [u8; MAC_LEN], pid: u32 },
     Init { version: u32, stream: Option<[i32; 7]> },
     Refused { reason: String },
     Task { id: u64 },
@@ -976,12 +976,15 @@ enum MsgSpec {
     Cancel { id: u64 },
     Exit,
     Challenge { version: u32, nonce: [u8; NONCE_LEN] },
+    Welcome { mac: Option<[u8; MAC_LEN]> },
 }
 
 impl MsgSpec {
     fn msg(&self) -> Msg<'_> {
         match self {
-            MsgSpec::Hello { version, mac, pid } => Msg::Hello { version: *version, mac: *mac, pid: *pid },
+            MsgSpec::Hello { version, nonce, mac, pid } => {
+                Msg::Hello { version: *version, nonce: *nonce, mac: *mac, pid: *pid }
+            }
             MsgSpec::Init { version, stream } => Msg::Init { version: *version, stream: *stream },
             MsgSpec::Refused { reason } => Msg::Refused { reason },
             MsgSpec::Task { id } => Msg::Task { id: *id },
@@ -989,6 +992,7 @@ impl MsgSpec {
             MsgSpec::Cancel { id } => Msg::Cancel { id: *id },
             MsgSpec::Exit => Msg::Exit,
             MsgSpec::Challenge { version, nonce } => Msg::Challenge { version: *version, nonce: *nonce },
+            MsgSpec::Welcome { mac } => Msg::Welcome { mac: *mac },
         }
     }
 }
@@ -1000,7 +1004,8 @@ impl MsgSpec {
 /// on a well-formed message iff this is <= ENVELOPE_LIMIT.
 fn limit_claim(m: &Msg) -> usize {
     match m {
-        Msg::Hello { .. } => 4 + 4 + MAC_LEN + 4,
+        Msg::Hello { .. } => 4 + 4 + NONCE_LEN + MAC_LEN + 4,
+        Msg::Welcome { mac } => 4 + 1 + if mac.is_some() { MAC_LEN } else { 0 },
         Msg::Challenge { .. } => 4 + 4 + NONCE_LEN,
         Msg::Init { stream, .. } => 4 + 4 + 1 + if stream.is_some() { 28 } else { 0 },
         Msg::Refused { reason } => 4 + 8 + reason.len(),
@@ -1037,7 +1042,9 @@ fn text() -> impl Strategy<Value = String> {
 
 fn msg_spec() -> impl Strategy<Value = MsgSpec> {
     prop_oneof![
-        3 => (varint_u32(), any::<[u8; MAC_LEN]>(), any::<u32>()).prop_map(|(version, mac, pid)| MsgSpec::Hello { version, mac, pid }),
+        3 => (varint_u32(), any::<[u8; NONCE_LEN]>(), any::<[u8; MAC_LEN]>(), any::<u32>())
+            .prop_map(|(version, nonce, mac, pid)| MsgSpec::Hello { version, nonce, mac, pid }),
+        1 => prop::option::of(any::<[u8; MAC_LEN]>()).prop_map(|mac| MsgSpec::Welcome { mac }),
         1 => (varint_u32(), any::<[u8; NONCE_LEN]>()).prop_map(|(version, nonce)| MsgSpec::Challenge { version, nonce }),
         2 => (varint_u32(), prop::option::of(any::<[i32; 7]>())).prop_map(|(version, stream)| MsgSpec::Init { version, stream }),
         2 => text().prop_map(|reason| MsgSpec::Refused { reason }),
@@ -1085,6 +1092,7 @@ fn check_envelope<'a>(body: &'a [u8], t: &Tally) -> Result<Option<(Msg<'a>, usiz
                 Msg::Cancel { .. } => "ok: Cancel",
                 Msg::Exit => "ok: Exit",
                 Msg::Challenge { .. } => "ok: Challenge",
+                Msg::Welcome { .. } => "ok: Welcome",
             });
             prop_assert_eq!(count, 0, "a successful decode allocated {} times", count);
             prop_assert!(off <= body.len());
@@ -1145,6 +1153,7 @@ fn envelope_valid_then_mutated() {
         "ok: Cancel",
         "ok: Exit",
         "ok: Challenge",
+        "ok: Welcome",
         "err",
         "over the limit",
         "mutated, still decodes",
@@ -1334,8 +1343,8 @@ enum Hostile {
     /// The SP header, then random bytes.
     HeaderThen(Vec<u8>),
     /// The SP header, then a Hello frame (right or wrong version and
-    /// MAC), then mutations.
-    Hello { version: u32, mac: Mac, pid: u32, muts: Vec<Mutation> },
+    /// MAC, the peer's own nonce), then mutations.
+    Hello { version: u32, nonce: [u8; NONCE_LEN], mac: Mac, pid: u32, muts: Vec<Mutation> },
     /// The SP header, then several Hello frames in one write (a refused
     /// one followed by a good one must not get in).
     Hellos(Vec<(u32, Mac)>),
@@ -1350,23 +1359,29 @@ enum Hostile {
 /// How a Hello's MAC is made.
 #[derive(Debug, Clone)]
 enum Mac {
-    /// The right secret over this connection's nonce.
+    /// The right secret over this connection's nonces.
     Right,
-    /// Another secret over this connection's nonce.
+    /// Another secret over this connection's nonces.
     WrongSecret(String),
-    /// The right secret over the previous connection's nonce: a replay.
+    /// The right secret over the previous connection's host nonce: a replay.
     Replayed,
+    /// The right secret and nonces, but the host's direction: a proof
+    /// reflected back.
+    Reflected,
     Random([u8; MAC_LEN]),
 }
 
 /// The nonce the previous hostile peer was challenged with.
 static LAST_NONCE: std::sync::Mutex<[u8; NONCE_LEN]> = std::sync::Mutex::new([0u8; NONCE_LEN]);
 
-fn mac_for(m: &Mac, nonce: &[u8; NONCE_LEN], previous: &[u8; NONCE_LEN]) -> [u8; MAC_LEN] {
+/// The MAC of a Hello carrying `ours`, to a host that challenged with
+/// `nonce` (and the connection before with `previous`).
+fn mac_for(m: &Mac, nonce: &Nonce, previous: &Nonce, ours: &Nonce) -> [u8; MAC_LEN] {
     match m {
-        Mac::Right => auth::prove(SECRET.as_bytes(), nonce),
-        Mac::WrongSecret(s) => auth::prove(s.as_bytes(), nonce),
-        Mac::Replayed => auth::prove(SECRET.as_bytes(), previous),
+        Mac::Right => auth::prove(SECRET.as_bytes(), Prover::Daemon, nonce, ours),
+        Mac::WrongSecret(s) => auth::prove(s.as_bytes(), Prover::Daemon, nonce, ours),
+        Mac::Replayed => auth::prove(SECRET.as_bytes(), Prover::Daemon, previous, ours),
+        Mac::Reflected => auth::prove(SECRET.as_bytes(), Prover::Host, nonce, ours),
         Mac::Random(b) => *b,
     }
 }
@@ -1384,6 +1399,7 @@ fn hostile() -> impl Strategy<Value = Hostile> {
         1 => text().prop_map(Mac::WrongSecret),
         1 => Just(Mac::WrongSecret(String::new())),
         1 => Just(Mac::Replayed),
+        1 => Just(Mac::Reflected),
         1 => any::<[u8; MAC_LEN]>().prop_map(Mac::Random),
     ];
     let version = prop_oneof![4 => Just(PROTOCOL_VERSION), 1 => any::<u32>()];
@@ -1395,8 +1411,8 @@ fn hostile() -> impl Strategy<Value = Hostile> {
     prop_oneof![
         2 => vec(any::<u8>(), 0..64).prop_map(Hostile::Random),
         2 => vec(any::<u8>(), 0..64).prop_map(Hostile::HeaderThen),
-        6 => (version.clone(), secret.clone(), any::<u32>(), vec(mutation(), 0..4))
-            .prop_map(|(version, mac, pid, muts)| Hostile::Hello { version, mac, pid, muts }),
+        6 => (version.clone(), any::<[u8; NONCE_LEN]>(), secret.clone(), any::<u32>(), vec(mutation(), 0..4))
+            .prop_map(|(version, nonce, mac, pid, muts)| Hostile::Hello { version, nonce, mac, pid, muts }),
         1 => vec((version, secret), 2..4).prop_map(Hostile::Hellos),
         2 => (0usize..14, prop_oneof![Just(0usize), 0usize..5000], any::<u64>())
             .prop_map(|(which, send, seed)| Hostile::Claim { which, send, seed }),
@@ -1405,10 +1421,10 @@ fn hostile() -> impl Strategy<Value = Hostile> {
     ]
 }
 
-fn hello_frame(f: Framing, version: u32, mac: [u8; MAC_LEN], pid: u32) -> Vec<u8> {
+fn hello_frame(f: Framing, version: u32, nonce: Nonce, mac: [u8; MAC_LEN], pid: u32) -> Vec<u8> {
     let mut b = Vec::new();
     f.begin(&mut b);
-    proto::encode_into(&Msg::Hello { version, mac, pid }, &mut b);
+    proto::encode_into(&Msg::Hello { version, nonce, mac, pid }, &mut b);
     f.finish(&mut b);
     b
 }
@@ -1422,8 +1438,9 @@ fn msg_frame(f: Framing, m: &Msg) -> Vec<u8> {
 }
 
 enum First {
-    /// A Hello the host accepts; the length of the SP header plus its frame.
-    Accepted(usize),
+    /// A Hello the host accepts: the length of the SP header plus its
+    /// frame, and the nonce it carried.
+    Accepted(usize, Nonce),
     /// A Hello with the wrong version or MAC: the host answers Refused.
     Refused,
     /// Anything else: the host just drops the peer.
@@ -1431,14 +1448,22 @@ enum First {
 }
 
 /// The host's rule for a first message (host.rs `read_conn` and
-/// `handle_message`), for a peer challenged with `nonce`.
-fn first_message(f: Framing, wire: &[u8], nonce: &[u8; NONCE_LEN]) -> First {
+/// `handle_message`), for a peer challenged with `nonce`: a Hello of
+/// another version is refused (told why) whatever follows its version; one
+/// of this version is accepted only with the daemon's proof over the
+/// host's nonce and the one it carries.
+fn first_message(f: Framing, wire: &[u8], nonce: &Nonce) -> First {
     let mut d = Decoder::with_limit(f, HELLO_LIMIT);
     let Ok(body) = d.next(&mut Cursor::new(wire)) else { return First::Other };
     let Ok(hop) = strip_hop(&body) else { return First::Other };
+    if matches!(proto::peek_version(&body[hop..]), Some((0, v)) if v != PROTOCOL_VERSION) {
+        return First::Refused;
+    }
     match proto::decode(&body[hop..]) {
-        Ok((Msg::Hello { version, mac, .. }, _)) if version == PROTOCOL_VERSION && mac == auth::prove(SECRET.as_bytes(), nonce) => {
-            First::Accepted(8 + f.prefix_len() + body.len())
+        Ok((Msg::Hello { nonce: theirs, mac, .. }, _))
+            if mac == auth::prove(SECRET.as_bytes(), Prover::Daemon, nonce, &theirs) =>
+        {
+            First::Accepted(8 + f.prefix_len() + body.len(), theirs)
         }
         Ok((Msg::Hello { .. }, _)) => First::Refused,
         _ => First::Other,
@@ -1505,15 +1530,16 @@ fn run_hostile(addr: &Address, f: Framing, case: &Hostile, t: &Tally) -> Result<
             wire.extend_from_slice(&SP_HEADER);
             wire.extend_from_slice(b);
         }
-        Hostile::Hello { version, mac, pid, muts } => {
+        Hostile::Hello { version, nonce: ours, mac, pid, muts } => {
             wire.extend_from_slice(&SP_HEADER);
-            wire.extend(hello_frame(f, *version, mac_for(mac, &nonce, &previous), *pid));
+            wire.extend(hello_frame(f, *version, *ours, mac_for(mac, &nonce, &previous, ours), *pid));
             apply(&mut wire, muts);
         }
         Hostile::Hellos(hs) => {
             wire.extend_from_slice(&SP_HEADER);
             for (i, (version, mac)) in hs.iter().enumerate() {
-                wire.extend(hello_frame(f, *version, mac_for(mac, &nonce, &previous), i as u32));
+                let ours = [i as u8; NONCE_LEN];
+                wire.extend(hello_frame(f, *version, ours, mac_for(mac, &nonce, &previous, &ours), i as u32));
             }
         }
         Hostile::Claim { which, send, seed } => {
@@ -1530,7 +1556,9 @@ fn run_hostile(addr: &Address, f: Framing, case: &Hostile, t: &Tally) -> Result<
         }
         Hostile::AfterHello { frames, tail, .. } => {
             wire.extend_from_slice(&SP_HEADER);
-            wire.extend(hello_frame(f, PROTOCOL_VERSION, auth::prove(SECRET.as_bytes(), &nonce), 1));
+            let ours = [0x5a; NONCE_LEN];
+            let mac = auth::prove(SECRET.as_bytes(), Prover::Daemon, &nonce, &ours);
+            wire.extend(hello_frame(f, PROTOCOL_VERSION, ours, mac, 1));
             let mut a = Vec::new();
             for fr in frames {
                 match fr {
@@ -1554,10 +1582,10 @@ fn run_hostile(addr: &Address, f: Framing, case: &Hostile, t: &Tally) -> Result<
     // AfterHello cases' business, sent once the Init is in.
     let first = first_message(f, &wire, &nonce);
     let accepted = match first {
-        First::Accepted(n) => Some(n),
+        First::Accepted(n, ours) => Some((n, ours)),
         _ => None,
     };
-    if let Some(n) = accepted {
+    if let Some((n, _)) = accepted {
         wire.truncate(n);
     }
     // Or, as a pipelining daemon would, the later bytes in the same write
@@ -1569,10 +1597,13 @@ fn run_hostile(addr: &Address, f: Framing, case: &Hostile, t: &Tally) -> Result<
     }
     // The host may drop us mid-write: that is its right.
     let _ = s.write_all(&wire);
-    let Some(_) = accepted else {
+    let Some((_, ours)) = accepted else {
         t.hit("refused at the handshake");
         if matches!(case, Hostile::Hello { mac: Mac::Replayed, .. }) {
             t.hit("replayed MAC");
+        }
+        if matches!(case, Hostile::Hello { mac: Mac::Reflected, .. }) {
+            t.hit("reflected MAC");
         }
         if let First::Refused = first {
             // A wrong Hello is told why before the close.
@@ -1588,7 +1619,16 @@ fn run_hostile(addr: &Address, f: Framing, case: &Hostile, t: &Tally) -> Result<
         return Ok(true);
     };
     t.hit("accepted");
-    // Accepted: the Init must follow.
+    // Accepted: the host's own proof, over both nonces in its direction,
+    // then the Init.
+    let w = read_frame(&mut s, f).map_err(|e| TestCaseError::fail(format!("no Welcome after a valid Hello: {e}")))?;
+    let hop = strip_hop(&w).map_err(TestCaseError::fail)?;
+    let (m, _) = proto::decode(&w[hop..]).map_err(TestCaseError::fail)?;
+    let Msg::Welcome { mac: Some(host_mac) } = m else {
+        return Err(TestCaseError::fail(format!("not a Welcome with a proof: {m:?}")));
+    };
+    prop_assert!(auth::verify(SECRET.as_bytes(), Prover::Host, &nonce, &ours, &host_mac), "the host's proof does not verify");
+    prop_assert!(!auth::verify(SECRET.as_bytes(), Prover::Daemon, &nonce, &ours, &host_mac), "the host's proof is a daemon's");
     let init = read_frame(&mut s, f).map_err(|e| TestCaseError::fail(format!("no Init after a valid Hello: {e}")))?;
     let hop = strip_hop(&init).map_err(TestCaseError::fail)?;
     let (m, _) = proto::decode(&init[hop..]).map_err(TestCaseError::fail)?;
@@ -1679,6 +1719,7 @@ fn handshake(url: &str) {
             "told why",
             "several Hellos, first refused",
             "replayed MAC",
+            "reflected MAC",
             "accepted",
             "daemon sent more",
             "daemon sent more with its Hello",
@@ -1698,7 +1739,7 @@ fn handshake(url: &str) {
     let mut held = Vec::new();
     for i in 0..hold {
         let mut s = Raw::connect(&addr).unwrap();
-        let hello = hello_frame(f, PROTOCOL_VERSION, [0u8; MAC_LEN], i as u32);
+        let hello = hello_frame(f, PROTOCOL_VERSION, [0u8; NONCE_LEN], [0u8; MAC_LEN], i as u32);
         let mut w = SP_HEADER.to_vec();
         w.extend_from_slice(&hello[..1 + i % (hello.len() - 1)]);
         s.write_all(&w).unwrap();
@@ -1755,6 +1796,7 @@ fn handshake(url: &str) {
             Incoming::Nothing => continue,
             Incoming::Closed => panic!("{url}: host closed the legitimate daemon"),
             Incoming::Exit => panic!("{url}: host told the legitimate daemon to exit"),
+            Incoming::Broken(why) => panic!("{url}: the legitimate daemon saw a broken stream: {why}"),
         }
     };
     assert_eq!(tid, id);

@@ -2,11 +2,12 @@
 //! a failed event loop resolves everything, a silent peer is dropped at the
 //! Hello deadline, a flood of silent peers cannot lock daemons out, a wrong
 //! secret or a replayed Hello is refused and counted, the secret never
-//! crosses the wire, and a daemon facing a host that stalls mid-frame keeps
-//! control.
+//! crosses the wire, a daemon runs nothing for a host that cannot prove it
+//! holds the secret (wrong, missing, reflected or replayed proofs), and a
+//! daemon facing a host that stalls mid-frame keeps control.
 
 use mirai::aio::{Doorbell, Outcome, Slot};
-use mirai::auth;
+use mirai::auth::{self, Prover};
 use mirai::decoder::Decoder;
 use mirai::client::{ClientConn, Incoming};
 use mirai::frame::{strip_hop, Framing, SP_HEADER};
@@ -158,8 +159,9 @@ fn silent_peers_beyond_the_cap_make_room_and_daemons_still_join() {
     drop(silent);
 }
 
-/// A fake host: accepts one daemon, challenges it, answers its Hello with
-/// an Init, then runs `then` on the connection.
+/// A fake host without a secret (as with `auth = FALSE`): accepts one
+/// daemon that has none either, challenges it, answers its Hello with a
+/// Welcome and an Init, then runs `then` on the connection.
 fn fake_host(then: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static) -> Address {
     use std::os::linux::net::SocketAddrExt;
     let name = format!("mirai-test-fake-{}-{:?}", std::process::id(), Instant::now());
@@ -171,7 +173,7 @@ fn fake_host(then: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static)
         ch.extend(frame_of(Framing::Ipc, &Msg::Challenge { version: PROTOCOL_VERSION, nonce: [5; NONCE_LEN] }));
         s.write_all(&ch).unwrap();
         let _hello = Decoder::new(Framing::Ipc).next(&mut s).unwrap();
-        let mut init = Vec::new();
+        let mut init = frame_of(Framing::Ipc, &Msg::Welcome { mac: None });
         let mut f = Vec::new();
         Framing::Ipc.begin(&mut f);
         proto::encode_into(&Msg::Init { version: PROTOCOL_VERSION, stream: None }, &mut f);
@@ -262,7 +264,10 @@ fn a_daemon_refuses_a_frame_over_its_limit() {
         assert!(Instant::now() < until, "an over-limit claim was not refused");
         match d.recv(Duration::from_millis(100)).unwrap() {
             Incoming::Nothing => continue,
-            Incoming::Closed => break,
+            Incoming::Broken(why) => {
+                assert!(why.contains("not a valid message"), "{why}");
+                break;
+            }
             _ => panic!("unexpected message"),
         }
     }
@@ -317,8 +322,11 @@ fn a_hello_replayed_from_an_earlier_connection_is_refused() {
     let (host, _addr) = tcp_host();
     // A genuine exchange, recorded.
     let (mut s1, mut d1, n1) = raw_peer(&host);
-    let hello = frame_of(Framing::Tcp, &Msg::Hello { version: PROTOCOL_VERSION, mac: auth::prove(b"s3cret", &n1), pid: 1 });
+    let ours = [3u8; NONCE_LEN];
+    let mac = auth::prove(b"s3cret", Prover::Daemon, &n1, &ours);
+    let hello = frame_of(Framing::Tcp, &Msg::Hello { version: PROTOCOL_VERSION, nonce: ours, mac, pid: 1 });
     s1.write_all(&hello).unwrap();
+    next_msg(&mut d1, &mut s1, |m| assert!(matches!(m, Msg::Welcome { mac: Some(_) }), "{m:?}"));
     next_msg(&mut d1, &mut s1, |m| assert!(matches!(m, Msg::Init { .. }), "{m:?}"));
     assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));
     // The same bytes on a new connection: a fresh nonce makes them worthless.
@@ -381,11 +389,191 @@ fn the_secret_never_crosses_the_wire() {
     assert!(!has(&SECRET.as_bytes()[..8]), "part of the secret was sent in clear");
     let hop = strip_hop(&hello).unwrap();
     match proto::decode(&hello[hop..]).unwrap().0 {
-        Msg::Hello { version, mac, pid } => {
+        Msg::Hello { version, nonce: ours, mac, pid } => {
             assert_eq!(version, PROTOCOL_VERSION);
-            assert_eq!(mac, auth::prove(SECRET.as_bytes(), &nonce));
+            assert_eq!(mac, auth::prove(SECRET.as_bytes(), Prover::Daemon, &nonce, &ours));
             assert_eq!(pid, std::process::id());
         }
         m => panic!("not a Hello: {m:?}"),
     }
+}
+
+/// What a daemon's Hello told a host playing by hand: the daemon's nonce
+/// and its proof.
+fn read_hello(s: &mut TcpStream) -> ([u8; NONCE_LEN], [u8; 32]) {
+    let mut d = Decoder::new(Framing::Tcp);
+    let mut hdr = [0u8; 8];
+    s.read_exact(&mut hdr).unwrap();
+    let mut wire = hdr.to_vec();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Ok(b) = d.next(&mut std::io::Cursor::new(wire.clone())) {
+            let hop = strip_hop(&b).unwrap();
+            match proto::decode(&b[hop..]).unwrap().0 {
+                Msg::Hello { nonce, mac, .. } => return (nonce, mac),
+                m => panic!("not a Hello: {m:?}"),
+            }
+        }
+        d = Decoder::new(Framing::Tcp);
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the daemon hung up before its Hello");
+        wire.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A squatter at a TCP address: for every connection, challenges with
+/// `host_nonce` (a fixed one unless None), reads the Hello, answers with
+/// what `welcome` makes of (host nonce, daemon nonce, daemon proof), then
+/// an Init and a task, and reports everything the daemon sent after its
+/// Hello. Runs until `conns` connections were served.
+fn squatter(
+    l: std::net::TcpListener,
+    conns: usize,
+    host_nonce: Option<[u8; NONCE_LEN]>,
+    welcome: impl Fn(&[u8; NONCE_LEN], &[u8; NONCE_LEN], &[u8; 32]) -> Msg<'static> + Send + 'static,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    std::thread::spawn(move || {
+        let mut after = Vec::new();
+        for i in 0..conns {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let nonce = host_nonce.unwrap_or([i as u8 + 1; NONCE_LEN]);
+            let mut w = SP_HEADER.to_vec();
+            w.extend(frame_of(Framing::Tcp, &Msg::Challenge { version: PROTOCOL_VERSION, nonce }));
+            s.write_all(&w).unwrap();
+            let (theirs, mac) = read_hello(&mut s);
+            let mut w = frame_of(Framing::Tcp, &welcome(&nonce, &theirs, &mac));
+            w.extend(frame_of(Framing::Tcp, &Msg::Init { version: PROTOCOL_VERSION, stream: None }));
+            let mut task = Vec::new();
+            Framing::Tcp.begin(&mut task);
+            proto::encode_into(&Msg::Task { id: 1 }, &mut task);
+            task.extend_from_slice(b"not for you");
+            Framing::Tcp.finish(&mut task);
+            w.extend(task);
+            let _ = s.write_all(&w);
+            // Whatever the daemon sends now (it should send nothing, and
+            // close).
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            after.push(rest);
+        }
+        after
+    })
+}
+
+fn refused_by_daemon(welcome: impl Fn(&[u8; NONCE_LEN], &[u8; NONCE_LEN], &[u8; 32]) -> Msg<'static> + Send + 'static) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = Address::parse(&format!("tcp://127.0.0.1:{}", l.local_addr().unwrap().port())).unwrap();
+    let fake = squatter(l, 1, None, welcome);
+    let err = ClientConn::connect(&addr, "s3cret", 1 << 40, Some(Instant::now() + Duration::from_secs(10)), || true)
+        .err()
+        .expect("the daemon accepted a host that did not prove itself");
+    let after = fake.join().unwrap();
+    assert!(after[0].is_empty(), "the daemon sent {} bytes after its Hello", after[0].len());
+    err
+}
+
+#[test]
+fn a_daemon_refuses_a_host_without_the_secret() {
+    // No proof at all (a host with auth = FALSE, or one that has no secret).
+    let err = refused_by_daemon(|_, _, _| Msg::Welcome { mac: None });
+    assert!(err.contains("did not prove") && err.contains("auth = FALSE"), "{err}");
+    // A proof made with another secret.
+    let err = refused_by_daemon(|h, d, _| Msg::Welcome { mac: Some(auth::prove(b"guess", Prover::Host, h, d)) });
+    assert!(err.contains("did not prove that it holds this daemon's secret"), "{err}");
+    // The daemon's own proof sent back (a reflection).
+    let err = refused_by_daemon(|_, _, mac| Msg::Welcome { mac: Some(*mac) });
+    assert!(err.contains("did not prove"), "{err}");
+    // No Welcome: straight to the Init.
+    let err = refused_by_daemon(|_, _, _| Msg::Init { version: PROTOCOL_VERSION, stream: None });
+    assert!(err.contains("did not answer the handshake"), "{err}");
+}
+
+#[test]
+fn a_host_proof_replayed_from_another_connection_is_refused() {
+    // A real exchange with a real host, recorded by a peer that holds the
+    // secret: the host's Welcome for (Nh, Nd1).
+    let (host, _addr) = tcp_host();
+    let (mut s, mut d, nh) = raw_peer(&host);
+    let nd1 = [7u8; NONCE_LEN];
+    let mac = auth::prove(b"s3cret", Prover::Daemon, &nh, &nd1);
+    s.write_all(&frame_of(Framing::Tcp, &Msg::Hello { version: PROTOCOL_VERSION, nonce: nd1, mac, pid: 1 })).unwrap();
+    let recorded = next_msg(&mut d, &mut s, |m| match m {
+        Msg::Welcome { mac: Some(m) } => m,
+        m => panic!("no Welcome: {m:?}"),
+    });
+    assert!(auth::verify(b"s3cret", Prover::Host, &nh, &nd1, &recorded));
+    // A squatter challenges a real daemon with the same Nh and plays the
+    // recorded proof: the daemon's own fresh nonce makes it worthless.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = Address::parse(&format!("tcp://127.0.0.1:{}", l.local_addr().unwrap().port())).unwrap();
+    let fake = squatter(l, 1, Some(nh), move |_, theirs, _| {
+        assert_ne!(*theirs, nd1, "the daemon reused a nonce");
+        Msg::Welcome { mac: Some(recorded) }
+    });
+    let err = ClientConn::connect(&addr, "s3cret", 1 << 40, Some(Instant::now() + Duration::from_secs(10)), || true)
+        .err()
+        .expect("a replayed host proof was accepted");
+    assert!(err.contains("did not prove"), "{err}");
+    assert!(fake.join().unwrap()[0].is_empty());
+}
+
+#[test]
+fn a_persistent_daemon_redials_past_a_squatter_to_the_real_host() {
+    // A squatter holds the address for three connections, then goes; a
+    // real host takes the address. A daemon that persists (autoexit =
+    // FALSE) runs nothing for the squatter and joins the host.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let addr = Address::parse(&format!("tcp://127.0.0.1:{port}")).unwrap();
+    let fake = squatter(l, 3, None, |h, d, _| Msg::Welcome { mac: Some(auth::prove(b"guess", Prover::Host, h, d)) });
+    let a2 = addr.clone();
+    let dialer = std::thread::spawn(move || {
+        ClientConn::connect_with(&a2, None, "s3cret", 1 << 40, Some(Instant::now() + Duration::from_secs(30)), true, || true)
+    });
+    let after = fake.join().unwrap();
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().all(|a| a.is_empty()), "the daemon answered a squatter");
+    let host = Host::start(&Address::parse(&format!("tcp://127.0.0.1:{port}")).unwrap(), options()).unwrap();
+    let mut d = dialer.join().unwrap().expect("the persistent daemon never joined the real host");
+    assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));
+    // And it works for the real host.
+    let id = host.next_task_id();
+    let slot = Slot::new(host.bell.clone());
+    host.submit(id, task_frame(&host, id, b"real"), slot.clone(), None).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < until, "no task from the real host");
+        if let Incoming::Task { id: got, body, offset } = d.recv(Duration::from_millis(100)).unwrap() {
+            assert_eq!(got, id);
+            assert_eq!(&body[offset..], b"real");
+            break;
+        }
+    }
+    // Without persist, the first squatter's failure is final.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = Address::parse(&format!("tcp://127.0.0.1:{}", l.local_addr().unwrap().port())).unwrap();
+    let fake = squatter(l, 1, None, |_, _, _| Msg::Welcome { mac: None });
+    let t0 = Instant::now();
+    assert!(ClientConn::connect_with(&addr, None, "s3cret", 1 << 40, Some(Instant::now() + Duration::from_secs(30)), false, || true).is_err());
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    fake.join().unwrap();
+}
+
+#[test]
+fn a_daemon_of_another_version_is_told_why() {
+    let (host, _addr) = tcp_host();
+    let (mut s, mut d, _) = raw_peer(&host);
+    // A version 3 Hello: version, MAC, pid (no nonce).
+    let mut b = Vec::new();
+    Framing::Tcp.begin(&mut b);
+    b.extend([0u8, 3]);
+    b.extend([9u8; 32]);
+    b.push(1);
+    Framing::Tcp.finish(&mut b);
+    s.write_all(&b).unwrap();
+    next_msg(&mut d, &mut s, |m| match m {
+        Msg::Refused { reason } => assert!(reason.contains("host speaks 4, daemon speaks 3"), "{reason}"),
+        m => panic!("{m:?}"),
+    });
 }

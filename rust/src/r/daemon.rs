@@ -28,9 +28,19 @@ fn conn(s: &SEXP) -> Result<&Conn, RError> {
 
 /// Dials the host and completes the handshake. `retry_ms`: how long to keep
 /// retrying a refused dial (Inf: a year). `tlscert`: for `tls+tcp://`, the
-/// PEM certificates to verify the host with (NULL: none).
+/// PEM certificates to verify the host with (NULL: none). `persist`: also
+/// retry, for as long, when a peer fails the handshake (see
+/// `ClientConn::connect_with`), as a daemon reconnecting does.
 #[no_mangle]
-pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, retry_ms: SEXP, autoexit: SEXP, max_msg: SEXP, tlscert: SEXP) -> SEXP {
+pub extern "C" fn mirai_dial(
+    url: SEXP,
+    secret: SEXP,
+    retry_ms: SEXP,
+    autoexit: SEXP,
+    max_msg: SEXP,
+    tlscert: SEXP,
+    persist: SEXP,
+) -> SEXP {
     entry(|| {
         let url = str_arg(url, "url")?;
         let addr = Address::parse(&url)?;
@@ -45,10 +55,11 @@ pub extern "C" fn mirai_dial(url: SEXP, secret: SEXP, retry_ms: SEXP, autoexit: 
         let secret = if is_null(secret) { String::new() } else { str_arg(secret, "secret")? };
         let retry_ms = f64_arg(retry_ms, "asyncdial")?;
         let autoexit = f64_arg(autoexit, "autoexit")?;
+        let persist = bool_arg(persist, "persist")?;
         let retry =
             if retry_ms.is_finite() { Duration::from_millis(retry_ms.max(0.0) as u64) } else { Duration::from_secs(86400 * 365) };
         let mut interrupted = false;
-        let c = ClientConn::connect_with(&addr, tls.as_ref(), &secret, max_message, Some(Instant::now() + retry), || {
+        let c = ClientConn::connect_with(&addr, tls.as_ref(), &secret, max_message, Some(Instant::now() + retry), persist, || {
             interrupted = interrupt_pending();
             !interrupted
         });
@@ -86,6 +97,8 @@ pub extern "C" fn mirai_daemon_limits(h: SEXP, idle: SEXP, wall: SEXP, tasks: SE
 enum Got {
     Task(u64, Vec<u8>, usize),
     Code(ExitCode),
+    /// The host broke the protocol: why.
+    Broken(String),
 }
 
 /// Waits for the next task (or the end of the connection), within the
@@ -104,6 +117,7 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
             Incoming::Task { id, body, offset } => return Ok(Got::Task(id, body, offset)),
             Incoming::Closed => return Ok(Got::Code(ExitCode::Closed)),
             Incoming::Exit => return Ok(Got::Code(ExitCode::ExitRequested)),
+            Incoming::Broken(why) => return Ok(Got::Broken(why)),
             Incoming::Nothing => {
                 if interrupt_pending() {
                     return Err(RError::Interrupt);
@@ -117,7 +131,8 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
 /// message)` if it cannot be unserialized (or, for a cluster node's task,
 /// its result cannot be serialized), to be answered with that error;
 /// `list(id, box, before)` for a node task that failed (see `run_node`); or
-/// an exit code (see `ExitCode`) when there is none. A cluster node's tasks
+/// an exit code (see `ExitCode`) when there is none; or a string, why, when
+/// the host broke the protocol and the daemon must stop. A cluster node's tasks
 /// (`node::mirai_node_send`) are evaluated and answered here, in a loop
 /// that returns to R only for the cases above, and, when `cleanup` is
 /// TRUE (a daemon launched by hand with `cleanup = TRUE`), as `list(id)`
@@ -131,6 +146,7 @@ pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: S
         loop {
             let (id, body, offset) = match next_task(h)? {
                 Got::Code(code) => return int(code as i32),
+                Got::Broken(why) => return string(&why),
                 Got::Task(id, body, offset) => (id, body, offset),
             };
             let data = serial::unserialize_with(&body[offset..], kept(h));
