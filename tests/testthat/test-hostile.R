@@ -3,10 +3,12 @@
 # Wire: each side opens with the SP header; messages then go as frames (on
 # TCP an 8-byte big-endian length, then the body). A body starts with the
 # pair1 hop count (00 00 00 01), then the bincode envelope (variant index as
-# a varint; Hello = 0 with version u32, a 32-byte HMAC, pid u32; Refused = 2
-# with a string; Challenge = 7 with version u32 and a 32-byte nonce). On
-# accept the host sends its SP header and a Challenge; a daemon answers with
-# its Hello. See rust/src/frame.rs, rust/src/proto.rs and rust/src/auth.rs.
+# a varint; Hello = 0 with version u32, a 32-byte nonce, a 32-byte HMAC, pid
+# u32; Init = 1; Refused = 2 with a string; Challenge = 7 with version u32 and
+# a 32-byte nonce; Welcome = 8 with an optional 32-byte HMAC). On accept the
+# host sends its SP header and a Challenge; a daemon answers with its Hello;
+# the host then sends its Welcome and the Init. See rust/src/frame.rs,
+# rust/src/proto.rs and rust/src/auth.rs.
 
 sp_header <- as.raw(c(0x00, 0x53, 0x50, 0x00, 0x00, 0x11, 0x00, 0x00))
 hop <- as.raw(c(0x00, 0x00, 0x00, 0x01))
@@ -33,10 +35,10 @@ varint <- function(n) {
 # A TCP frame; `len` is the length claimed, whatever follows.
 tcp_frame <- function(body, len = length(body)) c(if (is.raw(len)) len else be_bytes(len), body)
 
-protocol_version <- 3
+protocol_version <- 4
 
-hello_body <- function(mac = raw(32L), version = protocol_version, pid = 1) {
-  c(hop, varint(0), varint(version), mac, varint(pid))
+hello_body <- function(mac = raw(32L), version = protocol_version, pid = 1, nonce = raw(32L)) {
+  c(hop, varint(0), varint(version), nonce, mac, varint(pid))
 }
 
 # The attack of the bug report, on the envelope's one string field (it was
@@ -82,14 +84,17 @@ read_frame <- function(con) {
 }
 
 # The peer's side of a handshake with a host that has `auth = FALSE`: the
-# host's SP header and Challenge, then a Hello (any MAC), then the Init.
-# Returns the Init body.
+# host's SP header and Challenge, then a Hello (any MAC), then the host's
+# Welcome (with no proof: it has no secret) and the Init. Returns the Init
+# body.
 handshake <- function(con) {
   send_bytes(con, sp_header)
   stopifnot(identical(read_bytes(con, 8L), sp_header))
   challenge <- read_frame(con)
   stopifnot(identical(challenge[5:6], as.raw(c(7, protocol_version))), length(challenge) == 38L)
   send_bytes(con, tcp_frame(hello_body()))
+  welcome <- read_frame(con)
+  stopifnot(identical(welcome, c(hop, as.raw(c(8, 0)))))
   read_frame(con)
 }
 

@@ -91,47 +91,222 @@ test_that("daemons(remote =) checks its launcher and resets the profile when the
   expect_false(daemons_set())
 })
 
-test_that("a daemon proves its secret without sending it (its HMAC checked with openssl)", {
+# HMAC-SHA256 of `msg` (raw) under `key`, by the openssl command line: an
+# implementation independent of ours.
+openssl_hmac <- function(key, msg) {
+  f <- tempfile()
+  on.exit(unlink(f))
+  writeBin(msg, f)
+  out <- system2("openssl", c("dgst", "-sha256", "-mac", "HMAC", "-macopt", paste0("key:", key), "-r", f),
+                 stdout = TRUE)
+  as.raw(strtoi(substring(sub(" .*$", "", out), seq(1, 63, 2), seq(2, 64, 2)), 16L))
+}
+
+# Plays a host by hand over `con`, an accepted TCP connection from a daemon
+# (TCP framing: an 8-byte big-endian length before each message): sends the
+# SP header and a Challenge, reads the daemon's SP header and Hello, and
+# returns what a test needs to go on.
+play_host_challenge <- function(con) {
+  sp <- as.raw(c(0x00, 0x53, 0x50, 0x00, 0x00, 0x11, 0x00, 0x00))
+  nonce <- as.raw(sample(0:255, 32L, TRUE))
+  # Hop count, Challenge (variant 7), version 4, the nonce.
+  send_frame(con, c(as.raw(c(0, 0, 0, 1, 7, 4)), nonce), header = sp)
+  head <- readBin(con, "raw", 8L)
+  hello <- recv_frame(con)
+  list(sp = sp, nonce = nonce, head = head, hello = hello)
+}
+
+send_frame <- function(con, body, header = raw(0)) {
+  n <- length(body)
+  writeBin(c(header, as.raw((n %/% 256^(7:0)) %% 256), body), con)
+  flush(con)
+}
+
+recv_frame <- function(con) {
+  len <- readBin(con, "raw", 8L)
+  if (length(len) < 8L) return(raw(0))
+  readBin(con, "raw", sum(as.numeric(len) * 256^(7:0)))
+}
+
+# A daemon started by hand with `secret`, dialling the returned port's
+# listener; its stderr is kept.
+hand_daemon <- function(secret, extra = "") {
+  port <- free_tcp_port()
+  srv <- serverSocket(port)
+  p <- processx::process$new(file.path(R.home("bin"), "Rscript"),
+                             c("-e", sprintf("mirai::daemon('tcp://127.0.0.1:%d'%s)", port, extra)),
+                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":"), MIRAI_SECRET = secret),
+                             stdout = NULL, stderr = "|")
+  con <- socketAccept(srv, blocking = TRUE, open = "r+b", timeout = 20)
+  close(srv)
+  list(p = p, con = con)
+}
+
+test_that("daemon and host each prove the secret without sending it (HMACs checked with openssl)", {
   skip_unless_service(need_tools("openssl"))
   skip_if_not_installed("processx")
   secret <- "d00dfeed0123456789abcdef76543210"
-  port <- free_tcp_port()
-  srv <- serverSocket(port)
-  on.exit(close(srv))
-  p <- processx::process$new(file.path(R.home("bin"), "Rscript"),
-                             c("-e", sprintf("mirai::daemon('tcp://127.0.0.1:%d')", port)),
-                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":"), MIRAI_SECRET = secret),
-                             stdout = NULL, stderr = NULL)
-  on.exit(p$kill(), add = TRUE)
-  con <- socketAccept(srv, blocking = TRUE, open = "r+b", timeout = 20)
-  on.exit(close(con), add = TRUE, after = FALSE)
-  # Play the host: SP header and a Challenge (variant 7, version 3, nonce).
-  sp <- as.raw(c(0x00, 0x53, 0x50, 0x00, 0x00, 0x11, 0x00, 0x00))
-  nonce <- as.raw(sample(0:255, 32L, TRUE))
-  body <- c(as.raw(c(0, 0, 0, 1, 7, 3)), nonce)
-  writeBin(c(sp, as.raw(c(rep(0, 7), length(body))), body), con)
-  flush(con)
-  wire <- readBin(con, "raw", 8L)
-  expect_identical(wire, sp)
-  len <- readBin(con, "raw", 8L)
-  hello <- readBin(con, "raw", sum(as.numeric(len) * 256^(7:0)))
-  wire <- c(wire, len, hello)
-  # Hop count, Hello (variant 0), version 3, then 32 bytes of MAC and the pid.
-  expect_identical(hello[1:6], as.raw(c(0, 0, 0, 1, 0, 3)))
-  mac <- hello[7:38]
-  msg <- tempfile()
-  writeBin(c(charToRaw("mirai daemon hello v3"), as.raw(0), nonce), msg)
-  ref <- system2("openssl", c("dgst", "-sha256", "-mac", "HMAC", "-macopt", paste0("key:", secret), "-r", msg),
-                 stdout = TRUE)
-  expect_identical(paste(format(mac), collapse = ""), sub(" .*$", "", ref))
+  d <- hand_daemon(secret)
+  on.exit({ close(d$con); d$p$kill() })
+  h <- play_host_challenge(d$con)
+  expect_identical(h$head, h$sp)
+  # Hop count, Hello (variant 0), version 4, then the daemon's nonce, its
+  # MAC over both nonces, and the pid.
+  expect_identical(h$hello[1:6], as.raw(c(0, 0, 0, 1, 0, 4)))
+  theirs <- h$hello[7:38]
+  mac <- h$hello[39:70]
+  ctx <- function(who) c(charToRaw(sprintf("mirai v4 %s", who)), as.raw(0))
+  expect_identical(mac, openssl_hmac(secret, c(ctx("daemon to host"), h$nonce, theirs)))
+  wire <- c(h$head, h$hello)
   expect_false(length(grepRaw(charToRaw(secret), wire, fixed = TRUE)) > 0)
   expect_false(length(grepRaw(charToRaw(substr(secret, 1, 8)), wire, fixed = TRUE)) > 0)
-  # Refused (variant 2): the daemon exits.
-  reason <- charToRaw("test over")
-  body <- c(as.raw(c(0, 0, 0, 1, 2, length(reason))), reason)
-  writeBin(c(as.raw(c(rep(0, 7), length(body))), body), con)
-  flush(con)
-  expect_true(wait_until(function() !p$is_alive(), 10))
+  # The host's proof (Welcome, variant 8, Some = 1), the Init (variant 1,
+  # version 4, no stream), then a task (variant 3, id 1): the daemon runs it
+  # and answers (Result, variant 4, id 1, last = 0).
+  proof <- openssl_hmac(secret, c(ctx("host to daemon"), h$nonce, theirs))
+  send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 8, 1)), proof))
+  send_frame(d$con, as.raw(c(0, 0, 0, 1, 1, 4, 0)))
+  send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 3, 1)), serialize(list(._expr_. = quote(40 + 2)), NULL)))
+  res <- recv_frame(d$con)
+  expect_identical(res[1:7], as.raw(c(0, 0, 0, 1, 4, 1, 0)))
+  expect_identical(unserialize(res[-(1:7)]), 42)
+  # Exit (variant 6): the daemon ends normally.
+  send_frame(d$con, as.raw(c(0, 0, 0, 1, 6)))
+  expect_true(wait_until(function() !d$p$is_alive(), 10))
+  expect_identical(d$p$get_exit_status(), 0L)
+})
+
+test_that("a daemon runs nothing for a host that cannot prove the secret, and says why", {
+  skip_unless_service(need_tools("openssl"))
+  skip_if_not_installed("processx")
+  secret <- "0123456789abcdef0123456789abcdef"
+  marker <- tempfile()
+  task <- c(as.raw(c(0, 0, 0, 1, 3, 1)), serialize(list(._expr_. = call("file.create", marker)), NULL))
+  ctx <- c(charToRaw("mirai v4 host to daemon"), as.raw(0))
+  proofs <- list(
+    # Another secret's proof; the daemon's own proof reflected back; none.
+    wrong_secret = function(h, theirs) c(as.raw(1), openssl_hmac("not-the-secret", c(ctx, h$nonce, theirs))),
+    reflected = function(h, theirs) c(as.raw(1), h$hello[39:70]),
+    none = function(h, theirs) as.raw(0)
+  )
+  for (nm in names(proofs)) {
+    d <- hand_daemon(secret)
+    h <- play_host_challenge(d$con)
+    theirs <- h$hello[7:38]
+    # (The daemon may hang up before the later writes: that is its right.)
+    try(silent = TRUE, {
+      send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 8)), proofs[[nm]](h, theirs)))
+      send_frame(d$con, as.raw(c(0, 0, 0, 1, 1, 4, 0)))
+      send_frame(d$con, task)
+    })
+    # The daemon closes without a word and exits with an error.
+    after <- tryCatch(readBin(d$con, "raw", 1000L), error = function(e) raw(0))
+    expect_identical(after, raw(0), label = nm)
+    expect_true(wait_until(function() !d$p$is_alive(), 20), label = nm)
+    expect_identical(d$p$get_exit_status(), 1L, label = nm)
+    err <- d$p$read_all_error()
+    expect_match(err, "did not prove that it holds this daemon's secret", fixed = TRUE, label = nm)
+    if (nm == "none") expect_match(err, "auth = FALSE", fixed = TRUE)
+    expect_false(file.exists(marker), label = nm)
+    close(d$con)
+  }
+})
+
+test_that("a daemon whose proven host then sends garbage stops with a message and status 1", {
+  skip_unless_service(need_tools("openssl"))
+  skip_if_not_installed("processx")
+  secret <- "fedcba9876543210fedcba9876543210"
+  d <- hand_daemon(secret)
+  on.exit({ close(d$con); d$p$kill() })
+  h <- play_host_challenge(d$con)
+  theirs <- h$hello[7:38]
+  proof <- openssl_hmac(secret, c(charToRaw("mirai v4 host to daemon"), as.raw(0), h$nonce, theirs))
+  send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 8, 1)), proof))
+  send_frame(d$con, as.raw(c(0, 0, 0, 1, 1, 4, 0)))
+  # A message of no known kind (variant 99).
+  send_frame(d$con, as.raw(c(0, 0, 0, 1, 99, 1, 2, 3)))
+  expect_true(wait_until(function() !d$p$is_alive(), 20))
+  expect_identical(d$p$get_exit_status(), 1L)
+  expect_match(d$p$read_all_error(), "stops: the host sent a malformed message", fixed = TRUE)
+})
+
+# A squatter on an abstract socket name (python3: base R cannot bind one):
+# for every connection it challenges, reads the Hello, answers with a
+# random proof, the Init and a task, and logs how many bytes the daemon
+# sent after its Hello. Serves until `secs` pass without a connection.
+squatter_py <- c(
+  "import os, socket, struct, sys",
+  "name, task_path, log_path, secs = sys.argv[1:5]",
+  "task = open(task_path, 'rb').read()",
+  "SP = bytes([0, 0x53, 0x50, 0, 0, 0x11, 0, 0])",
+  "def frame(b): return b'\\x01' + struct.pack('>Q', len(b)) + b",
+  "def read_exact(c, n):",
+  "    b = b''",
+  "    while len(b) < n:",
+  "        x = c.recv(n - len(b))",
+  "        if not x: raise EOFError",
+  "        b += x",
+  "    return b",
+  "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)",
+  "s.bind('\\0' + name)",
+  "s.listen(8)",
+  "s.settimeout(float(secs))",
+  "n = 0",
+  "while True:",
+  "    try: c, _ = s.accept()",
+  "    except socket.timeout: break",
+  "    n += 1",
+  "    c.settimeout(10)",
+  "    try:",
+  "        c.sendall(SP + frame(bytes([0, 0, 0, 1, 7, 4]) + os.urandom(32)))",
+  "        read_exact(c, 8)",
+  "        hdr = read_exact(c, 9)",
+  "        read_exact(c, struct.unpack('>Q', hdr[1:])[0])",
+  "        c.sendall(frame(bytes([0, 0, 0, 1, 8, 1]) + os.urandom(32)) +",
+  "                  frame(bytes([0, 0, 0, 1, 1, 4, 0])) + frame(bytes([0, 0, 0, 1, 3, 1]) + task))",
+  "        after = b''",
+  "        while True:",
+  "            x = c.recv(65536)",
+  "            if not x: break",
+  "            after += x",
+  "    except Exception as e:",
+  "        after = ('error ' + repr(e)).encode()",
+  "    with open(log_path, 'a') as f: f.write('connection %d: %d bytes after the Hello\\n' % (n, len(after)))",
+  "    c.close()"
+)
+
+test_that("an autoexit = FALSE daemon redials a squatter at its host's address and never runs its task", {
+  skip_unless_service(need_tools("python3"))
+  skip_if_not_installed("processx")
+  name <- sprintf("mirai-squat-%d-%d", Sys.getpid(), sample.int(1e6, 1L))
+  url <- paste0("abstract://", name)
+  daemons(url = url)
+  on.exit(daemons(0))
+  cmd <- launch_remote(1, autoexit = FALSE)
+  p <- processx::process$new("sh", c("-c", sub("Rscript", file.path(R.home("bin"), "Rscript"), cmd)),
+                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")),
+                             stdout = NULL, stderr = NULL, cleanup_tree = TRUE)
+  on.exit(p$kill_tree(), add = TRUE, after = FALSE)
+  expect_true(wait_until(function() status()$connections == 1L, 20))
+  expect_identical(mirai(6 * 7, .timeout = 10000)[], 42)
+  daemons(0)
+  # The host is gone; the daemon stays (autoexit = FALSE) and redials. Now
+  # anyone may bind the name: a squatter that cannot prove the secret.
+  marker <- tempfile()
+  task <- tempfile()
+  writeBin(serialize(list(._expr_. = call("file.create", marker)), NULL), task)
+  log <- tempfile()
+  script <- tempfile(fileext = ".py")
+  writeLines(squatter_py, script)
+  sq <- processx::process$new("python3", c(script, name, task, log, "3"), stdout = NULL, stderr = "|")
+  on.exit(sq$kill(), add = TRUE, after = FALSE)
+  conns <- function() if (file.exists(log)) length(readLines(log)) else 0L
+  expect_true(wait_until(function() conns() >= 3L, 30))
+  lines <- readLines(log)
+  expect_true(all(grepl(": 0 bytes after the Hello$", lines)), info = paste(lines, collapse = "; "))
+  expect_false(file.exists(marker))
+  expect_true(p$is_alive())
+  sq$kill()
 })
 
 test_that("ssh_config(): daemons launched over SSH return results", {

@@ -63,12 +63,12 @@ relay_py <- c(
 )
 
 # Plays a host's first move by hand: a Challenge (pair1 hop count, then the
-# bincode envelope: variant 7, version 3, a 32-byte nonce), then echoes.
+# bincode envelope: variant 7, version 4, a 32-byte nonce), then echoes.
 echo_py <- c(
   "import asyncio, os, websockets",
   "async def handler(ws, path=None):",
   "    print('subprotocol', ws.subprotocol, flush=True)",
-  "    await ws.send(bytes([0, 0, 0, 1, 7, 3]) + os.urandom(32))",
+  "    await ws.send(bytes([0, 0, 0, 1, 7, 4]) + os.urandom(32))",
   "    async for m in ws:",
   "        print('echo', type(m).__name__, len(m), flush=True)",
   "        await ws.send(m)",
@@ -186,9 +186,9 @@ test_that("our daemon's upgrade and frames are read, and python's frames read ba
                      env = c("current", R_LIBS = libs, MIRAI_SECRET = "s"))
   # The daemon read python's Challenge frame, answered it with a Hello
   # (python parsed our masked frame: 'echo bytes'), and got its own Hello
-  # back, framed by python as a server, which the daemon decoded.
+  # back, framed by python as a server, where the host's proof belongs.
   expect_false(r$status == 0L)
-  expect_match(r$stdout, "unexpected message from host during the handshake: Hello", fixed = TRUE)
+  expect_match(r$stdout, "did not answer the handshake as a mirai host does", fixed = TRUE)
   out <- echo$proc$read_output()
   expect_match(out, "subprotocol pair1.sp.nanomsg.org", fixed = TRUE)
   expect_match(out, "echo bytes [0-9]+")
