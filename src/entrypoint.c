@@ -4,12 +4,14 @@
 #include <R.h>
 #include <Rinternals.h>
 #include <R_ext/Rdynload.h>
+#include <Rversion.h>
 #include <setjmp.h>
 
 typedef SEXP (*mirai_body)(void *);
 typedef int (*mirai_protect_fn)(mirai_body, void *, SEXP, SEXP *);
 
-void mirai_rust_init(DllInfo *dll, mirai_protect_fn protect, DL_FUNC eval);
+typedef SEXP (*mirai_closure_fn)(SEXP, SEXP);
+void mirai_rust_init(DllInfo *dll, mirai_protect_fn protect, DL_FUNC eval, mirai_closure_fn closure);
 
 static void mirai_jump_back(void *jb, Rboolean jump) {
   if (jump) longjmp(*(jmp_buf *) jb, 1);
@@ -79,10 +81,35 @@ static SEXP mirai_eval(SEXP expr, SEXP env, SEXP box) {
   return out;
 }
 
+/* ---- closures -----------------------------------------------------------
+ * mirai_closure(body, env): function() body, enclosed by env (a mirai's
+ * active binding). R 4.5 made R_mkClosure the API for this and lists the
+ * setters a closure used to be built with (SET_FORMALS, SET_BODY,
+ * SET_CLOENV, Rf_allocSExp) as non-API; before 4.5 the API way is to
+ * evaluate the `function` special, `function`(NULL, body), in env. Chosen
+ * when the package is built, against the R it is built for. Allocates:
+ * call it where an R error is caught (try_r). */
+#if R_VERSION >= R_Version(4, 5, 0)
+static SEXP mirai_closure(SEXP body, SEXP env) {
+  return R_mkClosure(R_NilValue, body, env);
+}
+#else
+static SEXP function_sym = NULL;
+static SEXP mirai_closure(SEXP body, SEXP env) {
+  SEXP call = PROTECT(Rf_lang3(function_sym, R_NilValue, body));
+  SEXP fun = Rf_eval(call, env);
+  UNPROTECT(1);
+  return fun;
+}
+#endif
+
 void R_init_mirai(DllInfo *dll) {
   eval_token = R_MakeUnwindCont();
   R_PreserveObject(eval_token);
   calls_fun = R_ParseEvalString("function() sys.calls()", R_BaseEnv);
   R_PreserveObject(calls_fun);
-  mirai_rust_init(dll, mirai_protect, (DL_FUNC) mirai_eval);
+#if R_VERSION < R_Version(4, 5, 0)
+  function_sym = Rf_install("function");
+#endif
+  mirai_rust_init(dll, mirai_protect, (DL_FUNC) mirai_eval, mirai_closure);
 }

@@ -98,6 +98,15 @@ if ! R CMD INSTALL "${install_args[@]}" .; then
   exit 1
 fi
 
+# R 4.5 lists entry points that packages may no longer use; only R 4.2 can be
+# installed here, so the built library is checked against that list by name
+# (a non-API symbol fails the run as a failed test would).
+api_status=0
+echo "== Non-API R entry points (tools/check-nonapi.sh, R 4.5's list) =="
+so_path=$(Rscript -e 'cat(system.file("libs", "mirai.so", package = "mirai"))')
+api_out=$(bash tools/check-nonapi.sh "$so_path" 2>&1) || api_status=$?
+if [ "$api_status" -eq 0 ]; then echo "$api_out" | tail -n 1; else echo "$api_out"; fi
+
 # ---- 3. R tests against the installed package ------------------------------
 cat > "$tmp/run-tests.R" <<'RSCRIPT'
 args <- commandArgs(trailingOnly = TRUE)
@@ -218,6 +227,7 @@ status=0
 [ "$r_status" -ne 0 ] && { echo "test.sh: Rscript exited with $r_status" >&2; status=1; }
 [ "$n_fail" -ne 0 ] && status=1
 [ "$check_status" -eq 1 ] && { echo "test.sh: the tarball check FAILED" >&2; status=1; }
+[ "$api_status" -ne 0 ] && { echo "test.sh: the library uses non-API R entry points" >&2; status=1; }
 
 # The closing line counts Rust tests and R test blocks together.
 rust_pass=0; rust_fail=0
@@ -232,6 +242,7 @@ case "$check_status" in
   0) echo "Tarball check (R CMD build, offline R CMD check): passed"; n_pass=$((n_pass + 1)) ;;
   1) echo "Tarball check (R CMD build, offline R CMD check): FAILED"; n_fail=$((n_fail + 1)) ;;
 esac
+if [ "$api_status" -eq 0 ]; then n_pass=$((n_pass + 1)); else n_fail=$((n_fail + 1)); fi
 summary="$n_pass passed, $n_fail failed"
 [ "$n_skip" -ne 0 ] && summary="$summary, $n_skip skipped"
 echo

@@ -49,12 +49,18 @@ macro_rules! routines {
 /// thread.
 ///
 /// # Safety
-/// `dll` must be the DllInfo R passed to `R_init_mirai`, `protect` and
-/// `eval` the C routines of src/entrypoint.c.
+/// `dll` must be the DllInfo R passed to `R_init_mirai`, `protect`,
+/// `eval` and `closure` the C routines of src/entrypoint.c.
 #[no_mangle]
-pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: r::call::ProtectFn, eval: *const c_void) {
+pub unsafe extern "C" fn mirai_rust_init(
+    dll: *mut DllInfo,
+    protect: r::call::ProtectFn,
+    eval: *const c_void,
+    closure: r::object::ClosureFn,
+) {
     r::call::init_protect(protect);
     r::lang::init_guarded_eval(eval);
+    r::object::init_closure(closure);
     threads::record_main_thread();
     // R errors are reported through R; Rust's default panic message would
     // only add noise (panics are caught and turned into R errors).

@@ -228,3 +228,30 @@ test_that("a task that cannot be set up fails as a task, and the daemon stays", 
                                            "strings with \"bytes\" encoding is not allowed\n"))
   expect_identical(clusterCall(cl, Sys.getpid), list(pid))
 })
+
+test_that("an R error caught natively, then calls that succeed, re-raises that same error", {
+  # Dropping a cluster's outstanding tasks visits every node; node 1's state
+  # is tampered with so that reading it signals a condition of its own class.
+  # The drop goes on to node 2 (protected calls into R that succeed), then
+  # re-raises the first condition: the handler must receive it, not a value
+  # a later call left behind.
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  n1 <- cl[[1L]]
+  n2 <- cl[[2L]]
+  rm("head", envir = n1)
+  cond <- structure(class = c("tamperedNode", "error", "condition"), list(message = "boom", call = NULL))
+  makeActiveBinding("head", function(v) stop(cond), n1)
+  assign("head_tag", "stale", envir = n2)
+  got <- tryCatch(mirai:::drop_outstanding(n1), tamperedNode = function(e) e,
+                  error = function(e) e)
+  expect_identical(got, cond)
+  # The drop went on past node 1: node 2's state was cleared.
+  expect_null(get("head_tag", envir = n2))
+  # And the same twice in a row (a fresh token each time).
+  got <- tryCatch(mirai:::drop_outstanding(n1), tamperedNode = function(e) e)
+  expect_identical(got, cond)
+  rm("head", envir = n1)
+  assign("head", NULL, envir = n1)
+  expect_identical(clusterCall(cl, function() 1L), list(1L, 1L))
+})

@@ -6,7 +6,7 @@
 //! 2. R code that may raise an error (any allocation can) runs inside
 //!    `try_r`, whose closure holds no value with a destructor: a longjmp
 //!    then stops in C (src/entrypoint.c) and comes back as
-//!    `Err(RError::Unwind)`;
+//!    `Err(RError::Unwind(_))`, which carries what is needed to continue it;
 //! 3. errors are raised by `entry` alone, after the body's values are gone.
 
 use super::ffi::*;
@@ -17,7 +17,23 @@ pub enum RError {
     Msg(String),
     Interrupt,
     /// An R condition caught by `try_r`, to be continued (re-raised as is).
-    Unwind,
+    Unwind(Caught),
+}
+
+/// A caught R unwind: the continuation token R recorded its target and
+/// value in (preserved). R_UnwindProtect writes every successful body's
+/// result into its token, so each caught unwind keeps the token it was
+/// caught with, and `try_r` takes a fresh one: later protected calls
+/// cannot change what continuing this one delivers. Dropped, it is
+/// released (the condition is swallowed).
+pub struct Caught(SEXP);
+
+impl Drop for Caught {
+    fn drop(&mut self) {
+        // SAFETY: the token was preserved when it became this Caught's
+        // (`try_r`), on R's main thread, where Caught values live and die.
+        unsafe { R_ReleaseObject(self.0) }
+    }
 }
 
 impl<T: Into<String>> From<T> for RError {
@@ -44,7 +60,19 @@ pub fn entry(f: impl FnOnce() -> RResult) -> SEXP {
 
 unsafe fn raise(e: RError) -> ! {
     match e {
-        RError::Unwind => R_ContinueUnwind(TOKEN),
+        RError::Unwind(c) => {
+            // The token must stay reachable while R continues the unwind
+            // (it runs on.exit code that may collect garbage): it stays
+            // preserved, as the last one raised, until the next raise.
+            let tok = c.0;
+            std::mem::forget(c);
+            let last = std::ptr::addr_of_mut!(RAISED);
+            if !(*last).is_null() {
+                R_ReleaseObject(*last);
+            }
+            *last = tok;
+            R_ContinueUnwind(tok)
+        }
         RError::Interrupt => {
             R_interrupts_pending = 1;
             R_CheckUserInterrupt();
@@ -67,34 +95,63 @@ pub type ProtectFn =
     unsafe extern "C" fn(unsafe extern "C" fn(*mut c_void) -> SEXP, *mut c_void, SEXP, *mut SEXP) -> c_int;
 
 static mut PROTECT: Option<ProtectFn> = None;
-/// The continuation token of the unwind held by `try_r`, preserved for the
-/// session. One token serves nested calls: each interception re-records the
-/// jump's target in it.
+/// The continuation token the next `try_r` runs with, preserved; null
+/// when a fresh one could not be made (out of memory), to be made again by
+/// the next `try_r`. Calls to `try_r` do not nest.
 static mut TOKEN: SEXP = std::ptr::null_mut();
+/// The token of the last unwind continued by `raise`, kept preserved until
+/// the next one (see there).
+static mut RAISED: SEXP = std::ptr::null_mut();
 
 pub fn init_protect(f: ProtectFn) {
     unsafe {
         PROTECT = Some(f);
-        TOKEN = R_MakeUnwindCont();
-        R_PreserveObject(TOKEN);
+        TOKEN = fresh_token();
     }
+}
+
+/// A new preserved continuation token, or null if R could not allocate it:
+/// made under R_ToplevelExec, so an allocation error returns here instead
+/// of longjmping over Rust frames.
+fn fresh_token() -> SEXP {
+    unsafe extern "C" fn make(p: *mut c_void) {
+        let t = R_MakeUnwindCont();
+        R_PreserveObject(t);
+        *(p as *mut SEXP) = t;
+    }
+    let mut t: SEXP = std::ptr::null_mut();
+    // SAFETY: R's main thread (every caller is); `make` writes only `t`.
+    unsafe { R_ToplevelExec(make, &mut t as *mut SEXP as *mut c_void) };
+    t
 }
 
 /// Runs `f` (which calls R). An R error or interrupt inside stops at the C
 /// helper instead of longjmping through Rust, and comes back as
-/// `Err(RError::Unwind)`: returning that from a `.Call` body re-raises the
-/// original condition once the body's values are dropped; dropping it
-/// instead swallows the condition. `f` must own nothing with a destructor
-/// (the longjmp skips its frame). The SEXP `f` returns is unprotected.
+/// `Err(RError::Unwind(_))`: returning that from a `.Call` body re-raises
+/// the original condition once the body's values are dropped, whatever
+/// other protected calls ran in between; dropping it instead swallows the
+/// condition. `f` must own nothing with a destructor (the longjmp skips its
+/// frame) and must not call `try_r` itself. The SEXP `f` returns is
+/// unprotected.
 pub fn try_r<F: FnMut() -> SEXP>(mut f: F) -> Result<SEXP, RError> {
     unsafe extern "C" fn body<F: FnMut() -> SEXP>(d: *mut c_void) -> SEXP {
         (*(d as *mut F))()
     }
     unsafe {
         let protect = (*std::ptr::addr_of!(PROTECT)).expect("mirai: native library not initialised by R");
+        let token = std::ptr::addr_of_mut!(TOKEN);
+        if (*token).is_null() {
+            *token = fresh_token();
+            if (*token).is_null() {
+                return Err(RError::Msg("R is out of memory".into()));
+            }
+        }
         let mut out = R_NilValue;
-        if protect(body::<F>, &mut f as *mut F as *mut c_void, TOKEN, &mut out) != 0 {
-            return Err(RError::Unwind);
+        if protect(body::<F>, &mut f as *mut F as *mut c_void, *token, &mut out) != 0 {
+            // The caught unwind keeps its token; the next call gets a new one.
+            let caught = Caught(*token);
+            *token = fresh_token();
+            return Err(RError::Unwind(caught));
         }
         Ok(out)
     }

@@ -342,7 +342,7 @@ fn send_value(h: SEXP, id: u64, value: SEXP) -> Result<Sent, RError> {
             Sent::NotSerialized(match e {
                 RError::Msg(m) => m,
                 RError::Interrupt => "interrupted".into(),
-                RError::Unwind => "R could not serialize the value".into(),
+                RError::Unwind(_) => "R could not serialize the value".into(),
             })
         }
         // The host is gone: the loop ends as for a closed connection

@@ -5,8 +5,9 @@
 //! lacks (R_ToplevelExec, R_CheckUserInterrupt, the stream initialisers,
 //! ...) and `TYPEOF`, which extendr-ffi types as returning its `SEXPTYPE`
 //! enum: a type code R adds later would then be an invalid enum value, so
-//! ours returns the plain integer. `Rf_allocSExp` and the closure setters
-//! are declared here rather than through extendr-ffi's `non-api` feature.
+//! ours returns the plain integer. Nothing R 4.5 lists as non-API is
+//! declared (tools/check-nonapi.sh checks the built library); a closure is
+//! made in C (src/entrypoint.c, `mirai_closure`).
 //!
 //! Only R's main thread may call anything here.
 
@@ -41,10 +42,6 @@ extern "C" {
     pub fn R_GetCCallable(package: *const c_char, name: *const c_char) -> *const c_void;
     // Not part of R's documented API (extendr-ffi has them behind its
     // `non-api` feature): building the mirai's binding function needs them.
-    pub fn Rf_allocSExp(t: SEXPTYPE) -> SEXP;
-    pub fn SET_FORMALS(x: SEXP, v: SEXP);
-    pub fn SET_BODY(x: SEXP, v: SEXP);
-    pub fn SET_CLOENV(x: SEXP, v: SEXP);
     pub fn Rf_findVarInFrame(env: SEXP, sym: SEXP) -> SEXP;
     pub fn Rf_lang2(a: SEXP, b: SEXP) -> SEXP;
     pub fn Rf_lang3(a: SEXP, b: SEXP, c: SEXP) -> SEXP;

@@ -3,7 +3,7 @@
 //! native evaluation of node tasks).
 //!
 //! As in `value`, anything that may allocate or run R code runs inside
-//! `try_r`, so it returns `Err(RError::Unwind)` instead of longjmping.
+//! `try_r`, so it returns `Err(RError::Unwind(_))` instead of longjmping.
 //! Returned values are unprotected.
 
 use super::call::{try_r, RError};

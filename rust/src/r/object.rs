@@ -58,6 +58,24 @@ pub fn init(data_routine: SEXP, unresolved: SEXP) -> Result<(), RError> {
     Ok(())
 }
 
+/// src/entrypoint.c's `mirai_closure(body, env)`: `function() body`
+/// enclosed by `env`, through R_mkClosure where R has it (see there).
+pub type ClosureFn = unsafe extern "C" fn(SEXP, SEXP) -> SEXP;
+
+static mut CLOSURE: Option<ClosureFn> = None;
+
+/// # Safety
+/// `f` must be mirai_closure from src/entrypoint.c; called once, at load.
+pub unsafe fn init_closure(f: ClosureFn) {
+    CLOSURE = Some(f);
+}
+
+/// The closure maker: it allocates, so call it only inside `try_r`.
+fn closure_fn() -> Result<ClosureFn, RError> {
+    // SAFETY: written once at load, before any .Call; read on R's thread.
+    unsafe { *std::ptr::addr_of!(CLOSURE) }.ok_or_else(|| "mirai: native library not initialised by R".into())
+}
+
 /// The 'unresolved' value (`$data` of an unresolved mirai).
 pub fn unresolved() -> Result<SEXP, RError> {
     Ok(globals()?.unresolved)
@@ -68,6 +86,7 @@ pub fn unresolved() -> Result<SEXP, RError> {
 pub fn new_mirai(aio: SEXP, id: u64, value: Option<SEXP>) -> Result<SEXP, RError> {
     let g = globals()?;
     let id = id.min(i32::MAX as u64) as c_int;
+    let closure = closure_fn()?;
     try_r(|| unsafe {
         let aio = Rf_protect(aio);
         let env = Rf_protect(R_NewEnv(R_EmptyEnv, 0, 0));
@@ -76,10 +95,7 @@ pub fn new_mirai(aio: SEXP, id: u64, value: Option<SEXP>) -> Result<SEXP, RError
             Rf_defineVar(g.value, v, env);
         }
         let body = Rf_protect(Rf_lang4(g.dot_call, g.data_routine, aio, env));
-        let fun = Rf_protect(Rf_allocSExp(SEXPTYPE::CLOSXP));
-        SET_FORMALS(fun, R_NilValue);
-        SET_BODY(fun, body);
-        SET_CLOENV(fun, env);
+        let fun = Rf_protect(closure(body, env));
         R_MakeActiveBinding(g.data, fun, env);
         Rf_setAttrib(env, g.id, Rf_ScalarInteger(id));
         Rf_setAttrib(env, R_ClassSymbol, g.class);

@@ -1,7 +1,7 @@
 //! Reading `.Call` arguments and building R values, safely.
 //!
 //! Readers never allocate in R, so they cannot longjmp. Builders allocate,
-//! each inside one `try_r`: they return `Err(RError::Unwind)` instead of
+//! each inside one `try_r`: they return `Err(RError::Unwind(_))` instead of
 //! longjmping, so callers may hold Rust values across them. A built value
 //! is unprotected: keep it in a `Protect` scope before the next allocation.
 
