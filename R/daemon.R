@@ -60,7 +60,9 @@ check_limit <- function(x, what) {
 #'   host cannot be reached, refuses this daemon, cannot prove that it holds
 #'   the daemon's secret (`MIRAI_SECRET`), or sends bytes that are not a
 #'   valid message. Before a host has proved itself the daemon acts on
-#'   nothing it sends and holds at most a few KiB of it.
+#'   nothing it sends and holds at most a few KiB of it. With `autoexit =
+#'   TRUE`, a host that goes away mid-task ends the process at once with
+#'   SIGTERM (exit status 143 in a shell), after a line on stderr.
 #' @seealso [daemons()] to set daemons from the host, [nextcode()] to read
 #'   exit codes.
 #' @examples
@@ -121,7 +123,10 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   codes <- .$codes
   code <- codes[["closed"]]
   first <- TRUE
-  repeat {
+  # Whatever error ends the daemon from here on (a setting it cannot read,
+  # say) must be seen: the sinks go before R prints it. Tasks' own errors
+  # never get here; they are caught where the task is evaluated.
+  withCallingHandlers(error = function(e) unsink(), repeat {
     if (!first) {
       # Reconnecting (autoexit = FALSE): retry for as long as the idle and
       # wall time limits allow, so that a daemon whose host is gone for good
@@ -197,16 +202,13 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       }
     }
     count <- count + .Call(C_mirai_daemon_close, conn)
-    # The host broke the protocol: stop, saying why where it can be seen.
-    if (is.character(code)) {
-      unsink()
-      stop(sprintf("daemon connected to '%s' stops: %s", url, code), call. = FALSE)
-    }
+    # The host broke the protocol: stop, saying why.
+    if (is.character(code)) stop(sprintf("daemon connected to '%s' stops: %s", url, code), call. = FALSE)
     # Only a lost connection with autoexit = FALSE leads to a reconnect.
     # A host gone mid-reply ends the connection as a close does.
     if (code == codes[["gone"]]) code <- codes[["closed"]]
     if (code != codes[["closed"]] || !isFALSE(autoexit)) break
-  }
+  })
   # An exit request ends the daemon as a closed connection does.
   invisible(if (code < 0L) codes[["closed"]] else code)
 }

@@ -94,9 +94,10 @@ static SEXP mirai_closure(SEXP body, SEXP env) {
   return R_mkClosure(R_NilValue, body, env);
 }
 #else
-static SEXP function_sym = NULL;
+/* The `function` special itself, not its name: env may see no base. */
+static SEXP function_prim = NULL;
 static SEXP mirai_closure(SEXP body, SEXP env) {
-  SEXP call = PROTECT(Rf_lang3(function_sym, R_NilValue, body));
+  SEXP call = PROTECT(Rf_lang3(function_prim, R_NilValue, body));
   SEXP fun = Rf_eval(call, env);
   UNPROTECT(1);
   return fun;
@@ -109,7 +110,8 @@ void R_init_mirai(DllInfo *dll) {
   calls_fun = R_ParseEvalString("function() sys.calls()", R_BaseEnv);
   R_PreserveObject(calls_fun);
 #if R_VERSION < R_Version(4, 5, 0)
-  function_sym = Rf_install("function");
+  function_prim = Rf_findFun(Rf_install("function"), R_BaseEnv);
+  R_PreserveObject(function_prim);
 #endif
   mirai_rust_init(dll, mirai_protect, (DL_FUNC) mirai_eval, mirai_closure);
 }

@@ -329,6 +329,9 @@ impl ClientConn {
                     if exit_on_hangup {
                         std::thread::sleep(Duration::from_millis(200));
                         if sh.evaluating.load(Ordering::Acquire) != 0 && !sh.closed.load(Ordering::Acquire) {
+                            // Straight to the process's stderr: R's sinks
+                            // are R's, and R is busy with the task.
+                            eprintln!("mirai daemon: the host went away during a task; ending it (autoexit = TRUE)");
                             unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
                         }
                     }
@@ -338,8 +341,9 @@ impl ClientConn {
         };
         // Should the watcher ever fail, the daemon must not go on without
         // anyone to act on cancels or a lost host: with autoexit it ends.
-        let on_panic = move |_msg: String| {
+        let on_panic = move |msg: String| {
             if exit_on_hangup {
+                eprintln!("mirai daemon: its connection watcher failed ({msg}); ending (autoexit = TRUE)");
                 unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
             }
         };

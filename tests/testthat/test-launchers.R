@@ -194,11 +194,11 @@ test_that("a daemon runs nothing for a host that cannot prove the secret, and sa
     h <- play_host_challenge(d$con)
     theirs <- h$hello[7:38]
     # (The daemon may hang up before the later writes: that is its right.)
-    try(silent = TRUE, {
+    tryCatch({
       send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 8)), proofs[[nm]](h, theirs)))
       send_frame(d$con, as.raw(c(0, 0, 0, 1, 1, 4, 0)))
       send_frame(d$con, task)
-    })
+    }, error = function(e) NULL, warning = function(w) NULL)
     # The daemon closes without a word and exits with an error.
     after <- tryCatch(readBin(d$con, "raw", 1000L), error = function(e) raw(0))
     expect_identical(after, raw(0), label = nm)
@@ -449,4 +449,21 @@ test_that("http_config(): the request carries method, headers and the daemon cal
   # A launch the API rejects is an error that says so.
   bad <- http_config(url = launcher$url, headers = c(`Content-Type` = "application/json"), data = '{"x": "%s"}')
   expect_error(launch_remote(1, bad), "answered HTTP 400")
+})
+
+test_that("a daemon whose host goes away mid-task says so on stderr as it ends (autoexit = TRUE)", {
+  skip_if_not_installed("processx")
+  daemons(url = local_url())
+  on.exit(daemons(0))
+  cmd <- launch_remote(1)
+  p <- processx::process$new("sh", c("-c", sub("Rscript", file.path(R.home("bin"), "Rscript"), cmd)),
+                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")),
+                             stdout = NULL, stderr = "|", cleanup_tree = TRUE)
+  on.exit(p$kill_tree(), add = TRUE, after = FALSE)
+  expect_true(wait_until(function() status()$connections == 1L, 20))
+  m <- mirai(Sys.sleep(60))
+  expect_true(wait_until(function() status()$mirai[["executing"]] == 1L, 20))
+  daemons(0)
+  expect_true(wait_until(function() !p$is_alive(), 20))
+  expect_match(p$read_all_error(), "the host went away during a task", fixed = TRUE)
 })
