@@ -225,7 +225,8 @@ impl ClientConn {
         let (msg, off) = proto::decode(&body[hop..])?;
         match msg {
             Msg::Init { version, stream: rng } if version == PROTOCOL_VERSION => Ok(ClientConn {
-                stream,
+                // Accepted: a WebSocket now takes messages up to the daemon's limit.
+                stream: { stream.set_message_limit(max_message); stream },
                 shared: Arc::new(Shared {
                     reader: Mutex::new(Reader { stream: rd, dec, pending: VecDeque::new(), eof: false }),
                     evaluating: AtomicU64::new(0),
