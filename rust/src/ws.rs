@@ -25,8 +25,9 @@
 //! waits to be sent (the latest ping's), so pings from a peer that never
 //! reads grow nothing. What a reader holds is at most min(limit,
 //! `MAX_FRAGMENTED`) plus the bytes read past the HTTP head (under
-//! `MAX_HTTP_HEADER`); tests/ws_fuzz.rs checks it. Every malformed input is
-//! an `InvalidData` error value.
+//! `MAX_HTTP_HEADER`) plus an error value; tests/ws_fuzz.rs checks it, and
+//! that it follows the bytes that arrived, not the lengths claimed. Every
+//! malformed input is an `InvalidData` error value.
 
 use crate::frame::SP_HEADER;
 use std::io::{self, Read, Write};
@@ -40,6 +41,8 @@ pub const MAX_HTTP_HEADER: usize = 8192;
 pub const MAX_FRAGMENTED: u64 = 64 << 20;
 /// Largest control frame payload (RFC 6455 5.5).
 pub const MAX_CONTROL: usize = 125;
+/// Largest control frame: header (2), mask (4), payload.
+pub const MAX_CONTROL_FRAME: usize = 6 + MAX_CONTROL;
 /// The subprotocol NNG's pair1 over WebSocket negotiates.
 pub const SP_SUBPROTOCOL: &str = "pair1.sp.nanomsg.org";
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -276,7 +279,9 @@ pub fn client_response<S: Read>(sock: &mut S, buf: &mut Vec<u8>, key: &str) -> i
     let end = read_head(sock, buf)?;
     {
         let head = Head::parse(&buf[..end])?;
-        if !head.first.starts_with("HTTP/1.1 101") {
+        // "HTTP/1.1 101", then the end or a reason phrase ("1010" is no 101).
+        let status = head.first.strip_prefix("HTTP/1.1 101");
+        if !status.is_some_and(|r| r.is_empty() || r.starts_with(' ')) {
             return Err(bad(format!("the server refused the upgrade: '{}'", quoted(head.first))));
         }
         if head.get("sec-websocket-accept") != Some(accept_key(key).as_str()) {
@@ -391,6 +396,8 @@ impl WsWriter {
         let payload = &payload[..payload.len().min(MAX_CONTROL)];
         let mask = self.masks.as_mut().map(MaskGen::next);
         self.ctrl.clear();
+        // Sized once for the largest pong, so it never grows by doubling.
+        self.ctrl.reserve_exact(MAX_CONTROL_FRAME);
         frame_header(&mut self.ctrl, 0xa, payload.len() as u64, mask);
         let start = self.ctrl.len();
         self.ctrl.extend_from_slice(payload);
@@ -408,10 +415,11 @@ impl WsWriter {
         self.out_pos < self.out.len() || (!self.ctrl.is_empty() && self.ready)
     }
 
-    /// Bytes allocated for output. What the peer can make it hold is the
-    /// one pending pong (`ctrl`, at most 14 + `MAX_CONTROL` bytes); `out`
-    /// holds at most `CHUNK` bytes of what this side writes, a frame
-    /// header and that pong, whatever the peer sends (tests/ws_fuzz.rs).
+    /// Bytes allocated for output. Pings alone make it hold at most two
+    /// pongs (`MAX_CONTROL_FRAME` each): one on its way, one waiting.
+    /// With data, `out` holds at most `CHUNK` bytes of what this side
+    /// writes, a frame header and a pong, whatever the peer sends
+    /// (tests/ws_fuzz.rs).
     pub fn allocated(&self) -> usize {
         self.out.capacity() + self.ctrl.capacity()
     }
@@ -433,6 +441,7 @@ impl WsWriter {
             // in while `out` still held an earlier one, every ping from a
             // peer that never reads would add a frame.
             if self.ready && self.at_boundary() && !self.ctrl.is_empty() {
+                self.out.reserve_exact(self.ctrl.len());
                 self.out.extend_from_slice(&self.ctrl);
                 self.ctrl.clear();
                 continue;
@@ -1209,7 +1218,7 @@ mod tests {
             for i in 0..10_000u32 {
                 w.queue_pong(&[i as u8; MAX_CONTROL]);
                 assert!(w.flush(&mut sock).is_err());
-                assert!(w.allocated() <= 2 * 256, "{}", w.allocated());
+                assert!(w.allocated() <= 2 * MAX_CONTROL_FRAME, "{}", w.allocated());
             }
             w.queue_pong(b"last");
             sock.0 = false;
