@@ -80,6 +80,12 @@
 //! pings and never reads grows nothing. Data reaches the wire intact with
 //! pongs only between messages; the pongs sent are queued ones, in order,
 //! and the last is the latest queued.
+//!
+//! And over a real socket, a daemon (`ClientConn::connect`) against a host
+//! played by hand: until the host's Init it is held to HANDSHAKE_LIMIT (a
+//! fragmented 1 MiB message is refused, the daemon holding under 92 KiB),
+//! after it to its own limit (a 100 KB task arrives), and frames that come
+//! in the same segment as the 101 are read.
 
 use mirai::frame::SP_HEADER;
 use mirai::proto::HANDSHAKE_LIMIT;
@@ -1844,4 +1850,100 @@ fn counting_allocator_counts_live_bytes() {
 fn model_accept_key_matches_rfc_example() {
     assert_eq!(accept_for(KEY), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     assert_eq!(accept_for(KEY), ws::accept_key(KEY));
+}
+
+// ------------------------------------------------------------------ a daemon and a hostile host
+
+/// A host's side of a ws:// connection played by hand: accepts one daemon,
+/// answers its upgrade with the 101 and `first` in the same write (so the
+/// daemon finds frames read past the head), then runs `then`.
+fn fake_ws_host(first: Vec<u8>, then: impl FnOnce(&mut std::net::TcpStream) + Send + 'static) -> (String, std::thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://127.0.0.1:{}/h", l.local_addr().unwrap().port());
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let up = ServerHandshake::new("/h").advance(&mut s, &mut Vec::new()).unwrap();
+        let mut out = up.response;
+        out.extend_from_slice(&first);
+        let _ = s.write_all(&out);
+        then(&mut s);
+    });
+    (url, t)
+}
+
+/// An SP message as the host frames it over WebSocket: one unmasked
+/// binary frame holding the pair1 hop count, the envelope and a payload.
+fn host_message(m: &mirai::proto::Msg, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 0, 0, 1];
+    mirai::proto::encode_into(m, &mut body);
+    body.extend_from_slice(payload);
+    let mut w = Vec::new();
+    encode_one(&mut w, &Frame { b0: 0x82, payload: body, claim: None, form: Form::Shortest, mask: None });
+    w
+}
+
+fn challenge() -> Vec<u8> {
+    host_message(&mirai::proto::Msg::Challenge { version: mirai::proto::PROTOCOL_VERSION, nonce: [7; 32] }, b"")
+}
+
+/// Before the host's Init, a daemon holds the host to HANDSHAKE_LIMIT: a
+/// 1 MiB message in 4000-byte fragments (its first fragment in the same
+/// segment as the 101) is refused at the second fragment's header, and the
+/// daemon never holds more than its decoder's staging buffer (64 KiB), the
+/// limit and the bytes read past the head.
+#[test]
+fn a_daemon_holds_an_unproven_host_to_the_handshake_limit() {
+    let mut flood = Vec::new();
+    for i in 0..256 {
+        let op = if i == 0 { 0x2 } else { 0x0 };
+        encode_one(&mut flood, &Frame { b0: op, payload: vec![1; 4000], claim: None, form: Form::Shortest, mask: None });
+    }
+    let (url, host) = fake_ws_host(flood[..4004].to_vec(), move |s| {
+        let _ = s.write_all(&flood[4004..]);
+    });
+    let addr = mirai::url::Address::parse(&url).unwrap();
+    let (res, peak) = measure(|| mirai::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).map(|_| ()));
+    let e = res.unwrap_err();
+    assert!(e.contains("over the limit of 4100"), "{e}");
+    assert!(peak < 64 * 1024 + HANDSHAKE_LIMIT + MAX_HTTP_HEADER as u64 + 16 * 1024, "the daemon held {peak} bytes");
+    host.join().unwrap();
+}
+
+/// Once the host's Init is accepted, the daemon takes messages up to its
+/// own limit: a 100 KB task arrives. The Challenge comes with the 101.
+#[test]
+fn a_daemon_takes_large_messages_once_the_host_is_accepted() {
+    use mirai::proto::{Msg, PROTOCOL_VERSION};
+    let (url, host) = fake_ws_host(challenge(), |s| {
+        // The daemon's Hello: read it as a server reads a client's frames.
+        let mut r = WsReader::new(true, HANDSHAKE_LIMIT);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while got.len() < 16 || got.len() < 16 + u64::from_be_bytes(got[8..16].try_into().unwrap()) as usize {
+            match r.read(s, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let mut out = host_message(&Msg::Init { version: PROTOCOL_VERSION, stream: None }, b"");
+        out.extend(host_message(&Msg::Task { id: 1 }, &vec![5u8; 100_000]));
+        s.write_all(&out).unwrap();
+        // Hold the connection until the daemon has read it all.
+        let _ = s.read(&mut buf);
+    });
+    let addr = mirai::url::Address::parse(&url).unwrap();
+    let mut c = mirai::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        assert!(Instant::now() < deadline, "no task within 10 s");
+        match c.recv(Duration::from_millis(100)).unwrap() {
+            mirai::client::Incoming::Task { id: 1, body, offset } => break body[offset..].to_vec(),
+            mirai::client::Incoming::Nothing => {}
+            _ => panic!("the connection ended before the task"),
+        }
+    };
+    assert_eq!(body, vec![5u8; 100_000]);
+    drop(c);
+    host.join().unwrap();
 }
