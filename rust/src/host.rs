@@ -802,6 +802,7 @@ impl Core {
                 let c = self.conns.get_mut(&t).ok_or("connection gone")?;
                 c.ready = true;
                 c.dec.set_limit(self.max_message);
+                c.stream.set_message_limit(self.max_message);
                 self.pending -= 1;
                 c.push(welcome);
                 c.push(init);

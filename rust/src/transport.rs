@@ -3,6 +3,7 @@
 //! carries TCP framing, as NNG does.
 
 use crate::frame::Framing;
+use crate::proto::HANDSHAKE_LIMIT;
 use crate::tls::{self, Tls};
 use crate::url::Address;
 use crate::ws::{ServerHandshake, WsReader, WsWriter};
@@ -45,15 +46,18 @@ impl WsStream {
         if let Some(hs) = &mut self.hs {
             let mut reply = Vec::new();
             match hs.advance(&mut self.inner, &mut reply) {
-                Ok(Some(resp)) => {
+                Ok(up) => {
                     self.hs = None;
-                    self.wr.push_raw(&resp);
+                    // A client may pipeline frames after its request.
+                    self.rd.push_input(up.rest);
+                    self.wr.push_raw(&up.response);
                     self.wr.ready = true;
                 }
-                Ok(None) => return Err(io::ErrorKind::WouldBlock.into()),
                 Err(e) => {
                     // Best effort: the HTTP error tells the peer why.
-                    let _ = self.inner.write(&reply).and_then(|_| self.inner.flush());
+                    if !reply.is_empty() {
+                        let _ = self.inner.write(&reply).and_then(|_| self.inner.flush());
+                    }
                     return Err(e);
                 }
             }
@@ -61,8 +65,8 @@ impl WsStream {
         }
         let res = self.rd.read(&mut self.inner, b);
         // A ping is answered even when the read then found nothing more.
-        if let Some(p) = self.rd.pong.take() {
-            self.wr.queue_control(0xa, &p);
+        if let Some(p) = self.rd.take_pong() {
+            self.wr.queue_pong(p.payload());
             self.flush_quietly()?;
         }
         res
@@ -125,6 +129,16 @@ impl Stream {
             Stream::Tls(t) => t.tls.wants_write(),
             Stream::Ws(w) => w.wr.wants_write() || w.inner.wants_write(),
             _ => false,
+        }
+    }
+
+    /// The largest message a WebSocket accepts from its peer from now on
+    /// (every frame and fragmented message is checked against it before it
+    /// is buffered; accepted connections start at `HANDSHAKE_LIMIT`). Other
+    /// transports carry SP frames, bounded by the caller's `Decoder`.
+    pub fn set_message_limit(&mut self, limit: u64) {
+        if let Stream::Ws(w) = self {
+            w.rd.set_message_limit(limit);
         }
     }
 }
@@ -208,7 +222,9 @@ impl Listener {
                     Some(path) => Stream::Ws(Box::new(WsStream {
                         inner,
                         hs: Some(ServerHandshake::new(path)),
-                        rd: WsReader::new(true),
+                        // Raised once the peer authenticates
+                        // (`set_message_limit`).
+                        rd: WsReader::new(true, HANDSHAKE_LIMIT),
                         wr: WsWriter::new(false),
                     })),
                 };
@@ -359,12 +375,12 @@ impl WsClient {
         let (res, pong) = {
             let mut rd = crate::threads::lock(&self.rd);
             let res = rd.read(&mut Nb(&self.inner), b);
-            (res, rd.pong.take())
+            (res, rd.take_pong())
         };
         // A ping is answered even when the read then found nothing more.
         if let Some(p) = pong {
             let mut wr = crate::threads::lock(&self.wr);
-            wr.queue_control(0xa, &p);
+            wr.queue_pong(p.payload());
             let _ = wr.flush(&mut Nb(&self.inner));
         }
         res
@@ -430,6 +446,16 @@ impl BlockingStream {
     /// blocking), not from the descriptor.
     pub fn is_layered(&self) -> bool {
         matches!(self, BlockingStream::Tls(_) | BlockingStream::Ws(_))
+    }
+
+    /// The largest message a WebSocket accepts from the host from now on
+    /// (see `Stream::set_message_limit`); the stream starts at
+    /// `HANDSHAKE_LIMIT`. Shared by every clone of the stream. Other
+    /// transports ignore it: the caller's `Decoder` has its own limit.
+    pub fn set_message_limit(&self, limit: u64) {
+        if let BlockingStream::Ws(w) = self {
+            crate::threads::lock(&w.rd).set_message_limit(limit);
+        }
     }
 
     /// Bytes wait in a layer (decrypted, or unframed): poll would not
@@ -604,9 +630,9 @@ fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>) -> io::Re
     Nb(&s).write_all(&req)?;
     let deadline = Instant::now() + WS_HANDSHAKE_TIMEOUT;
     let mut buf = Vec::new();
-    loop {
+    let rest = loop {
         match crate::ws::client_response(&mut Nb(&s), &mut buf, &key) {
-            Ok(_) => break,
+            Ok(rest) => break rest,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -622,8 +648,13 @@ fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>) -> io::Re
             }
             Err(e) => return Err(fail(e.to_string())),
         }
-    }
-    let ws = WsClient { inner: s, rd: Mutex::new(WsReader::new(false)), wr: Mutex::new(WsWriter::new(true)) };
+    };
+    // Until the host has proved itself, its messages are held to the
+    // handshake's size; the caller raises the limit (`set_message_limit`).
+    let mut rd = WsReader::new(false, HANDSHAKE_LIMIT);
+    // The host's first frames may have come with its response.
+    rd.push_input(rest);
+    let ws = WsClient { inner: s, rd: Mutex::new(rd), wr: Mutex::new(WsWriter::new(true)) };
     crate::threads::lock(&ws.wr).ready = true;
     Ok((BlockingStream::Ws(Arc::new(ws)), Framing::Tcp))
 }

@@ -9,32 +9,81 @@
 //! as it goes (dropping the SP header, a frame header in place of each
 //! length) and `WsReader` turns frames back into it (a synthetic SP header
 //! first, a length before each message). Payload bytes stream through
-//! without being gathered, except for the rare fragmented message (bounded
-//! by `MAX_FRAGMENTED`). Like `tls::Tls`, both are state machines over a
-//! socket the caller passes in, never blocking by themselves.
+//! without being gathered, except for the rare fragmented message. Like
+//! `tls::Tls`, both are state machines over a socket the caller passes in,
+//! never blocking by themselves.
 //!
-//! Hostile peers: the upgrade request may take at most `MAX_HTTP_HEADER`
-//! bytes (the caller's handshake deadline bounds its time), a frame's
-//! length is checked before any byte of it is buffered, and every malformed
-//! input is an `InvalidData` error value.
+//! Hostile peers: the HTTP head (request or response) may take at most
+//! `MAX_HTTP_HEADER` bytes, read in chunks (the caller's handshake deadline
+//! bounds its time); bytes read past its end are kept for the frames. The
+//! reader has a message limit, settable at run time, that every data
+//! frame's length and every fragmented message's running total are checked
+//! against when its header arrives, before any byte of it is buffered
+//! (fragmented messages also stay within `MAX_FRAGMENTED`): callers start
+//! it at `proto::HANDSHAKE_LIMIT` and raise it once the peer has
+//! authenticated. Control frames live in fixed arrays, and at most one pong
+//! waits to be sent (the latest ping's), so pings from a peer that never
+//! reads grow nothing. What a reader holds is at most min(limit,
+//! `MAX_FRAGMENTED`) plus the bytes read past the HTTP head (under
+//! `MAX_HTTP_HEADER`) plus an error value; tests/ws_fuzz.rs checks it, and
+//! that it follows the bytes that arrived, not the lengths claimed. Every
+//! malformed input is an `InvalidData` error value.
 
 use crate::frame::SP_HEADER;
 use std::io::{self, Read, Write};
 
-/// Largest HTTP request or response head accepted in the handshake.
+/// Largest HTTP request or response head accepted in the handshake, and
+/// the most bytes read while looking for its end.
 pub const MAX_HTTP_HEADER: usize = 8192;
 /// Largest message accepted in fragments (they must be gathered before
-/// their length is known); unfragmented messages stream and are bounded by
-/// the decoder's limit only.
+/// their length is known), whatever the reader's message limit;
+/// unfragmented messages stream, within the limit.
 pub const MAX_FRAGMENTED: u64 = 64 << 20;
+/// Largest control frame payload (RFC 6455 5.5).
+pub const MAX_CONTROL: usize = 125;
+/// Largest control frame: header (2), mask (4), payload.
+pub const MAX_CONTROL_FRAME: usize = 6 + MAX_CONTROL;
 /// The subprotocol NNG's pair1 over WebSocket negotiates.
 pub const SP_SUBPROTOCOL: &str = "pair1.sp.nanomsg.org";
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Output gathered per `write` call before it goes to the socket.
 const CHUNK: usize = 64 * 1024;
+/// Bytes asked of the socket per read of an HTTP head: a typical request
+/// or response (200-500 bytes) arrives in one read, where it used to take
+/// one recv per byte.
+const HEAD_READ: usize = 1024;
+/// Most bytes of a peer's text (a request line, a path) quoted in an error.
+const QUOTED: usize = 80;
 
 fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket: {}", msg.into()))
+}
+
+/// A peer's text as an error quotes it: cut at `QUOTED` bytes (on a
+/// character boundary), so an error value stays small whatever was sent.
+fn quoted(s: &str) -> String {
+    if s.len() <= QUOTED {
+        return s.to_string();
+    }
+    let mut end = QUOTED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Makes room for `extra` more bytes in `v`: its capacity doubles as bytes
+/// arrive (so memory follows what was received, not what was claimed) but
+/// never passes `most`, which must be at least `v.len() + extra`. An
+/// allocation failure is an error value, not an abort.
+fn reserve_within(v: &mut Vec<u8>, extra: usize, most: usize) -> io::Result<()> {
+    let need = v.len() + extra;
+    if need <= v.capacity() {
+        return Ok(());
+    }
+    let target = v.capacity().saturating_mul(2).max(need).max(256).min(most.max(need));
+    v.try_reserve_exact(target - v.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "WebSocket: out of memory"))
 }
 
 pub fn base64(data: &[u8]) -> String {
@@ -55,53 +104,97 @@ pub fn accept_key(key: &str) -> String {
     base64(d.as_ref())
 }
 
-/// The HTTP head of a message: its first line and its headers (names in
-/// lower case).
-struct Head {
-    first: String,
-    headers: Vec<(String, String)>,
+/// HTTP's optional whitespace around a header value (RFC 9110 5.6.3).
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
 }
 
-impl Head {
-    fn parse(raw: &[u8]) -> io::Result<Head> {
+/// The HTTP head of a message, borrowed from the bytes read: its first
+/// line and its header lines, parsed when asked (nothing is allocated, so
+/// a head of thousands of tiny headers costs no memory).
+struct Head<'a> {
+    first: &'a str,
+    rest: &'a str,
+}
+
+impl<'a> Head<'a> {
+    /// `raw` is the head up to and including its blank line.
+    fn parse(raw: &'a [u8]) -> io::Result<Head<'a>> {
         let text = std::str::from_utf8(raw).map_err(|_| bad("the HTTP head is not text"))?;
-        let mut lines = text.split("\r\n");
-        let first = lines.next().unwrap_or_default().to_string();
-        let mut headers = Vec::new();
-        for l in lines.filter(|l| !l.is_empty()) {
-            let (k, v) = l.split_once(':').ok_or_else(|| bad("malformed HTTP header line"))?;
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        let (first, rest) = text.split_once("\r\n").unwrap_or((text, ""));
+        if rest.split("\r\n").any(|l| !l.is_empty() && !l.contains(':')) {
+            return Err(bad("malformed HTTP header line"));
         }
-        Ok(Head { first, headers })
+        Ok(Head { first, rest })
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    /// (name, value) of every header line, trimmed, in order.
+    fn headers(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.rest.split("\r\n").filter_map(|l| l.split_once(':')).map(|(k, v)| (trim_ows(k), trim_ows(v)))
     }
 
-    /// The header lists `token` (comma-separated, case-insensitive).
+    /// The first header called `name` (case-insensitive).
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.headers().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    /// A header called `name` lists `token` (comma-separated,
+    /// case-insensitive).
     fn has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .any(|(_, v)| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        self.headers()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .any(|(_, v)| v.split(',').any(|t| trim_ows(t).eq_ignore_ascii_case(token)))
     }
 }
 
-/// Reads an HTTP head, one byte at a time so that nothing after it is
-/// consumed; resumable across `WouldBlock`. Ok(true) once complete.
-fn read_head<S: Read>(sock: &mut S, buf: &mut Vec<u8>) -> io::Result<bool> {
-    let mut b = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
+/// Reads an HTTP head in chunks of up to `HEAD_READ` bytes, resumable
+/// across `WouldBlock` (the bytes so far stay in `buf`). Ok(n) once the
+/// head is complete: it is `buf[..n]`, blank line included, and the bytes
+/// after it (a client's pipelined frames, a server's first frames sent with
+/// its response) were read too and belong to the WebSocket reader. At most
+/// `MAX_HTTP_HEADER` bytes are ever read or held.
+fn read_head<S: Read>(sock: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut chunk = [0u8; HEAD_READ];
+    loop {
         if buf.len() >= MAX_HTTP_HEADER {
             return Err(bad(format!("HTTP head longer than {MAX_HTTP_HEADER} bytes")));
         }
-        match sock.read(&mut b)? {
+        let want = (MAX_HTTP_HEADER - buf.len()).min(HEAD_READ);
+        let n = match sock.read(&mut chunk[..want])? {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            _ => buf.push(b[0]),
+            n => n,
+        };
+        // The blank line may straddle the previous read.
+        let from = buf.len().saturating_sub(3);
+        reserve_within(buf, n, MAX_HTTP_HEADER)?;
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(from + i + 4);
         }
     }
-    Ok(true)
+}
+
+/// Takes the bytes after a complete head out of `buf` (moved to the
+/// front, in its own allocation: nothing new is allocated) and frees `buf`
+/// if none are left.
+fn after_head(buf: &mut Vec<u8>, head_len: usize) -> Vec<u8> {
+    buf.drain(..head_len);
+    let rest = std::mem::take(buf);
+    if rest.is_empty() {
+        Vec::new()
+    } else {
+        rest
+    }
+}
+
+/// A completed server handshake.
+#[derive(Debug)]
+pub struct Upgrade {
+    /// The 101 response, to be sent before any frame.
+    pub response: Vec<u8>,
+    /// Bytes the client sent after its request (pipelined frames): the
+    /// WebSocket reader must take them first (`WsReader::push_input`).
+    pub rest: Vec<u8>,
 }
 
 /// The server's side of the upgrade, fed the bytes that arrive.
@@ -115,12 +208,21 @@ impl ServerHandshake {
         ServerHandshake { path: path.to_string(), buf: Vec::new() }
     }
 
-    /// Reads the request. Ok(Some(response)) once it is complete and
-    /// valid: the response must be sent before any frame. A refusal is
-    /// Err(InvalidData), with the HTTP error response to send in `reply`.
-    pub fn advance<S: Read>(&mut self, sock: &mut S, reply: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
-        read_head(sock, &mut self.buf)?;
-        let head = Head::parse(&self.buf)?;
+    /// Reads the request: Err(WouldBlock) until it is complete, then
+    /// Ok(Upgrade) if it is valid. A refusal is Err(InvalidData), with the
+    /// HTTP error response to send in `reply` (fixed text, whatever the
+    /// request said); a head that is not text, has a line without a colon,
+    /// or is too long is refused with no reply.
+    pub fn advance<S: Read>(&mut self, sock: &mut S, reply: &mut Vec<u8>) -> io::Result<Upgrade> {
+        let end = read_head(sock, &mut self.buf)?;
+        let resp = {
+            let head = Head::parse(&self.buf[..end])?;
+            Self::respond(&head, &self.path, reply)?
+        };
+        Ok(Upgrade { response: resp.into_bytes(), rest: after_head(&mut self.buf, end) })
+    }
+
+    fn respond(head: &Head, path: &str, reply: &mut Vec<u8>) -> io::Result<String> {
         let refuse = |reply: &mut Vec<u8>, status: &str, why: String| {
             reply.extend_from_slice(format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").as_bytes());
             Err(bad(why))
@@ -128,12 +230,12 @@ impl ServerHandshake {
         let mut parts = head.first.split(' ');
         let (method, target, version) = (parts.next(), parts.next(), parts.next());
         if method != Some("GET") || version != Some("HTTP/1.1") {
-            return refuse(reply, "400 Bad Request", format!("not a WebSocket upgrade request: '{}'", head.first));
+            return refuse(reply, "400 Bad Request", format!("not a WebSocket upgrade request: '{}'", quoted(head.first)));
         }
         let target = target.unwrap_or_default();
-        let path = target.split('?').next().unwrap_or_default();
-        if path != self.path {
-            return refuse(reply, "404 Not Found", format!("request for path '{path}', listening at '{}'", self.path));
+        let asked = target.split('?').next().unwrap_or_default();
+        if asked != path {
+            return refuse(reply, "404 Not Found", format!("request for path '{}', listening at '{path}'", quoted(asked)));
         }
         if !head.has_token("upgrade", "websocket") || !head.has_token("connection", "upgrade") {
             return refuse(reply, "400 Bad Request", "the request does not ask for a WebSocket upgrade".into());
@@ -153,8 +255,7 @@ impl ServerHandshake {
             resp.push_str(&format!("Sec-WebSocket-Protocol: {SP_SUBPROTOCOL}\r\n"));
         }
         resp.push_str("\r\n");
-        self.buf = Vec::new();
-        Ok(Some(resp.into_bytes()))
+        Ok(resp)
     }
 }
 
@@ -169,23 +270,30 @@ pub fn client_request(host: &str, path: &str) -> io::Result<(Vec<u8>, String)> {
     Ok((req.into_bytes(), key))
 }
 
-/// Reads and checks the server's response to `client_request` (resumable
-/// across `WouldBlock`, like `read_head`). Ok(true) once accepted.
-pub fn client_response<S: Read>(sock: &mut S, buf: &mut Vec<u8>, key: &str) -> io::Result<bool> {
-    read_head(sock, buf)?;
-    let head = Head::parse(buf)?;
-    if !head.first.starts_with("HTTP/1.1 101") {
-        return Err(bad(format!("the server refused the upgrade: '{}'", head.first)));
-    }
-    if head.get("sec-websocket-accept") != Some(accept_key(key).as_str()) {
-        return Err(bad("the server's Sec-WebSocket-Accept does not match"));
-    }
-    if let Some(p) = head.get("sec-websocket-protocol") {
-        if p != SP_SUBPROTOCOL {
-            return Err(bad(format!("the server chose subprotocol '{p}'")));
+/// Reads and checks the server's response to `client_request`, resumable
+/// across `WouldBlock` like `read_head` (`buf` keeps the bytes so far).
+/// Ok(rest) once accepted: `rest` are the bytes the server sent after its
+/// response (its first frames, often in the same segment), which the
+/// WebSocket reader must take first (`WsReader::push_input`).
+pub fn client_response<S: Read>(sock: &mut S, buf: &mut Vec<u8>, key: &str) -> io::Result<Vec<u8>> {
+    let end = read_head(sock, buf)?;
+    {
+        let head = Head::parse(&buf[..end])?;
+        // "HTTP/1.1 101", then the end or a reason phrase ("1010" is no 101).
+        let status = head.first.strip_prefix("HTTP/1.1 101");
+        if !status.is_some_and(|r| r.is_empty() || r.starts_with(' ')) {
+            return Err(bad(format!("the server refused the upgrade: '{}'", quoted(head.first))));
+        }
+        if head.get("sec-websocket-accept") != Some(accept_key(key).as_str()) {
+            return Err(bad("the server's Sec-WebSocket-Accept does not match"));
+        }
+        if let Some(p) = head.get("sec-websocket-protocol") {
+            if p != SP_SUBPROTOCOL {
+                return Err(bad(format!("the server chose subprotocol '{}'", quoted(p))));
+            }
         }
     }
-    Ok(true)
+    Ok(after_head(buf, end))
 }
 
 /// A small PRNG for frame masks (RFC 6455 wants them unpredictable to
@@ -247,9 +355,11 @@ pub struct WsWriter {
     len_buf: [u8; 8],
     len_have: usize,
     body_left: u64,
+    /// Frames on their way to the socket: at most `CHUNK` of a message, a
+    /// frame header and one control frame (see `flush` and `write`).
     out: Vec<u8>,
     out_pos: usize,
-    /// Control frames waiting for a message boundary.
+    /// At most one control frame (a pong) waiting for a message boundary.
     ctrl: Vec<u8>,
     /// Frames may go out (the handshake is done).
     pub ready: bool,
@@ -278,44 +388,66 @@ impl WsWriter {
         self.out.extend_from_slice(b);
     }
 
-    /// Queues a control frame (a pong, say); it goes out between messages.
-    pub fn queue_control(&mut self, opcode: u8, payload: &[u8]) {
+    /// Queues a pong answering a ping with `payload` (at most
+    /// `MAX_CONTROL` bytes; longer is cut); it goes out between messages.
+    /// A pong not yet sent is replaced, as RFC 6455 5.5.3 allows: a peer
+    /// that pings and never reads gets one pong, not a growing queue.
+    pub fn queue_pong(&mut self, payload: &[u8]) {
+        let payload = &payload[..payload.len().min(MAX_CONTROL)];
         let mask = self.masks.as_mut().map(MaskGen::next);
-        let mut f = Vec::with_capacity(payload.len() + 14);
-        frame_header(&mut f, opcode, payload.len() as u64, mask);
-        let start = f.len();
-        f.extend_from_slice(payload);
+        self.ctrl.clear();
+        // Sized once for the largest pong, so it never grows by doubling.
+        self.ctrl.reserve_exact(MAX_CONTROL_FRAME);
+        frame_header(&mut self.ctrl, 0xa, payload.len() as u64, mask);
+        let start = self.ctrl.len();
+        self.ctrl.extend_from_slice(payload);
         if let Some(k) = mask {
-            apply_mask(&mut f[start..], k, 0);
+            apply_mask(&mut self.ctrl[start..], k, 0);
         }
-        self.ctrl.extend_from_slice(&f);
     }
 
     fn at_boundary(&self) -> bool {
         self.body_left == 0 && self.len_have == 0
     }
 
+    /// Bytes wait for the socket (the handshake response, frames, a pong).
     pub fn wants_write(&self) -> bool {
         self.out_pos < self.out.len() || (!self.ctrl.is_empty() && self.ready)
     }
 
+    /// Bytes allocated for output. Pings alone make it hold at most two
+    /// pongs (`MAX_CONTROL_FRAME` each): one on its way, one waiting.
+    /// With data, `out` holds at most `CHUNK` bytes of what this side
+    /// writes, a frame header and a pong, whatever the peer sends
+    /// (tests/ws_fuzz.rs).
+    pub fn allocated(&self) -> usize {
+        self.out.capacity() + self.ctrl.capacity()
+    }
+
     /// Sends what is queued; `WouldBlock` if the socket would not take it all.
     pub fn flush<S: Write>(&mut self, sock: &mut S) -> io::Result<()> {
-        if self.ready && self.at_boundary() && !self.ctrl.is_empty() {
-            let c = std::mem::take(&mut self.ctrl);
-            self.out.extend_from_slice(&c);
-        }
-        while self.out_pos < self.out.len() {
-            match sock.write(&self.out[self.out_pos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        loop {
+            while self.out_pos < self.out.len() {
+                match sock.write(&self.out[self.out_pos..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.out_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             }
+            self.out.clear();
+            self.out_pos = 0;
+            // The pending pong goes out only once `out` has drained: moved
+            // in while `out` still held an earlier one, every ping from a
+            // peer that never reads would add a frame.
+            if self.ready && self.at_boundary() && !self.ctrl.is_empty() {
+                self.out.reserve_exact(self.ctrl.len());
+                self.out.extend_from_slice(&self.ctrl);
+                self.ctrl.clear();
+                continue;
+            }
+            return sock.flush();
         }
-        self.out.clear();
-        self.out_pos = 0;
-        sock.flush()
     }
 
     /// Takes SP-over-TCP bytes; returns how many were taken into frames.
@@ -337,8 +469,9 @@ impl WsWriter {
                     break;
                 }
                 if self.len_have == 0 && !self.ctrl.is_empty() {
-                    let c = std::mem::take(&mut self.ctrl);
-                    self.out.extend_from_slice(&c);
+                    // `flush` above emptied `out` of earlier pongs.
+                    self.out.extend_from_slice(&self.ctrl);
+                    self.ctrl.clear();
                 }
                 let n = (8 - self.len_have).min(rest.len());
                 self.len_buf[self.len_have..self.len_have + n].copy_from_slice(&rest[..n]);
@@ -387,12 +520,61 @@ enum Payload {
     Control(u8),
 }
 
+/// A ping's payload, for the writer's pong: a fixed array, so pings cost
+/// no allocation.
+#[derive(Clone, Copy)]
+pub struct Pong {
+    buf: [u8; MAX_CONTROL],
+    len: usize,
+}
+
+impl Pong {
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Bytes read past the end of the HTTP head, taken before the socket.
+#[derive(Default)]
+struct Input {
+    pre: Vec<u8>,
+    pos: usize,
+}
+
+impl Input {
+    fn read<S: Read>(&mut self, sock: &mut S, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos < self.pre.len() {
+            let n = (self.pre.len() - self.pos).min(out.len());
+            out[..n].copy_from_slice(&self.pre[self.pos..self.pos + n]);
+            self.pos += n;
+            if self.pos == self.pre.len() {
+                *self = Input::default();
+            }
+            return Ok(n);
+        }
+        sock.read(out)
+    }
+
+    fn pending(&self) -> bool {
+        self.pos < self.pre.len()
+    }
+}
+
 /// WebSocket frames in, SP-over-TCP bytes out.
 pub struct WsReader {
     /// A server expects masked frames, a client unmasked ones.
     server: bool,
-    syn: Vec<u8>,
+    /// The largest message accepted (see `set_message_limit`).
+    limit: u64,
+    input: Input,
+    /// Synthetic bytes for the caller (the SP header, a length prefix):
+    /// `syn[syn_pos..syn_len]`, never more than 16 bytes.
+    syn: [u8; 16],
     syn_pos: usize,
+    syn_len: usize,
+    /// A completed fragmented message, handed out after its length prefix.
+    gathered: Vec<u8>,
+    gathered_pos: usize,
     hdr: [u8; 14],
     hdr_have: usize,
     left: u64,
@@ -400,19 +582,36 @@ pub struct WsReader {
     mask_pos: usize,
     kind: Payload,
     fin: bool,
+    /// The fragmented message being gathered; Some between its first
+    /// frame and its last.
     frag: Option<Vec<u8>>,
-    ctrl: Vec<u8>,
-    /// A ping's payload, to be answered with a pong by the writer.
-    pub pong: Option<Vec<u8>>,
+    /// Its length when complete, as far as the headers so far tell.
+    frag_claimed: u64,
+    ctrl: [u8; MAX_CONTROL],
+    ctrl_len: usize,
+    pong: Option<Pong>,
     closed: bool,
+    /// A protocol error was returned: every later read returns one too
+    /// (the state it left is not to be read on from).
+    broken: bool,
 }
 
 impl WsReader {
-    pub fn new(server: bool) -> Self {
+    /// `limit`: the largest message accepted until `set_message_limit`
+    /// says otherwise; `proto::HANDSHAKE_LIMIT` for a peer that has not
+    /// authenticated.
+    pub fn new(server: bool, limit: u64) -> Self {
+        let mut syn = [0u8; 16];
+        syn[..SP_HEADER.len()].copy_from_slice(&SP_HEADER);
         WsReader {
             server,
-            syn: SP_HEADER.to_vec(),
+            limit,
+            input: Input::default(),
+            syn,
             syn_pos: 0,
+            syn_len: SP_HEADER.len(),
+            gathered: Vec::new(),
+            gathered_pos: 0,
             hdr: [0; 14],
             hdr_have: 0,
             left: 0,
@@ -421,23 +620,61 @@ impl WsReader {
             kind: Payload::Direct,
             fin: true,
             frag: None,
-            ctrl: Vec::new(),
+            frag_claimed: 0,
+            ctrl: [0; MAX_CONTROL],
+            ctrl_len: 0,
             pong: None,
             closed: false,
+            broken: false,
         }
     }
 
-    /// Bytes are ready without reading the socket.
+    /// The largest message accepted from now on: a data frame longer, or a
+    /// fragmented message whose frames add up to more (or to more than
+    /// `MAX_FRAGMENTED`), is an error when its header arrives. A frame
+    /// already under way is not checked again.
+    pub fn set_message_limit(&mut self, limit: u64) {
+        self.limit = limit;
+    }
+
+    pub fn message_limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes that arrived before the reader was made (read past the end of
+    /// the HTTP head): they are read before the socket.
+    pub fn push_input(&mut self, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            self.input = Input { pre: bytes, pos: 0 };
+        }
+    }
+
+    /// The payload of the latest ping not yet answered, if any.
+    pub fn take_pong(&mut self) -> Option<Pong> {
+        self.pong.take()
+    }
+
+    /// Bytes are ready, or input waits, without reading the socket (poll
+    /// would not report them).
     pub fn has_buffered(&self) -> bool {
-        self.syn_pos < self.syn.len()
+        self.syn_pos < self.syn_len || self.gathered_pos < self.gathered.len() || self.input.pending()
     }
 
-    fn emit(&mut self, b: &[u8]) {
-        if self.syn_pos == self.syn.len() {
-            self.syn.clear();
+    /// Bytes this reader has allocated: a fragmented message (gathered or
+    /// being handed out) and input read past the HTTP head.
+    pub fn allocated(&self) -> usize {
+        self.frag.as_ref().map_or(0, Vec::capacity) + self.gathered.capacity() + self.input.pre.capacity()
+    }
+
+    fn emit_len(&mut self, len: u64) {
+        if self.syn_pos == self.syn_len {
             self.syn_pos = 0;
+            self.syn_len = 0;
         }
-        self.syn.extend_from_slice(b);
+        // Room: a length is emitted only once earlier output is handed
+        // out, except right after the SP header (8 + 8 bytes).
+        self.syn[self.syn_len..self.syn_len + 8].copy_from_slice(&len.to_be_bytes());
+        self.syn_len += 8;
     }
 
     fn unmask(&mut self, data: &mut [u8]) {
@@ -450,14 +687,36 @@ impl WsReader {
     /// Reads SP-over-TCP bytes; Ok(0) at the end of the stream (a close
     /// frame or the socket's end).
     pub fn read<S: Read>(&mut self, sock: &mut S, buf: &mut [u8]) -> io::Result<usize> {
+        if self.broken {
+            return Err(bad("the stream broke earlier"));
+        }
+        let res = self.read_frames(sock, buf);
+        if res.as_ref().is_err_and(|e| matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::OutOfMemory)) {
+            self.broken = true;
+            self.frag = None;
+        }
+        res
+    }
+
+    fn read_frames<S: Read>(&mut self, sock: &mut S, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
         loop {
-            if self.syn_pos < self.syn.len() {
-                let n = (self.syn.len() - self.syn_pos).min(buf.len());
+            if self.syn_pos < self.syn_len {
+                let n = (self.syn_len - self.syn_pos).min(buf.len());
                 buf[..n].copy_from_slice(&self.syn[self.syn_pos..self.syn_pos + n]);
                 self.syn_pos += n;
+                return Ok(n);
+            }
+            if self.gathered_pos < self.gathered.len() {
+                let n = (self.gathered.len() - self.gathered_pos).min(buf.len());
+                buf[..n].copy_from_slice(&self.gathered[self.gathered_pos..self.gathered_pos + n]);
+                self.gathered_pos += n;
+                if self.gathered_pos == self.gathered.len() {
+                    self.gathered = Vec::new();
+                    self.gathered_pos = 0;
+                }
                 return Ok(n);
             }
             if self.closed {
@@ -466,7 +725,7 @@ impl WsReader {
             if self.left > 0 {
                 if self.kind == Payload::Direct {
                     let want = self.left.min(buf.len() as u64) as usize;
-                    let n = sock.read(&mut buf[..want])?;
+                    let n = self.input.read(sock, &mut buf[..want])?;
                     if n == 0 {
                         return Ok(0);
                     }
@@ -476,7 +735,7 @@ impl WsReader {
                 }
                 let mut tmp = [0u8; 16 * 1024];
                 let want = self.left.min(tmp.len() as u64) as usize;
-                let n = sock.read(&mut tmp[..want])?;
+                let n = self.input.read(sock, &mut tmp[..want])?;
                 if n == 0 {
                     return Ok(0);
                 }
@@ -485,13 +744,22 @@ impl WsReader {
                 match self.kind {
                     Payload::Gather => {
                         let f = self.frag.get_or_insert_with(Vec::new);
-                        f.try_reserve(n).map_err(|_| bad("out of memory for a fragmented message"))?;
+                        // Never past this frame's end, which the header
+                        // check kept within the limit.
+                        let frame_end = (f.len() + n).saturating_add(self.left as usize);
+                        reserve_within(f, n, frame_end)?;
                         f.extend_from_slice(&tmp[..n]);
                     }
-                    _ => self.ctrl.extend_from_slice(&tmp[..n]),
+                    _ => {
+                        // `left` started at most MAX_CONTROL (checked in
+                        // the header): this fits.
+                        let end = (self.ctrl_len + n).min(MAX_CONTROL);
+                        self.ctrl[self.ctrl_len..end].copy_from_slice(&tmp[..end - self.ctrl_len]);
+                        self.ctrl_len = end;
+                    }
                 }
                 if self.left == 0 {
-                    self.end_frame()?;
+                    self.end_frame();
                 }
                 continue;
             }
@@ -517,7 +785,7 @@ impl WsReader {
             if self.hdr_have == need {
                 break;
             }
-            let n = sock.read(&mut self.hdr[self.hdr_have..need])?;
+            let n = self.input.read(sock, &mut self.hdr[self.hdr_have..need])?;
             if n == 0 {
                 return Ok(false);
             }
@@ -537,7 +805,7 @@ impl WsReader {
         }
         let (len, at) = match h[1] & 0x7f {
             126 => (u16::from_be_bytes([h[2], h[3]]) as u64, 4),
-            127 => (u64::from_be_bytes(h[2..10].try_into().unwrap_or_default()), 10),
+            127 => (u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]), 10),
             l => (l as u64, 2),
         };
         if len >> 63 != 0 {
@@ -550,19 +818,23 @@ impl WsReader {
         self.fin = fin;
         match opcode {
             0x8..=0xa => {
-                if !fin || len > 125 {
+                if !fin || len > MAX_CONTROL as u64 {
                     return Err(bad("malformed control frame"));
                 }
                 self.kind = Payload::Control(opcode);
-                self.ctrl.clear();
+                self.ctrl_len = 0;
             }
             0x2 if self.frag.is_some() => return Err(bad("a new message inside a fragmented one")),
             0x2 if fin => {
+                if len > self.limit {
+                    return Err(bad(format!("a message of {len} bytes, over the limit of {}", self.limit)));
+                }
                 self.kind = Payload::Direct;
-                self.emit(&len.to_be_bytes());
+                self.emit_len(len);
             }
             0x2 => {
                 self.kind = Payload::Gather;
+                self.frag_claimed = 0;
                 self.frag = Some(Vec::new());
             }
             0x0 if self.frag.is_none() => return Err(bad("a continuation frame outside a message")),
@@ -571,31 +843,41 @@ impl WsReader {
             op => return Err(bad(format!("unknown opcode {op:#x}"))),
         }
         if self.kind == Payload::Gather {
-            let have = self.frag.as_ref().map_or(0, |f| f.len() as u64);
-            if have.saturating_add(len) > MAX_FRAGMENTED {
-                return Err(bad(format!("fragmented message over {MAX_FRAGMENTED} bytes")));
+            // Checked on the running total of the headers' claims, before
+            // any of this frame's bytes arrive: memory for a fragmented
+            // message stays within the limit however it is cut up.
+            let cap = self.limit.min(MAX_FRAGMENTED);
+            let total = self.frag_claimed.saturating_add(len);
+            if total > cap {
+                return Err(bad(format!("a fragmented message of {total} bytes or more, over the limit of {cap}")));
             }
+            self.frag_claimed = total;
         }
         if len == 0 {
-            self.end_frame()?;
+            self.end_frame();
         }
         Ok(true)
     }
 
-    fn end_frame(&mut self) -> io::Result<()> {
+    fn end_frame(&mut self) {
         match self.kind {
             Payload::Direct => {}
             Payload::Gather if self.fin => {
                 let f = self.frag.take().unwrap_or_default();
-                self.emit(&(f.len() as u64).to_be_bytes());
-                self.emit(&f);
+                self.emit_len(f.len() as u64);
+                // Handed out from its own buffer: no second copy.
+                self.gathered = f;
+                self.gathered_pos = 0;
             }
             Payload::Gather => {}
             Payload::Control(0x8) => self.closed = true,
-            Payload::Control(0x9) => self.pong = Some(std::mem::take(&mut self.ctrl)),
+            Payload::Control(0x9) => {
+                let mut p = Pong { buf: [0; MAX_CONTROL], len: self.ctrl_len };
+                p.buf[..self.ctrl_len].copy_from_slice(&self.ctrl[..self.ctrl_len]);
+                self.pong = Some(p);
+            }
             Payload::Control(_) => {}
         }
-        Ok(())
     }
 }
 
@@ -687,9 +969,9 @@ mod tests {
             // No SP header on the wire; each message is one FIN binary frame.
             assert_eq!(sock.out[0], 0x82);
             assert_eq!(sock.out[1] & 0x80 != 0, client);
-            let mut r = WsReader::new(client);
+            let mut r = WsReader::new(client, u64::MAX);
             for chunk in [1, 7, 65536] {
-                let mut r2 = WsReader::new(client);
+                let mut r2 = WsReader::new(client, u64::MAX);
                 assert_eq!(read_all(&mut r2, sock.out.clone(), chunk), stream, "chunk {chunk}");
             }
             assert_eq!(read_all(&mut r, sock.out, 4096), stream);
@@ -713,10 +995,10 @@ mod tests {
             apply_mask(&mut f[s..], k, 0);
             wire.extend(f);
         }
-        let mut r = WsReader::new(true);
+        let mut r = WsReader::new(true, u64::MAX);
         let out = read_all(&mut r, wire, 3);
         assert_eq!(out, sp_stream(&[b"abcd"]));
-        assert_eq!(r.pong.as_deref(), Some(&b"hi"[..]));
+        assert_eq!(r.take_pong().map(|p| p.payload().to_vec()), Some(b"hi".to_vec()));
     }
 
     #[test]
@@ -733,7 +1015,7 @@ mod tests {
             (false, vec![0x02, 127, 0, 0, 0, 1, 0, 0, 0, 0]),       // fragment over the cap
         ];
         for (server, wire) in cases {
-            let mut r = WsReader::new(server);
+            let mut r = WsReader::new(server, u64::MAX);
             let mut buf = [0u8; 64];
             let mut c = Cursor::new(wire.clone());
             let mut res = Ok(1);
@@ -750,11 +1032,13 @@ mod tests {
         let (req, key) = client_request("127.0.0.1:5555", "/p").unwrap();
         let mut hs = ServerHandshake::new("/p");
         let mut reply = Vec::new();
-        let resp = hs.advance(&mut Cursor::new(req.clone()), &mut reply).unwrap().unwrap();
+        let up = hs.advance(&mut Cursor::new(req.clone()), &mut reply).unwrap();
+        assert!(up.rest.is_empty());
+        let resp = up.response;
         let text = String::from_utf8(resp.clone()).unwrap();
         assert!(text.contains("Sec-WebSocket-Protocol: pair1.sp.nanomsg.org"));
         let mut buf = Vec::new();
-        assert!(client_response(&mut Cursor::new(resp), &mut buf, &key).unwrap());
+        assert!(client_response(&mut Cursor::new(resp), &mut buf, &key).unwrap().is_empty());
         // Wrong path: 404; not an upgrade: 400; too long: refused.
         let mut reply = Vec::new();
         let e = ServerHandshake::new("/other").advance(&mut Cursor::new(req), &mut reply).unwrap_err();
@@ -772,5 +1056,189 @@ mod tests {
         // A response with the wrong accept key is refused by the client.
         let bad = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: xyz\r\n\r\n".to_vec();
         assert!(client_response(&mut Cursor::new(bad), &mut Vec::new(), &key).is_err());
+    }
+
+    /// Masked client frames (server view) with mask `k`.
+    fn client_frames(frames: &[(u8, bool, &[u8])]) -> Vec<u8> {
+        let k = [9, 8, 7, 6];
+        let mut wire = Vec::new();
+        for &(op, fin, p) in frames {
+            let mut f = Vec::new();
+            frame_header(&mut f, op, p.len() as u64, Some(k));
+            if !fin {
+                f[0] &= 0x7f;
+            }
+            let s = f.len();
+            f.extend_from_slice(p);
+            apply_mask(&mut f[s..], k, 0);
+            wire.extend(f);
+        }
+        wire
+    }
+
+    fn read_until_err(r: &mut WsReader, wire: Vec<u8>) -> (Vec<u8>, io::Result<usize>) {
+        let mut c = Cursor::new(wire);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 100];
+        loop {
+            match r.read(&mut c, &mut buf) {
+                Ok(0) => return (out, Ok(0)),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => return (out, Err(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn the_message_limit_holds_for_frames_and_fragments_and_can_be_raised() {
+        let m = [5u8; 10];
+        // Unfragmented: 10 bytes pass a limit of 10, not of 9; the header
+        // alone is refused (no payload needed).
+        let (out, end) = read_until_err(&mut WsReader::new(true, 10), client_frames(&[(0x2, true, &m)]));
+        assert_eq!((out, end.unwrap()), (sp_stream(&[&m]), 0));
+        let mut hdr = client_frames(&[(0x2, true, &m)]);
+        hdr.truncate(6);
+        let (_, end) = read_until_err(&mut WsReader::new(true, 9), hdr);
+        assert!(end.unwrap_err().to_string().contains("over the limit of 9"));
+        // Fragmented: 4 + 4 + 2 passes 10; 4 + 4 + 3 is refused at the
+        // third header, whatever pings come between.
+        let ok = client_frames(&[(0x2, false, &m[..4]), (0x9, true, b"p"), (0x0, false, &m[..4]), (0x0, true, &m[..2])]);
+        let (out, end) = read_until_err(&mut WsReader::new(true, 10), ok);
+        assert_eq!((out, end.unwrap()), (sp_stream(&[&m]), 0));
+        let mut over = client_frames(&[(0x2, false, &m[..4]), (0x0, false, &m[..4]), (0x0, true, &m[..3])]);
+        over.truncate(over.len() - 3);
+        let mut r = WsReader::new(true, 10);
+        let (out, end) = read_until_err(&mut r, over);
+        assert_eq!(out, SP_HEADER);
+        assert!(end.unwrap_err().to_string().contains("over the limit of 10"));
+        assert_eq!(r.allocated(), 0);
+        // Later reads stay errors.
+        assert!(r.read(&mut Cursor::new(vec![0x82, 0x80, 0, 0, 0, 0]), &mut [0u8; 8]).is_err());
+        // MAX_FRAGMENTED caps fragments whatever the limit.
+        let mut r = WsReader::new(false, u64::MAX);
+        let mut wire = vec![0x02, 127];
+        wire.extend((MAX_FRAGMENTED + 1).to_be_bytes());
+        assert!(read_until_err(&mut r, wire).1.is_err());
+        // Raised after the first message: the second may be longer.
+        let big = [1u8; 50];
+        let wire = client_frames(&[(0x2, true, &m), (0x2, true, &big)]);
+        let mut r = WsReader::new(true, 10);
+        let mut c = Cursor::new(wire);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        while out.len() < 8 + 8 + 10 {
+            let n = r.read(&mut c, &mut buf).unwrap();
+            out.extend_from_slice(&buf[..n]);
+        }
+        r.set_message_limit(50);
+        loop {
+            match r.read(&mut c, &mut buf).unwrap() {
+                0 => break,
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert_eq!(out, sp_stream(&[&m, &big]));
+    }
+
+    #[test]
+    fn bytes_after_the_http_head_reach_the_reader() {
+        let (req, key) = client_request("h:1", "/").unwrap();
+        let frames = client_frames(&[(0x2, true, b"hello"), (0x2, true, b"again")]);
+        // Server side: a client that pipelines its first frames.
+        let mut wire = req.clone();
+        wire.extend_from_slice(&frames);
+        let mut sock = Cursor::new(wire);
+        let up = ServerHandshake::new("/").advance(&mut sock, &mut Vec::new()).unwrap();
+        assert!(!up.rest.is_empty());
+        let mut r = WsReader::new(true, 100);
+        r.push_input(up.rest);
+        assert!(r.has_buffered());
+        let mut out = Vec::new();
+        let mut buf = [0u8; 3];
+        loop {
+            match r.read(&mut sock, &mut buf).unwrap() {
+                0 => break,
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert_eq!(out, sp_stream(&[b"hello", b"again"]));
+        // Client side: the host's first frame in the response's segment.
+        let mut resp = ServerHandshake::new("/").advance(&mut Cursor::new(req), &mut Vec::new()).unwrap().response;
+        resp.extend_from_slice(&[0x82, 2, b'h', b'i']);
+        let rest = client_response(&mut Cursor::new(resp), &mut Vec::new(), &key).unwrap();
+        assert_eq!(rest, [0x82, 2, b'h', b'i']);
+    }
+
+    #[test]
+    fn the_http_head_is_read_in_chunks() {
+        struct Counted(Cursor<Vec<u8>>, usize);
+        impl Read for Counted {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                self.1 += 1;
+                self.0.read(b)
+            }
+        }
+        let (req, _) = client_request("127.0.0.1:5555", "/p").unwrap();
+        let mut sock = Counted(Cursor::new(req), 0);
+        ServerHandshake::new("/p").advance(&mut sock, &mut Vec::new()).unwrap();
+        assert_eq!(sock.1, 1);
+        // A head of exactly MAX_HTTP_HEADER bytes passes; one more does not.
+        let pad = |n: usize| {
+            let mut h = b"GET /p HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX: "
+                .to_vec();
+            h.resize(n - 4, b'x');
+            h.extend_from_slice(b"\r\n\r\n");
+            h
+        };
+        assert!(ServerHandshake::new("/p").advance(&mut Cursor::new(pad(MAX_HTTP_HEADER)), &mut Vec::new()).is_ok());
+        let e = ServerHandshake::new("/p").advance(&mut Cursor::new(pad(MAX_HTTP_HEADER + 1)), &mut Vec::new());
+        assert!(e.err().unwrap().to_string().contains("longer"));
+    }
+
+    #[test]
+    fn a_peer_that_pings_and_never_reads_gets_one_pending_pong() {
+        struct Stuck(bool, Vec<u8>);
+        impl Write for Stuck {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                if self.0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                self.1.extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        for client in [false, true] {
+            let mut w = WsWriter::new(client);
+            w.ready = true;
+            let mut sock = Stuck(true, Vec::new());
+            for i in 0..10_000u32 {
+                w.queue_pong(&[i as u8; MAX_CONTROL]);
+                assert!(w.flush(&mut sock).is_err());
+                assert!(w.allocated() <= 2 * MAX_CONTROL_FRAME, "{}", w.allocated());
+            }
+            w.queue_pong(b"last");
+            sock.0 = false;
+            w.flush(&mut sock).unwrap();
+            // The pong that was on its way when the socket stuck, then the
+            // latest alone.
+            let (mut pongs, mut at) = (Vec::new(), 0);
+            while at < sock.1.len() {
+                let f = &sock.1[at..];
+                assert_eq!(f[0], 0x8a);
+                let (len, masked) = ((f[1] & 0x7f) as usize, f[1] & 0x80 != 0);
+                let start = 2 + if masked { 4 } else { 0 };
+                let mut p = f[start..start + len].to_vec();
+                if masked {
+                    apply_mask(&mut p, [f[2], f[3], f[4], f[5]], 0);
+                }
+                pongs.push(p);
+                at += start + len;
+            }
+            assert_eq!(pongs, [vec![0u8; MAX_CONTROL], b"last".to_vec()]);
+        }
     }
 }

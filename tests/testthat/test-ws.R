@@ -193,3 +193,126 @@ test_that("our daemon's upgrade and frames are read, and python's frames read ba
   expect_match(out, "subprotocol pair1.sp.nanomsg.org", fixed = TRUE)
   expect_match(out, "echo bytes [0-9]+")
 })
+
+# Unauthenticated ws:// peers, each upgrading and then sending one 64 MiB
+# message as non-final fragments (64 KiB for half of them, 1000 bytes for
+# the others, every fragment masked as a client's must be), never the last
+# one. Each reconnects as soon as the host cuts it off, until `secs` have
+# passed; then it prints what happened to its connections.
+flood_py <- c(
+  "import socket, struct, sys, threading, time",
+  "port, path, n, secs = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])",
+  "end = time.time() + secs",
+  "req = ('GET %s HTTP/1.1\\r\\nHost: 127.0.0.1:%d\\r\\nUpgrade: websocket\\r\\n'",
+  "       'Connection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n'",
+  "       'Sec-WebSocket-Version: 13\\r\\n\\r\\n' % (path, port)).encode()",
+  "TOTAL = 64 << 20",
+  "stats = {'connects': 0, 'upgraded': 0, 'cut': 0, 'completed': 0, 'bytes': 0}",
+  "lock = threading.Lock()",
+  "def count(k, v=1):",
+  "    with lock: stats[k] += v",
+  "def header(opcode, size):",
+  "    # No FIN bit; masked with a zero key (so the payload goes as it is).",
+  "    if size < 126: h = bytes([opcode, 0x80 | size])",
+  "    elif size < 65536: h = bytes([opcode, 0x80 | 126]) + struct.pack('>H', size)",
+  "    else: h = bytes([opcode, 0x80 | 127]) + struct.pack('>Q', size)",
+  "    return h + bytes(4)",
+  "def peer(i):",
+  "    size = 65536 if i % 2 == 0 else 1000",
+  "    data = bytes([i % 251]) * size",
+  "    first, cont = header(0x2, size) + data, header(0x0, size) + data",
+  "    while time.time() < end:",
+  "        s = None",
+  "        try:",
+  "            s = socket.create_connection(('127.0.0.1', port), timeout=5)",
+  "            count('connects')",
+  "            s.sendall(req)",
+  "            head = b''",
+  "            while b'\\r\\n\\r\\n' not in head:",
+  "                got = s.recv(4096)",
+  "                if not got: raise EOFError()",
+  "                head += got",
+  "            if not head.startswith(b'HTTP/1.1 101'): raise EOFError()",
+  "            count('upgraded')",
+  "            sent = 0",
+  "            while sent < TOTAL and time.time() < end:",
+  "                s.sendall(first if sent == 0 else cont)",
+  "                sent += size",
+  "                count('bytes', size)",
+  "            if sent >= TOTAL: count('completed')",
+  "        except (OSError, EOFError):",
+  "            count('cut')",
+  "        finally:",
+  "            if s is not None: s.close()",
+  "        time.sleep(0.05)",
+  "ts = [threading.Thread(target=peer, args=(i,), daemon=True) for i in range(n)]",
+  "for t in ts: t.start()",
+  "print('started', flush=True)",
+  "for t in ts: t.join(secs + 10)",
+  "print('flood', ' '.join('%s=%d' % kv for kv in sorted(stats.items())), flush=True)"
+)
+
+vm_rss_kb <- function() {
+  line <- grep("^VmRSS:", readLines("/proc/self/status"), value = TRUE)
+  as.numeric(gsub("[^0-9]", "", line))
+}
+
+test_that("64 unauthenticated ws:// peers flooding fragments: host RSS stays within 10 MB", {
+  py <- Sys.which("python3")
+  if (!nzchar(py)) skip("no python3 to play the unauthenticated WebSocket peers")
+  flood <- NULL
+  on.exit({
+    if (!is.null(flood)) {
+      flood$kill()
+      flood$wait(5000)
+    }
+    daemons(0)
+  })
+  daemons(url = "ws://127.0.0.1:0/flood")
+  launch_local(2)
+  expect_true(wait_until(function() status()$connections == 2L, 20))
+  port <- as.integer(sub(".*:([0-9]+).*", "\\1", status()$daemons))
+  # Warm up the task path, so that its own allocations are in the baseline.
+  expect_identical(unlist(mirai_map(1:20, function(i) i)[]), 1:20)
+  gc()
+  rss0 <- vm_rss_kb()
+  f <- tempfile(fileext = ".py")
+  writeLines(flood_py, f)
+  secs <- 6
+  flood <- processx::process$new(py, c("-u", f, port, "/flood", 64L, secs),
+                                 stdout = "|", stderr = "2>&1")
+  out <- ""
+  read_flood <- function() out <<- paste0(out, flood$read_output())
+  expect_true(wait_until(function() { read_flood(); grepl("started", out) }, 10))
+  # While they flood: RSS sampled, and the host's daemons given tasks.
+  samples <- numeric()
+  answered <- 0L
+  t_end <- Sys.time() + secs - 0.5
+  while (Sys.time() < t_end) {
+    m <- mirai(x + 1L, x = answered, .timeout = 5000)
+    if (identical(m[], answered + 1L)) answered <- answered + 1L
+    samples <- c(samples, vm_rss_kb())
+    Sys.sleep(0.1)
+  }
+  expect_true(wait_until(function() { read_flood(); !flood$is_alive() }, secs + 15))
+  read_flood()
+  rss1 <- vm_rss_kb()
+  # The figures, for the record.
+  cat(sprintf(paste("\nws flood: host VmRSS start %.1f MB, peak %.1f MB, end %.1f MB",
+                    "(%d samples); %d tasks answered; refused %d; %s\n"),
+              rss0 / 1024, max(samples) / 1024, rss1 / 1024, length(samples), answered,
+              status()$refused, sub(".*(flood [^\n]*).*", "\\1", out)), file = stderr())
+  expect_gte(length(samples), 10L)
+  expect_lt(max(samples) - rss0, 10 * 1024)
+  expect_lt(rss1 - rss0, 10 * 1024)
+  expect_identical(answered, length(samples))
+  # Every peer upgraded, none got its message through, every one was cut
+  # off, and each cut-off connection was counted as refused.
+  stat <- function(k) as.numeric(sub(sprintf(".*%s=([0-9]+).*", k), "\\1", out))
+  expect_match(out, "flood .*completed=0")
+  expect_gte(stat("upgraded"), 64)
+  expect_gte(stat("cut"), 64)
+  expect_gte(status()$refused, 64L)
+  expect_identical(status()$connections, 2L)
+  expect_false(flood$is_alive())
+})
