@@ -4,16 +4,19 @@
 #      R_HOME set, so extendr-ffi targets the installed R, not its 4.5 default).
 #   2. Install the package (R CMD INSTALL .) and run tests/testthat against the
 #      installed package.
+#      The installed library is also checked for entry points R 4.5 lists as
+#      non-API (tools/check-nonapi.sh).
 #   3. Check what users get: R CMD build (which vendors the crates into the
-#      tarball, see `cleanup`), then R CMD check --as-cran --no-manual on
-#      the tarball with no network and an empty CARGO_HOME
-#      (proof that it builds offline). The check fails on any ERROR or
-#      WARNING (NOTEs are listed, and explained in cran-comments.md).
+#      tarball, see `cleanup`), then R CMD check --as-cran --no-manual
+#      --no-tests on the tarball with no network and an empty CARGO_HOME
+#      (proof that it builds offline; the tests have just run in step 2).
+#      The check fails on any ERROR or WARNING (NOTEs are listed, and
+#      explained in cran-comments.md).
 # The last line printed is the summary, alone on its line:
 #   "N passed, N failed" (plus ", N skipped" when any were skipped),
 # counting R test_that() blocks (a block with any failed expectation or an
 # error counts as failed; otherwise a block with a skip counts as skipped),
-# Rust tests, and the tarball check as one test.
+# Rust tests, the non-API check and the tarball check as one test each.
 # Exit status is non-zero if cargo test failed, the install failed, any R
 # test failed or errored, or the tarball check failed.
 #
@@ -174,12 +177,12 @@ fi
 # installs the tarball itself (as CRAN does), here with no network (a new
 # network namespace with only loopback up, for the examples and vignettes)
 # and an empty CARGO_HOME: proof that the tarball builds from its vendored
-# crates alone. The check runs the tests again, from the tarball, as CRAN
-# would (NOT_CRAN unset: the long and root-only tests skip themselves).
+# crates alone. With --no-tests: step 3 has just run the same tests against
+# a package built from the same sources.
 check_status=-1
 if [ "$run_check" -eq 1 ]; then
   echo
-  echo "== R CMD build; R CMD check --as-cran --no-manual on the tarball, offline =="
+  echo "== R CMD build; R CMD check --as-cran --no-manual --no-tests on the tarball, offline =="
   cdir="$tmp/check"
   mkdir -p "$cdir/cargo-home"
   repo=$(pwd)
@@ -199,7 +202,7 @@ if [ "$run_check" -eq 1 ]; then
     fi
     (cd "$cdir" && CARGO_HOME="$cdir/cargo-home" "${offline[@]}" env -u NOT_CRAN \
        _R_CHECK_CRAN_INCOMING_REMOTE_=false _R_CHECK_SYSTEM_CLOCK_=false \
-       R CMD check --as-cran --no-manual "$tarball") > "$cdir/check.log" 2>&1 || true
+       R CMD check --as-cran --no-manual --no-tests "$tarball") > "$cdir/check.log" 2>&1 || true
     t2=$SECONDS
     clog="$cdir/mirai.Rcheck/00check.log"
     cstatus=$(grep -m1 '^Status:' "$clog" 2>/dev/null || true)
