@@ -49,7 +49,7 @@
 #'   objects, with classes `c("miraiCluster", "cluster")`). `stop_cluster()`:
 #'   NULL, invisibly.
 #' @seealso [daemons()]; [parallel::parLapply()] and the rest of parallel.
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' cl <- make_cluster(2)
 #' cl
 #' parallel::clusterEvalQ(cl, Sys.getpid())
@@ -138,7 +138,7 @@ print.miraiNode <- function(x, ...) {
 
 # future's as.cluster() (from parallelly), which plan(cluster, workers = )
 # applies: one node is a cluster of one.
-#' @rawNamespace S3method(parallelly::as.cluster, miraiNode)
+#' @exportS3Method parallelly::as.cluster
 as.cluster.miraiNode <- function(x, ...) {
   cluster_of(list(x), attr(x, "id"), sprintf("%s[%d]", .subset2(x, "cluster"), attr(x, "node")),
              .subset2(x, "prof"))
@@ -151,7 +151,7 @@ as.cluster.miraiNode <- function(x, ...) {
 # daemon runs `fun` on `args` as parallel's workers do (natively: see
 # rust/src/r/node.rs), so nothing is left in its global environment that
 # parallel itself would not leave.
-#' @rawNamespace S3method(parallel::sendData, miraiNode)
+#' @exportS3Method parallel::sendData
 sendData.miraiNode <- function(node, data) {
   # Interrupted (or failed) before the task is on record: parallel's caller
   # gives up on the tasks already sent to other nodes too.
@@ -183,7 +183,7 @@ sendData.miraiNode <- function(node, data) {
 # recvData() then hands them out first, one per call, as PSOCK's messages
 # would be; they arrive when the task is done, not live.
 
-#' @rawNamespace S3method(parallel::recvData, miraiNode)
+#' @exportS3Method parallel::recvData
 recvData.miraiNode <- function(node) {
   if (length(.subset2(node, "pending"))) return(next_pending(node))
   received <- FALSE
@@ -194,14 +194,14 @@ recvData.miraiNode <- function(node) {
 }
 
 # On a daemon: collects what future's wrapper sends (see above).
-#' @rawNamespace S3method(parallel::sendData, miraiRelay)
+#' @exportS3Method parallel::sendData
 sendData.miraiRelay <- function(node, data) {
   sink <- .subset2(node, "sink")
   sink$conds <- c(sink$conds, list(.subset2(data, "value")))
   invisible()
 }
 
-#' @rawNamespace S3method(parallel::recvOneData, miraiCluster)
+#' @exportS3Method parallel::recvOneData
 recvOneData.miraiCluster <- function(cl) {
   received <- FALSE
   on.exit(if (!received && length(cl)) drop_outstanding(.subset2(cl, 1L)))
@@ -215,7 +215,7 @@ recvOneData.miraiCluster <- function(cl) {
   r
 }
 
-#' @rawNamespace S3method(parallel::stopCluster, miraiCluster)
+#' @exportS3Method parallel::stopCluster
 stopCluster.miraiCluster <- function(cl) stop_cluster(cl)
 
 # ---- internals -----------------------------------------------------------

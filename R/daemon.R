@@ -68,7 +68,7 @@ check_limit <- function(x, what) {
 #' @examples
 #' # Exit codes returned by daemon():
 #' nextcode(0L)
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' # On the host:
 #' daemons(url = local_url(), auth = FALSE)
 #' url <- nextget("url")

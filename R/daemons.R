@@ -246,7 +246,7 @@ max_message <- function() {
 #' daemons(sync = TRUE)
 #' mirai(1 + 1)[]
 #' daemons(0)
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' daemons(2)
 #' status()
 #' m <- mirai(Sys.getpid())
@@ -363,7 +363,7 @@ print.miraiDaemons <- function(x, ...) {
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
 #' @return `n`, invisibly.
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' daemons(url = local_url())
 #' launch_local(1)
 #' Sys.sleep(1)
@@ -450,7 +450,7 @@ require_daemons <- function(.compute = NULL, call = environment()) {
 #' # No daemons set:
 #' info()
 #' status()
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' daemons(1)
 #' info()
 #' status()

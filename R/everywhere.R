@@ -50,7 +50,7 @@
 #' daemons(sync = TRUE)
 #' everywhere(Sys.getpid())[]
 #' daemons(0)
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' daemons(2)
 #' everywhere(library(tools))
 #' everywhere({}, base_value = 100)

@@ -49,17 +49,21 @@
 #'   of HTTP responses (each a list of `status`, `headers` and `data`).
 #' @seealso [daemons()], [launch_local()].
 #' @examples
+#' # Listen on loopback only and print the commands, for copy and paste
+#' # (on another machine, listen at one of host_url() instead):
 #' daemons(url = "tcp://127.0.0.1:0", dispatcher = FALSE, .compute = "rem")
 #' launch_remote(2, .compute = "rem")
 #' daemons(0, .compute = "rem")
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
-#' # Two daemons on a remote machine over SSH, tunnelled back to this one:
+#' \dontrun{
+#' # Not run: needs a machine reachable by SSH without a password, with R
+#' # and mirai installed. Two daemons there, tunnelled back to this one:
 #' daemons(
 #'   n = 2,
 #'   url = local_url(tcp = TRUE, port = 5555),
 #'   remote = ssh_config("ssh://user@10.75.32.90", tunnel = TRUE)
 #' )
 #' daemons(0)
+#' }
 #' @export
 launch_remote <- function(n = 1L, remote = remote_config(), ..., .compute = NULL) {
   if (inherits(n, c("miraiCluster", "miraiNode"))) {

@@ -56,7 +56,7 @@
 #' daemons(sync = TRUE)
 #' mirai_map(c(a = 1, b = 2, c = 3), function(x, y) x + y, .args = list(y = 10))[.flat]
 #' daemons(0)
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' daemons(2)
 #' mp <- mirai_map(c(a = 1, b = 2, c = 3), function(x, y) x + y, .args = list(y = 10))
 #' mp

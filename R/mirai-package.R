@@ -4,12 +4,20 @@
 #' persistent processes ('daemons'), over a native transport written in Rust.
 #' A 'mirai' resolves by itself once its result arrives.
 #'
+#' The main entry points: [mirai()] to evaluate an expression in another
+#' process, [daemons()] to set up persistent processes (locally, on other
+#' machines, or through an HPC scheduler), [mirai_map()] to map a function
+#' in parallel, and [make_cluster()] for base R's 'parallel' package. A
+#' 'mirai' is also a promise (see [as.promise.mirai()]) for Shiny and
+#' plumber.
+#'
+#' Start with `vignette("mirai", package = "mirai")`, a quick reference; the
+#' other vignettes are listed by `vignette(package = "mirai")`.
+#'
 #' @useDynLib mirai, .registration = TRUE, .fixes = "C_"
-#' @docType package
-#' @name mirai-package
-#' @aliases mirai-package
+#' @aliases NULL mirai-package
 #' @keywords internal
-NULL
+"_PACKAGE"
 
 # Session state: compute profiles and the current profile name. On a daemon,
 # `daemon` is TRUE (see on_daemon()).

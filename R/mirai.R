@@ -19,12 +19,65 @@ named_list <- function(x, what) {
 #' `m[]` waits for it.
 #'
 #' Where daemons are set (see [daemons()]) the task goes to them. Otherwise a
-#' fresh `Rscript` process is started for this one task.
+#' fresh `Rscript` process is started for this one task (a few tenths of a
+#' second each: set daemons for anything more than occasional use).
 #'
 #' If `daemons(memory =)` caps the dispatcher's queue and the tasks waiting
 #' in it have reached the cap, `mirai()` first waits for the queue to drain
 #' below it (Ctrl-C ends the wait, sending nothing). [try_mirai()] returns
 #' NULL instead of waiting.
+#'
+#' @section Evaluation:
+#' The expression is evaluated in a clean R process, which sees nothing of
+#' the calling session: every object it uses must either be passed in or be
+#' created by the expression itself. Objects passed by name in `...` are
+#' assigned in the daemon's global environment (a function passed this way
+#' finds other objects passed in `...`); those in `.args` are local to the
+#' evaluation, in an environment whose parent is the global environment. A
+#' function passed in carries its enclosing environment with it, except the
+#' global environment: a function defined at top level that calls another
+#' top-level function needs that one passed too. Packages are not attached
+#' unless the expression (or [everywhere()]) attaches them: use `pkg::fun()`
+#' or `library(pkg)` inside the expression.
+#'
+#' Daemons set with the default `cleanup = TRUE` undo, after each task, what
+#' it did to the global environment, the search path and options, so tasks
+#' do not depend on which daemon ran what before them. [everywhere()] makes
+#' changes that persist. Random numbers come from the daemon's own
+#' L'Ecuyer-CMRG stream, or from one stream per mirai with
+#' `daemons(seed = )`.
+#'
+#' `m[]` and [call_mirai()] wait, interruptibly: Ctrl-C ends the wait and
+#' leaves the mirai (and its task) running. [unresolved()] asks without
+#' waiting; [race_mirai()] waits for the first of several.
+#'
+#' @section Timeouts:
+#' With `.timeout`, a mirai that has not resolved after that many
+#' milliseconds resolves to 'errorValue' 5 (`'errorValue' int 5 | Timed
+#' out`). With a dispatcher (the default) the task is also cancelled: taken
+#' off the queue if it has not started, or interrupted on its daemon, which
+#' is then free for the next task. Without a dispatcher
+#' (`daemons(dispatcher = FALSE)`) only the mirai gives up: the task runs to
+#' its end on the daemon, and later tasks sent to that daemon wait for it.
+#' [stop_mirai()] cancels a mirai in the same way at any time (errorValue
+#' 20).
+#'
+#' @section Errors:
+#' An error in the expression does not raise an error in this session: the
+#' mirai resolves to a 'miraiError', a character string (such as
+#' `"Error in f(5): too big: 5"`) with class `c("miraiError", "errorValue",
+#' "try-error")`. Its attributes, read with `$`, keep the original
+#' `$message`, `$call`, `$condition.class` (the classes of the condition),
+#' `$stack.trace` (the calls from the evaluation down to the error) and any
+#' other fields of a custom condition. An interrupt on the daemon gives a
+#' 'miraiInterrupt'. A daemon that dies or disconnects during the task, or
+#' a [daemons()] reset while it is pending, gives 'errorValue' 19
+#' (`Connection reset`). Test for these with [is_mirai_error()],
+#' [is_mirai_interrupt()] and [is_error_value()]; `m[.stop]`-style
+#' collection ([mirai_map()]) turns the first of them into an R error.
+#' Warnings, messages and printed output on a daemon are not returned with
+#' the value: return them as part of it if needed. Local daemons set with
+#' `daemons(n, output = TRUE)` print theirs to this session's console.
 #'
 #' @param .expr (expression) the expression to evaluate, wrapped in `{}` if
 #'   it spans several lines. A symbol bound to a language object is
@@ -37,21 +90,42 @@ named_list <- function(x, what) {
 #'   an 'errorValue' 5 (timed out). Default NULL (no timeout).
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
-#' @return A 'mirai' object, invisibly.
+#' @return A 'mirai' object, invisibly. It prints as `< mirai [] >` while
+#'   unresolved and `< mirai [$data] >` once resolved.
 #' @seealso [daemons()] to set daemons, [call_mirai()] and [unresolved()] to
-#'   wait for and query results.
+#'   wait for and query results, [mirai_map()] to map over a list.
 #' @examples
 #' # Synchronous mode: evaluated in this process, for debugging.
 #' daemons(sync = TRUE)
 #' m <- mirai(x + y, x = 1, y = 2)
 #' m[]
+#' # Errors come back as values:
+#' m <- mirai(stop("boom"))
+#' m$data
+#' m$data$message
 #' daemons(0)
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
-#' daemons(1, dispatcher = FALSE)
+#' @examplesIf interactive()
+#' daemons(1)
 #' m <- mirai(x + y, x = 1, y = 2)
+#' m
 #' m[]
-#' m <- mirai(rnorm(n), .args = list(n = 3))
+#' m
+#'
+#' # Local objects with .args, global ones with ...
+#' f <- function(n) rnorm(n)
+#' m <- mirai(f(n), f = f, .args = list(n = 3))
 #' call_mirai(m)$data
+#'
+#' # An error, with its call and stack trace
+#' g <- function(x) if (x > 1) stop("too big: ", x) else x
+#' m <- mirai(g(5), g = g)
+#' m[]
+#' m$data$call
+#' m$data$stack.trace
+#'
+#' # A timeout: the task is cancelled on the daemon
+#' m <- mirai(Sys.sleep(5), .timeout = 200)
+#' m[]
 #' daemons(0)
 #' @export
 mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) {
@@ -87,7 +161,7 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
 #' @inheritParams mirai
 #' @return A 'mirai' object, or NULL if the queue is at its memory cap;
 #'   invisibly.
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' daemons(1, memory = 1)
 #' # The daemon is kept busy, so the next tasks wait in the queue.
 #' busy <- mirai(Sys.sleep(1))
@@ -252,7 +326,7 @@ is_mirai <- function(x) inherits(x, "mirai")
 #' @return Logical: TRUE where the dispatcher found the task (vectorised
 #'   over lists); FALSE without a dispatcher.
 #' @seealso [mirai()] (its `.timeout` argument), [is_error_value()]
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' daemons(1)
 #' m <- mirai(Sys.sleep(10))
 #' stop_mirai(m)

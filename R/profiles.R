@@ -27,7 +27,7 @@
 #' daemons(sync = TRUE, .compute = "debug")
 #' with_daemons("debug", mirai(on_daemon())[])
 #' daemons(0, .compute = "debug")
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' daemons(1, dispatcher = FALSE, .compute = "cpu")
 #' with_daemons("cpu", mirai(Sys.getpid())[])
 #'

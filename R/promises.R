@@ -33,7 +33,7 @@
 #'   default: required.
 #' @return A promise (`as.promise`); TRUE (`is.promising`).
 #' @seealso [mirai_map()] (its `.promise` argument)
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' library(promises)
 #' daemons(1)
 #' p1 <- as.promise(mirai(1 + 1)) %...>% print()
@@ -45,8 +45,9 @@
 #' promise_all(p1, p2) %...>% (function(v) done <<- TRUE)
 #' while (!done) later::run_now(0.1)
 #' daemons(0)
+#' @usage \method{as.promise}{mirai}(x)
 #' @name as.promise.mirai
-#' @rawNamespace S3method(promises::as.promise, mirai)
+#' @exportS3Method promises::as.promise
 as.promise.mirai <- function(x) {
   p <- .subset2(x, "promise")
   if (!is.null(p)) return(p)
@@ -64,7 +65,8 @@ as.promise.mirai <- function(x) {
 }
 
 #' @rdname as.promise.mirai
-#' @rawNamespace S3method(promises::as.promise, mirai_map)
+#' @usage \method{as.promise}{mirai_map}(x)
+#' @exportS3Method promises::as.promise
 as.promise.mirai_map <- function(x) {
   promises::promise_all(.list = lapply(unclass(x), as.promise.mirai))
 }
@@ -75,11 +77,13 @@ as.promise.mirai_map <- function(x) {
 #'   `is.promising()` is generic (1.3.0 and later); with older versions,
 #'   pipes and [promises::then()] still accept a mirai, as they call
 #'   `as.promise()`.
-#' @rawNamespace S3method(promises::is.promising, mirai)
+#' @usage \method{is.promising}{mirai}(x)
+#' @exportS3Method promises::is.promising
 is.promising.mirai <- function(x) TRUE
 
 #' @rdname as.promise.mirai
-#' @rawNamespace S3method(promises::is.promising, mirai_map)
+#' @usage \method{is.promising}{mirai_map}(x)
+#' @exportS3Method promises::is.promising
 is.promising.mirai_map <- function(x) TRUE
 
 # The rejection reason for error value `v`: the remote error itself (its

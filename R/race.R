@@ -16,7 +16,7 @@
 #' @return Integer index of the first resolved element (the lowest one if
 #'   several are resolved), or `0L` for an empty list.
 #' @seealso [mirai_map()], [unresolved()]
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' daemons(2)
 #' ms <- list(slow = mirai(Sys.sleep(1)), fast = mirai(Sys.sleep(0.1)))
 #' race_mirai(ms)

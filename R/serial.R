@@ -45,7 +45,7 @@ as_function_list <- function(f, n, what) {
 #'   function(r) structure(list2env(unserialize(r)), class = "myobj")
 #' )
 #' cfg
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' obj <- structure(list2env(list(a = 1:3)), class = "myobj")
 #' daemons(1, serial = cfg)
 #' mirai(sum(obj$a), obj = obj)[]
@@ -81,7 +81,7 @@ merge_serial <- function(old, new) {
 #'   function(x) serialize(as.list.environment(x), NULL),
 #'   function(r) structure(list2env(unserialize(r)), class = "myobj")
 #' )
-#' @examplesIf interactive() || identical(Sys.getenv("IN_PKGDOWN"), "true")
+#' @examplesIf interactive()
 #' obj <- structure(list2env(list(a = 1:3)), class = "myobj")
 #' daemons(1)
 #' mirai(sum(obj$a), obj = obj)[]
