@@ -1,0 +1,59 @@
+# The documentation as users meet it: the README's quick start, run exactly
+# as written, and the pkgdown site, built offline.
+
+# The package's source directory: two levels up from tests/testthat in a
+# checkout (tools/test.sh); under R CMD check, the unpacked tarball beside
+# the tests (which has README.md but, by .Rbuildignore, no _pkgdown.yml).
+source_root <- function() {
+  up <- normalizePath(file.path(testthat::test_path(), "..", ".."), mustWork = FALSE)
+  for (dir in c(up, file.path(up, "00_pkg_src", "mirai"))) {
+    if (file.exists(file.path(dir, "DESCRIPTION")) && file.exists(file.path(dir, "README.md")))
+      return(dir)
+  }
+  NULL
+}
+
+# The R code blocks (```r ... ```) of the README's "Quick start" section.
+readme_quick_start <- function(readme) {
+  lines <- readLines(readme, warn = FALSE)
+  start <- grep("^## Quick start", lines)
+  if (length(start) != 1L) stop("README.md has no single '## Quick start' section")
+  heads <- grep("^## ", lines)
+  end <- min(c(heads[heads > start], length(lines) + 1L))
+  section <- lines[seq.int(start + 1L, end - 1L)]
+  opens <- grep("^```r[[:space:]]*$", section)
+  closes <- grep("^```[[:space:]]*$", section)
+  unlist(lapply(opens, function(o) {
+    close <- min(closes[closes > o])
+    section[seq.int(o + 1L, close - 1L)]
+  }))
+}
+
+test_that("the README's quick start runs as written in a fresh R session", {
+  root <- source_root()
+  if (is.null(root)) skip("README.md not found beside the tests (not a source checkout)")
+  code <- readme_quick_start(file.path(root, "README.md"))
+  expect_gt(length(code), 10L)
+  script <- tempfile(fileext = ".R")
+  on.exit(unlink(script))
+  writeLines(code, script)
+  # A fresh session: no site or user profile; the library paths of this one
+  # (R_LIBS), so that the package under test is the one found.
+  env <- sprintf("R_LIBS=%s", paste(.libPaths(), collapse = .Platform$path.sep))
+  t0 <- Sys.time()
+  out <- suppressWarnings(system2(file.path(R.home("bin"), "Rscript"), c("--vanilla", shQuote(script)),
+                                  stdout = TRUE, stderr = TRUE, env = env, timeout = 90))
+  secs <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
+  status <- if (is.null(attr(out, "status"))) 0L else attr(out, "status")
+  expect_identical(status, 0L, info = paste(c(sprintf("exit status %s after %.1f s; output:", status, secs),
+                                              out), collapse = "\n"))
+  text <- paste(out, collapse = "\n")
+  # What it prints: an unresolved then a resolved mirai, the statistics,
+  # the flattened map, the error value and the promise's callback.
+  expect_match(text, "< mirai [$data] >", fixed = TRUE)
+  expect_match(text, "mean", fixed = TRUE)
+  expect_match(text, "[1]  1  4  9 16 25 36", fixed = TRUE)
+  expect_match(text, "'miraiError' chr Error in log(\"a\"): non-numeric argument", fixed = TRUE)
+  expect_match(text, "computed by process [0-9]+")
+  expect_lt(secs, 60)
+})
