@@ -1,23 +1,37 @@
 #!/usr/bin/env bash
 # Install the system dependencies of the mirai package, then build and install it.
 #
-# Usage: bash tools/setup.sh [--no-install]
+# Usage: bash tools/setup.sh [--no-install] [--lib DIR]
 #   --no-install  only install system packages and check the Rust toolchain;
 #                 do not build/install the R package.
+#   --lib DIR     install the package into library DIR instead of R's default
+#                 library (then run R with R_LIBS=DIR).
+#
+# The package is installed as users get it: `R CMD build` makes the source
+# tarball (building the vignettes, and vendoring the Rust crates into it),
+# and `R CMD INSTALL` installs that tarball, so `vignette("mirai")` works
+# afterwards (installing from this directory would leave the vignettes out).
+# This compiles the crate twice (once for R CMD build to run the vignettes,
+# once to install), a few minutes on two cores.
 #
 # Idempotent: apt is skipped entirely when every package is already installed,
-# so repeat runs are fast and work offline. Runs as root (uses sudo otherwise).
+# and each run rebuilds and reinstalls the package. Runs as root (uses sudo
+# otherwise).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 do_install=1
-for arg in "$@"; do
-  case "$arg" in
+lib=""
+while [ "$#" -gt 0 ]; do
+  case "$1" in
     --no-install) do_install=0 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-    *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
+    --lib) shift; lib="${1:?--lib needs a directory}" ;;
+    --lib=*) lib="${1#--lib=}" ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
+  shift
 done
 
 # R and the packages the tests, vignettes and benchmarks use; pandoc for the
@@ -27,14 +41,15 @@ done
 # (HTML validation of the help pages); devscripts (checkbashisms, without
 # which --as-cran gives a WARNING on configure/cleanup); xz-utils (packs and
 # unpacks rust/vendor.tar.xz); util-linux (unshare, for the offline install).
-# r-cran-pkgdown builds the documentation site.
+# r-cran-pkgdown builds the documentation site; r-cran-xml2 (an external-
+# pointer object) is the serialization vignette's example.
 # The Shiny example app's test (test-shiny.R): Shiny serves inst/shiny/app.R,
 # python3-selenium drives chromium through chromium-driver; jsonlite reads
 # what the driver saw.
 PKGS=(
   r-base-dev r-cran-testthat r-cran-later r-cran-promises r-cran-cli
   r-cran-rlang r-cran-foreach r-cran-doparallel r-cran-knitr r-cran-rmarkdown
-  r-cran-roxygen2 r-cran-callr r-cran-processx r-cran-pkgdown pandoc
+  r-cran-roxygen2 r-cran-callr r-cran-processx r-cran-pkgdown r-cran-xml2 pandoc
   libnng-dev qpdf tidy devscripts xz-utils util-linux iproute2 procps
   r-cran-shiny r-cran-jsonlite chromium chromium-driver python3-selenium
   # Launcher tests (tests/testthat/test-launchers.R, helper-services.R): a real
@@ -96,5 +111,27 @@ fi
 echo "setup.sh: $("$CARGO" --version)"
 
 if [ "$do_install" -eq 1 ]; then
-  R CMD INSTALL --no-multiarch .
+  install_args=(--no-multiarch)
+  if [ -n "$lib" ]; then
+    mkdir -p "$lib"
+    lib=$(cd "$lib" && pwd)
+    install_args+=(-l "$lib")
+    # So that the check below finds the package there.
+    export R_LIBS="$lib${R_LIBS:+:$R_LIBS}"
+  fi
+  repo=$(pwd)
+  build_dir=$(mktemp -d)
+  trap 'rm -rf "$build_dir"' EXIT
+  echo "setup.sh: R CMD build (compiles the crate, builds the vignettes, vendors the crates)"
+  t0=$SECONDS
+  if ! (cd "$build_dir" && R CMD build "$repo") > "$build_dir/build.log" 2>&1; then
+    echo "setup.sh: R CMD build failed; the end of its log:" >&2
+    tail -n 40 "$build_dir/build.log" >&2
+    exit 1
+  fi
+  tarball=$(ls "$build_dir"/mirai_*.tar.gz)
+  echo "setup.sh: built $(basename "$tarball") in $((SECONDS - t0)) s; installing it"
+  R CMD INSTALL "${install_args[@]}" "$tarball"
+  Rscript -e 'v <- utils::vignette(package = "mirai")$results[, "Item"]' \
+          -e 'cat("setup.sh: installed mirai", format(utils::packageVersion("mirai")), "with vignettes:", v, "\n")'
 fi
