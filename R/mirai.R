@@ -38,7 +38,7 @@ named_list <- function(x, what) {
 #' global environment: a function defined at top level that calls another
 #' top-level function needs that one passed too. Packages are not attached
 #' unless the expression (or [everywhere()]) attaches them: use `pkg::fun()`
-#' or `library(pkg)` inside the expression.
+#' or a `library()` call inside the expression.
 #'
 #' Daemons set with the default `cleanup = TRUE` undo, after each task, what
 #' it did to the global environment, the search path and options, so tasks

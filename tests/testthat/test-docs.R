@@ -57,3 +57,48 @@ test_that("the README's quick start runs as written in a fresh R session", {
   expect_match(text, "computed by process [0-9]+")
   expect_lt(secs, 60)
 })
+
+test_that("the pkgdown site builds offline, with every reference page and article", {
+  skip_on_cran()
+  if (!requireNamespace("pkgdown", quietly = TRUE)) skip("pkgdown is not installed")
+  root <- source_root()
+  if (is.null(root) || !file.exists(file.path(root, "_pkgdown.yml")))
+    skip("_pkgdown.yml not found beside the tests (not a source checkout)")
+  dest <- tempfile("mirai-site-")
+  on.exit(unlink(dest, recursive = TRUE))
+  # pkgdown looks the package up on CRAN for the home page's links unless
+  # told there is no internet; nothing else it does here needs the network
+  # (tools/test.sh's tarball check proves the same of the vignettes).
+  old <- options(pkgdown.internet = FALSE)
+  on.exit(options(old), add = TRUE)
+  # The installed package (devel = FALSE, install = FALSE: no rebuild of the
+  # Rust crate); examples are not run (those that run are cheap and offline,
+  # R CMD check runs them); articles are knitted, as vignettes are.
+  t0 <- Sys.time()
+  log <- utils::capture.output(suppressMessages(suppressWarnings(
+    pkgdown::build_site(root, examples = FALSE, preview = FALSE, devel = FALSE, new_process = FALSE,
+                        install = FALSE, override = list(destination = dest))
+  )))
+  secs <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
+  testthat::expect_true(file.exists(file.path(dest, "index.html")), info = paste(log, collapse = "\n"))
+  # Every help page and every vignette has its page.
+  topics <- sub("\\.Rd$", "", list.files(file.path(root, "man"), pattern = "\\.Rd$"))
+  missing <- topics[!file.exists(file.path(dest, "reference", paste0(topics, ".html")))]
+  expect_identical(missing, character(0))
+  vignettes <- sub("\\.Rmd$", "", list.files(file.path(root, "vignettes"), pattern = "\\.Rmd$"))
+  expect_gte(length(vignettes), 8L)
+  missing <- vignettes[!file.exists(file.path(dest, "articles", paste0(vignettes, ".html")))]
+  expect_identical(missing, character(0))
+  for (page in c("reference/index.html", "articles/index.html", "news/index.html", "search.json"))
+    expect_true(file.exists(file.path(dest, page)), label = page)
+  # The home page is the README; the reference index lists the functions.
+  home <- paste(readLines(file.path(dest, "index.html"), warn = FALSE), collapse = "\n")
+  expect_match(home, "Quick start", fixed = TRUE)
+  index <- paste(readLines(file.path(dest, "reference", "index.html"), warn = FALSE), collapse = "\n")
+  for (fn in c("mirai", "daemons", "mirai_map", "launch_remote", "serial_config"))
+    expect_match(index, sprintf("%s()", fn), fixed = TRUE, label = fn)
+  # An article knitted with its output: the quick reference's first daemons.
+  article <- paste(readLines(file.path(dest, "articles", "mirai.html"), warn = FALSE), collapse = "\n")
+  expect_match(article, "connections", fixed = TRUE)
+  message(sprintf("test-docs.R: the pkgdown site took %.0f s to build", secs))
+})
