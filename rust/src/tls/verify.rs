@@ -15,7 +15,10 @@
 //! - **Chain**: otherwise, webpki's full path validation from the presented
 //!   certificate, through any intermediates the host sends, to a trust
 //!   anchor among the given certificates (signatures, validity, CA and path
-//!   length constraints, key and extended key usage for a server).
+//!   length constraints, key and extended key usage for a server). An
+//!   X.509 version 1 certificate (what `openssl x509 -req` writes without
+//!   extensions) is refused here, with a message saying so: webpki takes
+//!   only version 3, so such a certificate can only be pinned.
 //!
 //! The name: the URL's host (a DNS name or an IP address, as the user wrote
 //! it) must be one of the certificate's subjectAltNames (webpki's matching);
@@ -30,7 +33,9 @@
 use super::x509;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature_with_raw_key, WebPkiSupportedAlgorithms};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, verify_tls13_signature_with_raw_key, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, Error, OtherError, RootCertStore, SignatureScheme};
@@ -122,19 +127,23 @@ impl ServerCertVerifier for HostVerifier {
         verify_tls12_signature(message, cert, dss, &self.algs)
     }
 
-    /// Through the public key as `x509` reads it from the certificate: the
-    /// same check as rustls's `verify_tls13_signature`, which would parse
-    /// the certificate with webpki and so refuse a pinned X.509 version 1
-    /// certificate. (Our host and daemons speak TLS 1.3; with TLS 1.2, a
-    /// version 1 certificate is refused.)
+    /// rustls's check, which finds the public key by parsing the certificate
+    /// with webpki; for an X.509 version 1 certificate (which webpki does not
+    /// parse, and which only a pin can have let through) the same check with
+    /// the public key as `x509` reads it. (Our host and daemons speak TLS
+    /// 1.3; with TLS 1.2, a version 1 certificate is refused.)
     fn verify_tls13_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        let spki = x509::facts(cert).map_err(|e| refuse(format!("the host's certificate is {e}")))?.spki;
-        verify_tls13_signature_with_raw_key(message, &SubjectPublicKeyInfoDer::from(spki.as_slice()), dss, &self.algs)
+        let facts = x509::facts(cert).map_err(|e| refuse(format!("the host's certificate is {e}")))?;
+        if facts.version >= 3 {
+            return verify_tls13_signature(message, cert, dss, &self.algs);
+        }
+        let spki = SubjectPublicKeyInfoDer::from(facts.spki.as_slice());
+        verify_tls13_signature_with_raw_key(message, &spki, dss, &self.algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
