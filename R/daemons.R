@@ -37,7 +37,8 @@ tls_pem <- function(tls) {
 # PEM text as given, or read from the file `x` names.
 pem_text <- function(x) {
   if (!nzchar(x) || grepl("-----BEGIN", x, fixed = TRUE)) return(x)
-  if (!file.exists(x) || dir.exists(x)) stop(sprintf("`tls`: no such file '%s'", x), call. = FALSE)
+  if (!file.exists(x)) stop(sprintf("`tls`: no such file '%s'", x), call. = FALSE)
+  if (dir.exists(x)) stop(sprintf("`tls`: '%s' is a directory, not a PEM file", x), call. = FALSE)
   fail <- function(e) stop(sprintf("`tls`: cannot read '%s': %s", x, conditionMessage(e)), call. = FALSE)
   paste(tryCatch(readLines(x, warn = FALSE), error = fail, warning = fail), collapse = "\n")
 }

@@ -414,6 +414,7 @@ test_that("bad credentials are errors naming `tls` or `pass`, before anything is
     list(tls = c("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----", pem_of(a[["key"]])),
          msg = "`tls`: the certificate is not a valid X.509 certificate"),
     list(tls = c(f("nothere.pem"), a[["key"]]), msg = "`tls`: no such file"),
+    list(tls = c(dir, a[["key"]]), msg = "is a directory, not a PEM file"),
     list(tls = c(f("old.pem"), f("old.key")), msg = "`tls`: the certificate expired on 2020-01-02T00:00:00Z"),
     list(tls = c(pem_of(a[["cert"]]), ""), msg = "`tls`: no private key found")
   )
