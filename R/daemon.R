@@ -43,13 +43,15 @@ check_limit <- function(x, what) {
 #'   current task is done. Default Inf (never).
 #' @param maxtasks (numeric) number of tasks after which to exit. Default Inf
 #'   (no limit).
-#' @param tlscert (character) for a `tls+tcp://` or `wss://` `url`, the certificate(s)
-#'   to verify the host with (its CA, or its own self-signed certificate): a
-#'   PEM file path, or `c(pem, "")` with the PEM text (a chain) first, as
-#'   launch commands give it. Required for `tls+tcp://` and `wss://`: a host that does
-#'   not present a certificate signed by one of these (or for another name
-#'   or address than the URL's) is not connected to, and the error says
-#'   why. Default NULL.
+#' @param tlscert (character) for a `tls+tcp://` or `wss://` `url`, the
+#'   certificate(s) to verify the host with (its own certificate, its CA, or
+#'   a chain): a PEM file path, or `c(pem, "")` with the PEM text first, as
+#'   launch commands give it. Required for `tls+tcp://` and `wss://`. The
+#'   host is connected to only if its certificate is one of these (checked
+#'   byte for byte, and within its validity dates), or is issued by one of
+#'   them (full chain validation), and names the URL's host (a
+#'   subjectAltName, or the common name of a certificate without any);
+#'   otherwise the error says why. Default NULL.
 #' @param rs (integer) a vector of length 7: an initial `.Random.seed`
 #'   (L'Ecuyer-CMRG), as put in launch commands by the host (see
 #'   [nextstream()]). A stream sent by the host when the daemon connects

@@ -22,27 +22,37 @@ launch_args <- function(prof, dots) {
   args
 }
 
-# `tls` as PEM text for the native side: a file's contents, or c(cert, key).
+# `tls` as PEM text for the native side: a file's contents (certificate,
+# any chain, then the key), or c(cert, key), each PEM text or a file path.
+# The native side checks the rest (that the key decrypts and belongs to the
+# certificate, the validity dates), before anything is launched.
 tls_pem <- function(tls) {
   if (is.null(tls)) return(NULL)
   if (!is.character(tls) || !length(tls) || length(tls) > 2L || anyNA(tls))
     stop("`tls` must be a PEM file path (certificate, optional chain, then key) or c(cert, key), or NULL",
          call. = FALSE)
-  if (length(tls) == 1L && !grepl("-----BEGIN", tls, fixed = TRUE)) {
-    if (!file.exists(tls)) stop(sprintf("`tls`: no such file '%s'", tls), call. = FALSE)
-    tls <- paste(readLines(tls, warn = FALSE), collapse = "\n")
-  }
-  tls
+  vapply(tls, pem_text, character(1L), USE.NAMES = FALSE)
 }
 
-# The key's password from `pass`, a function returning it.
+# PEM text as given, or read from the file `x` names.
+pem_text <- function(x) {
+  if (!nzchar(x) || grepl("-----BEGIN", x, fixed = TRUE)) return(x)
+  if (!file.exists(x)) stop(sprintf("`tls`: no such file '%s'", x), call. = FALSE)
+  if (dir.exists(x)) stop(sprintf("`tls`: '%s' is a directory, not a PEM file", x), call. = FALSE)
+  fail <- function(e) stop(sprintf("`tls`: cannot read '%s': %s", x, conditionMessage(e)), call. = FALSE)
+  paste(tryCatch(readLines(x, warn = FALSE), error = fail, warning = fail), collapse = "\n")
+}
+
+# The key's password from `pass`: a character string, or a function
+# returning one (so that the password need not appear in the call).
 tls_pass <- function(pass) {
   if (is.null(pass)) return(NULL)
-  if (!is.function(pass)) stop("`pass` must be a function returning the password of the `tls` key, or NULL",
-                               call. = FALSE)
-  pw <- pass()
+  pw <- if (is.function(pass)) pass() else pass
   if (!is.character(pw) || length(pw) != 1L || is.na(pw))
-    stop("`pass` must return the password as a character string", call. = FALSE)
+    stop(if (is.function(pass)) "`pass` must return the password of the `tls` key as a character string"
+         else paste("`pass` must be the password of the `tls` key (a character string),",
+                    "a function returning it, or NULL"),
+         call. = FALSE)
   pw
 }
 
@@ -219,20 +229,35 @@ max_message <- function() {
 #'   NULL uses the configurations registered with [register_serial()], if
 #'   any. Works with or without dispatcher. Default NULL.
 #' @param tls (character) the host's TLS certificate and key, for a
-#'   `tls+tcp://` or `wss://` `url`: a PEM file path (the certificate, any chain after
-#'   it, then the private key) or `c(cert, key)` PEM strings (`cert` may hold
-#'   the chain too). Daemons launched by this host verify it against
-#'   `tlscert` if given in `...` (a CA certificate: a file path or
-#'   `c(pem, "")`), else against the certificates given here. Default NULL:
-#'   with a `tls+tcp://` or `wss://` `url`, a fresh self-signed certificate (ECDSA
-#'   P-256) is made for the URL's host name or IP address (for a wildcard
-#'   host: this machine's loopback and interface addresses and its name),
-#'   and its public part goes to launched daemons as `tlscert` (see
+#'   `tls+tcp://` or `wss://` `url`: a PEM file path (the certificate, any
+#'   chain after it, then the private key), or `c(cert, key)`, each PEM text
+#'   or a file path (`cert` may hold the chain too, its own certificate
+#'   first). Keys: RSA (2048 bits or more), ECDSA P-256 or P-384, Ed25519;
+#'   encrypted ones need `pass`. Before anything is launched, `daemons()`
+#'   checks that the key decrypts and belongs to the certificate and that
+#'   every certificate is within its validity dates, and errors otherwise.
+#'   Daemons launched by this host verify it against `tlscert` if given in
+#'   `...` (a file path or `c(pem, "")`: the host's own certificate, a CA, or
+#'   a chain), else against the certificates given here. A daemon trusts
+#'   the host if the host's certificate is one of those (a self-signed
+#'   certificate, even one marked as a CA, as `openssl req -x509` makes by
+#'   default), or is issued by one of them, through any intermediate
+#'   certificates the host sends after its own. Either way the certificate
+#'   must name the host as the daemon's URL writes it: an IP address or DNS
+#'   name among its subjectAltNames, or, if it has none, its common name (so
+#'   `-subj /CN=127.0.0.1` serves `tls+tcp://127.0.0.1:port`). Default NULL:
+#'   with a `tls+tcp://` or `wss://` `url`, a fresh self-signed certificate
+#'   (ECDSA P-256) is made for the URL's host name or IP address (for a
+#'   wildcard host: this machine's loopback and interface addresses and its
+#'   name), and its public part goes to launched daemons as `tlscert` (see
 #'   [nextget()] `("tls")`). A peer must complete its TLS handshake, too,
 #'   within the 5 second handshake limit.
-#' @param pass (function) returning the password (a character string) of an
-#'   encrypted `tls` key, which must be PKCS#8 ('ENCRYPTED PRIVATE KEY', as
-#'   `openssl pkcs8 -topk8` writes). Default NULL (the key is not
+#' @param pass (character or function) the password of an encrypted `tls`
+#'   key, or a function returning it (so that the password need not appear
+#'   in the call; it is called once, by `daemons()`). Encrypted keys may be
+#'   PKCS#8 ('ENCRYPTED PRIVATE KEY', as OpenSSL 3 writes them) or in
+#'   OpenSSL's legacy format ('Proc-Type: 4,ENCRYPTED', AES or 3DES). A wrong
+#'   password is an error naming `pass`. Default NULL (the key is not
 #'   encrypted).
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile (`"default"` unless changed with [with_daemons()]
@@ -305,6 +330,8 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   pem <- tls_pem(tls)
   if ((!is.null(pem) || !is.null(pass)) && !(is.character(url) && grepl("^(tls\\+tcp|wss)://", url[[1L]])))
     stop("`tls` and `pass` need a tls+tcp:// or wss:// `url`", call. = FALSE)
+  # A function is called only when there is a key to decrypt.
+  password <- if (!is.null(pem) || !is.function(pass)) tls_pass(pass)
   if (n == 0 && is.null(url)) {
     reset_profile(.compute)
     return(invisible(FALSE))
@@ -322,7 +349,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   serial <- serial %||% session_serial()
   host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE,
                 if (dispatcher) stream, if (!is.null(serial)) list(serial = serial), cap,
-                max_message(), pem, tls_pass(pass))
+                max_message(), pem, password)
   prof <- new_profile(.compute, url = .Call(C_mirai_host_url, host), dispatcher = dispatcher, seed = seed,
                       stream = stream, host = host, serial = serial, secret = if (auth) secret,
                       dots = dots, n = n)

@@ -1,22 +1,31 @@
-//! TLS for `tls+tcp://` (rustls with the ring provider: no C TLS library).
+//! TLS for `tls+tcp://` and `wss://` (rustls with the ring provider: no C
+//! TLS library).
 //!
 //! Two parts. Credentials: a fresh self-signed certificate (rcgen, ECDSA
-//! P-256) or the user's PEM certificate chain and key (a PKCS#8-encrypted key
-//! is decrypted with the RustCrypto `pkcs8` crate, since rustls reads only
-//! plain keys), turned into rustls configurations. And `Tls`, the record
-//! layer over any socket as a state machine that never blocks by itself:
-//! reads pull ciphertext only when no plaintext is left, and report
+//! P-256) or the user's PEM certificate chain and key, checked here so that
+//! `daemons()` fails before launching anything (the key must decrypt and
+//! match the certificate, every certificate must be in its validity period),
+//! and turned into rustls configurations; the private key is read in `key`,
+//! the daemon's verification of its host is `verify` (a pinned certificate,
+//! or a chain to a given CA; the URL's host name checked either way), and
+//! `x509` reads what rustls does not expose of a certificate. And `Tls`, the
+//! record layer over any socket as a state machine that never blocks by
+//! itself: reads pull ciphertext only when no plaintext is left, and report
 //! `WouldBlock` exactly when the socket did, so that an edge-triggered event
 //! loop (the host) and a poll-then-read loop (the daemon) drive it as they
 //! drive a plain socket. Every error from the peer's bytes is an
 //! `InvalidData` error value, never a panic.
 
+mod key;
+mod verify;
+mod x509;
+
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a daemon waits for the host's side of the TLS handshake.
 pub const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,66 +50,87 @@ pub fn generate(names: &[String]) -> Result<(String, String), String> {
     Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
 }
 
-/// Every certificate in `pem`, in order.
+/// Every certificate in `pem`, in order. Only the CERTIFICATE blocks are
+/// decoded: other blocks may carry RFC 1421 headers (a legacy encrypted
+/// key's `Proc-Type:`), which the PEM reader of rustls refuses.
 fn certs_of(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cannot read the PEM certificates: {e}"))
-}
-
-/// The PEM block `label` in `pem`, markers included, if present.
-fn pem_block<'a>(pem: &'a str, label: &str) -> Option<&'a str> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = pem.find(&begin)?;
-    let stop = pem[start..].find(&end)? + start + end.len();
-    Some(&pem[start..stop])
-}
-
-/// The private key in `pem`: plain (PKCS#8, SEC1 or PKCS#1), or PKCS#8
-/// encrypted (PBES2), decrypted with `pass`.
-fn key_of(pem: &str, pass: Option<&str>) -> Result<PrivateKeyDer<'static>, String> {
-    if let Some(block) = pem_block(pem, "ENCRYPTED PRIVATE KEY") {
-        let pass = pass.ok_or("the TLS key is encrypted: give its password with `pass`")?;
-        let (_, doc) = pkcs8::SecretDocument::from_pem(block)
-            .map_err(|e| format!("cannot read the encrypted TLS key: {e}"))?;
-        let info = pkcs8::EncryptedPrivateKeyInfo::try_from(doc.as_bytes())
-            .map_err(|e| format!("cannot read the encrypted TLS key: {e}"))?;
-        let plain = info
-            .decrypt(pass.as_bytes())
-            .map_err(|e| format!("cannot decrypt the TLS key (wrong password?): {e}"))?;
-        return Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(plain.as_bytes().to_vec())));
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut certs = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let stop = rest[start..].find(END).ok_or("cannot read the PEM certificates: a certificate has no END line")?
+            + start
+            + END.len();
+        let cert = CertificateDer::from_pem_slice(&rest.as_bytes()[start..stop])
+            .map_err(|e| format!("cannot read the PEM certificates: {e}"))?;
+        certs.push(cert);
+        rest = &rest[stop..];
     }
-    if pem.contains("Proc-Type: 4,ENCRYPTED") {
-        return Err("the TLS key is encrypted in OpenSSL's legacy format, which is not supported: convert it \
-                    with `openssl pkcs8 -topk8` (an 'ENCRYPTED PRIVATE KEY')"
-            .into());
-    }
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => "no private key found in the TLS credentials".to_string(),
-        e => format!("cannot read the TLS private key: {e}"),
-    })
+    Ok(certs)
 }
 
 /// A server configuration from PEM text holding the certificate, any chain
-/// after it, and the private key.
+/// after it, and the private key (decrypted with `pass` if encrypted).
+/// Errors name the argument at fault, `tls` or `pass`.
 pub fn server_creds(pem: &str, pass: Option<&str>) -> Result<ServerCreds, String> {
-    let certs = certs_of(pem)?;
+    let certs = certs_of(pem).map_err(|e| format!("`tls`: {e}"))?;
     if certs.is_empty() {
-        return Err("no certificate found in the TLS credentials".into());
+        return Err("`tls`: no certificate found (a PEM '-----BEGIN CERTIFICATE-----' block)".into());
     }
-    let key = key_of(pem, pass)?;
-    let config = ServerConfig::builder_with_provider(provider())
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    for (i, c) in certs.iter().enumerate() {
+        let which = if i == 0 { "the certificate".to_string() } else { format!("certificate {} of the chain", i + 1) };
+        let f = x509::facts(c).map_err(|e| format!("`tls`: {which} is {e}"))?;
+        if now > f.not_after {
+            return Err(format!("`tls`: {which} expired on {}", x509::show_time(f.not_after)));
+        }
+        if now < f.not_before {
+            return Err(format!("`tls`: {which} is not valid before {}", x509::show_time(f.not_before)));
+        }
+    }
+    let key = key::private_key(pem, pass)?;
+    let chain_pem = certs.iter().map(|c| pem_encode("CERTIFICATE", c)).collect::<String>();
+    let config = server_config(certs, key)?;
+    Ok(ServerCreds { config: Arc::new(config), chain_pem })
+}
+
+/// A host's configuration serving `certs` (the first the key's own) with
+/// `key`. rustls's `with_single_cert` would parse the certificate with
+/// webpki, which takes only X.509 version 3, while `openssl x509 -req`
+/// without extensions writes version 1 (usable when a daemon pins it), so
+/// the key is matched to the certificate here, by their public keys.
+fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<ServerConfig, String> {
+    let provider = provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| {
+            format!(
+                "`tls`: the private key cannot be used: {e} (supported: RSA of 2048 bits or more, \
+                 ECDSA P-256 or P-384, Ed25519)"
+            )
+        })?;
+    let leaf = certs.first().ok_or("`tls`: no certificate found")?;
+    let cert_spki = x509::facts(leaf).map_err(|e| format!("`tls`: the certificate is {e}"))?.spki;
+    match signing.public_key() {
+        Some(spki) if spki.as_ref() != cert_spki.as_slice() => {
+            return Err("`tls`: the private key does not belong to the certificate (the first certificate must be \
+                        the key's own, any chain after it)"
+                .into())
+        }
+        Some(_) => {}
+        None => return Err("`tls`: cannot tell whether the private key belongs to the certificate".into()),
+    }
+    let certified = rustls::sign::CertifiedKey::new(certs, signing);
+    Ok(ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("the TLS certificate and key do not work together: {e}"))?;
-    let chain_pem = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .filter_map(Result::ok)
-        .map(|c| pem_encode("CERTIFICATE", &c))
-        .collect::<String>();
-    Ok(ServerCreds { config: Arc::new(config), chain_pem })
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified))))
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
@@ -145,21 +175,20 @@ pub fn generated_creds(host: &str) -> Result<ServerCreds, String> {
     server_creds(&format!("{cert}{key}"), None)
 }
 
-/// A client configuration trusting the certificates in `ca_pem` (a CA, a
-/// chain, or the host's self-signed certificate).
+/// A daemon's configuration, trusting its host by the certificates in
+/// `ca_pem` (`tlscert`: the host's own certificate, a CA, or a chain), as
+/// `verify` explains.
 pub fn client_config(ca_pem: &str) -> Result<Arc<ClientConfig>, String> {
     let certs = certs_of(ca_pem).map_err(|e| format!("`tlscert`: {e}"))?;
-    if certs.is_empty() {
-        return Err("`tlscert` holds no PEM certificate".into());
-    }
-    let mut roots = RootCertStore::empty();
-    for c in certs {
-        roots.add(c).map_err(|e| format!("`tlscert`: unusable certificate: {e}"))?;
-    }
-    let config = ClientConfig::builder_with_provider(provider())
+    let provider = provider();
+    let verifier = verify::HostVerifier::new(certs, provider.signature_verification_algorithms)?;
+    let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
+        // "dangerous" only in that rustls cannot vouch for a verifier it did
+        // not write: this one verifies (see `verify`).
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
@@ -171,7 +200,32 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
 }
 
 fn tls_err(e: rustls::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {}", describe(&e)))
+}
+
+/// A TLS error in words: a daemon's refusal of its host's certificate says
+/// why and what to check.
+fn describe(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(c) = e else { return e.to_string() };
+    match c {
+        C::Other(o) => match o.0.downcast_ref::<verify::Refusal>() {
+            Some(r) => r.0.clone(),
+            None => format!("invalid peer certificate: {}", o.0),
+        },
+        C::UnknownIssuer => "the host's certificate is not one given in `tlscert`, nor issued through one of them \
+                             (does `tlscert` hold its CA, and does the host send any intermediate certificates \
+                             after its own?)"
+            .into(),
+        C::ExpiredContext { not_after, .. } => {
+            format!("a certificate of the host's chain expired on {}", x509::show_time(not_after.as_secs()))
+        }
+        C::NotValidYetContext { not_before, .. } => {
+            format!("a certificate of the host's chain is not valid before {}", x509::show_time(not_before.as_secs()))
+        }
+        C::NotValidForNameContext { .. } => format!("the host's {c}"),
+        _ => e.to_string(),
+    }
 }
 
 /// The TLS record layer of one connection, over a socket the caller passes
@@ -521,11 +575,234 @@ mod tests {
         assert!(server_creds(&c1, None).unwrap_err().contains("no private key"));
         assert!(server_creds(&k1, None).unwrap_err().contains("no certificate"));
         let (_, k2) = generate(&["c.example".into()]).unwrap();
-        assert!(server_creds(&format!("{c1}{k2}"), None).unwrap_err().contains("do not work together"));
+        assert!(server_creds(&format!("{c1}{k2}"), None).unwrap_err().contains("does not belong to the certificate"));
         assert!(client_config("not pem").unwrap_err().contains("no PEM certificate"));
         let enc = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
         assert!(server_creds(&format!("{c1}{enc}"), None).unwrap_err().contains("pass"));
         assert!(server_creds(&format!("{c1}{enc}"), Some("x")).is_err());
+    }
+
+    /// Runs the openssl CLI in `dir`; false when it is not installed (the
+    /// test is then skipped: the R tests make the same certificates).
+    fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+        match std::process::Command::new("openssl").args(args).current_dir(dir).output() {
+            Ok(o) if o.status.success() => true,
+            Ok(o) => panic!("openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr)),
+            Err(_) => false,
+        }
+    }
+
+    fn tempdir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("mirai-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn read(dir: &std::path::Path, files: &[&str]) -> String {
+        files.iter().map(|f| std::fs::read_to_string(dir.join(f)).unwrap()).collect()
+    }
+
+    /// A handshake between a host with `sc` and a daemon with `cc` dialling
+    /// `name`: Ok, or the daemon's error.
+    fn handshake(sc: &Arc<ServerConfig>, cc: &Arc<ClientConfig>, name: &str) -> Result<(), String> {
+        let (mut cs, mut ss) = pair(4096, 1 << 20);
+        let mut client = Tls::client(cc, server_name(name).unwrap()).unwrap();
+        let mut server = Tls::server(sc).unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..100 {
+            let _ = client.flush(&mut cs);
+            let _ = server.read(&mut ss, &mut buf);
+            let _ = server.flush(&mut ss);
+            match client.read(&mut cs, &mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.to_string()),
+                Ok(n) => return Err(format!("unexpected read of {n}")),
+            }
+            if !client.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err("no progress".into())
+    }
+
+    const RSA: &[&str] = &["-newkey", "rsa:2048", "-nodes"];
+    const EC: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
+    fn args<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
+        parts.concat()
+    }
+
+    #[test]
+    fn a_self_signed_ca_certificate_made_by_openssl_req_is_trusted_when_pinned() {
+        let d = tempdir("pinned");
+        // Exactly the command users run: the certificate marks itself a CA
+        // and names 127.0.0.1 in its CN only.
+        let cmd = args(&[&["req", "-x509"], RSA, &["-keyout", "key.pem", "-out", "cert.pem"]]);
+        if !openssl(&d, &[cmd.as_slice(), &["-subj", "/CN=127.0.0.1", "-days", "1"]].concat()) {
+            return;
+        }
+        let cert = read(&d, &["cert.pem"]);
+        let f = x509::facts(&certs_of(&cert).unwrap()[0]).unwrap();
+        assert_eq!((f.common_names.clone(), f.has_san), (vec!["127.0.0.1".to_string()], false));
+        let sc = server_creds(&read(&d, &["cert.pem", "key.pem"]), None).unwrap();
+        assert_eq!(sc.chain_pem.trim(), cert.trim());
+        let cc = client_config(&sc.chain_pem).unwrap();
+        handshake(&sc.config, &cc, "127.0.0.1").unwrap();
+        // The name still counts.
+        let e = handshake(&sc.config, &cc, "127.0.0.2").unwrap_err();
+        assert!(e.contains("not valid for '127.0.0.2'") && e.contains("CN=127.0.0.1"), "{e}");
+        assert!(handshake(&sc.config, &cc, "localhost").is_err());
+        // Another self-signed certificate for the same name is not trusted.
+        let cmd = args(&[&["req", "-x509"], EC, &["-keyout", "k2.pem", "-out", "c2.pem"]]);
+        assert!(openssl(&d, &[cmd.as_slice(), &["-subj", "/CN=127.0.0.1", "-days", "1"]].concat()));
+        let other = server_creds(&read(&d, &["c2.pem", "k2.pem"]), None).unwrap();
+        let e = handshake(&other.config, &cc, "127.0.0.1").unwrap_err();
+        assert!(e.contains("certificate"), "{e}");
+        // An EC (P-256) key works the same way.
+        let cc2 = client_config(&read(&d, &["c2.pem"])).unwrap();
+        handshake(&other.config, &cc2, "127.0.0.1").unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_leaf_signed_by_the_users_ca_needs_the_ca_and_its_name() {
+        let d = tempdir("ca");
+        let cmd = args(&[&["req", "-x509"], EC, &["-keyout", "ca.key", "-out", "ca.pem"]]);
+        if !openssl(&d, &[cmd.as_slice(), &["-subj", "/CN=mirai test CA", "-days", "2"]].concat()) {
+            return;
+        }
+        // A leaf (SAN), one with only a CN, one whose SAN names another host.
+        for (name, subj, ext) in [
+            ("san", "/CN=leaf", Some("subjectAltName=IP:127.0.0.1,DNS:localhost")),
+            ("cn", "/CN=localhost", Some("basicConstraints=CA:FALSE")),
+            ("v1", "/CN=localhost", None),
+            ("wrong", "/CN=127.0.0.1", Some("subjectAltName=DNS:other.example")),
+        ] {
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let pem = format!("{name}.pem");
+            let cmd = args(&[&["req"], EC, &["-keyout", &key, "-out", &csr, "-subj", subj]]);
+            assert!(openssl(&d, &cmd));
+            let mut sign = vec!["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"];
+            sign.extend(["-out", &pem, "-days", "1"]);
+            let extfile = format!("{name}.ext");
+            if let Some(ext) = ext {
+                std::fs::write(d.join(&extfile), format!("{ext}\n")).unwrap();
+                sign.extend(["-extfile", &extfile]);
+            }
+            assert!(openssl(&d, &sign));
+        }
+        let ca = client_config(&read(&d, &["ca.pem"])).unwrap();
+        let san = server_creds(&read(&d, &["san.pem", "san.key"]), None).unwrap();
+        handshake(&san.config, &ca, "127.0.0.1").unwrap();
+        handshake(&san.config, &ca, "localhost").unwrap();
+        let e = handshake(&san.config, &ca, "127.0.0.2").unwrap_err();
+        assert!(e.contains("not valid for name \"127.0.0.2\""), "{e}");
+        // Without a subjectAltName the CN is the name; with one, it is not.
+        let cn = server_creds(&read(&d, &["cn.pem", "cn.key"]), None).unwrap();
+        handshake(&cn.config, &ca, "localhost").unwrap();
+        assert!(handshake(&cn.config, &ca, "127.0.0.1").is_err());
+        // Without extensions, `openssl x509 -req` writes X.509 version 1,
+        // which webpki does not take as an end-entity certificate.
+        let v1 = server_creds(&read(&d, &["v1.pem", "v1.key"]), None).unwrap();
+        let e = handshake(&v1.config, &ca, "localhost").unwrap_err();
+        assert!(e.contains("X.509 version 1"), "{e}");
+        handshake(&v1.config, &client_config(&read(&d, &["v1.pem"])).unwrap(), "localhost").unwrap();
+        let wrong = server_creds(&read(&d, &["wrong.pem", "wrong.key"]), None).unwrap();
+        let e = handshake(&wrong.config, &ca, "127.0.0.1").unwrap_err();
+        assert!(e.contains("other.example"), "{e}");
+        // A daemon given another CA refuses all of them.
+        let own = client_config(&read(&d, &["san.pem"])).unwrap();
+        handshake(&san.config, &own, "127.0.0.1").unwrap();
+        let e = handshake(&cn.config, &own, "localhost").unwrap_err();
+        assert!(e.contains("not one given in `tlscert`"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn expired_certificates_are_refused_by_host_and_daemon() {
+        let d = tempdir("expired");
+        let cmd = args(&[&["req", "-new"], EC, &["-keyout", "old.key", "-out", "old.csr", "-subj", "/CN=127.0.0.1"]]);
+        if !openssl(&d, &cmd) {
+            return;
+        }
+        std::fs::write(
+            d.join("ca.cnf"),
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n\
+             default_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("index.txt"), "").unwrap();
+        std::fs::write(d.join("serial"), "01\n").unwrap();
+        assert!(openssl(
+            &d,
+            &[
+                "ca", "-batch", "-config", "ca.cnf", "-selfsign", "-keyfile", "old.key", "-in", "old.csr",
+                "-startdate", "20200101000000Z", "-enddate", "20200102000000Z", "-out", "old.pem", "-notext",
+            ],
+        ));
+        let pem = read(&d, &["old.pem", "old.key"]);
+        let e = server_creds(&pem, None).unwrap_err();
+        assert!(e.starts_with("`tls`: the certificate expired on 2020-01-02T00:00:00Z"), "{e}");
+        // A host that served it anyway is refused by a daemon pinning it.
+        let sc = server_config(certs_of(&pem).unwrap(), key::private_key(&pem, None).unwrap()).unwrap();
+        let cc = client_config(&pem).unwrap();
+        let e = handshake(&Arc::new(sc), &cc, "127.0.0.1").unwrap_err();
+        assert!(e.contains("expired on 2020-01-02"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn encrypted_keys_as_openssl_writes_them() {
+        let d = tempdir("keys");
+        let cmd = args(&[&["req", "-x509"], RSA, &["-keyout", "rsa.key", "-out", "rsa.pem"]]);
+        if !openssl(&d, &[cmd.as_slice(), &["-subj", "/CN=127.0.0.1", "-days", "1"]].concat()) {
+            return;
+        }
+        let cmd = args(&[&["req", "-x509"], EC, &["-keyout", "ec.key", "-out", "ec.pem"]]);
+        assert!(openssl(&d, &[cmd.as_slice(), &["-subj", "/CN=127.0.0.1", "-days", "1"]].concat()));
+        let pw = "pass:s3cret pw";
+        let variants: &[(&str, &str, &[&str])] = &[
+            ("rsa", "pkcs8-aes", &["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "rsa.key", "-passout", pw]),
+            ("rsa", "pkcs8-3des", &["pkcs8", "-topk8", "-v2", "des3", "-in", "rsa.key", "-passout", pw]),
+            ("rsa", "genrsa-style", &["rsa", "-aes256", "-in", "rsa.key", "-passout", pw]),
+            ("rsa", "legacy-aes128", &["rsa", "-traditional", "-aes128", "-in", "rsa.key", "-passout", pw]),
+            ("rsa", "legacy-des3", &["rsa", "-traditional", "-des3", "-in", "rsa.key", "-passout", pw]),
+            ("ec", "legacy-ec-aes256", &["ec", "-aes256", "-in", "ec.key", "-passout", pw]),
+            ("ec", "legacy-ec-aes192", &["ec", "-aes192", "-in", "ec.key", "-passout", pw]),
+        ];
+        for (base, name, cmd) in variants {
+            let out = format!("{name}.key");
+            assert!(openssl(&d, &[*cmd, &["-out", out.as_str()]].concat()));
+            let key = read(&d, &[&out]);
+            let cert = read(&d, &[&format!("{base}.pem")]);
+            let pem = format!("{cert}{key}");
+            let sc = server_creds(&pem, Some("s3cret pw")).unwrap_or_else(|e| panic!("{name}: {e}"));
+            handshake(&sc.config, &client_config(&cert).unwrap(), "127.0.0.1").unwrap();
+            let e = server_creds(&pem, Some("wrong")).unwrap_err();
+            assert_eq!(e, "`pass`: wrong password for the encrypted `tls` key", "{name}");
+            assert!(server_creds(&pem, None).unwrap_err().contains("give its password with `pass`"), "{name}");
+        }
+        // The key of another certificate.
+        let e = server_creds(&read(&d, &["rsa.pem", "ec.key"]), None).unwrap_err();
+        assert!(e.contains("does not belong to the certificate"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn common_names_match_as_rfc_6125_says() {
+        let m = |cn: &str, name: &str| verify::cn_matches(cn, &server_name(name).unwrap());
+        assert!(m("127.0.0.1", "127.0.0.1"));
+        assert!(!m("127.0.0.1", "127.0.0.2"));
+        assert!(m("0:0:0:0:0:0:0:1", "::1"));
+        assert!(m("Host.Example", "host.example."));
+        assert!(m("*.example.com", "a.example.com"));
+        assert!(!m("*.example.com", "a.b.example.com"));
+        assert!(!m("*.example.com", "example.com"));
+        assert!(!m("*.com", "example.com"));
+        assert!(!m("127.0.0.1", "localhost"));
+        assert!(!m("", "localhost"));
     }
 
     #[test]

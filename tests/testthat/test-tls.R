@@ -1,8 +1,11 @@
 # TLS (tls+tcp://): real handshakes between real R processes, a stock TLS
 # client (openssl s_client) against our host, user certificates made with
-# the openssl CLI (a chain through an intermediate CA, an encrypted key),
-# hostile peers (a stalled handshake, garbage), mismatches (wrong CA, plain
-# TCP against TLS and back), and a daemon in its own network namespace.
+# the openssl CLI as users make them (a self-signed certificate from
+# `openssl req -x509`, their own CA, a chain through an intermediate CA, EC
+# keys, encrypted keys in both of OpenSSL's formats, expired certificates,
+# certificates for another name), hostile peers (a stalled handshake,
+# garbage), mismatches (wrong CA, plain TCP against TLS and back), and a
+# daemon in its own network namespace.
 
 skip_on_cran()
 
@@ -24,8 +27,8 @@ raw_peer <- function(url) {
   socketConnection("127.0.0.1", port_of(url), blocking = TRUE, open = "r+b", timeout = 10)
 }
 
-ossl <- function(...) {
-  r <- processx::run("openssl", c(...), error_on_status = FALSE, stderr_to_stdout = TRUE, timeout = 30)
+ossl <- function(..., wd = NULL) {
+  r <- processx::run("openssl", c(...), error_on_status = FALSE, stderr_to_stdout = TRUE, timeout = 30, wd = wd)
   if (r$status != 0L) stop("openssl ", paste(c(...), collapse = " "), " failed: ", r$stdout)
   r$stdout
 }
@@ -56,6 +59,55 @@ make_pki <- function(dir) {
   # Server file: certificate, chain, then key.
   writeLines(c(readLines(f("srv.pem")), readLines(f("int.pem")), readLines(f("srv.key"))), f("server.pem"))
   f
+}
+
+pem_of <- function(...) paste(unlist(lapply(c(...), readLines)), collapse = "\n")
+
+# The command users run for a self-signed certificate (it marks itself a
+# CA, and names its host in the CN only); `key` the -newkey argument(s).
+self_signed <- function(dir, name, cn, key = c("-newkey", "rsa:2048", "-nodes"), days = "1") {
+  f <- function(x) file.path(dir, x)
+  ossl("req", "-x509", key, "-keyout", f(paste0(name, ".key")), "-out", f(paste0(name, ".pem")),
+       "-subj", paste0("/CN=", cn), "-days", days)
+  c(cert = f(paste0(name, ".pem")), key = f(paste0(name, ".key")))
+}
+
+# A certificate signed by the CA `ca` (c(cert, key)), with `ext` lines
+# (e.g. a subjectAltName) as its extensions.
+signed_by <- function(dir, name, ca, subj, ext = "basicConstraints=CA:FALSE") {
+  f <- function(x) file.path(dir, paste0(name, x))
+  ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f(".key"), "-out", f(".csr"), "-subj", subj)
+  writeLines(ext, f(".ext"))
+  ossl("x509", "-req", "-in", f(".csr"), "-CA", ca[["cert"]], "-CAkey", ca[["key"]], "-CAcreateserial",
+       "-out", f(".pem"), "-days", "1", "-extfile", f(".ext"))
+  c(cert = f(".pem"), key = f(".key"))
+}
+
+# Child processes of this R session (the daemons it launched), but for the
+# `ps` that lists them.
+child_pids <- function() {
+  r <- processx::run("ps", c("-o", "pid=,comm=", "--ppid", Sys.getpid()), error_on_status = FALSE)
+  rows <- strsplit(trimws(strsplit(r$stdout, "\n", fixed = TRUE)[[1L]]), "\\s+")
+  as.integer(vapply(Filter(function(x) length(x) == 2L && x[[2L]] != "ps", rows), `[[`, "", 1L))
+}
+
+# Sets daemons at `url` with `...` (tls etc.), launches one local daemon and
+# runs a task on it; the daemon's process id.
+one_daemon <- function(url, ...) {
+  daemons(url = url, ...)
+  launch_local(1)
+  expect_true(wait_until(function() status()$connections == 1L, 20))
+  pid <- mirai(Sys.getpid())[]
+  expect_false(pid == Sys.getpid())
+  expect_identical(status()$refused, 0L)
+  daemons(0)
+  pid
+}
+
+# What a daemon dialling the current profile's URL with `tlscert` says.
+dial_with <- function(tlscert, url = status()$daemons) {
+  run_child(sprintf("mirai::daemon(%s, tlscert = %s)", deparse(url), paste(deparse(tlscert), collapse = "")),
+            env = c(MIRAI_SECRET = mirai:::profile_of(NULL)$secret))
 }
 
 test_that("daemons over tls+tcp:// with a generated certificate, with and without dispatcher", {
@@ -193,7 +245,7 @@ test_that("user certificates: a chain through an intermediate CA, and an encrypt
   expect_match(key, "ENCRYPTED PRIVATE KEY", fixed = TRUE)
   expect_error(daemons(url = "tls+tcp://127.0.0.1:0", tls = c(chain, key)), "encrypted.*pass")
   expect_error(daemons(url = "tls+tcp://127.0.0.1:0", tls = c(chain, key), pass = function() "nope"),
-               "cannot decrypt")
+               "`pass`: wrong password")
   daemons(url = "tls+tcp://127.0.0.1:0", tls = c(chain, key), pass = function() "mirai-pw",
           tlscert = c(paste(readLines(f("root.pem")), collapse = "\n"), ""))
   launch_local(1)
@@ -206,9 +258,173 @@ test_that("user certificates: a chain through an intermediate CA, and an encrypt
   expect_error(daemons(url = "tls+tcp://127.0.0.1:0", tls = 1), "`tls` must be")
   expect_error(daemons(url = "tls+tcp://127.0.0.1:0", tls = file.path(dir, "none.pem")), "no such file")
   expect_error(daemons(url = "tls+tcp://127.0.0.1:0", tls = f("srv.pem")), "no private key")
-  expect_error(daemons(url = "tls+tcp://127.0.0.1:0", tls = f("server.pem"), pass = "pw"), "`pass` must be a function")
+  expect_error(daemons(url = "tls+tcp://127.0.0.1:0", tls = f("server.pem"), pass = 1), "`pass` must be")
+  expect_error(daemons(url = "tls+tcp://127.0.0.1:0", tls = f("server.pem"), pass = function() NULL),
+               "`pass` must return")
   expect_error(daemon("tls+tcp://127.0.0.1:1", tlscert = 5), "`tlscert` must be")
   expect_false(daemons_set())
+})
+
+test_that("a self-signed certificate made by `openssl req -x509` (a CA, CN only) serves daemons", {
+  skip_if_no_openssl()
+  dir <- tempfile("selfsigned")
+  dir.create(dir)
+  on.exit({ daemons(0); unlink(dir, recursive = TRUE) })
+  # Exactly the command in the issue.
+  ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "cert.pem",
+       "-subj", "/CN=127.0.0.1", "-days", "1", wd = dir)
+  cert <- file.path(dir, "cert.pem")
+  key <- file.path(dir, "key.pem")
+  txt <- ossl("x509", "-in", cert, "-noout", "-text")
+  expect_match(txt, "CA:TRUE", fixed = TRUE)
+  expect_no_match(txt, "Subject Alternative Name", fixed = TRUE)
+  # c(cert, key) as file paths, as PEM text, and both in one file.
+  one_daemon("tls+tcp://127.0.0.1:0", tls = c(cert, key))
+  one_daemon("tls+tcp://127.0.0.1:0", tls = c(pem_of(cert), pem_of(key)), dispatcher = FALSE)
+  both <- file.path(dir, "both.pem")
+  writeLines(c(readLines(cert), readLines(key)), both)
+  one_daemon("tls+tcp://127.0.0.1:0", tls = both)
+  # Launched daemons were given the host's certificate itself.
+  daemons(url = "tls+tcp://127.0.0.1:0", tls = c(cert, key))
+  expect_identical(gsub("\\s", "", nextget("tls")[[1L]]), gsub("\\s", "", pem_of(cert)))
+  daemons(0)
+  # And over wss:// (WebSocket over TLS).
+  one_daemon("wss://127.0.0.1:0/mirai", tls = c(cert, key))
+})
+
+test_that("EC (P-256) keys, and a certificate for a DNS name", {
+  skip_if_no_openssl()
+  dir <- tempfile("ec")
+  dir.create(dir)
+  on.exit({ daemons(0); unlink(dir, recursive = TRUE) })
+  ec <- c("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+  ip <- self_signed(dir, "ip", "127.0.0.1", key = ec)
+  expect_match(ossl("x509", "-in", ip[["cert"]], "-noout", "-text"), "prime256v1", fixed = TRUE)
+  one_daemon("tls+tcp://127.0.0.1:0", tls = ip)
+  dns <- self_signed(dir, "dns", "localhost", key = ec)
+  one_daemon("tls+tcp://localhost:0", tls = dns)
+  # The name counts for a pinned certificate too: this one is not for 127.0.0.1.
+  daemons(url = "tls+tcp://127.0.0.1:0", tls = dns)
+  r <- dial_with(nextget("tls"))
+  expect_false(r$status == 0L)
+  expect_match(r$out, "not valid for '127.0.0.1': it is only for CN=localhost (and has no subjectAltName)",
+               fixed = TRUE)
+})
+
+test_that("a leaf signed by the user's own CA, daemons given the CA (or nothing: the chain)", {
+  skip_if_no_openssl()
+  dir <- tempfile("ownca")
+  dir.create(dir)
+  on.exit({ daemons(0); unlink(dir, recursive = TRUE) })
+  ca <- self_signed(dir, "ca", "mirai test CA")
+  leaf <- signed_by(dir, "leaf", ca, "/CN=mirai host", c("subjectAltName=IP:127.0.0.1", "basicConstraints=CA:FALSE"))
+  one_daemon("tls+tcp://127.0.0.1:0", tls = leaf, tlscert = ca[["cert"]])
+  one_daemon("tls+tcp://127.0.0.1:0", tls = leaf, tlscert = c(pem_of(ca[["cert"]]), ""))
+  # Without tlscert, daemons are given the host's certificate.
+  one_daemon("tls+tcp://127.0.0.1:0", tls = leaf)
+})
+
+test_that("a CA-signed leaf for another name is refused by the daemon, which says why", {
+  skip_if_no_openssl()
+  dir <- tempfile("wrongname")
+  dir.create(dir)
+  on.exit({ daemons(0); unlink(dir, recursive = TRUE) })
+  ca <- self_signed(dir, "ca", "mirai test CA")
+  # A subjectAltName for another host: its CN (127.0.0.1) does not count.
+  san <- signed_by(dir, "san", ca, "/CN=127.0.0.1", "subjectAltName=DNS:other.example")
+  daemons(url = "tls+tcp://127.0.0.1:0", tls = san, tlscert = ca[["cert"]])
+  m <- mirai("never")
+  r <- dial_with(ca[["cert"]])
+  expect_false(r$status == 0L)
+  expect_match(r$out, "TLS handshake failed")
+  expect_match(r$out, "not valid for name \"127.0.0.1\"; certificate is only valid for DnsName(\"other.example\")",
+               fixed = TRUE)
+  expect_lt(r$secs, 30)
+  expect_identical(status()$connections, 0L)
+  expect_true(wait_until(function() status()$refused >= 1L, 5))
+  expect_true(unresolved(m))
+  daemons(0)
+  # No subjectAltName, and a CN for another host.
+  cn <- signed_by(dir, "cn", ca, "/CN=other.example")
+  daemons(url = "tls+tcp://127.0.0.1:0", tls = cn, tlscert = ca[["cert"]])
+  r <- dial_with(ca[["cert"]])
+  expect_false(r$status == 0L)
+  expect_match(r$out, "not valid for '127.0.0.1': it is only for CN=other.example", fixed = TRUE)
+  daemons(0)
+  # A daemon given another CA.
+  other <- self_signed(dir, "other", "another CA")
+  daemons(url = "tls+tcp://127.0.0.1:0", tls = san)
+  r <- dial_with(other[["cert"]])
+  expect_false(r$status == 0L)
+  expect_match(r$out, "not one given in `tlscert`", fixed = TRUE)
+})
+
+test_that("encrypted keys (both of OpenSSL's formats), `pass` as a string or a function", {
+  skip_if_no_openssl()
+  dir <- tempfile("enckey")
+  dir.create(dir)
+  on.exit({ daemons(0); unlink(dir, recursive = TRUE) })
+  f <- function(x) file.path(dir, x)
+  # `openssl req` without -nodes: PKCS#8, AES-256-CBC.
+  ossl("req", "-x509", "-newkey", "rsa:2048", "-keyout", f("rsa.key"), "-passout", "pass:top secret",
+       "-out", f("rsa.pem"), "-subj", "/CN=127.0.0.1", "-days", "1")
+  expect_match(pem_of(f("rsa.key")), "BEGIN ENCRYPTED PRIVATE KEY", fixed = TRUE)
+  one_daemon("tls+tcp://127.0.0.1:0", tls = c(f("rsa.pem"), f("rsa.key")), pass = "top secret")
+  one_daemon("tls+tcp://127.0.0.1:0", tls = c(f("rsa.pem"), f("rsa.key")), pass = function() "top secret")
+  # `openssl ec -aes256`: the legacy format (Proc-Type: 4,ENCRYPTED).
+  ec <- self_signed(dir, "ec", "127.0.0.1", key = c("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                                                     "-nodes"))
+  ossl("ec", "-in", ec[["key"]], "-aes256", "-passout", "pass:pw", "-out", f("ec.enc.key"))
+  expect_match(pem_of(f("ec.enc.key")), "Proc-Type: 4,ENCRYPTED", fixed = TRUE)
+  one_daemon("tls+tcp://127.0.0.1:0", tls = c(ec[["cert"]], f("ec.enc.key")), pass = "pw")
+  expect_error(daemons(url = "tls+tcp://127.0.0.1:0", tls = c(ec[["cert"]], f("ec.enc.key")), pass = "nope"),
+               "`pass`: wrong password for the encrypted `tls` key", fixed = TRUE)
+  expect_error(daemons(url = "tls+tcp://127.0.0.1:0", tls = c(ec[["cert"]], f("ec.enc.key"))),
+               "`tls`: the private key is encrypted: give its password with `pass`", fixed = TRUE)
+})
+
+test_that("bad credentials are errors naming `tls` or `pass`, before anything is launched", {
+  skip_if_no_openssl()
+  dir <- tempfile("badcreds")
+  dir.create(dir)
+  on.exit({ daemons(0); unlink(dir, recursive = TRUE) })
+  f <- function(x) file.path(dir, x)
+  a <- self_signed(dir, "a", "127.0.0.1")
+  b <- self_signed(dir, "b", "127.0.0.1", key = c("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                                                   "-nodes"))
+  ossl("pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", a[["key"]], "-out", f("a.enc.key"), "-passout", "pass:pw")
+  # An expired certificate: `openssl ca` sets the dates.
+  writeLines(c("[ca]", "default_ca = d", "[d]", "database = index.txt", "new_certs_dir = .",
+               "serial = serial", "default_md = sha256", "policy = p", "[p]", "commonName = supplied"),
+             f("ca.cnf"))
+  file.create(f("index.txt"))
+  writeLines("01", f("serial"))
+  ossl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f("old.key"), "-out", f("old.csr"),
+       "-subj", "/CN=127.0.0.1")
+  ossl("ca", "-batch", "-config", "ca.cnf", "-selfsign", "-keyfile", "old.key", "-in", "old.csr",
+       "-startdate", "20200101000000Z", "-enddate", "20200102000000Z", "-out", "old.pem", "-notext", wd = dir)
+  garbled <- sub("\n[A-Za-z0-9+/]{20}", "\n!!not base64!!", pem_of(a[["cert"]]))
+  before <- child_pids()
+  url <- "tls+tcp://127.0.0.1:0"
+  cases <- list(
+    list(tls = c(a[["cert"]], f("a.enc.key")), pass = "wrong", msg = "`pass`: wrong password"),
+    list(tls = c(a[["cert"]], f("a.enc.key")), pass = function() "wrong", msg = "`pass`: wrong password"),
+    list(tls = c(a[["cert"]], b[["key"]]), msg = "`tls`: the private key does not belong to the certificate"),
+    list(tls = c(garbled, pem_of(a[["key"]])), msg = "`tls`: cannot read the PEM certificates"),
+    list(tls = c("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----", pem_of(a[["key"]])),
+         msg = "`tls`: the certificate is not a valid X.509 certificate"),
+    list(tls = c(f("nothere.pem"), a[["key"]]), msg = "`tls`: no such file"),
+    list(tls = c(dir, a[["key"]]), msg = "is a directory, not a PEM file"),
+    list(tls = c(f("old.pem"), f("old.key")), msg = "`tls`: the certificate expired on 2020-01-02T00:00:00Z"),
+    list(tls = c(pem_of(a[["cert"]]), ""), msg = "`tls`: no private key found")
+  )
+  for (case in cases) {
+    expect_error(daemons(1, url = url, tls = case$tls, pass = case$pass), case$msg, fixed = TRUE)
+    expect_false(daemons_set())
+  }
+  expect_identical(child_pids(), before)
+  # The good pair works.
+  one_daemon(url, tls = c(a[["cert"]], f("a.enc.key")), pass = "pw")
 })
 
 test_that("openssl s_client completes a TLS handshake with our host and sees our certificate", {

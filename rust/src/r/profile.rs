@@ -111,7 +111,7 @@ pub extern "C" fn mirai_host_start(
             Address::Tcp { tls: true, .. } => {
                 let pem = strs_arg(tls, "tls")?.join("\n");
                 let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
-                Some(crate::tls::server_creds(&pem, pass.as_deref()).map_err(|e| format!("`tls`: {e}"))?)
+                Some(crate::tls::server_creds(&pem, pass.as_deref())?)
             }
             _ if !is_null(tls) => return Err("`tls` needs a tls+tcp:// or wss:// URL".into()),
             _ => None,
