@@ -348,9 +348,12 @@ mirai_error <- function(e, trace = list()) {
   # A miraiError is one string: a condition's message may be anything.
   msg <- paste(as.character(conditionMessage(e)), collapse = "\n")
   # A call of eval() itself (by name, or by the closure as a node task's
-  # call has it) is the daemon's, not the task's.
+  # call has it) is the daemon's, not the task's: the error was raised at
+  # the top of the task, which has no call of its own (as R's "Error: msg"),
+  # so `$call` and conditionCall() are NULL rather than a daemon internal.
   internal <- is.null(call) || (is.call(call) && (identical(call[[1L]], quote(eval)) ||
     identical(call[[1L]], quote(eval_task)) || identical(call[[1L]], eval)))
+  if (internal) call <- NULL
   text <- if (internal) sprintf("Error: %s\n", msg)
           else sprintf("Error in %s: %s\n", paste(deparse(call, nlines = 1L), collapse = ""), msg)
   out <- text
