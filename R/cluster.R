@@ -274,8 +274,8 @@ cluster_of <- function(nodes, id, name, profile) {
 drop_outstanding <- function(node) .Call(C_mirai_cluster_drop, node)
 
 # The cluster's profile while it is still the one registered under the
-# cluster's ID, else NULL: once a cluster has stopped, its ID goes to the
-# next cluster made, which a stale handle must neither report nor stop.
+# cluster's ID, else NULL: once a cluster has stopped, its handle must
+# neither report nor stop daemons set later under that name by hand.
 live_profile <- function(cl) {
   prof <- profile_of(attr(cl, "id"))
   if (!is.null(prof) && identical(prof, attr(cl, "profile"))) prof
@@ -318,10 +318,13 @@ still_open <- function(con) {
   identical(attr(con, "conn_id"), attr(now, "conn_id"))
 }
 
-# "`k`" for the lowest k >= the number of profiles not yet in use.
+# "`k`", k the number of profile names set so far in the session (as the
+# reference counts them), moved on past any name already used: a cluster
+# made after another was stopped gets an ID of its own, never the old one.
 next_cluster_id <- function() {
-  k <- length(ls(.$profiles, all.names = TRUE))
-  while (!is.null(.$profiles[[sprintf("`%d`", k)]])) k <- k + 1L
+  used <- .$profile_names
+  k <- length(ls(used, all.names = TRUE))
+  while (exists(sprintf("`%d`", k), envir = used, inherits = FALSE)) k <- k + 1L
   sprintf("`%d`", k)
 }
 

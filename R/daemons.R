@@ -99,6 +99,7 @@ new_profile <- function(.compute, url, dispatcher, seed = NULL, stream = NULL, h
   prof$active <- TRUE
   if (sync) prof$globals <- new.env(parent = .GlobalEnv)
   assign(.compute, prof, envir = .$profiles)
+  assign(.compute, TRUE, envir = .$profile_names)
   prof
 }
 

@@ -15,6 +15,9 @@ NULL
 # `daemon` is TRUE (see on_daemon()).
 . <- new.env(parent = emptyenv())
 .$profiles <- new.env(parent = emptyenv())
+# Every profile name ever set in the session (a reset keeps its name here):
+# cluster IDs count them, so that no two clusters share an ID.
+.$profile_names <- new.env(parent = emptyenv())
 .$current <- "default"
 .$daemon <- FALSE
 
