@@ -258,15 +258,19 @@ cluster_config <- function(command = "sbatch", options = "", rscript = "Rscript"
 #'   Workbench's, from `RS_SERVER_ADDRESS`.
 #' @param method (character) the HTTP method. Default `"POST"`.
 #' @param headers (character or function) named request headers. Default:
-#'   Posit Workbench's (JSON content).
+#'   Posit Workbench's (JSON content, and the session cookie from
+#'   `RS_SESSION_RPC_COOKIE`).
 #' @param data (character or function) the request body, with a `%s` for
 #'   the daemon call. Default: Posit Workbench's `launch_job` request.
-#' @param ... (named arguments) passed to `data` when it is a function.
+#' @param ... (named arguments) passed to `data` when it is a function (kept
+#'   as the configuration's `dots`).
 #' @param cookie (character or function) a cookie to send, or NULL. Default
-#'   NULL (for the Posit Workbench defaults, `RS_SESSION_RPC_COOKIE`).
+#'   NULL.
 #' @param token (character or function) a bearer token to send, or NULL.
 #'   Default NULL.
-#' @return A launch configuration (a list).
+#' @return A launch configuration: a list of `type` ("http"), `url`,
+#'   `method`, `headers`, `data`, `dots` (the `...` arguments), `cookie` and
+#'   `token`.
 #' @seealso [launch_remote()].
 #' @examples
 #' cfg <- http_config(
@@ -293,8 +297,7 @@ http_config <- function(url = posit_workbench_url, method = "POST",
     stop("`cookie` must be a character string, a function or NULL", call. = FALSE)
   if (!is.null(token) && !lazy(token))
     stop("`token` must be a character string, a function or NULL", call. = FALSE)
-  if (identical(data, posit_workbench_data) && is.null(cookie)) cookie <- posit_workbench_cookie
-  list(type = "http", url = url, method = method, headers = headers, data = data, args = list(...),
+  list(type = "http", url = url, method = method, headers = headers, data = data, dots = list(...),
        cookie = cookie, token = token)
 }
 
@@ -422,7 +425,7 @@ http_launch <- function(remote, calls) {
     headers <- resolve(remote$headers)
     if (length(headers) && (!is.character(headers) || is.null(names(headers))))
       stop("`headers` of http_config() must give a named character vector", call. = FALSE)
-    data <- if (is.function(remote$data)) do.call(remote$data, remote$args) else remote$data
+    data <- if (is.function(remote$data)) do.call(remote$data, remote$dots %||% list()) else remote$data
     if (!is_string(data) || !grepl("%s", data, fixed = TRUE))
       stop("`data` of http_config() must give a character string with a %s placeholder",
            call. = FALSE)
@@ -515,7 +518,7 @@ posit_workbench_url <- function() {
   paste0(sub("/*$", "/", addr), "api/launch_job")
 }
 
-posit_workbench_headers <- function() c(`Content-Type` = "application/json")
+posit_workbench_headers <- function() c(`Content-Type` = "application/json", Cookie = posit_workbench_cookie())
 
 posit_workbench_cookie <- function() {
   cookie <- Sys.getenv("RS_SESSION_RPC_COOKIE")
