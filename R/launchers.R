@@ -78,8 +78,7 @@ launch_remote <- function(n = 1L, remote = remote_config(), ..., .compute = NULL
   if (is.list(remote$args) && length(remote$args) > 1L) {
     if (n == 1L) n <- length(remote$args)
     else if (n != length(remote$args))
-      stop(sprintf("`n` must be 1 or the number of remotes (%d)", length(remote$args)),
-           call. = FALSE)
+      stop("`n` must equal the length of `args`, or either must be 1", call. = FALSE)
   }
   n <- as.integer(n)
   if (identical(remote$type, "http")) {

@@ -53,6 +53,18 @@ test_that("launch_remote() commands carry URL, stream and secret, which print() 
   expect_match(cmd, "^Rscript -e 'mirai::daemon\\(\"tcp://127.0.0.1:[0-9]+\",dispatcher=TRUE\\)'$")
 })
 
+test_that("launch_remote() with `n` not matching the number of remotes fails as the reference does", {
+  daemons(url = "tcp://127.0.0.1:0", dispatcher = FALSE)
+  on.exit(daemons(0))
+  two <- remote_config(command = "/bin/true", args = list(c("a", "."), c("b", ".")))
+  msg <- "`n` must equal the length of `args`, or either must be 1"
+  expect_error(launch_remote(3, two), msg, fixed = TRUE)
+  expect_error(launch_remote(3, ssh_config(c("ssh://h1", "ssh://h2"))), msg, fixed = TRUE)
+  # 1, or the number of remotes, launches one daemon on each.
+  expect_length(launch_remote(1, two), 2L)
+  expect_length(launch_remote(2, two), 2L)
+})
+
 test_that("remote_config() runs its command: the daemon joins, its argv holds no secret", {
   daemons(url = "tcp://127.0.0.1:0")
   on.exit(daemons(0))
