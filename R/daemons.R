@@ -7,10 +7,15 @@ daemon_dots <- function(dots) {
   dots
 }
 
-launch_command <- function(url, dots) {
-  args <- vapply(names(dots), function(nm) sprintf(",%s=%s", nm, paste(deparse(dots[[nm]]), collapse = "")), character(1L))
-  sprintf("mirai::daemon(%s%s)", deparse(url), paste(args, collapse = ""))
+# The daemon() arguments `dots` as written in a launch command:
+# ",name=value" for each, "" for none.
+dots_text <- function(dots) {
+  args <- vapply(names(dots), function(nm) sprintf(",%s=%s", nm, paste(deparse(dots[[nm]]), collapse = "")),
+                 character(1L))
+  paste(args, collapse = "")
 }
+
+launch_command <- function(url, dots) sprintf("mirai::daemon(%s%s)", deparse(url), dots_text(dots))
 
 # Arguments for launching one more daemon. Without dispatcher or seed each
 # daemon starts on its own stream, given as `rs` (with dispatcher the host
@@ -82,11 +87,17 @@ memory_bytes <- function(memory) {
 # later, e.g. `stream` moves on), registered under `.compute`. `host` is the
 # native handle (NULL in sync mode, where `globals` receives `...` objects).
 new_profile <- function(.compute, url, dispatcher, seed = NULL, stream = NULL, host = NULL, serial = NULL,
-                        secret = NULL, dots = list(), n = 0L, sync = FALSE) {
+                        secret = NULL, dots = list(), n = 0L, sync = FALSE, memory = 0) {
   prof <- new.env(parent = emptyenv())
   prof$compute <- .compute
   prof$url <- url
   prof$dispatcher <- dispatcher
+  # The dispatcher's address, which nextget("dispatcher") gives (NULL
+  # without one), as the reference's is the URL the host reaches it at:
+  # here the dispatcher runs in this process, so the address is inproc://.
+  if (dispatcher) prof$dispatcher_url <- paste0("inproc://", .Call(C_mirai_random_hex, 12))
+  # The dispatcher's cap on queued bytes; 0 for none.
+  prof$memory <- memory
   prof$seed <- seed
   prof$stream <- stream
   prof$host <- host
@@ -326,7 +337,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
                 max_message(), pem, tls_pass(pass))
   prof <- new_profile(.compute, url = .Call(C_mirai_host_url, host), dispatcher = dispatcher, seed = seed,
                       stream = stream, host = host, serial = serial, secret = if (auth) secret,
-                      dots = dots, n = n)
+                      dots = dots, n = n, memory = cap)
   # What launched daemons verify the host with: the `tlscert` given, else
   # the host's own certificate chain (generated or from `tls`).
   cert <- .Call(C_mirai_host_tlscert, host)
@@ -526,17 +537,35 @@ host_url <- function(tls = FALSE, port = 0) {
 
 #' Get Profile Field
 #'
-#' `nextget()` reads a field of a compute profile, for developers: `"url"`,
-#' `"dispatcher"`, `"n"`, `"dots"`, `"sync"`, `"compute"`, `"seed"` (the
-#' `seed` given to [daemons()]), `"stream"` (the profile's current
-#' L'Ecuyer-CMRG stream, see [nextstream()]) or `"tls"` (for a `tls+tcp://`
-#' host, the certificate launched daemons verify it with, as [daemon()]'s
-#' `tlscert` takes it).
+#' `nextget()` reads a field of a compute profile, for developers, each of
+#' the type the reference gives it:
+#' * `"url"` (character): the URL daemons dial.
+#' * `"dispatcher"` (character): the address of the profile's dispatcher
+#'   (`inproc://`, as it runs in this process), or NULL without one.
+#' * `"n"` (integer): the number of daemons launched by [daemons()].
+#' * `"dots"` (character): the [daemon()] arguments given to [daemons()], as
+#'   they appear in launch commands, e.g. `",cleanup=FALSE,maxtasks=5"`
+#'   (`""` for none).
+#' * `"sync"` (logical), `"compute"` (character): whether the profile is
+#'   synchronous, and its name.
+#' * `"seed"`: the `seed` given to [daemons()]; `"stream"` (integer): the
+#'   profile's current L'Ecuyer-CMRG stream (see [nextstream()]).
+#' * `"tls"` (character): for a `tls+tcp://` or `wss://` host, the
+#'   certificate launched daemons verify it with, as [daemon()]'s `tlscert`
+#'   takes it.
+#' * `"unbounded"` (logical): TRUE unless `daemons(memory =)` caps the
+#'   dispatcher's queue.
+#'
+#' `"cv"` and `"sock"` are objects of the 'nanonext' package in the
+#' reference, which this implementation does not use, `"otel_span"` is an
+#' OpenTelemetry span, which it does not record, and `"everywhere"` is the
+#' reference's internal state: all are NULL here.
 #'
 #' @param x (character) the field name. No default: required.
 #' @param .compute (character) name of the compute profile. Default
 #'   `"default"`.
-#' @return The field's value, or NULL.
+#' @return The field's value, or NULL (no daemons set for the profile, or no
+#'   such field).
 #' @examples
 #' daemons(sync = TRUE, seed = 1)
 #' nextget("url")
@@ -547,6 +576,12 @@ host_url <- function(tls = FALSE, port = 0) {
 nextget <- function(x, .compute = "default") {
   if (!is.character(x) || length(x) != 1L) stop("`x` must be a character string", call. = FALSE)
   prof <- profile_of(.compute)
-  if (is.null(prof) || x %in% c("secret", "host")) return(NULL)
-  prof[[x]]
+  if (is.null(prof)) return(NULL)
+  switch(x,
+         dispatcher = prof$dispatcher_url,
+         dots = dots_text(prof$dots),
+         unbounded = !(prof$memory > 0),
+         # The native handle and the daemons' secret stay inside.
+         secret = , host = , dispatcher_url = , memory = NULL,
+         prof[[x]])
 }
