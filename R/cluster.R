@@ -6,7 +6,11 @@
 #' Creates a cluster of daemons that every function of base R's 'parallel'
 #' package accepts (`parLapply()`, `clusterApplyLB()`, `clusterExport()`,
 #' `clusterSetRNGStream()`, ...), as does foreach through
-#' `doParallel::registerDoParallel(cl)`.
+#' `doParallel::registerDoParallel(cl)`. The 'snow' package's functions
+#' accept it too (its methods are registered for snow's generics as well),
+#' and so foreach through `doSNOW::registerDoSNOW(cl)`, including progress
+#' reporting with `.options.snow = list(progress = f)`: `f` is called as
+#' each task completes.
 #'
 #' Each node of the cluster is one daemon: a task sent to node i runs on the
 #' i-th daemon to have connected, as parallel expects (so that
@@ -145,6 +149,14 @@ as.cluster.miraiNode <- function(x, ...) {
 }
 
 # ---- parallel's node interface ------------------------------------------
+#
+# snow, from which parallel's cluster code comes, has the same four
+# generics and the same messages (list(type, data = list(fun, args, return,
+# tag), tag) out; list(node, value = list(type, value, tag)) back from
+# recvOneData()). Packages built on snow (doSNOW, whose progress bars are
+# called as each result comes back from recvOneData()) call snow's
+# generics, so the methods below are registered for both (for snow's when
+# its namespace loads).
 
 # parallel sends list(type, data = list(fun, args, return, tag), tag); only
 # "EXEC" reaches a node (stopCluster() has its own method). The node's
@@ -152,7 +164,14 @@ as.cluster.miraiNode <- function(x, ...) {
 # rust/src/r/node.rs), so nothing is left in its global environment that
 # parallel itself would not leave.
 #' @rawNamespace S3method(parallel::sendData, miraiNode)
+#' @rawNamespace S3method(snow::sendData, miraiNode)
 sendData.miraiNode <- function(node, data) {
+  # The message is evaluated first: an error in making it is the caller's
+  # and leaves the cluster as it was. (snow's sendCall() passes its `args`
+  # unevaluated, and doSNOW's are its iterator's next element, whose end
+  # is an error that doSNOW catches before receiving the results still
+  # outstanding.)
+  force(data)
   # Interrupted (or failed) before the task is on record: parallel's caller
   # gives up on the tasks already sent to other nodes too.
   sent <- FALSE
@@ -184,6 +203,7 @@ sendData.miraiNode <- function(node, data) {
 # would be; they arrive when the task is done, not live.
 
 #' @rawNamespace S3method(parallel::recvData, miraiNode)
+#' @rawNamespace S3method(snow::recvData, miraiNode)
 recvData.miraiNode <- function(node) {
   if (length(.subset2(node, "pending"))) return(next_pending(node))
   received <- FALSE
@@ -202,6 +222,7 @@ sendData.miraiRelay <- function(node, data) {
 }
 
 #' @rawNamespace S3method(parallel::recvOneData, miraiCluster)
+#' @rawNamespace S3method(snow::recvOneData, miraiCluster)
 recvOneData.miraiCluster <- function(cl) {
   received <- FALSE
   on.exit(if (!received && length(cl)) drop_outstanding(.subset2(cl, 1L)))
@@ -216,6 +237,7 @@ recvOneData.miraiCluster <- function(cl) {
 }
 
 #' @rawNamespace S3method(parallel::stopCluster, miraiCluster)
+#' @rawNamespace S3method(snow::stopCluster, miraiCluster)
 stopCluster.miraiCluster <- function(cl) stop_cluster(cl)
 
 # ---- internals -----------------------------------------------------------
