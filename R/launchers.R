@@ -257,8 +257,8 @@ cluster_config <- function(command = "sbatch", options = "", rscript = "Rscript"
 #'   Workbench's, from `RS_SERVER_ADDRESS`.
 #' @param method (character) the HTTP method. Default `"POST"`.
 #' @param headers (character or function) named request headers. Default:
-#'   Posit Workbench's (JSON content, and the session cookie from
-#'   `RS_SESSION_RPC_COOKIE`).
+#'   Posit Workbench's (JSON content, and with the default `data` the
+#'   session cookie from `RS_SESSION_RPC_COOKIE`).
 #' @param data (character or function) the request body, with a `%s` for
 #'   the daemon call. Default: Posit Workbench's `launch_job` request.
 #' @param ... (named arguments) passed to `data` when it is a function (kept
@@ -296,6 +296,9 @@ http_config <- function(url = posit_workbench_url, method = "POST",
     stop("`cookie` must be a character string, a function or NULL", call. = FALSE)
   if (!is.null(token) && !lazy(token))
     stop("`token` must be a character string, a function or NULL", call. = FALSE)
+  # The Workbench session cookie goes only with the Workbench request.
+  if (identical(headers, posit_workbench_headers) && !identical(data, posit_workbench_data))
+    headers <- json_headers
   list(type = "http", url = url, method = method, headers = headers, data = data, dots = list(...),
        cookie = cookie, token = token)
 }
@@ -517,7 +520,9 @@ posit_workbench_url <- function() {
   paste0(sub("/*$", "/", addr), "api/launch_job")
 }
 
-posit_workbench_headers <- function() c(`Content-Type` = "application/json", Cookie = posit_workbench_cookie())
+json_headers <- function() c(`Content-Type` = "application/json")
+
+posit_workbench_headers <- function() c(json_headers(), Cookie = posit_workbench_cookie())
 
 posit_workbench_cookie <- function() {
   cookie <- Sys.getenv("RS_SESSION_RPC_COOKIE")
