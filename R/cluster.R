@@ -70,19 +70,19 @@
 #' stop_cluster(cl)
 #' @export
 make_cluster <- function(n, url = NULL, remote = NULL, ...) {
-  if (!missing(n) && !is.numeric(n)) stop("`n` must be numeric, did you mean to provide `url`?", call. = FALSE)
-  if (!missing(n) && (length(n) != 1L || is.na(n))) stop("`n` must be a single number", call. = FALSE)
-  if (!missing(n) && (!is.finite(n) || n != trunc(n))) stop("`n` must be a whole number", call. = FALSE)
+  if (!missing(n) && !is.numeric(n)) abort("`n` must be numeric, did you mean to provide `url`?")
+  if (!missing(n) && (length(n) != 1L || is.na(n))) abort("`n` must be a single number")
+  if (!missing(n) && (!is.finite(n) || n != trunc(n))) abort("`n` must be a whole number")
   if (is.null(url) || !is.null(remote)) {
-    if (missing(n)) stop("`n` must be supplied (the number of nodes)", call. = FALSE)
-    if (n < 1) stop("`n` must be 1 or greater", call. = FALSE)
+    if (missing(n)) abort("`n` must be supplied (the number of nodes)")
+    if (n < 1) abort("`n` must be 1 or greater")
   } else if (missing(n)) {
     n <- 1L
   }
   fixed <- intersect(names(list(...)), c("dispatcher", "cleanup", "idletime", "walltime", "maxtasks"))
   if (length(fixed))
-    stop(sprintf("`%s` cannot be set for a cluster: its nodes are persistent daemons that keep their state",
-                 fixed[[1L]]), call. = FALSE)
+    abort(sprintf("`%s` cannot be set for a cluster: its nodes are persistent daemons that keep their state",
+                 fixed[[1L]]))
   id <- next_cluster_id()
   if (is.null(url)) {
     daemons(n, dispatcher = TRUE, cleanup = FALSE, ..., .compute = id)
@@ -111,7 +111,7 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
 #'   required.
 #' @export
 stop_cluster <- function(cl) {
-  if (!inherits(cl, "miraiCluster")) stop("`cl` must be a 'miraiCluster'", call. = FALSE)
+  if (!inherits(cl, "miraiCluster")) abort("`cl` must be a 'miraiCluster'")
   if (!is.null(live_profile(cl))) daemons(0, .compute = attr(cl, "id"))
   invisible()
 }
@@ -326,7 +326,7 @@ ready_socket <- function() {
     if (!is.null(srv)) break
   }
   if (is.null(srv))
-    stop("could not open a local socket for future's resolved() checks", call. = FALSE)
+    abort("could not open a local socket for future's resolved() checks")
   on.exit(close(srv))
   con <- socketConnection("127.0.0.1", port, open = "rb", blocking = TRUE, timeout = 5)
   close(socketAccept(srv, open = "rb", blocking = TRUE, timeout = 5))

@@ -28,7 +28,7 @@ NULL
 profile_of <- function(.compute) {
   if (is.null(.compute)) .compute <- .$current
   if (!is.character(.compute) || length(.compute) != 1L || is.na(.compute))
-    stop("`.compute` must be a character string naming a compute profile, or NULL", call. = FALSE)
+    abort("`.compute` must be a character string naming a compute profile, or NULL")
   .$profiles[[.compute]]
 }
 
