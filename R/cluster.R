@@ -6,7 +6,11 @@
 #' Creates a cluster of daemons that every function of base R's 'parallel'
 #' package accepts (`parLapply()`, `clusterApplyLB()`, `clusterExport()`,
 #' `clusterSetRNGStream()`, ...), as does foreach through
-#' `doParallel::registerDoParallel(cl)`.
+#' `doParallel::registerDoParallel(cl)`. The 'snow' package's functions
+#' accept it too (its methods are registered for snow's generics as well),
+#' and so foreach through `doSNOW::registerDoSNOW(cl)`, including progress
+#' reporting with `.options.snow = list(progress = f)`: `f` is called as
+#' each task completes.
 #'
 #' Each node of the cluster is one daemon: a task sent to node i runs on the
 #' i-th daemon to have connected, as parallel expects (so that
@@ -66,19 +70,19 @@
 #' stop_cluster(cl)
 #' @export
 make_cluster <- function(n, url = NULL, remote = NULL, ...) {
-  if (!missing(n) && !is.numeric(n)) stop("`n` must be numeric, did you mean to provide `url`?", call. = FALSE)
-  if (!missing(n) && (length(n) != 1L || is.na(n))) stop("`n` must be a single number", call. = FALSE)
-  if (!missing(n) && (!is.finite(n) || n != trunc(n))) stop("`n` must be a whole number", call. = FALSE)
+  if (!missing(n) && !is.numeric(n)) abort("`n` must be numeric, did you mean to provide `url`?")
+  if (!missing(n) && (length(n) != 1L || is.na(n))) abort("`n` must be a single number")
+  if (!missing(n) && (!is.finite(n) || n != trunc(n))) abort("`n` must be a whole number")
   if (is.null(url) || !is.null(remote)) {
-    if (missing(n)) stop("`n` must be supplied (the number of nodes)", call. = FALSE)
-    if (n < 1) stop("`n` must be 1 or greater", call. = FALSE)
+    if (missing(n)) abort("`n` must be supplied (the number of nodes)")
+    if (n < 1) abort("`n` must be 1 or greater")
   } else if (missing(n)) {
     n <- 1L
   }
   fixed <- intersect(names(list(...)), c("dispatcher", "cleanup", "idletime", "walltime", "maxtasks"))
   if (length(fixed))
-    stop(sprintf("`%s` cannot be set for a cluster: its nodes are persistent daemons that keep their state",
-                 fixed[[1L]]), call. = FALSE)
+    abort(sprintf("`%s` cannot be set for a cluster: its nodes are persistent daemons that keep their state",
+                 fixed[[1L]]))
   id <- next_cluster_id()
   if (is.null(url)) {
     daemons(n, dispatcher = TRUE, cleanup = FALSE, ..., .compute = id)
@@ -107,7 +111,7 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
 #'   required.
 #' @export
 stop_cluster <- function(cl) {
-  if (!inherits(cl, "miraiCluster")) stop("`cl` must be a 'miraiCluster'", call. = FALSE)
+  if (!inherits(cl, "miraiCluster")) abort("`cl` must be a 'miraiCluster'")
   if (!is.null(live_profile(cl))) daemons(0, .compute = attr(cl, "id"))
   invisible()
 }
@@ -145,6 +149,14 @@ as.cluster.miraiNode <- function(x, ...) {
 }
 
 # ---- parallel's node interface ------------------------------------------
+#
+# snow, from which parallel's cluster code comes, has the same four
+# generics and the same messages (list(type, data = list(fun, args, return,
+# tag), tag) out; list(node, value = list(type, value, tag)) back from
+# recvOneData()). Packages built on snow (doSNOW, whose progress bars are
+# called as each result comes back from recvOneData()) call snow's
+# generics, so the methods below are registered for both (for snow's when
+# its namespace loads).
 
 # parallel sends list(type, data = list(fun, args, return, tag), tag); only
 # "EXEC" reaches a node (stopCluster() has its own method). The node's
@@ -152,7 +164,14 @@ as.cluster.miraiNode <- function(x, ...) {
 # rust/src/r/node.rs), so nothing is left in its global environment that
 # parallel itself would not leave.
 #' @exportS3Method parallel::sendData
+#' @exportS3Method snow::sendData
 sendData.miraiNode <- function(node, data) {
+  # The message is evaluated first: an error in making it is the caller's
+  # and leaves the cluster as it was. (snow's sendCall() passes its `args`
+  # unevaluated, and doSNOW's are its iterator's next element, whose end
+  # is an error that doSNOW catches before receiving the results still
+  # outstanding.)
+  force(data)
   # Interrupted (or failed) before the task is on record: parallel's caller
   # gives up on the tasks already sent to other nodes too.
   sent <- FALSE
@@ -184,6 +203,7 @@ sendData.miraiNode <- function(node, data) {
 # would be; they arrive when the task is done, not live.
 
 #' @exportS3Method parallel::recvData
+#' @exportS3Method snow::recvData
 recvData.miraiNode <- function(node) {
   if (length(.subset2(node, "pending"))) return(next_pending(node))
   received <- FALSE
@@ -202,6 +222,7 @@ sendData.miraiRelay <- function(node, data) {
 }
 
 #' @exportS3Method parallel::recvOneData
+#' @exportS3Method snow::recvOneData
 recvOneData.miraiCluster <- function(cl) {
   received <- FALSE
   on.exit(if (!received && length(cl)) drop_outstanding(.subset2(cl, 1L)))
@@ -216,6 +237,7 @@ recvOneData.miraiCluster <- function(cl) {
 }
 
 #' @exportS3Method parallel::stopCluster
+#' @exportS3Method snow::stopCluster
 stopCluster.miraiCluster <- function(cl) stop_cluster(cl)
 
 # ---- internals -----------------------------------------------------------
@@ -274,8 +296,8 @@ cluster_of <- function(nodes, id, name, profile) {
 drop_outstanding <- function(node) .Call(C_mirai_cluster_drop, node)
 
 # The cluster's profile while it is still the one registered under the
-# cluster's ID, else NULL: once a cluster has stopped, its ID goes to the
-# next cluster made, which a stale handle must neither report nor stop.
+# cluster's ID, else NULL: once a cluster has stopped, its handle must
+# neither report nor stop daemons set later under that name by hand.
 live_profile <- function(cl) {
   prof <- profile_of(attr(cl, "id"))
   if (!is.null(prof) && identical(prof, attr(cl, "profile"))) prof
@@ -304,7 +326,7 @@ ready_socket <- function() {
     if (!is.null(srv)) break
   }
   if (is.null(srv))
-    stop("could not open a local socket for future's resolved() checks", call. = FALSE)
+    abort("could not open a local socket for future's resolved() checks")
   on.exit(close(srv))
   con <- socketConnection("127.0.0.1", port, open = "rb", blocking = TRUE, timeout = 5)
   close(socketAccept(srv, open = "rb", blocking = TRUE, timeout = 5))
@@ -318,10 +340,13 @@ still_open <- function(con) {
   identical(attr(con, "conn_id"), attr(now, "conn_id"))
 }
 
-# "`k`" for the lowest k >= the number of profiles not yet in use.
+# "`k`", k the number of profile names set so far in the session (as the
+# reference counts them), moved on past any name already used: a cluster
+# made after another was stopped gets an ID of its own, never the old one.
 next_cluster_id <- function() {
-  k <- length(ls(.$profiles, all.names = TRUE))
-  while (!is.null(.$profiles[[sprintf("`%d`", k)]])) k <- k + 1L
+  used <- .$profile_names
+  k <- length(ls(used, all.names = TRUE))
+  while (exists(sprintf("`%d`", k), envir = used, inherits = FALSE)) k <- k + 1L
   sprintf("`%d`", k)
 }
 

@@ -2,7 +2,7 @@
 
 check_limit <- function(x, what) {
   if (!is.numeric(x) || length(x) != 1L || is.na(x) || x < 0)
-    stop(sprintf("`%s` must be a non-negative number (or Inf)", what), call. = FALSE)
+    abort(sprintf("`%s` must be a non-negative number (or Inf)", what))
   as.numeric(x)
 }
 
@@ -82,12 +82,12 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
                    cleanup = TRUE, output = FALSE, idletime = Inf, walltime = Inf,
                    maxtasks = Inf, tlscert = NULL, rs = NULL) {
   if (missing(url) || !is.character(url) || length(url) != 1L || is.na(url))
-    stop("`url` must be a character string, e.g. \"tcp://10.75.32.70:5555\"", call. = FALSE)
+    abort("`url` must be a character string, e.g. \"tcp://10.75.32.70:5555\"")
   if (!is.logical(autoexit) || length(autoexit) != 1L)
-    stop("`autoexit` must be TRUE, NA or FALSE", call. = FALSE)
+    abort("`autoexit` must be TRUE, NA or FALSE")
   for (arg in c("asyncdial", "cleanup", "output")) {
     v <- get(arg)
-    if (!is.logical(v) || length(v) != 1L || is.na(v)) stop(sprintf("`%s` must be TRUE or FALSE", arg), call. = FALSE)
+    if (!is.logical(v) || length(v) != 1L || is.na(v)) abort(sprintf("`%s` must be TRUE or FALSE", arg))
   }
   idletime <- check_limit(idletime, "idletime")
   walltime <- check_limit(walltime, "walltime")
@@ -220,10 +220,10 @@ daemon_tlscert <- function(tlscert) {
   if (is.null(tlscert)) return(NULL)
   if (!is.character(tlscert) || !length(tlscert) || length(tlscert) > 2L || anyNA(tlscert) ||
       (length(tlscert) == 2L && nzchar(tlscert[[2L]])))
-    stop("`tlscert` must be a PEM file path or c(certificate chain, \"\")", call. = FALSE)
+    abort("`tlscert` must be a PEM file path or c(certificate chain, \"\")")
   x <- tlscert[[1L]]
   if (grepl("-----BEGIN", x, fixed = TRUE)) return(x)
-  if (!file.exists(x)) stop(sprintf("`tlscert`: no such file '%s'", x), call. = FALSE)
+  if (!file.exists(x)) abort(sprintf("`tlscert`: no such file '%s'", x))
   paste(readLines(x, warn = FALSE), collapse = "\n")
 }
 
@@ -350,9 +350,12 @@ mirai_error <- function(e, trace = list()) {
   # A miraiError is one string: a condition's message may be anything.
   msg <- paste(as.character(conditionMessage(e)), collapse = "\n")
   # A call of eval() itself (by name, or by the closure as a node task's
-  # call has it) is the daemon's, not the task's.
+  # call has it) is the daemon's, not the task's: the error was raised at
+  # the top of the task, which has no call of its own (as R's "Error: msg"),
+  # so `$call` and conditionCall() are NULL rather than a daemon internal.
   internal <- is.null(call) || (is.call(call) && (identical(call[[1L]], quote(eval)) ||
     identical(call[[1L]], quote(eval_task)) || identical(call[[1L]], eval)))
+  if (internal) call <- NULL
   text <- if (internal) sprintf("Error: %s\n", msg)
           else sprintf("Error in %s: %s\n", paste(deparse(call, nlines = 1L), collapse = ""), msg)
   out <- text

@@ -1,16 +1,64 @@
 # daemons(): compute profiles, local daemon launch, status.
 
-# Keeps the logical or numeric daemon() arguments, written literally.
+# The daemon() settings daemons() and the launchers take in `...`, by the
+# kind of value each must be: TRUE/FALSE ("flag"; autoexit may be NA too),
+# a non-negative number ("number"). `tlscert` is taken apart (as the
+# certificate daemons verify the host with), `auth` is the host's own.
+DAEMON_SETTINGS <- c(asyncdial = "flag", autoexit = "flag or NA", cleanup = "flag", output = "flag",
+                     idletime = "number", walltime = "number", maxtasks = "number",
+                     tlscert = "taken apart", auth = "flag, the host's")
+
+# The daemon() settings in `dots` to write into launch commands. A known one
+# of the wrong type is an error naming it (rather than a setting dropped, or
+# a daemon that fails as it starts); an unknown name is warned about, and
+# passed on if its value is a single logical or number, as the reference
+# passes it, else left out.
 daemon_dots <- function(dots) {
-  keep <- vapply(dots, function(v) (is.logical(v) || is.numeric(v)) && length(v) == 1L, logical(1L))
-  dots <- dots[keep & nzchar(names(dots) %||% rep("", length(dots)))]
-  dots
+  nms <- names(dots) %||% rep("", length(dots))
+  keep <- logical(length(dots))
+  for (k in seq_along(dots)) {
+    nm <- nms[[k]]
+    v <- dots[[k]]
+    kind <- if (is.na(nm) || !nzchar(nm)) "unnamed" else DAEMON_SETTINGS[nm]
+    if (identical(kind, "unnamed")) {
+      warn("daemon() settings in `...` must be named: an unnamed one is left out")
+    } else if (is.na(kind)) {
+      ok <- (is.logical(v) || is.numeric(v)) && length(v) == 1L
+      warn(sprintf("`%s` is not a daemon() setting: %s", nm,
+                   if (ok) "passed on to daemon() as given" else "left out (not a single logical or number)"))
+      keep[k] <- ok
+    } else {
+      check_setting(nm, kind, v)
+      keep[k] <- kind %in% c("flag", "flag or NA", "number")
+    }
+  }
+  dots[keep]
 }
 
-launch_command <- function(url, dots) {
-  args <- vapply(names(dots), function(nm) sprintf(",%s=%s", nm, paste(deparse(dots[[nm]]), collapse = "")), character(1L))
-  sprintf("mirai::daemon(%s%s)", deparse(url), paste(args, collapse = ""))
+check_setting <- function(nm, kind, v) {
+  what <- switch(kind, number = "a non-negative number (or Inf)", "flag or NA" = "TRUE, NA or FALSE",
+                 "taken apart" = return(invisible()), "TRUE or FALSE")
+  ok <- length(v) == 1L && switch(kind, number = is.numeric(v) && !is.na(v) && v >= 0,
+                                  "flag or NA" = is.logical(v), is.logical(v) && !is.na(v))
+  if (!ok) abort(sprintf("daemon() setting `%s` must be %s, not %s", nm, what, describe_value(v)))
 }
+
+# "character", "a logical vector of length 2", ...: what a value is, for
+# error messages.
+describe_value <- function(v) {
+  if (is.atomic(v) && length(v) == 1L) return(sprintf("%s %s", typeof(v), deparse1(v)))
+  sprintf("%s of length %d", typeof(v), length(v))
+}
+
+# The daemon() arguments `dots` as written in a launch command:
+# ",name=value" for each, "" for none.
+dots_text <- function(dots) {
+  args <- vapply(names(dots), function(nm) sprintf(",%s=%s", nm, paste(deparse(dots[[nm]]), collapse = "")),
+                 character(1L))
+  paste(args, collapse = "")
+}
+
+launch_command <- function(url, dots) sprintf("mirai::daemon(%s%s)", deparse(url), dots_text(dots))
 
 # Arguments for launching one more daemon. Without dispatcher or seed each
 # daemon starts on its own stream, given as `rs` (with dispatcher the host
@@ -29,17 +77,16 @@ launch_args <- function(prof, dots) {
 tls_pem <- function(tls) {
   if (is.null(tls)) return(NULL)
   if (!is.character(tls) || !length(tls) || length(tls) > 2L || anyNA(tls))
-    stop("`tls` must be a PEM file path (certificate, optional chain, then key) or c(cert, key), or NULL",
-         call. = FALSE)
+    abort("`tls` must be a PEM file path (certificate, optional chain, then key) or c(cert, key), or NULL")
   vapply(tls, pem_text, character(1L), USE.NAMES = FALSE)
 }
 
 # PEM text as given, or read from the file `x` names.
 pem_text <- function(x) {
   if (!nzchar(x) || grepl("-----BEGIN", x, fixed = TRUE)) return(x)
-  if (!file.exists(x)) stop(sprintf("`tls`: no such file '%s'", x), call. = FALSE)
-  if (dir.exists(x)) stop(sprintf("`tls`: '%s' is a directory, not a PEM file", x), call. = FALSE)
-  fail <- function(e) stop(sprintf("`tls`: cannot read '%s': %s", x, conditionMessage(e)), call. = FALSE)
+  if (!file.exists(x)) abort(sprintf("`tls`: no such file '%s'", x))
+  if (dir.exists(x)) abort(sprintf("`tls`: '%s' is a directory, not a PEM file", x))
+  fail <- function(e) abort(sprintf("`tls`: cannot read '%s': %s", x, conditionMessage(e)))
   paste(tryCatch(readLines(x, warn = FALSE), error = fail, warning = fail), collapse = "\n")
 }
 
@@ -49,10 +96,9 @@ tls_pass <- function(pass) {
   if (is.null(pass)) return(NULL)
   pw <- if (is.function(pass)) pass() else pass
   if (!is.character(pw) || length(pw) != 1L || is.na(pw))
-    stop(if (is.function(pass)) "`pass` must return the password of the `tls` key as a character string"
-         else paste("`pass` must be the password of the `tls` key (a character string),",
-                    "a function returning it, or NULL"),
-         call. = FALSE)
+    abort(if (is.function(pass)) "`pass` must return the password of the `tls` key as a character string"
+          else paste("`pass` must be the password of the `tls` key (a character string),",
+                    "a function returning it, or NULL"))
   pw
 }
 
@@ -60,7 +106,7 @@ tls_pass <- function(pass) {
 tlscert_arg <- function(x) {
   if (is.null(x)) return(NULL)
   if (!is.character(x) || !length(x) || length(x) > 2L || anyNA(x))
-    stop("`tlscert` must be a PEM file path or c(certificate chain, \"\")", call. = FALSE)
+    abort("`tlscert` must be a PEM file path or c(certificate chain, \"\")")
   x
 }
 
@@ -84,7 +130,7 @@ wait_for_daemons <- function(host, n) {
 memory_bytes <- function(memory) {
   if (is.null(memory)) return(0)
   if (length(memory) != 1L || !(is.numeric(memory) || identical(memory, NA)))
-    stop("`memory` must be a single number of megabytes, or NULL", call. = FALSE)
+    abort("`memory` must be a single number of megabytes, or NULL")
   if (is.na(memory) || memory <= 0 || is.infinite(memory)) 0 else memory * 1e6
 }
 
@@ -92,11 +138,17 @@ memory_bytes <- function(memory) {
 # later, e.g. `stream` moves on), registered under `.compute`. `host` is the
 # native handle (NULL in sync mode, where `globals` receives `...` objects).
 new_profile <- function(.compute, url, dispatcher, seed = NULL, stream = NULL, host = NULL, serial = NULL,
-                        secret = NULL, dots = list(), n = 0L, sync = FALSE) {
+                        secret = NULL, dots = list(), n = 0L, sync = FALSE, memory = 0) {
   prof <- new.env(parent = emptyenv())
   prof$compute <- .compute
   prof$url <- url
   prof$dispatcher <- dispatcher
+  # The dispatcher's address, which nextget("dispatcher") gives (NULL
+  # without one), as the reference's is the URL the host reaches it at:
+  # here the dispatcher runs in this process, so the address is inproc://.
+  if (dispatcher) prof$dispatcher_url <- paste0("inproc://", .Call(C_mirai_random_hex, 12))
+  # The dispatcher's cap on queued bytes; 0 for none.
+  prof$memory <- memory
   prof$seed <- seed
   prof$stream <- stream
   prof$host <- host
@@ -109,6 +161,7 @@ new_profile <- function(.compute, url, dispatcher, seed = NULL, stream = NULL, h
   prof$active <- TRUE
   if (sync) prof$globals <- new.env(parent = .GlobalEnv)
   assign(.compute, prof, envir = .$profiles)
+  assign(.compute, TRUE, envir = .$profile_names)
   prof
 }
 
@@ -148,7 +201,7 @@ max_message <- function() {
   v <- getOption("mirai.max_message")
   if (is.null(v)) return(NULL)
   if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < 1024)
-    stop("option `mirai.max_message` must be a single number of bytes (at least 1024), or NULL", call. = FALSE)
+    abort("option `mirai.max_message` must be a single number of bytes (at least 1024), or NULL")
   as.double(v)
 }
 
@@ -201,12 +254,15 @@ max_message <- function() {
 #'   profile is reset and the error raised). Needs `url`. Default NULL.
 #' @param dispatcher (logical) queue tasks on the host and send each to an
 #'   idle daemon (TRUE), or send them round-robin (FALSE). Default TRUE.
-#' @param ... (named arguments) [daemon()] arguments for launched daemons
-#'   (`autoexit`, `cleanup`, `output`, `maxtasks`, `idletime`, `walltime`,
-#'   `asyncdial`): logical or numeric values only; and `tlscert`, the
-#'   certificate daemons verify a `tls+tcp://` host with (see `tls`).
-#'   `auth = FALSE` turns off the check that daemons were launched by this
-#'   host. Default: none.
+#' @param ... (named arguments) [daemon()] arguments for launched daemons:
+#'   `asyncdial`, `cleanup` and `output` (TRUE or FALSE), `autoexit` (TRUE,
+#'   NA or FALSE), `idletime`, `walltime` and `maxtasks` (non-negative
+#'   numbers); and `tlscert`, the certificate daemons verify a `tls+tcp://`
+#'   host with (see `tls`). `auth = FALSE` turns off the check that daemons
+#'   were launched by this host. A value of the wrong type for one of these
+#'   is an error naming it; any other name draws a warning (a single logical
+#'   or number is still passed on to [daemon()], as the reference does).
+#'   Default: none.
 #' @param sync (logical) evaluate each mirai in this process when it is
 #'   created, for debugging. Of the other arguments only `seed` and
 #'   `.compute` apply. Default FALSE.
@@ -287,11 +343,11 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
                     .compute = NULL) {
   if (is.null(.compute)) .compute <- .$current
   if (!is.character(.compute) || length(.compute) != 1L || is.na(.compute))
-    stop("`.compute` must be a character string naming a compute profile, or NULL", call. = FALSE)
+    abort("`.compute` must be a character string naming a compute profile, or NULL")
   if (!is.logical(sync) || length(sync) != 1L || is.na(sync))
-    stop("`sync` must be TRUE or FALSE", call. = FALSE)
+    abort("`sync` must be TRUE or FALSE")
   if (!is.null(seed) && (!is.numeric(seed) || length(seed) != 1L || is.na(seed)))
-    stop("`seed` must be NULL or a single integer", call. = FALSE)
+    abort("`seed` must be NULL or a single integer")
   if (sync) {
     reset_profile(.compute)
     new_profile(.compute, url = paste0("inproc://", .Call(C_mirai_random_hex, 12)), dispatcher = FALSE,
@@ -299,50 +355,50 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     return(invisible(structure(TRUE, class = c("miraiDaemons", .compute))))
   }
   if (missing(n)) {
-    if (is.null(url)) stop("`n` must be supplied (the number of daemons), or `url` to listen for remote daemons", call. = FALSE)
+    if (is.null(url)) abort("`n` must be supplied (the number of daemons), or `url` to listen for remote daemons")
     # With a launcher: one daemon (one per remote for several remotes).
     n <- if (is.null(remote)) 0L else 1L
   } else if (is.null(n)) {
     reset_profile(.compute, signal = TRUE)
     return(invisible(FALSE))
   } else {
-    if (!is.numeric(n)) stop("`n` must be numeric, did you mean to provide `url`?", call. = FALSE)
-    if (length(n) != 1L) stop("`n` must be a single number", call. = FALSE)
-    if (is.na(n) || n < 0) stop("the number of daemons must be zero or greater", call. = FALSE)
+    if (!is.numeric(n)) abort("`n` must be numeric, did you mean to provide `url`?")
+    if (length(n) != 1L) abort("`n` must be a single number")
+    if (is.na(n) || n < 0) abort("the number of daemons must be zero or greater")
     if (!is.finite(n) || n != trunc(n) || n > MAX_LOCAL_DAEMONS)
-      stop(sprintf("`n` must be a whole number of daemons, at most %d", MAX_LOCAL_DAEMONS), call. = FALSE)
+      abort(sprintf("`n` must be a whole number of daemons, at most %d", MAX_LOCAL_DAEMONS))
   }
   if (!is.null(url) && !is.character(url))
-    stop(sprintf("`url` must be of type character, not %s", typeof(url)), call. = FALSE)
+    abort(sprintf("`url` must be of type character, not %s", typeof(url)))
   if (!is.logical(dispatcher) || length(dispatcher) != 1L || is.na(dispatcher))
-    stop("`dispatcher` must be TRUE or FALSE", call. = FALSE)
+    abort("`dispatcher` must be TRUE or FALSE")
   cap <- memory_bytes(memory)
   if (cap > 0 && !dispatcher)
-    stop("`memory` needs a dispatcher: use `dispatcher = TRUE`, or leave `memory` NULL", call. = FALSE)
+    abort("`memory` needs a dispatcher: use `dispatcher = TRUE`, or leave `memory` NULL")
   if (!is.null(remote)) {
     check_remote(remote)
     if (is.null(url))
-      stop("`remote` needs `url`: the address remote daemons dial, e.g. from host_url()",
-           call. = FALSE)
+      abort("`remote` needs `url`: the address remote daemons dial, e.g. from host_url()")
     if (isTRUE(remote$tunnel) && !identical(url_host(url[[1L]]), "127.0.0.1"))
-      stop("SSH tunnelling requires daemons `url` hostname to be `127.0.0.1`", call. = FALSE)
+      abort("SSH tunnelling requires daemons `url` hostname to be `127.0.0.1`")
   }
   pem <- tls_pem(tls)
   if ((!is.null(pem) || !is.null(pass)) && !(is.character(url) && grepl("^(tls\\+tcp|wss)://", url[[1L]])))
-    stop("`tls` and `pass` need a tls+tcp:// or wss:// `url`", call. = FALSE)
+    abort("`tls` and `pass` need a tls+tcp:// or wss:// `url`")
   # A function is called only when there is a key to decrypt.
   password <- if (!is.null(pem) || !is.function(pass)) tls_pass(pass)
   if (n == 0 && is.null(url)) {
     reset_profile(.compute)
     return(invisible(FALSE))
   }
-  if (is.null(url) && isTRUE(.$in_map)) stop("cannot create local daemons from within mirai map", call. = FALSE)
+  if (is.null(url) && isTRUE(.$in_map)) abort("cannot create local daemons from within mirai map")
+  # Checked before the profile is reset: a wrong setting leaves daemons
+  # already set as they were.
+  given <- list(...)
+  dots <- daemon_dots(given)
+  auth <- !isFALSE(given[["auth"]])
+  tlscert <- tlscert_arg(given[["tlscert"]])
   reset_profile(.compute)
-  dots <- list(...)
-  auth <- !isFALSE(dots[["auth"]])
-  dots[["auth"]] <- NULL
-  tlscert <- tlscert_arg(dots[["tlscert"]])
-  dots <- daemon_dots(dots)
   secret <- .Call(C_mirai_random_hex, 16)
   listen <- if (is.null(url)) local_url() else url[[1L]]
   stream <- init_stream(seed)
@@ -352,7 +408,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
                 max_message(), pem, password)
   prof <- new_profile(.compute, url = .Call(C_mirai_host_url, host), dispatcher = dispatcher, seed = seed,
                       stream = stream, host = host, serial = serial, secret = if (auth) secret,
-                      dots = dots, n = n)
+                      dots = dots, n = n, memory = cap)
   # What launched daemons verify the host with: the `tlscert` given, else
   # the host's own certificate chain (generated or from `tls`).
   cert <- .Call(C_mirai_host_tlscert, host)
@@ -386,7 +442,7 @@ print.miraiDaemons <- function(x, ...) {
 #'
 #' @param n (integer) number of daemons to launch. Default 1.
 #' @param ... (named arguments) [daemon()] arguments overriding those given
-#'   to [daemons()] (logical or numeric values only). Default: none.
+#'   to [daemons()], checked as there. Default: none.
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
 #' @return `n`, invisibly.
@@ -399,9 +455,9 @@ print.miraiDaemons <- function(x, ...) {
 #' @export
 launch_local <- function(n = 1L, ..., .compute = NULL) {
   prof <- needed_profile(.compute)
-  if (isTRUE(prof$sync)) stop("daemons cannot be launched for synchronous compute profiles", call. = FALSE)
+  if (isTRUE(prof$sync)) abort("daemons cannot be launched for synchronous compute profiles")
   if (!is.numeric(n) || length(n) != 1L || is.na(n) || n < 0)
-    stop("`n` must be a single non-negative number", call. = FALSE)
+    abort("`n` must be a single non-negative number")
   dots <- prof$dots
   new <- daemon_dots(list(...))
   dots[names(new)] <- new
@@ -413,19 +469,25 @@ launch_local <- function(n = 1L, ..., .compute = NULL) {
 # daemons are set for it.
 needed_profile <- function(.compute) {
   prof <- profile_of(.compute)
-  if (is.null(prof)) stop("daemons must be set to use this function", call. = FALSE)
+  if (is.null(prof)) abort("daemons must be set to use this function")
   prof
 }
 
 #' Query if Daemons are Set
 #'
 #' `daemons_set()` tells whether daemons are set for a profile;
-#' `require_daemons()` errors if they are not.
+#' `require_daemons()` errors if they are not: "No daemons set." (or "No
+#' daemons set for the '<profile>' compute profile."), with a hint to set
+#' them that names the profile, such as `mirai::daemons(6, .compute =
+#' "gpu")` (a runnable link, where the cli package is installed).
 #'
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
-#' @param call (environment) the execution environment whose call the error
-#'   message names. Default `environment()`.
+#' @param call (environment) the execution environment of the function the
+#'   error names, as `environment()` gives it inside that function. Default:
+#'   the user's call that needed daemons (such as `mirai_map(...)` when it
+#'   calls `require_daemons()`), or `require_daemons()` itself when called
+#'   directly.
 #' @return `daemons_set()`: logical. `require_daemons()`: TRUE invisibly.
 #' @seealso [daemons()]
 #' @examples
@@ -447,9 +509,31 @@ daemons_set <- function(.compute = NULL) !is.null(profile_of(.compute))
 #' @export
 require_daemons <- function(.compute = NULL, call = environment()) {
   if (daemons_set(.compute)) return(invisible(TRUE))
-  p <- .compute %||% .$current
-  msg <- if (p == "default") "No daemons set." else sprintf("No daemons set for the '%s' compute profile.", p)
-  stop(simpleError(paste(msg, "Use e.g. mirai::daemons(6) to set 6 local daemons."), call = sys.call(-1L)))
+  # Not given: the user's call (that of mirai_map() when it asks, say).
+  if (missing(call)) return(no_daemons(.compute %||% .$current, user_frame()))
+  if (is.environment(call)) return(no_daemons(.compute %||% .$current, frame_of(call)))
+  no_daemons(.compute %||% .$current, 0L, call)
+}
+
+# The error for a profile with no daemons set, naming the call of frame
+# `frame` (or `call`, if given); its hint names the profile unless it is
+# the default one. With cli, as the reference's cli error (the hint is a
+# runnable link); else plain text.
+no_daemons <- function(profile, frame, call = frame_call_at(frame)) {
+  named <- !identical(profile, "default")
+  head <- if (named) sprintf("No daemons set for the '%s' compute profile.", profile) else "No daemons set."
+  hint <- if (named) sprintf("mirai::daemons(6, .compute = \"%s\")", profile) else "mirai::daemons(6)"
+  if (use_rlang())
+    cli::cli_abort(c("{head}", i = "Use e.g. {.run {hint}} to set 6 local daemons."), call = call,
+                   .frame = if (frame > 0L) sys.frame(frame) else environment(),
+                   .trace_bottom = if (frame > 0L) sys.frame(frame) else environment())
+  abort(head, "\nUse e.g. ", hint, " to set 6 local daemons.", frame = frame, call = call)
+}
+
+# The number of the frame whose environment is `env`, or 0.
+frame_of <- function(env) {
+  for (i in rev(seq_len(sys.nframe() - 1L))) if (identical(sys.frame(i), env)) return(i)
+  0L
 }
 
 #' Daemons Information
@@ -534,7 +618,7 @@ status <- function(.compute = NULL) {
 #' @export
 local_url <- function(tcp = FALSE, port = 0) {
   if (!is.numeric(port) || length(port) != 1L || is.na(port) || port < 0 || port > 65535)
-    stop("`port` must be an integer from 0 to 65535", call. = FALSE)
+    abort("`port` must be an integer from 0 to 65535")
   if (isTRUE(tcp)) return(sprintf("tcp://127.0.0.1:%d", as.integer(port)))
   if (Sys.info()[["sysname"]] == "Linux") paste0("abstract://", .Call(C_mirai_random_hex, 12))
   else paste0("ipc://", file.path(tempdir(), .Call(C_mirai_random_hex, 12)))
@@ -544,7 +628,7 @@ local_url <- function(tcp = FALSE, port = 0) {
 #' @export
 host_url <- function(tls = FALSE, port = 0) {
   if (!is.numeric(port) || length(port) != 1L || is.na(port) || port < 0 || port > 65535)
-    stop("`port` must be an integer from 0 to 65535", call. = FALSE)
+    abort("`port` must be an integer from 0 to 65535")
   ip <- .Call(C_mirai_ip_addr)
   if (!length(ip)) ip <- c(nodename = Sys.info()[["nodename"]])
   structure(sprintf("%s://%s:%d", if (isTRUE(tls)) "tls+tcp" else "tcp", ip, as.integer(port)), names = names(ip))
@@ -552,17 +636,35 @@ host_url <- function(tls = FALSE, port = 0) {
 
 #' Get Profile Field
 #'
-#' `nextget()` reads a field of a compute profile, for developers: `"url"`,
-#' `"dispatcher"`, `"n"`, `"dots"`, `"sync"`, `"compute"`, `"seed"` (the
-#' `seed` given to [daemons()]), `"stream"` (the profile's current
-#' L'Ecuyer-CMRG stream, see [nextstream()]) or `"tls"` (for a `tls+tcp://`
-#' host, the certificate launched daemons verify it with, as [daemon()]'s
-#' `tlscert` takes it).
+#' `nextget()` reads a field of a compute profile, for developers, each of
+#' the type the reference gives it:
+#' * `"url"` (character): the URL daemons dial.
+#' * `"dispatcher"` (character): the address of the profile's dispatcher
+#'   (`inproc://`, as it runs in this process), or NULL without one.
+#' * `"n"` (integer): the number of daemons launched by [daemons()].
+#' * `"dots"` (character): the [daemon()] arguments given to [daemons()], as
+#'   they appear in launch commands, e.g. `",cleanup=FALSE,maxtasks=5"`
+#'   (`""` for none).
+#' * `"sync"` (logical), `"compute"` (character): whether the profile is
+#'   synchronous, and its name.
+#' * `"seed"`: the `seed` given to [daemons()]; `"stream"` (integer): the
+#'   profile's current L'Ecuyer-CMRG stream (see [nextstream()]).
+#' * `"tls"` (character): for a `tls+tcp://` or `wss://` host, the
+#'   certificate launched daemons verify it with, as [daemon()]'s `tlscert`
+#'   takes it.
+#' * `"unbounded"` (logical): TRUE unless `daemons(memory =)` caps the
+#'   dispatcher's queue.
+#'
+#' `"cv"` and `"sock"` are objects of the 'nanonext' package in the
+#' reference, which this implementation does not use, `"otel_span"` is an
+#' OpenTelemetry span, which it does not record, and `"everywhere"` is the
+#' reference's internal state: all are NULL here.
 #'
 #' @param x (character) the field name. No default: required.
 #' @param .compute (character) name of the compute profile. Default
 #'   `"default"`.
-#' @return The field's value, or NULL.
+#' @return The field's value, or NULL (no daemons set for the profile, or no
+#'   such field).
 #' @examples
 #' daemons(sync = TRUE, seed = 1)
 #' nextget("url")
@@ -571,8 +673,14 @@ host_url <- function(tls = FALSE, port = 0) {
 #' daemons(0)
 #' @export
 nextget <- function(x, .compute = "default") {
-  if (!is.character(x) || length(x) != 1L) stop("`x` must be a character string", call. = FALSE)
+  if (!is.character(x) || length(x) != 1L) abort("`x` must be a character string")
   prof <- profile_of(.compute)
-  if (is.null(prof) || x %in% c("secret", "host")) return(NULL)
-  prof[[x]]
+  if (is.null(prof)) return(NULL)
+  switch(x,
+         dispatcher = prof$dispatcher_url,
+         dots = dots_text(prof$dots),
+         unbounded = !(prof$memory > 0),
+         # The native handle and the daemons' secret stay inside.
+         secret = , host = , dispatcher_url = , memory = NULL,
+         prof[[x]])
 }

@@ -62,16 +62,17 @@
 #' @export
 everywhere <- function(.expr, ..., .args = list(), .min = 1L, .compute = NULL) {
   require_daemons(.compute)
-  if (missing(.expr)) stop("missing expression, perhaps wrap in {}?", call. = FALSE)
+  if (missing(.expr)) abort("missing expression, perhaps wrap in {}?")
   # The upper bound (MAX_EVERYWHERE) is checked natively.
   if (!is.numeric(.min) || length(.min) != 1L || is.na(.min) || .min < 0)
-    stop("`.min` must be a non-negative number of daemons", call. = FALSE)
+    abort("`.min` must be a non-negative number of daemons")
   expr <- substitute(.expr)
   if (is.symbol(expr)) {
     val <- get0(as.character(expr), envir = parent.frame(), inherits = TRUE)
     if (is.language(val)) expr <- val
   }
-  data <- list(._expr_. = expr, ._globals_. = named_list(list(...), "`...` arguments"),
+  dots <- list(...)
+  data <- list(._expr_. = expr, ._globals_. = named_list(dots, "`...` arguments"),
                ._args_. = named_list(.args, "items in `.args`"), ._everywhere_. = TRUE)
   prof <- profile_of(.compute)
   out <- if (isTRUE(prof$sync)) list(sync_mirai(prof, data, seed = FALSE))

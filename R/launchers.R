@@ -41,7 +41,7 @@
 #'   [ssh_config()], [cluster_config()] or [http_config()]. Default
 #'   `remote_config()`: only build the commands.
 #' @param ... (named arguments) [daemon()] arguments overriding those given
-#'   to [daemons()] (logical or numeric values only). Default: none.
+#'   to [daemons()], checked as there. Default: none.
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
 #' @return A character vector of launch commands, of class `miraiLaunchCmd`
@@ -72,18 +72,17 @@ launch_remote <- function(n = 1L, remote = remote_config(), ..., .compute = NULL
   }
   prof <- launchable_profile(.compute)
   if (!is.numeric(n) || length(n) != 1L || is.na(n) || n < 0)
-    stop("`n` must be a single non-negative number", call. = FALSE)
+    abort("`n` must be a single non-negative number")
   check_remote(remote)
   dots <- prof$dots
   new <- daemon_dots(list(...))
   dots[names(new)] <- new
   if (isTRUE(remote$tunnel) && !identical(url_host(prof$url), "127.0.0.1"))
-    stop("SSH tunnelling requires daemons `url` hostname to be `127.0.0.1`", call. = FALSE)
+    abort("SSH tunnelling requires daemons `url` hostname to be `127.0.0.1`")
   if (is.list(remote$args) && length(remote$args) > 1L) {
     if (n == 1L) n <- length(remote$args)
     else if (n != length(remote$args))
-      stop(sprintf("`n` must be 1 or the number of remotes (%d)", length(remote$args)),
-           call. = FALSE)
+      abort("`n` must equal the length of `args`, or either must be 1")
   }
   n <- as.integer(n)
   if (identical(remote$type, "http")) {
@@ -126,14 +125,14 @@ launch_remote <- function(n = 1L, remote = remote_config(), ..., .compute = NULL
 #' @export
 remote_config <- function(command = NULL, args = c("", "."), rscript = "Rscript", quote = FALSE) {
   if (!is.null(command) && !is_string(command))
-    stop("`command` must be a character string, or NULL", call. = FALSE)
+    abort("`command` must be a character string, or NULL")
   arg_sets <- if (is.list(args)) args else list(args)
   has_dot <- function(a) is.character(a) && "." %in% a
   if (!length(arg_sets) || !all(vapply(arg_sets, has_dot, logical(1L))))
-    stop("`.` must be an element of the character vector(s) supplied to `args`", call. = FALSE)
-  if (!is_string(rscript)) stop("`rscript` must be a character string", call. = FALSE)
+    abort("`.` must be an element of the character vector(s) supplied to `args`")
+  if (!is_string(rscript)) abort("`rscript` must be a character string")
   if (!is.logical(quote) || length(quote) != 1L || is.na(quote))
-    stop("`quote` must be TRUE or FALSE", call. = FALSE)
+    abort("`quote` must be TRUE or FALSE")
   list(command = command, args = args, rscript = rscript, quote = quote)
 }
 
@@ -178,19 +177,17 @@ remote_config <- function(command = NULL, args = c("", "."), rscript = "Rscript"
 ssh_config <- function(remotes, tunnel = FALSE, timeout = 10, command = "ssh",
                        rscript = "Rscript") {
   if (missing(remotes) || !is.character(remotes) || !length(remotes) || anyNA(remotes))
-    stop("`remotes` must be a character vector of URLs such as \"ssh://user@host:22\"",
-         call. = FALSE)
+    abort("`remotes` must be a character vector of URLs such as \"ssh://user@host:22\"")
   if (!is.logical(tunnel) || length(tunnel) != 1L || is.na(tunnel))
-    stop("`tunnel` must be TRUE or FALSE", call. = FALSE)
+    abort("`tunnel` must be TRUE or FALSE")
   if (!is.numeric(timeout) || length(timeout) != 1L || is.na(timeout) || timeout <= 0)
-    stop("`timeout` must be a positive number of seconds", call. = FALSE)
-  if (!is_string(command)) stop("`command` must be a character string", call. = FALSE)
-  if (!is_string(rscript)) stop("`rscript` must be a character string", call. = FALSE)
+    abort("`timeout` must be a positive number of seconds")
+  if (!is_string(command)) abort("`command` must be a character string")
+  if (!is_string(rscript)) abort("`rscript` must be a character string")
   args <- lapply(remotes, function(r) {
     m <- regmatches(r, regexec("^ssh://([^/:@]+@)?([^/:@]+)(:([0-9]+))?/?$", r))[[1L]]
     if (!length(m))
-      stop(sprintf("`remotes`: '%s' is not a URL of the form ssh://[user@]host[:port]", r),
-           call. = FALSE)
+      abort(sprintf("`remotes`: '%s' is not a URL of the form ssh://[user@]host[:port]", r))
     port <- if (nzchar(m[5L])) m[5L] else "22"
     c(sprintf("-o ConnectTimeout=%d -fTp %s", as.integer(timeout), port), paste0(m[2L], m[3L]), ".")
   })
@@ -223,10 +220,10 @@ ssh_config <- function(remotes, tunnel = FALSE, timeout = 10, command = "ssh",
 #' @export
 cluster_config <- function(command = "sbatch", options = "", rscript = "Rscript") {
   if (!is_string(command))
-    stop("`command` must be a character string such as \"sbatch\"", call. = FALSE)
+    abort("`command` must be a character string such as \"sbatch\"")
   if (!is.character(options) || anyNA(options))
-    stop("`options` must be a character string", call. = FALSE)
-  if (!is_string(rscript)) stop("`rscript` must be a character string", call. = FALSE)
+    abort("`options` must be a character string")
+  if (!is_string(rscript)) abort("`rscript` must be a character string")
   lines <- unlist(strsplit(paste(options, collapse = "\n"), "\n", fixed = TRUE))
   lines <- sub("^[[:space:]]+", "", lines)
   script <- paste(c("#!/bin/sh", lines[nzchar(lines)]), collapse = "\n")
@@ -262,15 +259,19 @@ cluster_config <- function(command = "sbatch", options = "", rscript = "Rscript"
 #'   Workbench's, from `RS_SERVER_ADDRESS`.
 #' @param method (character) the HTTP method. Default `"POST"`.
 #' @param headers (character or function) named request headers. Default:
-#'   Posit Workbench's (JSON content).
+#'   Posit Workbench's (JSON content, and with the default `data` the
+#'   session cookie from `RS_SESSION_RPC_COOKIE`).
 #' @param data (character or function) the request body, with a `%s` for
 #'   the daemon call. Default: Posit Workbench's `launch_job` request.
-#' @param ... (named arguments) passed to `data` when it is a function.
+#' @param ... (named arguments) passed to `data` when it is a function (kept
+#'   as the configuration's `dots`).
 #' @param cookie (character or function) a cookie to send, or NULL. Default
-#'   NULL (for the Posit Workbench defaults, `RS_SESSION_RPC_COOKIE`).
+#'   NULL.
 #' @param token (character or function) a bearer token to send, or NULL.
 #'   Default NULL.
-#' @return A launch configuration (a list).
+#' @return A launch configuration: a list of `type` ("http"), `url`,
+#'   `method`, `headers`, `data`, `dots` (the `...` arguments), `cookie` and
+#'   `token`.
 #' @seealso [launch_remote()].
 #' @examples
 #' cfg <- http_config(
@@ -286,19 +287,21 @@ http_config <- function(url = posit_workbench_url, method = "POST",
                         cookie = NULL, token = NULL) {
   lazy <- function(x) is.function(x) || is.character(x)
   if (!lazy(url))
-    stop("`url` must be a character string or a function returning one", call. = FALSE)
+    abort("`url` must be a character string or a function returning one")
   if (!is_string(method))
-    stop("`method` must be a character string such as \"POST\"", call. = FALSE)
+    abort("`method` must be a character string such as \"POST\"")
   if (!lazy(headers))
-    stop("`headers` must be a named character vector or a function returning one", call. = FALSE)
+    abort("`headers` must be a named character vector or a function returning one")
   if (!lazy(data))
-    stop("`data` must be a character string or a function returning one", call. = FALSE)
+    abort("`data` must be a character string or a function returning one")
   if (!is.null(cookie) && !lazy(cookie))
-    stop("`cookie` must be a character string, a function or NULL", call. = FALSE)
+    abort("`cookie` must be a character string, a function or NULL")
   if (!is.null(token) && !lazy(token))
-    stop("`token` must be a character string, a function or NULL", call. = FALSE)
-  if (identical(data, posit_workbench_data) && is.null(cookie)) cookie <- posit_workbench_cookie
-  list(type = "http", url = url, method = method, headers = headers, data = data, args = list(...),
+    abort("`token` must be a character string, a function or NULL")
+  # The Workbench session cookie goes only with the Workbench request.
+  if (identical(headers, posit_workbench_headers) && !identical(data, posit_workbench_data))
+    headers <- json_headers
+  list(type = "http", url = url, method = method, headers = headers, data = data, dots = list(...),
        cookie = cookie, token = token)
 }
 
@@ -314,17 +317,17 @@ is_string <- function(x) is.character(x) && length(x) == 1L && !is.na(x)
 
 launchable_profile <- function(.compute) {
   prof <- profile_of(.compute)
-  if (is.null(prof)) stop("daemons must be set to use this function", call. = FALSE)
+  if (is.null(prof)) abort("daemons must be set to use this function")
   if (isTRUE(prof$sync))
-    stop("daemons cannot be launched for synchronous compute profiles", call. = FALSE)
+    abort("daemons cannot be launched for synchronous compute profiles")
   prof
 }
 
 check_remote <- function(remote) {
   command_config <- function(r) all(c("args", "rscript") %in% names(r)) && is_string(r$rscript)
   ok <- is.list(remote) && (identical(remote$type, "http") || command_config(remote))
-  if (!ok) stop("`remote` must be a launch configuration from remote_config(), ssh_config(), ",
-                "cluster_config() or http_config()", call. = FALSE)
+  if (!ok) abort("`remote` must be a launch configuration from remote_config(), ssh_config(), ",
+                "cluster_config() or http_config()")
 }
 
 url_host <- function(url) sub("^[a-z+]+://(\\[[^]]*\\]|[^:/]*).*$", "\\1", url)
@@ -348,8 +351,8 @@ daemon_shell_command <- function(prof, rscript, dots) {
 }
 
 launch_failed <- function(what, status, out = character()) {
-  stop(sprintf("launching a daemon failed: %s exited with status %s%s", what, status,
-               if (length(out)) paste0(":\n", paste(out, collapse = "\n")) else ""), call. = FALSE)
+  abort(sprintf("launching a daemon failed: %s exited with status %s%s", what, status,
+               if (length(out)) paste0(":\n", paste(out, collapse = "\n")) else ""))
 }
 
 # Runs `command` with `args` for each launch command, "." replaced by it.
@@ -422,14 +425,13 @@ json_escape <- function(x) {
 http_launch <- function(remote, calls) {
   lapply(calls, function(call) {
     url <- resolve(remote$url)
-    if (!is_string(url)) stop("`url` of http_config() must give a character string", call. = FALSE)
+    if (!is_string(url)) abort("`url` of http_config() must give a character string")
     headers <- resolve(remote$headers)
     if (length(headers) && (!is.character(headers) || is.null(names(headers))))
-      stop("`headers` of http_config() must give a named character vector", call. = FALSE)
-    data <- if (is.function(remote$data)) do.call(remote$data, remote$args) else remote$data
+      abort("`headers` of http_config() must give a named character vector")
+    data <- if (is.function(remote$data)) do.call(remote$data, remote$dots %||% list()) else remote$data
     if (!is_string(data) || !grepl("%s", data, fixed = TRUE))
-      stop("`data` of http_config() must give a character string with a %s placeholder",
-           call. = FALSE)
+      abort("`data` of http_config() must give a character string with a %s placeholder")
     cookie <- resolve(remote$cookie)
     token <- resolve(remote$token)
     if (length(cookie) && nzchar(cookie)) headers <- c(headers, Cookie = cookie)
@@ -438,9 +440,9 @@ http_launch <- function(remote, calls) {
     body <- sprintf(data, json_escape(call))
     res <- http_request(url, remote$method, headers, body)
     if (res$status >= 400L)
-      stop(sprintf("launching a daemon failed: %s %s answered HTTP %d: %s",
+      abort(sprintf("launching a daemon failed: %s %s answered HTTP %d: %s",
                    remote$method, url, res$status,
-                   substr(res$data, 1L, 500L)), call. = FALSE)
+                   substr(res$data, 1L, 500L)))
     res
   })
 }
@@ -450,7 +452,7 @@ http_launch <- function(remote, calls) {
 http_request <- function(url, method, headers, body, timeout = 5) {
   if (startsWith(url, "https://")) {
     if (!requireNamespace("curl", quietly = TRUE))
-      stop("`url`: https:// URLs in http_config() need the curl package", call. = FALSE)
+      abort("`url`: https:// URLs in http_config() need the curl package")
     h <- curl::new_handle(customrequest = method, postfields = body, timeout = timeout)
     if (length(headers)) curl::handle_setheaders(h, .list = as.list(headers))
     r <- curl::curl_fetch_memory(url, handle = h)
@@ -458,14 +460,14 @@ http_request <- function(url, method, headers, body, timeout = 5) {
                 data = rawToChar(r$content)))
   }
   m <- regmatches(url, regexec("^http://(\\[[^]]+\\]|[^/:]+)(:([0-9]+))?(/.*)?$", url))[[1L]]
-  if (!length(m)) stop(sprintf("`url`: '%s' is not an http:// or https:// URL", url), call. = FALSE)
+  if (!length(m)) abort(sprintf("`url`: '%s' is not an http:// or https:// URL", url))
   host <- gsub("^\\[|\\]$", "", m[2L])
   port <- if (nzchar(m[4L])) as.integer(m[4L]) else 80L
   path <- if (nzchar(m[5L])) m[5L] else "/"
   con <- tryCatch(socketConnection(host, port, blocking = TRUE, open = "r+b", timeout = timeout),
                   error = function(e) NULL, warning = function(w) NULL)
   if (is.null(con))
-    stop(sprintf("launching a daemon failed: cannot connect to %s", url), call. = FALSE)
+    abort(sprintf("launching a daemon failed: cannot connect to %s", url))
   on.exit(close(con))
   payload <- charToRaw(enc2utf8(body))
   head <- paste0(method, " ", path, " HTTP/1.1\r\nHost: ", m[2L], m[3L], "\r\n",
@@ -482,11 +484,11 @@ http_request <- function(url, method, headers, body, timeout = 5) {
   }
   split <- grepRaw("\r\n\r\n", resp, fixed = TRUE)
   if (!length(split))
-    stop(sprintf("launching a daemon failed: no HTTP response from %s", url), call. = FALSE)
+    abort(sprintf("launching a daemon failed: no HTTP response from %s", url))
   lines <- strsplit(rawToChar(resp[seq_len(split - 1L)]), "\r\n", fixed = TRUE)[[1L]]
   status <- suppressWarnings(as.integer(strsplit(lines[1L], " ", fixed = TRUE)[[1L]][2L]))
   if (is.na(status))
-    stop(sprintf("launching a daemon failed: malformed HTTP response from %s", url), call. = FALSE)
+    abort(sprintf("launching a daemon failed: malformed HTTP response from %s", url))
   hdr <- lines[-1L]
   names(hdr) <- tolower(sub(":.*$", "", hdr))
   hdr[] <- sub("^[^:]*:[[:space:]]*", "", hdr)
@@ -514,18 +516,18 @@ unchunk <- function(x) {
 posit_workbench_url <- function() {
   addr <- Sys.getenv("RS_SERVER_ADDRESS")
   if (!nzchar(addr))
-    stop("http_config(): RS_SERVER_ADDRESS is not set (not in Posit Workbench?); give `url`",
-         call. = FALSE)
+    abort("http_config(): RS_SERVER_ADDRESS is not set (not in Posit Workbench?); give `url`")
   paste0(sub("/*$", "/", addr), "api/launch_job")
 }
 
-posit_workbench_headers <- function() c(`Content-Type` = "application/json")
+json_headers <- function() c(`Content-Type` = "application/json")
+
+posit_workbench_headers <- function() c(json_headers(), Cookie = posit_workbench_cookie())
 
 posit_workbench_cookie <- function() {
   cookie <- Sys.getenv("RS_SESSION_RPC_COOKIE")
   if (!nzchar(cookie))
-    stop("http_config(): RS_SESSION_RPC_COOKIE is not set (not in Posit Workbench?); give `cookie`",
-         call. = FALSE)
+    abort("http_config(): RS_SESSION_RPC_COOKIE is not set (not in Posit Workbench?); give `cookie`")
   cookie
 }
 

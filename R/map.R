@@ -74,9 +74,12 @@
 #' @export
 mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .compute = NULL) {
   require_daemons(.compute)
-  if (!is.function(.f)) stop(sprintf("`.f` must be of type function, not %s", typeof(.f)), call. = FALSE)
+  if (!is.function(.f)) abort(sprintf("`.f` must be of type function, not %s", typeof(.f)))
+  # `...` is evaluated here (once: each mirai() below reuses the values), so
+  # that an error in it names this call.
+  if (...length()) list(...)
   if (is.environment(.args)) .args <- as.list.environment(.args, all.names = TRUE)
-  if (!is.list(.args)) stop(sprintf("`.args` must be a list, not %s", typeof(.args)), call. = FALSE)
+  if (!is.list(.args)) abort(sprintf("`.args` must be a list, not %s", typeof(.args)))
   callbacks <- promise_callbacks(.promise)
   items <- map_items(.x)
   task <- quote(.map_call(.f, .x, .args))
@@ -105,7 +108,7 @@ map_call <- function(.f, .x, .args) {
 map_items <- function(.x) {
   d <- dim(.x)
   if (length(d) > 2L)
-    stop(sprintf("`.x` has %d dimensions: mirai_map() maps over vectors, lists and the rows of 2-dimensional objects", length(d)), call. = FALSE)
+    abort(sprintf("`.x` has %d dimensions: mirai_map() maps over vectors, lists and the rows of 2-dimensional objects", length(d)))
   if (length(d) < 2L) {
     items <- lapply(as.list(.x), list)
     names(items) <- names(.x)
@@ -134,11 +137,11 @@ promise_callbacks <- function(.promise) {
   fns <- if (is.function(.promise)) list(.promise, NULL) else .promise
   if (!is.list(fns) || !length(fns) || length(fns) > 2L ||
       !all(vapply(fns, function(f) is.null(f) || is.function(f), logical(1L))))
-    stop("`.promise` must be a function, or a list of an onFulfilled and an onRejected function", call. = FALSE)
+    abort("`.promise` must be a function, or a list of an onFulfilled and an onRejected function")
   if (!requireNamespace("promises", quietly = TRUE))
-    stop("`.promise` requires the 'promises' package", call. = FALSE)
+    abort("`.promise` requires the 'promises' package")
   if (is.null(utils::getS3method("as.promise", "mirai", optional = TRUE, envir = asNamespace("promises"))))
-    stop("`.promise` is not supported yet: this version of mirai cannot make a promise from a mirai", call. = FALSE)
+    abort("`.promise` is not supported yet: this version of mirai cannot make a promise from a mirai")
   list(fns[[1L]], if (length(fns) > 1L) fns[[2L]])
 }
 
@@ -203,13 +206,13 @@ collect_options <- function(options) {
       keys <- options[[k]]
       val <- TRUE
       if (!is.character(keys))
-        stop("collection options must be `.flat`, `.progress` or `.stop`, or a named list of them", call. = FALSE)
+        abort("collection options must be `.flat`, `.progress` or `.stop`, or a named list of them")
     }
     for (key in keys) {
       if (!key %in% names(opts))
-        stop(sprintf("unknown collection option '%s': use `.flat`, `.progress` or `.stop`", key), call. = FALSE)
+        abort(sprintf("unknown collection option '%s': use `.flat`, `.progress` or `.stop`", key))
       if (key != ".progress" && (!is.logical(val) || length(val) != 1L || is.na(val)))
-        stop(sprintf("the `%s` option must be TRUE or FALSE", key), call. = FALSE)
+        abort(sprintf("the `%s` option must be TRUE or FALSE", key))
       opts[[key]] <- val
     }
   }
@@ -227,7 +230,7 @@ collect_list <- function(x, opts) {
     if ((opts$.stop || opts$.flat) && is_error_value(v)) stop_collection(x, i, v)
     if (opts$.flat && i > 1L && typeof(v) != typeof(out[[1L]])) {
       stop_mirai(x)
-      stop(sprintf("Cannot flatten outputs of differing type: %s / %s", typeof(out[[1L]]), typeof(v)), call. = FALSE)
+      abort(sprintf("Cannot flatten outputs of differing type: %s / %s", typeof(out[[1L]]), typeof(v)))
     }
     out[i] <- list(v)
     if (!is.null(tick)) tick(i)
@@ -245,13 +248,15 @@ stop_collection <- function(x, i, v) {
   msg <- if (is_mirai_error(v)) attr(v, "message", exact = TRUE) %||% unclass(v)
          else if (is_mirai_interrupt(v)) "the evaluation was interrupted"
          else error_text(as.integer(v))
-  if (use_cli() && requireNamespace("rlang", quietly = TRUE)) {
+  if (use_rlang()) {
     parent <- simpleError(msg, call = if (is_mirai_error(v)) attr(v, "call", exact = TRUE))
     bullets <- c("In index: {i}.", if (has_name) c(i = "With name: {nm}."))
-    cli::cli_abort(bullets, parent = parent, call = NULL)
+    frame <- user_frame()
+    at <- if (frame > 0L) sys.frame(frame) else environment()
+    cli::cli_abort(bullets, parent = parent, call = frame_call_at(frame), .frame = at, .trace_bottom = at)
   }
   text <- if (is_mirai_error(v)) sub("\n$", "", unclass(v)) else msg
-  stop(sprintf("In index %d:\n%s", i, text), call. = FALSE)
+  abort(sprintf("In index %d:\n%s", i, text))
 }
 
 use_cli <- function() {

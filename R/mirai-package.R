@@ -23,6 +23,9 @@
 # `daemon` is TRUE (see on_daemon()).
 . <- new.env(parent = emptyenv())
 .$profiles <- new.env(parent = emptyenv())
+# Every profile name ever set in the session (a reset keeps its name here):
+# cluster IDs count them, so that no two clusters share an ID.
+.$profile_names <- new.env(parent = emptyenv())
 .$current <- "default"
 .$daemon <- FALSE
 
@@ -33,7 +36,7 @@
 profile_of <- function(.compute) {
   if (is.null(.compute)) .compute <- .$current
   if (!is.character(.compute) || length(.compute) != 1L || is.na(.compute))
-    stop("`.compute` must be a character string naming a compute profile, or NULL", call. = FALSE)
+    abort("`.compute` must be a character string naming a compute profile, or NULL")
   .$profiles[[.compute]]
 }
 

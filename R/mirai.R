@@ -7,7 +7,7 @@ named_list <- function(x, what) {
   if (length(x) == 1L && is.null(nm) && is.environment(x[[1L]]))
     return(as.list.environment(x[[1L]], all.names = TRUE))
   if (is.null(nm) || anyNA(nm) || !all(nzchar(nm)))
-    stop(sprintf("all %s must be named, unless supplying an environment", what), call. = FALSE)
+    abort(sprintf("all %s must be named, unless supplying an environment", what))
   as.list(x)
 }
 
@@ -20,7 +20,10 @@ named_list <- function(x, what) {
 #'
 #' Where daemons are set (see [daemons()]) the task goes to them. Otherwise a
 #' fresh `Rscript` process is started for this one task (a few tenths of a
-#' second each: set daemons for anything more than occasional use).
+#' second each: set daemons for anything more than occasional use); but a
+#' `.compute` profile named and not set is an error ("No daemons set for the
+#' '<name>' compute profile"), as the name is more likely a mistake than a
+#' request for a fresh process.
 #'
 #' If `daemons(memory =)` caps the dispatcher's queue and the tasks waiting
 #' in it have reached the cap, `mirai()` first waits for the queue to drain
@@ -129,21 +132,30 @@ named_list <- function(x, what) {
 #' daemons(0)
 #' @export
 mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) {
-  if (missing(.expr)) stop("missing expression, perhaps wrap in {}?", call. = FALSE)
+  if (missing(.expr)) abort("missing expression, perhaps wrap in {}?")
   expr <- substitute(.expr)
   if (is.symbol(expr)) {
     val <- get0(as.character(expr), envir = parent.frame(), inherits = TRUE)
     if (is.language(val)) expr <- val
   }
   # The common case (no `...`, empty `.args`) skips the checks: this
-  # function is on every task's critical path.
-  globals <- if (...length()) named_list(list(...), "`...` arguments") else list()
+  # function is on every task's critical path. `...` is evaluated here, so
+  # that an error in it (an object not found) names this call.
+  globals <- if (...length()) {
+    dots <- list(...)
+    named_list(dots, "`...` arguments")
+  } else list()
   args <- if (is.list(.args) && !length(.args)) .args else named_list(.args, "items in `.args`")
   if (!is.null(.timeout) && (!is.numeric(.timeout) || length(.timeout) != 1L || is.na(.timeout) || .timeout < 0))
-    stop("`.timeout` must be a non-negative number of milliseconds, or NULL", call. = FALSE)
+    abort("`.timeout` must be a non-negative number of milliseconds, or NULL")
   data <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
   prof <- profile_of(.compute)
-  if (is.null(prof)) return(invisible(ephemeral_mirai(data, .timeout)))
+  if (is.null(prof)) {
+    # A profile named but not set is a mistake, not a request for a fresh
+    # process (as with no daemons set at all).
+    if (!is.null(.compute) && !identical(.compute, "default")) require_daemons(.compute)
+    return(invisible(ephemeral_mirai(data, .timeout)))
+  }
   if (isTRUE(prof$sync)) return(invisible(sync_mirai(prof, data)))
   # The mirai object itself is built natively (see make_mirai in api.rs).
   invisible(if (is.null(prof$seed)) .Call(C_mirai_host_submit, prof$host, data, .timeout)
@@ -175,14 +187,16 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
 #' daemons(0)
 #' @export
 try_mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) {
-  host <- profile_of(.compute)$host
+  prof <- profile_of(.compute)
+  if (is.null(prof) && !is.null(.compute) && !identical(.compute, "default")) require_daemons(.compute)
+  host <- prof$host
   if (!is.null(host) && !.Call(C_mirai_host_room, host)) return(invisible(NULL))
   # Only R's thread adds to the queue, so mirai() finds the room still
   # there (unless evaluating `...` queues tasks itself). Re-evaluating this
   # very call hands mirai() `.expr` and `...` unevaluated, as if called
-  # directly.
+  # directly; an error there names mirai::mirai().
   call <- sys.call()
-  call[[1L]] <- mirai
+  call[[1L]] <- quote(mirai::mirai)
   eval(call, parent.frame())
 }
 

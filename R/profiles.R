@@ -52,7 +52,7 @@ with_daemons <- function(.compute, expr) {
 #' @rdname with_daemons
 #' @export
 local_daemons <- function(.compute, frame = parent.frame()) {
-  if (!is.environment(frame)) stop("`frame` must be an environment", call. = FALSE)
+  if (!is.environment(frame)) abort("`frame` must be an environment")
   prev <- switch_profile(.compute)
   restore <- function() .$current <- prev
   do.call(base::on.exit, list(as.call(list(restore)), TRUE, FALSE), envir = frame)
@@ -78,10 +78,10 @@ with.miraiDaemons <- function(data, expr, ...) {
 # Makes `.compute` current; returns the previous profile name.
 switch_profile <- function(.compute) {
   if (!is.character(.compute) || length(.compute) != 1L || is.na(.compute))
-    stop("`.compute` must be a character string naming a compute profile", call. = FALSE)
+    abort("`.compute` must be a character string naming a compute profile")
   if (is.null(.$profiles[[.compute]]))
-    stop(sprintf("the '%s' compute profile does not exist: set it first with daemons(..., .compute = \"%s\")",
-                 .compute, .compute), call. = FALSE)
+    abort(sprintf("the '%s' compute profile does not exist: set it first with daemons(..., .compute = \"%s\")",
+                 .compute, .compute))
   prev <- .$current
   .$current <- .compute
   prev

@@ -16,7 +16,8 @@
 #' remote error's message and call. One that resolves to another error
 #' value rejects with an error naming it, such as "the mirai timed out
 #' (errorValue 5 | Timed out)" or "the mirai's daemon disconnected, or its
-#' daemons were reset (errorValue 19 | Connection reset)". A
+#' daemons were reset (errorValue 19 | Connection reset)". Either way the
+#' rejection reason is a 'simpleError' (of class 'miraiPromiseError' too). A
 #' 'miraiInterrupt' fulfils with its value. A mirai_map becomes a promise
 #' of the list of its values ([promises::promise_all()]).
 #'
@@ -88,11 +89,14 @@ is.promising.mirai_map <- function(x) TRUE
 
 # The rejection reason for error value `v`: the remote error itself (its
 # message and call) for a miraiError, otherwise an error naming the value.
+# Either way a 'simpleError' (as the reference's stop() makes), which code
+# written for it tests with inherits(e, "simpleError").
 promise_error <- function(v) {
+  class <- c("miraiPromiseError", "simpleError")
   if (is_mirai_error(v)) {
     return(errorCondition(attr(v, "message", exact = TRUE) %||% unclass(v),
                           call = if (startsWith(unclass(v), "Error in ")) attr(v, "call", exact = TRUE),
-                          class = "miraiPromiseError",
+                          class = class,
                           stack.trace = attr(v, "stack.trace", exact = TRUE),
                           condition.class = attr(v, "condition.class", exact = TRUE)))
   }
@@ -102,6 +106,6 @@ promise_error <- function(v) {
                  "19" = "the mirai's daemon disconnected, or its daemons were reset",
                  "20" = "the mirai was cancelled",
                  "the mirai resolved to an error value")
-  errorCondition(sprintf("%s (errorValue %s)", what, error_text(code)), class = "miraiPromiseError",
+  errorCondition(sprintf("%s (errorValue %s)", what, error_text(code)), class = class,
                  call = NULL, value = v)
 }

@@ -30,6 +30,6 @@
 race_mirai <- function(x, .compute = NULL) {
   needed_profile(.compute)
   if (is_mirai(x)) x <- list(x)
-  if (!is.list(x)) stop(sprintf("`x` must be a list of mirai, not %s", typeof(x)), call. = FALSE)
+  if (!is.list(x)) abort(sprintf("`x` must be a list of mirai, not %s", typeof(x)))
   .Call(C_mirai_race, lapply(unclass(x), function(m) if (is_mirai(m)) aio_of(m)))
 }

@@ -25,7 +25,7 @@ next_stream <- function(prof) {
 
 # Makes `s` the RNG state of this process (on a daemon).
 set_stream <- function(s) {
-  if (!is.numeric(s) || length(s) != 7L) stop("`rs` must be an integer vector of length 7", call. = FALSE)
+  if (!is.numeric(s) || length(s) != 7L) abort("`rs` must be an integer vector of length 7")
   suppressWarnings(RNGkind("L'Ecuyer-CMRG"))
   assign(".Random.seed", as.integer(s), envir = .GlobalEnv)
 }

@@ -5,7 +5,7 @@
 as_function_list <- function(f, n, what) {
   if (is.function(f)) f <- rep(list(f), n)
   if (!is.list(f) || length(f) != n || !all(vapply(f, is.function, logical(1L))))
-    stop(sprintf("`%s` must be a function, or a list of %d functions (one per class)", what, n), call. = FALSE)
+    abort(sprintf("`%s` must be a function, or a list of %d functions (one per class)", what, n))
   unname(f)
 }
 
@@ -53,7 +53,7 @@ as_function_list <- function(f, n, what) {
 #' @export
 serial_config <- function(class, sfunc, ufunc) {
   if (!is.character(class) || !length(class) || anyNA(class))
-    stop("`class` must be a character vector of class names", call. = FALSE)
+    abort("`class` must be a character vector of class names")
   list(class, as_function_list(sfunc, length(class), "sfunc"), as_function_list(ufunc, length(class), "ufunc"))
 }
 
@@ -118,7 +118,7 @@ serialization <- function(refhook = list(), class = "", vec = FALSE) {
     return(invisible())
   }
   if (!is.list(refhook) || length(refhook) != 2L)
-    stop("`refhook` must be a list of two functions: serialization and unserialization", call. = FALSE)
+    abort("`refhook` must be a list of two functions: serialization and unserialization")
   .$refhook <- serial_config(class, refhook[[1L]], refhook[[2L]])
   cat("[ mirai ] serialization functions registered\n", file = stderr())
   invisible()

@@ -70,6 +70,9 @@ PKGS=(
   # (with curl for the requests), future (which brings parallelly),
   # future.apply and furrr.
   r-cran-plumber curl r-cran-future r-cran-future.apply r-cran-furrr
+  # make_cluster() under snow's generics (test-cluster-dosnow.R): doSNOW
+  # (which brings snow), whose shipped unit tests need RUnit.
+  r-cran-dosnow r-cran-runit
 )
 
 missing=()

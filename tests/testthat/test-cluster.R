@@ -211,12 +211,31 @@ test_that("a cluster coexists with daemons() profiles, and stops cleanly", {
   expect_identical(mirai(1 + 1)[], 2)
 })
 
-test_that("a stopped cluster's handle neither reports nor stops the cluster that reuses its ID", {
+test_that("a cluster made after stop_cluster() gets an ID no earlier cluster had", {
+  ids <- character()
+  for (i in 1:3) {
+    cl <- make_cluster(1)
+    ids <- c(ids, attr(cl, "id"))
+    stop_cluster(cl)
+  }
+  # Daemons set meanwhile under another profile name move the count on too.
+  daemons(sync = TRUE, .compute = "fidelity-extra")
+  daemons(0, .compute = "fidelity-extra")
+  cl <- make_cluster(1)
+  ids <- c(ids, attr(cl, "id"))
+  stop_cluster(cl)
+  expect_match(ids, "^`[0-9]+`$")
+  expect_false(anyDuplicated(ids) > 0L)
+  # Each ID is a number higher than the one before.
+  expect_true(all(diff(as.integer(gsub("`", "", ids, fixed = TRUE))) > 0L))
+})
+
+test_that("a stopped cluster's handle neither reports nor stops a later cluster", {
   cl1 <- make_cluster(1)
   stop_cluster(cl1)
   cl2 <- make_cluster(1)
   on.exit(stop_cluster(cl2))
-  expect_identical(attr(cl2, "id"), attr(cl1, "id"))
+  expect_false(identical(attr(cl2, "id"), attr(cl1, "id")))
   expect_output(print(cl1), "active: FALSE", fixed = TRUE)
   stop_cluster(cl1)
   stopCluster(cl1[1])

@@ -34,6 +34,47 @@ test_that("status, info and daemons_set report a live profile", {
   expect_null(nextget("secret"))
 })
 
+test_that("nextget() gives each documented key the reference's type", {
+  keys <- c("url", "tls", "dispatcher", "stream", "seed", "n", "dots", "sync", "compute", "cv",
+            "sock", "unbounded", "everywhere", "otel_span")
+  for (k in keys) expect_null(nextget(k), label = k)
+  on.exit(daemons(0))
+  # A dispatcher: its (in-process) address, as the reference's is a URL.
+  daemons(url = "tcp://127.0.0.1:0", cleanup = FALSE, maxtasks = 5, seed = 7)
+  expect_type(nextget("url"), "character")
+  expect_match(nextget("dispatcher"), "^inproc://[0-9a-f]+$")
+  expect_type(nextget("stream"), "integer")
+  expect_length(nextget("stream"), 7L)
+  expect_identical(nextget("seed"), 7)
+  expect_identical(nextget("n"), 0L)
+  # The daemon() arguments as they appear in the launch command.
+  expect_identical(nextget("dots"), ",cleanup=FALSE,maxtasks=5")
+  expect_match(launch_remote(1)[[1L]], nextget("dots"), fixed = TRUE)
+  expect_false(nextget("sync"))
+  expect_identical(nextget("compute"), "default")
+  expect_true(nextget("unbounded"))
+  expect_null(nextget("tls"))
+  # No dispatcher: NULL, as the reference's tests for it expect.
+  daemons(url = "tcp://127.0.0.1:0", dispatcher = FALSE, .compute = "nd")
+  on.exit(daemons(0, .compute = "nd"), add = TRUE)
+  expect_null(nextget("dispatcher", .compute = "nd"))
+  expect_identical(nextget("dots", .compute = "nd"), "")
+  expect_identical(nextget("compute", .compute = "nd"), "nd")
+  expect_true(nextget("unbounded", .compute = "nd"))
+  daemons(url = "tcp://127.0.0.1:0", memory = 10, .compute = "cap")
+  on.exit(daemons(0, .compute = "cap"), add = TRUE)
+  expect_false(nextget("unbounded", .compute = "cap"))
+  daemons(sync = TRUE, .compute = "s")
+  on.exit(daemons(0, .compute = "s"), add = TRUE)
+  expect_match(nextget("url", .compute = "s"), "^inproc://")
+  expect_null(nextget("dispatcher", .compute = "s"))
+  expect_true(nextget("sync", .compute = "s"))
+  expect_identical(nextget("n", .compute = "s"), 0L)
+  expect_identical(nextget("dots", .compute = "s"), "")
+  # What the host keeps to itself is not a field.
+  for (k in c("secret", "host")) expect_null(nextget(k))
+})
+
 test_that("daemons(0) resolves pending mirai to 19 and leaves no processes", {
   daemons(2, dispatcher = FALSE)
   pids <- unlist(collect_mirai(lapply(1:4, function(i) mirai({ Sys.sleep(0.2); Sys.getpid() }))))

@@ -53,6 +53,18 @@ test_that("launch_remote() commands carry URL, stream and secret, which print() 
   expect_match(cmd, "^Rscript -e 'mirai::daemon\\(\"tcp://127.0.0.1:[0-9]+\",dispatcher=TRUE\\)'$")
 })
 
+test_that("launch_remote() with `n` not matching the number of remotes fails as the reference does", {
+  daemons(url = "tcp://127.0.0.1:0", dispatcher = FALSE)
+  on.exit(daemons(0))
+  two <- remote_config(command = "/bin/true", args = list(c("a", "."), c("b", ".")))
+  msg <- "`n` must equal the length of `args`, or either must be 1"
+  expect_error(launch_remote(3, two), msg, fixed = TRUE)
+  expect_error(launch_remote(3, ssh_config(c("ssh://h1", "ssh://h2"))), msg, fixed = TRUE)
+  # 1, or the number of remotes, launches one daemon on each.
+  expect_length(launch_remote(1, two), 2L)
+  expect_length(launch_remote(2, two), 2L)
+})
+
 test_that("remote_config() runs its command: the daemon joins, its argv holds no secret", {
   daemons(url = "tcp://127.0.0.1:0")
   on.exit(daemons(0))
@@ -449,6 +461,38 @@ test_that("http_config(): the request carries method, headers and the daemon cal
   # A launch the API rejects is an error that says so.
   bad <- http_config(url = launcher$url, headers = c(`Content-Type` = "application/json"), data = '{"x": "%s"}')
   expect_error(launch_remote(1, bad), "answered HTTP 400")
+})
+
+test_that("http_config() keeps extra named arguments in $dots and passes them to `data`", {
+  cfg <- http_config(cluster = "k8s", cpus = 4)
+  expect_named(cfg, c("type", "url", "method", "headers", "data", "dots", "cookie", "token"))
+  expect_identical(cfg$dots, list(cluster = "k8s", cpus = 4))
+  # The Workbench session cookie comes with the default headers.
+  expect_null(cfg$cookie)
+  expect_identical(http_config(url = "http://x", data = "%s")$dots, list())
+  launcher <- start_http_launcher()
+  skip_unless_service(launcher)
+  on.exit(launcher$stop())
+  old <- Sys.getenv(c("RS_SERVER_ADDRESS", "RS_SESSION_RPC_COOKIE"), unset = NA)
+  on.exit(for (nm in names(old)) if (is.na(old[[nm]])) Sys.unsetenv(nm) else
+    do.call(Sys.setenv, as.list(old[nm])), add = TRUE)
+  Sys.setenv(RS_SERVER_ADDRESS = sub("/launch$", "/", launcher$url), RS_SESSION_RPC_COOKIE = "wb=1")
+  daemons(url = "tcp://127.0.0.1:0", dispatcher = FALSE)
+  on.exit(daemons(0), add = TRUE, after = FALSE)
+  # The test API takes no Workbench job (HTTP 400), but records the request.
+  expect_error(launch_remote(1, cfg), "answered HTTP 400")
+  reqs <- http_requests(launcher)
+  expect_length(reqs, 1L)
+  expect_identical(reqs[[1L]]$path, "/api/launch_job")
+  expect_identical(reqs[[1L]]$cookie, "wb=1")
+  f <- tempfile()
+  on.exit(unlink(f), add = TRUE)
+  writeLines(reqs[[1L]]$body, f)
+  job <- run("/usr/bin/python3", c("-c", shQuote(paste(
+    "import json, sys; j = json.load(open(sys.argv[1]))['kwparams']['job']",
+    "print(j['cluster']); print([r['value'] for r in j['resourceLimits'] if r['type'] == 'cpuCount'][0])",
+    sep = "\n")), f))
+  expect_identical(as.vector(job), c("k8s", "4"))
 })
 
 test_that("a daemon whose host goes away mid-task says so on stderr as it ends (autoexit = TRUE)", {

@@ -65,6 +65,31 @@ test_that("errors come back as miraiError with message, call, classes and trace"
   expect_true("extra" %in% utils::.DollarNames(custom, ""))
 })
 
+test_that("conditionCall() of a miraiError is the task's call that raised it, in every mode", {
+  f <- function(x) stop("positive")
+  check <- function(mode) {
+    e <- mirai(f(1), f = f)[]
+    expect_identical(conditionCall(e), quote(f(1)), label = mode)
+    expect_identical(e$call, quote(f(1)), label = mode)
+    # An error raised by R's C code names the builtin's call.
+    expect_identical(conditionCall(mirai(log("a"))[]), quote(log("a")), label = mode)
+    # An error at the top of the task has no call of the task's (as R's
+    # own "Error: msg"): none of the daemon's internals show through.
+    top <- mirai(stop("top"))[]
+    expect_null(conditionCall(top), label = mode)
+    expect_output(print(top), "'miraiError' chr Error: top", fixed = TRUE)
+    expect_null(conditionCall(mirai(stop(simpleError("cond")))[]), label = mode)
+  }
+  check("ephemeral")
+  daemons(1)
+  check("dispatcher")
+  daemons(1, dispatcher = FALSE)
+  check("no dispatcher")
+  daemons(sync = TRUE)
+  check("sync")
+  daemons(0)
+})
+
 test_that("unresolved, call_mirai, collect_mirai and printing", {
   daemons(1, dispatcher = FALSE)
   on.exit(daemons(0))

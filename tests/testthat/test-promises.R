@@ -72,6 +72,34 @@ test_that("errors reject: miraiError with the remote message, timeouts and lost 
   expect_match(conditionMessage(e4), "errorValue 19 \\| Connection reset")
 })
 
+test_that("a rejection is a simpleError, whichever way the promise was made", {
+  daemons(1)
+  on.exit(daemons(0))
+  f <- function(x) stop("inner ", x)
+  got <- list()
+  keep <- function(key) function(e) got[[key]] <<- e
+  as.promise(mirai(f(1), f = f)) %...!% (keep("as.promise"))
+  mirai(f(2), f = f) %...>% identity %...!% (keep("pipe"))
+  then(mirai(f(3), f = f), onRejected = keep("then"))
+  m <- call_mirai(mirai(f(4), f = f))
+  then(m, onRejected = keep("call_mirai"))
+  then(mirai(Sys.sleep(5), .timeout = 50), onRejected = keep("timeout"))
+  m5 <- call_mirai(mirai(Sys.sleep(5), .timeout = 50))
+  m5 %...!% (keep("timeout, resolved"))
+  expect_true(run_until(function() length(got) == 6L))
+  for (key in c("as.promise", "pipe", "then", "call_mirai")) {
+    e <- got[[key]]
+    expect_s3_class(e, "simpleError")
+    expect_true(inherits(e, "simpleError"), label = key)
+    expect_match(conditionMessage(e), "^inner [1-4]$", label = key)
+    expect_identical(deparse(conditionCall(e)), sprintf("f(%s)", sub("^inner ", "", conditionMessage(e))))
+  }
+  for (key in c("timeout", "timeout, resolved")) {
+    expect_true(inherits(got[[key]], "simpleError"), label = key)
+    expect_match(conditionMessage(got[[key]]), "5 | Timed out", fixed = TRUE, label = key)
+  }
+})
+
 test_that("a miraiInterrupt fulfils, a cancelled mirai rejects", {
   daemons(1)
   on.exit(daemons(0))

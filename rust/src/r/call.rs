@@ -79,15 +79,37 @@ unsafe fn raise(e: RError) -> ! {
             Rf_errorcall(R_NilValue, c"interrupted".as_ptr())
         }
         RError::Msg(m) => {
-            // The message must outlive the longjmp, which skips this frame.
+            // The message must outlive the longjmp, which skips this frame:
+            // at most the buffer's worth, cut at a character boundary, with
+            // no NULs (neither C strings nor R's CHARSXPs hold them).
             let buf = &mut *std::ptr::addr_of_mut!(ERRBUF);
-            let n = m.len().min(buf.len() - 1);
+            let m = m.replace('\0', "");
+            let mut n = m.len().min(buf.len() - 1);
+            while !m.is_char_boundary(n) {
+                n -= 1;
+            }
             buf[..n].copy_from_slice(&m.as_bytes()[..n]);
             buf[n] = 0;
             drop(m);
+            raise_in_r(buf.as_ptr() as *const c_char, n);
             Rf_errorcall(R_NilValue, c"%s".as_ptr(), buf.as_ptr() as *const c_char)
         }
     }
+}
+
+/// Raises the error with message `msg` (`n` bytes of UTF-8) as the R side
+/// raises its own: `mirai:::native_error(msg)` (R/errors.R) names the
+/// user's call that led to this `.Call` (`daemons(url = "foo://x")`, not a
+/// bare "Error:") and styles it with cli where installed. It longjmps and
+/// does not return; should R fail to even make the call (out of memory),
+/// the error for that is raised instead.
+unsafe fn raise_in_r(msg: *const c_char, n: usize) {
+    let s = Rf_protect(Rf_allocVector(SEXPTYPE::STRSXP, 1));
+    SET_STRING_ELT(s, 0, Rf_mkCharLenCE(msg, n as c_int, cetype_t::CE_UTF8));
+    let f = Rf_protect(Rf_lang3(Rf_install(c":::".as_ptr()), Rf_install(c"mirai".as_ptr()), Rf_install(c"native_error".as_ptr())));
+    let call = Rf_protect(Rf_lang2(f, s));
+    Rf_eval(call, R_BaseEnv);
+    Rf_unprotect(3);
 }
 
 /// The C helper in src/entrypoint.c that runs a body under R_UnwindProtect.

@@ -1,0 +1,144 @@
+# The errors a user sees: they name the user's call (never one of mirai's
+# internals), are styled by cli where it is installed (plain otherwise),
+# and say what to do.
+
+# The condition `expr` signals (error or warning).
+caught <- function(expr) tryCatch(expr, error = identity, warning = identity)
+
+internal <- "named_list|abort|daemon_dots|check_|no_daemons|native_error|require_daemons|eval_task|\\.Call"
+
+expect_names_call <- function(expr, call) {
+  e <- caught(expr)
+  expect_s3_class(e, "error")
+  expect_identical(conditionCall(e), call)
+  expect_false(grepl(internal, paste(deparse(conditionCall(e)), collapse = "")))
+  invisible(e)
+}
+
+test_that("errors name the user's call, never an internal function", {
+  expect_names_call(daemons("2"), quote(daemons("2")))
+  expect_names_call(daemons(1, idletime = "1s"), quote(daemons(1, idletime = "1s")))
+  # An object not found in `...` (it used to name named_list(...)).
+  e <- expect_names_call(mirai(1, x = notfound), quote(mirai(1, x = notfound)))
+  expect_match(conditionMessage(e), "object 'notfound' not found")
+  # Raised inside the daemons() that make_cluster() calls: make_cluster().
+  expect_names_call(make_cluster("x"), quote(make_cluster("x")))
+  # Raised by the native code.
+  expect_names_call(daemons(url = "foo://x"), quote(daemons(url = "foo://x")))
+  # A mirai() inside with_daemons(): the mirai() call.
+  daemons(sync = TRUE, .compute = "err")
+  on.exit(daemons(0, .compute = "err"))
+  expect_names_call(with_daemons("err", mirai(1, .timeout = "a")), quote(mirai(1, .timeout = "a")))
+  expect_names_call(mirai_map(1:2, sqrt, 3, .compute = "err"), quote(mirai_map(1:2, sqrt, 3, .compute = "err")))
+  expect_names_call(mirai_map(1:2, sqrt, z = notfound, .compute = "err"),
+                    quote(mirai_map(1:2, sqrt, z = notfound, .compute = "err")))
+  expect_names_call(everywhere(1, z = notfound, .compute = "err"), quote(everywhere(1, z = notfound, .compute = "err")))
+  mp <- mirai_map(1:3, function(x) if (x == 2) stop("two") else x, .compute = "err")
+  expect_names_call(mp[.stop], quote(mp[.stop]))
+  expect_names_call(collect_mirai(mp, ".stop"), quote(collect_mirai(mp, ".stop")))
+  # try() shows it as R shows any error with a call.
+  out <- paste(capture.output(try(daemons("2"), silent = FALSE), type = "message"), collapse = "\n")
+  expect_match(out, "Error in daemons(\"2\")", fixed = TRUE)
+  expect_match(out, "`n` must be numeric, did you mean to provide `url`?", fixed = TRUE)
+})
+
+test_that("errors are cli-styled where cli is installed, plain simpleErrors otherwise", {
+  skip_if_not_installed("cli")
+  skip_if_not_installed("rlang")
+  e <- caught(daemons("2"))
+  expect_s3_class(e, "rlang_error")
+  expect_match(paste(format(e), collapse = "\n"), "Error in `daemons()`:\n! `n` must be numeric", fixed = TRUE)
+  # Without cli: the same message and call, as a plain simpleError.
+  old <- mirai:::.$rlang
+  on.exit(assign("rlang", old, envir = mirai:::.))
+  assign("rlang", FALSE, envir = mirai:::.)
+  p <- caught(daemons("2"))
+  expect_identical(class(p), c("simpleError", "error", "condition"))
+  expect_identical(conditionMessage(p), conditionMessage(e))
+  expect_identical(conditionCall(p), quote(daemons("2")))
+  p <- caught(require_daemons(.compute = "gpu"))
+  expect_identical(class(p), c("simpleError", "error", "condition"))
+  expect_identical(conditionMessage(p), paste0("No daemons set for the 'gpu' compute profile.\n",
+                                               "Use e.g. mirai::daemons(6, .compute = \"gpu\") to set 6 local daemons."))
+})
+
+test_that("'no daemons' errors give a hint that names the profile", {
+  e <- caught(require_daemons())
+  expect_match(conditionMessage(e), "No daemons set.", fixed = TRUE)
+  expect_match(conditionMessage(e), "mirai::daemons(6)", fixed = TRUE)
+  e <- caught(require_daemons(.compute = "gpu"))
+  expect_match(conditionMessage(e), "No daemons set for the 'gpu' compute profile.", fixed = TRUE)
+  expect_match(conditionMessage(e), "mirai::daemons(6, .compute = \"gpu\")", fixed = TRUE)
+  e <- caught(mirai_map(1:2, sqrt, .compute = "gpu"))
+  expect_identical(conditionCall(e), quote(mirai_map(1:2, sqrt, .compute = "gpu")))
+  expect_match(conditionMessage(e), "mirai::daemons(6, .compute = \"gpu\")", fixed = TRUE)
+  # require_daemons(call = environment()) names the function that asks.
+  f <- function() require_daemons(.compute = "gpu", call = environment())
+  expect_identical(conditionCall(caught(f())), quote(f()))
+  expect_identical(conditionCall(caught(require_daemons())), quote(require_daemons()))
+})
+
+test_that("a daemon() setting of the wrong type is an error naming it; an unknown name a warning", {
+  daemons(url = local_url())
+  on.exit(daemons(0))
+  url <- nextget("url")
+  e <- caught(daemons(1, idletime = "1s"))
+  expect_s3_class(e, "error")
+  expect_match(conditionMessage(e), "daemon() setting `idletime` must be a non-negative number (or Inf), not character \"1s\"",
+               fixed = TRUE)
+  # Refused before anything was reset.
+  expect_identical(nextget("url"), url)
+  for (bad in list(list(cleanup = "yes"), list(autoexit = 1:2), list(maxtasks = -1), list(walltime = NA),
+                   list(output = NA), list(asyncdial = NULL), list(auth = "no"))) {
+    e <- caught(do.call(daemons, c(list(url = "tcp://127.0.0.1:0"), bad)))
+    expect_s3_class(e, "error")
+    expect_match(conditionMessage(e), sprintf("`%s`", names(bad)), fixed = TRUE, label = names(bad))
+  }
+  expect_identical(nextget("url"), url)
+  expect_match(conditionMessage(caught(launch_local(1, maxtasks = "x"))), "`maxtasks`", fixed = TRUE)
+  expect_match(conditionMessage(caught(launch_remote(1, cleanup = 0))), "`cleanup`", fixed = TRUE)
+  # autoexit = NA and Inf limits are fine.
+  expect_match(launch_remote(1, autoexit = NA, idletime = Inf)[[1L]], ",autoexit=NA,idletime=Inf", fixed = TRUE)
+  # Unknown names: a warning naming them; a single logical or number is
+  # passed on to daemon() (as the reference's tests expect), anything else
+  # left out.
+  w <- caught(daemons(url = "tcp://127.0.0.1:0", correcttype = 0L))
+  expect_s3_class(w, "warning")
+  expect_match(conditionMessage(w), "`correcttype` is not a daemon() setting: passed on", fixed = TRUE)
+  expect_identical(conditionCall(w), quote(daemons(url = "tcp://127.0.0.1:0", correcttype = 0L)))
+  expect_warning(expect_warning(daemons(url = "tcp://127.0.0.1:0", correcttype = 0L, notused = "wrongtype"),
+                                "`correcttype`"), "`notused` is not a daemon() setting: left out", fixed = TRUE)
+  expect_true(daemons_set())
+  cmd <- launch_remote(1)[[1L]]
+  expect_match(cmd, ",correcttype=0L", fixed = TRUE)
+  expect_false(grepl("notused", cmd, fixed = TRUE))
+  expect_warning(launch_remote(1, remote_config(), TRUE), "must be named")
+})
+
+test_that("a .compute profile that is not set is a clear error, not a fresh process", {
+  e <- caught(mirai(1, .compute = "nope"))
+  expect_s3_class(e, "error")
+  expect_identical(conditionCall(e), quote(mirai(1, .compute = "nope")))
+  expect_match(conditionMessage(e), "No daemons set for the 'nope' compute profile", fixed = TRUE)
+  e <- caught(try_mirai(1, .compute = "nope"))
+  expect_identical(conditionCall(e), quote(try_mirai(1, .compute = "nope")))
+  # With no daemons set at all, the default profile still means a fresh
+  # process for the task.
+  expect_identical(mirai(2 + 2, .compute = "default")[], 4)
+  expect_identical(mirai(2 + 3)[], 5)
+})
+
+test_that("mirai's errors raised inside a task on a daemon come back as its miraiError", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  # The task's frames hang off an environment that is no frame's: the
+  # search for the user's call ends there (it once looped forever).
+  e <- mirai(mirai::daemons("2"), .timeout = 20000)[]
+  expect_true(is_mirai_error(e))
+  expect_identical(e$message, "`n` must be numeric, did you mean to provide `url`?")
+  expect_identical(conditionCall(e), quote(mirai::daemons("2")))
+  f <- function() mirai::require_daemons(.compute = "none")
+  e <- mirai(f(), f = f, .timeout = 20000)[]
+  expect_true(is_mirai_error(e))
+  expect_match(e$message, "No daemons set for the 'none' compute profile", fixed = TRUE)
+})
