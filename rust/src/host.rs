@@ -191,6 +191,7 @@ impl Host {
             next_token: 2,
             sched: Sched::new(opts.dispatcher),
             tasks: HashMap::new(),
+            completions: Vec::new(),
             joined: Vec::new(),
             timers: BinaryHeap::new(),
             stats: stats.clone(),
@@ -310,7 +311,6 @@ impl Host {
                 },
             };
             core.apply(acts, None);
-            core.publish();
             if let Some(d) = deadline {
                 core.timers.push(Reverse((d, id)));
                 // The loop thread must recompute its poll timeout.
@@ -362,7 +362,6 @@ impl Host {
             out.push((id, slot));
         }
         core.submitted = true;
-        core.publish();
         out
     }
 
@@ -375,7 +374,6 @@ impl Host {
             }
             let (ok, acts) = core.sched.cancel(id, code);
             core.apply(acts, None);
-            core.publish();
             ok
         })
         .unwrap_or(false)
@@ -478,6 +476,9 @@ struct Core {
     next_token: usize,
     sched: Sched,
     tasks: HashMap<TaskId, TaskEntry>,
+    /// Slots resolved by the actions being applied, completed only once the
+    /// counters are published (`publish_then_complete`).
+    completions: Vec<(Arc<Slot>, Outcome)>,
     /// Every daemon ever accepted, in the order they joined: node i of a
     /// cluster is `joined[i]`.
     joined: Vec<u64>,
@@ -559,7 +560,6 @@ impl EventLoop {
                 core.stop(signal);
                 return;
             }
-            core.publish();
             if core.oneshot && core.submitted && core.sched.pending_tasks() == 0 {
                 core.stop(false);
                 return;
@@ -612,9 +612,12 @@ impl Core {
         if self.dead.is_some() {
             return;
         }
+        // Counters first, as in `apply`.
+        self.stats.publish(Counters::default());
         for te in self.tasks.values() {
             te.slot.complete(Outcome::Error(ERR_RESET));
         }
+        self.completions.clear();
         self.tasks.clear();
         // Closing a socket also takes it out of the poll set.
         self.conns.clear();
@@ -622,7 +625,6 @@ impl Core {
         self.timers.clear();
         self.hello_deadlines.clear();
         self.pending = 0;
-        self.stats.publish(Counters::default());
         self.stopped = true;
         self.dead = Some(reason);
         self.release_io();
@@ -830,12 +832,12 @@ impl Core {
                 }
                 Action::Deliver { task } => {
                     if let (Some(te), Some((body, offset))) = (self.tasks.get(&task), reply.take()) {
-                        te.slot.complete(Outcome::Value { body, offset });
+                        self.completions.push((te.slot.clone(), Outcome::Value { body, offset }));
                     }
                 }
                 Action::Fail { task, code } => {
                     if let Some(te) = self.tasks.get(&task) {
-                        te.slot.complete(Outcome::Error(code));
+                        self.completions.push((te.slot.clone(), Outcome::Error(code)));
                     }
                 }
                 Action::Interrupt { daemon, task } => {
@@ -859,6 +861,20 @@ impl Core {
         }
         for t in touched {
             self.flush_conn(t);
+        }
+        self.publish_then_complete();
+    }
+
+    /// Publishes the counters, then completes the slots that the actions
+    /// just applied resolved. In this order, whoever wakes on a slot (`m[]`,
+    /// `unresolved()`, a promise) reads counters that already count its
+    /// task: the slot's release store of `done` orders the counters' stores
+    /// before it. Every change to the scheduler's state comes with actions
+    /// applied here, so the counters are published after every change.
+    fn publish_then_complete(&mut self) {
+        self.publish();
+        for (slot, outcome) in self.completions.drain(..) {
+            slot.complete(outcome);
         }
     }
 
