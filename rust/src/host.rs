@@ -35,7 +35,7 @@
 use crate::aio::{Doorbell, Outcome, Slot};
 use crate::auth;
 use crate::decoder::Decoder;
-use crate::frame::{strip_hop, Framing, SP_HEADER};
+use crate::frame::{strip_hop, Framing, SP_HEADER, TASK_WHOLE};
 use crate::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
 use crate::rng;
 use crate::threads::{self, lock};
@@ -294,6 +294,7 @@ impl Host {
                 slot.complete(Outcome::Error(ERR_RESET));
                 return;
             }
+            frame.push(TASK_WHOLE);
             core.framing.finish(&mut frame);
             let bytes = frame.len() as u64;
             core.tasks.insert(id, TaskEntry { frame: Rc::new(frame), tail: None, slot });
@@ -343,6 +344,8 @@ impl Host {
         if core.stopped || core.shutdown.is_some() {
             return Vec::new();
         }
+        let mut payload = payload;
+        payload.push(TASK_WHOLE);
         let payload = Rc::new(payload);
         let mut out = Vec::new();
         let ids = core.sched.daemon_ids();

@@ -8,8 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the envelope or its meaning changes. 3: the daemon
-/// answers a `Challenge` with an HMAC instead of sending the secret.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// answers a `Challenge` with an HMAC instead of sending the secret. 4: a
+/// task's body ends in `frame::TASK_WHOLE`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes of the host's challenge nonce and of the daemon's HMAC-SHA256.
 pub const NONCE_LEN: usize = 32;
