@@ -42,6 +42,7 @@ use crate::threads::{self, lock};
 use crate::sched::{Action, Counters, Sched, TaskId, ERR_RESET, ERR_TIMEOUT};
 use crate::transport::{Listener, Stream};
 use crate::url::Address;
+use crate::wqueue::{WriteQueue, Withdrawn, NO_TASK};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -208,6 +209,7 @@ impl Host {
             accept_retry: None,
             dead: None,
             fault: false,
+            report_unwritten: !opts.dispatcher,
         }));
         let lp = EventLoop { poll, core: core.clone() };
         let on_panic = {
@@ -297,7 +299,7 @@ impl Host {
             frame.push(TASK_WHOLE);
             core.framing.finish(&mut frame);
             let bytes = frame.len() as u64;
-            core.tasks.insert(id, TaskEntry { frame: Rc::new(frame), tail: None, slot });
+            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), tail: None, slot });
             core.submitted = true;
             let acts = match node {
                 None => core.sched.submit_sized(id, bytes),
@@ -356,7 +358,7 @@ impl Host {
             let mut head = task_head(core.framing, id);
             core.framing.finish_with_tail(&mut head, payload.len());
             let slot = Slot::new(self.bell.clone());
-            core.tasks.insert(id, TaskEntry { frame: Rc::new(head), tail: Some(payload.clone()), slot: slot.clone() });
+            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(head)), tail: Some(payload.clone()), slot: slot.clone() });
             let acts = match d {
                 Some(d) => core.sched.submit_to(id, d),
                 None => core.sched.submit_to_next(id),
@@ -404,7 +406,7 @@ impl Drop for Host {
 struct Conn {
     stream: Stream,
     dec: Decoder,
-    wq: VecDeque<(Rc<Vec<u8>>, usize)>,
+    wq: WriteQueue,
     /// Its Hello was accepted: it is a daemon of this host.
     ready: bool,
     /// The challenge sent on accept, which its Hello must answer.
@@ -413,26 +415,14 @@ struct Conn {
 }
 
 impl Conn {
+    /// Queues a frame that belongs to no task (a control message).
     fn push(&mut self, frame: Rc<Vec<u8>>) {
-        self.wq.push_back((frame, 0));
+        self.wq.push(frame, NO_TASK);
     }
 
     /// Writes as much as the socket takes. Err means the peer is gone.
     fn flush(&mut self) -> io::Result<()> {
-        while let Some((buf, off)) = self.wq.front_mut() {
-            match self.stream.write(&buf[*off..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    *off += n;
-                    if *off == buf.len() {
-                        self.wq.pop_front();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.wq.flush(&mut self.stream)?;
         // TLS: records encrypted above but not yet taken by the socket.
         match self.stream.flush() {
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
@@ -456,7 +446,9 @@ impl Conn {
 }
 
 struct TaskEntry {
-    frame: Rc<Vec<u8>>,
+    /// None once the task is resolved: a resolved task is never sent again,
+    /// so its memory goes as soon as no write queue holds it either.
+    frame: Option<Rc<Vec<u8>>>,
     /// The rest of the frame when its payload is shared (a broadcast).
     tail: Option<Rc<Vec<u8>>>,
     slot: Arc<Slot>,
@@ -505,6 +497,9 @@ struct Core {
     dead: Option<String>,
     /// Set by `Host::inject_fault`.
     fault: bool,
+    /// Tell the scheduler each daemon's unwritten bytes (it uses them only
+    /// without a dispatcher).
+    report_unwritten: bool,
 }
 
 // SAFETY: see the comment on Core: all access is serialized by the mutex.
@@ -577,6 +572,17 @@ fn task_head(framing: Framing, id: TaskId) -> Vec<u8> {
     framing.begin(&mut b);
     proto::encode_into(&Msg::Task { id }, &mut b);
     b
+}
+
+/// The length of a task frame's head (transport prefix, hop count,
+/// envelope), given its first bytes: what a withdrawn frame keeps.
+fn task_head_len(framing: Framing, frame: &[u8]) -> usize {
+    let body = framing.body_offset();
+    match frame.get(body..).map(proto::decode) {
+        Some(Ok((_, off))) => body + off,
+        // Not a task frame: keep all of it.
+        _ => frame.len(),
+    }
 }
 
 fn control_frame(framing: Framing, msg: &Msg) -> Rc<Vec<u8>> {
@@ -701,7 +707,7 @@ impl Core {
                         // Until its Hello is accepted a peer may send only small
                         // messages: a huge length must not make the host
                         // allocate it.
-                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: VecDeque::new(), ready: false, nonce, retiring: false };
+                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: WriteQueue::default(), ready: false, nonce, retiring: false };
                     c.push(Rc::new(SP_HEADER.to_vec()));
                     c.push(control_frame(framing, &Msg::Challenge { version: PROTOCOL_VERSION, nonce }));
                     self.conns.insert(token, c);
@@ -820,15 +826,31 @@ impl Core {
     }
 
     fn apply(&mut self, acts: Vec<Action>, mut reply: Option<(Vec<u8>, usize)>) {
+        let mut acts = acts;
+        // Reports of written bytes and of unsent tasks make more actions (a
+        // drained daemon takes the next waiting task): applied in turn here
+        // rather than recursively, however many tasks wait.
+        while !acts.is_empty() {
+            acts = self.apply_once(acts, &mut reply);
+        }
+        self.publish_then_complete();
+    }
+
+    /// Applies `acts` and writes what they queued; returns the actions the
+    /// scheduler takes in response to what happened to the write queues.
+    fn apply_once(&mut self, acts: Vec<Action>, reply: &mut Option<(Vec<u8>, usize)>) -> Vec<Action> {
         let mut touched = Vec::new();
+        let mut unsent = Vec::new();
         for a in acts {
             match a {
                 Action::Send { daemon, task } => {
                     let tok = Token(daemon as usize);
                     if let (Some(c), Some(te)) = (self.conns.get_mut(&tok), self.tasks.get(&task)) {
-                        c.push(te.frame.clone());
+                        if let Some(f) = &te.frame {
+                            c.wq.push(f.clone(), task);
+                        }
                         if let Some(t) = &te.tail {
-                            c.push(t.clone());
+                            c.wq.push_tail(t.clone(), task);
                         }
                         touched.push(tok);
                     }
@@ -839,8 +861,21 @@ impl Core {
                     }
                 }
                 Action::Fail { task, code } => {
-                    if let Some(te) = self.tasks.get(&task) {
+                    if let Some(te) = self.tasks.get_mut(&task) {
                         self.completions.push((te.slot.clone(), Outcome::Error(code)));
+                        te.frame = None;
+                        te.tail = None;
+                    }
+                }
+                Action::Withdraw { daemon, task } => {
+                    let tok = Token(daemon as usize);
+                    let framing = self.framing;
+                    if let Some(c) = self.conns.get_mut(&tok) {
+                        if c.wq.withdraw(task, |f| task_head_len(framing, f)) == Withdrawn::Unsent {
+                            unsent.push((daemon, task));
+                        }
+                        // Its unwritten bytes changed: reported after the flush.
+                        touched.push(tok);
                     }
                 }
                 Action::Interrupt { daemon, task } => {
@@ -862,10 +897,14 @@ impl Core {
                 }
             }
         }
-        for t in touched {
-            self.flush_conn(t);
+        let mut more = Vec::new();
+        for (daemon, task) in unsent {
+            more.extend(self.sched.unsent(daemon, task));
         }
-        self.publish_then_complete();
+        for t in touched {
+            more.extend(self.flush_and_report(t));
+        }
+        more
     }
 
     /// Publishes the counters, then completes the slots that the actions
@@ -882,12 +921,28 @@ impl Core {
     }
 
     fn flush_conn(&mut self, t: Token) {
-        let Some(c) = self.conns.get_mut(&t) else { return };
+        let acts = self.flush_and_report(t);
+        if !acts.is_empty() {
+            self.apply(acts, None);
+        }
+    }
+
+    /// Writes what the socket takes, then tells the scheduler the bytes
+    /// left (without a dispatcher, when the figure changed or a frame was
+    /// queued since the last report); returns the scheduler's response.
+    fn flush_and_report(&mut self, t: Token) -> Vec<Action> {
+        let Some(c) = self.conns.get_mut(&t) else { return Vec::new() };
         match c.flush() {
             Ok(()) if c.retiring && c.drained() => self.drop_conn(t, false),
+            Ok(()) if self.report_unwritten && c.ready => {
+                if let Some(bytes) = c.wq.take_change() {
+                    return self.sched.unwritten(t.0 as u64, bytes);
+                }
+            }
             Ok(()) => {}
             Err(_) => self.drop_conn(t, false),
         }
+        Vec::new()
     }
 
     /// Closes a connection. A peer that never became a daemon of this host,
@@ -927,9 +982,10 @@ impl Core {
             for t in toks {
                 if let Some(c) = self.conns.get_mut(&t) {
                     // A frame already partly written must be finished, or
-                    // the Exit bytes would land inside it.
-                    let keep = c.wq.front().is_some_and(|(_, off)| *off > 0) as usize;
-                    c.wq.truncate(keep);
+                    // the Exit bytes would land inside it (a task's with
+                    // filler: its payload is not needed any more).
+                    let framing = self.framing;
+                    c.wq.discard_unstarted(|f| task_head_len(framing, f));
                     c.push(exit.clone());
                     let deadline = Instant::now() + Duration::from_millis(500);
                     while !c.drained() && Instant::now() < deadline {
