@@ -9,6 +9,15 @@
 //! for timers. R's thread wakes it (mio Waker) only for a new deadline or for
 //! shutdown.
 //!
+//! Write queues (`wqueue`): what a daemon's socket has not taken yet waits
+//! in its connection's queue. Without a dispatcher the host tells the
+//! scheduler each daemon's unwritten bytes after writing (only when the
+//! figure changed or a frame was queued since), and only a daemon with
+//! none takes a task; the others wait in the scheduler's queue. A task
+//! resolved on a daemon (cancelled, timed out) is withdrawn from the queue
+//! (`Action::Withdraw`) and its frame released at once, so a daemon that
+//! stopped reading pins no memory.
+//!
 //! Memory cap: the scheduler counts the bytes of queued task frames and
 //! `Stats` publishes them, so R's thread reads them without the core's lock.
 //! Whichever thread moves the count below the cap (R's own thread sending a
