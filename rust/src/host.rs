@@ -243,11 +243,22 @@ impl Host {
     }
 
     /// Builds a task frame: the frame prefix and envelope for task `id`,
-    /// then the payload `write` appends (R's serialization, written straight
-    /// into the frame). `submit` patches the length.
-    pub fn task_frame<E>(&self, id: TaskId, write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Vec<u8>, E> {
+    /// the payload `write` appends (R's serialization, written straight
+    /// into the frame), then the completion mark (`frame::TASK_WHOLE`).
+    /// `submit` patches the length.
+    pub fn task_frame<E: From<String>>(
+        &self,
+        id: TaskId,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Vec<u8>, E> {
         let mut frame = task_head(self.framing, id);
         write(&mut frame)?;
+        // A serializer short of memory fills its buffer exactly: the byte
+        // more must not double it, nor abort the session if it cannot.
+        if frame.try_reserve_exact(1).is_err() {
+            return Err(E::from("cannot allocate memory to serialize the task".to_string()));
+        }
+        frame.push(TASK_WHOLE);
         Ok(frame)
     }
 
@@ -274,10 +285,10 @@ impl Host {
         lock(&self.core).dead.clone()
     }
 
-    /// Queues a built frame and, when a daemon is free, writes it straight
-    /// to that daemon's socket from the calling thread. If the host has
-    /// been shut down the task fails at once with "connection reset"; if it
-    /// failed, the reason comes back as Err.
+    /// Queues a frame built by `task_frame` and, when a daemon is free,
+    /// writes it straight to that daemon's socket from the calling thread.
+    /// If the host has been shut down the task fails at once with
+    /// "connection reset"; if it failed, the reason comes back as Err.
     pub fn submit(&self, id: TaskId, frame: Vec<u8>, slot: Arc<Slot>, timeout: Option<Duration>) -> Result<(), String> {
         self.submit_for(id, frame, slot, timeout, None)
     }
@@ -305,7 +316,6 @@ impl Host {
                 slot.complete(Outcome::Error(ERR_RESET));
                 return;
             }
-            frame.push(TASK_WHOLE);
             core.framing.finish(&mut frame);
             let bytes = frame.len() as u64;
             core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), tail: None, slot });

@@ -1743,6 +1743,7 @@ fn handshake(url: &str) {
     f.begin(&mut frame);
     proto::encode_into(&Msg::Task { id }, &mut frame);
     frame.extend_from_slice(&payload);
+    frame.push(mirai::frame::TASK_WHOLE);
     // A bell of its own (the slot is waited on directly): `Default` keeps
     // this independent of the doorbell type's name.
     let slot = Slot::new(Default::default());

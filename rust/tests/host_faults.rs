@@ -42,11 +42,11 @@ fn port(host: &Host) -> u16 {
 }
 
 fn task_frame(host: &Host, id: u64, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    host.framing.begin(&mut f);
-    proto::encode_into(&Msg::Task { id }, &mut f);
-    f.extend_from_slice(payload);
-    f
+    host.task_frame(id, |f| {
+        f.extend_from_slice(payload);
+        Ok::<(), String>(())
+    })
+    .unwrap()
 }
 
 fn daemon(addr: &Address) -> ClientConn {

@@ -13,7 +13,6 @@ use mirai::aio::{Doorbell, Outcome, Slot};
 use mirai::client::{ClientConn, Incoming};
 use mirai::frame::task_payload;
 use mirai::host::{Host, HostOptions};
-use mirai::proto::{self, Msg};
 use mirai::sched::ERR_CANCELED;
 use mirai::tls;
 use mirai::url::Address;
@@ -37,11 +36,11 @@ fn options(dispatcher: bool) -> HostOptions {
 }
 
 fn task_frame(host: &Host, id: u64, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(payload.len() + 64);
-    host.framing.begin(&mut f);
-    proto::encode_into(&Msg::Task { id }, &mut f);
-    f.extend_from_slice(payload);
-    f
+    host.task_frame(id, |f| {
+        f.extend_from_slice(payload);
+        Ok::<(), String>(())
+    })
+    .unwrap()
 }
 
 fn wait_for(mut cond: impl FnMut() -> bool, secs: u64) -> bool {
