@@ -33,7 +33,7 @@ varint <- function(n) {
 # A TCP frame; `len` is the length claimed, whatever follows.
 tcp_frame <- function(body, len = length(body)) c(if (is.raw(len)) len else be_bytes(len), body)
 
-protocol_version <- 3
+protocol_version <- 4
 
 hello_body <- function(mac = raw(32L), version = protocol_version, pid = 1) {
   c(hop, varint(0), varint(version), mac, varint(pid))

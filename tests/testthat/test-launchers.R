@@ -105,10 +105,10 @@ test_that("a daemon proves its secret without sending it (its HMAC checked with 
   on.exit(p$kill(), add = TRUE)
   con <- socketAccept(srv, blocking = TRUE, open = "r+b", timeout = 20)
   on.exit(close(con), add = TRUE, after = FALSE)
-  # Play the host: SP header and a Challenge (variant 7, version 3, nonce).
+  # Play the host: SP header and a Challenge (variant 7, version 4, nonce).
   sp <- as.raw(c(0x00, 0x53, 0x50, 0x00, 0x00, 0x11, 0x00, 0x00))
   nonce <- as.raw(sample(0:255, 32L, TRUE))
-  body <- c(as.raw(c(0, 0, 0, 1, 7, 3)), nonce)
+  body <- c(as.raw(c(0, 0, 0, 1, 7, 4)), nonce)
   writeBin(c(sp, as.raw(c(rep(0, 7), length(body))), body), con)
   flush(con)
   wire <- readBin(con, "raw", 8L)
@@ -116,8 +116,8 @@ test_that("a daemon proves its secret without sending it (its HMAC checked with 
   len <- readBin(con, "raw", 8L)
   hello <- readBin(con, "raw", sum(as.numeric(len) * 256^(7:0)))
   wire <- c(wire, len, hello)
-  # Hop count, Hello (variant 0), version 3, then 32 bytes of MAC and the pid.
-  expect_identical(hello[1:6], as.raw(c(0, 0, 0, 1, 0, 3)))
+  # Hop count, Hello (variant 0), version 4, then 32 bytes of MAC and the pid.
+  expect_identical(hello[1:6], as.raw(c(0, 0, 0, 1, 0, 4)))
   mac <- hello[7:38]
   msg <- tempfile()
   writeBin(c(charToRaw("mirai daemon hello v3"), as.raw(0), nonce), msg)

@@ -68,7 +68,7 @@ echo_py <- c(
   "import asyncio, os, websockets",
   "async def handler(ws, path=None):",
   "    print('subprotocol', ws.subprotocol, flush=True)",
-  "    await ws.send(bytes([0, 0, 0, 1, 7, 3]) + os.urandom(32))",
+  "    await ws.send(bytes([0, 0, 0, 1, 7, 4]) + os.urandom(32))",
   "    async for m in ws:",
   "        print('echo', type(m).__name__, len(m), flush=True)",
   "        await ws.send(m)",
