@@ -117,9 +117,7 @@ test_that("running out of memory while serializing a task is an R error, not an 
     "rm(x); invisible(gc()); cat('ALIVE:', mirai(1 + 1)[], '\\n'); daemons(0)"
   ), script)
   rs <- file.path(R.home("bin"), "Rscript")
-  # The session with x takes about 1.42e6 KiB of address space; x's
-  # serialization (1.2 GB, grown in place) cannot fit beside it.
-  out <- suppressWarnings(system2("bash", c("-c", shQuote(sprintf("ulimit -v 2400000; %s %s 2>&1", rs, script))),
+  out <- suppressWarnings(system2("bash", c("-c", shQuote(sprintf("ulimit -v 2600000; %s %s 2>&1", rs, script))),
                                   stdout = TRUE, env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":"))))
   out <- paste(out, collapse = "\n")
   expect_match(out, "RESULT: .*(cannot allocate|serialize)")
