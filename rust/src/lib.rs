@@ -10,14 +10,11 @@
 //!   doorbells that wait on several of them.
 //! - `client`: the daemon's end of a connection.
 //! - `spawn`: child processes we launch and reap.
-//! - `alloc`: the global allocator of the R package (large blocks mapped
-//!   directly, so that freed frames leave the process).
 //! - `threads`: the threads we start (signals blocked, panics contained).
 //! - `r`: the R boundary (R's main thread only), see its module docs for
 //!   why it is written against extendr-ffi rather than extendr-api.
 
 pub mod aio;
-pub mod alloc;
 pub mod auth;
 pub mod client;
 pub mod decoder;
@@ -34,12 +31,6 @@ pub mod transport;
 pub mod url;
 pub mod wqueue;
 pub mod ws;
-
-/// See `alloc`: only in the package's build (src/Makevars), not in `cargo
-/// test`, where tests install their own allocators.
-#[cfg(feature = "mmap-alloc")]
-#[global_allocator]
-static ALLOCATOR: alloc::LargeMmap = alloc::LargeMmap;
 
 use r::ffi::{DllInfo, R_CallMethodDef, R_forceSymbols, R_registerRoutines, R_useDynamicSymbols, Rboolean};
 use std::ffi::{c_char, c_void};
