@@ -18,6 +18,13 @@
 //! (`Action::Withdraw`) and its frame released at once, so a daemon that
 //! stopped reading pins no memory.
 //!
+//! Freed memory: glibc serves frames of a few MB from its heap once it has
+//! freed one mmapped block of that size (its mmap threshold rises, up to
+//! 32 MiB), and keeps freed heap memory in the process. That reuse is what
+//! makes a stream of large tasks fast, so the host lets glibc be and only
+//! hands the memory back (`malloc_trim`) when the frames alive have fallen
+//! well below a large peak (`FrameMemory`): after a burst, not during one.
+//!
 //! Memory cap: the scheduler counts the bytes of queued task frames and
 //! `Stats` publishes them, so R's thread reads them without the core's lock.
 //! Whichever thread moves the count below the cap (R's own thread sending a
@@ -202,6 +209,7 @@ impl Host {
             sched: Sched::new(opts.dispatcher),
             tasks: HashMap::new(),
             completions: Vec::new(),
+            frames: FrameMemory::default(),
             joined: Vec::new(),
             timers: BinaryHeap::new(),
             stats: stats.clone(),
@@ -318,7 +326,8 @@ impl Host {
             }
             core.framing.finish(&mut frame);
             let bytes = frame.len() as u64;
-            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), tail: None, slot });
+            core.frames.hold(bytes);
+            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, slot });
             core.submitted = true;
             let acts = match node {
                 None => core.sched.submit_sized(id, bytes),
@@ -326,6 +335,7 @@ impl Host {
                     Some(&d) => core.sched.submit_to(id, d),
                     None => {
                         if let Some(te) = core.tasks.remove(&id) {
+                            core.frames.release(te.bytes);
                             te.slot.complete(Outcome::Error(ERR_RESET));
                         }
                         Vec::new()
@@ -377,7 +387,14 @@ impl Host {
             let mut head = task_head(core.framing, id);
             core.framing.finish_with_tail(&mut head, payload.len());
             let slot = Slot::new(self.bell.clone());
-            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(head)), tail: Some(payload.clone()), slot: slot.clone() });
+            // Counted per task although shared: the count only decides when
+            // to hand memory back, and a large broadcast is worth it.
+            let bytes = (head.len() + payload.len()) as u64;
+            core.frames.hold(bytes);
+            core.tasks.insert(
+                id,
+                TaskEntry { frame: Some(Rc::new(head)), bytes, tail: Some(payload.clone()), slot: slot.clone() },
+            );
             let acts = match d {
                 Some(d) => core.sched.submit_to(id, d),
                 None => core.sched.submit_to_next(id),
@@ -464,10 +481,55 @@ impl Conn {
     }
 }
 
+/// Frames alive above this peak are worth handing back once freed.
+const GIVE_BACK_PEAK: u64 = 64 << 20;
+
+/// The bytes of the task frames alive, and their peak since freed memory
+/// was last handed back: once they fall to an eighth of a peak of at least
+/// `GIVE_BACK_PEAK`, a burst is over and its memory should leave the
+/// process. A steady stream never gets there, and keeps glibc's reuse.
+#[derive(Debug, Default)]
+struct FrameMemory {
+    live: u64,
+    peak: u64,
+}
+
+impl FrameMemory {
+    fn hold(&mut self, bytes: u64) {
+        self.live += bytes;
+        self.peak = self.peak.max(self.live);
+    }
+
+    fn release(&mut self, bytes: u64) {
+        self.live = self.live.saturating_sub(bytes);
+    }
+
+    /// True once after each burst (the peak starts again from what is left).
+    fn should_give_back(&mut self) -> bool {
+        let burst_over = self.peak >= GIVE_BACK_PEAK && self.live <= self.peak / 8;
+        if burst_over {
+            self.peak = self.live;
+        }
+        burst_over
+    }
+}
+
+/// Hands the free memory of every malloc arena back to the system. Costs a
+/// walk over the free chunks (milliseconds for a heap of hundreds of MB).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 struct TaskEntry {
     /// None once the task is resolved: a resolved task is never sent again,
     /// so its memory goes as soon as no write queue holds it either.
     frame: Option<Rc<Vec<u8>>>,
+    /// Bytes of `frame` and `tail`, as counted in `FrameMemory`.
+    bytes: u64,
     /// The rest of the frame when its payload is shared (a broadcast).
     tail: Option<Rc<Vec<u8>>>,
     slot: Arc<Slot>,
@@ -493,6 +555,8 @@ struct Core {
     /// Slots resolved by the actions being applied, completed only once the
     /// counters are published (`publish_then_complete`).
     completions: Vec<(Arc<Slot>, Outcome)>,
+    /// Bytes of the task frames alive (see the module docs).
+    frames: FrameMemory,
     /// Every daemon ever accepted, in the order they joined: node i of a
     /// cluster is `joined[i]`.
     joined: Vec<u64>,
@@ -647,6 +711,7 @@ impl Core {
         }
         self.completions.clear();
         self.tasks.clear();
+        self.frames = FrameMemory::default();
         // Closing a socket also takes it out of the poll set.
         self.conns.clear();
         self.close_listener();
@@ -853,6 +918,10 @@ impl Core {
             acts = self.apply_once(acts, &mut reply);
         }
         self.publish_then_complete();
+        // After the completions: nobody waits for this.
+        if self.frames.should_give_back() {
+            give_back_freed_memory();
+        }
     }
 
     /// Applies `acts` and writes what they queued; returns the actions the
@@ -882,7 +951,9 @@ impl Core {
                 Action::Fail { task, code } => {
                     if let Some(te) = self.tasks.get_mut(&task) {
                         self.completions.push((te.slot.clone(), Outcome::Error(code)));
-                        te.frame = None;
+                        if te.frame.take().is_some() {
+                            self.frames.release(te.bytes);
+                        }
                         te.tail = None;
                     }
                 }
@@ -912,7 +983,11 @@ impl Core {
                     }
                 }
                 Action::Drop { task } => {
-                    self.tasks.remove(&task);
+                    if let Some(te) = self.tasks.remove(&task) {
+                        if te.frame.is_some() {
+                            self.frames.release(te.bytes);
+                        }
+                    }
                 }
             }
         }
@@ -1023,6 +1098,9 @@ impl Core {
         self.close_listener();
         self.conns.clear();
         self.tasks.clear();
+        if std::mem::take(&mut self.frames).peak >= GIVE_BACK_PEAK {
+            give_back_freed_memory();
+        }
         self.pending = 0;
         self.hello_deadlines.clear();
         self.stats.publish(Counters::default());
@@ -1038,6 +1116,29 @@ mod tests {
 
     fn queued(bytes: u64) -> Counters {
         Counters { queued_bytes: bytes, ..Counters::default() }
+    }
+
+    #[test]
+    fn freed_memory_goes_back_after_a_burst_not_during_a_stream() {
+        let mb = 1 << 20;
+        let mut f = FrameMemory::default();
+        // A stream of 10 MB tasks, two alive at a time: never.
+        for _ in 0..100 {
+            f.hold(10 * mb);
+            f.hold(10 * mb);
+            assert!(!f.should_give_back());
+            f.release(10 * mb);
+            f.release(10 * mb);
+            assert!(!f.should_give_back());
+        }
+        // A burst of 40: once, when at most an eighth is left.
+        (0..40).for_each(|_| f.hold(10 * mb));
+        assert!(!f.should_give_back());
+        for left in (0..40).rev() {
+            f.release(10 * mb);
+            assert_eq!(f.should_give_back(), left == 5, "{left} left");
+        }
+        assert!(!f.should_give_back());
     }
 
     #[test]
