@@ -253,7 +253,8 @@ max_message <- function() {
 #'   are launched with it at once by [launch_remote()] (if that fails, the
 #'   profile is reset and the error raised). Needs `url`. Default NULL.
 #' @param dispatcher (logical) queue tasks on the host and send each to an
-#'   idle daemon (TRUE), or send them round-robin (FALSE). Default TRUE.
+#'   idle daemon (TRUE), or send each to the least busy daemon that can take
+#'   it now, where it may queue behind other tasks (FALSE). Default TRUE.
 #' @param ... (named arguments) [daemon()] arguments for launched daemons:
 #'   `asyncdial`, `cleanup` and `output` (TRUE or FALSE), `autoexit` (TRUE,
 #'   NA or FALSE), `idletime`, `walltime` and `maxtasks` (non-negative

@@ -98,6 +98,22 @@ pub fn strip_hop(body: &[u8]) -> Result<usize, String> {
     Ok(HOP_LEN)
 }
 
+/// The last byte of every task's body: the host wrote the whole frame. A
+/// frame the host withdrew after starting to write it (the task was
+/// cancelled or timed out meanwhile) is completed with zero bytes instead
+/// (see `wqueue`), so it ends in 0, and the daemon must not evaluate it.
+pub const TASK_WHOLE: u8 = 1;
+
+/// A task's payload without its final mark; None if the frame was
+/// withdrawn (or is malformed), in which case the daemon answers it with an
+/// error that the host, which has resolved the task already, drops.
+pub fn task_payload(p: &[u8]) -> Option<&[u8]> {
+    match p.split_last() {
+        Some((&TASK_WHOLE, rest)) => Some(rest),
+        _ => None,
+    }
+}
+
 /// Largest message accepted; guards against a garbage length allocating
 /// absurd amounts. 64-bit lengths still allow objects far over 2 GiB.
 pub const MAX_MESSAGE: u64 = 1 << 40;
@@ -140,6 +156,14 @@ mod tests {
         h[5] = 0x10; // pair0
         assert!(check_sp_header(&h).unwrap_err().contains("pair1"));
         assert!(check_sp_header(b"GET / HT").unwrap_err().contains("not an SP"));
+    }
+
+    #[test]
+    fn task_payload_needs_the_whole_mark() {
+        assert_eq!(task_payload(&[7, 8, TASK_WHOLE]), Some(&[7u8, 8][..]));
+        assert_eq!(task_payload(&[7, 8, 0]), None);
+        assert_eq!(task_payload(&[0, 0, 0]), None);
+        assert_eq!(task_payload(&[]), None);
     }
 
     #[test]

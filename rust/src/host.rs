@@ -9,6 +9,22 @@
 //! for timers. R's thread wakes it (mio Waker) only for a new deadline or for
 //! shutdown.
 //!
+//! Write queues (`wqueue`): what a daemon's socket has not taken yet waits
+//! in its connection's queue. Without a dispatcher the host tells the
+//! scheduler each daemon's unwritten bytes after writing (only when the
+//! figure changed or a frame was queued since), and only a daemon with
+//! none takes a task; the others wait in the scheduler's queue. A task
+//! resolved on a daemon (cancelled, timed out) is withdrawn from the queue
+//! (`Action::Withdraw`) and its frame released at once, so a daemon that
+//! stopped reading pins no memory.
+//!
+//! Freed memory: glibc serves frames of a few MB from its heap once it has
+//! freed one mmapped block of that size (its mmap threshold rises, up to
+//! 32 MiB), and keeps freed heap memory in the process. That reuse is what
+//! makes a stream of large tasks fast, so the host lets glibc be and only
+//! hands the memory back (`malloc_trim`) when the frames alive have fallen
+//! well below a large peak (`FrameMemory`): after a burst, not during one.
+//!
 //! Memory cap: the scheduler counts the bytes of queued task frames and
 //! `Stats` publishes them, so R's thread reads them without the core's lock.
 //! Whichever thread moves the count below the cap (R's own thread sending a
@@ -36,13 +52,14 @@
 use crate::aio::{Doorbell, Outcome, Slot};
 use crate::auth::{self, Prover};
 use crate::decoder::Decoder;
-use crate::frame::{strip_hop, Framing, SP_HEADER};
+use crate::frame::{strip_hop, Framing, SP_HEADER, TASK_WHOLE};
 use crate::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
 use crate::rng;
 use crate::threads::{self, lock};
 use crate::sched::{Action, Counters, Sched, TaskId, ERR_RESET, ERR_TIMEOUT};
 use crate::transport::{Listener, Stream};
 use crate::url::Address;
+use crate::wqueue::{WriteQueue, Withdrawn, NO_TASK};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -192,6 +209,8 @@ impl Host {
             next_token: 2,
             sched: Sched::new(opts.dispatcher),
             tasks: HashMap::new(),
+            completions: Vec::new(),
+            frames: FrameMemory::default(),
             joined: Vec::new(),
             timers: BinaryHeap::new(),
             stats: stats.clone(),
@@ -208,6 +227,7 @@ impl Host {
             accept_retry: None,
             dead: None,
             fault: false,
+            report_unwritten: !opts.dispatcher,
         }));
         let lp = EventLoop { poll, core: core.clone() };
         let on_panic = {
@@ -232,11 +252,22 @@ impl Host {
     }
 
     /// Builds a task frame: the frame prefix and envelope for task `id`,
-    /// then the payload `write` appends (R's serialization, written straight
-    /// into the frame). `submit` patches the length.
-    pub fn task_frame<E>(&self, id: TaskId, write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Vec<u8>, E> {
+    /// the payload `write` appends (R's serialization, written straight
+    /// into the frame), then the completion mark (`frame::TASK_WHOLE`).
+    /// `submit` patches the length.
+    pub fn task_frame<E: From<String>>(
+        &self,
+        id: TaskId,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Vec<u8>, E> {
         let mut frame = task_head(self.framing, id);
         write(&mut frame)?;
+        // A serializer short of memory fills its buffer exactly: the byte
+        // more must not double it, nor abort the session if it cannot.
+        if frame.try_reserve_exact(1).is_err() {
+            return Err(E::from("cannot allocate memory to serialize the task".to_string()));
+        }
+        frame.push(TASK_WHOLE);
         Ok(frame)
     }
 
@@ -263,10 +294,10 @@ impl Host {
         lock(&self.core).dead.clone()
     }
 
-    /// Queues a built frame and, when a daemon is free, writes it straight
-    /// to that daemon's socket from the calling thread. If the host has
-    /// been shut down the task fails at once with "connection reset"; if it
-    /// failed, the reason comes back as Err.
+    /// Queues a frame built by `task_frame` and, when a daemon is free,
+    /// writes it straight to that daemon's socket from the calling thread.
+    /// If the host has been shut down the task fails at once with
+    /// "connection reset"; if it failed, the reason comes back as Err.
     pub fn submit(&self, id: TaskId, frame: Vec<u8>, slot: Arc<Slot>, timeout: Option<Duration>) -> Result<(), String> {
         self.submit_for(id, frame, slot, timeout, None)
     }
@@ -296,7 +327,8 @@ impl Host {
             }
             core.framing.finish(&mut frame);
             let bytes = frame.len() as u64;
-            core.tasks.insert(id, TaskEntry { frame: Rc::new(frame), tail: None, slot });
+            core.frames.hold(bytes);
+            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, slot });
             core.submitted = true;
             let acts = match node {
                 None => core.sched.submit_sized(id, bytes),
@@ -304,6 +336,7 @@ impl Host {
                     Some(&d) => core.sched.submit_to(id, d),
                     None => {
                         if let Some(te) = core.tasks.remove(&id) {
+                            core.frames.release(te.bytes);
                             te.slot.complete(Outcome::Error(ERR_RESET));
                         }
                         Vec::new()
@@ -311,7 +344,6 @@ impl Host {
                 },
             };
             core.apply(acts, None);
-            core.publish();
             if let Some(d) = deadline {
                 core.timers.push(Reverse((d, id)));
                 // The loop thread must recompute its poll timeout.
@@ -344,6 +376,8 @@ impl Host {
         if core.stopped || core.shutdown.is_some() {
             return Vec::new();
         }
+        let mut payload = payload;
+        payload.push(TASK_WHOLE);
         let payload = Rc::new(payload);
         let mut out = Vec::new();
         let ids = core.sched.daemon_ids();
@@ -354,7 +388,14 @@ impl Host {
             let mut head = task_head(core.framing, id);
             core.framing.finish_with_tail(&mut head, payload.len());
             let slot = Slot::new(self.bell.clone());
-            core.tasks.insert(id, TaskEntry { frame: Rc::new(head), tail: Some(payload.clone()), slot: slot.clone() });
+            // Counted per task although shared: the count only decides when
+            // to hand memory back, and a large broadcast is worth it.
+            let bytes = (head.len() + payload.len()) as u64;
+            core.frames.hold(bytes);
+            core.tasks.insert(
+                id,
+                TaskEntry { frame: Some(Rc::new(head)), bytes, tail: Some(payload.clone()), slot: slot.clone() },
+            );
             let acts = match d {
                 Some(d) => core.sched.submit_to(id, d),
                 None => core.sched.submit_to_next(id),
@@ -363,7 +404,6 @@ impl Host {
             out.push((id, slot));
         }
         core.submitted = true;
-        core.publish();
         out
     }
 
@@ -376,7 +416,6 @@ impl Host {
             }
             let (ok, acts) = core.sched.cancel(id, code);
             core.apply(acts, None);
-            core.publish();
             ok
         })
         .unwrap_or(false)
@@ -404,7 +443,7 @@ impl Drop for Host {
 struct Conn {
     stream: Stream,
     dec: Decoder,
-    wq: VecDeque<(Rc<Vec<u8>>, usize)>,
+    wq: WriteQueue,
     /// Its Hello was accepted: it is a daemon of this host.
     ready: bool,
     /// The challenge sent on accept, which its Hello must answer.
@@ -413,26 +452,14 @@ struct Conn {
 }
 
 impl Conn {
+    /// Queues a frame that belongs to no task (a control message).
     fn push(&mut self, frame: Rc<Vec<u8>>) {
-        self.wq.push_back((frame, 0));
+        self.wq.push(frame, NO_TASK);
     }
 
     /// Writes as much as the socket takes. Err means the peer is gone.
     fn flush(&mut self) -> io::Result<()> {
-        while let Some((buf, off)) = self.wq.front_mut() {
-            match self.stream.write(&buf[*off..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    *off += n;
-                    if *off == buf.len() {
-                        self.wq.pop_front();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.wq.flush(&mut self.stream)?;
         // TLS: records encrypted above but not yet taken by the socket.
         match self.stream.flush() {
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
@@ -455,8 +482,55 @@ impl Conn {
     }
 }
 
+/// Frames alive above this peak are worth handing back once freed.
+const GIVE_BACK_PEAK: u64 = 64 << 20;
+
+/// The bytes of the task frames alive, and their peak since freed memory
+/// was last handed back: once they fall to an eighth of a peak of at least
+/// `GIVE_BACK_PEAK`, a burst is over and its memory should leave the
+/// process. A steady stream never gets there, and keeps glibc's reuse.
+#[derive(Debug, Default)]
+struct FrameMemory {
+    live: u64,
+    peak: u64,
+}
+
+impl FrameMemory {
+    fn hold(&mut self, bytes: u64) {
+        self.live += bytes;
+        self.peak = self.peak.max(self.live);
+    }
+
+    fn release(&mut self, bytes: u64) {
+        self.live = self.live.saturating_sub(bytes);
+    }
+
+    /// True once after each burst (the peak starts again from what is left).
+    fn should_give_back(&mut self) -> bool {
+        let burst_over = self.peak >= GIVE_BACK_PEAK && self.live <= self.peak / 8;
+        if burst_over {
+            self.peak = self.live;
+        }
+        burst_over
+    }
+}
+
+/// Hands the free memory of every malloc arena back to the system. Costs a
+/// walk over the free chunks (milliseconds for a heap of hundreds of MB).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 struct TaskEntry {
-    frame: Rc<Vec<u8>>,
+    /// None once the task is resolved: a resolved task is never sent again,
+    /// so its memory goes as soon as no write queue holds it either.
+    frame: Option<Rc<Vec<u8>>>,
+    /// Bytes of `frame` and `tail`, as counted in `FrameMemory`.
+    bytes: u64,
     /// The rest of the frame when its payload is shared (a broadcast).
     tail: Option<Rc<Vec<u8>>>,
     slot: Arc<Slot>,
@@ -479,6 +553,11 @@ struct Core {
     next_token: usize,
     sched: Sched,
     tasks: HashMap<TaskId, TaskEntry>,
+    /// Slots resolved by the actions being applied, completed only once the
+    /// counters are published (`publish_then_complete`).
+    completions: Vec<(Arc<Slot>, Outcome)>,
+    /// Bytes of the task frames alive (see the module docs).
+    frames: FrameMemory,
     /// Every daemon ever accepted, in the order they joined: node i of a
     /// cluster is `joined[i]`.
     joined: Vec<u64>,
@@ -502,6 +581,9 @@ struct Core {
     dead: Option<String>,
     /// Set by `Host::inject_fault`.
     fault: bool,
+    /// Tell the scheduler each daemon's unwritten bytes (it uses them only
+    /// without a dispatcher).
+    report_unwritten: bool,
 }
 
 // SAFETY: see the comment on Core: all access is serialized by the mutex.
@@ -560,7 +642,6 @@ impl EventLoop {
                 core.stop(signal);
                 return;
             }
-            core.publish();
             if core.oneshot && core.submitted && core.sched.pending_tasks() == 0 {
                 core.stop(false);
                 return;
@@ -575,6 +656,17 @@ fn task_head(framing: Framing, id: TaskId) -> Vec<u8> {
     framing.begin(&mut b);
     proto::encode_into(&Msg::Task { id }, &mut b);
     b
+}
+
+/// The length of a task frame's head (transport prefix, hop count,
+/// envelope), given its first bytes: what a withdrawn frame keeps.
+fn task_head_len(framing: Framing, frame: &[u8]) -> usize {
+    let body = framing.body_offset();
+    match frame.get(body..).map(proto::decode) {
+        Some(Ok((_, off))) => body + off,
+        // Not a task frame: keep all of it.
+        _ => frame.len(),
+    }
 }
 
 fn control_frame(framing: Framing, msg: &Msg) -> Rc<Vec<u8>> {
@@ -613,17 +705,20 @@ impl Core {
         if self.dead.is_some() {
             return;
         }
+        // Counters first, as in `apply`.
+        self.stats.publish(Counters::default());
         for te in self.tasks.values() {
             te.slot.complete(Outcome::Error(ERR_RESET));
         }
+        self.completions.clear();
         self.tasks.clear();
+        self.frames = FrameMemory::default();
         // Closing a socket also takes it out of the poll set.
         self.conns.clear();
         self.close_listener();
         self.timers.clear();
         self.hello_deadlines.clear();
         self.pending = 0;
-        self.stats.publish(Counters::default());
         self.stopped = true;
         self.dead = Some(reason);
         self.release_io();
@@ -697,7 +792,7 @@ impl Core {
                         // Until its Hello is accepted a peer may send only small
                         // messages: a huge length must not make the host
                         // allocate it.
-                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: VecDeque::new(), ready: false, nonce, retiring: false };
+                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: WriteQueue::default(), ready: false, nonce, retiring: false };
                     c.push(Rc::new(SP_HEADER.to_vec()));
                     c.push(control_frame(framing, &Msg::Challenge { version: PROTOCOL_VERSION, nonce }));
                     self.conns.insert(token, c);
@@ -832,27 +927,62 @@ impl Core {
     }
 
     fn apply(&mut self, acts: Vec<Action>, mut reply: Option<(Vec<u8>, usize)>) {
+        let mut acts = acts;
+        // Reports of written bytes and of unsent tasks make more actions (a
+        // drained daemon takes the next waiting task): applied in turn here
+        // rather than recursively, however many tasks wait.
+        while !acts.is_empty() {
+            acts = self.apply_once(acts, &mut reply);
+        }
+        self.publish_then_complete();
+        // After the completions: nobody waits for this.
+        if self.frames.should_give_back() {
+            give_back_freed_memory();
+        }
+    }
+
+    /// Applies `acts` and writes what they queued; returns the actions the
+    /// scheduler takes in response to what happened to the write queues.
+    fn apply_once(&mut self, acts: Vec<Action>, reply: &mut Option<(Vec<u8>, usize)>) -> Vec<Action> {
         let mut touched = Vec::new();
+        let mut unsent = Vec::new();
         for a in acts {
             match a {
                 Action::Send { daemon, task } => {
                     let tok = Token(daemon as usize);
                     if let (Some(c), Some(te)) = (self.conns.get_mut(&tok), self.tasks.get(&task)) {
-                        c.push(te.frame.clone());
+                        if let Some(f) = &te.frame {
+                            c.wq.push(f.clone(), task);
+                        }
                         if let Some(t) = &te.tail {
-                            c.push(t.clone());
+                            c.wq.push_tail(t.clone(), task);
                         }
                         touched.push(tok);
                     }
                 }
                 Action::Deliver { task } => {
                     if let (Some(te), Some((body, offset))) = (self.tasks.get(&task), reply.take()) {
-                        te.slot.complete(Outcome::Value { body, offset });
+                        self.completions.push((te.slot.clone(), Outcome::Value { body, offset }));
                     }
                 }
                 Action::Fail { task, code } => {
-                    if let Some(te) = self.tasks.get(&task) {
-                        te.slot.complete(Outcome::Error(code));
+                    if let Some(te) = self.tasks.get_mut(&task) {
+                        self.completions.push((te.slot.clone(), Outcome::Error(code)));
+                        if te.frame.take().is_some() {
+                            self.frames.release(te.bytes);
+                        }
+                        te.tail = None;
+                    }
+                }
+                Action::Withdraw { daemon, task } => {
+                    let tok = Token(daemon as usize);
+                    let framing = self.framing;
+                    if let Some(c) = self.conns.get_mut(&tok) {
+                        if c.wq.withdraw(task, |f| task_head_len(framing, f)) == Withdrawn::Unsent {
+                            unsent.push((daemon, task));
+                        }
+                        // Its unwritten bytes changed: reported after the flush.
+                        touched.push(tok);
                     }
                 }
                 Action::Interrupt { daemon, task } => {
@@ -870,22 +1000,60 @@ impl Core {
                     }
                 }
                 Action::Drop { task } => {
-                    self.tasks.remove(&task);
+                    if let Some(te) = self.tasks.remove(&task) {
+                        if te.frame.is_some() {
+                            self.frames.release(te.bytes);
+                        }
+                    }
                 }
             }
         }
+        let mut more = Vec::new();
+        for (daemon, task) in unsent {
+            more.extend(self.sched.unsent(daemon, task));
+        }
         for t in touched {
-            self.flush_conn(t);
+            more.extend(self.flush_and_report(t));
+        }
+        more
+    }
+
+    /// Publishes the counters, then completes the slots that the actions
+    /// just applied resolved. In this order, whoever wakes on a slot (`m[]`,
+    /// `unresolved()`, a promise) reads counters that already count its
+    /// task: the slot's release store of `done` orders the counters' stores
+    /// before it. Every change to the scheduler's state comes with actions
+    /// applied here, so the counters are published after every change.
+    fn publish_then_complete(&mut self) {
+        self.publish();
+        for (slot, outcome) in self.completions.drain(..) {
+            slot.complete(outcome);
         }
     }
 
     fn flush_conn(&mut self, t: Token) {
-        let Some(c) = self.conns.get_mut(&t) else { return };
+        let acts = self.flush_and_report(t);
+        if !acts.is_empty() {
+            self.apply(acts, None);
+        }
+    }
+
+    /// Writes what the socket takes, then tells the scheduler the bytes
+    /// left (without a dispatcher, when the figure changed or a frame was
+    /// queued since the last report); returns the scheduler's response.
+    fn flush_and_report(&mut self, t: Token) -> Vec<Action> {
+        let Some(c) = self.conns.get_mut(&t) else { return Vec::new() };
         match c.flush() {
             Ok(()) if c.retiring && c.drained() => self.drop_conn(t, false),
+            Ok(()) if self.report_unwritten && c.ready => {
+                if let Some(bytes) = c.wq.take_change() {
+                    return self.sched.unwritten(t.0 as u64, bytes);
+                }
+            }
             Ok(()) => {}
             Err(_) => self.drop_conn(t, false),
         }
+        Vec::new()
     }
 
     /// Closes a connection. A peer that never became a daemon of this host,
@@ -925,9 +1093,10 @@ impl Core {
             for t in toks {
                 if let Some(c) = self.conns.get_mut(&t) {
                     // A frame already partly written must be finished, or
-                    // the Exit bytes would land inside it.
-                    let keep = c.wq.front().is_some_and(|(_, off)| *off > 0) as usize;
-                    c.wq.truncate(keep);
+                    // the Exit bytes would land inside it (a task's with
+                    // filler: its payload is not needed any more).
+                    let framing = self.framing;
+                    c.wq.discard_unstarted(|f| task_head_len(framing, f));
                     c.push(exit.clone());
                     let deadline = Instant::now() + Duration::from_millis(500);
                     while !c.drained() && Instant::now() < deadline {
@@ -946,6 +1115,9 @@ impl Core {
         self.close_listener();
         self.conns.clear();
         self.tasks.clear();
+        if std::mem::take(&mut self.frames).peak >= GIVE_BACK_PEAK {
+            give_back_freed_memory();
+        }
         self.pending = 0;
         self.hello_deadlines.clear();
         self.stats.publish(Counters::default());
@@ -961,6 +1133,29 @@ mod tests {
 
     fn queued(bytes: u64) -> Counters {
         Counters { queued_bytes: bytes, ..Counters::default() }
+    }
+
+    #[test]
+    fn freed_memory_goes_back_after_a_burst_not_during_a_stream() {
+        let mb = 1 << 20;
+        let mut f = FrameMemory::default();
+        // A stream of 10 MB tasks, two alive at a time: never.
+        for _ in 0..100 {
+            f.hold(10 * mb);
+            f.hold(10 * mb);
+            assert!(!f.should_give_back());
+            f.release(10 * mb);
+            f.release(10 * mb);
+            assert!(!f.should_give_back());
+        }
+        // A burst of 40: once, when at most an eighth is left.
+        (0..40).for_each(|_| f.hold(10 * mb));
+        assert!(!f.should_give_back());
+        for left in (0..40).rev() {
+            f.release(10 * mb);
+            assert_eq!(f.should_give_back(), left == 5, "{left} left");
+        }
+        assert!(!f.should_give_back());
     }
 
     #[test]

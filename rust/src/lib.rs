@@ -4,7 +4,8 @@
 //!   format, pair1, over Unix sockets and TCP) and our message envelope.
 //! - `auth`: the challenge-response proof of a daemon's secret.
 //! - `sched`: the scheduling state machine (pure, no I/O).
-//! - `host`: the per-profile event loop thread that drives `sched`.
+//! - `host`: the per-profile event loop thread that drives `sched`;
+//!   `wqueue`: a connection's write queue there.
 //! - `aio`: completion slots shared between that thread and R, and the
 //!   doorbells that wait on several of them.
 //! - `client`: the daemon's end of a connection.
@@ -28,6 +29,7 @@ pub mod threads;
 pub mod tls;
 pub mod transport;
 pub mod url;
+pub mod wqueue;
 pub mod ws;
 
 use r::ffi::{DllInfo, R_CallMethodDef, R_forceSymbols, R_registerRoutines, R_useDynamicSymbols, Rboolean};

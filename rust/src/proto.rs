@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the envelope or its meaning changes. 3: the daemon
 /// answers a `Challenge` with an HMAC instead of sending the secret. 4: the
-/// host proves itself too (`Welcome`), both proofs over both sides' nonces.
+/// host proves itself too (`Welcome`), both proofs over both sides' nonces;
+/// a task's body ends in `frame::TASK_WHOLE`.
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes of the host's challenge nonce and of the daemon's HMAC-SHA256.

@@ -2,8 +2,37 @@
 //!
 //! Two policies share it. With a dispatcher, tasks wait in one FIFO queue and
 //! each goes to an idle daemon, one task in flight per daemon. Without one,
-//! each task goes straight to the next daemon in a round-robin ring and may
-//! queue behind that daemon's current task.
+//! a task goes to a daemon that can take it now and may queue behind that
+//! daemon's current task:
+//!
+//! - Only a daemon with no bytes left to write to it takes a task (the host
+//!   reports each daemon's unwritten bytes after it writes, `unwritten`; a
+//!   daemon just given a task counts as having its frame unwritten until
+//!   the host says otherwise). If every daemon has bytes unwritten, tasks
+//!   wait in the FIFO queue for the first whose socket drains, as NNG does
+//!   with a pipe that is not ready for a message.
+//! - Among those, the one holding the fewest abandoned tasks (resolved on
+//!   the host, timed out or cancelled, but not yet answered: nobody waits
+//!   for them, and a stopped or hung daemon holds them for ever), then the
+//!   fewest outstanding tasks, then the one given a task longest ago (round
+//!   robin among equals).
+//!
+//! Why: a stopped daemon holds a frame that will never be written, so it
+//! takes nothing after its first task, with or without timeouts, and a
+//! healthy daemon still reading its last large frame is not mistaken for
+//! one that can take the next: the task waits for whichever daemon drains
+//! first rather than being committed to a socket that is full. Abandoned
+//! tasks before outstanding ones keep tasks off a daemon that has stopped
+//! answering but whose socket still takes bytes (tiny tasks). For tiny
+//! tasks every socket drains at once and the pick is the least outstanding.
+//! Daemons are kept ordered by (unwritten, abandoned, outstanding, last
+//! pick, id) in a B-tree, so a pick costs O(log n).
+//!
+//! A task resolved while its frame is still in the host's write queue is
+//! withdrawn (`Action::Withdraw`): the host drops the frame if none of it
+//! was written yet and says so (`unsent`), which ends the task here as if
+//! answered; a frame already partly written is finished with filler and
+//! the daemon answers it.
 //!
 //! The scheduler also counts the bytes of the tasks waiting in the queue
 //! (not those on a daemon), for the host's memory cap: it alone knows
@@ -19,7 +48,7 @@
 //! to connect (`submit_to_next`): each such task goes to a different newly
 //! connected daemon, ahead of the queue.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 pub type TaskId = u64;
 pub type DaemonId = u64;
@@ -42,6 +71,12 @@ pub enum Action {
     Retire { daemon: DaemonId },
     /// Forget the task's payload; nothing refers to it any more.
     Drop { task: TaskId },
+    /// Task is resolved but on daemon: if none of its frame has been written
+    /// to the daemon yet, take it out of the write queue and report
+    /// `unsent`; if part of it has, finish the frame without its payload
+    /// (the daemon answers it, and the answer is dropped). Either way the
+    /// host may release the frame's memory now.
+    Withdraw { daemon: DaemonId, task: TaskId },
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +104,20 @@ struct Daemon {
     inflight: VecDeque<TaskId>,
     /// Pinned tasks waiting for this daemon to be idle (dispatcher only).
     pinned: VecDeque<TaskId>,
+    /// Tasks in `inflight` already resolved (timed out, cancelled).
+    abandoned: u64,
+    /// Bytes the host has yet to write to it: as last reported, plus the
+    /// frames of tasks sent since (at least 1 byte each).
+    unwritten: u64,
+    /// `Sched::picks` when it was last given a task; 0 for never.
+    last_pick: u64,
+    /// Its key in `Sched::by_load` (without a dispatcher).
+    load: Option<Load>,
 }
+
+/// A daemon's place in the no-dispatcher order: unwritten bytes, abandoned
+/// tasks, outstanding tasks, last pick, then the id (see the module docs).
+type Load = (u64, u64, usize, u64, DaemonId);
 
 /// Set with O(1) insert, remove and pick.
 #[derive(Debug, Default)]
@@ -110,7 +158,10 @@ pub struct Sched {
     tasks: HashMap<TaskId, Task>,
     daemons: HashMap<DaemonId, Daemon>,
     idle: IdleSet,
-    ring: VecDeque<DaemonId>,
+    /// Without a dispatcher: every connected daemon, least loaded first.
+    by_load: BTreeSet<Load>,
+    /// Tasks given to daemons so far (the clock of `Daemon::last_pick`).
+    picks: u64,
     /// Sum of every daemon's `pinned` length: `counters()` runs after each
     /// event and should not walk the daemons for it.
     pinned_waiting: usize,
@@ -131,7 +182,8 @@ impl Sched {
             tasks: HashMap::new(),
             daemons: HashMap::new(),
             idle: IdleSet::default(),
-            ring: VecDeque::new(),
+            by_load: BTreeSet::new(),
+            picks: 0,
             pinned_waiting: 0,
             for_next: VecDeque::new(),
             executing: 0,
@@ -224,8 +276,8 @@ impl Sched {
     pub fn connect(&mut self, d: DaemonId) -> Vec<Action> {
         self.daemons.insert(d, Daemon::default());
         self.counters.cumulative += 1;
-        // A new daemon is next in line: it has nothing queued yet.
-        self.ring.push_front(d);
+        // Nothing queued and never picked: first among the least loaded.
+        self.rekey(d);
         let mut out = Vec::new();
         if let Some(task) = self.for_next.pop_front() {
             self.tasks.get_mut(&task).unwrap().pin = Some(d);
@@ -262,16 +314,7 @@ impl Sched {
     /// A reply for `task` arrived from `d`.
     pub fn reply(&mut self, d: DaemonId, task: TaskId, last: bool) -> Vec<Action> {
         let mut out = Vec::new();
-        let known = self.daemons.get_mut(&d).map(|dm| {
-            if let Some(i) = dm.inflight.iter().position(|&t| t == task) {
-                dm.inflight.remove(i);
-                self.executing -= 1;
-                true
-            } else {
-                false
-            }
-        });
-        if known == Some(true) {
+        if self.leave_daemon(d, task) {
             let t = self.tasks.get_mut(&task).unwrap();
             if !t.resolved {
                 t.resolved = true;
@@ -291,6 +334,44 @@ impl Sched {
             self.settle(d, &mut out);
         }
         self.pump(&mut out);
+        out
+    }
+
+    /// The host took `task`'s frame out of daemon `d`'s write queue before
+    /// any of it was written (see `Action::Withdraw`): the daemon will never
+    /// see it, so the task ends here as if answered.
+    pub fn unsent(&mut self, d: DaemonId, task: TaskId) -> Vec<Action> {
+        let mut out = Vec::new();
+        // Only a resolved task is withdrawn; anything else is a stale report.
+        if !self.tasks.get(&task).is_some_and(|t| t.resolved && t.daemon == Some(d)) {
+            return out;
+        }
+        if self.leave_daemon(d, task) {
+            self.tasks.remove(&task);
+            out.push(Action::Drop { task });
+            if self.dispatcher {
+                self.settle(d, &mut out);
+            }
+            self.pump(&mut out);
+        }
+        out
+    }
+
+    /// The host has `bytes` still to write to daemon `d`: reported after a
+    /// write when the figure changed or a frame was queued since the last
+    /// report. Only the no-dispatcher policy uses it; a daemon that drained
+    /// takes the next waiting task.
+    pub fn unwritten(&mut self, d: DaemonId, bytes: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let Some(dm) = self.daemons.get_mut(&d) {
+            if dm.unwritten != bytes {
+                dm.unwritten = bytes;
+                self.rekey(d);
+                if bytes == 0 && !self.dispatcher {
+                    self.pump(&mut out);
+                }
+            }
+        }
         out
     }
 
@@ -323,6 +404,7 @@ impl Sched {
             }
             Some(d) => {
                 self.fail(task, code, &mut out);
+                out.push(Action::Withdraw { daemon: d, task });
                 if self.dispatcher {
                     out.push(Action::Interrupt { daemon: d, task });
                 }
@@ -359,14 +441,51 @@ impl Sched {
             if !t.resolved {
                 t.resolved = true;
                 out.push(Action::Fail { task, code });
+                if let Some(d) = t.daemon {
+                    if let Some(dm) = self.daemons.get_mut(&d) {
+                        dm.abandoned += 1;
+                        self.rekey(d);
+                    }
+                }
             }
         }
+    }
+
+    /// Takes `task` off daemon `d` (answered, or never sent); false if it
+    /// was not there.
+    fn leave_daemon(&mut self, d: DaemonId, task: TaskId) -> bool {
+        let Some(dm) = self.daemons.get_mut(&d) else { return false };
+        let Some(i) = dm.inflight.iter().position(|&t| t == task) else { return false };
+        dm.inflight.remove(i);
+        self.executing -= 1;
+        if self.tasks.get(&task).is_some_and(|t| t.resolved) {
+            dm.abandoned -= 1;
+        }
+        self.rekey(d);
+        true
+    }
+
+    /// Puts daemon `d` back in the no-dispatcher order after its load
+    /// changed (or first, when it connects).
+    fn rekey(&mut self, d: DaemonId) {
+        if self.dispatcher {
+            return;
+        }
+        let Some(dm) = self.daemons.get_mut(&d) else { return };
+        if let Some(old) = dm.load {
+            self.by_load.remove(&old);
+        }
+        let load = (dm.unwritten, dm.abandoned, dm.inflight.len(), dm.last_pick, d);
+        dm.load = Some(load);
+        self.by_load.insert(load);
     }
 
     fn remove_daemon(&mut self, d: DaemonId) -> Option<Daemon> {
         let dm = self.daemons.remove(&d)?;
         self.idle.remove(d);
-        self.ring.retain(|&x| x != d);
+        if let Some(load) = dm.load {
+            self.by_load.remove(&load);
+        }
         self.pinned_waiting -= dm.pinned.len();
         self.executing -= dm.inflight.len();
         Some(dm)
@@ -375,9 +494,20 @@ impl Sched {
     /// Writes `task` to daemon `d` (which the caller has taken out of the
     /// idle set, if it was there).
     fn start(&mut self, task: TaskId, d: DaemonId, out: &mut Vec<Action>) {
-        self.tasks.get_mut(&task).unwrap().daemon = Some(d);
-        self.daemons.get_mut(&d).unwrap().inflight.push_back(task);
+        let t = self.tasks.get_mut(&task).unwrap();
+        t.daemon = Some(d);
+        let frame = t.bytes.max(1);
+        self.picks += 1;
+        let dm = self.daemons.get_mut(&d).unwrap();
+        dm.inflight.push_back(task);
+        dm.last_pick = self.picks;
+        // Unwritten until the host reports otherwise (it reports only
+        // without a dispatcher, the one policy that needs it).
+        if !self.dispatcher {
+            dm.unwritten += frame;
+        }
         self.executing += 1;
+        self.rekey(d);
         out.push(Action::Send { daemon: d, task });
     }
 
@@ -440,12 +570,10 @@ impl Sched {
                     None => return,
                 }
             } else {
-                match self.ring.pop_front() {
-                    Some(d) => {
-                        self.ring.push_back(d);
-                        d
-                    }
-                    None => return,
+                match self.by_load.first() {
+                    Some(&(0, .., d)) => d,
+                    // Every daemon has bytes unwritten (or there is none).
+                    _ => return,
                 }
             };
             self.queue.pop_front();
@@ -468,18 +596,173 @@ mod tests {
             .collect()
     }
 
+    /// Without a dispatcher, submits a tiny task and reports it written at
+    /// once, as the host does; returns where it went.
+    fn submit_tiny(s: &mut Sched, task: TaskId) -> Vec<(DaemonId, TaskId)> {
+        let out = sends(&s.submit(task));
+        for &(d, _) in &out {
+            assert!(s.unwritten(d, 0).is_empty() || s.counters().awaiting > 0);
+        }
+        out
+    }
+
     #[test]
-    fn round_robin_spreads_and_queues_behind_busy_daemons() {
+    fn without_dispatcher_tasks_spread_and_queue_behind_busy_daemons() {
         let mut s = Sched::new(false);
         assert!(s.submit(1).is_empty());
         assert_eq!(sends(&s.connect(10)), vec![(10, 1)]);
+        s.unwritten(10, 0);
         s.connect(11);
-        assert_eq!(sends(&s.submit(2)), vec![(11, 2)]);
-        assert_eq!(sends(&s.submit(3)), vec![(10, 3)]);
+        assert_eq!(submit_tiny(&mut s, 2), vec![(11, 2)]);
+        // Equal loads: the one given a task longer ago (round robin).
+        assert_eq!(submit_tiny(&mut s, 3), vec![(10, 3)]);
         assert_eq!(s.counters().executing, 3);
         let a = s.reply(10, 1, false);
         assert!(a.contains(&Action::Deliver { task: 1 }));
         assert_eq!(s.counters().completed, 1);
+    }
+
+    #[test]
+    fn without_dispatcher_the_least_outstanding_daemon_takes_the_task() {
+        let mut s = Sched::new(false);
+        for d in [1, 2, 3] {
+            s.connect(d);
+        }
+        for t in 1..=3 {
+            submit_tiny(&mut s, t);
+        }
+        // Daemon 2 answers twice while 1 and 3 are busy: it takes both.
+        s.reply(2, 2, false);
+        assert_eq!(submit_tiny(&mut s, 4), vec![(2, 4)]);
+        s.reply(2, 4, false);
+        assert_eq!(submit_tiny(&mut s, 5), vec![(2, 5)]);
+        // All at one again: round robin from the least recently given.
+        assert_eq!(submit_tiny(&mut s, 6), vec![(1, 6)]);
+        assert_eq!(submit_tiny(&mut s, 7), vec![(3, 7)]);
+        assert_eq!(submit_tiny(&mut s, 8), vec![(2, 8)]);
+    }
+
+    #[test]
+    fn a_daemon_with_bytes_unwritten_takes_nothing_until_it_drains() {
+        let mut s = Sched::new(false);
+        s.connect(1);
+        s.connect(2);
+        // A task counts as unwritten until the host reports.
+        assert_eq!(sends(&s.submit_sized(1, 10_000_000)), vec![(1, 1)]);
+        assert_eq!(sends(&s.submit_sized(2, 10_000_000)), vec![(2, 2)]);
+        assert!(s.submit_sized(3, 10_000_000).is_empty());
+        assert!(s.submit_sized(4, 10_000_000).is_empty());
+        assert_eq!(s.counters().awaiting, 2);
+        // Partial progress changes nothing; the first to drain takes the
+        // next task, in order.
+        assert!(s.unwritten(1, 9_000_000).is_empty());
+        assert_eq!(sends(&s.unwritten(2, 0)), vec![(2, 3)]);
+        assert!(s.unwritten(2, 4_000_000).is_empty());
+        assert_eq!(sends(&s.unwritten(2, 0)), vec![(2, 4)]);
+        assert_eq!(s.counters().awaiting, 0);
+        // Reports for a daemon that is gone are ignored.
+        assert!(s.unwritten(99, 0).is_empty());
+    }
+
+    #[test]
+    fn among_daemons_that_can_take_a_task_abandoned_ones_come_last() {
+        let mut s = Sched::new(false);
+        s.connect(1);
+        s.connect(2);
+        assert_eq!(submit_tiny(&mut s, 1), vec![(1, 1)]);
+        let (_, a) = s.cancel(1, ERR_TIMEOUT);
+        assert_eq!(a, vec![Action::Fail { task: 1, code: ERR_TIMEOUT }, Action::Withdraw { daemon: 1, task: 1 }]);
+        // Fully written, so not unsent: the task stays on daemon 1, which
+        // now comes after daemon 2 however many tasks daemon 2 has.
+        for t in 2..10 {
+            assert_eq!(submit_tiny(&mut s, t), vec![(2, t)]);
+        }
+        // Unless daemon 2 cannot take bytes now.
+        s.submit_sized(10, 5_000_000);
+        assert_eq!(sends(&s.submit(11)), vec![(1, 11)]);
+        s.unwritten(1, 0);
+        // Its late answer clears it.
+        s.reply(1, 1, false);
+        s.reply(1, 11, false);
+        assert_eq!(submit_tiny(&mut s, 12), vec![(1, 12)]);
+        assert_eq!(s.tracked_tasks(), 10);
+    }
+
+    #[test]
+    fn an_unsent_task_leaves_its_daemon_at_once() {
+        for dispatcher in [false, true] {
+            let mut s = Sched::new(dispatcher);
+            s.connect(1);
+            s.submit(1);
+            s.unwritten(1, 0);
+            s.submit(2);
+            let (found, a) = s.cancel(1, ERR_CANCELED);
+            assert!(found);
+            assert!(a.contains(&Action::Withdraw { daemon: 1, task: 1 }));
+            assert_eq!(a.contains(&Action::Interrupt { daemon: 1, task: 1 }), dispatcher);
+            let a = s.unsent(1, 1);
+            assert_eq!(a[0], Action::Drop { task: 1 });
+            // With a dispatcher the daemon is free for the queued task.
+            assert_eq!(sends(&a), if dispatcher { vec![(1, 2)] } else { vec![] });
+            assert_eq!(s.counters().executing, 1);
+            // Only once, and never for a live task.
+            assert!(s.unsent(1, 1).is_empty());
+            assert!(s.unsent(1, 2).is_empty());
+            assert_eq!(s.tracked_tasks(), 1);
+        }
+    }
+
+    /// The SIGSTOP scenario as the scheduler sees it: daemon 1 is stopped
+    /// (it reads nothing and answers nothing), daemon 2 reads each frame
+    /// only after the next submit. Rounds of 40 tasks of 10 MB; at the end
+    /// of a round the unanswered ones time out. Only the first task ever
+    /// goes to the stopped daemon, timeouts or not.
+    #[test]
+    fn a_stopped_daemon_gets_one_task_and_no_more() {
+        for timeouts in [true, false] {
+            let mut s = Sched::new(false);
+            s.connect(1);
+            s.connect(2);
+            let mut next = 1;
+            let mut per_round = Vec::new();
+            let mut stopped = Vec::new();
+            for _round in 0..4 {
+                let mut on_stopped = 0;
+                let mut pending = Vec::new();
+                for _ in 0..40 {
+                    let mut sent = sends(&s.submit_sized(next, 10_000_000));
+                    next += 1;
+                    // The healthy daemon drains its socket: it takes the
+                    // next waiting task, if any.
+                    sent.extend(sends(&s.unwritten(2, 0)));
+                    for (d, t) in sent {
+                        if d == 1 {
+                            on_stopped += 1;
+                            stopped.push(t);
+                            s.unwritten(1, 9_800_000);
+                        } else {
+                            pending.push(t);
+                        }
+                    }
+                    if pending.len() > 1 {
+                        s.reply(2, pending.remove(0), false);
+                    }
+                }
+                while let Some(t) = pending.pop() {
+                    s.reply(2, t, false);
+                    s.unwritten(2, 0);
+                }
+                per_round.push(on_stopped);
+                if timeouts {
+                    for t in stopped.drain(..) {
+                        s.cancel(t, ERR_TIMEOUT);
+                    }
+                }
+                assert_eq!(s.counters().awaiting, 0);
+            }
+            assert_eq!(per_round.iter().sum::<usize>(), 1, "timeouts={timeouts}: {per_round:?}");
+            assert_eq!(s.counters().completed, 4 * 40 - 1);
+        }
     }
 
     #[test]

@@ -1784,6 +1784,7 @@ fn handshake(url: &str) {
     f.begin(&mut frame);
     proto::encode_into(&Msg::Task { id }, &mut frame);
     frame.extend_from_slice(&payload);
+    frame.push(mirai::frame::TASK_WHOLE);
     // A bell of its own (the slot is waited on directly): `Default` keeps
     // this independent of the doorbell type's name.
     let slot = Slot::new(Default::default());
@@ -1800,7 +1801,7 @@ fn handshake(url: &str) {
         }
     };
     assert_eq!(tid, id);
-    assert!(body[offset..] == payload[..], "{url}: task payload corrupted");
+    assert!(mirai::frame::task_payload(&body[offset..]) == Some(&payload[..]), "{url}: task payload corrupted");
     let reply = fill(5_000, 7);
     let mut r = daemon.begin_result(id, false);
     r.extend_from_slice(&reply);

@@ -43,11 +43,11 @@ fn port(host: &Host) -> u16 {
 }
 
 fn task_frame(host: &Host, id: u64, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    host.framing.begin(&mut f);
-    proto::encode_into(&Msg::Task { id }, &mut f);
-    f.extend_from_slice(payload);
-    f
+    host.task_frame(id, |f| {
+        f.extend_from_slice(payload);
+        Ok::<(), String>(())
+    })
+    .unwrap()
 }
 
 fn daemon(addr: &Address) -> ClientConn {
@@ -152,7 +152,7 @@ fn silent_peers_beyond_the_cap_make_room_and_daemons_still_join() {
     match d.recv(Duration::from_secs(5)).unwrap() {
         Incoming::Task { id: got, body, offset } => {
             assert_eq!(got, id);
-            assert_eq!(&body[offset..], b"payload");
+            assert_eq!(mirai::frame::task_payload(&body[offset..]), Some(&b"payload"[..]));
         }
         _ => panic!("no task reached the daemon"),
     }
@@ -546,7 +546,7 @@ fn a_persistent_daemon_redials_past_a_squatter_to_the_real_host() {
         assert!(Instant::now() < until, "no task from the real host");
         if let Incoming::Task { id: got, body, offset } = d.recv(Duration::from_millis(100)).unwrap() {
             assert_eq!(got, id);
-            assert_eq!(&body[offset..], b"real");
+            assert_eq!(mirai::frame::task_payload(&body[offset..]), Some(&b"real"[..]));
             break;
         }
     }

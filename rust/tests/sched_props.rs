@@ -2,8 +2,9 @@
 //!
 //! Each seed drives a `Sched` through a few hundred random events (submit,
 //! submit pinned to one daemon, connect, disconnect, reply including a
-//! daemon's last reply, cancel of queued and running tasks, fail_all) in
-//! dispatcher and in round-robin mode.
+//! daemon's last reply, cancel of queued and running tasks, fail_all, the
+//! host's reports of unwritten bytes and of withdrawn frames it never
+//! started) in dispatcher and in no-dispatcher ("round-robin") mode.
 //! The model below learns about the world only from the returned `Action`s,
 //! exactly as the host does, so anything the host could not reconstruct from
 //! them (a task failed but never dropped, a send to a daemon that is gone)
@@ -19,7 +20,15 @@
 //! its daemon leaves before starting it (or is gone already);
 //! `counters()`, `idle_count()`, `pending_tasks()` and
 //! `tracked_tasks()` agree with the model; the queued bytes are those of
-//! the model's queue. At the end a fresh daemon is
+//! the model's queue. Without a dispatcher every unpinned task goes to a
+//! daemon with no bytes unwritten (as last reported, plus at least a byte
+//! for each task sent since), and among those to the one with the fewest
+//! abandoned tasks (resolved but unanswered), then the fewest outstanding
+//! tasks, then the one given a task longest ago, then the lowest id; tasks
+//! wait only while every daemon has bytes unwritten. The test also checks
+//! that each of these keys decided some picks. A cancel
+//! of a task on a daemon withdraws it (both modes), and a withdrawn task
+//! reported unsent leaves its daemon and is dropped. At the end a fresh daemon is
 //! connected and every daemon answers until idle: by then every task must be
 //! resolved and dropped.
 //!
@@ -69,6 +78,10 @@ enum Op {
     Reply { daemon: DaemonId, task: TaskId, last: bool },
     Cancel { task: TaskId, code: i32 },
     FailAll(i32),
+    /// The host has `bytes` left to write to `daemon`.
+    Unwritten { daemon: DaemonId, bytes: u64 },
+    /// The host dropped withdrawn `task`'s frame before writing any of it.
+    Unsent { daemon: DaemonId, task: TaskId },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +93,8 @@ enum Res {
 
 #[derive(Debug)]
 struct MTask {
+    /// Frame bytes the scheduler was told (0 for pinned tasks).
+    bytes: u64,
     on: Option<DaemonId>,
     pin: Option<DaemonId>,
     res: Res,
@@ -112,6 +127,17 @@ struct Model {
     /// The task a disconnecting daemon was running (the only one allowed to
     /// fail with "connection reset" in that step).
     reset_victim: Option<TaskId>,
+    /// Per daemon: bytes unwritten (as last reported, plus the frames sent
+    /// since, at least 1 byte each), and the pick count when it was last
+    /// sent a task (0: never).
+    unwritten: BTreeMap<DaemonId, u64>,
+    last_pick: BTreeMap<DaemonId, u64>,
+    picks: u64,
+    /// Tasks withdrawn (by a cancel) while on a daemon.
+    withdrawn: BTreeSet<TaskId>,
+    /// No-dispatcher picks by the key that set the chosen daemon apart from
+    /// the next best: unwritten, abandoned, outstanding, last pick, id.
+    decided_by: [u64; 5],
 }
 
 fn err<T>(msg: impl Into<String>) -> Result<T, String> {
@@ -132,7 +158,39 @@ impl Model {
             delivered: 0,
             next_daemon: 1,
             reset_victim: None,
+            unwritten: BTreeMap::new(),
+            last_pick: BTreeMap::new(),
+            picks: 0,
+            withdrawn: BTreeSet::new(),
+            decided_by: [0; 5],
         }
+    }
+
+    /// A daemon's load as the policy orders it (see the module docs).
+    fn load(&self, d: DaemonId) -> (u64, u64, usize, u64, DaemonId) {
+        let q = &self.daemons[&d];
+        let abandoned = q.iter().filter(|&&t| self.tasks[t as usize].res != Res::Pending).count() as u64;
+        let unwritten = self.unwritten.get(&d).copied().unwrap_or(0);
+        (unwritten, abandoned, q.len(), self.last_pick.get(&d).copied().unwrap_or(0), d)
+    }
+
+    /// Without a dispatcher an unpinned task must go to the least loaded
+    /// daemon; records which key decided.
+    fn check_pick(&mut self, daemon: DaemonId) -> Result<(), String> {
+        let mut loads: Vec<_> = self.daemons.keys().map(|&d| self.load(d)).collect();
+        loads.sort_unstable();
+        let chosen = self.load(daemon);
+        if loads[0] != chosen {
+            return err(format!("daemon {daemon} has load {chosen:?}, but the least is {:?}", loads[0]));
+        }
+        if chosen.0 != 0 {
+            return err(format!("daemon {daemon} was given a task with {} bytes unwritten", chosen.0));
+        }
+        if let Some(next) = loads.get(1) {
+            let key = [chosen.0 != next.0, chosen.1 != next.1, chosen.2 != next.2, chosen.3 != next.3, true];
+            self.decided_by[key.iter().position(|&k| k).unwrap()] += 1;
+        }
+        Ok(())
     }
 
     fn task(&mut self, t: TaskId) -> Result<&mut MTask, String> {
@@ -151,6 +209,8 @@ impl Model {
     /// started there, so they are not requeued.
     fn remove_daemon(&mut self, d: DaemonId, running: usize) -> VecDeque<TaskId> {
         let q = self.daemons.remove(&d).unwrap_or_default();
+        self.unwritten.remove(&d);
+        self.last_pick.remove(&d);
         for (i, &t) in q.iter().enumerate().rev() {
             let m = &mut self.tasks[t as usize];
             m.on = None;
@@ -246,10 +306,17 @@ impl Model {
                         if self.queue.front() != Some(&task) {
                             return err(format!("out of order: the queue's head is {:?}", self.queue.front()));
                         }
+                        if !dispatcher {
+                            self.check_pick(daemon)?;
+                        }
                         self.queue.pop_front();
                     }
                 }
                 self.daemons.get_mut(&daemon).unwrap().push_back(task);
+                self.picks += 1;
+                self.last_pick.insert(daemon, self.picks);
+                let bytes = self.tasks[task as usize].bytes.max(1);
+                *self.unwritten.entry(daemon).or_default() += bytes;
             }
             Action::Deliver { task } => {
                 if !matches!(op, Op::Reply { task: t, .. } if t == task) {
@@ -284,6 +351,18 @@ impl Model {
                     return err(format!("task is on {on:?}"));
                 }
             }
+            Action::Withdraw { daemon, task } => {
+                if !matches!(op, Op::Cancel { task: t, .. } if t == task) {
+                    return err("withdraw outside the cancel of that task");
+                }
+                let on = self.task(task)?.on;
+                if on != Some(daemon) {
+                    return err(format!("task is on {on:?}"));
+                }
+                if !self.withdrawn.insert(task) {
+                    return err("withdrawn twice");
+                }
+            }
             Action::Retire { daemon } => {
                 if !matches!(op, Op::Reply { daemon: d, last: true, .. } if d == daemon) {
                     return err("retire outside that daemon's last reply");
@@ -301,6 +380,7 @@ impl Model {
                     return err(format!("dropped while daemon {d} still runs it"));
                 }
                 m.dropped = true;
+                self.withdrawn.remove(&task);
             }
         }
         Ok(())
@@ -312,7 +392,7 @@ impl Model {
         let acts = match op {
             Op::Submit(t) => {
                 assert_eq!(t as usize, self.tasks.len());
-                self.tasks.push(MTask { on: None, pin: None, res: Res::Pending, dropped: false });
+                self.tasks.push(MTask { bytes: task_bytes(t), on: None, pin: None, res: Res::Pending, dropped: false });
                 self.queue.push_back(t);
                 let acts = s.submit_sized(t, task_bytes(t));
                 self.apply(op, &acts)?;
@@ -324,7 +404,7 @@ impl Model {
             }
             Op::SubmitTo { task: t, daemon: d } => {
                 assert_eq!(t as usize, self.tasks.len());
-                self.tasks.push(MTask { on: None, pin: Some(d), res: Res::Pending, dropped: false });
+                self.tasks.push(MTask { bytes: 0, on: None, pin: Some(d), res: Res::Pending, dropped: false });
                 let connected = self.daemons.contains_key(&d);
                 let was_idle = self.daemons.get(&d).is_some_and(|q| q.is_empty());
                 if connected {
@@ -349,7 +429,7 @@ impl Model {
             }
             Op::SubmitToNext(t) => {
                 assert_eq!(t as usize, self.tasks.len());
-                self.tasks.push(MTask { on: None, pin: None, res: Res::Pending, dropped: false });
+                self.tasks.push(MTask { bytes: 0, on: None, pin: None, res: Res::Pending, dropped: false });
                 self.for_next.push_back(t);
                 let acts = s.submit_to_next(t);
                 if !acts.is_empty() {
@@ -431,6 +511,46 @@ impl Model {
                     if interrupted != (self.dispatcher && on.is_some()) {
                         return err(format!("interrupt={interrupted} for a task on {on:?}"));
                     }
+                    let withdrawn = acts.iter().any(|a| matches!(a, Action::Withdraw { .. }));
+                    if withdrawn != on.is_some() {
+                        return err(format!("withdraw={withdrawn} for a task on {on:?}"));
+                    }
+                }
+                acts
+            }
+            Op::Unwritten { daemon, bytes } => {
+                if self.daemons.contains_key(&daemon) {
+                    self.unwritten.insert(daemon, bytes);
+                }
+                let acts = s.unwritten(daemon, bytes);
+                self.apply(op, &acts)?;
+                only_sends(&acts)?;
+                if !acts.is_empty() && (self.dispatcher || bytes != 0) {
+                    return err(format!("only a daemon that drained may take work: {acts:?}"));
+                }
+                acts
+            }
+            Op::Unsent { daemon, task } => {
+                // The host reports only tasks it was told to withdraw, but
+                // any resolved task still on that daemon is taken as one.
+                // The generator sometimes sends stale reports (a task still
+                // pending), which must do nothing.
+                let valid =
+                    self.tasks.get(task as usize).is_some_and(|m| m.on == Some(daemon) && m.res != Res::Pending);
+                if valid {
+                    self.daemons.get_mut(&daemon).unwrap().retain(|&t| t != task);
+                    self.tasks[task as usize].on = None;
+                }
+                let acts = s.unsent(daemon, task);
+                self.apply(op, &acts)?;
+                if !valid && !acts.is_empty() {
+                    return err(format!("a stale unsent report acted: {acts:?}"));
+                }
+                if valid && acts.first() != Some(&Action::Drop { task }) {
+                    return err(format!("an unsent task was not dropped first: {acts:?}"));
+                }
+                if acts.iter().skip(1).any(|a| !matches!(a, Action::Send { .. })) {
+                    return err(format!("unsent may only drop the task and start others: {acts:?}"));
                 }
                 acts
             }
@@ -496,7 +616,11 @@ impl Model {
             }
         }
         // Work-conserving: nothing waits while a daemon could take it.
-        let could_take = if self.dispatcher { idle > 0 } else { !self.daemons.is_empty() };
+        let could_take = if self.dispatcher {
+            idle > 0
+        } else {
+            self.daemons.keys().any(|d| self.unwritten.get(d).copied().unwrap_or(0) == 0)
+        };
         if !self.queue.is_empty() && could_take {
             return err(format!("{} tasks wait although a daemon could take one", self.queue.len()));
         }
@@ -550,6 +674,8 @@ struct Mix {
     w_reply: u64,
     w_cancel: u64,
     w_fail_all: u64,
+    w_unwritten: u64,
+    w_unsent: u64,
     last_one_in: u64,
 }
 
@@ -565,6 +691,8 @@ impl Mix {
             w_reply: 10 + r.below(40),
             w_cancel: r.below(20),
             w_fail_all: if r.one_in(4) { 1 } else { 0 },
+            w_unwritten: if r.one_in(4) { 0 } else { 10 + r.below(40) },
+            w_unsent: if r.one_in(4) { 0 } else { 2 + r.below(10) },
             last_one_in: 3 + r.below(20),
         }
     }
@@ -583,6 +711,8 @@ fn next_op(r: &mut Rng, mix: &Mix, m: &Model) -> Op {
         (mix.w_fail_all, 5),
         (mix.w_submit_to, 6),
         (mix.w_submit_next, 7),
+        (if connected.is_empty() { 0 } else { mix.w_unwritten }, 8),
+        (if busy.is_empty() { 0 } else { mix.w_unsent }, 9),
     ];
     let total: u64 = choices.iter().map(|c| c.0).sum();
     let mut x = r.below(total);
@@ -620,6 +750,31 @@ fn next_op(r: &mut Rng, mix: &Mix, m: &Model) -> Op {
         }
         5 => Op::FailAll(ERR_RESET),
         7 => Op::SubmitToNext(n_tasks),
+        8 => {
+            // Mostly a daemon draining (so that several can take tasks and
+            // the other keys decide), sometimes one filling up again.
+            let waiting: Vec<DaemonId> =
+                connected.iter().copied().filter(|d| m.unwritten.get(d).is_some_and(|&b| b != 0)).collect();
+            let daemon = if waiting.is_empty() || r.one_in(4) { r.pick(&connected) } else { r.pick(&waiting) };
+            let bytes = if r.one_in(4) { [1, 500, 10_000_000][r.below(3) as usize] } else { 0 };
+            Op::Unwritten { daemon, bytes }
+        }
+        9 => {
+            let withdrawn: Vec<(DaemonId, TaskId)> = m
+                .withdrawn
+                .iter()
+                .filter_map(|&t| m.tasks[t as usize].on.map(|d| (d, t)))
+                .collect();
+            if withdrawn.is_empty() || r.one_in(8) {
+                // Stale: a task on some daemon, withdrawn or not.
+                let d = r.pick(&busy);
+                let on: Vec<TaskId> = m.daemons[&d].iter().copied().collect();
+                Op::Unsent { daemon: d, task: r.pick(&on) }
+            } else {
+                let (daemon, task) = r.pick(&withdrawn);
+                Op::Unsent { daemon, task }
+            }
+        }
         _ => {
             // Mostly a connected daemon; sometimes one that left, or id 0,
             // which never connects.
@@ -638,8 +793,9 @@ fn fmt_ops(ops: &[Op]) -> String {
     ops[from..].iter().enumerate().map(|(i, o)| format!("\n    step {}: {o:?}", from + i)).collect()
 }
 
-/// One seed in one mode. Err carries a self-contained report.
-fn run_seed(dispatcher: bool, seed: u64, trace: bool) -> Result<(), String> {
+/// One seed in one mode: how often each load key decided a pick (see
+/// `Model::decided_by`). Err carries a self-contained report.
+fn run_seed(dispatcher: bool, seed: u64, trace: bool) -> Result<[u64; 5], String> {
     let mode = if dispatcher { "dispatcher" } else { "round-robin" };
     let mut r = Rng(seed ^ if dispatcher { 0xd15b_a7c4 } else { 0 });
     let mix = Mix::new(&mut r);
@@ -685,9 +841,14 @@ fn run_seed(dispatcher: bool, seed: u64, trace: bool) -> Result<(), String> {
             return fail(&ops, "drain", e);
         }
     }
+    // Daemons that read write queues drain: the host reports it.
     for _round in 0..100_000 {
-        let Some((&d, q)) = m.daemons.iter().find(|(_, q)| !q.is_empty()) else { break };
-        let op = Op::Reply { daemon: d, task: q[0], last: false };
+        let drained = m.daemons.keys().find(|d| m.unwritten.get(d).is_some_and(|&b| b != 0));
+        let op = match (drained, m.daemons.iter().find(|(_, q)| !q.is_empty())) {
+            (Some(&daemon), _) => Op::Unwritten { daemon, bytes: 0 },
+            (None, Some((&d, q))) => Op::Reply { daemon: d, task: q[0], last: false },
+            (None, None) => break,
+        };
         if let Err(e) = run(&mut m, &mut s, &mut ops, op) {
             return fail(&ops, "drain", e);
         }
@@ -704,7 +865,7 @@ fn run_seed(dispatcher: bool, seed: u64, trace: bool) -> Result<(), String> {
             format!("never dropped: {undropped:?}; scheduler still tracks {}", s.tracked_tasks()),
         );
     }
-    Ok(())
+    Ok(m.decided_by)
 }
 
 fn run_mode(dispatcher: bool) {
@@ -718,13 +879,21 @@ fn run_mode(dispatcher: bool) {
     // Keep going after a failure: how many seeds fail says whether it is a
     // corner case or the common path, and the first is the one to replay.
     let mut failures = Vec::new();
+    let mut decided_by = [0u64; 5];
     for seed in 0..SEEDS {
-        if let Err(e) = run_seed(dispatcher, seed, false) {
-            failures.push(e);
+        match run_seed(dispatcher, seed, false) {
+            Ok(d) => (0..5).for_each(|i| decided_by[i] += d[i]),
+            Err(e) => failures.push(e),
         }
     }
     if let Some(first) = failures.first() {
         panic!("{} of {SEEDS} seeds failed; first:\n{first}", failures.len());
+    }
+    // Vacuity: each key of the no-dispatcher order set some chosen daemon
+    // apart from the next best (abandoned, unwritten, outstanding, last
+    // pick, id), so each part of the policy was checked.
+    if !dispatcher {
+        assert!(decided_by.iter().all(|&n| n > 0), "picks decided by each key: {decided_by:?}");
     }
 }
 
@@ -743,7 +912,7 @@ fn round_robin_mode_random_interleavings() {
 #[test]
 fn generator_covers_every_event_kind() {
     for dispatcher in [true, false] {
-        let mut seen = [0u64; 13];
+        let mut seen = [0u64; 16];
         for seed in 0..50 {
             let mut r = Rng(seed);
             let mix = Mix::new(&mut r);
@@ -774,6 +943,9 @@ fn generator_covers_every_event_kind() {
                     Op::Reply { .. } => 5,
                     Op::Cancel { task, .. } if m.tasks.get(task as usize).is_some_and(|t| t.on.is_some()) => 6,
                     Op::Cancel { .. } | Op::FailAll(_) => 7,
+                    Op::Unwritten { .. } => 13,
+                    Op::Unsent { task, .. } if m.withdrawn.contains(&task) => 14,
+                    Op::Unsent { .. } => 15,
                 };
                 seen[k] += 1;
                 // Coverage only; the properties are checked by the tests above.

@@ -1,5 +1,5 @@
 //! The dispatcher-mode state machine at scale: 10,000 simulated daemons and
-//! 1,000,000 tasks, with the cost of each scheduling decision and the memory
+//! 1,000,000 tasks (and the no-dispatcher pick among 10,000 daemons), with the cost of each scheduling decision and the memory
 //! each queued task holds. No I/O, so the figures are the scheduler's own,
 //! a floor under what the host's event loop can do.
 //!
@@ -125,6 +125,30 @@ fn busy_pick_ns(daemons: u64, iters: u64) -> f64 {
     t0.elapsed().as_nanos() as f64 / iters as f64
 }
 
+/// ns per submit+reply cycle without a dispatcher (least loaded daemon),
+/// with `daemons` connected and each holding one task: a pick, the host's
+/// report that the frame was written, and the reply each move a daemon in
+/// the ordered set, as on the host's hot path.
+fn least_loaded_pick_ns(daemons: u64, iters: u64) -> f64 {
+    let mut s = Sched::new(false);
+    for d in 0..daemons {
+        s.connect(d);
+    }
+    for t in 0..daemons {
+        let a = s.submit(t);
+        let (d, _) = sends(&a).next().expect("a daemon takes the task at once");
+        s.unwritten(d, 0);
+    }
+    let t0 = Instant::now();
+    for t in daemons..daemons + iters {
+        let a = s.submit(t);
+        let (d, _) = sends(&a).next().expect("a daemon takes the task at once");
+        s.unwritten(d, 0);
+        s.reply(d, t, false);
+    }
+    t0.elapsed().as_nanos() as f64 / iters as f64
+}
+
 /// Best of several runs: on a shared machine the minimum is the figure least
 /// disturbed by other work.
 fn best(runs: usize, f: impl Fn() -> f64) -> f64 {
@@ -214,6 +238,8 @@ fn ten_thousand_daemons_one_million_tasks() {
     let idle_large = best(5, || idle_pick_ns(DAEMONS, iters));
     let busy_small = best(5, || busy_pick_ns(10, iters));
     let busy_large = best(5, || busy_pick_ns(DAEMONS, iters));
+    let least_small = best(5, || least_loaded_pick_ns(10, iters));
+    let least_large = best(5, || least_loaded_pick_ns(DAEMONS, iters));
 
     let total = started.elapsed().as_secs_f64();
     println!("sched scale ({} build): {DAEMONS} daemons, {TASKS} tasks", if RELEASE { "release" } else { "debug" });
@@ -232,15 +258,21 @@ fn ten_thousand_daemons_one_million_tasks() {
         "  reply->send, all busy      {busy_small:8.1} ns with 10 daemons, {busy_large:8.1} ns with {DAEMONS} ({:.2}x)",
         busy_large / busy_small
     );
+    println!(
+        "  no dispatcher, submit+reply {least_small:7.1} ns with 10 daemons, {least_large:8.1} ns with {DAEMONS} ({:.2}x)",
+        least_large / least_small
+    );
     println!("  total                      {total:8.2} s");
     // Written to the stream itself, not through eprintln!, which the test
     // harness captures like println!.
     let _ = writeln!(
         std::io::stderr(),
         "sched_scale: {TASKS} tasks / {DAEMONS} daemons: submit {submit_ns:.0} ns, reply->send {reply_ns:.0} ns, \
-         {per_task:.0} B per queued task; pick with {DAEMONS} vs 10 daemons: idle {:.2}x, busy {:.2}x; {total:.1} s",
+         {per_task:.0} B per queued task; pick with {DAEMONS} vs 10 daemons: idle {:.2}x, busy {:.2}x, \
+         no dispatcher {:.2}x ({least_small:.0} ns); {total:.1} s",
         idle_large / idle_small,
-        busy_large / busy_small
+        busy_large / busy_small,
+        least_large / least_small
     );
 
     if RELEASE {
@@ -251,6 +283,11 @@ fn ten_thousand_daemons_one_million_tasks() {
         assert!(
             busy_large < MAX_SLOWDOWN * busy_small,
             "finding the one idle daemon among {DAEMONS} costs {busy_large:.0} ns vs {busy_small:.0} ns among 10"
+        );
+        // O(log n): 4x the levels of a tree of 10 at most, and no scan.
+        assert!(
+            least_large < MAX_SLOWDOWN * least_small,
+            "picking the least loaded of {DAEMONS} daemons costs {least_large:.0} ns vs {least_small:.0} ns among 10"
         );
         // A task waiting in the queue is an id in the queue plus one map
         // entry; a per-task heap object would show up here.

@@ -75,6 +75,27 @@ test_that("nextget() gives each documented key the reference's type", {
   for (k in c("secret", "host")) expect_null(nextget(k))
 })
 
+test_that("status() counts a task once m[] or unresolved() has seen it resolve", {
+  # Without a dispatcher status() has no task counters (as in the reference
+  # mirai), so the same native counters are read directly there.
+  native <- function() .Call(mirai:::C_mirai_host_info, mirai:::profile_of(NULL)$host)[3:5]
+  for (disp in c(TRUE, FALSE)) {
+    daemons(1, dispatcher = disp)
+    counters <- if (disp) function() unname(status()$mirai) else native
+    stale <- 0L
+    for (i in seq_len(1000L)) {
+      m <- mirai(1)
+      m[]
+      stale <- stale + !identical(counters(), c(0L, 0L, 2L * i - 1L))
+      m <- mirai(1)
+      while (unresolved(m)) {}
+      stale <- stale + !identical(counters(), c(0L, 0L, 2L * i))
+    }
+    daemons(0)
+    expect_identical(stale, 0L, label = sprintf("stale counters (dispatcher = %s)", disp))
+  }
+})
+
 test_that("daemons(0) resolves pending mirai to 19 and leaves no processes", {
   daemons(2, dispatcher = FALSE)
   pids <- unlist(collect_mirai(lapply(1:4, function(i) mirai({ Sys.sleep(0.2); Sys.getpid() }))))

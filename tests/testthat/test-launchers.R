@@ -178,7 +178,8 @@ test_that("daemon and host each prove the secret without sending it (HMACs check
   proof <- openssl_hmac(secret, c(ctx("host to daemon"), h$nonce, theirs))
   send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 8, 1)), proof))
   send_frame(d$con, as.raw(c(0, 0, 0, 1, 1, 4, 0)))
-  send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 3, 1)), serialize(list(._expr_. = quote(40 + 2)), NULL)))
+  # A task's payload ends in a completion mark (1).
+  send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 3, 1)), serialize(list(._expr_. = quote(40 + 2)), NULL), as.raw(1)))
   res <- recv_frame(d$con)
   expect_identical(res[1:7], as.raw(c(0, 0, 0, 1, 4, 1, 0)))
   expect_identical(unserialize(res[-(1:7)]), 42)
@@ -193,7 +194,7 @@ test_that("a daemon runs nothing for a host that cannot prove the secret, and sa
   skip_if_not_installed("processx")
   secret <- "0123456789abcdef0123456789abcdef"
   marker <- tempfile()
-  task <- c(as.raw(c(0, 0, 0, 1, 3, 1)), serialize(list(._expr_. = call("file.create", marker)), NULL))
+  task <- c(as.raw(c(0, 0, 0, 1, 3, 1)), serialize(list(._expr_. = call("file.create", marker)), NULL), as.raw(1))
   ctx <- c(charToRaw("mirai v4 host to daemon"), as.raw(0))
   proofs <- list(
     # Another secret's proof; the daemon's own proof reflected back; none.
@@ -306,7 +307,7 @@ test_that("an autoexit = FALSE daemon redials a squatter at its host's address a
   # anyone may bind the name: a squatter that cannot prove the secret.
   marker <- tempfile()
   task <- tempfile()
-  writeBin(serialize(list(._expr_. = call("file.create", marker)), NULL), task)
+  writeBin(c(serialize(list(._expr_. = call("file.create", marker)), NULL), as.raw(1)), task)
   log <- tempfile()
   script <- tempfile(fileext = ".py")
   writeLines(squatter_py, script)

@@ -9,6 +9,7 @@ use super::profile::max_message;
 use super::serial;
 use super::value::*;
 use crate::client::{ClientConn, ExitCode, Incoming};
+use crate::frame::task_payload;
 use crate::threads::lock;
 use crate::url::Address;
 use std::ffi::CStr;
@@ -149,7 +150,10 @@ pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: S
                 Got::Broken(why) => return string(&why),
                 Got::Task(id, body, offset) => (id, body, offset),
             };
-            let data = serial::unserialize_with(&body[offset..], kept(h));
+            // A task the host withdrew mid-write (cancelled or timed out
+            // meanwhile) arrives whole but with filler for a payload: it is
+            // answered, never evaluated.
+            let data = task_payload(&body[offset..]).map(|payload| serial::unserialize_with(payload, kept(h)));
             drop(body);
             let mut keep = Protect::new();
             let answer = |keep: &mut Protect, second: SEXP, msg: &str| {
@@ -158,10 +162,11 @@ pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: S
                 list(&[idv, second, m], &[])
             };
             let d = match data {
-                Ok(d) => keep.keep(d),
+                Some(Ok(d)) => keep.keep(d),
                 // A task that cannot be read (a failing custom unserializer,
                 // say) is answered with an error rather than ending the daemon.
-                Err(e) => return answer(&mut keep, nil(), &format!("cannot unserialize task: {e}")),
+                Some(Err(e)) => return answer(&mut keep, nil(), &format!("cannot unserialize task: {e}")),
+                None => return answer(&mut keep, nil(), "the host withdrew this task before it was fully sent"),
             };
             if !is_node_task(d)? {
                 let idv = keep.keep(real(id as f64)?);
