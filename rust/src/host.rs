@@ -745,6 +745,13 @@ impl Core {
     fn read_conn(&mut self, t: Token) {
         loop {
             let Some(c) = self.conns.get_mut(&t) else { return };
+            // A refused peer has had its answer: nothing more it sends is
+            // read. Each message would queue another answer, and for one
+            // that does not read (its Refused cannot drain) that queue
+            // would grow at the peer's rate until its Hello deadline.
+            if c.retiring && !c.ready {
+                return;
+            }
             match c.next_msg() {
                 Ok(body) => {
                     if let Err(_why) = self.handle_message(t, body) {
