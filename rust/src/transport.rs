@@ -583,9 +583,8 @@ pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Re
                 return ws_upgrade(BlockingStream::Tcp(s), addr, ws_path);
             };
             let mut t = Tls::client(cfg, name)?;
-            s.set_read_timeout(Some(tls::CLIENT_HANDSHAKE_TIMEOUT))?;
-            s.set_write_timeout(Some(tls::CLIENT_HANDSHAKE_TIMEOUT))?;
-            t.handshake_blocking(&mut &s).map_err(|e| {
+            let deadline = Instant::now() + tls::CLIENT_HANDSHAKE_TIMEOUT;
+            t.handshake_blocking(&mut ByDeadline { sock: &s, deadline }).map_err(|e| {
                 let why = match e.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "no TLS handshake from the host within 10 s".into(),
                     io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
@@ -603,6 +602,42 @@ pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Re
             ws_upgrade(BlockingStream::Tls(Arc::new(TlsClient { sock: s, tls: Mutex::new(t) })), addr, ws_path)
         }
         _ => Ok((BlockingStream::Unix(unet::UnixStream::connect_addr(&unix_addr(addr)?)?), Framing::Ipc)),
+    }
+}
+
+/// A blocking socket whose reads and writes all end by `deadline`: each
+/// call waits only for the time left. A socket timeout alone bounds each
+/// call, not their sum, and a peer that sends a byte at a time never
+/// reaches it.
+struct ByDeadline<'a> {
+    sock: &'a std::net::TcpStream,
+    deadline: Instant,
+}
+
+impl ByDeadline<'_> {
+    fn time_left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        Ok(left)
+    }
+}
+
+impl Read for ByDeadline<'_> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        self.sock.set_read_timeout(Some(self.time_left()?))?;
+        (&mut &*self.sock).read(b)
+    }
+}
+
+impl Write for ByDeadline<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.sock.set_write_timeout(Some(self.time_left()?))?;
+        (&mut &*self.sock).write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

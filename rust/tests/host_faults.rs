@@ -691,3 +691,47 @@ fn a_refused_peer_is_read_no_further() {
     assert_eq!(refusals, 1, "the host answered a refused peer's later messages");
     assert!(wait_for(|| host.stats.refused.load(Ordering::Relaxed) == 1, 5));
 }
+
+#[test]
+fn a_daemon_gives_up_a_trickled_tls_handshake_at_its_deadline() {
+    use mirai::tls::CLIENT_HANDSHAKE_TIMEOUT;
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    // A "host" at a tls+tcp:// address that takes the daemon's ClientHello,
+    // then sends a 16 KiB handshake record one byte every 500 ms: each read
+    // gets its byte long before any per-read timeout. It needs no
+    // certificate: nothing is verified before the record is complete.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (stop, stopped) = channel::<()>();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let _ = s.read(&mut [0u8; 4096]);
+        let mut record = vec![0x16, 3, 3, 0x40, 0, 2];
+        record.resize(5 + 0x4000, 0);
+        for b in record {
+            if s.write_all(&[b]).is_err() {
+                return;
+            }
+            if stopped.recv_timeout(Duration::from_millis(500)) != Err(RecvTimeoutError::Timeout) {
+                return;
+            }
+        }
+    });
+    let (cert, _) = mirai::tls::generate(&["127.0.0.1".into()]).unwrap();
+    let tls = mirai::tls::client_config(&cert).unwrap();
+    let addr = Address::parse(&format!("tls+tcp://127.0.0.1:{port}")).unwrap();
+    let (tx, rx) = channel();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(ClientConn::connect_with(&addr, Some(&tls), "s3cret", 1 << 40, None, false, || true).err());
+    });
+    let bound = CLIENT_HANDSHAKE_TIMEOUT + Duration::from_secs(5);
+    let err = rx
+        .recv_timeout(bound)
+        .unwrap_or_else(|_| panic!("the daemon was still in the TLS handshake after {bound:?}"))
+        .expect("the daemon connected to a host that never completed a TLS handshake");
+    assert!(err.contains("no TLS handshake from the host"), "{err}");
+    assert!(start.elapsed() >= CLIENT_HANDSHAKE_TIMEOUT - Duration::from_millis(500), "gave up early: {err}");
+    drop(stop);
+    fake.join().unwrap();
+}
