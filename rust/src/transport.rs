@@ -554,6 +554,18 @@ pub fn dial_once(addr: &Address) -> io::Result<(BlockingStream, Framing)> {
 /// host against) and completes the TLS handshake here, within
 /// `tls::CLIENT_HANDSHAKE_TIMEOUT`.
 pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Result<(BlockingStream, Framing)> {
+    dial_once_by(addr, tls, None)
+}
+
+/// The earlier of `now + timeout` and `end_by`.
+fn deadline_within(timeout: Duration, end_by: Option<Instant>) -> Instant {
+    let d = Instant::now() + timeout;
+    end_by.map_or(d, |e| e.min(d))
+}
+
+/// `dial_once_with`; the TLS handshake and the WebSocket upgrade also end
+/// by `end_by`, if given.
+fn dial_once_by(addr: &Address, tls: Option<&Arc<ClientConfig>>, end_by: Option<Instant>) -> io::Result<(BlockingStream, Framing)> {
     match addr {
         Address::Tcp { port, tls: want, .. } => {
             let host = addr.dial_host().unwrap_or_default();
@@ -580,13 +592,16 @@ pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Re
                 _ => None,
             };
             let (Some(cfg), Some(name)) = (cfg, name) else {
-                return ws_upgrade(BlockingStream::Tcp(s), addr, ws_path);
+                return ws_upgrade(BlockingStream::Tcp(s), addr, ws_path, end_by);
             };
             let mut t = Tls::client(cfg, name)?;
-            let deadline = Instant::now() + tls::CLIENT_HANDSHAKE_TIMEOUT;
+            let start = Instant::now();
+            let deadline = deadline_within(tls::CLIENT_HANDSHAKE_TIMEOUT, end_by);
             t.handshake_blocking(&mut ByDeadline { sock: &s, deadline }).map_err(|e| {
                 let why = match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "no TLS handshake from the host within 10 s".into(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        format!("no TLS handshake from the host within {:.0} s", (deadline - start).as_secs_f64())
+                    }
                     io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
                         "the host closed the connection during the TLS handshake".into()
                     }
@@ -599,7 +614,7 @@ pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Re
             })?;
             s.set_read_timeout(None)?;
             s.set_write_timeout(None)?;
-            ws_upgrade(BlockingStream::Tls(Arc::new(TlsClient { sock: s, tls: Mutex::new(t) })), addr, ws_path)
+            ws_upgrade(BlockingStream::Tls(Arc::new(TlsClient { sock: s, tls: Mutex::new(t) })), addr, ws_path, end_by)
         }
         _ => Ok((BlockingStream::Unix(unet::UnixStream::connect_addr(&unix_addr(addr)?)?), Framing::Ipc)),
     }
@@ -645,8 +660,9 @@ impl Write for ByDeadline<'_> {
 pub const WS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// For `ws://` and `wss://`: the client's upgrade over `s`, within
-/// `WS_HANDSHAKE_TIMEOUT`; otherwise `s` as it is.
-fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>) -> io::Result<(BlockingStream, Framing)> {
+/// `WS_HANDSHAKE_TIMEOUT` (and by `end_by`, if given); otherwise `s` as it
+/// is.
+fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>, end_by: Option<Instant>) -> io::Result<(BlockingStream, Framing)> {
     let Some(path) = path else { return Ok((s, Framing::Tcp)) };
     let host = match addr {
         Address::Tcp { port, .. } => {
@@ -663,7 +679,8 @@ fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>) -> io::Re
     };
     let (req, key) = crate::ws::client_request(&host, &path)?;
     Nb(&s).write_all(&req)?;
-    let deadline = Instant::now() + WS_HANDSHAKE_TIMEOUT;
+    let start = Instant::now();
+    let deadline = deadline_within(WS_HANDSHAKE_TIMEOUT, end_by);
     let mut buf = Vec::new();
     let rest = loop {
         match crate::ws::client_response(&mut Nb(&s), &mut buf, &key) {
@@ -671,7 +688,7 @@ fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>) -> io::Re
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(fail("no answer from the host within 10 s".into()));
+                    return Err(fail(format!("no answer from the host within {:.0} s", (deadline - start).as_secs_f64())));
                 }
                 if !s.has_buffered() {
                     wait_readable(s.as_raw_fd(), left.min(Duration::from_millis(200)));
@@ -701,19 +718,22 @@ pub fn dial(
     deadline: Option<Instant>,
     keep_going: impl FnMut() -> bool,
 ) -> io::Result<(BlockingStream, Framing)> {
-    dial_with(addr, None, deadline, keep_going)
+    dial_with(addr, None, deadline, None, keep_going)
 }
 
 /// `dial`, with the client TLS configuration for a `tls+tcp://` address.
+/// `end_by`: no TLS handshake or WebSocket upgrade goes on past it (for a
+/// daemon that must end by its idle and wall time limits).
 pub fn dial_with(
     addr: &Address,
     tls: Option<&Arc<ClientConfig>>,
     deadline: Option<Instant>,
+    end_by: Option<Instant>,
     mut keep_going: impl FnMut() -> bool,
 ) -> io::Result<(BlockingStream, Framing)> {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match dial_once_with(addr, tls) {
+        match dial_once_by(addr, tls, end_by) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 let retry = matches!(

@@ -735,3 +735,37 @@ fn a_daemon_gives_up_a_trickled_tls_handshake_at_its_deadline() {
     drop(stop);
     fake.join().unwrap();
 }
+
+#[test]
+fn a_persistent_daemon_facing_a_silent_squatter_ends_by_its_retry_limit() {
+    // A daemon that persists (autoexit = FALSE) redials for as long as its
+    // idle and wall time limits allow (`retry_until`), then ends. A squatter
+    // that accepts and says nothing must not hold it past that limit: not
+    // for the SP handshake's 30 s, nor the TLS handshake's or WebSocket
+    // upgrade's 10 s.
+    use std::sync::mpsc::channel;
+    let (cert, _) = mirai::tls::generate(&["127.0.0.1".into()]).unwrap();
+    let tls = mirai::tls::client_config(&cert).unwrap();
+    for scheme in ["tcp", "tls+tcp", "ws"] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = Address::parse(&format!("{scheme}://127.0.0.1:{}", l.local_addr().unwrap().port())).unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                held.push(s);
+            }
+        });
+        let (tx, rx) = channel();
+        let tls = tls.clone();
+        let start = Instant::now();
+        let limit = Duration::from_secs(2);
+        std::thread::spawn(move || {
+            let _ = tx.send(ClientConn::connect_with(&addr, Some(&tls), "s3cret", 1 << 40, Some(start + limit), true, || true).err());
+        });
+        let err = rx
+            .recv_timeout(limit + Duration::from_secs(3))
+            .unwrap_or_else(|_| panic!("{scheme}: the daemon was held past its retry limit"))
+            .unwrap_or_else(|| panic!("{scheme}: connected to a squatter"));
+        assert!(start.elapsed() < limit + Duration::from_secs(1), "{scheme}: ended late ({:?}): {err}", start.elapsed());
+    }
+}
