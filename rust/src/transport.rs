@@ -10,7 +10,7 @@ use crate::ws::{ServerHandshake, WsReader, WsWriter};
 use rustls::{ClientConfig, ServerConfig};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 #[cfg(target_os = "linux")]
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net as unet;
@@ -554,7 +554,7 @@ pub fn dial_once(addr: &Address) -> io::Result<(BlockingStream, Framing)> {
 /// host against) and completes the TLS handshake here, within
 /// `tls::CLIENT_HANDSHAKE_TIMEOUT`.
 pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Result<(BlockingStream, Framing)> {
-    dial_once_by(addr, tls, None)
+    dial_once_by(addr, tls, None, None)
 }
 
 /// The earlier of `now + timeout` and `end_by`.
@@ -563,9 +563,15 @@ fn deadline_within(timeout: Duration, end_by: Option<Instant>) -> Instant {
     end_by.map_or(d, |e| e.min(d))
 }
 
-/// `dial_once_with`; the TLS handshake and the WebSocket upgrade also end
-/// by `end_by`, if given.
-fn dial_once_by(addr: &Address, tls: Option<&Arc<ClientConfig>>, end_by: Option<Instant>) -> io::Result<(BlockingStream, Framing)> {
+/// `dial_once_with`; a TCP connect waits no later than `connect_by`, and
+/// the TLS handshake and the WebSocket upgrade also end by `end_by`, if
+/// given.
+fn dial_once_by(
+    addr: &Address,
+    tls: Option<&Arc<ClientConfig>>,
+    connect_by: Option<Instant>,
+    end_by: Option<Instant>,
+) -> io::Result<(BlockingStream, Framing)> {
     match addr {
         Address::Tcp { port, tls: want, .. } => {
             let host = addr.dial_host().unwrap_or_default();
@@ -584,7 +590,16 @@ fn dial_once_by(addr: &Address, tls: Option<&Arc<ClientConfig>>, end_by: Option<
                 None => None,
             };
             let sa = resolve(&host, *port)?;
-            let s = std::net::TcpStream::connect(sa)?;
+            // A listener whose accept queue is full drops the SYN, and the
+            // kernel retries it for about 2 minutes: the caller's retry
+            // deadline bounds that wait (at least 100 ms an attempt).
+            let s = match connect_by {
+                Some(d) => std::net::TcpStream::connect_timeout(
+                    &sa,
+                    d.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)),
+                )?,
+                None => std::net::TcpStream::connect(sa)?,
+            };
             let _ = s.set_nodelay(true);
             set_keepalive(s.as_raw_fd());
             let ws_path = match addr {
@@ -616,7 +631,18 @@ fn dial_once_by(addr: &Address, tls: Option<&Arc<ClientConfig>>, end_by: Option<
             s.set_write_timeout(None)?;
             ws_upgrade(BlockingStream::Tls(Arc::new(TlsClient { sock: s, tls: Mutex::new(t) })), addr, ws_path, end_by)
         }
-        _ => Ok((BlockingStream::Unix(unet::UnixStream::connect_addr(&unix_addr(addr)?)?), Framing::Ipc)),
+        _ => {
+            // Without blocking: a blocking connect to a listener whose
+            // accept queue is full waits until it accepts, which may be
+            // never. A full queue is WouldBlock, retried as a refusal is.
+            let s = mio::net::UnixStream::connect_addr(&unix_addr(addr)?).map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock => io::Error::new(e.kind(), "its accept queue is full"),
+                _ => e,
+            })?;
+            let s = unsafe { unet::UnixStream::from_raw_fd(s.into_raw_fd()) };
+            s.set_nonblocking(false)?;
+            Ok((BlockingStream::Unix(s), Framing::Ipc))
+        }
     }
 }
 
@@ -733,12 +759,15 @@ pub fn dial_with(
 ) -> io::Result<(BlockingStream, Framing)> {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match dial_once_by(addr, tls, end_by) {
+        match dial_once_by(addr, tls, deadline, end_by) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 let retry = matches!(
                     e.kind(),
-                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound | io::ErrorKind::TimedOut
+                    io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::NotFound
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::WouldBlock
                 );
                 match deadline {
                     Some(d) if retry && Instant::now() < d && keep_going() => {

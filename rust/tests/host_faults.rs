@@ -769,3 +769,49 @@ fn a_persistent_daemon_facing_a_silent_squatter_ends_by_its_retry_limit() {
         assert!(start.elapsed() < limit + Duration::from_secs(1), "{scheme}: ended late ({:?}): {err}", start.elapsed());
     }
 }
+
+#[test]
+fn a_daemon_dialling_a_listener_that_never_accepts_gives_up_by_its_retry_limit() {
+    // A squatter that listens and never accepts. Once its accept queue is
+    // full (here after one connection: backlog 0), a blocking connect
+    // waits: on a Unix socket until the listener accepts, which may be
+    // never; on TCP through the kernel's SYN retries, about 2 minutes. A
+    // daemon must still give up when its retry time is over (`asyncdial =
+    // FALSE`: 3 s; a persisting daemon: its idle and wall time limits).
+    use std::os::linux::net::SocketAddrExt;
+    use std::sync::mpsc::channel;
+    for scheme in ["abstract", "tcp"] {
+        let (addr, fd, filler): (Address, i32, Box<dyn FnOnce() -> Box<dyn std::any::Any>>) = if scheme == "tcp" {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let sa = l.local_addr().unwrap();
+            let fd = l.as_raw_fd();
+            std::mem::forget(l);
+            (Address::parse(&format!("tcp://{sa}")).unwrap(), fd, Box::new(move || Box::new(TcpStream::connect(sa).unwrap())))
+        } else {
+            let name = format!("mirai-test-full-{}-{:?}", std::process::id(), Instant::now());
+            let sa = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+            let l = std::os::unix::net::UnixListener::bind_addr(&sa).unwrap();
+            let fd = l.as_raw_fd();
+            std::mem::forget(l);
+            let filler = move || -> Box<dyn std::any::Any> { Box::new(std::os::unix::net::UnixStream::connect_addr(&sa).unwrap()) };
+            (Address::parse(&format!("abstract://{name}")).unwrap(), fd, Box::new(filler))
+        };
+        assert_eq!(unsafe { libc::listen(fd, 0) }, 0);
+        let _queued = filler();
+        for persist in [false, true] {
+            let (tx, rx) = channel();
+            let a = addr.clone();
+            let start = Instant::now();
+            let limit = Duration::from_secs(2);
+            std::thread::spawn(move || {
+                let _ = tx.send(ClientConn::connect_with(&a, None, "s3cret", 1 << 40, Some(start + limit), persist, || true).err());
+            });
+            let err = rx
+                .recv_timeout(limit + Duration::from_secs(3))
+                .unwrap_or_else(|_| panic!("{scheme} (persist {persist}): the daemon was still dialling past its retry limit"))
+                .unwrap_or_else(|| panic!("{scheme}: connected to a listener that never accepts"));
+            assert!(err.contains("cannot connect"), "{err}");
+            eprintln!("{scheme} (persist {persist}): {err}");
+        }
+    }
+}
