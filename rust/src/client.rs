@@ -443,7 +443,7 @@ fn handshake(
     // The host is who it says: its messages may now be as large as the
     // daemon accepts (the Init carries the profile's settings).
     dec.set_limit(max_message);
-    stream.set_message_limit(max_message);
+    stream.host_proved(max_message);
     let body = handshake_read(&mut dec, &mut rd, addr, deadline)?;
     let hop = strip_hop(&body)?;
     let (msg, off) = proto::decode(&body[hop..])?;

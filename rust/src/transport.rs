@@ -341,6 +341,9 @@ pub struct WsClient {
     inner: BlockingStream,
     rd: Mutex<WsReader>,
     wr: Mutex<WsWriter>,
+    /// The host has proved itself (`BlockingStream::host_proved`): until
+    /// then its pings go unanswered.
+    proved: std::sync::atomic::AtomicBool,
 }
 
 /// The inner stream of a daemon's WebSocket: reads never block, writes do.
@@ -377,8 +380,12 @@ impl WsClient {
             let res = rd.read(&mut Nb(&self.inner), b);
             (res, rd.take_pong())
         };
-        // A ping is answered even when the read then found nothing more.
-        if let Some(p) = pong {
+        // A ping is answered even when the read then found nothing more,
+        // but only once the host has proved itself: a pong is a blocking
+        // write, and a peer that pinged and never read would fill the send
+        // buffer and hold the daemon there, past its handshake deadline.
+        let proved = self.proved.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(p) = pong.filter(|_| proved) {
             let mut wr = crate::threads::lock(&self.wr);
             wr.queue_pong(p.payload());
             let _ = wr.flush(&mut Nb(&self.inner));
@@ -448,13 +455,16 @@ impl BlockingStream {
         matches!(self, BlockingStream::Tls(_) | BlockingStream::Ws(_))
     }
 
-    /// The largest message a WebSocket accepts from the host from now on
-    /// (see `Stream::set_message_limit`); the stream starts at
-    /// `HANDSHAKE_LIMIT`. Shared by every clone of the stream. Other
-    /// transports ignore it: the caller's `Decoder` has its own limit.
-    pub fn set_message_limit(&self, limit: u64) {
+    /// The host has proved itself (its Welcome checked out). A WebSocket
+    /// then accepts messages from it of up to `limit` bytes (see
+    /// `Stream::set_message_limit`; the stream starts at `HANDSHAKE_LIMIT`)
+    /// and answers its pings (none before). Shared by every clone of the
+    /// stream. Other transports ignore it: the caller's `Decoder` has its
+    /// own limit.
+    pub fn host_proved(&self, limit: u64) {
         if let BlockingStream::Ws(w) = self {
             crate::threads::lock(&w.rd).set_message_limit(limit);
+            w.proved.store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -728,11 +738,11 @@ fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>, end_by: O
         }
     };
     // Until the host has proved itself, its messages are held to the
-    // handshake's size; the caller raises the limit (`set_message_limit`).
+    // handshake's size; the caller raises the limit (`host_proved`).
     let mut rd = WsReader::new(false, HANDSHAKE_LIMIT);
     // The host's first frames may have come with its response.
     rd.push_input(rest);
-    let ws = WsClient { inner: s, rd: Mutex::new(rd), wr: Mutex::new(WsWriter::new(true)) };
+    let ws = WsClient { inner: s, rd: Mutex::new(rd), wr: Mutex::new(WsWriter::new(true)), proved: false.into() };
     crate::threads::lock(&ws.wr).ready = true;
     Ok((BlockingStream::Ws(Arc::new(ws)), Framing::Tcp))
 }
