@@ -132,13 +132,20 @@ impl Stream {
         }
     }
 
-    /// The largest message a WebSocket accepts from its peer from now on
-    /// (every frame and fragmented message is checked against it before it
-    /// is buffered; accepted connections start at `HANDSHAKE_LIMIT`). Other
+    /// The peer has authenticated (its Hello checked out). A WebSocket then
+    /// accepts messages of up to `limit` bytes from it (every frame and
+    /// fragmented message is checked against it before it is buffered;
+    /// accepted connections start at `HANDSHAKE_LIMIT`), and TLS no longer
+    /// counts its bytes (`tls::PRE_AUTH_TLS_BYTES` until then). Other
     /// transports carry SP frames, bounded by the caller's `Decoder`.
-    pub fn set_message_limit(&mut self, limit: u64) {
-        if let Stream::Ws(w) = self {
-            w.rd.set_message_limit(limit);
+    pub fn peer_proved(&mut self, limit: u64) {
+        match self {
+            Stream::Ws(w) => {
+                w.rd.set_message_limit(limit);
+                w.inner.peer_proved(limit);
+            }
+            Stream::Tls(t) => t.tls.peer_proved(),
+            _ => {}
         }
     }
 }
@@ -223,7 +230,7 @@ impl Listener {
                         inner,
                         hs: Some(ServerHandshake::new(path)),
                         // Raised once the peer authenticates
-                        // (`set_message_limit`).
+                        // (`peer_proved`).
                         rd: WsReader::new(true, HANDSHAKE_LIMIT),
                         wr: WsWriter::new(false),
                     })),
@@ -457,7 +464,7 @@ impl BlockingStream {
 
     /// The host has proved itself (its Welcome checked out). A WebSocket
     /// then accepts messages from it of up to `limit` bytes (see
-    /// `Stream::set_message_limit`; the stream starts at `HANDSHAKE_LIMIT`)
+    /// `Stream::peer_proved`; the stream starts at `HANDSHAKE_LIMIT`)
     /// and answers its pings (none before). Shared by every clone of the
     /// stream. Other transports ignore it: the caller's `Decoder` has its
     /// own limit.

@@ -815,3 +815,42 @@ fn a_daemon_dialling_a_listener_that_never_accepts_gives_up_by_its_retry_limit()
         }
     }
 }
+
+#[test]
+fn an_unauthenticated_tls_peer_is_held_to_a_few_kib() {
+    // Before it authenticates, a peer may make the host hold only a few
+    // KiB. rustls itself gathers a handshake message of up to 64 KiB (its
+    // own cap) before it looks at it: a peer that sends most of a
+    // ClientHello claiming 0xfff0 bytes, then waits, would be held with
+    // that buffer until its Hello deadline. The host counts what it takes
+    // from an unproven TLS peer and drops it past `PRE_AUTH_TLS_BYTES`.
+    use mirai::tls::PRE_AUTH_TLS_BYTES;
+    let creds = mirai::tls::generated_creds("127.0.0.1").unwrap();
+    let host = Host::start_with(&Address::parse("tls+tcp://127.0.0.1:0").unwrap(), options(), Some(creds.config)).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port(&host))).unwrap();
+    let mut hello = vec![1, 0, 0xff, 0xf0, 3, 3];
+    hello.resize(4 + 0xfff0, 0);
+    let mut wire = Vec::new();
+    for chunk in hello[..60_000].chunks(16_000) {
+        wire.extend([0x16, 3, 1]);
+        wire.extend((chunk.len() as u16).to_be_bytes());
+        wire.extend_from_slice(chunk);
+    }
+    let _ = s.write_all(&wire);
+    let start = Instant::now();
+    assert!(
+        wait_for(|| host.stats.refused.load(Ordering::Relaxed) == 1, 2),
+        "a peer that sent {} bytes of TLS handshake was still held after {:?}",
+        wire.len(),
+        start.elapsed()
+    );
+    assert!(start.elapsed() < HELLO_TIMEOUT / 2);
+    // A real daemon still gets in over TLS: its handshake and Hello take a
+    // small part of the allowance.
+    assert!(PRE_AUTH_TLS_BYTES >= 8 * 1024);
+    let tls = mirai::tls::client_config(&creds.chain_pem).unwrap();
+    let addr = Address::parse(&host.url).unwrap();
+    let _d = ClientConn::connect_with(&addr, Some(&tls), "s3cret", 1 << 40, Some(Instant::now() + Duration::from_secs(10)), false, || true)
+        .unwrap();
+    assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));
+}
