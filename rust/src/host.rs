@@ -22,7 +22,8 @@
 //! crosses the network, and no proof is good on another connection.
 //!
 //! Hostile peers: until a peer's Hello is accepted it may send only an
-//! envelope-sized message (over TLS, `tls::PRE_AUTH_TLS_BYTES` in all),
+//! envelope-sized message (over TLS or WebSocket, `proto::PRE_AUTH_BYTES`
+//! in all),
 //! must send it within `HELLO_TIMEOUT`, and at most `MAX_PENDING` such
 //! peers are held (the oldest is dropped for a newer one); a refused peer
 //! is read no further. Every peer dropped before it is accepted, and every accepted one

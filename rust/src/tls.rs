@@ -21,13 +21,6 @@ use std::time::Duration;
 /// How long a daemon waits for the host's side of the TLS handshake.
 pub const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The most TLS bytes (records as they arrive) a host takes from a peer
-/// before it authenticates. rustls alone would gather a handshake message
-/// of up to 64 KiB; a daemon's whole TLS handshake, WebSocket upgrade and
-/// Hello take under 2 KiB, and a largest WebSocket request head (8 KiB)
-/// still fits.
-pub const PRE_AUTH_TLS_BYTES: usize = 16 * 1024;
-
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -186,25 +179,17 @@ fn tls_err(e: rustls::Error) -> io::Error {
 /// another writes, each taking this state under a lock).
 pub struct Tls {
     conn: Connection,
-    /// Bytes still taken from a peer that has not authenticated (a host's
-    /// side starts at `PRE_AUTH_TLS_BYTES`); None: no limit.
-    unproven_left: Option<usize>,
 }
 
 impl Tls {
     pub fn server(config: &Arc<ServerConfig>) -> io::Result<Tls> {
         let conn = ServerConnection::new(config.clone()).map_err(tls_err)?;
-        Ok(Tls { conn: conn.into(), unproven_left: Some(PRE_AUTH_TLS_BYTES) })
+        Ok(Tls { conn: conn.into() })
     }
 
     pub fn client(config: &Arc<ClientConfig>, name: ServerName<'static>) -> io::Result<Tls> {
         let conn = ClientConnection::new(config.clone(), name).map_err(tls_err)?;
-        Ok(Tls { conn: conn.into(), unproven_left: None })
-    }
-
-    /// The peer has authenticated: its bytes are no longer counted.
-    pub fn peer_proved(&mut self) {
-        self.unproven_left = None;
+        Ok(Tls { conn: conn.into() })
     }
 
     pub fn is_handshaking(&self) -> bool {
@@ -241,11 +226,7 @@ impl Tls {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
-            let got = match &mut self.unproven_left {
-                Some(left) => self.conn.read_tls(&mut Allowance { sock: &mut *sock, left }),
-                None => self.conn.read_tls(sock),
-            };
-            match got {
+            match self.conn.read_tls(sock) {
                 Ok(0) => return Ok(0),
                 Ok(_) => {}
                 Err(e) => return Err(e),
@@ -319,28 +300,6 @@ impl Tls {
             }
         }
         self.flush(sock)
-    }
-}
-
-/// A socket that yields at most `left` more bytes, then an error: what
-/// rustls may read (and so buffer) from a peer that has not authenticated.
-struct Allowance<'a, S> {
-    sock: &'a mut S,
-    left: &'a mut usize,
-}
-
-impl<S: Read> Read for Allowance<'_, S> {
-    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        if *self.left == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("TLS: more than {PRE_AUTH_TLS_BYTES} bytes from a peer that has not authenticated"),
-            ));
-        }
-        let n = b.len().min(*self.left);
-        let got = self.sock.read(&mut b[..n])?;
-        *self.left -= got;
-        Ok(got)
     }
 }
 
@@ -451,47 +410,10 @@ mod tests {
             let (mut cs, mut ss) = pair(chunk, cap);
             let mut client = Tls::client(&cc, server_name("127.0.0.1").unwrap()).unwrap();
             let mut server = Tls::server(&sc.config).unwrap();
-            // The record layer alone: no authentication above it to lift
-            // the allowance for an unproven peer.
-            server.peer_proved();
             let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
             let got = pump(&mut client, &mut cs, &mut server, &mut ss, &data);
             assert_eq!(got, data, "chunk {chunk}, cap {cap}");
             assert!(!client.is_handshaking() && !server.is_handshaking());
-        }
-    }
-
-    #[test]
-    fn an_unproven_peer_gets_an_allowance_of_bytes() {
-        let (sc, cc) = creds();
-        for proved in [false, true] {
-            let (mut cs, mut ss) = pair(4096, 1 << 20);
-            let mut client = Tls::client(&cc, server_name("127.0.0.1").unwrap()).unwrap();
-            let mut server = Tls::server(&sc.config).unwrap();
-            let small = pump(&mut client, &mut cs, &mut server, &mut ss, &[7; 1000]);
-            assert_eq!(small.len(), 1000);
-            if proved {
-                server.peer_proved();
-            }
-            let _ = client.write(&mut cs, &[8; PRE_AUTH_TLS_BYTES]);
-            let _ = client.flush(&mut cs);
-            let mut buf = vec![0u8; 2 * PRE_AUTH_TLS_BYTES];
-            let mut got = 0;
-            let res = loop {
-                match server.read(&mut ss, &mut buf) {
-                    Ok(n) if n > 0 => got += n,
-                    r => break r,
-                }
-            };
-            if proved {
-                assert_eq!(got, PRE_AUTH_TLS_BYTES);
-                assert_eq!(res.unwrap_err().kind(), io::ErrorKind::WouldBlock);
-            } else {
-                let e = res.unwrap_err();
-                assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-                assert!(e.to_string().contains("not authenticated"), "{e}");
-                assert!(got < PRE_AUTH_TLS_BYTES);
-            }
         }
     }
 

@@ -3,7 +3,7 @@
 //! carries TCP framing, as NNG does.
 
 use crate::frame::Framing;
-use crate::proto::HANDSHAKE_LIMIT;
+use crate::proto::{HANDSHAKE_LIMIT, PRE_AUTH_BYTES};
 use crate::tls::{self, Tls};
 use crate::url::Address;
 use crate::ws::{ServerHandshake, WsReader, WsWriter};
@@ -39,13 +39,17 @@ pub struct WsStream {
     hs: Option<ServerHandshake>,
     rd: WsReader,
     wr: WsWriter,
+    /// Bytes still read from a peer that has not authenticated (see
+    /// `proto::PRE_AUTH_BYTES`); None once it has.
+    unproven_left: Option<usize>,
 }
 
 impl WsStream {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let mut inner = Allowance::over(&mut self.inner, &mut self.unproven_left);
         if let Some(hs) = &mut self.hs {
             let mut reply = Vec::new();
-            match hs.advance(&mut self.inner, &mut reply) {
+            match hs.advance(&mut inner, &mut reply) {
                 Ok(up) => {
                     self.hs = None;
                     // A client may pipeline frames after its request.
@@ -63,7 +67,7 @@ impl WsStream {
             }
             self.flush_quietly()?;
         }
-        let res = self.rd.read(&mut self.inner, b);
+        let res = self.rd.read(&mut Allowance::over(&mut self.inner, &mut self.unproven_left), b);
         // A ping is answered even when the read then found nothing more.
         if let Some(p) = self.rd.take_pong() {
             self.wr.queue_pong(p.payload());
@@ -102,6 +106,49 @@ impl mio::event::Source for WsStream {
 pub struct TlsStream {
     sock: mio::net::TcpStream,
     tls: Tls,
+    /// Bytes still read from a peer that has not authenticated (see
+    /// `proto::PRE_AUTH_BYTES`); None once it has.
+    unproven_left: Option<usize>,
+}
+
+/// A host's reads from a peer that has not authenticated, through a layer
+/// that could otherwise take more than `proto::PRE_AUTH_BYTES`: at most
+/// `left` more bytes, then an `InvalidData` error (the peer is dropped,
+/// counted refused). Writes pass through.
+struct Allowance<'a, S> {
+    inner: &'a mut S,
+    left: Option<&'a mut usize>,
+}
+
+impl<'a, S> Allowance<'a, S> {
+    fn over(inner: &'a mut S, left: &'a mut Option<usize>) -> Self {
+        Allowance { inner, left: left.as_mut() }
+    }
+}
+
+impl<S: Read> Read for Allowance<'_, S> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let Some(left) = &mut self.left else { return self.inner.read(b) };
+        if **left == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {PRE_AUTH_BYTES} bytes from a peer that has not authenticated"),
+            ));
+        }
+        let n = b.len().min(**left);
+        let got = self.inner.read(&mut b[..n])?;
+        **left -= got;
+        Ok(got)
+    }
+}
+
+impl<S: Write> Write for Allowance<'_, S> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.inner.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl mio::event::Source for TlsStream {
@@ -135,16 +182,18 @@ impl Stream {
     /// The peer has authenticated (its Hello checked out). A WebSocket then
     /// accepts messages of up to `limit` bytes from it (every frame and
     /// fragmented message is checked against it before it is buffered;
-    /// accepted connections start at `HANDSHAKE_LIMIT`), and TLS no longer
-    /// counts its bytes (`tls::PRE_AUTH_TLS_BYTES` until then). Other
-    /// transports carry SP frames, bounded by the caller's `Decoder`.
+    /// accepted connections start at `HANDSHAKE_LIMIT`), and neither TLS
+    /// nor WebSocket counts its bytes any more (`PRE_AUTH_BYTES` until
+    /// then). Other transports carry SP frames, bounded by the caller's
+    /// `Decoder`.
     pub fn peer_proved(&mut self, limit: u64) {
         match self {
             Stream::Ws(w) => {
                 w.rd.set_message_limit(limit);
+                w.unproven_left = None;
                 w.inner.peer_proved(limit);
             }
-            Stream::Tls(t) => t.tls.peer_proved(),
+            Stream::Tls(t) => t.unproven_left = None,
             _ => {}
         }
     }
@@ -222,7 +271,9 @@ impl Listener {
                 set_keepalive(s.as_raw_fd());
                 let inner = match tls {
                     None => Stream::Tcp(s),
-                    Some(cfg) => Stream::Tls(Box::new(TlsStream { sock: s, tls: Tls::server(cfg)? })),
+                    Some(cfg) => {
+                        Stream::Tls(Box::new(TlsStream { sock: s, tls: Tls::server(cfg)?, unproven_left: Some(PRE_AUTH_BYTES) }))
+                    }
                 };
                 let stream = match ws {
                     None => inner,
@@ -233,6 +284,7 @@ impl Listener {
                         // (`peer_proved`).
                         rd: WsReader::new(true, HANDSHAKE_LIMIT),
                         wr: WsWriter::new(false),
+                        unproven_left: Some(PRE_AUTH_BYTES),
                     })),
                 };
                 Ok((stream, Framing::Tcp))
@@ -287,7 +339,7 @@ impl Read for Stream {
         match self {
             Stream::Unix(s) => s.read(b),
             Stream::Tcp(s) => s.read(b),
-            Stream::Tls(t) => t.tls.read(&mut t.sock, b),
+            Stream::Tls(t) => t.tls.read(&mut Allowance::over(&mut t.sock, &mut t.unproven_left), b),
             Stream::Ws(w) => w.read(b),
         }
     }
