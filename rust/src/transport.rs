@@ -398,11 +398,17 @@ pub enum BlockingStream {
 
 pub struct WsClient {
     inner: BlockingStream,
-    rd: Mutex<WsReader>,
+    rd: Mutex<WsClientReader>,
     wr: Mutex<WsWriter>,
-    /// The host has proved itself (`BlockingStream::host_proved`): until
-    /// then its pings go unanswered.
-    proved: std::sync::atomic::AtomicBool,
+}
+
+struct WsClientReader {
+    rd: WsReader,
+    /// Bytes still read from a host that has not proved itself (see
+    /// `proto::PRE_AUTH_BYTES`); None once it has
+    /// (`BlockingStream::host_proved`). Until then its pings also go
+    /// unanswered.
+    unproven_left: Option<usize>,
 }
 
 /// The inner stream of a daemon's WebSocket: reads never block, writes do.
@@ -434,16 +440,19 @@ impl Write for Nb<'_> {
 
 impl WsClient {
     fn read(&self, b: &mut [u8]) -> io::Result<usize> {
-        let (res, pong) = {
-            let mut rd = crate::threads::lock(&self.rd);
-            let res = rd.read(&mut Nb(&self.inner), b);
-            (res, rd.take_pong())
+        let (res, pong, proved) = {
+            let mut g = crate::threads::lock(&self.rd);
+            let WsClientReader { rd, unproven_left } = &mut *g;
+            // Control frames need no message: a host streaming them would
+            // otherwise keep this read going, never back at the
+            // handshake's deadline.
+            let res = rd.read(&mut Allowance::over(&mut Nb(&self.inner), unproven_left), b);
+            (res, rd.take_pong(), unproven_left.is_none())
         };
         // A ping is answered even when the read then found nothing more,
         // but only once the host has proved itself: a pong is a blocking
         // write, and a peer that pinged and never read would fill the send
         // buffer and hold the daemon there, past its handshake deadline.
-        let proved = self.proved.load(std::sync::atomic::Ordering::Acquire);
         if let Some(p) = pong.filter(|_| proved) {
             let mut wr = crate::threads::lock(&self.wr);
             wr.queue_pong(p.payload());
@@ -516,14 +525,15 @@ impl BlockingStream {
 
     /// The host has proved itself (its Welcome checked out). A WebSocket
     /// then accepts messages from it of up to `limit` bytes (see
-    /// `Stream::peer_proved`; the stream starts at `HANDSHAKE_LIMIT`)
-    /// and answers its pings (none before). Shared by every clone of the
-    /// stream. Other transports ignore it: the caller's `Decoder` has its
-    /// own limit.
+    /// `Stream::peer_proved`; the stream starts at `HANDSHAKE_LIMIT`),
+    /// reads more than `PRE_AUTH_BYTES` from it, and answers its pings
+    /// (none before). Shared by every clone of the stream. Other
+    /// transports ignore it: the caller's `Decoder` has its own limit.
     pub fn host_proved(&self, limit: u64) {
         if let BlockingStream::Ws(w) = self {
-            crate::threads::lock(&w.rd).set_message_limit(limit);
-            w.proved.store(true, std::sync::atomic::Ordering::Release);
+            let mut g = crate::threads::lock(&w.rd);
+            g.rd.set_message_limit(limit);
+            g.unproven_left = None;
         }
     }
 
@@ -532,7 +542,7 @@ impl BlockingStream {
     pub fn has_buffered(&self) -> bool {
         match self {
             BlockingStream::Tls(t) => crate::threads::lock(&t.tls).has_plaintext(),
-            BlockingStream::Ws(w) => crate::threads::lock(&w.rd).has_buffered() || w.inner.has_buffered(),
+            BlockingStream::Ws(w) => crate::threads::lock(&w.rd).rd.has_buffered() || w.inner.has_buffered(),
             _ => false,
         }
     }
@@ -800,8 +810,11 @@ fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>, end_by: O
     // handshake's size; the caller raises the limit (`host_proved`).
     let mut rd = WsReader::new(false, HANDSHAKE_LIMIT);
     // The host's first frames may have come with its response.
+    let rest_len = rest.len();
     rd.push_input(rest);
-    let ws = WsClient { inner: s, rd: Mutex::new(rd), wr: Mutex::new(WsWriter::new(true)), proved: false.into() };
+    // What came with the response counts too.
+    let unproven_left = Some(PRE_AUTH_BYTES.saturating_sub(rest_len));
+    let ws = WsClient { inner: s, rd: Mutex::new(WsClientReader { rd, unproven_left }), wr: Mutex::new(WsWriter::new(true)) };
     crate::threads::lock(&ws.wr).ready = true;
     Ok((BlockingStream::Ws(Arc::new(ws)), Framing::Tcp))
 }

@@ -85,8 +85,9 @@
 //! played by hand: until the host's Init it is held to HANDSHAKE_LIMIT (a
 //! fragmented 1 MiB message is refused, the daemon holding under 92 KiB),
 //! after it to its own limit (a 100 KB task arrives), frames that come in
-//! the same segment as the 101 are read, and it answers no ping before the
-//! host has proved itself.
+//! the same segment as the 101 are read, it answers no ping before the
+//! host has proved itself, and it reads only `PRE_AUTH_BYTES` from a host
+//! that streams pings instead.
 
 use mirai::frame::SP_HEADER;
 use mirai::proto::HANDSHAKE_LIMIT;
@@ -1965,12 +1966,13 @@ fn a_daemon_takes_large_messages_once_the_host_is_accepted() {
 /// fill the daemon's send buffer and stall it there, past its handshake
 /// deadline (measured: an R daemon blocked in send, its deadline of 30 s
 /// met only at 38 s, when TCP's user timeout ended the connection). Here
-/// 200 pings come before the Challenge, with the 101: the daemon's first
-/// frame is its Hello, and it says nothing more before the host's proof.
+/// 100 pings (within `PRE_AUTH_BYTES`) come before the Challenge, with the
+/// 101: the daemon's first frame is its Hello, and it says nothing more
+/// before the host's proof.
 #[test]
 fn a_daemon_answers_no_ping_from_an_unproven_host() {
     let mut first = Vec::new();
-    for i in 0..200u8 {
+    for i in 0..100u8 {
         encode_one(&mut first, &Frame { b0: 0x89, payload: vec![i; 125], claim: None, form: Form::Shortest, mask: None });
     }
     first.extend(challenge());
@@ -1997,4 +1999,35 @@ fn a_daemon_answers_no_ping_from_an_unproven_host() {
     let err = mirai::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).err();
     host.join().unwrap();
     assert!(err.is_some(), "the daemon accepted a host that did not prove itself");
+}
+
+/// A host that has not proved itself gets `PRE_AUTH_BYTES` of the daemon's
+/// reading, whatever it sends: WebSocket control frames need no message,
+/// so a fake host that streamed pings (here empty ones, as fast as it can)
+/// kept the daemon reading them, never back at its handshake deadline
+/// (measured with an R daemon: its 30 s deadline held for as long as the
+/// pings came, 70 s). The daemon now gives up at once.
+#[test]
+fn a_daemon_reads_a_few_kib_from_a_host_that_streams_pings() {
+    use mirai::proto::PRE_AUTH_BYTES;
+    let (url, host) = fake_ws_host(Vec::new(), |s| {
+        let pings = [0x89u8, 0].repeat(50_000);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(40) {
+            if s.write_all(&pings).is_err() {
+                return;
+            }
+        }
+    });
+    let addr = mirai::url::Address::parse(&url).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(mirai::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).err());
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(35))
+        .expect("the daemon kept reading pings past its handshake deadline")
+        .expect("the daemon connected to a host that never challenged it");
+    assert!(err.contains(&format!("more than {PRE_AUTH_BYTES} bytes")), "{err}");
+    host.join().unwrap();
 }
