@@ -214,10 +214,14 @@ impl ClientConn {
         mut keep_going: impl FnMut() -> bool,
     ) -> Result<ClientConn, String> {
         let mut backoff = Duration::from_millis(10);
+        // Persisting, the daemon ends by `retry_until` (its idle and wall
+        // time limits): no handshake with a peer at the address, which may
+        // be a squatter that stalls, goes on past it.
+        let end_by = if persist { retry_until } else { None };
         loop {
-            let (stream, framing) = dial_with(addr, tls, retry_until, &mut keep_going)
+            let (stream, framing) = dial_with(addr, tls, retry_until, end_by, &mut keep_going)
                 .map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
-            match handshake(stream, framing, addr, secret, max_message) {
+            match handshake(stream, framing, addr, secret, max_message, end_by) {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     let time_left = retry_until.is_some_and(|d| Instant::now() + backoff < d);
@@ -382,18 +386,22 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The daemon's side of the handshake (see `auth`) over a new connection:
 /// Challenge in, Hello out, then the host's proof (Welcome), checked before
 /// anything else from the host is read, then the Init. Until the host has
-/// proved itself it may send only `HANDSHAKE_LIMIT` bytes a message.
+/// proved itself it may send only `HANDSHAKE_LIMIT` bytes a message. It
+/// takes `HANDSHAKE_TIMEOUT` at most, and ends by `end_by` if given.
 fn handshake(
     mut stream: BlockingStream,
     framing: Framing,
     addr: &Address,
     secret: &str,
     max_message: u64,
+    end_by: Option<Instant>,
 ) -> Result<ClientConn, String> {
     stream.write_all(&SP_HEADER).map_err(|e| format!("cannot greet host: {e}"))?;
     let mut rd = stream.try_clone().map_err(|e| format!("cannot connect to '{addr}': {e}"))?;
     let mut dec = Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT);
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let start = Instant::now();
+    let deadline = end_by.map_or(start + HANDSHAKE_TIMEOUT, |e| e.min(start + HANDSHAKE_TIMEOUT));
+    let deadline = (start, deadline);
     let body = handshake_read(&mut dec, &mut rd, addr, deadline)?;
     let hop = strip_hop(&body)?;
     let host_nonce = match proto::decode(&body[hop..]) {
@@ -435,7 +443,7 @@ fn handshake(
     // The host is who it says: its messages may now be as large as the
     // daemon accepts (the Init carries the profile's settings).
     dec.set_limit(max_message);
-    stream.set_message_limit(max_message);
+    stream.host_proved(max_message);
     let body = handshake_read(&mut dec, &mut rd, addr, deadline)?;
     let hop = strip_hop(&body)?;
     let (msg, off) = proto::decode(&body[hop..])?;
@@ -481,13 +489,19 @@ fn kind(m: &Msg) -> &'static str {
     }
 }
 
-/// Reads one handshake message, waiting no later than `deadline`.
-fn handshake_read(dec: &mut Decoder, rd: &mut BlockingStream, addr: &Address, deadline: Instant) -> Result<Vec<u8>, String> {
+/// Reads one handshake message, waiting no later than `deadline`, the
+/// handshake's (start, end).
+fn handshake_read(
+    dec: &mut Decoder,
+    rd: &mut BlockingStream,
+    addr: &Address,
+    (start, deadline): (Instant, Instant),
+) -> Result<Vec<u8>, String> {
     loop {
         if Instant::now() > deadline {
             return Err(format!(
-                "no reply from host at '{addr}' within {} s; is it a mirai host?",
-                HANDSHAKE_TIMEOUT.as_secs()
+                "no reply from host at '{addr}' within {:.0} s; is it a mirai host?",
+                (deadline - start).as_secs_f64()
             ));
         }
         if !buffered(dec, rd) && !wait_readable(rd.as_raw_fd(), Duration::from_millis(200)) {

@@ -38,9 +38,11 @@
 //! crosses the network, and no proof is good on another connection.
 //!
 //! Hostile peers: until a peer's Hello is accepted it may send only an
-//! envelope-sized message, must send it within `HELLO_TIMEOUT`, and at most
-//! `MAX_PENDING` such peers are held (the oldest is dropped for a newer
-//! one). Every peer dropped before it is accepted, and every accepted one
+//! envelope-sized message (over TLS or WebSocket, `proto::PRE_AUTH_BYTES`
+//! in all),
+//! must send it within `HELLO_TIMEOUT`, and at most `MAX_PENDING` such
+//! peers are held (the oldest is dropped for a newer one); a refused peer
+//! is read no further. Every peer dropped before it is accepted, and every accepted one
 //! dropped for a protocol error, counts in `Stats::refused`. Message bodies
 //! grow as bytes arrive (see `decoder`), up to `HostOptions::max_message`.
 //!
@@ -840,6 +842,13 @@ impl Core {
     fn read_conn(&mut self, t: Token) {
         loop {
             let Some(c) = self.conns.get_mut(&t) else { return };
+            // A refused peer has had its answer: nothing more it sends is
+            // read. Each message would queue another answer, and for one
+            // that does not read (its Refused cannot drain) that queue
+            // would grow at the peer's rate until its Hello deadline.
+            if c.retiring && !c.ready {
+                return;
+            }
             match c.next_msg() {
                 Ok(body) => {
                     if let Err(_why) = self.handle_message(t, body) {
@@ -897,7 +906,7 @@ impl Core {
                 let c = self.conns.get_mut(&t).ok_or("connection gone")?;
                 c.ready = true;
                 c.dec.set_limit(self.max_message);
-                c.stream.set_message_limit(self.max_message);
+                c.stream.peer_proved(self.max_message);
                 self.pending -= 1;
                 c.push(welcome);
                 c.push(init);

@@ -26,6 +26,19 @@ pub const ENVELOPE_LIMIT: usize = 4096;
 /// WebSocket's frames and fragments) is held to it.
 pub const HANDSHAKE_LIMIT: u64 = (ENVELOPE_LIMIT + crate::frame::HOP_LEN) as u64;
 
+/// The most bytes a host reads from a peer through TLS or WebSocket before
+/// the peer authenticates (records, the HTTP upgrade, frames, pings), and
+/// a daemon through WebSocket from a host that has not proved itself. Over
+/// plain SP a peer can send only its SP header and one message before it
+/// is accepted, or refused and read no further; these layers carry more:
+/// rustls gathers a handshake message of up to 64 KiB before it parses it,
+/// and WebSocket control frames can stream without end (holding the
+/// reader, the host's loop or the daemon's handshake, while they do). A
+/// daemon's TLS handshake, upgrade and Hello take under 2 KiB, a host's
+/// 101, Challenge and Welcome under 1 KiB; a largest WebSocket request
+/// head (8 KiB) still fits.
+pub const PRE_AUTH_BYTES: usize = 16 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Msg<'a> {
     /// Daemon to host, its answer to the `Challenge`: its own fresh

@@ -333,8 +333,9 @@ impl Tls {
         Ok(())
     }
 
-    /// Completes a client's handshake over a blocking socket (whose
-    /// timeouts bound the wait).
+    /// Completes a client's handshake over a blocking socket; `sock`
+    /// bounds the wait (a deadline for the whole handshake, not a timeout
+    /// per read, which a peer sending a byte at a time never meets).
     pub fn handshake_blocking<S: Read + Write>(&mut self, sock: &mut S) -> io::Result<()> {
         while self.conn.is_handshaking() {
             self.flush(sock)?;

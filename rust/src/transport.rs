@@ -3,14 +3,14 @@
 //! carries TCP framing, as NNG does.
 
 use crate::frame::Framing;
-use crate::proto::HANDSHAKE_LIMIT;
+use crate::proto::{HANDSHAKE_LIMIT, PRE_AUTH_BYTES};
 use crate::tls::{self, Tls};
 use crate::url::Address;
 use crate::ws::{ServerHandshake, WsReader, WsWriter};
 use rustls::{ClientConfig, ServerConfig};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 #[cfg(target_os = "linux")]
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net as unet;
@@ -39,13 +39,17 @@ pub struct WsStream {
     hs: Option<ServerHandshake>,
     rd: WsReader,
     wr: WsWriter,
+    /// Bytes still read from a peer that has not authenticated (see
+    /// `proto::PRE_AUTH_BYTES`); None once it has.
+    unproven_left: Option<usize>,
 }
 
 impl WsStream {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let mut inner = Allowance::over(&mut self.inner, &mut self.unproven_left);
         if let Some(hs) = &mut self.hs {
             let mut reply = Vec::new();
-            match hs.advance(&mut self.inner, &mut reply) {
+            match hs.advance(&mut inner, &mut reply) {
                 Ok(up) => {
                     self.hs = None;
                     // A client may pipeline frames after its request.
@@ -63,7 +67,7 @@ impl WsStream {
             }
             self.flush_quietly()?;
         }
-        let res = self.rd.read(&mut self.inner, b);
+        let res = self.rd.read(&mut Allowance::over(&mut self.inner, &mut self.unproven_left), b);
         // A ping is answered even when the read then found nothing more.
         if let Some(p) = self.rd.take_pong() {
             self.wr.queue_pong(p.payload());
@@ -102,6 +106,49 @@ impl mio::event::Source for WsStream {
 pub struct TlsStream {
     sock: mio::net::TcpStream,
     tls: Tls,
+    /// Bytes still read from a peer that has not authenticated (see
+    /// `proto::PRE_AUTH_BYTES`); None once it has.
+    unproven_left: Option<usize>,
+}
+
+/// A host's reads from a peer that has not authenticated, through a layer
+/// that could otherwise take more than `proto::PRE_AUTH_BYTES`: at most
+/// `left` more bytes, then an `InvalidData` error (the peer is dropped,
+/// counted refused). Writes pass through.
+struct Allowance<'a, S> {
+    inner: &'a mut S,
+    left: Option<&'a mut usize>,
+}
+
+impl<'a, S> Allowance<'a, S> {
+    fn over(inner: &'a mut S, left: &'a mut Option<usize>) -> Self {
+        Allowance { inner, left: left.as_mut() }
+    }
+}
+
+impl<S: Read> Read for Allowance<'_, S> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let Some(left) = &mut self.left else { return self.inner.read(b) };
+        if **left == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {PRE_AUTH_BYTES} bytes from a peer that has not authenticated"),
+            ));
+        }
+        let n = b.len().min(**left);
+        let got = self.inner.read(&mut b[..n])?;
+        **left -= got;
+        Ok(got)
+    }
+}
+
+impl<S: Write> Write for Allowance<'_, S> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.inner.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl mio::event::Source for TlsStream {
@@ -132,13 +179,22 @@ impl Stream {
         }
     }
 
-    /// The largest message a WebSocket accepts from its peer from now on
-    /// (every frame and fragmented message is checked against it before it
-    /// is buffered; accepted connections start at `HANDSHAKE_LIMIT`). Other
-    /// transports carry SP frames, bounded by the caller's `Decoder`.
-    pub fn set_message_limit(&mut self, limit: u64) {
-        if let Stream::Ws(w) = self {
-            w.rd.set_message_limit(limit);
+    /// The peer has authenticated (its Hello checked out). A WebSocket then
+    /// accepts messages of up to `limit` bytes from it (every frame and
+    /// fragmented message is checked against it before it is buffered;
+    /// accepted connections start at `HANDSHAKE_LIMIT`), and neither TLS
+    /// nor WebSocket counts its bytes any more (`PRE_AUTH_BYTES` until
+    /// then). Other transports carry SP frames, bounded by the caller's
+    /// `Decoder`.
+    pub fn peer_proved(&mut self, limit: u64) {
+        match self {
+            Stream::Ws(w) => {
+                w.rd.set_message_limit(limit);
+                w.unproven_left = None;
+                w.inner.peer_proved(limit);
+            }
+            Stream::Tls(t) => t.unproven_left = None,
+            _ => {}
         }
     }
 }
@@ -215,7 +271,9 @@ impl Listener {
                 set_keepalive(s.as_raw_fd());
                 let inner = match tls {
                     None => Stream::Tcp(s),
-                    Some(cfg) => Stream::Tls(Box::new(TlsStream { sock: s, tls: Tls::server(cfg)? })),
+                    Some(cfg) => {
+                        Stream::Tls(Box::new(TlsStream { sock: s, tls: Tls::server(cfg)?, unproven_left: Some(PRE_AUTH_BYTES) }))
+                    }
                 };
                 let stream = match ws {
                     None => inner,
@@ -223,9 +281,10 @@ impl Listener {
                         inner,
                         hs: Some(ServerHandshake::new(path)),
                         // Raised once the peer authenticates
-                        // (`set_message_limit`).
+                        // (`peer_proved`).
                         rd: WsReader::new(true, HANDSHAKE_LIMIT),
                         wr: WsWriter::new(false),
+                        unproven_left: Some(PRE_AUTH_BYTES),
                     })),
                 };
                 Ok((stream, Framing::Tcp))
@@ -280,7 +339,7 @@ impl Read for Stream {
         match self {
             Stream::Unix(s) => s.read(b),
             Stream::Tcp(s) => s.read(b),
-            Stream::Tls(t) => t.tls.read(&mut t.sock, b),
+            Stream::Tls(t) => t.tls.read(&mut Allowance::over(&mut t.sock, &mut t.unproven_left), b),
             Stream::Ws(w) => w.read(b),
         }
     }
@@ -339,8 +398,17 @@ pub enum BlockingStream {
 
 pub struct WsClient {
     inner: BlockingStream,
-    rd: Mutex<WsReader>,
+    rd: Mutex<WsClientReader>,
     wr: Mutex<WsWriter>,
+}
+
+struct WsClientReader {
+    rd: WsReader,
+    /// Bytes still read from a host that has not proved itself (see
+    /// `proto::PRE_AUTH_BYTES`); None once it has
+    /// (`BlockingStream::host_proved`). Until then its pings also go
+    /// unanswered.
+    unproven_left: Option<usize>,
 }
 
 /// The inner stream of a daemon's WebSocket: reads never block, writes do.
@@ -372,13 +440,20 @@ impl Write for Nb<'_> {
 
 impl WsClient {
     fn read(&self, b: &mut [u8]) -> io::Result<usize> {
-        let (res, pong) = {
-            let mut rd = crate::threads::lock(&self.rd);
-            let res = rd.read(&mut Nb(&self.inner), b);
-            (res, rd.take_pong())
+        let (res, pong, proved) = {
+            let mut g = crate::threads::lock(&self.rd);
+            let WsClientReader { rd, unproven_left } = &mut *g;
+            // Control frames need no message: a host streaming them would
+            // otherwise keep this read going, never back at the
+            // handshake's deadline.
+            let res = rd.read(&mut Allowance::over(&mut Nb(&self.inner), unproven_left), b);
+            (res, rd.take_pong(), unproven_left.is_none())
         };
-        // A ping is answered even when the read then found nothing more.
-        if let Some(p) = pong {
+        // A ping is answered even when the read then found nothing more,
+        // but only once the host has proved itself: a pong is a blocking
+        // write, and a peer that pinged and never read would fill the send
+        // buffer and hold the daemon there, past its handshake deadline.
+        if let Some(p) = pong.filter(|_| proved) {
             let mut wr = crate::threads::lock(&self.wr);
             wr.queue_pong(p.payload());
             let _ = wr.flush(&mut Nb(&self.inner));
@@ -448,13 +523,17 @@ impl BlockingStream {
         matches!(self, BlockingStream::Tls(_) | BlockingStream::Ws(_))
     }
 
-    /// The largest message a WebSocket accepts from the host from now on
-    /// (see `Stream::set_message_limit`); the stream starts at
-    /// `HANDSHAKE_LIMIT`. Shared by every clone of the stream. Other
+    /// The host has proved itself (its Welcome checked out). A WebSocket
+    /// then accepts messages from it of up to `limit` bytes (see
+    /// `Stream::peer_proved`; the stream starts at `HANDSHAKE_LIMIT`),
+    /// reads more than `PRE_AUTH_BYTES` from it, and answers its pings
+    /// (none before). Shared by every clone of the stream. Other
     /// transports ignore it: the caller's `Decoder` has its own limit.
-    pub fn set_message_limit(&self, limit: u64) {
+    pub fn host_proved(&self, limit: u64) {
         if let BlockingStream::Ws(w) = self {
-            crate::threads::lock(&w.rd).set_message_limit(limit);
+            let mut g = crate::threads::lock(&w.rd);
+            g.rd.set_message_limit(limit);
+            g.unproven_left = None;
         }
     }
 
@@ -463,7 +542,7 @@ impl BlockingStream {
     pub fn has_buffered(&self) -> bool {
         match self {
             BlockingStream::Tls(t) => crate::threads::lock(&t.tls).has_plaintext(),
-            BlockingStream::Ws(w) => crate::threads::lock(&w.rd).has_buffered() || w.inner.has_buffered(),
+            BlockingStream::Ws(w) => crate::threads::lock(&w.rd).rd.has_buffered() || w.inner.has_buffered(),
             _ => false,
         }
     }
@@ -554,6 +633,24 @@ pub fn dial_once(addr: &Address) -> io::Result<(BlockingStream, Framing)> {
 /// host against) and completes the TLS handshake here, within
 /// `tls::CLIENT_HANDSHAKE_TIMEOUT`.
 pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Result<(BlockingStream, Framing)> {
+    dial_once_by(addr, tls, None, None)
+}
+
+/// The earlier of `now + timeout` and `end_by`.
+fn deadline_within(timeout: Duration, end_by: Option<Instant>) -> Instant {
+    let d = Instant::now() + timeout;
+    end_by.map_or(d, |e| e.min(d))
+}
+
+/// `dial_once_with`; a TCP connect waits no later than `connect_by`, and
+/// the TLS handshake and the WebSocket upgrade also end by `end_by`, if
+/// given.
+fn dial_once_by(
+    addr: &Address,
+    tls: Option<&Arc<ClientConfig>>,
+    connect_by: Option<Instant>,
+    end_by: Option<Instant>,
+) -> io::Result<(BlockingStream, Framing)> {
     match addr {
         Address::Tcp { port, tls: want, .. } => {
             let host = addr.dial_host().unwrap_or_default();
@@ -572,7 +669,16 @@ pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Re
                 None => None,
             };
             let sa = resolve(&host, *port)?;
-            let s = std::net::TcpStream::connect(sa)?;
+            // A listener whose accept queue is full drops the SYN, and the
+            // kernel retries it for about 2 minutes: the caller's retry
+            // deadline bounds that wait (at least 100 ms an attempt).
+            let s = match connect_by {
+                Some(d) => std::net::TcpStream::connect_timeout(
+                    &sa,
+                    d.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)),
+                )?,
+                None => std::net::TcpStream::connect(sa)?,
+            };
             let _ = s.set_nodelay(true);
             set_keepalive(s.as_raw_fd());
             let ws_path = match addr {
@@ -580,14 +686,16 @@ pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Re
                 _ => None,
             };
             let (Some(cfg), Some(name)) = (cfg, name) else {
-                return ws_upgrade(BlockingStream::Tcp(s), addr, ws_path);
+                return ws_upgrade(BlockingStream::Tcp(s), addr, ws_path, end_by);
             };
             let mut t = Tls::client(cfg, name)?;
-            s.set_read_timeout(Some(tls::CLIENT_HANDSHAKE_TIMEOUT))?;
-            s.set_write_timeout(Some(tls::CLIENT_HANDSHAKE_TIMEOUT))?;
-            t.handshake_blocking(&mut &s).map_err(|e| {
+            let start = Instant::now();
+            let deadline = deadline_within(tls::CLIENT_HANDSHAKE_TIMEOUT, end_by);
+            t.handshake_blocking(&mut ByDeadline { sock: &s, deadline }).map_err(|e| {
                 let why = match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "no TLS handshake from the host within 10 s".into(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        format!("no TLS handshake from the host within {:.0} s", (deadline - start).as_secs_f64())
+                    }
                     io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
                         "the host closed the connection during the TLS handshake".into()
                     }
@@ -600,9 +708,56 @@ pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Re
             })?;
             s.set_read_timeout(None)?;
             s.set_write_timeout(None)?;
-            ws_upgrade(BlockingStream::Tls(Arc::new(TlsClient { sock: s, tls: Mutex::new(t) })), addr, ws_path)
+            ws_upgrade(BlockingStream::Tls(Arc::new(TlsClient { sock: s, tls: Mutex::new(t) })), addr, ws_path, end_by)
         }
-        _ => Ok((BlockingStream::Unix(unet::UnixStream::connect_addr(&unix_addr(addr)?)?), Framing::Ipc)),
+        _ => {
+            // Without blocking: a blocking connect to a listener whose
+            // accept queue is full waits until it accepts, which may be
+            // never. A full queue is WouldBlock, retried as a refusal is.
+            let s = mio::net::UnixStream::connect_addr(&unix_addr(addr)?).map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock => io::Error::new(e.kind(), "its accept queue is full"),
+                _ => e,
+            })?;
+            let s = unsafe { unet::UnixStream::from_raw_fd(s.into_raw_fd()) };
+            s.set_nonblocking(false)?;
+            Ok((BlockingStream::Unix(s), Framing::Ipc))
+        }
+    }
+}
+
+/// A blocking socket whose reads and writes all end by `deadline`: each
+/// call waits only for the time left. A socket timeout alone bounds each
+/// call, not their sum, and a peer that sends a byte at a time never
+/// reaches it.
+struct ByDeadline<'a> {
+    sock: &'a std::net::TcpStream,
+    deadline: Instant,
+}
+
+impl ByDeadline<'_> {
+    fn time_left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        Ok(left)
+    }
+}
+
+impl Read for ByDeadline<'_> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        self.sock.set_read_timeout(Some(self.time_left()?))?;
+        (&mut &*self.sock).read(b)
+    }
+}
+
+impl Write for ByDeadline<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.sock.set_write_timeout(Some(self.time_left()?))?;
+        (&mut &*self.sock).write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -610,8 +765,9 @@ pub fn dial_once_with(addr: &Address, tls: Option<&Arc<ClientConfig>>) -> io::Re
 pub const WS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// For `ws://` and `wss://`: the client's upgrade over `s`, within
-/// `WS_HANDSHAKE_TIMEOUT`; otherwise `s` as it is.
-fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>) -> io::Result<(BlockingStream, Framing)> {
+/// `WS_HANDSHAKE_TIMEOUT` (and by `end_by`, if given); otherwise `s` as it
+/// is.
+fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>, end_by: Option<Instant>) -> io::Result<(BlockingStream, Framing)> {
     let Some(path) = path else { return Ok((s, Framing::Tcp)) };
     let host = match addr {
         Address::Tcp { port, .. } => {
@@ -628,7 +784,8 @@ fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>) -> io::Re
     };
     let (req, key) = crate::ws::client_request(&host, &path)?;
     Nb(&s).write_all(&req)?;
-    let deadline = Instant::now() + WS_HANDSHAKE_TIMEOUT;
+    let start = Instant::now();
+    let deadline = deadline_within(WS_HANDSHAKE_TIMEOUT, end_by);
     let mut buf = Vec::new();
     let rest = loop {
         match crate::ws::client_response(&mut Nb(&s), &mut buf, &key) {
@@ -636,7 +793,7 @@ fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>) -> io::Re
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(fail("no answer from the host within 10 s".into()));
+                    return Err(fail(format!("no answer from the host within {:.0} s", (deadline - start).as_secs_f64())));
                 }
                 if !s.has_buffered() {
                     wait_readable(s.as_raw_fd(), left.min(Duration::from_millis(200)));
@@ -650,11 +807,14 @@ fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>) -> io::Re
         }
     };
     // Until the host has proved itself, its messages are held to the
-    // handshake's size; the caller raises the limit (`set_message_limit`).
+    // handshake's size; the caller raises the limit (`host_proved`).
     let mut rd = WsReader::new(false, HANDSHAKE_LIMIT);
     // The host's first frames may have come with its response.
+    let rest_len = rest.len();
     rd.push_input(rest);
-    let ws = WsClient { inner: s, rd: Mutex::new(rd), wr: Mutex::new(WsWriter::new(true)) };
+    // What came with the response counts too.
+    let unproven_left = Some(PRE_AUTH_BYTES.saturating_sub(rest_len));
+    let ws = WsClient { inner: s, rd: Mutex::new(WsClientReader { rd, unproven_left }), wr: Mutex::new(WsWriter::new(true)) };
     crate::threads::lock(&ws.wr).ready = true;
     Ok((BlockingStream::Ws(Arc::new(ws)), Framing::Tcp))
 }
@@ -666,24 +826,30 @@ pub fn dial(
     deadline: Option<Instant>,
     keep_going: impl FnMut() -> bool,
 ) -> io::Result<(BlockingStream, Framing)> {
-    dial_with(addr, None, deadline, keep_going)
+    dial_with(addr, None, deadline, None, keep_going)
 }
 
 /// `dial`, with the client TLS configuration for a `tls+tcp://` address.
+/// `end_by`: no TLS handshake or WebSocket upgrade goes on past it (for a
+/// daemon that must end by its idle and wall time limits).
 pub fn dial_with(
     addr: &Address,
     tls: Option<&Arc<ClientConfig>>,
     deadline: Option<Instant>,
+    end_by: Option<Instant>,
     mut keep_going: impl FnMut() -> bool,
 ) -> io::Result<(BlockingStream, Framing)> {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match dial_once_with(addr, tls) {
+        match dial_once_by(addr, tls, deadline, end_by) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 let retry = matches!(
                     e.kind(),
-                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound | io::ErrorKind::TimedOut
+                    io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::NotFound
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::WouldBlock
                 );
                 match deadline {
                     Some(d) if retry && Instant::now() < d && keep_going() => {

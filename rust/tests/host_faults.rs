@@ -3,8 +3,10 @@
 //! Hello deadline, a flood of silent peers cannot lock daemons out, a wrong
 //! secret or a replayed Hello is refused and counted, the secret never
 //! crosses the wire, a daemon runs nothing for a host that cannot prove it
-//! holds the secret (wrong, missing, reflected or replayed proofs), and a
-//! daemon facing a host that stalls mid-frame keeps control.
+//! holds the secret (wrong, missing, reflected or replayed proofs), an
+//! unauthenticated TLS or WebSocket peer gets a few KiB of reads, and a
+//! daemon keeps control of its deadlines facing a host or a squatter that
+//! stalls at any step.
 
 use mirai::aio::{Doorbell, Outcome, Slot};
 use mirai::auth::{self, Prover};
@@ -16,6 +18,7 @@ use mirai::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
 use mirai::url::Address;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -576,4 +579,228 @@ fn a_daemon_of_another_version_is_told_why() {
         Msg::Refused { reason } => assert!(reason.contains("host speaks 4, daemon speaks 3"), "{reason}"),
         m => panic!("{m:?}"),
     });
+}
+
+/// A client's WebSocket frame (masked, with a zero mask: the payload goes
+/// as it is).
+fn ws_client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn a_daemon_gives_up_a_trickled_tls_handshake_at_its_deadline() {
+    use mirai::tls::CLIENT_HANDSHAKE_TIMEOUT;
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    // A "host" at a tls+tcp:// address that takes the daemon's ClientHello,
+    // then sends a 16 KiB handshake record one byte every 500 ms: each read
+    // gets its byte long before any per-read timeout. It needs no
+    // certificate: nothing is verified before the record is complete.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (stop, stopped) = channel::<()>();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let _ = s.read(&mut [0u8; 4096]);
+        let mut record = vec![0x16, 3, 3, 0x40, 0, 2];
+        record.resize(5 + 0x4000, 0);
+        for b in record {
+            if s.write_all(&[b]).is_err() {
+                return;
+            }
+            if stopped.recv_timeout(Duration::from_millis(500)) != Err(RecvTimeoutError::Timeout) {
+                return;
+            }
+        }
+    });
+    let (cert, _) = mirai::tls::generate(&["127.0.0.1".into()]).unwrap();
+    let tls = mirai::tls::client_config(&cert).unwrap();
+    let addr = Address::parse(&format!("tls+tcp://127.0.0.1:{port}")).unwrap();
+    let (tx, rx) = channel();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(ClientConn::connect_with(&addr, Some(&tls), "s3cret", 1 << 40, None, false, || true).err());
+    });
+    let bound = CLIENT_HANDSHAKE_TIMEOUT + Duration::from_secs(5);
+    let err = rx
+        .recv_timeout(bound)
+        .unwrap_or_else(|_| panic!("the daemon was still in the TLS handshake after {bound:?}"))
+        .expect("the daemon connected to a host that never completed a TLS handshake");
+    assert!(err.contains("no TLS handshake from the host"), "{err}");
+    assert!(start.elapsed() >= CLIENT_HANDSHAKE_TIMEOUT - Duration::from_millis(500), "gave up early: {err}");
+    drop(stop);
+    fake.join().unwrap();
+}
+
+#[test]
+fn a_persistent_daemon_facing_a_silent_squatter_ends_by_its_retry_limit() {
+    // A daemon that persists (autoexit = FALSE) redials for as long as its
+    // idle and wall time limits allow (`retry_until`), then ends. A squatter
+    // that accepts and says nothing must not hold it past that limit: not
+    // for the SP handshake's 30 s, nor the TLS handshake's or WebSocket
+    // upgrade's 10 s.
+    use std::sync::mpsc::channel;
+    let (cert, _) = mirai::tls::generate(&["127.0.0.1".into()]).unwrap();
+    let tls = mirai::tls::client_config(&cert).unwrap();
+    for scheme in ["tcp", "tls+tcp", "ws"] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = Address::parse(&format!("{scheme}://127.0.0.1:{}", l.local_addr().unwrap().port())).unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                held.push(s);
+            }
+        });
+        let (tx, rx) = channel();
+        let tls = tls.clone();
+        let start = Instant::now();
+        let limit = Duration::from_secs(2);
+        std::thread::spawn(move || {
+            let _ = tx.send(ClientConn::connect_with(&addr, Some(&tls), "s3cret", 1 << 40, Some(start + limit), true, || true).err());
+        });
+        let err = rx
+            .recv_timeout(limit + Duration::from_secs(3))
+            .unwrap_or_else(|_| panic!("{scheme}: the daemon was held past its retry limit"))
+            .unwrap_or_else(|| panic!("{scheme}: connected to a squatter"));
+        assert!(start.elapsed() < limit + Duration::from_secs(1), "{scheme}: ended late ({:?}): {err}", start.elapsed());
+    }
+}
+
+#[test]
+fn a_daemon_dialling_a_listener_that_never_accepts_gives_up_by_its_retry_limit() {
+    // A squatter that listens and never accepts. Once its accept queue is
+    // full (here after one connection: backlog 0), a blocking connect
+    // waits: on a Unix socket until the listener accepts, which may be
+    // never; on TCP through the kernel's SYN retries, about 2 minutes. A
+    // daemon must still give up when its retry time is over (`asyncdial =
+    // FALSE`: 3 s; a persisting daemon: its idle and wall time limits).
+    use std::os::linux::net::SocketAddrExt;
+    use std::sync::mpsc::channel;
+    for scheme in ["abstract", "tcp"] {
+        // The listener with backlog 0, and the connection that fills its
+        // queue, held for the scheme's round.
+        let (addr, _held): (Address, Box<dyn std::any::Any>) = if scheme == "tcp" {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+            let sa = l.local_addr().unwrap();
+            let queued = TcpStream::connect(sa).unwrap();
+            (Address::parse(&format!("tcp://{sa}")).unwrap(), Box::new((l, queued)))
+        } else {
+            let name = format!("mirai-test-full-{}-{:?}", std::process::id(), Instant::now());
+            let sa = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+            let l = std::os::unix::net::UnixListener::bind_addr(&sa).unwrap();
+            assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+            let queued = std::os::unix::net::UnixStream::connect_addr(&sa).unwrap();
+            (Address::parse(&format!("abstract://{name}")).unwrap(), Box::new((l, queued)))
+        };
+        for persist in [false, true] {
+            let (tx, rx) = channel();
+            let a = addr.clone();
+            let start = Instant::now();
+            let limit = Duration::from_secs(2);
+            std::thread::spawn(move || {
+                let _ = tx.send(ClientConn::connect_with(&a, None, "s3cret", 1 << 40, Some(start + limit), persist, || true).err());
+            });
+            let err = rx
+                .recv_timeout(limit + Duration::from_secs(3))
+                .unwrap_or_else(|_| panic!("{scheme} (persist {persist}): the daemon was still dialling past its retry limit"))
+                .unwrap_or_else(|| panic!("{scheme}: connected to a listener that never accepts"));
+            assert!(err.contains("cannot connect"), "{err}");
+            eprintln!("{scheme} (persist {persist}): {err}");
+        }
+    }
+}
+
+#[test]
+fn an_unauthenticated_tls_peer_is_held_to_a_few_kib() {
+    // Before it authenticates, a peer may make the host hold only a few
+    // KiB. rustls itself gathers a handshake message of up to 64 KiB (its
+    // own cap) before it looks at it: a peer that sends most of a
+    // ClientHello claiming 0xfff0 bytes, then waits, would be held with
+    // that buffer until its Hello deadline. The host counts what it takes
+    // from an unproven TLS peer and drops it past `PRE_AUTH_BYTES`.
+    use mirai::proto::PRE_AUTH_BYTES;
+    let creds = mirai::tls::generated_creds("127.0.0.1").unwrap();
+    let host = Host::start_with(&Address::parse("tls+tcp://127.0.0.1:0").unwrap(), options(), Some(creds.config)).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port(&host))).unwrap();
+    let mut hello = vec![1, 0, 0xff, 0xf0, 3, 3];
+    hello.resize(4 + 0xfff0, 0);
+    let mut wire = Vec::new();
+    for chunk in hello[..60_000].chunks(16_000) {
+        wire.extend([0x16, 3, 1]);
+        wire.extend((chunk.len() as u16).to_be_bytes());
+        wire.extend_from_slice(chunk);
+    }
+    let _ = s.write_all(&wire);
+    let start = Instant::now();
+    assert!(
+        wait_for(|| host.stats.refused.load(Ordering::Relaxed) == 1, 2),
+        "a peer that sent {} bytes of TLS handshake was still held after {:?}",
+        wire.len(),
+        start.elapsed()
+    );
+    assert!(start.elapsed() < HELLO_TIMEOUT / 2);
+    // A real daemon still gets in over TLS: its handshake and Hello take a
+    // small part of the allowance.
+    const { assert!(PRE_AUTH_BYTES >= 8 * 1024) };
+    let tls = mirai::tls::client_config(&creds.chain_pem).unwrap();
+    let addr = Address::parse(&host.url).unwrap();
+    let _d = ClientConn::connect_with(&addr, Some(&tls), "s3cret", 1 << 40, Some(Instant::now() + Duration::from_secs(10)), false, || true)
+        .unwrap();
+    assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));
+}
+
+#[test]
+fn an_unauthenticated_ws_peer_streaming_pings_neither_stalls_the_host_nor_outstays_its_deadline() {
+    // WebSocket control frames need no message: a peer that has upgraded
+    // can ping without end and never say Hello. The host's loop reads a
+    // connection until it would block, so a peer that writes faster than
+    // the host reads held the loop: no result was taken from any daemon,
+    // no Hello deadline expired (measured with an R host and two such
+    // peers: a task's round trip took 10 s, as long as the peers flooded).
+    let host = Host::start(&Address::parse("ws://127.0.0.1:0/").unwrap(), options()).unwrap();
+    let addr = Address::parse(&host.url).unwrap();
+    let mut d = daemon(&addr);
+    assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));
+    let port = port(&host);
+    let flood = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let pings = ws_client_frame(0x9, &[b'p'; 125]).repeat(4000);
+        s.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+        let start = Instant::now();
+        while start.elapsed() < HELLO_TIMEOUT + Duration::from_secs(3) {
+            match s.write_all(&pings) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Some(start.elapsed()),
+            }
+        }
+        None
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile a task makes the round trip to the daemon.
+    let id = host.next_task_id();
+    let slot = Slot::new(host.bell.clone());
+    let start = Instant::now();
+    host.submit(id, task_frame(&host, id, b"ping?"), slot.clone(), None).unwrap();
+    match d.recv(Duration::from_secs(10)).unwrap() {
+        Incoming::Task { id: got, .. } => assert_eq!(got, id),
+        _ => panic!("no task reached the daemon"),
+    }
+    let mut r = d.begin_result(id, false);
+    r.extend_from_slice(b"pong");
+    d.send(r).unwrap();
+    assert!(slot.wait(Duration::from_secs(10)), "the result never arrived");
+    let took = start.elapsed();
+    let cut = flood.join().unwrap();
+    assert!(took < Duration::from_secs(2), "a round trip took {took:?} while an unproven peer pinged");
+    let cut = cut.expect("the pinging peer outstayed its Hello deadline");
+    assert!(cut < HELLO_TIMEOUT + Duration::from_secs(1), "the pinging peer was cut off only after {cut:?}");
 }

@@ -84,8 +84,10 @@
 //! And over a real socket, a daemon (`ClientConn::connect`) against a host
 //! played by hand: until the host's Init it is held to HANDSHAKE_LIMIT (a
 //! fragmented 1 MiB message is refused, the daemon holding under 92 KiB),
-//! after it to its own limit (a 100 KB task arrives), and frames that come
-//! in the same segment as the 101 are read.
+//! after it to its own limit (a 100 KB task arrives), frames that come in
+//! the same segment as the 101 are read, it answers no ping before the
+//! host has proved itself, and it reads only `PRE_AUTH_BYTES` from a host
+//! that streams pings instead.
 
 use mirai::frame::SP_HEADER;
 use mirai::proto::HANDSHAKE_LIMIT;
@@ -1955,5 +1957,77 @@ fn a_daemon_takes_large_messages_once_the_host_is_accepted() {
     };
     assert_eq!(body, vec![5u8; 100_000]);
     drop(c);
+    host.join().unwrap();
+}
+
+/// A daemon acts on nothing from a host that has not proved itself, pings
+/// included: it answers none before the host's Welcome. Pongs are written
+/// with blocking sends, so a fake host that pinged and never read could
+/// fill the daemon's send buffer and stall it there, past its handshake
+/// deadline (measured: an R daemon blocked in send, its deadline of 30 s
+/// met only at 38 s, when TCP's user timeout ended the connection). Here
+/// 100 pings (within `PRE_AUTH_BYTES`) come before the Challenge, with the
+/// 101: the daemon's first frame is its Hello, and it says nothing more
+/// before the host's proof.
+#[test]
+fn a_daemon_answers_no_ping_from_an_unproven_host() {
+    let mut first = Vec::new();
+    for i in 0..100u8 {
+        encode_one(&mut first, &Frame { b0: 0x89, payload: vec![i; 125], claim: None, form: Form::Shortest, mask: None });
+    }
+    first.extend(challenge());
+    let (url, host) = fake_ws_host(first, |s| {
+        // Everything the daemon sends in the next second.
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut got = Vec::new();
+        let until = Instant::now() + Duration::from_secs(1);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < until {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        // One masked binary frame (the Hello, under 126 bytes), and nothing else.
+        assert!(got.len() >= 2, "the daemon sent no Hello");
+        assert_eq!(got[0], 0x82, "the daemon's first frame is not its Hello (opcode {:#x})", got[0] & 0x0f);
+        let len = (got[1] & 0x7f) as usize;
+        assert_eq!(got.len(), 2 + 4 + len, "the daemon sent more than its Hello: {} bytes", got.len());
+    });
+    let addr = mirai::url::Address::parse(&url).unwrap();
+    let err = mirai::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).err();
+    host.join().unwrap();
+    assert!(err.is_some(), "the daemon accepted a host that did not prove itself");
+}
+
+/// A host that has not proved itself gets `PRE_AUTH_BYTES` of the daemon's
+/// reading, whatever it sends: WebSocket control frames need no message,
+/// so a fake host that streamed pings (here empty ones, as fast as it can)
+/// kept the daemon reading them, never back at its handshake deadline
+/// (measured with an R daemon: its 30 s deadline held for as long as the
+/// pings came, 70 s). The daemon now gives up at once.
+#[test]
+fn a_daemon_reads_a_few_kib_from_a_host_that_streams_pings() {
+    use mirai::proto::PRE_AUTH_BYTES;
+    let (url, host) = fake_ws_host(Vec::new(), |s| {
+        let pings = [0x89u8, 0].repeat(50_000);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(40) {
+            if s.write_all(&pings).is_err() {
+                return;
+            }
+        }
+    });
+    let addr = mirai::url::Address::parse(&url).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(mirai::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).err());
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(35))
+        .expect("the daemon kept reading pings past its handshake deadline")
+        .expect("the daemon connected to a host that never challenged it");
+    assert!(err.contains(&format!("more than {PRE_AUTH_BYTES} bytes")), "{err}");
     host.join().unwrap();
 }

@@ -322,6 +322,59 @@ test_that("an autoexit = FALSE daemon redials a squatter at its host's address a
   sq$kill()
 })
 
+# A squatter on an abstract socket name that never answers: "silent"
+# accepts every connection and says nothing; "full" never accepts, and
+# fills its accept queue itself, so a connect to it would wait.
+silent_squatter_py <- c(
+  "import socket, sys, time",
+  "name, mode, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])",
+  "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)",
+  "s.bind('\\0' + name)",
+  "s.listen(0)",
+  "held = []",
+  "if mode == 'full':",
+  "    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)",
+  "    c.connect('\\0' + name)",
+  "    held.append(c)",
+  "    time.sleep(secs)",
+  "else:",
+  "    s.settimeout(secs)",
+  "    try:",
+  "        while True: held.append(s.accept()[0])",
+  "    except socket.timeout: pass"
+)
+
+test_that("an autoexit = FALSE daemon facing a squatter that never answers still ends by its idletime", {
+  skip_unless_service(need_tools("python3"))
+  skip_if_not_installed("processx")
+  for (mode in c("silent", "full")) {
+    name <- sprintf("mirai-mute-%d-%d", Sys.getpid(), sample.int(1e6, 1L))
+    daemons(url = paste0("abstract://", name))
+    cmd <- launch_remote(1, autoexit = FALSE, idletime = 2000)
+    p <- processx::process$new("sh", c("-c", sub("Rscript", file.path(R.home("bin"), "Rscript"), cmd)),
+                               env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")),
+                               stdout = NULL, stderr = "|", cleanup_tree = TRUE)
+    expect_true(wait_until(function() status()$connections == 1L, 20))
+    expect_identical(mirai(6 * 7, .timeout = 10000)[], 42)
+    script <- tempfile(fileext = ".py")
+    writeLines(silent_squatter_py, script)
+    daemons(0)
+    # The host is gone; the name is taken at once by a squatter that never
+    # answers. The daemon redials it for its idle time (2 s), then ends:
+    # neither a connect nor a handshake may outlast that (they used to wait
+    # 30 s, and for ever on a full accept queue).
+    sq <- processx::process$new("python3", c(script, name, mode, "40"), stdout = NULL, stderr = NULL)
+    t0 <- Sys.time()
+    ended <- wait_until(function() !p$is_alive(), 15)
+    took <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
+    sq$kill()
+    if (!ended) p$kill_tree()
+    expect_true(ended, label = sprintf("%s squatter: the daemon ended", mode))
+    expect_lt(took, 8)
+    expect_identical(p$get_exit_status(), 0L)
+  }
+})
+
 test_that("ssh_config(): daemons launched over SSH return results", {
   sshd <- start_sshd()
   skip_unless_service(sshd)
