@@ -127,8 +127,11 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   first <- TRUE
   # Whatever error ends the daemon from here on (a setting it cannot read,
   # say) must be seen: the sinks go before R prints it. Tasks' own errors
-  # never get here; they are caught where the task is evaluated.
-  withCallingHandlers(error = function(e) unsink(), repeat {
+  # never get here; they are caught where the task is evaluated. A task's
+  # warnings that it does not handle itself would be kept by R and printed
+  # once daemon() returns, after the sinks: with output = FALSE they go.
+  quiet <- function(w) if (!output) invokeRestart("muffleWarning")
+  withCallingHandlers(error = function(e) unsink(), warning = quiet, repeat {
     if (!first) {
       # Reconnecting (autoexit = FALSE): retry for as long as the idle and
       # wall time limits allow, so that a daemon whose host is gone for good

@@ -565,3 +565,20 @@ test_that("a daemon whose host goes away mid-task says so on stderr as it ends (
   expect_true(wait_until(function() !p$is_alive(), 20))
   expect_match(p$read_all_error(), "the host went away during a task", fixed = TRUE)
 })
+
+test_that("a task's warnings stay on its daemon with output = FALSE, even once the daemon ends", {
+  skip_if_not_installed("processx")
+  daemons(url = local_url())
+  on.exit(daemons(0))
+  cmd <- launch_remote(1)
+  p <- processx::process$new("sh", c("-c", sub("Rscript", file.path(R.home("bin"), "Rscript"), cmd)),
+                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")),
+                             stdout = "|", stderr = "|", cleanup_tree = TRUE)
+  on.exit(p$kill_tree(), add = TRUE, after = FALSE)
+  expect_true(wait_until(function() status()$connections == 1L, 20))
+  expect_identical(mirai({ warning("left-behind warning"); 1 }, .timeout = 10000)[], 1)
+  daemons(0)
+  expect_true(wait_until(function() !p$is_alive(), 20))
+  expect_identical(p$get_exit_status(), 0L)
+  expect_no_match(paste(p$read_all_output(), p$read_all_error()), "left-behind warning", fixed = TRUE)
+})
