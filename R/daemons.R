@@ -388,6 +388,8 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     abort("`tls` and `pass` need a tls+tcp:// or wss:// `url`")
   # A function is called only when there is a key to decrypt.
   password <- if (!is.null(pem) || !is.function(pass)) tls_pass(pass)
+  # Refused credentials leave daemons already set as they were.
+  if (!is.null(pem)) .Call(C_mirai_tls_check, pem, password)
   if (n == 0 && is.null(url)) {
     reset_profile(.compute)
     return(invisible(FALSE))

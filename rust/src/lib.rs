@@ -71,6 +71,7 @@ pub unsafe extern "C" fn mirai_rust_init(
     let mut table = Vec::from(routines![
         profile::mirai_host_start / 10,
         profile::mirai_host_tlscert / 1,
+        profile::mirai_tls_check / 2,
         profile::mirai_host_url / 1,
         profile::mirai_host_submit / 3,
         profile::mirai_host_broadcast / 3,

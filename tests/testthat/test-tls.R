@@ -423,6 +423,13 @@ test_that("bad credentials are errors naming `tls` or `pass`, before anything is
     expect_false(daemons_set())
   }
   expect_identical(child_pids(), before)
+  # Daemons already set stay as they were when new credentials are refused.
+  daemons(url = "tcp://127.0.0.1:0")
+  set <- status()$daemons
+  expect_error(daemons(1, url = url, tls = c(a[["cert"]], b[["key"]])), "does not belong", fixed = TRUE)
+  expect_true(daemons_set())
+  expect_identical(status()$daemons, set)
+  daemons(0)
   # The good pair works.
   one_daemon(url, tls = c(a[["cert"]], f("a.enc.key")), pass = "pw")
 })

@@ -138,6 +138,20 @@ pub extern "C" fn mirai_host_start(
     })
 }
 
+/// Checks a user's TLS credentials (PEM text of the certificate chain and
+/// key; the key's password or NULL) as `mirai_host_start` would read them,
+/// so that `daemons()` can refuse them before it resets a profile. NULL, or
+/// an error naming `tls` or `pass`.
+#[no_mangle]
+pub extern "C" fn mirai_tls_check(tls: SEXP, pass: SEXP) -> SEXP {
+    entry(|| {
+        let pem = strs_arg(tls, "tls")?.join("\n");
+        let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
+        crate::tls::server_creds(&pem, pass.as_deref())?;
+        Ok(nil())
+    })
+}
+
 /// The PEM certificate chain daemons verify a `tls+tcp://` host with; NULL
 /// for other URLs.
 #[no_mangle]
