@@ -75,23 +75,89 @@
 mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .compute = NULL) {
   require_daemons(.compute)
   if (!is.function(.f)) abort(sprintf("`.f` must be of type function, not %s", typeof(.f)))
-  # `...` is evaluated here (once: each mirai() below reuses the values), so
-  # that an error in it names this call.
-  if (...length()) list(...)
+  # `...` is evaluated here (once), so that an error in it names this call.
+  globals <- if (...length()) named_list(list(...), "`...` arguments") else list()
   if (is.environment(.args)) .args <- as.list.environment(.args, all.names = TRUE)
   if (!is.list(.args)) abort(sprintf("`.args` must be a list, not %s", typeof(.args)))
   callbacks <- promise_callbacks(.promise)
+  d <- dim(.x)
+  if (length(d) > 2L)
+    abort(sprintf("`.x` has %d dimensions: mirai_map() maps over vectors, lists and the rows of 2-dimensional objects", length(d)))
+  prof <- profile_of(.compute)
+  # Sync mode, seeded profiles (a stream per element) and promises go
+  # element by element, as mirai() calls.
+  if (is.null(prof) || isTRUE(prof$sync) || !is.null(prof$seed) || length(callbacks))
+    return(map_each(.x, .f, globals, .args, callbacks, .compute))
+  invisible(map_native(prof, .x, d, .f, globals, .args))
+}
+
+# The whole map in one native call (see rust/src/r/map.rs): the function,
+# `.args` and globals travel once to each daemon (the shared part), each
+# element's frame carries only the element. A data frame or matrix small
+# enough travels in the shared part too, and each element is its row
+# number: the rows are taken on the daemons. The result is a list of
+# NULLs with the map's handle as attribute "handle": mirai objects are made
+# only for elements asked for with `[[` or `$`.
+map_native <- function(prof, .x, d, .f, globals, .args) {
+  args <- list(.x = NULL, .map_call = map_call, .f = .f, .args = .args)
+  expr <- quote(.map_call(.f, .x, .args))
+  if (length(d) < 2L) {
+    items <- as.list(.x)
+    nms <- names(.x)
+    wrap <- TRUE
+  } else {
+    nms <- if (is.data.frame(.x)) {
+      rn <- attr(.x, "row.names")
+      if (is.character(rn)) rn
+    } else rownames(.x)
+    if (utils::object.size(.x) <= MAP_SHARE_ROWS_BYTES) {
+      items <- as.list(seq_len(d[[1L]]))
+      args <- c(args, list(.map_row = map_row, .data = .x))
+      expr <- quote(.map_call(.f, .map_row(.data, .x), .args))
+    } else {
+      items <- unname(map_items(.x))
+    }
+    wrap <- FALSE
+  }
+  shared <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
+  h <- .Call(C_mirai_map_submit, prof$host, shared, items, wrap)
+  out <- vector("list", length(items))
+  names(out) <- nms
+  attr(out, "handle") <- h
+  class(out) <- "mirai_map"
+  out
+}
+
+# A data frame or matrix up to this size goes to each daemon whole, its
+# rows taken there; a larger one is cut into rows here, so that each row
+# crosses the wire once.
+MAP_SHARE_ROWS_BYTES <- 16e6
+
+# Runs on the daemon: row `i` of `x` as an argument list.
+map_row <- function(x, i) {
+  if (is.data.frame(x)) return(lapply(x, `[[`, i))
+  row <- as.list(x[i, , drop = TRUE])
+  names(row) <- colnames(x)
+  row
+}
+
+# One mirai() per element: sync mode, seeded profiles, `.promise`.
+map_each <- function(.x, .f, globals, .args, callbacks, .compute) {
   items <- map_items(.x)
   task <- quote(.map_call(.f, .x, .args))
   out <- vector("list", length(items))
+  genv <- if (length(globals)) list2env(globals)
   for (i in seq_along(items)) {
-    out[[i]] <- mirai(.expr = task, ..., .args = list(.map_call = map_call, .f = .f, .x = items[[i]], .args = .args),
-                      .compute = .compute)
+    args <- list(.map_call = map_call, .f = .f, .x = items[[i]], .args = .args)
+    out[[i]] <- if (is.null(genv)) mirai(.expr = task, .args = args, .compute = .compute)
+                else mirai(.expr = task, genv, .args = args, .compute = .compute)
   }
   names(out) <- names(items)
   if (length(callbacks)) for (m in out) promises::then(m, onFulfilled = callbacks[[1L]], onRejected = callbacks[[2L]])
   invisible(structure(out, class = "mirai_map"))
 }
+
+map_handle <- function(x) attr(x, "handle", exact = TRUE)
 
 # Runs on the daemon. Calling `.f` by name gives errors a readable call
 # ("Error in .f(3L): ...") instead of the deparsed function; only language
@@ -147,7 +213,8 @@ promise_callbacks <- function(.promise) {
 
 #' @export
 print.mirai_map <- function(x, ...) {
-  done <- sum(!vapply(x, unresolved, logical(1L)))
+  h <- map_handle(x)
+  done <- if (is.null(h)) sum(!vapply(x, unresolved, logical(1L))) else .Call(C_mirai_map_resolved, h)
   cat(sprintf("< mirai map [%d/%d] >\n", done, length(x)))
   invisible(x)
 }
@@ -171,6 +238,30 @@ is_mirai_map <- function(x) inherits(x, "mirai_map")
 `[.mirai_map` <- function(x, i, ...) {
   opts <- if (missing(i)) list(...) else c(list(i), list(...))
   collect_list(x, collect_options(opts))
+}
+
+#' @export
+`[[.mirai_map` <- function(x, i, ...) {
+  h <- map_handle(x)
+  if (is.null(h)) return(.subset2(x, i, ...))
+  k <- if (is.character(i) && length(i) == 1L) match(i, names(x)) else i
+  if (!is.numeric(k) || length(k) != 1L || is.na(k) || k < 1 || k > length(x))
+    abort(sprintf("subscript out of bounds: the map has %d elements", length(x)))
+  .Call(C_mirai_map_element, h, as.double(k))
+}
+
+#' @export
+`$.mirai_map` <- function(x, name) {
+  k <- match(name, names(x))
+  if (is.na(k)) NULL else x[[k]]
+}
+
+#' @export
+as.list.mirai_map <- function(x, ...) {
+  if (is.null(map_handle(x))) return(unclass(x))
+  out <- lapply(seq_along(x), function(i) x[[i]])
+  names(out) <- names(x)
+  out
 }
 
 #' @rdname mirai_map
@@ -221,6 +312,8 @@ collect_options <- function(options) {
 
 # Waits for each element in turn (interruptibly: `m[]`), applying the options.
 collect_list <- function(x, opts) {
+  h <- if (inherits(x, "mirai_map")) map_handle(x)
+  if (!is.null(h)) return(collect_map(x, h, opts))
   n <- length(x)
   out <- vector("list", n)
   tick <- progress_bar(n, opts$.progress, environment())
@@ -237,6 +330,46 @@ collect_list <- function(x, opts) {
   }
   names(out) <- names(x)
   if (isTRUE(opts$.flat)) unlist(out, recursive = FALSE) else out
+}
+
+# collect_list() for a native map: in one call without a progress bar.
+collect_map <- function(x, h, opts) {
+  n <- length(x)
+  stops <- opts$.stop || opts$.flat
+  tick <- progress_bar(n, opts$.progress, environment())
+  if (is.null(tick)) {
+    out <- .Call(C_mirai_map_collect, h, stops)
+    if (is.numeric(out) && !is.list(out)) {
+      # As element by element: a type clash before the error comes first.
+      if (opts$.flat && out > 2L) {
+        for (j in 2:(out - 1L)) flat_check(x, .Call(C_mirai_map_value, h, 1), .Call(C_mirai_map_value, h, j))
+      }
+      stop_collection(x, out, .Call(C_mirai_map_value, h, out))
+    }
+    if (opts$.flat && n > 1L) {
+      types <- vapply(out, typeof, character(1L))
+      bad <- which(types != types[[1L]])
+      if (length(bad)) flat_check(x, out[[1L]], out[[bad[[1L]]]])
+    }
+  } else {
+    out <- vector("list", n)
+    for (i in seq_len(n)) {
+      v <- .Call(C_mirai_map_value, h, i)
+      if (stops && is_error_value(v)) stop_collection(x, i, v)
+      if (opts$.flat && i > 1L) flat_check(x, out[[1L]], v)
+      out[i] <- list(v)
+      tick(i)
+    }
+  }
+  names(out) <- names(x)
+  if (isTRUE(opts$.flat)) unlist(out, recursive = FALSE) else out
+}
+
+flat_check <- function(x, first, v) {
+  if (typeof(v) != typeof(first)) {
+    stop_mirai(x)
+    abort(sprintf("Cannot flatten outputs of differing type: %s / %s", typeof(first), typeof(v)))
+  }
 }
 
 # The first error value ends the collection: the rest is of no use, so it is

@@ -262,7 +262,10 @@ aio_of <- function(x) .subset2(x, "aio")
 #' daemons(0)
 #' @export
 call_mirai <- function(x) {
-  if (is_mirai_list(x)) {
+  h <- if (inherits(x, "mirai_map")) map_handle(x)
+  if (!is.null(h)) {
+    .Call(C_mirai_map_wait, h)
+  } else if (is_mirai_list(x)) {
     for (m in x) call_mirai(m)
   } else if (inherits(x, "mirai")) {
     aio <- aio_of(x)
@@ -310,6 +313,8 @@ unresolved <- function(x) {
     return(!is.null(aio) && !.Call(C_mirai_aio_collect, aio, x))
   }
   if (inherits(x, "unresolvedValue")) return(TRUE)
+  h <- if (inherits(x, "mirai_map")) map_handle(x)
+  if (!is.null(h)) return(.Call(C_mirai_map_resolved, h) < length(x))
   if (is_mirai_list(x)) {
     for (m in x) if (unresolved(m)) return(TRUE)
   }
@@ -348,6 +353,8 @@ is_mirai <- function(x) inherits(x, "mirai")
 #' daemons(0)
 #' @export
 stop_mirai <- function(x) {
+  h <- if (inherits(x, "mirai_map")) map_handle(x)
+  if (!is.null(h)) return(.Call(C_mirai_map_cancel, h))
   if (is_mirai_list(x)) return(vapply(x, stop_mirai, logical(1L)))
   if (!inherits(x, "mirai")) return(FALSE)
   aio <- aio_of(x)

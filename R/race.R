@@ -30,6 +30,7 @@
 race_mirai <- function(x, .compute = NULL) {
   needed_profile(.compute)
   if (is_mirai(x)) x <- list(x)
+  if (inherits(x, "mirai_map")) x <- as.list(x)
   if (!is.list(x)) abort(sprintf("`x` must be a list of mirai, not %s", typeof(x)))
   .Call(C_mirai_race, lapply(unclass(x), function(m) if (is_mirai(m)) aio_of(m)))
 }

@@ -37,7 +37,10 @@ const HANGUP: libc::c_short = libc::POLLRDHUP;
 const HANGUP: libc::c_short = 0;
 
 pub enum Incoming {
-    Task { id: u64, body: Vec<u8>, offset: usize },
+    /// A task; `sid`: for a map's element (`Msg::Item`), its share.
+    Task { id: u64, body: Vec<u8>, offset: usize, sid: Option<u64> },
+    /// A map's shared part, for cache slot `slot` (`Msg::Share`).
+    Share { sid: u64, slot: u8, body: Vec<u8>, offset: usize },
     /// The host closed the connection.
     Closed,
     /// The host asked this daemon to exit (`daemons(NULL)`).
@@ -79,6 +82,10 @@ pub struct ClientConn {
     /// thread reads once after connecting.
     pub init_stream: Option<[i32; 7]>,
     pub init_settings: Vec<u8>,
+    /// The share held in each cache slot (0: none), as the host placed
+    /// them (`Msg::Share`); the values themselves are R objects, kept by
+    /// R's side of the loop.
+    pub shares: [u64; proto::SHARE_SLOTS],
 }
 
 /// The daemon's own limits, kept here so the receive-evaluate-reply loop
@@ -268,7 +275,7 @@ impl ClientConn {
             match &next {
                 Incoming::Task { id, .. } => sh.evaluating.store(*id, Ordering::Release),
                 Incoming::Closed | Incoming::Exit | Incoming::Broken(_) => sh.closed.store(true, Ordering::Release),
-                Incoming::Nothing => {}
+                Incoming::Nothing | Incoming::Share { .. } => {}
             }
             return Ok(next);
         }
@@ -463,6 +470,7 @@ fn handshake(
             limits: Limits::default(),
             init_stream: rng,
             init_settings: body[hop + off..].to_vec(),
+            shares: [0; proto::SHARE_SLOTS],
         }),
         Msg::Init { version, .. } => Err(version_mismatch(version)),
         m => Err(format!("unexpected message from host during the handshake: {}", kind(&m))),
@@ -489,6 +497,8 @@ fn kind(m: &Msg) -> &'static str {
         Msg::Exit => "Exit",
         Msg::Challenge { .. } => "Challenge",
         Msg::Welcome { .. } => "Welcome",
+        Msg::Share { .. } => "Share",
+        Msg::Item { .. } => "Item",
     }
 }
 
@@ -531,7 +541,11 @@ fn classify(body: Vec<u8>) -> Result<Option<Incoming>, String> {
     let hop = strip_hop(&body).map_err(|e| format!("the host sent a malformed message ({e})"))?;
     let (msg, off) = proto::decode(&body[hop..]).map_err(|e| format!("the host sent a {e}"))?;
     Ok(match msg {
-        Msg::Task { id } => Some(Incoming::Task { id, body, offset: hop + off }),
+        Msg::Task { id } => Some(Incoming::Task { id, body, offset: hop + off, sid: None }),
+        Msg::Item { id, sid } => Some(Incoming::Task { id, body, offset: hop + off, sid: Some(sid) }),
+        Msg::Share { sid, slot } if (slot as usize) < proto::SHARE_SLOTS => {
+            Some(Incoming::Share { sid, slot, body, offset: hop + off })
+        }
         Msg::Exit => Some(Incoming::Exit),
         Msg::Cancel { .. } => None,
         m => return Err(format!("the host sent an unexpected message ({})", kind(&m))),

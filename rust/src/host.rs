@@ -55,7 +55,7 @@ use crate::aio::{Doorbell, Outcome, Slot};
 use crate::auth::{self, Prover};
 use crate::decoder::Decoder;
 use crate::frame::{strip_hop, Framing, SP_HEADER, TASK_WHOLE};
-use crate::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
+use crate::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION, SHARE_SLOTS};
 use crate::rng;
 use crate::threads::{self, lock};
 use crate::sched::{Action, Counters, Sched, TaskId, ERR_RESET, ERR_TIMEOUT};
@@ -230,6 +230,9 @@ impl Host {
             dead: None,
             fault: false,
             report_unwritten: !opts.dispatcher,
+            shares: HashMap::new(),
+            next_sid: 1,
+            share_clock: 0,
         }));
         let lp = EventLoop { poll, core: core.clone() };
         let on_panic = {
@@ -330,7 +333,7 @@ impl Host {
             core.framing.finish(&mut frame);
             let bytes = frame.len() as u64;
             core.frames.hold(bytes);
-            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, slot });
+            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: None, slot });
             core.submitted = true;
             let acts = match node {
                 None => core.sched.submit_sized(id, bytes),
@@ -351,6 +354,77 @@ impl Host {
                 // The loop thread must recompute its poll timeout.
                 core.wake();
             }
+        })
+    }
+
+    /// The share id of content with SHA-256 `hash` (see `submit_map`): the
+    /// same content keeps its id while the host remembers it (the last
+    /// `SHARE_TABLE` contents), so daemons holding it are not sent it again.
+    pub fn share_id(&self, hash: [u8; 32]) -> Result<u64, String> {
+        self.with_core(|core| {
+            if let Some((sid, _)) = core.shares.get(&hash) {
+                return *sid;
+            }
+            if core.shares.len() >= SHARE_TABLE {
+                core.shares.retain(|_, (_, w)| w.strong_count() > 0);
+                if core.shares.len() >= SHARE_TABLE {
+                    // Forgotten ids are never reused: a daemon that holds
+                    // one is sent the content again, under a new id.
+                    core.shares.clear();
+                }
+            }
+            let sid = core.next_sid;
+            core.next_sid += 1;
+            core.shares.insert(hash, (sid, std::rc::Weak::new()));
+            sid
+        })
+    }
+
+    /// `mirai_map()`: queues a map's elements at once, under one lock.
+    /// `shared` is the payload every element needs (its function, `.args`
+    /// and globals, R-serialized), `hash` its SHA-256: it travels to each
+    /// daemon once, before the first of the map's elements that daemon
+    /// takes, and not at all to a daemon that still holds the same content
+    /// from an earlier map. `items`: each element's id, frame (built by
+    /// `task_frame` with an `Item` envelope, see `item_frame`) and slot.
+    /// `sid`: from `share_id(hash)`.
+    pub fn submit_map(
+        &self,
+        mut shared: Vec<u8>,
+        hash: [u8; 32],
+        sid: u64,
+        items: Vec<(TaskId, Vec<u8>, Arc<Slot>)>,
+    ) -> Result<(), String> {
+        self.with_core(|core| {
+            if core.stopped || core.shutdown.is_some() {
+                for (_, _, slot) in &items {
+                    slot.complete(Outcome::Error(ERR_RESET));
+                }
+                return;
+            }
+            let live = core.shares.get(&hash).and_then(|(_, w)| w.upgrade());
+            let payload = match live {
+                Some(p) => p,
+                None => {
+                    shared.push(TASK_WHOLE);
+                    Rc::new(shared)
+                }
+            };
+            core.shares.insert(hash, (sid, Rc::downgrade(&payload)));
+            let part = SharedPart { sid, payload };
+            core.submitted = true;
+            let mut acts = Vec::new();
+            for (id, mut frame, slot) in items {
+                core.framing.finish(&mut frame);
+                let bytes = frame.len() as u64;
+                core.frames.hold(bytes);
+                core.tasks.insert(
+                    id,
+                    TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: Some(part.clone()), slot },
+                );
+                acts.extend(core.sched.submit_sized(id, bytes));
+            }
+            core.apply(acts, None);
         })
     }
 
@@ -396,7 +470,7 @@ impl Host {
             core.frames.hold(bytes);
             core.tasks.insert(
                 id,
-                TaskEntry { frame: Some(Rc::new(head)), bytes, tail: Some(payload.clone()), slot: slot.clone() },
+                TaskEntry { frame: Some(Rc::new(head)), bytes, tail: Some(payload.clone()), share: None, slot: slot.clone() },
             );
             let acts = match d {
                 Some(d) => core.sched.submit_to(id, d),
@@ -451,12 +525,34 @@ struct Conn {
     /// The challenge sent on accept, which its Hello must answer.
     nonce: [u8; NONCE_LEN],
     retiring: bool,
+    /// The share in each of the daemon's cache slots, and when it was last
+    /// used (`Core::share_clock`; 0: empty). The daemon fills its slots as
+    /// the `Share` frames say, in stream order, so this is what it holds.
+    shares: [(u64, u64); SHARE_SLOTS],
 }
 
 impl Conn {
     /// Queues a frame that belongs to no task (a control message).
     fn push(&mut self, frame: Rc<Vec<u8>>) {
         self.wq.push(frame, NO_TASK);
+    }
+
+    /// Makes sure the daemon holds share `sh` before the next frame: if
+    /// none of its slots does, the least recently used one gets it (a
+    /// `Share` frame, its payload shared by every daemon's queue).
+    fn hold_share(&mut self, sh: &SharedPart, framing: Framing, clock: u64) {
+        if let Some(k) = self.shares.iter().position(|s| s.0 == sh.sid) {
+            self.shares[k].1 = clock;
+            return;
+        }
+        let k = (0..SHARE_SLOTS).min_by_key(|&k| self.shares[k].1).unwrap_or(0);
+        self.shares[k] = (sh.sid, clock);
+        let mut head = Vec::with_capacity(32);
+        framing.begin(&mut head);
+        proto::encode_into(&Msg::Share { sid: sh.sid, slot: k as u8 }, &mut head);
+        framing.finish_with_tail(&mut head, sh.payload.len());
+        self.push(Rc::new(head));
+        self.wq.push_tail(sh.payload.clone(), NO_TASK);
     }
 
     /// Writes as much as the socket takes. Err means the peer is gone.
@@ -535,8 +631,21 @@ struct TaskEntry {
     bytes: u64,
     /// The rest of the frame when its payload is shared (a broadcast).
     tail: Option<Rc<Vec<u8>>>,
+    /// A map's element: the share its daemon must hold first (`Msg::Share`).
+    share: Option<SharedPart>,
     slot: Arc<Slot>,
 }
+
+/// A map's shared part (see `Host::submit_map`): its share id and the
+/// payload of its `Share` frame, one buffer for every daemon.
+#[derive(Clone)]
+struct SharedPart {
+    sid: u64,
+    payload: Rc<Vec<u8>>,
+}
+
+/// Most content hashes the host remembers the share ids of.
+const SHARE_TABLE: usize = 64;
 
 // Rc inside: the Core is only ever touched under its mutex, one thread at
 // a time, so the frames it shares between queues never cross threads
@@ -586,6 +695,13 @@ struct Core {
     /// Tell the scheduler each daemon's unwritten bytes (it uses them only
     /// without a dispatcher).
     report_unwritten: bool,
+    /// Share ids by the SHA-256 of their content, with the content while a
+    /// task holds it: the same shared part gets the same id, so a daemon
+    /// that holds it is not sent it again.
+    shares: HashMap<[u8; 32], (u64, std::rc::Weak<Vec<u8>>)>,
+    next_sid: u64,
+    /// Orders the uses of daemons' share slots (least recently used goes).
+    share_clock: u64,
 }
 
 // SAFETY: see the comment on Core: all access is serialized by the mutex.
@@ -657,6 +773,15 @@ fn task_head(framing: Framing, id: TaskId) -> Vec<u8> {
     let mut b = Vec::with_capacity(32);
     framing.begin(&mut b);
     proto::encode_into(&Msg::Task { id }, &mut b);
+    b
+}
+
+/// A frame's prefix and the envelope of element `id` of a map whose shared
+/// part is share `sid`; the payload follows.
+pub fn item_head(framing: Framing, id: TaskId, sid: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(32);
+    framing.begin(&mut b);
+    proto::encode_into(&Msg::Item { id, sid }, &mut b);
     b
 }
 
@@ -794,7 +919,7 @@ impl Core {
                         // Until its Hello is accepted a peer may send only small
                         // messages: a huge length must not make the host
                         // allocate it.
-                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: WriteQueue::default(), ready: false, nonce, retiring: false };
+                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: WriteQueue::default(), ready: false, nonce, retiring: false, shares: [(0, 0); SHARE_SLOTS] };
                     c.push(Rc::new(SP_HEADER.to_vec()));
                     c.push(control_frame(framing, &Msg::Challenge { version: PROTOCOL_VERSION, nonce }));
                     self.conns.insert(token, c);
@@ -959,7 +1084,12 @@ impl Core {
             match a {
                 Action::Send { daemon, task } => {
                     let tok = Token(daemon as usize);
+                    self.share_clock += 1;
+                    let (framing, clock) = (self.framing, self.share_clock);
                     if let (Some(c), Some(te)) = (self.conns.get_mut(&tok), self.tasks.get(&task)) {
+                        if let (Some(sh), Some(_)) = (&te.share, &te.frame) {
+                            c.hold_share(sh, framing, clock);
+                        }
                         if let Some(f) = &te.frame {
                             c.wq.push(f.clone(), task);
                         }

@@ -66,7 +66,7 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: ProtectFn, 
     // R errors are reported through R; Rust's default panic message would
     // only add noise (panics are caught and turned into R errors).
     std::panic::set_hook(Box::new(|_| {}));
-    let _ = r::handle::init_tags(&[c"mirai_profile", c"mirai_aio", c"mirai_conn"]);
+    let _ = r::handle::init_tags(&[c"mirai_profile", c"mirai_aio", c"mirai_conn", c"mirai_map"]);
     let mut table: Vec<R_CallMethodDef> = routines![
         profile::mirai_host_start,
         profile::mirai_host_tlscert,
@@ -91,6 +91,13 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: ProtectFn, 
         mirai::mirai_race,
         mirai::mirai_aio_done,
         mirai::mirai_on_resolve,
+        map::mirai_map_submit,
+        map::mirai_map_collect,
+        map::mirai_map_value,
+        map::mirai_map_element,
+        map::mirai_map_resolved,
+        map::mirai_map_wait,
+        map::mirai_map_cancel,
         node::mirai_node_send,
         node::mirai_node_recv,
         node::mirai_cluster_recv,

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 /// Bumped whenever the envelope or its meaning changes. 3: the daemon
 /// answers a `Challenge` with an HMAC instead of sending the secret. 4: the
 /// host proves itself too (`Welcome`), both proofs over both sides' nonces;
-/// a task's body ends in `frame::TASK_WHOLE`.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// a task's body ends in `frame::TASK_WHOLE`. 5: `Share` and `Item`, a
+/// map's shared part sent once per daemon and its elements.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Bytes of the host's challenge nonce and of the daemon's HMAC-SHA256.
 pub const NONCE_LEN: usize = 32;
@@ -72,7 +73,20 @@ pub enum Msg<'a> {
     /// host runs without authentication (`auth = FALSE`), which a daemon
     /// that holds a secret refuses.
     Welcome { mac: Option<[u8; MAC_LEN]> },
+    /// Host to daemon: keep the payload (the R-serialized shared part of
+    /// a map: function, `.args`, globals; ending in `frame::TASK_WHOLE`) as
+    /// share `sid`, in cache slot `slot` (below `SHARE_SLOTS`), replacing
+    /// what that slot held. The host decides which slot each share takes,
+    /// so both ends agree on what the daemon holds without a reply.
+    Share { sid: u64, slot: u8 },
+    /// Host to daemon: evaluate element `id` of a map whose shared part is
+    /// share `sid`, sent earlier on this connection; the payload is the
+    /// element (R-serialized, ending in `frame::TASK_WHOLE`).
+    Item { id: u64, sid: u64 },
 }
+
+/// Shares a daemon keeps at once (per connection).
+pub const SHARE_SLOTS: usize = 4;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<ENVELOPE_LIMIT>()

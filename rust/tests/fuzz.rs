@@ -1800,7 +1800,7 @@ fn handshake(url: &str) {
     let (tid, body, offset) = loop {
         assert!(Instant::now() < until, "{url}: the task never reached the daemon");
         match daemon.recv(Duration::from_millis(200)).unwrap() {
-            Incoming::Task { id, body, offset } => break (id, body, offset),
+            Incoming::Task { id, body, offset, .. } => break (id, body, offset),
             Incoming::Nothing => continue,
             Incoming::Closed => panic!("{url}: host closed the legitimate daemon"),
             Incoming::Exit => panic!("{url}: host told the legitimate daemon to exit"),

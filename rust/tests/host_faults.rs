@@ -153,7 +153,7 @@ fn silent_peers_beyond_the_cap_make_room_and_daemons_still_join() {
     let slot = Slot::new(host.bell.clone());
     host.submit(id, task_frame(&host, id, b"payload"), slot, None).unwrap();
     match d.recv(Duration::from_secs(5)).unwrap() {
-        Incoming::Task { id: got, body, offset } => {
+        Incoming::Task { id: got, body, offset, .. } => {
             assert_eq!(got, id);
             assert_eq!(mirai::frame::task_payload(&body[offset..]), Some(&b"payload"[..]));
         }
@@ -242,7 +242,7 @@ fn a_daemon_resumes_a_frame_that_arrives_in_pieces() {
         assert!(Instant::now() < until, "the task never completed");
         match d.recv(Duration::from_millis(50)).unwrap() {
             Incoming::Nothing => continue,
-            Incoming::Task { id, body, offset } => {
+            Incoming::Task { id, body, offset, .. } => {
                 assert_eq!(id, 7);
                 assert_eq!(body.len() - offset, 300_000);
                 assert!(body[offset..].iter().all(|&b| b == 9));
@@ -547,7 +547,7 @@ fn a_persistent_daemon_redials_past_a_squatter_to_the_real_host() {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         assert!(Instant::now() < until, "no task from the real host");
-        if let Incoming::Task { id: got, body, offset } = d.recv(Duration::from_millis(100)).unwrap() {
+        if let Incoming::Task { id: got, body, offset, .. } = d.recv(Duration::from_millis(100)).unwrap() {
             assert_eq!(got, id);
             assert_eq!(mirai::frame::task_payload(&body[offset..]), Some(&b"real"[..]));
             break;

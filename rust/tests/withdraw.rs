@@ -81,7 +81,7 @@ fn next_task(d: &mut ClientConn, what: &str) -> (u64, Vec<u8>, usize) {
     loop {
         assert!(Instant::now() < until, "{what}: no task arrived");
         match d.recv(Duration::from_millis(200)).unwrap() {
-            Incoming::Task { id, body, offset } => return (id, body, offset),
+            Incoming::Task { id, body, offset, .. } => return (id, body, offset),
             Incoming::Nothing => continue,
             Incoming::Closed => panic!("{what}: the host closed the connection"),
             Incoming::Exit => panic!("{what}: the host said exit"),

@@ -1957,7 +1957,7 @@ fn a_daemon_takes_large_messages_once_the_host_is_accepted() {
     let body = loop {
         assert!(Instant::now() < deadline, "no task within 10 s");
         match c.recv(Duration::from_millis(100)).unwrap() {
-            mirai::client::Incoming::Task { id: 1, body, offset } => break body[offset..].to_vec(),
+            mirai::client::Incoming::Task { id: 1, body, offset, .. } => break body[offset..].to_vec(),
             mirai::client::Incoming::Nothing => {}
             _ => panic!("the connection ended before the task"),
         }

@@ -1,7 +1,7 @@
 //! `.Call`s for the daemon's receive-evaluate-reply loop (R/daemon.R).
 
 use super::call::{clear_interrupt, interrupt_pending, RError, RResult};
-use super::ffi::SEXP;
+use super::ffi::{SEXP, STRSXP};
 use super::lang::*;
 use super::node::node_payload_names;
 use super::handle::{handle, kept, new_handle, set_kept, Held, Tagged};
@@ -10,6 +10,7 @@ use super::serial;
 use super::value::*;
 use crate::client::{ClientConn, ExitCode, Incoming};
 use crate::frame::task_payload;
+use crate::proto::SHARE_SLOTS;
 use crate::threads::lock;
 use crate::url::Address;
 use std::ffi::CStr;
@@ -90,7 +91,11 @@ pub fn mirai_daemon_limits(h: SEXP, idle: SEXP, wall: SEXP, tasks: SEXP) -> RRes
 }
 
 enum Got {
-    Task(u64, Vec<u8>, usize),
+    /// Id, body, payload offset, and for a map's element its share.
+    Task(u64, Vec<u8>, usize, Option<u64>),
+    /// A map's shared part (the connection has recorded its id): cache
+    /// slot, body, payload offset.
+    Share(u8, Vec<u8>, usize),
     Code(ExitCode),
     /// The host broke the protocol: why.
     Broken(String),
@@ -109,7 +114,11 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
             Ok(None) => Duration::from_millis(200),
         };
         match c.recv(slice)? {
-            Incoming::Task { id, body, offset } => return Ok(Got::Task(id, body, offset)),
+            Incoming::Task { id, body, offset, sid } => return Ok(Got::Task(id, body, offset, sid)),
+            Incoming::Share { sid, slot, body, offset } => {
+                c.shares[slot as usize] = sid;
+                return Ok(Got::Share(slot, body, offset));
+            }
             Incoming::Closed => return Ok(Got::Code(ExitCode::Closed)),
             Incoming::Exit => return Ok(Got::Code(ExitCode::ExitRequested)),
             Incoming::Broken(why) => return Ok(Got::Broken(why)),
@@ -137,10 +146,14 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
 pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RResult {
     let cleanup = bool_arg(cleanup, "cleanup")?;
     loop {
-        let (id, body, offset) = match next_task(h)? {
+        let (id, body, offset, sid) = match next_task(h)? {
             Got::Code(code) => return int(code as i32),
             Got::Broken(why) => return string(&why),
-            Got::Task(id, body, offset) => (id, body, offset),
+            Got::Task(id, body, offset, sid) => (id, body, offset, sid),
+            Got::Share(slot, body, offset) => {
+                keep_share(h, box_, slot, &body[offset..])?;
+                continue;
+            }
         };
         // A task the host withdrew mid-write (cancelled or timed out
         // meanwhile) arrives whole but with filler for a payload: it is
@@ -159,6 +172,15 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RRe
             Some(Err(e)) => return answer(nil(), &format!("cannot unserialize task: {e}")),
             None => return answer(nil(), "the host withdrew this task before it was fully sent"),
         };
+        if let Some(sid) = sid {
+            return match map_task(h, box_, sid, d.sexp())? {
+                Ok(data) => {
+                    let idv = real(id as f64)?;
+                    list(&[idv.sexp(), data.sexp()], &[])
+                }
+                Err(why) => answer(nil(), &why),
+            };
+        }
         if !is_node_task(d.sexp())? {
             let idv = real(id as f64)?;
             return list(&[idv.sexp(), d.sexp()], &[]);
@@ -201,6 +223,73 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RRe
             },
         }
     }
+}
+
+/// The symbols under which the loop's environment `box` keeps each share
+/// slot's value (see `Msg::Share`): the share's R object, or a string, why
+/// it could not be read.
+struct ShareConsts {
+    slots: [SEXP; SHARE_SLOTS],
+    /// c("._expr_.", "._globals_.", "._args_."): a task's payload.
+    task_names: SEXP,
+    names: SEXP,
+}
+
+static SHARE: MainOnce<ShareConsts> = MainOnce::new();
+
+fn share_consts() -> Result<&'static ShareConsts, RError> {
+    SHARE.get(|| {
+        Ok(ShareConsts {
+            slots: [install(c"._share1_.")?, install(c"._share2_.")?, install(c"._share3_.")?, install(c"._share4_.")?],
+            task_names: preserved_strings(&[c"._expr_.", c"._globals_.", c"._args_."])?,
+            names: install(c"names")?,
+        })
+    })
+}
+
+/// Keeps a map's shared part (`payload`, its frame's payload) in `box`
+/// for cache slot `slot` (the connection has recorded its id). One that
+/// cannot be read is kept as the reason, which its elements are answered
+/// with.
+fn keep_share(h: SEXP, box_: SEXP, slot: u8, payload: &[u8]) -> Result<(), RError> {
+    let k = share_consts()?;
+    let value = match task_payload(payload).map(|p| serial::unserialize_with(p, kept(h))) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => string(&format!("cannot unserialize the map's shared arguments: {e}"))?,
+        None => string("the host withdrew the map's shared arguments")?,
+    };
+    env_set(box_, k.slots[slot as usize], value.sexp())
+}
+
+/// The task payload of a map's element `elem` whose share is `sid`:
+/// `list(._expr_., ._globals_., ._args_.)` from the share, with `elem` as
+/// the first of the arguments (`.x`, see map_shared() in R/map.R). Err:
+/// why the element cannot run.
+fn map_task(h: SEXP, box_: SEXP, sid: u64, elem: SEXP) -> Result<Result<Owned, String>, RError> {
+    let k = share_consts()?;
+    let slot = {
+        let g = lock(conn(&h)?);
+        let c = g.as_ref().ok_or("connection is closed")?;
+        c.shares.iter().position(|&s| s == sid && s != 0)
+    };
+    let Some(slot) = slot else {
+        return Ok(Err("the map's shared arguments never arrived".into()));
+    };
+    let shared = env_get(box_, k.slots[slot])?;
+    let shared = shared.sexp();
+    if !is_list(shared) || len(shared) != 3 || !is_list(list_at(shared, 2)) || len(list_at(shared, 2)) == 0 {
+        return Ok(Err(if type_of(shared) == STRSXP && len(shared) == 1 {
+            string_at(shared, 0)
+        } else {
+            "the map's shared arguments are not as expected".into()
+        }));
+    }
+    let args = list_at(shared, 2);
+    let mut items: Vec<SEXP> = (0..len(args)).map(|i| list_at(args, i)).collect();
+    items[0] = elem;
+    let names = attr(args, k.names)?;
+    let args = list_named(&items, names.sexp(), nil())?;
+    Ok(Ok(list_named(&[list_at(shared, 0), list_at(shared, 1), args.sexp()], k.task_names, nil())?))
 }
 
 /// The message part of an error as R's default handler records it

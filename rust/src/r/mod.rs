@@ -27,6 +27,7 @@
 //! function of `SEXP` arguments returning `RResult`; lib.rs registers it.
 //! - `profile`: a compute profile's host and its local children;
 //! - `mirai`: mirai handles, values, waits, races, cancellation;
+//! - `map`: `mirai_map()`, a whole map in one handle;
 //! - `node`: a cluster node's tasks (parallel's hot path);
 //! - `daemon`: the daemon's receive-evaluate-reply loop;
 //! - `helpers`: random hex, addresses, RNG streams, constants.
@@ -44,6 +45,7 @@ pub mod handle;
 pub mod helpers;
 pub mod lang;
 pub mod later;
+pub mod map;
 pub mod mirai;
 pub mod node;
 pub mod object;

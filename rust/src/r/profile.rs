@@ -30,7 +30,7 @@ impl Tagged for Arc<Profile> {
     const TAG: &'static CStr = c"mirai_profile";
 }
 
-fn profile(p: &impl Held) -> Result<&Arc<Profile>, RError> {
+pub(super) fn profile(p: &impl Held) -> Result<&Arc<Profile>, RError> {
     handle::<Arc<Profile>>(p, "profile")
 }
 

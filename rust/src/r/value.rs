@@ -381,6 +381,21 @@ pub fn ints(vals: &[i32]) -> Result<Owned, RError> {
     unsafe { rooted(make) }
 }
 
+/// A logical vector of `vals` (0 FALSE, else TRUE).
+pub fn lgls(vals: &[i32]) -> Result<Owned, RError> {
+    let make = |r: &InR| {
+        let v = r.alloc(SEXPTYPE::LGLSXP, vals.len());
+        if !vals.is_empty() {
+            // SAFETY: `v` is a new logical vector of vals.len() elements,
+            // stored as ints.
+            unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), LOGICAL(v), vals.len()) };
+        }
+        v
+    };
+    // SAFETY: see above.
+    unsafe { rooted(make) }
+}
+
 /// A double vector with names.
 pub fn named_reals(vals: &[f64], names: &[&str]) -> Result<Owned, RError> {
     debug_assert_eq!(vals.len(), names.len());

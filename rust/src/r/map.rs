@@ -1,0 +1,262 @@
+//! `.Call`s for `mirai_map()` (R/map.R): a whole map submitted in one call,
+//! its values collected in one call.
+//!
+//! A map is one handle (`MapHandle`): its elements' task ids and slots.
+//! No mirai object is made per element unless R asks for one
+//! (`mirai_map_element`, for `mp[[i]]`): on a map of tiny elements the
+//! host's R thread is the bottleneck, and a mirai object costs more than
+//! the element's whole round trip on the wire.
+//!
+//! The handle keeps, as its R object, `list(cfg, mirai, values)`: the
+//! profile's serialization config, the mirai objects made so far (NULL
+//! where none) and the values collected so far (the 'unresolved' value
+//! where none). A value is taken out of its slot once, by whichever asks
+//! first, the map or the element's mirai, and cached in both.
+//!
+//! The map's shared part (function, `.args`, globals) is serialized once
+//! and travels to each daemon once (`Host::submit_map`); each element's
+//! frame carries only the element.
+
+use super::call::{RError, RResult};
+use super::ffi::SEXP;
+use super::handle::{handle, kept, new_handle, Held, Tagged};
+use super::mirai::{cancel, new_aio, outcome_to_sexp, wait_slot, Aio};
+use super::object;
+use super::profile::{host_failed, profile, Profile};
+use super::serial;
+use super::value::*;
+use crate::aio::Slot;
+use crate::frame::TASK_WHOLE;
+use crate::host::item_head;
+use crate::sched::TaskId;
+use std::ffi::CStr;
+use std::sync::Arc;
+
+/// What a map's handle owns.
+pub struct MapHandle {
+    profile: Arc<Profile>,
+    ids: Vec<TaskId>,
+    slots: Vec<Arc<Slot>>,
+}
+
+impl Tagged for MapHandle {
+    const TAG: &'static CStr = c"mirai_map";
+}
+
+fn map(h: &impl Held) -> Result<&MapHandle, RError> {
+    handle::<MapHandle>(h, "map")
+}
+
+const CFG: usize = 0;
+const MIRAI: usize = 1;
+const VALUES: usize = 2;
+
+fn part(h: SEXP, k: usize) -> Result<SEXP, RError> {
+    let p = kept(h);
+    if !is_list(p) || len(p) != 3 {
+        return Err("`map` is not a valid mirai map handle".into());
+    }
+    Ok(list_at(p, k))
+}
+
+/// Serializes `x` into `buf`, naming what failed.
+fn serialize_part(x: SEXP, cfg: SEXP, buf: &mut Vec<u8>, what: &str) -> Result<(), RError> {
+    serial::serialize_with(x, buf, cfg).map_err(|e| match e {
+        RError::Msg(m) => RError::Msg(format!("cannot serialize {what}: {m}")),
+        e => e,
+    })
+}
+
+/// Submits a map: `shared` (a list `list(._expr_., ._globals_., ._args_.)`
+/// whose `._args_.` starts with a placeholder for the element, see
+/// map_shared() in R/map.R) once per daemon, then one task per element of
+/// list `items`, each wrapped in a list of one if `wrap` is TRUE. Every
+/// frame is built before any is queued, so an element that cannot be
+/// serialized fails the call with nothing sent. Returns the map's handle.
+pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP) -> RResult {
+    let prof = profile(&p)?;
+    let cfg = kept(p);
+    let wrap = bool_arg(wrap, "wrap")?;
+    if !is_list(items) {
+        return Err("`items` must be a list".into());
+    }
+    let mut blob = Vec::new();
+    serialize_part(shared, cfg, &mut blob, "the map's function and arguments")?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &blob);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest.as_ref());
+    let host = &prof.host;
+    let sid = host.share_id(hash).map_err(host_failed)?;
+    let n = len(items);
+    let holder = new_list(1)?;
+    let mut tasks = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut slots = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = host.next_task_id();
+        let mut frame = item_head(host.framing, id, sid);
+        let elem = if wrap {
+            set_list_elt(&holder, 0, list_at(items, i));
+            holder.sexp()
+        } else {
+            list_at(items, i)
+        };
+        serialize_part(elem, cfg, &mut frame, &format!("element {} of `.x`", i + 1))?;
+        if frame.try_reserve_exact(1).is_err() {
+            return Err("cannot allocate memory to serialize the map".into());
+        }
+        frame.push(TASK_WHOLE);
+        frame.shrink_to_fit();
+        let slot = Slot::new(host.bell.clone());
+        ids.push(id);
+        slots.push(slot.clone());
+        tasks.push((id, frame, slot));
+    }
+    host.submit_map(blob, hash, sid, tasks).map_err(host_failed)?;
+    // From here every task is queued: should R fail to make the handle,
+    // they are cancelled rather than left where nothing can collect them.
+    let m = MapHandle { profile: prof.clone(), ids, slots };
+    let made = (|| {
+        let mirai = new_list(n)?;
+        let values = new_list(n)?;
+        let unresolved = object::unresolved()?;
+        for i in 0..n {
+            set_list_elt(&values, i, unresolved);
+        }
+        let keep = list(&[cfg, mirai.sexp(), values.sexp()], &[])?;
+        Ok::<_, RError>(keep)
+    })();
+    let keep = match made {
+        Ok(k) => k,
+        Err(e) => {
+            m.ids.iter().for_each(|&id| {
+                prof.host.cancel(id, crate::sched::ERR_CANCELED);
+            });
+            return Err(e);
+        }
+    };
+    new_handle(m, keep.sexp())
+}
+
+/// Element `i` (from 0): its index checked against the map.
+fn index(m: &MapHandle, i: SEXP) -> Result<usize, RError> {
+    let k = f64_arg(i, "i")?;
+    if !(k >= 1.0 && k <= m.slots.len() as f64 && k.fract() == 0.0) {
+        return Err(format!("subscript out of bounds: the map has {} elements", m.slots.len()).into());
+    }
+    Ok(k as usize - 1)
+}
+
+/// The value of element `i` once resolved (waiting, interruptibly, if
+/// `wait`); None if not resolved and not waiting.
+fn value_at(m: &MapHandle, h: SEXP, i: usize, wait: bool) -> Result<Option<Owned>, RError> {
+    let values = part(h, VALUES)?;
+    let unresolved = object::unresolved()?;
+    let v = list_at(values, i);
+    if v != unresolved {
+        return Ok(Some(Owned::reachable(v)));
+    }
+    let slot = &m.slots[i];
+    if wait {
+        wait_slot(slot)?;
+    } else if !slot.is_done() {
+        return Ok(None);
+    }
+    let mirai = list_at(part(h, MIRAI)?, i);
+    let v = match slot.take() {
+        Some(o) => {
+            let v = outcome_to_sexp(o, part(h, CFG)?)?;
+            if !is_null(mirai) {
+                object::cache_value(mirai, v.sexp())?;
+            }
+            v
+        }
+        // Taken by the element's mirai, which cached it.
+        None => Owned::reachable(object::cached_value(mirai)?),
+    };
+    set_list_elt(&Owned::reachable(values), i, v.sexp());
+    Ok(Some(v))
+}
+
+/// `mp[]` without progress: waits for the elements in order and returns
+/// the list of their values. With `stop` TRUE, the first error value ends
+/// the collection: its index (from 1) comes back instead.
+pub fn mirai_map_collect(h: SEXP, stop: SEXP) -> RResult {
+    let m = map(&h)?;
+    let stop = bool_arg(stop, "stop")?;
+    let n = m.slots.len();
+    let out = new_list(n)?;
+    for i in 0..n {
+        let v = value_at(m, h, i, true)?.ok_or("internal error in mirai: a map element resolved without a value")?;
+        if stop && is_error_value(v.sexp()) {
+            return int(i as i32 + 1);
+        }
+        set_list_elt(&out, i, v.sexp());
+    }
+    Ok(out)
+}
+
+fn is_error_value(v: SEXP) -> bool {
+    super::lang::inherits(v, c"errorValue")
+}
+
+/// The value of element `i` (from 1), waiting for it.
+pub fn mirai_map_value(h: SEXP, i: SEXP) -> RResult {
+    let m = map(&h)?;
+    let i = index(m, i)?;
+    value_at(m, h, i, true)?.ok_or_else(|| "internal error in mirai: a map element resolved without a value".into())
+}
+
+/// `mp[[i]]`: the mirai of element `i` (from 1), made on first request.
+pub fn mirai_map_element(h: SEXP, i: SEXP) -> RResult {
+    let m = map(&h)?;
+    let i = index(m, i)?;
+    let mirai = part(h, MIRAI)?;
+    let existing = list_at(mirai, i);
+    if !is_null(existing) {
+        return Ok(Owned::reachable(existing));
+    }
+    let a = Aio { slot: m.slots[i].clone(), id: m.ids[i], profile: m.profile.clone() };
+    let cfg = part(h, CFG)?;
+    let value = list_at(part(h, VALUES)?, i);
+    let made = if value != object::unresolved()? {
+        let ah = new_handle(a, cfg)?;
+        object::new_mirai(ah.sexp(), m.ids[i], Some(value))?
+    } else {
+        new_aio(a, cfg)?
+    };
+    set_list_elt(&Owned::reachable(mirai), i, made.sexp());
+    Ok(made)
+}
+
+/// The number of elements resolved.
+pub fn mirai_map_resolved(h: SEXP) -> RResult {
+    let m = map(&h)?;
+    int(m.slots.iter().filter(|s| s.is_done()).count() as i32)
+}
+
+/// Waits (interruptibly) for every element.
+pub fn mirai_map_wait(h: SEXP) -> RResult {
+    for s in &map(&h)?.slots {
+        wait_slot(s)?;
+    }
+    Ok(Owned::nil())
+}
+
+/// `stop_mirai()` on a map: cancels every element; for each, TRUE if the
+/// dispatcher found its task.
+pub fn mirai_map_cancel(h: SEXP) -> RResult {
+    let m = map(&h)?;
+    let found: Vec<i32> = m
+        .slots
+        .iter()
+        .zip(&m.ids)
+        .map(|(slot, &id)| {
+            if slot.is_done() {
+                return 0;
+            }
+            cancel(&Aio { slot: slot.clone(), id, profile: m.profile.clone() }) as i32
+        })
+        .collect();
+    lgls(&found)
+}
