@@ -102,9 +102,12 @@ map_native <- function(prof, .x, d, .f, globals, .args) {
   args <- list(.x = NULL, .map_call = map_call, .f = .f, .args = .args)
   expr <- quote(.map_call(.f, .x, .args))
   if (length(d) < 2L) {
-    items <- as.list(.x)
     nms <- names(.x)
-    wrap <- TRUE
+    # A plain vector's elements are taken natively, without a list of them.
+    plain <- typeof(.x) %in% c("logical", "integer", "double", "character") &&
+      all(names(attributes(.x)) == "names")
+    items <- if (plain) .x else as.list(.x)
+    wrap <- if (plain) 2 else 1
   } else {
     nms <- if (is.data.frame(.x)) {
       rn <- attr(.x, "row.names")
@@ -117,7 +120,7 @@ map_native <- function(prof, .x, d, .f, globals, .args) {
     } else {
       items <- unname(map_items(.x))
     }
-    wrap <- FALSE
+    wrap <- 0
   }
   shared <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
   h <- .Call(C_mirai_map_submit, prof$host, shared, items, wrap)

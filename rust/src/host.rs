@@ -93,6 +93,9 @@ pub struct Stats {
     pub refused: AtomicU64,
     pub queued_bytes: AtomicU64,
     pub peak_bytes: AtomicU64,
+    /// Bytes of frames handed to daemons' sockets (all of them, control
+    /// frames and shares too), for benchmarks.
+    pub sent_bytes: AtomicU64,
     /// The memory cap in bytes, 0 for none; fixed when the host starts.
     pub cap_bytes: u64,
     room_lock: Mutex<()>,
@@ -1182,7 +1185,10 @@ impl Core {
     /// queued since the last report); returns the scheduler's response.
     fn flush_and_report(&mut self, t: Token) -> Vec<Action> {
         let Some(c) = self.conns.get_mut(&t) else { return Vec::new() };
-        match c.flush() {
+        let before = c.wq.unwritten();
+        let flushed = c.flush();
+        self.stats.sent_bytes.fetch_add(before.saturating_sub(c.wq.unwritten()), Ordering::Relaxed);
+        match flushed {
             Ok(()) if c.retiring && c.drained() => self.drop_conn(t, false),
             Ok(()) if self.report_unwritten && c.ready => {
                 if let Some(bytes) = c.wq.take_change() {

@@ -218,3 +218,134 @@ test_that(".promise attaches callbacks with promises::then, or errors clearly", 
   expect_null(got$wrong)
   expect_match(got$err, "bad")
 })
+
+test_that("a large map keeps order, names and element access, with and without dispatcher", {
+  for (disp in c(TRUE, FALSE)) {
+    daemons(2, dispatcher = disp)
+    x <- setNames(seq_len(3000), paste0("e", seq_len(3000)))
+    mp <- mirai_map(x, function(i) i * 2L)
+    res <- mp[.flat]
+    expect_identical(res, x * 2L)
+    # elements are mirai, made on request, the same object each time
+    expect_true(is_mirai(mp[[7L]]))
+    expect_identical(mp[[7L]]$data, 14L)
+    expect_identical(mp$e9$data, 18L)
+    expect_identical(mp[["e10"]], mp[[10L]])
+    expect_error(mp[[3001L]], "subscript out of bounds")
+    expect_false(unresolved(mp))
+    expect_output(print(mp), "< mirai map [3000/3000] >", fixed = TRUE)
+    expect_identical(call_mirai(mp), mp)
+    # plain vectors of each type, and character/logical/NA values
+    expect_identical(mirai_map(c("a", NA, "c"), function(s) paste0(s, "!"))[.flat], c("a!", "NA!", "c!"))
+    expect_identical(mirai_map(c(TRUE, NA), function(v) is.na(v))[.flat], c(FALSE, TRUE))
+    daemons(0)
+  }
+})
+
+test_that("a mirai taken from a map before collection gives the same value to both", {
+  daemons(1)
+  on.exit(daemons(0))
+  mp <- mirai_map(1:3, function(i) i + 0.5)
+  m2 <- mp[[2L]]
+  expect_identical(m2[], 2.5)
+  expect_identical(mp[], list(1.5, 2.5, 3.5))
+  expect_identical(mp[[3L]]$data, 3.5)
+  expect_identical(race_mirai(mp), 1L)
+})
+
+test_that("shared .args reach each daemon once, are cached, and follow changed content", {
+  daemons(2, dispatcher = TRUE)
+  on.exit(daemons(0))
+  everywhere({})[]
+  host <- mirai:::profile_of(NULL)$host
+  sent <- function() .Call(mirai:::C_mirai_host_sent, host)
+  big <- runif(1e6) # 8 MB
+  # A function carries its enclosing environment: this test's (which
+  # holds `big` too) would go along, and change between maps.
+  f <- function(i, big) big[[i]]
+  environment(f) <- globalenv()
+  s0 <- sent()
+  expect_identical(mirai_map(1:200, f, .args = list(big = big))[.flat], big[1:200])
+  first <- sent() - s0
+  # once per daemon (2 daemons), not once per element (200)
+  expect_gt(first, 1 * 8e6)
+  expect_lt(first, 2.5 * 8e6)
+  # the same content again: the daemons still hold it
+  s1 <- sent()
+  expect_identical(mirai_map(1:200, f, .args = list(big = big))[.flat], big[1:200])
+  expect_lt(sent() - s1, 1e6)
+  # changed content (same size, one value): sent again, and used
+  big[[5]] <- -5
+  s2 <- sent()
+  expect_identical(mirai_map(c(4L, 5L), f, .args = list(big = big))[.flat], c(big[[4]], -5))
+  expect_gt(sent() - s2, 8e6)
+  # mirai() with .args still sends them with each task
+  s3 <- sent()
+  expect_identical(mirai(big[[5]], .args = list(big = big))[], -5)
+  expect_identical(mirai(big[[5]], .args = list(big = big))[], -5)
+  expect_gt(sent() - s3, 2 * 8e6)
+})
+
+test_that("shared .args are sent again after a reset (new daemons hold nothing)", {
+  big <- runif(5e5) # 4 MB
+  f <- function(i, big) big[[i]] + i
+  environment(f) <- globalenv()
+  for (round in 1:2) {
+    daemons(1, dispatcher = FALSE)
+    host <- mirai:::profile_of(NULL)$host
+    s0 <- .Call(mirai:::C_mirai_host_sent, host)
+    expect_identical(mirai_map(1:3, f, .args = list(big = big))[.flat], big[1:3] + 1:3)
+    expect_gt(.Call(mirai:::C_mirai_host_sent, host) - s0, 4e6)
+    daemons(0)
+  }
+})
+
+test_that("many maps with different shared parts cycle through the daemon's cache", {
+  daemons(1)
+  on.exit(daemons(0))
+  # more distinct shared parts than cache slots, revisited in turn
+  for (k in rep(1:6, 3)) {
+    expect_identical(mirai_map(1:2, function(i, k) i * k, .args = list(k = k))[.flat], c(1L, 2L) * k)
+  }
+})
+
+test_that("data frame and matrix maps, large ones cut into rows on the host", {
+  daemons(2)
+  on.exit(daemons(0))
+  df <- data.frame(a = 1:500, b = as.character(1:500), f = factor(rep(c("x", "y"), 250)))
+  res <- mirai_map(df, function(a, b, f) paste(a, b, as.character(f)))[.flat]
+  expect_identical(res, paste(df$a, df$b, as.character(df$f)))
+  old <- mirai:::MAP_SHARE_ROWS_BYTES
+  ns <- asNamespace("mirai")
+  unlockBinding("MAP_SHARE_ROWS_BYTES", ns)
+  assign("MAP_SHARE_ROWS_BYTES", 0, envir = ns)
+  on.exit({ assign("MAP_SHARE_ROWS_BYTES", old, envir = ns); lockBinding("MAP_SHARE_ROWS_BYTES", ns) }, add = TRUE)
+  expect_identical(mirai_map(df, function(a, b, f) paste(a, b, as.character(f)))[.flat], res)
+  m <- matrix(1:6, 3, dimnames = list(c("p", "q", "r"), c("u", "v")))
+  expect_identical(mirai_map(m, function(u, v) u + v)[.flat], c(p = 5L, q = 7L, r = 9L))
+})
+
+test_that("a daemon that dies mid-map resolves its element to errorValue 19; the queue waits for the next", {
+  for (disp in c(TRUE, FALSE)) {
+    daemons(1, dispatcher = disp)
+    pid <- mirai(Sys.getpid())[]
+    mp <- mirai_map(1:4, function(i) { if (i == 1L) Sys.sleep(30); i })
+    Sys.sleep(0.5)
+    tools::pskill(pid, tools::SIGKILL)
+    expect_identical(unclass(call_mirai(mp[[1L]])$data), 19L)
+    # with a dispatcher, the elements not yet sent stay queued for the
+    # next daemon (without one, some may have been written to the socket
+    # of the daemon that died: those resolve to 19 too)
+    Sys.sleep(0.2)
+    if (disp) expect_true(unresolved(mp))
+    launch_local(1)
+    t0 <- Sys.time()
+    res <- mp[]
+    expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 20)
+    expect_identical(unclass(res[[1L]]), 19L)
+    for (i in 2:4) expect_true(identical(res[[i]], i) || identical(unclass(res[[i]]), 19L))
+    if (disp) expect_identical(res[2:4], list(2L, 3L, 4L))
+    expect_error(mp[.stop], "In index: 1")
+    daemons(0)
+  }
+})

@@ -70,16 +70,22 @@ fn serialize_part(x: SEXP, cfg: SEXP, buf: &mut Vec<u8>, what: &str) -> Result<(
 /// Submits a map: `shared` (a list `list(._expr_., ._globals_., ._args_.)`
 /// whose `._args_.` starts with a placeholder for the element, see
 /// map_shared() in R/map.R) once per daemon, then one task per element of
-/// list `items`, each wrapped in a list of one if `wrap` is TRUE. Every
+/// `items`: with `wrap` 0 a list of the elements as they are sent, with 1
+/// a list whose elements are each sent wrapped in a list of one, with 2 a
+/// plain logical, integer, double or character vector (no attributes
+/// but names) whose elements are sent each as a vector of one wrapped in a
+/// list of one (what `lapply(as.list(x), list)` gives, without making it). Every
 /// frame is built before any is queued, so an element that cannot be
 /// serialized fails the call with nothing sent. Returns the map's handle.
 pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP) -> RResult {
     let prof = profile(&p)?;
     let cfg = kept(p);
-    let wrap = bool_arg(wrap, "wrap")?;
-    if !is_list(items) {
-        return Err("`items` must be a list".into());
+    let wrap = f64_arg(wrap, "wrap")? as i32;
+    let atomic = wrap == 2;
+    if !(if atomic { is_plain_atomic(items) } else { is_list(items) }) {
+        return Err("`items` must be a list, or a plain atomic vector".into());
     }
+    let elt = if atomic { Some(atomic_holder(items)?) } else { None };
     let mut blob = Vec::new();
     serialize_part(shared, cfg, &mut blob, "the map's function and arguments")?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &blob);
@@ -95,11 +101,17 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP) -> RResu
     for i in 0..n {
         let id = host.next_task_id();
         let mut frame = item_head(host.framing, id, sid);
-        let elem = if wrap {
-            set_list_elt(&holder, 0, list_at(items, i));
-            holder.sexp()
-        } else {
-            list_at(items, i)
+        let elem = match &elt {
+            Some(e) => {
+                copy_atomic_elt(e, items, i)?;
+                set_list_elt(&holder, 0, e.sexp());
+                holder.sexp()
+            }
+            None if wrap == 1 => {
+                set_list_elt(&holder, 0, list_at(items, i));
+                holder.sexp()
+            }
+            None => list_at(items, i),
         };
         serialize_part(elem, cfg, &mut frame, &format!("element {} of `.x`", i + 1))?;
         if frame.try_reserve_exact(1).is_err() {

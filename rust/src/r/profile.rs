@@ -224,6 +224,11 @@ pub fn mirai_host_room(p: SEXP) -> RResult {
     lgl(profile(&p)?.host.stats.has_room())
 }
 
+/// Bytes the host has written to its daemons' sockets so far (a double).
+pub fn mirai_host_sent(p: SEXP) -> RResult {
+    real(profile(&p)?.host.stats.sent_bytes.load(Ordering::Relaxed) as f64)
+}
+
 /// `status()$memory`: queued bytes, their peak and the cap, in MB (1e6
 /// bytes); the cap is NA when there is none.
 pub fn mirai_host_memory(p: SEXP) -> RResult {

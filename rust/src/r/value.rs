@@ -381,6 +381,53 @@ pub fn ints(vals: &[i32]) -> Result<Owned, RError> {
     unsafe { rooted(make) }
 }
 
+/// Whether `x` is a logical, integer, double or character vector: what
+/// `copy_atomic_elt` copies from.
+pub fn is_plain_atomic(x: SEXP) -> bool {
+    matches!(type_of(x), LGLSXP | INTSXP | REALSXP | STRSXP)
+}
+
+/// A new vector of `x`'s type and length 1 (see `copy_atomic_elt`).
+pub fn atomic_holder(x: SEXP) -> Result<Owned, RError> {
+    let t = match type_of(x) {
+        LGLSXP => SEXPTYPE::LGLSXP,
+        INTSXP => SEXPTYPE::INTSXP,
+        REALSXP => SEXPTYPE::REALSXP,
+        STRSXP => SEXPTYPE::STRSXP,
+        _ => return Err("internal error in mirai: an atomic vector was expected".into()),
+    };
+    // SAFETY: see above.
+    unsafe { rooted(|r| r.alloc(t, 1)) }
+}
+
+/// Sets `dst` (made by `atomic_holder(src)`) to element `i` of `src`,
+/// read through R's element accessors (an ALTREP vector, such as `1:n`, is
+/// not expanded).
+pub fn copy_atomic_elt(dst: &Owned, src: SEXP, i: usize) -> Result<(), RError> {
+    let d = dst.sexp();
+    if type_of(d) != type_of(src) || len(d) != 1 || i >= len(src) || !is_plain_atomic(src) {
+        return Err("internal error in mirai: element copy out of range".into());
+    }
+    let k = i as isize;
+    // SAFETY: the closure owns nothing with a destructor. `d` and `src`
+    // are vectors of the same type (checked), `d` of length 1 and `i` in
+    // range; an ALTREP accessor that errors longjmps into try_r.
+    unsafe {
+        try_r(|_| {
+            match type_of(d) {
+                LGLSXP => *LOGICAL(d) = LOGICAL_ELT(src, k),
+                INTSXP => *INTEGER(d) = INTEGER_ELT(src, k),
+                REALSXP => *REAL(d) = REAL_ELT(src, k),
+                _ => {
+                    SET_STRING_ELT(d, 0, STRING_ELT(src, k));
+                }
+            }
+            nil()
+        })
+    }?;
+    Ok(())
+}
+
 /// A logical vector of `vals` (0 FALSE, else TRUE).
 pub fn lgls(vals: &[i32]) -> Result<Owned, RError> {
     let make = |r: &InR| {
