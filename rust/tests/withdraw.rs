@@ -82,7 +82,7 @@ fn next_task(d: &mut ClientConn, what: &str) -> (u64, Vec<u8>, usize) {
         assert!(Instant::now() < until, "{what}: no task arrived");
         match d.recv(Duration::from_millis(200)).unwrap() {
             Incoming::Task { id, body, offset, .. } => return (id, body, offset),
-            Incoming::Nothing => continue,
+            Incoming::Nothing | Incoming::Share { .. } => continue,
             Incoming::Closed => panic!("{what}: the host closed the connection"),
             Incoming::Exit => panic!("{what}: the host said exit"),
             Incoming::Broken(why) => panic!("{what}: the host broke the protocol: {why}"),
