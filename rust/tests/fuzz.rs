@@ -984,6 +984,8 @@ enum MsgSpec {
     Exit,
     Challenge { version: u32, nonce: [u8; NONCE_LEN] },
     Welcome { mac: Option<[u8; MAC_LEN]> },
+    Share { sid: u64, slot: u8 },
+    Item { id: u64, sid: u64 },
 }
 
 impl MsgSpec {
@@ -1000,6 +1002,8 @@ impl MsgSpec {
             MsgSpec::Exit => Msg::Exit,
             MsgSpec::Challenge { version, nonce } => Msg::Challenge { version: *version, nonce: *nonce },
             MsgSpec::Welcome { mac } => Msg::Welcome { mac: *mac },
+            MsgSpec::Share { sid, slot } => Msg::Share { sid: *sid, slot: *slot },
+            MsgSpec::Item { id, sid } => Msg::Item { id: *id, sid: *sid },
         }
     }
 }
@@ -1019,6 +1023,8 @@ fn limit_claim(m: &Msg) -> usize {
         Msg::Task { .. } | Msg::Cancel { .. } => 4 + 8,
         Msg::Result { .. } => 4 + 8 + 1,
         Msg::Exit => 4,
+        Msg::Share { .. } => 4 + 8 + 1,
+        Msg::Item { .. } => 4 + 8 + 8,
     }
 }
 
@@ -1056,6 +1062,8 @@ fn msg_spec() -> impl Strategy<Value = MsgSpec> {
         2 => (varint_u32(), prop::option::of(any::<[i32; 7]>())).prop_map(|(version, stream)| MsgSpec::Init { version, stream }),
         2 => text().prop_map(|reason| MsgSpec::Refused { reason }),
         1 => varint_u64().prop_map(|id| MsgSpec::Task { id }),
+        1 => (varint_u64(), any::<u8>()).prop_map(|(sid, slot)| MsgSpec::Share { sid, slot }),
+        1 => (varint_u64(), varint_u64()).prop_map(|(id, sid)| MsgSpec::Item { id, sid }),
         1 => (varint_u64(), any::<bool>()).prop_map(|(id, last)| MsgSpec::Result { id, last }),
         1 => varint_u64().prop_map(|id| MsgSpec::Cancel { id }),
         1 => Just(MsgSpec::Exit),
@@ -1100,6 +1108,8 @@ fn check_envelope<'a>(body: &'a [u8], t: &Tally) -> Result<Option<(Msg<'a>, usiz
                 Msg::Exit => "ok: Exit",
                 Msg::Challenge { .. } => "ok: Challenge",
                 Msg::Welcome { .. } => "ok: Welcome",
+                Msg::Share { .. } => "ok: Share",
+                Msg::Item { .. } => "ok: Item",
             });
             prop_assert_eq!(count, 0, "a successful decode allocated {} times", count);
             prop_assert!(off <= body.len());
@@ -1161,6 +1171,8 @@ fn envelope_valid_then_mutated() {
         "ok: Exit",
         "ok: Challenge",
         "ok: Welcome",
+        "ok: Share",
+        "ok: Item",
         "err",
         "over the limit",
         "mutated, still decodes",
@@ -1801,7 +1813,7 @@ fn handshake(url: &str) {
         assert!(Instant::now() < until, "{url}: the task never reached the daemon");
         match daemon.recv(Duration::from_millis(200)).unwrap() {
             Incoming::Task { id, body, offset, .. } => break (id, body, offset),
-            Incoming::Nothing => continue,
+            Incoming::Nothing | Incoming::Share { .. } => continue,
             Incoming::Closed => panic!("{url}: host closed the legitimate daemon"),
             Incoming::Exit => panic!("{url}: host told the legitimate daemon to exit"),
             Incoming::Broken(why) => panic!("{url}: the legitimate daemon saw a broken stream: {why}"),
