@@ -7,7 +7,7 @@ use super::value::*;
 use crate::client::ExitCode;
 use crate::rng;
 
-/// `n` random bytes from the kernel, as hex.
+/// `n` random bytes from the system's random source, as hex.
 #[no_mangle]
 pub extern "C" fn mirai_random_hex(n: SEXP) -> SEXP {
     entry(|| {
@@ -15,7 +15,7 @@ pub extern "C" fn mirai_random_hex(n: SEXP) -> SEXP {
         if !(0.0..=4096.0).contains(&n) {
             return Err("`n` must be a number of bytes from 0 to 4096".into());
         }
-        let bytes = crate::url::random_bytes(n as usize).map_err(|e| format!("cannot read random bytes: {e}"))?;
+        let bytes = crate::auth::random_bytes(n as usize).map_err(|e| format!("cannot read random bytes: {e}"))?;
         string(&bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
     })
 }
