@@ -43,11 +43,24 @@ impl Prover {
 pub type Nonce = [u8; NONCE_LEN];
 pub type Mac = [u8; MAC_LEN];
 
-/// A fresh nonce from the kernel's random source.
+/// `n` bytes from the system's random source (ring's `SystemRandom`, the
+/// generator rustls uses: `getrandom(2)` here), for secrets, nonces, socket
+/// names and WebSocket keys.
+pub fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; n];
+    fill_random(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new().fill(buf).map_err(|_| std::io::Error::other("the system's random source failed"))
+}
+
+/// A fresh nonce from the system's random source.
 pub fn nonce() -> std::io::Result<Nonce> {
-    let b = crate::url::random_bytes(NONCE_LEN)?;
     let mut n = [0u8; NONCE_LEN];
-    n.copy_from_slice(&b);
+    fill_random(&mut n)?;
     Ok(n)
 }
 

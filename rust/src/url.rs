@@ -170,15 +170,6 @@ pub fn interface_addresses() -> Vec<(String, String)> {
     out
 }
 
-/// `n` bytes from the kernel's random source (for secrets and socket names).
-/// /dev/urandom is portable and never blocks once the system has booted.
-pub fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,13 +7,13 @@ use super::value::*;
 use crate::client::ExitCode;
 use crate::rng;
 
-/// `n` random bytes from the kernel, as hex.
+/// `n` random bytes from the system's random source, as hex.
 pub fn mirai_random_hex(n: SEXP) -> RResult {
     let n = f64_arg(n, "n")?;
     if !(0.0..=4096.0).contains(&n) {
         return Err("`n` must be a number of bytes from 0 to 4096".into());
     }
-    let bytes = crate::url::random_bytes(n as usize).map_err(|e| format!("cannot read random bytes: {e}"))?;
+    let bytes = crate::auth::random_bytes(n as usize).map_err(|e| format!("cannot read random bytes: {e}"))?;
     string(&bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
