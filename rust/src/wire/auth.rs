@@ -20,7 +20,7 @@
 //! and may alter the traffic; TLS (`tls+tcp://`, `wss://`) is the answer to
 //! an untrusted network.
 
-use crate::proto::{MAC_LEN, NONCE_LEN};
+use crate::wire::proto::{MAC_LEN, NONCE_LEN};
 use ring::hmac;
 
 /// Who proves: binds a MAC to its direction (and the protocol generation),
@@ -43,24 +43,10 @@ impl Prover {
 pub type Nonce = [u8; NONCE_LEN];
 pub type Mac = [u8; MAC_LEN];
 
-/// `n` bytes from the system's random source (ring's `SystemRandom`, the
-/// generator rustls uses: `getrandom(2)` here), for secrets, nonces, socket
-/// names and WebSocket keys.
-pub fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
-    let mut bytes = vec![0u8; n];
-    fill_random(&mut bytes)?;
-    Ok(bytes)
-}
-
-fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
-    use ring::rand::SecureRandom;
-    ring::rand::SystemRandom::new().fill(buf).map_err(|_| std::io::Error::other("the system's random source failed"))
-}
-
 /// A fresh nonce from the system's random source.
 pub fn nonce() -> std::io::Result<Nonce> {
     let mut n = [0u8; NONCE_LEN];
-    fill_random(&mut n)?;
+    crate::sys::random::fill_random(&mut n)?;
     Ok(n)
 }
 

@@ -147,7 +147,7 @@ pub fn generated_creds(host: &str) -> Result<ServerCreds, String> {
                 v.push(n.to_string());
             }
         }
-        v.extend(crate::url::interface_addresses().into_iter().map(|(_, ip)| ip));
+        v.extend(crate::sys::net::interface_addresses().into_iter().map(|(_, ip)| ip));
         v
     } else {
         vec![host.to_string()]

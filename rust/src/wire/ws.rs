@@ -29,7 +29,7 @@
 //! that it follows the bytes that arrived, not the lengths claimed. Every
 //! malformed input is an `InvalidData` error value.
 
-use crate::frame::SP_HEADER;
+use crate::wire::frame::SP_HEADER;
 use std::io::{self, Read, Write};
 
 /// Largest HTTP request or response head accepted in the handshake, and
@@ -255,7 +255,7 @@ impl ServerHandshake {
 /// The client's upgrade request for `host` (as the Host header gives it)
 /// and `path`, with a fresh key; returns the request and the key.
 pub fn client_request(host: &str, path: &str) -> io::Result<(Vec<u8>, String)> {
-    let key = base64(&crate::auth::random_bytes(16)?);
+    let key = base64(&crate::sys::random::random_bytes(16)?);
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SP_SUBPROTOCOL}\r\n\r\n"
@@ -296,7 +296,7 @@ struct MaskGen(u64);
 
 impl MaskGen {
     fn new() -> Self {
-        let seed = crate::auth::random_bytes(8).ok().and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        let seed = crate::sys::random::random_bytes(8).ok().and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
         MaskGen(seed.unwrap_or(0x9e37_79b9_7f4a_7c15) | 1)
     }
     fn next(&mut self) -> [u8; 4] {
