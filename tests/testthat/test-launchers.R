@@ -458,10 +458,18 @@ test_that("ssh_config(tunnel = TRUE): a daemon that can reach the host only thro
   expect_true(wait_until(function() !length(procs_with(sprintf("-R %d:127.0.0.1:%d", port, port))), 10))
 })
 
+# One Slurm cluster for the tests that submit to it (with sbatch, and with
+# Torque's qsub over it): started by the first, stopped when this file ends.
+shared <- new.env()
+shared_slurm <- function() {
+  if (is.null(shared$slurm)) shared$slurm <- start_slurm()
+  shared$slurm
+}
+withr::defer(if (is.list(shared$slurm)) shared$slurm$stop())
+
 test_that("cluster_config(): Slurm jobs connect back, return results, and daemons(0) leaves no job", {
-  slurm <- start_slurm()
+  slurm <- shared_slurm()
   skip_unless_service(slurm)
-  on.exit(slurm$stop())
   opts <- sprintf("  #SBATCH --job-name=mirai-test\n  #SBATCH --output=%s/job-%%j.out\n#SBATCH --time=5",
                   slurm$jobs)
   daemons(2, url = "tcp://127.0.0.1:0", remote = cluster_config("sbatch", opts, rscript = test_rscript()))
@@ -511,14 +519,13 @@ test_that("cluster_config(): SGE jobs connect back, return results, and daemons(
 test_that("cluster_config(): PBS job scripts through Torque's qsub over Slurm join, and daemons(0) leaves no job", {
   torque <- torque_qsub()
   skip_unless_service(torque)
-  slurm <- start_slurm()
+  slurm <- shared_slurm()
   skip_unless_service(slurm)
-  on.exit(slurm$stop())
   # The wrapper's own -o/-e would name files in the working directory.
   qsub <- sprintf("%s -o %s/pbs-%%j.out -e %s/pbs-%%j.err", torque$qsub, slurm$jobs, slurm$jobs)
   opts <- "#PBS -N mirai-pbs\n#PBS -l walltime=00:05:00"
   daemons(2, url = local_url(tcp = TRUE), remote = cluster_config(qsub, opts, rscript = test_rscript()))
-  on.exit(daemons(0), add = TRUE, after = FALSE)
+  on.exit(daemons(0))
   jobs <- slurm_jobs()
   expect_length(jobs, 2L)
   expect_true(wait_until(function() status()$connections == 2L, 60))
@@ -537,6 +544,8 @@ test_that("cluster_config(): PBS job scripts through Torque's qsub over Slurm jo
   daemons(0)
   expect_true(wait_until(function() length(slurm_jobs()) == 0L, 30))
   expect_length(torque_active(torque), 0L)
+  # Output where the qsub command line said (the held job never ran).
+  expect_setequal(list.files(slurm$jobs, "^pbs-.*\\.out$"), sprintf("pbs-%s.out", jobs))
 })
 
 test_that("http_config(): the request carries method, headers and the daemon call; the daemon joins", {
