@@ -348,7 +348,8 @@ torque_active <- function(torque) {
 # in), so nothing of the system's cell is used or changed. The cell is
 # written with the packages' own spooling tool before the qmaster starts:
 # classic (file) spooling, daemons running as root (admin_user none), root
-# allowed to run jobs (min_uid 0), the host known as "localhost" whatever
+# allowed to run jobs (min_uid 0), the host known by the name of
+# 127.0.0.1 (usually "localhost") whatever its own name is
 # its name (host_aliases: the name and the loopback address agree), and a
 # queue all.q with 4 slots and no load threshold (the load here is that of
 # every other test). Sets SGE_ROOT, SGE_CELL, SGE_QMASTER_PORT and
@@ -369,11 +370,12 @@ start_sge <- function() {
   vars <- c("SGE_ROOT", "SGE_CELL", "SGE_QMASTER_PORT", "SGE_EXECD_PORT")
   old <- Sys.getenv(vars, NA, names = TRUE)
   procs <- list()
+  host <- character()
   sge <- function(cmd, args = character()) run(file.path(bin, cmd), args)
   stop_fn <- function() {
     if (length(procs) == 2L) {
       sge("qdel", c("-f", "-u", "root"))
-      sge("qconf", c("-kej", "localhost"))
+      sge("qconf", c("-kej", host))
     }
     if (length(procs)) sge("qconf", "-km")
     for (p in rev(procs)) stop_tree(p$get_pid())
@@ -383,11 +385,18 @@ start_sge <- function() {
   fail <- function(what, out = character()) {
     force(out)
     logs <- unlist(lapply(c(list.files(root, "\\.log$", full.names = TRUE),
-                            file.path(root, "spool", c("qmaster", "execd/localhost"), "messages")),
+                            file.path(root, "spool", c("qmaster", file.path("execd", host)), "messages")),
                           function(f) if (file.exists(f)) tail(readLines(f, warn = FALSE), 5)))
     stop_fn()
     paste(what, paste(c(out, logs), collapse = " | "))
   }
+  Sys.setenv(SGE_ROOT = root, SGE_CELL = "mirai", SGE_QMASTER_PORT = free_tcp_port(),
+             SGE_EXECD_PORT = free_tcp_port())
+  # The name SGE's own resolver gives 127.0.0.1: the daemons talk over
+  # loopback, and each side must see the other under one name.
+  host <- sge("gethostbyaddr", c("-name", "127.0.0.1"))
+  if (attr(host, "status") != 0L || length(host) != 1L || !nzchar(host))
+    return(fail("cannot resolve 127.0.0.1:", host))
   for (d in c("bin", "lib", "utilbin")) file.symlink(file.path("/var/lib/gridengine", d), file.path(root, d))
   file.symlink("/usr/share/gridengine/util", file.path(root, "util"))
   common <- file.path(root, "mirai", "common")
@@ -402,8 +411,9 @@ start_sge <- function() {
     "binary_path /usr/sbin", sprintf("qmaster_spool_dir %s", qspool),
     "security_mode none", "listener_threads 2", "worker_threads 2", "scheduler_threads 1"
   ), file.path(common, "bootstrap"))
-  writeLines("localhost", file.path(common, "act_qmaster"))
-  writeLines(paste("localhost", Sys.info()[["nodename"]]), file.path(common, "host_aliases"))
+  writeLines(host, file.path(common, "act_qmaster"))
+  if (Sys.info()[["nodename"]] != host)
+    writeLines(paste(host, Sys.info()[["nodename"]]), file.path(common, "host_aliases"))
   conf <- readLines("/usr/share/gridengine/default-configuration")
   set <- function(lines, key, value) sub(sprintf("^%s[[:space:]].*$", key), paste(key, value), lines)
   conf <- set(conf, "execd_spool_dir", file.path(root, "spool", "execd"))
@@ -412,9 +422,9 @@ start_sge <- function() {
   conf <- set(conf, "mailer", "/bin/true")
   conf <- set(conf, "load_report_time", "00:00:05")
   writeLines(conf, file.path(tpl, "global"))
-  writeLines("hostname localhost", file.path(tpl, "hosts", "localhost"))
+  writeLines(paste("hostname", host), file.path(tpl, "hosts", host))
   queue <- c(
-    "qname all.q", "hostlist localhost", "seq_no 0", "load_thresholds NONE",
+    "qname all.q", paste("hostlist", host), "seq_no 0", "load_thresholds NONE",
     "suspend_thresholds NONE", "nsuspend 1", "suspend_interval 00:05:00", "priority 0",
     "min_cpu_interval 00:05:00", "processors UNDEFINED", "qtype BATCH", "ckpt_list NONE",
     "pe_list NONE", "rerun FALSE", "slots 4", "tmpdir /tmp", "shell /bin/sh", "prolog NONE",
@@ -427,8 +437,6 @@ start_sge <- function() {
             "s_stack", "h_stack", "s_core", "h_core", "s_rss", "h_rss", "s_vmem", "h_vmem"),
           "INFINITY"))
   writeLines(queue, file.path(tpl, "queues", "all.q"))
-  Sys.setenv(SGE_ROOT = root, SGE_CELL = "mirai", SGE_QMASTER_PORT = free_tcp_port(),
-             SGE_EXECD_PORT = free_tcp_port())
   spool <- list(c("configuration", file.path(tpl, "global")),
                 c("complexes", "/usr/share/gridengine/util/resources/centry"),
                 c("usersets", "/usr/share/gridengine/util/resources/usersets"),
@@ -466,7 +474,7 @@ start_sge <- function() {
     out <- sge("qstat", c("-f", "-q", "all.q"))
     # The queue instance is listed without a state (such as "u", unknown)
     # once the execd has reported.
-    attr(out, "status") == 0L && any(grepl("^all\\.q@localhost[[:space:]]+B[[:space:]]+[0-9/]+[[:space:]]+[-0-9.]+[[:space:]]+[^[:space:]]+[[:space:]]*$", out))
+    attr(out, "status") == 0L && any(grepl("^all\\.q@[^[:space:]]+[[:space:]]+B[[:space:]]+[0-9/]+[[:space:]]+[-0-9.]+[[:space:]]+[^[:space:]]+[[:space:]]*$", out))
   }
   if (!wait_until(function() ready() || !execd$is_alive(), 30) || !ready())
     return(fail("sge_execd did not report:", c(sge("qconf", "-sql"), sge("qconf", "-sel"), sge("qhost"))))
