@@ -426,8 +426,9 @@ run_cluster <- function(remote, cmds, prof) {
       file.create(file)
       Sys.chmod(file, "0600")
       writeLines(script, file)
-      res <- suppressWarnings(system2("/bin/sh", c("-c", shQuote(paste(remote$submit, shQuote(file)))),
-                                      stdout = TRUE, stderr = TRUE))
+      submit <- paste(remote$submit, shQuote(file))
+      res <- suppressWarnings(system2("/bin/sh", c("-c", shQuote(submit)), stdout = TRUE,
+                                      stderr = TRUE))
       unlink(dir, recursive = TRUE)
       res
     }
@@ -462,8 +463,8 @@ submit_program <- function(command) {
 # been submitted", LSF's "Job <123> is submitted ...", or a line holding
 # only an id (PBS and Torque: "123" or "123.server").
 submitted_job_id <- function(out) {
-  patterns <- c("^Submitted batch job ([0-9]+)", "^Your job(-array)? ([0-9]+)",
-                "^Job <([0-9]+)>", "^[[:space:]]*([0-9]+(\\.[A-Za-z0-9._-]+)?)(;[^[:space:]]*)?[[:space:]]*$")
+  patterns <- c("^Submitted batch job ([0-9]+)", "^Your job(-array)? ([0-9]+)", "^Job <([0-9]+)>",
+                "^[[:space:]]*([0-9]+(\\.[A-Za-z0-9._-]+)?)(;[^[:space:]]*)?[[:space:]]*$")
   group <- c(1L, 2L, 1L, 1L)
   for (line in rev(out)) {
     for (i in seq_along(patterns)) {

@@ -328,7 +328,8 @@ torque_qsub <- function() {
         file.exists(file.path(dirname(qsub), "sbatch")))
       return(list(qsub = qsub, qstat = file.path(dirname(qsub), "qstat")))
   }
-  "not installed: slurm-wlm-torque's qsub with sbatch beside it (tools/setup.sh unpacks it into /opt/slurm-wlm-torque)"
+  paste("not installed: slurm-wlm-torque's qsub with sbatch beside it",
+        "(tools/setup.sh unpacks it into /opt/slurm-wlm-torque)")
 }
 
 # Job ids the wrapper's qstat lists as not completed (state other than C).
@@ -343,17 +344,19 @@ torque_active <- function(torque) {
 # ------------------------------------------------------------------ Grid Engine
 
 # A one-node Sun Grid Engine (Debian's gridengine-master, -exec, -client):
-# sge_qmaster and sge_execd in the foreground (SGE_ND, in their environment only), on free ports, with a
-# cell of their own in a temporary SGE_ROOT (the packages' binaries, linked
-# in), so nothing of the system's cell is used or changed. The cell is
-# written with the packages' own spooling tool before the qmaster starts:
-# classic (file) spooling, daemons running as root (admin_user none), root
-# allowed to run jobs (min_uid 0), the host known by the name of
-# 127.0.0.1 (usually "localhost") whatever its own name is
-# its name (host_aliases: the name and the loopback address agree), and a
+# sge_qmaster and sge_execd in the foreground (SGE_ND, in their environment
+# only), on free ports, with a cell of their own in a temporary SGE_ROOT
+# (the packages' binaries linked in), so nothing of the system's cell is
+# used or changed. The cell is written with the packages' own spooling tool
+# before the qmaster starts: classic (file) spooling, daemons running as
+# root (admin_user none), root allowed to run jobs (min_uid 0), the host
+# known by the name of 127.0.0.1 (usually "localhost") whatever its own name
+# is (host_aliases), so that both daemons see it under one name; then a
 # queue all.q with 4 slots and no load threshold (the load here is that of
-# every other test). Sets SGE_ROOT, SGE_CELL, SGE_QMASTER_PORT and
-# SGE_EXECD_PORT for this process (qsub, qstat, qdel), restored by stop().
+# every other test), and scheduling every second. Sets SGE_ROOT, SGE_CELL,
+# SGE_QMASTER_PORT and SGE_EXECD_PORT for this process (qsub, qstat,
+# qdel), restored by stop(). Up in about 1 s; a job starts about 1 s after
+# its submission.
 start_sge <- function() {
   if (!is_root()) return("needs root (sge_qmaster, sge_execd)")
   bin <- "/usr/lib/gridengine"
@@ -385,7 +388,8 @@ start_sge <- function() {
   fail <- function(what, out = character()) {
     force(out)
     logs <- unlist(lapply(c(list.files(root, "\\.log$", full.names = TRUE),
-                            file.path(root, "spool", c("qmaster", file.path("execd", host)), "messages")),
+                            file.path(root, "spool", c("qmaster", file.path("execd", host)),
+                                      "messages")),
                           function(f) if (file.exists(f)) tail(readLines(f, warn = FALSE), 5)))
     stop_fn()
     paste(what, paste(c(out, logs), collapse = " | "))
@@ -397,13 +401,14 @@ start_sge <- function() {
   host <- sge("gethostbyaddr", c("-name", "127.0.0.1"))
   if (attr(host, "status") != 0L || length(host) != 1L || !nzchar(host))
     return(fail("cannot resolve 127.0.0.1:", host))
-  for (d in c("bin", "lib", "utilbin")) file.symlink(file.path("/var/lib/gridengine", d), file.path(root, d))
+  for (d in c("bin", "lib", "utilbin"))
+    file.symlink(file.path("/var/lib/gridengine", d), file.path(root, d))
   file.symlink("/usr/share/gridengine/util", file.path(root, "util"))
   common <- file.path(root, "mirai", "common")
   qspool <- file.path(root, "spool", "qmaster")
   tpl <- file.path(root, "templates")
-  for (d in c(common, qspool, file.path(root, "spool", "execd"), file.path(tpl, c("hosts", "queues"))))
-    dir.create(d, recursive = TRUE)
+  dirs <- c(common, qspool, file.path(root, "spool", "execd"), file.path(tpl, c("hosts", "queues")))
+  for (d in dirs) dir.create(d, recursive = TRUE)
   writeLines(c(
     "admin_user none", "default_domain none", "ignore_fqdn true",
     "spooling_method classic", "spooling_lib libspoolc",
@@ -415,7 +420,8 @@ start_sge <- function() {
   if (Sys.info()[["nodename"]] != host)
     writeLines(paste(host, Sys.info()[["nodename"]]), file.path(common, "host_aliases"))
   conf <- readLines("/usr/share/gridengine/default-configuration")
-  set <- function(lines, key, value) sub(sprintf("^%s[[:space:]].*$", key), paste(key, value), lines)
+  set <- function(lines, key, value)
+    sub(sprintf("^%s[[:space:]].*$", key), paste(key, value), lines)
   conf <- set(conf, "execd_spool_dir", file.path(root, "spool", "execd"))
   conf <- set(conf, "min_uid", "0")
   conf <- set(conf, "min_gid", "0")
@@ -474,10 +480,11 @@ start_sge <- function() {
     out <- sge("qstat", c("-f", "-q", "all.q"))
     # The queue instance is listed without a state (such as "u", unknown)
     # once the execd has reported.
-    attr(out, "status") == 0L && any(grepl("^all\\.q@[^[:space:]]+[[:space:]]+B[[:space:]]+[0-9/]+[[:space:]]+[-0-9.]+[[:space:]]+[^[:space:]]+[[:space:]]*$", out))
+    instance <- "^all\\.q@[^ ]+ +B +[0-9/]+ +[-0-9.]+ +[^ ]+ *$"
+    attr(out, "status") == 0L && any(grepl(instance, out))
   }
   if (!wait_until(function() ready() || !execd$is_alive(), 30) || !ready())
-    return(fail("sge_execd did not report:", c(sge("qconf", "-sql"), sge("qconf", "-sel"), sge("qhost"))))
+    return(fail("sge_execd did not report:", c(sge("qstat", "-f"), sge("qhost"))))
   jobs <- file.path(root, "jobs")
   dir.create(jobs)
   list(root = root, jobs = jobs, qsub = qsub, stop = stop_fn)
