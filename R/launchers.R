@@ -21,8 +21,9 @@
 #' argument, so it is in no argument list on this machine either; on the
 #' remote machine it is in the arguments of the login shell only until that
 #' starts `Rscript` (at once, for `sh` and `bash`). [cluster_config()]
-#' passes the job script on the scheduler's standard input, so the secret
-#' is in no process's arguments. A [remote_config()] `command` receives the
+#' gives the job script to the submission command in a file only the user
+#' can read (for `bsub`, on its standard input), so the secret is in no
+#' process's arguments. A [remote_config()] `command` receives the
 #' launch command as an argument, so there the secret is visible in the
 #' arguments of that command while it runs.
 #' [http_config()] sends it in the request body, as an argument of the
