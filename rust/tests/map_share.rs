@@ -6,12 +6,12 @@
 //! The peer is a bare `ClientConn` that records what arrives, standing in
 //! for the daemon, and checks every element against the slots it holds.
 
-use mirai::aio::{Doorbell, Slot};
-use mirai::client::{ClientConn, Incoming};
-use mirai::frame::task_payload;
+use mirai::daemon::client::{ClientConn, Incoming};
+use mirai::host::aio::{Doorbell, Slot};
 use mirai::host::{item_head, Host, HostOptions};
-use mirai::proto::SHARE_SLOTS;
-use mirai::url::Address;
+use mirai::wire::frame::task_payload;
+use mirai::wire::proto::SHARE_SLOTS;
+use mirai::wire::url::Address;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,7 +58,7 @@ fn submit(host: &Host, content: &[u8], n: usize) -> Vec<u64> {
         let id = host.next_task_id();
         let mut frame = item_head(host.framing, id, sid);
         frame.extend_from_slice(format!("elem{k}").as_bytes());
-        frame.push(mirai::frame::TASK_WHOLE);
+        frame.push(mirai::wire::frame::TASK_WHOLE);
         items.push((id, frame, Slot::new(bell.clone())));
         ids.push(id);
     }

@@ -17,18 +17,18 @@
 //! and travels to each daemon once (`Host::submit_map`); each element's
 //! frame carries only the element.
 
-use super::call::{RError, RResult};
-use super::ffi::SEXP;
-use super::handle::{handle, kept, new_handle, Held, Tagged};
-use super::mirai::{cancel, new_aio, outcome_to_sexp, wait_slot, Aio};
-use super::object;
-use super::profile::{host_failed, profile, Profile};
-use super::serial;
-use super::value::*;
-use crate::aio::Slot;
-use crate::frame::TASK_WHOLE;
+use super::mirai::{cancel, outcome_to_sexp, wait_slot};
+use super::profile::{host_failed, new_aio, profile, Aio, Profile};
+use crate::host::aio::Slot;
 use crate::host::item_head;
-use crate::sched::TaskId;
+use crate::host::sched::TaskId;
+use crate::r::layer::call::{RError, RResult};
+use crate::r::layer::ffi::SEXP;
+use crate::r::layer::handle::{handle, kept, new_handle, Held, Tagged};
+use crate::r::layer::object;
+use crate::r::layer::serial;
+use crate::r::layer::value::*;
+use crate::wire::frame::TASK_WHOLE;
 use std::ffi::CStr;
 use std::sync::Arc;
 
@@ -142,7 +142,7 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP) -> RResu
         Ok(k) => k,
         Err(e) => {
             m.ids.iter().for_each(|&id| {
-                prof.host.cancel(id, crate::sched::ERR_CANCELED);
+                prof.host.cancel(id, crate::host::sched::ERR_CANCELED);
             });
             return Err(e);
         }
@@ -209,7 +209,7 @@ pub fn mirai_map_collect(h: SEXP, stop: SEXP) -> RResult {
 }
 
 fn is_error_value(v: SEXP) -> bool {
-    super::lang::inherits(v, c"errorValue")
+    crate::r::layer::lang::inherits(v, c"errorValue")
 }
 
 /// The value of element `i` (from 1), waiting for it.
