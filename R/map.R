@@ -1,12 +1,17 @@
-# mirai_map(): one mirai per element (or row), and collecting them with the
+# mirai_map(): one task per element (or row), submitted and collected
+# natively as a whole (rust/src/r/glue/map.rs), and collecting with the
 # .flat / .progress / .stop options.
 
 #' mirai Map
 #'
 #' Asynchronous parallel map of a function over a list or vector, or over
 #' the rows of a data frame or matrix, using the daemons of a compute
-#' profile. Each element becomes one mirai, so the work is spread over the
-#' daemons as they become free (with a dispatcher).
+#' profile. Each element is one task, so the work is spread over the
+#' daemons as they become free (with a dispatcher). The whole map is
+#' submitted at once, and `.f`, `.args` and the objects in `...` travel to
+#' each daemon once, not with every element: a daemon keeps them (the last
+#' four such sets, by content) until its profile is reset, so a later map
+#' with the same `.args` sends them no more.
 #'
 #' For a list or vector `.x`, each mirai evaluates `.f(x_i, <.args>)`. For a
 #' data frame, matrix, or anything else with two dimensions, `.f` is called
@@ -14,8 +19,10 @@
 #' are named, otherwise by position. Names of `.x` are kept, and character
 #' row names become the names of the result.
 #'
-#' The result is a 'mirai_map', a list of mirai, returned at once. Collect
-#' it with `x[]` (a list of values, in order, whatever the order in which
+#' The result is a 'mirai_map', returned at once: a list with one element
+#' per input element, where `x[[i]]` (or `x$name`) is the element's mirai,
+#' made when first asked for (`as.list(x)` makes them all). Collect it with
+#' `x[]` (a list of values, in order, whatever the order in which
 #' they resolve), or with options:
 #'
 #' * `x[.flat]` flattens the values into a vector, checking that all are of
@@ -49,7 +56,8 @@
 #'   'promises' package. Default NULL (none).
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
-#' @return A 'mirai_map' (a list of 'mirai'), invisibly.
+#' @return A 'mirai_map' (a list whose elements `[[` gives as 'mirai'),
+#'   invisibly.
 #' @seealso [collect_mirai()], [race_mirai()]
 #' @examples
 #' # Synchronous mode: each element is evaluated in this process.

@@ -576,7 +576,7 @@ fn a_daemon_of_another_version_is_told_why() {
     Framing::Tcp.finish(&mut b);
     s.write_all(&b).unwrap();
     next_msg(&mut d, &mut s, |m| match m {
-        Msg::Refused { reason } => assert!(reason.contains("host speaks 4, daemon speaks 3"), "{reason}"),
+        Msg::Refused { reason } => assert!(reason.contains(&format!("host speaks {PROTOCOL_VERSION}, daemon speaks 3")), "{reason}"),
         m => panic!("{m:?}"),
     });
 }

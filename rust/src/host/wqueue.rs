@@ -182,7 +182,13 @@ impl WriteQueue {
         if let Some(task) = started.filter(|&t| t != NO_TASK) {
             self.withdraw(task, &head_len);
         }
-        let keep = started.is_some() as usize;
+        // A control frame already started stays whole: with the rest of
+        // its body if that was queued separately (a map's share).
+        let keep = match started {
+            None => 0,
+            Some(NO_TASK) => 1 + self.items.get(1).is_some_and(|it| it.tail && it.task == NO_TASK) as usize,
+            Some(_) => 1,
+        };
         for it in self.items.drain(keep..) {
             self.unwritten -= it.left();
         }
@@ -364,5 +370,19 @@ mod tests {
         q.discard_unstarted(head);
         assert!(q.is_empty());
         assert_eq!(q.unwritten(), 0);
+        // A share (a control frame whose body is queued as a tail) partly
+        // written stays whole; a task behind it goes.
+        let mut q = WriteQueue::default();
+        q.push(frame(5, 4), NO_TASK);
+        q.push_tail(frame(6, 20), NO_TASK);
+        q.push(frame(7, 10), 3);
+        let mut s = Sink { out: Vec::new(), room: 2 };
+        q.flush(&mut s).unwrap();
+        q.discard_unstarted(head);
+        assert_eq!(q.unwritten(), 22);
+        q.push(frame(8, 1), NO_TASK);
+        s.room = 1000;
+        q.flush(&mut s).unwrap();
+        assert_eq!(s.out, [vec![5; 4], vec![6; 20], vec![8; 1]].concat());
     }
 }
