@@ -84,7 +84,8 @@ mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .compute = N
   require_daemons(.compute)
   if (!is.function(.f)) abort(sprintf("`.f` must be of type function, not %s", typeof(.f)))
   # `...` is evaluated here (once), so that an error in it names this call.
-  globals <- if (...length()) named_list(list(...), "`...` arguments") else list()
+  dots <- if (...length()) list(...)
+  globals <- if (length(dots)) named_list(dots, "`...` arguments") else list()
   if (is.environment(.args)) .args <- as.list.environment(.args, all.names = TRUE)
   if (!is.list(.args)) abort(sprintf("`.args` must be a list, not %s", typeof(.args)))
   callbacks <- promise_callbacks(.promise)
