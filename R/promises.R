@@ -69,7 +69,7 @@ as.promise.mirai <- function(x) {
 #' @usage \method{as.promise}{mirai_map}(x)
 #' @exportS3Method promises::as.promise
 as.promise.mirai_map <- function(x) {
-  promises::promise_all(.list = lapply(unname(as.list(x)), as.promise.mirai))
+  promises::promise_all(.list = lapply(as.list(x), as.promise.mirai))
 }
 
 #' @rdname as.promise.mirai

@@ -41,7 +41,8 @@ test_that("repeated races give completion order, also for a mirai_map (no dispat
   daemons(3, dispatcher = FALSE)
   on.exit(daemons(0))
   mp <- mirai_map(c(a = 1.5, b = 0.1, c = 0.8), function(s) { Sys.sleep(s); s })
-  ms <- unclass(mp)
+  # as.list(): the elements as mirai (a map makes them on request)
+  ms <- as.list(mp)
   order <- character()
   while (length(ms)) {
     i <- race_mirai(ms)
