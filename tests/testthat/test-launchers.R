@@ -21,6 +21,24 @@ test_that("launch configurations are checked and built as documented", {
   expect_error(cluster_config(NA_character_), "`command` must be")
   expect_error(http_config(url = 1), "`url` must be")
   expect_identical(http_config(url = "http://x", data = "%s")$type, "http")
+  # ssh:// URLs are read by the native URL parser, IPv6 hosts included.
+  expect_identical(ssh_config("ssh://u@[::1]:2200/")$args[[1L]], c("-o ConnectTimeout=10 -fTp 2200", "u@::1", "."))
+  expect_error(ssh_config("ssh://h:+22"), "ssh://\\[user@\\]host\\[:port\\]")
+})
+
+test_that("http_config() escapes the daemon call for JSON with jsonlite, control characters too", {
+  skip_if_not_installed("jsonlite")
+  call <- "mirai::daemon(\"tcp://h:1\", secret = \"x\")\n\t\001\\"
+  expect_identical(jsonlite::fromJSON(sprintf("\"%s\"", mirai:::json_string(call))), call)
+  # The Workbench request is valid JSON, the call in the right place, even
+  # for library paths and options holding quotes and percent signs.
+  body <- sprintf(mirai:::posit_workbench_data(job_name = "50% \"done\"", image = "r:4.5"),
+                  mirai:::json_string(call))
+  job <- jsonlite::fromJSON(body)$kwparams$job
+  expect_identical(job$name, "50% \"done\"")
+  expect_identical(job$container$image, "r:4.5")
+  expect_identical(job$args[[1L]], "-e")
+  expect_identical(sub("^[^;]*;", "", job$args[[2L]]), call)
 })
 
 test_that("launch_remote() commands carry URL, stream and secret, which print() and status() never show", {
@@ -505,7 +523,7 @@ test_that("http_config(): the request carries method, headers and the daemon cal
   Sys.setenv(RS_SERVER_ADDRESS = sub("/launch$", "/", launcher$url))
   expect_error(launch_remote(1, http_config()), "RS_SESSION_RPC_COOKIE is not set")
   body <- sprintf(mirai:::posit_workbench_data(cpus = 2, image = "r:4.5"),
-                  mirai:::json_escape("mirai::daemon(\"tcp://h:1\", secret = \"x\")\n"))
+                  mirai:::json_string("mirai::daemon(\"tcp://h:1\", secret = \"x\")\n"))
   f <- tempfile()
   writeLines(body, f)
   parsed <- run("/usr/bin/python3", c("-c", shQuote("import json,sys; j=json.load(open(sys.argv[1]))['kwparams']['job']; print(j['args'][1]); print(j['container']['image'])"), f))
