@@ -146,8 +146,8 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
     named_list(dots, "`...` arguments")
   } else list()
   args <- if (is.list(.args) && !length(.args)) .args else named_list(.args, "items in `.args`")
-  if (!is.null(.timeout) && (!is.numeric(.timeout) || length(.timeout) != 1L || is.na(.timeout) || .timeout < 0))
-    abort("`.timeout` must be a non-negative number of milliseconds, or NULL")
+  if (!is.null(.timeout))
+    check_number(.timeout, ".timeout", "a non-negative number of milliseconds, or NULL")
   data <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
   prof <- profile_of(.compute)
   if (is.null(prof)) {
@@ -157,7 +157,7 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
     return(invisible(ephemeral_mirai(data, .timeout)))
   }
   if (isTRUE(prof$sync)) return(invisible(sync_mirai(prof, data)))
-  # The mirai object itself is built natively (see make_mirai in api.rs).
+  # The mirai object itself is built natively (new_mirai in rust/src/r/object.rs).
   invisible(if (is.null(prof$seed)) .Call(C_mirai_host_submit, prof$host, data, .timeout)
             else submit_task(prof, data, .timeout))
 }

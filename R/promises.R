@@ -101,10 +101,11 @@ promise_error <- function(v) {
                           condition.class = attr(v, "condition.class", exact = TRUE)))
   }
   code <- as.integer(v)
-  what <- switch(as.character(code),
-                 "5" = "the mirai timed out",
-                 "19" = "the mirai's daemon disconnected, or its daemons were reset",
-                 "20" = "the mirai was cancelled",
+  name <- names(.$error_codes)[match(code, .$error_codes)]
+  what <- switch(if (is.na(name)) "" else name,
+                 timeout = "the mirai timed out",
+                 reset = "the mirai's daemon disconnected, or its daemons were reset",
+                 canceled = "the mirai was cancelled",
                  "the mirai resolved to an error value")
   errorCondition(sprintf("%s (errorValue %s)", what, error_text(code)), class = class,
                  call = NULL, value = v)

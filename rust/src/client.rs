@@ -380,6 +380,10 @@ fn version_mismatch(host: u32) -> String {
     format!("protocol version mismatch: host speaks {host}, daemon speaks {PROTOCOL_VERSION}; install the same mirai version on both")
 }
 
+/// How long `daemon(asyncdial = FALSE)` keeps dialling a host that is not
+/// listening (yet) before it gives up.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long the handshake may take, from the connect to the Init.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 

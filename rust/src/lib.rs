@@ -2,7 +2,8 @@
 //!
 //! - `url`, `frame`, `decoder`, `proto`, `transport`: the wire (NNG's SP
 //!   format, pair1, over Unix sockets and TCP) and our message envelope.
-//! - `auth`: the challenge-response proof of a daemon's secret.
+//! - `auth`: the challenge-response proof of a daemon's secret (and the
+//!   system's random bytes it and the rest use).
 //! - `sched`: the scheduling state machine (pure, no I/O).
 //! - `host`: the per-profile event loop thread that drives `sched`;
 //!   `wqueue`: a connection's write queue there.
@@ -102,7 +103,7 @@ pub unsafe extern "C" fn mirai_rust_init(
         daemon::mirai_daemon_limits / 4,
         daemon::mirai_daemon_recv / 4,
         daemon::mirai_daemon_send / 3,
-        daemon::mirai_daemon_linger / 2,
+        daemon::mirai_daemon_linger / 1,
         daemon::mirai_daemon_current / 1,
         daemon::mirai_daemon_close / 1,
         daemon::mirai_daemon_init / 1,
@@ -110,7 +111,8 @@ pub unsafe extern "C" fn mirai_rust_init(
         helpers::mirai_ip_addr / 0,
         helpers::mirai_next_stream / 1,
         helpers::mirai_rng_advance / 0,
-        helpers::mirai_exit_codes / 0,
+        helpers::mirai_constants / 0,
+        helpers::mirai_url_parts / 2,
     ]);
     // Defined in C (src/entrypoint.c): it needs setjmp and a C-level
     // calling handler.

@@ -179,7 +179,7 @@ pub extern "C" fn mirai_aio_wait(h: SEXP) -> SEXP {
 pub extern "C" fn mirai_race(aios: SEXP) -> SEXP {
     entry(|| {
         if !is_list(aios) {
-            return Err("`x` must be a list".into());
+            return Err("internal error in mirai: race_mirai() passed no list of aio handles".into());
         }
         let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(len(aios));
         for i in 0..len(aios) {
@@ -226,7 +226,7 @@ pub extern "C" fn mirai_on_resolve(h: SEXP, settle: SEXP) -> SEXP {
     entry(|| {
         let a = aio(&h)?;
         if !is_function(settle) {
-            return Err("`settle` must be a function".into());
+            return Err("internal error in mirai: as.promise() passed no function to settle with".into());
         }
         lgl(later::on_resolve(&a.slot, settle)?)
     })

@@ -24,7 +24,8 @@
 //! - `mirai`: mirai handles, values, waits, races, cancellation;
 //! - `node`: a cluster node's tasks (parallel's hot path);
 //! - `daemon`: the daemon's receive-evaluate-reply loop;
-//! - `helpers`: random hex, addresses, RNG streams, constants.
+//! - `helpers`: random hex, addresses, RNG streams, URLs' parts, and the
+//!   constants R takes at load.
 
 // A SEXP here is always a value R handed us (a `.Call` argument, or one we
 // built and keep reachable): the layer's functions take them as plain

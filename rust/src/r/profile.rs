@@ -36,42 +36,37 @@ fn profile(p: &SEXP) -> Result<&Arc<Profile>, RError> {
 
 /// The R error for a call on a profile whose host failed.
 pub fn host_failed(why: String) -> RError {
-    format!("this compute profile's host has failed: {why}; its pending mirai resolved to errorValue 19. Reset it with daemons(0)").into()
+    let reset = crate::sched::ERR_RESET;
+    format!("this compute profile's host has failed: {why}; its pending mirai resolved to errorValue {reset}. Reset it with daemons(0)").into()
 }
 
-/// The message size cap in bytes (R validates it; NULL: the default).
+/// The message size cap in bytes: option `mirai.max_message` as R's
+/// max_message() checked it, NULL for the default.
 pub fn max_message(s: SEXP) -> Result<u64, RError> {
     if is_null(s) {
         return Ok(MAX_MESSAGE);
     }
     let b = f64_arg(s, "mirai.max_message")?;
-    if b.is_nan() || b < 1024.0 {
-        return Err("option `mirai.max_message` must be a number of bytes of at least 1024".into());
-    }
     Ok(if b >= u64::MAX as f64 { u64::MAX } else { b as u64 })
 }
 
-/// Most tasks one `everywhere()` call may create for daemons yet to connect.
-const MAX_EVERYWHERE: f64 = 1e5;
+/// Most tasks one `everywhere()` call may create for daemons yet to connect
+/// (R checks `.min` against it).
+pub const MAX_EVERYWHERE: f64 = 1e5;
 
-/// R validates `memory`; this only refuses what would not be a byte count.
+/// The cap on queued bytes, as R's memory_bytes() gave it (0: none).
 fn memory_cap(s: SEXP) -> Result<u64, RError> {
     let b = f64_arg(s, "memory")?;
-    if b.is_nan() || b < 0.0 {
-        return Err("`memory` must be a non-negative number of bytes".into());
-    }
-    Ok(if b.is_infinite() { 0 } else { b.ceil() as u64 })
+    Ok(if b.is_finite() && b > 0.0 { b.ceil() as u64 } else { 0 })
 }
 
+/// `.timeout` as mirai() checked it: NULL or Inf for none.
 fn opt_timeout(s: SEXP) -> Result<Option<Duration>, RError> {
     if is_null(s) {
         return Ok(None);
     }
     let ms = f64_arg(s, ".timeout")?;
-    if ms.is_nan() || ms < 0.0 {
-        return Err("`.timeout` must be a non-negative number of milliseconds or NULL".into());
-    }
-    Ok(if ms.is_infinite() { None } else { Some(Duration::from_micros((ms * 1000.0) as u64)) })
+    Ok(if ms.is_finite() { Some(Duration::from_micros((ms.max(0.0) * 1000.0) as u64)) } else { None })
 }
 
 fn serialize_task(data: SEXP, cfg: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
@@ -113,7 +108,6 @@ pub extern "C" fn mirai_host_start(
                 let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
                 Some(crate::tls::server_creds(&pem, pass.as_deref())?)
             }
-            _ if !is_null(tls) => return Err("`tls` needs a tls+tcp:// or wss:// URL".into()),
             _ => None,
         };
         let rng_stream = if is_null(stream) { None } else { Some(ints_arg::<7>(stream, "stream")?) };
@@ -257,11 +251,9 @@ pub extern "C" fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> SEXP {
         let cfg = kept(p);
         let mut payload = Vec::new();
         serialize_task(data, cfg, &mut payload)?;
-        let min = f64_arg(min, ".min")?;
-        if !(0.0..=MAX_EVERYWHERE).contains(&min) {
-            return Err(format!("`.min` must be a non-negative number of daemons, at most {MAX_EVERYWHERE}").into());
-        }
-        let tasks = prof.host.broadcast(payload, min as usize).map_err(host_failed)?;
+        // Checked by everywhere(), against MAX_EVERYWHERE.
+        let min = f64_arg(min, ".min")?.clamp(0.0, MAX_EVERYWHERE) as usize;
+        let tasks = prof.host.broadcast(payload, min).map_err(host_failed)?;
         // Every queued task must reach R as a mirai: should R fail to build
         // one, the tasks not yet handed over are cancelled, not left queued
         // where nothing could collect them.
@@ -285,15 +277,13 @@ pub extern "C" fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> SEXP {
     })
 }
 
-/// Counters: connections, cumulative, awaiting, executing, completed,
-/// refused.
+/// The counters (`Stats::counters`), as a named integer vector.
 #[no_mangle]
 pub extern "C" fn mirai_host_info(p: SEXP) -> SEXP {
     entry(|| {
-        let s = &profile(&p)?.host.stats;
-        let vals = [&s.connections, &s.cumulative, &s.awaiting, &s.executing, &s.completed, &s.refused];
-        let v: Vec<i32> = vals.iter().map(|a| a.load(Ordering::Relaxed).min(i32::MAX as u64) as i32).collect();
-        ints(&v)
+        let counters = profile(&p)?.host.stats.counters();
+        let vals = counters.map(|(_, v)| v.min(i32::MAX as u64) as i32);
+        named_ints(&vals, &counters.map(|(n, _)| n))
     })
 }
 

@@ -197,6 +197,18 @@ fn set_class(v: SEXP, class: &[&str]) {
     }
 }
 
+/// A character vector.
+pub fn strings(vals: &[&str]) -> Result<SEXP, RError> {
+    try_r(|| unsafe {
+        let v = Rf_protect(alloc(SEXPTYPE::STRSXP, vals.len()));
+        for (i, s) in vals.iter().enumerate() {
+            SET_STRING_ELT(v, i as isize, mk_char(s));
+        }
+        Rf_unprotect(1);
+        v
+    })
+}
+
 pub fn ints(vals: &[i32]) -> Result<SEXP, RError> {
     try_r(|| unsafe {
         let v = alloc(SEXPTYPE::INTSXP, vals.len());
@@ -279,17 +291,18 @@ pub fn error_value(code: i32) -> Result<SEXP, RError> {
     })
 }
 
-/// A 'miraiError' with only a message, as R builds one: `"Error: <msg>\n"`
-/// with attribute `message`.
+/// A 'miraiError' with message `msg` and no call (`"Error: <msg>\n"`),
+/// made by R's one constructor of them, `mirai_error()` in R/daemon.R, so
+/// that it has every attribute an error raised in a task has
+/// (`condition.class`, `stack.trace`, ...). Runs R code (the error paths
+/// only).
 pub fn mirai_error(msg: &str) -> Result<SEXP, RError> {
-    let text = format!("Error: {msg}\n");
+    let mut keep = Protect::new();
+    let m = keep.keep(string(msg)?);
     try_r(|| unsafe {
-        let v = Rf_protect(alloc(SEXPTYPE::STRSXP, 1));
-        SET_STRING_ELT(v, 0, mk_char(&text));
-        let m = Rf_protect(alloc(SEXPTYPE::STRSXP, 1));
-        SET_STRING_ELT(m, 0, mk_char(msg));
-        Rf_setAttrib(v, Rf_install(c"message".as_ptr()), m);
-        set_class(v, &["miraiError", "errorValue", "try-error"]);
+        let f = Rf_protect(Rf_lang3(Rf_install(c":::".as_ptr()), Rf_install(c"mirai".as_ptr()), Rf_install(c"mirai_error".as_ptr())));
+        let call = Rf_protect(Rf_lang2(f, m));
+        let v = Rf_eval(call, R_BaseEnv);
         Rf_unprotect(2);
         v
     })
