@@ -109,13 +109,11 @@ launch_process <- function(host, url, secret, dots) {
         isFALSE(dots[["autoexit"]]))
 }
 
-# How often daemons(n) says it is still waiting for its daemons.
-SYNC_NOTE_SECS <- 10
-
-# Waits for `n` connections, with a progress message every SYNC_NOTE_SECS.
+# Waits for `n` connections, with a progress message every
+# limit("wait_note_s") seconds.
 wait_for_daemons <- function(host, n) {
   start <- Sys.time()
-  while (!.Call(C_mirai_host_wait_ready, host, n, SYNC_NOTE_SECS * 1000)) {
+  while (!.Call(C_mirai_host_wait_ready, host, n, limit("wait_note_s") * 1000)) {
     message(sprintf("mirai: initial sync with daemon(s) [%d secs elapsed]",
                     as.integer(difftime(Sys.time(), start, units = "secs"))))
   }
@@ -211,8 +209,8 @@ max_message <- function() {
 #' Sets up persistent background R processes ('daemons') for a compute
 #' profile: `daemons(n)` launches `n` local daemons; `daemons(url = ...)`
 #' listens for daemons launched elsewhere. `daemons(0)` resets the profile,
-#' resolving pending mirai to 'errorValue' 19; `daemons(NULL)` does the same
-#' and also tells every connected daemon to exit.
+#' resolving pending mirai to 'errorValue' `r error_code("reset")`; `daemons(NULL)` does the
+#' same and also tells every connected daemon to exit.
 #'
 #' With `dispatcher = TRUE` (the default) tasks wait in a queue on the host
 #' and each goes to an idle daemon; with `FALSE` each is sent straight to

@@ -146,6 +146,12 @@ bytes_text <- function(b) {
   paste(format(b, big.mark = ",", scientific = FALSE), units[[k + 1L]])
 }
 
+# What the error value called `name` means: "Connection reset" for "reset".
+error_meaning <- function(name) .$error_texts[[error_code(name)]]
+
+# Its arguments pasted into one inline code span, for the documentation.
+code_span <- function(...) paste0("`", paste(...), "`")
+
 # An error value's number and what it means: "19 | Connection reset".
 error_text <- function(code) {
   texts <- .$error_texts

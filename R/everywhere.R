@@ -20,7 +20,8 @@
 #' task evaluates it right after that task; without a dispatcher it runs
 #' after whatever was already sent to that daemon. It never runs twice on a
 #' daemon, nor on a daemon it was not meant for: if a daemon disconnects
-#' before evaluating it, that daemon's mirai resolves to 'errorValue' 19.
+#' before evaluating it, that daemon's mirai resolves to 'errorValue'
+#' `r error_code("reset")`.
 #'
 #' Daemons connected at the time of the call take part. If fewer than
 #' `.min` are connected, the difference is sent to daemons that connect

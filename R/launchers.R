@@ -413,14 +413,19 @@ json_string <- function(x) {
   substr(s, 2L, nchar(s) - 1L)
 }
 
-http_launch <- function(remote, calls) {
-  pkgs <- c("curl", "jsonlite")
+# Suggested packages that `what` cannot do without: an error naming those
+# not installed.
+need_packages <- function(pkgs, what) {
   missing <- pkgs[!vapply(pkgs, requireNamespace, logical(1L), quietly = TRUE)]
   if (length(missing))
-    abort(sprintf("http_config() needs the %s to launch daemons: install %s",
-                  if (length(missing) > 1L) "'curl' and 'jsonlite' packages"
-                  else sprintf("'%s' package", missing),
+    abort(sprintf("%s needs the %s %s: install %s", what,
+                  paste(sprintf("'%s'", missing), collapse = " and "),
+                  if (length(missing) > 1L) "packages" else "package",
                   if (length(missing) > 1L) "them" else "it"))
+}
+
+http_launch <- function(remote, calls) {
+  need_packages(c("curl", "jsonlite"), "launching daemons with http_config()")
   lapply(calls, function(call) {
     url <- resolve(remote$url)
     if (!is_string(url)) abort("`url` of http_config() must give a character string")

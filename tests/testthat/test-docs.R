@@ -119,6 +119,7 @@ test_that("help pages and messages quote the timeouts, limits and codes the nati
   # comments): a page generated before the value changed fails here.
   lim <- function(name) format(mirai:::limit(name), scientific = FALSE)
   bytes <- function(name) mirai:::bytes_text(mirai:::limit(name))
+  code <- function(name) mirai:::error_code(name)
   pages <- list(
     daemons = c(sprintf("handshake within %s seconds", lim("hello_timeout_s")),
                 sprintf("at most %s peers may be mid-handshake", lim("max_pending")),
@@ -126,14 +127,23 @@ test_that("help pages and messages quote the timeouts, limits and codes the nati
                 sprintf("waits up to %s seconds", mirai:::RESET_GRACE_SECS),
                 sprintf("notices within about %s seconds", lim("dead_peer_s")),
                 sprintf("within the %s second handshake limit", lim("hello_timeout_s")),
-                sprintf("wildcard host (%s)", gsub("`", "", mirai:::wildcard_text()))),
+                sprintf("wildcard host (%s)", gsub("`", "", mirai:::wildcard_text())),
+                sprintf("resolving pending mirai to errorValue %d", code("reset"))),
     info = c(sprintf("handshake within %s seconds", lim("hello_timeout_s")),
              sprintf("default %s)", bytes("max_message_bytes"))),
     daemon = c(sprintf("reached within %s seconds", lim("dial_timeout_s")),
                sprintf("within about %s seconds", lim("dead_peer_s")),
                sprintf("holds at most %s of it", bytes("pre_auth_bytes")),
                sprintf("an exit code: %s", mirai:::exit_codes_text())),
-    everywhere = sprintf("at most %s", lim("max_everywhere")),
+    everywhere = c(sprintf("at most %s", lim("max_everywhere")),
+                   sprintf("resolves to errorValue %d.", code("reset"))),
+    mirai = c(sprintf("resolves to errorValue %d (errorValue int %s)", code("timeout"),
+                      mirai:::error_text(code("timeout"))),
+              sprintf("(errorValue %d)", code("canceled")),
+              sprintf("gives errorValue %d (%s)", code("reset"), mirai:::error_meaning("reset")),
+              sprintf("an errorValue %d (timed out)", code("timeout"))),
+    stop_mirai = sprintf("Resolves a mirai to errorValue %d (operation canceled)", code("canceled")),
+    as.promise.mirai = sprintf("(errorValue %s)", mirai:::error_text(code("reset"))),
     is_mirai_error = sprintf("%d (timed out), %d (connection reset", mirai:::error_code("timeout"),
                              mirai:::error_code("reset")),
     http_config = sprintf("times out after %s seconds", mirai:::HTTP_TIMEOUT_SECS)

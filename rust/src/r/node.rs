@@ -76,7 +76,7 @@ pub fn node_payload_names() -> Result<SEXP, RError> {
 
 fn check_node(node: SEXP) -> Result<(), RError> {
     if !is_env(node) {
-        return Err("`node` must be a 'miraiNode'".into());
+        return Err("internal error in mirai: a cluster node's method was passed no 'miraiNode'".into());
     }
     Ok(())
 }
@@ -171,7 +171,7 @@ pub fn mirai_node_recv(node: SEXP) -> RResult {
 pub fn mirai_cluster_recv(cl: SEXP) -> RResult {
     let s = syms()?;
     if !is_list(cl) {
-        return Err("`cl` must be a 'miraiCluster'".into());
+        return Err("internal error in mirai: recvOneData() was passed no 'miraiCluster'".into());
     }
     let mut slots = Vec::with_capacity(len(cl));
     let mut which = Vec::with_capacity(len(cl));

@@ -184,6 +184,10 @@ fn submit_with(
     Ok(Aio { slot, id, profile: prof.clone() })
 }
 
+/// How often a wait for daemons to connect says it is still waiting (here
+/// for a cluster node's daemon; in R, `daemons(n)` for its daemons).
+pub const WAIT_NOTE: Duration = Duration::from_secs(10);
+
 /// Submits a cluster node's task (`p` a profile handle): it runs on the
 /// `node`-th daemon (from 0) to have joined the host, once that one has
 /// joined (the wait can be interrupted; nothing is sent until it ends).
@@ -193,9 +197,10 @@ pub fn submit_node(p: &Owned, data: SEXP, node: usize) -> Result<Aio, RError> {
         let stats = &prof.host.stats;
         if stats.cumulative.load(Ordering::Relaxed) <= node as u64 {
             // Remote daemons may take long to join (a scheduler's queue), or
-            // never (a failed launch): say what the wait is for, every 10 s.
+            // never (a failed launch): say what the wait is for, every
+            // WAIT_NOTE.
             let start = Instant::now();
-            let mut next_note = Duration::from_secs(10);
+            let mut next_note = WAIT_NOTE;
             wait_interruptibly(|slice| {
                 let joined = stats.wait_joined(node as u64 + 1, slice);
                 if !joined && start.elapsed() >= next_note {
@@ -204,7 +209,7 @@ pub fn submit_node(p: &Owned, data: SEXP, node: usize) -> Result<Aio, RError> {
                         node + 1,
                         start.elapsed().as_secs()
                     ));
-                    next_note += Duration::from_secs(10);
+                    next_note += WAIT_NOTE;
                 }
                 joined
             })?;
