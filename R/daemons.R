@@ -140,7 +140,7 @@ new_profile <- function(.compute, url, dispatcher, seed = NULL, stream = NULL, h
   # The dispatcher's address, which nextget("dispatcher") gives (NULL
   # without one), as the reference's is the URL the host reaches it at:
   # here the dispatcher runs in this process, so the address is inproc://.
-  if (dispatcher) prof$dispatcher_url <- paste0("inproc://", .Call(C_mirai_random_hex, 12))
+  if (dispatcher) prof$dispatcher_url <- paste0("inproc://", random_name())
   # The dispatcher's cap on queued bytes; 0 for none.
   prof$memory <- memory
   prof$seed <- seed
@@ -350,7 +350,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   if (!is.null(seed)) check_number(seed, "seed", "NULL or a single integer", min = -Inf)
   if (sync) {
     reset_profile(.compute)
-    new_profile(.compute, url = paste0("inproc://", .Call(C_mirai_random_hex, 12)), dispatcher = FALSE,
+    new_profile(.compute, url = paste0("inproc://", random_name()), dispatcher = FALSE,
                 seed = seed, stream = init_stream(seed), sync = TRUE)
     return(invisible(structure(TRUE, class = c("miraiDaemons", .compute))))
   }
@@ -398,7 +398,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   auth <- !isFALSE(given[["auth"]])
   tlscert <- if (!is.null(given[["tlscert"]])) check_tlscert(given[["tlscert"]])
   reset_profile(.compute)
-  secret <- .Call(C_mirai_random_hex, 16)
+  secret <- new_secret()
   listen <- if (is.null(url)) local_url() else url[[1L]]
   stream <- init_stream(seed)
   serial <- serial %||% session_serial()
@@ -633,11 +633,18 @@ status <- function(.compute = NULL) {
 local_url <- function(tcp = FALSE, port = 0) {
   check_port(port)
   if (isTRUE(tcp)) return(sprintf("tcp://127.0.0.1:%d", as.integer(port)))
-  if (Sys.info()[["sysname"]] == "Linux") paste0("abstract://", .Call(C_mirai_random_hex, 12))
-  else paste0("ipc://", file.path(tempdir(), .Call(C_mirai_random_hex, 12)))
+  if (Sys.info()[["sysname"]] == "Linux") paste0("abstract://", random_name())
+  else paste0("ipc://", file.path(tempdir(), random_name()))
 }
 
 check_port <- function(port) check_number(port, "port", "an integer from 0 to 65535", max = 65535)
+
+# A fresh name for a socket or an in-process URL: 12 random bytes in hex.
+random_name <- function() .Call(C_mirai_random_hex, 12)
+
+# A fresh secret for daemons to prove themselves with: 16 random bytes (128
+# bits) in hex.
+new_secret <- function() .Call(C_mirai_random_hex, 16)
 
 #' @rdname local_url
 #' @export

@@ -220,7 +220,7 @@ submit_task <- function(prof, data, timeout, seed = TRUE) {
 resolved_mirai <- function(value) .Call(C_mirai_resolved, value)
 
 ephemeral_mirai <- function(data, timeout) {
-  secret <- .Call(C_mirai_random_hex, 16)
+  secret <- new_secret()
   host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE, NULL, NULL, 0, max_message(), NULL, NULL)
   url <- .Call(C_mirai_host_url, host)
   launch_process(host, url, secret, list(dispatcher = FALSE, maxtasks = 1L, cleanup = FALSE))

@@ -98,7 +98,7 @@ impl Default for Limits {
 }
 
 /// Why a daemon's receive loop ends: the one definition of these codes,
-/// handed to R at load (`mirai_exit_codes`). Non-negative codes are what
+/// handed to R at load (`r::helpers::mirai_constants`). Non-negative codes are what
 /// `daemon()` returns and `nextcode()` describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]

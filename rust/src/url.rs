@@ -7,6 +7,12 @@
 
 use std::fmt;
 
+/// Longest name of a Unix socket, abstract or a path: what `sun_path`
+/// holds (108 bytes) less the NUL, or the leading NUL of an abstract name.
+pub const MAX_SOCKET_PATH: usize = 107;
+/// Longest HTTP path of a WebSocket URL.
+pub const MAX_WS_PATH: usize = 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
     /// Linux abstract-namespace Unix socket.
@@ -31,8 +37,8 @@ impl Address {
                 if rest.is_empty() {
                     return bad("abstract socket name is empty");
                 }
-                if rest.len() > 107 {
-                    return bad("abstract socket name longer than 107 bytes");
+                if rest.len() > MAX_SOCKET_PATH {
+                    return bad(&format!("abstract socket name longer than {MAX_SOCKET_PATH} bytes"));
                 }
                 Ok(Address::Abstract(rest.to_string()))
             }
@@ -40,8 +46,8 @@ impl Address {
                 if rest.is_empty() {
                     return bad("ipc path is empty");
                 }
-                if rest.len() > 107 {
-                    return bad("ipc path longer than 107 bytes");
+                if rest.len() > MAX_SOCKET_PATH {
+                    return bad(&format!("ipc path longer than {MAX_SOCKET_PATH} bytes"));
                 }
                 Ok(Address::Ipc(rest.to_string()))
             }
@@ -50,8 +56,8 @@ impl Address {
                 let (rest, ws) = match scheme {
                     "ws" | "wss" => {
                         let (hp, path) = split_path(rest);
-                        if path.len() > 1024 || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                            return bad("the path must be printable, without spaces, at most 1024 bytes");
+                        if path.len() > MAX_WS_PATH || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                            return bad(&format!("the path must be printable, without spaces, at most {MAX_WS_PATH} bytes"));
                         }
                         (hp, Some(if path.is_empty() { "/".to_string() } else { path.to_string() }))
                     }

@@ -194,3 +194,33 @@ test_that("the daemon's loop handles exactly the kinds of message the native sid
   expect_gt(length(kinds), 3L)
   expect_setequal(arms, kinds)
 })
+
+test_that("each argument is checked once, by R, with one message naming it", {
+  # The same helpers (check_flag, check_string, check_number, ...) make the
+  # message wherever the same kind of argument is taken.
+  cases <- list(
+    list(quote(daemon(1)), "`url` must be a character string, e.g."),
+    list(quote(daemon("tcp://127.0.0.1:1", autoexit = "yes")), "`autoexit` must be TRUE, NA or FALSE"),
+    list(quote(daemon("tcp://127.0.0.1:1", cleanup = NA)), "`cleanup` must be TRUE or FALSE"),
+    list(quote(daemon("tcp://127.0.0.1:1", idletime = -1)), "`idletime` must be a non-negative number (or Inf)"),
+    list(quote(daemons(1, sync = NA)), "`sync` must be TRUE or FALSE"),
+    list(quote(daemons(1, .compute = 1)), "`.compute` must be a character string naming a compute profile, or NULL"),
+    list(quote(mirai(1, .timeout = -1)), "`.timeout` must be a non-negative number of milliseconds, or NULL"),
+    list(quote(local_url(port = 70000)), "`port` must be an integer from 0 to 65535"),
+    list(quote(host_url(port = NA)), "`port` must be an integer from 0 to 65535"),
+    list(quote(nextcode("a")), "`xc` must be a single integer exit code"),
+    list(quote(nextget(1)), "`x` must be a character string"),
+    list(quote(remote_config(quote = NA)), "`quote` must be TRUE or FALSE"),
+    list(quote(ssh_config("ssh://h", timeout = 0)), "`timeout` must be a positive number of seconds"),
+    list(quote(ssh_config("ssh://h", tunnel = 1)), "`tunnel` must be TRUE or FALSE"),
+    list(quote(cluster_config(rscript = 1)), "`rscript` must be a character string")
+  )
+  for (case in cases) {
+    e <- tryCatch(eval(case[[1L]]), error = identity)
+    expect_s3_class(e, "error")
+    # The whole message (the `url` one goes on with an example).
+    expect_true(startsWith(conditionMessage(e), case[[2L]]),
+                label = sprintf("%s gives '%s'", deparse1(case[[1L]]), conditionMessage(e)))
+    if (!endsWith(case[[2L]], "e.g.")) expect_identical(conditionMessage(e), case[[2L]])
+  }
+})
