@@ -368,6 +368,12 @@ pub fn string(s: &str) -> Result<Owned, RError> {
     unsafe { rooted(|r| r.strings(&[s])) }
 }
 
+/// A character vector.
+pub fn strings(vals: &[&str]) -> Result<Owned, RError> {
+    // SAFETY: see above.
+    unsafe { rooted(|r| r.strings(vals)) }
+}
+
 pub fn ints(vals: &[i32]) -> Result<Owned, RError> {
     let make = |r: &InR| {
         let v = r.alloc(SEXPTYPE::INTSXP, vals.len());
@@ -477,18 +483,25 @@ pub fn error_value(code: i32) -> Result<Owned, RError> {
     }
 }
 
-/// A 'miraiError' with only a message, as R builds one: `"Error: <msg>\n"`
-/// with attribute `message`.
+/// A 'miraiError' with message `msg` and no call (`"Error: <msg>\n"`),
+/// made by R's one constructor of them, `mirai_error()` in R/daemon.R, so
+/// that it has every attribute an error raised in a task has
+/// (`condition.class`, `stack.trace`, ...). Runs R code (on the error
+/// paths only).
 pub fn mirai_error(msg: &str) -> Result<Owned, RError> {
-    let text = format!("Error: {msg}\n");
-    let text = text.as_str();
-    // SAFETY: see above (`text` is borrowed, owned outside the closure).
+    let m = string(msg)?;
+    let m = m.sexp();
+    // SAFETY: see above (`m` is rooted outside the closure).
     unsafe {
         rooted(|r| {
-            let v = r.strings(&[text]);
-            r.set_attrib(v, r.install(c"message"), r.strings(&[msg]));
-            r.set_attrib(v, class_symbol(), r.strings(&["miraiError", "errorValue", "try-error"]));
-            v
+            let f = r.protect(r.lang3(r.install(c":::"), r.install(c"mirai"), r.install(c"mirai_error")));
+            let call = r.protect(r.lang2(f, m));
+            r.eval(call, base_env())
         })
     }
+}
+
+fn base_env() -> SEXP {
+    // SAFETY: a constant R sets up at start-up.
+    unsafe { R_BaseEnv }
 }
