@@ -90,13 +90,12 @@ struct Roots {
 static ROOTS: MainThread<Roots> =
     MainThread::new(Roots { list: std::ptr::null_mut(), len: 0, free: Vec::new(), live: 0, violation: None });
 
-/// Makes sure a slot is free, growing the roots if not. May allocate (in
-/// R, inside try_r), so it runs before the value to root is made.
-pub(super) fn reserve_root() -> Result<(), RError> {
-    let (old, old_len) = ROOTS.with(|r| (r.list, r.len));
-    if ROOTS.with(|r| !r.free.is_empty()) {
-        return Ok(());
-    }
+/// A preserved list twice as long as `old` (at least 64), holding `old`'s
+/// elements, and its length; `old` (preserved, or null) is released. For
+/// index-addressed lists of values kept alive, with a free list: one
+/// preserved object rather than one `R_PreserveObject` each (R keeps those
+/// in a linked list, so releasing one walks all the others).
+pub(super) fn grow_preserved(old: SEXP, old_len: usize) -> Result<(SEXP, usize), RError> {
     let new_len = (old_len * 2).max(64);
     // SAFETY: the closure owns nothing with a destructor.
     let list = unsafe {
@@ -109,10 +108,21 @@ pub(super) fn reserve_root() -> Result<(), RError> {
         })
     }?;
     if !old.is_null() {
-        // SAFETY: the old list was preserved by the last growth; its
-        // values are in the new one. Main thread; allocates nothing.
+        // SAFETY: `old` was preserved by the last growth; its values are in
+        // the new list. Main thread; allocates nothing.
         unsafe { R_ReleaseObject(old) };
     }
+    Ok((list, new_len))
+}
+
+/// Makes sure a slot is free, growing the roots if not. May allocate (in
+/// R, inside try_r), so it runs before the value to root is made.
+pub(super) fn reserve_root() -> Result<(), RError> {
+    let (old, old_len) = ROOTS.with(|r| (r.list, r.len));
+    if ROOTS.with(|r| !r.free.is_empty()) {
+        return Ok(());
+    }
+    let (list, new_len) = grow_preserved(old, old_len)?;
     ROOTS.with(|r| {
         r.list = list;
         r.len = new_len;
