@@ -90,6 +90,7 @@ pub struct Stats {
     pub awaiting: AtomicU64,
     pub executing: AtomicU64,
     pub completed: AtomicU64,
+    pub retried: AtomicU64,
     pub refused: AtomicU64,
     pub queued_bytes: AtomicU64,
     pub peak_bytes: AtomicU64,
@@ -111,6 +112,7 @@ impl Stats {
         self.awaiting.store(c.awaiting, Ordering::Relaxed);
         self.executing.store(c.executing, Ordering::Relaxed);
         self.completed.store(c.completed, Ordering::Relaxed);
+        self.retried.store(c.retried, Ordering::Relaxed);
         self.peak_bytes.store(c.peak_bytes, Ordering::Relaxed);
         let before = self.queued_bytes.swap(c.queued_bytes, Ordering::Relaxed);
         // Only a crossing below the cap can release a waiter. Taking the
@@ -301,7 +303,20 @@ impl Host {
     /// If the host has been shut down the task fails at once with
     /// "connection reset"; if it failed, the reason comes back as Err.
     pub fn submit(&self, id: TaskId, frame: Vec<u8>, slot: Arc<Slot>, timeout: Option<Duration>) -> Result<(), String> {
-        self.submit_for(id, frame, slot, timeout, None)
+        self.submit_for(id, frame, slot, timeout, None, 0)
+    }
+
+    /// `submit`, for a task sent again, up to `retries` times, to another
+    /// daemon when the one running it is lost (see `Sched::submit_retrying`).
+    pub fn submit_retrying(
+        &self,
+        id: TaskId,
+        frame: Vec<u8>,
+        slot: Arc<Slot>,
+        timeout: Option<Duration>,
+        retries: u32,
+    ) -> Result<(), String> {
+        self.submit_for(id, frame, slot, timeout, None, retries)
     }
 
     /// Like `submit`, but the task runs on the `node`-th daemon to have
@@ -310,7 +325,7 @@ impl Host {
     /// parallel expects. If that daemon has gone, or has not joined, the
     /// task fails with "connection reset" at once.
     pub fn submit_to_node(&self, id: TaskId, frame: Vec<u8>, slot: Arc<Slot>, node: usize) -> Result<(), String> {
-        self.submit_for(id, frame, slot, None, Some(node))
+        self.submit_for(id, frame, slot, None, Some(node), 0)
     }
 
     fn submit_for(
@@ -320,6 +335,7 @@ impl Host {
         slot: Arc<Slot>,
         timeout: Option<Duration>,
         node: Option<usize>,
+        retries: u32,
     ) -> Result<(), String> {
         let deadline = timeout.map(|t| Instant::now() + t);
         self.with_core(|core| {
@@ -333,7 +349,7 @@ impl Host {
             core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, slot });
             core.submitted = true;
             let acts = match node {
-                None => core.sched.submit_sized(id, bytes),
+                None => core.sched.submit_retrying(id, bytes, retries),
                 Some(n) => match core.joined.get(n) {
                     Some(&d) => core.sched.submit_to(id, d),
                     None => {
