@@ -47,6 +47,8 @@
 #'   functions, attached to each mirai as the `onFulfilled` (and
 #'   `onRejected`) callbacks of a promise with [promises::then()]. Needs the
 #'   'promises' package. Default NULL (none).
+#' @param .retry (integer) how many times to send an element's task again if
+#'   its daemon dies while running it, as for [mirai()]. Default 0.
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
 #' @return A 'mirai_map' (a list of 'mirai'), invisibly.
@@ -72,7 +74,7 @@
 #' try(mp[.stop])
 #' daemons(0)
 #' @export
-mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .compute = NULL) {
+mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .retry = 0L, .compute = NULL) {
   require_daemons(.compute)
   if (!is.function(.f)) abort(sprintf("`.f` must be of type function, not %s", typeof(.f)))
   # `...` is evaluated here (once: each mirai() below reuses the values), so
@@ -80,13 +82,14 @@ mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .compute = N
   if (...length()) list(...)
   if (is.environment(.args)) .args <- as.list.environment(.args, all.names = TRUE)
   if (!is.list(.args)) abort(sprintf("`.args` must be a list, not %s", typeof(.args)))
+  check_retry(.retry)
   callbacks <- promise_callbacks(.promise)
   items <- map_items(.x)
   task <- quote(.map_call(.f, .x, .args))
   out <- vector("list", length(items))
   for (i in seq_along(items)) {
     out[[i]] <- mirai(.expr = task, ..., .args = list(.map_call = map_call, .f = .f, .x = items[[i]], .args = .args),
-                      .compute = .compute)
+                      .retry = .retry, .compute = .compute)
   }
   names(out) <- names(items)
   if (length(callbacks)) for (m in out) promises::then(m, onFulfilled = callbacks[[1L]], onRejected = callbacks[[2L]])

@@ -65,6 +65,15 @@ named_list <- function(x, what) {
 #' [stop_mirai()] cancels a mirai in the same way at any time (errorValue
 #' 20).
 #'
+#' @section Retry:
+#' With `.retry = k`, a task whose daemon dies while running it goes back to
+#' the front of the queue, up to `k` times, and runs again on another daemon
+#' (with `daemons(n)`, the dead one is replaced at once; see [daemons()]).
+#' The task starts again from scratch: whatever it did before its daemon
+#' died (files written, rows inserted) may happen again. With a seeded
+#' profile (`daemons(seed =)`) the task keeps its random-number stream, so
+#' the result is the same. [status()] counts the retries (`retried`).
+#'
 #' @section Errors:
 #' An error in the expression does not raise an error in this session: the
 #' mirai resolves to a 'miraiError', a character string (such as
@@ -91,6 +100,13 @@ named_list <- function(x, what) {
 #'   the evaluation. Default `list()`.
 #' @param .timeout (integer) milliseconds after which the mirai resolves to
 #'   an 'errorValue' 5 (timed out). Default NULL (no timeout).
+#' @param .retry (integer) how many times to send the task again, to another
+#'   daemon, if the daemon running it dies (is killed, crashes, runs out of
+#'   memory) before it answers; it resolves to 'errorValue' 19 only once
+#'   these are used up. A task that timed out or was stopped is never sent
+#'   again. Leave at 0 for a task with side effects that must not happen
+#'   twice. Needs daemons set with [daemons()] (ignored for an ephemeral or
+#'   synchronous mirai). Default 0.
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
 #' @return A 'mirai' object, invisibly. It prints as `< mirai [] >` while
@@ -129,9 +145,18 @@ named_list <- function(x, what) {
 #' # A timeout: the task is cancelled on the daemon
 #' m <- mirai(Sys.sleep(5), .timeout = 200)
 #' m[]
+#'
+#' # A retry: the task's daemon is killed the first time it runs it
+#' f <- tempfile()
+#' m <- mirai({
+#'   if (!file.exists(f)) { file.create(f); tools::pskill(Sys.getpid(), tools::SIGKILL) }
+#'   "second time lucky"
+#' }, f = f, .retry = 1)
+#' m[]
+#' status()[c("replaced", "retried")]
 #' daemons(0)
 #' @export
-mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) {
+mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .retry = 0L, .compute = NULL) {
   if (missing(.expr)) abort("missing expression, perhaps wrap in {}?")
   expr <- substitute(.expr)
   if (is.symbol(expr)) {
@@ -148,6 +173,7 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
   args <- if (is.list(.args) && !length(.args)) .args else named_list(.args, "items in `.args`")
   if (!is.null(.timeout) && (!is.numeric(.timeout) || length(.timeout) != 1L || is.na(.timeout) || .timeout < 0))
     abort("`.timeout` must be a non-negative number of milliseconds, or NULL")
+  if (!identical(.retry, 0L)) check_retry(.retry)
   data <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
   prof <- profile_of(.compute)
   if (is.null(prof)) {
@@ -157,9 +183,10 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
     return(invisible(ephemeral_mirai(data, .timeout)))
   }
   if (isTRUE(prof$sync)) return(invisible(sync_mirai(prof, data)))
+  pool_notice(prof)
   # The mirai object itself is built natively (see make_mirai in api.rs).
-  invisible(if (is.null(prof$seed)) .Call(C_mirai_host_submit, prof$host, data, .timeout)
-            else submit_task(prof, data, .timeout))
+  invisible(if (is.null(prof$seed)) .Call(C_mirai_host_submit, prof$host, data, .timeout, .retry)
+            else submit_task(prof, data, .timeout, retry = .retry))
 }
 
 #' mirai (Evaluate Async, If There Is Room)
@@ -186,7 +213,7 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
 #' m1[] == sum(x)
 #' daemons(0)
 #' @export
-try_mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) {
+try_mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .retry = 0L, .compute = NULL) {
   prof <- profile_of(.compute)
   if (is.null(prof) && !is.null(.compute) && !identical(.compute, "default")) require_daemons(.compute)
   host <- prof$host
@@ -200,15 +227,21 @@ try_mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NU
   eval(call, parent.frame())
 }
 
+check_retry <- function(retry) {
+  if (!(is.numeric(retry) && length(retry) == 1L && !is.na(retry) && retry >= 0 && retry == trunc(retry) &&
+        retry <= 1e6))
+    abort("`.retry` must be a non-negative whole number of retries (at most 1e6)")
+}
+
 # Sends a task to the profile's host; returns the mirai. On a seeded
 # profile the task carries the current stream as its `.Random.seed`, so
 # results do not depend on which daemon runs which task. The stream moves on
 # only once the host has taken the task: a submission that errors does not
 # use one up. `seed = FALSE` sends the task without a stream.
-submit_task <- function(prof, data, timeout, seed = TRUE) {
+submit_task <- function(prof, data, timeout, seed = TRUE, retry = 0L) {
   stream <- if (seed && !is.null(prof$seed)) prof$stream
   if (!is.null(stream)) data[["._globals_."]][[".Random.seed"]] <- stream
-  m <- .Call(C_mirai_host_submit, prof$host, data, timeout)
+  m <- .Call(C_mirai_host_submit, prof$host, data, timeout, retry)
   if (!is.null(stream)) prof$stream <- .Call(C_mirai_next_stream, stream)
   m
 }
@@ -222,7 +255,7 @@ ephemeral_mirai <- function(data, timeout) {
   host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE, NULL, NULL, 0, max_message(), NULL, NULL)
   url <- .Call(C_mirai_host_url, host)
   launch_process(host, url, secret, list(dispatcher = FALSE, maxtasks = 1L, cleanup = FALSE))
-  .Call(C_mirai_host_submit, host, data, timeout)
+  .Call(C_mirai_host_submit, host, data, timeout, 0L)
 }
 
 # `seed = FALSE` (everywhere()) evaluates without taking a stream.

@@ -20,6 +20,7 @@ pub mod client;
 pub mod decoder;
 pub mod frame;
 pub mod host;
+pub mod pool;
 pub mod proto;
 pub mod r;
 pub mod rng;
@@ -81,6 +82,7 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: ProtectFn, 
         profile::mirai_host_launch,
         profile::mirai_host_wait_ready,
         profile::mirai_host_children,
+        profile::mirai_host_notice,
         mirai::mirai_r_init,
         mirai::mirai_resolved,
         mirai::mirai_aio_collect,
