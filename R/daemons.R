@@ -267,6 +267,13 @@ max_message <- function() {
 #' replacing stops for the life of the profile, with a warning at the next
 #' call into mirai. `heal = FALSE` turns replacing off.
 #'
+#' A replacement is a fresh daemon: it has not evaluated earlier
+#' [everywhere()] calls, so call [everywhere()] again if tasks depend on
+#' them (`status()$replaced` tells when daemons were replaced). Without a
+#' dispatcher or `seed`, it starts on the next substream
+#' ([parallel::nextRNGSubStream()]) of the random-number stream of the
+#' daemon it replaces.
+#'
 #' @param n (integer) number of local daemons to launch; 0 to reset; NULL to
 #'   reset and ask connected daemons to exit. No default: required unless
 #'   `url` is given (then 0 launches none).
