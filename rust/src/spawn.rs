@@ -95,6 +95,21 @@ fn cloexec_inherited() {
     }
 }
 
+/// Clears the signal mask, in a forked child. A child inherits the mask of
+/// the thread that forked it, and exec keeps it: launched from one of our
+/// threads (a replacement daemon, from its reaper), which block R's signals
+/// (`threads::spawn`), the daemon would start with SIGINT blocked and could
+/// never be interrupted (a timed-out or stopped task would run on).
+fn unblock_signals() {
+    // SAFETY: sigset_t is a plain C type, valid all zero; the calls only
+    // write `set` and this (child) thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
 pub fn launch(
     program: &str,
     args: &[String],
@@ -105,10 +120,12 @@ pub fn launch(
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).process_group(0);
     // SAFETY: the hook runs in the forked child before exec and calls only
-    // async-signal-safe functions (close_range, fcntl, getrlimit).
+    // async-signal-safe functions (close_range, fcntl, getrlimit,
+    // sigemptyset, pthread_sigmask).
     unsafe {
         cmd.pre_exec(|| {
             cloexec_inherited();
+            unblock_signals();
             Ok(())
         })
     };

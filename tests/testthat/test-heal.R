@@ -109,6 +109,19 @@ for (disp in c(TRUE, FALSE)) {
   })
 }
 
+test_that("a replacement daemon can be interrupted: a timed-out task on it ends at once", {
+  # Found by the retry soak: replacements are launched from a thread that
+  # blocks SIGINT, and inherited its signal mask.
+  daemons(1)
+  on.exit(daemons(0))
+  tools::pskill(pool_pids(), tools::SIGKILL)
+  expect_true(wait_until(function() status()$replaced == 1L && status()$connections == 1L, 20))
+  expect_identical(unclass(mirai(Sys.sleep(30), .timeout = 300)[]), 5L)
+  t0 <- Sys.time()
+  expect_identical(mirai(1L)[], 1L)
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 5)
+})
+
 test_that("mirai_map(.retry =) runs the elements whose daemon died again", {
   daemons(2)
   on.exit(daemons(0))
