@@ -21,9 +21,9 @@
 //! on the next substream of that stream (`rng::next_substream`), which the
 //! dead daemon never reached, and which no other daemon's stream overlaps.
 
-use crate::rng::{self, Stream};
-use crate::spawn::{self, Child, Exit};
-use crate::threads::lock;
+use crate::host::rng::{self, Stream};
+use crate::sys::spawn::{self, Child, Exit};
+use crate::sys::threads::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
