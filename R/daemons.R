@@ -130,9 +130,11 @@ pool_notice <- function(prof) {
   host <- prof$host
   if (is.null(host)) return(invisible())
   msg <- .Call(C_mirai_host_notice, host)
-  if (!is.null(msg)) warning(msg, call. = FALSE, immediate. = TRUE)
+  if (!is.null(msg)) pool_warning(msg)
   invisible()
 }
+
+pool_warning <- function(msg) warning(msg, call. = FALSE, immediate. = TRUE)
 
 # Waits for `n` connections, with a progress message every 10 s.
 wait_for_daemons <- function(host, n) {

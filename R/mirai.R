@@ -183,7 +183,8 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .retry = 0L, .com
     return(invisible(ephemeral_mirai(data, .timeout)))
   }
   if (isTRUE(prof$sync)) return(invisible(sync_mirai(prof, data)))
-  pool_notice(prof)
+  # Inline rather than pool_notice(): this is every task's path.
+  if (!is.null(note <- .Call(C_mirai_host_notice, prof$host))) pool_warning(note)
   # The mirai object itself is built natively (see make_mirai in api.rs).
   invisible(if (is.null(prof$seed)) .Call(C_mirai_host_submit, prof$host, data, .timeout, .retry)
             else submit_task(prof, data, .timeout, retry = .retry))
