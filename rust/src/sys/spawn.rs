@@ -148,13 +148,16 @@ pub fn launch(
             },
             Err(_) => Exit::Code(-1),
         };
+        // The hook first: a replacement it launches is listed before this
+        // child counts as exited, so that nobody counting launched children
+        // (a wait for daemons to connect) sees one fewer alive meanwhile.
+        if let Some(f) = on_exit {
+            f(exit, started.elapsed());
+        }
         *lock(&st) = Some(match exit {
             Exit::Code(c) => c,
             Exit::Signal(_) => -1,
         });
-        if let Some(f) = on_exit {
-            f(exit, started.elapsed());
-        }
     };
     // Unreachable in practice; should it happen, the child counts as gone
     // rather than as running forever.
