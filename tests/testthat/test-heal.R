@@ -27,7 +27,7 @@ for (disp in c(TRUE, FALSE)) {
     # Back to 2 connected daemons, one of them new.
     expect_true(wait_until(function() {
       s <- .Call(mirai:::C_mirai_host_info, mirai:::profile_of(NULL)$host)
-      s[[8L]] == 1L && s[[1L]] == 2L
+      s[["replaced"]] == 1L && s[["connections"]] == 2L
     }, 20))
     after <- pool_pids()
     expect_length(after, 2L)
@@ -212,7 +212,7 @@ test_that("daemons that die right after launch stop the replacing, with a warnin
   # The kill is replaced; that one and the next die within 5 s of launch
   # and are replaced; the third quick death in a row stops it.
   host <- mirai:::profile_of(NULL)$host
-  replaced <- function() .Call(mirai:::C_mirai_host_info, host)[[8L]]
+  replaced <- function() .Call(mirai:::C_mirai_host_info, host)[["replaced"]]
   expect_true(wait_until(function() replaced() == 3L && length(pool_pids()) == 1L, 30))
   Sys.sleep(1.5)
   expect_identical(replaced(), 3L)
