@@ -103,7 +103,7 @@ tls_pass <- function(pass) {
 }
 
 # Launches one local daemon; its pid. With `heal`, a daemon that dies is
-# replaced natively (rust/src/pool.rs), with the same command but for its
+# replaced natively (rust/src/host/pool.rs), with the same command but for its
 # random-number stream `rs` (passed apart, so that the replacement can start
 # on the next substream).
 launch_process <- function(host, url, secret, dots, heal = FALSE) {
