@@ -275,7 +275,11 @@ test_that("soak: with .retry every task reaches its own outcome while daemons ar
   # Tasks were running on killed daemons, and each got its own outcome.
   expect_gte(res$victim_hits, 1L)
   expect_identical(res$victim_other, res$victim_hits)
-  expect_gte(res$retried, res$victim_hits)
+  # Those still unresolved were retried: at most one task per kill (a
+  # daemon runs one at a time); some seen running had timed out or been
+  # stopped already, and are not.
+  expect_gte(res$retried, 1L)
+  expect_lte(res$retried, res$kills)
   expect_gte(cnt("tiny", 1L), 100L)
   expect_gte(cnt("sleep", 1L) + cnt("payload", 1L), 5L)
   expect_gte(cnt("error", 3L), 5L)
