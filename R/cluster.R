@@ -81,13 +81,15 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
   } else if (missing(n)) {
     n <- 1L
   }
-  fixed <- intersect(names(list(...)), c("dispatcher", "cleanup", "idletime", "walltime", "maxtasks"))
+  fixed <- intersect(names(list(...)), c("dispatcher", "cleanup", "idletime", "walltime", "maxtasks", "heal"))
   if (length(fixed))
     abort(sprintf("`%s` cannot be set for a cluster: its nodes are persistent daemons that keep their state",
                  fixed[[1L]]))
   id <- next_cluster_id()
   if (is.null(url)) {
-    daemons(n, dispatcher = TRUE, cleanup = FALSE, ..., .compute = id)
+    # Nodes are bound to the daemons that joined first, in order: a
+    # replacement would be no node's.
+    daemons(n, dispatcher = TRUE, cleanup = FALSE, ..., heal = FALSE, .compute = id)
   } else {
     daemons(n = if (is.null(remote)) 0L else n, url = url, remote = remote, dispatcher = TRUE,
             cleanup = FALSE, ..., .compute = id)

@@ -102,12 +102,31 @@ tls_pass <- function(pass) {
   pw
 }
 
-launch_process <- function(host, url, secret, dots) {
+# Launches one local daemon; its pid. With `heal`, a daemon that dies is
+# replaced natively (rust/src/host/pool.rs), with the same command but for its
+# random-number stream `rs` (passed apart, so that the replacement can start
+# on the next substream).
+launch_process <- function(host, url, secret, dots, heal = FALSE) {
   rscript <- file.path(R.home("bin"), "Rscript")
   env <- c(R_LIBS = paste(.libPaths(), collapse = .Platform$path.sep), MIRAI_SECRET = secret)
+  rs <- dots[["rs"]]
+  dots[["rs"]] <- NULL
   .Call(C_mirai_host_launch, host, rscript, c("-e", launch_command(url, dots)), names(env), unname(env),
-        isFALSE(dots[["autoexit"]]))
+        isFALSE(dots[["autoexit"]]), heal, rs)
 }
+
+# Raises, as a warning, what the profile's daemon pool has to say (that it
+# stopped replacing dead daemons, and why): the pool runs off R's thread, so
+# it waits for the next call into mirai.
+pool_notice <- function(prof) {
+  host <- prof$host
+  if (is.null(host)) return(invisible())
+  msg <- .Call(C_mirai_host_notice, host)
+  if (!is.null(msg)) pool_warning(msg)
+  invisible()
+}
+
+pool_warning <- function(msg) warning(msg, call. = FALSE, immediate. = TRUE)
 
 # Waits for `n` connections, with a progress message every
 # limit("wait_note_s") seconds.
@@ -244,6 +263,25 @@ max_message <- function() {
 #' (power loss, a cut network) notices within about `r limit("dead_peer_s")`
 #' seconds.
 #'
+#' @section Self-healing:
+#' `daemons(n)` keeps `n` local daemons: one that dies (killed, crashed, out
+#' of memory: a signal or a non-zero exit status) is replaced at once by a
+#' new one launched with the same settings, and [status()] counts the
+#' replacements (`replaced`). The task it was running resolves to
+#' 'errorValue' 19, unless the mirai was created with `.retry` (see
+#' [mirai()]). A daemon that ends by itself (`idletime`, `walltime`,
+#' `maxtasks`, or its host closing) is not replaced. If 3 daemons in a row
+#' die within 5 seconds of their launch (a daemon that cannot start, say),
+#' replacing stops for the life of the profile, with a warning at the next
+#' call into mirai. `heal = FALSE` turns replacing off.
+#'
+#' A replacement is a fresh daemon: it has not evaluated earlier
+#' [everywhere()] calls, so call [everywhere()] again if tasks depend on
+#' them (`status()$replaced` tells when daemons were replaced). Without a
+#' dispatcher or `seed`, it starts on the next substream
+#' ([parallel::nextRNGSubStream()]) of the random-number stream of the
+#' daemon it replaces.
+#'
 #' @param n (integer) number of local daemons to launch; 0 to reset; NULL to
 #'   reset and ask connected daemons to exit. No default: required unless
 #'   `url` is given (then 0 launches none).
@@ -270,6 +308,9 @@ max_message <- function() {
 #'   is an error naming it; any other name draws a warning (a single logical
 #'   or number is still passed on to [daemon()], as the reference does).
 #'   Default: none.
+#' @param heal (logical) replace local daemons launched by `daemons(n)` that
+#'   die (see Self-healing). Ignored for daemons launched otherwise
+#'   ([launch_local()], `remote`). Default TRUE.
 #' @param sync (logical) evaluate each mirai in this process when it is
 #'   created, for debugging. Of the other arguments only `seed` and
 #'   `.compute` apply. Default FALSE.
@@ -346,7 +387,7 @@ max_message <- function() {
 #' status()$memory
 #' daemons(0)
 #' @export
-daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync = FALSE,
+daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., heal = TRUE, sync = FALSE,
                     seed = NULL, memory = NULL, serial = NULL, tls = NULL, pass = NULL,
                     .compute = NULL) {
   .compute <- if (is.null(.compute)) .$current else check_compute(.compute)
@@ -374,6 +415,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   if (!is.null(url) && !is.character(url))
     abort(sprintf("`url` must be of type character, not %s", typeof(url)))
   check_flag(dispatcher, "dispatcher")
+  check_flag(heal, "heal")
   cap <- memory_bytes(memory)
   if (cap > 0 && !dispatcher)
     abort("`memory` needs a dispatcher: use `dispatcher = TRUE`, or leave `memory` NULL")
@@ -425,7 +467,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   if (is.null(url) && n > 0) {
     ok <- FALSE
     on.exit(if (!ok) reset_profile(.compute))
-    for (i in seq_len(n)) launch_process(host, prof$url, prof$secret, launch_args(prof, dots))
+    for (i in seq_len(n)) launch_process(host, prof$url, prof$secret, launch_args(prof, dots), heal = heal)
     wait_for_daemons(host, n)
     ok <- TRUE
   }
@@ -565,7 +607,10 @@ frame_of <- function(env) {
 #' handshake within `r limit("hello_timeout_s")` seconds, the wrong secret or
 #' protocol version, a malformed message, or a message over the size cap set
 #' by option `mirai.max_message`, in bytes, default
-#' `r bytes_text(limit("max_message_bytes"))`). With a
+#' `r bytes_text(limit("max_message_bytes"))`); `replaced`: the number of
+#' local daemons launched in place of ones that died (see [daemons()],
+#' Self-healing); and `retried`: the number of times a task was sent again
+#' after its daemon died (see [mirai()] `.retry`). With a
 #' dispatcher it also has `mirai`, the counters `awaiting`, `executing` and
 #' `completed`, and `memory`: the megabytes of tasks now waiting in the queue
 #' (`used`), the most there have been (`peak`), and the cap set by
@@ -593,6 +638,7 @@ info <- function(.compute = NULL) {
   if (is.null(prof)) return(NULL)
   nms <- c("connections", "cumulative", "awaiting", "executing", "completed")
   if (isTRUE(prof$sync)) return(structure(c(0L, NA, NA, NA, NA), names = nms))
+  pool_notice(prof)
   v <- .Call(C_mirai_host_info, prof$host)[nms]
   if (!prof$dispatcher) v[nms[-1L]] <- NA_integer_
   v
@@ -604,8 +650,10 @@ status <- function(.compute = NULL) {
   prof <- if (inherits(.compute, "miraiCluster")) live_profile(.compute) else profile_of(.compute)
   if (is.null(prof)) return(list(connections = 0L, daemons = 0L))
   if (isTRUE(prof$sync)) return(list(connections = 0L, daemons = prof$url))
+  pool_notice(prof)
   v <- .Call(C_mirai_host_info, prof$host)
-  out <- list(connections = v[["connections"]], daemons = prof$url, refused = v[["refused"]])
+  out <- list(connections = v[["connections"]], daemons = prof$url, refused = v[["refused"]],
+              replaced = v[["replaced"]], retried = v[["retried"]])
   if (prof$dispatcher) {
     out$mirai <- v[c("awaiting", "executing", "completed")]
     out$memory <- .Call(C_mirai_host_memory, prof$host)

@@ -54,6 +54,8 @@
 #'   functions, attached to each mirai as the `onFulfilled` (and
 #'   `onRejected`) callbacks of a promise with [promises::then()]. Needs the
 #'   'promises' package. Default NULL (none).
+#' @param .retry (integer) how many times to send an element's task again if
+#'   its daemon dies while running it, as for [mirai()]. Default 0.
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
 #' @return A 'mirai_map' (a list whose elements `[[` gives as 'mirai'),
@@ -80,7 +82,7 @@
 #' try(mp[.stop])
 #' daemons(0)
 #' @export
-mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .compute = NULL) {
+mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .retry = 0L, .compute = NULL) {
   require_daemons(.compute)
   if (!is.function(.f)) abort(sprintf("`.f` must be of type function, not %s", typeof(.f)))
   # `...` is evaluated here (once), so that an error in it names this call.
@@ -88,6 +90,7 @@ mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .compute = N
   globals <- if (length(dots)) named_list(dots, "`...` arguments") else list()
   if (is.environment(.args)) .args <- as.list.environment(.args, all.names = TRUE)
   if (!is.list(.args)) abort(sprintf("`.args` must be a list, not %s", typeof(.args)))
+  check_retry(.retry)
   callbacks <- promise_callbacks(.promise)
   d <- dim(.x)
   if (length(d) > 2L)
@@ -96,8 +99,8 @@ mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .compute = N
   # Sync mode, seeded profiles (a stream per element) and promises go
   # element by element, as mirai() calls.
   if (is.null(prof) || isTRUE(prof$sync) || !is.null(prof$seed) || length(callbacks))
-    return(map_each(.x, .f, globals, .args, callbacks, .compute))
-  invisible(map_native(prof, .x, d, .f, globals, .args))
+    return(map_each(.x, .f, globals, .args, callbacks, .retry, .compute))
+  invisible(map_native(prof, .x, d, .f, globals, .args, .retry))
 }
 
 # The whole map in one native call (see rust/src/r/map.rs): the function,
@@ -107,7 +110,7 @@ mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .compute = N
 # number: the rows are taken on the daemons. The result is a list of
 # NULLs with the map's handle as attribute "handle": mirai objects are made
 # only for elements asked for with `[[` or `$`.
-map_native <- function(prof, .x, d, .f, globals, .args) {
+map_native <- function(prof, .x, d, .f, globals, .args, .retry) {
   args <- list(.x = NULL, .map_call = map_call, .f = .f, .args = .args)
   expr <- quote(.map_call(.f, .x, .args))
   if (length(d) < 2L) {
@@ -132,7 +135,7 @@ map_native <- function(prof, .x, d, .f, globals, .args) {
     wrap <- 0
   }
   shared <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
-  h <- .Call(C_mirai_map_submit, prof$host, shared, items, wrap)
+  h <- .Call(C_mirai_map_submit, prof$host, shared, items, wrap, .retry)
   out <- vector("list", length(items))
   names(out) <- nms
   attr(out, "handle") <- h
@@ -154,15 +157,15 @@ map_row <- function(x, i) {
 }
 
 # One mirai() per element: sync mode, seeded profiles, `.promise`.
-map_each <- function(.x, .f, globals, .args, callbacks, .compute) {
+map_each <- function(.x, .f, globals, .args, callbacks, .retry, .compute) {
   items <- map_items(.x)
   task <- quote(.map_call(.f, .x, .args))
   out <- vector("list", length(items))
   genv <- if (length(globals)) list2env(globals)
   for (i in seq_along(items)) {
     args <- list(.map_call = map_call, .f = .f, .x = items[[i]], .args = .args)
-    out[[i]] <- if (is.null(genv)) mirai(.expr = task, .args = args, .compute = .compute)
-                else mirai(.expr = task, genv, .args = args, .compute = .compute)
+    out[[i]] <- if (is.null(genv)) mirai(.expr = task, .args = args, .retry = .retry, .compute = .compute)
+                else mirai(.expr = task, genv, .args = args, .retry = .retry, .compute = .compute)
   }
   names(out) <- names(items)
   if (length(callbacks)) for (m in out) promises::then(m, onFulfilled = callbacks[[1L]], onRejected = callbacks[[2L]])

@@ -66,6 +66,15 @@ named_list <- function(x, what) {
 #' [stop_mirai()] cancels a mirai in the same way at any time (errorValue
 #' `r error_code("canceled")`).
 #'
+#' @section Retry:
+#' With `.retry = k`, a task whose daemon dies while running it goes back to
+#' the front of the queue, up to `k` times, and runs again on another daemon
+#' (with `daemons(n)`, the dead one is replaced at once; see [daemons()]).
+#' The task starts again from scratch: whatever it did before its daemon
+#' died (files written, rows inserted) may happen again. With a seeded
+#' profile (`daemons(seed =)`) the task keeps its random-number stream, so
+#' the result is the same. [status()] counts the retries (`retried`).
+#'
 #' @section Errors:
 #' An error in the expression does not raise an error in this session: the
 #' mirai resolves to a 'miraiError', a character string (such as
@@ -93,6 +102,13 @@ named_list <- function(x, what) {
 #'   the evaluation. Default `list()`.
 #' @param .timeout (integer) milliseconds after which the mirai resolves to
 #'   an 'errorValue' `r error_code("timeout")` (timed out). Default NULL (no timeout).
+#' @param .retry (integer) how many times to send the task again, to another
+#'   daemon, if the daemon running it dies (is killed, crashes, runs out of
+#'   memory) before it answers; it resolves to 'errorValue' 19 only once
+#'   these are used up. A task that timed out or was stopped is never sent
+#'   again. Leave at 0 for a task with side effects that must not happen
+#'   twice. Needs daemons set with [daemons()] (ignored for an ephemeral or
+#'   synchronous mirai). Default 0.
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
 #' @return A 'mirai' object, invisibly. It prints as `< mirai [] >` while
@@ -131,9 +147,18 @@ named_list <- function(x, what) {
 #' # A timeout: the task is cancelled on the daemon
 #' m <- mirai(Sys.sleep(5), .timeout = 200)
 #' m[]
+#'
+#' # A retry: the task's daemon is killed the first time it runs it
+#' f <- tempfile()
+#' m <- mirai({
+#'   if (!file.exists(f)) { file.create(f); tools::pskill(Sys.getpid(), tools::SIGKILL) }
+#'   "second time lucky"
+#' }, f = f, .retry = 1)
+#' m[]
+#' status()[c("replaced", "retried")]
 #' daemons(0)
 #' @export
-mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) {
+mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .retry = 0L, .compute = NULL) {
   if (missing(.expr)) abort("missing expression, perhaps wrap in {}?")
   expr <- substitute(.expr)
   if (is.symbol(expr)) {
@@ -150,6 +175,7 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
   args <- if (is.list(.args) && !length(.args)) .args else named_list(.args, "items in `.args`")
   if (!is.null(.timeout))
     check_number(.timeout, ".timeout", "a non-negative number of milliseconds, or NULL")
+  if (!identical(.retry, 0L)) check_retry(.retry)
   data <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
   prof <- profile_of(.compute)
   if (is.null(prof)) {
@@ -159,9 +185,11 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
     return(invisible(ephemeral_mirai(data, .timeout)))
   }
   if (isTRUE(prof$sync)) return(invisible(sync_mirai(prof, data)))
+  # Inline rather than pool_notice(): this is every task's path.
+  if (!is.null(note <- .Call(C_mirai_host_notice, prof$host))) pool_warning(note)
   # The mirai object itself is built natively (new_mirai in rust/src/r/layer/object.rs).
-  invisible(if (is.null(prof$seed)) .Call(C_mirai_host_submit, prof$host, data, .timeout)
-            else submit_task(prof, data, .timeout))
+  invisible(if (is.null(prof$seed)) .Call(C_mirai_host_submit, prof$host, data, .timeout, .retry)
+            else submit_task(prof, data, .timeout, retry = .retry))
 }
 
 #' mirai (Evaluate Async, If There Is Room)
@@ -188,7 +216,7 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
 #' m1[] == sum(x)
 #' daemons(0)
 #' @export
-try_mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) {
+try_mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .retry = 0L, .compute = NULL) {
   prof <- profile_of(.compute)
   if (is.null(prof) && !is.null(.compute) && !identical(.compute, "default")) require_daemons(.compute)
   host <- prof$host
@@ -202,15 +230,20 @@ try_mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NU
   eval(call, parent.frame())
 }
 
+check_retry <- function(retry) {
+  what <- "a non-negative whole number of retries (at most 1e6)"
+  if (check_number(retry, ".retry", what, max = 1e6) != trunc(retry)) abort(sprintf("`.retry` must be %s", what))
+}
+
 # Sends a task to the profile's host; returns the mirai. On a seeded
 # profile the task carries the current stream as its `.Random.seed`, so
 # results do not depend on which daemon runs which task. The stream moves on
 # only once the host has taken the task: a submission that errors does not
 # use one up. `seed = FALSE` sends the task without a stream.
-submit_task <- function(prof, data, timeout, seed = TRUE) {
+submit_task <- function(prof, data, timeout, seed = TRUE, retry = 0L) {
   stream <- if (seed && !is.null(prof$seed)) prof$stream
   if (!is.null(stream)) data[["._globals_."]][[".Random.seed"]] <- stream
-  m <- .Call(C_mirai_host_submit, prof$host, data, timeout)
+  m <- .Call(C_mirai_host_submit, prof$host, data, timeout, retry)
   if (!is.null(stream)) prof$stream <- .Call(C_mirai_next_stream, stream)
   m
 }
@@ -224,7 +257,7 @@ ephemeral_mirai <- function(data, timeout) {
   host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE, NULL, NULL, 0, max_message(), NULL, NULL)
   url <- .Call(C_mirai_host_url, host)
   launch_process(host, url, secret, list(dispatcher = FALSE, maxtasks = 1L, cleanup = FALSE))
-  .Call(C_mirai_host_submit, host, data, timeout)
+  .Call(C_mirai_host_submit, host, data, timeout, 0L)
 }
 
 # `seed = FALSE` (everywhere()) evaluates without taking a stream.

@@ -1,19 +1,24 @@
 # Soak: mixed tasks on 4 local daemons with a dispatcher (tiny ones, 10 MB
 # payloads both ways, R errors, .timeout expiries, stop_mirai() while
 # running), up to 50 mirai in flight, while every 4 s one daemon is
-# SIGKILLed and another launched with launch_local(1). Prints progress every
+# SIGKILLed (and replaced by the pool). Prints progress every
 # 30 s, then a report: outcomes per kind, tasks/s, kill-to-resolution
 # latency, host RSS / fd / thread series (first minute against the rest),
 # leftover processes, and PASS or FAIL (exit status 1 on FAIL).
 #
-# Usage: Rscript bench/soak.R [minutes]   (default 10; from anywhere)
+# Usage: Rscript bench/soak.R [minutes] [retry]   (default 10 and 0; from
+# anywhere). With retry > 0 every task has that `.retry`, and none may
+# resolve to errorValue 19. Dead daemons are replaced by the pool
+# (daemons(n) heals).
 #
 # The logic lives in tests/testthat/helper-soak.R, shared with
 # tests/testthat/test-soak.R (a 40 s version). Linux only.
 
 args <- commandArgs(trailingOnly = TRUE)
 minutes <- if (length(args)) as.numeric(args[[1L]]) else 10
-if (is.na(minutes) || minutes <= 0) stop("usage: Rscript bench/soak.R [minutes]")
+retry <- if (length(args) > 1L) as.integer(args[[2L]]) else 0L
+if (is.na(minutes) || minutes <= 0 || is.na(retry) || retry < 0L)
+  stop("usage: Rscript bench/soak.R [minutes] [retry]")
 
 file_arg <- grep("^--file=", commandArgs(FALSE), value = TRUE)
 here <- if (length(file_arg)) dirname(normalizePath(sub("^--file=", "", file_arg[[1L]]))) else "bench"
@@ -28,7 +33,7 @@ seconds <- minutes * 60
 t0 <- Sys.time()
 res <- tryCatch(
   soak_run(seconds = seconds, n = 4L, max_inflight = 50L, kill_every = 4, sample_every = 5,
-           warmup = min(60, seconds / 3), grace = 60, progress_every = 30, log = say),
+           warmup = min(60, seconds / 3), grace = 60, progress_every = 30, log = say, retry = retry),
   error = function(e) e
 )
 if (inherits(res, "error")) {

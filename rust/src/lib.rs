@@ -8,7 +8,8 @@
 //!   the transport stacks that carry them.
 //! - `host`: the host's side: the scheduling state machine (pure, no I/O),
 //!   the per-profile event loop that drives it, write queues, completion
-//!   slots shared with R, and RNG streams for daemons.
+//!   slots shared with R, RNG streams for daemons, and the pool of local
+//!   daemons (replaced when they die).
 //! - `daemon`: the daemon's end of a connection.
 //! - `r`: the R boundary (R's main thread only): an unsafe `layer` over R's
 //!   C API and safe `glue`, one module per R area; see its module docs for
@@ -70,6 +71,7 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: ProtectFn, 
         profile::mirai_host_launch,
         profile::mirai_host_wait_ready,
         profile::mirai_host_children,
+        profile::mirai_host_notice,
         mirai::mirai_r_init,
         mirai::mirai_resolved,
         mirai::mirai_aio_collect,

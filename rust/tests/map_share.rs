@@ -62,7 +62,7 @@ fn submit(host: &Host, content: &[u8], n: usize) -> Vec<u64> {
         items.push((id, frame, Slot::new(bell.clone())));
         ids.push(id);
     }
-    host.submit_map(content.to_vec(), hash, sid, items).unwrap();
+    host.submit_map(content.to_vec(), hash, sid, items, 0).unwrap();
     ids
 }
 

@@ -28,7 +28,12 @@
 //! wait only while every daemon has bytes unwritten. The test also checks
 //! that each of these keys decided some picks. A cancel
 //! of a task on a daemon withdraws it (both modes), and a withdrawn task
-//! reported unsent leaves its daemon and is dropped. At the end a fresh daemon is
+//! reported unsent leaves its daemon and is dropped. A task submitted with
+//! retries (`submit_retrying`) whose daemon is lost while running it, still
+//! pending and with a retry left, is not failed but goes back to the front
+//! of the queue with one retry fewer (and counts in `retried`); with none
+//! left it fails with "connection reset"; a resolved (timed out,
+//! cancelled) one is never resent. At the end a fresh daemon is
 //! connected and every daemon answers until idle: by then every task must be
 //! resolved and dropped.
 //!
@@ -99,6 +104,8 @@ struct MTask {
     pin: Option<DaemonId>,
     res: Res,
     dropped: bool,
+    /// Retries left: requeues still allowed when its daemon is lost.
+    retries: u32,
 }
 
 /// What the host knows, rebuilt from actions alone. Ordered containers keep
@@ -138,6 +145,8 @@ struct Model {
     /// No-dispatcher picks by the key that set the chosen daemon apart from
     /// the next best: unwritten, abandoned, outstanding, last pick, id.
     decided_by: [u64; 5],
+    /// Tasks requeued after losing their daemon.
+    retried: u64,
 }
 
 fn err<T>(msg: impl Into<String>) -> Result<T, String> {
@@ -163,6 +172,7 @@ impl Model {
             picks: 0,
             withdrawn: BTreeSet::new(),
             decided_by: [0; 5],
+            retried: 0,
         }
     }
 
@@ -392,9 +402,10 @@ impl Model {
         let acts = match op {
             Op::Submit(t) => {
                 assert_eq!(t as usize, self.tasks.len());
-                self.tasks.push(MTask { bytes: task_bytes(t), on: None, pin: None, res: Res::Pending, dropped: false });
+                let retries = task_retries(t);
+                self.tasks.push(MTask { bytes: task_bytes(t), on: None, pin: None, res: Res::Pending, dropped: false, retries });
                 self.queue.push_back(t);
-                let acts = s.submit_sized(t, task_bytes(t));
+                let acts = s.submit_retrying(t, task_bytes(t), retries);
                 self.apply(op, &acts)?;
                 only_sends(&acts)?;
                 if self.dispatcher && acts.len() > 1 {
@@ -404,7 +415,7 @@ impl Model {
             }
             Op::SubmitTo { task: t, daemon: d } => {
                 assert_eq!(t as usize, self.tasks.len());
-                self.tasks.push(MTask { bytes: 0, on: None, pin: Some(d), res: Res::Pending, dropped: false });
+                self.tasks.push(MTask { bytes: 0, on: None, pin: Some(d), res: Res::Pending, dropped: false, retries: 0 });
                 let connected = self.daemons.contains_key(&d);
                 let was_idle = self.daemons.get(&d).is_some_and(|q| q.is_empty());
                 if connected {
@@ -429,7 +440,7 @@ impl Model {
             }
             Op::SubmitToNext(t) => {
                 assert_eq!(t as usize, self.tasks.len());
-                self.tasks.push(MTask { bytes: 0, on: None, pin: None, res: Res::Pending, dropped: false });
+                self.tasks.push(MTask { bytes: 0, on: None, pin: None, res: Res::Pending, dropped: false, retries: 0 });
                 self.for_next.push_back(t);
                 let acts = s.submit_to_next(t);
                 if !acts.is_empty() {
@@ -455,8 +466,17 @@ impl Model {
                 acts
             }
             Op::Disconnect(d) => {
-                let q = self.remove_daemon(d, 1);
-                self.reset_victim = q.front().copied();
+                // The running task goes back to the queue if it may retry.
+                let retry = self.daemons.get(&d).and_then(|q| q.front().copied()).filter(|&t| {
+                    let m = &self.tasks[t as usize];
+                    m.res == Res::Pending && m.pin.is_none() && m.retries > 0
+                });
+                if let Some(t) = retry {
+                    self.tasks[t as usize].retries -= 1;
+                    self.retried += 1;
+                }
+                let q = self.remove_daemon(d, if retry.is_some() { 0 } else { 1 });
+                self.reset_victim = if retry.is_some() { None } else { q.front().copied() };
                 let was_pending = self.reset_victim.map(|t| self.pending(t));
                 let acts = s.disconnect(d);
                 self.apply(op, &acts)?;
@@ -632,11 +652,11 @@ impl Model {
                 c.queued_bytes, c.peak_bytes
             ));
         }
-        let want = (self.daemons.len() as u64, self.connects, awaiting, executing, self.delivered);
-        let got = (c.connections, c.cumulative, c.awaiting, c.executing, c.completed);
+        let want = (self.daemons.len() as u64, self.connects, awaiting, executing, self.delivered, self.retried);
+        let got = (c.connections, c.cumulative, c.awaiting, c.executing, c.completed, c.retried);
         if got != want {
             return err(format!(
-                "counters (connections, cumulative, awaiting, executing, completed) = {got:?}, model {want:?}"
+                "counters (connections, cumulative, awaiting, executing, completed, retried) = {got:?}, model {want:?}"
             ));
         }
         if s.pending_tasks() as u64 != pending {
@@ -653,6 +673,12 @@ impl Model {
 /// shows up in the byte total.
 fn task_bytes(t: TaskId) -> u64 {
     1 + (t % 13) * 100
+}
+
+/// Retries a task is submitted with: most none, some one or two, so that
+/// tasks both exhaust their retries and keep some.
+fn task_retries(t: TaskId) -> u32 {
+    [0, 0, 1, 2][(t % 4) as usize]
 }
 
 fn only_sends(acts: &[Action]) -> Result<(), String> {
@@ -912,7 +938,7 @@ fn round_robin_mode_random_interleavings() {
 #[test]
 fn generator_covers_every_event_kind() {
     for dispatcher in [true, false] {
-        let mut seen = [0u64; 16];
+        let mut seen = [0u64; 17];
         for seed in 0..50 {
             let mut r = Rng(seed);
             let mix = Mix::new(&mut r);
@@ -938,6 +964,15 @@ fn generator_covers_every_event_kind() {
                         1
                     }
                     Op::Disconnect(d) if m.daemons[&d].is_empty() => 2,
+                    // Its running task is requeued rather than failed.
+                    Op::Disconnect(d)
+                        if m.daemons[&d].front().is_some_and(|&t| {
+                            let mt = &m.tasks[t as usize];
+                            mt.res == Res::Pending && mt.pin.is_none() && mt.retries > 0
+                        }) =>
+                    {
+                        16
+                    }
                     Op::Disconnect(_) => 3,
                     Op::Reply { last: true, .. } => 4,
                     Op::Reply { .. } => 5,

@@ -1,5 +1,9 @@
 # Soak run: mixed tasks on local daemons with a dispatcher while daemons are
-# SIGKILLed and replaced. Shared by test-soak.R (a short run) and
+# SIGKILLed and replaced: by the pool itself (`heal = TRUE`, the default:
+# daemons(n) replaces a dead daemon), or by launch_local() after each kill
+# (`heal = FALSE`). With `retry` > 0 every task is submitted with that
+# `.retry`, and no task may resolve to errorValue 19: a task running on a
+# killed daemon runs again elsewhere and reaches its own outcome. Shared by test-soak.R (a short run) and
 # bench/soak.R (a long one), which sources this file. Defines functions
 # only; Linux only (reads /proc).
 #
@@ -95,7 +99,10 @@ soak_read_pid <- function(f) {
 soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, sample_every = 2,
                      warmup = min(60, seconds / 3), grace = 30, hold = 2, progress_every = Inf,
                      log = function(...) invisible(), weights = NULL, caps = NULL,
-                     payload_mb = 10) {
+                     payload_mb = 10, heal = TRUE, retry = 0L) {
+  # With heal, only daemons older than this are killed: 3 deaths in a row
+  # within 5 s of launch are a crash loop, which stops the replacing.
+  min_age <- 6
   if (is.null(weights)) weights <- c(tiny = 0.55, error = 0.12, sleep = 0.08, payload = 0.10, timeout = 0.08, cancel = 0.07)
   if (is.null(caps)) caps <- c(tiny = Inf, error = Inf, sleep = 2, payload = 2, timeout = 2, cancel = 2)
   now <- function() as.numeric(Sys.time())
@@ -148,13 +155,22 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
   so <- file.path(find.package("mirai"), "libs", "mirai.so")
   so_mtime <- file.mtime(so)
   fds0 <- soak_fds()
-  mirai::daemons(n)
+  mirai::daemons(n, heal = heal)
   reset_done <- FALSE
   on.exit(if (!reset_done) mirai::daemons(0), add = TRUE)
   host <- mirai:::profile_of(NULL)$host
   children <- function() .Call(mirai:::C_mirai_host_children, host, FALSE)
   url <- mirai::status()$daemons
   seen <- children()
+  # When each pid was first seen (its age, give or take the launch).
+  seen_at <- stats::setNames(rep(now(), length(seen)), seen)
+  note_children <- function() {
+    kids <- children()
+    new <- setdiff(kids, as.integer(names(seen_at)))
+    if (length(new)) seen_at[as.character(new)] <<- now()
+    seen <<- union(seen, kids)
+    kids
+  }
 
   submit <- function(kind) {
     next_id <<- next_id + 1L
@@ -175,7 +191,7 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
     r_kind[id] <<- match(kind, soak_kinds)
     if (watch) r_near_kill[id] <<- 1
     r_t_sub[id] <<- now()
-    inflight[[as.character(id)]] <<- mirai::mirai(e, .args = args, .timeout = to)
+    inflight[[as.character(id)]] <<- mirai::mirai(e, .args = args, .timeout = to, .retry = retry)
   }
 
   classify <- function(id, v) {
@@ -213,7 +229,9 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
     r_t_res[id] <<- t
     r_outcome[id] <<- code
     ok <- code == soak_expected[[kind]]
-    if (code == 19L) {
+    if (code == 19L && retry > 0L) {
+      violate(sprintf("task %d (%s, .retry = %d) resolved to errorValue 19", id, kind, retry))
+    } else if (code == 19L) {
       pid <- r_pid[id]
       if (is.na(pid) && kind %in% c("sleep", "payload", "timeout", "cancel")) {
         pid <- soak_read_pid(pidfile(id)); r_pid[id] <<- pid
@@ -282,8 +300,9 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
   }
 
   kill_one <- function() {
-    kids <- children()
+    kids <- note_children()
     t <- now()
+    if (heal) kids <- kids[t - seen_at[as.character(kids)] >= min_age]
     if (length(kids)) {
       victim <- kids[sample.int(length(kids), 1L)]
       for (nm in names(inflight)) {
@@ -302,8 +321,8 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
       # a task (submitted after the kill), which then resolves to 19 too.
       watch <<- TRUE
     }
-    mirai::launch_local(1L)
-    seen <<- union(seen, children())
+    if (!heal) mirai::launch_local(1L)
+    note_children()
   }
 
   sample_now <- function(t) {
@@ -353,7 +372,7 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
     }
     if (t >= next_kill) { kill_one(); next_kill <- next_kill + kill_every }
     if (t >= next_recheck) { recheck(); next_recheck <- t + 0.5 }
-    if (t >= next_sample) { sample_now(t); next_sample <- next_sample + sample_every }
+    if (t >= next_sample) { note_children(); sample_now(t); next_sample <- next_sample + sample_every }
     if (t >= next_progress) {
       s <- samples[nrow(samples), ]
       log(sprintf("[%4.0f s] resolved %d (%.0f/s), in flight %d, kills %d, 19s %d, violations %d, RSS %.0f MB, fds %d, threads %d, connections %d",
@@ -399,6 +418,8 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
   }, 15)
   mirai_final <- mirai::status()$mirai
   refused <- mirai::status()$refused
+  replaced <- mirai::status()$replaced
+  retried <- mirai::status()$retried
   # Still usable: a batch of tasks answers, from the daemons now running.
   t_batch <- now()
   batch <- lapply(1:(2L * n), function(i) mirai::mirai({ Sys.sleep(0.05); Sys.getpid() }))
@@ -458,7 +479,8 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
                           last_win_median = if (any(last_win)) stats::median(x[last_win]) else NA)
 
   list(
-    seconds = seconds, n = n, load_s = t_load, warmup = warmup,
+    seconds = seconds, n = n, load_s = t_load, warmup = warmup, heal = heal, retry = retry,
+    replaced = replaced, retried = retried,
     submitted = next_id, resolved_load = resolved_load, tasks_per_s = resolved_load / t_load,
     counts = counts, outcome = outcome, kind = kind,
     n_violations = n_violations, violations = violations,
@@ -501,10 +523,18 @@ soak_checks <- function(res, rss_mb = 100, fds = 20, threads = 20, kill_latency 
     "stay resolved (rechecked)" = list(res$rechecks >= res$submitted - res$unresolved_after_grace,
       sprintf("%d of %d rechecked", res$rechecks, res$submitted)),
     "daemons were killed" = list(res$kills >= 3L, sprintf("%d kills", res$kills)),
-    "19s at most one per kill" = list(res$n19 >= 1L && res$n19 <= res$kills, sprintf("%d errorValue 19 for %d kills", res$n19, res$kills)),
-    "killed task resolves at once" = list(length(res$kill_latency) >= 1L && max(res$kill_latency) <= kill_latency,
+    "19s at most one per kill" = if (res$retry > 0L) list(res$n19 == 0L, sprintf("%d errorValue 19 with .retry = %d", res$n19, res$retry))
+      else list(res$n19 >= 1L && res$n19 <= res$kills, sprintf("%d errorValue 19 for %d kills", res$n19, res$kills)),
+    "killed task resolves at once" = if (res$retry > 0L)
+      # A task seen running on the victim may have resolved already (timed
+      # out, stopped): then it is not retried. At most one per kill is.
+      list(res$victim_hits >= 1L && res$victim_other == res$victim_hits && res$retried >= 1L && res$retried <= res$kills,
+           sprintf("%d tasks seen running on a killed daemon, all reached their own outcome; %d retries for %d kills",
+                   res$victim_hits, res$retried, res$kills))
+      else list(length(res$kill_latency) >= 1L && max(res$kill_latency) <= kill_latency,
       sprintf("%d observed, max %.2f s (bound %g s)", length(res$kill_latency),
               if (length(res$kill_latency)) max(res$kill_latency) else NA, kill_latency)),
+    "every kill replaced" = list(!res$heal || res$replaced == res$kills, sprintf("%d kills, %d replaced", res$kills, res$replaced)),
     "every kind reached its outcome" = list(cnt("tiny", 1L) >= 100L && cnt("sleep", 1L) >= 1L && cnt("payload", 1L) >= 1L &&
       cnt("error", 3L) >= 1L && cnt("timeout", 5L) >= 1L && cnt("cancel", 20L) >= 1L,
       sprintf("tiny %d, sleep %d, payload %d, error %d, timeout %d, cancel %d", cnt("tiny", 1L), cnt("sleep", 1L),
@@ -529,7 +559,9 @@ soak_checks <- function(res, rss_mb = 100, fds = 20, threads = 20, kill_latency 
 }
 
 soak_report <- function(res, checks, log = function(x) cat(x, "\n", sep = "")) {
-  log(sprintf("== soak report: %d daemons, %.0f s of load (warm-up %.0f s) ==", res$n, res$load_s, res$warmup))
+  log(sprintf("== soak report: %d daemons (%s), .retry = %d, %.0f s of load (warm-up %.0f s) ==", res$n,
+              if (res$heal) "replaced by the pool" else "replaced by launch_local()", res$retry, res$load_s, res$warmup))
+  log(sprintf("daemons replaced %d, tasks retried %d", res$replaced, res$retried))
   if (res$pkg_changed) log("WARNING: the installed mirai changed during the run (reinstalled?): figures unreliable")
   log(sprintf("submitted %d, resolved during load %d (%.1f tasks/s), kills %d, pids seen %d, refused %s",
               res$submitted, res$resolved_load, res$tasks_per_s, res$kills, res$pids_seen, res$refused))

@@ -118,7 +118,7 @@ test_that("a task stopped the moment it is sent still frees its daemon at once",
 })
 
 test_that("writing to a daemon that has just died is not an R error (no SIGPIPE)", {
-  daemons(1, dispatcher = FALSE)
+  daemons(1, dispatcher = FALSE, heal = FALSE)
   on.exit(daemons(0))
   pid <- mirai(Sys.getpid())[]
   tools::pskill(pid, tools::SIGKILL)

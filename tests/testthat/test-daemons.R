@@ -112,14 +112,17 @@ test_that("daemons(0) resolves pending mirai to 19 and leaves no processes", {
 })
 
 test_that("a daemon that dies mid-task resolves the task to 19 at once, others keep going", {
-  daemons(2)
+  daemons(2, heal = FALSE)
   on.exit(daemons(0))
   m <- mirai({ Sys.sleep(0.3); tools::pskill(Sys.getpid(), tools::SIGKILL) })
   t0 <- Sys.time()
   expect_identical(as.integer(m[]), 19L)
   expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 3)
   expect_identical(mirai(1 + 1)[], 2)
+  # Not replaced with heal = FALSE.
+  Sys.sleep(1)
   expect_identical(info()[["connections"]], 1L)
+  expect_identical(status()$replaced, 0L)
 })
 
 test_that("remote-style setup: listen at a URL, launch_local adds daemons, TCP port 0", {

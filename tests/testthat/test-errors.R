@@ -206,6 +206,8 @@ test_that("each argument is checked once, by R, with one message naming it", {
     list(quote(daemons(1, sync = NA)), "`sync` must be TRUE or FALSE"),
     list(quote(daemons(1, .compute = 1)), "`.compute` must be a character string naming a compute profile, or NULL"),
     list(quote(mirai(1, .timeout = -1)), "`.timeout` must be a non-negative number of milliseconds, or NULL"),
+    list(quote(mirai(1, .retry = 0.5)), "`.retry` must be a non-negative whole number of retries (at most 1e6)"),
+    list(quote(daemons(1, heal = NA)), "`heal` must be TRUE or FALSE"),
     list(quote(local_url(port = 70000)), "`port` must be an integer from 0 to 65535"),
     list(quote(host_url(port = NA)), "`port` must be an integer from 0 to 65535"),
     list(quote(nextcode("a")), "`xc` must be a single integer exit code"),

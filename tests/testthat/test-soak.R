@@ -1,5 +1,6 @@
 # Soak (short): 40 s of mixed tasks on 4 daemons with a dispatcher while a
-# daemon is SIGKILLed every 2.5 s and replaced. The logic is in
+# daemon is SIGKILLed every 2.5 s and replaced by the pool (daemons(n)
+# heals; test-heal.R runs the same with .retry). The logic is in
 # helper-soak.R, shared with bench/soak.R (the long run). About 50 s.
 
 soak <- new.env()
@@ -57,6 +58,9 @@ test_that("soak: every mirai resolves once, to its value or an allowed error, wh
   expect_true(res$conns_ok, info = info)
   expect_identical(res$conns_final, 4L, info = info)
   expect_identical(res$children_final, 4L, info = info)
+  # Every kill was answered by the pool with one replacement, and only that.
+  expect_identical(res$replaced, res$kills, info = info)
+  expect_identical(res$retried, 0L, info = info)
   expect_true(res$idle_ok, info = info)
   expect_true(res$batch_ok, info = info)
 })

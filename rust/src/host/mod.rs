@@ -1,7 +1,8 @@
 //! The host side of a compute profile (submodules: `sched`, the pure
 //! scheduling state machine; `wqueue`, a connection's write queue; `aio`,
 //! completion slots shared with R and the doorbells that wait on several;
-//! `rng`, the RNG streams given to daemons): the listener, every daemon connection
+//! `rng`, the RNG streams given to daemons; `pool`, the local daemons a
+//! profile launched, replaced when they die): the listener, every daemon connection
 //! and the pure scheduler (`sched`), kept in one `Core` behind a mutex.
 //!
 //! Two threads drive the core. R's main thread submits and cancels directly:
@@ -55,6 +56,7 @@
 //! returns the reason as an error.
 
 pub mod aio;
+pub mod pool;
 pub mod rng;
 pub mod sched;
 pub mod wqueue;
@@ -97,6 +99,7 @@ pub struct Stats {
     pub awaiting: AtomicU64,
     pub executing: AtomicU64,
     pub completed: AtomicU64,
+    pub retried: AtomicU64,
     pub refused: AtomicU64,
     pub queued_bytes: AtomicU64,
     pub peak_bytes: AtomicU64,
@@ -114,7 +117,7 @@ pub struct Stats {
 impl Stats {
     /// The counters `info()` and `status()` show, by the names they show
     /// them under (R reads them by name).
-    pub fn counters(&self) -> [(&'static str, u64); 6] {
+    pub fn counters(&self) -> [(&'static str, u64); 7] {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("connections", get(&self.connections)),
@@ -123,6 +126,7 @@ impl Stats {
             ("executing", get(&self.executing)),
             ("completed", get(&self.completed)),
             ("refused", get(&self.refused)),
+            ("retried", get(&self.retried)),
         ]
     }
 
@@ -135,6 +139,7 @@ impl Stats {
         self.awaiting.store(c.awaiting, Ordering::Relaxed);
         self.executing.store(c.executing, Ordering::Relaxed);
         self.completed.store(c.completed, Ordering::Relaxed);
+        self.retried.store(c.retried, Ordering::Relaxed);
         self.peak_bytes.store(c.peak_bytes, Ordering::Relaxed);
         let before = self.queued_bytes.swap(c.queued_bytes, Ordering::Relaxed);
         // Only a crossing below the cap can release a waiter. Taking the
@@ -328,7 +333,20 @@ impl Host {
     /// If the host has been shut down the task fails at once with
     /// "connection reset"; if it failed, the reason comes back as Err.
     pub fn submit(&self, id: TaskId, frame: Vec<u8>, slot: Arc<Slot>, timeout: Option<Duration>) -> Result<(), String> {
-        self.submit_for(id, frame, slot, timeout, None)
+        self.submit_for(id, frame, slot, timeout, None, 0)
+    }
+
+    /// `submit`, for a task sent again, up to `retries` times, to another
+    /// daemon when the one running it is lost (see `Sched::submit_retrying`).
+    pub fn submit_retrying(
+        &self,
+        id: TaskId,
+        frame: Vec<u8>,
+        slot: Arc<Slot>,
+        timeout: Option<Duration>,
+        retries: u32,
+    ) -> Result<(), String> {
+        self.submit_for(id, frame, slot, timeout, None, retries)
     }
 
     /// Like `submit`, but the task runs on the `node`-th daemon to have
@@ -337,7 +355,7 @@ impl Host {
     /// parallel expects. If that daemon has gone, or has not joined, the
     /// task fails with "connection reset" at once.
     pub fn submit_to_node(&self, id: TaskId, frame: Vec<u8>, slot: Arc<Slot>, node: usize) -> Result<(), String> {
-        self.submit_for(id, frame, slot, None, Some(node))
+        self.submit_for(id, frame, slot, None, Some(node), 0)
     }
 
     fn submit_for(
@@ -347,6 +365,7 @@ impl Host {
         slot: Arc<Slot>,
         timeout: Option<Duration>,
         node: Option<usize>,
+        retries: u32,
     ) -> Result<(), String> {
         let deadline = timeout.map(|t| Instant::now() + t);
         self.with_core(|core| {
@@ -360,7 +379,7 @@ impl Host {
             core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: None, slot });
             core.submitted = true;
             let acts = match node {
-                None => core.sched.submit_sized(id, bytes),
+                None => core.sched.submit_retrying(id, bytes, retries),
                 Some(n) => match core.joined.get(n) {
                     Some(&d) => core.sched.submit_to(id, d),
                     None => {
@@ -418,6 +437,7 @@ impl Host {
         hash: [u8; 32],
         sid: u64,
         items: Vec<(TaskId, Vec<u8>, Arc<Slot>)>,
+        retries: u32,
     ) -> Result<(), String> {
         self.with_core(|core| {
             if core.stopped || core.shutdown.is_some() {
@@ -446,7 +466,7 @@ impl Host {
                     id,
                     TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: Some(part.clone()), slot },
                 );
-                acts.extend(core.sched.submit_sized(id, bytes));
+                acts.extend(core.sched.submit_retrying(id, bytes, retries));
             }
             core.apply(acts, None);
         })

@@ -60,6 +60,8 @@ const fn pow2k(a: Mat, m: u64, k: u32) -> Mat {
 
 const JUMP1: Mat = pow2k(STEP1, M1, 127);
 const JUMP2: Mat = pow2k(STEP2, M2, 127);
+const SUB1: Mat = pow2k(STEP1, M1, 76);
+const SUB2: Mat = pow2k(STEP2, M2, 76);
 
 fn apply(a: &Mat, s: [u64; 3], m: u64) -> [u64; 3] {
     let mut out = [0u64; 3];
@@ -77,6 +79,18 @@ pub fn next_stream(s: &Stream) -> Stream {
     let w = |i: usize| s[i] as u32 as u64;
     let a = apply(&JUMP1, [w(1), w(2), w(3)], M1);
     let b = apply(&JUMP2, [w(4), w(5), w(6)], M2);
+    [s[0], a[0] as i32, a[1] as i32, a[2] as i32, b[0] as i32, b[1] as i32, b[2] as i32]
+}
+
+/// The next substream of `s`, 2^76 steps on, as
+/// `parallel::nextRNGSubStream()` gives it: a replacement daemon starts
+/// there, on the substream after the one of the daemon it replaces, which
+/// used at most a sliver of its 2^76 draws. Every stream holds 2^51 of
+/// these, so no daemon's substreams reach into another daemon's stream.
+pub fn next_substream(s: &Stream) -> Stream {
+    let w = |i: usize| s[i] as u32 as u64;
+    let a = apply(&SUB1, [w(1), w(2), w(3)], M1);
+    let b = apply(&SUB2, [w(4), w(5), w(6)], M2);
     [s[0], a[0] as i32, a[1] as i32, a[2] as i32, b[0] as i32, b[1] as i32, b[2] as i32]
 }
 
@@ -104,6 +118,17 @@ mod tests {
         assert_eq!(nth_stream(&SEED_1546, 2), NEXT_2);
         assert_eq!(nth_stream(&SEED_1546, 100), NEXT_100);
         assert_eq!(nth_stream(&SEED_1546, 0), SEED_1546);
+    }
+
+    // parallel::nextRNGSubStream(SEED_1546) in R 4.2.2.
+    const SUB_1: Stream = [10407, -1239020870, -1389118949, 302040415, -857636241, -1396662436, -560096642];
+
+    #[test]
+    fn matches_parallel_next_rng_substream() {
+        assert_eq!(next_substream(&SEED_1546), SUB_1);
+        // 2^51 substreams make one stream.
+        assert_eq!(pow2k(SUB1, M1, 51), JUMP1);
+        assert_eq!(pow2k(SUB2, M2, 51), JUMP2);
     }
 
     #[test]

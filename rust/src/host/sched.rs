@@ -47,6 +47,14 @@
 //! than being requeued. A task may also be pinned to a daemon that has yet
 //! to connect (`submit_to_next`): each such task goes to a different newly
 //! connected daemon, ahead of the queue.
+//!
+//! Retry: a task may be submitted with a number of retries
+//! (`submit_retrying`). When the daemon running it is lost (`disconnect`)
+//! and it has retries left, it goes back to the front of the queue, one
+//! retry fewer, instead of failing with "connection reset"; with none left
+//! it fails as any other. Only a lost daemon triggers a retry: a task that
+//! timed out or was cancelled is resolved already and stays so, and a
+//! pinned task never moves to another daemon.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -103,6 +111,8 @@ pub struct Counters {
     pub awaiting: u64,
     pub executing: u64,
     pub completed: u64,
+    /// Tasks sent back to the queue after their daemon was lost.
+    pub retried: u64,
     /// Bytes of the tasks waiting in the queue, and their high-water mark.
     pub queued_bytes: u64,
     pub peak_bytes: u64,
@@ -114,6 +124,8 @@ struct Task {
     pin: Option<DaemonId>,
     resolved: bool,
     bytes: u64,
+    /// Times it may still be requeued after losing its daemon.
+    retries: u32,
 }
 
 #[derive(Debug, Default)]
@@ -243,7 +255,13 @@ impl Sched {
     /// the task had its chance to go straight to a daemon: one that never
     /// waited never counts.
     pub fn submit_sized(&mut self, task: TaskId, bytes: u64) -> Vec<Action> {
-        self.tasks.insert(task, Task { daemon: None, pin: None, resolved: false, bytes });
+        self.submit_retrying(task, bytes, 0)
+    }
+
+    /// `submit_sized` for a task that is requeued up to `retries` times
+    /// when the daemon running it is lost (see the module docs).
+    pub fn submit_retrying(&mut self, task: TaskId, bytes: u64, retries: u32) -> Vec<Action> {
+        self.tasks.insert(task, Task { daemon: None, pin: None, resolved: false, bytes, retries });
         self.queue.push_back(task);
         self.queued_bytes += bytes;
         let mut out = Vec::new();
@@ -265,7 +283,7 @@ impl Sched {
         let mut out = Vec::new();
         // Pinned tasks bypass the memory gate (everywhere()), so they are
         // not counted as queued bytes.
-        self.tasks.insert(task, Task { daemon: None, pin: Some(d), resolved: false, bytes: 0 });
+        self.tasks.insert(task, Task { daemon: None, pin: Some(d), resolved: false, bytes: 0, retries: 0 });
         let Some(dm) = self.daemons.get_mut(&d) else {
             self.fail(task, ERR_RESET, &mut out);
             self.tasks.remove(&task);
@@ -285,7 +303,7 @@ impl Sched {
     /// Submits a task for the next daemon to connect that has not had one
     /// of these (each such task goes to a different daemon).
     pub fn submit_to_next(&mut self, task: TaskId) -> Vec<Action> {
-        self.tasks.insert(task, Task { daemon: None, pin: None, resolved: false, bytes: 0 });
+        self.tasks.insert(task, Task { daemon: None, pin: None, resolved: false, bytes: 0, retries: 0 });
         self.for_next.push_back(task);
         Vec::new()
     }
@@ -307,21 +325,26 @@ impl Sched {
     }
 
     /// The daemon's connection is gone. Its running task fails with
-    /// "connection reset"; tasks queued behind it never started, so they go
-    /// back to the front of the queue.
+    /// "connection reset", unless it has a retry left: then it goes back to
+    /// the front of the queue with the tasks queued behind it, which never
+    /// started.
     pub fn disconnect(&mut self, d: DaemonId) -> Vec<Action> {
         let mut out = Vec::new();
         if let Some(dm) = self.remove_daemon(d) {
-            let mut it = dm.inflight.into_iter();
-            if let Some(running) = it.next() {
-                self.fail(running, ERR_RESET, &mut out);
-                // No reply will ever come to drop it, so drop it now or its
-                // payload stays in the host for the life of the profile.
-                if self.tasks.remove(&running).is_some() {
-                    out.push(Action::Drop { task: running });
+            let mut inflight = dm.inflight;
+            if let Some(&running) = inflight.front() {
+                if !self.take_retry(running) {
+                    inflight.pop_front();
+                    self.fail(running, ERR_RESET, &mut out);
+                    // No reply will ever come to drop it, so drop it now or
+                    // its payload stays in the host for the life of the
+                    // profile.
+                    if self.tasks.remove(&running).is_some() {
+                        out.push(Action::Drop { task: running });
+                    }
                 }
             }
-            self.requeue(it, &mut out);
+            self.requeue(inflight.into_iter(), &mut out);
             self.orphan_pinned(dm.pinned, &mut out);
         }
         self.pump(&mut out);
@@ -552,6 +575,19 @@ impl Sched {
             if self.tasks.remove(&t).is_some() {
                 out.push(Action::Drop { task: t });
             }
+        }
+    }
+
+    /// Uses up one of `task`'s retries, if it is unresolved, not pinned
+    /// and has one left; true if so (the caller requeues it).
+    fn take_retry(&mut self, task: TaskId) -> bool {
+        match self.tasks.get_mut(&task) {
+            Some(t) if !t.resolved && t.pin.is_none() && t.retries > 0 => {
+                t.retries -= 1;
+                self.counters.retried += 1;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -861,6 +897,37 @@ mod tests {
             s.submit(2);
             s.cancel(2, ERR_CANCELED);
             assert_eq!(s.disconnect(2), vec![Action::Drop { task: 2 }]);
+            assert_eq!(s.tracked_tasks(), 0);
+        }
+    }
+
+    #[test]
+    fn a_lost_daemon_requeues_a_task_with_retries_left_first_in_line() {
+        for dispatcher in [true, false] {
+            let mut s = Sched::new(dispatcher);
+            s.connect(1);
+            assert_eq!(sends(&s.submit_retrying(1, 10, 1)), vec![(1, 1)]);
+            s.submit(2);
+            // Lost once: back to the front of the queue, nothing failed.
+            let a = s.disconnect(1);
+            assert!(!a.iter().any(|x| matches!(x, Action::Fail { .. } | Action::Drop { .. })), "{a:?}");
+            assert_eq!(s.counters().retried, 1);
+            assert_eq!(s.counters().queued_bytes, 10);
+            assert_eq!(sends(&s.connect(2))[0], (2, 1));
+            // Lost again with no retry left: it fails as any other.
+            let a = s.disconnect(2);
+            assert!(a.contains(&Action::Fail { task: 1, code: ERR_RESET }));
+            assert!(a.contains(&Action::Drop { task: 1 }));
+            assert_eq!(s.counters().retried, 1);
+            // A timed-out task is not retried, whatever its retries.
+            s.connect(3);
+            s.reply(3, 2, false);
+            s.unwritten(3, 0);
+            assert_eq!(sends(&s.submit_retrying(3, 0, 5)), vec![(3, 3)]);
+            s.cancel(3, ERR_TIMEOUT);
+            let a = s.disconnect(3);
+            assert_eq!(a, vec![Action::Drop { task: 3 }]);
+            assert_eq!(s.counters().retried, 1);
             assert_eq!(s.tracked_tasks(), 0);
         }
     }

@@ -7,6 +7,38 @@ use crate::sys::threads::{self, lock};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal ended it (SIGKILL from the user or the OOM killer, SIGSEGV).
+    Signal(i32),
+}
+
+impl Exit {
+    /// A daemon that returned from `daemon()` exits with status 0 (its host
+    /// closed, or its own idletime, walltime or maxtasks); anything else
+    /// (an R error, a signal) is a failure.
+    pub fn is_failure(self) -> bool {
+        self != Exit::Code(0)
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit status {c}"),
+            Exit::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// Called on the child's reaper thread once it has ended, with how and how
+/// long after its launch.
+pub type OnExit = Box<dyn FnOnce(Exit, Duration) + Send>;
 
 pub struct Child {
     pub pid: u32,
@@ -63,31 +95,69 @@ fn cloexec_inherited() {
     }
 }
 
-pub fn launch(program: &str, args: &[String], env: &[(String, String)], persistent: bool) -> Result<Child, String> {
+/// Clears the signal mask, in a forked child. A child inherits the mask of
+/// the thread that forked it, and exec keeps it: launched from one of our
+/// threads (a replacement daemon, from its reaper), which block R's signals
+/// (`threads::spawn`), the daemon would start with SIGINT blocked and could
+/// never be interrupted (a timed-out or stopped task would run on).
+fn unblock_signals() {
+    // SAFETY: sigset_t is a plain C type, valid all zero; the calls only
+    // write `set` and this (child) thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+pub fn launch(
+    program: &str,
+    args: &[String],
+    env: &[(String, String)],
+    persistent: bool,
+    on_exit: Option<OnExit>,
+) -> Result<Child, String> {
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).process_group(0);
     // SAFETY: the hook runs in the forked child before exec and calls only
-    // async-signal-safe functions (close_range, fcntl, getrlimit).
+    // async-signal-safe functions (close_range, fcntl, getrlimit,
+    // sigemptyset, pthread_sigmask).
     unsafe {
         cmd.pre_exec(|| {
             cloexec_inherited();
+            unblock_signals();
             Ok(())
         })
     };
     for (k, v) in env {
         cmd.env(k, v);
     }
+    let started = Instant::now();
     let mut child = cmd.spawn().map_err(|e| format!("cannot start '{program}': {e}"))?;
     let pid = child.id();
     let status = Arc::new(Mutex::new(None));
     let st = status.clone();
     let st2 = status.clone();
     let reap = move || {
-        let code = match child.wait() {
-            Ok(s) => s.code().unwrap_or(-1),
-            Err(_) => -1,
+        use std::os::unix::process::ExitStatusExt;
+        let exit = match child.wait() {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => Exit::Code(c),
+                (None, Some(sig)) => Exit::Signal(sig),
+                (None, None) => Exit::Code(-1),
+            },
+            Err(_) => Exit::Code(-1),
         };
-        *lock(&st) = Some(code);
+        // The hook first: a replacement it launches is listed before this
+        // child counts as exited, so that nobody counting launched children
+        // (a wait for daemons to connect) sees one fewer alive meanwhile.
+        if let Some(f) = on_exit {
+            f(exit, started.elapsed());
+        }
+        *lock(&st) = Some(match exit {
+            Exit::Code(c) => c,
+            Exit::Signal(_) => -1,
+        });
     };
     // Unreachable in practice; should it happen, the child counts as gone
     // rather than as running forever.

@@ -18,7 +18,7 @@
 //! frame carries only the element.
 
 use super::mirai::{cancel, outcome_to_sexp, wait_slot};
-use super::profile::{host_failed, new_aio, profile, Aio, Profile};
+use super::profile::{host_failed, new_aio, profile, retries, Aio, Profile};
 use crate::host::aio::Slot;
 use crate::host::item_head;
 use crate::host::sched::TaskId;
@@ -77,8 +77,9 @@ fn serialize_part(x: SEXP, cfg: SEXP, buf: &mut Vec<u8>, what: &str) -> Result<(
 /// list of one (what `lapply(as.list(x), list)` gives, without making it). Every
 /// frame is built before any is queued, so an element that cannot be
 /// serialized fails the call with nothing sent. Returns the map's handle.
-pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP) -> RResult {
+pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: SEXP) -> RResult {
     let prof = profile(&p)?;
+    let retries = retries(retry)?;
     let cfg = kept(p);
     let wrap = f64_arg(wrap, "wrap")? as i32;
     let atomic = wrap == 2;
@@ -124,7 +125,7 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP) -> RResu
         slots.push(slot.clone());
         tasks.push((id, frame, slot));
     }
-    host.submit_map(blob, hash, sid, tasks).map_err(host_failed)?;
+    host.submit_map(blob, hash, sid, tasks, retries).map_err(host_failed)?;
     // From here every task is queued: should R fail to make the handle,
     // they are cancelled rather than left where nothing can collect them.
     let m = MapHandle { profile: prof.clone(), ids, slots };

@@ -10,12 +10,12 @@ use crate::r::layer::value::*;
 use crate::host::aio::Slot;
 use super::shared::max_message;
 use crate::host::{Host, HostOptions};
-use crate::sys::spawn::{self, Child};
-use crate::sys::threads::lock;
+use crate::host::pool::{Pool, Spec};
+use crate::sys::spawn::Child;
 use crate::wire::url::Address;
 use std::ffi::CStr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What a mirai's aio handle owns: its completion slot, its task id, and
@@ -41,9 +41,18 @@ pub fn new_aio(a: Aio, cfg: SEXP) -> RResult {
 /// What a profile handle owns.
 pub struct Profile {
     pub host: Host,
-    pub children: Mutex<Vec<Child>>,
+    /// The local daemons it launched (and keeps at their number).
+    pub pool: Arc<Pool>,
     /// `tls+tcp://`: the PEM certificate chain daemons verify the host with.
     pub tlscert: Option<String>,
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        // Before the host goes: no replacement is launched for a daemon
+        // that exits because its host closed.
+        self.pool.close();
+    }
 }
 
 impl Tagged for Arc<Profile> {
@@ -77,6 +86,15 @@ fn opt_timeout(s: SEXP) -> Result<Option<Duration>, RError> {
     }
     let ms = f64_arg(s, ".timeout")?;
     Ok(if ms.is_finite() { Some(Duration::from_micros((ms.max(0.0) * 1000.0) as u64)) } else { None })
+}
+
+/// `.retry`: how many times a task is resent when its daemon dies.
+pub fn retries(s: SEXP) -> Result<u32, RError> {
+    let k = f64_arg(s, ".retry")?;
+    if !(0.0..=1e6).contains(&k) || k.fract() != 0.0 {
+        return Err("`.retry` must be a non-negative whole number of retries".into());
+    }
+    Ok(k as u32)
 }
 
 fn serialize_task(data: SEXP, cfg: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
@@ -137,7 +155,7 @@ pub fn mirai_host_start(
     };
     let host = Host::start_with(&addr, opts, creds.as_ref().map(|c| c.config.clone()))?;
     let tlscert = creds.map(|c| c.chain_pem);
-    new_handle(Arc::new(Profile { host, children: Mutex::new(Vec::new()), tlscert }), serial_cfg)
+    new_handle(Arc::new(Profile { host, pool: Arc::new(Pool::default()), tlscert }), serial_cfg)
 }
 
 /// Checks a user's TLS credentials (PEM text of the certificate chain and
@@ -167,14 +185,15 @@ pub fn mirai_host_url(p: SEXP) -> RResult {
 /// Submits a task; returns its mirai. Waits (interruptibly) first while the
 /// queue is at the memory cap: nothing has been serialized or queued yet,
 /// so an interrupt leaves no trace.
-pub fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> RResult {
+pub fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP, retry: SEXP) -> RResult {
     let prof = profile(&p)?;
     let timeout = opt_timeout(timeout)?;
+    let retries = retries(retry)?;
     let stats = &prof.host.stats;
     if !stats.has_room() {
         wait_interruptibly(|slice| stats.wait_room(slice))?;
     }
-    let a = submit_with(prof, p, data, |host, id, frame, slot| host.submit(id, frame, slot, timeout))?;
+    let a = submit_with(prof, p, data, |host, id, frame, slot| host.submit_retrying(id, frame, slot, timeout, retries))?;
     new_aio(a, kept(p))
 }
 
@@ -279,11 +298,25 @@ pub fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> RResult {
     res
 }
 
-/// The counters (`Stats::counters`), as a named integer vector.
+/// The counters (`Stats::counters`), and `replaced` (daemons the pool
+/// launched in place of dead ones), as a named integer vector.
 pub fn mirai_host_info(p: SEXP) -> RResult {
-    let counters = profile(&p)?.host.stats.counters();
-    let vals = counters.map(|(_, v)| v.min(i32::MAX as u64) as i32);
-    named_ints(&vals, &counters.map(|(n, _)| n))
+    let prof = profile(&p)?;
+    let counters = prof.host.stats.counters();
+    let mut vals: Vec<i32> = counters.iter().map(|(_, v)| (*v).min(i32::MAX as u64) as i32).collect();
+    let mut names: Vec<&str> = counters.iter().map(|(n, _)| *n).collect();
+    vals.push(prof.pool.replaced().min(i32::MAX as u64) as i32);
+    names.push("replaced");
+    named_ints(&vals, &names)
+}
+
+/// What the profile's daemon pool has to tell the user (the replacing of
+/// dead daemons stopped, and why), once; NULL if nothing.
+pub fn mirai_host_notice(p: SEXP) -> RResult {
+    match profile(&p)?.pool.take_notice() {
+        Some(msg) => string(&msg),
+        None => Ok(Owned::nil()),
+    }
 }
 
 /// For tests: makes the profile's event loop fail as a bug would. Only in
@@ -295,12 +328,18 @@ pub fn mirai_host_inject_fault(p: SEXP) -> RResult {
 }
 
 pub fn mirai_host_close(p: SEXP, signal: SEXP) -> RResult {
-    profile(&p)?.host.shutdown(bool_arg(signal, "signal")?);
+    let prof = profile(&p)?;
+    // First: daemons exit as the host closes, and none is replaced.
+    prof.pool.close();
+    prof.host.shutdown(bool_arg(signal, "signal")?);
     Ok(Owned::nil())
 }
 
 /// Launches a local daemon; its pid. `persistent`: launched with
-/// `autoexit = FALSE`, so never killed by a reset.
+/// `autoexit = FALSE`, so never killed by a reset. `heal`: replaced when it
+/// dies (see `pool`). `stream`: NULL, or its own random-number stream, to
+/// be added to the call in `args` as `rs`.
+#[allow(clippy::too_many_arguments)]
 pub fn mirai_host_launch(
     p: SEXP,
     program: SEXP,
@@ -308,14 +347,18 @@ pub fn mirai_host_launch(
     env_names: SEXP,
     env_values: SEXP,
     persistent: SEXP,
+    heal: SEXP,
+    stream: SEXP,
 ) -> RResult {
     let prof = profile(&p)?;
-    let program = str_arg(program, "rscript")?;
-    let args = strs_arg(args, "args")?;
-    let env: Vec<(String, String)> = strs_arg(env_names, "env")?.into_iter().zip(strs_arg(env_values, "env")?).collect();
-    let child = spawn::launch(&program, &args, &env, bool_arg(persistent, "persistent")?)?;
-    let pid = child.pid;
-    lock(&prof.children).push(child);
+    let spec = Spec {
+        program: str_arg(program, "rscript")?,
+        args: strs_arg(args, "args")?,
+        env: strs_arg(env_names, "env")?.into_iter().zip(strs_arg(env_values, "env")?).collect(),
+        persistent: bool_arg(persistent, "persistent")?,
+        stream: if is_null(stream) { None } else { Some(ints_arg::<7>(stream, "rs")?) },
+    };
+    let pid = prof.pool.launch(spec, bool_arg(heal, "heal")?)?;
     int(pid as i32)
 }
 
@@ -332,10 +375,9 @@ pub fn mirai_host_wait_ready(p: SEXP, n: SEXP, ms: SEXP) -> RResult {
             return true;
         }
         let have = prof.host.stats.connections.load(Ordering::Relaxed);
-        let ch = lock(&prof.children);
-        let dead: Vec<i32> = ch.iter().filter_map(|c| c.exited()).collect();
-        let alive = (ch.len() - dead.len()) as u64;
-        if !ch.is_empty() && !dead.is_empty() && have + alive < n {
+        let (launched, dead) = prof.pool.with_children(|ch| (ch.len(), ch.iter().filter_map(|c| c.exited()).collect::<Vec<i32>>()));
+        let alive = (launched - dead.len()) as u64;
+        if launched > 0 && !dead.is_empty() && have + alive < n {
             failed = Some((dead.len(), dead[0]));
             return true;
         }
@@ -343,8 +385,9 @@ pub fn mirai_host_wait_ready(p: SEXP, n: SEXP, ms: SEXP) -> RResult {
         timed_out
     })?;
     if let Some((count, status)) = failed {
+        let why = prof.pool.take_notice().map(|n| format!(" ({n})")).unwrap_or_default();
         return Err(format!(
-            "{count} daemon process(es) exited before connecting (exit status {status}); run the launch command by hand to see why"
+            "{count} daemon process(es) exited before connecting (exit status {status}); run the launch command by hand to see why{why}"
         )
         .into());
     }
@@ -357,13 +400,12 @@ pub fn mirai_host_wait_ready(p: SEXP, n: SEXP, ms: SEXP) -> RResult {
 pub fn mirai_host_children(p: SEXP, kill: SEXP) -> RResult {
     let prof = profile(&p)?;
     let kill = bool_arg(kill, "kill")?;
-    let pids: Vec<i32> = {
-        let ch = lock(&prof.children);
+    let pids: Vec<i32> = prof.pool.with_children(|ch| {
         let mortal = || ch.iter().filter(|c| !c.persistent);
         if kill {
             mortal().for_each(Child::kill);
         }
         mortal().filter(|c| c.exited().is_none()).map(|c| c.pid as i32).collect()
-    };
+    });
     ints(&pids)
 }

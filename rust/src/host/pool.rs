@@ -1,0 +1,346 @@
+//! The local daemons one compute profile launched, kept at their number.
+//!
+//! Every launched child is listed here (so that a reset can find and end
+//! it). A child launched to heal (`daemons(n)`'s own daemons) that dies
+//! with a failure (a signal such as SIGKILL from a user or the OOM killer,
+//! SIGSEGV, or a non-zero exit status such as an R error) is launched again
+//! at once, from the reaper thread that saw it die, with the same command.
+//! A daemon that returns from `daemon()` exits with status 0 (its host
+//! closed, or its own `idletime`, `walltime` or `maxtasks`): that is not a
+//! death, and is left alone. Nothing here touches R: what R must hear (the
+//! replacing stopped) waits in `notice` for R's main thread to take.
+//!
+//! Crash loops: the decision is the pure `Healer`. A death within
+//! `QUICK_DEATH` of the daemon's launch is quick; `CRASH_LOOP` quick deaths
+//! in a row (a death after a longer life breaks the row) stop the replacing
+//! for the life of the profile, with a warning saying why, rather than
+//! launching a process every few hundred milliseconds for ever.
+//!
+//! Random-number streams: a daemon launched with its own stream (no
+//! dispatcher, no seed: the launch command carries `rs`) is replaced by one
+//! on the next substream of that stream (`rng::next_substream`), which the
+//! dead daemon never reached, and which no other daemon's stream overlaps.
+
+use crate::host::rng::{self, Stream};
+use crate::sys::spawn::{self, Child, Exit};
+use crate::sys::threads::lock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A death this soon after launch counts towards a crash loop.
+pub const QUICK_DEATH: Duration = Duration::from_secs(5);
+/// Quick deaths in a row that stop the replacing.
+pub const CRASH_LOOP: u32 = 3;
+
+/// What to do about a healing daemon that ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Launch another in its place.
+    Replace,
+    /// Nothing: it ended normally, or the replacing has stopped.
+    Ignore,
+    /// Stop replacing, and tell the user this.
+    GiveUp(String),
+}
+
+/// The crash-loop policy: events in (a daemon ended, how and after how
+/// long), verdicts out; no clock or process of its own.
+#[derive(Debug, Default)]
+pub struct Healer {
+    quick_in_a_row: u32,
+    stopped: bool,
+}
+
+impl Healer {
+    pub fn exited(&mut self, exit: Exit, lived: Duration) -> Verdict {
+        if self.stopped || !exit.is_failure() {
+            return Verdict::Ignore;
+        }
+        if lived >= QUICK_DEATH {
+            self.quick_in_a_row = 0;
+            return Verdict::Replace;
+        }
+        self.quick_in_a_row += 1;
+        if self.quick_in_a_row < CRASH_LOOP {
+            return Verdict::Replace;
+        }
+        self.stopped = true;
+        Verdict::GiveUp(format!(
+            "{CRASH_LOOP} local daemons in a row died within {} s of their launch (the last with {exit}), \
+             so dead daemons are no longer replaced; run the command launch_remote() prints to see why, \
+             then set daemons() again",
+            QUICK_DEATH.as_secs()
+        ))
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+}
+
+/// How to launch one daemon.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub program: String,
+    /// Its arguments; the last is the R code to run, `mirai::daemon(...)`.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Launched with `autoexit = FALSE`: never killed by a reset.
+    pub persistent: bool,
+    /// Its own random-number stream, added to the call as `rs`.
+    pub stream: Option<Stream>,
+}
+
+impl Spec {
+    /// The arguments, with the stream (if any) as the call's last argument.
+    fn argv(&self) -> Result<Vec<String>, String> {
+        let mut argv = self.args.clone();
+        if let Some(s) = self.stream {
+            let code = argv.last_mut().filter(|c| c.ends_with(')')).ok_or("the launch command must end with a call")?;
+            code.pop();
+            let ints: Vec<String> = s.iter().map(|i| format!("{i}L")).collect();
+            code.push_str(&format!(",rs=c({}))", ints.join(",")));
+        }
+        Ok(argv)
+    }
+
+    /// The spec of the daemon that replaces this one.
+    fn successor(&self) -> Spec {
+        Spec { stream: self.stream.map(|s| rng::next_substream(&s)), ..self.clone() }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    children: Vec<Child>,
+    /// Set at reset: nothing more is launched.
+    closed: bool,
+    healer: Healer,
+    notice: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Pool {
+    state: Mutex<State>,
+    /// A notice waits (checked without the lock on every call that may
+    /// surface it).
+    has_notice: AtomicBool,
+    replaced: AtomicU64,
+}
+
+impl Pool {
+    /// Launches a daemon; its pid. With `heal`, it (and whoever replaces
+    /// it) is replaced when it dies (see the module docs).
+    pub fn launch(self: &Arc<Self>, spec: Spec, heal: bool) -> Result<u32, String> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err("the compute profile has been reset".into());
+        }
+        self.launch_locked(&mut st, spec, heal)
+    }
+
+    fn launch_locked(self: &Arc<Self>, st: &mut State, spec: Spec, heal: bool) -> Result<u32, String> {
+        let argv = spec.argv()?;
+        let on_exit: Option<spawn::OnExit> = if heal {
+            // Weak: a child outliving its profile must not keep it alive.
+            let pool = Arc::downgrade(self);
+            let spec = spec.clone();
+            Some(Box::new(move |exit, lived| {
+                if let Some(pool) = pool.upgrade() {
+                    pool.exited(&spec, exit, lived);
+                }
+            }))
+        } else {
+            None
+        };
+        let child = spawn::launch(&spec.program, &argv, &spec.env, spec.persistent, on_exit)?;
+        let pid = child.pid;
+        st.children.push(child);
+        Ok(pid)
+    }
+
+    /// On a healing child's reaper thread, once it has ended. The lock is
+    /// held while the replacement launches, so that a reset (`close`) either
+    /// comes first, and nothing launches, or finds the replacement listed.
+    fn exited(self: &Arc<Self>, spec: &Spec, exit: Exit, lived: Duration) {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return;
+        }
+        // The dead stay listed: a wait for daemons to connect counts them
+        // (a few words each).
+        match st.healer.exited(exit, lived) {
+            Verdict::Ignore => {}
+            Verdict::Replace => match self.launch_locked(&mut st, spec.successor(), true) {
+                Ok(_) => {
+                    self.replaced.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    st.healer.stopped = true;
+                    self.post(&mut st, format!("a local daemon died ({exit}) and could not be replaced: {e}"));
+                }
+            },
+            Verdict::GiveUp(why) => self.post(&mut st, why),
+        }
+    }
+
+    fn post(&self, st: &mut State, msg: String) {
+        st.notice = Some(msg);
+        self.has_notice.store(true, Ordering::Release);
+    }
+
+    /// The notice for the user, once (None most of the time, cheaply).
+    pub fn take_notice(&self) -> Option<String> {
+        if !self.has_notice.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut st = lock(&self.state);
+        self.has_notice.store(false, Ordering::Relaxed);
+        st.notice.take()
+    }
+
+    /// Daemons launched in place of dead ones.
+    pub fn replaced(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// True once a crash loop (or a failed launch) stopped the replacing.
+    pub fn gave_up(&self) -> bool {
+        lock(&self.state).healer.stopped()
+    }
+
+    /// Launches nothing more, ever (the profile is being reset).
+    pub fn close(&self) {
+        lock(&self.state).closed = true;
+    }
+
+    /// Runs `f` on the list of children.
+    pub fn with_children<T>(&self, f: impl FnOnce(&[Child]) -> T) -> T {
+        f(&lock(&self.state).children)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Already unreachable from any reaper (they hold it weakly).
+        if let Ok(mut st) = self.state.lock() {
+            st.closed = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KILL: Exit = Exit::Signal(9);
+
+    #[test]
+    fn failures_are_replaced_normal_exits_are_not() {
+        let mut h = Healer::default();
+        let long = QUICK_DEATH * 2;
+        assert_eq!(h.exited(KILL, long), Verdict::Replace);
+        assert_eq!(h.exited(Exit::Code(1), long), Verdict::Replace);
+        assert_eq!(h.exited(Exit::Signal(11), long), Verdict::Replace);
+        // idletime, walltime, maxtasks, host closed: status 0.
+        assert_eq!(h.exited(Exit::Code(0), Duration::ZERO), Verdict::Ignore);
+        // However many deaths, as long as each lived a while.
+        for _ in 0..100 {
+            assert_eq!(h.exited(KILL, long), Verdict::Replace);
+        }
+        assert!(!h.stopped());
+    }
+
+    #[test]
+    fn three_quick_deaths_in_a_row_stop_the_replacing() {
+        let mut h = Healer::default();
+        let quick = Duration::from_millis(300);
+        assert_eq!(h.exited(Exit::Code(1), quick), Verdict::Replace);
+        assert_eq!(h.exited(Exit::Code(1), quick), Verdict::Replace);
+        // A daemon that lived past the window breaks the row.
+        assert_eq!(h.exited(KILL, QUICK_DEATH), Verdict::Replace);
+        assert_eq!(h.exited(KILL, quick), Verdict::Replace);
+        assert_eq!(h.exited(KILL, quick), Verdict::Replace);
+        // A normal exit neither counts nor breaks it.
+        assert_eq!(h.exited(Exit::Code(0), quick), Verdict::Ignore);
+        match h.exited(Exit::Code(1), quick) {
+            Verdict::GiveUp(why) => {
+                assert!(why.contains("3 local daemons in a row died within 5 s"), "{why}");
+                assert!(why.contains("exit status 1"), "{why}");
+            }
+            v => panic!("expected GiveUp, got {v:?}"),
+        }
+        assert!(h.stopped());
+        // For good: even a long-lived daemon's death is not replaced now.
+        assert_eq!(h.exited(KILL, QUICK_DEATH * 10), Verdict::Ignore);
+    }
+
+    #[test]
+    fn a_stream_goes_last_in_the_call_and_moves_to_the_next_substream() {
+        let s: Stream = [10407, 1, 2, 3, 4, 5, 6];
+        let spec = Spec {
+            program: "Rscript".into(),
+            args: vec!["-e".into(), "mirai::daemon(\"abstract://x\",dispatcher=FALSE)".into()],
+            env: Vec::new(),
+            persistent: false,
+            stream: Some(s),
+        };
+        assert_eq!(
+            spec.argv().unwrap()[1],
+            "mirai::daemon(\"abstract://x\",dispatcher=FALSE,rs=c(10407L,1L,2L,3L,4L,5L,6L))"
+        );
+        let next = spec.successor();
+        assert_eq!(next.stream, Some(rng::next_substream(&s)));
+        assert_eq!(next.args, spec.args);
+        let none = Spec { stream: None, ..spec.clone() };
+        assert_eq!(none.argv().unwrap(), spec.args);
+        assert_eq!(none.successor().stream, None);
+    }
+
+    /// Real processes: a pool of `sh` children that die at once stops
+    /// after the third quick death, with a notice; one killed after a
+    /// while is replaced.
+    #[test]
+    fn a_pool_replaces_the_dead_and_stops_a_crash_loop() {
+        let spec = |code: &str| Spec {
+            program: "sh".into(),
+            args: vec!["-c".into(), code.into()],
+            env: Vec::new(),
+            persistent: false,
+            stream: None,
+        };
+        let wait = |f: &dyn Fn() -> bool| {
+            let until = std::time::Instant::now() + Duration::from_secs(20);
+            while !f() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            f()
+        };
+        let pool = Arc::new(Pool::default());
+        pool.launch(spec("exit 3"), true).unwrap();
+        assert!(wait(&|| pool.gave_up()));
+        // Two replacements, then the third death stopped it.
+        assert_eq!(pool.replaced(), 2);
+        let why = pool.take_notice().expect("a notice");
+        assert!(why.contains("exit status 3"), "{why}");
+        assert!(pool.take_notice().is_none());
+        pool.close();
+
+        let pool = Arc::new(Pool::default());
+        let pid = pool.launch(spec("sleep 30"), true).unwrap();
+        // SAFETY: a plain syscall on our own child, which is still running.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        assert!(wait(&|| pool.replaced() == 1));
+        let alive = || pool.with_children(|c| c.iter().filter(|c| c.exited().is_none()).map(|c| c.pid).collect::<Vec<_>>());
+        assert!(wait(&|| alive().len() == 1));
+        assert_ne!(alive()[0], pid);
+        // Closed: its death is not answered.
+        pool.close();
+        pool.with_children(|c| c.iter().for_each(Child::kill));
+        assert!(wait(&|| alive().is_empty()));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(pool.replaced(), 1);
+        assert!(alive().is_empty());
+    }
+}
