@@ -327,7 +327,7 @@ test_that("data frame and matrix maps, large ones cut into rows on the host", {
 
 test_that("a daemon that dies mid-map resolves its element to errorValue 19; the queue waits for the next", {
   for (disp in c(TRUE, FALSE)) {
-    daemons(1, dispatcher = disp)
+    daemons(1, dispatcher = disp, heal = FALSE)
     pid <- mirai(Sys.getpid())[]
     mp <- mirai_map(1:4, function(i) { if (i == 1L) Sys.sleep(30); i })
     Sys.sleep(0.5)
