@@ -62,6 +62,29 @@ export NOT_CRAN="${NOT_CRAN:-true}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# Each step's wall time, with the 1-minute load average when it ended (the
+# machine may be shared): printed as the step ends, and all together before
+# the summary.
+step_names=(); step_secs=(); step_loads=()
+step_t0=0
+load1() { cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?"; }
+step_begin() { step_t0=$SECONDS; step_name="$1"; }
+step_end() {
+  local s=$((SECONDS - step_t0)) l
+  l=$(load1)
+  step_names+=("$step_name"); step_secs+=("$s"); step_loads+=("$l")
+  echo "-- $step_name: $s s (load $l)"
+}
+print_steps() {
+  [ "${#step_names[@]}" -gt 0 ] || return 0
+  echo "Step times (s, 1-min load at its end; total $SECONDS s):"
+  local i
+  for i in "${!step_names[@]}"; do
+    printf '  %5d  %-44s load %s\n' "${step_secs[$i]}" "${step_names[$i]}" "${step_loads[$i]}"
+  done
+}
+echo "test.sh: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
 install_args=(--no-multiarch)
 if [ -n "$lib" ]; then
   mkdir -p "$lib"
@@ -75,10 +98,12 @@ fi
 rust_status=0
 if [ "$run_rust" -eq 1 ]; then
   echo "== cargo test (rust/) =="
+  step_begin "cargo test"
   # libR.so for test binaries that link R (Debian also has /usr/lib/libR.so).
   (cd rust && LD_LIBRARY_PATH="$R_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
      cargo test --release -j 2 2>&1) | tee "$tmp/cargo.log" || rust_status=$?
   if [ "$rust_status" -eq 0 ] && ! grep -q "^test result: ok" "$tmp/cargo.log"; then rust_status=1; fi
+  step_end
   if [ "$rust_status" -ne 0 ]; then
     echo "test.sh: cargo test FAILED (exit $rust_status); continuing with the R tests" >&2
   fi
@@ -95,11 +120,13 @@ fi
 
 # ---- 2. Install the package ------------------------------------------------
 echo "== R CMD INSTALL ${lib:+-l $lib }. =="
+step_begin "R CMD INSTALL"
 if ! R CMD INSTALL "${install_args[@]}" .; then
   echo "test.sh: R CMD INSTALL failed; R tests not run" >&2
   echo "R CMD INSTALL failed; R tests not run"
   exit 1
 fi
+step_end
 
 # R 4.5 lists entry points that packages may no longer use; only R 4.2 can be
 # installed here, so the built library is checked against that list by name
@@ -154,14 +181,24 @@ if (any(failed)) {
     cat(sprintf("  %s  %s: %s\n", if (df$error[i]) "ERROR" else "FAIL ",
                 df$file[i], label(i)))
 }
+# The slowest files (wall time of their test blocks).
+if (nrow(df)) {
+  secs <- sort(tapply(df$real, df$file, sum), decreasing = TRUE)
+  cat("\n== Slowest R test files (s) ==\n")
+  top <- utils::head(secs, 15L)
+  cat(sprintf("  %6.1f  %s\n", top, names(top)), sep = "")
+  cat(sprintf("  %6.1f  all %d files\n", sum(secs), length(secs)))
+}
 cat(sprintf("\nR tests: %d test blocks, %d expectations passed\n",
             nrow(df), sum(df$passed)))
 writeLines(as.character(c(sum(passed), sum(failed), sum(skipped))), out)
 RSCRIPT
 
 echo "== R tests (tests/testthat, installed package, NOT_CRAN=$NOT_CRAN) =="
+step_begin "R tests"
 r_status=0
 Rscript "$tmp/run-tests.R" "$tmp/counts" "$filter" || r_status=$?
+step_end
 
 if [ ! -s "$tmp/counts" ]; then
   echo "test.sh: the R test run did not complete (Rscript exit $r_status)" >&2
@@ -188,10 +225,13 @@ if [ "$run_check" -eq 1 ]; then
   repo=$(pwd)
   check_status=1
   t0=$SECONDS
+  step_begin "R CMD build"
   if ! (cd "$cdir" && env -u NOT_CRAN R CMD build "$repo") > "$cdir/build.log" 2>&1; then
+    step_end
     echo "test.sh: R CMD build FAILED; the end of its log:" >&2
     tail -n 40 "$cdir/build.log" >&2
   else
+    step_end
     t1=$SECONDS
     tarball=$(ls "$cdir"/mirai_*.tar.gz)
     echo "built $(basename "$tarball") ($(wc -c < "$tarball") bytes) in $((t1 - t0)) s"
@@ -204,6 +244,7 @@ if [ "$run_check" -eq 1 ]; then
        _R_CHECK_CRAN_INCOMING_REMOTE_=false _R_CHECK_SYSTEM_CLOCK_=false \
        R CMD check --as-cran --no-manual --no-tests "$tarball") > "$cdir/check.log" 2>&1 || true
     t2=$SECONDS
+    step_name="R CMD check (offline)"; step_t0=$t1; step_end
     clog="$cdir/mirai.Rcheck/00check.log"
     cstatus=$(grep -m1 '^Status:' "$clog" 2>/dev/null || true)
     echo "checked it ${offline[*]:+offline }in $((t2 - t1)) s: ${cstatus:-no Status line}"
@@ -246,6 +287,7 @@ case "$check_status" in
   1) echo "Tarball check (R CMD build, offline R CMD check): FAILED"; n_fail=$((n_fail + 1)) ;;
 esac
 if [ "$api_status" -eq 0 ]; then n_pass=$((n_pass + 1)); else n_fail=$((n_fail + 1)); fi
+print_steps
 summary="$n_pass passed, $n_fail failed"
 [ "$n_skip" -ne 0 ] && summary="$summary, $n_skip skipped"
 echo
