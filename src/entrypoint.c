@@ -11,7 +11,10 @@ typedef SEXP (*mirai_body)(void *);
 typedef int (*mirai_protect_fn)(mirai_body, void *, SEXP, SEXP *);
 
 typedef SEXP (*mirai_closure_fn)(SEXP, SEXP);
-void mirai_rust_init(DllInfo *dll, mirai_protect_fn protect, DL_FUNC eval, mirai_closure_fn closure);
+/* mirai_eval's type: Rust registers it as a .Call routine with the arity
+   this type gives it. */
+typedef SEXP (*mirai_eval_fn)(SEXP, SEXP, SEXP);
+void mirai_rust_init(DllInfo *dll, mirai_protect_fn protect, mirai_eval_fn eval, mirai_closure_fn closure);
 
 static void mirai_jump_back(void *jb, Rboolean jump) {
   if (jump) longjmp(*(jmp_buf *) jb, 1);
@@ -113,5 +116,5 @@ void R_init_mirai(DllInfo *dll) {
   function_prim = Rf_findFun(Rf_install("function"), R_BaseEnv);
   R_PreserveObject(function_prim);
 #endif
-  mirai_rust_init(dll, mirai_protect, (DL_FUNC) mirai_eval, mirai_closure);
+  mirai_rust_init(dll, mirai_protect, mirai_eval, mirai_closure);
 }

@@ -107,7 +107,7 @@ if [ ! -x "$CARGO" ]; then
   cat >&2 <<MSG
 setup.sh: $CARGO not found.
   Rust must be installed with rustup (Debian's rustc is too old), e.g.:
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy
 MSG
   exit 1
 fi

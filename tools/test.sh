@@ -107,6 +107,19 @@ if [ "$run_rust" -eq 1 ]; then
   if [ "$rust_status" -ne 0 ]; then
     echo "test.sh: cargo test FAILED (exit $rust_status); continuing with the R tests" >&2
   fi
+  # Every unsafe block states its safety argument (rust/Cargo.toml denies
+  # clippy::undocumented_unsafe_blocks), in the test build's code too.
+  echo "== cargo clippy --all-targets --features test-hooks (rust/) =="
+  if ! cargo clippy --version > /dev/null 2>&1; then
+    echo "clippy: not installed (rustup component add clippy), not run"
+  elif (cd rust && cargo clippy --release -j 2 --all-targets --features test-hooks -- -D clippy::undocumented_unsafe_blocks 2>&1) \
+       > "$tmp/clippy.log"; then
+    echo "clippy: clean"
+  else
+    cat "$tmp/clippy.log"
+    echo "test.sh: cargo clippy FAILED; continuing with the R tests" >&2
+    rust_status=1
+  fi
 fi
 
 if [ "$run_r" -eq 0 ]; then
@@ -119,9 +132,12 @@ if [ "$run_r" -eq 0 ]; then
 fi
 
 # ---- 2. Install the package ------------------------------------------------
-echo "== R CMD INSTALL ${lib:+-l $lib }. =="
-step_begin "R CMD INSTALL"
-if ! R CMD INSTALL "${install_args[@]}" .; then
+# The test build (MIRAI_TEST_HOOKS=1, read by src/Makevars): test-only
+# routines such as fault injection, and the boundary's run-time checks. The
+# tarball check (step 4) builds what users get, without it.
+echo "== MIRAI_TEST_HOOKS=1 R CMD INSTALL ${lib:+-l $lib }. =="
+step_begin "R CMD INSTALL (test build)"
+if ! MIRAI_TEST_HOOKS=1 R CMD INSTALL "${install_args[@]}" .; then
   echo "test.sh: R CMD INSTALL failed; R tests not run" >&2
   echo "R CMD INSTALL failed; R tests not run"
   exit 1

@@ -319,6 +319,7 @@ impl ClientConn {
                 // Idle: R's thread reads, so only a hang-up is of interest.
                 let events = if task != 0 { libc::POLLIN | HANGUP } else { HANGUP };
                 let mut p = libc::pollfd { fd, events, revents: 0 };
+                // SAFETY: poll reads and writes the one pollfd it is given.
                 let rc = unsafe { libc::poll(&mut p, 1, 100) };
                 if sh.closed.load(Ordering::Acquire) {
                     return;
@@ -336,6 +337,7 @@ impl ClientConn {
                             // Straight to the process's stderr: R's sinks
                             // are R's, and R is busy with the task.
                             eprintln!("mirai daemon: the host went away during a task; ending it (autoexit = TRUE)");
+                            // SAFETY: plain syscalls on our own process.
                             unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
                         }
                     }
@@ -348,6 +350,7 @@ impl ClientConn {
         let on_panic = move |msg: String| {
             if exit_on_hangup {
                 eprintln!("mirai daemon: its connection watcher failed ({msg}); ending (autoexit = TRUE)");
+                // SAFETY: plain syscalls on our own process.
                 unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
             }
         };

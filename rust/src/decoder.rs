@@ -76,6 +76,8 @@ struct Fd {
 
 impl Fd {
     fn recv(&self, p: *mut u8, len: usize) -> io::Result<usize> {
+        // SAFETY: callers pass `len` writable bytes at `p` (a slice, or a
+        // Vec's spare capacity); recv writes at most that many.
         let n = unsafe { libc::recv(self.fd, p as *mut libc::c_void, len, self.flags) };
         if n < 0 {
             Err(io::Error::last_os_error())

@@ -32,18 +32,22 @@ pub mod url;
 pub mod wqueue;
 pub mod ws;
 
-use r::ffi::{DllInfo, R_CallMethodDef, R_forceSymbols, R_registerRoutines, R_useDynamicSymbols, Rboolean};
-use std::ffi::{c_char, c_void};
+use r::call::{c_routine3, register, routine, CRoutine3, ProtectFn};
+use r::ffi::{DllInfo, R_CallMethodDef};
+use r::object::ClosureFn;
 
+/// The registration table of the `.Call` routines, each named after its
+/// function, with the arity its signature has (see `r::call::Routine`).
 macro_rules! routines {
-    ($($module:ident :: $name:ident / $n:expr),* $(,)?) => {
-        [
-            $(R_CallMethodDef {
-                name: concat!(stringify!($name), "\0").as_ptr() as *const c_char,
-                fun: Some(unsafe { std::mem::transmute::<*const (), unsafe extern "C" fn() -> *mut c_void>(r::$module::$name as *const ()) }),
-                numArgs: $n,
-            },)*
-        ]
+    ($($module:ident :: $name:ident),* $(,)?) => {
+        vec![$(routine(
+            // The name R knows it by: the function's own.
+            match std::ffi::CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
+                Ok(c) => c,
+                Err(_) => unreachable!(),
+            },
+            r::$module::$name,
+        )),*]
     };
 }
 
@@ -51,79 +55,68 @@ macro_rules! routines {
 /// thread.
 ///
 /// # Safety
-/// `dll` must be the DllInfo R passed to `R_init_mirai`, `protect`,
-/// `eval` and `closure` the C routines of src/entrypoint.c.
+/// `dll` must be the DllInfo R passed to `R_init_mirai`; `protect`, `eval`
+/// and `closure` the C routines of src/entrypoint.c.
 #[no_mangle]
-pub unsafe extern "C" fn mirai_rust_init(
-    dll: *mut DllInfo,
-    protect: r::call::ProtectFn,
-    eval: *const c_void,
-    closure: r::object::ClosureFn,
-) {
+pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: ProtectFn, eval: CRoutine3, closure: ClosureFn) {
+    threads::record_main_thread();
     r::call::init_protect(protect);
     r::lang::init_guarded_eval(eval);
     r::object::init_closure(closure);
-    threads::record_main_thread();
     // R errors are reported through R; Rust's default panic message would
     // only add noise (panics are caught and turned into R errors).
     std::panic::set_hook(Box::new(|_| {}));
     let _ = r::handle::init_tags(&[c"mirai_profile", c"mirai_aio", c"mirai_conn"]);
-    let mut table = Vec::from(routines![
-        profile::mirai_host_start / 10,
-        profile::mirai_host_tlscert / 1,
-        profile::mirai_tls_check / 2,
-        profile::mirai_host_url / 1,
-        profile::mirai_host_submit / 3,
-        profile::mirai_host_broadcast / 3,
-        profile::mirai_host_info / 1,
-        profile::mirai_host_room / 1,
-        profile::mirai_host_memory / 1,
-        profile::mirai_host_close / 2,
-        profile::mirai_host_launch / 6,
-        profile::mirai_host_wait_ready / 3,
-        profile::mirai_host_children / 2,
-        profile::mirai_host_inject_fault / 1,
-        profile::mirai_host_failure / 1,
-        mirai::mirai_r_init / 2,
-        mirai::mirai_resolved / 1,
-        mirai::mirai_aio_collect / 2,
-        mirai::mirai_aio_wait / 1,
-        mirai::mirai_aio_cancel / 1,
-        mirai::mirai_aio_data / 2,
-        mirai::mirai_value / 1,
-        mirai::mirai_race / 1,
-        mirai::mirai_aio_done / 1,
-        mirai::mirai_on_resolve / 2,
-        node::mirai_node_send / 2,
-        node::mirai_node_recv / 1,
-        node::mirai_cluster_recv / 1,
-        node::mirai_cluster_drop / 1,
-        daemon::mirai_dial / 7,
-        daemon::mirai_daemon_limits / 4,
-        daemon::mirai_daemon_recv / 4,
-        daemon::mirai_daemon_send / 3,
-        daemon::mirai_daemon_linger / 2,
-        daemon::mirai_daemon_current / 1,
-        daemon::mirai_daemon_close / 1,
-        daemon::mirai_daemon_init / 1,
-        helpers::mirai_random_hex / 1,
-        helpers::mirai_ip_addr / 0,
-        helpers::mirai_next_stream / 1,
-        helpers::mirai_rng_advance / 0,
-        helpers::mirai_exit_codes / 0,
-    ]);
+    let mut table: Vec<R_CallMethodDef> = routines![
+        profile::mirai_host_start,
+        profile::mirai_host_tlscert,
+        profile::mirai_tls_check,
+        profile::mirai_host_url,
+        profile::mirai_host_submit,
+        profile::mirai_host_broadcast,
+        profile::mirai_host_info,
+        profile::mirai_host_room,
+        profile::mirai_host_memory,
+        profile::mirai_host_close,
+        profile::mirai_host_launch,
+        profile::mirai_host_wait_ready,
+        profile::mirai_host_children,
+        mirai::mirai_r_init,
+        mirai::mirai_resolved,
+        mirai::mirai_aio_collect,
+        mirai::mirai_aio_wait,
+        mirai::mirai_aio_cancel,
+        mirai::mirai_aio_data,
+        mirai::mirai_value,
+        mirai::mirai_race,
+        mirai::mirai_aio_done,
+        mirai::mirai_on_resolve,
+        node::mirai_node_send,
+        node::mirai_node_recv,
+        node::mirai_cluster_recv,
+        node::mirai_cluster_drop,
+        daemon::mirai_dial,
+        daemon::mirai_daemon_limits,
+        daemon::mirai_daemon_recv,
+        daemon::mirai_daemon_send,
+        daemon::mirai_daemon_linger,
+        daemon::mirai_daemon_current,
+        daemon::mirai_daemon_close,
+        daemon::mirai_daemon_init,
+        helpers::mirai_random_hex,
+        helpers::mirai_ip_addr,
+        helpers::mirai_next_stream,
+        helpers::mirai_rng_advance,
+        helpers::mirai_exit_codes,
+    ];
+    // Test-only routines (fault injection): built only with the
+    // `test-hooks` feature, which tools/test.sh turns on for its install
+    // (MIRAI_TEST_HOOKS=1, read by src/Makevars).
+    #[cfg(feature = "test-hooks")]
+    table.extend(routines![profile::mirai_host_inject_fault]);
     // Defined in C (src/entrypoint.c): it needs setjmp and a C-level
     // calling handler.
-    table.push(R_CallMethodDef {
-        name: c"mirai_eval".as_ptr(),
-        fun: Some(unsafe { std::mem::transmute::<*const c_void, unsafe extern "C" fn() -> *mut c_void>(eval) }),
-        numArgs: 3,
-    });
-    table.push(R_CallMethodDef { name: std::ptr::null(), fun: None, numArgs: 0 });
-    let table = Box::leak(table.into_boxed_slice());
-    unsafe {
-        R_registerRoutines(dll, std::ptr::null(), table.as_ptr(), std::ptr::null(), std::ptr::null());
-        R_useDynamicSymbols(dll, Rboolean::FALSE);
-        R_forceSymbols(dll, Rboolean::TRUE);
-    }
+    table.push(c_routine3(c"mirai_eval", eval));
+    // SAFETY: the caller's promise about `dll`; R's main thread.
+    unsafe { register(dll, table) };
 }

@@ -24,6 +24,8 @@ impl Child {
 
     pub fn kill(&self) {
         if self.exited().is_none() {
+            // SAFETY: a plain syscall. The pid is our unreaped child's (its
+            // reaper has not recorded an exit), so it names no other process.
             unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
         }
     }
@@ -35,15 +37,24 @@ impl Child {
 /// launched: a socket the user closes would stay open while daemons live.
 /// Marking rather than closing keeps std's own exec-error pipe working.
 fn cloexec_inherited() {
-    unsafe {
-        #[cfg(target_os = "linux")]
-        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) == 0 {
-            return;
-        }
-        // Kernels before 5.11: one fcntl per possible descriptor.
+    #[cfg(target_os = "linux")]
+    // SAFETY: close_range takes plain integers; it only sets flags on
+    // descriptors of this (child) process.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) } == 0 {
+        return;
+    }
+    // Kernels before 5.11: one fcntl per possible descriptor.
+    // SAFETY: rlimit is a plain C struct, valid all zero; getrlimit writes
+    // into it.
+    let (rc, lim) = unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();
-        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 { lim.rlim_cur.min(1 << 16) } else { 1024 };
-        for fd in 3..max as i32 {
+        (libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), lim)
+    };
+    let max = if rc == 0 { lim.rlim_cur.min(1 << 16) } else { 1024 };
+    for fd in 3..max as i32 {
+        // SAFETY: fcntl on a descriptor number; one that is not open fails
+        // with EBADF and changes nothing.
+        unsafe {
             let flags = libc::fcntl(fd, libc::F_GETFD);
             if flags >= 0 {
                 libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);

@@ -31,6 +31,9 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 /// Blocks, in the calling thread, the asynchronous signals that R handles.
 fn block_r_signals() {
+    // SAFETY: sigset_t is a plain C type, valid all zero and initialised by
+    // sigemptyset; the calls only read and write `set` and this thread's
+    // signal mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -63,7 +66,20 @@ static MAIN_THREAD: OnceLock<libc::pthread_t> = OnceLock::new();
 /// Records the calling thread as R's main thread. Called from the package's
 /// init routine, which R runs on its main thread.
 pub fn record_main_thread() {
+    // SAFETY: pthread_self has no preconditions.
     let _ = MAIN_THREAD.set(unsafe { libc::pthread_self() });
+}
+
+/// Whether the caller is R's main thread; true while none is recorded (the
+/// crate's own tests, which run no R).
+pub fn on_main_thread() -> bool {
+    match MAIN_THREAD.get() {
+        // SAFETY: pthread_self has no preconditions; pthread_equal
+        // compares two handles of live threads (R's main thread lives as
+        // long as the process).
+        Some(&t) => unsafe { libc::pthread_equal(t, libc::pthread_self()) != 0 },
+        None => true,
+    }
 }
 
 /// Raises SIGINT on R's main thread only (R turns it into an interrupt of
@@ -71,6 +87,7 @@ pub fn record_main_thread() {
 /// thread lives as long as the process, so its handle stays valid.
 pub fn interrupt_main() -> bool {
     match MAIN_THREAD.get() {
+        // SAFETY: `t` is R's main thread, alive as long as the process.
         Some(&t) => unsafe { libc::pthread_kill(t, libc::SIGINT) == 0 },
         None => false,
     }
@@ -107,6 +124,8 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         spawn(
             "t",
+            // SAFETY: as in block_r_signals: a zeroed sigset_t filled by
+            // pthread_sigmask, which only reads this thread's mask.
             move || unsafe {
                 let mut cur: libc::sigset_t = std::mem::zeroed();
                 libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);

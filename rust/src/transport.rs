@@ -356,6 +356,7 @@ fn send_nosignal(fd: RawFd, b: &[u8]) -> io::Result<usize> {
     // disposition (the crate is built and tested on Linux only).
     #[cfg(not(target_os = "linux"))]
     let flags = 0;
+    // SAFETY: send reads at most b.len() bytes from `b`.
     let n = unsafe { libc::send(fd, b.as_ptr() as *const libc::c_void, b.len(), flags) };
     if n < 0 {
         Err(io::Error::last_os_error())
@@ -488,6 +489,7 @@ impl Write for DontWait<'_> {
 }
 
 fn recv_dontwait(fd: RawFd, b: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv writes at most b.len() bytes into `b`.
     let n = unsafe { libc::recv(fd, b.as_mut_ptr() as *mut libc::c_void, b.len(), libc::MSG_DONTWAIT) };
     if n < 0 {
         Err(io::Error::last_os_error())
@@ -603,6 +605,8 @@ pub const USER_TIMEOUT_MS: i32 = 30_000;
 /// Turns on TCP keepalive with the timing above. Best effort: a socket
 /// that refuses it still works, only without the check.
 fn set_keepalive(fd: RawFd) {
+    // SAFETY: setsockopt reads the one c_int it is pointed at, whose size
+    // it is given.
     let set = |level: libc::c_int, opt: libc::c_int, v: libc::c_int| unsafe {
         libc::setsockopt(
             fd,
@@ -718,6 +722,8 @@ fn dial_once_by(
                 io::ErrorKind::WouldBlock => io::Error::new(e.kind(), "its accept queue is full"),
                 _ => e,
             })?;
+            // SAFETY: into_raw_fd hands over the open socket's descriptor,
+            // owned by nothing else from here on.
             let s = unsafe { unet::UnixStream::from_raw_fd(s.into_raw_fd()) };
             s.set_nonblocking(false)?;
             Ok((BlockingStream::Unix(s), Framing::Ipc))
@@ -870,6 +876,7 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     // Rounded up: a remainder under 1 ms would otherwise poll with 0 and
     // return at once, again and again until the deadline.
     let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    // SAFETY: poll reads and writes the one pollfd it is given.
     let rc = unsafe { libc::poll(&mut p, 1, ms) };
     rc > 0
 }

@@ -142,13 +142,17 @@ impl fmt::Display for Address {
 /// their interface names.
 pub fn interface_addresses() -> Vec<(String, String)> {
     let mut out = Vec::new();
-    unsafe {
-        let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut ifa) != 0 {
-            return out;
-        }
-        let mut p = ifa;
-        while !p.is_null() {
+    let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list it allocated into `ifa`.
+    if unsafe { libc::getifaddrs(&mut ifa) } != 0 {
+        return out;
+    }
+    let mut p = ifa;
+    while !p.is_null() {
+        // SAFETY: `p` is an entry of the list getifaddrs made, not yet
+        // freed; an AF_INET address is a sockaddr_in, and ifa_name a C
+        // string, both in that list.
+        unsafe {
             let a = (*p).ifa_addr;
             if !a.is_null() && (*a).sa_family as i32 == libc::AF_INET {
                 let sin = &*(a as *const libc::sockaddr_in);
@@ -160,8 +164,9 @@ pub fn interface_addresses() -> Vec<(String, String)> {
             }
             p = (*p).ifa_next;
         }
-        libc::freeifaddrs(ifa);
     }
+    // SAFETY: the list getifaddrs made, freed once, no entry used after.
+    unsafe { libc::freeifaddrs(ifa) };
     out
 }
 

@@ -31,10 +31,9 @@ fn accept_resumes_once_descriptors_free_up() {
     .unwrap();
     let port: u16 = host.url.rsplit(':').next().unwrap().parse().unwrap();
 
-    unsafe {
-        let lim = libc::rlimit { rlim_cur: 256, rlim_max: 4096 };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
+    let lim = libc::rlimit { rlim_cur: 256, rlim_max: 4096 };
+    // SAFETY: setrlimit reads the struct it is pointed at.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
     // Use up every descriptor, then free one for the client's socket.
     let mut fillers = Vec::new();
     while let Ok(f) = std::fs::File::open("/dev/null") {

@@ -683,6 +683,7 @@ fn a_daemon_dialling_a_listener_that_never_accepts_gives_up_by_its_retry_limit()
         // queue, held for the scheme's round.
         let (addr, _held): (Address, Box<dyn std::any::Any>) = if scheme == "tcp" {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            // SAFETY: listen on the listener's own open descriptor.
             assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
             let sa = l.local_addr().unwrap();
             let queued = TcpStream::connect(sa).unwrap();
@@ -691,6 +692,7 @@ fn a_daemon_dialling_a_listener_that_never_accepts_gives_up_by_its_retry_limit()
             let name = format!("mirai-test-full-{}-{:?}", std::process::id(), Instant::now());
             let sa = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
             let l = std::os::unix::net::UnixListener::bind_addr(&sa).unwrap();
+            // SAFETY: listen on the listener's own open descriptor.
             assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
             let queued = std::os::unix::net::UnixStream::connect_addr(&sa).unwrap();
             (Address::parse(&format!("abstract://{name}")).unwrap(), Box::new((l, queued)))

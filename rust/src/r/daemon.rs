@@ -1,10 +1,10 @@
 //! `.Call`s for the daemon's receive-evaluate-reply loop (R/daemon.R).
 
-use super::call::{clear_interrupt, entry, interrupt_pending, RError};
+use super::call::{clear_interrupt, interrupt_pending, RError, RResult};
 use super::ffi::SEXP;
 use super::lang::*;
 use super::node::node_payload_names;
-use super::handle::{handle, kept, new_handle, set_kept, Tagged};
+use super::handle::{handle, kept, new_handle, set_kept, Held, Tagged};
 use super::profile::max_message;
 use super::serial;
 use super::value::*;
@@ -23,7 +23,7 @@ impl Tagged for Conn {
     const TAG: &'static CStr = c"mirai_conn";
 }
 
-fn conn(s: &SEXP) -> Result<&Conn, RError> {
+fn conn(s: &impl Held) -> Result<&Conn, RError> {
     handle::<Conn>(s, "conn")
 }
 
@@ -32,8 +32,7 @@ fn conn(s: &SEXP) -> Result<&Conn, RError> {
 /// PEM certificates to verify the host with (NULL: none). `persist`: also
 /// retry, for as long, when a peer fails the handshake (see
 /// `ClientConn::connect_with`), as a daemon reconnecting does.
-#[no_mangle]
-pub extern "C" fn mirai_dial(
+pub fn mirai_dial(
     url: SEXP,
     secret: SEXP,
     retry_ms: SEXP,
@@ -41,36 +40,34 @@ pub extern "C" fn mirai_dial(
     max_msg: SEXP,
     tlscert: SEXP,
     persist: SEXP,
-) -> SEXP {
-    entry(|| {
-        let url = str_arg(url, "url")?;
-        let addr = Address::parse(&url)?;
-        let tls = match &addr {
-            Address::Tcp { tls: true, .. } if is_null(tlscert) => {
-                return Err("`tlscert` is required for a tls+tcp:// or wss:// URL: use the launch command the host prints, which carries the host's certificate".into())
-            }
-            Address::Tcp { tls: true, .. } => Some(crate::tls::client_config(&str_arg(tlscert, "tlscert")?)?),
-            _ => None,
-        };
-        let max_message = max_message(max_msg)?;
-        let secret = if is_null(secret) { String::new() } else { str_arg(secret, "secret")? };
-        let retry_ms = f64_arg(retry_ms, "asyncdial")?;
-        let autoexit = f64_arg(autoexit, "autoexit")?;
-        let persist = bool_arg(persist, "persist")?;
-        let retry =
-            if retry_ms.is_finite() { Duration::from_millis(retry_ms.max(0.0) as u64) } else { Duration::from_secs(86400 * 365) };
-        let mut interrupted = false;
-        let c = ClientConn::connect_with(&addr, tls.as_ref(), &secret, max_message, Some(Instant::now() + retry), persist, || {
-            interrupted = interrupt_pending();
-            !interrupted
-        });
-        if interrupted {
-            return Err(RError::Interrupt);
+) -> RResult {
+    let url = str_arg(url, "url")?;
+    let addr = Address::parse(&url)?;
+    let tls = match &addr {
+        Address::Tcp { tls: true, .. } if is_null(tlscert) => {
+            return Err("`tlscert` is required for a tls+tcp:// or wss:// URL: use the launch command the host prints, which carries the host's certificate".into())
         }
-        let c = c?;
-        c.watch_host(autoexit == 1.0).map_err(|e| e.to_string())?;
-        new_handle::<Conn>(Mutex::new(Some(c)), nil())
-    })
+        Address::Tcp { tls: true, .. } => Some(crate::tls::client_config(&str_arg(tlscert, "tlscert")?)?),
+        _ => None,
+    };
+    let max_message = max_message(max_msg)?;
+    let secret = if is_null(secret) { String::new() } else { str_arg(secret, "secret")? };
+    let retry_ms = f64_arg(retry_ms, "asyncdial")?;
+    let autoexit = f64_arg(autoexit, "autoexit")?;
+    let persist = bool_arg(persist, "persist")?;
+    let retry =
+        if retry_ms.is_finite() { Duration::from_millis(retry_ms.max(0.0) as u64) } else { Duration::from_secs(86400 * 365) };
+    let mut interrupted = false;
+    let c = ClientConn::connect_with(&addr, tls.as_ref(), &secret, max_message, Some(Instant::now() + retry), persist, || {
+        interrupted = interrupt_pending();
+        !interrupted
+    });
+    if interrupted {
+        return Err(RError::Interrupt);
+    }
+    let c = c?;
+    c.watch_host(autoexit == 1.0).map_err(|e| e.to_string())?;
+    new_handle::<Conn>(Mutex::new(Some(c)), nil())
 }
 
 fn opt_ms(s: SEXP, what: &str) -> Result<Option<Duration>, RError> {
@@ -80,19 +77,16 @@ fn opt_ms(s: SEXP, what: &str) -> Result<Option<Duration>, RError> {
 
 /// Sets the daemon's limits for this connection: idle time (ms), wall time
 /// left (ms) and tasks left.
-#[no_mangle]
-pub extern "C" fn mirai_daemon_limits(h: SEXP, idle: SEXP, wall: SEXP, tasks: SEXP) -> SEXP {
-    entry(|| {
-        let (idle, wall, tasks) = (opt_ms(idle, "idletime")?, opt_ms(wall, "walltime")?, f64_arg(tasks, "maxtasks")?);
-        let mut g = lock(conn(&h)?);
-        let c = g.as_mut().ok_or("connection is closed")?;
-        let now = Instant::now();
-        c.limits.idle = idle;
-        c.limits.wall_until = wall.map(|d| now + d);
-        c.limits.tasks_left = tasks;
-        c.limits.last_active = now;
-        Ok(nil())
-    })
+pub fn mirai_daemon_limits(h: SEXP, idle: SEXP, wall: SEXP, tasks: SEXP) -> RResult {
+    let (idle, wall, tasks) = (opt_ms(idle, "idletime")?, opt_ms(wall, "walltime")?, f64_arg(tasks, "maxtasks")?);
+    let mut g = lock(conn(&h)?);
+    let c = g.as_mut().ok_or("connection is closed")?;
+    let now = Instant::now();
+    c.limits.idle = idle;
+    c.limits.wall_until = wall.map(|d| now + d);
+    c.limits.tasks_left = tasks;
+    c.limits.last_active = now;
+    Ok(Owned::nil())
 }
 
 enum Got {
@@ -140,80 +134,73 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
 /// after each answered task, for R to clean up as after any task. `box` is
 /// the daemon loop's environment for mirai_eval, `relay` the `master` that
 /// future's code on the node looks for (see R/cluster.R).
-#[no_mangle]
-pub extern "C" fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> SEXP {
-    entry(|| {
-        let cleanup = bool_arg(cleanup, "cleanup")?;
-        loop {
-            let (id, body, offset) = match next_task(h)? {
-                Got::Code(code) => return int(code as i32),
-                Got::Broken(why) => return string(&why),
-                Got::Task(id, body, offset) => (id, body, offset),
-            };
-            // A task the host withdrew mid-write (cancelled or timed out
-            // meanwhile) arrives whole but with filler for a payload: it is
-            // answered, never evaluated.
-            let data = task_payload(&body[offset..]).map(|payload| serial::unserialize_with(payload, kept(h)));
-            drop(body);
-            let mut keep = Protect::new();
-            let answer = |keep: &mut Protect, second: SEXP, msg: &str| {
-                let idv = keep.keep(real(id as f64)?);
-                let m = keep.keep(string(msg)?);
-                list(&[idv, second, m], &[])
-            };
-            let d = match data {
-                Some(Ok(d)) => keep.keep(d),
-                // A task that cannot be read (a failing custom unserializer,
-                // say) is answered with an error rather than ending the daemon.
-                Some(Err(e)) => return answer(&mut keep, nil(), &format!("cannot unserialize task: {e}")),
-                None => return answer(&mut keep, nil(), "the host withdrew this task before it was fully sent"),
-            };
-            if !is_node_task(d)? {
-                let idv = keep.keep(real(id as f64)?);
-                return list(&[idv, d], &[]);
-            }
-            let ran = match run_node(d, box_, relay) {
-                Ok(ran) => ran,
-                Err(RError::Interrupt) => return Err(RError::Interrupt),
-                // Failing to set the task up (an argument name R cannot
-                // translate, say) fails the task, not the daemon. An R error
-                // caught here is dropped; R's handler has recorded its message.
-                Err(e) => {
-                    let why = match e {
-                        RError::Msg(m) => m,
-                        _ => eval_in_base(node_consts()?.geterr)
-                            .and_then(|m| str_arg(m, "message"))
-                            .map(|m| condition_message(&m).to_string())
-                            .unwrap_or_else(|_| "an R error outside the task's own evaluation".into()),
-                    };
-                    return answer(&mut keep, nil(), &format!("the node could not run the task: {why}"));
-                }
-            };
-            match ran {
-                Ran::Failed(before) => {
-                    keep.keep(before);
-                    let idv = keep.keep(real(id as f64)?);
-                    return list(&[idv, box_, before], &[]);
-                }
-                Ran::Value(v) => match send_value(h, id, keep.keep(v))? {
-                    Sent::Code(0) if cleanup => {
-                        let idv = keep.keep(real(id as f64)?);
-                        return list(&[idv], &[]);
-                    }
-                    Sent::Code(0) => continue,
-                    Sent::Code(code) => {
-                        if code > 0 {
-                            linger(h, Duration::from_secs(5))?;
-                        }
-                        return int(code);
-                    }
-                    Sent::NotSerialized(m) => {
-                        return answer(&mut keep, nil(), &format!("result could not be serialized: {m}"))
-                    }
-                },
-            }
+pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RResult {
+    let cleanup = bool_arg(cleanup, "cleanup")?;
+    loop {
+        let (id, body, offset) = match next_task(h)? {
+            Got::Code(code) => return int(code as i32),
+            Got::Broken(why) => return string(&why),
+            Got::Task(id, body, offset) => (id, body, offset),
+        };
+        // A task the host withdrew mid-write (cancelled or timed out
+        // meanwhile) arrives whole but with filler for a payload: it is
+        // answered, never evaluated.
+        let data = task_payload(&body[offset..]).map(|payload| serial::unserialize_with(payload, kept(h)));
+        drop(body);
+        let answer = |second: SEXP, msg: &str| {
+            let idv = real(id as f64)?;
+            let m = string(msg)?;
+            list(&[idv.sexp(), second, m.sexp()], &[])
+        };
+        let d = match data {
+            Some(Ok(d)) => d,
+            // A task that cannot be read (a failing custom unserializer,
+            // say) is answered with an error rather than ending the daemon.
+            Some(Err(e)) => return answer(nil(), &format!("cannot unserialize task: {e}")),
+            None => return answer(nil(), "the host withdrew this task before it was fully sent"),
+        };
+        if !is_node_task(d.sexp())? {
+            let idv = real(id as f64)?;
+            return list(&[idv.sexp(), d.sexp()], &[]);
         }
-    })
+        let ran = match run_node(d.sexp(), box_, relay) {
+            Ok(ran) => ran,
+            Err(RError::Interrupt) => return Err(RError::Interrupt),
+            // Failing to set the task up (an argument name R cannot
+            // translate, say) fails the task, not the daemon. An R error
+            // caught here is dropped; R's handler has recorded its message.
+            Err(e) => {
+                let why = match e {
+                    RError::Msg(m) => m,
+                    _ => eval_in_base(node_consts()?.geterr)
+                        .and_then(|m| str_arg(m.sexp(), "message"))
+                        .map(|m| condition_message(&m).to_string())
+                        .unwrap_or_else(|_| "an R error outside the task's own evaluation".into()),
+                };
+                return answer(nil(), &format!("the node could not run the task: {why}"));
+            }
+        };
+        match ran {
+            Ran::Failed(before) => {
+                let idv = real(id as f64)?;
+                return list(&[idv.sexp(), box_, before.sexp()], &[]);
+            }
+            Ran::Value(v) => match send_value(h, id, v.sexp())? {
+                Sent::Code(0) if cleanup => {
+                    let idv = real(id as f64)?;
+                    return list(&[idv.sexp()], &[]);
+                }
+                Sent::Code(0) => continue,
+                Sent::Code(code) => {
+                    if code > 0 {
+                        linger(h, Duration::from_secs(5))?;
+                    }
+                    return int(code);
+                }
+                Sent::NotSerialized(m) => return answer(nil(), &format!("result could not be serialized: {m}")),
+            },
+        }
+    }
 }
 
 /// The message part of an error as R's default handler records it
@@ -265,10 +252,10 @@ fn is_node_task(d: SEXP) -> Result<bool, RError> {
 }
 
 enum Ran {
-    Value(SEXP),
+    Value(Owned),
     /// The evaluation failed: `box` holds the error (or none, for an
     /// interrupt), and this is `geterrmessage()` from before it.
-    Failed(SEXP),
+    Failed(Owned),
 }
 
 /// Runs a node task as parallel's worker does, `do.call(fun, args, quote =
@@ -288,33 +275,33 @@ fn run_node(d: SEXP, box_: SEXP, relay: SEXP) -> Result<Ran, RError> {
     if !is_arg_list(args) {
         return Ok(Ran::Value(mirai_error("second argument must be a list")?));
     }
+    // Kept for as long as `head` may be it.
+    let last = if is_function(fun) { env_get(box_, c.last_fun)? } else { Owned::nil() };
     if is_function(fun) {
-        let last = env_get(box_, c.last_fun)?;
-        if identical(last, fun) && same_source(last, fun)? {
-            head = last;
+        if identical(last.sexp(), fun) && same_source(last.sexp(), fun)? {
+            head = last.sexp();
         } else {
             env_set(box_, c.last_fun, fun)?;
         }
     }
     let sink = list_get(relay, "sink");
-    let mut keep = Protect::new();
-    let call = keep.keep(call_binding(head, args, c.master, relay)?);
-    let before = keep.keep(eval_in_base(c.geterr)?);
+    let call = call_binding(head, args, c.master, relay)?;
+    let before = eval_in_base(c.geterr)?;
     if is_env(sink) {
         env_set(sink, c.conds, nil())?;
     }
-    let res = keep.keep(eval_guarded(call, box_)?);
-    if res == box_ {
+    let res = eval_guarded(call.sexp(), box_)?;
+    if res.sexp() == box_ {
         return Ok(Ran::Failed(before));
     }
-    let conds = if is_env(sink) { env_get(sink, c.conds)? } else { nil() };
+    let conds = if is_env(sink) { env_get(sink, c.conds)? } else { Owned::nil() };
     // A value the host would take for one of its own markers (a failure's
     // error value, or this wrapper) travels wrapped, so that it arrives as
     // the value it is.
-    if is_null(conds) && !inherits(res, c"miraiRelayed") && !inherits(res, c"errorValue") {
+    if is_null(conds.sexp()) && !inherits(res.sexp(), c"miraiRelayed") && !inherits(res.sexp(), c"errorValue") {
         return Ok(Ran::Value(res));
     }
-    Ok(Ran::Value(list_named(&[conds, res], c.relayed_names, c.relayed_class)?))
+    Ok(Ran::Value(list_named(&[conds.sexp(), res.sexp()], c.relayed_names, c.relayed_class)?))
 }
 
 enum Sent {
@@ -364,24 +351,18 @@ fn send_value(h: SEXP, id: u64, value: SEXP) -> Result<Sent, RError> {
 /// reply carries the marker; `ExitCode::HostGone` if the host has gone. A
 /// message if `value` could not be serialized: nothing was sent, and the
 /// caller sends an error value instead.
-#[no_mangle]
-pub extern "C" fn mirai_daemon_send(h: SEXP, id: SEXP, value: SEXP) -> SEXP {
-    entry(|| {
-        let id = f64_arg(id, "id")? as u64;
-        match send_value(h, id, value)? {
-            Sent::Code(v) => int(v),
-            Sent::NotSerialized(m) => string(&m),
-        }
-    })
+pub fn mirai_daemon_send(h: SEXP, id: SEXP, value: SEXP) -> RResult {
+    let id = f64_arg(id, "id")? as u64;
+    match send_value(h, id, value)? {
+        Sent::Code(v) => int(v),
+        Sent::NotSerialized(m) => string(&m),
+    }
 }
 
 /// Id of the task being evaluated, 0 if none (as a double: ids are u64).
-#[no_mangle]
-pub extern "C" fn mirai_daemon_current(h: SEXP) -> SEXP {
-    entry(|| {
-        let id = lock(conn(&h)?).as_ref().map_or(0, |c| c.current());
-        real(id as f64)
-    })
+pub fn mirai_daemon_current(h: SEXP) -> RResult {
+    let id = lock(conn(&h)?).as_ref().map_or(0, |c| c.current());
+    real(id as f64)
 }
 
 /// After a last reply: waits (up to `wait`) for the host to close, so the
@@ -400,45 +381,35 @@ fn linger(h: SEXP, wait: Duration) -> Result<(), RError> {
     Ok(())
 }
 
-#[no_mangle]
-pub extern "C" fn mirai_daemon_linger(h: SEXP, ms: SEXP) -> SEXP {
-    entry(|| {
-        linger(h, Duration::from_millis(f64_arg(ms, "ms")? as u64))?;
-        Ok(nil())
-    })
+pub fn mirai_daemon_linger(h: SEXP, ms: SEXP) -> RResult {
+    linger(h, Duration::from_millis(f64_arg(ms, "ms")? as u64))?;
+    Ok(Owned::nil())
 }
 
 /// Closes the connection; returns the number of tasks it completed.
-#[no_mangle]
-pub extern "C" fn mirai_daemon_close(h: SEXP) -> SEXP {
-    entry(|| {
-        let done = lock(conn(&h)?).take().map_or(0, |c| c.limits.done);
-        real(done as f64)
-    })
+pub fn mirai_daemon_close(h: SEXP) -> RResult {
+    let done = lock(conn(&h)?).take().map_or(0, |c| c.limits.done);
+    real(done as f64)
 }
 
 /// The settings from the host's Init, as `list(stream =, config =)` (each
 /// NULL if not sent). Installs `config$serial` as this connection's
 /// serialization config for both directions.
-#[no_mangle]
-pub extern "C" fn mirai_daemon_init(h: SEXP) -> SEXP {
-    entry(|| {
-        let (stream, settings) = {
-            let g = lock(conn(&h)?);
-            let c = g.as_ref().ok_or("connection is closed")?;
-            (c.init_stream, c.init_settings.clone())
-        };
-        let mut keep = Protect::new();
-        let cfg = if settings.is_empty() { nil() } else { keep.keep(serial::unserialize(&settings)?) };
-        let serial_cfg = list_get(cfg, "serial");
-        serial::check_config(serial_cfg).map_err(|e| format!("host sent an invalid serialization config: {e}"))?;
-        set_kept(h, serial_cfg);
-        let stream = match stream {
-            Some(s) => keep.keep(ints(&s)?),
-            None => nil(),
-        };
-        list(&[stream, cfg], &["stream", "config"])
-    })
+pub fn mirai_daemon_init(h: SEXP) -> RResult {
+    let (stream, settings) = {
+        let g = lock(conn(&h)?);
+        let c = g.as_ref().ok_or("connection is closed")?;
+        (c.init_stream, c.init_settings.clone())
+    };
+    let cfg = if settings.is_empty() { Owned::nil() } else { serial::unserialize(&settings)? };
+    let serial_cfg = list_get(cfg.sexp(), "serial");
+    serial::check_config(serial_cfg).map_err(|e| format!("host sent an invalid serialization config: {e}"))?;
+    set_kept(h, serial_cfg)?;
+    let stream = match stream {
+        Some(s) => ints(&s)?,
+        None => Owned::nil(),
+    };
+    list(&[stream.sexp(), cfg.sexp()], &["stream", "config"])
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 #![allow(non_snake_case, non_upper_case_globals, improper_ctypes)]
 
 pub use extendr_ffi::{
-    cetype_t, DllInfo, R_BaseEnv, R_BaseSymbol, R_CallMethodDef, R_ClassSymbol, R_DoubleColonSymbol, Rf_PairToVectorList, R_ClearExternalPtr, R_EmptyEnv, R_MissingArg, R_compute_identical, Rf_lcons, SET_TAG,
+    cetype_t, DllInfo, DL_FUNC, R_BaseEnv, R_BaseSymbol, R_CallMethodDef, R_ClassSymbol, R_DoubleColonSymbol, Rf_PairToVectorList, R_ClearExternalPtr, R_EmptyEnv, R_MissingArg, R_compute_identical, Rf_lcons, SET_TAG,
     R_ExternalPtrAddr, R_ExternalPtrProtected, R_ExternalPtrTag, R_GlobalEnv, R_MakeExternalPtr, R_MakeUnwindCont,
     R_NaInt, R_NaReal, R_NamesSymbol, R_NewEnv, R_NilValue, R_PreserveObject, R_RegisterCFinalizerEx, R_ReleaseObject, R_Serialize,
     R_SetExternalPtrProtected, R_UnboundValue, R_Unserialize, R_forceSymbols, R_inpstream_st, R_outpstream_st,

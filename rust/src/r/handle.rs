@@ -8,6 +8,7 @@
 
 use super::call::{try_r, RError};
 use super::ffi::*;
+use super::value::*;
 use std::ffi::{c_void, CStr};
 
 /// A type that lives behind an external pointer tagged `TAG`.
@@ -16,28 +17,38 @@ pub trait Tagged: Sized + 'static {
 }
 
 unsafe extern "C" fn finalize<T: Tagged>(s: SEXP) {
-    let p = R_ExternalPtrAddr(s) as *mut T;
+    // SAFETY: R calls a finalizer once, on its main thread, with the
+    // external pointer it was registered for (`new_handle`).
+    let p = unsafe { R_ExternalPtrAddr(s) } as *mut T;
     if !p.is_null() {
-        R_ClearExternalPtr(s);
+        // SAFETY: as above; clearing allocates nothing.
+        unsafe { R_ClearExternalPtr(s) };
         // A panic must not unwind into R's garbage collector.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(p))));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: `p` came from Box::into_raw in `new_handle` and, the
+            // pointer now cleared, is reclaimed here once.
+            drop(unsafe { Box::from_raw(p) })
+        }));
     }
 }
 
 /// A new handle owning `v`. `prot` (an R object, or NULL) is kept alive
 /// with it: R's GC owns it, and no Rust value ever holds a SEXP. If R
 /// cannot allocate, `v` is dropped here and the R error comes back as Err.
-pub fn new_handle<T: Tagged>(v: T, prot: SEXP) -> Result<SEXP, RError> {
+pub fn new_handle<T: Tagged>(v: T, prot: SEXP) -> Result<Owned, RError> {
     let p = Box::into_raw(Box::new(v));
-    let made = try_r(|| unsafe {
-        let tag = Rf_install(T::TAG.as_ptr());
-        let h = Rf_protect(R_MakeExternalPtr(p as *mut c_void, tag, prot));
-        R_RegisterCFinalizerEx(h, Some(finalize::<T>), Rboolean::TRUE);
-        Rf_unprotect(1);
-        h
-    });
+    // SAFETY: the closure owns nothing with a destructor (`p` is a raw
+    // pointer).
+    let made = unsafe {
+        rooted(|r| {
+            let h = r.protect(r.external_ptr(p as *mut c_void, r.install(T::TAG), prot));
+            r.register_finalizer(h, finalize::<T>);
+            h
+        })
+    };
     if made.is_err() {
-        // The pointer was never handed to R (or its finalizer never set).
+        // SAFETY: the pointer was never handed to R (or its finalizer never
+        // set, and the handle is garbage): `p` is still ours alone.
         drop(unsafe { Box::from_raw(p) });
     }
     made
@@ -47,31 +58,71 @@ pub fn new_handle<T: Tagged>(v: T, prot: SEXP) -> Result<SEXP, RError> {
 /// `Rf_install` on a tag only looks it up and cannot allocate (or fail).
 pub fn init_tags(tags: &[&CStr]) -> Result<(), RError> {
     for t in tags {
-        try_r(|| unsafe { Rf_install(t.as_ptr()) })?;
+        // SAFETY: the closure owns nothing with a destructor.
+        unsafe { try_r(|r| r.install(t)) }?;
     }
     Ok(())
 }
 
-/// The value behind handle `s`, for as long as `s` is borrowed.
-pub fn handle<'a, T: Tagged>(s: &'a SEXP, what: &str) -> Result<&'a T, RError> {
-    unsafe {
-        if TYPEOF(*s) != EXTPTRSXP || R_ExternalPtrTag(*s) != Rf_install(T::TAG.as_ptr()) {
-            return Err(format!("`{what}` is not a valid mirai handle").into());
-        }
-        let p = R_ExternalPtrAddr(*s) as *const T;
-        if p.is_null() {
-            return Err(format!("`{what}` is no longer valid (it was closed or saved and reloaded)").into());
-        }
-        Ok(&*p)
+/// Something that holds a live R value: an argument (`SEXP`) or an
+/// `Owned`. What a handle holds is borrowed from it.
+pub trait Held {
+    fn held(&self) -> &SEXP;
+}
+
+impl Held for SEXP {
+    fn held(&self) -> &SEXP {
+        self
     }
+}
+
+impl Held for Owned {
+    fn held(&self) -> &SEXP {
+        self.sexp_ref()
+    }
+}
+
+/// The value behind handle `s`, for as long as `s` is borrowed.
+pub fn handle<'a, T: Tagged>(s: &'a impl Held, what: &str) -> Result<&'a T, RError> {
+    let s = s.held();
+    // SAFETY: the tag symbol was installed at load (`init_tags`), so this
+    // finds it without allocating; reading an external pointer's tag
+    // allocates nothing (checked to be one first).
+    let ours = type_of(*s) == EXTPTRSXP && unsafe { R_ExternalPtrTag(*s) == Rf_install(T::TAG.as_ptr()) };
+    if !ours {
+        return Err(format!("`{what}` is not a valid mirai handle").into());
+    }
+    // SAFETY: an external pointer (checked).
+    let p = unsafe { R_ExternalPtrAddr(*s) } as *const T;
+    if p.is_null() {
+        return Err(format!("`{what}` is no longer valid (it was closed or saved and reloaded)").into());
+    }
+    // SAFETY: a non-null pointer with T's tag was made by `new_handle::<T>`
+    // from a Box<T>, which lives until the finalizer runs; that cannot
+    // happen while `s`, an argument of the running .Call, is reachable.
+    Ok(unsafe { &*p })
 }
 
 /// The R object kept with handle `s` (see `new_handle`).
 pub fn kept(s: SEXP) -> SEXP {
+    if type_of(s) != EXTPTRSXP {
+        return nil();
+    }
+    // SAFETY: an external pointer (checked); a field read.
     unsafe { R_ExternalPtrProtected(s) }
 }
 
 /// Replaces the R object kept with handle `s`.
-pub fn set_kept(s: SEXP, prot: SEXP) {
-    unsafe { R_SetExternalPtrProtected(s, prot) }
+pub fn set_kept(s: SEXP, prot: SEXP) -> Result<(), RError> {
+    if type_of(s) != EXTPTRSXP {
+        return Err("internal error in mirai: a handle was expected".into());
+    }
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe {
+        try_r(|r| {
+            r.set_external_protected(s, prot);
+            nil()
+        })
+    }?;
+    Ok(())
 }

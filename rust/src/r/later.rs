@@ -13,18 +13,20 @@
 
 use super::call::{try_r, RError};
 use super::ffi::*;
+use super::global::MainThread;
+use super::value::*;
 use crate::aio::Slot;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, OnceLock};
+use std::sync::LazyLock;
 
 type ExecLater = unsafe extern "C" fn(Option<unsafe extern "C" fn(*mut c_void)>, *mut c_void, f64, c_int);
 
 /// later's global loop, the one Shiny, plumber and promises run.
 const GLOBAL_LOOP: c_int = 0;
 
-static EXEC_LATER: OnceLock<usize> = OnceLock::new();
+static EXEC_LATER: MainThread<Option<ExecLater>> = MainThread::new(None);
 
 /// A settle closure waiting for its mirai: its index in the registry.
 /// Other threads only carry the number; R's main thread alone reads the
@@ -35,54 +37,66 @@ struct Settle(usize);
 /// list (index-addressed, with a free list) rather than one
 /// `R_PreserveObject` each: R keeps preserved objects in a linked list, so
 /// releasing one costs a walk of all the others, and thousands of pending
-/// promises made settling quadratic. Main thread only.
+/// promises made settling quadratic.
 struct Registry {
     list: SEXP,
     free: Vec<usize>,
 }
 
-static mut REGISTRY: Registry = Registry { list: std::ptr::null_mut(), free: Vec::new() };
-
-fn registry() -> &'static mut Registry {
-    // SAFETY: only R's main thread calls this (from a .Call or from later's
-    // callback), one call at a time.
-    unsafe { &mut *std::ptr::addr_of_mut!(REGISTRY) }
-}
+static REGISTRY: MainThread<Registry> = MainThread::new(Registry { list: std::ptr::null_mut(), free: Vec::new() });
 
 /// Stores `f` in the registry; its index.
 fn keep(f: SEXP) -> Result<usize, RError> {
-    let reg = registry();
-    if reg.free.is_empty() {
-        let old = reg.list;
-        let old_len = if old.is_null() { 0 } else { unsafe { Rf_xlength(old) as usize } };
+    let (old, full) = REGISTRY.with(|reg| (reg.list, reg.free.is_empty()));
+    if full {
+        let old_len = if old.is_null() { 0 } else { len(old) };
         let new_len = (old_len * 2).max(64);
-        let list = try_r(|| unsafe {
-            let l = Rf_protect(Rf_allocVector(SEXPTYPE::VECSXP, new_len as isize));
-            for i in 0..old_len {
-                SET_VECTOR_ELT(l, i as isize, VECTOR_ELT(old, i as isize));
-            }
-            R_PreserveObject(l);
-            Rf_unprotect(1);
-            l
-        })?;
+        // SAFETY: the closure owns nothing with a destructor.
+        let list = unsafe {
+            try_r(|r| {
+                let l = r.protect(r.alloc(SEXPTYPE::VECSXP, new_len));
+                for i in 0..old_len {
+                    r.set_elt(l, i, list_at(old, i));
+                }
+                r.preserve(l)
+            })
+        }?;
         if !old.is_null() {
+            // SAFETY: preserved by the last growth; its closures are in
+            // the new list. Main thread; allocates nothing.
             unsafe { R_ReleaseObject(old) };
         }
-        reg.list = list;
-        reg.free.extend((old_len..new_len).rev());
+        REGISTRY.with(|reg| {
+            reg.list = list;
+            reg.free.extend((old_len..new_len).rev());
+        });
     }
-    let Some(i) = reg.free.pop() else { return Err("promise registry: no free slot".into()) };
-    unsafe { SET_VECTOR_ELT(reg.list, i as isize, f) };
-    Ok(i)
+    REGISTRY.with(|reg| {
+        let i = reg.free.pop().ok_or("promise registry: no free slot")?;
+        store(reg.list, i, f);
+        Ok(i)
+    })
 }
 
-/// Takes closure `i` out of the registry (the caller protects it).
-fn take(i: usize) -> SEXP {
-    let reg = registry();
-    let f = unsafe { VECTOR_ELT(reg.list, i as isize) };
-    unsafe { SET_VECTOR_ELT(reg.list, i as isize, R_NilValue) };
-    reg.free.push(i);
-    f
+/// Sets element `i` of the registry's list `list` (`i` < its length).
+fn store(list: SEXP, i: usize, f: SEXP) {
+    assert!(i < len(list), "promise registry index out of range");
+    // SAFETY: the preserved registry list and an index in range; a store
+    // allocates nothing.
+    unsafe { SET_VECTOR_ELT(list, i as isize, f) };
+}
+
+/// Takes closure `i` out of the registry, rooted.
+fn take(i: usize) -> Result<Owned, RError> {
+    // Made before the closure leaves the registry: rooting it then
+    // allocates nothing.
+    reserve_root()?;
+    Ok(REGISTRY.with(|reg| {
+        let f = root_reserved(list_at(reg.list, i));
+        store(reg.list, i, nil());
+        reg.free.push(i);
+        f
+    }))
 }
 
 struct Queue {
@@ -100,21 +114,27 @@ static QUEUE: LazyLock<Queue> = LazyLock::new(|| {
 /// Looks later's entry point up (once, on R's main thread; the caller has
 /// loaded later's namespace).
 fn exec_later() -> Result<ExecLater, RError> {
-    if let Some(&f) = EXEC_LATER.get() {
-        return Ok(unsafe { std::mem::transmute::<usize, ExecLater>(f) });
+    if let Some(f) = EXEC_LATER.get() {
+        return Ok(f);
     }
     // The pointer is written to `p`, not returned: try_r's result must be
     // an R object (R's unwind protection stores it as one).
-    let mut p = 0usize;
-    try_r(|| unsafe {
-        p = R_GetCCallable(c"later".as_ptr(), c"execLaterNative2".as_ptr()) as usize;
-        R_NilValue
-    })?;
-    if p == 0 {
+    let mut p: *const c_void = std::ptr::null();
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe {
+        try_r(|r| {
+            p = r.get_ccallable(c"later", c"execLaterNative2");
+            nil()
+        })
+    }?;
+    if p.is_null() {
         return Err("the 'later' package does not provide execLaterNative2: install later >= 1.0".into());
     }
-    let f = *EXEC_LATER.get_or_init(|| p);
-    Ok(unsafe { std::mem::transmute::<usize, ExecLater>(f) })
+    // SAFETY: later registers execLaterNative2 with exactly this signature
+    // (later's inst/include/later.h).
+    let f = unsafe { std::mem::transmute::<*const c_void, ExecLater>(p) };
+    EXEC_LATER.set(Some(f));
+    Ok(f)
 }
 
 /// Queues a settle closure from any thread, scheduling a drain if none is.
@@ -123,6 +143,8 @@ fn push(s: Settle, exec: ExecLater) {
     // The receiver lives in the same static: sending cannot fail.
     let _ = q.tx.send(s);
     if !q.armed.swap(true, Ordering::AcqRel) {
+        // SAFETY: later documents execLaterNative2 as callable from any
+        // thread; `drain` takes no data.
         unsafe { exec(Some(drain), std::ptr::null_mut(), 0.0, GLOBAL_LOOP) };
     }
 }
@@ -134,17 +156,23 @@ unsafe extern "C" fn drain(_: *mut c_void) {
     let q = &*QUEUE;
     q.armed.store(false, Ordering::Release);
     while let Ok(Settle(i)) = q.rx.try_recv() {
-        let f = unsafe { Rf_protect(take(i)) };
+        let Ok(f) = take(i) else { continue };
+        let f = f.sexp();
         // An error in the closure is R's to report; it must not unwind
         // through later's frames, nor stop the others from settling.
-        let _ = try_r(|| unsafe {
-            let call = Rf_protect(Rf_lang1(f));
-            Rf_eval(call, R_GlobalEnv);
-            Rf_unprotect(1);
-            R_NilValue
-        });
-        unsafe { Rf_unprotect(1) };
+        // SAFETY: the closure owns nothing with a destructor.
+        let _ = unsafe {
+            try_r(|r| {
+                r.eval(r.protect(r.lang1(f)), global_env());
+                nil()
+            })
+        };
     }
+}
+
+fn global_env() -> SEXP {
+    // SAFETY: a constant R sets up at start-up.
+    unsafe { R_GlobalEnv }
 }
 
 /// Arranges for R closure `settle` to be called, on R's main thread
@@ -157,7 +185,7 @@ pub fn on_resolve(slot: &Slot, settle: SEXP) -> Result<bool, RError> {
     match slot.on_complete(Box::new(move || push(s, exec))) {
         Ok(()) => Ok(true),
         Err(_) => {
-            take(i);
+            take(i)?;
             Ok(false)
         }
     }

@@ -1,8 +1,8 @@
 //! `.Call`s for mirai: reading a value, waiting, racing, cancelling.
 
-use super::call::{entry, wait_interruptibly, RError};
+use super::call::{wait_interruptibly, RError, RResult};
 use super::ffi::SEXP;
-use super::handle::{handle, kept, new_handle, Tagged};
+use super::handle::{handle, kept, new_handle, Held, Tagged};
 use super::later;
 use super::object;
 use super::profile::Profile;
@@ -26,34 +26,30 @@ impl Tagged for Aio {
     const TAG: &'static CStr = c"mirai_aio";
 }
 
-pub(super) fn aio(s: &SEXP) -> Result<&Aio, RError> {
+pub(super) fn aio(s: &impl Held) -> Result<&Aio, RError> {
     handle::<Aio>(s, "aio")
 }
 
 /// A new mirai object around `a`; `cfg` is the serialization config its
 /// value will be read with.
-pub fn new_aio(a: Aio, cfg: SEXP) -> Result<SEXP, RError> {
+pub fn new_aio(a: Aio, cfg: SEXP) -> RResult {
     let id = a.id;
     let h = new_handle(a, cfg)?;
-    object::new_mirai(h, id, None)
+    object::new_mirai(h.sexp(), id, None)
 }
 
 /// `.onLoad`: the data routine and the 'unresolved' value.
-#[no_mangle]
-pub extern "C" fn mirai_r_init(data_routine: SEXP, unresolved: SEXP) -> SEXP {
-    entry(|| {
-        object::init(data_routine, unresolved)?;
-        Ok(nil())
-    })
+pub fn mirai_r_init(data_routine: SEXP, unresolved: SEXP) -> RResult {
+    object::init(data_routine, unresolved)?;
+    Ok(Owned::nil())
 }
 
 /// A mirai resolved to `value` from the start (sync mode).
-#[no_mangle]
-pub extern "C" fn mirai_resolved(value: SEXP) -> SEXP {
-    entry(|| object::new_mirai(nil(), 0, Some(value)))
+pub fn mirai_resolved(value: SEXP) -> RResult {
+    object::new_mirai(nil(), 0, Some(value))
 }
 
-pub(super) fn outcome_to_sexp(o: Outcome, cfg: SEXP) -> Result<SEXP, RError> {
+pub(super) fn outcome_to_sexp(o: Outcome, cfg: SEXP) -> RResult {
     match o {
         Outcome::Error(code) => error_value(code),
         Outcome::Value { body, offset } => match serial::unserialize_with(&body[offset..], cfg) {
@@ -68,26 +64,28 @@ pub(super) fn outcome_to_sexp(o: Outcome, cfg: SEXP) -> Result<SEXP, RError> {
 
 /// Resolved: converts the outcome once, caches it as `value` in the
 /// mirai and returns it. Unresolved: the 'unresolved' value.
-fn aio_data(a: &Aio, h: SEXP, env: SEXP) -> Result<SEXP, RError> {
+fn aio_data(a: &Aio, h: SEXP, env: SEXP) -> RResult {
     // Checked before the outcome is taken, so a bad call cannot lose it.
     object::check_env(env)?;
     if !a.slot.is_done() {
-        return object::unresolved();
+        return Ok(Owned::reachable(object::unresolved()?));
     }
     if let Some(o) = a.slot.take() {
-        let mut keep = Protect::new();
-        let v = keep.keep(outcome_to_sexp(o, kept(h))?);
-        object::cache_value(env, v)?;
+        let v = outcome_to_sexp(o, kept(h))?;
+        object::cache_value(env, v.sexp())?;
         return Ok(v);
     }
-    object::cached_value(env)
+    Ok(Owned::reachable(object::cached_value(env)?))
 }
 
 /// `$data`: the value, or 'unresolved'. A resolved mirai without a handle
 /// (sync mode) reads its cached value.
-#[no_mangle]
-pub extern "C" fn mirai_aio_data(h: SEXP, env: SEXP) -> SEXP {
-    entry(|| if is_null(h) { object::cached_value(env) } else { aio_data(aio(&h)?, h, env) })
+pub fn mirai_aio_data(h: SEXP, env: SEXP) -> RResult {
+    if is_null(h) {
+        Ok(Owned::reachable(object::cached_value(env)?))
+    } else {
+        aio_data(aio(&h)?, h, env)
+    }
 }
 
 /// How long a wait spins before it blocks. A reply that comes back within
@@ -140,73 +138,59 @@ pub(super) fn race(slots: &[Arc<Slot>]) -> Result<usize, RError> {
 }
 
 /// `x[]`: waits (interruptibly) for a mirai and returns its value.
-#[no_mangle]
-pub extern "C" fn mirai_value(x: SEXP) -> SEXP {
-    entry(|| {
-        let h = object::aio_of(x)?;
-        if is_null(h) {
-            return object::cached_value(x);
-        }
-        let a = aio(&h)?;
-        wait_slot(&a.slot)?;
-        aio_data(a, h, x)
-    })
+pub fn mirai_value(x: SEXP) -> RResult {
+    let h = object::aio_of(x)?;
+    if is_null(h) {
+        return Ok(Owned::reachable(object::cached_value(x)?));
+    }
+    let a = aio(&h)?;
+    wait_slot(&a.slot)?;
+    aio_data(a, h, x)
 }
 
 /// `unresolved()`: like reading `$data`, converts and caches the value once
 /// resolved; TRUE if resolved.
-#[no_mangle]
-pub extern "C" fn mirai_aio_collect(h: SEXP, env: SEXP) -> SEXP {
-    entry(|| {
-        let v = aio_data(aio(&h)?, h, env)?;
-        lgl(v != object::unresolved()?)
-    })
+pub fn mirai_aio_collect(h: SEXP, env: SEXP) -> RResult {
+    let v = aio_data(aio(&h)?, h, env)?;
+    lgl(v.sexp() != object::unresolved()?)
 }
 
 /// Blocks until resolved; a user interrupt ends the wait and is re-raised.
-#[no_mangle]
-pub extern "C" fn mirai_aio_wait(h: SEXP) -> SEXP {
-    entry(|| {
-        wait_slot(&aio(&h)?.slot)?;
-        Ok(nil())
-    })
+pub fn mirai_aio_wait(h: SEXP) -> RResult {
+    wait_slot(&aio(&h)?.slot)?;
+    Ok(Owned::nil())
 }
 
 /// `race_mirai()`: the 1-based index of the first resolved element of the
 /// list `aios` (aio handles, or NULL for a mirai that never had one), 0 for
 /// an empty list.
-#[no_mangle]
-pub extern "C" fn mirai_race(aios: SEXP) -> SEXP {
-    entry(|| {
-        if !is_list(aios) {
-            return Err("`x` must be a list".into());
+pub fn mirai_race(aios: SEXP) -> RResult {
+    if !is_list(aios) {
+        return Err("`x` must be a list".into());
+    }
+    let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(len(aios));
+    for i in 0..len(aios) {
+        let s = list_at(aios, i);
+        if is_null(s) {
+            return int(i as i32 + 1);
         }
-        let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(len(aios));
-        for i in 0..len(aios) {
-            let s = list_at(aios, i);
-            if is_null(s) {
-                return int(i as i32 + 1);
-            }
-            slots.push(aio(&s)?.slot.clone());
-        }
-        if slots.is_empty() {
-            return int(0);
-        }
-        int(race(&slots)? as i32 + 1)
-    })
+        slots.push(aio(&s)?.slot.clone());
+    }
+    if slots.is_empty() {
+        return int(0);
+    }
+    int(race(&slots)? as i32 + 1)
 }
 
 /// TRUE once the task behind aio handle `h` has resolved.
-#[no_mangle]
-pub extern "C" fn mirai_aio_done(h: SEXP) -> SEXP {
-    entry(|| lgl(aio(&h)?.slot.is_done()))
+pub fn mirai_aio_done(h: SEXP) -> RResult {
+    lgl(aio(&h)?.slot.is_done())
 }
 
 /// Resolves the mirai to "operation canceled" at once. TRUE if the
 /// dispatcher found the task and withdrew or interrupted it.
-#[no_mangle]
-pub extern "C" fn mirai_aio_cancel(h: SEXP) -> SEXP {
-    entry(|| lgl(cancel(aio(&h)?)))
+pub fn mirai_aio_cancel(h: SEXP) -> RResult {
+    lgl(cancel(aio(&h)?))
 }
 
 /// Resolves `a` to "operation canceled". The host forgets the task either
@@ -221,13 +205,10 @@ pub(super) fn cancel(a: &Aio) -> bool {
 /// `as.promise()`: calls R closure `settle` (on R's main thread, through
 /// later) once the mirai resolves. FALSE if it already has, so the caller
 /// settles at once.
-#[no_mangle]
-pub extern "C" fn mirai_on_resolve(h: SEXP, settle: SEXP) -> SEXP {
-    entry(|| {
-        let a = aio(&h)?;
-        if !is_function(settle) {
-            return Err("`settle` must be a function".into());
-        }
-        lgl(later::on_resolve(&a.slot, settle)?)
-    })
+pub fn mirai_on_resolve(h: SEXP, settle: SEXP) -> RResult {
+    let a = aio(&h)?;
+    if !is_function(settle) {
+        return Err("`settle` must be a function".into());
+    }
+    lgl(later::on_resolve(&a.slot, settle)?)
 }

@@ -10,8 +10,12 @@
 //!
 //! The layer under the glue, where all of the `unsafe` lives:
 //! - `ffi`: every C API declaration;
-//! - `call`: the `.Call` edge (`entry`, `try_r`, interrupts);
-//! - `value`: reading arguments and building R values without longjmps;
+//! - `call`: the `.Call` edge (`entry`, `try_r` and the `InR` capability
+//!   it lends, interrupts, routine registration);
+//! - `global`: `MainThread`/`MainOnce`, the one kind of static the layer
+//!   keeps (checked to be touched on R's main thread in checked builds);
+//! - `value`: `Owned` (a value kept alive until dropped), reading
+//!   arguments and building R values without longjmps;
 //! - `handle`: Rust values behind external pointers;
 //! - `object`: the 'mirai' object (an environment with an active binding);
 //! - `lang`: environments, symbols, small lists, building and evaluating
@@ -19,7 +23,8 @@
 //! - `serial`: R serialization into and out of message buffers;
 //! - `later`: settling promises through the 'later' package's C API.
 //!
-//! The glue, one module per R area, mostly safe code:
+//! The glue, one module per R area, in safe code: each routine is a plain
+//! function of `SEXP` arguments returning `RResult`; lib.rs registers it.
 //! - `profile`: a compute profile's host and its local children;
 //! - `mirai`: mirai handles, values, waits, races, cancellation;
 //! - `node`: a cluster node's tasks (parallel's hot path);
@@ -34,6 +39,7 @@
 pub mod call;
 pub mod daemon;
 pub mod ffi;
+pub mod global;
 pub mod handle;
 pub mod helpers;
 pub mod lang;

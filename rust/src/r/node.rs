@@ -14,7 +14,7 @@
 //! A node task's payload is `list(._node_. = fun, ._args_. = args)`; the
 //! daemon runs it natively (see `daemon::run_node`).
 
-use super::call::{entry, RError};
+use super::call::{RError, RResult};
 use super::ffi::SEXP;
 use super::handle::{kept, new_handle};
 use super::lang::*;
@@ -83,7 +83,7 @@ fn check_node(node: SEXP) -> Result<(), RError> {
 
 /// The node's number in its cluster (from 1), its attribute `node`.
 fn node_number(node: SEXP, s: &Syms) -> Result<usize, RError> {
-    let n = f64_arg(attr(node, s.node)?, "node")?;
+    let n = f64_arg(attr(node, s.node)?.sexp(), "node")?;
     if !(1.0..=u32::MAX as f64).contains(&n) || n.fract() != 0.0 {
         return Err("`node` has no valid node number".into());
     }
@@ -94,117 +94,106 @@ fn node_number(node: SEXP, s: &Syms) -> Result<usize, RError> {
 /// `fun`, `args` and `tag`. The task goes to the node's daemon (waiting,
 /// interruptibly, for it to join) and is put on the node's record; should
 /// recording fail, the task is cancelled rather than left unreachable.
-#[no_mangle]
-pub extern "C" fn mirai_node_send(node: SEXP, data: SEXP) -> SEXP {
-    entry(|| {
-        let s = syms()?;
-        check_node(node)?;
-        let prof = env_get(node, s.prof)?;
-        if !is_env(prof) || !is_true(env_get(prof, s.active)?) {
-            return Err("cluster is no longer active".into());
+pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
+    let s = syms()?;
+    check_node(node)?;
+    let prof = env_get(node, s.prof)?;
+    if !is_env(prof.sexp()) || !is_true(env_get(prof.sexp(), s.active)?.sexp()) {
+        return Err("cluster is no longer active".into());
+    }
+    let p = env_get(prof.sexp(), s.host)?;
+    let number = node_number(node, s)?;
+    let d = list_get(data, "data");
+    let (fun, args, tag) = (list_get(d, "fun"), list_get(d, "args"), list_get(d, "tag"));
+    let payload = list_named(&[fun, args], s.payload_names, nil())?;
+    let a = submit_node(&p, payload.sexp(), number - 1)?;
+    let (id, profile) = (a.id, a.profile.clone());
+    let recorded = new_handle(a, kept(p.sexp())).and_then(|h| {
+        if is_null(env_get(node, s.head)?.sexp()) {
+            env_set(node, s.head, h.sexp())?;
+            env_set(node, s.head_tag, tag)
+        } else {
+            let entry = list(&[h.sexp(), tag], &[])?;
+            let rest = list_append(env_get(node, s.rest)?.sexp(), entry.sexp())?;
+            env_set(node, s.rest, rest.sexp())
         }
-        let p = env_get(prof, s.host)?;
-        let number = node_number(node, s)?;
-        let d = list_get(data, "data");
-        let (fun, args, tag) = (list_get(d, "fun"), list_get(d, "args"), list_get(d, "tag"));
-        let mut keep = Protect::new();
-        let payload = keep.keep(list_named(&[fun, args], s.payload_names, nil())?);
-        let a = submit_node(p, payload, number - 1)?;
-        let (id, profile) = (a.id, a.profile.clone());
-        let recorded = new_handle(a, kept(p)).and_then(|h| {
-            let h = keep.keep(h);
-            if is_null(env_get(node, s.head)?) {
-                env_set(node, s.head, h)?;
-                env_set(node, s.head_tag, tag)
-            } else {
-                let entry = keep.keep(list(&[h, tag], &[])?);
-                let rest = list_append(env_get(node, s.rest)?, entry)?;
-                env_set(node, s.rest, rest)
-            }
-        });
-        if let Err(e) = recorded {
-            profile.host.cancel(id, ERR_CANCELED);
-            return Err(e);
-        }
-        Ok(nil())
-    })
+    });
+    if let Err(e) = recorded {
+        profile.host.cancel(id, ERR_CANCELED);
+        return Err(e);
+    }
+    Ok(Owned::nil())
 }
 
 /// Takes the result of the node's head task (resolved), moves the queue on
 /// and returns parallel's message `list(type = "VALUE", value, tag)`.
-fn pop_result(node: SEXP, s: &Syms) -> Result<SEXP, RError> {
+fn pop_result(node: SEXP, s: &Syms) -> RResult {
     let h = env_get(node, s.head)?;
     let outcome = aio(&h)?.slot.take().ok_or("internal error in mirai: a node's result was taken twice")?;
-    let mut keep = Protect::new();
-    let value = keep.keep(outcome_to_sexp(outcome, kept(h))?);
-    let tag = keep.keep(env_get(node, s.head_tag)?);
+    let value = outcome_to_sexp(outcome, kept(h.sexp()))?;
+    let tag = env_get(node, s.head_tag)?;
     let rest = env_get(node, s.rest)?;
+    let rest = rest.sexp();
     if is_list(rest) && len(rest) > 0 {
         // Anything but list(aio, tag) (the node was tampered with) becomes
         // the head as it is, so that receiving it fails, which drops every
         // outstanding task (R/cluster.R): nothing is skipped silently.
         let next = list_at(rest, 0);
         let (h, t) = if is_list(next) && len(next) == 2 { (list_at(next, 0), list_at(next, 1)) } else { (next, nil()) };
+        // `rest` (rooted) keeps `h` and `t` alive while the node changes.
         env_set(node, s.head, h)?;
         env_set(node, s.head_tag, t)?;
-        env_set(node, s.rest, list_rest(rest)?)?;
+        env_set(node, s.rest, list_rest(rest)?.sexp())?;
     } else {
         env_set(node, s.head, nil())?;
         env_set(node, s.head_tag, nil())?;
     }
-    list_named(&[s.value_type, value, tag], s.msg_names, nil())
+    list_named(&[s.value_type, value.sexp(), tag.sexp()], s.msg_names, nil())
 }
 
 /// `recvData()` on a node: waits (interruptibly) for its oldest task and
 /// returns parallel's message for it.
-#[no_mangle]
-pub extern "C" fn mirai_node_recv(node: SEXP) -> SEXP {
-    entry(|| {
-        let s = syms()?;
-        check_node(node)?;
-        let h = env_get(node, s.head)?;
-        if is_null(h) {
-            return Err(format!("node {} of the cluster has no task to receive", node_number(node, s)?).into());
-        }
-        wait_slot(&aio(&h)?.slot)?;
-        pop_result(node, s)
-    })
+pub fn mirai_node_recv(node: SEXP) -> RResult {
+    let s = syms()?;
+    check_node(node)?;
+    let h = env_get(node, s.head)?;
+    if is_null(h.sexp()) {
+        return Err(format!("node {} of the cluster has no task to receive", node_number(node, s)?).into());
+    }
+    wait_slot(&aio(&h)?.slot)?;
+    pop_result(node, s)
 }
 
 /// `recvOneData()` on a cluster (a list of nodes): the number of the first
 /// node holding messages already received (R hands those out), else waits
 /// (interruptibly) for whichever node's oldest task resolves first and
 /// returns `list(node, value = message)`.
-#[no_mangle]
-pub extern "C" fn mirai_cluster_recv(cl: SEXP) -> SEXP {
-    entry(|| {
-        let s = syms()?;
-        if !is_list(cl) {
-            return Err("`cl` must be a 'miraiCluster'".into());
+pub fn mirai_cluster_recv(cl: SEXP) -> RResult {
+    let s = syms()?;
+    if !is_list(cl) {
+        return Err("`cl` must be a 'miraiCluster'".into());
+    }
+    let mut slots = Vec::with_capacity(len(cl));
+    let mut which = Vec::with_capacity(len(cl));
+    for i in 0..len(cl) {
+        let node = list_at(cl, i);
+        check_node(node)?;
+        if len(env_get(node, s.pending)?.sexp()) > 0 {
+            return int(i as i32 + 1);
         }
-        let mut slots = Vec::with_capacity(len(cl));
-        let mut which = Vec::with_capacity(len(cl));
-        for i in 0..len(cl) {
-            let node = list_at(cl, i);
-            check_node(node)?;
-            if len(env_get(node, s.pending)?) > 0 {
-                return int(i as i32 + 1);
-            }
-            let h = env_get(node, s.head)?;
-            if !is_null(h) {
-                slots.push(aio(&h)?.slot.clone());
-                which.push(i);
-            }
+        let h = env_get(node, s.head)?;
+        if !is_null(h.sexp()) {
+            slots.push(aio(&h)?.slot.clone());
+            which.push(i);
         }
-        if slots.is_empty() {
-            return Err("no node of the cluster has a task to receive".into());
-        }
-        let i = which[race(&slots)?];
-        let mut keep = Protect::new();
-        let msg = keep.keep(pop_result(list_at(cl, i), s)?);
-        let number = keep.keep(int(i as i32 + 1)?);
-        list_named(&[number, msg], s.one_names, nil())
-    })
+    }
+    if slots.is_empty() {
+        return Err("no node of the cluster has a task to receive".into());
+    }
+    let i = which[race(&slots)?];
+    let msg = pop_result(list_at(cl, i), s)?;
+    let number = int(i as i32 + 1)?;
+    list_named(&[number.sexp(), msg.sexp()], s.one_names, nil())
 }
 
 /// Cancels and forgets every task outstanding on the nodes of `node`'s
@@ -214,30 +203,26 @@ pub extern "C" fn mirai_cluster_recv(cl: SEXP) -> SEXP {
 /// next call. Whatever the nodes hold that is not an aio handle (a node
 /// tampered with) is forgotten too, and every node is reset even if one
 /// cannot be: the first such error is returned after.
-#[no_mangle]
-pub extern "C" fn mirai_cluster_drop(node: SEXP) -> SEXP {
-    entry(|| {
-        let s = syms()?;
-        check_node(node)?;
-        let peers = env_get(node, s.peers)?;
-        let nodes = if is_env(peers) { env_get(peers, s.nodes)? } else { nil() };
-        let mut keep = Protect::new();
-        let nodes = if is_list(nodes) { nodes } else { keep.keep(list(&[node], &[])?) };
-        let mut first_err = None;
-        for i in 0..len(nodes) {
-            let p = list_at(nodes, i);
-            if !is_env(p) {
-                continue;
-            }
-            if let Err(e) = drop_node(p, s) {
-                first_err.get_or_insert(e);
-            }
+pub fn mirai_cluster_drop(node: SEXP) -> RResult {
+    let s = syms()?;
+    check_node(node)?;
+    let peers = env_get(node, s.peers)?;
+    let nodes = if is_env(peers.sexp()) { env_get(peers.sexp(), s.nodes)? } else { Owned::nil() };
+    let nodes = if is_list(nodes.sexp()) { nodes } else { list(&[node], &[])? };
+    let mut first_err = None;
+    for i in 0..len(nodes.sexp()) {
+        let p = list_at(nodes.sexp(), i);
+        if !is_env(p) {
+            continue;
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(nil()),
+        if let Err(e) = drop_node(p, s) {
+            first_err.get_or_insert(e);
         }
-    })
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(Owned::nil()),
+    }
 }
 
 fn drop_node(node: SEXP, s: &Syms) -> Result<(), RError> {
@@ -246,8 +231,9 @@ fn drop_node(node: SEXP, s: &Syms) -> Result<(), RError> {
             cancel(a);
         }
     };
-    cancel_if_aio(env_get(node, s.head)?);
+    cancel_if_aio(env_get(node, s.head)?.sexp());
     let rest = env_get(node, s.rest)?;
+    let rest = rest.sexp();
     if is_list(rest) {
         for j in 0..len(rest) {
             let entry = list_at(rest, j);
@@ -256,6 +242,6 @@ fn drop_node(node: SEXP, s: &Syms) -> Result<(), RError> {
     }
     env_set(node, s.head, nil())?;
     env_set(node, s.head_tag, nil())?;
-    env_set(node, s.rest, new_list(0)?)?;
-    env_set(node, s.pending, new_list(0)?)
+    env_set(node, s.rest, new_list(0)?.sexp())?;
+    env_set(node, s.pending, new_list(0)?.sexp())
 }

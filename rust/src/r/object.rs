@@ -7,12 +7,15 @@
 //! reading `$data` needs no variable lookups. Built in R, it was a large
 //! share of the host's cost per task.
 
-use super::call::{try_r, RError};
+use super::call::{try_r, InR, RError};
 use super::ffi::*;
-use std::ffi::c_int;
+use super::global::MainThread;
+use super::lang::is_env;
+use super::value::*;
 
-/// R objects the constructor reuses, set once at load (main thread only,
-/// preserved for the session).
+/// R objects the constructor reuses, set once at load (preserved for the
+/// session).
+#[derive(Clone, Copy)]
 struct Globals {
     dot_call: SEXP,
     data_routine: SEXP,
@@ -24,56 +27,61 @@ struct Globals {
     id: SEXP,
 }
 
-static mut GLOBALS: Option<Globals> = None;
+static GLOBALS: MainThread<Option<Globals>> = MainThread::new(None);
 
-fn globals() -> Result<&'static Globals, RError> {
-    unsafe {
-        (*std::ptr::addr_of!(GLOBALS)).as_ref().ok_or_else(|| "mirai is not initialised; reload the package".into())
-    }
+fn globals() -> Result<Globals, RError> {
+    GLOBALS.get().ok_or_else(|| "mirai is not initialised; reload the package".into())
 }
 
 /// Records the data routine and the 'unresolved' value (from `.onLoad`).
 pub fn init(data_routine: SEXP, unresolved: SEXP) -> Result<(), RError> {
-    try_r(|| unsafe {
-        let keep = |s: SEXP| {
-            R_PreserveObject(s);
-            s
-        };
-        let class = keep(Rf_allocVector(SEXPTYPE::STRSXP, 2));
-        for (i, c) in ["mirai", "recvAio"].iter().enumerate() {
-            SET_STRING_ELT(class, i as isize, Rf_mkCharLenCE(c.as_ptr() as *const _, c.len() as c_int, cetype_t::CE_UTF8));
-        }
-        GLOBALS = Some(Globals {
-            dot_call: keep(Rf_findFun(Rf_install(c".Call".as_ptr()), R_BaseEnv)),
-            data_routine: keep(data_routine),
-            unresolved: keep(unresolved),
-            class,
-            aio: Rf_install(c"aio".as_ptr()),
-            data: Rf_install(c"data".as_ptr()),
-            value: Rf_install(c"value".as_ptr()),
-            id: Rf_install(c"id".as_ptr()),
-        });
-        R_NilValue
-    })?;
+    let mut g = None;
+    // SAFETY: the closure owns nothing with a destructor (an Option of
+    // Copy values, written last).
+    unsafe {
+        try_r(|r| {
+            let base = base_env();
+            g = Some(Globals {
+                dot_call: r.preserve(r.find_fun(r.install(c".Call"), base)),
+                data_routine: r.preserve(data_routine),
+                unresolved: r.preserve(unresolved),
+                class: r.preserve(r.strings(&["mirai", "recvAio"])),
+                aio: r.install(c"aio"),
+                data: r.install(c"data"),
+                value: r.install(c"value"),
+                id: r.install(c"id"),
+            });
+            nil()
+        })
+    }?;
+    GLOBALS.set(g);
     Ok(())
+}
+
+fn base_env() -> SEXP {
+    // SAFETY: a constant R sets up at start-up.
+    unsafe { R_BaseEnv }
+}
+
+fn empty_env() -> SEXP {
+    // SAFETY: a constant R sets up at start-up.
+    unsafe { R_EmptyEnv }
+}
+
+fn unbound() -> SEXP {
+    // SAFETY: a constant R sets up at start-up.
+    unsafe { R_UnboundValue }
 }
 
 /// src/entrypoint.c's `mirai_closure(body, env)`: `function() body`
 /// enclosed by `env`, through R_mkClosure where R has it (see there).
 pub type ClosureFn = unsafe extern "C" fn(SEXP, SEXP) -> SEXP;
 
-static mut CLOSURE: Option<ClosureFn> = None;
+static CLOSURE: MainThread<Option<ClosureFn>> = MainThread::new(None);
 
-/// # Safety
-/// `f` must be mirai_closure from src/entrypoint.c; called once, at load.
-pub unsafe fn init_closure(f: ClosureFn) {
-    CLOSURE = Some(f);
-}
-
-/// The closure maker: it allocates, so call it only inside `try_r`.
-fn closure_fn() -> Result<ClosureFn, RError> {
-    // SAFETY: written once at load, before any .Call; read on R's thread.
-    unsafe { *std::ptr::addr_of!(CLOSURE) }.ok_or_else(|| "mirai: native library not initialised by R".into())
+/// Records mirai_closure (src/entrypoint.c), once at load.
+pub fn init_closure(f: ClosureFn) {
+    CLOSURE.set(Some(f));
 }
 
 /// The 'unresolved' value (`$data` of an unresolved mirai).
@@ -83,39 +91,49 @@ pub fn unresolved() -> Result<SEXP, RError> {
 
 /// A new mirai for aio handle `aio` (NULL for a resolved one) and task id.
 /// With `value` (sync mode), the mirai is resolved to it from the start.
-pub fn new_mirai(aio: SEXP, id: u64, value: Option<SEXP>) -> Result<SEXP, RError> {
+pub fn new_mirai(aio: SEXP, id: u64, value: Option<SEXP>) -> Result<Owned, RError> {
     let g = globals()?;
-    let id = id.min(i32::MAX as u64) as c_int;
-    let closure = closure_fn()?;
-    try_r(|| unsafe {
-        let aio = Rf_protect(aio);
-        let env = Rf_protect(R_NewEnv(R_EmptyEnv, 0, 0));
-        Rf_defineVar(g.aio, aio, env);
+    let closure = CLOSURE.get().ok_or("mirai: native library not initialised by R")?;
+    let id = id.min(i32::MAX as u64) as i32;
+    let empty = empty_env();
+    let make = |r: &InR| {
+        let env = r.protect(r.new_env(empty));
+        r.define_var(g.aio, aio, env);
         if let Some(v) = value {
-            Rf_defineVar(g.value, v, env);
+            r.define_var(g.value, v, env);
         }
-        let body = Rf_protect(Rf_lang4(g.dot_call, g.data_routine, aio, env));
-        let fun = Rf_protect(closure(body, env));
-        R_MakeActiveBinding(g.data, fun, env);
-        Rf_setAttrib(env, g.id, Rf_ScalarInteger(id));
-        Rf_setAttrib(env, R_ClassSymbol, g.class);
-        Rf_unprotect(4);
+        let body = r.protect(r.lang4(g.dot_call, g.data_routine, aio, env));
+        // SAFETY: mirai_closure takes a call and an environment, and may
+        // allocate: inside try_r, as its C definition asks.
+        let fun = r.protect(unsafe { closure(body, env) });
+        r.make_active_binding(g.data, fun, env);
+        r.set_attrib(env, g.id, r.scalar_int(id));
+        r.set_attrib(env, class_symbol(), g.class);
         env
-    })
+    };
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe { rooted(make) }
+}
+
+/// The value of plain binding `sym` in mirai `env`, or NULL. A mirai's
+/// bindings other than `data` are plain ones (we make them), so reading one
+/// runs no R code and allocates nothing; and `env` (an argument) keeps the
+/// value alive.
+fn plain_binding(env: SEXP, sym: SEXP) -> Result<SEXP, RError> {
+    check_env(env)?;
+    // SAFETY: `env` is an environment; for a plain binding, the lookup
+    // only reads the frame.
+    let v = unsafe { Rf_findVarInFrame(env, sym) };
+    Ok(if v == unbound() { nil() } else { v })
 }
 
 /// The aio handle of mirai `env`, or NULL.
 pub fn aio_of(env: SEXP) -> Result<SEXP, RError> {
-    let g = globals()?;
-    check_env(env)?;
-    unsafe {
-        let a = Rf_findVarInFrame(env, g.aio);
-        Ok(if a == R_UnboundValue { R_NilValue } else { a })
-    }
+    plain_binding(env, globals()?.aio)
 }
 
 pub fn check_env(env: SEXP) -> Result<(), RError> {
-    if unsafe { TYPEOF(env) } != ENVSXP {
+    if !is_env(env) {
         return Err("`x` is not a mirai".into());
     }
     Ok(())
@@ -123,21 +141,19 @@ pub fn check_env(env: SEXP) -> Result<(), RError> {
 
 /// The cached value of mirai `env`, or NULL if none yet.
 pub fn cached_value(env: SEXP) -> Result<SEXP, RError> {
-    let g = globals()?;
-    check_env(env)?;
-    unsafe {
-        let v = Rf_findVarInFrame(env, g.value);
-        Ok(if v == R_UnboundValue { R_NilValue } else { v })
-    }
+    plain_binding(env, globals()?.value)
 }
 
 /// Caches `v` as mirai `env`'s value.
 pub fn cache_value(env: SEXP, v: SEXP) -> Result<(), RError> {
     let g = globals()?;
     check_env(env)?;
-    try_r(|| unsafe {
-        Rf_defineVar(g.value, v, env);
-        R_NilValue
-    })?;
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe {
+        try_r(|r| {
+            r.define_var(g.value, v, env);
+            nil()
+        })
+    }?;
     Ok(())
 }

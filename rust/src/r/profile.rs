@@ -1,9 +1,9 @@
 //! `.Call`s for a compute profile: its host (listener, dispatcher, daemon
 //! connections) and the local daemons it launched.
 
-use super::call::{console_message, entry, wait_interruptibly, RError};
+use super::call::{console_message, wait_interruptibly, RError, RResult};
 use super::ffi::SEXP;
-use super::handle::{handle, kept, new_handle, Tagged};
+use super::handle::{handle, kept, new_handle, Held, Tagged};
 use super::mirai::{new_aio, Aio};
 use super::serial;
 use super::value::*;
@@ -30,7 +30,7 @@ impl Tagged for Arc<Profile> {
     const TAG: &'static CStr = c"mirai_profile";
 }
 
-fn profile(p: &SEXP) -> Result<&Arc<Profile>, RError> {
+fn profile(p: &impl Held) -> Result<&Arc<Profile>, RError> {
     handle::<Arc<Profile>>(p, "profile")
 }
 
@@ -90,8 +90,8 @@ fn serialize_task(data: SEXP, cfg: SEXP, buf: &mut Vec<u8>) -> Result<(), RError
 /// `tls+tcp://` URL, NULL to generate a self-signed certificate for the
 /// URL's host, or PEM text (certificate, chain, key); `pass` the key's
 /// password (NULL: none).
-#[no_mangle]
-pub extern "C" fn mirai_host_start(
+#[allow(clippy::too_many_arguments)]
+pub fn mirai_host_start(
     url: SEXP,
     dispatcher: SEXP,
     secret: SEXP,
@@ -102,86 +102,76 @@ pub extern "C" fn mirai_host_start(
     max_msg: SEXP,
     tls: SEXP,
     pass: SEXP,
-) -> SEXP {
-    entry(|| {
-        let url = str_arg(url, "url")?;
-        let addr = Address::parse(&url)?;
-        let creds = match &addr {
-            Address::Tcp { tls: true, host, .. } if is_null(tls) => Some(crate::tls::generated_creds(host)?),
-            Address::Tcp { tls: true, .. } => {
-                let pem = strs_arg(tls, "tls")?.join("\n");
-                let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
-                Some(crate::tls::server_creds(&pem, pass.as_deref())?)
-            }
-            _ if !is_null(tls) => return Err("`tls` needs a tls+tcp:// or wss:// URL".into()),
-            _ => None,
-        };
-        let rng_stream = if is_null(stream) { None } else { Some(ints_arg::<7>(stream, "stream")?) };
-        let serial_cfg = list_get(settings, "serial");
-        serial::check_config(serial_cfg)?;
-        let mut blob = Vec::new();
-        if !is_null(settings) {
-            serial::serialize_into(settings, &mut blob)?;
+) -> RResult {
+    let url = str_arg(url, "url")?;
+    let addr = Address::parse(&url)?;
+    let creds = match &addr {
+        Address::Tcp { tls: true, host, .. } if is_null(tls) => Some(crate::tls::generated_creds(host)?),
+        Address::Tcp { tls: true, .. } => {
+            let pem = strs_arg(tls, "tls")?.join("\n");
+            let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
+            Some(crate::tls::server_creds(&pem, pass.as_deref())?)
         }
-        let opts = HostOptions {
-            dispatcher: bool_arg(dispatcher, "dispatcher")?,
-            secret: if is_null(secret) { None } else { Some(str_arg(secret, "secret")?) },
-            oneshot: bool_arg(oneshot, "oneshot")?,
-            rng_stream,
-            settings: blob,
-            memory_cap: memory_cap(memory)?,
-            max_message: max_message(max_msg)?,
-        };
-        let host = Host::start_with(&addr, opts, creds.as_ref().map(|c| c.config.clone()))?;
-        let tlscert = creds.map(|c| c.chain_pem);
-        new_handle(Arc::new(Profile { host, children: Mutex::new(Vec::new()), tlscert }), serial_cfg)
-    })
+        _ if !is_null(tls) => return Err("`tls` needs a tls+tcp:// or wss:// URL".into()),
+        _ => None,
+    };
+    let rng_stream = if is_null(stream) { None } else { Some(ints_arg::<7>(stream, "stream")?) };
+    let serial_cfg = list_get(settings, "serial");
+    serial::check_config(serial_cfg)?;
+    let mut blob = Vec::new();
+    if !is_null(settings) {
+        serial::serialize_into(settings, &mut blob)?;
+    }
+    let opts = HostOptions {
+        dispatcher: bool_arg(dispatcher, "dispatcher")?,
+        secret: if is_null(secret) { None } else { Some(str_arg(secret, "secret")?) },
+        oneshot: bool_arg(oneshot, "oneshot")?,
+        rng_stream,
+        settings: blob,
+        memory_cap: memory_cap(memory)?,
+        max_message: max_message(max_msg)?,
+    };
+    let host = Host::start_with(&addr, opts, creds.as_ref().map(|c| c.config.clone()))?;
+    let tlscert = creds.map(|c| c.chain_pem);
+    new_handle(Arc::new(Profile { host, children: Mutex::new(Vec::new()), tlscert }), serial_cfg)
 }
 
 /// Checks a user's TLS credentials (PEM text of the certificate chain and
 /// key; the key's password or NULL) as `mirai_host_start` would read them,
 /// so that `daemons()` can refuse them before it resets a profile. NULL, or
 /// an error naming `tls` or `pass`.
-#[no_mangle]
-pub extern "C" fn mirai_tls_check(tls: SEXP, pass: SEXP) -> SEXP {
-    entry(|| {
-        let pem = strs_arg(tls, "tls")?.join("\n");
-        let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
-        crate::tls::server_creds(&pem, pass.as_deref())?;
-        Ok(nil())
-    })
+pub fn mirai_tls_check(tls: SEXP, pass: SEXP) -> RResult {
+    let pem = strs_arg(tls, "tls")?.join("\n");
+    let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
+    crate::tls::server_creds(&pem, pass.as_deref())?;
+    Ok(Owned::nil())
 }
 
 /// The PEM certificate chain daemons verify a `tls+tcp://` host with; NULL
 /// for other URLs.
-#[no_mangle]
-pub extern "C" fn mirai_host_tlscert(p: SEXP) -> SEXP {
-    entry(|| match &profile(&p)?.tlscert {
+pub fn mirai_host_tlscert(p: SEXP) -> RResult {
+    match &profile(&p)?.tlscert {
         Some(pem) => string(pem),
-        None => Ok(nil()),
-    })
+        None => Ok(Owned::nil()),
+    }
 }
 
-#[no_mangle]
-pub extern "C" fn mirai_host_url(p: SEXP) -> SEXP {
-    entry(|| string(&profile(&p)?.host.url))
+pub fn mirai_host_url(p: SEXP) -> RResult {
+    string(&profile(&p)?.host.url)
 }
 
 /// Submits a task; returns its mirai. Waits (interruptibly) first while the
 /// queue is at the memory cap: nothing has been serialized or queued yet,
 /// so an interrupt leaves no trace.
-#[no_mangle]
-pub extern "C" fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> SEXP {
-    entry(|| {
-        let prof = profile(&p)?;
-        let timeout = opt_timeout(timeout)?;
-        let stats = &prof.host.stats;
-        if !stats.has_room() {
-            wait_interruptibly(|slice| stats.wait_room(slice))?;
-        }
-        let a = submit_with(prof, p, data, |host, id, frame, slot| host.submit(id, frame, slot, timeout))?;
-        new_aio(a, kept(p))
-    })
+pub fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP) -> RResult {
+    let prof = profile(&p)?;
+    let timeout = opt_timeout(timeout)?;
+    let stats = &prof.host.stats;
+    if !stats.has_room() {
+        wait_interruptibly(|slice| stats.wait_room(slice))?;
+    }
+    let a = submit_with(prof, p, data, |host, id, frame, slot| host.submit(id, frame, slot, timeout))?;
+    new_aio(a, kept(p))
 }
 
 /// Serializes task `data` into a frame, hands it to the host with `send`,
@@ -203,9 +193,9 @@ fn submit_with(
 /// Submits a cluster node's task (`p` a profile handle): it runs on the
 /// `node`-th daemon (from 0) to have joined the host, once that one has
 /// joined (the wait can be interrupted; nothing is sent until it ends).
-pub fn submit_node(p: SEXP, data: SEXP, node: usize) -> Result<Aio, RError> {
+pub fn submit_node(p: &Owned, data: SEXP, node: usize) -> Result<Aio, RError> {
     {
-        let prof = profile(&p)?;
+        let prof = profile(p)?;
         let stats = &prof.host.stats;
         if stats.cumulative.load(Ordering::Relaxed) <= node as u64 {
             // Remote daemons may take long to join (a scheduler's queue), or
@@ -225,178 +215,145 @@ pub fn submit_node(p: SEXP, data: SEXP, node: usize) -> Result<Aio, RError> {
                 joined
             })?;
         }
-        submit_with(prof, p, data, |host, id, frame, slot| host.submit_to_node(id, frame, slot, node))
+        submit_with(prof, p.sexp(), data, |host, id, frame, slot| host.submit_to_node(id, frame, slot, node))
     }
 }
 
 /// `try_mirai()`'s check: TRUE if a task may be queued now without waiting.
-#[no_mangle]
-pub extern "C" fn mirai_host_room(p: SEXP) -> SEXP {
-    entry(|| lgl(profile(&p)?.host.stats.has_room()))
+pub fn mirai_host_room(p: SEXP) -> RResult {
+    lgl(profile(&p)?.host.stats.has_room())
 }
 
 /// `status()$memory`: queued bytes, their peak and the cap, in MB (1e6
 /// bytes); the cap is NA when there is none.
-#[no_mangle]
-pub extern "C" fn mirai_host_memory(p: SEXP) -> SEXP {
-    entry(|| {
-        let s = &profile(&p)?.host.stats;
-        let mb = |b: u64| b as f64 / 1e6;
-        let cap = if s.cap_bytes == 0 { na_real() } else { mb(s.cap_bytes) };
-        let vals = [mb(s.queued_bytes.load(Ordering::Relaxed)), mb(s.peak_bytes.load(Ordering::Relaxed)), cap];
-        named_reals(&vals, &["used", "peak", "capacity"])
-    })
+pub fn mirai_host_memory(p: SEXP) -> RResult {
+    let s = &profile(&p)?.host.stats;
+    let mb = |b: u64| b as f64 / 1e6;
+    let cap = if s.cap_bytes == 0 { na_real() } else { mb(s.cap_bytes) };
+    let vals = [mb(s.queued_bytes.load(Ordering::Relaxed)), mb(s.peak_bytes.load(Ordering::Relaxed)), cap];
+    named_reals(&vals, &["used", "peak", "capacity"])
 }
 
 /// `everywhere()`: the payload once to every connected daemon (and to the
 /// next ones to connect, up to `min`); a list of mirai, one per task.
-#[no_mangle]
-pub extern "C" fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> SEXP {
-    entry(|| {
-        let prof = profile(&p)?;
-        let cfg = kept(p);
-        let mut payload = Vec::new();
-        serialize_task(data, cfg, &mut payload)?;
-        let min = f64_arg(min, ".min")?;
-        if !(0.0..=MAX_EVERYWHERE).contains(&min) {
-            return Err(format!("`.min` must be a non-negative number of daemons, at most {MAX_EVERYWHERE}").into());
+pub fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> RResult {
+    let prof = profile(&p)?;
+    let cfg = kept(p);
+    let mut payload = Vec::new();
+    serialize_task(data, cfg, &mut payload)?;
+    let min = f64_arg(min, ".min")?;
+    if !(0.0..=MAX_EVERYWHERE).contains(&min) {
+        return Err(format!("`.min` must be a non-negative number of daemons, at most {MAX_EVERYWHERE}").into());
+    }
+    let tasks = prof.host.broadcast(payload, min as usize).map_err(host_failed)?;
+    // Every queued task must reach R as a mirai: should R fail to build
+    // one, the tasks not yet handed over are cancelled, not left queued
+    // where nothing could collect them.
+    let mut built = 0;
+    let res = (|| {
+        let out = new_list(tasks.len())?;
+        for (i, (id, slot)) in tasks.iter().enumerate() {
+            let m = new_aio(Aio { slot: slot.clone(), id: *id, profile: prof.clone() }, cfg)?;
+            set_list_elt(&out, i, m.sexp());
+            built += 1;
         }
-        let tasks = prof.host.broadcast(payload, min as usize).map_err(host_failed)?;
-        // Every queued task must reach R as a mirai: should R fail to build
-        // one, the tasks not yet handed over are cancelled, not left queued
-        // where nothing could collect them.
-        let mut keep = Protect::new();
-        let mut built = 0;
-        let res = (|| {
-            let out = keep.keep(new_list(tasks.len())?);
-            for (i, (id, slot)) in tasks.iter().enumerate() {
-                // Set into the protected list before anything else allocates.
-                set_list_elt(out, i, new_aio(Aio { slot: slot.clone(), id: *id, profile: prof.clone() }, cfg)?);
-                built += 1;
-            }
-            Ok(out)
-        })();
-        if res.is_err() {
-            for (id, _) in &tasks[built..] {
-                prof.host.cancel(*id, crate::sched::ERR_CANCELED);
-            }
+        Ok(out)
+    })();
+    if res.is_err() {
+        for (id, _) in &tasks[built..] {
+            prof.host.cancel(*id, crate::sched::ERR_CANCELED);
         }
-        res
-    })
+    }
+    res
 }
 
 /// Counters: connections, cumulative, awaiting, executing, completed,
 /// refused.
-#[no_mangle]
-pub extern "C" fn mirai_host_info(p: SEXP) -> SEXP {
-    entry(|| {
-        let s = &profile(&p)?.host.stats;
-        let vals = [&s.connections, &s.cumulative, &s.awaiting, &s.executing, &s.completed, &s.refused];
-        let v: Vec<i32> = vals.iter().map(|a| a.load(Ordering::Relaxed).min(i32::MAX as u64) as i32).collect();
-        ints(&v)
-    })
+pub fn mirai_host_info(p: SEXP) -> RResult {
+    let s = &profile(&p)?.host.stats;
+    let vals = [&s.connections, &s.cumulative, &s.awaiting, &s.executing, &s.completed, &s.refused];
+    let v: Vec<i32> = vals.iter().map(|a| a.load(Ordering::Relaxed).min(i32::MAX as u64) as i32).collect();
+    ints(&v)
 }
 
-/// For tests: makes the profile's event loop fail as a bug would.
-#[no_mangle]
-pub extern "C" fn mirai_host_inject_fault(p: SEXP) -> SEXP {
-    entry(|| {
-        profile(&p)?.host.inject_fault();
-        Ok(nil())
-    })
+/// For tests: makes the profile's event loop fail as a bug would. Only in
+/// a build with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+pub fn mirai_host_inject_fault(p: SEXP) -> RResult {
+    profile(&p)?.host.inject_fault();
+    Ok(Owned::nil())
 }
 
-/// Why the profile's host failed, or NULL if it has not.
-#[no_mangle]
-pub extern "C" fn mirai_host_failure(p: SEXP) -> SEXP {
-    entry(|| match profile(&p)?.host.failure() {
-        Some(why) => string(&why),
-        None => Ok(nil()),
-    })
-}
-
-#[no_mangle]
-pub extern "C" fn mirai_host_close(p: SEXP, signal: SEXP) -> SEXP {
-    entry(|| {
-        profile(&p)?.host.shutdown(bool_arg(signal, "signal")?);
-        Ok(nil())
-    })
+pub fn mirai_host_close(p: SEXP, signal: SEXP) -> RResult {
+    profile(&p)?.host.shutdown(bool_arg(signal, "signal")?);
+    Ok(Owned::nil())
 }
 
 /// Launches a local daemon; its pid. `persistent`: launched with
 /// `autoexit = FALSE`, so never killed by a reset.
-#[no_mangle]
-pub extern "C" fn mirai_host_launch(
+pub fn mirai_host_launch(
     p: SEXP,
     program: SEXP,
     args: SEXP,
     env_names: SEXP,
     env_values: SEXP,
     persistent: SEXP,
-) -> SEXP {
-    entry(|| {
-        let prof = profile(&p)?;
-        let program = str_arg(program, "rscript")?;
-        let args = strs_arg(args, "args")?;
-        let env: Vec<(String, String)> = strs_arg(env_names, "env")?.into_iter().zip(strs_arg(env_values, "env")?).collect();
-        let child = spawn::launch(&program, &args, &env, bool_arg(persistent, "persistent")?)?;
-        let pid = child.pid;
-        lock(&prof.children).push(child);
-        int(pid as i32)
-    })
+) -> RResult {
+    let prof = profile(&p)?;
+    let program = str_arg(program, "rscript")?;
+    let args = strs_arg(args, "args")?;
+    let env: Vec<(String, String)> = strs_arg(env_names, "env")?.into_iter().zip(strs_arg(env_values, "env")?).collect();
+    let child = spawn::launch(&program, &args, &env, bool_arg(persistent, "persistent")?)?;
+    let pid = child.pid;
+    lock(&prof.children).push(child);
+    int(pid as i32)
 }
 
 /// Waits up to `ms` for `n` daemons; TRUE once connected. Errors when too
 /// many launched daemons have exited for `n` ever to be reached.
-#[no_mangle]
-pub extern "C" fn mirai_host_wait_ready(p: SEXP, n: SEXP, ms: SEXP) -> SEXP {
-    entry(|| {
-        let prof = profile(&p)?;
-        let n = f64_arg(n, "n")? as u64;
-        let until = Instant::now() + Duration::from_millis(f64_arg(ms, "ms")? as u64);
-        let mut failed = None;
-        let mut timed_out = false;
-        wait_interruptibly(|slice| {
-            if prof.host.stats.wait_connections(n, slice.min(until.saturating_duration_since(Instant::now()))) {
-                return true;
-            }
-            let have = prof.host.stats.connections.load(Ordering::Relaxed);
-            let ch = lock(&prof.children);
-            let dead: Vec<i32> = ch.iter().filter_map(|c| c.exited()).collect();
-            let alive = (ch.len() - dead.len()) as u64;
-            if !ch.is_empty() && !dead.is_empty() && have + alive < n {
-                failed = Some((dead.len(), dead[0]));
-                return true;
-            }
-            timed_out = Instant::now() >= until;
-            timed_out
-        })?;
-        if let Some((count, status)) = failed {
-            return Err(format!(
-                "{count} daemon process(es) exited before connecting (exit status {status}); run the launch command by hand to see why"
-            )
-            .into());
+pub fn mirai_host_wait_ready(p: SEXP, n: SEXP, ms: SEXP) -> RResult {
+    let prof = profile(&p)?;
+    let n = f64_arg(n, "n")? as u64;
+    let until = Instant::now() + Duration::from_millis(f64_arg(ms, "ms")? as u64);
+    let mut failed = None;
+    let mut timed_out = false;
+    wait_interruptibly(|slice| {
+        if prof.host.stats.wait_connections(n, slice.min(until.saturating_duration_since(Instant::now()))) {
+            return true;
         }
-        lgl(!timed_out)
-    })
+        let have = prof.host.stats.connections.load(Ordering::Relaxed);
+        let ch = lock(&prof.children);
+        let dead: Vec<i32> = ch.iter().filter_map(|c| c.exited()).collect();
+        let alive = (ch.len() - dead.len()) as u64;
+        if !ch.is_empty() && !dead.is_empty() && have + alive < n {
+            failed = Some((dead.len(), dead[0]));
+            return true;
+        }
+        timed_out = Instant::now() >= until;
+        timed_out
+    })?;
+    if let Some((count, status)) = failed {
+        return Err(format!(
+            "{count} daemon process(es) exited before connecting (exit status {status}); run the launch command by hand to see why"
+        )
+        .into());
+    }
+    lgl(!timed_out)
 }
 
 /// Process ids of launched children still running, except persistent ones
 /// (`autoexit = FALSE`). With `kill` TRUE, those are killed (SIGKILL)
 /// first; their reapers then collect them.
-#[no_mangle]
-pub extern "C" fn mirai_host_children(p: SEXP, kill: SEXP) -> SEXP {
-    entry(|| {
-        let prof = profile(&p)?;
-        let kill = bool_arg(kill, "kill")?;
-        let pids: Vec<i32> = {
-            let ch = lock(&prof.children);
-            let mortal = || ch.iter().filter(|c| !c.persistent);
-            if kill {
-                mortal().for_each(Child::kill);
-            }
-            mortal().filter(|c| c.exited().is_none()).map(|c| c.pid as i32).collect()
-        };
-        ints(&pids)
-    })
+pub fn mirai_host_children(p: SEXP, kill: SEXP) -> RResult {
+    let prof = profile(&p)?;
+    let kill = bool_arg(kill, "kill")?;
+    let pids: Vec<i32> = {
+        let ch = lock(&prof.children);
+        let mortal = || ch.iter().filter(|c| !c.persistent);
+        if kill {
+            mortal().for_each(Child::kill);
+        }
+        mortal().filter(|c| c.exited().is_none()).map(|c| c.pid as i32).collect()
+    };
+    ints(&pids)
 }

@@ -29,11 +29,11 @@
 //! to the `try_r` around `R_Serialize`/`R_Unserialize` and comes back as
 //! `Err`; it never longjmps over a Rust frame with live values.
 
-use super::call::{try_r, RError};
+use super::call::{try_r, InR, RError};
 use super::ffi::*;
-use super::value::is_null;
+use super::value::*;
 use std::collections::HashMap;
-use std::ffi::{c_int, c_void, CStr};
+use std::ffi::{c_int, c_void};
 
 const MAGIC: &[u8; 8] = b"mirai\x00rb";
 
@@ -41,27 +41,63 @@ const MAGIC: &[u8; 8] = b"mirai\x00rb";
 /// is an R error (caught by the try_r around R_Serialize, as R's own
 /// serialize() reports it), never Rust's abort of the whole process. This
 /// frame owns nothing, so the longjmp skips no destructor.
-unsafe fn room(buf: &mut Vec<u8>, n: usize) {
+fn room(r: &InR, buf: &mut Vec<u8>, n: usize) {
     if buf.capacity() - buf.len() >= n {
         return;
     }
     let want = buf.len().saturating_add(n).max(buf.capacity().saturating_mul(2));
     if buf.try_reserve_exact(want - buf.len()).is_err() && buf.try_reserve_exact(n).is_err() {
-        Rf_errorcall(R_NilValue, c"cannot allocate memory to serialize the object".as_ptr());
+        r.error(c"cannot allocate memory to serialize the object");
     }
 }
 
+/// The output buffer of stream `s`.
+///
+/// # Safety
+/// `s` is a stream made by `out_stream`, whose data is a `Vec<u8>` that
+/// outlives the serialization and that nothing else borrows meanwhile.
+unsafe fn out_buf<'a>(s: *mut R_outpstream_st) -> &'a mut Vec<u8> {
+    // SAFETY: the caller's promise.
+    unsafe { &mut *((*s).data as *mut Vec<u8>) }
+}
+
 unsafe extern "C" fn out_char(s: *mut R_outpstream_st, c: c_int) {
-    let buf = &mut *((*s).data as *mut Vec<u8>);
-    room(buf, 1);
+    // SAFETY: R calls this only on our streams (see `out_stream`), inside
+    // R_Serialize, inside try_r, over frames that own nothing.
+    let (buf, r) = unsafe { (out_buf(s), InR::assume()) };
+    room(&r, buf, 1);
     buf.push(c as u8);
 }
 
 unsafe extern "C" fn out_bytes(s: *mut R_outpstream_st, p: *mut c_void, n: c_int) {
-    let buf = &mut *((*s).data as *mut Vec<u8>);
+    // SAFETY: as in `out_char`.
+    let (buf, r) = unsafe { (out_buf(s), InR::assume()) };
     let n = n.max(0) as usize;
-    room(buf, n);
-    buf.extend_from_slice(std::slice::from_raw_parts(p as *const u8, n));
+    room(&r, buf, n);
+    // SAFETY: R hands us `n` readable bytes at `p`.
+    buf.extend_from_slice(unsafe { std::slice::from_raw_parts(p as *const u8, n) });
+}
+
+/// An output stream writing into `buf` (R's native binary format, version
+/// 3), with out-hook `hook` given `pdata` (R_NilValue for none).
+fn out_stream(buf: *mut Vec<u8>, hook: Option<unsafe extern "C" fn(SEXP, SEXP) -> SEXP>, pdata: SEXP) -> R_outpstream_st {
+    // SAFETY: a plain C struct of pointers and integers, all of which
+    // R_InitOutPStream sets; it allocates nothing and keeps `buf` as
+    // opaque data for our callbacks.
+    unsafe {
+        let mut st: R_outpstream_st = std::mem::zeroed();
+        R_InitOutPStream(
+            &mut st,
+            buf as *mut c_void,
+            R_pstream_format_t::R_pstream_binary_format,
+            3,
+            Some(out_char),
+            Some(out_bytes),
+            hook,
+            pdata,
+        );
+        st
+    }
 }
 
 /// Appends the serialization of `obj` to `buf`. An R error inside (from a
@@ -70,21 +106,15 @@ unsafe extern "C" fn out_bytes(s: *mut R_outpstream_st, p: *mut c_void, n: c_int
 pub fn serialize_into(obj: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
     let start = buf.len();
     let bufp = buf as *mut Vec<u8>;
-    let res = try_r(|| unsafe {
-        let mut st: R_outpstream_st = std::mem::zeroed();
-        R_InitOutPStream(
-            &mut st,
-            bufp as *mut c_void,
-            R_pstream_format_t::R_pstream_binary_format,
-            3,
-            Some(out_char),
-            Some(out_bytes),
-            None,
-            R_NilValue,
-        );
-        R_Serialize(obj, &mut st);
-        R_NilValue
-    });
+    // SAFETY: the closure owns nothing with a destructor (the stream is a
+    // C struct); `buf` is not touched here until R_Serialize is done.
+    let res = unsafe {
+        try_r(|r| {
+            let mut st = out_stream(bufp, None, nil());
+            r.serialize(obj, &mut st);
+            nil()
+        })
+    };
     if res.is_err() {
         buf.truncate(start);
     }
@@ -96,8 +126,19 @@ struct Input<'a> {
     pos: usize,
 }
 
+/// The input of stream `s`.
+///
+/// # Safety
+/// `s` is a stream made by `in_stream`, whose data is an `Input` that
+/// outlives the unserialization and that nothing else borrows meanwhile.
+unsafe fn input<'a>(s: *mut R_inpstream_st) -> &'a mut Input<'a> {
+    // SAFETY: the caller's promise.
+    unsafe { &mut *((*s).data as *mut Input) }
+}
+
 unsafe extern "C" fn in_char(s: *mut R_inpstream_st) -> c_int {
-    let inp = &mut *((*s).data as *mut Input);
+    // SAFETY: R calls this only on our streams (see `in_stream`).
+    let inp = unsafe { input(s) };
     if inp.pos >= inp.data.len() {
         return -1;
     }
@@ -106,40 +147,56 @@ unsafe extern "C" fn in_char(s: *mut R_inpstream_st) -> c_int {
 }
 
 unsafe extern "C" fn in_bytes(s: *mut R_inpstream_st, p: *mut c_void, n: c_int) {
-    let inp = &mut *((*s).data as *mut Input);
+    // SAFETY: as in `in_char`; R calls it inside R_Unserialize, inside
+    // try_r, over frames that own nothing.
+    let (inp, r) = unsafe { (input(s), InR::assume()) };
     // A negative count or a read past the end means the data is not what
     // it claims to be: an R error (caught by the try_r around
     // R_Unserialize), never a read of memory we do not own or made-up zeros.
     let avail = inp.data.len().saturating_sub(inp.pos);
     if n < 0 || n as usize > avail {
-        Rf_errorcall(R_NilValue, c"serialized data is truncated or corrupt".as_ptr());
+        r.error(c"serialized data is truncated or corrupt");
     }
     let n = n as usize;
-    std::ptr::copy_nonoverlapping(inp.data.as_ptr().add(inp.pos), p as *mut u8, n);
+    // SAFETY: R hands us room for `n` bytes at `p`; `n` bytes remain in
+    // `data` from `pos` (checked above).
+    unsafe { std::ptr::copy_nonoverlapping(inp.data.as_ptr().add(inp.pos), p as *mut u8, n) };
     inp.pos += n;
 }
 
-/// Unserializes one object from `data`. The result is unprotected: protect
-/// it before the next allocation.
-pub fn unserialize(data: &[u8]) -> Result<SEXP, RError> {
+/// An input stream reading from `inp`, with in-hook `hook` given `pdata`.
+fn in_stream(inp: *mut Input, hook: Option<unsafe extern "C" fn(SEXP, SEXP) -> SEXP>, pdata: SEXP) -> R_inpstream_st {
+    // SAFETY: as in `out_stream`, for R_InitInPStream.
+    unsafe {
+        let mut st: R_inpstream_st = std::mem::zeroed();
+        R_InitInPStream(
+            &mut st,
+            inp as *mut c_void,
+            R_pstream_format_t::R_pstream_any_format,
+            Some(in_char),
+            Some(in_bytes),
+            hook,
+            pdata,
+        );
+        st
+    }
+}
+
+/// Unserializes one object from `data`.
+pub fn unserialize(data: &[u8]) -> Result<Owned, RError> {
     if data.len() < 14 {
         return Err("serialized data is truncated".into());
     }
     let mut inp = Input { data, pos: 0 };
-    let inpp = &mut inp as *mut Input as *mut c_void;
-    try_r(|| unsafe {
-        let mut st: R_inpstream_st = std::mem::zeroed();
-        R_InitInPStream(
-            &mut st,
-            inpp,
-            R_pstream_format_t::R_pstream_any_format,
-            Some(in_char),
-            Some(in_bytes),
-            None,
-            R_NilValue,
-        );
-        R_Unserialize(&mut st)
-    })
+    let inpp = &mut inp as *mut Input;
+    // SAFETY: the closure owns nothing with a destructor; `inp` outlives
+    // the call and is only used through the stream meanwhile.
+    unsafe {
+        rooted(|r| {
+            let mut st = in_stream(inpp, None, nil());
+            r.unserialize(&mut st)
+        })
+    }
 }
 
 // ---- custom serialization (serial_config) -------------------------------
@@ -152,79 +209,83 @@ pub fn check_config(cfg: SEXP) -> Result<(), String> {
         return Ok(());
     }
     let bad = || Err("`serial` must be a serialization config from serial_config(), or NULL".to_string());
-    unsafe {
-        if TYPEOF(cfg) != VECSXP || Rf_xlength(cfg) != 3 {
-            return bad();
-        }
-        let (cls, sf, uf) = (VECTOR_ELT(cfg, 0), VECTOR_ELT(cfg, 1), VECTOR_ELT(cfg, 2));
-        if TYPEOF(cls) != STRSXP || TYPEOF(sf) != VECSXP || TYPEOF(uf) != VECSXP {
-            return bad();
-        }
-        let n = Rf_xlength(cls);
-        if Rf_xlength(sf) != n || Rf_xlength(uf) != n {
-            return bad();
-        }
-        for i in 0..n {
-            for f in [VECTOR_ELT(sf, i), VECTOR_ELT(uf, i)] {
-                if !matches!(TYPEOF(f), CLOSXP | SPECIALSXP | BUILTINSXP) {
-                    return bad();
-                }
-            }
-        }
+    if !is_list(cfg) || len(cfg) != 3 {
+        return bad();
+    }
+    let (cls, sf, uf) = (list_at(cfg, 0), list_at(cfg, 1), list_at(cfg, 2));
+    if type_of(cls) != STRSXP || !is_list(sf) || !is_list(uf) {
+        return bad();
+    }
+    let n = len(cls);
+    if len(sf) != n || len(uf) != n {
+        return bad();
+    }
+    if !(0..n).all(|i| is_function(list_at(sf, i)) && is_function(list_at(uf, i))) {
+        return bad();
     }
     Ok(())
 }
 
 /// Calls `f(x)` on R's main thread, catching R errors and interrupts. The
 /// result is unprotected.
-unsafe fn call_caught(f: SEXP, x: SEXP) -> Result<SEXP, String> {
+fn call_caught(r: &InR, f: SEXP, x: SEXP) -> Result<SEXP, String> {
     struct Call {
         f: SEXP,
         x: SEXP,
     }
     unsafe extern "C" fn body(d: *mut c_void) -> SEXP {
-        let c = &*(d as *const Call);
-        let call = Rf_protect(Rf_lang2(c.f, c.x));
-        let v = Rf_eval(call, R_GlobalEnv);
-        Rf_unprotect(1);
-        v
+        // SAFETY: R_tryCatch runs this on the main thread, with `d` the
+        // `Call` below, under its own catch (an error does not pass this
+        // frame, which owns nothing).
+        let (c, r) = unsafe { (&*(d as *const Call), InR::assume()) };
+        r.scoped(|r| r.eval(r.protect(r.lang2(c.f, c.x)), global_env()))
     }
     unsafe extern "C" fn handler(cond: SEXP, d: *mut c_void) -> SEXP {
-        *(d as *mut bool) = true;
+        // SAFETY: `d` is the `failed` flag below.
+        unsafe { *(d as *mut bool) = true };
         cond
     }
     let mut call = Call { f, x };
     let mut failed = false;
-    let conds = Rf_protect(Rf_allocVector(SEXPTYPE::STRSXP, 2));
-    SET_STRING_ELT(conds, 0, mk_char("error"));
-    SET_STRING_ELT(conds, 1, mk_char("interrupt"));
-    let res = R_tryCatch(
-        body,
-        &mut call as *mut Call as *mut c_void,
-        conds,
-        handler,
-        &mut failed as *mut bool as *mut c_void,
-        None,
-        std::ptr::null_mut(),
-    );
-    Rf_unprotect(1);
+    let res = r.scoped(|r| {
+        let conds = r.strings(&["error", "interrupt"]);
+        // SAFETY: main thread, inside try_r (an error R_tryCatch itself
+        // raises stops there); `call` and `failed` outlive the call, and
+        // `body` and `handler` read them as the types given here.
+        unsafe {
+            R_tryCatch(
+                body,
+                &mut call as *mut Call as *mut c_void,
+                conds,
+                handler,
+                &mut failed as *mut bool as *mut c_void,
+                None,
+                std::ptr::null_mut(),
+            )
+        }
+    });
     if !failed {
         return Ok(res);
     }
-    if Rf_inherits(res, c"interrupt".as_ptr()) != Rboolean::FALSE {
+    if super::lang::inherits(res, c"interrupt") {
         return Err("interrupted".into());
     }
-    if TYPEOF(res) == VECSXP && Rf_xlength(res) > 0 {
-        let m = VECTOR_ELT(res, 0);
-        if TYPEOF(m) == STRSXP && Rf_xlength(m) > 0 {
-            return Err(CStr::from_ptr(R_CHAR(STRING_ELT(m, 0))).to_string_lossy().into_owned());
+    if is_list(res) && len(res) > 0 {
+        let m = list_at(res, 0);
+        if type_of(m) == STRSXP && len(m) > 0 {
+            return Err(string_at(m, 0));
         }
     }
     Err("unknown R error".into())
 }
 
-unsafe fn class_name(cfg: SEXP, i: isize) -> String {
-    CStr::from_ptr(R_CHAR(STRING_ELT(VECTOR_ELT(cfg, 0), i))).to_string_lossy().into_owned()
+fn global_env() -> SEXP {
+    // SAFETY: a constant R sets up at start-up.
+    unsafe { R_GlobalEnv }
+}
+
+fn class_name(cfg: SEXP, i: usize) -> String {
+    string_at(list_at(cfg, 0), i)
 }
 
 /// Per-call state of the hooks, reached through the hook data (an external
@@ -239,7 +300,7 @@ unsafe fn class_name(cfg: SEXP, i: isize) -> String {
 struct OutHook {
     cfg: SEXP,
     blobs: usize,
-    seen: HashMap<usize, (isize, usize)>,
+    seen: HashMap<usize, (usize, usize)>,
     error: Option<String>,
 }
 
@@ -252,14 +313,13 @@ struct InHook<'a> {
 }
 
 /// Keeps `x` alive for as long as the hook data `pdata` is.
-unsafe fn mk_char(s: &str) -> SEXP {
-    Rf_mkCharLenCE(s.as_ptr() as *const std::ffi::c_char, s.len() as c_int, cetype_t::CE_UTF8)
-}
-
-unsafe fn keep(pdata: SEXP, x: SEXP) {
-    Rf_protect(x);
-    R_SetExternalPtrProtected(pdata, Rf_cons(x, R_ExternalPtrProtected(pdata)));
-    Rf_unprotect(1);
+fn keep(r: &InR, pdata: SEXP, x: SEXP) {
+    r.scoped(|r| {
+        r.protect(x);
+        // SAFETY: `pdata` is the hooks' external pointer; a field read.
+        let kept = unsafe { R_ExternalPtrProtected(pdata) };
+        r.set_external_protected(pdata, r.cons(x, kept));
+    })
 }
 
 /// Writes `n` in decimal into `buf`; the digits written. (No heap String:
@@ -277,13 +337,9 @@ fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
-unsafe fn reference(ci: isize, bi: usize) -> SEXP {
+fn reference(r: &InR, ci: usize, bi: usize) -> SEXP {
     let (mut a, mut b) = ([0u8; 20], [0u8; 20]);
-    let r = Rf_protect(Rf_allocVector(SEXPTYPE::STRSXP, 2));
-    SET_STRING_ELT(r, 0, mk_char(decimal(ci as usize, &mut a)));
-    SET_STRING_ELT(r, 1, mk_char(decimal(bi, &mut b)));
-    Rf_unprotect(1);
-    r
+    r.scoped(|r| r.strings(&[decimal(ci, &mut a), decimal(bi, &mut b)]))
 }
 
 /// A hook that fails records why and returns NULL ("not a reference") so
@@ -295,69 +351,87 @@ fn record(slot: &mut Option<String>, msg: String) -> SEXP {
     if slot.is_none() {
         *slot = Some(msg);
     }
-    unsafe { R_NilValue }
+    nil()
+}
+
+/// The hook state behind hook data `pdata`.
+///
+/// # Safety
+/// `pdata` is the external pointer `serialize_with`/`unserialize_with`
+/// made for a `T` that outlives the (un)serialization, which reaches it
+/// only through the hook meanwhile.
+unsafe fn hook_state<'a, T>(pdata: SEXP) -> &'a mut T {
+    // SAFETY: the caller's promise.
+    unsafe { &mut *(R_ExternalPtrAddr(pdata) as *mut T) }
 }
 
 unsafe extern "C" fn out_hook(s: SEXP, pdata: SEXP) -> SEXP {
-    let st = R_ExternalPtrAddr(pdata) as *mut OutHook;
-    if (*st).error.is_some() {
-        return R_NilValue;
+    // SAFETY: R calls the hook with the data `serialize_with` gave it,
+    // inside R_Serialize, inside try_r, over frames that own nothing.
+    let (st, r) = unsafe { (hook_state::<OutHook>(pdata), InR::assume()) };
+    if st.error.is_some() {
+        return nil();
     }
-    match out_hook_impl(s, pdata, &mut *st) {
+    match out_hook_impl(&r, s, pdata, st) {
         Ok(v) => v,
-        Err(m) => record(&mut (*st).error, m),
+        Err(m) => record(&mut st.error, m),
     }
 }
 
-unsafe fn out_hook_impl(s: SEXP, pdata: SEXP, st: &mut OutHook) -> Result<SEXP, String> {
+fn out_hook_impl(r: &InR, s: SEXP, pdata: SEXP, st: &mut OutHook) -> Result<SEXP, String> {
     if let Some(&(ci, bi)) = st.seen.get(&(s as usize)) {
-        return Ok(reference(ci, bi));
+        return Ok(reference(r, ci, bi));
     }
-    let classes = VECTOR_ELT(st.cfg, 0);
-    let is_xptr = TYPEOF(s) == EXTPTRSXP;
-    for i in 0..Rf_xlength(classes) {
-        let cls = R_CHAR(STRING_ELT(classes, i));
-        let hit = if *cls == 0 { is_xptr } else { Rf_inherits(s, cls) != Rboolean::FALSE };
+    let classes = list_at(st.cfg, 0);
+    let is_xptr = type_of(s) == EXTPTRSXP;
+    for i in 0..len(classes) {
+        let hit = with_str_at(classes, i, |cls| {
+            if cls.is_empty() {
+                return is_xptr;
+            }
+            // SAFETY: Rf_inherits reads `s`'s class attribute, allocating
+            // nothing; `cls` is a CHARSXP's NUL-terminated bytes.
+            unsafe { Rf_inherits(s, cls.as_ptr() as *const std::ffi::c_char) != Rboolean::FALSE }
+        });
         if !hit {
             continue;
         }
-        let raw = call_caught(VECTOR_ELT(VECTOR_ELT(st.cfg, 1), i), s)
+        let raw = call_caught(r, list_at(list_at(st.cfg, 1), i), s)
             .map_err(|e| format!("serialization function for class '{}' failed: {e}", class_name(st.cfg, i)))?;
-        if TYPEOF(raw) != RAWSXP {
-            return Err(format!(
-                "serialization function for class '{}' must return a raw vector",
-                class_name(st.cfg, i)
-            ));
+        if type_of(raw) != RAWSXP {
+            return Err(format!("serialization function for class '{}' must return a raw vector", class_name(st.cfg, i)));
         }
         // Kept alive by the hook data until R_Serialize is done and the
         // blob has been copied into the frame.
-        keep(pdata, raw);
+        keep(r, pdata, raw);
         let bi = st.blobs;
         st.blobs += 1;
         st.seen.insert(s as usize, (i, bi));
-        return Ok(reference(i, bi));
+        return Ok(reference(r, i, bi));
     }
-    Ok(R_NilValue)
+    Ok(nil())
 }
 
 unsafe extern "C" fn in_hook(s: SEXP, pdata: SEXP) -> SEXP {
-    let st = R_ExternalPtrAddr(pdata) as *mut InHook;
-    if (*st).error.is_some() {
-        return R_NilValue;
+    // SAFETY: R calls the hook with the data `unserialize_with` gave it,
+    // inside R_Unserialize, inside try_r, over frames that own nothing.
+    let (st, r) = unsafe { (hook_state::<InHook>(pdata), InR::assume()) };
+    if st.error.is_some() {
+        return nil();
     }
-    match in_hook_impl(s, pdata, &mut *st) {
+    match in_hook_impl(&r, s, pdata, st) {
         Ok(v) => v,
-        Err(m) => record(&mut (*st).error, m),
+        Err(m) => record(&mut st.error, m),
     }
 }
 
-unsafe fn in_hook_impl(s: SEXP, pdata: SEXP, st: &mut InHook) -> Result<SEXP, String> {
+fn in_hook_impl(r: &InR, s: SEXP, pdata: SEXP, st: &mut InHook) -> Result<SEXP, String> {
     let bad = || "malformed custom-serialized reference".to_string();
-    if TYPEOF(s) != STRSXP || Rf_xlength(s) != 2 {
+    if type_of(s) != STRSXP || len(s) != 2 {
         return Err(bad());
     }
-    let num = |j: isize| -> Result<usize, String> {
-        CStr::from_ptr(R_CHAR(STRING_ELT(s, j))).to_str().ok().and_then(|t| t.parse().ok()).ok_or_else(bad)
+    let num = |j: usize| -> Result<usize, String> {
+        with_str_at(s, j, |b| std::str::from_utf8(b).ok().and_then(|t| t.parse().ok())).ok_or_else(bad)
     };
     let (ci, bi) = (num(0)?, num(1)?);
     if let Some(&v) = st.made.get(&bi) {
@@ -366,17 +440,21 @@ unsafe fn in_hook_impl(s: SEXP, pdata: SEXP, st: &mut InHook) -> Result<SEXP, St
     if st.table.is_none() {
         st.table = Some(parse_trailer(st.data)?);
     }
-    let &(start, len) = st.table.as_ref().unwrap().get(bi).ok_or_else(bad)?;
-    if ci as isize >= Rf_xlength(VECTOR_ELT(st.cfg, 0)) {
+    let &(start, n) = st.table.as_ref().and_then(|t| t.get(bi)).ok_or_else(bad)?;
+    if ci >= len(list_at(st.cfg, 0)) {
         return Err("no unserialization function for this object: the serialization configs of the two sides differ".into());
     }
-    let raw = Rf_protect(Rf_allocVector(SEXPTYPE::RAWSXP, len as isize));
-    std::ptr::copy_nonoverlapping(st.data.as_ptr().add(start), RAW(raw), len);
-    let res = call_caught(VECTOR_ELT(VECTOR_ELT(st.cfg, 2), ci as isize), raw);
-    Rf_unprotect(1);
-    let v = res
-        .map_err(|e| format!("unserialization function for class '{}' failed: {e}", class_name(st.cfg, ci as isize)))?;
-    keep(pdata, v);
+    let res = r.scoped(|r| {
+        let raw = r.protect(r.alloc(SEXPTYPE::RAWSXP, n));
+        if n > 0 {
+            // SAFETY: a new raw vector of n bytes; the trailer's table puts
+            // `start..start + n` inside `data`.
+            unsafe { std::ptr::copy_nonoverlapping(st.data.as_ptr().add(start), RAW(raw), n) };
+        }
+        call_caught(r, list_at(list_at(st.cfg, 2), ci), raw)
+    });
+    let v = res.map_err(|e| format!("unserialization function for class '{}' failed: {e}", class_name(st.cfg, ci)))?;
+    keep(r, pdata, v);
     st.made.insert(bi, v);
     Ok(v)
 }
@@ -414,27 +492,25 @@ pub fn serialize_with(obj: SEXP, buf: &mut Vec<u8>, cfg: SEXP) -> Result<(), REr
     let start = buf.len();
     let bufp = buf as *mut Vec<u8>;
     let mut st = OutHook { cfg, blobs: 0, seen: HashMap::new(), error: None };
-    let stp = &mut st as *mut OutHook as *mut c_void;
-    let res = try_r(|| unsafe {
-        let pdata = Rf_protect(R_MakeExternalPtr(stp, R_NilValue, R_NilValue));
-        let mut os: R_outpstream_st = std::mem::zeroed();
-        R_InitOutPStream(
-            &mut os,
-            bufp as *mut c_void,
-            R_pstream_format_t::R_pstream_binary_format,
-            3,
-            Some(out_char),
-            Some(out_bytes),
-            Some(out_hook),
-            pdata,
-        );
-        R_Serialize(obj, &mut os);
-        if (*(stp as *mut OutHook)).blobs > 0 {
-            append_blobs(&mut *bufp, R_ExternalPtrProtected(pdata));
+    let stp = &mut st as *mut OutHook;
+    let write = |r: &InR| {
+        let pdata = r.protect(r.external_ptr(stp as *mut c_void, nil(), nil()));
+        let mut os = out_stream(bufp, Some(out_hook), pdata);
+        r.serialize(obj, &mut os);
+        // SAFETY: R is done with the stream and the hook: these are the
+        // only references to `st` and `buf` now; `pdata` is the external
+        // pointer made above (a field read).
+        unsafe {
+            if (*stp).blobs > 0 {
+                append_blobs(&mut *bufp, R_ExternalPtrProtected(pdata));
+            }
         }
-        Rf_unprotect(1);
-        R_NilValue
-    });
+        nil()
+    };
+    // SAFETY: the closure owns nothing with a destructor (raw pointers and
+    // a C struct); `buf` and `st` outlive the call and are reached only
+    // through the stream and the hook data until R_Serialize is done.
+    let res = unsafe { try_r(write) };
     let res = match (res, st.error) {
         (Ok(_), None) => return Ok(()),
         (Err(e), _) => Err(e),
@@ -446,21 +522,24 @@ pub fn serialize_with(obj: SEXP, buf: &mut Vec<u8>, cfg: SEXP) -> Result<(), REr
 }
 
 /// Writes the blobs (a pairlist, newest first) and the trailer. Calls
-/// nothing in R that can fail.
-unsafe fn append_blobs(buf: &mut Vec<u8>, mut list: SEXP) {
+/// nothing in R that can fail, and allocates only in Rust: safe to call
+/// inside try_r (a Vec of pointers lives here, but nothing here longjmps).
+fn append_blobs(buf: &mut Vec<u8>, mut list: SEXP) {
     let mut blobs = Vec::new();
     while !is_null(list) {
-        blobs.push(CAR(list));
-        list = CDR(list);
+        // SAFETY: `list` is the pairlist `keep` built; field reads.
+        let (car, cdr) = unsafe { (CAR(list), CDR(list)) };
+        blobs.push(car);
+        list = cdr;
     }
     blobs.reverse();
-    let total: usize = blobs.iter().map(|&b| Rf_xlength(b) as usize).sum();
+    let total: usize = blobs.iter().map(|&b| len(b)).sum();
     buf.reserve(total + 8 * blobs.len() + 16);
     for &b in &blobs {
-        buf.extend_from_slice(std::slice::from_raw_parts(RAW(b), Rf_xlength(b) as usize));
+        with_raw(b, |bytes| buf.extend_from_slice(bytes));
     }
     for &b in &blobs {
-        buf.extend_from_slice(&(Rf_xlength(b) as u64).to_le_bytes());
+        buf.extend_from_slice(&(len(b) as u64).to_le_bytes());
     }
     buf.extend_from_slice(&(blobs.len() as u64).to_le_bytes());
     buf.extend_from_slice(MAGIC);
@@ -469,7 +548,7 @@ unsafe fn append_blobs(buf: &mut Vec<u8>, mut list: SEXP) {
 /// `unserialize` with a custom serialization config (NULL for none). Every
 /// caller turns a failure into an error value, so an R condition raised
 /// inside is dropped here and only its message (when a hook raised it) kept.
-pub fn unserialize_with(data: &[u8], cfg: SEXP) -> Result<SEXP, String> {
+pub fn unserialize_with(data: &[u8], cfg: SEXP) -> Result<Owned, String> {
     if is_null(cfg) {
         return unserialize(data).map_err(|e| match e {
             RError::Msg(m) => m,
@@ -480,25 +559,17 @@ pub fn unserialize_with(data: &[u8], cfg: SEXP) -> Result<SEXP, String> {
         return Err("serialized data is truncated".into());
     }
     let mut inp = Input { data, pos: 0 };
-    let inpp = &mut inp as *mut Input as *mut c_void;
+    let inpp = &mut inp as *mut Input;
     let mut st = InHook { cfg, data, table: None, made: HashMap::new(), error: None };
-    let stp = &mut st as *mut InHook as *mut c_void;
-    let res = try_r(|| unsafe {
-        let pdata = Rf_protect(R_MakeExternalPtr(stp, R_NilValue, R_NilValue));
-        let mut is: R_inpstream_st = std::mem::zeroed();
-        R_InitInPStream(
-            &mut is,
-            inpp,
-            R_pstream_format_t::R_pstream_any_format,
-            Some(in_char),
-            Some(in_bytes),
-            Some(in_hook),
-            pdata,
-        );
-        let v = R_Unserialize(&mut is);
-        Rf_unprotect(1);
-        v
-    });
+    let stp = &mut st as *mut InHook;
+    // SAFETY: as in `serialize_with`, for the input side.
+    let res = unsafe {
+        rooted(|r| {
+            let pdata = r.protect(r.external_ptr(stp as *mut c_void, nil(), nil()));
+            let mut is = in_stream(inpp, Some(in_hook), pdata);
+            r.unserialize(&mut is)
+        })
+    };
     match (res, st.error) {
         (Ok(v), None) => Ok(v),
         (_, Some(m)) => Err(m),

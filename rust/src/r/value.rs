@@ -1,99 +1,271 @@
-//! Reading `.Call` arguments and building R values, safely.
+//! R values owned by Rust (`Owned`), reading `.Call` arguments, and
+//! building R values, safely.
 //!
 //! Readers never allocate in R, so they cannot longjmp. Builders allocate,
 //! each inside one `try_r`: they return `Err(RError::Unwind(_))` instead of
-//! longjmping, so callers may hold Rust values across them. A built value
-//! is unprotected: keep it in a `Protect` scope before the next allocation.
+//! longjmping, so callers may hold Rust values across them, and they return
+//! `Owned` values, which stay protected until dropped: no caller protects
+//! anything by hand.
+//!
+//! `Owned` roots its value in a slot of one preserved list (the roots)
+//! rather than on R's protect stack: a stack must be popped in the order
+//! it was pushed, which Rust's drop order does not follow (a Vec drops its
+//! elements first to last, a reassigned variable drops its old value after
+//! the new one is made). A slot is taken and freed in O(1), with no
+//! allocation (the list doubles when full, before the value is made), so
+//! rooting costs about what a PROTECT does. In checked builds a freed slot
+//! must hold the value it rooted, and `entry` checks that every value
+//! rooted during a call was freed by its end.
 
-use super::call::{try_r, RError};
+use super::call::{try_r, InR, RError};
 use super::ffi::*;
-use std::ffi::{c_char, c_int, CStr};
+use super::global::{MainThread, CHECKED};
+use std::ffi::{c_int, CStr};
 
-/// Protects values for as long as the scope lives.
-#[derive(Default)]
-pub struct Protect {
-    n: c_int,
+// ---- Owned values ------------------------------------------------------
+
+/// An R value kept alive for as long as this exists. Holds a SEXP, so it is
+/// neither Send nor Sync: it lives and dies on R's main thread.
+pub struct Owned {
+    sexp: SEXP,
+    /// Its slot in the roots, or `UNROOTED` for a value something else
+    /// keeps alive (NULL, an argument, a preserved constant).
+    slot: u32,
 }
 
-impl Protect {
-    pub fn new() -> Self {
-        Protect::default()
+const UNROOTED: u32 = u32::MAX;
+
+impl Owned {
+    /// The value. It stays protected only while `self` lives: do not keep
+    /// the SEXP beyond that.
+    pub fn sexp(&self) -> SEXP {
+        self.sexp
     }
-    pub fn keep(&mut self, s: SEXP) -> SEXP {
-        unsafe { Rf_protect(s) };
-        self.n += 1;
+
+    /// The value, by reference (see `sexp`).
+    pub fn sexp_ref(&self) -> &SEXP {
+        &self.sexp
+    }
+
+    /// R's NULL.
+    pub fn nil() -> Owned {
+        Owned { sexp: nil(), slot: UNROOTED }
+    }
+
+    /// A value that something else keeps alive for the rest of the call: a
+    /// `.Call` argument, or an element of one, a preserved constant, a
+    /// symbol. Nothing is rooted.
+    pub fn reachable(s: SEXP) -> Owned {
+        Owned { sexp: s, slot: UNROOTED }
+    }
+
+    /// Hands the value to R as a `.Call`'s result: unrooted, so nothing
+    /// may allocate between this and the return to R (`entry` does it last).
+    pub fn into_sexp(self) -> SEXP {
+        let s = self.sexp;
+        drop(self);
         s
     }
 }
 
-impl Drop for Protect {
+impl Drop for Owned {
     fn drop(&mut self) {
-        if self.n > 0 {
-            unsafe { Rf_unprotect(self.n) };
+        if self.slot != UNROOTED {
+            unroot(self.slot, self.sexp);
         }
     }
 }
 
+struct Roots {
+    /// The preserved list; null until first needed.
+    list: SEXP,
+    len: usize,
+    free: Vec<u32>,
+    live: usize,
+    /// A release that did not match its root (checked builds), for `entry`
+    /// to report.
+    violation: Option<&'static str>,
+}
+
+static ROOTS: MainThread<Roots> =
+    MainThread::new(Roots { list: std::ptr::null_mut(), len: 0, free: Vec::new(), live: 0, violation: None });
+
+/// Makes sure a slot is free, growing the roots if not. May allocate (in
+/// R, inside try_r), so it runs before the value to root is made.
+pub(super) fn reserve_root() -> Result<(), RError> {
+    let (old, old_len) = ROOTS.with(|r| (r.list, r.len));
+    if ROOTS.with(|r| !r.free.is_empty()) {
+        return Ok(());
+    }
+    let new_len = (old_len * 2).max(64);
+    // SAFETY: the closure owns nothing with a destructor.
+    let list = unsafe {
+        try_r(|r| {
+            let l = r.protect(r.alloc(SEXPTYPE::VECSXP, new_len));
+            for i in 0..old_len {
+                r.set_elt(l, i, list_at(old, i));
+            }
+            r.preserve(l)
+        })
+    }?;
+    if !old.is_null() {
+        // SAFETY: the old list was preserved by the last growth; its
+        // values are in the new one. Main thread; allocates nothing.
+        unsafe { R_ReleaseObject(old) };
+    }
+    ROOTS.with(|r| {
+        r.list = list;
+        r.len = new_len;
+        r.free.extend((old_len as u32..new_len as u32).rev());
+    });
+    Ok(())
+}
+
+/// Roots `s` in the slot `reserve_root` made free. Allocates nothing.
+pub(super) fn root_reserved(s: SEXP) -> Owned {
+    let slot = ROOTS.with(|r| {
+        let slot = r.free.pop().expect("mirai: a root was not reserved");
+        // SAFETY: `list` is the preserved roots list and `slot` < its
+        // length; storing allocates nothing (write barrier only).
+        unsafe { SET_VECTOR_ELT(r.list, slot as isize, s) };
+        r.live += 1;
+        slot
+    });
+    Owned { sexp: s, slot }
+}
+
+fn unroot(slot: u32, s: SEXP) {
+    ROOTS.with(|r| {
+        // SAFETY: as in `root`: a slot of the preserved list.
+        if CHECKED && unsafe { VECTOR_ELT(r.list, slot as isize) } != s {
+            r.violation.get_or_insert("a root was released that it did not hold");
+        }
+        // SAFETY: as in `root`.
+        unsafe { SET_VECTOR_ELT(r.list, slot as isize, R_NilValue) };
+        r.free.push(slot);
+        r.live -= 1;
+    });
+}
+
+/// How many values are rooted now (for `entry`'s check).
+pub(super) fn live_roots() -> usize {
+    ROOTS.with(|r| r.live)
+}
+
+/// A release that did not match its root, if any (checked builds).
+pub(super) fn take_root_violation() -> Option<&'static str> {
+    ROOTS.with(|r| r.violation.take())
+}
+
+/// Runs builder `f` under `try_r` and roots what it makes.
+///
+/// # Safety
+/// As for `try_r`: `f` owns nothing with a destructor.
+pub(super) unsafe fn rooted(f: impl FnMut(&InR) -> SEXP) -> Result<Owned, RError> {
+    reserve_root()?;
+    // SAFETY: the caller's promise.
+    let s = unsafe { try_r(f) }?;
+    Ok(root_reserved(s))
+}
+
 // ---- reading ---------------------------------------------------------------
+// Each reads a value R handed us (or one we keep alive), allocating nothing:
+// none can longjmp. SEXPs exist only on R's main thread (they are !Send).
 
 pub fn nil() -> SEXP {
+    // SAFETY: a constant R sets up at start-up.
     unsafe { R_NilValue }
 }
 
 /// R's NA for doubles (a NaN with a particular payload).
 pub fn na_real() -> f64 {
+    // SAFETY: a constant R sets up at start-up.
     unsafe { R_NaReal }
 }
 
+/// R's type code of `s` (ffi's constants: NILSXP, VECSXP, ...).
+pub fn type_of(s: SEXP) -> c_int {
+    // SAFETY: reads the header of a live object.
+    unsafe { TYPEOF(s) }
+}
+
 pub fn is_null(s: SEXP) -> bool {
-    unsafe { TYPEOF(s) == NILSXP }
+    type_of(s) == NILSXP
 }
 
 pub fn is_list(s: SEXP) -> bool {
-    unsafe { TYPEOF(s) == VECSXP }
+    type_of(s) == VECSXP
 }
 
 pub fn is_function(s: SEXP) -> bool {
-    matches!(unsafe { TYPEOF(s) }, CLOSXP | BUILTINSXP | SPECIALSXP)
+    matches!(type_of(s), CLOSXP | BUILTINSXP | SPECIALSXP)
 }
 
 /// Length of a vector or list.
 pub fn len(s: SEXP) -> usize {
+    // SAFETY: reads the header of a live object (any type: R answers 1 or
+    // 0 for non-vectors, and does not error).
     unsafe { Rf_xlength(s) as usize }
 }
 
 /// Element `i` of a list (`i` < `len`).
 pub fn list_at(s: SEXP, i: usize) -> SEXP {
-    debug_assert!(is_list(s) && i < len(s));
+    assert!(is_list(s) && i < len(s), "list index out of range");
+    // SAFETY: a list, and an index in range (asserted): a plain read.
     unsafe { VECTOR_ELT(s, i as isize) }
+}
+
+/// `f` of the bytes of string `i` of character vector `s` (`i` < `len`).
+pub fn with_str_at<T>(s: SEXP, i: usize, f: impl FnOnce(&[u8]) -> T) -> T {
+    assert!(type_of(s) == STRSXP && i < len(s), "string index out of range");
+    // SAFETY: a character vector and an index in range (asserted); R's
+    // CHARSXPs are NUL-terminated, immutable and never move, and `s`
+    // (live) keeps this one alive while `f` borrows it.
+    f(unsafe { CStr::from_ptr(R_CHAR(STRING_ELT(s, i as isize))) }.to_bytes())
+}
+
+/// String `i` of character vector `s` (`i` < `len`), invalid UTF-8 replaced.
+pub fn string_at(s: SEXP, i: usize) -> String {
+    with_str_at(s, i, |b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// The CHARSXP of string `i` of character vector `s` (`i` < `len`).
+pub fn char_at(s: SEXP, i: usize) -> SEXP {
+    assert!(type_of(s) == STRSXP && i < len(s), "string index out of range");
+    // SAFETY: as in `str_at`.
+    unsafe { STRING_ELT(s, i as isize) }
+}
+
+/// The names of `x` if it is a list with a character vector of names.
+/// Reads the attribute only: for a list, R makes nothing.
+fn list_names(x: SEXP) -> Option<SEXP> {
+    if !is_list(x) {
+        return None;
+    }
+    // SAFETY: the names attribute of a list is stored, not computed (only
+    // pairlists' are made afresh), so this allocates nothing.
+    let nms = unsafe { Rf_getAttrib(x, R_NamesSymbol) };
+    (type_of(nms) == STRSXP).then_some(nms)
 }
 
 /// Element `name` of list `x`, or NULL.
 pub fn list_get(x: SEXP, name: &str) -> SEXP {
-    unsafe {
-        if TYPEOF(x) != VECSXP {
-            return R_NilValue;
-        }
-        let nms = Rf_getAttrib(x, R_NamesSymbol);
-        if TYPEOF(nms) != STRSXP {
-            return R_NilValue;
-        }
-        for i in 0..Rf_xlength(x).min(Rf_xlength(nms)) {
-            if CStr::from_ptr(R_CHAR(STRING_ELT(nms, i))).to_bytes() == name.as_bytes() {
-                return VECTOR_ELT(x, i);
-            }
-        }
-        R_NilValue
-    }
+    let Some(nms) = list_names(x) else { return nil() };
+    (0..len(x).min(len(nms))).find(|&i| with_str_at(nms, i, |b| b == name.as_bytes())).map_or(nil(), |i| list_at(x, i))
+}
+
+/// Whether the first name of list `x` is the first string of `names`
+/// (R's cache of strings makes equal strings one object, so this is a
+/// pointer comparison).
+pub fn first_name_is(x: SEXP, names: SEXP) -> bool {
+    list_names(x).is_some_and(|nms| len(nms) > 0 && char_at(nms, 0) == char_at(names, 0))
 }
 
 pub fn str_arg(s: SEXP, what: &str) -> Result<String, RError> {
-    unsafe {
-        if TYPEOF(s) != STRSXP || Rf_xlength(s) < 1 {
-            return Err(format!("`{what}` must be a character string").into());
-        }
-        Ok(CStr::from_ptr(R_CHAR(STRING_ELT(s, 0))).to_string_lossy().into_owned())
+    if type_of(s) != STRSXP || len(s) < 1 {
+        return Err(format!("`{what}` must be a character string").into());
     }
+    Ok(string_at(s, 0))
 }
 
 /// A character vector (NULL: empty).
@@ -101,29 +273,30 @@ pub fn strs_arg(s: SEXP, what: &str) -> Result<Vec<String>, RError> {
     if is_null(s) {
         return Ok(Vec::new());
     }
-    unsafe {
-        if TYPEOF(s) != STRSXP {
-            return Err(format!("`{what}` must be a character vector").into());
-        }
-        Ok((0..Rf_xlength(s))
-            .map(|i| CStr::from_ptr(R_CHAR(STRING_ELT(s, i))).to_string_lossy().into_owned())
-            .collect())
+    if type_of(s) != STRSXP {
+        return Err(format!("`{what}` must be a character vector").into());
     }
+    Ok((0..len(s)).map(|i| string_at(s, i)).collect())
 }
 
 /// The first element of a numeric, integer or logical vector (NA as NaN).
 pub fn f64_arg(s: SEXP, what: &str) -> Result<f64, RError> {
-    unsafe {
-        let n = Rf_xlength(s);
-        match TYPEOF(s) {
-            REALSXP if n >= 1 => Ok(*REAL(s)),
-            INTSXP | LGLSXP if n >= 1 => {
-                let v = if TYPEOF(s) == INTSXP { *INTEGER(s) } else { *LOGICAL(s) };
-                Ok(if v == R_NaInt { f64::NAN } else { v as f64 })
-            }
-            _ => Err(format!("`{what}` must be numeric").into()),
-        }
+    if len(s) < 1 {
+        return Err(format!("`{what}` must be numeric").into());
     }
+    // Each arm reads the data of a vector of the matching type with at
+    // least one element (checked above), once.
+    let v = match type_of(s) {
+        // SAFETY: see above.
+        REALSXP => return Ok(unsafe { *REAL(s) }),
+        // SAFETY: see above.
+        INTSXP => unsafe { *INTEGER(s) },
+        // SAFETY: see above.
+        LGLSXP => unsafe { *LOGICAL(s) },
+        _ => return Err(format!("`{what}` must be numeric").into()),
+    };
+    // SAFETY: a constant R sets up at start-up.
+    Ok(if v == unsafe { R_NaInt } { f64::NAN } else { v as f64 })
 }
 
 /// A flag: TRUE, or any non-zero number.
@@ -131,166 +304,191 @@ pub fn bool_arg(s: SEXP, what: &str) -> Result<bool, RError> {
     Ok(f64_arg(s, what)? != 0.0)
 }
 
+/// TRUE (a logical scalar).
+pub fn is_true(x: SEXP) -> bool {
+    // SAFETY: the data of a logical vector of length 1 (checked first).
+    type_of(x) == LGLSXP && len(x) == 1 && unsafe { *LOGICAL(x) } == 1
+}
+
 /// An integer vector of exactly `N` elements.
 pub fn ints_arg<const N: usize>(s: SEXP, what: &str) -> Result<[i32; N], RError> {
-    unsafe {
-        if TYPEOF(s) != INTSXP || Rf_xlength(s) != N as isize {
-            return Err(format!("`{what}` must be an integer vector of length {N}").into());
-        }
-        let mut out = [0i32; N];
-        out.copy_from_slice(std::slice::from_raw_parts(INTEGER(s), N));
-        Ok(out)
+    if type_of(s) != INTSXP || len(s) != N {
+        return Err(format!("`{what}` must be an integer vector of length {N}").into());
     }
+    let mut out = [0i32; N];
+    // SAFETY: the data of an integer vector of exactly N elements.
+    out.copy_from_slice(unsafe { std::slice::from_raw_parts(INTEGER(s), N) });
+    Ok(out)
+}
+
+/// Whether `a` and `b` are integer vectors with the same elements.
+pub fn same_ints(a: SEXP, b: SEXP) -> bool {
+    if type_of(a) != INTSXP || type_of(b) != INTSXP || len(a) != len(b) {
+        return false;
+    }
+    let n = len(a);
+    // SAFETY: the data of two integer vectors of n elements each (checked);
+    // nothing allocates while the slices are borrowed.
+    n == 0 || unsafe { std::slice::from_raw_parts(INTEGER(a), n) == std::slice::from_raw_parts(INTEGER(b), n) }
+}
+
+/// `f` of the bytes of a raw vector.
+pub fn with_raw<T>(s: SEXP, f: impl FnOnce(&[u8]) -> T) -> T {
+    assert!(type_of(s) == RAWSXP, "a raw vector was expected");
+    let n = len(s);
+    if n == 0 {
+        return f(&[]);
+    }
+    // SAFETY: the data of a raw vector of n > 0 bytes, which `s` (live)
+    // keeps in place while `f` borrows it.
+    f(unsafe { std::slice::from_raw_parts(RAW(s), n) })
 }
 
 // ---- building --------------------------------------------------------------
+// Every builder's closure owns nothing with a destructor (try_r's contract):
+// it captures only references and Copy values, and makes none.
 
-fn mk_char(s: &str) -> SEXP {
-    let n = s.len().min(i32::MAX as usize) as c_int;
-    unsafe { Rf_mkCharLenCE(s.as_ptr() as *const c_char, n, cetype_t::CE_UTF8) }
+pub fn int(v: i32) -> Result<Owned, RError> {
+    // SAFETY: see above.
+    unsafe { rooted(|r| r.scalar_int(v)) }
 }
 
-fn alloc(t: SEXPTYPE, n: usize) -> SEXP {
-    unsafe { Rf_allocVector(t, n as isize) }
+pub fn real(v: f64) -> Result<Owned, RError> {
+    // SAFETY: see above.
+    unsafe { rooted(|r| r.scalar_real(v)) }
 }
 
-pub fn int(v: i32) -> Result<SEXP, RError> {
-    try_r(|| unsafe { Rf_ScalarInteger(v) })
+pub fn lgl(v: bool) -> Result<Owned, RError> {
+    // SAFETY: see above.
+    unsafe { rooted(|r| r.scalar_lgl(v)) }
 }
 
-pub fn real(v: f64) -> Result<SEXP, RError> {
-    try_r(|| unsafe { Rf_ScalarReal(v) })
+pub fn string(s: &str) -> Result<Owned, RError> {
+    // SAFETY: see above.
+    unsafe { rooted(|r| r.strings(&[s])) }
 }
 
-pub fn lgl(v: bool) -> Result<SEXP, RError> {
-    try_r(|| unsafe { Rf_ScalarLogical(v as c_int) })
-}
-
-pub fn string(s: &str) -> Result<SEXP, RError> {
-    try_r(|| unsafe {
-        let v = Rf_protect(alloc(SEXPTYPE::STRSXP, 1));
-        SET_STRING_ELT(v, 0, mk_char(s));
-        Rf_unprotect(1);
-        v
-    })
-}
-
-fn set_names(v: SEXP, names: &[&str]) {
-    unsafe {
-        let nm = Rf_protect(alloc(SEXPTYPE::STRSXP, names.len()));
-        for (i, n) in names.iter().enumerate() {
-            SET_STRING_ELT(nm, i as isize, mk_char(n));
+pub fn ints(vals: &[i32]) -> Result<Owned, RError> {
+    let make = |r: &InR| {
+        let v = r.alloc(SEXPTYPE::INTSXP, vals.len());
+        if !vals.is_empty() {
+            // SAFETY: `v` is a new integer vector of vals.len() elements.
+            unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), INTEGER(v), vals.len()) };
         }
-        Rf_setAttrib(v, R_NamesSymbol, nm);
-        Rf_unprotect(1);
-    }
-}
-
-fn set_class(v: SEXP, class: &[&str]) {
-    unsafe {
-        let cl = Rf_protect(alloc(SEXPTYPE::STRSXP, class.len()));
-        for (i, c) in class.iter().enumerate() {
-            SET_STRING_ELT(cl, i as isize, mk_char(c));
-        }
-        Rf_setAttrib(v, R_ClassSymbol, cl);
-        Rf_unprotect(1);
-    }
-}
-
-pub fn ints(vals: &[i32]) -> Result<SEXP, RError> {
-    try_r(|| unsafe {
-        let v = alloc(SEXPTYPE::INTSXP, vals.len());
-        std::ptr::copy_nonoverlapping(vals.as_ptr(), INTEGER(v), vals.len());
         v
-    })
-}
-
-/// A numeric vector of R type `t` (REALSXP for f64, INTSXP for i32) from
-/// `vals`, named `names`. `data` gives the vector's first element.
-fn named_numbers<T: Copy>(t: SEXPTYPE, data: unsafe fn(SEXP) -> *mut T, vals: &[T], names: &[&str]) -> Result<SEXP, RError> {
-    debug_assert_eq!(vals.len(), names.len());
-    try_r(|| unsafe {
-        let v = Rf_protect(alloc(t, vals.len()));
-        std::ptr::copy_nonoverlapping(vals.as_ptr(), data(v), vals.len());
-        set_names(v, names);
-        Rf_unprotect(1);
-        v
-    })
+    };
+    // SAFETY: see above.
+    unsafe { rooted(make) }
 }
 
 /// A double vector with names.
-pub fn named_reals(vals: &[f64], names: &[&str]) -> Result<SEXP, RError> {
-    named_numbers(SEXPTYPE::REALSXP, |v| unsafe { REAL(v) }, vals, names)
+pub fn named_reals(vals: &[f64], names: &[&str]) -> Result<Owned, RError> {
+    debug_assert_eq!(vals.len(), names.len());
+    let make = |r: &InR| {
+        let v = r.protect(r.alloc(SEXPTYPE::REALSXP, vals.len()));
+        if !vals.is_empty() {
+            // SAFETY: `v` is a new double vector of vals.len() elements.
+            unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), REAL(v), vals.len()) };
+        }
+        r.set_attrib(v, names_symbol(), r.strings(names));
+        v
+    };
+    // SAFETY: see above.
+    unsafe { rooted(make) }
 }
 
 /// An integer vector with names.
-pub fn named_ints(vals: &[i32], names: &[&str]) -> Result<SEXP, RError> {
-    named_numbers(SEXPTYPE::INTSXP, |v| unsafe { INTEGER(v) }, vals, names)
+pub fn named_ints(vals: &[i32], names: &[&str]) -> Result<Owned, RError> {
+    debug_assert_eq!(vals.len(), names.len());
+    let v = ints(vals)?;
+    // SAFETY: see above.
+    unsafe {
+        try_r(|r| {
+            r.set_attrib(v.sexp(), names_symbol(), r.strings(names));
+            nil()
+        })
+    }?;
+    Ok(v)
 }
 
 /// A character vector of `vals` named `names`.
-pub fn named_strings(vals: &[&str], names: &[&str]) -> Result<SEXP, RError> {
+pub fn named_strings(vals: &[&str], names: &[&str]) -> Result<Owned, RError> {
     debug_assert_eq!(vals.len(), names.len());
-    try_r(|| unsafe {
-        let v = Rf_protect(alloc(SEXPTYPE::STRSXP, vals.len()));
-        for (i, s) in vals.iter().enumerate() {
-            SET_STRING_ELT(v, i as isize, mk_char(s));
-        }
-        set_names(v, names);
-        Rf_unprotect(1);
-        v
-    })
+    // SAFETY: see above.
+    unsafe {
+        rooted(|r| {
+            let v = r.strings(vals);
+            r.set_attrib(v, names_symbol(), r.strings(names));
+            v
+        })
+    }
 }
 
-/// A list of `items` (each protected by the caller), named if `names` is
-/// not empty.
-pub fn list(items: &[SEXP], names: &[&str]) -> Result<SEXP, RError> {
-    try_r(|| unsafe {
-        let v = Rf_protect(alloc(SEXPTYPE::VECSXP, items.len()));
-        for (i, x) in items.iter().enumerate() {
-            SET_VECTOR_ELT(v, i as isize, *x);
-        }
-        if !names.is_empty() {
-            set_names(v, names);
-        }
-        Rf_unprotect(1);
-        v
-    })
+fn names_symbol() -> SEXP {
+    // SAFETY: a constant R sets up at start-up.
+    unsafe { R_NamesSymbol }
+}
+
+pub(super) fn class_symbol() -> SEXP {
+    // SAFETY: a constant R sets up at start-up.
+    unsafe { R_ClassSymbol }
+}
+
+/// A list of `items`, named if `names` is not empty.
+pub fn list(items: &[SEXP], names: &[&str]) -> Result<Owned, RError> {
+    // SAFETY: see above.
+    unsafe {
+        rooted(|r| {
+            let v = r.protect(r.alloc(SEXPTYPE::VECSXP, items.len()));
+            for (i, x) in items.iter().enumerate() {
+                r.set_elt(v, i, *x);
+            }
+            if !names.is_empty() {
+                r.set_attrib(v, names_symbol(), r.strings(names));
+            }
+            v
+        })
+    }
 }
 
 /// A list of `n` NULLs, to be filled with `set_list_elt`.
-pub fn new_list(n: usize) -> Result<SEXP, RError> {
-    try_r(|| alloc(SEXPTYPE::VECSXP, n))
+pub fn new_list(n: usize) -> Result<Owned, RError> {
+    // SAFETY: see above.
+    unsafe { rooted(|r| r.alloc(SEXPTYPE::VECSXP, n)) }
 }
 
 /// Sets element `i` of `list` (`i` < its length). Allocates nothing.
-pub fn set_list_elt(list: SEXP, i: usize, x: SEXP) {
-    assert!(is_list(list) && i < len(list), "list index out of range");
-    unsafe { SET_VECTOR_ELT(list, i as isize, x) };
+pub fn set_list_elt(list: &Owned, i: usize, x: SEXP) {
+    assert!(is_list(list.sexp()) && i < len(list.sexp()), "list index out of range");
+    // SAFETY: a list and an index in range (asserted): R's checks pass, and
+    // a store allocates nothing (write barrier only).
+    unsafe { SET_VECTOR_ELT(list.sexp(), i as isize, x) };
 }
 
 /// An 'errorValue': the integer `code` classed `c("errorValue", "try-error")`.
-pub fn error_value(code: i32) -> Result<SEXP, RError> {
-    try_r(|| unsafe {
-        let v = Rf_protect(Rf_ScalarInteger(code));
-        set_class(v, &["errorValue", "try-error"]);
-        Rf_unprotect(1);
-        v
-    })
+pub fn error_value(code: i32) -> Result<Owned, RError> {
+    // SAFETY: see above.
+    unsafe {
+        rooted(|r| {
+            let v = r.protect(r.scalar_int(code));
+            r.set_attrib(v, class_symbol(), r.strings(&["errorValue", "try-error"]));
+            v
+        })
+    }
 }
 
 /// A 'miraiError' with only a message, as R builds one: `"Error: <msg>\n"`
 /// with attribute `message`.
-pub fn mirai_error(msg: &str) -> Result<SEXP, RError> {
+pub fn mirai_error(msg: &str) -> Result<Owned, RError> {
     let text = format!("Error: {msg}\n");
-    try_r(|| unsafe {
-        let v = Rf_protect(alloc(SEXPTYPE::STRSXP, 1));
-        SET_STRING_ELT(v, 0, mk_char(&text));
-        let m = Rf_protect(alloc(SEXPTYPE::STRSXP, 1));
-        SET_STRING_ELT(m, 0, mk_char(msg));
-        Rf_setAttrib(v, Rf_install(c"message".as_ptr()), m);
-        set_class(v, &["miraiError", "errorValue", "try-error"]);
-        Rf_unprotect(2);
-        v
-    })
+    let text = text.as_str();
+    // SAFETY: see above (`text` is borrowed, owned outside the closure).
+    unsafe {
+        rooted(|r| {
+            let v = r.strings(&[text]);
+            r.set_attrib(v, r.install(c"message"), r.strings(&[msg]));
+            r.set_attrib(v, class_symbol(), r.strings(&["miraiError", "errorValue", "try-error"]));
+            v
+        })
+    }
 }
