@@ -100,8 +100,11 @@ if [ "$run_rust" -eq 1 ]; then
   echo "== cargo test (rust/) =="
   step_begin "cargo test"
   # libR.so for test binaries that link R (Debian also has /usr/lib/libR.so).
-  (cd rust && LD_LIBRARY_PATH="$R_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-     cargo test --release -j 2 2>&1) | tee "$tmp/cargo.log" || rust_status=$?
+  # Profile ci and feature test-hooks, in rust/target whatever the caller's
+  # environment says: the same compile as clippy's and the test install's
+  # below (src/Makevars), so the dependency graph is compiled once.
+  (cd rust && CARGO_TARGET_DIR=target LD_LIBRARY_PATH="$R_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+     cargo test --profile ci --features test-hooks -j 2 2>&1) | tee "$tmp/cargo.log" || rust_status=$?
   if [ "$rust_status" -eq 0 ] && ! grep -q "^test result: ok" "$tmp/cargo.log"; then rust_status=1; fi
   step_end
   if [ "$rust_status" -ne 0 ]; then
@@ -110,9 +113,10 @@ if [ "$run_rust" -eq 1 ]; then
   # Every unsafe block states its safety argument (rust/Cargo.toml denies
   # clippy::undocumented_unsafe_blocks), in the test build's code too.
   echo "== cargo clippy --all-targets --features test-hooks (rust/) =="
+  step_begin "cargo clippy"
   if ! cargo clippy --version > /dev/null 2>&1; then
     echo "clippy: not installed (rustup component add clippy), not run"
-  elif (cd rust && cargo clippy --release -j 2 --all-targets --features test-hooks -- -D clippy::undocumented_unsafe_blocks 2>&1) \
+  elif (cd rust && CARGO_TARGET_DIR=target cargo clippy --profile ci -j 2 --all-targets --features test-hooks -- -D clippy::undocumented_unsafe_blocks 2>&1) \
        > "$tmp/clippy.log"; then
     echo "clippy: clean"
   else
@@ -120,6 +124,7 @@ if [ "$run_rust" -eq 1 ]; then
     echo "test.sh: cargo clippy FAILED; continuing with the R tests" >&2
     rust_status=1
   fi
+  step_end
 fi
 
 if [ "$run_r" -eq 0 ]; then
@@ -242,7 +247,8 @@ if [ "$run_check" -eq 1 ]; then
   check_status=1
   t0=$SECONDS
   step_begin "R CMD build"
-  if ! (cd "$cdir" && env -u NOT_CRAN R CMD build "$repo") > "$cdir/build.log" 2>&1; then
+  if ! (cd "$cdir" && env -u NOT_CRAN MIRAI_TEST_HOOKS=1 MIRAI_TEST_TARGET_DIR="$repo/rust/target" \
+          R CMD build "$repo") > "$cdir/build.log" 2>&1; then
     step_end
     echo "test.sh: R CMD build FAILED; the end of its log:" >&2
     tail -n 40 "$cdir/build.log" >&2
@@ -256,7 +262,7 @@ if [ "$run_check" -eq 1 ]; then
       echo "test.sh: cannot make a network namespace here (unshare -n, ip): checking WITH network access" >&2
       offline=()
     fi
-    (cd "$cdir" && CARGO_HOME="$cdir/cargo-home" "${offline[@]}" env -u NOT_CRAN \
+    (cd "$cdir" && CARGO_HOME="$cdir/cargo-home" "${offline[@]}" env -u NOT_CRAN -u MIRAI_TEST_HOOKS -u MIRAI_TEST_TARGET_DIR \
        _R_CHECK_CRAN_INCOMING_REMOTE_=false _R_CHECK_SYSTEM_CLOCK_=false \
        R CMD check --as-cran --no-manual --no-tests "$tarball") > "$cdir/check.log" 2>&1 || true
     t2=$SECONDS
