@@ -1,30 +1,46 @@
 #!/usr/bin/env bash
 # Run the whole mirai test suite:
-#   1. Rust unit/integration tests: cargo test --release (with R on PATH and
-#      R_HOME set, so extendr-ffi targets the installed R, not its 4.5 default).
-#   2. Install the package (R CMD INSTALL .) and run tests/testthat against the
-#      installed package.
-#      The installed library is also checked for entry points R 4.5 lists as
-#      non-API (tools/check-nonapi.sh).
-#   3. Check what users get: R CMD build (which vendors the crates into the
-#      tarball, see `cleanup`), then R CMD check --as-cran --no-manual
-#      --no-tests on the tarball with no network and an empty CARGO_HOME
-#      (proof that it builds offline; the tests have just run in step 2).
-#      The check fails on any ERROR or WARNING (NOTEs are listed, and
-#      explained in cran-comments.md).
+#   1. Compile the test build's Rust crate (cargo profile ci: release without
+#      LTO; feature test-hooks: fault injection and the boundary's run-time
+#      checks) and install it (MIRAI_TEST_HOOKS=1 R CMD INSTALL .; see
+#      src/Makevars). The installed library is also checked for entry points
+#      R 4.5 lists as non-API (tools/check-nonapi.sh).
+#   2. Then three jobs at once (their output is shown as each ends):
+#      - Rust: cargo test (unit, conformance, fuzz and property tests) and
+#        cargo clippy --all-targets, with the same profile and feature, so
+#        they reuse that compile (R on PATH and R_HOME set, so extendr-ffi
+#        targets the installed R, not its 4.5 default);
+#      - the R tests (tests/testthat) against the installed package, in two
+#        lanes: the files that mostly wait (network cuts, the soak, the
+#        launchers' services, the documentation build) in one R process,
+#        the rest in another;
+#      - what users get: R CMD build (which vendors the crates into the
+#        tarball, see `cleanup`; its own install, which only knits the
+#        vignettes, links the test build's library), then R CMD check
+#        --as-cran --no-manual --no-tests on the tarball with no network and
+#        an empty CARGO_HOME: proof that the release build compiles offline
+#        from the vendored crates alone, examples and vignettes run against
+#        it. --no-tests because the same tests run against the same sources
+#        in the R lanes. The check fails on any ERROR or WARNING (NOTEs are
+#        listed, and explained in cran-comments.md).
 # The last line printed is the summary, alone on its line:
 #   "N passed, N failed" (plus ", N skipped" when any were skipped),
 # counting R test_that() blocks (a block with any failed expectation or an
 # error counts as failed; otherwise a block with a skip counts as skipped),
-# Rust tests, the non-API check and the tarball check as one test each.
-# Exit status is non-zero if cargo test failed, the install failed, any R
-# test failed or errored, or the tarball check failed.
+# Rust tests, clippy, the non-API check and the tarball check as one test
+# each. Before it: each step's wall time (and when it started), with the load
+# average. Exit status is non-zero if anything failed.
 #
-# Usage: bash tools/test.sh [--no-rust] [--no-r] [--no-check] [--filter REGEX]
-#                           [--lib DIR]
-#   --no-rust       skip cargo test
+# Usage: bash tools/test.sh [--quick] [--no-rust] [--no-r] [--no-check]
+#                           [--filter REGEX] [--lib DIR]
+#   --quick         for development (about 3 minutes once compiled): no
+#                   clippy, no tarball check, and the R test files that take
+#                   longest skipped (their names are printed): the network
+#                   cuts, the soak, the documentation build, the 130-node
+#                   cluster and the 3 GB object
+#   --no-rust       skip cargo test and clippy
 #   --no-r          skip the install, the R tests and the tarball check
-#   --no-check      skip the tarball build and check (4-6 minutes on 2 cores)
+#   --no-check      skip the tarball build and check
 #   --filter REGEX  only run R test files matching REGEX (testthat's filter)
 #   --lib DIR       install into library DIR (exported in R_LIBS for the
 #                   tests and the daemons they start) instead of R's default
@@ -37,10 +53,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 run_rust=1
 run_r=1
 run_check=1
+run_clippy=1
+quick=0
 filter=""
 lib=""
 while [ "$#" -gt 0 ]; do
   case "$1" in
+    --quick) quick=1; run_check=0; run_clippy=0 ;;
     --no-rust) run_rust=0 ;;
     --no-r) run_r=0; run_check=0 ;;
     --no-check) run_check=0 ;;
@@ -48,11 +67,21 @@ while [ "$#" -gt 0 ]; do
     --lib=*) lib="${1#--lib=}" ;;
     --filter) shift; filter="${1:?--filter needs a regular expression}" ;;
     --filter=*) filter="${1#--filter=}" ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n "2,$(grep -n '^set -euo' "$0" | cut -d: -f1)p" "$0" | sed '$d'; exit 0 ;;
     *) echo "test.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
 done
+
+# The R test files that mostly wait (on kernel timers, daemons being killed
+# and replaced, sshd/Slurm, TLS and WebSocket peers, knitting): they run in a
+# lane of their own, next to the rest, about half the suite's time in each.
+# None shares a port, a network namespace or a service with a file of the
+# other lane (ports are ephemeral or inside namespaces the file makes;
+# sshd/Slurm serve test-launchers.R only).
+waiting_files="keepalive|soak|launchers|docs|ws|tls|shiny"
+# Left out by --quick (about 4 of the suite's minutes).
+long_files="keepalive|soak|docs|future|modes"
 
 export PATH="$HOME/.cargo/bin:$PATH"
 R_HOME="$(R RHOME)"
@@ -60,28 +89,36 @@ export R_HOME
 export NOT_CRAN="${NOT_CRAN:-true}"
 
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+bg_pids=()
+cleanup() {
+  local p
+  for p in "${bg_pids[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+# Background jobs run in their own process group (set -m), so that cleanup
+# can end each with everything it started.
+set -m
 
-# Each step's wall time, with the 1-minute load average when it ended (the
-# machine may be shared): printed as the step ends, and all together before
-# the summary.
-step_names=(); step_secs=(); step_loads=()
-step_t0=0
+# Each step's wall time, when it started (seconds since this script did) and
+# the 1-minute load average when it ended (the machine may be shared).
+# Steps of the background jobs append to the same file.
+steps="$tmp/steps"
+: > "$steps"
 load1() { cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?"; }
-step_begin() { step_t0=$SECONDS; step_name="$1"; }
-step_end() {
-  local s=$((SECONDS - step_t0)) l
-  l=$(load1)
-  step_names+=("$step_name"); step_secs+=("$s"); step_loads+=("$l")
-  echo "-- $step_name: $s s (load $l)"
+# step NAME CMD...: runs CMD, records the step, returns CMD's status.
+step() {
+  local name="$1" t0=$SECONDS st=0
+  shift
+  "$@" || st=$?
+  printf '%d|%d|%s|%s\n' "$((SECONDS - t0))" "$t0" "$name" "$(load1)" >> "$steps"
+  echo "-- $name: $((SECONDS - t0)) s (load $(load1))"
+  return "$st"
 }
 print_steps() {
-  [ "${#step_names[@]}" -gt 0 ] || return 0
-  echo "Step times (s, 1-min load at its end; total $SECONDS s):"
-  local i
-  for i in "${!step_names[@]}"; do
-    printf '  %5d  %-44s load %s\n' "${step_secs[$i]}" "${step_names[$i]}" "${step_loads[$i]}"
-  done
+  [ -s "$steps" ] || return 0
+  echo "Step times (s; started at s since the start; 1-min load at its end; total $SECONDS s):"
+  awk -F'|' '{ printf "  %5d  at %4d  %-40s load %s\n", $1, $2, $3, $4 }' "$steps"
 }
 echo "test.sh: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -94,60 +131,59 @@ if [ -n "$lib" ]; then
   export R_LIBS="$lib${R_LIBS:+:$R_LIBS}"
 fi
 
-# ---- 1. Rust tests ---------------------------------------------------------
-rust_status=0
-if [ "$run_rust" -eq 1 ]; then
-  echo "== cargo test (rust/) =="
-  step_begin "cargo test"
-  # libR.so for test binaries that link R (Debian also has /usr/lib/libR.so).
-  # Profile ci and feature test-hooks, in rust/target whatever the caller's
-  # environment says: the same compile as clippy's and the test install's
-  # below (src/Makevars), so the dependency graph is compiled once.
+# cargo in rust/, with rust/target whatever the caller's environment says,
+# profile ci and feature test-hooks: the test install (src/Makevars), cargo
+# test and clippy all use this one compile of the dependency graph.
+ci_cargo() {
   (cd rust && CARGO_TARGET_DIR=target LD_LIBRARY_PATH="$R_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-     cargo test --profile ci --features test-hooks -j 2 2>&1) | tee "$tmp/cargo.log" || rust_status=$?
-  if [ "$rust_status" -eq 0 ] && ! grep -q "^test result: ok" "$tmp/cargo.log"; then rust_status=1; fi
-  step_end
-  if [ "$rust_status" -ne 0 ]; then
-    echo "test.sh: cargo test FAILED (exit $rust_status); continuing with the R tests" >&2
-  fi
+     cargo "$@")
+}
+
+# ---- Rust tests and clippy (a job: in the background next to the R tests) --
+rust_job() {
+  local st=0
+  echo "== cargo test --profile ci --features test-hooks (rust/) =="
+  # libR.so for test binaries that link R (Debian also has /usr/lib/libR.so).
+  step "cargo test" ci_cargo test --profile ci --features test-hooks -j 2 > "$tmp/cargo.log" 2>&1 || st=$?
+  grep -vE '^\s+(Compiling|Fresh) ' "$tmp/cargo.log" || true
+  if [ "$st" -eq 0 ] && ! grep -q "^test result: ok" "$tmp/cargo.log"; then st=1; fi
+  [ "$st" -ne 0 ] && echo "test.sh: cargo test FAILED (exit $st)"
+  echo "$st" > "$tmp/cargo.status"
+  [ "$run_clippy" -eq 1 ] || return 0
   # Every unsafe block states its safety argument (rust/Cargo.toml denies
   # clippy::undocumented_unsafe_blocks), in the test build's code too.
-  echo "== cargo clippy --all-targets --features test-hooks (rust/) =="
-  step_begin "cargo clippy"
+  echo "== cargo clippy --profile ci --all-targets --features test-hooks (rust/) =="
+  st=0
   if ! cargo clippy --version > /dev/null 2>&1; then
     echo "clippy: not installed (rustup component add clippy), not run"
-  elif (cd rust && CARGO_TARGET_DIR=target cargo clippy --profile ci -j 2 --all-targets --features test-hooks -- -D clippy::undocumented_unsafe_blocks 2>&1) \
-       > "$tmp/clippy.log"; then
-    echo "clippy: clean"
-  else
-    cat "$tmp/clippy.log"
-    echo "test.sh: cargo clippy FAILED; continuing with the R tests" >&2
-    rust_status=1
+    return 0
   fi
-  step_end
-fi
+  step "cargo clippy" ci_cargo clippy --profile ci -j 2 --all-targets --features test-hooks \
+    -- -D clippy::undocumented_unsafe_blocks > "$tmp/clippy.log" 2>&1 || st=$?
+  if [ "$st" -eq 0 ]; then echo "clippy: clean"; else cat "$tmp/clippy.log"; echo "test.sh: cargo clippy FAILED"; fi
+  echo "$st" > "$tmp/clippy.status"
+}
 
 if [ "$run_r" -eq 0 ]; then
-  if [ "$rust_status" -ne 0 ]; then
-    echo "cargo test failed; R tests not run"
-    exit 1
-  fi
+  [ "$run_rust" -eq 1 ] || { echo "test.sh: nothing to run (--no-rust --no-r)"; exit 0; }
+  rust_job
+  print_steps
+  rs=$(cat "$tmp/cargo.status"); cs=$(cat "$tmp/clippy.status" 2>/dev/null || echo 0)
+  if [ "$rs" -ne 0 ] || [ "$cs" -ne 0 ]; then echo "cargo test or clippy failed; R tests not run"; exit 1; fi
   echo "cargo test passed; R tests not run"
   exit 0
 fi
 
-# ---- 2. Install the package ------------------------------------------------
+# ---- 1. Compile and install the test build ---------------------------------
 # The test build (MIRAI_TEST_HOOKS=1, read by src/Makevars): test-only
 # routines such as fault injection, and the boundary's run-time checks. The
-# tarball check (step 4) builds what users get, without it.
+# tarball check builds what users get, without it.
 echo "== MIRAI_TEST_HOOKS=1 R CMD INSTALL ${lib:+-l $lib }. =="
-step_begin "R CMD INSTALL (test build)"
-if ! MIRAI_TEST_HOOKS=1 R CMD INSTALL "${install_args[@]}" .; then
+if ! step "R CMD INSTALL (test build)" env MIRAI_TEST_HOOKS=1 R CMD INSTALL "${install_args[@]}" .; then
   echo "test.sh: R CMD INSTALL failed; R tests not run" >&2
   echo "R CMD INSTALL failed; R tests not run"
   exit 1
 fi
-step_end
 
 # R 4.5 lists entry points that packages may no longer use; only R 4.2 can be
 # installed here, so the built library is checked against that list by name
@@ -158,23 +194,107 @@ so_path=$(Rscript -e 'cat(system.file("libs", "mirai.so", package = "mirai"))')
 api_out=$(bash tools/check-nonapi.sh "$so_path" 2>&1) || api_status=$?
 if [ "$api_status" -eq 0 ]; then echo "$api_out" | tail -n 1; else echo "$api_out"; fi
 
-# ---- 3. R tests against the installed package ------------------------------
+# ---- 2a. Rust tests and clippy, in the background --------------------------
+if [ "$run_rust" -eq 1 ]; then
+  rust_job > "$tmp/rust.out" 2>&1 &
+  bg_pids+=("$!"); rust_pid=$!
+fi
+
+# ---- 2b. R CMD build, then R CMD check of the tarball, offline, in the
+# background. In a temporary directory with NOT_CRAN unset, as on CRAN.
+# R CMD build's own install (to knit the vignettes into the tarball) is a
+# test build that links the library the test install has just built from
+# the same sources, compiling nothing (src/Makevars, MIRAI_TEST_LIB).
+# R CMD check installs the tarball itself (as CRAN does), with the release
+# profile, here with no network (a new network namespace with only loopback
+# up, for the examples and vignettes) and an empty CARGO_HOME: proof that
+# the tarball builds from its vendored crates alone. With --no-tests: the R
+# lanes run the same tests against a package built from the same sources.
+check_job() {
+  local cdir="$tmp/check" repo tarball offline clog cstatus
+  repo=$(pwd)
+  mkdir -p "$cdir/cargo-home"
+  echo "== R CMD build; R CMD check --as-cran --no-manual --no-tests on the tarball, offline =="
+  if ! step "R CMD build" sh -c 'cd "$1" && exec env -u NOT_CRAN MIRAI_TEST_HOOKS=1 MIRAI_TEST_LIB="$2/rust/target/ci/libmirai.a" R CMD build "$2"' \
+         sh "$cdir" "$repo" > "$cdir/build.log" 2>&1; then
+    echo "test.sh: R CMD build FAILED; the end of its log:"
+    tail -n 40 "$cdir/build.log"
+    return 1
+  fi
+  tarball=$(ls "$cdir"/mirai_*.tar.gz)
+  echo "built $(basename "$tarball") ($(wc -c < "$tarball") bytes)"
+  offline=(unshare -n sh -c 'ip link set lo up && exec "$@"' sh)
+  if ! "${offline[@]}" true 2>/dev/null; then
+    echo "test.sh: cannot make a network namespace here (unshare -n, ip): checking WITH network access"
+    offline=()
+  fi
+  step "R CMD check (offline)" sh -c 'cd "$1" && shift && exec "$@"' sh "$cdir" \
+    env CARGO_HOME="$cdir/cargo-home" "${offline[@]}" env -u NOT_CRAN -u MIRAI_TEST_HOOKS -u MIRAI_TEST_LIB \
+      _R_CHECK_CRAN_INCOMING_REMOTE_=false _R_CHECK_SYSTEM_CLOCK_=false \
+      R CMD check --as-cran --no-manual --no-tests "$tarball" > "$cdir/check.log" 2>&1 || true
+  clog="$cdir/mirai.Rcheck/00check.log"
+  cstatus=$(grep -m1 '^Status:' "$clog" 2>/dev/null || true)
+  echo "checked it ${offline[*]:+offline}: ${cstatus:-no Status line}"
+  grep -E '^(Using .*(cargo|rustc)|Rust crates:)' "$cdir/mirai.Rcheck/00install.out" 2>/dev/null | sed 's/^/  /' || true
+  grep -E '^\* checking .*\[[0-9]+s/[0-9]+s\]' "$clog" 2>/dev/null | sed 's/^/  /' || true
+  # Every NOTE, WARNING and ERROR with its details.
+  if [ -f "$clog" ]; then
+    awk '/^\* / { show = ($0 ~ /(NOTE|WARNING|ERROR)$/) } show' "$clog" | sed 's/^/  /'
+  fi
+  if [ -n "$cstatus" ] && ! echo "$cstatus" | grep -qE 'ERROR|WARNING'; then
+    return 0
+  fi
+  echo "test.sh: R CMD check found an ERROR or WARNING (or did not finish); the end of its output:"
+  tail -n 30 "$cdir/check.log"
+  if [ -f "$cdir/mirai.Rcheck/00install.out" ] && ! grep -q '^\* DONE' "$cdir/mirai.Rcheck/00install.out"; then
+    echo "test.sh: the end of the install log:"
+    tail -n 30 "$cdir/mirai.Rcheck/00install.out"
+  fi
+  return 1
+}
+if [ "$run_check" -eq 1 ]; then
+  { st=0; check_job || st=$?; echo "$st" > "$tmp/check.status"; } > "$tmp/check.out" 2>&1 &
+  bg_pids+=("$!"); check_pid=$!
+fi
+
+# ---- 2c. R tests against the installed package, in two lanes ---------------
 cat > "$tmp/run-tests.R" <<'RSCRIPT'
+# Rscript run-tests.R OUT FILTER LANE WAITING EXCLUDE: runs the test files
+# matching FILTER (all if empty) and not EXCLUDE; LANE "wait" takes those
+# matching WAITING, "rest" the others, "all" both. Writes the counts of
+# passed, failed and skipped blocks to OUT.
 args <- commandArgs(trailingOnly = TRUE)
 out <- args[[1L]]
-filter <- if (length(args) > 1L && nzchar(args[[2L]])) args[[2L]] else NULL
+filter <- args[[2L]]
+lane <- args[[3L]]
+waiting <- sprintf("^(%s)$", args[[4L]])
+exclude <- args[[5L]]
 options(warn = 1)
 
-res <- testthat::test_dir(
-  "tests/testthat",
-  filter = filter,
-  package = "mirai",
-  load_package = "installed",
-  reporter = testthat::ProgressReporter$new(show_praise = FALSE, max_failures = Inf),
-  stop_on_failure = FALSE,
-  stop_on_warning = FALSE
-)
-df <- as.data.frame(res)
+files <- sub("^test-(.*)\\.R$", "\\1", list.files("tests/testthat", "^test-.*\\.R$"))
+if (nzchar(filter)) files <- files[grepl(filter, files)]
+if (nzchar(exclude)) files <- files[!grepl(sprintf("^(%s)$", exclude), files)]
+files <- switch(lane, wait = files[grepl(waiting, files)], rest = files[!grepl(waiting, files)], files)
+
+df <- NULL
+if (length(files)) {
+  res <- testthat::test_dir(
+    "tests/testthat",
+    filter = sprintf("^(%s)$", paste(files, collapse = "|")),
+    package = "mirai",
+    load_package = "installed",
+    reporter = if (lane == "wait") testthat::SummaryReporter$new(show_praise = FALSE, max_reports = Inf)
+               else testthat::ProgressReporter$new(show_praise = FALSE, max_failures = Inf),
+    stop_on_failure = FALSE,
+    stop_on_warning = FALSE
+  )
+  df <- as.data.frame(res)
+}
+if (is.null(df) || !nrow(df)) {
+  cat("\nR tests: no test files in this lane\n")
+  writeLines(c("0", "0", "0"), out)
+  quit(save = "no")
+}
 
 # Also count a block whose error was recorded while the block went on (an
 # error signalled and then handled further down still fails the block).
@@ -203,94 +323,69 @@ if (any(failed)) {
                 df$file[i], label(i)))
 }
 # The slowest files (wall time of their test blocks).
-if (nrow(df)) {
-  secs <- sort(tapply(df$real, df$file, sum), decreasing = TRUE)
-  cat("\n== Slowest R test files (s) ==\n")
-  top <- utils::head(secs, 15L)
-  cat(sprintf("  %6.1f  %s\n", top, names(top)), sep = "")
-  cat(sprintf("  %6.1f  all %d files\n", sum(secs), length(secs)))
-}
+secs <- sort(tapply(df$real, df$file, sum), decreasing = TRUE)
+cat("\n== Slowest R test files (s) ==\n")
+top <- utils::head(secs, 12L)
+cat(sprintf("  %6.1f  %s\n", top, names(top)), sep = "")
+cat(sprintf("  %6.1f  all %d files\n", sum(secs), length(secs)))
 cat(sprintf("\nR tests: %d test blocks, %d expectations passed\n",
             nrow(df), sum(df$passed)))
 writeLines(as.character(c(sum(passed), sum(failed), sum(skipped))), out)
 RSCRIPT
 
-echo "== R tests (tests/testthat, installed package, NOT_CRAN=$NOT_CRAN) =="
-step_begin "R tests"
-r_status=0
-Rscript "$tmp/run-tests.R" "$tmp/counts" "$filter" || r_status=$?
-step_end
-
-if [ ! -s "$tmp/counts" ]; then
-  echo "test.sh: the R test run did not complete (Rscript exit $r_status)" >&2
-  [ "$rust_status" -ne 0 ] && echo "test.sh: cargo test also failed" >&2
-  echo "R test run aborted (Rscript exit $r_status)"
-  exit 1
+exclude=""
+if [ "$quick" -eq 1 ]; then
+  exclude="$long_files"
+  echo "test.sh --quick: not running the R test files ${long_files//|/, }; no clippy, no tarball check"
 fi
+echo "== R tests (tests/testthat, installed package, NOT_CRAN=$NOT_CRAN), two lanes =="
+echo "   lane 'wait' (${waiting_files//|/, }; its report follows once it ends) and lane 'rest', shown live:"
+step "R tests, lane wait" Rscript "$tmp/run-tests.R" "$tmp/counts.wait" "$filter" wait "$waiting_files" "$exclude" \
+  > "$tmp/lane-wait.out" 2>&1 < /dev/null &
+lane_pid=$!; bg_pids+=("$lane_pid")
+r_status=0
+step "R tests, lane rest" Rscript "$tmp/run-tests.R" "$tmp/counts.rest" "$filter" rest "$waiting_files" "$exclude" || r_status=$?
+wait "$lane_pid" || r_status=$?
+echo
+echo "== R tests, lane 'wait' =="
+cat "$tmp/lane-wait.out"
 
-{ read -r n_pass; read -r n_fail; read -r n_skip; } < "$tmp/counts"
+n_pass=0; n_fail=0; n_skip=0
+r_incomplete=0
+for l in rest wait; do
+  if [ ! -s "$tmp/counts.$l" ]; then
+    echo "test.sh: the R test lane '$l' did not complete" >&2
+    r_incomplete=1
+    continue
+  fi
+  { read -r a; read -r b; read -r c; } < "$tmp/counts.$l"
+  n_pass=$((n_pass + a)); n_fail=$((n_fail + b)); n_skip=$((n_skip + c))
+done
 
-# ---- 4. R CMD build, then R CMD check of the tarball, offline --------------
-# In a temporary directory with NOT_CRAN unset, as on CRAN. R CMD check
-# installs the tarball itself (as CRAN does), here with no network (a new
-# network namespace with only loopback up, for the examples and vignettes)
-# and an empty CARGO_HOME: proof that the tarball builds from its vendored
-# crates alone. With --no-tests: step 3 has just run the same tests against
-# a package built from the same sources.
+# ---- 3. The background jobs' reports ---------------------------------------
+rust_status=0; clippy_status=0
+if [ "$run_rust" -eq 1 ]; then
+  wait "$rust_pid" || true
+  echo
+  cat "$tmp/rust.out"
+  rust_status=$(cat "$tmp/cargo.status" 2>/dev/null || echo 1)
+  [ "$run_clippy" -eq 1 ] && clippy_status=$(cat "$tmp/clippy.status" 2>/dev/null || echo 1)
+fi
 check_status=-1
 if [ "$run_check" -eq 1 ]; then
+  wait "$check_pid" || true
   echo
-  echo "== R CMD build; R CMD check --as-cran --no-manual --no-tests on the tarball, offline =="
-  cdir="$tmp/check"
-  mkdir -p "$cdir/cargo-home"
-  repo=$(pwd)
-  check_status=1
-  t0=$SECONDS
-  step_begin "R CMD build"
-  if ! (cd "$cdir" && env -u NOT_CRAN MIRAI_TEST_HOOKS=1 MIRAI_TEST_TARGET_DIR="$repo/rust/target" \
-          R CMD build "$repo") > "$cdir/build.log" 2>&1; then
-    step_end
-    echo "test.sh: R CMD build FAILED; the end of its log:" >&2
-    tail -n 40 "$cdir/build.log" >&2
-  else
-    step_end
-    t1=$SECONDS
-    tarball=$(ls "$cdir"/mirai_*.tar.gz)
-    echo "built $(basename "$tarball") ($(wc -c < "$tarball") bytes) in $((t1 - t0)) s"
-    offline=(unshare -n sh -c 'ip link set lo up && exec "$@"' sh)
-    if ! "${offline[@]}" true 2>/dev/null; then
-      echo "test.sh: cannot make a network namespace here (unshare -n, ip): checking WITH network access" >&2
-      offline=()
-    fi
-    (cd "$cdir" && CARGO_HOME="$cdir/cargo-home" "${offline[@]}" env -u NOT_CRAN -u MIRAI_TEST_HOOKS -u MIRAI_TEST_TARGET_DIR \
-       _R_CHECK_CRAN_INCOMING_REMOTE_=false _R_CHECK_SYSTEM_CLOCK_=false \
-       R CMD check --as-cran --no-manual --no-tests "$tarball") > "$cdir/check.log" 2>&1 || true
-    t2=$SECONDS
-    step_name="R CMD check (offline)"; step_t0=$t1; step_end
-    clog="$cdir/mirai.Rcheck/00check.log"
-    cstatus=$(grep -m1 '^Status:' "$clog" 2>/dev/null || true)
-    echo "checked it ${offline[*]:+offline }in $((t2 - t1)) s: ${cstatus:-no Status line}"
-    grep -E '^(Using .*(cargo|rustc)|Rust crates:)' "$cdir/mirai.Rcheck/00install.out" 2>/dev/null | sed 's/^/  /' || true
-    # Every NOTE, WARNING and ERROR with its details.
-    if [ -f "$clog" ]; then
-      awk '/^\* / { show = ($0 ~ /(NOTE|WARNING|ERROR)$/) } show' "$clog" | sed 's/^/  /'
-    fi
-    if [ -n "$cstatus" ] && ! echo "$cstatus" | grep -qE 'ERROR|WARNING'; then
-      check_status=0
-    else
-      echo "test.sh: R CMD check found an ERROR or WARNING (or did not finish); the end of its output:" >&2
-      tail -n 30 "$cdir/check.log" >&2
-      if [ -f "$cdir/mirai.Rcheck/00install.out" ] && ! grep -q '^\* DONE' "$cdir/mirai.Rcheck/00install.out"; then
-        echo "test.sh: the end of the install log:" >&2
-        tail -n 30 "$cdir/mirai.Rcheck/00install.out" >&2
-      fi
-    fi
-  fi
+  cat "$tmp/check.out"
+  check_status=$(cat "$tmp/check.status" 2>/dev/null || echo 1)
+  [ "$check_status" -eq 0 ] || check_status=1
 fi
+bg_pids=()
 
 status=0
 [ "$rust_status" -ne 0 ] && { echo "test.sh: cargo test FAILED" >&2; status=1; }
-[ "$r_status" -ne 0 ] && { echo "test.sh: Rscript exited with $r_status" >&2; status=1; }
+[ "$clippy_status" -ne 0 ] && { echo "test.sh: cargo clippy FAILED" >&2; status=1; }
+[ "$r_status" -ne 0 ] && { echo "test.sh: an R test lane exited with a non-zero status" >&2; status=1; }
+[ "$r_incomplete" -ne 0 ] && { n_fail=$((n_fail + 1)); status=1; }
 [ "$n_fail" -ne 0 ] && status=1
 [ "$check_status" -eq 1 ] && { echo "test.sh: the tarball check FAILED" >&2; status=1; }
 [ "$api_status" -ne 0 ] && { echo "test.sh: the library uses non-API R entry points" >&2; status=1; }
@@ -302,8 +397,13 @@ if [ -s "$tmp/cargo.log" ]; then
   rust_fail=$(grep -o "[0-9]* failed;" "$tmp/cargo.log" | awk '{s+=$1} END {print s+0}')
   [ "$rust_status" -ne 0 ] && [ "$rust_fail" -eq 0 ] && rust_fail=1
 fi
-echo "Rust tests: $rust_pass passed, $rust_fail failed"
-n_pass=$((n_pass + rust_pass)); n_fail=$((n_fail + rust_fail))
+if [ "$run_rust" -eq 1 ]; then
+  echo "Rust tests: $rust_pass passed, $rust_fail failed"
+  n_pass=$((n_pass + rust_pass)); n_fail=$((n_fail + rust_fail))
+  if [ "$run_clippy" -eq 1 ]; then
+    if [ "$clippy_status" -eq 0 ]; then n_pass=$((n_pass + 1)); else n_fail=$((n_fail + 1)); fi
+  fi
+fi
 case "$check_status" in
   0) echo "Tarball check (R CMD build, offline R CMD check): passed"; n_pass=$((n_pass + 1)) ;;
   1) echo "Tarball check (R CMD build, offline R CMD check): FAILED"; n_fail=$((n_fail + 1)) ;;
