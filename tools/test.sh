@@ -11,9 +11,9 @@
 #        they reuse that compile (R on PATH and R_HOME set, so extendr-ffi
 #        targets the installed R, not its 4.5 default);
 #      - the R tests (tests/testthat) against the installed package, in two
-#        lanes: the files that mostly wait (network cuts, the soak, the
-#        launchers' services, the documentation build) in one R process,
-#        the rest in another;
+#        R processes that share out the files, longest first (each file
+#        whole, in one process; a line per file as it ends, then each
+#        process's report);
 #      - what users get: R CMD build (which vendors the crates into the
 #        tarball, see `cleanup`; its own install, which only knits the
 #        vignettes, links the test build's library), then R CMD check
@@ -21,7 +21,7 @@
 #        an empty CARGO_HOME: proof that the release build compiles offline
 #        from the vendored crates alone, examples and vignettes run against
 #        it. --no-tests because the same tests run against the same sources
-#        in the R lanes. The check fails on any ERROR or WARNING (NOTEs are
+#        alongside. The check fails on any ERROR or WARNING (NOTEs are
 #        listed, and explained in cran-comments.md).
 # The last line printed is the summary, alone on its line:
 #   "N passed, N failed" (plus ", N skipped" when any were skipped),
@@ -31,13 +31,16 @@
 # each. Before it: each step's wall time (and when it started), with the load
 # average. Exit status is non-zero if anything failed.
 #
-# Usage: bash tools/test.sh [--quick] [--no-rust] [--no-r] [--no-check]
+# Usage: bash tools/test.sh [--quick] [--long] [--no-rust] [--no-r] [--no-check]
 #                           [--filter REGEX] [--lib DIR]
 #   --quick         for development (about 3 minutes once compiled): no
 #                   clippy, no tarball check, and the R test files that take
 #                   longest skipped (their names are printed): the network
 #                   cuts, the soak, the documentation build, the 130-node
 #                   cluster and the 3 GB object
+#   --long          also the long versions of some R tests (exports
+#                   MIRAI_TEST_LONG=1): the 130-node cluster, and the
+#                   pkgdown site with every article knitted
 #   --no-rust       skip cargo test and clippy
 #   --no-r          skip the install, the R tests and the tarball check
 #   --no-check      skip the tarball build and check
@@ -60,6 +63,7 @@ lib=""
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --quick) quick=1; run_check=0; run_clippy=0 ;;
+    --long) export MIRAI_TEST_LONG=1 ;;
     --no-rust) run_rust=0 ;;
     --no-r) run_r=0; run_check=0 ;;
     --no-check) run_check=0 ;;
@@ -73,13 +77,13 @@ while [ "$#" -gt 0 ]; do
   shift
 done
 
-# The R test files that mostly wait (on kernel timers, daemons being killed
-# and replaced, sshd/Slurm, TLS and WebSocket peers, knitting): they run in a
-# lane of their own, next to the rest, about half the suite's time in each.
-# None shares a port, a network namespace or a service with a file of the
-# other lane (ports are ephemeral or inside namespaces the file makes;
-# sshd/Slurm serve test-launchers.R only).
-waiting_files="keepalive|soak|launchers|docs|ws|tls|shiny"
+# The R test files that take longest (on two loaded cores), longest first:
+# the two R processes take these first, then the rest in name order, so that
+# both end at about the same time. Any two files may run at once: none
+# shares a port, a network namespace or a service with another (ports are
+# ephemeral or inside namespaces a file makes; sshd/Slurm serve
+# test-launchers.R only).
+longest_first="keepalive|cluster-dosnow|ws|soak|modes|docs|cluster|tls|launchers|daemons|everywhere|faults|future|cancel|stuck-daemon"
 # Left out by --quick (about 4 of the suite's minutes).
 long_files="keepalive|soak|docs|future|modes"
 
@@ -209,7 +213,7 @@ fi
 # profile, here with no network (a new network namespace with only loopback
 # up, for the examples and vignettes) and an empty CARGO_HOME: proof that
 # the tarball builds from its vendored crates alone. With --no-tests: the R
-# lanes run the same tests against a package built from the same sources.
+# tests run alongside against a package built from the same sources.
 check_job() {
   local cdir="$tmp/check" repo tarball offline clog cstatus
   repo=$(pwd)
@@ -257,80 +261,72 @@ if [ "$run_check" -eq 1 ]; then
   bg_pids+=("$!"); check_pid=$!
 fi
 
-# ---- 2c. R tests against the installed package, in two lanes ---------------
+# ---- 2c. R tests against the installed package, two R processes ----------
 cat > "$tmp/run-tests.R" <<'RSCRIPT'
-# Rscript run-tests.R OUT FILTER LANE WAITING EXCLUDE: runs the test files
-# matching FILTER (all if empty) and not EXCLUDE; LANE "wait" takes those
-# matching WAITING, "rest" the others, "all" both. Writes the counts of
-# passed, failed and skipped blocks to OUT.
+# Rscript run-tests.R OUT FILTER NAME ORDER EXCLUDE CLAIMS: runs test files
+# (those matching FILTER, all if empty, but not EXCLUDE), taking them in
+# ORDER's order, then by name, each claimed by creating CLAIMS/<file> (an
+# atomic mkdir) so that several of these processes share them out. A line
+# per file to stderr; the reports to stdout. Writes the counts of passed,
+# failed and skipped blocks to OUT.
 args <- commandArgs(trailingOnly = TRUE)
 out <- args[[1L]]
 filter <- args[[2L]]
-lane <- args[[3L]]
-waiting <- sprintf("^(%s)$", args[[4L]])
+name <- args[[3L]]
+order <- strsplit(args[[4L]], "|", fixed = TRUE)[[1L]]
 exclude <- args[[5L]]
+claims <- args[[6L]]
 options(warn = 1)
 
 files <- sub("^test-(.*)\\.R$", "\\1", list.files("tests/testthat", "^test-.*\\.R$"))
 if (nzchar(filter)) files <- files[grepl(filter, files)]
 if (nzchar(exclude)) files <- files[!grepl(sprintf("^(%s)$", exclude), files)]
-files <- switch(lane, wait = files[grepl(waiting, files)], rest = files[!grepl(waiting, files)], files)
-
-df <- NULL
-if (length(files)) {
-  res <- testthat::test_dir(
-    "tests/testthat",
-    filter = sprintf("^(%s)$", paste(files, collapse = "|")),
-    package = "mirai",
-    load_package = "installed",
-    reporter = if (lane == "wait") testthat::SummaryReporter$new(show_praise = FALSE, max_reports = Inf)
-               else testthat::ProgressReporter$new(show_praise = FALSE, max_failures = Inf),
-    stop_on_failure = FALSE,
-    stop_on_warning = FALSE
-  )
-  df <- as.data.frame(res)
-}
-if (is.null(df) || !nrow(df)) {
-  cat("\nR tests: no test files in this lane\n")
-  writeLines(c("0", "0", "0"), out)
-  quit(save = "no")
-}
+files <- c(intersect(order, files), sort(setdiff(files, order)))
 
 # Also count a block whose error was recorded while the block went on (an
 # error signalled and then handled further down still fails the block).
 bad <- function(results) any(vapply(results, inherits, logical(1L), c("expectation_failure", "expectation_error")))
-failed <- df$failed > 0L | df$error | vapply(df$result, bad, logical(1L))
-skipped <- !failed & df$skipped
-passed <- !failed & !skipped
-
 first_msg <- function(results, cls) {
   for (r in results) if (inherits(r, cls)) return(conditionMessage(r))
   ""
 }
-label <- function(i) if (is.na(df$test[i])) "(code outside test_that)" else df$test[i]
 one_line <- function(x) sub("^Reason: ", "", gsub("[[:space:]]+", " ", trimws(x)))
 
-if (any(skipped)) {
-  cat("\n== Skipped tests (", sum(skipped), ") ==\n", sep = "")
+n <- c(passed = 0L, failed = 0L, skipped = 0L, blocks = 0L, expectations = 0L)
+skips <- character(); fails <- character(); secs <- numeric()
+for (f in files) {
+  if (!dir.create(file.path(claims, f), showWarnings = FALSE)) next
+  cat(sprintf("\n== test-%s.R ==\n", f))
+  t0 <- Sys.time()
+  res <- testthat::test_dir(
+    "tests/testthat",
+    filter = sprintf("^%s$", f),
+    package = "mirai",
+    load_package = "installed",
+    reporter = testthat::CheckReporter$new(),
+    stop_on_failure = FALSE,
+    stop_on_warning = FALSE
+  )
+  secs[[f]] <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
+  df <- as.data.frame(res)
+  label <- function(i) if (is.na(df$test[i])) "(code outside test_that)" else df$test[i]
+  failed <- df$failed > 0L | df$error | vapply(df$result, bad, logical(1L))
+  skipped <- !failed & df$skipped
   for (i in which(skipped))
-    cat(sprintf("  SKIP  %s: %s -- %s\n", df$file[i], label(i),
-                one_line(first_msg(df$result[[i]], "expectation_skip"))))
-}
-if (any(failed)) {
-  cat("\n== Failed tests (", sum(failed), ") ==\n", sep = "")
+    skips <- c(skips, sprintf("  SKIP  %s: %s -- %s", df$file[i], label(i),
+                              one_line(first_msg(df$result[[i]], "expectation_skip"))))
   for (i in which(failed))
-    cat(sprintf("  %s  %s: %s\n", if (df$error[i]) "ERROR" else "FAIL ",
-                df$file[i], label(i)))
+    fails <- c(fails, sprintf("  %s  %s: %s", if (df$error[i]) "ERROR" else "FAIL ", df$file[i], label(i)))
+  n <- n + c(sum(!failed & !skipped), sum(failed), sum(skipped), nrow(df), sum(df$passed))
+  message(sprintf("  %-6s %6.1f s  test-%s.R: %d blocks, %d failed, %d skipped", name, secs[[f]], f,
+                  nrow(df), sum(failed), sum(skipped)))
 }
-# The slowest files (wall time of their test blocks).
-secs <- sort(tapply(df$real, df$file, sum), decreasing = TRUE)
-cat("\n== Slowest R test files (s) ==\n")
-top <- utils::head(secs, 12L)
-cat(sprintf("  %6.1f  %s\n", top, names(top)), sep = "")
-cat(sprintf("  %6.1f  all %d files\n", sum(secs), length(secs)))
-cat(sprintf("\nR tests: %d test blocks, %d expectations passed\n",
-            nrow(df), sum(df$passed)))
-writeLines(as.character(c(sum(passed), sum(failed), sum(skipped))), out)
+
+if (length(skips)) cat("\n== Skipped tests (", length(skips), ") ==\n", paste0(skips, "\n"), sep = "")
+if (length(fails)) cat("\n== Failed tests (", length(fails), ") ==\n", paste0(fails, "\n"), sep = "")
+cat(sprintf("\nR tests (%s): %d files in %.0f s, %d test blocks, %d expectations passed\n",
+            name, length(secs), sum(secs), n[["blocks"]], n[["expectations"]]))
+writeLines(as.character(n[c("passed", "failed", "skipped")]), out)
 RSCRIPT
 
 exclude=""
@@ -338,23 +334,28 @@ if [ "$quick" -eq 1 ]; then
   exclude="$long_files"
   echo "test.sh --quick: not running the R test files ${long_files//|/, }; no clippy, no tarball check"
 fi
-echo "== R tests (tests/testthat, installed package, NOT_CRAN=$NOT_CRAN), two lanes =="
-echo "   lane 'wait' (${waiting_files//|/, }; its report follows once it ends) and lane 'rest', shown live:"
-step "R tests, lane wait" Rscript "$tmp/run-tests.R" "$tmp/counts.wait" "$filter" wait "$waiting_files" "$exclude" \
-  > "$tmp/lane-wait.out" 2>&1 < /dev/null &
-lane_pid=$!; bg_pids+=("$lane_pid")
+echo "== R tests (tests/testthat, installed package, NOT_CRAN=$NOT_CRAN), two R processes =="
+mkdir "$tmp/claims"
+for l in A B; do
+  step "R tests, process $l" Rscript "$tmp/run-tests.R" "$tmp/counts.$l" "$filter" "$l" "$longest_first" \
+    "$exclude" "$tmp/claims" > "$tmp/r-tests.$l.out" < /dev/null &
+  bg_pids+=("$!"); eval "lane_pid_$l=\$!"
+  sleep 1
+done
 r_status=0
-step "R tests, lane rest" Rscript "$tmp/run-tests.R" "$tmp/counts.rest" "$filter" rest "$waiting_files" "$exclude" || r_status=$?
-wait "$lane_pid" || r_status=$?
-echo
-echo "== R tests, lane 'wait' =="
-cat "$tmp/lane-wait.out"
+wait "$lane_pid_A" || r_status=$?
+wait "$lane_pid_B" || r_status=$?
+for l in A B; do
+  echo
+  echo "== R tests, process $l: reports =="
+  cat "$tmp/r-tests.$l.out"
+done
 
 n_pass=0; n_fail=0; n_skip=0
 r_incomplete=0
-for l in rest wait; do
+for l in A B; do
   if [ ! -s "$tmp/counts.$l" ]; then
-    echo "test.sh: the R test lane '$l' did not complete" >&2
+    echo "test.sh: the R test process $l did not complete" >&2
     r_incomplete=1
     continue
   fi
@@ -384,7 +385,7 @@ bg_pids=()
 status=0
 [ "$rust_status" -ne 0 ] && { echo "test.sh: cargo test FAILED" >&2; status=1; }
 [ "$clippy_status" -ne 0 ] && { echo "test.sh: cargo clippy FAILED" >&2; status=1; }
-[ "$r_status" -ne 0 ] && { echo "test.sh: an R test lane exited with a non-zero status" >&2; status=1; }
+[ "$r_status" -ne 0 ] && { echo "test.sh: an R test process exited with a non-zero status" >&2; status=1; }
 [ "$r_incomplete" -ne 0 ] && { n_fail=$((n_fail + 1)); status=1; }
 [ "$n_fail" -ne 0 ] && status=1
 [ "$check_status" -eq 1 ] && { echo "test.sh: the tarball check FAILED" >&2; status=1; }
