@@ -218,9 +218,13 @@ fi
 check_job() {
   local cdir="$tmp/check" repo tarball offline clog cstatus
   repo=$(pwd)
-  mkdir -p "$cdir/cargo-home"
+  mkdir -p "$cdir/cargo-home" "$cdir/src/mirai"
   echo "== R CMD build; R CMD check --as-cran --no-manual --no-tests on the tarball, offline =="
-  if ! step "R CMD build" sh -c 'cd "$1" && exec env -u NOT_CRAN MIRAI_TEST_HOOKS=1 MIRAI_TEST_LIB="$2/rust/target/ci/libmirai.a" R CMD build "$2"' \
+  # R CMD build copies the whole directory before it drops what
+  # .Rbuildignore lists: it is given a copy of the working tree without
+  # rust/target (which cargo test is writing to meanwhile) and .git.
+  tar -C "$repo" --exclude=./rust/target --exclude=./.git -cf - . | tar -C "$cdir/src/mirai" -xf -
+  if ! step "R CMD build" sh -c 'cd "$1" && exec env -u NOT_CRAN MIRAI_TEST_HOOKS=1 MIRAI_TEST_LIB="$2/rust/target/ci/libmirai.a" R CMD build src/mirai' \
          sh "$cdir" "$repo" > "$cdir/build.log" 2>&1; then
     echo "test.sh: R CMD build FAILED; the end of its log:"
     tail -n 40 "$cdir/build.log"
