@@ -161,7 +161,7 @@ as.cluster.miraiNode <- function(x, ...) {
 # parallel sends list(type, data = list(fun, args, return, tag), tag); only
 # "EXEC" reaches a node (stopCluster() has its own method). The node's
 # daemon runs `fun` on `args` as parallel's workers do (natively: see
-# rust/src/r/node.rs), so nothing is left in its global environment that
+# rust/src/r/glue/node.rs), so nothing is left in its global environment that
 # parallel itself would not leave.
 #' @exportS3Method parallel::sendData
 #' @exportS3Method snow::sendData
@@ -292,7 +292,7 @@ cluster_of <- function(nodes, id, name, profile) {
 
 # A wait for a result was interrupted (or failed): every task outstanding
 # on the cluster is cancelled and forgotten (see mirai_cluster_drop in
-# rust/src/r/node.rs).
+# rust/src/r/glue/node.rs).
 drop_outstanding <- function(node) .Call(C_mirai_cluster_drop, node)
 
 # The cluster's profile while it is still the one registered under the

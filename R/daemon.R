@@ -121,7 +121,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   on.exit(.$daemon <- FALSE, add = TRUE)
 
   count <- 0
-  # Exit codes are defined natively (ExitCode in rust/src/client.rs).
+  # Exit codes are defined natively (ExitCode in rust/src/daemon/client.rs).
   codes <- .$codes
   code <- codes[["closed"]]
   first <- TRUE
@@ -260,9 +260,9 @@ eval_task <- function(data, box) {
 }
 
 # A cluster node's task, run natively (see mirai_daemon_recv in
-# rust/src/r/daemon.rs), failed: as eval_task() does, but the calls before
+# rust/src/r/glue/daemon.rs), failed: as eval_task() does, but the calls before
 # the task's own are this loop's and the two of the eval() that binds
-# `master` (call_binding in rust/src/r/lang.rs).
+# `master` (call_binding in rust/src/r/layer/lang.rs).
 node_error <- function(box, before) {
   cond <- box$cond
   if (is.null(cond)) return(unhandled_jump(before))

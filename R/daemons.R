@@ -159,6 +159,9 @@ new_profile <- function(.compute, url, dispatcher, seed = NULL, stream = NULL, h
   prof$sync <- sync
   # Cleared at reset: objects holding the profile (cluster nodes) see it.
   prof$active <- TRUE
+  # Jobs submitted by cluster_config() launches, each c(cancel =, id =),
+  # cancelled at reset.
+  prof$cluster_jobs <- list()
   if (sync) prof$globals <- new.env(parent = .GlobalEnv)
   assign(.compute, prof, envir = .$profiles)
   assign(.compute, TRUE, envir = .$profile_names)
@@ -174,6 +177,7 @@ reset_profile <- function(.compute, signal = FALSE) {
     .Call(C_mirai_host_close, prof$host, signal)
     reap_children(prof$host)
   }
+  cancel_cluster_jobs(prof)
   TRUE
 }
 

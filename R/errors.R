@@ -83,7 +83,7 @@ use_rlang <- function() {
   .$rlang
 }
 
-# An error raised by mirai's native code (rust/src/r/call.rs, which calls
+# An error raised by mirai's native code (rust/src/r/layer/call.rs, which calls
 # this from the .Call it was in): as abort(), naming the user's call
 # through the function that made the .Call, the innermost frame below.
 native_error <- function(msg) abort(msg, frame = user_frame(sys.nframe() - 1L))

@@ -1,6 +1,6 @@
 # everywhere(): one task pinned to each connected daemon, plus tasks for
 # daemons yet to connect up to `.min` (the host does the fan-out, see
-# Host::broadcast in rust/src/host.rs).
+# Host::broadcast in rust/src/host/mod.rs).
 
 #' Evaluate Everywhere
 #'

@@ -21,8 +21,9 @@
 #' argument, so it is in no argument list on this machine either; on the
 #' remote machine it is in the arguments of the login shell only until that
 #' starts `Rscript` (at once, for `sh` and `bash`). [cluster_config()]
-#' passes the job script on the scheduler's standard input, so the secret
-#' is in no process's arguments. A [remote_config()] `command` receives the
+#' gives the job script to the submission command in a file only the user
+#' can read (for `bsub`, on its standard input), so the secret is in no
+#' process's arguments. A [remote_config()] `command` receives the
 #' launch command as an argument, so there the secret is visible in the
 #' arguments of that command while it runs.
 #' [http_config()] sends it in the request body, as an argument of the
@@ -94,7 +95,7 @@ launch_remote <- function(n = 1L, remote = remote_config(), ..., .compute = NULL
                  character(1L))
   cmds <- structure(cmds, class = "miraiLaunchCmd")
   if (is.null(remote$command)) return(cmds)
-  if (is.null(remote$quote)) run_cluster(remote, cmds) else run_remote(remote, cmds, prof$url)
+  if (is.null(remote$quote)) run_cluster(remote, cmds, prof) else run_remote(remote, cmds, prof$url)
   invisible(cmds)
 }
 
@@ -199,12 +200,20 @@ ssh_config <- function(remotes, tunnel = FALSE, timeout = 10, command = "ssh",
 #' A launch configuration that submits each daemon as a job to an HPC
 #' scheduler: Slurm (`sbatch`), SGE, Torque or PBS (`qsub`), or LSF
 #' (`bsub`). The job script is `#!/bin/sh`, then `options`, then the launch
-#' command; it is passed on the scheduler command's standard input (a
-#' heredoc, in effect), so the profile's secret is in no process's
-#' arguments. Jobs end when their daemon exits, e.g. at `daemons(0)`.
+#' command. It is given to the submission command as a file named `mirai`
+#' (readable only by the user, removed once the command returns; the
+#' scheduler keeps its own copy), or for `bsub` on its standard input, so
+#' the profile's secret is in no process's arguments.
+#'
+#' Jobs end when their daemon exits, e.g. at `daemons(0)`. So that none is
+#' left waiting in the queue to start a daemon nobody needs, `daemons(0)`
+#' also cancels every job submitted for the profile: with `scancel`, `qdel`
+#' or `bkill` (in the directory of the submission command, if that is a
+#' path), by the job id the submission command printed.
 #'
 #' @param command (character) the submission command: `"sbatch"`, `"qsub"`
-#'   or `"bsub"`, possibly with options. Default `"sbatch"`.
+#'   or `"bsub"`, possibly a path, possibly with options (the job script's
+#'   file is added last). Default `"sbatch"`.
 #' @param options (character) the job script's scheduler directives and any
 #'   set-up, one per line (leading whitespace is removed), e.g.
 #'   `"#SBATCH --job-name=mirai\n#SBATCH --mem=10G\nmodule load R/4.5.0"`.
@@ -227,8 +236,10 @@ cluster_config <- function(command = "sbatch", options = "", rscript = "Rscript"
   lines <- unlist(strsplit(paste(options, collapse = "\n"), "\n", fixed = TRUE))
   lines <- sub("^[[:space:]]+", "", lines)
   script <- paste(c("#!/bin/sh", lines[nzchar(lines)]), collapse = "\n")
+  scheduler <- submit_program(command)
   list(command = "/bin/sh", args = c(sprintf("%s<<'EOF'\n%s\n", command, script), ".", "\nEOF"),
-       rscript = rscript, quote = NULL, submit = command, script = script)
+       rscript = rscript, quote = NULL, submit = command, script = script,
+       stdin = identical(scheduler$name, "bsub"), cancel = scheduler$cancel)
 }
 
 #' HTTP API Launch Configuration
@@ -396,17 +407,90 @@ run_ssh <- function(remote, args, cmd, url) {
     launch_failed(sprintf("'%s' (to %s)", remote$command, args[length(args)]), status)
 }
 
-# Submits one job per launch command; the script goes on the submission
-# command's standard input, never in an argument list.
-run_cluster <- function(remote, cmds) {
+# Submits one job per launch command. The script (which holds the secret)
+# is never in an argument list: it goes in a file of mode 0600, in a
+# directory of its own, whose path ends the submission command (sbatch,
+# qsub, including the Torque-style qsub over Slurm that reads no standard
+# input), or on the standard input of bsub, whose file argument would be a
+# command to run. Each job id the command prints is recorded in the profile,
+# for daemons(0) to cancel the job.
+run_cluster <- function(remote, cmds, prof) {
   for (cmd in cmds) {
     script <- c(strsplit(remote$script, "\n", fixed = TRUE)[[1L]], cmd)
-    out <- suppressWarnings(system2("/bin/sh", c("-c", shQuote(remote$submit)), input = script,
-                                    stdout = TRUE, stderr = TRUE))
+    out <- if (isTRUE(remote$stdin)) {
+      suppressWarnings(system2("/bin/sh", c("-c", shQuote(remote$submit)), input = script,
+                               stdout = TRUE, stderr = TRUE))
+    } else {
+      dir <- tempfile("mirai-job-")
+      dir.create(dir, mode = "0700")
+      file <- file.path(dir, "mirai")
+      file.create(file)
+      Sys.chmod(file, "0600")
+      writeLines(script, file)
+      submit <- paste(remote$submit, shQuote(file))
+      res <- suppressWarnings(system2("/bin/sh", c("-c", shQuote(submit)), stdout = TRUE,
+                                      stderr = TRUE))
+      unlink(dir, recursive = TRUE)
+      res
+    }
     status <- attr(out, "status") %||% 0L
     if (status != 0L) launch_failed(sprintf("'%s'", remote$submit), status, out)
+    id <- submitted_job_id(out)
+    if (!is.null(remote$cancel) && !is.null(id))
+      prof$cluster_jobs[[length(prof$cluster_jobs) + 1L]] <- c(cancel = remote$cancel, id = id)
     if (length(out)) cat(out, sep = "\n")
   }
+}
+
+# The scheduler behind a submission command (its first word that is not a
+# VAR=value assignment): its program name, and the command that cancels its
+# jobs (scancel, qdel or bkill, next to it if it is a path, with the same
+# assignments), or NULL for a program not known.
+submit_program <- function(command) {
+  words <- strsplit(trimws(command), "[[:space:]]+")[[1L]]
+  env <- grepl("^[A-Za-z_][A-Za-z0-9_]*=", words)
+  first <- which(!env)[1L]
+  if (is.na(first)) return(list(name = NULL, cancel = NULL))
+  name <- basename(words[first])
+  cancel <- c(sbatch = "scancel", qsub = "qdel", bsub = "bkill")[name]
+  if (is.na(cancel)) return(list(name = name, cancel = NULL))
+  dir <- dirname(words[first])
+  if (dir != ".") cancel <- file.path(dir, cancel)
+  list(name = name, cancel = paste(c(words[seq_len(first - 1L)], unname(cancel)), collapse = " "))
+}
+
+# The job id in a submission command's output, or NULL: Slurm's "Submitted
+# batch job 123" (or "123" with --parsable), SGE's "Your job 123 (...) has
+# been submitted", LSF's "Job <123> is submitted ...", or a line holding
+# only an id (PBS and Torque: "123" or "123.server").
+submitted_job_id <- function(out) {
+  patterns <- c("^Submitted batch job ([0-9]+)", "^Your job(-array)? ([0-9]+)", "^Job <([0-9]+)>",
+                "^[[:space:]]*([0-9]+(\\.[A-Za-z0-9._-]+)?)(;[^[:space:]]*)?[[:space:]]*$")
+  group <- c(1L, 2L, 1L, 1L)
+  for (line in rev(out)) {
+    for (i in seq_along(patterns)) {
+      m <- regmatches(line, regexec(patterns[i], line))[[1L]]
+      if (length(m)) return(m[group[i] + 1L])
+    }
+  }
+  NULL
+}
+
+# Cancels the jobs submitted for a profile (at its reset), one command per
+# scheduler, quietly: jobs whose daemon has exited are already gone, which
+# the command may report as an error.
+cancel_cluster_jobs <- function(prof) {
+  jobs <- prof$cluster_jobs
+  if (!length(jobs)) return(invisible())
+  prof$cluster_jobs <- list()
+  cancel <- vapply(jobs, `[[`, character(1L), "cancel")
+  ids <- vapply(jobs, `[[`, character(1L), "id")
+  for (cmd in unique(cancel)) {
+    line <- paste(cmd, paste(shQuote(ids[cancel == cmd]), collapse = " "))
+    suppressWarnings(system2("/bin/sh", c("-c", shQuote(line)), stdout = FALSE, stderr = FALSE,
+                             timeout = 30))
+  }
+  invisible()
 }
 
 # ---------------------------------------------------------------- HTTP

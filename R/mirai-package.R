@@ -42,6 +42,6 @@ profile_of <- function(.compute) {
 
 .onLoad <- function(libname, pkgname) {
   .Call(C_mirai_r_init, C_mirai_aio_data, .unresolved)
-  # Daemon exit codes, defined once in Rust (ExitCode in rust/src/client.rs).
+  # Daemon exit codes, defined once in Rust (ExitCode in rust/src/daemon/client.rs).
   .$codes <- .Call(C_mirai_exit_codes)
 }

@@ -1,6 +1,6 @@
 # RNG streams (L'Ecuyer-CMRG): by default one per daemon; with a `seed`,
 # one per mirai. Streams are advanced by the native `nextRNGStream`
-# (rust/src/rng.rs), which gives the same result as parallel's.
+# (rust/src/host/rng.rs), which gives the same result as parallel's.
 
 # The profile's starting stream. The session's RNG first moves on by one
 # draw, so that profiles set up one after the other without a seed start

@@ -57,6 +57,11 @@ PKGS=(
   openssh-server openssh-client
   # ...a one-node Slurm cluster with munge (cluster_config with sbatch)...
   slurm-wlm munge
+  # ...a one-node Grid Engine (cluster_config with qsub), and what Torque's
+  # qsub over Slurm needs (slurm-wlm-torque itself is unpacked below: it
+  # conflicts with gridengine-client, both ship /usr/bin/qsub)...
+  gridengine-master gridengine-exec gridengine-client
+  libslurm-perl libslurmdb-perl libswitch-perl
   # ...an HTTP launch API served by python3 (http_config), and the openssl
   # CLI, an independent HMAC-SHA256 to check the daemon's handshake against.
   python3 openssl
@@ -100,6 +105,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
   "${SUDO[@]}" apt-get install -y --no-install-recommends "${PKGS[@]}"
 else
   echo "setup.sh: all system packages already installed"
+fi
+
+# slurm-wlm-torque (PBS/Torque-style qsub, qstat, qdel as perl wrappers over
+# Slurm) unpacked into /opt/slurm-wlm-torque rather than installed, beside
+# gridengine-client. Its qsub runs the sbatch (and salloc, srun) in its own
+# directory, hence the links.
+TORQUE=/opt/slurm-wlm-torque
+if [ ! -x "$TORQUE/usr/bin/qsub" ] || [ ! -e "$TORQUE/usr/bin/sbatch" ]; then
+  echo "setup.sh: unpacking slurm-wlm-torque into $TORQUE"
+  SUDO=()
+  if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
+  deb_dir=$(mktemp -d)
+  chmod 755 "$deb_dir"  # apt-get download fetches as the _apt user
+  (cd "$deb_dir" && apt-get download slurm-wlm-torque) || {
+    "${SUDO[@]}" apt-get update && (cd "$deb_dir" && apt-get download slurm-wlm-torque)
+  }
+  "${SUDO[@]}" mkdir -p "$TORQUE"
+  "${SUDO[@]}" dpkg -x "$deb_dir"/slurm-wlm-torque_*.deb "$TORQUE"
+  rm -rf "$deb_dir"
+  for c in sbatch salloc srun; do
+    "${SUDO[@]}" ln -sf "/usr/bin/$c" "$TORQUE/usr/bin/$c"
+  done
 fi
 
 CARGO="$HOME/.cargo/bin/cargo"

@@ -1,43 +1,31 @@
-//! mirai's native core.
+//! mirai's native core, in layers (each imports only from layers below it):
 //!
-//! - `url`, `frame`, `decoder`, `proto`, `transport`: the wire (NNG's SP
-//!   format, pair1, over Unix sockets and TCP) and our message envelope.
-//! - `auth`: the challenge-response proof of a daemon's secret.
-//! - `sched`: the scheduling state machine (pure, no I/O).
-//! - `host`: the per-profile event loop thread that drives `sched`;
-//!   `wqueue`: a connection's write queue there.
-//! - `aio`: completion slots shared between that thread and R, and the
-//!   doorbells that wait on several of them.
-//! - `client`: the daemon's end of a connection.
-//! - `spawn`: child processes we launch and reap.
-//! - `threads`: the threads we start (signals blocked, panics contained).
-//! - `r`: the R boundary (R's main thread only), see its module docs for
+//! - `sys`: the operating system: child processes we launch and reap,
+//!   threads we start (signals blocked, panics contained), random bytes and
+//!   interface addresses.
+//! - `wire`: what crosses a connection: URLs, NNG's SP framing (pair1) and
+//!   our message envelope, the authentication proof, TLS and WebSocket, and
+//!   the transport stacks that carry them.
+//! - `host`: the host's side: the scheduling state machine (pure, no I/O),
+//!   the per-profile event loop that drives it, write queues, completion
+//!   slots shared with R, and RNG streams for daemons.
+//! - `daemon`: the daemon's end of a connection.
+//! - `r`: the R boundary (R's main thread only): an unsafe `layer` over R's
+//!   C API and safe `glue`, one module per R area; see its module docs for
 //!   why it is written against extendr-ffi rather than extendr-api.
 
-pub mod aio;
-pub mod auth;
-pub mod client;
-pub mod decoder;
-pub mod frame;
+pub mod daemon;
 pub mod host;
-pub mod proto;
 pub mod r;
-pub mod rng;
-pub mod sched;
-pub mod spawn;
-pub mod threads;
-pub mod tls;
-pub mod transport;
-pub mod url;
-pub mod wqueue;
-pub mod ws;
+pub mod sys;
+pub mod wire;
 
-use r::call::{c_routine3, register, routine, CRoutine3, ProtectFn};
-use r::ffi::{DllInfo, R_CallMethodDef};
-use r::object::ClosureFn;
+use r::layer::call::{c_routine3, register, routine, CRoutine3, ProtectFn};
+use r::layer::ffi::{DllInfo, R_CallMethodDef};
+use r::layer::object::ClosureFn;
 
 /// The registration table of the `.Call` routines, each named after its
-/// function, with the arity its signature has (see `r::call::Routine`).
+/// function, with the arity its signature has (see `r::layer::call::Routine`).
 macro_rules! routines {
     ($($module:ident :: $name:ident),* $(,)?) => {
         vec![$(routine(
@@ -46,7 +34,7 @@ macro_rules! routines {
                 Ok(c) => c,
                 Err(_) => unreachable!(),
             },
-            r::$module::$name,
+            r::glue::$module::$name,
         )),*]
     };
 }
@@ -59,14 +47,14 @@ macro_rules! routines {
 /// and `closure` the C routines of src/entrypoint.c.
 #[no_mangle]
 pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: ProtectFn, eval: CRoutine3, closure: ClosureFn) {
-    threads::record_main_thread();
-    r::call::init_protect(protect);
-    r::lang::init_guarded_eval(eval);
-    r::object::init_closure(closure);
+    sys::threads::record_main_thread();
+    r::layer::call::init_protect(protect);
+    r::layer::lang::init_guarded_eval(eval);
+    r::layer::object::init_closure(closure);
     // R errors are reported through R; Rust's default panic message would
     // only add noise (panics are caught and turned into R errors).
     std::panic::set_hook(Box::new(|_| {}));
-    let _ = r::handle::init_tags(&[c"mirai_profile", c"mirai_aio", c"mirai_conn"]);
+    let _ = r::layer::handle::init_tags(&[c"mirai_profile", c"mirai_aio", c"mirai_conn"]);
     let mut table: Vec<R_CallMethodDef> = routines![
         profile::mirai_host_start,
         profile::mirai_host_tlscert,

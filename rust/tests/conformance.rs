@@ -21,10 +21,10 @@
 //! our non-blocking loops check a deadline, and the libnng peer runs on a
 //! thread whose result is awaited with a timeout.
 
-use mirai::decoder::Decoder;
-use mirai::frame::{Framing, SP_HEADER};
-use mirai::transport::{dial_once, BlockingStream, Listener};
-use mirai::url::Address;
+use mirai::wire::decoder::Decoder;
+use mirai::wire::frame::{Framing, SP_HEADER};
+use mirai::wire::transport::{dial_once, BlockingStream, Listener};
+use mirai::wire::url::Address;
 use nng::options::{Options, RecvMaxSize, RecvTimeout, SendTimeout};
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -143,7 +143,7 @@ fn next_until<R: Read>(d: &mut Decoder, r: &mut R, deadline: Instant) -> io::Res
     }
 }
 
-fn accept_until(l: &Listener, deadline: Instant) -> (mirai::transport::Stream, Framing) {
+fn accept_until(l: &Listener, deadline: Instant) -> (mirai::wire::transport::Stream, Framing) {
     loop {
         match l.accept() {
             Ok(s) => return s,

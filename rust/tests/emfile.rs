@@ -5,10 +5,10 @@
 //! (EMFILE) raises no new event; unless the host retries by itself it stays
 //! in the backlog until some other connection arrives.
 
-use mirai::frame::{Framing, SP_HEADER};
+use mirai::wire::frame::{Framing, SP_HEADER};
 use mirai::host::{Host, HostOptions};
-use mirai::proto::{self, Msg, PROTOCOL_VERSION};
-use mirai::url::Address;
+use mirai::wire::proto::{self, Msg, PROTOCOL_VERSION};
+use mirai::wire::url::Address;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;

@@ -96,14 +96,14 @@
 //!   `Host::submit`, and its reply completes the `Slot` with its payload;
 //!   once the held peers close, each has been counted exactly once.
 
-use mirai::aio::{Outcome, Slot};
-use mirai::client::{ClientConn, Incoming};
-use mirai::decoder::Decoder;
-use mirai::frame::{check_sp_header, strip_hop, Framing, MAX_MESSAGE, SP_HEADER};
+use mirai::host::aio::{Outcome, Slot};
+use mirai::daemon::client::{ClientConn, Incoming};
+use mirai::wire::decoder::Decoder;
+use mirai::wire::frame::{check_sp_header, strip_hop, Framing, MAX_MESSAGE, SP_HEADER};
 use mirai::host::{Host, HostOptions, HELLO_TIMEOUT, MAX_PENDING};
-use mirai::auth::{self, Nonce, Prover};
-use mirai::proto::{self, Msg, ENVELOPE_LIMIT, MAC_LEN, NONCE_LEN, PROTOCOL_VERSION};
-use mirai::url::Address;
+use mirai::wire::auth::{self, Nonce, Prover};
+use mirai::wire::proto::{self, Msg, ENVELOPE_LIMIT, MAC_LEN, NONCE_LEN, PROTOCOL_VERSION};
+use mirai::wire::url::Address;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -335,7 +335,7 @@ impl Rng {
 const STAGING: u64 = 64 * 1024;
 const FIRST_CHUNK: u64 = 64 * 1024;
 /// What either side accepts before its peer has authenticated.
-const HELLO_LIMIT: u64 = mirai::proto::HANDSHAKE_LIMIT;
+const HELLO_LIMIT: u64 = mirai::wire::proto::HANDSHAKE_LIMIT;
 
 /// Interesting values for a length field of a body of `n` bytes.
 fn length_claims(n: u64, limit: u64) -> [u64; 14] {
@@ -1454,7 +1454,7 @@ enum First {
     Other,
 }
 
-/// The host's rule for a first message (host.rs `read_conn` and
+/// The host's rule for a first message (host/mod.rs `read_conn` and
 /// `handle_message`), for a peer challenged with `nonce`: a Hello of
 /// another version is refused (told why) whatever follows its version; one
 /// of this version is accepted only with the daemon's proof over the
@@ -1791,7 +1791,7 @@ fn handshake(url: &str) {
     f.begin(&mut frame);
     proto::encode_into(&Msg::Task { id }, &mut frame);
     frame.extend_from_slice(&payload);
-    frame.push(mirai::frame::TASK_WHOLE);
+    frame.push(mirai::wire::frame::TASK_WHOLE);
     // A bell of its own (the slot is waited on directly): `Default` keeps
     // this independent of the doorbell type's name.
     let slot = Slot::new(Default::default());
@@ -1808,7 +1808,7 @@ fn handshake(url: &str) {
         }
     };
     assert_eq!(tid, id);
-    assert!(mirai::frame::task_payload(&body[offset..]) == Some(&payload[..]), "{url}: task payload corrupted");
+    assert!(mirai::wire::frame::task_payload(&body[offset..]) == Some(&payload[..]), "{url}: task payload corrupted");
     let reply = fill(5_000, 7);
     let mut r = daemon.begin_result(id, false);
     r.extend_from_slice(&reply);

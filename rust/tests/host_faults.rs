@@ -8,14 +8,14 @@
 //! daemon keeps control of its deadlines facing a host or a squatter that
 //! stalls at any step.
 
-use mirai::aio::{Doorbell, Outcome, Slot};
-use mirai::auth::{self, Prover};
-use mirai::decoder::Decoder;
-use mirai::client::{ClientConn, Incoming};
-use mirai::frame::{strip_hop, Framing, SP_HEADER};
+use mirai::host::aio::{Doorbell, Outcome, Slot};
+use mirai::wire::auth::{self, Prover};
+use mirai::wire::decoder::Decoder;
+use mirai::daemon::client::{ClientConn, Incoming};
+use mirai::wire::frame::{strip_hop, Framing, SP_HEADER};
 use mirai::host::{Host, HostOptions, HELLO_TIMEOUT, MAX_PENDING};
-use mirai::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
-use mirai::url::Address;
+use mirai::wire::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
+use mirai::wire::url::Address;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -155,7 +155,7 @@ fn silent_peers_beyond_the_cap_make_room_and_daemons_still_join() {
     match d.recv(Duration::from_secs(5)).unwrap() {
         Incoming::Task { id: got, body, offset } => {
             assert_eq!(got, id);
-            assert_eq!(mirai::frame::task_payload(&body[offset..]), Some(&b"payload"[..]));
+            assert_eq!(mirai::wire::frame::task_payload(&body[offset..]), Some(&b"payload"[..]));
         }
         _ => panic!("no task reached the daemon"),
     }
@@ -549,7 +549,7 @@ fn a_persistent_daemon_redials_past_a_squatter_to_the_real_host() {
         assert!(Instant::now() < until, "no task from the real host");
         if let Incoming::Task { id: got, body, offset } = d.recv(Duration::from_millis(100)).unwrap() {
             assert_eq!(got, id);
-            assert_eq!(mirai::frame::task_payload(&body[offset..]), Some(&b"real"[..]));
+            assert_eq!(mirai::wire::frame::task_payload(&body[offset..]), Some(&b"real"[..]));
             break;
         }
     }
@@ -592,7 +592,7 @@ fn ws_client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_daemon_gives_up_a_trickled_tls_handshake_at_its_deadline() {
-    use mirai::tls::CLIENT_HANDSHAKE_TIMEOUT;
+    use mirai::wire::tls::CLIENT_HANDSHAKE_TIMEOUT;
     use std::sync::mpsc::{channel, RecvTimeoutError};
     // A "host" at a tls+tcp:// address that takes the daemon's ClientHello,
     // then sends a 16 KiB handshake record one byte every 500 ms: each read
@@ -615,8 +615,8 @@ fn a_daemon_gives_up_a_trickled_tls_handshake_at_its_deadline() {
             }
         }
     });
-    let (cert, _) = mirai::tls::generate(&["127.0.0.1".into()]).unwrap();
-    let tls = mirai::tls::client_config(&cert).unwrap();
+    let (cert, _) = mirai::wire::tls::generate(&["127.0.0.1".into()]).unwrap();
+    let tls = mirai::wire::tls::client_config(&cert).unwrap();
     let addr = Address::parse(&format!("tls+tcp://127.0.0.1:{port}")).unwrap();
     let (tx, rx) = channel();
     let start = Instant::now();
@@ -642,8 +642,8 @@ fn a_persistent_daemon_facing_a_silent_squatter_ends_by_its_retry_limit() {
     // for the SP handshake's 30 s, nor the TLS handshake's or WebSocket
     // upgrade's 10 s.
     use std::sync::mpsc::channel;
-    let (cert, _) = mirai::tls::generate(&["127.0.0.1".into()]).unwrap();
-    let tls = mirai::tls::client_config(&cert).unwrap();
+    let (cert, _) = mirai::wire::tls::generate(&["127.0.0.1".into()]).unwrap();
+    let tls = mirai::wire::tls::client_config(&cert).unwrap();
     for scheme in ["tcp", "tls+tcp", "ws"] {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = Address::parse(&format!("{scheme}://127.0.0.1:{}", l.local_addr().unwrap().port())).unwrap();
@@ -723,8 +723,8 @@ fn an_unauthenticated_tls_peer_is_held_to_a_few_kib() {
     // ClientHello claiming 0xfff0 bytes, then waits, would be held with
     // that buffer until its Hello deadline. The host counts what it takes
     // from an unproven TLS peer and drops it past `PRE_AUTH_BYTES`.
-    use mirai::proto::PRE_AUTH_BYTES;
-    let creds = mirai::tls::generated_creds("127.0.0.1").unwrap();
+    use mirai::wire::proto::PRE_AUTH_BYTES;
+    let creds = mirai::wire::tls::generated_creds("127.0.0.1").unwrap();
     let host = Host::start_with(&Address::parse("tls+tcp://127.0.0.1:0").unwrap(), options(), Some(creds.config)).unwrap();
     let mut s = TcpStream::connect(("127.0.0.1", port(&host))).unwrap();
     let mut hello = vec![1, 0, 0xff, 0xf0, 3, 3];
@@ -747,7 +747,7 @@ fn an_unauthenticated_tls_peer_is_held_to_a_few_kib() {
     // A real daemon still gets in over TLS: its handshake and Hello take a
     // small part of the allowance.
     const { assert!(PRE_AUTH_BYTES >= 8 * 1024) };
-    let tls = mirai::tls::client_config(&creds.chain_pem).unwrap();
+    let tls = mirai::wire::tls::client_config(&creds.chain_pem).unwrap();
     let addr = Address::parse(&host.url).unwrap();
     let _d = ClientConn::connect_with(&addr, Some(&tls), "s3cret", 1 << 40, Some(Instant::now() + Duration::from_secs(10)), false, || true)
         .unwrap();

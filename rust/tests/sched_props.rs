@@ -1,4 +1,4 @@
-//! Property tests for the scheduling state machine (`mirai::sched`).
+//! Property tests for the scheduling state machine (`mirai::host::sched`).
 //!
 //! Each seed drives a `Sched` through a few hundred random events (submit,
 //! submit pinned to one daemon, connect, disconnect, reply including a
@@ -39,7 +39,7 @@
 //! SCHED_PROPS_SEED=1234 cargo test --release --test sched_props -- --nocapture
 //! ```
 
-use mirai::sched::{Action, DaemonId, Sched, TaskId, ERR_CANCELED, ERR_RESET, ERR_TIMEOUT};
+use mirai::host::sched::{Action, DaemonId, Sched, TaskId, ERR_CANCELED, ERR_RESET, ERR_TIMEOUT};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Debug builds are an order of magnitude slower; they still get a real run.

@@ -11,7 +11,7 @@
 //! details; a one-line summary is written past the test harness's capture so
 //! it shows in a normal run too.
 
-use mirai::sched::{Action, DaemonId, Sched, TaskId};
+use mirai::host::sched::{Action, DaemonId, Sched, TaskId};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -9,13 +9,13 @@
 //! stream must stay well-formed: the next task arrives intact once the
 //! daemon drains its socket, and is answered.
 
-use mirai::aio::{Doorbell, Outcome, Slot};
-use mirai::client::{ClientConn, Incoming};
-use mirai::frame::task_payload;
+use mirai::host::aio::{Doorbell, Outcome, Slot};
+use mirai::daemon::client::{ClientConn, Incoming};
+use mirai::wire::frame::task_payload;
 use mirai::host::{Host, HostOptions};
-use mirai::sched::ERR_CANCELED;
-use mirai::tls;
-use mirai::url::Address;
+use mirai::host::sched::ERR_CANCELED;
+use mirai::wire::tls;
+use mirai::wire::url::Address;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

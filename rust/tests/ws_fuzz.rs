@@ -89,9 +89,9 @@
 //! host has proved itself, and it reads only `PRE_AUTH_BYTES` from a host
 //! that streams pings instead.
 
-use mirai::frame::SP_HEADER;
-use mirai::proto::HANDSHAKE_LIMIT;
-use mirai::ws::{
+use mirai::wire::frame::SP_HEADER;
+use mirai::wire::proto::HANDSHAKE_LIMIT;
+use mirai::wire::ws::{
     self, client_response, ServerHandshake, WsReader, WsWriter, MAX_CONTROL, MAX_CONTROL_FRAME, MAX_FRAGMENTED, MAX_HTTP_HEADER,
     SP_SUBPROTOCOL,
 };
@@ -1883,9 +1883,9 @@ fn fake_ws_host(first: Vec<u8>, then: impl FnOnce(&mut std::net::TcpStream) + Se
 
 /// An SP message as the host frames it over WebSocket: one unmasked
 /// binary frame holding the pair1 hop count, the envelope and a payload.
-fn host_message(m: &mirai::proto::Msg, payload: &[u8]) -> Vec<u8> {
+fn host_message(m: &mirai::wire::proto::Msg, payload: &[u8]) -> Vec<u8> {
     let mut body = vec![0, 0, 0, 1];
-    mirai::proto::encode_into(m, &mut body);
+    mirai::wire::proto::encode_into(m, &mut body);
     body.extend_from_slice(payload);
     let mut w = Vec::new();
     encode_one(&mut w, &Frame { b0: 0x82, payload: body, claim: None, form: Form::Shortest, mask: None });
@@ -1893,7 +1893,7 @@ fn host_message(m: &mirai::proto::Msg, payload: &[u8]) -> Vec<u8> {
 }
 
 fn challenge() -> Vec<u8> {
-    host_message(&mirai::proto::Msg::Challenge { version: mirai::proto::PROTOCOL_VERSION, nonce: [7; 32] }, b"")
+    host_message(&mirai::wire::proto::Msg::Challenge { version: mirai::wire::proto::PROTOCOL_VERSION, nonce: [7; 32] }, b"")
 }
 
 /// Before the host has proved itself, a daemon holds it to HANDSHAKE_LIMIT: a
@@ -1911,8 +1911,8 @@ fn a_daemon_holds_an_unproven_host_to_the_handshake_limit() {
     let (url, host) = fake_ws_host(flood[..4004].to_vec(), move |s| {
         let _ = s.write_all(&flood[4004..]);
     });
-    let addr = mirai::url::Address::parse(&url).unwrap();
-    let (res, peak) = measure(|| mirai::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).map(|_| ()));
+    let addr = mirai::wire::url::Address::parse(&url).unwrap();
+    let (res, peak) = measure(|| mirai::daemon::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).map(|_| ()));
     let e = res.unwrap_err();
     assert!(e.contains("over the limit of 4100"), "{e}");
     assert!(peak < 64 * 1024 + HANDSHAKE_LIMIT + MAX_HTTP_HEADER as u64 + 16 * 1024, "the daemon held {peak} bytes");
@@ -1924,8 +1924,8 @@ fn a_daemon_holds_an_unproven_host_to_the_handshake_limit() {
 /// 100 KB task arrive. The Challenge comes with the 101.
 #[test]
 fn a_daemon_takes_large_messages_once_the_host_is_accepted() {
-    use mirai::auth::{prove, Prover};
-    use mirai::proto::{Msg, PROTOCOL_VERSION};
+    use mirai::wire::auth::{prove, Prover};
+    use mirai::wire::proto::{Msg, PROTOCOL_VERSION};
     let (url, host) = fake_ws_host(challenge(), |s| {
         // The daemon's Hello: read it as a server reads a client's frames.
         let mut r = WsReader::new(true, HANDSHAKE_LIMIT);
@@ -1938,7 +1938,7 @@ fn a_daemon_takes_large_messages_once_the_host_is_accepted() {
             }
         }
         let hello = &got[16..];
-        let (theirs, _) = match mirai::proto::decode(&hello[4..]).unwrap().0 {
+        let (theirs, _) = match mirai::wire::proto::decode(&hello[4..]).unwrap().0 {
             Msg::Hello { nonce, mac, .. } => (nonce, mac),
             m => panic!("not a Hello: {m:?}"),
         };
@@ -1950,15 +1950,15 @@ fn a_daemon_takes_large_messages_once_the_host_is_accepted() {
         // Hold the connection until the daemon has read it all.
         let _ = s.read(&mut buf);
     });
-    let addr = mirai::url::Address::parse(&url).unwrap();
-    let mut c = mirai::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).unwrap();
+    let addr = mirai::wire::url::Address::parse(&url).unwrap();
+    let mut c = mirai::daemon::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).unwrap();
     assert_eq!(c.init_settings, vec![3u8; 20_000]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
         assert!(Instant::now() < deadline, "no task within 10 s");
         match c.recv(Duration::from_millis(100)).unwrap() {
-            mirai::client::Incoming::Task { id: 1, body, offset } => break body[offset..].to_vec(),
-            mirai::client::Incoming::Nothing => {}
+            mirai::daemon::client::Incoming::Task { id: 1, body, offset } => break body[offset..].to_vec(),
+            mirai::daemon::client::Incoming::Nothing => {}
             _ => panic!("the connection ended before the task"),
         }
     };
@@ -2002,8 +2002,8 @@ fn a_daemon_answers_no_ping_from_an_unproven_host() {
         let len = (got[1] & 0x7f) as usize;
         assert_eq!(got.len(), 2 + 4 + len, "the daemon sent more than its Hello: {} bytes", got.len());
     });
-    let addr = mirai::url::Address::parse(&url).unwrap();
-    let err = mirai::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).err();
+    let addr = mirai::wire::url::Address::parse(&url).unwrap();
+    let err = mirai::daemon::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).err();
     host.join().unwrap();
     assert!(err.is_some(), "the daemon accepted a host that did not prove itself");
 }
@@ -2016,7 +2016,7 @@ fn a_daemon_answers_no_ping_from_an_unproven_host() {
 /// pings came, 70 s). The daemon now gives up at once.
 #[test]
 fn a_daemon_reads_a_few_kib_from_a_host_that_streams_pings() {
-    use mirai::proto::PRE_AUTH_BYTES;
+    use mirai::wire::proto::PRE_AUTH_BYTES;
     let (url, host) = fake_ws_host(Vec::new(), |s| {
         let pings = [0x89u8, 0].repeat(50_000);
         let start = Instant::now();
@@ -2026,10 +2026,10 @@ fn a_daemon_reads_a_few_kib_from_a_host_that_streams_pings() {
             }
         }
     });
-    let addr = mirai::url::Address::parse(&url).unwrap();
+    let addr = mirai::wire::url::Address::parse(&url).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(mirai::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).err());
+        let _ = tx.send(mirai::daemon::client::ClientConn::connect(&addr, "s", 1 << 40, None, || true).err());
     });
     let err = rx
         .recv_timeout(Duration::from_secs(35))

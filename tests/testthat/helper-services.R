@@ -315,6 +315,188 @@ slurm_jobs <- function() {
   out[nzchar(out)]
 }
 
+# Torque's commands over Slurm (Debian's slurm-wlm-torque: perl wrappers,
+# qsub turning #PBS job scripts into sbatch submissions). The package
+# conflicts with gridengine-client (both ship /usr/bin/qsub), so
+# tools/setup.sh unpacks it into /opt/slurm-wlm-torque, with links to
+# Slurm's commands beside it (its qsub runs the sbatch in its own
+# directory); where it is installed as a package, /usr/bin has both.
+torque_qsub <- function() {
+  for (qsub in c("/opt/slurm-wlm-torque/usr/bin/qsub", "/usr/bin/qsub")) {
+    head <- if (file.exists(qsub)) readLines(qsub, n = 5L, warn = FALSE) else ""
+    if (grepl("perl", head[1L]) && any(grepl("pbs", head, ignore.case = TRUE)) &&
+        file.exists(file.path(dirname(qsub), "sbatch")))
+      return(list(qsub = qsub, qstat = file.path(dirname(qsub), "qstat")))
+  }
+  paste("not installed: slurm-wlm-torque's qsub with sbatch beside it",
+        "(tools/setup.sh unpacks it into /opt/slurm-wlm-torque)")
+}
+
+# Job ids the wrapper's qstat lists as not completed (state other than C).
+torque_active <- function(torque) {
+  out <- run(torque$qstat)
+  rows <- strsplit(trimws(grep("^[0-9]", out, value = TRUE)), "[[:space:]]+")
+  ids <- vapply(rows, `[[`, "", 1L)
+  state <- vapply(rows, function(r) r[length(r) - 1L], "")
+  ids[state != "C"]
+}
+
+# ------------------------------------------------------------------ Grid Engine
+
+# A one-node Sun Grid Engine (Debian's gridengine-master, -exec, -client):
+# sge_qmaster and sge_execd in the foreground (SGE_ND, in their environment
+# only), on free ports, with a cell of their own in a temporary SGE_ROOT
+# (the packages' binaries linked in), so nothing of the system's cell is
+# used or changed. The cell is written with the packages' own spooling tool
+# before the qmaster starts: classic (file) spooling, daemons running as
+# root (admin_user none), root allowed to run jobs (min_uid 0), the host
+# known by the name of 127.0.0.1 (usually "localhost") whatever its own name
+# is (host_aliases), so that both daemons see it under one name; then a
+# queue all.q with 4 slots and no load threshold (the load here is that of
+# every other test), and scheduling every second. Sets SGE_ROOT, SGE_CELL,
+# SGE_QMASTER_PORT and SGE_EXECD_PORT for this process (qsub, qstat,
+# qdel), restored by stop(). Up in about 1 s; a job starts about 1 s after
+# its submission.
+start_sge <- function() {
+  if (!is_root()) return("needs root (sge_qmaster, sge_execd)")
+  bin <- "/usr/lib/gridengine"
+  why <- need_tools("/usr/sbin/sge_qmaster", "/usr/sbin/sge_execd", file.path(bin, "spooldefaults"),
+                    "/var/lib/gridengine/bin", "/usr/share/gridengine/default-configuration")
+  if (!is.null(why)) return(paste(why, "(gridengine-master, gridengine-exec, gridengine-client)"))
+  # /usr/bin/qsub is Grid Engine's only if gridengine-client owns it (it
+  # conflicts with slurm-wlm-torque's).
+  qsub <- file.path(bin, "qsub")
+  if (!file.exists(qsub)) return("not installed: gridengine-client (tools/setup.sh installs it)")
+  if (!requireNamespace("processx", quietly = TRUE)) return("needs the processx package")
+  root <- file.path("/tmp", basename(tempfile("mirai-sge-")))
+  dir.create(root, mode = "0755")
+  vars <- c("SGE_ROOT", "SGE_CELL", "SGE_QMASTER_PORT", "SGE_EXECD_PORT")
+  old <- Sys.getenv(vars, NA, names = TRUE)
+  procs <- list()
+  host <- character()
+  sge <- function(cmd, args = character()) run(file.path(bin, cmd), args)
+  stop_fn <- function() {
+    if (length(procs) == 2L) {
+      sge("qdel", c("-f", "-u", "root"))
+      sge("qconf", c("-kej", host))
+    }
+    if (length(procs)) sge("qconf", "-km")
+    for (p in rev(procs)) stop_tree(p$get_pid())
+    for (v in vars) if (is.na(old[[v]])) Sys.unsetenv(v) else do.call(Sys.setenv, as.list(old[v]))
+    remove_dir(root)
+  }
+  fail <- function(what, out = character()) {
+    force(out)
+    logs <- unlist(lapply(c(list.files(root, "\\.log$", full.names = TRUE),
+                            file.path(root, "spool", c("qmaster", file.path("execd", host)),
+                                      "messages")),
+                          function(f) if (file.exists(f)) tail(readLines(f, warn = FALSE), 5)))
+    stop_fn()
+    paste(what, paste(c(out, logs), collapse = " | "))
+  }
+  Sys.setenv(SGE_ROOT = root, SGE_CELL = "mirai", SGE_QMASTER_PORT = free_tcp_port(),
+             SGE_EXECD_PORT = free_tcp_port())
+  # The name SGE's own resolver gives 127.0.0.1: the daemons talk over
+  # loopback, and each side must see the other under one name.
+  host <- sge("gethostbyaddr", c("-name", "127.0.0.1"))
+  if (attr(host, "status") != 0L || length(host) != 1L || !nzchar(host))
+    return(fail("cannot resolve 127.0.0.1:", host))
+  for (d in c("bin", "lib", "utilbin"))
+    file.symlink(file.path("/var/lib/gridengine", d), file.path(root, d))
+  file.symlink("/usr/share/gridengine/util", file.path(root, "util"))
+  common <- file.path(root, "mirai", "common")
+  qspool <- file.path(root, "spool", "qmaster")
+  tpl <- file.path(root, "templates")
+  dirs <- c(common, qspool, file.path(root, "spool", "execd"), file.path(tpl, c("hosts", "queues")))
+  for (d in dirs) dir.create(d, recursive = TRUE)
+  writeLines(c(
+    "admin_user none", "default_domain none", "ignore_fqdn true",
+    "spooling_method classic", "spooling_lib libspoolc",
+    sprintf("spooling_params %s;%s", common, qspool),
+    "binary_path /usr/sbin", sprintf("qmaster_spool_dir %s", qspool),
+    "security_mode none", "listener_threads 2", "worker_threads 2", "scheduler_threads 1"
+  ), file.path(common, "bootstrap"))
+  writeLines(host, file.path(common, "act_qmaster"))
+  if (Sys.info()[["nodename"]] != host)
+    writeLines(paste(host, Sys.info()[["nodename"]]), file.path(common, "host_aliases"))
+  conf <- readLines("/usr/share/gridengine/default-configuration")
+  set <- function(lines, key, value)
+    sub(sprintf("^%s[[:space:]].*$", key), paste(key, value), lines)
+  conf <- set(conf, "execd_spool_dir", file.path(root, "spool", "execd"))
+  conf <- set(conf, "min_uid", "0")
+  conf <- set(conf, "min_gid", "0")
+  conf <- set(conf, "mailer", "/bin/true")
+  conf <- set(conf, "load_report_time", "00:00:05")
+  writeLines(conf, file.path(tpl, "global"))
+  writeLines(paste("hostname", host), file.path(tpl, "hosts", host))
+  queue <- c(
+    "qname all.q", paste("hostlist", host), "seq_no 0", "load_thresholds NONE",
+    "suspend_thresholds NONE", "nsuspend 1", "suspend_interval 00:05:00", "priority 0",
+    "min_cpu_interval 00:05:00", "processors UNDEFINED", "qtype BATCH", "ckpt_list NONE",
+    "pe_list NONE", "rerun FALSE", "slots 4", "tmpdir /tmp", "shell /bin/sh", "prolog NONE",
+    "epilog NONE", "shell_start_mode unix_behavior", "starter_method NONE",
+    "suspend_method NONE", "resume_method NONE", "terminate_method NONE", "notify 00:00:60",
+    "owner_list NONE", "user_lists NONE", "xuser_lists NONE", "subordinate_list NONE",
+    "complex_values NONE", "projects NONE", "xprojects NONE", "calendar NONE",
+    "initial_state default",
+    paste(c("s_rt", "h_rt", "s_cpu", "h_cpu", "s_fsize", "h_fsize", "s_data", "h_data",
+            "s_stack", "h_stack", "s_core", "h_core", "s_rss", "h_rss", "s_vmem", "h_vmem"),
+          "INFINITY"))
+  writeLines(queue, file.path(tpl, "queues", "all.q"))
+  spool <- list(c("configuration", file.path(tpl, "global")),
+                c("complexes", "/usr/share/gridengine/util/resources/centry"),
+                c("usersets", "/usr/share/gridengine/util/resources/usersets"),
+                c("managers", "root"),
+                c("adminhosts", file.path(tpl, "hosts")),
+                c("submithosts", file.path(tpl, "hosts")))
+  for (a in spool) {
+    out <- sge("spooldefaults", a)
+    if (attr(out, "status") != 0L) return(fail(paste("spooldefaults", a[1L], "failed:"), out))
+  }
+  qmaster <- processx::process$new("/usr/sbin/sge_qmaster", stdout = file.path(root, "qmaster.log"),
+                                   stderr = "2>&1", env = c("current", SGE_ND = "1"))
+  procs <- list(qmaster)
+  up <- function() attr(sge("qconf", "-ss"), "status") == 0L
+  if (!wait_until(function() up() || !qmaster$is_alive(), 20) || !up())
+    return(fail("sge_qmaster did not come up:"))
+  # Schedule every second (the default is every 15 s).
+  sconf <- file.path(tpl, "sched")
+  sc <- sge("qconf", "-ssconf")
+  sc <- set(sc, "schedule_interval", "0:0:1")
+  sc <- set(sc, "flush_submit_sec", "1")
+  sc <- set(sc, "flush_finish_sec", "1")
+  sc <- set(sc, "job_load_adjustments", "NONE")
+  writeLines(sc, sconf)
+  out <- sge("qconf", c("-Msconf", sconf))
+  if (attr(out, "status") != 0L) return(fail("qconf -Msconf failed:", out))
+  # Through the qmaster (spooled beforehand, the queue would get no
+  # instance on the host).
+  out <- sge("qconf", c("-Aq", file.path(tpl, "queues", "all.q")))
+  if (attr(out, "status") != 0L) return(fail("qconf -Aq failed:", out))
+  execd <- processx::process$new("/usr/sbin/sge_execd", stdout = file.path(root, "execd.log"),
+                                 stderr = "2>&1", env = c("current", SGE_ND = "1"))
+  procs <- c(procs, execd)
+  ready <- function() {
+    out <- sge("qstat", c("-f", "-q", "all.q"))
+    # The queue instance is listed without a state (such as "u", unknown)
+    # once the execd has reported.
+    instance <- "^all\\.q@[^ ]+ +B +[0-9/]+ +[-0-9.]+ +[^ ]+ *$"
+    attr(out, "status") == 0L && any(grepl(instance, out))
+  }
+  if (!wait_until(function() ready() || !execd$is_alive(), 30) || !ready())
+    return(fail("sge_execd did not report:", c(sge("qstat", "-f"), sge("qhost"))))
+  jobs <- file.path(root, "jobs")
+  dir.create(jobs)
+  list(root = root, jobs = jobs, qsub = qsub, stop = stop_fn)
+}
+
+# Job ids Grid Engine still has (pending, running or being deleted).
+sge_jobs <- function() {
+  out <- run("/usr/lib/gridengine/qstat", c("-u", "root"))
+  ids <- sub("^[[:space:]]*([0-9]+)[[:space:]].*$", "\\1", grep("^[[:space:]]*[0-9]+[[:space:]]", out, value = TRUE))
+  ids
+}
+
 # ------------------------------------------------------------------ HTTP launch API
 
 # A job-launching HTTP API (python3's http.server): each POST is recorded in

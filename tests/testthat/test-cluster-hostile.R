@@ -1,5 +1,5 @@
-# A miraiCluster's native node path (R/cluster.R, rust/src/r/node.rs and
-# the daemon's node tasks in rust/src/r/daemon.rs) under unusual use:
+# A miraiCluster's native node path (R/cluster.R, rust/src/r/glue/node.rs and
+# the daemon's node tasks in rust/src/r/glue/daemon.rs) under unusual use:
 # parallel's low-level API called by hand, functions that differ only in
 # their source references, daemons launched by hand with their own
 # settings, and node environments that were tampered with. The reference

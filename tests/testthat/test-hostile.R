@@ -7,8 +7,8 @@
 # u32; Init = 1; Refused = 2 with a string; Challenge = 7 with version u32 and
 # a 32-byte nonce; Welcome = 8 with an optional 32-byte HMAC). On accept the
 # host sends its SP header and a Challenge; a daemon answers with its Hello;
-# the host then sends its Welcome and the Init. See rust/src/frame.rs,
-# rust/src/proto.rs and rust/src/auth.rs.
+# the host then sends its Welcome and the Init. See rust/src/wire/frame.rs,
+# rust/src/wire/proto.rs and rust/src/wire/auth.rs.
 
 sp_header <- as.raw(c(0x00, 0x53, 0x50, 0x00, 0x00, 0x11, 0x00, 0x00))
 hop <- as.raw(c(0x00, 0x00, 0x00, 0x01))

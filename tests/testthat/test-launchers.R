@@ -1,5 +1,6 @@
 # Launchers, for real: an OpenSSH server (direct, and tunnelled from a
-# network namespace), a one-node Slurm cluster and an HTTP launch API, each
+# network namespace), one-node Slurm and Grid Engine clusters (Slurm also
+# behind Torque's qsub) and an HTTP launch API, each
 # started by the test (helper-services.R) and stopped after it.
 
 secret_of <- function(cmd) sub("^MIRAI_SECRET=([0-9a-f]+) .*$", "\\1", cmd)
@@ -19,6 +20,23 @@ test_that("launch configurations are checked and built as documented", {
   expect_identical(cl$args[2L], ".")
   expect_null(cl$quote)
   expect_error(cluster_config(NA_character_), "`command` must be")
+  # Each scheduler's jobs are cancelled by its own command, next to it.
+  expect_identical(cl$cancel, "scancel")
+  expect_false(cl$stdin)
+  expect_identical(cluster_config("/opt/sge/bin/qsub -V")$cancel, "/opt/sge/bin/qdel")
+  bsub <- cluster_config("LSF_ENVDIR=/etc/lsf bsub -q short")
+  expect_identical(bsub$cancel, "LSF_ENVDIR=/etc/lsf bkill")
+  expect_true(bsub$stdin)
+  expect_null(cluster_config("submit-job")$cancel)
+  # ...by the job id the submission printed, whatever the scheduler.
+  id <- mirai:::submitted_job_id
+  expect_identical(id("Submitted batch job 4021"), "4021")
+  expect_identical(id("4021;cluster2"), "4021")
+  expect_identical(id('Your job 17 ("mirai") has been submitted'), "17")
+  expect_identical(id('Your job-array 18.1-4:1 ("mirai") has been submitted'), "18")
+  expect_identical(id("Job <311> is submitted to default queue <normal>."), "311")
+  expect_identical(id(c("qsub: note: defaults applied", "12.pbs-server.example")), "12.pbs-server.example")
+  expect_null(id("qsub: job rejected"))
   expect_error(http_config(url = 1), "`url` must be")
   expect_identical(http_config(url = "http://x", data = "%s")$type, "http")
 })
@@ -440,10 +458,18 @@ test_that("ssh_config(tunnel = TRUE): a daemon that can reach the host only thro
   expect_true(wait_until(function() !length(procs_with(sprintf("-R %d:127.0.0.1:%d", port, port))), 10))
 })
 
+# One Slurm cluster for the tests that submit to it (with sbatch, and with
+# Torque's qsub over it): started by the first, stopped when this file ends.
+shared <- new.env()
+shared_slurm <- function() {
+  if (is.null(shared$slurm)) shared$slurm <- start_slurm()
+  shared$slurm
+}
+withr::defer(if (is.list(shared$slurm)) shared$slurm$stop())
+
 test_that("cluster_config(): Slurm jobs connect back, return results, and daemons(0) leaves no job", {
-  slurm <- start_slurm()
+  slurm <- shared_slurm()
   skip_unless_service(slurm)
-  on.exit(slurm$stop())
   opts <- sprintf("  #SBATCH --job-name=mirai-test\n  #SBATCH --output=%s/job-%%j.out\n#SBATCH --time=5",
                   slurm$jobs)
   daemons(2, url = "tcp://127.0.0.1:0", remote = cluster_config("sbatch", opts, rscript = test_rscript()))
@@ -453,11 +479,73 @@ test_that("cluster_config(): Slurm jobs connect back, return results, and daemon
   res <- mirai_map(1:4, function(x) c(x = x * 10, job = as.numeric(Sys.getenv("SLURM_JOB_ID"))))[]
   expect_identical(vapply(res, `[[`, numeric(1L), "x"), c(10, 20, 30, 40))
   expect_true(all(vapply(res, `[[`, numeric(1L), "job") %in% as.numeric(slurm_jobs())))
+  # A job held in the queue at the reset is cancelled with the others.
+  launch_remote(1, cluster_config("sbatch", paste(opts, "#SBATCH --hold", sep = "\n"), rscript = test_rscript()))
+  expect_length(slurm_jobs(), 3L)
   daemons(0)
   expect_true(wait_until(function() length(slurm_jobs()) == 0L, 30))
   expect_length(slurm_jobs(), 0L)
   # The jobs ran the job script given, with its directives.
   expect_length(list.files(slurm$jobs, "^job-[0-9]+\\.out$"), 2L)
+})
+
+test_that("cluster_config(): SGE jobs connect back, return results, and daemons(0) leaves no job", {
+  sge <- start_sge()
+  skip_unless_service(sge)
+  on.exit(sge$stop())
+  opts <- sprintf("#$ -N mirai-sge\n#$ -o %s\n#$ -j y", sge$jobs)
+  daemons(2, url = local_url(tcp = TRUE), remote = cluster_config(sge$qsub, opts, rscript = test_rscript()))
+  on.exit(daemons(0), add = TRUE, after = FALSE)
+  jobs <- sge_jobs()
+  expect_length(jobs, 2L)
+  expect_true(wait_until(function() status()$connections == 2L, 60))
+  res <- mirai_map(1:4, function(x) list(x = x * 10, job = Sys.getenv("JOB_ID"), name = Sys.getenv("JOB_NAME"),
+                                         cell = Sys.getenv("SGE_CELL")))[]
+  expect_identical(vapply(res, `[[`, numeric(1L), "x"), c(10, 20, 30, 40))
+  # Each ran in one of the jobs submitted, under the job script's directives.
+  expect_true(all(vapply(res, `[[`, "", "job") %in% jobs))
+  expect_identical(unique(vapply(res, `[[`, "", "name")), "mirai-sge")
+  expect_identical(unique(vapply(res, `[[`, "", "cell")), "mirai")
+  # A job still queued (held, so it cannot start) when the launch is
+  # cancelled: daemons(0) deletes it along with the running ones.
+  launch_remote(1, cluster_config(sge$qsub, paste(opts, "#$ -h", sep = "\n"), rscript = test_rscript()))
+  expect_length(sge_jobs(), 3L)
+  daemons(0)
+  expect_true(wait_until(function() length(sge_jobs()) == 0L, 30))
+  expect_length(sge_jobs(), 0L)
+  expect_setequal(list.files(sge$jobs), sprintf("mirai-sge.o%s", jobs))
+})
+
+test_that("cluster_config(): PBS job scripts through Torque's qsub over Slurm join, and daemons(0) leaves no job", {
+  torque <- torque_qsub()
+  skip_unless_service(torque)
+  slurm <- shared_slurm()
+  skip_unless_service(slurm)
+  # The wrapper's own -o/-e would name files in the working directory.
+  qsub <- sprintf("%s -o %s/pbs-%%j.out -e %s/pbs-%%j.err", torque$qsub, slurm$jobs, slurm$jobs)
+  opts <- "#PBS -N mirai-pbs\n#PBS -l walltime=00:05:00"
+  daemons(2, url = local_url(tcp = TRUE), remote = cluster_config(qsub, opts, rscript = test_rscript()))
+  on.exit(daemons(0))
+  jobs <- slurm_jobs()
+  expect_length(jobs, 2L)
+  expect_true(wait_until(function() status()$connections == 2L, 60))
+  res <- mirai_map(1:4, function(x) list(x = x * 10, job = Sys.getenv("SLURM_JOB_ID"),
+                                         name = Sys.getenv("SLURM_JOB_NAME")))[]
+  expect_identical(vapply(res, `[[`, numeric(1L), "x"), c(10, 20, 30, 40))
+  expect_true(all(vapply(res, `[[`, "", "job") %in% jobs))
+  # sbatch read the #PBS directives: the job name, and the walltime as the
+  # job's time limit.
+  expect_identical(unique(vapply(res, `[[`, "", "name")), "mirai-pbs")
+  expect_identical(unique(run("squeue", c("-h", "-o", "%l"))), "5:00")
+  # The PBS view of the queue, through the wrapper's qstat.
+  expect_setequal(torque_active(torque), jobs)
+  launch_remote(1, cluster_config(qsub, paste(opts, "#PBS -h", sep = "\n"), rscript = test_rscript()))
+  expect_length(torque_active(torque), 3L)
+  daemons(0)
+  expect_true(wait_until(function() length(slurm_jobs()) == 0L, 30))
+  expect_length(torque_active(torque), 0L)
+  # Output where the qsub command line said (the held job never ran).
+  expect_setequal(list.files(slurm$jobs, "^pbs-.*\\.out$"), sprintf("pbs-%s.out", jobs))
 })
 
 test_that("http_config(): the request carries method, headers and the daemon call; the daemon joins", {

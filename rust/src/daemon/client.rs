@@ -15,13 +15,13 @@
 //! and wall time limits and user interrupts still apply. Bodies grow as
 //! bytes arrive, up to the daemon's message limit.
 
-use crate::auth::{self, Prover};
-use crate::decoder::Decoder;
-use crate::frame::{strip_hop, Framing, SP_HEADER};
-use crate::proto::{self, Msg, PROTOCOL_VERSION};
-use crate::threads::{self, lock};
-use crate::transport::{dial_with, wait_readable, BlockingStream};
-use crate::url::Address;
+use crate::wire::auth::{self, Prover};
+use crate::wire::decoder::Decoder;
+use crate::wire::frame::{strip_hop, Framing, SP_HEADER};
+use crate::wire::proto::{self, Msg, PROTOCOL_VERSION};
+use crate::sys::threads::{self, lock};
+use crate::wire::transport::{dial_with, wait_readable, BlockingStream};
+use crate::wire::url::Address;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::collections::VecDeque;

@@ -1,41 +1,20 @@
 //! `.Call`s for mirai: reading a value, waiting, racing, cancelling.
 
-use super::call::{wait_interruptibly, RError, RResult};
-use super::ffi::SEXP;
-use super::handle::{handle, kept, new_handle, Held, Tagged};
-use super::later;
-use super::object;
-use super::profile::Profile;
-use super::serial;
-use super::value::*;
-use crate::aio::{wait_any, Doorbell, Outcome, Slot};
-use crate::sched::ERR_CANCELED;
-use std::ffi::CStr;
+use crate::r::layer::call::{wait_interruptibly, RError, RResult};
+use crate::r::layer::ffi::SEXP;
+use crate::r::layer::handle::{handle, kept, Held};
+use crate::r::layer::later;
+use crate::r::layer::object;
+use super::profile::Aio;
+use crate::r::layer::serial;
+use crate::r::layer::value::*;
+use crate::host::aio::{wait_any, Doorbell, Outcome, Slot};
+use crate::host::sched::ERR_CANCELED;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What a mirai's aio handle owns: its completion slot, its task id, and
-/// its profile (kept alive while any of its mirai is).
-pub struct Aio {
-    pub slot: Arc<Slot>,
-    pub id: u64,
-    pub profile: Arc<Profile>,
-}
-
-impl Tagged for Aio {
-    const TAG: &'static CStr = c"mirai_aio";
-}
-
 pub(super) fn aio(s: &impl Held) -> Result<&Aio, RError> {
     handle::<Aio>(s, "aio")
-}
-
-/// A new mirai object around `a`; `cfg` is the serialization config its
-/// value will be read with.
-pub fn new_aio(a: Aio, cfg: SEXP) -> RResult {
-    let id = a.id;
-    let h = new_handle(a, cfg)?;
-    object::new_mirai(h.sexp(), id, None)
 }
 
 /// `.onLoad`: the data routine and the 'unresolved' value.

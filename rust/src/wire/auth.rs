@@ -20,7 +20,7 @@
 //! and may alter the traffic; TLS (`tls+tcp://`, `wss://`) is the answer to
 //! an untrusted network.
 
-use crate::proto::{MAC_LEN, NONCE_LEN};
+use crate::wire::proto::{MAC_LEN, NONCE_LEN};
 use ring::hmac;
 
 /// Who proves: binds a MAC to its direction (and the protocol generation),
@@ -43,11 +43,10 @@ impl Prover {
 pub type Nonce = [u8; NONCE_LEN];
 pub type Mac = [u8; MAC_LEN];
 
-/// A fresh nonce from the kernel's random source.
+/// A fresh nonce from the system's random source.
 pub fn nonce() -> std::io::Result<Nonce> {
-    let b = crate::url::random_bytes(NONCE_LEN)?;
     let mut n = [0u8; NONCE_LEN];
-    n.copy_from_slice(&b);
+    crate::sys::random::fill_random(&mut n)?;
     Ok(n)
 }
 

@@ -15,7 +15,7 @@ use super::call::{try_r, RError};
 use super::ffi::*;
 use super::global::MainThread;
 use super::value::*;
-use crate::aio::Slot;
+use crate::host::aio::Slot;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,7 +8,7 @@
 //! they run on whichever thread completes the slot, right after the
 //! outcome is stored, outside the slot's lock.
 
-use crate::threads::lock;
+use crate::sys::threads::lock;
 use crossbeam_channel::{bounded, Receiver, Select, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

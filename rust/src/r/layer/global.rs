@@ -22,7 +22,7 @@ pub const CHECKED: bool = cfg!(any(debug_assertions, feature = "test-hooks"));
 #[inline(always)]
 pub fn assert_main_thread(what: &str) {
     if CHECKED {
-        assert!(crate::threads::on_main_thread(), "mirai: {what} touched off R's main thread");
+        assert!(crate::sys::threads::on_main_thread(), "mirai: {what} touched off R's main thread");
     }
 }
 

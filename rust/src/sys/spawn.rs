@@ -3,7 +3,7 @@
 //! zombies. Each goes in its own process group, so a Ctrl-C typed at the
 //! host's terminal interrupts the host, not its daemons.
 
-use crate::threads::{self, lock};
+use crate::sys::threads::{self, lock};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};

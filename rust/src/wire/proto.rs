@@ -24,7 +24,7 @@ pub const ENVELOPE_LIMIT: usize = 4096;
 /// proved it holds the secret: an envelope and the pair1 hop count. Every
 /// layer that buffers bytes before authentication (the SP decoder, a
 /// WebSocket's frames and fragments) is held to it.
-pub const HANDSHAKE_LIMIT: u64 = (ENVELOPE_LIMIT + crate::frame::HOP_LEN) as u64;
+pub const HANDSHAKE_LIMIT: u64 = (ENVELOPE_LIMIT + crate::wire::frame::HOP_LEN) as u64;
 
 /// The most bytes a host reads from a peer through TLS or WebSocket before
 /// the peer authenticates (records, the HTTP upgrade, frames, pings), and

@@ -1,17 +1,16 @@
 //! `.Call`s for the daemon's receive-evaluate-reply loop (R/daemon.R).
 
-use super::call::{clear_interrupt, interrupt_pending, RError, RResult};
-use super::ffi::SEXP;
-use super::lang::*;
-use super::node::node_payload_names;
-use super::handle::{handle, kept, new_handle, set_kept, Held, Tagged};
-use super::profile::max_message;
-use super::serial;
-use super::value::*;
-use crate::client::{ClientConn, ExitCode, Incoming};
-use crate::frame::task_payload;
-use crate::threads::lock;
-use crate::url::Address;
+use crate::r::layer::call::{clear_interrupt, interrupt_pending, RError, RResult};
+use crate::r::layer::ffi::SEXP;
+use crate::r::layer::lang::*;
+use super::shared::{max_message, node_payload_names};
+use crate::r::layer::handle::{handle, kept, new_handle, set_kept, Held, Tagged};
+use crate::r::layer::serial;
+use crate::r::layer::value::*;
+use crate::daemon::client::{ClientConn, ExitCode, Incoming};
+use crate::wire::frame::task_payload;
+use crate::sys::threads::lock;
+use crate::wire::url::Address;
 use std::ffi::CStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -47,7 +46,7 @@ pub fn mirai_dial(
         Address::Tcp { tls: true, .. } if is_null(tlscert) => {
             return Err("`tlscert` is required for a tls+tcp:// or wss:// URL: use the launch command the host prints, which carries the host's certificate".into())
         }
-        Address::Tcp { tls: true, .. } => Some(crate::tls::client_config(&str_arg(tlscert, "tlscert")?)?),
+        Address::Tcp { tls: true, .. } => Some(crate::wire::tls::client_config(&str_arg(tlscert, "tlscert")?)?),
         _ => None,
     };
     let max_message = max_message(max_msg)?;

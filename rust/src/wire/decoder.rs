@@ -9,7 +9,7 @@
 //! trip). Any other reader goes through `next`, which zero-fills what it
 //! reads into, a little at a time.
 
-use crate::frame::{check_sp_header, Framing, MAX_MESSAGE, SP_HEADER};
+use crate::wire::frame::{check_sp_header, Framing, MAX_MESSAGE, SP_HEADER};
 use std::io::{self, Read};
 use std::os::fd::RawFd;
 

@@ -10,28 +10,23 @@
 //!
 //! Errors are sentences naming the argument at fault (`tls` or `pass`).
 
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 
 /// What a password that does not decrypt the key is told.
 const WRONG_PASS: &str = "`pass`: wrong password for the encrypted `tls` key";
 
-/// The PEM block `label` in `pem`, markers included, if present.
-fn pem_block<'a>(pem: &'a str, label: &str) -> Option<&'a str> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = pem.find(&begin)?;
-    let stop = pem[start..].find(&end)? + start + end.len();
-    Some(&pem[start..stop])
+/// Whether PEM block `b` is encrypted in OpenSSL's legacy format.
+fn legacy_encrypted(b: &pem::Pem) -> bool {
+    b.headers().get("Proc-Type").is_some_and(|v| v.trim() == "4,ENCRYPTED")
 }
 
-/// The private key in `pem`, decrypted with `pass` if it is encrypted.
-pub fn private_key(pem: &str, pass: Option<&str>) -> Result<PrivateKeyDer<'static>, String> {
-    if let Some(block) = pem_block(pem, "ENCRYPTED PRIVATE KEY") {
+/// The private key among the PEM `blocks` (see `tls::pem_blocks`),
+/// decrypted with `pass` if it is encrypted.
+pub fn private_key(blocks: &[pem::Pem], pass: Option<&str>) -> Result<PrivateKeyDer<'static>, String> {
+    if let Some(block) = blocks.iter().find(|b| b.tag() == "ENCRYPTED PRIVATE KEY") {
         let pass = need_pass(pass)?;
         let bad = |e: &dyn std::fmt::Display| format!("`tls`: cannot read the encrypted private key: {e}");
-        let (_, doc) = pkcs8::SecretDocument::from_pem(block).map_err(|e| bad(&e))?;
-        let info = pkcs8::EncryptedPrivateKeyInfo::try_from(doc.as_bytes()).map_err(|e| bad(&e))?;
+        let info = pkcs8::EncryptedPrivateKeyInfo::try_from(block.contents()).map_err(|e| bad(&e))?;
         let plain = info.decrypt(pass.as_bytes()).map_err(|e| match e {
             // The padding or the key inside did not check out.
             // (pkcs5 0.7 reports a bad padding as EncryptFailed.)
@@ -48,46 +43,41 @@ pub fn private_key(pem: &str, pass: Option<&str>) -> Result<PrivateKeyDer<'stati
         })?;
         return Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(plain.as_bytes().to_vec())));
     }
-    if pem.contains("Proc-Type: 4,ENCRYPTED") {
-        return legacy(pem, need_pass(pass)?);
+    if let Some(block) = blocks.iter().find(|b| legacy_encrypted(b)) {
+        return legacy(block, need_pass(pass)?);
     }
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            "`tls`: no private key found (give the key after the certificate in one file, or as c(cert, key))"
-                .to_string()
-        }
-        e => format!("`tls`: cannot read the private key: {e}"),
-    })
+    let der = |b: &pem::Pem| b.contents().to_vec();
+    blocks
+        .iter()
+        .find_map(|b| match b.tag() {
+            "PRIVATE KEY" => Some(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der(b)))),
+            "RSA PRIVATE KEY" => Some(PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der(b)))),
+            "EC PRIVATE KEY" => Some(PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(der(b)))),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            "`tls`: no private key found (give the key after the certificate in one file, or as c(cert, key))".into()
+        })
 }
 
 fn need_pass(pass: Option<&str>) -> Result<&str, String> {
     pass.ok_or_else(|| "`tls`: the private key is encrypted: give its password with `pass`".to_string())
 }
 
-/// OpenSSL's legacy encrypted PEM (RFC 1421 headers): the key is
-/// EVP_BytesToKey(MD5, salt = the IV's first 8 bytes, one round) of the
-/// password; the body is the DER key under CBC with PKCS#7 padding.
-fn legacy(pem: &str, pass: &str) -> Result<PrivateKeyDer<'static>, String> {
-    let (label, block) = ["RSA PRIVATE KEY", "EC PRIVATE KEY"]
-        .iter()
-        .find_map(|l| pem_block(pem, l).filter(|b| b.contains("Proc-Type: 4,ENCRYPTED")).map(|b| (*l, b)))
-        .ok_or("`tls`: an encrypted private key in OpenSSL's legacy format must be an RSA or EC key")?;
-    let bad = |what: &str| format!("`tls`: cannot read the encrypted private key: {what}");
-    let mut lines = block.lines().skip(1);
-    let mut dek = None;
-    for line in lines.by_ref() {
-        let line = line.trim();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.strip_prefix("DEK-Info:") {
-            dek = Some(v.trim());
-        }
+/// OpenSSL's legacy encrypted PEM (RFC 1421 headers, read by the `pem`
+/// crate): the key is EVP_BytesToKey(MD5, salt = the IV's first 8 bytes,
+/// one round) of the password; the body is the DER key under CBC with
+/// PKCS#7 padding.
+fn legacy(block: &pem::Pem, pass: &str) -> Result<PrivateKeyDer<'static>, String> {
+    let label = block.tag();
+    if label != "RSA PRIVATE KEY" && label != "EC PRIVATE KEY" {
+        return Err("`tls`: an encrypted private key in OpenSSL's legacy format must be an RSA or EC key".into());
     }
+    let bad = |what: &str| format!("`tls`: cannot read the encrypted private key: {what}");
+    let dek = block.headers().get("DEK-Info");
     let (cipher, iv_hex) = dek.and_then(|d| d.split_once(',')).ok_or_else(|| bad("no DEK-Info header"))?;
     let iv = hex(iv_hex.trim()).ok_or_else(|| bad("a malformed IV in DEK-Info"))?;
-    let body: String = lines.take_while(|l| !l.starts_with("-----END")).map(str::trim).collect();
-    let mut data = <base64ct::Base64 as base64ct::Encoding>::decode_vec(&body).map_err(|_| bad("malformed base64"))?;
+    let mut data = block.contents().to_vec();
     let cipher = cipher.trim().to_ascii_uppercase();
     let key_len = match cipher.as_str() {
         "AES-128-CBC" => 16,

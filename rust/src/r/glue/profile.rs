@@ -1,22 +1,42 @@
 //! `.Call`s for a compute profile: its host (listener, dispatcher, daemon
 //! connections) and the local daemons it launched.
 
-use super::call::{console_message, wait_interruptibly, RError, RResult};
-use super::ffi::SEXP;
-use super::handle::{handle, kept, new_handle, Held, Tagged};
-use super::mirai::{new_aio, Aio};
-use super::serial;
-use super::value::*;
-use crate::aio::Slot;
-use crate::frame::MAX_MESSAGE;
+use crate::r::layer::call::{console_message, wait_interruptibly, RError, RResult};
+use crate::r::layer::ffi::SEXP;
+use crate::r::layer::handle::{handle, kept, new_handle, Held, Tagged};
+use crate::r::layer::object;
+use crate::r::layer::serial;
+use crate::r::layer::value::*;
+use crate::host::aio::Slot;
+use super::shared::max_message;
 use crate::host::{Host, HostOptions};
-use crate::spawn::{self, Child};
-use crate::threads::lock;
-use crate::url::Address;
+use crate::sys::spawn::{self, Child};
+use crate::sys::threads::lock;
+use crate::wire::url::Address;
 use std::ffi::CStr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// What a mirai's aio handle owns: its completion slot, its task id, and
+/// its profile (kept alive while any of its mirai is).
+pub struct Aio {
+    pub slot: Arc<Slot>,
+    pub id: u64,
+    pub profile: Arc<Profile>,
+}
+
+impl Tagged for Aio {
+    const TAG: &'static CStr = c"mirai_aio";
+}
+
+/// A new mirai object around `a`; `cfg` is the serialization config its
+/// value will be read with.
+pub fn new_aio(a: Aio, cfg: SEXP) -> RResult {
+    let id = a.id;
+    let h = new_handle(a, cfg)?;
+    object::new_mirai(h.sexp(), id, None)
+}
 
 /// What a profile handle owns.
 pub struct Profile {
@@ -37,18 +57,6 @@ fn profile(p: &impl Held) -> Result<&Arc<Profile>, RError> {
 /// The R error for a call on a profile whose host failed.
 pub fn host_failed(why: String) -> RError {
     format!("this compute profile's host has failed: {why}; its pending mirai resolved to errorValue 19. Reset it with daemons(0)").into()
-}
-
-/// The message size cap in bytes (R validates it; NULL: the default).
-pub fn max_message(s: SEXP) -> Result<u64, RError> {
-    if is_null(s) {
-        return Ok(MAX_MESSAGE);
-    }
-    let b = f64_arg(s, "mirai.max_message")?;
-    if b.is_nan() || b < 1024.0 {
-        return Err("option `mirai.max_message` must be a number of bytes of at least 1024".into());
-    }
-    Ok(if b >= u64::MAX as f64 { u64::MAX } else { b as u64 })
 }
 
 /// Most tasks one `everywhere()` call may create for daemons yet to connect.
@@ -106,11 +114,11 @@ pub fn mirai_host_start(
     let url = str_arg(url, "url")?;
     let addr = Address::parse(&url)?;
     let creds = match &addr {
-        Address::Tcp { tls: true, host, .. } if is_null(tls) => Some(crate::tls::generated_creds(host)?),
+        Address::Tcp { tls: true, host, .. } if is_null(tls) => Some(crate::wire::tls::generated_creds(host)?),
         Address::Tcp { tls: true, .. } => {
             let pem = strs_arg(tls, "tls")?.join("\n");
             let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
-            Some(crate::tls::server_creds(&pem, pass.as_deref())?)
+            Some(crate::wire::tls::server_creds(&pem, pass.as_deref())?)
         }
         _ if !is_null(tls) => return Err("`tls` needs a tls+tcp:// or wss:// URL".into()),
         _ => None,
@@ -143,7 +151,7 @@ pub fn mirai_host_start(
 pub fn mirai_tls_check(tls: SEXP, pass: SEXP) -> RResult {
     let pem = strs_arg(tls, "tls")?.join("\n");
     let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
-    crate::tls::server_creds(&pem, pass.as_deref())?;
+    crate::wire::tls::server_creds(&pem, pass.as_deref())?;
     Ok(Owned::nil())
 }
 
@@ -261,7 +269,7 @@ pub fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> RResult {
     })();
     if res.is_err() {
         for (id, _) in &tasks[built..] {
-            prof.host.cancel(*id, crate::sched::ERR_CANCELED);
+            prof.host.cancel(*id, crate::host::sched::ERR_CANCELED);
         }
     }
     res

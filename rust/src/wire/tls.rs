@@ -20,7 +20,6 @@ mod key;
 mod verify;
 mod x509;
 
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 use std::io::{self, Read, Write};
@@ -50,31 +49,35 @@ pub fn generate(names: &[String]) -> Result<(String, String), String> {
     Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
 }
 
-/// Every certificate in `pem`, in order. Only the CERTIFICATE blocks are
-/// decoded: other blocks may carry RFC 1421 headers (a legacy encrypted
-/// key's `Proc-Type:`), which the PEM reader of rustls refuses.
-fn certs_of(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let mut certs = Vec::new();
-    let mut rest = pem;
-    while let Some(start) = rest.find(BEGIN) {
-        let stop = rest[start..].find(END).ok_or("cannot read the PEM certificates: a certificate has no END line")?
-            + start
-            + END.len();
-        let cert = CertificateDer::from_pem_slice(&rest.as_bytes()[start..stop])
-            .map_err(|e| format!("cannot read the PEM certificates: {e}"))?;
-        certs.push(cert);
-        rest = &rest[stop..];
+/// The PEM blocks of `text` (certificates, keys and whatever else), read by
+/// the `pem` crate, which also takes the RFC 1421 headers of a legacy
+/// encrypted key (the PEM reader of rustls refuses them). A block cut off
+/// before its END line is an error rather than a block left out.
+fn pem_blocks(text: &str) -> Result<Vec<pem::Pem>, String> {
+    let blocks = pem::parse_many(text).map_err(|e| e.to_string())?;
+    if text.matches("-----BEGIN ").count() != blocks.len() {
+        return Err("a block has no END line".into());
     }
-    Ok(certs)
+    Ok(blocks)
+}
+
+/// The certificates among `blocks`, in order.
+fn certs_in(blocks: &[pem::Pem]) -> Vec<CertificateDer<'static>> {
+    blocks.iter().filter(|b| b.tag() == "CERTIFICATE").map(|b| CertificateDer::from(b.contents().to_vec())).collect()
+}
+
+/// `certs` as PEM text, one block after another.
+fn pem_encode_certs(certs: &[CertificateDer<'_>]) -> String {
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    certs.iter().map(|c| pem::encode_config(&pem::Pem::new("CERTIFICATE", c.to_vec()), lf)).collect()
 }
 
 /// A server configuration from PEM text holding the certificate, any chain
 /// after it, and the private key (decrypted with `pass` if encrypted).
 /// Errors name the argument at fault, `tls` or `pass`.
 pub fn server_creds(pem: &str, pass: Option<&str>) -> Result<ServerCreds, String> {
-    let certs = certs_of(pem).map_err(|e| format!("`tls`: {e}"))?;
+    let blocks = pem_blocks(pem).map_err(|e| format!("`tls`: cannot read the PEM certificates and key: {e}"))?;
+    let certs = certs_in(&blocks);
     if certs.is_empty() {
         return Err("`tls`: no certificate found (a PEM '-----BEGIN CERTIFICATE-----' block)".into());
     }
@@ -89,8 +92,8 @@ pub fn server_creds(pem: &str, pass: Option<&str>) -> Result<ServerCreds, String
             return Err(format!("`tls`: {which} is not valid before {}", x509::show_time(f.not_before)));
         }
     }
-    let key = key::private_key(pem, pass)?;
-    let chain_pem = certs.iter().map(|c| pem_encode("CERTIFICATE", c)).collect::<String>();
+    let key = key::private_key(&blocks, pass)?;
+    let chain_pem = pem_encode_certs(&certs);
     let config = server_config(certs, key)?;
     Ok(ServerCreds { config: Arc::new(config), chain_pem })
 }
@@ -133,28 +136,6 @@ fn server_config(
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified))))
 }
 
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
-    for ch in der.chunks(3) {
-        let n = (ch[0] as u32) << 16 | (*ch.get(1).unwrap_or(&0) as u32) << 8 | *ch.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= ch.len() {
-                b64.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
 /// Generated credentials for a host listening at `host` (empty or a
 /// wildcard: this machine's loopback, name and interface addresses).
 pub fn generated_creds(host: &str) -> Result<ServerCreds, String> {
@@ -166,7 +147,7 @@ pub fn generated_creds(host: &str) -> Result<ServerCreds, String> {
                 v.push(n.to_string());
             }
         }
-        v.extend(crate::url::interface_addresses().into_iter().map(|(_, ip)| ip));
+        v.extend(crate::sys::net::interface_addresses().into_iter().map(|(_, ip)| ip));
         v
     } else {
         vec![host.to_string()]
@@ -179,7 +160,8 @@ pub fn generated_creds(host: &str) -> Result<ServerCreds, String> {
 /// `ca_pem` (`tlscert`: the host's own certificate, a CA, or a chain), as
 /// `verify` explains.
 pub fn client_config(ca_pem: &str) -> Result<Arc<ClientConfig>, String> {
-    let certs = certs_of(ca_pem).map_err(|e| format!("`tlscert`: {e}"))?;
+    let blocks = pem_blocks(ca_pem).map_err(|e| format!("`tlscert`: cannot read the PEM certificates: {e}"))?;
+    let certs = certs_in(&blocks);
     let provider = provider();
     let verifier = verify::HostVerifier::new(certs, provider.signature_verification_algorithms)?;
     let config = ClientConfig::builder_with_provider(provider)
@@ -644,7 +626,7 @@ mod tests {
             return;
         }
         let cert = read(&d, &["cert.pem"]);
-        let f = x509::facts(&certs_of(&cert).unwrap()[0]).unwrap();
+        let f = x509::facts(&certs_in(&pem_blocks(&cert).unwrap())[0]).unwrap();
         assert_eq!((f.common_names.clone(), f.has_san), (vec!["127.0.0.1".to_string()], false));
         let sc = server_creds(&read(&d, &["cert.pem", "key.pem"]), None).unwrap();
         assert_eq!(sc.chain_pem.trim(), cert.trim());
@@ -747,7 +729,8 @@ mod tests {
         let e = server_creds(&pem, None).unwrap_err();
         assert!(e.starts_with("`tls`: the certificate expired on 2020-01-02T00:00:00Z"), "{e}");
         // A host that served it anyway is refused by a daemon pinning it.
-        let sc = server_config(certs_of(&pem).unwrap(), key::private_key(&pem, None).unwrap()).unwrap();
+        let blocks = pem_blocks(&pem).unwrap();
+        let sc = server_config(certs_in(&blocks), key::private_key(&blocks, None).unwrap()).unwrap();
         let cc = client_config(&pem).unwrap();
         let e = handshake(&Arc::new(sc), &cc, "127.0.0.1").unwrap_err();
         assert!(e.contains("expired on 2020-01-02"), "{e}");
@@ -807,12 +790,14 @@ mod tests {
     }
 
     #[test]
-    fn pem_encoding_round_trips() {
-        for n in 0..10usize {
-            let der: Vec<u8> = (0..(100 + n)).map(|i| (i * 31) as u8).collect();
-            let pem = pem_encode("CERTIFICATE", &der);
-            let back = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-            assert_eq!(back.as_ref(), &der[..]);
-        }
+    fn certificates_round_trip_through_pem_and_a_cut_block_is_an_error() {
+        let certs: Vec<CertificateDer> = (0..3usize)
+            .map(|n| CertificateDer::from((0..(100 + n)).map(|i| (i * 31) as u8).collect::<Vec<u8>>()))
+            .collect();
+        let text = pem_encode_certs(&certs);
+        assert!(!text.contains('\r'));
+        assert_eq!(text.matches("-----BEGIN CERTIFICATE-----\n").count(), 3);
+        assert_eq!(certs_in(&pem_blocks(&text).unwrap()), certs);
+        assert!(pem_blocks(&text[..text.len() - 30]).unwrap_err().contains("no END line"));
     }
 }

@@ -94,7 +94,7 @@ pub fn entry<T: IntoR>(f: impl FnOnce() -> RResult<T>) -> SEXP {
             }
         }
         Ok(Err(e)) => e,
-        Err(p) => RError::Msg(format!("internal error in mirai: {}", crate::threads::panic_message(&*p))),
+        Err(p) => RError::Msg(format!("internal error in mirai: {}", crate::sys::threads::panic_message(&*p))),
     };
     raise(err)
 }

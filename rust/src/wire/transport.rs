@@ -2,11 +2,11 @@
 //! for daemons (blocking std sockets). Unix sockets carry IPC framing, TCP
 //! carries TCP framing, as NNG does.
 
-use crate::frame::Framing;
-use crate::proto::{HANDSHAKE_LIMIT, PRE_AUTH_BYTES};
-use crate::tls::{self, Tls};
-use crate::url::Address;
-use crate::ws::{ServerHandshake, WsReader, WsWriter};
+use crate::wire::frame::Framing;
+use crate::wire::proto::{HANDSHAKE_LIMIT, PRE_AUTH_BYTES};
+use crate::wire::tls::{self, Tls};
+use crate::wire::url::Address;
+use crate::wire::ws::{ServerHandshake, WsReader, WsWriter};
 use rustls::{ClientConfig, ServerConfig};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -418,7 +418,7 @@ struct Nb<'a>(&'a BlockingStream);
 impl Read for Nb<'_> {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
         match self.0 {
-            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).read(&mut DontWait(&t.sock), b),
+            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).read(&mut DontWait(&t.sock), b),
             s => recv_dontwait(s.as_raw_fd(), b),
         }
     }
@@ -427,13 +427,13 @@ impl Read for Nb<'_> {
 impl Write for Nb<'_> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         match self.0 {
-            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).write(&mut DontWait(&t.sock), b),
+            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).write(&mut DontWait(&t.sock), b),
             s => send_nosignal(s.as_raw_fd(), b),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self.0 {
-            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).flush(&mut DontWait(&t.sock)),
+            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).flush(&mut DontWait(&t.sock)),
             _ => Ok(()),
         }
     }
@@ -442,7 +442,7 @@ impl Write for Nb<'_> {
 impl WsClient {
     fn read(&self, b: &mut [u8]) -> io::Result<usize> {
         let (res, pong, proved) = {
-            let mut g = crate::threads::lock(&self.rd);
+            let mut g = crate::sys::threads::lock(&self.rd);
             let WsClientReader { rd, unproven_left } = &mut *g;
             // Control frames need no message: a host streaming them would
             // otherwise keep this read going, never back at the
@@ -455,7 +455,7 @@ impl WsClient {
         // write, and a peer that pinged and never read would fill the send
         // buffer and hold the daemon there, past its handshake deadline.
         if let Some(p) = pong.filter(|_| proved) {
-            let mut wr = crate::threads::lock(&self.wr);
+            let mut wr = crate::sys::threads::lock(&self.wr);
             wr.queue_pong(p.payload());
             let _ = wr.flush(&mut Nb(&self.inner));
         }
@@ -533,7 +533,7 @@ impl BlockingStream {
     /// transports ignore it: the caller's `Decoder` has its own limit.
     pub fn host_proved(&self, limit: u64) {
         if let BlockingStream::Ws(w) = self {
-            let mut g = crate::threads::lock(&w.rd);
+            let mut g = crate::sys::threads::lock(&w.rd);
             g.rd.set_message_limit(limit);
             g.unproven_left = None;
         }
@@ -543,8 +543,8 @@ impl BlockingStream {
     /// report them.
     pub fn has_buffered(&self) -> bool {
         match self {
-            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).has_plaintext(),
-            BlockingStream::Ws(w) => crate::threads::lock(&w.rd).rd.has_buffered() || w.inner.has_buffered(),
+            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).has_plaintext(),
+            BlockingStream::Ws(w) => crate::sys::threads::lock(&w.rd).rd.has_buffered() || w.inner.has_buffered(),
             _ => false,
         }
     }
@@ -566,7 +566,7 @@ impl Read for BlockingStream {
         match self {
             BlockingStream::Unix(s) => s.read(b),
             BlockingStream::Tcp(s) => s.read(b),
-            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).read(&mut DontWait(&t.sock), b),
+            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).read(&mut DontWait(&t.sock), b),
             BlockingStream::Ws(w) => w.read(b),
         }
     }
@@ -577,14 +577,14 @@ impl Write for BlockingStream {
         match self {
             BlockingStream::Unix(s) => send_nosignal(s.as_raw_fd(), b),
             BlockingStream::Tcp(s) => s.write(b),
-            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).write(&mut DontWait(&t.sock), b),
-            BlockingStream::Ws(w) => crate::threads::lock(&w.wr).write(&mut Nb(&w.inner), b),
+            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).write(&mut DontWait(&t.sock), b),
+            BlockingStream::Ws(w) => crate::sys::threads::lock(&w.wr).write(&mut Nb(&w.inner), b),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            BlockingStream::Tls(t) => crate::threads::lock(&t.tls).flush(&mut DontWait(&t.sock)),
-            BlockingStream::Ws(w) => crate::threads::lock(&w.wr).flush(&mut Nb(&w.inner)),
+            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).flush(&mut DontWait(&t.sock)),
+            BlockingStream::Ws(w) => crate::sys::threads::lock(&w.wr).flush(&mut Nb(&w.inner)),
             _ => Ok(()),
         }
     }
@@ -788,13 +788,13 @@ fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>, end_by: O
             format!("WebSocket handshake failed: {why} (is the host listening at this ws:// or wss:// URL?)"),
         )
     };
-    let (req, key) = crate::ws::client_request(&host, &path)?;
+    let (req, key) = crate::wire::ws::client_request(&host, &path)?;
     Nb(&s).write_all(&req)?;
     let start = Instant::now();
     let deadline = deadline_within(WS_HANDSHAKE_TIMEOUT, end_by);
     let mut buf = Vec::new();
     let rest = loop {
-        match crate::ws::client_response(&mut Nb(&s), &mut buf, &key) {
+        match crate::wire::ws::client_response(&mut Nb(&s), &mut buf, &key) {
             Ok(rest) => break rest,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -821,7 +821,7 @@ fn ws_upgrade(s: BlockingStream, addr: &Address, path: Option<String>, end_by: O
     // What came with the response counts too.
     let unproven_left = Some(PRE_AUTH_BYTES.saturating_sub(rest_len));
     let ws = WsClient { inner: s, rd: Mutex::new(WsClientReader { rd, unproven_left }), wr: Mutex::new(WsWriter::new(true)) };
-    crate::threads::lock(&ws.wr).ready = true;
+    crate::sys::threads::lock(&ws.wr).ready = true;
     Ok((BlockingStream::Ws(Arc::new(ws)), Framing::Tcp))
 }
 

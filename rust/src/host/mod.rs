@@ -1,4 +1,7 @@
-//! The host side of a compute profile: the listener, every daemon connection
+//! The host side of a compute profile (submodules: `sched`, the pure
+//! scheduling state machine; `wqueue`, a connection's write queue; `aio`,
+//! completion slots shared with R and the doorbells that wait on several;
+//! `rng`, the RNG streams given to daemons): the listener, every daemon connection
 //! and the pure scheduler (`sched`), kept in one `Core` behind a mutex.
 //!
 //! Two threads drive the core. R's main thread submits and cancels directly:
@@ -51,17 +54,21 @@
 //! reset" at once, connections close, and every later call on the host
 //! returns the reason as an error.
 
-use crate::aio::{Doorbell, Outcome, Slot};
-use crate::auth::{self, Prover};
-use crate::decoder::Decoder;
-use crate::frame::{strip_hop, Framing, SP_HEADER, TASK_WHOLE};
-use crate::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
-use crate::rng;
-use crate::threads::{self, lock};
-use crate::sched::{Action, Counters, Sched, TaskId, ERR_RESET, ERR_TIMEOUT};
-use crate::transport::{Listener, Stream};
-use crate::url::Address;
-use crate::wqueue::{WriteQueue, Withdrawn, NO_TASK};
+pub mod aio;
+pub mod rng;
+pub mod sched;
+pub mod wqueue;
+
+use crate::host::aio::{Doorbell, Outcome, Slot};
+use crate::wire::auth::{self, Prover};
+use crate::wire::decoder::Decoder;
+use crate::wire::frame::{strip_hop, Framing, SP_HEADER, TASK_WHOLE};
+use crate::wire::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
+use crate::sys::threads::{self, lock};
+use crate::host::sched::{Action, Counters, Sched, TaskId, ERR_RESET, ERR_TIMEOUT};
+use crate::wire::transport::{Listener, Stream};
+use crate::wire::url::Address;
+use crate::host::wqueue::{WriteQueue, Withdrawn, NO_TASK};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

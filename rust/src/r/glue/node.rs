@@ -14,14 +14,15 @@
 //! A node task's payload is `list(._node_. = fun, ._args_. = args)`; the
 //! daemon runs it natively (see `daemon::run_node`).
 
-use super::call::{RError, RResult};
-use super::ffi::SEXP;
-use super::handle::{kept, new_handle};
-use super::lang::*;
+use crate::r::layer::call::{RError, RResult};
+use crate::r::layer::ffi::SEXP;
+use super::shared::node_payload_names;
+use crate::r::layer::handle::{kept, new_handle};
+use crate::r::layer::lang::*;
 use super::mirai::{aio, cancel, outcome_to_sexp, race, wait_slot};
 use super::profile::submit_node;
-use super::value::*;
-use crate::sched::ERR_CANCELED;
+use crate::r::layer::value::*;
+use crate::host::sched::ERR_CANCELED;
 
 /// Symbols and constant vectors, made once.
 struct Syms {
@@ -66,12 +67,6 @@ fn syms() -> Result<&'static Syms, RError> {
             payload_names: node_payload_names()?,
         })
     })
-}
-
-/// The names of a node task's payload, which mark it as one.
-pub fn node_payload_names() -> Result<SEXP, RError> {
-    static NAMES: MainOnce<SEXP> = MainOnce::new();
-    NAMES.get(|| preserved_strings(&[c"._node_.", c"._args_."])).copied()
 }
 
 fn check_node(node: SEXP) -> Result<(), RError> {

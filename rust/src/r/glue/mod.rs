@@ -1,0 +1,16 @@
+//! The glue, one module per R area, in safe code: each routine is a plain
+//! function of `SEXP` arguments returning `RResult`; lib.rs registers it.
+//! - `profile`: a compute profile's host and its local children;
+//! - `mirai`: mirai handles, values, waits, races, cancellation;
+//! - `node`: a cluster node's tasks (parallel's hot path);
+//! - `daemon`: the daemon's receive-evaluate-reply loop;
+//! - `helpers`: random hex, addresses, RNG streams, constants.
+//! - `shared`: what the host's and the daemon's glue share (the daemon's glue
+//!   imports from no host-side module).
+
+pub mod daemon;
+pub mod helpers;
+pub mod mirai;
+pub mod node;
+pub mod profile;
+pub mod shared;
