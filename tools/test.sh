@@ -35,9 +35,9 @@
 #                           [--filter REGEX] [--lib DIR]
 #   --quick         for development (about 3 minutes once compiled): no
 #                   clippy, no tarball check, and the R test files that take
-#                   longest skipped (their names are printed): the network
-#                   cuts, the soak, the documentation build, the 130-node
-#                   cluster and the 3 GB object
+#                   longest left out (their names are printed): the network
+#                   cuts, the soak, the documentation build, the future
+#                   backend, doSNOW's own tests and the 3 GB object
 #   --long          also the long versions of some R tests (exports
 #                   MIRAI_TEST_LONG=1): the 130-node cluster, and the
 #                   pkgdown site with every article knitted
@@ -83,9 +83,9 @@ done
 # shares a port, a network namespace or a service with another (ports are
 # ephemeral or inside namespaces a file makes; sshd/Slurm serve
 # test-launchers.R only).
-longest_first="keepalive|cluster-dosnow|ws|soak|modes|docs|cluster|tls|launchers|daemons|everywhere|faults|future|cancel|stuck-daemon"
-# Left out by --quick (about 4 of the suite's minutes).
-long_files="keepalive|soak|docs|future|modes"
+longest_first="modes|keepalive|cluster-dosnow|docs|cluster|tls|ws|launchers|future|everywhere|faults|stuck-daemon|daemons|soak|cancel"
+# Left out by --quick (about half of the R tests' time).
+long_files="keepalive|soak|docs|future|modes|cluster-dosnow"
 
 export PATH="$HOME/.cargo/bin:$PATH"
 R_HOME="$(R RHOME)"
