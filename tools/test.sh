@@ -37,7 +37,8 @@
 #                   clippy, no tarball check, and the R test files that take
 #                   longest left out (their names are printed): the network
 #                   cuts, the soak, the documentation build, the future
-#                   backend, doSNOW's own tests and the 3 GB object
+#                   backend, doSNOW's own tests, the 3 GB object, and the
+#                   peers and services (WebSocket, TLS, sshd/Slurm/SGE)
 #   --long          also the long versions of some R tests (exports
 #                   MIRAI_TEST_LONG=1): the 130-node cluster, and the
 #                   pkgdown site with every article knitted
@@ -85,7 +86,7 @@ done
 # test-launchers.R only).
 longest_first="modes|keepalive|cluster-dosnow|docs|cluster|tls|ws|launchers|future|everywhere|faults|stuck-daemon|daemons|soak|cancel"
 # Left out by --quick (about half of the R tests' time).
-long_files="keepalive|soak|docs|future|modes|cluster-dosnow"
+long_files="keepalive|soak|docs|future|modes|cluster-dosnow|ws|tls|launchers"
 
 export PATH="$HOME/.cargo/bin:$PATH"
 R_HOME="$(R RHOME)"
