@@ -73,11 +73,14 @@ test_that("race_mirai waits asleep, not polling", {
   expect_false(unresolved(m))
   expect_s3_class(m$data, "POSIXct")
   # Sampled from outside during the first second of the wait (the task
-  # takes two): the main thread was asleep, not running or waiting to run
-  # as a polling loop would be, however loaded the machine.
+  # takes two): the main thread was asleep most of the time. A spinning or
+  # polling loop is never asleep (state R in every sample, running or
+  # waiting for a CPU). A blocked wait wakes every 50 ms to look for an
+  # interrupt, and on a loaded machine waits for a CPU each time: 32% of
+  # samples in state R under load 10 on two cores.
   s <- states()
   expect_gte(length(s), 40L)
-  expect_lt(mean(s == "R"), 0.3, label = paste(s, collapse = ""))
+  expect_lt(mean(s == "R"), 0.75, label = paste(s, collapse = ""))
 })
 
 test_that("race_mirai across two compute profiles", {
