@@ -70,9 +70,11 @@
 #' stop_cluster(cl)
 #' @export
 make_cluster <- function(n, url = NULL, remote = NULL, ...) {
-  if (!missing(n) && !is.numeric(n)) abort("`n` must be numeric, did you mean to provide `url`?")
-  if (!missing(n) && (length(n) != 1L || is.na(n))) abort("`n` must be a single number")
-  if (!missing(n) && (!is.finite(n) || n != trunc(n))) abort("`n` must be a whole number")
+  if (!missing(n)) {
+    check_count(n)
+    if (is.na(n)) abort("`n` must be a single number")
+    if (!is.finite(n) || n != trunc(n)) abort("`n` must be a whole number")
+  }
   if (is.null(url) || !is.null(remote)) {
     if (missing(n)) abort("`n` must be supplied (the number of nodes)")
     if (n < 1) abort("`n` must be 1 or greater")
@@ -353,7 +355,8 @@ next_cluster_id <- function() {
 # A node's task resolved to an error value (its daemon died, or the cluster
 # was stopped): a 'try-error' as parallel reports it.
 node_failure <- function(v, i) {
-  why <- if (as.integer(v) == 19L) "its daemon disconnected, or the cluster was stopped" else "it failed"
+  reset <- as.integer(v) == error_code("reset")
+  why <- if (reset) "its daemon disconnected, or the cluster was stopped" else "it failed"
   structure(sprintf("node %d of the mirai cluster could not run the task: %s (errorValue %s)\n", i, why,
                     error_text(as.integer(v))),
             class = "try-error")

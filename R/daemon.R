@@ -1,10 +1,6 @@
 # daemon(): the receive-evaluate-reply loop that launched daemons run.
 
-check_limit <- function(x, what) {
-  if (!is.numeric(x) || length(x) != 1L || is.na(x) || x < 0)
-    abort(sprintf("`%s` must be a non-negative number (or Inf)", what))
-  as.numeric(x)
-}
+check_limit <- function(x, what) check_number(x, what, "a non-negative number (or Inf)")
 
 #' Daemon Instance
 #'
@@ -21,8 +17,8 @@ check_limit <- function(x, what) {
 #' @param ... (named arguments) reserved for the launch command the host
 #'   writes; not for users. Default: none.
 #' @param asyncdial (logical) keep retrying until the host is listening
-#'   (TRUE), or error if it cannot be reached within 3 seconds (FALSE).
-#'   Default FALSE.
+#'   (TRUE), or error if it cannot be reached within
+#'   `r limit("dial_timeout_s")` seconds (FALSE). Default FALSE.
 #' @param autoexit (logical) TRUE: exit as soon as the host goes away, even
 #'   mid-task. NA: finish the current task, then exit. FALSE: stay and
 #'   reconnect to a new host at the same URL. Such a daemon ends only when a
@@ -30,8 +26,8 @@ check_limit <- function(x, what) {
 #'   `idletime`, `walltime` or `maxtasks` limits is reached (the idle time
 #'   runs on while it waits to reconnect), or when it is killed. A host that
 #'   vanished without closing the connection is noticed through TCP
-#'   keepalive within about 30 seconds (also with data in flight). Default
-#'   TRUE.
+#'   keepalive within about `r limit("dead_peer_s")` seconds (also with data
+#'   in flight). Default TRUE.
 #' @param cleanup (logical) whether, after each task, to remove new global
 #'   objects, detach newly attached packages and restore options. Default
 #'   TRUE.
@@ -56,13 +52,14 @@ check_limit <- function(x, what) {
 #'   (L'Ecuyer-CMRG), as put in launch commands by the host (see
 #'   [nextstream()]). A stream sent by the host when the daemon connects
 #'   takes precedence. Default NULL (none).
-#' @return Invisibly, an exit code: 0 connection ended, 1 idletime, 2
-#'   walltime, 3 maxtasks (see [nextcode()]). Any other end is an error
+#' @return Invisibly, an exit code: `r exit_codes_text()` (see
+#'   [nextcode()]). Any other end is an error
 #'   saying why (in `Rscript`, a message on stderr and exit status 1): the
 #'   host cannot be reached, refuses this daemon, cannot prove that it holds
 #'   the daemon's secret (`MIRAI_SECRET`), or sends bytes that are not a
 #'   valid message. Before a host has proved itself the daemon acts on
-#'   nothing it sends and holds at most a few KiB of it. With `autoexit =
+#'   nothing it sends and holds at most `r bytes_text(limit("pre_auth_bytes"))`
+#'   of it. With `autoexit =
 #'   TRUE`, a host that goes away mid-task ends the process at once with
 #'   SIGTERM (exit status 143 in a shell), after a line on stderr.
 #' @seealso [daemons()] to set daemons from the host, [nextcode()] to read
@@ -81,14 +78,12 @@ check_limit <- function(x, what) {
 daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TRUE,
                    cleanup = TRUE, output = FALSE, idletime = Inf, walltime = Inf,
                    maxtasks = Inf, tlscert = NULL, rs = NULL) {
-  if (missing(url) || !is.character(url) || length(url) != 1L || is.na(url))
-    abort("`url` must be a character string, e.g. \"tcp://10.75.32.70:5555\"")
-  if (!is.logical(autoexit) || length(autoexit) != 1L)
-    abort("`autoexit` must be TRUE, NA or FALSE")
-  for (arg in c("asyncdial", "cleanup", "output")) {
-    v <- get(arg)
-    if (!is.logical(v) || length(v) != 1L || is.na(v)) abort(sprintf("`%s` must be TRUE or FALSE", arg))
-  }
+  if (missing(url)) url <- NULL
+  check_string(url, "url", "a character string, e.g. \"tcp://10.75.32.70:5555\"")
+  check_flag(autoexit, "autoexit", na = TRUE)
+  check_flag(asyncdial, "asyncdial")
+  check_flag(cleanup, "cleanup")
+  check_flag(output, "output")
   idletime <- check_limit(idletime, "idletime")
   walltime <- check_limit(walltime, "walltime")
   maxtasks <- check_limit(maxtasks, "maxtasks")
@@ -102,8 +97,8 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   ae <- if (is.na(autoexit)) 2L else as.integer(autoexit)
   # The first dial comes before output is discarded, so that why a daemon
   # cannot connect (a TLS handshake that fails, say) is seen.
-  conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf else 3000, ae, max_message(), tlscert,
-                FALSE)
+  # asyncdial = FALSE: the native dial timeout (NULL).
+  conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf, ae, max_message(), tlscert, FALSE)
   unsink <- function() NULL
   if (!output) {
     out <- file(nullfile(), open = "w")
@@ -168,22 +163,32 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       # interrupted (the native side knows which task that is).
       stopped <- tryCatch({
         repeat {
+          # A tagged list, `kind` first; the kinds and their fields are
+          # defined natively (Received in rust/src/r/glue/daemon.rs).
           msg <- .Call(C_mirai_daemon_recv, conn, box, relay, cleanup)
-          if (!is.list(msg)) {
-            code <- msg
-            break
-          }
-          # list(id): a node task, answered natively, to clean up after.
-          if (length(msg) == 1L) {
-            do_cleanup(snap)
-            next
-          }
-          # list(id, NULL, message): the task could not be unserialized;
-          # list(id, box, before): a node task failed.
-          res <- if (length(msg) == 2L) eval_task(msg[[2L]], box)
-                 else if (is.null(msg[[2L]])) mirai_error(simpleError(msg[[3L]]))
-                 else node_error(box, msg[[3L]])
-          last <- send_result(conn, msg[[1L]], res)
+          res <- switch(msg[["kind"]],
+            task = eval_task(msg[["data"]], box),
+            # A task that cannot be run, answered with why.
+            error = mirai_error(msg[["message"]]),
+            # A cluster node's task (run natively) failed.
+            failed = node_error(box, msg[["before"]]),
+            # A cluster node's task, answered natively, to clean up after.
+            done = {
+              do_cleanup(snap)
+              next
+            },
+            exit = {
+              code <- msg[["code"]]
+              break
+            },
+            # The host broke the protocol: why.
+            broken = {
+              code <- msg[["why"]]
+              break
+            },
+            stop(sprintf("internal error in mirai: the daemon received a '%s'", msg[["kind"]]))
+          )
+          last <- send_result(conn, msg[["id"]], res)
           if (last != 0L) {
             code <- last
             break
@@ -191,7 +196,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           # everywhere() tasks mark their payload: what they change is meant
           # to stay, so it becomes the state later cleanups restore.
           if (cleanup) {
-            if (is.null(msg[[2L]][["._everywhere_."]])) do_cleanup(snap) else snap <- snapshot()
+            if (is.null(msg[["data"]][["._everywhere_."]])) do_cleanup(snap) else snap <- snapshot()
           }
         }
         TRUE
@@ -221,10 +226,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
 # `tlscert` as PEM text: from a file path, or the chain of c(chain, "").
 daemon_tlscert <- function(tlscert) {
   if (is.null(tlscert)) return(NULL)
-  if (!is.character(tlscert) || !length(tlscert) || length(tlscert) > 2L || anyNA(tlscert) ||
-      (length(tlscert) == 2L && nzchar(tlscert[[2L]])))
-    abort("`tlscert` must be a PEM file path or c(certificate chain, \"\")")
-  x <- tlscert[[1L]]
+  x <- check_tlscert(tlscert)[[1L]]
   if (grepl("-----BEGIN", x, fixed = TRUE)) return(x)
   if (!file.exists(x)) abort(sprintf("`tlscert`: no such file '%s'", x))
   paste(readLines(x, warn = FALSE), collapse = "\n")
@@ -235,10 +237,10 @@ daemon_tlscert <- function(tlscert) {
 send_result <- function(conn, id, res) {
   last <- .Call(C_mirai_daemon_send, conn, id, res)
   if (is.character(last)) {
-    err <- mirai_error(simpleError(paste("result could not be serialized:", last)))
+    err <- mirai_error(paste("result could not be serialized:", last))
     last <- .Call(C_mirai_daemon_send, conn, id, err)
   }
-  if (last > 0L) .Call(C_mirai_daemon_linger, conn, 5000)
+  if (last > 0L) .Call(C_mirai_daemon_linger, conn)
   last
 }
 
@@ -286,7 +288,7 @@ unhandled_jump <- function(before) {
   overflow <- !identical(msg, sub("\n$", "", before)) && at > 0L &&
     (length(fmt) < 2L || grepl(fmt[[2L]], msg, fixed = TRUE))
   if (!overflow) return(mirai_interrupt())
-  mirai_error(simpleError(substring(msg, at)))
+  mirai_error(substring(msg, at))
 }
 
 # Evaluates a task payload in this process (sync mode). `genv` receives the
@@ -347,8 +349,12 @@ same_call <- function(a, b) {
 
 ._mirai_eval_. <- function(expr, env) eval(expr, envir = env)
 
-# `trace`: the stack trace, as task_trace() returns it.
+# The one constructor of 'miraiError' values, for an error condition `e`
+# (or a message, as an error without a call), with its stack trace `trace`
+# as task_trace() returns it. The native side makes its own through this
+# (mirai_error in rust/src/r/layer/value.rs).
 mirai_error <- function(e, trace = list()) {
+  if (is.character(e)) e <- simpleError(e)
   call <- conditionCall(e)
   # A miraiError is one string: a condition's message may be anything.
   msg <- paste(as.character(conditionMessage(e)), collapse = "\n")

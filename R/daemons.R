@@ -76,7 +76,7 @@ launch_args <- function(prof, dots) {
 # certificate, the validity dates), before anything is launched.
 tls_pem <- function(tls) {
   if (is.null(tls)) return(NULL)
-  if (!is.character(tls) || !length(tls) || length(tls) > 2L || anyNA(tls))
+  if (!is.character(tls) || !length(tls) %in% 1:2 || anyNA(tls))
     abort("`tls` must be a PEM file path (certificate, optional chain, then key) or c(cert, key), or NULL")
   vapply(tls, pem_text, character(1L), USE.NAMES = FALSE)
 }
@@ -94,20 +94,12 @@ pem_text <- function(x) {
 # returning one (so that the password need not appear in the call).
 tls_pass <- function(pass) {
   if (is.null(pass)) return(NULL)
-  pw <- if (is.function(pass)) pass() else pass
-  if (!is.character(pw) || length(pw) != 1L || is.na(pw))
-    abort(if (is.function(pass)) "`pass` must return the password of the `tls` key as a character string"
-          else paste("`pass` must be the password of the `tls` key (a character string),",
-                    "a function returning it, or NULL"))
+  if (!is.function(pass))
+    return(check_string(pass, "pass",
+                        "the password of the `tls` key (a character string), a function returning it, or NULL"))
+  pw <- pass()
+  if (!is_string(pw)) abort("`pass` must return the password of the `tls` key as a character string")
   pw
-}
-
-# `tlscert` for daemons, as daemon() takes it: c(pem, "") or a file path.
-tlscert_arg <- function(x) {
-  if (is.null(x)) return(NULL)
-  if (!is.character(x) || !length(x) || length(x) > 2L || anyNA(x))
-    abort("`tlscert` must be a PEM file path or c(certificate chain, \"\")")
-  x
 }
 
 launch_process <- function(host, url, secret, dots) {
@@ -117,16 +109,18 @@ launch_process <- function(host, url, secret, dots) {
         isFALSE(dots[["autoexit"]]))
 }
 
-# Waits for `n` connections, with a progress message every 10 s.
+# Waits for `n` connections, with a progress message every
+# limit("wait_note_s") seconds.
 wait_for_daemons <- function(host, n) {
   start <- Sys.time()
-  while (!.Call(C_mirai_host_wait_ready, host, n, 10000)) {
+  while (!.Call(C_mirai_host_wait_ready, host, n, limit("wait_note_s") * 1000)) {
     message(sprintf("mirai: initial sync with daemon(s) [%d secs elapsed]",
                     as.integer(difftime(Sys.time(), start, units = "secs"))))
   }
 }
 
-# The memory cap in bytes; 0 for none (NULL, NA, zero, negative, Inf).
+# The memory cap in bytes; 0 for none (NULL, NA, zero, negative, Inf). The
+# one check of `memory` (the native side takes the result as it is).
 memory_bytes <- function(memory) {
   if (is.null(memory)) return(0)
   if (length(memory) != 1L || !(is.numeric(memory) || identical(memory, NA)))
@@ -146,7 +140,7 @@ new_profile <- function(.compute, url, dispatcher, seed = NULL, stream = NULL, h
   # The dispatcher's address, which nextget("dispatcher") gives (NULL
   # without one), as the reference's is the URL the host reaches it at:
   # here the dispatcher runs in this process, so the address is inproc://.
-  if (dispatcher) prof$dispatcher_url <- paste0("inproc://", .Call(C_mirai_random_hex, 12))
+  if (dispatcher) prof$dispatcher_url <- paste0("inproc://", random_name())
   # The dispatcher's cap on queued bytes; 0 for none.
   prof$memory <- memory
   prof$seed <- seed
@@ -181,12 +175,15 @@ reset_profile <- function(.compute, signal = FALSE) {
   TRUE
 }
 
+# How long daemons(0) waits for local daemons to exit before killing them.
+RESET_GRACE_SECS <- 5
+
 # Local daemons see the connection close and exit. Those still running
 # after a grace period (autoexit = NA, finishing a long task, say) are
 # killed, so that no process outlives daemons(0); their reapers collect them.
 # Daemons launched with autoexit = FALSE are meant to outlive their host and
 # are left alone (daemons(NULL) ends them).
-reap_children <- function(host, grace = 5) {
+reap_children <- function(host, grace = RESET_GRACE_SECS) {
   deadline <- Sys.time() + grace
   while (length(.Call(C_mirai_host_children, host, FALSE)) && Sys.time() < deadline) Sys.sleep(0.01)
   if (length(.Call(C_mirai_host_children, host, TRUE))) {
@@ -200,12 +197,14 @@ reap_children <- function(host, grace = 5) {
 MAX_LOCAL_DAEMONS <- 10000L
 
 # The message size cap, in bytes, from option `mirai.max_message` (NULL: the
-# native default of 1 TiB).
+# native default, limit("max_message_bytes")). The one check of the option.
 max_message <- function() {
   v <- getOption("mirai.max_message")
   if (is.null(v)) return(NULL)
-  if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < 1024)
-    abort("option `mirai.max_message` must be a single number of bytes (at least 1024), or NULL")
+  least <- limit("min_max_message_bytes")
+  if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < least)
+    abort(sprintf("option `mirai.max_message` must be a single number of bytes (at least %s), %s",
+                  format(least, scientific = FALSE), "or NULL"))
   as.double(v)
 }
 
@@ -214,12 +213,13 @@ max_message <- function() {
 #' Sets up persistent background R processes ('daemons') for a compute
 #' profile: `daemons(n)` launches `n` local daemons; `daemons(url = ...)`
 #' listens for daemons launched elsewhere. `daemons(0)` resets the profile,
-#' resolving pending mirai to 'errorValue' 19; `daemons(NULL)` does the same
-#' and also tells every connected daemon to exit.
+#' resolving pending mirai to 'errorValue' `r error_code("reset")`; `daemons(NULL)` does the
+#' same and also tells every connected daemon to exit.
 #'
 #' With `dispatcher = TRUE` (the default) tasks wait in a queue on the host
-#' and each goes to an idle daemon; with `FALSE` they are sent straight to
-#' the daemons in turn.
+#' and each goes to an idle daemon; with `FALSE` each is sent straight to
+#' the least busy daemon that can take it now (in turn among equals), where
+#' it may queue behind that daemon's current task.
 #'
 #' Only daemons launched by this host (they carry its secret) are accepted,
 #' and daemons run tasks only for a host that holds the same secret, unless
@@ -230,17 +230,19 @@ max_message <- function() {
 #' anything else. The secret never crosses the network; it reaches local
 #' daemons in their environment, remote ones as described in
 #' [launch_remote()]. A peer must complete its
-#' handshake within 5 seconds; at most 64 peers may be mid-handshake at once
-#' (the longest-waiting is dropped for a newer one). Messages larger than
-#' option `mirai.max_message` (bytes; default 1 TiB) close the connection
-#' that sent them. Each such refusal counts in the `refused` element of
-#' [status()].
+#' handshake within `r limit("hello_timeout_s")` seconds; at most
+#' `r limit("max_pending")` peers may be mid-handshake at once (the
+#' longest-waiting is dropped for a newer one). Messages larger than option
+#' `mirai.max_message` (bytes; default `r bytes_text(limit("max_message_bytes"))`)
+#' close the connection that sent them. Each such refusal counts in the
+#' `refused` element of [status()].
 #'
-#' `daemons(0)` waits up to 5 seconds for local daemons to exit, then kills
-#' any still running (except those launched with `autoexit = FALSE`, which
-#' are meant to outlive their host). TCP connections use keepalive, so a
-#' daemon whose host vanished without closing the connection (power loss, a
-#' cut network) notices within about 30 seconds.
+#' `daemons(0)` waits up to `r RESET_GRACE_SECS` seconds for local daemons to
+#' exit, then kills any still running (except those launched with `autoexit =
+#' FALSE`, which are meant to outlive their host). TCP connections use
+#' keepalive, so a daemon whose host vanished without closing the connection
+#' (power loss, a cut network) notices within about `r limit("dead_peer_s")`
+#' seconds.
 #'
 #' @param n (integer) number of local daemons to launch; 0 to reset; NULL to
 #'   reset and ask connected daemons to exit. No default: required unless
@@ -308,11 +310,12 @@ max_message <- function() {
 #'   name among its subjectAltNames, or, if it has none, its common name (so
 #'   `-subj /CN=127.0.0.1` serves `tls+tcp://127.0.0.1:port`). Default NULL:
 #'   with a `tls+tcp://` or `wss://` `url`, a fresh self-signed certificate
-#'   (ECDSA P-256) is made for the URL's host name or IP address (for a
-#'   wildcard host: this machine's loopback and interface addresses and its
-#'   name), and its public part goes to launched daemons as `tlscert` (see
-#'   [nextget()] `("tls")`). A peer must complete its TLS handshake, too,
-#'   within the 5 second handshake limit.
+#'   (ECDSA P-256) is made for the URL's host name or IP address, or for a
+#'   wildcard host (`r wildcard_text()`) for this machine's loopback and
+#'   interface addresses and its name, and its public part goes to launched
+#'   daemons as `tlscert` (see [nextget()] `("tls")`). A peer must complete
+#'   its TLS handshake, too, within the `r limit("hello_timeout_s")` second
+#'   handshake limit.
 #' @param pass (character or function) the password of an encrypted `tls`
 #'   key, or a function returning it (so that the password need not appear
 #'   in the call; it is called once, by `daemons()`). Encrypted keys may be
@@ -346,16 +349,12 @@ max_message <- function() {
 daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync = FALSE,
                     seed = NULL, memory = NULL, serial = NULL, tls = NULL, pass = NULL,
                     .compute = NULL) {
-  if (is.null(.compute)) .compute <- .$current
-  if (!is.character(.compute) || length(.compute) != 1L || is.na(.compute))
-    abort("`.compute` must be a character string naming a compute profile, or NULL")
-  if (!is.logical(sync) || length(sync) != 1L || is.na(sync))
-    abort("`sync` must be TRUE or FALSE")
-  if (!is.null(seed) && (!is.numeric(seed) || length(seed) != 1L || is.na(seed)))
-    abort("`seed` must be NULL or a single integer")
+  .compute <- if (is.null(.compute)) .$current else check_compute(.compute)
+  check_flag(sync, "sync")
+  if (!is.null(seed)) check_number(seed, "seed", "NULL or a single integer", min = -Inf)
   if (sync) {
     reset_profile(.compute)
-    new_profile(.compute, url = paste0("inproc://", .Call(C_mirai_random_hex, 12)), dispatcher = FALSE,
+    new_profile(.compute, url = paste0("inproc://", random_name()), dispatcher = FALSE,
                 seed = seed, stream = init_stream(seed), sync = TRUE)
     return(invisible(structure(TRUE, class = c("miraiDaemons", .compute))))
   }
@@ -367,16 +366,14 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     reset_profile(.compute, signal = TRUE)
     return(invisible(FALSE))
   } else {
-    if (!is.numeric(n)) abort("`n` must be numeric, did you mean to provide `url`?")
-    if (length(n) != 1L) abort("`n` must be a single number")
+    check_count(n)
     if (is.na(n) || n < 0) abort("the number of daemons must be zero or greater")
     if (!is.finite(n) || n != trunc(n) || n > MAX_LOCAL_DAEMONS)
       abort(sprintf("`n` must be a whole number of daemons, at most %d", MAX_LOCAL_DAEMONS))
   }
   if (!is.null(url) && !is.character(url))
     abort(sprintf("`url` must be of type character, not %s", typeof(url)))
-  if (!is.logical(dispatcher) || length(dispatcher) != 1L || is.na(dispatcher))
-    abort("`dispatcher` must be TRUE or FALSE")
+  check_flag(dispatcher, "dispatcher")
   cap <- memory_bytes(memory)
   if (cap > 0 && !dispatcher)
     abort("`memory` needs a dispatcher: use `dispatcher = TRUE`, or leave `memory` NULL")
@@ -384,11 +381,10 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
     check_remote(remote)
     if (is.null(url))
       abort("`remote` needs `url`: the address remote daemons dial, e.g. from host_url()")
-    if (isTRUE(remote$tunnel) && !identical(url_host(url[[1L]]), "127.0.0.1"))
-      abort("SSH tunnelling requires daemons `url` hostname to be `127.0.0.1`")
+    check_tunnel(remote, url[[1L]])
   }
   pem <- tls_pem(tls)
-  if ((!is.null(pem) || !is.null(pass)) && !(is.character(url) && grepl("^(tls\\+tcp|wss)://", url[[1L]])))
+  if ((!is.null(pem) || !is.null(pass)) && !(is.character(url) && url_parts(url[[1L]])$tls))
     abort("`tls` and `pass` need a tls+tcp:// or wss:// `url`")
   # A function is called only when there is a key to decrypt.
   password <- if (!is.null(pem) || !is.function(pass)) tls_pass(pass)
@@ -404,9 +400,9 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., sync =
   given <- list(...)
   dots <- daemon_dots(given)
   auth <- !isFALSE(given[["auth"]])
-  tlscert <- tlscert_arg(given[["tlscert"]])
+  tlscert <- if (!is.null(given[["tlscert"]])) check_tlscert(given[["tlscert"]])
   reset_profile(.compute)
-  secret <- .Call(C_mirai_random_hex, 16)
+  secret <- new_secret()
   listen <- if (is.null(url)) local_url() else url[[1L]]
   stream <- init_stream(seed)
   serial <- serial %||% session_serial()
@@ -461,10 +457,8 @@ print.miraiDaemons <- function(x, ...) {
 #' daemons(0)
 #' @export
 launch_local <- function(n = 1L, ..., .compute = NULL) {
-  prof <- needed_profile(.compute)
-  if (isTRUE(prof$sync)) abort("daemons cannot be launched for synchronous compute profiles")
-  if (!is.numeric(n) || length(n) != 1L || is.na(n) || n < 0)
-    abort("`n` must be a single non-negative number")
+  prof <- launchable_profile(.compute)
+  check_number(n, "n", "a single non-negative number")
   dots <- prof$dots
   new <- daemon_dots(list(...))
   dots[names(new)] <- new
@@ -478,6 +472,22 @@ needed_profile <- function(.compute) {
   prof <- profile_of(.compute)
   if (is.null(prof)) abort("daemons must be set to use this function")
   prof
+}
+
+# needed_profile(), which must also not be synchronous: one to launch
+# daemons for.
+launchable_profile <- function(.compute) {
+  prof <- needed_profile(.compute)
+  if (isTRUE(prof$sync)) abort("daemons cannot be launched for synchronous compute profiles")
+  prof
+}
+
+# `n` of daemons() and make_cluster(): a single number (NA is theirs to
+# refuse).
+check_count <- function(n) {
+  if (!is.numeric(n)) abort("`n` must be numeric, did you mean to provide `url`?")
+  if (length(n) != 1L) abort("`n` must be a single number")
+  n
 }
 
 #' Query if Daemons are Set
@@ -552,9 +562,10 @@ frame_of <- function(env) {
 #'
 #' `status()`: a list with `connections`, `daemons` (the URL) and `refused`:
 #' the number of peers turned away since the profile started (no valid
-#' handshake within 5 seconds, the wrong secret or protocol version, a
-#' malformed message, or a message over the size cap set by option
-#' `mirai.max_message`, in bytes, default 1 TiB). With a
+#' handshake within `r limit("hello_timeout_s")` seconds, the wrong secret or
+#' protocol version, a malformed message, or a message over the size cap set
+#' by option `mirai.max_message`, in bytes, default
+#' `r bytes_text(limit("max_message_bytes"))`). With a
 #' dispatcher it also has `mirai`, the counters `awaiting`, `executing` and
 #' `completed`, and `memory`: the megabytes of tasks now waiting in the queue
 #' (`used`), the most there have been (`peak`), and the cap set by
@@ -582,9 +593,9 @@ info <- function(.compute = NULL) {
   if (is.null(prof)) return(NULL)
   nms <- c("connections", "cumulative", "awaiting", "executing", "completed")
   if (isTRUE(prof$sync)) return(structure(c(0L, NA, NA, NA, NA), names = nms))
-  v <- .Call(C_mirai_host_info, prof$host)[1:5]
-  if (!prof$dispatcher) v[2:5] <- NA_integer_
-  structure(v, names = nms)
+  v <- .Call(C_mirai_host_info, prof$host)[nms]
+  if (!prof$dispatcher) v[nms[-1L]] <- NA_integer_
+  v
 }
 
 #' @rdname info
@@ -594,9 +605,9 @@ status <- function(.compute = NULL) {
   if (is.null(prof)) return(list(connections = 0L, daemons = 0L))
   if (isTRUE(prof$sync)) return(list(connections = 0L, daemons = prof$url))
   v <- .Call(C_mirai_host_info, prof$host)
-  out <- list(connections = v[[1L]], daemons = prof$url, refused = v[[6L]])
+  out <- list(connections = v[["connections"]], daemons = prof$url, refused = v[["refused"]])
   if (prof$dispatcher) {
-    out$mirai <- c(awaiting = v[[3L]], executing = v[[4L]], completed = v[[5L]])
+    out$mirai <- v[c("awaiting", "executing", "completed")]
     out$memory <- .Call(C_mirai_host_memory, prof$host)
   }
   out
@@ -624,18 +635,25 @@ status <- function(.compute = NULL) {
 #' host_url()
 #' @export
 local_url <- function(tcp = FALSE, port = 0) {
-  if (!is.numeric(port) || length(port) != 1L || is.na(port) || port < 0 || port > 65535)
-    abort("`port` must be an integer from 0 to 65535")
+  check_port(port)
   if (isTRUE(tcp)) return(sprintf("tcp://127.0.0.1:%d", as.integer(port)))
-  if (Sys.info()[["sysname"]] == "Linux") paste0("abstract://", .Call(C_mirai_random_hex, 12))
-  else paste0("ipc://", file.path(tempdir(), .Call(C_mirai_random_hex, 12)))
+  if (Sys.info()[["sysname"]] == "Linux") paste0("abstract://", random_name())
+  else paste0("ipc://", file.path(tempdir(), random_name()))
 }
+
+check_port <- function(port) check_number(port, "port", "an integer from 0 to 65535", max = 65535)
+
+# A fresh name for a socket or an in-process URL: 12 random bytes in hex.
+random_name <- function() .Call(C_mirai_random_hex, 12)
+
+# A fresh secret for daemons to prove themselves with: 16 random bytes (128
+# bits) in hex.
+new_secret <- function() .Call(C_mirai_random_hex, 16)
 
 #' @rdname local_url
 #' @export
 host_url <- function(tls = FALSE, port = 0) {
-  if (!is.numeric(port) || length(port) != 1L || is.na(port) || port < 0 || port > 65535)
-    abort("`port` must be an integer from 0 to 65535")
+  check_port(port)
   ip <- .Call(C_mirai_ip_addr)
   if (!length(ip)) ip <- c(nodename = Sys.info()[["nodename"]])
   structure(sprintf("%s://%s:%d", if (isTRUE(tls)) "tls+tcp" else "tcp", ip, as.integer(port)), names = names(ip))
@@ -680,7 +698,7 @@ host_url <- function(tls = FALSE, port = 0) {
 #' daemons(0)
 #' @export
 nextget <- function(x, .compute = "default") {
-  if (!is.character(x) || length(x) != 1L) abort("`x` must be a character string")
+  check_string(x, "x")
   prof <- profile_of(.compute)
   if (is.null(prof)) return(NULL)
   switch(x,

@@ -1,17 +1,5 @@
-# Error values and their printing.
-
-.nng_errors <- c(
-  "Interrupted", "Out of memory", "Invalid argument", "Resource busy",
-  "Timed out", "Connection refused", "Object closed", "Try again",
-  "Not supported", "Address in use", "Incorrect state", "Entry not found",
-  "Protocol error", "Destination unreachable", "Address invalid",
-  "Permission denied", "Message too large", "Connection aborted",
-  "Connection reset", "Operation canceled", "Out of files", "Out of space",
-  "Resource already exists", "Read only resource", "Write only resource",
-  "Cryptographic error", "Peer could not be authenticated",
-  "Option requires argument", "Ambiguous option", "Incorrect type",
-  "Connection shutdown"
-)
+# Error values and their printing; errors raised for the user, and the
+# checks of arguments that raise them.
 
 # ---- errors raised for the user ---------------------------------------------
 
@@ -83,13 +71,91 @@ use_rlang <- function() {
   .$rlang
 }
 
+# The number of the error value called `name` (as the native side names
+# them): 5 for "timeout", 19 for "reset", 20 for "canceled".
+error_code <- function(name) .$error_codes[[name]]
+
 # An error raised by mirai's native code (rust/src/r/layer/call.rs, which calls
 # this from the .Call it was in): as abort(), naming the user's call
 # through the function that made the .Call, the innermost frame below.
 native_error <- function(msg) abort(msg, frame = user_frame(sys.nframe() - 1L))
 
+# ---- checking arguments -----------------------------------------------------
+#
+# Each check returns its argument (a number as a double) or raises the one
+# error for it: "`name` must be <what>", naming the user's call. `what`
+# defaults to the usual wording; an argument with more to say (a unit, a
+# range) passes its own.
+
+check_flag <- function(x, name, na = FALSE) {
+  if (is.logical(x) && length(x) == 1L && (na || !is.na(x))) return(x)
+  abort(sprintf("`%s` must be %s", name, if (na) "TRUE, NA or FALSE" else "TRUE or FALSE"))
+}
+
+is_string <- function(x) is.character(x) && length(x) == 1L && !is.na(x)
+
+check_string <- function(x, name, what = "a character string") {
+  if (is_string(x)) return(x)
+  abort(sprintf("`%s` must be %s", name, what))
+}
+
+# A number from `min` to `max` (above `min` if `open`).
+check_number <- function(x, name, what = "a non-negative number", min = 0, max = Inf,
+                         open = FALSE) {
+  if (is.numeric(x) && length(x) == 1L && !is.na(x) && (if (open) x > min else x >= min) &&
+      x <= max) return(as.double(x))
+  abort(sprintf("`%s` must be %s", name, what))
+}
+
+# A compute profile's name (NULL, where allowed, is dealt with by the caller).
+check_compute <- function(.compute, null = TRUE) {
+  check_string(.compute, ".compute",
+               paste0("a character string naming a compute profile", if (null) ", or NULL"))
+}
+
+# `tlscert` for daemons, as daemon() takes it: a PEM file path, or c(pem, "").
+check_tlscert <- function(x) {
+  if (is.character(x) && length(x) %in% 1:2 && !anyNA(x) && (length(x) == 1L || !nzchar(x[[2L]])))
+    return(x)
+  abort("`tlscert` must be a PEM file path or c(certificate chain, \"\")")
+}
+
+# ---- what the native side defines --------------------------------------------
+
+# A timeout or limit the native side defines (`limits` of mirai_constants
+# in rust/src/r/glue/helpers.rs), by name; R checks arguments against these and
+# the documentation quotes them (through `r ...` in roxygen comments).
+limit <- function(name) .$limits[[name]]
+
+# The wildcard hosts (which listen on every interface), for the
+# documentation: "an empty one as in `tcp://:port`, `*`, `0.0.0.0` or `::`".
+wildcard_text <- function() {
+  h <- .$wildcard_hosts
+  shown <- ifelse(nzchar(h), sprintf("`%s`", h), "an empty one as in `tcp://:port`")
+  paste0(paste(shown[-length(shown)], collapse = ", "), " or ", shown[[length(shown)]])
+}
+
+# Bytes in words: "1 TiB", "16 KiB", "1024 bytes".
+bytes_text <- function(b) {
+  units <- c("bytes", "KiB", "MiB", "GiB", "TiB", "PiB")
+  k <- 0L
+  while (b >= 1024 && b %% 1024 == 0 && k < length(units) - 1L) {
+    b <- b / 1024
+    k <- k + 1L
+  }
+  paste(format(b, big.mark = ",", scientific = FALSE), units[[k + 1L]])
+}
+
+# What the error value called `name` means: "Connection reset" for "reset".
+error_meaning <- function(name) .$error_texts[[error_code(name)]]
+
+# Its arguments pasted into one inline code span, for the documentation.
+code_span <- function(...) paste0("`", paste(...), "`")
+
+# An error value's number and what it means: "19 | Connection reset".
 error_text <- function(code) {
-  txt <- if (code >= 1L && code <= length(.nng_errors)) .nng_errors[[code]] else "Unknown error"
+  texts <- .$error_texts
+  txt <- if (!is.na(code) && code >= 1L && code <= length(texts)) texts[[code]] else "Unknown error"
   sprintf("%d | %s", code, txt)
 }
 
@@ -142,9 +208,10 @@ conditionCall.miraiError <- function(c) attr(c, "call", exact = TRUE)
 #'
 #' `is_mirai_interrupt()`: the evaluation was interrupted ('miraiInterrupt').
 #'
-#' `is_error_value()`: any of the above, or an integer error code: 5 (timed
-#' out), 19 (connection reset: the daemon died or `daemons(0)` was called),
-#' 20 (canceled).
+#' `is_error_value()`: any of the above, or an integer error code:
+#' `r error_code("timeout")` (timed out),
+#' `r error_code("reset")` (connection reset: the daemon died or
+#' `daemons(0)` was called), `r error_code("canceled")` (canceled).
 #'
 #' @param x (any) an object, such as the `$data` of a 'mirai'. No default:
 #'   required.
@@ -168,6 +235,13 @@ is_mirai_interrupt <- function(x) inherits(x, "miraiInterrupt")
 #' @export
 is_error_value <- function(x) inherits(x, "errorValue")
 
+# The exit codes daemon() returns, in words, for its documentation:
+# "0 connection ended, 1 idletime, ...".
+exit_codes_text <- function() {
+  words <- c(closed = "connection ended", idle = "idletime", wall = "walltime", tasks = "maxtasks")
+  paste(sprintf("%d %s", .$codes[names(words)], words), collapse = ", ")
+}
+
 #' Translate Daemon Exit Codes
 #'
 #' Describes an exit code returned by [daemon()] in words.
@@ -180,9 +254,7 @@ is_error_value <- function(x) inherits(x, "errorValue")
 #' nextcode(3L)
 #' @export
 nextcode <- function(xc) {
-  if (!is.numeric(xc) || length(xc) != 1L || is.na(xc))
-    abort("`xc` must be a single integer exit code")
-  xc <- as.integer(xc)
+  xc <- as.integer(check_number(xc, "xc", "a single integer exit code", min = -Inf))
   what <- c(closed = "Daemon connection terminated", idle = "Daemon idletime limit reached",
             wall = "Daemon walltime limit reached", tasks = "Daemon task limit reached")
   name <- names(.$codes)[match(xc, .$codes)]

@@ -20,7 +20,8 @@
 #' task evaluates it right after that task; without a dispatcher it runs
 #' after whatever was already sent to that daemon. It never runs twice on a
 #' daemon, nor on a daemon it was not meant for: if a daemon disconnects
-#' before evaluating it, that daemon's mirai resolves to 'errorValue' 19.
+#' before evaluating it, that daemon's mirai resolves to 'errorValue'
+#' `r error_code("reset")`.
 #'
 #' Daemons connected at the time of the call take part. If fewer than
 #' `.min` are connected, the difference is sent to daemons that connect
@@ -40,7 +41,8 @@
 #'
 #' @inheritParams mirai
 #' @param .min (integer) the minimum number of daemons to evaluate on,
-#'   counting daemons yet to connect (see Details). Default 1.
+#'   counting daemons yet to connect (see Details), at most
+#'   `r format(limit("max_everywhere"), scientific = FALSE)`. Default 1.
 #' @return A 'mirai_map' (a list of 'mirai', one per daemon), invisibly:
 #'   collect it with `x[]` to wait until every daemon has evaluated the
 #'   expression and see the results.
@@ -63,9 +65,9 @@
 everywhere <- function(.expr, ..., .args = list(), .min = 1L, .compute = NULL) {
   require_daemons(.compute)
   if (missing(.expr)) abort("missing expression, perhaps wrap in {}?")
-  # The upper bound (MAX_EVERYWHERE) is checked natively.
-  if (!is.numeric(.min) || length(.min) != 1L || is.na(.min) || .min < 0)
-    abort("`.min` must be a non-negative number of daemons")
+  most <- limit("max_everywhere")
+  check_number(.min, ".min", sprintf("a non-negative number of daemons, at most %s",
+                                     format(most, scientific = FALSE)), max = most)
   expr <- substitute(.expr)
   if (is.symbol(expr)) {
     val <- get0(as.character(expr), envir = parent.frame(), inherits = TRUE)

@@ -72,14 +72,12 @@ launch_remote <- function(n = 1L, remote = remote_config(), ..., .compute = NULL
     n <- if (inherits(n, "miraiNode")) 1L else length(n)
   }
   prof <- launchable_profile(.compute)
-  if (!is.numeric(n) || length(n) != 1L || is.na(n) || n < 0)
-    abort("`n` must be a single non-negative number")
+  check_number(n, "n", "a single non-negative number")
   check_remote(remote)
   dots <- prof$dots
   new <- daemon_dots(list(...))
   dots[names(new)] <- new
-  if (isTRUE(remote$tunnel) && !identical(url_host(prof$url), "127.0.0.1"))
-    abort("SSH tunnelling requires daemons `url` hostname to be `127.0.0.1`")
+  check_tunnel(remote, prof$url)
   if (is.list(remote$args) && length(remote$args) > 1L) {
     if (n == 1L) n <- length(remote$args)
     else if (n != length(remote$args))
@@ -125,15 +123,13 @@ launch_remote <- function(n = 1L, remote = remote_config(), ..., .compute = NULL
 #' remote_config(command = "ssh", args = c("-p 22", "user@10.75.32.90", "."), quote = TRUE)
 #' @export
 remote_config <- function(command = NULL, args = c("", "."), rscript = "Rscript", quote = FALSE) {
-  if (!is.null(command) && !is_string(command))
-    abort("`command` must be a character string, or NULL")
+  if (!is.null(command)) check_string(command, "command", "a character string, or NULL")
   arg_sets <- if (is.list(args)) args else list(args)
   has_dot <- function(a) is.character(a) && "." %in% a
   if (!length(arg_sets) || !all(vapply(arg_sets, has_dot, logical(1L))))
     abort("`.` must be an element of the character vector(s) supplied to `args`")
-  if (!is_string(rscript)) abort("`rscript` must be a character string")
-  if (!is.logical(quote) || length(quote) != 1L || is.na(quote))
-    abort("`quote` must be TRUE or FALSE")
+  check_string(rscript, "rscript")
+  check_flag(quote, "quote")
   list(command = command, args = args, rscript = rscript, quote = quote)
 }
 
@@ -179,18 +175,14 @@ ssh_config <- function(remotes, tunnel = FALSE, timeout = 10, command = "ssh",
                        rscript = "Rscript") {
   if (missing(remotes) || !is.character(remotes) || !length(remotes) || anyNA(remotes))
     abort("`remotes` must be a character vector of URLs such as \"ssh://user@host:22\"")
-  if (!is.logical(tunnel) || length(tunnel) != 1L || is.na(tunnel))
-    abort("`tunnel` must be TRUE or FALSE")
-  if (!is.numeric(timeout) || length(timeout) != 1L || is.na(timeout) || timeout <= 0)
-    abort("`timeout` must be a positive number of seconds")
-  if (!is_string(command)) abort("`command` must be a character string")
-  if (!is_string(rscript)) abort("`rscript` must be a character string")
+  check_flag(tunnel, "tunnel")
+  check_number(timeout, "timeout", "a positive number of seconds", open = TRUE)
+  check_string(command, "command")
+  check_string(rscript, "rscript")
   args <- lapply(remotes, function(r) {
-    m <- regmatches(r, regexec("^ssh://([^/:@]+@)?([^/:@]+)(:([0-9]+))?/?$", r))[[1L]]
-    if (!length(m))
-      abort(sprintf("`remotes`: '%s' is not a URL of the form ssh://[user@]host[:port]", r))
-    port <- if (nzchar(m[5L])) m[5L] else "22"
-    c(sprintf("-o ConnectTimeout=%d -fTp %s", as.integer(timeout), port), paste0(m[2L], m[3L]), ".")
+    to <- url_parts(r, ssh = TRUE)
+    login <- if (is.null(to$user)) to$host else paste0(to$user, "@", to$host)
+    c(sprintf("-o ConnectTimeout=%d -fTp %d", as.integer(timeout), to$port), login, ".")
   })
   list(command = command, args = args, rscript = rscript, quote = TRUE, tunnel = tunnel)
 }
@@ -228,11 +220,10 @@ ssh_config <- function(remotes, tunnel = FALSE, timeout = 10, command = "ssh",
 #' cluster_config("bsub", "#BSUB -J mirai\n#BSUB -n 1")
 #' @export
 cluster_config <- function(command = "sbatch", options = "", rscript = "Rscript") {
-  if (!is_string(command))
-    abort("`command` must be a character string such as \"sbatch\"")
+  check_string(command, "command", "a character string such as \"sbatch\"")
   if (!is.character(options) || anyNA(options))
     abort("`options` must be a character string")
-  if (!is_string(rscript)) abort("`rscript` must be a character string")
+  check_string(rscript, "rscript")
   lines <- unlist(strsplit(paste(options, collapse = "\n"), "\n", fixed = TRUE))
   lines <- sub("^[[:space:]]+", "", lines)
   script <- paste(c("#!/bin/sh", lines[nzchar(lines)]), collapse = "\n")
@@ -261,10 +252,12 @@ cluster_config <- function(command = "sbatch", options = "", rscript = "Rscript"
 #' `resource_profile`, `cpus` and `memory` (MB). Not tested against
 #' Workbench itself here.
 #'
-#' Requests to `http://` URLs are made by a small HTTP/1.1 client in base R
-#' (5 second timeout); `https://` URLs need the curl package. The daemon
-#' call in the request body includes the profile's secret (`secret =`): use
-#' `https://` for an API on another machine.
+#' Requests are made with the 'curl' package (each times out after
+#' `r HTTP_TIMEOUT_SECS` seconds), and the daemon call is escaped for JSON by
+#' the 'jsonlite' package: launching needs both installed (mirai suggests
+#' them; it does not require them). The daemon call in the request body
+#' includes the profile's secret (`secret =`): use `https://` for an API on
+#' another machine.
 #'
 #' @param url (character or function) the API endpoint. Default: Posit
 #'   Workbench's, from `RS_SERVER_ADDRESS`.
@@ -299,8 +292,7 @@ http_config <- function(url = posit_workbench_url, method = "POST",
   lazy <- function(x) is.function(x) || is.character(x)
   if (!lazy(url))
     abort("`url` must be a character string or a function returning one")
-  if (!is_string(method))
-    abort("`method` must be a character string such as \"POST\"")
+  check_string(method, "method", "a character string such as \"POST\"")
   if (!lazy(headers))
     abort("`headers` must be a named character vector or a function returning one")
   if (!lazy(data))
@@ -324,16 +316,6 @@ print.miraiLaunchCmd <- function(x, ...) {
 
 # ---------------------------------------------------------------- internals
 
-is_string <- function(x) is.character(x) && length(x) == 1L && !is.na(x)
-
-launchable_profile <- function(.compute) {
-  prof <- profile_of(.compute)
-  if (is.null(prof)) abort("daemons must be set to use this function")
-  if (isTRUE(prof$sync))
-    abort("daemons cannot be launched for synchronous compute profiles")
-  prof
-}
-
 check_remote <- function(remote) {
   command_config <- function(r) all(c("args", "rscript") %in% names(r)) && is_string(r$rscript)
   ok <- is.list(remote) && (identical(remote$type, "http") || command_config(remote))
@@ -341,8 +323,15 @@ check_remote <- function(remote) {
                 "cluster_config() or http_config()")
 }
 
-url_host <- function(url) sub("^[a-z+]+://(\\[[^]]*\\]|[^:/]*).*$", "\\1", url)
-url_port <- function(url) as.integer(sub("^.*:([0-9]+)(/.*)?$", "\\1", url))
+# The parts of `url` (see mirai_url_parts in rust/src/r/glue/helpers.rs, the
+# one URL parser): `ssh = TRUE` for an ssh:// URL, else one daemons dial.
+url_parts <- function(url, ssh = FALSE) .Call(C_mirai_url_parts, url, ssh)
+
+# An SSH tunnel forwards the port of a loopback URL.
+check_tunnel <- function(remote, url) {
+  if (isTRUE(remote$tunnel) && !identical(url_parts(url)$host, "127.0.0.1"))
+    abort("SSH tunnelling requires daemons `url` hostname to be `127.0.0.1`")
+}
 
 # The daemon() call for one more daemon of `prof`: URL, dispatcher, dots,
 # its stream (`rs`) and the TLS certificate (both from launch_args()).
@@ -399,7 +388,7 @@ run_ssh <- function(remote, args, cmd, url) {
                "Include ~/.ssh/config", "Include /etc/ssh/ssh_config"), cfg)
   args <- c("-F", shQuote(cfg), args[args != "."])
   if (isTRUE(remote$tunnel)) {
-    port <- url_port(url)
+    port <- url_parts(url)$port
     args <- c(sprintf("-o ExitOnForwardFailure=yes -R %d:127.0.0.1:%d", port, port), args)
   }
   status <- system(paste(c(remote$command, args), collapse = " "), wait = TRUE)
@@ -498,15 +487,29 @@ cancel_cluster_jobs <- function(prof) {
 # A value of a config that may be a function evaluated at launch.
 resolve <- function(x, ...) if (is.function(x)) x(...) else x
 
-json_escape <- function(x) {
-  x <- gsub("\\", "\\\\", x, fixed = TRUE)
-  x <- gsub("\"", "\\\"", x, fixed = TRUE)
-  x <- gsub("\n", "\\n", x, fixed = TRUE)
-  x <- gsub("\r", "\\r", x, fixed = TRUE)
-  gsub("\t", "\\t", x, fixed = TRUE)
+# How long one request of http_config() may take.
+HTTP_TIMEOUT_SECS <- 5
+
+# `x` as the contents of a JSON string (without the quotes): jsonlite's
+# escaping, control characters included.
+json_string <- function(x) {
+  s <- as.character(jsonlite::toJSON(x, auto_unbox = TRUE))
+  substr(s, 2L, nchar(s) - 1L)
+}
+
+# Suggested packages that `what` cannot do without: an error naming those
+# not installed.
+need_packages <- function(pkgs, what) {
+  missing <- pkgs[!vapply(pkgs, requireNamespace, logical(1L), quietly = TRUE)]
+  if (length(missing))
+    abort(sprintf("%s needs the %s %s: install %s", what,
+                  paste(sprintf("'%s'", missing), collapse = " and "),
+                  if (length(missing) > 1L) "packages" else "package",
+                  if (length(missing) > 1L) "them" else "it"))
 }
 
 http_launch <- function(remote, calls) {
+  need_packages(c("curl", "jsonlite"), "launching daemons with http_config()")
   lapply(calls, function(call) {
     url <- resolve(remote$url)
     if (!is_string(url)) abort("`url` of http_config() must give a character string")
@@ -521,7 +524,7 @@ http_launch <- function(remote, calls) {
     if (length(cookie) && nzchar(cookie)) headers <- c(headers, Cookie = cookie)
     if (length(token) && nzchar(token))
       headers <- c(headers, Authorization = paste("Bearer", token))
-    body <- sprintf(data, json_escape(call))
+    body <- sprintf(data, json_string(call))
     res <- http_request(url, remote$method, headers, body)
     if (res$status >= 400L)
       abort(sprintf("launching a daemon failed: %s %s answered HTTP %d: %s",
@@ -531,68 +534,17 @@ http_launch <- function(remote, calls) {
   })
 }
 
-# One HTTP request: a minimal HTTP/1.1 client over a socket for http://,
-# the curl package for https://. Returns list(status, headers, data).
-http_request <- function(url, method, headers, body, timeout = 5) {
-  if (startsWith(url, "https://")) {
-    if (!requireNamespace("curl", quietly = TRUE))
-      abort("`url`: https:// URLs in http_config() need the curl package")
-    h <- curl::new_handle(customrequest = method, postfields = body, timeout = timeout)
-    if (length(headers)) curl::handle_setheaders(h, .list = as.list(headers))
-    r <- curl::curl_fetch_memory(url, handle = h)
-    return(list(status = r$status_code, headers = curl::parse_headers(r$headers),
-                data = rawToChar(r$content)))
-  }
-  m <- regmatches(url, regexec("^http://(\\[[^]]+\\]|[^/:]+)(:([0-9]+))?(/.*)?$", url))[[1L]]
-  if (!length(m)) abort(sprintf("`url`: '%s' is not an http:// or https:// URL", url))
-  host <- gsub("^\\[|\\]$", "", m[2L])
-  port <- if (nzchar(m[4L])) as.integer(m[4L]) else 80L
-  path <- if (nzchar(m[5L])) m[5L] else "/"
-  con <- tryCatch(socketConnection(host, port, blocking = TRUE, open = "r+b", timeout = timeout),
-                  error = function(e) NULL, warning = function(w) NULL)
-  if (is.null(con))
-    abort(sprintf("launching a daemon failed: cannot connect to %s", url))
-  on.exit(close(con))
-  payload <- charToRaw(enc2utf8(body))
-  head <- paste0(method, " ", path, " HTTP/1.1\r\nHost: ", m[2L], m[3L], "\r\n",
-                 paste0(names(headers), ": ", headers, "\r\n", collapse = ""),
-                 "Content-Length: ", length(payload), "\r\nConnection: close\r\n\r\n")
-  writeBin(c(charToRaw(head), payload), con)
-  flush(con)
-  resp <- raw()
-  repeat {
-    chunk <- tryCatch(readBin(con, "raw", 65536L),
-                      error = function(e) raw(), warning = function(w) raw())
-    if (!length(chunk)) break
-    resp <- c(resp, chunk)
-  }
-  split <- grepRaw("\r\n\r\n", resp, fixed = TRUE)
-  if (!length(split))
-    abort(sprintf("launching a daemon failed: no HTTP response from %s", url))
-  lines <- strsplit(rawToChar(resp[seq_len(split - 1L)]), "\r\n", fixed = TRUE)[[1L]]
-  status <- suppressWarnings(as.integer(strsplit(lines[1L], " ", fixed = TRUE)[[1L]][2L]))
-  if (is.na(status))
-    abort(sprintf("launching a daemon failed: malformed HTTP response from %s", url))
-  hdr <- lines[-1L]
-  names(hdr) <- tolower(sub(":.*$", "", hdr))
-  hdr[] <- sub("^[^:]*:[[:space:]]*", "", hdr)
-  data <- resp[seq.int(split + 4L, length.out = max(0L, length(resp) - split - 3L))]
-  if (identical(tolower(hdr["transfer-encoding"]), "chunked")) data <- unchunk(data)
-  list(status = status, headers = as.list(hdr), data = rawToChar(data))
-}
-
-# Decodes a chunked transfer-encoded body.
-unchunk <- function(x) {
-  out <- raw()
-  repeat {
-    eol <- grepRaw("\r\n", x, fixed = TRUE)
-    if (!length(eol)) break
-    size <- strtoi(sub(";.*$", "", rawToChar(x[seq_len(eol - 1L)])), 16L)
-    if (is.na(size) || size == 0L) break
-    out <- c(out, x[seq.int(eol + 2L, length.out = size)])
-    x <- x[-seq_len(eol + 3L + size)]
-  }
-  out
+# One HTTP request, by curl. Returns list(status, headers, data), the
+# headers named in lower case.
+http_request <- function(url, method, headers, body, timeout = HTTP_TIMEOUT_SECS) {
+  if (!startsWith(url, "http://") && !startsWith(url, "https://"))
+    abort(sprintf("`url`: '%s' is not an http:// or https:// URL", url))
+  h <- curl::new_handle(customrequest = method, postfields = body, timeout = timeout)
+  if (length(headers)) curl::handle_setheaders(h, .list = as.list(headers))
+  r <- tryCatch(curl::curl_fetch_memory(url, handle = h), error = function(e)
+    abort(sprintf("launching a daemon failed: cannot connect to %s: %s", url, conditionMessage(e))))
+  list(status = r$status_code, headers = curl::parse_headers_list(r$headers),
+       data = rawToChar(r$content))
 }
 
 # ---------------------------------------------------------------- Posit Workbench defaults
@@ -618,22 +570,19 @@ posit_workbench_cookie <- function() {
 posit_workbench_data <- function(rscript = file.path(R.home("bin"), "Rscript"),
                                  job_name = "mirai_daemon", cluster = "Kubernetes", image = NULL,
                                  resource_profile = NULL, cpus = 1, memory = 512) {
-  libs <- json_escape(sprintf(".libPaths(%s)", paste(deparse(.libPaths()), collapse = "")))
-  jstr <- function(x) sprintf("\"%s\"", json_escape(x))
-  fields <- c(
-    sprintf("\"name\": %s", jstr(job_name)),
-    sprintf("\"cluster\": %s", jstr(cluster)),
-    if (!is.null(image)) sprintf("\"container\": {\"image\": %s}", jstr(image)),
-    if (!is.null(resource_profile)) sprintf("\"resourceProfile\": %s", jstr(resource_profile)),
-    sprintf(paste0("\"resourceLimits\": [{\"type\": \"cpuCount\", \"value\": \"%s\"}, ",
-                   "{\"type\": \"memory\", \"value\": \"%s\"}]"), cpus, memory),
-    sprintf("\"exe\": %s", jstr(rscript)),
-    sprintf("\"args\": [\"-e\", \"%s;", libs)
-  )
-  # Literal percent signs survive the sprintf() that fills in the daemon
-  # call, which goes last, after the library paths are set.
-  fields <- gsub("%", "%%", fields, fixed = TRUE)
-  fields[length(fields)] <- paste0(fields[length(fields)], "%s\"]")
-  sprintf("{\"method\": \"launch_job\", \"kwparams\": {\"job\": {%s}}}",
-          paste(fields, collapse = ", "))
+  # The daemon call goes last, after the library paths are set; the JSON is
+  # made with a marker in its place, which becomes the %s that receives it
+  # (every literal percent sign doubled, to survive that sprintf()).
+  marker <- paste0("@mirai-daemon-call-", .Call(C_mirai_random_hex, 8), "@")
+  libs <- sprintf(".libPaths(%s)", paste(deparse(.libPaths()), collapse = ""))
+  job <- list(name = job_name, cluster = cluster)
+  if (!is.null(image)) job$container <- list(image = image)
+  if (!is.null(resource_profile)) job$resourceProfile <- resource_profile
+  job$resourceLimits <- list(list(type = "cpuCount", value = as.character(cpus)),
+                             list(type = "memory", value = as.character(memory)))
+  job$exe <- rscript
+  job$args <- c("-e", paste0(libs, ";", marker))
+  json <- as.character(jsonlite::toJSON(list(method = "launch_job", kwparams = list(job = job)),
+                                        auto_unbox = TRUE))
+  sub(marker, "%s", gsub("%", "%%", json, fixed = TRUE), fixed = TRUE)
 }

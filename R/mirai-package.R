@@ -33,15 +33,26 @@
 
 .unresolved <- structure(NA, class = "unresolvedValue")
 
+# On every mirai()'s path: the common cases are tested inline, the check
+# (and its one message) is check_compute()'s.
 profile_of <- function(.compute) {
-  if (is.null(.compute)) .compute <- .$current
-  if (!is.character(.compute) || length(.compute) != 1L || is.na(.compute))
-    abort("`.compute` must be a character string naming a compute profile, or NULL")
+  if (is.null(.compute)) return(.$profiles[[.$current]])
+  if (!is.character(.compute) || length(.compute) != 1L || is.na(.compute)) check_compute(.compute)
   .$profiles[[.compute]]
 }
 
 .onLoad <- function(libname, pkgname) {
   .Call(C_mirai_r_init, C_mirai_aio_data, .unresolved)
-  # Daemon exit codes, defined once in Rust (ExitCode in rust/src/daemon/client.rs).
-  .$codes <- .Call(C_mirai_exit_codes)
+  # Defined once, natively (mirai_constants in rust/src/r/glue/helpers.rs): the
+  # daemon's exit codes, the error values and their texts, the kinds of
+  # what the daemon's loop receives, the wildcard hosts, and the timeouts
+  # and limits that R checks arguments against and its documentation
+  # quotes (see limit()).
+  k <- .Call(C_mirai_constants)
+  .$codes <- k$exit_codes
+  .$error_codes <- k$error_codes
+  .$error_texts <- k$error_texts
+  .$recv_kinds <- k$recv_kinds
+  .$wildcard_hosts <- k$wildcard_hosts
+  .$limits <- k$limits
 }

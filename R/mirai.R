@@ -56,14 +56,15 @@ named_list <- function(x, what) {
 #'
 #' @section Timeouts:
 #' With `.timeout`, a mirai that has not resolved after that many
-#' milliseconds resolves to 'errorValue' 5 (`'errorValue' int 5 | Timed
-#' out`). With a dispatcher (the default) the task is also cancelled: taken
-#' off the queue if it has not started, or interrupted on its daemon, which
+#' milliseconds resolves to 'errorValue' `r error_code("timeout")`
+#' (`r code_span("'errorValue' int", error_text(error_code("timeout")))`).
+#' With a dispatcher (the default) the task is also cancelled: taken off the
+#' queue if it has not started, or interrupted on its daemon, which
 #' is then free for the next task. Without a dispatcher
 #' (`daemons(dispatcher = FALSE)`) only the mirai gives up: the task runs to
 #' its end on the daemon, and later tasks sent to that daemon wait for it.
 #' [stop_mirai()] cancels a mirai in the same way at any time (errorValue
-#' 20).
+#' `r error_code("canceled")`).
 #'
 #' @section Errors:
 #' An error in the expression does not raise an error in this session: the
@@ -74,10 +75,11 @@ named_list <- function(x, what) {
 #' `$stack.trace` (the calls from the evaluation down to the error) and any
 #' other fields of a custom condition. An interrupt on the daemon gives a
 #' 'miraiInterrupt'. A daemon that dies or disconnects during the task, or
-#' a [daemons()] reset while it is pending, gives 'errorValue' 19
-#' (`Connection reset`). Test for these with [is_mirai_error()],
-#' [is_mirai_interrupt()] and [is_error_value()]; `m[.stop]`-style
-#' collection ([mirai_map()]) turns the first of them into an R error.
+#' a [daemons()] reset while it is pending, gives 'errorValue'
+#' `r error_code("reset")` (`r code_span(error_meaning("reset"))`). Test for
+#' these with [is_mirai_error()], [is_mirai_interrupt()] and
+#' [is_error_value()]; `m[.stop]`-style collection ([mirai_map()]) turns the
+#' first of them into an R error.
 #' Warnings, messages and printed output on a daemon are not returned with
 #' the value: return them as part of it if needed. Local daemons set with
 #' `daemons(n, output = TRUE)` print theirs to this session's console.
@@ -90,7 +92,7 @@ named_list <- function(x, what) {
 #' @param .args (list) a named list or environment of objects kept local to
 #'   the evaluation. Default `list()`.
 #' @param .timeout (integer) milliseconds after which the mirai resolves to
-#'   an 'errorValue' 5 (timed out). Default NULL (no timeout).
+#'   an 'errorValue' `r error_code("timeout")` (timed out). Default NULL (no timeout).
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
 #' @return A 'mirai' object, invisibly. It prints as `< mirai [] >` while
@@ -146,8 +148,8 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
     named_list(dots, "`...` arguments")
   } else list()
   args <- if (is.list(.args) && !length(.args)) .args else named_list(.args, "items in `.args`")
-  if (!is.null(.timeout) && (!is.numeric(.timeout) || length(.timeout) != 1L || is.na(.timeout) || .timeout < 0))
-    abort("`.timeout` must be a non-negative number of milliseconds, or NULL")
+  if (!is.null(.timeout))
+    check_number(.timeout, ".timeout", "a non-negative number of milliseconds, or NULL")
   data <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
   prof <- profile_of(.compute)
   if (is.null(prof)) {
@@ -157,7 +159,7 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .compute = NULL) 
     return(invisible(ephemeral_mirai(data, .timeout)))
   }
   if (isTRUE(prof$sync)) return(invisible(sync_mirai(prof, data)))
-  # The mirai object itself is built natively (see make_mirai in api.rs).
+  # The mirai object itself is built natively (new_mirai in rust/src/r/layer/object.rs).
   invisible(if (is.null(prof$seed)) .Call(C_mirai_host_submit, prof$host, data, .timeout)
             else submit_task(prof, data, .timeout))
 }
@@ -218,7 +220,7 @@ submit_task <- function(prof, data, timeout, seed = TRUE) {
 resolved_mirai <- function(value) .Call(C_mirai_resolved, value)
 
 ephemeral_mirai <- function(data, timeout) {
-  secret <- .Call(C_mirai_random_hex, 16)
+  secret <- new_secret()
   host <- .Call(C_mirai_host_start, local_url(), FALSE, secret, TRUE, NULL, NULL, 0, max_message(), NULL, NULL)
   url <- .Call(C_mirai_host_url, host)
   launch_process(host, url, secret, list(dispatcher = FALSE, maxtasks = 1L, cleanup = FALSE))
@@ -332,7 +334,8 @@ is_mirai <- function(x) inherits(x, "mirai")
 
 #' Stop a mirai
 #'
-#' Resolves a mirai to 'errorValue' 20 (operation canceled) at once. With a
+#' Resolves a mirai to 'errorValue' `r error_code("canceled")` (operation canceled) at
+#' once. With a
 #' dispatcher, a queued task is withdrawn and a running one interrupted.
 #'
 #' @param x (mirai or list) a 'mirai' or a list of them. No default:

@@ -77,8 +77,7 @@ with.miraiDaemons <- function(data, expr, ...) {
 
 # Makes `.compute` current; returns the previous profile name.
 switch_profile <- function(.compute) {
-  if (!is.character(.compute) || length(.compute) != 1L || is.na(.compute))
-    abort("`.compute` must be a character string naming a compute profile")
+  check_compute(.compute, null = FALSE)
   if (is.null(.$profiles[[.compute]]))
     abort(sprintf("the '%s' compute profile does not exist: set it first with daemons(..., .compute = \"%s\")",
                  .compute, .compute))

@@ -15,8 +15,9 @@
 #' A mirai whose value is a 'miraiError' rejects with an error carrying the
 #' remote error's message and call. One that resolves to another error
 #' value rejects with an error naming it, such as "the mirai timed out
-#' (errorValue 5 | Timed out)" or "the mirai's daemon disconnected, or its
-#' daemons were reset (errorValue 19 | Connection reset)". Either way the
+#' (errorValue `r error_text(error_code("timeout"))`)" or "the mirai's daemon
+#' disconnected, or its daemons were reset (errorValue
+#' `r error_text(error_code("reset"))`)". Either way the
 #' rejection reason is a 'simpleError' (of class 'miraiPromiseError' too). A
 #' 'miraiInterrupt' fulfils with its value. A mirai_map becomes a promise
 #' of the list of its values ([promises::promise_all()]).
@@ -101,10 +102,11 @@ promise_error <- function(v) {
                           condition.class = attr(v, "condition.class", exact = TRUE)))
   }
   code <- as.integer(v)
-  what <- switch(as.character(code),
-                 "5" = "the mirai timed out",
-                 "19" = "the mirai's daemon disconnected, or its daemons were reset",
-                 "20" = "the mirai was cancelled",
+  name <- names(.$error_codes)[match(code, .$error_codes)]
+  what <- switch(if (is.na(name)) "" else name,
+                 timeout = "the mirai timed out",
+                 reset = "the mirai's daemon disconnected, or its daemons were reset",
+                 canceled = "the mirai was cancelled",
                  "the mirai resolved to an error value")
   errorCondition(sprintf("%s (errorValue %s)", what, error_text(code)), class = class,
                  call = NULL, value = v)

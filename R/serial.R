@@ -1,5 +1,5 @@
 # Custom serialization of reference objects (external pointers,
-# environments). The hooks themselves are native (rust/src/serial.rs); this
+# environments). The hooks themselves are native (rust/src/r/layer/serial.rs); this
 # file only builds and stores configurations.
 
 as_function_list <- function(f, n, what) {

@@ -95,7 +95,8 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: ProtectFn, 
         helpers::mirai_ip_addr,
         helpers::mirai_next_stream,
         helpers::mirai_rng_advance,
-        helpers::mirai_exit_codes,
+        helpers::mirai_constants,
+        helpers::mirai_url_parts,
     ];
     // Test-only routines (fault injection): built only with the
     // `test-hooks` feature, which tools/test.sh turns on for its install

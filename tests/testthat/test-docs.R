@@ -125,3 +125,62 @@ test_that("the pkgdown site builds offline, with every reference page and articl
   message(sprintf("test-docs.R: the pkgdown site (%s) took %.0f s to build",
                   if (long) "all articles" else "one article knitted", secs))
 })
+
+# A help page of the installed package as plain text, whitespace collapsed
+# and without the quotes code is shown in.
+rd_text <- function(topic) {
+  old <- options(useFancyQuotes = FALSE)
+  on.exit(options(old))
+  rd <- tools::Rd_db("mirai")[[paste0(topic, ".Rd")]]
+  out <- utils::capture.output(tools::Rd2txt(rd, options = list(underline_titles = FALSE)))
+  gsub("['\u2018\u2019]", "", gsub("[[:space:]]+", " ", paste(out, collapse = " ")))
+}
+
+test_that("help pages and messages quote the timeouts, limits and codes the native side defines", {
+  # Each is defined once (natively, or as one R constant) and written into
+  # the help pages when they are generated (`r ...` in the roxygen
+  # comments): a page generated before the value changed fails here.
+  lim <- function(name) format(mirai:::limit(name), scientific = FALSE)
+  bytes <- function(name) mirai:::bytes_text(mirai:::limit(name))
+  code <- function(name) mirai:::error_code(name)
+  pages <- list(
+    daemons = c(sprintf("handshake within %s seconds", lim("hello_timeout_s")),
+                sprintf("at most %s peers may be mid-handshake", lim("max_pending")),
+                sprintf("(bytes; default %s)", bytes("max_message_bytes")),
+                sprintf("waits up to %s seconds", mirai:::RESET_GRACE_SECS),
+                sprintf("notices within about %s seconds", lim("dead_peer_s")),
+                sprintf("within the %s second handshake limit", lim("hello_timeout_s")),
+                sprintf("wildcard host (%s)", gsub("`", "", mirai:::wildcard_text())),
+                sprintf("resolving pending mirai to errorValue %d", code("reset"))),
+    info = c(sprintf("handshake within %s seconds", lim("hello_timeout_s")),
+             sprintf("default %s)", bytes("max_message_bytes"))),
+    daemon = c(sprintf("reached within %s seconds", lim("dial_timeout_s")),
+               sprintf("within about %s seconds", lim("dead_peer_s")),
+               sprintf("holds at most %s of it", bytes("pre_auth_bytes")),
+               sprintf("an exit code: %s", mirai:::exit_codes_text())),
+    everywhere = c(sprintf("at most %s", lim("max_everywhere")),
+                   sprintf("resolves to errorValue %d.", code("reset"))),
+    mirai = c(sprintf("resolves to errorValue %d (errorValue int %s)", code("timeout"),
+                      mirai:::error_text(code("timeout"))),
+              sprintf("(errorValue %d)", code("canceled")),
+              sprintf("gives errorValue %d (%s)", code("reset"), mirai:::error_meaning("reset")),
+              sprintf("an errorValue %d (timed out)", code("timeout"))),
+    stop_mirai = sprintf("Resolves a mirai to errorValue %d (operation canceled)", code("canceled")),
+    as.promise.mirai = sprintf("(errorValue %s)", mirai:::error_text(code("reset"))),
+    is_mirai_error = sprintf("%d (timed out), %d (connection reset", mirai:::error_code("timeout"),
+                             mirai:::error_code("reset")),
+    http_config = sprintf("times out after %s seconds", mirai:::HTTP_TIMEOUT_SECS)
+  )
+  for (topic in names(pages)) {
+    text <- rd_text(topic)
+    for (quote in pages[[topic]])
+      expect_true(grepl(quote, text, fixed = TRUE), label = sprintf("%s: '%s'", topic, quote))
+  }
+  # Messages are made from the same values.
+  daemons(sync = TRUE)
+  on.exit(daemons(0))
+  expect_error(everywhere(1, .min = -1), sprintf("at most %s", lim("max_everywhere")), fixed = TRUE)
+  old <- options(mirai.max_message = 1)
+  on.exit(options(old), add = TRUE)
+  expect_error(daemons(1), sprintf("at least %s", lim("min_max_message_bytes")), fixed = TRUE)
+})

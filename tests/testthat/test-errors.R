@@ -142,3 +142,85 @@ test_that("mirai's errors raised inside a task on a daemon come back as its mira
   expect_true(is_mirai_error(e))
   expect_match(e$message, "No daemons set for the 'none' compute profile", fixed = TRUE)
 })
+
+test_that("a miraiError has the same shape whichever path makes it (R or native, host or daemon)", {
+  shape <- function(e) {
+    expect_true(is_mirai_error(e))
+    expect_identical(class(e), c("miraiError", "errorValue", "try-error"))
+    expect_identical(e$condition.class, c("simpleError", "error", "condition"))
+    expect_true(is.list(e$stack.trace))
+    expect_identical(unclass(e)[[1L]], sprintf("Error: %s\n", e$message))
+    sort(names(attributes(e)))
+  }
+  want <- sort(c("class", "message", "condition.class", "stack.trace"))
+  # Raised in the task, built by R on the daemon.
+  daemons(1)
+  on.exit(daemons(0))
+  expect_identical(shape(mirai(stop("in the task", call. = FALSE))[]), want)
+  daemons(0)
+  # The result cannot be unserialized on the host: built natively there.
+  host_fail <- function(r) if (!mirai::on_daemon()) stop("host side failed") else NULL
+  environment(host_fail) <- globalenv()
+  pack <- function(x) serialize(NULL, NULL)
+  environment(pack) <- globalenv()
+  daemons(1, serial = serial_config("myobj", pack, host_fail))
+  e <- mirai(structure(new.env(), class = "myobj"))[]
+  expect_match(e$message, "result could not be unserialized")
+  expect_identical(shape(e), want)
+  daemons(0)
+  # A cluster node's task that do.call() refuses: built natively on the daemon.
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl), add = TRUE)
+  parallel:::sendCall(cl[[1L]], 1, list())
+  e <- parallel:::recvResult(cl[[1L]])
+  expect_identical(e$message, "'what' must be a function or character string")
+  expect_identical(shape(e), want)
+})
+
+test_that("the daemon's loop handles exactly the kinds of message the native side defines", {
+  # The kinds are defined once, natively (Received in rust/src/r/glue/daemon.rs),
+  # and handed to R at load; the loop in daemon() dispatches on them by name
+  # in one switch().
+  arms <- NULL
+  walk <- function(x) {
+    if (is.call(x)) {
+      if (identical(x[[1L]], as.name("switch")) && identical(x[[2L]], quote(msg[["kind"]])))
+        arms <<- c(arms, setdiff(names(as.list(x))[-(1:2)], ""))
+      for (i in seq_along(x)[-1L]) if (!identical(x[[i]], quote(expr = ))) walk(x[[i]])
+    }
+  }
+  walk(body(mirai::daemon))
+  kinds <- mirai:::.$recv_kinds
+  expect_gt(length(kinds), 3L)
+  expect_setequal(arms, kinds)
+})
+
+test_that("each argument is checked once, by R, with one message naming it", {
+  # The same helpers (check_flag, check_string, check_number, ...) make the
+  # message wherever the same kind of argument is taken.
+  cases <- list(
+    list(quote(daemon(1)), "`url` must be a character string, e.g."),
+    list(quote(daemon("tcp://127.0.0.1:1", autoexit = "yes")), "`autoexit` must be TRUE, NA or FALSE"),
+    list(quote(daemon("tcp://127.0.0.1:1", cleanup = NA)), "`cleanup` must be TRUE or FALSE"),
+    list(quote(daemon("tcp://127.0.0.1:1", idletime = -1)), "`idletime` must be a non-negative number (or Inf)"),
+    list(quote(daemons(1, sync = NA)), "`sync` must be TRUE or FALSE"),
+    list(quote(daemons(1, .compute = 1)), "`.compute` must be a character string naming a compute profile, or NULL"),
+    list(quote(mirai(1, .timeout = -1)), "`.timeout` must be a non-negative number of milliseconds, or NULL"),
+    list(quote(local_url(port = 70000)), "`port` must be an integer from 0 to 65535"),
+    list(quote(host_url(port = NA)), "`port` must be an integer from 0 to 65535"),
+    list(quote(nextcode("a")), "`xc` must be a single integer exit code"),
+    list(quote(nextget(1)), "`x` must be a character string"),
+    list(quote(remote_config(quote = NA)), "`quote` must be TRUE or FALSE"),
+    list(quote(ssh_config("ssh://h", timeout = 0)), "`timeout` must be a positive number of seconds"),
+    list(quote(ssh_config("ssh://h", tunnel = 1)), "`tunnel` must be TRUE or FALSE"),
+    list(quote(cluster_config(rscript = 1)), "`rscript` must be a character string")
+  )
+  for (case in cases) {
+    e <- tryCatch(eval(case[[1L]]), error = identity)
+    expect_s3_class(e, "error")
+    # The whole message (the `url` one goes on with an example).
+    expect_true(startsWith(conditionMessage(e), case[[2L]]),
+                label = sprintf("%s gives '%s'", deparse1(case[[1L]]), conditionMessage(e)))
+    if (!endsWith(case[[2L]], "e.g.")) expect_identical(conditionMessage(e), case[[2L]])
+  }
+})

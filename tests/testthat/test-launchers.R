@@ -39,6 +39,39 @@ test_that("launch configurations are checked and built as documented", {
   expect_null(id("qsub: job rejected"))
   expect_error(http_config(url = 1), "`url` must be")
   expect_identical(http_config(url = "http://x", data = "%s")$type, "http")
+  # ssh:// URLs are read by the native URL parser, IPv6 hosts included.
+  expect_identical(ssh_config("ssh://u@[::1]:2200/")$args[[1L]], c("-o ConnectTimeout=10 -fTp 2200", "u@::1", "."))
+  expect_error(ssh_config("ssh://h:+22"), "ssh://\\[user@\\]host\\[:port\\]")
+})
+
+test_that("http_config() escapes the daemon call for JSON with jsonlite, control characters too", {
+  skip_if_not_installed("jsonlite")
+  # Every control character, which a JSON string may not hold raw.
+  call <- paste0("mirai::daemon(\"tcp://h:1\", secret = \"x\")\\", intToUtf8(1:31))
+  expect_true(jsonlite::validate(sprintf("\"%s\"", mirai:::json_string(call))))
+  expect_identical(jsonlite::fromJSON(sprintf("\"%s\"", mirai:::json_string(call))), call)
+  # The Workbench request is valid JSON, the call in the right place, even
+  # for library paths and options holding quotes and percent signs.
+  body <- sprintf(mirai:::posit_workbench_data(job_name = "50% \"done\"", image = "r:4.5"),
+                  mirai:::json_string(call))
+  expect_true(jsonlite::validate(body))
+  job <- jsonlite::fromJSON(body)$kwparams$job
+  expect_identical(job$name, "50% \"done\"")
+  expect_identical(job$container$image, "r:4.5")
+  expect_identical(job$args[[1L]], "-e")
+  expect_identical(sub("^[^;]*;", "", job$args[[2L]]), call)
+})
+
+test_that("a suggested package that is missing is named in the error", {
+  # http_config() launches need 'curl' and 'jsonlite' (Suggests); what it
+  # says when one is not installed, with a name no library holds.
+  absent <- "mirai.no.such.package"
+  expect_error(mirai:::need_packages(c("jsonlite", absent), "launching daemons with http_config()"),
+               sprintf("launching daemons with http_config() needs the '%s' package: install it", absent),
+               fixed = TRUE)
+  expect_error(mirai:::need_packages(c(absent, "b.absent"), "x"),
+               sprintf("x needs the '%s' and 'b.absent' packages: install them", absent), fixed = TRUE)
+  expect_null(mirai:::need_packages(c("jsonlite", "curl"), "x"))
 })
 
 test_that("launch_remote() commands carry URL, stream and secret, which print() and status() never show", {
@@ -593,7 +626,7 @@ test_that("http_config(): the request carries method, headers and the daemon cal
   Sys.setenv(RS_SERVER_ADDRESS = sub("/launch$", "/", launcher$url))
   expect_error(launch_remote(1, http_config()), "RS_SESSION_RPC_COOKIE is not set")
   body <- sprintf(mirai:::posit_workbench_data(cpus = 2, image = "r:4.5"),
-                  mirai:::json_escape("mirai::daemon(\"tcp://h:1\", secret = \"x\")\n"))
+                  mirai:::json_string("mirai::daemon(\"tcp://h:1\", secret = \"x\")\n"))
   f <- tempfile()
   writeLines(body, f)
   parsed <- run("/usr/bin/python3", c("-c", shQuote("import json,sys; j=json.load(open(sys.argv[1]))['kwparams']['job']; print(j['args'][1]); print(j['container']['image'])"), f))

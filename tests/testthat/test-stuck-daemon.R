@@ -15,7 +15,10 @@ reaped <- function(pid) !file.exists(sprintf("/proc/%d", pid))
 
 # The profile's task counters (awaiting, executing, completed). Without a
 # dispatcher status() has none (as in the reference mirai): read natively.
-task_counters <- function() .Call(mirai:::C_mirai_host_info, mirai:::profile_of(NULL)$host)[3:5]
+task_counters <- function() {
+  v <- .Call(mirai:::C_mirai_host_info, mirai:::profile_of(NULL)$host)
+  unname(v[c("awaiting", "executing", "completed")])
+}
 
 test_that("without a dispatcher a stopped daemon takes one task, then none, and pins no memory", {
   skip_on_cran()

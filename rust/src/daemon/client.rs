@@ -98,7 +98,7 @@ impl Default for Limits {
 }
 
 /// Why a daemon's receive loop ends: the one definition of these codes,
-/// handed to R at load (`mirai_exit_codes`). Non-negative codes are what
+/// handed to R at load (`r::helpers::mirai_constants`). Non-negative codes are what
 /// `daemon()` returns and `nextcode()` describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
@@ -382,6 +382,10 @@ fn buffered(dec: &Decoder, stream: &BlockingStream) -> bool {
 fn version_mismatch(host: u32) -> String {
     format!("protocol version mismatch: host speaks {host}, daemon speaks {PROTOCOL_VERSION}; install the same mirai version on both")
 }
+
+/// How long `daemon(asyncdial = FALSE)` keeps dialling a host that is not
+/// listening (yet) before it gives up.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long the handshake may take, from the connect to the Init.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

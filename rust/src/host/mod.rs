@@ -109,6 +109,20 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The counters `info()` and `status()` show, by the names they show
+    /// them under (R reads them by name).
+    pub fn counters(&self) -> [(&'static str, u64); 6] {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("connections", get(&self.connections)),
+            ("cumulative", get(&self.cumulative)),
+            ("awaiting", get(&self.awaiting)),
+            ("executing", get(&self.executing)),
+            ("completed", get(&self.completed)),
+            ("refused", get(&self.refused)),
+        ]
+    }
+
     fn publish(&self, c: Counters) {
         if self.connections.swap(c.connections, Ordering::Relaxed) != c.connections {
             drop(lock(&self.room_lock));

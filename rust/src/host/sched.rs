@@ -53,9 +53,26 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 pub type TaskId = u64;
 pub type DaemonId = u64;
 
+/// The error values a task resolves to (the reference's, which are NNG's
+/// error codes): a `.timeout` passed, its daemon went away (or the profile
+/// was reset), `stop_mirai()`. Handed to R at load by these names
+/// (`r::helpers::mirai_constants`).
 pub const ERR_TIMEOUT: i32 = 5;
 pub const ERR_RESET: i32 = 19;
 pub const ERR_CANCELED: i32 = 20;
+pub const ERROR_VALUES: [(&str, i32); 3] = [("timeout", ERR_TIMEOUT), ("reset", ERR_RESET), ("canceled", ERR_CANCELED)];
+
+/// What each error value means, as NNG words it: the text of code `c` is
+/// `ERROR_TEXTS[c - 1]` (R prints an 'errorValue' with it).
+pub const ERROR_TEXTS: [&str; 31] = [
+    "Interrupted", "Out of memory", "Invalid argument", "Resource busy", "Timed out",
+    "Connection refused", "Object closed", "Try again", "Not supported", "Address in use",
+    "Incorrect state", "Entry not found", "Protocol error", "Destination unreachable", "Address invalid",
+    "Permission denied", "Message too large", "Connection aborted", "Connection reset", "Operation canceled",
+    "Out of files", "Out of space", "Resource already exists", "Read only resource", "Write only resource",
+    "Cryptographic error", "Peer could not be authenticated", "Option requires argument", "Ambiguous option",
+    "Incorrect type", "Connection shutdown",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -586,6 +603,14 @@ impl Sched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_values_have_nng_texts() {
+        let text = |c: i32| ERROR_TEXTS[c as usize - 1];
+        assert_eq!(text(ERR_TIMEOUT), "Timed out");
+        assert_eq!(text(ERR_RESET), "Connection reset");
+        assert_eq!(text(ERR_CANCELED), "Operation canceled");
+    }
 
     fn sends(a: &[Action]) -> Vec<(DaemonId, TaskId)> {
         a.iter()

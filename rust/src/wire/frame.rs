@@ -117,6 +117,8 @@ pub fn task_payload(p: &[u8]) -> Option<&[u8]> {
 /// Largest message accepted; guards against a garbage length allocating
 /// absurd amounts. 64-bit lengths still allow objects far over 2 GiB.
 pub const MAX_MESSAGE: u64 = 1 << 40;
+/// The smallest cap option `mirai.max_message` may set.
+pub const MIN_MAX_MESSAGE: u64 = 1024;
 
 #[cfg(test)]
 mod tests {

@@ -139,7 +139,7 @@ fn server_config(
 /// Generated credentials for a host listening at `host` (empty or a
 /// wildcard: this machine's loopback, name and interface addresses).
 pub fn generated_creds(host: &str) -> Result<ServerCreds, String> {
-    let names: Vec<String> = if host.is_empty() || host == "*" || host == "0.0.0.0" || host == "::" {
+    let names: Vec<String> = if crate::wire::url::is_wildcard(host) {
         let mut v = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
         if let Ok(n) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
             let n = n.trim();

@@ -214,7 +214,7 @@ fn unix_addr(addr: &Address) -> io::Result<unet::SocketAddr> {
 }
 
 fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
-    let host = if host.is_empty() || host == "*" { "0.0.0.0" } else { host };
+    let host = crate::wire::url::bind_host(host);
     (host, port)
         .to_socket_addrs()?
         .next()
@@ -601,6 +601,13 @@ pub const KEEPALIVE_COUNT: i32 = 3;
 /// more (tcp_retries2). TCP_USER_TIMEOUT bounds unacknowledged data too
 /// (and, with keepalive, replaces the probe count), in milliseconds.
 pub const USER_TIMEOUT_MS: i32 = 30_000;
+/// So a vanished peer goes unnoticed for at most this long (ms), idle or
+/// with data in flight: what the documentation quotes ("within about 30
+/// seconds").
+pub const DEAD_PEER_MS: i32 = {
+    let probing = (KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT) * 1000;
+    if probing > USER_TIMEOUT_MS { probing } else { USER_TIMEOUT_MS }
+};
 
 /// Turns on TCP keepalive with the timing above. Best effort: a socket
 /// that refuses it still works, only without the check.

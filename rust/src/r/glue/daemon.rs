@@ -7,7 +7,7 @@ use super::shared::{max_message, node_payload_names};
 use crate::r::layer::handle::{handle, kept, new_handle, set_kept, Held, Tagged};
 use crate::r::layer::serial;
 use crate::r::layer::value::*;
-use crate::daemon::client::{ClientConn, ExitCode, Incoming};
+use crate::daemon::client::{ClientConn, ExitCode, Incoming, DIAL_TIMEOUT};
 use crate::wire::frame::task_payload;
 use crate::sys::threads::lock;
 use crate::wire::url::Address;
@@ -27,8 +27,8 @@ fn conn(s: &impl Held) -> Result<&Conn, RError> {
 }
 
 /// Dials the host and completes the handshake. `retry_ms`: how long to keep
-/// retrying a refused dial (Inf: a year). `tlscert`: for `tls+tcp://`, the
-/// PEM certificates to verify the host with (NULL: none). `persist`: also
+/// retrying a refused dial (Inf: a year; NULL: `DIAL_TIMEOUT`). `tlscert`:
+/// for `tls+tcp://`, the PEM certificates to verify the host with (NULL: none). `persist`: also
 /// retry, for as long, when a peer fails the handshake (see
 /// `ClientConn::connect_with`), as a daemon reconnecting does.
 pub fn mirai_dial(
@@ -51,11 +51,14 @@ pub fn mirai_dial(
     };
     let max_message = max_message(max_msg)?;
     let secret = if is_null(secret) { String::new() } else { str_arg(secret, "secret")? };
-    let retry_ms = f64_arg(retry_ms, "asyncdial")?;
+    let retry = if is_null(retry_ms) {
+        DIAL_TIMEOUT
+    } else {
+        let ms = f64_arg(retry_ms, "retry_ms")?;
+        if ms.is_finite() { Duration::from_millis(ms.max(0.0) as u64) } else { Duration::from_secs(86400 * 365) }
+    };
     let autoexit = f64_arg(autoexit, "autoexit")?;
     let persist = bool_arg(persist, "persist")?;
-    let retry =
-        if retry_ms.is_finite() { Duration::from_millis(retry_ms.max(0.0) as u64) } else { Duration::from_secs(86400 * 365) };
     let mut interrupted = false;
     let c = ClientConn::connect_with(&addr, tls.as_ref(), &secret, max_message, Some(Instant::now() + retry), persist, || {
         interrupted = interrupt_pending();
@@ -121,24 +124,102 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
     }
 }
 
-/// The next task for R to evaluate, as `list(id, data)`; `list(id, NULL,
-/// message)` if it cannot be unserialized (or, for a cluster node's task,
-/// its result cannot be serialized), to be answered with that error;
-/// `list(id, box, before)` for a node task that failed (see `run_node`); or
-/// an exit code (see `ExitCode`) when there is none; or a string, why, when
-/// the host broke the protocol and the daemon must stop. A cluster node's tasks
+/// What `mirai_daemon_recv` hands R: `list(kind = <name>, ...)`, the
+/// fields of each kind below. The one definition of the protocol between
+/// the daemon's loop in R (R/daemon.R, whose `switch()` handles each kind
+/// by name) and this side; R takes the names at load (`mirai_constants`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// `id`, `data`: a task for R to evaluate and answer.
+    Task,
+    /// `id`, `message`: a task that cannot be run (it cannot be
+    /// unserialized, the host withdrew it, or, for a cluster node's task,
+    /// it could not be set up or its result not be serialized), for R to
+    /// answer with a 'miraiError' of `message`.
+    Error,
+    /// `id`, `before`: a cluster node's task failed: `box` holds the error
+    /// (see `run_node`), `before` is `geterrmessage()` from before it.
+    Failed,
+    /// `id`: a cluster node's task, answered here, for R to clean up after
+    /// (only when `cleanup` is TRUE).
+    Done,
+    /// `code`: the connection ended (an `ExitCode`).
+    Exit,
+    /// `why`: the host broke the protocol; the daemon stops, saying why.
+    Broken,
+}
+
+impl Received {
+    pub const ALL: [Received; 6] =
+        [Received::Task, Received::Error, Received::Failed, Received::Done, Received::Exit, Received::Broken];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Received::Task => "task",
+            Received::Error => "error",
+            Received::Failed => "failed",
+            Received::Done => "done",
+            Received::Exit => "exit",
+            Received::Broken => "broken",
+        }
+    }
+
+    /// The list's names, `kind` first.
+    fn fields(self) -> &'static [&'static CStr] {
+        match self {
+            Received::Task => &[c"kind", c"id", c"data"],
+            Received::Error => &[c"kind", c"id", c"message"],
+            Received::Failed => &[c"kind", c"id", c"before"],
+            Received::Done => &[c"kind", c"id"],
+            Received::Exit => &[c"kind", c"code"],
+            Received::Broken => &[c"kind", c"why"],
+        }
+    }
+}
+
+/// Each kind's name (a string) and its list's names, made once.
+struct Kinds {
+    name: [SEXP; Received::ALL.len()],
+    fields: [SEXP; Received::ALL.len()],
+}
+
+static KINDS: MainOnce<Kinds> = MainOnce::new();
+
+/// `list(kind = <kind's name>, <values>)`, `values` kept alive by the
+/// caller.
+fn received(kind: Received, values: &[SEXP]) -> RResult {
+    let k = KINDS.get(|| {
+        let mut name = [nil(); Received::ALL.len()];
+        let mut fields = [nil(); Received::ALL.len()];
+        for (i, r) in Received::ALL.iter().enumerate() {
+            let n = std::ffi::CString::new(r.name()).map_err(|e| e.to_string())?;
+            name[i] = preserved_strings(&[&n])?;
+            fields[i] = preserved_strings(r.fields())?;
+        }
+        Ok(Kinds { name, fields })
+    })?;
+    let i = Received::ALL.iter().position(|&r| r == kind).unwrap_or_default();
+    debug_assert_eq!(values.len() + 1, kind.fields().len());
+    let mut items = Vec::with_capacity(values.len() + 1);
+    items.push(k.name[i]);
+    items.extend_from_slice(values);
+    list_named(&items, k.fields[i], nil())
+}
+
+/// The next thing for the daemon's loop in R to act on (see `Received`),
+/// waiting for it within the daemon's limits. A cluster node's tasks
 /// (`node::mirai_node_send`) are evaluated and answered here, in a loop
-/// that returns to R only for the cases above, and, when `cleanup` is
-/// TRUE (a daemon launched by hand with `cleanup = TRUE`), as `list(id)`
-/// after each answered task, for R to clean up as after any task. `box` is
-/// the daemon loop's environment for mirai_eval, `relay` the `master` that
-/// future's code on the node looks for (see R/cluster.R).
+/// that returns to R only for the other kinds, and, when `cleanup` is TRUE
+/// (a daemon launched by hand with `cleanup = TRUE`), as `Done` after each
+/// answered task. `box` is the daemon loop's environment for mirai_eval,
+/// `relay` the `master` that future's code on the node looks for (see
+/// R/cluster.R).
 pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RResult {
     let cleanup = bool_arg(cleanup, "cleanup")?;
     loop {
         let (id, body, offset) = match next_task(h)? {
-            Got::Code(code) => return int(code as i32),
-            Got::Broken(why) => return string(&why),
+            Got::Code(code) => return received(Received::Exit, &[int(code as i32)?.sexp()]),
+            Got::Broken(why) => return received(Received::Broken, &[string(&why)?.sexp()]),
             Got::Task(id, body, offset) => (id, body, offset),
         };
         // A task the host withdrew mid-write (cancelled or timed out
@@ -146,21 +227,17 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RRe
         // answered, never evaluated.
         let data = task_payload(&body[offset..]).map(|payload| serial::unserialize_with(payload, kept(h)));
         drop(body);
-        let answer = |second: SEXP, msg: &str| {
-            let idv = real(id as f64)?;
-            let m = string(msg)?;
-            list(&[idv.sexp(), second, m.sexp()], &[])
-        };
+        let idv = real(id as f64)?;
+        let error = |msg: &str| received(Received::Error, &[idv.sexp(), string(msg)?.sexp()]);
         let d = match data {
             Some(Ok(d)) => d,
             // A task that cannot be read (a failing custom unserializer,
             // say) is answered with an error rather than ending the daemon.
-            Some(Err(e)) => return answer(nil(), &format!("cannot unserialize task: {e}")),
-            None => return answer(nil(), "the host withdrew this task before it was fully sent"),
+            Some(Err(e)) => return error(&format!("cannot unserialize task: {e}")),
+            None => return error("the host withdrew this task before it was fully sent"),
         };
         if !is_node_task(d.sexp())? {
-            let idv = real(id as f64)?;
-            return list(&[idv.sexp(), d.sexp()], &[]);
+            return received(Received::Task, &[idv.sexp(), d.sexp()]);
         }
         let ran = match run_node(d.sexp(), box_, relay) {
             Ok(ran) => ran,
@@ -176,27 +253,21 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RRe
                         .map(|m| condition_message(&m).to_string())
                         .unwrap_or_else(|_| "an R error outside the task's own evaluation".into()),
                 };
-                return answer(nil(), &format!("the node could not run the task: {why}"));
+                return error(&format!("the node could not run the task: {why}"));
             }
         };
         match ran {
-            Ran::Failed(before) => {
-                let idv = real(id as f64)?;
-                return list(&[idv.sexp(), box_, before.sexp()], &[]);
-            }
+            Ran::Failed(before) => return received(Received::Failed, &[idv.sexp(), before.sexp()]),
             Ran::Value(v) => match send_value(h, id, v.sexp())? {
-                Sent::Code(0) if cleanup => {
-                    let idv = real(id as f64)?;
-                    return list(&[idv.sexp()], &[]);
-                }
+                Sent::Code(0) if cleanup => return received(Received::Done, &[idv.sexp()]),
                 Sent::Code(0) => continue,
                 Sent::Code(code) => {
                     if code > 0 {
-                        linger(h, Duration::from_secs(5))?;
+                        linger(h, LAST_REPLY_LINGER)?;
                     }
-                    return int(code);
+                    return received(Received::Exit, &[int(code)?.sexp()]);
                 }
-                Sent::NotSerialized(m) => return answer(nil(), &format!("result could not be serialized: {m}")),
+                Sent::NotSerialized(m) => return error(&format!("result could not be serialized: {m}")),
             },
         }
     }
@@ -364,6 +435,9 @@ pub fn mirai_daemon_current(h: SEXP) -> RResult {
     real(id as f64)
 }
 
+/// How long a daemon waits, after its last reply, for the host to close.
+const LAST_REPLY_LINGER: Duration = Duration::from_secs(5);
+
 /// After a last reply: waits (up to `wait`) for the host to close, so the
 /// reply is read before this process exits.
 fn linger(h: SEXP, wait: Duration) -> Result<(), RError> {
@@ -380,8 +454,9 @@ fn linger(h: SEXP, wait: Duration) -> Result<(), RError> {
     Ok(())
 }
 
-pub fn mirai_daemon_linger(h: SEXP, ms: SEXP) -> RResult {
-    linger(h, Duration::from_millis(f64_arg(ms, "ms")? as u64))?;
+/// After a last reply sent from R: `linger` for `LAST_REPLY_LINGER`.
+pub fn mirai_daemon_linger(h: SEXP) -> RResult {
+    linger(h, LAST_REPLY_LINGER)?;
     Ok(Owned::nil())
 }
 

@@ -145,7 +145,7 @@ pub fn mirai_aio_wait(h: SEXP) -> RResult {
 /// an empty list.
 pub fn mirai_race(aios: SEXP) -> RResult {
     if !is_list(aios) {
-        return Err("`x` must be a list".into());
+        return Err("internal error in mirai: race_mirai() passed no list of aio handles".into());
     }
     let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(len(aios));
     for i in 0..len(aios) {
@@ -187,7 +187,7 @@ pub(super) fn cancel(a: &Aio) -> bool {
 pub fn mirai_on_resolve(h: SEXP, settle: SEXP) -> RResult {
     let a = aio(&h)?;
     if !is_function(settle) {
-        return Err("`settle` must be a function".into());
+        return Err("internal error in mirai: as.promise() passed no function to settle with".into());
     }
     lgl(later::on_resolve(&a.slot, settle)?)
 }

@@ -4,7 +4,8 @@
 //! - `mirai`: mirai handles, values, waits, races, cancellation;
 //! - `node`: a cluster node's tasks (parallel's hot path);
 //! - `daemon`: the daemon's receive-evaluate-reply loop;
-//! - `helpers`: random hex, addresses, RNG streams, constants.
+//! - `helpers`: random hex, addresses, RNG streams, URLs' parts, and the
+//!   constants R takes at load.
 //! - `shared`: what the host's and the daemon's glue share (the daemon's glue
 //!   imports from no host-side module).
 

@@ -71,7 +71,7 @@ fn syms() -> Result<&'static Syms, RError> {
 
 fn check_node(node: SEXP) -> Result<(), RError> {
     if !is_env(node) {
-        return Err("`node` must be a 'miraiNode'".into());
+        return Err("internal error in mirai: a cluster node's method was passed no 'miraiNode'".into());
     }
     Ok(())
 }
@@ -166,7 +166,7 @@ pub fn mirai_node_recv(node: SEXP) -> RResult {
 pub fn mirai_cluster_recv(cl: SEXP) -> RResult {
     let s = syms()?;
     if !is_list(cl) {
-        return Err("`cl` must be a 'miraiCluster'".into());
+        return Err("internal error in mirai: recvOneData() was passed no 'miraiCluster'".into());
     }
     let mut slots = Vec::with_capacity(len(cl));
     let mut which = Vec::with_capacity(len(cl));

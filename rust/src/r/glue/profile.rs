@@ -56,30 +56,27 @@ fn profile(p: &impl Held) -> Result<&Arc<Profile>, RError> {
 
 /// The R error for a call on a profile whose host failed.
 pub fn host_failed(why: String) -> RError {
-    format!("this compute profile's host has failed: {why}; its pending mirai resolved to errorValue 19. Reset it with daemons(0)").into()
+    let reset = crate::host::sched::ERR_RESET;
+    format!("this compute profile's host has failed: {why}; its pending mirai resolved to errorValue {reset}. Reset it with daemons(0)").into()
 }
 
-/// Most tasks one `everywhere()` call may create for daemons yet to connect.
-const MAX_EVERYWHERE: f64 = 1e5;
+/// Most tasks one `everywhere()` call may create for daemons yet to connect
+/// (R checks `.min` against it).
+pub const MAX_EVERYWHERE: f64 = 1e5;
 
-/// R validates `memory`; this only refuses what would not be a byte count.
+/// The cap on queued bytes, as R's memory_bytes() gave it (0: none).
 fn memory_cap(s: SEXP) -> Result<u64, RError> {
     let b = f64_arg(s, "memory")?;
-    if b.is_nan() || b < 0.0 {
-        return Err("`memory` must be a non-negative number of bytes".into());
-    }
-    Ok(if b.is_infinite() { 0 } else { b.ceil() as u64 })
+    Ok(if b.is_finite() && b > 0.0 { b.ceil() as u64 } else { 0 })
 }
 
+/// `.timeout` as mirai() checked it: NULL or Inf for none.
 fn opt_timeout(s: SEXP) -> Result<Option<Duration>, RError> {
     if is_null(s) {
         return Ok(None);
     }
     let ms = f64_arg(s, ".timeout")?;
-    if ms.is_nan() || ms < 0.0 {
-        return Err("`.timeout` must be a non-negative number of milliseconds or NULL".into());
-    }
-    Ok(if ms.is_infinite() { None } else { Some(Duration::from_micros((ms * 1000.0) as u64)) })
+    Ok(if ms.is_finite() { Some(Duration::from_micros((ms.max(0.0) * 1000.0) as u64)) } else { None })
 }
 
 fn serialize_task(data: SEXP, cfg: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
@@ -120,7 +117,6 @@ pub fn mirai_host_start(
             let pass = if is_null(pass) { None } else { Some(str_arg(pass, "pass")?) };
             Some(crate::wire::tls::server_creds(&pem, pass.as_deref())?)
         }
-        _ if !is_null(tls) => return Err("`tls` needs a tls+tcp:// or wss:// URL".into()),
         _ => None,
     };
     let rng_stream = if is_null(stream) { None } else { Some(ints_arg::<7>(stream, "stream")?) };
@@ -198,6 +194,10 @@ fn submit_with(
     Ok(Aio { slot, id, profile: prof.clone() })
 }
 
+/// How often a wait for daemons to connect says it is still waiting (here
+/// for a cluster node's daemon; in R, `daemons(n)` for its daemons).
+pub const WAIT_NOTE: Duration = Duration::from_secs(10);
+
 /// Submits a cluster node's task (`p` a profile handle): it runs on the
 /// `node`-th daemon (from 0) to have joined the host, once that one has
 /// joined (the wait can be interrupted; nothing is sent until it ends).
@@ -207,9 +207,10 @@ pub fn submit_node(p: &Owned, data: SEXP, node: usize) -> Result<Aio, RError> {
         let stats = &prof.host.stats;
         if stats.cumulative.load(Ordering::Relaxed) <= node as u64 {
             // Remote daemons may take long to join (a scheduler's queue), or
-            // never (a failed launch): say what the wait is for, every 10 s.
+            // never (a failed launch): say what the wait is for, every
+            // WAIT_NOTE.
             let start = Instant::now();
-            let mut next_note = Duration::from_secs(10);
+            let mut next_note = WAIT_NOTE;
             wait_interruptibly(|slice| {
                 let joined = stats.wait_joined(node as u64 + 1, slice);
                 if !joined && start.elapsed() >= next_note {
@@ -218,7 +219,7 @@ pub fn submit_node(p: &Owned, data: SEXP, node: usize) -> Result<Aio, RError> {
                         node + 1,
                         start.elapsed().as_secs()
                     ));
-                    next_note += Duration::from_secs(10);
+                    next_note += WAIT_NOTE;
                 }
                 joined
             })?;
@@ -249,11 +250,9 @@ pub fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> RResult {
     let cfg = kept(p);
     let mut payload = Vec::new();
     serialize_task(data, cfg, &mut payload)?;
-    let min = f64_arg(min, ".min")?;
-    if !(0.0..=MAX_EVERYWHERE).contains(&min) {
-        return Err(format!("`.min` must be a non-negative number of daemons, at most {MAX_EVERYWHERE}").into());
-    }
-    let tasks = prof.host.broadcast(payload, min as usize).map_err(host_failed)?;
+    // Checked by everywhere(), against MAX_EVERYWHERE.
+    let min = f64_arg(min, ".min")?.clamp(0.0, MAX_EVERYWHERE) as usize;
+    let tasks = prof.host.broadcast(payload, min).map_err(host_failed)?;
     // Every queued task must reach R as a mirai: should R fail to build
     // one, the tasks not yet handed over are cancelled, not left queued
     // where nothing could collect them.
@@ -275,13 +274,11 @@ pub fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> RResult {
     res
 }
 
-/// Counters: connections, cumulative, awaiting, executing, completed,
-/// refused.
+/// The counters (`Stats::counters`), as a named integer vector.
 pub fn mirai_host_info(p: SEXP) -> RResult {
-    let s = &profile(&p)?.host.stats;
-    let vals = [&s.connections, &s.cumulative, &s.awaiting, &s.executing, &s.completed, &s.refused];
-    let v: Vec<i32> = vals.iter().map(|a| a.load(Ordering::Relaxed).min(i32::MAX as u64) as i32).collect();
-    ints(&v)
+    let counters = profile(&p)?.host.stats.counters();
+    let vals = counters.map(|(_, v)| v.min(i32::MAX as u64) as i32);
+    named_ints(&vals, &counters.map(|(n, _)| n))
 }
 
 /// For tests: makes the profile's event loop fail as a bug would. Only in

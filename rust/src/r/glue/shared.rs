@@ -9,15 +9,13 @@ use crate::r::layer::lang::preserved_strings;
 use crate::r::layer::value::*;
 use crate::wire::frame::MAX_MESSAGE;
 
-/// The message size cap in bytes (R validates it; NULL: the default).
+/// The message size cap in bytes: option `mirai.max_message` as R's
+/// max_message() checked it, NULL for the default.
 pub fn max_message(s: SEXP) -> Result<u64, RError> {
     if is_null(s) {
         return Ok(MAX_MESSAGE);
     }
     let b = f64_arg(s, "mirai.max_message")?;
-    if b.is_nan() || b < 1024.0 {
-        return Err("option `mirai.max_message` must be a number of bytes of at least 1024".into());
-    }
     Ok(if b >= u64::MAX as f64 { u64::MAX } else { b as u64 })
 }
 

@@ -50,22 +50,7 @@ fn keep(f: SEXP) -> Result<usize, RError> {
     let (old, full) = REGISTRY.with(|reg| (reg.list, reg.free.is_empty()));
     if full {
         let old_len = if old.is_null() { 0 } else { len(old) };
-        let new_len = (old_len * 2).max(64);
-        // SAFETY: the closure owns nothing with a destructor.
-        let list = unsafe {
-            try_r(|r| {
-                let l = r.protect(r.alloc(SEXPTYPE::VECSXP, new_len));
-                for i in 0..old_len {
-                    r.set_elt(l, i, list_at(old, i));
-                }
-                r.preserve(l)
-            })
-        }?;
-        if !old.is_null() {
-            // SAFETY: preserved by the last growth; its closures are in
-            // the new list. Main thread; allocates nothing.
-            unsafe { R_ReleaseObject(old) };
-        }
+        let (list, new_len) = grow_preserved(old, old_len)?;
         REGISTRY.with(|reg| {
             reg.list = list;
             reg.free.extend((old_len..new_len).rev());

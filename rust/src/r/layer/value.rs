@@ -90,13 +90,12 @@ struct Roots {
 static ROOTS: MainThread<Roots> =
     MainThread::new(Roots { list: std::ptr::null_mut(), len: 0, free: Vec::new(), live: 0, violation: None });
 
-/// Makes sure a slot is free, growing the roots if not. May allocate (in
-/// R, inside try_r), so it runs before the value to root is made.
-pub(super) fn reserve_root() -> Result<(), RError> {
-    let (old, old_len) = ROOTS.with(|r| (r.list, r.len));
-    if ROOTS.with(|r| !r.free.is_empty()) {
-        return Ok(());
-    }
+/// A preserved list twice as long as `old` (at least 64), holding `old`'s
+/// elements, and its length; `old` (preserved, or null) is released. For
+/// index-addressed lists of values kept alive, with a free list: one
+/// preserved object rather than one `R_PreserveObject` each (R keeps those
+/// in a linked list, so releasing one walks all the others).
+pub(super) fn grow_preserved(old: SEXP, old_len: usize) -> Result<(SEXP, usize), RError> {
     let new_len = (old_len * 2).max(64);
     // SAFETY: the closure owns nothing with a destructor.
     let list = unsafe {
@@ -109,10 +108,21 @@ pub(super) fn reserve_root() -> Result<(), RError> {
         })
     }?;
     if !old.is_null() {
-        // SAFETY: the old list was preserved by the last growth; its
-        // values are in the new one. Main thread; allocates nothing.
+        // SAFETY: `old` was preserved by the last growth; its values are in
+        // the new list. Main thread; allocates nothing.
         unsafe { R_ReleaseObject(old) };
     }
+    Ok((list, new_len))
+}
+
+/// Makes sure a slot is free, growing the roots if not. May allocate (in
+/// R, inside try_r), so it runs before the value to root is made.
+pub(super) fn reserve_root() -> Result<(), RError> {
+    let (old, old_len) = ROOTS.with(|r| (r.list, r.len));
+    if ROOTS.with(|r| !r.free.is_empty()) {
+        return Ok(());
+    }
+    let (list, new_len) = grow_preserved(old, old_len)?;
     ROOTS.with(|r| {
         r.list = list;
         r.len = new_len;
@@ -368,6 +378,12 @@ pub fn string(s: &str) -> Result<Owned, RError> {
     unsafe { rooted(|r| r.strings(&[s])) }
 }
 
+/// A character vector.
+pub fn strings(vals: &[&str]) -> Result<Owned, RError> {
+    // SAFETY: see above.
+    unsafe { rooted(|r| r.strings(vals)) }
+}
+
 pub fn ints(vals: &[i32]) -> Result<Owned, RError> {
     let make = |r: &InR| {
         let v = r.alloc(SEXPTYPE::INTSXP, vals.len());
@@ -477,18 +493,25 @@ pub fn error_value(code: i32) -> Result<Owned, RError> {
     }
 }
 
-/// A 'miraiError' with only a message, as R builds one: `"Error: <msg>\n"`
-/// with attribute `message`.
+/// A 'miraiError' with message `msg` and no call (`"Error: <msg>\n"`),
+/// made by R's one constructor of them, `mirai_error()` in R/daemon.R, so
+/// that it has every attribute an error raised in a task has
+/// (`condition.class`, `stack.trace`, ...). Runs R code (on the error
+/// paths only).
 pub fn mirai_error(msg: &str) -> Result<Owned, RError> {
-    let text = format!("Error: {msg}\n");
-    let text = text.as_str();
-    // SAFETY: see above (`text` is borrowed, owned outside the closure).
+    let m = string(msg)?;
+    let m = m.sexp();
+    // SAFETY: see above (`m` is rooted outside the closure).
     unsafe {
         rooted(|r| {
-            let v = r.strings(&[text]);
-            r.set_attrib(v, r.install(c"message"), r.strings(&[msg]));
-            r.set_attrib(v, class_symbol(), r.strings(&["miraiError", "errorValue", "try-error"]));
-            v
+            let f = r.protect(r.lang3(r.install(c":::"), r.install(c"mirai"), r.install(c"mirai_error")));
+            let call = r.protect(r.lang2(f, m));
+            r.eval(call, base_env())
         })
     }
+}
+
+fn base_env() -> SEXP {
+    // SAFETY: a constant R sets up at start-up.
+    unsafe { R_BaseEnv }
 }
