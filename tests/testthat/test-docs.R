@@ -71,23 +71,45 @@ test_that("the pkgdown site builds offline, with every reference page and articl
   # (tools/test.sh's tarball check proves the same of the vignettes).
   old <- options(pkgdown.internet = FALSE)
   on.exit(options(old), add = TRUE)
+  vignettes <- sub("\\.Rmd$", "", list.files(file.path(root, "vignettes"), pattern = "\\.Rmd$"))
+  expect_gte(length(vignettes), 8L)
+  # The whole site, every article knitted, with MIRAI_TEST_LONG=1 (about
+  # 80 s of knitting on two cores). By default every page but the articles,
+  # which pkgdown indexes, and one article knitted by pkgdown: every
+  # vignette's code is knitted by tools/test.sh's R CMD build and run again
+  # by its R CMD check, against the release build, in the same run.
+  long <- identical(Sys.getenv("MIRAI_TEST_LONG"), "1")
+  knitted <- if (long) vignettes else "mirai"
   # The installed package (devel = FALSE, install = FALSE: no rebuild of the
   # Rust crate); examples are not run (those that run are cheap and offline,
   # R CMD check runs them); articles are knitted, as vignettes are.
   t0 <- Sys.time()
   log <- utils::capture.output(suppressMessages(suppressWarnings(
-    pkgdown::build_site(root, examples = FALSE, preview = FALSE, devel = FALSE, new_process = FALSE,
-                        install = FALSE, override = list(destination = dest))
+    if (long) {
+      pkgdown::build_site(root, examples = FALSE, preview = FALSE, devel = FALSE, new_process = FALSE,
+                          install = FALSE, override = list(destination = dest))
+    } else {
+      pkg <- pkgdown::as_pkgdown(root, override = list(destination = dest))
+      pkgdown::init_site(pkg)
+      pkgdown::build_home(pkg, preview = FALSE)
+      pkgdown::build_reference(pkg, examples = FALSE, devel = FALSE, preview = FALSE)
+      pkgdown::build_article("mirai", pkg)
+      pkgdown::build_articles_index(pkg)
+      pkgdown::build_news(pkg, preview = FALSE)
+      pkgdown::build_search(pkg)
+    }
   )))
   secs <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
   testthat::expect_true(file.exists(file.path(dest, "index.html")), info = paste(log, collapse = "\n"))
-  # Every help page and every vignette has its page.
+  # Every help page has its page; every vignette is in the articles index,
+  # and each knitted one has its page.
   topics <- sub("\\.Rd$", "", list.files(file.path(root, "man"), pattern = "\\.Rd$"))
   missing <- topics[!file.exists(file.path(dest, "reference", paste0(topics, ".html")))]
   expect_identical(missing, character(0))
-  vignettes <- sub("\\.Rmd$", "", list.files(file.path(root, "vignettes"), pattern = "\\.Rmd$"))
-  expect_gte(length(vignettes), 8L)
-  missing <- vignettes[!file.exists(file.path(dest, "articles", paste0(vignettes, ".html")))]
+  articles <- paste(readLines(file.path(dest, "articles", "index.html"), warn = FALSE), collapse = "\n")
+  unlisted <- vignettes[!vapply(sprintf('href="%s.html"', vignettes), grepl, logical(1L), articles, fixed = TRUE)]
+  expect_identical(unlisted, character(0))
+  missing <- knitted[!file.exists(file.path(dest, "articles", paste0(knitted, ".html")))]
   expect_identical(missing, character(0))
   for (page in c("reference/index.html", "articles/index.html", "news/index.html", "search.json"))
     expect_true(file.exists(file.path(dest, page)), label = page)
@@ -100,7 +122,8 @@ test_that("the pkgdown site builds offline, with every reference page and articl
   # An article knitted with its output: the quick reference's first daemons.
   article <- paste(readLines(file.path(dest, "articles", "mirai.html"), warn = FALSE), collapse = "\n")
   expect_match(article, "connections", fixed = TRUE)
-  message(sprintf("test-docs.R: the pkgdown site took %.0f s to build", secs))
+  message(sprintf("test-docs.R: the pkgdown site (%s) took %.0f s to build",
+                  if (long) "all articles" else "one article knitted", secs))
 })
 
 # A help page of the installed package as plain text, whitespace collapsed
