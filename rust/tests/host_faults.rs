@@ -8,12 +8,14 @@
 //! daemon keeps control of its deadlines facing a host or a squatter that
 //! stalls at any step.
 
+mod common;
+
 use mirai::host::aio::{Doorbell, Outcome, Slot};
 use mirai::wire::auth::{self, Prover};
 use mirai::wire::decoder::Decoder;
 use mirai::daemon::client::{ClientConn, Incoming};
 use mirai::wire::frame::{strip_hop, Framing, SP_HEADER};
-use mirai::host::{Host, HostOptions, HELLO_TIMEOUT, MAX_PENDING};
+use mirai::host::{Host, HELLO_TIMEOUT, MAX_PENDING};
 use mirai::wire::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION};
 use mirai::wire::url::Address;
 use std::io::{Read, Write};
@@ -23,20 +25,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn options() -> HostOptions {
-    HostOptions {
-        dispatcher: true,
-        secret: Some("s3cret".into()),
-        oneshot: false,
-        rng_stream: None,
-        settings: Vec::new(),
-        memory_cap: 0,
-        max_message: 1 << 40,
-    }
-}
-
 fn tcp_host() -> (Host, Address) {
-    let host = Host::start(&Address::parse("tcp://127.0.0.1:0").unwrap(), options()).unwrap();
+    let host = Host::start(&Address::parse("tcp://127.0.0.1:0").unwrap(), common::host_options(true)).unwrap();
     let addr = Address::parse(&host.url).unwrap();
     (host, addr)
 }
@@ -537,7 +527,7 @@ fn a_persistent_daemon_redials_past_a_squatter_to_the_real_host() {
     let after = fake.join().unwrap();
     assert_eq!(after.len(), 3);
     assert!(after.iter().all(|a| a.is_empty()), "the daemon answered a squatter");
-    let host = Host::start(&Address::parse(&format!("tcp://127.0.0.1:{port}")).unwrap(), options()).unwrap();
+    let host = Host::start(&Address::parse(&format!("tcp://127.0.0.1:{port}")).unwrap(), common::host_options(true)).unwrap();
     let mut d = dialer.join().unwrap().expect("the persistent daemon never joined the real host");
     assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));
     // And it works for the real host.
@@ -725,7 +715,7 @@ fn an_unauthenticated_tls_peer_is_held_to_a_few_kib() {
     // from an unproven TLS peer and drops it past `PRE_AUTH_BYTES`.
     use mirai::wire::proto::PRE_AUTH_BYTES;
     let creds = mirai::wire::tls::generated_creds("127.0.0.1").unwrap();
-    let host = Host::start_with(&Address::parse("tls+tcp://127.0.0.1:0").unwrap(), options(), Some(creds.config)).unwrap();
+    let host = Host::start_with(&Address::parse("tls+tcp://127.0.0.1:0").unwrap(), common::host_options(true), Some(creds.config)).unwrap();
     let mut s = TcpStream::connect(("127.0.0.1", port(&host))).unwrap();
     let mut hello = vec![1, 0, 0xff, 0xf0, 3, 3];
     hello.resize(4 + 0xfff0, 0);
@@ -762,7 +752,7 @@ fn an_unauthenticated_ws_peer_streaming_pings_neither_stalls_the_host_nor_outsta
     // the host reads held the loop: no result was taken from any daemon,
     // no Hello deadline expired (measured with an R host and two such
     // peers: a task's round trip took 10 s, as long as the peers flooded).
-    let host = Host::start(&Address::parse("ws://127.0.0.1:0/").unwrap(), options()).unwrap();
+    let host = Host::start(&Address::parse("ws://127.0.0.1:0/").unwrap(), common::host_options(true)).unwrap();
     let addr = Address::parse(&host.url).unwrap();
     let mut d = daemon(&addr);
     assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));

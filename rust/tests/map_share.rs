@@ -6,9 +6,11 @@
 //! The peer is a bare `ClientConn` that records what arrives, standing in
 //! for the daemon, and checks every element against the slots it holds.
 
+mod common;
+
 use mirai::daemon::client::{ClientConn, Incoming};
 use mirai::host::aio::{Doorbell, Slot};
-use mirai::host::{item_head, Host, HostOptions};
+use mirai::host::{item_head, Host};
 use mirai::wire::frame::task_payload;
 use mirai::wire::proto::SHARE_SLOTS;
 use mirai::wire::url::Address;
@@ -17,15 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn host_and_daemon(dispatcher: bool) -> (Host, ClientConn) {
-    let opts = HostOptions {
-        dispatcher,
-        secret: Some("s3cret".into()),
-        oneshot: false,
-        rng_stream: None,
-        settings: Vec::new(),
-        memory_cap: 0,
-        max_message: 1 << 40,
-    };
+    let opts = common::host_options(dispatcher);
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let url = format!("abstract://mirai-share-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
     let host = Host::start(&Address::parse(&url).unwrap(), opts).unwrap();

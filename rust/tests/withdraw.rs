@@ -9,10 +9,12 @@
 //! stream must stay well-formed: the next task arrives intact once the
 //! daemon drains its socket, and is answered.
 
+mod common;
+
 use mirai::host::aio::{Doorbell, Outcome, Slot};
 use mirai::daemon::client::{ClientConn, Incoming};
 use mirai::wire::frame::task_payload;
-use mirai::host::{Host, HostOptions};
+use mirai::host::Host;
 use mirai::host::sched::ERR_CANCELED;
 use mirai::wire::tls;
 use mirai::wire::url::Address;
@@ -22,18 +24,6 @@ use std::time::{Duration, Instant};
 
 /// Larger than what loopback TCP buffers take (several MB with autotuning).
 const BIG: usize = 48 << 20;
-
-fn options(dispatcher: bool) -> HostOptions {
-    HostOptions {
-        dispatcher,
-        secret: Some("s3cret".into()),
-        oneshot: false,
-        rng_stream: None,
-        settings: Vec::new(),
-        memory_cap: 0,
-        max_message: 1 << 40,
-    }
-}
 
 fn task_frame(host: &Host, id: u64, payload: &[u8]) -> Vec<u8> {
     host.task_frame(id, |f| {
@@ -59,7 +49,7 @@ fn host_and_daemon(url: &str, dispatcher: bool) -> (Host, ClientConn) {
     let addr = Address::parse(url).unwrap();
     let tls = matches!(&addr, Address::Tcp { tls: true, .. });
     let creds = tls.then(|| tls::generated_creds("127.0.0.1").unwrap());
-    let host = Host::start_with(&addr, options(dispatcher), creds.as_ref().map(|c| c.config.clone())).unwrap();
+    let host = Host::start_with(&addr, common::host_options(dispatcher), creds.as_ref().map(|c| c.config.clone())).unwrap();
     let client_cfg = creds.as_ref().map(|c| tls::client_config(&c.chain_pem).unwrap());
     let dial = Address::parse(&host.url).unwrap();
     let d = ClientConn::connect_with(
