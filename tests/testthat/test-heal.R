@@ -129,26 +129,21 @@ test_that("mirai_map(.retry =) runs the elements whose daemon died again", {
   dir.create(dir)
   on.exit(unlink(dir, recursive = TRUE), add = TRUE)
   # Element 3 kills its own daemon the first time it runs.
-  res <- mirai_map(1:6, function(i, dir) {
+  kill3 <- function(i, dir) {
     f <- file.path(dir, i)
     first <- !file.exists(f)
     cat(Sys.getpid(), "\n", file = f, append = TRUE)
     if (i == 3L && first) tools::pskill(Sys.getpid(), tools::SIGKILL)
     i * 10L
-  }, .args = list(dir = dir), .retry = 2)[.flat]
+  }
+  res <- mirai_map(1:6, kill3, .args = list(dir = dir), .retry = 2)[.flat]
   expect_identical(res, (1:6) * 10L)
   expect_length(readLines(file.path(dir, 3)), 2L)
   expect_identical(status()$retried, 1L)
   expect_true(wait_until(function() status()$replaced == 1L && status()$connections == 2L, 20))
   # Without .retry the same element is lost.
   unlink(file.path(dir, "3"))
-  res <- mirai_map(1:6, function(i, dir) {
-    f <- file.path(dir, i)
-    first <- !file.exists(f)
-    cat(Sys.getpid(), "\n", file = f, append = TRUE)
-    if (i == 3L && first) tools::pskill(Sys.getpid(), tools::SIGKILL)
-    i * 10L
-  }, .args = list(dir = dir))[]
+  res <- mirai_map(1:6, kill3, .args = list(dir = dir))[]
   expect_identical(unclass(res[[3L]]), 19L)
   expect_identical(res[-3L], as.list((1:6)[-3L] * 10L))
 })
