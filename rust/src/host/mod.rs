@@ -541,6 +541,20 @@ impl Host {
         .unwrap_or(false)
     }
 
+    /// `cancel` for many tasks at once (`stop_mirai()` on a map), under
+    /// one lock and one pass over the queue; for each, whether found.
+    pub fn cancel_many(&self, ids: &[TaskId], code: i32) -> Vec<bool> {
+        self.with_core(|core| {
+            if core.stopped {
+                return vec![false; ids.len()];
+            }
+            let (found, acts) = core.sched.cancel_many(ids, code);
+            core.apply(acts, None);
+            found
+        })
+        .unwrap_or_else(|_| vec![false; ids.len()])
+    }
+
     pub fn shutdown(&self, signal: bool) {
         let handle = lock(&self.thread).take();
         if let Some(h) = handle {

@@ -17,7 +17,9 @@
 //! and travels to each daemon once (`Host::submit_map`); each element's
 //! frame carries only the element.
 
-use super::mirai::{cancel, outcome_to_sexp, wait_slot};
+use super::mirai::{outcome_to_sexp, wait_slot};
+use crate::host::aio::Outcome;
+use crate::host::sched::ERR_CANCELED;
 use super::profile::{host_failed, new_aio, profile, retries, Aio, Profile};
 use crate::host::aio::Slot;
 use crate::host::item_head;
@@ -260,16 +262,15 @@ pub fn mirai_map_wait(h: SEXP) -> RResult {
 /// dispatcher found its task.
 pub fn mirai_map_cancel(h: SEXP) -> RResult {
     let m = map(&h)?;
-    let found: Vec<i32> = m
-        .slots
-        .iter()
-        .zip(&m.ids)
-        .map(|(slot, &id)| {
-            if slot.is_done() {
-                return 0;
-            }
-            cancel(&Aio { slot: slot.clone(), id, profile: m.profile.clone() }) as i32
-        })
-        .collect();
+    let pending: Vec<usize> = (0..m.slots.len()).filter(|&i| !m.slots[i].is_done()).collect();
+    let ids: Vec<TaskId> = pending.iter().map(|&i| m.ids[i]).collect();
+    // One call for the lot (see `Sched::cancel_many`), then each slot
+    // completes as `cancel` completes a single mirai's.
+    let hits = m.profile.host.cancel_many(&ids, ERR_CANCELED);
+    let mut found = vec![0i32; m.slots.len()];
+    for (k, &i) in pending.iter().enumerate() {
+        found[i] = (hits[k] && m.profile.host.dispatcher) as i32;
+        m.slots[i].complete(Outcome::Error(ERR_CANCELED));
+    }
     lgls(&found)
 }
