@@ -59,7 +59,9 @@
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
 #' @return A 'mirai_map' (a list whose elements `[[` gives as 'mirai'),
-#'   invisibly.
+#'   invisibly. Take elements with `[[`, `$`, `as.list()` or `lapply()`:
+#'   the mirai objects are made when asked for, so a `for` loop over the
+#'   map itself (or `unclass()`) sees NULLs.
 #' @seealso [collect_mirai()], [race_mirai()]
 #' @examples
 #' # Synchronous mode: each element is evaluated in this process.
