@@ -9,6 +9,7 @@
 //! stalls at any step.
 
 mod common;
+use common::wait_for;
 
 use mirai::host::aio::{Doorbell, Outcome, Slot};
 use mirai::wire::auth::{self, Prover};
@@ -45,17 +46,6 @@ fn task_frame(host: &Host, id: u64, payload: &[u8]) -> Vec<u8> {
 
 fn daemon(addr: &Address) -> ClientConn {
     ClientConn::connect(addr, "s3cret", 1 << 40, Some(Instant::now() + Duration::from_secs(10)), || true).unwrap()
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool, secs: u64) -> bool {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < until {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cond()
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! daemon drains its socket, and is answered.
 
 mod common;
+use common::wait_for;
 
 use mirai::host::aio::{Doorbell, Outcome, Slot};
 use mirai::daemon::client::{ClientConn, Incoming};
@@ -31,17 +32,6 @@ fn task_frame(host: &Host, id: u64, payload: &[u8]) -> Vec<u8> {
         Ok::<(), String>(())
     })
     .unwrap()
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool, secs: u64) -> bool {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < until {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cond()
 }
 
 /// A host at `url` and one daemon connected to it.

@@ -5,6 +5,14 @@
 
 secret_of <- function(cmd) sub("^MIRAI_SECRET=([0-9a-f]+) .*$", "\\1", cmd)
 
+# Runs a launch command as a user would paste it into a shell (with this
+# R's Rscript and library path), as a processx process.
+run_launch_command <- function(cmd, stdout = NULL, stderr = NULL) {
+  processx::process$new("sh", c("-c", sub("Rscript", file.path(R.home("bin"), "Rscript"), cmd)),
+                        env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")),
+                        stdout = stdout, stderr = stderr, cleanup_tree = TRUE)
+}
+
 test_that("launch configurations are checked and built as documented", {
   expect_error(remote_config(args = c("a", "b")), "`.` must be an element of the character vector\\(s\\) supplied to `args`")
   expect_error(remote_config(args = list(c("."), c("x"))), "`.` must be an element")
@@ -347,9 +355,7 @@ test_that("an autoexit = FALSE daemon redials a squatter at its host's address a
   daemons(url = url)
   on.exit(daemons(0))
   cmd <- launch_remote(1, autoexit = FALSE)
-  p <- processx::process$new("sh", c("-c", sub("Rscript", file.path(R.home("bin"), "Rscript"), cmd)),
-                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")),
-                             stdout = NULL, stderr = NULL, cleanup_tree = TRUE)
+  p <- run_launch_command(cmd)
   on.exit(p$kill_tree(), add = TRUE, after = FALSE)
   expect_true(wait_until(function() status()$connections == 1L, 20))
   expect_identical(mirai(6 * 7, .timeout = 10000)[], 42)
@@ -402,9 +408,7 @@ test_that("an autoexit = FALSE daemon facing a squatter that never answers still
     name <- sprintf("mirai-mute-%d-%d", Sys.getpid(), sample.int(1e6, 1L))
     daemons(url = paste0("abstract://", name))
     cmd <- launch_remote(1, autoexit = FALSE, idletime = 2000)
-    p <- processx::process$new("sh", c("-c", sub("Rscript", file.path(R.home("bin"), "Rscript"), cmd)),
-                               env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")),
-                               stdout = NULL, stderr = "|", cleanup_tree = TRUE)
+    p <- run_launch_command(cmd, stdout = NULL, stderr = "|")
     expect_true(wait_until(function() status()$connections == 1L, 20))
     expect_identical(mirai(6 * 7, .timeout = 10000)[], 42)
     script <- tempfile(fileext = ".py")
@@ -675,9 +679,7 @@ test_that("a daemon whose host goes away mid-task says so on stderr as it ends (
   daemons(url = local_url())
   on.exit(daemons(0))
   cmd <- launch_remote(1)
-  p <- processx::process$new("sh", c("-c", sub("Rscript", file.path(R.home("bin"), "Rscript"), cmd)),
-                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")),
-                             stdout = NULL, stderr = "|", cleanup_tree = TRUE)
+  p <- run_launch_command(cmd, stdout = NULL, stderr = "|")
   on.exit(p$kill_tree(), add = TRUE, after = FALSE)
   expect_true(wait_until(function() status()$connections == 1L, 20))
   m <- mirai(Sys.sleep(60))
@@ -692,9 +694,7 @@ test_that("a task's warnings stay on its daemon with output = FALSE, even once t
   daemons(url = local_url())
   on.exit(daemons(0))
   cmd <- launch_remote(1)
-  p <- processx::process$new("sh", c("-c", sub("Rscript", file.path(R.home("bin"), "Rscript"), cmd)),
-                             env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")),
-                             stdout = "|", stderr = "|", cleanup_tree = TRUE)
+  p <- run_launch_command(cmd, stdout = "|", stderr = "|")
   on.exit(p$kill_tree(), add = TRUE, after = FALSE)
   expect_true(wait_until(function() status()$connections == 1L, 20))
   expect_identical(mirai({ warning("left-behind warning"); 1 }, .timeout = 10000)[], 1)
