@@ -281,11 +281,12 @@ impl ClientConn {
         }
     }
 
-    /// Starts a reply frame for task `id`; append the payload, then `send`.
-    pub fn begin_result(&self, id: u64, last: bool) -> Vec<u8> {
+    /// Starts a reply frame for task `id` (`error`: its value is an error);
+    /// append the payload, then `send`.
+    pub fn begin_result(&self, id: u64, last: bool, error: bool) -> Vec<u8> {
         let mut b = Vec::new();
         self.framing.begin(&mut b);
-        proto::encode_into(&Msg::Result { id, last }, &mut b);
+        proto::encode_into(&Msg::Result { id, last, error }, &mut b);
         b
     }
 

@@ -2,7 +2,8 @@
 //! scheduling state machine; `wqueue`, a connection's write queue; `aio`,
 //! completion slots shared with R and the doorbells that wait on several;
 //! `rng`, the RNG streams given to daemons; `pool`, the local daemons a
-//! profile launched, replaced when they die): the listener, every daemon connection
+//! profile launched, replaced when they die; `monitor`, what each daemon
+//! did, for users and for the pool): the listener, every daemon connection
 //! and the pure scheduler (`sched`), kept in one `Core` behind a mutex.
 //!
 //! Two threads drive the core. R's main thread submits and cancels directly:
@@ -56,12 +57,14 @@
 //! returns the reason as an error.
 
 pub mod aio;
+pub mod monitor;
 pub mod pool;
 pub mod rng;
 pub mod sched;
 pub mod wqueue;
 
 use crate::host::aio::{Doorbell, Outcome, Slot};
+use crate::host::monitor::{DaemonRow, End, HealthBook, Span, Timeline};
 use crate::wire::auth::{self, Prover};
 use crate::wire::decoder::Decoder;
 use crate::wire::frame::{strip_hop, Framing, SP_HEADER, TASK_WHOLE};
@@ -208,6 +211,8 @@ pub struct Host {
     pub dispatcher: bool,
     pub stats: Arc<Stats>,
     pub bell: Arc<Doorbell>,
+    /// What the host saw each daemon process do (shared with the pool).
+    pub health: Arc<HealthBook>,
     core: Arc<Mutex<Core>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     next_id: AtomicU64,
@@ -231,7 +236,11 @@ impl Host {
         let registry = poll.registry().try_clone().map_err(|e| e.to_string())?;
         let stats = Arc::new(Stats { cap_bytes: opts.memory_cap, ..Stats::default() });
         let bell = Arc::new(Doorbell::default());
+        let health = Arc::new(HealthBook::default());
         let core = Arc::new(Mutex::new(Core {
+            health: health.clone(),
+            timeline: Timeline::default(),
+            reply_error: false,
             registry: Some(registry),
             waker: Some(waker),
             listener: Some(listener),
@@ -275,6 +284,7 @@ impl Host {
             dispatcher: opts.dispatcher,
             stats,
             bell,
+            health,
             core,
             thread: Mutex::new(Some(thread)),
             next_id: AtomicU64::new(1),
@@ -376,7 +386,7 @@ impl Host {
             core.framing.finish(&mut frame);
             let bytes = frame.len() as u64;
             core.frames.hold(bytes);
-            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: None, slot });
+            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: None, slot, span: 0 });
             core.submitted = true;
             let acts = match node {
                 None => core.sched.submit_retrying(id, bytes, retries),
@@ -464,7 +474,7 @@ impl Host {
                 core.frames.hold(bytes);
                 core.tasks.insert(
                     id,
-                    TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: Some(part.clone()), slot },
+                    TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: Some(part.clone()), slot, span: 0 },
                 );
                 acts.extend(core.sched.submit_retrying(id, bytes, retries));
             }
@@ -514,7 +524,14 @@ impl Host {
             core.frames.hold(bytes);
             core.tasks.insert(
                 id,
-                TaskEntry { frame: Some(Rc::new(head)), bytes, tail: Some(payload.clone()), share: None, slot: slot.clone() },
+                TaskEntry {
+                    frame: Some(Rc::new(head)),
+                    bytes,
+                    tail: Some(payload.clone()),
+                    share: None,
+                    slot: slot.clone(),
+                    span: 0,
+                },
             );
             let acts = match d {
                 Some(d) => core.sched.submit_to(id, d),
@@ -555,6 +572,24 @@ impl Host {
         .unwrap_or_else(|_| vec![false; ids.len()])
     }
 
+    /// The counters of each connected daemon, in the order they joined.
+    pub fn daemon_rows(&self) -> Result<Vec<DaemonRow>, String> {
+        self.with_core(|core| {
+            let mut rows: Vec<DaemonRow> = core.conns.values().filter(|c| c.ready).map(|c| c.row).collect();
+            rows.sort_by_key(|r| r.id);
+            rows
+        })
+    }
+
+    /// The timeline's spans, oldest first (of the tasks in `only` if given),
+    /// and its origin as seconds since the Unix epoch.
+    pub fn timeline(&self, only: Option<&std::collections::HashSet<u64>>) -> Result<(Vec<Span>, f64), String> {
+        self.with_core(|core| {
+            let keep = |s: &&Span| only.is_none_or(|o| o.contains(&s.task));
+            (core.timeline.spans().filter(keep).copied().collect(), core.timeline.origin_unix)
+        })
+    }
+
     pub fn shutdown(&self, signal: bool) {
         let handle = lock(&self.thread).take();
         if let Some(h) = handle {
@@ -587,6 +622,8 @@ struct Conn {
     /// used (`Core::share_clock`; 0: empty). The daemon fills its slots as
     /// the `Share` frames say, in stream order, so this is what it holds.
     shares: [(u64, u64); SHARE_SLOTS],
+    /// Its counters (id and pid set once its Hello is accepted).
+    row: DaemonRow,
 }
 
 impl Conn {
@@ -692,6 +729,8 @@ struct TaskEntry {
     /// A map's element: the share its daemon must hold first (`Msg::Share`).
     share: Option<SharedPart>,
     slot: Arc<Slot>,
+    /// Its latest span in the timeline, plus one (0: none yet).
+    span: u64,
 }
 
 /// A map's shared part (see `Host::submit_map`): its share id and the
@@ -709,6 +748,11 @@ const SHARE_TABLE: usize = 64;
 // a time, so the frames it shares between queues never cross threads
 // concurrently.
 struct Core {
+    health: Arc<HealthBook>,
+    /// Recent tasks: which daemon ran each, from when to when.
+    timeline: Timeline,
+    /// The result being applied is an error value (its `Result` said so).
+    reply_error: bool,
     /// The loop's registry and waker; None once stopped, so that their
     /// descriptors close with the loop rather than when R collects the
     /// profile's handle.
@@ -977,7 +1021,7 @@ impl Core {
                         // Until its Hello is accepted a peer may send only small
                         // messages: a huge length must not make the host
                         // allocate it.
-                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: WriteQueue::default(), ready: false, nonce, retiring: false, shares: [(0, 0); SHARE_SLOTS] };
+                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: WriteQueue::default(), ready: false, nonce, retiring: false, shares: [(0, 0); SHARE_SLOTS], row: DaemonRow::new(0, 0) };
                     c.push(Rc::new(SP_HEADER.to_vec()));
                     c.push(control_frame(framing, &Msg::Challenge { version: PROTOCOL_VERSION, nonce }));
                     self.conns.insert(token, c);
@@ -1034,6 +1078,7 @@ impl Core {
             }
             match c.next_msg() {
                 Ok(body) => {
+                    c.row.bytes_in += (body.len() + self.framing.prefix_len()) as u64;
                     if let Err(_why) = self.handle_message(t, body) {
                         self.drop_conn(t, true);
                         return;
@@ -1073,7 +1118,7 @@ impl Core {
         }
         let (msg, off) = decoded?;
         match (ready, msg) {
-            (false, Msg::Hello { nonce: theirs, mac, .. }) => {
+            (false, Msg::Hello { nonce: theirs, mac, pid, .. }) => {
                 let ours = self.conns[&t].nonce;
                 if let Some(s) = &self.secret {
                     if !auth::verify(s.as_bytes(), Prover::Daemon, &ours, &theirs, &mac) {
@@ -1094,12 +1139,23 @@ impl Core {
                 c.push(welcome);
                 c.push(init);
                 self.joined.push(t.0 as u64);
+                let since_bytes = (c.row.bytes_in, c.row.bytes_out);
+                c.row = DaemonRow::new(self.joined.len().min(u32::MAX as usize) as u32, pid);
+                (c.row.bytes_in, c.row.bytes_out) = since_bytes;
+                self.health.connected(pid);
                 let acts = self.sched.connect(t.0 as u64);
                 self.apply(acts, None);
                 self.flush_conn(t);
                 Ok(())
             }
-            (true, Msg::Result { id, last }) => {
+            (true, Msg::Result { id, last, error }) => {
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.row.completed += 1;
+                    if c.row.completed == 1 {
+                        self.health.completed_task(c.row.pid);
+                    }
+                }
+                self.reply_error = error;
                 let acts = self.sched.reply(t.0 as u64, id, last);
                 self.apply(acts, Some((body, hop + off)));
                 Ok(())
@@ -1144,7 +1200,17 @@ impl Core {
                     let tok = Token(daemon as usize);
                     self.share_clock += 1;
                     let (framing, clock) = (self.framing, self.share_clock);
-                    if let (Some(c), Some(te)) = (self.conns.get_mut(&tok), self.tasks.get(&task)) {
+                    if let (Some(c), Some(te)) = (self.conns.get_mut(&tok), self.tasks.get_mut(&task)) {
+                        let now = Instant::now();
+                        if te.span != 0 {
+                            // Sent again: its daemon was lost with it.
+                            self.timeline.end(te.span - 1, task, End::Failed, now);
+                        }
+                        te.span = self.timeline.start(task, c.row.id, now) + 1;
+                        c.row.assigned += 1;
+                        if c.row.assigned == 1 {
+                            self.health.given_task(c.row.pid);
+                        }
                         if let (Some(sh), Some(_)) = (&te.share, &te.frame) {
                             c.hold_share(sh, framing, clock);
                         }
@@ -1159,11 +1225,18 @@ impl Core {
                 }
                 Action::Deliver { task } => {
                     if let (Some(te), Some((body, offset))) = (self.tasks.get(&task), reply.take()) {
+                        if te.span != 0 {
+                            let how = if self.reply_error { End::Error } else { End::Value };
+                            self.timeline.end(te.span - 1, task, how, Instant::now());
+                        }
                         self.completions.push((te.slot.clone(), Outcome::Value { body, offset }));
                     }
                 }
                 Action::Fail { task, code } => {
                     if let Some(te) = self.tasks.get_mut(&task) {
+                        if te.span != 0 {
+                            self.timeline.end(te.span - 1, task, End::Failed, Instant::now());
+                        }
                         self.completions.push((te.slot.clone(), Outcome::Error(code)));
                         if te.frame.take().is_some() {
                             self.frames.release(te.bytes);
@@ -1176,6 +1249,8 @@ impl Core {
                     let framing = self.framing;
                     if let Some(c) = self.conns.get_mut(&tok) {
                         if c.wq.withdraw(task, |f| task_head_len(framing, f)) == Withdrawn::Unsent {
+                            // It never reached the daemon, which will not answer it.
+                            c.row.assigned = c.row.assigned.saturating_sub(1);
                             unsent.push((daemon, task));
                         }
                         // Its unwritten bytes changed: reported after the flush.
@@ -1242,7 +1317,9 @@ impl Core {
         let Some(c) = self.conns.get_mut(&t) else { return Vec::new() };
         let before = c.wq.unwritten();
         let flushed = c.flush();
-        self.stats.sent_bytes.fetch_add(before.saturating_sub(c.wq.unwritten()), Ordering::Relaxed);
+        let written = before.saturating_sub(c.wq.unwritten());
+        c.row.bytes_out += written;
+        self.stats.sent_bytes.fetch_add(written, Ordering::Relaxed);
         match flushed {
             Ok(()) if c.retiring && c.drained() => self.drop_conn(t, false),
             Ok(()) if self.report_unwritten && c.ready => {

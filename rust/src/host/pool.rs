@@ -10,17 +10,26 @@
 //! death, and is left alone. Nothing here touches R: what R must hear (the
 //! replacing stopped) waits in `notice` for R's main thread to take.
 //!
-//! Crash loops: the decision is the pure `Healer`. A death within
-//! `QUICK_DEATH` of the daemon's launch is quick; `CRASH_LOOP` quick deaths
-//! in a row (a death after a longer life breaks the row) stop the replacing
-//! for the life of the profile, with a warning saying why, rather than
-//! launching a process every few hundred milliseconds for ever.
+//! Crash loops: the decision is the pure `Healer`. A daemon that dies
+//! within `QUICK_DEATH` of its launch without ever having been sent a task
+//! died of starting (a broken R profile or library path, a package that
+//! will not load): `CRASH_LOOP` such deaths in a row stop the replacing for
+//! the life of the profile, with a warning saying why, rather than launching
+//! a process every few hundred milliseconds for ever. A daemon that was sent
+//! a task and died running it was killed by its task (or by the user), not
+//! by its start: its death neither counts nor breaks the row, so a task that
+//! kills every daemon it runs on (retried with `.retry`) cannot stop the
+//! healing. The row starts again when a daemon dies after living longer than
+//! `QUICK_DEATH`, and when any daemon sends its first result (it became
+//! healthy). What the host saw each daemon do comes from the `HealthBook`
+//! it shares with the pool, by process id.
 //!
 //! Random-number streams: a daemon launched with its own stream (no
 //! dispatcher, no seed: the launch command carries `rs`) is replaced by one
 //! on the next substream of that stream (`rng::next_substream`), which the
 //! dead daemon never reached, and which no other daemon's stream overlaps.
 
+use crate::host::monitor::{Health, HealthBook};
 use crate::host::rng::{self, Stream};
 use crate::sys::spawn::{self, Child, Exit};
 use crate::sys::threads::lock;
@@ -44,21 +53,32 @@ pub enum Verdict {
     GiveUp(String),
 }
 
-/// The crash-loop policy: events in (a daemon ended, how and after how
-/// long), verdicts out; no clock or process of its own.
+/// The crash-loop policy: events in (a daemon ended: how, after how long,
+/// what the host saw it do, and how many daemons have become healthy so
+/// far), verdicts out; no clock or process of its own.
 #[derive(Debug, Default)]
 pub struct Healer {
     quick_in_a_row: u32,
+    /// `HealthBook::healthy` when the row was last counted.
+    healthy_seen: u64,
     stopped: bool,
 }
 
 impl Healer {
-    pub fn exited(&mut self, exit: Exit, lived: Duration) -> Verdict {
+    pub fn exited(&mut self, exit: Exit, lived: Duration, seen: Health, healthy: u64) -> Verdict {
         if self.stopped || !exit.is_failure() {
             return Verdict::Ignore;
         }
+        if healthy != self.healthy_seen {
+            // A daemon has run a task to the end since: the pool works.
+            self.healthy_seen = healthy;
+            self.quick_in_a_row = 0;
+        }
         if lived >= QUICK_DEATH {
             self.quick_in_a_row = 0;
+            return Verdict::Replace;
+        }
+        if seen.given_task {
             return Verdict::Replace;
         }
         self.quick_in_a_row += 1;
@@ -67,9 +87,9 @@ impl Healer {
         }
         self.stopped = true;
         Verdict::GiveUp(format!(
-            "{CRASH_LOOP} local daemons in a row died within {} s of their launch (the last with {exit}), \
-             so dead daemons are no longer replaced; run the command launch_remote() prints to see why, \
-             then set daemons() again",
+            "{CRASH_LOOP} local daemons in a row died within {} s of their launch without running a task \
+             (the last with {exit}), so dead daemons are no longer replaced; run the command launch_remote() \
+             prints to see why, then set daemons() again",
             QUICK_DEATH.as_secs()
         ))
     }
@@ -123,6 +143,8 @@ struct State {
 #[derive(Default)]
 pub struct Pool {
     state: Mutex<State>,
+    /// What the host saw each daemon do, by pid (written by the host).
+    health: Arc<HealthBook>,
     /// A notice waits (checked without the lock on every call that may
     /// surface it).
     has_notice: AtomicBool,
@@ -130,6 +152,16 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A pool whose crash-loop rule reads what the host saw in `health`.
+    pub fn new(health: Arc<HealthBook>) -> Self {
+        Pool {
+            state: Mutex::default(),
+            health,
+            has_notice: AtomicBool::new(false),
+            replaced: AtomicU64::new(0),
+        }
+    }
+
     /// Launches a daemon; its pid. With `heal`, it (and whoever replaces
     /// it) is replaced when it dies (see the module docs).
     pub fn launch(self: &Arc<Self>, spec: Spec, heal: bool) -> Result<u32, String> {
@@ -146,9 +178,9 @@ impl Pool {
             // Weak: a child outliving its profile must not keep it alive.
             let pool = Arc::downgrade(self);
             let spec = spec.clone();
-            Some(Box::new(move |exit, lived| {
+            Some(Box::new(move |pid, exit, lived| {
                 if let Some(pool) = pool.upgrade() {
-                    pool.exited(&spec, exit, lived);
+                    pool.exited(&spec, pid, exit, lived);
                 }
             }))
         } else {
@@ -163,14 +195,15 @@ impl Pool {
     /// On a healing child's reaper thread, once it has ended. The lock is
     /// held while the replacement launches, so that a reset (`close`) either
     /// comes first, and nothing launches, or finds the replacement listed.
-    fn exited(self: &Arc<Self>, spec: &Spec, exit: Exit, lived: Duration) {
+    fn exited(self: &Arc<Self>, spec: &Spec, pid: u32, exit: Exit, lived: Duration) {
         let mut st = lock(&self.state);
         if st.closed {
             return;
         }
+        let (seen, healthy) = (self.health.get(pid), self.health.healthy());
         // The dead stay listed: a wait for daemons to connect counts them
         // (a few words each).
-        match st.healer.exited(exit, lived) {
+        match st.healer.exited(exit, lived, seen, healthy) {
             Verdict::Ignore => {}
             Verdict::Replace => match self.launch_locked(&mut st, spec.successor(), true) {
                 Ok(_) => {
@@ -215,6 +248,20 @@ impl Pool {
         lock(&self.state).closed = true;
     }
 
+    /// Kills the children (but persistent ones) that never completed their
+    /// handshake with the host: at a reset, once `close` has stopped the
+    /// replacing, a daemon still starting would only find the host gone and
+    /// fail noisily, and the reset would wait for it. Those that connected
+    /// see their connection close and exit by themselves.
+    pub fn kill_unconnected(&self) {
+        let st = lock(&self.state);
+        for c in st.children.iter().filter(|c| !c.persistent && c.exited().is_none()) {
+            if !self.health.get(c.pid).connected {
+                c.kill();
+            }
+        }
+    }
+
     /// Runs `f` on the list of children.
     pub fn with_children<T>(&self, f: impl FnOnce(&[Child]) -> T) -> T {
         f(&lock(&self.state).children)
@@ -236,44 +283,67 @@ mod tests {
 
     const KILL: Exit = Exit::Signal(9);
 
+    /// A daemon the host never saw, and one it sent a task.
+    const UNSEEN: Health = Health { connected: false, given_task: false, completed_task: false };
+    const TASKED: Health = Health { connected: true, given_task: true, completed_task: false };
+
     #[test]
     fn failures_are_replaced_normal_exits_are_not() {
         let mut h = Healer::default();
         let long = QUICK_DEATH * 2;
-        assert_eq!(h.exited(KILL, long), Verdict::Replace);
-        assert_eq!(h.exited(Exit::Code(1), long), Verdict::Replace);
-        assert_eq!(h.exited(Exit::Signal(11), long), Verdict::Replace);
+        assert_eq!(h.exited(KILL, long, UNSEEN, 0), Verdict::Replace);
+        assert_eq!(h.exited(Exit::Code(1), long, UNSEEN, 0), Verdict::Replace);
+        assert_eq!(h.exited(Exit::Signal(11), long, TASKED, 0), Verdict::Replace);
         // idletime, walltime, maxtasks, host closed: status 0.
-        assert_eq!(h.exited(Exit::Code(0), Duration::ZERO), Verdict::Ignore);
+        assert_eq!(h.exited(Exit::Code(0), Duration::ZERO, UNSEEN, 0), Verdict::Ignore);
         // However many deaths, as long as each lived a while.
         for _ in 0..100 {
-            assert_eq!(h.exited(KILL, long), Verdict::Replace);
+            assert_eq!(h.exited(KILL, long, UNSEEN, 0), Verdict::Replace);
         }
         assert!(!h.stopped());
     }
 
     #[test]
-    fn three_quick_deaths_in_a_row_stop_the_replacing() {
+    fn three_quick_deaths_in_a_row_without_a_task_stop_the_replacing() {
         let mut h = Healer::default();
         let quick = Duration::from_millis(300);
-        assert_eq!(h.exited(Exit::Code(1), quick), Verdict::Replace);
-        assert_eq!(h.exited(Exit::Code(1), quick), Verdict::Replace);
+        assert_eq!(h.exited(Exit::Code(1), quick, UNSEEN, 0), Verdict::Replace);
+        assert_eq!(h.exited(Exit::Code(1), quick, UNSEEN, 0), Verdict::Replace);
         // A daemon that lived past the window breaks the row.
-        assert_eq!(h.exited(KILL, QUICK_DEATH), Verdict::Replace);
-        assert_eq!(h.exited(KILL, quick), Verdict::Replace);
-        assert_eq!(h.exited(KILL, quick), Verdict::Replace);
+        assert_eq!(h.exited(KILL, QUICK_DEATH, UNSEEN, 0), Verdict::Replace);
+        assert_eq!(h.exited(KILL, quick, UNSEEN, 0), Verdict::Replace);
+        assert_eq!(h.exited(KILL, quick, UNSEEN, 0), Verdict::Replace);
         // A normal exit neither counts nor breaks it.
-        assert_eq!(h.exited(Exit::Code(0), quick), Verdict::Ignore);
-        match h.exited(Exit::Code(1), quick) {
+        assert_eq!(h.exited(Exit::Code(0), quick, UNSEEN, 0), Verdict::Ignore);
+        match h.exited(Exit::Code(1), quick, UNSEEN, 0) {
             Verdict::GiveUp(why) => {
-                assert!(why.contains("3 local daemons in a row died within 5 s"), "{why}");
+                assert!(why.contains("3 local daemons in a row died within 5 s of their launch without running a task"), "{why}");
                 assert!(why.contains("exit status 1"), "{why}");
             }
             v => panic!("expected GiveUp, got {v:?}"),
         }
         assert!(h.stopped());
         // For good: even a long-lived daemon's death is not replaced now.
-        assert_eq!(h.exited(KILL, QUICK_DEATH * 10), Verdict::Ignore);
+        assert_eq!(h.exited(KILL, QUICK_DEATH * 10, UNSEEN, 0), Verdict::Ignore);
+    }
+
+    #[test]
+    fn deaths_of_daemons_running_a_task_never_stop_the_replacing() {
+        // A task that kills each daemon it runs on, retried: quick deaths,
+        // each with a task.
+        let mut h = Healer::default();
+        let quick = Duration::from_millis(300);
+        for _ in 0..50 {
+            assert_eq!(h.exited(KILL, quick, TASKED, 0), Verdict::Replace);
+        }
+        // Nor do they break a row of deaths at start.
+        assert_eq!(h.exited(Exit::Code(1), quick, UNSEEN, 0), Verdict::Replace);
+        assert_eq!(h.exited(KILL, quick, TASKED, 0), Verdict::Replace);
+        assert_eq!(h.exited(Exit::Code(1), quick, UNSEEN, 0), Verdict::Replace);
+        // A daemon became healthy (sent a result) since: the row restarts.
+        assert_eq!(h.exited(Exit::Code(1), quick, UNSEEN, 1), Verdict::Replace);
+        assert_eq!(h.exited(Exit::Code(1), quick, UNSEEN, 1), Verdict::Replace);
+        assert!(matches!(h.exited(Exit::Code(1), quick, UNSEEN, 1), Verdict::GiveUp(_)));
     }
 
     #[test]
@@ -337,7 +407,7 @@ mod tests {
         assert_ne!(alive()[0], pid);
         // Closed: its death is not answered.
         pool.close();
-        pool.with_children(|c| c.iter().for_each(Child::kill));
+        pool.with_children(|c| c.iter().for_each(|c| { c.kill(); }));
         assert!(wait(&|| alive().is_empty()));
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(pool.replaced(), 1);

@@ -4,6 +4,7 @@
 //! host's terminal interrupts the host, not its daemons.
 
 use crate::sys::threads::{self, lock};
+use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -36,29 +37,63 @@ impl std::fmt::Display for Exit {
     }
 }
 
-/// Called on the child's reaper thread once it has ended, with how and how
-/// long after its launch.
-pub type OnExit = Box<dyn FnOnce(Exit, Duration) + Send>;
+/// Called on the child's reaper thread once it has ended, with its pid, how
+/// it ended and how long after its launch.
+pub type OnExit = Box<dyn FnOnce(u32, Exit, Duration) + Send>;
 
 pub struct Child {
     pub pid: u32,
     /// Launched to outlive its host (`autoexit = FALSE`): never killed by
     /// a reset, and not waited for.
     pub persistent: bool,
-    status: Arc<Mutex<Option<i32>>>,
+    /// When it was launched.
+    pub started: Instant,
+    state: Arc<Mutex<ProcState>>,
+}
+
+#[derive(Default)]
+struct ProcState {
+    /// Its reaper has collected it: the pid may already name another
+    /// process. Set under the lock in the same step as the reaping, so a
+    /// `kill` either comes before the reaping (the pid is still ours, at
+    /// worst a zombie) or sees this.
+    reaped: bool,
+    /// Exit status, recorded once the exit hook has run.
+    status: Option<i32>,
 }
 
 impl Child {
-    /// Exit status once the process has ended.
+    /// Exit status once the process has ended (and its exit hook has run).
     pub fn exited(&self) -> Option<i32> {
-        *lock(&self.status)
+        lock(&self.state).status
     }
 
-    pub fn kill(&self) {
-        if self.exited().is_none() {
-            // SAFETY: a plain syscall. The pid is our unreaped child's (its
-            // reaper has not recorded an exit), so it names no other process.
-            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+    /// Sends SIGKILL unless the child has been reaped; true if it was sent.
+    pub fn kill(&self) -> bool {
+        let st = lock(&self.state);
+        if st.reaped {
+            return false;
+        }
+        // SAFETY: a plain syscall. Not reaped, and the reaper cannot reap
+        // while we hold the lock: the pid is still our child's.
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        true
+    }
+}
+
+/// Blocks until child `pid` has exited, without reaping it (the reaper then
+/// reaps it under the child's lock; see `ProcState::reaped`).
+fn wait_exited(pid: u32) {
+    loop {
+        // SAFETY: siginfo_t is a plain C struct, valid all zero; waitid
+        // writes into it and changes nothing else (WNOWAIT: the child stays
+        // waitable).
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
         }
     }
 }
@@ -135,12 +170,19 @@ pub fn launch(
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|e| format!("cannot start '{program}': {e}"))?;
     let pid = child.id();
-    let status = Arc::new(Mutex::new(None));
-    let st = status.clone();
-    let st2 = status.clone();
+    let state = Arc::new(Mutex::new(ProcState::default()));
+    let st = state.clone();
+    let st2 = state.clone();
     let reap = move || {
         use std::os::unix::process::ExitStatusExt;
-        let exit = match child.wait() {
+        wait_exited(pid);
+        let waited = {
+            let mut g = lock(&st);
+            let w = child.wait();
+            g.reaped = true;
+            w
+        };
+        let exit = match waited {
             Ok(s) => match (s.code(), s.signal()) {
                 (Some(c), _) => Exit::Code(c),
                 (None, Some(sig)) => Exit::Signal(sig),
@@ -152,16 +194,53 @@ pub fn launch(
         // child counts as exited, so that nobody counting launched children
         // (a wait for daemons to connect) sees one fewer alive meanwhile.
         if let Some(f) = on_exit {
-            f(exit, started.elapsed());
+            f(pid, exit, started.elapsed());
         }
-        *lock(&st) = Some(match exit {
+        lock(&st).status = Some(match exit {
             Exit::Code(c) => c,
             Exit::Signal(_) => -1,
         });
     };
     // Unreachable in practice; should it happen, the child counts as gone
     // rather than as running forever.
-    let on_panic = move |_msg: String| *lock(&st2) = Some(-1);
+    let on_panic = move |_msg: String| lock(&st2).status = Some(-1);
     threads::spawn("mirai-reaper", reap, on_panic).map_err(|e| e.to_string())?;
-    Ok(Child { pid, persistent, status })
+    Ok(Child { pid, persistent, started, state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait(f: impl Fn() -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !f() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        f()
+    }
+
+    #[test]
+    fn a_reaped_child_is_never_signalled() {
+        // Exits by itself: once reaped its pid may be reused, so kill must
+        // send nothing, even before the exit hook has recorded a status.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let hook: OnExit = Box::new(move |_, _, _| {
+            // Holds the reaper between the reaping and the status.
+            let _ = rx.recv_timeout(Duration::from_secs(20));
+        });
+        let c = launch("sh", &["-c".into(), "exit 0".into()], &[], false, Some(hook)).unwrap();
+        assert!(wait(|| lock(&c.state).reaped));
+        assert_eq!(c.exited(), None, "the hook is still running");
+        assert!(!c.kill());
+        tx.send(()).unwrap();
+        assert!(wait(|| c.exited() == Some(0)));
+        assert!(!c.kill());
+        // A running child is signalled, and its reaper sees the signal.
+        let c = launch("sleep", &["30".into()], &[], false, None).unwrap();
+        assert!(c.kill());
+        assert!(wait(|| c.exited().is_some()));
+        assert_eq!(c.exited(), Some(-1));
+        assert!(!c.kill());
+    }
 }

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 /// answers a `Challenge` with an HMAC instead of sending the secret. 4: the
 /// host proves itself too (`Welcome`), both proofs over both sides' nonces;
 /// a task's body ends in `frame::TASK_WHOLE`. 5: `Share` and `Item`, a
-/// map's shared part sent once per daemon and its elements.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// map's shared part sent once per daemon and its elements. 6: a `Result`
+/// says whether its value is an error.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Bytes of the host's challenge nonce and of the daemon's HMAC-SHA256.
 pub const NONCE_LEN: usize = 32;
@@ -59,8 +60,9 @@ pub enum Msg<'a> {
     /// Host to daemon: evaluate the payload.
     Task { id: u64 },
     /// Daemon to host: the payload is the result of task `id`. `last` marks
-    /// the daemon's final reply (task, idle or wall time limit reached).
-    Result { id: u64, last: bool },
+    /// the daemon's final reply (task, idle or wall time limit reached);
+    /// `error` an error value (for the host's timeline of tasks).
+    Result { id: u64, last: bool, error: bool },
     /// Host to daemon: interrupt task `id` if it is running.
     Cancel { id: u64 },
     /// Host to daemon: exit now (`daemons(NULL)`).
@@ -116,11 +118,11 @@ mod tests {
     #[test]
     fn round_trip_with_payload() {
         let mut b = vec![9u8; 3];
-        encode_into(&Msg::Result { id: 42, last: true }, &mut b);
+        encode_into(&Msg::Result { id: 42, last: true, error: false }, &mut b);
         let hdr_end = b.len();
         b.extend_from_slice(b"payload");
         let (m, off) = decode(&b[3..]).unwrap();
-        assert_eq!(m, Msg::Result { id: 42, last: true });
+        assert_eq!(m, Msg::Result { id: 42, last: true, error: false });
         assert_eq!(3 + off, hdr_end);
         assert_eq!(&b[3 + off..], b"payload");
     }

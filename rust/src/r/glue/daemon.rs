@@ -460,6 +460,13 @@ fn run_node(d: SEXP, box_: SEXP, relay: SEXP) -> Result<Ran, RError> {
     Ok(Ran::Value(list_named(&[conds.sexp(), res.sexp()], c.relayed_names, c.relayed_class)?))
 }
 
+/// Whether a task's value is an error value (told to the host for its
+/// timeline), looking inside a value sent with its conditions.
+fn is_error_result(value: SEXP) -> bool {
+    let v = if inherits(value, c"miraiRelayed") { list_get(value, "value") } else { value };
+    inherits(v, c"errorValue")
+}
+
 enum Sent {
     Code(i32),
     NotSerialized(String),
@@ -481,7 +488,7 @@ fn send_value(h: SEXP, id: u64, value: SEXP) -> Result<Sent, RError> {
     // Decide "last" before serializing: the marker travels in the header.
     let before = (c.limits.done, c.limits.last_active);
     let last = c.limits.finish_task(Instant::now());
-    let mut frame = c.begin_result(id, last.is_some());
+    let mut frame = c.begin_result(id, last.is_some(), is_error_result(value));
     Ok(match serial::serialize_with(value, &mut frame, cfg) {
         // Any R condition is dropped: the caller sends a miraiError
         // with this message in its place.

@@ -244,6 +244,12 @@ pub fn mirai_map_element(h: SEXP, i: SEXP) -> RResult {
     Ok(made)
 }
 
+/// The task ids of the elements, in order (doubles), for
+/// `daemons_timeline()`.
+pub fn mirai_map_ids(h: SEXP) -> RResult {
+    reals(&map(&h)?.ids.iter().map(|&i| i as f64).collect::<Vec<f64>>())
+}
+
 /// The number of elements resolved.
 pub fn mirai_map_resolved(h: SEXP) -> RResult {
     let m = map(&h)?;

@@ -11,7 +11,6 @@ use crate::host::aio::Slot;
 use super::shared::max_message;
 use crate::host::{Host, HostOptions};
 use crate::host::pool::{Pool, Spec};
-use crate::sys::spawn::Child;
 use crate::wire::url::Address;
 use std::ffi::CStr;
 use std::sync::atomic::Ordering;
@@ -155,7 +154,8 @@ pub fn mirai_host_start(
     };
     let host = Host::start_with(&addr, opts, creds.as_ref().map(|c| c.config.clone()))?;
     let tlscert = creds.map(|c| c.chain_pem);
-    new_handle(Arc::new(Profile { host, pool: Arc::new(Pool::default()), tlscert }), serial_cfg)
+    let pool = Arc::new(Pool::new(host.health.clone()));
+    new_handle(Arc::new(Profile { host, pool, tlscert }), serial_cfg)
 }
 
 /// Checks a user's TLS credentials (PEM text of the certificate chain and
@@ -332,6 +332,9 @@ pub fn mirai_host_close(p: SEXP, signal: SEXP) -> RResult {
     // First: daemons exit as the host closes, and none is replaced.
     prof.pool.close();
     prof.host.shutdown(bool_arg(signal, "signal")?);
+    // A replacement still starting would find no host: it goes now rather
+    // than failing (noisily) after the reset had to wait for it.
+    prof.pool.kill_unconnected();
     Ok(Owned::nil())
 }
 
@@ -403,9 +406,78 @@ pub fn mirai_host_children(p: SEXP, kill: SEXP) -> RResult {
     let pids: Vec<i32> = prof.pool.with_children(|ch| {
         let mortal = || ch.iter().filter(|c| !c.persistent);
         if kill {
-            mortal().for_each(Child::kill);
+            mortal().for_each(|c| {
+                c.kill();
+            });
         }
         mortal().filter(|c| c.exited().is_none()).map(|c| c.pid as i32).collect()
     });
     ints(&pids)
+}
+
+/// `daemons_table()`: each connected daemon's counters, as a list of
+/// columns (`id`, `pid`, `busy`, `assigned`, `completed`, `connected` in
+/// seconds since the Unix epoch, `bytes_in`, `bytes_out`), and `launching`,
+/// the pids of local daemons started but not (yet) connected.
+pub fn mirai_host_daemons(p: SEXP) -> RResult {
+    let prof = profile(&p)?;
+    let rows = prof.host.daemon_rows().map_err(host_failed)?;
+    let col = |f: &dyn Fn(&crate::host::monitor::DaemonRow) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+    let secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let health = &prof.host.health;
+    let launching: Vec<i32> = prof.pool.with_children(|ch| {
+        ch.iter()
+            .filter(|c| !c.persistent && c.exited().is_none() && !health.get(c.pid).connected)
+            .map(|c| c.pid as i32)
+            .collect()
+    });
+    let id = ints(&rows.iter().map(|r| r.id.min(i32::MAX as u32) as i32).collect::<Vec<_>>())?;
+    let pid = ints(&rows.iter().map(|r| r.pid.min(i32::MAX as u32) as i32).collect::<Vec<_>>())?;
+    let busy = lgls(&rows.iter().map(|r| r.busy() as i32).collect::<Vec<_>>())?;
+    let assigned = reals(&col(&|r| r.assigned as f64))?;
+    let completed = reals(&col(&|r| r.completed as f64))?;
+    let since = reals(&col(&|r| secs(r.since)))?;
+    let bytes_in = reals(&col(&|r| r.bytes_in as f64))?;
+    let bytes_out = reals(&col(&|r| r.bytes_out as f64))?;
+    let launching = ints(&launching)?;
+    list(
+        &[id.sexp(), pid.sexp(), busy.sexp(), assigned.sexp(), completed.sexp(), since.sexp(), bytes_in.sexp(), bytes_out.sexp(), launching.sexp()],
+        &["id", "pid", "busy", "assigned", "completed", "connected", "bytes_in", "bytes_out", "launching"],
+    )
+}
+
+/// `daemons_timeline()`: the recent tasks' spans as a list of columns
+/// (`task`, `daemon`, `start` and `end` in seconds since `origin`, `end`
+/// NA while open, `error`: 0 a value, 1 an error value, 2 resolved on the
+/// host, NA open), and `origin` in seconds since the Unix epoch. `ids`:
+/// NULL for all, or the task ids (doubles) to keep.
+pub fn mirai_host_timeline(p: SEXP, ids: SEXP) -> RResult {
+    use crate::host::monitor::End;
+    let prof = profile(&p)?;
+    let only = if is_null(ids) {
+        None
+    } else {
+        Some(reals_arg(ids, "x")?.into_iter().map(|v| v as u64).collect::<std::collections::HashSet<u64>>())
+    };
+    let (spans, origin) = prof.host.timeline(only.as_ref()).map_err(host_failed)?;
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let task = reals(&spans.iter().map(|s| s.task as f64).collect::<Vec<_>>())?;
+    let daemon = ints(&spans.iter().map(|s| s.daemon.min(i32::MAX as u32) as i32).collect::<Vec<_>>())?;
+    let start = reals(&spans.iter().map(|s| secs(s.start_ns)).collect::<Vec<_>>())?;
+    let end = reals(&spans.iter().map(|s| if s.end == End::Open { na_real() } else { secs(s.end_ns) }).collect::<Vec<_>>())?;
+    let na_int = i32::MIN;
+    let how = ints(&spans
+        .iter()
+        .map(|s| match s.end {
+            End::Open => na_int,
+            End::Value => 0,
+            End::Error => 1,
+            End::Failed => 2,
+        })
+        .collect::<Vec<_>>())?;
+    let origin = real(origin)?;
+    list(
+        &[task.sexp(), daemon.sexp(), start.sexp(), end.sexp(), how.sexp(), origin.sexp()],
+        &["task", "daemon", "start", "end", "outcome", "origin"],
+    )
 }

@@ -309,6 +309,19 @@ pub fn f64_arg(s: SEXP, what: &str) -> Result<f64, RError> {
     Ok(if v == unsafe { R_NaInt } { f64::NAN } else { v as f64 })
 }
 
+/// Every element of a double vector.
+pub fn reals_arg(s: SEXP, what: &str) -> Result<Vec<f64>, RError> {
+    if type_of(s) != REALSXP {
+        return Err(format!("`{what}` must be a double vector").into());
+    }
+    let n = len(s);
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the data of a double vector of n > 0 elements, copied out.
+    Ok(unsafe { std::slice::from_raw_parts(REAL(s), n) }.to_vec())
+}
+
 /// A flag: TRUE, or any non-zero number.
 pub fn bool_arg(s: SEXP, what: &str) -> Result<bool, RError> {
     Ok(f64_arg(s, what)? != 0.0)
@@ -390,6 +403,20 @@ pub fn ints(vals: &[i32]) -> Result<Owned, RError> {
         if !vals.is_empty() {
             // SAFETY: `v` is a new integer vector of vals.len() elements.
             unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), INTEGER(v), vals.len()) };
+        }
+        v
+    };
+    // SAFETY: see above.
+    unsafe { rooted(make) }
+}
+
+/// A double vector.
+pub fn reals(vals: &[f64]) -> Result<Owned, RError> {
+    let make = |r: &InR| {
+        let v = r.alloc(SEXPTYPE::REALSXP, vals.len());
+        if !vals.is_empty() {
+            // SAFETY: `v` is a new double vector of vals.len() elements.
+            unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), REAL(v), vals.len()) };
         }
         v
     };
