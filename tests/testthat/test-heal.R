@@ -212,7 +212,7 @@ test_that("daemons that die right after launch stop the replacing, with a warnin
   Sys.sleep(1.5)
   expect_identical(replaced(), 3L)
   expect_length(pool_pids(), 1L)
-  expect_warning(s <- status(), "3 local daemons in a row died within 5 s of their launch \\(the last with exit status 1\\)")
+  expect_warning(s <- status(), "3 local daemons in a row died within 5 s of their launch without running a task \\(the last with exit status 1\\)")
   expect_identical(s$replaced, 3L)
   expect_identical(s$connections, 1L)
   # Said once; the surviving daemon still works, and nothing more launches.
@@ -223,6 +223,76 @@ test_that("daemons that die right after launch stop the replacing, with a warnin
   Sys.sleep(1)
   expect_identical(status()$replaced, 3L)
   expect_length(pool_pids(), 0L)
+})
+
+test_that("a task that kills every daemon it runs on, with .retry, does not stop the healing", {
+  # Each run kills its daemon soon after that daemon started: three quick
+  # deaths in a row, but of daemons running a task, not failing to start.
+  daemons(2)
+  on.exit(daemons(0))
+  f <- tempfile()
+  on.exit(unlink(f), add = TRUE)
+  poison <- quote({ cat(Sys.getpid(), "\n", file = f, append = TRUE); tools::pskill(Sys.getpid(), tools::SIGKILL) })
+  m <- mirai(poison, .args = list(f = f), .retry = 2)
+  expect_identical(unclass(m[]), 19L)
+  expect_length(started(f), 3L)
+  expect_identical(status()$retried, 2L)
+  # Every death replaced, the pool back at 2, and no warning about a crash loop.
+  expect_true(wait_until(function() {
+    s <- .Call(mirai:::C_mirai_host_info, mirai:::profile_of(NULL)$host)
+    s[["replaced"]] == 3L && s[["connections"]] == 2L
+  }, 30))
+  expect_no_warning(s <- status())
+  expect_identical(s$replaced, 3L)
+  expect_false(.Call(mirai:::C_mirai_host_info, mirai:::profile_of(NULL)$host)[["replaced"]] < 3L)
+  expect_identical(mirai(1 + 1)[], 2)
+  # And still heals: one more kill, one more replacement.
+  tools::pskill(pool_pids()[[1L]], tools::SIGKILL)
+  expect_true(wait_until(function() status()$replaced == 4L && status()$connections == 2L, 20))
+})
+
+test_that("daemons(0) just after a kill ends the replacement still starting: at once, silently, reaped", {
+  skip_if_not_installed("processx")
+  # In a child session, whose output (its daemons' included) is captured.
+  script <- tempfile(fileext = ".R")
+  on.exit(unlink(script))
+  writeLines(c(
+    "library(mirai)",
+    "daemons(2)",
+    "tab <- daemons_table()",
+    "tools::pskill(tab$pid[[1L]], tools::SIGKILL)",
+    "deadline <- Sys.time() + 20",
+    "repeat {",
+    "  tab <- daemons_table()",
+    "  new <- tab$pid[tab$state == 'connecting']",
+    "  if (length(new) || Sys.time() > deadline) break",
+    "  Sys.sleep(0.002)",
+    "}",
+    "t0 <- Sys.time()",
+    "daemons(0)",
+    "took <- as.numeric(difftime(Sys.time(), t0, units = 'secs'))",
+    "st <- tryCatch(readLines(sprintf('/proc/%d/stat', new), warn = FALSE), error = function(e) '', warning = function(w) '')",
+    "writeLines(sprintf('replacement %d took %.3f stat [%s]', new, took, st), 'RESULT_FILE')"
+  ), script)
+  out <- tempfile()
+  on.exit(unlink(out), add = TRUE)
+  txt <- gsub("RESULT_FILE", out, readLines(script), fixed = TRUE)
+  writeLines(txt, script)
+  p <- processx::run(file.path(R.home("bin"), "Rscript"), script, error_on_status = FALSE, timeout = 60,
+                     env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")))
+  expect_identical(p$status, 0L, info = p$stderr)
+  # Nothing from the replacement (a failed dial prints an error and a
+  # backtrace), nor from anything else.
+  expect_identical(p$stderr, "")
+  expect_identical(p$stdout, "")
+  res <- readLines(out)
+  expect_match(res, "^replacement [0-9]+ took [0-9.]+ stat")
+  # Caught while starting; when daemons(0) returned, it was gone and
+  # reaped: no process, not even a zombie.
+  expect_match(res, "stat \\[\\]$")
+  took <- as.numeric(sub("^.* took ([0-9.]+) .*$", "\\1", res))
+  # Killed, not waited for: well inside the reset's grace period.
+  expect_lt(took, mirai:::RESET_GRACE_SECS / 2)
 })
 
 test_that("daemons(0) right after a kill leaves no replacement running", {
