@@ -109,6 +109,30 @@ for (disp in c(TRUE, FALSE)) {
   })
 }
 
+for (disp in c(TRUE, FALSE)) {
+  test_that(sprintf("a replacement evaluates the earlier everywhere() calls, in order, before any task (%s)",
+                    if (disp) "dispatcher" else "no dispatcher"), {
+    daemons(2, dispatcher = disp)
+    on.exit(daemons(0))
+    everywhere(x <<- 42)
+    everywhere({}, y = 7)
+    # Depends on the order of the two before.
+    everywhere(z <<- x + y)
+    victim <- pool_pids()[[1L]]
+    tools::pskill(victim, tools::SIGKILL)
+    # Tasks queued while the replacement starts: the first it runs already
+    # sees what the everywhere() calls made.
+    mp <- mirai_map(1:20, function(i) { Sys.sleep(0.05); c(pid = Sys.getpid(), x = x, y = y, z = z) }, .retry = 1)
+    expect_true(wait_until(function() status()$replaced == 1L && status()$connections == 2L, 20))
+    res <- do.call(rbind, mp[])
+    expect_true(all(res[, "x"] == 42 & res[, "y"] == 7 & res[, "z"] == 49))
+    got <- do.call(rbind, everywhere(c(pid = Sys.getpid(), z = z))[])
+    new <- setdiff(pool_pids(), victim)
+    expect_setequal(got[, "pid"], new)
+    expect_true(all(got[, "z"] == 49))
+  })
+}
+
 test_that("a replacement daemon can be interrupted: a timed-out task on it ends at once", {
   # Found by the retry soak: replacements are launched from a thread that
   # blocks SIGINT, and inherited its signal mask.

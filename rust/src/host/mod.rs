@@ -91,6 +91,14 @@ const WAKER: Token = Token(1);
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most peers held at once that have not completed their Hello.
 pub const MAX_PENDING: usize = 64;
+/// `everywhere()` calls a host keeps, to send again to each daemon the
+/// pool launches in place of a dead one, and their bytes: beyond either,
+/// it keeps none (see `Core::replay`).
+pub const REPLAY_CALLS: usize = 100;
+pub const REPLAY_BYTES: usize = 64 << 20;
+/// Task ids of those replays, counted down from here: never a mirai's id,
+/// and never reported to R.
+const REPLAY_IDS: u64 = u64::MAX;
 /// When accept fails for want of resources (EMFILE, ENFILE, ENOBUFS), the
 /// waiting connections raise no new readiness edge: retry on a timer.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -241,6 +249,9 @@ impl Host {
             health: health.clone(),
             timeline: Timeline::default(),
             reply_error: false,
+            replay: Some(Vec::new()),
+            replay_bytes: 0,
+            next_replay_id: REPLAY_IDS,
             registry: Some(registry),
             waker: Some(waker),
             listener: Some(listener),
@@ -509,6 +520,14 @@ impl Host {
         let mut payload = payload;
         payload.push(TASK_WHOLE);
         let payload = Rc::new(payload);
+        core.replay_bytes += payload.len();
+        if let Some(r) = &mut core.replay {
+            if r.len() < REPLAY_CALLS && core.replay_bytes <= REPLAY_BYTES {
+                r.push(payload.clone());
+            } else {
+                core.replay = None;
+            }
+        }
         let mut out = Vec::new();
         let ids = core.sched.daemon_ids();
         let later = min.saturating_sub(ids.len());
@@ -753,6 +772,14 @@ struct Core {
     timeline: Timeline,
     /// The result being applied is an error value (its `Result` said so).
     reply_error: bool,
+    /// The payloads of the `everywhere()` calls so far, in order, sent to
+    /// a replacement daemon before anything else; None once they went past
+    /// `REPLAY_CALLS` or `REPLAY_BYTES`: then none is replayed, as a
+    /// replacement that evaluated only some of them would be in a state no
+    /// other daemon is in.
+    replay: Option<Vec<Rc<Vec<u8>>>>,
+    replay_bytes: usize,
+    next_replay_id: u64,
     /// The loop's registry and waker; None once stopped, so that their
     /// descriptors close with the loop rather than when R collects the
     /// profile's handle.
@@ -1143,6 +1170,22 @@ impl Core {
                 c.row = DaemonRow::new(self.joined.len().min(u32::MAX as usize) as u32, pid);
                 (c.row.bytes_in, c.row.bytes_out) = since_bytes;
                 self.health.connected(pid);
+                if self.health.take_replacement(pid) {
+                    if let Some(replay) = &self.replay {
+                        // Straight after its Init, ahead of any task the
+                        // scheduler sends it: the daemon evaluates frames in
+                        // order. Outside the scheduler, which takes the
+                        // answers to unknown ids as stale and drops them.
+                        for payload in replay {
+                            let mut head = task_head(self.framing, self.next_replay_id);
+                            self.next_replay_id -= 1;
+                            self.framing.finish_with_tail(&mut head, payload.len());
+                            c.push(Rc::new(head));
+                            c.wq.push_tail(payload.clone(), NO_TASK);
+                            c.row.assigned += 1;
+                        }
+                    }
+                }
                 let acts = self.sched.connect(t.0 as u64);
                 self.apply(acts, None);
                 self.flush_conn(t);

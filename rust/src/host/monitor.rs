@@ -68,6 +68,9 @@ pub struct HealthBook {
 #[derive(Debug, Default)]
 struct HealthInner {
     pids: HashMap<u32, Health>,
+    /// Local daemons launched by the pool in place of dead ones, not yet
+    /// connected: they are sent the profile's earlier `everywhere()` calls.
+    replacements: std::collections::HashSet<u32>,
     /// Daemons that have sent their first result.
     healthy: u64,
 }
@@ -76,6 +79,17 @@ impl HealthBook {
     pub fn connected(&self, pid: u32) {
         // A new process under a reused pid starts afresh.
         lock(&self.inner).pids.insert(pid, Health { connected: true, ..Health::default() });
+    }
+
+    /// `pid` was launched to replace a dead daemon.
+    pub fn replacement(&self, pid: u32) {
+        lock(&self.inner).replacements.insert(pid);
+    }
+
+    /// Whether `pid` was launched to replace a dead daemon (asked once,
+    /// when it connects: the mark goes).
+    pub fn take_replacement(&self, pid: u32) -> bool {
+        lock(&self.inner).replacements.remove(&pid)
     }
 
     pub fn given_task(&self, pid: u32) {

@@ -206,7 +206,9 @@ impl Pool {
         match st.healer.exited(exit, lived, seen, healthy) {
             Verdict::Ignore => {}
             Verdict::Replace => match self.launch_locked(&mut st, spec.successor(), true) {
-                Ok(_) => {
+                Ok(pid) => {
+                    // Before it can connect: it starts a second or so later.
+                    self.health.replacement(pid);
                     self.replaced.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
