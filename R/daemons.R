@@ -256,7 +256,8 @@ max_message <- function() {
 #' close the connection that sent them. Each such refusal counts in the
 #' `refused` element of [status()].
 #'
-#' `daemons(0)` waits up to `r RESET_GRACE_SECS` seconds for local daemons to
+#' `daemons(0)` ends local daemons that have not connected yet (still
+#' starting) at once, waits up to `r RESET_GRACE_SECS` seconds for the others to
 #' exit, then kills any still running (except those launched with `autoexit =
 #' FALSE`, which are meant to outlive their host). TCP connections use
 #' keepalive, so a daemon whose host vanished without closing the connection
@@ -271,14 +272,23 @@ max_message <- function() {
 #' 'errorValue' 19, unless the mirai was created with `.retry` (see
 #' [mirai()]). A daemon that ends by itself (`idletime`, `walltime`,
 #' `maxtasks`, or its host closing) is not replaced. If 3 daemons in a row
-#' die within 5 seconds of their launch (a daemon that cannot start, say),
+#' die within 5 seconds of their launch without having been sent a task (a
+#' daemon that cannot start: a broken R profile or library path, say),
 #' replacing stops for the life of the profile, with a warning at the next
-#' call into mirai. `heal = FALSE` turns replacing off.
+#' call into mirai. A daemon that dies while it runs a task does not count,
+#' so a task that kills every daemon it runs on (retried with `.retry`)
+#' cannot stop the healing; a daemon that sends a result, or lives longer
+#' than 5 seconds, starts the count again. `heal = FALSE` turns replacing
+#' off. [daemons_table()] shows a replacement that has not connected yet
+#' as `"connecting"`; a reset ends such daemons at once.
 #'
-#' A replacement is a fresh daemon: it has not evaluated earlier
-#' [everywhere()] calls, so call [everywhere()] again if tasks depend on
-#' them (`status()$replaced` tells when daemons were replaced). Without a
-#' dispatcher or `seed`, it starts on the next substream
+#' A replacement evaluates the profile's earlier [everywhere()] calls, in
+#' order, before any task, so it starts in the state the others are in. The
+#' host keeps up to `r limit("replay_calls")` such calls, of up to
+#' `r bytes_text(limit("replay_bytes"))` in all, from when daemons were set;
+#' past either limit it keeps none, and a replacement evaluates none of them
+#' (call [everywhere()] again when `status()$replaced` changes). Without a
+#' dispatcher or `seed`, a replacement starts on the next substream
 #' ([parallel::nextRNGSubStream()]) of the random-number stream of the
 #' daemon it replaces.
 #'

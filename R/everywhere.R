@@ -29,7 +29,9 @@
 #' so `everywhere()` can be called straight after [daemons()] with a `url`,
 #' before the daemons have been launched; it never waits. Other daemons that
 #' connect afterwards do not evaluate earlier `everywhere()` calls: call it
-#' again once they have joined.
+#' again once they have joined. The exception is a daemon that [daemons()]
+#' launches in place of one that died, which evaluates them, in order,
+#' before any task (see Self-healing in [daemons()]).
 #'
 #' It does not use up a random number stream of a profile set up with
 #' `daemons(seed = )`, so the results of mirai do not depend on it: it runs

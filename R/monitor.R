@@ -69,7 +69,9 @@ daemons_table <- function(.compute = NULL) {
 #' recording a task costs two clock reads. A task sent again after its
 #' daemon died (see `.retry` in [mirai()]) has a bar for each attempt, the
 #' lost ones marked as errors. A task still running is drawn up to the
-#' latest time shown, in grey.
+#' latest time shown, in grey. Without a dispatcher a task goes to its
+#' daemon when it is created and may wait there behind that daemon's other
+#' tasks: its bar includes that wait.
 #'
 #' @param x (mirai, list or mirai_map) restrict the timeline to these tasks,
 #'   e.g. the result of [mirai_map()] or a list of mirai, all of the profile

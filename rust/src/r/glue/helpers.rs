@@ -54,7 +54,7 @@ pub fn mirai_rng_advance() -> RResult {
 pub fn mirai_constants() -> RResult {
     use crate::host::sched::{ERROR_TEXTS, ERROR_VALUES};
     let secs = |d: std::time::Duration| d.as_secs_f64();
-    let limits: [(&str, f64); 10] = [
+    let limits: [(&str, f64); 12] = [
         ("hello_timeout_s", secs(crate::host::HELLO_TIMEOUT)),
         ("max_pending", crate::host::MAX_PENDING as f64),
         ("dead_peer_s", crate::wire::transport::DEAD_PEER_MS as f64 / 1000.0),
@@ -65,6 +65,8 @@ pub fn mirai_constants() -> RResult {
         ("max_everywhere", super::profile::MAX_EVERYWHERE),
         ("wait_note_s", secs(super::profile::WAIT_NOTE)),
         ("timeline_tasks", crate::host::monitor::TIMELINE_CAP as f64),
+        ("replay_calls", crate::host::REPLAY_CALLS as f64),
+        ("replay_bytes", crate::host::REPLAY_BYTES as f64),
     ];
     let exit_codes = named_ints(&ExitCode::ALL.map(|c| c as i32), &ExitCode::ALL.map(|c| c.name()))?;
     let error_codes = named_ints(&ERROR_VALUES.map(|(_, c)| c), &ERROR_VALUES.map(|(n, _)| n))?;
