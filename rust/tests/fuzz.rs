@@ -1822,7 +1822,7 @@ fn handshake(url: &str) {
     assert_eq!(tid, id);
     assert!(mirai::wire::frame::task_payload(&body[offset..]) == Some(&payload[..]), "{url}: task payload corrupted");
     let reply = fill(5_000, 7);
-    let mut r = daemon.begin_result(id, false);
+    let mut r = daemon.begin_result(id, false, false);
     r.extend_from_slice(&reply);
     daemon.send(r).unwrap();
     let until = Instant::now() + Duration::from_secs(20);

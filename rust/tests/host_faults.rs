@@ -776,7 +776,7 @@ fn an_unauthenticated_ws_peer_streaming_pings_neither_stalls_the_host_nor_outsta
         Incoming::Task { id: got, .. } => assert_eq!(got, id),
         _ => panic!("no task reached the daemon"),
     }
-    let mut r = d.begin_result(id, false);
+    let mut r = d.begin_result(id, false, false);
     r.extend_from_slice(b"pong");
     d.send(r).unwrap();
     assert!(slot.wait(Duration::from_secs(10)), "the result never arrived");

@@ -86,7 +86,7 @@ impl Peer {
                     assert!(task_payload(&body[offset..]).is_some());
                     let held = self.slots.iter().flatten().find(|(s, _)| *s == sid).expect("its share arrived first");
                     seen.push(held.1.clone());
-                    let mut r = d.begin_result(id, false);
+                    let mut r = d.begin_result(id, false, false);
                     r.extend_from_slice(b"ok");
                     d.send(r).unwrap();
                 }

@@ -71,7 +71,7 @@ fn next_task(d: &mut ClientConn, what: &str) -> (u64, Vec<u8>, usize) {
 }
 
 fn answer(d: &mut ClientConn, id: u64, payload: &[u8]) {
-    let mut r = d.begin_result(id, false);
+    let mut r = d.begin_result(id, false, false);
     r.extend_from_slice(payload);
     d.send(r).unwrap();
 }
