@@ -327,7 +327,10 @@ test_that("daemons(0) right after a kill leaves no replacement running", {
   daemons(0)
   Sys.sleep(1.5)
   # Whatever was launched before the reset was ended by it.
-  left <- Filter(function(p) grepl("mirai::daemon", paste(readLines(sprintf("/proc/%s/cmdline", p), warn = FALSE), collapse = "")),
+  # (Other processes come and go meanwhile: one gone is skipped.)
+  cmdline <- function(p) tryCatch(paste(readLines(sprintf("/proc/%s/cmdline", p), warn = FALSE), collapse = ""),
+                                  error = function(e) "", warning = function(w) "")
+  left <- Filter(function(p) grepl("mirai::daemon", cmdline(p)),
                  setdiff(as.integer(list.files("/proc", "^[0-9]+$")), Sys.getpid()))
   mine <- Filter(function(p) {
     st <- tryCatch(readLines(sprintf("/proc/%d/stat", p), warn = FALSE)[[1L]], error = function(e) "")
