@@ -61,6 +61,13 @@ for (disp in c(TRUE, FALSE)) {
     expect_false(v == victim)
     expect_identical(started(f), c(victim, v))
     expect_identical(status()$retried, 1L)
+    # The timeline has both attempts: the lost one, ended when its daemon
+    # died, then the one that answered, on another daemon.
+    tl <- daemons_timeline(m, file = tempfile(fileext = ".pdf"))
+    expect_identical(nrow(tl), 2L)
+    expect_identical(tl$error, c(TRUE, FALSE))
+    expect_false(tl$daemon[[1L]] == tl$daemon[[2L]])
+    expect_lte(tl$end[[1L]], tl$start[[2L]])
   })
 
   test_that(sprintf("with .retry = 0 (the default) the task resolves to errorValue 19 at once (%s)", mode), {

@@ -1388,6 +1388,9 @@ impl Core {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
             }
             if c.ready {
+                // Its tasks' time on it ends now, whether they fail or go
+                // to another daemon.
+                self.timeline.end_all_on(c.row.id, Instant::now());
                 let acts = self.sched.disconnect(t.0 as u64);
                 self.apply(acts, None);
             }

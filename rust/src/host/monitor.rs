@@ -187,6 +187,16 @@ impl Timeline {
         }
     }
 
+    /// Ends, as failed, every open span on daemon `daemon` (it is gone):
+    /// a pass over the ring, once per lost connection.
+    pub fn end_all_on(&mut self, daemon: u32, now: Instant) {
+        let ns = self.ns(now);
+        for s in self.spans.iter_mut().filter(|s| s.daemon == daemon && s.end == End::Open) {
+            s.end = End::Failed;
+            s.end_ns = ns;
+        }
+    }
+
     /// The spans kept, oldest first.
     pub fn spans(&self) -> impl Iterator<Item = &Span> {
         let split = if self.spans.len() < TIMELINE_CAP { 0 } else { (self.pushed % TIMELINE_CAP as u64) as usize };
@@ -223,6 +233,19 @@ mod tests {
         assert_eq!(v[0], 10);
         assert!(v.windows(2).all(|w| w[1] == w[0] + 1));
         assert_eq!(*v.last().unwrap(), 10 + TIMELINE_CAP as u64 - 1);
+    }
+
+    #[test]
+    fn a_lost_daemon_ends_its_open_spans_only() {
+        let mut t = Timeline::default();
+        let t0 = t.origin;
+        let a = t.start(1, 1, t0);
+        t.start(2, 2, t0);
+        t.start(3, 1, t0);
+        t.end(a, 1, End::Value, t0 + Duration::from_millis(1));
+        t.end_all_on(1, t0 + Duration::from_millis(9));
+        let v: Vec<_> = t.spans().map(|s| (s.task, s.end, s.end_ns)).collect();
+        assert_eq!(v, [(1, End::Value, 1_000_000), (2, End::Open, 0), (3, End::Failed, 9_000_000)]);
     }
 
     #[test]
