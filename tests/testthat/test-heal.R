@@ -140,6 +140,19 @@ for (disp in c(TRUE, FALSE)) {
   })
 }
 
+test_that("past the replay limit a replacement evaluates none of the everywhere() calls", {
+  daemons(1)
+  on.exit(daemons(0))
+  n <- mirai:::limit("replay_calls")
+  everywhere(x <<- 42)
+  for (i in seq_len(n)) everywhere(k <<- i, .args = list(i = i))
+  expect_identical(mirai(c(x, k))[], c(42, n))
+  tools::pskill(pool_pids(), tools::SIGKILL)
+  expect_true(wait_until(function() status()$replaced == 1L && status()$connections == 1L, 20))
+  # All or nothing: not the first n of them.
+  expect_identical(mirai(c(exists("x"), exists("k")))[], c(FALSE, FALSE))
+})
+
 test_that("a replacement daemon can be interrupted: a timed-out task on it ends at once", {
   # Found by the retry soak: replacements are launched from a thread that
   # blocks SIGINT, and inherited its signal mask.
