@@ -41,6 +41,7 @@ extern "C" {
     pub fn R_MakeActiveBinding(sym: SEXP, fun: SEXP, env: SEXP);
     pub fn REprintf(fmt: *const c_char, ...);
     pub fn R_GetCCallable(package: *const c_char, name: *const c_char) -> *const c_void;
+    pub fn R_existsVarInFrame(env: SEXP, sym: SEXP) -> Rboolean;
     // Not part of R's documented API (extendr-ffi has them behind its
     // `non-api` feature): building the mirai's binding function needs them.
     pub fn Rf_findVarInFrame(env: SEXP, sym: SEXP) -> SEXP;
@@ -92,6 +93,7 @@ pub const CLOSXP: c_int = 3;
 pub const ENVSXP: c_int = 4;
 pub const SPECIALSXP: c_int = 7;
 pub const BUILTINSXP: c_int = 8;
+pub const CHARSXP: c_int = 9;
 pub const LGLSXP: c_int = 10;
 pub const INTSXP: c_int = 13;
 pub const REALSXP: c_int = 14;
