@@ -331,7 +331,7 @@ fn keep_share(h: SEXP, box_: SEXP, slot: u8, payload: &[u8]) -> Result<(), RErro
 
 /// The task payload of a map's element `elem` whose share is `sid`:
 /// `list(._expr_., ._globals_., ._args_.)` from the share, with `elem` as
-/// the first of the arguments (`.x`, see map_shared() in R/map.R). Err:
+/// the first of the arguments (`.x`, see map_native() in R/map.R). Err:
 /// why the element cannot run.
 fn map_task(h: SEXP, box_: SEXP, sid: u64, elem: SEXP) -> Result<Result<Owned, String>, RError> {
     let k = share_consts()?;

@@ -242,7 +242,7 @@ pub fn string_at(s: SEXP, i: usize) -> String {
 /// The CHARSXP of string `i` of character vector `s` (`i` < `len`).
 pub fn char_at(s: SEXP, i: usize) -> SEXP {
     assert!(type_of(s) == STRSXP && i < len(s), "string index out of range");
-    // SAFETY: as in `str_at`.
+    // SAFETY: as in `with_str_at`.
     unsafe { STRING_ELT(s, i as isize) }
 }
 
