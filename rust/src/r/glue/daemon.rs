@@ -4,7 +4,7 @@ use crate::r::layer::call::{clear_interrupt, interrupt_pending, RError, RResult}
 use crate::r::layer::ffi::{SEXP, STRSXP};
 use crate::r::layer::lang::*;
 use super::call::{call_binding, call_head, is_arg_list, same_source};
-use super::shared::{max_message, node_payload_names};
+use super::shared::{max_message, mirai_error, node_payload_names};
 use crate::r::layer::handle::{handle, kept, new_handle, set_kept, Held, Tagged};
 use crate::r::layer::serial;
 use crate::r::layer::value::*;

@@ -280,9 +280,9 @@ pub fn lang(tree: &Lang) -> Result<Owned, RError> {
     // protections are popped when it is built (`scoped`), so nesting depth,
     // not size, bounds the protect stack.
     fn build(r: &InR, t: &Lang) -> SEXP {
-        let Lang::Call(head, args) = t else {
-            let Lang::Value(v) = t else { unreachable!() };
-            return *v;
+        let (head, args) = match t {
+            Lang::Value(v) => return *v,
+            Lang::Call(head, args) => (head, args),
         };
         r.scoped(|r| {
             let list = r.protect(r.alloc_pairlist(args.len()));

@@ -543,37 +543,16 @@ pub fn set_list_elt(list: &Owned, i: usize, x: SEXP) {
     unsafe { SET_VECTOR_ELT(list.sexp(), i as isize, x) };
 }
 
-/// An 'errorValue': the integer `code` classed `c("errorValue", "try-error")`.
-pub fn error_value(code: i32) -> Result<Owned, RError> {
+/// Sets the class attribute of `x` (a value just made, not yet shared) to
+/// `class`.
+pub fn set_class(x: &Owned, class: &[&str]) -> Result<(), RError> {
+    let x = x.sexp();
     // SAFETY: see above.
     unsafe {
-        rooted(|r| {
-            let v = r.protect(r.scalar_int(code));
-            r.set_attrib(v, class_symbol(), r.strings(&["errorValue", "try-error"]));
-            v
+        try_r(|r| {
+            r.set_attrib(x, class_symbol(), r.strings(class));
+            x
         })
-    }
-}
-
-/// A 'miraiError' with message `msg` and no call (`"Error: <msg>\n"`),
-/// made by R's one constructor of them, `mirai_error()` in R/daemon.R, so
-/// that it has every attribute an error raised in a task has
-/// (`condition.class`, `stack.trace`, ...). Runs R code (on the error
-/// paths only).
-pub fn mirai_error(msg: &str) -> Result<Owned, RError> {
-    let m = string(msg)?;
-    let m = m.sexp();
-    // SAFETY: see above (`m` is rooted outside the closure).
-    unsafe {
-        rooted(|r| {
-            let f = r.protect(r.lang3(r.install(c":::"), r.install(c"mirai"), r.install(c"mirai_error")));
-            let call = r.protect(r.lang2(f, m));
-            r.eval(call, base_env())
-        })
-    }
-}
-
-fn base_env() -> SEXP {
-    // SAFETY: a constant R sets up at start-up.
-    unsafe { R_BaseEnv }
+    }?;
+    Ok(())
 }
