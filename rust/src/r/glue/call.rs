@@ -66,12 +66,11 @@ pub fn call_binding(head: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<Ow
     let args = pairlist_as_list(args)?;
     let args = args.sexp();
     let n = if is_list(args) { len(args) } else { 0 };
-    let names = names(args)?;
-    let names = names.sexp();
-    let named = type_of(names) == STRSXP;
+    let names = list_names(args);
     let quoted = (0..n)
         .map(|i| {
-            let tag = if named && with_str_at(names, i, |b| !b.is_empty()) { char_at(names, i) } else { nil() };
+            let named = names.is_some_and(|nms| i < len(nms) && with_str_at(nms, i, |b| !b.is_empty()));
+            let tag = if named { names.map_or(nil(), |nms| char_at(nms, i)) } else { nil() };
             (tag, Lang::Call(h.base_quote, vec![(nil(), Lang::Value(list_at(args, i)))]))
         })
         .collect();
@@ -87,16 +86,17 @@ pub fn call_binding(head: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<Ow
 /// environment, and environments compare by address.) When in doubt, no:
 /// the cost of a wrong no is one compilation of the function.
 pub fn same_source(a: SEXP, b: SEXP) -> Result<bool, RError> {
-    let srcref = install(c"srcref")?;
-    let (sa, sb) = (attr(a, srcref)?, attr(b, srcref)?);
-    if is_null(sa.sexp()) || is_null(sb.sexp()) {
-        return Ok(sa.sexp() == sb.sexp());
+    static SYMS: MainOnce<[SEXP; 2]> = MainOnce::new();
+    let [srcref, srcfile] = *SYMS.get(|| Ok([install(c"srcref")?, install(c"srcfile")?]))?;
+    // `a` and `b` keep their attributes alive.
+    let (sa, sb) = (stored_attr(a, srcref), stored_attr(b, srcref));
+    if is_null(sa) || is_null(sb) {
+        return Ok(sa == sb);
     }
-    if !same_ints(sa.sexp(), sb.sexp()) {
+    if !same_ints(sa, sb) {
         return Ok(false);
     }
-    let srcfile = install(c"srcfile")?;
-    same_frame(attr(sa.sexp(), srcfile)?.sexp(), attr(sb.sexp(), srcfile)?.sexp())
+    same_frame(stored_attr(sa, srcfile), stored_attr(sb, srcfile))
 }
 
 /// Whether environments (or other objects) `a` and `b` hold identical

@@ -223,11 +223,6 @@ pub fn symbol_at(x: SEXP, i: usize) -> Result<SEXP, RError> {
     unsafe { try_r(|r| r.install_char(char_at(x, i))) }
 }
 
-/// The `names` attribute of `x` (NULL if none; a pairlist's made afresh).
-pub fn names(x: SEXP) -> Result<Owned, RError> {
-    attr(x, names_sym())
-}
-
 /// `x` as a list: a pairlist's elements in a new list, anything else as it
 /// is (`x` must stay reachable while the result is used).
 pub fn pairlist_as_list(x: SEXP) -> Result<Owned, RError> {

@@ -246,9 +246,24 @@ pub fn char_at(s: SEXP, i: usize) -> SEXP {
     unsafe { STRING_ELT(s, i as isize) }
 }
 
+/// Attribute `sym` of `x` as stored (NULL if none), read without
+/// allocating. `names` and `row.names`, whose values R may compute, are
+/// not read here (NULL), nor attributes of a CHARSXP (it has none).
+pub fn stored_attr(x: SEXP, sym: SEXP) -> SEXP {
+    // SAFETY: constants R sets up at start-up.
+    let computed = unsafe { sym == R_NamesSymbol || sym == R_RowNamesSymbol };
+    if computed || type_of(sym) != SYMSXP || type_of(x) == CHARSXP {
+        return nil();
+    }
+    // SAFETY: for a symbol other than those two and an object other than a
+    // CHARSXP, Rf_getAttrib looks the attribute up in `x`'s list and
+    // neither allocates nor errors.
+    unsafe { Rf_getAttrib(x, sym) }
+}
+
 /// The names of `x` if it is a list with a character vector of names.
 /// Reads the attribute only: for a list, R makes nothing.
-fn list_names(x: SEXP) -> Option<SEXP> {
+pub fn list_names(x: SEXP) -> Option<SEXP> {
     if !is_list(x) {
         return None;
     }
