@@ -277,7 +277,7 @@ eval_task <- function(data, box) {
 # A cluster node's task, run natively (see mirai_daemon_recv in
 # rust/src/r/glue/daemon.rs), failed: as eval_task() does, but the calls before
 # the task's own are this loop's and the two of the eval() that binds
-# `master` (call_binding in rust/src/r/layer/lang.rs).
+# `master` (call_binding in rust/src/r/glue/call.rs).
 node_error <- function(box, before) {
   cond <- box$cond
   if (is.null(cond)) return(unhandled_jump(before))
@@ -365,7 +365,7 @@ same_call <- function(a, b) {
 # The one constructor of 'miraiError' values, for an error condition `e`
 # (or a message, as an error without a call), with its stack trace `trace`
 # as task_trace() returns it. The native side makes its own through this
-# (mirai_error in rust/src/r/layer/value.rs).
+# (mirai_error in rust/src/r/glue/shared.rs).
 mirai_error <- function(e, trace = list()) {
   if (is.character(e)) e <- simpleError(e)
   call <- conditionCall(e)
