@@ -1,6 +1,19 @@
 # daemon(): the receive-evaluate-reply loop that launched daemons run.
 
-check_limit <- function(x, what) check_number(x, what, "a non-negative number (or Inf)")
+# The daemon() settings that daemons() and the launchers also take in `...`
+# (for launch commands), by kind. check_setting() is the one check of each,
+# whichever function takes it: one message.
+DAEMON_SETTINGS <- c(asyncdial = "flag", autoexit = "flag or NA", cleanup = "flag", output = "flag",
+                     idletime = "limit", walltime = "limit", maxtasks = "limit")
+
+# Setting `nm` (a name of DAEMON_SETTINGS) checked: its value, a limit as a
+# double.
+check_setting <- function(v, nm) {
+  switch(DAEMON_SETTINGS[[nm]],
+         flag = check_flag(v, nm),
+         "flag or NA" = check_flag(v, nm, na = TRUE),
+         limit = check_number(v, nm, "a non-negative number (or Inf)"))
+}
 
 #' Daemon Instance
 #'
@@ -80,13 +93,13 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
                    maxtasks = Inf, tlscert = NULL, rs = NULL) {
   if (missing(url)) url <- NULL
   check_string(url, "url", "a character string, e.g. \"tcp://10.75.32.70:5555\"")
-  check_flag(autoexit, "autoexit", na = TRUE)
-  check_flag(asyncdial, "asyncdial")
-  check_flag(cleanup, "cleanup")
-  check_flag(output, "output")
-  idletime <- check_limit(idletime, "idletime")
-  walltime <- check_limit(walltime, "walltime")
-  maxtasks <- check_limit(maxtasks, "maxtasks")
+  check_setting(autoexit, "autoexit")
+  check_setting(asyncdial, "asyncdial")
+  check_setting(cleanup, "cleanup")
+  check_setting(output, "output")
+  idletime <- check_setting(idletime, "idletime")
+  walltime <- check_setting(walltime, "walltime")
+  maxtasks <- check_setting(maxtasks, "maxtasks")
   tlscert <- daemon_tlscert(tlscert)
   extra <- list(...)
   secret <- extra[["secret"]] %||% Sys.getenv("MIRAI_SECRET")
@@ -264,7 +277,7 @@ eval_task <- function(data, box) {
 # A cluster node's task, run natively (see mirai_daemon_recv in
 # rust/src/r/glue/daemon.rs), failed: as eval_task() does, but the calls before
 # the task's own are this loop's and the two of the eval() that binds
-# `master` (call_binding in rust/src/r/layer/lang.rs).
+# `master` (call_binding in rust/src/r/glue/call.rs).
 node_error <- function(box, before) {
   cond <- box$cond
   if (is.null(cond)) return(unhandled_jump(before))
@@ -352,7 +365,7 @@ same_call <- function(a, b) {
 # The one constructor of 'miraiError' values, for an error condition `e`
 # (or a message, as an error without a call), with its stack trace `trace`
 # as task_trace() returns it. The native side makes its own through this
-# (mirai_error in rust/src/r/layer/value.rs).
+# (mirai_error in rust/src/r/glue/shared.rs).
 mirai_error <- function(e, trace = list()) {
   if (is.character(e)) e <- simpleError(e)
   call <- conditionCall(e)

@@ -1,53 +1,33 @@
 # daemons(): compute profiles, local daemon launch, status.
 
-# The daemon() settings daemons() and the launchers take in `...`, by the
-# kind of value each must be: TRUE/FALSE ("flag"; autoexit may be NA too),
-# a non-negative number ("number"). `tlscert` is taken apart (as the
-# certificate daemons verify the host with), `auth` is the host's own.
-DAEMON_SETTINGS <- c(asyncdial = "flag", autoexit = "flag or NA", cleanup = "flag", output = "flag",
-                     idletime = "number", walltime = "number", maxtasks = "number",
-                     tlscert = "taken apart", auth = "flag, the host's")
-
 # The daemon() settings in `dots` to write into launch commands. A known one
-# of the wrong type is an error naming it (rather than a setting dropped, or
-# a daemon that fails as it starts); an unknown name is warned about, and
-# passed on if its value is a single logical or number, as the reference
-# passes it, else left out.
+# (DAEMON_SETTINGS, R/daemon.R) of the wrong type is the error daemon()
+# gives for it (rather than a setting dropped, or a daemon that fails as it
+# starts); `auth` is the host's own flag and `tlscert` is taken apart (as
+# the certificate daemons verify the host with); an unknown name is warned
+# about, and passed on if its value is a single logical or number, as the
+# reference passes it, else left out.
 daemon_dots <- function(dots) {
   nms <- names(dots) %||% rep("", length(dots))
   keep <- logical(length(dots))
   for (k in seq_along(dots)) {
     nm <- nms[[k]]
     v <- dots[[k]]
-    kind <- if (is.na(nm) || !nzchar(nm)) "unnamed" else DAEMON_SETTINGS[nm]
-    if (identical(kind, "unnamed")) {
+    if (is.na(nm) || !nzchar(nm)) {
       warn("daemon() settings in `...` must be named: an unnamed one is left out")
-    } else if (is.na(kind)) {
+    } else if (nm %in% names(DAEMON_SETTINGS)) {
+      check_setting(v, nm)
+      keep[k] <- TRUE
+    } else if (nm == "auth") {
+      check_flag(v, "auth")
+    } else if (nm != "tlscert") {
       ok <- (is.logical(v) || is.numeric(v)) && length(v) == 1L
       warn(sprintf("`%s` is not a daemon() setting: %s", nm,
                    if (ok) "passed on to daemon() as given" else "left out (not a single logical or number)"))
       keep[k] <- ok
-    } else {
-      check_setting(nm, kind, v)
-      keep[k] <- kind %in% c("flag", "flag or NA", "number")
     }
   }
   dots[keep]
-}
-
-check_setting <- function(nm, kind, v) {
-  what <- switch(kind, number = "a non-negative number (or Inf)", "flag or NA" = "TRUE, NA or FALSE",
-                 "taken apart" = return(invisible()), "TRUE or FALSE")
-  ok <- length(v) == 1L && switch(kind, number = is.numeric(v) && !is.na(v) && v >= 0,
-                                  "flag or NA" = is.logical(v), is.logical(v) && !is.na(v))
-  if (!ok) abort(sprintf("daemon() setting `%s` must be %s, not %s", nm, what, describe_value(v)))
-}
-
-# "character", "a logical vector of length 2", ...: what a value is, for
-# error messages.
-describe_value <- function(v) {
-  if (is.atomic(v) && length(v) == 1L) return(sprintf("%s %s", typeof(v), deparse1(v)))
-  sprintf("%s of length %d", typeof(v), length(v))
 }
 
 # The daemon() arguments `dots` as written in a launch command:

@@ -105,7 +105,7 @@ mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .retry = 0L,
   invisible(map_native(prof, .x, d, .f, globals, .args, .retry))
 }
 
-# The whole map in one native call (see rust/src/r/map.rs): the function,
+# The whole map in one native call (see rust/src/r/glue/map.rs): the function,
 # `.args` and globals travel once to each daemon (the shared part), each
 # element's frame carries only the element. A data frame or matrix small
 # enough travels in the shared part too, and each element is its row

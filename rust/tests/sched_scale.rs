@@ -73,9 +73,13 @@ static ALLOC: Counting = Counting;
 const RELEASE: bool = !cfg!(debug_assertions);
 const DAEMONS: u64 = if RELEASE { 10_000 } else { 1_000 };
 const TASKS: u64 = if RELEASE { 1_000_000 } else { 100_000 };
-/// Generous for a shared two-core machine, and still three orders of
-/// magnitude below what a scan over 10,000 daemons would cost.
-const MAX_SLOWDOWN: f64 = 5.0;
+/// A scan over 10,000 daemons would cost about 1,000 times one over 10; a
+/// tree or an index a few times as much. The larger working set misses the
+/// cache more when other processes compete for it: the no-dispatcher pick
+/// measured 2.4x idle, 4.5x at load 8 and 5.5x at load 19 on two cores
+/// (best of five each), so the ceiling leaves room for load and still
+/// catches a scan by two orders of magnitude.
+const MAX_SLOWDOWN: f64 = 10.0;
 
 fn sends(acts: &[Action]) -> impl Iterator<Item = (DaemonId, TaskId)> + '_ {
     acts.iter().filter_map(|a| match *a {

@@ -136,7 +136,8 @@ test_that("a node's daemon launched by hand keeps its own cleanup and maxtasks s
   t0 <- Sys.time()
   expect_error(clusterCall(cl, function() "too many"),
                "node 1 of the mirai cluster could not run the task")
-  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 5)
+  # A guard against waiting for the 30 s keepalive, or for ever.
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 20)
 })
 
 test_that("a node environment tampered with fails clearly, and leaves no stale results", {
@@ -182,10 +183,11 @@ test_that("a task with thousands of arguments runs in time proportional to them"
   f <- function(...) c(...length(), list(...)$last)
   expect_identical(send_recv(cl, f, list(1, last = 2L)), c(2L, 2L))
   # A PSOCK worker takes about 0.1 s; a wrapper closure around the call
-  # (compiled by R's JIT at its first call) took about 30 s.
+  # (compiled by R's JIT at its first call) took about 30 s on an idle
+  # machine, more under load: the ceiling is generous, and still tells.
   t0 <- Sys.time()
   expect_identical(send_recv(cl, f, args), c(10000L, 10000L))
-  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 3)
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 15)
 })
 
 test_that("a node error raised by the task's function itself names no call of the daemon's", {

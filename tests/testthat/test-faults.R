@@ -17,7 +17,8 @@ test_that("a failed host resolves its pending mirai at once and errors on the ne
   .Call(mirai:::C_mirai_host_inject_fault, mirai:::profile_of(NULL)$host)
   start <- Sys.time()
   v <- collect_mirai(c(list(busy), queued))
-  expect_lt(as.double(Sys.time() - start, units = "secs"), 5)
+  # Resolved by the failure, well before the 30 s task could have ended.
+  expect_lt(as.double(Sys.time() - start, units = "secs"), 20)
   expect_length(v, 4L)
   for (x in v) {
     expect_true(is_error_value(x))

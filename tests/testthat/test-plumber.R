@@ -72,16 +72,15 @@ test_that("slow requests run on daemons while fast ones are answered; errors bec
   answers <- function() isTRUE(curl_result(curl_get(port, "/fast", 2))$status == 200L)
   expect_true(wait_until(answers, 30))
 
-  # One slow request (4 s on a daemon), then, once it is surely under way,
+  # One slow request (6 s on a daemon), then, once it is surely under way,
   # fast ones, all at once.
-  slow <- curl_get(port, "/slow?secs=4&x=21")
+  slow <- curl_get(port, "/slow?secs=6&x=21")
   Sys.sleep(1)
   fast <- lapply(1:4, function(i) curl_get(port, "/fast"))
   fast_res <- lapply(fast, curl_result)
   slow_running <- slow$is_alive()
   for (r in fast_res) {
     expect_identical(r$status, 200L)
-    expect_lt(r$time, 1)
     expect_match(r$body, sprintf('"pid":%d', api_pid), fixed = TRUE)
   }
   # All answered while the slow one was still being computed.
@@ -89,19 +88,20 @@ test_that("slow requests run on daemons while fast ones are answered; errors bec
   slow_res <- curl_result(slow)
   expect_identical(slow_res$status, 200L)
   expect_match(slow_res$body, '^\\{"value":42,"pid":\\d+\\}$')
-  expect_gte(slow_res$time, 4)
+  expect_gte(slow_res$time, 6)
   pid_of <- function(r) as.integer(sub('.*"pid":(\\d+).*', "\\1", r$body))
   daemon_pids <- pid_of(slow_res)
   expect_false(daemon_pids == api_pid)
 
-  # Two slow requests at once run on the two daemons side by side.
+  # Two slow requests at once run on the two daemons side by side: both
+  # answered well before the 10 s they would take one after the other.
   t1 <- Sys.time()
-  both <- lapply(1:2, function(x) curl_get(port, sprintf("/slow?secs=2&x=%d", x)))
+  both <- lapply(1:2, function(x) curl_get(port, sprintf("/slow?secs=5&x=%d", x)))
   both_res <- lapply(both, curl_result)
   expect_identical(vapply(both_res, `[[`, 0L, "status"), c(200L, 200L))
   expect_match(both_res[[1L]]$body, '"value":2,', fixed = TRUE)
   expect_match(both_res[[2L]]$body, '"value":4,', fixed = TRUE)
-  expect_lt(as.numeric(difftime(Sys.time(), t1, units = "secs")), 3.9)
+  expect_lt(as.numeric(difftime(Sys.time(), t1, units = "secs")), 9.5)
   daemon_pids <- unique(c(daemon_pids, vapply(both_res, pid_of, 0L)))
   expect_length(daemon_pids, 2L)
 

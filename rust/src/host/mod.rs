@@ -449,8 +449,9 @@ impl Host {
     /// and globals, R-serialized), `hash` its SHA-256: it travels to each
     /// daemon once, before the first of the map's elements that daemon
     /// takes, and not at all to a daemon that still holds the same content
-    /// from an earlier map. `items`: each element's id, frame (built by
-    /// `task_frame` with an `Item` envelope, see `item_frame`) and slot.
+    /// from an earlier map. `items`: each element's id, frame (an `Item`
+    /// envelope from `item_head`, then the element's payload, as
+    /// `task_frame` builds a task's) and slot.
     /// `sid`: from `share_id(hash)`.
     pub fn submit_map(
         &self,

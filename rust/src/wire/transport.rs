@@ -1,6 +1,26 @@
-//! Sockets: listeners for the host (non-blocking, driven by mio) and dialers
-//! for daemons (blocking std sockets). Unix sockets carry IPC framing, TCP
-//! carries TCP framing, as NNG does.
+//! Sockets: the host's listeners and connections, the daemon's dialers and
+//! connection. Unix sockets carry IPC framing, TCP carries TCP framing, as
+//! NNG does; `tls+tcp://` adds TLS, `ws://` and `wss://` WebSocket framing.
+//!
+//! Everything that turns bytes into other bytes is one implementation both
+//! sides use: the TLS record layer (`tls::Tls`, a state machine that never
+//! blocks by itself), the WebSocket codec (`ws::WsReader`, `ws::WsWriter`;
+//! the host answers the upgrade with `ws::ServerHandshake`, a daemon sends
+//! it in `ws_upgrade`), and the pre-authentication allowance (`Allowance`:
+//! at most `proto::PRE_AUTH_BYTES` read from a peer that has not proved
+//! itself, on the host's TLS and WebSocket connections and the daemon's
+//! WebSocket; over plain sockets and the daemon's TLS, which verified the
+//! host's certificate first, the caller's `Decoder` bounds what is held).
+//!
+//! The two stacks around them differ because their owners drive sockets
+//! differently. The host's (`Listener`, `Stream`) is non-blocking, driven
+//! by the profile's mio event loop on one thread at a time under the host
+//! core's lock, so its layers are plain fields. The daemon's
+//! (`BlockingStream`) blocks, and a reader and a writer use it at once
+//! (the R thread and the I/O thread that watches during an evaluation), so
+//! its layers sit behind locks (`TlsClient`, `WsClient`) and its layered
+//! reads never block while holding one (`DontWait`, `Nb`: the caller polls
+//! the descriptor first).
 
 use crate::wire::frame::Framing;
 use crate::wire::proto::{HANDSHAKE_LIMIT, PRE_AUTH_BYTES};
@@ -418,7 +438,7 @@ struct Nb<'a>(&'a BlockingStream);
 impl Read for Nb<'_> {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
         match self.0 {
-            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).read(&mut DontWait(&t.sock), b),
+            BlockingStream::Tls(t) => t.read(b),
             s => recv_dontwait(s.as_raw_fd(), b),
         }
     }
@@ -427,13 +447,13 @@ impl Read for Nb<'_> {
 impl Write for Nb<'_> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         match self.0 {
-            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).write(&mut DontWait(&t.sock), b),
+            BlockingStream::Tls(t) => t.write(b),
             s => send_nosignal(s.as_raw_fd(), b),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self.0 {
-            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).flush(&mut DontWait(&t.sock)),
+            BlockingStream::Tls(t) => t.flush(),
             _ => Ok(()),
         }
     }
@@ -466,6 +486,18 @@ impl WsClient {
 pub struct TlsClient {
     sock: std::net::TcpStream,
     tls: Mutex<Tls>,
+}
+
+impl TlsClient {
+    fn read(&self, b: &mut [u8]) -> io::Result<usize> {
+        crate::sys::threads::lock(&self.tls).read(&mut DontWait(&self.sock), b)
+    }
+    fn write(&self, b: &[u8]) -> io::Result<usize> {
+        crate::sys::threads::lock(&self.tls).write(&mut DontWait(&self.sock), b)
+    }
+    fn flush(&self) -> io::Result<()> {
+        crate::sys::threads::lock(&self.tls).flush(&mut DontWait(&self.sock))
+    }
 }
 
 /// The daemon's view of its socket for TLS: reads never block (the caller
@@ -566,7 +598,7 @@ impl Read for BlockingStream {
         match self {
             BlockingStream::Unix(s) => s.read(b),
             BlockingStream::Tcp(s) => s.read(b),
-            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).read(&mut DontWait(&t.sock), b),
+            BlockingStream::Tls(t) => t.read(b),
             BlockingStream::Ws(w) => w.read(b),
         }
     }
@@ -577,13 +609,13 @@ impl Write for BlockingStream {
         match self {
             BlockingStream::Unix(s) => send_nosignal(s.as_raw_fd(), b),
             BlockingStream::Tcp(s) => s.write(b),
-            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).write(&mut DontWait(&t.sock), b),
+            BlockingStream::Tls(t) => t.write(b),
             BlockingStream::Ws(w) => crate::sys::threads::lock(&w.wr).write(&mut Nb(&w.inner), b),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            BlockingStream::Tls(t) => crate::sys::threads::lock(&t.tls).flush(&mut DontWait(&t.sock)),
+            BlockingStream::Tls(t) => t.flush(),
             BlockingStream::Ws(w) => crate::sys::threads::lock(&w.wr).flush(&mut Nb(&w.inner)),
             _ => Ok(()),
         }

@@ -3,7 +3,8 @@
 use crate::r::layer::call::{clear_interrupt, interrupt_pending, RError, RResult};
 use crate::r::layer::ffi::{SEXP, STRSXP};
 use crate::r::layer::lang::*;
-use super::shared::{max_message, node_payload_names};
+use super::call::{call_binding, call_head, is_arg_list, same_source};
+use super::shared::{max_message, mirai_error, node_payload_names};
 use crate::r::layer::handle::{handle, kept, new_handle, set_kept, Held, Tagged};
 use crate::r::layer::serial;
 use crate::r::layer::value::*;
@@ -330,7 +331,7 @@ fn keep_share(h: SEXP, box_: SEXP, slot: u8, payload: &[u8]) -> Result<(), RErro
 
 /// The task payload of a map's element `elem` whose share is `sid`:
 /// `list(._expr_., ._globals_., ._args_.)` from the share, with `elem` as
-/// the first of the arguments (`.x`, see map_shared() in R/map.R). Err:
+/// the first of the arguments (`.x`, see map_native() in R/map.R). Err:
 /// why the element cannot run.
 fn map_task(h: SEXP, box_: SEXP, sid: u64, elem: SEXP) -> Result<Result<Owned, String>, RError> {
     let k = share_consts()?;

@@ -6,6 +6,7 @@ use crate::r::layer::handle::{handle, kept, Held};
 use crate::r::layer::later;
 use crate::r::layer::object;
 use super::profile::Aio;
+use super::shared::{error_value, mirai_error};
 use crate::r::layer::serial;
 use crate::r::layer::value::*;
 use crate::host::aio::{wait_any, Doorbell, Outcome, Slot};

@@ -4,12 +4,15 @@
 //! - `mirai`: mirai handles, values, waits, races, cancellation;
 //! - `map`: `mirai_map()`, a whole map in one handle;
 //! - `node`: a cluster node's tasks (parallel's hot path);
+//! - `call`: the call a daemon evaluates for a node's task;
 //! - `daemon`: the daemon's receive-evaluate-reply loop;
 //! - `helpers`: random hex, addresses, RNG streams, URLs' parts, and the
 //!   constants R takes at load.
-//! - `shared`: what the host's and the daemon's glue share (the daemon's glue
-//!   imports from no host-side module).
+//! - `shared`: what the host's and the daemon's glue share, among it the
+//!   error values tasks resolve to (the daemon's glue imports from no
+//!   host-side module).
 
+pub mod call;
 pub mod daemon;
 pub mod helpers;
 pub mod map;

@@ -87,11 +87,13 @@ fn opt_timeout(s: SEXP) -> Result<Option<Duration>, RError> {
     Ok(if ms.is_finite() { Some(Duration::from_micros((ms.max(0.0) * 1000.0) as u64)) } else { None })
 }
 
-/// `.retry`: how many times a task is resent when its daemon dies.
+/// `.retry` as check_retry() (R/mirai.R) checked it, the one check with
+/// the user's message: how many times a task is resent when its daemon
+/// dies.
 pub fn retries(s: SEXP) -> Result<u32, RError> {
     let k = f64_arg(s, ".retry")?;
     if !(0.0..=1e6).contains(&k) || k.fract() != 0.0 {
-        return Err("`.retry` must be a non-negative whole number of retries".into());
+        return Err("internal error in mirai: `.retry` reached the native side unchecked".into());
     }
     Ok(k as u32)
 }

@@ -459,6 +459,12 @@ impl InR {
         unsafe { R_lsInternal3(env, Rboolean::TRUE, Rboolean::TRUE) }
     }
 
+    /// Whether `sym` is bound in `env`'s own frame (running nothing).
+    pub fn exists_in_frame(&self, env: SEXP, sym: SEXP) -> bool {
+        // SAFETY: see the impl; `env` is an environment (callers check).
+        unsafe { R_existsVarInFrame(env, sym) != Rboolean::FALSE }
+    }
+
     /// Whether `sym` is an active binding in `env` (an error if unbound).
     pub fn binding_is_active(&self, sym: SEXP, env: SEXP) -> bool {
         // SAFETY: see the impl; `env` is an environment (callers check).

@@ -16,7 +16,7 @@
 pub use extendr_ffi::{
     cetype_t, DllInfo, DL_FUNC, R_BaseEnv, R_BaseSymbol, R_CallMethodDef, R_ClassSymbol, R_DoubleColonSymbol, Rf_PairToVectorList, R_ClearExternalPtr, R_EmptyEnv, R_MissingArg, R_compute_identical, Rf_lcons, SET_TAG,
     R_ExternalPtrAddr, R_ExternalPtrProtected, R_ExternalPtrTag, R_GlobalEnv, R_MakeExternalPtr, R_MakeUnwindCont,
-    R_NaInt, R_NaReal, R_NamesSymbol, R_NewEnv, R_NilValue, R_PreserveObject, R_RegisterCFinalizerEx, R_ReleaseObject, R_Serialize,
+    R_NaInt, R_NaReal, R_NamesSymbol, R_RowNamesSymbol, R_NewEnv, R_NilValue, R_PreserveObject, R_RegisterCFinalizerEx, R_ReleaseObject, R_Serialize,
     R_SetExternalPtrProtected, R_UnboundValue, R_Unserialize, R_forceSymbols, R_inpstream_st, R_outpstream_st,
     R_pstream_format_t, R_registerRoutines, R_useDynamicSymbols, Rboolean, Rf_allocVector, Rf_cons,
     Rf_defineVar, Rf_findFun, Rf_lang1, Rf_getAttrib, Rf_install, Rf_mkCharLenCE, Rf_protect, Rf_setAttrib, Rf_unprotect,
@@ -41,6 +41,7 @@ extern "C" {
     pub fn R_MakeActiveBinding(sym: SEXP, fun: SEXP, env: SEXP);
     pub fn REprintf(fmt: *const c_char, ...);
     pub fn R_GetCCallable(package: *const c_char, name: *const c_char) -> *const c_void;
+    pub fn R_existsVarInFrame(env: SEXP, sym: SEXP) -> Rboolean;
     // Not part of R's documented API (extendr-ffi has them behind its
     // `non-api` feature): building the mirai's binding function needs them.
     pub fn Rf_findVarInFrame(env: SEXP, sym: SEXP) -> SEXP;
@@ -87,11 +88,13 @@ extern "C" {
 
 /// R's type codes, as `TYPEOF` returns them.
 pub const NILSXP: c_int = 0;
+pub const SYMSXP: c_int = 1;
 pub const LISTSXP: c_int = 2;
 pub const CLOSXP: c_int = 3;
 pub const ENVSXP: c_int = 4;
 pub const SPECIALSXP: c_int = 7;
 pub const BUILTINSXP: c_int = 8;
+pub const CHARSXP: c_int = 9;
 pub const LGLSXP: c_int = 10;
 pub const INTSXP: c_int = 13;
 pub const REALSXP: c_int = 14;

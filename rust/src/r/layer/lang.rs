@@ -1,6 +1,7 @@
 //! Environments, symbols, small lists, and building and evaluating calls,
-//! safely: what the cluster-node path needs from R (`node`, and `daemon`'s
-//! native evaluation of node tasks).
+//! safely: general primitives, each one R operation or one value built in
+//! one go. Which calls mirai builds from them (a node task's `do.call`) is
+//! the glue's (`glue::call`).
 //!
 //! As in `value`, anything that may allocate or run R code runs inside
 //! `try_r`, so it returns `Err(RError::Unwind(_))` instead of longjmping.
@@ -166,134 +167,135 @@ pub fn identical(a: SEXP, b: SEXP) -> bool {
     unsafe { R_compute_identical(a, b, IDENTICAL_DEFAULT) != Rboolean::FALSE }
 }
 
-/// Whether closures `a` and `b`, identical but for source references,
-/// carry the same ones: no `srcref` attribute on either, or the same
-/// positions in source files with the same contents. (`identical()` cannot
-/// tell: each unserialized copy of a function has its own source file
-/// environment, and environments compare by address.) When in doubt, no:
-/// the cost of a wrong no is one compilation of the function.
-pub fn same_source(a: SEXP, b: SEXP) -> Result<bool, RError> {
+/// The names bound in environment `env`, sorted.
+pub fn env_names(env: SEXP) -> Result<Owned, RError> {
+    if !is_env(env) {
+        return Err("internal error in mirai: an environment was expected".into());
+    }
     // SAFETY: the closure owns nothing with a destructor.
-    let same = unsafe {
-        try_r(|r| {
-            let srcref = r.install(c"srcref");
-            let (sa, sb) = (r.get_attrib(a, srcref), r.get_attrib(b, srcref));
-            if is_null(sa) || is_null(sb) {
-                return r.scalar_lgl(sa == sb);
+    unsafe { rooted(|r| r.env_names(env)) }
+}
+
+/// A binding of an environment's own frame, read without running it.
+pub enum Binding {
+    Unbound,
+    /// An active binding (reading it would run its function).
+    Active,
+    Value(Owned),
+}
+
+/// The binding of `sym` in `env` itself (not its parents).
+pub fn binding(env: SEXP, sym: SEXP) -> Result<Binding, RError> {
+    if !is_env(env) {
+        return Err("internal error in mirai: an environment was expected".into());
+    }
+    let active = std::cell::Cell::new(false);
+    // SAFETY: the closure owns nothing with a destructor (`active` is
+    // borrowed).
+    let v = unsafe {
+        rooted(|r| {
+            if !r.exists_in_frame(env, sym) {
+                unbound()
+            } else if r.binding_is_active(sym, env) {
+                active.set(true);
+                nil()
+            } else {
+                r.find_var_in_frame(env, sym)
             }
-            if !same_ints(sa, sb) {
-                return r.scalar_lgl(false);
-            }
-            let srcfile = r.install(c"srcfile");
-            let (fa, fb) = (r.protect(r.get_attrib(sa, srcfile)), r.protect(r.get_attrib(sb, srcfile)));
-            r.scalar_lgl(same_frame(r, fa, fb))
         })
     }?;
-    Ok(is_true(same))
-}
-
-/// Whether environments (or other objects) `a` and `b` hold identical
-/// bindings. An active binding counts as a difference: reading it would
-/// run R code (which may fail) where none is expected.
-fn same_frame(r: &InR, a: SEXP, b: SEXP) -> bool {
-    if a == b {
-        return true;
-    }
-    if !is_env(a) || !is_env(b) {
-        return identical(a, b);
-    }
-    r.scoped(|r| {
-        let names = r.protect(r.env_names(a));
-        identical(names, r.env_names(b))
-            && (0..len(names)).all(|i| {
-                let sym = r.install_char(char_at(names, i));
-                !r.binding_is_active(sym, a)
-                    && !r.binding_is_active(sym, b)
-                    && identical(r.find_var_in_frame(a, sym), r.find_var_in_frame(b, sym))
-            })
+    Ok(if active.get() {
+        Binding::Active
+    } else if v.sexp() == unbound() {
+        Binding::Unbound
+    } else {
+        Binding::Value(v)
     })
 }
 
-/// The head of the call `do.call(fun, ...)` makes: `fun` itself if a
-/// function, the symbol it names if a string; None for anything else,
-/// which do.call() refuses.
-pub fn call_head(fun: SEXP) -> Result<Option<SEXP>, RError> {
-    match type_of(fun) {
-        CLOSXP | BUILTINSXP | SPECIALSXP => Ok(Some(fun)),
-        // SAFETY: the closure owns nothing with a destructor.
-        STRSXP if len(fun) == 1 => unsafe { try_r(|r| r.install_char(char_at(fun, 0))) }.map(Some),
-        _ => Ok(None),
+/// The symbol named by element `i` of character vector `x` (translated to
+/// the native encoding; symbols live for the session).
+pub fn symbol_at(x: SEXP, i: usize) -> Result<SEXP, RError> {
+    if type_of(x) != STRSXP || i >= len(x) {
+        return Err("internal error in mirai: a name was expected".into());
     }
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe { try_r(|r| r.install_char(char_at(x, i))) }
 }
 
-/// Whether do.call() takes `args` as its arguments (`is.list()`: a list or
-/// a pairlist).
-pub fn is_arg_list(args: SEXP) -> bool {
-    matches!(type_of(args), VECSXP | LISTSXP)
+/// `x` as a list: a pairlist's elements in a new list, anything else as it
+/// is (`x` must stay reachable while the result is used).
+pub fn pairlist_as_list(x: SEXP) -> Result<Owned, RError> {
+    if type_of(x) != LISTSXP {
+        return Ok(Owned::reachable(x));
+    }
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe { rooted(|r| r.pairlist_to_list(x)) }
 }
 
-/// Base R's `eval` closure and the `quote` primitive, preserved: calls
-/// built with the objects themselves as heads cannot be masked by a
-/// global `eval` or `quote`.
-struct EvalHeads {
-    eval: SEXP,
-    quote: SEXP,
-    /// The call `base::quote`.
-    base_quote: SEXP,
+/// Base R's function `name` (a closure, builtin or special), preserved for
+/// the session.
+pub fn base_function(name: &CStr) -> Result<SEXP, RError> {
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe { try_r(|r| r.preserve(r.find_fun(r.install(name), base_env()))) }
 }
 
-static HEADS: MainOnce<EvalHeads> = MainOnce::new();
-
-fn heads() -> Result<&'static EvalHeads, RError> {
-    HEADS.get(|| {
-        let base_fun = |name: &CStr| {
-            // SAFETY: the closure owns nothing with a destructor.
-            unsafe { try_r(|r| r.preserve(r.find_fun(r.install(name), base_env()))) }
-        };
-        // SAFETY: constants R sets up at start-up.
-        let (dcolon, base) = unsafe { (R_DoubleColonSymbol, R_BaseSymbol) };
-        Ok(EvalHeads {
-            eval: base_fun(c"eval")?,
-            quote: base_fun(c"quote")?,
-            // SAFETY: the closure owns nothing with a destructor.
-            base_quote: unsafe { try_r(|r| r.preserve(r.lang3(dcolon, base, r.install(c"quote")))) }?,
-        })
-    })
+/// Keeps `v` alive for the session (a constant made once).
+pub fn preserve(v: Owned) -> Result<SEXP, RError> {
+    let s = v.sexp();
+    // SAFETY: the closure owns nothing with a destructor (`v` is held by
+    // this frame, outside the closure).
+    unsafe { try_r(|r| r.preserve(s)) }
 }
 
-/// The call `eval(quote(head(base::quote(a1), name = base::quote(a2),
-/// ...)), env)` for `args` (a list or pairlist), where `env` is a new
-/// environment (enclosed by the global one) binding `sym` to `value`:
-/// `do.call(fun, args, quote = TRUE)` (whose quoting is `base::quote`, as
-/// `substitute()` and `sys.call()` show) made in a frame that binds `sym`,
-/// where code that searches the frames above it (future's, for parallel's
-/// `master`) finds it (eval() makes `env` a frame). `head`: see
-/// `call_head`. Not a closure `function(sym) head(...)`: R's JIT compiles
-/// a new closure with a large body at its first call, at a cost that grows
-/// faster than its size (4,000 arguments: 3 s).
-pub fn call_binding(head: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<Owned, RError> {
-    let h = heads()?;
+/// A new environment enclosed by the global one, binding `sym` to `value`.
+pub fn new_env_in_global(sym: SEXP, value: SEXP) -> Result<Owned, RError> {
     // SAFETY: the closure owns nothing with a destructor.
     unsafe {
         rooted(|r| {
-            let args = r.protect(if type_of(args) == LISTSXP { r.pairlist_to_list(args) } else { args });
-            let n = if is_list(args) { len(args) } else { 0 };
-            let names = r.protect(r.get_attrib(args, names_sym()));
-            let quoted = r.protect(r.alloc_pairlist(n));
-            let mut cell = quoted;
-            for i in 0..n {
-                let named = type_of(names) == STRSXP && with_str_at(names, i, |b| !b.is_empty());
-                let tag = if named { r.install_char(char_at(names, i)) } else { nil() };
-                r.set_cell(cell, r.lang2(h.base_quote, list_at(args, i)), tag);
-                cell = pairlist_next(cell);
-            }
-            let inner = r.protect(r.lcons(head, quoted));
-            let expr = r.protect(r.lang2(h.quote, inner));
             let env = r.protect(r.new_env(global_env()));
             r.define_var(sym, value, env);
-            r.lang3(h.eval, expr, env)
+            env
         })
     }
+}
+
+/// A language object to build: `Value`s as they are, `Call`s made calls.
+pub enum Lang {
+    Value(SEXP),
+    /// `head(args)`: each argument with its tag, which is a symbol, a
+    /// CHARSXP (an element of a character vector: made the symbol it
+    /// names), or NULL for none.
+    Call(SEXP, Vec<(SEXP, Lang)>),
+}
+
+/// The language object `tree` describes, built in one go.
+pub fn lang(tree: &Lang) -> Result<Owned, RError> {
+    // Unprotected on return; its parent stores it at once. Each call's
+    // protections are popped when it is built (`scoped`), so nesting depth,
+    // not size, bounds the protect stack.
+    fn build(r: &InR, t: &Lang) -> SEXP {
+        let (head, args) = match t {
+            Lang::Value(v) => return *v,
+            Lang::Call(head, args) => (head, args),
+        };
+        r.scoped(|r| {
+            let list = r.protect(r.alloc_pairlist(args.len()));
+            let mut cell = list;
+            for (tag, arg) in args {
+                // Symbols are never collected: the tag is made before the
+                // argument, which is stored before anything else allocates.
+                let tag = if type_of(*tag) == CHARSXP { r.install_char(*tag) } else { *tag };
+                let v = build(r, arg);
+                r.set_cell(cell, v, tag);
+                cell = pairlist_next(cell);
+            }
+            r.lcons(*head, list)
+        })
+    }
+    // SAFETY: the closure owns nothing with a destructor (`tree` is
+    // borrowed).
+    unsafe { rooted(|r| build(r, tree)) }
 }
 
 /// The cell after pairlist cell `cell`.

@@ -9,7 +9,7 @@
 //! - `handle`: Rust values behind external pointers;
 //! - `object`: the 'mirai' object (an environment with an active binding);
 //! - `lang`: environments, symbols, small lists, building and evaluating
-//!   calls (the cluster-node path);
+//!   calls (what the cluster-node glue does with them is in the glue);
 //! - `serial`: R serialization into and out of message buffers;
 //! - `later`: settling promises through the 'later' package's C API.
 //!

@@ -242,13 +242,28 @@ pub fn string_at(s: SEXP, i: usize) -> String {
 /// The CHARSXP of string `i` of character vector `s` (`i` < `len`).
 pub fn char_at(s: SEXP, i: usize) -> SEXP {
     assert!(type_of(s) == STRSXP && i < len(s), "string index out of range");
-    // SAFETY: as in `str_at`.
+    // SAFETY: as in `with_str_at`.
     unsafe { STRING_ELT(s, i as isize) }
+}
+
+/// Attribute `sym` of `x` as stored (NULL if none), read without
+/// allocating. `names` and `row.names`, whose values R may compute, are
+/// not read here (NULL), nor attributes of a CHARSXP (it has none).
+pub fn stored_attr(x: SEXP, sym: SEXP) -> SEXP {
+    // SAFETY: constants R sets up at start-up.
+    let computed = unsafe { sym == R_NamesSymbol || sym == R_RowNamesSymbol };
+    if computed || type_of(sym) != SYMSXP || type_of(x) == CHARSXP {
+        return nil();
+    }
+    // SAFETY: for a symbol other than those two and an object other than a
+    // CHARSXP, Rf_getAttrib looks the attribute up in `x`'s list and
+    // neither allocates nor errors.
+    unsafe { Rf_getAttrib(x, sym) }
 }
 
 /// The names of `x` if it is a list with a character vector of names.
 /// Reads the attribute only: for a list, R makes nothing.
-fn list_names(x: SEXP) -> Option<SEXP> {
+pub fn list_names(x: SEXP) -> Option<SEXP> {
     if !is_list(x) {
         return None;
     }
@@ -570,37 +585,16 @@ pub fn set_list_elt(list: &Owned, i: usize, x: SEXP) {
     unsafe { SET_VECTOR_ELT(list.sexp(), i as isize, x) };
 }
 
-/// An 'errorValue': the integer `code` classed `c("errorValue", "try-error")`.
-pub fn error_value(code: i32) -> Result<Owned, RError> {
+/// Sets the class attribute of `x` (a value just made, not yet shared) to
+/// `class`.
+pub fn set_class(x: &Owned, class: &[&str]) -> Result<(), RError> {
+    let x = x.sexp();
     // SAFETY: see above.
     unsafe {
-        rooted(|r| {
-            let v = r.protect(r.scalar_int(code));
-            r.set_attrib(v, class_symbol(), r.strings(&["errorValue", "try-error"]));
-            v
+        try_r(|r| {
+            r.set_attrib(x, class_symbol(), r.strings(class));
+            x
         })
-    }
-}
-
-/// A 'miraiError' with message `msg` and no call (`"Error: <msg>\n"`),
-/// made by R's one constructor of them, `mirai_error()` in R/daemon.R, so
-/// that it has every attribute an error raised in a task has
-/// (`condition.class`, `stack.trace`, ...). Runs R code (on the error
-/// paths only).
-pub fn mirai_error(msg: &str) -> Result<Owned, RError> {
-    let m = string(msg)?;
-    let m = m.sexp();
-    // SAFETY: see above (`m` is rooted outside the closure).
-    unsafe {
-        rooted(|r| {
-            let f = r.protect(r.lang3(r.install(c":::"), r.install(c"mirai"), r.install(c"mirai_error")));
-            let call = r.protect(r.lang2(f, m));
-            r.eval(call, base_env())
-        })
-    }
-}
-
-fn base_env() -> SEXP {
-    // SAFETY: a constant R sets up at start-up.
-    unsafe { R_BaseEnv }
+    }?;
+    Ok(())
 }
