@@ -241,6 +241,7 @@ impl Host {
             sched: Sched::new(opts.dispatcher),
             tasks: HashMap::new(),
             completions: Vec::new(),
+            defer_completions: false,
             frames: FrameMemory::default(),
             joined: Vec::new(),
             timers: BinaryHeap::new(),
@@ -588,6 +589,8 @@ struct Conn {
     /// used (`Core::share_clock`; 0: empty). The daemon fills its slots as
     /// the `Share` frames say, in stream order, so this is what it holds.
     shares: [(u64, u64); SHARE_SLOTS],
+    /// Registered for writability too (see `watch_writable`).
+    writable: bool,
 }
 
 impl Conn {
@@ -621,6 +624,28 @@ impl Conn {
         match self.stream.flush() {
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    /// Asks the loop to be told of writability only while bytes wait for
+    /// the socket. Registered for it all along, the loop thread woke once
+    /// more per task for nothing: a Unix socket (or TCP, on an ACK) signals
+    /// room to write each time the daemon reads a frame, and on 2 cores
+    /// that wake-up competes with the waiting R thread and the daemon
+    /// (strace: 2 epoll_wait returns per round trip, now 1). TLS and
+    /// WebSocket streams stay registered for both: their layers may want
+    /// to write whatever the queue holds. Changing the interest re-polls
+    /// the socket, so room that came meanwhile is not missed.
+    fn watch_writable(&mut self, registry: Option<&mio::Registry>, t: Token) {
+        let want = !self.drained();
+        if want == self.writable || self.stream.is_layered() {
+            return;
+        }
+        let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        if let Some(r) = registry {
+            if r.reregister(&mut self.stream, t, interest).is_ok() {
+                self.writable = want;
+            }
         }
     }
 
@@ -726,6 +751,9 @@ struct Core {
     /// Slots resolved by the actions being applied, completed only once the
     /// counters are published (`publish_then_complete`).
     completions: Vec<(Arc<Slot>, Outcome)>,
+    /// Set by the event loop while it holds the lock: it completes the
+    /// slots itself once the lock is released (see `EventLoop::run`).
+    defer_completions: bool,
     /// Bytes of the task frames alive (see the module docs).
     frames: FrameMemory,
     /// Every daemon ever accepted, in the order they joined: node i of a
@@ -774,6 +802,7 @@ struct EventLoop {
 impl EventLoop {
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
+        let mut resolved = Vec::new();
         loop {
             let timeout = {
                 let core = lock(&self.core);
@@ -788,46 +817,73 @@ impl EventLoop {
                     return;
                 }
             }
-            let mut core = lock(&self.core);
-            if core.dead.is_some() {
-                return;
-            }
-            if core.fault {
-                core.fault = false;
-                panic!("fault injected for testing");
-            }
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => core.accept_all(),
-                    WAKER => {}
-                    t => {
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            core.read_conn(t);
-                        }
-                        if ev.is_writable() {
-                            core.flush_conn(t);
-                        }
-                    }
+            let end = {
+                let mut core = lock(&self.core);
+                if core.dead.is_some() {
+                    return;
                 }
+                core.defer_completions = true;
+                let end = core.turn(&events);
+                core.defer_completions = false;
+                // Swapped, so both Vecs keep their room between turns.
+                std::mem::swap(&mut resolved, &mut core.completions);
+                end
+            };
+            // Slots are completed with the core unlocked: R's thread, often
+            // spinning on the slot, goes straight on to submit its next task,
+            // which takes this lock. Completed inside it, R's thread found it
+            // still held (strace: a futex wait and wake on nearly every round
+            // trip, and a thread switch each). The counters were published
+            // under the lock, before these stores, as `apply` has it.
+            for (slot, outcome) in resolved.drain(..) {
+                slot.complete(outcome);
             }
-            core.expire_timers();
-            core.expire_handshakes();
-            if core.accept_retry.is_some_and(|t| t <= Instant::now()) {
-                core.accept_all();
-            }
-            if let Some(signal) = core.shutdown {
-                core.stop(signal);
-                return;
-            }
-            if core.oneshot && core.submitted && core.sched.pending_tasks() == 0 {
-                core.stop(false);
+            if end {
                 return;
             }
         }
     }
 }
 
-/// A frame's prefix and the envelope of task `id`; the payload follows.
+impl Core {
+    /// One turn of the loop on `events`, under the core's lock. True if the
+    /// loop must end.
+    fn turn(&mut self, events: &Events) -> bool {
+        if self.fault {
+            self.fault = false;
+            panic!("fault injected for testing");
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept_all(),
+                WAKER => {}
+                t => {
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.read_conn(t);
+                    }
+                    if ev.is_writable() {
+                        self.flush_conn(t);
+                    }
+                }
+            }
+        }
+        self.expire_timers();
+        self.expire_handshakes();
+        if self.accept_retry.is_some_and(|t| t <= Instant::now()) {
+            self.accept_all();
+        }
+        if let Some(signal) = self.shutdown {
+            self.stop(signal);
+            return true;
+        }
+        if self.oneshot && self.submitted && self.sched.pending_tasks() == 0 {
+            self.stop(false);
+            return true;
+        }
+        false
+    }
+}
+
 /// Gives a frame that may wait in a queue a while back the room its
 /// serialization left over (up to half of it, as the buffer doubles): a
 /// tiny task's 200-byte frame sat in a 256-byte buffer. Shrinking is done
@@ -843,6 +899,7 @@ pub fn exact(frame: &mut Vec<u8>) {
 /// trims what is left.
 const TASK_ROOM: usize = 256;
 
+/// A frame's prefix and the envelope of task `id`; the payload follows.
 fn task_head(framing: Framing, id: TaskId) -> Vec<u8> {
     let mut b = Vec::with_capacity(TASK_ROOM);
     framing.begin(&mut b);
@@ -910,10 +967,14 @@ impl Core {
         }
         // Counters first, as in `apply`.
         self.stats.publish(Counters::default());
+        // Resolved before the failure (their tasks may be gone already):
+        // with what resolved them.
+        for (slot, outcome) in self.completions.drain(..) {
+            slot.complete(outcome);
+        }
         for te in self.tasks.values() {
             te.slot.complete(Outcome::Error(ERR_RESET));
         }
-        self.completions.clear();
         self.tasks.clear();
         self.frames = FrameMemory::default();
         // Closing a socket also takes it out of the poll set.
@@ -995,7 +1056,7 @@ impl Core {
                         // Until its Hello is accepted a peer may send only small
                         // messages: a huge length must not make the host
                         // allocate it.
-                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: WriteQueue::default(), ready: false, nonce, retiring: false, shares: [(0, 0); SHARE_SLOTS] };
+                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: WriteQueue::default(), ready: false, nonce, retiring: false, shares: [(0, 0); SHARE_SLOTS], writable: true };
                     c.push(Rc::new(SP_HEADER.to_vec()));
                     c.push(control_frame(framing, &Msg::Challenge { version: PROTOCOL_VERSION, nonce }));
                     self.conns.insert(token, c);
@@ -1054,6 +1115,12 @@ impl Core {
                 Ok(body) => {
                     if let Err(_why) = self.handle_message(t, body) {
                         self.drop_conn(t, true);
+                        return;
+                    }
+                    // A plain socket emptied by the last read: the poll
+                    // signals it again when more comes (TLS and WebSocket
+                    // layers may hold bytes of their own: read on).
+                    if self.conns.get(&t).is_some_and(|c| !c.stream.is_layered() && c.dec.source_drained()) {
                         return;
                     }
                 }
@@ -1241,6 +1308,9 @@ impl Core {
     /// applied here, so the counters are published after every change.
     fn publish_then_complete(&mut self) {
         self.publish();
+        if self.defer_completions {
+            return;
+        }
         for (slot, outcome) in self.completions.drain(..) {
             slot.complete(outcome);
         }
@@ -1260,6 +1330,9 @@ impl Core {
         let Some(c) = self.conns.get_mut(&t) else { return Vec::new() };
         let before = c.wq.unwritten();
         let flushed = c.flush();
+        if flushed.is_ok() {
+            c.watch_writable(self.registry.as_ref(), t);
+        }
         self.stats.sent_bytes.fetch_add(before.saturating_sub(c.wq.unwritten()), Ordering::Relaxed);
         match flushed {
             Ok(()) if c.retiring && c.drained() => self.drop_conn(t, false),
