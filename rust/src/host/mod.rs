@@ -378,7 +378,7 @@ impl Host {
             core.framing.finish(&mut frame);
             let bytes = frame.len() as u64;
             core.frames.hold(bytes);
-            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: None, slot });
+            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), tail: None, share: None, slot });
             core.submitted = true;
             let acts = match node {
                 None => core.sched.submit_retrying(id, bytes, retries),
@@ -386,7 +386,7 @@ impl Host {
                     Some(&d) => core.sched.submit_to(id, d),
                     None => {
                         if let Some(te) = core.tasks.remove(&id) {
-                            core.frames.release(te.bytes);
+                            core.frames.release(te.held());
                             te.slot.complete(Outcome::Error(ERR_RESET));
                         }
                         Vec::new()
@@ -466,7 +466,7 @@ impl Host {
                 core.frames.hold(bytes);
                 core.tasks.insert(
                     id,
-                    TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: Some(part.clone()), slot },
+                    TaskEntry { frame: Some(Rc::new(frame)), tail: None, share: Some(part.clone()), slot },
                 );
                 acts.extend(core.sched.submit_retrying(id, bytes, retries));
             }
@@ -516,7 +516,7 @@ impl Host {
             core.frames.hold(bytes);
             core.tasks.insert(
                 id,
-                TaskEntry { frame: Some(Rc::new(head)), bytes, tail: Some(payload.clone()), share: None, slot: slot.clone() },
+                TaskEntry { frame: Some(Rc::new(head)), tail: Some(payload.clone()), share: None, slot: slot.clone() },
             );
             let acts = match d {
                 Some(d) => core.sched.submit_to(id, d),
@@ -711,13 +711,23 @@ struct TaskEntry {
     /// None once the task is resolved: a resolved task is never sent again,
     /// so its memory goes as soon as no write queue holds it either.
     frame: Option<Rc<Vec<u8>>>,
-    /// Bytes of `frame` and `tail`, as counted in `FrameMemory`.
-    bytes: u64,
     /// The rest of the frame when its payload is shared (a broadcast).
     tail: Option<Rc<Vec<u8>>>,
     /// A map's element: the share its daemon must hold first (`Msg::Share`).
     share: Option<SharedPart>,
     slot: Arc<Slot>,
+}
+
+impl TaskEntry {
+    /// Bytes of `frame` and `tail` as counted in `FrameMemory` while the
+    /// frame is held (none once resolved). Worked out rather than kept: an
+    /// entry is kept per queued task.
+    fn held(&self) -> u64 {
+        match &self.frame {
+            Some(f) => (f.len() + self.tail.as_ref().map_or(0, |t| t.len())) as u64,
+            None => 0,
+        }
+    }
 }
 
 /// A map's shared part (see `Host::submit_map`): its share id and the
@@ -859,7 +869,7 @@ impl Core {
                 WAKER => {}
                 t => {
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                        self.read_conn(t);
+                        self.read_conn(t, ev.is_read_closed() || ev.is_error());
                     }
                     if ev.is_writable() {
                         self.flush_conn(t);
@@ -1065,7 +1075,7 @@ impl Core {
                     self.flush_conn(token);
                     // Anything the peer sent with its connect (its SP header)
                     // is taken now.
-                    self.read_conn(token);
+                    self.read_conn(token, true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
@@ -1101,7 +1111,10 @@ impl Core {
         }
     }
 
-    fn read_conn(&mut self, t: Token) {
+    /// Reads and handles what peer `t` sent. `to_the_end`: read until the
+    /// socket has nothing more, as the peer closed its end (or it failed):
+    /// that is signalled once, so the end of stream must be read now.
+    fn read_conn(&mut self, t: Token, to_the_end: bool) {
         loop {
             let Some(c) = self.conns.get_mut(&t) else { return };
             // A refused peer has had its answer: nothing more it sends is
@@ -1120,7 +1133,7 @@ impl Core {
                     // A plain socket emptied by the last read: the poll
                     // signals it again when more comes (TLS and WebSocket
                     // layers may hold bytes of their own: read on).
-                    if self.conns.get(&t).is_some_and(|c| !c.stream.is_layered() && c.dec.source_drained()) {
+                    if !to_the_end && self.conns.get(&t).is_some_and(|c| !c.stream.is_layered() && c.dec.source_drained()) {
                         return;
                     }
                 }
@@ -1250,9 +1263,8 @@ impl Core {
                 Action::Fail { task, code } => {
                     if let Some(te) = self.tasks.get_mut(&task) {
                         self.completions.push((te.slot.clone(), Outcome::Error(code)));
-                        if te.frame.take().is_some() {
-                            self.frames.release(te.bytes);
-                        }
+                        self.frames.release(te.held());
+                        te.frame = None;
                         te.tail = None;
                     }
                 }
@@ -1283,9 +1295,7 @@ impl Core {
                 }
                 Action::Drop { task } => {
                     if let Some(te) = self.tasks.remove(&task) {
-                        if te.frame.is_some() {
-                            self.frames.release(te.bytes);
-                        }
+                        self.frames.release(te.held());
                     }
                 }
             }
