@@ -303,7 +303,6 @@ impl Host {
             return Err(E::from("cannot allocate memory to serialize the task".to_string()));
         }
         frame.push(TASK_WHOLE);
-        exact(&mut frame);
         Ok(frame)
     }
 
@@ -894,24 +893,9 @@ impl Core {
     }
 }
 
-/// Gives a frame that may wait in a queue a while back the room its
-/// serialization left over (up to half of it, as the buffer doubles): a
-/// tiny task's 200-byte frame sat in a 256-byte buffer. Shrinking is done
-/// in place (glibc splits the chunk, a large one is remapped), no copy.
-pub fn exact(frame: &mut Vec<u8>) {
-    if frame.capacity() - frame.len() >= 32 {
-        frame.shrink_to_fit();
-    }
-}
-
-/// Room a task's head is made with: the serialization of a tiny task fits
-/// (one allocation rather than doubling from a few bytes), and `exact`
-/// trims what is left.
-const TASK_ROOM: usize = 256;
-
 /// A frame's prefix and the envelope of task `id`; the payload follows.
 fn task_head(framing: Framing, id: TaskId) -> Vec<u8> {
-    let mut b = Vec::with_capacity(TASK_ROOM);
+    let mut b = Vec::with_capacity(32);
     framing.begin(&mut b);
     proto::encode_into(&Msg::Task { id }, &mut b);
     b
@@ -920,9 +904,7 @@ fn task_head(framing: Framing, id: TaskId) -> Vec<u8> {
 /// A frame's prefix and the envelope of element `id` of a map whose shared
 /// part is share `sid`; the payload follows.
 pub fn item_head(framing: Framing, id: TaskId, sid: u64) -> Vec<u8> {
-    // An element is usually a few dozen bytes (the map's shared part
-    // travels on its own).
-    let mut b = Vec::with_capacity(128);
+    let mut b = Vec::with_capacity(32);
     framing.begin(&mut b);
     proto::encode_into(&Msg::Item { id, sid }, &mut b);
     b
