@@ -345,7 +345,7 @@ print.mirai <- function(x, ...) {
 unresolved <- function(x) {
   if (inherits(x, "mirai")) {
     aio <- aio_of(x)
-    return(!is.null(aio) && !.Call(C_mirai_aio_collect, aio, x))
+    return(!is.null(aio) && !.Call(C_mirai_aio_collect, aio))
   }
   if (inherits(x, "unresolvedValue")) return(TRUE)
   h <- if (inherits(x, "mirai_map")) map_handle(x)

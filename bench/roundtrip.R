@@ -8,6 +8,13 @@
 # (microsecond clock); the figure is the median over batches of the batch
 # mean. A warm-up of WARMUP reps per setup comes first.
 #
+# The floor: bench/floor/pingpong.c, compiled here with `cc`, sends a
+# 100-byte message to a forked process and back over a Unix socketpair,
+# both ends blocking in read() (FLOOR_REPS round trips, timed inside the
+# program, so its start-up does not count); run once per batch round, in
+# the rotation, and reported as the median. mirai's figures are also given
+# as their excess over it. Without a C compiler the floor is left out.
+#
 # Env overrides: BENCH_REPS (default 2000), BENCH_WARMUP (200), BENCH_BATCH (100).
 # Not a test: prints figures, asserts nothing.
 
@@ -40,6 +47,17 @@ invisible(sendCall(node, identity, list("hello world")))
 stopifnot(identical(recvResult(node), "hello world"))
 
 runs <- list(psock = run_psock, nodisp = run_nodisp, disp = run_disp)
+
+bench_dir <- dirname(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1L]))
+floor_reps <- as.integer(Sys.getenv("FLOOR_REPS", "5000"))
+pingpong <- file.path(tempdir(), "pingpong")
+has_floor <- nzchar(Sys.which("cc")) &&
+  system2("cc", c("-O2", "-o", pingpong, file.path(bench_dir, "floor", "pingpong.c"))) == 0L
+# One run of floor_reps round trips whatever `n`; its mean (us) is kept.
+if (has_floor) runs$floor <- function(n) {
+  floor_us <<- c(floor_us, as.numeric(system2(pingpong, as.character(floor_reps), stdout = TRUE)))
+}
+floor_us <- numeric()
 for (f in runs) f(warmup)
 
 batch_means <- matrix(NA_real_, nbatch, length(runs), dimnames = list(NULL, names(runs)))
@@ -49,20 +67,24 @@ for (b in seq_len(nbatch)) {
   for (nm in ord) {
     t0 <- Sys.time()
     runs[[nm]](batch)
-    batch_means[b, nm] <- as.double(Sys.time() - t0, units = "secs") / batch
+    batch_means[b, nm] <- if (nm == "floor") floor_us[length(floor_us)] / 1e6
+                          else as.double(Sys.time() - t0, units = "secs") / batch
   }
 }
 
 med <- apply(batch_means, 2L, median) * 1e6        # microseconds
 q25 <- apply(batch_means, 2L, quantile, 0.25) * 1e6
 q75 <- apply(batch_means, 2L, quantile, 0.75) * 1e6
+fl <- if (has_floor) med[["floor"]] else NA_real_
 
 res <- data.frame(
-  setup       = c("PSOCK sendCall+recvResult", "mirai dispatcher=FALSE", "mirai dispatcher=TRUE"),
+  setup       = c("PSOCK sendCall+recvResult", "mirai dispatcher=FALSE", "mirai dispatcher=TRUE",
+                  if (has_floor) "floor: C ping-pong, Unix socketpair"),
   median_us   = round(med, 1),
   iqr_us      = sprintf("%.1f-%.1f", q25, q75),
   vs_PSOCK    = round(med / med[["psock"]], 3),
-  target      = c("", "<= 0.5", "<= 0.7"),
+  over_floor_us = round(med - fl, 1),
+  target      = c("", "<= 0.5 PSOCK; floor + 15", "<= 0.7 PSOCK; floor + 20", if (has_floor) ""),
   stringsAsFactors = FALSE
 )
 cat(sprintf("\n== roundtrip: 1 worker, %d reps (%d batches of %d) after %d warm-up, median of batch means ==\n",

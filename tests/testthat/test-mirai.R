@@ -112,6 +112,51 @@ test_that("unresolved, call_mirai, collect_mirai and printing", {
   expect_false(unresolved(1))
 })
 
+test_that("a mirai is an environment whose value, read any way, is converted once and kept", {
+  daemons(1, dispatcher = TRUE)
+  on.exit(daemons(0))
+  m <- mirai({ Sys.sleep(0.3); list(x = 1:3, e = new.env()) })
+  expect_true(is.environment(m))
+  expect_identical(class(m), c("mirai", "recvAio"))
+  expect_true(bindingIsActive("data", m))
+  expect_true(is.na(get("data", envir = m)))
+  v <- m[]
+  # The same object (not a second conversion of the reply) every time.
+  expect_identical(m$data$e, v$e)
+  expect_identical(get("data", envir = m)$e, v$e)
+  expect_identical(collect_mirai(m)$e, v$e)
+  expect_identical(v$x, 1:3)
+  expect_false(unresolved(m))
+  # Read first through $data, then through [].
+  m2 <- mirai(new.env())
+  while (unresolved(m2)) Sys.sleep(0.01)
+  expect_identical(m2[], m2$data)
+  # An error value is kept the same way.
+  m3 <- mirai(stop("kept"))
+  expect_s3_class(m3[], "miraiError")
+  expect_identical(m3$data, m3[])
+  # A map element's mirai, made after the map was collected, has its value.
+  mp <- mirai_map(1:3, function(i) new.env())
+  vals <- mp[]
+  expect_identical(mp[[2]]$data, vals[[2]])
+  expect_identical(mp[[2]][], vals[[2]])
+  # ... and one made before: collected through the map, read through it.
+  mp2 <- mirai_map(1:2, function(i) new.env())
+  e1 <- mp2[[1]]
+  vals2 <- mp2[]
+  expect_identical(e1$data, vals2[[1]])
+})
+
+test_that("a mirai in sync mode has its value as a plain binding", {
+  daemons(sync = TRUE)
+  on.exit(daemons(0))
+  m <- mirai(1 + 1)
+  expect_false(bindingIsActive("data", m))
+  expect_identical(m$data, 2)
+  expect_identical(m[], 2)
+  expect_false(unresolved(m))
+})
+
 test_that(".timeout resolves to errorValue 5", {
   daemons(1, dispatcher = FALSE)
   on.exit(daemons(0))

@@ -261,6 +261,7 @@ impl Host {
             sched: Sched::new(opts.dispatcher),
             tasks: HashMap::new(),
             completions: Vec::new(),
+            defer_completions: false,
             frames: FrameMemory::default(),
             joined: Vec::new(),
             timers: BinaryHeap::new(),
@@ -397,7 +398,7 @@ impl Host {
             core.framing.finish(&mut frame);
             let bytes = frame.len() as u64;
             core.frames.hold(bytes);
-            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: None, slot, span: 0 });
+            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), tail: None, share: None, slot, span: 0 });
             core.submitted = true;
             let acts = match node {
                 None => core.sched.submit_retrying(id, bytes, retries),
@@ -405,7 +406,7 @@ impl Host {
                     Some(&d) => core.sched.submit_to(id, d),
                     None => {
                         if let Some(te) = core.tasks.remove(&id) {
-                            core.frames.release(te.bytes);
+                            core.frames.release(te.held());
                             te.slot.complete(Outcome::Error(ERR_RESET));
                         }
                         Vec::new()
@@ -486,7 +487,7 @@ impl Host {
                 core.frames.hold(bytes);
                 core.tasks.insert(
                     id,
-                    TaskEntry { frame: Some(Rc::new(frame)), bytes, tail: None, share: Some(part.clone()), slot, span: 0 },
+                    TaskEntry { frame: Some(Rc::new(frame)), tail: None, share: Some(part.clone()), slot, span: 0 },
                 );
                 acts.extend(core.sched.submit_retrying(id, bytes, retries));
             }
@@ -544,14 +545,7 @@ impl Host {
             core.frames.hold(bytes);
             core.tasks.insert(
                 id,
-                TaskEntry {
-                    frame: Some(Rc::new(head)),
-                    bytes,
-                    tail: Some(payload.clone()),
-                    share: None,
-                    slot: slot.clone(),
-                    span: 0,
-                },
+                TaskEntry { frame: Some(Rc::new(head)), tail: Some(payload.clone()), share: None, slot: slot.clone(), span: 0 },
             );
             let acts = match d {
                 Some(d) => core.sched.submit_to(id, d),
@@ -644,6 +638,8 @@ struct Conn {
     shares: [(u64, u64); SHARE_SLOTS],
     /// Its counters (id and pid set once its Hello is accepted).
     row: DaemonRow,
+    /// Registered for writability too (see `watch_writable`).
+    writable: bool,
 }
 
 impl Conn {
@@ -677,6 +673,28 @@ impl Conn {
         match self.stream.flush() {
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    /// Asks the loop to be told of writability only while bytes wait for
+    /// the socket. Registered for it all along, the loop thread woke once
+    /// more per task for nothing: a Unix socket (or TCP, on an ACK) signals
+    /// room to write each time the daemon reads a frame, and on 2 cores
+    /// that wake-up competes with the waiting R thread and the daemon
+    /// (strace: 2 epoll_wait returns per round trip, now 1). TLS and
+    /// WebSocket streams stay registered for both: their layers may want
+    /// to write whatever the queue holds. Changing the interest re-polls
+    /// the socket, so room that came meanwhile is not missed.
+    fn watch_writable(&mut self, registry: Option<&mio::Registry>, t: Token) {
+        let want = !self.drained();
+        if want == self.writable || self.stream.is_layered() {
+            return;
+        }
+        let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        if let Some(r) = registry {
+            if r.reregister(&mut self.stream, t, interest).is_ok() {
+                self.writable = want;
+            }
         }
     }
 
@@ -742,8 +760,6 @@ struct TaskEntry {
     /// None once the task is resolved: a resolved task is never sent again,
     /// so its memory goes as soon as no write queue holds it either.
     frame: Option<Rc<Vec<u8>>>,
-    /// Bytes of `frame` and `tail`, as counted in `FrameMemory`.
-    bytes: u64,
     /// The rest of the frame when its payload is shared (a broadcast).
     tail: Option<Rc<Vec<u8>>>,
     /// A map's element: the share its daemon must hold first (`Msg::Share`).
@@ -751,6 +767,18 @@ struct TaskEntry {
     slot: Arc<Slot>,
     /// Its latest span in the timeline, plus one (0: none yet).
     span: u64,
+}
+
+impl TaskEntry {
+    /// Bytes of `frame` and `tail` as counted in `FrameMemory` while the
+    /// frame is held (none once resolved). Worked out rather than kept: an
+    /// entry is kept per queued task.
+    fn held(&self) -> u64 {
+        match &self.frame {
+            Some(f) => (f.len() + self.tail.as_ref().map_or(0, |t| t.len())) as u64,
+            None => 0,
+        }
+    }
 }
 
 /// A map's shared part (see `Host::submit_map`): its share id and the
@@ -797,6 +825,9 @@ struct Core {
     /// Slots resolved by the actions being applied, completed only once the
     /// counters are published (`publish_then_complete`).
     completions: Vec<(Arc<Slot>, Outcome)>,
+    /// Set by the event loop while it holds the lock: it completes the
+    /// slots itself once the lock is released (see `EventLoop::run`).
+    defer_completions: bool,
     /// Bytes of the task frames alive (see the module docs).
     frames: FrameMemory,
     /// Every daemon ever accepted, in the order they joined: node i of a
@@ -845,6 +876,7 @@ struct EventLoop {
 impl EventLoop {
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
+        let mut resolved = Vec::new();
         loop {
             let timeout = {
                 let core = lock(&self.core);
@@ -859,42 +891,70 @@ impl EventLoop {
                     return;
                 }
             }
-            let mut core = lock(&self.core);
-            if core.dead.is_some() {
-                return;
-            }
-            if core.fault {
-                core.fault = false;
-                panic!("fault injected for testing");
-            }
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => core.accept_all(),
-                    WAKER => {}
-                    t => {
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            core.read_conn(t);
-                        }
-                        if ev.is_writable() {
-                            core.flush_conn(t);
-                        }
-                    }
+            let end = {
+                let mut core = lock(&self.core);
+                if core.dead.is_some() {
+                    return;
                 }
+                core.defer_completions = true;
+                let end = core.turn(&events);
+                core.defer_completions = false;
+                // Swapped, so both Vecs keep their room between turns.
+                std::mem::swap(&mut resolved, &mut core.completions);
+                end
+            };
+            // Slots are completed with the core unlocked: R's thread, often
+            // spinning on the slot, goes straight on to submit its next task,
+            // which takes this lock. Completed inside it, R's thread found it
+            // still held (strace: a futex wait and wake on nearly every round
+            // trip, and a thread switch each). The counters were published
+            // under the lock, before these stores, as `apply` has it.
+            for (slot, outcome) in resolved.drain(..) {
+                slot.complete(outcome);
             }
-            core.expire_timers();
-            core.expire_handshakes();
-            if core.accept_retry.is_some_and(|t| t <= Instant::now()) {
-                core.accept_all();
-            }
-            if let Some(signal) = core.shutdown {
-                core.stop(signal);
-                return;
-            }
-            if core.oneshot && core.submitted && core.sched.pending_tasks() == 0 {
-                core.stop(false);
+            if end {
                 return;
             }
         }
+    }
+}
+
+impl Core {
+    /// One turn of the loop on `events`, under the core's lock. True if the
+    /// loop must end.
+    fn turn(&mut self, events: &Events) -> bool {
+        if self.fault {
+            self.fault = false;
+            panic!("fault injected for testing");
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept_all(),
+                WAKER => {}
+                t => {
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.read_conn(t, ev.is_read_closed() || ev.is_error());
+                    }
+                    if ev.is_writable() {
+                        self.flush_conn(t);
+                    }
+                }
+            }
+        }
+        self.expire_timers();
+        self.expire_handshakes();
+        if self.accept_retry.is_some_and(|t| t <= Instant::now()) {
+            self.accept_all();
+        }
+        if let Some(signal) = self.shutdown {
+            self.stop(signal);
+            return true;
+        }
+        if self.oneshot && self.submitted && self.sched.pending_tasks() == 0 {
+            self.stop(false);
+            return true;
+        }
+        false
     }
 }
 
@@ -964,10 +1024,14 @@ impl Core {
         }
         // Counters first, as in `apply`.
         self.stats.publish(Counters::default());
+        // Resolved before the failure (their tasks may be gone already):
+        // with what resolved them.
+        for (slot, outcome) in self.completions.drain(..) {
+            slot.complete(outcome);
+        }
         for te in self.tasks.values() {
             te.slot.complete(Outcome::Error(ERR_RESET));
         }
-        self.completions.clear();
         self.tasks.clear();
         self.frames = FrameMemory::default();
         // Closing a socket also takes it out of the poll set.
@@ -1049,7 +1113,7 @@ impl Core {
                         // Until its Hello is accepted a peer may send only small
                         // messages: a huge length must not make the host
                         // allocate it.
-                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: WriteQueue::default(), ready: false, nonce, retiring: false, shares: [(0, 0); SHARE_SLOTS], row: DaemonRow::new(0, 0) };
+                        Conn { stream, dec: Decoder::with_limit(framing, proto::HANDSHAKE_LIMIT), wq: WriteQueue::default(), ready: false, nonce, retiring: false, shares: [(0, 0); SHARE_SLOTS], row: DaemonRow::new(0, 0), writable: true };
                     c.push(Rc::new(SP_HEADER.to_vec()));
                     c.push(control_frame(framing, &Msg::Challenge { version: PROTOCOL_VERSION, nonce }));
                     self.conns.insert(token, c);
@@ -1058,7 +1122,7 @@ impl Core {
                     self.flush_conn(token);
                     // Anything the peer sent with its connect (its SP header)
                     // is taken now.
-                    self.read_conn(token);
+                    self.read_conn(token, true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
@@ -1094,7 +1158,10 @@ impl Core {
         }
     }
 
-    fn read_conn(&mut self, t: Token) {
+    /// Reads and handles what peer `t` sent. `to_the_end`: read until the
+    /// socket has nothing more, as the peer closed its end (or it failed):
+    /// that is signalled once, so the end of stream must be read now.
+    fn read_conn(&mut self, t: Token, to_the_end: bool) {
         loop {
             let Some(c) = self.conns.get_mut(&t) else { return };
             // A refused peer has had its answer: nothing more it sends is
@@ -1109,6 +1176,12 @@ impl Core {
                     c.row.bytes_in += (body.len() + self.framing.prefix_len()) as u64;
                     if let Err(_why) = self.handle_message(t, body) {
                         self.drop_conn(t, true);
+                        return;
+                    }
+                    // A plain socket emptied by the last read: the poll
+                    // signals it again when more comes (TLS and WebSocket
+                    // layers may hold bytes of their own: read on).
+                    if !to_the_end && self.conns.get(&t).is_some_and(|c| !c.stream.is_layered() && c.dec.source_drained()) {
                         return;
                     }
                 }
@@ -1282,9 +1355,8 @@ impl Core {
                             self.timeline.end(te.span - 1, task, End::Failed, Instant::now());
                         }
                         self.completions.push((te.slot.clone(), Outcome::Error(code)));
-                        if te.frame.take().is_some() {
-                            self.frames.release(te.bytes);
-                        }
+                        self.frames.release(te.held());
+                        te.frame = None;
                         te.tail = None;
                     }
                 }
@@ -1317,9 +1389,7 @@ impl Core {
                 }
                 Action::Drop { task } => {
                     if let Some(te) = self.tasks.remove(&task) {
-                        if te.frame.is_some() {
-                            self.frames.release(te.bytes);
-                        }
+                        self.frames.release(te.held());
                     }
                 }
             }
@@ -1342,6 +1412,9 @@ impl Core {
     /// applied here, so the counters are published after every change.
     fn publish_then_complete(&mut self) {
         self.publish();
+        if self.defer_completions {
+            return;
+        }
         for (slot, outcome) in self.completions.drain(..) {
             slot.complete(outcome);
         }
@@ -1361,6 +1434,9 @@ impl Core {
         let Some(c) = self.conns.get_mut(&t) else { return Vec::new() };
         let before = c.wq.unwritten();
         let flushed = c.flush();
+        if flushed.is_ok() {
+            c.watch_writable(self.registry.as_ref(), t);
+        }
         let written = before.saturating_sub(c.wq.unwritten());
         c.row.bytes_out += written;
         self.stats.sent_bytes.fetch_add(written, Ordering::Relaxed);

@@ -118,10 +118,29 @@ pub struct Counters {
     pub peak_bytes: u64,
 }
 
+/// A daemon, or none, in the 8 bytes of its id (`Option<DaemonId>` takes
+/// 16): a `Task` is kept for every queued task. Daemon ids are the host's
+/// connection tokens, small counters, never `DaemonId::MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OptDaemon(DaemonId);
+
+impl OptDaemon {
+    const NONE: OptDaemon = OptDaemon(DaemonId::MAX);
+
+    fn some(d: DaemonId) -> OptDaemon {
+        debug_assert!(d != DaemonId::MAX);
+        OptDaemon(d)
+    }
+
+    fn get(self) -> Option<DaemonId> {
+        (self != Self::NONE).then_some(self.0)
+    }
+}
+
 #[derive(Debug)]
 struct Task {
-    daemon: Option<DaemonId>,
-    pin: Option<DaemonId>,
+    daemon: OptDaemon,
+    pin: OptDaemon,
     resolved: bool,
     bytes: u64,
     /// Times it may still be requeued after losing its daemon.
@@ -261,7 +280,7 @@ impl Sched {
     /// `submit_sized` for a task that is requeued up to `retries` times
     /// when the daemon running it is lost (see the module docs).
     pub fn submit_retrying(&mut self, task: TaskId, bytes: u64, retries: u32) -> Vec<Action> {
-        self.tasks.insert(task, Task { daemon: None, pin: None, resolved: false, bytes, retries });
+        self.tasks.insert(task, Task { daemon: OptDaemon::NONE, pin: OptDaemon::NONE, resolved: false, bytes, retries });
         self.queue.push_back(task);
         self.queued_bytes += bytes;
         let mut out = Vec::new();
@@ -283,7 +302,7 @@ impl Sched {
         let mut out = Vec::new();
         // Pinned tasks bypass the memory gate (everywhere()), so they are
         // not counted as queued bytes.
-        self.tasks.insert(task, Task { daemon: None, pin: Some(d), resolved: false, bytes: 0, retries: 0 });
+        self.tasks.insert(task, Task { daemon: OptDaemon::NONE, pin: OptDaemon::some(d), resolved: false, bytes: 0, retries: 0 });
         let Some(dm) = self.daemons.get_mut(&d) else {
             self.fail(task, ERR_RESET, &mut out);
             self.tasks.remove(&task);
@@ -303,7 +322,7 @@ impl Sched {
     /// Submits a task for the next daemon to connect that has not had one
     /// of these (each such task goes to a different daemon).
     pub fn submit_to_next(&mut self, task: TaskId) -> Vec<Action> {
-        self.tasks.insert(task, Task { daemon: None, pin: None, resolved: false, bytes: 0, retries: 0 });
+        self.tasks.insert(task, Task { daemon: OptDaemon::NONE, pin: OptDaemon::NONE, resolved: false, bytes: 0, retries: 0 });
         self.for_next.push_back(task);
         Vec::new()
     }
@@ -315,7 +334,7 @@ impl Sched {
         self.rekey(d);
         let mut out = Vec::new();
         if let Some(task) = self.for_next.pop_front() {
-            self.tasks.get_mut(&task).unwrap().pin = Some(d);
+            self.tasks.get_mut(&task).unwrap().pin = OptDaemon::some(d);
             self.start(task, d, &mut out);
         } else {
             self.idle.insert(d);
@@ -383,7 +402,7 @@ impl Sched {
     pub fn unsent(&mut self, d: DaemonId, task: TaskId) -> Vec<Action> {
         let mut out = Vec::new();
         // Only a resolved task is withdrawn; anything else is a stale report.
-        if !self.tasks.get(&task).is_some_and(|t| t.resolved && t.daemon == Some(d)) {
+        if !self.tasks.get(&task).is_some_and(|t| t.resolved && t.daemon.get() == Some(d)) {
             return out;
         }
         if self.leave_daemon(d, task) {
@@ -438,9 +457,9 @@ impl Sched {
                 found.push(false);
                 continue;
             }
-            match t.daemon {
+            match t.daemon.get() {
                 None => {
-                    match t.pin {
+                    match t.pin.get() {
                         Some(p) => {
                             if let Some(dm) = self.daemons.get_mut(&p) {
                                 let before = dm.pinned.len();
@@ -502,7 +521,7 @@ impl Sched {
             if !t.resolved {
                 t.resolved = true;
                 out.push(Action::Fail { task, code });
-                if let Some(d) = t.daemon {
+                if let Some(d) = t.daemon.get() {
                     if let Some(dm) = self.daemons.get_mut(&d) {
                         dm.abandoned += 1;
                         self.rekey(d);
@@ -556,7 +575,7 @@ impl Sched {
     /// idle set, if it was there).
     fn start(&mut self, task: TaskId, d: DaemonId, out: &mut Vec<Action>) {
         let t = self.tasks.get_mut(&task).unwrap();
-        t.daemon = Some(d);
+        t.daemon = OptDaemon::some(d);
         let frame = t.bytes.max(1);
         self.picks += 1;
         let dm = self.daemons.get_mut(&d).unwrap();
@@ -603,7 +622,7 @@ impl Sched {
     /// and has one left; true if so (the caller requeues it).
     fn take_retry(&mut self, task: TaskId) -> bool {
         match self.tasks.get_mut(&task) {
-            Some(t) if !t.resolved && t.pin.is_none() && t.retries > 0 => {
+            Some(t) if !t.resolved && t.pin.get().is_none() && t.retries > 0 => {
                 t.retries -= 1;
                 self.counters.retried += 1;
                 true
@@ -615,13 +634,13 @@ impl Sched {
     fn requeue(&mut self, tasks: impl DoubleEndedIterator<Item = TaskId>, out: &mut Vec<Action>) {
         for t in tasks.rev() {
             match self.tasks.get_mut(&t) {
-                Some(ts) if !ts.resolved && ts.pin.is_some() => {
+                Some(ts) if !ts.resolved && ts.pin.get().is_some() => {
                     self.fail(t, ERR_RESET, out);
                     self.tasks.remove(&t);
                     out.push(Action::Drop { task: t });
                 }
                 Some(ts) if !ts.resolved => {
-                    ts.daemon = None;
+                    ts.daemon = OptDaemon::NONE;
                     self.queue.push_front(t);
                     self.queued_bytes += ts.bytes;
                     self.peak_bytes = self.peak_bytes.max(self.queued_bytes);

@@ -39,6 +39,9 @@ pub struct Decoder {
     /// The last read found no bytes (WouldBlock): what is buffered is not
     /// enough, so the caller must wait for the socket before calling again.
     starved: bool,
+    /// The last read returned fewer bytes than it asked for: the socket
+    /// held no more at that moment (see `source_drained`).
+    drained: bool,
 }
 
 fn proto_err(msg: String) -> io::Error {
@@ -119,6 +122,7 @@ impl Decoder {
             claimed: 0,
             in_body: false,
             starved: false,
+            drained: false,
         }
     }
 
@@ -132,6 +136,14 @@ impl Decoder {
     /// forward (calling again at once would spin).
     pub fn has_buffered(&self) -> bool {
         !self.starved && (self.end > self.start || self.in_body)
+    }
+
+    /// Nothing is buffered and the last read emptied the socket: a caller
+    /// woken by an edge-triggered poll may stop here rather than read once
+    /// more only to be told WouldBlock (a syscall per message saved), since
+    /// bytes that arrive later signal the socket again.
+    pub fn source_drained(&self) -> bool {
+        self.drained && self.end == self.start && !self.in_body
     }
 
     /// Bytes held for the message in progress (staging and body), for tests
@@ -200,7 +212,7 @@ impl Decoder {
                     let res = src.append(&mut self.body, room);
                     match self.note(res) {
                         Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                        Ok(_) => {}
+                        Ok(n) => self.drained = n < room,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e),
                     }
@@ -221,10 +233,14 @@ impl Decoder {
                     self.end -= self.start;
                     self.start = 0;
                 }
+                let want = self.buf.len() - self.end;
                 let res = src.read(&mut self.buf[self.end..]);
                 match self.note(res) {
                     Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    Ok(n) => self.end += n,
+                    Ok(n) => {
+                        self.drained = n < want;
+                        self.end += n;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }

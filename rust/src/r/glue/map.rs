@@ -17,7 +17,7 @@
 //! and travels to each daemon once (`Host::submit_map`); each element's
 //! frame carries only the element.
 
-use super::mirai::{outcome_to_sexp, wait_slot};
+use super::mirai::{aio, cache, cached_of, outcome_to_sexp, wait_slot};
 use crate::host::aio::Outcome;
 use crate::host::sched::ERR_CANCELED;
 use super::profile::{host_failed, new_aio, profile, retries, Aio, Profile};
@@ -182,12 +182,14 @@ fn value_at(m: &MapHandle, h: SEXP, i: usize, wait: bool) -> Result<Option<Owned
         Some(o) => {
             let v = outcome_to_sexp(o, part(h, CFG)?)?;
             if !is_null(mirai) {
-                object::cache_value(mirai, v.sexp())?;
+                let ah = object::aio_of(mirai)?;
+                aio(&ah)?;
+                cache(ah, v.sexp())?;
             }
             v
         }
         // Taken by the element's mirai, which cached it.
-        None => Owned::reachable(object::cached_value(mirai)?),
+        None => Owned::reachable(cached_of(mirai)?),
     };
     set_list_elt(&Owned::reachable(values), i, v.sexp());
     Ok(Some(v))
@@ -231,15 +233,13 @@ pub fn mirai_map_element(h: SEXP, i: SEXP) -> RResult {
     if !is_null(existing) {
         return Ok(Owned::reachable(existing));
     }
-    let a = Aio { slot: m.slots[i].clone(), id: m.ids[i], profile: m.profile.clone() };
+    let a = Aio::new(m.slots[i].clone(), m.ids[i], m.profile.clone());
     let cfg = part(h, CFG)?;
     let value = list_at(part(h, VALUES)?, i);
-    let made = if value != object::unresolved()? {
-        let ah = new_handle(a, cfg)?;
-        object::new_mirai(ah.sexp(), m.ids[i], Some(value))?
-    } else {
-        new_aio(a, cfg)?
-    };
+    let made = new_aio(a, cfg)?;
+    if value != object::unresolved()? {
+        cache(object::aio_of(made.sexp())?, value)?;
+    }
     set_list_elt(&Owned::reachable(mirai), i, made.sexp());
     Ok(made)
 }

@@ -26,7 +26,28 @@ pub fn mirai_r_init(data_routine: SEXP, unresolved: SEXP) -> RResult {
 
 /// A mirai resolved to `value` from the start (sync mode).
 pub fn mirai_resolved(value: SEXP) -> RResult {
-    object::new_mirai(nil(), 0, Some(value))
+    object::new_mirai(nil(), Some(value))
+}
+
+/// The converted value of the mirai behind aio handle `h`, if cached.
+pub(super) fn cached(h: SEXP) -> Result<Option<SEXP>, RError> {
+    object::cached_in_handle(h)
+}
+
+/// Caches `v` as the value of the mirai behind aio handle `h`.
+pub(super) fn cache(h: SEXP, v: SEXP) -> Result<(), RError> {
+    object::cache_in_handle(h, v)
+}
+
+/// The cached value of mirai `env` (NULL if none): with its handle, or as
+/// `value` for one resolved from the start.
+pub(super) fn cached_of(env: SEXP) -> Result<SEXP, RError> {
+    let h = object::aio_of(env)?;
+    if is_null(h) {
+        return object::cached_value(env);
+    }
+    aio(&h)?;
+    Ok(cached(h)?.unwrap_or_else(nil))
 }
 
 pub(super) fn outcome_to_sexp(o: Outcome, cfg: SEXP) -> RResult {
@@ -42,30 +63,31 @@ pub(super) fn outcome_to_sexp(o: Outcome, cfg: SEXP) -> RResult {
     }
 }
 
-/// Resolved: converts the outcome once, caches it as `value` in the
-/// mirai and returns it. Unresolved: the 'unresolved' value.
-fn aio_data(a: &Aio, h: SEXP, env: SEXP) -> RResult {
-    // Checked before the outcome is taken, so a bad call cannot lose it.
-    object::check_env(env)?;
+/// Resolved: converts the outcome once, caches it with the handle and
+/// returns it. Unresolved: the 'unresolved' value.
+fn aio_data(a: &Aio, h: SEXP) -> RResult {
+    if let Some(v) = cached(h)? {
+        return Ok(Owned::reachable(v));
+    }
     if !a.slot.is_done() {
         return Ok(Owned::reachable(object::unresolved()?));
     }
-    if let Some(o) = a.slot.take() {
-        let v = outcome_to_sexp(o, kept(h))?;
-        object::cache_value(env, v.sexp())?;
-        return Ok(v);
+    match a.slot.take() {
+        Some(o) => {
+            let v = outcome_to_sexp(o, kept(h))?;
+            cache(h, v.sexp())?;
+            Ok(v)
+        }
+        None => Err("internal error in mirai: a resolved mirai lost its value".into()),
     }
-    Ok(Owned::reachable(object::cached_value(env)?))
 }
 
-/// `$data`: the value, or 'unresolved'. A resolved mirai without a handle
-/// (sync mode) reads its cached value.
-pub fn mirai_aio_data(h: SEXP, env: SEXP) -> RResult {
-    if is_null(h) {
-        Ok(Owned::reachable(object::cached_value(env)?))
-    } else {
-        aio_data(aio(&h)?, h, env)
-    }
+/// `$data` (the body of every mirai's active binding, `aio` found in the
+/// mirai): the value, or 'unresolved'. A mirai resolved from the start
+/// (sync mode) has a plain `value` and no handle, so no active `data`
+/// reads through here with NULL.
+pub fn mirai_aio_data(h: SEXP) -> RResult {
+    aio_data(aio(&h)?, h)
 }
 
 /// How long a wait spins before it blocks. A reply that comes back within
@@ -124,14 +146,16 @@ pub fn mirai_value(x: SEXP) -> RResult {
         return Ok(Owned::reachable(object::cached_value(x)?));
     }
     let a = aio(&h)?;
-    wait_slot(&a.slot)?;
-    aio_data(a, h, x)
+    if cached(h)?.is_none() {
+        wait_slot(&a.slot)?;
+    }
+    aio_data(a, h)
 }
 
 /// `unresolved()`: like reading `$data`, converts and caches the value once
 /// resolved; TRUE if resolved.
-pub fn mirai_aio_collect(h: SEXP, env: SEXP) -> RResult {
-    let v = aio_data(aio(&h)?, h, env)?;
+pub fn mirai_aio_collect(h: SEXP) -> RResult {
+    let v = aio_data(aio(&h)?, h)?;
     lgl(v.sexp() != object::unresolved()?)
 }
 

@@ -25,6 +25,12 @@ pub struct Aio {
     pub profile: Arc<Profile>,
 }
 
+impl Aio {
+    pub fn new(slot: Arc<Slot>, id: u64, profile: Arc<Profile>) -> Aio {
+        Aio { slot, id, profile }
+    }
+}
+
 impl Tagged for Aio {
     const TAG: &'static CStr = c"mirai_aio";
 }
@@ -32,9 +38,8 @@ impl Tagged for Aio {
 /// A new mirai object around `a`; `cfg` is the serialization config its
 /// value will be read with.
 pub fn new_aio(a: Aio, cfg: SEXP) -> RResult {
-    let id = a.id;
     let h = new_handle(a, cfg)?;
-    object::new_mirai(h.sexp(), id, None)
+    object::new_mirai(h.sexp(), None)
 }
 
 /// What a profile handle owns.
@@ -212,7 +217,7 @@ fn submit_with(
     let frame = prof.host.task_frame(id, |buf| serialize_task(data, cfg, buf))?;
     let slot = Slot::new(prof.host.bell.clone());
     send(&prof.host, id, frame, slot.clone()).map_err(host_failed)?;
-    Ok(Aio { slot, id, profile: prof.clone() })
+    Ok(Aio::new(slot, id, prof.clone()))
 }
 
 /// How often a wait for daemons to connect says it is still waiting (here
@@ -286,7 +291,7 @@ pub fn mirai_host_broadcast(p: SEXP, data: SEXP, min: SEXP) -> RResult {
     let res = (|| {
         let out = new_list(tasks.len())?;
         for (i, (id, slot)) in tasks.iter().enumerate() {
-            let m = new_aio(Aio { slot: slot.clone(), id: *id, profile: prof.clone() }, cfg)?;
+            let m = new_aio(Aio::new(slot.clone(), *id, prof.clone()), cfg)?;
             set_list_elt(&out, i, m.sexp());
             built += 1;
         }

@@ -24,6 +24,7 @@ pub use extendr_ffi::{
     SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, STRING_ELT, VECTOR_ELT,
 };
 pub use extendr_ffi::Rf_ScalarInteger;
+pub use extendr_ffi::TAG;
 pub use extendr_ffi::{INTEGER_ELT, LOGICAL_ELT, REAL_ELT};
 
 use std::ffi::{c_char, c_int, c_void};

@@ -1,15 +1,20 @@
 //! The 'mirai' object, built in one place.
 //!
 //! A mirai is an environment of class `c("mirai", "recvAio")` holding the
-//! aio handle as `aio` (NULL once resolved in sync mode), the value once
-//! converted as `value`, and an active binding `data` whose function calls
-//! `.Call(<data routine>, aio, env)` with both embedded as constants, so
-//! reading `$data` needs no variable lookups. Built in R, it was a large
-//! share of the host's cost per task.
+//! aio handle as `aio` and an active binding `data`. The binding's function
+//! is the one thing made per mirai: its body, `.Call(<data routine>, aio)`,
+//! is one call object shared by every mirai (`aio` is found in the mirai,
+//! the function's enclosure), and the converted value is cached with the
+//! aio handle (`cache_in_handle`), not in the environment. A queued task
+//! is held in R by an environment, two bindings, a closure, the handle and
+//! its finalizer: a body per mirai (a 4-cell call) and a task id attribute
+//! took 336 more bytes of R's heap each. A mirai with no handle (resolved
+//! from the start, as in sync mode) keeps its value as `value`.
 
 use super::call::{try_r, InR, RError};
 use super::ffi::*;
 use super::global::MainThread;
+use super::handle::{kept, set_kept};
 use super::lang::is_env;
 use super::value::*;
 
@@ -17,14 +22,13 @@ use super::value::*;
 /// session).
 #[derive(Clone, Copy)]
 struct Globals {
-    dot_call: SEXP,
-    data_routine: SEXP,
+    /// `.Call(<data routine>, aio)`: the body of every mirai's `data`.
+    data_body: SEXP,
     unresolved: SEXP,
     class: SEXP,
     aio: SEXP,
     data: SEXP,
     value: SEXP,
-    id: SEXP,
 }
 
 static GLOBALS: MainThread<Option<Globals>> = MainThread::new(None);
@@ -41,15 +45,17 @@ pub fn init(data_routine: SEXP, unresolved: SEXP) -> Result<(), RError> {
     unsafe {
         try_r(|r| {
             let base = base_env();
+            let aio = r.install(c"aio");
+            // The function itself, not its name: a mirai's enclosure is the
+            // empty environment.
+            let dot_call = r.protect(r.find_fun(r.install(c".Call"), base));
             g = Some(Globals {
-                dot_call: r.preserve(r.find_fun(r.install(c".Call"), base)),
-                data_routine: r.preserve(data_routine),
+                data_body: r.preserve(r.lang3(dot_call, data_routine, aio)),
                 unresolved: r.preserve(unresolved),
                 class: r.preserve(r.strings(&["mirai", "recvAio"])),
-                aio: r.install(c"aio"),
+                aio,
                 data: r.install(c"data"),
                 value: r.install(c"value"),
-                id: r.install(c"id"),
             });
             nil()
         })
@@ -89,25 +95,29 @@ pub fn unresolved() -> Result<SEXP, RError> {
     Ok(globals()?.unresolved)
 }
 
-/// A new mirai for aio handle `aio` (NULL for a resolved one) and task id.
-/// With `value` (sync mode), the mirai is resolved to it from the start.
-pub fn new_mirai(aio: SEXP, id: u64, value: Option<SEXP>) -> Result<Owned, RError> {
+/// A new mirai for aio handle `aio`; or, with `aio` NULL, a mirai resolved
+/// to `value` from the start (sync mode). A handle's value is cached with
+/// the handle by the caller (`value` is then ignored).
+pub fn new_mirai(aio: SEXP, value: Option<SEXP>) -> Result<Owned, RError> {
     let g = globals()?;
     let closure = CLOSURE.get().ok_or("mirai: native library not initialised by R")?;
-    let id = id.min(i32::MAX as u64) as i32;
     let empty = empty_env();
     let make = |r: &InR| {
         let env = r.protect(r.new_env(empty));
         r.define_var(g.aio, aio, env);
-        if let Some(v) = value {
-            r.define_var(g.value, v, env);
+        match value {
+            // Nothing left to resolve: `data` is a plain binding.
+            Some(v) if is_null(aio) => {
+                r.define_var(g.value, v, env);
+                r.define_var(g.data, v, env);
+            }
+            _ => {
+                // SAFETY: mirai_closure takes a call and an environment, and
+                // may allocate: inside try_r, as its C definition asks.
+                let fun = r.protect(unsafe { closure(g.data_body, env) });
+                r.make_active_binding(g.data, fun, env);
+            }
         }
-        let body = r.protect(r.lang4(g.dot_call, g.data_routine, aio, env));
-        // SAFETY: mirai_closure takes a call and an environment, and may
-        // allocate: inside try_r, as its C definition asks.
-        let fun = r.protect(unsafe { closure(body, env) });
-        r.make_active_binding(g.data, fun, env);
-        r.set_attrib(env, g.id, r.scalar_int(id));
         r.set_attrib(env, class_symbol(), g.class);
         env
     };
@@ -144,16 +154,28 @@ pub fn cached_value(env: SEXP) -> Result<SEXP, RError> {
     plain_binding(env, globals()?.value)
 }
 
-/// Caches `v` as mirai `env`'s value.
-pub fn cache_value(env: SEXP, v: SEXP) -> Result<(), RError> {
+/// Caches `v`, the converted value of the mirai behind aio handle `h`, with
+/// the handle. It takes the place of the serialization config the handle
+/// kept for the conversion, needed no more, wrapped in a pairlist cell
+/// tagged `value` (a config is NULL or a list, never such a cell): so a
+/// queued mirai carries no field for a value it does not have yet.
+pub fn cache_in_handle(h: SEXP, v: SEXP) -> Result<(), RError> {
     let g = globals()?;
-    check_env(env)?;
     // SAFETY: the closure owns nothing with a destructor.
-    unsafe {
-        try_r(|r| {
-            r.define_var(g.value, v, env);
-            nil()
+    let cell = unsafe {
+        rooted(|r| {
+            let cell = r.cons(v, nil());
+            r.set_cell(cell, v, g.value);
+            cell
         })
     }?;
-    Ok(())
+    set_kept(h, cell.sexp())
+}
+
+/// The value `cache_in_handle` cached with aio handle `h`, if any.
+pub fn cached_in_handle(h: SEXP) -> Result<Option<SEXP>, RError> {
+    let g = globals()?;
+    let p = kept(h);
+    // SAFETY: field reads of a pairlist cell (its type checked first).
+    Ok(unsafe { (type_of(p) == LISTSXP && TAG(p) == g.value).then(|| CAR(p)) })
 }
