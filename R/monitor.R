@@ -85,7 +85,8 @@ daemons_table <- function(.compute = NULL) {
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
 #' @return Invisibly, a data frame with one row per task attempt, oldest
-#'   first: `task` (the mirai's id, `attr(m, "id")`), `daemon` (the id
+#'   first: `task` (a number per task, in the order they were sent to the
+#'   host), `daemon` (the id
 #'   that [daemons_table()] shows), `start` and `end` (seconds since the
 #'   first task shown was sent; `end` NA while running) and `error` (TRUE
 #'   for an error value, whether the daemon returned it or the task
@@ -142,7 +143,8 @@ task_ids <- function(x) {
   if (!is.list(x)) abort(sprintf("`x` must be a mirai, a list of mirai or a mirai_map, not %s", typeof(x)))
   ids <- vapply(x, function(m) {
     if (!is_mirai(m)) abort("`x` must be a mirai, a list of mirai or a mirai_map: an element is not a mirai")
-    as.double(attr(m, "id", exact = TRUE))
+    aio <- aio_of(m)
+    if (is.null(aio)) NA_real_ else .Call(C_mirai_aio_id, aio)
   }, numeric(1L))
   as.double(ids)
 }

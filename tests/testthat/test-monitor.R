@@ -109,7 +109,7 @@ test_that("daemons_timeline() draws a map's tasks, the straggler longest and the
   })
   res <- mp[]
   expect_true(is_mirai_error(res[[6L]]))
-  ids <- vapply(1:10, function(i) as.double(attr(mp[[i]], "id")), 0)
+  ids <- vapply(1:10, function(i) mirai:::task_ids(mp[[i]]), 0)
   # Earlier tasks on this profile are left out.
   d <- daemons_timeline(mp, file = f, main = "a map")
   expect_true(file.exists(f))
@@ -135,8 +135,8 @@ test_that("daemons_timeline() draws a map's tasks, the straggler longest and the
   m <- mirai(stop("no"))
   m[]
   one <- daemons_timeline(list(m, mp[[1L]]), file = f)
-  expect_setequal(one$task, c(attr(m, "id"), ids[[1L]]))
-  expect_identical(one$error[one$task == attr(m, "id")], TRUE)
+  expect_setequal(one$task, c(mirai:::task_ids(m), ids[[1L]]))
+  expect_identical(one$error[one$task == mirai:::task_ids(m)], TRUE)
   expect_identical(nrow(daemons_timeline(file = f)), 11L)
 })
 

@@ -186,6 +186,12 @@ pub fn mirai_race(aios: SEXP) -> RResult {
     int(race(&slots)? as i32 + 1)
 }
 
+/// The host's number for the task behind aio handle `h` (the timeline's
+/// `task`): a double, as task numbers may pass 2^31.
+pub fn mirai_aio_id(h: SEXP) -> RResult {
+    real(aio(&h)?.id as f64)
+}
+
 /// TRUE once the task behind aio handle `h` has resolved.
 pub fn mirai_aio_done(h: SEXP) -> RResult {
     lgl(aio(&h)?.slot.is_done())
