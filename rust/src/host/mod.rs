@@ -57,6 +57,7 @@
 
 pub mod aio;
 pub mod pool;
+pub mod relay;
 pub mod rng;
 pub mod sched;
 pub mod wqueue;
@@ -208,6 +209,8 @@ pub struct Host {
     pub dispatcher: bool,
     pub stats: Arc<Stats>,
     pub bell: Arc<Doorbell>,
+    /// Conditions relayed from running tasks (see `relay`).
+    pub relay: Arc<relay::Inbox>,
     core: Arc<Mutex<Core>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     next_id: AtomicU64,
@@ -231,7 +234,10 @@ impl Host {
         let registry = poll.registry().try_clone().map_err(|e| e.to_string())?;
         let stats = Arc::new(Stats { cap_bytes: opts.memory_cap, ..Stats::default() });
         let bell = Arc::new(Doorbell::default());
+        let relay = Arc::new(relay::Inbox::default());
         let core = Arc::new(Mutex::new(Core {
+            relay: relay.clone(),
+            bell: bell.clone(),
             registry: Some(registry),
             waker: Some(waker),
             listener: Some(listener),
@@ -275,6 +281,7 @@ impl Host {
             dispatcher: opts.dispatcher,
             stats,
             bell,
+            relay,
             core,
             thread: Mutex::new(Some(thread)),
             next_id: AtomicU64::new(1),
@@ -760,6 +767,10 @@ struct Core {
     next_sid: u64,
     /// Orders the uses of daemons' share slots (least recently used goes).
     share_clock: u64,
+    /// Where relayed conditions go (`Host::relay`), and the doorbell rung
+    /// for them so that waits on any of several tasks see them.
+    relay: Arc<relay::Inbox>,
+    bell: Arc<Doorbell>,
 }
 
 // SAFETY: see the comment on Core: all access is serialized by the mutex.
@@ -1102,6 +1113,18 @@ impl Core {
             (true, Msg::Result { id, last }) => {
                 let acts = self.sched.reply(t.0 as u64, id, last);
                 self.apply(acts, Some((body, hop + off)));
+                Ok(())
+            }
+            (true, Msg::Relay { id, seq, held }) => {
+                // Only a task this daemon runs may relay: a peer cannot
+                // make the host keep conditions for tasks it names.
+                let slot = self.tasks.get(&id).filter(|_| self.sched.runs(t.0 as u64, id)).map(|te| te.slot.clone());
+                if self.relay.offer(id, seq, held, &body[hop + off..], slot.is_some()) {
+                    if let Some(slot) = slot {
+                        slot.poke();
+                    }
+                    self.bell.ring();
+                }
                 Ok(())
             }
             (_, m) => Err(format!("unexpected message {m:?}")),

@@ -5,6 +5,7 @@
 //! - `map`: `mirai_map()`, a whole map in one handle;
 //! - `node`: a cluster node's tasks (parallel's hot path);
 //! - `daemon`: the daemon's receive-evaluate-reply loop;
+//! - `relay`: conditions relayed from running tasks, shown on the host;
 //! - `helpers`: random hex, addresses, RNG streams, URLs' parts, and the
 //!   constants R takes at load.
 //! - `shared`: what the host's and the daemon's glue share (the daemon's glue
@@ -16,4 +17,5 @@ pub mod map;
 pub mod mirai;
 pub mod node;
 pub mod profile;
+pub mod relay;
 pub mod shared;
