@@ -20,14 +20,16 @@ relay_handler <- function(conn) {
 }
 
 # A condition's call, from code parsed with source references, carries
-# them, and with them the whole source file (tens of KB for one message):
-# the host has no use for them.
+# them, and with them the whole source file (tens of KB for one message);
+# progressr's updates carry the whole call stack (`calls`, the daemon's own
+# frames included). The host has no use for either.
 relay_slim <- function(cond) {
   call <- cond$call
   if (!is.null(attr(call, "srcref"))) {
     attr(call, "srcref") <- NULL
     cond$call <- call
   }
+  if (!is.null(cond$calls)) cond$calls <- NULL
   cond
 }
 
