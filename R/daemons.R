@@ -299,9 +299,9 @@ max_message <- function() {
 #' `[mirai 3] `. Warnings and errors are unaffected (they come with the
 #' task's result). Relayed conditions are serialized without `serial`'s
 #' configurations, and one over `r bytes_text(limit("relay_limit_bytes"))`
-#' is not relayed. The host holds at most `r format(limit("relay_max_items"),
-#' big.mark = ",")` of them (and `r bytes_text(limit("relay_max_bytes"))`)
-#' per profile at once: beyond that they are dropped, with a message saying
+#' is not relayed. The host holds at most
+#' `r format(limit("relay_max_items"), big.mark = ",")` of them (and
+#' `r bytes_text(limit("relay_max_bytes"))`) per profile at once: beyond that they are dropped, with a message saying
 #' how many per task, and counted in [status()] (`relay_dropped`). With
 #' relay off (the default) nothing is sent and tasks run exactly as before.
 #'
