@@ -296,7 +296,9 @@ max_message <- function() {
 #' `mirai_compute`: a calling handler such as `withCallingHandlers(m[],
 #' message = ...)` or progressr's `with_progress()` catches it; a message
 #' no handler muffles is written to stderr after a tag naming the task,
-#' `[mirai 3] `. Warnings and errors are unaffected (they come with the
+#' `[mirai 3] `. From later's loop, which runs at the top level, only
+#' global calling handlers ([globalCallingHandlers()], which progressr's
+#' `handlers(global = TRUE)` uses) see it. Warnings and errors are unaffected (they come with the
 #' task's result). Relayed conditions are serialized without `serial`'s
 #' configurations, and one over `r bytes_text(limit("relay_limit_bytes"))`
 #' is not relayed. The host holds at most
@@ -410,6 +412,11 @@ max_message <- function() {
 #' # At most 100 MB of tasks wait in the queue; mirai() waits beyond that.
 #' daemons(2, memory = 100)
 #' status()$memory
+#' daemons(0)
+#' # A task's messages shown on the host as they happen.
+#' daemons(1, relay = TRUE)
+#' m <- mirai({ message("started"); Sys.sleep(0.5); message("done"); 1 })
+#' m[]
 #' daemons(0)
 #' @export
 daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., heal = TRUE, sync = FALSE,
