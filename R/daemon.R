@@ -170,9 +170,13 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
         repeat {
           # A tagged list, `kind` first; the kinds and their fields are
           # defined natively (Received in rust/src/r/glue/daemon.rs).
-          msg <- with_relay(.Call(C_mirai_daemon_recv, conn, box, relay, cleanup), relay_h)
+          # Spelled out rather than always through with_relay(): relay off,
+          # the hot path makes no extra call.
+          msg <- if (is.null(relay_h)) .Call(C_mirai_daemon_recv, conn, box, relay, cleanup)
+                 else with_relay(.Call(C_mirai_daemon_recv, conn, box, relay, cleanup), relay_h)
           res <- switch(msg[["kind"]],
-            task = with_relay(eval_task(msg[["data"]], box), relay_h),
+            task = if (is.null(relay_h)) eval_task(msg[["data"]], box)
+                   else with_relay(eval_task(msg[["data"]], box), relay_h),
             # A task that cannot be run, answered with why.
             error = mirai_error(msg[["message"]]),
             # A cluster node's task (run natively) failed; under the relay

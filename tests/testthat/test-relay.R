@@ -231,3 +231,12 @@ test_that("future with progressr shows progress before the future resolves", {
   expect_identical(updates, c("first", "second"))
   expect_false(resolved_at_first)
 })
+
+test_that("under relay a node task's error has the same stack trace as without", {
+  cl <- make_cluster(1, relay = TRUE)
+  on.exit(stop_cluster(cl))
+  parallel:::sendCall(cl[[1L]], "stop", list("direct"))
+  e <- parallel:::recvResult(cl[[1L]])
+  expect_identical(unclass(e)[[1L]], "Error: direct\n")
+  expect_identical(attr(e, "stack.trace"), list(quote(stop(base::quote("direct")))))
+})
