@@ -48,7 +48,10 @@
 #' @param remote (list) a launch configuration for remote daemons, as for
 #'   [daemons()]. Default NULL.
 #' @param ... (named arguments) further [daemon()] arguments for the
-#'   daemons, as for [daemons()]. Default: none.
+#'   daemons, as for [daemons()], and `relay = TRUE` to show messages from
+#'   running tasks on the host as they happen, and with future, progressr's
+#'   updates before the futures resolve (see [daemons()], Live messages and
+#'   progress). Default: none.
 #' @return `make_cluster()`: a 'miraiCluster' (a list of 'miraiNode'
 #'   objects, with classes `c("miraiCluster", "cluster")`). `stop_cluster()`:
 #'   NULL, invisibly.
@@ -204,23 +207,55 @@ sendData.miraiNode <- function(node, data) {
 # binds one (a 'miraiRelay', made in daemon()) in a frame above each node
 # task, which collects them, and they return with the task's value.
 # recvData() then hands them out first, one per call, as PSOCK's messages
-# would be; they arrive when the task is done, not live.
+# would be; they arrive when the task is done, not live. With
+# `make_cluster(relay = TRUE)` they are sent as they happen instead, held
+# by the host for the node's task (see relay.R), and `con` reports the node
+# readable as soon as it holds any, so that future's resolved() takes them
+# while the task runs.
 
 #' @exportS3Method parallel::recvData
 #' @exportS3Method snow::recvData
 recvData.miraiNode <- function(node) {
   if (length(.subset2(node, "pending"))) return(next_pending(node))
+  # With relay on, a receive ends for conditions held for the node's task
+  # as it does for its value (a PSOCK worker's messages do).
+  head <- if (isTRUE(.subset2(node, "prof")$relay)) .subset2(node, "head")
   received <- FALSE
   on.exit(if (!received) drop_outstanding(node))
+  if (!is.null(head) && .Call(C_mirai_node_wait_held, head)) {
+    received <- TRUE
+    return(hand_out_held(node, head))
+  }
   msg <- .Call(C_mirai_node_recv, node)
   received <- TRUE
+  # Conditions relayed live for this task all arrived before its value.
+  if (!is.null(head) && .Call(C_mirai_node_held_any, head)) return(hand_out_held(node, head, msg))
   if (is.object(.subset2(msg, "value"))) node_message(node, msg) else msg
 }
 
-# On a daemon: collects what future's wrapper sends (see above).
+# Hands out the conditions held for the node's task `head` (see above), one
+# per call, then `msg`, its value, if received.
+hand_out_held <- function(node, head, msg = NULL) {
+  held <- lapply(.Call(C_mirai_node_held, head), function(cond) list(type = "VALUE", value = cond))
+  if (!is.null(msg)) {
+    rest <- if (is.object(.subset2(msg, "value"))) {
+      m <- node_message(node, msg)
+      c(list(m), .subset2(node, "pending"))
+    } else list(msg)
+    held <- c(held, rest)
+  }
+  assign("pending", held, envir = node)
+  next_pending(node)
+}
+
+# On a daemon: what future's wrapper sends (see above), sent to the host at
+# once with relay on, else collected to go with the task's value.
 #' @exportS3Method parallel::sendData
 sendData.miraiRelay <- function(node, data) {
   sink <- .subset2(node, "sink")
+  conn <- sink$conn
+  if (!is.null(conn) && .Call(C_mirai_daemon_relay, conn, relay_slim(.subset2(data, "value")), TRUE))
+    return(invisible())
   sink$conds <- c(sink$conds, list(.subset2(data, "value")))
   invisible()
 }
@@ -309,7 +344,8 @@ live_profile <- function(cl) {
 
 node_con <- function(node) {
   head <- .subset2(node, "head")
-  if (!length(.subset2(node, "pending")) && !is.null(head) && !.Call(C_mirai_aio_done, head))
+  if (!length(.subset2(node, "pending")) && !is.null(head) && !.Call(C_mirai_aio_done, head) &&
+      !(isTRUE(.subset2(node, "prof")$relay) && .Call(C_mirai_node_held_any, head)))
     structure(-1L, class = c("miraiPending", "connection"))
   else ready_socket()
 }

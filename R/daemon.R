@@ -169,6 +169,11 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     # A cluster node's tasks run natively, inside the receive (see
     # node_error()); future's code on a node looks for this as `master`.
     relay <- structure(list(sink = new.env(parent = emptyenv())), class = c("miraiRelay", "SOCK0node"))
+    # daemons(relay = TRUE): tasks' messages and immediate conditions go to
+    # the host as they happen, as do those future sends to `master`. Off,
+    # no handler is set: the task path is as it was.
+    relay_h <- if (isTRUE(init$config$relay)) relay_handler(conn)
+    if (!is.null(relay_h)) relay$sink$conn <- conn
     repeat {
       # A cancel raises SIGINT while a task evaluates; should it land just
       # outside the evaluation, it is caught here (set up once, off the
@@ -178,13 +183,19 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
         repeat {
           # A tagged list, `kind` first; the kinds and their fields are
           # defined natively (Received in rust/src/r/glue/daemon.rs).
-          msg <- .Call(C_mirai_daemon_recv, conn, box, relay, cleanup)
+          # Spelled out rather than always through with_relay(): relay off,
+          # the hot path makes no extra call.
+          msg <- if (is.null(relay_h)) .Call(C_mirai_daemon_recv, conn, box, relay, cleanup)
+                 else with_relay(.Call(C_mirai_daemon_recv, conn, box, relay, cleanup), relay_h)
           res <- switch(msg[["kind"]],
-            task = eval_task(msg[["data"]], box),
+            task = if (is.null(relay_h)) eval_task(msg[["data"]], box)
+                   else with_relay(eval_task(msg[["data"]], box), relay_h),
             # A task that cannot be run, answered with why.
             error = mirai_error(msg[["message"]]),
-            # A cluster node's task (run natively) failed.
-            failed = node_error(box, msg[["before"]]),
+            # A cluster node's task (run natively) failed; under the relay
+            # handler its calls start two frames deeper (with_relay() and
+            # withCallingHandlers()).
+            failed = node_error(box, msg[["before"]], if (is.null(relay_h)) 0L else 2L),
             # A cluster node's task, answered natively, to clean up after.
             done = {
               do_cleanup(snap)
@@ -278,10 +289,10 @@ eval_task <- function(data, box) {
 # rust/src/r/glue/daemon.rs), failed: as eval_task() does, but the calls before
 # the task's own are this loop's and the two of the eval() that binds
 # `master` (call_binding in rust/src/r/glue/call.rs).
-node_error <- function(box, before) {
+node_error <- function(box, before, extra = 0L) {
   cond <- box$cond
   if (is.null(cond)) return(unhandled_jump(before))
-  mirai_error(cond, task_trace(box$calls, sys.nframe() + 1L, 2L))
+  mirai_error(cond, task_trace(box$calls, sys.nframe() + 1L + extra, 2L))
 }
 
 mirai_interrupt <- function() structure("", class = c("miraiInterrupt", "errorValue", "try-error"))

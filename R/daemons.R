@@ -272,6 +272,31 @@ max_message <- function() {
 #' ([parallel::nextRNGSubStream()]) of the random-number stream of the
 #' daemon it replaces.
 #'
+#' @section Live messages and progress:
+#' With `relay = TRUE`, a `message()` or an immediate condition (class
+#' 'immediateCondition', such as progressr's progress updates) signalled by
+#' a running task, and not handled by the task itself, is sent to the host
+#' at once instead of to the daemon's (usually discarded) stderr. The host
+#' signals it again, in order per task, the next time it runs R code:
+#' while waiting for a mirai (`m[]`, [call_mirai()], a map's `[]`, a
+#' cluster's receive), or, with the 'later' package installed, from later's
+#' event loop (Shiny, plumber, promises, or the console at rest). There it
+#' is a condition of its original classes plus 'miraiCondition', with the
+#' task's id (`attr(m, "id")`) as `mirai_id` and the profile's name as
+#' `mirai_compute`: a calling handler such as `withCallingHandlers(m[],
+#' message = ...)` or progressr's `with_progress()` catches it; a message
+#' no handler muffles is written to stderr after a tag naming the task,
+#' `[mirai 3] `. From later's loop, which runs at the top level, only
+#' global calling handlers ([globalCallingHandlers()], which progressr's
+#' `handlers(global = TRUE)` uses) see it. Warnings and errors are unaffected (they come with the
+#' task's result). Relayed conditions are serialized without `serial`'s
+#' configurations, and one over `r bytes_text(limit("relay_limit_bytes"))`
+#' is not relayed. The host holds at most
+#' `r format(limit("relay_max_items"), big.mark = ",")` of them (and
+#' `r bytes_text(limit("relay_max_bytes"))`) per profile at once: beyond that they are dropped, with a message saying
+#' how many per task, and counted in [status()] (`relay_dropped`). With
+#' relay off (the default) nothing is sent and tasks run exactly as before.
+#'
 #' @param n (integer) number of local daemons to launch; 0 to reset; NULL to
 #'   reset and ask connected daemons to exit. No default: required unless
 #'   `url` is given (then 0 launches none).
@@ -354,6 +379,8 @@ max_message <- function() {
 #'   OpenSSL's legacy format ('Proc-Type: 4,ENCRYPTED', AES or 3DES). A wrong
 #'   password is an error naming `pass`. Default NULL (the key is not
 #'   encrypted).
+#' @param relay (logical) relay conditions that tasks signal while they run
+#'   (see Live messages and progress). Default FALSE.
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile (`"default"` unless changed with [with_daemons()]
 #'   or [local_daemons()]).
@@ -376,10 +403,15 @@ max_message <- function() {
 #' daemons(2, memory = 100)
 #' status()$memory
 #' daemons(0)
+#' # A task's messages shown on the host as they happen.
+#' daemons(1, relay = TRUE)
+#' m <- mirai({ message("started"); Sys.sleep(0.5); message("done"); 1 })
+#' m[]
+#' daemons(0)
 #' @export
 daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., heal = TRUE, sync = FALSE,
                     seed = NULL, memory = NULL, serial = NULL, tls = NULL, pass = NULL,
-                    .compute = NULL) {
+                    relay = FALSE, .compute = NULL) {
   .compute <- if (is.null(.compute)) .$current else check_compute(.compute)
   check_flag(sync, "sync")
   if (!is.null(seed)) check_number(seed, "seed", "NULL or a single integer", min = -Inf)
@@ -406,6 +438,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., heal =
     abort(sprintf("`url` must be of type character, not %s", typeof(url)))
   check_flag(dispatcher, "dispatcher")
   check_flag(heal, "heal")
+  check_flag(relay, "relay")
   cap <- memory_bytes(memory)
   if (cap > 0 && !dispatcher)
     abort("`memory` needs a dispatcher: use `dispatcher = TRUE`, or leave `memory` NULL")
@@ -438,12 +471,14 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., heal =
   listen <- if (is.null(url)) local_url() else url[[1L]]
   stream <- init_stream(seed)
   serial <- serial %||% session_serial()
+  settings <- c(if (!is.null(serial)) list(serial = serial), if (relay) list(relay = TRUE))
   host <- .Call(C_mirai_host_start, listen, dispatcher, if (auth) secret else NULL, FALSE,
-                if (dispatcher) stream, if (!is.null(serial)) list(serial = serial), cap,
-                max_message(), pem, password)
+                if (dispatcher) stream, settings, cap, max_message(), pem, password)
+  if (relay) enable_relay(host, .compute)
   prof <- new_profile(.compute, url = .Call(C_mirai_host_url, host), dispatcher = dispatcher, seed = seed,
                       stream = stream, host = host, serial = serial, secret = if (auth) secret,
                       dots = dots, n = n, memory = cap)
+  if (relay) prof$relay <- TRUE
   # What launched daemons verify the host with: the `tlscert` given, else
   # the host's own certificate chain (generated or from `tls`).
   cert <- .Call(C_mirai_host_tlscert, host)
@@ -604,7 +639,10 @@ frame_of <- function(env) {
 #' dispatcher it also has `mirai`, the counters `awaiting`, `executing` and
 #' `completed`, and `memory`: the megabytes of tasks now waiting in the queue
 #' (`used`), the most there have been (`peak`), and the cap set by
-#' `daemons(memory =)` (`capacity`, NA for none).
+#' `daemons(memory =)` (`capacity`, NA for none). With `daemons(relay =
+#' TRUE)` it also has `relay_dropped`: the number of conditions relayed by
+#' running tasks that the host dropped (see [daemons()], Live messages and
+#' progress).
 #'
 #' @param .compute (character) name of the compute profile. Default NULL:
 #'   the current profile.
@@ -648,6 +686,7 @@ status <- function(.compute = NULL) {
     out$mirai <- v[c("awaiting", "executing", "completed")]
     out$memory <- .Call(C_mirai_host_memory, prof$host)
   }
+  if (isTRUE(prof$relay)) out$relay_dropped <- .Call(C_mirai_host_relay_dropped, prof$host)
   out
 }
 

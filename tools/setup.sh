@@ -78,6 +78,9 @@ PKGS=(
   # make_cluster() under snow's generics (test-cluster-dosnow.R): doSNOW
   # (which brings snow), whose shipped unit tests need RUnit.
   r-cran-dosnow r-cran-runit
+  # Live relay of progress (test-relay.R): progressr's updates from tasks,
+  # mirai_map() elements and futures on a make_cluster() cluster.
+  r-cran-progressr
 )
 
 missing=()

@@ -986,6 +986,7 @@ enum MsgSpec {
     Welcome { mac: Option<[u8; MAC_LEN]> },
     Share { sid: u64, slot: u8 },
     Item { id: u64, sid: u64 },
+    Relay { id: u64, seq: u64, held: bool },
 }
 
 impl MsgSpec {
@@ -1004,6 +1005,7 @@ impl MsgSpec {
             MsgSpec::Welcome { mac } => Msg::Welcome { mac: *mac },
             MsgSpec::Share { sid, slot } => Msg::Share { sid: *sid, slot: *slot },
             MsgSpec::Item { id, sid } => Msg::Item { id: *id, sid: *sid },
+            MsgSpec::Relay { id, seq, held } => Msg::Relay { id: *id, seq: *seq, held: *held },
         }
     }
 }
@@ -1025,6 +1027,7 @@ fn limit_claim(m: &Msg) -> usize {
         Msg::Exit => 4,
         Msg::Share { .. } => 4 + 8 + 1,
         Msg::Item { .. } => 4 + 8 + 8,
+        Msg::Relay { .. } => 4 + 8 + 8 + 1,
     }
 }
 
@@ -1067,6 +1070,7 @@ fn msg_spec() -> impl Strategy<Value = MsgSpec> {
         1 => (varint_u64(), any::<bool>(), any::<bool>()).prop_map(|(id, last, error)| MsgSpec::Result { id, last, error }),
         1 => varint_u64().prop_map(|id| MsgSpec::Cancel { id }),
         1 => Just(MsgSpec::Exit),
+        1 => (varint_u64(), varint_u64(), any::<bool>()).prop_map(|(id, seq, held)| MsgSpec::Relay { id, seq, held }),
     ]
 }
 
@@ -1110,6 +1114,7 @@ fn check_envelope<'a>(body: &'a [u8], t: &Tally) -> Result<Option<(Msg<'a>, usiz
                 Msg::Welcome { .. } => "ok: Welcome",
                 Msg::Share { .. } => "ok: Share",
                 Msg::Item { .. } => "ok: Item",
+                Msg::Relay { .. } => "ok: Relay",
             });
             prop_assert_eq!(count, 0, "a successful decode allocated {} times", count);
             prop_assert!(off <= body.len());
@@ -1173,6 +1178,7 @@ fn envelope_valid_then_mutated() {
         "ok: Welcome",
         "ok: Share",
         "ok: Item",
+        "ok: Relay",
         "err",
         "over the limit",
         "mutated, still decodes",

@@ -63,12 +63,12 @@ relay_py <- c(
 )
 
 # Plays a host's first move by hand: a Challenge (pair1 hop count, then the
-# bincode envelope: variant 7, version 6, a 32-byte nonce), then echoes.
+# bincode envelope: variant 7, version 7, a 32-byte nonce), then echoes.
 echo_py <- c(
   "import asyncio, os, websockets",
   "async def handler(ws, path=None):",
   "    print('subprotocol', ws.subprotocol, flush=True)",
-  "    await ws.send(bytes([0, 0, 0, 1, 7, 6]) + os.urandom(32))",
+  "    await ws.send(bytes([0, 0, 0, 1, 7, 7]) + os.urandom(32))",
   "    async for m in ws:",
   "        print('echo', type(m).__name__, len(m), flush=True)",
   "        await ws.send(m)",

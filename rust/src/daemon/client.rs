@@ -86,6 +86,8 @@ pub struct ClientConn {
     /// them (`Msg::Share`); the values themselves are R objects, kept by
     /// R's side of the loop.
     pub shares: [u64; proto::SHARE_SLOTS],
+    /// The task whose conditions were last relayed, and how many were.
+    relayed: (u64, u64),
 }
 
 /// The daemon's own limits, kept here so the receive-evaluate-reply loop
@@ -290,6 +292,24 @@ impl ClientConn {
         b
     }
 
+    /// Starts a relay frame (`Msg::Relay`) for the running task; append
+    /// the payload, then `send`. None when no task runs. `held`: see
+    /// `Msg::Relay`.
+    pub fn begin_relay(&mut self, held: bool) -> Option<Vec<u8>> {
+        let id = self.current();
+        if id == 0 {
+            return None;
+        }
+        if self.relayed.0 != id {
+            self.relayed = (id, 0);
+        }
+        self.relayed.1 += 1;
+        let mut b = Vec::new();
+        self.framing.begin(&mut b);
+        proto::encode_into(&Msg::Relay { id, seq: self.relayed.1, held }, &mut b);
+        Some(b)
+    }
+
     pub fn send(&mut self, mut frame: Vec<u8>) -> Result<(), String> {
         self.framing.finish(&mut frame);
         self.stream.write_all(&frame).map_err(|e| format!("cannot send result to host: {e}"))
@@ -476,6 +496,7 @@ fn handshake(
             init_stream: rng,
             init_settings: body[hop + off..].to_vec(),
             shares: [0; proto::SHARE_SLOTS],
+            relayed: (0, 0),
         }),
         Msg::Init { version, .. } => Err(version_mismatch(version)),
         m => Err(format!("unexpected message from host during the handshake: {}", kind(&m))),
@@ -504,6 +525,7 @@ fn kind(m: &Msg) -> &'static str {
         Msg::Welcome { .. } => "Welcome",
         Msg::Share { .. } => "Share",
         Msg::Item { .. } => "Item",
+        Msg::Relay { .. } => "Relay",
     }
 }
 

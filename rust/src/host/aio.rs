@@ -81,6 +81,8 @@ pub type Hook = Box<dyn FnOnce() + Send>;
 struct SlotState {
     outcome: Option<Outcome>,
     waiters: u32,
+    /// A waiter is to wake without the slot being done (`poke`).
+    poked: bool,
     /// Usually none; boxed, as most slots never have one (8 bytes here
     /// rather than a Vec's 24). Never replaced, as each may hold a resource
     /// (a preserved R object) only its running releases.
@@ -139,16 +141,32 @@ impl Slot {
         self.done.load(Ordering::Acquire)
     }
 
-    /// Blocks up to `slice`; true once resolved.
+    /// Blocks up to `slice`; true once resolved. A `poke` ends the wait
+    /// early (false).
     pub fn wait(&self, slice: Duration) -> bool {
         if self.is_done() {
             return true;
         }
         let mut g = lock(&self.inner);
         g.waiters += 1;
-        let (mut g, _) = self.cv.wait_timeout_while(g, slice, |_| !self.done.load(Ordering::Acquire)).unwrap_or_else(|e| e.into_inner());
+        let (mut g, _) = self
+            .cv
+            .wait_timeout_while(g, slice, |st| !st.poked && !self.done.load(Ordering::Acquire))
+            .unwrap_or_else(|e| e.into_inner());
         g.waiters -= 1;
+        g.poked = false;
         self.is_done()
+    }
+
+    /// Wakes whoever waits on this slot without completing it: the task
+    /// relayed a condition, which the waiter's R thread is to show now.
+    pub fn poke(&self) {
+        let mut g = lock(&self.inner);
+        if g.waiters > 0 {
+            g.poked = true;
+            drop(g);
+            self.cv.notify_all();
+        }
     }
 
     /// Takes the outcome out (R caches the converted value itself).
@@ -233,6 +251,23 @@ mod tests {
         let start = std::time::Instant::now();
         assert_eq!(wait_any(&slots, &[a, b], Duration::from_secs(20)), Some(1));
         assert!(start.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_poke_ends_a_wait_without_completing() {
+        let s = Slot::new(Arc::default());
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || {
+            for _ in 0..500 {
+                std::thread::sleep(Duration::from_millis(10));
+                s2.poke();
+            }
+        });
+        let start = std::time::Instant::now();
+        assert!(!s.wait(Duration::from_secs(20)));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(!s.is_done());
         t.join().unwrap();
     }
 

@@ -59,6 +59,7 @@
 pub mod aio;
 pub mod monitor;
 pub mod pool;
+pub mod relay;
 pub mod rng;
 pub mod sched;
 pub mod wqueue;
@@ -221,6 +222,8 @@ pub struct Host {
     pub bell: Arc<Doorbell>,
     /// What the host saw each daemon process do (shared with the pool).
     pub health: Arc<HealthBook>,
+    /// Conditions relayed from running tasks (see `relay`).
+    pub relay: Arc<relay::Inbox>,
     core: Arc<Mutex<Core>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     next_id: AtomicU64,
@@ -245,6 +248,7 @@ impl Host {
         let stats = Arc::new(Stats { cap_bytes: opts.memory_cap, ..Stats::default() });
         let bell = Arc::new(Doorbell::default());
         let health = Arc::new(HealthBook::default());
+        let relay = Arc::new(relay::Inbox::default());
         let core = Arc::new(Mutex::new(Core {
             health: health.clone(),
             timeline: Timeline::default(),
@@ -252,6 +256,8 @@ impl Host {
             replay: Some(Vec::new()),
             replay_bytes: 0,
             next_replay_id: REPLAY_IDS,
+            relay: relay.clone(),
+            bell: bell.clone(),
             registry: Some(registry),
             waker: Some(waker),
             listener: Some(listener),
@@ -297,6 +303,7 @@ impl Host {
             stats,
             bell,
             health,
+            relay,
             core,
             thread: Mutex::new(Some(thread)),
             next_id: AtomicU64::new(1),
@@ -863,6 +870,10 @@ struct Core {
     next_sid: u64,
     /// Orders the uses of daemons' share slots (least recently used goes).
     share_clock: u64,
+    /// Where relayed conditions go (`Host::relay`), and the doorbell rung
+    /// for them so that waits on any of several tasks see them.
+    relay: Arc<relay::Inbox>,
+    bell: Arc<Doorbell>,
 }
 
 // SAFETY: see the comment on Core: all access is serialized by the mutex.
@@ -1275,6 +1286,18 @@ impl Core {
                 self.reply_error = error;
                 let acts = self.sched.reply(t.0 as u64, id, last);
                 self.apply(acts, Some((body, hop + off)));
+                Ok(())
+            }
+            (true, Msg::Relay { id, seq, held }) => {
+                // Only a task this daemon runs may relay: a peer cannot
+                // make the host keep conditions for tasks it names.
+                let slot = self.tasks.get(&id).filter(|_| self.sched.runs(t.0 as u64, id)).map(|te| te.slot.clone());
+                if self.relay.offer(id, seq, held, &body[hop + off..], slot.is_some()) {
+                    if let Some(slot) = slot {
+                        slot.poke();
+                    }
+                    self.bell.ring();
+                }
                 Ok(())
             }
             (_, m) => Err(format!("unexpected message {m:?}")),

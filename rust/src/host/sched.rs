@@ -370,6 +370,12 @@ impl Sched {
         out
     }
 
+    /// Whether daemon `d` is running `task` now (the oldest it was sent
+    /// and has not answered): the one task it may relay conditions for.
+    pub fn runs(&self, d: DaemonId, task: TaskId) -> bool {
+        self.daemons.get(&d).is_some_and(|dm| dm.inflight.front() == Some(&task))
+    }
+
     /// A reply for `task` arrived from `d`.
     pub fn reply(&mut self, d: DaemonId, task: TaskId, last: bool) -> Vec<Action> {
         let mut out = Vec::new();

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 /// host proves itself too (`Welcome`), both proofs over both sides' nonces;
 /// a task's body ends in `frame::TASK_WHOLE`. 5: `Share` and `Item`, a
 /// map's shared part sent once per daemon and its elements. 6: a `Result`
-/// says whether its value is an error.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// says whether its value is an error. 7: `Relay`, conditions a running
+/// task signals, sent as they happen.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Bytes of the host's challenge nonce and of the daemon's HMAC-SHA256.
 pub const NONCE_LEN: usize = 32;
@@ -85,7 +86,19 @@ pub enum Msg<'a> {
     /// share `sid`, sent earlier on this connection; the payload is the
     /// element (R-serialized, ending in `frame::TASK_WHOLE`).
     Item { id: u64, sid: u64 },
+    /// Daemon to host, while task `id` runs (only with `daemons(relay =
+    /// TRUE)`): the payload is a condition the task signalled (a message,
+    /// a progress update), R-serialized without the profile's custom
+    /// serializers, at most `RELAY_LIMIT` bytes. `seq` counts the task's
+    /// relays from 1, so the host can tell what it dropped. `held`: for a
+    /// cluster node's task, a condition future's code sent to `master`,
+    /// kept for the node to hand out (see R/cluster.R) rather than shown.
+    Relay { id: u64, seq: u64, held: bool },
 }
+
+/// The most payload bytes a `Relay` carries: a daemon sends none larger,
+/// and a host drops (and counts) any that is.
+pub const RELAY_LIMIT: usize = 64 * 1024;
 
 /// Shares a daemon keeps at once (per connection).
 pub const SHARE_SLOTS: usize = 4;
@@ -192,6 +205,31 @@ mod tests {
         assert_eq!(peek_version(&[7, 4]), Some((7, 4)));
         assert_eq!(peek_version(&[0xff, 0xff]), None);
         assert_eq!(peek_version(&[]), None);
+    }
+
+    #[test]
+    fn relay_round_trips_and_any_bytes_after_its_tag_decode_or_fail_cleanly() {
+        let mut b = Vec::new();
+        encode_into(&Msg::Relay { id: 7, seq: 3, held: true }, &mut b);
+        let hdr = b.len();
+        b.extend_from_slice(b"cond");
+        let (m, off) = decode(&b).unwrap();
+        assert_eq!(m, Msg::Relay { id: 7, seq: 3, held: true });
+        assert_eq!((off, &b[off..]), (hdr, &b"cond"[..]));
+        // Every truncation, and every byte in every position of a short
+        // body after the variant's tag: an error or a value, never a panic.
+        for n in 0..hdr {
+            let _ = decode(&b[..n]);
+        }
+        let mut x = [11u8, 0, 0, 0, 0, 0];
+        for i in 1..x.len() {
+            for v in 0..=255u8 {
+                x[i] = v;
+                let _ = decode(&x);
+            }
+        }
+        // A bool other than 0 or 1 is malformed.
+        assert!(decode(&[11, 1, 1, 2]).is_err());
     }
 
     #[test]

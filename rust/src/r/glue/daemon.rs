@@ -10,7 +10,7 @@ use crate::r::layer::serial;
 use crate::r::layer::value::*;
 use crate::daemon::client::{ClientConn, ExitCode, Incoming, DIAL_TIMEOUT};
 use crate::wire::frame::task_payload;
-use crate::wire::proto::SHARE_SLOTS;
+use crate::wire::proto::{RELAY_LIMIT, SHARE_SLOTS};
 use crate::sys::threads::lock;
 use crate::wire::url::Address;
 use std::ffi::CStr;
@@ -521,6 +521,27 @@ pub fn mirai_daemon_send(h: SEXP, id: SEXP, value: SEXP) -> RResult {
         Sent::Code(v) => int(v),
         Sent::NotSerialized(m) => string(&m),
     }
+}
+
+/// Sends condition `cond`, signalled by the running task, to the host at
+/// once (`daemons(relay = TRUE)`); `held` for a cluster node's `master`
+/// (see `Msg::Relay`). TRUE if sent: the caller then muffles it. FALSE when
+/// no task runs, when it cannot be serialized or is over
+/// `proto::RELAY_LIMIT` bytes, or when the host is gone: the condition
+/// then goes on as without relay.
+pub fn mirai_daemon_relay(h: SEXP, cond: SEXP, held: SEXP) -> RResult {
+    let held = bool_arg(held, "held")?;
+    let mut g = lock(conn(&h)?);
+    let c = g.as_mut().ok_or("connection is closed")?;
+    let Some(mut frame) = c.begin_relay(held) else { return lgl(false) };
+    let start = frame.len();
+    // Plain R serialization: the host reads it without the profile's
+    // custom serializers, and a condition carries none of their objects.
+    // An R error in serializing is dropped: the condition goes on.
+    if serial::serialize_into(cond, &mut frame).is_err() || frame.len() - start > RELAY_LIMIT {
+        return lgl(false);
+    }
+    lgl(c.send(frame).is_ok())
 }
 
 /// Id of the task being evaluated, 0 if none (as a double: ids are u64).

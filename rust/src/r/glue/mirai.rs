@@ -1,6 +1,6 @@
 //! `.Call`s for mirai: reading a value, waiting, racing, cancelling.
 
-use crate::r::layer::call::{wait_interruptibly, RError, RResult};
+use crate::r::layer::call::{run_slice_hook, wait_interruptibly, RError, RResult};
 use crate::r::layer::ffi::SEXP;
 use crate::r::layer::handle::{handle, kept, Held};
 use crate::r::layer::later;
@@ -112,7 +112,7 @@ fn spin<T>(mut ready: impl FnMut() -> Option<T>) -> Option<T> {
 
 pub(super) fn wait_slot(slot: &Slot) -> Result<(), RError> {
     if spin(|| slot.is_done().then_some(())).is_some() {
-        return Ok(());
+        return run_slice_hook();
     }
     wait_interruptibly(|slice| slot.wait(slice))
 }
@@ -123,6 +123,7 @@ pub(super) fn wait_slot(slot: &Slot) -> Result<(), RError> {
 pub(super) fn race(slots: &[Arc<Slot>]) -> Result<usize, RError> {
     let done = || slots.iter().position(|s| s.is_done());
     if let Some(i) = spin(done) {
+        run_slice_hook()?;
         return Ok(i);
     }
     let mut bells: Vec<Arc<Doorbell>> = Vec::new();
@@ -155,6 +156,9 @@ pub fn mirai_value(x: SEXP) -> RResult {
 /// `unresolved()`: like reading `$data`, converts and caches the value once
 /// resolved; TRUE if resolved.
 pub fn mirai_aio_collect(h: SEXP) -> RResult {
+    // A loop polling unresolved() runs no wait: relayed conditions are
+    // shown here too.
+    run_slice_hook()?;
     let v = aio_data(aio(&h)?, h)?;
     lgl(v.sexp() != object::unresolved()?)
 }

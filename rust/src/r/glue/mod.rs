@@ -6,6 +6,7 @@
 //! - `node`: a cluster node's tasks (parallel's hot path);
 //! - `call`: the call a daemon evaluates for a node's task;
 //! - `daemon`: the daemon's receive-evaluate-reply loop;
+//! - `relay`: conditions relayed from running tasks, shown on the host;
 //! - `helpers`: random hex, addresses, RNG streams, URLs' parts, and the
 //!   constants R takes at load.
 //! - `shared`: what the host's and the daemon's glue share, among it the
@@ -19,4 +20,5 @@ pub mod map;
 pub mod mirai;
 pub mod node;
 pub mod profile;
+pub mod relay;
 pub mod shared;

@@ -611,14 +611,41 @@ pub fn advance_rng() -> Result<(), RError> {
 }
 
 /// Waits in 100 ms slices on `ready(slice)` (true once done), checking for a
-/// user interrupt between slices.
+/// user interrupt between slices, and running the between-slices hook (set
+/// with `set_slice_hook`: conditions relayed from running tasks are shown
+/// while R waits) when `due()` says it has work. An error from the hook
+/// (a user's handler that stops) ends the wait.
 pub fn wait_interruptibly(mut ready: impl FnMut(std::time::Duration) -> bool) -> Result<(), RError> {
     while !ready(std::time::Duration::from_millis(100)) {
         if interrupt_pending() {
             return Err(RError::Interrupt);
         }
+        run_slice_hook()?;
+    }
+    run_slice_hook()
+}
+
+/// Runs `wait_interruptibly`'s between-slices hook if it has work: also
+/// called when a wait ends without blocking, so that a task's relayed
+/// conditions are shown before its value is returned.
+pub fn run_slice_hook() -> Result<(), RError> {
+    if let Some((due, hook)) = SLICE_HOOK.get() {
+        if due() {
+            hook()?;
+        }
     }
     Ok(())
+}
+
+/// What `wait_interruptibly` runs between slices: a cheap check, and the
+/// work to do when it says so.
+type SliceHook = (fn() -> bool, fn() -> Result<(), RError>);
+
+static SLICE_HOOK: super::global::MainThread<Option<SliceHook>> = super::global::MainThread::new(None);
+
+/// Sets the between-slices hook of `wait_interruptibly` (R's main thread).
+pub fn set_slice_hook(due: fn() -> bool, hook: fn() -> Result<(), RError>) {
+    SLICE_HOOK.set(Some((due, hook)));
 }
 
 /// Writes a line to R's console (stderr), as `message()` would, from R's

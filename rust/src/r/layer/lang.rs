@@ -340,3 +340,17 @@ pub fn eval_guarded(call: SEXP, box_: SEXP) -> Result<Owned, RError> {
     // SAFETY: the closure owns nothing with a destructor.
     unsafe { rooted(eval) }
 }
+
+/// Calls R function `fun` with the one argument `arg`, in the global
+/// environment; an R error (or a condition handler's jump) comes back as
+/// Err.
+pub fn apply1(fun: SEXP, arg: SEXP) -> Result<Owned, RError> {
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe { rooted(|r| r.eval(r.protect(r.lang2(fun, arg)), global_env())) }
+}
+
+/// `x`, preserved for the session.
+pub fn preserved(x: SEXP) -> Result<SEXP, RError> {
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe { try_r(|r| r.preserve(x)) }
+}

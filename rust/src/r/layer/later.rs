@@ -175,3 +175,26 @@ pub fn on_resolve(slot: &Slot, settle: SEXP) -> Result<bool, RError> {
         }
     }
 }
+
+/// What a relay drain runs on R's main thread (see `relay_notifier`).
+static RELAY_DRAIN: MainThread<Option<fn()>> = MainThread::new(None);
+
+/// A notifier, callable from any thread, that has later's global loop run
+/// `drain` on R's main thread: how conditions relayed from running tasks
+/// reach R when it is not waiting on a mirai (Shiny, plumber, the console
+/// at rest). Looked up on R's main thread; later's namespace is loaded.
+pub fn relay_notifier(drain: fn()) -> Result<impl Fn() + Send + Sync + 'static, RError> {
+    let exec = exec_later()?;
+    RELAY_DRAIN.set(Some(drain));
+    Ok(move || {
+        // SAFETY: later documents execLaterNative2 as callable from any
+        // thread; `run_relay_drain` takes no data.
+        unsafe { exec(Some(run_relay_drain), std::ptr::null_mut(), 0.0, GLOBAL_LOOP) }
+    })
+}
+
+unsafe extern "C" fn run_relay_drain(_: *mut c_void) {
+    if let Some(f) = RELAY_DRAIN.get() {
+        f();
+    }
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env Rscript
+# Cost of live relay (daemons(relay = TRUE)) on the task path: throughput of
+# BENCH_TASKS (default 5,000) tiny tasks on 2 daemons, side by side in one
+# run, with
+#   - relay off (the default),
+#   - relay on but unused (no task sends anything),
+#   - relay on, with a third daemon of the same profile running a neighbour
+#     task that burns CPU without messages ("burn"), or that sends messages
+#     as fast as it can for the whole job ("flood"): the flood's own CPU is
+#     the burner's, so the difference between the two is what the relay
+#     costs the other tasks (the host reads, bounds and shows the flood, the
+#     shown messages muffled by a calling handler),
+#   - and base R's PSOCK cluster (clusterApplyLB) as the reference.
+# Jobs are interleaved round by round (see common.R); the figure is the
+# median over BENCH_ROUNDS rounds (default 3). Not a test: prints figures.
+
+suppressPackageStartupMessages({ library(mirai); library(parallel) })
+bench_dir <- dirname(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1L]))
+source(file.path(bench_dir, "common.R"))
+options(width = 200)
+
+ntask  <- as.integer(Sys.getenv("BENCH_TASKS", "5000"))
+rounds <- as.integer(Sys.getenv("BENCH_ROUNDS", "3"))
+
+cl <- makePSOCKcluster(2L)
+daemons(2, .compute = "off")
+daemons(2, relay = TRUE, .compute = "on")
+# Two daemons for the job and one for the neighbour.
+daemons(3, relay = TRUE, .compute = "busy")
+
+idx <- seq_len(ntask)
+tiny <- function(prof) {
+  ms <- lapply(idx, function(i) mirai(i, i = i, .compute = prof))
+  collect_mirai(ms)
+}
+muffled <- function(expr) withCallingHandlers(expr, message = function(c) invokeRestart("muffleMessage"))
+
+# Runs `job` while the third daemon of "busy" runs the neighbour `body`
+# (which stops once `stop` exists).
+with_neighbour <- function(body) function() {
+  stop <- tempfile()
+  n <- mirai(body(stop), body = body, stop = stop, .compute = "busy")
+  # The neighbour has started before the job does.
+  while (status("busy")$mirai[["executing"]] < 1) Sys.sleep(0.005)
+  out <- muffled(tiny("busy"))
+  file.create(stop)
+  muffled(n[])
+  unlink(stop)
+  out
+}
+burn <- function(stop) { k <- 0; while (!file.exists(stop)) for (i in 1:1000) k <- k + 1; k }
+flood <- function(stop) { k <- 0; while (!file.exists(stop)) { message("flood ", k); k <- k + 1 }; k }
+
+jobs <- list(
+  "relay off"          = function() tiny("off"),
+  "relay on, unused"   = function() tiny("on"),
+  "on + burn neighbour"  = with_neighbour(burn),
+  "on + flood neighbour" = with_neighbour(flood),
+  "PSOCK clusterApplyLB" = function() clusterApplyLB(cl, idx, function(i) i)
+)
+for (j in jobs) invisible(j())
+secs <- time_interleaved(jobs, rounds)
+med <- apply(secs, 2, median)
+cat(sprintf("%d tiny tasks, 2 daemons/nodes, median of %d rounds (%s)\n", ntask, rounds, format(Sys.time())))
+print(data.frame(setup = names(med), secs = round(med, 3), tasks_per_s = round(ntask / med),
+                 vs_relay_off = round(med[["relay off"]] / med, 2), row.names = NULL))
+cat(sprintf("conditions dropped by the flooded profile: %s\n", format(status("busy")$relay_dropped, big.mark = ",")))
+
+daemons(0, .compute = "off")
+daemons(0, .compute = "on")
+daemons(0, .compute = "busy")
+stopCluster(cl)

@@ -1,0 +1,242 @@
+# Live relay of messages and progress from running tasks (daemons(relay =
+# TRUE)), with real daemons. "While the task runs" is shown by events, not
+# clocks: a task relays a message, then waits for a file that only the
+# host's handler for that message creates. Without live relay the task
+# would wait out its own limit and answer "not released".
+
+# The body of a task that relays `msgs`, then waits (up to 60 s) for `gate`.
+gated <- function(msgs, gate) {
+  for (x in msgs) message(x)
+  t0 <- Sys.time()
+  while (!file.exists(gate)) {
+    if (difftime(Sys.time(), t0, units = "secs") > 60) return("not released")
+    Sys.sleep(0.01)
+  }
+  "released"
+}
+
+# Collects relayed messages during `expr` (muffling them), and creates the
+# gate file of the task whose message matches `open`.
+collect <- function(expr, open = NULL, gate = NULL) {
+  got <- list()
+  value <- withCallingHandlers(expr, message = function(c) {
+    got[[length(got) + 1L]] <<- c
+    if (!is.null(open) && grepl(open, conditionMessage(c))) file.create(gate)
+    invokeRestart("muffleMessage")
+  })
+  list(value = value, got = got)
+}
+
+msg_text <- function(got) vapply(got, function(c) sub("\n$", "", conditionMessage(c)), "")
+
+test_that("relay is off by default: a task's messages stay on its daemon", {
+  daemons(1)
+  on.exit(daemons(0))
+  r <- collect(mirai({ message("quiet"); 1 })[])
+  expect_identical(r$value, 1)
+  expect_length(r$got, 0L)
+  expect_null(status()$relay_dropped)
+  expect_error(daemons(1, relay = NA), "`relay`")
+})
+
+for (disp in c(TRUE, FALSE)) {
+  test_that(sprintf("messages arrive while the task runs, in order, tagged (dispatcher = %s)", disp), {
+    daemons(2, dispatcher = disp, relay = TRUE)
+    on.exit(daemons(0))
+    gate <- tempfile()
+    m <- mirai(gated(sprintf("step %d", 1:20), gate), gated = gated, gate = gate)
+    r <- collect(m[], open = "step 20", gate = gate)
+    expect_identical(r$value, "released")
+    expect_identical(msg_text(r$got), sprintf("step %d", 1:20))
+    expect_true(all(vapply(r$got, inherits, NA, "miraiCondition")))
+    expect_true(all(vapply(r$got, inherits, NA, "simpleMessage")))
+    expect_true(all(vapply(r$got, `[[`, 0, "mirai_id") == attr(m, "id")))
+    expect_identical(r$got[[1L]]$mirai_compute, "default")
+    expect_identical(status()$relay_dropped, 0)
+  })
+}
+
+test_that("two concurrent tasks' messages are told apart by their tags, each in order", {
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  gate <- tempfile()
+  # Each waits for the same gate, opened once both have sent everything.
+  body <- function(tag, gate) {
+    for (i in 1:10) message(sprintf("%s %d", tag, i))
+    t0 <- Sys.time()
+    while (!file.exists(gate)) if (difftime(Sys.time(), t0, units = "secs") > 60) return("not released") else Sys.sleep(0.01)
+    "released"
+  }
+  ma <- mirai(body("a", gate), body = body, gate = gate)
+  mb <- mirai(body("b", gate), body = body, gate = gate)
+  got <- list()
+  withCallingHandlers({
+    ma[]
+    mb[]
+  }, message = function(c) {
+    got[[length(got) + 1L]] <<- c
+    if (length(got) == 20L) file.create(gate)
+    invokeRestart("muffleMessage")
+  })
+  expect_identical(c(ma$data, mb$data), c("released", "released"))
+  ids <- vapply(got, `[[`, 0, "mirai_id")
+  expect_setequal(unique(ids), c(attr(ma, "id"), attr(mb, "id")))
+  expect_identical(msg_text(got[ids == attr(ma, "id")]), sprintf("a %d", 1:10))
+  expect_identical(msg_text(got[ids == attr(mb, "id")]), sprintf("b %d", 1:10))
+})
+
+test_that("an unhandled relayed message is written to stderr after the task's tag", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  m <- mirai({ message("hello from the task"); 5 })
+  out <- capture.output(v <- m[], type = "message")
+  expect_identical(v, 5)
+  expect_identical(out, sprintf("[mirai %d] hello from the task", attr(m, "id")))
+  # A task's own handler still sees its messages first.
+  m <- mirai(suppressMessages({ message("kept here"); 6 }))
+  expect_identical(capture.output(v <- m[], type = "message"), character())
+  expect_identical(v, 6)
+  # Warnings are not relayed: they come with the value as before.
+  expect_identical(mirai({ warning("w"); 7 })[], 7)
+})
+
+test_that("relayed conditions reach R from later's loop, without a wait", {
+  skip_if_not_installed("later")
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  gate <- tempfile()
+  m <- mirai(gated("from later", gate), gated = gated, gate = gate)
+  # Only later's loop runs R code here, as in Shiny. later runs callbacks
+  # at the top level, beyond the reach of calling handlers established
+  # here, so the message is seen where it is written (global calling
+  # handlers, which Shiny apps and progressr's global handler use, would
+  # see it).
+  out <- character()
+  capture <- function() {
+    out <<- c(out, capture.output(later::run_now(0.05), type = "message"))
+    length(out) > 0L
+  }
+  expect_true(wait_until(capture, 30))
+  expect_identical(out, sprintf("[mirai %d] from later", attr(m, "id")))
+  # It arrived while the task still waited for its gate.
+  expect_true(unresolved(m))
+  file.create(gate)
+  expect_identical(m[], "released")
+})
+
+test_that("a flood of messages is bounded on the host, with the drops counted and told", {
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  n <- 30000L
+  m <- mirai({ for (i in seq_len(n)) message(i); "flooded" }, n = n)
+  other <- mirai_map(1:50, function(i) i * 2)
+  # R shows nothing while it is not waiting (status() shows nothing): the
+  # host keeps at most the bound, and counts the rest.
+  cap <- mirai:::limit("relay_max_items")
+  expect_true(wait_until(function() status()$relay_dropped >= n - cap, 120))
+  got <- 0L
+  notes <- character()
+  withCallingHandlers(v <- m[], message = function(c) {
+    if (inherits(c, "miraiCondition")) got <<- got + 1L else notes <<- c(notes, conditionMessage(c))
+    invokeRestart("muffleMessage")
+  })
+  expect_identical(v, "flooded")
+  expect_lte(got, cap)
+  dropped <- status()$relay_dropped
+  expect_gt(dropped, 0)
+  expect_identical(got + dropped, as.double(n))
+  expect_length(notes, 1L)
+  expect_match(notes, sprintf("\\[mirai %d\\] %s condition\\(s\\) relayed by this task were dropped",
+                              attr(m, "id"), format(dropped, scientific = FALSE)))
+  # The neighbour was not held up.
+  expect_identical(unlist(other[]), (1:50) * 2)
+})
+
+test_that("with_progress() shows progressr's updates from inside mirai_map() elements", {
+  skip_if_not_installed("progressr")
+  daemons(2, relay = TRUE)
+  op <- options(progressr.enable = TRUE)
+  on.exit({ daemons(0); options(op) })
+  gate <- tempfile()
+  updates <- character()
+  # A reporter of our own: progressr's handlers are what sees the updates.
+  seen <- progressr::make_progression_handler("seen", reporter = list(
+    update = function(config, state, progression, ...) {
+      updates <<- c(updates, progression$message)
+      if (startsWith(progression$message, "half of")) file.create(gate)
+    }
+  ), enable = TRUE)
+  res <- progressr::with_progress({
+    p <- progressr::progressor(steps = 6L)
+    mirai_map(1:3, function(i) {
+      p(sprintf("half of %d", i))
+      t0 <- Sys.time()
+      while (!file.exists(gate)) if (difftime(Sys.time(), t0, units = "secs") > 60) return("not released") else Sys.sleep(0.01)
+      p(sprintf("all of %d", i))
+      i
+    }, p = p, gate = gate)[]
+  }, handlers = seen)
+  expect_identical(unlist(res), 1:3)
+  # A first update arrived while its element was still running (it opened
+  # the gate the elements wait for), and every element's two updates
+  # arrived.
+  expect_setequal(updates, c(sprintf("half of %d", 1:3), sprintf("all of %d", 1:3)))
+})
+
+test_that("a cluster's nodes relay messages from parallel's functions", {
+  cl <- make_cluster(2, relay = TRUE)
+  on.exit(stop_cluster(cl))
+  r <- collect(parallel::parLapply(cl, 1:4, function(i) { message("node says ", i); i }))
+  expect_identical(r$value, as.list(1:4))
+  expect_setequal(msg_text(r$got), sprintf("node says %d", 1:4))
+  # Without relay a cluster is as before.
+  cl2 <- make_cluster(1)
+  on.exit(stop_cluster(cl2), add = TRUE)
+  r <- collect(parallel::parLapply(cl2, 1:2, function(i) { message("silent"); i }))
+  expect_length(r$got, 0L)
+})
+
+test_that("future with progressr shows progress before the future resolves", {
+  skip_if_not_installed("future")
+  skip_if_not_installed("progressr")
+  cl <- make_cluster(1, relay = TRUE)
+  op <- options(progressr.enable = TRUE)
+  on.exit({ future::plan(future::sequential); stop_cluster(cl); options(op) })
+  future::plan(future::cluster, workers = cl)
+  gate <- tempfile()
+  updates <- character()
+  resolved_at_first <- NA
+  f <- NULL
+  seen <- progressr::make_progression_handler("seen", reporter = list(
+    update = function(config, state, progression, ...) {
+      updates <<- c(updates, progression$message)
+      if (identical(progression$message, "first")) {
+        resolved_at_first <<- future::resolved(f)
+        file.create(gate)
+      }
+    }
+  ), enable = TRUE)
+  v <- progressr::with_progress({
+    p <- progressr::progressor(steps = 2L)
+    f <- future::future({
+      p("first")
+      t0 <- Sys.time()
+      while (!file.exists(gate)) if (difftime(Sys.time(), t0, units = "secs") > 60) return("not released") else Sys.sleep(0.01)
+      p("second")
+      "done"
+    }, globals = list(p = p, gate = gate))
+    future::value(f)
+  }, handlers = seen)
+  expect_identical(v, "done")
+  expect_identical(updates, c("first", "second"))
+  expect_false(resolved_at_first)
+})
+
+test_that("under relay a node task's error has the same stack trace as without", {
+  cl <- make_cluster(1, relay = TRUE)
+  on.exit(stop_cluster(cl))
+  parallel:::sendCall(cl[[1L]], "stop", list("direct"))
+  e <- parallel:::recvResult(cl[[1L]])
+  expect_identical(unclass(e)[[1L]], "Error: direct\n")
+  expect_identical(attr(e, "stack.trace"), list(quote(stop(base::quote("direct")))))
+})
