@@ -1497,7 +1497,8 @@ fn first_message(f: Framing, wire: &[u8], nonce: &Nonce) -> First {
 
 /// The host's rule for what an accepted daemon sends next: does it count
 /// as refused? Frames are read until one breaks the protocol (counted), a
-/// `Result` with `last` retires it (not counted), or the stream ends.
+/// `Result` with `last` retires it (not counted), or the stream ends. A
+/// `Relay` is taken (and dropped when no task of the daemon's is named).
 fn daemon_refused(f: Framing, after: &[u8]) -> bool {
     let mut wire = SP_HEADER.to_vec();
     wire.extend_from_slice(after);
@@ -1511,7 +1512,7 @@ fn daemon_refused(f: Framing, after: &[u8]) -> bool {
         let Ok(hop) = strip_hop(&body) else { return true };
         match proto::decode(&body[hop..]) {
             Ok((Msg::Result { last: true, .. }, _)) => return false,
-            Ok((Msg::Result { .. }, _)) => {}
+            Ok((Msg::Result { .. } | Msg::Relay { .. }, _)) => {}
             _ => return true,
         }
     }
