@@ -282,7 +282,7 @@ max_message <- function() {
 #' cluster's receive), or, with the 'later' package installed, from later's
 #' event loop (Shiny, plumber, promises, or the console at rest). There it
 #' is a condition of its original classes plus 'miraiCondition', with the
-#' task's id (`attr(m, "id")`) as `mirai_id` and the profile's name as
+#' task's number (as in the tag below) as `mirai_id` and the profile's name as
 #' `mirai_compute`: a calling handler such as `withCallingHandlers(m[],
 #' message = ...)` or progressr's `with_progress()` catches it; a message
 #' no handler muffles is written to stderr after a tag naming the task,

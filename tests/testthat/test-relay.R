@@ -50,7 +50,7 @@ for (disp in c(TRUE, FALSE)) {
     expect_identical(msg_text(r$got), sprintf("step %d", 1:20))
     expect_true(all(vapply(r$got, inherits, NA, "miraiCondition")))
     expect_true(all(vapply(r$got, inherits, NA, "simpleMessage")))
-    expect_true(all(vapply(r$got, `[[`, 0, "mirai_id") == attr(m, "id")))
+    expect_true(all(vapply(r$got, `[[`, 0, "mirai_id") == mirai:::task_ids(m)))
     expect_identical(r$got[[1L]]$mirai_compute, "default")
     expect_identical(status()$relay_dropped, 0)
   })
@@ -80,9 +80,9 @@ test_that("two concurrent tasks' messages are told apart by their tags, each in 
   })
   expect_identical(c(ma$data, mb$data), c("released", "released"))
   ids <- vapply(got, `[[`, 0, "mirai_id")
-  expect_setequal(unique(ids), c(attr(ma, "id"), attr(mb, "id")))
-  expect_identical(msg_text(got[ids == attr(ma, "id")]), sprintf("a %d", 1:10))
-  expect_identical(msg_text(got[ids == attr(mb, "id")]), sprintf("b %d", 1:10))
+  expect_setequal(unique(ids), c(mirai:::task_ids(ma), mirai:::task_ids(mb)))
+  expect_identical(msg_text(got[ids == mirai:::task_ids(ma)]), sprintf("a %d", 1:10))
+  expect_identical(msg_text(got[ids == mirai:::task_ids(mb)]), sprintf("b %d", 1:10))
 })
 
 test_that("an unhandled relayed message is written to stderr after the task's tag", {
@@ -91,7 +91,7 @@ test_that("an unhandled relayed message is written to stderr after the task's ta
   m <- mirai({ message("hello from the task"); 5 })
   out <- capture.output(v <- m[], type = "message")
   expect_identical(v, 5)
-  expect_identical(out, sprintf("[mirai %d] hello from the task", attr(m, "id")))
+  expect_identical(out, sprintf("[mirai %d] hello from the task", mirai:::task_ids(m)))
   # A task's own handler still sees its messages first.
   m <- mirai(suppressMessages({ message("kept here"); 6 }))
   expect_identical(capture.output(v <- m[], type = "message"), character())
@@ -117,7 +117,7 @@ test_that("relayed conditions reach R from later's loop, without a wait", {
     length(out) > 0L
   }
   expect_true(wait_until(capture, 30))
-  expect_identical(out, sprintf("[mirai %d] from later", attr(m, "id")))
+  expect_identical(out, sprintf("[mirai %d] from later", mirai:::task_ids(m)))
   # It arrived while the task still waited for its gate.
   expect_true(unresolved(m))
   file.create(gate)
@@ -147,7 +147,7 @@ test_that("a flood of messages is bounded on the host, with the drops counted an
   expect_identical(got + dropped, as.double(n))
   expect_length(notes, 1L)
   expect_match(notes, sprintf("\\[mirai %d\\] %s condition\\(s\\) relayed by this task were dropped",
-                              attr(m, "id"), format(dropped, scientific = FALSE)))
+                              mirai:::task_ids(m), format(dropped, scientific = FALSE)))
   # The neighbour was not held up.
   expect_identical(unlist(other[]), (1:50) * 2)
 })
