@@ -124,6 +124,11 @@ pub struct Stats {
     room: Condvar,
     /// Signalled whenever `connections` changes.
     joined: Condvar,
+    /// Batches of slots the event loop took out of the core to complete
+    /// with the lock released (counted under the lock), and the last batch
+    /// it has completed: see `Host::await_deliveries`.
+    handed: AtomicU64,
+    delivered: AtomicU64,
 }
 
 impl Stats {
@@ -268,6 +273,8 @@ impl Host {
             tasks: HashMap::new(),
             completions: Vec::new(),
             defer_completions: false,
+            #[cfg(feature = "test-hooks")]
+            delivery_delay: Duration::ZERO,
             frames: FrameMemory::default(),
             joined: Vec::new(),
             timers: BinaryHeap::new(),
@@ -567,30 +574,75 @@ impl Host {
 
     /// Cancels a task; true if it was found unresolved. A failed host has
     /// already resolved every task: false.
+    ///
+    /// When false, whatever outcome the host had already taken for the task
+    /// is in its slot on return: the event loop completes slots after
+    /// releasing the lock, so a task it has just resolved is gone from the
+    /// scheduler while its slot is not yet done. The caller, resolving the
+    /// slot to "canceled" on false, would otherwise discard a result that
+    /// arrived (and say the task was not found).
     pub fn cancel(&self, id: TaskId, code: i32) -> bool {
-        self.with_core(|core| {
-            if core.stopped {
-                return false;
+        let (ok, batch) = self
+            .with_core(|core| {
+                let batch = core.stats.handed.load(Ordering::Relaxed);
+                if core.stopped {
+                    return (false, batch);
+                }
+                let (ok, acts) = core.sched.cancel(id, code);
+                core.apply(acts, None);
+                (ok, batch)
+            })
+            .unwrap_or((false, 0));
+        if !ok {
+            self.await_deliveries(batch);
+        }
+        ok
+    }
+
+    /// Waits until the event loop has completed its batch `batch` of slots
+    /// (read under the lock), or has failed. Short: the loop completes a
+    /// batch without taking any lock.
+    fn await_deliveries(&self, batch: u64) {
+        let mut spins = 0u32;
+        while self.stats.delivered.load(Ordering::Acquire) < batch {
+            spins += 1;
+            if spins % 64 == 0 {
+                if lock(&self.core).dead.is_some() || lock(&self.thread).as_ref().is_none_or(|h| h.is_finished()) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            } else {
+                std::thread::yield_now();
             }
-            let (ok, acts) = core.sched.cancel(id, code);
-            core.apply(acts, None);
-            ok
-        })
-        .unwrap_or(false)
+        }
+    }
+
+    /// Makes the event loop wait `d` between taking resolved slots out of
+    /// the core and completing them (tests of that window).
+    #[cfg(feature = "test-hooks")]
+    pub fn delay_deliveries(&self, d: Duration) {
+        lock(&self.core).delivery_delay = d;
     }
 
     /// `cancel` for many tasks at once (`stop_mirai()` on a map), under
     /// one lock and one pass over the queue; for each, whether found.
     pub fn cancel_many(&self, ids: &[TaskId], code: i32) -> Vec<bool> {
-        self.with_core(|core| {
-            if core.stopped {
-                return vec![false; ids.len()];
-            }
-            let (found, acts) = core.sched.cancel_many(ids, code);
-            core.apply(acts, None);
-            found
-        })
-        .unwrap_or_else(|_| vec![false; ids.len()])
+        let (found, batch) = self
+            .with_core(|core| {
+                let batch = core.stats.handed.load(Ordering::Relaxed);
+                if core.stopped {
+                    return (vec![false; ids.len()], batch);
+                }
+                let (found, acts) = core.sched.cancel_many(ids, code);
+                core.apply(acts, None);
+                (found, batch)
+            })
+            .unwrap_or_else(|_| (vec![false; ids.len()], 0));
+        // As in `cancel`.
+        if found.iter().any(|f| !f) {
+            self.await_deliveries(batch);
+        }
+        found
     }
 
     /// The counters of each connected daemon, in the order they joined.
@@ -860,6 +912,9 @@ struct Core {
     dead: Option<String>,
     /// Set by `Host::inject_fault`.
     fault: bool,
+    /// Set by `Host::delay_deliveries` (tests only).
+    #[cfg(feature = "test-hooks")]
+    delivery_delay: Duration,
     /// Tell the scheduler each daemon's unwritten bytes (it uses them only
     /// without a dispatcher).
     report_unwritten: bool,
@@ -888,6 +943,7 @@ impl EventLoop {
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
         let mut resolved = Vec::new();
+        let stats = lock(&self.core).stats.clone();
         loop {
             let timeout = {
                 let core = lock(&self.core);
@@ -912,8 +968,19 @@ impl EventLoop {
                 core.defer_completions = false;
                 // Swapped, so both Vecs keep their room between turns.
                 std::mem::swap(&mut resolved, &mut core.completions);
-                end
+                // Counted under the lock: a cancel that misses a task reads
+                // it there and waits for this batch (`await_deliveries`).
+                let batch = (!resolved.is_empty()).then(|| core.stats.handed.fetch_add(1, Ordering::Relaxed) + 1);
+                #[cfg(feature = "test-hooks")]
+                let delay = core.delivery_delay;
+                #[cfg(not(feature = "test-hooks"))]
+                let delay = Duration::ZERO;
+                (end, batch, delay)
             };
+            let (end, batch, delay) = end;
+            if batch.is_some() && !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
             // Slots are completed with the core unlocked: R's thread, often
             // spinning on the slot, goes straight on to submit its next task,
             // which takes this lock. Completed inside it, R's thread found it
@@ -922,6 +989,9 @@ impl EventLoop {
             // under the lock, before these stores, as `apply` has it.
             for (slot, outcome) in resolved.drain(..) {
                 slot.complete(outcome);
+            }
+            if let Some(b) = batch {
+                stats.delivered.store(b, Ordering::Release);
             }
             if end {
                 return;
