@@ -185,6 +185,12 @@ impl Inbox {
         }
     }
 
+    /// Puts an inbox taken off the ready list (`take_ready`) but not
+    /// emptied back on it, and wakes R for it.
+    pub fn relist(self: &Arc<Self>) {
+        self.list();
+    }
+
     /// Everything for R to show, and the drops to tell of.
     pub fn take(&self) -> Taken {
         let mut st = lock(&self.state);
