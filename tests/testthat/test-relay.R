@@ -280,3 +280,22 @@ test_that("a relayed message that is not text does not fail the wait it is shown
   expect_identical(v, 3)
   expect_match(out, "not text", all = FALSE)
 })
+
+test_that("conditions held for a task whose mirai is gone do not fill the inbox for good", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  # A daemon that holds conditions for a task nobody will receive them for
+  # (as a cluster node's for a receive that was interrupted): as many as
+  # the inbox takes.
+  m <- mirai({
+    conn <- dynGet("conn")
+    for (i in seq_len(10000L)) .Call(mirai:::C_mirai_daemon_relay, conn, simpleMessage("held"), TRUE)
+    1
+  })
+  expect_identical(m[], 1)
+  rm(m)
+  invisible(gc())
+  got <- collect(mirai({ message("after"); 2 })[])
+  expect_identical(got$value, 2)
+  expect_identical(msg_text(got$got), "after")
+})

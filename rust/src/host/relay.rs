@@ -218,7 +218,7 @@ impl Inbox {
     }
 
     /// Forgets what is held for tasks no longer wanted (a node's tasks
-    /// dropped by an interrupted wait).
+    /// dropped by an interrupted wait, a task whose handle R let go).
     pub fn forget_held(&self, ids: &[u64]) {
         let mut st = lock(&self.state);
         for id in ids {
