@@ -71,7 +71,11 @@ relay_signal <- function(cond, id, compute) {
   if (inherits(cond, "message")) {
     withRestarts({
       signalCondition(cond)
-      cat(relay_tag(id, compute), conditionMessage(cond), sep = "", file = stderr())
+      # What the daemon sent need not print (a message that is not text):
+      # a relayed message must not fail the wait it is shown in.
+      text <- tryCatch(conditionMessage(cond), error = function(e) NULL)
+      if (!is.character(text)) text <- "(a relayed message that is not text)\n"
+      cat(relay_tag(id, compute), text, sep = "", file = stderr())
     }, muffleMessage = function() NULL)
   } else if (inherits(cond, "progression")) {
     withRestarts(signalCondition(cond), muffleProgression = function(p) NULL)

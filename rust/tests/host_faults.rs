@@ -837,3 +837,42 @@ fn a_cancel_racing_a_result_being_delivered_keeps_the_result() {
         assert!(matches!(slot.take(), Some(Outcome::Value { .. })));
     }
 }
+
+/// A peer holding the secret that states another process's pid in its Hello
+/// (a local child of the pool, say) over a Unix socket: the host records the
+/// pid the kernel gives for the socket, so the peer can neither take the
+/// everywhere() replay meant for a replacement nor change what the pool's
+/// crash-loop rule and reset read about that child.
+#[test]
+fn a_unix_peer_cannot_claim_another_process_pid() {
+    let p = std::env::temp_dir().join(format!("mirai-pid-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    let host = Host::start(&Address::parse(&format!("ipc://{}", p.display())).unwrap(), common::host_options(true)).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&SP_HEADER).unwrap();
+    let mut d = Decoder::new(Framing::Ipc);
+    let mut next = |s: &mut std::os::unix::net::UnixStream| {
+        let body = d.next(s).unwrap();
+        let hop = strip_hop(&body).unwrap();
+        body[hop..].to_vec()
+    };
+    let theirs = match proto::decode(&next(&mut s)).unwrap().0 {
+        Msg::Challenge { nonce, .. } => nonce,
+        m => panic!("first message not a Challenge: {m:?}"),
+    };
+    let ours = [5u8; NONCE_LEN];
+    let mac = auth::prove(b"s3cret", Prover::Daemon, &theirs, &ours);
+    let claimed = 4_000_001u32;
+    host.health.replacement(claimed);
+    s.write_all(&frame_of(Framing::Ipc, &Msg::Hello { version: PROTOCOL_VERSION, nonce: ours, mac, pid: claimed })).unwrap();
+    assert!(matches!(proto::decode(&next(&mut s)).unwrap().0, Msg::Welcome { mac: Some(_) }));
+    assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));
+    let me = std::process::id();
+    assert_eq!(host.daemon_rows().unwrap().iter().map(|r| r.pid).collect::<Vec<_>>(), vec![me]);
+    assert!(host.health.get(me).connected);
+    assert!(!host.health.get(claimed).connected, "the stated pid was recorded as connected");
+    assert!(host.health.take_replacement(claimed), "the peer took the replay meant for another process");
+    host.shutdown(false);
+    let _ = std::fs::remove_file(&p);
+}

@@ -240,3 +240,62 @@ test_that("under relay a node task's error has the same stack trace as without",
   expect_identical(unclass(e)[[1L]], "Error: direct\n")
   expect_identical(attr(e, "stack.trace"), list(quote(stop(base::quote("direct")))))
 })
+
+test_that("a handler's error while showing one profile's relays leaves the others' relays working", {
+  daemons(1, relay = TRUE, .compute = "relay_a")
+  daemons(1, relay = TRUE, .compute = "relay_b")
+  on.exit({ daemons(0, .compute = "relay_a"); daemons(0, .compute = "relay_b") })
+  fa <- tempfile()
+  fb <- tempfile()
+  m1 <- mirai({ message("a1"); file.create(f); 1 }, f = fa, .compute = "relay_a")
+  m2 <- mirai({ message("b1"); file.create(f); 2 }, f = fb, .compute = "relay_b")
+  # A busy wait: no wait of mirai's (nor later's loop, nor Sys.sleep) runs,
+  # so nothing is shown until m1[] below, which shows both profiles' at once.
+  t0 <- Sys.time()
+  while (!(file.exists(fa) && file.exists(fb)) && difftime(Sys.time(), t0, units = "secs") < 30) NULL
+  t0 <- Sys.time()
+  while (difftime(Sys.time(), t0, units = "secs") < 0.5) NULL
+  # The handler fails on the first relayed message it sees.
+  failed <- FALSE
+  res <- tryCatch(withCallingHandlers(m1[], message = function(c) {
+    if (inherits(c, "miraiCondition") && !failed) {
+      failed <<- TRUE
+      stop("handler failed")
+    }
+  }), error = conditionMessage)
+  expect_identical(res, "handler failed")
+  # The other profile's message is still shown, and both relay afterwards.
+  m1 <- mirai({ message("a2"); 1 }, .compute = "relay_a")
+  m2 <- mirai({ message("b2"); 2 }, .compute = "relay_b")
+  got <- collect({ m1[]; m2[] })$got
+  expect_length(intersect(msg_text(got), c("a1", "b1")), 1L)
+  expect_true(all(c("a2", "b2") %in% msg_text(got)))
+})
+
+test_that("a relayed message that is not text does not fail the wait it is shown in", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  m <- mirai({ message(structure(class = c("message", "condition"), list(message = list(1, 2), call = NULL))); 3 })
+  out <- capture.output(v <- m[], type = "message")
+  expect_identical(v, 3)
+  expect_match(out, "not text", all = FALSE)
+})
+
+test_that("conditions held for a task whose mirai is gone do not fill the inbox for good", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  # A daemon that holds conditions for a task nobody will receive them for
+  # (as a cluster node's for a receive that was interrupted): as many as
+  # the inbox takes.
+  m <- mirai({
+    conn <- dynGet("conn")
+    for (i in seq_len(10000L)) .Call(mirai:::C_mirai_daemon_relay, conn, simpleMessage("held"), TRUE)
+    1
+  })
+  expect_identical(m[], 1)
+  rm(m)
+  invisible(gc())
+  got <- collect(mirai({ message("after"); 2 })[])
+  expect_identical(got$value, 2)
+  expect_identical(msg_text(got$got), "after")
+})

@@ -1314,6 +1314,15 @@ impl Core {
                 let welcome = control_frame(self.framing, &Msg::Welcome { mac });
                 let init = self.init_frame();
                 let c = self.conns.get_mut(&t).ok_or("connection gone")?;
+                // The pid a daemon states is its own word: a peer holding
+                // the secret could claim a local child's, and take the
+                // replay meant for a replacement or change what the pool's
+                // crash-loop rule and reset read about that child. On a
+                // Unix socket (where the pool's children connect) the
+                // kernel's word is taken instead. Over TCP the stated pid is
+                // kept for the table: it is another machine's, or a
+                // launch_local() daemon's, never a healing child's.
+                let pid = c.stream.peer_pid().unwrap_or(pid);
                 c.ready = true;
                 c.dec.set_limit(self.max_message);
                 c.stream.peer_proved(self.max_message);

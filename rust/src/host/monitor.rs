@@ -23,7 +23,8 @@ pub struct DaemonRow {
     /// Its place in the order daemons joined this host, from 1 (the node
     /// number of a cluster).
     pub id: u32,
-    /// Its process id, as it reported it (on its own machine).
+    /// Its process id: the kernel's for a peer on a Unix socket, else as
+    /// it reported it (on its own machine).
     pub pid: u32,
     pub since: SystemTime,
     /// Tasks sent to it (less those taken back unsent), and results it sent.
@@ -56,10 +57,11 @@ pub struct Health {
 }
 
 /// `Health` by process id, shared by the host (which writes it) and the
-/// pool (which reads it when one of its children dies). A remote daemon
-/// reports the pid it has on its own machine, which may equal a local
-/// child's: the pool only asks about its own children, whose pids are
-/// unique on this machine while they live.
+/// pool (which reads it when one of its children dies). A daemon on a Unix
+/// socket (the pool's children) is known by the pid the kernel gives for
+/// the socket, so no peer can stand in for a child; a remote daemon reports
+/// the pid it has on its own machine, over TCP, where no healing child
+/// connects (heal only launches onto a host listening on a Unix socket).
 #[derive(Debug, Default)]
 pub struct HealthBook {
     inner: Mutex<HealthInner>,

@@ -185,6 +185,12 @@ impl Inbox {
         }
     }
 
+    /// Puts an inbox taken off the ready list (`take_ready`) but not
+    /// emptied back on it, and wakes R for it.
+    pub fn relist(self: &Arc<Self>) {
+        self.list();
+    }
+
     /// Everything for R to show, and the drops to tell of.
     pub fn take(&self) -> Taken {
         let mut st = lock(&self.state);
@@ -212,7 +218,7 @@ impl Inbox {
     }
 
     /// Forgets what is held for tasks no longer wanted (a node's tasks
-    /// dropped by an interrupted wait).
+    /// dropped by an interrupted wait, a task whose handle R let go).
     pub fn forget_held(&self, ids: &[u64]) {
         let mut st = lock(&self.state);
         for id in ids {

@@ -184,6 +184,15 @@ impl mio::event::Source for TlsStream {
 }
 
 impl Stream {
+    /// The process id of the peer of a Unix-domain socket, from the kernel
+    /// (None on other transports, or when the kernel does not say: a peer
+    /// in another pid namespace). Unlike the pid a daemon states in its
+    /// Hello, a peer cannot choose it.
+    pub fn peer_pid(&self) -> Option<u32> {
+        let Stream::Unix(u) = self else { return None };
+        peer_pid_of(std::os::fd::AsRawFd::as_raw_fd(u))
+    }
+
     /// Bytes must be read through the stream's `Read` (decrypted, or
     /// unframed from WebSocket), not from its descriptor.
     pub fn is_layered(&self) -> bool {
@@ -918,4 +927,30 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     // SAFETY: poll reads and writes the one pollfd it is given.
     let rc = unsafe { libc::poll(&mut p, 1, ms) };
     rc > 0
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn peer_pid_of(fd: std::os::fd::RawFd) -> Option<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for the kernel to write; `fd` is an
+    // open socket owned by the caller's stream.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+}
+
+#[cfg(target_vendor = "apple")]
+fn peer_pid_of(fd: std::os::fd::RawFd) -> Option<u32> {
+    let mut pid: libc::pid_t = 0;
+    let mut len = std::mem::size_of::<libc::pid_t>() as libc::socklen_t;
+    // SAFETY: as above, for LOCAL_PEERPID's pid_t.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_LOCAL, libc::LOCAL_PEERPID, (&mut pid as *mut libc::pid_t).cast(), &mut len) };
+    (rc == 0 && pid > 0).then_some(pid as u32)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+fn peer_pid_of(_fd: std::os::fd::RawFd) -> Option<u32> {
+    None
 }

@@ -224,6 +224,8 @@ fn drop_node(node: SEXP, s: &Syms) -> Result<(), RError> {
     let cancel_if_aio = |h: SEXP| {
         if let Ok(a) = aio(&h) {
             cancel(a);
+            // Nobody will receive it: what it relayed for the node goes.
+            a.profile.host.relay.forget_held(&[a.id]);
         }
     };
     cancel_if_aio(env_get(node, s.head)?.sexp());

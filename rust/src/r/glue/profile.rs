@@ -31,6 +31,20 @@ impl Aio {
     }
 }
 
+/// Conditions held for a cluster node's task (`Inbox::take_held`) are only
+/// taken by a receive on that node: once the task's handle is gone (its
+/// mirai collected, a receive interrupted and the node's tasks dropped)
+/// nothing ever will, and held conditions would fill the profile's inbox
+/// for good, so that every later relay were dropped.
+impl Drop for Aio {
+    fn drop(&mut self) {
+        let inbox = &self.profile.host.relay;
+        if inbox.enabled() {
+            inbox.forget_held(&[self.id]);
+        }
+    }
+}
+
 impl Tagged for Aio {
     const TAG: &'static CStr = c"mirai_aio";
 }

@@ -73,33 +73,48 @@ fn drain() -> Result<(), RError> {
 
 fn drain_into(show: SEXP) -> Result<(), RError> {
     while relay::any_ready() {
-        for inbox in relay::take_ready() {
-            let taken = inbox.take();
-            if taken.shown.is_empty() && taken.drops.is_empty() {
-                continue;
+        let ready = relay::take_ready();
+        for (i, inbox) in ready.iter().enumerate() {
+            // A handler's error ends the drain: the inboxes not yet taken
+            // go back on the ready list (still marked listed, so no relay
+            // would ever put them back, and theirs would never be shown).
+            if let Err(e) = show_inbox(show, inbox) {
+                for rest in &ready[i + 1..] {
+                    rest.relist();
+                }
+                return Err(e);
             }
-            let items = new_list(taken.shown.len() + taken.drops.len())?;
-            let compute = string(inbox.name())?;
-            let mut k = 0;
-            for r in &taken.shown {
-                // A condition R cannot read back is skipped: it came from
-                // an authenticated daemon, but nothing it holds is worth
-                // failing a wait for.
-                let Ok(cond) = serial::unserialize(&r.payload) else { continue };
-                let (id, seq) = (real(r.id as f64)?, real(r.seq as f64)?);
-                let item = list(&[compute.sexp(), id.sexp(), seq.sexp(), cond.sexp()], &["compute", "id", "seq", "cond"])?;
-                set_list_elt(&items, k, item.sexp());
-                k += 1;
-            }
-            for &(id, n) in &taken.drops {
-                let (id, n) = (real(id as f64)?, real(n as f64)?);
-                let item = list(&[compute.sexp(), id.sexp(), n.sexp()], &["compute", "id", "dropped"])?;
-                set_list_elt(&items, k, item.sexp());
-                k += 1;
-            }
-            apply1(show, items.sexp())?;
         }
     }
+    Ok(())
+}
+
+/// Hands what `inbox` holds to R's `relay_show()`.
+fn show_inbox(show: SEXP, inbox: &Arc<Inbox>) -> Result<(), RError> {
+    let taken = inbox.take();
+    if taken.shown.is_empty() && taken.drops.is_empty() {
+        return Ok(());
+    }
+    let items = new_list(taken.shown.len() + taken.drops.len())?;
+    let compute = string(inbox.name())?;
+    let mut k = 0;
+    for r in &taken.shown {
+        // A condition R cannot read back is skipped: it came from
+        // an authenticated daemon, but nothing it holds is worth
+        // failing a wait for.
+        let Ok(cond) = serial::unserialize(&r.payload) else { continue };
+        let (id, seq) = (real(r.id as f64)?, real(r.seq as f64)?);
+        let item = list(&[compute.sexp(), id.sexp(), seq.sexp(), cond.sexp()], &["compute", "id", "seq", "cond"])?;
+        set_list_elt(&items, k, item.sexp());
+        k += 1;
+    }
+    for &(id, n) in &taken.drops {
+        let (id, n) = (real(id as f64)?, real(n as f64)?);
+        let item = list(&[compute.sexp(), id.sexp(), n.sexp()], &["compute", "id", "dropped"])?;
+        set_list_elt(&items, k, item.sexp());
+        k += 1;
+    }
+    apply1(show, items.sexp())?;
     Ok(())
 }
 
