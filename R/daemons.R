@@ -286,9 +286,11 @@ max_message <- function() {
 #' `mirai_compute`: a calling handler such as `withCallingHandlers(m[],
 #' message = ...)` or progressr's `with_progress()` catches it; a message
 #' no handler muffles is written to stderr after a tag naming the task,
-#' `[mirai 3] `. From later's loop, which runs at the top level, only
-#' global calling handlers ([globalCallingHandlers()], which progressr's
-#' `handlers(global = TRUE)` uses) see it. Warnings and errors are unaffected (they come with the
+#' `[mirai 3] `. later runs its callbacks outside every calling handler
+#' (global ones included), so from later's loop a message is written to
+#' stderr with its tag and other conditions (progress updates) are not
+#' shown: to catch them, wait on the mirai inside a handler. Warnings and
+#' errors are unaffected (they come with the
 #' task's result). Relayed conditions are serialized without `serial`'s
 #' configurations, and one over `r bytes_text(limit("relay_limit_bytes"))`
 #' is not relayed. The host holds at most

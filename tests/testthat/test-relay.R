@@ -107,10 +107,8 @@ test_that("relayed conditions reach R from later's loop, without a wait", {
   gate <- tempfile()
   m <- mirai(gated("from later", gate), gated = gated, gate = gate)
   # Only later's loop runs R code here, as in Shiny. later runs callbacks
-  # at the top level, beyond the reach of calling handlers established
-  # here, so the message is seen where it is written (global calling
-  # handlers, which Shiny apps and progressr's global handler use, would
-  # see it).
+  # outside every calling handler (global ones included), so the message
+  # is seen where it is written: stderr, with its tag.
   out <- character()
   capture <- function() {
     out <<- c(out, capture.output(later::run_now(0.05), type = "message"))
