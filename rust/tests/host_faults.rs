@@ -801,37 +801,30 @@ fn a_cancel_racing_a_result_being_delivered_keeps_the_result() {
         let mut d = daemon(&Address::parse(&host.url).unwrap());
         assert!(wait_for(|| host.stats.connections.load(Ordering::Relaxed) == 1, 5));
         host.delay_deliveries(Duration::from_millis(500));
-        let id = host.next_task_id();
-        let slot = Slot::new(host.bell.clone());
-        host.submit(id, task_frame(&host, id, b"x"), slot.clone(), None).unwrap();
-        match d.recv(Duration::from_secs(10)).unwrap() {
-            Incoming::Task { id: got, .. } => assert_eq!(got, id),
-            _ => panic!("no task reached the daemon"),
-        }
-        let mut r = d.begin_result(id, false, false);
-        r.extend_from_slice(b"result");
-        d.send(r).unwrap();
-        // Counted as completed (published under the lock) while the loop
-        // still holds the slot back.
-        assert!(wait_for(|| host.stats.completed.load(Ordering::Relaxed) == 1, 5));
-        assert!(!slot.is_done(), "the delay hook did not hold the slot back");
+        // A task answered by the daemon whose slot the loop still holds
+        // back (counted as completed, published under the lock).
+        let mut answered = |n: u64| {
+            let id = host.next_task_id();
+            let slot = Slot::new(host.bell.clone());
+            host.submit(id, task_frame(&host, id, b"x"), slot.clone(), None).unwrap();
+            match d.recv(Duration::from_secs(10)).unwrap() {
+                Incoming::Task { id: got, .. } => assert_eq!(got, id),
+                _ => panic!("no task reached the daemon"),
+            }
+            let mut r = d.begin_result(id, false, false);
+            r.extend_from_slice(b"result");
+            d.send(r).unwrap();
+            assert!(wait_for(|| host.stats.completed.load(Ordering::Relaxed) == n, 5));
+            assert!(!slot.is_done(), "the delay hook did not hold the slot back");
+            (id, slot)
+        };
+        let (id, slot) = answered(1);
         assert!(!host.cancel(id, 20), "a resolved task was found");
         assert!(slot.is_done(), "cancel returned before the result was delivered (dispatcher {dispatcher})");
         slot.complete(Outcome::Error(20));
         assert!(matches!(slot.take(), Some(Outcome::Value { .. })), "the result was lost");
         // The same for a map's cancel_many.
-        let id = host.next_task_id();
-        let slot = Slot::new(host.bell.clone());
-        host.submit(id, task_frame(&host, id, b"y"), slot.clone(), None).unwrap();
-        match d.recv(Duration::from_secs(10)).unwrap() {
-            Incoming::Task { id: got, .. } => assert_eq!(got, id),
-            _ => panic!("no task reached the daemon"),
-        }
-        let mut r = d.begin_result(id, false, false);
-        r.extend_from_slice(b"result");
-        d.send(r).unwrap();
-        assert!(wait_for(|| host.stats.completed.load(Ordering::Relaxed) == 2, 5));
-        assert!(!slot.is_done());
+        let (id, slot) = answered(2);
         assert_eq!(host.cancel_many(&[id], 20), vec![false]);
         assert!(slot.is_done(), "cancel_many returned before the result was delivered");
         assert!(matches!(slot.take(), Some(Outcome::Value { .. })));

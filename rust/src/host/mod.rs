@@ -582,21 +582,28 @@ impl Host {
     /// slot to "canceled" on false, would otherwise discard a result that
     /// arrived (and say the task was not found).
     pub fn cancel(&self, id: TaskId, code: i32) -> bool {
-        let (ok, batch) = self
+        self.cancel_with(false, |ok| !ok, |sched| sched.cancel(id, code))
+    }
+
+    /// Runs scheduler cancel `f` under the lock (`stopped`: its answer on a
+    /// stopped host); when `missed` says a task was not found, waits for
+    /// the deliveries in flight (see `cancel`).
+    fn cancel_with<T: Clone>(&self, stopped: T, missed: impl Fn(&T) -> bool, f: impl FnOnce(&mut Sched) -> (T, Vec<Action>)) -> T {
+        let (found, batch) = self
             .with_core(|core| {
                 let batch = core.stats.handed.load(Ordering::Relaxed);
                 if core.stopped {
-                    return (false, batch);
+                    return (stopped.clone(), batch);
                 }
-                let (ok, acts) = core.sched.cancel(id, code);
+                let (found, acts) = f(&mut core.sched);
                 core.apply(acts, None);
-                (ok, batch)
+                (found, batch)
             })
-            .unwrap_or((false, 0));
-        if !ok {
+            .unwrap_or_else(|_| (stopped.clone(), 0));
+        if missed(&found) {
             self.await_deliveries(batch);
         }
-        ok
+        found
     }
 
     /// Waits until the event loop has completed its batch `batch` of slots
@@ -627,22 +634,7 @@ impl Host {
     /// `cancel` for many tasks at once (`stop_mirai()` on a map), under
     /// one lock and one pass over the queue; for each, whether found.
     pub fn cancel_many(&self, ids: &[TaskId], code: i32) -> Vec<bool> {
-        let (found, batch) = self
-            .with_core(|core| {
-                let batch = core.stats.handed.load(Ordering::Relaxed);
-                if core.stopped {
-                    return (vec![false; ids.len()], batch);
-                }
-                let (found, acts) = core.sched.cancel_many(ids, code);
-                core.apply(acts, None);
-                (found, batch)
-            })
-            .unwrap_or_else(|_| (vec![false; ids.len()], 0));
-        // As in `cancel`.
-        if found.iter().any(|f| !f) {
-            self.await_deliveries(batch);
-        }
-        found
+        self.cancel_with(vec![false; ids.len()], |found| found.iter().any(|f| !f), |sched| sched.cancel_many(ids, code))
     }
 
     /// The counters of each connected daemon, in the order they joined.
