@@ -164,6 +164,8 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     # Limits are kept (and timed) natively: the loop below is the hot path.
     .Call(C_mirai_daemon_limits, conn, idletime,
           walltime - (proc.time()[["elapsed"]] * 1000 - start), maxtasks - count)
+    # Before the snapshot, so each task starts with it.
+    if (isTRUE(init$config$relay)) relay_setup()
     snap <- snapshot()
     box <- new.env(parent = emptyenv())
     # A cluster node's tasks run natively, inside the receive (see

@@ -334,17 +334,19 @@ collect_list <- function(x, opts) {
   n <- length(x)
   out <- vector("list", n)
   tick <- progress_bar(n, opts$.progress, environment())
-  for (i in seq_len(n)) {
-    xi <- .subset2(x, i)
-    v <- if (inherits(xi, "mirai")) xi[] else xi
-    if ((opts$.stop || opts$.flat) && is_error_value(v)) stop_collection(x, i, v)
-    if (opts$.flat && i > 1L && typeof(v) != typeof(out[[1L]])) {
-      stop_mirai(x)
-      abort(sprintf("Cannot flatten outputs of differing type: %s / %s", typeof(out[[1L]]), typeof(v)))
+  within_elements(x, NULL, tick, {
+    for (i in seq_len(n)) {
+      xi <- .subset2(x, i)
+      v <- if (inherits(xi, "mirai")) xi[] else xi
+      if ((opts$.stop || opts$.flat) && is_error_value(v)) stop_collection(x, i, v)
+      if (opts$.flat && i > 1L && typeof(v) != typeof(out[[1L]])) {
+        stop_mirai(x)
+        abort(sprintf("Cannot flatten outputs of differing type: %s / %s", typeof(out[[1L]]), typeof(v)))
+      }
+      out[i] <- list(v)
+      if (!is.null(tick)) tick(i)
     }
-    out[i] <- list(v)
-    if (!is.null(tick)) tick(i)
-  }
+  })
   names(out) <- names(x)
   if (isTRUE(opts$.flat)) unlist(out, recursive = FALSE) else out
 }
@@ -370,13 +372,15 @@ collect_map <- function(x, h, opts) {
     }
   } else {
     out <- vector("list", n)
-    for (i in seq_len(n)) {
-      v <- .Call(C_mirai_map_value, h, i)
-      if (stops && is_error_value(v)) stop_collection(x, i, v)
-      if (opts$.flat && i > 1L) flat_check(x, out[[1L]], v)
-      out[i] <- list(v)
-      tick(i)
-    }
+    within_elements(x, h, tick, {
+      for (i in seq_len(n)) {
+        v <- .Call(C_mirai_map_value, h, i)
+        if (stops && is_error_value(v)) stop_collection(x, i, v)
+        if (opts$.flat && i > 1L) flat_check(x, out[[1L]], v)
+        out[i] <- list(v)
+        tick(i)
+      }
+    })
   }
   names(out) <- names(x)
   if (isTRUE(opts$.flat)) unlist(out, recursive = FALSE) else out
@@ -416,7 +420,9 @@ use_cli <- function() {
 
 # A function to call with each completed index, or NULL for no bar. `spec`
 # is TRUE, a bar name, or a list of cli_progress_bar() arguments; the cli bar
-# belongs to `frame`, so it is closed however the collection ends.
+# belongs to `frame`, so it is closed however the collection ends. Called
+# with `partial = TRUE`, `i` is a position short of the end (elements done
+# plus shares of elements under way) and the bar only moves.
 progress_bar <- function(n, spec, frame) {
   if (isFALSE(spec) || is.null(spec) || n == 0L) return(NULL)
   if (use_cli()) {
@@ -424,12 +430,106 @@ progress_bar <- function(n, spec, frame) {
     args$total <- n
     args$.envir <- frame
     id <- do.call(cli::cli_progress_bar, args)
-    return(function(i) {
-      if (i < n) cli::cli_progress_update(id = id, set = i, .envir = frame)
+    show <- function(i, partial) {
+      if (partial || i < n) cli::cli_progress_update(id = id, set = i, .envir = frame)
       else cli::cli_progress_done(id = id, .envir = frame)
-    })
+    }
+  } else {
+    show <- function(i, partial) {
+      cat(if (partial) sprintf("\r[ %.1f / %d .... ]", i, n)
+          else if (i < n) sprintf("\r[ %d / %d .... ]", i, n)
+          else sprintf("\r[ %d / %d done ]\n", i, n), file = stderr())
+    }
   }
-  function(i) {
-    cat(if (i < n) sprintf("\r[ %d / %d .... ]", i, n) else sprintf("\r[ %d / %d done ]\n", i, n), file = stderr())
+  # Never backwards: elements are waited for in order, while shares of
+  # elements under way may already count later ones done.
+  high <- 0
+  function(i, partial = FALSE, draw = TRUE) {
+    if (i < n) {
+      partial <- partial || i < high
+      i <- max(i, high)
+      high <<- i
+    }
+    if (draw) show(i, partial)
   }
 }
+
+# Evaluates `expr` (a collection of map or list `x`, map handle `h` or
+# NULL, with bar `tick`) so that, under daemons(relay = TRUE), the bar also
+# counts progress inside the elements: each element's share done, from the
+# progressr progressors and cli progress bars it runs, as their updates are
+# relayed. Those updates are then shown by the bar alone.
+within_elements <- function(x, h, tick, expr) {
+  track <- if (!is.null(tick)) element_progress(x, h, tick)
+  if (is.null(track)) expr
+  else withCallingHandlers(expr, miraiCondition = track)
+}
+
+element_progress <- function(x, h, tick) {
+  n <- length(x)
+  if (!is.null(h)) {
+    if (is.null(.Call(C_mirai_relay_of, h, TRUE))) return(NULL)
+    ids <- .Call(C_mirai_map_ids, h)
+    done <- function() .Call(C_mirai_map_done, h)
+  } else {
+    aios <- lapply(x, function(m) if (is_mirai(m)) aio_of(m))
+    relays <- vapply(aios, function(a) !is.null(a) && !is.null(.Call(C_mirai_relay_of, a, FALSE)), NA)
+    if (!any(relays)) return(NULL)
+    ids <- vapply(aios, function(a) if (is.null(a)) NA_real_ else .Call(C_mirai_aio_id, a), 0)
+    done <- function() vapply(aios, function(a) is.null(a) || .Call(C_mirai_aio_done, a), NA)
+  }
+  # Element index by task id; per element, units done and units in all of
+  # its progressors (a cli bar is one too); per progressor, its last known
+  # c(done, steps) and element.
+  index <- new.env(parent = emptyenv(), size = n)
+  for (i in seq_len(n)) if (!is.na(ids[i])) assign(format(ids[i], scientific = FALSE, trim = TRUE), i, envir = index)
+  units <- numeric(n)
+  steps <- numeric(n)
+  meters <- new.env(parent = emptyenv())
+  shown_at <- 0
+  over <- NULL
+  function(cond) {
+    i <- index[[format(cond$mirai_id, scientific = FALSE, trim = TRUE)]]
+    if (is.null(i)) return()
+    bar <- cond$mirai_bar
+    if (inherits(cond, "progression")) {
+      key <- paste0("p", cond$progressor_uuid)
+      was <- meters[[key]] %||% c(0, 0)
+      now <- switch(
+        as.character(cond$type)[1L],
+        initiate = c(0, if (is_number(cond$steps)) cond$steps else 0),
+        update = c(if (is_number(cond$step)) cond$step
+                   else was[1L] + if (is_number(cond$amount)) cond$amount else 0, was[2L]),
+        finish = c(was[2L], was[2L]),
+        was
+      )
+      restart <- "muffleProgression"
+    } else if (is.list(bar)) {
+      key <- paste0("c", bar$id)
+      was <- meters[[key]] %||% c(0, 0)
+      now <- c(bar$current, bar$total)
+      restart <- "muffleMessage"
+    } else {
+      return()
+    }
+    if (length(now) == 2L && all(is.finite(now)) && all(now >= 0)) {
+      assign(key, now, envir = meters)
+      units[i] <<- units[i] + now[1L] - was[1L]
+      steps[i] <<- steps[i] + now[2L] - was[2L]
+      # Which elements are over is asked at most 20 times a second, however
+      # fast updates come; an update not drawn is drawn with the next.
+      t <- proc.time()[[3L]]
+      draw <- t - shown_at >= 0.05
+      if (draw || is.null(over)) {
+        shown_at <<- t
+        over <<- done()
+      }
+      share <- ifelse(steps > 0, pmin(pmax(units / steps, 0), 1), 0)
+      at <- sum(over) + sum(share[!over])
+      if (at < n) tick(at, partial = TRUE, draw = draw)
+    }
+    tryInvokeRestart(restart)
+  }
+}
+
+is_number <- function(x) is.numeric(x) && length(x) == 1L && !is.na(x)

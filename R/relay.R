@@ -23,6 +23,11 @@ relay_handler <- function(conn) {
 # them, and with them the whole source file (tens of KB for one message);
 # progressr's updates carry the whole call stack (`calls`, the daemon's own
 # frames included). The host has no use for either.
+#
+# A cli progress bar's line (a 'cliMessage', signalled while cli renders the
+# bar) also gets the bar's position as `mirai_bar`, read through cli's
+# exported `pb_*` bindings, which hold it only while the bar is rendered:
+# the host counts it in a map's `[.progress]` (the text alone says "20%").
 relay_slim <- function(cond) {
   call <- cond$call
   if (!is.null(attr(call, "srcref"))) {
@@ -30,7 +35,28 @@ relay_slim <- function(cond) {
     cond$call <- call
   }
   if (!is.null(cond$calls)) cond$calls <- NULL
+  if (inherits(cond, "cliMessage")) cond$mirai_bar <- cli_bar_position()
   cond
+}
+
+cli_bar_position <- function() {
+  pos <- tryCatch(list(id = cli::pb_id, current = cli::pb_current, total = cli::pb_total),
+                  error = function(e) NULL)
+  ok <- !is.null(pos) && is.character(pos$id) && length(pos$id) == 1L &&
+    is.numeric(pos$current) && length(pos$current) == 1L &&
+    is.numeric(pos$total) && length(pos$total) == 1L && !is.na(pos$total) && pos$total > 0
+  if (ok) pos
+}
+
+# Set once on a daemon whose host relays, before its first task. Both only
+# decide what a task shows, never what it computes: progressr's
+# progressors are inert where progressr is not enabled (by default, where R
+# is not interactive, as on a daemon), and cli redraws a bar every 3 s where
+# output is not a terminal, every 0.2 s where it is.
+relay_setup <- function() {
+  if (is.null(getOption("progressr.enable"))) options(progressr.enable = TRUE)
+  if (!nzchar(Sys.getenv("CLI_TICK_TIME")) && !isNamespaceLoaded("cli"))
+    Sys.setenv(CLI_TICK_TIME = "200")
 }
 
 # Evaluates `expr` under the relay handler `h` (NULL: as it is).
@@ -51,6 +77,133 @@ relay_show <- function(items) {
       relay_signal(x$cond, x$id, x$compute)
     }
   }
+  if (length(items)) forget_handlers(items[[1L]]$compute)
+}
+
+# ---- handlers set by on_relay() -------------------------------------------
+
+#' Handle a Task's Relayed Messages and Progress
+#'
+#' `on_relay()` sets a function to be called on the host with each message
+#' and progress update that the task of a mirai (or each task of a
+#' `mirai_map()`, or of a list of mirai) relays while it runs, under
+#' `daemons(relay = TRUE)`. It is called whenever the host shows relayed
+#' conditions: while R waits for a mirai and, with the 'later' package, from
+#' later's event loop, which is where Shiny and plumber run. This is how a
+#' Shiny app moves a progress bar while one long task runs: later calls its
+#' callbacks outside every calling handler, so only a handler set here sees
+#' the task's conditions there.
+#'
+#' The handler receives each condition (with classes and fields as described
+#' in [daemons()], section 'Live messages and progress', e.g. `mirai_id`)
+#' in order per task, instead of its being signalled or shown: it is not
+#' also written to stderr or passed to calling handlers. Set it just after
+#' creating the mirai: conditions shown before that (R waited meanwhile)
+#' took their usual way. It is dropped once its tasks are over and their
+#' conditions have been handed to it, or when the daemons are reset. An
+#' error in the handler is an error where the condition is shown (in the
+#' wait, or reported by later).
+#'
+#' @param x a 'mirai', a 'mirai_map', or a list of 'mirai', all sent to
+#'   daemons set with `relay = TRUE`.
+#' @param handler a function of one argument, the condition.
+#'
+#' @return `x`, invisibly.
+#'
+#' @examples
+#' \donttest{
+#' daemons(1, relay = TRUE)
+#' m <- mirai({
+#'   for (i in 1:3) message("step ", i, " of 3")
+#'   "done"
+#' })
+#' steps <- character()
+#' on_relay(m, function(cond) steps <<- c(steps, conditionMessage(cond)))
+#' m[]
+#' steps
+#' daemons(0)
+#' }
+#'
+#' @export
+on_relay <- function(x, handler) {
+  if (!is.function(handler))
+    abort(sprintf("`handler` must be a function of one argument (the condition), not %s", typeof(handler)))
+  targets <- relay_targets(x)
+  for (t in targets) {
+    prof <- .$profiles[[t$compute]]
+    if (is.null(prof)) next
+    if (is.null(prof$relay_handlers)) {
+      prof$relay_handlers <- new.env(parent = emptyenv())
+      prof$relay_entries <- list()
+    }
+    entry <- new.env(parent = emptyenv())
+    entry$handler <- handler
+    entry$ids <- format(t$ids, scientific = FALSE, trim = TRUE)
+    entry$done <- t$done
+    entry$seen_done <- FALSE
+    for (k in entry$ids) assign(k, entry, envir = prof$relay_handlers)
+    prof$relay_entries[[length(prof$relay_entries) + 1L]] <- entry
+  }
+  invisible(x)
+}
+
+# What on_relay() keys handlers by: for each profile, the task ids and a
+# function telling whether they are all over.
+relay_targets <- function(x) {
+  bad <- "`x` must be a mirai, a mirai_map or a list of mirai"
+  off <- "`x` was not sent to daemons set with `relay = TRUE`: nothing is relayed for it"
+  h <- if (is_mirai_map(x)) map_handle(x)
+  if (!is.null(h)) {
+    compute <- .Call(C_mirai_relay_of, h, TRUE)
+    if (is.null(compute)) abort(off)
+    n <- length(x)
+    return(list(list(compute = compute, ids = .Call(C_mirai_map_ids, h),
+                     done = function() .Call(C_mirai_map_resolved, h) == n)))
+  }
+  if (is_mirai(x)) x <- list(x)
+  if (!is.list(x) || !length(x)) abort(bad)
+  out <- list()
+  for (m in x) {
+    if (!is_mirai(m)) abort(paste0(bad, ": an element is not a mirai"))
+    aio <- aio_of(m)
+    compute <- if (!is.null(aio)) .Call(C_mirai_relay_of, aio, FALSE)
+    if (is.null(compute)) abort(off)
+    out[[length(out) + 1L]] <- local({
+      a <- aio
+      list(compute = compute, ids = .Call(C_mirai_aio_id, a), done = function() .Call(C_mirai_aio_done, a))
+    })
+  }
+  out
+}
+
+relay_handler_for <- function(compute, id) {
+  prof <- .$profiles[[compute]]
+  reg <- if (!is.null(prof)) prof$relay_handlers
+  if (is.null(reg)) return(NULL)
+  entry <- reg[[format(id, scientific = FALSE, trim = TRUE)]]
+  if (!is.null(entry)) entry$handler
+}
+
+# A task's conditions all reach the host before its value, so once a
+# handler's tasks were seen over, the next drain of the profile's inbox
+# hands it the last of them: after that drain, the handler goes.
+forget_handlers <- function(compute) {
+  prof <- .$profiles[[compute]]
+  entries <- if (!is.null(prof)) prof$relay_entries
+  if (!length(entries)) return(invisible())
+  keep <- logical(length(entries))
+  for (k in seq_along(entries)) {
+    e <- entries[[k]]
+    if (e$seen_done) {
+      rm(list = e$ids[vapply(e$ids, function(i) identical(prof$relay_handlers[[i]], e), NA)],
+         envir = prof$relay_handlers)
+    } else {
+      e$seen_done <- isTRUE(e$done())
+      keep[k] <- TRUE
+    }
+  }
+  prof$relay_entries <- entries[keep]
+  invisible()
 }
 
 relay_tag <- function(id, compute) {
@@ -68,6 +221,8 @@ relay_signal <- function(cond, id, compute) {
   cond$mirai_id <- id
   cond$mirai_compute <- compute
   class(cond) <- unique(c("miraiCondition", class(cond)))
+  handler <- relay_handler_for(compute, id)
+  if (!is.null(handler)) return(invisible(handler(cond)))
   if (inherits(cond, "message")) {
     withRestarts({
       signalCondition(cond)

@@ -297,3 +297,119 @@ test_that("conditions held for a task whose mirai is gone do not fill the inbox 
   expect_identical(got$value, 2)
   expect_identical(msg_text(got$got), "after")
 })
+
+test_that("on_relay() hands a task's conditions to its handler, while R waits and from later's loop", {
+  skip_if_not_installed("later")
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  expect_error(on_relay(mirai(1), "f"), "`handler` must be a function")
+  expect_error(on_relay(list(1), identity), "`x` must be a mirai, a mirai_map or a list of mirai")
+  # While R waits: the handler gets them in order, nothing reaches stderr or
+  # calling handlers, and another task's messages go their usual way.
+  gate <- tempfile()
+  m <- mirai(gated(sprintf("step %d", 1:5), gate), gated = gated, gate = gate)
+  other <- mirai({ message("not mine"); 2 })
+  got <- list()
+  expect_identical(on_relay(m, function(c) {
+    got[[length(got) + 1L]] <<- c
+    if (length(got) == 5L) file.create(gate)
+  }), m)
+  err <- capture.output(r <- collect(list(m[], other[])), type = "message")
+  expect_identical(r$value, list("released", 2))
+  expect_identical(msg_text(got), sprintf("step %d", 1:5))
+  expect_true(all(vapply(got, `[[`, 0, "mirai_id") == mirai:::task_ids(m)))
+  expect_identical(msg_text(r$got), "not mine")
+  expect_identical(err, character())
+  # From later's loop, where no calling handler is: the handler alone sees
+  # the message (not stderr), while the task still runs.
+  gate2 <- tempfile()
+  m2 <- mirai(gated("from later", gate), gated = gated, gate = gate2)
+  seen <- character()
+  running <- NA
+  on_relay(m2, function(c) {
+    seen <<- c(seen, conditionMessage(c))
+    running <<- unresolved(m2)
+    file.create(gate2)
+  })
+  err <- character()
+  expect_true(wait_until(function() {
+    err <<- c(err, capture.output(later::run_now(0.05), type = "message"))
+    length(seen) > 0L
+  }, 30))
+  expect_identical(seen, "from later\n")
+  expect_true(running)
+  expect_identical(err, character())
+  expect_identical(m2[], "released")
+  # Handlers of tasks that are over go with a later drain of the inbox.
+  reg <- function() ls(mirai:::.$profiles$default$relay_handlers)
+  expect_true(length(reg()) > 0L)
+  for (k in 1:3) collect(mirai({ message("drain"); k }, k = k)[])
+  expect_identical(reg(), character())
+})
+
+test_that("on_relay() covers every element of a map, and needs relay", {
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  mp <- mirai_map(1:6, function(i) { message("element ", i); i })
+  got <- numeric()
+  on_relay(mp, function(c) got <<- c(got, as.numeric(sub("element ", "", conditionMessage(c)))))
+  expect_identical(unlist(mp[]), 1:6)
+  expect_setequal(got, 1:6)
+  daemons(0)
+  daemons(1)
+  expect_error(on_relay(mirai(1), identity), "not sent to daemons set with `relay = TRUE`")
+})
+
+# The map's bar, as text (so each position it shows can be read back).
+text_bar <- function(expr) {
+  old <- mirai:::.$cli
+  assign("cli", FALSE, envir = mirai:::.)
+  on.exit(assign("cli", old, envir = mirai:::.))
+  out <- capture.output(v <- expr, type = "message")
+  list(value = v, bar = unlist(strsplit(paste(out, collapse = "\n"), "\r", fixed = TRUE)))
+}
+
+test_that("a map's [.progress] counts progress inside elements (progressr and cli)", {
+  skip_if_not_installed("progressr")
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  # Each element reports half its work done, says so, and waits for the
+  # gate the host opens once both have said it: by then the bar counted the
+  # two halves (1.0 of 2) although no element had finished.
+  gate <- tempfile()
+  halves <- 0L
+  body <- function(i, gate) {
+    if (i == 1L) {
+      p <- progressr::progressor(steps = 4L)
+      p(amount = 2)
+    } else {
+      options(cli.progress_show_after = 0)
+      cli::cli_progress_bar(total = 10)
+      cli::cli_progress_update(set = 5, force = TRUE)
+    }
+    message("half")
+    t0 <- Sys.time()
+    while (!file.exists(gate)) if (difftime(Sys.time(), t0, units = "secs") > 60) return(-1L) else Sys.sleep(0.01)
+    i
+  }
+  r <- text_bar(withCallingHandlers(
+    mirai_map(1:2, body, .args = list(gate = gate))[.progress],
+    message = function(c) {
+      if (inherits(c, "miraiCondition") && identical(conditionMessage(c), "half\n")) {
+        halves <<- halves + 1L
+        if (halves == 2L) file.create(gate)
+        invokeRestart("muffleMessage")
+      }
+    }))
+  expect_identical(r$value, list(1L, 2L), info = paste(unlist(r$value), collapse = " "))
+  expect_identical(halves, 2L)
+  # Partial positions were shown (the first half alone, then both) before
+  # the end, and the bar never went back.
+  pos <- as.numeric(sub("^\\[ ([0-9.]+) / 2.*$", "\\1", grep("^\\[ [0-9.]+ / 2", r$bar, value = TRUE)))
+  expect_true(any(grepl("^\\[ 1\\.0 / 2", r$bar)))
+  expect_false(is.unsorted(pos))
+  expect_identical(r$bar[length(r$bar)], "[ 2 / 2 done ]")
+  # The elements' own bars and progressors were shown by the map's bar
+  # alone: no cli line of theirs reached stderr.
+  expect_false(any(grepl("■|%", r$bar)))
+})

@@ -169,3 +169,18 @@ pub fn mirai_node_wait_held(h: SEXP) -> RResult {
 pub fn mirai_host_relay_dropped(p: SEXP) -> RResult {
     real(profile(&p)?.host.relay.dropped.load(Ordering::Relaxed) as f64)
 }
+
+/// The name of the profile whose daemons ran the task of aio `h` (of map
+/// handle `h` with `is_map` TRUE) if that profile relays, else NULL:
+/// `on_relay()` keys its handlers by it and the task ids.
+pub fn mirai_relay_of(h: SEXP, is_map: SEXP) -> RResult {
+    let inbox = if bool_arg(is_map, "is_map")? {
+        super::map::map_inbox(h)?
+    } else {
+        aio(&h)?.profile.host.relay.clone()
+    };
+    if !inbox.enabled() {
+        return Ok(Owned::nil());
+    }
+    string(inbox.name())
+}
