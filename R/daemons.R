@@ -289,7 +289,13 @@ max_message <- function() {
 #' `[mirai 3] `. later runs its callbacks outside every calling handler
 #' (global ones included), so from later's loop a message is written to
 #' stderr with its tag and other conditions (progress updates) are not
-#' shown: to catch them, wait on the mirai inside a handler. Warnings and
+#' shown: to act on them there (a Shiny progress bar), give the task a
+#' handler with [on_relay()], which sees its conditions wherever they are
+#' shown. A task's cli progress bar is relayed as the lines cli draws (on a
+#' dynamic terminal the host redraws it in place); progressr's
+#' `progressor()`s created inside a task report too (the daemon enables
+#' progressr), and a map's `[.progress]` counts both inside its elements
+#' (see [mirai_map()]). Warnings and
 #' errors are unaffected (they come with the
 #' task's result). Relayed conditions are serialized without `serial`'s
 #' configurations, and one over `r bytes_text(limit("relay_limit_bytes"))`

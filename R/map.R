@@ -28,7 +28,11 @@
 #' * `x[.flat]` flattens the values into a vector, checking that all are of
 #'   the same type;
 #' * `x[.progress]` shows a progress bar (a 'cli' bar where that package is
-#'   installed, a plain text one on stderr otherwise);
+#'   installed, a plain text one on stderr otherwise). Under
+#'   `daemons(relay = TRUE)` it also counts progress inside the elements:
+#'   an element that runs a cli progress bar or a progressr `progressor()`
+#'   moves the bar by its share done as it goes, and those bars are then
+#'   shown by the map's bar alone;
 #' * `x[.stop]` stops at the first error value, cancels the remaining mirai
 #'   and raises an error naming the index.
 #'

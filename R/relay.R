@@ -230,7 +230,7 @@ relay_signal <- function(cond, id, compute) {
       # a relayed message must not fail the wait it is shown in.
       text <- tryCatch(conditionMessage(cond), error = function(e) NULL)
       if (!is.character(text)) text <- "(a relayed message that is not text)\n"
-      cat(relay_tag(id, compute), text, sep = "", file = stderr())
+      relay_write(relay_tag(id, compute), text, cond$mirai_bar)
     }, muffleMessage = function() NULL)
   } else if (inherits(cond, "progression")) {
     withRestarts(signalCondition(cond), muffleProgression = function(p) NULL)
@@ -238,6 +238,24 @@ relay_signal <- function(cond, id, compute) {
     withRestarts(signalCondition(cond), muffleCondition = function(...) NULL)
   }
   invisible()
+}
+
+# Writes a relayed message to stderr after its tag. A cli progress bar's
+# line is redrawn in place where stderr is a dynamic terminal (as cli
+# decides), until the bar is full; anything else written meanwhile starts on
+# a line of its own.
+relay_write <- function(tag, text, bar) {
+  if (is.list(bar) && use_cli() && cli::is_dynamic_tty(stderr())) {
+    full <- bar$current >= bar$total
+    cat("\r", tag, sub("\n$", "", text), "\033[K", if (full) "\n", sep = "", file = stderr())
+    .$bar_line <- !full
+    return(invisible())
+  }
+  if (isTRUE(.$bar_line)) {
+    cat("\n", file = stderr())
+    .$bar_line <- FALSE
+  }
+  cat(tag, text, sep = "", file = stderr())
 }
 
 relay_dropped <- function(compute, id, n) {

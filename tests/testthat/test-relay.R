@@ -413,3 +413,42 @@ test_that("a map's [.progress] counts progress inside elements (progressr and cl
   # alone: no cli line of theirs reached stderr.
   expect_false(any(grepl("■|%", r$bar)))
 })
+
+test_that("a task's cli progress bar is shown on the host as it moves", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  task <- function() {
+    options(cli.progress_show_after = 0)
+    cli::cli_progress_bar("Fitting", total = 8)
+    for (i in 1:8) {
+      Sys.sleep(0.25)
+      cli::cli_progress_update()
+    }
+    "fitted"
+  }
+  # Each update cli draws is a tagged line. The daemon has cli draw as
+  # often as in a terminal (every 0.2 s, not every 3 s where output is a
+  # log): several of the eight updates are drawn, not only the first and
+  # the last.
+  m <- mirai(task(), task = task)
+  out <- capture.output(v <- m[], type = "message")
+  expect_identical(v, "fitted")
+  tag <- sprintf("[mirai %d] Fitting", mirai:::task_ids(m))
+  expect_true(all(startsWith(out, tag)))
+  pct <- as.integer(sub("^.* ([0-9]+)% .*$", "\\1", out))
+  expect_gte(length(unique(pct)), 4L)
+  expect_false(is.unsorted(pct))
+  expect_identical(pct[length(pct)], 100L)
+  # Where stderr is a dynamic terminal (cli.dynamic says so here), the bar
+  # is redrawn in place, and the line ends with the bar.
+  op <- options(cli.dynamic = TRUE)
+  on.exit(options(op), add = TRUE)
+  m <- mirai(task(), task = task)
+  out <- paste(capture.output(v <- m[], type = "message"), collapse = "\n")
+  expect_identical(v, "fitted")
+  draws <- strsplit(out, "\r", fixed = TRUE)[[1L]]
+  draws <- draws[nzchar(draws)]
+  expect_gte(length(draws), 4L)
+  expect_true(all(endsWith(draws[-length(draws)], "\033[K")))
+  expect_match(draws[length(draws)], "100%")
+})
