@@ -19,8 +19,8 @@ pub(super) fn aio(s: &impl Held) -> Result<&Aio, RError> {
 }
 
 /// `.onLoad`: the data routine and the 'unresolved' value.
-pub fn mirai_r_init(data_routine: SEXP, unresolved: SEXP) -> RResult {
-    object::init(data_routine, unresolved)?;
+pub fn mirai_r_init(data_fn: SEXP, unresolved: SEXP) -> RResult {
+    object::init(data_fn, unresolved)?;
     Ok(Owned::nil())
 }
 
