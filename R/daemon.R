@@ -191,13 +191,17 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
                  else with_relay(.Call(C_mirai_daemon_recv, conn, box, relay, cleanup), relay_h)
           res <- switch(msg[["kind"]],
             task = if (is.null(relay_h)) eval_task(msg[["data"]], box)
-                   else with_relay(eval_task(msg[["data"]], box), relay_h),
+                   else relay_note(conn, with_relay(eval_task(msg[["data"]], box), relay_h)),
             # A task that cannot be run, answered with why.
             error = mirai_error(msg[["message"]]),
             # A cluster node's task (run natively) failed; under the relay
             # handler its calls start two frames deeper (with_relay() and
             # withCallingHandlers()).
-            failed = node_error(box, msg[["before"]], if (is.null(relay_h)) 0L else 2L),
+            failed = {
+              e <- node_error(box, msg[["before"]], if (is.null(relay_h)) 0L else 2L)
+              if (!is.null(relay_h)) relay_note(conn, NULL)
+              e
+            },
             # A cluster node's task, answered natively, to clean up after.
             done = {
               do_cleanup(snap)

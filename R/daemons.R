@@ -299,7 +299,13 @@ max_message <- function() {
 #' errors are unaffected (they come with the
 #' task's result). Relayed conditions are serialized without `serial`'s
 #' configurations, and one over `r bytes_text(limit("relay_limit_bytes"))`
-#' is not relayed. The host holds at most
+#' is not relayed. A task relays at most
+#' `r format(limit("relay_burst"), big.mark = ",")` conditions at once and
+#' `r format(limit("relay_rate"), big.mark = ",")` a second after that (so
+#' that a task signalling without pause cannot take the host from other
+#' tasks): the rest take their way on the daemon as without relay, and
+#' before its value the task tells the host how many, which says so and
+#' counts them in [status()] (`relay_dropped`). The host holds at most
 #' `r format(limit("relay_max_items"), big.mark = ",")` of them (and
 #' `r bytes_text(limit("relay_max_bytes"))`) per profile at once: beyond that they are dropped, with a message saying
 #' how many per task, and counted in [status()] (`relay_dropped`). With

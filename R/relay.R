@@ -59,6 +59,20 @@ relay_setup <- function() {
     Sys.setenv(CLI_TICK_TIME = "200")
 }
 
+# After a task, before its result: tells the host how many of its
+# conditions the relay budget dropped (rust/src/daemon/client.rs,
+# RelayBudget), if any. Returns `res`.
+relay_note <- function(conn, res) {
+  force(res)
+  n <- .Call(C_mirai_daemon_relay_dropped, conn)
+  if (n > 0) {
+    note <- structure(class = c("miraiRelayDropped", "condition"),
+                      list(message = "relay budget", call = NULL, dropped = n))
+    .Call(C_mirai_daemon_relay_note, conn, note)
+  }
+  res
+}
+
 # Evaluates `expr` under the relay handler `h` (NULL: as it is).
 with_relay <- function(expr, h) {
   if (is.null(h)) expr else withCallingHandlers(expr, message = h, immediateCondition = h)
@@ -218,6 +232,7 @@ relay_tag <- function(id, compute) {
 # progressr's updates reach progressr's handlers.
 relay_signal <- function(cond, id, compute) {
   if (!inherits(cond, "condition")) return(invisible())
+  if (inherits(cond, "miraiRelayDropped")) return(relay_over_budget(cond, id, compute))
   cond$mirai_id <- id
   cond$mirai_compute <- compute
   class(cond) <- unique(c("miraiCondition", class(cond)))
@@ -256,6 +271,18 @@ relay_write <- function(tag, text, bar) {
     .$bar_line <- FALSE
   }
   cat(tag, text, sep = "", file = stderr())
+}
+
+# A daemon's note of conditions its task could not relay, being over the
+# budget: counted with the host's own drops, and told.
+relay_over_budget <- function(cond, id, compute) {
+  n <- cond$dropped
+  if (!is.numeric(n) || length(n) != 1L || is.na(n) || n <= 0) return(invisible())
+  prof <- .$profiles[[compute]]
+  if (!is.null(prof)) .Call(C_mirai_host_relay_count, prof$host, as.double(n))
+  message(sprintf("%s%s condition(s) signalled by this task were not relayed: a task relays at most %s a second",
+                  relay_tag(id, compute), format(n, scientific = FALSE),
+                  format(limit("relay_rate"), big.mark = ",")))
 }
 
 relay_dropped <- function(compute, id, n) {

@@ -530,10 +530,26 @@ pub fn mirai_daemon_send(h: SEXP, id: SEXP, value: SEXP) -> RResult {
 /// `proto::RELAY_LIMIT` bytes, or when the host is gone: the condition
 /// then goes on as without relay.
 pub fn mirai_daemon_relay(h: SEXP, cond: SEXP, held: SEXP) -> RResult {
-    let held = bool_arg(held, "held")?;
+    relay_send(h, cond, bool_arg(held, "held")?, false)
+}
+
+/// Sends the running task's drop note `cond` (whatever its relay budget),
+/// if `mirai_daemon_relay_dropped` counted any.
+pub fn mirai_daemon_relay_note(h: SEXP, cond: SEXP) -> RResult {
+    relay_send(h, cond, false, true)
+}
+
+/// How many of the running task's conditions its relay budget dropped
+/// since last asked (a double).
+pub fn mirai_daemon_relay_dropped(h: SEXP) -> RResult {
+    let mut g = lock(conn(&h)?);
+    real(g.as_mut().map_or(0, |c| c.relay_dropped()) as f64)
+}
+
+fn relay_send(h: SEXP, cond: SEXP, held: bool, force: bool) -> RResult {
     let mut g = lock(conn(&h)?);
     let c = g.as_mut().ok_or("connection is closed")?;
-    let Some(mut frame) = c.begin_relay(held) else { return lgl(false) };
+    let Some(mut frame) = c.begin_relay(held, force) else { return lgl(false) };
     let start = frame.len();
     // Plain R serialization: the host reads it without the profile's
     // custom serializers, and a condition carries none of their objects.

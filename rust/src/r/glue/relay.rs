@@ -184,3 +184,13 @@ pub fn mirai_relay_of(h: SEXP, is_map: SEXP) -> RResult {
     }
     string(inbox.name())
 }
+
+/// Counts `n` conditions a daemon's relay budget dropped (its drop note)
+/// in profile `p`'s total.
+pub fn mirai_host_relay_count(p: SEXP, n: SEXP) -> RResult {
+    let n = f64_arg(n, "n")?;
+    if n.is_finite() && n > 0.0 {
+        profile(&p)?.host.relay.dropped.fetch_add(n.min(u64::MAX as f64) as u64, Ordering::Relaxed);
+    }
+    Ok(Owned::nil())
+}
