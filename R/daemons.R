@@ -286,12 +286,12 @@ max_message <- function() {
 #' `mirai_compute`: a calling handler such as `withCallingHandlers(m[],
 #' message = ...)` or progressr's `with_progress()` catches it; a message
 #' no handler muffles is written to stderr after a tag naming the task,
-#' `[mirai 3] `. later runs its callbacks outside every calling handler
-#' (global ones included), so from later's loop a message is written to
-#' stderr with its tag and other conditions (progress updates) are not
-#' shown: to act on them there (a Shiny progress bar), give the task a
-#' handler with [on_relay()], which sees its conditions wherever they are
-#' shown. A task's cli progress bar is relayed as the lines cli draws (on a
+#' `[mirai 3] `. later runs its callbacks with R's handler stack emptied:
+#' from later's loop the host calls the global calling handlers itself
+#' ([globalCallingHandlers()], as progressr's `handlers(global = TRUE)`
+#' sets), but no other calling handler can be there. To act on a task's
+#' conditions there (a Shiny progress bar), give the task a handler with
+#' [on_relay()], which sees its conditions wherever they are shown. A task's cli progress bar is relayed as the lines cli draws (on a
 #' dynamic terminal the host redraws it in place); progressr's
 #' `progressor()`s created inside a task report too (the daemon enables
 #' progressr), and a map's `[.progress]` counts both inside its elements

@@ -83,12 +83,15 @@ with_relay <- function(expr, h) {
 # Called natively with what the profiles' inboxes held: a list of
 # list(compute, id, seq, cond) for each condition, in order per task, then
 # list(compute, id, dropped) for tasks some of whose conditions were dropped.
-relay_show <- function(items) {
+# `from_later`: called from later's loop, which runs callbacks with R's
+# handler stack emptied, global calling handlers (progressr's
+# `handlers(global = TRUE)`) included: those are then called here.
+relay_show <- function(items, from_later = FALSE) {
   for (x in items) {
     if (!is.null(x$dropped)) {
       relay_dropped(x$compute, x$id, x$dropped)
     } else {
-      relay_signal(x$cond, x$id, x$compute)
+      relay_signal(x$cond, x$id, x$compute, from_later)
     }
   }
   if (length(items)) forget_handlers(items[[1L]]$compute)
@@ -230,7 +233,7 @@ relay_tag <- function(id, compute) {
 # task as `mirai_id` and the profile as `mirai_compute`. A message no handler
 # muffles is written to stderr after the task's tag, as message() would;
 # progressr's updates reach progressr's handlers.
-relay_signal <- function(cond, id, compute) {
+relay_signal <- function(cond, id, compute, from_later = FALSE) {
   if (!inherits(cond, "condition")) return(invisible())
   if (inherits(cond, "miraiRelayDropped")) return(relay_over_budget(cond, id, compute))
   cond$mirai_id <- id
@@ -238,9 +241,10 @@ relay_signal <- function(cond, id, compute) {
   class(cond) <- unique(c("miraiCondition", class(cond)))
   handler <- relay_handler_for(compute, id)
   if (!is.null(handler)) return(invisible(handler(cond)))
+  signal <- if (from_later) signal_global else signalCondition
   if (inherits(cond, "message")) {
     withRestarts({
-      signalCondition(cond)
+      signal(cond)
       # What the daemon sent need not print (a message that is not text):
       # a relayed message must not fail the wait it is shown in.
       text <- tryCatch(conditionMessage(cond), error = function(e) NULL)
@@ -248,9 +252,9 @@ relay_signal <- function(cond, id, compute) {
       relay_write(relay_tag(id, compute), text, cond$mirai_bar)
     }, muffleMessage = function() NULL)
   } else if (inherits(cond, "progression")) {
-    withRestarts(signalCondition(cond), muffleProgression = function(p) NULL)
+    withRestarts(signal(cond), muffleProgression = function(p) NULL)
   } else {
-    withRestarts(signalCondition(cond), muffleCondition = function(...) NULL)
+    withRestarts(signal(cond), muffleCondition = function(...) NULL)
   }
   invisible()
 }
@@ -283,6 +287,19 @@ relay_over_budget <- function(cond, id, compute) {
   message(sprintf("%s%s condition(s) signalled by this task were not relayed: a task relays at most %s a second",
                   relay_tag(id, compute), format(n, scientific = FALSE),
                   format(limit("relay_rate"), big.mark = ",")))
+}
+
+# signalCondition(), then the global calling handlers for the condition's
+# classes, most recently registered first, as R itself calls them at top
+# level.
+signal_global <- function(cond) {
+  signalCondition(cond)
+  hs <- globalCallingHandlers()
+  classes <- class(cond)
+  for (k in seq_along(hs)) {
+    if (names(hs)[k] %in% classes) hs[[k]](cond)
+  }
+  invisible()
 }
 
 relay_dropped <- function(compute, id, n) {

@@ -481,3 +481,32 @@ test_that("a task's cli progress bar is shown on the host as it moves", {
   expect_true(all(endsWith(draws[-length(draws)], "\033[K")))
   expect_match(draws[length(draws)], "100%")
 })
+
+test_that("from later's loop, global calling handlers see relayed conditions (progressr's global mode)", {
+  skip_if_not_installed("later")
+  # Global handlers can only be set with no handler on the stack: in a
+  # script of its own, as a user's session would.
+  script <- tempfile(fileext = ".R")
+  gate <- tempfile()
+  on.exit(unlink(c(script, gate)))
+  writeLines(c(
+    "library(mirai)",
+    "daemons(1, relay = TRUE)",
+    "seen <- character()",
+    "globalCallingHandlers(message = function(c) if (inherits(c, 'miraiCondition')) {",
+    "  seen <<- c(seen, conditionMessage(c)); invokeRestart('muffleMessage') })",
+    sprintf("gate <- %s", deparse(gate)),
+    "m <- mirai({ message('to the global handler'); t0 <- Sys.time()",
+    "  while (!file.exists(gate) && difftime(Sys.time(), t0, units = 'secs') < 60) Sys.sleep(0.01); 'released' },",
+    "  gate = gate)",
+    "t0 <- Sys.time()",
+    "while (!length(seen) && difftime(Sys.time(), t0, units = 'secs') < 60) later::run_now(0.05)",
+    "running <- unresolved(m)",
+    "invisible(file.create(gate))",
+    "cat(sprintf('seen=%s running=%s value=%s\\n', paste(trimws(seen), collapse = '|'), running, m[]))",
+    "daemons(0)"
+  ), script)
+  out <- system2(file.path(R.home("bin"), "Rscript"), script, stdout = TRUE, stderr = TRUE,
+                 env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
+  expect_identical(out, "seen=to the global handler running=TRUE value=released")
+})
