@@ -471,29 +471,36 @@ within_elements <- function(x, h, tick, expr) {
 
 element_progress <- function(x, h, tick) {
   n <- length(x)
+  # Each element's key: its profile and task id, as relayed conditions
+  # carry them (NA for an element that relays nothing).
+  key <- function(compute, id) paste0(compute, "\r", format(id, scientific = FALSE, trim = TRUE))
   if (!is.null(h)) {
-    if (is.null(.Call(C_mirai_relay_of, h, TRUE))) return(NULL)
-    ids <- .Call(C_mirai_map_ids, h)
+    compute <- .Call(C_mirai_relay_of, h, TRUE)
+    if (is.null(compute)) return(NULL)
+    keys <- key(compute, .Call(C_mirai_map_ids, h))
     done <- function() .Call(C_mirai_map_done, h)
   } else {
     aios <- lapply(x, function(m) if (is_mirai(m)) aio_of(m))
-    relays <- vapply(aios, function(a) !is.null(a) && !is.null(.Call(C_mirai_relay_of, a, FALSE)), NA)
-    if (!any(relays)) return(NULL)
-    ids <- vapply(aios, function(a) if (is.null(a)) NA_real_ else .Call(C_mirai_aio_id, a), 0)
+    keys <- vapply(aios, function(a) {
+      compute <- if (!is.null(a)) .Call(C_mirai_relay_of, a, FALSE)
+      if (is.null(compute)) NA_character_ else key(compute, .Call(C_mirai_aio_id, a))
+    }, "")
+    if (all(is.na(keys))) return(NULL)
     done <- function() vapply(aios, function(a) is.null(a) || .Call(C_mirai_aio_done, a), NA)
   }
-  # Element index by task id; per element, units done and units in all of
-  # its progressors (a cli bar is one too); per progressor, its last known
-  # c(done, steps) and element.
+  # Element index by key; per element, units done and units in all of its
+  # progressors (a cli bar is one too); per progressor, its last known
+  # c(done, steps).
   index <- new.env(parent = emptyenv(), size = n)
-  for (i in seq_len(n)) if (!is.na(ids[i])) assign(format(ids[i], scientific = FALSE, trim = TRUE), i, envir = index)
+  for (i in seq_len(n)) if (!is.na(keys[i])) assign(keys[i], i, envir = index)
   units <- numeric(n)
   steps <- numeric(n)
   meters <- new.env(parent = emptyenv())
   shown_at <- 0
   over <- NULL
   function(cond) {
-    i <- index[[format(cond$mirai_id, scientific = FALSE, trim = TRUE)]]
+    k <- key(cond$mirai_compute, cond$mirai_id)
+    i <- if (length(k) == 1L) index[[k]]
     if (is.null(i)) return()
     bar <- cond$mirai_bar
     if (inherits(cond, "progression")) {

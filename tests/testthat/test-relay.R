@@ -441,6 +441,27 @@ test_that("a map's [.progress] counts progress inside elements (progressr and cl
   # The elements' own bars and progressors were shown by the map's bar
   # alone: no cli line of theirs reached stderr.
   expect_false(any(grepl("■|%", r$bar)))
+
+  # The same for a list of mirai, one of them from a profile without relay.
+  daemons(1, .compute = "quiet")
+  on.exit(daemons(0, .compute = "quiet"), add = TRUE)
+  unlink(gate)
+  halves <- 0L
+  ms <- list(mirai(body(1L, gate), body = body, gate = gate),
+             mirai(body(2L, gate), body = body, gate = gate))
+  quiet <- mirai(1L, .compute = "quiet")
+  r <- text_bar(withCallingHandlers(
+    collect_mirai(c(ms, list(quiet)), ".progress"),
+    message = function(c) {
+      if (inherits(c, "miraiCondition") && identical(conditionMessage(c), "half\n")) {
+        halves <<- halves + 1L
+        if (halves == 2L) file.create(gate)
+        invokeRestart("muffleMessage")
+      }
+    }))
+  expect_identical(r$value, list(1L, 2L, 1L))
+  expect_true(any(grepl("^\\[ 1\\.0 / 3", r$bar)))
+  expect_identical(r$bar[length(r$bar)], "[ 3 / 3 done ]")
 })
 
 test_that("a task's cli progress bar is shown on the host as it moves", {
