@@ -472,35 +472,50 @@ within_elements <- function(x, h, tick, expr) {
 element_progress <- function(x, h, tick) {
   n <- length(x)
   if (!is.null(h)) {
-    if (is.null(.Call(C_mirai_relay_of, h, TRUE))) return(NULL)
+    compute <- .Call(C_mirai_relay_of, h, TRUE)
+    if (!is.character(compute)) return(NULL)
     ids <- .Call(C_mirai_map_ids, h)
     done <- function() .Call(C_mirai_map_done, h)
   } else {
     aios <- lapply(x, function(m) if (is_mirai(m)) aio_of(m))
-    relays <- vapply(aios, function(a) !is.null(a) && !is.null(.Call(C_mirai_relay_of, a, FALSE)), NA)
-    if (!any(relays)) return(NULL)
+    compute <- vapply(aios, function(a) {
+      p <- if (!is.null(a)) .Call(C_mirai_relay_of, a, FALSE)
+      if (is.character(p)) p else NA_character_
+    }, "")
+    if (all(is.na(compute))) return(NULL)
     ids <- vapply(aios, function(a) if (is.null(a)) NA_real_ else .Call(C_mirai_aio_id, a), 0)
+    ids[is.na(compute)] <- NA
     done <- function() vapply(aios, function(a) is.null(a) || .Call(C_mirai_aio_done, a), NA)
   }
-  # Element index by task id; per element, units done and units in all of
+  # Element index by profile and task id (ids are per profile: another
+  # profile's task of the same id, shown during the same wait, is not
+  # this map's); per element, units done and units in all of
   # its progressors (a cli bar is one too); per progressor, its last known
   # c(done, steps) and element.
   index <- new.env(parent = emptyenv(), size = n)
-  for (i in seq_len(n)) if (!is.na(ids[i])) assign(format(ids[i], scientific = FALSE, trim = TRUE), i, envir = index)
+  key_of <- function(compute, id) paste(compute, format(id, scientific = FALSE, trim = TRUE))
+  keys <- key_of(compute, ids)
+  for (i in seq_len(n)) if (!is.na(ids[i])) assign(keys[i], i, envir = index)
   units <- numeric(n)
   steps <- numeric(n)
   meters <- new.env(parent = emptyenv())
   shown_at <- 0
   over <- NULL
   function(cond) {
-    i <- index[[format(cond$mirai_id, scientific = FALSE, trim = TRUE)]]
+    if (!is.character(cond$mirai_compute)) return()
+    i <- index[[key_of(cond$mirai_compute, cond$mirai_id)]]
     if (is.null(i)) return()
     bar <- cond$mirai_bar
     if (inherits(cond, "progression")) {
-      key <- paste0("p", cond$progressor_uuid)
+      # What a task sends is checked as it is used: a malformed update is
+      # not counted, and never fails the collection.
+      uuid <- cond$progressor_uuid
+      type <- cond$type
+      if (!is.character(uuid) || length(uuid) != 1L || !is.character(type) || !length(type)) return()
+      key <- paste0("p", uuid)
       was <- meters[[key]] %||% c(0, 0)
       now <- switch(
-        as.character(cond$type)[1L],
+        type[1L],
         initiate = c(0, if (is_number(cond$steps)) cond$steps else 0),
         update = c(if (is_number(cond$step)) cond$step
                    else was[1L] + if (is_number(cond$amount)) cond$amount else 0, was[2L]),
@@ -508,7 +523,7 @@ element_progress <- function(x, h, tick) {
         was
       )
       restart <- "muffleProgression"
-    } else if (is.list(bar)) {
+    } else if (is_bar_position(bar)) {
       key <- paste0("c", bar$id)
       was <- meters[[key]] %||% c(0, 0)
       now <- c(bar$current, bar$total)
