@@ -606,3 +606,31 @@ test_that("on_relay() handlers of tasks that relay nothing do not pile up", {
   }
   expect_lt(reg(), 100L)
 })
+
+test_that("future's conditions over a node's relay budget come with the value, and are not counted as dropped", {
+  skip_if_not_installed("future")
+  skip_if_not_installed("progressr")
+  cl <- make_cluster(1, relay = TRUE)
+  op <- options(progressr.enable = TRUE)
+  on.exit({ future::plan(future::sequential); stop_cluster(cl); options(op) })
+  future::plan(future::cluster, workers = cl)
+  n <- 3000L
+  count <- 0L
+  notes <- character()
+  seen <- progressr::make_progression_handler("seen", reporter = list(
+    update = function(config, state, progression, ...) count <<- count + 1L
+  ), enable = TRUE)
+  v <- withCallingHandlers(progressr::with_progress({
+    p <- progressr::progressor(steps = n)
+    f <- future::future({ for (i in seq_len(n)) p(); "done" }, globals = list(p = p, n = n))
+    future::value(f)
+  }, handlers = seen), message = function(c) {
+    notes <<- c(notes, conditionMessage(c))
+    invokeRestart("muffleMessage")
+  })
+  expect_identical(v, "done")
+  expect_identical(count, n)
+  expect_identical(notes, character())
+  prof <- mirai:::profile_of(attr(cl, "id"))
+  expect_identical(.Call(mirai:::C_mirai_host_relay_dropped, prof$host), 0)
+})
