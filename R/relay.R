@@ -125,7 +125,8 @@ relay_show <- function(items) {
 #' also written to stderr or passed to calling handlers. Set it just after
 #' creating the mirai: conditions shown before that (R waited meanwhile)
 #' took their usual way. It is dropped once its tasks are over and their
-#' conditions have been handed to it, or when the daemons are reset. An
+#' conditions have been handed to it, or when the daemons are reset (a
+#' mirai sent before a reset gets none: nothing more comes for it). An
 #' error in the handler is an error where the condition is shown (in the
 #' wait, or reported by later).
 #'
