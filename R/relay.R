@@ -92,17 +92,31 @@ with_relay <- function(expr, h) {
 # Called natively with what the profiles' inboxes held: a list of
 # list(compute, id, seq, cond) for each condition, in order per task, then
 # list(compute, id, dropped) for tasks some of whose conditions were dropped.
+#
+# An error where one is shown (a handler's) is raised once the rest are
+# shown: they were taken from the inbox, and would otherwise be lost.
 relay_show <- function(items) {
   .$relay_showing <- TRUE
   on.exit(.$relay_showing <- FALSE)
-  for (x in items) {
-    if (!is.null(x$dropped)) {
-      relay_dropped(x$compute, x$id, x$dropped)
-    } else {
-      relay_signal(x$cond, x$id, x$compute)
-    }
+  n <- length(items)
+  k <- 0L
+  err <- NULL
+  while (k < n) {
+    e <- tryCatch({
+      while (k < n) {
+        k <- k + 1L
+        x <- items[[k]]
+        if (!is.null(x$dropped)) {
+          relay_dropped(x$compute, x$id, x$dropped)
+        } else {
+          relay_signal(x$cond, x$id, x$compute)
+        }
+      }
+    }, error = identity)
+    if (is.null(err) && inherits(e, "error")) err <- e
   }
-  if (length(items)) forget_handlers(items[[1L]]$compute)
+  if (n) forget_handlers(items[[1L]]$compute)
+  if (!is.null(err)) stop(err)
 }
 
 # ---- handlers set by on_relay() -------------------------------------------

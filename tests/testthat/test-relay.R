@@ -634,3 +634,34 @@ test_that("future's conditions over a node's relay budget come with the value, a
   prof <- mirai:::profile_of(attr(cl, "id"))
   expect_identical(.Call(mirai:::C_mirai_host_relay_dropped, prof$host), 0)
 })
+
+test_that("a handler's error is raised once the rest of what was taken with it is shown", {
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  flag <- tempfile()
+  gate <- tempfile()
+  m <- mirai({
+    for (i in 1:3) message("s", i)
+    file.create(flag)
+    v <- gated(character(), gate)
+    message("s4")
+    v
+  }, flag = flag, gate = gate, gated = gated)
+  other <- mirai({ message("other"); 2 })
+  got <- character()
+  on_relay(m, function(c) {
+    got <<- c(got, sub("\n$", "", conditionMessage(c)))
+    if (length(got) == 1L) stop("handler failed")
+  })
+  # No wait (nor event loop) meanwhile: the three arrive for one drain.
+  t0 <- Sys.time()
+  while (!file.exists(flag) && difftime(Sys.time(), t0, units = "secs") < 30) NULL
+  t0 <- Sys.time()
+  while (difftime(Sys.time(), t0, units = "secs") < 0.5) NULL
+  r <- collect(expect_error(other[], "handler failed"))
+  expect_identical(got, c("s1", "s2", "s3"))
+  expect_identical(msg_text(r$got), "other")
+  file.create(gate)
+  expect_identical(m[], "released")
+  expect_identical(got, c("s1", "s2", "s3", "s4"))
+})
