@@ -197,11 +197,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
             # A cluster node's task (run natively) failed; under the relay
             # handler its calls start two frames deeper (with_relay() and
             # withCallingHandlers()).
-            failed = {
-              e <- node_error(box, msg[["before"]], if (is.null(relay_h)) 0L else 2L)
-              if (!is.null(relay_h)) relay_note(conn, NULL)
-              e
-            },
+            failed = node_error(box, msg[["before"]], if (is.null(relay_h)) 0L else 2L),
             # A cluster node's task, answered natively, to clean up after.
             done = {
               do_cleanup(snap)

@@ -476,21 +476,22 @@ element_progress <- function(x, h, tick) {
   key <- function(compute, id) paste0(compute, "\r", format(id, scientific = FALSE, trim = TRUE))
   if (!is.null(h)) {
     compute <- .Call(C_mirai_relay_of, h, TRUE)
-    if (is.null(compute)) return(NULL)
+    if (!is.character(compute)) return(NULL)
     keys <- key(compute, .Call(C_mirai_map_ids, h))
     done <- function() .Call(C_mirai_map_done, h)
   } else {
     aios <- lapply(x, function(m) if (is_mirai(m)) aio_of(m))
     keys <- vapply(aios, function(a) {
       compute <- if (!is.null(a)) .Call(C_mirai_relay_of, a, FALSE)
-      if (is.null(compute)) NA_character_ else key(compute, .Call(C_mirai_aio_id, a))
+      if (is.character(compute)) key(compute, .Call(C_mirai_aio_id, a)) else NA_character_
     }, "")
     if (all(is.na(keys))) return(NULL)
     done <- function() vapply(aios, function(a) is.null(a) || .Call(C_mirai_aio_done, a), NA)
   }
-  # Element index by key; per element, units done and units in all of its
-  # progressors (a cli bar is one too); per progressor, its last known
-  # c(done, steps).
+  # Element index by key (ids are per profile: another profile's task of
+  # the same id, shown during the same wait, is not this map's); per
+  # element, units done and units in all of its progressors (a cli bar is
+  # one too); per progressor, its last known c(done, steps).
   index <- new.env(parent = emptyenv(), size = n)
   for (i in seq_len(n)) if (!is.na(keys[i])) assign(keys[i], i, envir = index)
   units <- numeric(n)
@@ -499,15 +500,21 @@ element_progress <- function(x, h, tick) {
   shown_at <- 0
   over <- NULL
   function(cond) {
+    if (!is.character(cond$mirai_compute)) return()
     k <- key(cond$mirai_compute, cond$mirai_id)
     i <- if (length(k) == 1L) index[[k]]
     if (is.null(i)) return()
     bar <- cond$mirai_bar
     if (inherits(cond, "progression")) {
-      key <- paste0("p", cond$progressor_uuid)
+      # What a task sends is checked as it is used: a malformed update is
+      # not counted, and never fails the collection.
+      uuid <- cond$progressor_uuid
+      type <- cond$type
+      if (!is.character(uuid) || length(uuid) != 1L || !is.character(type) || !length(type)) return()
+      key <- paste0("p", uuid)
       was <- meters[[key]] %||% c(0, 0)
       now <- switch(
-        as.character(cond$type)[1L],
+        type[1L],
         initiate = c(0, if (is_number(cond$steps)) cond$steps else 0),
         update = c(if (is_number(cond$step)) cond$step
                    else was[1L] + if (is_number(cond$amount)) cond$amount else 0, was[2L]),
@@ -515,7 +522,7 @@ element_progress <- function(x, h, tick) {
         was
       )
       restart <- "muffleProgression"
-    } else if (is.list(bar)) {
+    } else if (is_bar_position(bar)) {
       key <- paste0("c", bar$id)
       was <- meters[[key]] %||% c(0, 0)
       now <- c(bar$current, bar$total)

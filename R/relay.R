@@ -10,11 +10,19 @@
 # progressr's updates are) that sends the condition to the host at once and
 # muffles it here. One it cannot send (no task running, too large, a host
 # gone) goes on as it would without relay.
+#
+# A task's own 'miraiRelayDropped' is not relayed: the host would take it
+# for the daemon's drop note (see relay_note()), counting and telling drops
+# that never were.
 relay_handler <- function(conn) {
   function(cond) {
+    if (inherits(cond, "miraiRelayDropped")) return()
     if (!.Call(C_mirai_daemon_relay, conn, relay_slim(cond), FALSE)) return()
     for (r in computeRestarts(cond)) {
-      if (startsWith(r$name, "muffle")) invokeRestart(r)
+      # R's top-level restart ('abort') has no `name` field: its name is
+      # only its first element.
+      name <- r[[1L]]
+      if (is.character(name) && startsWith(name, "muffle")) invokeRestart(r)
     }
   }
 }
@@ -42,10 +50,15 @@ relay_slim <- function(cond) {
 cli_bar_position <- function() {
   pos <- tryCatch(list(id = cli::pb_id, current = cli::pb_current, total = cli::pb_total),
                   error = function(e) NULL)
-  ok <- !is.null(pos) && is.character(pos$id) && length(pos$id) == 1L &&
-    is.numeric(pos$current) && length(pos$current) == 1L &&
-    is.numeric(pos$total) && length(pos$total) == 1L && !is.na(pos$total) && pos$total > 0
-  if (ok) pos
+  if (is_bar_position(pos)) pos
+}
+
+# Whether `pos` is a bar position as cli_bar_position() makes it. The host
+# checks too: a task may send a message with a `mirai_bar` of its own.
+is_bar_position <- function(pos) {
+  is.list(pos) && is.character(pos$id) && length(pos$id) == 1L && !is.na(pos$id) &&
+    is_number(pos$current) && is.finite(pos$current) && pos$current >= 0 &&
+    is_number(pos$total) && is.finite(pos$total) && pos$total > 0
 }
 
 # Set once on a daemon whose host relays, before its first task. Both only
@@ -61,15 +74,11 @@ relay_setup <- function() {
 
 # After a task, before its result: tells the host how many of its
 # conditions the relay budget dropped (rust/src/daemon/client.rs,
-# RelayBudget), if any. Returns `res`.
+# RelayBudget), if any (a cluster node's task is told natively). Returns
+# `res`.
 relay_note <- function(conn, res) {
   force(res)
-  n <- .Call(C_mirai_daemon_relay_dropped, conn)
-  if (n > 0) {
-    note <- structure(class = c("miraiRelayDropped", "condition"),
-                      list(message = "relay budget", call = NULL, dropped = n))
-    .Call(C_mirai_daemon_relay_note, conn, note)
-  }
+  .Call(C_mirai_daemon_relay_note, conn)
   res
 }
 
@@ -86,15 +95,31 @@ with_relay <- function(expr, h) {
 # `from_later`: called from later's loop, which runs callbacks with R's
 # handler stack emptied, global calling handlers (progressr's
 # `handlers(global = TRUE)`) included: those are then called here.
+#
+# An error where one is shown (a handler's) is raised once the rest are
+# shown: they were taken from the inbox, and would otherwise be lost.
 relay_show <- function(items, from_later = FALSE) {
-  for (x in items) {
-    if (!is.null(x$dropped)) {
-      relay_dropped(x$compute, x$id, x$dropped)
-    } else {
-      relay_signal(x$cond, x$id, x$compute, from_later)
-    }
+  .$relay_showing <- TRUE
+  on.exit(.$relay_showing <- FALSE)
+  n <- length(items)
+  k <- 0L
+  err <- NULL
+  while (k < n) {
+    e <- tryCatch({
+      while (k < n) {
+        k <- k + 1L
+        x <- items[[k]]
+        if (!is.null(x$dropped)) {
+          relay_dropped(x$compute, x$id, x$dropped)
+        } else {
+          relay_signal(x$cond, x$id, x$compute, from_later)
+        }
+      }
+    }, error = identity)
+    if (is.null(err) && inherits(e, "error")) err <- e
   }
-  if (length(items)) forget_handlers(items[[1L]]$compute)
+  if (n) forget_handlers(items[[1L]]$compute)
+  if (!is.null(err)) stop(err)
 }
 
 # ---- handlers set by on_relay() -------------------------------------------
@@ -117,7 +142,8 @@ relay_show <- function(items, from_later = FALSE) {
 #' also written to stderr or passed to calling handlers. Set it just after
 #' creating the mirai: conditions shown before that (R waited meanwhile)
 #' took their usual way. It is dropped once its tasks are over and their
-#' conditions have been handed to it, or when the daemons are reset. An
+#' conditions have been handed to it, or when the daemons are reset (a
+#' mirai sent before a reset gets none: nothing more comes for it). An
 #' error in the handler is an error where the condition is shown (in the
 #' wait, or reported by later).
 #'
@@ -160,6 +186,13 @@ on_relay <- function(x, handler) {
     entry$seen_done <- FALSE
     for (k in entry$ids) assign(k, entry, envir = prof$relay_handlers)
     prof$relay_entries[[length(prof$relay_entries) + 1L]] <- entry
+    # Every so often (twice as many as were left last time): handlers
+    # whose tasks never relay are otherwise kept until one of the
+    # profile's tasks does.
+    if (length(prof$relay_entries) >= (prof$relay_sweep_at %||% 64L)) {
+      forget_over(prof)
+      prof$relay_sweep_at <- max(64L, 2L * length(prof$relay_entries))
+    }
   }
   invisible(x)
 }
@@ -173,6 +206,8 @@ relay_targets <- function(x) {
   if (!is.null(h)) {
     compute <- .Call(C_mirai_relay_of, h, TRUE)
     if (is.null(compute)) abort(off)
+    # Its profile was reset: nothing more comes for it.
+    if (isFALSE(compute)) return(list())
     n <- length(x)
     return(list(list(compute = compute, ids = .Call(C_mirai_map_ids, h),
                      done = function() .Call(C_mirai_map_resolved, h) == n)))
@@ -185,6 +220,7 @@ relay_targets <- function(x) {
     aio <- aio_of(m)
     compute <- if (!is.null(aio)) .Call(C_mirai_relay_of, aio, FALSE)
     if (is.null(compute)) abort(off)
+    if (isFALSE(compute)) next
     out[[length(out) + 1L]] <- local({
       a <- aio
       list(compute = compute, ids = .Call(C_mirai_aio_id, a), done = function() .Call(C_mirai_aio_done, a))
@@ -212,8 +248,7 @@ forget_handlers <- function(compute) {
   for (k in seq_along(entries)) {
     e <- entries[[k]]
     if (e$seen_done) {
-      rm(list = e$ids[vapply(e$ids, function(i) identical(prof$relay_handlers[[i]], e), NA)],
-         envir = prof$relay_handlers)
+      forget_entry(prof, e)
     } else {
       e$seen_done <- isTRUE(e$done())
       keep[k] <- TRUE
@@ -221,6 +256,22 @@ forget_handlers <- function(compute) {
   }
   prof$relay_entries <- entries[keep]
   invisible()
+}
+
+# Outside a drain, the handlers whose tasks are over go at once if the
+# profile's inbox holds nothing to show: their tasks' conditions, all
+# received before the values, were shown already.
+forget_over <- function(prof) {
+  entries <- prof$relay_entries
+  over <- vapply(entries, function(e) isTRUE(e$done()), NA)
+  if (!any(over) || isTRUE(.$relay_showing) || !.Call(C_mirai_host_relay_idle, prof$host)) return()
+  for (e in entries[over]) forget_entry(prof, e)
+  prof$relay_entries <- entries[!over]
+}
+
+forget_entry <- function(prof, e) {
+  rm(list = e$ids[vapply(e$ids, function(i) identical(prof$relay_handlers[[i]], e), NA)],
+     envir = prof$relay_handlers)
 }
 
 relay_tag <- function(id, compute) {
@@ -264,7 +315,7 @@ relay_signal <- function(cond, id, compute, from_later = FALSE) {
 # decides), until the bar is full; anything else written meanwhile starts on
 # a line of its own.
 relay_write <- function(tag, text, bar) {
-  if (is.list(bar) && use_cli() && cli::is_dynamic_tty(stderr())) {
+  if (is_bar_position(bar) && use_cli() && cli::is_dynamic_tty(stderr())) {
     full <- bar$current >= bar$total
     cat("\r", tag, sub("\n$", "", text), "\033[K", if (full) "\n", sep = "", file = stderr())
     .$bar_line <- !full

@@ -531,3 +531,187 @@ test_that("from later's loop, global calling handlers see relayed conditions (pr
                  env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
   expect_identical(out, "seen=to the global handler running=TRUE value=released")
 })
+
+test_that("a task's own immediate condition, with no restart to muffle it, is relayed and the task goes on", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  got <- list()
+  v <- withCallingHandlers(mirai({
+    signalCondition(structure(class = c("immediateCondition", "condition"),
+                              list(message = "custom", call = NULL)))
+    "went on"
+  })[], immediateCondition = function(c) got[[length(got) + 1L]] <<- c)
+  expect_identical(v, "went on")
+  expect_identical(vapply(got, conditionMessage, ""), "custom")
+})
+
+test_that("a task cannot pass a condition of its own for the daemon's drop note", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  fake <- function(cls) structure(class = c("miraiRelayDropped", cls, "condition"),
+                                  list(message = "fake\n", call = NULL, dropped = 1e12))
+  notes <- character()
+  v <- withCallingHandlers(mirai({
+    message(fake("message"))
+    signalCondition(fake("immediateCondition"))
+    "done"
+  }, fake = fake)[], message = function(c) {
+    notes <<- c(notes, conditionMessage(c))
+    invokeRestart("muffleMessage")
+  })
+  expect_identical(v, "done")
+  expect_identical(notes, character())
+  expect_identical(status()$relay_dropped, 0)
+})
+
+test_that("a map's [.progress] skips malformed progress a task sends, and still counts", {
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  mp <- mirai_map(1:4, function(i) {
+    junk <- simpleMessage("junk bar\n")
+    junk$mirai_bar <- list(id = c("a", "b"), current = list(1), total = "z")
+    message(junk)
+    for (p in list(list(type = NULL, progressor_uuid = "u"),
+                   list(type = "initiate", progressor_uuid = c("a", "b"), steps = 5),
+                   list(type = list(1), progressor_uuid = list(1), steps = "x"),
+                   list(type = "update", progressor_uuid = "v", step = -3),
+                   list(type = "initiate", progressor_uuid = "w", steps = Inf))) {
+      cond <- structure(class = c("progression", "immediateCondition", "condition"),
+                        c(list(message = "", call = NULL), p))
+      withRestarts(signalCondition(cond), muffleProgression = function(...) NULL)
+    }
+    i
+  })
+  r <- text_bar(collect(mp[.progress]))
+  expect_identical(r$value$value, as.list(1:4))
+  expect_identical(tail(r$bar, 1L), "[ 4 / 4 done ]")
+})
+
+test_that("a map's [.progress] counts only its own profile's tasks, whose ids another's share", {
+  daemons(1, relay = TRUE, .compute = "p1")
+  on.exit(daemons(0, .compute = "p1"))
+  daemons(1, relay = TRUE, .compute = "p2")
+  on.exit(daemons(0, .compute = "p2"), add = TRUE)
+  prog <- function(type) structure(class = c("progression", "immediateCondition", "condition"),
+                                   list(message = "", call = NULL, type = type,
+                                        progressor_uuid = "other", steps = 4, amount = 1))
+  # The other profile's task relays while the map is collected: its
+  # element opens the gate, then outlasts the relays.
+  gate <- tempfile()
+  other <- mirai({
+    while (!file.exists(gate)) Sys.sleep(0.01)
+    for (t in c("initiate", "update")) withRestarts(signalCondition(prog(t)), muffleProgression = function(...) NULL)
+    "other"
+  }, prog = prog, gate = gate, .compute = "p2")
+  mp <- mirai_map(1, function(i) { file.create(gate); Sys.sleep(1); i }, gate = gate, .compute = "p1")
+  expect_identical(mirai:::task_ids(other), .Call(mirai:::C_mirai_map_ids, mirai:::map_handle(mp)))
+  seen <- character()
+  withCallingHandlers(r <- text_bar(mp[.progress]), progression = function(c) seen <<- c(seen, c$type))
+  expect_identical(r$value, list(1))
+  expect_identical(seen, c("initiate", "update"))
+})
+
+test_that("on_relay() for a mirai of a reset profile never takes a new profile's task of the same id", {
+  daemons(1, relay = TRUE)
+  old <- mirai(1)
+  old[]
+  daemons(0)
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  stale <- character()
+  expect_identical(on_relay(old, function(c) stale <<- c(stale, conditionMessage(c))), old)
+  new <- mirai({ message("new task"); 2 })
+  expect_identical(mirai:::task_ids(new), mirai:::task_ids(old))
+  r <- collect(new[])
+  expect_identical(r$value, 2)
+  expect_identical(msg_text(r$got), "new task")
+  expect_identical(stale, character())
+})
+
+test_that("a cluster node's task tells what its relay budget held back, before its value", {
+  cl <- make_cluster(1, relay = TRUE)
+  on.exit(stop_cluster(cl))
+  n <- 3000L
+  notes <- character()
+  got <- 0L
+  v <- withCallingHandlers(parallel::clusterCall(cl, function(n) { for (i in seq_len(n)) message(i); "flooded" }, n),
+    message = function(c) {
+      if (inherits(c, "miraiCondition")) got <<- got + 1L else notes <<- c(notes, conditionMessage(c))
+      invokeRestart("muffleMessage")
+    })
+  expect_identical(v, list("flooded"))
+  expect_length(notes, 1L)
+  held_back <- as.numeric(sub("^\\[mirai [0-9]+ \\| [^]]+\\] ([0-9]+) condition.*$", "\\1", notes))
+  expect_identical(got + held_back, as.double(n))
+})
+
+test_that("on_relay() handlers of tasks that relay nothing do not pile up", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  reg <- function() length(ls(mirai:::.$profiles$default$relay_handlers))
+  for (k in 1:300) {
+    m <- mirai(k, k = k)
+    on_relay(m, function(c) NULL)
+    m[]
+  }
+  expect_lt(reg(), 100L)
+})
+
+test_that("future's conditions over a node's relay budget come with the value, and are not counted as dropped", {
+  skip_if_not_installed("future")
+  skip_if_not_installed("progressr")
+  cl <- make_cluster(1, relay = TRUE)
+  op <- options(progressr.enable = TRUE)
+  on.exit({ future::plan(future::sequential); stop_cluster(cl); options(op) })
+  future::plan(future::cluster, workers = cl)
+  n <- 3000L
+  count <- 0L
+  notes <- character()
+  seen <- progressr::make_progression_handler("seen", reporter = list(
+    update = function(config, state, progression, ...) count <<- count + 1L
+  ), enable = TRUE)
+  v <- withCallingHandlers(progressr::with_progress({
+    p <- progressr::progressor(steps = n)
+    f <- future::future({ for (i in seq_len(n)) p(); "done" }, globals = list(p = p, n = n))
+    future::value(f)
+  }, handlers = seen), message = function(c) {
+    notes <<- c(notes, conditionMessage(c))
+    invokeRestart("muffleMessage")
+  })
+  expect_identical(v, "done")
+  expect_identical(count, n)
+  expect_identical(notes, character())
+  prof <- mirai:::profile_of(attr(cl, "id"))
+  expect_identical(.Call(mirai:::C_mirai_host_relay_dropped, prof$host), 0)
+})
+
+test_that("a handler's error is raised once the rest of what was taken with it is shown", {
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  flag <- tempfile()
+  gate <- tempfile()
+  m <- mirai({
+    for (i in 1:3) message("s", i)
+    file.create(flag)
+    v <- gated(character(), gate)
+    message("s4")
+    v
+  }, flag = flag, gate = gate, gated = gated)
+  other <- mirai({ message("other"); 2 })
+  got <- character()
+  on_relay(m, function(c) {
+    got <<- c(got, sub("\n$", "", conditionMessage(c)))
+    if (length(got) == 1L) stop("handler failed")
+  })
+  # No wait (nor event loop) meanwhile: the three arrive for one drain.
+  t0 <- Sys.time()
+  while (!file.exists(flag) && difftime(Sys.time(), t0, units = "secs") < 30) NULL
+  t0 <- Sys.time()
+  while (difftime(Sys.time(), t0, units = "secs") < 0.5) NULL
+  r <- collect(expect_error(other[], "handler failed"))
+  expect_identical(got, c("s1", "s2", "s3"))
+  expect_identical(msg_text(r$got), "other")
+  file.create(gate)
+  expect_identical(m[], "released")
+  expect_identical(got, c("s1", "s2", "s3", "s4"))
+})

@@ -119,16 +119,17 @@ impl RelayBudget {
         }
     }
 
-    /// The `seq` of a condition `task` may send now, or None (counted).
-    /// `force`: a drop note, sent whatever the budget.
-    pub fn take(&mut self, task: u64, now: Instant, force: bool) -> Option<u64> {
+    /// The `seq` of a condition `task` may send now, or None (counted for
+    /// the drop note if `counted`). `force`: a drop note, sent whatever the
+    /// budget.
+    pub fn take(&mut self, task: u64, now: Instant, force: bool, counted: bool) -> Option<u64> {
         self.start(task, now);
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
         self.tokens = (self.tokens + elapsed * RELAY_RATE).min(RELAY_BURST);
         if !force {
             if self.tokens < 1.0 {
-                self.dropped += 1;
+                self.dropped += counted as u64;
                 return None;
             }
             self.tokens -= 1.0;
@@ -352,13 +353,15 @@ impl ClientConn {
     /// the payload, then `send`. None when no task runs. `held`: see
     /// `Msg::Relay`.
     /// None too when the task's relay budget is spent (see
-    /// `RelayBudget`), unless `force` (a drop note).
+    /// `RelayBudget`), unless `force` (a drop note). A held condition
+    /// refused is not counted as dropped: a node's `master` keeps it to go
+    /// with the task's value (see sendData.miraiRelay in R/cluster.R).
     pub fn begin_relay(&mut self, held: bool, force: bool) -> Option<Vec<u8>> {
         let id = self.current();
         if id == 0 {
             return None;
         }
-        let seq = self.relayed.take(id, Instant::now(), force)?;
+        let seq = self.relayed.take(id, Instant::now(), force, !held)?;
         let mut b = Vec::new();
         self.framing.begin(&mut b);
         proto::encode_into(&Msg::Relay { id, seq, held }, &mut b);
@@ -717,27 +720,32 @@ mod tests {
         let mut b = RelayBudget::new(t0);
         let burst = RELAY_BURST as u64;
         for k in 1..=burst {
-            assert_eq!(b.take(7, t0, false), Some(k));
+            assert_eq!(b.take(7, t0, false, true), Some(k));
         }
-        assert_eq!(b.take(7, t0, false), None);
-        assert_eq!(b.take(7, t0, false), None);
+        assert_eq!(b.take(7, t0, false, true), None);
+        assert_eq!(b.take(7, t0, false, true), None);
         // A drop note goes whatever the budget, next in sequence.
-        assert_eq!(b.take(7, t0, true), Some(burst + 1));
+        assert_eq!(b.take(7, t0, true, true), Some(burst + 1));
         assert_eq!(b.take_dropped(7), 2);
         assert_eq!(b.take_dropped(7), 0);
         // Refilled at the rate: 10 ms later, 10 more (of 1,000 a second).
         let later = t0 + Duration::from_millis(10);
-        let sent = (0..100).filter(|_| b.take(7, later, false).is_some()).count();
+        let sent = (0..100).filter(|_| b.take(7, later, false, true).is_some()).count();
         assert_eq!(sent as f64, (RELAY_RATE * 0.01).floor());
         assert_eq!(b.take_dropped(7), 100 - sent as u64);
         // Never beyond the burst, however long the pause.
         let much_later = t0 + Duration::from_secs(3600);
-        let sent = (0..2 * burst).filter(|_| b.take(7, much_later, false).is_some()).count();
+        let sent = (0..2 * burst).filter(|_| b.take(7, much_later, false, true).is_some()).count();
         assert_eq!(sent as u64, burst);
+        // What is refused uncounted (a node's held condition, kept to go
+        // with the value) is not in the note.
+        b.take_dropped(7);
+        assert_eq!(b.take(7, much_later, false, false), None);
+        assert_eq!(b.take_dropped(7), 0);
         // A new task starts with a full budget and no drops of its own;
         // the last task's drops are no longer asked for.
         b.take_dropped(7);
-        assert_eq!(b.take(8, much_later, false), Some(1));
+        assert_eq!(b.take(8, much_later, false, true), Some(1));
         assert_eq!(b.take_dropped(7), 0);
         assert_eq!(b.take_dropped(8), 0);
     }

@@ -172,8 +172,9 @@ pub fn mirai_host_relay_dropped(p: SEXP) -> RResult {
 }
 
 /// The name of the profile whose daemons ran the task of aio `h` (of map
-/// handle `h` with `is_map` TRUE) if that profile relays, else NULL:
-/// `on_relay()` keys its handlers by it and the task ids.
+/// handle `h` with `is_map` TRUE) if that profile relays, else NULL; FALSE
+/// if it relayed but was reset since (its task ids may be a new profile's
+/// of the same name): `on_relay()` keys its handlers by name and task id.
 pub fn mirai_relay_of(h: SEXP, is_map: SEXP) -> RResult {
     let inbox = if bool_arg(is_map, "is_map")? {
         super::map::map_inbox(h)?
@@ -182,6 +183,9 @@ pub fn mirai_relay_of(h: SEXP, is_map: SEXP) -> RResult {
     };
     if !inbox.enabled() {
         return Ok(Owned::nil());
+    }
+    if inbox.closed() {
+        return lgl(false);
     }
     string(inbox.name())
 }
@@ -194,4 +198,9 @@ pub fn mirai_host_relay_count(p: SEXP, n: SEXP) -> RResult {
         profile(&p)?.host.relay.dropped.fetch_add(n.min(u64::MAX as f64) as u64, Ordering::Relaxed);
     }
     Ok(Owned::nil())
+}
+
+/// Whether profile `p`'s inbox holds nothing for R to show.
+pub fn mirai_host_relay_idle(p: SEXP) -> RResult {
+    lgl(profile(&p)?.host.relay.idle())
 }

@@ -22,7 +22,8 @@ use super::value::*;
 /// session).
 #[derive(Clone, Copy)]
 struct Globals {
-    /// `.Call(<data routine>, aio)`: the body of every mirai's `data`.
+    /// `<aio_data>(aio)`, the namespace's function itself: the body of
+    /// every mirai's `data`.
     data_body: SEXP,
     unresolved: SEXP,
     class: SEXP,
@@ -37,7 +38,8 @@ fn globals() -> Result<Globals, RError> {
     GLOBALS.get().ok_or_else(|| "mirai is not initialised; reload the package".into())
 }
 
-/// Records the data routine and the 'unresolved' value (from `.onLoad`).
+/// Records the data function (R's `aio_data`) and the 'unresolved' value
+/// (from `.onLoad`).
 pub fn init(data_fn: SEXP, unresolved: SEXP) -> Result<(), RError> {
     let mut g = None;
     // SAFETY: the closure owns nothing with a destructor (an Option of
