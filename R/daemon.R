@@ -164,6 +164,8 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     # Limits are kept (and timed) natively: the loop below is the hot path.
     .Call(C_mirai_daemon_limits, conn, idletime,
           walltime - (proc.time()[["elapsed"]] * 1000 - start), maxtasks - count)
+    # Before the snapshot, so each task starts with it.
+    if (isTRUE(init$config$relay)) relay_setup()
     snap <- snapshot()
     box <- new.env(parent = emptyenv())
     # A cluster node's tasks run natively, inside the receive (see
@@ -189,7 +191,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
                  else with_relay(.Call(C_mirai_daemon_recv, conn, box, relay, cleanup), relay_h)
           res <- switch(msg[["kind"]],
             task = if (is.null(relay_h)) eval_task(msg[["data"]], box)
-                   else with_relay(eval_task(msg[["data"]], box), relay_h),
+                   else relay_note(conn, with_relay(eval_task(msg[["data"]], box), relay_h)),
             # A task that cannot be run, answered with why.
             error = mirai_error(msg[["message"]]),
             # A cluster node's task (run natively) failed; under the relay

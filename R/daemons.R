@@ -286,14 +286,26 @@ max_message <- function() {
 #' `mirai_compute`: a calling handler such as `withCallingHandlers(m[],
 #' message = ...)` or progressr's `with_progress()` catches it; a message
 #' no handler muffles is written to stderr after a tag naming the task,
-#' `[mirai 3] `. later runs its callbacks outside every calling handler
-#' (global ones included), so from later's loop a message is written to
-#' stderr with its tag and other conditions (progress updates) are not
-#' shown: to catch them, wait on the mirai inside a handler. Warnings and
+#' `[mirai 3] `. later runs its callbacks with R's handler stack emptied:
+#' from later's loop the host calls the global calling handlers itself
+#' ([globalCallingHandlers()], as progressr's `handlers(global = TRUE)`
+#' sets), but no other calling handler can be there. To act on a task's
+#' conditions there (a Shiny progress bar), give the task a handler with
+#' [on_relay()], which sees its conditions wherever they are shown. A task's cli progress bar is relayed as the lines cli draws (on a
+#' dynamic terminal the host redraws it in place); progressr's
+#' `progressor()`s created inside a task report too (the daemon enables
+#' progressr), and a map's `[.progress]` counts both inside its elements
+#' (see [mirai_map()]). Warnings and
 #' errors are unaffected (they come with the
 #' task's result). Relayed conditions are serialized without `serial`'s
 #' configurations, and one over `r bytes_text(limit("relay_limit_bytes"))`
-#' is not relayed. The host holds at most
+#' is not relayed. A task relays at most
+#' `r format(limit("relay_burst"), big.mark = ",")` conditions at once and
+#' `r format(limit("relay_rate"), big.mark = ",")` a second after that (so
+#' that a task signalling without pause cannot take the host from other
+#' tasks): the rest take their way on the daemon as without relay, and
+#' before its value the task tells the host how many, which says so and
+#' counts them in [status()] (`relay_dropped`). The host holds at most
 #' `r format(limit("relay_max_items"), big.mark = ",")` of them (and
 #' `r bytes_text(limit("relay_max_bytes"))`) per profile at once: beyond that they are dropped, with a message saying
 #' how many per task, and counted in [status()] (`relay_dropped`). With

@@ -28,7 +28,11 @@
 #' * `x[.flat]` flattens the values into a vector, checking that all are of
 #'   the same type;
 #' * `x[.progress]` shows a progress bar (a 'cli' bar where that package is
-#'   installed, a plain text one on stderr otherwise);
+#'   installed, a plain text one on stderr otherwise). Under
+#'   `daemons(relay = TRUE)` it also counts progress inside the elements:
+#'   an element that runs a cli progress bar or a progressr `progressor()`
+#'   moves the bar by its share done as it goes, and those bars are then
+#'   shown by the map's bar alone;
 #' * `x[.stop]` stops at the first error value, cancels the remaining mirai
 #'   and raises an error naming the index.
 #'
@@ -334,17 +338,19 @@ collect_list <- function(x, opts) {
   n <- length(x)
   out <- vector("list", n)
   tick <- progress_bar(n, opts$.progress, environment())
-  for (i in seq_len(n)) {
-    xi <- .subset2(x, i)
-    v <- if (inherits(xi, "mirai")) xi[] else xi
-    if ((opts$.stop || opts$.flat) && is_error_value(v)) stop_collection(x, i, v)
-    if (opts$.flat && i > 1L && typeof(v) != typeof(out[[1L]])) {
-      stop_mirai(x)
-      abort(sprintf("Cannot flatten outputs of differing type: %s / %s", typeof(out[[1L]]), typeof(v)))
+  within_elements(x, NULL, tick, {
+    for (i in seq_len(n)) {
+      xi <- .subset2(x, i)
+      v <- if (inherits(xi, "mirai")) xi[] else xi
+      if ((opts$.stop || opts$.flat) && is_error_value(v)) stop_collection(x, i, v)
+      if (opts$.flat && i > 1L && typeof(v) != typeof(out[[1L]])) {
+        stop_mirai(x)
+        abort(sprintf("Cannot flatten outputs of differing type: %s / %s", typeof(out[[1L]]), typeof(v)))
+      }
+      out[i] <- list(v)
+      if (!is.null(tick)) tick(i)
     }
-    out[i] <- list(v)
-    if (!is.null(tick)) tick(i)
-  }
+  })
   names(out) <- names(x)
   if (isTRUE(opts$.flat)) unlist(out, recursive = FALSE) else out
 }
@@ -370,13 +376,15 @@ collect_map <- function(x, h, opts) {
     }
   } else {
     out <- vector("list", n)
-    for (i in seq_len(n)) {
-      v <- .Call(C_mirai_map_value, h, i)
-      if (stops && is_error_value(v)) stop_collection(x, i, v)
-      if (opts$.flat && i > 1L) flat_check(x, out[[1L]], v)
-      out[i] <- list(v)
-      tick(i)
-    }
+    within_elements(x, h, tick, {
+      for (i in seq_len(n)) {
+        v <- .Call(C_mirai_map_value, h, i)
+        if (stops && is_error_value(v)) stop_collection(x, i, v)
+        if (opts$.flat && i > 1L) flat_check(x, out[[1L]], v)
+        out[i] <- list(v)
+        tick(i)
+      }
+    })
   }
   names(out) <- names(x)
   if (isTRUE(opts$.flat)) unlist(out, recursive = FALSE) else out
@@ -416,7 +424,9 @@ use_cli <- function() {
 
 # A function to call with each completed index, or NULL for no bar. `spec`
 # is TRUE, a bar name, or a list of cli_progress_bar() arguments; the cli bar
-# belongs to `frame`, so it is closed however the collection ends.
+# belongs to `frame`, so it is closed however the collection ends. Called
+# with `partial = TRUE`, `i` is a position short of the end (elements done
+# plus shares of elements under way) and the bar only moves.
 progress_bar <- function(n, spec, frame) {
   if (isFALSE(spec) || is.null(spec) || n == 0L) return(NULL)
   if (use_cli()) {
@@ -424,12 +434,120 @@ progress_bar <- function(n, spec, frame) {
     args$total <- n
     args$.envir <- frame
     id <- do.call(cli::cli_progress_bar, args)
-    return(function(i) {
-      if (i < n) cli::cli_progress_update(id = id, set = i, .envir = frame)
+    show <- function(i, partial) {
+      if (partial || i < n) cli::cli_progress_update(id = id, set = i, .envir = frame)
       else cli::cli_progress_done(id = id, .envir = frame)
-    })
+    }
+  } else {
+    show <- function(i, partial) {
+      cat(if (partial) sprintf("\r[ %.1f / %d .... ]", i, n)
+          else if (i < n) sprintf("\r[ %d / %d .... ]", i, n)
+          else sprintf("\r[ %d / %d done ]\n", i, n), file = stderr())
+    }
   }
-  function(i) {
-    cat(if (i < n) sprintf("\r[ %d / %d .... ]", i, n) else sprintf("\r[ %d / %d done ]\n", i, n), file = stderr())
+  # Never backwards: elements are waited for in order, while shares of
+  # elements under way may already count later ones done.
+  high <- 0
+  function(i, partial = FALSE, draw = TRUE) {
+    if (i < n) {
+      partial <- partial || i < high
+      i <- max(i, high)
+      high <<- i
+    }
+    if (draw) show(i, partial)
   }
 }
+
+# Evaluates `expr` (a collection of map or list `x`, map handle `h` or
+# NULL, with bar `tick`) so that, under daemons(relay = TRUE), the bar also
+# counts progress inside the elements: each element's share done, from the
+# progressr progressors and cli progress bars it runs, as their updates are
+# relayed. Those updates are then shown by the bar alone.
+within_elements <- function(x, h, tick, expr) {
+  track <- if (!is.null(tick)) element_progress(x, h, tick)
+  if (is.null(track)) expr
+  else withCallingHandlers(expr, miraiCondition = track)
+}
+
+element_progress <- function(x, h, tick) {
+  n <- length(x)
+  # Each element's key: its profile and task id, as relayed conditions
+  # carry them (NA for an element that relays nothing).
+  key <- function(compute, id) paste0(compute, "\r", format(id, scientific = FALSE, trim = TRUE))
+  if (!is.null(h)) {
+    compute <- .Call(C_mirai_relay_of, h, TRUE)
+    if (!is.character(compute)) return(NULL)
+    keys <- key(compute, .Call(C_mirai_map_ids, h))
+    done <- function() .Call(C_mirai_map_done, h)
+  } else {
+    aios <- lapply(x, function(m) if (is_mirai(m)) aio_of(m))
+    keys <- vapply(aios, function(a) {
+      compute <- if (!is.null(a)) .Call(C_mirai_relay_of, a, FALSE)
+      if (is.character(compute)) key(compute, .Call(C_mirai_aio_id, a)) else NA_character_
+    }, "")
+    if (all(is.na(keys))) return(NULL)
+    done <- function() vapply(aios, function(a) is.null(a) || .Call(C_mirai_aio_done, a), NA)
+  }
+  # Element index by key (ids are per profile: another profile's task of
+  # the same id, shown during the same wait, is not this map's); per
+  # element, units done and units in all of its progressors (a cli bar is
+  # one too); per progressor, its last known c(done, steps).
+  index <- new.env(parent = emptyenv(), size = n)
+  for (i in seq_len(n)) if (!is.na(keys[i])) assign(keys[i], i, envir = index)
+  units <- numeric(n)
+  steps <- numeric(n)
+  meters <- new.env(parent = emptyenv())
+  shown_at <- 0
+  over <- NULL
+  function(cond) {
+    if (!is.character(cond$mirai_compute)) return()
+    k <- key(cond$mirai_compute, cond$mirai_id)
+    i <- if (length(k) == 1L) index[[k]]
+    if (is.null(i)) return()
+    bar <- cond$mirai_bar
+    if (inherits(cond, "progression")) {
+      # What a task sends is checked as it is used: a malformed update is
+      # not counted, and never fails the collection.
+      uuid <- cond$progressor_uuid
+      type <- cond$type
+      if (!is.character(uuid) || length(uuid) != 1L || !is.character(type) || !length(type)) return()
+      key <- paste0("p", uuid)
+      was <- meters[[key]] %||% c(0, 0)
+      now <- switch(
+        type[1L],
+        initiate = c(0, if (is_number(cond$steps)) cond$steps else 0),
+        update = c(if (is_number(cond$step)) cond$step
+                   else was[1L] + if (is_number(cond$amount)) cond$amount else 0, was[2L]),
+        finish = c(was[2L], was[2L]),
+        was
+      )
+      restart <- "muffleProgression"
+    } else if (is_bar_position(bar)) {
+      key <- paste0("c", bar$id)
+      was <- meters[[key]] %||% c(0, 0)
+      now <- c(bar$current, bar$total)
+      restart <- "muffleMessage"
+    } else {
+      return()
+    }
+    if (length(now) == 2L && all(is.finite(now)) && all(now >= 0)) {
+      assign(key, now, envir = meters)
+      units[i] <<- units[i] + now[1L] - was[1L]
+      steps[i] <<- steps[i] + now[2L] - was[2L]
+      # Which elements are over is asked at most 20 times a second, however
+      # fast updates come; an update not drawn is drawn with the next.
+      t <- proc.time()[[3L]]
+      draw <- t - shown_at >= 0.05
+      if (draw || is.null(over)) {
+        shown_at <<- t
+        over <<- done()
+      }
+      share <- ifelse(steps > 0, pmin(pmax(units / steps, 0), 1), 0)
+      at <- sum(over) + sum(share[!over])
+      if (at < n) tick(at, partial = TRUE, draw = draw)
+    }
+    tryInvokeRestart(restart)
+  }
+}
+
+is_number <- function(x) is.numeric(x) && length(x) == 1L && !is.na(x)

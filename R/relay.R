@@ -10,11 +10,19 @@
 # progressr's updates are) that sends the condition to the host at once and
 # muffles it here. One it cannot send (no task running, too large, a host
 # gone) goes on as it would without relay.
+#
+# A task's own 'miraiRelayDropped' is not relayed: the host would take it
+# for the daemon's drop note (see relay_note()), counting and telling drops
+# that never were.
 relay_handler <- function(conn) {
   function(cond) {
+    if (inherits(cond, "miraiRelayDropped")) return()
     if (!.Call(C_mirai_daemon_relay, conn, relay_slim(cond), FALSE)) return()
     for (r in computeRestarts(cond)) {
-      if (startsWith(r$name, "muffle")) invokeRestart(r)
+      # R's top-level restart ('abort') has no `name` field: its name is
+      # only its first element.
+      name <- r[[1L]]
+      if (is.character(name) && startsWith(name, "muffle")) invokeRestart(r)
     }
   }
 }
@@ -23,6 +31,11 @@ relay_handler <- function(conn) {
 # them, and with them the whole source file (tens of KB for one message);
 # progressr's updates carry the whole call stack (`calls`, the daemon's own
 # frames included). The host has no use for either.
+#
+# A cli progress bar's line (a 'cliMessage', signalled while cli renders the
+# bar) also gets the bar's position as `mirai_bar`, read through cli's
+# exported `pb_*` bindings, which hold it only while the bar is rendered:
+# the host counts it in a map's `[.progress]` (the text alone says "20%").
 relay_slim <- function(cond) {
   call <- cond$call
   if (!is.null(attr(call, "srcref"))) {
@@ -30,7 +43,43 @@ relay_slim <- function(cond) {
     cond$call <- call
   }
   if (!is.null(cond$calls)) cond$calls <- NULL
+  if (inherits(cond, "cliMessage")) cond$mirai_bar <- cli_bar_position()
   cond
+}
+
+cli_bar_position <- function() {
+  pos <- tryCatch(list(id = cli::pb_id, current = cli::pb_current, total = cli::pb_total),
+                  error = function(e) NULL)
+  if (is_bar_position(pos)) pos
+}
+
+# Whether `pos` is a bar position as cli_bar_position() makes it. The host
+# checks too: a task may send a message with a `mirai_bar` of its own.
+is_bar_position <- function(pos) {
+  is.list(pos) && is.character(pos$id) && length(pos$id) == 1L && !is.na(pos$id) &&
+    is_number(pos$current) && is.finite(pos$current) && pos$current >= 0 &&
+    is_number(pos$total) && is.finite(pos$total) && pos$total > 0
+}
+
+# Set once on a daemon whose host relays, before its first task. Both only
+# decide what a task shows, never what it computes: progressr's
+# progressors are inert where progressr is not enabled (by default, where R
+# is not interactive, as on a daemon), and cli redraws a bar every 3 s where
+# output is not a terminal, every 0.2 s where it is.
+relay_setup <- function() {
+  if (is.null(getOption("progressr.enable"))) options(progressr.enable = TRUE)
+  if (!nzchar(Sys.getenv("CLI_TICK_TIME")) && !isNamespaceLoaded("cli"))
+    Sys.setenv(CLI_TICK_TIME = "200")
+}
+
+# After a task, before its result: tells the host how many of its
+# conditions the relay budget dropped (rust/src/daemon/client.rs,
+# RelayBudget), if any (a cluster node's task is told natively). Returns
+# `res`.
+relay_note <- function(conn, res) {
+  force(res)
+  .Call(C_mirai_daemon_relay_note, conn)
+  res
 }
 
 # Evaluates `expr` under the relay handler `h` (NULL: as it is).
@@ -43,14 +92,186 @@ with_relay <- function(expr, h) {
 # Called natively with what the profiles' inboxes held: a list of
 # list(compute, id, seq, cond) for each condition, in order per task, then
 # list(compute, id, dropped) for tasks some of whose conditions were dropped.
-relay_show <- function(items) {
-  for (x in items) {
-    if (!is.null(x$dropped)) {
-      relay_dropped(x$compute, x$id, x$dropped)
-    } else {
-      relay_signal(x$cond, x$id, x$compute)
+# `from_later`: called from later's loop, which runs callbacks with R's
+# handler stack emptied, global calling handlers (progressr's
+# `handlers(global = TRUE)`) included: those are then called here.
+#
+# An error where one is shown (a handler's) is raised once the rest are
+# shown: they were taken from the inbox, and would otherwise be lost.
+relay_show <- function(items, from_later = FALSE) {
+  .$relay_showing <- TRUE
+  on.exit(.$relay_showing <- FALSE)
+  n <- length(items)
+  k <- 0L
+  err <- NULL
+  while (k < n) {
+    e <- tryCatch({
+      while (k < n) {
+        k <- k + 1L
+        x <- items[[k]]
+        if (!is.null(x$dropped)) {
+          relay_dropped(x$compute, x$id, x$dropped)
+        } else {
+          relay_signal(x$cond, x$id, x$compute, from_later)
+        }
+      }
+    }, error = identity)
+    if (is.null(err) && inherits(e, "error")) err <- e
+  }
+  if (n) forget_handlers(items[[1L]]$compute)
+  if (!is.null(err)) stop(err)
+}
+
+# ---- handlers set by on_relay() -------------------------------------------
+
+#' Handle a Task's Relayed Messages and Progress
+#'
+#' `on_relay()` sets a function to be called on the host with each message
+#' and progress update that the task of a mirai (or each task of a
+#' `mirai_map()`, or of a list of mirai) relays while it runs, under
+#' `daemons(relay = TRUE)`. It is called whenever the host shows relayed
+#' conditions: while R waits for a mirai and, with the 'later' package, from
+#' later's event loop, which is where Shiny and plumber run. This is how a
+#' Shiny app moves a progress bar while one long task runs: later calls its
+#' callbacks outside every calling handler, so only a handler set here sees
+#' the task's conditions there.
+#'
+#' The handler receives each condition (with classes and fields as described
+#' in [daemons()], section 'Live messages and progress', e.g. `mirai_id`)
+#' in order per task, instead of its being signalled or shown: it is not
+#' also written to stderr or passed to calling handlers. Set it just after
+#' creating the mirai: conditions shown before that (R waited meanwhile)
+#' took their usual way. It is dropped once its tasks are over and their
+#' conditions have been handed to it, or when the daemons are reset (a
+#' mirai sent before a reset gets none: nothing more comes for it). An
+#' error in the handler is an error where the condition is shown (in the
+#' wait, or reported by later).
+#'
+#' @param x a 'mirai', a 'mirai_map', or a list of 'mirai', all sent to
+#'   daemons set with `relay = TRUE`.
+#' @param handler a function of one argument, the condition.
+#'
+#' @return `x`, invisibly.
+#'
+#' @examples
+#' \donttest{
+#' daemons(1, relay = TRUE)
+#' m <- mirai({
+#'   for (i in 1:3) message("step ", i, " of 3")
+#'   "done"
+#' })
+#' steps <- character()
+#' on_relay(m, function(cond) steps <<- c(steps, conditionMessage(cond)))
+#' m[]
+#' steps
+#' daemons(0)
+#' }
+#'
+#' @export
+on_relay <- function(x, handler) {
+  if (!is.function(handler))
+    abort(sprintf("`handler` must be a function of one argument (the condition), not %s", typeof(handler)))
+  targets <- relay_targets(x)
+  for (t in targets) {
+    prof <- .$profiles[[t$compute]]
+    if (is.null(prof)) next
+    if (is.null(prof$relay_handlers)) {
+      prof$relay_handlers <- new.env(parent = emptyenv())
+      prof$relay_entries <- list()
+    }
+    entry <- new.env(parent = emptyenv())
+    entry$handler <- handler
+    entry$ids <- format(t$ids, scientific = FALSE, trim = TRUE)
+    entry$done <- t$done
+    entry$seen_done <- FALSE
+    for (k in entry$ids) assign(k, entry, envir = prof$relay_handlers)
+    prof$relay_entries[[length(prof$relay_entries) + 1L]] <- entry
+    # Every so often (twice as many as were left last time): handlers
+    # whose tasks never relay are otherwise kept until one of the
+    # profile's tasks does.
+    if (length(prof$relay_entries) >= (prof$relay_sweep_at %||% 64L)) {
+      forget_over(prof)
+      prof$relay_sweep_at <- max(64L, 2L * length(prof$relay_entries))
     }
   }
+  invisible(x)
+}
+
+# What on_relay() keys handlers by: for each profile, the task ids and a
+# function telling whether they are all over.
+relay_targets <- function(x) {
+  bad <- "`x` must be a mirai, a mirai_map or a list of mirai"
+  off <- "`x` was not sent to daemons set with `relay = TRUE`: nothing is relayed for it"
+  h <- if (is_mirai_map(x)) map_handle(x)
+  if (!is.null(h)) {
+    compute <- .Call(C_mirai_relay_of, h, TRUE)
+    if (is.null(compute)) abort(off)
+    # Its profile was reset: nothing more comes for it.
+    if (isFALSE(compute)) return(list())
+    n <- length(x)
+    return(list(list(compute = compute, ids = .Call(C_mirai_map_ids, h),
+                     done = function() .Call(C_mirai_map_resolved, h) == n)))
+  }
+  if (is_mirai(x)) x <- list(x)
+  if (!is.list(x) || !length(x)) abort(bad)
+  out <- list()
+  for (m in x) {
+    if (!is_mirai(m)) abort(paste0(bad, ": an element is not a mirai"))
+    aio <- aio_of(m)
+    compute <- if (!is.null(aio)) .Call(C_mirai_relay_of, aio, FALSE)
+    if (is.null(compute)) abort(off)
+    if (isFALSE(compute)) next
+    out[[length(out) + 1L]] <- local({
+      a <- aio
+      list(compute = compute, ids = .Call(C_mirai_aio_id, a), done = function() .Call(C_mirai_aio_done, a))
+    })
+  }
+  out
+}
+
+relay_handler_for <- function(compute, id) {
+  prof <- .$profiles[[compute]]
+  reg <- if (!is.null(prof)) prof$relay_handlers
+  if (is.null(reg)) return(NULL)
+  entry <- reg[[format(id, scientific = FALSE, trim = TRUE)]]
+  if (!is.null(entry)) entry$handler
+}
+
+# A task's conditions all reach the host before its value, so once a
+# handler's tasks were seen over, the next drain of the profile's inbox
+# hands it the last of them: after that drain, the handler goes.
+forget_handlers <- function(compute) {
+  prof <- .$profiles[[compute]]
+  entries <- if (!is.null(prof)) prof$relay_entries
+  if (!length(entries)) return(invisible())
+  keep <- logical(length(entries))
+  for (k in seq_along(entries)) {
+    e <- entries[[k]]
+    if (e$seen_done) {
+      forget_entry(prof, e)
+    } else {
+      e$seen_done <- isTRUE(e$done())
+      keep[k] <- TRUE
+    }
+  }
+  prof$relay_entries <- entries[keep]
+  invisible()
+}
+
+# Outside a drain, the handlers whose tasks are over go at once if the
+# profile's inbox holds nothing to show: their tasks' conditions, all
+# received before the values, were shown already.
+forget_over <- function(prof) {
+  entries <- prof$relay_entries
+  over <- vapply(entries, function(e) isTRUE(e$done()), NA)
+  if (!any(over) || isTRUE(.$relay_showing) || !.Call(C_mirai_host_relay_idle, prof$host)) return()
+  for (e in entries[over]) forget_entry(prof, e)
+  prof$relay_entries <- entries[!over]
+}
+
+forget_entry <- function(prof, e) {
+  rm(list = e$ids[vapply(e$ids, function(i) identical(prof$relay_handlers[[i]], e), NA)],
+     envir = prof$relay_handlers)
 }
 
 relay_tag <- function(id, compute) {
@@ -63,24 +284,71 @@ relay_tag <- function(id, compute) {
 # task as `mirai_id` and the profile as `mirai_compute`. A message no handler
 # muffles is written to stderr after the task's tag, as message() would;
 # progressr's updates reach progressr's handlers.
-relay_signal <- function(cond, id, compute) {
+relay_signal <- function(cond, id, compute, from_later = FALSE) {
   if (!inherits(cond, "condition")) return(invisible())
+  if (inherits(cond, "miraiRelayDropped")) return(relay_over_budget(cond, id, compute))
   cond$mirai_id <- id
   cond$mirai_compute <- compute
   class(cond) <- unique(c("miraiCondition", class(cond)))
+  handler <- relay_handler_for(compute, id)
+  if (!is.null(handler)) return(invisible(handler(cond)))
+  signal <- if (from_later) signal_global else signalCondition
   if (inherits(cond, "message")) {
     withRestarts({
-      signalCondition(cond)
+      signal(cond)
       # What the daemon sent need not print (a message that is not text):
       # a relayed message must not fail the wait it is shown in.
       text <- tryCatch(conditionMessage(cond), error = function(e) NULL)
       if (!is.character(text)) text <- "(a relayed message that is not text)\n"
-      cat(relay_tag(id, compute), text, sep = "", file = stderr())
+      relay_write(relay_tag(id, compute), text, cond$mirai_bar)
     }, muffleMessage = function() NULL)
   } else if (inherits(cond, "progression")) {
-    withRestarts(signalCondition(cond), muffleProgression = function(p) NULL)
+    withRestarts(signal(cond), muffleProgression = function(p) NULL)
   } else {
-    withRestarts(signalCondition(cond), muffleCondition = function(...) NULL)
+    withRestarts(signal(cond), muffleCondition = function(...) NULL)
+  }
+  invisible()
+}
+
+# Writes a relayed message to stderr after its tag. A cli progress bar's
+# line is redrawn in place where stderr is a dynamic terminal (as cli
+# decides), until the bar is full; anything else written meanwhile starts on
+# a line of its own.
+relay_write <- function(tag, text, bar) {
+  if (is_bar_position(bar) && use_cli() && cli::is_dynamic_tty(stderr())) {
+    full <- bar$current >= bar$total
+    cat("\r", tag, sub("\n$", "", text), "\033[K", if (full) "\n", sep = "", file = stderr())
+    .$bar_line <- !full
+    return(invisible())
+  }
+  if (isTRUE(.$bar_line)) {
+    cat("\n", file = stderr())
+    .$bar_line <- FALSE
+  }
+  cat(tag, text, sep = "", file = stderr())
+}
+
+# A daemon's note of conditions its task could not relay, being over the
+# budget: counted with the host's own drops, and told.
+relay_over_budget <- function(cond, id, compute) {
+  n <- cond$dropped
+  if (!is.numeric(n) || length(n) != 1L || is.na(n) || n <= 0) return(invisible())
+  prof <- .$profiles[[compute]]
+  if (!is.null(prof)) .Call(C_mirai_host_relay_count, prof$host, as.double(n))
+  message(sprintf("%s%s condition(s) signalled by this task were not relayed: a task relays at most %s a second",
+                  relay_tag(id, compute), format(n, scientific = FALSE),
+                  format(limit("relay_rate"), big.mark = ",")))
+}
+
+# signalCondition(), then the global calling handlers for the condition's
+# classes, most recently registered first, as R itself calls them at top
+# level.
+signal_global <- function(cond) {
+  signalCondition(cond)
+  hs <- globalCallingHandlers()
+  classes <- class(cond)
+  for (k in seq_along(hs)) {
+    if (names(hs)[k] %in% classes) hs[[k]](cond)
   }
   invisible()
 }

@@ -12,7 +12,9 @@
 #     shown messages muffled by a calling handler),
 #   - and base R's PSOCK cluster (clusterApplyLB) as the reference.
 # Jobs are interleaved round by round (see common.R); the figure is the
-# median over BENCH_ROUNDS rounds (default 3). Not a test: prints figures.
+# median over BENCH_ROUNDS rounds (default 3). Then the latency of a relayed
+# message, from message() on a daemon to an on_relay() handler on the host
+# while it waits. Not a test: prints figures.
 
 suppressPackageStartupMessages({ library(mirai); library(parallel) })
 bench_dir <- dirname(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1L]))
@@ -65,6 +67,18 @@ cat(sprintf("%d tiny tasks, 2 daemons/nodes, median of %d rounds (%s)\n", ntask,
 print(data.frame(setup = names(med), secs = round(med, 3), tasks_per_s = round(ntask / med),
                  vs_relay_off = round(med[["relay off"]] / med, 2), row.names = NULL))
 cat(sprintf("conditions dropped by the flooded profile: %s\n", format(status("busy")$relay_dropped, big.mark = ",")))
+
+# Latency: from message() on the daemon to the host's handler, while R
+# waits on the task (one message every 20 ms; clocks of one machine).
+lat <- numeric()
+m <- mirai({
+  for (i in 1:200) { message(format(as.numeric(Sys.time()), digits = 17)); Sys.sleep(0.02) }
+  "done"
+}, .compute = "on")
+on_relay(m, function(cond) lat <<- c(lat, as.numeric(Sys.time()) - as.numeric(conditionMessage(cond))))
+invisible(m[])
+cat(sprintf("relay latency, message() to handler (%d messages): median %.2f ms, 90th percentile %.2f ms, max %.2f ms\n",
+            length(lat), 1000 * median(lat), 1000 * quantile(lat, 0.9), 1000 * max(lat)))
 
 daemons(0, .compute = "off")
 daemons(0, .compute = "on")

@@ -4,7 +4,7 @@ Usage: CHROMIUM=/usr/bin/chromium CHROMEDRIVER=/usr/bin/chromedriver \
          python3 shiny-driver.py URL OUTDIR PROFILE_DIR
 
 Opens two browser windows on URL (two Shiny sessions), logs every change of
-the outputs in the page itself (a MutationObserver stamps each change with the
+the outputs (clock, result, progress) in the page itself (a MutationObserver stamps each change with the
 browser's clock), presses the button in session 1, takes screenshots of both
 sessions into OUTDIR, waits for session 1's result (any text but the one
 before the click and "Computing..."), and writes what it saw to
@@ -46,7 +46,7 @@ def open_session(driver, url):
     driver.get(url)
     WebDriverWait(driver, STARTUP_TIMEOUT, poll_frequency=0.2).until(
         lambda d: d.execute_script(CONNECTED_JS))
-    for output in ("clock", "result"):
+    for output in ("clock", "result", "progress"):
         driver.execute_script(OBSERVE_JS, output)
     return driver.execute_script("return Shiny.shinyapp.config.sessionId;")
 

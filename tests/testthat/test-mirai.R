@@ -147,6 +147,22 @@ test_that("a mirai is an environment whose value, read any way, is converted onc
   expect_identical(e1$data, vals2[[1]])
 })
 
+test_that("a mirai saved and read back says its handle is gone, however it is read", {
+  daemons(1)
+  on.exit(daemons(0))
+  f <- tempfile(fileext = ".rds")
+  on.exit(unlink(f), add = TRUE)
+  m <- mirai(1)
+  saveRDS(m, f)
+  back <- readRDS(f)
+  expect_identical(m[], 1)
+  # Not R's "NULL value passed as symbol address" for $data.
+  gone <- "`aio` is no longer valid \\(it was closed or saved and reloaded\\)"
+  expect_error(back$data, gone)
+  expect_error(back[], gone)
+  expect_error(unresolved(back), gone)
+})
+
 test_that("a mirai in sync mode has its value as a plain binding", {
   daemons(sync = TRUE)
   on.exit(daemons(0))

@@ -122,16 +122,12 @@ test_that("relayed conditions reach R from later's loop, without a wait", {
   expect_identical(m[], "released")
 })
 
-test_that("a flood of messages is bounded on the host, with the drops counted and told", {
+test_that("a task relays a burst, then at most its rate: the rest is counted and told", {
   daemons(2, relay = TRUE)
   on.exit(daemons(0))
   n <- 30000L
   m <- mirai({ for (i in seq_len(n)) message(i); "flooded" }, n = n)
   other <- mirai_map(1:50, function(i) i * 2)
-  # R shows nothing while it is not waiting (status() shows nothing): the
-  # host keeps at most the bound, and counts the rest.
-  cap <- mirai:::limit("relay_max_items")
-  expect_true(wait_until(function() status()$relay_dropped >= n - cap, 120))
   got <- 0L
   notes <- character()
   withCallingHandlers(v <- m[], message = function(c) {
@@ -139,15 +135,46 @@ test_that("a flood of messages is bounded on the host, with the drops counted an
     invokeRestart("muffleMessage")
   })
   expect_identical(v, "flooded")
-  expect_lte(got, cap)
-  dropped <- status()$relay_dropped
-  expect_gt(dropped, 0)
-  expect_identical(got + dropped, as.double(n))
+  # At least the burst went, not all: the daemon kept the rest back and
+  # said how many, before the task's value; nothing is unaccounted for.
+  expect_gte(got, mirai:::limit("relay_burst"))
+  expect_lt(got, n)
   expect_length(notes, 1L)
-  expect_match(notes, sprintf("\\[mirai %d\\] %s condition\\(s\\) relayed by this task were dropped",
-                              mirai:::task_ids(m), format(dropped, scientific = FALSE)))
+  held_back <- as.numeric(sub("^\\[mirai [0-9]+\\] ([0-9]+) condition.*$", "\\1", notes))
+  expect_match(notes, sprintf("\\[mirai %d\\] [0-9]+ condition\\(s\\) signalled by this task were not relayed: a task relays at most 1,000 a second",
+                              mirai:::task_ids(m)))
+  expect_identical(got + held_back, as.double(n))
+  expect_identical(status()$relay_dropped, held_back)
   # The neighbour was not held up.
   expect_identical(unlist(other[]), (1:50) * 2)
+})
+
+test_that("the host holds a bounded number of relayed conditions, with the drops counted and told", {
+  # Eleven tasks each relay 1,000 (their burst) while R does not wait: the
+  # host keeps at most 10,000 and counts the rest.
+  cap <- mirai:::limit("relay_max_items")
+  k <- 11L
+  each <- mirai:::limit("relay_burst")
+  expect_gt(k * each, cap)
+  daemons(k, relay = TRUE)
+  on.exit(daemons(0))
+  gate <- tempfile()
+  ms <- lapply(seq_len(k), function(j) mirai(gated(rep("x", each), gate), gated = gated, gate = gate, each = each))
+  expect_true(wait_until(function() status()$relay_dropped >= k * each - cap, 120))
+  file.create(gate)
+  got <- 0L
+  notes <- character()
+  withCallingHandlers(v <- collect_mirai(ms), message = function(c) {
+    if (inherits(c, "miraiCondition")) got <<- got + 1L else notes <<- c(notes, conditionMessage(c))
+    invokeRestart("muffleMessage")
+  })
+  expect_identical(unlist(v), rep("released", k))
+  expect_lte(got, cap)
+  dropped <- status()$relay_dropped
+  expect_identical(got + dropped, k * each)
+  expect_gte(length(notes), 1L)
+  told <- as.numeric(sub("^\\[mirai [0-9]+\\] ([0-9]+) condition\\(s\\) relayed by this task were dropped.*$", "\\1", notes))
+  expect_identical(sum(told), dropped)
 })
 
 test_that("with_progress() shows progressr's updates from inside mirai_map() elements", {
@@ -282,18 +309,409 @@ test_that("a relayed message that is not text does not fail the wait it is shown
 test_that("conditions held for a task whose mirai is gone do not fill the inbox for good", {
   daemons(1, relay = TRUE)
   on.exit(daemons(0))
-  # A daemon that holds conditions for a task nobody will receive them for
-  # (as a cluster node's for a receive that was interrupted): as many as
-  # the inbox takes.
-  m <- mirai({
+  # Tasks that hold conditions nobody will receive (as a cluster node's
+  # for a receive that was interrupted): as many as the inbox takes, each
+  # task within its relay budget.
+  each <- mirai:::limit("relay_burst")
+  k <- mirai:::limit("relay_max_items") / each
+  ms <- lapply(seq_len(k), function(j) mirai({
     conn <- dynGet("conn")
-    for (i in seq_len(10000L)) .Call(mirai:::C_mirai_daemon_relay, conn, simpleMessage("held"), TRUE)
+    for (i in seq_len(each)) .Call(mirai:::C_mirai_daemon_relay, conn, simpleMessage("held"), TRUE)
     1
-  })
-  expect_identical(m[], 1)
-  rm(m)
+  }, each = each))
+  expect_identical(unlist(collect_mirai(ms)), rep(1, k))
+  rm(ms)
   invisible(gc())
   got <- collect(mirai({ message("after"); 2 })[])
   expect_identical(got$value, 2)
   expect_identical(msg_text(got$got), "after")
+})
+
+test_that("on_relay() hands a task's conditions to its handler, while R waits and from later's loop", {
+  skip_if_not_installed("later")
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  expect_error(on_relay(mirai(1), "f"), "`handler` must be a function")
+  expect_error(on_relay(list(1), identity), "`x` must be a mirai, a mirai_map or a list of mirai")
+  # While R waits: the handler gets them in order, nothing reaches stderr or
+  # calling handlers, and another task's messages go their usual way.
+  gate <- tempfile()
+  m <- mirai(gated(sprintf("step %d", 1:5), gate), gated = gated, gate = gate)
+  other <- mirai({ message("not mine"); 2 })
+  got <- list()
+  expect_identical(on_relay(m, function(c) {
+    got[[length(got) + 1L]] <<- c
+    if (length(got) == 5L) file.create(gate)
+  }), m)
+  err <- capture.output(r <- collect(list(m[], other[])), type = "message")
+  expect_identical(r$value, list("released", 2))
+  expect_identical(msg_text(got), sprintf("step %d", 1:5))
+  expect_true(all(vapply(got, `[[`, 0, "mirai_id") == mirai:::task_ids(m)))
+  expect_identical(msg_text(r$got), "not mine")
+  expect_identical(err, character())
+  # From later's loop, where no calling handler is: the handler alone sees
+  # the message (not stderr), while the task still runs.
+  gate2 <- tempfile()
+  m2 <- mirai(gated("from later", gate), gated = gated, gate = gate2)
+  seen <- character()
+  running <- NA
+  on_relay(m2, function(c) {
+    seen <<- c(seen, conditionMessage(c))
+    running <<- unresolved(m2)
+    file.create(gate2)
+  })
+  err <- character()
+  expect_true(wait_until(function() {
+    err <<- c(err, capture.output(later::run_now(0.05), type = "message"))
+    length(seen) > 0L
+  }, 30))
+  expect_identical(seen, "from later\n")
+  expect_true(running)
+  expect_identical(err, character())
+  expect_identical(m2[], "released")
+  # Handlers of tasks that are over go with a later drain of the inbox.
+  reg <- function() ls(mirai:::.$profiles$default$relay_handlers)
+  expect_true(length(reg()) > 0L)
+  for (k in 1:3) collect(mirai({ message("drain"); k }, k = k)[])
+  expect_identical(reg(), character())
+})
+
+test_that("on_relay() covers every element of a map, and needs relay", {
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  mp <- mirai_map(1:6, function(i) { message("element ", i); i })
+  got <- numeric()
+  on_relay(mp, function(c) got <<- c(got, as.numeric(sub("element ", "", conditionMessage(c)))))
+  expect_identical(unlist(mp[]), 1:6)
+  expect_setequal(got, 1:6)
+  daemons(0)
+  daemons(1)
+  expect_error(on_relay(mirai(1), identity), "not sent to daemons set with `relay = TRUE`")
+})
+
+# The map's bar, as text (so each position it shows can be read back).
+text_bar <- function(expr) {
+  old <- mirai:::.$cli
+  assign("cli", FALSE, envir = mirai:::.)
+  on.exit(assign("cli", old, envir = mirai:::.))
+  out <- capture.output(v <- expr, type = "message")
+  list(value = v, bar = unlist(strsplit(paste(out, collapse = "\n"), "\r", fixed = TRUE)))
+}
+
+test_that("a map's [.progress] counts progress inside elements (progressr and cli)", {
+  skip_if_not_installed("progressr")
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  # Each element reports half its work done, says so, and waits for the
+  # gate the host opens once both have said it: by then the bar counted the
+  # two halves (1.0 of 2) although no element had finished.
+  gate <- tempfile()
+  halves <- 0L
+  body <- function(i, gate) {
+    if (i == 1L) {
+      p <- progressr::progressor(steps = 4L)
+      p(amount = 2)
+    } else {
+      options(cli.progress_show_after = 0)
+      cli::cli_progress_bar(total = 10)
+      cli::cli_progress_update(set = 5, force = TRUE)
+    }
+    message("half")
+    t0 <- Sys.time()
+    while (!file.exists(gate)) if (difftime(Sys.time(), t0, units = "secs") > 60) return(-1L) else Sys.sleep(0.01)
+    i
+  }
+  r <- text_bar(withCallingHandlers(
+    mirai_map(1:2, body, .args = list(gate = gate))[.progress],
+    message = function(c) {
+      if (inherits(c, "miraiCondition") && identical(conditionMessage(c), "half\n")) {
+        halves <<- halves + 1L
+        if (halves == 2L) file.create(gate)
+        invokeRestart("muffleMessage")
+      }
+    }))
+  expect_identical(r$value, list(1L, 2L), info = paste(unlist(r$value), collapse = " "))
+  expect_identical(halves, 2L)
+  # Partial positions were shown (the first half alone, then both) before
+  # the end, and the bar never went back.
+  pos <- as.numeric(sub("^\\[ ([0-9.]+) / 2.*$", "\\1", grep("^\\[ [0-9.]+ / 2", r$bar, value = TRUE)))
+  expect_true(any(grepl("^\\[ 1\\.0 / 2", r$bar)))
+  expect_false(is.unsorted(pos))
+  expect_identical(r$bar[length(r$bar)], "[ 2 / 2 done ]")
+  # The elements' own bars and progressors were shown by the map's bar
+  # alone: no cli line of theirs reached stderr.
+  expect_false(any(grepl("■|%", r$bar)))
+
+  # The same for a list of mirai, one of them from a profile without relay.
+  daemons(1, .compute = "quiet")
+  on.exit(daemons(0, .compute = "quiet"), add = TRUE)
+  unlink(gate)
+  halves <- 0L
+  ms <- list(mirai(body(1L, gate), body = body, gate = gate),
+             mirai(body(2L, gate), body = body, gate = gate))
+  quiet <- mirai(1L, .compute = "quiet")
+  r <- text_bar(withCallingHandlers(
+    collect_mirai(c(ms, list(quiet)), ".progress"),
+    message = function(c) {
+      if (inherits(c, "miraiCondition") && identical(conditionMessage(c), "half\n")) {
+        halves <<- halves + 1L
+        if (halves == 2L) file.create(gate)
+        invokeRestart("muffleMessage")
+      }
+    }))
+  expect_identical(r$value, list(1L, 2L, 1L))
+  expect_true(any(grepl("^\\[ 1\\.0 / 3", r$bar)))
+  expect_identical(r$bar[length(r$bar)], "[ 3 / 3 done ]")
+})
+
+test_that("a task's cli progress bar is shown on the host as it moves", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  task <- function() {
+    options(cli.progress_show_after = 0)
+    cli::cli_progress_bar("Fitting", total = 8)
+    for (i in 1:8) {
+      Sys.sleep(0.25)
+      cli::cli_progress_update()
+    }
+    "fitted"
+  }
+  # Each update cli draws is a tagged line. The daemon has cli draw as
+  # often as in a terminal (every 0.2 s, not every 3 s where output is a
+  # log): several of the eight updates are drawn, not only the first and
+  # the last.
+  m <- mirai(task(), task = task)
+  out <- capture.output(v <- m[], type = "message")
+  expect_identical(v, "fitted")
+  tag <- sprintf("[mirai %d] Fitting", mirai:::task_ids(m))
+  expect_true(all(startsWith(out, tag)))
+  pct <- as.integer(sub("^.* ([0-9]+)% .*$", "\\1", out))
+  expect_gte(length(unique(pct)), 4L)
+  expect_false(is.unsorted(pct))
+  expect_identical(pct[length(pct)], 100L)
+  # Where stderr is a dynamic terminal (cli.dynamic says so here), the bar
+  # is redrawn in place, and the line ends with the bar.
+  op <- options(cli.dynamic = TRUE)
+  on.exit(options(op), add = TRUE)
+  m <- mirai(task(), task = task)
+  out <- paste(capture.output(v <- m[], type = "message"), collapse = "\n")
+  expect_identical(v, "fitted")
+  draws <- strsplit(out, "\r", fixed = TRUE)[[1L]]
+  draws <- draws[nzchar(draws)]
+  expect_gte(length(draws), 4L)
+  expect_true(all(endsWith(draws[-length(draws)], "\033[K")))
+  expect_match(draws[length(draws)], "100%")
+})
+
+test_that("from later's loop, global calling handlers see relayed conditions (progressr's global mode)", {
+  skip_if_not_installed("later")
+  # Global handlers can only be set with no handler on the stack: in a
+  # script of its own, as a user's session would.
+  script <- tempfile(fileext = ".R")
+  gate <- tempfile()
+  on.exit(unlink(c(script, gate)))
+  writeLines(c(
+    "library(mirai)",
+    "daemons(1, relay = TRUE)",
+    "seen <- character()",
+    "globalCallingHandlers(message = function(c) if (inherits(c, 'miraiCondition')) {",
+    "  seen <<- c(seen, conditionMessage(c)); invokeRestart('muffleMessage') })",
+    sprintf("gate <- %s", deparse(gate)),
+    "m <- mirai({ message('to the global handler'); t0 <- Sys.time()",
+    "  while (!file.exists(gate) && difftime(Sys.time(), t0, units = 'secs') < 60) Sys.sleep(0.01); 'released' },",
+    "  gate = gate)",
+    "t0 <- Sys.time()",
+    "while (!length(seen) && difftime(Sys.time(), t0, units = 'secs') < 60) later::run_now(0.05)",
+    "running <- unresolved(m)",
+    "invisible(file.create(gate))",
+    "cat(sprintf('seen=%s running=%s value=%s\\n', paste(trimws(seen), collapse = '|'), running, m[]))",
+    "daemons(0)"
+  ), script)
+  out <- system2(file.path(R.home("bin"), "Rscript"), script, stdout = TRUE, stderr = TRUE,
+                 env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
+  expect_identical(out, "seen=to the global handler running=TRUE value=released")
+})
+
+test_that("a task's own immediate condition, with no restart to muffle it, is relayed and the task goes on", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  got <- list()
+  v <- withCallingHandlers(mirai({
+    signalCondition(structure(class = c("immediateCondition", "condition"),
+                              list(message = "custom", call = NULL)))
+    "went on"
+  })[], immediateCondition = function(c) got[[length(got) + 1L]] <<- c)
+  expect_identical(v, "went on")
+  expect_identical(vapply(got, conditionMessage, ""), "custom")
+})
+
+test_that("a task cannot pass a condition of its own for the daemon's drop note", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  fake <- function(cls) structure(class = c("miraiRelayDropped", cls, "condition"),
+                                  list(message = "fake\n", call = NULL, dropped = 1e12))
+  notes <- character()
+  v <- withCallingHandlers(mirai({
+    message(fake("message"))
+    signalCondition(fake("immediateCondition"))
+    "done"
+  }, fake = fake)[], message = function(c) {
+    notes <<- c(notes, conditionMessage(c))
+    invokeRestart("muffleMessage")
+  })
+  expect_identical(v, "done")
+  expect_identical(notes, character())
+  expect_identical(status()$relay_dropped, 0)
+})
+
+test_that("a map's [.progress] skips malformed progress a task sends, and still counts", {
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  mp <- mirai_map(1:4, function(i) {
+    junk <- simpleMessage("junk bar\n")
+    junk$mirai_bar <- list(id = c("a", "b"), current = list(1), total = "z")
+    message(junk)
+    for (p in list(list(type = NULL, progressor_uuid = "u"),
+                   list(type = "initiate", progressor_uuid = c("a", "b"), steps = 5),
+                   list(type = list(1), progressor_uuid = list(1), steps = "x"),
+                   list(type = "update", progressor_uuid = "v", step = -3),
+                   list(type = "initiate", progressor_uuid = "w", steps = Inf))) {
+      cond <- structure(class = c("progression", "immediateCondition", "condition"),
+                        c(list(message = "", call = NULL), p))
+      withRestarts(signalCondition(cond), muffleProgression = function(...) NULL)
+    }
+    i
+  })
+  r <- text_bar(collect(mp[.progress]))
+  expect_identical(r$value$value, as.list(1:4))
+  expect_identical(tail(r$bar, 1L), "[ 4 / 4 done ]")
+})
+
+test_that("a map's [.progress] counts only its own profile's tasks, whose ids another's share", {
+  daemons(1, relay = TRUE, .compute = "p1")
+  on.exit(daemons(0, .compute = "p1"))
+  daemons(1, relay = TRUE, .compute = "p2")
+  on.exit(daemons(0, .compute = "p2"), add = TRUE)
+  prog <- function(type) structure(class = c("progression", "immediateCondition", "condition"),
+                                   list(message = "", call = NULL, type = type,
+                                        progressor_uuid = "other", steps = 4, amount = 1))
+  # The other profile's task relays while the map is collected: its
+  # element opens the gate, then outlasts the relays.
+  gate <- tempfile()
+  other <- mirai({
+    while (!file.exists(gate)) Sys.sleep(0.01)
+    for (t in c("initiate", "update")) withRestarts(signalCondition(prog(t)), muffleProgression = function(...) NULL)
+    "other"
+  }, prog = prog, gate = gate, .compute = "p2")
+  mp <- mirai_map(1, function(i) { file.create(gate); Sys.sleep(1); i }, gate = gate, .compute = "p1")
+  expect_identical(mirai:::task_ids(other), .Call(mirai:::C_mirai_map_ids, mirai:::map_handle(mp)))
+  seen <- character()
+  withCallingHandlers(r <- text_bar(mp[.progress]), progression = function(c) seen <<- c(seen, c$type))
+  expect_identical(r$value, list(1))
+  expect_identical(seen, c("initiate", "update"))
+})
+
+test_that("on_relay() for a mirai of a reset profile never takes a new profile's task of the same id", {
+  daemons(1, relay = TRUE)
+  old <- mirai(1)
+  old[]
+  daemons(0)
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  stale <- character()
+  expect_identical(on_relay(old, function(c) stale <<- c(stale, conditionMessage(c))), old)
+  new <- mirai({ message("new task"); 2 })
+  expect_identical(mirai:::task_ids(new), mirai:::task_ids(old))
+  r <- collect(new[])
+  expect_identical(r$value, 2)
+  expect_identical(msg_text(r$got), "new task")
+  expect_identical(stale, character())
+})
+
+test_that("a cluster node's task tells what its relay budget held back, before its value", {
+  cl <- make_cluster(1, relay = TRUE)
+  on.exit(stop_cluster(cl))
+  n <- 3000L
+  notes <- character()
+  got <- 0L
+  v <- withCallingHandlers(parallel::clusterCall(cl, function(n) { for (i in seq_len(n)) message(i); "flooded" }, n),
+    message = function(c) {
+      if (inherits(c, "miraiCondition")) got <<- got + 1L else notes <<- c(notes, conditionMessage(c))
+      invokeRestart("muffleMessage")
+    })
+  expect_identical(v, list("flooded"))
+  expect_length(notes, 1L)
+  held_back <- as.numeric(sub("^\\[mirai [0-9]+ \\| [^]]+\\] ([0-9]+) condition.*$", "\\1", notes))
+  expect_identical(got + held_back, as.double(n))
+})
+
+test_that("on_relay() handlers of tasks that relay nothing do not pile up", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  reg <- function() length(ls(mirai:::.$profiles$default$relay_handlers))
+  for (k in 1:300) {
+    m <- mirai(k, k = k)
+    on_relay(m, function(c) NULL)
+    m[]
+  }
+  expect_lt(reg(), 100L)
+})
+
+test_that("future's conditions over a node's relay budget come with the value, and are not counted as dropped", {
+  skip_if_not_installed("future")
+  skip_if_not_installed("progressr")
+  cl <- make_cluster(1, relay = TRUE)
+  op <- options(progressr.enable = TRUE)
+  on.exit({ future::plan(future::sequential); stop_cluster(cl); options(op) })
+  future::plan(future::cluster, workers = cl)
+  n <- 3000L
+  count <- 0L
+  notes <- character()
+  seen <- progressr::make_progression_handler("seen", reporter = list(
+    update = function(config, state, progression, ...) count <<- count + 1L
+  ), enable = TRUE)
+  v <- withCallingHandlers(progressr::with_progress({
+    p <- progressr::progressor(steps = n)
+    f <- future::future({ for (i in seq_len(n)) p(); "done" }, globals = list(p = p, n = n))
+    future::value(f)
+  }, handlers = seen), message = function(c) {
+    notes <<- c(notes, conditionMessage(c))
+    invokeRestart("muffleMessage")
+  })
+  expect_identical(v, "done")
+  expect_identical(count, n)
+  expect_identical(notes, character())
+  prof <- mirai:::profile_of(attr(cl, "id"))
+  expect_identical(.Call(mirai:::C_mirai_host_relay_dropped, prof$host), 0)
+})
+
+test_that("a handler's error is raised once the rest of what was taken with it is shown", {
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  flag <- tempfile()
+  gate <- tempfile()
+  m <- mirai({
+    for (i in 1:3) message("s", i)
+    file.create(flag)
+    v <- gated(character(), gate)
+    message("s4")
+    v
+  }, flag = flag, gate = gate, gated = gated)
+  other <- mirai({ message("other"); 2 })
+  got <- character()
+  on_relay(m, function(c) {
+    got <<- c(got, sub("\n$", "", conditionMessage(c)))
+    if (length(got) == 1L) stop("handler failed")
+  })
+  # No wait (nor event loop) meanwhile: the three arrive for one drain.
+  t0 <- Sys.time()
+  while (!file.exists(flag) && difftime(Sys.time(), t0, units = "secs") < 30) NULL
+  t0 <- Sys.time()
+  while (difftime(Sys.time(), t0, units = "secs") < 0.5) NULL
+  r <- collect(expect_error(other[], "handler failed"))
+  expect_identical(got, c("s1", "s2", "s3"))
+  expect_identical(msg_text(r$got), "other")
+  file.create(gate)
+  expect_identical(m[], "released")
+  expect_identical(got, c("s1", "s2", "s3", "s4"))
 })

@@ -174,6 +174,20 @@ test_that("the example Shiny app stays live for other sessions while one compute
   expect_gte(ended - started, 2.9)
   expect_gte(shown_at - obs$click, 2.9)
 
+  # Session 1's progress bar moved while the task ran, step by step, as the
+  # daemon relayed each step's message (on_relay() in the app): several steps
+  # were shown before the result, in order, and all ten by the end. Session
+  # 2's bar, for no task of its own, never moved.
+  prog <- obs$log$session1$progress
+  step_of <- function(text) as.integer(sub("^\\s*([0-9]+) of 10 steps.*$", "\\1", text))
+  at <- ms(prog[, 1L])
+  steps <- step_of(prog[, 2L])
+  before <- at > obs$click & at < shown_at & steps > 0L & steps < 10L
+  expect_gte(length(unique(steps[before])), 3L)
+  expect_false(is.unsorted(steps[at > obs$click]))
+  expect_identical(steps[length(steps)], 10L)
+  expect_true(all(step_of(obs$log$session2$progress[, 2L]) == 0L))
+
   # Both sessions' clocks meanwhile (session 2 is what the issue asks for;
   # session 1 stays live as the app does not hand its promise to Shiny).
   for (s in c("session2", "session1")) {

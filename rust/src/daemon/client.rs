@@ -86,8 +86,65 @@ pub struct ClientConn {
     /// them (`Msg::Share`); the values themselves are R objects, kept by
     /// R's side of the loop.
     pub shares: [u64; proto::SHARE_SLOTS],
-    /// The task whose conditions were last relayed, and how many were.
-    relayed: (u64, u64),
+    /// What the running task may still relay.
+    relayed: RelayBudget,
+}
+
+/// How many conditions a task may relay at once, and how many a second
+/// after that. The host shows each one in R, at tens of microseconds each:
+/// a task relaying without pause would otherwise take the host's R thread
+/// from every other task's results. Beyond the budget a condition takes its
+/// way as without relay, and is counted for the task's drop note.
+pub const RELAY_BURST: f64 = 1000.0;
+pub const RELAY_RATE: f64 = 1000.0;
+
+/// A token bucket per task: full when a task starts relaying.
+pub struct RelayBudget {
+    task: u64,
+    /// Conditions sent for `task` (the `seq` of the last).
+    sent: u64,
+    tokens: f64,
+    at: Instant,
+    dropped: u64,
+}
+
+impl RelayBudget {
+    pub fn new(now: Instant) -> Self {
+        RelayBudget { task: 0, sent: 0, tokens: RELAY_BURST, at: now, dropped: 0 }
+    }
+
+    fn start(&mut self, task: u64, now: Instant) {
+        if self.task != task {
+            *self = RelayBudget { task, ..RelayBudget::new(now) };
+        }
+    }
+
+    /// The `seq` of a condition `task` may send now, or None (counted for
+    /// the drop note if `counted`). `force`: a drop note, sent whatever the
+    /// budget.
+    pub fn take(&mut self, task: u64, now: Instant, force: bool, counted: bool) -> Option<u64> {
+        self.start(task, now);
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * RELAY_RATE).min(RELAY_BURST);
+        if !force {
+            if self.tokens < 1.0 {
+                self.dropped += counted as u64;
+                return None;
+            }
+            self.tokens -= 1.0;
+        }
+        self.sent += 1;
+        Some(self.sent)
+    }
+
+    /// The conditions of `task` dropped so far, counted once.
+    pub fn take_dropped(&mut self, task: u64) -> u64 {
+        if self.task != task {
+            return 0;
+        }
+        std::mem::take(&mut self.dropped)
+    }
 }
 
 /// The daemon's own limits, kept here so the receive-evaluate-reply loop
@@ -295,19 +352,30 @@ impl ClientConn {
     /// Starts a relay frame (`Msg::Relay`) for the running task; append
     /// the payload, then `send`. None when no task runs. `held`: see
     /// `Msg::Relay`.
-    pub fn begin_relay(&mut self, held: bool) -> Option<Vec<u8>> {
+    /// None too when the task's relay budget is spent (see
+    /// `RelayBudget`), unless `force` (a drop note). A held condition
+    /// refused is not counted as dropped: a node's `master` keeps it to go
+    /// with the task's value (see sendData.miraiRelay in R/cluster.R).
+    pub fn begin_relay(&mut self, held: bool, force: bool) -> Option<Vec<u8>> {
         let id = self.current();
         if id == 0 {
             return None;
         }
-        if self.relayed.0 != id {
-            self.relayed = (id, 0);
-        }
-        self.relayed.1 += 1;
+        let seq = self.relayed.take(id, Instant::now(), force, !held)?;
         let mut b = Vec::new();
         self.framing.begin(&mut b);
-        proto::encode_into(&Msg::Relay { id, seq: self.relayed.1, held }, &mut b);
+        proto::encode_into(&Msg::Relay { id, seq, held }, &mut b);
         Some(b)
+    }
+
+    /// How many of the running task's conditions the budget dropped since
+    /// last asked.
+    pub fn relay_dropped(&mut self) -> u64 {
+        let id = self.current();
+        if id == 0 {
+            return 0;
+        }
+        self.relayed.take_dropped(id)
     }
 
     pub fn send(&mut self, mut frame: Vec<u8>) -> Result<(), String> {
@@ -496,7 +564,7 @@ fn handshake(
             init_stream: rng,
             init_settings: body[hop + off..].to_vec(),
             shares: [0; proto::SHARE_SLOTS],
-            relayed: (0, 0),
+            relayed: RelayBudget::new(Instant::now()),
         }),
         Msg::Init { version, .. } => Err(version_mismatch(version)),
         m => Err(format!("unexpected message from host during the handshake: {}", kind(&m))),
@@ -639,5 +707,46 @@ fn watch_read(sh: &Shared) {
 impl Drop for ClientConn {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_relays_a_burst_then_at_the_rate_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut b = RelayBudget::new(t0);
+        let burst = RELAY_BURST as u64;
+        for k in 1..=burst {
+            assert_eq!(b.take(7, t0, false, true), Some(k));
+        }
+        assert_eq!(b.take(7, t0, false, true), None);
+        assert_eq!(b.take(7, t0, false, true), None);
+        // A drop note goes whatever the budget, next in sequence.
+        assert_eq!(b.take(7, t0, true, true), Some(burst + 1));
+        assert_eq!(b.take_dropped(7), 2);
+        assert_eq!(b.take_dropped(7), 0);
+        // Refilled at the rate: 10 ms later, 10 more (of 1,000 a second).
+        let later = t0 + Duration::from_millis(10);
+        let sent = (0..100).filter(|_| b.take(7, later, false, true).is_some()).count();
+        assert_eq!(sent as f64, (RELAY_RATE * 0.01).floor());
+        assert_eq!(b.take_dropped(7), 100 - sent as u64);
+        // Never beyond the burst, however long the pause.
+        let much_later = t0 + Duration::from_secs(3600);
+        let sent = (0..2 * burst).filter(|_| b.take(7, much_later, false, true).is_some()).count();
+        assert_eq!(sent as u64, burst);
+        // What is refused uncounted (a node's held condition, kept to go
+        // with the value) is not in the note.
+        b.take_dropped(7);
+        assert_eq!(b.take(7, much_later, false, false), None);
+        assert_eq!(b.take_dropped(7), 0);
+        // A new task starts with a full budget and no drops of its own;
+        // the last task's drops are no longer asked for.
+        b.take_dropped(7);
+        assert_eq!(b.take(8, much_later, false, true), Some(1));
+        assert_eq!(b.take_dropped(7), 0);
+        assert_eq!(b.take_dropped(8), 0);
     }
 }

@@ -58,6 +58,9 @@ pub struct Inbox {
     /// Set by `daemons(relay = TRUE)`; relays to a profile without it are
     /// dropped (its daemons do not send any).
     enabled: AtomicBool,
+    /// The profile was reset: a new one of the same name numbers its tasks
+    /// afresh, so this one's task ids name none of them.
+    closed: AtomicBool,
     /// Every condition dropped so far.
     pub dropped: AtomicU64,
     /// The compute profile's name, for tags.
@@ -69,6 +72,7 @@ impl Default for Inbox {
         Inbox {
             state: Mutex::default(),
             enabled: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             name: OnceLock::new(),
         }
@@ -120,6 +124,14 @@ impl Inbox {
 
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     pub fn name(&self) -> &str {
@@ -201,6 +213,13 @@ impl Inbox {
         let mut drops: Vec<(u64, u64)> = st.drops.drain().collect();
         drops.sort_unstable();
         Taken { shown, drops }
+    }
+
+    /// Whether nothing waits here for R to show (what a drain under way
+    /// has taken, it shows).
+    pub fn idle(&self) -> bool {
+        let st = lock(&self.state);
+        st.shown.is_empty() && st.drops.is_empty()
     }
 
     /// The conditions held for task `id` (a node's), in order.

@@ -276,6 +276,8 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RRe
                 return error(&format!("the node could not run the task: {why}"));
             }
         };
+        // Before the value, as for any task (see relay_note() in R/relay.R).
+        relay_note(h)?;
         match ran {
             Ran::Failed(before) => return received(Received::Failed, &[idv.sexp(), before.sexp()]),
             Ran::Value(v) => match send_value(h, id, v.sexp())? {
@@ -530,10 +532,36 @@ pub fn mirai_daemon_send(h: SEXP, id: SEXP, value: SEXP) -> RResult {
 /// `proto::RELAY_LIMIT` bytes, or when the host is gone: the condition
 /// then goes on as without relay.
 pub fn mirai_daemon_relay(h: SEXP, cond: SEXP, held: SEXP) -> RResult {
-    let held = bool_arg(held, "held")?;
+    relay_send(h, cond, bool_arg(held, "held")?, false)
+}
+
+/// Tells the host, before the running task's value, how many of its
+/// conditions its relay budget dropped (see `RelayBudget`), if any: a
+/// 'miraiRelayDropped' condition with their number as `dropped`, sent
+/// whatever the budget. The daemon's loop calls it after a task it
+/// evaluates; a cluster node's task, answered in `mirai_daemon_recv`, is
+/// told there.
+pub fn mirai_daemon_relay_note(h: SEXP) -> RResult {
+    relay_note(h)?;
+    Ok(Owned::nil())
+}
+
+fn relay_note(h: SEXP) -> Result<(), RError> {
+    let n = lock(conn(&h)?).as_mut().map_or(0, |c| c.relay_dropped());
+    if n == 0 {
+        return Ok(());
+    }
+    let (message, dropped) = (string("relay budget")?, real(n as f64)?);
+    let note = list(&[message.sexp(), nil(), dropped.sexp()], &["message", "call", "dropped"])?;
+    set_class(&note, &["miraiRelayDropped", "condition"])?;
+    relay_send(h, note.sexp(), false, true)?;
+    Ok(())
+}
+
+fn relay_send(h: SEXP, cond: SEXP, held: bool, force: bool) -> RResult {
     let mut g = lock(conn(&h)?);
     let c = g.as_mut().ok_or("connection is closed")?;
-    let Some(mut frame) = c.begin_relay(held) else { return lgl(false) };
+    let Some(mut frame) = c.begin_relay(held, force) else { return lgl(false) };
     let start = frame.len();
     // Plain R serialization: the host reads it without the profile's
     // custom serializers, and a condition carries none of their objects.

@@ -54,7 +54,7 @@ pub fn mirai_rng_advance() -> RResult {
 pub fn mirai_constants() -> RResult {
     use crate::host::sched::{ERROR_TEXTS, ERROR_VALUES};
     let secs = |d: std::time::Duration| d.as_secs_f64();
-    let limits: [(&str, f64); 15] = [
+    let limits: [(&str, f64); 17] = [
         ("hello_timeout_s", secs(crate::host::HELLO_TIMEOUT)),
         ("max_pending", crate::host::MAX_PENDING as f64),
         ("dead_peer_s", crate::wire::transport::DEAD_PEER_MS as f64 / 1000.0),
@@ -70,6 +70,8 @@ pub fn mirai_constants() -> RResult {
         ("relay_max_items", crate::host::relay::MAX_ITEMS as f64),
         ("relay_max_bytes", crate::host::relay::MAX_BYTES as f64),
         ("relay_limit_bytes", crate::wire::proto::RELAY_LIMIT as f64),
+        ("relay_rate", crate::daemon::client::RELAY_RATE),
+        ("relay_burst", crate::daemon::client::RELAY_BURST),
     ];
     let exit_codes = named_ints(&ExitCode::ALL.map(|c| c as i32), &ExitCode::ALL.map(|c| c.name()))?;
     let error_codes = named_ints(&ERROR_VALUES.map(|(_, c)| c), &ERROR_VALUES.map(|(n, _)| n))?;

@@ -256,6 +256,17 @@ pub fn mirai_map_resolved(h: SEXP) -> RResult {
     int(m.slots.iter().filter(|s| s.is_done()).count() as i32)
 }
 
+/// The relay inbox of the profile map handle `h` was submitted to.
+pub(super) fn map_inbox(h: SEXP) -> Result<Arc<crate::host::relay::Inbox>, RError> {
+    Ok(map(&h)?.profile.host.relay.clone())
+}
+
+/// Whether each element has resolved (a logical vector).
+pub fn mirai_map_done(h: SEXP) -> RResult {
+    let done: Vec<i32> = map(&h)?.slots.iter().map(|s| s.is_done() as i32).collect();
+    lgls(&done)
+}
+
 /// Waits (interruptibly) for every element.
 pub fn mirai_map_wait(h: SEXP) -> RResult {
     for s in &map(&h)?.slots {

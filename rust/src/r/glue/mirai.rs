@@ -18,9 +18,9 @@ pub(super) fn aio(s: &impl Held) -> Result<&Aio, RError> {
     handle::<Aio>(s, "aio")
 }
 
-/// `.onLoad`: the data routine and the 'unresolved' value.
-pub fn mirai_r_init(data_routine: SEXP, unresolved: SEXP) -> RResult {
-    object::init(data_routine, unresolved)?;
+/// `.onLoad`: the data function (`aio_data`) and the 'unresolved' value.
+pub fn mirai_r_init(data_fn: SEXP, unresolved: SEXP) -> RResult {
+    object::init(data_fn, unresolved)?;
     Ok(Owned::nil())
 }
 

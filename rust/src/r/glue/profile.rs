@@ -352,6 +352,7 @@ pub fn mirai_host_close(p: SEXP, signal: SEXP) -> RResult {
     let prof = profile(&p)?;
     // First: daemons exit as the host closes, and none is replaced.
     prof.pool.close();
+    prof.host.relay.close();
     prof.host.shutdown(bool_arg(signal, "signal")?);
     // A replacement still starting would find no host: it goes now rather
     // than failing (noisily) after the reset had to wait for it.

@@ -7,7 +7,7 @@
 use crate::host::relay::{self, Inbox};
 use crate::r::layer::call::{set_slice_hook, wait_interruptibly, RError, RResult};
 use crate::r::layer::ffi::SEXP;
-use crate::r::layer::lang::{apply1, preserved};
+use crate::r::layer::lang::{apply2, preserved};
 use crate::r::layer::later;
 use crate::r::layer::serial;
 use crate::r::layer::value::*;
@@ -39,7 +39,7 @@ pub fn mirai_host_relay(p: SEXP, name: SEXP, show: SEXP, use_later: SEXP) -> RRe
     }
     SETUP.get(|| {
         SHOW.set(Some(preserved(show)?));
-        set_slice_hook(relay::any_ready, drain);
+        set_slice_hook(relay::any_ready, || drain(false));
         Ok(())
     })?;
     if use_later {
@@ -55,30 +55,31 @@ fn drain_from_later() {
     relay::disarm();
     // As a promise's settle: an error in a handler is R's to report, and
     // must not unwind through later's frames.
-    let _ = drain();
+    let _ = drain(true);
 }
 
 /// Shows every condition waiting in any profile's inbox, in order per
-/// task, then tells of any dropped.
-fn drain() -> Result<(), RError> {
+/// task, then tells of any dropped. `from_later`: from later's loop, where
+/// R's handler stack is empty (see `relay_show()`).
+fn drain(from_later: bool) -> Result<(), RError> {
     if DRAINING.get() {
         return Ok(());
     }
     let Some(show) = SHOW.get() else { return Ok(()) };
     DRAINING.set(true);
-    let res = drain_into(show);
+    let res = drain_into(show, from_later);
     DRAINING.set(false);
     res
 }
 
-fn drain_into(show: SEXP) -> Result<(), RError> {
+fn drain_into(show: SEXP, from_later: bool) -> Result<(), RError> {
     while relay::any_ready() {
         let ready = relay::take_ready();
         for (i, inbox) in ready.iter().enumerate() {
             // A handler's error ends the drain: the inboxes not yet taken
             // go back on the ready list (still marked listed, so no relay
             // would ever put them back, and theirs would never be shown).
-            if let Err(e) = show_inbox(show, inbox) {
+            if let Err(e) = show_inbox(show, inbox, from_later) {
                 for rest in &ready[i + 1..] {
                     rest.relist();
                 }
@@ -90,7 +91,7 @@ fn drain_into(show: SEXP) -> Result<(), RError> {
 }
 
 /// Hands what `inbox` holds to R's `relay_show()`.
-fn show_inbox(show: SEXP, inbox: &Arc<Inbox>) -> Result<(), RError> {
+fn show_inbox(show: SEXP, inbox: &Arc<Inbox>, from_later: bool) -> Result<(), RError> {
     let taken = inbox.take();
     if taken.shown.is_empty() && taken.drops.is_empty() {
         return Ok(());
@@ -114,7 +115,7 @@ fn show_inbox(show: SEXP, inbox: &Arc<Inbox>) -> Result<(), RError> {
         set_list_elt(&items, k, item.sexp());
         k += 1;
     }
-    apply1(show, items.sexp())?;
+    apply2(show, items.sexp(), lgl(from_later)?.sexp())?;
     Ok(())
 }
 
@@ -168,4 +169,38 @@ pub fn mirai_node_wait_held(h: SEXP) -> RResult {
 /// How many relayed conditions profile `p` has dropped (a double).
 pub fn mirai_host_relay_dropped(p: SEXP) -> RResult {
     real(profile(&p)?.host.relay.dropped.load(Ordering::Relaxed) as f64)
+}
+
+/// The name of the profile whose daemons ran the task of aio `h` (of map
+/// handle `h` with `is_map` TRUE) if that profile relays, else NULL; FALSE
+/// if it relayed but was reset since (its task ids may be a new profile's
+/// of the same name): `on_relay()` keys its handlers by name and task id.
+pub fn mirai_relay_of(h: SEXP, is_map: SEXP) -> RResult {
+    let inbox = if bool_arg(is_map, "is_map")? {
+        super::map::map_inbox(h)?
+    } else {
+        aio(&h)?.profile.host.relay.clone()
+    };
+    if !inbox.enabled() {
+        return Ok(Owned::nil());
+    }
+    if inbox.closed() {
+        return lgl(false);
+    }
+    string(inbox.name())
+}
+
+/// Counts `n` conditions a daemon's relay budget dropped (its drop note)
+/// in profile `p`'s total.
+pub fn mirai_host_relay_count(p: SEXP, n: SEXP) -> RResult {
+    let n = f64_arg(n, "n")?;
+    if n.is_finite() && n > 0.0 {
+        profile(&p)?.host.relay.dropped.fetch_add(n.min(u64::MAX as f64) as u64, Ordering::Relaxed);
+    }
+    Ok(Owned::nil())
+}
+
+/// Whether profile `p`'s inbox holds nothing for R to show.
+pub fn mirai_host_relay_idle(p: SEXP) -> RResult {
+    lgl(profile(&p)?.host.relay.idle())
 }

@@ -349,6 +349,12 @@ pub fn apply1(fun: SEXP, arg: SEXP) -> Result<Owned, RError> {
     unsafe { rooted(|r| r.eval(r.protect(r.lang2(fun, arg)), global_env())) }
 }
 
+/// `fun(a, b)`, evaluated in the global environment.
+pub fn apply2(fun: SEXP, a: SEXP, b: SEXP) -> Result<Owned, RError> {
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe { rooted(|r| r.eval(r.protect(r.lang3(fun, a, b)), global_env())) }
+}
+
 /// `x`, preserved for the session.
 pub fn preserved(x: SEXP) -> Result<SEXP, RError> {
     // SAFETY: the closure owns nothing with a destructor.

@@ -22,7 +22,8 @@ use super::value::*;
 /// session).
 #[derive(Clone, Copy)]
 struct Globals {
-    /// `.Call(<data routine>, aio)`: the body of every mirai's `data`.
+    /// `<aio_data>(aio)`, the namespace's function itself: the body of
+    /// every mirai's `data`.
     data_body: SEXP,
     unresolved: SEXP,
     class: SEXP,
@@ -37,20 +38,22 @@ fn globals() -> Result<Globals, RError> {
     GLOBALS.get().ok_or_else(|| "mirai is not initialised; reload the package".into())
 }
 
-/// Records the data routine and the 'unresolved' value (from `.onLoad`).
-pub fn init(data_routine: SEXP, unresolved: SEXP) -> Result<(), RError> {
+/// Records the data function (R's `aio_data`) and the 'unresolved' value
+/// (from `.onLoad`).
+pub fn init(data_fn: SEXP, unresolved: SEXP) -> Result<(), RError> {
     let mut g = None;
     // SAFETY: the closure owns nothing with a destructor (an Option of
     // Copy values, written last).
     unsafe {
         try_r(|r| {
-            let base = base_env();
             let aio = r.install(c"aio");
             // The function itself, not its name: a mirai's enclosure is the
-            // empty environment.
-            let dot_call = r.protect(r.find_fun(r.install(c".Call"), base));
+            // empty environment. An R function (of the namespace), not the
+            // native routine: a mirai saved and read back carries the
+            // function as a reference to the namespace, where a routine's
+            // address would come back NULL.
             g = Some(Globals {
-                data_body: r.preserve(r.lang3(dot_call, data_routine, aio)),
+                data_body: r.preserve(r.lang2(data_fn, aio)),
                 unresolved: r.preserve(unresolved),
                 class: r.preserve(r.strings(&["mirai", "recvAio"])),
                 aio,
@@ -62,11 +65,6 @@ pub fn init(data_routine: SEXP, unresolved: SEXP) -> Result<(), RError> {
     }?;
     GLOBALS.set(g);
     Ok(())
-}
-
-fn base_env() -> SEXP {
-    // SAFETY: a constant R sets up at start-up.
-    unsafe { R_BaseEnv }
 }
 
 fn empty_env() -> SEXP {
