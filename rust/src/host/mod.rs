@@ -359,6 +359,25 @@ impl Host {
         }
     }
 
+    /// From R's thread while it waits for task `id`: reads what the task's
+    /// daemon sent, unless the loop thread holds the core (it is reading
+    /// then). The reply then resolves the task on this thread, without
+    /// waiting for the loop thread to wake.
+    pub fn read_for(&self, id: TaskId) {
+        let mut core = match self.core.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::WouldBlock) => return,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        };
+        if core.dead.is_some() {
+            return;
+        }
+        let Some(d) = core.sched.daemon_of(id) else { return };
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.read_conn(Token(d as usize), false))) {
+            core.die(format!("the host failed ({})", threads::panic_message(&*p)));
+        }
+    }
+
     /// Why the host stopped working, if it failed (not if it was shut down).
     pub fn failure(&self) -> Option<String> {
         lock(&self.core).dead.clone()

@@ -370,6 +370,11 @@ impl Sched {
         out
     }
 
+    /// The daemon `task` was last sent to, while it is unresolved.
+    pub fn daemon_of(&self, task: TaskId) -> Option<DaemonId> {
+        self.tasks.get(&task).and_then(|t| t.daemon.get())
+    }
+
     /// Whether daemon `d` is running `task` now (the oldest it was sent
     /// and has not answered): the one task it may relay conditions for.
     pub fn runs(&self, d: DaemonId, task: TaskId) -> bool {
