@@ -1128,6 +1128,22 @@ mod tests {
     }
 
     #[test]
+    fn daemon_of_names_where_a_task_runs_until_it_resolves() {
+        let mut s = Sched::new(true);
+        s.connect(1);
+        assert_eq!(sends(&s.submit(5)), vec![(1, 5)]);
+        assert!(sends(&s.submit(6)).is_empty());
+        assert_eq!(s.daemon_of(5), Some(1));
+        // Queued: on no daemon yet.
+        assert_eq!(s.daemon_of(6), None);
+        assert_eq!(sends(&s.reply(1, 5, false)), vec![(1, 6)]);
+        assert_eq!(s.daemon_of(5), None);
+        assert_eq!(s.daemon_of(6), Some(1));
+        s.disconnect(1);
+        assert_eq!(s.daemon_of(6), None);
+    }
+
+    #[test]
     fn pinned_task_on_an_idle_daemon_goes_at_once() {
         let mut s = Sched::new(true);
         s.connect(1);
