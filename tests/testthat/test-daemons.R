@@ -225,6 +225,25 @@ test_that("cleanup removes globals between tasks; cleanup = FALSE keeps them", {
   expect_identical(mirai(.expr = look)[], list(first[[1L]], TRUE))
 })
 
+test_that("cleanup restores options a task changed, added or removed", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  base <- mirai(list(getOption("digits"), getOption("mirai.test.new"), getOption("OutDec")))[]
+  expect_identical(base[[2L]], NULL)
+  # A changed value, a new option and a removed one (OutDec cannot be
+  # removed, so a removable one is added and removed in two tasks).
+  mirai({ options(digits = 3, mirai.test.new = "set", OutDec = ","); TRUE })[]
+  expect_identical(mirai(list(getOption("digits"), getOption("mirai.test.new"), getOption("OutDec")))[],
+                   base)
+  # An option removed by a task comes back, with its very value.
+  everywhere(options(mirai.test.kept = "kept"))[]
+  expect_identical(mirai({ options(mirai.test.kept = NULL); getOption("mirai.test.kept") })[], NULL)
+  expect_identical(mirai(getOption("mirai.test.kept"))[], "kept")
+  # The same value set again is no change; the next task still sees it.
+  mirai({ options(digits = getOption("digits")); TRUE })[]
+  expect_identical(mirai(getOption("digits"))[], base[[1L]])
+})
+
 test_that("a daemon exits within seconds when its host is killed", {
   skip_if_not_installed("processx")
   script <- tempfile(fileext = ".R")

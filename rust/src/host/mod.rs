@@ -12,7 +12,10 @@
 //! mio event loop for everything that arrives (connections, results), for
 //! writes the socket could not take at once (it sees the writable edge), and
 //! for timers. R's thread wakes it (mio Waker) only for a new deadline or for
-//! shutdown.
+//! shutdown. While R's thread spins for a task's result it also reads that
+//! task's daemon itself (`Host::read_for`), whenever the loop thread does
+//! not hold the core: a tiny round trip then does not wait for the loop
+//! thread to be scheduled.
 //!
 //! Write queues (`wqueue`): what a daemon's socket has not taken yet waits
 //! in its connection's queue. Without a dispatcher the host tells the
@@ -356,6 +359,25 @@ impl Host {
                 core.die(why.clone());
                 Err(why)
             }
+        }
+    }
+
+    /// From R's thread while it waits for task `id`: reads what the task's
+    /// daemon sent, unless the loop thread holds the core (it is reading
+    /// then). The reply then resolves the task on this thread, without
+    /// waiting for the loop thread to wake.
+    pub fn read_for(&self, id: TaskId) {
+        let mut core = match self.core.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::WouldBlock) => return,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        };
+        if core.dead.is_some() {
+            return;
+        }
+        let Some(d) = core.sched.daemon_of(id) else { return };
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.read_conn(Token(d as usize), false))) {
+            core.die(format!("the host failed ({})", threads::panic_message(&*p)));
         }
     }
 

@@ -370,6 +370,11 @@ impl Sched {
         out
     }
 
+    /// The daemon `task` was last sent to, while it is unresolved.
+    pub fn daemon_of(&self, task: TaskId) -> Option<DaemonId> {
+        self.tasks.get(&task).and_then(|t| t.daemon.get())
+    }
+
     /// Whether daemon `d` is running `task` now (the oldest it was sent
     /// and has not answered): the one task it may relay conditions for.
     pub fn runs(&self, d: DaemonId, task: TaskId) -> bool {
@@ -1120,6 +1125,22 @@ mod tests {
         assert_eq!(sends(&s.reply(1, 10, false)), vec![(1, 3)]);
         assert_eq!(sends(&s.reply(2, 2, false)), vec![(2, 11)]);
         assert_eq!(s.counters().awaiting, 0);
+    }
+
+    #[test]
+    fn daemon_of_names_where_a_task_runs_until_it_resolves() {
+        let mut s = Sched::new(true);
+        s.connect(1);
+        assert_eq!(sends(&s.submit(5)), vec![(1, 5)]);
+        assert!(sends(&s.submit(6)).is_empty());
+        assert_eq!(s.daemon_of(5), Some(1));
+        // Queued: on no daemon yet.
+        assert_eq!(s.daemon_of(6), None);
+        assert_eq!(sends(&s.reply(1, 5, false)), vec![(1, 6)]);
+        assert_eq!(s.daemon_of(5), None);
+        assert_eq!(s.daemon_of(6), Some(1));
+        s.disconnect(1);
+        assert_eq!(s.daemon_of(6), None);
     }
 
     #[test]

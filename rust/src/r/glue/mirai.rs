@@ -96,9 +96,15 @@ pub fn mirai_aio_data(h: SEXP) -> RResult {
 /// (virtualised) machine: measured here, 80 us of spinning took the tiny
 /// round trip from 0.77-0.80x PSOCK's to 0.34-0.45x. The price is at most
 /// this much CPU per wait that outlasts it.
-const SPIN: Duration = Duration::from_micros(80);
+const SPIN: Duration = Duration::from_micros(150);
 
 /// Spins (at most `SPIN`) until `ready()` gives Some; its last answer.
+/// Each turn yields the CPU: on 2 cores the spinner otherwise holds one that
+/// the daemon, the host's I/O thread or another process needs to produce
+/// the very reply it waits for. Measured here in one process, batches
+/// interleaved (load 4-8), the tiny round trip took 115-129 us spinning
+/// 80 us without yielding, 88-93 us yielding (80-300 us alike); a spin of
+/// 20 us without yielding, 112-123 us.
 fn spin<T>(mut ready: impl FnMut() -> Option<T>) -> Option<T> {
     let until = Instant::now() + SPIN;
     loop {
@@ -106,8 +112,27 @@ fn spin<T>(mut ready: impl FnMut() -> Option<T>) -> Option<T> {
         if r.is_some() || Instant::now() >= until {
             return r;
         }
-        std::hint::spin_loop();
+        std::thread::yield_now();
     }
+}
+
+/// Waits for a mirai: as `wait_slot`, but while it spins it also reads the
+/// reply from the task's daemon itself (`Host::read_for`), so the reply need
+/// not wait for the host's loop thread to be woken and scheduled, then wake
+/// this one. Measured here in one process, batches interleaved: the tiny
+/// round trip 5-20% faster than spinning on the slot alone (5 of 6 runs).
+pub(super) fn wait_aio(a: &Aio) -> Result<(), RError> {
+    let host = &a.profile.host;
+    let read = || {
+        if !a.slot.is_done() {
+            host.read_for(a.id);
+        }
+        a.slot.is_done().then_some(())
+    };
+    if spin(read).is_some() {
+        return run_slice_hook();
+    }
+    wait_interruptibly(|slice| a.slot.wait(slice))
 }
 
 pub(super) fn wait_slot(slot: &Slot) -> Result<(), RError> {
@@ -148,7 +173,7 @@ pub fn mirai_value(x: SEXP) -> RResult {
     }
     let a = aio(&h)?;
     if cached(h)?.is_none() {
-        wait_slot(&a.slot)?;
+        wait_aio(a)?;
     }
     aio_data(a, h)
 }
@@ -165,7 +190,7 @@ pub fn mirai_aio_collect(h: SEXP) -> RResult {
 
 /// Blocks until resolved; a user interrupt ends the wait and is re-raised.
 pub fn mirai_aio_wait(h: SEXP) -> RResult {
-    wait_slot(&aio(&h)?.slot)?;
+    wait_aio(aio(&h)?)?;
     Ok(Owned::nil())
 }
 

@@ -19,7 +19,7 @@ use crate::r::layer::ffi::SEXP;
 use super::shared::node_payload_names;
 use crate::r::layer::handle::{kept, new_handle};
 use crate::r::layer::lang::*;
-use super::mirai::{aio, cancel, outcome_to_sexp, race, wait_slot};
+use super::mirai::{aio, cancel, outcome_to_sexp, race, wait_aio};
 use super::profile::submit_node;
 use crate::r::layer::value::*;
 use crate::host::sched::ERR_CANCELED;
@@ -155,7 +155,7 @@ pub fn mirai_node_recv(node: SEXP) -> RResult {
     if is_null(h.sexp()) {
         return Err(format!("node {} of the cluster has no task to receive", node_number(node, s)?).into());
     }
-    wait_slot(&aio(&h)?.slot)?;
+    wait_aio(aio(&h)?)?;
     pop_result(node, s)
 }
 
