@@ -85,14 +85,15 @@ tls_pass <- function(pass) {
 # Launches one local daemon; its pid. With `heal`, a daemon that dies is
 # replaced natively (rust/src/host/pool.rs), with the same command but for its
 # random-number stream `rs` (passed apart, so that the replacement can start
-# on the next substream).
-launch_process <- function(host, url, secret, dots, heal = FALSE) {
+# on the next substream). `together`: the number of daemons launched with it,
+# which lowers their priority when they outnumber the cores.
+launch_process <- function(host, url, secret, dots, heal = FALSE, together = 1L) {
   rscript <- file.path(R.home("bin"), "Rscript")
   env <- c(R_LIBS = paste(.libPaths(), collapse = .Platform$path.sep), MIRAI_SECRET = secret)
   rs <- dots[["rs"]]
   dots[["rs"]] <- NULL
   .Call(C_mirai_host_launch, host, rscript, c("-e", launch_command(url, dots)), names(env), unname(env),
-        isFALSE(dots[["autoexit"]]), heal, rs)
+        isFALSE(dots[["autoexit"]]), heal, rs, together)
 }
 
 # Raises, as a warning, what the profile's daemon pool has to say (that it
@@ -235,6 +236,15 @@ max_message <- function() {
 #' `mirai.max_message` (bytes; default `r bytes_text(limit("max_message_bytes"))`)
 #' close the connection that sent them. Each such refusal counts in the
 #' `refused` element of [status()].
+#'
+#' Local daemons that outnumber the CPU cores available to this process run
+#' at a lower priority (nice value), so that together they weigh as much as
+#' one ordinary process per core: the host that feeds them keeps its share
+#' of the CPU, and tiny tasks on many daemons go about as fast as on one
+#' daemon per core. `daemons(16)` on 2 cores, for example, runs each daemon
+#' at nice 9; up to one daemon per core, daemons run at the host's
+#' priority. [launch_local()] does the same for the daemons it launches
+#' together.
 #'
 #' `daemons(0)` ends local daemons that have not connected yet (still
 #' starting) at once, waits up to `r RESET_GRACE_SECS` seconds for the others to
@@ -506,7 +516,8 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., heal =
   if (is.null(url) && n > 0) {
     ok <- FALSE
     on.exit(if (!ok) reset_profile(.compute))
-    for (i in seq_len(n)) launch_process(host, prof$url, prof$secret, launch_args(prof, dots), heal = heal)
+    for (i in seq_len(n))
+      launch_process(host, prof$url, prof$secret, launch_args(prof, dots), heal = heal, together = n)
     wait_for_daemons(host, n)
     ok <- TRUE
   }
@@ -522,7 +533,9 @@ print.miraiDaemons <- function(x, ...) {
 #' Launch Local Daemons
 #'
 #' Starts `n` more local daemons for an existing compute profile (for
-#' example one set up with `daemons(url = local_url())`).
+#' example one set up with `daemons(url = local_url())`). Daemons launched
+#' together that outnumber the CPU cores run at a lower priority, as for
+#' [daemons()].
 #'
 #' @param n (integer) number of daemons to launch. Default 1.
 #' @param ... (named arguments) [daemon()] arguments overriding those given
@@ -543,7 +556,7 @@ launch_local <- function(n = 1L, ..., .compute = NULL) {
   dots <- prof$dots
   new <- daemon_dots(list(...))
   dots[names(new)] <- new
-  for (i in seq_len(n)) launch_process(prof$host, prof$url, prof$secret, launch_args(prof, dots))
+  for (i in seq_len(n)) launch_process(prof$host, prof$url, prof$secret, launch_args(prof, dots), together = n)
   invisible(n)
 }
 

@@ -145,22 +145,31 @@ fn unblock_signals() {
     }
 }
 
+/// Launches `program`; `nice`: a nice increment for the child (0: it runs
+/// at the launcher's priority).
 pub fn launch(
     program: &str,
     args: &[String],
     env: &[(String, String)],
     persistent: bool,
+    nice: i32,
     on_exit: Option<OnExit>,
 ) -> Result<Child, String> {
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).process_group(0);
     // SAFETY: the hook runs in the forked child before exec and calls only
     // async-signal-safe functions (close_range, fcntl, getrlimit,
-    // sigemptyset, pthread_sigmask).
+    // sigemptyset, pthread_sigmask, and nice: the getpriority and
+    // setpriority system calls).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             cloexec_inherited();
             unblock_signals();
+            if nice > 0 {
+                // Only ever lowers the priority, which needs no privilege;
+                // should it fail, the daemon runs at the host's priority.
+                libc::nice(nice);
+            }
             Ok(())
         })
     };
@@ -229,7 +238,7 @@ mod tests {
             // Holds the reaper between the reaping and the status.
             let _ = rx.recv_timeout(Duration::from_secs(20));
         });
-        let c = launch("sh", &["-c".into(), "exit 0".into()], &[], false, Some(hook)).unwrap();
+        let c = launch("sh", &["-c".into(), "exit 0".into()], &[], false, 0, Some(hook)).unwrap();
         assert!(wait(|| lock(&c.state).reaped));
         assert_eq!(c.exited(), None, "the hook is still running");
         assert!(!c.kill());
@@ -237,10 +246,29 @@ mod tests {
         assert!(wait(|| c.exited() == Some(0)));
         assert!(!c.kill());
         // A running child is signalled, and its reaper sees the signal.
-        let c = launch("sleep", &["30".into()], &[], false, None).unwrap();
+        let c = launch("sleep", &["30".into()], &[], false, 0, None).unwrap();
         assert!(c.kill());
         assert!(wait(|| c.exited().is_some()));
         assert_eq!(c.exited(), Some(-1));
         assert!(!c.kill());
+    }
+
+    /// Priority of process `pid` as its nice value.
+    fn nice_of(pid: u32) -> i32 {
+        // SAFETY: a plain syscall on our own child (errno is not consulted:
+        // the children here have nice values other than -1).
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t) }
+    }
+
+    #[test]
+    fn a_child_runs_at_the_nice_increment_it_is_given() {
+        // SAFETY: as in `nice_of`, on this process.
+        let ours = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let c = launch("sleep", &["30".into()], &[], false, 5, None).unwrap();
+        assert_eq!(nice_of(c.pid), (ours + 5).min(19));
+        assert!(c.kill());
+        let c = launch("sleep", &["30".into()], &[], false, 0, None).unwrap();
+        assert_eq!(nice_of(c.pid), ours);
+        assert!(c.kill());
     }
 }

@@ -10,7 +10,7 @@ use crate::r::layer::value::*;
 use crate::host::aio::Slot;
 use super::shared::max_message;
 use crate::host::{Host, HostOptions};
-use crate::host::pool::{Pool, Spec};
+use crate::host::pool::{oversubscribed_nice, Pool, Spec};
 use crate::wire::url::Address;
 use std::ffi::CStr;
 use std::sync::atomic::Ordering;
@@ -363,7 +363,9 @@ pub fn mirai_host_close(p: SEXP, signal: SEXP) -> RResult {
 /// Launches a local daemon; its pid. `persistent`: launched with
 /// `autoexit = FALSE`, so never killed by a reset. `heal`: replaced when it
 /// dies (see `pool`). `stream`: NULL, or its own random-number stream, to
-/// be added to the call in `args` as `rs`.
+/// be added to the call in `args` as `rs`. `together`: how many local
+/// daemons are launched with it, which sets its priority when they
+/// outnumber the cores (`pool::oversubscribed_nice`).
 #[allow(clippy::too_many_arguments)]
 pub fn mirai_host_launch(
     p: SEXP,
@@ -374,14 +376,17 @@ pub fn mirai_host_launch(
     persistent: SEXP,
     heal: SEXP,
     stream: SEXP,
+    together: SEXP,
 ) -> RResult {
     let prof = profile(&p)?;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u64;
     let spec = Spec {
         program: str_arg(program, "rscript")?,
         args: strs_arg(args, "args")?,
         env: strs_arg(env_names, "env")?.into_iter().zip(strs_arg(env_values, "env")?).collect(),
         persistent: bool_arg(persistent, "persistent")?,
         stream: if is_null(stream) { None } else { Some(ints_arg::<7>(stream, "rs")?) },
+        nice: oversubscribed_nice(f64_arg(together, "together")? as u64, cores),
     };
     let pid = prof.pool.launch(spec, bool_arg(heal, "heal")?)?;
     int(pid as i32)
