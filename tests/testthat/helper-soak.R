@@ -502,7 +502,12 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
 
 # Growth after the warm-up: the highest sample after it less the highest
 # during it (both catch the peaks of payloads in flight).
-soak_growth <- function(s) unname(s[["post_max"]] - s[["warmup_max"]])
+# Growth after the warm-up: the median of the last window against the
+# warm-up's peak. Not the later peak: with 10 MB payloads in flight, RSS
+# peaks with however many a loaded machine lets queue at one moment
+# (transient, +30 MB one run, +130 MB the next), where a leak keeps growing
+# into the last window.
+soak_growth <- function(s) unname(s[["last_win_median"]] - s[["warmup_max"]])
 
 # Least-squares trend of RSS after the warm-up, MB per minute (reported only:
 # too noisy to bound over a short run).
