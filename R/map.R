@@ -448,13 +448,13 @@ progress_bar <- function(n, spec, frame) {
   # Never backwards: elements are waited for in order, while shares of
   # elements under way may already count later ones done.
   high <- 0
-  function(i, partial = FALSE, draw = TRUE) {
+  function(i, partial = FALSE) {
     if (i < n) {
       partial <- partial || i < high
       i <- max(i, high)
       high <<- i
     }
-    if (draw) show(i, partial)
+    show(i, partial)
   }
 }
 
@@ -535,16 +535,15 @@ element_progress <- function(x, h, tick) {
       units[i] <<- units[i] + now[1L] - was[1L]
       steps[i] <<- steps[i] + now[2L] - was[2L]
       # Which elements are over is asked at most 20 times a second, however
-      # fast updates come; an update not drawn is drawn with the next.
+      # fast updates come (the bar itself throttles its drawing).
       t <- proc.time()[[3L]]
-      draw <- t - shown_at >= 0.05
-      if (draw || is.null(over)) {
+      if (is.null(over) || t - shown_at >= 0.05) {
         shown_at <<- t
         over <<- done()
       }
       share <- ifelse(steps > 0, pmin(pmax(units / steps, 0), 1), 0)
       at <- sum(over) + sum(share[!over])
-      if (at < n) tick(at, partial = TRUE, draw = draw)
+      if (at < n) tick(at, partial = TRUE)
     }
     tryInvokeRestart(restart)
   }
