@@ -207,6 +207,23 @@ test_that("maxtasks, idletime and walltime end daemons without losing results", 
   expect_true(wait_until(function() status()$connections == 0L, 5))
 })
 
+test_that("a daemon leaving after the task whose reply m[] read itself is seen to go", {
+  # Waiting on a mirai, R's thread reads the reply itself (Host::read_for):
+  # the host's loop thread must still see the daemon's end that follows,
+  # on a plain and on a TLS socket, with and without dispatcher.
+  on.exit(daemons(0))
+  for (url in c(local_url(), "tls+tcp://127.0.0.1:0")) for (disp in c(TRUE, FALSE)) {
+    daemons(url = url, dispatcher = disp)
+    for (k in 1:3) {
+      launch_local(1, maxtasks = 1)
+      expect_true(wait_until(function() status()$connections == 1L, 20))
+      expect_identical(mirai(k, k = k)[], k)
+      expect_true(wait_until(function() status()$connections == 0L, 5), info = paste(url, disp, k))
+    }
+    daemons(0)
+  }
+})
+
 test_that("cleanup removes globals between tasks; cleanup = FALSE keeps them", {
   # Each task reports its daemon and whether `leftover` is in its global
   # env: set by the first task (seen within it), looked for by the second
