@@ -378,6 +378,13 @@ impl Host {
         let Some(d) = core.sched.daemon_of(id) else { return };
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.read_conn(Token(d as usize), false))) {
             core.die(format!("the host failed ({})", threads::panic_message(&*p)));
+            return;
+        }
+        // A one-shot host stops from its loop once nothing is pending; the
+        // loop may have no event of its own left to wake for (R's thread
+        // read the reply, or the daemon's end, here).
+        if core.oneshot && core.submitted && core.sched.pending_tasks() == 0 {
+            core.wake();
         }
     }
 
