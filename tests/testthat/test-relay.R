@@ -29,6 +29,16 @@ collect <- function(expr, open = NULL, gate = NULL) {
 
 msg_text <- function(got) vapply(got, function(c) sub("\n$", "", conditionMessage(c)), "")
 
+# future's backend for the calling test: a one-node relay cluster, with
+# progressr enabled; undone when the test ends.
+future_on_relay_cluster <- function(env = parent.frame()) {
+  cl <- make_cluster(1, relay = TRUE)
+  op <- options(progressr.enable = TRUE)
+  withr::defer({ future::plan(future::sequential); stop_cluster(cl); options(op) }, envir = env)
+  future::plan(future::cluster, workers = cl)
+  invisible(cl)
+}
+
 test_that("relay is off by default: a task's messages stay on its daemon", {
   daemons(1)
   on.exit(daemons(0))
@@ -224,10 +234,7 @@ test_that("a cluster's nodes relay messages from parallel's functions", {
 test_that("future with progressr shows progress before the future resolves", {
   skip_if_not_installed("future")
   skip_if_not_installed("progressr")
-  cl <- make_cluster(1, relay = TRUE)
-  op <- options(progressr.enable = TRUE)
-  on.exit({ future::plan(future::sequential); stop_cluster(cl); options(op) })
-  future::plan(future::cluster, workers = cl)
+  future_on_relay_cluster()
   gate <- tempfile()
   updates <- character()
   resolved_at_first <- NA
@@ -660,10 +667,7 @@ test_that("on_relay() handlers of tasks that relay nothing do not pile up", {
 test_that("future's conditions over a node's relay budget come with the value, and are not counted as dropped", {
   skip_if_not_installed("future")
   skip_if_not_installed("progressr")
-  cl <- make_cluster(1, relay = TRUE)
-  op <- options(progressr.enable = TRUE)
-  on.exit({ future::plan(future::sequential); stop_cluster(cl); options(op) })
-  future::plan(future::cluster, workers = cl)
+  cl <- future_on_relay_cluster()
   n <- 3000L
   count <- 0L
   notes <- character()
