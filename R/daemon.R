@@ -191,7 +191,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
                  else with_relay(.Call(C_mirai_daemon_recv, conn, box, relay, cleanup), relay_h)
           res <- switch(msg[["kind"]],
             task = if (is.null(relay_h)) eval_task(msg[["data"]], box)
-                   else relay_note(conn, with_relay(eval_task(msg[["data"]], box), relay_h)),
+                   else with_relay(eval_task(msg[["data"]], box), relay_h),
             # A task that cannot be run, answered with why.
             error = mirai_error(msg[["message"]]),
             # A cluster node's task (run natively) failed; under the relay

@@ -12,7 +12,8 @@
 # gone) goes on as it would without relay.
 #
 # A task's own 'miraiRelayDropped' is not relayed: the host would take it
-# for the daemon's drop note (see relay_note()), counting and telling drops
+# for the daemon's drop note (sent natively before a task's value: relay_note
+# in rust/src/r/glue/daemon.rs), counting and telling drops
 # that never were.
 relay_handler <- function(conn) {
   function(cond) {
@@ -70,16 +71,6 @@ relay_setup <- function() {
   if (is.null(getOption("progressr.enable"))) options(progressr.enable = TRUE)
   if (!nzchar(Sys.getenv("CLI_TICK_TIME")) && !isNamespaceLoaded("cli"))
     Sys.setenv(CLI_TICK_TIME = "200")
-}
-
-# After a task, before its result: tells the host how many of its
-# conditions the relay budget dropped (rust/src/daemon/client.rs,
-# RelayBudget), if any (a cluster node's task is told natively). Returns
-# `res`.
-relay_note <- function(conn, res) {
-  force(res)
-  .Call(C_mirai_daemon_relay_note, conn)
-  res
 }
 
 # Evaluates `expr` under the relay handler `h` (NULL: as it is).

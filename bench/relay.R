@@ -10,6 +10,8 @@
 #     the burner's, so the difference between the two is what the relay
 #     costs the other tasks (the host reads, bounds and shows the flood, the
 #     shown messages muffled by a calling handler),
+#   - relay off with the flooding neighbour: what the flood costs without
+#     relay, so that its difference to "on + flood" is the relay's cost,
 #   - and base R's PSOCK cluster (clusterApplyLB) as the reference.
 # Jobs are interleaved round by round (see common.R); the figure is the
 # median over BENCH_ROUNDS rounds (default 3). Then the latency of a relayed
@@ -27,8 +29,9 @@ rounds <- as.integer(Sys.getenv("BENCH_ROUNDS", "3"))
 cl <- makePSOCKcluster(2L)
 daemons(2, .compute = "off")
 daemons(2, relay = TRUE, .compute = "on")
-# Two daemons for the job and one for the neighbour.
+# Two daemons for the job and one for the neighbour, with relay and without.
 daemons(3, relay = TRUE, .compute = "busy")
+daemons(3, .compute = "busy_off")
 
 idx <- seq_len(ntask)
 tiny <- function(prof) {
@@ -39,16 +42,23 @@ muffled <- function(expr) withCallingHandlers(expr, message = function(c) invoke
 
 # Runs `job` while the third daemon of "busy" runs the neighbour `body`
 # (which stops once `stop` exists).
-with_neighbour <- function(body) function() {
+with_neighbour <- function(body, prof = "busy") function() {
   stop <- tempfile()
-  n <- mirai(body(stop), body = body, stop = stop, .compute = "busy")
-  # The neighbour has started before the job does.
-  while (status("busy")$mirai[["executing"]] < 1) Sys.sleep(0.005)
-  out <- muffled(tiny("busy"))
+  n <- mirai(body(stop), body = body, stop = stop, .compute = prof)
+  # The neighbour has started before the job does, and has run for a
+  # second with what it relays shown meanwhile (from later's loop), so a
+  # flood is measured at its steady rate, past the burst a task may relay
+  # at once (about 40 ms of the host's time, once per task).
+  while (status(prof)$mirai[["executing"]] < 1) Sys.sleep(0.005)
+  settle <- Sys.time() + 1
+  while (Sys.time() < settle) muffled(later::run_now(0.05))
+  t0 <- Sys.time()
+  out <- muffled(tiny(prof))
+  secs <- as.double(Sys.time() - t0, units = "secs")
   file.create(stop)
   muffled(n[])
   unlink(stop)
-  out
+  structure(list(out), secs = secs)
 }
 burn <- function(stop) { k <- 0; while (!file.exists(stop)) for (i in 1:1000) k <- k + 1; k }
 flood <- function(stop) { k <- 0; while (!file.exists(stop)) { message("flood ", k); k <- k + 1 }; k }
@@ -58,6 +68,7 @@ jobs <- list(
   "relay on, unused"   = function() tiny("on"),
   "on + burn neighbour"  = with_neighbour(burn),
   "on + flood neighbour" = with_neighbour(flood),
+  "off + flood neighbour" = with_neighbour(flood, "busy_off"),
   "PSOCK clusterApplyLB" = function() clusterApplyLB(cl, idx, function(i) i)
 )
 for (j in jobs) invisible(j())
@@ -83,4 +94,5 @@ cat(sprintf("relay latency, message() to handler (%d messages): median %.2f ms, 
 daemons(0, .compute = "off")
 daemons(0, .compute = "on")
 daemons(0, .compute = "busy")
+daemons(0, .compute = "busy_off")
 stopCluster(cl)

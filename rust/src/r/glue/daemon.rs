@@ -519,6 +519,9 @@ fn send_value(h: SEXP, id: u64, value: SEXP) -> Result<Sent, RError> {
 /// caller sends an error value instead.
 pub fn mirai_daemon_send(h: SEXP, id: SEXP, value: SEXP) -> RResult {
     let id = f64_arg(id, "id")? as u64;
+    // Before the value: what the task's relay budget held back, if anything
+    // (nothing to do, and no R call, without relay or drops).
+    relay_note(h)?;
     match send_value(h, id, value)? {
         Sent::Code(v) => int(v),
         Sent::NotSerialized(m) => string(&m),
@@ -538,14 +541,9 @@ pub fn mirai_daemon_relay(h: SEXP, cond: SEXP, held: SEXP) -> RResult {
 /// Tells the host, before the running task's value, how many of its
 /// conditions its relay budget dropped (see `RelayBudget`), if any: a
 /// 'miraiRelayDropped' condition with their number as `dropped`, sent
-/// whatever the budget. The daemon's loop calls it after a task it
-/// evaluates; a cluster node's task, answered in `mirai_daemon_recv`, is
-/// told there.
-pub fn mirai_daemon_relay_note(h: SEXP) -> RResult {
-    relay_note(h)?;
-    Ok(Owned::nil())
-}
-
+/// whatever the budget. Called before any result is sent: from
+/// `mirai_daemon_send`, and for a cluster node's task, answered in
+/// `mirai_daemon_recv`, there.
 fn relay_note(h: SEXP) -> Result<(), RError> {
     let n = lock(conn(&h)?).as_mut().map_or(0, |c| c.relay_dropped());
     if n == 0 {
