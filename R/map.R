@@ -473,7 +473,7 @@ element_progress <- function(x, h, tick) {
   n <- length(x)
   # Each element's key: its profile and task id, as relayed conditions
   # carry them (NA for an element that relays nothing).
-  key <- function(compute, id) paste0(compute, "\r", format(id, scientific = FALSE, trim = TRUE))
+  key <- function(compute, id) paste0(compute, "\r", id_key(id))
   if (!is.null(h)) {
     compute <- .Call(C_mirai_relay_of, h, TRUE)
     if (!is.character(compute)) return(NULL)

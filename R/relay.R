@@ -172,7 +172,7 @@ on_relay <- function(x, handler) {
     }
     entry <- new.env(parent = emptyenv())
     entry$handler <- handler
-    entry$ids <- format(t$ids, scientific = FALSE, trim = TRUE)
+    entry$ids <- id_key(t$ids)
     entry$done <- t$done
     entry$seen_done <- FALSE
     for (k in entry$ids) assign(k, entry, envir = prof$relay_handlers)
@@ -220,11 +220,15 @@ relay_targets <- function(x) {
   out
 }
 
+# A task id as a name: the key of on_relay()'s registry and of a map's
+# elements in its progress bar.
+id_key <- function(id) format(id, scientific = FALSE, trim = TRUE)
+
 relay_handler_for <- function(compute, id) {
   prof <- .$profiles[[compute]]
   reg <- if (!is.null(prof)) prof$relay_handlers
   if (is.null(reg)) return(NULL)
-  entry <- reg[[format(id, scientific = FALSE, trim = TRUE)]]
+  entry <- reg[[id_key(id)]]
   if (!is.null(entry)) entry$handler
 }
 
