@@ -172,11 +172,13 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     # node_error()); future's code on a node looks for this as `master`.
     relay <- structure(list(sink = new.env(parent = emptyenv())), class = c("miraiRelay", "SOCK0node"))
     # daemons(relay = TRUE): tasks' messages and immediate conditions go to
-    # the host as they happen, as do those future sends to `master`. Off,
-    # no handler is set: the task path is as it was.
+    # the host as they happen, as do those future sends to `master`. The
+    # handler is set once, around the loop, not per task: a task that sends
+    # nothing then costs what it costs with relay off. Off, no handler is
+    # set. Between tasks none is running, and the handler relays nothing.
     relay_h <- if (isTRUE(init$config$relay)) relay_handler(conn)
     if (!is.null(relay_h)) relay$sink$conn <- conn
-    repeat {
+    with_relay(repeat {
       # A cancel raises SIGINT while a task evaluates; should it land just
       # outside the evaluation, it is caught here (set up once, off the
       # per-task path) and the task, if still unanswered, is answered as
@@ -185,19 +187,13 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
         repeat {
           # A tagged list, `kind` first; the kinds and their fields are
           # defined natively (Received in rust/src/r/glue/daemon.rs).
-          # Spelled out rather than always through with_relay(): relay off,
-          # the hot path makes no extra call.
-          msg <- if (is.null(relay_h)) .Call(C_mirai_daemon_recv, conn, box, relay, cleanup)
-                 else with_relay(.Call(C_mirai_daemon_recv, conn, box, relay, cleanup), relay_h)
+          msg <- .Call(C_mirai_daemon_recv, conn, box, relay, cleanup)
           res <- switch(msg[["kind"]],
-            task = if (is.null(relay_h)) eval_task(msg[["data"]], box)
-                   else with_relay(eval_task(msg[["data"]], box), relay_h),
+            task = eval_task(msg[["data"]], box),
             # A task that cannot be run, answered with why.
             error = mirai_error(msg[["message"]]),
-            # A cluster node's task (run natively) failed; under the relay
-            # handler its calls start two frames deeper (with_relay() and
-            # withCallingHandlers()).
-            failed = node_error(box, msg[["before"]], if (is.null(relay_h)) 0L else 2L),
+            # A cluster node's task (run natively) failed.
+            failed = node_error(box, msg[["before"]]),
             # A cluster node's task, answered natively, to clean up after.
             done = {
               do_cleanup(snap)
@@ -236,7 +232,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           break
         }
       }
-    }
+    }, relay_h)
     count <- count + .Call(C_mirai_daemon_close, conn)
     # The host broke the protocol: stop, saying why.
     if (is.character(code)) stop(sprintf("daemon connected to '%s' stops: %s", url, code), call. = FALSE)
@@ -291,10 +287,10 @@ eval_task <- function(data, box) {
 # rust/src/r/glue/daemon.rs), failed: as eval_task() does, but the calls before
 # the task's own are this loop's and the two of the eval() that binds
 # `master` (call_binding in rust/src/r/glue/call.rs).
-node_error <- function(box, before, extra = 0L) {
+node_error <- function(box, before) {
   cond <- box$cond
   if (is.null(cond)) return(unhandled_jump(before))
-  mirai_error(cond, task_trace(box$calls, sys.nframe() + 1L + extra, 2L))
+  mirai_error(cond, task_trace(box$calls, sys.nframe() + 1L, 2L))
 }
 
 mirai_interrupt <- function() structure("", class = c("miraiInterrupt", "errorValue", "try-error"))
