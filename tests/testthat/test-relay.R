@@ -273,6 +273,25 @@ test_that("under relay a node task's error has the same stack trace as without",
   expect_identical(attr(e, "stack.trace"), list(quote(stop(base::quote("direct")))))
 })
 
+test_that("under relay a task runs at the same depth, with the same error trace, as without", {
+  # The relay handler is set once around the daemon's loop, not per task:
+  # the task's frames and its error's trace must not show it.
+  task <- function() {
+    f <- function() stop("deep")
+    m <- mirai(f(), f = f)
+    list(depth = mirai(sys.nframe())[], trace = attr(m[], "stack.trace"))
+  }
+  daemons(1)
+  off <- task()
+  daemons(0)
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  on <- task()
+  expect_identical(on$depth, off$depth)
+  expect_identical(on$trace, off$trace)
+  expect_identical(on$trace, list(quote(stop("deep")), quote(f())))
+})
+
 test_that("a handler's error while showing one profile's relays leaves the others' relays working", {
   daemons(1, relay = TRUE, .compute = "relay_a")
   daemons(1, relay = TRUE, .compute = "relay_b")
