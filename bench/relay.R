@@ -16,7 +16,8 @@
 # Jobs are interleaved round by round (see common.R); the figure is the
 # median over BENCH_ROUNDS rounds (default 3). Then the latency of a relayed
 # message, from message() on a daemon to an on_relay() handler on the host
-# while it waits. Not a test: prints figures.
+# while it waits, and the host's CPU while it waits beside a flood. Not a
+# test: prints figures.
 
 suppressPackageStartupMessages({ library(mirai); library(parallel) })
 bench_dir <- dirname(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1L]))
@@ -78,6 +79,27 @@ cat(sprintf("%d tiny tasks, 2 daemons/nodes, median of %d rounds (%s)\n", ntask,
 print(data.frame(setup = names(med), secs = round(med, 3), tasks_per_s = round(ntask / med),
                  vs_relay_off = round(med[["relay off"]] / med, 2), row.names = NULL))
 cat(sprintf("conditions dropped by the flooded profile: %s\n", format(status("busy")$relay_dropped, big.mark = ",")))
+
+# The host's CPU while it waits beside a flood (after the burst): the
+# flood's cost to the host, in a figure that load on the machine does not
+# swing as it swings wall times. Relay off: what waiting costs without it.
+host_cpu <- function(prof) {
+  stop <- tempfile()
+  n <- mirai(flood(stop), flood = flood, stop = stop, .compute = prof)
+  muffled(mirai(Sys.sleep(2), .compute = prof)[])
+  out <- replicate(rounds, {
+    p0 <- proc.time()
+    muffled(mirai(Sys.sleep(2), .compute = prof)[])
+    p <- proc.time() - p0
+    sum(p[c("user.self", "sys.self")]) / p[["elapsed"]]
+  })
+  file.create(stop)
+  muffled(n[])
+  unlink(stop)
+  100 * median(out)
+}
+cat(sprintf("host CPU while waiting 2 s beside a flooding task: relay on %.1f%% of a core, relay off %.1f%%\n",
+            host_cpu("busy"), host_cpu("busy_off")))
 
 # Latency: from message() on the daemon to the host's handler, while R
 # waits on the task (one message every 20 ms; clocks of one machine).

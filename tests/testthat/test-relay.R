@@ -151,8 +151,8 @@ test_that("a task relays a burst, then at most its rate: the rest is counted and
   expect_lt(got, n)
   expect_length(notes, 1L)
   held_back <- as.numeric(sub("^\\[mirai [0-9]+\\] ([0-9]+) condition.*$", "\\1", notes))
-  expect_match(notes, sprintf("\\[mirai %d\\] [0-9]+ condition\\(s\\) signalled by this task were not relayed: a task relays at most 1,000 a second",
-                              mirai:::task_ids(m)))
+  expect_match(notes, sprintf("\\[mirai %d\\] [0-9]+ condition\\(s\\) signalled by this task were not relayed: a task relays at most %s a second",
+                              mirai:::task_ids(m), format(mirai:::limit("relay_rate"), big.mark = ",")))
   expect_identical(got + held_back, as.double(n))
   expect_identical(status()$relay_dropped, held_back)
   # The neighbour was not held up.
