@@ -173,18 +173,21 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     relay <- structure(list(sink = new.env(parent = emptyenv())), class = c("miraiRelay", "SOCK0node"))
     # daemons(relay = TRUE): tasks' messages and immediate conditions go to
     # the host as they happen, as do those future sends to `master`. The
-    # handler is set once, around the loop, not per task: a task that sends
+    # handler is set around the loop, not per task: a task that sends
     # nothing then costs what it costs with relay off. Off, no handler is
     # set. Between tasks none is running, and the handler relays nothing.
     relay_h <- if (isTRUE(init$config$relay)) relay_handler(conn)
     if (!is.null(relay_h)) relay$sink$conn <- conn
-    with_relay(repeat {
+    repeat {
       # A cancel raises SIGINT while a task evaluates; should it land just
       # outside the evaluation, it is caught here (set up once, off the
       # per-task path) and the task, if still unanswered, is answered as
       # interrupted (the native side knows which task that is).
+      # The relay handler is set inside the catch: a cancel landing while
+      # the handler runs (R then sees only the handlers set before it) is
+      # caught as well.
       stopped <- tryCatch({
-        repeat {
+        with_relay(repeat {
           # A tagged list, `kind` first; the kinds and their fields are
           # defined natively (Received in rust/src/r/glue/daemon.rs).
           msg <- .Call(C_mirai_daemon_recv, conn, box, relay, cleanup)
@@ -220,7 +223,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           if (cleanup) {
             if (is.null(msg[["data"]][["._everywhere_."]])) do_cleanup(snap) else snap <- snapshot()
           }
-        }
+        }, relay_h)
         TRUE
       }, interrupt = function(e) FALSE)
       if (stopped) break
@@ -232,7 +235,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           break
         }
       }
-    }, relay_h)
+    }
     count <- count + .Call(C_mirai_daemon_close, conn)
     # The host broke the protocol: stop, saying why.
     if (is.character(code)) stop(sprintf("daemon connected to '%s' stops: %s", url, code), call. = FALSE)
