@@ -89,15 +89,24 @@ with_relay <- function(expr, h) {
 #
 # An error where one is shown (a handler's) is raised once the rest are
 # shown: they were taken from the inbox, and would otherwise be lost.
+#
+# All are of one profile, current when they were taken. Should a handler
+# reset it, the rest go unshown, as a reset empties the inbox: task ids are
+# numbered per profile, and a new profile of the same name (set by the
+# handler too) may have a task of the same id.
 relay_show <- function(items, from_later = FALSE) {
   .$relay_showing <- TRUE
   on.exit(.$relay_showing <- FALSE)
   n <- length(items)
+  if (!n) return(invisible())
+  compute <- items[[1L]]$compute
+  prof <- .$profiles[[compute]]
+  current <- function() identical(.$profiles[[compute]], prof)
   k <- 0L
   err <- NULL
-  while (k < n) {
+  while (k < n && current()) {
     e <- tryCatch({
-      while (k < n) {
+      while (k < n && current()) {
         k <- k + 1L
         x <- items[[k]]
         if (!is.null(x$dropped)) {
@@ -109,7 +118,7 @@ relay_show <- function(items, from_later = FALSE) {
     }, error = identity)
     if (is.null(err) && inherits(e, "error")) err <- e
   }
-  if (n) forget_handlers(items[[1L]]$compute)
+  if (current()) forget_handlers(compute)
   if (!is.null(err)) stop(err)
 }
 

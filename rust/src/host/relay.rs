@@ -18,6 +18,10 @@
 //! task that relayed so that a wait on that very task wakes at once.
 //! Conditions for a cluster node's `master` (`held`) are kept per task
 //! instead, for the node to hand out in order before the task's value.
+//!
+//! A reset (`close`) empties the inbox for good: task ids are numbered per
+//! profile, so nothing of a reset profile may be shown once a new profile
+//! of the same name may have tasks of the same ids.
 
 use crate::sys::threads::lock;
 use crate::wire::proto::RELAY_LIMIT;
@@ -126,8 +130,20 @@ impl Inbox {
         self.enabled.load(Ordering::Acquire)
     }
 
+    /// The profile is reset: what is kept goes, and nothing more is. A new
+    /// profile of the same name numbers its tasks afresh, so a condition
+    /// of this one's task, shown later, would be taken for that of the new
+    /// one's task of the same id (its `on_relay()` handler, its map's
+    /// progress). The flag is set before the lock is taken: an `offer`
+    /// holding the lock now is cleared away, a later one sees the flag.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        let mut st = lock(&self.state);
+        st.shown.clear();
+        st.held.clear();
+        st.drops.clear();
+        st.items = 0;
+        st.bytes = 0;
     }
 
     pub fn closed(&self) -> bool {
@@ -152,6 +168,10 @@ impl Inbox {
         let fits = payload.len() <= RELAY_LIMIT
             && st.items < MAX_ITEMS
             && st.bytes + payload.len() <= MAX_BYTES;
+        if self.closed() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         if !(known && self.enabled() && fits) {
             // Drops of an unknown task's relays are not noted per task: a
             // peer could name any number of them.
@@ -273,6 +293,23 @@ mod tests {
         assert_eq!(t.drops, vec![(1, 20_000 - kept as u64), (2, 1)]);
         // Room again once taken.
         assert!(inbox.offer(1, 20_001, false, b"x", true));
+    }
+
+    #[test]
+    fn a_closed_inbox_keeps_nothing_it_held_and_takes_nothing_more() {
+        let inbox = Arc::new(Inbox::default());
+        inbox.enable("p");
+        assert!(inbox.offer(1, 1, false, b"shown", true));
+        assert!(inbox.offer(2, 1, true, b"held", true));
+        assert!(!inbox.offer(3, 1, false, &vec![0u8; RELAY_LIMIT + 1], true));
+        inbox.close();
+        assert!(!inbox.offer(1, 2, false, b"late", true));
+        assert!(!inbox.offer(2, 2, true, b"late", true));
+        let t = inbox.take();
+        assert!(t.shown.is_empty() && t.drops.is_empty());
+        assert!(inbox.idle() && !inbox.has_held(2));
+        let st = lock(&inbox.state);
+        assert_eq!((st.items, st.bytes), (0, 0));
     }
 
     #[test]
