@@ -781,3 +781,33 @@ test_that("a reset profile's unshown progress is not counted in a new profile's 
   # The bar went straight to its end: no share of the old task's progress.
   expect_identical(r$bar[nzchar(r$bar)], "[ 1 / 1 done ]")
 })
+
+test_that("a handler that resets its profile mid-drain hands the rest taken with it to no new task", {
+  daemons(1, relay = TRUE, .compute = "p")
+  on.exit(daemons(0, .compute = "p"))
+  flag <- tempfile()
+  old <- mirai({ message("a"); message("b"); file.create(flag); Sys.sleep(60) }, flag = flag, .compute = "p")
+  # No wait (nor event loop) meanwhile: both arrive for one drain.
+  t0 <- Sys.time()
+  while (!file.exists(flag) && difftime(Sys.time(), t0, units = "secs") < 30) NULL
+  t0 <- Sys.time()
+  while (difftime(Sys.time(), t0, units = "secs") < 0.5) NULL
+  unlink(flag)
+  seen <- character()
+  stale <- character()
+  new <- NULL
+  on_relay(old, function(c) {
+    seen <<- c(seen, conditionMessage(c))
+    # "p" set again, listening: its first task has the old one's id.
+    daemons(0, .compute = "p")
+    daemons(url = local_url(), relay = TRUE, .compute = "p")
+    new <<- mirai(2, .compute = "p")
+    on_relay(new, function(c) stale <<- c(stale, conditionMessage(c)))
+  })
+  expect_true(is_error_value(old[]))
+  expect_identical(seen, "a\n")
+  expect_identical(mirai:::task_ids(new), mirai:::task_ids(old))
+  launch_local(1, .compute = "p")
+  expect_identical(new[], 2)
+  expect_identical(stale, character())
+})
