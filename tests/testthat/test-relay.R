@@ -334,6 +334,44 @@ test_that("conditions held for a task whose mirai is gone do not fill the inbox 
   expect_identical(msg_text(got$got), "after")
 })
 
+test_that("conditions a task holds after its mirai is gone are not kept: the inbox stays open to others", {
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  gate <- tempfile()
+  over <- tempfile()
+  # Its mirai goes while it waits; then it holds (as a cluster node's task
+  # would) more bytes of conditions than the inbox takes, within its budget.
+  size <- mirai:::limit("relay_limit_bytes") / 2
+  k <- ceiling(mirai:::limit("relay_max_bytes") / size) + 10
+  m <- mirai({
+    conn <- dynGet("conn")
+    while (!file.exists(gate)) Sys.sleep(0.01)
+    big <- simpleMessage(strrep("x", size - 1000))
+    for (i in seq_len(k)) .Call(mirai:::C_mirai_daemon_relay, conn, big, TRUE)
+    file.create(over)
+    1
+  }, gate = gate, over = over, size = size, k = k)
+  expect_lt(k, mirai:::limit("relay_burst"))
+  collected <- FALSE
+  reg.finalizer(m, function(e) collected <<- TRUE)
+  rm(m)
+  # R may keep the object last made referenced for a while: the next ones
+  # (run by the other daemon) take its place.
+  expect_true(wait_until(function() {
+    mirai(NULL)[]
+    invisible(gc())
+    collected
+  }, 20))
+  file.create(gate)
+  expect_true(wait_until(function() file.exists(over), 30))
+  # Larger than what room the inbox would have left.
+  after <- strrep("y", size + 1000)
+  got <- collect(mirai({ message(after); 2 }, after = after)[])
+  expect_identical(got$value, 2)
+  expect_identical(msg_text(got$got), after)
+  expect_identical(status()$relay_dropped, 0)
+})
+
 test_that("on_relay() hands a task's conditions to its handler, while R waits and from later's loop", {
   skip_if_not_installed("later")
   daemons(2, relay = TRUE)

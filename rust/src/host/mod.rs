@@ -1395,7 +1395,7 @@ impl Core {
                 // Only a task this daemon runs may relay: a peer cannot
                 // make the host keep conditions for tasks it names.
                 let slot = self.tasks.get(&id).filter(|_| self.sched.runs(t.0 as u64, id)).map(|te| te.slot.clone());
-                if self.relay.offer(id, seq, held, &body[hop + off..], slot.is_some()) {
+                if self.relay.offer(id, seq, held, &body[hop + off..], slot.as_deref()) {
                     if let Some(slot) = slot {
                         slot.poke();
                     }
