@@ -318,7 +318,8 @@ max_message <- function() {
 #' counts them in [status()] (`relay_dropped`). The host holds at most
 #' `r format(limit("relay_max_items"), big.mark = ",")` of them (and
 #' `r bytes_text(limit("relay_max_bytes"))`) per profile at once: beyond that they are dropped, with a message saying
-#' how many per task, and counted in [status()] (`relay_dropped`). With
+#' how many per task, and counted in [status()] (`relay_dropped`). A reset
+#' drops those not yet shown. With
 #' relay off (the default) nothing is sent and tasks run exactly as before.
 #'
 #' @param n (integer) number of local daemons to launch; 0 to reset; NULL to

@@ -471,23 +471,13 @@ within_elements <- function(x, h, tick, expr) {
 
 element_progress <- function(x, h, tick) {
   n <- length(x)
+  el <- relay_elements(x, h, strict = FALSE)
+  if (all(is.na(el$compute))) return(NULL)
   # Each element's key: its profile and task id, as relayed conditions
   # carry them (NA for an element that relays nothing).
   key <- function(compute, id) paste0(compute, "\r", id_key(id))
-  if (!is.null(h)) {
-    compute <- .Call(C_mirai_relay_of, h, TRUE)
-    if (!is.character(compute)) return(NULL)
-    keys <- key(compute, .Call(C_mirai_map_ids, h))
-    done <- function() .Call(C_mirai_map_done, h)
-  } else {
-    aios <- lapply(x, function(m) if (is_mirai(m)) aio_of(m))
-    keys <- vapply(aios, function(a) {
-      compute <- if (!is.null(a)) .Call(C_mirai_relay_of, a, FALSE)
-      if (is.character(compute)) key(compute, .Call(C_mirai_aio_id, a)) else NA_character_
-    }, "")
-    if (all(is.na(keys))) return(NULL)
-    done <- function() vapply(aios, function(a) is.null(a) || .Call(C_mirai_aio_done, a), NA)
-  }
+  keys <- ifelse(is.na(el$compute), NA_character_, key(el$compute, el$ids))
+  done <- el$done
   # Element index by key (ids are per profile: another profile's task of
   # the same id, shown during the same wait, is not this map's); per
   # element, units done and units in all of its progressors (a cli bar is

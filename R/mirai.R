@@ -320,6 +320,19 @@ collect_mirai <- function(x, options = NULL) {
 #' @export
 `[.mirai` <- function(x, i) .Call(C_mirai_value, x)
 
+# A mirai is read-only: `$data` is its task's value, read through an active
+# binding (which, assigned to, failed with R's "unused argument").
+#' @export
+`$<-.mirai` <- function(x, name, value) abort(read_only(name))
+
+#' @export
+`[[<-.mirai` <- function(x, i, value) abort(read_only(i))
+
+read_only <- function(name) {
+  what <- if (is.character(name) && length(name) == 1L && !is.na(name)) sprintf("`$%s` of ", name)
+  sprintf("cannot set %sa mirai: a mirai is read-only (its `$data` is its task's value)", what %||% "")
+}
+
 #' @export
 print.mirai <- function(x, ...) {
   cat(if (unresolved(x)) "< mirai [] >\n" else "< mirai [$data] >\n")

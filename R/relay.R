@@ -89,15 +89,24 @@ with_relay <- function(expr, h) {
 #
 # An error where one is shown (a handler's) is raised once the rest are
 # shown: they were taken from the inbox, and would otherwise be lost.
+#
+# All are of one profile, current when they were taken. Should a handler
+# reset it, the rest go unshown, as a reset empties the inbox: task ids are
+# numbered per profile, and a new profile of the same name (set by the
+# handler too) may have a task of the same id.
 relay_show <- function(items, from_later = FALSE) {
   .$relay_showing <- TRUE
   on.exit(.$relay_showing <- FALSE)
   n <- length(items)
+  if (!n) return(invisible())
+  compute <- items[[1L]]$compute
+  prof <- .$profiles[[compute]]
+  current <- function() identical(.$profiles[[compute]], prof)
   k <- 0L
   err <- NULL
-  while (k < n) {
+  while (k < n && current()) {
     e <- tryCatch({
-      while (k < n) {
+      while (k < n && current()) {
         k <- k + 1L
         x <- items[[k]]
         if (!is.null(x$dropped)) {
@@ -109,7 +118,7 @@ relay_show <- function(items, from_later = FALSE) {
     }, error = identity)
     if (is.null(err) && inherits(e, "error")) err <- e
   }
-  if (n) forget_handlers(items[[1L]]$compute)
+  if (current()) forget_handlers(compute)
   if (!is.null(err)) stop(err)
 }
 
@@ -189,35 +198,66 @@ on_relay <- function(x, handler) {
 }
 
 # What on_relay() keys handlers by: for each profile, the task ids and a
-# function telling whether they are all over.
+# function telling whether they are all over. An element of a profile reset
+# since is left out: nothing more comes for it.
 relay_targets <- function(x) {
-  bad <- "`x` must be a mirai, a mirai_map or a list of mirai"
-  off <- "`x` was not sent to daemons set with `relay = TRUE`: nothing is relayed for it"
   h <- if (is_mirai_map(x)) map_handle(x)
+  if (is.null(h)) {
+    if (is_mirai(x)) x <- list(x)
+    if (!is.list(x) || !length(x)) abort(relay_x_error())
+  }
+  el <- relay_elements(x, h, strict = TRUE)
+  on <- which(!is.na(el$compute))
   if (!is.null(h)) {
-    compute <- .Call(C_mirai_relay_of, h, TRUE)
-    if (is.null(compute)) abort(off)
-    # Its profile was reset: nothing more comes for it.
-    if (isFALSE(compute)) return(list())
+    if (!length(on)) return(list())
+    return(list(list(compute = el$compute[[1L]], ids = el$ids, done = el$all_done)))
+  }
+  lapply(on, function(i) list(compute = el$compute[[i]], ids = el$ids[[i]], done = function() el$done_at(i)))
+}
+
+relay_x_error <- function(detail = NULL) {
+  paste0("`x` must be a mirai, a mirai_map or a list of mirai", if (!is.null(detail)) ": ", detail)
+}
+
+# How relayed conditions name the elements of map `x` (handle `h`) or of
+# list `x` (`h` NULL), for on_relay() and a map's progress: per element,
+# the profile relaying its conditions (`compute`) and its task id (`ids`),
+# both NA for an element that relays none; `done()`, which elements are
+# over (`done_at(i)`: element `i`; `all_done()`: all). An element of a
+# profile reset since relays none: its id may be a new profile's task's.
+# `strict`: an element that is not a mirai, or was not sent to daemons that
+# relay, is an error rather than one that relays none.
+relay_elements <- function(x, h, strict) {
+  off <- function() abort("`x` was not sent to daemons set with `relay = TRUE`: nothing is relayed for it")
+  if (!is.null(h)) {
+    of <- .Call(C_mirai_relay_of, h, TRUE)
+    if (strict && is.null(of)) off()
     n <- length(x)
-    return(list(list(compute = compute, ids = .Call(C_mirai_map_ids, h),
-                     done = function() .Call(C_mirai_map_resolved, h) == n)))
+    done <- function() .Call(C_mirai_map_done, h)
+    return(list(compute = rep(if (is.character(of)) of else NA_character_, n),
+                ids = .Call(C_mirai_map_ids, h), done = done,
+                done_at = function(i) done()[i],
+                all_done = function() .Call(C_mirai_map_resolved, h) == n))
   }
-  if (is_mirai(x)) x <- list(x)
-  if (!is.list(x) || !length(x)) abort(bad)
-  out <- list()
-  for (m in x) {
-    if (!is_mirai(m)) abort(paste0(bad, ": an element is not a mirai"))
-    aio <- aio_of(m)
-    compute <- if (!is.null(aio)) .Call(C_mirai_relay_of, aio, FALSE)
-    if (is.null(compute)) abort(off)
-    if (isFALSE(compute)) next
-    out[[length(out) + 1L]] <- local({
-      a <- aio
-      list(compute = compute, ids = .Call(C_mirai_aio_id, a), done = function() .Call(C_mirai_aio_done, a))
-    })
+  aios <- lapply(x, function(m) if (is_mirai(m)) aio_of(m))
+  compute <- vapply(seq_along(aios), function(i) {
+    a <- aios[[i]]
+    of <- if (!is.null(a)) .Call(C_mirai_relay_of, a, FALSE)
+    if (strict) {
+      if (!is_mirai(x[[i]])) abort(relay_x_error("an element is not a mirai"))
+      if (is.null(of)) off()
+    }
+    if (is.character(of)) of else NA_character_
+  }, "")
+  ids <- rep(NA_real_, length(aios))
+  on <- !is.na(compute)
+  ids[on] <- vapply(aios[on], function(a) .Call(C_mirai_aio_id, a), 0)
+  done_at <- function(i) {
+    a <- aios[[i]]
+    is.null(a) || .Call(C_mirai_aio_done, a)
   }
-  out
+  done <- function() vapply(seq_along(aios), done_at, NA)
+  list(compute = compute, ids = ids, done = done, done_at = done_at, all_done = function() all(done()))
 }
 
 # A task id as a name: the key of on_relay()'s registry and of a map's

@@ -271,6 +271,30 @@ test_that("daemons that die right after launch stop the replacing, with a warnin
   expect_length(pool_pids(), 0L)
 })
 
+test_that("replacements ended by a replayed everywhere() call stop the replacing, with a warning saying so", {
+  daemons(1)
+  on.exit(daemons(0))
+  f <- tempfile()
+  on.exit(unlink(f), add = TRUE)
+  # Harmless where it first runs; once `f` exists, it ends every daemon
+  # that evaluates it: every replacement, which is sent it before any task.
+  everywhere(if (file.exists(f)) quit(save = "no", status = 1L), f = f)[]
+  file.create(f)
+  host <- mirai:::profile_of(NULL)$host
+  replaced <- function() .Call(mirai:::C_mirai_host_info, host)[["replaced"]]
+  # The victim ran a task: its death is not counted. Its replacement and the
+  # next die within 5 s of launch and are replaced; the third stops it.
+  tools::pskill(pool_pids(), tools::SIGKILL)
+  expect_true(wait_until(function() replaced() == 3L && length(pool_pids()) == 0L, 30))
+  Sys.sleep(1.5)
+  expect_identical(replaced(), 3L)
+  expect_length(pool_pids(), 0L)
+  w <- tryCatch(status(), warning = conditionMessage)
+  expect_match(w, paste("3 local daemons in a row died within 5 s of their launch \\(the last with exit status 1\\),",
+                        "each having been sent no task but the everywhere\\(\\) calls that every replacement evaluates first"))
+  expect_no_match(w, "without running a task")
+})
+
 test_that("a task that kills every daemon it runs on, with .retry, does not stop the healing", {
   # Each run kills its daemon soon after that daemon started: three quick
   # deaths in a row, but of daemons running a task, not failing to start.

@@ -20,6 +20,15 @@ test_that("daemons_table() has no rows, and daemons_timeline() no tasks, without
   expect_true(file.exists(f))
 })
 
+test_that("daemons_table() of a profile with no daemons set has no rows, as status() gives none", {
+  daemons(1)
+  on.exit(daemons(0))
+  expect_identical(nrow(daemons_table()), 1L)
+  # Not an error: status() of such a profile is a value too (as the reference's).
+  expect_identical(nrow(daemons_table(.compute = "nope")), 0L)
+  expect_identical(status("nope")[c("connections", "daemons")], list(connections = 0L, daemons = 0L))
+})
+
 test_that("daemons_table() and daemons_timeline() check their arguments, naming them", {
   expect_error(daemons_timeline(file = 1), "`file` must be a single file name")
   expect_error(daemons_timeline(file = c("a", "b")), "`file` must be a single file name")

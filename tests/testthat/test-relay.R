@@ -353,6 +353,44 @@ test_that("conditions held for a task whose mirai is gone do not fill the inbox 
   expect_identical(msg_text(got$got), "after")
 })
 
+test_that("conditions a task holds after its mirai is gone are not kept: the inbox stays open to others", {
+  daemons(2, relay = TRUE)
+  on.exit(daemons(0))
+  gate <- tempfile()
+  over <- tempfile()
+  # Its mirai goes while it waits; then it holds (as a cluster node's task
+  # would) more bytes of conditions than the inbox takes, within its budget.
+  size <- mirai:::limit("relay_limit_bytes") / 2
+  k <- ceiling(mirai:::limit("relay_max_bytes") / size) + 10
+  m <- mirai({
+    conn <- dynGet("conn")
+    while (!file.exists(gate)) Sys.sleep(0.01)
+    big <- simpleMessage(strrep("x", size - 1000))
+    for (i in seq_len(k)) .Call(mirai:::C_mirai_daemon_relay, conn, big, TRUE)
+    file.create(over)
+    1
+  }, gate = gate, over = over, size = size, k = k)
+  expect_lt(k, mirai:::limit("relay_burst"))
+  collected <- FALSE
+  reg.finalizer(m, function(e) collected <<- TRUE)
+  rm(m)
+  # R may keep the object last made referenced for a while: the next ones
+  # (run by the other daemon) take its place.
+  expect_true(wait_until(function() {
+    mirai(NULL)[]
+    invisible(gc())
+    collected
+  }, 20))
+  file.create(gate)
+  expect_true(wait_until(function() file.exists(over), 30))
+  # Larger than what room the inbox would have left.
+  after <- strrep("y", size + 1000)
+  got <- collect(mirai({ message(after); 2 }, after = after)[])
+  expect_identical(got$value, 2)
+  expect_identical(msg_text(got$got), after)
+  expect_identical(status()$relay_dropped, 0)
+})
+
 test_that("on_relay() hands a task's conditions to its handler, while R waits and from later's loop", {
   skip_if_not_installed("later")
   daemons(2, relay = TRUE)
@@ -737,4 +775,96 @@ test_that("a handler's error is raised once the rest of what was taken with it i
   file.create(gate)
   expect_identical(m[], "released")
   expect_identical(got, c("s1", "s2", "s3", "s4"))
+})
+
+# Sets profile "p" with a task that relays a message and progress, then
+# resets "p" before any wait (or event loop) has shown them, and sets it
+# again, listening for daemons: none is launched, so that no wait for them
+# shows what is left before the caller's first task (which has the old
+# task's id) is sent. The old task's id.
+reset_with_leftovers <- function() {
+  prog <- function(type) structure(class = c("progression", "immediateCondition", "condition"),
+                                   list(message = "", call = NULL, type = type,
+                                        progressor_uuid = "old", steps = 4, amount = 1))
+  daemons(1, relay = TRUE, .compute = "p")
+  flag <- tempfile()
+  old <- mirai({
+    message("old task")
+    for (t in c("initiate", "update")) withRestarts(signalCondition(prog(t)), muffleProgression = function(...) NULL)
+    file.create(flag)
+    Sys.sleep(60)
+  }, prog = prog, flag = flag, .compute = "p")
+  t0 <- Sys.time()
+  while (!file.exists(flag) && difftime(Sys.time(), t0, units = "secs") < 30) NULL
+  t0 <- Sys.time()
+  while (difftime(Sys.time(), t0, units = "secs") < 0.5) NULL
+  unlink(flag)
+  # The host holds them, unshown.
+  expect_false(.Call(mirai:::C_mirai_host_relay_idle, mirai:::profile_of("p")$host))
+  daemons(0, .compute = "p")
+  daemons(url = local_url(), relay = TRUE, .compute = "p")
+  mirai:::task_ids(old)
+}
+
+test_that("a reset profile's unshown conditions reach no handler of a new profile's task of the same id", {
+  id <- reset_with_leftovers()
+  on.exit(daemons(0, .compute = "p"))
+  new <- mirai({ Sys.sleep(0.3); 2 }, .compute = "p")
+  expect_identical(mirai:::task_ids(new), id)
+  got <- list()
+  on_relay(new, function(c) got[[length(got) + 1L]] <<- c)
+  launch_local(1, .compute = "p")
+  seen <- 0L
+  r <- collect(withCallingHandlers(new[], miraiCondition = function(c) seen <<- seen + 1L))
+  expect_identical(r$value, 2)
+  expect_length(got, 0L)
+  expect_length(r$got, 0L)
+  expect_identical(seen, 0L)
+  # Relay still works for the new profile's tasks.
+  r <- collect(mirai({ message("new task"); 3 }, .compute = "p")[])
+  expect_identical(msg_text(r$got), "new task")
+})
+
+test_that("a reset profile's unshown progress is not counted in a new profile's map of the same ids", {
+  id <- reset_with_leftovers()
+  on.exit(daemons(0, .compute = "p"))
+  mp <- mirai_map(1, function(i) { Sys.sleep(0.3); i }, .compute = "p")
+  expect_identical(.Call(mirai:::C_mirai_map_ids, mirai:::map_handle(mp)), id)
+  launch_local(1, .compute = "p")
+  seen <- 0L
+  r <- text_bar(withCallingHandlers(mp[.progress], miraiCondition = function(c) seen <<- seen + 1L))
+  expect_identical(r$value, list(1))
+  expect_identical(seen, 0L)
+  # The bar went straight to its end: no share of the old task's progress.
+  expect_identical(r$bar[nzchar(r$bar)], "[ 1 / 1 done ]")
+})
+
+test_that("a handler that resets its profile mid-drain hands the rest taken with it to no new task", {
+  daemons(1, relay = TRUE, .compute = "p")
+  on.exit(daemons(0, .compute = "p"))
+  flag <- tempfile()
+  old <- mirai({ message("a"); message("b"); file.create(flag); Sys.sleep(60) }, flag = flag, .compute = "p")
+  # No wait (nor event loop) meanwhile: both arrive for one drain.
+  t0 <- Sys.time()
+  while (!file.exists(flag) && difftime(Sys.time(), t0, units = "secs") < 30) NULL
+  t0 <- Sys.time()
+  while (difftime(Sys.time(), t0, units = "secs") < 0.5) NULL
+  unlink(flag)
+  seen <- character()
+  stale <- character()
+  new <- NULL
+  on_relay(old, function(c) {
+    seen <<- c(seen, conditionMessage(c))
+    # "p" set again, listening: its first task has the old one's id.
+    daemons(0, .compute = "p")
+    daemons(url = local_url(), relay = TRUE, .compute = "p")
+    new <<- mirai(2, .compute = "p")
+    on_relay(new, function(c) stale <<- c(stale, conditionMessage(c)))
+  })
+  expect_true(is_error_value(old[]))
+  expect_identical(seen, "a\n")
+  expect_identical(mirai:::task_ids(new), mirai:::task_ids(old))
+  launch_local(1, .compute = "p")
+  expect_identical(new[], 2)
+  expect_identical(stale, character())
 })

@@ -68,6 +68,8 @@ pub fn wait_any(slots: &[Arc<Slot>], bells: &[Arc<Doorbell>], slice: Duration) -
 
 pub struct Slot {
     done: AtomicBool,
+    /// R let go of the task's handle (see `relay::Inbox::abandon`).
+    abandoned: AtomicBool,
     inner: Mutex<SlotState>,
     cv: Condvar,
     bell: Arc<Doorbell>,
@@ -92,7 +94,13 @@ struct SlotState {
 
 impl Slot {
     pub fn new(bell: Arc<Doorbell>) -> Arc<Slot> {
-        Arc::new(Slot { done: AtomicBool::new(false), inner: Mutex::default(), cv: Condvar::new(), bell })
+        Arc::new(Slot {
+            done: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
+            inner: Mutex::default(),
+            cv: Condvar::new(),
+            bell,
+        })
     }
 
     /// Stores the outcome unless one is already there. True if stored.
@@ -139,6 +147,14 @@ impl Slot {
 
     pub fn is_done(&self) -> bool {
         self.done.load(Ordering::Acquire)
+    }
+
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
+
+    pub fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
     }
 
     /// Blocks up to `slice`; true once resolved. A `poke` ends the wait

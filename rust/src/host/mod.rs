@@ -1356,7 +1356,10 @@ impl Core {
                 (c.row.bytes_in, c.row.bytes_out) = since_bytes;
                 self.health.connected(pid);
                 if self.health.take_replacement(pid) {
-                    if let Some(replay) = &self.replay {
+                    if let Some(replay) = self.replay.as_ref().filter(|r| !r.is_empty()) {
+                        // Should it die before a task of its own, the
+                        // pool's crash-loop warning says it was sent these.
+                        self.health.replayed(pid);
                         // Straight after its Init, ahead of any task the
                         // scheduler sends it: the daemon evaluates frames in
                         // order. Outside the scheduler, which takes the
@@ -1392,7 +1395,7 @@ impl Core {
                 // Only a task this daemon runs may relay: a peer cannot
                 // make the host keep conditions for tasks it names.
                 let slot = self.tasks.get(&id).filter(|_| self.sched.runs(t.0 as u64, id)).map(|te| te.slot.clone());
-                if self.relay.offer(id, seq, held, &body[hop + off..], slot.is_some()) {
+                if self.relay.offer(id, seq, held, &body[hop + off..], slot.as_deref()) {
                     if let Some(slot) = slot {
                         slot.poke();
                     }

@@ -54,6 +54,9 @@ pub struct Health {
     pub given_task: bool,
     /// It sent back a result.
     pub completed_task: bool,
+    /// It was sent the profile's earlier `everywhere()` calls on
+    /// connecting (a replacement), ahead of any task.
+    pub replayed: bool,
 }
 
 /// `Health` by process id, shared by the host (which writes it) and the
@@ -96,6 +99,10 @@ impl HealthBook {
 
     pub fn given_task(&self, pid: u32) {
         lock(&self.inner).pids.entry(pid).or_default().given_task = true;
+    }
+
+    pub fn replayed(&self, pid: u32) {
+        lock(&self.inner).pids.entry(pid).or_default().replayed = true;
     }
 
     pub fn completed_task(&self, pid: u32) {
@@ -256,7 +263,8 @@ mod tests {
         assert_eq!(h.get(7), Health::default());
         h.connected(7);
         h.given_task(7);
-        assert_eq!(h.get(7), Health { connected: true, given_task: true, completed_task: false });
+        h.replayed(7);
+        assert_eq!(h.get(7), Health { connected: true, given_task: true, completed_task: false, replayed: true });
         assert_eq!(h.healthy(), 0);
         h.completed_task(7);
         assert_eq!(h.healthy(), 1);

@@ -24,6 +24,11 @@
 //! healthy). What the host saw each daemon do comes from the `HealthBook`
 //! it shares with the pool, by process id.
 //!
+//! A replacement is sent the profile's earlier `everywhere()` calls before
+//! any task: one of them that ends the daemon ends every replacement, a
+//! crash loop all the same, but not one of starting, so the warning then
+//! says the dead had been sent those calls.
+//!
 //! Random-number streams: a daemon launched with its own stream (no
 //! dispatcher, no seed: the launch command carries `rs`) is replaced by one
 //! on the next substream of that stream (`rng::next_substream`), which the
@@ -59,6 +64,9 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct Healer {
     quick_in_a_row: u32,
+    /// Of those, the daemons that had been sent the replayed `everywhere()`
+    /// calls: the warning says so, as they ran code of the user's.
+    replayed_in_a_row: u32,
     /// `HealthBook::healthy` when the row was last counted.
     healthy_seen: u64,
     stopped: bool,
@@ -73,25 +81,38 @@ impl Healer {
             // A daemon has run a task to the end since: the pool works.
             self.healthy_seen = healthy;
             self.quick_in_a_row = 0;
+            self.replayed_in_a_row = 0;
         }
         if lived >= QUICK_DEATH {
             self.quick_in_a_row = 0;
+            self.replayed_in_a_row = 0;
             return Verdict::Replace;
         }
         if seen.given_task {
             return Verdict::Replace;
         }
         self.quick_in_a_row += 1;
+        self.replayed_in_a_row += seen.replayed as u32;
         if self.quick_in_a_row < CRASH_LOOP {
             return Verdict::Replace;
         }
         self.stopped = true;
-        Verdict::GiveUp(format!(
-            "{CRASH_LOOP} local daemons in a row died within {} s of their launch without running a task \
-             (the last with {exit}), so dead daemons are no longer replaced; run the command launch_remote() \
-             prints to see why, then set daemons() again",
-            QUICK_DEATH.as_secs()
-        ))
+        let secs = QUICK_DEATH.as_secs();
+        Verdict::GiveUp(match self.replayed_in_a_row {
+            0 => format!(
+                "{CRASH_LOOP} local daemons in a row died within {secs} s of their launch without running a task \
+                 (the last with {exit}), so dead daemons are no longer replaced; run the command launch_remote() \
+                 prints to see why, then set daemons() again"
+            ),
+            // What is known: the replayed calls were sent, no task was.
+            r => format!(
+                "{CRASH_LOOP} local daemons in a row died within {secs} s of their launch (the last with {exit}), \
+                 {} been sent no task but the everywhere() calls that every replacement evaluates first, so dead \
+                 daemons are no longer replaced; one of those calls may end a daemon: check them, then set \
+                 daemons() again",
+                if r == CRASH_LOOP { "each having".to_string() } else { format!("{r} of them having") }
+            ),
+        })
     }
 
     pub fn stopped(&self) -> bool {
@@ -311,8 +332,10 @@ mod tests {
     const KILL: Exit = Exit::Signal(9);
 
     /// A daemon the host never saw, and one it sent a task.
-    const UNSEEN: Health = Health { connected: false, given_task: false, completed_task: false };
-    const TASKED: Health = Health { connected: true, given_task: true, completed_task: false };
+    const UNSEEN: Health = Health { connected: false, given_task: false, completed_task: false, replayed: false };
+    const TASKED: Health = Health { connected: true, given_task: true, completed_task: false, replayed: false };
+    /// A replacement sent the replayed `everywhere()` calls, and no task.
+    const REPLAYED: Health = Health { connected: true, given_task: false, completed_task: false, replayed: true };
 
     #[test]
     fn failures_are_replaced_normal_exits_are_not() {
@@ -352,6 +375,31 @@ mod tests {
         assert!(h.stopped());
         // For good: even a long-lived daemon's death is not replaced now.
         assert_eq!(h.exited(KILL, QUICK_DEATH * 10, UNSEEN, 0), Verdict::Ignore);
+    }
+
+    #[test]
+    fn a_crash_loop_of_replacements_sent_the_replayed_calls_is_told_as_such() {
+        let quick = Duration::from_millis(300);
+        let mut h = Healer::default();
+        for _ in 1..CRASH_LOOP {
+            assert_eq!(h.exited(Exit::Code(1), quick, REPLAYED, 0), Verdict::Replace);
+        }
+        match h.exited(Exit::Code(1), quick, REPLAYED, 0) {
+            Verdict::GiveUp(why) => {
+                assert!(why.contains("3 local daemons in a row died within 5 s of their launch (the last with exit status 1), \
+                                      each having been sent no task but the everywhere() calls"), "{why}");
+                assert!(!why.contains("without running a task"), "{why}");
+            }
+            v => panic!("expected GiveUp, got {v:?}"),
+        }
+        // A row that started with a daemon dying before it connected.
+        let mut h = Healer::default();
+        assert_eq!(h.exited(Exit::Code(1), quick, UNSEEN, 0), Verdict::Replace);
+        assert_eq!(h.exited(Exit::Code(1), quick, REPLAYED, 0), Verdict::Replace);
+        match h.exited(Exit::Code(1), quick, REPLAYED, 0) {
+            Verdict::GiveUp(why) => assert!(why.contains("2 of them having been sent no task"), "{why}"),
+            v => panic!("expected GiveUp, got {v:?}"),
+        }
     }
 
     #[test]

@@ -17,8 +17,15 @@
 //! `any_ready()` between slices, and the event loop pokes the slot of the
 //! task that relayed so that a wait on that very task wakes at once.
 //! Conditions for a cluster node's `master` (`held`) are kept per task
-//! instead, for the node to hand out in order before the task's value.
+//! instead, for the node to hand out in order before the task's value;
+//! only through the task's handle, so once R lets that go (`abandon`) its
+//! task holds nothing more.
+//!
+//! A reset (`close`) empties the inbox for good: task ids are numbered per
+//! profile, so nothing of a reset profile may be shown once a new profile
+//! of the same name may have tasks of the same ids.
 
+use crate::host::aio::Slot;
 use crate::sys::threads::lock;
 use crate::wire::proto::RELAY_LIMIT;
 use std::collections::{HashMap, VecDeque};
@@ -126,8 +133,20 @@ impl Inbox {
         self.enabled.load(Ordering::Acquire)
     }
 
+    /// The profile is reset: what is kept goes, and nothing more is. A new
+    /// profile of the same name numbers its tasks afresh, so a condition
+    /// of this one's task, shown later, would be taken for that of the new
+    /// one's task of the same id (its `on_relay()` handler, its map's
+    /// progress). The flag is set before the lock is taken: an `offer`
+    /// holding the lock now is cleared away, a later one sees the flag.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        let mut st = lock(&self.state);
+        st.shown.clear();
+        st.held.clear();
+        st.drops.clear();
+        st.items = 0;
+        st.bytes = 0;
     }
 
     pub fn closed(&self) -> bool {
@@ -145,13 +164,22 @@ impl Inbox {
         }
     }
 
-    /// Takes a relay from the event loop (`known`: the profile has task
-    /// `id`). True if it was kept for R.
-    pub fn offer(self: &Arc<Self>, id: u64, seq: u64, held: bool, payload: &[u8], known: bool) -> bool {
+    /// Takes a relay from the event loop (`task`: the slot of task `id`,
+    /// if the profile has it). True if it was kept for R.
+    pub fn offer(self: &Arc<Self>, id: u64, seq: u64, held: bool, payload: &[u8], task: Option<&Slot>) -> bool {
+        let known = task.is_some();
         let mut st = lock(&self.state);
         let fits = payload.len() <= RELAY_LIMIT
             && st.items < MAX_ITEMS
             && st.bytes + payload.len() <= MAX_BYTES;
+        if self.closed() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if held && task.is_some_and(Slot::abandoned) {
+            // Not a drop: nobody wants it (as `abandon` forgets, uncounted).
+            return false;
+        }
         if !(known && self.enabled() && fits) {
             // Drops of an unknown task's relays are not noted per task: a
             // peer could name any number of them.
@@ -236,8 +264,22 @@ impl Inbox {
         lock(&self.state).held.get(&id).is_some_and(|q| !q.is_empty())
     }
 
+    /// R let go of the handle of task `id`, whose `slot` it was: what is
+    /// held for it goes, and, while it runs, what it would hold is not kept
+    /// (held conditions are only taken through the handle). Under the lock,
+    /// as `offer` checks: a condition is either kept before, and goes here,
+    /// or finds the task abandoned.
+    pub fn abandon(&self, id: u64, slot: &Slot) {
+        let mut st = lock(&self.state);
+        slot.abandon();
+        if let Some(q) = st.held.remove(&id) {
+            st.items -= q.len();
+            st.bytes -= q.iter().map(|r| r.payload.len()).sum::<usize>();
+        }
+    }
+
     /// Forgets what is held for tasks no longer wanted (a node's tasks
-    /// dropped by an interrupted wait, a task whose handle R let go).
+    /// dropped by an interrupted wait).
     pub fn forget_held(&self, ids: &[u64]) {
         let mut st = lock(&self.state);
         for id in ids {
@@ -252,43 +294,89 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::aio::Doorbell;
+
+    fn slot() -> Arc<Slot> {
+        Slot::new(Arc::new(Doorbell::default()))
+    }
 
     #[test]
     fn a_flood_is_bounded_and_its_drops_are_counted_per_task() {
         let inbox = Arc::new(Inbox::default());
+        let t = slot();
         inbox.enable("p");
         let big = vec![0u8; 1024];
         let mut kept = 0;
         for seq in 1..=20_000u64 {
-            kept += inbox.offer(1, seq, false, &big, true) as usize;
+            kept += inbox.offer(1, seq, false, &big, Some(&t)) as usize;
         }
         assert!(kept <= MAX_ITEMS && kept * 1024 <= MAX_BYTES, "{kept}");
         assert_eq!(inbox.dropped.load(Ordering::Relaxed), 20_000 - kept as u64);
         // Too large, unknown task: dropped.
-        assert!(!inbox.offer(2, 1, false, &vec![0u8; RELAY_LIMIT + 1], true));
-        assert!(!inbox.offer(99, 1, false, b"x", false));
-        let t = inbox.take();
-        assert_eq!(t.shown.len(), kept);
-        assert!(t.shown.windows(2).all(|w| w[1].seq == w[0].seq + 1));
-        assert_eq!(t.drops, vec![(1, 20_000 - kept as u64), (2, 1)]);
+        assert!(!inbox.offer(2, 1, false, &vec![0u8; RELAY_LIMIT + 1], Some(&t)));
+        assert!(!inbox.offer(99, 1, false, b"x", None));
+        let taken = inbox.take();
+        assert_eq!(taken.shown.len(), kept);
+        assert!(taken.shown.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        assert_eq!(taken.drops, vec![(1, 20_000 - kept as u64), (2, 1)]);
         // Room again once taken.
-        assert!(inbox.offer(1, 20_001, false, b"x", true));
+        assert!(inbox.offer(1, 20_001, false, b"x", Some(&t)));
+    }
+
+    #[test]
+    fn a_closed_inbox_keeps_nothing_it_held_and_takes_nothing_more() {
+        let inbox = Arc::new(Inbox::default());
+        let t = slot();
+        inbox.enable("p");
+        assert!(inbox.offer(1, 1, false, b"shown", Some(&t)));
+        assert!(inbox.offer(2, 1, true, b"held", Some(&t)));
+        assert!(!inbox.offer(3, 1, false, &vec![0u8; RELAY_LIMIT + 1], Some(&t)));
+        inbox.close();
+        assert!(!inbox.offer(1, 2, false, b"late", Some(&t)));
+        assert!(!inbox.offer(2, 2, true, b"late", Some(&t)));
+        let t = inbox.take();
+        assert!(t.shown.is_empty() && t.drops.is_empty());
+        assert!(inbox.idle() && !inbox.has_held(2));
+        let st = lock(&inbox.state);
+        assert_eq!((st.items, st.bytes), (0, 0));
+    }
+
+    #[test]
+    fn an_abandoned_task_holds_nothing_more() {
+        let inbox = Arc::new(Inbox::default());
+        let t = slot();
+        inbox.enable("p");
+        let (running, other) = (t, slot());
+        assert!(inbox.offer(1, 1, true, b"before", Some(&running)));
+        inbox.abandon(1, &running);
+        assert!(!inbox.has_held(1));
+        assert!(!inbox.offer(1, 2, true, b"after", Some(&running)));
+        assert!(!inbox.has_held(1));
+        // Not counted as dropped; its shown conditions, and other tasks'
+        // held ones, are not affected.
+        assert_eq!(inbox.dropped.load(Ordering::Relaxed), 0);
+        assert!(inbox.offer(1, 3, false, b"shown", Some(&running)));
+        assert!(inbox.offer(2, 1, true, b"other", Some(&other)));
+        let st = lock(&inbox.state);
+        assert_eq!((st.items, st.bytes), (2, 10));
     }
 
     #[test]
     fn relays_to_a_profile_without_relay_are_dropped() {
         let inbox = Arc::new(Inbox::default());
-        assert!(!inbox.offer(1, 1, false, b"x", true));
+        let t = slot();
+        assert!(!inbox.offer(1, 1, false, b"x", Some(&t)));
         assert_eq!(inbox.dropped.load(Ordering::Relaxed), 1);
     }
 
     #[test]
     fn held_conditions_stay_with_their_task() {
         let inbox = Arc::new(Inbox::default());
+        let t = slot();
         inbox.enable("p");
-        assert!(inbox.offer(5, 1, true, b"a", true));
-        assert!(inbox.offer(6, 1, true, b"b", true));
-        assert!(inbox.offer(5, 2, true, b"c", true));
+        assert!(inbox.offer(5, 1, true, b"a", Some(&t)));
+        assert!(inbox.offer(6, 1, true, b"b", Some(&t)));
+        assert!(inbox.offer(5, 2, true, b"c", Some(&t)));
         assert!(inbox.has_held(5));
         let got: Vec<Vec<u8>> = inbox.take_held(5).into_iter().map(|r| r.payload).collect();
         assert_eq!(got, [b"a".to_vec(), b"c".to_vec()]);

@@ -35,12 +35,13 @@ impl Aio {
 /// taken by a receive on that node: once the task's handle is gone (its
 /// mirai collected, a receive interrupted and the node's tasks dropped)
 /// nothing ever will, and held conditions would fill the profile's inbox
-/// for good, so that every later relay were dropped.
+/// for good, so that every later relay were dropped: those held go, and a
+/// task still running holds no more (`Inbox::abandon`).
 impl Drop for Aio {
     fn drop(&mut self) {
         let inbox = &self.profile.host.relay;
         if inbox.enabled() {
-            inbox.forget_held(&[self.id]);
+            inbox.abandon(self.id, &self.slot);
         }
     }
 }
