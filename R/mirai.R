@@ -321,16 +321,20 @@ collect_mirai <- function(x, options = NULL) {
 `[.mirai` <- function(x, i) .Call(C_mirai_value, x)
 
 # A mirai is read-only: `$data` is its task's value, read through an active
-# binding (which, assigned to, failed with R's "unused argument").
+# binding (which, assigned to, failed with R's "unused argument"). As in the
+# reference, an assignment leaves the mirai as it was (code written for it
+# goes on); unlike it, a warning says so.
 #' @export
-`$<-.mirai` <- function(x, name, value) abort(read_only(name))
+`$<-.mirai` <- function(x, name, value) read_only(x, name)
 
 #' @export
-`[[<-.mirai` <- function(x, i, value) abort(read_only(i))
+`[[<-.mirai` <- function(x, i, value) read_only(x, i)
 
-read_only <- function(name) {
+read_only <- function(x, name) {
   what <- if (is.character(name) && length(name) == 1L && !is.na(name)) sprintf("`$%s` of ", name)
-  sprintf("cannot set %sa mirai: a mirai is read-only (its `$data` is its task's value)", what %||% "")
+  warning(sprintf("cannot set %sa mirai: a mirai is read-only (its `$data` is its task's value); the assignment is ignored",
+                  what %||% ""), call. = FALSE)
+  x
 }
 
 #' @export
