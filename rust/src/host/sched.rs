@@ -289,6 +289,14 @@ impl Sched {
         out
     }
 
+    /// Makes room for `n` more tasks at once (a map's elements), so that
+    /// the tables do not grow step by step, each step leaving the table it
+    /// outgrew as free memory in the process.
+    pub fn reserve(&mut self, n: usize) {
+        self.tasks.reserve(n);
+        self.queue.reserve(n);
+    }
+
     /// Connected daemons, in a stable order: the targets of a broadcast.
     pub fn daemon_ids(&self) -> Vec<DaemonId> {
         let mut v: Vec<DaemonId> = self.daemons.keys().copied().collect();
