@@ -11,7 +11,9 @@
 //! profile's serialization config, the mirai objects made so far (NULL
 //! where none) and the values collected so far (the 'unresolved' value
 //! where none). A value is taken out of its slot once, by whichever asks
-//! first, the map or the element's mirai, and cached in both.
+//! first, the map or the element's mirai, and cached in both. The two
+//! lists are made on first use (NULL until then): a queued map holds
+//! neither, 16 bytes of R's heap an element.
 //!
 //! The map's shared part (function, `.args`, globals) is serialized once
 //! and travels to each daemon once (`Host::submit_map`); each element's
@@ -22,7 +24,7 @@ use crate::host::aio::Outcome;
 use crate::host::sched::ERR_CANCELED;
 use super::profile::{host_failed, new_aio, profile, retries, Aio, Profile};
 use crate::host::aio::Slot;
-use crate::host::item_head;
+use crate::host::{item_head, item_head_into};
 use crate::host::sched::TaskId;
 use crate::r::layer::call::{RError, RResult};
 use crate::r::layer::ffi::SEXP;
@@ -59,6 +61,36 @@ fn part(h: SEXP, k: usize) -> Result<SEXP, RError> {
         return Err("`map` is not a valid mirai map handle".into());
     }
     Ok(list_at(p, k))
+}
+
+/// Part `k` (MIRAI or VALUES) of the map behind `h`, made now if it is not
+/// yet: a list of `n` NULLs, or of 'unresolved' values.
+fn made_part(h: SEXP, k: usize, n: usize) -> Result<SEXP, RError> {
+    let existing = part(h, k)?;
+    if !is_null(existing) {
+        return Ok(existing);
+    }
+    let made = new_list(n)?;
+    if k == VALUES {
+        let unresolved = object::unresolved()?;
+        for i in 0..n {
+            set_list_elt(&made, i, unresolved);
+        }
+    }
+    // `h` (an argument) keeps it alive from here.
+    set_list_elt(&Owned::reachable(kept(h)), k, made.sexp());
+    Ok(made.sexp())
+}
+
+/// Element `i` of part `k` (MIRAI or VALUES): NULL, or 'unresolved', if
+/// that part is not made yet.
+fn part_at(h: SEXP, k: usize, i: usize) -> Result<SEXP, RError> {
+    let p = part(h, k)?;
+    match (is_null(p), k) {
+        (false, _) => Ok(list_at(p, i)),
+        (true, VALUES) => object::unresolved(),
+        (true, _) => Ok(nil()),
+    }
 }
 
 /// Serializes `x` into `buf`, naming what failed.
@@ -98,11 +130,32 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: S
     let sid = host.share_id(hash).map_err(host_failed)?;
     let n = len(items);
     let holder = new_list(1)?;
+    let template = match &elt {
+        Some(e) if n > 0 => element_template(e, &holder, items, cfg)?,
+        _ => None,
+    };
+    let mut head = Vec::with_capacity(32);
     let mut tasks = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
     let mut slots = Vec::with_capacity(n);
     for i in 0..n {
         let id = host.next_task_id();
+        if let Some((bytes, width)) = &template {
+            item_head_into(host.framing, id, sid, &mut head);
+            let mut frame = Vec::new();
+            if frame.try_reserve_exact(head.len() + bytes.len() + 1).is_err() {
+                return Err("cannot allocate memory to serialize the map".into());
+            }
+            frame.extend_from_slice(&head);
+            frame.extend_from_slice(&bytes[..bytes.len() - width]);
+            push_binary_elt(items, i, &mut frame)?;
+            frame.push(TASK_WHOLE);
+            let slot = Slot::new(host.bell.clone());
+            ids.push(id);
+            slots.push(slot.clone());
+            tasks.push((id, frame, slot));
+            continue;
+        }
         let mut frame = item_head(host.framing, id, sid);
         let elem = match &elt {
             Some(e) => {
@@ -131,17 +184,7 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: S
     // From here every task is queued: should R fail to make the handle,
     // they are cancelled rather than left where nothing can collect them.
     let m = MapHandle { profile: prof.clone(), ids, slots };
-    let made = (|| {
-        let mirai = new_list(n)?;
-        let values = new_list(n)?;
-        let unresolved = object::unresolved()?;
-        for i in 0..n {
-            set_list_elt(&values, i, unresolved);
-        }
-        let keep = list(&[cfg, mirai.sexp(), values.sexp()], &[])?;
-        Ok::<_, RError>(keep)
-    })();
-    let keep = match made {
+    let keep = match list(&[cfg, nil(), nil()], &[]) {
         Ok(k) => k,
         Err(e) => {
             m.ids.iter().for_each(|&id| {
@@ -151,6 +194,28 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: S
         }
     };
     new_handle(m, keep.sexp())
+}
+
+/// The serialization of a plain logical, integer or double vector's first
+/// element as sent (a vector of one in a list of one), and the width of the
+/// value it ends with, when it does end so: every other element's is the
+/// same bytes but that value, written natively (`push_binary_elt`). R's
+/// serializer makes a reference table (a list of 1,099, about 8.8 KB of
+/// R's heap) per call: per element of a large map, that garbage grew the
+/// process by hundreds of bytes per queued element and cost time to make
+/// and collect. None (each element serialized by R) for a character
+/// vector, or should the bytes not end as expected.
+fn element_template(holder: &Owned, list1: &Owned, items: SEXP, cfg: SEXP) -> Result<Option<(Vec<u8>, usize)>, RError> {
+    let Some(width) = binary_width(items) else { return Ok(None) };
+    copy_atomic_elt(holder, items, 0)?;
+    set_list_elt(list1, 0, holder.sexp());
+    let mut bytes = Vec::new();
+    serialize_part(list1.sexp(), cfg, &mut bytes, "element 1 of `.x`")?;
+    let mut tail = 1u32.to_ne_bytes().to_vec();
+    push_binary_elt(items, 0, &mut tail)?;
+    // The value, after its vector's length (1), last: nothing follows it
+    // (no attribute, no trailer from a custom serializer).
+    Ok(bytes.ends_with(&tail).then_some((bytes, width)))
 }
 
 /// Element `i` (from 0): its index checked against the map.
@@ -165,9 +230,8 @@ fn index(m: &MapHandle, i: SEXP) -> Result<usize, RError> {
 /// The value of element `i` once resolved (waiting, interruptibly, if
 /// `wait`); None if not resolved and not waiting.
 fn value_at(m: &MapHandle, h: SEXP, i: usize, wait: bool) -> Result<Option<Owned>, RError> {
-    let values = part(h, VALUES)?;
     let unresolved = object::unresolved()?;
-    let v = list_at(values, i);
+    let v = part_at(h, VALUES, i)?;
     if v != unresolved {
         return Ok(Some(Owned::reachable(v)));
     }
@@ -177,7 +241,7 @@ fn value_at(m: &MapHandle, h: SEXP, i: usize, wait: bool) -> Result<Option<Owned
     } else if !slot.is_done() {
         return Ok(None);
     }
-    let mirai = list_at(part(h, MIRAI)?, i);
+    let mirai = part_at(h, MIRAI, i)?;
     let v = match slot.take() {
         Some(o) => {
             let v = outcome_to_sexp(o, part(h, CFG)?)?;
@@ -191,6 +255,8 @@ fn value_at(m: &MapHandle, h: SEXP, i: usize, wait: bool) -> Result<Option<Owned
         // Taken by the element's mirai, which cached it.
         None => Owned::reachable(cached_of(mirai)?),
     };
+    // `v` stays protected while the list is made.
+    let values = made_part(h, VALUES, m.slots.len())?;
     set_list_elt(&Owned::reachable(values), i, v.sexp());
     Ok(Some(v))
 }
@@ -228,18 +294,18 @@ pub fn mirai_map_value(h: SEXP, i: SEXP) -> RResult {
 pub fn mirai_map_element(h: SEXP, i: SEXP) -> RResult {
     let m = map(&h)?;
     let i = index(m, i)?;
-    let mirai = part(h, MIRAI)?;
-    let existing = list_at(mirai, i);
+    let existing = part_at(h, MIRAI, i)?;
     if !is_null(existing) {
         return Ok(Owned::reachable(existing));
     }
     let a = Aio::new(m.slots[i].clone(), m.ids[i], m.profile.clone());
     let cfg = part(h, CFG)?;
-    let value = list_at(part(h, VALUES)?, i);
+    let value = part_at(h, VALUES, i)?;
     let made = new_aio(a, cfg)?;
     if value != object::unresolved()? {
         cache(object::aio_of(made.sexp())?, value)?;
     }
+    let mirai = made_part(h, MIRAI, m.slots.len())?;
     set_list_elt(&Owned::reachable(mirai), i, made.sexp());
     Ok(made)
 }
