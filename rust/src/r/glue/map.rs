@@ -1,7 +1,8 @@
 //! `.Call`s for `mirai_map()` (R/map.R): a whole map submitted in one call,
 //! its values collected in one call.
 //!
-//! A map is one handle (`MapHandle`): its elements' task ids and slots.
+//! A map is one handle (`MapHandle`): its elements' task ids (one block
+//! of consecutive ids, so only the first is kept) and slots.
 //! No mirai object is made per element unless R asks for one
 //! (`mirai_map_element`, for `mp[[i]]`): on a map of tiny elements the
 //! host's R thread is the bottleneck, and a mirai object costs more than
@@ -24,7 +25,7 @@ use crate::host::aio::Outcome;
 use crate::host::sched::ERR_CANCELED;
 use super::profile::{host_failed, new_aio, profile, retries, Aio, Profile};
 use crate::host::aio::Slot;
-use crate::host::{item_head, item_head_into};
+use crate::host::{exact_frame, item_head_into, put_scratch, take_scratch};
 use crate::host::sched::TaskId;
 use crate::r::layer::call::{RError, RResult};
 use crate::r::layer::ffi::SEXP;
@@ -39,8 +40,15 @@ use std::sync::Arc;
 /// What a map's handle owns.
 pub struct MapHandle {
     profile: Arc<Profile>,
-    ids: Vec<TaskId>,
+    /// Element i's task id is `first + i`.
+    first: TaskId,
     slots: Vec<Arc<Slot>>,
+}
+
+impl MapHandle {
+    fn id(&self, i: usize) -> TaskId {
+        self.first + i as TaskId
+    }
 }
 
 impl Tagged for MapHandle {
@@ -135,11 +143,14 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: S
         _ => None,
     };
     let mut head = Vec::with_capacity(32);
+    // Each element is built here and copied out at its size (see
+    // `host::exact_frame`).
+    let mut scratch = take_scratch();
     let mut tasks = Vec::with_capacity(n);
-    let mut ids = Vec::with_capacity(n);
+    let first = host.next_task_ids(n);
     let mut slots = Vec::with_capacity(n);
     for i in 0..n {
-        let id = host.next_task_id();
+        let id = first + i as TaskId;
         if let Some((bytes, width)) = &template {
             item_head_into(host.framing, id, sid, &mut head);
             let mut frame = Vec::new();
@@ -151,12 +162,11 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: S
             push_binary_elt(items, i, &mut frame)?;
             frame.push(TASK_WHOLE);
             let slot = Slot::new(host.bell.clone());
-            ids.push(id);
             slots.push(slot.clone());
             tasks.push((id, frame, slot));
             continue;
         }
-        let mut frame = item_head(host.framing, id, sid);
+        item_head_into(host.framing, id, sid, &mut scratch);
         let elem = match &elt {
             Some(e) => {
                 copy_atomic_elt(e, items, i)?;
@@ -169,26 +179,26 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: S
             }
             None => list_at(items, i),
         };
-        serialize_part(elem, cfg, &mut frame, &format!("element {} of `.x`", i + 1))?;
-        if frame.try_reserve_exact(1).is_err() {
+        serialize_part(elem, cfg, &mut scratch, &format!("element {} of `.x`", i + 1))?;
+        if scratch.try_reserve_exact(1).is_err() {
             return Err("cannot allocate memory to serialize the map".into());
         }
-        frame.push(TASK_WHOLE);
-        frame.shrink_to_fit();
+        scratch.push(TASK_WHOLE);
+        let frame = exact_frame(&mut scratch);
         let slot = Slot::new(host.bell.clone());
-        ids.push(id);
         slots.push(slot.clone());
         tasks.push((id, frame, slot));
     }
+    put_scratch(scratch);
     host.submit_map(blob, hash, sid, tasks, retries).map_err(host_failed)?;
     // From here every task is queued: should R fail to make the handle,
     // they are cancelled rather than left where nothing can collect them.
-    let m = MapHandle { profile: prof.clone(), ids, slots };
+    let m = MapHandle { profile: prof.clone(), first, slots };
     let keep = match list(&[cfg, nil(), nil()], &[]) {
         Ok(k) => k,
         Err(e) => {
-            m.ids.iter().for_each(|&id| {
-                prof.host.cancel(id, crate::host::sched::ERR_CANCELED);
+            (0..n).for_each(|i| {
+                prof.host.cancel(m.id(i), crate::host::sched::ERR_CANCELED);
             });
             return Err(e);
         }
@@ -298,7 +308,7 @@ pub fn mirai_map_element(h: SEXP, i: SEXP) -> RResult {
     if !is_null(existing) {
         return Ok(Owned::reachable(existing));
     }
-    let a = Aio::new(m.slots[i].clone(), m.ids[i], m.profile.clone());
+    let a = Aio::new(m.slots[i].clone(), m.id(i), m.profile.clone());
     let cfg = part(h, CFG)?;
     let value = part_at(h, VALUES, i)?;
     let made = new_aio(a, cfg)?;
@@ -313,7 +323,8 @@ pub fn mirai_map_element(h: SEXP, i: SEXP) -> RResult {
 /// The task ids of the elements, in order (doubles), for
 /// `daemons_timeline()`.
 pub fn mirai_map_ids(h: SEXP) -> RResult {
-    reals(&map(&h)?.ids.iter().map(|&i| i as f64).collect::<Vec<f64>>())
+    let m = map(&h)?;
+    reals(&(0..m.slots.len()).map(|i| m.id(i) as f64).collect::<Vec<f64>>())
 }
 
 /// The number of elements resolved.
@@ -346,7 +357,7 @@ pub fn mirai_map_wait(h: SEXP) -> RResult {
 pub fn mirai_map_cancel(h: SEXP) -> RResult {
     let m = map(&h)?;
     let pending: Vec<usize> = (0..m.slots.len()).filter(|&i| !m.slots[i].is_done()).collect();
-    let ids: Vec<TaskId> = pending.iter().map(|&i| m.ids[i]).collect();
+    let ids: Vec<TaskId> = pending.iter().map(|&i| m.id(i)).collect();
     // One call for the lot (see `Sched::cancel_many`), then each slot
     // completes as `cancel` completes a single mirai's.
     let hits = m.profile.host.cancel_many(&ids, ERR_CANCELED);
