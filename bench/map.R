@@ -10,7 +10,9 @@
 #    clusterApplyLB.
 # 2. Host bytes per queued map element: one daemon kept busy, a map of
 #    BENCH_QUEUE (100,000) tiny elements queued; growth of VmRSS and of R's
-#    heap per element (target <= 300).
+#    heap per element (target <= 300): in this run, after the section
+#    above (part of it lands in memory that section freed), and the median
+#    of BENCH_MEM_RUNS (3) fresh processes (queued_memory_fresh, common.R).
 # 3. Shared `.args` once per daemon: 1,000 elements with a BENCH_BIG_MB
 #    (100) MB `.args` on 2 daemons, against the same map without it; the
 #    bytes the host wrote (/proc/self/io wchar) and the times.
@@ -25,6 +27,7 @@ options(width = 200)
 ntask  <- as.integer(Sys.getenv("BENCH_TASKS", "10000"))
 rounds <- as.integer(Sys.getenv("BENCH_ROUNDS", "5"))
 nqueue <- as.integer(Sys.getenv("BENCH_QUEUE", "100000"))
+mem_runs <- as.integer(Sys.getenv("BENCH_MEM_RUNS", "3"))
 big_mb <- as.numeric(Sys.getenv("BENCH_BIG_MB", "100"))
 cat(sprintf("load: %s\n", paste(readLines("/proc/loadavg"), collapse = "")))
 
@@ -88,9 +91,13 @@ cat(sprintf("\n== host memory: %d map elements queued behind a busy daemon ==\n"
 cat(sprintf("VmRSS growth per element: %.0f B; R heap growth per element: %.0f B; still queued: %s\n",
             (r1 - r0) / nqueue, (h1 - h0) / nqueue,
             paste(st$mirai[["awaiting"]], collapse = "")))
-cat("target: <= 300 B per queued map element\n")
 rm(mp)
 invisible(daemons(0, .compute = "mem"))
+fresh <- queued_memory_fresh("map", nqueue, mem_runs)
+cat(sprintf("fresh process, median of %d: VmRSS growth per element %.0f B (R heap %.0f B, the rest %.0f B); runs: %s\n",
+            mem_runs, median(fresh$rss_B), median(fresh$Rheap_B), median(fresh$native_B),
+            paste(sprintf("%.0f", fresh$rss_B), collapse = ", ")))
+cat("target: <= 300 B per queued map element\n")
 
 # ---- shared .args once per daemon -----------------------------------------
 daemons(2, dispatcher = TRUE, .compute = "big")

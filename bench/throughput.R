@@ -19,6 +19,9 @@
 # The sleep is BENCH_BUSY_SECS (default 60) rather than 5 s because queueing
 # 100,000 tasks can take more than 5 s; daemons(0) ends it early, and the
 # "still queued" column shows whether the queue was intact when measured.
+# Then the same in BENCH_MEM_RUNS (3) fresh processes, median
+# (queued_memory_fresh, common.R): in this run part of the growth lands in
+# memory the throughput jobs freed.
 #
 # Not a test: prints figures, asserts nothing.
 
@@ -31,6 +34,7 @@ ntask  <- as.integer(Sys.getenv("BENCH_TASKS", "10000"))
 rounds <- as.integer(Sys.getenv("BENCH_ROUNDS", "3"))
 nqueue <- as.integer(Sys.getenv("BENCH_QUEUE", "100000"))
 busy   <- as.numeric(Sys.getenv("BENCH_BUSY_SECS", "60"))
+mem_runs <- as.integer(Sys.getenv("BENCH_MEM_RUNS", "3"))
 
 cl <- makePSOCKcluster(2L)
 daemons(2, dispatcher = FALSE, .compute = "nodisp")
@@ -113,4 +117,8 @@ mem <- data.frame(
 cat(sprintf("\n== host memory: %d small tasks queued behind a busy daemon (daemons(1, dispatcher = TRUE)) ==\n", nqueue))
 print(mem, row.names = FALSE, right = FALSE)
 cat("(Rheap = growth of R's heap per gc(), i.e. the mirai objects held in R; other = RSS growth outside it)\n")
+fresh <- queued_memory_fresh("mirai", nqueue, mem_runs)
+cat(sprintf("fresh process, median of %d: VmRSS growth per queued mirai %.0f B (R heap %.0f B, the rest %.0f B); runs: %s\n",
+            mem_runs, median(fresh$rss_B), median(fresh$Rheap_B), median(fresh$native_B),
+            paste(sprintf("%.0f", fresh$rss_B), collapse = ", ")))
 cat(sprintf("load average: %s\n", paste(readLines("/proc/loadavg"), collapse = " ")))

@@ -10,7 +10,7 @@ mod common;
 
 use mirai::daemon::client::{ClientConn, Incoming};
 use mirai::host::aio::{Doorbell, Slot};
-use mirai::host::{item_head, Host};
+use mirai::host::{item_head_into, Host};
 use mirai::wire::frame::task_payload;
 use mirai::wire::proto::SHARE_SLOTS;
 use mirai::wire::url::Address;
@@ -50,7 +50,8 @@ fn submit(host: &Host, content: &[u8], n: usize) -> Vec<u64> {
     let mut ids = Vec::new();
     for k in 0..n {
         let id = host.next_task_id();
-        let mut frame = item_head(host.framing, id, sid);
+        let mut frame = Vec::new();
+        item_head_into(host.framing, id, sid, &mut frame);
         frame.extend_from_slice(format!("elem{k}").as_bytes());
         frame.push(mirai::wire::frame::TASK_WHOLE);
         items.push((id, frame, Slot::new(bell.clone())));

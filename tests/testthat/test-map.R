@@ -259,6 +259,25 @@ test_that("a large map keeps order, names and element access, with and without d
   }
 })
 
+test_that("plain logical, integer and double elements arrive bit for bit, with or without a serial config", {
+  # Past the first, these elements are written natively, not by R's
+  # serializer: every value must still be the one sent.
+  dbl <- c(1.5, NA, NaN, -Inf, Inf, -0, 0, .Machine$double.xmin, -1e308, pi)
+  int <- c(7L, NA, -.Machine$integer.max, .Machine$integer.max, 0L)
+  lgl <- c(TRUE, NA, FALSE)
+  for (cfg in list(NULL, serial_config("neverseen", function(x) serialize(x, NULL), unserialize))) {
+    daemons(1, serial = cfg)
+    expect_identical(unlist(mirai_map(dbl, identity)[]), dbl)
+    expect_identical(mirai_map(dbl, function(x) sprintf("%a", x))[.flat], sprintf("%a", dbl))
+    expect_identical(mirai_map(setNames(int, letters[1:5]), identity)[.flat], setNames(int, letters[1:5]))
+    expect_identical(mirai_map(lgl, identity)[.flat], lgl)
+    # an ALTREP sequence, each element a plain vector of one on the daemon
+    expect_identical(mirai_map(1:2000, function(i) c(i, length(i)))[.flat], rbind(1:2000, 1L)[seq_len(4000)])
+    expect_identical(mirai_map(c(2.5, 3.5), function(x) is.double(x) && is.null(attributes(x)))[.flat], c(TRUE, TRUE))
+    daemons(0)
+  }
+})
+
 test_that("a mirai taken from a map before collection gives the same value to both", {
   daemons(1)
   on.exit(daemons(0))

@@ -324,6 +324,11 @@ impl Host {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The first of `n` consecutive task ids, all taken (a map's).
+    pub fn next_task_ids(&self, n: usize) -> TaskId {
+        self.next_id.fetch_add(n as TaskId, Ordering::Relaxed)
+    }
+
     /// Builds a task frame: the frame prefix and envelope for task `id`,
     /// the payload `write` appends (R's serialization, written straight
     /// into the frame), then the completion mark (`frame::TASK_WHOLE`).
@@ -333,15 +338,21 @@ impl Host {
         id: TaskId,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<Vec<u8>, E> {
-        let mut frame = task_head(self.framing, id);
-        write(&mut frame)?;
-        // A serializer short of memory fills its buffer exactly: the byte
-        // more must not double it, nor abort the session if it cannot.
-        if frame.try_reserve_exact(1).is_err() {
-            return Err(E::from("cannot allocate memory to serialize the task".to_string()));
-        }
-        frame.push(TASK_WHOLE);
-        Ok(frame)
+        let mut frame = take_scratch();
+        task_head_into(self.framing, id, &mut frame);
+        let done = write(&mut frame).and_then(|_| {
+            // A serializer short of memory fills its buffer exactly: the
+            // byte more must not double it, nor abort the session if it
+            // cannot.
+            if frame.try_reserve_exact(1).is_err() {
+                return Err(E::from("cannot allocate memory to serialize the task".to_string()));
+            }
+            frame.push(TASK_WHOLE);
+            Ok(())
+        });
+        let exact = done.map(|_| exact_frame(&mut frame));
+        put_scratch(frame);
+        exact
     }
 
     /// Runs `f` on the core under its lock. Err if the core is dead, or
@@ -441,7 +452,7 @@ impl Host {
             core.framing.finish(&mut frame);
             let bytes = frame.len() as u64;
             core.frames.hold(bytes);
-            core.tasks.insert(id, TaskEntry { frame: Some(Rc::new(frame)), tail: None, share: None, slot, span: 0 });
+            core.tasks.insert(id, TaskEntry { frame: TaskFrame::queued(frame), shared: None, slot, span: 0 });
             core.submitted = true;
             let acts = match node {
                 None => core.sched.submit_retrying(id, bytes, retries),
@@ -494,7 +505,7 @@ impl Host {
     /// daemon once, before the first of the map's elements that daemon
     /// takes, and not at all to a daemon that still holds the same content
     /// from an earlier map. `items`: each element's id, frame (an `Item`
-    /// envelope from `item_head`, then the element's payload, as
+    /// envelope from `item_head_into`, then the element's payload, as
     /// `task_frame` builds a task's) and slot.
     /// `sid`: from `share_id(hash)`.
     pub fn submit_map(
@@ -521,8 +532,12 @@ impl Host {
                 }
             };
             core.shares.insert(hash, (sid, Rc::downgrade(&payload)));
-            let part = SharedPart { sid, payload };
+            let part = Rc::new(Shared { share: Some(sid), payload });
             core.submitted = true;
+            // Room for the whole map at once: grown element by element, the
+            // tables left their outgrown copies as free memory in the process.
+            core.tasks.reserve(items.len());
+            core.sched.reserve(items.len());
             let mut acts = Vec::new();
             for (id, mut frame, slot) in items {
                 core.framing.finish(&mut frame);
@@ -530,7 +545,7 @@ impl Host {
                 core.frames.hold(bytes);
                 core.tasks.insert(
                     id,
-                    TaskEntry { frame: Some(Rc::new(frame)), tail: None, share: Some(part.clone()), slot, span: 0 },
+                    TaskEntry { frame: TaskFrame::queued(frame), shared: Some(part.clone()), slot, span: 0 },
                 );
                 acts.extend(core.sched.submit_retrying(id, bytes, retries));
             }
@@ -573,6 +588,7 @@ impl Host {
                 core.replay = None;
             }
         }
+        let tail = Rc::new(Shared { share: None, payload: payload.clone() });
         let mut out = Vec::new();
         let ids = core.sched.daemon_ids();
         let later = min.saturating_sub(ids.len());
@@ -588,7 +604,7 @@ impl Host {
             core.frames.hold(bytes);
             core.tasks.insert(
                 id,
-                TaskEntry { frame: Some(Rc::new(head)), tail: Some(payload.clone()), share: None, slot: slot.clone(), span: 0 },
+                TaskEntry { frame: TaskFrame::queued(head), shared: Some(tail.clone()), slot: slot.clone(), span: 0 },
             );
             let acts = match d {
                 Some(d) => core.sched.submit_to(id, d),
@@ -731,19 +747,19 @@ impl Conn {
     /// Makes sure the daemon holds share `sh` before the next frame: if
     /// none of its slots does, the least recently used one gets it (a
     /// `Share` frame, its payload shared by every daemon's queue).
-    fn hold_share(&mut self, sh: &SharedPart, framing: Framing, clock: u64) {
-        if let Some(k) = self.shares.iter().position(|s| s.0 == sh.sid) {
+    fn hold_share(&mut self, sid: u64, payload: &Rc<Vec<u8>>, framing: Framing, clock: u64) {
+        if let Some(k) = self.shares.iter().position(|s| s.0 == sid) {
             self.shares[k].1 = clock;
             return;
         }
         let k = (0..SHARE_SLOTS).min_by_key(|&k| self.shares[k].1).unwrap_or(0);
-        self.shares[k] = (sh.sid, clock);
+        self.shares[k] = (sid, clock);
         let mut head = Vec::with_capacity(32);
         framing.begin(&mut head);
-        proto::encode_into(&Msg::Share { sid: sh.sid, slot: k as u8 }, &mut head);
-        framing.finish_with_tail(&mut head, sh.payload.len());
+        proto::encode_into(&Msg::Share { sid, slot: k as u8 }, &mut head);
+        framing.finish_with_tail(&mut head, payload.len());
         self.push(Rc::new(head));
-        self.wq.push_tail(sh.payload.clone(), NO_TASK);
+        self.wq.push_tail(payload.clone(), NO_TASK);
     }
 
     /// Writes as much as the socket takes. Err means the peer is gone.
@@ -836,36 +852,87 @@ fn give_back_freed_memory() {
     }
 }
 
+/// A task's frame: owned alone, in exactly its bytes, while it waits in
+/// the queue; shared with a write queue once sent. A queued task thus costs
+/// one allocation, not a Vec's (with the spare room its growth left) plus
+/// an Rc's 40 bytes: tasks queued by the 100,000 made that 48 bytes each.
+/// Sent tasks are few (about one per daemon), so the Rc is made then.
+/// None (a resolved task is never sent again, so its memory goes as soon
+/// as no write queue holds it either) is an empty frame: a frame always has
+/// a head, and the enum stays 16 bytes, where an Option around it takes 24.
+enum TaskFrame {
+    Queued(Box<[u8]>),
+    Sent(Rc<Vec<u8>>),
+}
+
+impl TaskFrame {
+    /// A frame to queue, trimmed to its length (serialization grows its
+    /// buffer by doubling; giving back the spare room is a realloc that
+    /// shrinks in place, or an mremap for a large frame: no copy).
+    fn queued(frame: Vec<u8>) -> TaskFrame {
+        TaskFrame::Queued(frame.into_boxed_slice())
+    }
+
+    fn none() -> TaskFrame {
+        TaskFrame::Queued(Box::default())
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            TaskFrame::Queued(b) => b.len(),
+            TaskFrame::Sent(r) => r.len(),
+        }
+    }
+
+    fn is_some(&self) -> bool {
+        self.len() > 0
+    }
+
+    /// The frame to hand a write queue (None if resolved): shared from now.
+    fn for_sending(&mut self) -> Option<Rc<Vec<u8>>> {
+        if let TaskFrame::Queued(b) = self {
+            if b.is_empty() {
+                return None;
+            }
+            *self = TaskFrame::Sent(Rc::new(Vec::from(std::mem::take(b))));
+        }
+        match self {
+            TaskFrame::Sent(r) => Some(r.clone()),
+            TaskFrame::Queued(_) => None,
+        }
+    }
+}
+
 struct TaskEntry {
-    /// None once the task is resolved: a resolved task is never sent again,
-    /// so its memory goes as soon as no write queue holds it either.
-    frame: Option<Rc<Vec<u8>>>,
-    /// The rest of the frame when its payload is shared (a broadcast).
-    tail: Option<Rc<Vec<u8>>>,
-    /// A map's element: the share its daemon must hold first (`Msg::Share`).
-    share: Option<SharedPart>,
+    frame: TaskFrame,
+    /// What its frame is sent with, if anything (one for all the tasks of
+    /// a map or a broadcast).
+    shared: Option<Rc<Shared>>,
     slot: Arc<Slot>,
     /// Its latest span in the timeline, plus one (0: none yet).
     span: u64,
 }
 
 impl TaskEntry {
-    /// Bytes of `frame` and `tail` as counted in `FrameMemory` while the
-    /// frame is held (none once resolved). Worked out rather than kept: an
+    /// Bytes of `frame` and a broadcast's tail as counted in `FrameMemory`
+    /// while the frame is held (none once resolved). Worked out rather than kept: an
     /// entry is kept per queued task.
     fn held(&self) -> u64 {
-        match &self.frame {
-            Some(f) => (f.len() + self.tail.as_ref().map_or(0, |t| t.len())) as u64,
-            None => 0,
+        match self.frame.len() {
+            0 => 0,
+            n => (n + self.shared.as_ref().filter(|s| s.share.is_none()).map_or(0, |s| s.payload.len())) as u64,
         }
     }
 }
 
-/// A map's shared part (see `Host::submit_map`): its share id and the
-/// payload of its `Share` frame, one buffer for every daemon.
-#[derive(Clone)]
-struct SharedPart {
-    sid: u64,
+/// A payload the frames of several tasks share, one buffer for them all,
+/// and one Rc in each task's entry (a field for each kind took 16 bytes an
+/// entry, with every queued task paying for both): with `share`, a map's
+/// shared part (see `Host::submit_map`), the payload of the `Share` frame
+/// the task's daemon must have had first; without, the rest of each frame
+/// of a broadcast, written right after the task's own head.
+struct Shared {
+    share: Option<u64>,
     payload: Rc<Vec<u8>>,
 }
 
@@ -1063,18 +1130,62 @@ impl Core {
 /// A frame's prefix and the envelope of task `id`; the payload follows.
 fn task_head(framing: Framing, id: TaskId) -> Vec<u8> {
     let mut b = Vec::with_capacity(32);
-    framing.begin(&mut b);
-    proto::encode_into(&Msg::Task { id }, &mut b);
+    task_head_into(framing, id, &mut b);
     b
 }
 
-/// A frame's prefix and the envelope of element `id` of a map whose shared
-/// part is share `sid`; the payload follows.
-pub fn item_head(framing: Framing, id: TaskId, sid: u64) -> Vec<u8> {
-    let mut b = Vec::with_capacity(32);
-    framing.begin(&mut b);
-    proto::encode_into(&Msg::Item { id, sid }, &mut b);
+/// `task_head`, written over `b`.
+fn task_head_into(framing: Framing, id: TaskId, b: &mut Vec<u8>) {
+    framing.begin(b);
+    proto::encode_into(&Msg::Task { id }, b);
+}
+
+/// Frames up to this size are built in a buffer kept from one to the next
+/// (`take_scratch`) and copied out at their exact size (`exact_frame`): one
+/// allocation per task, where growing its own buffer took four or five
+/// (a small task's serialization doubles it from 32 bytes), and trimming
+/// it after left a sliver of free memory beside every queued frame. Larger
+/// frames keep their own buffer (trimmed in place, never copied).
+const SCRATCH_FRAME: usize = 64 << 10;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The thread's frame buffer, empty (taken, so that a frame built while
+/// another is, from a serialization hook, gets a buffer of its own).
+pub fn take_scratch() -> Vec<u8> {
+    let mut b = SCRATCH.with(|s| s.take());
+    b.clear();
     b
+}
+
+/// Gives the frame buffer back (unless it grew past a small frame's size:
+/// a large frame took it, or it would hold that memory for good).
+pub fn put_scratch(b: Vec<u8>) {
+    if b.capacity() <= SCRATCH_FRAME {
+        SCRATCH.with(|s| s.set(b));
+    }
+}
+
+/// The frame built in `buf`, at its exact size: copied out if small
+/// (`buf` is left empty, its room kept), else `buf` itself, trimmed.
+pub fn exact_frame(buf: &mut Vec<u8>) -> Vec<u8> {
+    if buf.len() <= SCRATCH_FRAME {
+        let v = buf.to_vec();
+        buf.clear();
+        return v;
+    }
+    let mut v = std::mem::take(buf);
+    v.shrink_to_fit();
+    v
+}
+
+/// A frame's prefix and the envelope of element `id` of a map whose shared
+/// part is share `sid`, written over `b`; the payload follows.
+pub fn item_head_into(framing: Framing, id: TaskId, sid: u64, b: &mut Vec<u8>) {
+    framing.begin(b);
+    proto::encode_into(&Msg::Item { id, sid }, b);
 }
 
 /// The length of a task frame's head (transport prefix, hop count,
@@ -1454,14 +1565,15 @@ impl Core {
                         if c.row.assigned == 1 {
                             self.health.given_task(c.row.pid);
                         }
-                        if let (Some(sh), Some(_)) = (&te.share, &te.frame) {
-                            c.hold_share(sh, framing, clock);
+                        let shared = te.shared.as_deref();
+                        if let (Some(Shared { share: Some(sid), payload }), true) = (shared, te.frame.is_some()) {
+                            c.hold_share(*sid, payload, framing, clock);
                         }
-                        if let Some(f) = &te.frame {
-                            c.wq.push(f.clone(), task);
-                        }
-                        if let Some(t) = &te.tail {
-                            c.wq.push_tail(t.clone(), task);
+                        if let Some(f) = te.frame.for_sending() {
+                            c.wq.push(f, task);
+                            if let Some(Shared { share: None, payload }) = shared {
+                                c.wq.push_tail(payload.clone(), task);
+                            }
                         }
                         touched.push(tok);
                     }
@@ -1482,8 +1594,8 @@ impl Core {
                         }
                         self.completions.push((te.slot.clone(), Outcome::Error(code)));
                         self.frames.release(te.held());
-                        te.frame = None;
-                        te.tail = None;
+                        te.frame = TaskFrame::none();
+                        te.shared = None;
                     }
                 }
                 Action::Withdraw { daemon, task } => {
@@ -1659,6 +1771,28 @@ mod tests {
 
     fn queued(bytes: u64) -> Counters {
         Counters { queued_bytes: bytes, ..Counters::default() }
+    }
+
+    #[test]
+    fn frames_come_out_at_their_exact_size_and_only_small_ones_are_copied() {
+        let mut buf = take_scratch();
+        buf.extend_from_slice(&[7u8; 205]);
+        let f = exact_frame(&mut buf);
+        assert_eq!((f.len(), f.capacity()), (205, 205));
+        // The buffer is emptied, its room kept for the next frame.
+        assert!(buf.is_empty() && buf.capacity() >= 205);
+        put_scratch(buf);
+        let mut big = Vec::with_capacity(2 * SCRATCH_FRAME);
+        big.resize(SCRATCH_FRAME + 1, 1u8);
+        let f = exact_frame(&mut big);
+        assert_eq!(f.capacity(), SCRATCH_FRAME + 1);
+        assert!(big.capacity() == 0 && f.len() == SCRATCH_FRAME + 1 && f.iter().all(|&b| b == 1));
+        // A buffer that grew past a small frame's size is not kept.
+        put_scratch(Vec::with_capacity(SCRATCH_FRAME + 1));
+        assert!(take_scratch().capacity() <= SCRATCH_FRAME);
+        // The size of a queued task's frame, and of its entry.
+        assert_eq!(std::mem::size_of::<TaskFrame>(), 16);
+        assert!(std::mem::size_of::<TaskEntry>() <= 40, "{}", std::mem::size_of::<TaskEntry>());
     }
 
     #[test]

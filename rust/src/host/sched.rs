@@ -118,33 +118,42 @@ pub struct Counters {
     pub peak_bytes: u64,
 }
 
-/// A daemon, or none, in the 8 bytes of its id (`Option<DaemonId>` takes
-/// 16): a `Task` is kept for every queued task. Daemon ids are the host's
-/// connection tokens, small counters, never `DaemonId::MAX`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct OptDaemon(DaemonId);
-
-impl OptDaemon {
-    const NONE: OptDaemon = OptDaemon(DaemonId::MAX);
-
-    fn some(d: DaemonId) -> OptDaemon {
-        debug_assert!(d != DaemonId::MAX);
-        OptDaemon(d)
-    }
-
-    fn get(self) -> Option<DaemonId> {
-        (self != Self::NONE).then_some(self.0)
-    }
-}
-
+/// Kept for every queued task, so kept to 24 bytes: one daemon id serves
+/// both as the daemon it was sent to and as the one it is pinned to (a
+/// pinned task is only ever sent to its pin), told apart by two flags
+/// (separate `Option<DaemonId>`s took 32 bytes in all).
 #[derive(Debug)]
 struct Task {
-    daemon: OptDaemon,
-    pin: OptDaemon,
-    resolved: bool,
+    /// Its daemon, if `sent` or `pinned`.
+    daemon: DaemonId,
     bytes: u64,
     /// Times it may still be requeued after losing its daemon.
     retries: u32,
+    resolved: bool,
+    /// Written to `daemon`, and not since requeued.
+    sent: bool,
+    /// Runs on `daemon` and nowhere else.
+    pinned: bool,
+}
+
+impl Task {
+    fn queued(bytes: u64, retries: u32) -> Task {
+        Task { daemon: 0, bytes, retries, resolved: false, sent: false, pinned: false }
+    }
+
+    fn pinned_to(d: DaemonId) -> Task {
+        Task { daemon: d, bytes: 0, retries: 0, resolved: false, sent: false, pinned: true }
+    }
+
+    /// The daemon it was sent to.
+    fn on(&self) -> Option<DaemonId> {
+        self.sent.then_some(self.daemon)
+    }
+
+    /// The daemon it is pinned to.
+    fn pin(&self) -> Option<DaemonId> {
+        self.pinned.then_some(self.daemon)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -280,13 +289,21 @@ impl Sched {
     /// `submit_sized` for a task that is requeued up to `retries` times
     /// when the daemon running it is lost (see the module docs).
     pub fn submit_retrying(&mut self, task: TaskId, bytes: u64, retries: u32) -> Vec<Action> {
-        self.tasks.insert(task, Task { daemon: OptDaemon::NONE, pin: OptDaemon::NONE, resolved: false, bytes, retries });
+        self.tasks.insert(task, Task::queued(bytes, retries));
         self.queue.push_back(task);
         self.queued_bytes += bytes;
         let mut out = Vec::new();
         self.pump(&mut out);
         self.peak_bytes = self.peak_bytes.max(self.queued_bytes);
         out
+    }
+
+    /// Makes room for `n` more tasks at once (a map's elements), so that
+    /// the tables do not grow step by step, each step leaving the table it
+    /// outgrew as free memory in the process.
+    pub fn reserve(&mut self, n: usize) {
+        self.tasks.reserve(n);
+        self.queue.reserve(n);
     }
 
     /// Connected daemons, in a stable order: the targets of a broadcast.
@@ -302,7 +319,7 @@ impl Sched {
         let mut out = Vec::new();
         // Pinned tasks bypass the memory gate (everywhere()), so they are
         // not counted as queued bytes.
-        self.tasks.insert(task, Task { daemon: OptDaemon::NONE, pin: OptDaemon::some(d), resolved: false, bytes: 0, retries: 0 });
+        self.tasks.insert(task, Task::pinned_to(d));
         let Some(dm) = self.daemons.get_mut(&d) else {
             self.fail(task, ERR_RESET, &mut out);
             self.tasks.remove(&task);
@@ -322,7 +339,7 @@ impl Sched {
     /// Submits a task for the next daemon to connect that has not had one
     /// of these (each such task goes to a different daemon).
     pub fn submit_to_next(&mut self, task: TaskId) -> Vec<Action> {
-        self.tasks.insert(task, Task { daemon: OptDaemon::NONE, pin: OptDaemon::NONE, resolved: false, bytes: 0, retries: 0 });
+        self.tasks.insert(task, Task::queued(0, 0));
         self.for_next.push_back(task);
         Vec::new()
     }
@@ -334,7 +351,9 @@ impl Sched {
         self.rekey(d);
         let mut out = Vec::new();
         if let Some(task) = self.for_next.pop_front() {
-            self.tasks.get_mut(&task).unwrap().pin = OptDaemon::some(d);
+            let t = self.tasks.get_mut(&task).unwrap();
+            t.daemon = d;
+            t.pinned = true;
             self.start(task, d, &mut out);
         } else {
             self.idle.insert(d);
@@ -372,7 +391,7 @@ impl Sched {
 
     /// The daemon `task` was last sent to, while it is unresolved.
     pub fn daemon_of(&self, task: TaskId) -> Option<DaemonId> {
-        self.tasks.get(&task).and_then(|t| t.daemon.get())
+        self.tasks.get(&task).and_then(|t| t.on())
     }
 
     /// Whether daemon `d` is running `task` now (the oldest it was sent
@@ -413,7 +432,7 @@ impl Sched {
     pub fn unsent(&mut self, d: DaemonId, task: TaskId) -> Vec<Action> {
         let mut out = Vec::new();
         // Only a resolved task is withdrawn; anything else is a stale report.
-        if !self.tasks.get(&task).is_some_and(|t| t.resolved && t.daemon.get() == Some(d)) {
+        if !self.tasks.get(&task).is_some_and(|t| t.resolved && t.on() == Some(d)) {
             return out;
         }
         if self.leave_daemon(d, task) {
@@ -468,9 +487,9 @@ impl Sched {
                 found.push(false);
                 continue;
             }
-            match t.daemon.get() {
+            match t.on() {
                 None => {
-                    match t.pin.get() {
+                    match t.pin() {
                         Some(p) => {
                             if let Some(dm) = self.daemons.get_mut(&p) {
                                 let before = dm.pinned.len();
@@ -532,7 +551,7 @@ impl Sched {
             if !t.resolved {
                 t.resolved = true;
                 out.push(Action::Fail { task, code });
-                if let Some(d) = t.daemon.get() {
+                if let Some(d) = t.on() {
                     if let Some(dm) = self.daemons.get_mut(&d) {
                         dm.abandoned += 1;
                         self.rekey(d);
@@ -586,7 +605,9 @@ impl Sched {
     /// idle set, if it was there).
     fn start(&mut self, task: TaskId, d: DaemonId, out: &mut Vec<Action>) {
         let t = self.tasks.get_mut(&task).unwrap();
-        t.daemon = OptDaemon::some(d);
+        debug_assert!(!t.pinned || t.daemon == d, "a pinned task sent elsewhere");
+        t.daemon = d;
+        t.sent = true;
         let frame = t.bytes.max(1);
         self.picks += 1;
         let dm = self.daemons.get_mut(&d).unwrap();
@@ -633,7 +654,7 @@ impl Sched {
     /// and has one left; true if so (the caller requeues it).
     fn take_retry(&mut self, task: TaskId) -> bool {
         match self.tasks.get_mut(&task) {
-            Some(t) if !t.resolved && t.pin.get().is_none() && t.retries > 0 => {
+            Some(t) if !t.resolved && t.pin().is_none() && t.retries > 0 => {
                 t.retries -= 1;
                 self.counters.retried += 1;
                 true
@@ -645,13 +666,13 @@ impl Sched {
     fn requeue(&mut self, tasks: impl DoubleEndedIterator<Item = TaskId>, out: &mut Vec<Action>) {
         for t in tasks.rev() {
             match self.tasks.get_mut(&t) {
-                Some(ts) if !ts.resolved && ts.pin.get().is_some() => {
+                Some(ts) if !ts.resolved && ts.pin().is_some() => {
                     self.fail(t, ERR_RESET, out);
                     self.tasks.remove(&t);
                     out.push(Action::Drop { task: t });
                 }
                 Some(ts) if !ts.resolved => {
-                    ts.daemon = OptDaemon::NONE;
+                    ts.sent = false;
                     self.queue.push_front(t);
                     self.queued_bytes += ts.bytes;
                     self.peak_bytes = self.peak_bytes.max(self.queued_bytes);
@@ -690,6 +711,13 @@ impl Sched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_stays_small() {
+        // One per queued task, in a HashMap whose load keeps about 1.3
+        // entries' room for each (8 more bytes for the key).
+        assert!(std::mem::size_of::<Task>() <= 24, "{}", std::mem::size_of::<Task>());
+    }
 
     #[test]
     fn error_values_have_nng_texts() {

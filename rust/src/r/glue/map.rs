@@ -1,7 +1,8 @@
 //! `.Call`s for `mirai_map()` (R/map.R): a whole map submitted in one call,
 //! its values collected in one call.
 //!
-//! A map is one handle (`MapHandle`): its elements' task ids and slots.
+//! A map is one handle (`MapHandle`): its elements' task ids (one block
+//! of consecutive ids, so only the first is kept) and slots.
 //! No mirai object is made per element unless R asks for one
 //! (`mirai_map_element`, for `mp[[i]]`): on a map of tiny elements the
 //! host's R thread is the bottleneck, and a mirai object costs more than
@@ -11,7 +12,9 @@
 //! profile's serialization config, the mirai objects made so far (NULL
 //! where none) and the values collected so far (the 'unresolved' value
 //! where none). A value is taken out of its slot once, by whichever asks
-//! first, the map or the element's mirai, and cached in both.
+//! first, the map or the element's mirai, and cached in both. The two
+//! lists are made on first use (NULL until then): a queued map holds
+//! neither, 16 bytes of R's heap an element.
 //!
 //! The map's shared part (function, `.args`, globals) is serialized once
 //! and travels to each daemon once (`Host::submit_map`); each element's
@@ -22,7 +25,7 @@ use crate::host::aio::Outcome;
 use crate::host::sched::ERR_CANCELED;
 use super::profile::{host_failed, new_aio, profile, retries, Aio, Profile};
 use crate::host::aio::Slot;
-use crate::host::item_head;
+use crate::host::{exact_frame, item_head_into, put_scratch, take_scratch};
 use crate::host::sched::TaskId;
 use crate::r::layer::call::{RError, RResult};
 use crate::r::layer::ffi::SEXP;
@@ -37,8 +40,15 @@ use std::sync::Arc;
 /// What a map's handle owns.
 pub struct MapHandle {
     profile: Arc<Profile>,
-    ids: Vec<TaskId>,
+    /// Element i's task id is `first + i`.
+    first: TaskId,
     slots: Vec<Arc<Slot>>,
+}
+
+impl MapHandle {
+    fn id(&self, i: usize) -> TaskId {
+        self.first + i as TaskId
+    }
 }
 
 impl Tagged for MapHandle {
@@ -59,6 +69,36 @@ fn part(h: SEXP, k: usize) -> Result<SEXP, RError> {
         return Err("`map` is not a valid mirai map handle".into());
     }
     Ok(list_at(p, k))
+}
+
+/// Part `k` (MIRAI or VALUES) of the map behind `h`, made now if it is not
+/// yet: a list of `n` NULLs, or of 'unresolved' values.
+fn made_part(h: SEXP, k: usize, n: usize) -> Result<SEXP, RError> {
+    let existing = part(h, k)?;
+    if !is_null(existing) {
+        return Ok(existing);
+    }
+    let made = new_list(n)?;
+    if k == VALUES {
+        let unresolved = object::unresolved()?;
+        for i in 0..n {
+            set_list_elt(&made, i, unresolved);
+        }
+    }
+    // `h` (an argument) keeps it alive from here.
+    set_list_elt(&Owned::reachable(kept(h)), k, made.sexp());
+    Ok(made.sexp())
+}
+
+/// Element `i` of part `k` (MIRAI or VALUES): NULL, or 'unresolved', if
+/// that part is not made yet.
+fn part_at(h: SEXP, k: usize, i: usize) -> Result<SEXP, RError> {
+    let p = part(h, k)?;
+    match (is_null(p), k) {
+        (false, _) => Ok(list_at(p, i)),
+        (true, VALUES) => object::unresolved(),
+        (true, _) => Ok(nil()),
+    }
 }
 
 /// Serializes `x` into `buf`, naming what failed.
@@ -98,12 +138,35 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: S
     let sid = host.share_id(hash).map_err(host_failed)?;
     let n = len(items);
     let holder = new_list(1)?;
+    let template = match &elt {
+        Some(e) if n > 0 => element_template(e, &holder, items, cfg)?,
+        _ => None,
+    };
+    let mut head = Vec::with_capacity(32);
+    // Each element is built here and copied out at its size (see
+    // `host::exact_frame`).
+    let mut scratch = take_scratch();
     let mut tasks = Vec::with_capacity(n);
-    let mut ids = Vec::with_capacity(n);
+    let first = host.next_task_ids(n);
     let mut slots = Vec::with_capacity(n);
     for i in 0..n {
-        let id = host.next_task_id();
-        let mut frame = item_head(host.framing, id, sid);
+        let id = first + i as TaskId;
+        if let Some((bytes, width)) = &template {
+            item_head_into(host.framing, id, sid, &mut head);
+            let mut frame = Vec::new();
+            if frame.try_reserve_exact(head.len() + bytes.len() + 1).is_err() {
+                return Err("cannot allocate memory to serialize the map".into());
+            }
+            frame.extend_from_slice(&head);
+            frame.extend_from_slice(&bytes[..bytes.len() - width]);
+            push_binary_elt(items, i, &mut frame)?;
+            frame.push(TASK_WHOLE);
+            let slot = Slot::new(host.bell.clone());
+            slots.push(slot.clone());
+            tasks.push((id, frame, slot));
+            continue;
+        }
+        item_head_into(host.framing, id, sid, &mut scratch);
         let elem = match &elt {
             Some(e) => {
                 copy_atomic_elt(e, items, i)?;
@@ -116,41 +179,53 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: S
             }
             None => list_at(items, i),
         };
-        serialize_part(elem, cfg, &mut frame, &format!("element {} of `.x`", i + 1))?;
-        if frame.try_reserve_exact(1).is_err() {
+        serialize_part(elem, cfg, &mut scratch, &format!("element {} of `.x`", i + 1))?;
+        if scratch.try_reserve_exact(1).is_err() {
             return Err("cannot allocate memory to serialize the map".into());
         }
-        frame.push(TASK_WHOLE);
-        frame.shrink_to_fit();
+        scratch.push(TASK_WHOLE);
+        let frame = exact_frame(&mut scratch);
         let slot = Slot::new(host.bell.clone());
-        ids.push(id);
         slots.push(slot.clone());
         tasks.push((id, frame, slot));
     }
+    put_scratch(scratch);
     host.submit_map(blob, hash, sid, tasks, retries).map_err(host_failed)?;
     // From here every task is queued: should R fail to make the handle,
     // they are cancelled rather than left where nothing can collect them.
-    let m = MapHandle { profile: prof.clone(), ids, slots };
-    let made = (|| {
-        let mirai = new_list(n)?;
-        let values = new_list(n)?;
-        let unresolved = object::unresolved()?;
-        for i in 0..n {
-            set_list_elt(&values, i, unresolved);
-        }
-        let keep = list(&[cfg, mirai.sexp(), values.sexp()], &[])?;
-        Ok::<_, RError>(keep)
-    })();
-    let keep = match made {
+    let m = MapHandle { profile: prof.clone(), first, slots };
+    let keep = match list(&[cfg, nil(), nil()], &[]) {
         Ok(k) => k,
         Err(e) => {
-            m.ids.iter().for_each(|&id| {
-                prof.host.cancel(id, crate::host::sched::ERR_CANCELED);
+            (0..n).for_each(|i| {
+                prof.host.cancel(m.id(i), crate::host::sched::ERR_CANCELED);
             });
             return Err(e);
         }
     };
     new_handle(m, keep.sexp())
+}
+
+/// The serialization of a plain logical, integer or double vector's first
+/// element as sent (a vector of one in a list of one), and the width of the
+/// value it ends with, when it does end so: every other element's is the
+/// same bytes but that value, written natively (`push_binary_elt`). R's
+/// serializer makes a reference table (a list of 1,099, about 8.8 KB of
+/// R's heap) per call: per element of a large map, that garbage grew the
+/// process by hundreds of bytes per queued element and cost time to make
+/// and collect. None (each element serialized by R) for a character
+/// vector, or should the bytes not end as expected.
+fn element_template(holder: &Owned, list1: &Owned, items: SEXP, cfg: SEXP) -> Result<Option<(Vec<u8>, usize)>, RError> {
+    let Some(width) = binary_width(items) else { return Ok(None) };
+    copy_atomic_elt(holder, items, 0)?;
+    set_list_elt(list1, 0, holder.sexp());
+    let mut bytes = Vec::new();
+    serialize_part(list1.sexp(), cfg, &mut bytes, "element 1 of `.x`")?;
+    let mut tail = 1u32.to_ne_bytes().to_vec();
+    push_binary_elt(items, 0, &mut tail)?;
+    // The value, after its vector's length (1), last: nothing follows it
+    // (no attribute, no trailer from a custom serializer).
+    Ok(bytes.ends_with(&tail).then_some((bytes, width)))
 }
 
 /// Element `i` (from 0): its index checked against the map.
@@ -165,9 +240,8 @@ fn index(m: &MapHandle, i: SEXP) -> Result<usize, RError> {
 /// The value of element `i` once resolved (waiting, interruptibly, if
 /// `wait`); None if not resolved and not waiting.
 fn value_at(m: &MapHandle, h: SEXP, i: usize, wait: bool) -> Result<Option<Owned>, RError> {
-    let values = part(h, VALUES)?;
     let unresolved = object::unresolved()?;
-    let v = list_at(values, i);
+    let v = part_at(h, VALUES, i)?;
     if v != unresolved {
         return Ok(Some(Owned::reachable(v)));
     }
@@ -177,7 +251,7 @@ fn value_at(m: &MapHandle, h: SEXP, i: usize, wait: bool) -> Result<Option<Owned
     } else if !slot.is_done() {
         return Ok(None);
     }
-    let mirai = list_at(part(h, MIRAI)?, i);
+    let mirai = part_at(h, MIRAI, i)?;
     let v = match slot.take() {
         Some(o) => {
             let v = outcome_to_sexp(o, part(h, CFG)?)?;
@@ -191,6 +265,8 @@ fn value_at(m: &MapHandle, h: SEXP, i: usize, wait: bool) -> Result<Option<Owned
         // Taken by the element's mirai, which cached it.
         None => Owned::reachable(cached_of(mirai)?),
     };
+    // `v` stays protected while the list is made.
+    let values = made_part(h, VALUES, m.slots.len())?;
     set_list_elt(&Owned::reachable(values), i, v.sexp());
     Ok(Some(v))
 }
@@ -228,18 +304,18 @@ pub fn mirai_map_value(h: SEXP, i: SEXP) -> RResult {
 pub fn mirai_map_element(h: SEXP, i: SEXP) -> RResult {
     let m = map(&h)?;
     let i = index(m, i)?;
-    let mirai = part(h, MIRAI)?;
-    let existing = list_at(mirai, i);
+    let existing = part_at(h, MIRAI, i)?;
     if !is_null(existing) {
         return Ok(Owned::reachable(existing));
     }
-    let a = Aio::new(m.slots[i].clone(), m.ids[i], m.profile.clone());
+    let a = Aio::new(m.slots[i].clone(), m.id(i), m.profile.clone());
     let cfg = part(h, CFG)?;
-    let value = list_at(part(h, VALUES)?, i);
+    let value = part_at(h, VALUES, i)?;
     let made = new_aio(a, cfg)?;
     if value != object::unresolved()? {
         cache(object::aio_of(made.sexp())?, value)?;
     }
+    let mirai = made_part(h, MIRAI, m.slots.len())?;
     set_list_elt(&Owned::reachable(mirai), i, made.sexp());
     Ok(made)
 }
@@ -247,7 +323,8 @@ pub fn mirai_map_element(h: SEXP, i: SEXP) -> RResult {
 /// The task ids of the elements, in order (doubles), for
 /// `daemons_timeline()`.
 pub fn mirai_map_ids(h: SEXP) -> RResult {
-    reals(&map(&h)?.ids.iter().map(|&i| i as f64).collect::<Vec<f64>>())
+    let m = map(&h)?;
+    reals(&(0..m.slots.len()).map(|i| m.id(i) as f64).collect::<Vec<f64>>())
 }
 
 /// The number of elements resolved.
@@ -280,7 +357,7 @@ pub fn mirai_map_wait(h: SEXP) -> RResult {
 pub fn mirai_map_cancel(h: SEXP) -> RResult {
     let m = map(&h)?;
     let pending: Vec<usize> = (0..m.slots.len()).filter(|&i| !m.slots[i].is_done()).collect();
-    let ids: Vec<TaskId> = pending.iter().map(|&i| m.ids[i]).collect();
+    let ids: Vec<TaskId> = pending.iter().map(|&i| m.id(i)).collect();
     // One call for the lot (see `Sched::cancel_many`), then each slot
     // completes as `cancel` completes a single mirai's.
     let hits = m.profile.host.cancel_many(&ids, ERR_CANCELED);

@@ -486,6 +486,49 @@ pub fn copy_atomic_elt(dst: &Owned, src: SEXP, i: usize) -> Result<(), RError> {
     Ok(())
 }
 
+/// The bytes `push_binary_elt` writes per element of `x`; None if it reads
+/// no element of `x`'s type.
+pub fn binary_width(x: SEXP) -> Option<usize> {
+    match type_of(x) {
+        LGLSXP | INTSXP => Some(4),
+        REALSXP => Some(8),
+        _ => None,
+    }
+}
+
+/// Element `i` of logical, integer or double vector `src`, appended to
+/// `out` as R's native binary serialization (the format of mirai's frames,
+/// `serial`) writes it: in native byte order, 4 bytes (8 for a double, its
+/// bits as they are, NA's payload included). Read through R's element
+/// accessors, as `copy_atomic_elt`.
+pub fn push_binary_elt(src: SEXP, i: usize, out: &mut Vec<u8>) -> Result<(), RError> {
+    let t = type_of(src);
+    if !matches!(t, LGLSXP | INTSXP | REALSXP) || i >= len(src) {
+        return Err("internal error in mirai: element read out of range".into());
+    }
+    let k = i as isize;
+    let mut bits = 0u64;
+    // SAFETY: the closure owns nothing with a destructor. `src` is a vector
+    // of the type read (checked) and `i` in range; an ALTREP accessor that
+    // errors longjmps into try_r.
+    unsafe {
+        try_r(|_| {
+            bits = match t {
+                LGLSXP => LOGICAL_ELT(src, k) as u32 as u64,
+                INTSXP => INTEGER_ELT(src, k) as u32 as u64,
+                _ => REAL_ELT(src, k).to_bits(),
+            };
+            nil()
+        })
+    }?;
+    if t == REALSXP {
+        out.extend_from_slice(&bits.to_ne_bytes());
+    } else {
+        out.extend_from_slice(&(bits as u32).to_ne_bytes());
+    }
+    Ok(())
+}
+
 /// A logical vector of `vals` (0 FALSE, else TRUE).
 pub fn lgls(vals: &[i32]) -> Result<Owned, RError> {
     let make = |r: &InR| {
