@@ -868,3 +868,21 @@ test_that("a handler that resets its profile mid-drain hands the rest taken with
   expect_identical(new[], 2)
   expect_identical(stale, character())
 })
+
+test_that("a message from a custom serializer of a task's value does not hang the daemon", {
+  # The value is serialized with the daemon's connection held; the relay
+  # handler, set around the whole task loop, sees the serializer's message.
+  cfg <- serial_config(
+    "relayEnv",
+    function(x) { message("serializing"); serialize(as.list.environment(x), NULL) },
+    function(r) structure(list2env(unserialize(r)), class = "relayEnv")
+  )
+  daemons(1, relay = TRUE, serial = cfg)
+  on.exit(daemons(0))
+  m <- mirai({ e <- new.env(); e$a <- 1; class(e) <- "relayEnv"; e }, .timeout = 10000)
+  v <- m[]
+  expect_s3_class(v, "relayEnv")
+  expect_identical(v$a, 1)
+  # The daemon goes on.
+  expect_identical(mirai(2, .timeout = 10000)[], 2)
+})
