@@ -73,9 +73,11 @@ relay_setup <- function() {
     Sys.setenv(CLI_TICK_TIME = "200")
 }
 
-# Evaluates `expr` under the relay handler `h` (NULL: as it is).
+# Evaluates `expr` under the relay handler `h` (NULL: none). Either way
+# through withCallingHandlers(): a task then runs as deep in the call stack
+# with relay on as off (its sys.nframe(), sys.function(n)).
 with_relay <- function(expr, h) {
-  if (is.null(h)) expr else withCallingHandlers(expr, message = h, immediateCondition = h)
+  if (is.null(h)) withCallingHandlers(expr) else withCallingHandlers(expr, message = h, immediateCondition = h)
 }
 
 # ---- on the host ----------------------------------------------------------

@@ -279,7 +279,7 @@ test_that("under relay a task runs at the same depth, with the same error trace,
   task <- function() {
     f <- function() stop("deep")
     m <- mirai(f(), f = f)
-    list(depth = mirai(sys.nframe())[], trace = attr(m[], "stack.trace"))
+    list(depth = mirai({ g <- function() sys.nframe(); g() })[], trace = attr(m[], "stack.trace"))
   }
   daemons(1)
   off <- task()
@@ -287,6 +287,7 @@ test_that("under relay a task runs at the same depth, with the same error trace,
   daemons(1, relay = TRUE)
   on.exit(daemons(0))
   on <- task()
+  expect_gt(off$depth, 1L)
   expect_identical(on$depth, off$depth)
   expect_identical(on$trace, off$trace)
   expect_identical(on$trace, list(quote(stop("deep")), quote(f())))
