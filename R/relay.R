@@ -390,10 +390,12 @@ signal_global <- function(cond) {
   invisible()
 }
 
+# Either bound may be the one a flood hit (a few large conditions fill the
+# bytes long before the count): the note names both.
 relay_dropped <- function(compute, id, n) {
-  message(sprintf("%s%s condition(s) relayed by this task were dropped: the host holds at most %s at once",
+  message(sprintf("%s%s condition(s) relayed by this task were dropped: the host holds at most %s (and %s) at once",
                   relay_tag(id, compute), format(n, scientific = FALSE),
-                  format(limit("relay_max_items"), big.mark = ",")))
+                  format(limit("relay_max_items"), big.mark = ","), bytes_text(limit("relay_max_bytes"))))
 }
 
 # daemons(relay = TRUE): the host keeps and shows its daemons' conditions.

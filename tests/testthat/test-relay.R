@@ -183,6 +183,9 @@ test_that("the host holds a bounded number of relayed conditions, with the drops
   dropped <- status()$relay_dropped
   expect_identical(got + dropped, k * each)
   expect_gte(length(notes), 1L)
+  # Both bounds are named: either may be the one hit.
+  expect_match(notes, sprintf("the host holds at most %s \\(and %s\\) at once", format(cap, big.mark = ","),
+                              mirai:::bytes_text(mirai:::limit("relay_max_bytes"))))
   told <- as.numeric(sub("^\\[mirai [0-9]+\\] ([0-9]+) condition\\(s\\) relayed by this task were dropped.*$", "\\1", notes))
   expect_identical(sum(told), dropped)
 })
