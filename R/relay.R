@@ -19,6 +19,15 @@ relay_handler <- function(conn) {
   function(cond) {
     if (inherits(cond, "miraiRelayDropped")) return()
     if (!.Call(C_mirai_daemon_relay, conn, relay_slim(cond), FALSE)) return()
+    # A message's own restart is muffleMessage (as future's muffling has
+    # it): any other 'muffle' restart would be one a task set around the
+    # signal (warning()'s, when signalled in a warning handler), and taking
+    # it would change what the task computes.
+    if (inherits(cond, "message")) {
+      r <- findRestart("muffleMessage", cond)
+      if (!is.null(r)) invokeRestart(r)
+      return()
+    }
     for (r in computeRestarts(cond)) {
       # R's top-level restart ('abort') has no `name` field: its name is
       # only its first element.

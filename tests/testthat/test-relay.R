@@ -890,3 +890,25 @@ test_that("a message from a custom serializer of a task's value does not hang th
   # The daemon goes on.
   expect_identical(mirai(2, .timeout = 10000)[], 2)
 })
+
+test_that("a message signalled with no restart of its own takes no other restart the task set", {
+  # With relay off the handler goes on after signalling; the relay handler
+  # must not take warning()'s muffleWarning, the only 'muffle' restart there.
+  task <- function() mirai({
+    trail <- character()
+    withCallingHandlers({ warning("w"); trail <- c(trail, "body") }, warning = function(w) {
+      signalCondition(simpleMessage("from a warning handler\n"))
+      trail <<- c(trail, "handler")
+    })
+    trail
+  })[]
+  daemons(1)
+  off <- task()
+  daemons(0)
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  r <- collect(task())
+  expect_identical(off, c("handler", "body"))
+  expect_identical(r$value, off)
+  expect_identical(msg_text(r$got), "from a warning handler")
+})
