@@ -19,6 +19,15 @@ relay_handler <- function(conn) {
   function(cond) {
     if (inherits(cond, "miraiRelayDropped")) return()
     if (!.Call(C_mirai_daemon_relay, conn, relay_slim(cond), FALSE)) return()
+    # A message's own restart is muffleMessage (as future's muffling has
+    # it): any other 'muffle' restart would be one a task set around the
+    # signal (warning()'s, when signalled in a warning handler), and taking
+    # it would change what the task computes.
+    if (inherits(cond, "message")) {
+      r <- findRestart("muffleMessage", cond)
+      if (!is.null(r)) invokeRestart(r)
+      return()
+    }
     for (r in computeRestarts(cond)) {
       # R's top-level restart ('abort') has no `name` field: its name is
       # only its first element.
@@ -73,9 +82,11 @@ relay_setup <- function() {
     Sys.setenv(CLI_TICK_TIME = "200")
 }
 
-# Evaluates `expr` under the relay handler `h` (NULL: as it is).
+# Evaluates `expr` under the relay handler `h` (NULL: none). Either way
+# through withCallingHandlers(): a task then runs as deep in the call stack
+# with relay on as off (its sys.nframe(), sys.function(n)).
 with_relay <- function(expr, h) {
-  if (is.null(h)) expr else withCallingHandlers(expr, message = h, immediateCondition = h)
+  if (is.null(h)) withCallingHandlers(expr) else withCallingHandlers(expr, message = h, immediateCondition = h)
 }
 
 # ---- on the host ----------------------------------------------------------
@@ -388,10 +399,12 @@ signal_global <- function(cond) {
   invisible()
 }
 
+# Either bound may be the one a flood hit (a few large conditions fill the
+# bytes long before the count): the note names both.
 relay_dropped <- function(compute, id, n) {
-  message(sprintf("%s%s condition(s) relayed by this task were dropped: the host holds at most %s at once",
+  message(sprintf("%s%s condition(s) relayed by this task were dropped: the host holds at most %s (and %s) at once",
                   relay_tag(id, compute), format(n, scientific = FALSE),
-                  format(limit("relay_max_items"), big.mark = ",")))
+                  format(limit("relay_max_items"), big.mark = ","), bytes_text(limit("relay_max_bytes"))))
 }
 
 # daemons(relay = TRUE): the host keeps and shows its daemons' conditions.

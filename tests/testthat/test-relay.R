@@ -183,6 +183,9 @@ test_that("the host holds a bounded number of relayed conditions, with the drops
   dropped <- status()$relay_dropped
   expect_identical(got + dropped, k * each)
   expect_gte(length(notes), 1L)
+  # Both bounds are named: either may be the one hit.
+  expect_match(notes, sprintf("the host holds at most %s \\(and %s\\) at once", format(cap, big.mark = ","),
+                              mirai:::bytes_text(mirai:::limit("relay_max_bytes"))))
   told <- as.numeric(sub("^\\[mirai [0-9]+\\] ([0-9]+) condition\\(s\\) relayed by this task were dropped.*$", "\\1", notes))
   expect_identical(sum(told), dropped)
 })
@@ -279,7 +282,7 @@ test_that("under relay a task runs at the same depth, with the same error trace,
   task <- function() {
     f <- function() stop("deep")
     m <- mirai(f(), f = f)
-    list(depth = mirai(sys.nframe())[], trace = attr(m[], "stack.trace"))
+    list(depth = mirai({ g <- function() sys.nframe(); g() })[], trace = attr(m[], "stack.trace"))
   }
   daemons(1)
   off <- task()
@@ -287,6 +290,7 @@ test_that("under relay a task runs at the same depth, with the same error trace,
   daemons(1, relay = TRUE)
   on.exit(daemons(0))
   on <- task()
+  expect_gt(off$depth, 1L)
   expect_identical(on$depth, off$depth)
   expect_identical(on$trace, off$trace)
   expect_identical(on$trace, list(quote(stop("deep")), quote(f())))
@@ -867,4 +871,44 @@ test_that("a handler that resets its profile mid-drain hands the rest taken with
   launch_local(1, .compute = "p")
   expect_identical(new[], 2)
   expect_identical(stale, character())
+})
+
+test_that("a message from a custom serializer of a task's value does not hang the daemon", {
+  # The value is serialized with the daemon's connection held; the relay
+  # handler, set around the whole task loop, sees the serializer's message.
+  cfg <- serial_config(
+    "relayEnv",
+    function(x) { message("serializing"); serialize(as.list.environment(x), NULL) },
+    function(r) structure(list2env(unserialize(r)), class = "relayEnv")
+  )
+  daemons(1, relay = TRUE, serial = cfg)
+  on.exit(daemons(0))
+  m <- mirai({ e <- new.env(); e$a <- 1; class(e) <- "relayEnv"; e }, .timeout = 10000)
+  v <- m[]
+  expect_s3_class(v, "relayEnv")
+  expect_identical(v$a, 1)
+  # The daemon goes on.
+  expect_identical(mirai(2, .timeout = 10000)[], 2)
+})
+
+test_that("a message signalled with no restart of its own takes no other restart the task set", {
+  # With relay off the handler goes on after signalling; the relay handler
+  # must not take warning()'s muffleWarning, the only 'muffle' restart there.
+  task <- function() mirai({
+    trail <- character()
+    withCallingHandlers({ warning("w"); trail <- c(trail, "body") }, warning = function(w) {
+      signalCondition(simpleMessage("from a warning handler\n"))
+      trail <<- c(trail, "handler")
+    })
+    trail
+  })[]
+  daemons(1)
+  off <- task()
+  daemons(0)
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  r <- collect(task())
+  expect_identical(off, c("handler", "body"))
+  expect_identical(r$value, off)
+  expect_identical(msg_text(r$got), "from a warning handler")
 })

@@ -14,7 +14,7 @@ use crate::wire::proto::{RELAY_LIMIT, SHARE_SLOTS};
 use crate::sys::threads::lock;
 use crate::wire::url::Address;
 use std::ffi::CStr;
-use std::sync::Mutex;
+use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 /// A daemon's connection; None once closed.
@@ -557,7 +557,16 @@ fn relay_note(h: SEXP) -> Result<(), RError> {
 }
 
 fn relay_send(h: SEXP, cond: SEXP, held: bool, force: bool) -> RResult {
-    let mut g = lock(conn(&h)?);
+    // Only R's thread takes the connection's lock, so a lock already held
+    // is held by a caller further up this thread: R code run while a value
+    // is serialized (a custom serializer's message, seen by the relay
+    // handler set around the whole task loop). No task runs then, and
+    // waiting for the lock would never end.
+    let mut g = match conn(&h)?.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(TryLockError::WouldBlock) => return lgl(false),
+    };
     let c = g.as_mut().ok_or("connection is closed")?;
     let Some(mut frame) = c.begin_relay(held, force) else { return lgl(false) };
     let start = frame.len();
