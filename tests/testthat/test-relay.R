@@ -912,3 +912,25 @@ test_that("a message signalled with no restart of its own takes no other restart
   expect_identical(r$value, off)
   expect_identical(msg_text(r$got), "from a warning handler")
 })
+
+test_that("a timed-out task's relays that arrive after its value are not shown", {
+  # The task runs on until the cancel lands, and what it relayed before
+  # may still be on its way: shown after its value, it would be out of
+  # order; it is counted as dropped instead.
+  daemons(1, relay = TRUE, dispatcher = TRUE)
+  on.exit(daemons(0))
+  for (k in 1:3) {
+    m <- mirai(repeat message("late"), .timeout = 50)
+    v <- withCallingHandlers(m[], message = function(c) invokeRestart("muffleMessage"))
+    expect_identical(unclass(v), 5L)
+    seen_after <- 0L
+    withCallingHandlers({
+      for (j in 1:3) mirai(Sys.sleep(0.1))[]
+    }, message = function(c) {
+      seen_after <<- seen_after + 1L
+      invokeRestart("muffleMessage")
+    })
+    expect_identical(seen_after, 0L)
+  }
+  expect_identical(mirai(1)[], 1)
+})

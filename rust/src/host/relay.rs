@@ -176,6 +176,14 @@ impl Inbox {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
+        if task.is_some_and(Slot::is_done) {
+            // Resolved on the host (timed out, cancelled) while it still
+            // runs until the cancel lands: what it relays now would come
+            // after its value, out of order, past its `on_relay()` handler.
+            // Counted, not noted per task (its value is given already).
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         if held && task.is_some_and(Slot::abandoned) {
             // Not a drop: nobody wants it (as `abandon` forgets, uncounted).
             return false;
@@ -359,6 +367,21 @@ mod tests {
         assert!(inbox.offer(2, 1, true, b"other", Some(&other)));
         let st = lock(&inbox.state);
         assert_eq!((st.items, st.bytes), (2, 10));
+    }
+
+    #[test]
+    fn a_task_resolved_on_the_host_relays_nothing_more() {
+        // Timed out or cancelled: it runs on until the cancel lands.
+        let inbox = Arc::new(Inbox::default());
+        let t = slot();
+        inbox.enable("p");
+        assert!(inbox.offer(1, 1, false, b"before", Some(&t)));
+        t.complete(crate::host::aio::Outcome::Error(5));
+        assert!(!inbox.offer(1, 2, false, b"after", Some(&t)));
+        assert!(!inbox.offer(1, 3, true, b"held after", Some(&t)));
+        assert_eq!(inbox.dropped.load(Ordering::Relaxed), 2);
+        let st = lock(&inbox.state);
+        assert_eq!((st.items, st.bytes), (1, 6));
     }
 
     #[test]
