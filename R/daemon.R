@@ -178,6 +178,9 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     # set. Between tasks none is running, and the handler relays nothing.
     relay_h <- if (isTRUE(init$config$relay)) relay_handler(conn)
     if (!is.null(relay_h)) relay$sink$conn <- conn
+    # Progress updates the handler kept back over the budget, to go before
+    # the task's value (see relay_handler()).
+    relay_held <- if (!is.null(relay_h)) environment(relay_h)$held
     repeat {
       # A cancel raises SIGINT while a task evaluates; should it land just
       # outside the evaluation, it is caught here (set up once, off the
@@ -213,6 +216,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
             },
             stop(sprintf("internal error in mirai: the daemon received a '%s'", msg[["kind"]]))
           )
+          if (!is.null(relay_h) && length(relay_held)) relay_flush(relay_h, conn)
           last <- send_result(conn, msg[["id"]], res)
           if (last != 0L) {
             code <- last

@@ -315,7 +315,11 @@ max_message <- function() {
 #' that a task signalling without pause cannot take the host from other
 #' tasks): the rest take their way on the daemon as without relay, and
 #' before its value the task tells the host how many, which says so and
-#' counts them in [status()] (`relay_dropped`). The host holds at most
+#' counts them in [status()] (`relay_dropped`). Progress updates are the
+#' exception: one over the budget is kept back and added into the next update
+#' of its progressor that goes, or sent just before the task's value, so a
+#' progress bar ends on the host where it ended in the task, however often
+#' the task updated it. The host holds at most
 #' `r format(limit("relay_max_items"), big.mark = ",")` of them (and
 #' `r bytes_text(limit("relay_max_bytes"))`) per profile at once: beyond that they are dropped, with a message saying
 #' how many per task, and counted in [status()] (`relay_dropped`). A reset

@@ -15,9 +15,43 @@
 # for the daemon's drop note (sent natively before a task's value: relay_note
 # in rust/src/r/glue/daemon.rs), counting and telling drops
 # that never were.
+#
+# A progress update over the task's relay budget is not dropped: it is kept
+# back (`held`, per progressor), its amount added to the next update of that
+# progressor that goes, or sent just before the task's value
+# (relay_flush()): so a task's progress bar ends on the host where it ended
+# in the task, however fast the task updated it, with no note of drops. At
+# most `relay_hold_max` progressors per task are kept; the updates of others
+# are dropped and counted as any condition. A cluster node's task answers
+# natively, without a flush: what it kept back is forgotten when the next
+# task's first update comes.
 relay_handler <- function(conn) {
+  held <- new.env(parent = emptyenv())
+  task <- 0
   function(cond) {
     if (inherits(cond, "miraiRelayDropped")) return()
+    if (inherits(cond, "progression") && identical(cond$type, "update")) {
+      uuid <- cond$progressor_uuid
+      if (is.character(uuid) && length(uuid) == 1L && !is.na(uuid)) {
+        id <- .Call(C_mirai_daemon_current, conn)
+        if (id != task) {
+          rm(list = ls(held, all.names = TRUE), envir = held)
+          task <<- id
+        }
+        before <- held[[uuid]]
+        if (!.Call(C_mirai_daemon_relay_room, conn)) {
+          if (id > 0 && (!is.null(before) || length(held) < relay_hold_max)) {
+            assign(uuid, merge_updates(before, cond), envir = held)
+            r <- findRestart("muffleProgression", cond)
+            if (!is.null(r)) invokeRestart(r)
+            return()
+          }
+        } else if (!is.null(before)) {
+          rm(list = uuid, envir = held)
+          cond <- merge_updates(before, cond)
+        }
+      }
+    }
     if (!.Call(C_mirai_daemon_relay, conn, relay_slim(cond), FALSE)) return()
     # A message's own restart is muffleMessage (as future's muffling has
     # it): any other 'muffle' restart would be one a task set around the
@@ -35,6 +69,34 @@ relay_handler <- function(conn) {
       if (is.character(name) && startsWith(name, "muffle")) invokeRestart(r)
     }
   }
+}
+
+relay_hold_max <- 100L
+
+# Progress update `cond` of a progressor, after `before` (kept back, or
+# NULL): one update to the same point. An absolute `step` stands as it is;
+# an amount adds to the one kept back (or to its step).
+merge_updates <- function(before, cond) {
+  if (is.null(before) || is_number(cond$step)) return(cond)
+  amount <- if (is_number(cond$amount)) cond$amount else 0
+  if (is_number(before$step)) {
+    cond$step <- before$step + amount
+  } else {
+    cond$amount <- amount + if (is_number(before$amount)) before$amount else 0
+  }
+  cond
+}
+
+# Before a task's value: the progress updates its relay handler `h` kept
+# back, sent whatever the budget (at most one per progressor).
+relay_flush <- function(h, conn) {
+  held <- environment(h)$held
+  if (!length(held)) return(invisible())
+  if (environment(h)$task == .Call(C_mirai_daemon_current, conn)) {
+    for (uuid in ls(held, all.names = TRUE)) .Call(C_mirai_daemon_relay_flush, conn, relay_slim(held[[uuid]]))
+  }
+  rm(list = ls(held, all.names = TRUE), envir = held)
+  invisible()
 }
 
 # A condition's call, from code parsed with source references, carries

@@ -934,3 +934,41 @@ test_that("a timed-out task's relays that arrive after its value are not shown",
   }
   expect_identical(mirai(1)[], 1)
 })
+
+test_that("progress updates over the relay budget add up on the host: the bar ends where the task's did", {
+  skip_if_not_installed("progressr")
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  # Far more updates than the budget lets through (a burst, then 100 a
+  # second): those kept back are merged into the next that goes, the rest
+  # sent just before the value; none is dropped, and no note is made.
+  n <- 5000L
+  m <- mirai({ p <- progressr::progressor(steps = n); for (i in seq_len(n)) p(); "done" }, n = n)
+  updates <- 0L
+  total <- 0
+  notes <- character()
+  v <- withCallingHandlers(m[], progression = function(c) {
+    if (identical(c$type, "update")) {
+      updates <<- updates + 1L
+      total <<- if (is.numeric(c$step) && length(c$step) == 1L) c$step else total + c$amount
+    }
+    invokeRestart("muffleProgression")
+  }, message = function(c) {
+    notes <<- c(notes, conditionMessage(c))
+    invokeRestart("muffleMessage")
+  })
+  expect_identical(v, "done")
+  expect_identical(total, as.double(n))
+  expect_lt(updates, n)
+  expect_length(notes, 0L)
+  expect_identical(status()$relay_dropped, 0)
+  # Messages over the budget are still dropped, counted and told.
+  m <- mirai({ for (i in 1:3000) message("m", i); 1 })
+  notes <- character()
+  withCallingHandlers(m[], message = function(c) {
+    if (!inherits(c, "miraiCondition")) notes <<- c(notes, conditionMessage(c))
+    invokeRestart("muffleMessage")
+  })
+  expect_length(notes, 1L)
+  expect_gt(status()$relay_dropped, 0)
+})

@@ -126,10 +126,7 @@ impl RelayBudget {
     /// the drop note if `counted`). `force`: a drop note, sent whatever the
     /// budget.
     pub fn take(&mut self, task: u64, now: Instant, force: bool, counted: bool) -> Option<u64> {
-        self.start(task, now);
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + elapsed * RELAY_RATE).min(RELAY_BURST);
+        self.refill(task, now);
         if !force {
             if self.tokens < 1.0 {
                 self.dropped += counted as u64;
@@ -139,6 +136,19 @@ impl RelayBudget {
         }
         self.sent += 1;
         Some(self.sent)
+    }
+
+    fn refill(&mut self, task: u64, now: Instant) {
+        self.start(task, now);
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * RELAY_RATE).min(RELAY_BURST);
+    }
+
+    /// Whether `task` may send a condition now (nothing taken).
+    pub fn room(&mut self, task: u64, now: Instant) -> bool {
+        self.refill(task, now);
+        self.tokens >= 1.0
     }
 
     /// The conditions of `task` dropped so far, counted once.
@@ -369,6 +379,12 @@ impl ClientConn {
         self.framing.begin(&mut b);
         proto::encode_into(&Msg::Relay { id, seq, held }, &mut b);
         Some(b)
+    }
+
+    /// Whether the running task's relay budget would take a condition now.
+    pub fn relay_room(&mut self) -> bool {
+        let id = self.current();
+        id != 0 && self.relayed.room(id, Instant::now())
     }
 
     /// How many of the running task's conditions the budget dropped since
@@ -736,6 +752,11 @@ mod tests {
         let sent = (0..100).filter(|_| b.take(7, later, false, true).is_some()).count();
         assert_eq!(sent as f64, (RELAY_RATE * 0.1).floor());
         assert_eq!(b.take_dropped(7), 100 - sent as u64);
+        // Asking for room takes nothing.
+        let t2 = t0 + Duration::from_secs(10);
+        assert!(b.room(8, t2));
+        assert!(b.room(8, t2));
+        assert_eq!(b.take(8, t2, false, true), Some(1));
         // Never beyond the burst, however long the pause.
         let much_later = t0 + Duration::from_secs(3600);
         let sent = (0..2 * burst).filter(|_| b.take(7, much_later, false, true).is_some()).count();

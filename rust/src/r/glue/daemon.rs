@@ -538,6 +538,25 @@ pub fn mirai_daemon_relay(h: SEXP, cond: SEXP, held: SEXP) -> RResult {
     relay_send(h, cond, bool_arg(held, "held")?, false)
 }
 
+/// Whether the running task's relay budget would take a condition now
+/// (nothing taken): the relay handler keeps a progress update back,
+/// rather than have it dropped, when it would not.
+pub fn mirai_daemon_relay_room(h: SEXP) -> RResult {
+    let room = match conn(&h)?.try_lock() {
+        Ok(mut g) => g.as_mut().is_some_and(|c| c.relay_room()),
+        Err(TryLockError::Poisoned(e)) => e.into_inner().as_mut().is_some_and(|c| c.relay_room()),
+        Err(TryLockError::WouldBlock) => false,
+    };
+    lgl(room)
+}
+
+/// Sends progress update `cond`, kept back over the budget, just before
+/// the running task's value, whatever the budget (the relay handler sends
+/// at most one per progressor, for a bounded number of them).
+pub fn mirai_daemon_relay_flush(h: SEXP, cond: SEXP) -> RResult {
+    relay_send(h, cond, false, true)
+}
+
 /// Tells the host, before the running task's value, how many of its
 /// conditions its relay budget dropped (see `RelayBudget`), if any: a
 /// 'miraiRelayDropped' condition with their number as `dropped`, sent
