@@ -22,24 +22,43 @@
 # (relay_flush()): so a task's progress bar ends on the host where it ended
 # in the task, however fast the task updated it, with no note of drops. At
 # most `relay_hold_max` progressors per task are kept; the updates of others
-# are dropped and counted as any condition. A cluster node's task answers
-# natively, without a flush: what it kept back is forgotten when the next
-# task's first update comes.
+# are dropped and counted as any condition. A cluster node's task, answered
+# natively, flushes through the `flush` daemon() leaves in the node's sink.
 relay_handler <- function(conn) {
   held <- new.env(parent = emptyenv())
+  # Another progression (a finish) of a progressor with an update kept
+  # back is kept back behind it, sent after it, never before it: the host
+  # would end the bar short of it. So is a finish over the budget (at most
+  # `relay_hold_max` of those): progressr signals one as a progressor's
+  # function returns, and dropped it would be told as a drop.
+  after <- new.env(parent = emptyenv())
   task <- 0
   function(cond) {
     if (inherits(cond, "miraiRelayDropped")) return()
-    if (inherits(cond, "progression") && identical(cond$type, "update")) {
+    if (inherits(cond, "progression")) {
       uuid <- cond$progressor_uuid
       if (is.character(uuid) && length(uuid) == 1L && !is.na(uuid)) {
         id <- .Call(C_mirai_daemon_current, conn)
         if (id != task) {
           rm(list = ls(held, all.names = TRUE), envir = held)
+          rm(list = ls(after, all.names = TRUE), envir = after)
           task <<- id
         }
         before <- held[[uuid]]
-        if (!.Call(C_mirai_daemon_relay_room, conn)) {
+        if (!identical(cond$type, "update")) {
+          if (!is.null(before) && .Call(C_mirai_daemon_relay_room, conn) &&
+              .Call(C_mirai_daemon_relay, conn, relay_slim(before), FALSE)) {
+            rm(list = uuid, envir = held)
+            before <- NULL
+          }
+          if (id > 0 && (!is.null(before) || identical(cond$type, "finish") &&
+                         length(after) < relay_hold_max && !.Call(C_mirai_daemon_relay_room, conn))) {
+            assign(uuid, cond, envir = after)
+            r <- findRestart("muffleProgression", cond)
+            if (!is.null(r)) invokeRestart(r)
+            return()
+          }
+        } else if (!.Call(C_mirai_daemon_relay_room, conn)) {
           if (id > 0 && (!is.null(before) || length(held) < relay_hold_max)) {
             assign(uuid, merge_updates(before, cond), envir = held)
             r <- findRestart("muffleProgression", cond)
@@ -88,14 +107,18 @@ merge_updates <- function(before, cond) {
 }
 
 # Before a task's value: the progress updates its relay handler `h` kept
-# back, sent whatever the budget (at most one per progressor).
+# back, sent whatever the budget (at most one per progressor), then the
+# finishes kept back behind them (see relay_handler()).
 relay_flush <- function(h, conn) {
   held <- environment(h)$held
-  if (!length(held)) return(invisible())
+  after <- environment(h)$after
+  if (!length(held) && !length(after)) return(invisible())
   if (environment(h)$task == .Call(C_mirai_daemon_current, conn)) {
     for (uuid in ls(held, all.names = TRUE)) .Call(C_mirai_daemon_relay_flush, conn, relay_slim(held[[uuid]]))
+    for (uuid in ls(after, all.names = TRUE)) .Call(C_mirai_daemon_relay_flush, conn, relay_slim(after[[uuid]]))
   }
   rm(list = ls(held, all.names = TRUE), envir = held)
+  rm(list = ls(after, all.names = TRUE), envir = after)
   invisible()
 }
 

@@ -972,3 +972,55 @@ test_that("progress updates over the relay budget add up on the host: the bar en
   expect_length(notes, 1L)
   expect_gt(status()$relay_dropped, 0)
 })
+
+test_that("a progressor's finish is not shown before its update kept back over the relay budget", {
+  skip_if_not_installed("progressr")
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  # A progressor made in a function finishes as the function returns: over
+  # the budget, after the budget refills (the pause), or at once. Either
+  # way its last updates, kept back, go first, and no drop is told.
+  for (pause in c(0.1, 0)) {
+    m <- mirai({
+      f <- function() { p <- progressr::progressor(steps = 3000); for (i in 1:3000) p(); Sys.sleep(pause); 1 }
+      f()
+    }, pause = pause)
+    types <- character()
+    total <- 0
+    notes <- character()
+    v <- withCallingHandlers(m[], progression = function(c) {
+      types <<- c(types, c$type)
+      if (identical(c$type, "update")) total <<- total + c$amount
+      invokeRestart("muffleProgression")
+    }, message = function(c) {
+      notes <<- c(notes, conditionMessage(c))
+      invokeRestart("muffleMessage")
+    })
+    expect_identical(v, 1)
+    expect_identical(total, 3000)
+    expect_identical(sum(types == "finish"), 1L)
+    expect_identical(types[length(types)], "finish")
+    expect_length(notes, 0L)
+  }
+  expect_identical(status()$relay_dropped, 0)
+})
+
+test_that("a cluster node's progress updates kept back over the relay budget reach the host before its value", {
+  skip_if_not_installed("progressr")
+  cl <- make_cluster(1, relay = TRUE)
+  on.exit(stop_cluster(cl))
+  total <- 0
+  notes <- character()
+  v <- withCallingHandlers(
+    parallel::parLapply(cl, 1:2, function(x) { p <- progressr::progressor(steps = 3000); for (i in 1:3000) p(); x }),
+    progression = function(c) {
+      if (identical(c$type, "update")) total <<- total + c$amount
+      invokeRestart("muffleProgression")
+    }, message = function(c) {
+      notes <<- c(notes, conditionMessage(c))
+      invokeRestart("muffleMessage")
+    })
+  expect_identical(v, list(1L, 2L))
+  expect_identical(total, 6000)
+  expect_length(notes, 0L)
+})

@@ -276,7 +276,9 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RRe
                 return error(&format!("the node could not run the task: {why}"));
             }
         };
-        // Before the value, as for any task (see relay_note() in R/relay.R).
+        // Before the value, as for any task: the progress updates the relay
+        // handler kept back (relay_flush() in R/relay.R), then the drop note.
+        relay_flush_node(relay)?;
         relay_note(h)?;
         match ran {
             Ran::Failed(before) => return received(Received::Failed, &[idv.sexp(), before.sexp()]),
@@ -381,6 +383,7 @@ struct NodeConsts {
     master: SEXP,
     conds: SEXP,
     last_fun: SEXP,
+    flush: SEXP,
     /// `geterrmessage()`, preserved.
     geterr: SEXP,
     relayed_names: SEXP,
@@ -396,12 +399,31 @@ fn node_consts() -> Result<&'static NodeConsts, RError> {
             master: install(c"master")?,
             conds: install(c"conds")?,
             last_fun: install(c"._last_node_fun_.")?,
+            flush: install(c"flush")?,
             geterr: preserved_base_call(c"geterrmessage")?,
             relayed_names: preserved_strings(&[c"conditions", c"value"])?,
             relayed_class: preserved_strings(&[c"miraiRelayed"])?,
             payload_names: node_payload_names()?,
         })
     })
+}
+
+/// Sends what the relay handler kept back of the node task just run (the
+/// `flush` daemon() leaves in the node's sink, if relaying). Failing to
+/// send is as failing to relay: the value goes on; only a cancel stops it.
+fn relay_flush_node(relay: SEXP) -> Result<(), RError> {
+    let sink = list_get(relay, "sink");
+    if !is_env(sink) {
+        return Ok(());
+    }
+    let f = env_get(sink, node_consts()?.flush)?;
+    if !is_function(f.sexp()) {
+        return Ok(());
+    }
+    match apply1(f.sexp(), nil()) {
+        Err(RError::Interrupt) => Err(RError::Interrupt),
+        _ => Ok(()),
+    }
 }
 
 /// Whether payload `d` is a cluster node's task: `list(._node_. = fun,
