@@ -180,8 +180,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     if (!is.null(relay_h)) relay$sink$conn <- conn
     # Progress updates the handler kept back over the budget, to go before
     # the task's value (see relay_handler()).
-    relay_held <- if (!is.null(relay_h)) environment(relay_h)$held
-    relay_after <- if (!is.null(relay_h)) environment(relay_h)$after
+    relay_st <- if (!is.null(relay_h)) environment(relay_h)$st
     # A cluster node's task is answered natively, inside the receive: it
     # calls this first, as the loop below does before send_result().
     if (!is.null(relay_h)) relay$sink$flush <- function(x) relay_flush(relay_h, conn)
@@ -220,7 +219,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
             },
             stop(sprintf("internal error in mirai: the daemon received a '%s'", msg[["kind"]]))
           )
-          if (!is.null(relay_h) && (length(relay_held) || length(relay_after))) relay_flush(relay_h, conn)
+          if (!is.null(relay_h) && (length(relay_st$held) || length(relay_st$after))) relay_flush(relay_h, conn)
           last <- send_result(conn, msg[["id"]], res)
           if (last != 0L) {
             code <- last

@@ -25,51 +25,22 @@
 # are dropped and counted as any condition. A cluster node's task, answered
 # natively, flushes through the `flush` daemon() leaves in the node's sink.
 relay_handler <- function(conn) {
-  held <- new.env(parent = emptyenv())
-  # Another progression (a finish) of a progressor with an update kept
-  # back is kept back behind it, sent after it, never before it: the host
-  # would end the bar short of it. So is a finish over the budget (at most
-  # `relay_hold_max` of those): progressr signals one as a progressor's
-  # function returns, and dropped it would be told as a drop.
-  after <- new.env(parent = emptyenv())
-  task <- 0
+  # Per progressor, the update kept back (`held`) and the other
+  # progressions kept back behind it (`after`), for the running `task`.
+  st <- new.env(parent = emptyenv())
+  st$held <- new.env(parent = emptyenv())
+  st$after <- new.env(parent = emptyenv())
+  st$task <- 0
   function(cond) {
     if (inherits(cond, "miraiRelayDropped")) return()
     if (inherits(cond, "progression")) {
-      uuid <- cond$progressor_uuid
-      if (is.character(uuid) && length(uuid) == 1L && !is.na(uuid)) {
-        id <- .Call(C_mirai_daemon_current, conn)
-        if (id != task) {
-          rm(list = ls(held, all.names = TRUE), envir = held)
-          rm(list = ls(after, all.names = TRUE), envir = after)
-          task <<- id
-        }
-        before <- held[[uuid]]
-        if (!identical(cond$type, "update")) {
-          if (!is.null(before) && .Call(C_mirai_daemon_relay_room, conn) &&
-              .Call(C_mirai_daemon_relay, conn, relay_slim(before), FALSE)) {
-            rm(list = uuid, envir = held)
-            before <- NULL
-          }
-          if (id > 0 && (!is.null(before) || identical(cond$type, "finish") &&
-                         length(after) < relay_hold_max && !.Call(C_mirai_daemon_relay_room, conn))) {
-            assign(uuid, cond, envir = after)
-            r <- findRestart("muffleProgression", cond)
-            if (!is.null(r)) invokeRestart(r)
-            return()
-          }
-        } else if (!.Call(C_mirai_daemon_relay_room, conn)) {
-          if (id > 0 && (!is.null(before) || length(held) < relay_hold_max)) {
-            assign(uuid, merge_updates(before, cond), envir = held)
-            r <- findRestart("muffleProgression", cond)
-            if (!is.null(r)) invokeRestart(r)
-            return()
-          }
-        } else if (!is.null(before)) {
-          rm(list = uuid, envir = held)
-          cond <- merge_updates(before, cond)
-        }
+      now <- hold_progress(st, conn, cond)
+      if (is.null(now)) {
+        r <- findRestart("muffleProgression", cond)
+        if (!is.null(r)) invokeRestart(r)
+        return()
       }
+      cond <- now
     }
     if (!.Call(C_mirai_daemon_relay, conn, relay_slim(cond), FALSE)) return()
     # A message's own restart is muffleMessage (as future's muffling has
@@ -92,6 +63,54 @@ relay_handler <- function(conn) {
 
 relay_hold_max <- 100L
 
+# Progression `cond` as it goes to the host now (an update merged with the
+# one of its progressor kept back), or NULL when kept back (state `st` of
+# relay_handler()). Another progression (a finish) of a progressor with an
+# update kept back is kept back behind it, sent after it, never before it:
+# the host would end the bar short of it. So is a finish over the budget
+# (at most `relay_hold_max` of those): progressr signals one as a
+# progressor's function returns, and dropped it would be told as a drop.
+hold_progress <- function(st, conn, cond) {
+  uuid <- cond$progressor_uuid
+  if (!is.character(uuid) || length(uuid) != 1L || is.na(uuid)) return(cond)
+  id <- .Call(C_mirai_daemon_current, conn)
+  if (id != st$task) {
+    empty_held(st)
+    st$task <- id
+  }
+  # No task runs: nothing is relayed, nor kept.
+  if (id == 0) return(cond)
+  before <- st$held[[uuid]]
+  room <- .Call(C_mirai_daemon_relay_room, conn)
+  if (identical(cond$type, "update")) {
+    if (room) {
+      if (is.null(before)) return(cond)
+      rm(list = uuid, envir = st$held)
+      return(merge_updates(before, cond))
+    }
+    if (is.null(before) && length(st$held) >= relay_hold_max) return(cond)
+    assign(uuid, merge_updates(before, cond), envir = st$held)
+    return(NULL)
+  }
+  if (!is.null(before) && room && .Call(C_mirai_daemon_relay, conn, relay_slim(before), FALSE)) {
+    rm(list = uuid, envir = st$held)
+    before <- NULL
+    room <- .Call(C_mirai_daemon_relay_room, conn)
+  }
+  if (!is.null(before) ||
+      identical(cond$type, "finish") && !room && length(st$after) < relay_hold_max) {
+    assign(uuid, cond, envir = st$after)
+    return(NULL)
+  }
+  cond
+}
+
+# Forgets what `st` kept back.
+empty_held <- function(st) {
+  rm(list = ls(st$held, all.names = TRUE), envir = st$held)
+  rm(list = ls(st$after, all.names = TRUE), envir = st$after)
+}
+
 # Progress update `cond` of a progressor, after `before` (kept back, or
 # NULL): one update to the same point. An absolute `step` stands as it is;
 # an amount adds to the one kept back (or to its step).
@@ -108,17 +127,16 @@ merge_updates <- function(before, cond) {
 
 # Before a task's value: the progress updates its relay handler `h` kept
 # back, sent whatever the budget (at most one per progressor), then the
-# finishes kept back behind them (see relay_handler()).
+# finishes kept back behind them (see hold_progress()).
 relay_flush <- function(h, conn) {
-  held <- environment(h)$held
-  after <- environment(h)$after
-  if (!length(held) && !length(after)) return(invisible())
-  if (environment(h)$task == .Call(C_mirai_daemon_current, conn)) {
-    for (uuid in ls(held, all.names = TRUE)) .Call(C_mirai_daemon_relay_flush, conn, relay_slim(held[[uuid]]))
-    for (uuid in ls(after, all.names = TRUE)) .Call(C_mirai_daemon_relay_flush, conn, relay_slim(after[[uuid]]))
+  st <- environment(h)$st
+  if (!length(st$held) && !length(st$after)) return(invisible())
+  if (st$task == .Call(C_mirai_daemon_current, conn)) {
+    for (e in list(st$held, st$after)) {
+      for (uuid in ls(e, all.names = TRUE)) .Call(C_mirai_daemon_relay_flush, conn, relay_slim(e[[uuid]]))
+    }
   }
-  rm(list = ls(held, all.names = TRUE), envir = held)
-  rm(list = ls(after, all.names = TRUE), envir = after)
+  empty_held(st)
   invisible()
 }
 
