@@ -224,6 +224,35 @@ test_that("a daemon leaving after the task whose reply m[] read itself is seen t
   }
 })
 
+test_that("waiting on each of many tasks in turn, with other daemons' replies streaming in, loses none", {
+  # R's thread reads the daemon of the task it waits for, and the host's
+  # loop thread passes over that daemon meanwhile (Claim in
+  # rust/src/host/mod.rs). A reply the loop passed over while other
+  # daemons' replies kept it busy was once never read: the wait hung. Each
+  # task has a timeout, so a lost reply shows as an error value here, not
+  # as a hang.
+  on.exit(daemons(0))
+  for (disp in c(TRUE, FALSE)) {
+    daemons(8, dispatcher = disp)
+    for (round in 1:3) {
+      ms <- lapply(1:1500, function(i) mirai(i, i = i, .timeout = 30000))
+      got <- vapply(ms, function(m) { v <- m[]; if (is.numeric(v)) v else -1 }, numeric(1))
+      expect_identical(got, as.numeric(1:1500), info = paste(disp, round))
+    }
+    daemons(0)
+  }
+})
+
+test_that("a daemon waiting for its next task sleeps once its brief spin is over", {
+  # After a result, a daemon whose tasks come in quick succession spins
+  # briefly (IDLE_SPIN, 100 us) before it blocks: it must then block.
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  pid <- mirai(Sys.getpid())[]
+  for (i in 1:200) mirai(i, i = i)[]
+  expect_lt(busy_fraction(pid), 0.5)
+})
+
 test_that("cleanup removes globals between tasks; cleanup = FALSE keeps them", {
   # Each task reports its daemon and whether `leftover` is in its global
   # env: set by the first task (seen within it), looked for by the second

@@ -88,6 +88,34 @@ pub struct ClientConn {
     pub shares: [u64; proto::SHARE_SLOTS],
     /// What the running task may still relay.
     relayed: RelayBudget,
+    /// When this daemon last sent its host something (a result, mostly).
+    sent_at: Option<Instant>,
+    /// Whether to spin for the next message before blocking (`IDLE_SPIN`).
+    spin: bool,
+}
+
+/// How long an idle daemon spins for its next task before it blocks, when
+/// its last task came that soon after its previous result (a caller going
+/// task by task, or a queue kept full). Blocked, the daemon's CPU goes idle,
+/// and on a virtual machine its wake-up for the next task is the largest
+/// part of a tiny round trip (bench/floor: ~17 us each way here). A daemon
+/// whose tasks come further apart blocks at once, as always, and spends no
+/// CPU on waiting.
+const IDLE_SPIN: Duration = Duration::from_micros(100);
+
+/// Waits up to `IDLE_SPIN` for `fd` to be readable, yielding the CPU
+/// between looks; true if it is.
+fn spin_readable(fd: std::os::fd::RawFd) -> bool {
+    let until = Instant::now() + IDLE_SPIN;
+    loop {
+        if wait_readable(fd, Duration::ZERO) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::yield_now();
+    }
 }
 
 /// How many conditions a task may relay at once, and how many a second
@@ -323,7 +351,10 @@ impl ClientConn {
                 Some(m) => m,
                 None if r.eof => r.broken.take().map_or(Incoming::Closed, Incoming::Broken),
                 None => {
-                    if !buffered(&r.dec, &r.stream) && !wait_readable(r.stream.as_raw_fd(), slice) {
+                    let fd = r.stream.as_raw_fd();
+                    let ready = buffered(&r.dec, &r.stream) || (self.spin && spin_readable(fd)) || wait_readable(fd, slice);
+                    if !ready {
+                        self.spin = false;
                         return Ok(Incoming::Nothing);
                     }
                     let Reader { stream, dec, .. } = &mut *r;
@@ -345,7 +376,10 @@ impl ClientConn {
                 }
             };
             match &next {
-                Incoming::Task { id, .. } => sh.evaluating.store(*id, Ordering::Release),
+                Incoming::Task { id, .. } => {
+                    sh.evaluating.store(*id, Ordering::Release);
+                    self.spin = self.sent_at.is_some_and(|t| t.elapsed() <= IDLE_SPIN);
+                }
                 Incoming::Closed | Incoming::Exit | Incoming::Broken(_) => sh.closed.store(true, Ordering::Release),
                 Incoming::Nothing | Incoming::Share { .. } => {}
             }
@@ -399,6 +433,7 @@ impl ClientConn {
 
     pub fn send(&mut self, mut frame: Vec<u8>) -> Result<(), String> {
         self.framing.finish(&mut frame);
+        self.sent_at = Some(Instant::now());
         self.stream.write_all(&frame).map_err(|e| format!("cannot send result to host: {e}"))
     }
 
@@ -584,6 +619,8 @@ fn handshake(
             init_settings: body[hop + off..].to_vec(),
             shares: [0; proto::SHARE_SLOTS],
             relayed: RelayBudget::new(Instant::now()),
+            sent_at: None,
+            spin: false,
         }),
         Msg::Init { version, .. } => Err(version_mismatch(version)),
         m => Err(format!("unexpected message from host during the handshake: {}", kind(&m))),

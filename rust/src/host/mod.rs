@@ -233,8 +233,42 @@ pub struct Host {
     /// Conditions relayed from running tasks (see `relay`).
     pub relay: Arc<relay::Inbox>,
     core: Arc<Mutex<Core>>,
+    /// The daemon R's thread is reading while it spins (`read_for`).
+    claim: Arc<Claim>,
     thread: Mutex<Option<JoinHandle<()>>>,
     next_id: AtomicU64,
+}
+
+/// Which daemon connection R's thread reads while it spins for a reply, so
+/// that the loop thread, woken by the same reply, leaves it alone: it took
+/// the core's lock only to find the socket already read, and R's thread,
+/// going on to submit its next task, then had to wake it (strace: three
+/// futex calls and a thread switch on every tiny round trip).
+///
+/// Nothing is lost: the poll reports a socket's readiness once (edge), so
+/// an edge the loop passes over is recorded in `missed` before the loop
+/// reads `conn`, and R's thread, releasing the claim, reads `missed` after
+/// clearing `conn` (both sequentially consistent). Either the loop saw the
+/// claim gone and reads itself, or R's thread sees `missed` and reads.
+#[derive(Default)]
+struct Claim {
+    /// The claimed connection's token, 0 for none.
+    conn: std::sync::atomic::AtomicUsize,
+    missed: std::sync::atomic::AtomicBool,
+}
+
+impl Claim {
+    /// From the loop thread, for a readiness event on `t` that is only
+    /// "readable": true if R's thread has it, so the loop may pass over it.
+    ///
+    /// `missed` is never cleared here: an edge passed over in an earlier
+    /// poll must still be read by R's thread after later events for other
+    /// daemons (clearing it then lost a reply, and a wait hung). At worst
+    /// R's thread reads its daemon once more for nothing.
+    fn passes(&self, t: Token) -> bool {
+        self.missed.store(true, Ordering::SeqCst);
+        self.conn.load(Ordering::SeqCst) == t.0
+    }
 }
 
 impl Host {
@@ -300,7 +334,8 @@ impl Host {
             next_sid: 1,
             share_clock: 0,
         }));
-        let lp = EventLoop { poll, core: core.clone() };
+        let claim = Arc::new(Claim::default());
+        let lp = EventLoop { poll, core: core.clone(), claim: claim.clone() };
         let on_panic = {
             let core = core.clone();
             move |msg: String| lock(&core).die(format!("the host's event loop stopped ({msg})"))
@@ -315,6 +350,7 @@ impl Host {
             health,
             relay,
             core,
+            claim,
             thread: Mutex::new(Some(thread)),
             next_id: AtomicU64::new(1),
         })
@@ -387,6 +423,7 @@ impl Host {
             return;
         }
         let Some(d) = core.sched.daemon_of(id) else { return };
+        self.claim.conn.store(d as usize, Ordering::SeqCst);
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.read_conn(Token(d as usize), false))) {
             core.die(format!("the host failed ({})", threads::panic_message(&*p)));
             return;
@@ -397,6 +434,20 @@ impl Host {
         if core.oneshot && core.submitted && core.sched.pending_tasks() == 0 {
             core.wake();
         }
+    }
+
+    /// Ends what `read_for` began: from here on the loop thread reads that
+    /// daemon again, and what it passed over in the meantime is read now.
+    pub fn end_read(&self) {
+        let t = self.claim.conn.swap(0, Ordering::SeqCst);
+        if t == 0 || !self.claim.missed.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.with_core(|core| {
+            if !core.stopped {
+                core.read_conn(Token(t), false);
+            }
+        });
     }
 
     /// Why the host stopped working, if it failed (not if it was shut down).
@@ -1025,6 +1076,7 @@ unsafe impl Send for Core {}
 struct EventLoop {
     poll: Poll,
     core: Arc<Mutex<Core>>,
+    claim: Arc<Claim>,
 }
 
 impl EventLoop {
@@ -1032,19 +1084,35 @@ impl EventLoop {
         let mut events = Events::with_capacity(256);
         let mut resolved = Vec::new();
         let stats = lock(&self.core).stats.clone();
+        // The next timer, as of the last turn; a turn passed over (below)
+        // does not take the lock to learn it again.
+        let mut deadline: Option<Instant> = None;
+        let mut passed = false;
         loop {
-            let timeout = {
+            let timeout = if passed {
+                deadline.map(|d| d.saturating_duration_since(Instant::now()))
+            } else {
                 let core = lock(&self.core);
                 if core.dead.is_some() {
                     return;
                 }
-                core.next_timeout()
+                let t = core.next_timeout();
+                deadline = t.map(|t| Instant::now() + t);
+                t
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     lock(&self.core).die(format!("the host's event loop stopped (poll failed: {e})"));
                     return;
                 }
+            }
+            // Woken only by a reply that R's thread, spinning for it, reads
+            // itself: nothing to do, and no lock to take from that thread.
+            passed = !events.is_empty()
+                && events.iter().all(|ev| self.for_r_thread(ev))
+                && deadline.is_none_or(|d| d > Instant::now());
+            if passed {
+                continue;
             }
             let end = {
                 let mut core = lock(&self.core);
@@ -1085,6 +1153,19 @@ impl EventLoop {
                 return;
             }
         }
+    }
+}
+
+impl EventLoop {
+    /// Whether `ev` only says that the daemon R's thread is reading has
+    /// sent something (see `Claim`).
+    fn for_r_thread(&self, ev: &mio::event::Event) -> bool {
+        let t = ev.token();
+        t != LISTENER
+            && t != WAKER
+            && ev.is_readable()
+            && !(ev.is_read_closed() || ev.is_error() || ev.is_writable())
+            && self.claim.passes(t)
     }
 }
 

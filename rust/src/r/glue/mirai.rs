@@ -129,7 +129,9 @@ pub(super) fn wait_aio(a: &Aio) -> Result<(), RError> {
         }
         a.slot.is_done().then_some(())
     };
-    if spin(read).is_some() {
+    let spun = spin(read);
+    host.end_read();
+    if spun.is_some() {
         return run_slice_hook();
     }
     wait_interruptibly(|slice| a.slot.wait(slice))
