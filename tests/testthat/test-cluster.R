@@ -99,6 +99,27 @@ test_that("load-balanced calls balance: short tasks go to the node that is free"
   expect_length(unique(pids[-1L]), 1L)
 })
 
+test_that("receiving from many nodes at once, while R's thread reads their daemons, loses no result", {
+  # Waiting in recvOneData(), R's thread reads the daemons of every node
+  # with a task (up to 8; the host's loop thread reads the rest): with 10
+  # nodes both kinds are in play. A lost reply would hang, so the call runs
+  # in a child process with a deadline.
+  script <- tempfile(fileext = ".R")
+  writeLines(c(
+    "library(mirai); library(parallel)",
+    "cl <- make_cluster(10)",
+    "ok <- TRUE",
+    "for (k in 1:3) ok <- ok && identical(clusterApplyLB(cl, 1:3000, function(i) i * 2L), as.list(1:3000 * 2L))",
+    "ok <- ok && identical(parLapply(cl, 1:3000, function(i) -i), as.list(-(1:3000)))",
+    "stop_cluster(cl)",
+    "cat(if (ok) 'ALL-OK' else 'WRONG')"
+  ), script)
+  res <- processx::run(file.path(R.home("bin"), "Rscript"), script, timeout = 120, error_on_status = FALSE,
+                       env = c("current", R_LIBS = paste(.libPaths(), collapse = ":")))
+  expect_false(res$timeout)
+  expect_match(res$stdout, "ALL-OK")
+})
+
 test_that("errors on nodes surface as parallel reports them", {
   cl <- make_cluster(2)
   on.exit(stop_cluster(cl))

@@ -239,23 +239,31 @@ pub struct Host {
     next_id: AtomicU64,
 }
 
-/// Which daemon connection R's thread reads while it spins for a reply, so
-/// that the loop thread, woken by the same reply, leaves it alone: it took
-/// the core's lock only to find the socket already read, and R's thread,
-/// going on to submit its next task, then had to wake it (strace: three
-/// futex calls and a thread switch on every tiny round trip).
+/// The daemon connections R's thread reads while it spins for a reply
+/// (`read_for`), so that the loop thread, woken by the same reply, leaves
+/// them alone: it took the core's lock only to find the socket already
+/// read, and R's thread, going on to submit its next task, then had to
+/// wake it (strace: three futex calls and a thread switch on every tiny
+/// round trip).
 ///
 /// Nothing is lost: the poll reports a socket's readiness once (edge), so
 /// an edge the loop passes over is recorded in `missed` before the loop
-/// reads `conn`, and R's thread, releasing the claim, reads `missed` after
-/// clearing `conn` (both sequentially consistent). Either the loop saw the
+/// reads `conns`, and R's thread, releasing its claims, reads `missed` after
+/// clearing `conns` (both sequentially consistent). Either the loop saw the
 /// claim gone and reads itself, or R's thread sees `missed` and reads.
+/// Claims are only added during one spin, never swapped for others: a
+/// connection let go of before the end of the spin could hold an edge the
+/// loop passed over.
 #[derive(Default)]
 struct Claim {
-    /// The claimed connection's token, 0 for none.
-    conn: std::sync::atomic::AtomicUsize,
+    /// Tokens of the claimed connections, 0 for a free place.
+    conns: [std::sync::atomic::AtomicUsize; CLAIM_MAX],
     missed: std::sync::atomic::AtomicBool,
 }
+
+/// The most daemons R's thread reads at once while it spins (a cluster's
+/// nodes, say); a wait on more leaves the rest to the loop thread.
+const CLAIM_MAX: usize = 8;
 
 impl Claim {
     /// From the loop thread, for a readiness event on `t` that is only
@@ -264,10 +272,26 @@ impl Claim {
     /// `missed` is never cleared here: an edge passed over in an earlier
     /// poll must still be read by R's thread after later events for other
     /// daemons (clearing it then lost a reply, and a wait hung). At worst
-    /// R's thread reads its daemon once more for nothing.
+    /// R's thread reads its daemons once more for nothing.
     fn passes(&self, t: Token) -> bool {
         self.missed.store(true, Ordering::SeqCst);
-        self.conn.load(Ordering::SeqCst) == t.0
+        self.conns.iter().any(|c| c.load(Ordering::SeqCst) == t.0)
+    }
+
+    /// From R's thread: claims `t` if there is room. True if claimed.
+    fn add(&self, t: usize) -> bool {
+        let mut free = None;
+        for c in &self.conns {
+            match c.load(Ordering::Relaxed) {
+                x if x == t => return true,
+                0 if free.is_none() => free = Some(c),
+                _ => {}
+            }
+        }
+        free.is_some_and(|c| {
+            c.store(t, Ordering::SeqCst);
+            true
+        })
     }
 }
 
@@ -412,8 +436,15 @@ impl Host {
     /// From R's thread while it waits for task `id`: reads what the task's
     /// daemon sent, unless the loop thread holds the core (it is reading
     /// then). The reply then resolves the task on this thread, without
-    /// waiting for the loop thread to wake.
+    /// waiting for the loop thread to wake. Call `end_read` when the wait
+    /// ends.
     pub fn read_for(&self, id: TaskId) {
+        self.read_for_all(&[id]);
+    }
+
+    /// `read_for`, for whichever of tasks `ids` resolves first (a
+    /// cluster's nodes): reads each of their daemons (at most `CLAIM_MAX`).
+    pub fn read_for_all(&self, ids: &[TaskId]) {
         let mut core = match self.core.try_lock() {
             Ok(c) => c,
             Err(std::sync::TryLockError::WouldBlock) => return,
@@ -422,11 +453,15 @@ impl Host {
         if core.dead.is_some() {
             return;
         }
-        let Some(d) = core.sched.daemon_of(id) else { return };
-        self.claim.conn.store(d as usize, Ordering::SeqCst);
-        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.read_conn(Token(d as usize), false))) {
-            core.die(format!("the host failed ({})", threads::panic_message(&*p)));
-            return;
+        for &id in ids {
+            let Some(d) = core.sched.daemon_of(id) else { continue };
+            if !self.claim.add(d as usize) {
+                continue;
+            }
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.read_conn(Token(d as usize), false))) {
+                core.die(format!("the host failed ({})", threads::panic_message(&*p)));
+                return;
+            }
         }
         // A one-shot host stops from its loop once nothing is pending; the
         // loop may have no event of its own left to wake for (R's thread
@@ -436,15 +471,21 @@ impl Host {
         }
     }
 
-    /// Ends what `read_for` began: from here on the loop thread reads that
-    /// daemon again, and what it passed over in the meantime is read now.
+    /// Ends what `read_for` began: from here on the loop thread reads those
+    /// daemons again, and what it passed over in the meantime is read now.
     pub fn end_read(&self) {
-        let t = self.claim.conn.swap(0, Ordering::SeqCst);
-        if t == 0 || !self.claim.missed.swap(false, Ordering::SeqCst) {
+        let mut held = [0usize; CLAIM_MAX];
+        for (h, c) in held.iter_mut().zip(&self.claim.conns) {
+            *h = c.swap(0, Ordering::SeqCst);
+        }
+        if held.iter().all(|&t| t == 0) || !self.claim.missed.swap(false, Ordering::SeqCst) {
             return;
         }
         let _ = self.with_core(|core| {
-            if !core.stopped {
+            if core.stopped {
+                return;
+            }
+            for &t in held.iter().filter(|&&t| t != 0) {
                 core.read_conn(Token(t), false);
             }
         });

@@ -19,7 +19,7 @@ use crate::r::layer::ffi::SEXP;
 use super::shared::node_payload_names;
 use crate::r::layer::handle::{kept, new_handle};
 use crate::r::layer::lang::*;
-use super::mirai::{aio, cancel, outcome_to_sexp, race, wait_aio};
+use super::mirai::{aio, cancel, outcome_to_sexp, race_reading, wait_aio};
 use super::profile::submit_node;
 use crate::r::layer::value::*;
 use crate::host::sched::ERR_CANCELED;
@@ -168,7 +168,7 @@ pub fn mirai_cluster_recv(cl: SEXP) -> RResult {
     if !is_list(cl) {
         return Err("internal error in mirai: recvOneData() was passed no 'miraiCluster'".into());
     }
-    let mut slots = Vec::with_capacity(len(cl));
+    let mut heads = Vec::with_capacity(len(cl));
     let mut which = Vec::with_capacity(len(cl));
     for i in 0..len(cl) {
         let node = list_at(cl, i);
@@ -178,14 +178,15 @@ pub fn mirai_cluster_recv(cl: SEXP) -> RResult {
         }
         let h = env_get(node, s.head)?;
         if !is_null(h.sexp()) {
-            slots.push(aio(&h)?.slot.clone());
+            heads.push(h);
             which.push(i);
         }
     }
-    if slots.is_empty() {
+    let aios = heads.iter().map(aio).collect::<Result<Vec<_>, _>>()?;
+    if aios.is_empty() {
         return Err("no node of the cluster has a task to receive".into());
     }
-    let i = which[race(&slots)?];
+    let i = which[race_reading(&aios)?];
     let msg = pop_result(list_at(cl, i), s)?;
     let number = int(i as i32 + 1)?;
     list_named(&[number.sexp(), msg.sexp()], s.one_names, nil())
