@@ -108,3 +108,19 @@ pub fn mirai_url_parts(url: SEXP, ssh: SEXP) -> RResult {
     let tls = lgl(tls)?;
     list(&[scheme.sexp(), host.sexp(), port.sexp(), path.sexp(), tls.sexp()], &["scheme", "host", "port", "path", "tls"])
 }
+
+/// For tests: `list(plain, value)`, what the native reader of plain values
+/// (`plain::read`) makes of the raw vector `x` (R's binary serialization):
+/// plain FALSE and value NULL when it leaves `x` to R. Only in a build
+/// with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+pub fn mirai_test_plain_read(x: SEXP) -> RResult {
+    if type_of(x) != crate::r::layer::ffi::RAWSXP {
+        return Err("`x` must be a raw vector".into());
+    }
+    let bytes = with_raw(x, |b| b.to_vec());
+    let got = crate::r::layer::plain::read(&bytes)?;
+    let plain = lgl(got.is_some())?;
+    let value = got.unwrap_or_else(Owned::nil);
+    list(&[plain.sexp(), value.sexp()], &[])
+}

@@ -293,6 +293,14 @@ impl InR {
         unsafe { Rf_mkCharLenCE(b.as_ptr() as *const c_char, n, cetype_t::CE_UTF8) }
     }
 
+    /// A CHARSXP of `b` in encoding `ce` (unprotected).
+    pub fn mk_char_ce(&self, b: &[u8], ce: cetype_t) -> SEXP {
+        let n = b.len().min(i32::MAX as usize) as c_int;
+        // SAFETY: see the impl; `b` is `n` readable bytes (R copies them;
+        // an embedded NUL is R's error, caught).
+        unsafe { Rf_mkCharLenCE(b.as_ptr() as *const c_char, n, ce) }
+    }
+
     /// A character vector of `vals`, protected.
     pub fn strings<S: AsRef<[u8]>>(&self, vals: &[S]) -> SEXP {
         let v = self.protect(self.alloc(SEXPTYPE::STRSXP, vals.len()));
@@ -427,6 +435,13 @@ impl InR {
     pub fn cons(&self, car: SEXP, cdr: SEXP) -> SEXP {
         // SAFETY: see the impl.
         unsafe { Rf_cons(car, cdr) }
+    }
+
+    /// Makes `cdr` the rest of pairlist cell `cell`.
+    pub fn set_cdr(&self, cell: SEXP, cdr: SEXP) {
+        // SAFETY: see the impl; `cell` is a pairlist cell, whose field
+        // this sets with the write barrier; allocates nothing.
+        unsafe { SETCDR(cell, cdr) };
     }
 
     /// A pairlist of `n` NULLs.

@@ -11,6 +11,7 @@
 //! - `lang`: environments, symbols, small lists, building and evaluating
 //!   calls (what the cluster-node glue does with them is in the glue);
 //! - `serial`: R serialization into and out of message buffers;
+//! - `plain`: reading the serialization of plain values without R;
 //! - `later`: settling promises through the 'later' package's C API.
 //!
 
@@ -21,5 +22,6 @@ pub mod handle;
 pub mod lang;
 pub mod later;
 pub mod object;
+pub mod plain;
 pub mod serial;
 pub mod value;

@@ -182,8 +182,20 @@ fn in_stream(inp: *mut Input, hook: Option<unsafe extern "C" fn(SEXP, SEXP) -> S
     }
 }
 
-/// Unserializes one object from `data`.
+/// Unserializes one object from `data`: a plain value natively (`plain`),
+/// anything else through R_Unserialize.
 pub fn unserialize(data: &[u8]) -> Result<Owned, RError> {
+    if data.len() < 14 {
+        return Err("serialized data is truncated".into());
+    }
+    if let Ok(Some(v)) = super::plain::read(data) {
+        return Ok(v);
+    }
+    unserialize_by_r(data)
+}
+
+/// `unserialize`, always through R_Unserialize.
+pub fn unserialize_by_r(data: &[u8]) -> Result<Owned, RError> {
     if data.len() < 14 {
         return Err("serialized data is truncated".into());
     }

@@ -1,0 +1,78 @@
+# The native reader of plain values (rust/src/r/layer/plain.rs) against R's
+# own unserialize(): what it reads must be identical(), what it does not
+# know must be left to R, and no byte sequence may crash it.
+
+plain_read <- function(bytes) .Call(mirai:::C_mirai_test_plain_read, bytes)
+have_hooks <- exists("C_mirai_test_plain_read", envir = asNamespace("mirai"), inherits = FALSE)
+
+test_that("plain values read natively are identical to R's reading", {
+  skip_if_not(have_hooks, "needs the test build (MIRAI_TEST_HOOKS=1): the reader's test entry point")
+  latin <- "caf\xe9"; Encoding(latin) <- "latin1"
+  bytes_str <- "\xff\xfe"; Encoding(bytes_str) <- "bytes"
+  values <- list(
+    NULL, TRUE, c(TRUE, NA, FALSE), logical(), 1L, c(NA, -2147483647L, 0L), integer(),
+    3.5, c(NA, NaN, Inf, -Inf, -0, 1e-300), numeric(), as.raw(c(0, 255, 7)), raw(),
+    "hello", c("a", NA, ""), character(), "\u00e9t\u00e9 \u65e5\u672c", latin, bytes_str,
+    list(), list(1, "a", NULL), list(a = 1, b = list(c = "x", d = NULL)), c(x = 1L, y = 2L),
+    c(first = "a", second = NA), setNames(list(1, 2), c("", "b")),
+    quote(x), quote(f(x, y = 2, ...)), quote(x[, 1]), quote(a$b$c + a$b$d),
+    # Parsed without source references, as Rscript and a daemon do (with
+    # them, a call carries attributes, and is left to R: tested below).
+    parse(text = "function(x, y = 2) x + y", keep.source = FALSE)[[1L]],
+    parse(text = "{ z <- g(h(1)); z * z }", keep.source = FALSE)[[1L]],
+    list(._expr_. = quote(slow_fit(d)), ._globals_. = list(d = 1:3 + 0), ._args_. = list()),
+    expression(1 + 2, b), as.pairlist(list(a = 1, b = "c")), globalenv(), emptyenv(), baseenv(),
+    as.list(seq_len(5000) + 0.5), paste0("s", 1:3000)
+  )
+  for (i in seq_along(values)) {
+    x <- values[i][[1L]]
+    b <- serialize(x, NULL, xdr = FALSE)
+    got <- plain_read(b)
+    expect_true(got[[1L]], info = paste("value", i))
+    expect_identical(got[[2L]], x, info = paste("value", i))
+    if (is.character(x)) expect_identical(Encoding(got[[2L]]), Encoding(x), info = paste("value", i))
+  }
+})
+
+test_that("what is not plain is left to R", {
+  skip_if_not(have_hooks, "needs the test build (MIRAI_TEST_HOOKS=1): the reader's test entry point")
+  deep <- list(); for (i in 1:300) deep <- list(deep)
+  not_plain <- list(
+    factor(c("a", "b")), data.frame(x = 1:2), matrix(1:4, 2), structure(1, class = "foo"),
+    structure(1:3, myattr = "z"), 1+2i, new.env(), function(x) x, sum, 1:10, deep,
+    methods::getClass("numeric"), structure(list(1), names = "a", extra = TRUE),
+    parse(text = "{ z <- g(h(1)); z * z }", keep.source = TRUE)[[1L]]
+  )
+  for (i in seq_along(not_plain)) {
+    b <- serialize(not_plain[[i]], NULL, xdr = FALSE)
+    got <- plain_read(b)
+    expect_false(got[[1L]], info = paste("value", i))
+    expect_null(got[[2L]], info = paste("value", i))
+  }
+  # XDR (big-endian) and ASCII streams are R's to read.
+  expect_false(plain_read(serialize(1L, NULL))[[1L]])
+  expect_false(plain_read(serialize(1L, NULL, ascii = TRUE))[[1L]])
+})
+
+test_that("truncated and corrupted bytes never crash the reader", {
+  skip_if_not(have_hooks, "needs the test build (MIRAI_TEST_HOOKS=1): the reader's test entry point")
+  x <- list(a = quote(f(x, y = "z")), b = c(1.5, NA), c = c(u = "v"), d = as.raw(1:3), e = list(TRUE))
+  b <- serialize(x, NULL, xdr = FALSE)
+  # Every truncation: left to R (or, if a prefix happens to be whole, read).
+  for (k in seq_len(length(b) - 1L)) {
+    got <- tryCatch(plain_read(b[seq_len(k)]), error = function(e) list(NA, conditionMessage(e)))
+    expect_false(isTRUE(got[[1L]]) && identical(got[[2L]], x), info = paste("prefix", k))
+  }
+  # Random corruption after the header: whatever it reads is a value, never
+  # a crash; lengths claiming more than the bytes hold are refused.
+  set.seed(42)
+  for (k in 1:3000) {
+    bad <- b
+    at <- sample(24:length(b), sample(1:4, 1))
+    bad[at] <- as.raw(sample(0:255, length(at), replace = TRUE))
+    got <- tryCatch(plain_read(bad), error = function(e) NULL)
+    expect_true(is.null(got) || is.logical(got[[1L]]))
+  }
+  huge <- c(b[1:23], writeBin(c(19L, .Machine$integer.max), raw(), size = 4), as.raw(rep(0, 16)))
+  expect_false(plain_read(huge)[[1L]])
+})
