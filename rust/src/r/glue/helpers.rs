@@ -124,3 +124,15 @@ pub fn mirai_test_plain_read(x: SEXP) -> RResult {
     let value = got.unwrap_or_else(Owned::nil);
     list(&[plain.sexp(), value.sexp()], &[])
 }
+
+/// For tests: the native writer of plain values (`plain::write`) on `x`:
+/// the bytes it writes (R's binary serialization), or NULL when it leaves
+/// `x` to R_Serialize. Only in a build with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+pub fn mirai_test_plain_write(x: SEXP) -> RResult {
+    let mut buf = Vec::new();
+    if !crate::r::layer::plain::write(x, &mut buf)? {
+        return Ok(Owned::nil());
+    }
+    raw_vec(&buf)
+}

@@ -444,6 +444,13 @@ impl InR {
         unsafe { SETCDR(cell, cdr) };
     }
 
+    /// `identical(a, b)` with numbers and NAs compared bit for bit and
+    /// source references not ignored (flags of R_compute_identical).
+    pub fn identical_strict(&self, a: SEXP, b: SEXP) -> bool {
+        // SAFETY: see the impl; compares without allocating or evaluating.
+        unsafe { R_compute_identical(a, b, 1 | 2 | 32) != Rboolean::FALSE }
+    }
+
     /// A pairlist of `n` NULLs.
     pub fn alloc_pairlist(&self, n: usize) -> SEXP {
         // SAFETY: see the impl.

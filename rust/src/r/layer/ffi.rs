@@ -21,7 +21,7 @@ pub use extendr_ffi::{
     R_pstream_format_t, R_registerRoutines, R_useDynamicSymbols, Rboolean, Rf_allocVector, Rf_cons,
     Rf_defineVar, Rf_findFun, Rf_lang1, Rf_getAttrib, Rf_install, Rf_mkCharLenCE, Rf_protect, Rf_setAttrib, Rf_unprotect,
     Rf_xlength, GetRNGstate, PutRNGstate, CAR, CDR, INTEGER, LOGICAL, RAW, REAL, R_CHAR,
-    SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, STRING_ELT, VECTOR_ELT, SETCDR, R_NaString,
+    SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, STRING_ELT, VECTOR_ELT, SETCDR, R_NaString, PRINTNAME, LENGTH,
 };
 pub use extendr_ffi::Rf_ScalarInteger;
 pub use extendr_ffi::TAG;
@@ -33,6 +33,7 @@ extern "C" {
     pub static mut R_interrupts_pending: c_int;
 
     pub fn TYPEOF(s: SEXP) -> c_int;
+    pub fn Rf_getCharCE(x: SEXP) -> cetype_t;
     pub fn Rf_ScalarLogical(x: c_int) -> SEXP;
     pub fn Rf_ScalarReal(x: f64) -> SEXP;
     pub fn Rf_errorcall(call: SEXP, fmt: *const c_char, ...) -> !;

@@ -16,7 +16,7 @@
 //! checked against the bytes that remain before anything is allocated,
 //! nesting is bounded, and nothing panics.
 
-use super::call::{InR, RError};
+use super::call::{try_r, InR, RError};
 use super::ffi::*;
 use super::serial;
 use super::value::{len, nil, rooted, type_of, Owned};
@@ -60,7 +60,7 @@ fn header() -> Result<&'static [u8], RError> {
         return Ok(h);
     }
     let mut b = Vec::new();
-    serial::serialize_into(nil(), &mut b)?;
+    serial::serialize_by_r(nil(), &mut b)?;
     // NULL is the last 4 bytes.
     b.truncate(b.len().saturating_sub(4));
     Ok(HEADER.get_or_init(|| b))
@@ -327,5 +327,277 @@ impl Cursor<'_> {
                 }
             }
         })
+    }
+}
+
+// ---- writing -------------------------------------------------------------
+
+/// Longer vectors and pairlists, and values of more parts, go to R: its
+/// reference table then costs little beside the copying, and the checks
+/// below (a copy per vector) would cost more.
+const WRITE_MAX_LEN: usize = 4096;
+const WRITE_MAX_PARTS: usize = 4096;
+
+const ASCII_MASK: u32 = 1 << 6;
+
+/// Appends R's binary serialization (version 3, as R_Serialize writes
+/// it) of `x` to `buf` if `x` is plain (see the module) and small; true
+/// if written. False leaves `buf` as it was, for R_Serialize.
+///
+/// Whether a value carries attributes other than names cannot be asked of
+/// R's API (ATTRIB is not part of it): each vector and pairlist cell is
+/// compared, with `identical()`, to a fresh copy that has its names and
+/// nothing else, which costs a small allocation per part but no 8.8 KB
+/// reference table per call, as R_Serialize allocates. Measured here:
+/// ~4 us for a task's `list(._expr_., ._globals_., ._args_.)` by R, ...
+pub fn write(x: SEXP, buf: &mut Vec<u8>) -> Result<bool, RError> {
+    let h = header()?;
+    let start = buf.len();
+    buf.extend_from_slice(h);
+    let mut out = Out { buf, syms: Vec::new(), parts: 0, plain: true };
+    let outp = &mut out as *mut Out;
+    // SAFETY: the closure owns nothing with a destructor: `out` (and the
+    // Vecs it holds or borrows) lives out here and is reached through a raw
+    // pointer that nothing else uses until try_r returns.
+    let res = unsafe {
+        try_r(|r| {
+            let out = &mut *outp;
+            if !out.item(r, x, 0) {
+                out.plain = false;
+            }
+            nil()
+        })
+    };
+    let plain = out.plain;
+    if res.is_err() || !plain {
+        buf.truncate(start);
+    }
+    res.map(|_| plain)
+}
+
+struct Out<'a> {
+    buf: &'a mut Vec<u8>,
+    /// Symbols in the order written: R's reference table for them.
+    syms: Vec<SEXP>,
+    parts: usize,
+    plain: bool,
+}
+
+impl Out<'_> {
+    fn int(&mut self, v: i32) {
+        self.buf.extend_from_slice(&v.to_ne_bytes());
+    }
+
+    fn flags(&mut self, f: u32) {
+        self.int(f as i32);
+    }
+
+    fn length(&mut self, n: usize) {
+        // Only short vectors are written here (WRITE_MAX_LEN).
+        self.int(n as i32);
+    }
+
+    fn item(&mut self, r: &InR, x: SEXP, depth: u32) -> bool {
+        self.parts += 1;
+        if depth > MAX_DEPTH || self.parts > WRITE_MAX_PARTS {
+            return false;
+        }
+        if x == nil() {
+            self.flags(NILVALUE);
+            return true;
+        }
+        // SAFETY: R's constants, set before any package loads.
+        let (global, empty, base, missing) = unsafe { (R_GlobalEnv, R_EmptyEnv, R_BaseEnv, R_MissingArg) };
+        let special = [(global, GLOBALENV), (empty, EMPTYENV), (base, BASEENV), (missing, MISSINGARG)];
+        if let Some(&(_, code)) = special.iter().find(|(s, _)| *s == x) {
+            self.flags(code);
+            return true;
+        }
+        match type_of(x) as u32 {
+            SYM => self.symbol(x),
+            ty @ (LGL | INT | REAL | RAW | STR | VEC | EXPR) => self.vector(r, x, ty, depth),
+            ty @ (LIST | LANG) => self.pairlist(r, x, ty, depth),
+            _ => false,
+        }
+    }
+
+    fn symbol(&mut self, s: SEXP) -> bool {
+        if let Some(i) = self.syms.iter().position(|&k| k == s) {
+            // References count from 1; these tables are short, so the
+            // index always packs into the flags.
+            self.flags(((i as u32 + 1) << 8) | REFSXP);
+            return true;
+        }
+        self.syms.push(s);
+        self.flags(SYM);
+        // SAFETY: a symbol's print name, a CHARSXP it keeps alive.
+        let name = unsafe { PRINTNAME(s) };
+        self.charsxp(name)
+    }
+
+    fn charsxp(&mut self, c: SEXP) -> bool {
+        // SAFETY: R's constant.
+        if c == unsafe { R_NaString } {
+            self.flags(CHAR);
+            self.int(-1);
+            return true;
+        }
+        // SAFETY: `c` is a live CHARSXP (an element of a character vector
+        // or a print name): LENGTH bytes at R_CHAR; getCharCE reads its mark.
+        let (bytes, ce) = unsafe {
+            let n = LENGTH(c) as usize;
+            (std::slice::from_raw_parts(R_CHAR(c) as *const u8, n), Rf_getCharCE(c))
+        };
+        let levels = if bytes.is_ascii() {
+            ASCII_MASK
+        } else {
+            match ce {
+                cetype_t::CE_UTF8 => UTF8_MASK,
+                cetype_t::CE_LATIN1 => LATIN1_MASK,
+                cetype_t::CE_BYTES => BYTES_MASK,
+                cetype_t::CE_NATIVE => 0,
+                _ => return false,
+            }
+        };
+        self.flags(CHAR | levels << 12);
+        self.length(bytes.len());
+        self.buf.extend_from_slice(bytes);
+        true
+    }
+
+    /// A vector, if it carries no attribute but names.
+    fn vector(&mut self, r: &InR, x: SEXP, ty: u32, depth: u32) -> bool {
+        let n = len(x);
+        if n > WRITE_MAX_LEN {
+            return false;
+        }
+        // SAFETY: R's constant.
+        let names_sym = unsafe { R_NamesSymbol };
+        let names = r.get_attrib(x, names_sym);
+        if !r.scoped(|r| {
+            let names = r.protect(names);
+            let t = match ty {
+                LGL => SEXPTYPE::LGLSXP,
+                INT => SEXPTYPE::INTSXP,
+                REAL => SEXPTYPE::REALSXP,
+                RAW => SEXPTYPE::RAWSXP,
+                STR => SEXPTYPE::STRSXP,
+                VEC => SEXPTYPE::VECSXP,
+                _ => SEXPTYPE::EXPRSXP,
+            };
+            let copy = r.protect(r.alloc(t, n));
+            match ty {
+                STR => (0..n).for_each(|i| r.set_str(copy, i, string_elt(x, i))),
+                VEC | EXPR => (0..n).for_each(|i| r.set_elt(copy, i, list_elt(x, i))),
+                _ if n > 0 => {
+                    let width = if ty == REAL { 8 } else if ty == RAW { 1 } else { 4 };
+                    // SAFETY: both are vectors of `n` elements of this type
+                    // (`copy` fresh, so not ALTREP; `x`'s data pointer may
+                    // materialise an ALTREP vector, an allocation R may
+                    // fail with an error, caught).
+                    unsafe { std::ptr::copy_nonoverlapping(data_of(x, ty), data_of(copy, ty), n * width) };
+                }
+                _ => {}
+            }
+            if names != nil() {
+                r.set_attrib(copy, names_sym, names);
+            }
+            r.identical_strict(x, copy)
+        }) {
+            return false;
+        }
+        let has_names = names != nil();
+        self.flags(ty | if has_names { HAS_ATTR } else { 0 });
+        self.length(n);
+        let ok = match ty {
+            STR => (0..n).all(|i| self.charsxp(string_elt(x, i))),
+            VEC | EXPR => (0..n).all(|i| self.item(r, list_elt(x, i), depth + 1)),
+            _ => {
+                let width = if ty == REAL { 8 } else if ty == RAW { 1 } else { 4 };
+                if n > 0 {
+                    // SAFETY: `x` holds n elements of `width` bytes (read
+                    // above, so any ALTREP form is materialised already).
+                    let b = unsafe { std::slice::from_raw_parts(data_of(x, ty), n * width) };
+                    self.buf.extend_from_slice(b);
+                }
+                true
+            }
+        };
+        if !ok {
+            return false;
+        }
+        if has_names {
+            self.flags(LIST | HAS_TAG);
+            if !self.symbol(names_sym) || !self.item(r, names, depth + 1) {
+                return false;
+            }
+            self.flags(NILVALUE);
+        }
+        true
+    }
+
+    /// A pairlist or call, if no cell carries attributes: a cell at a time.
+    fn pairlist(&mut self, r: &InR, x: SEXP, ty: u32, depth: u32) -> bool {
+        let mut cell = x;
+        let mut ty = ty;
+        for _ in 0..WRITE_MAX_LEN {
+            // SAFETY: `cell` is a live pairlist or call cell: field reads.
+            let (car, cdr, tag) = unsafe { (CAR(cell), CDR(cell), TAG(cell)) };
+            let bare = r.scoped(|r| {
+                let copy = r.protect(if ty == LANG { r.lcons(car, cdr) } else { r.cons(car, cdr) });
+                if tag != nil() {
+                    r.set_cell(copy, car, tag);
+                }
+                r.identical_strict(cell, copy)
+            });
+            if !bare || (tag != nil() && type_of(tag) != SYMSXP) {
+                return false;
+            }
+            self.flags(ty | if tag != nil() { HAS_TAG } else { 0 });
+            if tag != nil() && !self.symbol(tag) {
+                return false;
+            }
+            if !self.item(r, car, depth + 1) {
+                return false;
+            }
+            if cdr == nil() {
+                self.flags(NILVALUE);
+                return true;
+            }
+            if type_of(cdr) as u32 != LIST {
+                return false;
+            }
+            cell = cdr;
+            ty = LIST;
+        }
+        false
+    }
+}
+
+fn string_elt(x: SEXP, i: usize) -> SEXP {
+    // SAFETY: `x` is a live character vector and `i` is in range (callers
+    // loop below its length).
+    unsafe { STRING_ELT(x, i as isize) }
+}
+
+fn list_elt(x: SEXP, i: usize) -> SEXP {
+    // SAFETY: `x` is a live list and `i` is in range (as above).
+    unsafe { VECTOR_ELT(x, i as isize) }
+}
+
+/// The data of logical, integer, double or raw vector `x`, as bytes.
+///
+/// # Safety
+/// `x` is a live vector of type `ty`; R may allocate (ALTREP), so only
+/// inside try_r.
+unsafe fn data_of(x: SEXP, ty: u32) -> *mut u8 {
+    // SAFETY: the caller's promise.
+    unsafe {
+        match ty {
+            LGL => LOGICAL(x).cast(),
+            INT => INTEGER(x).cast(),
+            REAL => super::ffi::REAL(x).cast(),
+            _ => super::ffi::RAW(x).cast(),
+        }
     }
 }

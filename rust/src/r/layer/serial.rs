@@ -104,6 +104,15 @@ fn out_stream(buf: *mut Vec<u8>, hook: Option<unsafe extern "C" fn(SEXP, SEXP) -
 /// serialization hook, say) comes back as `Err` (see `try_r`); `buf` is then
 /// truncated to where it was.
 pub fn serialize_into(obj: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
+    // A plain value is written natively (see `plain`); R writes the rest.
+    if let Ok(true) = super::plain::write(obj, buf) {
+        return Ok(());
+    }
+    serialize_by_r(obj, buf)
+}
+
+/// `serialize_into`, always through R_Serialize.
+pub fn serialize_by_r(obj: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
     let start = buf.len();
     let bufp = buf as *mut Vec<u8>;
     // SAFETY: the closure owns nothing with a destructor (the stream is a

@@ -529,6 +529,20 @@ pub fn push_binary_elt(src: SEXP, i: usize, out: &mut Vec<u8>) -> Result<(), REr
     Ok(())
 }
 
+/// A raw vector of `bytes`.
+pub fn raw_vec(bytes: &[u8]) -> Result<Owned, RError> {
+    let make = |r: &InR| {
+        let v = r.alloc(SEXPTYPE::RAWSXP, bytes.len());
+        if !bytes.is_empty() {
+            // SAFETY: `v` is a new raw vector of bytes.len() bytes.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), RAW(v), bytes.len()) };
+        }
+        v
+    };
+    // SAFETY: see above.
+    unsafe { rooted(make) }
+}
+
 /// A logical vector of `vals` (0 FALSE, else TRUE).
 pub fn lgls(vals: &[i32]) -> Result<Owned, RError> {
     let make = |r: &InR| {

@@ -1,15 +1,16 @@
-# The native reader of plain values (rust/src/r/layer/plain.rs) against R's
-# own unserialize(): what it reads must be identical(), what it does not
-# know must be left to R, and no byte sequence may crash it.
+# The native reader and writer of plain values (rust/src/r/layer/plain.rs)
+# against R's own serialize() and unserialize(): what they read and write
+# must be what R reads and writes, what they do not know must be left to R,
+# and no byte sequence may crash the reader.
 
 plain_read <- function(bytes) .Call(mirai:::C_mirai_test_plain_read, bytes)
+plain_write <- function(x) .Call(mirai:::C_mirai_test_plain_write, x)
 have_hooks <- exists("C_mirai_test_plain_read", envir = asNamespace("mirai"), inherits = FALSE)
 
-test_that("plain values read natively are identical to R's reading", {
-  skip_if_not(have_hooks, "needs the test build (MIRAI_TEST_HOOKS=1): the reader's test entry point")
+plain_values <- function() {
   latin <- "caf\xe9"; Encoding(latin) <- "latin1"
   bytes_str <- "\xff\xfe"; Encoding(bytes_str) <- "bytes"
-  values <- list(
+  list(
     NULL, TRUE, c(TRUE, NA, FALSE), logical(), 1L, c(NA, -2147483647L, 0L), integer(),
     3.5, c(NA, NaN, Inf, -Inf, -0, 1e-300), numeric(), as.raw(c(0, 255, 7)), raw(),
     "hello", c("a", NA, ""), character(), "\u00e9t\u00e9 \u65e5\u672c", latin, bytes_str,
@@ -20,10 +21,26 @@ test_that("plain values read natively are identical to R's reading", {
     # them, a call carries attributes, and is left to R: tested below).
     parse(text = "function(x, y = 2) x + y", keep.source = FALSE)[[1L]],
     parse(text = "{ z <- g(h(1)); z * z }", keep.source = FALSE)[[1L]],
-    list(._expr_. = quote(slow_fit(d)), ._globals_. = list(d = 1:3 + 0), ._args_. = list()),
+    list(._expr_. = quote(slow_fit(d)), ._globals_. = list(d = c(1, 2, 3)), ._args_. = list()),
     expression(1 + 2, b), as.pairlist(list(a = 1, b = "c")), globalenv(), emptyenv(), baseenv(),
-    as.list(seq_len(5000) + 0.5), paste0("s", 1:3000)
+    as.list(seq_len(3000) + 0.5), paste0("s", 1:3000)
   )
+}
+
+not_plain_values <- function() {
+  deep <- list(); for (i in 1:300) deep <- list(deep)
+  list(
+    factor(c("a", "b")), data.frame(x = 1:2), matrix(1:4, 2), structure(1, class = "foo"),
+    structure(1:3 + 0L, myattr = "z"), 1+2i, new.env(), function(x) x, sum, deep,
+    methods::getClass("numeric"), structure(list(1), names = "a", extra = TRUE),
+    parse(text = "{ z <- g(h(1)); z * z }", keep.source = TRUE)[[1L]],
+    list(1, structure(2, class = "inner")), as.call(list(as.name("f"), structure(1, a = 2)))
+  )
+}
+
+test_that("plain values read natively are identical to R's reading", {
+  skip_if_not(have_hooks, "needs the test build (MIRAI_TEST_HOOKS=1): the reader's test entry point")
+  values <- plain_values()
   for (i in seq_along(values)) {
     x <- values[i][[1L]]
     b <- serialize(x, NULL, xdr = FALSE)
@@ -36,13 +53,7 @@ test_that("plain values read natively are identical to R's reading", {
 
 test_that("what is not plain is left to R", {
   skip_if_not(have_hooks, "needs the test build (MIRAI_TEST_HOOKS=1): the reader's test entry point")
-  deep <- list(); for (i in 1:300) deep <- list(deep)
-  not_plain <- list(
-    factor(c("a", "b")), data.frame(x = 1:2), matrix(1:4, 2), structure(1, class = "foo"),
-    structure(1:3, myattr = "z"), 1+2i, new.env(), function(x) x, sum, 1:10, deep,
-    methods::getClass("numeric"), structure(list(1), names = "a", extra = TRUE),
-    parse(text = "{ z <- g(h(1)); z * z }", keep.source = TRUE)[[1L]]
-  )
+  not_plain <- c(not_plain_values(), list(1:10))
   for (i in seq_along(not_plain)) {
     b <- serialize(not_plain[[i]], NULL, xdr = FALSE)
     got <- plain_read(b)
@@ -75,4 +86,38 @@ test_that("truncated and corrupted bytes never crash the reader", {
   }
   huge <- c(b[1:23], writeBin(c(19L, .Machine$integer.max), raw(), size = 4), as.raw(rep(0, 16)))
   expect_false(plain_read(huge)[[1L]])
+})
+
+test_that("plain values are written as R writes them, and read back identical", {
+  skip_if_not(have_hooks, "needs the test build (MIRAI_TEST_HOOKS=1): the writer's test entry point")
+  values <- plain_values()
+  for (i in seq_along(values)) {
+    x <- values[i][[1L]]
+    b <- plain_write(x)
+    expect_true(is.raw(b), info = paste("value", i))
+    expect_identical(b, serialize(x, NULL, xdr = FALSE), info = paste("value", i))
+    expect_identical(unserialize(b), x, info = paste("value", i))
+  }
+  # An ALTREP sequence is written as the plain vector it stands for.
+  expect_identical(unserialize(plain_write(1:10)), 1:10)
+})
+
+test_that("what is not plain, or too large, is left to R_Serialize", {
+  skip_if_not(have_hooks, "needs the test build (MIRAI_TEST_HOOKS=1): the writer's test entry point")
+  not_plain <- c(not_plain_values(), list(runif(5000), as.list(1:5000)))
+  for (i in seq_along(not_plain)) expect_null(plain_write(not_plain[[i]]), info = paste("value", i))
+})
+
+test_that("tasks and results of every plain kind travel intact", {
+  # Both ends write and read plain values natively: a round trip through
+  # a daemon must give back exactly what went.
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  for (x in c(plain_values(), not_plain_values()[1:5])) {
+    if (is.environment(x) || is.language(x) || is.pairlist(x)) next
+    expect_identical(mirai(x, x = x)[], x)
+    expect_identical(mirai(y, .args = list(y = x))[], x)
+  }
+  expect_identical(mirai(quote(f(x, y = 2)))[], quote(f(x, y = 2)))
+  expect_identical(mirai(a + b, a = 1L, b = 2.5)[], 3.5)
 })
