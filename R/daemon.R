@@ -276,18 +276,19 @@ send_result <- function(conn, id, res) {
   last
 }
 
-# Evaluates a task payload on a daemon. The evaluation itself is C code
-# (mirai_eval in src/entrypoint.c) that signals failure by returning `box`.
+# Evaluates a task payload on a daemon. Binding its arguments and the
+# evaluation itself are native (mirai_daemon_eval_task in
+# rust/src/r/glue/daemon.rs, around mirai_eval in src/entrypoint.c), which
+# signal failure by returning `box`.
 eval_task <- function(data, box) {
-  g <- data[["._globals_."]]
-  if (length(g)) list2env(g, envir = .GlobalEnv)
-  a <- data[["._args_."]]
-  env <- if (length(a)) list2env(a, parent = .GlobalEnv) else new.env(parent = .GlobalEnv)
-  before <- geterrmessage()
-  res <- .Call(C_mirai_eval, data[["._expr_."]], env, box)
+  res <- .Call(C_mirai_daemon_eval_task, data, box)
   if (!identical(res, box)) return(res)
+  if (!is.null(box$redo)) {
+    box$redo <- NULL
+    return(mirai_error("the task's arguments are not all named"))
+  }
   cond <- box$cond
-  if (is.null(cond)) return(unhandled_jump(before))
+  if (is.null(cond)) return(unhandled_jump(box$before))
   # Frames up to and including this one belong to the daemon loop; the last
   # two are the handler's (see eval_on_error in src/entrypoint.c).
   mirai_error(cond, task_trace(box$calls, sys.nframe(), 2L))

@@ -378,6 +378,26 @@ fn condition_message(record: &str) -> &str {
     message.map_or(record, str::trim_start)
 }
 
+/// `eval_task()` (R/daemon.R): runs a task's payload `data`
+/// (`list(._expr_., ._globals_., ._args_.)`) as `lang::eval_task` does,
+/// with `geterrmessage()` from before it kept in `box` as `before` (for an
+/// evaluation that jumps out without an error). Its value, or `box` when
+/// it failed; `box` with `redo` set when the payload's arguments are not
+/// all named.
+pub fn mirai_daemon_eval_task(data: SEXP, box_: SEXP) -> RResult {
+    let c = node_consts()?;
+    let before = eval_in_base(c.geterr)?;
+    env_set(box_, c.before, before.sexp())?;
+    let (expr, globals, args) = (list_get(data, "._expr_."), list_get(data, "._globals_."), list_get(data, "._args_."));
+    match eval_task(expr, globals, args, box_)? {
+        Some(v) => Ok(v),
+        None => {
+            env_set(box_, c.redo, lgl(true)?.sexp())?;
+            Ok(Owned::reachable(box_))
+        }
+    }
+}
+
 /// Objects the node-task path reuses.
 struct NodeConsts {
     master: SEXP,
@@ -386,6 +406,10 @@ struct NodeConsts {
     flush: SEXP,
     /// `geterrmessage()`, preserved.
     geterr: SEXP,
+    /// Where a task's `geterrmessage()` from before it is kept in `box`,
+    /// and the mark of a payload to refuse (`mirai_daemon_eval_task`).
+    before: SEXP,
+    redo: SEXP,
     relayed_names: SEXP,
     relayed_class: SEXP,
     payload_names: SEXP,
@@ -401,6 +425,8 @@ fn node_consts() -> Result<&'static NodeConsts, RError> {
             last_fun: install(c"._last_node_fun_.")?,
             flush: install(c"flush")?,
             geterr: preserved_base_call(c"geterrmessage")?,
+            before: install(c"before")?,
+            redo: install(c"redo")?,
             relayed_names: preserved_strings(&[c"conditions", c"value"])?,
             relayed_class: preserved_strings(&[c"miraiRelayed"])?,
             payload_names: node_payload_names()?,

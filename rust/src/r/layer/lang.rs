@@ -341,6 +341,50 @@ pub fn eval_guarded(call: SEXP, box_: SEXP) -> Result<Owned, RError> {
     unsafe { rooted(eval) }
 }
 
+/// A daemon's task: binds the elements of the named list `globals` in the
+/// global environment and those of `args` in a new environment enclosed
+/// by it (as list2env() does), then evaluates `expr` there as
+/// `eval_guarded` does (on a failure, `box` comes back). None, with
+/// nothing bound, when either is not a list whose every element has a
+/// name (a host of this package never sends one).
+pub fn eval_task(expr: SEXP, globals: SEXP, args: SEXP, box_: SEXP) -> Result<Option<Owned>, RError> {
+    let f = GUARDED_EVAL.get().ok_or("mirai: native library not initialised by R")?;
+    if !is_env(box_) {
+        return Err("internal error in mirai: `box` must be an environment".into());
+    }
+    let named = |x: SEXP| -> Option<SEXP> {
+        if !is_list(x) {
+            return None;
+        }
+        if len(x) == 0 {
+            return Some(nil());
+        }
+        let nms = list_names(x)?;
+        // SAFETY: R's constant.
+        let na = unsafe { R_NaString };
+        (len(nms) == len(x) && (0..len(x)).all(|i| char_at(nms, i) != na && with_str_at(nms, i, |b| !b.is_empty())))
+            .then_some(nms)
+    };
+    let (Some(gn), Some(an)) = (named(globals), named(args)) else { return Ok(None) };
+    let global = global_env();
+    let run = |r: &InR| {
+        // Symbols are never collected; each value is held by its list.
+        for i in 0..len(globals) {
+            r.define_var(r.install_char(char_at(gn, i)), list_at(globals, i), global);
+        }
+        let env = r.protect(r.new_env(global));
+        for i in 0..len(args) {
+            r.define_var(r.install_char(char_at(an, i)), list_at(args, i), env);
+        }
+        // SAFETY: mirai_eval is called as its C definition requires: an
+        // expression and two environments, on R's main thread, inside
+        // try_r, where an error it does not catch itself stops.
+        unsafe { f(expr, env, box_) }
+    };
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe { rooted(run) }.map(Some)
+}
+
 /// Calls R function `fun` with the one argument `arg`, in the global
 /// environment; an R error (or a condition handler's jump) comes back as
 /// Err.
