@@ -243,6 +243,25 @@ test_that("waiting on each of many tasks in turn, with other daemons' replies st
   }
 })
 
+test_that("after a wait that read its daemon itself, the host's loop reads that daemon again", {
+  # While R's thread spins on a mirai it reads the task's daemon itself and
+  # the poll stops reporting that socket (Core::quiet); the wait's end must
+  # give it back to the loop thread, or a later reply nobody waits for
+  # would never resolve its mirai.
+  on.exit(daemons(0))
+  for (disp in c(FALSE, TRUE)) {
+    daemons(1, dispatcher = disp)
+    for (k in 1:3) {
+      expect_identical(mirai(k, k = k)[], k)
+      later <- mirai({ Sys.sleep(0.3); "later" })
+      # Polled, never waited on: only the loop thread can read this reply.
+      expect_true(wait_until(function() !unresolved(later), 10), info = paste(disp, k))
+      expect_identical(later$data, "later")
+    }
+    daemons(0)
+  }
+})
+
 test_that("a daemon waiting for its next task sleeps once its brief spin is over", {
   # After a result, a daemon whose tasks come in quick succession spins
   # briefly (IDLE_SPIN, 100 us) before it blocks: it must then block.
