@@ -13,9 +13,11 @@
 //! writes the socket could not take at once (it sees the writable edge), and
 //! for timers. R's thread wakes it (mio Waker) only for a new deadline or for
 //! shutdown. While R's thread spins for a task's result it also reads that
-//! task's daemon itself (`Host::read_for`), whenever the loop thread does
-//! not hold the core: a tiny round trip then does not wait for the loop
-//! thread to be scheduled.
+//! task's daemon itself (`Host::read_for`; a cluster's nodes:
+//! `read_for_all`), whenever the loop thread does not hold the core: a
+//! tiny round trip then does not wait for the loop thread to be scheduled.
+//! Meanwhile the poll does not report that daemon's data to the loop
+//! thread, which would only wake to find it read (`Claim`, `Core::quiet`).
 //!
 //! Write queues (`wqueue`): what a daemon's socket has not taken yet waits
 //! in its connection's queue. Without a dispatcher the host tells the
