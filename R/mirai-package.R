@@ -44,8 +44,12 @@ profile_of <- function(.compute) {
 # A mirai's `$data` binding calls this (see init in rust/src/r/layer/object.rs).
 aio_data <- function(aio) .Call(C_mirai_aio_data, aio)
 
+# The finalizer of every mirai's aio handle, shared (R_FINALIZED in
+# rust/src/r/layer/handle.rs).
+aio_free <- function(aio) .Call(C_mirai_aio_free, aio)
+
 .onLoad <- function(libname, pkgname) {
-  .Call(C_mirai_r_init, aio_data, .unresolved)
+  .Call(C_mirai_r_init, aio_data, .unresolved, aio_free)
   # Defined once, natively (mirai_constants in rust/src/r/glue/helpers.rs): the
   # daemon's exit codes, the error values and their texts, the kinds of
   # what the daemon's loop receives, the wildcard hosts, and the timeouts

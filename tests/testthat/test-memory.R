@@ -143,3 +143,23 @@ test_that("try_mirai() is mirai() with no daemons set and in sync mode", {
   expect_error(try_mirai(), "missing expression")
   expect_error(try_mirai(1, 2), "must be named")
 })
+
+test_that("a mirai R has collected frees what it held natively", {
+  # Each mirai's handle is freed by one shared R function (aio_free), not a
+  # C finalizer per object: all of them must run, read or not, resolved or
+  # not.
+  skip_if_not(exists("C_mirai_test_live_aios", envir = asNamespace("mirai"), inherits = FALSE),
+              "needs the test build (MIRAI_TEST_HOOKS=1): the count of live handles")
+  live <- function() .Call(mirai:::C_mirai_test_live_aios)
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  invisible(gc())
+  before <- live()
+  ms <- lapply(1:2000, function(i) mirai(i, i = i))
+  expect_gte(live() - before, 2000)
+  read <- vapply(ms[1:1000], function(m) m[], numeric(1))
+  expect_identical(read, as.numeric(1:1000))
+  rm(ms)
+  invisible(gc()); invisible(gc())
+  expect_true(wait_until(function() { invisible(gc()); live() <= before }, 10))
+})

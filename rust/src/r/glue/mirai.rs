@@ -19,8 +19,9 @@ pub(super) fn aio(s: &impl Held) -> Result<&Aio, RError> {
 }
 
 /// `.onLoad`: the data function (`aio_data`) and the 'unresolved' value.
-pub fn mirai_r_init(data_fn: SEXP, unresolved: SEXP) -> RResult {
+pub fn mirai_r_init(data_fn: SEXP, unresolved: SEXP, free_fn: SEXP) -> RResult {
     object::init(data_fn, unresolved)?;
+    crate::r::layer::handle::init_r_finalizer(free_fn)?;
     Ok(Owned::nil())
 }
 

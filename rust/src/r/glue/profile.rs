@@ -27,8 +27,21 @@ pub struct Aio {
 
 impl Aio {
     pub fn new(slot: Arc<Slot>, id: u64, profile: Arc<Profile>) -> Aio {
+        #[cfg(feature = "test-hooks")]
+        LIVE_AIOS.fetch_add(1, Ordering::Relaxed);
         Aio { slot, id, profile }
     }
+}
+
+/// Aio values alive, for tests of their finalizer (test builds only).
+#[cfg(feature = "test-hooks")]
+static LIVE_AIOS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// For tests: how many aio handles' values are alive. Only in a build
+/// with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+pub fn mirai_test_live_aios() -> RResult {
+    real(LIVE_AIOS.load(Ordering::Relaxed) as f64)
 }
 
 /// Conditions held for a cluster node's task (`Inbox::take_held`) are only
@@ -39,6 +52,8 @@ impl Aio {
 /// task still running holds no more (`Inbox::abandon`).
 impl Drop for Aio {
     fn drop(&mut self) {
+        #[cfg(feature = "test-hooks")]
+        LIVE_AIOS.fetch_sub(1, Ordering::Relaxed);
         let inbox = &self.profile.host.relay;
         if inbox.enabled() {
             inbox.abandon(self.id, &self.slot);
@@ -48,6 +63,13 @@ impl Drop for Aio {
 
 impl Tagged for Aio {
     const TAG: &'static CStr = c"mirai_aio";
+    const R_FINALIZED: bool = true;
+}
+
+/// The R finalizer of aio handles (`aio_free` in R/mirai-package.R).
+pub fn mirai_aio_free(h: SEXP) -> RResult {
+    crate::r::layer::handle::free_handle::<Aio>(h);
+    Ok(Owned::nil())
 }
 
 /// A new mirai object around `a`; `cfg` is the serialization config its

@@ -513,6 +513,13 @@ impl InR {
         unsafe { R_RegisterCFinalizerEx(x, Some(f), Rboolean::TRUE) }
     }
 
+    /// Has R call function `f` with `x` once `x` is unreachable (not at
+    /// the session's end).
+    pub fn register_r_finalizer(&self, x: SEXP, f: SEXP) {
+        // SAFETY: see the impl; `f` is a preserved function.
+        unsafe { R_RegisterFinalizerEx(x, f, Rboolean::FALSE) }
+    }
+
     /// Serializes to output stream `st` (initialised, its callbacks ready).
     pub fn serialize(&self, x: SEXP, st: &mut R_outpstream_st) {
         // SAFETY: see the impl; `st` is a stream set up by

@@ -35,6 +35,7 @@ extern "C" {
 
     pub fn TYPEOF(s: SEXP) -> c_int;
     pub fn Rf_getCharCE(x: SEXP) -> cetype_t;
+    pub fn R_RegisterFinalizerEx(s: SEXP, fun: SEXP, onexit: Rboolean);
     pub fn Rf_ScalarLogical(x: c_int) -> SEXP;
     pub fn Rf_ScalarReal(x: f64) -> SEXP;
     pub fn Rf_errorcall(call: SEXP, fmt: *const c_char, ...) -> !;
