@@ -513,11 +513,11 @@ impl InR {
         unsafe { R_RegisterCFinalizerEx(x, Some(f), Rboolean::TRUE) }
     }
 
-    /// Has R call function `f` with `x` once `x` is unreachable (not at
-    /// the session's end).
+    /// Has R call function `f` with `x` once `x` is unreachable, or at
+    /// the session's end (as `register_finalizer`).
     pub fn register_r_finalizer(&self, x: SEXP, f: SEXP) {
         // SAFETY: see the impl; `f` is a preserved function.
-        unsafe { R_RegisterFinalizerEx(x, f, Rboolean::FALSE) }
+        unsafe { R_RegisterFinalizerEx(x, f, Rboolean::TRUE) }
     }
 
     /// Serializes to output stream `st` (initialised, its callbacks ready).
