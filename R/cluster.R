@@ -120,6 +120,10 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
 stop_cluster <- function(cl) {
   if (!inherits(cl, "miraiCluster")) abort("`cl` must be a 'miraiCluster'")
   if (!is.null(live_profile(cl))) daemons(0, .compute = attr(cl, "id"))
+  # The functions kept to be sent as shares (rust/src/r/glue/node.rs) go
+  # now rather than with the last reference to the cluster.
+  prof <- attr(cl, "profile")
+  if (is.environment(prof) && !isTRUE(prof$active)) prof$node_funs <- NULL
   invisible()
 }
 

@@ -12,17 +12,26 @@
 //! conditions), which R hands out itself.
 //!
 //! A node task's payload is `list(._node_. = fun, ._args_. = args)`; the
-//! daemon runs it natively (see `daemon::run_node`).
+//! daemon runs it natively (see `daemon::run_node`). parallel sends the
+//! same function with every task; R-serializing it each time was most of
+//! the host's cost of a tiny task beyond parallel's own (a closure, plus
+//! R's reference table of 8.8 KB made per serialization: 7.5-10 us). So a
+//! function whose serialized form cannot change while it is the same
+//! object travels as a share instead, as a map's shared part does, to each
+//! daemon once (see `NodeFuns`), and each task carries only its `args`.
 
 use crate::r::layer::call::{RError, RResult};
-use crate::r::layer::ffi::SEXP;
-use super::shared::node_payload_names;
-use crate::r::layer::handle::{kept, new_handle};
+use crate::r::layer::ffi::{CLOSXP, SEXP};
+use super::shared::{node_payload_names, node_share_names};
+use crate::r::layer::handle::{handle, kept, new_handle, Tagged};
 use crate::r::layer::lang::*;
 use super::mirai::{aio, cancel, outcome_to_sexp, race_reading, wait_aio};
-use super::profile::submit_node;
+use super::profile::{submit_node, submit_node_shared, ShareBytes};
 use crate::r::layer::value::*;
 use crate::host::sched::ERR_CANCELED;
+use std::cell::RefCell;
+use std::ffi::CStr;
+use std::rc::Rc;
 
 /// Symbols and constant vectors, made once.
 struct Syms {
@@ -44,6 +53,12 @@ struct Syms {
     value_type: SEXP,
     /// c("._node_.", "._args_."): a node task's payload.
     payload_names: SEXP,
+    /// "._node_.": a node function's share, `list(._node_. = fun)`.
+    share_names: SEXP,
+    /// The profile's `NodeFuns` handle.
+    node_funs: SEXP,
+    /// base::environment.
+    environment: SEXP,
 }
 
 static SYMS: MainOnce<Syms> = MainOnce::new();
@@ -65,6 +80,9 @@ fn syms() -> Result<&'static Syms, RError> {
             one_names: preserved_strings(&[c"node", c"value"])?,
             value_type: preserved_strings(&[c"VALUE"])?,
             payload_names: node_payload_names()?,
+            share_names: node_share_names()?,
+            node_funs: install(c"node_funs")?,
+            environment: base_function(c"environment")?,
         })
     })
 }
@@ -100,8 +118,13 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
     let number = node_number(node, s)?;
     let d = list_get(data, "data");
     let (fun, args, tag) = (list_get(d, "fun"), list_get(d, "args"), list_get(d, "tag"));
-    let payload = list_named(&[fun, args], s.payload_names, nil())?;
-    let a = submit_node(&p, payload.sexp(), number - 1)?;
+    let a = match fun_share(prof.sexp(), &p, fun, s)? {
+        Some(share) => submit_node_shared(&p, &share, args, number - 1)?,
+        None => {
+            let payload = list_named(&[fun, args], s.payload_names, nil())?;
+            submit_node(&p, payload.sexp(), number - 1)?
+        }
+    };
     let (id, profile) = (a.id, a.profile.clone());
     let recorded = new_handle(a, kept(p.sexp())).and_then(|h| {
         if is_null(env_get(node, s.head)?.sexp()) {
@@ -118,6 +141,78 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
         return Err(e);
     }
     Ok(Owned::nil())
+}
+
+/// The last few node functions a profile sent as shares (see the module's
+/// notes), each with its share; entry i's function is element i of the
+/// list the handle keeps, which keeps it alive: a function's address is
+/// then never another object's while it is cached, so the address
+/// identifies it. Only functions whose serialized form cannot change while
+/// they are the same object are cached: closures whose environment R
+/// serializes as a reference (the global one, base, a namespace), so that
+/// only their formals, body and attributes are written, and R copies a
+/// closure rather than change those in place once it is referenced twice
+/// (its binding, and this list). The JIT compiling a body in place
+/// changes its bytes but not its meaning. A closure made in a function
+/// carries its environment's bindings, which may change between calls: it
+/// goes whole with every task, as does anything else.
+struct NodeFuns {
+    entries: Vec<(Rc<ShareBytes>, u64)>,
+    clock: u64,
+}
+
+impl Tagged for RefCell<NodeFuns> {
+    const TAG: &'static CStr = c"mirai_node_funs";
+}
+
+/// How many functions a profile keeps as shares: a cluster used by a few
+/// callers in turn each sending its own function; more than the daemon's
+/// share slots (`proto::SHARE_SLOTS`) costs only a resend, as for maps.
+const NODE_FUNS: usize = 8;
+
+/// The share `fun` travels as on the profile `prof` (an environment, `p`
+/// its host handle), made on first use; None when it must go whole with
+/// each task.
+fn fun_share(prof: SEXP, p: &Owned, fun: SEXP, s: &Syms) -> Result<Option<Rc<ShareBytes>>, RError> {
+    if type_of(fun) != CLOSXP {
+        return Ok(None);
+    }
+    let mut h = env_get(prof, s.node_funs)?;
+    if handle::<RefCell<NodeFuns>>(&h, "node_funs").is_err() {
+        let funs = RefCell::new(NodeFuns { entries: Vec::new(), clock: 0 });
+        let held = new_list(NODE_FUNS)?;
+        h = new_handle(funs, held.sexp())?;
+        env_set(prof, s.node_funs, h.sexp())?;
+    }
+    let cache = handle::<RefCell<NodeFuns>>(&h, "node_funs")?;
+    let held = kept(h.sexp());
+    // Reentry (R code a serializer runs sending to the cluster) finds the
+    // cache busy: its function goes whole.
+    let Ok(mut c) = cache.try_borrow_mut() else { return Ok(None) };
+    c.clock += 1;
+    let clock = c.clock;
+    let n = c.entries.len();
+    if let Some(i) = (0..n).find(|&i| list_at(held, i) == fun) {
+        c.entries[i].1 = clock;
+        return Ok(Some(c.entries[i].0.clone()));
+    }
+    let env = apply1(s.environment, fun)?;
+    if !is_global_base_or_namespace(env.sexp()) {
+        return Ok(None);
+    }
+    let wrapped = list_named(&[fun], s.share_names, nil())?;
+    let share = Rc::new(ShareBytes::new(p, wrapped.sexp())?);
+    let i = if n < NODE_FUNS {
+        c.entries.push((share.clone(), clock));
+        n
+    } else {
+        let lru = (0..n).min_by_key(|&i| c.entries[i].1).unwrap_or(0);
+        c.entries[lru] = (share.clone(), clock);
+        lru
+    };
+    // `h`, rooted in `prof`, keeps the list alive.
+    set_list_elt(&Owned::reachable(held), i, fun);
+    Ok(Some(share))
 }
 
 /// Takes the result of the node's head task (resolved), moves the queue on
