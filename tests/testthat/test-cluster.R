@@ -435,6 +435,16 @@ test_that("parallel's functions give the same results whatever kind of function 
     # Sent again: from the daemons' copies this time.
     expect_identical(clusterApplyLB(cl, xs, f), want, label = nm)
   }
+  # One value per task, written natively when plain: every bit arrives
+  # (NA, NaN, -0, an NA's payload), and a value with attributes is R's to
+  # write.
+  id <- global_fun(function(v) v)
+  plain <- list(NA, TRUE, FALSE, NA_integer_, 0L, -7L, .Machine$integer.max, NA_real_, NaN, -0, Inf,
+                -Inf, 1e-300, pi, c(a = 1), as.Date("2024-01-02"), factor("z"), "text", 1:3, list(1))
+  got <- clusterApplyLB(cl, plain, id)
+  expect_identical(got, plain)
+  expect_identical(sign(1 / got[[10]]), -1)
+  expect_identical(clusterApply(cl, plain, id), plain)
   # Errors from a function sent once still come back as parallel reports
   # them, with the call that failed.
   boom <- global_fun(function(i) if (i == 3) stop("boom at ", i) else i)

@@ -21,12 +21,13 @@
 //! daemon once (see `NodeFuns`), and each task carries only its `args`.
 
 use crate::r::layer::call::{RError, RResult};
-use crate::r::layer::ffi::{CLOSXP, SEXP};
+use crate::r::layer::ffi::{CLOSXP, INTSXP, LGLSXP, REALSXP, SEXP};
 use super::shared::{node_payload_names, node_share_names};
 use crate::r::layer::handle::{handle, kept, new_handle, Tagged};
 use crate::r::layer::lang::*;
 use super::mirai::{aio, cancel, outcome_to_sexp, race_reading, wait_aio};
-use super::profile::{submit_node, submit_node_shared, ShareBytes};
+use super::map::element_template;
+use super::profile::{serialize_task, submit_node, submit_node_shared, ShareBytes};
 use crate::r::layer::value::*;
 use crate::host::sched::ERR_CANCELED;
 use std::cell::RefCell;
@@ -59,6 +60,8 @@ struct Syms {
     node_funs: SEXP,
     /// base::environment.
     environment: SEXP,
+    /// base::attributes.
+    attributes: SEXP,
 }
 
 static SYMS: MainOnce<Syms> = MainOnce::new();
@@ -83,6 +86,7 @@ fn syms() -> Result<&'static Syms, RError> {
             share_names: node_share_names()?,
             node_funs: install(c"node_funs")?,
             environment: base_function(c"environment")?,
+            attributes: base_function(c"attributes")?,
         })
     })
 }
@@ -118,8 +122,22 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
     let number = node_number(node, s)?;
     let d = list_get(data, "data");
     let (fun, args, tag) = (list_get(d, "fun"), list_get(d, "args"), list_get(d, "tag"));
-    let a = match fun_share(prof.sexp(), &p, fun, s)? {
-        Some(share) => submit_node_shared(&p, &share, args, number - 1)?,
+    let cache = node_funs(prof.sexp(), s)?;
+    let a = match fun_share(&cache, &p, fun, s)? {
+        Some(share) => {
+            let cfg = kept(p.sexp());
+            match args_template(&cache, cfg, args, s)? {
+                Some(t) => {
+                    let elem = list_at(args, 0);
+                    let write = |buf: &mut Vec<u8>| {
+                        buf.extend_from_slice(&t.0[..t.0.len() - t.1]);
+                        push_binary_elt(elem, 0, buf)
+                    };
+                    submit_node_shared(&p, &share, write, number - 1)?
+                }
+                None => submit_node_shared(&p, &share, |buf| serialize_task(args, cfg, buf), number - 1)?,
+            }
+        }
         None => {
             let payload = list_named(&[fun, args], s.payload_names, nil())?;
             submit_node(&p, payload.sexp(), number - 1)?
@@ -156,10 +174,23 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
 /// changes its bytes but not its meaning. A closure made in a function
 /// carries its environment's bindings, which may change between calls: it
 /// goes whole with every task, as does anything else.
+///
+/// With them, the profile's templates for a task's `args` when they are
+/// one plain logical, integer or double value (as `clusterApplyLB()`
+/// sends each element of its `x`): the value is written natively into the
+/// bytes R's serializer gave for the first such, as a map's elements are
+/// (see `map::element_template`), which spares R's serializer its table
+/// of 8.8 KB per call. By type (logical, integer, double); None until
+/// made, then None inside when R's bytes did not end in the value.
 struct NodeFuns {
     entries: Vec<(Rc<ShareBytes>, u64)>,
     clock: u64,
+    templates: [Option<Option<Template>>; 3],
 }
+
+/// R's bytes for a value in a list of one, and the width of the value
+/// they end with.
+type Template = Rc<(Vec<u8>, usize)>;
 
 impl Tagged for RefCell<NodeFuns> {
     const TAG: &'static CStr = c"mirai_node_funs";
@@ -173,18 +204,11 @@ const NODE_FUNS: usize = 8;
 /// The share `fun` travels as on the profile `prof` (an environment, `p`
 /// its host handle), made on first use; None when it must go whole with
 /// each task.
-fn fun_share(prof: SEXP, p: &Owned, fun: SEXP, s: &Syms) -> Result<Option<Rc<ShareBytes>>, RError> {
+fn fun_share(h: &Owned, p: &Owned, fun: SEXP, s: &Syms) -> Result<Option<Rc<ShareBytes>>, RError> {
     if type_of(fun) != CLOSXP {
         return Ok(None);
     }
-    let mut h = env_get(prof, s.node_funs)?;
-    if handle::<RefCell<NodeFuns>>(&h, "node_funs").is_err() {
-        let funs = RefCell::new(NodeFuns { entries: Vec::new(), clock: 0 });
-        let held = new_list(NODE_FUNS)?;
-        h = new_handle(funs, held.sexp())?;
-        env_set(prof, s.node_funs, h.sexp())?;
-    }
-    let cache = handle::<RefCell<NodeFuns>>(&h, "node_funs")?;
+    let cache = handle::<RefCell<NodeFuns>>(h, "node_funs")?;
     let held = kept(h.sexp());
     // Reentry (R code a serializer runs sending to the cluster) finds the
     // cache busy: its function goes whole.
@@ -213,6 +237,50 @@ fn fun_share(prof: SEXP, p: &Owned, fun: SEXP, s: &Syms) -> Result<Option<Rc<Sha
     // `h`, rooted in `prof`, keeps the list alive.
     set_list_elt(&Owned::reachable(held), i, fun);
     Ok(Some(share))
+}
+
+/// The `NodeFuns` handle of profile `prof` (an environment), made on first
+/// use.
+fn node_funs(prof: SEXP, s: &Syms) -> Result<Owned, RError> {
+    let h = env_get(prof, s.node_funs)?;
+    if handle::<RefCell<NodeFuns>>(&h, "node_funs").is_ok() {
+        return Ok(h);
+    }
+    let funs = RefCell::new(NodeFuns { entries: Vec::new(), clock: 0, templates: [None, None, None] });
+    let held = new_list(NODE_FUNS)?;
+    let h = new_handle(funs, held.sexp())?;
+    env_set(prof, s.node_funs, h.sexp())?;
+    Ok(h)
+}
+
+/// The template `args` is written with (see `NodeFuns`), if it is one
+/// plain logical, integer or double value in an unnamed list; `cfg` the
+/// profile's serialization config.
+fn args_template(h: &Owned, cfg: SEXP, args: SEXP, s: &Syms) -> Result<Option<Template>, RError> {
+    if !is_list(args) || len(args) != 1 {
+        return Ok(None);
+    }
+    let elem = list_at(args, 0);
+    let k = match type_of(elem) {
+        LGLSXP => 0,
+        INTSXP => 1,
+        REALSXP => 2,
+        _ => return Ok(None),
+    };
+    // Any attribute (names, a class: a Date, a factor) is written by R.
+    if len(elem) != 1 || !is_null(apply1(s.attributes, args)?.sexp()) || !is_null(apply1(s.attributes, elem)?.sexp()) {
+        return Ok(None);
+    }
+    let cache = handle::<RefCell<NodeFuns>>(h, "node_funs")?;
+    let Ok(mut c) = cache.try_borrow_mut() else { return Ok(None) };
+    if let Some(t) = &c.templates[k] {
+        return Ok(t.clone());
+    }
+    let holder = atomic_holder(elem)?;
+    let list1 = new_list(1)?;
+    let t = element_template(&holder, &list1, elem, cfg)?.map(Rc::new);
+    c.templates[k] = Some(t.clone());
+    Ok(t)
 }
 
 /// Takes the result of the node's head task (resolved), moves the queue on

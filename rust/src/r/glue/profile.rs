@@ -119,7 +119,7 @@ pub fn retries(s: SEXP) -> Result<u32, RError> {
     Ok(k as u32)
 }
 
-fn serialize_task(data: SEXP, cfg: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
+pub(super) fn serialize_task(data: SEXP, cfg: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
     serial::serialize_with(data, buf, cfg).map_err(|e| match e {
         RError::Msg(m) => RError::Msg(format!("cannot serialize the task: {m}")),
         e => e,
@@ -296,16 +296,21 @@ impl ShareBytes {
 }
 
 /// `submit_node` for a task whose function is `share` (made by
-/// `ShareBytes::new` on the same profile) and whose own payload is `args`
-/// (see `Host::submit_node_item`).
-pub fn submit_node_shared(p: &Owned, share: &ShareBytes, args: SEXP, node: usize) -> Result<Aio, RError> {
+/// `ShareBytes::new` on the same profile) and whose own payload (its
+/// `args`, R-serialized) `write_args` appends (see `Host::submit_node_item`).
+pub fn submit_node_shared(
+    p: &Owned,
+    share: &ShareBytes,
+    write_args: impl FnOnce(&mut Vec<u8>) -> Result<(), RError>,
+    node: usize,
+) -> Result<Aio, RError> {
     let prof = profile(p)?;
     wait_for_node(prof, node)?;
     let host = &prof.host;
     let id = host.next_task_id();
     let mut scratch = take_scratch();
     item_head_into(host.framing, id, share.sid, &mut scratch);
-    let built = serialize_task(args, kept(p.sexp()), &mut scratch).and_then(|_| {
+    let built = write_args(&mut scratch).and_then(|_| {
         // As `Host::task_frame`: the byte more must not abort the session.
         scratch.try_reserve_exact(1).map_err(|_| RError::from("cannot allocate memory to serialize the task"))
     });
