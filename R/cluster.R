@@ -33,7 +33,11 @@
 #' future never blocks. A subset (`cl[2:3]`) is a cluster of those nodes,
 #' and `parallelly::as.cluster()` makes one node (`cl[[1]]`) a cluster of
 #' one. The nodes hold no R connections, so a cluster may have more nodes
-#' than the 125 that R's connection limit allows a PSOCK cluster.
+#' than the 125 that R's connection limit allows a PSOCK cluster. A function
+#' defined at the top level or in a package travels to each node once (and
+#' again only if its node no longer holds it), not with every task as to a
+#' PSOCK cluster; a function made inside another function goes with every
+#' task, so that a change to the variables it captured is always seen.
 #'
 #' With `url` (and no `remote`), the cluster listens for daemons launched
 #' elsewhere: the shell commands to launch them are printed, and a task
