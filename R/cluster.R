@@ -333,6 +333,23 @@ new_node <- function(i, prof, id, cluster, host, peers) {
   structure(node, class = "miraiNode", node = i, id = id)
 }
 
+# Whether R writes function `f` the same for as long as it is the same
+# object, so that it may travel to each node once (see NodeFuns in
+# rust/src/r/glue/node.rs); asked once per function. R's serializer offers
+# its reference hook each environment it would write with its contents
+# (all but the global one, base, namespaces and packages'), each external
+# pointer and weak reference: the parts whose contents may change while
+# `f` does not. The files of source references are environments R never
+# changes once made.
+node_fun_fixed <- function(f) {
+  fixed <- TRUE
+  serialize(f, NULL, refhook = function(x) {
+    if (!inherits(x, "srcfile")) fixed <<- FALSE
+    NULL
+  })
+  fixed
+}
+
 cluster_of <- function(nodes, id, name, profile) {
   structure(nodes, class = c("miraiCluster", "cluster"), id = id, name = name, profile = profile)
 }

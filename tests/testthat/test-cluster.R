@@ -482,6 +482,21 @@ test_that("a changed function, or a changed captured variable, is what the next 
   expect_identical(unlist(clusterApplyLB(cl, 1:3, g)), c(3, 6, 9))
   body(g) <- quote(-i)
   expect_identical(unlist(clusterApplyLB(cl, 1:3, g)), -(1:3))
+  # An environment inside a global function (an attribute, a default
+  # argument) is written with its contents, which change while the
+  # function stays the same object.
+  memo <- global_fun(function(i) get("k", envir = attr(sys.function(), "memo")) + i)
+  attr(memo, "memo") <- new.env()
+  assign("k", 10, envir = attr(memo, "memo"))
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, memo)), c(11, 12))
+  assign("k", 20, envir = attr(memo, "memo"))
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, memo)), c(21, 22))
+  e <- new.env()
+  e$k <- 1
+  dflt <- global_fun(eval(bquote(function(i, e = .(e)) e$k + i)))
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, dflt)), c(2, 3))
+  e$k <- 5
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, dflt)), c(6, 7))
 })
 
 test_that("a node's function is sent to each daemon once, not with every task", {
@@ -498,6 +513,16 @@ test_that("a node's function is sent to each daemon once, not with every task", 
   # Once per daemon (two), not 200 times.
   expect_gt(sent, 2 * size)
   expect_lt(sent, 2 * size + 200 * 1000)
+  # So too with source references (kept in interactive sessions), whose
+  # file is an environment R never changes.
+  withr_src <- options(keep.source = TRUE)
+  srcd <- eval(parse(text = sprintf("function(i) { x <- '%s'; i + nchar(x) }", strrep("a", 5e4))),
+               globalenv())
+  options(withr_src)
+  expect_false(is.null(attr(srcd, "srcref")))
+  before <- .Call(mirai:::C_mirai_host_sent, host)
+  expect_identical(unlist(clusterApplyLB(cl, 1:200, srcd)), 1:200 + 50000L)
+  expect_lt(.Call(mirai:::C_mirai_host_sent, host) - before, 4 * length(serialize(srcd, NULL)) + 200 * 1000)
   # Later calls send it no more. (parLapply() sends it as an argument of
   # lapply(), with each chunk, as to a PSOCK cluster.)
   before <- .Call(mirai:::C_mirai_host_sent, host)

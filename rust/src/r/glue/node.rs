@@ -58,8 +58,8 @@ struct Syms {
     share_names: SEXP,
     /// The profile's `NodeFuns` handle.
     node_funs: SEXP,
-    /// base::environment.
-    environment: SEXP,
+    /// The call `mirai:::node_fun_fixed` (R/cluster.R).
+    fixed: SEXP,
     /// base::attributes.
     attributes: SEXP,
 }
@@ -85,7 +85,10 @@ fn syms() -> Result<&'static Syms, RError> {
             payload_names: node_payload_names()?,
             share_names: node_share_names()?,
             node_funs: install(c"node_funs")?,
-            environment: base_function(c"environment")?,
+            fixed: preserve(lang(&Lang::Call(
+                install(c":::")?,
+                vec![(nil(), Lang::Value(install(c"mirai")?)), (nil(), Lang::Value(install(c"node_fun_fixed")?))],
+            ))?)?,
             attributes: base_function(c"attributes")?,
         })
     })
@@ -165,15 +168,18 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
 /// notes), each with its share; entry i's function is element i of the
 /// list the handle keeps, which keeps it alive: a function's address is
 /// then never another object's while it is cached, so the address
-/// identifies it. Only functions whose serialized form cannot change while
-/// they are the same object are cached: closures whose environment R
-/// serializes as a reference (the global one, base, a namespace), so that
-/// only their formals, body and attributes are written, and R copies a
-/// closure rather than change those in place once it is referenced twice
-/// (its binding, and this list). The JIT compiling a body in place
-/// changes its bytes but not its meaning. A closure made in a function
-/// carries its environment's bindings, which may change between calls: it
-/// goes whole with every task, as does anything else.
+/// identifies it. Only closures whose serialized form cannot change while
+/// they are the same object are cached (`node_fun_fixed()` in R/cluster.R
+/// tells, once per function): those whose environment R writes as a
+/// reference (the global one, base, a namespace, a package's), so that
+/// only their formals, body and attributes are written, with no
+/// environment, external pointer or weak reference inside those, whose
+/// contents could change. R copies a closure rather than change those
+/// parts in place once it is referenced twice (its binding, and this
+/// list); the JIT compiling a body in place changes its bytes but not its
+/// meaning. A closure made in a function carries its environment's
+/// bindings, which may change between calls: it goes whole with every
+/// task, as does anything else.
 ///
 /// With them, the profile's templates for a task's `args` when they are
 /// one plain logical, integer or double value (as `clusterApplyLB()`
@@ -220,8 +226,8 @@ fn fun_share(h: &Owned, p: &Owned, fun: SEXP, s: &Syms) -> Result<Option<Rc<Shar
         c.entries[i].1 = clock;
         return Ok(Some(c.entries[i].0.clone()));
     }
-    let env = apply1(s.environment, fun)?;
-    if !is_global_base_or_namespace(env.sexp()) {
+    let check = lang(&Lang::Call(s.fixed, vec![(nil(), Lang::Value(fun))]))?;
+    if !is_true(eval_in_base(check.sexp())?.sexp()) {
         return Ok(None);
     }
     let wrapped = list_named(&[fun], s.share_names, nil())?;

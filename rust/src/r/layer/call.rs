@@ -465,12 +465,6 @@ impl InR {
         unsafe { R_existsVarInFrame(env, sym) != Rboolean::FALSE }
     }
 
-    /// Whether `env` is a namespace (R reads its `.__NAMESPACE__.`).
-    pub fn is_namespace_env(&self, env: SEXP) -> bool {
-        // SAFETY: see the impl; `env` is an environment (callers check).
-        unsafe { R_IsNamespaceEnv(env) != Rboolean::FALSE }
-    }
-
     /// Whether `sym` is an active binding in `env` (an error if unbound).
     pub fn binding_is_active(&self, sym: SEXP, env: SEXP) -> bool {
         // SAFETY: see the impl; `env` is an environment (callers check).

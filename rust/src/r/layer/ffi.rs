@@ -25,7 +25,6 @@ pub use extendr_ffi::{
 };
 pub use extendr_ffi::Rf_ScalarInteger;
 pub use extendr_ffi::TAG;
-pub use extendr_ffi::{R_BaseNamespace, R_IsNamespaceEnv};
 pub use extendr_ffi::{INTEGER_ELT, LOGICAL_ELT, REAL_ELT};
 
 use std::ffi::{c_char, c_int, c_void};

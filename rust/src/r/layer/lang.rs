@@ -55,29 +55,6 @@ pub fn is_env(x: SEXP) -> bool {
     type_of(x) == ENVSXP
 }
 
-/// Whether `env` is the global environment, base's environment or a
-/// namespace (base's included): those R serializes as references, never
-/// their bindings. No when in doubt (R failed to tell).
-pub fn is_global_base_or_namespace(env: SEXP) -> bool {
-    if !is_env(env) {
-        return false;
-    }
-    // SAFETY: constants R sets up at start-up.
-    if unsafe { env == R_GlobalEnv || env == R_BaseEnv || env == R_BaseNamespace } {
-        return true;
-    }
-    let ns = std::cell::Cell::new(false);
-    // SAFETY: the closure owns nothing with a destructor (`ns` is
-    // borrowed).
-    let read = unsafe {
-        try_r(|r| {
-            ns.set(r.is_namespace_env(env));
-            nil()
-        })
-    };
-    read.is_ok() && ns.get()
-}
-
 /// Whether `x` has class `class` (among others). Reads the class attribute
 /// only: no allocation, no dispatch.
 pub fn inherits(x: SEXP, class: &CStr) -> bool {
