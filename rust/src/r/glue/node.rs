@@ -14,8 +14,9 @@
 //! A node task's payload is `list(._node_. = fun, ._args_. = args)`; the
 //! daemon runs it natively (see `daemon::run_node`). parallel sends the
 //! same function with every task; R-serializing it each time was most of
-//! the host's cost of a tiny task beyond parallel's own (a closure, plus
-//! R's reference table of 8.8 KB made per serialization: 7.5-10 us). So a
+//! the host's cost of a tiny task beyond parallel's own (a closure, with
+//! its source references in an interactive session, plus R's reference
+//! table of 8.8 KB made per serialization: 4-10 us a task). So a
 //! function whose serialized form cannot change while it is the same
 //! object travels as a share instead, as a map's shared part does, to each
 //! daemon once (see `NodeFuns`), and each task carries only its `args`.
@@ -227,7 +228,13 @@ fn fun_share(h: &Owned, p: &Owned, fun: SEXP, s: &Syms) -> Result<Option<Rc<Shar
         return Ok(Some(c.entries[i].0.clone()));
     }
     let check = lang(&Lang::Call(s.fixed, vec![(nil(), Lang::Value(fun))]))?;
-    if !is_true(eval_in_base(check.sexp())?.sexp()) {
+    let fixed = match eval_in_base(check.sexp()) {
+        Ok(v) => is_true(v.sexp()),
+        Err(RError::Interrupt) => return Err(RError::Interrupt),
+        // Whatever R could not tell about goes whole, as it always did.
+        Err(_) => false,
+    };
+    if !fixed {
         return Ok(None);
     }
     let wrapped = list_named(&[fun], s.share_names, nil())?;
