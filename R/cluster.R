@@ -33,7 +33,11 @@
 #' future never blocks. A subset (`cl[2:3]`) is a cluster of those nodes,
 #' and `parallelly::as.cluster()` makes one node (`cl[[1]]`) a cluster of
 #' one. The nodes hold no R connections, so a cluster may have more nodes
-#' than the 125 that R's connection limit allows a PSOCK cluster.
+#' than the 125 that R's connection limit allows a PSOCK cluster. A function
+#' defined at the top level or in a package travels to each node once (and
+#' again only if its node no longer holds it), not with every task as to a
+#' PSOCK cluster; a function made inside another function goes with every
+#' task, so that a change to the variables it captured is always seen.
 #'
 #' With `url` (and no `remote`), the cluster listens for daemons launched
 #' elsewhere: the shell commands to launch them are printed, and a task
@@ -120,6 +124,10 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
 stop_cluster <- function(cl) {
   if (!inherits(cl, "miraiCluster")) abort("`cl` must be a 'miraiCluster'")
   if (!is.null(live_profile(cl))) daemons(0, .compute = attr(cl, "id"))
+  # The functions kept to be sent as shares (rust/src/r/glue/node.rs) go
+  # now rather than with the last reference to the cluster.
+  prof <- attr(cl, "profile")
+  if (is.environment(prof) && !isTRUE(prof$active)) prof$node_funs <- NULL
   invisible()
 }
 
@@ -323,6 +331,23 @@ new_node <- function(i, prof, id, cluster, host, peers) {
   node$host <- host
   makeActiveBinding("con", function() node_con(node), node)
   structure(node, class = "miraiNode", node = i, id = id)
+}
+
+# Whether R writes function `f` the same for as long as it is the same
+# object, so that it may travel to each node once (see NodeFuns in
+# rust/src/r/glue/node.rs); asked once per function. R's serializer offers
+# its reference hook each environment it would write with its contents
+# (all but the global one, base, namespaces and packages'), each external
+# pointer and weak reference: the parts whose contents may change while
+# `f` does not. The files of source references are environments R never
+# changes once made.
+node_fun_fixed <- function(f) {
+  fixed <- TRUE
+  serialize(f, NULL, refhook = function(x) {
+    if (!inherits(x, "srcfile")) fixed <<- FALSE
+    NULL
+  })
+  fixed
 }
 
 cluster_of <- function(nodes, id, name, profile) {

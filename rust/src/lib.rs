@@ -55,7 +55,7 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: ProtectFn, 
     // R errors are reported through R; Rust's default panic message would
     // only add noise (panics are caught and turned into R errors).
     std::panic::set_hook(Box::new(|_| {}));
-    let _ = r::layer::handle::init_tags(&[c"mirai_profile", c"mirai_aio", c"mirai_conn", c"mirai_map"]);
+    let _ = r::layer::handle::init_tags(&[c"mirai_profile", c"mirai_aio", c"mirai_conn", c"mirai_map", c"mirai_node_funs"]);
     let mut table: Vec<R_CallMethodDef> = routines![
         profile::mirai_aio_free,
         profile::mirai_host_start,

@@ -406,3 +406,159 @@ test_that("errors on nodes carry the remote message and a stack trace starting a
   # Warnings on a node do not fail the task.
   expect_identical(clusterCall(cl, function() { warning("w"); 3 })[[1L]], 3)
 })
+
+# A function whose environment is the global one or a namespace travels to
+# each node's daemon once (as a share); the others go with every task.
+# Functions made here have the test's environment: these are moved to the
+# global one, as a script's would be.
+global_fun <- function(f) {
+  environment(f) <- globalenv()
+  f
+}
+
+test_that("parallel's functions give the same results whatever kind of function they send", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  k <- 5
+  local_closure <- function(i) i + k
+  funs <- list(global = global_fun(function(i) i * 2), namespace = tools::file_ext,
+               anonymous_local = function(i) i - 1, local_closure = local_closure,
+               primitive = sqrt, name = "sqrt", base_closure = base::nchar)
+  x <- c("a.txt", "b.R", "c", "d.tar.gz", "e.md")
+  for (nm in names(funs)) {
+    f <- funs[[nm]]
+    xs <- if (identical(nm, "namespace") || identical(nm, "base_closure")) x else c(1, 4, 9, 16, 25)
+    want <- lapply(xs, match.fun(f))
+    expect_identical(clusterApplyLB(cl, xs, f), want, label = nm)
+    expect_identical(clusterApply(cl, xs, f), want, label = nm)
+    expect_identical(parLapply(cl, xs, f), want, label = nm)
+    # Sent again: from the daemons' copies this time.
+    expect_identical(clusterApplyLB(cl, xs, f), want, label = nm)
+  }
+  # One value per task, written natively when plain: every bit arrives
+  # (NA, NaN, -0, an NA's payload), and a value with attributes is R's to
+  # write.
+  id <- global_fun(function(v) v)
+  plain <- list(NA, TRUE, FALSE, NA_integer_, 0L, -7L, .Machine$integer.max, NA_real_, NaN, -0, Inf,
+                -Inf, 1e-300, pi, c(a = 1), as.Date("2024-01-02"), factor("z"), "text", 1:3, list(1))
+  got <- clusterApplyLB(cl, plain, id)
+  expect_identical(got, plain)
+  expect_identical(sign(1 / got[[10]]), -1)
+  expect_identical(clusterApply(cl, plain, id), plain)
+  # Errors from a function sent once still come back as parallel reports
+  # them, with the call that failed.
+  boom <- global_fun(function(i) if (i == 3) stop("boom at ", i) else i)
+  err <- tryCatch(clusterApplyLB(cl, 1:4, boom), error = identity)
+  expect_match(conditionMessage(err), "^one node produced an error: .*boom at 3")
+  expect_identical(clusterApplyLB(cl, 1:2, boom), list(1L, 2L))
+  # Many functions in turn: more than a daemon keeps, and more than the host
+  # keeps ready to send; each is sent again when needed.
+  many <- lapply(1:10, function(j) global_fun(eval(bquote(function(i) i * .(j)))))
+  for (round in 1:2) for (j in seq_along(many))
+    expect_identical(unlist(clusterApplyLB(cl, 1:3, many[[j]])), (1:3) * j)
+})
+
+test_that("a changed function, or a changed captured variable, is what the next call runs", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  # A closure made in a function: its captured `k` changes between calls.
+  make <- function(k) function(i) i + k
+  h <- make(1)
+  expect_identical(unlist(parLapply(cl, 1:4, h)), c(2, 3, 4, 5))
+  assign("k", 100, envir = environment(h))
+  expect_identical(unlist(parLapply(cl, 1:4, h)), c(101, 102, 103, 104))
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, h)), c(101, 102))
+  # A global function redefined under the same name.
+  f <- global_fun(function(i) i)
+  expect_identical(unlist(clusterApplyLB(cl, 1:4, f)), 1:4)
+  f <- global_fun(function(i) -i)
+  expect_identical(unlist(clusterApplyLB(cl, 1:4, f)), -(1:4))
+  # A global function's attribute changed in place (R copies it: the host
+  # holds it too), read by the function itself.
+  g <- global_fun(function(i) attr(sys.function(), "k") * i)
+  attr(g, "k") <- 2
+  expect_identical(unlist(clusterApplyLB(cl, 1:3, g)), c(2, 4, 6))
+  attr(g, "k") <- 3
+  expect_identical(unlist(clusterApplyLB(cl, 1:3, g)), c(3, 6, 9))
+  body(g) <- quote(-i)
+  expect_identical(unlist(clusterApplyLB(cl, 1:3, g)), -(1:3))
+  # An environment inside a global function (an attribute, a default
+  # argument) is written with its contents, which change while the
+  # function stays the same object.
+  memo <- global_fun(function(i) get("k", envir = attr(sys.function(), "memo")) + i)
+  attr(memo, "memo") <- new.env()
+  assign("k", 10, envir = attr(memo, "memo"))
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, memo)), c(11, 12))
+  assign("k", 20, envir = attr(memo, "memo"))
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, memo)), c(21, 22))
+  e <- new.env()
+  e$k <- 1
+  dflt <- global_fun(eval(bquote(function(i, e = .(e)) e$k + i)))
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, dflt)), c(2, 3))
+  e$k <- 5
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, dflt)), c(6, 7))
+})
+
+test_that("a node's function is sent to each daemon once, not with every task", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  host <- attr(cl, "profile")$host
+  # A large constant in the function itself (not in a captured environment).
+  big <- global_fun(eval(bquote(function(i, b = .(runif(2e5))) i + length(b))))
+  size <- length(serialize(big, NULL))
+  before <- .Call(mirai:::C_mirai_host_sent, host)
+  got <- clusterApplyLB(cl, 1:200, big)
+  sent <- .Call(mirai:::C_mirai_host_sent, host) - before
+  expect_identical(unlist(got), 1:200 + 200000L)
+  # Once per daemon (two), not 200 times.
+  expect_gt(sent, 2 * size)
+  expect_lt(sent, 2 * size + 200 * 1000)
+  # So too with source references (kept in interactive sessions), whose
+  # file is an environment R never changes.
+  withr_src <- options(keep.source = TRUE)
+  srcd <- eval(parse(text = sprintf("function(i) { x <- '%s'; i + nchar(x) }", strrep("a", 5e4))),
+               globalenv())
+  options(withr_src)
+  expect_false(is.null(attr(srcd, "srcref")))
+  before <- .Call(mirai:::C_mirai_host_sent, host)
+  expect_identical(unlist(clusterApplyLB(cl, 1:200, srcd)), 1:200 + 50000L)
+  expect_lt(.Call(mirai:::C_mirai_host_sent, host) - before, 4 * length(serialize(srcd, NULL)) + 200 * 1000)
+  # Later calls send it no more. (parLapply() sends it as an argument of
+  # lapply(), with each chunk, as to a PSOCK cluster.)
+  before <- .Call(mirai:::C_mirai_host_sent, host)
+  expect_identical(unlist(clusterApply(cl, 1:10, big)), 1:10 + 200000L)
+  expect_lt(.Call(mirai:::C_mirai_host_sent, host) - before, 20000)
+  # A node whose daemon died mid-call fails clearly; the other goes on with
+  # the function it holds.
+  pids <- unlist(clusterEvalQ(cl, Sys.getpid()))
+  killer <- global_fun(function(i) { if (i == 2) tools::pskill(Sys.getpid(), tools::SIGKILL); Sys.sleep(0.2); i })
+  expect_error(clusterApply(cl, 1:2, killer), "its daemon disconnected")
+  expect_true(wait_until(function() !pid_alive(pids[[2]])))
+  expect_identical(unlist(clusterApplyLB(cl[1], 1:5, big)), 1:5 + 200000L)
+  expect_error(clusterCall(cl[2], big, 1), "could not run the task")
+  # A new cluster (new daemons) is sent the same function afresh.
+  cl2 <- make_cluster(2)
+  on.exit(stop_cluster(cl2), add = TRUE)
+  host2 <- attr(cl2, "profile")$host
+  before <- .Call(mirai:::C_mirai_host_sent, host2)
+  expect_identical(unlist(clusterApplyLB(cl2, 1:50, big)), 1:50 + 200000L)
+  sent <- .Call(mirai:::C_mirai_host_sent, host2) - before
+  expect_gt(sent, 2 * size)
+  expect_lt(sent, 3 * size)
+})
+
+test_that("custom-serialized arguments travel with a function sent once", {
+  cfg <- fresh_ptr_config()
+  mk <- fresh_ptr
+  cl <- make_cluster(2, serial = cfg)
+  on.exit(stop_cluster(cl))
+  f <- global_fun(function(p) {
+    stopifnot(typeof(p) == "externalptr")
+    attr(p, "payload") <- paste0(attr(p, "payload"), "x")
+    p
+  })
+  for (round in 1:2) {
+    out <- clusterApplyLB(cl, list(mk("a"), mk("b"), mk("c")), f)
+    expect_identical(vapply(out, attr, "", "payload"), c("AX", "BX", "CX"))
+  }
+})

@@ -654,6 +654,54 @@ impl Host {
         })
     }
 
+    /// A cluster node's task whose function travels as share `sid` (content
+    /// `hash`), as a map's shared part does (see `submit_map`): `frame` is
+    /// an `Item` envelope from `item_head_into` with the task's own
+    /// payload, pinned to the `node`-th daemon to have joined, as
+    /// `submit_to_node`. The share is written before the frame unless that
+    /// daemon holds it already. `share` makes the share's payload (without
+    /// the completion mark) only if no queued or running task holds the
+    /// same content: on a load-balanced call, another node's task usually
+    /// does, so the caller's copy is rarely made.
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit_node_item(
+        &self,
+        id: TaskId,
+        mut frame: Vec<u8>,
+        slot: Arc<Slot>,
+        node: usize,
+        hash: [u8; 32],
+        sid: u64,
+        share: impl FnOnce() -> Vec<u8>,
+    ) -> Result<(), String> {
+        self.with_core(|core| {
+            if core.stopped || core.shutdown.is_some() {
+                slot.complete(Outcome::Error(ERR_RESET));
+                return;
+            }
+            let Some(&d) = core.joined.get(node) else {
+                slot.complete(Outcome::Error(ERR_RESET));
+                return;
+            };
+            let payload = match core.shares.get(&hash).and_then(|(_, w)| w.upgrade()) {
+                Some(p) => p,
+                None => {
+                    let mut p = share();
+                    p.push(TASK_WHOLE);
+                    Rc::new(p)
+                }
+            };
+            core.shares.insert(hash, (sid, Rc::downgrade(&payload)));
+            let part = Rc::new(Shared { share: Some(sid), payload });
+            core.framing.finish(&mut frame);
+            core.frames.hold(frame.len() as u64);
+            core.tasks.insert(id, TaskEntry { frame: TaskFrame::queued(frame), shared: Some(part), slot, span: 0 });
+            core.submitted = true;
+            let acts = core.sched.submit_to(id, d);
+            core.apply(acts, None);
+        })
+    }
+
     /// Makes the event loop thread panic, as a bug would: for tests of what
     /// a failed host does (pending tasks resolve, later calls error).
     pub fn inject_fault(&self) {

@@ -4,7 +4,7 @@ use crate::r::layer::call::{clear_interrupt, interrupt_pending, RError, RResult}
 use crate::r::layer::ffi::{SEXP, STRSXP};
 use crate::r::layer::lang::*;
 use super::call::{call_binding, call_head, is_arg_list, same_source};
-use super::shared::{max_message, mirai_error, node_payload_names};
+use super::shared::{max_message, mirai_error, node_payload_names, node_share_names};
 use crate::r::layer::handle::{handle, kept, new_handle, set_kept, Held, Tagged};
 use crate::r::layer::serial;
 use crate::r::layer::value::*;
@@ -250,15 +250,15 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RRe
             Some(Err(e)) => return error(&format!("cannot unserialize task: {e}")),
             None => return error("the host withdrew this task before it was fully sent"),
         };
-        if let Some(sid) = sid {
-            return match map_task(h, box_, sid, d.sexp())? {
-                Ok(data) => received(Received::Task, &[idv.sexp(), data.sexp()]),
-                Err(why) => error(&why),
-            };
-        }
-        if !is_node_task(d.sexp())? {
-            return received(Received::Task, &[idv.sexp(), d.sexp()]);
-        }
+        let d = match sid {
+            None if !is_node_task(d.sexp())? => return received(Received::Task, &[idv.sexp(), d.sexp()]),
+            None => d,
+            Some(sid) => match shared_task(h, box_, sid, d.sexp())? {
+                Shared::Map(data) => return received(Received::Task, &[idv.sexp(), data.sexp()]),
+                Shared::Node(d) => d,
+                Shared::Broken(why) => return error(&why),
+            },
+        };
         let ran = match run_node(d.sexp(), box_, relay) {
             Ok(ran) => ran,
             Err(RError::Interrupt) => return Err(RError::Interrupt),
@@ -305,6 +305,8 @@ struct ShareConsts {
     /// c("._expr_.", "._globals_.", "._args_."): a task's payload.
     task_names: SEXP,
     names: SEXP,
+    /// "._node_.": a cluster node's function.
+    node_names: SEXP,
 }
 
 static SHARE: MainOnce<ShareConsts> = MainOnce::new();
@@ -315,29 +317,43 @@ fn share_consts() -> Result<&'static ShareConsts, RError> {
             slots: [install(c"._share1_.")?, install(c"._share2_.")?, install(c"._share3_.")?, install(c"._share4_.")?],
             task_names: preserved_strings(&[c"._expr_.", c"._globals_.", c"._args_."])?,
             names: install(c"names")?,
+            node_names: node_share_names()?,
         })
     })
 }
 
-/// Keeps a map's shared part (`payload`, its frame's payload) in `box`
-/// for cache slot `slot` (the connection has recorded its id). One that
-/// cannot be read is kept as the reason, which its elements are answered
-/// with.
+/// Keeps a shared part (`payload`, its frame's payload) in `box` for
+/// cache slot `slot` (the connection has recorded its id): a map's
+/// function and arguments, or a cluster node's function. One that cannot
+/// be read is kept as the reason, which its tasks are answered with.
 fn keep_share(h: SEXP, box_: SEXP, slot: u8, payload: &[u8]) -> Result<(), RError> {
     let k = share_consts()?;
     let value = match task_payload(payload).map(|p| serial::unserialize_with(p, kept(h))) {
         Some(Ok(v)) => v,
-        Some(Err(e)) => string(&format!("cannot unserialize the map's shared arguments: {e}"))?,
-        None => string("the host withdrew the map's shared arguments")?,
+        Some(Err(e)) => string(&format!("cannot unserialize the task's shared part (a map's function and arguments, or a cluster's function): {e}"))?,
+        None => string("the host withdrew the task's shared part")?,
     };
     env_set(box_, k.slots[slot as usize], value.sexp())
 }
 
-/// The task payload of a map's element `elem` whose share is `sid`:
-/// `list(._expr_., ._globals_., ._args_.)` from the share, with `elem` as
-/// the first of the arguments (`.x`, see map_native() in R/map.R). Err:
-/// why the element cannot run.
-fn map_task(h: SEXP, box_: SEXP, sid: u64, elem: SEXP) -> Result<Result<Owned, String>, RError> {
+/// What a task sent with a share (`Msg::Item`) is.
+enum Shared {
+    /// A map's element: the payload to evaluate.
+    Map(Owned),
+    /// A cluster node's task: its payload as if sent whole (see
+    /// `is_node_task`).
+    Node(Owned),
+    /// Why it cannot run.
+    Broken(String),
+}
+
+/// The task whose own payload is `own` and whose share is `sid`: a map's
+/// element if the share is a map's shared part, `list(._expr_.,
+/// ._globals_., ._args_.)`, with `own` as the first of the arguments
+/// (`.x`, see map_native() in R/map.R); a cluster node's task if the share
+/// is a node's function, `list(._node_. = fun)`, with `own` its `args`
+/// (see `node::NodeFuns`).
+fn shared_task(h: SEXP, box_: SEXP, sid: u64, own: SEXP) -> Result<Shared, RError> {
     let k = share_consts()?;
     let slot = {
         let g = lock(conn(&h)?);
@@ -345,23 +361,34 @@ fn map_task(h: SEXP, box_: SEXP, sid: u64, elem: SEXP) -> Result<Result<Owned, S
         c.shares.iter().position(|&s| s == sid && s != 0)
     };
     let Some(slot) = slot else {
-        return Ok(Err("the map's shared arguments never arrived".into()));
+        return Ok(Shared::Broken("the task's shared part (a map's function and arguments, or a cluster's function) never arrived".into()));
     };
     let shared = env_get(box_, k.slots[slot])?;
     let shared = shared.sexp();
+    if is_list(shared) && len(shared) == 1 && first_name_is(shared, k.node_names) {
+        let d = list_named(&[list_at(shared, 0), own], node_consts()?.payload_names, nil())?;
+        return Ok(Shared::Node(d));
+    }
     if !is_list(shared) || len(shared) != 3 || !is_list(list_at(shared, 2)) || len(list_at(shared, 2)) == 0 {
-        return Ok(Err(if type_of(shared) == STRSXP && len(shared) == 1 {
+        return Ok(Shared::Broken(if type_of(shared) == STRSXP && len(shared) == 1 {
             string_at(shared, 0)
         } else {
             "the map's shared arguments are not as expected".into()
         }));
     }
+    Ok(Shared::Map(map_task(shared, own)?))
+}
+
+/// The task payload of a map's element `elem` whose shared part is
+/// `shared` (checked to be one).
+fn map_task(shared: SEXP, elem: SEXP) -> RResult {
+    let k = share_consts()?;
     let args = list_at(shared, 2);
     let mut items: Vec<SEXP> = (0..len(args)).map(|i| list_at(args, i)).collect();
     items[0] = elem;
     let names = attr(args, k.names)?;
     let args = list_named(&items, names.sexp(), nil())?;
-    Ok(Ok(list_named(&[list_at(shared, 0), list_at(shared, 1), args.sexp()], k.task_names, nil())?))
+    list_named(&[list_at(shared, 0), list_at(shared, 1), args.sexp()], k.task_names, nil())
 }
 
 /// The message part of an error as R's default handler records it

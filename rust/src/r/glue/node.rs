@@ -12,17 +12,28 @@
 //! conditions), which R hands out itself.
 //!
 //! A node task's payload is `list(._node_. = fun, ._args_. = args)`; the
-//! daemon runs it natively (see `daemon::run_node`).
+//! daemon runs it natively (see `daemon::run_node`). parallel sends the
+//! same function with every task; R-serializing it each time was most of
+//! the host's cost of a tiny task beyond parallel's own (a closure, with
+//! its source references in an interactive session, plus R's reference
+//! table of 8.8 KB made per serialization: 4-10 us a task). So a
+//! function whose serialized form cannot change while it is the same
+//! object travels as a share instead, as a map's shared part does, to each
+//! daemon once (see `NodeFuns`), and each task carries only its `args`.
 
 use crate::r::layer::call::{RError, RResult};
-use crate::r::layer::ffi::SEXP;
-use super::shared::node_payload_names;
-use crate::r::layer::handle::{kept, new_handle};
+use crate::r::layer::ffi::{CLOSXP, INTSXP, LGLSXP, REALSXP, SEXP};
+use super::shared::{node_payload_names, node_share_names};
+use crate::r::layer::handle::{handle, kept, new_handle, Tagged};
 use crate::r::layer::lang::*;
 use super::mirai::{aio, cancel, outcome_to_sexp, race_reading, wait_aio};
-use super::profile::submit_node;
+use super::map::element_template;
+use super::profile::{serialize_task, submit_node, submit_node_shared, ShareBytes};
 use crate::r::layer::value::*;
 use crate::host::sched::ERR_CANCELED;
+use std::cell::RefCell;
+use std::ffi::CStr;
+use std::rc::Rc;
 
 /// Symbols and constant vectors, made once.
 struct Syms {
@@ -44,6 +55,14 @@ struct Syms {
     value_type: SEXP,
     /// c("._node_.", "._args_."): a node task's payload.
     payload_names: SEXP,
+    /// "._node_.": a node function's share, `list(._node_. = fun)`.
+    share_names: SEXP,
+    /// The profile's `NodeFuns` handle.
+    node_funs: SEXP,
+    /// The call `mirai:::node_fun_fixed` (R/cluster.R).
+    fixed: SEXP,
+    /// base::attributes.
+    attributes: SEXP,
 }
 
 static SYMS: MainOnce<Syms> = MainOnce::new();
@@ -65,6 +84,13 @@ fn syms() -> Result<&'static Syms, RError> {
             one_names: preserved_strings(&[c"node", c"value"])?,
             value_type: preserved_strings(&[c"VALUE"])?,
             payload_names: node_payload_names()?,
+            share_names: node_share_names()?,
+            node_funs: install(c"node_funs")?,
+            fixed: preserve(lang(&Lang::Call(
+                install(c":::")?,
+                vec![(nil(), Lang::Value(install(c"mirai")?)), (nil(), Lang::Value(install(c"node_fun_fixed")?))],
+            ))?)?,
+            attributes: base_function(c"attributes")?,
         })
     })
 }
@@ -100,8 +126,27 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
     let number = node_number(node, s)?;
     let d = list_get(data, "data");
     let (fun, args, tag) = (list_get(d, "fun"), list_get(d, "args"), list_get(d, "tag"));
-    let payload = list_named(&[fun, args], s.payload_names, nil())?;
-    let a = submit_node(&p, payload.sexp(), number - 1)?;
+    let cache = node_funs(prof.sexp(), s)?;
+    let a = match fun_share(&cache, &p, fun, s)? {
+        Some(share) => {
+            let cfg = kept(p.sexp());
+            match args_template(&cache, cfg, args, s)? {
+                Some(t) => {
+                    let elem = list_at(args, 0);
+                    let write = |buf: &mut Vec<u8>| {
+                        buf.extend_from_slice(&t.0[..t.0.len() - t.1]);
+                        push_binary_elt(elem, 0, buf)
+                    };
+                    submit_node_shared(&p, &share, write, number - 1)?
+                }
+                None => submit_node_shared(&p, &share, |buf| serialize_task(args, cfg, buf), number - 1)?,
+            }
+        }
+        None => {
+            let payload = list_named(&[fun, args], s.payload_names, nil())?;
+            submit_node(&p, payload.sexp(), number - 1)?
+        }
+    };
     let (id, profile) = (a.id, a.profile.clone());
     let recorded = new_handle(a, kept(p.sexp())).and_then(|h| {
         if is_null(env_get(node, s.head)?.sexp()) {
@@ -118,6 +163,137 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
         return Err(e);
     }
     Ok(Owned::nil())
+}
+
+/// The last few node functions a profile sent as shares (see the module's
+/// notes), each with its share; entry i's function is element i of the
+/// list the handle keeps, which keeps it alive: a function's address is
+/// then never another object's while it is cached, so the address
+/// identifies it. Only closures whose serialized form cannot change while
+/// they are the same object are cached (`node_fun_fixed()` in R/cluster.R
+/// tells, once per function): those whose environment R writes as a
+/// reference (the global one, base, a namespace, a package's), so that
+/// only their formals, body and attributes are written, with no
+/// environment, external pointer or weak reference inside those, whose
+/// contents could change. R copies a closure rather than change those
+/// parts in place once it is referenced twice (its binding, and this
+/// list); the JIT compiling a body in place changes its bytes but not its
+/// meaning. A closure made in a function carries its environment's
+/// bindings, which may change between calls: it goes whole with every
+/// task, as does anything else.
+///
+/// With them, the profile's templates for a task's `args` when they are
+/// one plain logical, integer or double value (as `clusterApplyLB()`
+/// sends each element of its `x`): the value is written natively into the
+/// bytes R's serializer gave for the first such, as a map's elements are
+/// (see `map::element_template`), which spares R's serializer its table
+/// of 8.8 KB per call. By type (logical, integer, double); None until
+/// made, then None inside when R's bytes did not end in the value.
+struct NodeFuns {
+    entries: Vec<(Rc<ShareBytes>, u64)>,
+    clock: u64,
+    templates: [Option<Option<Template>>; 3],
+}
+
+/// R's bytes for a value in a list of one, and the width of the value
+/// they end with.
+type Template = Rc<(Vec<u8>, usize)>;
+
+impl Tagged for RefCell<NodeFuns> {
+    const TAG: &'static CStr = c"mirai_node_funs";
+}
+
+/// How many functions a profile keeps as shares: a cluster used by a few
+/// callers in turn each sending its own function; more than the daemon's
+/// share slots (`proto::SHARE_SLOTS`) costs only a resend, as for maps.
+const NODE_FUNS: usize = 8;
+
+/// The share `fun` travels as on the profile `prof` (an environment, `p`
+/// its host handle), made on first use; None when it must go whole with
+/// each task.
+fn fun_share(h: &Owned, p: &Owned, fun: SEXP, s: &Syms) -> Result<Option<Rc<ShareBytes>>, RError> {
+    if type_of(fun) != CLOSXP {
+        return Ok(None);
+    }
+    let cache = handle::<RefCell<NodeFuns>>(h, "node_funs")?;
+    let held = kept(h.sexp());
+    // Reentry (R code a serializer runs sending to the cluster) finds the
+    // cache busy: its function goes whole.
+    let Ok(mut c) = cache.try_borrow_mut() else { return Ok(None) };
+    c.clock += 1;
+    let clock = c.clock;
+    let n = c.entries.len();
+    if let Some(i) = (0..n).find(|&i| list_at(held, i) == fun) {
+        c.entries[i].1 = clock;
+        return Ok(Some(c.entries[i].0.clone()));
+    }
+    let check = lang(&Lang::Call(s.fixed, vec![(nil(), Lang::Value(fun))]))?;
+    let fixed = match eval_in_base(check.sexp()) {
+        Ok(v) => is_true(v.sexp()),
+        Err(RError::Interrupt) => return Err(RError::Interrupt),
+        // Whatever R could not tell about goes whole, as it always did.
+        Err(_) => false,
+    };
+    if !fixed {
+        return Ok(None);
+    }
+    let wrapped = list_named(&[fun], s.share_names, nil())?;
+    let share = Rc::new(ShareBytes::new(p, wrapped.sexp())?);
+    let i = if n < NODE_FUNS {
+        c.entries.push((share.clone(), clock));
+        n
+    } else {
+        let lru = (0..n).min_by_key(|&i| c.entries[i].1).unwrap_or(0);
+        c.entries[lru] = (share.clone(), clock);
+        lru
+    };
+    // `h`, rooted in `prof`, keeps the list alive.
+    set_list_elt(&Owned::reachable(held), i, fun);
+    Ok(Some(share))
+}
+
+/// The `NodeFuns` handle of profile `prof` (an environment), made on first
+/// use.
+fn node_funs(prof: SEXP, s: &Syms) -> Result<Owned, RError> {
+    let h = env_get(prof, s.node_funs)?;
+    if handle::<RefCell<NodeFuns>>(&h, "node_funs").is_ok() {
+        return Ok(h);
+    }
+    let funs = RefCell::new(NodeFuns { entries: Vec::new(), clock: 0, templates: [None, None, None] });
+    let held = new_list(NODE_FUNS)?;
+    let h = new_handle(funs, held.sexp())?;
+    env_set(prof, s.node_funs, h.sexp())?;
+    Ok(h)
+}
+
+/// The template `args` is written with (see `NodeFuns`), if it is one
+/// plain logical, integer or double value in an unnamed list; `cfg` the
+/// profile's serialization config.
+fn args_template(h: &Owned, cfg: SEXP, args: SEXP, s: &Syms) -> Result<Option<Template>, RError> {
+    if !is_list(args) || len(args) != 1 {
+        return Ok(None);
+    }
+    let elem = list_at(args, 0);
+    let k = match type_of(elem) {
+        LGLSXP => 0,
+        INTSXP => 1,
+        REALSXP => 2,
+        _ => return Ok(None),
+    };
+    // Any attribute (names, a class: a Date, a factor) is written by R.
+    if len(elem) != 1 || !is_null(apply1(s.attributes, args)?.sexp()) || !is_null(apply1(s.attributes, elem)?.sexp()) {
+        return Ok(None);
+    }
+    let cache = handle::<RefCell<NodeFuns>>(h, "node_funs")?;
+    let Ok(mut c) = cache.try_borrow_mut() else { return Ok(None) };
+    if let Some(t) = &c.templates[k] {
+        return Ok(t.clone());
+    }
+    let holder = atomic_holder(elem)?;
+    let list1 = new_list(1)?;
+    let t = element_template(&holder, &list1, elem, cfg)?.map(Rc::new);
+    c.templates[k] = Some(t.clone());
+    Ok(t)
 }
 
 /// Takes the result of the node's head task (resolved), moves the queue on

@@ -9,7 +9,8 @@ use crate::r::layer::serial;
 use crate::r::layer::value::*;
 use crate::host::aio::Slot;
 use super::shared::max_message;
-use crate::host::{Host, HostOptions};
+use crate::host::{exact_frame, item_head_into, put_scratch, take_scratch, Host, HostOptions};
+use crate::wire::frame::TASK_WHOLE;
 use crate::host::pool::{oversubscribed_nice, Pool, Spec};
 use crate::wire::url::Address;
 use std::ffi::CStr;
@@ -140,7 +141,7 @@ pub fn retries(s: SEXP) -> Result<u32, RError> {
     Ok(k as u32)
 }
 
-fn serialize_task(data: SEXP, cfg: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
+pub(super) fn serialize_task(data: SEXP, cfg: SEXP, buf: &mut Vec<u8>) -> Result<(), RError> {
     serial::serialize_with(data, buf, cfg).map_err(|e| match e {
         RError::Msg(m) => RError::Msg(format!("cannot serialize the task: {m}")),
         e => e,
@@ -261,34 +262,94 @@ fn submit_with(
 /// for a cluster node's daemon; in R, `daemons(n)` for its daemons).
 pub const WAIT_NOTE: Duration = Duration::from_secs(10);
 
+/// Waits (interruptibly) until the `node`-th daemon (from 0) has joined
+/// the host.
+fn wait_for_node(prof: &Profile, node: usize) -> Result<(), RError> {
+    let stats = &prof.host.stats;
+    if stats.cumulative.load(Ordering::Relaxed) > node as u64 {
+        return Ok(());
+    }
+    // Remote daemons may take long to join (a scheduler's queue), or
+    // never (a failed launch): say what the wait is for, every WAIT_NOTE.
+    let start = Instant::now();
+    let mut next_note = WAIT_NOTE;
+    wait_interruptibly(|slice| {
+        let joined = stats.wait_joined(node as u64 + 1, slice);
+        if !joined && start.elapsed() >= next_note {
+            console_message(&format!(
+                "mirai: node {} of the cluster is waiting for its daemon to connect [{} secs elapsed]",
+                node + 1,
+                start.elapsed().as_secs()
+            ));
+            next_note += WAIT_NOTE;
+        }
+        joined
+    })
+}
+
 /// Submits a cluster node's task (`p` a profile handle): it runs on the
 /// `node`-th daemon (from 0) to have joined the host, once that one has
 /// joined (the wait can be interrupted; nothing is sent until it ends).
 pub fn submit_node(p: &Owned, data: SEXP, node: usize) -> Result<Aio, RError> {
-    {
+    let prof = profile(p)?;
+    wait_for_node(prof, node)?;
+    submit_with(prof, p.sexp(), data, |host, id, frame, slot| host.submit_to_node(id, frame, slot, node))
+}
+
+/// A share's content as the host keeps it (see `Host::share_id`): its
+/// R-serialized bytes, their SHA-256 and its id.
+pub struct ShareBytes {
+    pub bytes: Vec<u8>,
+    pub hash: [u8; 32],
+    pub sid: u64,
+}
+
+impl ShareBytes {
+    /// Serializes `x` as a share of `p`'s host.
+    pub fn new(p: &Owned, x: SEXP) -> Result<ShareBytes, RError> {
         let prof = profile(p)?;
-        let stats = &prof.host.stats;
-        if stats.cumulative.load(Ordering::Relaxed) <= node as u64 {
-            // Remote daemons may take long to join (a scheduler's queue), or
-            // never (a failed launch): say what the wait is for, every
-            // WAIT_NOTE.
-            let start = Instant::now();
-            let mut next_note = WAIT_NOTE;
-            wait_interruptibly(|slice| {
-                let joined = stats.wait_joined(node as u64 + 1, slice);
-                if !joined && start.elapsed() >= next_note {
-                    console_message(&format!(
-                        "mirai: node {} of the cluster is waiting for its daemon to connect [{} secs elapsed]",
-                        node + 1,
-                        start.elapsed().as_secs()
-                    ));
-                    next_note += WAIT_NOTE;
-                }
-                joined
-            })?;
-        }
-        submit_with(prof, p.sexp(), data, |host, id, frame, slot| host.submit_to_node(id, frame, slot, node))
+        let mut bytes = Vec::new();
+        serialize_task(x, kept(p.sexp()), &mut bytes)?;
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+        let sid = prof.host.share_id(hash).map_err(host_failed)?;
+        Ok(ShareBytes { bytes, hash, sid })
     }
+}
+
+/// `submit_node` for a task whose function is `share` (made by
+/// `ShareBytes::new` on the same profile) and whose own payload (its
+/// `args`, R-serialized) `write_args` appends (see `Host::submit_node_item`).
+pub fn submit_node_shared(
+    p: &Owned,
+    share: &ShareBytes,
+    write_args: impl FnOnce(&mut Vec<u8>) -> Result<(), RError>,
+    node: usize,
+) -> Result<Aio, RError> {
+    let prof = profile(p)?;
+    wait_for_node(prof, node)?;
+    let host = &prof.host;
+    let id = host.next_task_id();
+    let mut scratch = take_scratch();
+    item_head_into(host.framing, id, share.sid, &mut scratch);
+    let built = write_args(&mut scratch).and_then(|_| {
+        // As `Host::task_frame`: the byte more must not abort the session.
+        scratch.try_reserve_exact(1).map_err(|_| RError::from("cannot allocate memory to serialize the task"))
+    });
+    let frame = built.map(|_| {
+        scratch.push(TASK_WHOLE);
+        exact_frame(&mut scratch)
+    });
+    put_scratch(scratch);
+    let frame = frame?;
+    let slot = Slot::new(host.bell.clone());
+    let copy = || {
+        let mut v = Vec::with_capacity(share.bytes.len() + 1);
+        v.extend_from_slice(&share.bytes);
+        v
+    };
+    host.submit_node_item(id, frame, slot.clone(), node, share.hash, share.sid, copy).map_err(host_failed)?;
+    Ok(Aio::new(slot, id, prof.clone()))
 }
 
 /// `try_mirai()`'s check: TRUE if a task may be queued now without waiting.

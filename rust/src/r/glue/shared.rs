@@ -26,6 +26,14 @@ pub fn node_payload_names() -> Result<SEXP, RError> {
     NAMES.get(|| preserved_strings(&[c"._node_.", c"._args_."])).copied()
 }
 
+/// The name of a cluster node's function sent as a share (see
+/// `node::node_fun_share`): the share is `list(._node_. = fun)`, and each
+/// task's own payload is its `args`.
+pub fn node_share_names() -> Result<SEXP, RError> {
+    static NAMES: MainOnce<SEXP> = MainOnce::new();
+    NAMES.get(|| preserved_strings(&[c"._node_."])).copied()
+}
+
 /// An 'errorValue': the integer `code` classed `c("errorValue", "try-error")`.
 pub fn error_value(code: i32) -> Result<Owned, RError> {
     let v = int(code)?;
