@@ -352,12 +352,13 @@ pub fn eval_task(expr: SEXP, globals: SEXP, args: SEXP, box_: SEXP) -> Result<Op
     if !is_env(box_) {
         return Err("internal error in mirai: `box` must be an environment".into());
     }
+    // Absent (NULL) or empty: nothing to bind, as for list2env() of list().
     let named = |x: SEXP| -> Option<SEXP> {
+        if x == nil() || (is_list(x) && len(x) == 0) {
+            return Some(nil());
+        }
         if !is_list(x) {
             return None;
-        }
-        if len(x) == 0 {
-            return Some(nil());
         }
         let nms = list_names(x)?;
         // SAFETY: R's constant.
