@@ -227,3 +227,13 @@ test_that("each argument is checked once, by R, with one message naming it", {
     if (!endsWith(case[[2L]], "e.g.")) expect_identical(conditionMessage(e), case[[2L]])
   }
 })
+
+test_that("a task whose value is the empty symbol resolves to an error, and the daemon lives on", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  pid <- mirai(Sys.getpid())[]
+  m <- mirai(quote(expr = ))[]
+  expect_s3_class(m, "miraiError")
+  expect_match(m, "empty symbol")
+  expect_identical(mirai(Sys.getpid())[], pid)
+})

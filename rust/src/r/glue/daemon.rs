@@ -417,6 +417,11 @@ pub fn mirai_daemon_eval_task(data: SEXP, box_: SEXP) -> RResult {
     env_set(box_, c.before, before.sexp())?;
     let (expr, globals, args) = (list_get(data, "._expr_."), list_get(data, "._globals_."), list_get(data, "._args_."));
     match eval_task(expr, globals, args, box_)? {
+        // The empty symbol (`quote(expr = )`) as a value: R's loop could
+        // not even hold it in a variable (reading it is "argument is
+        // missing"), and the daemon would end. A cluster node's task says
+        // as much as an error.
+        Some(v) if v.sexp() == missing_arg() => mirai_error("the task's value is the empty symbol (a missing argument)"),
         Some(v) => Ok(v),
         None => {
             env_set(box_, c.redo, lgl(true)?.sexp())?;

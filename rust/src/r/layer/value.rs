@@ -187,6 +187,12 @@ pub fn nil() -> SEXP {
     unsafe { R_NilValue }
 }
 
+/// R's empty symbol, the value of a missing argument.
+pub fn missing_arg() -> SEXP {
+    // SAFETY: a constant R sets up at start-up.
+    unsafe { R_MissingArg }
+}
+
 /// R's NA for doubles (a NaN with a particular payload).
 pub fn na_real() -> f64 {
     // SAFETY: a constant R sets up at start-up.
