@@ -611,7 +611,7 @@ impl Host {
     /// `sid`: from `share_id(hash)`.
     pub fn submit_map(
         &self,
-        mut shared: Vec<u8>,
+        shared: Vec<u8>,
         hash: [u8; 32],
         sid: u64,
         items: Vec<(TaskId, Vec<u8>, Arc<Slot>)>,
@@ -624,16 +624,7 @@ impl Host {
                 }
                 return;
             }
-            let live = core.shares.get(&hash).and_then(|(_, w)| w.upgrade());
-            let payload = match live {
-                Some(p) => p,
-                None => {
-                    shared.push(TASK_WHOLE);
-                    Rc::new(shared)
-                }
-            };
-            core.shares.insert(hash, (sid, Rc::downgrade(&payload)));
-            let part = Rc::new(Shared { share: Some(sid), payload });
+            let part = core.share_part(hash, sid, || shared);
             core.submitted = true;
             // Room for the whole map at once: grown element by element, the
             // tables left their outgrown copies as free memory in the process.
@@ -683,16 +674,7 @@ impl Host {
                 slot.complete(Outcome::Error(ERR_RESET));
                 return;
             };
-            let payload = match core.shares.get(&hash).and_then(|(_, w)| w.upgrade()) {
-                Some(p) => p,
-                None => {
-                    let mut p = share();
-                    p.push(TASK_WHOLE);
-                    Rc::new(p)
-                }
-            };
-            core.shares.insert(hash, (sid, Rc::downgrade(&payload)));
-            let part = Rc::new(Shared { share: Some(sid), payload });
+            let part = core.share_part(hash, sid, share);
             core.framing.finish(&mut frame);
             core.frames.hold(frame.len() as u64);
             core.tasks.insert(id, TaskEntry { frame: TaskFrame::queued(frame), shared: Some(part), slot, span: 0 });
@@ -1548,6 +1530,23 @@ impl Core {
                 self.drop_conn(t, false);
             }
         }
+    }
+
+    /// Share `sid` (content `hash`) for the tasks about to be queued: the
+    /// payload a queued or running task already holds, or else the one
+    /// `make` gives (without the completion mark), recorded as the live
+    /// copy of that content.
+    fn share_part(&mut self, hash: [u8; 32], sid: u64, make: impl FnOnce() -> Vec<u8>) -> Rc<Shared> {
+        let payload = match self.shares.get(&hash).and_then(|(_, w)| w.upgrade()) {
+            Some(p) => p,
+            None => {
+                let mut p = make();
+                p.push(TASK_WHOLE);
+                Rc::new(p)
+            }
+        };
+        self.shares.insert(hash, (sid, Rc::downgrade(&payload)));
+        Rc::new(Shared { share: Some(sid), payload })
     }
 
     /// Stops (`on`) or restarts the poll's reports of data from daemon `t`,

@@ -215,7 +215,7 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: S
 /// process by hundreds of bytes per queued element and cost time to make
 /// and collect. None (each element serialized by R) for a character
 /// vector, or should the bytes not end as expected.
-pub(super) fn element_template(holder: &Owned, list1: &Owned, items: SEXP, cfg: SEXP) -> Result<Option<(Vec<u8>, usize)>, RError> {
+fn element_template(holder: &Owned, list1: &Owned, items: SEXP, cfg: SEXP) -> Result<Option<(Vec<u8>, usize)>, RError> {
     let Some(width) = binary_width(items) else { return Ok(None) };
     copy_atomic_elt(holder, items, 0)?;
     set_list_elt(list1, 0, holder.sexp());

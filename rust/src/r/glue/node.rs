@@ -22,12 +22,11 @@
 //! daemon once (see `NodeFuns`), and each task carries only its `args`.
 
 use crate::r::layer::call::{RError, RResult};
-use crate::r::layer::ffi::{CLOSXP, INTSXP, LGLSXP, REALSXP, SEXP};
+use crate::r::layer::ffi::{CLOSXP, SEXP};
 use super::shared::{node_payload_names, node_share_names};
 use crate::r::layer::handle::{handle, kept, new_handle, Tagged};
 use crate::r::layer::lang::*;
 use super::mirai::{aio, cancel, outcome_to_sexp, race_reading, wait_aio};
-use super::map::element_template;
 use super::profile::{serialize_task, submit_node, submit_node_shared, ShareBytes};
 use crate::r::layer::value::*;
 use crate::host::sched::ERR_CANCELED;
@@ -61,8 +60,6 @@ struct Syms {
     node_funs: SEXP,
     /// The call `mirai:::node_fun_fixed` (R/cluster.R).
     fixed: SEXP,
-    /// base::attributes.
-    attributes: SEXP,
 }
 
 static SYMS: MainOnce<Syms> = MainOnce::new();
@@ -90,7 +87,6 @@ fn syms() -> Result<&'static Syms, RError> {
                 install(c":::")?,
                 vec![(nil(), Lang::Value(install(c"mirai")?)), (nil(), Lang::Value(install(c"node_fun_fixed")?))],
             ))?)?,
-            attributes: base_function(c"attributes")?,
         })
     })
 }
@@ -127,21 +123,10 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
     let d = list_get(data, "data");
     let (fun, args, tag) = (list_get(d, "fun"), list_get(d, "args"), list_get(d, "tag"));
     let cache = node_funs(prof.sexp(), s)?;
+    // The args alone: plain ones (clusterApplyLB()'s elements) are written
+    // natively (`layer::plain`), without R's serializer.
     let a = match fun_share(&cache, &p, fun, s)? {
-        Some(share) => {
-            let cfg = kept(p.sexp());
-            match args_template(&cache, cfg, args, s)? {
-                Some(t) => {
-                    let elem = list_at(args, 0);
-                    let write = |buf: &mut Vec<u8>| {
-                        buf.extend_from_slice(&t.0[..t.0.len() - t.1]);
-                        push_binary_elt(elem, 0, buf)
-                    };
-                    submit_node_shared(&p, &share, write, number - 1)?
-                }
-                None => submit_node_shared(&p, &share, |buf| serialize_task(args, cfg, buf), number - 1)?,
-            }
-        }
+        Some(share) => submit_node_shared(&p, &share, |buf| serialize_task(args, kept(p.sexp()), buf), number - 1)?,
         None => {
             let payload = list_named(&[fun, args], s.payload_names, nil())?;
             submit_node(&p, payload.sexp(), number - 1)?
@@ -181,23 +166,10 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
 /// meaning. A closure made in a function carries its environment's
 /// bindings, which may change between calls: it goes whole with every
 /// task, as does anything else.
-///
-/// With them, the profile's templates for a task's `args` when they are
-/// one plain logical, integer or double value (as `clusterApplyLB()`
-/// sends each element of its `x`): the value is written natively into the
-/// bytes R's serializer gave for the first such, as a map's elements are
-/// (see `map::element_template`), which spares R's serializer its table
-/// of 8.8 KB per call. By type (logical, integer, double); None until
-/// made, then None inside when R's bytes did not end in the value.
 struct NodeFuns {
     entries: Vec<(Rc<ShareBytes>, u64)>,
     clock: u64,
-    templates: [Option<Option<Template>>; 3],
 }
-
-/// R's bytes for a value in a list of one, and the width of the value
-/// they end with.
-type Template = Rc<(Vec<u8>, usize)>;
 
 impl Tagged for RefCell<NodeFuns> {
     const TAG: &'static CStr = c"mirai_node_funs";
@@ -259,41 +231,11 @@ fn node_funs(prof: SEXP, s: &Syms) -> Result<Owned, RError> {
     if handle::<RefCell<NodeFuns>>(&h, "node_funs").is_ok() {
         return Ok(h);
     }
-    let funs = RefCell::new(NodeFuns { entries: Vec::new(), clock: 0, templates: [None, None, None] });
+    let funs = RefCell::new(NodeFuns { entries: Vec::new(), clock: 0 });
     let held = new_list(NODE_FUNS)?;
     let h = new_handle(funs, held.sexp())?;
     env_set(prof, s.node_funs, h.sexp())?;
     Ok(h)
-}
-
-/// The template `args` is written with (see `NodeFuns`), if it is one
-/// plain logical, integer or double value in an unnamed list; `cfg` the
-/// profile's serialization config.
-fn args_template(h: &Owned, cfg: SEXP, args: SEXP, s: &Syms) -> Result<Option<Template>, RError> {
-    if !is_list(args) || len(args) != 1 {
-        return Ok(None);
-    }
-    let elem = list_at(args, 0);
-    let k = match type_of(elem) {
-        LGLSXP => 0,
-        INTSXP => 1,
-        REALSXP => 2,
-        _ => return Ok(None),
-    };
-    // Any attribute (names, a class: a Date, a factor) is written by R.
-    if len(elem) != 1 || !is_null(apply1(s.attributes, args)?.sexp()) || !is_null(apply1(s.attributes, elem)?.sexp()) {
-        return Ok(None);
-    }
-    let cache = handle::<RefCell<NodeFuns>>(h, "node_funs")?;
-    let Ok(mut c) = cache.try_borrow_mut() else { return Ok(None) };
-    if let Some(t) = &c.templates[k] {
-        return Ok(t.clone());
-    }
-    let holder = atomic_holder(elem)?;
-    let list1 = new_list(1)?;
-    let t = element_template(&holder, &list1, elem, cfg)?.map(Rc::new);
-    c.templates[k] = Some(t.clone());
-    Ok(t)
 }
 
 /// Takes the result of the node's head task (resolved), moves the queue on
