@@ -43,7 +43,7 @@ if (inherits(res, "error")) {
 }
 # Bounds: growth after the first minute, kill-to-19 latency (s), timeout
 # lateness (ms); generous for a loaded machine.
-checks <- soak_checks(res, rss_mb = 100, fds = 20, threads = 20, kill_latency = 5, timeout_late = 5000)
+checks <- soak_checks(res, rss_mb = 100, heap_mb = 40, fds = 20, threads = 20, kill_latency = 5, timeout_late = 5000)
 soak_report(res, checks, log = say)
 say(sprintf("wall time %.1f s, load average %s", as.numeric(difftime(Sys.time(), t0, units = "secs")),
             paste(strsplit(readLines("/proc/loadavg"), " ")[[1L]][1:3], collapse = " ")))

@@ -1,8 +1,8 @@
-# Soak (short): 32 s of mixed tasks on 4 daemons with a dispatcher while a
-# daemon is SIGKILLed every 2 s and replaced by the pool (16 kills; daemons(n)
+# Soak (short): 40 s of mixed tasks on 4 daemons with a dispatcher while a
+# daemon is SIGKILLed every 2 s and replaced by the pool (20 kills; daemons(n)
 # heals, and test-heal.R runs the same with .retry), memory, descriptors
-# and threads sampled every 2 s after a 16 s warm-up (with 10 s, the host's
-# RSS was once still growing past it, 118 MB, on a loaded machine). The
+# and threads sampled every 2 s after a 24 s warm-up; memory is checked as
+# the C heap's bytes in use (see below). The
 # logic is in helper-soak.R, shared with bench/soak.R (the long run,
 # minutes of it, with the same checks). About 40 s.
 
@@ -77,7 +77,12 @@ test_that("soak: host RSS, fds and threads are flat after the warm-up", {
   res <- soak_result()
   info <- paste(utils::capture.output(print(res$samples)), collapse = "\n")
   expect_gte(nrow(res$samples[res$samples$t > res$warmup, ]), 5L)
-  expect_lt(soak_growth(res$rss), 100, label = "RSS growth after the warm-up (MB)")
+  # The leak check is on the C heap's bytes in use (R's heap among them):
+  # RSS also counts memory malloc keeps after free() for reuse, which
+  # climbs with 10 MB payloads and with the machine's load (101.9 MB of
+  # "growth" in one CI run, no leak). RSS keeps a loose bound, for memory
+  # that does not come from malloc.
+  expect_lt(soak_growth(res$rss), 250, label = "RSS growth after the warm-up (MB)")
   expect_lt(soak_growth(res$fds), 20, label = "fd growth after the warm-up")
   expect_lt(soak_growth(res$threads), 20, label = "thread growth after the warm-up")
   # Killed daemons' connections are not kept: after the drain, about one fd
@@ -86,6 +91,8 @@ test_that("soak: host RSS, fds and threads are flat after the warm-up", {
   # Everything the run opened is closed once the profile is reset and its
   # host object collected.
   expect_lte(res$fds_reset, res$fds_before)
+  skip_if(is.na(res$heap[["last"]]), "the heap's bytes in use are known only in a test build on glibc")
+  expect_lt(soak_growth(res$heap), 40, label = "heap bytes in use, growth after the warm-up (MB)")
 })
 
 test_that("soak: no daemon outlives daemons(0), no zombie children", {

@@ -1,6 +1,7 @@
 //! The operating system, behind small safe interfaces: child processes,
-//! threads, randomness and network interfaces.
+//! threads, randomness, network interfaces and the heap's size.
 
+pub mod heap;
 pub mod net;
 pub mod random;
 pub mod spawn;

@@ -125,6 +125,13 @@ pub fn mirai_test_plain_read(x: SEXP) -> RResult {
     list(&[plain.sexp(), value.sexp()], &[])
 }
 
+/// For tests: bytes the C heap has in use (`sys::heap::in_use`), NA
+/// where that is not known. Only in a build with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+pub fn mirai_test_heap_bytes() -> RResult {
+    real(crate::sys::heap::in_use().map_or_else(na_real, |b| b as f64))
+}
+
 /// For tests: the native writer of plain values (`plain::write`) on `x`:
 /// the bytes it writes (R's binary serialization), or NULL when it leaves
 /// `x` to R_Serialize. Only in a build with the `test-hooks` feature.
