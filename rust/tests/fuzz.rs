@@ -987,6 +987,7 @@ enum MsgSpec {
     Share { sid: u64, slot: u8 },
     Item { id: u64, sid: u64 },
     Relay { id: u64, seq: u64, held: bool },
+    Bare { id: u64, sid: u64 },
 }
 
 impl MsgSpec {
@@ -1005,6 +1006,7 @@ impl MsgSpec {
             MsgSpec::Welcome { mac } => Msg::Welcome { mac: *mac },
             MsgSpec::Share { sid, slot } => Msg::Share { sid: *sid, slot: *slot },
             MsgSpec::Item { id, sid } => Msg::Item { id: *id, sid: *sid },
+            MsgSpec::Bare { id, sid } => Msg::Bare { id: *id, sid: *sid },
             MsgSpec::Relay { id, seq, held } => Msg::Relay { id: *id, seq: *seq, held: *held },
         }
     }
@@ -1026,7 +1028,7 @@ fn limit_claim(m: &Msg) -> usize {
         Msg::Result { .. } => 4 + 8 + 1 + 1,
         Msg::Exit => 4,
         Msg::Share { .. } => 4 + 8 + 1,
-        Msg::Item { .. } => 4 + 8 + 8,
+        Msg::Item { .. } | Msg::Bare { .. } => 4 + 8 + 8,
         Msg::Relay { .. } => 4 + 8 + 8 + 1,
     }
 }
@@ -1067,6 +1069,7 @@ fn msg_spec() -> impl Strategy<Value = MsgSpec> {
         1 => varint_u64().prop_map(|id| MsgSpec::Task { id }),
         1 => (varint_u64(), any::<u8>()).prop_map(|(sid, slot)| MsgSpec::Share { sid, slot }),
         1 => (varint_u64(), varint_u64()).prop_map(|(id, sid)| MsgSpec::Item { id, sid }),
+        1 => (varint_u64(), varint_u64()).prop_map(|(id, sid)| MsgSpec::Bare { id, sid }),
         1 => (varint_u64(), any::<bool>(), any::<bool>()).prop_map(|(id, last, error)| MsgSpec::Result { id, last, error }),
         1 => varint_u64().prop_map(|id| MsgSpec::Cancel { id }),
         1 => Just(MsgSpec::Exit),
@@ -1115,6 +1118,7 @@ fn check_envelope<'a>(body: &'a [u8], t: &Tally) -> Result<Option<(Msg<'a>, usiz
                 Msg::Share { .. } => "ok: Share",
                 Msg::Item { .. } => "ok: Item",
                 Msg::Relay { .. } => "ok: Relay",
+                Msg::Bare { .. } => "ok: Bare",
             });
             prop_assert_eq!(count, 0, "a successful decode allocated {} times", count);
             prop_assert!(off <= body.len());

@@ -82,7 +82,7 @@ impl Peer {
                     self.slots[slot as usize] = Some((sid, content));
                     self.shares_received += 1;
                 }
-                Incoming::Task { id, body, offset, sid } => {
+                Incoming::Task { id, body, offset, sid, .. } => {
                     let sid = sid.expect("an element of a map");
                     assert!(task_payload(&body[offset..]).is_some());
                     let held = self.slots.iter().flatten().find(|(s, _)| *s == sid).expect("its share arrived first");

@@ -37,8 +37,9 @@ const HANGUP: libc::c_short = libc::POLLRDHUP;
 const HANGUP: libc::c_short = 0;
 
 pub enum Incoming {
-    /// A task; `sid`: for a map's element (`Msg::Item`), its share.
-    Task { id: u64, body: Vec<u8>, offset: usize, sid: Option<u64> },
+    /// A task; `sid`: for a map's element (`Msg::Item`), its share;
+    /// `bare`: its payload lacks R's serialization header (`Msg::Bare`).
+    Task { id: u64, body: Vec<u8>, offset: usize, sid: Option<u64>, bare: bool },
     /// A map's shared part, for cache slot `slot` (`Msg::Share`).
     Share { sid: u64, slot: u8, body: Vec<u8>, offset: usize },
     /// The host closed the connection.
@@ -650,6 +651,7 @@ fn kind(m: &Msg) -> &'static str {
         Msg::Share { .. } => "Share",
         Msg::Item { .. } => "Item",
         Msg::Relay { .. } => "Relay",
+        Msg::Bare { .. } => "Bare",
     }
 }
 
@@ -692,8 +694,9 @@ fn classify(body: Vec<u8>) -> Result<Option<Incoming>, String> {
     let hop = strip_hop(&body).map_err(|e| format!("the host sent a malformed message ({e})"))?;
     let (msg, off) = proto::decode(&body[hop..]).map_err(|e| format!("the host sent a {e}"))?;
     Ok(match msg {
-        Msg::Task { id } => Some(Incoming::Task { id, body, offset: hop + off, sid: None }),
-        Msg::Item { id, sid } => Some(Incoming::Task { id, body, offset: hop + off, sid: Some(sid) }),
+        Msg::Task { id } => Some(Incoming::Task { id, body, offset: hop + off, sid: None, bare: false }),
+        Msg::Item { id, sid } => Some(Incoming::Task { id, body, offset: hop + off, sid: Some(sid), bare: false }),
+        Msg::Bare { id, sid } => Some(Incoming::Task { id, body, offset: hop + off, sid: Some(sid), bare: true }),
         Msg::Share { sid, slot } if (slot as usize) < proto::SHARE_SLOTS => {
             Some(Incoming::Share { sid, slot, body, offset: hop + off })
         }

@@ -1349,6 +1349,13 @@ pub fn item_head_into(framing: Framing, id: TaskId, sid: u64, b: &mut Vec<u8>) {
     proto::encode_into(&Msg::Item { id, sid }, b);
 }
 
+/// As `item_head_into`, for an element whose payload goes without R's
+/// serialization header (`Msg::Bare`).
+pub fn bare_head_into(framing: Framing, id: TaskId, sid: u64, b: &mut Vec<u8>) {
+    framing.begin(b);
+    proto::encode_into(&Msg::Bare { id, sid }, b);
+}
+
 /// The length of a task frame's head (transport prefix, hop count,
 /// envelope), given its first bytes: what a withdrawn frame keeps.
 fn task_head_len(framing: Framing, frame: &[u8]) -> usize {

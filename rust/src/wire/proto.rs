@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 /// a task's body ends in `frame::TASK_WHOLE`. 5: `Share` and `Item`, a
 /// map's shared part sent once per daemon and its elements. 6: a `Result`
 /// says whether its value is an error. 7: `Relay`, conditions a running
-/// task signals, sent as they happen.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// task signals, sent as they happen. 8: `Bare`, an element sent without
+/// R's serialization header.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Bytes of the host's challenge nonce and of the daemon's HMAC-SHA256.
 pub const NONCE_LEN: usize = 32;
@@ -94,6 +95,14 @@ pub enum Msg<'a> {
     /// cluster node's task, a condition future's code sent to `master`,
     /// kept for the node to hand out (see R/cluster.R) rather than shown.
     Relay { id: u64, seq: u64, held: bool },
+    /// Host to daemon: as `Item`, but the payload lacks R's serialization
+    /// header (format, versions, native encoding), which the daemon puts
+    /// back as its own R writes it. Sent only for an element with no
+    /// string in it (a logical, integer or double vector), whose bytes do
+    /// not depend on the header's encoding: the header was a third of a
+    /// small element's frame, and so of the host's memory for each queued
+    /// element.
+    Bare { id: u64, sid: u64 },
 }
 
 /// The most payload bytes a `Relay` carries: a daemon sends none larger,

@@ -94,8 +94,9 @@ pub fn mirai_daemon_limits(h: SEXP, idle: SEXP, wall: SEXP, tasks: SEXP) -> RRes
 }
 
 enum Got {
-    /// Id, body, payload offset, and for a map's element its share.
-    Task(u64, Vec<u8>, usize, Option<u64>),
+    /// Id, body, payload offset, for a map's element its share, and
+    /// whether the payload lacks R's serialization header.
+    Task(u64, Vec<u8>, usize, Option<u64>, bool),
     /// A map's shared part (the connection has recorded its id): cache
     /// slot, body, payload offset.
     Share(u8, Vec<u8>, usize),
@@ -117,7 +118,7 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
             Ok(None) => Duration::from_millis(200),
         };
         match c.recv(slice)? {
-            Incoming::Task { id, body, offset, sid } => return Ok(Got::Task(id, body, offset, sid)),
+            Incoming::Task { id, body, offset, sid, bare } => return Ok(Got::Task(id, body, offset, sid, bare)),
             Incoming::Share { sid, slot, body, offset } => {
                 c.shares[slot as usize] = sid;
                 return Ok(Got::Share(slot, body, offset));
@@ -227,10 +228,10 @@ fn received(kind: Received, values: &[SEXP]) -> RResult {
 pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RResult {
     let cleanup = bool_arg(cleanup, "cleanup")?;
     loop {
-        let (id, body, offset, sid) = match next_task(h)? {
+        let (id, body, offset, sid, bare) = match next_task(h)? {
             Got::Code(code) => return received(Received::Exit, &[int(code as i32)?.sexp()]),
             Got::Broken(why) => return received(Received::Broken, &[string(&why)?.sexp()]),
-            Got::Task(id, body, offset, sid) => (id, body, offset, sid),
+            Got::Task(id, body, offset, sid, bare) => (id, body, offset, sid, bare),
             Got::Share(slot, body, offset) => {
                 keep_share(h, box_, slot, &body[offset..])?;
                 continue;
@@ -239,7 +240,13 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RRe
         // A task the host withdrew mid-write (cancelled or timed out
         // meanwhile) arrives whole but with filler for a payload: it is
         // answered, never evaluated.
-        let data = task_payload(&body[offset..]).map(|payload| serial::unserialize_with(payload, kept(h)));
+        let data = task_payload(&body[offset..]).map(|payload| {
+            if bare {
+                serial::unserialize_bare_with(payload, kept(h))
+            } else {
+                serial::unserialize_with(payload, kept(h))
+            }
+        });
         drop(body);
         let idv = real(id as f64)?;
         let error = |msg: &str| received(Received::Error, &[idv.sexp(), string(msg)?.sexp()]);

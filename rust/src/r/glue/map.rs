@@ -25,7 +25,7 @@ use crate::host::aio::Outcome;
 use crate::host::sched::ERR_CANCELED;
 use super::profile::{host_failed, new_aio, profile, retries, Aio, Profile};
 use crate::host::aio::Slot;
-use crate::host::{exact_frame, item_head_into, put_scratch, take_scratch};
+use crate::host::{bare_head_into, exact_frame, item_head_into, put_scratch, take_scratch};
 use crate::host::sched::TaskId;
 use crate::r::layer::call::{RError, RResult};
 use crate::r::layer::ffi::SEXP;
@@ -143,6 +143,15 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: S
         _ => None,
     };
     let mut head = Vec::with_capacity(32);
+    // A template's elements hold no string: they go without R's header
+    // (`Msg::Bare`), which the daemon puts back.
+    let skip = match &template {
+        Some((bytes, _)) => {
+            let h = crate::r::layer::plain::header()?;
+            if bytes.starts_with(h) { h.len() } else { 0 }
+        }
+        None => 0,
+    };
     // Each element is built here and copied out at its size (see
     // `host::exact_frame`).
     let mut scratch = take_scratch();
@@ -152,13 +161,17 @@ pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: S
     for i in 0..n {
         let id = first + i as TaskId;
         if let Some((bytes, width)) = &template {
-            item_head_into(host.framing, id, sid, &mut head);
+            if skip > 0 {
+                bare_head_into(host.framing, id, sid, &mut head);
+            } else {
+                item_head_into(host.framing, id, sid, &mut head);
+            }
             let mut frame = Vec::new();
-            if frame.try_reserve_exact(head.len() + bytes.len() + 1).is_err() {
+            if frame.try_reserve_exact(head.len() + bytes.len() - skip + 1).is_err() {
                 return Err("cannot allocate memory to serialize the map".into());
             }
             frame.extend_from_slice(&head);
-            frame.extend_from_slice(&bytes[..bytes.len() - width]);
+            frame.extend_from_slice(&bytes[skip..bytes.len() - width]);
             push_binary_elt(items, i, &mut frame)?;
             frame.push(TASK_WHOLE);
             let slot = Slot::new(host.bell.clone());

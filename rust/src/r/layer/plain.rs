@@ -56,7 +56,7 @@ const MAX_DEPTH: u32 = 256;
 
 /// The header R writes in this session (format, version, R's version, the
 /// native encoding): a stream with another one goes to R.
-fn header() -> Result<&'static [u8], RError> {
+pub fn header() -> Result<&'static [u8], RError> {
     static HEADER: OnceLock<Vec<u8>> = OnceLock::new();
     if let Some(h) = HEADER.get() {
         return Ok(h);

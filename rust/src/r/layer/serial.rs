@@ -569,6 +569,17 @@ fn append_blobs(buf: &mut Vec<u8>, mut list: SEXP) {
 /// `unserialize` with a custom serialization config (NULL for none). Every
 /// caller turns a failure into an error value, so an R condition raised
 /// inside is dropped here and only its message (when a hook raised it) kept.
+/// `unserialize_with` of a stream sent without its header (`Msg::Bare`):
+/// this session's own header is put back first.
+pub fn unserialize_bare_with(body: &[u8], cfg: SEXP) -> Result<Owned, String> {
+    let h = super::plain::header().map_err(|_| "out of memory".to_string())?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(h.len() + body.len()).map_err(|_| "out of memory".to_string())?;
+    data.extend_from_slice(h);
+    data.extend_from_slice(body);
+    unserialize_with(&data, cfg)
+}
+
 pub fn unserialize_with(data: &[u8], cfg: SEXP) -> Result<Owned, String> {
     if is_null(cfg) {
         return unserialize(data).map_err(|e| match e {
