@@ -335,6 +335,10 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
   }
 
   sample_now <- function(t) {
+    # Resolved values kept for their recheck are checked now and let go:
+    # up to ten 10 MB payloads held at once made the heap swing by 100 MB
+    # between samples, noise a leak check must not have to see through.
+    recheck(all = TRUE)
     # RSS after a full collection: R collects lazily, and after a large
     # allocation earlier in the session (the 3 GB test, say) its trigger is
     # high enough that uncollected 10 MB payloads would read as growth.
