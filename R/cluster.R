@@ -37,7 +37,9 @@
 #' defined at the top level or in a package travels to each node once (and
 #' again only if its node no longer holds it), not with every task as to a
 #' PSOCK cluster; a function made inside another function goes with every
-#' task, so that a change to the variables it captured is always seen.
+#' task, so that a change to the variables it captured is always seen. The
+#' host keeps such functions for reuse within 64 MB in all (a larger one
+#' goes with every task): what it holds of functions you drop is bounded.
 #'
 #' With `url` (and no `remote`), the cluster listens for daemons launched
 #' elsewhere: the shell commands to launch them are printed, and a task
@@ -339,15 +341,34 @@ new_node <- function(i, prof, id, cluster, host, peers) {
 # its reference hook each environment it would write with its contents
 # (all but the global one, base, namespaces and packages'), each external
 # pointer and weak reference: the parts whose contents may change while
-# `f` does not. The files of source references are environments R never
-# changes once made.
+# `f` does not. The one exception is the file of `f`'s own source
+# references (and the file it aliases, for a `#line` directive), an
+# environment R never changes once made. Only that object is let through,
+# not whatever is classed "srcfile": a closure's own environment so
+# classed, whose bindings change like any other's, still goes whole.
 node_fun_fixed <- function(f) {
   fixed <- TRUE
+  files <- NULL
+  own_file <- function(x) {
+    if (!inherits(x, "srcfile") || identical(x, environment(f))) return(FALSE)
+    if (is.null(files)) files <<- srcfiles_of(f)
+    any(vapply(files, identical, NA, x))
+  }
   serialize(f, NULL, refhook = function(x) {
-    if (!inherits(x, "srcfile")) fixed <<- FALSE
+    if (fixed && !own_file(x)) fixed <<- FALSE
     NULL
   })
   fixed
+}
+
+# The files R attached to closure `f`'s source references: the one of the
+# function's srcref and of its body's, with each one's original when it is
+# an alias.
+srcfiles_of <- function(f) {
+  files <- list(attr(attr(f, "srcref"), "srcfile"), attr(body(f), "srcfile"))
+  files <- Filter(function(x) is.environment(x) && inherits(x, "srcfile"), files)
+  originals <- lapply(files, function(x) get0("original", envir = x, inherits = FALSE))
+  c(files, Filter(function(x) is.environment(x) && inherits(x, "srcfile"), originals))
 }
 
 cluster_of <- function(nodes, id, name, profile) {

@@ -547,6 +547,78 @@ test_that("a node's function is sent to each daemon once, not with every task", 
   expect_lt(sent, 3 * size)
 })
 
+test_that("only a function's own source file passes for one R never changes", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  # An environment classed as source references' files are, as a closure's
+  # own: its bindings change like any other's, and each call sees them.
+  e <- new.env(parent = globalenv())
+  e$k <- 1
+  class(e) <- "srcfile"
+  g <- function(i) i + k
+  environment(g) <- e
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, g)), c(2, 3))
+  assign("k", 10, envir = e)
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, g)), c(11, 12))
+  # Or held in the function's attribute.
+  h <- global_fun(function(i) get("k", envir = attr(sys.function(), "e")) + i)
+  attr(h, "e") <- e
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, h)), c(11, 12))
+  assign("k", 20, envir = e)
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, h)), c(21, 22))
+  # A function parsed with its source references is sent once all the same.
+  host <- attr(cl, "profile")$host
+  old <- options(keep.source = TRUE)
+  srcd <- eval(parse(text = sprintf("function(i) { x <- '%s'; i + nchar(x) }", strrep("b", 5e4))),
+               globalenv())
+  options(old)
+  expect_true(is.environment(attr(attr(srcd, "srcref"), "srcfile")))
+  before <- .Call(mirai:::C_mirai_host_sent, host)
+  expect_identical(unlist(clusterApplyLB(cl, 1:100, srcd)), 1:100 + 50000L)
+  expect_lt(.Call(mirai:::C_mirai_host_sent, host) - before, 4 * length(serialize(srcd, NULL)) + 100 * 1000)
+})
+
+test_that("functions sent to a cluster are not kept alive once dropped, beyond a bounded cache", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  # R's heap in use, in MB, after a full collection.
+  used <- function() {
+    gc()
+    sum(gc()[, 2L])
+  }
+  # A closure over a large environment, sent by parLapply() and with each
+  # task: collected once dropped. Classed as a source file, the same.
+  for (cls in list(NULL, "srcfile")) {
+    gone <- new.env()
+    e <- new.env(parent = globalenv())
+    e$data <- numeric(1e7)
+    class(e) <- cls
+    reg.finalizer(e, function(e) assign("yes", TRUE, envir = gone))
+    f <- function(i) i + length(data)
+    environment(f) <- e
+    expect_identical(unlist(parLapply(cl, 1:10, f)), 1:10 + 10000000L)
+    expect_identical(unlist(clusterApplyLB(cl, 1:2, f)), 1:2 + 10000000L)
+    rm(f, e)
+    invisible(used())
+    expect_true(isTRUE(gone$yes), label = paste("collected, class", format(cls)))
+  }
+  # A global function holding a large constant (80 MB): too big to keep.
+  base <- used()
+  big <- global_fun(eval(bquote(function(i, b = .(numeric(1e7))) i + length(b))))
+  expect_gt(used() - base, 70)
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, big)), 1:2 + 10000000L)
+  expect_identical(unlist(clusterApplyLB(cl, 1:2, big)), 1:2 + 10000000L)
+  held <- used()
+  rm(big)
+  expect_gt(held - used(), 70)
+  # Three of 24 MB, each sent once per daemon: not all three are kept.
+  mids <- lapply(1:3, function(j) global_fun(eval(bquote(function(i, b = .(rep(as.numeric(j), 3e6))) i + b[[1L]]))))
+  for (j in 1:3) expect_identical(unlist(clusterApplyLB(cl, 1:4, mids[[j]])), 1:4 + as.numeric(j))
+  held <- used()
+  rm(mids)
+  expect_gt(held - used(), 20)
+})
+
 test_that("custom-serialized arguments travel with a function sent once", {
   cfg <- fresh_ptr_config()
   mk <- fresh_ptr

@@ -1,6 +1,6 @@
 //! `.Call`s for the daemon's receive-evaluate-reply loop (R/daemon.R).
 
-use crate::r::layer::call::{clear_interrupt, interrupt_pending, RError, RResult};
+use crate::r::layer::call::{check_interrupt, clear_interrupt, interrupt_pending_unattended, RError, RResult};
 use crate::r::layer::ffi::{SEXP, STRSXP};
 use crate::r::layer::lang::*;
 use super::call::{call_binding, call_head, is_arg_list, same_source};
@@ -61,13 +61,25 @@ pub fn mirai_dial(
     };
     let autoexit = f64_arg(autoexit, "autoexit")?;
     let persist = bool_arg(persist, "persist")?;
-    let mut interrupted = false;
+    // A daemon reconnecting (`persist`) dials for itself, not for a caller
+    // whose handlers should see an R error raised meanwhile.
+    let mut stopped = None;
     let c = ClientConn::connect_with(&addr, tls.as_ref(), &secret, max_message, Some(Instant::now() + retry), persist, || {
-        interrupted = interrupt_pending();
-        !interrupted
+        let r = if persist {
+            if interrupt_pending_unattended() { Err(RError::Interrupt) } else { Ok(()) }
+        } else {
+            check_interrupt()
+        };
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                stopped = Some(e);
+                false
+            }
+        }
     });
-    if interrupted {
-        return Err(RError::Interrupt);
+    if let Some(e) = stopped {
+        return Err(e);
     }
     let c = c?;
     c.watch_host(autoexit == 1.0).map_err(|e| e.to_string())?;
@@ -127,7 +139,7 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
             Incoming::Exit => return Ok(Got::Code(ExitCode::ExitRequested)),
             Incoming::Broken(why) => return Ok(Got::Broken(why)),
             Incoming::Nothing => {
-                if interrupt_pending() {
+                if interrupt_pending_unattended() {
                     return Err(RError::Interrupt);
                 }
             }

@@ -166,8 +166,22 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
 /// meaning. A closure made in a function carries its environment's
 /// bindings, which may change between calls: it goes whole with every
 /// task, as does anything else.
+///
+/// Holding a function keeps it alive after its caller dropped it, with
+/// whatever it holds (a large default or attribute), and its share's bytes
+/// too. R has no weak reference to a function (only to environments and
+/// external pointers), so what the cache may hold is bounded instead, by
+/// `NODE_FUNS_BYTES`.
 struct NodeFuns {
+    /// Share and last use of each function held.
     entries: Vec<(Rc<ShareBytes>, u64)>,
+    /// The bytes of their shares, together.
+    bytes: usize,
+    /// The addresses of the last functions found too big to hold, which go
+    /// whole with each task without being written twice more to find that
+    /// out again. Nothing keeps those alive: an address may since be
+    /// another function's, which then goes whole too, only slower.
+    oversize: std::collections::VecDeque<usize>,
     clock: u64,
 }
 
@@ -179,6 +193,18 @@ impl Tagged for RefCell<NodeFuns> {
 /// callers in turn each sending its own function; more than the daemon's
 /// share slots (`proto::SHARE_SLOTS`) costs only a resend, as for maps.
 const NODE_FUNS: usize = 8;
+
+/// How many bytes of functions (serialized) a profile's cache holds at
+/// most, which bounds what it keeps alive of functions their callers have
+/// dropped (about twice this: the R objects and their shares' bytes). The
+/// cache spares each task the writing of its function, which matters for
+/// a small function sent with many tiny tasks (clusterApplyLB()); real
+/// functions are a few KB, and constants of a few MB in a function still
+/// fit. A larger one goes with each task, as to a PSOCK cluster, where
+/// writing and sending it outweighs the saving anyway; parLapply(),
+/// clusterApply() on as many elements as nodes and clusterCall() send one
+/// task per node in any case.
+const NODE_FUNS_BYTES: usize = 64 << 20;
 
 /// The share `fun` travels as on the profile `prof` (an environment, `p`
 /// its host handle), made on first use; None when it must go whole with
@@ -199,28 +225,42 @@ fn fun_share(h: &Owned, p: &Owned, fun: SEXP, s: &Syms) -> Result<Option<Rc<Shar
         c.entries[i].1 = clock;
         return Ok(Some(c.entries[i].0.clone()));
     }
+    if c.oversize.contains(&(fun as usize)) {
+        return Ok(None);
+    }
+    // An R error or interrupt here (a time limit running out, Ctrl-C) is
+    // the caller's, as it would be while the function is written whole.
     let check = lang(&Lang::Call(s.fixed, vec![(nil(), Lang::Value(fun))]))?;
-    let fixed = match eval_in_base(check.sexp()) {
-        Ok(v) => is_true(v.sexp()),
-        Err(RError::Interrupt) => return Err(RError::Interrupt),
-        // Whatever R could not tell about goes whole, as it always did.
-        Err(_) => false,
-    };
-    if !fixed {
+    if !is_true(eval_in_base(check.sexp())?.sexp()) {
         return Ok(None);
     }
     let wrapped = list_named(&[fun], s.share_names, nil())?;
     let share = Rc::new(ShareBytes::new(p, wrapped.sexp())?);
-    let i = if n < NODE_FUNS {
-        c.entries.push((share.clone(), clock));
-        n
-    } else {
-        let lru = (0..n).min_by_key(|&i| c.entries[i].1).unwrap_or(0);
-        c.entries[lru] = (share.clone(), clock);
-        lru
-    };
+    let size = share.bytes.len();
+    if size > NODE_FUNS_BYTES {
+        if c.oversize.len() == NODE_FUNS {
+            c.oversize.pop_front();
+        }
+        c.oversize.push_back(fun as usize);
+        // Written already: this task takes it as a share all the same.
+        return Ok(Some(share));
+    }
+    // Room for it: the least recently used go first. The last entry moves
+    // into an evicted one's place, in the list as in `entries`.
+    let list = Owned::reachable(held);
+    while c.entries.len() == NODE_FUNS || (!c.entries.is_empty() && c.bytes + size > NODE_FUNS_BYTES) {
+        let lru = (0..c.entries.len()).min_by_key(|&i| c.entries[i].1).unwrap_or(0);
+        let last = c.entries.len() - 1;
+        let (gone, _) = c.entries.swap_remove(lru);
+        c.bytes -= gone.bytes.len();
+        set_list_elt(&list, lru, list_at(held, last));
+        set_list_elt(&list, last, nil());
+    }
+    let i = c.entries.len();
+    c.entries.push((share.clone(), clock));
+    c.bytes += size;
     // `h`, rooted in `prof`, keeps the list alive.
-    set_list_elt(&Owned::reachable(held), i, fun);
+    set_list_elt(&list, i, fun);
     Ok(Some(share))
 }
 
@@ -231,7 +271,7 @@ fn node_funs(prof: SEXP, s: &Syms) -> Result<Owned, RError> {
     if handle::<RefCell<NodeFuns>>(&h, "node_funs").is_ok() {
         return Ok(h);
     }
-    let funs = RefCell::new(NodeFuns { entries: Vec::new(), clock: 0 });
+    let funs = RefCell::new(NodeFuns { entries: Vec::new(), bytes: 0, oversize: Default::default(), clock: 0 });
     let held = new_list(NODE_FUNS)?;
     let h = new_handle(funs, held.sexp())?;
     env_set(prof, s.node_funs, h.sexp())?;

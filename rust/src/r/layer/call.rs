@@ -545,6 +545,14 @@ impl InR {
         unsafe { Rf_errorcall(R_NilValue, c"%s".as_ptr(), msg.as_ptr()) }
     }
 
+    /// R's check for a user interrupt, which first runs R's pending events
+    /// (time limits among them): an interrupt or an error raised there
+    /// longjmps to try_r's helper.
+    pub fn check_user_interrupt(&self) {
+        // SAFETY: see the impl.
+        unsafe { R_CheckUserInterrupt() }
+    }
+
     /// Moves R's random number stream on by one exponential draw.
     pub fn advance_rng(&self) {
         // SAFETY: see the impl; R's documented bracket around its RNG.
@@ -609,15 +617,58 @@ pub unsafe fn try_r<F: FnMut(&InR) -> SEXP>(mut f: F) -> Result<SEXP, RError> {
     Ok(out)
 }
 
-/// True if the user has asked to interrupt (Ctrl-C). Never longjmps.
-pub fn interrupt_pending() -> bool {
+/// Checks for a user interrupt (Ctrl-C) as R's own loops do, never
+/// longjmping over Rust: `Err(RError::Interrupt)` for one. R's check also
+/// runs R's pending events, and those may raise an R error: R's own
+/// "reached elapsed time limit" of `setTimeLimit()` is raised there. Such
+/// an error comes back as `Err(RError::Unwind(_))`, so that, re-raised at
+/// the `.Call`'s edge, it reaches the caller's handlers as the same error
+/// (it was signalled with them in place; R_ToplevelExec would hide them
+/// and swallow the error).
+pub fn check_interrupt() -> Result<(), RError> {
+    // SAFETY: R's own flags, read on its main thread (a .Call).
+    let (pending, suspended) = unsafe { (R_interrupts_pending != 0, R_interrupts_suspended != Rboolean::FALSE) };
+    // An interrupt already flagged is raised where it always was, by
+    // `raise`, after the body's values are gone: the check below would
+    // raise it too, but as an `Unwind`, which callers that stop on an
+    // interrupt (the daemon's loop) could not tell from an error.
+    if pending && !suspended {
+        return Err(RError::Interrupt);
+    }
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe {
+        try_r(|r| {
+            r.check_user_interrupt();
+            super::value::nil()
+        })
+    }?;
+    Ok(())
+}
+
+/// Whether the user has asked to interrupt (Ctrl-C), for a wait that no
+/// user code is waiting on (a daemon's, between tasks). R's pending events
+/// run too, out of reach of the R handlers in place (the daemon loop's own,
+/// which are not there for them): an R error they raise, e.g. a time limit
+/// a task left set running out, is printed and dropped, not taken for an
+/// interrupt. Never longjmps.
+pub fn interrupt_pending_unattended() -> bool {
     unsafe extern "C" fn check(_: *mut c_void) {
         // SAFETY: run by R_ToplevelExec, which stops the longjmp of an
-        // interrupt; this frame owns nothing.
+        // error or interrupt; this frame owns nothing.
         unsafe { R_CheckUserInterrupt() }
     }
-    // SAFETY: main thread (callers are .Call bodies).
-    unsafe { R_ToplevelExec(check, std::ptr::null_mut()) == Rboolean::FALSE }
+    // SAFETY: R's own flags, read on its main thread (a .Call).
+    let (pending, suspended) = unsafe { (R_interrupts_pending != 0, R_interrupts_suspended != Rboolean::FALSE) };
+    if suspended {
+        return false;
+    }
+    if pending {
+        return true;
+    }
+    // SAFETY: main thread (callers are .Call bodies). Its result cannot
+    // tell an error from an interrupt, and none was pending just above.
+    unsafe { R_ToplevelExec(check, std::ptr::null_mut()) };
+    false
 }
 
 /// Forgets an interrupt that arrived after the code it was meant for.
@@ -646,9 +697,7 @@ pub fn advance_rng() -> Result<(), RError> {
 /// (a user's handler that stops) ends the wait.
 pub fn wait_interruptibly(mut ready: impl FnMut(std::time::Duration) -> bool) -> Result<(), RError> {
     while !ready(std::time::Duration::from_millis(100)) {
-        if interrupt_pending() {
-            return Err(RError::Interrupt);
-        }
+        check_interrupt()?;
         run_slice_hook()?;
     }
     run_slice_hook()

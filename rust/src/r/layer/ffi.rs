@@ -32,6 +32,7 @@ use std::ffi::{c_char, c_int, c_void};
 
 extern "C" {
     pub static mut R_interrupts_pending: c_int;
+    pub static mut R_interrupts_suspended: Rboolean;
 
     pub fn TYPEOF(s: SEXP) -> c_int;
     pub fn Rf_getCharCE(x: SEXP) -> cetype_t;
