@@ -634,3 +634,19 @@ test_that("custom-serialized arguments travel with a function sent once", {
     expect_identical(vapply(out, attr, "", "payload"), c("AX", "BX", "CX"))
   }
 })
+
+test_that("on.exit() in a node's expression runs as on a PSOCK node: on success and on error", {
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl))
+  f <- tempfile()
+  on.exit(unlink(f), add = TRUE)
+  clusterExport(cl, "f", envir = environment())
+  # clusterEvalQ() evaluates with eval(), whose frame on.exit() uses.
+  expect_identical(clusterEvalQ(cl, { on.exit(cat("a", file = f, append = TRUE)); 1 }), list(1))
+  expect_identical(readLines(f, warn = FALSE), "a")
+  expect_error(clusterEvalQ(cl, { on.exit(cat("b", file = f, append = TRUE)); stop("boom") }), "boom")
+  expect_identical(readLines(f, warn = FALSE), "ab")
+  # In a function sent to the node, as in any function.
+  expect_identical(clusterCall(cl, function() { on.exit(cat("c", file = f, append = TRUE)); 2 }), list(2))
+  expect_identical(readLines(f, warn = FALSE), "abc")
+})

@@ -224,3 +224,132 @@ test_that("a mirai is read-only: assigning to it is ignored, as in the reference
   expect_false(exists("other", envir = m, inherits = FALSE))
   expect_true(is_mirai(m))
 })
+
+# on.exit() at the top of a task's expression: its code runs when the task
+# ends, as with R's eval(), and before the task's value is sent. `check`
+# runs in each mode; `f` is a file the exit code writes.
+expect_task_on_exit <- function() {
+  f <- tempfile()
+  on.exit(unlink(f))
+  wrote <- function() {
+    x <- if (file.exists(f)) readLines(f, warn = FALSE) else character()
+    unlink(f)
+    x
+  }
+  # On success: the value is the expression's, and the exit code has run.
+  expect_identical(mirai({ on.exit(cat("done", file = f)); 7L }, f = f)[], 7L)
+  expect_identical(wrote(), "done")
+  # add = TRUE appends, after = FALSE prepends, and without add the last
+  # registration replaces the earlier ones.
+  v <- mirai({
+    on.exit(cat("a", file = f, append = TRUE))
+    on.exit(cat("b", file = f, append = TRUE), add = TRUE)
+    on.exit(cat("c", file = f, append = TRUE), add = TRUE, after = FALSE)
+    "value"
+  }, f = f)[]
+  expect_identical(v, "value")
+  expect_identical(wrote(), "cab")
+  expect_identical(mirai({ on.exit(cat("x", file = f)); on.exit(cat("y", file = f)); 1 }, f = f)[], 1)
+  expect_identical(wrote(), "y")
+  # Named by base::, and with the task's own `eval` and `quote`, which
+  # mirai's evaluation must not call.
+  masked <- function(...) stop("masked")
+  expect_identical(mirai({ base::on.exit(cat("b", file = f)); 2 }, f = f, eval = masked, quote = masked)[], 2)
+  expect_identical(wrote(), "b")
+  # On an error: the exit code has run when the error value arrives, and
+  # the error value is the one the same error gives without on.exit().
+  g <- function(x) stop("positive")
+  e <- mirai({ on.exit(cat("cleaned", file = f)); g(1) }, f = f, g = g)[]
+  expect_identical(wrote(), "cleaned")
+  expect_identical(e, mirai(g(1), g = g)[])
+  expect_identical(e$stack.trace, list(quote(stop("positive")), quote(g(1))))
+  expect_identical(deparse(e$call), "g(1)")
+  # An error at the top of the task has no call, as without on.exit().
+  e <- mirai({ on.exit(cat("top", file = f)); stop("boom") }, f = f)[]
+  expect_identical(wrote(), "top")
+  expect_identical(e, mirai(stop("boom"))[])
+  expect_null(e$call)
+  expect_null(conditionCall(e))
+  expect_identical(e$message, "boom")
+  expect_identical(e$stack.trace, list(quote(stop("boom"))))
+  e <- mirai({ on.exit(cat("top", file = f)); sqrt("a") }, f = f)[]
+  expect_identical(wrote(), "top")
+  expect_identical(e, mirai(sqrt("a"))[])
+  # An error in the exit code itself is the task's error, as R's eval()
+  # reports it: no call, the exit code's own trace.
+  e <- mirai({ on.exit(stop("late")); 1 })[]
+  expect_true(is_mirai_error(e))
+  expect_identical(e$message, "late")
+  expect_null(e$call)
+  expect_identical(e$stack.trace, list(quote(stop("late"))))
+}
+
+test_that("on.exit() at the top of a task runs when it ends: value, error, order (dispatcher)", {
+  daemons(1)
+  on.exit(daemons(0))
+  expect_task_on_exit()
+})
+
+test_that("on.exit() at the top of a task runs when it ends: value, error, order (no dispatcher, sync)", {
+  daemons(1, dispatcher = FALSE)
+  expect_task_on_exit()
+  daemons(0)
+  daemons(sync = TRUE)
+  on.exit(daemons(0))
+  expect_task_on_exit()
+})
+
+test_that("on.exit() at the top of a task runs when stop_mirai() interrupts it, before the next task", {
+  daemons(1)
+  on.exit(daemons(0))
+  f <- tempfile()
+  on.exit(unlink(f), add = TRUE)
+  m <- mirai({ on.exit(cat("stopped", file = f)); writeLines("started", paste0(f, ".s")); Sys.sleep(30); 1 },
+            f = f)
+  # Cancel only once it runs (so the interrupt, not the queue, stops it).
+  deadline <- Sys.time() + 10
+  while (!file.exists(paste0(f, ".s")) && Sys.time() < deadline) Sys.sleep(0.02)
+  unlink(paste0(f, ".s"))
+  stop_mirai(m)
+  expect_true(is_error_value(m[]))
+  # The daemon's next task runs after the exit code.
+  expect_identical(mirai(readLines(f, warn = FALSE), f = f)[], "stopped")
+})
+
+test_that("a task is run within eval() when its code may name on.exit, and big code always is", {
+  skip_if_not(exists("C_mirai_test_may_name", envir = asNamespace("mirai"), inherits = FALSE),
+              "a build without test hooks")
+  may <- function(expr) .Call(mirai:::C_mirai_test_may_name, expr, "on.exit")
+  # Code that does not name it: evaluated directly, as every small task.
+  expect_false(may(1))
+  expect_false(may(quote(x)))
+  expect_false(may(quote({ a <- f(b, on = 1); g(a)[["exit"]] })))
+  expect_false(may(quote(function(x) x + 1)))
+  # Named anywhere: as a call, qualified, as a value, as a string.
+  expect_true(may(quote(on.exit(close(con)))))
+  expect_true(may(quote({ x <- 1; if (x) { on.exit(rm(x), add = TRUE) } })))
+  expect_true(may(quote(base::on.exit(1))))
+  expect_true(may(quote(do.call(on.exit, list(1)))))
+  expect_true(may(quote(do.call("on.exit", list(1)))))
+  # Past the walk's bounds the answer is yes, the always-correct side:
+  # 5,000 arguments, or nested 100 deep with an argument after each call
+  # (without one, the nesting costs the walk nothing to keep).
+  chain <- quote(x)
+  for (i in 1:100) chain <- call("f", chain)
+  expect_false(may(chain))
+  deep <- quote(x)
+  for (i in 1:100) deep <- call("f", deep, 1)
+  expect_true(may(deep))
+  expect_true(may(call("g", chain, quote(on.exit(1)))))
+  expect_true(may(quote({ a(b(c(1), 2), 3); d(e, on.exit(z)) })))
+  wide <- as.call(c(quote(sum), as.list(1:5000)))
+  expect_true(may(wide))
+  expect_false(may(as.call(c(quote(sum), as.list(1:100)))))
+  # Such code runs as it would have, within eval().
+  daemons(1)
+  on.exit(daemons(0))
+  expect_identical(mirai(.expr = wide)[], sum(1:5000))
+  id <- quote(x)
+  for (i in 1:100) id <- call("identity", id)
+  expect_identical(mirai(.expr = id, x = 3)[], 3)
+})

@@ -93,10 +93,18 @@ expect_task_traces <- function() {
   expect_identical(mirai(f(), f = f)[]$stack.trace, list(quote(sqrt("a")), quote(f())))
   expect_identical(mirai(stop("x", call. = FALSE))[]$stack.trace,
                    list(quote(stop("x", call. = FALSE))))
+  # With on.exit() at the top (evaluated within eval(), whose frames are
+  # mirai's): the same traces.
+  expect_identical(mirai({ on.exit(NULL); stop("boom") })[]$stack.trace, list(quote(stop("boom"))))
+  expect_identical(mirai({ on.exit(NULL); g(1) }, g = g)[]$stack.trace,
+                   list(quote(stop("inner")), quote(g(1))))
+  expect_identical(mirai({ on.exit(NULL); stop(cnd) }, cnd = cnd)[]$stack.trace, list(quote(stop(cnd))))
+  expect_identical(mirai({ on.exit(NULL); f() }, f = f)[]$stack.trace, list(quote(sqrt("a")), quote(f())))
   # rlang's custom conditions: rlang's own frames down to abort(), then the
   # caller; nothing past the task's expression.
   h <- function() rlang::abort("rl", class = "my_rlang")
   e <- mirai(h(), h = h)[]
+  expect_identical(e$stack.trace, mirai({ on.exit(NULL); h() }, h = h)[]$stack.trace)
   expect_identical(e$condition.class, c("my_rlang", "rlang_error", "error", "condition"))
   tr <- e$stack.trace
   n <- length(tr)

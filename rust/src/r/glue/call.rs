@@ -51,6 +51,13 @@ fn heads() -> Result<&'static EvalHeads, RError> {
     })
 }
 
+/// Base R's `eval` closure and `quote` primitive themselves (for
+/// `lang::eval_task`'s `within`).
+pub fn eval_and_quote() -> Result<(SEXP, SEXP), RError> {
+    let h = heads()?;
+    Ok((h.eval, h.quote))
+}
+
 /// The call `eval(quote(head(base::quote(a1), name = base::quote(a2),
 /// ...)), env)` for `args` (a list or pairlist), where `env` is a new
 /// environment (enclosed by the global one) binding `sym` to `value`:

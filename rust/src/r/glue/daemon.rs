@@ -3,7 +3,7 @@
 use crate::r::layer::call::{check_interrupt, clear_interrupt, interrupt_pending_unattended, RError, RResult};
 use crate::r::layer::ffi::{SEXP, STRSXP};
 use crate::r::layer::lang::*;
-use super::call::{call_binding, call_head, is_arg_list, same_source};
+use super::call::{call_binding, call_head, eval_and_quote, is_arg_list, same_source};
 use super::shared::{max_message, mirai_error, node_payload_names, node_share_names};
 use crate::r::layer::handle::{handle, kept, new_handle, set_kept, Held, Tagged};
 use crate::r::layer::serial;
@@ -430,12 +430,28 @@ fn condition_message(record: &str) -> &str {
 /// evaluation that jumps out without an error). Its value, or `box` when
 /// it failed; `box` with `redo` set when the payload's arguments are not
 /// all named.
+///
+/// An expression that may call `on.exit()` is evaluated within `eval()`,
+/// as R's own eval() would, so that the exit code runs when the task ends
+/// (on an error or interrupt too, before its value is sent). Only then:
+/// that call costs a closure's frame on every task. On a failure `box`
+/// then has `within` TRUE: the error's calls have two frames of that
+/// eval() (its closure's and the .Internal's), which eval_task() drops,
+/// and resets `within`; after a success it is reset here.
 pub fn mirai_daemon_eval_task(data: SEXP, box_: SEXP) -> RResult {
     let c = node_consts()?;
     let before = eval_in_base(c.geterr)?;
     env_set(box_, c.before, before.sexp())?;
     let (expr, globals, args) = (list_get(data, "._expr_."), list_get(data, "._globals_."), list_get(data, "._args_."));
-    match eval_task(expr, globals, args, box_)? {
+    let within = if may_name(expr, c.on_exit) { Some(eval_and_quote()?) } else { None };
+    if within.is_some() {
+        env_set(box_, c.within, lgl(true)?.sexp())?;
+    }
+    let res = eval_task(expr, globals, args, box_, within);
+    if within.is_some() && !matches!(&res, Ok(Some(v)) if v.sexp() == box_) {
+        env_set(box_, c.within, lgl(false)?.sexp())?;
+    }
+    match res? {
         // The empty symbol (`quote(expr = )`) as a value: R's loop could
         // not even hold it in a variable (reading it is "argument is
         // missing"), and the daemon would end. A cluster node's task says
@@ -461,6 +477,10 @@ struct NodeConsts {
     /// and the mark of a payload to refuse (`mirai_daemon_eval_task`).
     before: SEXP,
     redo: SEXP,
+    /// `on.exit`, and where `box` tells that a failed task ran within
+    /// eval() (see `mirai_daemon_eval_task`).
+    on_exit: SEXP,
+    within: SEXP,
     relayed_names: SEXP,
     relayed_class: SEXP,
     payload_names: SEXP,
@@ -478,6 +498,8 @@ fn node_consts() -> Result<&'static NodeConsts, RError> {
             geterr: preserved_base_call(c"geterrmessage")?,
             before: install(c"before")?,
             redo: install(c"redo")?,
+            on_exit: install(c"on.exit")?,
+            within: install(c"within")?,
             relayed_names: preserved_strings(&[c"conditions", c"value"])?,
             relayed_class: preserved_strings(&[c"miraiRelayed"])?,
             payload_names: node_payload_names()?,
