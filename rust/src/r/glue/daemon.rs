@@ -434,7 +434,8 @@ fn condition_message(record: &str) -> &str {
 /// An expression that may call `on.exit()` is evaluated within `eval()`,
 /// as R's own eval() would, so that the exit code runs when the task ends
 /// (on an error or interrupt too, before its value is sent). Only then:
-/// that call costs a closure's frame on every task. On a failure `box`
+/// the eval() closure's call costs about 3 us a task (measured on 2 cores,
+/// 24-27 us a round trip against 21-26 without). On a failure `box`
 /// then has `within` TRUE: the error's calls have two frames of that
 /// eval() (its closure's and the .Internal's), which eval_task() drops,
 /// and resets `within`; after a success it is reset here.
