@@ -35,7 +35,7 @@ varint <- function(n) {
 # A TCP frame; `len` is the length claimed, whatever follows.
 tcp_frame <- function(body, len = length(body)) c(if (is.raw(len)) len else be_bytes(len), body)
 
-protocol_version <- 8
+protocol_version <- as.integer(mirai:::limit("protocol_version"))
 
 hello_body <- function(mac = raw(32L), version = protocol_version, pid = 1, nonce = raw(32L)) {
   c(hop, varint(0), varint(version), nonce, mac, varint(pid))

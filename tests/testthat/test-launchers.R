@@ -173,6 +173,9 @@ openssl_hmac <- function(key, msg) {
   as.raw(strtoi(substring(sub(" .*$", "", out), seq(1, 63, 2), seq(2, 64, 2)), 16L))
 }
 
+# The protocol version this build speaks, for the messages played by hand.
+proto_v <- as.integer(mirai:::limit("protocol_version"))
+
 # Plays a host by hand over `con`, an accepted TCP connection from a daemon
 # (TCP framing: an 8-byte big-endian length before each message): sends the
 # SP header and a Challenge, reads the daemon's SP header and Hello, and
@@ -180,8 +183,8 @@ openssl_hmac <- function(key, msg) {
 play_host_challenge <- function(con) {
   sp <- as.raw(c(0x00, 0x53, 0x50, 0x00, 0x00, 0x11, 0x00, 0x00))
   nonce <- as.raw(sample(0:255, 32L, TRUE))
-  # Hop count, Challenge (variant 7), version 7, the nonce.
-  send_frame(con, c(as.raw(c(0, 0, 0, 1, 7, 7)), nonce), header = sp)
+  # Hop count, Challenge (variant 7), the protocol version, the nonce.
+  send_frame(con, c(as.raw(c(0, 0, 0, 1, 7, proto_v)), nonce), header = sp)
   head <- readBin(con, "raw", 8L)
   hello <- recv_frame(con)
   list(sp = sp, nonce = nonce, head = head, hello = hello)
@@ -221,9 +224,9 @@ test_that("daemon and host each prove the secret without sending it (HMACs check
   on.exit({ close(d$con); d$p$kill() })
   h <- play_host_challenge(d$con)
   expect_identical(h$head, h$sp)
-  # Hop count, Hello (variant 0), version 7, then the daemon's nonce, its
+  # Hop count, Hello (variant 0), the protocol version, then the daemon's nonce, its
   # MAC over both nonces, and the pid.
-  expect_identical(h$hello[1:6], as.raw(c(0, 0, 0, 1, 0, 7)))
+  expect_identical(h$hello[1:6], as.raw(c(0, 0, 0, 1, 0, proto_v)))
   theirs <- h$hello[7:38]
   mac <- h$hello[39:70]
   ctx <- function(who) c(charToRaw(sprintf("mirai v4 %s", who)), as.raw(0))
@@ -232,11 +235,11 @@ test_that("daemon and host each prove the secret without sending it (HMACs check
   expect_false(length(grepRaw(charToRaw(secret), wire, fixed = TRUE)) > 0)
   expect_false(length(grepRaw(charToRaw(substr(secret, 1, 8)), wire, fixed = TRUE)) > 0)
   # The host's proof (Welcome, variant 8, Some = 1), the Init (variant 1,
-  # version 7, no stream), then a task (variant 3, id 1): the daemon runs it
+  # the protocol version, no stream), then a task (variant 3, id 1): the daemon runs it
   # and answers (Result, variant 4, id 1, last = 0, error = 0).
   proof <- openssl_hmac(secret, c(ctx("host to daemon"), h$nonce, theirs))
   send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 8, 1)), proof))
-  send_frame(d$con, as.raw(c(0, 0, 0, 1, 1, 7, 0)))
+  send_frame(d$con, as.raw(c(0, 0, 0, 1, 1, proto_v, 0)))
   # A task's payload ends in a completion mark (1).
   send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 3, 1)), serialize(list(._expr_. = quote(40 + 2)), NULL), as.raw(1)))
   res <- recv_frame(d$con)
@@ -268,7 +271,7 @@ test_that("a daemon runs nothing for a host that cannot prove the secret, and sa
     # (The daemon may hang up before the later writes: that is its right.)
     tryCatch({
       send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 8)), proofs[[nm]](h, theirs)))
-      send_frame(d$con, as.raw(c(0, 0, 0, 1, 1, 7, 0)))
+      send_frame(d$con, as.raw(c(0, 0, 0, 1, 1, proto_v, 0)))
       send_frame(d$con, task)
     }, error = function(e) NULL, warning = function(w) NULL)
     # The daemon closes without a word and exits with an error.
@@ -294,7 +297,7 @@ test_that("a daemon whose proven host then sends garbage stops with a message an
   theirs <- h$hello[7:38]
   proof <- openssl_hmac(secret, c(charToRaw("mirai v4 host to daemon"), as.raw(0), h$nonce, theirs))
   send_frame(d$con, c(as.raw(c(0, 0, 0, 1, 8, 1)), proof))
-  send_frame(d$con, as.raw(c(0, 0, 0, 1, 1, 7, 0)))
+  send_frame(d$con, as.raw(c(0, 0, 0, 1, 1, proto_v, 0)))
   # A message of no known kind (variant 99).
   send_frame(d$con, as.raw(c(0, 0, 0, 1, 99, 1, 2, 3)))
   expect_true(wait_until(function() !d$p$is_alive(), 20))
@@ -330,12 +333,12 @@ squatter_py <- c(
   "    n += 1",
   "    c.settimeout(10)",
   "    try:",
-  "        c.sendall(SP + frame(bytes([0, 0, 0, 1, 7, 7]) + os.urandom(32)))",
+  sprintf("        c.sendall(SP + frame(bytes([0, 0, 0, 1, 7, %d]) + os.urandom(32)))", proto_v),
   "        read_exact(c, 8)",
   "        hdr = read_exact(c, 9)",
   "        read_exact(c, struct.unpack('>Q', hdr[1:])[0])",
   "        c.sendall(frame(bytes([0, 0, 0, 1, 8, 1]) + os.urandom(32)) +",
-  "                  frame(bytes([0, 0, 0, 1, 1, 7, 0])) + frame(bytes([0, 0, 0, 1, 3, 1]) + task))",
+  sprintf("                  frame(bytes([0, 0, 0, 1, 1, %d, 0])) + frame(bytes([0, 0, 0, 1, 3, 1]) + task))", proto_v),
   "        after = b''",
   "        while True:",
   "            x = c.recv(65536)",

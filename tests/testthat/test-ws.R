@@ -63,12 +63,12 @@ relay_py <- c(
 )
 
 # Plays a host's first move by hand: a Challenge (pair1 hop count, then the
-# bincode envelope: variant 7, version 7, a 32-byte nonce), then echoes.
+# bincode envelope: variant 7, the protocol version, a 32-byte nonce), then echoes.
 echo_py <- c(
   "import asyncio, os, websockets",
   "async def handler(ws, path=None):",
   "    print('subprotocol', ws.subprotocol, flush=True)",
-  "    await ws.send(bytes([0, 0, 0, 1, 7, 7]) + os.urandom(32))",
+  sprintf("    await ws.send(bytes([0, 0, 0, 1, 7, %d]) + os.urandom(32))", as.integer(mirai:::limit("protocol_version"))),
   "    async for m in ws:",
   "        print('echo', type(m).__name__, len(m), flush=True)",
   "        await ws.send(m)",

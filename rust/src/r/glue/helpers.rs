@@ -54,7 +54,7 @@ pub fn mirai_rng_advance() -> RResult {
 pub fn mirai_constants() -> RResult {
     use crate::host::sched::{ERROR_TEXTS, ERROR_VALUES};
     let secs = |d: std::time::Duration| d.as_secs_f64();
-    let limits: [(&str, f64); 17] = [
+    let limits: [(&str, f64); 18] = [
         ("hello_timeout_s", secs(crate::host::HELLO_TIMEOUT)),
         ("max_pending", crate::host::MAX_PENDING as f64),
         ("dead_peer_s", crate::wire::transport::DEAD_PEER_MS as f64 / 1000.0),
@@ -72,6 +72,8 @@ pub fn mirai_constants() -> RResult {
         ("relay_limit_bytes", crate::wire::proto::RELAY_LIMIT as f64),
         ("relay_rate", crate::daemon::client::RELAY_RATE),
         ("relay_burst", crate::daemon::client::RELAY_BURST),
+        // For the tests that play a host or a daemon by hand.
+        ("protocol_version", crate::wire::proto::PROTOCOL_VERSION as f64),
     ];
     let exit_codes = named_ints(&ExitCode::ALL.map(|c| c as i32), &ExitCode::ALL.map(|c| c.name()))?;
     let error_codes = named_ints(&ERROR_VALUES.map(|(_, c)| c), &ERROR_VALUES.map(|(n, _)| n))?;
