@@ -299,6 +299,23 @@ test_that("on.exit() at the top of a task runs when it ends: value, error, order
   expect_task_on_exit()
 })
 
+test_that("return() at the top of a task gives the task's value, as the reference's eval() does", {
+  for (disp in c(TRUE, FALSE)) {
+    daemons(1, dispatcher = disp)
+    expect_identical(mirai(return(1))[], 1)
+    expect_identical(mirai({ if (x > 0) return("early"); "late" }, x = 1)[], "early")
+    expect_identical(mirai({ if (x > 0) return("early"); "late" }, x = -1)[], "late")
+    # A return() inside a function of the task is that function's.
+    expect_identical(mirai({ f <- function() return(2); f() + 1 })[], 3)
+    # An error after it is unchanged: no call, the task's own trace.
+    e <- mirai({ if (FALSE) return(1); stop("boom") })[]
+    expect_s3_class(e, "miraiError")
+    expect_null(e$call)
+    expect_identical(conditionMessage(e), "boom")
+    daemons(0)
+  }
+})
+
 test_that("on.exit() at the top of a task runs when stop_mirai() interrupts it, before the next task", {
   daemons(1)
   on.exit(daemons(0))
