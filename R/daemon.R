@@ -287,15 +287,12 @@ eval_task <- function(data, box) {
     box$redo <- NULL
     return(mirai_error("the task's arguments are not all named"))
   }
-  # Evaluated within eval() (an expression that may call on.exit()): its two
-  # frames are the daemon's as well.
-  within <- isTRUE(box$within)
-  if (within) box$within <- FALSE
   cond <- box$cond
   if (is.null(cond)) return(unhandled_jump(box$before))
-  # Frames up to and including this one belong to the daemon loop; the last
-  # two are the handler's (see eval_on_error in src/entrypoint.c).
-  mirai_error(cond, task_trace(box$calls, sys.nframe() + 2L * within, 2L))
+  # Frames up to and including this one belong to the daemon loop, and so
+  # do the next two, of the eval() the task's expression is evaluated in;
+  # the last two are the handler's (see eval_on_error in src/entrypoint.c).
+  mirai_error(cond, task_trace(box$calls, sys.nframe() + 2L, 2L))
 }
 
 # A cluster node's task, run natively (see mirai_daemon_recv in

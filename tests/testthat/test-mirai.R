@@ -333,40 +333,35 @@ test_that("on.exit() at the top of a task runs when stop_mirai() interrupts it, 
   expect_identical(mirai(readLines(f, warn = FALSE), f = f)[], "stopped")
 })
 
-test_that("a task is run within eval() when its code may name on.exit, and big code always is", {
-  skip_if_not(exists("C_mirai_test_may_name", envir = asNamespace("mirai"), inherits = FALSE),
-              "a build without test hooks")
-  may <- function(expr) .Call(mirai:::C_mirai_test_may_name, expr, "on.exit")
-  # Code that does not name it: evaluated directly, as every small task.
-  expect_false(may(1))
-  expect_false(may(quote(x)))
-  expect_false(may(quote({ a <- f(b, on = 1); g(a)[["exit"]] })))
-  expect_false(may(quote(function(x) x + 1)))
-  # Named anywhere: as a call, qualified, as a value, as a string.
-  expect_true(may(quote(on.exit(close(con)))))
-  expect_true(may(quote({ x <- 1; if (x) { on.exit(rm(x), add = TRUE) } })))
-  expect_true(may(quote(base::on.exit(1))))
-  expect_true(may(quote(do.call(on.exit, list(1)))))
-  expect_true(may(quote(do.call("on.exit", list(1)))))
-  # Past the walk's bounds the answer is yes, the always-correct side:
-  # 5,000 arguments, or nested 100 deep with an argument after each call
-  # (without one, the nesting costs the walk nothing to keep).
-  chain <- quote(x)
-  for (i in 1:100) chain <- call("f", chain)
-  expect_false(may(chain))
-  deep <- quote(x)
-  for (i in 1:100) deep <- call("f", deep, 1)
-  expect_true(may(deep))
-  expect_true(may(call("g", chain, quote(on.exit(1)))))
-  expect_true(may(quote({ a(b(c(1), 2), 3); d(e, on.exit(z)) })))
-  wide <- as.call(c(quote(sum), as.list(1:5000)))
-  expect_true(may(wide))
-  expect_false(may(as.call(c(quote(sum), as.list(1:100)))))
-  # Such code runs as it would have, within eval().
+test_that("exit code registered without naming on.exit runs at the task's end, and leaks nothing (review)", {
   daemons(1)
   on.exit(daemons(0))
-  expect_identical(mirai(.expr = wide)[], sum(1:5000))
-  id <- quote(x)
-  for (i in 1:100) id <- call("identity", id)
-  expect_identical(mirai(.expr = id, x = 3)[], 3)
+  # An alias of on.exit, and the primitive itself in a built call.
+  out <- tempfile()
+  on.exit(unlink(out), add = TRUE)
+  oe <- on.exit
+  expect_identical(mirai({ oe(writeLines("ran", out)); 1 }, oe = oe, out = out)[], 1)
+  expect_true(file.exists(out))
+  unlink(out)
+  e <- as.call(list(as.name("{"), as.call(list(on.exit, quote(writeLines("ran", out)))), 2))
+  expect_identical(mirai(e, out = out)[], 2)
+  expect_true(file.exists(out))
+  # An expression vector is evaluated, element by element, as by eval().
+  p <- parse(text = "x <- 20; x + 1")
+  expect_identical(mirai(p)[], 21)
+  b <- quote({ x <- "no name here"; return(7) })
+  expect_identical(mirai(b)[], 7)
+  # withr's defer() and local_*(): what they undo does not leak into the
+  # daemon's next task.
+  skip_if_not_installed("withr")
+  f <- tempfile()
+  writeLines("x", f)
+  on.exit(unlink(f), add = TRUE)
+  expect_true(mirai({ withr::defer(unlink(f)); file.exists(f) }, f = f)[])
+  expect_false(file.exists(f))
+  wd <- mirai(getwd())[]
+  expect_identical(mirai({ withr::local_dir(tempdir()); basename(getwd()) })[], basename(mirai(tempdir())[]))
+  expect_identical(mirai(getwd())[], wd)
+  expect_identical(mirai({ withr::local_envvar(MIRAI_T_FOO = "bar"); Sys.getenv("MIRAI_T_FOO") })[], "bar")
+  expect_identical(mirai(Sys.getenv("MIRAI_T_FOO"))[], "")
 })

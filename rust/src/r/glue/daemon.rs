@@ -431,30 +431,20 @@ fn condition_message(record: &str) -> &str {
 /// it failed; `box` with `redo` set when the payload's arguments are not
 /// all named.
 ///
-/// An expression that may call `on.exit()` or `return()` is evaluated
-/// within `eval()`, as the reference evaluates every task: the exit code
+/// The expression is evaluated within `eval()`, as the reference evaluates
+/// every task (see `lang::eval_task`): exit code registered at its top
 /// runs when the task ends (on an error or interrupt too, before its value
-/// is sent), and `return(x)` at the top of the task gives its value x
-/// rather than R's "no function to return from". Only then:
-/// the eval() closure's call costs about 3 us a task (measured on 2 cores,
-/// 24-27 us a round trip against 21-26 without). On a failure `box`
-/// then has `within` TRUE: the error's calls have two frames of that
-/// eval() (its closure's and the .Internal's), which eval_task() drops,
-/// and resets `within`; after a success it is reset here.
+/// is sent), and `return(x)` there gives the value x. The eval() closure's
+/// call costs about 3 us a task (measured on 2 cores, 24-27 us a round
+/// trip against 21-26 without). An error's calls have two frames of that
+/// eval() (its closure's and the .Internal's), which eval_task() (R/daemon.R)
+/// drops with the daemon's own.
 pub fn mirai_daemon_eval_task(data: SEXP, box_: SEXP) -> RResult {
     let c = node_consts()?;
     let before = eval_in_base(c.geterr)?;
     env_set(box_, c.before, before.sexp())?;
     let (expr, globals, args) = (list_get(data, "._expr_."), list_get(data, "._globals_."), list_get(data, "._args_."));
-    let within = if may_name(expr, c.on_exit) || may_name(expr, c.ret) { Some(eval_and_quote()?) } else { None };
-    if within.is_some() {
-        env_set(box_, c.within, lgl(true)?.sexp())?;
-    }
-    let res = eval_task(expr, globals, args, box_, within);
-    if within.is_some() && !matches!(&res, Ok(Some(v)) if v.sexp() == box_) {
-        env_set(box_, c.within, lgl(false)?.sexp())?;
-    }
-    match res? {
+    match eval_task(expr, globals, args, box_, eval_and_quote()?)? {
         // The empty symbol (`quote(expr = )`) as a value: R's loop could
         // not even hold it in a variable (reading it is "argument is
         // missing"), and the daemon would end. A cluster node's task says
@@ -480,11 +470,6 @@ struct NodeConsts {
     /// and the mark of a payload to refuse (`mirai_daemon_eval_task`).
     before: SEXP,
     redo: SEXP,
-    /// `on.exit` and `return`, and where `box` tells that a failed task ran within
-    /// eval() (see `mirai_daemon_eval_task`).
-    on_exit: SEXP,
-    ret: SEXP,
-    within: SEXP,
     relayed_names: SEXP,
     relayed_class: SEXP,
     payload_names: SEXP,
@@ -502,9 +487,6 @@ fn node_consts() -> Result<&'static NodeConsts, RError> {
             geterr: preserved_base_call(c"geterrmessage")?,
             before: install(c"before")?,
             redo: install(c"redo")?,
-            on_exit: install(c"on.exit")?,
-            ret: install(c"return")?,
-            within: install(c"within")?,
             relayed_names: preserved_strings(&[c"conditions", c"value"])?,
             relayed_class: preserved_strings(&[c"miraiRelayed"])?,
             payload_names: node_payload_names()?,

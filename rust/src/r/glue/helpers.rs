@@ -111,17 +111,6 @@ pub fn mirai_url_parts(url: SEXP, ssh: SEXP) -> RResult {
     list(&[scheme.sexp(), host.sexp(), port.sexp(), path.sexp(), tls.sexp()], &["scheme", "host", "port", "path", "tls"])
 }
 
-/// For tests: whether a daemon takes task expression `expr` to possibly
-/// name the symbol `name` (a string): `lang::may_name`, which decides
-/// whether a task is evaluated within eval() for on.exit(). Only in a
-/// build with the `test-hooks` feature.
-#[cfg(feature = "test-hooks")]
-pub fn mirai_test_may_name(expr: SEXP, name: SEXP) -> RResult {
-    let name = std::ffi::CString::new(str_arg(name, "name")?).map_err(|_| "`name` must have no NUL")?;
-    let sym = crate::r::layer::lang::install(&name)?;
-    lgl(crate::r::layer::lang::may_name(expr, sym))
-}
-
 /// For tests: `list(plain, value)`, what the native reader of plain values
 /// (`plain::read`) makes of the raw vector `x` (R's binary serialization):
 /// plain FALSE and value NULL when it leaves `x` to R. Only in a build

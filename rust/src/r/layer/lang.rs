@@ -311,90 +311,6 @@ pub fn eval_in_base(call: SEXP) -> Result<Owned, RError> {
     unsafe { rooted(|r| r.eval(call, base_env())) }
 }
 
-/// Whether the code `expr` may name `sym` (a symbol): as a symbol anywhere
-/// in its calls, or as a string (as in `do.call("on.exit", ...)`). Lists
-/// and expression vectors inside are data here, not read. Reads cells
-/// without allocating, and at most `NameWalk::CELLS` of them: past that,
-/// nested deeper than `NameWalk::DEPTH` calls that have arguments after
-/// them, or on byte code (which cannot be read cheaply), the answer is
-/// yes, the safe side for a caller that then takes a slower path that is
-/// always correct.
-pub fn may_name(expr: SEXP, sym: SEXP) -> bool {
-    if type_of(sym) != SYMSXP {
-        return true;
-    }
-    // SAFETY: a symbol's name, a field read.
-    let name = unsafe { PRINTNAME(sym) };
-    let mut w = NameWalk { sym, name, cells: 0 };
-    if let Some(found) = w.leaf(expr) {
-        return found;
-    }
-    // The rests of the calls being read, outermost first: a fixed array,
-    // so that nothing is allocated.
-    let mut rests = [nil(); NameWalk::DEPTH];
-    let mut top = 0usize;
-    let mut cell = expr;
-    loop {
-        while matches!(type_of(cell), LANGSXP | LISTSXP) {
-            w.cells += 1;
-            if w.cells > NameWalk::CELLS {
-                return true;
-            }
-            // SAFETY: field reads of a call or pairlist cell.
-            let (head, rest) = unsafe { (CAR(cell), CDR(cell)) };
-            match w.leaf(head) {
-                Some(true) => return true,
-                Some(false) => cell = rest,
-                // A call: read it first, then the rest of this one.
-                None => {
-                    if !is_null(rest) {
-                        if top == NameWalk::DEPTH {
-                            return true;
-                        }
-                        rests[top] = rest;
-                        top += 1;
-                    }
-                    cell = head;
-                }
-            }
-        }
-        if top == 0 {
-            return false;
-        }
-        top -= 1;
-        cell = rests[top];
-    }
-}
-
-/// What `may_name` looks for, and how much it has read.
-struct NameWalk {
-    sym: SEXP,
-    name: SEXP,
-    cells: usize,
-}
-
-impl NameWalk {
-    const CELLS: usize = 4096;
-    const DEPTH: usize = 64;
-
-    /// Whether `x` names the symbol (or, past the bounds, may); None for a
-    /// call or pairlist, which is read cell by cell.
-    fn leaf(&mut self, x: SEXP) -> Option<bool> {
-        Some(match type_of(x) {
-            SYMSXP => x == self.sym,
-            LANGSXP | LISTSXP => return None,
-            // Strings are interned: an ASCII one with the symbol's name is
-            // the symbol's own CHARSXP.
-            STRSXP => {
-                self.cells += len(x);
-                self.cells > Self::CELLS || (0..len(x)).any(|i| char_at(x, i) == self.name)
-            }
-            BCODESXP => true,
-            _ => false,
-        })
-    }
-}
-
 /// mirai_eval (src/entrypoint.c): evaluates an expression, returning its
 /// `box` argument instead of longjmping when it fails.
 pub type GuardedEval = super::call::CRoutine3;
@@ -430,17 +346,21 @@ pub fn eval_guarded(call: SEXP, box_: SEXP) -> Result<Owned, RError> {
 /// by it (as list2env() does), then evaluates `expr` there as
 /// `eval_guarded` does (on a failure, `box` comes back). None, with
 /// nothing bound, when either is not a list whose every element has a
-/// name (a host of this package never sends one). With `within`, base R's
-/// `eval` closure and `quote` (the objects, which a task's globals cannot
-/// mask), the call `eval(quote(expr), env)` is evaluated instead: a
-/// function context whose environment is the task's, which `on.exit()` at
-/// the top of `expr` needs (it finds none otherwise, and ignores the code).
+/// name (a host of this package never sends one). What is evaluated is
+/// `eval(quote(expr), env)`, with `within`'s base R `eval` closure and
+/// `quote` (the objects, which a task's globals cannot mask): as the
+/// reference evaluates a task, in a function context whose environment is
+/// the task's. Exit code registered at the top of `expr` needs one (by
+/// `on.exit()` itself, or through `withr::defer()`, `local_*()` and the
+/// like, which no look at `expr` can find): without, R ignores it. So do
+/// `return()` and `sys.function()` there, and an expression vector is
+/// evaluated element by element.
 pub fn eval_task(
     expr: SEXP,
     globals: SEXP,
     args: SEXP,
     box_: SEXP,
-    within: Option<(SEXP, SEXP)>,
+    within: (SEXP, SEXP),
 ) -> Result<Option<Owned>, RError> {
     let f = GUARDED_EVAL.get().ok_or("mirai: native library not initialised by R")?;
     if !is_env(box_) {
@@ -471,10 +391,8 @@ pub fn eval_task(
         for i in 0..len(args) {
             r.define_var(r.install_char(char_at(an, i)), list_at(args, i), env);
         }
-        let expr = match within {
-            Some((eval, quote)) => r.protect(r.lang3(eval, r.protect(r.lang2(quote, expr)), env)),
-            None => expr,
-        };
+        let (eval, quote) = within;
+        let expr = r.protect(r.lang3(eval, r.protect(r.lang2(quote, expr)), env));
         // SAFETY: mirai_eval is called as its C definition requires: an
         // expression and two environments, on R's main thread, inside
         // try_r, where an error it does not catch itself stops.
