@@ -346,6 +346,9 @@ new_node <- function(i, prof, id, cluster, host, peers) {
 # environment R never changes once made. Only that object is let through,
 # not whatever is classed "srcfile": a closure's own environment so
 # classed, whose bindings change like any other's, still goes whole.
+# Once the answer is no, every part the hook is offered is written as a
+# reference (a name) rather than with its contents: a closure over a large
+# environment is not written whole just to find that out.
 node_fun_fixed <- function(f) {
   fixed <- TRUE
   files <- NULL
@@ -356,7 +359,7 @@ node_fun_fixed <- function(f) {
   }
   serialize(f, NULL, refhook = function(x) {
     if (fixed && !own_file(x)) fixed <<- FALSE
-    NULL
+    if (!fixed) "-"
   })
   fixed
 }

@@ -547,6 +547,25 @@ test_that("a node's function is sent to each daemon once, not with every task", 
   expect_lt(sent, 3 * size)
 })
 
+test_that("a function that must go whole is checked once, not with every task", {
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  calls <- 0L
+  counter <- function() calls <<- calls + 1L
+  suppressMessages(trace("node_fun_fixed", tracer = as.call(list(counter)), print = FALSE, where = asNamespace("mirai")))
+  on.exit(suppressMessages(untrace("node_fun_fixed", where = asNamespace("mirai"))), add = TRUE)
+  # A closure made in a function, over a large environment: it goes whole
+  # with each task, as to a PSOCK cluster, and its captured values may
+  # change between calls.
+  make <- function(k) { pad <- runif(1e6); function(i) i + k + 0 * length(pad) }
+  h <- make(1)
+  expect_identical(unlist(clusterApplyLB(cl, 1:30, h)), 1:30 + 1)
+  expect_identical(calls, 1L)
+  assign("k", 100, envir = environment(h))
+  expect_identical(unlist(clusterApplyLB(cl, 1:3, h)), 1:3 + 100)
+  expect_identical(calls, 1L)
+})
+
 test_that("only a function's own source file passes for one R never changes", {
   cl <- make_cluster(2)
   on.exit(stop_cluster(cl))

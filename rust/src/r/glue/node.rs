@@ -177,12 +177,23 @@ struct NodeFuns {
     entries: Vec<(Rc<ShareBytes>, u64)>,
     /// The bytes of their shares, together.
     bytes: usize,
-    /// The addresses of the last functions found too big to hold, which go
-    /// whole with each task without being written twice more to find that
-    /// out again. Nothing keeps those alive: an address may since be
-    /// another function's, which then goes whole too, only slower.
-    oversize: std::collections::VecDeque<usize>,
+    /// The addresses of the last functions found to go whole (too big to
+    /// hold, or not fixed: a closure made in a function), which then go
+    /// whole with each task without being checked again, or written twice
+    /// more, to find that out. Nothing keeps those alive: an address may
+    /// since be another function's, which then goes whole too, only slower.
+    whole: std::collections::VecDeque<usize>,
     clock: u64,
+}
+
+impl NodeFuns {
+    /// Remembers that `fun` goes whole (see `whole`).
+    fn note_whole(&mut self, fun: SEXP) {
+        if self.whole.len() == NODE_FUNS {
+            self.whole.pop_front();
+        }
+        self.whole.push_back(fun as usize);
+    }
 }
 
 impl Tagged for RefCell<NodeFuns> {
@@ -225,23 +236,21 @@ fn fun_share(h: &Owned, p: &Owned, fun: SEXP, s: &Syms) -> Result<Option<Rc<Shar
         c.entries[i].1 = clock;
         return Ok(Some(c.entries[i].0.clone()));
     }
-    if c.oversize.contains(&(fun as usize)) {
+    if c.whole.contains(&(fun as usize)) {
         return Ok(None);
     }
     // An R error or interrupt here (a time limit running out, Ctrl-C) is
     // the caller's, as it would be while the function is written whole.
     let check = lang(&Lang::Call(s.fixed, vec![(nil(), Lang::Value(fun))]))?;
     if !is_true(eval_in_base(check.sexp())?.sexp()) {
+        c.note_whole(fun);
         return Ok(None);
     }
     let wrapped = list_named(&[fun], s.share_names, nil())?;
     let share = Rc::new(ShareBytes::new(p, wrapped.sexp())?);
     let size = share.bytes.len();
     if size > NODE_FUNS_BYTES {
-        if c.oversize.len() == NODE_FUNS {
-            c.oversize.pop_front();
-        }
-        c.oversize.push_back(fun as usize);
+        c.note_whole(fun);
         // Written already: this task takes it as a share all the same.
         return Ok(Some(share));
     }
@@ -271,7 +280,7 @@ fn node_funs(prof: SEXP, s: &Syms) -> Result<Owned, RError> {
     if handle::<RefCell<NodeFuns>>(&h, "node_funs").is_ok() {
         return Ok(h);
     }
-    let funs = RefCell::new(NodeFuns { entries: Vec::new(), bytes: 0, oversize: Default::default(), clock: 0 });
+    let funs = RefCell::new(NodeFuns { entries: Vec::new(), bytes: 0, whole: Default::default(), clock: 0 });
     let held = new_list(NODE_FUNS)?;
     let h = new_handle(funs, held.sexp())?;
     env_set(prof, s.node_funs, h.sexp())?;
