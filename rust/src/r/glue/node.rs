@@ -21,7 +21,7 @@
 //! object travels as a share instead, as a map's shared part does, to each
 //! daemon once (see `NodeFuns`), and each task carries only its `args`.
 
-use crate::r::layer::call::{RError, RResult};
+use crate::r::layer::call::{on_wait_error, RError, RResult};
 use crate::r::layer::ffi::{CLOSXP, SEXP};
 use super::shared::{node_payload_names, node_share_names};
 use crate::r::layer::handle::{handle, kept, new_handle, Tagged};
@@ -322,8 +322,16 @@ pub fn mirai_node_recv(node: SEXP) -> RResult {
     if is_null(h.sexp()) {
         return Err(format!("node {} of the cluster has no task to receive", node_number(node, s)?).into());
     }
+    let _undo = on_wait_error(drop_on_wait_error, node);
     wait_aio(aio(&h)?)?;
     pop_result(node, s)
+}
+
+/// A wait on `node`'s cluster raised an error (a time limit): its tasks
+/// go now, before the caller's handlers run (see `on_wait_error`); the
+/// R-level drop when the wait unwinds then finds nothing left.
+fn drop_on_wait_error(node: SEXP) {
+    let _ = mirai_cluster_drop(node);
 }
 
 /// `recvOneData()` on a cluster (a list of nodes): the number of the first
@@ -353,6 +361,7 @@ pub fn mirai_cluster_recv(cl: SEXP) -> RResult {
     if aios.is_empty() {
         return Err("no node of the cluster has a task to receive".into());
     }
+    let _undo = on_wait_error(drop_on_wait_error, list_at(cl, which[0]));
     let i = which[race_reading(&aios)?];
     let msg = pop_result(list_at(cl, i), s)?;
     let number = int(i as i32 + 1)?;

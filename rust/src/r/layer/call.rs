@@ -635,14 +635,70 @@ pub fn check_interrupt() -> Result<(), RError> {
     if pending && !suspended {
         return Err(RError::Interrupt);
     }
+    let hook = WAIT_ERROR_HOOK.get();
     // SAFETY: the closure owns nothing with a destructor.
     unsafe {
         try_r(|r| {
-            r.check_user_interrupt();
+            match hook {
+                None => r.check_user_interrupt(),
+                Some(h) => check_user_interrupt_then(h),
+            }
             super::value::nil()
         })
     }?;
     Ok(())
+}
+
+/// What a wait must undo before any handler of the caller sees an error
+/// raised in it (`check_interrupt`): a function and its argument, an R
+/// object the wait's caller keeps alive.
+type WaitErrorHook = (fn(SEXP), SEXP);
+
+static WAIT_ERROR_HOOK: MainThread<Option<WaitErrorHook>> = MainThread::new(None);
+
+/// While the guard lives, an R error raised by a wait's check for an
+/// interrupt (a time limit running out) first runs `hook(arg)`, as the
+/// innermost calling handler: before the caller's own, which may call back
+/// into what the wait was for (a calling handler that retries on the same
+/// cluster must not receive the interrupted call's results). The previous
+/// hook is put back when the guard goes (a handler's nested wait).
+pub struct WaitErrorGuard(Option<WaitErrorHook>);
+
+pub fn on_wait_error(hook: fn(SEXP), arg: SEXP) -> WaitErrorGuard {
+    WaitErrorGuard(WAIT_ERROR_HOOK.with(|h| h.replace((hook, arg))))
+}
+
+impl Drop for WaitErrorGuard {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        WAIT_ERROR_HOOK.with(|h| *h = prev);
+    }
+}
+
+/// R_CheckUserInterrupt with `hook` as the innermost calling error handler.
+/// Only inside `try_r`: the error goes on to the caller's handlers and
+/// jumps as any other.
+unsafe fn check_user_interrupt_then(hook: WaitErrorHook) {
+    unsafe extern "C" fn body(_: *mut c_void) -> SEXP {
+        // SAFETY: R's main thread; a jump is stopped by the try_r this runs
+        // in, and this frame owns nothing.
+        unsafe { R_CheckUserInterrupt() };
+        // SAFETY: R's constant.
+        unsafe { R_NilValue }
+    }
+    unsafe extern "C" fn handler(_cond: SEXP, data: *mut c_void) -> SEXP {
+        // SAFETY: `data` points at the hook on `check_user_interrupt_then`'s
+        // frame, alive while R runs this handler within the call below.
+        let (f, arg) = unsafe { *(data as *const WaitErrorHook) };
+        // A panic must not unwind into R; the hook reports nothing.
+        let _ = std::panic::catch_unwind(|| f(arg));
+        // Returning declines: the error goes on to the caller's handlers.
+        // SAFETY: R's constant.
+        unsafe { R_NilValue }
+    }
+    let mut h = hook;
+    // SAFETY: both callbacks match R's types; `h` outlives the call.
+    unsafe { R_withCallingErrorHandler(body, std::ptr::null_mut(), handler, &mut h as *mut WaitErrorHook as *mut c_void) };
 }
 
 /// Whether the user has asked to interrupt (Ctrl-C), for a wait that no

@@ -41,6 +41,12 @@ extern "C" {
     pub fn Rf_ScalarReal(x: f64) -> SEXP;
     pub fn Rf_errorcall(call: SEXP, fmt: *const c_char, ...) -> !;
     pub fn R_CheckUserInterrupt();
+    pub fn R_withCallingErrorHandler(
+        body: unsafe extern "C" fn(*mut c_void) -> SEXP,
+        bdata: *mut c_void,
+        handler: unsafe extern "C" fn(SEXP, *mut c_void) -> SEXP,
+        hdata: *mut c_void,
+    ) -> SEXP;
     pub fn R_ToplevelExec(f: unsafe extern "C" fn(*mut c_void), data: *mut c_void) -> Rboolean;
     pub fn R_ContinueUnwind(cont: SEXP) -> !;
     pub fn R_MakeActiveBinding(sym: SEXP, fun: SEXP, env: SEXP);
