@@ -232,7 +232,7 @@ recvData.miraiNode <- function(node) {
   head <- if (isTRUE(.subset2(node, "prof")$relay)) .subset2(node, "head")
   received <- FALSE
   on.exit(if (!received) drop_outstanding(node))
-  if (!is.null(head) && .Call(C_mirai_node_wait_held, head)) {
+  if (!is.null(head) && .Call(C_mirai_node_wait_held, head, node)) {
     received <- TRUE
     return(hand_out_held(node, head))
   }

@@ -140,31 +140,34 @@ test_that("Ctrl-C during m[] still ends the wait as an interrupt, and loses noth
 
 test_that("a calling handler that reuses a cluster after a time limit gets its own results (review)", {
   # The interrupted call's tasks are dropped before the caller's handlers
-  # run, not only once the wait unwinds.
-  cl <- make_cluster(2)
-  on.exit(stop_cluster(cl))
+  # run, not only once the wait unwinds; with relay = TRUE too, whose
+  # receive first waits for the task's held conditions.
   on.exit(setTimeLimit(), add = TRUE)
   slow <- function(i) { Sys.sleep(1.5); i * 10 }
-  got <- NULL
-  r <- tryCatch(withCallingHandlers({
-    setTimeLimit(elapsed = 0.3, transient = TRUE)
-    parallel::parLapply(cl, 1:2, slow)
-  }, error = function(e) {
+  for (relay in c(FALSE, TRUE)) {
+    cl <- make_cluster(2, relay = relay)
+    got <- NULL
+    r <- tryCatch(withCallingHandlers({
+      setTimeLimit(elapsed = 0.3, transient = TRUE)
+      parallel::parLapply(cl, 1:2, slow)
+    }, error = function(e) {
+      setTimeLimit()
+      got <<- unlist(parallel::parLapply(cl, 1:2, function(i) -i))
+    }), error = function(e) "caught")
     setTimeLimit()
-    got <<- unlist(parallel::parLapply(cl, 1:2, function(i) -i))
-  }), error = function(e) "caught")
-  setTimeLimit()
-  expect_identical(r, "caught")
-  expect_identical(got, c(-1L, -2L))
-  got <- NULL
-  r <- tryCatch(withCallingHandlers({
-    setTimeLimit(elapsed = 0.3, transient = TRUE)
-    parallel::clusterApplyLB(cl, 1:4, slow)
-  }, error = function(e) {
+    expect_identical(r, "caught")
+    expect_identical(got, c(-1L, -2L))
+    got <- NULL
+    r <- tryCatch(withCallingHandlers({
+      setTimeLimit(elapsed = 0.3, transient = TRUE)
+      parallel::clusterApplyLB(cl, 1:4, slow)
+    }, error = function(e) {
+      setTimeLimit()
+      got <<- unlist(parallel::clusterApplyLB(cl, 1:3, function(i) -i))
+    }), error = function(e) "caught")
     setTimeLimit()
-    got <<- unlist(parallel::clusterApplyLB(cl, 1:3, function(i) -i))
-  }), error = function(e) "caught")
-  setTimeLimit()
-  expect_identical(got, -(1:3))
-  expect_identical(unlist(parallel::parLapply(cl, 1:4, function(i) -i)), -(1:4))
+    expect_identical(got, -(1:3))
+    expect_identical(unlist(parallel::parLapply(cl, 1:4, function(i) -i)), -(1:4))
+    stop_cluster(cl)
+  }
 })

@@ -330,7 +330,7 @@ pub fn mirai_node_recv(node: SEXP) -> RResult {
 /// A wait on `node`'s cluster raised an error (a time limit): its tasks
 /// go now, before the caller's handlers run (see `on_wait_error`); the
 /// R-level drop when the wait unwinds then finds nothing left.
-fn drop_on_wait_error(node: SEXP) {
+pub(super) fn drop_on_wait_error(node: SEXP) {
     let _ = mirai_cluster_drop(node);
 }
 

@@ -157,8 +157,11 @@ pub fn mirai_node_held(h: SEXP) -> RResult {
 /// Waits (interruptibly) until the task of aio `h` (a cluster node's) has
 /// resolved or has conditions held for it; TRUE for the latter. A PSOCK
 /// worker's messages end parallel's receive as they arrive, and future's
-/// value() relies on that to signal progress while it waits.
-pub fn mirai_node_wait_held(h: SEXP) -> RResult {
+/// value() relies on that to signal progress while it waits. `node`: the
+/// node, whose cluster's tasks an error in the wait drops first (see
+/// `node::drop_on_wait_error`).
+pub fn mirai_node_wait_held(h: SEXP, node: SEXP) -> RResult {
+    let _undo = crate::r::layer::call::on_wait_error(super::node::drop_on_wait_error, node);
     let a = aio(&h)?;
     let (id, inbox, slot) = (a.id, a.profile.host.relay.clone(), a.slot.clone());
     let held = || inbox.has_held(id);

@@ -690,6 +690,10 @@ unsafe fn check_user_interrupt_then(hook: WaitErrorHook) {
         // SAFETY: `data` points at the hook on `check_user_interrupt_then`'s
         // frame, alive while R runs this handler within the call below.
         let (f, arg) = unsafe { *(data as *const WaitErrorHook) };
+        // Spent: the caller's handlers run next, still within this wait,
+        // and a wait of theirs must not undo this one's caller's work again
+        // (the wait's guard puts back what was set before it).
+        WAIT_ERROR_HOOK.with(|h| *h = None);
         // A panic must not unwind into R; the hook reports nothing.
         let _ = std::panic::catch_unwind(|| f(arg));
         // Returning declines: the error goes on to the caller's handlers.
