@@ -171,3 +171,26 @@ test_that("a calling handler that reuses a cluster after a time limit gets its o
     stop_cluster(cl)
   }
 })
+
+test_that("a time limit while a cluster waits for a node's daemon drops the call's tasks before the handlers run (review)", {
+  on.exit(setTimeLimit(), add = TRUE)
+  cl <- suppressMessages(make_cluster(2, url = local_url(tcp = TRUE)))
+  on.exit(stop_cluster(cl), add = TRUE)
+  launch_local(1, .compute = attr(cl, "id"))
+  slow <- function(i) { Sys.sleep(1); i * 10 }
+  got <- NULL
+  # Node 1's task is sent; node 2 waits for its daemon when the limit runs
+  # out. The handler brings node 2's daemon and retries on the cluster.
+  r <- tryCatch(withCallingHandlers({
+    setTimeLimit(elapsed = 0.5, transient = TRUE)
+    parallel::clusterCall(cl, slow, 1)
+  }, error = function(e) {
+    setTimeLimit()
+    launch_local(1, .compute = attr(cl, "id"))
+    got <<- unlist(parallel::clusterCall(cl, function() -1))
+  }), error = function(e) conditionMessage(e))
+  setTimeLimit()
+  expect_match(r, "time limit")
+  expect_identical(got, c(-1, -1))
+  expect_identical(unlist(parallel::clusterCall(cl, function() 5)), c(5, 5))
+})

@@ -114,6 +114,10 @@ fn node_number(node: SEXP, s: &Syms) -> Result<usize, RError> {
 pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
     let s = syms()?;
     check_node(node)?;
+    // A wait for the node's daemon to connect (or for queue room) that a
+    // time limit ends drops the call's tasks before the caller's handlers
+    // run, as a receive's does.
+    let _undo = on_wait_error(drop_on_wait_error, node);
     let prof = env_get(node, s.prof)?;
     if !is_env(prof.sexp()) || !is_true(env_get(prof.sexp(), s.active)?.sexp()) {
         return Err("cluster is no longer active".into());
