@@ -5,7 +5,7 @@
 //! relay is first turned on), which signals them on the host.
 
 use crate::host::relay::{self, Inbox};
-use crate::r::layer::call::{set_slice_hook, wait_interruptibly, RError, RResult};
+use crate::r::layer::call::{on_wait_error, set_slice_hook, wait_interruptibly, RError, RResult};
 use crate::r::layer::ffi::SEXP;
 use crate::r::layer::lang::{apply2, preserved};
 use crate::r::layer::later;
@@ -161,7 +161,7 @@ pub fn mirai_node_held(h: SEXP) -> RResult {
 /// node, whose cluster's tasks an error in the wait drops first (see
 /// `node::drop_on_wait_error`).
 pub fn mirai_node_wait_held(h: SEXP, node: SEXP) -> RResult {
-    let _undo = crate::r::layer::call::on_wait_error(super::node::drop_on_wait_error, node);
+    let _undo = on_wait_error(super::node::drop_on_wait_error, node);
     let a = aio(&h)?;
     let (id, inbox, slot) = (a.id, a.profile.host.relay.clone(), a.slot.clone());
     let held = || inbox.has_held(id);

@@ -566,9 +566,6 @@ fn append_blobs(buf: &mut Vec<u8>, mut list: SEXP) {
     buf.extend_from_slice(MAGIC);
 }
 
-/// `unserialize` with a custom serialization config (NULL for none). Every
-/// caller turns a failure into an error value, so an R condition raised
-/// inside is dropped here and only its message (when a hook raised it) kept.
 /// `unserialize_with` of a stream sent without its header (`Msg::Bare`):
 /// this session's own header is put back first.
 pub fn unserialize_bare_with(body: &[u8], cfg: SEXP) -> Result<Owned, String> {
@@ -580,6 +577,9 @@ pub fn unserialize_bare_with(body: &[u8], cfg: SEXP) -> Result<Owned, String> {
     unserialize_with(&data, cfg)
 }
 
+/// `unserialize` with a custom serialization config (NULL for none). Every
+/// caller turns a failure into an error value, so an R condition raised
+/// inside is dropped here and only its message (when a hook raised it) kept.
 pub fn unserialize_with(data: &[u8], cfg: SEXP) -> Result<Owned, String> {
     if is_null(cfg) {
         return unserialize(data).map_err(|e| match e {
