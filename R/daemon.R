@@ -205,7 +205,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
             failed = node_error(box, msg[["before"]]),
             # A cluster node's task, answered natively, to clean up after.
             done = {
-              do_cleanup(snap)
+              if (!.Call(C_mirai_daemon_tidy, snap)) do_cleanup(snap)
               next
             },
             exit = {
@@ -228,7 +228,8 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           # everywhere() tasks mark their payload: what they change is meant
           # to stay, so it becomes the state later cleanups restore.
           if (cleanup) {
-            if (is.null(msg[["data"]][["._everywhere_."]])) do_cleanup(snap) else snap <- snapshot()
+            if (!is.null(msg[["data"]][["._everywhere_."]])) snap <- snapshot()
+            else if (!.Call(C_mirai_daemon_tidy, snap)) do_cleanup(snap)
           }
         }, relay_h)
         TRUE
@@ -421,8 +422,8 @@ snapshot <- function() {
        pairlist = as.pairlist(options))
 }
 
-# Runs after every task, so the common case (nothing changed) is kept to a
-# few cheap comparisons.
+# Runs after a task when the native check (mirai_daemon_tidy, which removes
+# the globals a task added) finds the search path or options changed.
 do_cleanup <- function(snap) {
   g <- names(.GlobalEnv)
   # Names in the same order: none added (matching costs ~2 us a task).

@@ -290,6 +290,28 @@ test_that("cleanup removes globals between tasks; cleanup = FALSE keeps them", {
   expect_identical(mirai(.expr = look)[], list(first[[1L]], TRUE))
 })
 
+test_that("cleanup removes a task's `...` and new globals, keeps everywhere()'s and .Random.seed, detaches packages", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  everywhere(assign("kept", 1, envir = globalenv()))[]
+  where <- function(nms) vapply(nms, exists, logical(1L), envir = globalenv(), inherits = FALSE)
+  # `...` lands in the global environment, seen by its task only.
+  expect_true(mirai({ set.seed(1); exists("a", envir = globalenv(), inherits = FALSE) }, a = 1)[])
+  expect_identical(unname(mirai(where(c("a", "kept", ".Random.seed")), where = where)[]), c(FALSE, TRUE, TRUE))
+  # Many globals at once, some of them `...`, with the search path changed
+  # in the same task: all undone.
+  mirai({
+    for (i in 1:50) assign(sprintf("g%d", i), i, envir = globalenv())
+    library(stats4)
+    TRUE
+  }, b = 2, c = 3)[]
+  left <- mirai(list(ls(globalenv()), "package:stats4" %in% search()))[]
+  expect_identical(left, list("kept", FALSE))
+  # A task that changes nothing leaves everything as it was.
+  mirai(1 + 1)[]
+  expect_identical(mirai(ls(globalenv()))[], "kept")
+})
+
 test_that("cleanup restores options a task changed, added or removed", {
   daemons(1, dispatcher = FALSE)
   on.exit(daemons(0))

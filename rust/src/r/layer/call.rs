@@ -481,6 +481,19 @@ impl InR {
         unsafe { R_lsInternal3(env, Rboolean::TRUE, Rboolean::TRUE) }
     }
 
+    /// The names bound in `env`, in its frame's order (as `names(env)`).
+    pub fn env_names_unsorted(&self, env: SEXP) -> SEXP {
+        // SAFETY: see the impl; `env` is an environment (callers check).
+        unsafe { R_lsInternal3(env, Rboolean::TRUE, Rboolean::FALSE) }
+    }
+
+    /// Removes `sym`'s binding from `env`'s own frame, as `rm()` does (an
+    /// error for a locked environment).
+    pub fn remove_var(&self, sym: SEXP, env: SEXP) {
+        // SAFETY: see the impl; `env` is an environment (callers check).
+        unsafe { R_removeVarFromFrame(sym, env) }
+    }
+
     /// Whether `sym` is bound in `env`'s own frame (running nothing).
     pub fn exists_in_frame(&self, env: SEXP, sym: SEXP) -> bool {
         // SAFETY: see the impl; `env` is an environment (callers check).

@@ -176,6 +176,55 @@ pub fn env_names(env: SEXP) -> Result<Owned, RError> {
     unsafe { rooted(|r| r.env_names(env)) }
 }
 
+/// The names bound in the global environment, in its frame's order (as
+/// `names(.GlobalEnv)`).
+pub fn global_names() -> Result<Owned, RError> {
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe { rooted(|r| r.env_names_unsorted(global_env())) }
+}
+
+/// Removes the global binding named by CHARSXP `name` (an R error, such as
+/// for a locked global environment, comes back as Err).
+pub fn remove_global(name: SEXP) -> Result<(), RError> {
+    debug_assert!(type_of(name) == CHARSXP);
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe {
+        try_r(|r| {
+            r.remove_var(r.install_char(name), global_env());
+            nil()
+        })
+    }?;
+    Ok(())
+}
+
+/// The value of `sym` in base's frame (R_UnboundValue if none), running
+/// nothing for a plain binding.
+pub fn base_binding(sym: SEXP) -> Result<SEXP, RError> {
+    // SAFETY: the closure owns nothing with a destructor; what it returns
+    // is kept alive by its binding in base.
+    unsafe { try_r(|r| r.find_var_in_frame(base_env(), sym)) }
+}
+
+/// Whether pairlists `a` and `b` are made of the same values under the
+/// same tags, compared by pointer: an unchanged `.Options` against a copy
+/// of its cells, with none of identical()'s descent into the values.
+pub fn same_cells(mut a: SEXP, mut b: SEXP) -> bool {
+    loop {
+        match (type_of(a), type_of(b)) {
+            (NILSXP, NILSXP) => return true,
+            (LISTSXP, LISTSXP) => {}
+            _ => return false,
+        }
+        // SAFETY: field reads of pairlist cells; allocates nothing.
+        let same = unsafe { CAR(a) == CAR(b) && TAG(a) == TAG(b) };
+        if !same {
+            return false;
+        }
+        a = pairlist_next(a);
+        b = pairlist_next(b);
+    }
+}
+
 /// A binding of an environment's own frame, read without running it.
 pub enum Binding {
     Unbound,
