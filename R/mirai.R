@@ -8,7 +8,8 @@ named_list <- function(x, what) {
     return(as.list.environment(x[[1L]], all.names = TRUE))
   if (is.null(nm) || anyNA(nm) || !all(nzchar(nm)))
     abort(sprintf("all %s must be named, unless supplying an environment", what))
-  as.list(x)
+  # A plain list as it is: as.list() would return it too, by two closure calls.
+  if (is.list(x) && !is.pairlist(x) && !is.object(x)) x else as.list(x)
 }
 
 #' mirai (Evaluate Async)
@@ -170,21 +171,24 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .retry = 0L, .com
   # that an error in it (an object not found) names this call.
   globals <- if (...length()) {
     dots <- list(...)
-    named_list(dots, "`...` arguments")
+    nm <- names(dots)
+    if (is.null(nm) || anyNA(nm) || !all(nzchar(nm))) named_list(dots, "`...` arguments") else dots
   } else list()
   args <- if (is.list(.args) && !length(.args)) .args else named_list(.args, "items in `.args`")
   if (!is.null(.timeout))
     check_number(.timeout, ".timeout", "a non-negative number of milliseconds, or NULL")
   if (!identical(.retry, 0L)) check_retry(.retry)
   data <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
-  prof <- profile_of(.compute)
+  prof <- if (is.null(.compute)) .$profiles[[.$current]] else profile_of(.compute)
   if (is.null(prof)) {
     # A profile named but not set is a mistake, not a request for a fresh
     # process (as with no daemons set at all).
     if (!is.null(.compute) && !identical(.compute, "default")) require_daemons(.compute)
     return(invisible(ephemeral_mirai(data, .timeout)))
   }
-  if (isTRUE(prof$sync)) return(invisible(sync_mirai(prof, data)))
+  # isTRUE() inlined, as profile_of() above: a closure call each.
+  if (is.logical(sync <- prof$sync) && length(sync) == 1L && !is.na(sync) && sync)
+    return(invisible(sync_mirai(prof, data)))
   # Inline rather than pool_notice(): this is every task's path.
   if (!is.null(note <- .Call(C_mirai_host_notice, prof$host))) pool_warning(note)
   # The mirai object itself is built natively (new_mirai in rust/src/r/layer/object.rs).
