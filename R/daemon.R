@@ -205,7 +205,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
             failed = node_error(box, msg[["before"]]),
             # A cluster node's task, answered natively, to clean up after.
             done = {
-              if (!.Call(C_mirai_daemon_tidy, snap)) do_cleanup(snap)
+              if (!.Call(C_mirai_daemon_tidy, snap)) snap <- do_cleanup(snap)
               next
             },
             exit = {
@@ -229,7 +229,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           # to stay, so it becomes the state later cleanups restore.
           if (cleanup) {
             if (!is.null(msg[["data"]][["._everywhere_."]])) snap <- snapshot()
-            else if (!.Call(C_mirai_daemon_tidy, snap)) do_cleanup(snap)
+            else if (!.Call(C_mirai_daemon_tidy, snap)) snap <- do_cleanup(snap)
           }
         }, relay_h)
         TRUE
@@ -424,6 +424,10 @@ snapshot <- function() {
 
 # Runs after a task when the native check (mirai_daemon_tidy, which removes
 # the globals a task added) finds the search path or options changed.
+# Returns `snap` with its pairlist made anew from the options as restored:
+# options() stores copies, so a value set back (or set to the same value)
+# is a new object, and the native check, which compares pointers, would
+# otherwise fail after every later task.
 do_cleanup <- function(snap) {
   g <- names(.GlobalEnv)
   # Names in the same order: none added (matching costs ~2 us a task).
@@ -448,5 +452,6 @@ do_cleanup <- function(snap) {
     changed <- names(snap$options)[!mapply(identical, snap$options, cur[names(snap$options)])]
     if (length(changed)) options(snap$options[changed])
   }
-  invisible()
+  snap$pairlist <- as.pairlist(as.list(.Options))
+  snap
 }

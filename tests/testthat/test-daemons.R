@@ -312,6 +312,24 @@ test_that("cleanup removes a task's `...` and new globals, keeps everywhere()'s 
   expect_identical(mirai(ls(globalenv()))[], "kept")
 })
 
+test_that("after a task changed options and set them back, later tasks tidy up natively again", {
+  # do_cleanup() in R runs only when the native check finds options or the
+  # search path changed; options() stores copies, so once a task has set an
+  # option back, the check must compare against the options as restored.
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  log <- tempfile()
+  everywhere(suppressMessages(trace("do_cleanup", bquote(cat("R\n", file = .(log), append = TRUE)),
+                                    print = FALSE, where = asNamespace("mirai"))), log = log)[]
+  runs <- function() if (file.exists(log)) length(readLines(log)) else 0L
+  for (i in 1:5) mirai(1, a = 1)[]
+  expect_identical(runs(), 0L)
+  expect_identical(mirai({ op <- options(digits = 3); options(op); getOption("digits") }, b = 2)[], 7L)
+  expect_identical(runs(), 1L)
+  for (i in 1:5) expect_identical(mirai(c(a, getOption("digits")), a = 1L)[], c(1L, 7L))
+  expect_identical(runs(), 1L)
+})
+
 test_that("cleanup restores options a task changed, added or removed", {
   daemons(1, dispatcher = FALSE)
   on.exit(daemons(0))

@@ -751,6 +751,11 @@ fn remove_new_globals(before: SEXP) -> Result<bool, RError> {
     if n == len(before) && (0..n).all(|i| char_at(now, i) == char_at(before, i)) {
         return Ok(true);
     }
+    // Locked (by a task): removing would fail, and R's rm() in
+    // do_cleanup() should be the one to say so, as it always did.
+    if global_env_locked() {
+        return Ok(false);
+    }
     let kept: std::collections::HashSet<usize> = (0..len(before)).map(|i| char_at(before, i) as usize).collect();
     for i in 0..n {
         let name = char_at(now, i);

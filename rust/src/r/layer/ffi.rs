@@ -54,6 +54,7 @@ extern "C" {
     pub fn R_GetCCallable(package: *const c_char, name: *const c_char) -> *const c_void;
     pub fn R_existsVarInFrame(env: SEXP, sym: SEXP) -> Rboolean;
     pub fn R_removeVarFromFrame(sym: SEXP, env: SEXP);
+    pub fn R_EnvironmentIsLocked(env: SEXP) -> Rboolean;
     // Not part of R's documented API (extendr-ffi has them behind its
     // `non-api` feature): building the mirai's binding function needs them.
     pub fn Rf_findVarInFrame(env: SEXP, sym: SEXP) -> SEXP;

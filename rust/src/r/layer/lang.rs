@@ -183,6 +183,12 @@ pub fn global_names() -> Result<Owned, RError> {
     unsafe { rooted(|r| r.env_names_unsorted(global_env())) }
 }
 
+/// Whether the global environment is locked (no binding can be removed).
+pub fn global_env_locked() -> bool {
+    // SAFETY: reads a flag of an environment; allocates nothing.
+    unsafe { R_EnvironmentIsLocked(global_env()) != Rboolean::FALSE }
+}
+
 /// Removes the global binding named by CHARSXP `name` (an R error, such as
 /// for a locked global environment, comes back as Err).
 pub fn remove_global(name: SEXP) -> Result<(), RError> {
