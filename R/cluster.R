@@ -187,9 +187,8 @@ sendData.miraiNode <- function(node, data) {
   # and leaves the cluster as it was. (snow's sendCall() passes its `args`
   # unevaluated, and doSNOW's are its iterator's next element, whose end
   # is an error that doSNOW catches before receiving the results still
-  # outstanding.) A bare `data` forces it as force() would, without the
-  # closure call (each task's path).
-  data
+  # outstanding.)
+  force(data)
   # Interrupted (or failed) before the task is on record: parallel's caller
   # gives up on the tasks already sent to other nodes too.
   sent <- FALSE

@@ -344,8 +344,11 @@ collect_list <- function(x, opts) {
       # A mirai's `[` method inlined (it is the one S3 dispatch would pick
       # for a class vector starting with "mirai"): two closure calls less
       # per element.
-      cl <- oldClass(xi)
-      v <- if (is.null(cl)) xi else if (cl[1L] == "mirai") .Call(C_mirai_value, xi) else if (inherits(xi, "mirai")) xi[] else xi
+      # (Locals here are seen by a cli progress format: no common names.)
+      xi_class <- oldClass(xi)
+      v <- if (is.null(xi_class)) xi
+           else if (!is.na(xi_first <- xi_class[1L]) && xi_first == "mirai") .Call(C_mirai_value, xi)
+           else if (inherits(xi, "mirai")) xi[] else xi
       if ((opts$.stop || opts$.flat) && is_error_value(v)) stop_collection(x, i, v)
       if (opts$.flat && i > 1L && typeof(v) != typeof(out[[1L]])) {
         stop_mirai(x)

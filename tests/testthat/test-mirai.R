@@ -365,3 +365,21 @@ test_that("exit code registered without naming on.exit runs at the task's end, a
   expect_identical(mirai({ withr::local_envvar(MIRAI_T_FOO = "bar"); Sys.getenv("MIRAI_T_FOO") })[], "bar")
   expect_identical(mirai(Sys.getenv("MIRAI_T_FOO"))[], "")
 })
+
+test_that("collect_mirai() on a list reads mirai, keeps other elements as they are, whatever their class", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  odd <- 1
+  attr(odd, "class") <- NA_character_
+  fake <- structure(list(), class = "miraiError")
+  out <- collect_mirai(list(a = mirai(1L + 1L), b = odd, c = fake, d = NULL, e = 3))
+  expect_identical(out, list(a = 2L, b = odd, c = fake, d = NULL, e = 3))
+  # A subclass of mirai with its own `[` method keeps it.
+  sub <- mirai(5L)
+  class(sub) <- c("myMirai", class(sub))
+  local({
+    `[.myMirai` <- function(x, i) "own method"
+    registerS3method("[", "myMirai", `[.myMirai`)
+    expect_identical(collect_mirai(list(sub)), list("own method"))
+  })
+})
