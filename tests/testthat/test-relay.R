@@ -1024,3 +1024,33 @@ test_that("a cluster node's progress updates kept back over the relay budget rea
   expect_identical(total, 6000)
   expect_length(notes, 0L)
 })
+
+test_that("a handler of a relayed condition that uses the same cluster gets its own results, never the waiting call's", {
+  cl <- make_cluster(2, relay = TRUE)
+  on.exit(stop_cluster(cl))
+  f <- function(i) { message("note ", i); Sys.sleep(0.5); i * 10 }
+  # The message handler stops; the error's calling handler uses the cluster.
+  got <- NULL
+  r <- tryCatch(withCallingHandlers(
+    parallel::parLapply(cl, 1:2, f),
+    message = function(m) stop("stopped by the message handler"),
+    error = function(e) got <<- unlist(parallel::parLapply(cl, 1:2, function(i) -i))
+  ), error = function(e) conditionMessage(e))
+  expect_identical(r, "stopped by the message handler")
+  expect_identical(got, c(-1L, -2L))
+  # The message handler uses the cluster itself and returns: it gets its
+  # own results, and the call it interrupted fails instead of returning the
+  # handler's (or the handler receiving the call's).
+  inner <- list()
+  r <- tryCatch(withCallingHandlers(
+    parallel::parLapply(cl, 1:2, f),
+    message = function(m) {
+      inner[[length(inner) + 1L]] <<- unlist(parallel::parLapply(cl, 1:2, function(i) -i))
+      invokeRestart("muffleMessage")
+    }
+  ), error = function(e) "failed")
+  expect_identical(r, "failed")
+  expect_true(length(inner) >= 1L)
+  for (x in inner) expect_identical(x, c(-1L, -2L))
+  expect_identical(unlist(parallel::parLapply(cl, 1:4, function(i) -i)), -(1:4))
+})

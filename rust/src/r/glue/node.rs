@@ -21,7 +21,7 @@
 //! object travels as a share instead, as a map's shared part does, to each
 //! daemon once (see `NodeFuns`), and each task carries only its `args`.
 
-use crate::r::layer::call::{on_wait_error, RError, RResult};
+use crate::r::layer::call::{on_wait_error, run_wait_hook_if, RError, RResult};
 use crate::r::layer::ffi::{CLOSXP, SEXP};
 use super::shared::{node_payload_names, node_share_names};
 use crate::r::layer::handle::{handle, kept, new_handle, Tagged};
@@ -114,6 +114,17 @@ fn node_number(node: SEXP, s: &Syms) -> Result<usize, RError> {
 pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
     let s = syms()?;
     check_node(node)?;
+    // Sent from within a wait on the same cluster (by a handler of a
+    // condition relayed during a receive, say, or by a calling handler of
+    // an error a relayed condition's handler raised): that wait's call will
+    // not receive its results coherently any more, and this call would
+    // receive them. Its tasks go first, as on an error in the wait; the
+    // wait then gets them as cancelled.
+    let peers = env_get(node, s.peers)?;
+    let peers = peers.sexp();
+    run_wait_hook_if(|arg| {
+        arg == node || (is_env(peers) && is_env(arg) && env_get(arg, s.peers).is_ok_and(|p| p.sexp() == peers))
+    });
     // A wait for the node's daemon to connect (or for queue room) that a
     // time limit ends drops the call's tasks before the caller's handlers
     // run, as a receive's does.

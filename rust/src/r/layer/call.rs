@@ -681,6 +681,22 @@ pub fn on_wait_error(hook: fn(SEXP), arg: SEXP) -> WaitErrorGuard {
     WaitErrorGuard(WAIT_ERROR_HOOK.with(|h| h.replace((hook, arg))))
 }
 
+/// Runs and spends the error hook of the wait in progress, if one is set
+/// and `mine(arg)` says it is for what the caller is about to use: true if
+/// it ran. A caller that uses what a wait further up the stack is waiting
+/// on (a handler run by that wait, using the same cluster) would otherwise
+/// receive what that wait's call was sent.
+pub fn run_wait_hook_if(mine: impl Fn(SEXP) -> bool) -> bool {
+    let Some((f, arg)) = WAIT_ERROR_HOOK.get() else { return false };
+    if !mine(arg) {
+        return false;
+    }
+    WAIT_ERROR_HOOK.with(|h| *h = None);
+    // A panic must not unwind into R; the hook reports nothing.
+    let _ = std::panic::catch_unwind(|| f(arg));
+    true
+}
+
 impl Drop for WaitErrorGuard {
     fn drop(&mut self) {
         let prev = self.0.take();
