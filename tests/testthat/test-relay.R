@@ -1052,5 +1052,19 @@ test_that("a handler of a relayed condition that uses the same cluster gets its 
   expect_identical(r, "failed")
   expect_true(length(inner) >= 1L)
   for (x in inner) expect_identical(x, c(-1L, -2L))
+  # The handler only sends (a task it receives later): the interrupted call
+  # fails, rather than taking the handler's task's result for its own.
+  sent <- FALSE
+  r <- tryCatch(withCallingHandlers(
+    parallel::parLapply(cl, 1:2, f),
+    message = function(m) {
+      if (!sent) {
+        sent <<- TRUE
+        parallel:::sendCall(cl[[1L]], function() 999, list())
+      }
+      invokeRestart("muffleMessage")
+    }
+  ), error = function(e) conditionMessage(e))
+  expect_match(r, "this call's tasks were dropped while it waited", fixed = TRUE)
   expect_identical(unlist(parallel::parLapply(cl, 1:4, function(i) -i)), -(1:4))
 })

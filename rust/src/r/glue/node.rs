@@ -302,9 +302,27 @@ fn node_funs(prof: SEXP, s: &Syms) -> Result<Owned, RError> {
     Ok(h)
 }
 
-/// Takes the result of the node's head task (resolved), moves the queue on
-/// and returns parallel's message `list(type = "VALUE", value, tag)`.
-fn pop_result(node: SEXP, s: &Syms) -> RResult {
+/// Fails if `node`'s head task is no longer `waited`, the one a wait began
+/// on: the call's tasks were dropped meanwhile, by a handler the wait ran
+/// that used the cluster (`mirai_node_send`). Taking the new head's result
+/// would hand that handler's results to the waiting call.
+pub(super) fn still_head(node: SEXP, waited: SEXP) -> Result<(), RError> {
+    let s = syms()?;
+    if env_get(node, s.head)?.sexp() == waited {
+        return Ok(());
+    }
+    Err(format!(
+        "node {} of the cluster: this call's tasks were dropped while it waited, as a handler used the cluster meanwhile",
+        node_number(node, s)?
+    )
+    .into())
+}
+
+/// Takes the result of the node's head task (resolved; `waited`, the head
+/// a wait began on), moves the queue on and returns parallel's message
+/// `list(type = "VALUE", value, tag)`.
+fn pop_result(node: SEXP, waited: SEXP, s: &Syms) -> RResult {
+    still_head(node, waited)?;
     let h = env_get(node, s.head)?;
     let outcome = aio(&h)?.slot.take().ok_or("internal error in mirai: a node's result was taken twice")?;
     let value = outcome_to_sexp(outcome, kept(h.sexp()))?;
@@ -339,7 +357,7 @@ pub fn mirai_node_recv(node: SEXP) -> RResult {
     }
     let _undo = on_wait_error(drop_on_wait_error, node);
     wait_aio(aio(&h)?)?;
-    pop_result(node, s)
+    pop_result(node, h.sexp(), s)
 }
 
 /// A wait on `node`'s cluster raised an error (a time limit): its tasks
@@ -377,8 +395,9 @@ pub fn mirai_cluster_recv(cl: SEXP) -> RResult {
         return Err("no node of the cluster has a task to receive".into());
     }
     let _undo = on_wait_error(drop_on_wait_error, list_at(cl, which[0]));
-    let i = which[race_reading(&aios)?];
-    let msg = pop_result(list_at(cl, i), s)?;
+    let k = race_reading(&aios)?;
+    let i = which[k];
+    let msg = pop_result(list_at(cl, i), heads[k].sexp(), s)?;
     let number = int(i as i32 + 1)?;
     list_named(&[number.sexp(), msg.sexp()], s.one_names, nil())
 }

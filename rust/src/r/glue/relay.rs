@@ -166,6 +166,7 @@ pub fn mirai_node_wait_held(h: SEXP, node: SEXP) -> RResult {
     let (id, inbox, slot) = (a.id, a.profile.host.relay.clone(), a.slot.clone());
     let held = || inbox.has_held(id);
     wait_interruptibly(|slice| slot.is_done() || held() || slot.wait(slice) || held())?;
+    super::node::still_head(node, h)?;
     lgl(held())
 }
 
