@@ -144,29 +144,30 @@ test_that("a calling handler that reuses a cluster after a time limit gets its o
   # receive first waits for the task's held conditions.
   on.exit(setTimeLimit(), add = TRUE)
   slow <- function(i) { Sys.sleep(1.5); i * 10 }
+  # `first` runs under a time limit that ends it; the error's calling
+  # handler runs `again` on the same cluster. Its result and what the
+  # outer tryCatch() gave.
+  limited_then <- function(first, again) {
+    got <- NULL
+    r <- tryCatch(withCallingHandlers({
+      setTimeLimit(elapsed = 0.3, transient = TRUE)
+      first()
+    }, error = function(e) {
+      setTimeLimit()
+      got <<- unlist(again())
+    }), error = function(e) "caught")
+    setTimeLimit()
+    list(r = r, got = got)
+  }
   for (relay in c(FALSE, TRUE)) {
     cl <- make_cluster(2, relay = relay)
-    got <- NULL
-    r <- tryCatch(withCallingHandlers({
-      setTimeLimit(elapsed = 0.3, transient = TRUE)
-      parallel::parLapply(cl, 1:2, slow)
-    }, error = function(e) {
-      setTimeLimit()
-      got <<- unlist(parallel::parLapply(cl, 1:2, function(i) -i))
-    }), error = function(e) "caught")
-    setTimeLimit()
-    expect_identical(r, "caught")
-    expect_identical(got, c(-1L, -2L))
-    got <- NULL
-    r <- tryCatch(withCallingHandlers({
-      setTimeLimit(elapsed = 0.3, transient = TRUE)
-      parallel::clusterApplyLB(cl, 1:4, slow)
-    }, error = function(e) {
-      setTimeLimit()
-      got <<- unlist(parallel::clusterApplyLB(cl, 1:3, function(i) -i))
-    }), error = function(e) "caught")
-    setTimeLimit()
-    expect_identical(got, -(1:3))
+    out <- limited_then(function() parallel::parLapply(cl, 1:2, slow),
+                        function() parallel::parLapply(cl, 1:2, function(i) -i))
+    expect_identical(out$r, "caught")
+    expect_identical(out$got, c(-1L, -2L))
+    out <- limited_then(function() parallel::clusterApplyLB(cl, 1:4, slow),
+                        function() parallel::clusterApplyLB(cl, 1:3, function(i) -i))
+    expect_identical(out$got, -(1:3))
     expect_identical(unlist(parallel::parLapply(cl, 1:4, function(i) -i)), -(1:4))
     stop_cluster(cl)
   }

@@ -120,11 +120,7 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
     // not receive its results coherently any more, and this call would
     // receive them. Its tasks go first, as on an error in the wait; the
     // wait then gets them as cancelled.
-    let peers = env_get(node, s.peers)?;
-    let peers = peers.sexp();
-    run_wait_hook_if(|arg| {
-        arg == node || (is_env(peers) && is_env(arg) && env_get(arg, s.peers).is_ok_and(|p| p.sexp() == peers))
-    });
+    run_wait_hook_if(|arg| arg == node || same_cluster(arg, node, s));
     // A wait for the node's daemon to connect (or for queue room) that a
     // time limit ends drops the call's tasks before the caller's handlers
     // run, as a receive's does.
@@ -302,14 +298,28 @@ fn node_funs(prof: SEXP, s: &Syms) -> Result<Owned, RError> {
     Ok(h)
 }
 
-/// Fails if `node`'s head task is no longer `waited`, the one a wait began
-/// on: the call's tasks were dropped meanwhile, by a handler the wait ran
-/// that used the cluster (`mirai_node_send`). Taking the new head's result
-/// would hand that handler's results to the waiting call.
-pub(super) fn still_head(node: SEXP, waited: SEXP) -> Result<(), RError> {
+/// Whether nodes `a` and `b` share their cluster's `peers` (only read when
+/// a wait is in progress: `mirai_node_send` is every task's path).
+fn same_cluster(a: SEXP, b: SEXP, s: &Syms) -> bool {
+    if !is_env(a) {
+        return false;
+    }
+    match (env_get(a, s.peers), env_get(b, s.peers)) {
+        (Ok(pa), Ok(pb)) => is_env(pb.sexp()) && pa.sexp() == pb.sexp(),
+        _ => false,
+    }
+}
+
+/// `node`'s head task, which must still be `waited`, the one a wait began
+/// on. Otherwise an error: the call's tasks were dropped meanwhile, by a
+/// handler the wait ran that used the cluster (`mirai_node_send`), and
+/// taking the new head's result would hand that handler's results to the
+/// waiting call.
+pub(super) fn still_head(node: SEXP, waited: SEXP) -> RResult {
     let s = syms()?;
-    if env_get(node, s.head)?.sexp() == waited {
-        return Ok(());
+    let h = env_get(node, s.head)?;
+    if h.sexp() == waited {
+        return Ok(h);
     }
     Err(format!(
         "node {} of the cluster: this call's tasks were dropped while it waited, as a handler used the cluster meanwhile",
@@ -322,8 +332,7 @@ pub(super) fn still_head(node: SEXP, waited: SEXP) -> Result<(), RError> {
 /// a wait began on), moves the queue on and returns parallel's message
 /// `list(type = "VALUE", value, tag)`.
 fn pop_result(node: SEXP, waited: SEXP, s: &Syms) -> RResult {
-    still_head(node, waited)?;
-    let h = env_get(node, s.head)?;
+    let h = still_head(node, waited)?;
     let outcome = aio(&h)?.slot.take().ok_or("internal error in mirai: a node's result was taken twice")?;
     let value = outcome_to_sexp(outcome, kept(h.sexp()))?;
     let tag = env_get(node, s.head_tag)?;

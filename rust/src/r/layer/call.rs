@@ -691,10 +691,18 @@ pub fn run_wait_hook_if(mine: impl Fn(SEXP) -> bool) -> bool {
     if !mine(arg) {
         return false;
     }
+    spend_wait_hook((f, arg));
+    true
+}
+
+/// Clears the wait's error hook, then runs it: spent, so that a wait of the
+/// handlers that run next, still within this wait, does not undo this
+/// wait's caller's work again (the wait's guard puts back what was set
+/// before it).
+fn spend_wait_hook((f, arg): WaitErrorHook) {
     WAIT_ERROR_HOOK.with(|h| *h = None);
     // A panic must not unwind into R; the hook reports nothing.
     let _ = std::panic::catch_unwind(|| f(arg));
-    true
 }
 
 impl Drop for WaitErrorGuard {
@@ -718,13 +726,7 @@ unsafe fn check_user_interrupt_then(hook: WaitErrorHook) {
     unsafe extern "C" fn handler(_cond: SEXP, data: *mut c_void) -> SEXP {
         // SAFETY: `data` points at the hook on `check_user_interrupt_then`'s
         // frame, alive while R runs this handler within the call below.
-        let (f, arg) = unsafe { *(data as *const WaitErrorHook) };
-        // Spent: the caller's handlers run next, still within this wait,
-        // and a wait of theirs must not undo this one's caller's work again
-        // (the wait's guard puts back what was set before it).
-        WAIT_ERROR_HOOK.with(|h| *h = None);
-        // A panic must not unwind into R; the hook reports nothing.
-        let _ = std::panic::catch_unwind(|| f(arg));
+        spend_wait_hook(unsafe { *(data as *const WaitErrorHook) });
         // Returning declines: the error goes on to the caller's handlers.
         // SAFETY: R's constant.
         unsafe { R_NilValue }
