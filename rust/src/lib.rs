@@ -131,7 +131,7 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: ProtectFn, 
     // `test-hooks` feature, which tools/test.sh turns on for its install
     // (MIRAI_TEST_HOOKS=1, read by src/Makevars).
     #[cfg(feature = "test-hooks")]
-    table.extend(routines![profile::mirai_host_inject_fault, helpers::mirai_test_plain_read, helpers::mirai_test_plain_write, profile::mirai_test_live_aios, helpers::mirai_test_heap_bytes]);
+    table.extend(routines![profile::mirai_host_inject_fault, helpers::mirai_test_plain_read, helpers::mirai_test_plain_write, profile::mirai_test_live_aios, profile::mirai_test_claims, helpers::mirai_test_heap_bytes]);
     // Defined in C (src/entrypoint.c): it needs setjmp and a C-level
     // calling handler.
     table.push(c_routine3(c"mirai_eval", eval));

@@ -120,6 +120,39 @@ test_that("receiving from many nodes at once, while R's thread reads their daemo
   expect_match(res$stdout, "ALL-OK")
 })
 
+test_that("a receive keeps its claim on the nodes' daemons for the next one; the host takes it back once unused", {
+  # Between two receives of a parallel call, a node's reply is left for R's
+  # thread to read at the next receive (see Claim in rust/src/host/mod.rs).
+  # Once R's thread stops receiving, the host's loop thread reads them again:
+  # a reply that came meanwhile is not lost.
+  skip_if_not(exists("C_mirai_test_claims", envir = asNamespace("mirai"), inherits = FALSE),
+              "the claims are read through a test hook: needs the test build of mirai (install with MIRAI_TEST_HOOKS=1, as tools/test.sh does)")
+  cl <- make_cluster(2)
+  on.exit(stop_cluster(cl))
+  host <- attr(cl, "profile")$host
+  claims <- function() .Call(mirai:::C_mirai_test_claims, host)
+  head_done <- function() .Call(mirai:::C_mirai_aio_done, .subset2(cl[[1L]], "head"))
+  # A reply read by R's thread while it waited leaves the claims lingering.
+  lingered <- FALSE
+  for (k in 1:200) {
+    expect_identical(clusterEvalQ(cl, 1L), list(1L, 1L))
+    if (claims()[[2L]] == 1L) {
+      # A task sent now replies while its daemon is claimed, with no
+      # receive waiting: the loop thread must read it once it takes the
+      # claims back. (Checked only after that: before, the check would
+      # itself take them back.)
+      parallel:::sendCall(cl[[1L]], function(x) x * 2L, list(21L))
+      lingered <- TRUE
+      break
+    }
+  }
+  expect_true(lingered)
+  expect_true(wait_until(function() identical(claims(), c(0L, 0L)), timeout = 5))
+  expect_true(wait_until(head_done, timeout = 5))
+  expect_identical(parallel:::recvResult(cl[[1L]]), 42L)
+  expect_identical(clusterApplyLB(cl, 1:500, function(i) -i), as.list(-(1:500)))
+})
+
 test_that("errors on nodes surface as parallel reports them", {
   cl <- make_cluster(2)
   on.exit(stop_cluster(cl))

@@ -256,12 +256,31 @@ pub struct Host {
 /// Claims are only added during one spin, never swapped for others: a
 /// connection let go of before the end of the spin could hold an edge the
 /// loop passed over.
+///
+/// A cluster's receive keeps its claims when it ends (`linger_read`): the
+/// next receive, a few microseconds of parallel's R code later, reads the
+/// same nodes. Let go of at each receive, a node's reply coming back
+/// meanwhile woke the loop thread, which contended for the core's lock
+/// with R's thread (measured: 0.85 loop wake-ups per `clusterApplyLB()`
+/// task, and 2-4 `epoll_ctl` calls). The loop thread takes lingering
+/// claims back once R's thread has not used them for `LINGER`, and R's
+/// thread does at its next wait that is not such a receive (`settle`).
 #[derive(Default)]
 struct Claim {
     /// Tokens of the claimed connections, 0 for a free place.
     conns: [std::sync::atomic::AtomicUsize; CLAIM_MAX],
     missed: std::sync::atomic::AtomicBool,
+    /// The claims outlive the wait that made them (`linger_read`).
+    lingering: std::sync::atomic::AtomicBool,
+    /// Bumped by each `read_for_all`, so the loop thread sees lingering
+    /// claims still in use.
+    touched: AtomicU64,
 }
+
+/// How long lingering claims may go unused before the loop thread takes
+/// them back: the longest a reply then waits for a reader, at most twice
+/// this. The loop wakes once per `LINGER` while claims linger.
+const LINGER: Duration = Duration::from_millis(2);
 
 /// The most daemons R's thread reads at once while it spins (a cluster's
 /// nodes, say); a wait on more leaves the rest to the loop thread.
@@ -278,6 +297,27 @@ impl Claim {
     fn passes(&self, t: Token) -> bool {
         self.missed.store(true, Ordering::SeqCst);
         self.conns.iter().any(|c| c.load(Ordering::SeqCst) == t.0)
+    }
+
+    /// Lets go of every claim: the tokens held (0 for none), and whether
+    /// the loop passed over an edge meanwhile; None if nothing was held.
+    /// Called by R's thread (`end_read`) or, for lingering claims, by the
+    /// loop thread under the core's lock (`EventLoop::take_back`); whichever
+    /// gets a token reads it if an edge was missed, so none is lost.
+    fn take(&self) -> Option<([usize; CLAIM_MAX], bool)> {
+        self.lingering.store(false, Ordering::SeqCst);
+        let mut held = [0usize; CLAIM_MAX];
+        for (h, c) in held.iter_mut().zip(&self.conns) {
+            *h = c.swap(0, Ordering::SeqCst);
+        }
+        if held.iter().all(|&t| t == 0) {
+            return None;
+        }
+        Some((held, self.missed.swap(false, Ordering::SeqCst)))
+    }
+
+    fn holds_any(&self) -> bool {
+        self.conns.iter().any(|c| c.load(Ordering::SeqCst) != 0)
     }
 
     /// From R's thread: claims `t` if there is room. None if not claimed,
@@ -456,6 +496,7 @@ impl Host {
         if core.dead.is_some() {
             return;
         }
+        self.claim.touched.fetch_add(1, Ordering::SeqCst);
         for &id in ids {
             let Some(d) = core.sched.daemon_of(id) else { continue };
             match self.claim.add(d as usize) {
@@ -479,25 +520,30 @@ impl Host {
     /// Ends what `read_for` began: from here on the loop thread reads those
     /// daemons again, and what it passed over in the meantime is read now.
     pub fn end_read(&self) {
-        let mut held = [0usize; CLAIM_MAX];
-        for (h, c) in held.iter_mut().zip(&self.claim.conns) {
-            *h = c.swap(0, Ordering::SeqCst);
-        }
-        if held.iter().all(|&t| t == 0) {
-            return;
-        }
-        let missed = self.claim.missed.swap(false, Ordering::SeqCst);
+        let Some((held, missed)) = self.claim.take() else { return };
         let _ = self.with_core(|core| {
-            if core.stopped {
-                return;
-            }
-            for &t in held.iter().filter(|&&t| t != 0) {
-                core.quiet(Token(t), false);
-                if missed {
-                    core.read_conn(Token(t), false);
-                }
+            if !core.stopped {
+                core.release(&held, missed);
             }
         });
+    }
+
+    /// Ends what `read_for_all` began, but keeps the claims for the next
+    /// wait on the same daemons (a cluster's next receive): see `Claim`.
+    /// The loop thread is woken when claims start to linger, so that it
+    /// wakes again to take them back if they go unused.
+    pub fn linger_read(&self) {
+        if self.claim.holds_any() && !self.claim.lingering.swap(true, Ordering::SeqCst) {
+            let _ = self.with_core(|core| core.wake());
+        }
+    }
+
+    /// Lets go of lingering claims now (`end_read`): before a check or a
+    /// wait that relies on the loop thread having read what came.
+    pub fn settle(&self) {
+        if self.claim.lingering.load(Ordering::SeqCst) {
+            self.end_read();
+        }
     }
 
     /// Why the host stopped working, if it failed (not if it was shut down).
@@ -686,6 +732,14 @@ impl Host {
 
     /// Makes the event loop thread panic, as a bug would: for tests of what
     /// a failed host does (pending tasks resolve, later calls error).
+    /// For tests: how many daemons R's thread has claimed, and whether
+    /// the claims linger (`linger_read`).
+    #[cfg(feature = "test-hooks")]
+    pub fn claims(&self) -> (usize, bool) {
+        let n = self.claim.conns.iter().filter(|c| c.load(Ordering::SeqCst) != 0).count();
+        (n, self.claim.lingering.load(Ordering::SeqCst))
+    }
+
     pub fn inject_fault(&self) {
         let mut core = lock(&self.core);
         core.fault = true;
@@ -1168,8 +1222,10 @@ impl EventLoop {
         // does not take the lock to learn it again.
         let mut deadline: Option<Instant> = None;
         let mut passed = false;
+        // Lingering claims: the last `touched` seen, and since when.
+        let mut seen = (0u64, Instant::now());
         loop {
-            let timeout = if passed {
+            let mut timeout = if passed {
                 deadline.map(|d| d.saturating_duration_since(Instant::now()))
             } else {
                 let core = lock(&self.core);
@@ -1180,6 +1236,9 @@ impl EventLoop {
                 deadline = t.map(|t| Instant::now() + t);
                 t
             };
+            if self.claim.lingering.load(Ordering::SeqCst) {
+                timeout = Some(timeout.map_or(LINGER, |t| t.min(LINGER)));
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     lock(&self.core).die(format!("the host's event loop stopped (poll failed: {e})"));
@@ -1188,7 +1247,9 @@ impl EventLoop {
             }
             // Woken only by a reply that R's thread, spinning for it, reads
             // itself: nothing to do, and no lock to take from that thread.
-            passed = !events.is_empty()
+            let stale = self.claims_unused(&mut seen);
+            passed = !stale
+                && !events.is_empty()
                 && events.iter().all(|ev| self.for_r_thread(ev))
                 && deadline.is_none_or(|d| d > Instant::now());
             if passed {
@@ -1200,6 +1261,11 @@ impl EventLoop {
                     return;
                 }
                 core.defer_completions = true;
+                if stale && self.claim.lingering.load(Ordering::SeqCst) && !core.stopped {
+                    if let Some((held, missed)) = self.claim.take() {
+                        core.release(&held, missed);
+                    }
+                }
                 let end = core.turn(&events);
                 core.defer_completions = false;
                 // Swapped, so both Vecs keep their room between turns.
@@ -1237,6 +1303,21 @@ impl EventLoop {
 }
 
 impl EventLoop {
+    /// Whether R's thread has left its lingering claims unused for
+    /// `LINGER` (`seen`: the last `Claim::touched` read, and when).
+    fn claims_unused(&self, seen: &mut (u64, Instant)) -> bool {
+        if !self.claim.lingering.load(Ordering::SeqCst) {
+            return false;
+        }
+        let now = Instant::now();
+        let t = self.claim.touched.load(Ordering::SeqCst);
+        if t != seen.0 {
+            *seen = (t, now);
+            return false;
+        }
+        now.duration_since(seen.1) >= LINGER
+    }
+
     /// Whether `ev` only says that the daemon R's thread is reading has
     /// sent something (see `Claim`).
     fn for_r_thread(&self, ev: &mio::event::Event) -> bool {
@@ -1588,6 +1669,17 @@ impl Core {
 
     #[cfg(not(target_os = "linux"))]
     fn quiet(&mut self, _t: Token, _on: bool) {}
+
+    /// Gives the connections `held` (tokens, 0 for none) back to the loop
+    /// thread's poll, reading each if the loop passed over an edge.
+    fn release(&mut self, held: &[usize], missed: bool) {
+        for &t in held.iter().filter(|&&t| t != 0) {
+            self.quiet(Token(t), false);
+            if missed {
+                self.read_conn(Token(t), false);
+            }
+        }
+    }
 
     /// Reads and handles what peer `t` sent. `to_the_end`: read until the
     /// socket has nothing more, as the peer closed its end (or it failed):

@@ -26,7 +26,7 @@ use crate::r::layer::ffi::{CLOSXP, SEXP};
 use super::shared::{node_payload_names, node_share_names};
 use crate::r::layer::handle::{handle, kept, new_handle, Tagged};
 use crate::r::layer::lang::*;
-use super::mirai::{aio, cancel, outcome_to_sexp, race_reading, wait_aio};
+use super::mirai::{aio, cancel, outcome_to_sexp, race_reading, wait_node};
 use super::profile::{serialize_task, submit_node, submit_node_shared, ShareBytes};
 use crate::r::layer::value::*;
 use crate::host::sched::ERR_CANCELED;
@@ -365,7 +365,7 @@ pub fn mirai_node_recv(node: SEXP) -> RResult {
         return Err(format!("node {} of the cluster has no task to receive", node_number(node, s)?).into());
     }
     let _undo = on_wait_error(drop_on_wait_error, node);
-    wait_aio(aio(&h)?)?;
+    wait_node(aio(&h)?)?;
     pop_result(node, h.sexp(), s)
 }
 

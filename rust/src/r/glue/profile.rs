@@ -432,6 +432,16 @@ pub fn mirai_host_inject_fault(p: SEXP) -> RResult {
     Ok(Owned::nil())
 }
 
+/// For tests: `c(claimed, lingering)`, the daemons of the profile's host
+/// R's thread reads itself and whether those claims outlive their wait
+/// (see `Claim` in host/mod.rs). Only in a build with the `test-hooks`
+/// feature.
+#[cfg(feature = "test-hooks")]
+pub fn mirai_test_claims(p: SEXP) -> RResult {
+    let (n, lingering) = profile(&p)?.host.claims();
+    ints(&[n as i32, lingering as i32])
+}
+
 pub fn mirai_host_close(p: SEXP, signal: SEXP) -> RResult {
     let prof = profile(&p)?;
     // First: daemons exit as the host closes, and none is replaced.
