@@ -262,19 +262,23 @@ pub struct Host {
 /// same nodes. Let go of at each receive, a node's reply coming back
 /// meanwhile woke the loop thread, which contended for the core's lock
 /// with R's thread (measured: 0.85 loop wake-ups per `clusterApplyLB()`
-/// task, and 2-4 `epoll_ctl` calls). The loop thread takes lingering
-/// claims back once R's thread has not used them for `LINGER`, and R's
-/// thread does at its next wait that is not such a receive (`settle`).
+/// task, and 2-4 `epoll_ctl` calls). The loop thread takes back each
+/// lingering claim that R's thread has not read for `LINGER` (a node no
+/// receive waits on), and R's thread gives them all back before any other
+/// wait (`settle`; r/glue/mirai.rs `settle_claims`).
+///
+/// Claims are added, and taken back, only under the core's lock, so the
+/// thread that takes a claim back reads it if an edge was missed.
 #[derive(Default)]
 struct Claim {
     /// Tokens of the claimed connections, 0 for a free place.
     conns: [std::sync::atomic::AtomicUsize; CLAIM_MAX],
+    /// Per place: bumped each time R's thread reads that place's daemon
+    /// (`read_for_all`), so the loop thread sees which claims are in use.
+    touched: [AtomicU64; CLAIM_MAX],
     missed: std::sync::atomic::AtomicBool,
     /// The claims outlive the wait that made them (`linger_read`).
     lingering: std::sync::atomic::AtomicBool,
-    /// Bumped by each `read_for_all`, so the loop thread sees lingering
-    /// claims still in use.
-    touched: AtomicU64,
 }
 
 /// How long lingering claims may go unused before the loop thread takes
@@ -299,11 +303,9 @@ impl Claim {
         self.conns.iter().any(|c| c.load(Ordering::SeqCst) == t.0)
     }
 
-    /// Lets go of every claim: the tokens held (0 for none), and whether
-    /// the loop passed over an edge meanwhile; None if nothing was held.
-    /// Called by R's thread (`end_read`) or, for lingering claims, by the
-    /// loop thread under the core's lock (`EventLoop::take_back`); whichever
-    /// gets a token reads it if an edge was missed, so none is lost.
+    /// Lets go of every claim (under the core's lock): the tokens held (0
+    /// for none), and whether the loop passed over an edge meanwhile; None
+    /// if nothing was held.
     fn take(&self) -> Option<([usize; CLAIM_MAX], bool)> {
         self.lingering.store(false, Ordering::SeqCst);
         let mut held = [0usize; CLAIM_MAX];
@@ -320,19 +322,24 @@ impl Claim {
         self.conns.iter().any(|c| c.load(Ordering::SeqCst) != 0)
     }
 
-    /// From R's thread: claims `t` if there is room. None if not claimed,
+    /// From R's thread, under the core's lock: claims `t` if there is
+    /// room, and counts it as read (`touched`). None if not claimed,
     /// Some(true) if claimed now, Some(false) if it already was.
     fn add(&self, t: usize) -> Option<bool> {
         let mut free = None;
-        for c in &self.conns {
+        for (i, c) in self.conns.iter().enumerate() {
             match c.load(Ordering::Relaxed) {
-                x if x == t => return Some(false),
-                0 if free.is_none() => free = Some(c),
+                x if x == t => {
+                    self.touched[i].fetch_add(1, Ordering::SeqCst);
+                    return Some(false);
+                }
+                0 if free.is_none() => free = Some(i),
                 _ => {}
             }
         }
-        free.map(|c| {
-            c.store(t, Ordering::SeqCst);
+        free.map(|i| {
+            self.conns[i].store(t, Ordering::SeqCst);
+            self.touched[i].fetch_add(1, Ordering::SeqCst);
             true
         })
     }
@@ -496,7 +503,6 @@ impl Host {
         if core.dead.is_some() {
             return;
         }
-        self.claim.touched.fetch_add(1, Ordering::SeqCst);
         for &id in ids {
             let Some(d) = core.sched.daemon_of(id) else { continue };
             match self.claim.add(d as usize) {
@@ -520,10 +526,16 @@ impl Host {
     /// Ends what `read_for` began: from here on the loop thread reads those
     /// daemons again, and what it passed over in the meantime is read now.
     pub fn end_read(&self) {
-        let Some((held, missed)) = self.claim.take() else { return };
+        // Only R's thread adds claims: none now means none to take back.
+        if !self.claim.holds_any() {
+            self.claim.lingering.store(false, Ordering::SeqCst);
+            return;
+        }
         let _ = self.with_core(|core| {
-            if !core.stopped {
-                core.release(&held, missed);
+            if let Some((held, missed)) = self.claim.take() {
+                if !core.stopped {
+                    core.release(&held, missed);
+                }
             }
         });
     }
@@ -539,7 +551,8 @@ impl Host {
     }
 
     /// Lets go of lingering claims now (`end_read`): before a check or a
-    /// wait that relies on the loop thread having read what came.
+    /// wait that relies on the loop thread having read what came (R's
+    /// thread; r/glue/mirai.rs `settle_claims`).
     pub fn settle(&self) {
         if self.claim.lingering.load(Ordering::SeqCst) {
             self.end_read();
@@ -730,8 +743,6 @@ impl Host {
         })
     }
 
-    /// Makes the event loop thread panic, as a bug would: for tests of what
-    /// a failed host does (pending tasks resolve, later calls error).
     /// For tests: how many daemons R's thread has claimed, and whether
     /// the claims linger (`linger_read`).
     #[cfg(feature = "test-hooks")]
@@ -740,6 +751,8 @@ impl Host {
         (n, self.claim.lingering.load(Ordering::SeqCst))
     }
 
+    /// Makes the event loop thread panic, as a bug would: for tests of what
+    /// a failed host does (pending tasks resolve, later calls error).
     pub fn inject_fault(&self) {
         let mut core = lock(&self.core);
         core.fault = true;
@@ -1222,8 +1235,8 @@ impl EventLoop {
         // does not take the lock to learn it again.
         let mut deadline: Option<Instant> = None;
         let mut passed = false;
-        // Lingering claims: the last `touched` seen, and since when.
-        let mut seen = (0u64, Instant::now());
+        // Per claim place: the last `touched` seen, and since when.
+        let mut seen = [(0u64, Instant::now()); CLAIM_MAX];
         loop {
             let mut timeout = if passed {
                 deadline.map(|d| d.saturating_duration_since(Instant::now()))
@@ -1247,7 +1260,7 @@ impl EventLoop {
             }
             // Woken only by a reply that R's thread, spinning for it, reads
             // itself: nothing to do, and no lock to take from that thread.
-            let stale = self.claims_unused(&mut seen);
+            let stale = self.unused_claims(&mut seen);
             passed = !stale
                 && !events.is_empty()
                 && events.iter().all(|ev| self.for_r_thread(ev))
@@ -1261,10 +1274,8 @@ impl EventLoop {
                     return;
                 }
                 core.defer_completions = true;
-                if stale && self.claim.lingering.load(Ordering::SeqCst) && !core.stopped {
-                    if let Some((held, missed)) = self.claim.take() {
-                        core.release(&held, missed);
-                    }
+                if stale {
+                    self.take_back(&mut core, &seen);
                 }
                 let end = core.turn(&events);
                 core.defer_completions = false;
@@ -1303,19 +1314,48 @@ impl EventLoop {
 }
 
 impl EventLoop {
-    /// Whether R's thread has left its lingering claims unused for
-    /// `LINGER` (`seen`: the last `Claim::touched` read, and when).
-    fn claims_unused(&self, seen: &mut (u64, Instant)) -> bool {
+    /// Whether R's thread has left a lingering claim unread for `LINGER`
+    /// (`seen`: per place, the last `Claim::touched` read, and when).
+    fn unused_claims(&self, seen: &mut [(u64, Instant); CLAIM_MAX]) -> bool {
         if !self.claim.lingering.load(Ordering::SeqCst) {
             return false;
         }
         let now = Instant::now();
-        let t = self.claim.touched.load(Ordering::SeqCst);
-        if t != seen.0 {
-            *seen = (t, now);
-            return false;
+        let mut any = false;
+        for (i, s) in seen.iter_mut().enumerate() {
+            let t = self.claim.touched[i].load(Ordering::SeqCst);
+            if t != s.0 {
+                *s = (t, now);
+            } else if self.claim.conns[i].load(Ordering::SeqCst) != 0 && now.duration_since(s.1) >= LINGER {
+                any = true;
+            }
         }
-        now.duration_since(seen.1) >= LINGER
+        any
+    }
+
+    /// Under the core's lock: takes back the claims still unread since
+    /// `unused_claims` saw them (R's thread reads, and touches, only under
+    /// the lock), reading each if an edge was missed. Once none is left the
+    /// claims no longer linger.
+    fn take_back(&self, core: &mut Core, seen: &[(u64, Instant); CLAIM_MAX]) {
+        let now = Instant::now();
+        let mut freed = [0usize; CLAIM_MAX];
+        for (i, f) in freed.iter_mut().enumerate() {
+            let (t, since) = seen[i];
+            if self.claim.touched[i].load(Ordering::SeqCst) == t && now.duration_since(since) >= LINGER {
+                *f = self.claim.conns[i].swap(0, Ordering::SeqCst);
+            }
+        }
+        // `missed` stays set for the claims R's thread still holds.
+        let missed = if self.claim.holds_any() {
+            self.claim.missed.load(Ordering::SeqCst)
+        } else {
+            self.claim.lingering.store(false, Ordering::SeqCst);
+            self.claim.missed.swap(false, Ordering::SeqCst)
+        };
+        if !core.stopped {
+            core.release(&freed, missed);
+        }
     }
 
     /// Whether `ev` only says that the daemon R's thread is reading has

@@ -2,17 +2,41 @@
 
 use crate::r::layer::call::{run_slice_hook, wait_interruptibly, RError, RResult};
 use crate::r::layer::ffi::SEXP;
+use crate::r::layer::global::MainThread;
 use crate::r::layer::handle::{handle, kept, Held};
 use crate::r::layer::later;
 use crate::r::layer::object;
-use super::profile::Aio;
+use super::profile::{Aio, Profile};
 use super::shared::{error_value, mirai_error};
 use crate::r::layer::serial;
 use crate::r::layer::value::*;
 use crate::host::aio::{wait_any, Doorbell, Outcome, Slot};
 use crate::host::sched::ERR_CANCELED;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+/// The profile whose host keeps R's thread's claims after a cluster's
+/// receive (`Host::linger_read`).
+static LINGERING: MainThread<Option<Weak<Profile>>> = MainThread::new(None);
+
+/// Gives back the claims a cluster's receive left lingering (see `Claim` in
+/// host/mod.rs), unless they are `keep`'s: a wait or a check that does not
+/// read those daemons itself would otherwise find their replies only once
+/// the host's loop thread takes the claims back (up to twice `LINGER`).
+pub(super) fn settle_claims(keep: Option<&Arc<Profile>>) {
+    let Some(p) = LINGERING.with(Option::take).and_then(|w| w.upgrade()) else { return };
+    if keep.is_some_and(|k| Arc::ptr_eq(k, &p)) {
+        LINGERING.with(|l| *l = Some(Arc::downgrade(&p)));
+    } else {
+        p.host.settle();
+    }
+}
+
+/// Ends a cluster receive's reading, keeping its claims (see above).
+fn linger(profile: &Arc<Profile>) {
+    profile.host.linger_read();
+    LINGERING.with(|l| *l = Some(Arc::downgrade(profile)));
+}
 
 pub(super) fn aio(s: &impl Held) -> Result<&Aio, RError> {
     handle::<Aio>(s, "aio")
@@ -132,7 +156,8 @@ pub(super) fn wait_node(a: &Aio) -> Result<(), RError> {
     wait_reading(a, true)
 }
 
-fn wait_reading(a: &Aio, linger: bool) -> Result<(), RError> {
+fn wait_reading(a: &Aio, keep: bool) -> Result<(), RError> {
+    settle_claims(keep.then_some(&a.profile));
     let host = &a.profile.host;
     let read = || {
         if !a.slot.is_done() {
@@ -141,8 +166,8 @@ fn wait_reading(a: &Aio, linger: bool) -> Result<(), RError> {
         a.slot.is_done().then_some(())
     };
     let spun = spin(read);
-    if spun.is_some() && linger {
-        host.linger_read();
+    if spun.is_some() && keep {
+        linger(&a.profile);
     } else {
         host.end_read();
     }
@@ -153,6 +178,7 @@ fn wait_reading(a: &Aio, linger: bool) -> Result<(), RError> {
 }
 
 pub(super) fn wait_slot(slot: &Slot) -> Result<(), RError> {
+    settle_claims(None);
     if spin(|| slot.is_done().then_some(())).is_some() {
         return run_slice_hook();
     }
@@ -163,6 +189,7 @@ pub(super) fn wait_slot(slot: &Slot) -> Result<(), RError> {
 /// doorbells of their profiles (one `Select`, also across profiles), so an
 /// idle wait costs nothing; slices only exist to notice a user interrupt.
 pub(super) fn race(slots: &[Arc<Slot>]) -> Result<usize, RError> {
+    settle_claims(None);
     let done = || slots.iter().position(|s| s.is_done());
     if let Some(i) = spin(done) {
         run_slice_hook()?;
@@ -182,6 +209,7 @@ pub(super) fn race_reading(aios: &[&Aio]) -> Result<usize, RError> {
     if aios.iter().any(|a| !Arc::ptr_eq(&a.profile, &first.profile)) {
         return race(&slots);
     }
+    settle_claims(Some(&first.profile));
     let host = &first.profile.host;
     let ids: Vec<u64> = aios.iter().map(|a| a.id).collect();
     let done = || slots.iter().position(|s| s.is_done());
@@ -194,7 +222,7 @@ pub(super) fn race_reading(aios: &[&Aio]) -> Result<usize, RError> {
     let spun = spin(read);
     if let Some(i) = spun {
         // parallel's next receive reads the same nodes (see `Claim`).
-        host.linger_read();
+        linger(&first.profile);
         run_slice_hook()?;
         return Ok(i);
     }
@@ -237,6 +265,7 @@ pub fn mirai_aio_collect(h: SEXP) -> RResult {
     // A loop polling unresolved() runs no wait: relayed conditions are
     // shown here too.
     run_slice_hook()?;
+    settle_claims(None);
     let v = aio_data(aio(&h)?, h)?;
     lgl(v.sexp() != object::unresolved()?)
 }
@@ -279,7 +308,7 @@ pub fn mirai_aio_done(h: SEXP) -> RResult {
     let a = aio(&h)?;
     if !a.slot.is_done() {
         // A node's `con` (future's resolved()) polls this between receives.
-        a.profile.host.settle();
+        settle_claims(None);
     }
     lgl(a.slot.is_done())
 }

@@ -236,6 +236,8 @@ pub fn mirai_host_submit(p: SEXP, data: SEXP, timeout: SEXP, retry: SEXP) -> RRe
     let retries = retries(retry)?;
     let stats = &prof.host.stats;
     if !stats.has_room() {
+        // Room comes as the loop thread reads replies.
+        super::mirai::settle_claims(None);
         wait_interruptibly(|slice| stats.wait_room(slice))?;
     }
     let a = submit_with(prof, p, data, |host, id, frame, slot| host.submit_retrying(id, frame, slot, timeout, retries))?;
