@@ -1068,3 +1068,29 @@ test_that("a handler of a relayed condition that uses the same cluster gets its 
   expect_match(r, "this call's tasks were dropped while it waited", fixed = TRUE)
   expect_identical(unlist(parallel::parLapply(cl, 1:4, function(i) -i)), -(1:4))
 })
+
+test_that("a relayed message's handler that waits on another cluster under a time limit: the error's handler using the first cluster gets its own results", {
+  # The handler's wait on `b` runs out of time; the time limit's error
+  # reaches a calling handler around the call on `a`, which uses `a` while
+  # that call still waits. Each wait in progress keeps its own hook (a stack
+  # of them): `b`'s ran first and must not hide `a`'s.
+  a <- make_cluster(2, relay = TRUE)
+  b <- make_cluster(1)
+  on.exit({ stop_cluster(a); stop_cluster(b) })
+  f <- function(i) { message("note ", i); Sys.sleep(1); i * 10 }
+  got <- NULL
+  r <- tryCatch(withCallingHandlers(
+    parallel::parLapply(a, 1:2, f),
+    message = function(m) {
+      setTimeLimit(elapsed = 0.3, transient = TRUE)
+      parallel::parLapply(b, 1, function(i) { Sys.sleep(5); i })
+    },
+    error = function(e) if (is.null(got)) got <<- unlist(parallel::parLapply(a, 1:2, function(i) -i))
+  ), error = function(e) conditionMessage(e))
+  setTimeLimit(elapsed = Inf)
+  expect_match(r, "elapsed time limit")
+  expect_identical(got, c(-1L, -2L))
+  # Both clusters are usable afterwards.
+  expect_identical(unlist(parallel::parLapply(a, 1:4, function(i) -i)), -(1:4))
+  expect_identical(unlist(parallel::parLapply(b, 1:2, function(i) i)), 1:2)
+})

@@ -648,7 +648,7 @@ pub fn check_interrupt() -> Result<(), RError> {
     if pending && !suspended {
         return Err(RError::Interrupt);
     }
-    let hook = WAIT_ERROR_HOOK.get();
+    let hook = live_wait_hook();
     // SAFETY: the closure owns nothing with a destructor.
     unsafe {
         try_r(|r| {
@@ -667,48 +667,64 @@ pub fn check_interrupt() -> Result<(), RError> {
 /// object the wait's caller keeps alive.
 type WaitErrorHook = (fn(SEXP), SEXP);
 
-static WAIT_ERROR_HOOK: MainThread<Option<WaitErrorHook>> = MainThread::new(None);
+/// The hooks of the waits in progress, innermost last, each with whether
+/// it has run (spent). A stack, not one hook: a handler run by a wait (a
+/// relayed message's) may wait on something else (another cluster), and an
+/// error there reaches handlers that may use what the outer wait waits on.
+static WAIT_ERROR_HOOKS: MainThread<Vec<(WaitErrorHook, bool)>> = MainThread::new(Vec::new());
 
 /// While the guard lives, an R error raised by a wait's check for an
 /// interrupt (a time limit running out) first runs `hook(arg)`, as the
 /// innermost calling handler: before the caller's own, which may call back
 /// into what the wait was for (a calling handler that retries on the same
-/// cluster must not receive the interrupted call's results). The previous
-/// hook is put back when the guard goes (a handler's nested wait).
-pub struct WaitErrorGuard(Option<WaitErrorHook>);
+/// cluster must not receive the interrupted call's results). The guard
+/// takes its hook off the stack when it goes.
+pub struct WaitErrorGuard(usize);
 
 pub fn on_wait_error(hook: fn(SEXP), arg: SEXP) -> WaitErrorGuard {
-    WaitErrorGuard(WAIT_ERROR_HOOK.with(|h| h.replace((hook, arg))))
+    WaitErrorGuard(WAIT_ERROR_HOOKS.with(|s| {
+        s.push(((hook, arg), false));
+        s.len() - 1
+    }))
 }
 
-/// Runs and spends the error hook of the wait in progress, if one is set
-/// and `mine(arg)` says it is for what the caller is about to use: true if
-/// it ran. A caller that uses what a wait further up the stack is waiting
-/// on (a handler run by that wait, using the same cluster) would otherwise
-/// receive what that wait's call was sent.
+/// The innermost wait's hook, if it has not run.
+fn live_wait_hook() -> Option<WaitErrorHook> {
+    WAIT_ERROR_HOOKS.with(|s| s.iter().rev().find(|(_, spent)| !spent).map(|(h, _)| *h))
+}
+
+/// Runs and spends the error hook of a wait in progress for what the caller
+/// is about to use (`mine(arg)`), the innermost such that has not run: true
+/// if one ran. A caller that uses what a wait further up the stack is
+/// waiting on (a handler run by that wait, using the same cluster) would
+/// otherwise receive what that wait's call was sent.
 pub fn run_wait_hook_if(mine: impl Fn(SEXP) -> bool) -> bool {
-    let Some((f, arg)) = WAIT_ERROR_HOOK.get() else { return false };
-    if !mine(arg) {
+    let hooks: Vec<(WaitErrorHook, bool)> = WAIT_ERROR_HOOKS.with(|s| s.clone());
+    let Some(h) = hooks.iter().rev().find(|((_, arg), spent)| !spent && mine(*arg)).map(|(h, _)| *h) else {
         return false;
-    }
-    spend_wait_hook((f, arg));
+    };
+    spend_wait_hook(h);
     true
 }
 
-/// Clears the wait's error hook, then runs it: spent, so that a wait of the
-/// handlers that run next, still within this wait, does not undo this
-/// wait's caller's work again (the wait's guard puts back what was set
-/// before it).
-fn spend_wait_hook((f, arg): WaitErrorHook) {
-    WAIT_ERROR_HOOK.with(|h| *h = None);
+/// Marks the hook spent, then runs it: so that a wait of the handlers that
+/// run next, still within this wait, does not undo this wait's caller's
+/// work again.
+fn spend_wait_hook(hook: WaitErrorHook) {
+    let (f, arg) = hook;
+    WAIT_ERROR_HOOKS.with(|s| {
+        if let Some(e) = s.iter_mut().rev().find(|((g, a), spent)| !spent && *g as usize == f as usize && *a == arg) {
+            e.1 = true;
+        }
+    });
     // A panic must not unwind into R; the hook reports nothing.
     let _ = std::panic::catch_unwind(|| f(arg));
 }
 
 impl Drop for WaitErrorGuard {
     fn drop(&mut self) {
-        let prev = self.0.take();
-        WAIT_ERROR_HOOK.with(|h| *h = prev);
+        let depth = self.0;
+        WAIT_ERROR_HOOKS.with(|s| s.truncate(depth));
     }
 }
 
