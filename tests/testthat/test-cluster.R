@@ -217,6 +217,29 @@ test_that("an interrupted parallel call leaves no stale results for the next one
   expect_match(out, "LB: 1 2 3 4 \n", fixed = TRUE)
 })
 
+test_that("a calling handler of an interrupt that uses the cluster gets its own results", {
+  # The interrupted wait's tasks are dropped before any handler runs, as for
+  # a time limit (PSOCK hands the handler the interrupted call's results).
+  skip_if_not_installed("processx")
+  out <- interrupt_child(c(
+    "library(mirai); library(parallel)",
+    "cl <- make_cluster(2)",
+    "invisible(clusterEvalQ(cl, 1))",
+    "got <- NULL",
+    "cat('ready\\n')",
+    "r <- tryCatch(withCallingHandlers(parLapply(cl, 1:2, function(i) { Sys.sleep(20); i * 100 }),",
+    "  interrupt = function(c) got <<- unlist(parLapply(cl, 1:2, function(i) -i))), interrupt = function(e) 'int')",
+    "cat('first:', unlist(r), '\\n')",
+    "cat('got:', got, '\\n')",
+    "cat('next:', unlist(parLapply(cl, 1:2, function(i) i * 10)), '\\n')",
+    "stop_cluster(cl)",
+    "cat('done\\n')"
+  ), "ready", "done", timeout = 60)
+  expect_match(out, "first: int", fixed = TRUE)
+  expect_match(out, "got: -1 -2 \n", fixed = TRUE)
+  expect_match(out, "next: 10 20 \n", fixed = TRUE)
+})
+
 test_that("a parallel call interrupted while sending leaves no stale results either", {
   skip_if_not_installed("processx")
   # The second serialization (node 2's task) blocks: the interrupt lands

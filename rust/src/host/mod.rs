@@ -1320,6 +1320,12 @@ impl EventLoop {
         if !self.claim.lingering.load(Ordering::SeqCst) {
             return false;
         }
+        if !self.claim.holds_any() {
+            // `linger_read` set the flag as the last claim was taken back:
+            // `take_back` clears it, under the lock (R's thread claims only
+            // under it), so that the loop stops waking for nothing.
+            return true;
+        }
         let now = Instant::now();
         let mut any = false;
         for (i, s) in seen.iter_mut().enumerate() {

@@ -356,6 +356,8 @@ pub fn submit_node_shared(
 
 /// `try_mirai()`'s check: TRUE if a task may be queued now without waiting.
 pub fn mirai_host_room(p: SEXP) -> RResult {
+    // Polled by try_mirai(): room comes as the loop thread reads replies.
+    super::mirai::settle_claims(None);
     lgl(profile(&p)?.host.stats.has_room())
 }
 

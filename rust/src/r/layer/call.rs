@@ -646,6 +646,13 @@ pub fn check_interrupt() -> Result<(), RError> {
     // raise it too, but as an `Unwind`, which callers that stop on an
     // interrupt (the daemon's loop) could not tell from an error.
     if pending && !suspended {
+        // The interrupt is signalled once this wait has returned, its
+        // hook's guard gone: a calling handler of it that used what the wait
+        // was for would get the wait's call's results. The wait ends here
+        // either way, so its hook runs now, before any handler.
+        if let Some(h) = live_wait_hook() {
+            spend_wait_hook(h);
+        }
         return Err(RError::Interrupt);
     }
     let hook = live_wait_hook();
