@@ -1094,3 +1094,28 @@ test_that("a relayed message's handler that waits on another cluster under a tim
   expect_identical(unlist(parallel::parLapply(a, 1:4, function(i) -i)), -(1:4))
   expect_identical(unlist(parallel::parLapply(b, 1:2, function(i) i)), 1:2)
 })
+
+test_that("an error a relayed message's handler catches itself, from a mirai's wait, leaves the waiting cluster call alone", {
+  # The mirai's wait has no hook of its own; the cluster call's hook belongs
+  # to the wait further up, and must not run for an error that never leaves
+  # the handler (the call failed with "this call's tasks were dropped").
+  daemons(1)
+  a <- make_cluster(2, relay = TRUE)
+  on.exit({ stop_cluster(a); daemons(0) })
+  f <- function(i) { message("note ", i); Sys.sleep(0.5); i * 10 }
+  caught <- 0L
+  r <- withCallingHandlers(
+    parallel::parLapply(a, 1:2, f),
+    message = function(m) {
+      tryCatch({
+        setTimeLimit(elapsed = 0.2, transient = TRUE)
+        mirai(Sys.sleep(2))[]
+      }, error = function(e) caught <<- caught + 1L)
+      setTimeLimit(elapsed = Inf)
+      invokeRestart("muffleMessage")
+    }
+  )
+  setTimeLimit(elapsed = Inf)
+  expect_gte(caught, 1L)
+  expect_identical(unlist(r), c(10, 20))
+})

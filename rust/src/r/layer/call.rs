@@ -674,11 +674,25 @@ pub fn check_interrupt() -> Result<(), RError> {
 /// object the wait's caller keeps alive.
 type WaitErrorHook = (fn(SEXP), SEXP);
 
-/// The hooks of the waits in progress, innermost last, each with whether
-/// it has run (spent). A stack, not one hook: a handler run by a wait (a
-/// relayed message's) may wait on something else (another cluster), and an
-/// error there reaches handlers that may use what the outer wait waits on.
-static WAIT_ERROR_HOOKS: MainThread<Vec<(WaitErrorHook, bool)>> = MainThread::new(Vec::new());
+/// A wait's hook on the stack below: the hook, whether it has run (spent),
+/// and `WAIT_DEPTH` when it was set (its wait's `wait_interruptibly` runs
+/// one deeper).
+#[derive(Clone, Copy)]
+struct HookEntry {
+    hook: WaitErrorHook,
+    spent: bool,
+    depth: usize,
+}
+
+/// The hooks of the waits in progress, innermost last. A stack, not one
+/// hook: a handler run by a wait (a relayed message's) may wait on
+/// something else (another cluster), and an error there reaches handlers
+/// that may use what the outer wait waits on.
+static WAIT_ERROR_HOOKS: MainThread<Vec<HookEntry>> = MainThread::new(Vec::new());
+
+/// How many `wait_interruptibly` calls and runs of its between-slices hook
+/// are in progress (nested through handlers that R runs during a wait).
+static WAIT_DEPTH: MainThread<usize> = MainThread::new(0);
 
 /// While the guard lives, an R error raised by a wait's check for an
 /// interrupt (a time limit running out) first runs `hook(arg)`, as the
@@ -689,15 +703,22 @@ static WAIT_ERROR_HOOKS: MainThread<Vec<(WaitErrorHook, bool)>> = MainThread::ne
 pub struct WaitErrorGuard(usize);
 
 pub fn on_wait_error(hook: fn(SEXP), arg: SEXP) -> WaitErrorGuard {
+    let depth = WAIT_DEPTH.get();
     WaitErrorGuard(WAIT_ERROR_HOOKS.with(|s| {
-        s.push(((hook, arg), false));
+        s.push(HookEntry { hook: (hook, arg), spent: false, depth });
         s.len() - 1
     }))
 }
 
-/// The innermost wait's hook, if it has not run.
+/// The hook of the wait whose check is running (`check_interrupt`), if it
+/// set one and it has not run. Only that wait's: a wait with no hook (a
+/// mirai's) inside a handler that an outer cluster wait runs must not drop
+/// that outer call's tasks, as the handler may catch the error itself; if
+/// the error goes on to a handler that uses that cluster, `run_wait_hook_if`
+/// finds the outer hook then.
 fn live_wait_hook() -> Option<WaitErrorHook> {
-    WAIT_ERROR_HOOKS.with(|s| s.iter().rev().find(|(_, spent)| !spent).map(|(h, _)| *h))
+    let depth = WAIT_DEPTH.get();
+    WAIT_ERROR_HOOKS.with(|s| s.last().filter(|e| !e.spent && e.depth + 1 == depth).map(|e| e.hook))
 }
 
 /// Runs and spends the error hook of a wait in progress for what the caller
@@ -706,8 +727,8 @@ fn live_wait_hook() -> Option<WaitErrorHook> {
 /// waiting on (a handler run by that wait, using the same cluster) would
 /// otherwise receive what that wait's call was sent.
 pub fn run_wait_hook_if(mine: impl Fn(SEXP) -> bool) -> bool {
-    let hooks: Vec<(WaitErrorHook, bool)> = WAIT_ERROR_HOOKS.with(|s| s.clone());
-    let Some(h) = hooks.iter().rev().find(|((_, arg), spent)| !spent && mine(*arg)).map(|(h, _)| *h) else {
+    let hooks: Vec<HookEntry> = WAIT_ERROR_HOOKS.with(|s| s.clone());
+    let Some(h) = hooks.iter().rev().find(|e| !e.spent && mine(e.hook.1)).map(|e| e.hook) else {
         return false;
     };
     spend_wait_hook(h);
@@ -720,8 +741,8 @@ pub fn run_wait_hook_if(mine: impl Fn(SEXP) -> bool) -> bool {
 fn spend_wait_hook(hook: WaitErrorHook) {
     let (f, arg) = hook;
     WAIT_ERROR_HOOKS.with(|s| {
-        if let Some(e) = s.iter_mut().rev().find(|((g, a), spent)| !spent && *g as usize == f as usize && *a == arg) {
-            e.1 = true;
+        if let Some(e) = s.iter_mut().rev().find(|e| !e.spent && e.hook.0 as usize == f as usize && e.hook.1 == arg) {
+            e.spent = true;
         }
     });
     // A panic must not unwind into R; the hook reports nothing.
@@ -810,6 +831,7 @@ pub fn advance_rng() -> Result<(), RError> {
 /// while R waits) when `due()` says it has work. An error from the hook
 /// (a user's handler that stops) ends the wait.
 pub fn wait_interruptibly(mut ready: impl FnMut(std::time::Duration) -> bool) -> Result<(), RError> {
+    let _deeper = Deeper::new();
     while !ready(std::time::Duration::from_millis(100)) {
         check_interrupt()?;
         run_slice_hook()?;
@@ -823,10 +845,29 @@ pub fn wait_interruptibly(mut ready: impl FnMut(std::time::Duration) -> bool) ->
 pub fn run_slice_hook() -> Result<(), RError> {
     if let Some((due, hook)) = SLICE_HOOK.get() {
         if due() {
+            // The handlers it runs are a level down from the wait that ran
+            // it, also after a wait that ended in its spin (`WAIT_DEPTH`).
+            let _deeper = Deeper::new();
             hook()?;
         }
     }
     Ok(())
+}
+
+/// One level more of `WAIT_DEPTH` while it lives.
+struct Deeper;
+
+impl Deeper {
+    fn new() -> Deeper {
+        WAIT_DEPTH.set(WAIT_DEPTH.get() + 1);
+        Deeper
+    }
+}
+
+impl Drop for Deeper {
+    fn drop(&mut self) {
+        WAIT_DEPTH.set(WAIT_DEPTH.get() - 1);
+    }
 }
 
 /// What `wait_interruptibly` runs between slices: a cheap check, and the
