@@ -197,20 +197,31 @@ test_that("a node whose daemon died fails calls clearly, never hangs", {
   expect_identical(clusterEvalQ(cl[1], Sys.getpid()), list(pids[[1]]))
 })
 
-test_that("an interrupted parallel call leaves no stale results for the next one", {
-  skip_if_not_installed("processx")
-  out <- interrupt_child(c(
+# A child process that interrupts (Ctrl-C) `r <- <call>`, a parallel call
+# on a 2-node cluster whose tasks take 20 s, then runs `after`: what it
+# printed.
+interrupt_cluster_call <- function(call, after) {
+  interrupt_child(c(
     "library(mirai); library(parallel)",
     "cl <- make_cluster(2)",
     "invisible(clusterEvalQ(cl, 1))",
+    "slow <- function(i) { Sys.sleep(20); i * 100 }",
+    "got <- NULL",
     "cat('ready\\n')",
-    "r <- tryCatch(parLapply(cl, 1:2, function(i) { Sys.sleep(20); i * 100 }), interrupt = function(e) 'int')",
+    paste("r <-", call),
     "cat('first:', unlist(r), '\\n')",
-    "cat('next:', unlist(parLapply(cl, 1:2, function(i) -i)), '\\n')",
-    "cat('LB:', unlist(clusterApplyLB(cl, 1:4, function(i) i)), '\\n')",
+    after,
     "stop_cluster(cl)",
     "cat('done\\n')"
   ), "ready", "done", timeout = 60)
+}
+
+test_that("an interrupted parallel call leaves no stale results for the next one", {
+  skip_if_not_installed("processx")
+  out <- interrupt_cluster_call("tryCatch(parLapply(cl, 1:2, slow), interrupt = function(e) 'int')", c(
+    "cat('next:', unlist(parLapply(cl, 1:2, function(i) -i)), '\\n')",
+    "cat('LB:', unlist(clusterApplyLB(cl, 1:4, function(i) i)), '\\n')"
+  ))
   expect_match(out, "first: int", fixed = TRUE)
   # Not the interrupted call's 100 200: the results of the call just made.
   expect_match(out, "next: -1 -2 \n", fixed = TRUE)
@@ -221,20 +232,13 @@ test_that("a calling handler of an interrupt that uses the cluster gets its own 
   # The interrupted wait's tasks are dropped before any handler runs, as for
   # a time limit (PSOCK hands the handler the interrupted call's results).
   skip_if_not_installed("processx")
-  out <- interrupt_child(c(
-    "library(mirai); library(parallel)",
-    "cl <- make_cluster(2)",
-    "invisible(clusterEvalQ(cl, 1))",
-    "got <- NULL",
-    "cat('ready\\n')",
-    "r <- tryCatch(withCallingHandlers(parLapply(cl, 1:2, function(i) { Sys.sleep(20); i * 100 }),",
-    "  interrupt = function(c) got <<- unlist(parLapply(cl, 1:2, function(i) -i))), interrupt = function(e) 'int')",
-    "cat('first:', unlist(r), '\\n')",
+  out <- interrupt_cluster_call(paste(
+    "tryCatch(withCallingHandlers(parLapply(cl, 1:2, slow),",
+    "interrupt = function(c) got <<- unlist(parLapply(cl, 1:2, function(i) -i))), interrupt = function(e) 'int')"
+  ), c(
     "cat('got:', got, '\\n')",
-    "cat('next:', unlist(parLapply(cl, 1:2, function(i) i * 10)), '\\n')",
-    "stop_cluster(cl)",
-    "cat('done\\n')"
-  ), "ready", "done", timeout = 60)
+    "cat('next:', unlist(parLapply(cl, 1:2, function(i) i * 10)), '\\n')"
+  ))
   expect_match(out, "first: int", fixed = TRUE)
   expect_match(out, "got: -1 -2 \n", fixed = TRUE)
   expect_match(out, "next: 10 20 \n", fixed = TRUE)
