@@ -195,3 +195,29 @@ test_that("a time limit while a cluster waits for a node's daemon drops the call
   expect_identical(got, c(-1, -1))
   expect_identical(unlist(parallel::clusterCall(cl, function() 5)), c(5, 5))
 })
+
+test_that("a time limit a serialization hook catches itself, in a wait of its own, leaves the cluster call alone", {
+  # The hook runs while the node's task is sent (and its result read), not
+  # in the cluster's wait: only an error of that wait drops the call's
+  # tasks (the call failed with "node 1 of the cluster has no task to
+  # receive").
+  daemons(1)
+  on.exit(daemons(0), add = TRUE)
+  on.exit(setTimeLimit(), add = TRUE)
+  caught <- 0L
+  cfg <- serial_config("myobj", function(x) {
+    tryCatch({
+      setTimeLimit(elapsed = 0.2, transient = TRUE)
+      mirai(Sys.sleep(1))[]
+    }, error = function(e) caught <<- caught + 1L)
+    setTimeLimit(elapsed = Inf)
+    serialize(x$v, NULL)
+  }, unserialize)
+  cl <- make_cluster(2, serial = cfg)
+  on.exit(stop_cluster(cl), add = TRUE)
+  objs <- lapply(1:2, function(i) structure(list2env(list(v = i)), class = "myobj"))
+  r <- parallel::parLapply(cl, objs, function(o) { Sys.sleep(0.5); o * 10 })
+  expect_gte(caught, 2L)
+  expect_identical(unlist(r), c(10, 20))
+  expect_identical(unlist(parallel::parLapply(cl, 1:2, function(i) -i)), c(-1L, -2L))
+})

@@ -27,7 +27,7 @@ use super::shared::{node_payload_names, node_share_names};
 use crate::r::layer::handle::{handle, kept, new_handle, Tagged};
 use crate::r::layer::lang::*;
 use super::mirai::{aio, cancel, outcome_to_sexp, race_reading, wait_node};
-use super::profile::{serialize_task, submit_node, submit_node_shared, ShareBytes};
+use super::profile::{profile, serialize_task, submit_node, submit_node_shared, wait_for_node, ShareBytes};
 use crate::r::layer::value::*;
 use crate::host::sched::ERR_CANCELED;
 use std::cell::RefCell;
@@ -124,13 +124,16 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
     // A wait for the node's daemon to connect (or for queue room) that a
     // time limit ends drops the call's tasks before the caller's handlers
     // run, as a receive's does.
-    let _undo = on_wait_error(drop_on_wait_error, node);
+    let undo = on_wait_error(drop_on_wait_error, node);
     let prof = env_get(node, s.prof)?;
     if !is_env(prof.sexp()) || !is_true(env_get(prof.sexp(), s.active)?.sexp()) {
         return Err("cluster is no longer active".into());
     }
     let p = env_get(prof.sexp(), s.host)?;
     let number = node_number(node, s)?;
+    // The wait first, on its own: what follows runs R code (a function's
+    // check, serialization hooks) that may wait on something else.
+    undo.armed(|| wait_for_node(profile(&p)?, number - 1))?;
     let d = list_get(data, "data");
     let (fun, args, tag) = (list_get(d, "fun"), list_get(d, "args"), list_get(d, "tag"));
     let cache = node_funs(prof.sexp(), s)?;
@@ -364,8 +367,8 @@ pub fn mirai_node_recv(node: SEXP) -> RResult {
     if is_null(h.sexp()) {
         return Err(format!("node {} of the cluster has no task to receive", node_number(node, s)?).into());
     }
-    let _undo = on_wait_error(drop_on_wait_error, node);
-    wait_node(aio(&h)?)?;
+    let undo = on_wait_error(drop_on_wait_error, node);
+    undo.armed(|| wait_node(aio(&h)?))?;
     pop_result(node, h.sexp(), s)
 }
 
@@ -403,8 +406,8 @@ pub fn mirai_cluster_recv(cl: SEXP) -> RResult {
     if aios.is_empty() {
         return Err("no node of the cluster has a task to receive".into());
     }
-    let _undo = on_wait_error(drop_on_wait_error, list_at(cl, which[0]));
-    let k = race_reading(&aios)?;
+    let undo = on_wait_error(drop_on_wait_error, list_at(cl, which[0]));
+    let k = undo.armed(|| race_reading(&aios))?;
     let i = which[k];
     let msg = pop_result(list_at(cl, i), heads[k].sexp(), s)?;
     let number = int(i as i32 + 1)?;

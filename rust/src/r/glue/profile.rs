@@ -266,7 +266,7 @@ pub const WAIT_NOTE: Duration = Duration::from_secs(10);
 
 /// Waits (interruptibly) until the `node`-th daemon (from 0) has joined
 /// the host.
-fn wait_for_node(prof: &Profile, node: usize) -> Result<(), RError> {
+pub(super) fn wait_for_node(prof: &Profile, node: usize) -> Result<(), RError> {
     let stats = &prof.host.stats;
     if stats.cumulative.load(Ordering::Relaxed) > node as u64 {
         return Ok(());

@@ -161,13 +161,13 @@ pub fn mirai_node_held(h: SEXP) -> RResult {
 /// node, whose cluster's tasks an error in the wait drops first (see
 /// `node::drop_on_wait_error`).
 pub fn mirai_node_wait_held(h: SEXP, node: SEXP) -> RResult {
-    let _undo = on_wait_error(super::node::drop_on_wait_error, node);
+    let undo = on_wait_error(super::node::drop_on_wait_error, node);
     let a = aio(&h)?;
     // This wait reads no daemon itself: the loop thread must.
     super::mirai::settle_claims(None);
     let (id, inbox, slot) = (a.id, a.profile.host.relay.clone(), a.slot.clone());
     let held = || inbox.has_held(id);
-    wait_interruptibly(|slice| slot.is_done() || held() || slot.wait(slice) || held())?;
+    undo.armed(|| wait_interruptibly(|slice| slot.is_done() || held() || slot.wait(slice) || held()))?;
     super::node::still_head(node, h)?;
     lgl(held())
 }

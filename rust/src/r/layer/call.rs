@@ -675,13 +675,16 @@ pub fn check_interrupt() -> Result<(), RError> {
 type WaitErrorHook = (fn(SEXP), SEXP);
 
 /// A wait's hook on the stack below: the hook, whether it has run (spent),
-/// and `WAIT_DEPTH` when it was set (its wait's `wait_interruptibly` runs
-/// one deeper).
+/// `WAIT_DEPTH` when it was set (its wait's `wait_interruptibly` runs one
+/// deeper), and whether its wait is running (`WaitErrorGuard::armed`):
+/// R code its caller runs outside the wait (a serialization hook) may wait
+/// too, at that same depth.
 #[derive(Clone, Copy)]
 struct HookEntry {
     hook: WaitErrorHook,
     spent: bool,
     depth: usize,
+    armed: bool,
 }
 
 /// The hooks of the waits in progress, innermost last. A stack, not one
@@ -705,20 +708,20 @@ pub struct WaitErrorGuard(usize);
 pub fn on_wait_error(hook: fn(SEXP), arg: SEXP) -> WaitErrorGuard {
     let depth = WAIT_DEPTH.get();
     WaitErrorGuard(WAIT_ERROR_HOOKS.with(|s| {
-        s.push(HookEntry { hook: (hook, arg), spent: false, depth });
+        s.push(HookEntry { hook: (hook, arg), spent: false, depth, armed: false });
         s.len() - 1
     }))
 }
 
 /// The hook of the wait whose check is running (`check_interrupt`), if it
 /// set one and it has not run. Only that wait's: a wait with no hook (a
-/// mirai's) inside a handler that an outer cluster wait runs must not drop
-/// that outer call's tasks, as the handler may catch the error itself; if
-/// the error goes on to a handler that uses that cluster, `run_wait_hook_if`
-/// finds the outer hook then.
+/// mirai's) inside a handler that an outer cluster wait runs, or in a
+/// serialization hook its caller runs, must not drop that call's tasks, as
+/// the handler may catch the error itself; if the error goes on to a
+/// handler that uses that cluster, `run_wait_hook_if` finds the hook then.
 fn live_wait_hook() -> Option<WaitErrorHook> {
     let depth = WAIT_DEPTH.get();
-    WAIT_ERROR_HOOKS.with(|s| s.last().filter(|e| !e.spent && e.depth + 1 == depth).map(|e| e.hook))
+    WAIT_ERROR_HOOKS.with(|s| s.last().filter(|e| !e.spent && e.armed && e.depth + 1 == depth).map(|e| e.hook))
 }
 
 /// Runs and spends the error hook of a wait in progress for what the caller
@@ -747,6 +750,30 @@ fn spend_wait_hook(hook: WaitErrorHook) {
     });
     // A panic must not unwind into R; the hook reports nothing.
     let _ = std::panic::catch_unwind(|| f(arg));
+}
+
+impl WaitErrorGuard {
+    /// Runs `wait`, the wait this guard's hook is for: only an error its
+    /// own checks raise runs the hook first (`live_wait_hook`).
+    pub fn armed<T>(&self, wait: impl FnOnce() -> T) -> T {
+        let at = self.0;
+        let set = |on: bool| {
+            WAIT_ERROR_HOOKS.with(|s| {
+                if let Some(e) = s.get_mut(at) {
+                    e.armed = on;
+                }
+            })
+        };
+        struct Disarm<F: Fn(bool)>(F);
+        impl<F: Fn(bool)> Drop for Disarm<F> {
+            fn drop(&mut self) {
+                (self.0)(false);
+            }
+        }
+        set(true);
+        let _disarm = Disarm(set);
+        wait()
+    }
 }
 
 impl Drop for WaitErrorGuard {
