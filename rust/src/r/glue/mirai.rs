@@ -24,10 +24,12 @@ static LINGERING: MainThread<Option<Weak<Profile>>> = MainThread::new(None);
 /// read those daemons itself would otherwise find their replies only once
 /// the host's loop thread takes the claims back (up to twice `LINGER`).
 pub(super) fn settle_claims(keep: Option<&Arc<Profile>>) {
-    let Some(p) = LINGERING.with(Option::take).and_then(|w| w.upgrade()) else { return };
-    if keep.is_some_and(|k| Arc::ptr_eq(k, &p)) {
-        LINGERING.with(|l| *l = Some(Arc::downgrade(&p)));
-    } else {
+    let p = LINGERING.with(|l| l.as_ref().and_then(Weak::upgrade));
+    if p.as_ref().zip(keep).is_some_and(|(p, k)| Arc::ptr_eq(p, k)) {
+        return;
+    }
+    LINGERING.with(|l| *l = None);
+    if let Some(p) = p {
         p.host.settle();
     }
 }

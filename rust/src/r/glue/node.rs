@@ -131,8 +131,9 @@ pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
     }
     let p = env_get(prof.sexp(), s.host)?;
     let number = node_number(node, s)?;
-    // The wait first, on its own: what follows runs R code (a function's
-    // check, serialization hooks) that may wait on something else.
+    // The wait for the node's daemon to join first, on its own: what
+    // follows runs R code (a function's check, serialization hooks) that
+    // may wait on something else.
     undo.armed(|| wait_for_node(profile(&p)?, number - 1))?;
     let d = list_get(data, "data");
     let (fun, args, tag) = (list_get(d, "fun"), list_get(d, "args"), list_get(d, "tag"));

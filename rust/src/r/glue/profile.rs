@@ -290,11 +290,11 @@ pub(super) fn wait_for_node(prof: &Profile, node: usize) -> Result<(), RError> {
 }
 
 /// Submits a cluster node's task (`p` a profile handle): it runs on the
-/// `node`-th daemon (from 0) to have joined the host, once that one has
-/// joined (the wait can be interrupted; nothing is sent until it ends).
+/// `node`-th daemon (from 0) to have joined the host, for which the caller
+/// has waited (`wait_for_node`; the host fails the task at once if that
+/// daemon has not joined, or has gone).
 pub fn submit_node(p: &Owned, data: SEXP, node: usize) -> Result<Aio, RError> {
     let prof = profile(p)?;
-    wait_for_node(prof, node)?;
     submit_with(prof, p.sexp(), data, |host, id, frame, slot| host.submit_to_node(id, frame, slot, node))
 }
 
@@ -329,7 +329,6 @@ pub fn submit_node_shared(
     node: usize,
 ) -> Result<Aio, RError> {
     let prof = profile(p)?;
-    wait_for_node(prof, node)?;
     let host = &prof.host;
     let id = host.next_task_id();
     let mut scratch = take_scratch();

@@ -650,8 +650,8 @@ pub fn check_interrupt() -> Result<(), RError> {
         // hook's guard gone: a calling handler of it that used what the wait
         // was for would get the wait's call's results. The wait ends here
         // either way, so its hook runs now, before any handler.
-        if let Some(h) = live_wait_hook() {
-            spend_wait_hook(h);
+        if let Some(at) = live_wait_hook() {
+            spend_wait_hook(at);
         }
         return Err(RError::Interrupt);
     }
@@ -661,7 +661,7 @@ pub fn check_interrupt() -> Result<(), RError> {
         try_r(|r| {
             match hook {
                 None => r.check_user_interrupt(),
-                Some(h) => check_user_interrupt_then(h),
+                Some(at) => check_user_interrupt_then(at),
             }
             super::value::nil()
         })
@@ -675,16 +675,14 @@ pub fn check_interrupt() -> Result<(), RError> {
 type WaitErrorHook = (fn(SEXP), SEXP);
 
 /// A wait's hook on the stack below: the hook, whether it has run (spent),
-/// `WAIT_DEPTH` when it was set (its wait's `wait_interruptibly` runs one
-/// deeper), and whether its wait is running (`WaitErrorGuard::armed`):
-/// R code its caller runs outside the wait (a serialization hook) may wait
-/// too, at that same depth.
+/// and, while its wait runs (`WaitErrorGuard::armed`), `WAIT_DEPTH` then
+/// (the wait's `wait_interruptibly` checks one deeper). Unarmed, R code the
+/// wait's caller runs beside it (a serialization hook) may wait too.
 #[derive(Clone, Copy)]
 struct HookEntry {
     hook: WaitErrorHook,
     spent: bool,
-    depth: usize,
-    armed: bool,
+    armed_at: Option<usize>,
 }
 
 /// The hooks of the waits in progress, innermost last. A stack, not one
@@ -706,9 +704,8 @@ static WAIT_DEPTH: MainThread<usize> = MainThread::new(0);
 pub struct WaitErrorGuard(usize);
 
 pub fn on_wait_error(hook: fn(SEXP), arg: SEXP) -> WaitErrorGuard {
-    let depth = WAIT_DEPTH.get();
     WaitErrorGuard(WAIT_ERROR_HOOKS.with(|s| {
-        s.push(HookEntry { hook: (hook, arg), spent: false, depth, armed: false });
+        s.push(HookEntry { hook: (hook, arg), spent: false, armed_at: None });
         s.len() - 1
     }))
 }
@@ -719,9 +716,14 @@ pub fn on_wait_error(hook: fn(SEXP), arg: SEXP) -> WaitErrorGuard {
 /// serialization hook its caller runs, must not drop that call's tasks, as
 /// the handler may catch the error itself; if the error goes on to a
 /// handler that uses that cluster, `run_wait_hook_if` finds the hook then.
-fn live_wait_hook() -> Option<WaitErrorHook> {
+/// Its place on the stack.
+fn live_wait_hook() -> Option<usize> {
     let depth = WAIT_DEPTH.get();
-    WAIT_ERROR_HOOKS.with(|s| s.last().filter(|e| !e.spent && e.armed && e.depth + 1 == depth).map(|e| e.hook))
+    WAIT_ERROR_HOOKS.with(|s| {
+        let at = s.len().checked_sub(1)?;
+        let e = s[at];
+        (!e.spent && e.armed_at.is_some_and(|d| d + 1 == depth)).then_some(at)
+    })
 }
 
 /// Runs and spends the error hook of a wait in progress for what the caller
@@ -730,24 +732,31 @@ fn live_wait_hook() -> Option<WaitErrorHook> {
 /// waiting on (a handler run by that wait, using the same cluster) would
 /// otherwise receive what that wait's call was sent.
 pub fn run_wait_hook_if(mine: impl Fn(SEXP) -> bool) -> bool {
-    let hooks: Vec<HookEntry> = WAIT_ERROR_HOOKS.with(|s| s.clone());
-    let Some(h) = hooks.iter().rev().find(|e| !e.spent && mine(e.hook.1)).map(|e| e.hook) else {
-        return false;
-    };
-    spend_wait_hook(h);
-    true
+    let n = WAIT_ERROR_HOOKS.with(|s| s.len());
+    // `mine` reads R objects: not while the stack is lent.
+    let found = (0..n).rev().find(|&at| {
+        let e = WAIT_ERROR_HOOKS.with(|s| s.get(at).copied());
+        e.is_some_and(|e| !e.spent && mine(e.hook.1))
+    });
+    if let Some(at) = found {
+        spend_wait_hook(at);
+    }
+    found.is_some()
 }
 
-/// Marks the hook spent, then runs it: so that a wait of the handlers that
-/// run next, still within this wait, does not undo this wait's caller's
-/// work again.
-fn spend_wait_hook(hook: WaitErrorHook) {
-    let (f, arg) = hook;
-    WAIT_ERROR_HOOKS.with(|s| {
-        if let Some(e) = s.iter_mut().rev().find(|e| !e.spent && e.hook.0 as usize == f as usize && e.hook.1 == arg) {
+/// Marks the hook at place `at` spent, then runs it: so that a wait of the
+/// handlers that run next, still within this wait, does not undo this
+/// wait's caller's work again. (A place below the top stays put while
+/// anything runs above it: guards come and go in order.)
+fn spend_wait_hook(at: usize) {
+    let Some((f, arg)) = WAIT_ERROR_HOOKS.with(|s| {
+        s.get_mut(at).map(|e| {
             e.spent = true;
-        }
-    });
+            e.hook
+        })
+    }) else {
+        return;
+    };
     // A panic must not unwind into R; the hook reports nothing.
     let _ = std::panic::catch_unwind(|| f(arg));
 }
@@ -756,22 +765,23 @@ impl WaitErrorGuard {
     /// Runs `wait`, the wait this guard's hook is for: only an error its
     /// own checks raise runs the hook first (`live_wait_hook`).
     pub fn armed<T>(&self, wait: impl FnOnce() -> T) -> T {
-        let at = self.0;
-        let set = |on: bool| {
-            WAIT_ERROR_HOOKS.with(|s| {
-                if let Some(e) = s.get_mut(at) {
-                    e.armed = on;
-                }
-            })
-        };
-        struct Disarm<F: Fn(bool)>(F);
-        impl<F: Fn(bool)> Drop for Disarm<F> {
+        struct Disarm(usize);
+        impl Drop for Disarm {
             fn drop(&mut self) {
-                (self.0)(false);
+                WAIT_ERROR_HOOKS.with(|s| {
+                    if let Some(e) = s.get_mut(self.0) {
+                        e.armed_at = None;
+                    }
+                })
             }
         }
-        set(true);
-        let _disarm = Disarm(set);
+        let depth = WAIT_DEPTH.get();
+        WAIT_ERROR_HOOKS.with(|s| {
+            if let Some(e) = s.get_mut(self.0) {
+                e.armed_at = Some(depth);
+            }
+        });
+        let _disarm = Disarm(self.0);
         wait()
     }
 }
@@ -783,10 +793,11 @@ impl Drop for WaitErrorGuard {
     }
 }
 
-/// R_CheckUserInterrupt with `hook` as the innermost calling error handler.
+/// R_CheckUserInterrupt with the hook at place `at` (of `WAIT_ERROR_HOOKS`)
+/// as the innermost calling error handler.
 /// Only inside `try_r`: the error goes on to the caller's handlers and
 /// jumps as any other.
-unsafe fn check_user_interrupt_then(hook: WaitErrorHook) {
+unsafe fn check_user_interrupt_then(at: usize) {
     unsafe extern "C" fn body(_: *mut c_void) -> SEXP {
         // SAFETY: R's main thread; a jump is stopped by the try_r this runs
         // in, and this frame owns nothing.
@@ -795,16 +806,17 @@ unsafe fn check_user_interrupt_then(hook: WaitErrorHook) {
         unsafe { R_NilValue }
     }
     unsafe extern "C" fn handler(_cond: SEXP, data: *mut c_void) -> SEXP {
-        // SAFETY: `data` points at the hook on `check_user_interrupt_then`'s
-        // frame, alive while R runs this handler within the call below.
-        spend_wait_hook(unsafe { *(data as *const WaitErrorHook) });
+        // SAFETY: `data` points at the hook's place on
+        // `check_user_interrupt_then`'s frame, alive while R runs this
+        // handler within the call below.
+        spend_wait_hook(unsafe { *(data as *const usize) });
         // Returning declines: the error goes on to the caller's handlers.
         // SAFETY: R's constant.
         unsafe { R_NilValue }
     }
-    let mut h = hook;
-    // SAFETY: both callbacks match R's types; `h` outlives the call.
-    unsafe { R_withCallingErrorHandler(body, std::ptr::null_mut(), handler, &mut h as *mut WaitErrorHook as *mut c_void) };
+    let mut at = at;
+    // SAFETY: both callbacks match R's types; `at` outlives the call.
+    unsafe { R_withCallingErrorHandler(body, std::ptr::null_mut(), handler, &mut at as *mut usize as *mut c_void) };
 }
 
 /// Whether the user has asked to interrupt (Ctrl-C), for a wait that no
