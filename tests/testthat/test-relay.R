@@ -517,7 +517,13 @@ test_that("a map's [.progress] counts progress inside elements (progressr and cl
   halves <- 0L
   ms <- list(mirai(body(1L, gate), body = body, gate = gate),
              mirai(body(2L, gate), body = body, gate = gate))
-  quiet <- mirai(1L, .compute = "quiet")
+  # The quiet task also waits for the gate: were it over before the halves
+  # came, the bar would go 1.5, 2.0 and never show 1.0.
+  quiet <- mirai({
+    t0 <- Sys.time()
+    while (!file.exists(gate) && difftime(Sys.time(), t0, units = "secs") < 60) Sys.sleep(0.01)
+    1L
+  }, gate = gate, .compute = "quiet")
   r <- text_bar(withCallingHandlers(
     collect_mirai(c(ms, list(quiet)), ".progress"),
     message = function(c) {
