@@ -183,19 +183,14 @@ as.cluster.miraiNode <- function(x, ...) {
 #' @exportS3Method parallel::sendData
 #' @exportS3Method snow::sendData
 sendData.miraiNode <- function(node, data) {
-  # The message is evaluated first: an error in making it is the caller's
-  # and leaves the cluster as it was. (snow's sendCall() passes its `args`
-  # unevaluated, and doSNOW's are its iterator's next element, whose end
-  # is an error that doSNOW catches before receiving the results still
-  # outstanding.)
-  force(data)
-  # Interrupted (or failed) before the task is on record: parallel's caller
-  # gives up on the tasks already sent to other nodes too.
-  sent <- FALSE
-  on.exit(if (!sent) drop_outstanding(node))
-  .Call(C_mirai_node_send, node, data)
-  sent <- TRUE
-  invisible()
+  # `data` is evaluated as .Call()'s argument, first: an error in making
+  # the message is the caller's and leaves the cluster as it was. (snow's
+  # sendCall() passes its `args` unevaluated, and doSNOW's are its
+  # iterator's next element, whose end is an error that doSNOW catches
+  # before receiving the results still outstanding.) Interrupted or failed
+  # once sending began, the routine drops the tasks outstanding on the
+  # cluster: parallel's caller gives up on all of them.
+  invisible(.Call(C_mirai_node_send, node, data))
 }
 
 # future (ClusterFuture) drives a node through parallel's sendCall() and
@@ -273,12 +268,10 @@ sendData.miraiRelay <- function(node, data) {
 #' @exportS3Method parallel::recvOneData
 #' @exportS3Method snow::recvOneData
 recvOneData.miraiCluster <- function(cl) {
-  received <- FALSE
-  on.exit(if (!received && length(cl)) drop_outstanding(.subset2(cl, 1L)))
   # list(node, value), or the number of a node holding messages already
-  # received (future's relayed conditions), which come first.
+  # received (future's relayed conditions), which come first. Interrupted
+  # or failed, the routine drops the tasks outstanding on the cluster.
   r <- .Call(C_mirai_cluster_recv, cl)
-  received <- TRUE
   if (is.integer(r)) return(list(node = r, value = recvData.miraiNode(.subset2(cl, r))))
   if (is.object(.subset2(.subset2(r, "value"), "value")))
     r[["value"]] <- node_message(.subset2(cl, .subset2(r, "node")), .subset2(r, "value"))

@@ -14,7 +14,7 @@
 //! for timers. R's thread wakes it (mio Waker) only for a new deadline or for
 //! shutdown. While R's thread spins for a task's result it also reads that
 //! task's daemon itself (`Host::read_for`; a cluster's nodes:
-//! `read_for_all`), whenever the loop thread does not hold the core: a
+//! `read_for_any`), whenever the loop thread does not hold the core: a
 //! tiny round trip then does not wait for the loop thread to be scheduled.
 //! Meanwhile the poll does not report that daemon's data to the loop
 //! thread, which would only wake to find it read (`Claim`, `Core::quiet`).
@@ -62,6 +62,7 @@
 //! returns the reason as an error.
 
 pub mod aio;
+pub mod idmap;
 pub mod monitor;
 pub mod pool;
 pub mod relay;
@@ -82,6 +83,7 @@ use crate::wire::url::Address;
 use crate::host::wqueue::{WriteQueue, Withdrawn, NO_TASK};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
+use idmap::IdMap;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -274,7 +276,7 @@ struct Claim {
     /// Tokens of the claimed connections, 0 for a free place.
     conns: [std::sync::atomic::AtomicUsize; CLAIM_MAX],
     /// Per place: bumped each time R's thread reads that place's daemon
-    /// (`read_for_all`), so the loop thread sees which claims are in use.
+    /// (`read_for_any`), so the loop thread sees which claims are in use.
     touched: [AtomicU64; CLAIM_MAX],
     missed: std::sync::atomic::AtomicBool,
     /// The claims outlive the wait that made them (`linger_read`).
@@ -378,10 +380,10 @@ impl Host {
             waker: Some(waker),
             listener: Some(listener),
             framing,
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             next_token: 2,
             sched: Sched::new(opts.dispatcher),
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             completions: Vec::new(),
             defer_completions: false,
             #[cfg(feature = "test-hooks")]
@@ -489,12 +491,16 @@ impl Host {
     /// waiting for the loop thread to wake. Call `end_read` when the wait
     /// ends.
     pub fn read_for(&self, id: TaskId) {
-        self.read_for_all(&[id]);
+        self.read_for_any(&[id], || false);
     }
 
     /// `read_for`, for whichever of tasks `ids` resolves first (a
-    /// cluster's nodes): reads each of their daemons (at most `CLAIM_MAX`).
-    pub fn read_for_all(&self, ids: &[TaskId]) {
+    /// cluster's nodes): reads their daemons (at most `CLAIM_MAX`) in the
+    /// order of `ids`, until `enough` says one has resolved. Given oldest
+    /// first, the daemon likeliest to have answered is read first, and a
+    /// receive that finds its reply there makes no read that comes back
+    /// empty (in `clusterApplyLB()` on 2 nodes, one `recv` call in two).
+    pub fn read_for_any(&self, ids: &[TaskId], enough: impl Fn() -> bool) {
         let mut core = match self.core.try_lock() {
             Ok(c) => c,
             Err(std::sync::TryLockError::WouldBlock) => return,
@@ -513,6 +519,9 @@ impl Host {
             if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.read_conn(Token(d as usize), false))) {
                 core.die(format!("the host failed ({})", threads::panic_message(&*p)));
                 return;
+            }
+            if enough() {
+                break;
             }
         }
         // A one-shot host stops from its loop once nothing is pending; the
@@ -540,7 +549,7 @@ impl Host {
         });
     }
 
-    /// Ends what `read_for_all` began, but keeps the claims for the next
+    /// Ends what `read_for_any` began, but keeps the claims for the next
     /// wait on the same daemons (a cluster's next receive): see `Claim`.
     /// The loop thread is woken when claims start to linger, so that it
     /// wakes again to take them back if they go unused.
@@ -1163,10 +1172,10 @@ struct Core {
     /// may bind it while R still holds this one's handle).
     listener: Option<Listener>,
     framing: Framing,
-    conns: HashMap<Token, Conn>,
+    conns: IdMap<Token, Conn>,
     next_token: usize,
     sched: Sched,
-    tasks: HashMap<TaskId, TaskEntry>,
+    tasks: IdMap<TaskId, TaskEntry>,
     /// Slots resolved by the actions being applied, completed only once the
     /// counters are published (`publish_then_complete`).
     completions: Vec<(Arc<Slot>, Outcome)>,

@@ -56,7 +56,8 @@
 //! timed out or was cancelled is resolved already and stays so, and a
 //! pinned task never moves to another daemon.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use super::idmap::IdMap;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 
 pub type TaskId = u64;
 pub type DaemonId = u64;
@@ -180,7 +181,7 @@ type Load = (u64, u64, usize, u64, DaemonId);
 #[derive(Debug, Default)]
 struct IdleSet {
     items: Vec<DaemonId>,
-    pos: HashMap<DaemonId, usize>,
+    pos: IdMap<DaemonId, usize>,
 }
 
 impl IdleSet {
@@ -212,8 +213,8 @@ impl IdleSet {
 pub struct Sched {
     dispatcher: bool,
     queue: VecDeque<TaskId>,
-    tasks: HashMap<TaskId, Task>,
-    daemons: HashMap<DaemonId, Daemon>,
+    tasks: IdMap<TaskId, Task>,
+    daemons: IdMap<DaemonId, Daemon>,
     idle: IdleSet,
     /// Without a dispatcher: every connected daemon, least loaded first.
     by_load: BTreeSet<Load>,
@@ -236,8 +237,8 @@ impl Sched {
         Sched {
             dispatcher,
             queue: VecDeque::new(),
-            tasks: HashMap::new(),
-            daemons: HashMap::new(),
+            tasks: IdMap::default(),
+            daemons: IdMap::default(),
             idle: IdleSet::default(),
             by_load: BTreeSet::new(),
             picks: 0,

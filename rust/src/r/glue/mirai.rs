@@ -213,11 +213,13 @@ pub(super) fn race_reading(aios: &[&Aio]) -> Result<usize, RError> {
     }
     settle_claims(Some(&first.profile));
     let host = &first.profile.host;
-    let ids: Vec<u64> = aios.iter().map(|a| a.id).collect();
+    // Oldest first: the likeliest to have resolved (`Host::read_for_any`).
+    let mut ids: Vec<u64> = aios.iter().map(|a| a.id).collect();
+    ids.sort_unstable();
     let done = || slots.iter().position(|s| s.is_done());
     let read = || {
         done().or_else(|| {
-            host.read_for_all(&ids);
+            host.read_for_any(&ids, || done().is_some());
             done()
         })
     };

@@ -111,7 +111,24 @@ fn node_number(node: SEXP, s: &Syms) -> Result<usize, RError> {
 /// `fun`, `args` and `tag`. The task goes to the node's daemon (waiting,
 /// interruptibly, for it to join) and is put on the node's record; should
 /// recording fail, the task is cancelled rather than left unreachable.
+///
+/// Failed or interrupted before the task is on record, the cluster's
+/// outstanding tasks go (`mirai_cluster_drop`): parallel's caller gives up
+/// on those already sent to other nodes too, and its next call would
+/// receive their results. Done here rather than by an `on.exit()` in
+/// R/cluster.R's method: R code run for every task of `clusterApplyLB()`
+/// on R's thread, its bottleneck. An interrupt is raised after the drop,
+/// so a calling handler finds the cluster as the hooks of `on_wait_error`
+/// leave it.
 pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
+    let sent = node_send(node, data);
+    if sent.is_err() && is_env(node) {
+        drop_on_wait_error(node);
+    }
+    sent
+}
+
+fn node_send(node: SEXP, data: SEXP) -> RResult {
     let s = syms()?;
     check_node(node)?;
     // Sent from within a wait on the same cluster (by a handler of a
@@ -383,8 +400,17 @@ pub(super) fn drop_on_wait_error(node: SEXP) {
 /// `recvOneData()` on a cluster (a list of nodes): the number of the first
 /// node holding messages already received (R hands those out), else waits
 /// (interruptibly) for whichever node's oldest task resolves first and
-/// returns `list(node, value = message)`.
+/// returns `list(node, value = message)`. Failed or interrupted, the
+/// cluster's outstanding tasks go, as in `mirai_node_send`.
 pub fn mirai_cluster_recv(cl: SEXP) -> RResult {
+    let received = cluster_recv(cl);
+    if received.is_err() && is_list(cl) && len(cl) > 0 && is_env(list_at(cl, 0)) {
+        drop_on_wait_error(list_at(cl, 0));
+    }
+    received
+}
+
+fn cluster_recv(cl: SEXP) -> RResult {
     let s = syms()?;
     if !is_list(cl) {
         return Err("internal error in mirai: recvOneData() was passed no 'miraiCluster'".into());
