@@ -24,7 +24,7 @@
 use crate::r::layer::call::{on_wait_error, run_wait_hook_if, RError, RResult};
 use crate::r::layer::ffi::{CLOSXP, SEXP};
 use super::shared::{node_payload_names, node_share_names};
-use crate::r::layer::handle::{handle, kept, new_handle, Tagged};
+use crate::r::layer::handle::{handle, kept, new_handle, new_short_handle, Tagged};
 use crate::r::layer::lang::*;
 use super::mirai::{aio, cancel, outcome_to_sexp, race_reading, wait_node};
 use super::profile::{profile, serialize_task, submit_node, submit_node_shared, wait_for_node, ShareBytes};
@@ -165,7 +165,7 @@ fn node_send(node: SEXP, data: SEXP) -> RResult {
         }
     };
     let (id, profile) = (a.id, a.profile.clone());
-    let recorded = new_handle(a, kept(p.sexp())).and_then(|h| {
+    let recorded = new_short_handle(a, kept(p.sexp())).and_then(|h| {
         if is_null(env_get(node, s.head)?.sexp()) {
             env_set(node, s.head, h.sexp())?;
             env_set(node, s.head_tag, tag)

@@ -26,6 +26,28 @@ pub trait Tagged: Sized + 'static {
 
 static R_FINALIZER: MainThread<Option<SEXP>> = MainThread::new(None);
 
+/// Each kind's tag symbol, once looked up: `handle()` runs several times
+/// for every mirai and every cluster task, and `Rf_install` hashes the
+/// name and compares strings on each call (under 1% of R's thread in
+/// `clusterApplyLB()`, but for nothing).
+static TAG_SYMS: MainThread<[Option<(std::any::TypeId, SEXP)>; 8]> = MainThread::new([None; 8]);
+
+fn tag_symbol<T: Tagged>() -> SEXP {
+    let kind = std::any::TypeId::of::<T>();
+    if let Some(sym) = TAG_SYMS.with(|t| t.iter().flatten().find(|e| e.0 == kind).map(|e| e.1)) {
+        return sym;
+    }
+    // SAFETY: the tag symbol was installed at load (`init_tags`), so this
+    // finds it without allocating. Symbols are never collected.
+    let sym = unsafe { Rf_install(T::TAG.as_ptr()) };
+    TAG_SYMS.with(|t| {
+        if let Some(free) = t.iter_mut().find(|e| e.is_none()) {
+            *free = Some((kind, sym));
+        }
+    });
+    sym
+}
+
 /// Records the R function that frees `R_FINALIZED` handles (preserved).
 pub fn init_r_finalizer(f: SEXP) -> Result<(), RError> {
     // SAFETY: the closure owns nothing with a destructor.
@@ -37,10 +59,9 @@ pub fn init_r_finalizer(f: SEXP) -> Result<(), RError> {
 /// Frees the value behind handle `s` of kind T now (the R finalizer of
 /// `R_FINALIZED` kinds); nothing for one already freed or of another kind.
 pub fn free_handle<T: Tagged>(s: SEXP) {
-    // SAFETY: the tag symbol was installed at load (`init_tags`), so this
-    // finds it without allocating; reading an external pointer's tag
-    // allocates nothing (checked to be one first).
-    let ours = type_of(s) == EXTPTRSXP && unsafe { R_ExternalPtrTag(s) == Rf_install(T::TAG.as_ptr()) };
+    // SAFETY: reading an external pointer's tag allocates nothing
+    // (checked to be one first).
+    let ours = type_of(s) == EXTPTRSXP && unsafe { R_ExternalPtrTag(s) } == tag_symbol::<T>();
     if ours {
         // SAFETY: an external pointer of T's kind, on R's main thread: what
         // `finalize` requires.
@@ -68,14 +89,29 @@ unsafe extern "C" fn finalize<T: Tagged>(s: SEXP) {
 /// with it: R's GC owns it, and no Rust value ever holds a SEXP. If R
 /// cannot allocate, `v` is dropped here and the R error comes back as Err.
 pub fn new_handle<T: Tagged>(v: T, prot: SEXP) -> Result<Owned, RError> {
+    make_handle(v, prot, T::R_FINALIZED)
+}
+
+/// `new_handle` with a C finalizer even for an `R_FINALIZED` kind: for a
+/// handle made and dropped once per task while few are alive at once (a
+/// cluster node's task, one per node at a time under parallel's calls).
+/// R calls an R finalizer as a function, about a microsecond at the end of
+/// a collection for each handle (2.4% of R's thread in `clusterApplyLB()`,
+/// measured with perf); the C one costs 56 bytes of R's heap while the
+/// handle lives.
+pub fn new_short_handle<T: Tagged>(v: T, prot: SEXP) -> Result<Owned, RError> {
+    make_handle(v, prot, false)
+}
+
+fn make_handle<T: Tagged>(v: T, prot: SEXP, r_finalized: bool) -> Result<Owned, RError> {
     let p = Box::into_raw(Box::new(v));
     // SAFETY: the closure owns nothing with a destructor (`p` is a raw
     // pointer).
     let made = unsafe {
         rooted(|r| {
-            let h = r.protect(r.external_ptr(p as *mut c_void, r.install(T::TAG), prot));
+            let h = r.protect(r.external_ptr(p as *mut c_void, tag_symbol::<T>(), prot));
             match R_FINALIZER.get() {
-                Some(f) if T::R_FINALIZED => r.register_r_finalizer(h, f),
+                Some(f) if r_finalized => r.register_r_finalizer(h, f),
                 _ => r.register_finalizer(h, finalize::<T>),
             }
             h
@@ -120,10 +156,9 @@ impl Held for Owned {
 /// The value behind handle `s`, for as long as `s` is borrowed.
 pub fn handle<'a, T: Tagged>(s: &'a impl Held, what: &str) -> Result<&'a T, RError> {
     let s = s.held();
-    // SAFETY: the tag symbol was installed at load (`init_tags`), so this
-    // finds it without allocating; reading an external pointer's tag
-    // allocates nothing (checked to be one first).
-    let ours = type_of(*s) == EXTPTRSXP && unsafe { R_ExternalPtrTag(*s) == Rf_install(T::TAG.as_ptr()) };
+    // SAFETY: reading an external pointer's tag allocates nothing
+    // (checked to be one first).
+    let ours = type_of(*s) == EXTPTRSXP && unsafe { R_ExternalPtrTag(*s) } == tag_symbol::<T>();
     if !ours {
         return Err(format!("`{what}` is not a valid mirai handle").into());
     }
