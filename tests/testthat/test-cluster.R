@@ -271,6 +271,25 @@ test_that("a parallel call interrupted while sending leaves no stale results eit
   expect_match(out, "next: fresh fresh \n", fixed = TRUE)
 })
 
+test_that("a parallel call that fails while sending leaves no stale results", {
+  # The second serialization (node 2's task) fails after node 1's task was
+  # sent: the routine drops node 1's task before the error reaches R.
+  calls <- 0
+  cfg <- serial_config("failser", sfunc = function(x) {
+    calls <<- calls + 1
+    if (calls == 2) stop("cannot serialize this one")
+    serialize(NULL, NULL)
+  }, ufunc = function(r) structure(new.env(), class = "failser"))
+  cl <- make_cluster(2, serial = cfg)
+  on.exit(stop_cluster(cl))
+  expect_identical(clusterEvalQ(cl, 1), list(1, 1))
+  obj <- structure(new.env(), class = "failser")
+  expect_error(clusterCall(cl, function(o) "stale", obj), "cannot serialize this one")
+  expect_identical(calls, 2)
+  expect_identical(clusterEvalQ(cl, "fresh"), list("fresh", "fresh"))
+  expect_identical(clusterApplyLB(cl, 1:4, function(i) i), as.list(1:4))
+})
+
 test_that("a node failure value prints as the 'try-error' it is", {
   cl <- make_cluster(1)
   on.exit(stop_cluster(cl))
