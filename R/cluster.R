@@ -224,15 +224,11 @@ recvData.miraiNode <- function(node) {
   if (length(.subset2(node, "pending"))) return(next_pending(node))
   # With relay on, a receive ends for conditions held for the node's task
   # as it does for its value (a PSOCK worker's messages do).
+  # Interrupted or failed, the routines drop the tasks outstanding on the
+  # cluster.
   head <- if (isTRUE(.subset2(node, "prof")$relay)) .subset2(node, "head")
-  received <- FALSE
-  on.exit(if (!received) drop_outstanding(node))
-  if (!is.null(head) && .Call(C_mirai_node_wait_held, head, node)) {
-    received <- TRUE
-    return(hand_out_held(node, head))
-  }
+  if (!is.null(head) && .Call(C_mirai_node_wait_held, head, node)) return(hand_out_held(node, head))
   msg <- .Call(C_mirai_node_recv, node)
-  received <- TRUE
   # Conditions relayed live for this task all arrived before its value.
   if (!is.null(head) && .Call(C_mirai_node_held_any, head)) return(hand_out_held(node, head, msg))
   if (is.object(.subset2(msg, "value"))) node_message(node, msg) else msg
@@ -370,11 +366,6 @@ srcfiles_of <- function(f) {
 cluster_of <- function(nodes, id, name, profile) {
   structure(nodes, class = c("miraiCluster", "cluster"), id = id, name = name, profile = profile)
 }
-
-# A wait for a result was interrupted (or failed): every task outstanding
-# on the cluster is cancelled and forgotten (see mirai_cluster_drop in
-# rust/src/r/glue/node.rs).
-drop_outstanding <- function(node) .Call(C_mirai_cluster_drop, node)
 
 # The cluster's profile while it is still the one registered under the
 # cluster's ID, else NULL: once a cluster has stopped, its handle must

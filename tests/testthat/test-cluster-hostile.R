@@ -245,13 +245,13 @@ test_that("an R error caught natively, then calls that succeed, re-raises that s
   cond <- structure(class = c("tamperedNode", "error", "condition"), list(message = "boom", call = NULL))
   makeActiveBinding("head", function(v) stop(cond), n1)
   assign("head_tag", "stale", envir = n2)
-  got <- tryCatch(mirai:::drop_outstanding(n1), tamperedNode = function(e) e,
+  got <- tryCatch(.Call(mirai:::C_mirai_cluster_drop, n1), tamperedNode = function(e) e,
                   error = function(e) e)
   expect_identical(got, cond)
   # The drop went on past node 1: node 2's state was cleared.
   expect_null(get("head_tag", envir = n2))
   # And the same twice in a row (a fresh token each time).
-  got <- tryCatch(mirai:::drop_outstanding(n1), tamperedNode = function(e) e)
+  got <- tryCatch(.Call(mirai:::C_mirai_cluster_drop, n1), tamperedNode = function(e) e)
   expect_identical(got, cond)
   rm("head", envir = n1)
   assign("head", NULL, envir = n1)

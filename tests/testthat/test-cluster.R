@@ -137,17 +137,17 @@ test_that("a receive keeps its claim on the nodes' daemons for the next one; the
   # are read at once: the loop thread takes them back 2 ms after their last
   # use, about what an expectation of testthat's takes (run between the
   # call and the read, it left them 0,0 every time on this machine).
-  lingering <- function() {
+  linger <- function() {
     deadline <- Sys.time() + 20
     while (Sys.time() < deadline) {
       v <- clusterEvalQ(cl, 1L)
       held <- claims()
       expect_identical(v, list(1L, 1L))
-      if (identical(held, c(2L, 1L))) return(TRUE)
+      if (identical(held, c(2L, 1L))) return(invisible())
     }
-    FALSE
+    skip("no receive caught its reply while spinning in 20 s (machine too loaded to test this)")
   }
-  if (!lingering()) skip("no receive caught its reply while spinning in 20 s (machine too loaded to test this)")
+  linger()
   # A reply that comes while its daemon is claimed and no receive waits for
   # it is read once the loop thread takes the claim back. (Checked after
   # that: the check itself gives the claims back.)
@@ -158,7 +158,7 @@ test_that("a receive keeps its claim on the nodes' daemons for the next one; the
   # A claim on a node that no receive waits on goes back to the loop thread
   # while R's thread keeps receiving from another node (it would otherwise
   # stay unread for as long as those receives went on).
-  if (!lingering()) skip("no receive caught its reply while spinning in 20 s (machine too loaded to test this)")
+  linger()
   parallel:::sendCall(cl[[2L]], function(x) x + 1L, list(1L))
   t0 <- Sys.time()
   while (Sys.time() < t0 + 0.5) {

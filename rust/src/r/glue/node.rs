@@ -111,21 +111,24 @@ fn node_number(node: SEXP, s: &Syms) -> Result<usize, RError> {
 /// `fun`, `args` and `tag`. The task goes to the node's daemon (waiting,
 /// interruptibly, for it to join) and is put on the node's record; should
 /// recording fail, the task is cancelled rather than left unreachable.
-///
-/// Failed or interrupted before the task is on record, the cluster's
-/// outstanding tasks go (`mirai_cluster_drop`): parallel's caller gives up
-/// on those already sent to other nodes too, and its next call would
-/// receive their results. Done here rather than by an `on.exit()` in
-/// R/cluster.R's method: R code run for every task of `clusterApplyLB()`
-/// on R's thread, its bottleneck. An interrupt is raised after the drop,
-/// so a calling handler finds the cluster as the hooks of `on_wait_error`
-/// leave it.
+/// Failed or interrupted before the task is on record: see `or_drop`.
 pub fn mirai_node_send(node: SEXP, data: SEXP) -> RResult {
-    let sent = node_send(node, data);
-    if sent.is_err() && is_env(node) {
+    or_drop(node, node_send(node, data))
+}
+
+/// `result` of a send or a receive on `node`'s cluster. Failed or
+/// interrupted, the cluster's outstanding tasks go (`mirai_cluster_drop`):
+/// parallel's caller gives up on those already sent to other nodes too,
+/// and its next call would receive their results. Done by the routines
+/// rather than by an `on.exit()` in R/cluster.R's methods: R code run for
+/// every task of `clusterApplyLB()` on R's thread, its bottleneck. An
+/// interrupt is raised after the drop, so a calling handler finds the
+/// cluster as the hooks of `on_wait_error` leave it.
+pub(super) fn or_drop(node: SEXP, result: RResult) -> RResult {
+    if result.is_err() && is_env(node) {
         drop_on_wait_error(node);
     }
-    sent
+    result
 }
 
 fn node_send(node: SEXP, data: SEXP) -> RResult {
@@ -377,8 +380,12 @@ fn pop_result(node: SEXP, waited: SEXP, s: &Syms) -> RResult {
 }
 
 /// `recvData()` on a node: waits (interruptibly) for its oldest task and
-/// returns parallel's message for it.
+/// returns parallel's message for it (`or_drop` if that fails).
 pub fn mirai_node_recv(node: SEXP) -> RResult {
+    or_drop(node, node_recv(node))
+}
+
+fn node_recv(node: SEXP) -> RResult {
     let s = syms()?;
     check_node(node)?;
     let h = env_get(node, s.head)?;
@@ -392,7 +399,7 @@ pub fn mirai_node_recv(node: SEXP) -> RResult {
 
 /// A wait on `node`'s cluster raised an error (a time limit): its tasks
 /// go now, before the caller's handlers run (see `on_wait_error`); the
-/// R-level drop when the wait unwinds then finds nothing left.
+/// routine's drop when the wait returns (`or_drop`) then finds nothing left.
 pub(super) fn drop_on_wait_error(node: SEXP) {
     let _ = mirai_cluster_drop(node);
 }
@@ -400,14 +407,10 @@ pub(super) fn drop_on_wait_error(node: SEXP) {
 /// `recvOneData()` on a cluster (a list of nodes): the number of the first
 /// node holding messages already received (R hands those out), else waits
 /// (interruptibly) for whichever node's oldest task resolves first and
-/// returns `list(node, value = message)`. Failed or interrupted, the
-/// cluster's outstanding tasks go, as in `mirai_node_send`.
+/// returns `list(node, value = message)` (`or_drop` if that fails).
 pub fn mirai_cluster_recv(cl: SEXP) -> RResult {
-    let received = cluster_recv(cl);
-    if received.is_err() && is_list(cl) && len(cl) > 0 && is_env(list_at(cl, 0)) {
-        drop_on_wait_error(list_at(cl, 0));
-    }
-    received
+    let first = if is_list(cl) && len(cl) > 0 { list_at(cl, 0) } else { nil() };
+    or_drop(first, cluster_recv(cl))
 }
 
 fn cluster_recv(cl: SEXP) -> RResult {

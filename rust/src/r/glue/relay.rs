@@ -159,8 +159,12 @@ pub fn mirai_node_held(h: SEXP) -> RResult {
 /// worker's messages end parallel's receive as they arrive, and future's
 /// value() relies on that to signal progress while it waits. `node`: the
 /// node, whose cluster's tasks an error in the wait drops first (see
-/// `node::drop_on_wait_error`).
+/// `node::drop_on_wait_error`), as does any failure (`node::or_drop`).
 pub fn mirai_node_wait_held(h: SEXP, node: SEXP) -> RResult {
+    super::node::or_drop(node, wait_held(h, node))
+}
+
+fn wait_held(h: SEXP, node: SEXP) -> RResult {
     let undo = on_wait_error(super::node::drop_on_wait_error, node);
     let a = aio(&h)?;
     // This wait reads no daemon itself: the loop thread must.

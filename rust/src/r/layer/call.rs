@@ -788,8 +788,8 @@ impl WaitErrorGuard {
 
 impl Drop for WaitErrorGuard {
     fn drop(&mut self) {
-        let depth = self.0;
-        WAIT_ERROR_HOOKS.with(|s| s.truncate(depth));
+        let at = self.0;
+        WAIT_ERROR_HOOKS.with(|s| s.truncate(at));
     }
 }
 
