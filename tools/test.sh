@@ -322,7 +322,8 @@ for (f in files) {
     skips <- c(skips, sprintf("  SKIP  %s: %s -- %s", df$file[i], label(i),
                               one_line(first_msg(df$result[[i]], "expectation_skip"))))
   for (i in which(failed))
-    fails <- c(fails, sprintf("  %s  %s: %s", if (df$error[i]) "ERROR" else "FAIL ", df$file[i], label(i)))
+    fails <- c(fails, sprintf("  %s  %s: %s -- %s", if (df$error[i]) "ERROR" else "FAIL ", df$file[i], label(i),
+                              substr(one_line(first_msg(df$result[[i]], c("expectation_failure", "expectation_error"))), 1L, 600L)))
   n <- n + c(sum(!failed & !skipped), sum(failed), sum(skipped), nrow(df), sum(df$passed))
   message(sprintf("  %-6s %6.1f s  test-%s.R: %d blocks, %d failed, %d skipped", name, secs[[f]], f,
                   nrow(df), sum(failed), sum(skipped)))
@@ -330,6 +331,8 @@ for (f in files) {
 
 if (length(skips)) cat("\n== Skipped tests (", length(skips), ") ==\n", paste0(skips, "\n"), sep = "")
 if (length(fails)) cat("\n== Failed tests (", length(fails), ") ==\n", paste0(fails, "\n"), sep = "")
+# Again at the very end of test.sh's output, which is what a CI log shows.
+writeLines(fails, paste0(out, ".fails"))
 cat(sprintf("\nR tests (%s): %d files in %.0f s, %d test blocks, %d expectations passed\n",
             name, length(secs), sum(secs), n[["blocks"]], n[["expectations"]]))
 writeLines(as.character(n[c("passed", "failed", "skipped")]), out)
@@ -419,6 +422,11 @@ case "$check_status" in
 esac
 if [ "$api_status" -eq 0 ]; then n_pass=$((n_pass + 1)); else n_fail=$((n_fail + 1)); fi
 print_steps
+if cat "$tmp"/counts.?.fails 2>/dev/null | grep -q .; then
+  echo
+  echo "Failed R tests, with the first failure's message:"
+  cat "$tmp"/counts.?.fails
+fi
 summary="$n_pass passed, $n_fail failed"
 [ "$n_skip" -ne 0 ] && summary="$summary, $n_skip skipped"
 echo
