@@ -304,6 +304,7 @@ for (f in files) {
   if (!dir.create(file.path(claims, f), showWarnings = FALSE)) next
   cat(sprintf("\n== test-%s.R ==\n", f))
   t0 <- Sys.time()
+  c0 <- proc.time()
   res <- testthat::test_dir(
     "tests/testthat",
     filter = sprintf("^%s$", f),
@@ -314,6 +315,9 @@ for (f in files) {
     stop_on_warning = FALSE
   )
   secs[[f]] <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
+  # CPU of this process and of the children it reaped (daemons, scripts):
+  # a file that mostly waits costs the other lane little.
+  cpu <- sum((proc.time() - c0)[c("user.self", "sys.self", "user.child", "sys.child")], na.rm = TRUE)
   df <- as.data.frame(res)
   label <- function(i) if (is.na(df$test[i])) "(code outside test_that)" else df$test[i]
   failed <- df$failed > 0L | df$error | vapply(df$result, bad, logical(1L))
@@ -325,7 +329,7 @@ for (f in files) {
     fails <- c(fails, sprintf("  %s  %s: %s -- %s", if (df$error[i]) "ERROR" else "FAIL ", df$file[i], label(i),
                               substr(one_line(first_msg(df$result[[i]], c("expectation_failure", "expectation_error"))), 1L, 600L)))
   n <- n + c(sum(!failed & !skipped), sum(failed), sum(skipped), nrow(df), sum(df$passed))
-  message(sprintf("  %-6s %6.1f s  test-%s.R: %d blocks, %d failed, %d skipped", name, secs[[f]], f,
+  message(sprintf("  %-6s %6.1f s (cpu %5.1f s)  test-%s.R: %d blocks, %d failed, %d skipped", name, secs[[f]], cpu, f,
                   nrow(df), sum(failed), sum(skipped)))
 }
 
