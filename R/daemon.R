@@ -329,6 +329,7 @@ unhandled_jump <- function(before) {
 # Evaluates a task payload in this process (sync mode). `genv` receives the
 # `...` globals.
 eval_mirai <- function(data, genv) {
+  if (is.null(names(data))) names(data) <- c("._expr_.", "._globals_.", "._args_.")[seq_along(data)]
   g <- data[["._globals_."]]
   if (length(g)) list2env(g, envir = genv)
   env <- list2env(data[["._args_."]] %||% list(), parent = genv)

@@ -443,7 +443,7 @@ pub fn mirai_daemon_eval_task(data: SEXP, box_: SEXP) -> RResult {
     let c = node_consts()?;
     let before = eval_in_base(c.geterr)?;
     env_set(box_, c.before, before.sexp())?;
-    let (expr, globals, args) = (list_get(data, "._expr_."), list_get(data, "._globals_."), list_get(data, "._args_."));
+    let (expr, globals, args) = task_parts(data);
     match eval_task(expr, globals, args, box_, eval_and_quote()?)? {
         // The empty symbol (`quote(expr = )`) as a value: R's loop could
         // not even hold it in a variable (reading it is "argument is
@@ -456,6 +456,17 @@ pub fn mirai_daemon_eval_task(data: SEXP, box_: SEXP) -> RResult {
             Ok(Owned::reachable(box_))
         }
     }
+}
+
+/// A task payload's expression, globals and arguments: positional in a
+/// list of 3 without names, as `mirai()` sends them (names cost a small
+/// task's frame a third of its bytes), else by name, as `everywhere()` and
+/// a map's items send them. Anything else reads as NULL parts.
+fn task_parts(data: SEXP) -> (SEXP, SEXP, SEXP) {
+    if is_list(data) && len(data) == 3 && list_names(data).is_none() {
+        return (list_at(data, 0), list_at(data, 1), list_at(data, 2));
+    }
+    (list_get(data, "._expr_."), list_get(data, "._globals_."), list_get(data, "._args_."))
 }
 
 /// Objects the node-task path reuses.
