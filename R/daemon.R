@@ -228,7 +228,10 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           # everywhere() tasks mark their payload: what they change is meant
           # to stay, so it becomes the state later cleanups restore.
           if (cleanup) {
-            if (!is.null(msg[["data"]][["._everywhere_."]])) snap <- snapshot()
+            # (A payload that is no list, which no host of ours sends, is
+            # no everywhere() task: `[[` on it would end the daemon.)
+            d <- msg[["data"]]
+            if (is.list(d) && !is.null(d[["._everywhere_."]])) snap <- snapshot()
             else if (!.Call(C_mirai_daemon_tidy, snap)) snap <- do_cleanup(snap)
           }
         }, relay_h)
@@ -329,7 +332,8 @@ unhandled_jump <- function(before) {
 # Evaluates a task payload in this process (sync mode). `genv` receives the
 # `...` globals.
 eval_mirai <- function(data, genv) {
-  if (is.null(names(data))) names(data) <- c("._expr_.", "._globals_.", "._args_.")[seq_along(data)]
+  # As task_parts() (rust/src/r/glue/daemon.rs): positional if 3 and unnamed.
+  if (length(data) == 3L && is.null(names(data))) names(data) <- c("._expr_.", "._globals_.", "._args_.")
   g <- data[["._globals_."]]
   if (length(g)) list2env(g, envir = genv)
   env <- list2env(data[["._args_."]] %||% list(), parent = genv)

@@ -237,3 +237,29 @@ test_that("a task whose value is the empty symbol resolves to an error, and the 
   expect_match(m, "empty symbol")
   expect_identical(mirai(Sys.getpid())[], pid)
 })
+
+test_that("a task payload that is no list, or an odd list, leaves the daemon serving", {
+  # No host of ours sends these (mirai() sends list(expr, globals, args));
+  # an authenticated host might. The daemon evaluates what it can read and
+  # goes on: `[[` on an atomic payload used to end it (subscript out of
+  # bounds), with and without cleanup.
+  for (cleanup in c(TRUE, FALSE)) {
+    daemons(url = local_url())
+    launch_local(1, cleanup = cleanup)
+    host <- mirai:::profile_of(NULL)$host
+    pid <- mirai(Sys.getpid(), .timeout = 30000)[]
+    expect_true(is.integer(pid))
+    for (payload in list(1:3, "x", function() 1, list(1, 2), list(quote(1 + 1), "not a list", list()))) {
+      m <- .Call(mirai:::C_mirai_host_submit, host, payload, 10000, 0L)
+      v <- m[]
+      # Not the connection's end (19), nor a timeout (5): an answer.
+      expect_false(inherits(v, "errorValue") && unclass(v) %in% c(5L, 19L), label = deparse(payload)[1L])
+      expect_identical(mirai(Sys.getpid(), .timeout = 10000)[], pid,
+                       label = sprintf("cleanup = %s, after %s", cleanup, deparse(payload)[1L]))
+    }
+    # A positional payload is evaluated as mirai() means it.
+    m <- .Call(mirai:::C_mirai_host_submit, host, list(quote(x + y), list(x = 1), list(y = 2)), 10000, 0L)
+    expect_identical(m[], 3)
+    daemons(0)
+  }
+})

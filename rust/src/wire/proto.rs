@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 /// map's shared part sent once per daemon and its elements. 6: a `Result`
 /// says whether its value is an error. 7: `Relay`, conditions a running
 /// task signals, sent as they happen. 8: `Bare`, an element sent without
-/// R's serialization header.
-pub const PROTOCOL_VERSION: u32 = 8;
+/// R's serialization header. 9: `mirai()`'s task is `list(expr, globals,
+/// args)` without names (a daemon of 8 would read it as NULL parts).
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Bytes of the host's challenge nonce and of the daemon's HMAC-SHA256.
 pub const NONCE_LEN: usize = 32;

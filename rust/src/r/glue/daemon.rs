@@ -424,12 +424,12 @@ fn condition_message(record: &str) -> &str {
     message.map_or(record, str::trim_start)
 }
 
-/// `eval_task()` (R/daemon.R): runs a task's payload `data`
-/// (`list(._expr_., ._globals_., ._args_.)`) as `lang::eval_task` does,
-/// with `geterrmessage()` from before it kept in `box` as `before` (for an
-/// evaluation that jumps out without an error). Its value, or `box` when
-/// it failed; `box` with `redo` set when the payload's arguments are not
-/// all named.
+/// `eval_task()` (R/daemon.R): runs a task's payload `data` (its
+/// expression, globals and arguments, see `task_parts`) as
+/// `lang::eval_task` does, with `geterrmessage()` from before it kept in
+/// `box` as `before` (for an evaluation that jumps out without an error).
+/// Its value, or `box` when it failed; `box` with `redo` set when the
+/// payload's arguments are not all named.
 ///
 /// The expression is evaluated within `eval()`, as the reference evaluates
 /// every task (see `lang::eval_task`): exit code registered at its top
