@@ -37,7 +37,7 @@
 #                   clippy, no tarball check, and the R test files that take
 #                   longest left out (their names are printed): the network
 #                   cuts, the soak, the documentation build, the future
-#                   backend, doSNOW's own tests, the 3 GB object, and the
+#                   backend, doSNOW's own tests, the 2.2 GB object, and the
 #                   peers and services (WebSocket, TLS, sshd/Slurm/SGE)
 #   --long          also the long versions of some R tests (exports
 #                   MIRAI_TEST_LONG=1): the 130-node cluster, and the

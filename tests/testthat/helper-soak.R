@@ -340,7 +340,7 @@ soak_run <- function(seconds = 40, n = 4L, max_inflight = 50L, kill_every = 3, s
     # between samples, noise a leak check must not have to see through.
     recheck(all = TRUE)
     # RSS after a full collection: R collects lazily, and after a large
-    # allocation earlier in the session (the 3 GB test, say) its trigger is
+    # allocation earlier in the session (the 2.2 GB test, say) its trigger is
     # high enough that uncollected 10 MB payloads would read as growth.
     invisible(gc(full = TRUE))
     samples[nrow(samples) + 1L, ] <<- list(t - t0, soak_rss_mb(), soak_heap_mb(), soak_fds(), soak_threads(),
