@@ -357,6 +357,32 @@ test_that("many maps with different shared parts cycle through the daemon's cach
   }
 })
 
+test_that("a data frame's row reaches the function as R's [[ gives each column's element", {
+  # Rows of vector columns without classes are taken natively on the
+  # daemon; any other column (a factor, a date, a column with a class of
+  # its own) makes R take the row. Either way each argument is what
+  # lapply(df, `[[`, i) gives.
+  daemons(2, dispatcher = FALSE)
+  on.exit(daemons(0))
+  df <- data.frame(i = c(1L, NA, 3L), d = c(1.5, NA, -Inf), s = c("x", NA, "\u00e9"), b = c(TRUE, FALSE, NA),
+                   stringsAsFactors = FALSE)
+  df$l <- list(1:2, "q", NULL)
+  df2 <- df
+  df2$day <- as.Date("2026-12-07") + 0:2
+  df3 <- df
+  df3$k <- structure(1:3, class = "myclass")
+  `[[.myclass` <- function(x, i) paste("myclass element", unclass(x)[i])
+  # The method where lapply()'s `[[` finds it here, as the daemons find the
+  # global passed to them.
+  assign("[[.myclass", `[[.myclass`, envir = globalenv())
+  on.exit(rm("[[.myclass", envir = globalenv()), add = TRUE)
+  for (x in list(df, df2, df3)) {
+    got <- mirai_map(x, function(...) list(...), `[[.myclass` = `[[.myclass`)[]
+    want <- lapply(seq_len(nrow(x)), function(i) lapply(x, `[[`, i))
+    expect_identical(got, want, label = paste(names(x), collapse = ","))
+  }
+})
+
 test_that("data frame and matrix maps, large ones cut into rows on the host", {
   daemons(2)
   on.exit(daemons(0))

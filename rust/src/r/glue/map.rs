@@ -28,7 +28,7 @@ use crate::host::aio::Slot;
 use crate::host::{bare_head_into, exact_frame, item_head_into, put_scratch, take_scratch};
 use crate::host::sched::TaskId;
 use crate::r::layer::call::{RError, RResult};
-use crate::r::layer::ffi::SEXP;
+use crate::r::layer::ffi::{INTSXP, REALSXP, SEXP};
 use crate::r::layer::handle::{handle, kept, new_handle, Held, Tagged};
 use crate::r::layer::object;
 use crate::r::layer::serial;
@@ -119,6 +119,40 @@ fn serialize_part(x: SEXP, cfg: SEXP, buf: &mut Vec<u8>, what: &str) -> Result<(
 /// list of one (what `lapply(as.list(x), list)` gives, without making it). Every
 /// frame is built before any is queued, so an element that cannot be
 /// serialized fails the call with nothing sent. Returns the map's handle.
+/// `map_row()` (R/map.R), on a daemon: row `i` (1-based) of data frame
+/// `x` as `lapply(x, `[[`, i)` gives it, built here when every column is a
+/// vector without a class (logical, integer, double or character: its
+/// element; a list: the element itself), so that `[[` dispatches nothing.
+/// NULL otherwise (a factor or date column, a row out of range, not a
+/// data frame): R does it. A data-frame map calls this per element, where
+/// R's way was three closure calls and one `[[` call per column.
+pub fn mirai_map_row(x: SEXP, i: SEXP) -> RResult {
+    let Some(names) = list_names(x) else { return Ok(Owned::nil()) };
+    if !crate::r::layer::lang::inherits(x, c"data.frame") || !matches!(type_of(i), INTSXP | REALSXP) || len(i) != 1 {
+        return Ok(Owned::nil());
+    }
+    let i = f64_arg(i, "i")?;
+    let plain = |col: SEXP| (is_plain_atomic(col) || is_list(col)) && !has_class(col);
+    let cols: Vec<SEXP> = (0..len(x)).map(|c| list_at(x, c)).collect();
+    if !(i >= 1.0 && cols.iter().all(|&col| plain(col) && i <= len(col) as f64)) {
+        return Ok(Owned::nil());
+    }
+    let k = i as usize - 1;
+    let mut vals = Vec::with_capacity(cols.len());
+    for &col in &cols {
+        vals.push(if is_list(col) {
+            // Kept alive by `x`, an argument.
+            Owned::reachable(list_at(col, k))
+        } else {
+            let v = atomic_holder(col)?;
+            copy_atomic_elt(&v, col, k)?;
+            v
+        });
+    }
+    let sexps: Vec<SEXP> = vals.iter().map(|v| v.sexp()).collect();
+    crate::r::layer::lang::list_named(&sexps, names, nil())
+}
+
 pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: SEXP) -> RResult {
     let prof = profile(&p)?;
     let retries = retries(retry)?;

@@ -267,6 +267,12 @@ pub fn stored_attr(x: SEXP, sym: SEXP) -> SEXP {
     unsafe { Rf_getAttrib(x, sym) }
 }
 
+/// Whether `x` has a class attribute (S3 or S4): R functions such as `[[`
+/// dispatch on it. Reads the attribute only.
+pub fn has_class(x: SEXP) -> bool {
+    !is_null(stored_attr(x, class_symbol()))
+}
+
 /// The names of `x` if it is a list with a character vector of names.
 /// Reads the attribute only: for a list, R makes nothing.
 pub fn list_names(x: SEXP) -> Option<SEXP> {
