@@ -154,8 +154,9 @@ map_native <- function(prof, .x, d, .f, globals, .args, .retry) {
 # crosses the wire once.
 MAP_SHARE_ROWS_BYTES <- 16e6
 
-# Runs on the daemon: row `i` of `x` as an argument list. A data frame of
-# vector columns without classes natively; others as R does.
+# Runs on the daemon: row `i` of `x` as an argument list. A data frame
+# (class "data.frame" alone) of vector columns without classes natively;
+# others as R does.
 map_row <- function(x, i) {
   if (!is.null(row <- .Call(C_mirai_map_row, x, i))) return(row)
   if (is.data.frame(x)) return(lapply(x, `[[`, i))

@@ -376,8 +376,14 @@ test_that("a data frame's row reaches the function as R's [[ gives each column's
   # global passed to them.
   assign("[[.myclass", `[[.myclass`, envir = globalenv())
   on.exit(rm("[[.myclass", envir = globalenv()), add = TRUE)
-  for (x in list(df, df2, df3)) {
-    got <- mirai_map(x, function(...) list(...), `[[.myclass` = `[[.myclass`)[]
+  # A subclass of data.frame with an as.list() method of its own, which
+  # lapply() calls: R takes its rows.
+  df4 <- structure(df, class = c("reversed", "data.frame"))
+  as.list.reversed <- function(x, ...) rev(as.list.data.frame(x))
+  assign("as.list.reversed", as.list.reversed, envir = globalenv())
+  on.exit(rm("as.list.reversed", envir = globalenv()), add = TRUE)
+  for (x in list(df, df2, df3, df4)) {
+    got <- mirai_map(x, function(...) list(...), `[[.myclass` = `[[.myclass`, as.list.reversed = as.list.reversed)[]
     want <- lapply(seq_len(nrow(x)), function(i) lapply(x, `[[`, i))
     expect_identical(got, want, label = paste(names(x), collapse = ","))
   }

@@ -28,7 +28,7 @@ use crate::host::aio::Slot;
 use crate::host::{bare_head_into, exact_frame, item_head_into, put_scratch, take_scratch};
 use crate::host::sched::TaskId;
 use crate::r::layer::call::{RError, RResult};
-use crate::r::layer::ffi::{INTSXP, REALSXP, SEXP};
+use crate::r::layer::ffi::{INTSXP, REALSXP, SEXP, STRSXP};
 use crate::r::layer::handle::{handle, kept, new_handle, Held, Tagged};
 use crate::r::layer::object;
 use crate::r::layer::serial;
@@ -109,26 +109,20 @@ fn serialize_part(x: SEXP, cfg: SEXP, buf: &mut Vec<u8>, what: &str) -> Result<(
     })
 }
 
-/// Submits a map: `shared` (a list `list(._expr_., ._globals_., ._args_.)`
-/// whose `._args_.` starts with a placeholder for the element, see
-/// map_shared() in R/map.R) once per daemon, then one task per element of
-/// `items`: with `wrap` 0 a list of the elements as they are sent, with 1
-/// a list whose elements are each sent wrapped in a list of one, with 2 a
-/// plain logical, integer, double or character vector (no attributes
-/// but names) whose elements are sent each as a vector of one wrapped in a
-/// list of one (what `lapply(as.list(x), list)` gives, without making it). Every
-/// frame is built before any is queued, so an element that cannot be
-/// serialized fails the call with nothing sent. Returns the map's handle.
 /// `map_row()` (R/map.R), on a daemon: row `i` (1-based) of data frame
-/// `x` as `lapply(x, `[[`, i)` gives it, built here when every column is a
-/// vector without a class (logical, integer, double or character: its
-/// element; a list: the element itself), so that `[[` dispatches nothing.
-/// NULL otherwise (a factor or date column, a row out of range, not a
-/// data frame): R does it. A data-frame map calls this per element, where
-/// R's way was three closure calls and one `[[` call per column.
+/// `x` as `lapply(x, `[[`, i)` gives it, built here when `x`'s class is
+/// "data.frame" alone (a subclass may have an `as.list()` method of its
+/// own, which lapply() calls) and every column is a vector without a class
+/// (logical, integer, double or character: its element; a list: the
+/// element itself), so that `[[` dispatches nothing. NULL otherwise (a
+/// tibble, a factor or date column, a row out of range): R does it. A
+/// data-frame map calls this per element, where R's way was three closure
+/// calls and one `[[` call per column.
 pub fn mirai_map_row(x: SEXP, i: SEXP) -> RResult {
     let Some(names) = list_names(x) else { return Ok(Owned::nil()) };
-    if !crate::r::layer::lang::inherits(x, c"data.frame") || !matches!(type_of(i), INTSXP | REALSXP) || len(i) != 1 {
+    let class = class_attr(x);
+    let plain_df = type_of(class) == STRSXP && len(class) == 1 && with_str_at(class, 0, |b| b == b"data.frame");
+    if !plain_df || !matches!(type_of(i), INTSXP | REALSXP) || len(i) != 1 {
         return Ok(Owned::nil());
     }
     let i = f64_arg(i, "i")?;
@@ -153,6 +147,16 @@ pub fn mirai_map_row(x: SEXP, i: SEXP) -> RResult {
     crate::r::layer::lang::list_named(&sexps, names, nil())
 }
 
+/// Submits a map: `shared` (a list `list(._expr_., ._globals_., ._args_.)`
+/// whose `._args_.` starts with a placeholder for the element, see
+/// map_shared() in R/map.R) once per daemon, then one task per element of
+/// `items`: with `wrap` 0 a list of the elements as they are sent, with 1
+/// a list whose elements are each sent wrapped in a list of one, with 2 a
+/// plain logical, integer, double or character vector (no attributes
+/// but names) whose elements are sent each as a vector of one wrapped in a
+/// list of one (what `lapply(as.list(x), list)` gives, without making it). Every
+/// frame is built before any is queued, so an element that cannot be
+/// serialized fails the call with nothing sent. Returns the map's handle.
 pub fn mirai_map_submit(p: SEXP, shared: SEXP, items: SEXP, wrap: SEXP, retry: SEXP) -> RResult {
     let prof = profile(&p)?;
     let retries = retries(retry)?;

@@ -267,10 +267,15 @@ pub fn stored_attr(x: SEXP, sym: SEXP) -> SEXP {
     unsafe { Rf_getAttrib(x, sym) }
 }
 
+/// `x`'s class attribute as stored (NULL if none). Reads it only.
+pub fn class_attr(x: SEXP) -> SEXP {
+    stored_attr(x, class_symbol())
+}
+
 /// Whether `x` has a class attribute (S3 or S4): R functions such as `[[`
 /// dispatch on it. Reads the attribute only.
 pub fn has_class(x: SEXP) -> bool {
-    !is_null(stored_attr(x, class_symbol()))
+    !is_null(class_attr(x))
 }
 
 /// The names of `x` if it is a list with a character vector of names.
