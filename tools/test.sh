@@ -19,9 +19,11 @@
 #        vignettes, links the test build's library), then R CMD check
 #        --as-cran --no-manual --no-tests on the tarball with no network and
 #        an empty CARGO_HOME: proof that the release build compiles offline
-#        from the vendored crates alone, examples and vignettes run against
-#        it. --no-tests because the same tests run against the same sources
-#        alongside. The check fails on any ERROR or WARNING (NOTEs are
+#        from the vendored crates alone, examples and vignettes' code run
+#        against it. --no-tests because the same tests run against the same
+#        sources alongside; --no-build-vignettes because R CMD build has
+#        just knitted them from the same sources (the check still runs
+#        their code, against the release build). The check fails on any ERROR or WARNING (NOTEs are
 #        listed, and explained in cran-comments.md).
 # The last line printed is the summary, alone on its line:
 #   "N passed, N failed" (plus ", N skipped" when any were skipped),
@@ -241,7 +243,7 @@ check_job() {
   step "R CMD check (offline)" sh -c 'cd "$1" && shift && exec "$@"' sh "$cdir" \
     env CARGO_HOME="$cdir/cargo-home" "${offline[@]}" env -u NOT_CRAN -u MIRAI_TEST_HOOKS -u MIRAI_TEST_LIB \
       _R_CHECK_CRAN_INCOMING_REMOTE_=false _R_CHECK_SYSTEM_CLOCK_=false \
-      R CMD check --as-cran --no-manual --no-tests "$tarball" > "$cdir/check.log" 2>&1 || true
+      R CMD check --as-cran --no-manual --no-tests --no-build-vignettes "$tarball" > "$cdir/check.log" 2>&1 || true
   clog="$cdir/mirai.Rcheck/00check.log"
   cstatus=$(grep -m1 '^Status:' "$clog" 2>/dev/null || true)
   echo "checked it ${offline[*]:+offline}: ${cstatus:-no Status line}"
