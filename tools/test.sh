@@ -13,7 +13,8 @@
 #      - the R tests (tests/testthat) against the installed package, in two
 #        R processes that share out the files, longest first (each file
 #        whole, in one process; a line per file as it ends, then each
-#        process's report);
+#        process's report), joined by a third once the other two jobs have
+#        ended;
 #      - what users get: R CMD build (which vendors the crates into the
 #        tarball, see `cleanup`; its own install, which only knits the
 #        vignettes, links the test build's library), then R CMD check
@@ -80,13 +81,21 @@ while [ "$#" -gt 0 ]; do
   shift
 done
 
-# The R test files that take longest (on two loaded cores), longest first:
-# the two R processes take these first, then the rest in name order, so that
-# both end at about the same time. Any two files may run at once: none
-# shares a port, a network namespace or a service with another (ports are
-# ephemeral or inside namespaces a file makes; sshd/Slurm serve
-# test-launchers.R only).
-longest_first="modes|keepalive|cluster-dosnow|docs|cluster|tls|ws|launchers|future|everywhere|faults|stuck-daemon|daemons|soak|cancel"
+# How the R test processes share out the files (each takes the next file
+# not yet taken): those that take longest (on two loaded cores) first,
+# longest first, then the rest in name order, then the files that mostly
+# wait (on timers, other programs, peers; e.g. future 44 s of wall for 14 s
+# of CPU, timelimit 30/7), longest first. While cargo and the tarball check
+# run, the two cores are busy throughout (some 17 CPU-minutes in under 10
+# minutes of wall): a third R process then only slows the others. Once they
+# have ended, the two R processes alone leave about half the CPU idle, and
+# a third one starts, for the files still untaken: those that mostly wait
+# come last so that it finds them. Any files may run at once: none shares a
+# port, a network namespace or a service with another (ports are ephemeral
+# or inside namespaces a file makes; sshd/Slurm serve test-launchers.R
+# only).
+longest_first="modes|keepalive|cluster-dosnow|docs|cluster|heal|relay|tls|soak|everywhere|daemons|map|cancel"
+waiting_last="future|ws|launchers|timelimit|faults|stuck-daemon|memory|plumber|shiny"
 # Left out by --quick (about half of the R tests' time).
 long_files="keepalive|soak|docs|future|modes|cluster-dosnow|ws|tls|launchers"
 
@@ -204,7 +213,7 @@ if [ "$api_status" -eq 0 ]; then echo "$api_out" | tail -n 1; else echo "$api_ou
 
 # ---- 2a. Rust tests and clippy, in the background --------------------------
 if [ "$run_rust" -eq 1 ]; then
-  rust_job > "$tmp/rust.out" 2>&1 &
+  { rust_job; touch "$tmp/rust.done"; } > "$tmp/rust.out" 2>&1 &
   bg_pids+=("$!"); rust_pid=$!
 fi
 
@@ -269,12 +278,13 @@ if [ "$run_check" -eq 1 ]; then
   bg_pids+=("$!"); check_pid=$!
 fi
 
-# ---- 2c. R tests against the installed package, two R processes ----------
+# ---- 2c. R tests against the installed package, two (then three) R processes
 cat > "$tmp/run-tests.R" <<'RSCRIPT'
-# Rscript run-tests.R OUT FILTER NAME ORDER EXCLUDE CLAIMS: runs test files
-# (those matching FILTER, all if empty, but not EXCLUDE), taking them in
-# ORDER's order, then by name, each claimed by creating CLAIMS/<file> (an
-# atomic mkdir) so that several of these processes share them out. A line
+# Rscript run-tests.R OUT FILTER NAME ORDER EXCLUDE CLAIMS LAST: runs test
+# files (those matching FILTER, all if empty, but not EXCLUDE), taking them
+# in ORDER's order, then by name, then in LAST's order, each claimed by
+# creating CLAIMS/<file> (an atomic mkdir) so that several of these
+# processes share them out. A line
 # per file to stderr; the reports to stdout. Writes the counts of passed,
 # failed and skipped blocks to OUT.
 args <- commandArgs(trailingOnly = TRUE)
@@ -284,12 +294,13 @@ name <- args[[3L]]
 order <- strsplit(args[[4L]], "|", fixed = TRUE)[[1L]]
 exclude <- args[[5L]]
 claims <- args[[6L]]
+last <- strsplit(args[[7L]], "|", fixed = TRUE)[[1L]]
 options(warn = 1)
 
 files <- sub("^test-(.*)\\.R$", "\\1", list.files("tests/testthat", "^test-.*\\.R$"))
 if (nzchar(filter)) files <- files[grepl(filter, files)]
 if (nzchar(exclude)) files <- files[!grepl(sprintf("^(%s)$", exclude), files)]
-files <- c(intersect(order, files), sort(setdiff(files, order)))
+files <- c(intersect(order, files), sort(setdiff(files, c(order, last))), intersect(last, files))
 
 # Also count a block whose error was recorded while the block went on (an
 # error signalled and then handled further down still fails the block).
@@ -349,18 +360,27 @@ if [ "$quick" -eq 1 ]; then
   exclude="$long_files"
   echo "test.sh --quick: not running the R test files ${long_files//|/, }; no clippy, no tarball check"
 fi
-echo "== R tests (tests/testthat, installed package, NOT_CRAN=$NOT_CRAN), two R processes =="
+echo "== R tests (tests/testthat, installed package, NOT_CRAN=$NOT_CRAN), two R processes, a third once cargo and the check have ended =="
 mkdir "$tmp/claims"
-for l in A B; do
-  step "R tests, process $l" Rscript "$tmp/run-tests.R" "$tmp/counts.$l" "$filter" "$l" "$longest_first" \
-    "$exclude" "$tmp/claims" > "$tmp/r-tests.$l.out" < /dev/null &
+lanes=(A B C)
+for l in "${lanes[@]}"; do
+  (
+    if [ "$l" = C ]; then
+      # Until the other jobs have ended (each leaves a file when it does).
+      while { [ "$run_rust" -eq 1 ] && [ ! -e "$tmp/rust.done" ]; } ||
+            { [ "$run_check" -eq 1 ] && [ ! -e "$tmp/check.status" ]; }; do sleep 1; done
+    fi
+    step "R tests, process $l" Rscript "$tmp/run-tests.R" "$tmp/counts.$l" "$filter" "$l" "$longest_first" \
+      "$exclude" "$tmp/claims" "$waiting_last" > "$tmp/r-tests.$l.out" < /dev/null
+  ) &
   bg_pids+=("$!"); eval "lane_pid_$l=\$!"
-  sleep 1
+  [ "$l" = C ] || sleep 1
 done
 r_status=0
-wait "$lane_pid_A" || r_status=$?
-wait "$lane_pid_B" || r_status=$?
-for l in A B; do
+for l in "${lanes[@]}"; do
+  eval "wait \"\$lane_pid_$l\"" || r_status=$?
+done
+for l in "${lanes[@]}"; do
   echo
   echo "== R tests, process $l: reports =="
   cat "$tmp/r-tests.$l.out"
@@ -368,7 +388,7 @@ done
 
 n_pass=0; n_fail=0; n_skip=0
 r_incomplete=0
-for l in A B; do
+for l in "${lanes[@]}"; do
   if [ ! -s "$tmp/counts.$l" ]; then
     echo "test.sh: the R test process $l did not complete" >&2
     r_incomplete=1
