@@ -5,7 +5,9 @@
 #      checks) and install it (MIRAI_TEST_HOOKS=1 R CMD INSTALL .; see
 #      src/Makevars). The installed library is also checked for entry points
 #      R 4.5 lists as non-API (tools/check-nonapi.sh).
-#   2. Then three jobs at once (their output is shown as each ends):
+#   2. Then three jobs at once (their output is shown as each ends; all
+#      but the R tests and the Rust tests' runs at a lower priority, see
+#      ci_cargo_low):
 #      - Rust: cargo test (unit, conformance, fuzz and property tests) and
 #        cargo clippy --all-targets, with the same profile and feature, so
 #        they reuse that compile (R on PATH and R_HOME set, so extendr-ffi
@@ -154,13 +156,26 @@ ci_cargo() {
   (cd rust && CARGO_TARGET_DIR=target LD_LIBRARY_PATH="$R_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
      cargo "$@")
 }
+# The same at a lower priority (nice 10), for work nothing waits on while
+# the R tests run: compiling, clippy, the tarball's build and check. The R
+# tests are the longest job, and the only one whose checks of time and
+# order a busy machine can strain; they get the CPU first, the rest takes
+# what they leave idle (about half, as they wait on their daemons).
+CI_NICE=(nice -n 10)
+ci_cargo_low() {
+  (cd rust && CARGO_TARGET_DIR=target LD_LIBRARY_PATH="$R_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+     "${CI_NICE[@]}" cargo "$@")
+}
 
 # ---- Rust tests and clippy (a job: in the background next to the R tests) --
 rust_job() {
   local st=0
   echo "== cargo test --profile ci --features test-hooks (rust/) =="
   # libR.so for test binaries that link R (Debian also has /usr/lib/libR.so).
-  step "cargo test" ci_cargo test --profile ci --features test-hooks -j 2 > "$tmp/cargo.log" 2>&1 || st=$?
+  # Compiled at the lower priority; the tests themselves (some wait for
+  # events with deadlines) run at the R tests' priority.
+  step "cargo test, compile" ci_cargo_low test --profile ci --features test-hooks -j 2 --no-run > "$tmp/cargo.log" 2>&1 || st=$?
+  [ "$st" -eq 0 ] && { step "cargo test" ci_cargo test --profile ci --features test-hooks -j 2 >> "$tmp/cargo.log" 2>&1 || st=$?; }
   grep -vE '^\s+(Compiling|Fresh) ' "$tmp/cargo.log" || true
   if [ "$st" -eq 0 ] && ! grep -q "^test result: ok" "$tmp/cargo.log"; then st=1; fi
   [ "$st" -ne 0 ] && echo "test.sh: cargo test FAILED (exit $st)"
@@ -175,7 +190,7 @@ rust_job() {
     echo "-1" > "$tmp/clippy.status"
     return 0
   fi
-  step "cargo clippy" ci_cargo clippy --profile ci -j 2 --all-targets --features test-hooks \
+  step "cargo clippy" ci_cargo_low clippy --profile ci -j 2 --all-targets --features test-hooks \
     -- -D clippy::undocumented_unsafe_blocks > "$tmp/clippy.log" 2>&1 || st=$?
   if [ "$st" -eq 0 ]; then echo "clippy: clean"; else cat "$tmp/clippy.log"; echo "test.sh: cargo clippy FAILED"; fi
   echo "$st" > "$tmp/clippy.status"
@@ -213,7 +228,8 @@ if [ "$api_status" -eq 0 ]; then echo "$api_out" | tail -n 1; else echo "$api_ou
 
 # ---- 2a. Rust tests and clippy, in the background --------------------------
 if [ "$run_rust" -eq 1 ]; then
-  { rust_job; touch "$tmp/rust.done"; } > "$tmp/rust.out" 2>&1 &
+  # rust.done, however the job ends, tells the third R process to start.
+  ( trap 'touch "$tmp/rust.done"' EXIT; rust_job ) > "$tmp/rust.out" 2>&1 &
   bg_pids+=("$!"); rust_pid=$!
 fi
 
@@ -230,6 +246,8 @@ fi
 check_job() {
   local cdir="$tmp/check" repo tarball offline clog cstatus
   repo=$(pwd)
+  # This job and all it starts at the lower priority (see ci_cargo_low).
+  renice -n 10 -p "$BASHPID" > /dev/null 2>&1 || true
   mkdir -p "$cdir/cargo-home" "$cdir/src/mirai"
   echo "== R CMD build; R CMD check --as-cran --no-manual --no-tests on the tarball, offline =="
   # R CMD build copies the whole directory before it drops what
@@ -366,9 +384,11 @@ lanes=(A B C)
 for l in "${lanes[@]}"; do
   (
     if [ "$l" = C ]; then
-      # Until the other jobs have ended (each leaves a file when it does).
-      while { [ "$run_rust" -eq 1 ] && [ ! -e "$tmp/rust.done" ]; } ||
-            { [ "$run_check" -eq 1 ] && [ ! -e "$tmp/check.status" ]; }; do sleep 1; done
+      # Until the other jobs have ended (each leaves a file when it does),
+      # or the two R processes have, leaving no file to take.
+      while { { [ "$run_rust" -eq 1 ] && [ ! -e "$tmp/rust.done" ]; } ||
+              { [ "$run_check" -eq 1 ] && [ ! -e "$tmp/check.status" ]; }; } &&
+            { kill -0 "$lane_pid_A" 2>/dev/null || kill -0 "$lane_pid_B" 2>/dev/null; }; do sleep 1; done
     fi
     step "R tests, process $l" Rscript "$tmp/run-tests.R" "$tmp/counts.$l" "$filter" "$l" "$longest_first" \
       "$exclude" "$tmp/claims" "$waiting_last" > "$tmp/r-tests.$l.out" < /dev/null
