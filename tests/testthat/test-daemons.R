@@ -111,22 +111,6 @@ test_that("daemons(0) resolves pending mirai to 19 and leaves no processes", {
   expect_true(wait_until(function() !any(vapply(pids, pid_alive, logical(1))), 5))
 })
 
-test_that("a daemon ended mid-task by daemons(0) leaves no temporary directory behind", {
-  # R removes its session's temporary directory on a normal exit only; a
-  # daemon whose host goes away mid-task is ended by a signal.
-  for (disp in c(FALSE, TRUE)) {
-    daemons(1, dispatcher = disp)
-    td <- mirai(tempdir())[]
-    pid <- mirai(Sys.getpid())[]
-    expect_true(dir.exists(td), label = sprintf("the daemon's tempdir exists (dispatcher = %s)", disp))
-    m <- mirai({ writeLines("x", file.path(tempdir(), "f")); Sys.sleep(10) })
-    expect_true(wait_until(function() file.exists(file.path(td, "f")), 10))
-    daemons(0)
-    expect_true(wait_until(function() !pid_alive(pid), 10), label = sprintf("daemon ended (dispatcher = %s)", disp))
-    expect_false(dir.exists(td), label = sprintf("its tempdir %s still exists (dispatcher = %s)", td, disp))
-  }
-})
-
 test_that("a daemon that dies mid-task resolves the task to 19 at once, others keep going", {
   daemons(2, heal = FALSE)
   on.exit(daemons(0))

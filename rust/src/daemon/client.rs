@@ -458,13 +458,10 @@ impl ClientConn {
 
     /// Starts the watcher thread. With `exit_on_hangup` (autoexit = TRUE), a
     /// host that disappears while R evaluates ends this process (SIGTERM
-    /// after a 200 ms grace period), first removing `tempdir`, R's session
-    /// temporary directory, which R removes only on a normal exit; when R is
-    /// idle its own read sees the end of stream and `daemon()` returns
-    /// normally.
-    pub fn watch_host(&self, exit_on_hangup: bool, tempdir: Option<std::path::PathBuf>) -> io::Result<()> {
+    /// after a 200 ms grace period); when R is idle its own read sees the end
+    /// of stream and `daemon()` returns normally.
+    pub fn watch_host(&self, exit_on_hangup: bool) -> io::Result<()> {
         let sh = self.shared.clone();
-        let tempdir2 = tempdir.clone();
         let fd = self.stream.as_raw_fd();
         let body = move || {
             loop {
@@ -495,7 +492,8 @@ impl ClientConn {
                             // Straight to the process's stderr: R's sinks
                             // are R's, and R is busy with the task.
                             eprintln!("mirai daemon: the host went away during a task; ending it (autoexit = TRUE)");
-                            end_process(tempdir.as_deref());
+                            // SAFETY: plain syscalls on our own process.
+                            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
                         }
                     }
                     return;
@@ -507,7 +505,8 @@ impl ClientConn {
         let on_panic = move |msg: String| {
             if exit_on_hangup {
                 eprintln!("mirai daemon: its connection watcher failed ({msg}); ending (autoexit = TRUE)");
-                end_process(tempdir2.as_deref());
+                // SAFETY: plain syscalls on our own process.
+                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
             }
         };
         threads::spawn("mirai-watch", body, on_panic)?;
@@ -518,19 +517,6 @@ impl ClientConn {
         self.shared.closed.store(true, Ordering::Release);
         self.stream.shutdown();
     }
-}
-
-/// Ends this process from a thread other than R's, which is busy with a
-/// task: removes `tempdir` (R's session temporary directory: every daemon
-/// ended so, by a host reset mid-task say, left one behind), then SIGTERM.
-/// The task may still write there meanwhile; whatever it leaves is lost
-/// with the process, as on a normal exit.
-fn end_process(tempdir: Option<&std::path::Path>) {
-    if let Some(d) = tempdir {
-        let _ = std::fs::remove_dir_all(d);
-    }
-    // SAFETY: plain syscalls on our own process.
-    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
 }
 
 /// The next message, never blocking: received straight from the

@@ -82,25 +82,8 @@ pub fn mirai_dial(
         return Err(e);
     }
     let c = c?;
-    c.watch_host(autoexit == 1.0, session_tempdir()?).map_err(|e| e.to_string())?;
+    c.watch_host(autoexit == 1.0).map_err(|e| e.to_string())?;
     new_handle::<Conn>(Mutex::new(Some(c)), nil())
-}
-
-struct TempdirCall(SEXP);
-
-static TEMPDIR: MainOnce<TempdirCall> = MainOnce::new();
-
-/// This R session's temporary directory (`tempdir()`), for the watcher to
-/// remove should it have to end the process (see `ClientConn::watch_host`):
-/// R removes it on a normal exit, but not when a signal ends the process.
-/// None unless it is what R makes, an absolute path ending in "Rtmp"
-/// followed by a suffix, so that nothing else is ever removed.
-fn session_tempdir() -> Result<Option<std::path::PathBuf>, RError> {
-    let call = TEMPDIR.get(|| Ok(TempdirCall(preserved_base_call(c"tempdir")?)))?;
-    let dir = eval_in_base(call.0)?;
-    let dir = std::path::PathBuf::from(str_arg(dir.sexp(), "tempdir()")?);
-    let rtmp = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.len() > 4 && n.starts_with("Rtmp"));
-    Ok((dir.is_absolute() && rtmp).then_some(dir))
 }
 
 fn opt_ms(s: SEXP, what: &str) -> Result<Option<Duration>, RError> {
