@@ -26,8 +26,9 @@
 #        against it. --no-tests because the same tests run against the same
 #        sources alongside; --no-build-vignettes because R CMD build has
 #        just knitted them from the same sources (the check still runs
-#        their code, against the release build). The check fails on any ERROR or WARNING (NOTEs are
-#        listed, and explained in cran-comments.md).
+#        their code, against the release build). The check fails on any
+#        ERROR or WARNING (NOTEs are listed, and explained in
+#        cran-comments.md).
 # The last line printed is the summary, alone on its line:
 #   "N passed, N failed" (plus ", N skipped" when any were skipped),
 # counting R test_that() blocks (a block with any failed expectation or an
@@ -154,18 +155,15 @@ fi
 # test and clippy all use this one compile of the dependency graph.
 ci_cargo() {
   (cd rust && CARGO_TARGET_DIR=target LD_LIBRARY_PATH="$R_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-     cargo "$@")
+     nice -n "${cargo_nice:-0}" cargo "$@")
 }
-# The same at a lower priority (nice 10), for work nothing waits on while
-# the R tests run: compiling, clippy, the tarball's check. The R
-# tests are the longest job, and the only one whose checks of time and
-# order a busy machine can strain; they get the CPU first, the rest takes
-# what they leave idle (about half, as they wait on their daemons).
-CI_NICE=(nice -n 10)
-ci_cargo_low() {
-  (cd rust && CARGO_TARGET_DIR=target LD_LIBRARY_PATH="$R_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-     "${CI_NICE[@]}" cargo "$@")
-}
+# The nice value of work nothing waits on while the R tests run: compiling,
+# clippy, the tarball's check. The R tests are the longest job, and the
+# only one whose checks of time and order a busy machine can strain; they
+# get the CPU first, the rest takes what they leave idle (about half, as
+# they wait on their daemons).
+low_nice=10
+ci_cargo_low() { cargo_nice=$low_nice ci_cargo "$@"; }
 
 # ---- Rust tests and clippy (a job: in the background next to the R tests) --
 rust_job() {
@@ -264,7 +262,7 @@ check_job() {
   # before it: at nice 10 it took 278 s rather than about 150, and the
   # check after it became the run's longest path, ending 95 s after the R
   # tests.
-  renice -n 10 -p "$BASHPID" > /dev/null 2>&1 || true
+  renice -n "$low_nice" -p "$BASHPID" > /dev/null 2>&1 || true
   offline=(unshare -n sh -c 'ip link set lo up && exec "$@"' sh)
   if ! "${offline[@]}" true 2>/dev/null; then
     echo "test.sh: cannot make a network namespace here (unshare -n, ip): checking WITH network access"
@@ -305,9 +303,8 @@ cat > "$tmp/run-tests.R" <<'RSCRIPT'
 # files (those matching FILTER, all if empty, but not EXCLUDE), taking them
 # in ORDER's order, then by name, then in LAST's order, each claimed by
 # creating CLAIMS/<file> (an atomic mkdir) so that several of these
-# processes share them out. A line
-# per file to stderr; the reports to stdout. Writes the counts of passed,
-# failed and skipped blocks to OUT.
+# processes share them out. A line per file to stderr; the reports to
+# stdout. Writes the counts of passed, failed and skipped blocks to OUT.
 args <- commandArgs(trailingOnly = TRUE)
 out <- args[[1L]]
 filter <- args[[2L]]
