@@ -41,11 +41,13 @@ soak_heap_mb <- function() {
 soak_threads <- function() soak_proc_field("Threads")
 soak_fds <- function() length(list.files("/proc/self/fd"))
 
-# The same test as helper.R's pid_alive() (kept here so that bench/soak.R
-# needs only this file): a zombie counts as gone.
+# Whether process `pid` is alive (helper.R's pid_alive() is this function:
+# defined here so that bench/soak.R needs only this file). A zombie counts
+# as gone; so does a process that ends between the open and the read of its
+# stat file, which then reads as empty.
 soak_pid_alive <- function(pid) {
   st <- suppressWarnings(tryCatch(readLines(sprintf("/proc/%d/stat", pid)), error = function(e) NULL))
-  !is.null(st) && !grepl("^\\d+ \\(.*\\) Z", st[[1L]])
+  length(st) > 0L && !grepl("^\\d+ \\(.*\\) Z", st[[1L]])
 }
 
 soak_cmdline <- function(pid) {

@@ -1,10 +1,7 @@
 # Helpers shared by the tests.
 
-pid_alive <- function(pid) {
-  # Signal 0 only checks existence; zombies count as gone (state Z).
-  st <- suppressWarnings(tryCatch(readLines(sprintf("/proc/%d/stat", pid)), error = function(e) NULL))
-  !is.null(st) && !grepl("^\\d+ \\(.*\\) Z", st[[1L]])
-}
+# Zombies count as gone (state Z); see helper-soak.R, loaded before this file.
+pid_alive <- soak_pid_alive
 
 wait_until <- function(cond, timeout = 10) {
   deadline <- Sys.time() + timeout
