@@ -249,7 +249,13 @@ max_message <- function() {
 #' `daemons(0)` ends local daemons that have not connected yet (still
 #' starting) at once, waits up to `r RESET_GRACE_SECS` seconds for the others to
 #' exit, then kills any still running (except those launched with `autoexit =
-#' FALSE`, which are meant to outlive their host). TCP connections use
+#' FALSE`, which are meant to outlive their host), together with the
+#' processes their tasks forked (`parallel::mclapply()`, `mcparallel()`).
+#' A daemon whose host goes away during a task ends those processes too.
+#' Each local daemon gets a temporary directory of its own (its `TMPDIR`,
+#' made where R would make this session's `tempdir()`), which is removed
+#' once the daemon has ended, however it ended: a daemon that is killed
+#' leaves no files behind. TCP connections use
 #' keepalive, so a daemon whose host vanished without closing the connection
 #' (power loss, a cut network) notices within about `r limit("dead_peer_s")`
 #' seconds.

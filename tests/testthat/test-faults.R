@@ -90,6 +90,51 @@ test_that("daemons do not inherit the session's open files and sockets", {
   expect_false(any(targets == normalizePath(tmp)))
 })
 
+test_that("a local daemon's temporary directory is its own, and goes when it ends, killed or not", {
+  daemons(1)
+  on.exit(daemons(0))
+  d1 <- mirai({ writeLines("left by a task", file.path(tempdir(), "f")); list(pid = Sys.getpid(), tmp = tempdir(), env = Sys.getenv("TMPDIR")) })[]
+  # R made its session directory in the one the launcher made for the daemon.
+  own <- dirname(d1$tmp)
+  expect_match(basename(own), "^mirai-daemon-")
+  expect_identical(normalizePath(d1$env), normalizePath(own))
+  # ... made where R made this session's, by the same rule.
+  expect_identical(normalizePath(dirname(own)), normalizePath(dirname(tempdir())))
+  expect_true(file.exists(file.path(d1$tmp, "f")))
+  # SIGKILL: R runs no exit code, yet the directory and the task's file go.
+  tools::pskill(d1$pid, tools::SIGKILL)
+  expect_true(wait_until(function() !dir.exists(own), 10))
+  # The daemon that replaces it has a directory of its own, gone at the reset.
+  d2 <- mirai(list(pid = Sys.getpid(), tmp = tempdir()))[]
+  expect_false(d2$pid == d1$pid)
+  expect_true(dir.exists(d2$tmp))
+  expect_false(dirname(d2$tmp) == own)
+  daemons(0)
+  expect_false(dir.exists(dirname(d2$tmp)))
+})
+
+test_that("a daemon ended mid-task by a reset takes what its task forked, and its temporary directory, with it", {
+  daemons(1)
+  on.exit(daemons(0))
+  f <- tempfile()
+  on.exit(unlink(f), add = TRUE)
+  m <- mirai({
+    p <- parallel::mcparallel(Sys.sleep(60))
+    writeLines(c(as.character(p$pid), tempdir()), f)
+    Sys.sleep(60)
+  }, f = f)
+  expect_true(wait_until(function() length(suppressWarnings(tryCatch(readLines(f), error = function(e) NULL))) == 2L, 20))
+  info <- readLines(f)
+  child <- as.integer(info[[1L]])
+  own <- dirname(info[[2L]])
+  expect_true(pid_alive(child))
+  expect_true(dir.exists(own))
+  daemons(0)
+  expect_true(wait_until(function() !pid_alive(child), 10))
+  expect_false(dir.exists(own))
+  expect_true(is_error_value(m$data))
+})
+
 test_that("internal entry points refuse objects that are not what they expect", {
   daemons(1)
   on.exit(daemons(0))

@@ -463,6 +463,8 @@ impl ClientConn {
     pub fn watch_host(&self, exit_on_hangup: bool) -> io::Result<()> {
         let sh = self.shared.clone();
         let fd = self.stream.as_raw_fd();
+        // Read here, on R's thread (the environment is R's to change).
+        let own_group = std::env::var_os(crate::sys::spawn::GROUP_ENV).is_some_and(|v| v == "1");
         let body = move || {
             loop {
                 let task = sh.evaluating.load(Ordering::Acquire);
@@ -492,8 +494,7 @@ impl ClientConn {
                             // Straight to the process's stderr: R's sinks
                             // are R's, and R is busy with the task.
                             eprintln!("mirai daemon: the host went away during a task; ending it (autoexit = TRUE)");
-                            // SAFETY: plain syscalls on our own process.
-                            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                            end_self(own_group);
                         }
                     }
                     return;
@@ -505,8 +506,7 @@ impl ClientConn {
         let on_panic = move |msg: String| {
             if exit_on_hangup {
                 eprintln!("mirai daemon: its connection watcher failed ({msg}); ending (autoexit = TRUE)");
-                // SAFETY: plain syscalls on our own process.
-                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                end_self(own_group);
             }
         };
         threads::spawn("mirai-watch", body, on_panic)?;
@@ -770,6 +770,22 @@ fn watch_read(sh: &Shared) {
 impl Drop for ClientConn {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Ends this daemon with SIGTERM. A daemon its launcher put in a process
+/// group of its own (`own_group`, and still leading it) ends the group:
+/// the processes its task forked (`mclapply()`, `mcparallel()`) would
+/// otherwise run on, orphaned, after their host and daemon are gone.
+fn end_self(own_group: bool) {
+    // SAFETY: plain syscalls on this process, or on its own process group
+    // (which it leads: the group's id is its pid).
+    unsafe {
+        if own_group && libc::getpgrp() == libc::getpid() {
+            libc::kill(0, libc::SIGTERM);
+        } else {
+            libc::kill(libc::getpid(), libc::SIGTERM);
+        }
     }
 }
 

@@ -36,9 +36,11 @@
 
 use crate::host::monitor::{Health, HealthBook};
 use crate::host::rng::{self, Stream};
+use crate::sys::scratch::Scratch;
 use crate::sys::spawn::{self, Child, Exit};
 use crate::sys::threads::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -133,6 +135,10 @@ pub struct Spec {
     pub stream: Option<Stream>,
     /// Its nice increment (see `oversubscribed_nice`); replacements too.
     pub nice: i32,
+    /// Where to make each daemon's own temporary directory (see
+    /// `sys::scratch`); None: the daemon uses the launcher's `TMPDIR`, as a
+    /// persistent daemon must (it outlives whoever would remove it).
+    pub scratch_in: Option<PathBuf>,
 }
 
 /// The nice increment for each of `n` local daemons launched together on
@@ -232,7 +238,10 @@ impl Pool {
         } else {
             None
         };
-        let child = spawn::launch(&spec.program, &argv, &spec.env, spec.persistent, spec.nice, on_exit)?;
+        // Should the directory not be made (a full disk), the daemon still
+        // starts, with the launcher's TMPDIR.
+        let scratch = spec.scratch_in.as_deref().and_then(|base| Scratch::create(base).ok());
+        let child = spawn::launch(&spec.program, &argv, &spec.env, spec.persistent, spec.nice, on_exit, scratch)?;
         let pid = child.pid;
         st.children.push(child);
         Ok(pid)
@@ -450,6 +459,7 @@ mod tests {
             persistent: false,
             stream: Some(s),
             nice: 3,
+            scratch_in: None,
         };
         assert_eq!(
             spec.argv().unwrap()[1],
@@ -476,6 +486,7 @@ mod tests {
             persistent: false,
             stream: None,
             nice: 0,
+            scratch_in: Some(std::env::temp_dir()),
         };
         let wait = |f: &dyn Fn() -> bool| {
             let until = std::time::Instant::now() + Duration::from_secs(20);

@@ -1,8 +1,10 @@
-//! The operating system, behind small safe interfaces: child processes,
-//! threads, randomness, network interfaces and the heap's size.
+//! The operating system, behind small safe interfaces: child processes
+//! and their temporary directories, threads, randomness, network
+//! interfaces and the heap's size.
 
 pub mod heap;
 pub mod net;
 pub mod random;
+pub mod scratch;
 pub mod spawn;
 pub mod threads;

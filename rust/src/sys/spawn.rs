@@ -1,8 +1,13 @@
 //! Child processes for local daemons and ephemeral mirai. We are their
 //! parent, so we reap them (one small thread each, blocked in wait): no
 //! zombies. Each goes in its own process group, so a Ctrl-C typed at the
-//! host's terminal interrupts the host, not its daemons.
+//! host's terminal interrupts the host, not its daemons; the group also
+//! holds the processes a daemon's tasks fork (`mclapply()`), so that a kill
+//! reaches them too (see `Child::kill` and `GROUP_ENV`). A child may be
+//! given a directory of its own for temporary files (`Scratch`), removed
+//! once it is reaped.
 
+use crate::sys::scratch::Scratch;
 use crate::sys::threads::{self, lock};
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -68,15 +73,23 @@ impl Child {
         lock(&self.state).status
     }
 
-    /// Sends SIGKILL unless the child has been reaped; true if it was sent.
+    /// Sends SIGKILL to the child's process group (the child and what it
+    /// forked) unless the child has been reaped; true if it was sent.
     pub fn kill(&self) -> bool {
         let st = lock(&self.state);
         if st.reaped {
             return false;
         }
-        // SAFETY: a plain syscall. Not reaped, and the reaper cannot reap
-        // while we hold the lock: the pid is still our child's.
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        // SAFETY: plain syscalls. Not reaped, and the reaper cannot reap
+        // while we hold the lock: the pid is still our child's, and so is
+        // the process group it leads (launched with process_group(0); a
+        // group's id is not reused while a member lives). Should the child
+        // have left its group, only the child is signalled.
+        unsafe {
+            if libc::kill(-(self.pid as i32), libc::SIGKILL) != 0 {
+                libc::kill(self.pid as i32, libc::SIGKILL);
+            }
+        }
         true
     }
 }
@@ -145,8 +158,16 @@ fn unblock_signals() {
     }
 }
 
+/// Set to "1" in a child's environment: it leads a process group of its
+/// own, made for it by its launcher. A daemon ending itself (its host gone
+/// during a task) then signals the whole group, as the launcher would; a
+/// daemon launched otherwise (by hand, by a scheduler) may share its group
+/// with processes that are not its own, and signals only itself.
+pub const GROUP_ENV: &str = "MIRAI_OWN_PROCESS_GROUP";
+
 /// Launches `program`; `nice`: a nice increment for the child (0: it runs
-/// at the launcher's priority).
+/// at the launcher's priority); `scratch`: a directory to give it as
+/// `TMPDIR`, removed once it has been reaped.
 pub fn launch(
     program: &str,
     args: &[String],
@@ -154,9 +175,10 @@ pub fn launch(
     persistent: bool,
     nice: i32,
     on_exit: Option<OnExit>,
+    scratch: Option<Scratch>,
 ) -> Result<Child, String> {
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).process_group(0);
+    cmd.args(args).stdin(Stdio::null()).process_group(0).env(GROUP_ENV, "1");
     // SAFETY: the hook runs in the forked child before exec and calls only
     // async-signal-safe functions (close_range, fcntl, getrlimit,
     // sigemptyset, pthread_sigmask, and nice: the getpriority and
@@ -176,8 +198,19 @@ pub fn launch(
     for (k, v) in env {
         cmd.env(k, v);
     }
+    if let Some(dir) = &scratch {
+        cmd.env("TMPDIR", dir.path());
+    }
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start '{program}': {e}"))?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(dir) = scratch {
+                dir.remove();
+            }
+            return Err(format!("cannot start '{program}': {e}"));
+        }
+    };
     let pid = child.id();
     let state = Arc::new(Mutex::new(ProcState::default()));
     let st = state.clone();
@@ -191,6 +224,11 @@ pub fn launch(
             g.reaped = true;
             w
         };
+        // Before the exit counts as recorded: whoever waits for the child
+        // to end (a reset) finds its directory gone too.
+        if let Some(dir) = scratch {
+            dir.remove();
+        }
         let exit = match waited {
             Ok(s) => match (s.code(), s.signal()) {
                 (Some(c), _) => Exit::Code(c),
@@ -238,7 +276,7 @@ mod tests {
             // Holds the reaper between the reaping and the status.
             let _ = rx.recv_timeout(Duration::from_secs(20));
         });
-        let c = launch("sh", &["-c".into(), "exit 0".into()], &[], false, 0, Some(hook)).unwrap();
+        let c = launch("sh", &["-c".into(), "exit 0".into()], &[], false, 0, Some(hook), None).unwrap();
         assert!(wait(|| lock(&c.state).reaped));
         assert_eq!(c.exited(), None, "the hook is still running");
         assert!(!c.kill());
@@ -246,11 +284,53 @@ mod tests {
         assert!(wait(|| c.exited() == Some(0)));
         assert!(!c.kill());
         // A running child is signalled, and its reaper sees the signal.
-        let c = launch("sleep", &["30".into()], &[], false, 0, None).unwrap();
+        let c = launch("sleep", &["30".into()], &[], false, 0, None, None).unwrap();
         assert!(c.kill());
         assert!(wait(|| c.exited().is_some()));
         assert_eq!(c.exited(), Some(-1));
         assert!(!c.kill());
+    }
+
+    #[test]
+    fn a_child_gets_its_own_temporary_directory_removed_once_it_is_reaped() {
+        let scratch = Scratch::create(&std::env::temp_dir()).unwrap();
+        let dir = scratch.path().to_path_buf();
+        let out = dir.with_extension("out");
+        let script = format!("echo \"$TMPDIR\" > {}; mkdir \"$TMPDIR/RtmpX\"; touch \"$TMPDIR/RtmpX/f\"", out.display());
+        let c = launch("sh", &["-c".into(), script], &[], false, 0, None, Some(scratch)).unwrap();
+        assert!(wait(|| c.exited().is_some()));
+        assert_eq!(c.exited(), Some(0));
+        assert_eq!(std::fs::read_to_string(&out).unwrap().trim_end(), dir.to_str().unwrap());
+        assert!(!dir.exists());
+        std::fs::remove_file(&out).unwrap();
+        // A program that cannot start leaves no directory behind either.
+        let scratch = Scratch::create(&std::env::temp_dir()).unwrap();
+        let dir = scratch.path().to_path_buf();
+        assert!(launch("/nonexistent/mirai-program", &[], &[], false, 0, None, Some(scratch)).is_err());
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_kill_reaches_what_the_child_forked() {
+        let out = std::env::temp_dir().join(format!("mirai-spawn-group-{}", std::process::id()));
+        let script = format!("sleep 30 & echo $! > {}; echo \"${}\" >> {}; wait", out.display(), GROUP_ENV, out.display());
+        let c = launch("sh", &["-c".into(), script], &[], false, 0, None, None).unwrap();
+        let read = || std::fs::read_to_string(&out).unwrap_or_default();
+        assert!(wait(|| read().lines().count() == 2));
+        let text = read();
+        let mut lines = text.lines();
+        let grandchild: i32 = lines.next().unwrap().parse().unwrap();
+        assert_eq!(lines.next(), Some("1"), "the child is told it leads its own group");
+        // Running, not a zombie waiting for whoever adopted it.
+        let alive = |pid: i32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        };
+        assert!(alive(grandchild));
+        assert!(c.kill());
+        assert!(wait(|| c.exited().is_some()));
+        assert!(wait(|| !alive(grandchild)));
+        std::fs::remove_file(&out).unwrap();
     }
 
     /// Priority of process `pid` as its nice value.
@@ -264,10 +344,10 @@ mod tests {
     fn a_child_runs_at_the_nice_increment_it_is_given() {
         // SAFETY: as in `nice_of`, on this process.
         let ours = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-        let c = launch("sleep", &["30".into()], &[], false, 5, None).unwrap();
+        let c = launch("sleep", &["30".into()], &[], false, 5, None, None).unwrap();
         assert_eq!(nice_of(c.pid), (ours + 5).min(19));
         assert!(c.kill());
-        let c = launch("sleep", &["30".into()], &[], false, 0, None).unwrap();
+        let c = launch("sleep", &["30".into()], &[], false, 0, None, None).unwrap();
         assert_eq!(nice_of(c.pid), ours);
         assert!(c.kill());
     }

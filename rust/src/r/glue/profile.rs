@@ -477,13 +477,17 @@ pub fn mirai_host_launch(
 ) -> RResult {
     let prof = profile(&p)?;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u64;
+    let persistent = bool_arg(persistent, "persistent")?;
     let spec = Spec {
         program: str_arg(program, "rscript")?,
         args: strs_arg(args, "args")?,
         env: strs_arg(env_names, "env")?.into_iter().zip(strs_arg(env_values, "env")?).collect(),
-        persistent: bool_arg(persistent, "persistent")?,
+        persistent,
         stream: if is_null(stream) { None } else { Some(ints_arg::<7>(stream, "rs")?) },
         nice: oversubscribed_nice(f64_arg(together, "together")? as u64, cores),
+        // Read here, on R's thread, where R's own Sys.setenv() runs: a
+        // replacement launched later from a reaper thread reuses it.
+        scratch_in: (!persistent).then(|| crate::sys::scratch::base(|k| std::env::var_os(k))),
     };
     let pid = prof.pool.launch(spec, bool_arg(heal, "heal")?)?;
     int(pid as i32)
