@@ -263,3 +263,20 @@ test_that("a task payload that is no list, or an odd list, leaves the daemon ser
     daemons(0)
   }
 })
+
+test_that("a task with a name R cannot make a variable of fails as a task, and its daemon stays", {
+  daemons(1)
+  on.exit(daemons(0))
+  pid <- mirai(Sys.getpid())[]
+  # Non-ASCII in "bytes" encoding: R refuses to translate it into a symbol.
+  nm <- "a\xffb"
+  Encoding(nm) <- "bytes"
+  a <- list(1)
+  names(a) <- nm
+  why <- "translating strings with \"bytes\" encoding is not allowed"
+  m <- mirai(1, .args = a)
+  expect_s3_class(m[], "miraiError")
+  expect_identical(conditionMessage(m$data), why)
+  expect_identical(everywhere(1, .args = a)[][[1L]]$message, why)
+  expect_identical(mirai(Sys.getpid())[], pid)
+})

@@ -74,6 +74,9 @@ pub fn call_binding(head: SEXP, args: SEXP, sym: SEXP, value: SEXP) -> Result<Ow
     let args = args.sexp();
     let n = if is_list(args) { len(args) } else { 0 };
     let names = list_names(args);
+    if let Some(why) = names.and_then(|nms| (0..len(nms)).find_map(|i| untranslatable_at(nms, i))) {
+        return Err(why.into());
+    }
     let quoted = (0..n)
         .map(|i| {
             let named = names.is_some_and(|nms| i < len(nms) && with_str_at(nms, i, |b| !b.is_empty()));

@@ -444,6 +444,9 @@ pub fn mirai_daemon_eval_task(data: SEXP, box_: SEXP) -> RResult {
     let before = eval_in_base(c.geterr)?;
     env_set(box_, c.before, before.sexp())?;
     let (expr, globals, args) = task_parts(data);
+    if let Some(why) = untranslatable_name(globals).or_else(|| untranslatable_name(args)) {
+        return mirai_error(why);
+    }
     match eval_task(expr, globals, args, box_, eval_and_quote()?)? {
         // The empty symbol (`quote(expr = )`) as a value: R's loop could
         // not even hold it in a variable (reading it is "argument is
@@ -456,6 +459,12 @@ pub fn mirai_daemon_eval_task(data: SEXP, box_: SEXP) -> RResult {
             Ok(Owned::reachable(box_))
         }
     }
+}
+
+/// Why a name of list `x` cannot be bound as a variable, if one cannot.
+fn untranslatable_name(x: SEXP) -> Option<&'static str> {
+    let nms = list_names(x)?;
+    (0..len(nms)).find_map(|i| untranslatable_at(nms, i))
 }
 
 /// A task payload's expression, globals and arguments: positional in a

@@ -252,6 +252,19 @@ pub fn char_at(s: SEXP, i: usize) -> SEXP {
     unsafe { STRING_ELT(s, i as isize) }
 }
 
+/// R's message when string `i` of `s` cannot name a variable or an
+/// argument: non-ASCII in "bytes" encoding, which R refuses to translate
+/// (`Rf_installTrChar` raises this error). Checked before R is asked, so
+/// that a task with such a name fails as a task: R's own error, raised
+/// where no handler waits, is printed on the daemon's stderr first, and
+/// in a daemon's loop it ended the daemon.
+pub fn untranslatable_at(s: SEXP, i: usize) -> Option<&'static str> {
+    let c = char_at(s, i);
+    // SAFETY: a CHARSXP (an element of a character vector).
+    let bytes = unsafe { Rf_getCharCE(c) } == cetype_t::CE_BYTES;
+    (bytes && with_str_at(s, i, |b| !b.is_ascii())).then_some("translating strings with \"bytes\" encoding is not allowed")
+}
+
 /// Attribute `sym` of `x` as stored (NULL if none), read without
 /// allocating. `names` and `row.names`, whose values R may compute, are
 /// not read here (NULL), nor attributes of a CHARSXP (it has none).
