@@ -251,11 +251,11 @@ max_message <- function() {
 #' exit, then kills any still running (except those launched with `autoexit =
 #' FALSE`, which are meant to outlive their host), together with the
 #' processes their tasks forked (`parallel::mclapply()`, `mcparallel()`).
-#' A daemon whose host goes away during a task ends those processes too.
-#' Each local daemon gets a temporary directory of its own (its `TMPDIR`,
-#' made where R would make this session's `tempdir()`), which is removed
-#' once the daemon has ended, however it ended: a daemon that is killed
-#' leaves no files behind. TCP connections use
+#' A daemon that is killed, or whose host goes away during a task, ends
+#' those processes too. Each local daemon makes its `tempdir()` in a
+#' directory of its own, made where R made this session's, and removed once
+#' the daemon has ended, however it ended: a daemon that is killed leaves no
+#' files behind. Processes its tasks start see this session's `TMPDIR`. TCP connections use
 #' keepalive, so a daemon whose host vanished without closing the connection
 #' (power loss, a cut network) notices within about `r limit("dead_peer_s")`
 #' seconds.

@@ -93,13 +93,19 @@ test_that("daemons do not inherit the session's open files and sockets", {
 test_that("a local daemon's temporary directory is its own, and goes when it ends, killed or not", {
   daemons(1)
   on.exit(daemons(0))
-  d1 <- mirai({ writeLines("left by a task", file.path(tempdir(), "f")); list(pid = Sys.getpid(), tmp = tempdir(), env = Sys.getenv("TMPDIR")) })[]
+  d1 <- mirai({
+    writeLines("left by a task", file.path(tempdir(), "f"))
+    list(pid = Sys.getpid(), tmp = tempdir(),
+         env = Sys.getenv(c("TMPDIR", "MIRAI_SCRATCH_DIR", "MIRAI_OUTER_TMPDIR", "MIRAI_OWN_PROCESS_GROUP"), unset = NA))
+  })[]
   # R made its session directory in the one the launcher made for the daemon.
   own <- dirname(d1$tmp)
   expect_match(basename(own), "^mirai-daemon-")
-  expect_identical(normalizePath(d1$env), normalizePath(own))
   # ... made where R made this session's, by the same rule.
   expect_identical(normalizePath(dirname(own)), normalizePath(dirname(tempdir())))
+  # What the task starts sees this session's TMPDIR (it may outlive the
+  # daemon and its directory), and nothing of what the launcher told the daemon.
+  expect_identical(unname(d1$env), c(Sys.getenv("TMPDIR", unset = NA), NA, NA, NA))
   expect_true(file.exists(file.path(d1$tmp, "f")))
   # SIGKILL: R runs no exit code, yet the directory and the task's file go.
   tools::pskill(d1$pid, tools::SIGKILL)
@@ -111,6 +117,22 @@ test_that("a local daemon's temporary directory is its own, and goes when it end
   expect_false(dirname(d2$tmp) == own)
   daemons(0)
   expect_false(dir.exists(dirname(d2$tmp)))
+})
+
+test_that("a host that ends without a reset leaves no daemon directory behind", {
+  skip_if_not_installed("processx")
+  tmp <- tempfile("tmpdir")
+  dir.create(tmp)
+  on.exit(unlink(tmp, recursive = TRUE))
+  env <- c("current", TMPDIR = tmp, R_LIBS = paste(.libPaths(), collapse = ":"))
+  host <- processx::run(file.path(R.home("bin"), "Rscript"),
+                        c("-e", "library(mirai); daemons(2); stopifnot(mirai(1)[] == 1); cat(mirai(tempdir())[])"),
+                        env = env, error_on_status = FALSE)
+  expect_identical(host$status, 0L)
+  # The daemon's R session directory was in one of the daemons' own.
+  expect_match(basename(dirname(host$stdout)), "^mirai-daemon-")
+  # The daemons exit once their host has gone; each removes its (by then empty) directory.
+  expect_true(wait_until(function() !length(list.files(tmp, all.files = TRUE, no.. = TRUE)), 15))
 })
 
 test_that("a daemon ended mid-task by a reset takes what its task forked, and its temporary directory, with it", {

@@ -19,6 +19,7 @@ use crate::wire::auth::{self, Prover};
 use crate::wire::decoder::Decoder;
 use crate::wire::frame::{strip_hop, Framing, SP_HEADER};
 use crate::wire::proto::{self, Msg, PROTOCOL_VERSION};
+use crate::daemon::launched::Launched;
 use crate::sys::threads::{self, lock};
 use crate::wire::transport::{dial_with, wait_readable, BlockingStream};
 use crate::wire::url::Address;
@@ -458,13 +459,11 @@ impl ClientConn {
 
     /// Starts the watcher thread. With `exit_on_hangup` (autoexit = TRUE), a
     /// host that disappears while R evaluates ends this process (SIGTERM
-    /// after a 200 ms grace period); when R is idle its own read sees the end
+    /// after a 200 ms grace period, see `Launched::end`); when R is idle its own read sees the end
     /// of stream and `daemon()` returns normally.
-    pub fn watch_host(&self, exit_on_hangup: bool) -> io::Result<()> {
+    pub fn watch_host(&self, exit_on_hangup: bool, launched: &'static Launched) -> io::Result<()> {
         let sh = self.shared.clone();
         let fd = self.stream.as_raw_fd();
-        // Read here, on R's thread (the environment is R's to change).
-        let own_group = std::env::var_os(crate::sys::spawn::GROUP_ENV).is_some_and(|v| v == "1");
         let body = move || {
             loop {
                 let task = sh.evaluating.load(Ordering::Acquire);
@@ -494,7 +493,7 @@ impl ClientConn {
                             // Straight to the process's stderr: R's sinks
                             // are R's, and R is busy with the task.
                             eprintln!("mirai daemon: the host went away during a task; ending it (autoexit = TRUE)");
-                            end_self(own_group);
+                            launched.end();
                         }
                     }
                     return;
@@ -506,7 +505,7 @@ impl ClientConn {
         let on_panic = move |msg: String| {
             if exit_on_hangup {
                 eprintln!("mirai daemon: its connection watcher failed ({msg}); ending (autoexit = TRUE)");
-                end_self(own_group);
+                launched.end();
             }
         };
         threads::spawn("mirai-watch", body, on_panic)?;
@@ -770,22 +769,6 @@ fn watch_read(sh: &Shared) {
 impl Drop for ClientConn {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-/// Ends this daemon with SIGTERM. A daemon its launcher put in a process
-/// group of its own (`own_group`, and still leading it) ends the group:
-/// the processes its task forked (`mclapply()`, `mcparallel()`) would
-/// otherwise run on, orphaned, after their host and daemon are gone.
-fn end_self(own_group: bool) {
-    // SAFETY: plain syscalls on this process, or on its own process group
-    // (which it leads: the group's id is its pid).
-    unsafe {
-        if own_group && libc::getpgrp() == libc::getpid() {
-            libc::kill(0, libc::SIGTERM);
-        } else {
-            libc::kill(libc::getpid(), libc::SIGTERM);
-        }
     }
 }
 

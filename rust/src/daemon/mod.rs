@@ -2,3 +2,4 @@
 //! checking the host's proof, then receiving tasks and sending results.
 
 pub mod client;
+pub mod launched;

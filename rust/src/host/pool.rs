@@ -36,11 +36,10 @@
 
 use crate::host::monitor::{Health, HealthBook};
 use crate::host::rng::{self, Stream};
-use crate::sys::scratch::Scratch;
+use crate::sys::scratch::{Base, Scratch};
 use crate::sys::spawn::{self, Child, Exit};
 use crate::sys::threads::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -138,7 +137,7 @@ pub struct Spec {
     /// Where to make each daemon's own temporary directory (see
     /// `sys::scratch`); None: the daemon uses the launcher's `TMPDIR`, as a
     /// persistent daemon must (it outlives whoever would remove it).
-    pub scratch_in: Option<PathBuf>,
+    pub scratch_in: Option<Base>,
 }
 
 /// The nice increment for each of `n` local daemons launched together on
@@ -240,7 +239,7 @@ impl Pool {
         };
         // Should the directory not be made (a full disk), the daemon still
         // starts, with the launcher's TMPDIR.
-        let scratch = spec.scratch_in.as_deref().and_then(|base| Scratch::create(base).ok());
+        let scratch = spec.scratch_in.as_ref().and_then(|base| Scratch::create(base).ok());
         let child = spawn::launch(&spec.program, &argv, &spec.env, spec.persistent, spec.nice, on_exit, scratch)?;
         let pid = child.pid;
         st.children.push(child);
@@ -486,7 +485,7 @@ mod tests {
             persistent: false,
             stream: None,
             nice: 0,
-            scratch_in: Some(std::env::temp_dir()),
+            scratch_in: Some(Base { dir: std::env::temp_dir(), tmpdir: None }),
         };
         let wait = |f: &dyn Fn() -> bool| {
             let until = std::time::Instant::now() + Duration::from_secs(20);

@@ -18,16 +18,36 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-/// The directory R would make a session's temporary directory in, given
-/// the environment `var` reads: the first of `TMPDIR`, `TMP` and `TEMP`
-/// that names a writable directory, else `/tmp` (R's own rule).
-pub fn base(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
-    ["TMPDIR", "TMP", "TEMP"]
+/// Where to make daemons' directories, read from the launcher's
+/// environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    /// The directory R would make a session's temporary directory in: the
+    /// first of `TMPDIR`, `TMP` and `TEMP` that names a writable directory,
+    /// else `/tmp` (R's own rule), made absolute (the launcher may change
+    /// its working directory before it removes what it made there).
+    pub dir: PathBuf,
+    /// The launcher's `TMPDIR`, if set: a daemon gives it back to what its
+    /// tasks start (see `daemon::launched`).
+    pub tmpdir: Option<OsString>,
+}
+
+/// Room left in a path for R's own `RtmpXXXXXX` and a task's file names:
+/// a base longer than `PATH_MAX` less this gets no directory of its own
+/// (R could not make its own inside, and the daemon would not start).
+const PATH_ROOM: usize = 1024;
+
+/// The base for the environment `var` reads; None if no directory of its
+/// own can be made there.
+pub fn base(var: impl Fn(&str) -> Option<OsString>) -> Option<Base> {
+    let dir = ["TMPDIR", "TMP", "TEMP"]
         .iter()
         .filter_map(|v| var(v))
         .map(PathBuf::from)
         .find(|p| writable_dir(p))
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let dir = std::fs::canonicalize(dir).ok()?;
+    (dir.as_os_str().len() + PATH_ROOM < libc::PATH_MAX as usize).then(|| Base { dir, tmpdir: var("TMPDIR") })
 }
 
 fn writable_dir(p: &Path) -> bool {
@@ -38,13 +58,17 @@ fn writable_dir(p: &Path) -> bool {
 
 /// A directory made for one child process, removed by `remove`.
 #[derive(Debug)]
-pub struct Scratch(PathBuf);
+pub struct Scratch {
+    path: PathBuf,
+    /// `Base::tmpdir`.
+    outer: Option<OsString>,
+}
 
 impl Scratch {
     /// A new directory `mirai-daemon-XXXXXX` in `base`, open to its owner
     /// only.
-    pub fn create(base: &Path) -> io::Result<Scratch> {
-        let mut template = base.join("mirai-daemon-XXXXXX").into_os_string().into_vec();
+    pub fn create(base: &Base) -> io::Result<Scratch> {
+        let mut template = base.dir.join("mirai-daemon-XXXXXX").into_os_string().into_vec();
         if template.contains(&0) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the directory's path"));
         }
@@ -56,18 +80,23 @@ impl Scratch {
             return Err(io::Error::last_os_error());
         }
         template.pop();
-        Ok(Scratch(PathBuf::from(OsString::from_vec(template))))
+        Ok(Scratch { path: PathBuf::from(OsString::from_vec(template)), outer: base.tmpdir.clone() })
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
+    }
+
+    /// The launcher's `TMPDIR`, if it had one.
+    pub fn outer_tmpdir(&self) -> Option<&OsString> {
+        self.outer.as_ref()
     }
 
     /// Removes the directory and everything in it. Links inside are
     /// removed, not followed. What cannot be removed (a file a process
     /// still writes) stays; nothing waits for it.
     pub fn remove(self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -82,18 +111,41 @@ mod tests {
         let env = |pairs: Vec<(&'static str, PathBuf)>| {
             move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone().into_os_string())
         };
-        assert_eq!(base(env(vec![("TMPDIR", here.clone())])), here);
+        let dir = |b: Option<Base>| b.unwrap().dir;
+        assert_eq!(base(env(vec![("TMPDIR", here.clone())])), Some(Base { dir: here.clone(), tmpdir: Some(here.clone().into()) }));
         // Not a directory, or empty: the next variable, then /tmp.
         let missing = here.join("missing");
-        assert_eq!(base(env(vec![("TMPDIR", missing.clone()), ("TEMP", here.clone())])), here);
-        assert_eq!(base(env(vec![("TMPDIR", PathBuf::new()), ("TMP", missing)])), PathBuf::from("/tmp"));
+        let b = base(env(vec![("TMPDIR", missing.clone()), ("TEMP", here.clone())])).unwrap();
+        assert_eq!(b, Base { dir: here.clone(), tmpdir: Some(missing.clone().into()) });
+        assert_eq!(dir(base(env(vec![("TMPDIR", PathBuf::new()), ("TMP", missing)]))), PathBuf::from("/tmp"));
+        assert_eq!(base(env(vec![])), Some(Base { dir: PathBuf::from("/tmp"), tmpdir: None }));
+        // Relative: made absolute.
+        let cwd = std::env::current_dir().unwrap();
+        let rel = pathdiff(&here, &cwd);
+        assert_eq!(dir(base(env(vec![("TMPDIR", rel)]))), here);
+        // So long that R could not make its own directory inside: none.
+        let mut deep = here.clone();
+        while deep.as_os_str().len() + PATH_ROOM < libc::PATH_MAX as usize {
+            deep.push("d".repeat(200));
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        assert_eq!(base(env(vec![("TMPDIR", deep)])), None);
         std::fs::remove_dir_all(&here).unwrap();
+    }
+
+    /// `to` relative to `from` (both absolute), through "..".
+    fn pathdiff(to: &Path, from: &Path) -> PathBuf {
+        let mut up = PathBuf::new();
+        for _ in from.components().skip(1) {
+            up.push("..");
+        }
+        up.join(to.strip_prefix("/").unwrap())
     }
 
     #[test]
     fn a_scratch_directory_is_private_and_removed_with_what_it_holds() {
         use std::os::unix::fs::PermissionsExt;
-        let base = std::env::temp_dir();
+        let base = Base { dir: std::env::temp_dir(), tmpdir: None };
         let s = Scratch::create(&base).unwrap();
         let t = Scratch::create(&base).unwrap();
         assert_ne!(s.path(), t.path());
@@ -111,6 +163,6 @@ mod tests {
         assert!(!dir.exists());
         assert!(outside.exists());
         t.remove();
-        assert!(Scratch::create(Path::new("/nonexistent/mirai")).is_err());
+        assert!(Scratch::create(&Base { dir: PathBuf::from("/nonexistent/mirai"), tmpdir: None }).is_err());
     }
 }

@@ -95,18 +95,22 @@ impl Child {
 }
 
 /// Blocks until child `pid` has exited, without reaping it (the reaper then
-/// reaps it under the child's lock; see `ProcState::reaped`).
-fn wait_exited(pid: u32) {
+/// reaps it under the child's lock; see `ProcState::reaped`); true if a
+/// signal ended it.
+fn wait_exited(pid: u32) -> bool {
     loop {
         // SAFETY: siginfo_t is a plain C struct, valid all zero; waitid
         // writes into it and changes nothing else (WNOWAIT: the child stays
         // waitable).
-        let rc = unsafe {
+        let (rc, info) = unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+            (libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT), info)
         };
-        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return;
+        if rc == 0 {
+            return matches!(info.si_code, libc::CLD_KILLED | libc::CLD_DUMPED);
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
         }
     }
 }
@@ -165,6 +169,13 @@ fn unblock_signals() {
 /// with processes that are not its own, and signals only itself.
 pub const GROUP_ENV: &str = "MIRAI_OWN_PROCESS_GROUP";
 
+/// The child's own directory (`Scratch`), also given as its `TMPDIR`.
+pub const SCRATCH_ENV: &str = "MIRAI_SCRATCH_DIR";
+
+/// The launcher's `TMPDIR`, if it had one: the child gives it back to the
+/// processes it starts, which may outlive it and its directory.
+pub const OUTER_TMPDIR_ENV: &str = "MIRAI_OUTER_TMPDIR";
+
 /// Launches `program`; `nice`: a nice increment for the child (0: it runs
 /// at the launcher's priority); `scratch`: a directory to give it as
 /// `TMPDIR`, removed once it has been reaped.
@@ -199,7 +210,11 @@ pub fn launch(
         cmd.env(k, v);
     }
     if let Some(dir) = &scratch {
-        cmd.env("TMPDIR", dir.path());
+        cmd.env("TMPDIR", dir.path()).env(SCRATCH_ENV, dir.path());
+        match dir.outer_tmpdir() {
+            Some(t) => cmd.env(OUTER_TMPDIR_ENV, t),
+            None => cmd.env_remove(OUTER_TMPDIR_ENV),
+        };
     }
     let started = Instant::now();
     let mut child = match cmd.spawn() {
@@ -217,7 +232,13 @@ pub fn launch(
     let st2 = state.clone();
     let reap = move || {
         use std::os::unix::process::ExitStatusExt;
-        wait_exited(pid);
+        if wait_exited(pid) {
+            // Killed (by a user, the OOM killer, a crash): what it forked
+            // would run on, orphaned. Not yet reaped, it still holds its
+            // pid, so the group is still its own.
+            // SAFETY: a plain syscall, on the group our unreaped child leads.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        }
         let waited = {
             let mut g = lock(&st);
             let w = child.wait();
@@ -258,6 +279,7 @@ pub fn launch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::scratch::Base;
 
     fn wait(f: impl Fn() -> bool) -> bool {
         let until = Instant::now() + Duration::from_secs(20);
@@ -293,43 +315,64 @@ mod tests {
 
     #[test]
     fn a_child_gets_its_own_temporary_directory_removed_once_it_is_reaped() {
-        let scratch = Scratch::create(&std::env::temp_dir()).unwrap();
+        let base = Base { dir: std::env::temp_dir(), tmpdir: Some("/outer/tmp".into()) };
+        let scratch = Scratch::create(&base).unwrap();
         let dir = scratch.path().to_path_buf();
         let out = dir.with_extension("out");
-        let script = format!("echo \"$TMPDIR\" > {}; mkdir \"$TMPDIR/RtmpX\"; touch \"$TMPDIR/RtmpX/f\"", out.display());
+        let script = format!(
+            "echo \"$TMPDIR ${SCRATCH_ENV} ${OUTER_TMPDIR_ENV}\" > {}; mkdir \"$TMPDIR/RtmpX\"; touch \"$TMPDIR/RtmpX/f\"",
+            out.display()
+        );
         let c = launch("sh", &["-c".into(), script], &[], false, 0, None, Some(scratch)).unwrap();
         assert!(wait(|| c.exited().is_some()));
         assert_eq!(c.exited(), Some(0));
-        assert_eq!(std::fs::read_to_string(&out).unwrap().trim_end(), dir.to_str().unwrap());
+        let d = dir.to_str().unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap().trim_end(), format!("{d} {d} /outer/tmp"));
         assert!(!dir.exists());
         std::fs::remove_file(&out).unwrap();
         // A program that cannot start leaves no directory behind either.
-        let scratch = Scratch::create(&std::env::temp_dir()).unwrap();
+        let scratch = Scratch::create(&base).unwrap();
         let dir = scratch.path().to_path_buf();
         assert!(launch("/nonexistent/mirai-program", &[], &[], false, 0, None, Some(scratch)).is_err());
         assert!(!dir.exists());
     }
 
     #[test]
-    fn a_kill_reaches_what_the_child_forked() {
+    fn a_kill_reaches_what_the_child_forked_and_a_normal_exit_does_not() {
         let out = std::env::temp_dir().join(format!("mirai-spawn-group-{}", std::process::id()));
-        let script = format!("sleep 30 & echo $! > {}; echo \"${}\" >> {}; wait", out.display(), GROUP_ENV, out.display());
-        let c = launch("sh", &["-c".into(), script], &[], false, 0, None, None).unwrap();
-        let read = || std::fs::read_to_string(&out).unwrap_or_default();
-        assert!(wait(|| read().lines().count() == 2));
-        let text = read();
-        let mut lines = text.lines();
-        let grandchild: i32 = lines.next().unwrap().parse().unwrap();
-        assert_eq!(lines.next(), Some("1"), "the child is told it leads its own group");
         // Running, not a zombie waiting for whoever adopted it.
         let alive = |pid: i32| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
         };
-        assert!(alive(grandchild));
-        assert!(c.kill());
-        assert!(wait(|| c.exited().is_some()));
-        assert!(wait(|| !alive(grandchild)));
+        // How the child ends: killed by us, killed by someone else, or
+        // exiting by itself (what it left running in the background is
+        // then left alone).
+        for how in ["kill", "outside", "exit"] {
+            let _ = std::fs::remove_file(&out);
+            let end = if how == "exit" { "exit 0" } else { "wait" };
+            let script = format!("sleep 30 & echo $! > {0}; echo \"${GROUP_ENV}\" >> {0}; {end}", out.display());
+            let c = launch("sh", &["-c".into(), script], &[], false, 0, None, None).unwrap();
+            let read = || std::fs::read_to_string(&out).unwrap_or_default();
+            assert!(wait(|| read().lines().count() == 2));
+            let text = read();
+            let mut lines = text.lines();
+            let grandchild: i32 = lines.next().unwrap().parse().unwrap();
+            assert_eq!(lines.next(), Some("1"), "the child is told it leads its own group");
+            match how {
+                "kill" => assert!(c.kill()),
+                // SAFETY: a plain syscall on our own running child.
+                "outside" => assert_eq!(unsafe { libc::kill(c.pid as i32, libc::SIGKILL) }, 0),
+                _ => {}
+            }
+            assert!(wait(|| c.exited().is_some()), "{how}");
+            if how == "exit" {
+                assert!(alive(grandchild));
+                // SAFETY: a plain syscall on a process we started.
+                unsafe { libc::kill(grandchild, libc::SIGKILL) };
+            }
+            assert!(wait(|| !alive(grandchild)), "{how}");
+        }
         std::fs::remove_file(&out).unwrap();
     }
 

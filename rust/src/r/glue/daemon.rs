@@ -82,7 +82,7 @@ pub fn mirai_dial(
         return Err(e);
     }
     let c = c?;
-    c.watch_host(autoexit == 1.0).map_err(|e| e.to_string())?;
+    c.watch_host(autoexit == 1.0, crate::daemon::launched::take()).map_err(|e| e.to_string())?;
     new_handle::<Conn>(Mutex::new(Some(c)), nil())
 }
 

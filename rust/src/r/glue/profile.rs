@@ -487,7 +487,7 @@ pub fn mirai_host_launch(
         nice: oversubscribed_nice(f64_arg(together, "together")? as u64, cores),
         // Read here, on R's thread, where R's own Sys.setenv() runs: a
         // replacement launched later from a reaper thread reuses it.
-        scratch_in: (!persistent).then(|| crate::sys::scratch::base(|k| std::env::var_os(k))),
+        scratch_in: if persistent { None } else { crate::sys::scratch::base(|k| std::env::var_os(k)) },
     };
     let pid = prof.pool.launch(spec, bool_arg(heal, "heal")?)?;
     int(pid as i32)
