@@ -254,8 +254,9 @@ max_message <- function() {
 #' A daemon that is killed, or whose host goes away during a task, ends
 #' those processes too. Each local daemon makes its `tempdir()` in a
 #' directory of its own, made where R made this session's, and removed once
-#' the daemon has ended, however it ended: a daemon that is killed leaves no
-#' files behind. Processes its tasks start see this session's `TMPDIR`. TCP connections use
+#' the daemon has ended: a daemon killed while this session runs, or ended
+#' mid-task because this session has gone, leaves no files behind.
+#' Processes its tasks start see this session's `TMPDIR`. TCP connections use
 #' keepalive, so a daemon whose host vanished without closing the connection
 #' (power loss, a cut network) notices within about `r limit("dead_peer_s")`
 #' seconds.

@@ -119,19 +119,25 @@ test_that("a local daemon's temporary directory is its own, and goes when it end
   expect_false(dir.exists(dirname(d2$tmp)))
 })
 
-test_that("a host that ends without a reset leaves no daemon directory behind", {
+test_that("a host that ends without a reset leaves no daemon directory behind, even with a task writing into it", {
   skip_if_not_installed("processx")
   tmp <- tempfile("tmpdir")
   dir.create(tmp)
   on.exit(unlink(tmp, recursive = TRUE))
   env <- c("current", TMPDIR = tmp, R_LIBS = paste(.libPaths(), collapse = ":"))
   host <- processx::run(file.path(R.home("bin"), "Rscript"),
-                        c("-e", "library(mirai); daemons(2); stopifnot(mirai(1)[] == 1); cat(mirai(tempdir())[])"),
+                        c("-e", paste(
+                          "library(mirai); daemons(2); stopifnot(mirai(1)[] == 1); cat(mirai(tempdir())[]);",
+                          # Writes new files into its tempdir() until its daemon ends.
+                          "m <- mirai({ k <- 0; repeat { k <- k + 1; writeLines('x', file.path(tempdir(), k)) } });",
+                          "while (status()$mirai[['executing']] < 1L) Sys.sleep(0.05); Sys.sleep(1)")),
                         env = env, error_on_status = FALSE)
   expect_identical(host$status, 0L)
   # The daemon's R session directory was in one of the daemons' own.
   expect_match(basename(dirname(host$stdout)), "^mirai-daemon-")
-  # The daemons exit once their host has gone; each removes its (by then empty) directory.
+  # The idle daemon exits once its host has gone, and removes its (by then
+  # empty) directory; the busy one ends itself, and its directory is removed
+  # once it has ended.
   expect_true(wait_until(function() !length(list.files(tmp, all.files = TRUE, no.. = TRUE)), 15))
 })
 

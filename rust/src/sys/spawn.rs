@@ -209,12 +209,14 @@ pub fn launch(
     for (k, v) in env {
         cmd.env(k, v);
     }
+    // A child with no directory of its own (persistent) must not take its
+    // launcher's for one, should the launcher have inherited the variables.
+    cmd.env_remove(SCRATCH_ENV).env_remove(OUTER_TMPDIR_ENV);
     if let Some(dir) = &scratch {
         cmd.env("TMPDIR", dir.path()).env(SCRATCH_ENV, dir.path());
-        match dir.outer_tmpdir() {
-            Some(t) => cmd.env(OUTER_TMPDIR_ENV, t),
-            None => cmd.env_remove(OUTER_TMPDIR_ENV),
-        };
+        if let Some(t) = dir.outer_tmpdir() {
+            cmd.env(OUTER_TMPDIR_ENV, t);
+        }
     }
     let started = Instant::now();
     let mut child = match cmd.spawn() {

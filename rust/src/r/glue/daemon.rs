@@ -42,6 +42,9 @@ pub fn mirai_dial(
     tlscert: SEXP,
     persist: SEXP,
 ) -> RResult {
+    // First, so that a daemon that never connects removes its directory
+    // at exit too.
+    let launched = crate::daemon::launched::take();
     let url = str_arg(url, "url")?;
     let addr = Address::parse(&url)?;
     let tls = match &addr {
@@ -82,7 +85,7 @@ pub fn mirai_dial(
         return Err(e);
     }
     let c = c?;
-    c.watch_host(autoexit == 1.0, crate::daemon::launched::take()).map_err(|e| e.to_string())?;
+    c.watch_host(autoexit == 1.0, launched).map_err(|e| e.to_string())?;
     new_handle::<Conn>(Mutex::new(Some(c)), nil())
 }
 
