@@ -3,8 +3,8 @@
 //! directory made for its temporary files (its `TMPDIR`, in which R made
 //! `tempdir()`).
 //!
-//! Taken once, on R's thread, when the daemon first connects, and then
-//! removed from the environment, with `TMPDIR` set back to the launcher's:
+//! Taken once, on R's thread, before the daemon first dials its host, and
+//! then removed from the environment, with `TMPDIR` set back to the launcher's:
 //! what the daemon's tasks start must not inherit them. A process that
 //! outlives the daemon (started in the background, or a persistent daemon
 //! launched by a task) would otherwise keep a `TMPDIR` that goes with the
