@@ -163,6 +163,22 @@ test_that("a daemon ended mid-task by a reset takes what its task forked, and it
   expect_true(is_error_value(m$data))
 })
 
+test_that("a process a task forks may quit() without ending its daemon's connection", {
+  daemons(1)
+  on.exit(daemons(0))
+  pid <- mirai(Sys.getpid())[]
+  # The fork runs R's exit code, which drops its copy of the connection.
+  m <- mirai({
+    p <- parallel::mcparallel(quit("no"))
+    parallel::mccollect(p)
+    Sys.sleep(0.3)
+    Sys.getpid()
+  })
+  expect_identical(m[], pid)
+  expect_identical(mirai(Sys.getpid())[], pid)
+  expect_identical(status()$connections, 1L)
+})
+
 test_that("internal entry points refuse objects that are not what they expect", {
   daemons(1)
   on.exit(daemons(0))

@@ -76,6 +76,12 @@ struct Shared {
 
 pub struct ClientConn {
     stream: BlockingStream,
+    /// The process that connected. A process forked from it (a task's
+    /// `mcparallel()`) shares the socket: should it run R's exit code (its
+    /// expression calls `quit()`), dropping its copy must not shut down the
+    /// connection, which is the daemon's (the host lost the daemon, and the
+    /// task its result).
+    owner: u32,
     shared: Arc<Shared>,
     pub framing: Framing,
     pub limits: Limits,
@@ -514,7 +520,9 @@ impl ClientConn {
 
     pub fn close(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
-        self.stream.shutdown();
+        if std::process::id() == self.owner {
+            self.stream.shutdown();
+        }
     }
 }
 
@@ -610,6 +618,7 @@ fn handshake(
     let (msg, off) = proto::decode(&body[hop..])?;
     match msg {
         Msg::Init { version, stream: rng } if version == PROTOCOL_VERSION => Ok(ClientConn {
+            owner: std::process::id(),
             stream,
             shared: Arc::new(Shared {
                 reader: Mutex::new(Reader { stream: rd, dec, pending: VecDeque::new(), eof: false, broken: None }),
