@@ -103,7 +103,7 @@ impl Launched {
 /// so, not a link, this user's, open to it only.
 fn made_by_launcher(dir: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let named = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("mirai-daemon-"));
+    let named = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(crate::sys::scratch::PREFIX));
     // SAFETY: a plain syscall.
     let uid = unsafe { libc::getuid() };
     named && std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o777 == 0o700)
@@ -158,7 +158,7 @@ mod tests {
         std::fs::create_dir(&other).unwrap();
         std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o700)).unwrap();
         assert!(!made_by_launcher(&other));
-        let link = s.path().with_file_name(format!("mirai-daemon-link{}", std::process::id()));
+        let link = s.path().with_file_name(format!("{}link{}", crate::sys::scratch::PREFIX, std::process::id()));
         std::os::unix::fs::symlink(s.path(), &link).unwrap();
         assert!(!made_by_launcher(&link));
         std::fs::remove_file(&link).unwrap();

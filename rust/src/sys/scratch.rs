@@ -56,6 +56,10 @@ fn writable_dir(p: &Path) -> bool {
     p.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0
 }
 
+/// How the name of each such directory begins (mkdtemp adds six
+/// characters); a daemon takes only a directory so named for its own.
+pub const PREFIX: &str = "mirai-daemon-";
+
 /// A directory made for one child process, removed by `remove`.
 #[derive(Debug)]
 pub struct Scratch {
@@ -68,7 +72,7 @@ impl Scratch {
     /// A new directory `mirai-daemon-XXXXXX` in `base`, open to its owner
     /// only.
     pub fn create(base: &Base) -> io::Result<Scratch> {
-        let mut template = base.dir.join("mirai-daemon-XXXXXX").into_os_string().into_vec();
+        let mut template = base.dir.join(format!("{PREFIX}XXXXXX")).into_os_string().into_vec();
         if template.contains(&0) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the directory's path"));
         }
@@ -150,7 +154,7 @@ mod tests {
         let t = Scratch::create(&base).unwrap();
         assert_ne!(s.path(), t.path());
         let dir = s.path().to_path_buf();
-        assert!(dir.file_name().unwrap().to_str().unwrap().starts_with("mirai-daemon-"));
+        assert!(dir.file_name().unwrap().to_str().unwrap().starts_with(PREFIX));
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
         // What R makes inside, and a link out of it: the link goes, its
         // target stays.
