@@ -168,8 +168,8 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     if (isTRUE(init$config$relay)) relay_setup()
     snap <- snapshot()
     box <- new.env(parent = emptyenv())
-    # A cluster node's tasks run natively, inside the receive (see
-    # node_error()); future's code on a node looks for this as `master`.
+    # Tasks run natively, inside the receive (see node_error()); future's
+    # code on a cluster node looks for this as `master`.
     relay <- structure(list(sink = new.env(parent = emptyenv())), class = c("miraiRelay", "SOCK0node"))
     # daemons(relay = TRUE): tasks' messages and immediate conditions go to
     # the host as they happen, as do those future sends to `master`. The
@@ -181,8 +181,8 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     # Progress updates the handler kept back over the budget, to go before
     # the task's value (see relay_handler()).
     relay_st <- if (!is.null(relay_h)) environment(relay_h)$st
-    # A cluster node's task is answered natively, inside the receive: it
-    # calls this first, as the loop below does before send_result().
+    # A task answered natively, inside the receive, calls this first, as the
+    # loop below does before send_result().
     if (!is.null(relay_h)) relay$sink$flush <- function(x) relay_flush(relay_h, conn)
     repeat {
       # A cancel raises SIGINT while a task evaluates; should it land just
@@ -195,17 +195,21 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       stopped <- tryCatch({
         with_relay(repeat {
           # A tagged list, `kind` first; the kinds and their fields are
-          # defined natively (Received in rust/src/r/glue/daemon.rs).
-          msg <- .Call(C_mirai_daemon_recv, conn, box, relay, cleanup)
+          # defined natively (Received in rust/src/r/glue/daemon.rs). Tasks
+          # are evaluated, answered and cleaned up after inside the call,
+          # which returns only for what needs R.
+          msg <- .Call(C_mirai_daemon_recv, conn, box, relay, if (cleanup) snap)
           res <- switch(msg[["kind"]],
+            # An everywhere() task, when cleaning up: what it changes is
+            # meant to stay, so it becomes the state later cleanups restore.
             task = eval_task(msg[["data"]], box),
             # A task that cannot be run, answered with why.
             error = mirai_error(msg[["message"]]),
-            # A cluster node's task (run natively) failed.
+            # A task (run natively) failed.
             failed = node_error(box, msg[["before"]]),
-            # A cluster node's task, answered natively, to clean up after.
+            # A task answered natively changed the search path or options.
             done = {
-              if (!.Call(C_mirai_daemon_tidy, snap)) snap <- do_cleanup(snap)
+              snap <- do_cleanup(snap)
               next
             },
             exit = {
@@ -225,13 +229,8 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
             code <- last
             break
           }
-          # everywhere() tasks mark their payload: what they change is meant
-          # to stay, so it becomes the state later cleanups restore.
           if (cleanup) {
-            # (A payload that is no list, which no host of ours sends, is
-            # no everywhere() task: `[[` on it would end the daemon.)
-            d <- msg[["data"]]
-            if (is.list(d) && !is.null(d[["._everywhere_."]])) snap <- snapshot()
+            if (msg[["kind"]] == "task") snap <- snapshot()
             else if (!.Call(C_mirai_daemon_tidy, snap)) snap <- do_cleanup(snap)
           }
         }, relay_h)
@@ -280,17 +279,14 @@ send_result <- function(conn, id, res) {
   last
 }
 
-# Evaluates a task payload on a daemon. Binding its arguments and the
-# evaluation itself are native (mirai_daemon_eval_task in
+# Evaluates an everywhere() task's payload on a daemon that cleans up (the
+# daemon's other tasks run inside its receive). Binding its arguments and
+# the evaluation itself are native (mirai_daemon_eval_task in
 # rust/src/r/glue/daemon.rs, around mirai_eval in src/entrypoint.c), which
 # signal failure by returning `box`.
 eval_task <- function(data, box) {
   res <- .Call(C_mirai_daemon_eval_task, data, box)
   if (!identical(res, box)) return(res)
-  if (!is.null(box$redo)) {
-    box$redo <- NULL
-    return(mirai_error("the task's arguments are not all named"))
-  }
   cond <- box$cond
   if (is.null(cond)) return(unhandled_jump(box$before))
   # Frames up to and including this one belong to the daemon loop, and so
@@ -299,10 +295,11 @@ eval_task <- function(data, box) {
   mirai_error(cond, task_trace(box$calls, sys.nframe() + 2L, 2L))
 }
 
-# A cluster node's task, run natively (see mirai_daemon_recv in
-# rust/src/r/glue/daemon.rs), failed: as eval_task() does, but the calls before
-# the task's own are this loop's and the two of the eval() that binds
-# `master` (call_binding in rust/src/r/glue/call.rs).
+# A task run natively (see mirai_daemon_recv in rust/src/r/glue/daemon.rs)
+# failed: as eval_task() does, but the calls before the task's own are this
+# loop's and the two of the eval() the task is evaluated in (for a cluster
+# node's task, the one that binds `master`: call_binding in
+# rust/src/r/glue/call.rs).
 node_error <- function(box, before) {
   cond <- box$cond
   if (is.null(cond)) return(unhandled_jump(before))

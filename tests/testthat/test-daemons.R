@@ -330,6 +330,29 @@ test_that("after a task changed options and set them back, later tasks tidy up n
   expect_identical(runs(), 1L)
 })
 
+test_that("in a stream of queued tasks, those that need R's clean-up leave the next as they should be", {
+  # Tasks are run and tidied after inside the daemon's receive; the loop
+  # returns to R only for a task whose clean-up needs R (search path,
+  # options) and, cleaning up, for everywhere() tasks. Queued back to back
+  # on one daemon, each task must still see the state restored. (Where an
+  # everywhere() task falls among queued tasks is not fixed: it waits for
+  # its own results.)
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  look <- quote(list(getOption("digits"), "package:stats4" %in% search(), exists("g", envir = globalenv()),
+                     exists("kept", envir = globalenv())))
+  change <- quote({ options(digits = 3); library(stats4); assign("g", 1, envir = globalenv()); eval(look) })
+  stream <- function(kept) {
+    ms <- lapply(1:30, function(i) if (i %in% c(10L, 20L)) mirai(.expr = change, look = look) else mirai(.expr = look))
+    res <- lapply(ms, `[`)
+    expect_identical(res[c(10L, 20L)], rep(list(list(3L, TRUE, TRUE, kept)), 2L))
+    expect_identical(res[-c(10L, 20L)], rep(list(list(7L, FALSE, FALSE, kept)), 28L))
+  }
+  stream(FALSE)
+  everywhere(assign("kept", 1, envir = globalenv()))[]
+  stream(TRUE)
+})
+
 test_that("cleanup restores options a task changed, added or removed", {
   daemons(1, dispatcher = FALSE)
   on.exit(daemons(0))

@@ -156,18 +156,22 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
 /// by name) and this side; R takes the names at load (`mirai_constants`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {
-    /// `id`, `data`: a task for R to evaluate and answer.
+    /// `id`, `data`: an `everywhere()` task, on a daemon that cleans up,
+    /// for R to evaluate and answer (what it leaves becomes the state that
+    /// later clean-ups restore). Other tasks are answered here.
     Task,
     /// `id`, `message`: a task that cannot be run (it cannot be
-    /// unserialized, the host withdrew it, or, for a cluster node's task,
-    /// it could not be set up or its result not be serialized), for R to
-    /// answer with a 'miraiError' of `message`.
+    /// unserialized, the host withdrew it, its arguments are not all
+    /// named, it could not be set up as a cluster node's task, or its
+    /// result could not be serialized), for R to answer with a
+    /// 'miraiError' of `message`.
     Error,
-    /// `id`, `before`: a cluster node's task failed: `box` holds the error
-    /// (see `run_node`), `before` is `geterrmessage()` from before it.
+    /// `id`, `before`: a task failed: `box` holds the error (or none, for
+    /// an interrupt), `before` is `geterrmessage()` from before it. For R
+    /// to make the error value and answer it.
     Failed,
-    /// `id`: a cluster node's task, answered here, for R to clean up after
-    /// (only when `cleanup` is TRUE).
+    /// `id`: a task answered here changed what the native clean-up cannot
+    /// restore (the search path, options): for R to clean up after.
     Done,
     /// `code`: the connection ended (an `ExitCode`).
     Exit,
@@ -233,15 +237,19 @@ fn received(kind: Received, values: &[SEXP]) -> RResult {
 }
 
 /// The next thing for the daemon's loop in R to act on (see `Received`),
-/// waiting for it within the daemon's limits. A cluster node's tasks
-/// (`node::mirai_node_send`) are evaluated and answered here, in a loop
-/// that returns to R only for the other kinds, and, when `cleanup` is TRUE
-/// (a daemon launched by hand with `cleanup = TRUE`), as `Done` after each
-/// answered task. `box` is the daemon loop's environment for mirai_eval,
-/// `relay` the `master` that future's code on the node looks for (see
-/// R/cluster.R).
-pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RResult {
-    let cleanup = bool_arg(cleanup, "cleanup")?;
+/// waiting for it within the daemon's limits. Tasks are evaluated and
+/// answered here, in a loop that returns to R only for the other kinds:
+/// for a task that failed (R builds its error value), for one whose
+/// clean-up needs R (`Done`), and for an `everywhere()` task when cleaning
+/// up (R makes what it leaves the state later clean-ups restore). Each
+/// return to R, its loop and the calls it makes, cost a tiny task about a
+/// fifth of the daemon's CPU (perf: 25-31 us a task, of which ~6 us R's own
+/// loop and its `.Call`s). `snap` is the state to restore after each task
+/// (snapshot() in R/daemon.R), NULL with `cleanup = FALSE`; `box` is the
+/// daemon loop's environment for mirai_eval, `relay` the `master` that
+/// future's code on a cluster node looks for (see R/cluster.R).
+pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, snap: SEXP) -> RResult {
+    let snap = (!is_null(snap)).then_some(snap);
     loop {
         let (id, body, offset, sid, bare) = match next_task(h)? {
             Got::Code(code) => return received(Received::Exit, &[int(code as i32)?.sexp()]),
@@ -272,31 +280,42 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RRe
             Some(Err(e)) => return error(&format!("cannot unserialize task: {e}")),
             None => return error("the host withdrew this task before it was fully sent"),
         };
-        let d = match sid {
-            None if !is_node_task(d.sexp())? => return received(Received::Task, &[idv.sexp(), d.sexp()]),
-            None => d,
+        let job = match sid {
+            None if is_node_task(d.sexp())? => Job::Node(d),
+            None => Job::Task(d),
             Some(sid) => match shared_task(h, box_, sid, d.sexp())? {
-                Shared::Map(data) => return received(Received::Task, &[idv.sexp(), data.sexp()]),
-                Shared::Node(d) => d,
+                Shared::Map(data) => Job::Task(data),
+                Shared::Node(d) => Job::Node(d),
                 Shared::Broken(why) => return error(&why),
             },
         };
-        let ran = match run_node(d.sexp(), box_, relay) {
-            Ok(ran) => ran,
-            Err(RError::Interrupt) => return Err(RError::Interrupt),
-            // Failing to set the task up (an argument name R cannot
-            // translate, say) fails the task, not the daemon. An R error
-            // caught here is dropped; R's handler has recorded its message.
-            Err(e) => {
-                let why = match e {
-                    RError::Msg(m) => m,
-                    _ => eval_in_base(node_consts()?.geterr)
-                        .and_then(|m| str_arg(m.sexp(), "message"))
-                        .map(|m| condition_message(&m).to_string())
-                        .unwrap_or_else(|_| "an R error outside the task's own evaluation".into()),
-                };
-                return error(&format!("the node could not run the task: {why}"));
+        let ran = match job {
+            Job::Task(d) if snap.is_some() && is_everywhere(d.sexp()) => {
+                return received(Received::Task, &[idv.sexp(), d.sexp()]);
             }
+            Job::Task(d) => match run_task(d.sexp(), box_)? {
+                Evaluated::Value(v) => Ran::Value(v),
+                Evaluated::Failed(before) => Ran::Failed(before),
+                Evaluated::Unnamed => return error(UNNAMED),
+            },
+            Job::Node(d) => match run_node(d.sexp(), box_, relay) {
+                Ok(ran) => ran,
+                Err(RError::Interrupt) => return Err(RError::Interrupt),
+                // Failing to set the task up (an argument name R cannot
+                // translate, say) fails the task, not the daemon. An R
+                // error caught here is dropped; R's handler has recorded
+                // its message.
+                Err(e) => {
+                    let why = match e {
+                        RError::Msg(m) => m,
+                        _ => eval_in_base(node_consts()?.geterr)
+                            .and_then(|m| str_arg(m.sexp(), "message"))
+                            .map(|m| condition_message(&m).to_string())
+                            .unwrap_or_else(|_| "an R error outside the task's own evaluation".into()),
+                    };
+                    return error(&format!("the node could not run the task: {why}"));
+                }
+            },
         };
         // Before the value, as for any task: the progress updates the relay
         // handler kept back (relay_flush() in R/relay.R), then the drop note.
@@ -305,8 +324,10 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RRe
         match ran {
             Ran::Failed(before) => return received(Received::Failed, &[idv.sexp(), before.sexp()]),
             Ran::Value(v) => match send_value(h, id, v.sexp())? {
-                Sent::Code(0) if cleanup => return received(Received::Done, &[idv.sexp()]),
-                Sent::Code(0) => continue,
+                Sent::Code(0) => match snap {
+                    Some(snap) if !tidy(snap)? => return received(Received::Done, &[idv.sexp()]),
+                    _ => continue,
+                },
                 Sent::Code(code) => {
                     if code > 0 {
                         linger(h, LAST_REPLY_LINGER)?;
@@ -317,6 +338,24 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, cleanup: SEXP) -> RRe
             },
         }
     }
+}
+
+/// What a received payload is.
+enum Job {
+    /// A task's payload (`task_parts`): `mirai()`, `everywhere()`, a map's
+    /// element.
+    Task(Owned),
+    /// A cluster node's task (`is_node_task`).
+    Node(Owned),
+}
+
+/// Why a task whose arguments are not all named is not run.
+const UNNAMED: &str = "the task's arguments are not all named";
+
+/// Whether payload `d` is an `everywhere()` task's: marked so, as what it
+/// changes is meant to stay (see everywhere() in R/everywhere.R).
+fn is_everywhere(d: SEXP) -> bool {
+    is_list(d) && !is_null(list_get(d, "._everywhere_."))
 }
 
 /// The symbols under which the loop's environment `box` keeps each share
@@ -431,8 +470,9 @@ fn condition_message(record: &str) -> &str {
 /// expression, globals and arguments, see `task_parts`) as
 /// `lang::eval_task` does, with `geterrmessage()` from before it kept in
 /// `box` as `before` (for an evaluation that jumps out without an error).
-/// Its value, or `box` when it failed; `box` with `redo` set when the
-/// payload's arguments are not all named.
+/// Its value, or `box` when it failed; an error value when the payload's
+/// arguments are not all named. Only `everywhere()` tasks come here when
+/// the daemon cleans up; the rest run inside `mirai_daemon_recv`.
 ///
 /// The expression is evaluated within `eval()`, as the reference evaluates
 /// every task (see `lang::eval_task`): exit code registered at its top
@@ -443,25 +483,45 @@ fn condition_message(record: &str) -> &str {
 /// eval() (its closure's and the .Internal's), which eval_task() (R/daemon.R)
 /// drops with the daemon's own.
 pub fn mirai_daemon_eval_task(data: SEXP, box_: SEXP) -> RResult {
-    let c = node_consts()?;
-    let before = eval_in_base(c.geterr)?;
-    env_set(box_, c.before, before.sexp())?;
+    match run_task(data, box_)? {
+        Evaluated::Value(v) => Ok(v),
+        Evaluated::Failed(before) => {
+            env_set(box_, node_consts()?.before, before.sexp())?;
+            Ok(Owned::reachable(box_))
+        }
+        Evaluated::Unnamed => mirai_error(UNNAMED),
+    }
+}
+
+/// How a task's evaluation ended (`run_task`).
+enum Evaluated {
+    Value(Owned),
+    /// It failed: `box` holds the error (or none, for an interrupt), and
+    /// this is `geterrmessage()` from before it.
+    Failed(Owned),
+    /// Not run: its arguments are not all named.
+    Unnamed,
+}
+
+/// Runs task payload `data` (see `mirai_daemon_eval_task`).
+fn run_task(data: SEXP, box_: SEXP) -> Result<Evaluated, RError> {
+    let before = eval_in_base(node_consts()?.geterr)?;
     let (expr, globals, args) = task_parts(data);
     if let Some(why) = untranslatable_name(globals).or_else(|| untranslatable_name(args)) {
-        return mirai_error(why);
+        return Ok(Evaluated::Value(mirai_error(why)?));
     }
-    match eval_task(expr, globals, args, box_, eval_and_quote()?)? {
+    Ok(match eval_task(expr, globals, args, box_, eval_and_quote()?)? {
+        Some(v) if v.sexp() == box_ => Evaluated::Failed(before),
         // The empty symbol (`quote(expr = )`) as a value: R's loop could
         // not even hold it in a variable (reading it is "argument is
         // missing"), and the daemon would end. A cluster node's task says
         // as much as an error.
-        Some(v) if v.sexp() == missing_arg() => mirai_error("the task's value is the empty symbol (a missing argument)"),
-        Some(v) => Ok(v),
-        None => {
-            env_set(box_, c.redo, lgl(true)?.sexp())?;
-            Ok(Owned::reachable(box_))
+        Some(v) if v.sexp() == missing_arg() => {
+            Evaluated::Value(mirai_error("the task's value is the empty symbol (a missing argument)")?)
         }
-    }
+        Some(v) => Evaluated::Value(v),
+        None => Evaluated::Unnamed,
+    })
 }
 
 /// Why a name of list `x` cannot be bound as a variable, if one cannot.
@@ -489,10 +549,9 @@ struct NodeConsts {
     flush: SEXP,
     /// `geterrmessage()`, preserved.
     geterr: SEXP,
-    /// Where a task's `geterrmessage()` from before it is kept in `box`,
-    /// and the mark of a payload to refuse (`mirai_daemon_eval_task`).
+    /// Where a task's `geterrmessage()` from before it is kept in `box`
+    /// (`mirai_daemon_eval_task`).
     before: SEXP,
-    redo: SEXP,
     relayed_names: SEXP,
     relayed_class: SEXP,
     payload_names: SEXP,
@@ -509,7 +568,6 @@ fn node_consts() -> Result<&'static NodeConsts, RError> {
             flush: install(c"flush")?,
             geterr: preserved_base_call(c"geterrmessage")?,
             before: install(c"before")?,
-            redo: install(c"redo")?,
             relayed_names: preserved_strings(&[c"conditions", c"value"])?,
             relayed_class: preserved_strings(&[c"miraiRelayed"])?,
             payload_names: node_payload_names()?,
@@ -738,16 +796,19 @@ fn relay_send(h: SEXP, cond: SEXP, held: bool, force: bool) -> RResult {
 /// (match.call, as.list, vapply, ...), and with 16 daemons on 2 cores the
 /// R objects it made cost each task as many cache misses again.
 pub fn mirai_daemon_tidy(snap: SEXP) -> RResult {
+    lgl(tidy(snap)?)
+}
+
+fn tidy(snap: SEXP) -> Result<bool, RError> {
     let globals = list_get(snap, "globals");
     let search = list_get(snap, "search");
     if type_of(globals) != STRSXP || type_of(search) != STRSXP {
         return Err("internal error in mirai: `snap` is not a snapshot".into());
     }
     let c = tidy_consts()?;
-    let tidy = remove_new_globals(globals)?
+    Ok(remove_new_globals(globals)?
         && len(eval_in_base(c.search)?.sexp()) == len(search)
-        && same_cells(base_binding(c.options)?, list_get(snap, "pairlist"));
-    lgl(tidy)
+        && same_cells(base_binding(c.options)?, list_get(snap, "pairlist")))
 }
 
 struct TidyConsts {
