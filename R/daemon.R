@@ -170,6 +170,13 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     box <- new.env(parent = emptyenv())
     # Tasks run natively, inside the receive (see node_error()); future's
     # code on a cluster node looks for this as `master`.
+    # An R error in the daemon's own code (not a task's: those are caught
+    # where the task is evaluated) leaves the loop below through this
+    # restart. A calling handler, not tryCatch(error =): R offers a C stack
+    # overflow only to exiting handlers, and one here would take a task's
+    # overflow from R's default handler, which records its message.
+    escape <- function(e) invokeRestart("mirai_escape", e)
+    failed_at <- -1
     relay <- structure(list(sink = new.env(parent = emptyenv())), class = c("miraiRelay", "SOCK0node"))
     # daemons(relay = TRUE): tasks' messages and immediate conditions go to
     # the host as they happen, as do those future sends to `master`. The
@@ -192,7 +199,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       # The relay handler is set inside the catch: a cancel landing while
       # the handler runs (R then sees only the handlers set before it) is
       # caught as well.
-      stopped <- tryCatch({
+      stopped <- tryCatch(withRestarts({
         with_relay(repeat {
           # A tagged list, `kind` first; the kinds and their fields are
           # defined natively (Received in rust/src/r/glue/daemon.rs). Tasks
@@ -200,9 +207,13 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           # which returns only for what needs R.
           msg <- .Call(C_mirai_daemon_recv, conn, box, relay, if (cleanup) snap)
           res <- switch(msg[["kind"]],
-            # An everywhere() task, when cleaning up: what it changes is
-            # meant to stay, so it becomes the state later cleanups restore.
-            task = eval_task(msg[["data"]], box),
+            # An everywhere() task, answered, when cleaning up: what it
+            # changed is meant to stay, so it becomes the state later
+            # cleanups restore.
+            kept = {
+              snap <- snapshot()
+              next
+            },
             # A task that cannot be run, answered with why.
             error = mirai_error(msg[["message"]]),
             # A task (run natively) failed.
@@ -230,21 +241,36 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
             break
           }
           if (cleanup) {
-            if (msg[["kind"]] == "task") snap <- snapshot()
+            # An everywhere() task that failed: what it changed stays.
+            if (isTRUE(msg[["keep"]])) snap <- snapshot()
             else if (!.Call(C_mirai_daemon_tidy, snap)) snap <- do_cleanup(snap)
           }
-        }, relay_h)
+        }, relay_h, escape)
         TRUE
-      }, interrupt = function(e) FALSE)
-      if (stopped) break
+      }, mirai_escape = function(e) e), interrupt = function(e) FALSE)
+      if (isTRUE(stopped)) break
+      # An R error that escaped the task's own evaluation (a time limit the
+      # task left, running out in the daemon's code) fails the task if it
+      # is still unanswered; one between tasks is passed over, unless no
+      # task was answered since the last: that one is the daemon's own.
       cur <- .Call(C_mirai_daemon_current, conn)
       if (cur > 0) {
-        last <- send_result(conn, cur, mirai_interrupt())
+        # (The error's call is the daemon's, not the task's.)
+        res <- if (isFALSE(stopped)) mirai_interrupt() else mirai_error(conditionMessage(stopped))
+        last <- send_result(conn, cur, res)
         if (last != 0L) {
           code <- last
           break
         }
+      } else if (!isFALSE(stopped)) {
+        answered <- .Call(C_mirai_daemon_answered, conn)
+        if (identical(answered, failed_at)) stop(stopped)
+        failed_at <- answered
       }
+      # The clean-up after the task, which the interrupt or error may have
+      # cut short; one that fails leaves the state as it is.
+      if (cleanup) snap <- tryCatch(if (.Call(C_mirai_daemon_tidy, snap)) snap else do_cleanup(snap),
+                                    error = function(e) snap, interrupt = function(e) snap)
     }
     count <- count + .Call(C_mirai_daemon_close, conn)
     # The host broke the protocol: stop, saying why.
@@ -279,27 +305,12 @@ send_result <- function(conn, id, res) {
   last
 }
 
-# Evaluates an everywhere() task's payload on a daemon that cleans up (the
-# daemon's other tasks run inside its receive). Binding its arguments and
-# the evaluation itself are native (mirai_daemon_eval_task in
-# rust/src/r/glue/daemon.rs, around mirai_eval in src/entrypoint.c), which
-# signal failure by returning `box`.
-eval_task <- function(data, box) {
-  res <- .Call(C_mirai_daemon_eval_task, data, box)
-  if (!identical(res, box)) return(res)
-  cond <- box$cond
-  if (is.null(cond)) return(unhandled_jump(box$before))
-  # Frames up to and including this one belong to the daemon loop, and so
-  # do the next two, of the eval() the task's expression is evaluated in;
-  # the last two are the handler's (see eval_on_error in src/entrypoint.c).
-  mirai_error(cond, task_trace(box$calls, sys.nframe() + 2L, 2L))
-}
-
 # A task run natively (see mirai_daemon_recv in rust/src/r/glue/daemon.rs)
-# failed: as eval_task() does, but the calls before the task's own are this
-# loop's and the two of the eval() the task is evaluated in (for a cluster
-# node's task, the one that binds `master`: call_binding in
-# rust/src/r/glue/call.rs).
+# failed: `box` holds its error and the calls on the stack when it was
+# signalled (see eval_on_error in src/entrypoint.c). The calls before the
+# task's own are this loop's and the two of the eval() the task is
+# evaluated in (for a cluster node's task, the one that binds `master`:
+# call_binding in rust/src/r/glue/call.rs); the last two are the handler's.
 node_error <- function(box, before) {
   cond <- box$cond
   if (is.null(cond)) return(unhandled_jump(before))
@@ -400,7 +411,7 @@ mirai_error <- function(e, trace = list()) {
   # the top of the task, which has no call of its own (as R's "Error: msg"),
   # so `$call` and conditionCall() are NULL rather than a daemon internal.
   internal <- is.null(call) || (is.call(call) && (identical(call[[1L]], quote(eval)) ||
-    identical(call[[1L]], quote(eval_task)) || identical(call[[1L]], eval)))
+    identical(call[[1L]], eval)))
   if (internal) call <- NULL
   text <- if (internal) sprintf("Error: %s\n", msg)
           else sprintf("Error in %s: %s\n", paste(deparse(call, nlines = 1L), collapse = ""), msg)
@@ -438,7 +449,7 @@ do_cleanup <- function(snap) {
     if (length(new)) rm(list = new, envir = .GlobalEnv)
   }
   s <- search()
-  if (length(s) != length(snap$search)) {
+  if (!identical(s, snap$search)) {
     for (pkg in setdiff(s, snap$search)) {
       if (startsWith(pkg, "package:")) try(detach(pkg, character.only = TRUE, unload = FALSE), silent = TRUE)
     }

@@ -185,11 +185,13 @@ relay_setup <- function() {
     Sys.setenv(CLI_TICK_TIME = "200")
 }
 
-# Evaluates `expr` under the relay handler `h` (NULL: none). Either way
-# through withCallingHandlers(): a task then runs as deep in the call stack
-# with relay on as off (its sys.nframe(), sys.function(n)).
-with_relay <- function(expr, h) {
-  if (is.null(h)) withCallingHandlers(expr) else withCallingHandlers(expr, message = h, immediateCondition = h)
+# Evaluates `expr` under the relay handler `h` (NULL: none) and the daemon
+# loop's `error` handler. Either way through one withCallingHandlers(): a
+# task then runs as deep in the call stack with relay on as off (its
+# sys.nframe(), sys.function(n)).
+with_relay <- function(expr, h, error) {
+  if (is.null(h)) withCallingHandlers(expr, error = error)
+  else withCallingHandlers(expr, message = h, immediateCondition = h, error = error)
 }
 
 # ---- on the host ----------------------------------------------------------

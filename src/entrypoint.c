@@ -60,8 +60,8 @@ static SEXP eval_body(void *d) {
 static SEXP eval_on_error(SEXP cond, void *d) {
   mirai_eval_t *e = (mirai_eval_t *) d;
   Rf_defineVar(Rf_install("cond"), cond, e->box);
-  /* The last two calls are the handler's and calls_fun's own (eval_task
-     drops them). */
+  /* The last two calls are the handler's and calls_fun's own (node_error()
+     in R/daemon.R drops them). */
   SEXP calls = PROTECT(Rf_lang1(calls_fun));
   calls = PROTECT(Rf_eval(calls, R_BaseEnv));
   Rf_defineVar(Rf_install("calls"), calls, e->box);

@@ -353,6 +353,53 @@ test_that("in a stream of queued tasks, those that need R's clean-up leave the n
   stream(TRUE)
 })
 
+test_that("a time limit a task leaves running out in the daemon's own code neither ends the daemon nor skips its clean-up", {
+  # setTimeLimit() outlives the task that calls it; R signals the limit in
+  # whatever R code runs then: here, most likely the daemon's own between
+  # tasks (the clean-up restoring an option), which used to end it.
+  for (cleanup in c(TRUE, FALSE)) {
+    daemons(1, dispatcher = FALSE, cleanup = cleanup)
+    pid <- mirai(Sys.getpid())[]
+    expect_identical(mirai({ setTimeLimit(elapsed = 0.3); 1 })[], 1)
+    Sys.sleep(0.5)
+    res <- lapply(lapply(1:1000, function(i) mirai({ options(o = i); i }, i = i)), `[`)
+    failed <- vapply(res, inherits, logical(1L), "miraiError")
+    # Without clean-up the limit may fall in a task's own evaluation: that
+    # task fails, saying so.
+    expect_lte(sum(failed), if (cleanup) 0L else 1L)
+    for (e in res[failed]) expect_match(format(e), "time limit")
+    expect_identical(unlist(res[!failed]), (1:1000)[!failed])
+    expect_identical(mirai(Sys.getpid())[], pid)
+    if (cleanup) expect_null(mirai(getOption("o"))[])
+    daemons(0)
+  }
+})
+
+test_that("cleanup detaches a package attached by a task that also detached one", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  before <- mirai(search())[]
+  mirai({ detach("package:methods"); library(tools); 1 })[]
+  after <- mirai(search())[]
+  expect_false("package:tools" %in% after)
+  expect_identical(setdiff(after, before), character())
+})
+
+test_that("a task runs at the same depth whatever its kind and the cleanup setting", {
+  depth <- function() {
+    c(mirai = mirai(sys.nframe())[], everywhere = unlist(everywhere(sys.nframe())[]),
+      map = unlist(mirai_map(1, function(x) sys.nframe())[]) - 3L)
+  }
+  daemons(1, dispatcher = FALSE)
+  on <- depth()
+  daemons(0)
+  daemons(1, dispatcher = FALSE, cleanup = FALSE)
+  on.exit(daemons(0))
+  off <- depth()
+  expect_identical(on, off)
+  expect_identical(unname(on), rep(on[[1L]], 3L))
+})
+
 test_that("cleanup restores options a task changed, added or removed", {
   daemons(1, dispatcher = FALSE)
   on.exit(daemons(0))

@@ -156,19 +156,21 @@ fn next_task(h: SEXP) -> Result<Got, RError> {
 /// by name) and this side; R takes the names at load (`mirai_constants`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {
-    /// `id`, `data`: an `everywhere()` task, on a daemon that cleans up,
-    /// for R to evaluate and answer (what it leaves becomes the state that
-    /// later clean-ups restore). Other tasks are answered here.
-    Task,
-    /// `id`, `message`: a task that cannot be run (it cannot be
+    /// `id`: an `everywhere()` task, answered here, on a daemon that
+    /// cleans up: what it left becomes the state that later clean-ups
+    /// restore (R takes a new snapshot).
+    Kept,
+    /// `id`, `message`, `keep`: a task that cannot be run (it cannot be
     /// unserialized, the host withdrew it, its arguments are not all
     /// named, it could not be set up as a cluster node's task, or its
     /// result could not be serialized), for R to answer with a
-    /// 'miraiError' of `message`.
+    /// 'miraiError' of `message`. `keep`: as for `Failed`.
     Error,
-    /// `id`, `before`: a task failed: `box` holds the error (or none, for
-    /// an interrupt), `before` is `geterrmessage()` from before it. For R
-    /// to make the error value and answer it.
+    /// `id`, `before`, `keep`: a task failed: `box` holds the error (or
+    /// none, for an interrupt), `before` is `geterrmessage()` from before
+    /// it. For R to make the error value and answer it. `keep`: TRUE for
+    /// an `everywhere()` task on a daemon that cleans up (what it changed
+    /// before failing stays, as `Kept`).
     Failed,
     /// `id`: a task answered here changed what the native clean-up cannot
     /// restore (the search path, options): for R to clean up after.
@@ -181,11 +183,11 @@ pub enum Received {
 
 impl Received {
     pub const ALL: [Received; 6] =
-        [Received::Task, Received::Error, Received::Failed, Received::Done, Received::Exit, Received::Broken];
+        [Received::Kept, Received::Error, Received::Failed, Received::Done, Received::Exit, Received::Broken];
 
     pub fn name(self) -> &'static str {
         match self {
-            Received::Task => "task",
+            Received::Kept => "kept",
             Received::Error => "error",
             Received::Failed => "failed",
             Received::Done => "done",
@@ -197,9 +199,9 @@ impl Received {
     /// The list's names, `kind` first.
     fn fields(self) -> &'static [&'static CStr] {
         match self {
-            Received::Task => &[c"kind", c"id", c"data"],
-            Received::Error => &[c"kind", c"id", c"message"],
-            Received::Failed => &[c"kind", c"id", c"before"],
+            Received::Kept => &[c"kind", c"id"],
+            Received::Error => &[c"kind", c"id", c"message", c"keep"],
+            Received::Failed => &[c"kind", c"id", c"before", c"keep"],
             Received::Done => &[c"kind", c"id"],
             Received::Exit => &[c"kind", c"code"],
             Received::Broken => &[c"kind", c"why"],
@@ -240,8 +242,9 @@ fn received(kind: Received, values: &[SEXP]) -> RResult {
 /// waiting for it within the daemon's limits. Tasks are evaluated and
 /// answered here, in a loop that returns to R only for the other kinds:
 /// for a task that failed (R builds its error value), for one whose
-/// clean-up needs R (`Done`), and for an `everywhere()` task when cleaning
-/// up (R makes what it leaves the state later clean-ups restore). Each
+/// clean-up needs R (`Done`), and after an `everywhere()` task when
+/// cleaning up (`Kept`: R makes what it left the state later clean-ups
+/// restore). Each
 /// return to R, its loop and the calls it makes, cost a tiny task about a
 /// fifth of the daemon's CPU (perf: 25-31 us a task, of which ~6 us R's own
 /// loop and its `.Call`s). `snap` is the state to restore after each task
@@ -272,7 +275,10 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, snap: SEXP) -> RResul
         });
         drop(body);
         let idv = real(id as f64)?;
-        let error = |msg: &str| received(Received::Error, &[idv.sexp(), string(msg)?.sexp()]);
+        let fail = |msg: &str, keep: bool| {
+            received(Received::Error, &[idv.sexp(), string(msg)?.sexp(), lgl(keep)?.sexp()])
+        };
+        let error = |msg: &str| fail(msg, false);
         let d = match data {
             Some(Ok(d)) => d,
             // A task that cannot be read (a failing custom unserializer,
@@ -289,10 +295,9 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, snap: SEXP) -> RResul
                 Shared::Broken(why) => return error(&why),
             },
         };
+        // An everywhere() task's changes stay (see `Received::Kept`).
+        let keep = matches!(&job, Job::Task(d) if snap.is_some() && is_everywhere(d.sexp()));
         let ran = match job {
-            Job::Task(d) if snap.is_some() && is_everywhere(d.sexp()) => {
-                return received(Received::Task, &[idv.sexp(), d.sexp()]);
-            }
             Job::Task(d) => match run_task(d.sexp(), box_)? {
                 Evaluated::Value(v) => Ran::Value(v),
                 Evaluated::Failed(before) => Ran::Failed(before),
@@ -322,11 +327,15 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, snap: SEXP) -> RResul
         relay_flush_node(relay)?;
         relay_note(h)?;
         match ran {
-            Ran::Failed(before) => return received(Received::Failed, &[idv.sexp(), before.sexp()]),
+            Ran::Failed(before) => return received(Received::Failed, &[idv.sexp(), before.sexp(), lgl(keep)?.sexp()]),
             Ran::Value(v) => match send_value(h, id, v.sexp())? {
-                Sent::Code(0) => match snap {
-                    Some(snap) if !tidy(snap)? => return received(Received::Done, &[idv.sexp()]),
-                    _ => continue,
+                Sent::Code(0) if keep => return received(Received::Kept, &[idv.sexp()]),
+                Sent::Code(0) => match snap.map(tidy) {
+                    None | Some(Ok(true)) => continue,
+                    Some(Err(RError::Interrupt)) => return Err(RError::Interrupt),
+                    // An R error in the native clean-up (a time limit a
+                    // task left running out here, say) is R's to redo.
+                    Some(Ok(false) | Err(_)) => return received(Received::Done, &[idv.sexp()]),
                 },
                 Sent::Code(code) => {
                     if code > 0 {
@@ -334,7 +343,7 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, snap: SEXP) -> RResul
                     }
                     return received(Received::Exit, &[int(code)?.sexp()]);
                 }
-                Sent::NotSerialized(m) => return error(&format!("result could not be serialized: {m}")),
+                Sent::NotSerialized(m) => return fail(&format!("result could not be serialized: {m}"), keep),
             },
         }
     }
@@ -466,33 +475,6 @@ fn condition_message(record: &str) -> &str {
     message.map_or(record, str::trim_start)
 }
 
-/// `eval_task()` (R/daemon.R): runs a task's payload `data` (its
-/// expression, globals and arguments, see `task_parts`) as
-/// `lang::eval_task` does, with `geterrmessage()` from before it kept in
-/// `box` as `before` (for an evaluation that jumps out without an error).
-/// Its value, or `box` when it failed; an error value when the payload's
-/// arguments are not all named. Only `everywhere()` tasks come here when
-/// the daemon cleans up; the rest run inside `mirai_daemon_recv`.
-///
-/// The expression is evaluated within `eval()`, as the reference evaluates
-/// every task (see `lang::eval_task`): exit code registered at its top
-/// runs when the task ends (on an error or interrupt too, before its value
-/// is sent), and `return(x)` there gives the value x. The eval() closure's
-/// call costs about 3 us a task (measured on 2 cores, 24-27 us a round
-/// trip against 21-26 without). An error's calls have two frames of that
-/// eval() (its closure's and the .Internal's), which eval_task() (R/daemon.R)
-/// drops with the daemon's own.
-pub fn mirai_daemon_eval_task(data: SEXP, box_: SEXP) -> RResult {
-    match run_task(data, box_)? {
-        Evaluated::Value(v) => Ok(v),
-        Evaluated::Failed(before) => {
-            env_set(box_, node_consts()?.before, before.sexp())?;
-            Ok(Owned::reachable(box_))
-        }
-        Evaluated::Unnamed => mirai_error(UNNAMED),
-    }
-}
-
 /// How a task's evaluation ended (`run_task`).
 enum Evaluated {
     Value(Owned),
@@ -503,7 +485,17 @@ enum Evaluated {
     Unnamed,
 }
 
-/// Runs task payload `data` (see `mirai_daemon_eval_task`).
+/// Runs a task's payload `data` (its expression, globals and arguments,
+/// see `task_parts`) as `lang::eval_task` does.
+///
+/// The expression is evaluated within `eval()`, as the reference evaluates
+/// every task (see `lang::eval_task`): exit code registered at its top
+/// runs when the task ends (on an error or interrupt too, before its value
+/// is sent), and `return(x)` there gives the value x. The eval() closure's
+/// call costs about 3 us a task (measured on 2 cores, 24-27 us a round
+/// trip against 21-26 without). An error's calls have two frames of that
+/// eval() (its closure's and the .Internal's), which node_error()
+/// (R/daemon.R) drops with the daemon's own.
 fn run_task(data: SEXP, box_: SEXP) -> Result<Evaluated, RError> {
     let before = eval_in_base(node_consts()?.geterr)?;
     let (expr, globals, args) = task_parts(data);
@@ -549,9 +541,6 @@ struct NodeConsts {
     flush: SEXP,
     /// `geterrmessage()`, preserved.
     geterr: SEXP,
-    /// Where a task's `geterrmessage()` from before it is kept in `box`
-    /// (`mirai_daemon_eval_task`).
-    before: SEXP,
     relayed_names: SEXP,
     relayed_class: SEXP,
     payload_names: SEXP,
@@ -567,7 +556,6 @@ fn node_consts() -> Result<&'static NodeConsts, RError> {
             last_fun: install(c"._last_node_fun_.")?,
             flush: install(c"flush")?,
             geterr: preserved_base_call(c"geterrmessage")?,
-            before: install(c"before")?,
             relayed_names: preserved_strings(&[c"conditions", c"value"])?,
             relayed_class: preserved_strings(&[c"miraiRelayed"])?,
             payload_names: node_payload_names()?,
@@ -807,8 +795,15 @@ fn tidy(snap: SEXP) -> Result<bool, RError> {
     }
     let c = tidy_consts()?;
     Ok(remove_new_globals(globals)?
-        && len(eval_in_base(c.search)?.sexp()) == len(search)
+        && same_strings(eval_in_base(c.search)?.sexp(), search)
         && same_cells(base_binding(c.options)?, list_get(snap, "pairlist")))
+}
+
+/// Whether character vectors `a` and `b` hold the same strings (R keeps
+/// one object per string, so by pointer): the search path as it was, not
+/// only as long (a task that detached one package and attached another).
+fn same_strings(a: SEXP, b: SEXP) -> bool {
+    len(a) == len(b) && (0..len(a)).all(|i| char_at(a, i) == char_at(b, i))
 }
 
 struct TidyConsts {
@@ -860,6 +855,12 @@ fn remove_new_globals(before: SEXP) -> Result<bool, RError> {
 pub fn mirai_daemon_current(h: SEXP) -> RResult {
     let id = lock(conn(&h)?).as_ref().map_or(0, |c| c.current());
     real(id as f64)
+}
+
+/// How many tasks this connection has answered.
+pub fn mirai_daemon_answered(h: SEXP) -> RResult {
+    let done = lock(conn(&h)?).as_ref().map_or(0, |c| c.limits.done);
+    real(done as f64)
 }
 
 /// How long a daemon waits, after its last reply, for the host to close.
