@@ -171,11 +171,17 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
     # Tasks run natively, inside the receive (see node_error()); future's
     # code on a cluster node looks for this as `master`.
     # An R error in the daemon's own code (not a task's: those are caught
-    # where the task is evaluated) leaves the loop below through this
-    # restart. A calling handler, not tryCatch(error =): R offers a C stack
-    # overflow only to exiting handlers, and one here would take a task's
-    # overflow from R's default handler, which records its message.
-    escape <- function(e) invokeRestart("mirai_escape", e)
+    # where the task is evaluated) leaves the loop below as an interrupt
+    # does, carrying the error. A calling handler, not tryCatch(error =): R
+    # offers a C stack overflow only to exiting handlers, and one here
+    # would take a task's overflow from R's default handler, which records
+    # its message. Through the interrupt's catch: no frame more for tasks.
+    escape <- function(e) {
+      msg <- tryCatch(paste(as.character(conditionMessage(e)), collapse = "\n"),
+                      error = function(x) "an R error in the daemon's own code")
+      signalCondition(structure(class = c("miraiEscape", "interrupt", "condition"),
+                                list(message = msg, call = NULL)))
+    }
     failed_at <- -1
     relay <- structure(list(sink = new.env(parent = emptyenv())), class = c("miraiRelay", "SOCK0node"))
     # daemons(relay = TRUE): tasks' messages and immediate conditions go to
@@ -199,7 +205,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       # The relay handler is set inside the catch: a cancel landing while
       # the handler runs (R then sees only the handlers set before it) is
       # caught as well.
-      stopped <- tryCatch(withRestarts({
+      stopped <- tryCatch({
         with_relay(repeat {
           # A tagged list, `kind` first; the kinds and their fields are
           # defined natively (Received in rust/src/r/glue/daemon.rs). Tasks
@@ -247,8 +253,9 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
           }
         }, relay_h, escape)
         TRUE
-      }, mirai_escape = function(e) e), interrupt = function(e) FALSE)
+      }, interrupt = function(e) if (inherits(e, "miraiEscape")) conditionMessage(e) else FALSE)
       if (isTRUE(stopped)) break
+      keep <- .Call(C_mirai_daemon_keeping, conn)
       # An R error that escaped the task's own evaluation (a time limit the
       # task left, running out in the daemon's code) fails the task if it
       # is still unanswered; one between tasks is passed over, unless no
@@ -256,7 +263,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       cur <- .Call(C_mirai_daemon_current, conn)
       if (cur > 0) {
         # (The error's call is the daemon's, not the task's.)
-        res <- if (isFALSE(stopped)) mirai_interrupt() else mirai_error(conditionMessage(stopped))
+        res <- if (isFALSE(stopped)) mirai_interrupt() else mirai_error(stopped)
         last <- send_result(conn, cur, res)
         if (last != 0L) {
           code <- last
@@ -264,13 +271,16 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
         }
       } else if (!isFALSE(stopped)) {
         answered <- .Call(C_mirai_daemon_answered, conn)
-        if (identical(answered, failed_at)) stop(stopped)
+        if (identical(answered, failed_at)) stop(stopped, call. = FALSE)
         failed_at <- answered
       }
       # The clean-up after the task, which the interrupt or error may have
-      # cut short; one that fails leaves the state as it is.
-      if (cleanup) snap <- tryCatch(if (.Call(C_mirai_daemon_tidy, snap)) snap else do_cleanup(snap),
-                                    error = function(e) snap, interrupt = function(e) snap)
+      # cut short (an everywhere() task's changes stay); one that fails
+      # leaves the state as it is.
+      if (cleanup) {
+        snap <- tryCatch(if (keep) snapshot() else if (.Call(C_mirai_daemon_tidy, snap)) snap else do_cleanup(snap),
+                         error = function(e) snap, interrupt = function(e) snap)
+      }
     }
     count <- count + .Call(C_mirai_daemon_close, conn)
     # The host broke the protocol: stop, saying why.

@@ -400,6 +400,29 @@ test_that("a task runs at the same depth whatever its kind and the cleanup setti
   expect_identical(unname(on), rep(on[[1L]], 3L))
 })
 
+test_that("an error whose value cannot be made fails its task; the daemon stays, an everywhere() task's changes too", {
+  # A condition whose message is a function: making the error value fails
+  # in the daemon's own R code, outside the task (this ended the daemon).
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  mk <- function() structure(class = c("error", "condition"), list(message = function() 1, call = NULL))
+  pid <- mirai(Sys.getpid())[]
+  expect_s3_class(mirai(stop(mk()), mk = mk)[], "miraiError")
+  res <- everywhere({ assign("evx", 1, envir = globalenv()); options(evo = 1); stop(mk()) }, mk = mk)[]
+  expect_s3_class(res[[1L]], "miraiError")
+  expect_identical(mirai(list(exists("evx", envir = globalenv()), getOption("evo")))[], list(TRUE, 1))
+  expect_identical(mirai(Sys.getpid())[], pid)
+})
+
+test_that("a task that sets the smallest expressions limit R allows leaves the daemon working", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  expect_identical(mirai({ options(expressions = 25); 1 })[], 1)
+  expect_identical(mirai(getOption("expressions"))[], 5000L)
+  expect_s3_class(mirai(stop("x"))[], "miraiError")
+  expect_identical(mirai(1)[], 1)
+})
+
 test_that("cleanup restores options a task changed, added or removed", {
   daemons(1, dispatcher = FALSE)
   on.exit(daemons(0))

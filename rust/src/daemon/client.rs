@@ -98,6 +98,9 @@ pub struct ClientConn {
     relayed: RelayBudget,
     /// When this daemon last sent its host something (a result, mostly).
     sent_at: Option<Instant>,
+    /// Whether the last task R's side ran was an `everywhere()` task whose
+    /// changes stay (set and read there).
+    pub keeping: bool,
     /// Whether to spin for the next message before blocking (`IDLE_SPIN`).
     spin: bool,
 }
@@ -634,6 +637,7 @@ fn handshake(
             relayed: RelayBudget::new(Instant::now()),
             sent_at: None,
             spin: false,
+            keeping: false,
         }),
         Msg::Init { version, .. } => Err(version_mismatch(version)),
         m => Err(format!("unexpected message from host during the handshake: {}", kind(&m))),

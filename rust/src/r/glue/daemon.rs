@@ -244,10 +244,9 @@ fn received(kind: Received, values: &[SEXP]) -> RResult {
 /// for a task that failed (R builds its error value), for one whose
 /// clean-up needs R (`Done`), and after an `everywhere()` task when
 /// cleaning up (`Kept`: R makes what it left the state later clean-ups
-/// restore). Each
-/// return to R, its loop and the calls it makes, cost a tiny task about a
-/// fifth of the daemon's CPU (perf: 25-31 us a task, of which ~6 us R's own
-/// loop and its `.Call`s). `snap` is the state to restore after each task
+/// restore). A return to R per task, R's loop and the calls it made, cost
+/// a tiny task's round trip about a fifth of its CPU, host and daemon
+/// together (farm-bench A/B: 0.81). `snap` is the state to restore after each task
 /// (snapshot() in R/daemon.R), NULL with `cleanup = FALSE`; `box` is the
 /// daemon loop's environment for mirai_eval, `relay` the `master` that
 /// future's code on a cluster node looks for (see R/cluster.R).
@@ -297,6 +296,9 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, snap: SEXP) -> RResul
         };
         // An everywhere() task's changes stay (see `Received::Kept`).
         let keep = matches!(&job, Job::Task(d) if snap.is_some() && is_everywhere(d.sexp()));
+        if let Some(c) = lock(conn(&h)?).as_mut() {
+            c.keeping = keep;
+        }
         let ran = match job {
             Job::Task(d) => match run_task(d.sexp(), box_)? {
                 Evaluated::Value(v) => Ran::Value(v),
@@ -861,6 +863,12 @@ pub fn mirai_daemon_current(h: SEXP) -> RResult {
 pub fn mirai_daemon_answered(h: SEXP) -> RResult {
     let done = lock(conn(&h)?).as_ref().map_or(0, |c| c.limits.done);
     real(done as f64)
+}
+
+/// Whether the last task run was an `everywhere()` task whose changes
+/// stay (see `Received::Kept`).
+pub fn mirai_daemon_keeping(h: SEXP) -> RResult {
+    lgl(lock(conn(&h)?).as_ref().is_some_and(|c| c.keeping))
 }
 
 /// How long a daemon waits, after its last reply, for the host to close.
