@@ -246,11 +246,8 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
             code <- last
             break
           }
-          if (cleanup) {
-            # An everywhere() task that failed: what it changed stays.
-            if (isTRUE(msg[["keep"]])) snap <- snapshot()
-            else if (!.Call(C_mirai_daemon_tidy, snap)) snap <- do_cleanup(snap)
-          }
+          # An everywhere() task that failed: what it changed stays.
+          if (cleanup) snap <- after_task(snap, isTRUE(msg[["keep"]]))
         }, relay_h, escape)
         TRUE
       }, interrupt = function(e) if (inherits(e, "miraiEscape")) conditionMessage(e) else FALSE)
@@ -277,10 +274,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       # The clean-up after the task, which the interrupt or error may have
       # cut short (an everywhere() task's changes stay); one that fails
       # leaves the state as it is.
-      if (cleanup) {
-        snap <- tryCatch(if (keep) snapshot() else if (.Call(C_mirai_daemon_tidy, snap)) snap else do_cleanup(snap),
-                         error = function(e) snap, interrupt = function(e) snap)
-      }
+      if (cleanup) snap <- tryCatch(after_task(snap, keep), error = function(e) snap, interrupt = function(e) snap)
     }
     count <- count + .Call(C_mirai_daemon_close, conn)
     # The host broke the protocol: stop, saying why.
@@ -443,6 +437,12 @@ snapshot <- function() {
   options <- as.list(.Options)
   list(globals = names(.GlobalEnv), search = search(), options = options,
        pairlist = as.pairlist(options))
+}
+
+# The state later tasks start from, after a task answered in R: what an
+# everywhere() task left (`keep`), else `snap` restored.
+after_task <- function(snap, keep) {
+  if (keep) snapshot() else if (.Call(C_mirai_daemon_tidy, snap)) snap else do_cleanup(snap)
 }
 
 # Runs after a task when the native check (mirai_daemon_tidy, which removes

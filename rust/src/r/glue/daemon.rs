@@ -301,9 +301,8 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, snap: SEXP) -> RResul
         }
         let ran = match job {
             Job::Task(d) => match run_task(d.sexp(), box_)? {
-                Evaluated::Value(v) => Ran::Value(v),
-                Evaluated::Failed(before) => Ran::Failed(before),
-                Evaluated::Unnamed => return error(UNNAMED),
+                Some(ran) => ran,
+                None => return error(UNNAMED),
             },
             Job::Node(d) => match run_node(d.sexp(), box_, relay) {
                 Ok(ran) => ran,
@@ -477,18 +476,9 @@ fn condition_message(record: &str) -> &str {
     message.map_or(record, str::trim_start)
 }
 
-/// How a task's evaluation ended (`run_task`).
-enum Evaluated {
-    Value(Owned),
-    /// It failed: `box` holds the error (or none, for an interrupt), and
-    /// this is `geterrmessage()` from before it.
-    Failed(Owned),
-    /// Not run: its arguments are not all named.
-    Unnamed,
-}
-
 /// Runs a task's payload `data` (its expression, globals and arguments,
-/// see `task_parts`) as `lang::eval_task` does.
+/// see `task_parts`) as `lang::eval_task` does; None, not run, when its
+/// arguments are not all named.
 ///
 /// The expression is evaluated within `eval()`, as the reference evaluates
 /// every task (see `lang::eval_task`): exit code registered at its top
@@ -498,23 +488,23 @@ enum Evaluated {
 /// trip against 21-26 without). An error's calls have two frames of that
 /// eval() (its closure's and the .Internal's), which node_error()
 /// (R/daemon.R) drops with the daemon's own.
-fn run_task(data: SEXP, box_: SEXP) -> Result<Evaluated, RError> {
+fn run_task(data: SEXP, box_: SEXP) -> Result<Option<Ran>, RError> {
     let before = eval_in_base(node_consts()?.geterr)?;
     let (expr, globals, args) = task_parts(data);
     if let Some(why) = untranslatable_name(globals).or_else(|| untranslatable_name(args)) {
-        return Ok(Evaluated::Value(mirai_error(why)?));
+        return Ok(Some(Ran::Value(mirai_error(why)?)));
     }
     Ok(match eval_task(expr, globals, args, box_, eval_and_quote()?)? {
-        Some(v) if v.sexp() == box_ => Evaluated::Failed(before),
+        Some(v) if v.sexp() == box_ => Some(Ran::Failed(before)),
         // The empty symbol (`quote(expr = )`) as a value: R's loop could
         // not even hold it in a variable (reading it is "argument is
         // missing"), and the daemon would end. A cluster node's task says
         // as much as an error.
         Some(v) if v.sexp() == missing_arg() => {
-            Evaluated::Value(mirai_error("the task's value is the empty symbol (a missing argument)")?)
+            Some(Ran::Value(mirai_error("the task's value is the empty symbol (a missing argument)")?))
         }
-        Some(v) => Evaluated::Value(v),
-        None => Evaluated::Unnamed,
+        Some(v) => Some(Ran::Value(v)),
+        None => None,
     })
 }
 
@@ -589,6 +579,7 @@ fn is_node_task(d: SEXP) -> Result<bool, RError> {
     Ok(is_list(d) && len(d) == 2 && first_name_is(d, node_consts()?.payload_names))
 }
 
+/// How a task's evaluation ended (`run_task`, `run_node`).
 enum Ran {
     Value(Owned),
     /// The evaluation failed: `box` holds the error (or none, for an
