@@ -166,14 +166,14 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .retry = 0L, .com
     val <- get0(as.character(expr), envir = parent.frame(), inherits = TRUE)
     if (is.language(val)) expr <- val
   }
-  # The common case (no `...`, empty `.args`) skips the checks: this
-  # function is on every task's critical path. `...` is evaluated here, so
-  # that an error in it (an object not found) names this call.
-  globals <- if (...length()) {
-    dots <- list(...)
-    nm <- names(dots)
-    if (is.null(nm) || anyNA(nm) || !all(nzchar(nm))) named_list(dots, "`...` arguments") else dots
-  } else list()
+  # `...` is evaluated here, so that an error in it (an object not found)
+  # names this call, and once: the common case is submitted natively
+  # (mirai_submit_fast in rust/src/r/glue/profile.rs: this function is on
+  # every task's path), which leaves the rest to the code below.
+  dots <- if (...length()) list(...)
+  m <- .Call(C_mirai_submit_fast, expr, dots, .args, .timeout, .retry, .compute, .)
+  if (!is.null(m)) return(invisible(m))
+  globals <- if (is.null(dots)) list() else named_list(dots, "`...` arguments")
   args <- if (is.list(.args) && !length(.args)) .args else named_list(.args, "items in `.args`")
   if (!is.null(.timeout))
     check_number(.timeout, ".timeout", "a non-negative number of milliseconds, or NULL")

@@ -40,6 +40,37 @@ test_that("argument errors are clear", {
   expect_error(mirai(1, .compute = 1), "`.compute` must be a character string naming a compute profile, or NULL")
 })
 
+# With daemons set, mirai() submits its common case natively and leaves
+# everything else to its R code: both must check alike, and evaluate `...`
+# and `.args` once whichever path runs.
+test_that("arguments are checked and evaluated once with daemons set, whichever path submits", {
+  daemons(1, dispatcher = FALSE)
+  on.exit(daemons(0))
+  expect_error(mirai(1, 2), "all `...` arguments must be named, unless supplying an environment")
+  expect_error(mirai(1, x = 1, 2), "all `...` arguments must be named")
+  expect_error(mirai(1, .args = list(2)), "all items in `.args` must be named, unless supplying an environment")
+  expect_error(mirai(1, .timeout = "a"), "`.timeout` must be a non-negative number of milliseconds, or NULL")
+  expect_error(mirai(1, .timeout = -1), "`.timeout` must be a non-negative number")
+  expect_error(mirai(1, .timeout = NA_integer_), "`.timeout` must be a non-negative number")
+  expect_error(mirai(1, .retry = -1), "`.retry` must be a non-negative whole number")
+  expect_error(mirai(1, .compute = NA_character_), "`.compute` must be a character string")
+  expect_error(mirai(1, .compute = "nowhere"), "nowhere")
+  n <- 0L
+  count <- function(v) { n <<- n + 1L; v }
+  # Native path, then R's (.retry = 1 and a classed .args are R's).
+  expect_identical(mirai(x + y, x = count(1), .args = list(y = count(2)))[], 3)
+  expect_identical(mirai(x + y, x = count(1), .args = list(y = count(2)), .retry = 1)[], 3)
+  expect_identical(mirai(x + y, x = count(1), .args = data.frame(y = count(2)))[], 3)
+  expect_identical(n, 6L)
+  # An environment as `...` or `.args`, a whole-number timeout, `.retry`
+  # as a double, a profile named: all give the same results.
+  env <- new.env(); env$z <- 5
+  expect_identical(mirai(z * 2, env)[], 10)
+  expect_identical(mirai(z * 2, .args = env)[], 10)
+  expect_identical(mirai(1L, .timeout = 5000L, .retry = 0, .compute = "default")[], 1L)
+  expect_identical(unclass(mirai(Sys.sleep(5), .timeout = 50L)[]), 5L)
+})
+
 test_that("errors come back as miraiError with message, call, classes and trace", {
   daemons(1, dispatcher = FALSE)
   on.exit(daemons(0))

@@ -279,6 +279,11 @@ impl Pool {
         self.has_notice.store(true, Ordering::Release);
     }
 
+    /// Whether a notice waits for the user (`take_notice`), without taking it.
+    pub fn has_notice(&self) -> bool {
+        self.has_notice.load(Ordering::Acquire)
+    }
+
     /// The notice for the user, once (None most of the time, cheaply).
     pub fn take_notice(&self) -> Option<String> {
         if !self.has_notice.load(Ordering::Acquire) {

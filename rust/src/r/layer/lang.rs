@@ -429,11 +429,10 @@ pub fn eval_task(
         if !is_list(x) {
             return None;
         }
-        let nms = list_names(x)?;
-        // SAFETY: R's constant.
-        let na = unsafe { R_NaString };
-        (len(nms) == len(x) && (0..len(x)).all(|i| char_at(nms, i) != na && with_str_at(nms, i, |b| !b.is_empty())))
-            .then_some(nms)
+        if !all_named(x) {
+            return None;
+        }
+        list_names(x)
     };
     let (Some(gn), Some(an)) = (named(globals), named(args)) else { return Ok(None) };
     let global = global_env();

@@ -303,6 +303,21 @@ pub fn list_names(x: SEXP) -> Option<SEXP> {
     (type_of(nms) == STRSXP).then_some(nms)
 }
 
+/// Whether every element of list `x` has a name, none of them NA or empty
+/// (R's named_list() check, in R/mirai.R); an empty list passes.
+pub fn all_named(x: SEXP) -> bool {
+    if !is_list(x) {
+        return false;
+    }
+    if len(x) == 0 {
+        return true;
+    }
+    let Some(nms) = list_names(x) else { return false };
+    // SAFETY: R's constant.
+    let na = unsafe { R_NaString };
+    len(nms) == len(x) && (0..len(x)).all(|i| char_at(nms, i) != na && with_str_at(nms, i, |b| !b.is_empty()))
+}
+
 /// Element `name` of list `x`, or NULL.
 pub fn list_get(x: SEXP, name: &str) -> SEXP {
     let Some(nms) = list_names(x) else { return nil() };
