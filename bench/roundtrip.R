@@ -6,7 +6,15 @@
 # profiles) and their batches are interleaved, so load drift on the machine
 # hits all of them alike. Each batch of BATCH reps is timed with Sys.time()
 # (microsecond clock); the figure is the median over batches of the batch
-# mean. A warm-up of WARMUP reps per setup comes first.
+# mean. A warm-up of WARMUP reps per setup comes first, and each batch
+# follows BATCH_WARMUP untimed reps of its own setup: the floor program
+# times its round trips after 1,000 untimed ones, and mirai's must be
+# measured alike. On this (virtualised) machine the first round trips after
+# a process has waited some milliseconds (while the other setups ran) are
+# slow for all: measured, a tiny mirai round trip took 111 us for the first
+# 20 after 30 ms of idling, 63-68 us for the next 180, 48-52 us back to
+# back; with batches of 100 and no warm-up, the batch means came out 81-106
+# us against 51 us for batches of 1,000.
 #
 # The floor: bench/floor/pingpong.c, compiled here with `cc`, sends a
 # 100-byte message to a forked process and back over a Unix socketpair,
@@ -15,15 +23,17 @@
 # the rotation, and reported as the median. mirai's figures are also given
 # as their excess over it. Without a C compiler the floor is left out.
 #
-# Env overrides: BENCH_REPS (default 2000), BENCH_WARMUP (200), BENCH_BATCH (100).
+# Env overrides: BENCH_REPS (default 10000), BENCH_WARMUP (200), BENCH_BATCH (500),
+# BENCH_BATCH_WARMUP (200).
 # Not a test: prints figures, asserts nothing.
 
 suppressPackageStartupMessages({ library(mirai); library(parallel) })
 options(width = 200)
 
-reps   <- as.integer(Sys.getenv("BENCH_REPS", "2000"))
+reps   <- as.integer(Sys.getenv("BENCH_REPS", "10000"))
 warmup <- as.integer(Sys.getenv("BENCH_WARMUP", "200"))
-batch  <- as.integer(Sys.getenv("BENCH_BATCH", "100"))
+batch  <- as.integer(Sys.getenv("BENCH_BATCH", "500"))
+batch_warmup <- as.integer(Sys.getenv("BENCH_BATCH_WARMUP", "200"))
 nbatch <- max(1L, reps %/% batch)
 
 cl <- makePSOCKcluster(1L)
@@ -65,6 +75,7 @@ for (b in seq_len(nbatch)) {
   # rotate the order each batch so no setup always runs first
   ord <- names(runs)[(seq_along(runs) + b - 2L) %% length(runs) + 1L]
   for (nm in ord) {
+    if (nm != "floor" && batch_warmup > 0L) runs[[nm]](batch_warmup)
     t0 <- Sys.time()
     runs[[nm]](batch)
     batch_means[b, nm] <- if (nm == "floor") floor_us[length(floor_us)] / 1e6
@@ -87,8 +98,8 @@ res <- data.frame(
   target      = c("", "<= 0.5 PSOCK; floor + 15", "<= 0.7 PSOCK; floor + 20", if (has_floor) ""),
   stringsAsFactors = FALSE
 )
-cat(sprintf("\n== roundtrip: 1 worker, %d reps (%d batches of %d) after %d warm-up, median of batch means ==\n",
-            nbatch * batch, nbatch, batch, warmup))
+cat(sprintf("\n== roundtrip: 1 worker, %d reps (%d batches of %d, each after %d untimed) after %d warm-up, median of batch means ==\n",
+            nbatch * batch, nbatch, batch, batch_warmup, warmup))
 print(res, row.names = FALSE, right = FALSE)
 
 invisible(daemons(0, .compute = "nodisp")); invisible(daemons(0, .compute = "disp")); stopCluster(cl)
