@@ -495,7 +495,7 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., heal =
     reset_profile(.compute)
     return(invisible(FALSE))
   }
-  if (is.null(url) && isTRUE(.$in_map)) abort("cannot create local daemons from within mirai map")
+  if (is.null(url) && in_map()) abort("cannot create local daemons from within mirai map")
   # Checked before the profile is reset: a wrong setting leaves daemons
   # already set as they were.
   given <- list(...)

@@ -133,8 +133,8 @@ map_native <- function(prof, .x, d, .f, globals, .args, .retry) {
     } else rownames(.x)
     if (utils::object.size(.x) <= MAP_SHARE_ROWS_BYTES) {
       items <- as.list(seq_len(d[[1L]]))
-      args <- c(args, list(.map_row = map_row, .data = .x))
-      expr <- quote(.map_call(.f, .map_row(.data, .x), .args))
+      args <- c(args, list(.data = .x))
+      expr <- quote(.map_call(.f, .x, .args, .data))
     } else {
       items <- unname(map_items(.x))
     }
@@ -154,11 +154,9 @@ map_native <- function(prof, .x, d, .f, globals, .args, .retry) {
 # crosses the wire once.
 MAP_SHARE_ROWS_BYTES <- 16e6
 
-# Runs on the daemon: row `i` of `x` as an argument list. A data frame
-# (class "data.frame" alone) of vector columns without classes natively;
-# others as R does.
+# Runs on the daemon: row `i` of `x` as an argument list, as R takes it
+# (map_call() takes that of a data frame of plain columns natively).
 map_row <- function(x, i) {
-  if (!is.null(row <- .Call(C_mirai_map_row, x, i))) return(row)
   if (is.data.frame(x)) return(lapply(x, `[[`, i))
   row <- as.list(x[i, , drop = TRUE])
   names(row) <- colnames(x)
@@ -183,15 +181,29 @@ map_each <- function(.x, .f, globals, .args, callbacks, .retry, .compute) {
 
 map_handle <- function(x) attr(x, "handle", exact = TRUE)
 
-# Runs on the daemon. Calling `.f` by name gives errors a readable call
-# ("Error in .f(3L): ...") instead of the deparsed function; only language
-# arguments need quoting, and quoting the rest would clutter that call.
-map_call <- function(.f, .x, .args) {
-  prev <- .$in_map
-  .$in_map <- TRUE
-  on.exit(.$in_map <- prev)
-  args <- lapply(c(.x, .args), function(a) if (is.language(a)) call("quote", a) else a)
+# Runs on the daemon: `.f` on element `.x` (its argument list), or on row
+# `.x` of `.data` (a data frame or matrix sent once per daemon), and
+# `.args`. Calling `.f` by name gives errors a readable call ("Error in
+# .f(3L): ...") instead of the deparsed function; only language arguments
+# need quoting, and quoting the rest would clutter that call. Both the row
+# and the argument list are made natively where they can be (one .Call
+# each, against several closure calls per element). daemons() knows it
+# runs inside a map by this function's call on the stack (in_map()).
+map_call <- function(.f, .x, .args, .data) {
+  if (!missing(.data)) {
+    row <- .Call(C_mirai_map_row, .data, .x)
+    .x <- if (is.null(row)) map_row(.data, .x) else row
+  }
+  args <- .Call(C_mirai_map_args, .x, .args)
+  if (is.null(args)) args <- lapply(c(.x, .args), function(a) if (is.language(a)) call("quote", a) else a)
   do.call(".f", args)
+}
+
+# Whether the calling code runs inside a map's element (map_call() above,
+# called by this name from every map's task).
+in_map <- function() {
+  for (cl in sys.calls()) if (is.call(cl) && identical(cl[[1L]], quote(.map_call))) return(TRUE)
+  FALSE
 }
 
 # The argument list of each call, named after the elements or rows.

@@ -26,8 +26,13 @@ test_that("vectors and lists map .f(x, .args) and keep names (dispatcher)", {
   # factors and dates keep their class per element
   expect_identical(mirai_map(factor(c("u", "v")), function(x) class(x))[.flat], c("factor", "factor"))
   expect_identical(mirai_map(as.Date("2024-01-01") + 0:1, function(x) format(x))[.flat], c("2024-01-01", "2024-01-02"))
-  # language elements arrive unevaluated
+  # language elements arrive unevaluated, in `.args` too, and each
+  # argument is matched by the name c(element, .args) gives it
   expect_identical(mirai_map(list(quote(a + b), as.name("z")), function(x) class(x))[.flat], c("call", "name"))
+  expect_identical(mirai_map(list(list(quote(f(x)), y = 2)), function(...) list(...), .args = list(z = as.name("w"), expression(1)))[],
+                   list(list(list(quote(f(x)), y = 2), z = as.name("w"), expression(1))))
+  expect_identical(mirai_map(data.frame(a = 1:2, b = c("p", "q")), function(b, a, s) paste(b, a, deparse(s)), .args = list(s = quote(g(h))))[.flat],
+                   c("p 1 g(h)", "q 2 g(h)"))
   # empty input
   expect_identical(mirai_map(list(), identity)[], list())
   expect_output(print(mirai_map(NULL, identity)), "< mirai map [0/0] >", fixed = TRUE)
@@ -194,8 +199,9 @@ test_that("daemons(n) errors inside a map; daemons(url) does not", {
   expect_match(res[[1L]]$message, "cannot create local daemons from within mirai map")
   res <- mirai_map(1, function(x) { mirai::daemons(url = mirai::local_url()); mirai::daemons(0) })[]
   expect_identical(res, list(FALSE))
-  # the flag does not outlive the map's task on that daemon
-  expect_false(mirai(isTRUE(mirai:::.$in_map))[])
+  # the check holds only inside a map's element on that daemon
+  expect_false(mirai(mirai:::in_map())[])
+  expect_identical(mirai_map(1, function(x) mirai:::in_map())[], list(TRUE))
 })
 
 test_that("sync mode maps in this process", {
@@ -204,7 +210,7 @@ test_that("sync mode maps in this process", {
   mp <- mirai_map(c(p = 2, q = 3), function(x) c(x, Sys.getpid()))
   expect_identical(mp[], list(p = c(2, Sys.getpid()), q = c(3, Sys.getpid())))
   expect_error(mirai_map(1, function(x) daemons(1))[.stop], "cannot create local daemons from within mirai map")
-  expect_false(isTRUE(mirai:::.$in_map))
+  expect_false(mirai:::in_map())
 })
 
 test_that(".promise attaches callbacks with promises::then, or errors clearly", {

@@ -147,6 +147,14 @@ pub fn mirai_map_row(x: SEXP, i: SEXP) -> RResult {
     crate::r::layer::lang::list_named(&sexps, names, nil())
 }
 
+/// map_call() (R/map.R), on a daemon: the arguments of `.f`'s call for an
+/// element, `c(x, args)` with symbols and calls quoted, as one `.Call`
+/// rather than R's `lapply()` with a closure per argument. NULL when
+/// either is not a list (R does it).
+pub fn mirai_map_args(x: SEXP, args: SEXP) -> RResult {
+    Ok(crate::r::layer::lang::args_quoted(x, args)?.unwrap_or_else(Owned::nil))
+}
+
 /// Submits a map: `shared` (a list `list(._expr_., ._globals_., ._args_.)`
 /// whose `._args_.` starts with a placeholder for the element, see
 /// map_shared() in R/map.R) once per daemon, then one task per element of

@@ -268,6 +268,44 @@ pub fn binding(env: SEXP, sym: SEXP) -> Result<Binding, RError> {
     })
 }
 
+/// `c(a, b)` of lists `a` and `b`, its names as `c()` gives them, with
+/// each symbol, call or expression vector wrapped in a `quote()` call, so
+/// that a call made of the elements as its arguments passes them as they
+/// are (see map_call() in R/map.R). None when `a` or `b` is not a list.
+pub fn args_quoted(a: SEXP, b: SEXP) -> Result<Option<Owned>, RError> {
+    if !is_list(a) || !is_list(b) {
+        return Ok(None);
+    }
+    let (na, nb) = (list_names(a), list_names(b));
+    let quote = install(c"quote")?;
+    // SAFETY: the closure owns nothing with a destructor.
+    let out = unsafe {
+        rooted(|r| {
+            let n = len(a) + len(b);
+            let v = r.protect(r.alloc(SEXPTYPE::VECSXP, n));
+            let items = (0..len(a)).map(|i| list_at(a, i)).chain((0..len(b)).map(|i| list_at(b, i)));
+            for (i, x) in items.enumerate() {
+                let lang = matches!(type_of(x), SYMSXP | LANGSXP | EXPRSXP);
+                r.set_elt(v, i, if lang { r.lang2(quote, x) } else { x });
+            }
+            if na.is_some() || nb.is_some() {
+                let nms = r.protect(r.alloc(SEXPTYPE::STRSXP, n));
+                let blank = r.mk_char(b"");
+                let name = |names: Option<SEXP>, i: usize| names.filter(|m| i < len(*m)).map_or(blank, |m| char_at(m, i));
+                for i in 0..len(a) {
+                    r.set_str(nms, i, name(na, i));
+                }
+                for i in 0..len(b) {
+                    r.set_str(nms, len(a) + i, name(nb, i));
+                }
+                r.set_attrib(v, names_symbol(), nms);
+            }
+            v
+        })
+    }?;
+    Ok(Some(out))
+}
+
 /// The symbol named by element `i` of character vector `x` (translated to
 /// the native encoding; symbols live for the session).
 pub fn symbol_at(x: SEXP, i: usize) -> Result<SEXP, RError> {
