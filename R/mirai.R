@@ -171,7 +171,7 @@ mirai <- function(.expr, ..., .args = list(), .timeout = NULL, .retry = 0L, .com
   # (mirai_submit_fast in rust/src/r/glue/profile.rs: this function is on
   # every task's path), which leaves the rest to the code below.
   dots <- if (...length()) list(...)
-  m <- .Call(C_mirai_submit_fast, expr, dots, .args, .timeout, .retry, .compute, .)
+  m <- .Call(C_mirai_submit_fast, expr, dots, environment(), .)
   if (!is.null(m)) return(invisible(m))
   globals <- if (is.null(dots)) list() else named_list(dots, "`...` arguments")
   args <- if (is.list(.args) && !length(.args)) .args else named_list(.args, "items in `.args`")

@@ -62,6 +62,13 @@ test_that("arguments are checked and evaluated once with daemons set, whichever 
   expect_identical(mirai(x + y, x = count(1), .args = list(y = count(2)), .retry = 1)[], 3)
   expect_identical(mirai(x + y, x = count(1), .args = data.frame(y = count(2)))[], 3)
   expect_identical(n, 6L)
+  # Checked in order, each before the next is evaluated: the first wrong
+  # argument is the one named, and those after it are not evaluated.
+  expect_error(mirai(1, .args = list(1), .timeout = stop("T")), "all items in `.args` must be named")
+  expect_error(mirai(1, 2, .args = stop("A")), "all `...` arguments must be named")
+  expect_error(mirai(1, .timeout = -1, .compute = stop("C")), "`.timeout` must be a non-negative number")
+  expect_error(mirai(1, .args = list(1), .timeout = count(5), .compute = count("default")), "must be named")
+  expect_identical(n, 6L)
   # An environment as `...` or `.args`, a whole-number timeout, `.retry`
   # as a double, a profile named: all give the same results.
   env <- new.env(); env$z <- 5

@@ -5,7 +5,7 @@ use crate::r::layer::call::{console_message, wait_interruptibly, RError, RResult
 use crate::r::layer::ffi::{INTSXP, REALSXP, SEXP, STRSXP, VECSXP};
 use crate::r::layer::global::MainOnce;
 use crate::r::layer::handle::{handle, kept, new_handle, Held, Tagged};
-use crate::r::layer::lang::{env_get, install, is_env, symbol_at};
+use crate::r::layer::lang::{env_get, force_arg, install, is_env, symbol_at};
 use crate::r::layer::object;
 use crate::r::layer::serial;
 use crate::r::layer::value::*;
@@ -254,40 +254,51 @@ fn submit_task(p: SEXP, data: SEXP, timeout: Option<Duration>, retries: u32) -> 
 
 /// `mirai()`'s common case in one call (R/mirai.R): `expr` already
 /// substituted, `dots` the `...` arguments as list(...) (NULL for none),
-/// `state` the package's session state (`.`, with `profiles` and
-/// `current`). Submits and returns the mirai when the arguments need no
-/// more than a check (named `...`, a plain named or empty `.args`, a
-/// `.timeout` of NULL or a number, `.retry = 0L`) and the profile is an
-/// ordinary one: set, not sync mode, not seeded, no notice pending for the
-/// user. Otherwise NULL, and R's own path (the same checks, with their
-/// messages) runs with the same values: nothing is evaluated twice. The R
-/// code this replaces cost about 4 us of a tiny task's 45-50 us round trip.
-pub fn mirai_submit_fast(expr: SEXP, dots: SEXP, args: SEXP, timeout: SEXP, retry: SEXP, compute: SEXP, state: SEXP) -> RResult {
+/// `frame` mirai()'s own frame, whose `.args`, `.timeout`, `.retry` and
+/// `.compute` are forced here one by one, in that order, each checked
+/// before the next is forced (as R's checks did), `state` the package's
+/// session state (`.`, with `profiles` and `current`). Submits and returns
+/// the mirai when the arguments need no more than a check (named `...`, a
+/// plain named or empty `.args`, a `.timeout` of NULL or a number,
+/// `.retry = 0L`) and the profile is an ordinary one: set, not sync mode,
+/// not seeded, no notice pending for the user. Otherwise NULL, at the
+/// first argument that needs more, and R's own path (the same checks, with
+/// their messages) runs on: nothing is evaluated twice, and an argument
+/// after a wrong one is not evaluated at all. The R code this replaces
+/// cost about 4 us of a tiny task's 45-50 us round trip.
+pub fn mirai_submit_fast(expr: SEXP, dots: SEXP, frame: SEXP, state: SEXP) -> RResult {
+    let k = fast_consts()?;
     let plain_list = |x: SEXP| type_of(x) == VECSXP && !has_class(x) && all_named(x);
-    let number = |x: SEXP| {
-        (type_of(x) == REALSXP || type_of(x) == INTSXP) && len(x) == 1 && !has_class(x) && {
-            let v = f64_arg(x, ".timeout").unwrap_or(f64::NAN);
-            v >= 0.0
-        }
-    };
-    let zero = type_of(retry) == INTSXP && len(retry) == 1 && !has_class(retry) && ints_arg::<1>(retry, ".retry").is_ok_and(|[k]| k == 0);
-    let fast = (is_null(dots) || plain_list(dots)) && plain_list(args) && (is_null(timeout) || number(timeout)) && zero;
-    if !fast || !(is_null(compute) || (type_of(compute) == STRSXP && len(compute) == 1)) {
+    if !(is_null(dots) || plain_list(dots)) {
         return Ok(Owned::nil());
     }
-    let Some(prof) = current_profile(compute, state)? else { return Ok(Owned::nil()) };
-    let k = fast_consts()?;
+    let args = force_arg(frame, k.args)?;
+    if !plain_list(args.sexp()) {
+        return Ok(Owned::nil());
+    }
+    let timeout = force_arg(frame, k.timeout)?;
+    let t = timeout.sexp();
+    let number = (type_of(t) == REALSXP || type_of(t) == INTSXP) && len(t) == 1 && !has_class(t) && f64_arg(t, ".timeout").is_ok_and(|v| v >= 0.0);
+    if !(is_null(t) || number) {
+        return Ok(Owned::nil());
+    }
+    let retry = force_arg(frame, k.retry)?;
+    let r = retry.sexp();
+    if !(type_of(r) == INTSXP && len(r) == 1 && !has_class(r) && ints_arg::<1>(r, ".retry").is_ok_and(|[n]| n == 0)) {
+        return Ok(Owned::nil());
+    }
+    let compute = force_arg(frame, k.compute)?;
+    let Some(prof) = current_profile(compute.sexp(), state)? else { return Ok(Owned::nil()) };
     let p = env_get(prof.sexp(), k.host)?;
     if is_true(env_get(prof.sexp(), k.sync)?.sexp()) || !is_null(env_get(prof.sexp(), k.seed)?.sexp()) || is_null(p.sexp()) {
         return Ok(Owned::nil());
     }
-    let profile = profile(&p)?;
-    if profile.pool.has_notice() {
+    if profile(&p)?.pool.has_notice() {
         return Ok(Owned::nil());
     }
     let globals = if is_null(dots) { new_list(0)? } else { Owned::reachable(dots) };
-    let data = list(&[expr, globals.sexp(), args], &[])?;
-    submit_task(p.sexp(), data.sexp(), opt_timeout(timeout)?, 0)
+    let data = list(&[expr, globals.sexp(), args.sexp()], &[])?;
+    submit_task(p.sexp(), data.sexp(), opt_timeout(t)?, 0)
 }
 
 /// The profile `compute` names (NULL: the current one) as `profile_of()`
@@ -315,6 +326,10 @@ fn current_profile(compute: SEXP, state: SEXP) -> Result<Option<Owned>, RError> 
 }
 
 struct FastConsts {
+    args: SEXP,
+    timeout: SEXP,
+    retry: SEXP,
+    compute: SEXP,
     profiles: SEXP,
     current: SEXP,
     host: SEXP,
@@ -327,6 +342,10 @@ static FAST: MainOnce<FastConsts> = MainOnce::new();
 fn fast_consts() -> Result<&'static FastConsts, RError> {
     FAST.get(|| {
         Ok(FastConsts {
+            args: install(c".args")?,
+            timeout: install(c".timeout")?,
+            retry: install(c".retry")?,
+            compute: install(c".compute")?,
             profiles: install(c"profiles")?,
             current: install(c"current")?,
             host: install(c"host")?,

@@ -404,6 +404,17 @@ pub fn eval_in_base(call: SEXP) -> Result<Owned, RError> {
     unsafe { rooted(|r| r.eval(call, base_env())) }
 }
 
+/// The value of argument `sym` of the closure whose frame is `env`, its
+/// promise forced as R forces it (an error in it is R's, continued as it
+/// was raised).
+pub fn force_arg(env: SEXP, sym: SEXP) -> Result<Owned, RError> {
+    if !is_env(env) {
+        return Err("internal error in mirai: an environment was expected".into());
+    }
+    // SAFETY: the closure owns nothing with a destructor.
+    unsafe { rooted(|r| r.eval(sym, env)) }
+}
+
 /// mirai_eval (src/entrypoint.c): evaluates an expression, returning its
 /// `box` argument instead of longjmping when it fails.
 pub type GuardedEval = super::call::CRoutine3;
