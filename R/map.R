@@ -185,18 +185,18 @@ map_handle <- function(x) attr(x, "handle", exact = TRUE)
 # `.x` of `.data` (a data frame or matrix sent once per daemon), and
 # `.args`. Calling `.f` by name gives errors a readable call ("Error in
 # .f(3L): ...") instead of the deparsed function; only language arguments
-# need quoting, and quoting the rest would clutter that call. Both the row
-# and the argument list are made natively where they can be (one .Call
-# each, against several closure calls per element). daemons() knows it
-# runs inside a map by this function's call on the stack (in_map()).
+# need quoting, and quoting the rest would clutter that call. The row (of a
+# data frame of plain columns) is taken natively, and the call is made and
+# evaluated here natively (mirai_map_apply: what do.call(".f", c(.x,
+# .args)) does with the language arguments quoted), against several closure
+# calls per element. daemons() knows it runs inside a map by this
+# function's call on the stack (in_map()).
 map_call <- function(.f, .x, .args, .data) {
   if (!missing(.data)) {
     row <- .Call(C_mirai_map_row, .data, .x)
     .x <- if (is.null(row)) map_row(.data, .x) else row
   }
-  args <- .Call(C_mirai_map_args, .x, .args)
-  if (is.null(args)) args <- lapply(c(.x, .args), function(a) if (is.language(a)) call("quote", a) else a)
-  do.call(".f", args)
+  .Call(C_mirai_map_apply, .x, .args, environment())
 }
 
 # Whether the calling code runs inside a map's element (map_call() above,

@@ -147,12 +147,13 @@ pub fn mirai_map_row(x: SEXP, i: SEXP) -> RResult {
     crate::r::layer::lang::list_named(&sexps, names, nil())
 }
 
-/// map_call() (R/map.R), on a daemon: the arguments of `.f`'s call for an
-/// element, `c(x, args)` with symbols and calls quoted, as one `.Call`
-/// rather than R's `lapply()` with a closure per argument. NULL when
-/// either is not a list (R does it).
-pub fn mirai_map_args(x: SEXP, args: SEXP) -> RResult {
-    Ok(crate::r::layer::lang::args_quoted(x, args)?.unwrap_or_else(Owned::nil))
+/// map_call() (R/map.R), on a daemon: `.f(<x>, <args>)` evaluated in
+/// `env` (map_call()'s frame, where `.f` is bound), as one `.Call` rather
+/// than R's `lapply()` with a closure per argument and `do.call()`.
+pub fn mirai_map_apply(x: SEXP, args: SEXP, env: SEXP) -> RResult {
+    static F: crate::r::layer::global::MainOnce<SEXP> = crate::r::layer::global::MainOnce::new();
+    let f = *F.get(|| crate::r::layer::lang::install(c".f"))?;
+    crate::r::layer::lang::call_with(f, x, args, env)
 }
 
 /// Submits a map: `shared` (a list `list(._expr_., ._globals_., ._args_.)`

@@ -268,42 +268,46 @@ pub fn binding(env: SEXP, sym: SEXP) -> Result<Binding, RError> {
     })
 }
 
-/// `c(a, b)` of lists `a` and `b`, its names as `c()` gives them, with
-/// each symbol, call or expression vector wrapped in a `quote()` call, so
-/// that a call made of the elements as its arguments passes them as they
-/// are (see map_call() in R/map.R). None when `a` or `b` is not a list.
-pub fn args_quoted(a: SEXP, b: SEXP) -> Result<Option<Owned>, RError> {
-    if !is_list(a) || !is_list(b) {
-        return Ok(None);
+/// Evaluates in `env` the call of `fun` (a symbol) with the elements of
+/// lists (or pairlists) `a`, then `b`, as its arguments, each named by its
+/// name unless that is "", and each symbol, call or expression vector
+/// wrapped in `quote()` so that it arrives as it is: what R's
+/// `do.call("fun", c(a, b), envir = env)` does with those quoted (see
+/// map_call() in R/map.R), without the closure calls. An error in the call
+/// is R's, continued as it was raised.
+pub fn call_with(fun: SEXP, a: SEXP, b: SEXP, env: SEXP) -> Result<Owned, RError> {
+    let listish = |x: SEXP| is_list(x) || matches!(type_of(x), LISTSXP | NILSXP);
+    if !listish(a) || !listish(b) || !is_env(env) {
+        return Err("internal error in mirai: a map element's arguments are not lists".into());
     }
-    let (na, nb) = (list_names(a), list_names(b));
     let quote = install(c"quote")?;
     // SAFETY: the closure owns nothing with a destructor.
-    let out = unsafe {
+    unsafe {
         rooted(|r| {
+            let as_list = |x: SEXP| if is_list(x) { x } else { r.protect(r.pairlist_to_list(x)) };
+            let (a, b) = (as_list(a), as_list(b));
             let n = len(a) + len(b);
-            let v = r.protect(r.alloc(SEXPTYPE::VECSXP, n));
-            let items = (0..len(a)).map(|i| list_at(a, i)).chain((0..len(b)).map(|i| list_at(b, i)));
-            for (i, x) in items.enumerate() {
-                let lang = matches!(type_of(x), SYMSXP | LANGSXP | EXPRSXP);
-                r.set_elt(v, i, if lang { r.lang2(quote, x) } else { x });
-            }
-            if na.is_some() || nb.is_some() {
-                let nms = r.protect(r.alloc(SEXPTYPE::STRSXP, n));
-                let blank = r.mk_char(b"");
-                let name = |names: Option<SEXP>, i: usize| names.filter(|m| i < len(*m)).map_or(blank, |m| char_at(m, i));
-                for i in 0..len(a) {
-                    r.set_str(nms, i, name(na, i));
+            let args = r.protect(r.alloc_pairlist(n));
+            let mut cell = args;
+            for x in [a, b] {
+                let names = list_names(x);
+                for i in 0..len(x) {
+                    // The tag first: a symbol is never collected, while
+                    // the quote() call is unprotected until it is set.
+                    let tag = match names {
+                        Some(m) if i < len(m) && !with_str_at(m, i, |s| s.is_empty()) => r.install_char(char_at(m, i)),
+                        _ => nil(),
+                    };
+                    let v = list_at(x, i);
+                    let v = if matches!(type_of(v), SYMSXP | LANGSXP | EXPRSXP) { r.lang2(quote, v) } else { v };
+                    r.set_cell(cell, v, tag);
+                    cell = pairlist_next(cell);
                 }
-                for i in 0..len(b) {
-                    r.set_str(nms, len(a) + i, name(nb, i));
-                }
-                r.set_attrib(v, names_symbol(), nms);
             }
-            v
+            let call = r.protect(r.lcons(fun, args));
+            r.eval(call, env)
         })
-    }?;
-    Ok(Some(out))
+    }
 }
 
 /// The symbol named by element `i` of character vector `x` (translated to
