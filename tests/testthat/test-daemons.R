@@ -388,7 +388,8 @@ test_that("cleanup detaches a package attached by a task that also detached one"
 test_that("a task runs at the same depth whatever its kind and the cleanup setting", {
   depth <- function() {
     c(mirai = mirai(sys.nframe())[], everywhere = unlist(everywhere(sys.nframe())[]),
-      map = unlist(mirai_map(1, function(x) sys.nframe())[]) - 3L)
+      # .f is called by map_call(), under the task's own frame
+      map = unlist(mirai_map(1, function(x) sys.nframe())[]) - 2L)
   }
   daemons(1, dispatcher = FALSE)
   on <- depth()
