@@ -133,8 +133,15 @@ map_native <- function(prof, .x, d, .f, globals, .args, .retry) {
     } else rownames(.x)
     if (utils::object.size(.x) <= MAP_SHARE_ROWS_BYTES) {
       items <- as.list(seq_len(d[[1L]]))
-      args <- c(args, list(.data = .x))
-      expr <- quote(.map_call(.f, .x, .args, .data))
+      # The rows of a data frame of plain columns are taken natively by
+      # map_call(); others by map_row().
+      if (.Call(C_mirai_map_plain_rows, .x)) {
+        args <- c(args, list(.data = .x))
+        expr <- quote(.map_call(.f, .x, .args, .data))
+      } else {
+        args <- c(args, list(.map_row = map_row, .data = .x))
+        expr <- quote(.map_call(.f, .map_row(.data, .x), .args))
+      }
     } else {
       items <- unname(map_items(.x))
     }
@@ -155,7 +162,8 @@ map_native <- function(prof, .x, d, .f, globals, .args, .retry) {
 MAP_SHARE_ROWS_BYTES <- 16e6
 
 # Runs on the daemon: row `i` of `x` as an argument list, as R takes it
-# (map_call() takes that of a data frame of plain columns natively).
+# (map_call() takes that of a data frame of plain columns natively:
+# mirai_map_plain_rows).
 map_row <- function(x, i) {
   if (is.data.frame(x)) return(lapply(x, `[[`, i))
   row <- as.list(x[i, , drop = TRUE])
@@ -182,22 +190,16 @@ map_each <- function(.x, .f, globals, .args, callbacks, .retry, .compute) {
 map_handle <- function(x) attr(x, "handle", exact = TRUE)
 
 # Runs on the daemon: `.f` on element `.x` (its argument list), or on row
-# `.x` of `.data` (a data frame or matrix sent once per daemon), and
+# `.x` of `.data` (a data frame of plain columns sent once per daemon), and
 # `.args`. Calling `.f` by name gives errors a readable call ("Error in
 # .f(3L): ...") instead of the deparsed function; only language arguments
-# need quoting, and quoting the rest would clutter that call. The row (of a
-# data frame of plain columns) is taken natively, and the call is made and
-# evaluated here natively (mirai_map_apply: what do.call(".f", c(.x,
-# .args)) does with the language arguments quoted), against several closure
-# calls per element. daemons() knows it runs inside a map by this
-# function's call on the stack (in_map()).
-map_call <- function(.f, .x, .args, .data) {
-  if (!missing(.data)) {
-    row <- .Call(C_mirai_map_row, .data, .x)
-    .x <- if (is.null(row)) map_row(.data, .x) else row
-  }
-  .Call(C_mirai_map_apply, .x, .args, environment())
-}
+# need quoting, and quoting the rest would clutter that call. The row is
+# taken, and the call made and evaluated here, natively
+# (mirai_map_apply: what do.call(".f", c(.x, .args)) does with the
+# language arguments quoted), against several closure calls per element.
+# daemons() knows it runs inside a map by this function's call on the
+# stack (in_map()).
+map_call <- function(.f, .x, .args, .data = NULL) .Call(C_mirai_map_apply, .x, .args, .data, environment())
 
 # Whether the calling code runs inside a map's element (map_call() above,
 # called by this name from every map's task).

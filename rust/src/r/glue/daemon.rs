@@ -251,7 +251,8 @@ fn received(kind: Received, values: &[SEXP]) -> RResult {
 /// daemon loop's environment for mirai_eval, `relay` the `master` that
 /// future's code on a cluster node looks for (see R/cluster.R).
 pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, snap: SEXP) -> RResult {
-    let snap = (!is_null(snap)).then_some(snap);
+    // Read once for all the tasks this call runs.
+    let snap = if is_null(snap) { None } else { Some(Snapshot::of(snap)?) };
     loop {
         let (id, body, offset, sid, bare) = match next_task(h)? {
             Got::Code(code) => return received(Received::Exit, &[int(code as i32)?.sexp()]),
@@ -331,7 +332,7 @@ pub fn mirai_daemon_recv(h: SEXP, box_: SEXP, relay: SEXP, snap: SEXP) -> RResul
             Ran::Failed(before) => return received(Received::Failed, &[idv.sexp(), before.sexp(), lgl(keep)?.sexp()]),
             Ran::Value(v) => match send_value(h, id, v.sexp())? {
                 Sent::Code(0) if keep => return received(Received::Kept, &[idv.sexp()]),
-                Sent::Code(0) => match snap.map(tidy) {
+                Sent::Code(0) => match snap.as_ref().map(tidy) {
                     None | Some(Ok(true)) => continue,
                     Some(Err(RError::Interrupt)) => return Err(RError::Interrupt),
                     // An R error in the native clean-up (a time limit a
@@ -777,19 +778,37 @@ fn relay_send(h: SEXP, cond: SEXP, held: bool, force: bool) -> RResult {
 /// (match.call, as.list, vapply, ...), and with 16 daemons on 2 cores the
 /// R objects it made cost each task as many cache misses again.
 pub fn mirai_daemon_tidy(snap: SEXP) -> RResult {
-    lgl(tidy(snap)?)
+    lgl(tidy(&Snapshot::of(snap)?)?)
 }
 
-fn tidy(snap: SEXP) -> Result<bool, RError> {
-    let globals = list_get(snap, "globals");
-    let search = list_get(snap, "search");
-    if type_of(globals) != STRSXP || type_of(search) != STRSXP {
-        return Err("internal error in mirai: `snap` is not a snapshot".into());
+/// The parts of a snapshot (snapshot() in R/daemon.R) the clean-up
+/// compares with, and the symbols of its global names (None if one cannot
+/// be made: the names are then compared). The SEXPs are kept alive by the
+/// snapshot, a `.Call` argument.
+struct Snapshot {
+    globals: SEXP,
+    symbols: Option<Vec<SEXP>>,
+    search: SEXP,
+    pairlist: SEXP,
+}
+
+impl Snapshot {
+    fn of(snap: SEXP) -> Result<Snapshot, RError> {
+        let globals = list_get(snap, "globals");
+        let search = list_get(snap, "search");
+        if type_of(globals) != STRSXP || type_of(search) != STRSXP {
+            return Err("internal error in mirai: `snap` is not a snapshot".into());
+        }
+        let symbols = (0..len(globals)).map(|i| symbol_at(globals, i)).collect::<Result<_, _>>().ok();
+        Ok(Snapshot { globals, symbols, search, pairlist: list_get(snap, "pairlist") })
     }
+}
+
+fn tidy(snap: &Snapshot) -> Result<bool, RError> {
     let c = tidy_consts()?;
-    Ok(remove_new_globals(globals)?
-        && same_strings(eval_in_base(c.search)?.sexp(), search)
-        && same_cells(base_binding(c.options)?, list_get(snap, "pairlist")))
+    Ok(remove_new_globals(snap)?
+        && same_strings(eval_in_base(c.search)?.sexp(), snap.search)
+        && same_cells(base_binding(c.options)?, snap.pairlist))
 }
 
 /// Whether character vectors `a` and `b` hold the same strings (R keeps
@@ -814,7 +833,12 @@ fn tidy_consts() -> Result<&'static TidyConsts, RError> {
 
 /// Removes the global variables not named in `before` (but for
 /// `.Random.seed`); false if one could not be removed.
-fn remove_new_globals(before: SEXP) -> Result<bool, RError> {
+fn remove_new_globals(snap: &Snapshot) -> Result<bool, RError> {
+    // Most tasks leave the global names as they were.
+    if snap.symbols.as_deref().is_some_and(globals_are) {
+        return Ok(true);
+    }
+    let before = snap.globals;
     let now = global_names()?;
     let now = now.sexp();
     let n = len(now);

@@ -109,27 +109,36 @@ fn serialize_part(x: SEXP, cfg: SEXP, buf: &mut Vec<u8>, what: &str) -> Result<(
     })
 }
 
-/// `map_row()` (R/map.R), on a daemon: row `i` (1-based) of data frame
-/// `x` as `lapply(x, `[[`, i)` gives it, built here when `x`'s class is
-/// "data.frame" alone (a subclass may have an `as.list()` method of its
-/// own, which lapply() calls) and every column is a vector without a class
-/// (logical, integer, double or character: its element; a list: the
-/// element itself), so that `[[` dispatches nothing. NULL otherwise (a
-/// tibble, a factor or date column, a row out of range): R does it. A
-/// data-frame map calls this per element, where R's way was three closure
-/// calls and one `[[` call per column.
-pub fn mirai_map_row(x: SEXP, i: SEXP) -> RResult {
-    let Some(names) = list_names(x) else { return Ok(Owned::nil()) };
+/// Whether data frame `x`'s rows are taken natively on the daemons
+/// (`row_of`): its class is "data.frame" alone (a subclass may have an
+/// `as.list()` method of its own, which lapply() calls) and every column
+/// is a vector without a class (logical, integer, double or character: its
+/// element; a list: the element itself), so that `[[` dispatches nothing.
+/// Otherwise (a tibble, a factor or date column) R's map_row() takes them.
+/// Asked once per map, on the host (map_native() in R/map.R).
+pub fn mirai_map_plain_rows(x: SEXP) -> RResult {
+    lgl(plain_rows(x))
+}
+
+fn plain_rows(x: SEXP) -> bool {
     let class = class_attr(x);
     let plain_df = type_of(class) == STRSXP && len(class) == 1 && with_str_at(class, 0, |b| b == b"data.frame");
-    if !plain_df || !matches!(type_of(i), INTSXP | REALSXP) || len(i) != 1 {
-        return Ok(Owned::nil());
-    }
-    let i = f64_arg(i, "i")?;
     let plain = |col: SEXP| (is_plain_atomic(col) || is_list(col)) && !has_class(col);
+    plain_df && list_names(x).is_some() && (0..len(x)).all(|c| plain(list_at(x, c)))
+}
+
+/// Row `i` (1-based) of data frame `x`, one whose rows are plain
+/// (`plain_rows`), as `lapply(x, `[[`, i)` gives it. None for another
+/// data frame, or a row out of range.
+fn row_of(x: SEXP, i: SEXP) -> Result<Option<Owned>, RError> {
+    if !plain_rows(x) || !matches!(type_of(i), INTSXP | REALSXP) || len(i) != 1 {
+        return Ok(None);
+    }
+    let Some(names) = list_names(x) else { return Ok(None) };
+    let i = f64_arg(i, "i")?;
     let cols: Vec<SEXP> = (0..len(x)).map(|c| list_at(x, c)).collect();
-    if !(i >= 1.0 && cols.iter().all(|&col| plain(col) && i <= len(col) as f64)) {
-        return Ok(Owned::nil());
+    if !(i >= 1.0 && cols.iter().all(|&col| i <= len(col) as f64)) {
+        return Ok(None);
     }
     let k = i as usize - 1;
     let mut vals = Vec::with_capacity(cols.len());
@@ -144,16 +153,23 @@ pub fn mirai_map_row(x: SEXP, i: SEXP) -> RResult {
         });
     }
     let sexps: Vec<SEXP> = vals.iter().map(|v| v.sexp()).collect();
-    crate::r::layer::lang::list_named(&sexps, names, nil())
+    crate::r::layer::lang::list_named(&sexps, names, nil()).map(Some)
 }
 
 /// map_call() (R/map.R), on a daemon: `.f(<x>, <args>)` evaluated in
 /// `env` (map_call()'s frame, where `.f` is bound), as one `.Call` rather
-/// than R's `lapply()` with a closure per argument and `do.call()`.
-pub fn mirai_map_apply(x: SEXP, args: SEXP, env: SEXP) -> RResult {
+/// than R's `lapply()` with a closure per argument and `do.call()`. With
+/// `data` (a data frame whose rows are plain, as the host found), `x` is
+/// a row number and `.f`'s first arguments are that row's columns, taken
+/// here: a data-frame map's element costs the same calls as a vector's.
+pub fn mirai_map_apply(x: SEXP, args: SEXP, data: SEXP, env: SEXP) -> RResult {
     static F: crate::r::layer::global::MainOnce<SEXP> = crate::r::layer::global::MainOnce::new();
     let f = *F.get(|| crate::r::layer::lang::install(c".f"))?;
-    crate::r::layer::lang::call_with(f, x, args, env)
+    if is_null(data) {
+        return crate::r::layer::lang::call_with(f, x, args, env);
+    }
+    let row = row_of(data, x)?.ok_or("internal error in mirai: a map's data frame row could not be taken")?;
+    crate::r::layer::lang::call_with(f, row.sexp(), args, env)
 }
 
 /// Submits a map: `shared` (a list `list(._expr_., ._globals_., ._args_.)`

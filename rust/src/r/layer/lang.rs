@@ -183,6 +183,16 @@ pub fn global_names() -> Result<Owned, RError> {
     unsafe { rooted(|r| r.env_names_unsorted(global_env())) }
 }
 
+/// Whether the global environment binds exactly the names of symbols
+/// `syms`, in any order: as many bindings, each of them bound (so no other
+/// name). Allocates nothing, where listing the names makes a vector.
+pub fn globals_are(syms: &[SEXP]) -> bool {
+    let g = global_env();
+    // SAFETY: R_existsVarInFrame reads a frame (an environment's own
+    // bindings, without running active ones); it allocates nothing.
+    len(g) == syms.len() && syms.iter().all(|&s| unsafe { R_existsVarInFrame(g, s) != Rboolean::FALSE })
+}
+
 /// Whether the global environment is locked (no binding can be removed).
 pub fn global_env_locked() -> bool {
     // SAFETY: reads a flag of an environment; allocates nothing.
