@@ -393,6 +393,13 @@ test_that("a data frame's row reaches the function as R's [[ gives each column's
     want <- lapply(seq_len(nrow(x)), function(i) lapply(x, `[[`, i))
     expect_identical(got, want, label = paste(names(x), collapse = ","))
   }
+  # A data frame made by hand, a column shorter than its rows: the rows
+  # there fail with R's own error, the others are taken
+  odd <- structure(list(a = 1:3, b = 1:2), class = "data.frame", row.names = 1:3)
+  got <- mirai_map(odd, function(a, b) a + b)[]
+  expect_identical(got[1:2], list(2L, 4L))
+  expect_true(is_mirai_error(got[[3L]]))
+  expect_match(got[[3L]]$message, "subscript out of bounds")
 })
 
 test_that("data frame and matrix maps, large ones cut into rows on the host", {

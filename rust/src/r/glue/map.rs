@@ -168,7 +168,16 @@ pub fn mirai_map_apply(x: SEXP, args: SEXP, data: SEXP, env: SEXP) -> RResult {
     if is_null(data) {
         return crate::r::layer::lang::call_with(f, x, args, env);
     }
-    let row = row_of(data, x)?.ok_or("internal error in mirai: a map's data frame row could not be taken")?;
+    let row = match row_of(data, x)? {
+        Some(row) => row,
+        // A row past the end of a column (a data frame made by hand, its
+        // row names longer than a column): R's way, and R's error.
+        None => {
+            use crate::r::layer::lang::{eval_in, install, lang, Lang};
+            let call = lang(&Lang::Call(install(c"map_row")?, vec![(nil(), Lang::Value(data)), (nil(), Lang::Value(x))]))?;
+            eval_in(call.sexp(), env)?
+        }
+    };
     crate::r::layer::lang::call_with(f, row.sexp(), args, env)
 }
 

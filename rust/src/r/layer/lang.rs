@@ -418,15 +418,21 @@ pub fn eval_in_base(call: SEXP) -> Result<Owned, RError> {
     unsafe { rooted(|r| r.eval(call, base_env())) }
 }
 
-/// The value of argument `sym` of the closure whose frame is `env`, its
-/// promise forced as R forces it (an error in it is R's, continued as it
-/// was raised).
-pub fn force_arg(env: SEXP, sym: SEXP) -> Result<Owned, RError> {
+/// Evaluates `expr` in `env` (an R error comes back as Err, continued as
+/// it was raised when returned to R).
+pub fn eval_in(expr: SEXP, env: SEXP) -> Result<Owned, RError> {
     if !is_env(env) {
         return Err("internal error in mirai: an environment was expected".into());
     }
     // SAFETY: the closure owns nothing with a destructor.
-    unsafe { rooted(|r| r.eval(sym, env)) }
+    unsafe { rooted(|r| r.eval(expr, env)) }
+}
+
+/// The value of argument `sym` of the closure whose frame is `env`, its
+/// promise forced as R forces it (an error in it is R's, continued as it
+/// was raised).
+pub fn force_arg(env: SEXP, sym: SEXP) -> Result<Owned, RError> {
+    eval_in(sym, env)
 }
 
 /// mirai_eval (src/entrypoint.c): evaluates an expression, returning its
