@@ -29,7 +29,9 @@ use crate::host::{bare_head_into, exact_frame, item_head_into, put_scratch, take
 use crate::host::sched::TaskId;
 use crate::r::layer::call::{RError, RResult};
 use crate::r::layer::ffi::{INTSXP, REALSXP, SEXP, STRSXP};
+use crate::r::layer::global::MainOnce;
 use crate::r::layer::handle::{handle, kept, new_handle, Held, Tagged};
+use crate::r::layer::lang::{call_with, eval_in, install, lang, Lang};
 use crate::r::layer::object;
 use crate::r::layer::serial;
 use crate::r::layer::value::*;
@@ -163,22 +165,21 @@ fn row_of(x: SEXP, i: SEXP) -> Result<Option<Owned>, RError> {
 /// a row number and `.f`'s first arguments are that row's columns, taken
 /// here: a data-frame map's element costs the same calls as a vector's.
 pub fn mirai_map_apply(x: SEXP, args: SEXP, data: SEXP, env: SEXP) -> RResult {
-    static F: crate::r::layer::global::MainOnce<SEXP> = crate::r::layer::global::MainOnce::new();
-    let f = *F.get(|| crate::r::layer::lang::install(c".f"))?;
+    static F: MainOnce<SEXP> = MainOnce::new();
+    let f = *F.get(|| install(c".f"))?;
     if is_null(data) {
-        return crate::r::layer::lang::call_with(f, x, args, env);
+        return call_with(f, x, args, env);
     }
     let row = match row_of(data, x)? {
         Some(row) => row,
         // A row past the end of a column (a data frame made by hand, its
         // row names longer than a column): R's way, and R's error.
         None => {
-            use crate::r::layer::lang::{eval_in, install, lang, Lang};
             let call = lang(&Lang::Call(install(c"map_row")?, vec![(nil(), Lang::Value(data)), (nil(), Lang::Value(x))]))?;
             eval_in(call.sexp(), env)?
         }
     };
-    crate::r::layer::lang::call_with(f, row.sexp(), args, env)
+    call_with(f, row.sexp(), args, env)
 }
 
 /// Submits a map: `shared` (a list `list(._expr_., ._globals_., ._args_.)`

@@ -5,7 +5,7 @@ use crate::r::layer::call::{console_message, wait_interruptibly, RError, RResult
 use crate::r::layer::ffi::{INTSXP, REALSXP, SEXP, STRSXP, VECSXP};
 use crate::r::layer::global::MainOnce;
 use crate::r::layer::handle::{handle, kept, new_handle, Held, Tagged};
-use crate::r::layer::lang::{env_get, force_arg, install, is_env, symbol_at};
+use crate::r::layer::lang::{env_get, eval_in, install, is_env, symbol_at};
 use crate::r::layer::object;
 use crate::r::layer::serial;
 use crate::r::layer::value::*;
@@ -268,26 +268,29 @@ fn submit_task(p: SEXP, data: SEXP, timeout: Option<Duration>, retries: u32) -> 
 /// cost about 4 us of a tiny task's 45-50 us round trip.
 pub fn mirai_submit_fast(expr: SEXP, dots: SEXP, frame: SEXP, state: SEXP) -> RResult {
     let k = fast_consts()?;
+    // An argument's symbol evaluated in the frame forces its promise as R
+    // does (an error in it is R's, continued as it was raised).
+    let force_arg = |sym: SEXP| eval_in(sym, frame);
     let plain_list = |x: SEXP| type_of(x) == VECSXP && !has_class(x) && all_named(x);
     if !(is_null(dots) || plain_list(dots)) {
         return Ok(Owned::nil());
     }
-    let args = force_arg(frame, k.args)?;
+    let args = force_arg(k.args)?;
     if !plain_list(args.sexp()) {
         return Ok(Owned::nil());
     }
-    let timeout = force_arg(frame, k.timeout)?;
+    let timeout = force_arg(k.timeout)?;
     let t = timeout.sexp();
     let number = (type_of(t) == REALSXP || type_of(t) == INTSXP) && len(t) == 1 && !has_class(t) && f64_arg(t, ".timeout").is_ok_and(|v| v >= 0.0);
     if !(is_null(t) || number) {
         return Ok(Owned::nil());
     }
-    let retry = force_arg(frame, k.retry)?;
+    let retry = force_arg(k.retry)?;
     let r = retry.sexp();
     if !(type_of(r) == INTSXP && len(r) == 1 && !has_class(r) && ints_arg::<1>(r, ".retry").is_ok_and(|[n]| n == 0)) {
         return Ok(Owned::nil());
     }
-    let compute = force_arg(frame, k.compute)?;
+    let compute = force_arg(k.compute)?;
     let Some(prof) = current_profile(compute.sexp(), state)? else { return Ok(Owned::nil()) };
     let p = env_get(prof.sexp(), k.host)?;
     if is_true(env_get(prof.sexp(), k.sync)?.sexp()) || !is_null(env_get(prof.sexp(), k.seed)?.sexp()) || is_null(p.sexp()) {
@@ -321,7 +324,9 @@ fn current_profile(compute: SEXP, state: SEXP) -> Result<Option<Owned>, RError> 
     if type_of(name) != STRSXP || len(name) != 1 || char_at(name, 0) == na || !is_env(profiles.sexp()) {
         return Ok(None);
     }
-    let prof = env_get(profiles.sexp(), symbol_at(name, 0)?)?;
+    // A name R cannot translate is left to R's path, and its message.
+    let Ok(sym) = symbol_at(name, 0) else { return Ok(None) };
+    let prof = env_get(profiles.sexp(), sym)?;
     Ok(is_env(prof.sexp()).then_some(prof))
 }
 

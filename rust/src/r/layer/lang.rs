@@ -428,13 +428,6 @@ pub fn eval_in(expr: SEXP, env: SEXP) -> Result<Owned, RError> {
     unsafe { rooted(|r| r.eval(expr, env)) }
 }
 
-/// The value of argument `sym` of the closure whose frame is `env`, its
-/// promise forced as R forces it (an error in it is R's, continued as it
-/// was raised).
-pub fn force_arg(env: SEXP, sym: SEXP) -> Result<Owned, RError> {
-    eval_in(sym, env)
-}
-
 /// mirai_eval (src/entrypoint.c): evaluates an expression, returning its
 /// `box` argument instead of longjmping when it fails.
 pub type GuardedEval = super::call::CRoutine3;

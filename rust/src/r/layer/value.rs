@@ -646,7 +646,7 @@ pub fn named_strings(vals: &[&str], names: &[&str]) -> Result<Owned, RError> {
     }
 }
 
-pub(super) fn names_symbol() -> SEXP {
+fn names_symbol() -> SEXP {
     // SAFETY: a constant R sets up at start-up.
     unsafe { R_NamesSymbol }
 }
