@@ -132,7 +132,10 @@ map_native <- function(prof, .x, d, .f, globals, .args, .retry) {
       if (is.character(rn)) rn
     } else rownames(.x)
     if (utils::object.size(.x) <= MAP_SHARE_ROWS_BYTES) {
-      items <- as.list(seq_len(d[[1L]]))
+      # Each element is its row number, sent as a vector's element is
+      # (`list(i)`, natively: see wrap 2), not serialized one by one.
+      items <- seq_len(d[[1L]])
+      wrap <- 2
       # The rows of a data frame of plain columns are taken natively by
       # map_call(); others by map_row().
       if (.Call(C_mirai_map_plain_rows, .x)) {
@@ -140,12 +143,12 @@ map_native <- function(prof, .x, d, .f, globals, .args, .retry) {
         expr <- quote(.map_call(.f, .x, .args, .data))
       } else {
         args <- c(args, list(.map_row = map_row, .data = .x))
-        expr <- quote(.map_call(.f, .map_row(.data, .x), .args))
+        expr <- quote(.map_call(.f, .map_row(.data, .x[[1L]]), .args))
       }
     } else {
       items <- unname(map_items(.x))
+      wrap <- 0
     }
-    wrap <- 0
   }
   shared <- list(._expr_. = expr, ._globals_. = globals, ._args_. = args)
   h <- .Call(C_mirai_map_submit, prof$host, shared, items, wrap, .retry)

@@ -162,14 +162,17 @@ fn row_of(x: SEXP, i: SEXP) -> Result<Option<Owned>, RError> {
 /// `env` (map_call()'s frame, where `.f` is bound), as one `.Call` rather
 /// than R's `lapply()` with a closure per argument and `do.call()`. With
 /// `data` (a data frame whose rows are plain, as the host found), `x` is
-/// a row number and `.f`'s first arguments are that row's columns, taken
-/// here: a data-frame map's element costs the same calls as a vector's.
+/// a row number in a list of one (sent as a vector's element is) and
+/// `.f`'s first arguments are that row's columns, taken here: a
+/// data-frame map's element costs the same calls as a vector's.
 pub fn mirai_map_apply(x: SEXP, args: SEXP, data: SEXP, env: SEXP) -> RResult {
     static F: MainOnce<SEXP> = MainOnce::new();
     let f = *F.get(|| install(c".f"))?;
     if is_null(data) {
         return call_with(f, x, args, env);
     }
+    // Kept alive by `x`, an argument.
+    let x = if is_list(x) && len(x) == 1 { list_at(x, 0) } else { x };
     let row = match row_of(data, x)? {
         Some(row) => row,
         // A row past the end of a column (a data frame made by hand, its
