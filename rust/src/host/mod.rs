@@ -288,6 +288,18 @@ struct Claim {
 /// this. The loop wakes once per `LINGER` while claims linger.
 const LINGER: Duration = Duration::from_millis(2);
 
+/// How long the loop thread polls without blocking (yielding the CPU
+/// between looks) after a turn that had events, while two or more tasks
+/// run on daemons: their replies then find it awake, and a daemon's send
+/// does not wake a sleeping thread, which on this 2-core virtual machine
+/// was 11-15% of a daemon's CPU per tiny task. Measured in one process,
+/// 5,000 tiny tasks, 7 interleaved rounds: 16 daemons without a
+/// dispatcher 283 -> 240 ms, with one 361 -> 326 ms; 2 daemons 207 -> 214
+/// and 251 -> 236 ms; a single round trip (one task running) unchanged.
+/// One task at a time (a round trip, R's thread reading the reply
+/// itself) does not spin.
+const LOOP_SPIN: Duration = Duration::from_micros(200);
+
 /// The most daemons R's thread reads at once while it spins (a cluster's
 /// nodes, say); a wait on more leaves the rest to the loop thread.
 const CLAIM_MAX: usize = 8;
@@ -1246,7 +1258,10 @@ impl EventLoop {
         let mut passed = false;
         // Per claim place: the last `touched` seen, and since when.
         let mut seen = [(0u64, Instant::now()); CLAIM_MAX];
+        // Until when to poll without blocking (see `LOOP_SPIN`).
+        let mut spin_until: Option<Instant> = None;
         loop {
+            let spinning = spin_until.is_some_and(|t| Instant::now() < t);
             let mut timeout = if passed {
                 deadline.map(|d| d.saturating_duration_since(Instant::now()))
             } else {
@@ -1261,11 +1276,24 @@ impl EventLoop {
             if self.claim.lingering.load(Ordering::SeqCst) {
                 timeout = Some(timeout.map_or(LINGER, |t| t.min(LINGER)));
             }
+            if spinning {
+                timeout = Some(Duration::ZERO);
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     lock(&self.core).die(format!("the host's event loop stopped (poll failed: {e})"));
                     return;
                 }
+            }
+            // Nothing yet, no timer due: look again, without the lock.
+            if spinning
+                && events.is_empty()
+                && deadline.is_none_or(|d| d > Instant::now())
+                && !self.claim.lingering.load(Ordering::SeqCst)
+            {
+                passed = true;
+                std::thread::yield_now();
+                continue;
             }
             // Woken only by a reply that R's thread, spinning for it, reads
             // itself: nothing to do, and no lock to take from that thread.
@@ -1297,9 +1325,11 @@ impl EventLoop {
                 let delay = core.delivery_delay;
                 #[cfg(not(feature = "test-hooks"))]
                 let delay = Duration::ZERO;
-                (end, batch, delay)
+                let busy = core.sched.executing_count() > 1;
+                (end, batch, delay, busy)
             };
-            let (end, batch, delay) = end;
+            let (end, batch, delay, busy) = end;
+            spin_until = (busy && !events.is_empty()).then(|| Instant::now() + LOOP_SPIN);
             if batch.is_some() && !delay.is_zero() {
                 std::thread::sleep(delay);
             }

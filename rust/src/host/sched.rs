@@ -261,6 +261,11 @@ impl Sched {
         c
     }
 
+    /// Tasks a daemon is running now.
+    pub fn executing_count(&self) -> usize {
+        self.executing
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.len()
     }
