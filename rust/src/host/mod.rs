@@ -289,7 +289,7 @@ struct Claim {
 const LINGER: Duration = Duration::from_millis(2);
 
 /// How long the loop thread polls without blocking (yielding the CPU
-/// between looks) after a turn that had events, while two or more tasks
+/// between looks) after a turn that completed tasks, while two or more tasks
 /// run on daemons: their replies then find it awake, and a daemon's send
 /// does not wake a sleeping thread, which on this 2-core virtual machine
 /// was 11-15% of a daemon's CPU per tiny task. Measured in one process,
@@ -1329,7 +1329,9 @@ impl EventLoop {
                 (end, batch, delay, busy)
             };
             let (end, batch, delay, busy) = end;
-            spin_until = (busy && !events.is_empty()).then(|| Instant::now() + LOOP_SPIN);
+            // Only after results: a relayed condition or a wake-up from R's
+            // thread says nothing of replies to come.
+            spin_until = (busy && batch.is_some()).then(|| Instant::now() + LOOP_SPIN);
             if batch.is_some() && !delay.is_zero() {
                 std::thread::sleep(delay);
             }
