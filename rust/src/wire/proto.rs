@@ -15,8 +15,12 @@ use serde::{Deserialize, Serialize};
 /// says whether its value is an error. 7: `Relay`, conditions a running
 /// task signals, sent as they happen. 8: `Bare`, an element sent without
 /// R's serialization header. 9: `mirai()`'s task is `list(expr, globals,
-/// args)` without names (a daemon of 8 would read it as NULL parts).
-pub const PROTOCOL_VERSION: u32 = 9;
+/// args)` without names (a daemon of 8 would read it as NULL parts). 10:
+/// a map's element may be a row number in a list of one, its row taken
+/// from the data frame in the shared part by the daemon's native
+/// `mirai_map_apply` (of four arguments), and `map_call()`, sent in the
+/// shared part, calls that routine (a daemon of 9 failed those elements).
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Bytes of the host's challenge nonce and of the daemon's HMAC-SHA256.
 pub const NONCE_LEN: usize = 32;
