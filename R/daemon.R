@@ -417,8 +417,9 @@ mirai_error <- function(e, trace = list()) {
   internal <- is.null(call) || (is.call(call) && (identical(call[[1L]], quote(eval)) ||
     identical(call[[1L]], eval)))
   if (internal) call <- NULL
-  text <- if (internal) sprintf("Error: %s\n", msg)
-          else sprintf("Error in %s: %s\n", paste(deparse(call, nlines = 1L), collapse = ""), msg)
+  # No trailing newline (a try() string has one): API.md, the reference.
+  text <- if (internal) sprintf("Error: %s", msg)
+          else sprintf("Error in %s: %s", paste(deparse(call, nlines = 1L), collapse = ""), msg)
   out <- text
   fields <- unclass(e)
   for (nm in setdiff(names(fields), c("message", "call"))) attr(out, nm) <- fields[[nm]]

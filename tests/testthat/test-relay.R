@@ -272,7 +272,7 @@ test_that("under relay a node task's error has the same stack trace as without",
   on.exit(stop_cluster(cl))
   parallel:::sendCall(cl[[1L]], "stop", list("direct"))
   e <- parallel:::recvResult(cl[[1L]])
-  expect_identical(unclass(e)[[1L]], "Error: direct\n")
+  expect_identical(unclass(e)[[1L]], "Error: direct")
   expect_identical(attr(e, "stack.trace"), list(quote(stop(base::quote("direct")))))
 })
 

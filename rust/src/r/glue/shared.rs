@@ -41,7 +41,7 @@ pub fn error_value(code: i32) -> Result<Owned, RError> {
     Ok(v)
 }
 
-/// A 'miraiError' with message `msg` and no call (`"Error: <msg>\n"`),
+/// A 'miraiError' with message `msg` and no call (`"Error: <msg>"`),
 /// made by R's one constructor of them, `mirai_error()` in R/daemon.R, so
 /// that it has every attribute an error raised in a task has
 /// (`condition.class`, `stack.trace`, ...). Runs R code (on the error
