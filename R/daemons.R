@@ -549,7 +549,8 @@ print.miraiDaemons <- function(x, ...) {
 #' together that outnumber the CPU cores run at a lower priority, as for
 #' [daemons()].
 #'
-#' @param n (integer) number of daemons to launch. Default 1.
+#' @param n (integer) number of daemons to launch, from 0 to 10000 (as for
+#'   [daemons()]). Default 1.
 #' @param ... (named arguments) [daemon()] arguments overriding those given
 #'   to [daemons()], checked as there. Default: none.
 #' @param .compute (character) name of the compute profile. Default NULL:
@@ -564,7 +565,7 @@ print.miraiDaemons <- function(x, ...) {
 #' @export
 launch_local <- function(n = 1L, ..., .compute = NULL) {
   prof <- launchable_profile(.compute)
-  check_number(n, "n", "a single non-negative number")
+  check_launch_count(n)
   dots <- prof$dots
   new <- daemon_dots(list(...))
   dots[names(new)] <- new
@@ -586,6 +587,16 @@ launchable_profile <- function(.compute) {
   prof <- needed_profile(.compute)
   if (isTRUE(prof$sync)) abort("daemons cannot be launched for synchronous compute profiles")
   prof
+}
+
+# `n` of launch_local() and launch_remote(): how many daemons to launch,
+# bounded as daemons()' own `n` is (a typo such as 1e6 must not launch
+# processes until the machine gives out; 1.5 is no number of daemons).
+check_launch_count <- function(n) {
+  what <- sprintf("a whole number of daemons from 0 to %d", MAX_LOCAL_DAEMONS)
+  n <- check_number(n, "n", what, max = MAX_LOCAL_DAEMONS)
+  if (n != trunc(n)) abort(sprintf("`n` must be %s", what))
+  n
 }
 
 # `n` of daemons() and make_cluster(): a single number (NA is theirs to

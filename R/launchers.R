@@ -36,7 +36,7 @@
 #' paste: they include the secret, since a daemon started without it is
 #' refused.
 #'
-#' @param n (integer) number of daemons to launch. With a [ssh_config()] of
+#' @param n (integer) number of daemons to launch, from 0 to 10000. With a [ssh_config()] of
 #'   several remotes, 1 launches one daemon on each. Default 1.
 #' @param remote (list) a launch configuration from [remote_config()],
 #'   [ssh_config()], [cluster_config()] or [http_config()]. Default
@@ -72,7 +72,7 @@ launch_remote <- function(n = 1L, remote = remote_config(), ..., .compute = NULL
     n <- if (inherits(n, "miraiNode")) 1L else length(n)
   }
   prof <- launchable_profile(.compute)
-  check_number(n, "n", "a single non-negative number")
+  check_launch_count(n)
   check_remote(remote)
   dots <- prof$dots
   new <- daemon_dots(list(...))

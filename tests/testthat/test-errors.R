@@ -98,6 +98,15 @@ test_that("a daemon() setting of the wrong type is an error naming it; an unknow
   expect_identical(nextget("url"), url)
   expect_match(conditionMessage(caught(launch_local(1, maxtasks = "x"))), "`maxtasks`", fixed = TRUE)
   expect_match(conditionMessage(caught(launch_remote(1, cleanup = 0))), "`cleanup`", fixed = TRUE)
+  # As many daemons as daemons() would start: a typo launches nothing.
+  for (bad in list(1e6, 1.5, -1, NA, Inf, "2", 1:2)) {
+    for (launch in list(launch_local, launch_remote)) {
+      e <- caught(launch(bad))
+      expect_s3_class(e, "error")
+      expect_match(conditionMessage(e), "`n` must be a whole number of daemons from 0 to 10000", fixed = TRUE)
+    }
+  }
+  expect_identical(status()$connections, 0L)
   # autoexit = NA and Inf limits are fine.
   expect_match(launch_remote(1, autoexit = NA, idletime = Inf)[[1L]], ",autoexit=NA,idletime=Inf", fixed = TRUE)
   # Unknown names: a warning naming them; a single logical or number is
