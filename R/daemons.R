@@ -472,6 +472,8 @@ daemons <- function(n, url = NULL, remote = NULL, dispatcher = TRUE, ..., heal =
   }
   if (!is.null(url) && !is.character(url))
     abort(sprintf("`url` must be of type character, not %s", typeof(url)))
+  if (!is.null(url) && (!length(url) || is.na(url[[1L]]) || !nzchar(url[[1L]])))
+    abort("`url` must be a URL such as \"tcp://hostname:5555\", not empty or NA")
   check_flag(dispatcher, "dispatcher")
   check_flag(heal, "heal")
   check_flag(relay, "relay")
@@ -780,10 +782,11 @@ new_secret <- function() .Call(C_mirai_random_hex, 16)
 #' @rdname local_url
 #' @export
 host_url <- function(tls = FALSE, port = 0) {
+  check_flag(tls, "tls")
   check_port(port)
   ip <- .Call(C_mirai_ip_addr)
   if (!length(ip)) ip <- c(nodename = Sys.info()[["nodename"]])
-  structure(sprintf("%s://%s:%d", if (isTRUE(tls)) "tls+tcp" else "tcp", ip, as.integer(port)), names = names(ip))
+  structure(sprintf("%s://%s:%d", if (tls) "tls+tcp" else "tcp", ip, as.integer(port)), names = names(ip))
 }
 
 #' Get Profile Field

@@ -254,7 +254,10 @@ exit_codes_text <- function() {
 #' nextcode(3L)
 #' @export
 nextcode <- function(xc) {
-  xc <- as.integer(check_number(xc, "xc", "a single integer exit code", min = -Inf))
+  what <- "a single integer exit code"
+  xc <- check_number(xc, "xc", what, min = -.Machine$integer.max, max = .Machine$integer.max)
+  if (xc != trunc(xc)) abort(sprintf("`xc` must be %s", what))
+  xc <- as.integer(xc)
   what <- c(closed = "Daemon connection terminated", idle = "Daemon idletime limit reached",
             wall = "Daemon walltime limit reached", tasks = "Daemon task limit reached")
   name <- names(.$codes)[match(xc, .$codes)]

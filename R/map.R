@@ -97,6 +97,11 @@ mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .retry = 0L,
   if (is.environment(.args)) .args <- as.list.environment(.args, all.names = TRUE)
   if (!is.list(.args)) abort(sprintf("`.args` must be a list, not %s", typeof(.args)))
   check_retry(.retry)
+  # An environment's objects, as lapply() takes them (names starting with a
+  # dot left out): names(.x) would name those too, and not match.
+  if (is.environment(.x)) .x <- as.list(.x)
+  if (not_listable(.x))
+    abort(sprintf("`.x` must be a vector, list, data frame or matrix, not %s", typeof(.x)))
   callbacks <- promise_callbacks(.promise)
   d <- dim(.x)
   if (length(d) > 2L)

@@ -1,7 +1,19 @@
 # mirai(): create a task, and the 'mirai' object that receives its result.
 
+# Whether `x` is of a type as.list() cannot make a list of (a function, a
+# symbol, an external pointer...): an argument that should be a list or a
+# vector, refused with a message naming it rather than R's from deep inside.
+# Classed objects are left to their methods.
+not_listable <- function(x) {
+  !is.object(x) && typeof(x) %in% c("symbol", "closure", "builtin", "special", "externalptr",
+                                    "weakref", "bytecode", "environment", "promise", "char", "...", "any")
+}
+
 named_list <- function(x, what) {
   if (is.environment(x)) return(as.list.environment(x, all.names = TRUE))
+  # Only `.args` can be other than a list (`...` is list(...)).
+  if (not_listable(x))
+    abort(sprintf("`.args` must be a named list or an environment, not %s", typeof(x)))
   if (!length(x)) return(list())
   nm <- names(x)
   if (length(x) == 1L && is.null(nm) && is.environment(x[[1L]]))

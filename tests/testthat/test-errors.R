@@ -236,6 +236,14 @@ test_that("each argument is checked once, by R, with one message naming it", {
     list(quote(local_url(port = 70000)), "`port` must be an integer from 0 to 65535"),
     list(quote(host_url(port = NA)), "`port` must be an integer from 0 to 65535"),
     list(quote(nextcode("a")), "`xc` must be a single integer exit code"),
+    list(quote(nextcode(1e10)), "`xc` must be a single integer exit code"),
+    list(quote(nextcode(2.7)), "`xc` must be a single integer exit code"),
+    list(quote(host_url(tls = "a")), "`tls` must be TRUE or FALSE"),
+    list(quote(host_url(tls = NA)), "`tls` must be TRUE or FALSE"),
+    list(quote(daemons(url = character(0))), "`url` must be a URL such as \"tcp://hostname:5555\", not empty or NA"),
+    list(quote(daemons(url = NA_character_)), "`url` must be a URL such as \"tcp://hostname:5555\", not empty or NA"),
+    list(quote(mirai(1, .args = sum)), "`.args` must be a named list or an environment, not builtin"),
+    list(quote(mirai(1, .args = quote(a))), "`.args` must be a named list or an environment, not symbol"),
     list(quote(nextget(1)), "`x` must be a character string"),
     list(quote(remote_config(quote = NA)), "`quote` must be TRUE or FALSE"),
     list(quote(ssh_config("ssh://h", timeout = 0)), "`timeout` must be a positive number of seconds"),
@@ -250,6 +258,23 @@ test_that("each argument is checked once, by R, with one message naming it", {
                 label = sprintf("%s gives '%s'", deparse1(case[[1L]]), conditionMessage(e)))
     if (!endsWith(case[[2L]], "e.g.")) expect_identical(conditionMessage(e), case[[2L]])
   }
+})
+
+test_that("a list argument of a type that makes no list is an error naming it; an environment maps as lapply() has it", {
+  daemons(1)
+  on.exit(daemons(0))
+  for (bad in list(sum, quote(a), new("externalptr"), function(x) x)) {
+    expect_error(everywhere(1, .args = bad), "`.args` must be a named list or an environment, not ", fixed = TRUE)
+    expect_error(mirai(1, .args = bad), "`.args` must be a named list or an environment, not ", fixed = TRUE)
+    expect_error(mirai_map(bad, identity), "`.x` must be a vector, list, data frame or matrix, not ", fixed = TRUE)
+  }
+  e <- new.env()
+  e$a <- 1
+  e$.hidden <- 2
+  expect_identical(mirai_map(e, function(x) x + 1)[], list(a = 2))
+  expect_identical(mirai(a, .args = c(a = 3))[], 3)
+  expect_identical(mirai(1, .args = NULL)[], 1)
+  expect_length(mirai_map(NULL, identity)[], 0L)
 })
 
 test_that("a task whose value is the empty symbol resolves to an error, and the daemon lives on", {
