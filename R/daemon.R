@@ -111,7 +111,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
   # The first dial comes before output is discarded, so that why a daemon
   # cannot connect (a TLS handshake that fails, say) is seen.
   # asyncdial = FALSE: the native dial timeout (NULL).
-  conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf, ae, max_message(), tlscert, FALSE)
+  conn <- .Call(C_mirai_dial, url, secret, if (asyncdial) Inf, ae, max_message(), tlscert, FALSE, !output)
   unsink <- function() NULL
   if (!output) {
     out <- file(nullfile(), open = "w")
@@ -149,7 +149,7 @@ daemon <- function(url, dispatcher = TRUE, ..., asyncdial = FALSE, autoexit = TR
       left <- walltime - (proc.time()[["elapsed"]] * 1000 - start)
       retry <- min(idletime, left)
       conn <- if (retry > 0) tryCatch(.Call(C_mirai_dial, url, secret, retry, ae, max_message(),
-                                            tlscert, TRUE),
+                                            tlscert, TRUE, !output),
                                       error = function(e) NULL)
       if (is.null(conn)) {
         code <- if (idletime <= left) codes[["idle"]] else codes[["wall"]]

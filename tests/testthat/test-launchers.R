@@ -683,19 +683,22 @@ test_that("http_config() keeps extra named arguments in $dots and passes them to
   expect_identical(as.vector(job), c("k8s", "4"))
 })
 
-test_that("a daemon whose host goes away mid-task says so on stderr as it ends (autoexit = TRUE)", {
+test_that("a daemon whose host goes away mid-task says so on stderr as it ends (autoexit = TRUE), unless its output is discarded", {
   skip_if_not_installed("processx")
-  daemons(url = local_url())
-  on.exit(daemons(0))
-  cmd <- launch_remote(1)
-  p <- run_launch_command(cmd, stdout = NULL, stderr = "|")
-  on.exit(p$kill_tree(), add = TRUE, after = FALSE)
-  expect_true(wait_until(function() status()$connections == 1L, 20))
-  m <- mirai(Sys.sleep(60))
-  expect_true(wait_until(function() status()$mirai[["executing"]] == 1L, 20))
-  daemons(0)
-  expect_true(wait_until(function() !p$is_alive(), 20))
-  expect_match(p$read_all_error(), "the host went away during a task", fixed = TRUE)
+  for (output in c(TRUE, FALSE)) {
+    daemons(url = local_url())
+    cmd <- launch_remote(1, output = output)
+    p <- run_launch_command(cmd, stdout = NULL, stderr = "|")
+    expect_true(wait_until(function() status()$connections == 1L, 20))
+    m <- mirai(Sys.sleep(60))
+    expect_true(wait_until(function() status()$mirai[["executing"]] == 1L, 20))
+    daemons(0)
+    expect_true(wait_until(function() !p$is_alive(), 20), label = sprintf("output = %s: the daemon ended", output))
+    err <- p$read_all_error()
+    p$kill_tree()
+    # output = FALSE (the default) discards what a daemon writes, this too.
+    expect_identical(grepl("the host went away during a task", err, fixed = TRUE), output, label = err)
+  }
 })
 
 test_that("a task's warnings stay on its daemon with output = FALSE, even once the daemon ends", {

@@ -470,7 +470,7 @@ impl ClientConn {
     /// host that disappears while R evaluates ends this process (SIGTERM
     /// after a 200 ms grace period, see `Launched::end`); when R is idle its own read sees the end
     /// of stream and `daemon()` returns normally.
-    pub fn watch_host(&self, exit_on_hangup: bool, launched: &'static Launched) -> io::Result<()> {
+    pub fn watch_host(&self, exit_on_hangup: bool, quiet: bool, launched: &'static Launched) -> io::Result<()> {
         let sh = self.shared.clone();
         let fd = self.stream.as_raw_fd();
         let body = move || {
@@ -500,8 +500,13 @@ impl ClientConn {
                         std::thread::sleep(Duration::from_millis(200));
                         if sh.evaluating.load(Ordering::Acquire) != 0 && !sh.closed.load(Ordering::Acquire) {
                             // Straight to the process's stderr: R's sinks
-                            // are R's, and R is busy with the task.
-                            eprintln!("mirai daemon: the host went away during a task; ending it (autoexit = TRUE)");
+                            // are R's, and R is busy with the task. Not
+                            // with output = FALSE, which discards what a
+                            // daemon writes (the reference's daemon
+                            // writes to /dev/null then).
+                            if !quiet {
+                                eprintln!("mirai daemon: the host went away during a task; ending it (autoexit = TRUE)");
+                            }
                             launched.end();
                         }
                     }

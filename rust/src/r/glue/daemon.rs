@@ -32,7 +32,10 @@ fn conn(s: &impl Held) -> Result<&Conn, RError> {
 /// retrying a refused dial (Inf: a year; NULL: `DIAL_TIMEOUT`). `tlscert`:
 /// for `tls+tcp://`, the PEM certificates to verify the host with (NULL: none). `persist`: also
 /// retry, for as long, when a peer fails the handshake (see
-/// `ClientConn::connect_with`), as a daemon reconnecting does.
+/// `ClientConn::connect_with`), as a daemon reconnecting does. `quiet`:
+/// the daemon's output is discarded (`output = FALSE`), so its watcher
+/// says nothing on the process's stderr either.
+#[allow(clippy::too_many_arguments)]
 pub fn mirai_dial(
     url: SEXP,
     secret: SEXP,
@@ -41,6 +44,7 @@ pub fn mirai_dial(
     max_msg: SEXP,
     tlscert: SEXP,
     persist: SEXP,
+    quiet: SEXP,
 ) -> RResult {
     // First, so that a daemon that never connects removes its directory
     // at exit too.
@@ -64,6 +68,7 @@ pub fn mirai_dial(
     };
     let autoexit = f64_arg(autoexit, "autoexit")?;
     let persist = bool_arg(persist, "persist")?;
+    let quiet = bool_arg(quiet, "quiet")?;
     // A daemon reconnecting (`persist`) dials for itself, not for a caller
     // whose handlers should see an R error raised meanwhile.
     let mut stopped = None;
@@ -85,7 +90,7 @@ pub fn mirai_dial(
         return Err(e);
     }
     let c = c?;
-    c.watch_host(autoexit == 1.0, launched).map_err(|e| e.to_string())?;
+    c.watch_host(autoexit == 1.0, quiet, launched).map_err(|e| e.to_string())?;
     new_handle::<Conn>(Mutex::new(Some(c)), nil())
 }
 
