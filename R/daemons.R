@@ -679,7 +679,12 @@ frame_of <- function(env) {
 #' NA without a dispatcher); NULL if no daemons are set. Reading it costs no
 #' round trip.
 #'
-#' `status()`: a list with `connections`, `daemons` (the URL) and `refused`:
+#' `status()`: a list with `connections` and `daemons` (the URL); with a
+#' dispatcher then `mirai`, the counters `awaiting`, `executing` and
+#' `completed`, and `memory`: the megabytes of tasks now waiting in the queue
+#' (`used`), the most there have been (`peak`), and the cap set by
+#' `daemons(memory =)` (`capacity`, NA for none) (these first, in the
+#' reference's order); then `refused`:
 #' the number of peers turned away since the profile started (no valid
 #' handshake within `r limit("hello_timeout_s")` seconds, the wrong secret or
 #' protocol version, a malformed message, or a message over the size cap set
@@ -687,11 +692,7 @@ frame_of <- function(env) {
 #' `r bytes_text(limit("max_message_bytes"))`); `replaced`: the number of
 #' local daemons launched in place of ones that died (see [daemons()],
 #' Self-healing); and `retried`: the number of times a task was sent again
-#' after its daemon died (see [mirai()] `.retry`). With a
-#' dispatcher it also has `mirai`, the counters `awaiting`, `executing` and
-#' `completed`, and `memory`: the megabytes of tasks now waiting in the queue
-#' (`used`), the most there have been (`peak`), and the cap set by
-#' `daemons(memory =)` (`capacity`, NA for none). With `daemons(relay =
+#' after its daemon died (see [mirai()] `.retry`). With `daemons(relay =
 #' TRUE)` it also has `relay_dropped`: the number of conditions relayed by
 #' running tasks that the host dropped (see [daemons()], Live messages and
 #' progress).
@@ -732,12 +733,13 @@ status <- function(.compute = NULL) {
   if (isTRUE(prof$sync)) return(list(connections = 0L, daemons = prof$url))
   pool_notice(prof)
   v <- .Call(C_mirai_host_info, prof$host)
-  out <- list(connections = v[["connections"]], daemons = prof$url, refused = v[["refused"]],
-              replaced = v[["replaced"]], retried = v[["retried"]])
+  out <- list(connections = v[["connections"]], daemons = prof$url)
   if (prof$dispatcher) {
     out$mirai <- v[c("awaiting", "executing", "completed")]
     out$memory <- .Call(C_mirai_host_memory, prof$host)
   }
+  # Ours after the reference's, so that status()[[3]] is still `mirai`.
+  out[c("refused", "replaced", "retried")] <- list(v[["refused"]], v[["replaced"]], v[["retried"]])
   if (isTRUE(prof$relay)) out$relay_dropped <- .Call(C_mirai_host_relay_dropped, prof$host)
   out
 }

@@ -26,6 +26,13 @@ test_that("status, info and daemons_set report a live profile", {
   expect_identical(s$connections, 2L)
   expect_match(s$daemons, "^abstract://[0-9a-f]{24}$")
   expect_null(s$mirai)
+  # The reference's fields first, in its order (status()[[3]] and the like
+  # keep working); ours after them.
+  expect_identical(names(s), c("connections", "daemons", "refused", "replaced", "retried"))
+  daemons(1, .compute = "withdisp")
+  expect_identical(names(status(.compute = "withdisp")),
+                   c("connections", "daemons", "mirai", "memory", "refused", "replaced", "retried"))
+  daemons(0, .compute = "withdisp")
   i <- info()
   expect_identical(i[["connections"]], 2L)
   # Without a dispatcher only `connections` is counted.
