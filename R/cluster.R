@@ -83,6 +83,8 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
     check_count(n)
     if (is.na(n)) abort("`n` must be a single number")
     if (!is.finite(n) || n != trunc(n)) abort("`n` must be a whole number")
+    # Before any profile is made: launch_remote() and daemons() refuse more.
+    if (n > MAX_LOCAL_DAEMONS) abort(sprintf("`n` must be at most %d", MAX_LOCAL_DAEMONS))
   }
   if (is.null(url) || !is.null(remote)) {
     if (missing(n)) abort("`n` must be supplied (the number of nodes)")
@@ -428,7 +430,7 @@ next_cluster_id <- function() {
 node_failure <- function(v, i) {
   reset <- as.integer(v) == error_code("reset")
   why <- if (reset) "its daemon disconnected, or the cluster was stopped" else "it failed"
-  structure(sprintf("node %d of the mirai cluster could not run the task: %s (errorValue %s)\n", i, why,
+  structure(sprintf("node %d of the mirai cluster could not run the task: %s (errorValue %s)", i, why,
                     error_text(as.integer(v))),
             class = "try-error")
 }

@@ -167,7 +167,7 @@ print.errorValue <- function(x, ...) {
 
 #' @export
 print.miraiError <- function(x, ...) {
-  cat("'miraiError' chr ", sub("\n$", "", unclass(x)), "\n", sep = "")
+  cat("'miraiError' chr ", unclass(x), "\n", sep = "")
   invisible(x)
 }
 

@@ -100,7 +100,7 @@ mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .retry = 0L,
   # An environment's objects, as lapply() takes them (names starting with a
   # dot left out): names(.x) would name those too, and not match.
   if (is.environment(.x)) .x <- as.list(.x)
-  if (not_listable(.x))
+  if (not_listable(.x) && !is.function(.x) && !is.symbol(.x))
     abort(sprintf("`.x` must be a vector, list, data frame or matrix, not %s", typeof(.x)))
   callbacks <- promise_callbacks(.promise)
   d <- dim(.x)
@@ -445,7 +445,7 @@ stop_collection <- function(x, i, v) {
     at <- if (frame > 0L) sys.frame(frame) else environment()
     cli::cli_abort(bullets, parent = parent, call = frame_call_at(frame), .frame = at, .trace_bottom = at)
   }
-  text <- if (is_mirai_error(v)) sub("\n$", "", unclass(v)) else msg
+  text <- if (is_mirai_error(v)) unclass(v) else msg
   abort(sprintf("In index %d:\n%s", i, text))
 }
 

@@ -1,9 +1,11 @@
 # mirai(): create a task, and the 'mirai' object that receives its result.
 
-# Whether `x` is of a type as.list() cannot make a list of (a function, a
-# symbol, an external pointer...): an argument that should be a list or a
-# vector, refused with a message naming it rather than R's from deep inside.
-# Classed objects are left to their methods.
+# Whether `x` is of a type that is no list of arguments (a function, a
+# symbol, an external pointer...): `.args` (which may be a list, a vector
+# or an environment) given such a thing is refused with a message naming
+# it rather than R's from deep inside. mirai_map() lets functions and
+# symbols through to as.list(), as lapply() does. Classed objects are left
+# to their methods.
 not_listable <- function(x) {
   !is.object(x) && typeof(x) %in% c("symbol", "closure", "builtin", "special", "externalptr",
                                     "weakref", "bytecode", "environment", "promise", "char", "...", "any")

@@ -10,6 +10,8 @@ test_that("make_cluster() validates its arguments", {
   # Refused before any daemon is launched.
   expect_error(make_cluster(2.5), "`n` must be a whole number")
   expect_error(make_cluster(Inf), "`n` must be a whole number")
+  expect_error(make_cluster(10001, url = "tcp://127.0.0.1:0"), "`n` must be at most 10000")
+  expect_error(make_cluster(10001), "`n` must be at most 10000")
   expect_error(make_cluster(2, cleanup = TRUE), "`cleanup` cannot be set for a cluster")
   expect_error(make_cluster(2, dispatcher = FALSE), "`dispatcher` cannot be set for a cluster")
   expect_error(make_cluster(2, maxtasks = 3), "`maxtasks` cannot be set for a cluster")

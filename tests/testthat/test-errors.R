@@ -161,6 +161,10 @@ test_that("a miraiError's string is the reference's: \"Error: <msg>\" or \"Error
   e <- mirai(f(1), f = function(x) stop("positive"))[]
   expect_identical(as.vector(unclass(e)), "Error in f(1): positive")
   expect_output(print(e), "'miraiError' chr Error in f(1): positive", fixed = TRUE)
+  # A newline of the message's own is kept (none of mirai's is added).
+  e <- mirai(stop("ends\n"))[]
+  expect_identical(as.vector(unclass(e)), "Error: ends\n")
+  expect_identical(capture.output(print(e)), c("'miraiError' chr Error: ends", ""))
   # As parallel reports it for a cluster node: the miraiError is the try-error.
   cl <- make_cluster(1)
   on.exit(stop_cluster(cl), add = TRUE)
@@ -266,7 +270,8 @@ test_that("a list argument of a type that makes no list is an error naming it; a
   for (bad in list(sum, quote(a), new("externalptr"), function(x) x)) {
     expect_error(everywhere(1, .args = bad), "`.args` must be a named list or an environment, not ", fixed = TRUE)
     expect_error(mirai(1, .args = bad), "`.args` must be a named list or an environment, not ", fixed = TRUE)
-    expect_error(mirai_map(bad, identity), "`.x` must be a vector, list, data frame or matrix, not ", fixed = TRUE)
+    if (!is.function(bad) && !is.symbol(bad))
+      expect_error(mirai_map(bad, identity), "`.x` must be a vector, list, data frame or matrix, not ", fixed = TRUE)
   }
   e <- new.env()
   e$a <- 1
@@ -275,6 +280,8 @@ test_that("a list argument of a type that makes no list is an error naming it; a
   expect_identical(mirai(a, .args = c(a = 3))[], 3)
   expect_identical(mirai(1, .args = NULL)[], 1)
   expect_length(mirai_map(NULL, identity)[], 0L)
+  # A symbol or a function maps as lapply() takes it (as.list()).
+  expect_identical(mirai_map(quote(a), identity)[], list(quote(a)))
 })
 
 test_that("a task whose value is the empty symbol resolves to an error, and the daemon lives on", {
