@@ -596,9 +596,7 @@ launchable_profile <- function(.compute) {
 # processes until the machine gives out; 1.5 is no number of daemons).
 check_launch_count <- function(n) {
   what <- sprintf("a whole number of daemons from 0 to %d", MAX_LOCAL_DAEMONS)
-  n <- check_number(n, "n", what, max = MAX_LOCAL_DAEMONS)
-  if (n != trunc(n)) abort(sprintf("`n` must be %s", what))
-  n
+  if (check_number(n, "n", what, max = MAX_LOCAL_DAEMONS) %% 1 != 0) abort(sprintf("`n` must be %s", what))
 }
 
 # `n` of daemons() and make_cluster(): a single number (NA is theirs to

@@ -254,9 +254,9 @@ exit_codes_text <- function() {
 #' nextcode(3L)
 #' @export
 nextcode <- function(xc) {
-  what <- "a single integer exit code"
-  xc <- check_number(xc, "xc", what, min = -.Machine$integer.max, max = .Machine$integer.max)
-  if (xc != trunc(xc)) abort(sprintf("`xc` must be %s", what))
+  expected <- "a single integer exit code"
+  xc <- check_number(xc, "xc", expected, min = -.Machine$integer.max, max = .Machine$integer.max)
+  if (xc != trunc(xc)) abort(sprintf("`xc` must be %s", expected))
   xc <- as.integer(xc)
   what <- c(closed = "Daemon connection terminated", idle = "Daemon idletime limit reached",
             wall = "Daemon walltime limit reached", tasks = "Daemon task limit reached")

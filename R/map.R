@@ -100,7 +100,7 @@ mirai_map <- function(.x, .f, ..., .args = list(), .promise = NULL, .retry = 0L,
   # An environment's objects, as lapply() takes them (names starting with a
   # dot left out): names(.x) would name those too, and not match.
   if (is.environment(.x)) .x <- as.list(.x)
-  if (not_listable(.x) && !is.function(.x) && !is.symbol(.x))
+  if (not_listable(.x))
     abort(sprintf("`.x` must be a vector, list, data frame or matrix, not %s", typeof(.x)))
   callbacks <- promise_callbacks(.promise)
   d <- dim(.x)

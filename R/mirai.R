@@ -1,20 +1,19 @@
 # mirai(): create a task, and the 'mirai' object that receives its result.
 
-# Whether `x` is of a type that is no list of arguments (a function, a
-# symbol, an external pointer...): `.args` (which may be a list, a vector
-# or an environment) given such a thing is refused with a message naming
-# it rather than R's from deep inside. mirai_map() lets functions and
-# symbols through to as.list(), as lapply() does. Classed objects are left
-# to their methods.
-not_listable <- function(x) {
-  !is.object(x) && typeof(x) %in% c("symbol", "closure", "builtin", "special", "externalptr",
-                                    "weakref", "bytecode", "environment", "promise", "char", "...", "any")
-}
+# Types as.list() cannot make a list of: `.x` of mirai_map() given one is
+# refused with a message naming it rather than R's from deep inside.
+# Classed objects are left to their methods.
+UNLISTABLE <- c("externalptr", "weakref", "bytecode", "environment", "promise", "char", "...", "any")
+not_listable <- function(x) !is.object(x) && typeof(x) %in% UNLISTABLE
+
+# Those, and functions and symbols (which as.list() takes, as lapply() and
+# mirai_map() do): no list of arguments, so no `.args`.
+no_arg_list <- function(x) !is.object(x) && typeof(x) %in% c(UNLISTABLE, "symbol", "closure", "builtin", "special")
 
 named_list <- function(x, what) {
   if (is.environment(x)) return(as.list.environment(x, all.names = TRUE))
   # Only `.args` can be other than a list (`...` is list(...)).
-  if (not_listable(x))
+  if (no_arg_list(x))
     abort(sprintf("`.args` must be a named list or an environment, not %s", typeof(x)))
   if (!length(x)) return(list())
   nm <- names(x)
