@@ -231,8 +231,10 @@ max_message <- function() {
 #' daemons in their environment, remote ones as described in
 #' [launch_remote()]. A peer must complete its
 #' handshake within `r limit("hello_timeout_s")` seconds; at most
-#' `r limit("max_pending")` peers may be mid-handshake at once (the
-#' longest-waiting is dropped for a newer one). Messages larger than option
+#' `r limit("max_pending")` peers may be mid-handshake at once (a newer one
+#' takes the place of the longest-waiting from the address holding the
+#' most places, so that a flood of connections from one address does not
+#' keep out a daemon from another). Messages larger than option
 #' `mirai.max_message` (bytes; default `r bytes_text(limit("max_message_bytes"))`)
 #' close the connection that sent them. Each such refusal counts in the
 #' `refused` element of [status()].

@@ -146,7 +146,7 @@ fn next_until<R: Read>(d: &mut Decoder, r: &mut R, deadline: Instant) -> io::Res
 fn accept_until(l: &Listener, deadline: Instant) -> (mirai::wire::transport::Stream, Framing) {
     loop {
         match l.accept() {
-            Ok(s) => return s,
+            Ok((s, f, _)) => return (s, f),
             Err(e) if retryable(&e) => {
                 assert!(Instant::now() < deadline, "no libnng peer connected before the deadline");
                 thread::sleep(Duration::from_millis(2));

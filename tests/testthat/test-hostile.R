@@ -349,6 +349,49 @@ test_that("over 64 silent peers: the oldest are dropped at once, and a daemon st
   expect_serves(launch = FALSE)
 })
 
+test_that("a flood of silent peers from one address makes room with its own: a daemon from another still gets in", {
+  why <- need_tools("/usr/bin/python3")
+  if (!is.null(why)) skip(why)
+  skip_if_not_installed("processx")
+  daemons(url = "tcp://127.0.0.1:0", auth = FALSE)
+  on.exit(daemons(0))
+  port <- tcp_port()
+  # A slow daemon's side (from 127.0.0.1): it has its Challenge, and answers
+  # only after the flood.
+  con <- peer(port, timeout = 10)
+  on.exit(close(con), add = TRUE, after = FALSE)
+  send_bytes(con, sp_header)
+  expect_identical(read_bytes(con, 8L), sp_header)
+  challenge <- read_frame(con)
+  expect_length(challenge, 38L)
+  # Twice the places (64) in silent peers from another loopback address,
+  # 127.0.0.2, held open until this test closes python's stdin.
+  flood <- "
+import socket, sys
+port = int(sys.argv[1]); held = []
+for i in range(128):
+    s = socket.socket(); s.bind(('127.0.0.2', 0)); s.connect(('127.0.0.1', port))
+    s.sendall(bytes([0, 0x53, 0x50, 0, 0, 0x11, 0, 0])); held.append(s)
+print('flooded', flush=True)
+sys.stdin.read()
+"
+  p <- processx::process$new("/usr/bin/python3", c("-c", flood, port), stdin = "|", stdout = "|", stderr = "2>&1")
+  on.exit({ try(p$close_connections(), silent = TRUE); p$kill() }, add = TRUE, after = FALSE)
+  p$poll_io(10000)
+  expect_identical(p$read_output_lines(), "flooded")
+  # Each of the last 65 took the place of the flood's own oldest (64 places:
+  # the slow daemon's and 63 of the flood's), not the slow daemon's, though
+  # it was the oldest of all.
+  expect_true(wait_refused(65L, timeout = 5))
+  Sys.sleep(0.2)
+  expect_identical(status()$refused, 65L)
+  expect_true(still_open(con))
+  send_bytes(con, tcp_frame(hello_body()))
+  expect_identical(read_frame(con), c(hop, as.raw(c(8, 0))))
+  expect_true(length(read_frame(con)) > 0L)
+  expect_identical(status()$connections, 1L)
+})
+
 test_that("a result over mirai.max_message drops its daemon: the mirai resolves to 19, counted refused", {
   old <- options(mirai.max_message = 1e6)
   on.exit(options(old))

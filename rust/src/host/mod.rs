@@ -51,7 +51,9 @@
 //! envelope-sized message (over TLS or WebSocket, `proto::PRE_AUTH_BYTES`
 //! in all),
 //! must send it within `HELLO_TIMEOUT`, and at most `MAX_PENDING` such
-//! peers are held (the oldest is dropped for a newer one); a refused peer
+//! peers are held (a newer one takes the place of the oldest from the
+//! source holding the most places, so that a flood from one address
+//! cannot keep out a daemon from another); a refused peer
 //! is read no further. Every peer dropped before it is accepted, and every accepted one
 //! dropped for a protocol error, counts in `Stats::refused`. Message bodies
 //! grow as bytes arrive (see `decoder`), up to `HostOptions::max_message`.
@@ -78,13 +80,13 @@ use crate::wire::frame::{strip_hop, Framing, SP_HEADER, TASK_WHOLE};
 use crate::wire::proto::{self, Msg, NONCE_LEN, PROTOCOL_VERSION, SHARE_SLOTS};
 use crate::sys::threads::{self, lock};
 use crate::host::sched::{Action, Counters, Sched, TaskId, ERR_RESET, ERR_TIMEOUT};
-use crate::wire::transport::{Listener, Stream};
+use crate::wire::transport::{Listener, Source, Stream};
 use crate::wire::url::Address;
 use crate::host::wqueue::{WriteQueue, Withdrawn, NO_TASK};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use idmap::IdMap;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -412,7 +414,7 @@ impl Host {
             rng_stream: opts.rng_stream,
             settings: opts.settings,
             max_message: opts.max_message,
-            pending: 0,
+            pending: BTreeMap::new(),
             hello_deadlines: VecDeque::new(),
             accept_retry: None,
             dead: None,
@@ -1210,9 +1212,11 @@ struct Core {
     shutdown: Option<bool>,
     stopped: bool,
     max_message: u64,
-    /// Connections not yet authenticated, and their Hello deadlines in
-    /// accept order (tokens are never reused, so stale entries are inert).
-    pending: usize,
+    /// Connections not yet authenticated (at most `MAX_PENDING`), with
+    /// where each came from, oldest first (tokens are given in accept
+    /// order); and their Hello deadlines in accept order (tokens are never
+    /// reused, so stale entries are inert).
+    pending: BTreeMap<Token, Source>,
     hello_deadlines: VecDeque<(Instant, Token)>,
     accept_retry: Option<Instant>,
     /// Why the core stopped working (a caught panic); see `die`.
@@ -1588,7 +1592,7 @@ impl Core {
         self.close_listener();
         self.timers.clear();
         self.hello_deadlines.clear();
-        self.pending = 0;
+        self.pending.clear();
         self.stopped = true;
         self.dead = Some(reason);
         self.release_io();
@@ -1641,7 +1645,7 @@ impl Core {
         loop {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
-                Ok((mut stream, framing)) => {
+                Ok((mut stream, framing, source)) => {
                     // Without a nonce there is no handshake to offer: the
                     // peer is turned away (the kernel's random source failing
                     // is not something a peer can cause).
@@ -1649,7 +1653,7 @@ impl Core {
                         self.stats.refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    if self.pending >= MAX_PENDING {
+                    if self.pending.len() >= MAX_PENDING {
                         self.drop_oldest_pending();
                     }
                     let token = Token(self.next_token);
@@ -1666,7 +1670,7 @@ impl Core {
                     c.push(Rc::new(SP_HEADER.to_vec()));
                     c.push(control_frame(framing, &Msg::Challenge { version: PROTOCOL_VERSION, nonce }));
                     self.conns.insert(token, c);
-                    self.pending += 1;
+                    self.pending.insert(token, source);
                     self.hello_deadlines.push_back((Instant::now() + HELLO_TIMEOUT, token));
                     self.flush_conn(token);
                     // Anything the peer sent with its connect (its SP header)
@@ -1683,14 +1687,35 @@ impl Core {
         }
     }
 
-    /// Makes room for a new peer by dropping the longest-waiting one that
-    /// has not completed its Hello.
+    /// Makes room for a new peer by dropping the longest-waiting of those
+    /// that have not completed their Hello from the source that holds the
+    /// most places (see `Source`). Dropping the oldest of all let a flood
+    /// of silent connections from one address push out every daemon whose
+    /// Hello took longer than the flood took to fill the places (a remote
+    /// daemon 50 ms away, under a few thousand connections a second).
     fn drop_oldest_pending(&mut self) {
-        while let Some((_, t)) = self.hello_deadlines.pop_front() {
-            if self.conns.get(&t).is_some_and(|c| !c.ready) {
-                self.drop_conn(t, false);
-                return;
+        let mut counts: Vec<(Source, usize)> = Vec::new();
+        for src in self.pending.values() {
+            match counts.iter_mut().find(|(s, _)| s == src) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((*src, 1)),
             }
+        }
+        // The first to reach the largest count: among equals, the source
+        // of the oldest peer.
+        let most = counts.iter().fold(None::<(Source, usize)>, |m, &(s, n)| match m {
+            Some((_, k)) if k >= n => m,
+            _ => Some((s, n)),
+        });
+        let Some((src, _)) = most else { return };
+        let oldest = self.pending.iter().find(|(_, s)| **s == src).map(|(t, _)| *t);
+        if let Some(t) = oldest {
+            self.drop_conn(t, false);
+        }
+        // Deadlines of peers no longer pending go when they come to the
+        // front (the rest when they pass).
+        while self.hello_deadlines.front().is_some_and(|(_, t)| !self.pending.contains_key(t)) {
+            self.hello_deadlines.pop_front();
         }
     }
 
@@ -1855,7 +1880,7 @@ impl Core {
                 c.ready = true;
                 c.dec.set_limit(self.max_message);
                 c.stream.peer_proved(self.max_message);
-                self.pending -= 1;
+                self.pending.remove(&t);
                 c.push(welcome);
                 c.push(init);
                 self.joined.push(t.0 as u64);
@@ -2093,9 +2118,7 @@ impl Core {
     fn drop_conn(&mut self, t: Token, protocol_error: bool) {
         if let Some(mut c) = self.conns.remove(&t) {
             self.deregister(&mut c.stream);
-            if !c.ready {
-                self.pending -= 1;
-            }
+            self.pending.remove(&t);
             if !c.ready || protocol_error {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
             }
@@ -2153,7 +2176,7 @@ impl Core {
         if std::mem::take(&mut self.frames).peak >= GIVE_BACK_PEAK {
             give_back_freed_memory();
         }
-        self.pending = 0;
+        self.pending.clear();
         self.hello_deadlines.clear();
         self.stats.publish(Counters::default());
         // Anything submitted after this point fails at once.

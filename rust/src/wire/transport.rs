@@ -37,6 +37,24 @@ use std::os::unix::net as unet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Where a peer connected from, as the host shares out its places for
+/// peers that have not completed their Hello (`MAX_PENDING`): a flood from
+/// one source then makes room with its own connections, not a daemon's
+/// from elsewhere. An IPv4 address, or an IPv6 address's /64 network (what
+/// one site is typically given, so that one attacker's many addresses
+/// count as one); None over a Unix socket, whose peers are all on this
+/// machine.
+pub type Source = Option<[u8; 8]>;
+
+fn source_of(addr: &SocketAddr) -> Source {
+    let mut key = [0u8; 8];
+    match addr.ip().to_canonical() {
+        std::net::IpAddr::V4(a) => key[..4].copy_from_slice(&a.octets()),
+        std::net::IpAddr::V6(a) => key.copy_from_slice(&a.octets()[..8]),
+    }
+    Some(key)
+}
+
 pub enum Listener {
     Unix(mio::net::UnixListener, Option<String>),
     /// With a TLS configuration for `tls+tcp://` and `wss://`, and the
@@ -291,11 +309,11 @@ impl Listener {
         }
     }
 
-    pub fn accept(&self) -> io::Result<(Stream, Framing)> {
+    pub fn accept(&self) -> io::Result<(Stream, Framing, Source)> {
         match self {
-            Listener::Unix(l, _) => Ok((Stream::Unix(l.accept()?.0), Framing::Ipc)),
+            Listener::Unix(l, _) => Ok((Stream::Unix(l.accept()?.0), Framing::Ipc, None)),
             Listener::Tcp(l, tls, ws) => {
-                let (s, _) = l.accept()?;
+                let (s, peer) = l.accept()?;
                 let _ = s.set_nodelay(true);
                 set_keepalive(s.as_raw_fd());
                 let inner = match tls {
@@ -316,7 +334,7 @@ impl Listener {
                         unproven_left: Some(PRE_AUTH_BYTES),
                     })),
                 };
-                Ok((stream, Framing::Tcp))
+                Ok((stream, Framing::Tcp, source_of(&peer)))
             }
         }
     }
