@@ -142,20 +142,7 @@ fn row_of(x: SEXP, i: SEXP) -> Result<Option<Owned>, RError> {
     if !(i >= 1.0 && cols.iter().all(|&col| i <= len(col) as f64)) {
         return Ok(None);
     }
-    let k = i as usize - 1;
-    let mut vals = Vec::with_capacity(cols.len());
-    for &col in &cols {
-        vals.push(if is_list(col) {
-            // Kept alive by `x`, an argument.
-            Owned::reachable(list_at(col, k))
-        } else {
-            let v = atomic_holder(col)?;
-            copy_atomic_elt(&v, col, k)?;
-            v
-        });
-    }
-    let sexps: Vec<SEXP> = vals.iter().map(|v| v.sexp()).collect();
-    crate::r::layer::lang::list_named(&sexps, names, nil()).map(Some)
+    row_list(&cols, i as usize - 1, names).map(Some)
 }
 
 /// map_call() (R/map.R), on a daemon: `.f(<x>, <args>)` evaluated in

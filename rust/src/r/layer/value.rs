@@ -531,6 +531,53 @@ pub fn copy_atomic_elt(dst: &Owned, src: SEXP, i: usize) -> Result<(), RError> {
     Ok(())
 }
 
+/// Row `k` (0-based) of the columns `cols` as a list named `names`, as
+/// `lapply(df, `[[`, k + 1)` gives it for a data frame of such columns: a
+/// list column's element itself, an atomic column's element a new vector
+/// of length 1 read through R's element accessors (an ALTREP column, such
+/// as `1:n`, is not expanded). Made in one `try_r`, which on a daemon's
+/// map of small rows costs about as much as the rest of the row (the
+/// per-column `atomic_holder` and `copy_atomic_elt` took two each).
+pub fn row_list(cols: &[SEXP], k: usize, names: SEXP) -> Result<Owned, RError> {
+    if !cols.iter().all(|&c| (is_plain_atomic(c) || is_list(c)) && k < len(c)) || len(names) != cols.len() {
+        return Err("internal error in mirai: a row out of range".into());
+    }
+    let i = k as isize;
+    // SAFETY: the closure owns nothing with a destructor. Each column is a
+    // plain atomic vector or a list longer than `k` (checked); each holder
+    // is made of its column's type and length 1, and set in the protected
+    // row before it is filled, so it is reachable when an accessor (an
+    // ALTREP method) allocates; an accessor that errors longjmps into
+    // try_r.
+    unsafe {
+        rooted(|r| {
+            let row = r.protect(r.alloc(SEXPTYPE::VECSXP, cols.len()));
+            for (j, &col) in cols.iter().enumerate() {
+                let t = match type_of(col) {
+                    LGLSXP => SEXPTYPE::LGLSXP,
+                    INTSXP => SEXPTYPE::INTSXP,
+                    REALSXP => SEXPTYPE::REALSXP,
+                    STRSXP => SEXPTYPE::STRSXP,
+                    _ => {
+                        r.set_elt(row, j, VECTOR_ELT(col, i));
+                        continue;
+                    }
+                };
+                let h = r.alloc(t, 1);
+                r.set_elt(row, j, h);
+                match t {
+                    SEXPTYPE::LGLSXP => *LOGICAL(h) = LOGICAL_ELT(col, i),
+                    SEXPTYPE::INTSXP => *INTEGER(h) = INTEGER_ELT(col, i),
+                    SEXPTYPE::REALSXP => *REAL(h) = REAL_ELT(col, i),
+                    _ => SET_STRING_ELT(h, 0, STRING_ELT(col, i)),
+                }
+            }
+            r.set_attrib(row, names_symbol(), names);
+            row
+        })
+    }
+}
+
 /// The bytes `push_binary_elt` writes per element of `x`; None if it reads
 /// no element of `x`'s type.
 pub fn binary_width(x: SEXP) -> Option<usize> {
