@@ -167,6 +167,10 @@ reset_profile <- function(.compute, signal = FALSE) {
   if (is.null(prof)) return(FALSE)
   rm(list = .compute, envir = .$profiles)
   prof$active <- FALSE
+  # In a process forked from the one that set it up (mclapply()'s, say),
+  # the profile is only forgotten: its daemons, threads and cluster jobs
+  # are that process's.
+  if (!is.null(prof$host) && .Call(C_mirai_host_foreign, prof$host)) return(TRUE)
   if (!is.null(prof$host)) {
     .Call(C_mirai_host_close, prof$host, signal)
     reap_children(prof$host)
@@ -183,9 +187,14 @@ RESET_GRACE_SECS <- 5
 # killed, so that no process outlives daemons(0); their reapers collect them.
 # Daemons launched with autoexit = FALSE are meant to outlive their host and
 # are left alone (daemons(NULL) ends them).
+# An interrupt (or error) during the grace period kills them at once: the
+# profile is gone by then, and no later daemons(0) would reach them.
 reap_children <- function(host, grace = RESET_GRACE_SECS) {
   deadline <- Sys.time() + grace
+  waited <- FALSE
+  on.exit(if (!waited) .Call(C_mirai_host_children, host, TRUE))
   while (length(.Call(C_mirai_host_children, host, FALSE)) && Sys.time() < deadline) Sys.sleep(0.01)
+  waited <- TRUE
   if (length(.Call(C_mirai_host_children, host, TRUE))) {
     deadline <- Sys.time() + 2
     while (length(.Call(C_mirai_host_children, host, FALSE)) && Sys.time() < deadline) Sys.sleep(0.01)

@@ -49,6 +49,7 @@ macro_rules! routines {
 #[no_mangle]
 pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: ProtectFn, eval: CRoutine3, closure: ClosureFn) {
     sys::threads::record_main_thread();
+    sys::fork::init();
     r::layer::call::init_protect(protect);
     r::layer::lang::init_guarded_eval(eval);
     r::layer::object::init_closure(closure);
@@ -70,6 +71,7 @@ pub unsafe extern "C" fn mirai_rust_init(dll: *mut DllInfo, protect: ProtectFn, 
         profile::mirai_host_memory,
         profile::mirai_host_sent,
         profile::mirai_host_close,
+        profile::mirai_host_foreign,
         profile::mirai_host_launch,
         profile::mirai_host_wait_ready,
         profile::mirai_host_children,

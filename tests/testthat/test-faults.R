@@ -179,6 +179,51 @@ test_that("a process a task forks may quit() without ending its daemon's connect
   expect_identical(status()$connections, 1L)
 })
 
+test_that("a forked child cannot use its parent's daemons: a clear error, not a hang; daemons() of its own work", {
+  daemons(1)
+  on.exit(daemons(0))
+  parent_daemon <- mirai(Sys.getpid())[]
+  m <- mirai(1)
+  expect_identical(m[], 1)
+  # Each child's answer: what mirai(), m[] and status() on the parent's
+  # profile gave, then a reset and daemons of its own.
+  child <- parallel::mcparallel({
+    err <- function(expr) tryCatch({ expr; "no error" }, error = conditionMessage)
+    list(submit = err(mirai(2)), wait = err(m[]), status = err(status()),
+         own = { daemons(0); daemons(1); r <- mirai(Sys.getpid())[]; daemons(0); r })
+  })
+  out <- parallel::mccollect(child, wait = FALSE, timeout = 30)[[1L]]
+  expect_type(out, "list")
+  forked <- "belong to the process that set them up, not to this forked child"
+  expect_match(out$submit, forked, fixed = TRUE)
+  expect_match(out$wait, forked, fixed = TRUE)
+  expect_match(out$status, forked, fixed = TRUE)
+  expect_type(out$own, "integer")
+  expect_false(out$own %in% c(Sys.getpid(), parent_daemon))
+  # The parent's profile, daemon and results are untouched.
+  expect_identical(status()$connections, 1L)
+  expect_identical(mirai(Sys.getpid())[], parent_daemon)
+  expect_identical(unlist(parallel::mclapply(1:2, function(i) tryCatch(mirai(i)[], error = function(e) "refused"))),
+                   c("refused", "refused"))
+})
+
+test_that("an interrupt during daemons(0)'s grace period kills the daemons still running at once", {
+  skip_if_not_installed("processx")
+  out <- interrupt_child(c(
+    "library(mirai)",
+    "daemons(1, autoexit = NA)",
+    "pid <- mirai(Sys.getpid())[]",
+    "m <- mirai({ Sys.sleep(60); 1 })",
+    "Sys.sleep(0.5)",
+    "cat('ready\\n')",
+    "r <- tryCatch({ daemons(0); 'completed' }, interrupt = function(e) 'interrupted')",
+    "gone <- function() { st <- tryCatch(readLines(sprintf('/proc/%d/stat', pid)), error = function(e) ''); !length(st) || !nzchar(st[[1L]]) || grepl(') Z', st[[1L]], fixed = TRUE) }",
+    "t0 <- Sys.time(); while (!gone() && Sys.time() - t0 < 3) Sys.sleep(0.05)",
+    "cat('reset', r, 'gone', gone(), 'done\\n')"
+  ), "ready", "done")
+  expect_match(out, "reset interrupted gone TRUE done", fixed = TRUE)
+})
+
 test_that("internal entry points refuse objects that are not what they expect", {
   daemons(1)
   on.exit(daemons(0))

@@ -2,6 +2,7 @@
 //! and their temporary directories, threads, randomness, network
 //! interfaces and the heap's size.
 
+pub mod fork;
 pub mod heap;
 pub mod net;
 pub mod random;

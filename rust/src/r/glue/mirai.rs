@@ -17,14 +17,18 @@ use std::time::{Duration, Instant};
 
 /// The profile whose host keeps R's thread's claims after a cluster's
 /// receive (`Host::linger_read`).
-static LINGERING: MainThread<Option<Weak<Profile>>> = MainThread::new(None);
+/// The profile, and the process (`sys::fork`), of the claims left lingering.
+static LINGERING: MainThread<Option<(Weak<Profile>, u32)>> = MainThread::new(None);
 
 /// Gives back the claims a cluster's receive left lingering (see `Claim` in
 /// host/mod.rs), unless they are `keep`'s: a wait or a check that does not
 /// read those daemons itself would otherwise find their replies only once
 /// the host's loop thread takes the claims back (up to twice `LINGER`).
 pub(super) fn settle_claims(keep: Option<&Arc<Profile>>) {
-    let p = LINGERING.with(|l| l.as_ref().and_then(Weak::upgrade));
+    // A forked child's copy of its parent's claims is not its own to give
+    // back (the parent's loop thread holds them, in the parent).
+    let here = crate::sys::fork::pid();
+    let p = LINGERING.with(|l| l.as_ref().filter(|(_, pid)| *pid == here).and_then(|(w, _)| w.upgrade()));
     if p.as_ref().zip(keep).is_some_and(|(p, k)| Arc::ptr_eq(p, k)) {
         return;
     }
@@ -37,7 +41,7 @@ pub(super) fn settle_claims(keep: Option<&Arc<Profile>>) {
 /// Ends a cluster receive's reading, keeping its claims (see above).
 fn linger(profile: &Arc<Profile>) {
     profile.host.linger_read();
-    LINGERING.with(|l| *l = Some(Arc::downgrade(profile)));
+    LINGERING.with(|l| *l = Some((Arc::downgrade(profile), crate::sys::fork::pid())));
 }
 
 pub(super) fn aio(s: &impl Held) -> Result<&Aio, RError> {

@@ -561,6 +561,12 @@ pub fn mirai_test_claims(p: SEXP) -> RResult {
     ints(&[n as i32, lingering as i32])
 }
 
+/// Whether profile handle `p` was made by the process this one was forked
+/// from (see `sys::fork`): its reset then only forgets it.
+pub fn mirai_host_foreign(p: SEXP) -> RResult {
+    lgl(crate::r::layer::handle::foreign::<Arc<Profile>>(p))
+}
+
 pub fn mirai_host_close(p: SEXP, signal: SEXP) -> RResult {
     let prof = profile(&p)?;
     // First: daemons exit as the host closes, and none is replaced.

@@ -5,12 +5,25 @@
 //! drops it, catching any panic. Each kind has its own tag, so a handle of
 //! one kind is never read as another. A borrowed value's lifetime is tied
 //! to the borrowed argument, which lives for the whole `.Call`.
+//!
+//! A handle also records the process that made it: in a forked child
+//! (`sys::fork`) it is refused with an error saying why, and never dropped
+//! (the value's threads are the parent's, and dropping it could close or
+//! write to the parent's sockets); it is left for the child's exit.
 
 use super::call::{try_r, RError};
 use super::ffi::*;
 use super::global::MainThread;
 use super::value::*;
+use crate::sys::fork;
 use std::ffi::{c_void, CStr};
+
+/// What a handle's pointer points to: its value, and the process that
+/// made it.
+struct Boxed<T> {
+    pid: u32,
+    v: T,
+}
 
 /// A type that lives behind an external pointer tagged `TAG`.
 pub trait Tagged: Sized + 'static {
@@ -72,16 +85,20 @@ pub fn free_handle<T: Tagged>(s: SEXP) {
 unsafe extern "C" fn finalize<T: Tagged>(s: SEXP) {
     // SAFETY: R calls a finalizer once, on its main thread, with the
     // external pointer it was registered for (`new_handle`).
-    let p = unsafe { R_ExternalPtrAddr(s) } as *mut T;
+    let p = unsafe { R_ExternalPtrAddr(s) } as *mut Boxed<T>;
     if !p.is_null() {
         // SAFETY: as above; clearing allocates nothing.
         unsafe { R_ClearExternalPtr(s) };
+        // SAFETY: `p` came from Box::into_raw in `make_handle` and, the
+        // pointer now cleared, is reclaimed here once.
+        let b = unsafe { Box::from_raw(p) };
+        if b.pid != fork::pid() {
+            // A forked child's copy of its parent's value: left alone.
+            std::mem::forget(b);
+            return;
+        }
         // A panic must not unwind into R's garbage collector.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: `p` came from Box::into_raw in `new_handle` and, the
-            // pointer now cleared, is reclaimed here once.
-            drop(unsafe { Box::from_raw(p) })
-        }));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(b)));
     }
 }
 
@@ -104,7 +121,7 @@ pub fn new_short_handle<T: Tagged>(v: T, prot: SEXP) -> Result<Owned, RError> {
 }
 
 fn make_handle<T: Tagged>(v: T, prot: SEXP, r_finalized: bool) -> Result<Owned, RError> {
-    let p = Box::into_raw(Box::new(v));
+    let p = Box::into_raw(Box::new(Boxed { pid: fork::pid(), v }));
     // SAFETY: the closure owns nothing with a destructor (`p` is a raw
     // pointer).
     let made = unsafe {
@@ -163,14 +180,39 @@ pub fn handle<'a, T: Tagged>(s: &'a impl Held, what: &str) -> Result<&'a T, RErr
         return Err(format!("`{what}` is not a valid mirai handle").into());
     }
     // SAFETY: an external pointer (checked).
-    let p = unsafe { R_ExternalPtrAddr(*s) } as *const T;
+    let p = unsafe { R_ExternalPtrAddr(*s) } as *const Boxed<T>;
     if p.is_null() {
         return Err(format!("`{what}` is no longer valid (it was closed or saved and reloaded)").into());
     }
-    // SAFETY: a non-null pointer with T's tag was made by `new_handle::<T>`
-    // from a Box<T>, which lives until the finalizer runs; that cannot
-    // happen while `s`, an argument of the running .Call, is reachable.
-    Ok(unsafe { &*p })
+    // SAFETY: a non-null pointer with T's tag was made by `make_handle::<T>`
+    // from a Box<Boxed<T>>, which lives until the finalizer runs; that
+    // cannot happen while `s`, an argument of the running .Call, is
+    // reachable.
+    let b = unsafe { &*p };
+    if b.pid != fork::pid() {
+        return Err(RError::Msg(FORKED.into()));
+    }
+    Ok(&b.v)
+}
+
+/// Why a handle is refused in a forked child.
+pub const FORKED: &str = "mirai's daemons and mirai belong to the process that set them up, not to this forked child \
+     (of parallel::mclapply() or mcparallel(), say): set daemons() here, or use mirai_map() or a make_cluster() cluster in place of forking";
+
+/// Whether `s` is a live handle of kind T made in another process (this
+/// one is a forked child of it).
+pub fn foreign<T: Tagged>(s: SEXP) -> bool {
+    // SAFETY: reading an external pointer's tag allocates nothing
+    // (checked to be one first).
+    let ours = type_of(s) == EXTPTRSXP && unsafe { R_ExternalPtrTag(s) } == tag_symbol::<T>();
+    if !ours {
+        return false;
+    }
+    // SAFETY: an external pointer of T's kind (checked): null, or made by
+    // `make_handle::<T>` and alive while `s` is reachable.
+    let p = unsafe { R_ExternalPtrAddr(s) } as *const Boxed<T>;
+    // SAFETY: as above, non-null.
+    !p.is_null() && unsafe { (*p).pid } != fork::pid()
 }
 
 /// The R object kept with handle `s` (see `new_handle`).
