@@ -21,10 +21,7 @@
 #' (the daemons run with `cleanup = FALSE`).
 #'
 #' The cluster has its own compute profile, so it coexists with daemons set
-#' by [daemons()]. The profile has no dispatcher: each node's tasks go
-#' straight to its daemon, so [status()] on the cluster gives connections
-#' but no task counters, and `memory` cannot be set. Its daemons start in
-#' parallel; `make_cluster()` returns
+#' by [daemons()]. Its daemons start in parallel; `make_cluster()` returns
 #' once all have connected. Errors on nodes come back as parallel expects
 #' (e.g. "one node produced an error: Error in f(): ..."); a node whose
 #' daemon has died fails each call sent to it with an error saying so, and
@@ -99,17 +96,13 @@ make_cluster <- function(n, url = NULL, remote = NULL, ...) {
   if (length(fixed))
     abort(sprintf("`%s` cannot be set for a cluster: its nodes are persistent daemons that keep their state",
                  fixed[[1L]]))
-  if ("memory" %in% names(list(...)))
-    abort("`memory` cannot be set for a cluster: it caps a dispatcher's queue, and a cluster's tasks go straight to their nodes")
   id <- next_cluster_id()
   if (is.null(url)) {
     # Nodes are bound to the daemons that joined first, in order: a
-    # replacement would be no node's. No dispatcher, as the reference: each
-    # node's tasks are pinned to its daemon, so a queue shared by the
-    # daemons has nothing to balance.
-    daemons(n, dispatcher = FALSE, cleanup = FALSE, ..., heal = FALSE, .compute = id)
+    # replacement would be no node's.
+    daemons(n, dispatcher = TRUE, cleanup = FALSE, ..., heal = FALSE, .compute = id)
   } else {
-    daemons(n = if (is.null(remote)) 0L else n, url = url, remote = remote, dispatcher = FALSE,
+    daemons(n = if (is.null(remote)) 0L else n, url = url, remote = remote, dispatcher = TRUE,
             cleanup = FALSE, ..., .compute = id)
     if (is.null(remote)) {
       cat("Shell commands for deployment on nodes:\n\n")

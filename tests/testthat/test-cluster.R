@@ -15,7 +15,6 @@ test_that("make_cluster() validates its arguments", {
   expect_error(make_cluster(2, cleanup = TRUE), "`cleanup` cannot be set for a cluster")
   expect_error(make_cluster(2, dispatcher = FALSE), "`dispatcher` cannot be set for a cluster")
   expect_error(make_cluster(2, maxtasks = 3), "`maxtasks` cannot be set for a cluster")
-  expect_error(make_cluster(2, memory = 10), "`memory` cannot be set for a cluster: it caps a dispatcher's queue")
   expect_false(daemons_set(.compute = "`0`"))
   expect_false(any(grepl("^`", ls(mirai:::.$profiles, all.names = TRUE))))
   expect_error(make_cluster(), "`n` must be supplied")
@@ -29,9 +28,6 @@ test_that("every function of parallel works on a miraiCluster", {
   expect_output(print(cl), sprintf("< miraiCluster | ID: %s nodes: 2 active: TRUE >", attr(cl, "id")), fixed = TRUE)
   expect_output(print(cl[[2]]), "< miraiNode | node: 2 cluster ID: ", fixed = TRUE)
   expect_identical(status(cl)$connections, 2L)
-  # No dispatcher, as the reference's make_cluster(): no queue counters.
-  expect_null(status(cl)$mirai)
-  expect_null(nextget("dispatcher", .compute = attr(cl, "id")))
   # Each node is its own daemon.
   pids <- unlist(clusterEvalQ(cl, Sys.getpid()))
   expect_length(unique(pids), 2L)
