@@ -171,11 +171,13 @@ reset_profile <- function(.compute, signal = FALSE) {
   # the profile is only forgotten: its daemons, threads and cluster jobs
   # are that process's.
   if (!is.null(prof$host) && .Call(C_mirai_host_foreign, prof$host)) return(TRUE)
+  # Also if the wait for local daemons below is interrupted: no later reset
+  # reaches the profile's jobs.
+  on.exit(cancel_cluster_jobs(prof))
   if (!is.null(prof$host)) {
     .Call(C_mirai_host_close, prof$host, signal)
     reap_children(prof$host)
   }
-  cancel_cluster_jobs(prof)
   TRUE
 }
 
@@ -241,9 +243,10 @@ max_message <- function() {
 #' [launch_remote()]. A peer must complete its
 #' handshake within `r limit("hello_timeout_s")` seconds; at most
 #' `r limit("max_pending")` peers may be mid-handshake at once (a newer one
-#' takes the place of the longest-waiting from the address holding the
-#' most places, so that a flood of connections from one address does not
-#' keep out a daemon from another). Messages larger than option
+#' takes the place of the longest-waiting, or, when one address holds more
+#' than a quarter of the places, of that address's longest-waiting, so that
+#' a flood of connections from one address does not keep out a daemon from
+#' another). Messages larger than option
 #' `mirai.max_message` (bytes; default `r bytes_text(limit("max_message_bytes"))`)
 #' close the connection that sent them. Each such refusal counts in the
 #' `refused` element of [status()].

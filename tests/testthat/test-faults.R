@@ -185,26 +185,45 @@ test_that("a forked child cannot use its parent's daemons: a clear error, not a 
   parent_daemon <- mirai(Sys.getpid())[]
   m <- mirai(1)
   expect_identical(m[], 1)
-  # Each child's answer: what mirai(), m[] and status() on the parent's
-  # profile gave, then a reset and daemons of its own.
+  mp <- mirai_map(1:3, function(x) x * 2)
+  expect_identical(mp[.flat], c(2, 4, 6))
+  slow <- mirai({ Sys.sleep(2); "slow" })
+  # Each child's answer: what mirai(), status() and a wait on the parent's
+  # unresolved task gave, the values the parent had already collected, then
+  # daemons of its own.
   child <- parallel::mcparallel({
     err <- function(expr) tryCatch({ expr; "no error" }, error = conditionMessage)
-    list(submit = err(mirai(2)), wait = err(m[]), status = err(status()),
+    list(submit = err(mirai(2)), status = err(status()), wait = err(slow[]),
+         resolved = list(m[], m$data, unresolved(m), mp[.flat]),
          own = { daemons(0); daemons(1); r <- mirai(Sys.getpid())[]; daemons(0); r })
   })
   out <- parallel::mccollect(child, wait = FALSE, timeout = 30)[[1L]]
   expect_type(out, "list")
   forked <- "belong to the process that set them up, not to this forked child"
   expect_match(out$submit, forked, fixed = TRUE)
-  expect_match(out$wait, forked, fixed = TRUE)
   expect_match(out$status, forked, fixed = TRUE)
+  expect_match(out$wait, forked, fixed = TRUE)
+  expect_identical(out$resolved, list(1, 1, FALSE, c(2, 4, 6)))
   expect_type(out$own, "integer")
   expect_false(out$own %in% c(Sys.getpid(), parent_daemon))
-  # The parent's profile, daemon and results are untouched.
+  # The parent's profile, daemon and results are untouched: the slow task's
+  # reply was not taken by the child.
+  expect_identical(slow[], "slow")
   expect_identical(status()$connections, 1L)
   expect_identical(mirai(Sys.getpid())[], parent_daemon)
   expect_identical(unlist(parallel::mclapply(1:2, function(i) tryCatch(mirai(i)[], error = function(e) "refused"))),
                    c("refused", "refused"))
+})
+
+test_that("a task's forked children relay their messages and return their values", {
+  daemons(1, relay = TRUE)
+  on.exit(daemons(0))
+  relayed <- character()
+  res <- withCallingHandlers(
+    mirai(parallel::mclapply(1:2, function(i) { message("hi ", i); i * 10 }, mc.cores = 2))[],
+    message = function(m) { relayed <<- c(relayed, conditionMessage(m)); invokeRestart("muffleMessage") }
+  )
+  expect_identical(res, list(10, 20))
 })
 
 test_that("an interrupt during daemons(0)'s grace period kills the daemons still running at once", {

@@ -392,6 +392,55 @@ sys.stdin.read()
   expect_identical(status()$connections, 1L)
 })
 
+test_that("peers spread over many addresses make room with the oldest of all: a burst of daemons from one address stays", {
+  why <- need_tools("/usr/bin/python3")
+  if (!is.null(why)) skip(why)
+  skip_if_not_installed("processx")
+  daemons(url = "tcp://127.0.0.1:0", auth = FALSE)
+  on.exit(daemons(0))
+  port <- tcp_port()
+  # 56 silent peers, each from its own address (127.0.1.1-56); then, once
+  # 8 slow daemons from 127.0.0.1 hold the other places, 8 more.
+  spread <- "
+import socket, sys
+port = int(sys.argv[1]); held = []
+def one(k):
+    s = socket.socket(); s.bind(('127.0.1.%d' % k, 0)); s.connect(('127.0.0.1', port))
+    s.sendall(bytes([0, 0x53, 0x50, 0, 0, 0x11, 0, 0])); held.append(s)
+for k in range(1, 57): one(k)
+print('first', flush=True)
+sys.stdin.readline()
+for k in range(57, 65): one(k)
+print('second', flush=True)
+sys.stdin.read()
+"
+  p <- processx::process$new("/usr/bin/python3", c("-c", spread, port), stdin = "|", stdout = "|", stderr = "2>&1")
+  on.exit({ try(p$close_connections(), silent = TRUE); p$kill() }, add = TRUE, after = FALSE)
+  p$poll_io(10000)
+  expect_identical(p$read_output_lines(), "first")
+  cons <- lapply(1:8, function(i) peer(port))
+  on.exit(for (con in cons) try(close(con), silent = TRUE), add = TRUE, after = FALSE)
+  for (con in cons) {
+    send_bytes(con, sp_header)
+    expect_identical(read_bytes(con, 8L), sp_header)
+    expect_length(read_frame(con), 38L)
+  }
+  p$write_input("go\n")
+  p$poll_io(10000)
+  expect_identical(p$read_output_lines(), "second")
+  # The 8 newcomers took the places of the 8 oldest, spread peers: no
+  # address held more than a quarter of the places.
+  expect_true(wait_refused(8L, timeout = 5))
+  Sys.sleep(0.2)
+  expect_identical(status()$refused, 8L)
+  for (con in cons) {
+    send_bytes(con, tcp_frame(hello_body()))
+    expect_identical(read_frame(con), c(hop, as.raw(c(8, 0))))
+    expect_true(length(read_frame(con)) > 0L)
+  }
+  expect_identical(status()$connections, 8L)
+})
+
 test_that("a result over mirai.max_message drops its daemon: the mirai resolves to 19, counted refused", {
   old <- options(mirai.max_message = 1e6)
   on.exit(options(old))

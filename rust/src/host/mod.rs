@@ -51,9 +51,10 @@
 //! envelope-sized message (over TLS or WebSocket, `proto::PRE_AUTH_BYTES`
 //! in all),
 //! must send it within `HELLO_TIMEOUT`, and at most `MAX_PENDING` such
-//! peers are held (a newer one takes the place of the oldest from the
-//! source holding the most places, so that a flood from one address
-//! cannot keep out a daemon from another); a refused peer
+//! peers are held (a newer one takes the place of the oldest, or, when
+//! one source holds more than a quarter of the places, of that source's
+//! oldest, so that a flood from one address cannot keep out a daemon from
+//! another); a refused peer
 //! is read no further. Every peer dropped before it is accepted, and every accepted one
 //! dropped for a protocol error, counts in `Stats::refused`. Message bodies
 //! grow as bytes arrive (see `decoder`), up to `HostOptions::max_message`.
@@ -1687,29 +1688,29 @@ impl Core {
         }
     }
 
-    /// Makes room for a new peer by dropping the longest-waiting of those
-    /// that have not completed their Hello from the source that holds the
-    /// most places (see `Source`). Dropping the oldest of all let a flood
-    /// of silent connections from one address push out every daemon whose
-    /// Hello took longer than the flood took to fill the places (a remote
+    /// Makes room for a new peer. When one source holds more than a
+    /// quarter of the places (`Source`), the longest-waiting of its peers
+    /// goes: a flood from one address then cycles through its own places,
+    /// where dropping the longest-waiting of all let it push out every
+    /// daemon whose Hello took longer than the flood took to fill them (a
     /// daemon 50 ms away, under a few thousand connections a second).
+    /// Otherwise the longest-waiting of all goes, as before: a rule that
+    /// always picked the largest source would let an attacker spread over
+    /// many addresses push out a burst of daemons launched on one machine.
     fn drop_oldest_pending(&mut self) {
-        let mut counts: Vec<(Source, usize)> = Vec::new();
-        for src in self.pending.values() {
-            match counts.iter_mut().find(|(s, _)| s == src) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((*src, 1)),
+        let mut sources: Vec<Source> = self.pending.values().copied().collect();
+        sources.sort_unstable();
+        let mut top: Option<(Source, usize)> = None;
+        for run in sources.chunk_by(|a, b| a == b) {
+            if top.is_none_or(|(_, n)| run.len() > n) {
+                top = Some((run[0], run.len()));
             }
         }
-        // The first to reach the largest count: among equals, the source
-        // of the oldest peer.
-        let most = counts.iter().fold(None::<(Source, usize)>, |m, &(s, n)| match m {
-            Some((_, k)) if k >= n => m,
-            _ => Some((s, n)),
-        });
-        let Some((src, _)) = most else { return };
-        let oldest = self.pending.iter().find(|(_, s)| **s == src).map(|(t, _)| *t);
-        if let Some(t) = oldest {
+        let victim = match top {
+            Some((src, n)) if n > MAX_PENDING / 4 => self.pending.iter().find(|(_, s)| **s == src).map(|(t, _)| *t),
+            _ => self.pending.keys().next().copied(),
+        };
+        if let Some(t) = victim {
             self.drop_conn(t, false);
         }
         // Deadlines of peers no longer pending go when they come to the

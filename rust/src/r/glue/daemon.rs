@@ -22,6 +22,9 @@ type Conn = Mutex<Option<ClientConn>>;
 
 impl Tagged for Conn {
     const TAG: &'static CStr = c"mirai_conn";
+    // A task's forked child relays its messages over it (relay = TRUE),
+    // as before; `ClientConn`'s drop leaves a forked child's copy open.
+    const DROPPED_IN_FORK: bool = true;
 }
 
 fn conn(s: &impl Held) -> Result<&Conn, RError> {

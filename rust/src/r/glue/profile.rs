@@ -89,6 +89,9 @@ pub struct Profile {
     pub pool: Arc<Pool>,
     /// `tls+tcp://`: the PEM certificate chain daemons verify the host with.
     pub tlscert: Option<String>,
+    /// The process that set it up (`sys::fork`): a forked child may not
+    /// wait on its tasks (see `r::glue::mirai::wait_reading`).
+    pub pid: u32,
 }
 
 impl Drop for Profile {
@@ -101,6 +104,7 @@ impl Drop for Profile {
 
 impl Tagged for Arc<Profile> {
     const TAG: &'static CStr = c"mirai_profile";
+    const REFUSED_IN_FORK: bool = true;
 }
 
 pub(super) fn profile(p: &impl Held) -> Result<&Arc<Profile>, RError> {
@@ -202,7 +206,7 @@ pub fn mirai_host_start(
     let host = Host::start_with(&addr, opts, creds.as_ref().map(|c| c.config.clone()))?;
     let tlscert = creds.map(|c| c.chain_pem);
     let pool = Arc::new(Pool::new(host.health.clone()));
-    new_handle(Arc::new(Profile { host, pool, tlscert }), serial_cfg)
+    new_handle(Arc::new(Profile { host, pool, tlscert, pid: crate::sys::fork::pid() }), serial_cfg)
 }
 
 /// Checks a user's TLS credentials (PEM text of the certificate chain and

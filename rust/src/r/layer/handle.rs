@@ -6,10 +6,14 @@
 //! one kind is never read as another. A borrowed value's lifetime is tied
 //! to the borrowed argument, which lives for the whole `.Call`.
 //!
-//! A handle also records the process that made it: in a forked child
-//! (`sys::fork`) it is refused with an error saying why, and never dropped
-//! (the value's threads are the parent's, and dropping it could close or
-//! write to the parent's sockets); it is left for the child's exit.
+//! A handle also records the process that made it (`sys::fork`). In a
+//! forked child a parent's handle is never dropped (its value's threads
+//! are the parent's, and dropping it could lock what a parent's thread
+//! held at the fork, or close or write to the parent's sockets): it is
+//! left for the child's exit. A kind whose value works in a child as it
+//! was left (a resolved mirai's value) is read there as anywhere; a kind
+//! whose every use needs the parent's threads (a profile:
+//! `Tagged::REFUSED_IN_FORK`) is refused with an error saying why.
 
 use super::call::{try_r, RError};
 use super::ffi::*;
@@ -35,6 +39,12 @@ pub trait Tagged: Sized + 'static {
     /// R runs the function at the end of a collection, as it would the C
     /// one, a little slower (an R call).
     const R_FINALIZED: bool = false;
+    /// Refused in a process forked from the one that made it (`FORKED`).
+    const REFUSED_IN_FORK: bool = false;
+    /// Dropped as usual in a forked child, as the value's own `Drop`
+    /// handles that (a daemon's connection: a task's fork that quits must
+    /// not shut the connection down).
+    const DROPPED_IN_FORK: bool = false;
 }
 
 static R_FINALIZER: MainThread<Option<SEXP>> = MainThread::new(None);
@@ -92,7 +102,7 @@ unsafe extern "C" fn finalize<T: Tagged>(s: SEXP) {
         // SAFETY: `p` came from Box::into_raw in `make_handle` and, the
         // pointer now cleared, is reclaimed here once.
         let b = unsafe { Box::from_raw(p) };
-        if b.pid != fork::pid() {
+        if b.pid != fork::pid() && !T::DROPPED_IN_FORK {
             // A forked child's copy of its parent's value: left alone.
             std::mem::forget(b);
             return;
@@ -189,7 +199,7 @@ pub fn handle<'a, T: Tagged>(s: &'a impl Held, what: &str) -> Result<&'a T, RErr
     // cannot happen while `s`, an argument of the running .Call, is
     // reachable.
     let b = unsafe { &*p };
-    if b.pid != fork::pid() {
+    if T::REFUSED_IN_FORK && b.pid != fork::pid() {
         return Err(RError::Msg(FORKED.into()));
     }
     Ok(&b.v)
