@@ -188,12 +188,14 @@ test_that("a forked child cannot use its parent's daemons: a clear error, not a 
   mp <- mirai_map(1:3, function(x) x * 2)
   expect_identical(mp[.flat], c(2, 4, 6))
   slow <- mirai({ Sys.sleep(2); "slow" })
+  slow_map <- mirai_map(1:2, function(x) { Sys.sleep(2); x })
   # Each child's answer: what mirai(), status() and a wait on the parent's
   # unresolved task gave, the values the parent had already collected, then
   # daemons of its own.
   child <- parallel::mcparallel({
     err <- function(expr) tryCatch({ expr; "no error" }, error = conditionMessage)
     list(submit = err(mirai(2)), status = err(status()), wait = err(slow[]),
+         wait_map = err(slow_map[]), race = err(race_mirai(list(slow))),
          resolved = list(m[], m$data, unresolved(m), mp[.flat]),
          own = { daemons(0); daemons(1); r <- mirai(Sys.getpid())[]; daemons(0); r })
   })
@@ -203,12 +205,15 @@ test_that("a forked child cannot use its parent's daemons: a clear error, not a 
   expect_match(out$submit, forked, fixed = TRUE)
   expect_match(out$status, forked, fixed = TRUE)
   expect_match(out$wait, forked, fixed = TRUE)
+  expect_match(out$wait_map, forked, fixed = TRUE)
+  expect_match(out$race, forked, fixed = TRUE)
   expect_identical(out$resolved, list(1, 1, FALSE, c(2, 4, 6)))
   expect_type(out$own, "integer")
   expect_false(out$own %in% c(Sys.getpid(), parent_daemon))
   # The parent's profile, daemon and results are untouched: the slow task's
   # reply was not taken by the child.
   expect_identical(slow[], "slow")
+  expect_identical(slow_map[.flat], 1:2)
   expect_identical(status()$connections, 1L)
   expect_identical(mirai(Sys.getpid())[], parent_daemon)
   expect_identical(unlist(parallel::mclapply(1:2, function(i) tryCatch(mirai(i)[], error = function(e) "refused"))),

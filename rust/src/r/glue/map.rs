@@ -51,6 +51,16 @@ impl MapHandle {
     fn id(&self, i: usize) -> TaskId {
         self.first + i as TaskId
     }
+
+    /// Waits (interruptibly) for one of its elements; refused in a forked
+    /// child for one not resolved there, which would wait for ever (see
+    /// `sys::fork`).
+    fn wait(&self, slot: &Slot) -> Result<(), RError> {
+        if self.profile.pid != crate::sys::fork::pid() && !slot.is_done() {
+            return Err(RError::Msg(crate::r::layer::handle::FORKED.into()));
+        }
+        wait_slot(slot)
+    }
 }
 
 impl Tagged for MapHandle {
@@ -323,7 +333,7 @@ fn value_at(m: &MapHandle, h: SEXP, i: usize, wait: bool) -> Result<Option<Owned
     }
     let slot = &m.slots[i];
     if wait {
-        wait_slot(slot)?;
+        m.wait(slot)?;
     } else if !slot.is_done() {
         return Ok(None);
     }
@@ -422,8 +432,9 @@ pub fn mirai_map_done(h: SEXP) -> RResult {
 
 /// Waits (interruptibly) for every element.
 pub fn mirai_map_wait(h: SEXP) -> RResult {
-    for s in &map(&h)?.slots {
-        wait_slot(s)?;
+    let m = map(&h)?;
+    for s in &m.slots {
+        m.wait(s)?;
     }
     Ok(Owned::nil())
 }

@@ -301,15 +301,25 @@ pub fn mirai_race(aios: SEXP) -> RResult {
         return Err("internal error in mirai: race_mirai() passed no list of aio handles".into());
     }
     let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(len(aios));
+    let mut foreign = false;
     for i in 0..len(aios) {
         let s = list_at(aios, i);
         if is_null(s) {
             return int(i as i32 + 1);
         }
-        slots.push(aio(&s)?.slot.clone());
+        let a = aio(&s)?;
+        foreign |= a.profile.pid != crate::sys::fork::pid();
+        slots.push(a.slot.clone());
     }
     if slots.is_empty() {
         return int(0);
+    }
+    // In a forked child, a parent's unresolved tasks would never resolve.
+    if foreign {
+        return match slots.iter().position(|s| s.is_done()) {
+            Some(i) => int(i as i32 + 1),
+            None => Err(RError::Msg(crate::r::layer::handle::FORKED.into())),
+        };
     }
     int(race(&slots)? as i32 + 1)
 }
