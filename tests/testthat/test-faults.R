@@ -185,33 +185,29 @@ test_that("a forked child cannot use its parent's daemons: a clear error, not a 
   parent_daemon <- mirai(Sys.getpid())[]
   m <- mirai(1)
   expect_identical(m[], 1)
-  mp <- mirai_map(1:3, function(x) x * 2)
-  expect_identical(mp[.flat], c(2, 4, 6))
+  value <- m[]
   slow <- mirai({ Sys.sleep(2); "slow" })
   slow_map <- mirai_map(1:2, function(x) { Sys.sleep(2); x })
-  # Each child's answer: what mirai(), status() and a wait on the parent's
-  # unresolved task gave, the values the parent had already collected, then
-  # daemons of its own.
+  # Each child's answer: what mirai(), status(), a wait, a cancel or a race
+  # on the parent's tasks gave (each reaches the parent's threads or
+  # sockets: refused, even for a resolved mirai), then daemons of its own.
   child <- parallel::mcparallel({
     err <- function(expr) tryCatch({ expr; "no error" }, error = conditionMessage)
-    list(submit = err(mirai(2)), status = err(status()), wait = err(slow[]),
-         wait_map = err(slow_map[]), race = err(race_mirai(list(slow))),
-         resolved = list(m[], m$data, unresolved(m), mp[.flat]),
+    list(submit = err(mirai(2)), status = err(status()), wait = err(slow[]), wait_map = err(slow_map[]),
+         resolved = err(m[]), cancel = err(stop_mirai(slow)), race = err(race_mirai(list(slow))),
+         copied = value + 1,
          own = { daemons(0); daemons(1); r <- mirai(Sys.getpid())[]; daemons(0); r })
   })
   out <- parallel::mccollect(child, wait = FALSE, timeout = 30)[[1L]]
   expect_type(out, "list")
   forked <- "belong to the process that set them up, not to this forked child"
-  expect_match(out$submit, forked, fixed = TRUE)
-  expect_match(out$status, forked, fixed = TRUE)
-  expect_match(out$wait, forked, fixed = TRUE)
-  expect_match(out$wait_map, forked, fixed = TRUE)
-  expect_match(out$race, forked, fixed = TRUE)
-  expect_identical(out$resolved, list(1, 1, FALSE, c(2, 4, 6)))
+  for (k in c("submit", "status", "wait", "wait_map", "resolved", "cancel", "race"))
+    expect_match(out[[k]], forked, fixed = TRUE, info = k)
+  expect_identical(out$copied, 2)
   expect_type(out$own, "integer")
   expect_false(out$own %in% c(Sys.getpid(), parent_daemon))
-  # The parent's profile, daemon and results are untouched: the slow task's
-  # reply was not taken by the child.
+  # The parent's profile, daemon and results are untouched: the slow tasks
+  # were neither cancelled nor their replies taken by the child.
   expect_identical(slow[], "slow")
   expect_identical(slow_map[.flat], 1:2)
   expect_identical(status()$connections, 1L)

@@ -51,20 +51,11 @@ impl MapHandle {
     fn id(&self, i: usize) -> TaskId {
         self.first + i as TaskId
     }
-
-    /// Waits (interruptibly) for one of its elements; refused in a forked
-    /// child for one not resolved there, which would wait for ever (see
-    /// `sys::fork`).
-    fn wait(&self, slot: &Slot) -> Result<(), RError> {
-        if self.profile.pid != crate::sys::fork::pid() && !slot.is_done() {
-            return Err(RError::Msg(crate::r::layer::handle::FORKED.into()));
-        }
-        wait_slot(slot)
-    }
 }
 
 impl Tagged for MapHandle {
     const TAG: &'static CStr = c"mirai_map";
+    const REFUSED_IN_FORK: bool = true;
 }
 
 fn map(h: &impl Held) -> Result<&MapHandle, RError> {
@@ -333,7 +324,7 @@ fn value_at(m: &MapHandle, h: SEXP, i: usize, wait: bool) -> Result<Option<Owned
     }
     let slot = &m.slots[i];
     if wait {
-        m.wait(slot)?;
+        wait_slot(slot)?;
     } else if !slot.is_done() {
         return Ok(None);
     }
@@ -432,9 +423,8 @@ pub fn mirai_map_done(h: SEXP) -> RResult {
 
 /// Waits (interruptibly) for every element.
 pub fn mirai_map_wait(h: SEXP) -> RResult {
-    let m = map(&h)?;
-    for s in &m.slots {
-        m.wait(s)?;
+    for s in &map(&h)?.slots {
+        wait_slot(s)?;
     }
     Ok(Owned::nil())
 }

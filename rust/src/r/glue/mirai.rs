@@ -163,11 +163,6 @@ pub(super) fn wait_node(a: &Aio) -> Result<(), RError> {
 }
 
 fn wait_reading(a: &Aio, keep: bool) -> Result<(), RError> {
-    // In a forked child, a parent's unresolved task could only be read off
-    // the parent's sockets, taking its reply from the parent.
-    if a.profile.pid != crate::sys::fork::pid() && !a.slot.is_done() {
-        return Err(RError::Msg(crate::r::layer::handle::FORKED.into()));
-    }
     settle_claims(keep.then_some(&a.profile));
     let host = &a.profile.host;
     let read = || {
@@ -220,16 +215,12 @@ pub(super) fn race_reading(aios: &[&Aio]) -> Result<usize, RError> {
     if aios.iter().any(|a| !Arc::ptr_eq(&a.profile, &first.profile)) {
         return race(&slots);
     }
-    let done = || slots.iter().position(|s| s.is_done());
-    // As in `wait_reading`: not the parent's sockets from a forked child.
-    if first.profile.pid != crate::sys::fork::pid() {
-        return done().ok_or_else(|| RError::Msg(crate::r::layer::handle::FORKED.into()));
-    }
     settle_claims(Some(&first.profile));
     let host = &first.profile.host;
     // Oldest first: the likeliest to have resolved (`Host::read_for_any`).
     let mut ids: Vec<u64> = aios.iter().map(|a| a.id).collect();
     ids.sort_unstable();
+    let done = || slots.iter().position(|s| s.is_done());
     let read = || {
         done().or_else(|| {
             host.read_for_any(&ids, || done().is_some());
@@ -301,25 +292,15 @@ pub fn mirai_race(aios: SEXP) -> RResult {
         return Err("internal error in mirai: race_mirai() passed no list of aio handles".into());
     }
     let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(len(aios));
-    let mut foreign = false;
     for i in 0..len(aios) {
         let s = list_at(aios, i);
         if is_null(s) {
             return int(i as i32 + 1);
         }
-        let a = aio(&s)?;
-        foreign |= a.profile.pid != crate::sys::fork::pid();
-        slots.push(a.slot.clone());
+        slots.push(aio(&s)?.slot.clone());
     }
     if slots.is_empty() {
         return int(0);
-    }
-    // In a forked child, a parent's unresolved tasks would never resolve.
-    if foreign {
-        return match slots.iter().position(|s| s.is_done()) {
-            Some(i) => int(i as i32 + 1),
-            None => Err(RError::Msg(crate::r::layer::handle::FORKED.into())),
-        };
     }
     int(race(&slots)? as i32 + 1)
 }

@@ -233,6 +233,7 @@ impl NodeFuns {
 
 impl Tagged for RefCell<NodeFuns> {
     const TAG: &'static CStr = c"mirai_node_funs";
+    const REFUSED_IN_FORK: bool = true;
 }
 
 /// How many functions a profile keeps as shares: a cluster used by a few

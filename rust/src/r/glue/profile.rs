@@ -67,6 +67,9 @@ impl Drop for Aio {
 impl Tagged for Aio {
     const TAG: &'static CStr = c"mirai_aio";
     const R_FINALIZED: bool = true;
+    // Even a resolved one: its cancel, its cluster node's drop and the
+    // claims of its reads reach the parent's host and sockets.
+    const REFUSED_IN_FORK: bool = true;
 }
 
 /// The R finalizer of aio handles (`aio_free` in R/mirai-package.R).
@@ -89,9 +92,6 @@ pub struct Profile {
     pub pool: Arc<Pool>,
     /// `tls+tcp://`: the PEM certificate chain daemons verify the host with.
     pub tlscert: Option<String>,
-    /// The process that set it up (`sys::fork`): a forked child may not
-    /// wait on its tasks (see `r::glue::mirai::wait_reading`).
-    pub pid: u32,
 }
 
 impl Drop for Profile {
@@ -206,7 +206,7 @@ pub fn mirai_host_start(
     let host = Host::start_with(&addr, opts, creds.as_ref().map(|c| c.config.clone()))?;
     let tlscert = creds.map(|c| c.chain_pem);
     let pool = Arc::new(Pool::new(host.health.clone()));
-    new_handle(Arc::new(Profile { host, pool, tlscert, pid: crate::sys::fork::pid() }), serial_cfg)
+    new_handle(Arc::new(Profile { host, pool, tlscert }), serial_cfg)
 }
 
 /// Checks a user's TLS credentials (PEM text of the certificate chain and

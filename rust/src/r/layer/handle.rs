@@ -10,10 +10,11 @@
 //! forked child a parent's handle is never dropped (its value's threads
 //! are the parent's, and dropping it could lock what a parent's thread
 //! held at the fork, or close or write to the parent's sockets): it is
-//! left for the child's exit. A kind whose value works in a child as it
-//! was left (a resolved mirai's value) is read there as anywhere; a kind
-//! whose every use needs the parent's threads (a profile:
-//! `Tagged::REFUSED_IN_FORK`) is refused with an error saying why.
+//! left for the child's exit. The host's kinds (a profile, a mirai, a map,
+//! a cluster's functions: `Tagged::REFUSED_IN_FORK`) are refused there
+//! with an error saying why: their uses reach the parent's threads and
+//! sockets (a wait reads them, a cancel writes to them). A daemon's
+//! connection is not: a task's fork relays its messages over it.
 
 use super::call::{try_r, RError};
 use super::ffi::*;
