@@ -357,13 +357,20 @@ read_line <- function(p, secs = 60) {
   line[1L]
 }
 
-test_that("a flood of silent peers from one address makes room with its own: a daemon from another still gets in", {
+# For tests whose peers python makes (from other loopback addresses): a
+# host with auth = FALSE listening on 127.0.0.1, reset when the calling test
+# ends; its port. Skips without python3 or processx.
+python_peers_host <- function(env = parent.frame()) {
   why <- need_tools("/usr/bin/python3")
   if (!is.null(why)) skip(why)
   skip_if_not_installed("processx")
   daemons(url = "tcp://127.0.0.1:0", auth = FALSE)
-  on.exit(daemons(0))
-  port <- tcp_port()
+  withr::defer(daemons(0), envir = env)
+  tcp_port()
+}
+
+test_that("a flood of silent peers from one address makes room with its own: a daemon from another still gets in", {
+  port <- python_peers_host()
   # A slow daemon's side (from 127.0.0.1): it has its Challenge, and answers
   # only after the flood.
   con <- peer(port, timeout = 10)
@@ -400,12 +407,7 @@ sys.stdin.read()
 })
 
 test_that("peers spread over many addresses make room with the oldest of all: a burst of daemons from one address stays", {
-  why <- need_tools("/usr/bin/python3")
-  if (!is.null(why)) skip(why)
-  skip_if_not_installed("processx")
-  daemons(url = "tcp://127.0.0.1:0", auth = FALSE)
-  on.exit(daemons(0))
-  port <- tcp_port()
+  port <- python_peers_host()
   # 56 silent peers, each from its own address (127.0.1.1-56); then, once
   # 8 slow daemons from 127.0.0.1 hold the other places, 8 more.
   spread <- "

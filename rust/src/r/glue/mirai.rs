@@ -16,8 +16,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// The profile whose host keeps R's thread's claims after a cluster's
-/// receive (`Host::linger_read`).
-/// The profile, and the process (`sys::fork`), of the claims left lingering.
+/// receive (`Host::linger_read`), and the process that left them
+/// (`sys::fork`).
 static LINGERING: MainThread<Option<(Weak<Profile>, u32)>> = MainThread::new(None);
 
 /// Gives back the claims a cluster's receive left lingering (see `Claim` in

@@ -80,13 +80,17 @@ pub fn init_r_finalizer(f: SEXP) -> Result<(), RError> {
     Ok(())
 }
 
+/// Whether `s` is an external pointer tagged as a handle of kind T.
+fn of_kind<T: Tagged>(s: SEXP) -> bool {
+    // SAFETY: reading an external pointer's tag allocates nothing
+    // (checked to be one first).
+    type_of(s) == EXTPTRSXP && unsafe { R_ExternalPtrTag(s) } == tag_symbol::<T>()
+}
+
 /// Frees the value behind handle `s` of kind T now (the R finalizer of
 /// `R_FINALIZED` kinds); nothing for one already freed or of another kind.
 pub fn free_handle<T: Tagged>(s: SEXP) {
-    // SAFETY: reading an external pointer's tag allocates nothing
-    // (checked to be one first).
-    let ours = type_of(s) == EXTPTRSXP && unsafe { R_ExternalPtrTag(s) } == tag_symbol::<T>();
-    if ours {
+    if of_kind::<T>(s) {
         // SAFETY: an external pointer of T's kind, on R's main thread: what
         // `finalize` requires.
         unsafe { finalize::<T>(s) };
@@ -184,10 +188,7 @@ impl Held for Owned {
 /// The value behind handle `s`, for as long as `s` is borrowed.
 pub fn handle<'a, T: Tagged>(s: &'a impl Held, what: &str) -> Result<&'a T, RError> {
     let s = s.held();
-    // SAFETY: reading an external pointer's tag allocates nothing
-    // (checked to be one first).
-    let ours = type_of(*s) == EXTPTRSXP && unsafe { R_ExternalPtrTag(*s) } == tag_symbol::<T>();
-    if !ours {
+    if !of_kind::<T>(*s) {
         return Err(format!("`{what}` is not a valid mirai handle").into());
     }
     // SAFETY: an external pointer (checked).
@@ -213,10 +214,7 @@ pub const FORKED: &str = "mirai's daemons and mirai belong to the process that s
 /// Whether `s` is a live handle of kind T made in another process (this
 /// one is a forked child of it).
 pub fn foreign<T: Tagged>(s: SEXP) -> bool {
-    // SAFETY: reading an external pointer's tag allocates nothing
-    // (checked to be one first).
-    let ours = type_of(s) == EXTPTRSXP && unsafe { R_ExternalPtrTag(s) } == tag_symbol::<T>();
-    if !ours {
+    if !of_kind::<T>(s) {
         return false;
     }
     // SAFETY: an external pointer of T's kind (checked): null, or made by
